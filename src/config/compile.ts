@@ -1,0 +1,299 @@
+/**
+ * Compiles a validated config into an immutable Snapshot: everything a request needs is
+ * resolved here, once, off the hot path. Semantic errors (bad URLs, route conflicts, unknown
+ * plugins, ...) are reported with their path and line like schema errors.
+ */
+import { createHash } from 'node:crypto';
+import { isIP } from 'node:net';
+import type { Pool } from 'undici';
+import type { LoadedConfig } from './load.js';
+import { formatPath, type PathSegment } from './errors.js';
+import type { TurnpikeConfigInput } from './schema.js';
+import { parseDuration, parseSize } from './units.js';
+import { Router, type RouteSpec } from '../router/router.js';
+import { normalizePath } from '../router/path.js';
+import { TrustedProxies } from '../core/forwarded.js';
+import type { PoolRegistry } from '../upstream/pools.js';
+
+export interface Address {
+  host: string;
+  port: number;
+}
+
+export interface Target {
+  /** scheme://host:port */
+  origin: string;
+  /** Path prefix from the target URL ('' when none). */
+  basePath: string;
+  /** Host header sent upstream (unless the route preserves the client's). */
+  hostHeader: string;
+  weight: number;
+  pool: Pool;
+}
+
+export interface CompiledService {
+  name: string;
+  targets: Target[];
+  /** Weighted round-robin (smooth, nginx-style). */
+  pick(): Target;
+  timeouts: { connect: number; response: number; read: number };
+  retries: number;
+}
+
+export interface CompiledRoute {
+  name: string;
+  service: CompiledService;
+  stripPath: boolean;
+  preserveHost: boolean;
+}
+
+export interface Limits {
+  maxUriLength: number;
+  maxHeaderSize: number;
+  maxHeaders: number;
+}
+
+export interface ServerTimeouts {
+  clientHeader: number;
+  clientBody: number;
+  keepAlive: number;
+  drain: number;
+}
+
+export interface Snapshot {
+  /** sha256 of the effective config (first 16 hex). */
+  hash: string;
+  loadedAt: Date;
+  source: string | undefined;
+  listen: Address;
+  admin: { listen: Address; token: string | undefined } | null;
+  demo: Address | null;
+  trusted: TrustedProxies;
+  limits: Limits;
+  timeouts: ServerTimeouts;
+  router: Router<CompiledRoute>;
+  services: CompiledService[];
+  routes: CompiledRoute[];
+  /** Releases upstream pools this snapshot holds. */
+  dispose(): void;
+}
+
+export const DEFAULTS = {
+  listen: '127.0.0.1:8080',
+  limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
+  timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s' },
+  service: { connect: '5s', response: '60s', read: '60s' },
+} as const;
+
+export function parseAddress(hostPort: string): Address {
+  const i = hostPort.lastIndexOf(':');
+  let host = hostPort.slice(0, i);
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  if (host === '*') host = '0.0.0.0';
+  return { host, port: Number(hostPort.slice(i + 1)) };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+function smoothWeighted(targets: Target[]): () => Target {
+  const live = targets.filter((t) => t.weight > 0);
+  if (live.length <= 1) {
+    const only = live[0] ?? targets[0]!;
+    return () => only;
+  }
+  const current = new Array<number>(live.length).fill(0);
+  const total = live.reduce((s, t) => s + t.weight, 0);
+  return () => {
+    let best = 0;
+    for (let i = 0; i < live.length; i++) {
+      current[i]! += live[i]!.weight;
+      if (current[i]! > current[best]!) best = i;
+    }
+    current[best]! -= total;
+    return live[best]!;
+  };
+}
+
+export interface CompileDeps {
+  pools: PoolRegistry;
+}
+
+/** Plugins known to this build. None yet: a binding to any plugin is an error, never silently ignored. */
+export const KNOWN_PLUGINS = new Set<string>();
+
+export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
+  const cfg: TurnpikeConfigInput = loaded.config;
+  const issues: { path: PathSegment[]; message: string }[] = [];
+  const fail = (path: PathSegment[], message: string) => issues.push({ path, message });
+
+  const listen = parseAddress(cfg.listen ?? DEFAULTS.listen);
+  if (listen.port > 65535) fail(['listen'], `port ${listen.port} is out of range`);
+
+  let admin: Snapshot['admin'] = null;
+  if (cfg.admin?.listen) {
+    const a = parseAddress(cfg.admin.listen);
+    if (a.port > 65535) fail(['admin', 'listen'], `port ${a.port} is out of range`);
+    if (!isLoopback(a.host) && !cfg.admin.token) {
+      fail(['admin', 'token'], `a token is required when the admin listener is not on loopback (${cfg.admin.listen})`);
+    }
+    admin = { listen: a, token: cfg.admin.token || undefined };
+  }
+
+  let trusted = new TrustedProxies([]);
+  (cfg.trusted_proxies ?? []).forEach((c, i) => {
+    try {
+      new TrustedProxies([c]);
+    } catch (e) {
+      fail(['trusted_proxies', i], (e as Error).message);
+    }
+  });
+  try {
+    trusted = new TrustedProxies(cfg.trusted_proxies ?? []);
+  } catch {
+    /* reported above */
+  }
+
+  const lim = { ...DEFAULTS.limits, ...cfg.limits };
+  const limits: Limits = {
+    maxUriLength: parseSize(lim.max_uri_length),
+    maxHeaderSize: parseSize(lim.max_header_size),
+    maxHeaders: lim.max_headers,
+  };
+  if (limits.maxUriLength < 16) fail(['limits', 'max_uri_length'], 'must be at least 16 bytes');
+  if (limits.maxHeaderSize < 256) fail(['limits', 'max_header_size'], 'must be at least 256 bytes');
+  const to = { ...DEFAULTS.timeouts, ...cfg.timeouts };
+  const timeouts: ServerTimeouts = {
+    clientHeader: parseDuration(to.client_header),
+    clientBody: parseDuration(to.client_body),
+    keepAlive: parseDuration(to.keepalive),
+    drain: parseDuration(to.drain),
+  };
+
+  const checkPlugins = (bindings: { name: string }[] | undefined, path: PathSegment[]) =>
+    bindings?.forEach((b, i) => {
+      if (!KNOWN_PLUGINS.has(b.name)) fail([...path, i, 'name'], `unknown plugin "${b.name}"`);
+    });
+  checkPlugins(cfg.plugins, ['plugins']);
+
+  const acquired: Pool[] = [];
+  const services: CompiledService[] = [];
+  const routes: CompiledRoute[] = [];
+  const specs: RouteSpec<CompiledRoute>[] = [];
+  const specPaths: PathSegment[][] = [];
+  const serviceNames = new Map<string, number>();
+  const routeNames = new Map<string, PathSegment[]>();
+
+  (cfg.services ?? []).forEach((s, si) => {
+    const sp: PathSegment[] = ['services', si];
+    if (serviceNames.has(s.name)) fail([...sp, 'name'], `duplicate service name "${s.name}" (also services[${serviceNames.get(s.name)}])`);
+    serviceNames.set(s.name, si);
+    checkPlugins(s.plugins, [...sp, 'plugins']);
+
+    const t = { ...DEFAULTS.service, ...s.timeouts };
+    const timeoutsMs = { connect: parseDuration(t.connect), response: parseDuration(t.response), read: parseDuration(t.read) };
+
+    const rawTargets: { url: string; weight: number; path: PathSegment[] }[] = [];
+    if (s.url && s.upstream) fail([...sp, 'upstream'], 'give either url or upstream, not both');
+    else if (s.url) rawTargets.push({ url: s.url, weight: 1, path: [...sp, 'url'] });
+    else if (s.upstream) s.upstream.targets.forEach((tg, ti) => rawTargets.push({ url: tg.url, weight: tg.weight ?? 1, path: [...sp, 'upstream', 'targets', ti, 'url'] }));
+    else fail(sp, 'a service needs url or upstream');
+    if (rawTargets.length && rawTargets.every((r) => r.weight === 0)) fail([...sp, 'upstream', 'targets'], 'at least one target needs a weight above 0');
+
+    const targets: Target[] = [];
+    for (const r of rawTargets) {
+      let u: URL;
+      try {
+        u = new URL(r.url);
+      } catch {
+        fail(r.path, `invalid URL "${r.url}"`);
+        continue;
+      }
+      if (u.protocol !== 'http:' && u.protocol !== 'https:') { fail(r.path, 'only http:// and https:// upstreams are supported'); continue; }
+      if (u.username || u.password) { fail(r.path, 'credentials in upstream URLs are not supported'); continue; }
+      if (u.search || u.hash) { fail(r.path, 'an upstream URL may not have a query or fragment'); continue; }
+      const pool = deps.pools.acquire(u.origin, { connectTimeout: timeoutsMs.connect });
+      acquired.push(pool);
+      targets.push({
+        origin: u.origin,
+        basePath: u.pathname === '/' ? '' : u.pathname.replace(/\/$/, ''),
+        hostHeader: u.host,
+        weight: r.weight,
+        pool,
+      });
+    }
+    const service: CompiledService = {
+      name: s.name,
+      targets,
+      pick: smoothWeighted(targets),
+      timeouts: timeoutsMs,
+      retries: s.retries ?? 0,
+    };
+    services.push(service);
+
+    (s.routes ?? []).forEach((r, ri) => {
+      const rp: PathSegment[] = [...sp, 'routes', ri];
+      const name = r.name ?? `${s.name}.${ri}`;
+      if (routeNames.has(name)) fail([...rp, 'name'], `duplicate route name "${name}"`);
+      routeNames.set(name, rp);
+      checkPlugins(r.plugins, [...rp, 'plugins']);
+      r.paths?.forEach((p, pi) => {
+        const segs = p.split('/').slice(1);
+        const seen = new Set<string>();
+        for (const seg of segs) {
+          if (seg.includes('{') || seg.includes('}')) {
+            const m = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(seg);
+            if (!m) fail([...rp, 'paths', pi], `bad segment "${seg}": a parameter is a whole segment like {id}`);
+            else if (seen.has(m[1]!)) fail([...rp, 'paths', pi], `parameter {${m[1]}} appears twice`);
+            else seen.add(m[1]!);
+          }
+        }
+        if (/[?#\s]/.test(p)) fail([...rp, 'paths', pi], 'a path may not contain ?, # or spaces');
+        else if (normalizePath(p) !== p) fail([...rp, 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
+      });
+      const route: CompiledRoute = { name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false };
+      routes.push(route);
+      specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
+      specPaths.push(rp);
+    });
+  });
+
+  (cfg.consumers ?? []).forEach((c, ci) => {
+    c.credentials?.forEach((cr, i) => {
+      if (!KNOWN_PLUGINS.has(cr.type)) fail(['consumers', ci, 'credentials', i, 'type'], `unknown credential type "${cr.type}" (no auth plugin of that name)`);
+    });
+  });
+
+  const router = new Router(specs);
+  for (const c of router.conflicts) {
+    fail(specPaths[c.b]!, `matches the same requests as ${formatPath(specPaths[c.a]!)} (host ${c.host}, path ${c.path}); give one of them a method, header or host to tell them apart`);
+  }
+
+  let demo: Address | null = null;
+  if (cfg.demo) demo = parseAddress(cfg.demo.listen);
+
+  if (issues.length) {
+    for (const p of acquired) deps.pools.release(p);
+    throw loaded.error(issues);
+  }
+
+  return Object.freeze({
+    hash: createHash('sha256').update(JSON.stringify(cfg)).digest('hex').slice(0, 16),
+    loadedAt: new Date(),
+    source: loaded.file,
+    listen,
+    admin,
+    demo,
+    trusted,
+    limits,
+    timeouts,
+    router,
+    services,
+    routes,
+    dispose: () => {
+      for (const p of acquired) deps.pools.release(p);
+      acquired.length = 0;
+    },
+  });
+}

@@ -1,0 +1,158 @@
+/**
+ * Loading a config file: YAML or JSON (parsed with `yaml`, whose line counter gives every
+ * error its line), `${VAR}` / `${VAR:-default}` substitution in values, schema validation.
+ */
+import { readFileSync } from 'node:fs';
+import { LineCounter, parseDocument, visit, isMap, isSeq, isScalar, isPair, type Document, type Node as YNode } from 'yaml';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { ValueErrorType } from '@sinclair/typebox/errors';
+import { TurnpikeConfig, type TurnpikeConfigInput } from './schema.js';
+import { ConfigError, formatPath, type ConfigIssue, type PathSegment } from './errors.js';
+
+const validator = TypeCompiler.Compile(TurnpikeConfig);
+
+export interface LoadedConfig {
+  config: TurnpikeConfigInput;
+  file: string | undefined;
+  /** 1-based line of the node at `path` (or of its closest existing ancestor). */
+  lineOf(path: readonly PathSegment[]): number | undefined;
+  /** Builds a ConfigError whose issues carry lines. */
+  error(issues: { path: readonly PathSegment[]; message: string }[]): ConfigError;
+}
+
+const ENV_REF = /\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g;
+
+/** Replaces `${VAR}` and `${VAR:-default}`; `$${` stays a literal `${`. Returns undefined names in `missing`. */
+export function substituteEnv(text: string, env: NodeJS.ProcessEnv, missing: string[]): string {
+  return text.replace(ENV_REF, (whole, name: string | undefined, def: string | undefined) => {
+    if (whole === '$${') return '${';
+    const value = env[name!];
+    if (value !== undefined && value !== '') return value;
+    if (def !== undefined) return def;
+    if (value === undefined) missing.push(name!);
+    return '';
+  });
+}
+
+function pathOfPointer(pointer: string): PathSegment[] {
+  if (pointer === '') return [];
+  return pointer
+    .split('/')
+    .slice(1)
+    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'))
+    .map((s) => (/^(0|[1-9][0-9]*)$/.test(s) ? Number(s) : s));
+}
+
+function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): number | undefined {
+  let node: unknown = doc.contents;
+  let best: number | undefined;
+  const lineAt = (n: unknown) => {
+    const r = (n as YNode | undefined)?.range;
+    return r ? lc.linePos(r[0]).line : undefined;
+  };
+  best = lineAt(node);
+  for (const seg of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isPair(p) && (isScalar(p.key) ? p.key.value : p.key) === seg);
+      if (!pair) break;
+      best = lineAt(pair.key) ?? best;
+      node = pair.value;
+      best = lineAt(node) ?? best;
+    } else if (isSeq(node) && typeof seg === 'number') {
+      node = node.items[seg];
+      if (!node) break;
+      best = lineAt(node) ?? best;
+    } else break;
+  }
+  return best;
+}
+
+const lcFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1).replace(/\.$/, '');
+
+function schemaIssues(config: unknown): { path: PathSegment[]; message: string }[] {
+  const out: { path: PathSegment[]; message: string }[] = [];
+  const seen = new Set<string>();
+  for (const e of validator.Errors(config)) {
+    const path = pathOfPointer(e.path);
+    let message = e.message;
+    if (e.type === ValueErrorType.ObjectAdditionalProperties) message = `unknown key "${String(path[path.length - 1])}"`;
+    else if (e.type === ValueErrorType.ObjectRequiredProperty) message = 'is required';
+    else if (e.type === ValueErrorType.Union) {
+      const desc = (e.schema as { description?: string }).description;
+      message = desc ? `invalid value ${JSON.stringify(e.value)}: expected ${lcFirst(desc)}` : `invalid value ${JSON.stringify(e.value)}`;
+    } else if (e.type === ValueErrorType.StringPattern) {
+      const desc = (e.schema as { description?: string }).description;
+      message = `invalid value ${JSON.stringify(e.value)}${desc ? `: expected ${lcFirst(desc)}` : ` (must match ${(e.schema as { pattern?: string }).pattern})`}`;
+    }
+    const key = formatPath(path);
+    if (seen.has(key)) continue; // first (most relevant) error per path
+    seen.add(key);
+    out.push({ path, message });
+  }
+  // Drop errors on a parent when a child already explains it (union noise).
+  return out
+    .filter((i) => !out.some((o) => o !== i && o.path.length > i.path.length && i.path.every((s, n) => o.path[n] === s)));
+}
+
+/** Parses and validates config text (YAML or JSON). Throws ConfigError. */
+export function parseConfigText(text: string, opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): LoadedConfig {
+  const env = opts.env ?? process.env;
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
+  const lineOf = (path: readonly PathSegment[]) => locate(doc, lc, path);
+  const mkError = (items: { path: readonly PathSegment[]; message: string }[]) =>
+    new ConfigError(items.map((i): ConfigIssue => ({ path: formatPath(i.path), line: lineOf(i.path), message: i.message })), opts.file);
+
+  if (doc.errors.length) {
+    throw new ConfigError(
+      doc.errors.map((e) => ({ path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: e.message.split('\n')[0]! })),
+      opts.file,
+    );
+  }
+
+  const envIssues: { path: PathSegment[]; message: string }[] = [];
+  visit(doc, {
+    Scalar(key, node, ancestors) {
+      if (key === 'key' || typeof node.value !== 'string' || !node.value.includes('${')) return;
+      const path: PathSegment[] = [];
+      const chain = [...ancestors, node];
+      for (let i = 1; i < chain.length; i++) {
+        const a = chain[i];
+        const parent = chain[i - 1];
+        if (isPair(a)) path.push(String(isScalar(a.key) ? a.key.value : a.key));
+        else if (isSeq(parent)) path.push(parent.items.indexOf(a as never));
+      }
+      const missing: string[] = [];
+      const original = node.value;
+      const value = substituteEnv(original, env, missing);
+      for (const name of missing) {
+        envIssues.push({ path, message: `environment variable ${name} is not set (use \${${name}:-default} for a default)` });
+      }
+      node.value = value;
+      // An unquoted value that is exactly one reference takes the type it reads as (8080, true).
+      if (node.type === 'PLAIN' && /^\$\{[^}]+\}$/.test(original)) {
+        if (/^-?[0-9]+(\.[0-9]+)?$/.test(value)) node.value = Number(value);
+        else if (value === 'true' || value === 'false') node.value = value === 'true';
+      }
+    },
+  });
+  if (envIssues.length) throw mkError(envIssues);
+
+  const config = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  if (typeof config !== 'object' || Array.isArray(config)) {
+    throw mkError([{ path: [], message: 'the config must be a mapping (key: value) at the top level' }]);
+  }
+  const issues = schemaIssues(config);
+  if (issues.length) throw mkError(issues);
+  return { config: config as TurnpikeConfigInput, file: opts.file, lineOf, error: mkError };
+}
+
+export function loadConfigFile(file: string, env?: NodeJS.ProcessEnv): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
+  }
+  return parseConfigText(text, { file, env });
+}

@@ -1,0 +1,142 @@
+/**
+ * The config file's schema (TypeBox: typed, and emitted as JSON Schema to
+ * schema/turnpike.schema.json by `npm run schema`). Unknown keys are errors everywhere.
+ */
+import { Type, type Static, type TSchema, type ObjectOptions, type TProperties } from '@sinclair/typebox';
+import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
+
+const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
+  Type.Object(props, { additionalProperties: false, ...opts });
+
+export const Duration = Type.Union(
+  [Type.Integer({ minimum: 0 }), Type.String({ pattern: DURATION_PATTERN })],
+  { description: 'A duration: 250ms, 30s, 5m, 1h, 1d (a bare number is milliseconds).' },
+);
+export const Size = Type.Union(
+  [Type.Integer({ minimum: 0 }), Type.String({ pattern: SIZE_PATTERN })],
+  { description: 'A size: 512b, 10kb, 8mb, 1gb (a bare number is bytes).' },
+);
+export const HostPort = Type.String({
+  pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+|\\*):[0-9]{1,5}$',
+  description: 'host:port to listen on, e.g. 127.0.0.1:8080 or [::1]:8080',
+});
+const UpstreamUrl = Type.String({
+  pattern: '^https?://',
+  description: 'http:// or https:// URL of the upstream; a path here is prepended to every forwarded path.',
+});
+const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._~-]*$', maxLength: 128 });
+const Tags = Type.Array(Type.String({ minLength: 1, maxLength: 128 }), { description: 'Free-form labels.' });
+const Method = Type.String({ pattern: '^[A-Za-z]+$', description: 'HTTP method (case-insensitive), e.g. GET' });
+
+export const PluginBinding = Strict({
+  name: Type.String({ minLength: 1, description: 'Plugin name.' }),
+  enabled: Type.Optional(Type.Boolean({ default: true })),
+  config: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'Plugin-specific settings.' })),
+});
+
+export const Route = Strict({
+  name: Type.Optional(Name),
+  paths: Type.Optional(Type.Array(Type.String({ pattern: '^/' }), {
+    minItems: 1,
+    description: 'Path prefixes matched on segment boundaries; {name} matches one segment and captures it.',
+  })),
+  methods: Type.Optional(Type.Array(Method, { minItems: 1, description: 'Allowed methods; omitted = any.' })),
+  hosts: Type.Optional(Type.Array(Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$' }), {
+    minItems: 1,
+    description: 'Exact host names or wildcards like *.example.com; omitted = any.',
+  })),
+  headers: Type.Optional(Type.Record(
+    Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }),
+    Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })]),
+    { description: 'Request headers that must be present with one of the given values (case-sensitive values).' },
+  )),
+  strip_path: Type.Optional(Type.Boolean({ default: false, description: 'Remove the matched path prefix before forwarding.' })),
+  preserve_host: Type.Optional(Type.Boolean({ default: false, description: "Forward the client's Host instead of the upstream's." })),
+  plugins: Type.Optional(Type.Array(PluginBinding)),
+  tags: Type.Optional(Tags),
+});
+
+export const Target = Strict({
+  url: UpstreamUrl,
+  weight: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, default: 1 })),
+});
+
+export const Upstream = Strict({
+  targets: Type.Array(Target, { minItems: 1 }),
+  balancer: Type.Optional(Type.Literal('round-robin', { default: 'round-robin', description: 'Target selection (weighted round-robin).' })),
+});
+
+export const ServiceTimeouts = Strict({
+  connect: Type.Optional(Duration),
+  response: Type.Optional(Duration),
+  read: Type.Optional(Duration),
+}, { description: 'connect: TCP/TLS connect; response: until the response headers; read: idle time between body chunks.' });
+
+export const Service = Strict({
+  name: Name,
+  url: Type.Optional(UpstreamUrl),
+  upstream: Type.Optional(Upstream),
+  timeouts: Type.Optional(ServiceTimeouts),
+  retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 0, description: 'Retries on connection failure, idempotent requests without a body only.' })),
+  routes: Type.Optional(Type.Array(Route)),
+  plugins: Type.Optional(Type.Array(PluginBinding)),
+  tags: Type.Optional(Tags),
+});
+
+export const Credential = Type.Object({
+  type: Type.String({ minLength: 1 }),
+}, { additionalProperties: true, description: 'A credential, checked by the auth plugin named by `type`.' });
+
+export const Consumer = Strict({
+  name: Name,
+  groups: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+  plan: Type.Optional(Type.String({ minLength: 1 })),
+  credentials: Type.Optional(Type.Array(Credential)),
+  tags: Type.Optional(Tags),
+});
+
+export const Admin = Strict({
+  listen: Type.Optional(HostPort),
+  token: Type.Optional(Type.String({ description: 'Bearer token for the admin API; required when listening beyond loopback.' })),
+});
+
+export const Limits = Strict({
+  max_uri_length: Type.Optional(Size),
+  max_header_size: Type.Optional(Size),
+  max_headers: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
+}, { description: 'Request limits: 414 past max_uri_length, 431 past max_header_size or max_headers.' });
+
+export const ServerTimeouts = Strict({
+  client_header: Type.Optional(Duration),
+  client_body: Type.Optional(Duration),
+  keepalive: Type.Optional(Duration),
+  drain: Type.Optional(Duration),
+}, { description: 'client_header: to receive all headers; client_body: idle time between body chunks; keepalive: idle connection; drain: bound on in-flight requests at shutdown.' });
+
+export const Demo = Strict({
+  listen: HostPort,
+}, { description: 'Start the built-in demo upstream (an echo server) on this address.' });
+
+export const TurnpikeConfig = Strict({
+  $schema: Type.Optional(Type.String()),
+  listen: Type.Optional(HostPort),
+  admin: Type.Optional(Admin),
+  trusted_proxies: Type.Optional(Type.Array(Type.String(), {
+    description: 'CIDRs (or addresses) of proxies whose X-Forwarded-* / Forwarded headers are believed.',
+  })),
+  limits: Type.Optional(Limits),
+  timeouts: Type.Optional(ServerTimeouts),
+  demo: Type.Optional(Demo),
+  services: Type.Optional(Type.Array(Service)),
+  consumers: Type.Optional(Type.Array(Consumer)),
+  plugins: Type.Optional(Type.Array(PluginBinding)),
+}, {
+  $id: 'https://turnpike.dev/schema/turnpike.schema.json',
+  title: 'Turnpike gateway configuration',
+});
+
+export type TurnpikeConfigInput = Static<typeof TurnpikeConfig>;
+export type ServiceInput = Static<typeof Service>;
+export type RouteInput = Static<typeof Route>;
+export type PluginBindingInput = Static<typeof PluginBinding>;
+export type AnySchema = TSchema;

@@ -1,0 +1,74 @@
+/**
+ * RFC 9457 problem details for everything Turnpike answers itself. One catalogue of codes:
+ * the `type` is `urn:turnpike:problem:<code>`, stable for clients to switch on.
+ */
+import type { ServerResponse } from 'node:http';
+
+export interface ProblemSpec {
+  status: number;
+  title: string;
+}
+
+export const PROBLEMS = {
+  'bad-request': { status: 400, title: 'Bad Request' },
+  'no-route': { status: 404, title: 'No Route Matched' },
+  'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
+  'request-timeout': { status: 408, title: 'Request Timeout' },
+  'payload-too-large': { status: 413, title: 'Content Too Large' },
+  'uri-too-long': { status: 414, title: 'URI Too Long' },
+  'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
+  'internal-error': { status: 500, title: 'Internal Server Error' },
+  'bad-gateway': { status: 502, title: 'Bad Gateway' },
+  'upstream-unavailable': { status: 503, title: 'Service Unavailable' },
+  'shutting-down': { status: 503, title: 'Service Unavailable' },
+  'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
+} as const satisfies Record<string, ProblemSpec>;
+
+export type ProblemCode = keyof typeof PROBLEMS;
+
+export function problemBody(code: ProblemCode, detail: string, requestId?: string, extra?: Record<string, unknown>): string {
+  const p = PROBLEMS[code];
+  return JSON.stringify({
+    type: `urn:turnpike:problem:${code}`,
+    title: p.title,
+    status: p.status,
+    detail,
+    ...(requestId ? { request_id: requestId } : {}),
+    ...extra,
+  });
+}
+
+/**
+ * Sends a problem+json response unless headers already went out (then the connection is cut:
+ * a client must never mistake a half response for a whole one).
+ */
+export function sendProblem(
+  res: ServerResponse, code: ProblemCode, detail: string, requestId: string | undefined,
+  opts: { close?: boolean; headers?: Record<string, string> } = {},
+): void {
+  if (res.headersSent || res.writableEnded) {
+    res.destroy();
+    return;
+  }
+  const body = problemBody(code, detail, requestId);
+  const headers: Record<string, string | number> = {
+    'content-type': 'application/problem+json',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    ...opts.headers,
+  };
+  if (requestId) headers['x-request-id'] = requestId;
+  if (opts.close) headers['connection'] = 'close';
+  res.writeHead(PROBLEMS[code].status, headers);
+  res.end(res.req?.method === 'HEAD' ? undefined : body);
+}
+
+/** Raw HTTP/1.1 problem response for a socket the HTTP parser gave up on (clientError). */
+export function rawProblem(code: ProblemCode, detail: string): string {
+  const body = problemBody(code, detail);
+  const p = PROBLEMS[code];
+  return (
+    `HTTP/1.1 ${p.status} ${p.title}\r\ncontent-type: application/problem+json\r\n` +
+    `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+  );
+}

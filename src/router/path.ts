@@ -1,0 +1,57 @@
+/**
+ * Request-path normalization (RFC 3986 §6.2.2): percent-encodings of unreserved characters
+ * are decoded, other percent-encodings upper-cased, dot segments removed. The router matches,
+ * and the proxy forwards, the normalized path, so `/public/../admin` and `/%61dmin` cannot
+ * slip past a route. Returns null for a malformed percent-encoding.
+ */
+
+const HEX = /^[0-9A-Fa-f]{2}$/;
+
+function isUnreserved(code: number): boolean {
+  return (
+    (code >= 0x41 && code <= 0x5a) || (code >= 0x61 && code <= 0x7a) || (code >= 0x30 && code <= 0x39) ||
+    code === 0x2d || code === 0x2e || code === 0x5f || code === 0x7e
+  );
+}
+
+function normalizePercent(path: string): string | null {
+  let out = '';
+  let last = 0;
+  for (let i = path.indexOf('%'); i !== -1; i = path.indexOf('%', i + 1)) {
+    const hex = path.slice(i + 1, i + 3);
+    if (!HEX.test(hex)) return null;
+    const code = parseInt(hex, 16);
+    out += path.slice(last, i) + (isUnreserved(code) ? String.fromCharCode(code) : '%' + hex.toUpperCase());
+    last = i + 3;
+    i += 2;
+  }
+  return out + path.slice(last);
+}
+
+/** RFC 3986 §5.2.4 remove_dot_segments, for an absolute path. */
+export function removeDotSegments(path: string): string {
+  const segs = path.split('/');
+  const out: string[] = [];
+  for (let i = 1; i < segs.length; i++) {
+    const s = segs[i]!;
+    const last = i === segs.length - 1;
+    if (s === '.') {
+      if (last) out.push('');
+    } else if (s === '..') {
+      out.pop();
+      if (last) out.push('');
+    } else out.push(s);
+  }
+  return '/' + out.join('/');
+}
+
+export function normalizePath(path: string): string | null {
+  let p = path;
+  if (p.includes('%')) {
+    const n = normalizePercent(p);
+    if (n === null) return null;
+    p = n;
+  }
+  if (p.includes('/.')) p = removeDotSegments(p);
+  return p;
+}

@@ -1,0 +1,241 @@
+/**
+ * The router: hosts (exact, then `*.suffix` wildcards longest first, then any host), then path
+ * patterns in a segment trie (prefix on segment boundaries, `{param}` captures one segment),
+ * then methods and header matches.
+ *
+ * Precedence, most specific wins, decided in this order:
+ *  1. host: an exact host beats a wildcard (longer suffix first), which beats routes with no host;
+ *     when no route of a host class matches the request, the next class is tried;
+ *  2. path, compared segment by segment from the left: a literal segment beats `{param}`, which
+ *     beats the pattern ending there (so `/a/b` > `/a/{x}` > `/a`);
+ *  3. a route that lists methods beats one that accepts any method;
+ *  4. more header matches beat fewer;
+ *  5. remaining ties go to the route defined first — except two routes with the same host,
+ *     path, header matches and overlapping methods, which is a config error (reported by compile).
+ */
+
+export interface RouteSpec<T> {
+  hosts?: readonly string[] | undefined;
+  paths?: readonly string[] | undefined;
+  methods?: readonly string[] | undefined;
+  headers?: Readonly<Record<string, string | readonly string[]>> | undefined;
+  data: T;
+}
+
+export interface RouteMatch<T> {
+  data: T;
+  /** Captured `{param}` values (raw, still percent-encoded), or null when the pattern has none. */
+  params: Record<string, string> | null;
+  /** Length of the request path that the pattern matched (for strip_path). */
+  prefixLength: number;
+  /** The pattern that matched. */
+  pattern: string;
+}
+
+export type MatchResult<T> = RouteMatch<T> | { methodNotAllowed: string[] } | null;
+
+interface Entry<T> {
+  data: T;
+  order: number;
+  pattern: string;
+  /** (segment index, param name) pairs. */
+  params: [number, string][];
+  methods: Set<string> | null;
+  headers: [string, Set<string>][];
+  depth: number;
+}
+
+class TrieNode<T> {
+  literal: Map<string, TrieNode<T>> | null = null;
+  param: TrieNode<T> | null = null;
+  entries: Entry<T>[] = [];
+}
+
+interface HostTable<T> {
+  exact: Map<string, TrieNode<T>>;
+  wildcard: { suffix: string; trie: TrieNode<T> }[];
+  any: TrieNode<T> | null;
+}
+
+export interface RouteConflict {
+  a: number;
+  b: number;
+  host: string;
+  path: string;
+}
+
+const PARAM = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
+
+export function patternSegments(pattern: string): string[] {
+  const segs = pattern.split('/').slice(1);
+  if (segs.length && segs[segs.length - 1] === '') segs.pop();
+  return segs;
+}
+
+/** Lower-cases a Host value and strips its port: `API.Example.com:8080` -> `api.example.com`, `[::1]:80` -> `[::1]`. */
+export function hostName(host: string): string {
+  let h = host;
+  if (h.charCodeAt(0) === 0x5b /* [ */) {
+    const end = h.indexOf(']');
+    h = end === -1 ? h : h.slice(0, end + 1);
+  } else {
+    const colon = h.indexOf(':');
+    if (colon !== -1) h = h.slice(0, colon);
+  }
+  if (h.endsWith('.')) h = h.slice(0, -1);
+  return h.toLowerCase();
+}
+
+export class Router<T> {
+  private readonly table: HostTable<T> = { exact: new Map(), wildcard: [], any: null };
+  readonly conflicts: RouteConflict[] = [];
+  readonly size: number;
+
+  constructor(specs: readonly RouteSpec<T>[]) {
+    specs.forEach((spec, order) => {
+      const methods = spec.methods?.length ? new Set(spec.methods.map((m) => m.toUpperCase())) : null;
+      const headers: [string, Set<string>][] = Object.entries(spec.headers ?? {}).map(([k, v]) => [
+        k.toLowerCase(),
+        new Set(typeof v === 'string' ? [v] : v),
+      ]);
+      for (const host of spec.hosts?.length ? spec.hosts : [null]) {
+        const trie = this.trieFor(host === null ? null : host.toLowerCase());
+        for (const pattern of spec.paths?.length ? spec.paths : ['/']) {
+          const segs = patternSegments(pattern);
+          const params: [number, string][] = [];
+          let node = trie;
+          segs.forEach((seg, i) => {
+            const p = PARAM.exec(seg);
+            if (p) {
+              params.push([i, p[1]!]);
+              node = node.param ??= new TrieNode<T>();
+            } else {
+              node.literal ??= new Map();
+              let next = node.literal.get(seg);
+              if (!next) node.literal.set(seg, (next = new TrieNode<T>()));
+              node = next;
+            }
+          });
+          const entry: Entry<T> = { data: spec.data, order, pattern, params, methods, headers, depth: segs.length };
+          for (const other of node.entries) {
+            if (other.order !== order && sameHeaders(other.headers, headers) && methodsOverlap(other.methods, methods)) {
+              this.conflicts.push({ a: other.order, b: order, host: host ?? '*', path: pattern });
+            }
+          }
+          node.entries.push(entry);
+          node.entries.sort(compareEntries);
+        }
+      }
+    });
+    this.table.wildcard.sort((a, b) => b.suffix.length - a.suffix.length);
+    this.size = specs.length;
+  }
+
+  private trieFor(host: string | null): TrieNode<T> {
+    if (host === null) return (this.table.any ??= new TrieNode<T>());
+    if (host.startsWith('*.')) {
+      const suffix = host.slice(1);
+      let w = this.table.wildcard.find((x) => x.suffix === suffix);
+      if (!w) this.table.wildcard.push((w = { suffix, trie: new TrieNode<T>() }));
+      return w.trie;
+    }
+    let t = this.table.exact.get(host);
+    if (!t) this.table.exact.set(host, (t = new TrieNode<T>()));
+    return t;
+  }
+
+  /**
+   * Finds the most specific route. `path` must be normalized (see normalizePath) and start
+   * with `/`; `host` is the Host without port, lower-cased.
+   */
+  match(method: string, host: string, path: string, headers: Record<string, string | string[] | undefined>): MatchResult<T> {
+    const segs = patternSegments(path);
+    const allowed: string[] = [];
+    const t = this.table;
+    const exact = t.exact.size ? t.exact.get(host) : undefined;
+    if (exact) {
+      const m = this.search(exact, segs, 0, method, headers, allowed);
+      if (m) return this.result(m, segs, path);
+    }
+    for (const w of t.wildcard) {
+      if (host.length > w.suffix.length && host.endsWith(w.suffix)) {
+        const m = this.search(w.trie, segs, 0, method, headers, allowed);
+        if (m) return this.result(m, segs, path);
+      }
+    }
+    if (t.any) {
+      const m = this.search(t.any, segs, 0, method, headers, allowed);
+      if (m) return this.result(m, segs, path);
+    }
+    return allowed.length ? { methodNotAllowed: [...new Set(allowed)].sort() } : null;
+  }
+
+  private search(
+    node: TrieNode<T>, segs: string[], i: number, method: string,
+    headers: Record<string, string | string[] | undefined>, allowed: string[],
+  ): Entry<T> | null {
+    if (i < segs.length) {
+      const lit = node.literal?.get(segs[i]!);
+      if (lit) {
+        const m = this.search(lit, segs, i + 1, method, headers, allowed);
+        if (m) return m;
+      }
+      if (node.param && segs[i] !== '') {
+        const m = this.search(node.param, segs, i + 1, method, headers, allowed);
+        if (m) return m;
+      }
+    }
+    for (const e of node.entries) {
+      if (!headersMatch(e.headers, headers)) continue;
+      if (e.methods && !e.methods.has(method)) {
+        allowed.push(...e.methods);
+        continue;
+      }
+      return e;
+    }
+    return null;
+  }
+
+  private result(e: Entry<T>, segs: string[], path: string): RouteMatch<T> {
+    let params: Record<string, string> | null = null;
+    if (e.params.length) {
+      params = {};
+      for (const [i, name] of e.params) params[name] = segs[i]!;
+    }
+    let prefixLength = 0;
+    for (let i = 0; i < e.depth; i++) prefixLength += 1 + segs[i]!.length;
+    if (prefixLength > path.length) prefixLength = path.length;
+    return { data: e.data, params, prefixLength, pattern: e.pattern };
+  }
+}
+
+function compareEntries<T>(a: Entry<T>, b: Entry<T>): number {
+  if (!!a.methods !== !!b.methods) return a.methods ? -1 : 1;
+  if (a.headers.length !== b.headers.length) return b.headers.length - a.headers.length;
+  return a.order - b.order;
+}
+
+function sameHeaders(a: [string, Set<string>][], b: [string, Set<string>][]): boolean {
+  if (a.length !== b.length) return false;
+  return a.every(([k, v]) => {
+    const o = b.find(([k2]) => k2 === k);
+    return !!o && o[1].size === v.size && [...v].every((x) => o[1].has(x));
+  });
+}
+
+function methodsOverlap(a: Set<string> | null, b: Set<string> | null): boolean {
+  if (!a || !b) return !a && !b ? true : false;
+  for (const m of a) if (b.has(m)) return true;
+  return false;
+}
+
+function headersMatch(want: [string, Set<string>][], headers: Record<string, string | string[] | undefined>): boolean {
+  for (const [name, values] of want) {
+    const got = headers[name];
+    if (got === undefined) return false;
+    if (typeof got === 'string') {
+      if (!values.has(got)) return false;
+    } else if (!got.some((g) => values.has(g))) return false;
+  }
+  return true;
+}

@@ -1,0 +1,196 @@
+/**
+ * A running gateway: the proxy listener, the admin listener and (when configured) the demo
+ * upstream, all serving from the current immutable snapshot. Swapping snapshots is atomic;
+ * a request keeps the snapshot it started with. stop() drains in-flight requests (bounded).
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { compile, type Address, type Snapshot } from '../config/compile.js';
+import type { LoadedConfig } from '../config/load.js';
+import { PoolRegistry } from '../upstream/pools.js';
+import { handleRequest, type RequestContext } from './request.js';
+import { createAdminHandler } from './admin.js';
+import { createEchoServer } from '../demo/echo.js';
+import { rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
+import { silentLogger, type Logger } from '../core/log.js';
+
+export interface GatewayOptions {
+  logger?: Logger;
+}
+
+function listen(server: Server, addr: Address): Promise<AddressInfo> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => reject(err);
+    server.once('error', onError);
+    server.listen(addr.port, addr.host, () => {
+      server.off('error', onError);
+      resolve(server.address() as AddressInfo);
+    });
+  });
+}
+
+const closeServer = (s: Server | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
+
+export class Gateway implements RequestContext {
+  snapshot: Snapshot;
+  draining = false;
+  readonly via = 'turnpike';
+  readonly proto = 'http' as const;
+  revision = 1;
+  ready = false;
+  readonly startedAt = Date.now();
+  private inflight = 0;
+  private readonly pools: PoolRegistry;
+  private readonly log: Logger;
+  private proxy: Server | null = null;
+  private admin: Server | null = null;
+  private demo: Server | null = null;
+  proxyAddress: AddressInfo | null = null;
+  adminAddress: AddressInfo | null = null;
+  demoAddress: AddressInfo | null = null;
+
+  private constructor(snapshot: Snapshot, pools: PoolRegistry, log: Logger) {
+    this.snapshot = snapshot;
+    this.pools = pools;
+    this.log = log;
+  }
+
+  /** Compiles the config and starts every listener it names. Throws ConfigError or a listen error. */
+  static async start(loaded: LoadedConfig, opts: GatewayOptions = {}): Promise<Gateway> {
+    const pools = new PoolRegistry();
+    const snapshot = compile(loaded, { pools });
+    const gw = new Gateway(snapshot, pools, opts.logger ?? silentLogger);
+    try {
+      await gw.listenAll();
+    } catch (err) {
+      await gw.stop();
+      throw err;
+    }
+    return gw;
+  }
+
+  private async listenAll(): Promise<void> {
+    const snap = this.snapshot;
+    if (snap.admin) {
+      this.admin = createServer(createAdminHandler(this));
+      this.adminAddress = await listen(this.admin, snap.admin.listen);
+      this.log.info({ address: this.adminAddress }, 'admin listener up');
+    }
+    if (snap.demo) {
+      this.demo = createEchoServer();
+      this.demoAddress = await listen(this.demo, snap.demo);
+      this.log.info({ address: this.demoAddress }, 'demo upstream up');
+    }
+    this.proxy = this.createProxyServer(snap);
+    this.proxyAddress = await listen(this.proxy, snap.listen);
+    this.ready = true;
+    this.log.info({ address: this.proxyAddress, revision: this.revision, hash: snap.hash }, 'proxy listener up');
+  }
+
+  private createProxyServer(snap: Snapshot): Server {
+    const { limits, timeouts } = snap;
+    const server = createServer({
+      requireHostHeader: false, // checked in handleRequest, to answer with problem+json
+      headersTimeout: timeouts.clientHeader,
+      requestTimeout: 0, // body idle time is bounded per request (timeouts.client_body)
+      keepAliveTimeout: timeouts.keepAlive,
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, timeouts.clientHeader / 2)),
+      maxHeaderSize: limits.maxUriLength + limits.maxHeaderSize + 64,
+      noDelay: true,
+      insecureHTTPParser: false,
+    });
+    // One more than the limit, so that handleRequest sees the overflow and answers 431.
+    server.maxHeadersCount = limits.maxHeaders + 1;
+    const onRequest = (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => {
+      this.inflight++;
+      res.once('close', () => this.inflight--);
+      try {
+        handleRequest(this, req, res, expectContinue);
+      } catch (err) {
+        this.log.error({ err }, 'request handler failed');
+        sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
+      }
+    };
+    server.on('request', (req, res) => onRequest(req, res, false));
+    server.on('checkContinue', (req, res) => onRequest(req, res, true));
+    server.on('connect', (_req, socket: Socket) => {
+      socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'));
+    });
+    server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string }, socket: Socket) => {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
+        socket.destroy();
+        return;
+      }
+      let code: ProblemCode = 'bad-request';
+      let detail = `malformed HTTP request${err.reason ? `: ${err.reason}` : ''}`;
+      if (err.code === 'HPE_HEADER_OVERFLOW') {
+        const firstLineEnd = err.rawPacket ? err.rawPacket.indexOf('\n') : -1;
+        if (firstLineEnd === -1 || firstLineEnd > this.snapshot.limits.maxUriLength) {
+          code = 'uri-too-long';
+          detail = `the request target is longer than ${this.snapshot.limits.maxUriLength} bytes`;
+        } else {
+          code = 'headers-too-large';
+          detail = `header fields exceed ${this.snapshot.limits.maxHeaderSize} bytes`;
+        }
+      } else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') {
+        code = 'request-timeout';
+        detail = 'the request headers did not arrive in time';
+      }
+      socket.end(rawProblem(code, detail));
+      socket.destroySoon();
+    });
+    return server;
+  }
+
+  /** Swaps in a new config. Throws ConfigError (the running config stays). */
+  reload(loaded: LoadedConfig): Snapshot {
+    const next = compile(loaded, { pools: this.pools });
+    const prev = this.snapshot;
+    for (const [what, a, b] of [
+      ['listen', prev.listen, next.listen],
+      ['admin.listen', prev.admin?.listen, next.admin?.listen],
+      ['demo.listen', prev.demo, next.demo],
+    ] as const) {
+      if (JSON.stringify(a) !== JSON.stringify(b)) this.log.warn({ setting: what }, `${what} changed: restart to apply it`);
+    }
+    if (this.proxy) {
+      this.proxy.headersTimeout = next.timeouts.clientHeader;
+      this.proxy.keepAliveTimeout = next.timeouts.keepAlive;
+      this.proxy.maxHeadersCount = next.limits.maxHeaders + 1;
+    }
+    this.snapshot = next;
+    this.revision++;
+    // In-flight requests hold their own references to the old snapshot's pools; closing a
+    // pool waits for its running requests.
+    prev.dispose();
+    this.log.info({ revision: this.revision, hash: next.hash }, 'config reloaded');
+    return next;
+  }
+
+  get inFlight(): number {
+    return this.inflight;
+  }
+
+  /** Stops accepting, lets in-flight requests finish (at most timeouts.drain), then closes everything. */
+  async stop(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    this.ready = false;
+    const deadline = Date.now() + this.snapshot.timeouts.drain;
+    const proxyClosed = closeServer(this.proxy);
+    this.proxy?.closeIdleConnections();
+    while (this.inflight > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      this.proxy?.closeIdleConnections();
+    }
+    if (this.inflight > 0) this.log.warn({ inflight: this.inflight }, 'drain timeout: closing remaining connections');
+    this.proxy?.closeAllConnections();
+    await proxyClosed;
+    this.admin?.closeAllConnections();
+    this.demo?.closeAllConnections();
+    await Promise.all([closeServer(this.admin), closeServer(this.demo)]);
+    this.snapshot.dispose();
+    await this.pools.closeAll();
+    this.log.info('stopped');
+  }
+}

@@ -1,0 +1,140 @@
+/** Test helpers: in-process gateways, loopback upstreams, raw-socket clients and origins. */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createNetServer, connect, type Server as NetServer, type Socket, type AddressInfo } from 'node:net';
+import { parseConfigText } from '../src/config/load.js';
+import { Gateway } from '../src/server/gateway.js';
+
+export interface TestGateway {
+  gw: Gateway;
+  port: number;
+  url: string;
+  adminUrl: string | null;
+  close(): Promise<void>;
+}
+
+/** Starts a gateway from YAML text on a random port (listen: 127.0.0.1:0 unless given). */
+export async function startGateway(yaml: string, env: NodeJS.ProcessEnv = {}): Promise<TestGateway> {
+  const text = /^listen:/m.test(yaml) ? yaml : `listen: 127.0.0.1:0\n${yaml}`;
+  const gw = await Gateway.start(parseConfigText(text, { env }));
+  const port = gw.proxyAddress!.port;
+  return {
+    gw,
+    port,
+    url: `http://127.0.0.1:${port}`,
+    adminUrl: gw.adminAddress ? `http://127.0.0.1:${gw.adminAddress.port}` : null,
+    close: () => gw.stop(),
+  };
+}
+
+export interface TestUpstream {
+  server: Server;
+  port: number;
+  url: string;
+  requests: { method: string; url: string; headers: IncomingMessage['headers']; rawHeaders: string[]; body: Buffer }[];
+  close(): Promise<void>;
+}
+
+/** A node:http upstream; the default handler echoes the request as JSON. */
+export async function startUpstream(
+  handler?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void,
+): Promise<TestUpstream> {
+  const requests: TestUpstream['requests'] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ method: req.method!, url: req.url!, headers: req.headers, rawHeaders: req.rawHeaders, body });
+      if (handler) return handler(req, res, body);
+      const out = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, body: body.toString() });
+      res.writeHead(200, { 'content-type': 'application/json' }).end(out);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    server, port, url: `http://127.0.0.1:${port}`, requests,
+    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
+}
+
+export interface RawOrigin {
+  port: number;
+  url: string;
+  /** Every byte received, per connection, in arrival order. */
+  connections: Buffer[];
+  received(): string;
+  close(): Promise<void>;
+}
+
+/**
+ * A raw TCP origin that records the exact bytes it receives. `respond` is called with the
+ * bytes so far on each data event and returns the raw response to write (or null to wait).
+ */
+export async function startRawOrigin(
+  respond: (data: Buffer, socket: Socket) => string | Buffer | null | undefined,
+): Promise<RawOrigin> {
+  const connections: Buffer[] = [];
+  const sockets = new Set<Socket>();
+  const server: NetServer = createNetServer((socket) => {
+    sockets.add(socket);
+    const idx = connections.push(Buffer.alloc(0)) - 1;
+    let answered = false;
+    socket.on('data', (d) => {
+      connections[idx] = Buffer.concat([connections[idx]!, d]);
+      if (answered) return;
+      const out = respond(connections[idx]!, socket);
+      if (out != null) {
+        answered = true;
+        socket.write(out);
+      }
+    });
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port, url: `http://127.0.0.1:${port}`, connections,
+    received: () => Buffer.concat(connections).toString('latin1'),
+    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+  };
+}
+
+/** Complete requests (headers + body by Content-Length) seen in raw bytes: used to count what an origin received. */
+export function countRequests(raw: string): number {
+  return (raw.match(/^(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|TRACE) \S+ HTTP\/1\.[01]\r\n/gm) ?? []).length;
+}
+
+/**
+ * Sends raw bytes and collects everything the server sends until it closes the connection
+ * or `idleMs` passes without data. `closed` says whether the server closed it.
+ */
+export function rawRequest(port: number, data: string | Buffer, idleMs = 1500): Promise<{ text: string; closed: boolean }> {
+  return new Promise((resolve) => {
+    const sock = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let timer: NodeJS.Timeout;
+    const done = (closed: boolean) => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve({ text: Buffer.concat(chunks).toString('latin1'), closed });
+    };
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => done(false), idleMs);
+    };
+    sock.on('connect', () => { sock.write(data); arm(); });
+    sock.on('data', (d) => { chunks.push(d); arm(); });
+    sock.on('end', () => done(true));
+    sock.on('close', () => done(true));
+    sock.on('error', () => done(true));
+  });
+}
+
+/** Parses the status codes of every response in a raw HTTP/1.1 byte stream. */
+export function statuses(raw: string): number[] {
+  return [...raw.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((m) => Number(m[1]));
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
