@@ -1,5 +1,5 @@
 /** Test helpers: in-process gateways, loopback upstreams, raw-socket clients and origins. */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, connect, type Server as NetServer, type Socket, type AddressInfo } from 'node:net';
 import { parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
@@ -138,3 +138,33 @@ export function statuses(raw: string): number[] {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface SimpleResponse {
+  status: number;
+  headers: IncomingMessage['headers'];
+  rawHeaders: string[];
+  body: string;
+  informational: { status: number; headers: Record<string, unknown> }[];
+}
+
+/** One request with node:http (no agent reuse); resolves with the whole response. */
+export function request(
+  url: string,
+  opts: { method?: string; headers?: Record<string, string | string[]> | string[]; body?: string | Buffer; setHost?: boolean } = {},
+): Promise<SimpleResponse> {
+  return new Promise((resolve, reject) => {
+    const informational: SimpleResponse['informational'] = [];
+    const req = httpRequest(url, { method: opts.method ?? 'GET', headers: opts.headers as never, agent: false, setHost: opts.setHost ?? true }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({
+        status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders,
+        body: Buffer.concat(chunks).toString(), informational,
+      }));
+      res.on('error', reject);
+    });
+    req.on('information', (info) => informational.push({ status: info.statusCode, headers: info.headers }));
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}

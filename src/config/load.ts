@@ -101,7 +101,12 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
   const lineOf = (path: readonly PathSegment[]) => locate(doc, lc, path);
   const mkError = (items: { path: readonly PathSegment[]; message: string }[]) =>
-    new ConfigError(items.map((i): ConfigIssue => ({ path: formatPath(i.path), line: lineOf(i.path), message: i.message })), opts.file);
+    new ConfigError(
+      items
+        .map((i): ConfigIssue => ({ path: formatPath(i.path), line: lineOf(i.path), message: i.message }))
+        .sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity)),
+      opts.file,
+    );
 
   if (doc.errors.length) {
     throw new ConfigError(

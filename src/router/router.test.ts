@@ -1,0 +1,125 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Router, hostName, type RouteSpec } from './router.js';
+import { normalizePath } from './path.js';
+
+const specs: RouteSpec<string>[] = [
+  { paths: ['/'], data: 'root' },
+  { paths: ['/orders'], data: 'orders' },
+  { paths: ['/orders/{id}'], data: 'order-by-id' },
+  { paths: ['/orders/special'], data: 'orders-special' },
+  { paths: ['/orders/{id}/items'], methods: ['GET'], data: 'order-items-get' },
+  { paths: ['/orders/{id}/items'], data: 'order-items-any' },
+  { paths: ['/api'], hosts: ['api.example.com'], data: 'api-exact' },
+  { paths: ['/api'], hosts: ['*.example.com'], data: 'api-wild' },
+  { paths: ['/api'], hosts: ['*.eu.example.com'], data: 'api-wild-eu' },
+  { paths: ['/api'], data: 'api-any' },
+  { paths: ['/v'], headers: { 'x-version': '2' }, data: 'v2' },
+  { paths: ['/v'], headers: { 'x-version': ['3', '4'], 'x-beta': 'yes' }, data: 'v34-beta' },
+  { paths: ['/v'], data: 'v-default' },
+  { paths: ['/write'], methods: ['POST', 'PUT'], data: 'write' },
+  { paths: ['/only-host'], hosts: ['only.example.com'], data: 'only-host' },
+  { paths: ['/users/{uid}/posts/{pid}'], data: 'user-post' },
+];
+
+const router = new Router(specs);
+
+// [method, host, path, headers, expected route or status, expected params]
+const table: [string, string, string, Record<string, string>, string, Record<string, string>?][] = [
+  ['GET', 'x', '/', {}, 'root'],
+  ['GET', 'x', '/unknown', {}, 'root'],
+  ['GET', 'x', '/orders', {}, 'orders'],
+  ['GET', 'x', '/orders/', {}, 'orders'],
+  ['GET', 'x', '/ordersX', {}, 'root'], // prefix only on segment boundaries
+  ['GET', 'x', '/orders/7', {}, 'order-by-id', { id: '7' }],
+  ['GET', 'x', '/orders/7/other', {}, 'order-by-id', { id: '7' }],
+  ['GET', 'x', '/orders/special', {}, 'orders-special'], // literal beats {param}
+  ['GET', 'x', '/orders/special/x', {}, 'orders-special'],
+  ['GET', 'x', '/orders/7/items', {}, 'order-items-get', { id: '7' }], // method-specific first
+  ['POST', 'x', '/orders/7/items', {}, 'order-items-any', { id: '7' }],
+  ['GET', 'x', '/orders/special/items', {}, 'orders-special'], // leftmost literal wins
+  ['GET', 'x', '/orders//items', {}, 'orders'], // an empty segment is not a {param}
+  ['GET', 'api.example.com', '/api', {}, 'api-exact'],
+  ['GET', 'www.example.com', '/api', {}, 'api-wild'],
+  ['GET', 'a.b.example.com', '/api', {}, 'api-wild'],
+  ['GET', 'x.eu.example.com', '/api', {}, 'api-wild-eu'], // longer wildcard suffix wins
+  ['GET', 'example.com', '/api', {}, 'api-any'], // *.example.com needs a subdomain
+  ['GET', 'other.org', '/api', {}, 'api-any'],
+  ['GET', 'api.example.com', '/orders', {}, 'orders'], // falls through the host classes
+  ['GET', 'x', '/v', { 'x-version': '2' }, 'v2'],
+  ['GET', 'x', '/v', { 'x-version': '3', 'x-beta': 'yes' }, 'v34-beta'], // more header matches first
+  ['GET', 'x', '/v', { 'x-version': '3' }, 'v-default'],
+  ['GET', 'x', '/v', {}, 'v-default'],
+  ['PUT', 'x', '/write', {}, 'write'],
+  ['GET', 'x', '/write', {}, 'root'], // a less specific route still serves other methods
+  ['GET', 'only.example.com', '/only-host', {}, 'only-host'],
+  ['GET', 'x', '/only-host', {}, 'root'],
+  ['GET', 'x', '/users/u1/posts/p9/c', {}, 'user-post', { uid: 'u1', pid: 'p9' }],
+];
+
+test('router conformance table', () => {
+  for (const [method, host, path, headers, want, params] of table) {
+    const m = router.match(method, host, path, headers);
+    assert.ok(m && 'data' in m, `${method} ${host}${path}: no match`);
+    assert.equal(m.data, want, `${method} ${host}${path}`);
+    if (params) assert.deepEqual(m.params, params, `${method} ${host}${path} params`);
+  }
+});
+
+test('405 when the path matches only routes of other methods; 404 when nothing matches', () => {
+  const r = new Router<string>([
+    { paths: ['/w'], methods: ['POST', 'PUT'], data: 'w' },
+    { paths: ['/r'], methods: ['GET'], data: 'r' },
+  ]);
+  assert.deepEqual(r.match('GET', 'x', '/w/1', {}), { methodNotAllowed: ['POST', 'PUT'] });
+  assert.equal(r.match('GET', 'x', '/nothing', {}), null);
+});
+
+test('prefixLength covers exactly the matched segments (strip_path)', () => {
+  const r = new Router<string>([{ paths: ['/a/{x}'], data: 'a' }]);
+  const m = r.match('GET', 'h', '/a/b/c/d', {});
+  assert.ok(m && 'data' in m);
+  assert.equal('/a/b/c/d'.slice(m.prefixLength), '/c/d');
+  const m2 = r.match('GET', 'h', '/a/b', {});
+  assert.ok(m2 && 'data' in m2);
+  assert.equal('/a/b'.slice(m2.prefixLength), '');
+});
+
+test('identical routes are reported as conflicts; distinguishable ones are not', () => {
+  const r = new Router<number>([
+    { paths: ['/x'], data: 0 },
+    { paths: ['/x/'], data: 1 }, // same as /x
+    { paths: ['/x'], methods: ['GET'], data: 2 }, // more specific: fine
+    { paths: ['/x'], methods: ['GET', 'POST'], data: 3 }, // overlaps 2 on GET
+    { paths: ['/x'], headers: { a: 'b' }, data: 4 },
+    { paths: ['/x'], hosts: ['h.example'], data: 5 },
+  ]);
+  assert.deepEqual(r.conflicts.map((c) => [c.a, c.b]), [[0, 1], [2, 3]]);
+});
+
+test('hostName lower-cases and strips ports and a trailing dot', () => {
+  assert.equal(hostName('API.Example.COM:8080'), 'api.example.com');
+  assert.equal(hostName('[::1]:80'), '[::1]');
+  assert.equal(hostName('example.com.'), 'example.com');
+});
+
+test('path normalization: dot segments and percent-encoding', () => {
+  const cases: [string, string | null][] = [
+    ['/a/b', '/a/b'],
+    ['/a/./b', '/a/b'],
+    ['/a/../b', '/b'],
+    ['/public/../admin', '/admin'],
+    ['/../../etc/passwd', '/etc/passwd'],
+    ['/a/%2e%2e/b', '/b'],
+    ['/%61dmin', '/admin'],
+    ['/a%2fb', '/a%2Fb'], // an encoded slash stays encoded: it is not a segment boundary
+    ['/a/b/..', '/a/'],
+    ['/a%zz', null],
+    ['/a%2', null],
+  ];
+  for (const [input, want] of cases) assert.equal(normalizePath(input), want, input);
+  const r = new Router<string>([{ paths: ['/public'], data: 'public' }, { paths: ['/admin'], data: 'admin' }]);
+  const m = r.match('GET', 'h', normalizePath('/public/%2e%2e/admin')!, {});
+  assert.ok(m && 'data' in m);
+  assert.equal(m.data, 'admin');
+});

@@ -1,0 +1,190 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { parseConfigText } from '../src/config/load.js';
+import { compile } from '../src/config/compile.js';
+import { ConfigError } from '../src/config/errors.js';
+import { PoolRegistry } from '../src/upstream/pools.js';
+import { parseDuration, parseSize } from '../src/config/units.js';
+import { schemaJson } from '../src/config/json-schema.js';
+
+function issuesOf(text: string, env: NodeJS.ProcessEnv = {}) {
+  const pools = new PoolRegistry();
+  try {
+    compile(parseConfigText(text, { env }), { pools }).dispose();
+    return [];
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, String(err));
+    return err.issues;
+  } finally {
+    void pools.closeAll();
+  }
+}
+
+const base = `services:
+  - name: orders
+    url: http://127.0.0.1:9001
+    routes:
+      - name: a
+        paths: [/orders]
+      - name: b
+        paths: [/x]
+`;
+
+test('the contract example without plugins loads', () => {
+  const text = `listen: 127.0.0.1:8080
+admin:
+  listen: 127.0.0.1:8081
+  token: \${TURNPIKE_ADMIN_TOKEN:-}
+services:
+  - name: orders
+    url: http://127.0.0.1:9001
+    timeouts: {connect: 2s, response: 30s}
+    retries: 1
+    routes:
+      - name: orders-api
+        paths: [/orders]
+        methods: [GET, POST]
+        hosts: [api.example.com]
+        strip_path: false
+        plugins: []
+plugins: []
+`;
+  assert.deepEqual(issuesOf(text), []);
+});
+
+test('unknown keys are errors naming their path and line', () => {
+  const issues = issuesOf(base.replace('paths: [/x]', 'paths: [/x]\n        bogus: 1'));
+  assert.deepEqual(issues, [{ path: 'services[0].routes[1].bogus', line: 9, message: 'unknown key "bogus"' }]);
+  const top = issuesOf('listen: 127.0.0.1:1\nlisten_port: 2\n');
+  assert.equal(top[0]!.path, 'listen_port');
+  assert.equal(top[0]!.line, 2);
+});
+
+test('schema errors carry path and line', () => {
+  const issues = issuesOf(base.replace('paths: [/x]', 'paths: [x]'));
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, 'services[0].routes[1].paths[0]');
+  assert.equal(issues[0]!.line, 8);
+  const missing = issuesOf('services:\n  - url: http://a\n');
+  assert.equal(missing[0]!.path, 'services[0].name');
+  assert.equal(missing[0]!.line, 2);
+  assert.match(missing[0]!.message, /required/);
+});
+
+test('semantic errors carry path and line', () => {
+  const dup = issuesOf(base + `  - name: orders\n    url: http://127.0.0.1:9002\n`);
+  assert.equal(dup[0]!.path, 'services[1].name');
+  assert.equal(dup[0]!.line, 9);
+  const conflict = issuesOf(base.replace('paths: [/x]', 'paths: [/orders/]'));
+  assert.equal(conflict[0]!.path, 'services[0].routes[1]');
+  assert.match(conflict[0]!.message, /same requests as services\[0\]\.routes\[0\]/);
+  const plugin = issuesOf(base + 'plugins:\n  - name: no-such-plugin\n');
+  assert.deepEqual(plugin, [{ path: 'plugins[0].name', line: 10, message: 'unknown plugin "no-such-plugin"' }]);
+  const badUrl = issuesOf(base.replace('http://127.0.0.1:9001', 'http://user:pw@127.0.0.1:9001'));
+  assert.equal(badUrl[0]!.path, 'services[0].url');
+  const badParam = issuesOf(base.replace('[/x]', '["/x/{a}{b}"]'));
+  assert.equal(badParam[0]!.path, 'services[0].routes[1].paths[0]');
+  const dotted = issuesOf(base.replace('[/x]', '[/x/../y]'));
+  assert.match(dotted[0]!.message, /normal form/);
+  const noTarget = issuesOf('services:\n  - name: s\n');
+  assert.equal(noTarget[0]!.path, 'services[0]');
+  const cidr = issuesOf('trusted_proxies: [10.0.0.0/8, 10.0.0.0/99, nope]\n');
+  assert.deepEqual(cidr.map((i) => i.path), ['trusted_proxies[1]', 'trusted_proxies[2]']);
+});
+
+test('admin beyond loopback requires a token', () => {
+  const issues = issuesOf('admin:\n  listen: 0.0.0.0:8081\n');
+  assert.equal(issues[0]!.path, 'admin.token');
+  assert.deepEqual(issuesOf('admin:\n  listen: 0.0.0.0:8081\n  token: s3cret\n'), []);
+  assert.deepEqual(issuesOf('admin:\n  listen: 127.0.0.1:8081\n'), []);
+});
+
+test('${VAR} and ${VAR:-default} substitution, typed when unquoted', () => {
+  const text = `listen: 127.0.0.1:\${PORT:-8080}
+services:
+  - name: s
+    url: http://\${HOST}:9001
+    retries: \${RETRIES}
+    routes:
+      - paths: ["/\${PREFIX:-api}"]
+        strip_path: \${STRIP:-true}
+        tags: ["$\${literal}"]
+`;
+  const { config } = parseConfigText(text, { env: { HOST: 'backend', RETRIES: '3' } });
+  assert.equal(config.listen, '127.0.0.1:8080');
+  const s = config.services![0]!;
+  assert.equal(s.url, 'http://backend:9001');
+  assert.equal(s.retries, 3);
+  assert.deepEqual(s.routes![0]!.paths, ['/api']);
+  assert.equal(s.routes![0]!.strip_path, true);
+  assert.deepEqual(s.routes![0]!.tags, ['${literal}']);
+  // an unset variable without a default is an error at its path and line
+  const issues = issuesOf(text, { RETRIES: '1' });
+  assert.deepEqual(issues, [{
+    path: 'services[0].url', line: 4,
+    message: 'environment variable HOST is not set (use ${HOST:-default} for a default)',
+  }]);
+  // a value from the environment is data, not YAML: it cannot inject structure
+  const inj = parseConfigText('services:\n  - name: s\n    url: "${U}"\n', { env: { U: 'http://a\n    retries: 9' } });
+  assert.equal(inj.config.services![0]!.retries, undefined);
+});
+
+test('durations and sizes', () => {
+  assert.equal(parseDuration('250ms'), 250);
+  assert.equal(parseDuration('30s'), 30_000);
+  assert.equal(parseDuration('5m'), 300_000);
+  assert.equal(parseDuration('1h'), 3_600_000);
+  assert.equal(parseDuration('1d'), 86_400_000);
+  assert.equal(parseDuration('1.5s'), 1500);
+  assert.equal(parseDuration(42), 42);
+  assert.equal(parseSize('10kb'), 10_240);
+  assert.equal(parseSize('8mb'), 8 * 1024 * 1024);
+  assert.equal(parseSize('512b'), 512);
+  assert.throws(() => parseDuration('5 parsecs'));
+  const bad = issuesOf('timeouts: {client_header: 10x}\nlimits: {max_header_size: 1tb}\n');
+  assert.deepEqual(bad.map((i) => [i.path, i.line]), [['timeouts.client_header', 1], ['limits.max_header_size', 2]]);
+});
+
+test('JSON config files work, with lines', () => {
+  const json = JSON.stringify({ listen: '127.0.0.1:8080', services: [{ name: 's', url: 'http://a:1', extra: true }] }, null, 2);
+  const issues = issuesOf(json);
+  assert.equal(issues[0]!.path, 'services[0].extra');
+  assert.equal(issues[0]!.line, 7);
+});
+
+test('YAML syntax errors and duplicate keys have lines', () => {
+  const syntax = issuesOf('services:\n  - name: a\n    url: [unclosed\n');
+  assert.ok(syntax[0]!.line! >= 3);
+  const dupKey = issuesOf('listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n');
+  assert.equal(dupKey[0]!.line, 2);
+  assert.match(dupKey[0]!.message, /unique|duplicate/i);
+});
+
+test('schema/turnpike.schema.json is current (npm run schema)', () => {
+  const published = readFileSync(new URL('../schema/turnpike.schema.json', import.meta.url), 'utf8');
+  assert.equal(published, schemaJson());
+  const schema = JSON.parse(published);
+  assert.equal(schema.additionalProperties, false);
+  assert.ok(schema.properties.services.items.properties.routes);
+});
+
+test('turnpike validate: exit 0 for a valid file, 1 with path and line for errors', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-validate-'));
+  const good = join(dir, 'good.yaml');
+  const bad = join(dir, 'bad.yaml');
+  writeFileSync(good, base);
+  writeFileSync(bad, base.replace('paths: [/x]', 'paths: [/x]\n        bogus: 1'));
+  const run = (f: string) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+  const ok = run(good);
+  assert.equal(ok.status, 0, ok.stderr);
+  const ko = run(bad);
+  assert.equal(ko.status, 1);
+  assert.match(ko.stderr, /services\[0\]\.routes\[1\]\.bogus \(line 9\): unknown key "bogus"/);
+  const missing = run(join(dir, 'nope.yaml'));
+  assert.equal(missing.status, 1);
+  assert.match(missing.stderr, /cannot read/);
+});

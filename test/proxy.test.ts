@@ -1,0 +1,345 @@
+/** Intermediary duties (RFC 9110 §7.6, RFC 9112) asserted on what a real origin receives. */
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import {
+  startGateway, startUpstream, startRawOrigin, rawRequest, request, statuses, sleep,
+  type TestGateway, type TestUpstream, type RawOrigin,
+} from './helpers.js';
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+let up: TestUpstream;
+let admin: TestUpstream;
+let raw: RawOrigin;
+let gw: TestGateway;
+
+before(async () => {
+  up = await startUpstream();
+  admin = await startUpstream((_req, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('admin-area'));
+  raw = await startRawOrigin((data) => {
+    const text = data.toString('latin1');
+    const end = text.indexOf('\r\n\r\n');
+    if (end === -1) return null;
+    const cl = /\r\ncontent-length: *(\d+)/i.exec(text.slice(0, end));
+    if (cl && text.length - end - 4 < Number(cl[1])) return null;
+    return 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Secret, close\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n' +
+      'Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nVia: 1.1 origin\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok';
+  });
+  gw = await startGateway(`
+limits: {max_uri_length: 1kb, max_header_size: 4kb, max_headers: 30}
+services:
+  - name: echo
+    url: ${up.url}
+    routes:
+      - {name: echo, paths: [/echo]}
+      - {name: strip, paths: ["/strip/{id}"], strip_path: true}
+      - {name: keep-host, paths: [/keep-host], preserve_host: true}
+      - {name: public, paths: [/public]}
+      - {name: exact-host, paths: [/h], hosts: [api.example.com]}
+  - name: base
+    url: ${up.url}/v1/
+    routes:
+      - {name: base, paths: [/base], strip_path: true}
+  - name: admin
+    url: ${admin.url}
+    routes:
+      - {name: admin, paths: [/admin]}
+  - name: raw
+    url: ${raw.url}
+    routes:
+      - {name: raw, paths: [/raw]}
+`);
+});
+
+after(async () => {
+  await gw.close();
+  await Promise.all([up.close(), admin.close(), raw.close()]);
+});
+
+const last = () => up.requests[up.requests.length - 1]!;
+
+test('forwards method, path, query and body; Via and X-Request-Id both ways', async () => {
+  const r = await request(`${gw.url}/echo/a?b=1&c`, { method: 'POST', body: 'hello', headers: { 'content-type': 'text/plain' } });
+  assert.equal(r.status, 200);
+  const seen = last();
+  assert.equal(seen.method, 'POST');
+  assert.equal(seen.url, '/echo/a?b=1&c');
+  assert.equal(seen.body.toString(), 'hello');
+  assert.equal(seen.headers['content-length'], '5');
+  assert.equal(seen.headers['via'], '1.1 turnpike');
+  assert.equal(seen.headers.host, `127.0.0.1:${up.port}`);
+  assert.match(r.headers['x-request-id'] as string, UUID);
+  assert.equal(seen.headers['x-request-id'], r.headers['x-request-id']);
+  assert.equal(r.headers['via'], '1.1 turnpike');
+  // a client's request id is passed through
+  const r2 = await request(`${gw.url}/echo`, { headers: { 'x-request-id': 'abc-123' } });
+  assert.equal(r2.headers['x-request-id'], 'abc-123');
+  assert.equal(last().headers['x-request-id'], 'abc-123');
+});
+
+test('hop-by-hop request headers and those named in Connection are removed', async () => {
+  const res = await rawRequest(gw.port,
+    'GET /raw/x HTTP/1.1\r\nHost: gw.test\r\nConnection: keep-alive, X-Private, Host, Content-Length, X-Forwarded-For\r\n' +
+    'X-Private: secret\r\nKeep-Alive: timeout=99\r\nTE: trailers\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n' +
+    'Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n', 800);
+  assert.deepEqual(statuses(res.text), [200]);
+  const got = raw.connections[raw.connections.length - 1]!.toString('latin1');
+  for (const h of ['x-private', 'keep-alive', 'te:', 'upgrade', 'http2-settings', 'proxy-connection']) {
+    assert.ok(!got.toLowerCase().includes(`\r\n${h}`), `origin received ${h}: ${got}`);
+  }
+  assert.match(got, /^GET \/raw\/x HTTP\/1\.1\r\n/);
+  assert.match(got, /\r\nhost: 127\.0\.0\.1:\d+\r\n/i); // naming Host in Connection does not remove it
+  assert.match(got, /\r\nx-forwarded-for: 127\.0\.0\.1\r\n/i);
+  assert.match(got, /\r\nX-Kept: yes\r\n/);
+});
+
+test('hop-by-hop response headers and those named in Connection are removed; Set-Cookie kept whole', async () => {
+  const r = await request(`${gw.url}/raw/y`);
+  assert.equal(r.status, 200);
+  assert.equal(r.body, 'ok');
+  for (const h of ['x-secret', 'keep-alive', 'proxy-connection', 'upgrade']) assert.equal(r.headers[h], undefined, h);
+  assert.deepEqual(r.headers['set-cookie'], ['a=1', 'b=2']);
+  assert.equal(r.headers['via'], '1.1 origin, 1.1 turnpike');
+});
+
+test('forwarding headers from an untrusted client are discarded', async () => {
+  await request(`${gw.url}/echo`, {
+    headers: {
+      'x-forwarded-for': '6.6.6.6', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example',
+      forwarded: 'for=6.6.6.6;proto=https', 'x-real-ip': '6.6.6.6', 'x-forwarded-port': '1',
+    },
+  });
+  const h = last().headers;
+  assert.equal(h['x-forwarded-for'], '127.0.0.1');
+  assert.equal(h['x-real-ip'], '127.0.0.1');
+  assert.equal(h['x-forwarded-proto'], 'http');
+  assert.equal(h['x-forwarded-host'], `127.0.0.1:${gw.port}`);
+  assert.equal(h['forwarded'], `for=127.0.0.1;host="127.0.0.1:${gw.port}";proto=http`);
+  assert.equal(h['x-forwarded-port'], undefined);
+  assert.ok(!JSON.stringify(h).includes('6.6.6.6'));
+});
+
+test('forwarding headers from a trusted proxy are extended, and the client IP computed from them', async () => {
+  const t = await startGateway(`
+trusted_proxies: [127.0.0.0/8, 10.0.0.0/8]
+services:
+  - name: echo
+    url: ${up.url}
+    routes: [{paths: [/]}]
+`);
+  try {
+    await request(`${t.url}/x`, {
+      headers: { 'x-forwarded-for': '203.0.113.9, 10.1.2.3', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'api.example.com', forwarded: 'for=203.0.113.9' },
+    });
+    const h = last().headers;
+    assert.equal(h['x-forwarded-for'], '203.0.113.9, 10.1.2.3, 127.0.0.1');
+    assert.equal(h['x-real-ip'], '203.0.113.9'); // right-most untrusted hop
+    assert.equal(h['x-forwarded-proto'], 'https');
+    assert.equal(h['x-forwarded-host'], 'api.example.com');
+    assert.match(h['forwarded'] as string, /^for=203\.0\.113\.9, for=127\.0\.0\.1;/);
+    // a spoofed left-most entry cannot win: the right-most untrusted address is the client
+    await request(`${t.url}/x`, { headers: { 'x-forwarded-for': '1.1.1.1, 198.51.100.7' } });
+    assert.equal(last().headers['x-real-ip'], '198.51.100.7');
+  } finally {
+    await t.close();
+  }
+});
+
+test('Host: missing, duplicated or malformed is 400 problem+json; HTTP/1.0 without Host is fine', async () => {
+  for (const req of [
+    'GET /echo HTTP/1.1\r\n\r\n',
+    'GET /echo HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n',
+    'GET /echo HTTP/1.1\r\nHost: a b\r\n\r\n',
+    'GET /echo HTTP/1.1\r\nHost: a.example/evil\r\n\r\n',
+    'GET /echo HTTP/1.1\r\nHost: a@b\r\n\r\n',
+  ]) {
+    const r = await rawRequest(gw.port, req);
+    assert.deepEqual(statuses(r.text), [400], req);
+    assert.match(r.text, /application\/problem\+json/);
+    assert.ok(r.closed, `connection not closed for ${JSON.stringify(req)}`);
+  }
+  const ok = await rawRequest(gw.port, 'GET /echo HTTP/1.0\r\n\r\n');
+  assert.deepEqual(statuses(ok.text).length, 1);
+  assert.match(ok.text, /^HTTP\/1\.1 200/);
+});
+
+test('absolute-form targets: the authority replaces Host; the origin sees origin-form', async () => {
+  const r = await rawRequest(gw.port, 'GET http://api.example.com/h/1?q=2 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n');
+  assert.deepEqual(statuses(r.text), [200]);
+  assert.equal(last().url, '/h/1?q=2');
+  assert.equal(last().headers['x-forwarded-host'], 'api.example.com');
+  const bad = await rawRequest(gw.port, 'GET ftp://x/echo HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(bad.text), [400]);
+});
+
+test('fragments in the target are rejected; dot segments cannot escape a route', async () => {
+  const frag = await rawRequest(gw.port, 'GET /echo#frag HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(frag.text), [400]);
+  const r = await request(`${gw.url}/public/%2e%2e/admin`);
+  assert.equal(r.body, 'admin-area'); // routed by the normalized path, to the service that owns /admin
+  const r2 = await rawRequest(gw.port, 'GET /public/../echo/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+  assert.deepEqual(statuses(r2.text), [200]);
+  assert.equal(last().url, '/echo/x');
+  const badPct = await request(`${gw.url}/echo/%zz`);
+  assert.equal(badPct.status, 400);
+});
+
+test('414 for an over-long target, 431 for over-large or too many headers', async () => {
+  const long = await request(`${gw.url}/echo/${'a'.repeat(2000)}`);
+  assert.equal(long.status, 414);
+  assert.equal(long.headers['content-type'], 'application/problem+json');
+  const veryLong = await rawRequest(gw.port, `GET /echo/${'a'.repeat(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`);
+  assert.deepEqual(statuses(veryLong.text), [414]);
+  const big = await request(`${gw.url}/echo`, { headers: { 'x-big': 'b'.repeat(5000) } });
+  assert.equal(big.status, 431);
+  const huge = await rawRequest(gw.port, `GET /echo HTTP/1.1\r\nHost: x\r\nX-Huge: ${'h'.repeat(20_000)}\r\n\r\n`);
+  assert.deepEqual(statuses(huge.text), [431]);
+  const many: Record<string, string> = {};
+  for (let i = 0; i < 40; i++) many[`x-h${i}`] = 'v';
+  const r = await request(`${gw.url}/echo`, { headers: many });
+  assert.equal(r.status, 431);
+  const body = JSON.parse(r.body);
+  assert.equal(body.status, 431);
+  assert.equal(body.request_id, r.headers['x-request-id']);
+});
+
+test('404 and 405 are problem+json with the request id', async () => {
+  const r = await request(`${gw.url}/nothing-here`);
+  assert.equal(r.status, 404);
+  assert.equal(r.headers['content-type'], 'application/problem+json');
+  const p = JSON.parse(r.body);
+  assert.deepEqual(Object.keys(p).sort(), ['detail', 'request_id', 'status', 'title', 'type']);
+  assert.equal(p.request_id, r.headers['x-request-id']);
+});
+
+test('strip_path, path params, a service base path, and preserve_host', async () => {
+  await request(`${gw.url}/strip/42/rest?x=1`);
+  assert.equal(last().url, '/rest?x=1');
+  await request(`${gw.url}/strip/42`);
+  assert.equal(last().url, '/');
+  await request(`${gw.url}/base/items`);
+  assert.equal(last().url, '/v1/items');
+  await request(`${gw.url}/base`);
+  assert.equal(last().url, '/v1');
+  await request(`${gw.url}/keep-host`, { headers: { host: 'client.example:1234' } });
+  assert.equal(last().headers.host, 'client.example:1234');
+  await request(`${gw.url}/echo`, { headers: { host: 'client.example' } });
+  assert.equal(last().headers.host, `127.0.0.1:${up.port}`);
+});
+
+test('Upgrade: h2c (or any upgrade) is never forwarded; the request is served as plain HTTP/1.1', async () => {
+  const r = await rawRequest(gw.port,
+    'GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n', 800);
+  assert.deepEqual(statuses(r.text), [200]);
+  assert.equal(last().headers.upgrade, undefined);
+  assert.equal(last().headers['http2-settings'], undefined);
+  const ws = await rawRequest(gw.port,
+    'GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n', 800);
+  assert.ok(!ws.text.startsWith('HTTP/1.1 101'));
+  assert.equal(last().headers.upgrade, undefined);
+});
+
+test('1xx: 103 Early Hints forwarded; 100-continue answered by the gateway after routing', async () => {
+  const hints = await startUpstream((_req, res) => {
+    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+    res.writeHead(200, { 'content-type': 'text/plain' }).end('after hints');
+  });
+  const t = await startGateway(`services:\n  - name: h\n    url: ${hints.url}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const r = await request(`${t.url}/x`);
+    assert.equal(r.body, 'after hints');
+    assert.deepEqual(r.informational.map((i) => i.status), [103]);
+    assert.equal(r.informational[0]!.headers['link'], '</style.css>; rel=preload; as=style');
+    // Expect: 100-continue: a 100 for a routable request, then the upstream's answer
+    const cont = await rawRequest(t.port, 'POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', 300);
+    assert.match(cont.text, /^HTTP\/1\.1 100 Continue\r\n/);
+    // no 100 for a request that has no route
+    const nr = await rawRequest(gw.port, 'POST /nothing HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', 300);
+    assert.deepEqual(statuses(nr.text), [404]);
+  } finally {
+    await t.close();
+    await hints.close();
+  }
+});
+
+test('HEAD, 204 and 304 responses carry no body', async () => {
+  const u = await startUpstream((req, res) => {
+    if (req.url === '/204') return res.writeHead(204).end();
+    if (req.url === '/304') return res.writeHead(304, { etag: '"x"' }).end();
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '11' }).end(req.method === 'HEAD' ? undefined : 'hello world');
+  });
+  const t = await startGateway(`services:\n  - name: h\n    url: ${u.url}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const out = await rawRequest(t.port,
+      'HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /204 HTTP/1.1\r\nHost: x\r\n\r\nGET /304 HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.deepEqual(statuses(out.text), [200, 204, 304, 200]);
+    const parts = out.text.split(/(?=HTTP\/1\.1 )/);
+    assert.match(parts[0]!, /content-length: 11\r\n/i);
+    assert.ok(parts[0]!.endsWith('\r\n\r\n'), 'HEAD response had a body');
+    assert.ok(parts[1]!.endsWith('\r\n\r\n'), '204 had a body');
+    assert.ok(parts[2]!.endsWith('\r\n\r\n'), '304 had a body');
+    assert.ok(parts[3]!.endsWith('hello world'));
+  } finally {
+    await t.close();
+    await u.close();
+  }
+});
+
+test('chunked request bodies are forwarded whole', async () => {
+  const r = await rawRequest(gw.port,
+    'POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n');
+  assert.deepEqual(statuses(r.text), [200]);
+  assert.equal(last().body.toString(), 'hello world');
+  // framing is re-done for the upstream: chunked, or a Content-Length when the body already arrived whole
+  assert.ok(last().headers['transfer-encoding'] === 'chunked' || last().headers['content-length'] === '11');
+});
+
+test('timeouts: slow headers (slowloris), an idle body, and idle keep-alive connections are cut', async () => {
+  const t = await startGateway(`
+timeouts: {client_header: 400ms, client_body: 300ms, keepalive: 300ms}
+services:
+  - name: echo
+    url: ${up.url}
+    routes: [{paths: [/]}]
+`);
+  try {
+    // slowloris: one header line at a time, never finishing
+    const start = Date.now();
+    const closed = await new Promise<{ text: string; ms: number }>((resolve) => {
+      const s = connect(t.port, '127.0.0.1');
+      let text = '';
+      let n = 0;
+      s.write('GET / HTTP/1.1\r\nHost: x\r\n');
+      const iv = setInterval(() => { if (!s.destroyed) s.write(`X-Slow-${n++}: 1\r\n`); }, 100);
+      s.on('data', (d) => (text += d.toString()));
+      s.on('close', () => { clearInterval(iv); resolve({ text, ms: Date.now() - start }); });
+      s.on('error', () => {});
+      setTimeout(() => s.destroy(), 5000);
+    });
+    assert.ok(closed.ms < 3000, `slowloris connection lived ${closed.ms} ms`);
+    assert.match(closed.text, /^HTTP\/1\.1 408/);
+    // a body that stops arriving
+    const body = await rawRequest(t.port, 'POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab', 3000);
+    assert.deepEqual(statuses(body.text), [408]);
+    assert.ok(body.closed);
+    // idle keep-alive
+    const idle = await new Promise<number>((resolve) => {
+      const s = connect(t.port, '127.0.0.1');
+      const t0 = Date.now();
+      s.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+      s.on('data', () => {});
+      s.on('close', () => resolve(Date.now() - t0));
+      s.on('error', () => {});
+      setTimeout(() => s.destroy(), 5000);
+    });
+    assert.ok(idle < 2500, `idle keep-alive connection lived ${idle} ms`);
+  } finally {
+    await t.close();
+  }
+});
+
+test('CONNECT is refused with 405', async () => {
+  const r = await rawRequest(gw.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
+  assert.deepEqual(statuses(r.text), [405]);
+  await sleep(10);
+});
