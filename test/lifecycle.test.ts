@@ -1,0 +1,145 @@
+/** The CLI as users run it (bin/turnpike.js, built by `npm ci`): quickstart, /status, SIGHUP, SIGTERM drain. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request, sleep } from './helpers.js';
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+interface Running {
+  child: ChildProcess;
+  stderr: () => string;
+  exit: Promise<number | null>;
+}
+
+function startCli(args: string[], env: NodeJS.ProcessEnv): Running {
+  const child = spawn(process.execPath, ['bin/turnpike.js', ...args], {
+    env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  child.stdout!.on('data', (d) => (err += d));
+  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return { child, stderr: () => err, exit };
+}
+
+async function waitFor(url: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await request(url);
+      if (r.status === 200) return;
+    } catch {
+      /* not up yet */
+    }
+    if (Date.now() > end) throw new Error(`${url} did not come up`);
+    await sleep(50);
+  }
+}
+
+test('quickstart: gateway and demo upstream from one command; /status; SIGTERM drains in-flight and exits 0', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const run = startCli(['start', '--config', 'examples/quickstart.yaml'], {
+    TURNPIKE_LISTEN: `127.0.0.1:${p}`, TURNPIKE_ADMIN_LISTEN: `127.0.0.1:${a}`, TURNPIKE_DEMO_LISTEN: `127.0.0.1:${d}`,
+  });
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    const status = JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body);
+    assert.equal(status.status, 'ok');
+    assert.equal(status.revision, 1);
+    assert.match(status.config_hash, /^[0-9a-f]{16}$/);
+    const r = await request(`http://127.0.0.1:${p}/echo/hello?x=1`);
+    assert.equal(r.status, 200);
+    const echoed = JSON.parse(r.body);
+    assert.equal(echoed.service, 'turnpike-demo');
+    assert.equal(echoed.path, '/hello');
+    const user = await request(`http://127.0.0.1:${p}/users/42`);
+    assert.equal(JSON.parse(user.body).path, '/users/42');
+
+    // a slow request in flight when SIGTERM arrives still completes
+    const slow = request(`http://127.0.0.1:${p}/echo/delay/700`);
+    await sleep(150);
+    run.child.kill('SIGTERM');
+    const done = await slow;
+    assert.equal(done.status, 200);
+    assert.equal(JSON.parse(done.body).path, '/delay/700');
+    assert.equal(await run.exit, 0, run.stderr());
+    // and the listener is gone
+    await assert.rejects(request(`http://127.0.0.1:${p}/echo/x`));
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});
+
+test('drain is bounded: a request longer than timeouts.drain is cut and the process still exits 0', async () => {
+  const [p, d] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-drain-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}\ndemo: {listen: 127.0.0.1:${d}}\ntimeouts: {drain: 300ms}\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${p}/x`);
+    const slow = request(`http://127.0.0.1:${p}/delay/5000`).then((r) => r.status, () => 'cut');
+    await sleep(100);
+    const t0 = Date.now();
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0);
+    assert.ok(Date.now() - t0 < 2500, 'drain took too long');
+    assert.equal(await slow, 'cut');
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});
+
+test('SIGHUP reloads the file; a broken file is rejected and the running config stays', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-reload-'));
+  const file = join(dir, 'c.yaml');
+  const cfg = (path: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [${path}]}]\n`;
+  writeFileSync(file, cfg('/one'));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
+    assert.equal((await request(`http://127.0.0.1:${p}/two`)).status, 404);
+    writeFileSync(file, cfg('/two'));
+    run.child.kill('SIGHUP');
+    for (let i = 0; i < 100 && (await request(`http://127.0.0.1:${p}/two`)).status !== 200; i++) await sleep(30);
+    assert.equal((await request(`http://127.0.0.1:${p}/two`)).status, 200);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 404);
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision, 2);
+    writeFileSync(file, cfg('/three') + '    bogus: 1\n');
+    run.child.kill('SIGHUP');
+    await sleep(300);
+    assert.equal((await request(`http://127.0.0.1:${p}/two`)).status, 200);
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision, 2);
+    assert.match(run.stderr(), /reload rejected/);
+    assert.match(run.stderr(), /bogus/);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+  }
+});
+
+test('start with an invalid config prints path and line and exits 1; --version works', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-bad-'));
+  const file = join(dir, 'bad.yaml');
+  writeFileSync(file, 'listen: 127.0.0.1:0\nservices:\n  - name: s\n    urll: http://x\n');
+  const run = startCli(['start', '--config', file], {});
+  assert.equal(await run.exit, 1);
+  assert.match(run.stderr(), /services\[0\]\.urll \(line 4\): unknown key "urll"/);
+  const v = startCli(['--version'], {});
+  assert.equal(await v.exit, 0);
+  assert.equal(v.stderr().trim(), JSON.parse(readFileSync('package.json', 'utf8')).version);
+});
