@@ -213,6 +213,15 @@ function cpuModel() {
 // CPU accounting (Linux): per-CPU busy time from /proc/stat, per-process-group time from /proc/PID/stat.
 
 const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
+/** This runner's own process group (npm, sh, node): neither a target nor "other". */
+const SELF_PGID = (() => {
+  try {
+    const s = readFileSync('/proc/self/stat', 'utf8');
+    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[2]);
+  } catch {
+    return -1;
+  }
+})();
 
 function cpuTimes() {
   const out = {};
@@ -231,46 +240,78 @@ function cpuTimes() {
   return out;
 }
 
-function groupTicks(pgid) {
-  let ticks = 0;
+/** utime+stime ticks of every process, by pid: { pid: [pgid, ticks] }. */
+function procTicks() {
+  const out = new Map();
   let dirs = [];
   try {
     dirs = readdirSync('/proc');
   } catch {
-    return null;
+    return out;
   }
   for (const d of dirs) {
     if (!/^[0-9]+$/.test(d)) continue;
     try {
       const s = readFileSync(`/proc/${d}/stat`, 'utf8');
       const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      if (Number(f[2]) === pgid) ticks += Number(f[11]) + Number(f[12]);
+      // pid and start time identify a process; f[19] is the start time.
+      out.set(`${d}/${f[19]}`, [Number(f[2]), Number(f[11]) + Number(f[12])]);
     } catch {
       /* exited meanwhile */
     }
   }
-  return ticks;
+  return out;
 }
 
+/**
+ * Starts a CPU sample: per-CPU busy time, and CPU time of the named process groups and of
+ * every other process ("other": work on this machine that is not part of the benchmark).
+ */
 function startCpuSample(groups) {
-  return { t: process.hrtime.bigint(), cpus: cpuTimes(), groups: groups.map((g) => [g.name, g.pgid, groupTicks(g.pgid)]) };
+  return { t: process.hrtime.bigint(), cpus: cpuTimes(), procs: procTicks(), groups };
 }
 
 function endCpuSample(s) {
   const secs = Number(process.hrtime.bigint() - s.t) / 1e9;
   const now = cpuTimes();
+  const procs = procTicks();
   const cpuBusy = {};
   for (const [id, a] of Object.entries(s.cpus)) {
     const b = now[id];
     if (!b || b.total === a.total) continue;
     cpuBusy[id] = round(100 * (1 - (b.idle - a.idle) / (b.total - a.total)), 1);
   }
-  const procCpu = {};
-  for (const [name, pgid, t0] of s.groups) {
-    const t1 = groupTicks(pgid);
-    if (t0 !== null && t1 !== null) procCpu[name] = round((100 * (t1 - t0)) / CLK_TCK / secs, 1);
+  const ours = new Map(s.groups.map((g) => [g.pgid, g.name]));
+  const ticks = Object.fromEntries(s.groups.map((g) => [g.name, 0]));
+  ticks.other = 0;
+  for (const [key, [pgid, t1]] of procs) {
+    const t0 = s.procs.get(key)?.[1] ?? 0; // a process started during the sample counts whole
+    const name = ours.get(pgid) ?? (pgid === SELF_PGID ? null : 'other');
+    if (name) ticks[name] += t1 - t0;
   }
+  const procCpu = {};
+  for (const [name, t] of Object.entries(ticks)) procCpu[name] = round((100 * t) / CLK_TCK / secs, 1);
   return { cpu_busy_pct: cpuBusy, process_cpu_pct: procCpu };
+}
+
+/**
+ * Waits (at most `maxMs`) until the machine is quiet: CPU time of processes outside the
+ * benchmark below 5% of one CPU over a 1 s window. Returns the last window's figure.
+ */
+async function waitQuiet(groups, maxMs) {
+  const deadline = Date.now() + maxMs;
+  let other = 0;
+  let warned = false;
+  for (;;) {
+    const s = startCpuSample(groups);
+    await sleep(1000);
+    other = endCpuSample(s).process_cpu_pct.other;
+    if (other < 5 || Date.now() >= deadline) return other;
+    if (!warned) {
+      console.log(`  waiting for a quiet machine (other processes use ${other}% CPU; at most ${Math.round(maxMs / 1000)}s)...`);
+      warned = true;
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
