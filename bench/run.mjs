@@ -22,6 +22,9 @@
  *                   there (the numbers of such a run are not comparable; see bench/profile.mjs)
  *   BENCH_NO_BUILD  1 = do not run `npm run build` first
  *   BENCH_KEEP_TMP  1 = keep the temp dir (configs, nginx error log, process output)
+ *   BENCH_QUIET_WAIT  before each measurement, wait at most this many seconds (default 60)
+ *                   for processes outside the benchmark to use < 5% CPU; their CPU use during
+ *                   each measurement is recorded as "other" and warned about above 5%
  *
  * Every process it starts runs in its own process group; all of them are killed on exit,
  * on error and on SIGINT/SIGTERM. All traffic stays on 127.0.0.1.
@@ -48,6 +51,7 @@ const CONNS = 64;
 const TARGETS = (env.BENCH_TARGETS ?? 'turnpike,reference,nginx').split(',').map((s) => s.trim()).filter(Boolean);
 const PROFILE_DIR = env.BENCH_PROFILE ? resolve(env.BENCH_PROFILE) : null;
 const BODY = 'hello world';
+const QUIET_WAIT = num(env.BENCH_QUIET_WAIT, 60);
 
 // ---------------------------------------------------------------------------------------------
 // Processes: each child leads its own process group; cleanup() kills every group still alive.
@@ -267,8 +271,22 @@ function procTicks() {
  * Starts a CPU sample: per-CPU busy time, and CPU time of the named process groups and of
  * every other process ("other": work on this machine that is not part of the benchmark).
  */
-function startCpuSample(groups) {
-  return { t: process.hrtime.bigint(), cpus: cpuTimes(), procs: procTicks(), groups };
+function startCpuSample(groups, withLoad = false) {
+  return { t: process.hrtime.bigint(), cpus: cpuTimes(), procs: procTicks(), groups, withLoad, reaped: reapedChildTicks() };
+}
+
+/**
+ * CPU ticks of this runner's children that have exited and been reaped (cutime + cstime): the
+ * load generator's time, which cannot be read from /proc once it has exited.
+ */
+function reapedChildTicks() {
+  try {
+    const s = readFileSync('/proc/self/stat', 'utf8');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    return Number(f[13]) + Number(f[14]);
+  } catch {
+    return 0;
+  }
 }
 
 function endCpuSample(s) {
@@ -284,6 +302,7 @@ function endCpuSample(s) {
   const ours = new Map(s.groups.map((g) => [g.pgid, g.name]));
   const ticks = Object.fromEntries(s.groups.map((g) => [g.name, 0]));
   ticks.other = 0;
+  if (s.withLoad) ticks.load = reapedChildTicks() - s.reaped;
   for (const [key, [pgid, t1]] of procs) {
     const t0 = s.procs.get(key)?.[1] ?? 0; // a process started during the sample counts whole
     const name = ours.get(pgid) ?? (pgid === SELF_PGID ? null : 'other');
@@ -425,15 +444,28 @@ async function main() {
   const upstreamUrl = `http://127.0.0.1:${upPort}`;
   await waitReady(`${upstreamUrl}/`, upstream);
 
-  async function load(url, conns, seconds) {
+  /** Starts the load generator; `done` resolves with the parsed result. */
+  function startLoad(url, conns, seconds) {
     let child;
     if (tool === 'wrk') {
       child = start(`wrk -c${conns}`, ...pin(loadCpu, wrk, ['-t1', `-c${conns}`, `-d${seconds}s`, '--timeout', '5s', '--latency', url]));
     } else {
       child = start(`autocannon -c${conns}`, ...pin(loadCpu, process.execPath, [autocannon, '-c', String(conns), '-d', String(seconds), '-j', url]));
     }
-    const out = await runToEnd(child, (seconds + 20) * 1000);
-    return tool === 'wrk' ? parseWrk(out) : parseAutocannon(out, seconds);
+    const done = runToEnd(child, (seconds + 20) * 1000).then((out) => (tool === 'wrk' ? parseWrk(out) : parseAutocannon(out, seconds)));
+    return { child, done };
+  }
+
+  /** One measurement, with CPU accounting of the upstream, the target and the load generator. */
+  async function measure(url, conns, seconds, target) {
+    const groups = [{ name: 'upstream', pgid: upstream.pid }];
+    if (target) groups.push({ name: target.label, pgid: target.pid });
+    const before = await waitQuiet(groups, QUIET_WAIT * 1000);
+    const sample = startCpuSample(groups, true);
+    const r = await startLoad(url, conns, seconds).done;
+    Object.assign(r, endCpuSample(sample));
+    r.other_cpu_before_pct = before;
+    return r;
   }
 
   const nodeArgs = (name) => (PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : []);
@@ -500,16 +532,16 @@ async function main() {
       }
       if (t.name === 'turnpike' && !/turnpike/.test(String(ready.headers.via))) throw new Error(`expected a Via: turnpike response header, got ${ready.headers.via}`);
       console.log(`  warm-up ${WARMUP}s...`);
-      await load(h.url, CONNS, WARMUP);
-      const groups = [{ name: 'upstream', pgid: upstream.pid }];
-      if (h.child) groups.push({ name: t.name, pgid: h.child.pid });
-      const sample = startCpuSample(groups);
-      const c64 = await load(h.url, CONNS, DURATION);
-      Object.assign(c64, endCpuSample(sample));
-      console.log(`  c${CONNS}: ${fmtRps(c64.rps)} req/s, p50 ${fmtUs(c64.p50_us)}, p99 ${fmtUs(c64.p99_us)}` +
-        (h.child ? `, ${t.name} CPU ${c64.process_cpu_pct[t.name] ?? '?'}%` : '') + `, upstream CPU ${c64.process_cpu_pct.upstream ?? '?'}%`);
-      const c1 = await load(h.url, 1, C1_DURATION);
-      console.log(`  c1:  ${fmtRps(c1.rps)} req/s, p50 ${fmtUs(c1.p50_us)}, p99 ${fmtUs(c1.p99_us)}`);
+      await startLoad(h.url, CONNS, WARMUP).done;
+      const c64 = await measure(h.url, CONNS, DURATION, h.child);
+      const cpu = c64.process_cpu_pct;
+      console.log(`  c${CONNS}: ${fmtRps(c64.rps)} req/s, p50 ${fmtUs(c64.p50_us)}, p99 ${fmtUs(c64.p99_us)}; CPU: ` +
+        (h.child ? `${t.name} ${cpu[t.name]}%, ` : '') + `upstream ${cpu.upstream}%, load ${cpu.load}%, other ${cpu.other}%`);
+      const c1 = await measure(h.url, 1, C1_DURATION, h.child);
+      console.log(`  c1:  ${fmtRps(c1.rps)} req/s, p50 ${fmtUs(c1.p50_us)}, p99 ${fmtUs(c1.p99_us)}; other CPU ${c1.process_cpu_pct.other}%`);
+      for (const [label, r] of [[`c${CONNS}`, c64], ['c1', c1]]) {
+        if (r.process_cpu_pct.other > 5) console.log(`  WARNING ${label}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU during the measurement`);
+      }
       for (const [label, r] of [[`c${CONNS}`, c64], ['c1', c1]]) {
         if (r.socket_errors || r.non_2xx) console.log(`  WARNING ${label}: ${r.socket_errors} socket errors, ${r.non_2xx} non-2xx/3xx responses`);
       }
@@ -544,13 +576,13 @@ async function main() {
   };
 
   // Table.
-  const cols = ['target', `req/s c${CONNS}`, `p50 c${CONNS}`, `p99 c${CONNS}`, 'p50 c1', 'p99 c1', 'added p50 c1', 'proxy CPU', `CPU${loadCpu ?? '0'} busy`];
+  const cols = ['target', `req/s c${CONNS}`, `p50 c${CONNS}`, `p99 c${CONNS}`, 'p50 c1', 'p99 c1', 'added p50 c1', 'proxy CPU', `CPU${loadCpu ?? '0'} busy`, 'other CPU'];
   const rows = [];
   for (const t of targets) {
     const r = results[t.name];
     const m = r?.[`c${CONNS}`];
     if (!m) {
-      rows.push([t.name, r?.skipped ? `skipped (${r.skipped})` : 'FAILED', '', '', '', '', '', '', '']);
+      rows.push([t.name, r?.skipped ? `skipped (${r.skipped})` : 'FAILED', '', '', '', '', '', '', '', '']);
       continue;
     }
     rows.push([
@@ -558,6 +590,7 @@ async function main() {
       t.name === 'direct' ? '-' : fmtUs(r.added_p50_c1_us),
       t.name === 'direct' ? '-' : `${m.process_cpu_pct[t.name] ?? '?'}%`,
       loadCpu !== null && m.cpu_busy_pct[loadCpu] !== undefined ? `${m.cpu_busy_pct[loadCpu]}%` : '-',
+      `${Math.max(m.process_cpu_pct.other ?? 0, r.c1.process_cpu_pct.other ?? 0)}%`,
     ]);
   }
   const widths = cols.map((c, i) => Math.max(c.length, ...rows.map((r) => String(r[i]).length)));

@@ -343,3 +343,21 @@ test('CONNECT is refused with 405', async () => {
   assert.deepEqual(statuses(r.text), [405]);
   await sleep(10);
 });
+
+test('a partly sent request body never leaves its upstream connection reusable', async () => {
+  const before = raw.connections.length;
+  await new Promise<void>((resolve) => {
+    const s = connect(gw.port, '127.0.0.1');
+    s.write('POST /raw/partial HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789');
+    s.on('error', () => {});
+    setTimeout(() => { s.destroy(); resolve(); }, 200);
+  });
+  await sleep(100);
+  const r = await request(`${gw.url}/raw/after`);
+  assert.equal(r.status, 200);
+  const conns = raw.connections.slice(before).map((b) => b.toString('latin1'));
+  const partial = conns.find((c) => c.includes('/raw/partial'));
+  assert.ok(partial, 'origin never saw the partial request');
+  assert.ok(!partial.includes('/raw/after'), 'the next request reused the connection of an incomplete body');
+  assert.ok(conns.some((c) => c.startsWith('GET /raw/after')));
+});

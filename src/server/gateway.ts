@@ -117,7 +117,9 @@ export class Gateway implements RequestContext {
       socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'));
     });
     server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string }, socket: Socket) => {
-      if (err.code === 'ECONNRESET' || !socket.writable) {
+      // A response already under way on this connection (pipelining): answering now would
+      // interleave bytes; cutting the connection is the only safe move.
+      if (err.code === 'ECONNRESET' || !socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) {
         socket.destroy();
         return;
       }
