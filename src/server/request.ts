@@ -100,10 +100,13 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
   const inFwd = trusted ? req.headers['forwarded'] : undefined;
   const proto = typeof inProto === 'string' && /^https?$/.test(inProto) ? inProto : ctx.proto;
   const xfHost = typeof inHost === 'string' && HOST_RE.test(inHost) ? inHost : host;
+  const inPort = trusted ? req.headers['x-forwarded-port'] : undefined;
+  const xfPort = typeof inPort === 'string' && /^[0-9]{1,5}$/.test(inPort) ? inPort : String(req.socket.localPort);
   headers.push(
     'x-forwarded-for', trusted && xffValue ? `${xffValue}, ${peer}` : peer,
     'x-forwarded-proto', proto,
     'x-forwarded-host', xfHost,
+    'x-forwarded-port', xfPort,
     'x-real-ip', ip,
     'forwarded', (typeof inFwd === 'string' ? inFwd + ', ' : '') + forwardedElement(peer, ctx.proto, host || undefined),
     'via', req.headers.via ? `${req.headers.via}, ${req.httpVersion} ${ctx.via}` : `${req.httpVersion} ${ctx.via}`,
@@ -113,6 +116,7 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
   const cl = req.headers['content-length'];
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
   if (cl !== undefined && te === undefined) headers.push('content-length', cl);
+  headers.push('host', ''); // value set per target by ForwardHandler
 
   let upstreamPath = path;
   if (route.stripPath) {

@@ -19,7 +19,7 @@ export interface ForwardRequest {
   method: string;
   /** Path + query to send upstream, minus the target's base path. */
   path: string;
-  /** Request headers without Host; Host is added per target. */
+  /** Request headers, ending with a `host` pair whose value is set per target. */
   headers: string[];
   /** Client's Host, when the route preserves it. */
   preservedHost: string | null;
@@ -60,8 +60,9 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   start(): void {
     const f = this.f;
     const t = this.target;
-    const headers = f.headers.slice();
-    headers.push('host', f.preservedHost ?? t.hostHeader);
+    // The last pair of f.headers is reserved for Host, which depends on the target.
+    const headers = f.headers;
+    headers[headers.length - 1] = f.preservedHost ?? t.hostHeader;
     this.attempts++;
     t.pool.dispatch(
       {
