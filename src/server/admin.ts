@@ -5,6 +5,7 @@ import { VERSION } from '../version.js';
 
 export interface AdminView {
   ready: boolean;
+  draining: boolean;
   revision: number;
   startedAt: number;
   inFlight: number;
@@ -17,7 +18,7 @@ export function createAdminHandler(gw: AdminView) {
     if (path === '/status' && (req.method === 'GET' || req.method === 'HEAD')) {
       const s = gw.snapshot;
       const body = JSON.stringify({
-        status: gw.ready ? 'ok' : 'starting',
+        status: gw.ready ? 'ok' : gw.draining ? 'draining' : 'starting',
         version: VERSION,
         revision: gw.revision,
         config_hash: s.hash,
