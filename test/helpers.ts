@@ -103,7 +103,7 @@ export async function startRawOrigin(
 
 /** Complete requests (headers + body by Content-Length) seen in raw bytes: used to count what an origin received. */
 export function countRequests(raw: string): number {
-  return (raw.match(/^(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|TRACE) \S+ HTTP\/1\.[01]\r\n/gm) ?? []).length;
+  return (raw.match(/(GET|POST|PUT|DELETE|HEAD|OPTIONS|PATCH|TRACE) \S+ HTTP\/1\.[01]\r\n/g) ?? []).length;
 }
 
 /**
@@ -134,7 +134,7 @@ export function rawRequest(port: number, data: string | Buffer, idleMs = 1500): 
 
 /** Parses the status codes of every response in a raw HTTP/1.1 byte stream. */
 export function statuses(raw: string): number[] {
-  return [...raw.matchAll(/^HTTP\/1\.1 (\d{3})/gm)].map((m) => Number(m[1]));
+  return [...raw.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => Number(m[1]));
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

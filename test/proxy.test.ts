@@ -361,3 +361,30 @@ test('a partly sent request body never leaves its upstream connection reusable',
   assert.ok(!partial.includes('/raw/after'), 'the next request reused the connection of an incomplete body');
   assert.ok(conns.some((c) => c.startsWith('GET /raw/after')));
 });
+
+test('pipelined requests of a client that disconnects are all ended, upstream too', async () => {
+  let aborted = 0;
+  const slow = await startUpstream((_req, res) => {
+    res.on('close', () => { if (!res.writableFinished) aborted++; });
+    setTimeout(() => res.end('late'), 1000);
+  });
+  const t = await startGateway(`services:\n  - name: e\n    url: ${slow.url}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const s = connect(t.port, '127.0.0.1');
+    s.on('error', () => {});
+    s.write('GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n');
+    await sleep(150);
+    s.destroy();
+    await sleep(150);
+    assert.equal(t.gw.inFlight, 0);
+    assert.equal(aborted, 3);
+  } finally {
+    await t.close();
+    await slow.close();
+  }
+});
+
+test('HTTP versions other than 1.x get 505', async () => {
+  const r = await rawRequest(gw.port, 'GET / HTTP/2.0\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(r.text), [505]);
+});

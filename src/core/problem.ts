@@ -22,6 +22,7 @@ export const PROBLEMS = {
   'upstream-unavailable': { status: 503, title: 'Service Unavailable' },
   'shutting-down': { status: 503, title: 'Service Unavailable' },
   'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
+  'http-version-not-supported': { status: 505, title: 'HTTP Version Not Supported' },
 } as const satisfies Record<string, ProblemSpec>;
 
 export type ProblemCode = keyof typeof PROBLEMS;

@@ -8,7 +8,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { compile, type Address, type Snapshot } from '../config/compile.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
-import { handleRequest, type RequestContext } from './request.js';
+import { handleRequest, closingSockets, type RequestContext } from './request.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
 import { rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
@@ -27,6 +27,27 @@ function listen(server: Server, addr: Address): Promise<AddressInfo> {
       resolve(server.address() as AddressInfo);
     });
   });
+}
+
+const kPending = Symbol('turnpike.pendingResponses');
+
+/**
+ * Node emits pipelined requests at once but queues their responses; when the client goes away
+ * first, a queued response never gets a socket and never emits 'close'. Track them per socket
+ * and close them with it, so in-flight counts and upstream requests end too.
+ */
+function trackPending(socket: Socket, res: ServerResponse): void {
+  const s = socket as Socket & { [kPending]?: Set<ServerResponse> };
+  let pending = s[kPending];
+  if (!pending) {
+    const set = (pending = s[kPending] = new Set());
+    socket.once('close', () => {
+      for (const r of set) r.emit('close');
+      set.clear();
+    });
+  }
+  pending.add(res);
+  res.once('close', () => pending.delete(res));
 }
 
 const closeServer = (s: Server | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
@@ -102,7 +123,10 @@ export class Gateway implements RequestContext {
     // One more than the limit, so that handleRequest sees the overflow and answers 431.
     server.maxHeadersCount = limits.maxHeaders + 1;
     const onRequest = (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => {
+      // A request pipelined behind one answered with Connection: close is never forwarded.
+      if (closingSockets.has(req.socket)) return;
       this.inflight++;
+      trackPending(req.socket, res);
       res.once('close', () => this.inflight--);
       try {
         handleRequest(this, req, res, expectContinue);
@@ -119,9 +143,19 @@ export class Gateway implements RequestContext {
     server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string }, socket: Socket) => {
       // A response already under way on this connection (pipelining): answering now would
       // interleave bytes; cutting the connection is the only safe move.
-      if (err.code === 'ECONNRESET' || !socket.writable || (socket as Socket & { _httpMessage?: unknown })._httpMessage) {
+      if (err.code === 'ECONNRESET' || !socket.writable) {
         socket.destroy();
         return;
+      }
+      const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+      if (pending) {
+        // A complete answer is queued (maybe still corked): let it out, then close.
+        if (pending.writableEnded) { socket.destroySoon(); return; }
+        // The parser stops at its first error, so when the pending request is itself incomplete,
+        // the error is in its own framing (its body, or Transfer-Encoding checked after the head);
+        // nothing of its response went out, so answering it here keeps the order. Otherwise a
+        // response is under way or an earlier request is awaiting its answer: cut.
+        if (pending.headersSent || pending.req?.complete !== false) { socket.destroy(); return; }
       }
       let code: ProblemCode = 'bad-request';
       let detail = `malformed HTTP request${err.reason ? `: ${err.reason}` : ''}`;

@@ -32,6 +32,9 @@ function headerBytes(raw: string[]): number {
   return n;
 }
 
+/** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
+export const closingSockets = new WeakSet<object>();
+
 export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
   const snap = ctx.snapshot;
   const raw = req.rawHeaders;
@@ -41,10 +44,12 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
   // Malformed requests close the connection; a request that was merely unroutable does not.
   const fail = (code: Parameters<typeof sendProblem>[1], detail: string, extra?: Record<string, string>) => {
     const keep = code === 'no-route' || code === 'method-not-allowed';
+    if (close || !keep) closingSockets.add(req.socket);
     sendProblem(res, code, detail, requestId, { close: close || !keep, headers: extra });
     ctx.onDone?.(res.statusCode);
   };
 
+  if (req.httpVersionMajor !== 1) return fail('http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
   const url = req.url ?? '';
   if (url.length > snap.limits.maxUriLength) return fail('uri-too-long', `the request target is longer than ${snap.limits.maxUriLength} bytes`);
   if (raw.length / 2 > snap.limits.maxHeaders) return fail('headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
@@ -57,6 +62,15 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
   let host = req.headers.host ?? '';
   if (host !== '' && !HOST_RE.test(host)) return fail('bad-request', 'malformed Host header');
   if (hostCount === 0 && req.httpVersionMinor >= 1 && req.httpVersionMajor === 1) return fail('bad-request', 'missing Host header');
+
+  // Transfer-Encoding: exactly one field, exactly `chunked`, and not on HTTP/1.0 (RFC 9112 §6.1, §6.3).
+  let teFields = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 17 && raw[i]!.toLowerCase() === 'transfer-encoding') teFields++;
+  if (teFields > 0) {
+    const teValue = req.headers['transfer-encoding'] ?? '';
+    if (teFields > 1 || teValue.trim().toLowerCase() !== 'chunked') return fail('bad-request', 'unsupported Transfer-Encoding (only a single "chunked" is accepted)');
+    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return fail('bad-request', 'Transfer-Encoding in an HTTP/1.0 request');
+  }
 
   // Request target: origin-form, or absolute-form whose authority replaces Host (RFC 9112 §3.2.2).
   let target = url;

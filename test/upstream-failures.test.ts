@@ -1,0 +1,416 @@
+/**
+ * Malformed and failing upstream responses through one gateway: a raw origin scripted per path
+ * sends ambiguous framing, truncated bodies, garbage, closes, resets and stalls. Before the
+ * response started the client gets 502/504 problem+json (with the request id); after it started
+ * the client sees a broken response, never a clean short one; and no upstream leftovers ever
+ * answer a later request (no response desync). The gateway survives all of it.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
+import { fetch, Agent } from 'undici';
+import { startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
+
+// --------------------------------------------------------------------------------------------
+// HTTP/1.1 framing for raw byte streams (both what the origin receives and what the client gets).
+// --------------------------------------------------------------------------------------------
+interface Msg {
+  start: string;
+  headers: [string, string][];
+  body: string;
+}
+
+function header(m: Msg, name: string): string | undefined {
+  const all = m.headers.filter(([k]) => k === name).map(([, v]) => v);
+  return all.length ? all.join(', ') : undefined;
+}
+
+/** The first complete message in `raw` and how many bytes it used; null when incomplete. */
+function parseOne(raw: string, kind: 'request' | 'response', ended = false): { msg: Msg; used: number } | null {
+  const end = raw.indexOf('\r\n\r\n');
+  if (end === -1) return null;
+  const lines = raw.slice(0, end).split('\r\n');
+  const start = lines.shift()!;
+  const headers = lines.map((l): [string, string] => {
+    const i = l.indexOf(':');
+    return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
+  });
+  const msg: Msg = { start, headers, body: '' };
+  let p = end + 4;
+  const te = header(msg, 'transfer-encoding');
+  const cl = header(msg, 'content-length');
+  if (te !== undefined && /chunked\s*$/i.test(te)) {
+    for (;;) {
+      const eol = raw.indexOf('\r\n', p);
+      if (eol === -1) return null;
+      const size = parseInt(raw.slice(p, eol).split(';')[0]!, 16);
+      if (Number.isNaN(size)) return null;
+      p = eol + 2;
+      if (size === 0) {
+        const tEnd = raw.indexOf('\r\n', p) === p ? p : raw.indexOf('\r\n\r\n', p);
+        if (tEnd === -1) return null;
+        return { msg, used: tEnd === p ? p + 2 : tEnd + 4 };
+      }
+      if (raw.length < p + size + 2) return null;
+      msg.body += raw.slice(p, p + size);
+      p += size + 2;
+    }
+  }
+  if (cl !== undefined) {
+    if (raw.length < p + Number(cl)) return null;
+    msg.body = raw.slice(p, p + Number(cl));
+    return { msg, used: p + Number(cl) };
+  }
+  if (kind === 'request' || /^HTTP\/1\.[01] (1\d\d|204|304)/.test(start)) return { msg, used: p };
+  if (!ended) return null; // read-until-close body
+  msg.body = raw.slice(p);
+  return { msg, used: raw.length };
+}
+
+/** A raw keep-alive client connection: send requests one at a time, read whole responses. */
+class RawClient {
+  private buf = '';
+  private ended = false;
+  private wake: (() => void) | null = null;
+  private constructor(private readonly sock: Socket) {
+    sock.on('data', (d: Buffer) => { this.buf += d.toString('latin1'); this.wake?.(); });
+    const end = () => { this.ended = true; this.wake?.(); };
+    sock.on('end', end);
+    sock.on('close', end);
+    sock.on('error', end);
+  }
+
+  static open(port: number): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const s = connect(port, '127.0.0.1', () => { s.off('error', reject); resolve(new RawClient(s)); });
+      s.once('error', reject);
+    });
+  }
+
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  get pending(): string {
+    return this.buf;
+  }
+
+  send(data: string): void {
+    this.sock.write(data);
+  }
+
+  /** The next complete response, or null when the server closed the connection before one was complete. */
+  async next(timeoutMs = 3000): Promise<Msg | null> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const got = parseOne(this.buf, 'response', this.ended);
+      if (got) {
+        this.buf = this.buf.slice(got.used);
+        return got.msg;
+      }
+      if (this.ended) return null;
+      if (Date.now() > deadline) throw new Error(`no complete response within ${timeoutMs} ms; got ${JSON.stringify(this.buf)}`);
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, 50);
+        this.wake = () => { clearTimeout(t); r(); };
+      });
+      this.wake = null;
+    }
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+// --------------------------------------------------------------------------------------------
+// The scripted origin: one behaviour per path under /u.
+// --------------------------------------------------------------------------------------------
+const GOOD = 'HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ngood';
+/** An unsolicited response left on the upstream connection: must never answer anything. */
+const POISON = 'HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled';
+
+const timers = new Set<NodeJS.Timeout>();
+function later(ms: number, fn: () => void): void {
+  const t = setTimeout(() => { timers.delete(t); fn(); }, ms);
+  timers.add(t);
+}
+
+/** Returns 'done' when the script finished with this connection (closed or reset it). */
+const SCRIPTS: Record<string, (s: Socket) => 'keep' | 'done'> = {
+  '/good': (s) => (s.write(GOOD), 'keep'),
+  '/cl-te': (s) => (s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n' + POISON), 'keep'),
+  '/te-cl': (s) => (s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n' + POISON), 'keep'),
+  '/dup-cl': (s) => (s.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: ${2 + POISON.length}\r\n\r\nok${POISON}`), 'keep'),
+  '/extra': (s) => (s.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok${POISON}`), 'keep'),
+  '/truncated': (s) => {
+    s.write('HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789');
+    later(50, () => s.end());
+    return 'done';
+  },
+  '/chunk-cut': (s) => {
+    s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n5\r\nab');
+    later(50, () => s.end());
+    return 'done';
+  },
+  '/garbage': (s) => (s.write('this is not HTTP at all\r\n\r\n'), 'keep'),
+  '/silent-close': (s) => (s.end(), 'done'),
+  '/reset': (s) => (s.resetAndDestroy(), 'done'),
+  '/slow-headers': (s) => {
+    later(2000, () => { if (!s.destroyed) s.write(GOOD); });
+    return 'keep';
+  },
+  '/slow-body': (s) => {
+    s.write('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc'); // then nothing: read timeout is 500ms
+    return 'keep';
+  },
+};
+
+let origin: RawOrigin;
+let healthy: TestUpstream;
+let gw: TestGateway;
+let agent: Agent;
+let deadPort: number;
+
+before(async () => {
+  const handled = new WeakMap<Socket, number>();
+  const finished = new WeakSet<Socket>();
+  origin = await startRawOrigin((data, socket) => {
+    if (finished.has(socket)) return null;
+    let text = data.toString('latin1');
+    // skip requests already handled on this connection, then act on each new complete one
+    for (let i = 0; i < (handled.get(socket) ?? 0); i++) text = text.slice(parseOne(text, 'request')!.used);
+    for (let got = parseOne(text, 'request'); got; got = parseOne(text, 'request')) {
+      handled.set(socket, (handled.get(socket) ?? 0) + 1);
+      text = text.slice(got.used);
+      const path = got.msg.start.split(' ')[1]!.replace(/^\/u/, '');
+      const script = SCRIPTS[path] ?? ((s: Socket) => (s.write('HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope'), 'keep' as const));
+      if (script(socket) === 'done') {
+        finished.add(socket);
+        break;
+      }
+    }
+    return null;
+  });
+  healthy = await startUpstream();
+  // a port with nothing listening: bind, note it, close
+  const probe = createNetServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+  deadPort = (probe.address() as AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+
+  gw = await startGateway(`
+timeouts: {drain: 500ms}
+services:
+  - name: flaky
+    url: ${origin.url}
+    timeouts: {connect: 1s, response: 300ms, read: 500ms}
+    routes: [{paths: [/u]}]
+  - name: gone
+    url: http://127.0.0.1:${deadPort}
+    timeouts: {connect: 1s, response: 1s}
+    routes: [{paths: [/gone]}]
+  - name: healthy
+    url: ${healthy.url}
+    routes: [{paths: [/healthy]}]
+`);
+  agent = new Agent({ keepAliveTimeout: 1000, connect: { timeout: 1000 }, headersTimeout: 5000, bodyTimeout: 5000 });
+});
+
+after(async () => {
+  for (const t of timers) clearTimeout(t);
+  await agent?.close().catch(() => agent.destroy());
+  await gw?.close();
+  await origin?.close();
+  await healthy?.close();
+});
+
+const get = (path: string, headers: Record<string, string> = {}) => fetch(`${gw.url}${path}`, { dispatcher: agent, headers });
+
+/** problem+json with type/title/status/detail/request_id, and X-Request-Id equal to request_id. */
+function assertProblem(
+  status: number, type: string, headers: { get(name: string): string | null | undefined }, bodyText: string, detail?: RegExp,
+): Record<string, unknown> {
+  assert.equal(headers.get('content-type'), 'application/problem+json', bodyText);
+  const p = JSON.parse(bodyText) as Record<string, unknown>;
+  assert.equal(p.type, `urn:turnpike:problem:${type}`, bodyText);
+  assert.equal(typeof p.title, 'string');
+  assert.ok((p.title as string).length > 0);
+  assert.equal(p.status, status);
+  assert.equal(typeof p.detail, 'string');
+  if (detail) assert.match(p.detail as string, detail);
+  assert.equal(typeof p.request_id, 'string');
+  assert.ok((p.request_id as string).length > 0);
+  assert.equal(headers.get('x-request-id'), p.request_id, 'X-Request-Id must match request_id');
+  return p;
+}
+
+const rawGet = (path: string, extra = '') => `GET ${path} HTTP/1.1\r\nHost: gw.test\r\n${extra}\r\n`;
+const msgHeaders = (m: Msg) => ({ get: (n: string) => header(m, n) ?? null });
+
+/**
+ * The upstream answers `path` with broken framing followed by a stray response. The client gets
+ * a 502 problem+json (or a cut connection), and the next request on the same client connection
+ * (or a fresh one after a cut) gets its own answer, never the stray bytes.
+ */
+async function expectNoResponseDesync(path: string, opts: { allowCut: boolean }) {
+  let c = await RawClient.open(gw.port);
+  try {
+    c.send(rawGet(path));
+    const first = await c.next();
+    if (first === null) {
+      assert.ok(opts.allowCut, `the gateway cut the connection instead of answering 502; got ${JSON.stringify(c.pending)}`);
+      assert.doesNotMatch(c.pending, /smuggled/);
+      c.close();
+      c = await RawClient.open(gw.port);
+    } else {
+      assert.match(first.start, /^HTTP\/1\.1 502 /, `expected 502, got ${first.start}: ${first.body}`);
+      const p = assertProblem(502, 'bad-gateway', msgHeaders(first), first.body, /"flaky"/);
+      assert.doesNotMatch(first.body, /smuggled/);
+      assert.ok(!c.closed || header(first, 'connection') === 'close', 'closed without saying so');
+      if (c.closed) c = await RawClient.open(gw.port);
+      // the next request on the same client connection gets its own, correct answer
+      c.send(rawGet('/u/good'));
+      const second = await c.next();
+      assert.ok(second, `no response to the follow-up request; got ${JSON.stringify(c.pending)}`);
+      assert.match(second.start, /^HTTP\/1\.1 200 /, `${second.start}: ${second.body}`);
+      assert.equal(second.body, 'good', 'the follow-up request was answered with leftover upstream bytes');
+      assert.notEqual(header(second, 'x-request-id'), p.request_id);
+      return;
+    }
+    c.send(rawGet('/u/good'));
+    const second = await c.next();
+    assert.ok(second);
+    assert.equal(second.body, 'good', 'a later request was answered with leftover upstream bytes');
+  } finally {
+    c.close();
+  }
+}
+
+// --------------------------------------------------------------------------------------------
+
+test('baseline: a well-formed upstream answer passes through', { timeout: 10_000 }, async () => {
+  const res = await get('/u/good');
+  assert.equal(res.status, 200);
+  assert.equal(await res.text(), 'good');
+});
+
+test('upstream sends Content-Length and Transfer-Encoding: 502 problem+json, no desync', { timeout: 10_000 }, async () => {
+  await expectNoResponseDesync('/u/cl-te', { allowCut: true });
+});
+
+test('upstream sends Transfer-Encoding then Content-Length: 502 problem+json, no desync', { timeout: 10_000 }, async () => {
+  await expectNoResponseDesync('/u/te-cl', { allowCut: true });
+});
+
+test('upstream sends two different Content-Length values: 502 problem+json, no desync', { timeout: 10_000 }, async () => {
+  await expectNoResponseDesync('/u/dup-cl', { allowCut: false });
+});
+
+test('upstream sends bytes after a complete response: they never answer the next request', { timeout: 10_000 }, async () => {
+  const c = await RawClient.open(gw.port);
+  try {
+    c.send(rawGet('/u/extra'));
+    const first = await c.next();
+    assert.ok(first);
+    assert.match(first.start, /^HTTP\/1\.1 200 /);
+    assert.equal(first.body, 'ok');
+    for (let i = 0; i < 3; i++) {
+      c.send(rawGet('/u/good'));
+      const next = await c.next();
+      assert.ok(next, `no answer; got ${JSON.stringify(c.pending)}`);
+      assert.equal(next.body, 'good', `request ${i + 2} got someone else's response`);
+    }
+  } finally {
+    c.close();
+  }
+});
+
+test('truncated body (Content-Length: 100, 10 bytes, close): the client read fails, never a clean short body', { timeout: 10_000 }, async () => {
+  const res = await get('/u/truncated');
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-length'), '100');
+  await assert.rejects(res.arrayBuffer(), 'the body read completed although the upstream cut it short');
+  // on the wire: the gateway closes the connection without completing the message
+  const c = await RawClient.open(gw.port);
+  try {
+    c.send(rawGet('/u/truncated'));
+    assert.equal(await c.next(), null, 'the gateway completed a truncated response');
+    assert.ok(c.closed);
+  } finally {
+    c.close();
+  }
+});
+
+test('chunked response cut mid-stream: the client read fails', { timeout: 10_000 }, async () => {
+  const res = await get('/u/chunk-cut');
+  assert.equal(res.status, 200);
+  await assert.rejects(res.text(), 'the body read completed although the upstream cut it short');
+  const c = await RawClient.open(gw.port);
+  try {
+    c.send(rawGet('/u/chunk-cut'));
+    assert.equal(await c.next(), null, 'the gateway sent a terminating chunk for a cut response');
+    assert.doesNotMatch(c.pending, /\r\n0\r\n\r\n$/);
+  } finally {
+    c.close();
+  }
+});
+
+test('upstream body stalls beyond timeouts.read: the client read fails, bounded', { timeout: 10_000 }, async () => {
+  const t0 = Date.now();
+  const res = await get('/u/slow-body');
+  assert.equal(res.status, 200);
+  await assert.rejects(res.text());
+  assert.ok(Date.now() - t0 < 3000, `took ${Date.now() - t0} ms`);
+});
+
+test('garbage instead of a status line: 502 problem+json', { timeout: 10_000 }, async () => {
+  const res = await get('/u/garbage');
+  assert.equal(res.status, 502);
+  assertProblem(502, 'bad-gateway', res.headers, await res.text(), /"flaky"/);
+});
+
+test('upstream closes without answering: 502 problem+json', { timeout: 10_000 }, async () => {
+  const res = await get('/u/silent-close');
+  assert.equal(res.status, 502);
+  assertProblem(502, 'bad-gateway', res.headers, await res.text(), /"flaky"/);
+});
+
+test('upstream resets the connection: 502 problem+json', { timeout: 10_000 }, async () => {
+  const res = await get('/u/reset');
+  assert.equal(res.status, 502);
+  assertProblem(502, 'bad-gateway', res.headers, await res.text(), /"flaky"/);
+});
+
+test('connection refused: 502 problem+json naming the service', { timeout: 10_000 }, async () => {
+  const res = await get('/gone/x');
+  assert.equal(res.status, 502);
+  assertProblem(502, 'bad-gateway', res.headers, await res.text(), /"gone".*ECONNREFUSED|ECONNREFUSED.*"gone"/);
+});
+
+test('upstream slow to send headers beyond timeouts.response (300ms): 504 problem+json', { timeout: 10_000 }, async () => {
+  const t0 = Date.now();
+  const res = await get('/u/slow-headers');
+  const ms = Date.now() - t0;
+  assert.equal(res.status, 504);
+  assertProblem(504, 'gateway-timeout', res.headers, await res.text(), /"flaky".*300/);
+  assert.ok(ms >= 250 && ms < 1500, `answered after ${ms} ms`);
+});
+
+test('a client-supplied X-Request-Id is the problem request_id', { timeout: 10_000 }, async () => {
+  const res = await get('/u/garbage', { 'x-request-id': 'probe-42' });
+  assert.equal(res.status, 502);
+  const p = assertProblem(502, 'bad-gateway', res.headers, await res.text());
+  assert.equal(p.request_id, 'probe-42');
+});
+
+test('the gateway survived all of it: normal requests succeed, nothing left in flight', { timeout: 10_000 }, async () => {
+  const a = await get('/healthy/ping');
+  assert.equal(a.status, 200);
+  assert.equal((JSON.parse(await a.text()) as { url: string }).url, '/healthy/ping');
+  const b = await get('/u/good');
+  assert.equal(b.status, 200);
+  assert.equal(await b.text(), 'good');
+  for (let i = 0; i < 40 && gw.gw.inFlight > 0; i++) await new Promise((r) => setTimeout(r, 25));
+  assert.equal(gw.gw.inFlight, 0);
+});
