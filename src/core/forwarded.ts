@@ -69,9 +69,7 @@ export function clientIp(peer: string, xff: string | undefined, trusted: Trusted
   return ip;
 }
 
-/** A Forwarded (RFC 7239) element for this hop. */
-export function forwardedElement(peer: string, proto: string, host: string | undefined): string {
-  const forPart = isIP(peer) === 6 ? `for="[${peer}]"` : `for=${peer || 'unknown'}`;
-  const hostPart = host ? `;host=${JSON.stringify(host)}` : '';
-  return `${forPart}${hostPart};proto=${proto}`;
+/** The `for=` part of a Forwarded (RFC 7239) element for this hop. */
+export function forwardedElement(peer: string): string {
+  return isIP(peer) === 6 ? `for="[${peer}]"` : `for=${peer || 'unknown'}`;
 }

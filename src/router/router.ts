@@ -90,6 +90,8 @@ export class Router<T> {
   private readonly table: HostTable<T> = { exact: new Map(), wildcard: [], any: null };
   readonly conflicts: RouteConflict[] = [];
   readonly size: number;
+  /** Whether any route matches on headers (otherwise match() never reads them). */
+  readonly usesHeaders: boolean;
 
   constructor(specs: readonly RouteSpec<T>[]) {
     specs.forEach((spec, order) => {
@@ -129,6 +131,7 @@ export class Router<T> {
     });
     this.table.wildcard.sort((a, b) => b.suffix.length - a.suffix.length);
     this.size = specs.length;
+    this.usesHeaders = specs.some((s) => s.headers && Object.keys(s.headers).length > 0);
   }
 
   private trieFor(host: string | null): TrieNode<T> {

@@ -8,6 +8,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { compile, type Address, type Snapshot } from '../config/compile.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
+import type { ForwardHandler } from '../upstream/forward.js';
 import { handleRequest, closingSockets, type RequestContext } from './request.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
@@ -33,10 +34,11 @@ const kPending = Symbol('turnpike.pendingResponses');
 
 /**
  * Node emits pipelined requests at once but queues their responses; when the client goes away
- * first, a queued response never gets a socket and never emits 'close'. Track them per socket
- * and close them with it, so in-flight counts and upstream requests end too.
+ * first, a queued response never gets a socket and never emits 'close'. Such responses (no
+ * socket yet) are tracked per socket and closed with it, so in-flight counts and upstream
+ * requests end too.
  */
-function trackPending(socket: Socket, res: ServerResponse): void {
+function trackPending(socket: Socket, res: ServerResponse): Set<ServerResponse> {
   const s = socket as Socket & { [kPending]?: Set<ServerResponse> };
   let pending = s[kPending];
   if (!pending) {
@@ -47,7 +49,7 @@ function trackPending(socket: Socket, res: ServerResponse): void {
     });
   }
   pending.add(res);
-  res.once('close', () => pending.delete(res));
+  return pending;
 }
 
 const closeServer = (s: Server | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
@@ -126,10 +128,15 @@ export class Gateway implements RequestContext {
       // A request pipelined behind one answered with Connection: close is never forwarded.
       if (closingSockets.has(req.socket)) return;
       this.inflight++;
-      trackPending(req.socket, res);
-      res.once('close', () => this.inflight--);
+      const pending = res.socket ? null : trackPending(req.socket, res);
+      let handler: ForwardHandler | undefined;
+      res.once('close', () => {
+        this.inflight--;
+        pending?.delete(res);
+        handler?.clientClosed();
+      });
       try {
-        handleRequest(this, req, res, expectContinue);
+        handler = handleRequest(this, req, res, expectContinue);
       } catch (err) {
         this.log.error({ err }, 'request handler failed');
         sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });

@@ -1,13 +1,15 @@
 /**
  * The proxy listener's request path: limits, request-target and Host checks, path
  * normalization, routing, forwarding headers, then the upstream. Everything the request needs
- * comes from the snapshot it started with.
+ * comes from the snapshot it started with. The raw header list is read once: the fields the
+ * gateway owns are picked out, the rest copied for the upstream.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Snapshot } from '../config/compile.js';
-import { sendProblem } from '../core/problem.js';
-import { MANAGED_REQUEST, connectionTokens, copyEndToEnd, validRequestId } from '../core/headers.js';
+import { sendProblem, type ProblemCode } from '../core/problem.js';
+import { connectionTokens, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
 import { hostName } from '../router/router.js';
@@ -16,6 +18,7 @@ import { ForwardHandler } from '../upstream/forward.js';
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?$/;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)([^#]*)$/i;
+const NO_HEADERS: Record<string, string> = Object.freeze({}) as Record<string, string>;
 
 export interface RequestContext {
   snapshot: Snapshot;
@@ -26,50 +29,105 @@ export interface RequestContext {
   onDone?: (status: number) => void;
 }
 
-function headerBytes(raw: string[]): number {
-  let n = 0;
-  for (let i = 0; i < raw.length; i++) n += raw[i]!.length + 2;
-  return n;
-}
-
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
 export const closingSockets = new WeakSet<object>();
 
-export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+/** What only depends on the connection (and the snapshot's trusted proxies), computed once per connection. */
+interface PeerInfo {
+  snap: Snapshot;
+  peer: string;
+  trusted: boolean;
+  forwardedFor: string;
+  port: string;
+}
+const kPeer = Symbol('turnpike.peer');
+
+function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
+  const s = socket as Socket & { [kPeer]?: PeerInfo };
+  let p = s[kPeer];
+  if (p === undefined || p.snap !== snap) {
+    const peer = plainIp(socket.remoteAddress);
+    p = s[kPeer] = { snap, peer, trusted: snap.trusted.has(peer), forwardedFor: forwardedElement(peer), port: String(socket.localPort) };
+  }
+  return p;
+}
+
+const join = (prev: string | undefined, v: string) => (prev === undefined ? v : `${prev}, ${v}`);
+
+/** Handles one request; returns the upstream handler when the request was forwarded. */
+export function handleRequest(
+  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean,
+): ForwardHandler | undefined {
   const snap = ctx.snapshot;
   const raw = req.rawHeaders;
-  const incomingId = req.headers['x-request-id'];
-  const requestId = validRequestId(typeof incomingId === 'string' ? incomingId : undefined) ? (incomingId as string) : randomUUID();
   const close = ctx.draining;
+  let requestId = '';
   // Malformed requests close the connection; a request that was merely unroutable does not.
-  const fail = (code: Parameters<typeof sendProblem>[1], detail: string, extra?: Record<string, string>) => {
+  const fail = (code: ProblemCode, detail: string, extra?: Record<string, string>): undefined => {
     const keep = code === 'no-route' || code === 'method-not-allowed';
     if (close || !keep) closingSockets.add(req.socket);
-    sendProblem(res, code, detail, requestId, { close: close || !keep, headers: extra });
+    sendProblem(res, code, detail, requestId || randomUUID(), { close: close || !keep, headers: extra });
     ctx.onDone?.(res.statusCode);
+    return undefined;
   };
 
   if (req.httpVersionMajor !== 1) return fail('http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
   const url = req.url ?? '';
   if (url.length > snap.limits.maxUriLength) return fail('uri-too-long', `the request target is longer than ${snap.limits.maxUriLength} bytes`);
   if (raw.length / 2 > snap.limits.maxHeaders) return fail('headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
-  if (headerBytes(raw) > snap.limits.maxHeaderSize) return fail('headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
+
+  // One pass over the raw header list.
+  const headers: string[] = [];
+  let bytes = 0;
+  let hostCount = 0;
+  let host = '';
+  let teCount = 0;
+  let te: string | undefined;
+  let cl: string | undefined;
+  let connection: string | undefined;
+  let incomingId: string | undefined;
+  let xff: string | undefined;
+  let xfProto: string | undefined;
+  let xfHost: string | undefined;
+  let xfPort: string | undefined;
+  let forwarded: string | undefined;
+  let via: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const value = raw[i + 1]!;
+    bytes += name.length + value.length + 4;
+    switch (name.length < 20 ? name.toLowerCase() : '') {
+      case 'host': hostCount++; host = value; continue;
+      case 'transfer-encoding': teCount++; te = value; continue;
+      case 'content-length': cl = value; continue;
+      case 'connection': connection = join(connection, value); continue;
+      case 'x-request-id': incomingId ??= value; continue;
+      case 'x-forwarded-for': xff = join(xff, value); continue;
+      case 'x-forwarded-proto': xfProto = join(xfProto, value); continue;
+      case 'x-forwarded-host': xfHost = join(xfHost, value); continue;
+      case 'x-forwarded-port': xfPort = join(xfPort, value); continue;
+      case 'forwarded': forwarded = join(forwarded, value); continue;
+      case 'via': via = join(via, value); continue;
+      // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
+      case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
+      case 'expect': case 'x-real-ip':
+        continue;
+      default:
+        headers.push(name, value);
+    }
+  }
+  requestId = validRequestId(incomingId) ? incomingId : randomUUID();
+  if (bytes > snap.limits.maxHeaderSize) return fail('headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
 
   // Host: exactly one, well-formed (RFC 9112 §3.2).
-  let hostCount = 0;
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === 'host') hostCount++;
   if (hostCount > 1) return fail('bad-request', 'more than one Host header');
-  let host = req.headers.host ?? '';
   if (host !== '' && !HOST_RE.test(host)) return fail('bad-request', 'malformed Host header');
-  if (hostCount === 0 && req.httpVersionMinor >= 1 && req.httpVersionMajor === 1) return fail('bad-request', 'missing Host header');
+  if (hostCount === 0 && req.httpVersionMinor >= 1) return fail('bad-request', 'missing Host header');
 
   // Transfer-Encoding: exactly one field, exactly `chunked`, and not on HTTP/1.0 (RFC 9112 §6.1, §6.3).
-  let teFields = 0;
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 17 && raw[i]!.toLowerCase() === 'transfer-encoding') teFields++;
-  if (teFields > 0) {
-    const teValue = req.headers['transfer-encoding'] ?? '';
-    if (teFields > 1 || teValue.trim().toLowerCase() !== 'chunked') return fail('bad-request', 'unsupported Transfer-Encoding (only a single "chunked" is accepted)');
-    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) return fail('bad-request', 'Transfer-Encoding in an HTTP/1.0 request');
+  if (teCount > 0) {
+    if (teCount > 1 || te!.trim().toLowerCase() !== 'chunked') return fail('bad-request', 'unsupported Transfer-Encoding (only a single "chunked" is accepted)');
+    if (req.httpVersionMinor === 0) return fail('bad-request', 'Transfer-Encoding in an HTTP/1.0 request');
   }
 
   // Request target: origin-form, or absolute-form whose authority replaces Host (RFC 9112 §3.2.2).
@@ -78,7 +136,8 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
     if (url === '*') {
       if (req.method !== 'OPTIONS') return fail('bad-request', 'asterisk-form is only for OPTIONS');
       res.writeHead(204, { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) }).end();
-      return ctx.onDone?.(204);
+      ctx.onDone?.(204);
+      return undefined;
     }
     const m = ABSOLUTE_RE.exec(url);
     if (!m || !m[2] || !HOST_RE.test(m[2])) return fail('bad-request', 'the request target is not in origin-form or absolute-form');
@@ -88,46 +147,37 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
   }
   if (target.includes('#')) return fail('bad-request', 'the request target may not contain a fragment (#)');
   const q = target.indexOf('?');
-  const rawPath = q === -1 ? target : target.slice(0, q);
+  const path = normalizePath(q === -1 ? target : target.slice(0, q));
   const query = q === -1 ? '' : target.slice(q);
-  const path = normalizePath(rawPath);
   if (path === null) return fail('bad-request', 'malformed percent-encoding in the path');
 
   const method = req.method ?? 'GET';
-  const match = snap.router.match(method, hostName(host), path, req.headers);
+  const match = snap.router.match(method, hostName(host), path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
   if (match === null) return fail('no-route', `no route matches ${method} ${path}`);
   if ('methodNotAllowed' in match) {
     return fail('method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
   }
   const route = match.data;
 
-  // Forwarded headers.
-  const peer = plainIp(req.socket.remoteAddress);
-  const trusted = snap.trusted.has(peer);
-  const xff = req.headers['x-forwarded-for'];
-  const xffValue = typeof xff === 'string' ? xff : undefined;
-  const ip = clientIp(peer, xffValue, snap.trusted);
-  const headers: string[] = [];
-  copyEndToEnd(raw, headers, MANAGED_REQUEST, connectionTokens(req.headers.connection));
-  const inProto = trusted ? req.headers['x-forwarded-proto'] : undefined;
-  const inHost = trusted ? req.headers['x-forwarded-host'] : undefined;
-  const inFwd = trusted ? req.headers['forwarded'] : undefined;
-  const proto = typeof inProto === 'string' && /^https?$/.test(inProto) ? inProto : ctx.proto;
-  const xfHost = typeof inHost === 'string' && HOST_RE.test(inHost) ? inHost : host;
-  const inPort = trusted ? req.headers['x-forwarded-port'] : undefined;
-  const xfPort = typeof inPort === 'string' && /^[0-9]{1,5}$/.test(inPort) ? inPort : String(req.socket.localPort);
+  // Fields named in Connection are connection-specific too (those the gateway owns stay its own).
+  const nominated = connectionTokens(connection);
+  if (nominated !== null) {
+    for (let i = headers.length - 2; i >= 0; i -= 2) if (nominated.has(headers[i]!.toLowerCase())) headers.splice(i, 2);
+  }
+
+  // Forwarding fields: a trusted proxy's are extended, anyone else's replaced.
+  const p = peerInfo(req.socket, snap);
+  const t = p.trusted;
   headers.push(
-    'x-forwarded-for', trusted && xffValue ? `${xffValue}, ${peer}` : peer,
-    'x-forwarded-proto', proto,
-    'x-forwarded-host', xfHost,
-    'x-forwarded-port', xfPort,
-    'x-real-ip', ip,
-    'forwarded', (typeof inFwd === 'string' ? inFwd + ', ' : '') + forwardedElement(peer, ctx.proto, host || undefined),
-    'via', req.headers.via ? `${req.headers.via}, ${req.httpVersion} ${ctx.via}` : `${req.httpVersion} ${ctx.via}`,
+    'x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer,
+    'x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : ctx.proto,
+    'x-forwarded-host', t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host,
+    'x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port,
+    'x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer,
+    'forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host=${JSON.stringify(host)}` : ''};proto=${ctx.proto}`,
+    'via', via ? `${via}, ${req.httpVersion} ${ctx.via}` : `${req.httpVersion} ${ctx.via}`,
     'x-request-id', requestId,
   );
-  const te = req.headers['transfer-encoding'];
-  const cl = req.headers['content-length'];
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
   if (cl !== undefined && te === undefined) headers.push('content-length', cl);
   headers.push('host', ''); // value set per target by ForwardHandler
@@ -147,7 +197,7 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
   }
   if (expectContinue) res.writeContinue();
 
-  new ForwardHandler({
+  const handler = new ForwardHandler({
     req, res,
     service: route.service,
     method,
@@ -159,5 +209,7 @@ export function handleRequest(ctx: RequestContext, req: IncomingMessage, res: Se
     via: `1.1 ${ctx.via}`,
     closeAfter: close,
     onDone: ctx.onDone,
-  }).start();
+  });
+  handler.start();
+  return handler;
 }

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
-import { HOP_BY_HOP, MANAGED_RESPONSE, connectionTokens } from '../core/headers.js';
+import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
 import { sendProblem } from '../core/problem.js';
 import type { CompiledService, Target } from '../config/compile.js';
 
@@ -49,12 +49,14 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   constructor(private readonly f: ForwardRequest) {
     this.target = f.service.pick();
-    f.res.on('close', () => {
-      if (!this.finished) {
-        this.finished = true;
-        this.abortFn?.(new Error('client closed the connection'));
-      }
-    });
+  }
+
+  /** The client connection closed (or the response finished): stop the upstream exchange if it still runs. */
+  clientClosed(): void {
+    if (!this.finished) {
+      this.finished = true;
+      this.abortFn?.(new Error('client closed the connection'));
+    }
   }
 
   start(): void {
@@ -102,24 +104,26 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     }
     this.resumeFn = resume;
     const out: string[] = [];
-    let nominated: Set<string> | null = null;
-    let via = this.f.via;
-    for (let i = 0; i < rawHeaders.length; i += 2) {
-      if (latin1(rawHeaders[i]!).toLowerCase() === 'connection') {
-        nominated = connectionTokens(latin1(rawHeaders[i + 1]!)) ?? nominated;
-      }
-    }
+    let upstreamVia: string | undefined;
+    let connection: string | undefined;
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const name = latin1(rawHeaders[i]!);
-      const lower = name.toLowerCase();
-      if (HOP_BY_HOP.has(lower) || (nominated !== null && nominated.has(lower))) continue;
-      if (MANAGED_RESPONSE.has(lower)) {
-        if (lower === 'via') via = `${latin1(rawHeaders[i + 1]!)}, ${via}`;
-        continue;
+      const value = latin1(rawHeaders[i + 1]!);
+      switch (name.length < 20 ? name.toLowerCase() : '') {
+        case 'connection': connection = connection === undefined ? value : `${connection}, ${value}`; continue;
+        case 'keep-alive': case 'proxy-connection': case 'te': case 'transfer-encoding': case 'upgrade':
+        case 'http2-settings': case 'x-request-id':
+          continue;
+        case 'via': upstreamVia = upstreamVia === undefined ? value : `${upstreamVia}, ${value}`; continue;
+        default: out.push(name, value);
       }
-      out.push(name, latin1(rawHeaders[i + 1]!));
     }
-    out.push('via', via, 'x-request-id', this.f.requestId);
+    // Fields named in the upstream's Connection header are connection-specific too.
+    const nominated = connectionTokens(connection);
+    if (nominated !== null) {
+      for (let i = out.length - 2; i >= 0; i -= 2) if (nominated.has(out[i]!.toLowerCase())) out.splice(i, 2);
+    }
+    out.push('via', upstreamVia === undefined ? this.f.via : `${upstreamVia}, ${this.f.via}`, 'x-request-id', this.f.requestId);
     if (this.f.closeAfter) out.push('connection', 'close');
     try {
       res.writeHead(statusCode, out);
