@@ -147,51 +147,61 @@ export class Router<T> {
     return t;
   }
 
+  /** Methods of routes that matched all but the method, collected during one match() call. */
+  private allowed: string[] | null = null;
+
   /**
    * Finds the most specific route. `path` must be normalized (see normalizePath) and start
-   * with `/`; `host` is the Host without port, lower-cased.
+   * with `/`; `host` is the Host without port, lower-cased. Walks the path string in place:
+   * no segment array is built.
    */
   match(method: string, host: string, path: string, headers: Record<string, string | string[] | undefined>): MatchResult<T> {
-    const segs = patternSegments(path);
-    const allowed: string[] = [];
+    this.allowed = null;
     const t = this.table;
     const exact = t.exact.size ? t.exact.get(host) : undefined;
     if (exact) {
-      const m = this.search(exact, segs, 0, method, headers, allowed);
-      if (m) return this.result(m, segs, path);
+      const m = this.search(exact, path, 0, method, headers);
+      if (m) return this.result(m, path);
     }
     for (const w of t.wildcard) {
       if (host.length > w.suffix.length && host.endsWith(w.suffix)) {
-        const m = this.search(w.trie, segs, 0, method, headers, allowed);
-        if (m) return this.result(m, segs, path);
+        const m = this.search(w.trie, path, 0, method, headers);
+        if (m) return this.result(m, path);
       }
     }
     if (t.any) {
-      const m = this.search(t.any, segs, 0, method, headers, allowed);
-      if (m) return this.result(m, segs, path);
+      const m = this.search(t.any, path, 0, method, headers);
+      if (m) return this.result(m, path);
     }
-    return allowed.length ? { methodNotAllowed: [...new Set(allowed)].sort() } : null;
+    const allowed = this.allowed as string[] | null;
+    return allowed ? { methodNotAllowed: [...new Set(allowed)].sort() } : null;
   }
 
+  /** `pos` is the index of the '/' that starts the next segment. */
   private search(
-    node: TrieNode<T>, segs: string[], i: number, method: string,
-    headers: Record<string, string | string[] | undefined>, allowed: string[],
+    node: TrieNode<T>, path: string, pos: number, method: string,
+    headers: Record<string, string | string[] | undefined>,
   ): Entry<T> | null {
-    if (i < segs.length) {
-      const lit = node.literal?.get(segs[i]!);
-      if (lit) {
-        const m = this.search(lit, segs, i + 1, method, headers, allowed);
-        if (m) return m;
+    // a trailing '/' is no segment of its own
+    if (pos < path.length - 1) {
+      let end = path.indexOf('/', pos + 1);
+      if (end === -1) end = path.length;
+      if (node.literal !== null) {
+        const lit = node.literal.get(path.slice(pos + 1, end));
+        if (lit) {
+          const m = this.search(lit, path, end, method, headers);
+          if (m) return m;
+        }
       }
-      if (node.param && segs[i] !== '') {
-        const m = this.search(node.param, segs, i + 1, method, headers, allowed);
+      if (node.param !== null && end > pos + 1) {
+        const m = this.search(node.param, path, end, method, headers);
         if (m) return m;
       }
     }
     for (const e of node.entries) {
-      if (!headersMatch(e.headers, headers)) continue;
-      if (e.methods && !e.methods.has(method)) {
-        allowed.push(...e.methods);
+      if (e.headers.length && !headersMatch(e.headers, headers)) continue;
+      if (e.methods !== null && !e.methods.has(method)) {
+        (this.allowed ??= []).push(...e.methods);
         continue;
       }
       return e;
@@ -199,16 +209,21 @@ export class Router<T> {
     return null;
   }
 
-  private result(e: Entry<T>, segs: string[], path: string): RouteMatch<T> {
+  private result(e: Entry<T>, path: string): RouteMatch<T> {
     let params: Record<string, string> | null = null;
-    if (e.params.length) {
-      params = {};
-      for (const [i, name] of e.params) params[name] = segs[i]!;
+    let pos = 0;
+    let p = 0;
+    for (let i = 0; i < e.depth; i++) {
+      let end = path.indexOf('/', pos + 1);
+      if (end === -1) end = path.length;
+      const param = e.params[p];
+      if (param !== undefined && param[0] === i) {
+        (params ??= {})[param[1]] = path.slice(pos + 1, end);
+        p++;
+      }
+      pos = end;
     }
-    let prefixLength = 0;
-    for (let i = 0; i < e.depth; i++) prefixLength += 1 + segs[i]!.length;
-    if (prefixLength > path.length) prefixLength = path.length;
-    return { data: e.data, params, prefixLength, pattern: e.pattern };
+    return { data: e.data, params, prefixLength: pos, pattern: e.pattern };
   }
 }
 

@@ -130,7 +130,7 @@ export class Gateway implements RequestContext {
       this.inflight++;
       const pending = res.socket ? null : trackPending(req.socket, res);
       let handler: ForwardHandler | undefined;
-      res.once('close', () => {
+      res.on('close', () => {
         this.inflight--;
         pending?.delete(res);
         handler?.clientClosed();

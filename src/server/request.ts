@@ -174,7 +174,7 @@ export function handleRequest(
     'x-forwarded-host', t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host,
     'x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port,
     'x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer,
-    'forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host=${JSON.stringify(host)}` : ''};proto=${ctx.proto}`,
+    'forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${ctx.proto}`,
     'via', via ? `${via}, ${req.httpVersion} ${ctx.via}` : `${req.httpVersion} ${ctx.via}`,
     'x-request-id', requestId,
   );
