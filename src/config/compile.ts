@@ -69,6 +69,8 @@ export interface Snapshot {
   admin: { listen: Address; token: string | undefined } | null;
   demo: Address | null;
   trusted: TrustedProxies;
+  /** Which forwarding fields go upstream. */
+  forwarding: { xff: boolean; proto: boolean; host: boolean; port: boolean; realIp: boolean; forwarded: boolean };
   limits: Limits;
   timeouts: ServerTimeouts;
   router: Router<CompiledRoute>;
@@ -83,7 +85,16 @@ export const DEFAULTS = {
   limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
   timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s' },
   service: { connect: '5s', response: '60s', read: '60s' },
+  forwarding_headers: ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'],
 } as const;
+
+function forwardingOf(names: readonly string[]): Snapshot['forwarding'] {
+  const has = (n: string) => names.includes(n);
+  return {
+    xff: has('x-forwarded-for'), proto: has('x-forwarded-proto'), host: has('x-forwarded-host'),
+    port: has('x-forwarded-port'), realIp: has('x-real-ip'), forwarded: has('forwarded'),
+  };
+}
 
 export function parseAddress(hostPort: string): Address {
   const i = hostPort.lastIndexOf(':');
@@ -286,6 +297,7 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     admin,
     demo,
     trusted,
+    forwarding: forwardingOf(cfg.forwarding_headers ?? DEFAULTS.forwarding_headers),
     limits,
     timeouts,
     router,

@@ -124,6 +124,16 @@ export const TurnpikeConfig = Strict({
   trusted_proxies: Type.Optional(Type.Array(Type.String(), {
     description: 'CIDRs (or addresses) of proxies whose X-Forwarded-* / Forwarded headers are believed.',
   })),
+  forwarding_headers: Type.Optional(Type.Array(
+    Type.Union([
+      Type.Literal('x-forwarded-for'), Type.Literal('x-forwarded-proto'), Type.Literal('x-forwarded-host'),
+      Type.Literal('x-forwarded-port'), Type.Literal('x-real-ip'), Type.Literal('forwarded'),
+    ]),
+    {
+      uniqueItems: true,
+      description: 'Forwarding fields sent upstream (default: x-forwarded-for, x-forwarded-proto, x-forwarded-host, forwarded). Inbound copies of all six are always replaced unless the peer is a trusted proxy.',
+    },
+  )),
   limits: Type.Optional(Limits),
   timeouts: Type.Optional(ServerTimeouts),
   demo: Type.Optional(Demo),

@@ -57,7 +57,6 @@ const closeServer = (s: Server | null) => (s && s.listening ? new Promise<void>(
 export class Gateway implements RequestContext {
   snapshot: Snapshot;
   draining = false;
-  readonly via = 'turnpike';
   readonly proto = 'http' as const;
   revision = 1;
   ready = false;

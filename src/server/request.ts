@@ -18,13 +18,16 @@ import { ForwardHandler } from '../upstream/forward.js';
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?$/;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)([^#]*)$/i;
+/** The pseudonym this gateway uses in Via (RFC 9110 §7.6.3). */
+const VIA_NAME = 'turnpike';
+const VIA_11 = `1.1 ${VIA_NAME}`;
+const VIA_10 = `1.0 ${VIA_NAME}`;
 const NO_HEADERS: Record<string, string> = Object.freeze({}) as Record<string, string>;
 
 export interface RequestContext {
   snapshot: Snapshot;
   /** Set while draining: every response closes its connection. */
   draining: boolean;
-  via: string;
   proto: 'http' | 'https';
   onDone?: (status: number) => void;
 }
@@ -52,6 +55,12 @@ function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
   return p;
 }
 
+// Generated request ids: a per-process UUID and a counter (Kong's "uuid#counter" scheme):
+// unique across processes and restarts, without drawing randomness per request.
+const ID_PREFIX = `${randomUUID()}#`;
+let idCounter = 0;
+const nextRequestId = () => ID_PREFIX + (++idCounter).toString(36);
+
 const join = (prev: string | undefined, v: string) => (prev === undefined ? v : `${prev}, ${v}`);
 
 /** Handles one request; returns the upstream handler when the request was forwarded. */
@@ -66,7 +75,7 @@ export function handleRequest(
   const fail = (code: ProblemCode, detail: string, extra?: Record<string, string>): undefined => {
     const keep = code === 'no-route' || code === 'method-not-allowed';
     if (close || !keep) closingSockets.add(req.socket);
-    sendProblem(res, code, detail, requestId || randomUUID(), { close: close || !keep, headers: extra });
+    sendProblem(res, code, detail, requestId || nextRequestId(), { close: close || !keep, headers: extra });
     ctx.onDone?.(res.statusCode);
     return undefined;
   };
@@ -116,7 +125,7 @@ export function handleRequest(
         headers.push(name, value);
     }
   }
-  requestId = validRequestId(incomingId) ? incomingId : randomUUID();
+  requestId = validRequestId(incomingId) ? incomingId : nextRequestId();
   if (bytes > snap.limits.maxHeaderSize) return fail('headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
 
   // Host: exactly one, well-formed (RFC 9112 §3.2).
@@ -168,14 +177,17 @@ export function handleRequest(
   // Forwarding fields: a trusted proxy's are extended, anyone else's replaced.
   const p = peerInfo(req.socket, snap);
   const t = p.trusted;
+  const fw = snap.forwarding;
+  if (fw.xff) headers.push('x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer);
+  if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : ctx.proto);
+  if (fw.host) headers.push('x-forwarded-host', t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host);
+  if (fw.port) headers.push('x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port);
+  if (fw.realIp) headers.push('x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer);
+  if (fw.forwarded) {
+    headers.push('forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${ctx.proto}`);
+  }
   headers.push(
-    'x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer,
-    'x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : ctx.proto,
-    'x-forwarded-host', t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host,
-    'x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port,
-    'x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer,
-    'forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${ctx.proto}`,
-    'via', via ? `${via}, ${req.httpVersion} ${ctx.via}` : `${req.httpVersion} ${ctx.via}`,
+    'via', via ? `${via}, ${req.httpVersion} ${VIA_NAME}` : req.httpVersionMinor === 1 ? VIA_11 : VIA_10,
     'x-request-id', requestId,
   );
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
@@ -206,7 +218,7 @@ export function handleRequest(
     preservedHost: route.preserveHost && host ? host : null,
     hasBody,
     requestId,
-    via: `1.1 ${ctx.via}`,
+    via: VIA_11,
     closeAfter: close,
     onDone: ctx.onDone,
   });
