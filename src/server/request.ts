@@ -42,6 +42,9 @@ interface PeerInfo {
   trusted: boolean;
   forwardedFor: string;
   port: string;
+  /** The last Host seen on this connection that was valid, and its routing form. */
+  lastHost: string;
+  lastHostName: string;
 }
 const kPeer = Symbol('turnpike.peer');
 
@@ -50,7 +53,7 @@ function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
   let p = s[kPeer];
   if (p === undefined || p.snap !== snap) {
     const peer = plainIp(socket.remoteAddress);
-    p = s[kPeer] = { snap, peer, trusted: snap.trusted.has(peer), forwardedFor: forwardedElement(peer), port: String(socket.localPort) };
+    p = s[kPeer] = { snap, peer, trusted: snap.trusted.has(peer), forwardedFor: forwardedElement(peer), port: String(socket.localPort), lastHost: '', lastHostName: '' };
   }
   return p;
 }
@@ -63,6 +66,27 @@ const nextRequestId = () => ID_PREFIX + (++idCounter).toString(36);
 
 const join = (prev: string | undefined, v: string) => (prev === undefined ? v : `${prev}, ${v}`);
 
+/** Answers with a problem. Malformed requests close the connection; unroutable ones do not. */
+function reject(
+  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string,
+  code: ProblemCode, detail: string, extra?: Record<string, string>,
+): undefined {
+  const close = ctx.draining || (code !== 'no-route' && code !== 'method-not-allowed');
+  if (close) closingSockets.add(req.socket);
+  sendProblem(res, code, detail, requestId || nextRequestId(), { close, headers: extra });
+  ctx.onDone?.(res.statusCode);
+  return undefined;
+}
+
+/** Bounds the idle time between request body chunks: 408 (or a cut connection once answering). */
+function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, ms: number): void {
+  req.setTimeout(ms, () => {
+    if (!res.headersSent) reject(ctx, req, res, requestId, 'request-timeout', `no request body data for ${ms} ms`);
+    req.destroy(new Error('client body timeout'));
+  });
+  req.once('end', () => req.setTimeout(0));
+}
+
 /** Handles one request; returns the upstream handler when the request was forwarded. */
 export function handleRequest(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean,
@@ -71,19 +95,10 @@ export function handleRequest(
   const raw = req.rawHeaders;
   const close = ctx.draining;
   let requestId = '';
-  // Malformed requests close the connection; a request that was merely unroutable does not.
-  const fail = (code: ProblemCode, detail: string, extra?: Record<string, string>): undefined => {
-    const keep = code === 'no-route' || code === 'method-not-allowed';
-    if (close || !keep) closingSockets.add(req.socket);
-    sendProblem(res, code, detail, requestId || nextRequestId(), { close: close || !keep, headers: extra });
-    ctx.onDone?.(res.statusCode);
-    return undefined;
-  };
-
-  if (req.httpVersionMajor !== 1) return fail('http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
+  if (req.httpVersionMajor !== 1) return reject(ctx, req, res, requestId, 'http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
   const url = req.url ?? '';
-  if (url.length > snap.limits.maxUriLength) return fail('uri-too-long', `the request target is longer than ${snap.limits.maxUriLength} bytes`);
-  if (raw.length / 2 > snap.limits.maxHeaders) return fail('headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
+  if (url.length > snap.limits.maxUriLength) return reject(ctx, req, res, requestId, 'uri-too-long', `the request target is longer than ${snap.limits.maxUriLength} bytes`);
+  if (raw.length / 2 > snap.limits.maxHeaders) return reject(ctx, req, res, requestId, 'headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
 
   // One pass over the raw header list.
   const headers: string[] = [];
@@ -126,45 +141,50 @@ export function handleRequest(
     }
   }
   requestId = validRequestId(incomingId) ? incomingId : nextRequestId();
-  if (bytes > snap.limits.maxHeaderSize) return fail('headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
+  if (bytes > snap.limits.maxHeaderSize) return reject(ctx, req, res, requestId, 'headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
 
   // Host: exactly one, well-formed (RFC 9112 §3.2).
-  if (hostCount > 1) return fail('bad-request', 'more than one Host header');
-  if (host !== '' && !HOST_RE.test(host)) return fail('bad-request', 'malformed Host header');
-  if (hostCount === 0 && req.httpVersionMinor >= 1) return fail('bad-request', 'missing Host header');
+  if (hostCount > 1) return reject(ctx, req, res, requestId, 'bad-request', 'more than one Host header');
+  const p = peerInfo(req.socket, snap);
+  if (host !== '' && host !== p.lastHost) {
+    if (!HOST_RE.test(host)) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Host header');
+    p.lastHost = host;
+    p.lastHostName = hostName(host);
+  }
+  if (hostCount === 0 && req.httpVersionMinor >= 1) return reject(ctx, req, res, requestId, 'bad-request', 'missing Host header');
 
   // Transfer-Encoding: exactly one field, exactly `chunked`, and not on HTTP/1.0 (RFC 9112 §6.1, §6.3).
   if (teCount > 0) {
-    if (teCount > 1 || te!.trim().toLowerCase() !== 'chunked') return fail('bad-request', 'unsupported Transfer-Encoding (only a single "chunked" is accepted)');
-    if (req.httpVersionMinor === 0) return fail('bad-request', 'Transfer-Encoding in an HTTP/1.0 request');
+    if (teCount > 1 || te!.trim().toLowerCase() !== 'chunked') return reject(ctx, req, res, requestId, 'bad-request', 'unsupported Transfer-Encoding (only a single "chunked" is accepted)');
+    if (req.httpVersionMinor === 0) return reject(ctx, req, res, requestId, 'bad-request', 'Transfer-Encoding in an HTTP/1.0 request');
   }
 
   // Request target: origin-form, or absolute-form whose authority replaces Host (RFC 9112 §3.2.2).
   let target = url;
   if (url.charCodeAt(0) !== 0x2f /* / */) {
     if (url === '*') {
-      if (req.method !== 'OPTIONS') return fail('bad-request', 'asterisk-form is only for OPTIONS');
+      if (req.method !== 'OPTIONS') return reject(ctx, req, res, requestId, 'bad-request', 'asterisk-form is only for OPTIONS');
       res.writeHead(204, { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) }).end();
       ctx.onDone?.(204);
       return undefined;
     }
     const m = ABSOLUTE_RE.exec(url);
-    if (!m || !m[2] || !HOST_RE.test(m[2])) return fail('bad-request', 'the request target is not in origin-form or absolute-form');
+    if (!m || !m[2] || !HOST_RE.test(m[2])) return reject(ctx, req, res, requestId, 'bad-request', 'the request target is not in origin-form or absolute-form');
     host = m[2];
     target = m[3] || '/';
     if (target.charCodeAt(0) !== 0x2f) target = '/' + target;
   }
-  if (target.includes('#')) return fail('bad-request', 'the request target may not contain a fragment (#)');
+  if (target.includes('#')) return reject(ctx, req, res, requestId, 'bad-request', 'the request target may not contain a fragment (#)');
   const q = target.indexOf('?');
   const path = normalizePath(q === -1 ? target : target.slice(0, q));
   const query = q === -1 ? '' : target.slice(q);
-  if (path === null) return fail('bad-request', 'malformed percent-encoding in the path');
+  if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed percent-encoding in the path');
 
   const method = req.method ?? 'GET';
-  const match = snap.router.match(method, hostName(host), path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
-  if (match === null) return fail('no-route', `no route matches ${method} ${path}`);
+  const match = snap.router.match(method, host === p.lastHost ? p.lastHostName : hostName(host), path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
+  if (match === null) return reject(ctx, req, res, requestId, 'no-route', `no route matches ${method} ${path}`);
   if ('methodNotAllowed' in match) {
-    return fail('method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
+    return reject(ctx, req, res, requestId, 'method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
   }
   const route = match.data;
 
@@ -175,7 +195,6 @@ export function handleRequest(
   }
 
   // Forwarding fields: a trusted proxy's are extended, anyone else's replaced.
-  const p = peerInfo(req.socket, snap);
   const t = p.trusted;
   const fw = snap.forwarding;
   if (fw.xff) headers.push('x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer);
@@ -200,13 +219,7 @@ export function handleRequest(
     if (upstreamPath.charCodeAt(0) !== 0x2f) upstreamPath = '/' + upstreamPath;
   }
 
-  if (hasBody) {
-    req.setTimeout(snap.timeouts.clientBody, () => {
-      if (!res.headersSent) fail('request-timeout', `no request body data for ${snap.timeouts.clientBody} ms`);
-      req.destroy(new Error('client body timeout'));
-    });
-    req.once('end', () => req.setTimeout(0));
-  }
+  if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
   if (expectContinue) res.writeContinue();
 
   const handler = new ForwardHandler({

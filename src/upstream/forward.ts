@@ -45,7 +45,6 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private attempts = 0;
   private finished = false;
   private target: Target;
-  private readonly onDrain = () => this.resumeFn?.();
 
   constructor(private readonly f: ForwardRequest) {
     this.target = f.service.pick();
@@ -142,7 +141,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
     const ok = this.f.res.write(chunk);
-    if (!ok) this.f.res.once('drain', this.onDrain);
+    if (!ok) this.f.res.once('drain', this.resumeFn!);
     return ok;
   }
 
