@@ -392,3 +392,17 @@ test('HTTP versions other than 1.x get 505', async () => {
   const r = await rawRequest(gw.port, 'GET / HTTP/2.0\r\nHost: x\r\n\r\n');
   assert.deepEqual(statuses(r.text), [505]);
 });
+
+test('Max-Forwards: OPTIONS with 0 is answered by the gateway, otherwise decremented; TRACE is never forwarded', async () => {
+  const before = up.requests.length;
+  const zero = await request(`${gw.url}/echo`, { method: 'OPTIONS', headers: { 'max-forwards': '0' } });
+  assert.equal(zero.status, 204);
+  assert.equal(up.requests.length, before);
+  await request(`${gw.url}/echo`, { method: 'OPTIONS', headers: { 'max-forwards': '3' } });
+  assert.equal(last().headers['max-forwards'], '2');
+  await request(`${gw.url}/echo`, { method: 'GET', headers: { 'max-forwards': '3' } });
+  assert.equal(last().headers['max-forwards'], '3');
+  const trace = await request(`${gw.url}/echo`, { method: 'TRACE' });
+  assert.equal(trace.status, 405);
+  assert.equal(up.requests.length, before + 2);
+});

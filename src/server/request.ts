@@ -116,6 +116,7 @@ export function handleRequest(
   let xfPort: string | undefined;
   let forwarded: string | undefined;
   let via: string | undefined;
+  let maxForwards: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const value = raw[i + 1]!;
@@ -132,6 +133,7 @@ export function handleRequest(
       case 'x-forwarded-port': xfPort = join(xfPort, value); continue;
       case 'forwarded': forwarded = join(forwarded, value); continue;
       case 'via': via = join(via, value); continue;
+      case 'max-forwards': maxForwards = value; continue;
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
       case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
@@ -181,6 +183,20 @@ export function handleRequest(
   if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed percent-encoding in the path');
 
   const method = req.method ?? 'GET';
+  // TRACE reflects requests (cross-site tracing): never forwarded.
+  if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway');
+  // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS with none left is answered here; otherwise decremented.
+  let forwardsLeft: string | undefined;
+  if (maxForwards !== undefined && method === 'OPTIONS') {
+    if (!/^[0-9]{1,9}$/.test(maxForwards.trim())) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Max-Forwards');
+    const n = Number(maxForwards.trim());
+    if (n === 0) {
+      res.writeHead(204, { 'x-request-id': requestId, via: VIA_11, ...(close ? { connection: 'close' } : {}) }).end();
+      ctx.onDone?.(204);
+      return undefined;
+    }
+    forwardsLeft = String(n - 1);
+  } else if (maxForwards !== undefined) forwardsLeft = maxForwards;
   const match = snap.router.match(method, host === p.lastHost ? p.lastHostName : hostName(host), path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
   if (match === null) return reject(ctx, req, res, requestId, 'no-route', `no route matches ${method} ${path}`);
   if ('methodNotAllowed' in match) {
@@ -209,6 +225,7 @@ export function handleRequest(
     'via', via ? `${via}, ${req.httpVersion} ${VIA_NAME}` : req.httpVersionMinor === 1 ? VIA_11 : VIA_10,
     'x-request-id', requestId,
   );
+  if (forwardsLeft !== undefined) headers.push('max-forwards', forwardsLeft);
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
   if (cl !== undefined && te === undefined) headers.push('content-length', cl);
   headers.push('host', ''); // value set per target by ForwardHandler
