@@ -143,7 +143,13 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
   });
   if (envIssues.length) throw mkError(envIssues);
 
-  const config = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  let config: unknown;
+  try {
+    config = doc.toJS({ maxAliasCount: 100 }) ?? {};
+  } catch (err) {
+    // alias bombs (maxAliasCount) and unresolved aliases
+    throw new ConfigError([{ path: '(aliases)', message: (err as Error).message }], opts.file);
+  }
   if (typeof config !== 'object' || Array.isArray(config)) {
     throw mkError([{ path: [], message: 'the config must be a mapping (key: value) at the top level' }]);
   }

@@ -45,6 +45,23 @@ export function removeDotSegments(path: string): string {
   return '/' + out.join('/');
 }
 
+/**
+ * True when a server that decodes `%2F`/`%5C`, treats `\` as `/`, or cuts `;params` (Tomcat)
+ * would see a dot segment we did not: such paths could climb out of the route they matched.
+ */
+function hidesDotSegment(p: string): boolean {
+  const alt = p.replace(/%2F|%5C|\\/g, '/');
+  for (const seg of alt.split('/')) {
+    const s = seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg;
+    if (s === '.' || s === '..') return true;
+  }
+  return false;
+}
+
+/**
+ * Normalizes a request path; null when it is malformed (bad percent-encoding) or ambiguous
+ * (a backslash, or a dot segment hidden behind `%2F`, `%5C` or `;`): those get a 400.
+ */
 export function normalizePath(path: string): string | null {
   let p = path;
   if (p.includes('%')) {
@@ -52,6 +69,8 @@ export function normalizePath(path: string): string | null {
     if (n === null) return null;
     p = n;
   }
+  if (p.includes('\\')) return null;
   if (p.includes('/.')) p = removeDotSegments(p);
+  if ((p.includes('%') || p.includes(';')) && p.includes('.') && hidesDotSegment(p)) return null;
   return p;
 }

@@ -116,6 +116,10 @@ test('path normalization: dot segments and percent-encoding', () => {
     ['/a/b/..', '/a/'],
     ['/a%zz', null],
     ['/a%2', null],
+    ['/a\\b', null], // a backslash is ambiguous (some servers read it as /)
+    ['/x/..%2Fy', null], // a dot segment hidden behind an encoded slash
+    ['/x/..;/y', null], // ... or behind a ;param (Tomcat)
+    ['/x/a.b%2Fc', '/x/a.b%2Fc'], // an encoded slash alone is kept
   ];
   for (const [input, want] of cases) assert.equal(normalizePath(input), want, input);
   const r = new Router<string>([{ paths: ['/public'], data: 'public' }, { paths: ['/admin'], data: 'admin' }]);

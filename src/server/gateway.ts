@@ -49,6 +49,7 @@ function trackPending(socket: Socket, res: ServerResponse): Set<ServerResponse> 
     });
   }
   pending.add(res);
+  res.once('socket', () => pending.delete(res));
   return pending;
 }
 
@@ -129,7 +130,11 @@ export class Gateway implements RequestContext {
       this.inflight++;
       const pending = res.socket ? null : trackPending(req.socket, res);
       let handler: ForwardHandler | undefined;
+      let closed = false;
       res.on('close', () => {
+        // 'close' can come twice for a pipelined response (ours on socket close, and Node's).
+        if (closed) return;
+        closed = true;
         this.inflight--;
         pending?.delete(res);
         handler?.clientClosed();
@@ -144,7 +149,10 @@ export class Gateway implements RequestContext {
     server.on('request', (req, res) => onRequest(req, res, false));
     server.on('checkContinue', (req, res) => onRequest(req, res, true));
     server.on('connect', (_req, socket: Socket) => {
-      socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'));
+      // Node hands the socket over without its error listener: keep one, and never wait on the peer.
+      socket.on('error', () => socket.destroy());
+      socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'), () => socket.destroy());
+      setTimeout(() => socket.destroy(), 1000).unref();
     });
     server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string }, socket: Socket) => {
       // A response already under way on this connection (pipelining): answering now would
@@ -194,6 +202,9 @@ export class Gateway implements RequestContext {
       ['demo.listen', prev.demo, next.demo],
     ] as const) {
       if (JSON.stringify(a) !== JSON.stringify(b)) this.log.warn({ setting: what }, `${what} changed: restart to apply it`);
+    }
+    if (next.limits.maxUriLength + next.limits.maxHeaderSize > prev.limits.maxUriLength + prev.limits.maxHeaderSize) {
+      this.log.warn('limits.max_uri_length / max_header_size grew: the HTTP parser keeps its size until a restart');
     }
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;

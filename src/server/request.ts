@@ -16,7 +16,7 @@ import { hostName } from '../router/router.js';
 import { ForwardHandler } from '../upstream/forward.js';
 
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
-const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+)(?::[0-9]{1,5})?$/;
+const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$/;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)([^#]*)$/i;
 /** The pseudonym this gateway uses in Via (RFC 9110 §7.6.3). */
 const VIA_NAME = 'turnpike';
@@ -117,6 +117,7 @@ export function handleRequest(
   let forwarded: string | undefined;
   let via: string | undefined;
   let maxForwards: string | undefined;
+  let proxyOnly: string[] | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const value = raw[i + 1]!;
@@ -137,6 +138,12 @@ export function handleRequest(
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
       case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
+        continue;
+      // fields some frameworks trust for routing or identity: only a trusted proxy may send them
+      case 'x-original-url': case 'x-rewrite-url': case 'x-forwarded-prefix': case 'x-forwarded-server':
+      case 'x-forwarded-scheme': case 'x-forwarded-ssl': case 'x-client-ip': case 'true-client-ip':
+      case 'x-cluster-client-ip':
+        (proxyOnly ??= []).push(name, value);
         continue;
       default:
         headers.push(name, value);
@@ -180,7 +187,7 @@ export function handleRequest(
   const q = target.indexOf('?');
   const path = normalizePath(q === -1 ? target : target.slice(0, q));
   const query = q === -1 ? '' : target.slice(q);
-  if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed percent-encoding in the path');
+  if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed or ambiguous path (bad percent-encoding, a backslash, or a dot segment hidden in %2F, %5C or ;)');
 
   const method = req.method ?? 'GET';
   // TRACE reflects requests (cross-site tracing): never forwarded.
@@ -212,6 +219,7 @@ export function handleRequest(
 
   // Forwarding fields: a trusted proxy's are extended, anyone else's replaced.
   const t = p.trusted;
+  if (t && proxyOnly !== undefined) headers.push(...proxyOnly);
   const fw = snap.forwarding;
   if (fw.xff) headers.push('x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer);
   if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : ctx.proto);

@@ -42,6 +42,8 @@ function latin1(b: Buffer | string): string {
 export class ForwardHandler implements Dispatcher.DispatchHandler {
   private abortFn: ((err?: Error) => void) | null = null;
   private resumeFn: (() => void) | null = null;
+  private onDrain: (() => void) | undefined;
+  private stall: NodeJS.Timeout | undefined;
   private attempts = 0;
   private finished = false;
   private target: Target;
@@ -52,6 +54,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   /** The client connection closed (or the response finished): stop the upstream exchange if it still runs. */
   clientClosed(): void {
+    clearTimeout(this.stall);
     if (!this.finished) {
       this.finished = true;
       this.abortFn?.(new Error('client closed the connection'));
@@ -88,6 +91,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     if (this.finished) return false;
     if (statusCode < 200) {
       // 100 never reaches here (undici refuses it); forward 102/103 and friends.
+      // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
+      if (this.f.req.httpVersionMinor === 0) return true;
       if (statusCode === 103) {
         const hints: Record<string, string | string[]> = {};
         for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -141,7 +146,18 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
     const ok = this.f.res.write(chunk);
-    if (!ok) this.f.res.once('drain', this.resumeFn!);
+    if (!ok) {
+      // A client that stops reading must not hold the exchange forever (undici's body timeout
+      // is suspended while we keep it paused): the read timeout applies to the client too.
+      this.onDrain ??= () => {
+        clearTimeout(this.stall);
+        this.resumeFn?.();
+      };
+      this.f.res.once('drain', this.onDrain);
+      this.stall = setTimeout(() => {
+        if (!this.finished) this.f.res.destroy(new Error('client stopped reading'));
+      }, this.f.service.timeouts.read);
+    }
     return ok;
   }
 

@@ -1,0 +1,156 @@
+/** Findings of an adversarial review, each pinned by a test. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { request as httpRequest } from 'node:http';
+import { startGateway, startUpstream, startRawOrigin, rawRequest, statuses, request, sleep } from './helpers.js';
+import { parseConfigText } from '../src/config/load.js';
+import { ConfigError } from '../src/config/errors.js';
+
+const oneRoute = (url: string, extra = '') => `${extra}services:\n  - name: e\n    url: ${url}\n    routes: [{paths: [/]}]\n`;
+
+test('CONNECT followed by a reset does not crash; a half-open CONNECT does not hold shutdown', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(oneRoute(up.url));
+  try {
+    const s = connect(g.port, '127.0.0.1');
+    s.on('error', () => {});
+    s.write('CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n');
+    await sleep(50);
+    s.resetAndDestroy();
+    const half = connect({ port: g.port, host: '127.0.0.1', allowHalfOpen: true });
+    half.on('error', () => {});
+    half.write('CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n');
+    await sleep(100);
+    assert.equal((await request(`${g.url}/alive`)).status, 200);
+    const t0 = Date.now();
+    await g.close();
+    assert.ok(Date.now() - t0 < 2000, `stop took ${Date.now() - t0} ms`);
+    half.destroy();
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a pipelined response that got its socket is counted once: shutdown still waits for real requests', async () => {
+  const up = await startUpstream((req, res) => (req.url === '/fast' ? res.end('fast') : setTimeout(() => res.end('late'), 700)));
+  const g = await startGateway(oneRoute(up.url));
+  try {
+    const s = connect(g.port, '127.0.0.1');
+    s.on('error', () => {});
+    s.write('GET /fast HTTP/1.1\r\nHost: x\r\n\r\nGET /slow HTTP/1.1\r\nHost: x\r\n\r\n');
+    await sleep(200);
+    s.destroy();
+    await sleep(100);
+    assert.equal(g.gw.inFlight, 0);
+    const slow = request(`${g.url}/slow`);
+    await sleep(100);
+    assert.equal(g.gw.inFlight, 1);
+    const stopping = g.gw.stop();
+    assert.equal((await slow).body, 'late'); // drained, not cut
+    await stopping;
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('backslashes and dot segments hidden in %2F, %5C or ;params are rejected, not forwarded', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`services:\n  - name: e\n    url: ${up.url}\n    routes: [{paths: [/public]}]\n`);
+  try {
+    for (const path of ['/public/..\\admin', '/public/..%2Fadmin', '/public/..%2fadmin', '/public/..%5Cadmin', '/public/..;/admin', '/public/%2e%2e%2Fadmin']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+    }
+    assert.equal(up.requests.length, 0);
+    // an encoded slash that hides no dot segment is still fine
+    assert.equal((await request(`${g.url}/public/a%2Fb`)).status, 200);
+    assert.equal(up.requests[0]!.url, '/public/a%2Fb');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('Host values with list or sub-delimiter characters are 400', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(oneRoute(up.url));
+  try {
+    for (const host of ['evil.com,api.example.com', 'a;b', "a'b", 'a(b)', 'a=b']) {
+      const r = await rawRequest(g.port, `GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], host);
+    }
+    assert.equal((await request(`${g.url}/`, { headers: { host: 'Internal_Host-1.example:8080' } })).status, 200);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('routing and identity override headers pass only from trusted proxies', async () => {
+  const up = await startUpstream();
+  const spoof = { 'x-original-url': '/admin', 'x-rewrite-url': '/admin', 'true-client-ip': '6.6.6.6', 'x-client-ip': '6.6.6.6', 'x-forwarded-prefix': '/evil' };
+  const g = await startGateway(oneRoute(up.url));
+  const trusted = await startGateway(oneRoute(up.url, 'trusted_proxies: [127.0.0.1]\n'));
+  try {
+    await request(`${g.url}/x`, { headers: spoof });
+    for (const k of Object.keys(spoof)) assert.equal(up.requests.at(-1)!.headers[k], undefined, k);
+    await request(`${trusted.url}/x`, { headers: spoof });
+    assert.equal(up.requests.at(-1)!.headers['x-original-url'], '/admin');
+  } finally {
+    await g.close();
+    await trusted.close();
+    await up.close();
+  }
+});
+
+test('no 1xx goes to an HTTP/1.0 client', async () => {
+  const o = await startRawOrigin((d) => (d.includes('\r\n\r\n') ? 'HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok' : null));
+  const g = await startGateway(oneRoute(o.url));
+  try {
+    const r10 = await rawRequest(g.port, 'GET /p HTTP/1.0\r\n\r\n', 800);
+    assert.deepEqual(statuses(r10.text), [200]);
+    const r11 = await rawRequest(g.port, 'GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 800);
+    assert.deepEqual(statuses(r11.text), [102, 200]);
+  } finally {
+    await g.close();
+    await o.close();
+  }
+});
+
+test('a client that stops reading is cut after the read timeout, releasing the upstream', async () => {
+  let upstreamClosed = false;
+  const chunk = Buffer.alloc(256 * 1024, 'x');
+  const up = await startUpstream((_req, res) => {
+    res.on('close', () => (upstreamClosed = true));
+    const pump = () => { while (res.write(chunk)); };
+    res.on('drain', pump);
+    pump();
+  });
+  const g = await startGateway(`services:\n  - name: e\n    url: ${up.url}\n    timeouts: {read: 400ms}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const t0 = Date.now();
+    const req = httpRequest({ host: '127.0.0.1', port: g.port, path: '/big' }, (res) => {
+      res.pause(); // never read
+      res.on('error', () => {});
+    });
+    req.on('error', () => {});
+    req.end();
+    while (!upstreamClosed && Date.now() - t0 < 4000) await sleep(50);
+    assert.ok(upstreamClosed, 'upstream exchange still open');
+    assert.ok(Date.now() - t0 < 3000, `the stalled exchange lived ${Date.now() - t0} ms`);
+    req.destroy();
+    assert.equal(g.gw.inFlight, 0);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('YAML alias bombs and unknown aliases are config errors, not crashes', () => {
+  const bomb = 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n';
+  assert.throws(() => parseConfigText(bomb), ConfigError);
+  assert.throws(() => parseConfigText('listen: *nope\n'), ConfigError);
+});
