@@ -16,7 +16,7 @@
  *   BENCH_DURATION  seconds per 64-connection measurement (default 10); the 1-connection one
  *                   takes half of it (at least 1 s)
  *   BENCH_WARMUP    warm-up seconds per target (default 2)
- *   BENCH_TARGETS   comma list of targets to run besides direct (default turnpike,reference,nginx)
+ *   BENCH_TARGETS   comma list of targets to run besides direct (default turnpike,reference,reference-request,nginx)
  *   BENCH_TOOL      wrk | autocannon (default: wrk when installed)
  *   BENCH_PROFILE   a directory: run Turnpike and the reference proxy with --cpu-prof writing
  *                   there (the numbers of such a run are not comparable; see bench/profile.mjs)
@@ -57,7 +57,7 @@ const DURATION = Math.round(num(env.BENCH_DURATION, 10));
 const C1_DURATION = Math.max(1, Math.round(DURATION / 2));
 const WARMUP = Math.round(num(env.BENCH_WARMUP, 2));
 const CONNS = 64;
-const TARGETS = (env.BENCH_TARGETS ?? 'turnpike,reference,nginx').split(',').map((s) => s.trim()).filter(Boolean);
+const TARGETS = (env.BENCH_TARGETS ?? 'turnpike,reference,reference-request,nginx').split(',').map((s) => s.trim()).filter(Boolean);
 const TURNPIKE_BIN = resolve(env.BENCH_TURNPIKE || join(ROOT, 'bin/turnpike.js'));
 const PROFILE_DIR = env.BENCH_PROFILE ? resolve(env.BENCH_PROFILE) : null;
 const BODY = 'hello world';
@@ -540,6 +540,15 @@ async function main() {
       },
     },
     {
+      name: 'reference-request',
+      desc: 'bench/reference-proxy-request.mjs (node:http + undici pool.request + pipeline)',
+      start: async () => {
+        const child = start('reference-request', ...pin(proxyCpu, process.execPath, [...nodeArgs('reference-request'), join(ROOT, 'bench/reference-proxy-request.mjs'), upstreamUrl, '0']));
+        const port = Number((await waitFor(child, /LISTENING ([0-9]+)/))[1]);
+        return { url: `http://127.0.0.1:${port}/`, child };
+      },
+    },
+    {
       name: 'nginx',
       desc: 'nginx, 1 worker, upstream keepalive 64',
       skip: nginx ? null : 'nginx not installed',
@@ -636,6 +645,7 @@ async function main() {
   const rps = (n) => results[n]?.[`c${CONNS}`]?.rps ?? null;
   const ratios = {
     turnpike_vs_reference: ratio(rps('turnpike'), rps('reference')),
+    turnpike_vs_reference_request: ratio(rps('turnpike'), rps('reference-request')),
     turnpike_vs_nginx: ratio(rps('turnpike'), rps('nginx')),
     reference_vs_nginx: ratio(rps('reference'), rps('nginx')),
   };
@@ -677,6 +687,7 @@ async function main() {
   console.log('');
   console.log(`turnpike / reference throughput: ${pct(ratios.turnpike_vs_reference)}  (target >= 90%: ${acceptance.throughput_ok === null ? 'n/a' : acceptance.throughput_ok ? 'PASS' : 'FAIL'})`);
   console.log(`turnpike added p50 at 1 conn:    ${added === null ? 'n/a' : `${Math.round(added)} us`}  (target < 200 us: ${acceptance.latency_ok === null ? 'n/a' : acceptance.latency_ok ? 'PASS' : 'FAIL'})`);
+  console.log(`turnpike / reference-request:    ${pct(ratios.turnpike_vs_reference_request)}  (the high-level-API floor)`);
   console.log(`turnpike / nginx throughput:     ${pct(ratios.turnpike_vs_nginx)}`);
   console.log(`reference / nginx throughput:    ${pct(ratios.reference_vs_nginx)}`);
 
