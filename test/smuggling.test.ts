@@ -18,9 +18,8 @@ const MARKERS = ['/admin', 'GPOST'];
 
 // --------------------------------------------------------------------------------------------
 // A small, strict HTTP/1.1 framer: splits a byte stream into complete messages (Content-Length
-// or chunked), used both on what the origin received and on what the client got back. It does
-// not depend on messages ending in CRLF (helpers' statuses()/countRequests() anchor on line
-// starts, so they miss a message that directly follows a body such as `ok`).
+// or chunked), used both on what the origin received and on what the client got back, so the
+// assertions count whole messages rather than status lines.
 // --------------------------------------------------------------------------------------------
 interface Msg {
   start: string;
