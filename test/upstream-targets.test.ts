@@ -1,0 +1,54 @@
+/** Several targets: weighted round-robin, and retries of connection failures (idempotent, bodiless only). */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
+import { startGateway, startUpstream, request } from './helpers.js';
+
+async function deadPort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+test('weighted round-robin spreads requests by weight', async () => {
+  const a = await startUpstream((_q, res) => res.end('a'));
+  const b = await startUpstream((_q, res) => res.end('b'));
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}, weight: 3}, {url: ${b.url}, weight: 1}, {url: ${b.url}/, weight: 0}]\n    routes: [{paths: [/]}]\n`);
+  try {
+    const seen: string[] = [];
+    for (let i = 0; i < 8; i++) seen.push((await request(`${g.url}/x`)).body);
+    assert.equal(seen.filter((x) => x === 'a').length, 6);
+    assert.equal(seen.filter((x) => x === 'b').length, 2);
+  } finally {
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});
+
+test('connection failures are retried on another target for idempotent bodiless requests only', async () => {
+  const live = await startUpstream((req, res) => res.end(`live ${req.method}`));
+  const dead = await deadPort();
+  const cfg = (retries: number) => `services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:${dead}"}, {url: ${live.url}}]\n    retries: ${retries}\n    routes: [{paths: [/]}]\n`;
+  const withRetry = await startGateway(cfg(1));
+  const without = await startGateway(cfg(0));
+  try {
+    for (let i = 0; i < 4; i++) {
+      const r = await request(`${withRetry.url}/x`);
+      assert.equal(r.status, 200, `GET ${i}`);
+      assert.equal(r.body, 'live GET');
+    }
+    const statuses: number[] = [];
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${without.url}/x`)).status);
+    assert.deepEqual(statuses.sort(), [200, 200, 502, 502]);
+    const posts: number[] = [];
+    for (let i = 0; i < 4; i++) posts.push((await request(`${withRetry.url}/x`, { method: 'POST', body: 'payload' })).status);
+    assert.deepEqual(posts.sort(), [200, 200, 502, 502]); // a request with a body is never replayed
+  } finally {
+    await withRetry.close();
+    await without.close();
+    await live.close();
+  }
+});
