@@ -10,76 +10,12 @@ import { test, describe, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { startGateway, startRawOrigin, rawRequest, countRequests, sleep, type TestGateway, type RawOrigin } from './helpers.js';
+import { parseMessages } from './framing.js';
 
 const OK = 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok';
 /** A request that must never reach the origin; 32 bytes. */
 const SMUG = 'GET /admin HTTP/1.1\r\nHost: a\r\n\r\n';
 const MARKERS = ['/admin', 'GPOST'];
-
-// --------------------------------------------------------------------------------------------
-// A small, strict HTTP/1.1 framer: splits a byte stream into complete messages (Content-Length
-// or chunked), used both on what the origin received and on what the client got back, so the
-// assertions count whole messages rather than status lines.
-// --------------------------------------------------------------------------------------------
-interface Msg {
-  start: string;
-  headers: [string, string][];
-  body: string;
-}
-
-function header(m: Msg, name: string): string | undefined {
-  const all = m.headers.filter(([k]) => k === name).map(([, v]) => v);
-  return all.length ? all.join(', ') : undefined;
-}
-
-function parseMessages(raw: string, kind: 'request' | 'response'): Msg[] {
-  const out: Msg[] = [];
-  let pos = 0;
-  for (;;) {
-    const end = raw.indexOf('\r\n\r\n', pos);
-    if (end === -1) return out;
-    const lines = raw.slice(pos, end).split('\r\n');
-    const start = lines.shift()!;
-    const headers = lines.map((l): [string, string] => {
-      const i = l.indexOf(':');
-      return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
-    });
-    const msg: Msg = { start, headers, body: '' };
-    let p = end + 4;
-    const te = header(msg, 'transfer-encoding');
-    const cl = header(msg, 'content-length');
-    if (te !== undefined && /(^|,)\s*chunked\s*$/i.test(te)) {
-      let body = '';
-      for (;;) {
-        const eol = raw.indexOf('\r\n', p);
-        if (eol === -1) return out;
-        const size = parseInt(raw.slice(p, eol).split(';')[0]!, 16);
-        if (Number.isNaN(size)) return out;
-        p = eol + 2;
-        if (size === 0) {
-          const tEnd = raw.indexOf('\r\n', p) === p ? p : raw.indexOf('\r\n\r\n', p);
-          if (tEnd === -1) return out;
-          p = tEnd === p ? p + 2 : tEnd + 4;
-          break;
-        }
-        if (raw.length < p + size + 2) return out;
-        body += raw.slice(p, p + size);
-        p += size + 2;
-      }
-      msg.body = body;
-    } else if (cl !== undefined) {
-      const n = Number(cl);
-      if (raw.length < p + n) return out;
-      msg.body = raw.slice(p, p + n);
-      p += n;
-    } else if (kind === 'response' && !/^HTTP\/1\.[01] (1\d\d|204|304)/.test(start)) {
-      msg.body = raw.slice(p); // read until close
-      p = raw.length;
-    }
-    out.push(msg);
-    pos = p;
-  }
-}
 
 // --------------------------------------------------------------------------------------------
 // Fixture: a fresh raw origin and gateway per test, so what the origin received is exactly what

@@ -10,62 +10,7 @@ import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
 import { fetch, Agent } from 'undici';
 import { startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
-
-// --------------------------------------------------------------------------------------------
-// HTTP/1.1 framing for raw byte streams (both what the origin receives and what the client gets).
-// --------------------------------------------------------------------------------------------
-interface Msg {
-  start: string;
-  headers: [string, string][];
-  body: string;
-}
-
-function header(m: Msg, name: string): string | undefined {
-  const all = m.headers.filter(([k]) => k === name).map(([, v]) => v);
-  return all.length ? all.join(', ') : undefined;
-}
-
-/** The first complete message in `raw` and how many bytes it used; null when incomplete. */
-function parseOne(raw: string, kind: 'request' | 'response', ended = false): { msg: Msg; used: number } | null {
-  const end = raw.indexOf('\r\n\r\n');
-  if (end === -1) return null;
-  const lines = raw.slice(0, end).split('\r\n');
-  const start = lines.shift()!;
-  const headers = lines.map((l): [string, string] => {
-    const i = l.indexOf(':');
-    return [l.slice(0, i).trim().toLowerCase(), l.slice(i + 1).trim()];
-  });
-  const msg: Msg = { start, headers, body: '' };
-  let p = end + 4;
-  const te = header(msg, 'transfer-encoding');
-  const cl = header(msg, 'content-length');
-  if (te !== undefined && /chunked\s*$/i.test(te)) {
-    for (;;) {
-      const eol = raw.indexOf('\r\n', p);
-      if (eol === -1) return null;
-      const size = parseInt(raw.slice(p, eol).split(';')[0]!, 16);
-      if (Number.isNaN(size)) return null;
-      p = eol + 2;
-      if (size === 0) {
-        const tEnd = raw.indexOf('\r\n', p) === p ? p : raw.indexOf('\r\n\r\n', p);
-        if (tEnd === -1) return null;
-        return { msg, used: tEnd === p ? p + 2 : tEnd + 4 };
-      }
-      if (raw.length < p + size + 2) return null;
-      msg.body += raw.slice(p, p + size);
-      p += size + 2;
-    }
-  }
-  if (cl !== undefined) {
-    if (raw.length < p + Number(cl)) return null;
-    msg.body = raw.slice(p, p + Number(cl));
-    return { msg, used: p + Number(cl) };
-  }
-  if (kind === 'request' || /^HTTP\/1\.[01] (1\d\d|204|304)/.test(start)) return { msg, used: p };
-  if (!ended) return null; // read-until-close body
-  msg.body = raw.slice(p);
-  return { msg, used: raw.length };
-}
+import { header, parseOne, type Msg } from './framing.js';
 
 /** A raw keep-alive client connection: send requests one at a time, read whole responses. */
 class RawClient {
