@@ -10,7 +10,7 @@ import { test, describe, beforeEach, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { startGateway, startRawOrigin, rawRequest, countRequests, sleep, type TestGateway, type RawOrigin } from './helpers.js';
-import { parseMessages } from './framing.js';
+import { header, parseMessages } from './framing.js';
 
 const OK = 'HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok';
 /** A request that must never reach the origin; 32 bytes. */
