@@ -168,3 +168,12 @@ export function request(
     req.end(opts.body);
   });
 }
+
+/** A loopback port that was free a moment ago (nothing listens on it when this returns). */
+export async function freePort(): Promise<number> {
+  const s = createNetServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}

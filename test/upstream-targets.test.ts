@@ -1,16 +1,8 @@
 /** Several targets: weighted round-robin, and retries of connection failures (idempotent, bodiless only). */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
-import { startGateway, startUpstream, request } from './helpers.js';
+import { freePort, startGateway, startUpstream, request } from './helpers.js';
 
-async function deadPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 test('weighted round-robin spreads requests by weight', async () => {
   const a = await startUpstream((_q, res) => res.end('a'));
@@ -30,7 +22,7 @@ test('weighted round-robin spreads requests by weight', async () => {
 
 test('connection failures are retried on another target for idempotent bodiless requests only', async () => {
   const live = await startUpstream((req, res) => res.end(`live ${req.method}`));
-  const dead = await deadPort();
+  const dead = await freePort(); // nothing listens there
   const cfg = (retries: number) => `services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:${dead}"}, {url: ${live.url}}]\n    retries: ${retries}\n    routes: [{paths: [/]}]\n`;
   const withRetry = await startGateway(cfg(1));
   const without = await startGateway(cfg(0));
