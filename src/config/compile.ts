@@ -152,19 +152,16 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     admin = { listen: a, token: cfg.admin.token || undefined };
   }
 
-  let trusted = new TrustedProxies([]);
+  const validCidrs: string[] = [];
   (cfg.trusted_proxies ?? []).forEach((c, i) => {
     try {
       new TrustedProxies([c]);
+      validCidrs.push(c);
     } catch (e) {
       fail(['trusted_proxies', i], (e as Error).message);
     }
   });
-  try {
-    trusted = new TrustedProxies(cfg.trusted_proxies ?? []);
-  } catch {
-    /* reported above */
-  }
+  const trusted = new TrustedProxies(validCidrs);
 
   const lim = { ...DEFAULTS.limits, ...cfg.limits };
   const limits: Limits = {

@@ -2,7 +2,7 @@
  * The config file's schema (TypeBox: typed, and emitted as JSON Schema to
  * schema/turnpike.schema.json by `npm run schema`). Unknown keys are errors everywhere.
  */
-import { Type, type Static, type TSchema, type ObjectOptions, type TProperties } from '@sinclair/typebox';
+import { Type, type Static, type ObjectOptions, type TProperties } from '@sinclair/typebox';
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
@@ -149,4 +149,3 @@ export type TurnpikeConfigInput = Static<typeof TurnpikeConfig>;
 export type ServiceInput = Static<typeof Service>;
 export type RouteInput = Static<typeof Route>;
 export type PluginBindingInput = Static<typeof PluginBinding>;
-export type AnySchema = TSchema;

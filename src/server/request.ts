@@ -29,7 +29,6 @@ export interface RequestContext {
   /** Set while draining: every response closes its connection. */
   draining: boolean;
   proto: 'http' | 'https';
-  onDone?: (status: number) => void;
 }
 
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
@@ -74,7 +73,6 @@ function reject(
   const close = ctx.draining || (code !== 'no-route' && code !== 'method-not-allowed');
   if (close) closingSockets.add(req.socket);
   sendProblem(res, code, detail, requestId || nextRequestId(), { close, headers: extra });
-  ctx.onDone?.(res.statusCode);
   return undefined;
 }
 
@@ -174,7 +172,6 @@ export function handleRequest(
     if (url === '*') {
       if (req.method !== 'OPTIONS') return reject(ctx, req, res, requestId, 'bad-request', 'asterisk-form is only for OPTIONS');
       res.writeHead(204, { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) }).end();
-      ctx.onDone?.(204);
       return undefined;
     }
     const m = ABSOLUTE_RE.exec(url);
@@ -199,7 +196,6 @@ export function handleRequest(
     const n = Number(maxForwards.trim());
     if (n === 0) {
       res.writeHead(204, { 'x-request-id': requestId, via: VIA_11, ...(close ? { connection: 'close' } : {}) }).end();
-      ctx.onDone?.(204);
       return undefined;
     }
     forwardsLeft = String(n - 1);
@@ -258,7 +254,6 @@ export function handleRequest(
     requestId,
     via: VIA_11,
     closeAfter: close,
-    onDone: ctx.onDone,
   });
   handler.start();
   return handler;

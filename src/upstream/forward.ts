@@ -27,7 +27,6 @@ export interface ForwardRequest {
   requestId: string;
   via: string;
   closeAfter: boolean;
-  onDone?: (status: number, error?: Error) => void;
 }
 
 /** `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`, `/v1` + `/x` -> `/v1/x`. */
@@ -137,7 +136,6 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       this.abortFn?.(err as Error);
       res.removeHeader('content-length');
       sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
-      this.f.onDone?.(502, err as Error);
       return false;
     }
     return true;
@@ -178,7 +176,6 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       }
     }
     res.end();
-    this.f.onDone?.(res.statusCode);
   }
 
   onError(err: Error): void {
@@ -198,13 +195,11 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       const [problem, detail] = describeUpstreamError(code, err, f.service);
       if (problem === 'bad-request') sendProblem(f.res, 'bad-request', detail, f.requestId, { close: true });
       else sendProblem(f.res, problem, detail, f.requestId, { close: f.closeAfter });
-      f.onDone?.(f.res.statusCode, err);
       return;
     }
     // The response already started: end it as broken, never as complete.
     this.finished = true;
     f.res.destroy(err);
-    f.onDone?.(f.res.statusCode, err);
   }
 }
 
