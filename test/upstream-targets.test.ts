@@ -7,7 +7,8 @@ import { freePort, startGateway, startUpstream, request } from './helpers.js';
 test('weighted round-robin spreads requests by weight', async () => {
   const a = await startUpstream((_q, res) => res.end('a'));
   const b = await startUpstream((_q, res) => res.end('b'));
-  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}, weight: 3}, {url: ${b.url}, weight: 1}, {url: ${b.url}/, weight: 0}]\n    routes: [{paths: [/]}]\n`);
+  const c = await startUpstream((_q, res) => res.end('c'));
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}, weight: 3}, {url: ${b.url}, weight: 1}, {url: ${c.url}, weight: 0}]\n    routes: [{paths: [/]}]\n`);
   try {
     const seen: string[] = [];
     for (let i = 0; i < 8; i++) seen.push((await request(`${g.url}/x`)).body);
@@ -17,6 +18,7 @@ test('weighted round-robin spreads requests by weight', async () => {
     await g.close();
     await a.close();
     await b.close();
+    await c.close();
   }
 });
 

@@ -14,6 +14,9 @@ import { Router, type RouteSpec } from '../router/router.js';
 import { normalizePath } from '../router/path.js';
 import { TrustedProxies } from '../core/forwarded.js';
 import type { PoolRegistry } from '../upstream/pools.js';
+import { createBalancer, type Balancer, type BalancerName } from '../upstream/balancer.js';
+import { RuntimeState, type ServiceState, type TargetState } from '../upstream/state.js';
+import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../upstream/authority.js';
 
 export interface Address {
   host: string;
@@ -29,15 +32,30 @@ export interface Target {
   hostHeader: string;
   weight: number;
   pool: Pool;
+  /** Shared across snapshots: in-flight count, latency, health. */
+  state: TargetState;
 }
+
+export type RetryOn = 'connect-error' | 'timeout' | 'reset' | number;
 
 export interface CompiledService {
   name: string;
   targets: Target[];
-  /** Weighted round-robin (smooth, nginx-style). */
-  pick(): Target;
-  timeouts: { connect: number; response: number; read: number };
+  balancer: Balancer;
+  balancerName: BalancerName;
+  /** consistent-hash key source, null for other balancers. */
+  hashOn: { kind: 'ip' } | { kind: 'header'; name: string } | { kind: 'cookie'; name: string } | null;
+  timeouts: { connect: number; response: number; read: number; total: number };
   retries: number;
+  retryOn: { connectError: boolean; timeout: boolean; reset: boolean; statuses: ReadonlySet<number> };
+  budget: { ratio: number; minPerSecond: number };
+  /** Bulkhead; null when unlimited. */
+  bulkhead: { maxConcurrent: number; maxPending: number; maxWait: number } | null;
+  circuit: CircuitConfig | null;
+  health: { active: ActiveConfig | null; passive: PassiveConfig | null };
+  /** Shared across snapshots: bulkhead slots, circuit state, retry budget. */
+  state: ServiceState;
+  reporter: Reporter;
 }
 
 export interface CompiledRoute {
@@ -45,6 +63,7 @@ export interface CompiledRoute {
   service: CompiledService;
   stripPath: boolean;
   preserveHost: boolean;
+  retryNonIdempotent: boolean;
 }
 
 export interface Limits {
@@ -68,6 +87,9 @@ export interface Snapshot {
   listen: Address;
   admin: { listen: Address; token: string | undefined } | null;
   demo: Address | null;
+  /** Worker processes (resolved: auto = CPU cores). */
+  workers: number;
+  watch: boolean;
   trusted: TrustedProxies;
   /** Which forwarding fields go upstream. */
   forwarding: { xff: boolean; proto: boolean; host: boolean; port: boolean; realIp: boolean; forwarded: boolean };
@@ -108,28 +130,18 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 }
 
-function smoothWeighted(targets: Target[]): () => Target {
-  const live = targets.filter((t) => t.weight > 0);
-  if (live.length <= 1) {
-    const only = live[0] ?? targets[0]!;
-    return () => only;
-  }
-  const current = new Array<number>(live.length).fill(0);
-  const total = live.reduce((s, t) => s + t.weight, 0);
-  return () => {
-    let best = 0;
-    for (let i = 0; i < live.length; i++) {
-      current[i]! += live[i]!.weight;
-      if (current[i]! > current[best]!) best = i;
-    }
-    current[best]! -= total;
-    return live[best]!;
-  };
-}
-
 export interface CompileDeps {
   pools: PoolRegistry;
+  /** Health, counters and circuits shared with earlier snapshots (a fresh one when omitted). */
+  state?: RuntimeState;
+  /** Where passive health and circuit outcomes go (ignored when omitted, e.g. validate). */
+  reporter?: Reporter;
+  /** CPU cores for workers: auto. */
+  cores?: number;
 }
+
+const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
+const DEFAULT_RETRY_ON = ['connect-error'];
 
 /** Plugins known to this build. None yet: a binding to any plugin is an error, never silently ignored. */
 export const KNOWN_PLUGINS = new Set<string>();
@@ -186,6 +198,16 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
   checkPlugins(cfg.plugins, ['plugins']);
 
   const acquired: Pool[] = [];
+  const state = deps.state ?? new RuntimeState();
+  const reporter = deps.reporter ?? NO_REPORTER;
+  const heldTargets: string[] = [];
+  const heldServices: string[] = [];
+  const release = () => {
+    for (const p of acquired) deps.pools.release(p);
+    for (const k of heldTargets) state.targets.release(k);
+    for (const k of heldServices) state.services.release(k);
+    acquired.length = heldTargets.length = heldServices.length = 0;
+  };
   const services: CompiledService[] = [];
   const routes: CompiledRoute[] = [];
   const specs: RouteSpec<CompiledRoute>[] = [];
@@ -200,7 +222,9 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     checkPlugins(s.plugins, [...sp, 'plugins']);
 
     const t = { ...DEFAULTS.service, ...s.timeouts };
-    const timeoutsMs = { connect: parseDuration(t.connect), response: parseDuration(t.response), read: parseDuration(t.read) };
+    const response = parseDuration(t.response);
+    const timeoutsMs = { connect: parseDuration(t.connect), response, read: parseDuration(t.read), total: t.total === undefined ? response : parseDuration(t.total) };
+    if (timeoutsMs.total < timeoutsMs.response) fail([...sp, 'timeouts', 'total'], 'must be at least timeouts.response (it bounds all attempts together)');
 
     const rawTargets: { url: string; weight: number; path: PathSegment[] }[] = [];
     if (s.url && s.upstream) fail([...sp, 'upstream'], 'give either url or upstream, not both');
@@ -221,22 +245,78 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
       if (u.protocol !== 'http:' && u.protocol !== 'https:') { fail(r.path, 'only http:// and https:// upstreams are supported'); continue; }
       if (u.username || u.password) { fail(r.path, 'credentials in upstream URLs are not supported'); continue; }
       if (u.search || u.hash) { fail(r.path, 'an upstream URL may not have a query or fragment'); continue; }
+      const basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
+      const key = `${s.name}|${u.origin}${basePath}`;
+      if (targets.some((x) => x.state.key === key)) { fail(r.path, `target ${u.origin}${basePath} is listed twice (give it a weight instead)`); continue; }
       const pool = deps.pools.acquire(u.origin, { connectTimeout: timeoutsMs.connect });
       acquired.push(pool);
-      targets.push({
-        origin: u.origin,
-        basePath: u.pathname === '/' ? '' : u.pathname.replace(/\/$/, ''),
-        hostHeader: u.host,
-        weight: r.weight,
-        pool,
-      });
+      heldTargets.push(key);
+      targets.push({ origin: u.origin, basePath, hostHeader: u.host, weight: r.weight, pool, state: state.targets.acquire(key) });
     }
+    const up = s.upstream;
+    const balancerName: BalancerName = up?.balancer ?? 'round-robin';
+    let hashOn: CompiledService['hashOn'] = null;
+    if (balancerName === 'consistent-hash') {
+      const h = up?.hash_on ?? 'ip';
+      hashOn = h === 'ip' ? { kind: 'ip' } : h.startsWith('header:') ? { kind: 'header', name: h.slice(7).toLowerCase() } : { kind: 'cookie', name: h.slice(7) };
+    } else if (up?.hash_on) fail([...sp, 'upstream', 'hash_on'], 'hash_on only applies to balancer: consistent-hash');
+    const hc = up?.healthcheck;
+    const active: ActiveConfig | null = hc?.active ? {
+      path: hc.active.path,
+      interval: parseDuration(hc.active.interval ?? '5s'),
+      timeout: parseDuration(hc.active.timeout ?? '2s'),
+      healthy: hc.active.healthy ?? 2,
+      unhealthy: hc.active.unhealthy ?? 3,
+      statuses: hc.active.statuses ? new Set(hc.active.statuses) : null,
+      host: hc.active.host,
+    } : null;
+    if (active && active.interval < 100) fail([...sp, 'upstream', 'healthcheck', 'active', 'interval'], 'must be at least 100ms');
+    if (active && (active.timeout < 1 || active.timeout > active.interval)) fail([...sp, 'upstream', 'healthcheck', 'active', 'timeout'], 'must be between 1ms and the interval');
+    let passive: PassiveConfig | null = null;
+    if (hc?.passive) {
+      const ejection = parseDuration(hc.passive.ejection ?? '30s');
+      const maxEjection = hc.passive.max_ejection === undefined ? ejection * 10 : parseDuration(hc.passive.max_ejection);
+      if (maxEjection < ejection) fail([...sp, 'upstream', 'healthcheck', 'passive', 'max_ejection'], 'must be at least the ejection time');
+      passive = { failures: hc.passive.failures ?? 3, ejection, maxEjection, statuses: new Set(hc.passive.statuses ?? [500, 502, 503, 504]) };
+    }
+    const retryOnList: readonly (string | number)[] = s.retry_on ?? DEFAULT_RETRY_ON;
+    const cb = s.circuit_breaker;
+    let bulkhead: CompiledService['bulkhead'] = null;
+    if (cb?.max_concurrent !== undefined) {
+      bulkhead = { maxConcurrent: cb.max_concurrent, maxPending: cb.max_pending ?? 0, maxWait: parseDuration(cb.max_wait ?? '1s') };
+    } else if (cb?.max_pending !== undefined || cb?.max_wait !== undefined) fail([...sp, 'circuit_breaker'], 'max_pending and max_wait need max_concurrent');
+    let circuit: CircuitConfig | null = null;
+    if (cb && (cb.failure_ratio !== undefined || cb.min_requests !== undefined || cb.open_for !== undefined || cb.window !== undefined || cb.half_open_requests !== undefined)) {
+      circuit = {
+        failureRatio: cb.failure_ratio ?? 0.5,
+        minRequests: cb.min_requests ?? 20,
+        window: parseDuration(cb.window ?? '10s'),
+        openFor: parseDuration(cb.open_for ?? '30s'),
+        halfOpenRequests: cb.half_open_requests ?? 1,
+      };
+      if (circuit.window < 100) fail([...sp, 'circuit_breaker', 'window'], 'must be at least 100ms');
+    }
+    heldServices.push(s.name);
     const service: CompiledService = {
       name: s.name,
       targets,
-      pick: smoothWeighted(targets),
+      balancer: createBalancer(balancerName, targets),
+      balancerName,
+      hashOn,
       timeouts: timeoutsMs,
       retries: s.retries ?? 0,
+      retryOn: {
+        connectError: retryOnList.includes('connect-error'),
+        timeout: retryOnList.includes('timeout'),
+        reset: retryOnList.includes('reset'),
+        statuses: new Set(retryOnList.filter((x): x is number => typeof x === 'number')),
+      },
+      budget: { ratio: s.retry_budget?.ratio ?? 0.2, minPerSecond: s.retry_budget?.min_per_second ?? 1 },
+      bulkhead,
+      circuit,
+      health: { active, passive },
+      state: state.services.acquire(s.name),
+      reporter,
     };
     services.push(service);
 
@@ -260,7 +340,9 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
         if (/[?#\s]/.test(p)) fail([...rp, 'paths', pi], 'a path may not contain ?, # or spaces');
         else if (normalizePath(p) !== p) fail([...rp, 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
       });
-      const route: CompiledRoute = { name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false };
+      const route: CompiledRoute = {
+        name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
+      };
       routes.push(route);
       specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
       specPaths.push(rp);
@@ -281,8 +363,10 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
   let demo: Address | null = null;
   if (cfg.demo) demo = parseAddress(cfg.demo.listen);
 
+  const workers = cfg.workers === 'auto' ? Math.max(1, deps.cores ?? 1) : cfg.workers ?? 1;
+
   if (issues.length) {
-    for (const p of acquired) deps.pools.release(p);
+    release();
     throw loaded.error(issues);
   }
 
@@ -293,6 +377,8 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     listen,
     admin,
     demo,
+    workers,
+    watch: cfg.watch ?? true,
     trusted,
     forwarding: forwardingOf(cfg.forwarding_headers ?? DEFAULTS.forwarding_headers),
     limits,
@@ -300,9 +386,6 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     router,
     services,
     routes,
-    dispose: () => {
-      for (const p of acquired) deps.pools.release(p);
-      acquired.length = 0;
-    },
+    dispose: release,
   });
 }

@@ -52,6 +52,7 @@ export const Route = Strict({
   )),
   strip_path: Type.Optional(Type.Boolean({ default: false, description: 'Remove the matched path prefix before forwarding.' })),
   preserve_host: Type.Optional(Type.Boolean({ default: false, description: "Forward the client's Host instead of the upstream's." })),
+  retry_non_idempotent: Type.Optional(Type.Boolean({ default: false, description: 'Allow retries of POST, PATCH and other non-idempotent methods on this route (by default only GET, HEAD, OPTIONS, PUT, DELETE are retried).' })),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
 });
@@ -61,23 +62,81 @@ export const Target = Strict({
   weight: Type.Optional(Type.Integer({ minimum: 0, maximum: 1000, default: 1 })),
 });
 
+const StatusList = Type.Array(Type.Integer({ minimum: 100, maximum: 599 }), { minItems: 1, uniqueItems: true });
+
+export const ActiveHealthcheck = Strict({
+  path: Type.String({ pattern: '^/', description: 'Path probed with GET on every target.' }),
+  interval: Type.Optional(Duration),
+  timeout: Type.Optional(Duration),
+  healthy: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 2, description: 'Consecutive passing probes that bring a target back.' })),
+  unhealthy: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 3, description: 'Consecutive failing probes that take a target out.' })),
+  statuses: Type.Optional(Type.Array(Type.Integer({ minimum: 100, maximum: 599 }), {
+    minItems: 1, uniqueItems: true, description: 'Statuses that pass (default: 200-399).',
+  })),
+  host: Type.Optional(Type.String({ description: 'Host header for probes (default: the target\'s).' })),
+}, { description: 'Active health checks: a GET to path every interval (default 5s, timeout 2s).' });
+
+export const PassiveHealthcheck = Strict({
+  failures: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'Consecutive failures (connect errors, timeouts, failing statuses) that eject a target.' })),
+  ejection: Type.Optional(Duration),
+  max_ejection: Type.Optional(Duration),
+  statuses: Type.Optional(StatusList),
+}, { description: 'Passive checks on live traffic. An ejected target gets no traffic for `ejection` (default 30s), doubled on every repeated ejection up to max_ejection (default 10x).' });
+
+export const Healthcheck = Strict({
+  active: Type.Optional(ActiveHealthcheck),
+  passive: Type.Optional(PassiveHealthcheck),
+});
+
 export const Upstream = Strict({
   targets: Type.Array(Target, { minItems: 1 }),
-  balancer: Type.Optional(Type.Literal('round-robin', { default: 'round-robin', description: 'Target selection (weighted round-robin).' })),
+  balancer: Type.Optional(Type.Union([
+    Type.Literal('round-robin'), Type.Literal('least-connections'), Type.Literal('consistent-hash'), Type.Literal('latency'),
+  ], { default: 'round-robin', description: 'Target selection: weighted round-robin, weighted least-connections, consistent hashing (hash_on), or latency (peak EWMA, power of two choices).' })),
+  hash_on: Type.Optional(Type.String({
+    pattern: '^(ip|header:[!#$%&\'*+.^_`|~0-9A-Za-z-]+|cookie:[!#$%&\'*+.^_`|~0-9A-Za-z-]+)$',
+    description: 'consistent-hash key: ip (the computed client IP), header:NAME or cookie:NAME. Requests without the key hash on the client IP.',
+  })),
+  healthcheck: Type.Optional(Healthcheck),
 });
+
+export const CircuitBreaker = Strict({
+  max_concurrent: Type.Optional(Type.Integer({ minimum: 1, description: 'Requests in flight to this service at once (bulkhead).' })),
+  max_pending: Type.Optional(Type.Integer({ minimum: 0, description: 'Requests allowed to wait for a slot; beyond that 503 at once (default 0).' })),
+  max_wait: Type.Optional(Duration),
+  failure_ratio: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'Share of failed requests in the window that opens the circuit (default 0.5).' })),
+  min_requests: Type.Optional(Type.Integer({ minimum: 1, description: 'Requests in the window before the ratio is judged (default 20).' })),
+  window: Type.Optional(Duration),
+  open_for: Type.Optional(Duration),
+  half_open_requests: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Trial requests let through while half-open (default 1).' })),
+}, { description: 'Bulkhead (max_concurrent, max_pending waiting at most max_wait, default 1s) and failure-ratio circuit: open for open_for (default 30s), then half-open.' });
+
+export const RetryBudget = Strict({
+  ratio: Type.Optional(Type.Number({ minimum: 0, maximum: 10, description: 'Retries allowed per request (default 0.2: at most 20% extra upstream traffic).' })),
+  min_per_second: Type.Optional(Type.Number({ minimum: 0, maximum: 10000, description: 'Retries always allowed per second, so a quiet service can still retry (default 1).' })),
+});
+
+const RetryOn = Type.Union([
+  Type.Literal('connect-error'), Type.Literal('timeout'), Type.Literal('reset'),
+  Type.Integer({ minimum: 500, maximum: 599 }),
+], { description: 'connect-error (nothing was sent), timeout (no response headers in time), reset (connection lost before the response), or a 5xx status.' });
 
 export const ServiceTimeouts = Strict({
   connect: Type.Optional(Duration),
   response: Type.Optional(Duration),
   read: Type.Optional(Duration),
-}, { description: 'connect: TCP/TLS connect; response: until the response headers; read: idle time between body chunks.' });
+  total: Type.Optional(Duration),
+}, { description: 'connect: TCP/TLS connect; response: until the response headers, per attempt; read: idle time between body chunks; total: deadline for the response headers across all attempts (default: response).' });
 
 export const Service = Strict({
   name: Name,
   url: Type.Optional(UpstreamUrl),
   upstream: Type.Optional(Upstream),
   timeouts: Type.Optional(ServiceTimeouts),
-  retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 0, description: 'Retries on connection failure, idempotent requests without a body only.' })),
+  retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 0, description: 'Retries of a failed attempt on another target: idempotent methods only (unless the route allows more), inside the retry budget and the total deadline.' })),
+  retry_on: Type.Optional(Type.Array(RetryOn, { minItems: 1, uniqueItems: true, description: 'What is retried (default: connect-error).' })),
+  retry_budget: Type.Optional(RetryBudget),
+  circuit_breaker: Type.Optional(CircuitBreaker),
   routes: Type.Optional(Type.Array(Route)),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
@@ -120,6 +179,10 @@ export const Demo = Strict({
 export const TurnpikeConfig = Strict({
   $schema: Type.Optional(Type.String()),
   listen: Type.Optional(HostPort),
+  workers: Type.Optional(Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 256 })], {
+    description: 'Worker processes serving the proxy listener: auto = one per CPU core (default 1).',
+  })),
+  watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   admin: Type.Optional(Admin),
   trusted_proxies: Type.Optional(Type.Array(Type.String(), {
     description: 'CIDRs (or addresses) of proxies whose X-Forwarded-* / Forwarded headers are believed.',

@@ -5,9 +5,12 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { compile, type Address, type Snapshot } from '../config/compile.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
+import { RuntimeState, applyDecision } from '../upstream/state.js';
+import { HealthAuthority, type Reporter } from '../upstream/authority.js';
 import type { ForwardHandler } from '../upstream/forward.js';
 import { handleRequest, closingSockets, type RequestContext } from './request.js';
 import { createAdminHandler } from './admin.js';
@@ -17,6 +20,11 @@ import { silentLogger, type Logger } from '../core/log.js';
 
 export interface GatewayOptions {
   logger?: Logger;
+  /**
+   * Worker mode (src/server/cluster.ts): health and circuits are decided elsewhere and
+   * reported there; only the proxy listener runs here.
+   */
+  worker?: { reporter: Reporter };
 }
 
 function listen(server: Server, addr: Address): Promise<AddressInfo> {
@@ -64,6 +72,11 @@ export class Gateway implements RequestContext {
   readonly startedAt = Date.now();
   private inflight = 0;
   private readonly pools: PoolRegistry;
+  readonly runtime: RuntimeState;
+  /** Local health authority (null in a worker: the primary holds it). */
+  readonly health: HealthAuthority | null;
+  private readonly reporter: Reporter;
+  private readonly isWorker: boolean;
   private readonly log: Logger;
   private proxy: Server | null = null;
   private admin: Server | null = null;
@@ -72,17 +85,30 @@ export class Gateway implements RequestContext {
   adminAddress: AddressInfo | null = null;
   demoAddress: AddressInfo | null = null;
 
-  private constructor(snapshot: Snapshot, pools: PoolRegistry, log: Logger) {
-    this.snapshot = snapshot;
-    this.pools = pools;
-    this.log = log;
+  private constructor(loaded: LoadedConfig, opts: GatewayOptions) {
+    this.log = opts.logger ?? silentLogger;
+    this.pools = new PoolRegistry();
+    this.runtime = new RuntimeState();
+    this.isWorker = opts.worker !== undefined;
+    if (opts.worker) {
+      this.health = null;
+      this.reporter = opts.worker.reporter;
+    } else {
+      const health = new HealthAuthority((d) => applyDecision(this.runtime, d), this.log);
+      this.health = health;
+      this.reporter = health;
+    }
+    this.snapshot = this.compile(loaded);
+    this.health?.sync(this.snapshot);
+  }
+
+  private compile(loaded: LoadedConfig): Snapshot {
+    return compile(loaded, { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism() });
   }
 
   /** Compiles the config and starts every listener it names. Throws ConfigError or a listen error. */
   static async start(loaded: LoadedConfig, opts: GatewayOptions = {}): Promise<Gateway> {
-    const pools = new PoolRegistry();
-    const snapshot = compile(loaded, { pools });
-    const gw = new Gateway(snapshot, pools, opts.logger ?? silentLogger);
+    const gw = new Gateway(loaded, opts);
     try {
       await gw.listenAll();
     } catch (err) {
@@ -94,12 +120,12 @@ export class Gateway implements RequestContext {
 
   private async listenAll(): Promise<void> {
     const snap = this.snapshot;
-    if (snap.admin) {
+    if (snap.admin && !this.isWorker) {
       this.admin = createServer(createAdminHandler(this));
       this.adminAddress = await listen(this.admin, snap.admin.listen);
       this.log.info({ address: this.adminAddress }, 'admin listener up');
     }
-    if (snap.demo) {
+    if (snap.demo && !this.isWorker) {
       this.demo = createEchoServer();
       this.demoAddress = await listen(this.demo, snap.demo);
       this.log.info({ address: this.demoAddress }, 'demo upstream up');
@@ -194,7 +220,7 @@ export class Gateway implements RequestContext {
 
   /** Swaps in a new config. Throws ConfigError (the running config stays). */
   reload(loaded: LoadedConfig): Snapshot {
-    const next = compile(loaded, { pools: this.pools });
+    const next = this.compile(loaded);
     const prev = this.snapshot;
     for (const [what, a, b] of [
       ['listen', prev.listen, next.listen],
@@ -216,6 +242,7 @@ export class Gateway implements RequestContext {
     // In-flight requests hold their own references to the old snapshot's pools; closing a
     // pool waits for its running requests.
     prev.dispose();
+    this.health?.sync(next);
     this.log.info({ revision: this.revision, hash: next.hash }, 'config reloaded');
     return next;
   }
@@ -243,6 +270,7 @@ export class Gateway implements RequestContext {
     this.demo?.closeAllConnections();
     await Promise.all([closeServer(this.admin), closeServer(this.demo)]);
     this.snapshot.dispose();
+    await this.health?.stop();
     await this.pools.closeAll();
     this.log.info('stopped');
   }

@@ -85,6 +85,22 @@ function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerRe
   req.once('end', () => req.setTimeout(0));
 }
 
+function headerValue(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v.join(', ') : v || undefined;
+}
+
+/** The value of cookie `name` (RFC 6265 §5.4 cookie-string: `a=1; b=2`), undefined when absent or empty. */
+function cookieValue(req: IncomingMessage, name: string): string | undefined {
+  const header = req.headers.cookie;
+  if (!header) return undefined;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq !== -1 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim() || undefined;
+  }
+  return undefined;
+}
+
 /** Handles one request; returns the upstream handler when the request was forwarded. */
 export function handleRequest(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean,
@@ -243,6 +259,14 @@ export function handleRequest(
   if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
   if (expectContinue) res.writeContinue();
 
+  const svc = route.service;
+  let hashKey = '';
+  if (svc.hashOn !== null) {
+    const h = svc.hashOn;
+    const ip = t ? clientIp(p.peer, xff, snap.trusted) : p.peer;
+    hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
+  }
+
   const handler = new ForwardHandler({
     req, res,
     service: route.service,
@@ -254,6 +278,8 @@ export function handleRequest(
     requestId,
     via: VIA_11,
     closeAfter: close,
+    hashKey,
+    retryNonIdempotent: route.retryNonIdempotent,
   });
   handler.start();
   return handler;

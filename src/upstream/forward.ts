@@ -6,11 +6,17 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
-import { sendProblem } from '../core/problem.js';
+import { sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Target } from '../config/compile.js';
 
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE']);
+/** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_CONNECT_TIMEOUT']);
+const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/** Marks an attempt aborted by the gateway to retry it (its status was in retry_on). */
+const RETRY = new Error('retrying on another target');
+/** Latency charged to a target whose attempt failed, so the latency balancer moves away from it. */
+const FAILURE_PENALTY_MS = 5_000;
 
 export interface ForwardRequest {
   req: IncomingMessage;
@@ -27,6 +33,9 @@ export interface ForwardRequest {
   requestId: string;
   via: string;
   closeAfter: boolean;
+  /** consistent-hash key ('' for other balancers). */
+  hashKey: string;
+  retryNonIdempotent: boolean;
 }
 
 /** `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`, `/v1` + `/x` -> `/v1/x`. */
@@ -44,12 +53,24 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private onDrain: (() => void) | undefined;
   private stall: NodeJS.Timeout | undefined;
   private attempts = 0;
+  /** The response is settled (sent, failed or abandoned): upstream callbacks are ignored. */
   private finished = false;
-  private target: Target;
+  /** Slots, counters and outcome released (once). */
+  private released = false;
+  /** The current attempt's target (its in-flight count is held). */
+  private target: Target | null = null;
+  private tried: Target[] | null = null;
+  private attemptStart = 0;
+  private deadline = 0;
+  /** Holds a bulkhead slot / is a half-open trial. */
+  private slot = false;
+  private trial = false;
+  private waiting: (() => void) | null = null;
+  private waitTimer: NodeJS.Timeout | undefined;
+  /** The request's outcome for the circuit: true ok, false failed, null unknown. */
+  private outcome: boolean | null = null;
 
-  constructor(private readonly f: ForwardRequest) {
-    this.target = f.service.pick();
-  }
+  constructor(private readonly f: ForwardRequest) {}
 
   /** The client connection closed (or the response finished): stop the upstream exchange if it still runs. */
   clientClosed(): void {
@@ -58,26 +79,149 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       this.finished = true;
       this.abortFn?.(new Error('client closed the connection'));
     }
+    this.release();
   }
 
+  /** Admission (circuit, bulkhead), then the first attempt. */
   start(): void {
+    const svc = this.f.service;
+    const st = svc.state;
+    this.deadline = Date.now() + svc.timeouts.total;
+    if (svc.retries > 0) {
+      // Every request earns `ratio` of a retry (capped, so a quiet spell cannot bank a storm).
+      st.tokens = Math.min(st.tokens + svc.budget.ratio, Math.max(10, svc.budget.ratio * 100));
+    }
+    if (svc.circuit !== null && st.circuit !== 'closed') {
+      if (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests) {
+        const wait = Math.max(1, Math.ceil((st.openUntil - Date.now()) / 1000));
+        return this.refuse('circuit-open', `service "${svc.name}" is failing; its circuit is open`, { 'retry-after': String(wait) });
+      }
+      st.trials++;
+      this.trial = true;
+    }
+    const b = svc.bulkhead;
+    if (b !== null) {
+      if (st.active >= b.maxConcurrent) {
+        if (st.queue.length >= b.maxPending) {
+          return this.refuse('service-overloaded', `service "${svc.name}" has ${b.maxConcurrent} requests in flight and ${b.maxPending} waiting`, { 'retry-after': '1' });
+        }
+        this.waiting = () => {
+          clearTimeout(this.waitTimer);
+          this.waiting = null;
+          st.active++;
+          this.slot = true;
+          this.attempt();
+        };
+        st.queue.push(this.waiting);
+        this.waitTimer = setTimeout(() => {
+          this.unqueue();
+          this.refuse('service-overloaded', `service "${svc.name}" had no free slot within ${b.maxWait} ms`, { 'retry-after': '1' });
+        }, Math.min(b.maxWait, Math.max(1, this.deadline - Date.now())));
+        return;
+      }
+      st.active++;
+      this.slot = true;
+    }
+    this.attempt();
+  }
+
+  private unqueue(): void {
+    if (this.waiting === null) return;
+    const q = this.f.service.state.queue;
+    const i = q.indexOf(this.waiting);
+    if (i !== -1) q.splice(i, 1);
+    this.waiting = null;
+    clearTimeout(this.waitTimer);
+  }
+
+  /** Answers without contacting the upstream. */
+  private refuse(code: ProblemCode, detail: string, headers?: Record<string, string>): void {
+    if (this.finished) return;
+    this.finished = true;
+    sendProblem(this.f.res, code, detail, this.f.requestId, { close: this.f.closeAfter, headers });
+    this.release();
+  }
+
+  private attempt(): void {
     const f = this.f;
-    const t = this.target;
+    if (this.finished) return;
+    const t = f.service.balancer.pick(f.hashKey, this.tried);
+    if (t === null) {
+      this.outcome = false;
+      return this.refuse('no-healthy-target', `service "${f.service.name}" has no healthy target`);
+    }
+    this.target = t;
+    t.state.inflight++;
+    this.attempts++;
+    const now = Date.now();
+    this.attemptStart = now;
     // The last pair of f.headers is reserved for Host, which depends on the target.
     const headers = f.headers;
     headers[headers.length - 1] = f.preservedHost ?? t.hostHeader;
-    this.attempts++;
     t.pool.dispatch(
       {
         path: t.basePath === '' ? f.path : joinBase(t.basePath, f.path),
         method: f.method,
         headers,
         body: f.hasBody ? f.req : null,
-        headersTimeout: f.service.timeouts.response,
+        headersTimeout: Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now)),
         bodyTimeout: f.service.timeouts.read,
       },
       this,
     );
+  }
+
+  /** Ends the current attempt before any response: passive health and latency penalty for its target. */
+  private endAttempt(ok: boolean): void {
+    const t = this.target;
+    if (t === null) return;
+    this.target = null;
+    t.state.inflight--;
+    this.abortFn = null;
+    const svc = this.f.service;
+    if (!ok && svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, Date.now());
+    if (svc.health.passive !== null) svc.reporter.passive(t.state.key, ok);
+  }
+
+  /** Releases everything the request holds, once: target, bulkhead slot, trial; reports the circuit outcome. */
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.unqueue();
+    const svc = this.f.service;
+    if (this.target !== null) {
+      this.target.state.inflight--;
+      this.target = null;
+    }
+    const st = svc.state;
+    if (this.trial && st.trials > 0) st.trials--;
+    if (this.slot) {
+      st.active--;
+      const next = st.queue.shift();
+      if (next !== undefined) next();
+    }
+    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome);
+  }
+
+  /** Whether a failed attempt of this kind may be retried now (method, body, retry_on, count, deadline, budget). */
+  private mayRetry(kind: 'connect-error' | 'timeout' | 'reset' | number): boolean {
+    const f = this.f;
+    const svc = f.service;
+    if (this.finished || this.attempts > svc.retries || f.hasBody) return false;
+    if (!f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
+    const on = svc.retryOn;
+    if (kind === 'connect-error' ? !on.connectError : kind === 'timeout' ? !on.timeout : kind === 'reset' ? !on.reset : !on.statuses.has(kind)) return false;
+    const now = Date.now();
+    if (now >= this.deadline) return false;
+    const st = svc.state;
+    if (svc.budget.minPerSecond > 0) {
+      const cap = Math.max(10, svc.budget.ratio * 100, svc.budget.minPerSecond);
+      st.tokens = Math.min(cap, st.tokens + ((now - st.tokensAt) / 1000) * svc.budget.minPerSecond);
+    }
+    st.tokensAt = now;
+    if (st.tokens < 1) return false;
+    st.tokens -= 1;
+    return true;
   }
 
   onConnect(abort: (err?: Error) => void): void {
@@ -105,6 +249,25 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       } else if (statusCode === 102) res.writeProcessing();
       return true;
     }
+    const svc = this.f.service;
+    const t = this.target;
+    if (t !== null) {
+      const passive = svc.health.passive;
+      const ok = passive === null || !passive.statuses.has(statusCode);
+      if (svc.balancerName === 'latency') t.state.sample(Date.now() - this.attemptStart, Date.now());
+      if (passive !== null) svc.reporter.passive(t.state.key, ok);
+      if (svc.retryOn.statuses.has(statusCode) && this.mayRetry(statusCode)) {
+        const abort = this.abortFn;
+        this.target = null;
+        t.state.inflight--;
+        this.abortFn = null;
+        (this.tried ??= []).push(t);
+        abort?.(RETRY);
+        process.nextTick(() => this.attempt());
+        return false;
+      }
+    }
+    this.outcome = statusCode < 500;
     this.resumeFn = resume;
     const out: string[] = [];
     let upstreamVia: string | undefined;
@@ -133,9 +296,11 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     } catch (err) {
       // A status or header value Node refuses to send: the upstream's answer is not valid HTTP.
       this.finished = true;
+      this.outcome = false;
       this.abortFn?.(err as Error);
       res.removeHeader('content-length');
       sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
+      this.release();
       return false;
     }
     return true;
@@ -175,38 +340,48 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
         /* invalid trailer from upstream: drop it */
       }
     }
+    this.release();
     res.end();
   }
 
   onError(err: Error): void {
-    if (this.finished) return;
+    if (err === RETRY || this.finished) return;
     const f = this.f;
     const code = (err as { code?: string }).code ?? '';
     if (!f.res.headersSent) {
-      if (
-        CONNECT_FAILURES.has(code) && this.attempts <= f.service.retries && !f.hasBody && IDEMPOTENT.has(f.method)
-      ) {
-        this.target = f.service.targets.length > 1 ? f.service.pick() : this.target;
-        this.abortFn = null;
-        this.start();
+      const kind = CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      // An attempt that failed before any response: the target is charged for it (not for a
+      // request body that broke its own Content-Length).
+      const t = this.target;
+      if (t !== null) this.endAttempt(code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH');
+      if (t !== null && kind !== null && this.mayRetry(kind)) {
+        (this.tried ??= []).push(t);
+        // Leave undici's callback stack before dispatching again.
+        process.nextTick(() => this.attempt());
         return;
       }
       this.finished = true;
-      const [problem, detail] = describeUpstreamError(code, err, f.service);
+      const [problem, detail] = describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
+      this.outcome = problem !== 'bad-request' ? false : null;
       if (problem === 'bad-request') sendProblem(f.res, 'bad-request', detail, f.requestId, { close: true });
       else sendProblem(f.res, problem, detail, f.requestId, { close: f.closeAfter });
+      this.release();
       return;
     }
     // The response already started: end it as broken, never as complete.
     this.finished = true;
+    this.outcome = false;
+    this.release();
     f.res.destroy(err);
   }
 }
 
-function describeUpstreamError(code: string, err: Error, service: CompiledService): ['bad-gateway' | 'gateway-timeout' | 'bad-request', string] {
+function describeUpstreamError(code: string, err: Error, service: CompiledService, pastDeadline: boolean): ['bad-gateway' | 'gateway-timeout' | 'bad-request', string] {
   switch (code) {
     case 'UND_ERR_HEADERS_TIMEOUT':
-      return ['gateway-timeout', `service "${service.name}" did not answer within ${service.timeouts.response} ms`];
+      return ['gateway-timeout', pastDeadline && service.timeouts.total > service.timeouts.response
+        ? `service "${service.name}" did not answer within the ${service.timeouts.total} ms deadline`
+        : `service "${service.name}" did not answer within ${service.timeouts.response} ms`];
     case 'UND_ERR_CONNECT_TIMEOUT':
       return ['gateway-timeout', `could not connect to service "${service.name}" within ${service.timeouts.connect} ms`];
     case 'ECONNREFUSED':

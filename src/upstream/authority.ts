@@ -1,0 +1,301 @@
+/**
+ * The one truth about target health and circuit state. It receives passive reports (outcomes
+ * of real requests) and runs the active probes, decides, and publishes decisions through
+ * `publish`. In a single process it lives beside the proxy and publishes straight into the
+ * runtime state; with workers it lives in the primary, workers report to it over IPC and every
+ * decision is broadcast to all of them (src/server/cluster.ts), so no worker keeps sending
+ * traffic to a target another one found dead.
+ */
+import { Agent, request } from 'undici';
+import type { Snapshot } from '../config/compile.js';
+import type { CircuitState } from './state.js';
+import type { Logger } from '../core/log.js';
+
+export type Decision =
+  | { t: 'target'; key: string; down: boolean }
+  | { t: 'circuit'; service: string; state: CircuitState; until: number };
+
+/** What the request path calls. */
+export interface Reporter {
+  /** One attempt's outcome on a target whose service has passive checks. */
+  passive(key: string, ok: boolean): void;
+  /** One request's outcome on a service with a failure-ratio circuit. */
+  outcome(service: string, ok: boolean): void;
+}
+
+export interface PassiveConfig { failures: number; ejection: number; maxEjection: number; statuses: ReadonlySet<number> }
+export interface ActiveConfig { path: string; interval: number; timeout: number; healthy: number; unhealthy: number; statuses: ReadonlySet<number> | null; host: string | undefined }
+export interface CircuitConfig { failureRatio: number; minRequests: number; window: number; openFor: number; halfOpenRequests: number }
+
+interface TargetHealth {
+  key: string;
+  origin: string;
+  hostHeader: string;
+  passive: PassiveConfig | null;
+  active: ActiveConfig | null;
+  failures: number;
+  ejections: number;
+  ejected: boolean;
+  ejectTimer: NodeJS.Timeout | undefined;
+  probeOk: number;
+  probeFail: number;
+  activeDown: boolean;
+  down: boolean;
+  probeTimer: NodeJS.Timeout | undefined;
+  probing: boolean;
+}
+
+const BUCKETS = 10;
+
+interface Circuit {
+  name: string;
+  cfg: CircuitConfig;
+  state: CircuitState;
+  until: number;
+  ok: Float64Array;
+  fail: Float64Array;
+  stamp: Float64Array;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class HealthAuthority implements Reporter {
+  private readonly targets = new Map<string, TargetHealth>();
+  private readonly circuits = new Map<string, Circuit>();
+  private readonly agent = new Agent({ keepAliveTimeout: 10_000, connections: 2 });
+  private stopped = false;
+
+  constructor(private readonly publish: (d: Decision) => void, private readonly log?: Logger) {}
+
+  /** Adopts the targets and circuits of a new snapshot; state of those that stay is kept. */
+  sync(snap: Snapshot): void {
+    const seen = new Set<string>();
+    const seenCircuits = new Set<string>();
+    for (const s of snap.services) {
+      for (const t of s.targets) {
+        seen.add(t.state.key);
+        let h = this.targets.get(t.state.key);
+        if (!h) {
+          h = {
+            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, passive: null, active: null,
+            failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
+            probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
+          };
+          this.targets.set(h.key, h);
+        }
+        h.passive = s.health.passive;
+        const hadActive = h.active !== null;
+        h.active = s.health.active;
+        if (!h.active && hadActive) {
+          clearTimeout(h.probeTimer);
+          h.probeTimer = undefined;
+          h.activeDown = false;
+          h.probeOk = h.probeFail = 0;
+          this.update(h);
+        }
+        if (!h.passive && h.ejected) this.readmit(h);
+        if (h.active && !h.probeTimer && !h.probing) this.scheduleProbe(h, 0);
+      }
+      if (s.circuit) {
+        seenCircuits.add(s.name);
+        const c = this.circuits.get(s.name);
+        if (c) c.cfg = s.circuit;
+        else {
+          this.circuits.set(s.name, {
+            name: s.name, cfg: s.circuit, state: 'closed', until: 0, timer: undefined,
+            ok: new Float64Array(BUCKETS), fail: new Float64Array(BUCKETS), stamp: new Float64Array(BUCKETS).fill(-1),
+          });
+        }
+      }
+    }
+    for (const [key, h] of this.targets) {
+      if (!seen.has(key)) {
+        clearTimeout(h.probeTimer);
+        clearTimeout(h.ejectTimer);
+        this.targets.delete(key);
+      }
+    }
+    for (const [name, c] of this.circuits) {
+      if (!seenCircuits.has(name)) {
+        clearTimeout(c.timer);
+        this.circuits.delete(name);
+        this.publish({ t: 'circuit', service: name, state: 'closed', until: 0 });
+      }
+    }
+  }
+
+  /** Current decisions, for a worker that just started. */
+  decisions(): Decision[] {
+    const out: Decision[] = [];
+    for (const h of this.targets.values()) if (h.down) out.push({ t: 'target', key: h.key, down: true });
+    for (const c of this.circuits.values()) if (c.state !== 'closed') out.push({ t: 'circuit', service: c.name, state: c.state, until: c.until });
+    return out;
+  }
+
+  /** Health as the admin API shows it. */
+  report(): { targets: Record<string, { down: boolean; ejected: boolean; failing_probes: boolean; failures: number }>; circuits: Record<string, CircuitState> } {
+    const targets: Record<string, { down: boolean; ejected: boolean; failing_probes: boolean; failures: number }> = {};
+    for (const h of this.targets.values()) targets[h.key] = { down: h.down, ejected: h.ejected, failing_probes: h.activeDown, failures: h.failures };
+    const circuits: Record<string, CircuitState> = {};
+    for (const c of this.circuits.values()) circuits[c.name] = c.state;
+    return { targets, circuits };
+  }
+
+  passive(key: string, ok: boolean): void {
+    const h = this.targets.get(key);
+    if (!h || !h.passive) return;
+    if (ok) {
+      h.failures = 0;
+      if (!h.ejected) h.ejections = 0;
+      return;
+    }
+    if (h.ejected) return;
+    if (++h.failures >= h.passive.failures) {
+      h.failures = 0;
+      h.probeOk = 0; // probes must pass `healthy` times again before they readmit it early
+      h.ejected = true;
+      const ms = Math.min(h.passive.ejection * 2 ** h.ejections, h.passive.maxEjection);
+      h.ejections++;
+      this.log?.warn({ target: key, ejection_ms: ms }, 'target ejected after consecutive failures');
+      h.ejectTimer = setTimeout(() => this.readmit(h), ms);
+      h.ejectTimer.unref();
+      this.update(h);
+    }
+  }
+
+  outcome(service: string, ok: boolean): void {
+    this.outcomes(service, ok ? 1 : 0, ok ? 0 : 1);
+  }
+
+  /** Outcomes in bulk (workers send counts). */
+  outcomes(service: string, ok: number, fail: number): void {
+    const c = this.circuits.get(service);
+    if (!c) return;
+    if (c.state === 'open') return;
+    if (c.state === 'half-open') {
+      if (fail > 0) this.open(c);
+      else if (ok > 0) this.close(c);
+      return;
+    }
+    const width = c.cfg.window / BUCKETS;
+    const now = Date.now();
+    const slot = Math.floor(now / width);
+    const i = slot % BUCKETS;
+    if (c.stamp[i] !== slot) {
+      c.stamp[i] = slot;
+      c.ok[i] = 0;
+      c.fail[i] = 0;
+    }
+    c.ok[i]! += ok;
+    c.fail[i]! += fail;
+    if (fail === 0) return;
+    let okSum = 0;
+    let failSum = 0;
+    for (let k = 0; k < BUCKETS; k++) {
+      if (slot - c.stamp[k]! < BUCKETS) {
+        okSum += c.ok[k]!;
+        failSum += c.fail[k]!;
+      }
+    }
+    const total = okSum + failSum;
+    if (total >= c.cfg.minRequests && failSum / total >= c.cfg.failureRatio) this.open(c);
+  }
+
+  private open(c: Circuit): void {
+    clearTimeout(c.timer);
+    c.state = 'open';
+    c.until = Date.now() + c.cfg.openFor;
+    this.log?.warn({ service: c.name, open_ms: c.cfg.openFor }, 'circuit opened');
+    c.timer = setTimeout(() => {
+      c.state = 'half-open';
+      this.publish({ t: 'circuit', service: c.name, state: 'half-open', until: 0 });
+    }, c.cfg.openFor);
+    c.timer.unref();
+    this.publish({ t: 'circuit', service: c.name, state: 'open', until: c.until });
+  }
+
+  private close(c: Circuit): void {
+    clearTimeout(c.timer);
+    c.state = 'closed';
+    c.until = 0;
+    c.stamp.fill(-1);
+    this.log?.info({ service: c.name }, 'circuit closed');
+    this.publish({ t: 'circuit', service: c.name, state: 'closed', until: 0 });
+  }
+
+  private readmit(h: TargetHealth): void {
+    clearTimeout(h.ejectTimer);
+    h.ejectTimer = undefined;
+    h.ejected = false;
+    h.failures = 0;
+    this.update(h);
+  }
+
+  private update(h: TargetHealth): void {
+    const down = h.ejected || h.activeDown;
+    if (down === h.down) return;
+    h.down = down;
+    this.log?.info({ target: h.key, down }, down ? 'target down' : 'target up');
+    this.publish({ t: 'target', key: h.key, down });
+  }
+
+  private scheduleProbe(h: TargetHealth, delay: number): void {
+    if (this.stopped || !h.active) return;
+    h.probeTimer = setTimeout(() => {
+      h.probeTimer = undefined;
+      void this.probe(h);
+    }, delay);
+    h.probeTimer.unref();
+  }
+
+  private async probe(h: TargetHealth): Promise<void> {
+    const cfg = h.active;
+    if (!cfg || this.stopped) return;
+    h.probing = true;
+    let ok = false;
+    try {
+      const res = await request(h.origin + cfg.path, {
+        method: 'GET',
+        dispatcher: this.agent,
+        headers: { host: cfg.host ?? h.hostHeader, 'user-agent': 'turnpike-healthcheck' },
+        headersTimeout: cfg.timeout,
+        bodyTimeout: cfg.timeout,
+        signal: AbortSignal.timeout(cfg.timeout),
+      });
+      await res.body.dump({ limit: 64 * 1024 }).catch(() => {});
+      ok = cfg.statuses ? cfg.statuses.has(res.statusCode) : res.statusCode >= 200 && res.statusCode < 400;
+    } catch {
+      ok = false;
+    }
+    h.probing = false;
+    if (this.targets.get(h.key) !== h || h.active !== cfg) {
+      if (this.targets.get(h.key) === h && h.active) this.scheduleProbe(h, h.active.interval);
+      return;
+    }
+    if (ok) {
+      h.probeFail = 0;
+      if (++h.probeOk >= cfg.healthy && (h.activeDown || h.ejected)) {
+        h.activeDown = false;
+        // A target the probes see healthy again is also readmitted from a passive ejection.
+        if (h.ejected) this.readmit(h);
+        else this.update(h);
+      }
+    } else {
+      h.probeOk = 0;
+      if (++h.probeFail >= cfg.unhealthy && !h.activeDown) {
+        h.activeDown = true;
+        this.update(h);
+      }
+    }
+    this.scheduleProbe(h, cfg.interval);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const h of this.targets.values()) {
+      clearTimeout(h.probeTimer);
+      clearTimeout(h.ejectTimer);
+    }
+    for (const c of this.circuits.values()) clearTimeout(c.timer);
+    await this.agent.close().catch(() => {});
+  }
+}
