@@ -1,6 +1,7 @@
 /** Test helpers: in-process gateways, loopback upstreams, raw-socket clients and origins. */
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, connect, type Server as NetServer, type Socket, type AddressInfo } from 'node:net';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
 
@@ -177,3 +178,37 @@ export async function freePort(): Promise<number> {
   await new Promise((r) => s.close(r));
   return port;
 }
+
+/** The CLI as users run it: bin/turnpike.js (the built copy, `npm run build`). stdout and stderr are collected together. */
+export interface Running {
+  child: ChildProcess;
+  stderr: () => string;
+  exit: Promise<number | null>;
+}
+
+export function startCli(args: string[], env: NodeJS.ProcessEnv): Running {
+  const child = spawn(process.execPath, ['bin/turnpike.js', ...args], {
+    env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  child.stdout!.on('data', (d) => (err += d));
+  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  return { child, stderr: () => err, exit };
+}
+
+export async function waitFor(url: string, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      const r = await request(url);
+      if (r.status === 200) return;
+    } catch {
+      /* not up yet */
+    }
+    if (Date.now() > end) throw new Error(`${url} did not come up`);
+    await sleep(50);
+  }
+}
+

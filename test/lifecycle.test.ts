@@ -1,43 +1,10 @@
 /** The CLI as users run it (bin/turnpike.js, built by `npm ci`): quickstart, /status, SIGHUP, SIGTERM drain. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, request, sleep } from './helpers.js';
-
-interface Running {
-  child: ChildProcess;
-  stderr: () => string;
-  exit: Promise<number | null>;
-}
-
-function startCli(args: string[], env: NodeJS.ProcessEnv): Running {
-  const child = spawn(process.execPath, ['bin/turnpike.js', ...args], {
-    env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  child.stdout!.on('data', (d) => (err += d));
-  const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  return { child, stderr: () => err, exit };
-}
-
-async function waitFor(url: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      const r = await request(url);
-      if (r.status === 200) return;
-    } catch {
-      /* not up yet */
-    }
-    if (Date.now() > end) throw new Error(`${url} did not come up`);
-    await sleep(50);
-  }
-}
+import { freePort, request, sleep, startCli, waitFor } from './helpers.js';
 
 test('quickstart: gateway and demo upstream from one command; /status; SIGTERM drains in-flight and exits 0', async () => {
   const [p, a, d] = [await freePort(), await freePort(), await freePort()];

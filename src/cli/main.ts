@@ -1,6 +1,10 @@
 /** `turnpike start|validate --config FILE` (see docs and the config contract). */
 import { parseArgs } from 'node:util';
-import { loadConfigFile } from '../config/load.js';
+import cluster from 'node:cluster';
+import { availableParallelism } from 'node:os';
+import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
+import { watchConfig } from '../config/watch.js';
+import { startPrimary, runWorker } from '../server/cluster.js';
 import { compile } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
 import { PoolRegistry } from '../upstream/pools.js';
@@ -15,7 +19,9 @@ Usage:
   turnpike validate --config FILE   check a config file (exit 0 when valid, 1 with errors)
   turnpike --version
 
-SIGTERM/SIGINT drain in-flight requests and exit 0; SIGHUP reloads the config file.
+SIGTERM/SIGINT drain in-flight requests and exit 0. The config file is reloaded when it
+changes (unless watch: false) and on SIGHUP; an invalid one is logged and the running config
+stays. With workers > 1, SIGUSR2 restarts the workers one at a time.
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -72,19 +78,49 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   const log = createLogger();
-  let gw: Gateway;
+  if (cluster.isWorker && process.env.TURNPIKE_WORKER === '1') return runWorker(log.child({ worker: cluster.worker!.id }));
+
+  let loaded: LoadedConfig;
   try {
-    gw = await Gateway.start(loadConfigFile(file), { logger: log });
+    loaded = loadConfigFile(file);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n`);
+    return 1;
+  }
+  const w = loaded.config.workers;
+  const workers = w === 'auto' ? availableParallelism() : w ?? 1;
+
+  // One object for both modes: the single-process gateway, or the primary supervising workers.
+  let running: { reload(l: LoadedConfig): void; stop(): Promise<void>; rollingRestart?(): Promise<void> };
+  let banner: string;
+  try {
+    if (workers > 1) {
+      const sup = await startPrimary(loaded, log);
+      running = sup;
+      banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
+    } else {
+      const gw = await Gateway.start(loaded, { logger: log });
+      running = { reload: (l) => void gw.reload(l), stop: () => gw.stop() };
+      banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
+    }
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`${err.message}\n`);
     else process.stderr.write(`turnpike: cannot start: ${(err as Error).message}\n`);
     return 1;
   }
-  process.stderr.write(
-    `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` +
-      (gw.adminAddress ? `, admin on http://${fmt(gw.adminAddress)}` : '') +
-      (gw.demoAddress ? `, demo upstream on http://${fmt(gw.demoAddress)}` : '') + '\n',
-  );
+  process.stderr.write(banner + '\n');
+
+  const reloadFrom = (why: string, text?: string) => {
+    try {
+      running.reload(text === undefined ? loadConfigFile(file) : parseConfigText(text, { file }));
+      log.info({ trigger: why }, 'reload applied');
+    } catch (err) {
+      log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
+    }
+  };
+  const watcher = loaded.config.watch === false ? null : watchConfig(file, loaded.text, (text) => reloadFrom('file change', text), {
+    onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
+  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -95,22 +131,27 @@ export async function main(argv: string[]): Promise<number> {
         return;
       }
       stopping = true;
+      watcher?.close();
       log.info({ signal }, 'draining');
-      gw.stop().then(() => resolve(0), (err) => {
+      running.stop().then(() => resolve(0), (err) => {
         log.error({ err }, 'shutdown failed');
         resolve(1);
       });
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => {
-      try {
-        gw.reload(loadConfigFile(file));
-      } catch (err) {
-        log.error({ err: err instanceof ConfigError ? err.issues : String(err) }, 'reload rejected; the running config stays');
-      }
+    process.on('SIGHUP', () => reloadFrom('SIGHUP'));
+    process.on('SIGUSR2', () => {
+      if (!running.rollingRestart) return log.info('SIGUSR2: rolling restart needs workers > 1');
+      log.info('SIGUSR2: rolling restart of the workers');
+      running.rollingRestart().then(() => log.info('rolling restart done'), (err) => log.error({ err: String(err) }, 'rolling restart failed'));
     });
   });
+}
+
+function extras(gw: Gateway): string {
+  return (gw.adminAddress ? `, admin on http://${fmt(gw.adminAddress)}` : '') +
+    (gw.demoAddress ? `, demo upstream on http://${fmt(gw.demoAddress)}` : '');
 }
 
 function fmt(a: { address: string; port: number; family: string }): string {

@@ -197,6 +197,9 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     });
   checkPlugins(cfg.plugins, ['plugins']);
 
+  const workers = cfg.workers === 'auto' ? Math.max(1, deps.cores ?? 1) : cfg.workers ?? 1;
+  // Bulkheads and the retry budget's floor are per process: each worker gets its share.
+  const share = (n: number) => Math.ceil(n / workers);
   const acquired: Pool[] = [];
   const state = deps.state ?? new RuntimeState();
   const reporter = deps.reporter ?? NO_REPORTER;
@@ -283,7 +286,7 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
     const cb = s.circuit_breaker;
     let bulkhead: CompiledService['bulkhead'] = null;
     if (cb?.max_concurrent !== undefined) {
-      bulkhead = { maxConcurrent: cb.max_concurrent, maxPending: cb.max_pending ?? 0, maxWait: parseDuration(cb.max_wait ?? '1s') };
+      bulkhead = { maxConcurrent: share(cb.max_concurrent), maxPending: share(cb.max_pending ?? 0), maxWait: parseDuration(cb.max_wait ?? '1s') };
     } else if (cb?.max_pending !== undefined || cb?.max_wait !== undefined) fail([...sp, 'circuit_breaker'], 'max_pending and max_wait need max_concurrent');
     let circuit: CircuitConfig | null = null;
     if (cb && (cb.failure_ratio !== undefined || cb.min_requests !== undefined || cb.open_for !== undefined || cb.window !== undefined || cb.half_open_requests !== undefined)) {
@@ -311,7 +314,7 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
         reset: retryOnList.includes('reset'),
         statuses: new Set(retryOnList.filter((x): x is number => typeof x === 'number')),
       },
-      budget: { ratio: s.retry_budget?.ratio ?? 0.2, minPerSecond: s.retry_budget?.min_per_second ?? 1 },
+      budget: { ratio: s.retry_budget?.ratio ?? 0.2, minPerSecond: (s.retry_budget?.min_per_second ?? 1) / workers },
       bulkhead,
       circuit,
       health: { active, passive },
@@ -362,8 +365,6 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
 
   let demo: Address | null = null;
   if (cfg.demo) demo = parseAddress(cfg.demo.listen);
-
-  const workers = cfg.workers === 'auto' ? Math.max(1, deps.cores ?? 1) : cfg.workers ?? 1;
 
   if (issues.length) {
     release();

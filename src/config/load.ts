@@ -14,6 +14,8 @@ const validator = TypeCompiler.Compile(TurnpikeConfig);
 export interface LoadedConfig {
   config: TurnpikeConfigInput;
   file: string | undefined;
+  /** The text it was parsed from (workers parse the same text). */
+  text: string;
   /** 1-based line of the node at `path` (or of its closest existing ancestor). */
   lineOf(path: readonly PathSegment[]): number | undefined;
   /** Builds a ConfigError whose issues carry lines. */
@@ -155,7 +157,7 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
   }
   const issues = schemaIssues(config);
   if (issues.length) throw mkError(issues);
-  return { config: config as TurnpikeConfigInput, file: opts.file, lineOf, error: mkError };
+  return { config: config as TurnpikeConfigInput, file: opts.file, text, lineOf, error: mkError };
 }
 
 export function loadConfigFile(file: string, env?: NodeJS.ProcessEnv): LoadedConfig {

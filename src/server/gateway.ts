@@ -4,13 +4,13 @@
  * a request keeps the snapshot it started with. stop() drains in-flight requests (bounded).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { Server as NetServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { compile, type Address, type Snapshot } from '../config/compile.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
-import { HealthAuthority, type Reporter } from '../upstream/authority.js';
+import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
 import type { ForwardHandler } from '../upstream/forward.js';
 import { handleRequest, closingSockets, type RequestContext } from './request.js';
 import { createAdminHandler } from './admin.js';
@@ -21,10 +21,16 @@ import { silentLogger, type Logger } from '../core/log.js';
 export interface GatewayOptions {
   logger?: Logger;
   /**
-   * Worker mode (src/server/cluster.ts): health and circuits are decided elsewhere and
-   * reported there; only the proxy listener runs here.
+   * single: everything in this process. primary (src/server/cluster.ts): admin, demo upstream
+   * and the health authority, no proxy listener. worker: the proxy listener only; health and
+   * circuits are decided by the primary (`reporter` sends it what this worker sees).
    */
-  worker?: { reporter: Reporter };
+  role?: 'single' | 'primary' | 'worker';
+  reporter?: Reporter;
+  /** Every health/circuit decision (primary: broadcast to workers). */
+  onDecision?: (d: Decision) => void;
+  /** Worker processes, for the admin view (primary). */
+  workers?: () => { pid: number | undefined; state: string }[];
 }
 
 function listen(server: Server, addr: Address): Promise<AddressInfo> {
@@ -39,6 +45,12 @@ function listen(server: Server, addr: Address): Promise<AddressInfo> {
 }
 
 const kPending = Symbol('turnpike.pendingResponses');
+/** Per connection: when it was accepted, requests in progress, whether it served one. */
+interface ConnState { at: number; active: number; served: boolean }
+const kConn = Symbol('turnpike.conn');
+type TrackedSocket = Socket & { [kConn]?: ConnState };
+/** How long a new connection may take to send its first request once draining began. */
+const FIRST_REQUEST_GRACE_MS = 1000;
 
 /**
  * Node emits pipelined requests at once but queues their responses; when the client goes away
@@ -71,12 +83,14 @@ export class Gateway implements RequestContext {
   ready = false;
   readonly startedAt = Date.now();
   private inflight = 0;
+  private readonly connections = new Set<TrackedSocket>();
   private readonly pools: PoolRegistry;
   readonly runtime: RuntimeState;
   /** Local health authority (null in a worker: the primary holds it). */
   readonly health: HealthAuthority | null;
   private readonly reporter: Reporter;
-  private readonly isWorker: boolean;
+  readonly role: 'single' | 'primary' | 'worker';
+  readonly workers: GatewayOptions['workers'];
   private readonly log: Logger;
   private proxy: Server | null = null;
   private admin: Server | null = null;
@@ -89,12 +103,18 @@ export class Gateway implements RequestContext {
     this.log = opts.logger ?? silentLogger;
     this.pools = new PoolRegistry();
     this.runtime = new RuntimeState();
-    this.isWorker = opts.worker !== undefined;
-    if (opts.worker) {
+    this.role = opts.role ?? 'single';
+    this.workers = opts.workers;
+    if (this.role === 'worker') {
+      if (!opts.reporter) throw new Error('a worker needs a reporter');
       this.health = null;
-      this.reporter = opts.worker.reporter;
+      this.reporter = opts.reporter;
     } else {
-      const health = new HealthAuthority((d) => applyDecision(this.runtime, d), this.log);
+      const onDecision = opts.onDecision;
+      const health = new HealthAuthority((d) => {
+        applyDecision(this.runtime, d);
+        onDecision?.(d);
+      }, this.log);
       this.health = health;
       this.reporter = health;
     }
@@ -120,15 +140,19 @@ export class Gateway implements RequestContext {
 
   private async listenAll(): Promise<void> {
     const snap = this.snapshot;
-    if (snap.admin && !this.isWorker) {
+    if (snap.admin && this.role !== 'worker') {
       this.admin = createServer(createAdminHandler(this));
       this.adminAddress = await listen(this.admin, snap.admin.listen);
       this.log.info({ address: this.adminAddress }, 'admin listener up');
     }
-    if (snap.demo && !this.isWorker) {
+    if (snap.demo && this.role !== 'worker') {
       this.demo = createEchoServer();
       this.demoAddress = await listen(this.demo, snap.demo);
       this.log.info({ address: this.demoAddress }, 'demo upstream up');
+    }
+    if (this.role === 'primary') {
+      this.ready = true;
+      return;
     }
     this.proxy = this.createProxyServer(snap);
     this.proxyAddress = await listen(this.proxy, snap.listen);
@@ -154,6 +178,11 @@ export class Gateway implements RequestContext {
       // A request pipelined behind one answered with Connection: close is never forwarded.
       if (closingSockets.has(req.socket)) return;
       this.inflight++;
+      const conn = (req.socket as TrackedSocket)[kConn];
+      if (conn) {
+        conn.active++;
+        conn.served = true;
+      }
       const pending = res.socket ? null : trackPending(req.socket, res);
       let handler: ForwardHandler | undefined;
       let closed = false;
@@ -162,6 +191,7 @@ export class Gateway implements RequestContext {
         if (closed) return;
         closed = true;
         this.inflight--;
+        if (conn) conn.active--;
         pending?.delete(res);
         handler?.clientClosed();
       });
@@ -172,6 +202,11 @@ export class Gateway implements RequestContext {
         sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
       }
     };
+    server.on('connection', (socket: TrackedSocket) => {
+      socket[kConn] = { at: Date.now(), active: 0, served: false };
+      this.connections.add(socket);
+      socket.once('close', () => this.connections.delete(socket));
+    });
     server.on('request', (req, res) => onRequest(req, res, false));
     server.on('checkContinue', (req, res) => onRequest(req, res, true));
     server.on('connect', (_req, socket: Socket) => {
@@ -222,6 +257,12 @@ export class Gateway implements RequestContext {
   reload(loaded: LoadedConfig): Snapshot {
     const next = this.compile(loaded);
     const prev = this.snapshot;
+    if (next.hash === prev.hash) {
+      // Same effective config: keep the running snapshot (and its revision).
+      next.dispose();
+      this.log.info({ revision: this.revision, hash: prev.hash }, 'config unchanged');
+      return prev;
+    }
     for (const [what, a, b] of [
       ['listen', prev.listen, next.listen],
       ['admin.listen', prev.admin?.listen, next.admin?.listen],
@@ -251,21 +292,42 @@ export class Gateway implements RequestContext {
     return this.inflight;
   }
 
+  /**
+   * Idle connections during a drain: a keep-alive connection between requests is closed; one
+   * that was accepted but has not sent its first request yet gets a short grace (its request
+   * is usually already on the wire; Node's closeIdleConnections() would cut it). Returns
+   * whether connections in their grace remain.
+   */
+  private closeIdle(now: number): boolean {
+    let waiting = false;
+    for (const s of this.connections) {
+      const c = s[kConn]!;
+      if (c.active > 0) continue;
+      if (c.served || now - c.at >= FIRST_REQUEST_GRACE_MS) s.destroy();
+      else waiting = true;
+    }
+    return waiting;
+  }
+
   /** Stops accepting, lets in-flight requests finish (at most timeouts.drain), then closes everything. */
   async stop(): Promise<void> {
     if (this.draining) return;
     this.draining = true;
     this.ready = false;
     const deadline = Date.now() + this.snapshot.timeouts.drain;
-    const proxyClosed = closeServer(this.proxy);
-    this.proxy?.closeIdleConnections();
-    while (this.inflight > 0 && Date.now() < deadline) {
+    // net.Server's close, not http.Server's: the latter also cuts connections whose first
+    // request has not been parsed yet (closeIdleConnections), losing requests already sent.
+    const proxy = this.proxy;
+    const proxyClosed = proxy && proxy.listening
+      ? new Promise<void>((r) => NetServer.prototype.close.call(proxy, () => r()))
+      : Promise.resolve();
+    while ((this.closeIdle(Date.now()) || this.inflight > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
-      this.proxy?.closeIdleConnections();
     }
-    if (this.inflight > 0) this.log.warn({ inflight: this.inflight }, 'drain timeout: closing remaining connections');
     this.proxy?.closeAllConnections();
     await proxyClosed;
+    // Now http.Server's own close: stops its connection-checking timer.
+    this.proxy?.close(() => {});
     this.admin?.closeAllConnections();
     this.demo?.closeAllConnections();
     await Promise.all([closeServer(this.admin), closeServer(this.demo)]);

@@ -4,7 +4,7 @@
  * problem+json before the response starts and to a cut connection after it started.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Dispatcher } from 'undici';
+import { errors, type Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
 import { sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Target } from '../config/compile.js';
@@ -62,6 +62,14 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private tried: Target[] | null = null;
   private attemptStart = 0;
   private deadline = 0;
+  /**
+   * The attempt's response timeout (min of timeouts.response and what is left of the deadline)
+   * on a native timer: undici's headersTimeout runs on its coarse "fast timers" (~0.5 s ticks),
+   * which would let a 300 ms timeout fire anywhere up to ~1 s and overrun the total deadline.
+   */
+  private responseTimer: NodeJS.Timeout | undefined;
+  /** The response timeout fired before undici handed us the attempt's abort function. */
+  private timedOut: Error | null = null;
   /** Holds a bulkhead slot / is a half-open trial. */
   private slot = false;
   private trial = false;
@@ -158,21 +166,36 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     // The last pair of f.headers is reserved for Host, which depends on the target.
     const headers = f.headers;
     headers[headers.length - 1] = f.preservedHost ?? t.hostHeader;
+    const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
+    this.timedOut = null;
+    clearTimeout(this.responseTimer);
+    this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
     t.pool.dispatch(
       {
         path: t.basePath === '' ? f.path : joinBase(t.basePath, f.path),
         method: f.method,
         headers,
         body: f.hasBody ? f.req : null,
-        headersTimeout: Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now)),
+        // A backstop only: the native timer above fires first.
+        headersTimeout: timeout,
         bodyTimeout: f.service.timeouts.read,
       },
       this,
     );
   }
 
+  /** No response headers within the attempt's timeout: fail the attempt as undici's headers timeout would. */
+  private responseTimeout(): void {
+    this.responseTimer = undefined;
+    if (this.finished || this.target === null) return;
+    const err = new errors.HeadersTimeoutError();
+    if (this.abortFn !== null) this.abortFn(err);
+    else this.timedOut = err; // still connecting: aborted in onConnect
+  }
+
   /** Ends the current attempt before any response: passive health and latency penalty for its target. */
   private endAttempt(ok: boolean): void {
+    clearTimeout(this.responseTimer);
     const t = this.target;
     if (t === null) return;
     this.target = null;
@@ -187,6 +210,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private release(): void {
     if (this.released) return;
     this.released = true;
+    clearTimeout(this.responseTimer);
     this.unqueue();
     const svc = this.f.service;
     if (this.target !== null) {
@@ -226,6 +250,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onConnect(abort: (err?: Error) => void): void {
     if (this.finished) abort(new Error('client closed the connection'));
+    else if (this.timedOut !== null) abort(this.timedOut);
     else this.abortFn = abort;
   }
 
@@ -249,6 +274,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
       } else if (statusCode === 102) res.writeProcessing();
       return true;
     }
+    clearTimeout(this.responseTimer);
     const svc = this.f.service;
     const t = this.target;
     if (t !== null) {

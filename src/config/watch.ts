@@ -1,0 +1,79 @@
+/**
+ * Watches a config file for changes (debounced). The directory is watched, not the file:
+ * editors save by renaming a new file over the old one, and Kubernetes ConfigMaps swap a
+ * symlink, both of which a watch on the old inode misses. Every event re-reads the file and
+ * only a changed content triggers a reload. A slow poll (fs.watchFile) backs up filesystems
+ * where inotify says nothing (network mounts, some container volumes).
+ */
+import { watch, watchFile, unwatchFile, readFile, type FSWatcher } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
+
+export interface ConfigWatcher {
+  close(): void;
+}
+
+export function watchConfig(
+  file: string,
+  initialText: string,
+  onChange: (text: string) => void,
+  opts: { debounceMs?: number; pollMs?: number; onError?: (err: Error) => void } = {},
+): ConfigWatcher {
+  const path = resolve(file);
+  const debounce = opts.debounceMs ?? 250;
+  const digest = (t: string) => createHash('sha256').update(t).digest('hex');
+  let last = digest(initialText);
+  let timer: NodeJS.Timeout | undefined;
+  let closed = false;
+  let reading = false;
+  let again = false;
+
+  const check = () => {
+    if (closed) return;
+    if (reading) {
+      again = true;
+      return;
+    }
+    reading = true;
+    readFile(path, 'utf8', (err, text) => {
+      reading = false;
+      if (closed) return;
+      // A file briefly missing (mid-rename) is not a change; the next event will come.
+      if (!err) {
+        const d = digest(text);
+        if (d !== last) {
+          last = d;
+          onChange(text);
+        }
+      }
+      if (again) {
+        again = false;
+        schedule();
+      }
+    });
+  };
+  const schedule = () => {
+    clearTimeout(timer);
+    timer = setTimeout(check, debounce);
+    timer.unref();
+  };
+
+  let watcher: FSWatcher | null = null;
+  try {
+    watcher = watch(dirname(path), { persistent: false }, schedule);
+    watcher.on('error', (err) => opts.onError?.(err));
+  } catch (err) {
+    opts.onError?.(err as Error);
+  }
+  const pollMs = opts.pollMs ?? 2000;
+  watchFile(path, { persistent: false, interval: pollMs }, schedule);
+
+  return {
+    close() {
+      closed = true;
+      clearTimeout(timer);
+      watcher?.close();
+      unwatchFile(path, schedule);
+    },
+  };
+}

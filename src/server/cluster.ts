@@ -1,0 +1,270 @@
+/**
+ * `workers: N` (N > 1): a primary process and N workers (node:cluster).
+ *
+ * - The primary owns the listening socket (node:cluster shares it with the workers), the admin
+ *   listener, the demo upstream, the config file (watch, SIGHUP) and the health authority:
+ *   active probes run only here; workers report passive failures and circuit outcomes over IPC
+ *   and every decision (target down/up, circuit open/half-open/closed) is broadcast to all
+ *   workers, so they never disagree for longer than one IPC hop.
+ * - A new config is parsed and compiled by the primary first; only a valid one is sent to the
+ *   workers, which compile the same text and swap snapshots.
+ * - A worker that dies is replaced; the listener stays open in the primary meanwhile, and the
+ *   other workers keep serving. SIGUSR2 restarts the workers one by one (each new worker is
+ *   listening before the old one drains). SIGTERM/SIGINT drain every worker, then exit 0.
+ * - Per-worker limits: a bulkhead's max_concurrent / max_pending and the retry budget's
+ *   min_per_second are divided between the workers (rounded up), see compile.ts.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { parseConfigText, type LoadedConfig } from '../config/load.js';
+import { ConfigError } from '../config/errors.js';
+import { Gateway } from './gateway.js';
+import { applyDecision } from '../upstream/state.js';
+import type { Decision, Reporter } from '../upstream/authority.js';
+import type { Logger } from '../core/log.js';
+
+type ToWorker =
+  | { tp: 'config'; text: string; file: string | undefined; decisions: Decision[] }
+  | { tp: 'reload'; text: string }
+  | { tp: 'decisions'; decisions: Decision[] }
+  | { tp: 'stop' };
+
+type ToPrimary =
+  | { tp: 'hello' }
+  | { tp: 'listening'; address: { address: string; port: number; family: string } }
+  | { tp: 'reloaded' }
+  | { tp: 'reload-failed'; error: string }
+  | { tp: 'passive'; key: string; ok: boolean }
+  | { tp: 'outcomes'; service: string; ok: number; fail: number };
+
+const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !== null && typeof (m as { tp?: unknown }).tp === 'string';
+
+export interface Supervisor {
+  gw: Gateway;
+  proxyAddress: { address: string; port: number; family: string };
+  reload(loaded: LoadedConfig): void;
+  rollingRestart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+interface WorkerInfo {
+  worker: Worker;
+  startedAt: number;
+  listening: boolean;
+  retiring: boolean;
+  onListening: (() => void)[];
+}
+
+/** Starts the primary: admin/demo/health here, `count` proxy workers. Resolves when all workers listen. */
+export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<Supervisor> {
+  const infos = new Map<number, WorkerInfo>();
+  const broadcast = (m: ToWorker) => {
+    for (const i of infos.values()) if (i.worker.isConnected()) i.worker.send(m);
+  };
+  let current = loaded;
+  let stopping = false;
+  let crashDelay = 0;
+  let address: Supervisor['proxyAddress'] | null = null;
+
+  const gw = await Gateway.start(loaded, {
+    logger: log,
+    role: 'primary',
+    onDecision: (d) => broadcast({ tp: 'decisions', decisions: [d] }),
+    workers: () => [...infos.values()].map((i) => ({ pid: i.worker.process.pid, state: i.retiring ? 'retiring' : i.listening ? 'listening' : 'starting' })),
+  });
+  const health = gw.health!;
+
+  const fork = (): WorkerInfo => {
+    const worker = cluster.fork({ TURNPIKE_WORKER: '1' });
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [] };
+    infos.set(worker.id, info);
+    worker.on('message', (m: unknown) => {
+      if (!isMsg(m)) return;
+      const msg = m as ToPrimary;
+      switch (msg.tp) {
+        case 'hello':
+          worker.send({ tp: 'config', text: current.text, file: current.file, decisions: health.decisions() } satisfies ToWorker);
+          break;
+        case 'listening':
+          info.listening = true;
+          address ??= msg.address;
+          for (const f of info.onListening.splice(0)) f();
+          break;
+        case 'reloaded':
+          // Decisions made while it compiled may name targets it did not know yet.
+          worker.send({ tp: 'decisions', decisions: health.decisions() } satisfies ToWorker);
+          break;
+        case 'reload-failed':
+          log.error({ worker: worker.process.pid, error: msg.error }, 'a worker rejected a config the primary accepted');
+          break;
+        case 'passive':
+          health.passive(msg.key, msg.ok);
+          break;
+        case 'outcomes':
+          health.outcomes(msg.service, msg.ok, msg.fail);
+          break;
+      }
+    });
+    worker.on('error', (err) => log.warn({ err, worker: worker.process.pid }, 'worker IPC error'));
+    return info;
+  };
+
+  const listening = (info: WorkerInfo) =>
+    new Promise<void>((resolve, reject) => {
+      if (info.listening) return resolve();
+      info.onListening.push(resolve);
+      info.worker.once('exit', (code) => reject(new Error(`worker exited with code ${code} before listening`)));
+    });
+
+  cluster.on('exit', (worker, code, signal) => {
+    const info = infos.get(worker.id);
+    infos.delete(worker.id);
+    if (stopping || !info || info.retiring) return;
+    log.error({ pid: worker.process.pid, code, signal }, 'worker died; starting a replacement');
+    // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
+    crashDelay = Date.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
+    setTimeout(() => {
+      if (!stopping && infos.size < gw.snapshot.workers) fork();
+    }, crashDelay).unref();
+  });
+
+  const retire = (info: WorkerInfo) =>
+    new Promise<void>((resolve) => {
+      info.retiring = true;
+      if (info.worker.isDead()) return resolve();
+      info.worker.once('exit', () => resolve());
+      if (info.worker.isConnected()) info.worker.send({ tp: 'stop' } satisfies ToWorker);
+      else info.worker.process.kill('SIGTERM');
+      // Drain is bounded in the worker; this is a safety net.
+      setTimeout(() => info.worker.process.kill('SIGKILL'), gw.snapshot.timeouts.drain + 5_000).unref();
+    });
+
+  const scaleTo = async (n: number) => {
+    const live = [...infos.values()].filter((i) => !i.retiring);
+    for (let k = live.length; k < n; k++) fork();
+    for (const info of live.slice(n)) void retire(info);
+  };
+
+  try {
+    const first = Array.from({ length: gw.snapshot.workers }, () => fork());
+    await Promise.all(first.map(listening));
+  } catch (err) {
+    stopping = true;
+    for (const i of infos.values()) i.worker.process.kill('SIGKILL');
+    await gw.stop();
+    throw err;
+  }
+
+  return {
+    gw,
+    proxyAddress: address!,
+    reload(next: LoadedConfig) {
+      const before = gw.snapshot;
+      // Throws ConfigError: then nothing is sent to the workers.
+      if (gw.reload(next) === before) return;
+      current = next;
+      broadcast({ tp: 'reload', text: next.text });
+      if (gw.snapshot.workers !== before.workers) {
+        log.info({ from: before.workers, to: gw.snapshot.workers }, 'worker count changed');
+        void scaleTo(gw.snapshot.workers);
+      }
+    },
+    async rollingRestart() {
+      for (const old of [...infos.values()].filter((i) => !i.retiring)) {
+        const fresh = fork();
+        await listening(fresh);
+        await retire(old);
+      }
+    },
+    async stop() {
+      stopping = true;
+      await Promise.all([...infos.values()].map(retire));
+      await gw.stop();
+    },
+  };
+}
+
+/** Sends what this worker sees to the primary: passive failures at once, circuit outcomes batched. */
+class IpcReporter implements Reporter {
+  /** Targets this worker reported a failure for: their next success is reported too. */
+  private readonly failing = new Set<string>();
+  private readonly counts = new Map<string, { ok: number; fail: number }>();
+  private timer: NodeJS.Timeout | undefined;
+
+  passive(key: string, ok: boolean): void {
+    if (ok) {
+      if (!this.failing.delete(key)) return;
+    } else this.failing.add(key);
+    send({ tp: 'passive', key, ok });
+  }
+
+  outcome(service: string, ok: boolean): void {
+    let c = this.counts.get(service);
+    if (!c) this.counts.set(service, (c = { ok: 0, fail: 0 }));
+    if (ok) c.ok++;
+    else c.fail++;
+    this.timer ??= setTimeout(() => this.flush(), 50).unref();
+  }
+
+  flush(): void {
+    this.timer = undefined;
+    for (const [service, c] of this.counts) send({ tp: 'outcomes', service, ok: c.ok, fail: c.fail });
+    this.counts.clear();
+  }
+}
+
+function send(m: ToPrimary): void {
+  if (process.connected) process.send!(m);
+}
+
+/** A worker: waits for its config from the primary, serves the proxy listener, follows the primary's decisions. */
+export async function runWorker(log: Logger): Promise<number> {
+  const config = await new Promise<Extract<ToWorker, { tp: 'config' }>>((resolve) => {
+    const onMsg = (m: unknown) => {
+      if (isMsg(m) && m.tp === 'config') {
+        process.off('message', onMsg);
+        resolve(m as Extract<ToWorker, { tp: 'config' }>);
+      }
+    };
+    process.on('message', onMsg);
+    send({ tp: 'hello' });
+  });
+  const reporter = new IpcReporter();
+  let gw: Gateway;
+  try {
+    gw = await Gateway.start(parseConfigText(config.text, { file: config.file }), { logger: log, role: 'worker', reporter });
+  } catch (err) {
+    log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'worker cannot start');
+    return 1;
+  }
+  for (const d of config.decisions) applyDecision(gw.runtime, d);
+  const a = gw.proxyAddress!;
+  send({ tp: 'listening', address: { address: a.address, port: a.port, family: a.family } });
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = () => {
+      if (stopping) return;
+      stopping = true;
+      reporter.flush();
+      gw.stop().then(() => resolve(0), () => resolve(1));
+    };
+    process.on('message', (m: unknown) => {
+      if (!isMsg(m)) return;
+      const msg = m as ToWorker;
+      if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
+      else if (msg.tp === 'reload') {
+        try {
+          gw.reload(parseConfigText(msg.text, { file: config.file }));
+          send({ tp: 'reloaded' });
+        } catch (err) {
+          send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) });
+        }
+      } else if (msg.tp === 'stop') stop();
+    });
+    // The primary is gone: nobody can hand us work or decisions any more.
+    process.on('disconnect', stop);
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+    process.on('SIGHUP', () => {}); // the primary reloads and tells us
+  });
+}

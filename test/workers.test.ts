@@ -1,0 +1,138 @@
+/** workers: N — one listener shared by N processes, one truth for health, replacement of dead workers, drains, rolling restarts. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, request, sleep, startCli, startUpstream, waitFor } from './helpers.js';
+
+const fresh = { connection: 'close' }; // a new connection per request: the cluster spreads them over the workers
+
+async function status(admin: number) {
+  return JSON.parse((await request(`http://127.0.0.1:${admin}/status`)).body) as { workers: { pid: number; state: string }[]; revision: number };
+}
+
+async function waitWorkers(admin: number, n: number, ms = 10_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      const s = await status(admin);
+      if (s.workers.filter((w) => w.state === 'listening').length === n && s.workers.length === n) return s;
+    } catch { /* starting */ }
+    if (Date.now() > end) throw new Error(`never saw ${n} listening workers`);
+    await sleep(50);
+  }
+}
+
+function config(dir: string, text: string): string {
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, text);
+  return file;
+}
+
+test('workers: 2 — both serve; a passive ejection seen by one worker applies to both', async () => {
+  const live = await startUpstream((_q, res) => res.end('live'));
+  const dead = await freePort();
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-workers-'));
+  const file = config(dir, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices:
+  - name: s
+    upstream:
+      targets: [{url: "http://127.0.0.1:${dead}"}, {url: ${live.url}}]
+      healthcheck: {passive: {failures: 1, ejection: 60s}}
+    routes: [{paths: [/]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    const s = await waitWorkers(a, 2);
+    assert.equal(new Set(s.workers.map((w) => w.pid)).size, 2);
+    const codes: number[] = [];
+    for (let i = 0; i < 40; i++) codes.push((await request(`http://127.0.0.1:${p}/x`, { headers: fresh })).status);
+    // One failure anywhere ejects the dead target everywhere: exactly one 502 in total
+    // (per-worker health would give one per worker).
+    assert.equal(codes.filter((c) => c === 502).length, 1, codes.join(','));
+    assert.equal(codes.filter((c) => c === 200).length, 39);
+    const health = JSON.parse((await request(`http://127.0.0.1:${a}/health`)).body);
+    assert.equal(health.targets[`s|http://127.0.0.1:${dead}`].down, true);
+    assert.equal(health.targets[`s|${live.url}`].down, false);
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await live.close();
+  }
+});
+
+test('a killed worker is replaced while the other keeps serving; SIGTERM drains every worker', async () => {
+  const up = await startUpstream((req, res) => {
+    const m = /^\/slow\/(\d+)/.exec(req.url!);
+    setTimeout(() => res.end('ok'), m ? Number(m[1]) : 0);
+  });
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-workers-'));
+  const file = config(dir, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    const before = await waitWorkers(a, 2);
+    const victim = before.workers[0]!.pid;
+    process.kill(victim, 'SIGKILL');
+    await sleep(50);
+    // The listener never went away: every request in the gap is served by the survivor.
+    for (let i = 0; i < 20; i++) assert.equal((await request(`http://127.0.0.1:${p}/x`, { headers: fresh })).status, 200);
+    const after = await waitWorkers(a, 2);
+    assert.ok(!after.workers.some((w) => w.pid === victim), 'the dead worker was replaced');
+    assert.match(run.stderr(), /worker died; starting a replacement/);
+
+    // In-flight requests on both workers finish during the drain.
+    const slow = Array.from({ length: 4 }, () => request(`http://127.0.0.1:${p}/slow/600`, { headers: fresh }));
+    await sleep(200);
+    run.child.kill('SIGTERM');
+    for (const r of await Promise.all(slow)) assert.equal(r.status, 200);
+    assert.equal(await run.exit, 0, run.stderr());
+    await assert.rejects(request(`http://127.0.0.1:${p}/x`));
+  } finally {
+    run.child.kill('SIGKILL');
+    await up.close();
+  }
+});
+
+test('SIGUSR2 rolling restart and config changes under load lose nothing', async () => {
+  const up = await startUpstream((_q, res) => setTimeout(() => res.end('ok'), 5));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-workers-'));
+  const cfg = (extra: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}${extra}]\n`;
+  const file = config(dir, cfg(''));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    const before = await waitWorkers(a, 2);
+    let stop = false;
+    const results: (number | string)[] = [];
+    const loop = async () => {
+      while (!stop) results.push(await request(`http://127.0.0.1:${p}/x`, { headers: fresh }).then((r) => r.status, (e: Error) => e.message));
+    };
+    const loops = [loop(), loop(), loop(), loop()];
+    await sleep(200);
+    run.child.kill('SIGUSR2');
+    // New workers up, old ones gone.
+    const end = Date.now() + 10_000;
+    for (;;) {
+      const s = await status(a);
+      if (s.workers.length === 2 && s.workers.every((w) => w.state === 'listening' && !before.workers.some((b) => b.pid === w.pid))) break;
+      assert.ok(Date.now() < end, 'rolling restart did not finish');
+      await sleep(50);
+    }
+    // A config change through the file watcher reaches every worker.
+    writeFileSync(file, cfg(', {paths: [/added]}'));
+    for (let i = 0; i < 100 && (await status(a)).revision !== 2; i++) await sleep(30);
+    assert.equal((await status(a)).revision, 2);
+    await sleep(200);
+    stop = true;
+    await Promise.all(loops);
+    const failed = results.filter((r) => r !== 200);
+    assert.ok(results.length > 100, `only ${results.length} requests`);
+    assert.deepEqual(failed, [], `${failed.length} of ${results.length} failed`);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+    await up.close();
+  }
+});
