@@ -17,6 +17,8 @@ const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED
 const RETRY = new Error('retrying on another target');
 /** Latency charged to a target whose attempt failed, so the latency balancer moves away from it. */
 const FAILURE_PENALTY_MS = 5_000;
+/** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
+const PRECISE_TIMEOUT_BELOW_MS = 10_000;
 
 export interface ForwardRequest {
   req: IncomingMessage;
@@ -169,14 +171,15 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
     this.timedOut = null;
     clearTimeout(this.responseTimer);
-    this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
+    // Long timeouts (the 60 s default) can live with undici's coarseness: no timer per request.
+    if (timeout < PRECISE_TIMEOUT_BELOW_MS) this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
     t.pool.dispatch(
       {
         path: t.basePath === '' ? f.path : joinBase(t.basePath, f.path),
         method: f.method,
         headers,
         body: f.hasBody ? f.req : null,
-        // A backstop only: the native timer above fires first.
+        // Below PRECISE_TIMEOUT_BELOW_MS a backstop only: the native timer above fires first.
         headersTimeout: timeout,
         bodyTimeout: f.service.timeouts.read,
       },

@@ -1,0 +1,437 @@
+/**
+ * Resilience: passive and active health, retries (what, where, how many: retry_on, the
+ * non-idempotent rule, the budget, the deadline), the circuit breaker and the bulkhead, and
+ * isolation of a slow service from a fast one.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Agent, createServer, request as httpRequest, type ClientRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { countRequests, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
+
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/** One GET over a keep-alive agent: status and body, or status 0 and the error for a transport failure. */
+function get(url: string, agent: Agent): Promise<{ status: number; body: string }> {
+  return new Promise((resolve) => {
+    const req = httpRequest(url, { agent }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks).toString() }));
+      res.on('error', (e) => resolve({ status: 0, body: String(e) }));
+    });
+    req.on('error', (e) => resolve({ status: 0, body: String(e) }));
+    req.end();
+  });
+}
+
+function assertProblem(r: SimpleResponse, status: number, code: string): Record<string, unknown> {
+  assert.equal(r.status, status, r.body);
+  assert.match(String(r.headers['content-type']), /^application\/problem\+json/);
+  const p = JSON.parse(r.body) as Record<string, unknown>;
+  assert.equal(p.type, `urn:turnpike:problem:${code}`);
+  assert.equal(p.status, status);
+  return p;
+}
+
+/** Answers with its name after 2 ms, so that a kill finds requests in flight (they see a reset). */
+const nameHandler = (name: string) => (req: IncomingMessage, res: ServerResponse) => {
+  if (req.url === '/healthz') return void res.writeHead(200).end();
+  setTimeout(() => res.end(name), 2);
+};
+
+/**
+ * Three targets under 4 parallel request loops; one is killed (listener closed, connections
+ * cut) at ~0.5 s; the load runs 1.3 s more (to ~1.8 s). Passive checks eject the dead target
+ * for 500 ms, readmit it (~+0.5 s), eject it again for 1 s (doubled, = max_ejection), which
+ * outlasts the load. Returns the failures the client saw (`at`: ms after the kill).
+ */
+async function killUnderLoad(retries: number, restart: boolean) {
+  const CONCURRENCY = 4;
+  const ups = await Promise.all(['a', 'b', 'c'].map((n) => startUpstream(nameHandler(n))));
+  const victim = ups[2]!;
+  const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY });
+  const g = await startGateway(
+    `services:\n  - name: s\n    upstream:\n      targets: [${ups.map((u) => `{url: ${u.url}}`).join(', ')}]\n` +
+    `      healthcheck:\n        passive: {failures: 3, ejection: 500ms, max_ejection: 1s}\n` +
+    `    retries: ${retries}\n    retry_on: [connect-error, reset, 502, 503]\n    routes: [{paths: [/]}]\n`,
+  );
+  let revived: Server | null = null;
+  const revivedSeen: string[] = [];
+  try {
+    const failures: { at: number; status: number; body: string }[] = [];
+    let total = 0;
+    let killedAt = 0;
+    let stop = false;
+    const loops = Array.from({ length: CONCURRENCY }, async () => {
+      while (!stop) {
+        const r = await get(`${g.url}/x`, agent);
+        total++;
+        if (r.status !== 200) failures.push({ at: killedAt ? Date.now() - killedAt : -1, status: r.status, body: r.body.slice(0, 160) });
+      }
+    });
+    await sleep(500);
+    const victimBefore = victim.requests.length;
+    victim.server.close();
+    victim.server.closeAllConnections();
+    killedAt = Date.now();
+    await sleep(1300);
+    stop = true;
+    await Promise.all(loops);
+    const counts = ups.map((u) => u.requests.length);
+    console.log(`kill under load (retries ${retries}): ${total} requests, ${failures.length} failed, per target ${counts.join('/')} (victim ${victimBefore} before the kill)`);
+    for (const f of failures) console.log(`  failure +${f.at} ms: ${f.status} ${f.body}`);
+    assert.ok(victimBefore > 20, 'the victim served traffic before the kill');
+
+    if (restart) {
+      // Bring it back on the same port: once its ejection runs out it gets traffic again.
+      revived = createServer((req, res) => {
+        revivedSeen.push(req.url!);
+        res.end('c');
+      });
+      await new Promise<void>((r) => revived!.listen(victim.port, '127.0.0.1', r));
+      const restartedAt = Date.now();
+      const after: number[] = [];
+      while (revivedSeen.length < 3 && Date.now() - restartedAt < 1800) {
+        after.push((await get(`${g.url}/x`, agent)).status);
+        await sleep(10);
+      }
+      console.log(`  restarted target got traffic after ${Date.now() - restartedAt} ms (${after.length} requests)`);
+      assert.ok(revivedSeen.length >= 3, 'the restarted target gets traffic again once its ejection expired');
+      assert.ok(after.every((s) => s === 200), `requests after the restart: ${after.filter((s) => s !== 200)}`);
+    }
+    return { failures, total, concurrency: CONCURRENCY };
+  } finally {
+    agent.destroy();
+    await g.close();
+    await Promise.all(ups.map((u) => u.close()));
+    if (revived) {
+      revived.closeAllConnections();
+      await new Promise((r) => revived!.close(r));
+    }
+  }
+}
+
+test('ACCEPTANCE: a target killed under load costs no failed GET with retries, and comes back after its ejection', { timeout: 5000 }, async () => {
+  const { failures, total } = await killUnderLoad(2, true);
+  assert.ok(total > 200, `steady load (${total} requests)`);
+  assert.equal(failures.length, 0, `failed GETs: ${JSON.stringify(failures.slice(0, 5))}`);
+});
+
+test('ACCEPTANCE: without retries a killed target costs a bounded number of errors', { timeout: 5000 }, async () => {
+  const { failures, concurrency } = await killUnderLoad(0, false);
+  for (const f of failures) assert.ok(f.at >= 0 && (f.status === 502 || f.status === 503), `failure ${JSON.stringify(f)}`);
+  // Until the first ejection ends: the passive threshold plus what was already on its way to the dead target.
+  const first = failures.filter((f) => f.at < 500).length;
+  assert.ok(first >= 3, `${first} errors before the ejection: the threshold is 3 consecutive failures`);
+  assert.ok(first <= 3 + concurrency, `${first} errors before the first ejection ended > passive threshold 3 + concurrency ${concurrency}`);
+  // Passive health learns about a dead target only from live traffic: when the ejection runs
+  // out, it is readmitted and costs one more round before it is ejected again (for 1 s, past the load).
+  assert.ok(failures.length <= 2 * (3 + concurrency), `${failures.length} errors > 2 rounds of (3 + ${concurrency})`);
+});
+
+test('active health: a target failing its probe gets no traffic, returns when it passes; all down -> 503 no-healthy-target', { timeout: 5000 }, async () => {
+  const health = { a: 200, b: 200 };
+  const mk = (n: 'a' | 'b') => startUpstream((req, res) => {
+    if (req.url === '/healthz') return void res.writeHead(health[n]).end();
+    res.end(n);
+  });
+  const a = await mk('a');
+  const b = await mk('b');
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n      healthcheck:\n        active: {path: /healthz, interval: 100ms, timeout: 100ms, healthy: 2, unhealthy: 2, statuses: [200]}\n    routes: [{paths: [/]}]\n`);
+  const traffic = (u: TestUpstream) => u.requests.filter((r) => r.url !== '/healthz').length;
+  const down = (u: TestUpstream) => g.gw.health!.report().targets[`s|${u.url}`]?.down;
+  try {
+    for (let i = 0; i < 4; i++) assert.equal((await request(`${g.url}/x`)).status, 200);
+    assert.equal(traffic(b), 2);
+    health.b = 503;
+    const failedAt = Date.now();
+    await until(() => down(b) === true, 2000, 'b to be marked down');
+    const tookDown = Date.now() - failedAt;
+    assert.ok(tookDown >= 80, `two failing probes 100 ms apart take time (${tookDown} ms)`);
+    const bBefore = traffic(b);
+    for (let i = 0; i < 10; i++) assert.equal((await request(`${g.url}/x`)).body, 'a');
+    assert.equal(traffic(b), bBefore, 'no traffic to the target failing its probes');
+
+    health.b = 200;
+    await until(() => down(b) === false, 2000, 'b to come back');
+    const back: string[] = [];
+    for (let i = 0; i < 10; i++) back.push((await request(`${g.url}/x`)).body);
+    assert.equal(back.filter((x) => x === 'b').length, 5);
+
+    health.a = health.b = 503;
+    await until(() => down(a) === true && down(b) === true, 2000, 'both targets down');
+    const ta = traffic(a);
+    const tb = traffic(b);
+    const r = await request(`${g.url}/x`);
+    assertProblem(r, 503, 'no-healthy-target');
+    assert.equal(traffic(a) + traffic(b), ta + tb, 'no upstream was contacted');
+  } finally {
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});
+
+/** A raw origin that reads each whole request (head + Content-Length body), then drops the connection unanswered. */
+function resetAfterRequest() {
+  return startRawOrigin((data, socket) => {
+    const text = data.toString('latin1');
+    const end = text.indexOf('\r\n\r\n');
+    if (end === -1) return null;
+    const cl = /\r\ncontent-length:\s*(\d+)/i.exec(text.slice(0, end));
+    if (data.length >= end + 4 + (cl ? Number(cl[1]) : 0)) socket.destroy();
+    return null;
+  });
+}
+
+test('ACCEPTANCE: a POST whose connection is reset after the origin read it is never replayed (502, exactly one POST at the origin)', { timeout: 5000 }, async () => {
+  const origin = await resetAfterRequest();
+  const good = await startUpstream((req, res) => res.end(`good ${req.method}`));
+  const base = `    retries: 3\n    retry_on: [connect-error, reset, 502]\n`;
+  const strict = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${origin.url}}]\n${base}    routes: [{paths: [/]}]\n`);
+  const lenient = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${origin.url}}, {url: ${good.url}}]\n${base}    routes: [{paths: [/], retry_non_idempotent: true}]\n`);
+  const posts = () => countRequests(origin.received());
+  try {
+    const r = await request(`${strict.url}/orders`, { method: 'POST', body: '{"amount":100}', headers: { 'content-type': 'application/json' } });
+    assertProblem(r, 502, 'bad-gateway');
+    assert.equal(posts(), 1, 'the origin saw exactly one POST');
+    assert.match(origin.received(), /\{"amount":100\}$/, 'it read the whole body before dropping the connection');
+
+    // A bodiless POST is not replayed either on a route that does not allow it.
+    assertProblem(await request(`${strict.url}/orders`, { method: 'POST' }), 502, 'bad-gateway');
+    assert.equal(posts(), 2);
+
+    // Control: a GET on the same service is retried (1 + 3 attempts, all on the only target).
+    assertProblem(await request(`${strict.url}/orders`), 502, 'bad-gateway');
+    assert.equal(posts(), 6, 'GET was tried 4 times');
+
+    // retry_non_idempotent: a bodiless POST goes on to the next target.
+    const before = posts();
+    const ok = await request(`${lenient.url}/orders`, { method: 'POST' });
+    assert.equal(ok.status, 200, ok.body);
+    assert.equal(ok.body, 'good POST');
+    assert.equal(posts(), before + 1, 'the first attempt went to the resetting origin');
+    assert.equal(good.requests.length, 1);
+
+    // ...but a POST with a body is still sent once, wherever it lands.
+    const statuses: number[] = [];
+    const p0 = posts();
+    const g0 = good.requests.length;
+    for (let i = 0; i < 4; i++) statuses.push((await request(`${lenient.url}/orders`, { method: 'POST', body: 'x' })).status);
+    assert.ok(statuses.every((s) => s === 200 || s === 502), String(statuses));
+    assert.equal(posts() - p0, statuses.filter((s) => s === 502).length, 'one POST at the origin per 502');
+    assert.equal(good.requests.length - g0, statuses.filter((s) => s === 200).length);
+    assert.ok(statuses.includes(502), 'round-robin sent some to the resetting origin');
+  } finally {
+    await strict.close();
+    await lenient.close();
+    await origin.close();
+    await good.close();
+  }
+});
+
+test('a status in retry_on is retried on another target', { timeout: 5000 }, async () => {
+  const a = await startUpstream((_q, res) => res.writeHead(503).end('a down'));
+  const b = await startUpstream((_q, res) => res.end('b'));
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n    retries: 2\n    retry_on: [503]\n    routes: [{paths: [/]}]\n`);
+  try {
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 200);
+    assert.equal(r.body, 'b');
+    assert.equal(a.requests.length, 1, 'A saw the first attempt once');
+    assert.equal(b.requests.length, 1);
+  } finally {
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});
+
+test('ACCEPTANCE: the retry budget caps upstream attempts at 1.2x the requests', { timeout: 5000 }, async () => {
+  const a = await startUpstream((_q, res) => res.writeHead(503).end('a down'));
+  const b = await startUpstream((_q, res) => res.end('b'));
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n    retries: 3\n    retry_on: [503]\n    retry_budget: {ratio: 0.2, min_per_second: 0}\n    routes: [{paths: [/]}]\n`);
+  const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+  try {
+    const N = 300;
+    let next = 0;
+    const statuses: number[] = [];
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (next++ < N) statuses.push((await get(`${g.url}/x`, agent)).status);
+    }));
+    assert.equal(statuses.length, N);
+    const attempts = a.requests.length + b.requests.length;
+    console.log(`retry budget: ${N} requests -> ${attempts} upstream attempts (A ${a.requests.length}, B ${b.requests.length}), ${statuses.filter((s) => s === 503).length} x 503 to the client`);
+    assert.ok(attempts > N, 'some requests were retried');
+    assert.ok(attempts <= 1.2 * N, `${attempts} attempts > 1.2 x ${N}`);
+    // Every retry turns a 503 into a 200 (it goes to B): the 503s the client sees are A's unretried ones.
+    assert.equal(statuses.filter((s) => s === 503).length, a.requests.length - (attempts - N));
+  } finally {
+    agent.destroy();
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});
+
+test('the total deadline bounds all attempts: 504 at ~500 ms, not 4 x 300 ms', { timeout: 5000 }, async () => {
+  const a = await startUpstream(() => {});
+  const b = await startUpstream(() => {});
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n    timeouts: {response: 300ms, total: 500ms}\n    retries: 3\n    retry_on: [timeout]\n    routes: [{paths: [/]}]\n`);
+  const single = await startGateway(`services:\n  - name: s\n    url: ${a.url}\n    timeouts: {response: 300ms}\n    routes: [{paths: [/]}]\n`);
+  try {
+    // The response timeout itself is kept to the millisecond (not to undici's ~0.5 s timer ticks).
+    const s0 = performance.now();
+    assertProblem(await request(`${single.url}/x`), 504, 'gateway-timeout');
+    const sms = performance.now() - s0;
+    assert.ok(sms >= 290 && sms < 450, `response: 300ms answered after ${sms.toFixed(0)} ms`);
+    a.requests.length = 0;
+
+    const t0 = performance.now();
+    const r = await request(`${g.url}/x`);
+    const ms = performance.now() - t0;
+    console.log(`deadline: 504 after ${ms.toFixed(0)} ms, attempts A ${a.requests.length} B ${b.requests.length}`);
+    assertProblem(r, 504, 'gateway-timeout');
+    assert.ok(ms >= 480 && ms < 900, `answered after ${ms.toFixed(0)} ms`);
+    assert.equal(a.requests.length + b.requests.length, 2, 'a 300 ms attempt, then one cut to the 200 ms left');
+  } finally {
+    await single.close();
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});
+
+test('circuit breaker: opens after min_requests failures, half-open trial after open_for, closes when the upstream recovers', { timeout: 5000 }, async () => {
+  let mode: 'fail' | 'slow-ok' = 'fail';
+  const u = await startUpstream((_q, res) => {
+    if (mode === 'fail') res.writeHead(500).end('boom');
+    else setTimeout(() => res.end('ok'), 100);
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${u.url}\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 500ms, half_open_requests: 1}\n    routes: [{paths: [/]}]\n`);
+  try {
+    for (let i = 0; i < 4; i++) assert.equal((await request(`${g.url}/x`)).status, 500, `failure ${i} is forwarded`);
+    assert.equal(u.requests.length, 4);
+    const openedAt = Date.now();
+    const r = await request(`${g.url}/x`);
+    assertProblem(r, 503, 'circuit-open');
+    assert.ok(Number(r.headers['retry-after']) >= 1, `Retry-After: ${r.headers['retry-after']}`);
+    assert.equal(u.requests.length, 4, 'an open circuit does not contact the upstream');
+    assertProblem(await request(`${g.url}/x`), 503, 'circuit-open');
+
+    // After open_for: one trial; it fails, so the circuit opens again at once.
+    await sleep(openedAt + 560 - Date.now());
+    assert.equal((await request(`${g.url}/x`)).status, 500, 'the half-open trial reaches the upstream');
+    assert.equal(u.requests.length, 5);
+    assertProblem(await request(`${g.url}/x`), 503, 'circuit-open');
+    assert.equal(u.requests.length, 5);
+
+    // Fixed upstream: after open_for, one trial goes through (a second one meanwhile is refused), and it closes the circuit.
+    mode = 'slow-ok';
+    await sleep(560);
+    const [t1, t2] = await Promise.all([request(`${g.url}/x`), sleep(30).then(() => request(`${g.url}/x`))]);
+    assert.equal(t1.status, 200, t1.body);
+    assertProblem(t2, 503, 'circuit-open');
+    assert.equal(u.requests.length, 6);
+    for (let i = 0; i < 4; i++) assert.equal((await request(`${g.url}/x`)).status, 200, 'closed again');
+    assert.equal(u.requests.length, 10);
+  } finally {
+    await g.close();
+    await u.close();
+  }
+});
+
+for (const frees of [false, true]) {
+  test(`bulkhead: 2 in flight, 1 waiting, the 4th refused at once; the waiter ${frees ? 'is served when a slot frees' : 'gets 503 after max_wait'}`, { timeout: 5000 }, async () => {
+    const held: ServerResponse[] = [];
+    const u = await startUpstream((_q, res) => void held.push(res));
+    const g = await startGateway(`services:\n  - name: s\n    url: ${u.url}\n    circuit_breaker: {max_concurrent: 2, max_pending: 1, max_wait: 200ms}\n    routes: [{paths: [/]}]\n`);
+    const st = g.gw.snapshot.services[0]!.state;
+    try {
+      const first = [request(`${g.url}/1`), request(`${g.url}/2`)];
+      await until(() => held.length === 2, 2000, 'two requests at the upstream');
+      const t3 = performance.now();
+      const third = request(`${g.url}/3`).then((r) => ({ r, ms: performance.now() - t3 }));
+      await until(() => st.queue.length === 1, 2000, 'the third request to wait');
+      const t4 = performance.now();
+      const fourth = await request(`${g.url}/4`);
+      const ms4 = performance.now() - t4;
+      assertProblem(fourth, 503, 'service-overloaded');
+      assert.ok(ms4 < 100, `refused at once (${ms4.toFixed(0)} ms)`);
+      if (frees) {
+        await sleep(50);
+        held.shift()!.end('one');
+        await until(() => held.length === 2, 2000, 'the waiter to reach the upstream');
+        held.at(-1)!.end('three');
+        const { r, ms } = await third;
+        assert.equal(r.status, 200);
+        assert.equal(r.body, 'three');
+        assert.ok(ms < 200, `served when the slot freed (${ms.toFixed(0)} ms)`);
+        assert.deepEqual(u.requests.map((q) => q.url), ['/1', '/2', '/3']);
+      } else {
+        const { r, ms } = await third;
+        assertProblem(r, 503, 'service-overloaded');
+        assert.ok(ms >= 190 && ms < 600, `refused after max_wait (${ms.toFixed(0)} ms)`);
+        assert.equal(u.requests.length, 2);
+      }
+      for (const h of held.splice(0)) h.end('done');
+      for (const r of await Promise.all(first)) assert.equal(r.status, 200);
+      assert.equal(st.active, 0);
+      assert.equal(st.queue.length, 0);
+    } finally {
+      for (const h of held.splice(0)) h.end();
+      await g.close();
+      await u.close();
+    }
+  });
+}
+
+test('ACCEPTANCE: a slow service does not slow a fast one (300 requests held open on the slow one)', { timeout: 5000 }, async () => {
+  const slow = await startUpstream(() => {}); // never answers within the test
+  const fast = await startUpstream((_q, res) => res.end('fast'));
+  const g = await startGateway(
+    `timeouts: {drain: 1s}\nservices:\n  - name: slow\n    url: ${slow.url}\n    timeouts: {response: 30s}\n    routes: [{paths: [/slow]}]\n` +
+    `  - name: fast\n    url: ${fast.url}\n    routes: [{paths: [/fast]}]\n`,
+  );
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const held: ClientRequest[] = [];
+  const p99 = async (n: number) => {
+    const times: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      const r = await get(`${g.url}/fast`, agent);
+      times.push(performance.now() - t0);
+      assert.equal(r.status, 200);
+    }
+    times.sort((x, y) => x - y);
+    return { p50: times[Math.floor(n / 2)]!, p99: times[Math.ceil(n * 0.99) - 1]! };
+  };
+  try {
+    await p99(50); // warm-up
+    const base = await p99(300);
+    for (let i = 0; i < 300; i++) {
+      const req = httpRequest(`${g.url}/slow/${i}`, { agent: false });
+      req.on('error', () => {});
+      req.end();
+      held.push(req);
+    }
+    await until(() => slow.requests.length === 300, 4000, '300 requests held at the slow upstream');
+    const loaded = await p99(300);
+    console.log(`isolation: fast p50/p99 baseline ${base.p50.toFixed(2)}/${base.p99.toFixed(2)} ms; with 300 held on slow ${loaded.p50.toFixed(2)}/${loaded.p99.toFixed(2)} ms`);
+    assert.ok(loaded.p99 <= Math.max(3 * base.p99, base.p99 + 25), `p99 ${loaded.p99.toFixed(2)} ms vs baseline ${base.p99.toFixed(2)} ms`);
+    assert.equal(slow.requests.length, 300, 'the slow requests are still held');
+  } finally {
+    for (const r of held) r.destroy();
+    agent.destroy();
+    await g.close();
+    await slow.close();
+    await fast.close();
+  }
+});
