@@ -2,7 +2,9 @@
 import { parseArgs } from 'node:util';
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
-import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
+import { readFile } from 'node:fs/promises';
+import { loadConfigFile, type LoadedConfig } from '../config/load.js';
+import { parseConfigOffThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';
 import { startPrimary, runWorker } from '../server/cluster.js';
 import { compile } from '../config/compile.js';
@@ -91,7 +93,7 @@ export async function main(argv: string[]): Promise<number> {
   const workers = w === 'auto' ? availableParallelism() : w ?? 1;
 
   // One object for both modes: the single-process gateway, or the primary supervising workers.
-  let running: { reload(l: LoadedConfig): void; stop(): Promise<void>; rollingRestart?(): Promise<void> };
+  let running: { reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; rollingRestart?(): Promise<void> };
   let banner: string;
   try {
     if (workers > 1) {
@@ -100,7 +102,7 @@ export async function main(argv: string[]): Promise<number> {
       banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
     } else {
       const gw = await Gateway.start(loaded, { logger: log });
-      running = { reload: (l) => void gw.reload(l), stop: () => gw.stop() };
+      running = { reload: (l) => gw.reloadAsync(l), stop: () => gw.stop() };
       banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
     }
   } catch (err) {
@@ -110,15 +112,29 @@ export async function main(argv: string[]): Promise<number> {
   }
   process.stderr.write(banner + '\n');
 
-  const reloadFrom = (why: string, text?: string) => {
+  // Parsing runs on a worker thread and compiling in slices, so the proxy keeps serving while a
+  // large config reloads; a newer change supersedes one still being prepared.
+  let latest = 0;
+  const reloadFrom = async (why: string, given?: string) => {
+    const seq = ++latest;
     try {
-      running.reload(text === undefined ? loadConfigFile(file) : parseConfigText(text, { file }));
+      let text = given;
+      if (text === undefined) {
+        try {
+          text = await readFile(file, 'utf8');
+        } catch (err) {
+          throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
+        }
+      }
+      const next = await parseConfigOffThread(text, { file });
+      if (seq !== latest) return;
+      await running.reload(next);
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {
       log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
     }
   };
-  const watcher = loaded.config.watch === false ? null : watchConfig(file, loaded.text, (text) => reloadFrom('file change', text), {
+  const watcher = loaded.config.watch === false ? null : watchConfig(file, loaded.text, (text) => void reloadFrom('file change', text), {
     onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
   });
 
@@ -140,7 +156,7 @@ export async function main(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => reloadFrom('SIGHUP'));
+    process.on('SIGHUP', () => void reloadFrom('SIGHUP'));
     process.on('SIGUSR2', () => {
       if (!running.rollingRestart) return log.info('SIGUSR2: rolling restart needs workers > 1');
       log.info('SIGUSR2: rolling restart of the workers');

@@ -86,6 +86,8 @@ export function hostName(host: string): string {
   return h.toLowerCase();
 }
 
+const usesHeaders = (specs: readonly RouteSpec<unknown>[]) => specs.some((s) => s.headers && Object.keys(s.headers).length > 0);
+
 export class Router<T> {
   private readonly table: HostTable<T> = { exact: new Map(), wildcard: [], any: null };
   readonly conflicts: RouteConflict[] = [];
@@ -94,44 +96,63 @@ export class Router<T> {
   readonly usesHeaders: boolean;
 
   constructor(specs: readonly RouteSpec<T>[]) {
-    specs.forEach((spec, order) => {
-      const methods = spec.methods?.length ? new Set(spec.methods.map((m) => m.toUpperCase())) : null;
-      const headers: [string, Set<string>][] = Object.entries(spec.headers ?? {}).map(([k, v]) => [
-        k.toLowerCase(),
-        new Set(typeof v === 'string' ? [v] : v),
-      ]);
-      for (const host of spec.hosts?.length ? spec.hosts : [null]) {
-        const trie = this.trieFor(host === null ? null : host.toLowerCase());
-        for (const pattern of spec.paths?.length ? spec.paths : ['/']) {
-          const segs = patternSegments(pattern);
-          const params: [number, string][] = [];
-          let node = trie;
-          segs.forEach((seg, i) => {
-            const p = PARAM.exec(seg);
-            if (p) {
-              params.push([i, p[1]!]);
-              node = node.param ??= new TrieNode<T>();
-            } else {
-              node.literal ??= new Map();
-              let next = node.literal.get(seg);
-              if (!next) node.literal.set(seg, (next = new TrieNode<T>()));
-              node = next;
-            }
-          });
-          const entry: Entry<T> = { data: spec.data, order, pattern, params, methods, headers, depth: segs.length };
-          for (const other of node.entries) {
-            if (other.order !== order && sameHeaders(other.headers, headers) && methodsOverlap(other.methods, methods)) {
-              this.conflicts.push({ a: other.order, b: order, host: host ?? '*', path: pattern });
-            }
-          }
-          node.entries.push(entry);
-          node.entries.sort(compareEntries);
-        }
-      }
-    });
-    this.table.wildcard.sort((a, b) => b.suffix.length - a.suffix.length);
+    specs.forEach((spec, order) => this.add(spec, order));
     this.size = specs.length;
-    this.usesHeaders = specs.some((s) => s.headers && Object.keys(s.headers).length > 0);
+    this.usesHeaders = usesHeaders(specs);
+    this.finish();
+  }
+
+  /** Builds a router, yielding every 256 routes (see compileAsync). */
+  static *build<T>(specs: readonly RouteSpec<T>[]): Generator<void, Router<T>, void> {
+    const r = new Router<T>([]);
+    for (let order = 0; order < specs.length; order++) {
+      r.add(specs[order]!, order);
+      if ((order & 255) === 255) yield;
+    }
+    (r as { size: number }).size = specs.length;
+    (r as { usesHeaders: boolean }).usesHeaders = usesHeaders(specs);
+    r.finish();
+    return r;
+  }
+
+  private add(spec: RouteSpec<T>, order: number): void {
+    const methods = spec.methods?.length ? new Set(spec.methods.map((m) => m.toUpperCase())) : null;
+    const headers: [string, Set<string>][] = Object.entries(spec.headers ?? {}).map(([k, v]) => [
+      k.toLowerCase(),
+      new Set(typeof v === 'string' ? [v] : v),
+    ]);
+    for (const host of spec.hosts?.length ? spec.hosts : [null]) {
+      const trie = this.trieFor(host === null ? null : host.toLowerCase());
+      for (const pattern of spec.paths?.length ? spec.paths : ['/']) {
+        const segs = patternSegments(pattern);
+        const params: [number, string][] = [];
+        let node = trie;
+        segs.forEach((seg, i) => {
+          const p = PARAM.exec(seg);
+          if (p) {
+            params.push([i, p[1]!]);
+            node = node.param ??= new TrieNode<T>();
+          } else {
+            node.literal ??= new Map();
+            let next = node.literal.get(seg);
+            if (!next) node.literal.set(seg, (next = new TrieNode<T>()));
+            node = next;
+          }
+        });
+        const entry: Entry<T> = { data: spec.data, order, pattern, params, methods, headers, depth: segs.length };
+        for (const other of node.entries) {
+          if (other.order !== order && sameHeaders(other.headers, headers) && methodsOverlap(other.methods, methods)) {
+            this.conflicts.push({ a: other.order, b: order, host: host ?? '*', path: pattern });
+          }
+        }
+        node.entries.push(entry);
+        node.entries.sort(compareEntries);
+      }
+    }
+  }
+
+  private finish(): void {
+    this.table.wildcard.sort((a, b) => b.suffix.length - a.suffix.length);
   }
 
   private trieFor(host: string | null): TrieNode<T> {

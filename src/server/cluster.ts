@@ -15,7 +15,9 @@
  *   min_per_second are divided between the workers (rounded up), see compile.ts.
  */
 import cluster, { type Worker } from 'node:cluster';
-import { parseConfigText, type LoadedConfig } from '../config/load.js';
+import type { LoadedConfig } from '../config/load.js';
+import { fromValidated } from '../config/parse-thread.js';
+import type { TurnpikeConfigInput } from '../config/schema.js';
 import { ConfigError } from '../config/errors.js';
 import { Gateway } from './gateway.js';
 import { applyDecision } from '../upstream/state.js';
@@ -23,8 +25,8 @@ import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
 
 type ToWorker =
-  | { tp: 'config'; text: string; file: string | undefined; decisions: Decision[] }
-  | { tp: 'reload'; text: string }
+  | { tp: 'config'; text: string; config: TurnpikeConfigInput; file: string | undefined; decisions: Decision[] }
+  | { tp: 'reload'; text: string; config: TurnpikeConfigInput }
   | { tp: 'decisions'; decisions: Decision[] }
   | { tp: 'stop' };
 
@@ -41,7 +43,7 @@ const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !=
 export interface Supervisor {
   gw: Gateway;
   proxyAddress: { address: string; port: number; family: string };
-  reload(loaded: LoadedConfig): void;
+  reload(loaded: LoadedConfig): Promise<void>;
   rollingRestart(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -82,7 +84,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
-          worker.send({ tp: 'config', text: current.text, file: current.file, decisions: health.decisions() } satisfies ToWorker);
+          worker.send({ tp: 'config', text: current.text, config: current.config, file: current.file, decisions: health.decisions() } satisfies ToWorker);
           break;
         case 'listening':
           info.listening = true;
@@ -157,12 +159,13 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   return {
     gw,
     proxyAddress: address!,
-    reload(next: LoadedConfig) {
+    async reload(next: LoadedConfig) {
       const before = gw.snapshot;
-      // Throws ConfigError: then nothing is sent to the workers.
-      if (gw.reload(next) === before) return;
+      // Rejects with ConfigError: then nothing is sent to the workers.
+      if ((await gw.reloadAsync(next)) === before) return;
       current = next;
-      broadcast({ tp: 'reload', text: next.text });
+      // The validated object travels with the text: workers neither parse YAML nor validate again.
+      broadcast({ tp: 'reload', text: next.text, config: next.config });
       if (gw.snapshot.workers !== before.workers) {
         log.info({ from: before.workers, to: gw.snapshot.workers }, 'worker count changed');
         void scaleTo(gw.snapshot.workers);
@@ -231,7 +234,7 @@ export async function runWorker(log: Logger): Promise<number> {
   const reporter = new IpcReporter();
   let gw: Gateway;
   try {
-    gw = await Gateway.start(parseConfigText(config.text, { file: config.file }), { logger: log, role: 'worker', reporter });
+    gw = await Gateway.start(fromValidated(config.config, config.text, config.file), { logger: log, role: 'worker', reporter });
   } catch (err) {
     log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'worker cannot start');
     return 1;
@@ -253,12 +256,10 @@ export async function runWorker(log: Logger): Promise<number> {
       const msg = m as ToWorker;
       if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
       else if (msg.tp === 'reload') {
-        try {
-          gw.reload(parseConfigText(msg.text, { file: config.file }));
-          send({ tp: 'reloaded' });
-        } catch (err) {
-          send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) });
-        }
+        gw.reloadAsync(fromValidated(msg.config, msg.text, config.file)).then(
+          () => send({ tp: 'reloaded' }),
+          (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) }),
+        );
       } else if (msg.tp === 'stop') stop();
     });
     // The primary is gone: nobody can hand us work or decisions any more.

@@ -6,7 +6,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Server as NetServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
-import { compile, type Address, type Snapshot } from '../config/compile.js';
+import { compile, compileAsync, type Address, type CompileDeps, type Snapshot } from '../config/compile.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
@@ -122,8 +122,12 @@ export class Gateway implements RequestContext {
     this.health?.sync(this.snapshot);
   }
 
+  private deps(): CompileDeps {
+    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism() };
+  }
+
   private compile(loaded: LoadedConfig): Snapshot {
-    return compile(loaded, { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism() });
+    return compile(loaded, this.deps());
   }
 
   /** Compiles the config and starts every listener it names. Throws ConfigError or a listen error. */
@@ -253,9 +257,30 @@ export class Gateway implements RequestContext {
     return server;
   }
 
-  /** Swaps in a new config. Throws ConfigError (the running config stays). */
+  /** Swaps in a new config, compiled at once. Throws ConfigError (the running config stays). */
   reload(loaded: LoadedConfig): Snapshot {
-    const next = this.compile(loaded);
+    this.reloadSeq++;
+    return this.swap(this.compile(loaded));
+  }
+
+  private reloadSeq = 0;
+
+  /**
+   * Swaps in a new config compiled in slices between requests (compileAsync), so a large
+   * config never stalls the requests in flight. Rejects with ConfigError (the running config
+   * stays). When a newer reload started meanwhile, this one is dropped in its favour.
+   */
+  async reloadAsync(loaded: LoadedConfig): Promise<Snapshot> {
+    const seq = ++this.reloadSeq;
+    const next = await compileAsync(loaded, this.deps());
+    if (seq !== this.reloadSeq || this.draining) {
+      next.dispose();
+      return this.snapshot;
+    }
+    return this.swap(next);
+  }
+
+  private swap(next: Snapshot): Snapshot {
     const prev = this.snapshot;
     if (next.hash === prev.hash) {
       // Same effective config: keep the running snapshot (and its revision).

@@ -1,0 +1,236 @@
+#!/usr/bin/env node
+/**
+ * `npm run bench:resilience`: the measurements issue 3 asks for, in one run.
+ *
+ *  routes   A config with 10,000 routes: YAML parse + schema, compile (router build) and the
+ *           router's match cost (in process, on the built dist/); then Turnpike serving one of
+ *           those routes under wrk at 64 connections, steady and while the config file is
+ *           rewritten every BENCH_RELOAD_MS (each write is a file-watch reload of 10,000
+ *           routes). Pinned like bench/run.mjs: load + upstream on CPU 0, proxy on CPU 1.
+ *  workers  direct, the reference proxy (node:http + undici), and Turnpike with workers: 1 and
+ *           workers: 2, plus the reference proxy in 2 processes (node:cluster) — same run, no
+ *           pinning (on 2 cores the load generator and the upstream share them).
+ *
+ * Environment: BENCH_DURATION seconds per measurement (default 10), BENCH_PARTS (routes,workers),
+ * BENCH_RELOAD_MS (default 500), BENCH_OUT (default bench/results/resilience.json).
+ * Needs wrk. All traffic stays on 127.0.0.1; every child is killed on exit.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir, availableParallelism, cpus } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createServer } from 'node:net';
+import { parseWrk } from './parse.mjs';
+
+const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
+const env = process.env;
+const DURATION = Number(env.BENCH_DURATION ?? 10);
+const PARTS = (env.BENCH_PARTS ?? 'routes,workers').split(',');
+const RELOAD_MS = Number(env.BENCH_RELOAD_MS ?? 500);
+const OUT = env.BENCH_OUT ?? join(ROOT, 'bench/results/resilience.json');
+const ROUTES = 10_000;
+
+const children = new Set();
+function start(label, cmd, args, extraEnv = {}) {
+  const child = spawn(cmd, args, { cwd: ROOT, detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, ...extraEnv } });
+  child.label = label;
+  child.output = '';
+  const keep = (d) => { child.output = (child.output + d).slice(-65536); };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  child.exited = new Promise((r) => child.once('exit', (code) => r(code)));
+  children.add(child);
+  child.exited.then(() => children.delete(child));
+  return child;
+}
+const killAll = (sig = 'SIGKILL') => { for (const c of children) { try { process.kill(-c.pid, sig); } catch { /* gone */ } } };
+process.on('exit', () => killAll());
+for (const s of ['SIGINT', 'SIGTERM']) process.on(s, () => { killAll(); process.exit(130); });
+async function stop(child) {
+  try { process.kill(-child.pid, 'SIGTERM'); } catch { /* gone */ }
+  const t = setTimeout(() => { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } }, 5000);
+  await child.exited;
+  clearTimeout(t);
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function waitOutput(child, re, ms = 20_000) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const m = re.exec(child.output);
+    if (m) return m;
+    if (child.exitCode !== null || Date.now() > end) throw new Error(`${child.label} not ready:\n${child.output}`);
+    await sleep(20);
+  }
+}
+function freePort() {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+}
+function which(name) {
+  const r = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+const wrk = which('wrk');
+if (!wrk) { console.error('wrk is required (apt-get install wrk)'); process.exit(1); }
+const taskset = availableParallelism() >= 2 ? which('taskset') : null;
+const pin = (cpu, cmd, args) => (taskset && cpu !== null ? [taskset, ['-c', String(cpu), cmd, ...args]] : [cmd, args]);
+
+async function load(url, conns, seconds, cpu = null) {
+  const c = start('wrk', ...pin(cpu, wrk, ['-t1', `-c${conns}`, `-d${seconds}s`, '--timeout', '5s', '--latency', url]));
+  await c.exited;
+  return parseWrk(c.output);
+}
+const us = (n) => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} us`);
+
+console.log('building (npm run build)...');
+const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, encoding: 'utf8' });
+if (b.status !== 0) throw new Error(b.stdout + b.stderr);
+const tmp = mkdtempSync(join(tmpdir(), 'turnpike-bench-res-'));
+const results = { machine: { nproc: availableParallelism(), cpu: cpus()[0]?.model, node: process.version, wrk: spawnSync(wrk, ['-v'], { encoding: 'utf8' }).stdout.split('\n')[0] }, at: new Date().toISOString() };
+
+const upstream = start('upstream', ...pin(0, process.execPath, [join(ROOT, 'bench/upstream.mjs'), '0']));
+const upUrl = `http://127.0.0.1:${(await waitOutput(upstream, /LISTENING ([0-9]+)/))[1]}`;
+
+function routesYaml(port, generation) {
+  const lines = [`listen: 127.0.0.1:${port}`, 'services:', '  - name: bench', `    url: ${upUrl}`, '    routes:'];
+  for (let i = 0; i < ROUTES; i++) {
+    // Mixed shapes: literals, {param} segments, a few methods; one route changes per generation.
+    const p = i % 3 === 0 ? `/api/v${i % 7}/r${i}/{id}` : i % 3 === 1 ? `/svc${i}/items` : `/t/${i}/{a}/x/{b}`;
+    lines.push(`      - {name: r${i}, paths: ["${p}"]${i % 5 === 0 ? ', methods: [GET, POST]' : ''}}`);
+  }
+  lines.push(`      - {name: gen, paths: ["/generation/${generation}"]}`);
+  return lines.join('\n') + '\n';
+}
+
+try {
+  if (PARTS.includes('routes')) {
+    console.log(`\n[routes] ${ROUTES} routes`);
+    const { parseConfigText } = await import(pathToFileURL(join(ROOT, 'dist/config/load.js')).href);
+    const { compile } = await import(pathToFileURL(join(ROOT, 'dist/config/compile.js')).href);
+    const { PoolRegistry } = await import(pathToFileURL(join(ROOT, 'dist/upstream/pools.js')).href);
+    const text = routesYaml(1, 0);
+    const pools = new PoolRegistry();
+    const times = { parse: [], compile: [] };
+    let snap;
+    for (let k = 0; k < 7; k++) {
+      const t0 = performance.now();
+      const loaded = parseConfigText(text, { file: 'bench.yaml' });
+      const t1 = performance.now();
+      snap?.dispose();
+      snap = compile(loaded, { pools });
+      const t2 = performance.now();
+      times.parse.push(t1 - t0);
+      times.compile.push(t2 - t1);
+    }
+    const med = (a) => [...a].sort((x, y) => x - y)[a.length >> 1];
+    // Match cost: hits spread over all routes, and misses.
+    const paths = [];
+    for (let i = 0; i < ROUTES; i++) paths.push(i % 3 === 0 ? `/api/v${i % 7}/r${i}/42` : i % 3 === 1 ? `/svc${i}/items/9` : `/t/${i}/a/x/b/c`);
+    const router = snap.router;
+    let sink = 0;
+    const N = 1_000_000;
+    for (let i = 0; i < 100_000; i++) sink += router.match('GET', 'example.com', paths[i % ROUTES], {}) ? 1 : 0;
+    let t0 = process.hrtime.bigint();
+    for (let i = 0; i < N; i++) sink += router.match('GET', 'example.com', paths[(i * 7919) % ROUTES], {}) ? 1 : 0;
+    const hitNs = Number(process.hrtime.bigint() - t0) / N;
+    t0 = process.hrtime.bigint();
+    for (let i = 0; i < N; i++) sink += router.match('GET', 'example.com', `/nope/${i & 1023}/x`, {}) ? 1 : 0;
+    const missNs = Number(process.hrtime.bigint() - t0) / N;
+    snap.dispose();
+    await pools.closeAll();
+    results.routes = {
+      routes: ROUTES, yaml_bytes: text.length,
+      parse_validate_ms: +med(times.parse).toFixed(1), compile_ms: +med(times.compile).toFixed(1),
+      match_hit_ns: +hitNs.toFixed(0), match_miss_ns: +missNs.toFixed(0), sink,
+    };
+    console.log(`  parse+validate ${results.routes.parse_validate_ms} ms, compile ${results.routes.compile_ms} ms (median of 7); match ${results.routes.match_hit_ns} ns (hit), ${results.routes.match_miss_ns} ns (miss)`);
+
+    const port = await freePort();
+    const file = join(tmp, 'routes.yaml');
+    writeFileSync(file, routesYaml(port, 0));
+    const tp = start('turnpike', ...pin(1, process.execPath, [join(ROOT, 'bin/turnpike.js'), 'start', '--config', file]), { TURNPIKE_LOG_LEVEL: 'info' });
+    await waitOutput(tp, /proxy on http/);
+    const url = `http://127.0.0.1:${port}/api/v0/r21/42`;
+    await load(url, 64, 2, 0);
+    const steady = await load(url, 64, DURATION, 0);
+    console.log(`  steady:        ${Math.round(steady.rps)} req/s, p50 ${us(steady.p50_us)}, p99 ${us(steady.p99_us)}`);
+    let gen = 0;
+    let writing = true;
+    const writer = (async () => {
+      while (writing) {
+        writeFileSync(file, routesYaml(port, ++gen));
+        await sleep(RELOAD_MS);
+      }
+    })();
+    const during = await load(url, 64, DURATION, 0);
+    writing = false;
+    await writer;
+    await sleep(1500);
+    const reloads = (tp.output.match(/"config reloaded"/g) ?? []).length;
+    console.log(`  with reloads:  ${Math.round(during.rps)} req/s, p50 ${us(during.p50_us)}, p99 ${us(during.p99_us)} (${reloads} reloads of ${ROUTES} routes, one every ${RELOAD_MS} ms)`);
+    console.log(`  p99 ratio (reloading / steady): ${(during.p99_us / steady.p99_us).toFixed(2)}`);
+    results.routes.steady = steady;
+    results.routes.reloading = { ...during, reloads, every_ms: RELOAD_MS };
+    results.routes.p99_ratio = +(during.p99_us / steady.p99_us).toFixed(2);
+    if (during.socket_errors || during.non_2xx) console.log(`  WARNING: ${during.socket_errors} socket errors, ${during.non_2xx} non-2xx during reloads`);
+    await stop(tp);
+  }
+
+  if (PARTS.includes('workers')) {
+    console.log(`\n[workers] no pinning; ${availableParallelism()} CPUs shared by load generator, upstream and proxy`);
+    // The upstream was pinned for the routes part: a fresh unpinned one here.
+    const up2 = start('upstream2', process.execPath, [join(ROOT, 'bench/upstream.mjs'), '0']);
+    const up2Url = `http://127.0.0.1:${(await waitOutput(up2, /LISTENING ([0-9]+)/))[1]}`;
+    const targets = {
+      direct: async () => ({ url: `${up2Url}/` }),
+      reference: async () => {
+        const c = start('reference', process.execPath, [join(ROOT, 'bench/reference-proxy.mjs'), up2Url, '0']);
+        return { url: `http://127.0.0.1:${(await waitOutput(c, /LISTENING ([0-9]+)/))[1]}/`, child: c };
+      },
+      'reference-x2': async () => {
+        const port = await freePort();
+        const c = start('reference-x2', process.execPath, [join(ROOT, 'bench/reference-cluster.mjs'), '2', up2Url, String(port)]);
+        await waitOutput(c, /LISTENING[\s\S]*LISTENING/);
+        return { url: `http://127.0.0.1:${port}/`, child: c };
+      },
+      'turnpike-w1': (w = 1) => turnpike(w),
+      'turnpike-w2': () => turnpike(2),
+    };
+    async function turnpike(w) {
+      const port = await freePort();
+      const file = join(tmp, `w${w}.yaml`);
+      writeFileSync(file, `listen: 127.0.0.1:${port}\nworkers: ${w}\nwatch: false\nservices:\n  - name: bench\n    url: ${up2Url}\n    routes: [{paths: [/]}]\n`);
+      const c = start(`turnpike-w${w}`, process.execPath, [join(ROOT, 'bin/turnpike.js'), 'start', '--config', file], { TURNPIKE_LOG_LEVEL: 'silent' });
+      await waitOutput(c, /proxy on http/);
+      return { url: `http://127.0.0.1:${port}/`, child: c };
+    }
+    results.workers = {};
+    for (const [name, startTarget] of Object.entries(targets)) {
+      const t = await startTarget();
+      await load(t.url, 64, 2);
+      const r = await load(t.url, 64, DURATION);
+      results.workers[name] = r;
+      console.log(`  ${name.padEnd(13)} ${String(Math.round(r.rps)).padStart(6)} req/s, p50 ${us(r.p50_us)}, p99 ${us(r.p99_us)}${r.socket_errors || r.non_2xx ? ` (${r.socket_errors} socket errors, ${r.non_2xx} non-2xx)` : ''}`);
+      if (t.child) await stop(t.child);
+    }
+    const w = results.workers;
+    results.workers.ratios = {
+      turnpike_w2_over_w1: +(w['turnpike-w2'].rps / w['turnpike-w1'].rps).toFixed(2),
+      reference_x2_over_x1: +(w['reference-x2'].rps / w.reference.rps).toFixed(2),
+      turnpike_w1_over_reference: +(w['turnpike-w1'].rps / w.reference.rps).toFixed(3),
+      turnpike_w2_over_reference_x2: +(w['turnpike-w2'].rps / w['reference-x2'].rps).toFixed(3),
+    };
+    console.log(`  ratios: ${JSON.stringify(results.workers.ratios)}`);
+    await stop(up2);
+  }
+} finally {
+  await stop(upstream);
+  mkdirSync(dirname(OUT), { recursive: true });
+  writeFileSync(OUT, JSON.stringify(results, null, 2) + '\n');
+  console.log(`\nresults: ${OUT}`);
+  rmSync(tmp, { recursive: true, force: true });
+  killAll();
+}

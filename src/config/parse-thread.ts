@@ -1,0 +1,85 @@
+/**
+ * Parsing and validating a config off the main thread. YAML parsing and schema validation of
+ * a large config (10,000 routes: ~0.5 s) would stall every request in flight if done on the
+ * event loop during a reload; here it runs in one long-lived worker thread, and only the
+ * validated plain object comes back. Line numbers for errors found later (compile) are
+ * recovered lazily by parsing the text again on the main thread — only when there is an error.
+ */
+import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+import { ConfigError, type ConfigIssue } from './errors.js';
+import { parseConfigText, type LoadedConfig } from './load.js';
+import type { TurnpikeConfigInput } from './schema.js';
+
+interface Job { id: number; text: string; file: string | undefined; env: NodeJS.ProcessEnv }
+type Reply = { id: number; config: TurnpikeConfigInput } | { id: number; issues: ConfigIssue[]; file: string | undefined } | { id: number; failure: string };
+
+/** A LoadedConfig around an already validated object; lines are computed only if asked for. */
+export function fromValidated(config: TurnpikeConfigInput, text: string, file: string | undefined, env?: NodeJS.ProcessEnv): LoadedConfig {
+  let full: LoadedConfig | null = null;
+  const lazy = () => (full ??= parseConfigText(text, { file, env }));
+  return { config, file, text, lineOf: (p) => lazy().lineOf(p), error: (issues) => lazy().error(issues) };
+}
+
+let worker: Worker | null = null;
+let nextId = 0;
+const pending = new Map<number, { resolve: (l: LoadedConfig) => void; reject: (e: Error) => void; job: Job }>();
+
+function ensureWorker(): Worker {
+  if (worker) return worker;
+  // The compiled file in dist/, or this source file when run through tsx (tests).
+  const w = new Worker(new URL(import.meta.url));
+  w.unref();
+  w.on('message', (r: Reply) => {
+    const p = pending.get(r.id);
+    if (!p) return;
+    pending.delete(r.id);
+    if ('config' in r) p.resolve(fromValidated(r.config, p.job.text, p.job.file, p.job.env));
+    else if ('issues' in r) p.reject(new ConfigError(r.issues, r.file));
+    else p.reject(new Error(r.failure));
+  });
+  const fail = (err: Error) => {
+    worker = null;
+    for (const [id, p] of pending) {
+      pending.delete(id);
+      // The thread died (out of memory on a hostile file?): fall back to the main thread.
+      try {
+        p.resolve(parseConfigText(p.job.text, { file: p.job.file, env: p.job.env }));
+      } catch (e) {
+        p.reject(e instanceof Error ? e : err);
+      }
+    }
+  };
+  w.on('error', fail);
+  w.on('exit', () => fail(new Error('config parser thread exited')));
+  worker = w;
+  return w;
+}
+
+/** parseConfigText on the worker thread. Resolves with a LoadedConfig or rejects with ConfigError. */
+export function parseConfigOffThread(text: string, opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): Promise<LoadedConfig> {
+  const job: Job = { id: ++nextId, text, file: opts.file, env: opts.env ?? process.env };
+  return new Promise((resolve, reject) => {
+    pending.set(job.id, { resolve, reject, job });
+    ensureWorker().postMessage(job);
+  });
+}
+
+/** Stops the parser thread (tests; a process exits without it, the thread is unref'd). */
+export async function stopParserThread(): Promise<void> {
+  const w = worker;
+  worker = null;
+  if (w) await w.terminate();
+}
+
+if (!isMainThread && parentPort) {
+  const port = parentPort;
+  port.on('message', (job: Job) => {
+    let reply: Reply;
+    try {
+      reply = { id: job.id, config: parseConfigText(job.text, { file: job.file, env: job.env }).config };
+    } catch (err) {
+      reply = err instanceof ConfigError ? { id: job.id, issues: err.issues, file: err.file } : { id: job.id, failure: String(err) };
+    }
+    port.postMessage(reply);
+  });
+}
