@@ -11,8 +11,8 @@
  *           workers: 2, plus the reference proxy in 2 processes (node:cluster) — same run, no
  *           pinning (on 2 cores the load generator and the upstream share them).
  *
- * Environment: BENCH_DURATION seconds per measurement (default 10), BENCH_PARTS (routes,workers),
- * BENCH_RELOAD_MS (default 500), BENCH_OUT (default bench/results/resilience.json).
+ * Environment: BENCH_WRK_THREADS (workers part, default 1), BENCH_DURATION seconds per measurement (default 10), BENCH_PARTS (routes,workers),
+ * BENCH_RELOAD_MS (default 2000), BENCH_OUT (default bench/results/resilience.json).
  * Needs wrk. All traffic stays on 127.0.0.1; every child is killed on exit.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -27,9 +27,11 @@ const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 const env = process.env;
 const DURATION = Number(env.BENCH_DURATION ?? 10);
 const PARTS = (env.BENCH_PARTS ?? 'routes,workers').split(',');
-const RELOAD_MS = Number(env.BENCH_RELOAD_MS ?? 500);
+const RELOAD_MS = Number(env.BENCH_RELOAD_MS ?? 2000);
 const OUT = env.BENCH_OUT ?? join(ROOT, 'bench/results/resilience.json');
 const ROUTES = 10_000;
+/** wrk threads for the workers part (a single wrk thread can be what saturates first there). */
+const WRK_THREADS = Number(env.BENCH_WRK_THREADS ?? 1);
 
 const children = new Set();
 function start(label, cmd, args, extraEnv = {}) {
@@ -78,8 +80,8 @@ if (!wrk) { console.error('wrk is required (apt-get install wrk)'); process.exit
 const taskset = availableParallelism() >= 2 ? which('taskset') : null;
 const pin = (cpu, cmd, args) => (taskset && cpu !== null ? [taskset, ['-c', String(cpu), cmd, ...args]] : [cmd, args]);
 
-async function load(url, conns, seconds, cpu = null) {
-  const c = start('wrk', ...pin(cpu, wrk, ['-t1', `-c${conns}`, `-d${seconds}s`, '--timeout', '5s', '--latency', url]));
+async function load(url, conns, seconds, cpu = null, threads = 1) {
+  const c = start('wrk', ...pin(cpu, wrk, [`-t${threads}`, `-c${conns}`, `-d${seconds}s`, '--timeout', '5s', '--latency', url]));
   await c.exited;
   return parseWrk(c.output);
 }
@@ -210,8 +212,8 @@ try {
     results.workers = {};
     for (const [name, startTarget] of Object.entries(targets)) {
       const t = await startTarget();
-      await load(t.url, 64, 2);
-      const r = await load(t.url, 64, DURATION);
+      await load(t.url, 64, 2, null, WRK_THREADS);
+      const r = await load(t.url, 64, DURATION, null, WRK_THREADS);
       results.workers[name] = r;
       console.log(`  ${name.padEnd(13)} ${String(Math.round(r.rps)).padStart(6)} req/s, p50 ${us(r.p50_us)}, p99 ${us(r.p99_us)}${r.socket_errors || r.non_2xx ? ` (${r.socket_errors} socket errors, ${r.non_2xx} non-2xx)` : ''}`);
       if (t.child) await stop(t.child);

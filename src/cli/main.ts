@@ -113,10 +113,16 @@ export async function main(argv: string[]): Promise<number> {
   process.stderr.write(banner + '\n');
 
   // Parsing runs on a worker thread and compiling in slices, so the proxy keeps serving while a
-  // large config reloads; a newer change supersedes one still being prepared.
-  let latest = 0;
-  const reloadFrom = async (why: string, given?: string) => {
-    const seq = ++latest;
+  // large config reloads. One reload at a time: changes that arrive meanwhile are coalesced
+  // into one more reload of the newest text afterwards (never starved by a busy writer).
+  let busy = false;
+  let queued: { why: string; text?: string } | null = null;
+  const reloadFrom = async (why: string, given?: string): Promise<void> => {
+    if (busy) {
+      queued = { why, text: given };
+      return;
+    }
+    busy = true;
     try {
       let text = given;
       if (text === undefined) {
@@ -126,12 +132,15 @@ export async function main(argv: string[]): Promise<number> {
           throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
         }
       }
-      const next = await parseConfigOffThread(text, { file });
-      if (seq !== latest) return;
-      await running.reload(next);
+      await running.reload(await parseConfigOffThread(text, { file }));
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {
       log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
+    } finally {
+      busy = false;
+      const next = queued;
+      queued = null;
+      if (next) void reloadFrom(next.why, next.text);
     }
   };
   const watcher = loaded.config.watch === false ? null : watchConfig(file, loaded.text, (text) => void reloadFrom('file change', text), {

@@ -6,6 +6,8 @@
  * recovered lazily by parsing the text again on the main thread — only when there is an error.
  */
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import { parseConfigText, type LoadedConfig } from './load.js';
 import type { TurnpikeConfigInput } from './schema.js';
@@ -73,6 +75,14 @@ export async function stopParserThread(): Promise<void> {
 
 if (!isMainThread && parentPort) {
   const port = parentPort;
+  // Lowest CPU priority for this thread only (Linux applies setpriority to a thread id): when
+  // it shares a core with the event loop, requests go first and parsing takes the idle time.
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (tid > 0) setPriority(tid, 19);
+  } catch {
+    /* not Linux: the thread keeps the process priority */
+  }
   port.on('message', (job: Job) => {
     let reply: Reply;
     try {
