@@ -15,6 +15,7 @@ import { normalizePath } from '../router/path.js';
 import { TrustedProxies } from '../core/forwarded.js';
 import type { PoolRegistry } from '../upstream/pools.js';
 import { createBalancer, type Balancer, type BalancerName } from '../upstream/balancer.js';
+import type { DnsSettings } from '../upstream/dns.js';
 import { RuntimeState, type ServiceState, type TargetState } from '../upstream/state.js';
 import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../upstream/authority.js';
 
@@ -90,6 +91,7 @@ export interface Snapshot {
   /** Worker processes (resolved: auto = CPU cores). */
   workers: number;
   watch: boolean;
+  dns: DnsSettings;
   trusted: TrustedProxies;
   /** Which forwarding fields go upstream. */
   forwarding: { xff: boolean; proto: boolean; host: boolean; port: boolean; realIp: boolean; forwarded: boolean };
@@ -138,6 +140,8 @@ export interface CompileDeps {
   reporter?: Reporter;
   /** CPU cores for workers: auto. */
   cores?: number;
+  /** Resolved upstream names; names without an answer are left to undici. */
+  dns?: { get(host: string): string[] | undefined };
 }
 
 const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
@@ -145,6 +149,14 @@ const DEFAULT_RETRY_ON = ['connect-error'];
 
 /** Plugins known to this build. None yet: a binding to any plugin is an error, never silently ignored. */
 export const KNOWN_PLUGINS = new Set<string>();
+
+export function dnsSettings(cfg: TurnpikeConfigInput): DnsSettings {
+  return {
+    servers: cfg.dns?.servers ?? null,
+    refreshMs: Math.max(100, parseDuration(cfg.dns?.refresh ?? '30s')),
+    timeoutMs: Math.max(1, parseDuration(cfg.dns?.timeout ?? '2s')),
+  };
+}
 
 /** Compiles in one go (validate, tests, startup). */
 export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
@@ -229,6 +241,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   // Bulkheads and the retry budget's floor are per process: each worker gets its share.
   const share = (n: number) => Math.ceil(n / workers);
   const acquired: Pool[] = [];
+  /** DNS answers this snapshot was compiled with (part of its hash: a new answer is a new snapshot). */
+  const dnsUsed: Record<string, string[]> = {};
   const state = deps.state ?? new RuntimeState();
   const reporter = deps.reporter ?? NO_REPORTER;
   const heldTargets: string[] = [];
@@ -265,6 +279,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (rawTargets.length && rawTargets.every((r) => r.weight === 0)) fail([...sp, 'upstream', 'targets'], 'at least one target needs a weight above 0');
 
     const targets: Target[] = [];
+    const seenTargets = new Set<string>();
     for (const r of rawTargets) {
       let u: URL;
       try {
@@ -277,12 +292,21 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       if (u.username || u.password) { fail(r.path, 'credentials in upstream URLs are not supported'); continue; }
       if (u.search || u.hash) { fail(r.path, 'an upstream URL may not have a query or fragment'); continue; }
       const basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
-      const key = `${s.name}|${u.origin}${basePath}`;
-      if (targets.some((x) => x.state.key === key)) { fail(r.path, `target ${u.origin}${basePath} is listed twice (give it a weight instead)`); continue; }
-      const pool = deps.pools.acquire(u.origin, { connectTimeout: timeoutsMs.connect });
-      acquired.push(pool);
-      heldTargets.push(key);
-      targets.push({ origin: u.origin, basePath, hostHeader: u.host, weight: r.weight, pool, state: state.targets.acquire(key) });
+      const id = `${s.name}|${u.origin}${basePath}`;
+      if (seenTargets.has(id)) { fail(r.path, `target ${u.origin}${basePath} is listed twice (give it a weight instead)`); continue; }
+      seenTargets.add(id);
+      // A name resolved by the gateway (src/upstream/dns.ts): one target per address, sent the
+      // name as Host and SNI. Without an answer (validate, or no DNS table) undici resolves it.
+      const addrs = isIP(u.hostname.replace(/^\[|\]$/g, '')) === 0 ? deps.dns?.get(u.hostname) : undefined;
+      if (addrs !== undefined) dnsUsed[u.hostname] = addrs;
+      for (const addr of addrs ?? [null]) {
+        const origin = addr === null ? u.origin : `${u.protocol}//${isIP(addr) === 6 ? `[${addr}]` : addr}:${u.port || (u.protocol === 'https:' ? 443 : 80)}`;
+        const key = addr === null ? id : `${id}@${addr}`;
+        const pool = deps.pools.acquire(origin, { connectTimeout: timeoutsMs.connect, servername: addr !== null && u.protocol === 'https:' ? u.hostname : undefined });
+        acquired.push(pool);
+        heldTargets.push(key);
+        targets.push({ origin, basePath, hostHeader: u.host, weight: r.weight, pool, state: state.targets.acquire(key) });
+      }
     }
     const up = s.upstream;
     const balancerName: BalancerName = up?.balancer ?? 'round-robin';
@@ -403,7 +427,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     throw loaded.error(issues);
   }
 
-  const json = JSON.stringify(cfg);
+  const json = JSON.stringify(cfg) + JSON.stringify(dnsUsed);
   yield;
   const hash = createHash('sha256').update(json).digest('hex').slice(0, 16);
   return Object.freeze({
@@ -415,6 +439,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     demo,
     workers,
     watch: cfg.watch ?? true,
+    dns: dnsSettings(cfg),
     trusted,
     forwarding: forwardingOf(cfg.forwarding_headers ?? DEFAULTS.forwarding_headers),
     limits,

@@ -182,6 +182,13 @@ export const TurnpikeConfig = Strict({
   workers: Type.Optional(Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 256 })], {
     description: 'Worker processes serving the proxy listener: auto = one per CPU core (default 1).',
   })),
+  dns: Type.Optional(Strict({
+    servers: Type.Optional(Type.Array(Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[0-9.]+)(:[0-9]{1,5})?$' }), {
+      minItems: 1, description: 'DNS servers (ip or ip:port) for upstream names; default: the system resolver (/etc/hosts, nsswitch).',
+    })),
+    refresh: Type.Optional(Duration),
+    timeout: Type.Optional(Duration),
+  }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s).' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   admin: Type.Optional(Admin),
   trusted_proxies: Type.Optional(Type.Array(Type.String(), {

@@ -25,8 +25,8 @@ import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
 
 type ToWorker =
-  | { tp: 'config'; text: string; config: TurnpikeConfigInput; file: string | undefined; decisions: Decision[] }
-  | { tp: 'reload'; text: string; config: TurnpikeConfigInput }
+  | { tp: 'config'; text: string; config: TurnpikeConfigInput; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
+  | { tp: 'reload'; text: string; config: TurnpikeConfigInput; dns: Record<string, string[]> }
   | { tp: 'decisions'; decisions: Decision[] }
   | { tp: 'stop' };
 
@@ -62,7 +62,6 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   const broadcast = (m: ToWorker) => {
     for (const i of infos.values()) if (i.worker.isConnected()) i.worker.send(m);
   };
-  let current = loaded;
   let stopping = false;
   let crashDelay = 0;
   let address: Supervisor['proxyAddress'] | null = null;
@@ -72,6 +71,16 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     role: 'primary',
     onDecision: (d) => broadcast({ tp: 'decisions', decisions: [d] }),
     workers: () => [...infos.values()].map((i) => ({ pid: i.worker.process.pid, state: i.retiring ? 'retiring' : i.listening ? 'listening' : 'starting' })),
+    // Every new snapshot (file, SIGHUP, changed DNS answers) goes to the workers as the
+    // validated object plus the primary's DNS answers: workers neither parse YAML, validate
+    // again, nor resolve names on their own.
+    onSwap: (next, snap) => {
+      broadcast({ tp: 'reload', text: next.text, config: next.config, dns: gw.dns.table() });
+      if (snap.workers !== live().length) {
+        log.info({ to: snap.workers }, 'worker count changed');
+        scaleTo(snap.workers);
+      }
+    },
   });
   const health = gw.health!;
 
@@ -84,7 +93,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
-          worker.send({ tp: 'config', text: current.text, config: current.config, file: current.file, decisions: health.decisions() } satisfies ToWorker);
+          worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions() } satisfies ToWorker);
           break;
         case 'listening':
           info.listening = true;
@@ -140,11 +149,14 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
       setTimeout(() => info.worker.process.kill('SIGKILL'), gw.snapshot.timeouts.drain + 5_000).unref();
     });
 
-  const scaleTo = async (n: number) => {
-    const live = [...infos.values()].filter((i) => !i.retiring);
-    for (let k = live.length; k < n; k++) fork();
-    for (const info of live.slice(n)) void retire(info);
-  };
+  function live(): WorkerInfo[] {
+    return [...infos.values()].filter((i) => !i.retiring);
+  }
+  function scaleTo(n: number): void {
+    const now = live();
+    for (let k = now.length; k < n; k++) fork();
+    for (const info of now.slice(n)) void retire(info);
+  }
 
   try {
     const first = Array.from({ length: gw.snapshot.workers }, () => fork());
@@ -160,16 +172,8 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     gw,
     proxyAddress: address!,
     async reload(next: LoadedConfig) {
-      const before = gw.snapshot;
-      // Rejects with ConfigError: then nothing is sent to the workers.
-      if ((await gw.reloadAsync(next)) === before) return;
-      current = next;
-      // The validated object travels with the text: workers neither parse YAML nor validate again.
-      broadcast({ tp: 'reload', text: next.text, config: next.config });
-      if (gw.snapshot.workers !== before.workers) {
-        log.info({ from: before.workers, to: gw.snapshot.workers }, 'worker count changed');
-        void scaleTo(gw.snapshot.workers);
-      }
+      // Rejects with ConfigError: then nothing is sent to the workers (onSwap sends the rest).
+      await gw.reloadAsync(next);
     },
     async rollingRestart() {
       for (const old of [...infos.values()].filter((i) => !i.retiring)) {
@@ -234,7 +238,7 @@ export async function runWorker(log: Logger): Promise<number> {
   const reporter = new IpcReporter();
   let gw: Gateway;
   try {
-    gw = await Gateway.start(fromValidated(config.config, config.text, config.file), { logger: log, role: 'worker', reporter });
+    gw = await Gateway.start(fromValidated(config.config, config.text, config.file), { logger: log, role: 'worker', reporter, dnsTable: config.dns });
   } catch (err) {
     log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'worker cannot start');
     return 1;
@@ -256,6 +260,7 @@ export async function runWorker(log: Logger): Promise<number> {
       const msg = m as ToWorker;
       if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
       else if (msg.tp === 'reload') {
+        gw.dns.load(msg.dns);
         gw.reloadAsync(fromValidated(msg.config, msg.text, config.file)).then(
           () => send({ tp: 'reloaded' }),
           (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) }),

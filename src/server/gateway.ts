@@ -6,7 +6,8 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Server as NetServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
-import { compile, compileAsync, type Address, type CompileDeps, type Snapshot } from '../config/compile.js';
+import { compile, compileAsync, dnsSettings, type Address, type CompileDeps, type Snapshot } from '../config/compile.js';
+import { DnsCache, upstreamNames } from '../upstream/dns.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
@@ -31,6 +32,10 @@ export interface GatewayOptions {
   onDecision?: (d: Decision) => void;
   /** Worker processes, for the admin view (primary). */
   workers?: () => { pid: number | undefined; state: string }[];
+  /** Every snapshot swap after the first (primary: sends the config to the workers). */
+  onSwap?: (loaded: LoadedConfig, snapshot: Snapshot) => void;
+  /** Worker: the primary's DNS answers (a worker never resolves on its own). */
+  dnsTable?: Record<string, string[]>;
 }
 
 function listen(server: Server, addr: Address): Promise<AddressInfo> {
@@ -99,8 +104,17 @@ export class Gateway implements RequestContext {
   adminAddress: AddressInfo | null = null;
   demoAddress: AddressInfo | null = null;
 
-  private constructor(loaded: LoadedConfig, opts: GatewayOptions) {
+  /** The config of the running snapshot (recompiled when DNS answers change). */
+  loaded: LoadedConfig;
+  readonly dns: DnsCache;
+  private dnsTimer: NodeJS.Timeout | undefined;
+  private readonly onSwap: GatewayOptions['onSwap'];
+
+  private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
+    this.loaded = loaded;
+    this.dns = dns;
+    this.onSwap = opts.onSwap;
     this.pools = new PoolRegistry();
     this.runtime = new RuntimeState();
     this.role = opts.role ?? 'single';
@@ -120,10 +134,46 @@ export class Gateway implements RequestContext {
     }
     this.snapshot = this.compile(loaded);
     this.health?.sync(this.snapshot);
+    if (this.role !== 'worker') this.scheduleDnsRefresh();
   }
 
   private deps(): CompileDeps {
-    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism() };
+    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns: this.dns };
+  }
+
+  /** Resolves upstream names not resolved yet (all of them at start); failures are logged. */
+  private static async resolveNew(dns: DnsCache, loaded: LoadedConfig, log: Logger): Promise<void> {
+    dns.configure(dnsSettings(loaded.config));
+    const fresh = upstreamNames(loaded.config).filter((h) => dns.get(h) === undefined);
+    if (fresh.length === 0) return;
+    const { failed } = await dns.refresh(fresh);
+    for (const f of failed) log.warn({ host: f.host, error: f.error }, 'upstream name does not resolve: no targets for it until it does');
+  }
+
+  private scheduleDnsRefresh(): void {
+    clearTimeout(this.dnsTimer);
+    if (this.draining) return;
+    this.dnsTimer = setTimeout(() => void this.refreshDns(), this.dns.refreshMs);
+    this.dnsTimer.unref();
+  }
+
+  /** Re-resolves every upstream name; a changed answer recompiles the running config. */
+  private async refreshDns(): Promise<void> {
+    try {
+      const names = upstreamNames(this.loaded.config);
+      if (names.length) {
+        const { changed, failed } = await this.dns.refresh(names);
+        for (const f of failed) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
+        // A reload under way compiles with the new answers already; never supersede it with the older config.
+        if (changed && !this.draining && this.reloading === 0) {
+          this.log.info({ dns: Object.fromEntries(names.map((n) => [n, this.dns.get(n)])) }, 'upstream addresses changed');
+          await this.reloadAsync(this.loaded);
+        }
+      }
+    } catch (err) {
+      this.log.error({ err: String(err) }, 'DNS refresh failed');
+    }
+    this.scheduleDnsRefresh();
   }
 
   private compile(loaded: LoadedConfig): Snapshot {
@@ -132,7 +182,10 @@ export class Gateway implements RequestContext {
 
   /** Compiles the config and starts every listener it names. Throws ConfigError or a listen error. */
   static async start(loaded: LoadedConfig, opts: GatewayOptions = {}): Promise<Gateway> {
-    const gw = new Gateway(loaded, opts);
+    const dns = new DnsCache(dnsSettings(loaded.config));
+    if (opts.dnsTable) dns.load(opts.dnsTable);
+    else await Gateway.resolveNew(dns, loaded, opts.logger ?? silentLogger);
+    const gw = new Gateway(loaded, opts, dns);
     try {
       await gw.listenAll();
     } catch (err) {
@@ -260,10 +313,11 @@ export class Gateway implements RequestContext {
   /** Swaps in a new config, compiled at once. Throws ConfigError (the running config stays). */
   reload(loaded: LoadedConfig): Snapshot {
     this.reloadSeq++;
-    return this.swap(this.compile(loaded));
+    return this.swap(loaded, this.compile(loaded));
   }
 
   private reloadSeq = 0;
+  private reloading = 0;
 
   /**
    * Swaps in a new config compiled in slices between requests (compileAsync), so a large
@@ -272,15 +326,22 @@ export class Gateway implements RequestContext {
    */
   async reloadAsync(loaded: LoadedConfig): Promise<Snapshot> {
     const seq = ++this.reloadSeq;
-    const next = await compileAsync(loaded, this.deps());
+    this.reloading++;
+    let next: Snapshot;
+    try {
+      if (this.role !== 'worker') await Gateway.resolveNew(this.dns, loaded, this.log);
+      next = await compileAsync(loaded, this.deps());
+    } finally {
+      this.reloading--;
+    }
     if (seq !== this.reloadSeq || this.draining) {
       next.dispose();
       return this.snapshot;
     }
-    return this.swap(next);
+    return this.swap(loaded, next);
   }
 
-  private swap(next: Snapshot): Snapshot {
+  private swap(loaded: LoadedConfig, next: Snapshot): Snapshot {
     const prev = this.snapshot;
     if (next.hash === prev.hash) {
       // Same effective config: keep the running snapshot (and its revision).
@@ -304,12 +365,15 @@ export class Gateway implements RequestContext {
       this.proxy.maxHeadersCount = next.limits.maxHeaders + 1;
     }
     this.snapshot = next;
+    this.loaded = loaded;
     this.revision++;
     // In-flight requests hold their own references to the old snapshot's pools; closing a
     // pool waits for its running requests.
     prev.dispose();
     this.health?.sync(next);
     this.log.info({ revision: this.revision, hash: next.hash }, 'config reloaded');
+    if (this.role !== 'worker') this.scheduleDnsRefresh();
+    this.onSwap?.(loaded, next);
     return next;
   }
 
@@ -339,6 +403,7 @@ export class Gateway implements RequestContext {
     if (this.draining) return;
     this.draining = true;
     this.ready = false;
+    clearTimeout(this.dnsTimer);
     const deadline = Date.now() + this.snapshot.timeouts.drain;
     // net.Server's close, not http.Server's: the latter also cuts connections whose first
     // request has not been parsed yet (closeIdleConnections), losing requests already sent.

@@ -56,6 +56,7 @@ class LeastConnections implements Balancer {
   private choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     const n = ts.length;
+    if (n === 0) return null;
     const start = this.next++ % n;
     let best: Target | null = null;
     let bestScore = Infinity;
@@ -130,6 +131,7 @@ class Latency implements Balancer {
   private choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     const n = ts.length;
+    if (n === 0) return null;
     // Two random distinct candidates; if either is not usable, scan for a usable one.
     const i = Math.floor(Math.random() * n);
     let j = n > 1 ? Math.floor(Math.random() * (n - 1)) : 0;

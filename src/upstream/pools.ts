@@ -1,5 +1,5 @@
 /**
- * Connection pools to upstream origins: one undici Pool per (origin, connect timeout), kept
+ * Connection pools to upstream origins: one undici Pool per (origin, connect timeout, TLS name), kept
  * alive across config snapshots so a reload keeps warm connections. Idle pools are closed
  * when no snapshot references them any more (see release()).
  */
@@ -8,18 +8,20 @@ import { Pool } from 'undici';
 export interface PoolOptions {
   connectTimeout: number;
   keepAliveTimeout?: number;
+  /** TLS server name when the origin is an address resolved from a name. */
+  servername?: string;
 }
 
 export class PoolRegistry {
   private readonly pools = new Map<string, { pool: Pool; refs: number }>();
 
   acquire(origin: string, opts: PoolOptions): Pool {
-    const key = `${origin}|${opts.connectTimeout}`;
+    const key = `${origin}|${opts.connectTimeout}|${opts.servername ?? ''}`;
     let e = this.pools.get(key);
     if (!e) {
       e = {
         pool: new Pool(origin, {
-          connect: { timeout: opts.connectTimeout, noDelay: true },
+          connect: { timeout: opts.connectTimeout, noDelay: true, ...(opts.servername ? { servername: opts.servername } : {}) },
           keepAliveTimeout: opts.keepAliveTimeout ?? 4_000,
           keepAliveMaxTimeout: 600_000,
           pipelining: 1,

@@ -1,0 +1,124 @@
+/** Upstream names resolved by the gateway: one target per address, re-resolved, a real DNS server on loopback. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import dnsPacket from 'dns-packet';
+import { lookup } from 'node:dns/promises';
+import { request, sleep, startGateway } from './helpers.js';
+
+/** A DNS server on 127.0.0.1 answering A queries from `zone` (name -> addresses; missing = NXDOMAIN). */
+async function startDns(zone: Map<string, string[]>): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
+  const sock: UdpSocket = createSocket('udp4');
+  const queries: string[] = [];
+  sock.on('message', (msg, rinfo) => {
+    const q = dnsPacket.decode(msg);
+    const question = q.questions?.[0];
+    if (!question) return;
+    queries.push(`${question.type} ${question.name}`);
+    const addrs = zone.get(question.name);
+    const answers = question.type === 'A' && addrs ? addrs.map((data) => ({ type: 'A' as const, name: question.name, ttl: 1, data })) : [];
+    const reply = dnsPacket.encode({
+      type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (addrs ? 0 : 3) /* NXDOMAIN */,
+      questions: q.questions, answers,
+    });
+    sock.send(reply, rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
+  return { port: (sock.address() as AddressInfo).port, queries, close: () => new Promise((r) => sock.close(() => r())) };
+}
+
+/** The same port on several loopback addresses, each answering with its own address and the Host it got. */
+async function startOn(addrs: string[]): Promise<{ port: number; close(): Promise<void> }> {
+  const servers: Server[] = [];
+  let port = 0;
+  for (const a of addrs) {
+    const s = createServer((req, res) => res.end(`${a} ${req.headers.host}`));
+    await new Promise<void>((r) => s.listen(port, a, r));
+    port = (s.address() as AddressInfo).port;
+    servers.push(s);
+  }
+  return { port, close: async () => { for (const s of servers) { s.closeAllConnections(); await new Promise((r) => s.close(r)); } } };
+}
+
+test('a name with two addresses is two targets; a changed answer moves traffic; the name goes as Host', async () => {
+  const zone = new Map([['api.test', ['127.0.0.2', '127.0.0.3']]]);
+  const dns = await startDns(zone);
+  const up = await startOn(['127.0.0.2', '127.0.0.3']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 200ms}\nservices:\n  - name: s\n    url: http://api.test:${up.port}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const seen = new Map<string, number>();
+    for (let i = 0; i < 10; i++) {
+      const r = await request(`${g.url}/x`);
+      assert.equal(r.status, 200);
+      const [addr, host] = r.body.split(' ');
+      assert.equal(host, `api.test:${up.port}`);
+      seen.set(addr!, (seen.get(addr!) ?? 0) + 1);
+    }
+    assert.deepEqual(Object.fromEntries(seen), { '127.0.0.2': 5, '127.0.0.3': 5 });
+    assert.deepEqual(g.gw.snapshot.services[0]!.targets.map((t) => t.origin), [`http://127.0.0.2:${up.port}`, `http://127.0.0.3:${up.port}`]);
+
+    // The answer changes: after a refresh, everything goes to the remaining address.
+    const revision = g.gw.revision;
+    zone.set('api.test', ['127.0.0.3']);
+    for (let i = 0; i < 50 && g.gw.revision === revision; i++) await sleep(50);
+    assert.equal(g.gw.revision, revision + 1, 'the changed answer recompiled the config');
+    for (let i = 0; i < 6; i++) assert.match((await request(`${g.url}/x`)).body, /^127\.0\.0\.3 /);
+
+    // The name stops resolving: the last good answer stays.
+    zone.delete('api.test');
+    const before = dns.queries.length;
+    for (let i = 0; i < 50 && dns.queries.length < before + 2; i++) await sleep(50);
+    await sleep(100);
+    assert.equal(g.gw.revision, revision + 1);
+    assert.match((await request(`${g.url}/x`)).body, /^127\.0\.0\.3 /);
+  } finally {
+    await g.close();
+    await up.close();
+    await dns.close();
+  }
+});
+
+test('a name that does not resolve at start: 503 no-healthy-target, then served once it resolves', async () => {
+  const zone = new Map<string, string[]>();
+  const dns = await startDns(zone);
+  const up = await startOn(['127.0.0.4']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 200ms}\nservices:\n  - name: s\n    url: http://late.test:${up.port}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 503);
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:no-healthy-target');
+    zone.set('late.test', ['127.0.0.4']);
+    let body = '';
+    for (let i = 0; i < 60 && !body.startsWith('127.0.0.4'); i++) {
+      await sleep(50);
+      body = (await request(`${g.url}/x`)).body;
+    }
+    assert.match(body, /^127\.0\.0\.4 late\.test:/);
+  } finally {
+    await g.close();
+    await up.close();
+    await dns.close();
+  }
+});
+
+test('the system resolver: localhost resolves through /etc/hosts, every address a target', async () => {
+  const expected = [...new Set((await lookup('localhost', { all: true })).map((a) => a.address))].sort();
+  const up = await startOn(expected);
+  const g = await startGateway(`services:\n  - name: s\n    url: http://localhost:${up.port}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const origins = g.gw.snapshot.services[0]!.targets.map((t) => t.origin);
+    assert.deepEqual(origins, expected.map((a) => `http://${a.includes(':') ? `[${a}]` : a}:${up.port}`));
+    const seen = new Set<string>();
+    for (let i = 0; i < 2 * expected.length; i++) {
+      const r = await request(`${g.url}/x`);
+      assert.equal(r.status, 200);
+      seen.add(r.body.split(' ')[0]!);
+    }
+    assert.deepEqual([...seen].sort(), expected);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
