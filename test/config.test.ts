@@ -188,3 +188,44 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /cannot read/);
 });
+
+test('the configuration example in README.md is valid', () => {
+  const readme = readFileSync('README.md', 'utf8');
+  const start = readme.indexOf('    listen: 127.0.0.1:8080\n');
+  assert.ok(start !== -1, 'README lost its config example');
+  const lines: string[] = [];
+  for (const line of readme.slice(start).split('\n')) {
+    if (!line.startsWith('    ')) break;
+    lines.push(line.slice(4));
+  }
+  const pools = new PoolRegistry();
+  try {
+    compile(parseConfigText(lines.join('\n'), { env: {} }), { pools }).dispose();
+  } finally {
+    void pools.closeAll();
+  }
+});
+
+test('resilience settings are checked with their paths and lines', () => {
+  const issues = issuesOf(`services:
+  - name: s
+    upstream:
+      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:1/"}]
+      hash_on: header:x-user
+      healthcheck:
+        active: {path: /h, interval: 1s, timeout: 2s}
+        passive: {ejection: 10s, max_ejection: 1s}
+    timeouts: {response: 5s, total: 1s}
+    circuit_breaker: {max_pending: 3}
+`).map((i) => `${i.path} (line ${i.line}): ${i.message}`);
+  assert.deepEqual(issues, [
+    'services[0].upstream.targets[1].url (line 4): target http://127.0.0.1:1 is listed twice (give it a weight instead)',
+    'services[0].upstream.hash_on (line 5): hash_on only applies to balancer: consistent-hash',
+    'services[0].upstream.healthcheck.active.timeout (line 7): must be between 1ms and the interval',
+    'services[0].upstream.healthcheck.passive.max_ejection (line 8): must be at least the ejection time',
+    'services[0].timeouts.total (line 9): must be at least timeouts.response (it bounds all attempts together)',
+    'services[0].circuit_breaker (line 10): max_pending and max_wait need max_concurrent',
+  ]);
+  // One syntax error is reported once, not once per token after it.
+  assert.ok(issuesOf('admin: {listen: 127.0.0.1:8081, token: ${X:-}}\nservices: []\n').length <= 6);
+});

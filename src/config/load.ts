@@ -111,10 +111,10 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
     );
 
   if (doc.errors.length) {
-    throw new ConfigError(
-      doc.errors.map((e) => ({ path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: e.message.split('\n')[0]! })),
-      opts.file,
-    );
+    // One syntax error tends to make the parser report every token after it: the first few say it all.
+    const shown = doc.errors.slice(0, 5).map((e): ConfigIssue => ({ path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: e.message.split('\n')[0]! }));
+    if (doc.errors.length > shown.length) shown.push({ path: '(syntax)', message: `${doc.errors.length - shown.length} more syntax errors follow from the first ones` });
+    throw new ConfigError(shown, opts.file);
   }
 
   const envIssues: { path: PathSegment[]; message: string }[] = [];
