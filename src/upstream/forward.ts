@@ -17,6 +17,8 @@ const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED
 const RETRY = new Error('retrying on another target');
 /** Latency charged to a target whose attempt failed, so the latency balancer moves away from it. */
 const FAILURE_PENALTY_MS = 5_000;
+/** Request bodies up to this size are read before the first attempt so that retries can resend them. */
+const RETRY_BUFFER_BYTES = 64 * 1024;
 /** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
 const PRECISE_TIMEOUT_BELOW_MS = 10_000;
 
@@ -77,6 +79,8 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private trial = false;
   private waiting: (() => void) | null = null;
   private waitTimer: NodeJS.Timeout | undefined;
+  /** The request body, when it was read first to be retryable. */
+  private body: Buffer | null = null;
   /** The request's outcome for the circuit: true ok, false failed, null unknown. */
   private outcome: boolean | null = null;
 
@@ -92,8 +96,29 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     this.release();
   }
 
-  /** Admission (circuit, bulkhead), then the first attempt. */
+  /** Reads a retryable body when needed, then admission (circuit, bulkhead) and the first attempt. */
   start(): void {
+    const f = this.f;
+    const svc = f.service;
+    // A small body of a request that may be retried is read first, so a retry can send it
+    // again (Envoy buffers the same way); bigger or chunked bodies stream and are never retried.
+    if (f.hasBody && svc.retries > 0 && (f.retryNonIdempotent || IDEMPOTENT.has(f.method)) && f.req.headers['transfer-encoding'] === undefined) {
+      const length = Number(f.req.headers['content-length']);
+      if (length > 0 && length <= RETRY_BUFFER_BYTES) {
+        const chunks: Buffer[] = [];
+        f.req.on('data', (c: Buffer) => chunks.push(c));
+        f.req.once('end', () => {
+          if (this.finished) return;
+          this.body = Buffer.concat(chunks);
+          this.admit();
+        });
+        return;
+      }
+    }
+    this.admit();
+  }
+
+  private admit(): void {
     const svc = this.f.service;
     const st = svc.state;
     this.deadline = Date.now() + svc.timeouts.total;
@@ -178,7 +203,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
         path: t.basePath === '' ? f.path : joinBase(t.basePath, f.path),
         method: f.method,
         headers,
-        body: f.hasBody ? f.req : null,
+        body: this.body ?? (f.hasBody ? f.req : null),
         // Below PRECISE_TIMEOUT_BELOW_MS a backstop only: the native timer above fires first.
         headersTimeout: timeout,
         bodyTimeout: f.service.timeouts.read,
@@ -234,7 +259,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   private mayRetry(kind: 'connect-error' | 'timeout' | 'reset' | number): boolean {
     const f = this.f;
     const svc = f.service;
-    if (this.finished || this.attempts > svc.retries || f.hasBody) return false;
+    if (this.finished || this.attempts > svc.retries || (f.hasBody && this.body === null)) return false;
     if (!f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
     const on = svc.retryOn;
     if (kind === 'connect-error' ? !on.connectError : kind === 'timeout' ? !on.timeout : kind === 'reset' ? !on.reset : !on.statuses.has(kind)) return false;
