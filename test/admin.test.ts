@@ -32,3 +32,28 @@ test('/status: 200 with the revision while serving, 503 once draining; other adm
     await up.close();
   }
 });
+
+test('with admin.token: /health needs the bearer token; /status tells anyone only its status', async () => {
+  const up = await startUpstream();
+  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: s3cret-token}\nservices:\n  - name: s\n    upstream: {targets: [{url: "${up.url}"}], healthcheck: {passive: {failures: 2}}}\n    routes: [{paths: [/]}]\n`);
+  try {
+    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic czNjcmV0LXRva2Vu' }, { authorization: 'Bearer s3cret-token-longer' }]) {
+      const r = await request(`${t.adminUrl}/health`, { headers });
+      assert.equal(r.status, 401, JSON.stringify(headers));
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      assert.match(String(r.headers['www-authenticate']), /^Bearer /);
+      assert.doesNotMatch(r.body, /127\.0\.0\.1/);
+    }
+    const h = await request(`${t.adminUrl}/health`, { headers: { authorization: 'Bearer s3cret-token' } });
+    assert.equal(h.status, 200);
+    assert.deepEqual(JSON.parse(h.body).targets[`s|${up.url}`], { down: false, ejected: false, failing_probes: false, failures: 0 });
+    const anon = JSON.parse((await request(`${t.adminUrl}/status`)).body);
+    assert.deepEqual(anon, { status: 'ok' });
+    const full = JSON.parse((await request(`${t.adminUrl}/status`, { headers: { authorization: 'bearer s3cret-token' } })).body);
+    assert.equal(full.revision, 1);
+    assert.equal((await request(`${t.adminUrl}/nope`)).status, 401);
+  } finally {
+    await t.close();
+    await up.close();
+  }
+});

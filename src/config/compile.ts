@@ -100,7 +100,10 @@ export interface Snapshot {
   router: Router<CompiledRoute>;
   services: CompiledService[];
   routes: CompiledRoute[];
-  /** Releases upstream pools this snapshot holds. */
+  /** A request running on this snapshot: its pools stay open until release(). */
+  retain(): void;
+  release(): void;
+  /** Retires the snapshot: its pools and shared state are released once no request holds it. */
   dispose(): void;
 }
 
@@ -428,6 +431,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   }
 
   const json = JSON.stringify(cfg) + JSON.stringify(dnsUsed);
+  let users = 0;
+  let retired = false;
   yield;
   const hash = createHash('sha256').update(json).digest('hex').slice(0, 16);
   return Object.freeze({
@@ -447,6 +452,15 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     router,
     services,
     routes,
-    dispose: release,
+    retain: () => {
+      users++;
+    },
+    release: () => {
+      if (--users === 0 && retired) release();
+    },
+    dispose: () => {
+      retired = true;
+      if (users === 0) release();
+    },
   });
 }

@@ -1,5 +1,6 @@
 /** The admin listener: `/status` and `/health` (targets and circuits) now; `/metrics` and `/api/` arrive with their issues. */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { sendProblem } from '../core/problem.js';
 import { VERSION } from '../version.js';
 
@@ -9,9 +10,17 @@ export interface AdminView {
   revision: number;
   startedAt: number;
   inFlight: number;
-  snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[] };
+  snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined } | null };
   health: { report(): unknown } | null;
   workers?: () => { pid: number | undefined; state: string }[];
+}
+
+/** Whether the request carries the admin token (`Authorization: Bearer ...`), compared in constant time. */
+function authorized(req: IncomingMessage, token: string): boolean {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  if (!m) return false;
+  const given = createHash('sha256').update(m[1]!).digest();
+  return timingSafeEqual(given, createHash('sha256').update(token).digest());
 }
 
 function sendJson(req: IncomingMessage, res: ServerResponse, status: number, value: unknown): void {
@@ -28,6 +37,17 @@ export function createAdminHandler(gw: AdminView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0];
     const read = req.method === 'GET' || req.method === 'HEAD';
+    const token = gw.snapshot.admin?.token;
+    const authed = token === undefined || authorized(req, token);
+    // With a token, /status answers only its status to anyone (liveness probes); the rest needs the token.
+    if (!authed && !(path === '/status' && read)) {
+      sendProblem(res, 'unauthorized', 'this admin endpoint needs Authorization: Bearer <admin token>', undefined, { headers: { 'www-authenticate': 'Bearer realm="turnpike-admin"' } });
+      return;
+    }
+    if (path === '/status' && read && !authed) {
+      sendJson(req, res, gw.ready ? 200 : 503, { status: gw.ready ? 'ok' : gw.draining ? 'draining' : 'starting' });
+      return;
+    }
     if (path === '/health' && read) {
       sendJson(req, res, 200, gw.health?.report() ?? {});
       return;

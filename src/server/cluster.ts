@@ -36,7 +36,7 @@ type ToPrimary =
   | { tp: 'reloaded' }
   | { tp: 'reload-failed'; error: string }
   | { tp: 'passive'; key: string; ok: boolean }
-  | { tp: 'outcomes'; service: string; ok: number; fail: number };
+  | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number };
 
 const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !== null && typeof (m as { tp?: unknown }).tp === 'string';
 
@@ -63,6 +63,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     for (const i of infos.values()) if (i.worker.isConnected()) i.worker.send(m);
   };
   let stopping = false;
+  let restarting: Promise<void> | null = null;
   let crashDelay = 0;
   let address: Supervisor['proxyAddress'] | null = null;
 
@@ -111,7 +112,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
           health.passive(msg.key, msg.ok);
           break;
         case 'outcomes':
-          health.outcomes(msg.service, msg.ok, msg.fail);
+          health.outcomes(msg.service, msg.ok, msg.fail, msg.trialOk, msg.trialFail);
           break;
       }
     });
@@ -134,7 +135,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
     crashDelay = Date.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
     setTimeout(() => {
-      if (!stopping && infos.size < gw.snapshot.workers) fork();
+      if (!stopping && live().length < gw.snapshot.workers) fork();
     }, crashDelay).unref();
   });
 
@@ -176,11 +177,22 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
       await gw.reloadAsync(next);
     },
     async rollingRestart() {
-      for (const old of [...infos.values()].filter((i) => !i.retiring)) {
-        const fresh = fork();
-        await listening(fresh);
-        await retire(old);
-      }
+      // One at a time: a second SIGUSR2 during a restart joins the one under way.
+      restarting ??= (async () => {
+        try {
+          for (const old of live()) {
+            if (stopping) return;
+            if (!infos.has(old.worker.id)) continue; // died meanwhile (and was replaced)
+            const fresh = fork();
+            await listening(fresh);
+            if (stopping) return;
+            await retire(old);
+          }
+        } finally {
+          restarting = null;
+        }
+      })();
+      return restarting;
     },
     async stop() {
       stopping = true;
@@ -194,7 +206,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
 class IpcReporter implements Reporter {
   /** Targets this worker reported a failure for: their next success is reported too. */
   private readonly failing = new Set<string>();
-  private readonly counts = new Map<string, { ok: number; fail: number }>();
+  private readonly counts = new Map<string, { ok: number; fail: number; trialOk: number; trialFail: number }>();
   private timer: NodeJS.Timeout | undefined;
 
   passive(key: string, ok: boolean): void {
@@ -204,17 +216,25 @@ class IpcReporter implements Reporter {
     send({ tp: 'passive', key, ok });
   }
 
-  outcome(service: string, ok: boolean): void {
+  outcome(service: string, ok: boolean, trial: boolean): void {
     let c = this.counts.get(service);
-    if (!c) this.counts.set(service, (c = { ok: 0, fail: 0 }));
+    if (!c) this.counts.set(service, (c = { ok: 0, fail: 0, trialOk: 0, trialFail: 0 }));
+    if (trial) {
+      if (ok) c.trialOk++;
+      else c.trialFail++;
+      // A trial decides the circuit: no batching delay.
+      this.flush();
+      return;
+    }
     if (ok) c.ok++;
     else c.fail++;
     this.timer ??= setTimeout(() => this.flush(), 50).unref();
   }
 
   flush(): void {
+    clearTimeout(this.timer);
     this.timer = undefined;
-    for (const [service, c] of this.counts) send({ tp: 'outcomes', service, ok: c.ok, fail: c.fail });
+    for (const [service, c] of this.counts) send({ tp: 'outcomes', service, ...c });
     this.counts.clear();
   }
 }
@@ -225,16 +245,26 @@ function send(m: ToPrimary): void {
 
 /** A worker: waits for its config from the primary, serves the proxy listener, follows the primary's decisions. */
 export async function runWorker(log: Logger): Promise<number> {
-  const config = await new Promise<Extract<ToWorker, { tp: 'config' }>>((resolve) => {
-    const onMsg = (m: unknown) => {
-      if (isMsg(m) && m.tp === 'config') {
-        process.off('message', onMsg);
-        resolve(m as Extract<ToWorker, { tp: 'config' }>);
-      }
-    };
-    process.on('message', onMsg);
+  // One message handler from the start: what arrives while the worker is still starting
+  // (decisions, a reload, stop) is kept and handled once it serves, never dropped.
+  const early: ToWorker[] = [];
+  let handle: ((m: ToWorker) => void) | null = null;
+  let onConfig: ((m: Extract<ToWorker, { tp: 'config' }> | null) => void) | null = null;
+  process.on('message', (m: unknown) => {
+    if (!isMsg(m)) return;
+    const msg = m as ToWorker;
+    if (onConfig && (msg.tp === 'config' || msg.tp === 'stop')) {
+      const f = onConfig;
+      onConfig = null;
+      f(msg.tp === 'config' ? msg : null);
+    } else if (handle) handle(msg);
+    else early.push(msg);
+  });
+  const config = await new Promise<Extract<ToWorker, { tp: 'config' }> | null>((resolve) => {
+    onConfig = resolve;
     send({ tp: 'hello' });
   });
+  if (config === null) return 0; // told to stop before it started
   const reporter = new IpcReporter();
   let gw: Gateway;
   try {
@@ -255,18 +285,16 @@ export async function runWorker(log: Logger): Promise<number> {
       reporter.flush();
       gw.stop().then(() => resolve(0), () => resolve(1));
     };
-    process.on('message', (m: unknown) => {
-      if (!isMsg(m)) return;
-      const msg = m as ToWorker;
+    handle = (msg) => {
       if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
       else if (msg.tp === 'reload') {
-        gw.dns.load(msg.dns);
-        gw.reloadAsync(fromValidated(msg.config, msg.text, config.file)).then(
+        gw.reloadAsync(fromValidated(msg.config, msg.text, config.file), { dnsTable: msg.dns }).then(
           () => send({ tp: 'reloaded' }),
           (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) }),
         );
       } else if (msg.tp === 'stop') stop();
-    });
+    };
+    for (const m of early.splice(0)) handle(m);
     // The primary is gone: nobody can hand us work or decisions any more.
     process.on('disconnect', stop);
     process.on('SIGTERM', stop);

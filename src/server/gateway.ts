@@ -8,6 +8,7 @@ import { Server as NetServer, type AddressInfo, type Socket } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { compile, compileAsync, dnsSettings, type Address, type CompileDeps, type Snapshot } from '../config/compile.js';
 import { DnsCache, upstreamNames } from '../upstream/dns.js';
+import { ConfigError } from '../config/errors.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
@@ -47,6 +48,14 @@ function listen(server: Server, addr: Address): Promise<AddressInfo> {
       resolve(server.address() as AddressInfo);
     });
   });
+}
+
+/** The live snapshot's bulkhead limits go to the shared service state (queued requests obey them too). */
+function applyLimits(snap: Snapshot): void {
+  for (const s of snap.services) {
+    s.state.maxConcurrent = s.bulkhead?.maxConcurrent ?? Infinity;
+    s.state.maxPending = s.bulkhead?.maxPending ?? Infinity;
+  }
 }
 
 const kPending = Symbol('turnpike.pendingResponses');
@@ -106,8 +115,10 @@ export class Gateway implements RequestContext {
 
   /** The config of the running snapshot (recompiled when DNS answers change). */
   loaded: LoadedConfig;
-  readonly dns: DnsCache;
+  /** DNS answers of the running snapshot (replaced together with it). */
+  dns: DnsCache;
   private dnsTimer: NodeJS.Timeout | undefined;
+  private dnsTimerMs = 0;
   private readonly onSwap: GatewayOptions['onSwap'];
 
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
@@ -133,58 +144,67 @@ export class Gateway implements RequestContext {
       this.reporter = health;
     }
     this.snapshot = this.compile(loaded);
+    applyLimits(this.snapshot);
     this.health?.sync(this.snapshot);
     if (this.role !== 'worker') this.scheduleDnsRefresh();
   }
 
-  private deps(): CompileDeps {
-    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns: this.dns };
-  }
-
-  /** Resolves upstream names not resolved yet (all of them at start); failures are logged. */
-  private static async resolveNew(dns: DnsCache, loaded: LoadedConfig, log: Logger): Promise<void> {
-    dns.configure(dnsSettings(loaded.config));
-    const fresh = upstreamNames(loaded.config).filter((h) => dns.get(h) === undefined);
-    if (fresh.length === 0) return;
-    const { failed } = await dns.refresh(fresh);
-    for (const f of failed) log.warn({ host: f.host, error: f.error }, 'upstream name does not resolve: no targets for it until it does');
-  }
-
-  private scheduleDnsRefresh(): void {
-    clearTimeout(this.dnsTimer);
-    if (this.draining) return;
-    this.dnsTimer = setTimeout(() => void this.refreshDns(), this.dns.refreshMs);
-    this.dnsTimer.unref();
-  }
-
-  /** Re-resolves every upstream name; a changed answer recompiles the running config. */
-  private async refreshDns(): Promise<void> {
-    try {
-      const names = upstreamNames(this.loaded.config);
-      if (names.length) {
-        const { changed, failed } = await this.dns.refresh(names);
-        for (const f of failed) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
-        // A reload under way compiles with the new answers already; never supersede it with the older config.
-        if (changed && !this.draining && this.reloading === 0) {
-          this.log.info({ dns: Object.fromEntries(names.map((n) => [n, this.dns.get(n)])) }, 'upstream addresses changed');
-          await this.reloadAsync(this.loaded);
-        }
-      }
-    } catch (err) {
-      this.log.error({ err: String(err) }, 'DNS refresh failed');
-    }
-    this.scheduleDnsRefresh();
+  private deps(dns: DnsCache = this.dns): CompileDeps {
+    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns };
   }
 
   private compile(loaded: LoadedConfig): Snapshot {
     return compile(loaded, this.deps());
   }
 
+  /** A copy of `base` with the config's DNS settings and its names not resolved yet resolved (failures logged). */
+  private static async resolveNew(base: DnsCache, loaded: LoadedConfig, log: Logger): Promise<DnsCache> {
+    const dns = base.fork(dnsSettings(loaded.config));
+    const fresh = upstreamNames(loaded.config).filter((h) => dns.get(h) === undefined);
+    if (fresh.length > 0) {
+      const { failed } = await dns.refresh(fresh);
+      for (const f of failed) log.warn({ host: f.host, error: f.error }, 'upstream name does not resolve: no targets for it until it does');
+    }
+    return dns;
+  }
+
+  private scheduleDnsRefresh(): void {
+    clearTimeout(this.dnsTimer);
+    if (this.draining) return;
+    this.dnsTimerMs = this.dns.refreshMs;
+    this.dnsTimer = setTimeout(() => void this.refreshDns(), this.dnsTimerMs);
+    this.dnsTimer.unref();
+  }
+
+  /**
+   * Re-resolves every upstream name into a copy; a changed answer recompiles the running config
+   * with it. While another reload is under way this round is skipped: the running answers did
+   * not change, so the next round sees the difference again (nothing is lost if that reload fails).
+   */
+  private async refreshDns(): Promise<void> {
+    try {
+      const names = upstreamNames(this.loaded.config);
+      if (names.length) {
+        const next = this.dns.fork(this.dns.settings);
+        const { changed, failed } = await next.refresh(names);
+        for (const f of failed) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
+        if (changed && !this.draining && this.reloading === 0) {
+          this.log.info({ dns: Object.fromEntries(names.map((n) => [n, next.get(n)])) }, 'upstream addresses changed');
+          await this.reloadAsync(this.loaded, { dns: next });
+        }
+      }
+    } catch (err) {
+      this.log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'recompiling with new DNS answers failed');
+    }
+    this.scheduleDnsRefresh();
+  }
+
   /** Compiles the config and starts every listener it names. Throws ConfigError or a listen error. */
   static async start(loaded: LoadedConfig, opts: GatewayOptions = {}): Promise<Gateway> {
-    const dns = new DnsCache(dnsSettings(loaded.config));
-    if (opts.dnsTable) dns.load(opts.dnsTable);
-    else await Gateway.resolveNew(dns, loaded, opts.logger ?? silentLogger);
+    const settings = dnsSettings(loaded.config);
+    const dns = opts.dnsTable
+      ? DnsCache.fromTable(settings, opts.dnsTable)
+      : await Gateway.resolveNew(new DnsCache(settings), loaded, opts.logger ?? silentLogger);
     const gw = new Gateway(loaded, opts, dns);
     try {
       await gw.listenAll();
@@ -313,7 +333,7 @@ export class Gateway implements RequestContext {
   /** Swaps in a new config, compiled at once. Throws ConfigError (the running config stays). */
   reload(loaded: LoadedConfig): Snapshot {
     this.reloadSeq++;
-    return this.swap(loaded, this.compile(loaded));
+    return this.swap(loaded, this.compile(loaded), this.dns);
   }
 
   private reloadSeq = 0;
@@ -324,13 +344,17 @@ export class Gateway implements RequestContext {
    * config never stalls the requests in flight. Rejects with ConfigError (the running config
    * stays). When a newer reload started meanwhile, this one is dropped in its favour.
    */
-  async reloadAsync(loaded: LoadedConfig): Promise<Snapshot> {
+  async reloadAsync(loaded: LoadedConfig, opts: { dns?: DnsCache; dnsTable?: Record<string, string[]> } = {}): Promise<Snapshot> {
     const seq = ++this.reloadSeq;
     this.reloading++;
     let next: Snapshot;
+    let dns: DnsCache;
     try {
-      if (this.role !== 'worker') await Gateway.resolveNew(this.dns, loaded, this.log);
-      next = await compileAsync(loaded, this.deps());
+      // A worker compiles with the primary's answers; otherwise resolve what is new.
+      if (opts.dnsTable) dns = DnsCache.fromTable(dnsSettings(loaded.config), opts.dnsTable);
+      else if (this.role === 'worker') dns = this.dns;
+      else dns = await Gateway.resolveNew(opts.dns ?? this.dns, loaded, this.log);
+      next = await compileAsync(loaded, this.deps(dns));
     } finally {
       this.reloading--;
     }
@@ -338,10 +362,10 @@ export class Gateway implements RequestContext {
       next.dispose();
       return this.snapshot;
     }
-    return this.swap(loaded, next);
+    return this.swap(loaded, next, dns);
   }
 
-  private swap(loaded: LoadedConfig, next: Snapshot): Snapshot {
+  private swap(loaded: LoadedConfig, next: Snapshot, dns: DnsCache): Snapshot {
     const prev = this.snapshot;
     if (next.hash === prev.hash) {
       // Same effective config: keep the running snapshot (and its revision).
@@ -366,13 +390,15 @@ export class Gateway implements RequestContext {
     }
     this.snapshot = next;
     this.loaded = loaded;
+    this.dns = dns;
+    applyLimits(next);
     this.revision++;
     // In-flight requests hold their own references to the old snapshot's pools; closing a
     // pool waits for its running requests.
     prev.dispose();
     this.health?.sync(next);
     this.log.info({ revision: this.revision, hash: next.hash }, 'config reloaded');
-    if (this.role !== 'worker') this.scheduleDnsRefresh();
+    if (this.role !== 'worker' && this.dns.refreshMs !== this.dnsTimerMs) this.scheduleDnsRefresh();
     this.onSwap?.(loaded, next);
     return next;
   }

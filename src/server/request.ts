@@ -280,6 +280,7 @@ export function handleRequest(
     closeAfter: close,
     hashKey,
     retryNonIdempotent: route.retryNonIdempotent,
+    snapshot: snap,
   });
   handler.start();
   return handler;

@@ -19,8 +19,8 @@ export type Decision =
 export interface Reporter {
   /** One attempt's outcome on a target whose service has passive checks. */
   passive(key: string, ok: boolean): void;
-  /** One request's outcome on a service with a failure-ratio circuit. */
-  outcome(service: string, ok: boolean): void;
+  /** One request's outcome on a service with a failure-ratio circuit; `trial`: admitted while half-open. */
+  outcome(service: string, ok: boolean, trial: boolean): void;
 }
 
 export interface PassiveConfig { failures: number; ejection: number; maxEjection: number; statuses: ReadonlySet<number> }
@@ -46,6 +46,12 @@ interface TargetHealth {
 }
 
 const BUCKETS = 10;
+
+function sameActive(a: ActiveConfig | null, b: ActiveConfig | null): boolean {
+  if (a === null || b === null) return a === b;
+  const key = (c: ActiveConfig) => JSON.stringify([c.path, c.interval, c.timeout, c.healthy, c.unhealthy, c.statuses ? [...c.statuses] : null, c.host]);
+  return key(a) === key(b);
+}
 
 interface Circuit {
   name: string;
@@ -84,7 +90,9 @@ export class HealthAuthority implements Reporter {
         }
         h.passive = s.health.passive;
         const hadActive = h.active !== null;
-        h.active = s.health.active;
+        // Same probe settings (a reload builds new objects): keep the object, so a probe in
+        // flight still counts (a result is dropped only when its settings changed).
+        if (!sameActive(h.active, s.health.active)) h.active = s.health.active;
         if (!h.active && hadActive) {
           clearTimeout(h.probeTimer);
           h.probeTimer = undefined;
@@ -162,20 +170,26 @@ export class HealthAuthority implements Reporter {
     }
   }
 
-  outcome(service: string, ok: boolean): void {
-    this.outcomes(service, ok ? 1 : 0, ok ? 0 : 1);
+  outcome(service: string, ok: boolean, trial: boolean): void {
+    if (trial) this.outcomes(service, 0, 0, ok ? 1 : 0, ok ? 0 : 1);
+    else this.outcomes(service, ok ? 1 : 0, ok ? 0 : 1, 0, 0);
   }
 
-  /** Outcomes in bulk (workers send counts). */
-  outcomes(service: string, ok: number, fail: number): void {
+  /**
+   * Outcomes in bulk (workers send counts). While half-open only the trials' outcomes decide:
+   * a request admitted before the circuit opened says nothing about the service now.
+   */
+  outcomes(service: string, ok: number, fail: number, trialOk = 0, trialFail = 0): void {
     const c = this.circuits.get(service);
     if (!c) return;
     if (c.state === 'open') return;
     if (c.state === 'half-open') {
-      if (fail > 0) this.open(c);
-      else if (ok > 0) this.close(c);
+      if (trialFail > 0) this.open(c);
+      else if (trialOk > 0) this.close(c);
       return;
     }
+    ok += trialOk;
+    fail += trialFail;
     const width = c.cfg.window / BUCKETS;
     const now = Date.now();
     const slot = Math.floor(now / width);

@@ -140,16 +140,17 @@ class Latency implements Balancer {
     const b = n > 1 ? ts[j]! : a;
     const ua = usable(a, tried);
     const ub = usable(b, tried);
-    if (ua && ub) return cost(a) <= cost(b) ? a : b;
+    const now = Date.now();
+    if (ua && ub) return cost(a, now) <= cost(b, now) ? a : b;
     if (ua) return a;
     if (ub) return b;
     let best: Target | null = null;
-    for (const t of ts) if (usable(t, tried) && (best === null || cost(t) < cost(best))) best = t;
+    for (const t of ts) if (usable(t, tried) && (best === null || cost(t, now) < cost(best, now))) best = t;
     return best;
   }
 }
 
-const cost = (t: Target) => ((t.state.ewma || 1) * (t.state.inflight + 1)) / t.weight;
+const cost = (t: Target, now: number) => ((t.state.latency(now) || 1) * (t.state.inflight + 1)) / t.weight;
 
 export function createBalancer(name: BalancerName, targets: Target[]): Balancer {
   switch (name) {

@@ -19,24 +19,29 @@ export interface DnsSettings {
 }
 
 export class DnsCache {
-  private readonly answers = new Map<string, string[]>();
-  private resolver: dns.Resolver | null = null;
-  private settingsKey = '';
+  private readonly answers: Map<string, string[]>;
+  private readonly resolver: dns.Resolver | null = null;
 
-  constructor(private settings: DnsSettings) {
-    this.configure(settings);
-  }
-
-  configure(settings: DnsSettings): void {
-    const key = JSON.stringify([settings.servers, settings.timeoutMs]);
-    this.settings = settings;
-    if (key === this.settingsKey) return;
-    this.settingsKey = key;
+  constructor(readonly settings: DnsSettings, answers?: Map<string, string[]>) {
+    this.answers = answers ?? new Map();
     if (settings.servers) {
       this.resolver = new dns.Resolver({ timeout: settings.timeoutMs, tries: 2 });
       this.resolver.setServers(settings.servers);
-    } else this.resolver = null;
-    this.answers.clear();
+    }
+  }
+
+  static fromTable(settings: DnsSettings, table: Record<string, string[]>): DnsCache {
+    return new DnsCache(settings, new Map(Object.entries(table)));
+  }
+
+  /**
+   * A copy to resolve into: a reload or refresh works on a copy, and the gateway adopts it
+   * only with the snapshot compiled from it (a rejected config changes nothing). Other
+   * resolver settings start from no answers.
+   */
+  fork(settings: DnsSettings): DnsCache {
+    const same = JSON.stringify([settings.servers, settings.timeoutMs]) === JSON.stringify([this.settings.servers, this.settings.timeoutMs]);
+    return new DnsCache(settings, same ? new Map(this.answers) : undefined);
   }
 
   get refreshMs(): number {
@@ -51,11 +56,6 @@ export class DnsCache {
   /** The whole table, for workers (they use the primary's answers, never their own). */
   table(): Record<string, string[]> {
     return Object.fromEntries(this.answers);
-  }
-
-  load(table: Record<string, string[]>): void {
-    this.answers.clear();
-    for (const [k, v] of Object.entries(table)) this.answers.set(k, v);
   }
 
   private async lookup(host: string): Promise<string[]> {

@@ -7,7 +7,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors, type Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
 import { sendProblem, type ProblemCode } from '../core/problem.js';
-import type { CompiledService, Target } from '../config/compile.js';
+import type { CompiledService, Snapshot, Target } from '../config/compile.js';
+import type { ServiceState } from './state.js';
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -37,9 +38,24 @@ export interface ForwardRequest {
   requestId: string;
   via: string;
   closeAfter: boolean;
+  /** The snapshot the request runs on (held until the request ends). */
+  snapshot: Snapshot;
   /** consistent-hash key ('' for other balancers). */
   hashKey: string;
   retryNonIdempotent: boolean;
+}
+
+/**
+ * Hands free bulkhead slots to waiting requests, oldest first. Each grant runs as a microtask:
+ * a waiter that fails at once (no healthy target) releases its slot into the next grant
+ * without growing the stack, however long the queue.
+ */
+function grantSlots(st: ServiceState): void {
+  while (st.queue.length > 0 && st.active < st.maxConcurrent) {
+    const next = st.queue.shift()!;
+    st.active++;
+    queueMicrotask(next);
+  }
 }
 
 /** `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`, `/v1` + `/x` -> `/v1/x`. */
@@ -84,7 +100,10 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   /** The request's outcome for the circuit: true ok, false failed, null unknown. */
   private outcome: boolean | null = null;
 
-  constructor(private readonly f: ForwardRequest) {}
+  constructor(private readonly f: ForwardRequest) {
+    // The snapshot's pools stay open until its last request ends, even after a reload retired it.
+    f.snapshot.retain();
+  }
 
   /** The client connection closed (or the response finished): stop the upstream exchange if it still runs. */
   clientClosed(): void {
@@ -136,18 +155,28 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     }
     const b = svc.bulkhead;
     if (b !== null) {
-      if (st.active >= b.maxConcurrent) {
-        if (st.queue.length >= b.maxPending) {
-          return this.refuse('service-overloaded', `service "${svc.name}" has ${b.maxConcurrent} requests in flight and ${b.maxPending} waiting`, { 'retry-after': '1' });
+      // The limits live on the shared state (set when a snapshot goes live), so a reload that
+      // lowers them applies to requests already queued too.
+      if (st.active >= st.maxConcurrent) {
+        if (st.queue.length >= st.maxPending) {
+          return this.refuse('service-overloaded', `service "${svc.name}" has ${st.maxConcurrent} requests in flight and ${st.maxPending} waiting`, { 'retry-after': '1' });
         }
-        this.waiting = () => {
-          clearTimeout(this.waitTimer);
+        // Called by grantSlots() with the slot already counted in st.active.
+        const granted = () => {
           this.waiting = null;
-          st.active++;
+          clearTimeout(this.waitTimer);
           this.slot = true;
+          // Gone while the grant was on its way (client left, wait expired): hand it on.
+          if (this.released) {
+            this.slot = false;
+            st.active--;
+            grantSlots(st);
+            return;
+          }
           this.attempt();
         };
-        st.queue.push(this.waiting);
+        this.waiting = granted;
+        st.queue.push(granted);
         this.waitTimer = setTimeout(() => {
           this.unqueue();
           this.refuse('service-overloaded', `service "${svc.name}" had no free slot within ${b.maxWait} ms`, { 'retry-after': '1' });
@@ -248,11 +277,12 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     const st = svc.state;
     if (this.trial && st.trials > 0) st.trials--;
     if (this.slot) {
+      this.slot = false;
       st.active--;
-      const next = st.queue.shift();
-      if (next !== undefined) next();
+      grantSlots(st);
     }
-    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome);
+    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, this.trial);
+    this.f.snapshot.release();
   }
 
   /** Whether a failed attempt of this kind may be retried now (method, body, retry_on, count, deadline, budget). */

@@ -6,6 +6,8 @@
  * on the old snapshot release the same slots the new one counts.
  */
 
+const EWMA_TAU_MS = 10_000;
+
 export class TargetState {
   /** Requests in flight to this target (from this process). */
   inflight = 0;
@@ -18,13 +20,20 @@ export class TargetState {
 
   /** Peak EWMA (Finagle): a slower sample is taken at once, faster ones decay in over ~tau. */
   sample(ms: number, now: number): void {
-    const tau = 10_000;
     if (this.ewma === 0 || ms > this.ewma) this.ewma = ms;
     else {
-      const w = Math.exp(-(now - this.lastSample) / tau);
+      const w = Math.exp(-(now - this.lastSample) / EWMA_TAU_MS);
       this.ewma = this.ewma * w + ms * (1 - w);
     }
     this.lastSample = now;
+  }
+
+  /**
+   * The average as of `now`: it decays towards 0 while no sample comes, so a target that was
+   * slow once (and stopped getting traffic for it) is tried again after a while.
+   */
+  latency(now: number): number {
+    return this.ewma === 0 ? 0 : this.ewma * Math.exp(-(now - this.lastSample) / EWMA_TAU_MS);
   }
 }
 
@@ -33,6 +42,9 @@ export type CircuitState = 'closed' | 'open' | 'half-open';
 export class ServiceState {
   /** Requests holding a bulkhead slot. */
   active = 0;
+  /** Bulkhead limits of the live snapshot (Infinity = none); set when a snapshot goes live. */
+  maxConcurrent = Infinity;
+  maxPending = Infinity;
   /** Requests waiting for a slot, oldest first. */
   readonly queue: (() => void)[] = [];
   circuit: CircuitState = 'closed';
