@@ -37,7 +37,7 @@ test('with admin.token: /health needs the bearer token; /status tells anyone onl
   const up = await startUpstream();
   const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: s3cret-token}\nservices:\n  - name: s\n    upstream: {targets: [{url: "${up.url}"}], healthcheck: {passive: {failures: 2}}}\n    routes: [{paths: [/]}]\n`);
   try {
-    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic czNjcmV0LXRva2Vu' }, { authorization: 'Bearer s3cret-token-longer' }]) {
+    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic czNjcmV0LXRva2Vu' }, { authorization: 'Bearer s3cret-token-longer' }] as Record<string, string>[]) {
       const r = await request(`${t.adminUrl}/health`, { headers });
       assert.equal(r.status, 401, JSON.stringify(headers));
       assert.equal(r.headers['content-type'], 'application/problem+json');

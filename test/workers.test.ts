@@ -112,6 +112,8 @@ test('SIGUSR2 rolling restart and config changes under load lose nothing', async
     const loops = [loop(), loop(), loop(), loop()];
     await sleep(200);
     run.child.kill('SIGUSR2');
+    await sleep(50);
+    run.child.kill('SIGUSR2'); // joins the restart under way: still 2 workers at the end
     // New workers up, old ones gone.
     const end = Date.now() + 10_000;
     for (;;) {
@@ -120,6 +122,8 @@ test('SIGUSR2 rolling restart and config changes under load lose nothing', async
       assert.ok(Date.now() < end, 'rolling restart did not finish');
       await sleep(50);
     }
+    await sleep(300);
+    assert.equal((await status(a)).workers.length, 2);
     // A config change through the file watcher reaches every worker.
     writeFileSync(file, cfg(', {paths: [/added]}'));
     for (let i = 0; i < 100 && (await status(a)).revision !== 2; i++) await sleep(30);

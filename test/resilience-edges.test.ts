@@ -1,0 +1,160 @@
+/**
+ * Edge cases of the resilience machinery found in review: state that must survive reloads,
+ * long bulkhead queues, half-open trials, DNS answers and rejected reloads, latency decay.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { parseConfigText } from '../src/config/load.js';
+import { TargetState } from '../src/upstream/state.js';
+import { sleep, startGateway, startUpstream, request } from './helpers.js';
+
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) assert.fail(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+/** An upstream that holds every request until release() (or answers at once when open). */
+async function holdingUpstream() {
+  const held: ServerResponse[] = [];
+  let open = false;
+  const up = await startUpstream((_req: IncomingMessage, res: ServerResponse) => (open ? res.end('ok') : held.push(res)));
+  return {
+    up, held,
+    release(n = held.length) { for (const r of held.splice(0, n)) r.end('ok'); },
+    openUp() { open = true; this.release(); },
+  };
+}
+
+test('a request queued in the bulkhead survives a reload that retires its pool', { timeout: 8000 }, async () => {
+  const h = await holdingUpstream();
+  const cfg = (connect: string) => `services:\n  - name: s\n    url: ${h.up.url}\n    timeouts: {connect: ${connect}}\n    circuit_breaker: {max_concurrent: 1, max_pending: 5, max_wait: 5s}\n    routes: [{paths: [/]}]\n`;
+  const g = await startGateway(cfg('3s'));
+  try {
+    const a = request(`${g.url}/a`);
+    await until(() => h.held.length === 1, 2000, 'A at the upstream');
+    const b = request(`${g.url}/b`);
+    await sleep(50);
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\n${cfg('4s')}`)); // another connect timeout = another pool
+    h.openUp();
+    assert.equal((await a).status, 200);
+    const rb = await b;
+    assert.equal(rb.status, 200, rb.body);
+  } finally {
+    await g.close();
+    await h.up.close();
+  }
+});
+
+test('3000 queued requests, target down, slot holder leaves: the queue drains without a stack overflow', { timeout: 20000 }, async () => {
+  const h = await holdingUpstream();
+  const g = await startGateway(`services:\n  - name: s\n    upstream: {targets: [{url: "${h.up.url}"}]}\n    circuit_breaker: {max_concurrent: 1, max_pending: 3000, max_wait: 15s}\n    routes: [{paths: [/]}]\n`);
+  const svc = () => g.gw.snapshot.services[0]!;
+  try {
+    const holder = httpRequest(`${g.url}/hold`);
+    holder.on('error', () => {});
+    holder.end();
+    await until(() => h.held.length === 1, 2000, 'the holder at the upstream');
+    // 3000 waiters over raw sockets (no client-side pool limits).
+    const results: Promise<number>[] = [];
+    for (let i = 0; i < 3000; i++) {
+      results.push(new Promise((resolve) => {
+        const r = httpRequest(`${g.url}/q${i}`, { agent: false }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode!)); });
+        r.on('error', () => resolve(0));
+        r.end();
+      }));
+    }
+    await until(() => svc().state.queue.length === 3000, 10000, '3000 queued');
+    svc().targets[0]!.state.down = true;
+    holder.destroy(); // its slot is handed down the queue; every waiter fails at once (no healthy target)
+    const codes = await Promise.all(results);
+    assert.equal(codes.filter((c) => c === 503).length, 3000);
+    assert.equal(svc().state.queue.length, 0);
+    assert.equal(svc().state.active, 0);
+  } finally {
+    h.release();
+    await g.close();
+    await h.up.close();
+  }
+});
+
+test('lowering max_concurrent by reload applies to requests already queued', { timeout: 8000 }, async () => {
+  const h = await holdingUpstream();
+  const cfg = (n: number) => `services:\n  - name: s\n    url: ${h.up.url}\n    circuit_breaker: {max_concurrent: ${n}, max_pending: 50, max_wait: 5s}\n    routes: [{paths: [/]}]\n`;
+  const g = await startGateway(cfg(4));
+  try {
+    const all = Array.from({ length: 12 }, (_, i) => request(`${g.url}/${i}`));
+    await until(() => h.held.length === 4, 2000, '4 at the upstream');
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\n${cfg(1)}`));
+    const inFlight: number[] = [];
+    for (let k = 0; k < 6; k++) {
+      h.release(1);
+      await sleep(30);
+      inFlight.push(h.held.length);
+    }
+    // 4 -> 3 -> 2 -> 1 and then it stays at 1 (not refilled to 4 from the queue).
+    assert.deepEqual(inFlight, [3, 2, 1, 1, 1, 1]);
+    h.openUp();
+    for (const r of await Promise.all(all)) assert.equal(r.status, 200);
+  } finally {
+    await g.close();
+    await h.up.close();
+  }
+});
+
+test('half-open: only a trial closes the circuit, not a request admitted before it opened', { timeout: 8000 }, async () => {
+  let mode: 'fail' | 'ok' = 'fail';
+  const up = await startUpstream((req, res) => {
+    if (req.url === '/slow') setTimeout(() => res.end('slow ok'), 700);
+    else if (mode === 'fail') res.writeHead(500).end('no');
+    else res.end('ok');
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${up.url}\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, open_for: 300ms}\n    routes: [{paths: [/]}]\n`);
+  const state = () => g.gw.snapshot.services[0]!.state;
+  try {
+    const slow = request(`${g.url}/slow`);
+    await sleep(50);
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal(state().circuit, 'open');
+    await until(() => state().circuit === 'half-open', 1000, 'half-open');
+    assert.equal((await slow).status, 200); // admitted before: says nothing about now
+    assert.equal(state().circuit, 'half-open');
+    mode = 'ok';
+    assert.equal((await request(`${g.url}/x`)).status, 200); // the trial
+    assert.equal(state().circuit, 'closed');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('latency balancer: a slow sample decays while a target gets no traffic', () => {
+  const t = new TargetState('k');
+  t.sample(400, 1_000);
+  assert.equal(t.latency(1_000), 400);
+  assert.ok(t.latency(11_000) < 400 / 2.7 + 1);
+  assert.ok(t.latency(61_000) < 2);
+});
+
+test('DNS: a rejected reload changes neither the answers nor the settings in use', { timeout: 8000 }, async () => {
+  const ups = await startUpstream();
+  const good = `services:\n  - name: s\n    url: http://localhost:${ups.port}\n    routes: [{paths: [/]}]\n`;
+  const g = await startGateway(good);
+  try {
+    const before = JSON.stringify(g.gw.dns.table());
+    const dnsBefore = g.gw.dns;
+    // Valid schema, invalid compile (duplicate service), other DNS servers and a name that never resolves.
+    const bad = `listen: 127.0.0.1:0\ndns: {servers: ["127.0.0.1:9"], timeout: 100ms, refresh: 100ms}\nservices:\n  - name: s\n    url: http://nowhere.invalid:${ups.port}\n    routes: [{paths: [/]}]\n  - name: s\n    url: http://localhost:${ups.port}\n`;
+    await assert.rejects(g.gw.reloadAsync(parseConfigText(bad)), /duplicate service name/);
+    assert.equal(g.gw.dns, dnsBefore);
+    assert.equal(JSON.stringify(g.gw.dns.table()), before);
+    assert.equal(g.gw.dns.refreshMs, 30_000);
+  } finally {
+    await g.close();
+    await ups.close();
+  }
+});
