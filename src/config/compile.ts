@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import type { Pool } from 'undici';
-import type { LoadedConfig } from './load.js';
+import { configHashOf, type LoadedConfig } from './load.js';
 import { formatPath, type PathSegment } from './errors.js';
 import type { TurnpikeConfigInput } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
@@ -378,7 +378,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     };
     services.push(service);
 
-    for (const [ri, r] of (s.routes ?? []).entries()) {
+    const sroutes = s.routes ?? [];
+    for (let ri = 0; ri < sroutes.length; ri++) {
+      const r = sroutes[ri]!;
       if ((++routeCount & 127) === 0) yield;
       const rp: PathSegment[] = [...sp, 'routes', ri];
       const name = r.name ?? `${s.name}.${ri}`;
@@ -386,9 +388,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       routeNames.set(name, rp);
       checkPlugins(r.plugins, [...rp, 'plugins']);
       r.paths?.forEach((p, pi) => {
-        const segs = p.split('/').slice(1);
+        const hasParam = p.includes('{') || p.includes('}');
         const seen = new Set<string>();
-        for (const seg of segs) {
+        for (const seg of hasParam ? p.split('/').slice(1) : []) {
           if (seg.includes('{') || seg.includes('}')) {
             const m = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(seg);
             if (!m) fail([...rp, 'paths', pi], `bad segment "${seg}": a parameter is a whole segment like {id}`);
@@ -430,11 +432,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     throw loaded.error(issues);
   }
 
-  const json = JSON.stringify(cfg) + JSON.stringify(dnsUsed);
+  const configHash = loaded.configHash ?? configHashOf(JSON.stringify(cfg));
+  yield;
+  const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).digest('hex').slice(0, 16);
   let users = 0;
   let retired = false;
-  yield;
-  const hash = createHash('sha256').update(json).digest('hex').slice(0, 16);
   return Object.freeze({
     hash,
     loadedAt: new Date(),

@@ -3,6 +3,7 @@
  * error its line), `${VAR}` / `${VAR:-default}` substitution in values, schema validation.
  */
 import { readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { LineCounter, parseDocument, visit, isMap, isSeq, isScalar, isPair, type Document, type Node as YNode } from 'yaml';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { ValueErrorType } from '@sinclair/typebox/errors';
@@ -16,6 +17,8 @@ export interface LoadedConfig {
   file: string | undefined;
   /** The text it was parsed from (workers parse the same text). */
   text: string;
+  /** configHashOf(JSON.stringify(config)), when computed already (off the main thread). */
+  configHash?: string;
   /** 1-based line of the node at `path` (or of its closest existing ancestor). */
   lineOf(path: readonly PathSegment[]): number | undefined;
   /** Builds a ConfigError whose issues carry lines. */
@@ -94,6 +97,11 @@ function schemaIssues(config: unknown): { path: PathSegment[]; message: string }
   // Drop errors on a parent when a child already explains it (union noise).
   return out
     .filter((i) => !out.some((o) => o !== i && o.path.length > i.path.length && i.path.every((s, n) => o.path[n] === s)));
+}
+
+/** sha256 (hex) of a config's JSON: the identity of a config, before DNS answers. */
+export function configHashOf(json: string): string {
+  return createHash('sha256').update(json).digest('hex');
 }
 
 /** Parses and validates config text (YAML or JSON). Throws ConfigError. */

@@ -40,7 +40,7 @@ interface Entry<T> {
   pattern: string;
   /** (segment index, param name) pairs. */
   params: [number, string][];
-  methods: Set<string> | null;
+  methods: ReadonlySet<string> | null;
   headers: [string, Set<string>][];
   depth: number;
 }
@@ -65,6 +65,7 @@ export interface RouteConflict {
 }
 
 const PARAM = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
+const NO_HEADER_MATCH: [string, Set<string>][] = [];
 
 export function patternSegments(pattern: string): string[] {
   const segs = pattern.split('/').slice(1);
@@ -115,9 +116,17 @@ export class Router<T> {
     return r;
   }
 
+  /** Method sets shared between routes with the same methods (10,000 routes, a handful of sets). */
+  private readonly methodSets = new Map<string, ReadonlySet<string>>();
+
   private add(spec: RouteSpec<T>, order: number): void {
-    const methods = spec.methods?.length ? new Set(spec.methods.map((m) => m.toUpperCase())) : null;
-    const headers: [string, Set<string>][] = Object.entries(spec.headers ?? {}).map(([k, v]) => [
+    let methods: ReadonlySet<string> | null = null;
+    if (spec.methods?.length) {
+      const key = spec.methods.join(',').toUpperCase();
+      methods = this.methodSets.get(key) ?? null;
+      if (methods === null) this.methodSets.set(key, (methods = new Set(key.split(','))));
+    }
+    const headers: [string, Set<string>][] = spec.headers === undefined ? NO_HEADER_MATCH : Object.entries(spec.headers).map(([k, v]) => [
       k.toLowerCase(),
       new Set(typeof v === 'string' ? [v] : v),
     ]);
@@ -262,7 +271,7 @@ function sameHeaders(a: [string, Set<string>][], b: [string, Set<string>][]): bo
   });
 }
 
-function methodsOverlap(a: Set<string> | null, b: Set<string> | null): boolean {
+function methodsOverlap(a: ReadonlySet<string> | null, b: ReadonlySet<string> | null): boolean {
   if (!a || !b) return !a && !b ? true : false;
   for (const m of a) if (b.has(m)) return true;
   return false;

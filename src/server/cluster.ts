@@ -25,8 +25,8 @@ import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
 
 type ToWorker =
-  | { tp: 'config'; text: string; config: TurnpikeConfigInput; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
-  | { tp: 'reload'; text: string; config: TurnpikeConfigInput; dns: Record<string, string[]> }
+  | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
+  | { tp: 'reload'; text: string; config: TurnpikeConfigInput; hash: string | undefined; dns: Record<string, string[]> }
   | { tp: 'decisions'; decisions: Decision[] }
   | { tp: 'stop' };
 
@@ -76,7 +76,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     // validated object plus the primary's DNS answers: workers neither parse YAML, validate
     // again, nor resolve names on their own.
     onSwap: (next, snap) => {
-      broadcast({ tp: 'reload', text: next.text, config: next.config, dns: gw.dns.table() });
+      broadcast({ tp: 'reload', text: next.text, config: next.config, hash: next.configHash, dns: gw.dns.table() });
       if (snap.workers !== live().length) {
         log.info({ to: snap.workers }, 'worker count changed');
         scaleTo(snap.workers);
@@ -94,7 +94,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
-          worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions() } satisfies ToWorker);
+          worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, hash: gw.loaded.configHash, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions() } satisfies ToWorker);
           break;
         case 'listening':
           info.listening = true;
@@ -268,7 +268,7 @@ export async function runWorker(log: Logger): Promise<number> {
   const reporter = new IpcReporter();
   let gw: Gateway;
   try {
-    gw = await Gateway.start(fromValidated(config.config, config.text, config.file), { logger: log, role: 'worker', reporter, dnsTable: config.dns });
+    gw = await Gateway.start(fromValidated(config.config, config.text, config.file, undefined, config.hash), { logger: log, role: 'worker', reporter, dnsTable: config.dns });
   } catch (err) {
     log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'worker cannot start');
     return 1;
@@ -288,7 +288,7 @@ export async function runWorker(log: Logger): Promise<number> {
     handle = (msg) => {
       if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
       else if (msg.tp === 'reload') {
-        gw.reloadAsync(fromValidated(msg.config, msg.text, config.file), { dnsTable: msg.dns }).then(
+        gw.reloadAsync(fromValidated(msg.config, msg.text, config.file, undefined, msg.hash), { dnsTable: msg.dns }).then(
           () => send({ tp: 'reloaded' }),
           (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) }),
         );
