@@ -4,7 +4,7 @@ import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { parseConfigText } from '../src/config/load.js';
+import { fastValidConfig, parseConfigText } from '../src/config/load.js';
 import { compile } from '../src/config/compile.js';
 import { ConfigError } from '../src/config/errors.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
@@ -228,4 +228,29 @@ test('resilience settings are checked with their paths and lines', () => {
   ]);
   // One syntax error is reported once, not once per token after it.
   assert.ok(issuesOf('admin: {listen: 127.0.0.1:8081, token: ${X:-}}\nservices: []\n').length <= 6);
+});
+
+test('the fast YAML path (reload thread) gives the same object as the full parser, or steps aside', () => {
+  const same = [
+    base,
+    `listen: 127.0.0.1:8080\nworkers: 2\nservices:\n  - name: a\n    upstream:\n      targets: [{url: "http://10.0.0.1:1", weight: 2}, {url: 'http://b.internal:2'}]\n      balancer: consistent-hash\n      hash_on: "header:x-user"\n    retry_on: [connect-error, 502]\n    routes:\n      - {paths: ["/a/{id}"], hosts: ["*.example.com"], methods: [GET]}  # a comment\n      - paths: [/b]\n        headers: {x-v: ["1", "2"]}\n`,
+    `{"services": [{"name": "j", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/j"]}]}]}`,
+    `services:\n  - name: big\n    url: http://127.0.0.1:1\n    routes:\n${Array.from({ length: 500 }, (_, i) => `      - {name: r${i}, paths: ["/r/${i}/{id}"]}`).join('\n')}\n`,
+  ];
+  for (const text of same) {
+    const fast = fastValidConfig(text);
+    assert.ok(fast, `fast path refused:\n${text.slice(0, 200)}`);
+    assert.deepEqual(fast, parseConfigText(text, { env: {} }).config);
+  }
+  const aside = [
+    'services:\n  - name: s\n    url: ${U}\n', // env substitution
+    'x: &a {listen: "127.0.0.1:1"}\nservices: []\n', // anchor
+    'services:\n  - &s {name: s, url: "http://a"}\n  - *s\n', // alias
+    'services: !!seq []\n', // explicit tag
+    'services: []\nservices: []\n', // duplicate key
+    'services:\n  - name: s\n    urll: http://x\n', // schema error
+    'listen: [unclosed\n', // syntax error
+    'a: 1\n', // unknown key
+  ];
+  for (const text of aside) assert.equal(fastValidConfig(text), undefined, text);
 });

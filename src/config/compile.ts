@@ -171,18 +171,21 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
 }
 
 /**
- * Compiles in slices of at most `sliceMs` of CPU, yielding to the event loop between them, so
- * that a reload of a large config (10,000 routes: ~50 ms of work) never stalls requests in
- * flight for more than a slice.
+ * Compiles in slices of about `sliceMs` of CPU with a `pauseMs` rest after each, so that a
+ * reload of a large config (10,000 routes: ~40 ms of work) neither stalls the requests in
+ * flight nor takes more than a small share of the CPU while it runs (it takes ~0.2 s longer).
+ * A small config compiles in its first slice, without a pause.
  */
-export async function compileAsync(loaded: LoadedConfig, deps: CompileDeps, sliceMs = 2): Promise<Snapshot> {
+export async function compileAsync(loaded: LoadedConfig, deps: CompileDeps, opts: { sliceMs?: number; pauseMs?: number } = {}): Promise<Snapshot> {
+  const sliceMs = opts.sliceMs ?? 1;
+  const pauseMs = opts.pauseMs ?? 4;
   const steps = compileSteps(loaded, deps);
   let t0 = performance.now();
   for (;;) {
     const r = steps.next();
     if (r.done) return r.value;
     if (performance.now() - t0 >= sliceMs) {
-      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
       t0 = performance.now();
     }
   }
@@ -381,7 +384,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const sroutes = s.routes ?? [];
     for (let ri = 0; ri < sroutes.length; ri++) {
       const r = sroutes[ri]!;
-      if ((++routeCount & 127) === 0) yield;
+      if ((++routeCount & 31) === 0) yield;
       const rp: PathSegment[] = [...sp, 'routes', ri];
       const name = r.name ?? `${s.name}.${ri}`;
       if (routeNames.has(name)) fail([...rp, 'name'], `duplicate route name "${name}"`);

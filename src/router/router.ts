@@ -103,12 +103,12 @@ export class Router<T> {
     this.finish();
   }
 
-  /** Builds a router, yielding every 256 routes (see compileAsync). */
+  /** Builds a router, yielding every 64 routes (see compileAsync). */
   static *build<T>(specs: readonly RouteSpec<T>[]): Generator<void, Router<T>, void> {
     const r = new Router<T>([]);
     for (let order = 0; order < specs.length; order++) {
       r.add(specs[order]!, order);
-      if ((order & 255) === 255) yield;
+      if ((order & 63) === 63) yield;
     }
     (r as { size: number }).size = specs.length;
     (r as { usesHeaders: boolean }).usesHeaders = usesHeaders(specs);
