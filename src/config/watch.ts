@@ -6,7 +6,6 @@
  * where inotify says nothing (network mounts, some container volumes).
  */
 import { watch, watchFile, unwatchFile, readFile, type FSWatcher } from 'node:fs';
-import { createHash } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 
 export interface ConfigWatcher {
@@ -21,8 +20,9 @@ export function watchConfig(
 ): ConfigWatcher {
   const path = resolve(file);
   const debounce = opts.debounceMs ?? 250;
-  const digest = (t: string) => createHash('sha256').update(t).digest('hex');
-  let last = digest(initialText);
+  // The last text itself, not a digest: comparing strings is a memcmp, hashing 0.5 MB on the
+  // event loop is milliseconds.
+  let last = initialText;
   let timer: NodeJS.Timeout | undefined;
   let closed = false;
   let reading = false;
@@ -39,12 +39,9 @@ export function watchConfig(
       reading = false;
       if (closed) return;
       // A file briefly missing (mid-rename) is not a change; the next event will come.
-      if (!err) {
-        const d = digest(text);
-        if (d !== last) {
-          last = d;
-          onChange(text);
-        }
+      if (!err && text !== last) {
+        last = text;
+        onChange(text);
       }
       if (again) {
         again = false;
