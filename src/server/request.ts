@@ -282,6 +282,11 @@ export function handleRequest(
     retryNonIdempotent: route.retryNonIdempotent,
     snapshot: snap,
   });
-  handler.start();
+  try {
+    handler.start();
+  } catch (err) {
+    handler.clientClosed(); // releases what it holds (snapshot, slot); the caller answers 500
+    throw err;
+  }
   return handler;
 }
