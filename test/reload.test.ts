@@ -37,12 +37,12 @@ ${Array.from({ length: 20 }, (_, k) => `      - {name: r${k}, paths: ["/churn/${
 `;
   const g = await startGateway(cfg(0));
   const agent = new Agent({ connections: 8, keepAliveTimeout: 30_000 });
+  let stop = false; // also set when something throws: the load loops must end with the test
   try {
     // An in-flight request on a route the reloads remove finishes on the snapshot it began with.
     const inflight = undiciRequest(`${g.url}/churn/0/3/7/slow/800`, { dispatcher: agent }).then(async (r) => ({ status: r.statusCode, body: await r.body.text() }));
     await sleep(50);
 
-    let stop = false;
     const outcomes = new Map<string, number>();
     const loop = async () => {
       while (!stop) {
@@ -90,6 +90,7 @@ ${Array.from({ length: 20 }, (_, k) => `      - {name: r${k}, paths: ["/churn/${
     assert.ok(after.heap - before.heap < 8 * 2 ** 20, `heap grew by ${mib(after.heap - before.heap)} MiB`);
     assert.ok(after.rss - before.rss < 48 * 2 ** 20, `RSS grew by ${mib(after.rss - before.rss)} MiB`);
   } finally {
+    stop = true;
     await agent.close();
     await g.close();
     await up.close();
