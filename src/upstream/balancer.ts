@@ -17,19 +17,25 @@ export interface Balancer {
   pick(hashKey: string, tried: readonly Target[] | null): Target | null;
 }
 
-const usable = (t: Target, tried: readonly Target[] | null) => !t.state.down && t.weight > 0 && (tried === null || !tried.includes(t));
-
-class RoundRobin implements Balancer {
-  private readonly current: number[];
-  private readonly targets: Target[];
-  constructor(targets: Target[]) {
-    this.targets = targets.filter((t) => t.weight > 0);
-    this.current = new Array<number>(this.targets.length).fill(0);
-  }
+/** Balancers that choose among usable targets: on a retry, untried ones first, then any up one. */
+abstract class Choosing implements Balancer {
   pick(_key: string, tried: readonly Target[] | null): Target | null {
     return this.choose(tried) ?? (tried ? this.choose(null) : null);
   }
-  private choose(tried: readonly Target[] | null): Target | null {
+  protected abstract choose(tried: readonly Target[] | null): Target | null;
+}
+
+const usable = (t: Target, tried: readonly Target[] | null) => !t.state.down && t.weight > 0 && (tried === null || !tried.includes(t));
+
+class RoundRobin extends Choosing {
+  private readonly current: number[];
+  private readonly targets: Target[];
+  constructor(targets: Target[]) {
+    super();
+    this.targets = targets.filter((t) => t.weight > 0);
+    this.current = new Array<number>(this.targets.length).fill(0);
+  }
+  protected choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     if (ts.length === 1) return usable(ts[0]!, tried) ? ts[0]! : null;
     let best = -1;
@@ -47,13 +53,12 @@ class RoundRobin implements Balancer {
   }
 }
 
-class LeastConnections implements Balancer {
+class LeastConnections extends Choosing {
   private next = 0;
-  constructor(private readonly targets: Target[]) {}
-  pick(_key: string, tried: readonly Target[] | null): Target | null {
-    return this.choose(tried) ?? (tried ? this.choose(null) : null);
+  constructor(private readonly targets: Target[]) {
+    super();
   }
-  private choose(tried: readonly Target[] | null): Target | null {
+  protected choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     const n = ts.length;
     if (n === 0) return null;
@@ -123,12 +128,11 @@ class ConsistentHash implements Balancer {
   }
 }
 
-class Latency implements Balancer {
-  constructor(private readonly targets: Target[]) {}
-  pick(_key: string, tried: readonly Target[] | null): Target | null {
-    return this.choose(tried) ?? (tried ? this.choose(null) : null);
+class Latency extends Choosing {
+  constructor(private readonly targets: Target[]) {
+    super();
   }
-  private choose(tried: readonly Target[] | null): Target | null {
+  protected choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     const n = ts.length;
     if (n === 0) return null;
