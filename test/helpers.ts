@@ -186,15 +186,40 @@ export interface Running {
   exit: Promise<number | null>;
 }
 
+const cliGroups = new Set<number>();
+process.once('exit', () => {
+  // Whatever a test left running (a failed assertion before its cleanup): the CLI and its workers go too.
+  for (const pgid of cliGroups) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+});
+
 export function startCli(args: string[], env: NodeJS.ProcessEnv): Running {
   const child = spawn(process.execPath, ['bin/turnpike.js', ...args], {
     env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true, // its own process group, with its workers: see the exit hook above
   });
+  if (child.pid) cliGroups.add(child.pid);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
   child.stdout!.on('data', (d) => (err += d));
   const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  void exit.then(() => {
+    // Workers outlive a primary only by a drain: give them a moment, then make sure.
+    setTimeout(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      cliGroups.delete(child.pid!);
+    }, 3000).unref();
+  });
   return { child, stderr: () => err, exit };
 }
 

@@ -93,16 +93,19 @@ export async function main(argv: string[]): Promise<number> {
   const workers = w === 'auto' ? availableParallelism() : w ?? 1;
 
   // One object for both modes: the single-process gateway, or the primary supervising workers.
-  let running: { reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; rollingRestart?(): Promise<void> };
+  let running: { reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; rollingRestart?(): Promise<void>; kill?(): void };
+  let drainMs = 0;
   let banner: string;
   try {
     if (workers > 1) {
       const sup = await startPrimary(loaded, log);
       running = sup;
+      drainMs = sup.gw.snapshot.timeouts.drain;
       banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
     } else {
       const gw = await Gateway.start(loaded, { logger: log });
       running = { reload: (l) => gw.reloadAsync(l), stop: () => gw.stop() };
+      drainMs = gw.snapshot.timeouts.drain;
       banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
     }
   } catch (err) {
@@ -152,12 +155,19 @@ export async function main(argv: string[]): Promise<number> {
     const stop = (signal: string) => {
       if (stopping) {
         log.warn({ signal }, 'second signal: exiting now');
+        running.kill?.();
         resolve(1);
         return;
       }
       stopping = true;
       watcher?.close();
       log.info({ signal }, 'draining');
+      // A hard bound on the whole shutdown: whatever hangs, the process (and its workers) go.
+      setTimeout(() => {
+        log.error({ after_ms: drainMs + 10_000 }, 'shutdown did not finish: exiting now');
+        running.kill?.();
+        resolve(1);
+      }, drainMs + 10_000).unref();
       running.stop().then(() => resolve(0), (err) => {
         log.error({ err }, 'shutdown failed');
         resolve(1);

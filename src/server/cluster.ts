@@ -46,6 +46,8 @@ export interface Supervisor {
   reload(loaded: LoadedConfig): Promise<void>;
   rollingRestart(): Promise<void>;
   stop(): Promise<void>;
+  /** Last resort: SIGKILL every worker. */
+  kill(): void;
 }
 
 interface WorkerInfo {
@@ -198,6 +200,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
       stopping = true;
       await Promise.all([...infos.values()].map(retire));
       await gw.stop();
+    },
+    kill() {
+      stopping = true;
+      for (const i of infos.values()) i.worker.process.kill('SIGKILL');
     },
   };
 }
