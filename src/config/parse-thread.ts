@@ -7,14 +7,14 @@
  */
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
 import { readlinkSync } from 'node:fs';
-import { spawnSync } from 'node:child_process';
 import { setPriority } from 'node:os';
+import { execFile, spawnSync } from 'node:child_process';
 import { ConfigError, type ConfigIssue } from './errors.js';
 import { configHashOf, fastValidConfig, parseConfigText, type LoadedConfig } from './load.js';
 import type { TurnpikeConfigInput } from './schema.js';
 
 interface Job { id: number; text: string; file: string | undefined; env: NodeJS.ProcessEnv }
-type Reply = { id: number; json: string; hash: string } | { id: number; issues: ConfigIssue[]; file: string | undefined } | { id: number; failure: string };
+type Reply = { tid: number; idle: boolean } | { id: number; json: string; hash: string } | { id: number; issues: ConfigIssue[]; file: string | undefined } | { id: number; failure: string };
 
 /** A LoadedConfig around an already validated object; lines are computed only if asked for. */
 export function fromValidated(config: TurnpikeConfigInput, text: string, file: string | undefined, env?: NodeJS.ProcessEnv, configHash?: string): LoadedConfig {
@@ -25,6 +25,41 @@ export function fromValidated(config: TurnpikeConfigInput, text: string, file: s
 
 let worker: Worker | null = null;
 let nextId = 0;
+/** The parser thread's id when it runs SCHED_IDLE (0: not idle-class, nothing to promote). */
+let threadId = 0;
+let promoted = false;
+let starveTimer: NodeJS.Timeout | undefined;
+/** A parse still pending after this long is given a normal (nice 19) scheduling class. */
+const STARVE_MS = 10_000;
+
+/**
+ * SCHED_IDLE keeps reload parsing off the cores requests need, but it can starve for as long
+ * as every core is busy. A parse pending for STARVE_MS is promoted to SCHED_OTHER (still nice
+ * 19, so ~1.5% of a busy core: slow, but sure); it goes back to idle when nothing is pending.
+ */
+function setClass(idle: boolean): void {
+  if (threadId === 0) return;
+  execFile('chrt', [idle ? '--idle' : '--other', '-p', '0', String(threadId)], { timeout: 2000 }, () => {});
+}
+function watchStarvation(): void {
+  if (starveTimer || promoted) return;
+  starveTimer = setTimeout(() => {
+    starveTimer = undefined;
+    if (pending.size > 0 && !promoted) {
+      promoted = true;
+      setClass(false);
+    }
+  }, STARVE_MS);
+  starveTimer.unref();
+}
+function settle(): void {
+  clearTimeout(starveTimer);
+  starveTimer = undefined;
+  if (promoted) {
+    promoted = false;
+    setClass(true);
+  }
+}
 const pending = new Map<number, { resolve: (l: LoadedConfig) => void; reject: (e: Error) => void; job: Job }>();
 
 function ensureWorker(): Worker {
@@ -34,9 +69,14 @@ function ensureWorker(): Worker {
   const w = new Worker(new URL(import.meta.url), { resourceLimits: { maxOldGenerationSizeMb: 512 } });
   w.unref();
   w.on('message', (r: Reply) => {
+    if ('tid' in r) {
+      threadId = r.idle ? r.tid : 0;
+      return;
+    }
     const p = pending.get(r.id);
     if (!p) return;
     pending.delete(r.id);
+    if (pending.size === 0) settle();
     // A JSON string, not the object: JSON.parse here costs ~4 ms for 10,000 routes where
     // structured-clone deserialization of the object graph blocked the loop 20-50 ms.
     if ('json' in r) p.resolve(fromValidated(JSON.parse(r.json) as TurnpikeConfigInput, p.job.text, p.job.file, p.job.env, r.hash));
@@ -45,6 +85,8 @@ function ensureWorker(): Worker {
   });
   const fail = (err: Error) => {
     worker = null;
+    threadId = 0;
+    settle();
     for (const [id, p] of pending) {
       pending.delete(id);
       // The thread died (out of memory on a hostile file?): fall back to the main thread.
@@ -67,6 +109,7 @@ export function parseConfigOffThread(text: string, opts: { file?: string; env?: 
   return new Promise((resolve, reject) => {
     pending.set(job.id, { resolve, reject, job });
     ensureWorker().postMessage(job);
+    watchStarvation();
   });
 }
 
@@ -85,8 +128,10 @@ if (!isMainThread && parentPort) {
     const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
     if (tid > 0) {
       setPriority(tid, 19);
-      // SCHED_IDLE where util-linux's chrt is there: runs only when the core is otherwise idle.
-      spawnSync('chrt', ['--idle', '-p', '0', String(tid)], { stdio: 'ignore', timeout: 2000 });
+      // SCHED_IDLE where util-linux's chrt is there: parsing runs only in a core's idle time
+      // (the main thread promotes it when a parse starves, see setClass).
+      const idle = spawnSync('chrt', ['--idle', '-p', '0', String(tid)], { stdio: 'ignore', timeout: 2000 }).status === 0;
+      port.postMessage({ tid, idle });
     }
   } catch {
     /* not Linux: the thread keeps the process priority */
