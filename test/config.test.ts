@@ -220,7 +220,6 @@ test('resilience settings are checked with their paths and lines', () => {
 `).map((i) => `${i.path} (line ${i.line}): ${i.message}`);
   assert.deepEqual(issues, [
     'services[0].upstream.targets[1].url (line 4): target http://127.0.0.1:1 is listed twice (give it a weight instead)',
-    'services[0].upstream.hash_on (line 5): hash_on only applies to balancer: consistent-hash',
     'services[0].upstream.healthcheck.active.timeout (line 7): must be between 1ms and the interval',
     'services[0].upstream.healthcheck.passive.max_ejection (line 8): must be at least the ejection time',
     'services[0].timeouts.total (line 9): must be at least timeouts.response (it bounds all attempts together)',
@@ -253,4 +252,37 @@ test('the fast YAML path (reload thread) gives the same object as the full parse
     'a: 1\n', // unknown key
   ];
   for (const text of aside) assert.equal(fastValidConfig(text), undefined, text);
+});
+
+test("issue 3's contract validates as written (hash_on next to round-robin is allowed and unused)", () => {
+  const contract = `workers: auto                          # or a number
+services:
+  - name: orders
+    upstream:
+      targets: [{url: http://10.0.0.1:9001, weight: 2}, {url: http://10.0.0.2:9001}]
+      balancer: round-robin            # least-connections | consistent-hash | latency
+      hash_on: header:x-user-id           # for consistent-hash
+      healthcheck:
+        active: {path: /healthz, interval: 5s, healthy: 2, unhealthy: 3}
+        passive: {failures: 3, ejection: 30s}
+    retries: 2
+    retry_on: [connect-error, 502, 503, timeout]
+    circuit_breaker: {max_concurrent: 1000, max_pending: 100}
+`;
+  const pools = new PoolRegistry();
+  try {
+    const snap = compile(parseConfigText(contract, { env: {} }), { pools, cores: 4 });
+    const s = snap.services[0]!;
+    assert.equal(snap.workers, 4);
+    assert.equal(s.balancerName, 'round-robin');
+    assert.equal(s.hashOn, null);
+    assert.deepEqual(s.targets.map((t) => t.weight), [2, 1]);
+    assert.deepEqual(s.retryOn, { connectError: true, timeout: true, reset: false, statuses: new Set([502, 503]) });
+    assert.deepEqual(s.bulkhead, { maxConcurrent: 250, maxPending: 25, maxWait: 1000 }); // per worker: 4 workers
+    assert.equal(s.health.active?.interval, 5000);
+    assert.equal(s.health.passive?.ejection, 30000);
+    snap.dispose();
+  } finally {
+    void pools.closeAll();
+  }
 });

@@ -320,7 +320,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (balancerName === 'consistent-hash') {
       const h = up?.hash_on ?? 'ip';
       hashOn = h === 'ip' ? { kind: 'ip' } : h.startsWith('header:') ? { kind: 'header', name: h.slice(7).toLowerCase() } : { kind: 'cookie', name: h.slice(7) };
-    } else if (up?.hash_on) fail([...sp, 'upstream', 'hash_on'], 'hash_on only applies to balancer: consistent-hash');
+    }
+    // hash_on with another balancer is allowed and unused (the contract writes it so;
+    // Kong ignores it the same way), which lets a config switch balancers by one line.
     const hc = up?.healthcheck;
     const active: ActiveConfig | null = hc?.active ? {
       path: hc.active.path,
