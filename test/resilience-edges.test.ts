@@ -5,6 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { parseConfigText } from '../src/config/load.js';
 import { TargetState } from '../src/upstream/state.js';
 import { sleep, startGateway, startUpstream, request } from './helpers.js';
@@ -156,5 +158,31 @@ test('DNS: a rejected reload changes neither the answers nor the settings in use
   } finally {
     await g.close();
     await ups.close();
+  }
+});
+
+test('a connect that hangs is bounded by the response timeout and the deadline, not by timeouts.connect', { timeout: 10000 }, async () => {
+  // A listener whose process is stopped: the kernel completes handshakes until the backlog is
+  // full, then drops SYNs, so further connects hang (a black hole on loopback).
+  const child = spawn(process.execPath, ['-e', `
+    const s = require('node:net').createServer();
+    s.listen({ port: 0, host: '127.0.0.1', backlog: 1 }, () => {
+      process.stdout.write(s.address().port + '\\n', () => process.kill(process.pid, 'SIGSTOP'));
+    });`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const fillers = Array.from({ length: 4 }, () => connect(port, '127.0.0.1').on('error', () => {}));
+  await sleep(200);
+  const g = await startGateway(`services:\n  - name: s\n    url: http://127.0.0.1:${port}\n    timeouts: {connect: 4s, response: 300ms, total: 500ms}\n    retries: 2\n    retry_on: [timeout]\n    routes: [{paths: [/]}]\n`);
+  try {
+    const t0 = Date.now();
+    const r = await request(`${g.url}/x`);
+    const took = Date.now() - t0;
+    assert.equal(r.status, 504, r.body);
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:gateway-timeout');
+    assert.ok(took >= 450 && took < 1500, `504 after ${took} ms (deadline 500 ms, connect timeout 4 s)`);
+  } finally {
+    for (const f of fillers) f.destroy();
+    child.kill('SIGKILL');
+    await g.close();
   }
 });

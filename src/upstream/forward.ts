@@ -16,6 +16,8 @@ const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH',
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 /** Marks an attempt aborted by the gateway to retry it (its status was in retry_on). */
 const RETRY = new Error('retrying on another target');
+/** Aborts an attempt that was given up while it connected. */
+const STALE = new Error('attempt given up while connecting');
 /** Latency charged to a target whose attempt failed, so the latency balancer moves away from it. */
 const FAILURE_PENALTY_MS = 5_000;
 /** Request bodies up to this size are read before the first attempt so that retries can resend them. */
@@ -67,7 +69,35 @@ function latin1(b: Buffer | string): string {
   return typeof b === 'string' ? b : b.toString('latin1');
 }
 
-export class ForwardHandler implements Dispatcher.DispatchHandler {
+/**
+ * One upstream attempt, as undici sees it: callbacks reach the handler only while this is its
+ * current attempt. An attempt given up while still connecting (its response timeout or the
+ * deadline passed) is stale: when undici connects it after all, it is aborted, and nothing it
+ * reports reaches the request any more.
+ */
+class Attempt implements Dispatcher.DispatchHandler {
+  constructor(private readonly h: ForwardHandler) {}
+  onConnect(abort: (err?: Error) => void): void {
+    if (this.h.current === this) this.h.onConnect(abort);
+    else abort(STALE);
+  }
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    return this.h.current === this ? this.h.onHeaders(statusCode, rawHeaders, resume) : false;
+  }
+  onData(chunk: Buffer): boolean {
+    return this.h.current === this ? this.h.onData(chunk) : false;
+  }
+  onComplete(trailers: Buffer[] | string[] | null): void {
+    if (this.h.current === this) this.h.onComplete(trailers);
+  }
+  onError(err: Error): void {
+    if (this.h.current === this) this.h.onError(err);
+  }
+}
+
+export class ForwardHandler {
+  /** The attempt whose callbacks count (see Attempt). */
+  current: Attempt | null = null;
   private abortFn: ((err?: Error) => void) | null = null;
   private resumeFn: (() => void) | null = null;
   private onDrain: (() => void) | undefined;
@@ -88,8 +118,6 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
    * which would let a 300 ms timeout fire anywhere up to ~1 s and overrun the total deadline.
    */
   private responseTimer: NodeJS.Timeout | undefined;
-  /** The response timeout fired before undici handed us the attempt's abort function. */
-  private timedOut: Error | null = null;
   /** Holds a bulkhead slot / is a half-open trial. */
   private slot = false;
   private trial = false;
@@ -223,7 +251,6 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     const headers = f.headers;
     headers[headers.length - 1] = f.preservedHost ?? t.hostHeader;
     const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
-    this.timedOut = null;
     clearTimeout(this.responseTimer);
     // Long timeouts (the 60 s default) can live with undici's coarseness: no timer per request.
     if (timeout < PRECISE_TIMEOUT_BELOW_MS) this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
@@ -237,7 +264,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
         headersTimeout: timeout,
         bodyTimeout: f.service.timeouts.read,
       },
-      this,
+      (this.current = new Attempt(this)),
     );
   }
 
@@ -247,7 +274,12 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
     if (this.finished || this.target === null) return;
     const err = new errors.HeadersTimeoutError();
     if (this.abortFn !== null) this.abortFn(err);
-    else this.timedOut = err; // still connecting: aborted in onConnect
+    else {
+      // Still connecting: give the attempt up now (the deadline holds even for a connect that
+      // hangs); it is aborted if it ever connects.
+      this.current = null;
+      this.onError(err);
+    }
   }
 
   /** Ends the current attempt before any response: passive health and latency penalty for its target. */
@@ -308,7 +340,6 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
 
   onConnect(abort: (err?: Error) => void): void {
     if (this.finished) abort(new Error('client closed the connection'));
-    else if (this.timedOut !== null) abort(this.timedOut);
     else this.abortFn = abort;
   }
 
@@ -345,6 +376,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
         this.target = null;
         t.state.inflight--;
         this.abortFn = null;
+        this.current = null;
         (this.tried ??= []).push(t);
         abort?.(RETRY);
         process.nextTick(() => this.attempt());
@@ -429,7 +461,7 @@ export class ForwardHandler implements Dispatcher.DispatchHandler {
   }
 
   onError(err: Error): void {
-    if (err === RETRY || this.finished) return;
+    if (err === RETRY || err === STALE || this.finished) return;
     const f = this.f;
     const code = (err as { code?: string }).code ?? '';
     if (!f.res.headersSent) {
