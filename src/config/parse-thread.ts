@@ -2,7 +2,7 @@
  * Parsing and validating a config off the main thread. YAML parsing and schema validation of
  * a large config (10,000 routes: ~0.5 s) would stall every request in flight if done on the
  * event loop during a reload; here it runs in one long-lived worker thread, and only the
- * validated plain object comes back. Line numbers for errors found later (compile) are
+ * validated config comes back (as JSON text with its hash). Line numbers for errors found later (compile) are
  * recovered lazily by parsing the text again on the main thread — only when there is an error.
  */
 import { Worker, isMainThread, parentPort } from 'node:worker_threads';
