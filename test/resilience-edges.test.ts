@@ -9,6 +9,9 @@ import { spawn } from 'node:child_process';
 import { connect } from 'node:net';
 import { parseConfigText } from '../src/config/load.js';
 import { TargetState } from '../src/upstream/state.js';
+import { HealthAuthority } from '../src/upstream/authority.js';
+import { compile } from '../src/config/compile.js';
+import { PoolRegistry } from '../src/upstream/pools.js';
 import { sleep, startGateway, startUpstream, request } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
@@ -184,5 +187,37 @@ test('a connect that hangs is bounded by the response timeout and the deadline, 
     for (const f of fillers) f.destroy();
     child.kill('SIGKILL');
     await g.close();
+  }
+});
+
+test('passive ejection doubles on each repeat, capped at max_ejection; a success resets it', { timeout: 5000 }, async () => {
+  const pools = new PoolRegistry();
+  const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });
+  const events: { down: boolean; at: number }[] = [];
+  const t0 = Date.now();
+  const authority = new HealthAuthority((d) => { if (d.t === 'target') events.push({ down: d.down, at: Date.now() - t0 }); });
+  const key = snap.services[0]!.targets[0]!.state.key;
+  const ejectedFor = async () => {
+    const start = Date.now();
+    authority.passive(key, false);
+    assert.equal(events.at(-1)?.down, true);
+    await until(() => events.at(-1)?.down === false, 2000, 'readmission');
+    return Date.now() - start;
+  };
+  try {
+    authority.sync(snap);
+    const first = await ejectedFor();
+    const second = await ejectedFor();
+    const third = await ejectedFor();
+    assert.ok(first >= 95 && first < 180, `first ejection ${first} ms (100)`);
+    assert.ok(second >= 195 && second < 280, `second ejection ${second} ms (200)`);
+    assert.ok(third >= 245 && third < 330, `third ejection ${third} ms (capped at 250)`);
+    authority.passive(key, true); // a success after readmission: back to the base ejection
+    const after = await ejectedFor();
+    assert.ok(after >= 95 && after < 180, `ejection after a success ${after} ms (100)`);
+  } finally {
+    await authority.stop();
+    snap.dispose();
+    await pools.closeAll();
   }
 });

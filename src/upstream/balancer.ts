@@ -19,6 +19,7 @@ export interface Balancer {
 
 /** Balancers that choose among usable targets: on a retry, untried ones first, then any up one. */
 abstract class Choosing implements Balancer {
+  constructor(protected readonly targets: Target[]) {}
   pick(_key: string, tried: readonly Target[] | null): Target | null {
     return this.choose(tried) ?? (tried ? this.choose(null) : null);
   }
@@ -29,10 +30,8 @@ const usable = (t: Target, tried: readonly Target[] | null) => !t.state.down && 
 
 class RoundRobin extends Choosing {
   private readonly current: number[];
-  private readonly targets: Target[];
   constructor(targets: Target[]) {
-    super();
-    this.targets = targets.filter((t) => t.weight > 0);
+    super(targets.filter((t) => t.weight > 0));
     this.current = new Array<number>(this.targets.length).fill(0);
   }
   protected choose(tried: readonly Target[] | null): Target | null {
@@ -55,9 +54,6 @@ class RoundRobin extends Choosing {
 
 class LeastConnections extends Choosing {
   private next = 0;
-  constructor(private readonly targets: Target[]) {
-    super();
-  }
   protected choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     const n = ts.length;
@@ -129,9 +125,6 @@ class ConsistentHash implements Balancer {
 }
 
 class Latency extends Choosing {
-  constructor(private readonly targets: Target[]) {
-    super();
-  }
   protected choose(tried: readonly Target[] | null): Target | null {
     const ts = this.targets;
     const n = ts.length;
