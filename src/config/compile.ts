@@ -4,7 +4,9 @@
  * plugins, ...) are reported with their path and line like schema errors.
  */
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { dirname, resolve } from 'node:path';
 import type { Pool } from 'undici';
 import { configHashOf, type LoadedConfig } from './load.js';
 import { formatPath, type PathSegment } from './errors.js';
@@ -18,6 +20,7 @@ import { createBalancer, type Balancer, type BalancerName } from '../upstream/ba
 import type { DnsSettings } from '../upstream/dns.js';
 import { RuntimeState, type ServiceState, type TargetState } from '../upstream/state.js';
 import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../upstream/authority.js';
+import { CertSet, DEFAULT_CIPHERS, hstsValue, type CertSpec } from '../server/tls.js';
 
 export interface Address {
   host: string;
@@ -39,8 +42,15 @@ export interface Target {
 
 export type RetryOn = 'connect-error' | 'timeout' | 'reset' | number;
 
+export type UpstreamProtocol = 'http' | 'h2c' | 'https' | 'grpc' | 'grpcs';
+
 export interface CompiledService {
   name: string;
+  protocol: UpstreamProtocol;
+  /** grpc or grpcs: errors are answered in gRPC's terms, grpc-timeout bounds the deadline. */
+  grpc: boolean;
+  /** The upstream speaks HTTP/2 (h2c, grpc, grpcs). */
+  h2Upstream: boolean;
   targets: Target[];
   balancer: Balancer;
   balancerName: BalancerName;
@@ -65,6 +75,8 @@ export interface CompiledRoute {
   stripPath: boolean;
   preserveHost: boolean;
   retryNonIdempotent: boolean;
+  /** WebSocket upgrades allowed (null: an Upgrade is served as plain HTTP). */
+  websocket: { maxMessage: number; idleTimeout: number } | null;
 }
 
 export interface Limits {
@@ -80,12 +92,36 @@ export interface ServerTimeouts {
   drain: number;
 }
 
+export interface TlsListener {
+  listen: Address;
+  certs: CertSet;
+  /** Strict-Transport-Security value, null when not sent. */
+  hsts: string | null;
+  /** Status of the redirect from the plain listener to https, null when it serves. */
+  redirect: number | null;
+  watch: boolean;
+  handshakeTimeout: number;
+  requestCert: boolean;
+}
+
+export interface Http2Settings {
+  enabled: boolean;
+  h2c: boolean;
+  maxConcurrentStreams: number;
+  maxHeaderListSize: number;
+  maxResets: number;
+  resetWindow: number;
+  idleTimeout: number;
+}
+
 export interface Snapshot {
   /** sha256 of the effective config (first 16 hex). */
   hash: string;
   loadedAt: Date;
   source: string | undefined;
   listen: Address;
+  tls: TlsListener | null;
+  http2: Http2Settings;
   admin: { listen: Address; token: string | undefined } | null;
   demo: Address | null;
   /** Worker processes (resolved: auto = CPU cores). */
@@ -112,6 +148,7 @@ export const DEFAULTS = {
   limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
   timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s' },
   service: { connect: '5s', response: '60s', read: '60s' },
+  websocket: { max_message: '1mb', idle_timeout: '60s' },
   forwarding_headers: ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'],
 } as const;
 
@@ -237,6 +274,48 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     drain: parseDuration(to.drain),
   };
 
+  const baseDir = loaded.file ? dirname(resolve(loaded.file)) : process.cwd();
+  const file = (f: string) => resolve(baseDir, f);
+
+  let tls: TlsListener | null = null;
+  if (cfg.tls && !cfg.listen_tls) fail(['tls'], 'tls needs listen_tls (the address of the TLS listener)');
+  if (cfg.listen_tls && !cfg.tls) fail(['listen_tls'], 'listen_tls needs tls.certificates');
+  if (cfg.listen_tls && cfg.tls) {
+    const t = cfg.tls;
+    const tlsListen = parseAddress(cfg.listen_tls);
+    if (tlsListen.port > 65535) fail(['listen_tls'], `port ${tlsListen.port} is out of range`);
+    const specs: CertSpec[] = t.certificates.map((c, i) => ({
+      hosts: c.hosts, certFile: file(c.cert), keyFile: file(c.key), isDefault: c.default ?? false, path: ['tls', 'certificates', i],
+    }));
+    if (t.certificates.filter((c) => c.default).length > 1) fail(['tls', 'certificates'], 'only one certificate can be the default');
+    const certs = new CertSet(specs, {
+      minVersion: t.min_version ?? 'TLSv1.2',
+      ciphers: t.ciphers ?? DEFAULT_CIPHERS,
+      clientCaFile: t.client_ca ? file(t.client_ca) : null,
+    });
+    for (const issue of certs.load()) fail(issue.path, issue.message);
+    const hsts = t.hsts ? (t.hsts === true ? {} : t.hsts) : null;
+    tls = {
+      listen: tlsListen,
+      certs,
+      hsts: hsts ? hstsValue(Math.floor(parseDuration(hsts.max_age ?? '365d') / 1000), hsts.include_subdomains ?? false, hsts.preload ?? false) : null,
+      redirect: t.redirect_http ? t.redirect_status ?? 308 : null,
+      watch: t.watch ?? true,
+      handshakeTimeout: parseDuration(t.handshake_timeout ?? '10s'),
+      requestCert: t.client_ca !== undefined,
+    };
+  }
+  const h2 = cfg.http2 ?? {};
+  const http2: Http2Settings = {
+    enabled: h2.enabled ?? true,
+    h2c: h2.h2c ?? false,
+    maxConcurrentStreams: h2.max_concurrent_streams ?? 100,
+    maxHeaderListSize: h2.max_header_list_size !== undefined ? parseSize(h2.max_header_list_size) : limits.maxHeaderSize + limits.maxUriLength,
+    maxResets: h2.max_resets ?? 200,
+    resetWindow: parseDuration(h2.reset_window ?? '10s'),
+    idleTimeout: parseDuration(h2.idle_timeout ?? '5m'),
+  };
+
   const checkPlugins = (bindings: { name: string }[] | undefined, path: PathSegment[]) =>
     bindings?.forEach((b, i) => {
       if (!KNOWN_PLUGINS.has(b.name)) fail([...path, i, 'name'], `unknown plugin "${b.name}"`);
@@ -277,6 +356,24 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const timeoutsMs = { connect: parseDuration(t.connect), response, read: parseDuration(t.read), total: t.total === undefined ? response : parseDuration(t.total) };
     if (timeoutsMs.total < timeoutsMs.response) fail([...sp, 'timeouts', 'total'], 'must be at least timeouts.response (it bounds all attempts together)');
 
+    let upstreamTls: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; servername?: string; id: string } | undefined;
+    if (s.tls) {
+      const read = (f: string | undefined, key: string): Buffer | undefined => {
+        if (f === undefined) return undefined;
+        try {
+          return readFileSync(file(f));
+        } catch (e) {
+          fail([...sp, 'tls', key], `cannot read ${f}: ${(e as Error).message}`);
+          return undefined;
+        }
+      };
+      const ca = read(s.tls.ca, 'ca');
+      const cert = read(s.tls.cert, 'cert');
+      const key = read(s.tls.key, 'key');
+      if ((s.tls.cert === undefined) !== (s.tls.key === undefined)) fail([...sp, 'tls'], 'a client certificate needs both cert and key');
+      const id = createHash('sha256').update(ca ?? '').update('|').update(cert ?? '').update('|').update(key ?? '').update(`|${s.tls.verify ?? true}|${s.tls.server_name ?? ''}`).digest('hex').slice(0, 16);
+      upstreamTls = { ca, cert, key, rejectUnauthorized: s.tls.verify ?? true, servername: s.tls.server_name, id };
+    }
     const rawTargets: { url: string; weight: number; path: PathSegment[] }[] = [];
     if (s.url && s.upstream) fail([...sp, 'upstream'], 'give either url or upstream, not both');
     else if (s.url) rawTargets.push({ url: s.url, weight: 1, path: [...sp, 'url'] });
@@ -295,6 +392,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         continue;
       }
       if (u.protocol !== 'http:' && u.protocol !== 'https:') { fail(r.path, 'only http:// and https:// upstreams are supported'); continue; }
+      const protocol = s.protocol ?? (u.protocol === 'https:' ? 'https' : 'http');
+      if ((protocol === 'https' || protocol === 'grpcs') !== (u.protocol === 'https:')) {
+        fail(r.path, `protocol ${protocol} needs an ${protocol === 'https' || protocol === 'grpcs' ? 'https' : 'http'}:// URL`);
+        continue;
+      }
       if (u.username || u.password) { fail(r.path, 'credentials in upstream URLs are not supported'); continue; }
       if (u.search || u.hash) { fail(r.path, 'an upstream URL may not have a query or fragment'); continue; }
       const basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
@@ -308,7 +410,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       for (const addr of addrs ?? [null]) {
         const origin = addr === null ? u.origin : `${u.protocol}//${isIP(addr) === 6 ? `[${addr}]` : addr}:${u.port || (u.protocol === 'https:' ? 443 : 80)}`;
         const key = addr === null ? id : `${id}@${addr}`;
-        const pool = deps.pools.acquire(origin, { connectTimeout: timeoutsMs.connect, servername: addr !== null && u.protocol === 'https:' ? u.hostname : undefined });
+        const pool = deps.pools.acquire(origin, {
+          connectTimeout: timeoutsMs.connect,
+          servername: upstreamTls?.servername ?? (addr !== null && u.protocol === 'https:' ? u.hostname : undefined),
+          http2: s.protocol === 'h2c' || s.protocol === 'grpc' ? 'h2c' : s.protocol === 'grpcs' ? 'h2' : 'none',
+          tls: upstreamTls,
+        });
         acquired.push(pool);
         heldTargets.push(key);
         targets.push({ origin, basePath, hostHeader: u.host, weight: r.weight, pool, state: state.targets.acquire(key) });
@@ -360,8 +467,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       if (circuit.window < 100) fail([...sp, 'circuit_breaker', 'window'], 'must be at least 100ms');
     }
     heldServices.push(s.name);
+    const protocol = s.protocol ?? (rawTargets[0]?.url.startsWith('https:') ? 'https' : 'http');
     const service: CompiledService = {
       name: s.name,
+      protocol,
+      grpc: protocol === 'grpc' || protocol === 'grpcs',
+      h2Upstream: protocol === 'h2c' || protocol === 'grpc' || protocol === 'grpcs',
       targets,
       balancer: createBalancer(balancerName, targets),
       balancerName,
@@ -406,9 +517,15 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         if (/[?#\s]/.test(p)) fail([...rp, 'paths', pi], 'a path may not contain ?, # or spaces');
         else if (normalizePath(p) !== p) fail([...rp, 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
       });
+      const ws = r.websocket === true ? {} : r.websocket || null;
       const route: CompiledRoute = {
         name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
+        websocket: ws && {
+          maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
+          idleTimeout: parseDuration(ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
+        },
       };
+      if (ws && service.grpc) fail([...rp, 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
       routes.push(route);
       specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
       specPaths.push(rp);
@@ -447,6 +564,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     loadedAt: new Date(),
     source: loaded.file,
     listen,
+    tls,
+    http2,
     admin,
     demo,
     workers,

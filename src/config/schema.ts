@@ -20,6 +20,7 @@ export const HostPort = Type.String({
   pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+|\\*):[0-9]{1,5}$',
   description: 'host:port to listen on, e.g. 127.0.0.1:8080 or [::1]:8080',
 });
+const FilePath = Type.String({ minLength: 1, description: 'A file path (relative paths are relative to the config file).' });
 const UpstreamUrl = Type.String({
   pattern: '^https?://',
   description: 'http:// or https:// URL of the upstream; a path here is prepended to every forwarded path.',
@@ -53,6 +54,13 @@ export const Route = Strict({
   strip_path: Type.Optional(Type.Boolean({ default: false, description: 'Remove the matched path prefix before forwarding.' })),
   preserve_host: Type.Optional(Type.Boolean({ default: false, description: "Forward the client's Host instead of the upstream's." })),
   retry_non_idempotent: Type.Optional(Type.Boolean({ default: false, description: 'Allow retries of POST, PATCH and other non-idempotent methods on this route (by default only GET, HEAD, OPTIONS, PUT, DELETE are retried).' })),
+  websocket: Type.Optional(Type.Union([
+    Type.Boolean(),
+    Strict({
+      max_message: Type.Optional(Size),
+      idle_timeout: Type.Optional(Duration),
+    }),
+  ], { description: 'Allow WebSocket upgrades on this route (true, or {max_message: 1mb, idle_timeout: 60s}). Without it an Upgrade is served as plain HTTP.' })),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
 });
@@ -128,9 +136,21 @@ export const ServiceTimeouts = Strict({
   total: Type.Optional(Duration),
 }, { description: 'connect: TCP/TLS connect; response: until the response headers, per attempt; read: idle time between body chunks; total: deadline for the response headers across all attempts (default: response).' });
 
+export const UpstreamTls = Strict({
+  ca: Type.Optional(FilePath),
+  cert: Type.Optional(FilePath),
+  key: Type.Optional(FilePath),
+  verify: Type.Optional(Type.Boolean({ default: true, description: "Verify the upstream's certificate (against ca, or the system's CAs)." })),
+  server_name: Type.Optional(Type.String({ minLength: 1, description: 'SNI and the name the certificate must carry (default: the URL host).' })),
+}, { description: 'TLS to the upstream: CA bundle to verify it with, and a client certificate (cert + key) for mutual TLS.' });
+
 export const Service = Strict({
   name: Name,
   url: Type.Optional(UpstreamUrl),
+  protocol: Type.Optional(Type.Union([
+    Type.Literal('http'), Type.Literal('h2c'), Type.Literal('https'), Type.Literal('grpc'), Type.Literal('grpcs'),
+  ], { description: 'Upstream protocol: http (HTTP/1.1), h2c (HTTP/2 cleartext), https (HTTP/1.1 over TLS), grpc (h2c), grpcs (HTTP/2 over TLS). Default: from the URL scheme.' })),
+  tls: Type.Optional(UpstreamTls),
   upstream: Type.Optional(Upstream),
   timeouts: Type.Optional(ServiceTimeouts),
   retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 0, description: 'Retries of a failed attempt on another target: idempotent methods only (unless the route allows more), inside the retry budget and the total deadline.' })),
@@ -172,6 +192,39 @@ export const ServerTimeouts = Strict({
   drain: Type.Optional(Duration),
 }, { description: 'client_header: to receive all headers; client_body: idle time between body chunks; keepalive: idle connection; drain: bound on in-flight requests at shutdown.' });
 
+export const Certificate = Strict({
+  hosts: Type.Array(Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$' }), { minItems: 1, description: 'Server names (SNI) this certificate is for; *.example.com matches one label.' }),
+  cert: FilePath,
+  key: FilePath,
+  default: Type.Optional(Type.Boolean({ description: 'Serve this certificate to clients that send no or an unknown server name (default: the first).' })),
+});
+
+export const Tls = Strict({
+  certificates: Type.Array(Certificate, { minItems: 1 }),
+  client_ca: Type.Optional(FilePath),
+  min_version: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], { default: 'TLSv1.2' })),
+  ciphers: Type.Optional(Type.String({ minLength: 1, description: 'OpenSSL cipher list for TLS 1.2 (default: forward-secret AEAD suites only).' })),
+  hsts: Type.Optional(Type.Union([Type.Boolean(), Strict({
+    max_age: Type.Optional(Duration),
+    include_subdomains: Type.Optional(Type.Boolean()),
+    preload: Type.Optional(Type.Boolean()),
+  })], { description: 'Send Strict-Transport-Security on HTTPS responses (true: max-age one year).' })),
+  redirect_http: Type.Optional(Type.Boolean({ default: false, description: 'Answer every request on the plain listener with a redirect to https.' })),
+  redirect_status: Type.Optional(Type.Union([Type.Literal(301), Type.Literal(302), Type.Literal(307), Type.Literal(308)], { default: 308 })),
+  watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload certificate files when they change.' })),
+  handshake_timeout: Type.Optional(Duration),
+}, { description: 'TLS termination on listen_tls: certificates picked by SNI.' });
+
+export const Http2 = Strict({
+  enabled: Type.Optional(Type.Boolean({ default: true, description: 'Offer HTTP/2 (ALPN h2) on the TLS listener.' })),
+  h2c: Type.Optional(Type.Boolean({ default: false, description: 'Accept HTTP/2 with prior knowledge (no TLS) on the plain listener, beside HTTP/1.1.' })),
+  max_concurrent_streams: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000, default: 100 })),
+  max_header_list_size: Type.Optional(Size),
+  max_resets: Type.Optional(Type.Integer({ minimum: 1, default: 200, description: 'Streams a client may cancel within reset_window before its connection is closed (rapid-reset protection).' })),
+  reset_window: Type.Optional(Duration),
+  idle_timeout: Type.Optional(Duration),
+}, { description: 'HTTP/2 downstream: same routing and policies as HTTP/1.1.' });
+
 export const Demo = Strict({
   listen: HostPort,
 }, { description: 'Start the built-in demo upstream (an echo server) on this address.' });
@@ -179,6 +232,9 @@ export const Demo = Strict({
 export const TurnpikeConfig = Strict({
   $schema: Type.Optional(Type.String()),
   listen: Type.Optional(HostPort),
+  listen_tls: Type.Optional(HostPort),
+  tls: Type.Optional(Tls),
+  http2: Type.Optional(Http2),
   workers: Type.Optional(Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 256 })], {
     description: 'Worker processes serving the proxy listener: auto = one per CPU core (default 1).',
   })),

@@ -30,6 +30,9 @@ export const PROBLEMS = {
 
 export type ProblemCode = keyof typeof PROBLEMS;
 
+/** Whether a request or response is HTTP/2's (node:http2's compatibility objects carry their stream). */
+export const isHttp2 = (m: object): boolean => (m as { stream?: unknown }).stream !== undefined;
+
 export function problemBody(code: ProblemCode, detail: string, requestId?: string, extra?: Record<string, unknown>): string {
   const p = PROBLEMS[code];
   return JSON.stringify({
@@ -54,6 +57,11 @@ export function sendProblem(
     res.destroy();
     return;
   }
+  const req = res.req as { headers?: Record<string, string | string[] | undefined> } | undefined;
+  // HTTP/2 has no Connection header (node:http2 refuses it); a stream just ends.
+  const close = opts.close === true && !isHttp2(res);
+  const ct = req?.headers?.['content-type'];
+  if (typeof ct === 'string' && ct.startsWith('application/grpc')) return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct);
   const body = problemBody(code, detail, requestId);
   const headers: Record<string, string | number> = {
     'content-type': 'application/problem+json',
@@ -62,7 +70,7 @@ export function sendProblem(
     ...opts.headers,
   };
   if (requestId) headers['x-request-id'] = requestId;
-  if (opts.close) headers['connection'] = 'close';
+  if (close) headers['connection'] = 'close';
   res.writeHead(PROBLEMS[code].status, headers);
   res.end(res.req?.method === 'HEAD' ? undefined : body);
 }
@@ -75,4 +83,42 @@ export function rawProblem(code: ProblemCode, detail: string): string {
     `HTTP/1.1 ${p.status} ${p.title}\r\ncontent-type: application/problem+json\r\n` +
     `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
   );
+}
+
+/** The gRPC status for an error the gateway answers with this HTTP status. */
+export function grpcStatusOf(httpStatus: number): number {
+  switch (httpStatus) {
+    case 401: return 16; // UNAUTHENTICATED
+    case 403: return 7; // PERMISSION_DENIED
+    case 404: case 405: return 12; // UNIMPLEMENTED
+    case 408: case 504: return 4; // DEADLINE_EXCEEDED
+    case 413: case 429: return 8; // RESOURCE_EXHAUSTED
+    case 502: case 503: return 14; // UNAVAILABLE
+    default: return httpStatus < 500 ? 3 /* INVALID_ARGUMENT */ : 13; // INTERNAL
+  }
+}
+
+/** grpc-message is percent-encoded: bytes outside 0x20-0x7E, and '%' (gRPC over HTTP/2 spec). */
+export function grpcMessage(text: string): string {
+  let out = '';
+  for (const b of Buffer.from(text, 'utf8')) out += b >= 0x20 && b <= 0x7e && b !== 0x25 ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
+  return out;
+}
+
+/**
+ * A gRPC (or gRPC-Web) client reads the outcome from grpc-status, not the HTTP status: the
+ * gateway's own errors go out as a trailers-only response (HTTP 200, status in the headers).
+ */
+function sendGrpcError(res: ServerResponse, httpStatus: number, detail: string, requestId: string | undefined, close: boolean, contentType: string): void {
+  const web = contentType.startsWith('application/grpc-web');
+  const headers: Record<string, string | number> = {
+    'content-type': web ? contentType.split(';')[0]!.trim() : 'application/grpc',
+    'grpc-status': grpcStatusOf(httpStatus),
+    'grpc-message': grpcMessage(detail),
+  };
+  if (web) headers['content-length'] = 0;
+  if (requestId) headers['x-request-id'] = requestId;
+  if (close) headers['connection'] = 'close';
+  res.writeHead(200, headers);
+  res.end();
 }

@@ -4,7 +4,9 @@
  * a request keeps the snapshot it started with. stop() drains in-flight requests (bounded).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { Server as NetServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createH2Server, constants as h2c, type Http2Server, type ServerHttp2Session } from 'node:http2';
+import { Server as NetServer, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { availableParallelism } from 'node:os';
 import { compile, compileAsync, dnsSettings, type Address, type CompileDeps, type Snapshot } from '../config/compile.js';
 import { DnsCache, upstreamNames } from '../upstream/dns.js';
@@ -14,10 +16,11 @@ import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
 import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
 import type { ForwardHandler } from '../upstream/forward.js';
-import { handleRequest, closingSockets, type RequestContext } from './request.js';
+import { handleRequest, closingSockets, isTls, type RequestContext } from './request.js';
+import { CertStore } from './tls.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
-import { rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
+import { isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { silentLogger, type Logger } from '../core/log.js';
 
 export interface GatewayOptions {
@@ -39,7 +42,7 @@ export interface GatewayOptions {
   dnsTable?: Record<string, string[]>;
 }
 
-function listen(server: Server, addr: Address): Promise<AddressInfo> {
+function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
@@ -87,12 +90,14 @@ function trackPending(socket: Socket, res: ServerResponse): Set<ServerResponse> 
   return pending;
 }
 
-const closeServer = (s: Server | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
+/** The HTTP/2 connection preface (RFC 9113 §3.4): how an h2c prior-knowledge client starts. */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+const closeServer = (s: NetServer | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
 
 export class Gateway implements RequestContext {
   snapshot: Snapshot;
   draining = false;
-  readonly proto = 'http' as const;
   revision = 1;
   ready = false;
   readonly startedAt = Date.now();
@@ -106,10 +111,18 @@ export class Gateway implements RequestContext {
   readonly role: 'single' | 'primary' | 'worker';
   readonly workers: GatewayOptions['workers'];
   private readonly log: Logger;
+  /** The HTTP/1.1 server: listens itself, or is handed connections (TLS, h2c sniffing). */
   private proxy: Server | null = null;
+  /** The plain listener when it also takes h2c: it reads the first bytes and hands the socket on. */
+  private plain: NetServer | null = null;
+  private h2: Http2Server | null = null;
+  private tlsServer: TlsServer | null = null;
+  private certs: CertStore | null = null;
+  private readonly sessions = new Set<ServerHttp2Session>();
   private admin: Server | null = null;
   private demo: Server | null = null;
   proxyAddress: AddressInfo | null = null;
+  tlsAddress: AddressInfo | null = null;
   adminAddress: AddressInfo | null = null;
   demoAddress: AddressInfo | null = null;
 
@@ -232,9 +245,180 @@ export class Gateway implements RequestContext {
       return;
     }
     this.proxy = this.createProxyServer(snap);
-    this.proxyAddress = await listen(this.proxy, snap.listen);
+    if (snap.http2.h2c || (snap.tls && snap.http2.enabled)) this.h2 = this.createH2Server(snap);
+    if (snap.http2.h2c) {
+      this.plain = this.createSniffingListener(snap);
+      this.proxyAddress = await listen(this.plain, snap.listen);
+    } else {
+      this.proxyAddress = await listen(this.proxy, snap.listen);
+    }
+    if (snap.tls) {
+      this.certs = new CertStore(snap.tls.certs, this.log);
+      if (snap.tls.watch) this.certs.watch();
+      this.tlsServer = this.createTlsListener(snap);
+      this.tlsAddress = await listen(this.tlsServer, snap.tls.listen);
+      this.log.info({ address: this.tlsAddress, http2: snap.http2.enabled }, 'TLS listener up');
+    }
     this.ready = true;
-    this.log.info({ address: this.proxyAddress, revision: this.revision, hash: snap.hash }, 'proxy listener up');
+    this.log.info({ address: this.proxyAddress, h2c: snap.http2.h2c, revision: this.revision, hash: snap.hash }, 'proxy listener up');
+  }
+
+  /**
+   * The plain listener with h2c: a connection that opens with the HTTP/2 preface goes to the
+   * HTTP/2 server, anything else to the HTTP/1.1 server (the bytes read are put back first).
+   */
+  private createSniffingListener(snap: Snapshot): NetServer {
+    return createNetServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
+      socket.on('error', () => socket.destroy());
+      let seen: Buffer = Buffer.alloc(0);
+      const timer = setTimeout(() => socket.destroy(), this.snapshot.timeouts.clientHeader);
+      const onData = (chunk: Buffer) => {
+        seen = seen.length === 0 ? chunk : Buffer.concat([seen, chunk]);
+        const n = Math.min(seen.length, H2_PREFACE.length);
+        const h2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+        if (h2 && n < H2_PREFACE.length) return; // a prefix of the preface so far: read on
+        clearTimeout(timer);
+        socket.off('data', onData);
+        socket.pause();
+        socket.unshift(seen);
+        socket.removeAllListeners('error');
+        if (h2) this.h2!.emit('connection', socket); // the session reads what was put back itself
+        else {
+          this.proxy!.emit('connection', socket);
+          socket.resume();
+        }
+      };
+      socket.on('data', onData);
+      socket.resume();
+      void snap;
+    });
+  }
+
+  private createTlsListener(snap: Snapshot): TlsServer {
+    const t = snap.tls!;
+    const server = createTlsServer({
+      SNICallback: this.certs!.sni,
+      ALPNProtocols: snap.http2.enabled ? ['h2', 'http/1.1'] : ['http/1.1'],
+      handshakeTimeout: t.handshakeTimeout,
+      // Client certificates are asked for and verified when tls.client_ca is set; whether one is
+      // required is the mtls-auth plugin's decision, per route.
+      requestCert: t.requestCert,
+      rejectUnauthorized: false,
+      ...t.certs.defaultOptions(),
+    });
+    server.on('secureConnection', (socket: TLSSocket) => {
+      (socket.alpnProtocol === 'h2' ? this.h2! : this.proxy!).emit('connection', socket);
+    });
+    // Failed handshakes (scanners, wrong versions, no shared cipher) are the client's problem.
+    server.on('tlsClientError', (_err, socket) => socket.destroy());
+    this.certs!.onChange = () => server.setSecureContext(this.certs!.current.defaultOptions());
+    return server;
+  }
+
+  /**
+   * HTTP/2 (TLS via ALPN, or h2c): every stream goes through the same request path as HTTP/1.1.
+   * Limits: concurrent streams, header list size and pairs, session memory; a client that
+   * cancels more than http2.max_resets streams within http2.reset_window (rapid reset,
+   * CVE-2023-44487) gets a GOAWAY (ENHANCE_YOUR_CALM) and loses the connection.
+   */
+  private createH2Server(snap: Snapshot): Http2Server {
+    const h = snap.http2;
+    const server = createH2Server({
+      settings: {
+        maxConcurrentStreams: h.maxConcurrentStreams,
+        maxHeaderListSize: h.maxHeaderListSize,
+        enablePush: false,
+      },
+      maxHeaderListPairs: snap.limits.maxHeaders + 4,
+      maxSessionMemory: 16,
+      maxSessionInvalidFrames: 100,
+      maxSessionRejectedStreams: 100,
+      maxOutstandingPings: 10,
+      maxSettings: 32,
+      unknownProtocolTimeout: snap.timeouts.clientHeader,
+    });
+    server.on('session', (session: ServerHttp2Session) => {
+      this.sessions.add(session);
+      session.once('close', () => this.sessions.delete(session));
+      session.on('error', () => session.destroy());
+      if (this.draining) session.close();
+      session.setTimeout(this.snapshot.http2.idleTimeout, () => session.close());
+      let resets = 0;
+      let windowStart = Date.now();
+      session.on('stream', (stream) => {
+        stream.once('aborted', () => {
+          const now = Date.now();
+          const h2s = this.snapshot.http2;
+          if (now - windowStart > h2s.resetWindow) {
+            windowStart = now;
+            resets = 0;
+          }
+          if (++resets > h2s.maxResets && !session.destroyed) {
+            this.log.warn({ peer: session.socket?.remoteAddress, resets }, 'HTTP/2 client cancels too many streams (rapid reset): connection closed');
+            session.goaway(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
+            session.destroy();
+          }
+        });
+      });
+    });
+    server.on('request', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, false));
+    server.on('checkContinue', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, true));
+    server.on('sessionError', () => {});
+    return server;
+  }
+
+  /** Every request from every listener and protocol: counted, TLS policies applied, then handleRequest. */
+  private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    // A request pipelined behind one answered with Connection: close is never forwarded.
+    if (closingSockets.has(req.socket)) return;
+    this.inflight++;
+    const conn = !isHttp2(req) ? (req.socket as TrackedSocket)[kConn] : undefined;
+    if (conn) {
+      conn.active++;
+      conn.served = true;
+    }
+    const pending = res.socket ? null : trackPending(req.socket, res);
+    let handler: ForwardHandler | undefined;
+    let closed = false;
+    res.on('close', () => {
+      // 'close' can come twice for a pipelined response (ours on socket close, and Node's).
+      if (closed) return;
+      closed = true;
+      this.inflight--;
+      if (conn) conn.active--;
+      pending?.delete(res);
+      handler?.clientClosed();
+    });
+    try {
+      const tls = this.snapshot.tls;
+      if (tls !== null) {
+        if (isTls(req)) {
+          if (tls.hsts !== null) res.setHeader('strict-transport-security', tls.hsts);
+        } else if (tls.redirect !== null) {
+          return this.redirectToHttps(req, res, tls.redirect);
+        }
+      }
+      handler = handleRequest(this, req, res, expectContinue);
+    } catch (err) {
+      this.log.error({ err }, 'request handler failed');
+      sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
+    }
+  }
+
+  /** The plain listener's answer when tls.redirect_http is on: the same URL on the TLS listener. */
+  private redirectToHttps(req: IncomingMessage, res: ServerResponse, status: number): void {
+    const raw = req.headers[':authority'] ?? req.headers.host;
+    const host = typeof raw === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$/.test(raw) ? raw.replace(/:[0-9]+$/, '') : null;
+    if (host === null) {
+      sendProblem(res, 'bad-request', 'a redirect to https needs a valid Host header', undefined, { close: true });
+      return;
+    }
+    const port = this.tlsAddress?.port ?? 443;
+    const url = req.url ?? '/';
+    const location = `https://${host}${port === 443 ? '' : `:${port}`}${url.startsWith('/') ? url : '/'}`;
+    const h1 = !isHttp2(req);
+    res.writeHead(status, { location, 'content-length': 0, ...(h1 && this.draining ? { connection: 'close' } : {}) });
+    res.end();
   }
 
   private createProxyServer(snap: Snapshot): Server {
@@ -251,41 +435,13 @@ export class Gateway implements RequestContext {
     });
     // One more than the limit, so that handleRequest sees the overflow and answers 431.
     server.maxHeadersCount = limits.maxHeaders + 1;
-    const onRequest = (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => {
-      // A request pipelined behind one answered with Connection: close is never forwarded.
-      if (closingSockets.has(req.socket)) return;
-      this.inflight++;
-      const conn = (req.socket as TrackedSocket)[kConn];
-      if (conn) {
-        conn.active++;
-        conn.served = true;
-      }
-      const pending = res.socket ? null : trackPending(req.socket, res);
-      let handler: ForwardHandler | undefined;
-      let closed = false;
-      res.on('close', () => {
-        // 'close' can come twice for a pipelined response (ours on socket close, and Node's).
-        if (closed) return;
-        closed = true;
-        this.inflight--;
-        if (conn) conn.active--;
-        pending?.delete(res);
-        handler?.clientClosed();
-      });
-      try {
-        handler = handleRequest(this, req, res, expectContinue);
-      } catch (err) {
-        this.log.error({ err }, 'request handler failed');
-        sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
-      }
-    };
     server.on('connection', (socket: TrackedSocket) => {
       socket[kConn] = { at: Date.now(), active: 0, served: false };
       this.connections.add(socket);
       socket.once('close', () => this.connections.delete(socket));
     });
-    server.on('request', (req, res) => onRequest(req, res, false));
-    server.on('checkContinue', (req, res) => onRequest(req, res, true));
+    server.on('request', (req, res) => this.onRequest(req, res, false));
+    server.on('checkContinue', (req, res) => this.onRequest(req, res, true));
     server.on('connect', (_req, socket: Socket) => {
       // Node hands the socket over without its error listener: keep one, and never wait on the peer.
       socket.on('error', () => socket.destroy());

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { Snapshot } from '../config/compile.js';
-import { sendProblem, type ProblemCode } from '../core/problem.js';
+import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import { connectionTokens, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
@@ -22,14 +22,17 @@ const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)([^#]*)$/i;
 const VIA_NAME = 'turnpike';
 const VIA_11 = `1.1 ${VIA_NAME}`;
 const VIA_10 = `1.0 ${VIA_NAME}`;
+const VIA_2 = `2 ${VIA_NAME}`;
 const NO_HEADERS: Record<string, string> = Object.freeze({}) as Record<string, string>;
 
 export interface RequestContext {
   snapshot: Snapshot;
-  /** Set while draining: every response closes its connection. */
+  /** Set while draining: every HTTP/1.1 response closes its connection (HTTP/2 sessions get a GOAWAY). */
   draining: boolean;
-  proto: 'http' | 'https';
 }
+
+/** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
+export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
 
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
 export const closingSockets = new WeakSet<object>();
@@ -37,6 +40,7 @@ export const closingSockets = new WeakSet<object>();
 /** What only depends on the connection (and the snapshot's trusted proxies), computed once per connection. */
 interface PeerInfo {
   snap: Snapshot;
+  proto: 'http' | 'https';
   peer: string;
   trusted: boolean;
   forwardedFor: string;
@@ -52,7 +56,7 @@ function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
   let p = s[kPeer];
   if (p === undefined || p.snap !== snap) {
     const peer = plainIp(socket.remoteAddress);
-    p = s[kPeer] = { snap, peer, trusted: snap.trusted.has(peer), forwardedFor: forwardedElement(peer), port: String(socket.localPort), lastHost: '', lastHostName: '' };
+    p = s[kPeer] = { snap, proto: (socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', peer, trusted: snap.trusted.has(peer), forwardedFor: forwardedElement(peer), port: String(socket.localPort), lastHost: '', lastHostName: '' };
   }
   return p;
 }
@@ -70,7 +74,8 @@ function reject(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string,
   code: ProblemCode, detail: string, extra?: Record<string, string>,
 ): undefined {
-  const close = ctx.draining || (code !== 'no-route' && code !== 'method-not-allowed');
+  // HTTP/2: a stream ends alone (the session stays up; draining sends a GOAWAY).
+  const close = !isHttp2(req) && (ctx.draining || (code !== 'no-route' && code !== 'method-not-allowed'));
   if (close) closingSockets.add(req.socket);
   sendProblem(res, code, detail, requestId || nextRequestId(), { close, headers: extra });
   return undefined;
@@ -107,12 +112,14 @@ export function handleRequest(
 ): ForwardHandler | undefined {
   const snap = ctx.snapshot;
   const raw = req.rawHeaders;
-  const close = ctx.draining;
+  const h2 = isHttp2(req);
+  const close = ctx.draining && !h2;
   let requestId = '';
-  if (req.httpVersionMajor !== 1) return reject(ctx, req, res, requestId, 'http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
+  if (req.httpVersionMajor !== 1 && !h2) return reject(ctx, req, res, requestId, 'http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
   const url = req.url ?? '';
   if (url.length > snap.limits.maxUriLength) return reject(ctx, req, res, requestId, 'uri-too-long', `the request target is longer than ${snap.limits.maxUriLength} bytes`);
-  if (raw.length / 2 > snap.limits.maxHeaders) return reject(ctx, req, res, requestId, 'headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
+  // (HTTP/2's list also holds its 3-4 pseudo-header fields.)
+  if (raw.length / 2 > snap.limits.maxHeaders + (h2 ? 4 : 0)) return reject(ctx, req, res, requestId, 'headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
 
   // One pass over the raw header list.
   const headers: string[] = [];
@@ -132,10 +139,16 @@ export function handleRequest(
   let via: string | undefined;
   let maxForwards: string | undefined;
   let proxyOnly: string[] | undefined;
+  let authority: string | undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const value = raw[i + 1]!;
     bytes += name.length + value.length + 4;
+    // HTTP/2 pseudo-header fields (node:http2 has checked them): :authority stands for Host.
+    if (h2 && name.charCodeAt(0) === 0x3a /* : */) {
+      if (name === ':authority') authority = value;
+      continue;
+    }
     switch (name.length < 20 ? name.toLowerCase() : '') {
       case 'host': hostCount++; host = value; continue;
       case 'transfer-encoding': teCount++; te = value; continue;
@@ -166,8 +179,14 @@ export function handleRequest(
   requestId = validRequestId(incomingId) ? incomingId : nextRequestId();
   if (bytes > snap.limits.maxHeaderSize) return reject(ctx, req, res, requestId, 'headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
 
-  // Host: exactly one, well-formed (RFC 9112 §3.2).
+  // Host: exactly one, well-formed (RFC 9112 §3.2). HTTP/2: :authority, and a Host beside it must agree (RFC 9113 §8.3.1).
   if (hostCount > 1) return reject(ctx, req, res, requestId, 'bad-request', 'more than one Host header');
+  if (authority !== undefined) {
+    if (hostCount === 1 && host !== authority) return reject(ctx, req, res, requestId, 'bad-request', ':authority and Host disagree');
+    host = authority;
+    hostCount = 1;
+  }
+  if (h2 && hostCount === 0) return reject(ctx, req, res, requestId, 'bad-request', 'missing :authority');
   const p = peerInfo(req.socket, snap);
   if (host !== '' && host !== p.lastHost) {
     if (!HOST_RE.test(host)) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Host header');
@@ -234,19 +253,23 @@ export function handleRequest(
   if (t && proxyOnly !== undefined) headers.push(...proxyOnly);
   const fw = snap.forwarding;
   if (fw.xff) headers.push('x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer);
-  if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : ctx.proto);
+  if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : p.proto);
   if (fw.host) headers.push('x-forwarded-host', t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host);
   if (fw.port) headers.push('x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port);
   if (fw.realIp) headers.push('x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer);
   if (fw.forwarded) {
-    headers.push('forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${ctx.proto}`);
+    headers.push('forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${p.proto}`);
   }
+  const received = h2 ? VIA_2 : req.httpVersionMinor === 1 ? VIA_11 : VIA_10;
   headers.push(
-    'via', via ? `${via}, ${req.httpVersion} ${VIA_NAME}` : req.httpVersionMinor === 1 ? VIA_11 : VIA_10,
+    'via', via ? `${via}, ${received}` : received,
     'x-request-id', requestId,
   );
   if (forwardsLeft !== undefined) headers.push('max-forwards', forwardsLeft);
-  const hasBody = te !== undefined || (cl !== undefined && cl !== '0');
+  // gRPC needs `te: trailers` upstream (RFC 9113 §8.2.2 allows exactly that value).
+  if (route.service.grpc) headers.push('te', 'trailers');
+  // HTTP/2 frames its body: one may come without Content-Length.
+  const hasBody = te !== undefined || (cl !== undefined && cl !== '0') || (h2 && cl === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders);
   if (cl !== undefined && te === undefined) headers.push('content-length', cl);
   headers.push('host', ''); // value set per target by ForwardHandler
 

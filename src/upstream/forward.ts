@@ -9,6 +9,7 @@ import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
 import { sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
+import { parseGrpcTimeout } from '../protocols/grpc-web.js';
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -22,6 +23,8 @@ const STALE = new Error('attempt given up while connecting');
 const FAILURE_PENALTY_MS = 5_000;
 /** Request bodies up to this size are read before the first attempt so that retries can resend them. */
 const RETRY_BUFFER_BYTES = 64 * 1024;
+/** Response bytes buffered for a client that does not read, from an HTTP/2 upstream (never paused). */
+const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
 /** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
 const PRECISE_TIMEOUT_BELOW_MS = 10_000;
 
@@ -87,7 +90,7 @@ class Attempt implements Dispatcher.DispatchHandler {
   onData(chunk: Buffer): boolean {
     return this.h.current === this ? this.h.onData(chunk) : false;
   }
-  onComplete(trailers: Buffer[] | string[] | null): void {
+  onComplete(trailers: Parameters<ForwardHandler['onComplete']>[0]): void {
     if (this.h.current === this) this.h.onComplete(trailers);
   }
   onError(err: Error): void {
@@ -169,6 +172,11 @@ export class ForwardHandler {
     const svc = this.f.service;
     const st = svc.state;
     this.deadline = Date.now() + svc.timeouts.total;
+    if (svc.grpc) {
+      // gRPC's own deadline (grpc-timeout), when shorter, bounds the exchange too.
+      const ms = parseGrpcTimeout(this.f.req.headers['grpc-timeout'] as string | undefined);
+      if (ms !== null) this.deadline = Math.min(this.deadline, Date.now() + ms);
+    }
     if (svc.retries > 0) {
       // Every request earns `ratio` of a retry (capped, so a quiet spell cannot bank a storm).
       st.tokens = Math.min(st.tokens + svc.budget.ratio, Math.max(10, svc.budget.ratio * 100));
@@ -349,7 +357,7 @@ export class ForwardHandler {
     if (statusCode < 200) {
       // 100 never reaches here (undici refuses it); forward 102/103 and friends.
       // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
-      if (this.f.req.httpVersionMinor === 0) return true;
+      if (this.f.req.httpVersionMajor === 1 && this.f.req.httpVersionMinor === 0) return true;
       if (statusCode === 103) {
         const hints: Record<string, string | string[]> = {};
         for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -360,7 +368,7 @@ export class ForwardHandler {
           hints[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
         }
         if (hints['link']) res.writeEarlyHints(hints as { link: string | string[] });
-      } else if (statusCode === 102) res.writeProcessing();
+      } else if (statusCode === 102 && typeof res.writeProcessing === 'function') res.writeProcessing(); // (not in HTTP/2's API)
       return true;
     }
     clearTimeout(this.responseTimer);
@@ -425,6 +433,12 @@ export class ForwardHandler {
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
     const ok = this.f.res.write(chunk);
+    if (!ok && this.f.service.h2Upstream) {
+      // undici's HTTP/2 client drops data it holds paused when the trailers arrive, so an HTTP/2
+      // upstream is never paused; a client that does not keep up is cut past MAX_UNREAD instead.
+      if (this.f.res.writableLength > MAX_UNREAD_BYTES) this.f.res.destroy(new Error('client stopped reading'));
+      return true;
+    }
     if (!ok) {
       // A client that stops reading must not hold the exchange forever (undici's body timeout
       // is suspended while we keep it paused): the read timeout applies to the client too.
@@ -440,16 +454,24 @@ export class ForwardHandler {
     return ok;
   }
 
-  onComplete(trailers: Buffer[] | string[] | null): void {
+  onComplete(trailers: Buffer[] | string[] | Record<string, string | string[] | undefined> | null): void {
     if (this.finished) return;
     this.finished = true;
     const res = this.f.res;
-    if (trailers && trailers.length) {
-      const t: [string, string][] = [];
+    const t: [string, string][] = [];
+    if (Array.isArray(trailers)) {
       for (let i = 0; i < trailers.length; i += 2) {
         const k = latin1(trailers[i]!);
         if (!HOP_BY_HOP.has(k.toLowerCase())) t.push([k, latin1(trailers[i + 1]!)]);
       }
+    } else if (trailers) {
+      // undici's HTTP/2 client hands trailers over as node:http2's headers object.
+      for (const [k, v] of Object.entries(trailers)) {
+        if (v === undefined || k.charCodeAt(0) === 0x3a || HOP_BY_HOP.has(k)) continue;
+        for (const one of Array.isArray(v) ? v : [v]) t.push([k, one]);
+      }
+    }
+    if (t.length) {
       try {
         res.addTrailers(t);
       } catch {

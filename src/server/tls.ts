@@ -1,0 +1,241 @@
+/**
+ * TLS termination: certificates picked by SNI (exact name, then a one-label wildcard, then the
+ * default), built into SecureContexts when a config compiles (so `validate` and a reload reject
+ * a missing file, a bad PEM or a key that does not match its certificate, with the config path),
+ * and re-read when their files change on disk (stat polling: it also sees the rename-into-place
+ * and symlink swaps of certbot and Kubernetes secrets). A changed file that does not load keeps
+ * the certificate in use and logs why.
+ */
+import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
+import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import type { PathSegment } from '../config/errors.js';
+import type { Logger } from '../core/log.js';
+
+/**
+ * TLS 1.3 suites plus forward-secret AEAD suites for TLS 1.2 (Mozilla's "intermediate" profile).
+ * Node sends the TLS_* names to TLS 1.3 and the rest to TLS 1.2.
+ */
+export const DEFAULT_CIPHERS = [
+  'TLS_AES_128_GCM_SHA256', 'TLS_AES_256_GCM_SHA384', 'TLS_CHACHA20_POLY1305_SHA256',
+  'ECDHE-ECDSA-AES128-GCM-SHA256', 'ECDHE-RSA-AES128-GCM-SHA256', 'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384', 'ECDHE-ECDSA-CHACHA20-POLY1305', 'ECDHE-RSA-CHACHA20-POLY1305',
+  'DHE-RSA-AES128-GCM-SHA256', 'DHE-RSA-AES256-GCM-SHA384',
+].join(':');
+
+export interface CertSpec {
+  hosts: string[];
+  certFile: string;
+  keyFile: string;
+  isDefault: boolean;
+  /** Where it is in the config (for errors). */
+  path: PathSegment[];
+}
+
+export interface TlsOptions {
+  minVersion: 'TLSv1.2' | 'TLSv1.3';
+  ciphers: string;
+  /** CA bundle file for client certificates (requested, verified, but not required: mtls-auth decides). */
+  clientCaFile: string | null;
+}
+
+/** The certificates of one config, as loaded: a SecureContext per certificate. */
+export class CertSet {
+  private readonly exact = new Map<string, SecureContext>();
+  private readonly wildcard = new Map<string, SecureContext>();
+  private defaultContext: SecureContext | null = null;
+  readonly contexts: (SecureContext | null)[] = [];
+  /** PEM of each loaded certificate and key (the default one also seeds the listener: clients without SNI). */
+  private readonly material: ({ cert: Buffer; key: Buffer } | null)[] = [];
+  private ca: Buffer | undefined;
+  private defaultIndex = -1;
+
+  constructor(readonly specs: CertSpec[], readonly options: TlsOptions) {}
+
+  /** Loads every certificate; returns the problems (path + message) instead of throwing. */
+  load(): { path: PathSegment[]; message: string }[] {
+    const issues: { path: PathSegment[]; message: string }[] = [];
+    let ca: Buffer | undefined;
+    if (this.options.clientCaFile !== null) {
+      try {
+        ca = readFileSync(this.options.clientCaFile);
+      } catch (e) {
+        issues.push({ path: ['tls', 'client_ca'], message: `cannot read ${this.options.clientCaFile}: ${(e as Error).message}` });
+      }
+    }
+    this.ca = ca;
+    this.specs.forEach((spec, i) => {
+      const r = buildContext(spec, this.options, ca);
+      if (typeof r === 'string') {
+        issues.push({ path: spec.path, message: r });
+        this.contexts[i] = null;
+        this.material[i] = null;
+      } else {
+        this.contexts[i] = r.ctx;
+        this.material[i] = { cert: r.cert, key: r.key };
+      }
+    });
+    this.index();
+    return issues;
+  }
+
+  /** Replaces certificate i (after its files changed). */
+  replace(i: number, r: Built): void {
+    this.contexts[i] = r.ctx;
+    this.material[i] = { cert: r.cert, key: r.key };
+    this.index();
+  }
+
+  /** Options for the listener's own context: the default certificate, versions, ciphers, client CA. */
+  defaultOptions(): SecureContextOptions {
+    const m = this.material[this.defaultIndex];
+    return {
+      minVersion: this.options.minVersion,
+      ciphers: this.options.ciphers,
+      honorCipherOrder: true,
+      ...(m ? { cert: m.cert, key: m.key } : {}),
+      ...(this.ca ? { ca: this.ca } : {}),
+    };
+  }
+
+  private index(): void {
+    this.exact.clear();
+    this.wildcard.clear();
+    this.defaultContext = null;
+    // The first certificate naming a host wins; the default is the one marked so, else the first.
+    this.specs.forEach((spec, i) => {
+      const ctx = this.contexts[i];
+      if (!ctx) return;
+      for (const h of spec.hosts) {
+        const host = h.toLowerCase();
+        const map = host.startsWith('*.') ? this.wildcard : this.exact;
+        const key = host.startsWith('*.') ? host.slice(1) : host;
+        if (!map.has(key)) map.set(key, ctx);
+      }
+    });
+    const d = this.specs.findIndex((s) => s.isDefault);
+    this.defaultIndex = d >= 0 && this.contexts[d] ? d : this.contexts.findIndex((c) => c);
+    this.defaultContext = this.contexts[this.defaultIndex] ?? null;
+  }
+
+  /** The context for a server name (SNI), or the default. */
+  contextFor(servername: string | undefined): SecureContext | null {
+    if (servername) {
+      const name = servername.toLowerCase().replace(/\.$/, '');
+      const exact = this.exact.get(name);
+      if (exact) return exact;
+      const dot = name.indexOf('.');
+      if (dot > 0) {
+        const w = this.wildcard.get(name.slice(dot));
+        if (w) return w;
+      }
+    }
+    return this.defaultContext;
+  }
+}
+
+interface Built { ctx: SecureContext; cert: Buffer; key: Buffer }
+
+function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined): Built | string {
+  let cert: Buffer;
+  let key: Buffer;
+  try {
+    cert = readFileSync(spec.certFile);
+  } catch (e) {
+    return `cannot read certificate ${spec.certFile}: ${(e as Error).message}`;
+  }
+  try {
+    key = readFileSync(spec.keyFile);
+  } catch (e) {
+    return `cannot read key ${spec.keyFile}: ${(e as Error).message}`;
+  }
+  try {
+    return { ctx: createSecureContext({ cert, key, minVersion: o.minVersion, ciphers: o.ciphers, honorCipherOrder: true, ...(ca ? { ca } : {}) }), cert, key };
+  } catch (e) {
+    // OpenSSL's words: "key values mismatch", "no start line", ...
+    return `certificate ${spec.certFile} with key ${spec.keyFile} does not load: ${(e as Error).message}`;
+  }
+}
+
+/**
+ * The live certificates of a TLS listener: swapped whole on a config reload, and per
+ * certificate when its files change (polled every `intervalMs`).
+ */
+export class CertStore {
+  private watched: string[] = [];
+  private timers = new Set<NodeJS.Timeout>();
+  /** Called after a certificate or the whole set changed (the listener refreshes its default). */
+  onChange: (() => void) | null = null;
+
+  constructor(private set: CertSet, private readonly log: Logger, private readonly intervalMs = 1000) {}
+
+  get current(): CertSet {
+    return this.set;
+  }
+
+  /** SNICallback for tls.createServer. */
+  readonly sni = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void => {
+    const ctx = this.set.contextFor(servername);
+    if (ctx) cb(null, ctx);
+    else cb(new Error('no certificate'));
+  };
+
+  /** A new config's certificates (already loaded). */
+  swap(next: CertSet, watch: boolean): void {
+    this.set = next;
+    this.unwatch();
+    if (watch) this.watch();
+    this.onChange?.();
+  }
+
+  watch(): void {
+    this.set.specs.forEach((spec, i) => {
+      for (const file of [spec.certFile, spec.keyFile]) {
+        const listener = (cur: Stats, prev: Stats) => {
+          if (cur.mtimeMs === prev.mtimeMs && cur.size === prev.size && cur.ino === prev.ino) return;
+          // cert and key are often written one after the other: settle before reading.
+          const t = setTimeout(() => {
+            this.timers.delete(t);
+            this.reloadOne(i);
+          }, 200);
+          this.timers.add(t);
+        };
+        watchFile(file, { interval: this.intervalMs, persistent: false }, listener);
+        this.watched.push(file);
+      }
+    });
+  }
+
+  private reloadOne(i: number): void {
+    const set = this.set;
+    const spec = set.specs[i];
+    if (!spec) return;
+    let ca: Buffer | undefined;
+    try {
+      ca = set.options.clientCaFile ? readFileSync(set.options.clientCaFile) : undefined;
+    } catch { /* keep going without: the listener keeps its current contexts on failure below */ }
+    const r = buildContext(spec, set.options, ca);
+    if (typeof r === 'string') {
+      this.log.error({ hosts: spec.hosts, error: r }, 'certificate changed on disk but does not load; keeping the one in use');
+      return;
+    }
+    set.replace(i, r);
+    this.onChange?.();
+    this.log.info({ hosts: spec.hosts, cert: spec.certFile }, 'certificate reloaded');
+  }
+
+  private unwatch(): void {
+    for (const f of this.watched) unwatchFile(f);
+    this.watched = [];
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+  }
+
+  close(): void {
+    this.unwatch();
+  }
+}
+
+/** Strict-Transport-Security value from the config (null: not sent). */
+export function hstsValue(maxAgeSeconds: number, includeSubdomains: boolean, preload: boolean): string {
+  return `max-age=${maxAgeSeconds}${includeSubdomains ? '; includeSubDomains' : ''}${preload ? '; preload' : ''}`;
+}

@@ -1,0 +1,385 @@
+/**
+ * WebSocket relay: what the gateway does with an HTTP/1.1 `Upgrade: websocket` request on a
+ * route that allows WebSockets, once it has validated, routed it and computed the upstream headers.
+ *
+ * Design:
+ *  - Upstream first. The client's handshake is checked (400 problem+json on the raw socket if
+ *    bad, no upstream connection), then a `ws` client connects to the upstream offering the
+ *    client's subprotocols. Only when the upstream answered 101 does the client get its 101, from
+ *    a noServer `WebSocketServer` (one per maxPayload value, shared by every relay) that picks
+ *    the subprotocol the upstream chose, the upstream 101's end-to-end headers (set-cookie...)
+ *    and the gateway's response headers. Any other
+ *    outcome is written raw on the client socket (connection: close) and reported by onReject:
+ *    the upstream's own non-101 response (hop-by-hop headers dropped, body capped at 64 KiB),
+ *    502 (refused, unreachable, reset, bad handshake), 504 (handshake timeout), 503 (gateway
+ *    shutting down); 499 when the client went away first (nothing written then).
+ *  - Relay. Two legs, `down` (client) and `up` (upstream). Messages are relayed whole (ws
+ *    reassembles fragments) with their text/binary flag; ws answers pings itself on each leg and
+ *    control frames are not forwarded. maxMessage is ws's maxPayload on both legs. When a leg's
+ *    send buffer passes 1 MiB, the other leg stops reading (ws.pause()) until the socket under
+ *    the full leg emits 'drain'.
+ *  - Close. The first event that ends the relay (a close frame, a TCP cut, a protocol violation
+ *    ws caught, the idle timer, shutdown) is recorded in the stats and decides what the other leg
+ *    gets: the same code and reason when it may be sent, close() without code for 1005, 1014 to
+ *    the client if the upstream died or 1001 to the upstream if the client died. 5 s later
+ *    whatever did not finish its close handshake is terminated; onClose runs once, when both legs
+ *    are closed.
+ *  - Errors never escape: every socket and WebSocket has an 'error' listener from the start.
+ */
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws';
+import { PROBLEMS, problemBody, type ProblemCode } from '../core/problem.js';
+
+export interface WsStats {
+  messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number;
+  durationMs: number; code: number; reason: string; closedBy: 'client' | 'upstream' | 'gateway';
+}
+
+export interface WsRelayOptions {
+  req: IncomingMessage; socket: Duplex; head: Buffer;
+  /** Full upstream URL: ws:// or wss:// + host:port + path + query. */
+  url: string;
+  /** Headers for the upstream handshake (forwarding headers, x-request-id, host...). Never includes hop-by-hop or sec-websocket-* fields; you add what the handshake needs (the client's Sec-WebSocket-Protocol list is offered upstream). */
+  headers: Record<string, string | string[]>;
+  connectTimeout: number;       // ms for the upstream TCP+handshake
+  idleTimeout: number;          // ms without any frame in either direction -> close both sides 1001 (<= 0: none)
+  maxMessage: number;           // bytes; a bigger message from either side closes that side with 1009 and the other with 1001
+  tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer; rejectUnauthorized?: boolean; servername?: string };
+  requestId: string;
+  /** Response headers the gateway adds to the 101 (e.g. x-request-id), and to the rejections. */
+  responseHeaders?: Record<string, string>;
+  onOpen?: () => void;
+  /** Called once both legs are closed. durationMs counts from the 101. */
+  onClose?: (stats: WsStats) => void;
+  /**
+   * The upgrade ended without a WebSocket: status sent to the client (upstream refused,
+   * unreachable, bad handshake). 499 = the client went away first and nothing was sent.
+   */
+  onReject?: (status: number) => void;
+}
+
+const HIGH_WATER = 1024 * 1024;   // send-buffer size that pauses the other leg
+const CLOSE_GRACE_MS = 5000;      // close handshake budget before terminate()
+const BODY_CAP = 64 * 1024;       // relayed body of a refused upstream handshake
+const CLIENT_GONE = 499;
+const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
+const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const FIELD_VALUE_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
+/** Dropped from relayed upstream responses (content-length is recomputed). */
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'content-length']);
+const noop = (): void => {};
+
+/** Close codes an endpoint may put in a close frame, hence relayable as they came. */
+const relayable = (c: number): boolean =>
+  c === 1000 || c === 1001 || c === 1003 || (c >= 1007 && c <= 1014) || (c >= 3000 && c <= 4999);
+
+/** Close code ws sent to a peer that broke the protocol (its receiver errors carry a WS_ERR_* code). */
+function violationCode(err: Error & { code?: unknown }): number | null {
+  if (typeof err.code !== 'string' || !err.code.startsWith('WS_ERR_')) return null; // network error: a 1006 close follows
+  if (err.code.startsWith('WS_ERR_UNSUPPORTED_')) return 1009;
+  if (err.code === 'WS_ERR_INVALID_UTF8') return 1007;
+  if (err.code === 'WS_ERR_TOO_MANY_BUFFERED_PARTS') return 1008;
+  return 1002;
+}
+
+// ---- live relays and handshakes in flight (for closeAllWebSockets / openWebSockets) ----
+
+interface Relay { shutdown(): void; kill(): void; done: Promise<void> }
+const relays = new Set<Relay>();
+const pending = new Set<() => void>();
+
+// ---- the client-facing servers ----
+
+/** What the client's 101 must carry, per request: read by the shared servers' hooks. */
+const accepted = new WeakMap<IncomingMessage, { protocol: string; headers: string[] }>();
+/** maxPayload is a server option, so one server per distinct maxMessage value. */
+const servers = new Map<number, WebSocketServer>();
+
+function serverFor(maxPayload: number): WebSocketServer {
+  let wss = servers.get(maxPayload);
+  if (!wss) {
+    wss = new WebSocketServer({
+      noServer: true, perMessageDeflate: false, clientTracking: false, maxPayload,
+      handleProtocols: (_offered, req) => accepted.get(req)?.protocol || false,
+    });
+    wss.on('headers', (lines: string[], req: IncomingMessage) => { lines.push(...(accepted.get(req)?.headers ?? [])); });
+    wss.on('error', noop);
+    servers.set(maxPayload, wss);
+  }
+  return wss;
+}
+
+// ---- raw HTTP answers for handshakes that end without a WebSocket ----
+
+/** The gateway's response headers, minus anything that could break the response framing. */
+function gatewayHeaders(o: WsRelayOptions): [string, string][] {
+  return Object.entries(o.responseHeaders ?? {}).filter(([k, v]) => TOKEN_RE.test(k) && FIELD_VALUE_RE.test(v));
+}
+
+function writeRaw(socket: Duplex, status: number, reason: string, headers: [string, string][], body: Buffer): void {
+  if (!socket.writable) { socket.destroy(); return; }
+  let head = `HTTP/1.1 ${status} ${reason.replace(/[\r\n]/g, '')}\r\n`;
+  for (const [k, v] of headers) head += `${k}: ${v}\r\n`;
+  head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  socket.once('finish', () => socket.destroy());
+  socket.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
+}
+
+/** Writes a problem+json response; returns its status. */
+function problem(o: WsRelayOptions, code: ProblemCode, detail: string, extra: [string, string][] = []): number {
+  const p = PROBLEMS[code];
+  const headers: [string, string][] = [['content-type', 'application/problem+json'], ['cache-control', 'no-store'], ...extra, ...gatewayHeaders(o)];
+  if (o.requestId && !headers.some(([k]) => k.toLowerCase() === 'x-request-id')) headers.push(['x-request-id', o.requestId]);
+  writeRaw(o.socket, p.status, p.title, headers, Buffer.from(problemBody(code, detail, o.requestId)));
+  return p.status;
+}
+
+/**
+ * The end-to-end fields of an upstream response (raw, names as sent), minus those the gateway
+ * sets itself, and minus sec-websocket-* for a 101 (ws writes the client's own).
+ */
+function endToEnd(raw: string[], own: [string, string][], is101: boolean): [string, string][] {
+  const skip = new Set(own.map(([k]) => k.toLowerCase()));
+  const out: [string, string][] = [];
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    if (!HOP_BY_HOP.has(k) && !skip.has(k) && !(is101 && k.startsWith('sec-websocket-'))) out.push([raw[i]!, raw[i + 1]!]);
+  }
+  return out;
+}
+
+/** Checks the client's handshake as ws's handleUpgrade will; returns the offered subprotocols or what is wrong. */
+function checkHandshake(req: IncomingMessage): string[] | string {
+  const h = req.headers;
+  if (req.method !== 'GET') return 'a WebSocket handshake must be a GET';
+  if (h.upgrade?.toLowerCase() !== 'websocket') return 'invalid Upgrade header';
+  const key = h['sec-websocket-key'];
+  if (key === undefined || !KEY_RE.test(key)) return 'missing or invalid Sec-WebSocket-Key header';
+  if (h['sec-websocket-version']?.trim() !== '13') return 'missing or unsupported Sec-WebSocket-Version (13 expected)';
+  const raw = h['sec-websocket-protocol'];
+  if (raw === undefined) return [];
+  const list = raw.split(',').map((p) => p.trim());
+  if (list.some((p) => !TOKEN_RE.test(p)) || new Set(list).size !== list.length) return 'invalid Sec-WebSocket-Protocol header';
+  return list;
+}
+
+// ---- handshake ----
+
+export function relayWebSocket(o: WsRelayOptions): void {
+  const { req, socket } = o;
+  socket.on('error', noop); // stays for the socket's whole life (ws adds its own once upgraded)
+
+  const offered = checkHandshake(req);
+  if (typeof offered === 'string') {
+    const extra: [string, string][] = offered.includes('Version') ? [['sec-websocket-version', '13']] : [];
+    o.onReject?.(problem(o, 'bad-request', `invalid WebSocket handshake: ${offered}`, extra));
+    return;
+  }
+  if (!socket.readable || !socket.writable) { socket.destroy(); o.onReject?.(CLIENT_GONE); return; }
+
+  let up: WebSocket;
+  try {
+    const opts: ClientOptions & { servername?: string } = {
+      ...o.tls,
+      perMessageDeflate: false, followRedirects: false, maxPayload: o.maxMessage,
+      handshakeTimeout: o.connectTimeout, headers: o.headers as Record<string, string>, // arrays are fine for http.request
+    };
+    up = new WebSocket(o.url, offered, opts);
+  } catch { // bad URL or header value: a gateway bug, not the upstream's fault
+    o.onReject?.(problem(o, 'internal-error', 'could not build the upstream WebSocket request'));
+    return;
+  }
+
+  // Exactly one of: fail(), the relayed non-101 response, 'open'. settle() arbitrates.
+  let settled = false;
+  let upSocket: Duplex | undefined;
+  const timer = setTimeout(() => fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time'), o.connectTimeout);
+  const clientGone = (): void => fail(null, '');
+  const abort = (): void => fail('shutting-down', 'the gateway is shutting down');
+  // 'end' too: the HTTP server's sockets allow half-open, so a client FIN alone emits no 'close'.
+  socket.on('end', clientGone).on('close', clientGone);
+  pending.add(abort);
+
+  function settle(): boolean {
+    if (settled) return false;
+    settled = true;
+    clearTimeout(timer);
+    pending.delete(abort);
+    socket.off('end', clientGone).off('close', clientGone);
+    return true;
+  }
+  /** Ends the attempt: upstream aborted, the client gets a problem (or nothing if it left, code null). */
+  function fail(code: ProblemCode | null, detail: string): void {
+    if (!settle()) return;
+    up.terminate();
+    if (code) o.onReject?.(problem(o, code, detail));
+    else { socket.destroy(); o.onReject?.(CLIENT_GONE); }
+  }
+
+  up.on('error', (err: Error & { code?: unknown }) => {
+    if (err.message === 'Opening handshake has timed out' || err.code === 'ETIMEDOUT') {
+      fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time');
+    } else if (typeof err.code === 'string') {
+      fail('bad-gateway', 'the upstream refused or dropped the WebSocket connection');
+    } else {
+      fail('bad-gateway', 'the upstream sent an invalid WebSocket handshake response'); // bad accept, subprotocol...
+    }
+  });
+
+  // A non-101 answer: relay it (status, end-to-end headers, body up to 64 KiB).
+  up.on('unexpected-response', (_r, res) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (): void => {
+      if (!settle()) return;
+      const own = gatewayHeaders(o);
+      const status = res.statusCode ?? 502;
+      const headers = [...endToEnd(res.rawHeaders, own, false), ...own];
+      writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks).subarray(0, BODY_CAP));
+      up.terminate();
+      o.onReject?.(status);
+    };
+    res.on('error', noop);
+    res.on('data', (c: Buffer) => { chunks.push(c); size += c.length; if (size >= BODY_CAP) done(); });
+    res.on('end', done);
+    res.on('close', () => { if (!res.complete) fail('bad-gateway', 'the upstream cut its handshake response short'); });
+  });
+
+  let upHeaders: string[] = [];
+  up.on('upgrade', (res) => { upSocket = res.socket; upHeaders = res.rawHeaders; });
+
+  // Upstream 101: now complete the client's handshake, with the subprotocol the upstream chose.
+  up.on('open', () => {
+    if (!settle()) { up.terminate(); return; }
+    if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE); return; }
+    const own = gatewayHeaders(o);
+    const headers = [...endToEnd(upHeaders, own, true), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
+    accepted.set(req, { protocol: up.protocol, headers });
+    // ws destroys a socket it finds closed without calling back: catch that here.
+    const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE); };
+    socket.once('close', lost);
+    serverFor(o.maxMessage).handleUpgrade(req, socket, o.head, (down) => {
+      socket.off('close', lost);
+      accepted.delete(req);
+      relay(o, down, up, socket, upSocket);
+    });
+  });
+}
+
+// ---- relay ----
+
+function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Duplex, upSocket: Duplex | undefined): void {
+  const started = Date.now();
+  const stats: WsStats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0, durationMs: 0, code: 1006, reason: '', closedBy: 'gateway' };
+  let last = started;            // time of the last frame received on either leg
+  let ending = false;            // the close decision was taken
+  let closedLegs = 0;
+  let idleTimer: NodeJS.Timeout | undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+  let resolveDone: () => void = noop;
+  const self: Relay = {
+    shutdown: () => gatewayClose(1001, 'gateway shutting down'),
+    kill: () => { down.terminate(); up.terminate(); },
+    done: new Promise<void>((r) => { resolveDone = r; }),
+  };
+  relays.add(self);
+
+  const touch = (): void => { last = Date.now(); };
+
+  /** Records who ended the relay (first caller only) and arms the close-handshake deadline. */
+  function begin(by: WsStats['closedBy'], code: number, reason: string): boolean {
+    if (ending) return false;
+    ending = true;
+    Object.assign(stats, { closedBy: by, code, reason });
+    clearTimeout(idleTimer);
+    killTimer = setTimeout(self.kill, CLOSE_GRACE_MS).unref();
+    return true;
+  }
+  /** Starts the close handshake on a leg still open (code undefined: close frame without status). */
+  function closeLeg(ws: WebSocket, code?: number, reason = ''): void {
+    ws.resume(); // a paused leg would never read its peer's close frame
+    if (ws.readyState !== WebSocket.OPEN) return;
+    try { if (code === undefined) ws.close(); else ws.close(code, reason); } catch { ws.terminate(); }
+  }
+  function gatewayClose(code: number, reason: string): void {
+    if (!begin('gateway', code, reason)) return;
+    closeLeg(down, code, reason);
+    closeLeg(up, code, reason);
+  }
+
+  function wire(src: WebSocket, dst: WebSocket, dstSocket: Duplex | undefined, side: 'client' | 'upstream'): void {
+    const fromClient = side === 'client';
+    src.on('message', (data: RawData, isBinary: boolean) => {
+      last = Date.now();
+      const buf = data as Buffer; // binaryType 'nodebuffer': always one Buffer, fragments joined
+      if (fromClient) { stats.messagesIn++; stats.bytesIn += buf.length; } else { stats.messagesOut++; stats.bytesOut += buf.length; }
+      if (dst.readyState !== WebSocket.OPEN) return;
+      dst.send(buf, { binary: isBinary });
+      if (dst.bufferedAmount > HIGH_WATER && !src.isPaused && dstSocket) {
+        src.pause(); // the socket's buffer is far past its highWaterMark, so 'drain' will come
+        dstSocket.once('drain', () => { if (!ending) src.resume(); });
+      }
+    });
+    src.on('ping', touch).on('pong', touch);
+    // A protocol violation (message too big, bad UTF-8, bad framing): ws already closes src with
+    // the matching code; the other leg gets 1001, or 1014 when the upstream is the culprit.
+    src.on('error', (err: Error & { code?: unknown }) => {
+      const code = violationCode(err);
+      if (code === null) return;
+      const reason = code === 1009 ? `${side} message too big` : `${side} protocol error`;
+      if (begin('gateway', code, reason)) closeLeg(dst, code === 1009 || fromClient ? 1001 : 1014, reason);
+    });
+    src.on('close', (code: number, why: Buffer) => {
+      const reason = why.toString();
+      if (begin(side, code, reason)) {
+        if (relayable(code)) closeLeg(dst, code, reason);
+        else if (code === 1005) closeLeg(dst);
+        else if (fromClient) closeLeg(dst, 1001, 'client went away'); // 1006 (TCP cut) or unsendable code
+        else closeLeg(dst, 1014, 'upstream connection lost');
+      }
+      if (++closedLegs === 2) finish();
+    });
+  }
+
+  function finish(): void {
+    clearTimeout(idleTimer);
+    clearTimeout(killTimer);
+    relays.delete(self);
+    stats.durationMs = Date.now() - started;
+    resolveDone();
+    o.onClose?.({ ...stats });
+  }
+
+  /** One timer per relay, re-armed lazily from `last` rather than reset on every frame. */
+  function checkIdle(): void {
+    const left = last + o.idleTimeout - Date.now();
+    if (left > 0) idleTimer = setTimeout(checkIdle, left).unref();
+    else gatewayClose(1001, 'idle timeout');
+  }
+
+  wire(down, up, upSocket, 'client');
+  wire(up, down, downSocket, 'upstream');
+  if (o.idleTimeout > 0) idleTimer = setTimeout(checkIdle, o.idleTimeout).unref();
+  o.onOpen?.();
+}
+
+// ---- lifecycle ----
+
+/** Closes every open relay with 1001 (gateway shutting down); resolves when all are closed or after ms. */
+export async function closeAllWebSockets(ms: number): Promise<void> {
+  for (const abort of [...pending]) abort(); // handshakes in flight get a 503
+  const live = [...relays];
+  for (const r of live) r.shutdown();
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.all(live.map((r) => r.done)),
+    new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); }),
+  ]);
+  clearTimeout(timer);
+  for (const r of live) if (relays.has(r)) r.kill(); // past the deadline: cut what is left
+}
+
+export function openWebSockets(): number {
+  return relays.size;
+}

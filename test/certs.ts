@@ -1,0 +1,59 @@
+/**
+ * Test certificates made with the openssl command line: a CA, and leaf certificates for given
+ * DNS names (or a client certificate), signed by it. Each call writes into a fresh temp dir.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface Pem {
+  certFile: string;
+  keyFile: string;
+  cert: Buffer;
+  key: Buffer;
+}
+
+export interface TestCa extends Pem {
+  dir: string;
+  /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth). */
+  issue(name: string, opts?: { dns?: string[]; client?: boolean; file?: string; days?: number }): Pem;
+  cleanup(): void;
+}
+
+const openssl = (args: string[], cwd: string) => execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+
+export function makeCa(cn = 'Turnpike Test CA'): TestCa {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-certs-'));
+  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', `/CN=${cn}`,
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
+  let serial = 1;
+  const ca: TestCa = {
+    dir,
+    certFile: join(dir, 'ca.pem'),
+    keyFile: join(dir, 'ca.key'),
+    cert: readFileSync(join(dir, 'ca.pem')),
+    key: readFileSync(join(dir, 'ca.key')),
+    issue(name, opts = {}) {
+      const base = opts.file ?? `${name.replace(/[^A-Za-z0-9.-]/g, '_')}-${serial}`;
+      const ext = join(dir, `${base}.ext`);
+      const dns = opts.dns ?? [name];
+      writeFileSync(ext, opts.client
+        ? 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n'
+        : `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${dns.map((d) => (/^[0-9.]+$/.test(d) ? `IP:${d}` : `DNS:${d}`)).join(',')}\n`);
+      openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${base}.key`, '-out', `${base}.csr`, '-subj', `/CN=${name}`], dir);
+      openssl(['x509', '-req', '-in', `${base}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-set_serial', String(serial++), '-days', String(opts.days ?? 2), '-out', `${base}.pem`, '-extfile', ext], dir);
+      const certFile = join(dir, `${base}.pem`);
+      const keyFile = join(dir, `${base}.key`);
+      return { certFile, keyFile, cert: readFileSync(certFile), key: readFileSync(keyFile) };
+    },
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+  return ca;
+}
+
+/** The CN of a peer certificate as Node reports it. */
+export function subjectCn(cert: { subject?: { CN?: string | string[] } } | null | undefined): string | undefined {
+  const cn = cert?.subject?.CN;
+  return Array.isArray(cn) ? cn[0] : cn;
+}
