@@ -237,3 +237,18 @@ export async function waitFor(url: string, ms = 10_000): Promise<void> {
   }
 }
 
+
+/** Polls `check` until it returns true (or throws its last error after `ms`). */
+export async function eventually(check: () => boolean | Promise<boolean>, ms = 5000, every = 100): Promise<void> {
+  const end = Date.now() + ms;
+  for (;;) {
+    let last: unknown;
+    try {
+      if (await check()) return;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms${last ? `: ${String(last)}` : ''}`);
+    await sleep(every);
+  }
+}

@@ -8,8 +8,8 @@
  *    client's subprotocols. Only when the upstream answered 101 does the client get its 101, from
  *    a noServer `WebSocketServer` (one per maxPayload value, shared by every relay) that picks
  *    the subprotocol the upstream chose, the upstream 101's end-to-end headers (set-cookie...)
- *    and the gateway's response headers. Any other
- *    outcome is written raw on the client socket (connection: close) and reported by onReject:
+ *    and the gateway's response headers. Any other outcome is written raw on the client socket
+ *    (connection: close) and reported by onReject:
  *    the upstream's own non-101 response (hop-by-hop headers dropped, body capped at 64 KiB),
  *    502 (refused, unreachable, reset, bad handshake), 504 (handshake timeout), 503 (gateway
  *    shutting down); 499 when the client went away first (nothing written then).
@@ -194,7 +194,9 @@ export function relayWebSocket(o: WsRelayOptions): void {
   // Exactly one of: fail(), the relayed non-101 response, 'open'. settle() arbitrates.
   let settled = false;
   let upSocket: Duplex | undefined;
-  const timer = setTimeout(() => fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time'), o.connectTimeout);
+  const timer = o.connectTimeout > 0
+    ? setTimeout(() => fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time'), o.connectTimeout)
+    : undefined;
   const clientGone = (): void => fail(null, '');
   const abort = (): void => fail('shutting-down', 'the gateway is shutting down');
   // 'end' too: the HTTP server's sockets allow half-open, so a client FIN alone emits no 'close'.
@@ -221,7 +223,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
     if (err.message === 'Opening handshake has timed out' || err.code === 'ETIMEDOUT') {
       fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time');
     } else if (typeof err.code === 'string') {
-      fail('bad-gateway', 'the upstream refused or dropped the WebSocket connection');
+      fail('bad-gateway', 'could not connect to the upstream (refused, reset, unreachable or TLS failure)');
     } else {
       fail('bad-gateway', 'the upstream sent an invalid WebSocket handshake response'); // bad accept, subprotocol...
     }
@@ -259,11 +261,20 @@ export function relayWebSocket(o: WsRelayOptions): void {
     // ws destroys a socket it finds closed without calling back: catch that here.
     const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE); };
     socket.once('close', lost);
-    serverFor(o.maxMessage).handleUpgrade(req, socket, o.head, (down) => {
-      socket.off('close', lost);
-      accepted.delete(req);
-      relay(o, down, up, socket, upSocket);
-    });
+    let upgraded = false;
+    try {
+      serverFor(o.maxMessage).handleUpgrade(req, socket, o.head, (down) => {
+        upgraded = true;
+        socket.off('close', lost);
+        accepted.delete(req);
+        relay(o, down, up, socket, upSocket);
+      });
+    } catch (err) {
+      if (upgraded) throw err; // from the gateway's onOpen: not ours to hide
+      socket.off('close', lost); // ws throws if this socket was already upgraded (a gateway bug)
+      up.terminate();
+      o.onReject?.(problem(o, 'internal-error', 'the WebSocket upgrade failed'));
+    }
   });
 }
 

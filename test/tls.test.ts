@@ -1,0 +1,272 @@
+/** TLS at the edge and to upstreams: SNI, live certificate reload, versions, HSTS, redirect, upstream CA / mTLS. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
+import { request as httpsRequest, createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { connect as h2connect } from 'node:http2';
+import { copyFileSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { makeCa, subjectCn, type TestCa } from './certs.js';
+import { eventually, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
+import { compile } from '../src/config/compile.js';
+import { parseConfigText } from '../src/config/load.js';
+import { ConfigError } from '../src/config/errors.js';
+import { PoolRegistry } from '../src/upstream/pools.js';
+
+let ca: TestCa;
+let up: TestUpstream;
+before(async () => {
+  ca = makeCa();
+  up = await startUpstream();
+});
+after(async () => {
+  await up.close();
+  ca.cleanup();
+});
+
+/** Handshakes with the given SNI (none when undefined) and returns the server's certificate and protocol. */
+function handshake(port: number, servername: string | undefined, opts: { minVersion?: 'TLSv1' | 'TLSv1.2' | 'TLSv1.3'; maxVersion?: 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'; ALPNProtocols?: string[] } = {}): Promise<{ cert: PeerCertificate; protocol: string | null; alpn: string | false | null }> {
+  return new Promise((resolve, reject) => {
+    const s = tlsConnect({ host: '127.0.0.1', port, servername, rejectUnauthorized: false, ...opts }, () => {
+      const r = { cert: s.getPeerCertificate(), protocol: s.getProtocol(), alpn: s.alpnProtocol };
+      s.destroy();
+      resolve(r);
+    });
+    s.on('error', reject);
+    s.setTimeout(3000, () => s.destroy(new Error('handshake timeout')));
+  });
+}
+
+function httpsGet(port: number, path: string, opts: { servername?: string; ca?: Buffer; headers?: Record<string, string> } = {}): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const r = httpsRequest({ host: '127.0.0.1', port, path, servername: opts.servername, ca: opts.ca ?? ca.cert, headers: opts.headers, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body }));
+    });
+    r.on('error', reject);
+    r.end();
+  });
+}
+
+test('SNI picks the certificate: exact name, wildcard, default for unknown or no SNI; HTTP/1.1 and h2 over TLS reach the upstream', async () => {
+  const a = ca.issue('a.test');
+  const b = ca.issue('b.test');
+  const w = ca.issue('wild', { dns: ['*.w.test'] });
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls:
+  certificates:
+    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}
+    - {hosts: [b.test, B2.test], cert: ${b.certFile}, key: ${b.keyFile}, default: true}
+    - {hosts: ["*.w.test"], cert: ${w.certFile}, key: ${w.keyFile}}
+services:
+  - {name: s, url: ${up.url}, routes: [{paths: [/]}]}
+`);
+  try {
+    const port = t.gw.tlsAddress!.port;
+    assert.equal(subjectCn((await handshake(port, 'a.test')).cert), 'a.test');
+    assert.equal(subjectCn((await handshake(port, 'b2.test')).cert), 'b.test', 'host names compare case-insensitively');
+    assert.equal(subjectCn((await handshake(port, 'x.w.test')).cert), 'wild');
+    assert.equal(subjectCn((await handshake(port, 'y.x.w.test')).cert), 'b.test', 'a wildcard covers one label only');
+    assert.equal(subjectCn((await handshake(port, 'unknown.test')).cert), 'b.test');
+    assert.equal(subjectCn((await handshake(port, undefined)).cert), 'b.test', 'no SNI: the default');
+
+    // HTTP/1.1 over TLS, certificate verified against the CA by the client.
+    const r = await httpsGet(port, '/hello?x=1', { servername: 'a.test', headers: { host: 'a.test' } });
+    assert.equal(r.status, 200);
+    const echoed = JSON.parse(r.body);
+    assert.equal(echoed.url, '/hello?x=1');
+    assert.equal(echoed.headers['x-forwarded-proto'], 'https');
+    assert.match(echoed.headers.forwarded, /proto=https/);
+    assert.equal(r.headers['strict-transport-security'], undefined, 'no HSTS unless configured');
+
+    // HTTP/2 over TLS (ALPN h2).
+    assert.equal((await handshake(port, 'a.test', { ALPNProtocols: ['h2', 'http/1.1'] })).alpn, 'h2');
+    const c = h2connect(`https://127.0.0.1:${port}`, { ca: ca.cert, servername: 'a.test' });
+    try {
+      const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const s = c.request({ ':path': '/h2', ':authority': 'a.test' });
+        let body = '';
+        let status = 0;
+        s.on('response', (h) => (status = Number(h[':status'])));
+        s.setEncoding('utf8');
+        s.on('data', (d) => (body += d));
+        s.on('end', () => resolve({ status, body }));
+        s.on('error', reject);
+        s.end();
+      });
+      assert.equal(res.status, 200);
+      const e = JSON.parse(res.body);
+      assert.equal(e.headers.host, new URL(up.url).host);
+      assert.equal(e.headers['x-forwarded-host'], 'a.test');
+      assert.equal(e.headers['x-forwarded-proto'], 'https');
+      assert.equal(e.headers.via, '2 turnpike');
+    } finally {
+      c.close();
+    }
+  } finally {
+    await t.close();
+  }
+});
+
+test('TLS 1.2 is the floor: a TLS 1.1 client is refused, 1.2 and 1.3 are served; min_version TLSv1.3 refuses 1.2', async () => {
+  const a = ca.issue('a.test');
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls: {certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]}
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`);
+  const t13 = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls: {min_version: TLSv1.3, certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]}
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`);
+  try {
+    const port = t.gw.tlsAddress!.port;
+    await assert.rejects(handshake(port, 'a.test', { minVersion: 'TLSv1', maxVersion: 'TLSv1.1' }));
+    assert.equal((await handshake(port, 'a.test', { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
+    assert.equal((await handshake(port, 'a.test')).protocol, 'TLSv1.3');
+    await assert.rejects(handshake(t13.gw.tlsAddress!.port, 'a.test', { maxVersion: 'TLSv1.2' }));
+    // A client that never completes the handshake does not hurt: the next one is served.
+    assert.equal((await httpsGet(port, '/', { servername: 'a.test', headers: { host: 'a.test' } })).status, 200);
+  } finally {
+    await t.close();
+    await t13.close();
+  }
+});
+
+test('a certificate file replaced on disk is served to new connections without a restart; a broken replacement keeps the old one', async () => {
+  const first = ca.issue('live.test', { file: 'live-a' });
+  const second = ca.issue('live.test', { file: 'live-b' });
+  const dir = ca.dir;
+  const certFile = `${dir}/live.pem`;
+  const keyFile = `${dir}/live.key`;
+  copyFileSync(first.certFile, certFile);
+  copyFileSync(first.keyFile, keyFile);
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls: {certificates: [{hosts: [live.test], cert: ${certFile}, key: ${keyFile}}]}
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`);
+  try {
+    const port = t.gw.tlsAddress!.port;
+    const serial = async () => (await handshake(port, 'live.test')).cert.serialNumber;
+    const s1 = await serial();
+    // A half-written pair (new cert, old key) does not load: the old certificate stays.
+    copyFileSync(second.certFile, certFile);
+    await new Promise((r) => setTimeout(r, 1800));
+    assert.equal(await serial(), s1, 'a mismatched pair is not adopted');
+    copyFileSync(second.keyFile, keyFile);
+    await eventually(async () => (await serial()) !== s1, 6000);
+    const s2 = await serial();
+    assert.notEqual(s2, s1);
+    // Garbage: kept.
+    writeFileSync(certFile, 'not a certificate');
+    await new Promise((r) => setTimeout(r, 1800));
+    assert.equal(await serial(), s2);
+    // Also the default context (clients without SNI) follows.
+    copyFileSync(first.certFile, certFile);
+    copyFileSync(first.keyFile, keyFile);
+    await eventually(async () => (await handshake(port, undefined)).cert.serialNumber === s1, 6000);
+    assert.equal(await serial(), s1);
+  } finally {
+    await t.close();
+  }
+});
+
+test('HSTS on HTTPS responses only; redirect_http sends plain requests to the TLS listener', async () => {
+  const a = ca.issue('a.test');
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls:
+  hsts: {max_age: 1d, include_subdomains: true}
+  redirect_http: true
+  certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`);
+  try {
+    const port = t.gw.tlsAddress!.port;
+    const secure = await httpsGet(port, '/x', { servername: 'a.test', headers: { host: 'a.test' } });
+    assert.equal(secure.status, 200);
+    assert.equal(secure.headers['strict-transport-security'], 'max-age=86400; includeSubDomains');
+    const before = up.requests.length;
+    const plain = await request(`${t.url}/a/b?c=1`, { headers: { host: 'a.test:8080' } });
+    assert.equal(plain.status, 308);
+    assert.equal(plain.headers.location, `https://a.test:${port}/a/b?c=1`);
+    assert.equal(plain.headers['strict-transport-security'], undefined, 'never HSTS over plain HTTP (RFC 6797 §7.2)');
+    assert.equal(up.requests.length, before, 'a redirected request is not forwarded');
+    const bad = await request(`${t.url}/`, { headers: { host: 'evil/../' } });
+    assert.equal(bad.status, 400);
+  } finally {
+    await t.close();
+  }
+});
+
+test('config errors: a missing file, a key that does not match, tls without listen_tls — with their paths; nothing listens', () => {
+  const a = ca.issue('a.test');
+  const b = ca.issue('b.test');
+  const pools = new PoolRegistry();
+  const errorOf = (yaml: string) => {
+    try {
+      compile(parseConfigText(yaml), { pools }).dispose();
+    } catch (e) {
+      assert.ok(e instanceof ConfigError);
+      return e.message;
+    }
+    assert.fail('expected a config error');
+  };
+  assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: /nonexistent/x.pem, key: ${a.keyFile}}\n`), /tls\.certificates\[0\].*line 4.*cannot read certificate/s);
+  assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${b.keyFile}}\n`), /tls\.certificates\[0\].*does not load/s);
+  assert.match(errorOf(`tls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`), /tls.*needs listen_tls/);
+  assert.match(errorOf(`services: [{name: s, url: 'http://127.0.0.1:1', protocol: grpcs}]\n`), /services\[0\]\.url.*protocol grpcs needs an https:\/\/ URL/);
+  assert.match(errorOf(`services: [{name: s, url: 'https://127.0.0.1:1', tls: {ca: /nonexistent/ca.pem}}]\n`), /services\[0\]\.tls\.ca.*cannot read/);
+});
+
+/** An HTTPS upstream with a certificate from the test CA, optionally requiring a client certificate. */
+async function startTlsUpstream(opts: { requireClientCert?: boolean } = {}): Promise<{ server: HttpsServer; port: number; clients: (string | undefined)[]; close(): Promise<void> }> {
+  const leaf = ca.issue('upstream.test', { dns: ['upstream.test', '127.0.0.1'] });
+  const clients: (string | undefined)[] = [];
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key, ca: ca.cert, requestCert: opts.requireClientCert ?? false, rejectUnauthorized: opts.requireClientCert ?? false }, (req, res) => {
+    const peer = (req.socket as import('node:tls').TLSSocket).getPeerCertificate();
+    clients.push(subjectCn(peer));
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ host: req.headers.host, client: subjectCn(peer) ?? null }));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port, clients, close: () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); }) };
+}
+
+test('upstream TLS: verified against tls.ca (502 without it), verify: false, server_name, and a client certificate for mTLS', async () => {
+  const plainUp = await startTlsUpstream();
+  const mtlsUp = await startTlsUpstream({ requireClientCert: true });
+  const client = ca.issue('turnpike-client', { client: true });
+  const t = await startGateway(`
+services:
+  - {name: verified, url: 'https://127.0.0.1:${plainUp.port}', tls: {ca: ${ca.certFile}}, routes: [{paths: [/verified]}]}
+  - {name: named, url: 'https://127.0.0.1:${plainUp.port}', tls: {ca: ${ca.certFile}, server_name: upstream.test}, routes: [{paths: [/named]}]}
+  - {name: wrong-name, url: 'https://127.0.0.1:${plainUp.port}', tls: {ca: ${ca.certFile}, server_name: other.test}, routes: [{paths: [/wrong-name]}]}
+  - {name: system-cas, url: 'https://127.0.0.1:${plainUp.port}', routes: [{paths: [/system]}]}
+  - {name: unverified, url: 'https://127.0.0.1:${plainUp.port}', tls: {verify: false}, routes: [{paths: [/unverified]}]}
+  - {name: mtls, url: 'https://127.0.0.1:${mtlsUp.port}', tls: {ca: ${ca.certFile}, cert: ${client.certFile}, key: ${client.keyFile}}, routes: [{paths: [/mtls]}]}
+  - {name: no-client-cert, url: 'https://127.0.0.1:${mtlsUp.port}', tls: {ca: ${ca.certFile}}, routes: [{paths: [/nocert]}]}
+`);
+  try {
+    assert.equal((await request(`${t.url}/verified`)).status, 200);
+    assert.equal((await request(`${t.url}/named`)).status, 200);
+    const wrong = await request(`${t.url}/wrong-name`);
+    assert.equal(wrong.status, 502, 'a certificate for another name is refused');
+    assert.equal(wrong.headers['content-type'], 'application/problem+json');
+    const sys = await request(`${t.url}/system`);
+    assert.equal(sys.status, 502, 'a certificate from an unknown CA is refused by default');
+    assert.equal((await request(`${t.url}/unverified`)).status, 200);
+    const m = await request(`${t.url}/mtls`);
+    assert.equal(m.status, 200);
+    assert.equal(JSON.parse(m.body).client, 'turnpike-client');
+    assert.equal((await request(`${t.url}/nocert`)).status, 502);
+  } finally {
+    await t.close();
+    await plainUp.close();
+    await mtlsUp.close();
+  }
+});

@@ -1,0 +1,637 @@
+/**
+ * WebSocket relay (src/server/websocket.ts) over real loopback sockets: `ws` servers as upstreams,
+ * `ws` clients and raw net sockets as downstream clients, and a plain node:http server whose
+ * 'upgrade' event calls relayWebSocket() the way the gateway does. Self-contained (no gateway).
+ * Every test has a time bound and closes what it started.
+ */
+import { test } from 'node:test';
+import { createHash } from 'node:crypto';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type Server } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer as createNetServer, connect, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { WebSocket, WebSocketServer, type ServerOptions } from 'ws';
+import { makeCa } from './certs.js';
+import { relayWebSocket, closeAllWebSockets, openWebSockets, type WsRelayOptions, type WsStats } from '../src/server/websocket.js';
+
+const T = { timeout: 20_000 };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Rejects if `p` does not settle within ms. */
+function within<V>(p: Promise<V>, ms: number, what: string): Promise<V> {
+  let t: NodeJS.Timeout;
+  return Promise.race([p, new Promise<never>((_, rej) => { t = setTimeout(() => rej(new Error(`timed out waiting for ${what}`)), ms); })])
+    .finally(() => clearTimeout(t));
+}
+
+/** Polls cond until true (or fails after ms). */
+async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+const listenPort = (s: Server | NetServer) => new Promise<number>((r) => s.listen(0, '127.0.0.1', () => r((s.address() as AddressInfo).port)));
+
+// ---- upstreams ----
+
+interface UpConn { ws: WebSocket; req: IncomingMessage; closed: { code: number; reason: string } | null }
+interface WsUpstream { url: string; wss: WebSocketServer; conns: UpConn[]; close(): Promise<void> }
+
+/** A ws upstream; echoes every message with its binary flag unless onConnection says otherwise. */
+async function wsUpstream(onConnection?: (ws: WebSocket, req: IncomingMessage) => void, options: ServerOptions = {}): Promise<WsUpstream> {
+  const server = createServer();
+  const wss = new WebSocketServer({ server, perMessageDeflate: false, ...options });
+  const conns: UpConn[] = [];
+  wss.on('connection', (ws, req) => {
+    const c: UpConn = { ws, req, closed: null };
+    conns.push(c);
+    ws.on('error', () => {});
+    ws.on('close', (code, reason) => { c.closed = { code, reason: reason.toString() }; });
+    if (onConnection) onConnection(ws, req);
+    else ws.on('message', (data, isBinary) => ws.send(data, { binary: isBinary }));
+  });
+  const port = await listenPort(server);
+  return {
+    url: `ws://127.0.0.1:${port}`, wss, conns,
+    close: async () => {
+      for (const c of conns) c.ws.terminate();
+      await new Promise<void>((r) => wss.close(() => r()));
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** A TCP server that accepts and never answers; records its connections and their closing. */
+async function silentUpstream(): Promise<{ url: string; sockets: Socket[]; closedCount(): number; close(): Promise<void> }> {
+  const sockets: Socket[] = [];
+  let closed = 0;
+  // resume(): read (and drop) the request, or the peer's FIN would never surface as 'end'/'close'.
+  const server = createNetServer((s) => { sockets.push(s); s.resume(); s.on('error', () => {}); s.on('close', () => closed++); });
+  const port = await listenPort(server);
+  return {
+    url: `ws://127.0.0.1:${port}`, sockets, closedCount: () => closed,
+    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+  };
+}
+
+/** An HTTP server answering every upgrade attempt with the given raw response. */
+async function rawUpgradeUpstream(response: (req: IncomingMessage) => string | Buffer): Promise<{ url: string; close(): Promise<void> }> {
+  const server = createServer();
+  server.on('upgrade', (req: IncomingMessage, socket: Socket) => { socket.on('error', () => {}); socket.end(response(req)); });
+  const port = await listenPort(server);
+  return { url: `ws://127.0.0.1:${port}`, close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }) };
+}
+
+// ---- the gateway stand-in ----
+
+interface Gw {
+  port: number; url: string;
+  rejects: number[]; closes: WsStats[]; opens: number;
+  close(): Promise<void>;
+}
+
+async function gateway(upstreamUrl: string, opts: Partial<WsRelayOptions> = {}): Promise<Gw> {
+  const server = createServer((_req, res) => res.writeHead(426).end());
+  let n = 0;
+  const gw: Gw = {
+    port: 0, url: '', rejects: [], closes: [], opens: 0,
+    close: async () => {
+      await closeAllWebSockets(1000);
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    const requestId = `req-${++n}`;
+    relayWebSocket({
+      req, socket, head, url: upstreamUrl + req.url,
+      headers: { host: new URL(upstreamUrl).host, 'x-request-id': requestId, 'x-forwarded-for': '127.0.0.1' },
+      connectTimeout: 2000, idleTimeout: 10_000, maxMessage: 16 * 1024 * 1024, requestId,
+      responseHeaders: { 'x-request-id': requestId },
+      onOpen: () => { gw.opens++; },
+      onClose: (s) => { gw.closes.push(s); },
+      onReject: (status) => { gw.rejects.push(status); },
+      ...opts,
+    });
+  });
+  gw.port = await listenPort(server);
+  gw.url = `ws://127.0.0.1:${gw.port}`;
+  return gw;
+}
+
+// ---- clients ----
+
+interface Client { ws: WebSocket; open: Promise<IncomingMessage>; closed: Promise<{ code: number; reason: string }>; messages: { data: Buffer; isBinary: boolean }[] }
+
+function client(url: string, protocols: string[] = []): Client {
+  const ws = new WebSocket(url, protocols, { perMessageDeflate: false });
+  const messages: Client['messages'] = [];
+  ws.on('error', () => {});
+  ws.on('message', (data, isBinary) => messages.push({ data: data as Buffer, isBinary }));
+  const open = new Promise<IncomingMessage>((resolve, reject) => {
+    let res: IncomingMessage;
+    ws.once('upgrade', (r) => { res = r; });
+    ws.once('open', () => resolve(res));
+    ws.once('unexpected-response', (_req, r) => reject(new Error(`unexpected ${r.statusCode}`)));
+    ws.once('error', reject);
+  });
+  open.catch(() => {});
+  const closed = new Promise<{ code: number; reason: string }>((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })));
+  return { ws, open: within(open, 5000, 'client open'), closed: within(closed, 10_000, 'client close'), messages };
+}
+
+const KEY = 'dGhlIHNhbXBsZSBub25jZQ==';
+const handshake = (extra = '', requestLine = 'GET /chat HTTP/1.1') =>
+  `${requestLine}\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${KEY}\r\n${extra}\r\n`;
+
+interface RawResponse { status: number; headers: Record<string, string>; body: Buffer; closed: boolean }
+
+/** Sends raw bytes, reads until the server closes (or 5 s), parses one HTTP/1.1 response. */
+function rawExchange(port: number, data: string): Promise<RawResponse> {
+  return within(new Promise((resolve) => {
+    const sock = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    sock.on('error', () => {});
+    sock.on('connect', () => sock.write(data));
+    sock.on('data', (d: Buffer) => chunks.push(d));
+    sock.on('close', () => {
+      const all = Buffer.concat(chunks);
+      const end = all.indexOf('\r\n\r\n');
+      const [statusLine, ...lines] = all.subarray(0, end).toString('latin1').split('\r\n');
+      const headers: Record<string, string> = {};
+      for (const l of lines) { const i = l.indexOf(':'); headers[l.slice(0, i).toLowerCase()] = l.slice(i + 1).trim(); }
+      resolve({ status: Number(statusLine!.split(' ')[1]), headers, body: all.subarray(end + 4), closed: true });
+    });
+  }), 5000, 'raw response');
+}
+
+// ---- tests ----
+
+test('echo: text, binary and fragmented messages round-trip; headers both ways; onClose stats', T, async () => {
+  const up = await wsUpstream();
+  up.wss.on('headers', (lines: string[]) => lines.push('Set-Cookie: sticky=a1', 'X-Request-Id: upstream-id', 'Keep-Alive: timeout=5'));
+  const gw = await gateway(up.url);
+  const c = client(`${gw.url}/chat?room=1`);
+  try {
+    const res = await c.open;
+    assert.equal(res.headers['x-request-id'], 'req-1'); // the gateway's, not the upstream's
+    assert.deepEqual(res.headers['set-cookie'], ['sticky=a1']);
+    assert.equal(res.headers['keep-alive'], undefined);
+    assert.equal(gw.opens, 1);
+    assert.equal(openWebSockets(), 1);
+    const seen = up.conns[0]!.req;
+    assert.equal(seen.url, '/chat?room=1');
+    assert.equal(seen.headers['x-request-id'], 'req-1');
+    assert.equal(seen.headers.host, new URL(up.url).host);
+    assert.equal(seen.headers['sec-websocket-protocol'], undefined);
+    assert.equal(seen.headers['sec-websocket-extensions'], undefined);
+
+    c.ws.send('héllo');
+    c.ws.send(Buffer.from([0, 1, 2, 255]));
+    c.ws.send(Buffer.from('frag-'), { binary: false, fin: false });
+    c.ws.send(Buffer.from('ment'), { binary: false, fin: true });
+    await until(() => c.messages.length === 3, 'echoes');
+    assert.deepEqual(c.messages.map((m) => [m.data.toString('latin1'), m.isBinary]), [
+      [Buffer.from('héllo').toString('latin1'), false],
+      ['\x00\x01\x02\xff', true],
+      ['frag-ment', false],
+    ]);
+
+    c.ws.close(1000, 'done');
+    assert.deepEqual(await c.closed, { code: 1000, reason: 'done' });
+    await until(() => gw.closes.length === 1, 'onClose');
+    const s = gw.closes[0]!;
+    const bytes = Buffer.byteLength('héllo') + 4 + 9;
+    assert.deepEqual({ ...s, durationMs: 0 }, {
+      messagesIn: 3, messagesOut: 3, bytesIn: bytes, bytesOut: bytes, durationMs: 0, code: 1000, reason: 'done', closedBy: 'client',
+    });
+    assert.ok(s.durationMs >= 0 && s.durationMs < 5000);
+    await until(() => up.conns[0]!.closed !== null, 'upstream close');
+    assert.deepEqual(up.conns[0]!.closed, { code: 1000, reason: 'done' });
+    assert.equal(openWebSockets(), 0);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('subprotocols: the client list is offered upstream and the upstream choice is the 101\'s; none chosen -> 502', T, async () => {
+  const up = await wsUpstream(undefined, { handleProtocols: (p) => (p.has('v2') ? 'v2' : false) });
+  const gw = await gateway(up.url);
+  const c = client(gw.url, ['v1', 'v2']);
+  try {
+    await c.open;
+    assert.equal(c.ws.protocol, 'v2');
+    assert.equal(up.conns[0]!.req.headers['sec-websocket-protocol'], 'v1,v2');
+    assert.equal(up.conns[0]!.ws.protocol, 'v2');
+    // ws as a client (like browsers) fails a handshake whose answer picks none of the offered ones.
+    const r = await rawExchange(gw.port, handshake('Sec-WebSocket-Protocol: v3\r\n'));
+    assert.equal(r.status, 502);
+    assert.equal(JSON.parse(r.body.toString()).type, 'urn:turnpike:problem:bad-gateway');
+    assert.deepEqual(gw.rejects, [502]);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('upstream refuses with 403: status, end-to-end headers and body relayed with a fresh content-length; body capped at 64 KiB', T, async () => {
+  const big = Buffer.alloc(100 * 1024, 'x');
+  const up = await rawUpgradeUpstream((req) => req.url === '/big'
+    ? Buffer.concat([Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-length: ${big.length}\r\n\r\n`), big])
+    : 'HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nx-why: nope\r\nkeep-alive: timeout=5\r\nx-request-id: upstream-id\r\n' +
+      'transfer-encoding: chunked\r\n\r\n3\r\nden\r\n3\r\nied\r\n0\r\n\r\n');
+  const gw = await gateway(up.url);
+  try {
+    const r = await rawExchange(gw.port, handshake());
+    assert.equal(r.status, 403);
+    assert.equal(r.headers['x-why'], 'nope');
+    assert.equal(r.headers['content-type'], 'text/plain');
+    assert.equal(r.headers['content-length'], '6');
+    assert.equal(r.headers['connection'], 'close');
+    assert.equal(r.headers['x-request-id'], 'req-1'); // the gateway's own header wins
+    assert.equal(r.headers['transfer-encoding'], undefined);
+    assert.equal(r.headers['keep-alive'], undefined);
+    assert.equal(r.body.toString(), 'denied');
+
+    const b = await rawExchange(gw.port, handshake('', 'GET /big HTTP/1.1'));
+    assert.equal(b.status, 403);
+    assert.equal(b.headers['content-length'], String(64 * 1024));
+    assert.equal(b.body.length, 64 * 1024);
+    assert.deepEqual(gw.rejects, [403, 403]);
+    assert.equal(gw.opens, 0);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('upstream down: 502 problem+json with the request id', T, async () => {
+  const probe = createNetServer();
+  const port = await listenPort(probe);
+  await new Promise((r) => probe.close(r));
+  const gw = await gateway(`ws://127.0.0.1:${port}`);
+  try {
+    const r = await rawExchange(gw.port, handshake());
+    assert.equal(r.status, 502);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers['connection'], 'close');
+    assert.equal(r.headers['x-request-id'], 'req-1');
+    assert.equal(Number(r.headers['content-length']), r.body.length);
+    const body = JSON.parse(r.body.toString());
+    assert.equal(body.type, 'urn:turnpike:problem:bad-gateway');
+    assert.equal(body.status, 502);
+    assert.equal(body.request_id, 'req-1');
+    assert.doesNotMatch(body.detail, /127\.0\.0\.1/);
+    assert.deepEqual(gw.rejects, [502]);
+  } finally {
+    await gw.close();
+  }
+});
+
+test('upstream accepts TCP but never answers the handshake: 504 within the connect timeout, upstream connection closed', T, async () => {
+  const up = await silentUpstream();
+  const gw = await gateway(up.url, { connectTimeout: 300 });
+  try {
+    const t0 = Date.now();
+    const r = await rawExchange(gw.port, handshake());
+    const took = Date.now() - t0;
+    assert.equal(r.status, 504);
+    assert.equal(JSON.parse(r.body.toString()).type, 'urn:turnpike:problem:gateway-timeout');
+    assert.ok(took >= 250 && took < 1500, `took ${took} ms`);
+    assert.deepEqual(gw.rejects, [504]);
+    await until(() => up.closedCount() === 1, 'upstream connection closed', 2000);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('bad client handshakes: 400 problem+json, no upstream connection made', T, async () => {
+  const up = await silentUpstream();
+  const gw = await gateway(up.url);
+  try {
+    const bad = [
+      'GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n', // no key
+      handshake().replace(KEY, 'short=='),
+      handshake().replace('Version: 13', 'Version: 12'),
+      handshake('Sec-WebSocket-Protocol: a,,b\r\n'),
+      handshake('Sec-WebSocket-Protocol: a, a\r\n'),
+      handshake('', 'POST /chat HTTP/1.1'),
+    ];
+    for (const req of bad) {
+      const r = await rawExchange(gw.port, req);
+      assert.equal(r.status, 400, req);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      assert.equal(r.headers['connection'], 'close');
+      const body = JSON.parse(r.body.toString());
+      assert.equal(body.type, 'urn:turnpike:problem:bad-request');
+      assert.equal(body.title, 'Bad Request');
+      assert.equal(body.status, 400);
+      assert.match(body.request_id, /^req-\d+$/);
+      assert.equal(typeof body.detail, 'string');
+    }
+    assert.deepEqual(gw.rejects, bad.map(() => 400));
+    await sleep(100);
+    assert.equal(up.sockets.length, 0);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('message over maxMessage from the client: client gets 1009, upstream 1001', T, async () => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url, { maxMessage: 1024 });
+  const c = client(gw.url);
+  try {
+    await c.open;
+    c.ws.send(Buffer.alloc(1024, 1)); // at the limit: fine
+    await until(() => c.messages.length === 1, 'echo');
+    c.ws.send(Buffer.alloc(1025, 1));
+    assert.equal((await c.closed).code, 1009);
+    await until(() => up.conns[0]!.closed !== null, 'upstream close');
+    assert.equal(up.conns[0]!.closed!.code, 1001);
+    await until(() => gw.closes.length === 1, 'onClose');
+    assert.equal(gw.closes[0]!.code, 1009);
+    assert.equal(gw.closes[0]!.closedBy, 'gateway');
+    assert.equal(gw.closes[0]!.messagesIn, 1);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('message over maxMessage from the upstream: upstream gets 1009, client 1001', T, async () => {
+  const up = await wsUpstream((ws) => ws.send(Buffer.alloc(2048)));
+  const gw = await gateway(up.url, { maxMessage: 1024 });
+  const c = client(gw.url);
+  try {
+    await c.open;
+    assert.equal((await c.closed).code, 1001);
+    await until(() => up.conns[0]!.closed !== null, 'upstream close');
+    assert.equal(up.conns[0]!.closed!.code, 1009);
+    assert.equal(c.messages.length, 0);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('upstream closes 4001 "bye": client sees 4001 "bye"; a close without status stays without status', T, async () => {
+  const up = await wsUpstream((ws, req) => ws.on('message', () => (req.url === '/nostatus' ? ws.close() : ws.close(4001, 'bye'))));
+  const gw = await gateway(up.url);
+  const c = client(gw.url);
+  const d = client(`${gw.url}/nostatus`);
+  try {
+    await c.open;
+    c.ws.send('close please');
+    assert.deepEqual(await c.closed, { code: 4001, reason: 'bye' });
+    await d.open;
+    d.ws.send('close please');
+    assert.deepEqual(await d.closed, { code: 1005, reason: '' });
+    await until(() => gw.closes.length === 2, 'onClose x2');
+    assert.deepEqual(gw.closes.map((s) => [s.closedBy, s.code, s.reason]).sort(), [['upstream', 1005, ''], ['upstream', 4001, 'bye']]);
+  } finally {
+    c.ws.terminate();
+    d.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('a close handshake the client never finishes is cut after 5 s', T, async () => {
+  const up = await wsUpstream(() => {});
+  const gw = await gateway(up.url);
+  const c = client(gw.url);
+  try {
+    await c.open;
+    c.ws.pause(); // never reads the gateway's close frame, so never answers it
+    const t0 = Date.now();
+    up.conns[0]!.ws.close(4001, 'bye');
+    await until(() => gw.closes.length === 1, 'onClose', 8000);
+    const took = Date.now() - t0;
+    assert.ok(took >= 4500 && took < 6500, `cut after ${took} ms`);
+    assert.deepEqual([gw.closes[0]!.closedBy, gw.closes[0]!.code, gw.closes[0]!.reason], ['upstream', 4001, 'bye']);
+    assert.equal(openWebSockets(), 0);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('client closes 4002: upstream sees 4002 with the reason', T, async () => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url);
+  const c = client(gw.url);
+  try {
+    await c.open;
+    c.ws.close(4002, 'later');
+    assert.deepEqual(await c.closed, { code: 4002, reason: 'later' });
+    await until(() => up.conns[0]!.closed !== null, 'upstream close');
+    assert.deepEqual(up.conns[0]!.closed, { code: 4002, reason: 'later' });
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('upstream breaks the protocol (invalid UTF-8 text): upstream gets 1007, client 1014', T, async () => {
+  // A hand-made upstream: answers the handshake, then sends a text frame that is not UTF-8.
+  let received = Buffer.alloc(0);
+  const sockets: Socket[] = [];
+  const server = createNetServer((s) => {
+    sockets.push(s);
+    s.on('error', () => {});
+    let shook = false;
+    s.on('data', (d: Buffer) => {
+      received = Buffer.concat([received, d]);
+      if (shook || !received.includes('\r\n\r\n')) return;
+      shook = true;
+      const key = /sec-websocket-key: *(\S+)/i.exec(received.toString('latin1'))![1]!;
+      const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+      received = Buffer.alloc(0);
+      s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+      s.write(Buffer.from([0x81, 0x02, 0xff, 0xfe]));
+    });
+  });
+  const port = await listenPort(server);
+  const gw = await gateway(`ws://127.0.0.1:${port}`);
+  const c = client(gw.url);
+  try {
+    await c.open;
+    assert.equal((await c.closed).code, 1014);
+    await until(() => received.length >= 8, 'close frame from the gateway');
+    assert.equal(received[0], 0x88); // FIN + close, masked (the gateway is the client here)
+    const mask = received.subarray(2, 6);
+    assert.equal(((received[6]! ^ mask[0]!) << 8) | (received[7]! ^ mask[1]!), 1007);
+    await until(() => gw.closes.length === 1, 'onClose');
+    assert.deepEqual([gw.closes[0]!.closedBy, gw.closes[0]!.code], ['gateway', 1007]);
+    assert.equal(c.messages.length, 0);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => server.close(r));
+  }
+});
+
+test('upstream connection cut without a close frame: client gets 1014; client cut: upstream gets 1001', T, async () => {
+  const up = await wsUpstream((ws, req) => { if (req.url === '/cut') setTimeout(() => ws.terminate(), 50); });
+  const gw = await gateway(up.url);
+  const c = client(`${gw.url}/cut`);
+  const d = client(`${gw.url}/stay`);
+  try {
+    assert.equal((await c.closed).code, 1014);
+    await d.open;
+    d.ws.terminate();
+    await until(() => up.conns.find((x) => x.req.url === '/stay')?.closed != null, 'upstream close');
+    assert.equal(up.conns.find((x) => x.req.url === '/stay')!.closed!.code, 1001);
+    await until(() => gw.closes.length === 2, 'onClose x2');
+    assert.deepEqual(gw.closes.map((s) => [s.closedBy, s.code]).sort(), [['client', 1006], ['upstream', 1006]]);
+  } finally {
+    c.ws.terminate();
+    d.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('idle timeout: frames in either direction keep it alive; silence closes both sides 1001', T, async () => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url, { idleTimeout: 300 });
+  const c = client(gw.url);
+  try {
+    await c.open;
+    const t0 = Date.now();
+    for (let i = 0; i < 4; i++) { await sleep(150); i % 2 ? c.ws.ping() : up.conns[0]!.ws.ping(); }
+    assert.equal(c.ws.readyState, WebSocket.OPEN, 'pings keep the relay alive');
+    assert.deepEqual(await c.closed, { code: 1001, reason: 'idle timeout' });
+    const took = Date.now() - t0;
+    assert.ok(took >= 850 && took < 2000, `closed after ${took} ms`);
+    await until(() => up.conns[0]!.closed !== null, 'upstream close');
+    assert.deepEqual(up.conns[0]!.closed, { code: 1001, reason: 'idle timeout' });
+    await until(() => gw.closes.length === 1, 'onClose');
+    assert.equal(gw.closes[0]!.closedBy, 'gateway');
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('client vanishing during the upstream handshake aborts the upstream connection', T, async () => {
+  const up = await silentUpstream();
+  const gw = await gateway(up.url, { connectTimeout: 10_000 });
+  try {
+    const sock = connect(gw.port, '127.0.0.1');
+    sock.on('error', () => {});
+    sock.write(handshake());
+    await until(() => up.sockets.length === 1, 'upstream connection');
+    sock.destroy();
+    await until(() => up.closedCount() === 1, 'upstream connection closed', 2000);
+    await until(() => gw.rejects.length === 1, 'onReject');
+    assert.deepEqual(gw.rejects, [499]);
+    assert.equal(gw.opens, 0);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('backpressure: a client that does not read stops the relay from reading the upstream; nothing is lost', T, async () => {
+  const chunk = 256 * 1024, count = 256; // 64 MiB, far beyond the socket buffers along the way
+  let upWs: WebSocket | undefined;
+  const up = await wsUpstream((ws) => {
+    upWs = ws;
+    for (let i = 0; i < count; i++) ws.send(Buffer.alloc(chunk, i % 256));
+  });
+  const gw = await gateway(up.url);
+  const c = client(gw.url);
+  try {
+    await c.open;
+    c.ws.pause();
+    await sleep(500);
+    // Without backpressure the relay would have read it all and the upstream's buffer would be empty.
+    assert.ok(upWs!.bufferedAmount > 8 * 1024 * 1024, `upstream still holds ${upWs!.bufferedAmount} bytes`);
+    c.ws.resume();
+    await until(() => c.messages.length === count, 'all messages', 10_000);
+    assert.ok(c.messages.every((m, i) => m.data.length === chunk && m.data[0] === i % 256 && m.isBinary));
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('wss upstream: tls.ca and tls.servername are used; an untrusted certificate is a 502', T, async () => {
+  const ca = makeCa();
+  const leaf = ca.issue('upstream.test');
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key });
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  wss.on('connection', (ws) => { ws.on('error', () => {}); ws.on('message', (d, bin) => ws.send(d, { binary: bin })); });
+  const port = await listenPort(server);
+  const gw = await gateway(`wss://127.0.0.1:${port}`, { tls: { ca: ca.cert, servername: 'upstream.test' } });
+  const untrusted = await gateway(`wss://127.0.0.1:${port}`, { tls: { servername: 'upstream.test' } });
+  const c = client(gw.url);
+  try {
+    await c.open;
+    c.ws.send('over tls');
+    await until(() => c.messages.length === 1, 'echo');
+    assert.equal(c.messages[0]!.data.toString(), 'over tls');
+    const r = await rawExchange(untrusted.port, handshake());
+    assert.equal(r.status, 502);
+    assert.deepEqual(untrusted.rejects, [502]);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await untrusted.close();
+    for (const ws of wss.clients) ws.terminate();
+    await new Promise<void>((r) => wss.close(() => r()));
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    ca.cleanup();
+  }
+});
+
+test('closeAllWebSockets: open relays close with 1001, handshakes in flight get 503', T, async () => {
+  const up = await wsUpstream();
+  const silent = await silentUpstream();
+  const gw = await gateway(up.url);
+  const gw2 = await gateway(silent.url, { connectTimeout: 10_000 });
+  const a = client(gw.url);
+  const b = client(gw.url);
+  try {
+    await Promise.all([a.open, b.open]);
+    assert.equal(openWebSockets(), 2);
+    const stuck = rawExchange(gw2.port, handshake());
+    await until(() => silent.sockets.length === 1, 'handshake in flight');
+    await closeAllWebSockets(2000);
+    assert.equal(openWebSockets(), 0);
+    assert.deepEqual(await a.closed, { code: 1001, reason: 'gateway shutting down' });
+    assert.equal((await b.closed).code, 1001);
+    await until(() => up.conns.every((x) => x.closed?.code === 1001), 'upstreams closed 1001');
+    assert.deepEqual(gw.closes.map((s) => s.closedBy), ['gateway', 'gateway']);
+    const r = await stuck;
+    assert.equal(r.status, 503);
+    assert.equal(JSON.parse(r.body.toString()).type, 'urn:turnpike:problem:shutting-down');
+    assert.deepEqual(gw2.rejects, [503]);
+  } finally {
+    a.ws.terminate();
+    b.ws.terminate();
+    await gw.close();
+    await gw2.close();
+    await up.close();
+    await silent.close();
+  }
+});
