@@ -51,6 +51,8 @@ export interface CompiledService {
   grpc: boolean;
   /** The upstream speaks HTTP/2 (h2c, grpc, grpcs). */
   h2Upstream: boolean;
+  /** Upstream TLS settings (also used by the WebSocket relay), undefined for the defaults. */
+  tls: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; servername?: string } | undefined;
   targets: Target[];
   balancer: Balancer;
   balancerName: BalancerName;
@@ -473,6 +475,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       protocol,
       grpc: protocol === 'grpc' || protocol === 'grpcs',
       h2Upstream: protocol === 'h2c' || protocol === 'grpc' || protocol === 'grpcs',
+      tls: upstreamTls,
       targets,
       balancer: createBalancer(balancerName, targets),
       balancerName,

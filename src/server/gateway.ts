@@ -3,7 +3,7 @@
  * upstream, all serving from the current immutable snapshot. Swapping snapshots is atomic;
  * a request keeps the snapshot it started with. stop() drains in-flight requests (bounded).
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, ServerResponse, type IncomingMessage, type Server } from 'node:http';
 import { createServer as createH2Server, constants as h2c, type Http2Server, type ServerHttp2Session } from 'node:http2';
 import { Server as NetServer, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
@@ -16,7 +16,8 @@ import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
 import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
 import type { ForwardHandler } from '../upstream/forward.js';
-import { handleRequest, closingSockets, isTls, type RequestContext } from './request.js';
+import { handleRequest, closingSockets, isTls, type RequestContext, type Upgrade, type WsCounters } from './request.js';
+import { closeAllWebSockets, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
@@ -102,6 +103,7 @@ export class Gateway implements RequestContext {
   ready = false;
   readonly startedAt = Date.now();
   private inflight = 0;
+  readonly ws: WsCounters = { opened: 0, rejected: 0, closed: 0, messagesIn: 0, messagesOut: 0 };
   private readonly connections = new Set<TrackedSocket>();
   private readonly pools: PoolRegistry;
   readonly runtime: RuntimeState;
@@ -119,6 +121,8 @@ export class Gateway implements RequestContext {
   private tlsServer: TlsServer | null = null;
   private certs: CertStore | null = null;
   private readonly sessions = new Set<ServerHttp2Session>();
+  /** Plain connections whose first bytes are not read yet (h2c sniffing). */
+  private readonly sniffing = new Set<Socket>();
   private admin: Server | null = null;
   private demo: Server | null = null;
   proxyAddress: AddressInfo | null = null;
@@ -247,7 +251,7 @@ export class Gateway implements RequestContext {
     this.proxy = this.createProxyServer(snap);
     if (snap.http2.h2c || (snap.tls && snap.http2.enabled)) this.h2 = this.createH2Server(snap);
     if (snap.http2.h2c) {
-      this.plain = this.createSniffingListener(snap);
+      this.plain = this.createSniffingListener();
       this.proxyAddress = await listen(this.plain, snap.listen);
     } else {
       this.proxyAddress = await listen(this.proxy, snap.listen);
@@ -267,9 +271,12 @@ export class Gateway implements RequestContext {
    * The plain listener with h2c: a connection that opens with the HTTP/2 preface goes to the
    * HTTP/2 server, anything else to the HTTP/1.1 server (the bytes read are put back first).
    */
-  private createSniffingListener(snap: Snapshot): NetServer {
+  private createSniffingListener(): NetServer {
     return createNetServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
       socket.on('error', () => socket.destroy());
+      if (this.draining) return void socket.destroy();
+      this.sniffing.add(socket);
+      socket.once('close', () => this.sniffing.delete(socket));
       let seen: Buffer = Buffer.alloc(0);
       const timer = setTimeout(() => socket.destroy(), this.snapshot.timeouts.clientHeader);
       const onData = (chunk: Buffer) => {
@@ -278,6 +285,7 @@ export class Gateway implements RequestContext {
         const h2 = seen.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
         if (h2 && n < H2_PREFACE.length) return; // a prefix of the preface so far: read on
         clearTimeout(timer);
+        this.sniffing.delete(socket);
         socket.off('data', onData);
         socket.pause();
         socket.unshift(seen);
@@ -290,7 +298,6 @@ export class Gateway implements RequestContext {
       };
       socket.on('data', onData);
       socket.resume();
-      void snap;
     });
   }
 
@@ -367,8 +374,12 @@ export class Gateway implements RequestContext {
     return server;
   }
 
+  onWsClose(stats: WsStats, route: string, requestId: string): void {
+    this.log.info({ request_id: requestId, route, ws: stats }, 'websocket closed');
+  }
+
   /** Every request from every listener and protocol: counted, TLS policies applied, then handleRequest. */
-  private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+  private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade): void {
     // A request pipelined behind one answered with Connection: close is never forwarded.
     if (closingSockets.has(req.socket)) return;
     this.inflight++;
@@ -398,7 +409,7 @@ export class Gateway implements RequestContext {
           return this.redirectToHttps(req, res, tls.redirect);
         }
       }
-      handler = handleRequest(this, req, res, expectContinue);
+      handler = handleRequest(this, req, res, expectContinue, upgrade);
     } catch (err) {
       this.log.error({ err }, 'request handler failed');
       sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
@@ -442,6 +453,17 @@ export class Gateway implements RequestContext {
     });
     server.on('request', (req, res) => this.onRequest(req, res, false));
     server.on('checkContinue', (req, res) => this.onRequest(req, res, true));
+    // Upgrade requests (WebSocket, h2c, ...) leave the parser with their raw socket. A response
+    // object bound to that socket lets them take the usual path: a WebSocket route relays, any
+    // other route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
+    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      socket.on('error', () => socket.destroy());
+      const res = new ServerResponse(req);
+      res.shouldKeepAlive = false;
+      res.assignSocket(socket);
+      res.once('finish', () => socket.destroySoon());
+      this.onRequest(req, res, false, { socket, head });
+    });
     server.on('connect', (_req, socket: Socket) => {
       // Node hands the socket over without its error listener: keep one, and never wait on the peer.
       socket.on('error', () => socket.destroy());
@@ -589,15 +611,23 @@ export class Gateway implements RequestContext {
     const deadline = Date.now() + this.snapshot.timeouts.drain;
     // net.Server's close, not http.Server's: the latter also cuts connections whose first
     // request has not been parsed yet (closeIdleConnections), losing requests already sent.
-    const proxy = this.proxy;
-    const proxyClosed = proxy && proxy.listening
-      ? new Promise<void>((r) => NetServer.prototype.close.call(proxy, () => r()))
+    // Every listener stops accepting now; connections it handed on are drained below.
+    const stopAccepting = (srv: NetServer | null) => srv && srv.listening
+      ? new Promise<void>((r) => NetServer.prototype.close.call(srv, () => r()))
       : Promise.resolve();
+    const listenersClosed = Promise.all([stopAccepting(this.proxy), stopAccepting(this.plain), stopAccepting(this.tlsServer)]);
+    // WebSockets get a 1001 close now (they would hold the drain to its end otherwise).
+    const wsClosed = closeAllWebSockets(Math.max(0, Math.min(5000, deadline - Date.now())));
+    for (const s of this.sessions) s.close(); // GOAWAY: streams in progress finish
     while ((this.closeIdle(Date.now()) || this.inflight > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
     }
     this.proxy?.closeAllConnections();
-    await proxyClosed;
+    for (const s of this.sessions) s.destroy();
+    for (const s of this.sniffing) s.destroy();
+    await wsClosed;
+    await listenersClosed;
+    this.certs?.close();
     // Now http.Server's own close: stops its connection-checking timer.
     this.proxy?.close(() => {});
     this.admin?.closeAllConnections();

@@ -7,13 +7,30 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import type { Snapshot } from '../config/compile.js';
+import type { CompiledRoute, Snapshot } from '../config/compile.js';
 import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import { connectionTokens, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
 import { hostName } from '../router/router.js';
 import { ForwardHandler } from '../upstream/forward.js';
+import { relayWebSocket, type WsStats } from './websocket.js';
+import type { Duplex } from 'node:stream';
+
+/** An HTTP/1.1 request that asked to switch protocols: its raw socket and the bytes read past its head. */
+export interface Upgrade {
+  socket: Duplex;
+  head: Buffer;
+}
+
+/** WebSocket counters of a gateway (admin /status; Prometheus with issue 7). */
+export interface WsCounters {
+  opened: number;
+  rejected: number;
+  closed: number;
+  messagesIn: number;
+  messagesOut: number;
+}
 
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$/;
@@ -29,6 +46,8 @@ export interface RequestContext {
   snapshot: Snapshot;
   /** Set while draining: every HTTP/1.1 response closes its connection (HTTP/2 sessions get a GOAWAY). */
   draining: boolean;
+  ws: WsCounters;
+  onWsClose?(stats: WsStats, route: string, requestId: string): void;
 }
 
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
@@ -108,12 +127,13 @@ function cookieValue(req: IncomingMessage, name: string): string | undefined {
 
 /** Handles one request; returns the upstream handler when the request was forwarded. */
 export function handleRequest(
-  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean,
+  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade,
 ): ForwardHandler | undefined {
   const snap = ctx.snapshot;
   const raw = req.rawHeaders;
   const h2 = isHttp2(req);
-  const close = ctx.draining && !h2;
+  // An upgrade request's socket left the HTTP parser: whatever happens, it is the last on its connection.
+  const close = (ctx.draining && !h2) || upgrade !== undefined;
   let requestId = '';
   if (req.httpVersionMajor !== 1 && !h2) return reject(ctx, req, res, requestId, 'http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
   const url = req.url ?? '';
@@ -241,6 +261,11 @@ export function handleRequest(
     return reject(ctx, req, res, requestId, 'method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
   }
   const route = match.data;
+  const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
+  if (upgrade !== undefined && !websocket && (te !== undefined || (cl !== undefined && cl !== '0'))) {
+    // The parser stopped at the head: the body is not framed for us. Answered, never forwarded.
+    return reject(ctx, req, res, requestId, 'bad-request', 'a request with Upgrade and a body is only accepted on WebSocket routes');
+  }
 
   // Fields named in Connection are connection-specific too (those the gateway owns stay its own).
   const nominated = connectionTokens(connection);
@@ -279,9 +304,6 @@ export function handleRequest(
     if (upstreamPath.charCodeAt(0) !== 0x2f) upstreamPath = '/' + upstreamPath;
   }
 
-  if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
-  if (expectContinue) res.writeContinue();
-
   const svc = route.service;
   let hashKey = '';
   if (svc.hashOn !== null) {
@@ -289,6 +311,10 @@ export function handleRequest(
     const ip = t ? clientIp(p.peer, xff, snap.trusted) : p.peer;
     hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
   }
+  if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + query, requestId, hashKey, host);
+
+  if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
+  if (expectContinue) res.writeContinue();
 
   const handler = new ForwardHandler({
     req, res,
@@ -312,4 +338,67 @@ export function handleRequest(
     throw err;
   }
   return handler;
+}
+
+/**
+ * A WebSocket upgrade on a route that allows it: a target is picked like for any request, and
+ * the relay (src/server/websocket.ts) connects to it before answering the client.
+ */
+function startWebSocket(
+  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, upgrade: Upgrade, route: CompiledRoute,
+  headers: string[], path: string, requestId: string, hashKey: string, host: string,
+): undefined {
+  const svc = route.service;
+  const target = svc.balancer.pick(hashKey, null);
+  if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`);
+  // The client's handshake fields (sec-websocket-*) are the relay's to send; Host is the target's.
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < headers.length - 2; i += 2) {
+    const k = headers[i]!.toLowerCase();
+    if (k.startsWith('sec-websocket-') || k === 'content-length') continue;
+    const prev = out[k];
+    out[k] = prev === undefined ? headers[i + 1]! : Array.isArray(prev) ? [...prev, headers[i + 1]!] : [prev, headers[i + 1]!];
+  }
+  out.host = route.preserveHost && host ? host : target.hostHeader;
+  // The response object stays on the socket only for rejections made before this point.
+  res.detachSocket(upgrade.socket as Socket);
+  const ws = route.websocket!;
+  const secure = target.origin.startsWith('https:');
+  const tls = secure ? { ...svc.tls, servername: svc.tls?.servername ?? hostName(target.hostHeader) } : undefined;
+  target.state.inflight++;
+  let released = false;
+  const release = () => {
+    if (!released) {
+      released = true;
+      target.state.inflight--;
+    }
+  };
+  relayWebSocket({
+    req, socket: upgrade.socket, head: upgrade.head,
+    url: `${secure ? 'wss' : 'ws'}:${target.origin.slice(target.origin.indexOf('//'))}${target.basePath === '' ? path : target.basePath + (path === '/' ? '' : path)}`,
+    headers: out,
+    connectTimeout: svc.timeouts.connect + svc.timeouts.response,
+    idleTimeout: ws.idleTimeout,
+    maxMessage: ws.maxMessage,
+    ...(tls ? { tls } : {}),
+    requestId,
+    responseHeaders: { 'x-request-id': requestId },
+    onOpen: () => {
+      ctx.ws.opened++;
+    },
+    onReject: () => {
+      ctx.ws.rejected++;
+      release();
+      res.emit('close');
+    },
+    onClose: (stats) => {
+      ctx.ws.closed++;
+      ctx.ws.messagesIn += stats.messagesIn;
+      ctx.ws.messagesOut += stats.messagesOut;
+      release();
+      ctx.onWsClose?.(stats, route.name, requestId);
+      res.emit('close');
+    },
+  });
+  return undefined;
 }

@@ -1,0 +1,193 @@
+/** WebSocket through the gateway: routing, forwarding headers, limits, close codes, TLS, drain. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import type { AddressInfo } from 'node:net';
+import type { IncomingMessage } from 'node:http';
+import { WebSocket, WebSocketServer } from 'ws';
+import { eventually, rawRequest, startGateway, startUpstream, type TestUpstream } from './helpers.js';
+import { makeCa, type TestCa } from './certs.js';
+
+interface EchoUpstream { port: number; url: string; handshakes: IncomingMessage[]; closes: { code: number; reason: string }[]; sockets: Set<WebSocket>; close(): Promise<void> }
+
+/** A ws upstream: echoes messages; "close:CODE:REASON" makes it close; remembers handshakes and close frames. */
+async function startWsUpstream(): Promise<EchoUpstream> {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', handleProtocols: (p) => (p.has('chat.v2') ? 'chat.v2' : false) });
+  const handshakes: IncomingMessage[] = [];
+  const closes: EchoUpstream['closes'] = [];
+  const sockets = new Set<WebSocket>();
+  wss.on('connection', (ws, req) => {
+    handshakes.push(req);
+    sockets.add(ws);
+    ws.on('message', (data, binary) => {
+      const text = binary ? '' : data.toString();
+      if (text.startsWith('close:')) {
+        const [, code, reason] = text.split(':');
+        ws.close(Number(code), reason);
+      } else ws.send(data, { binary });
+    });
+    ws.on('close', (code, reason) => {
+      sockets.delete(ws);
+      closes.push({ code, reason: reason.toString() });
+    });
+  });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const port = (wss.address() as AddressInfo).port;
+  return {
+    port, url: `http://127.0.0.1:${port}`, handshakes, closes, sockets,
+    close: () => new Promise((r) => { for (const s of sockets) s.terminate(); wss.close(() => r()); }),
+  };
+}
+
+function open(url: string, opts: { protocols?: string[]; ca?: Buffer; servername?: string } = {}): Promise<{ ws: WebSocket; res: IncomingMessage }> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, opts.protocols ?? [], { ca: opts.ca, handshakeTimeout: 3000, ...(opts.servername ? { servername: opts.servername } : {}) } as ConstructorParameters<typeof WebSocket>[2]);
+    ws.once('upgrade', (res) => ws.once('open', () => resolve({ ws, res })));
+    ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`status ${res.statusCode}`), { status: res.statusCode })));
+    ws.once('error', reject);
+  });
+}
+
+const nextMessage = (ws: WebSocket) => new Promise<{ data: Buffer; binary: boolean }>((resolve) => ws.once('message', (data, binary) => resolve({ data: data as Buffer, binary })));
+const closed = (ws: WebSocket) => new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+
+let up: EchoUpstream;
+let http: TestUpstream;
+before(async () => {
+  up = await startWsUpstream();
+  http = await startUpstream();
+});
+after(async () => {
+  await up.close();
+  await http.close();
+});
+
+const config = () => `
+services:
+  - name: chat
+    url: ${up.url}/base
+    routes:
+      - {name: chat, paths: [/chat], websocket: true, strip_path: true}
+      - {name: small, paths: [/small], websocket: {max_message: 1kb, idle_timeout: 400ms}}
+  - name: plain
+    url: ${http.url}
+    routes: [{name: plain, paths: [/plain]}]
+`;
+
+test('WebSocket echo through the gateway: text and binary, subprotocol, forwarding headers, request id, path rewriting', async () => {
+  const t = await startGateway(config());
+  try {
+    const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat/room/1?x=2`, { protocols: ['chat.v1', 'chat.v2'] });
+    assert.equal(ws.protocol, 'chat.v2');
+    assert.ok(res.headers['x-request-id']);
+    ws.send('hello');
+    assert.deepEqual(await nextMessage(ws).then((m) => [m.data.toString(), m.binary]), ['hello', false]);
+    ws.send(Buffer.from([0, 1, 2, 255]));
+    const bin = await nextMessage(ws);
+    assert.equal(bin.binary, true);
+    assert.deepEqual([...bin.data], [0, 1, 2, 255]);
+    const hs = up.handshakes.at(-1)!;
+    assert.equal(hs.url, '/base/room/1?x=2');
+    assert.equal(hs.headers.host, `127.0.0.1:${up.port}`);
+    assert.equal(hs.headers['x-forwarded-for'], '127.0.0.1');
+    assert.equal(hs.headers['x-request-id'], res.headers['x-request-id']);
+    assert.equal(t.gw.ws.opened, 1);
+    const c = closed(ws);
+    ws.close(4002, 'done');
+    assert.deepEqual(await c, { code: 4002, reason: 'done' });
+    await eventually(() => up.closes.at(-1)?.code === 4002);
+    assert.equal(up.closes.at(-1)!.reason, 'done');
+    await eventually(() => t.gw.ws.closed === 1 && t.gw.inFlight === 0);
+    assert.equal(t.gw.ws.messagesIn, 2);
+    assert.equal(t.gw.ws.messagesOut, 2);
+  } finally {
+    await t.close();
+  }
+});
+
+test('close codes travel both ways; a message over max_message closes with 1009; idle connections close with 1001', async () => {
+  const t = await startGateway(config());
+  try {
+    const a = await open(`ws://127.0.0.1:${t.port}/chat`);
+    const ca = closed(a.ws);
+    a.ws.send('close:4001:bye');
+    assert.deepEqual(await ca, { code: 4001, reason: 'bye' });
+
+    const b = await open(`ws://127.0.0.1:${t.port}/small`);
+    const cb = closed(b.ws);
+    const before = up.closes.length;
+    b.ws.send('x'.repeat(2048));
+    assert.equal((await cb).code, 1009);
+    await eventually(() => up.closes.length > before);
+    assert.equal(up.closes.at(-1)!.code, 1001);
+
+    const c = await open(`ws://127.0.0.1:${t.port}/small`);
+    const started = Date.now();
+    const cc = closed(c.ws);
+    assert.equal((await cc).code, 1001);
+    const took = Date.now() - started;
+    assert.ok(took >= 350 && took < 3000, `idle close after ${took} ms`);
+  } finally {
+    await t.close();
+  }
+});
+
+test('upgrade requests elsewhere: a route without websocket answers as plain HTTP and closes; no route is a 404 problem; upstream refusal is relayed', async () => {
+  const t = await startGateway(config());
+  try {
+    const key = 'dGhlIHNhbXBsZSBub25jZQ==';
+    const upgradeHead = (path: string) => `GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${key}\r\n\r\n`;
+    const plain = await rawRequest(t.port, upgradeHead('/plain/a'));
+    assert.match(plain.text, /^HTTP\/1\.1 200 /);
+    assert.match(plain.text, /connection: close/i);
+    assert.ok(plain.closed);
+    const seen = http.requests.at(-1)!;
+    assert.equal(seen.url, '/plain/a');
+    assert.equal(seen.headers.upgrade, undefined, 'Upgrade is not forwarded where WebSockets are not allowed');
+    assert.equal(seen.headers['sec-websocket-key'], key, 'other fields travel as usual');
+
+    const none = await rawRequest(t.port, upgradeHead('/nowhere'));
+    assert.match(none.text, /^HTTP\/1\.1 404 /);
+    assert.match(none.text, /application\/problem\+json/);
+
+    // A body on an upgrade request of a non-WebSocket route is never forwarded half-parsed.
+    const withBody = await rawRequest(t.port, `POST /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello`);
+    assert.match(withBody.text, /^HTTP\/1\.1 400 /);
+
+    // Upstream gone: 502 problem, no 101.
+    const t2 = await startGateway(`
+services:
+  - {name: dead, url: 'http://127.0.0.1:1', routes: [{paths: [/dead], websocket: true}]}
+`);
+    try {
+      await assert.rejects(open(`ws://127.0.0.1:${t2.port}/dead`), (e: { status?: number }) => e.status === 502);
+      await eventually(() => t2.gw.ws.rejected === 1 && t2.gw.inFlight === 0);
+    } finally {
+      await t2.close();
+    }
+  } finally {
+    await t.close();
+  }
+});
+
+test('wss through the TLS listener; shutdown closes open WebSockets with 1001 and does not wait for them', async () => {
+  const ca: TestCa = makeCa();
+  try {
+    const leaf = ca.issue('ws.test');
+    const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls: {certificates: [{hosts: [ws.test], cert: ${leaf.certFile}, key: ${leaf.keyFile}}]}
+timeouts: {drain: 10s}
+${config()}`);
+    const { ws } = await open(`wss://127.0.0.1:${t.gw.tlsAddress!.port}/chat`, { ca: ca.cert, servername: 'ws.test' });
+    ws.send('over tls');
+    assert.equal((await nextMessage(ws)).data.toString(), 'over tls');
+    assert.equal(up.handshakes.at(-1)!.headers['x-forwarded-proto'], 'https');
+    const c = closed(ws);
+    const started = Date.now();
+    await t.close();
+    assert.equal((await c).code, 1001);
+    assert.ok(Date.now() - started < 6000, 'the drain does not wait its full 10 s for WebSockets');
+  } finally {
+    ca.cleanup();
+  }
+});
