@@ -119,6 +119,9 @@ function sendGrpcError(res: ServerResponse, httpStatus: number, detail: string, 
   if (web) headers['content-length'] = 0;
   if (requestId) headers['x-request-id'] = requestId;
   if (close) headers['connection'] = 'close';
-  res.writeHead(200, headers);
+  // Set, not writeHead: over HTTP/2 the headers then leave with END_STREAM in one frame, which
+  // is what a Trailers-Only response is (grpc-js reads the status only from such a frame).
+  for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
+  res.statusCode = 200;
   res.end();
 }

@@ -15,6 +15,7 @@ import { normalizePath } from '../router/path.js';
 import { hostName } from '../router/router.js';
 import { ForwardHandler } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
+import { grpcWebKind } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
 
 /** An HTTP/1.1 request that asked to switch protocols: its raw socket and the bytes read past its head. */
@@ -295,7 +296,11 @@ export function handleRequest(
   if (route.service.grpc) headers.push('te', 'trailers');
   // HTTP/2 frames its body: one may come without Content-Length.
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0') || (h2 && cl === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders);
-  if (cl !== undefined && te === undefined) headers.push('content-length', cl);
+  // gRPC-Web from a browser goes upstream as gRPC (its text form decoded, so no Content-Length).
+  const grpcWeb = route.service.grpc ? grpcWebKind(req.headers['content-type']) : null;
+  if (grpcWeb !== null) {
+    for (let i = 0; i < headers.length; i += 2) if (headers[i]!.toLowerCase() === 'content-type') headers[i + 1] = grpcWeb.grpcContentType;
+  } else if (cl !== undefined && te === undefined) headers.push('content-length', cl);
   headers.push('host', ''); // value set per target by ForwardHandler
 
   let upstreamPath = path;
@@ -325,11 +330,12 @@ export function handleRequest(
     preservedHost: route.preserveHost && host ? host : null,
     hasBody,
     requestId,
-    via: VIA_11,
+    via: route.service.h2Upstream ? VIA_2 : VIA_11,
     closeAfter: close,
     hashKey,
     retryNonIdempotent: route.retryNonIdempotent,
     snapshot: snap,
+    grpcWeb,
   });
   try {
     handler.start();

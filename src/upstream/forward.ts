@@ -6,10 +6,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors, type Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
-import { sendProblem, type ProblemCode } from '../core/problem.js';
+import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
-import { parseGrpcTimeout } from '../protocols/grpc-web.js';
+import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
+import type { Readable } from 'node:stream';
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -48,6 +49,8 @@ export interface ForwardRequest {
   /** consistent-hash key ('' for other balancers). */
   hashKey: string;
   retryNonIdempotent: boolean;
+  /** A gRPC-Web request translated to gRPC (null otherwise): its body is decoded, its response encoded. */
+  grpcWeb: GrpcWebKind | null;
 }
 
 /**
@@ -130,6 +133,9 @@ export class ForwardHandler {
   private body: Buffer | null = null;
   /** The request's outcome for the circuit: true ok, false failed, null unknown. */
   private outcome: boolean | null = null;
+  /** gRPC-Web: the decoded request body and the response encoder. */
+  private webBody: Readable | null = null;
+  private encoder: ResponseEncoder | null = null;
 
   constructor(private readonly f: ForwardRequest) {
     // The snapshot's pools stay open until its last request ends, even after a reload retired it.
@@ -152,7 +158,12 @@ export class ForwardHandler {
     const svc = f.service;
     // A small body of a request that may be retried is read first, so a retry can send it
     // again (Envoy buffers the same way); bigger or chunked bodies stream and are never retried.
-    if (f.hasBody && svc.retries > 0 && (f.retryNonIdempotent || IDEMPOTENT.has(f.method)) && f.req.headers['transfer-encoding'] === undefined) {
+    if (f.grpcWeb !== null && f.hasBody) {
+      // (streamed, never buffered for a retry: a gRPC call's messages are not replayable in general)
+      const decoder = requestDecoder(f.grpcWeb);
+      decoder.on('error', (err) => f.req.destroy(err));
+      this.webBody = f.req.pipe(decoder);
+    } else if (f.hasBody && svc.retries > 0 && (f.retryNonIdempotent || IDEMPOTENT.has(f.method)) && f.req.headers['transfer-encoding'] === undefined) {
       const length = Number(f.req.headers['content-length']);
       if (length > 0 && length <= RETRY_BUFFER_BYTES) {
         const chunks: Buffer[] = [];
@@ -267,7 +278,7 @@ export class ForwardHandler {
         path: t.basePath === '' ? f.path : joinBase(t.basePath, f.path),
         method: f.method,
         headers,
-        body: this.body ?? (f.hasBody ? f.req : null),
+        body: this.body ?? this.webBody ?? (f.hasBody ? f.req : null),
         // Below PRECISE_TIMEOUT_BELOW_MS a backstop only: the native timer above fires first.
         headersTimeout: timeout,
         bodyTimeout: f.service.timeouts.read,
@@ -415,6 +426,28 @@ export class ForwardHandler {
     }
     out.push('via', upstreamVia === undefined ? this.f.via : `${upstreamVia}, ${this.f.via}`, 'x-request-id', this.f.requestId);
     if (this.f.closeAfter) out.push('connection', 'close');
+    if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
+    else if (svc.grpc && isHttp2(res) && out.some((v, i) => i % 2 === 0 && v.toLowerCase() === 'grpc-status')) {
+      // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
+      const obj: Record<string, string | string[]> = {};
+      for (let i = 0; i < out.length; i += 2) {
+        const k = out[i]!.toLowerCase();
+        const prev = obj[k];
+        obj[k] = prev === undefined ? out[i + 1]! : Array.isArray(prev) ? [...prev, out[i + 1]!] : [prev, out[i + 1]!];
+      }
+      try {
+        for (const [k, v] of Object.entries(obj)) res.setHeader(k, v);
+        res.statusCode = statusCode;
+      } catch (err) {
+        this.finished = true;
+        this.outcome = false;
+        this.abortFn?.(err as Error);
+        sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
+        this.release();
+        return false;
+      }
+      return true;
+    }
     try {
       res.writeHead(statusCode, out);
     } catch (err) {
@@ -430,9 +463,23 @@ export class ForwardHandler {
     return true;
   }
 
+  /** gRPC-Web: the response headers rewritten in place (content type; framing fields dropped). */
+  private toWeb(out: string[], kind: GrpcWebKind): void {
+    const obj: Record<string, string | string[]> = {};
+    for (let i = 0; i < out.length; i += 2) {
+      const k = out[i]!.toLowerCase();
+      const prev = obj[k];
+      obj[k] = prev === undefined ? out[i + 1]! : Array.isArray(prev) ? [...prev, out[i + 1]!] : [prev, out[i + 1]!];
+    }
+    out.length = 0;
+    for (const [k, v] of Object.entries(webResponseHeaders(kind, obj))) for (const one of Array.isArray(v) ? v : [v]) out.push(k, one);
+    // Browsers only show a cross-origin response's grpc-* fields when exposed (CORS itself: the cors plugin).
+    this.encoder = new ResponseEncoder(kind);
+  }
+
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
-    const ok = this.f.res.write(chunk);
+    const ok = this.f.res.write(this.encoder === null ? chunk : this.encoder.data(chunk));
     if (!ok && this.f.service.h2Upstream) {
       // undici's HTTP/2 client drops data it holds paused when the trailers arrive, so an HTTP/2
       // upstream is never paused; a client that does not keep up is cut past MAX_UNREAD instead.
@@ -471,9 +518,25 @@ export class ForwardHandler {
         for (const one of Array.isArray(v) ? v : [v]) t.push([k, one]);
       }
     }
-    if (t.length) {
+    if (this.encoder !== null) {
+      // gRPC-Web: the trailers travel as the body's last frame.
+      if (t.length) {
+        const obj: Record<string, string[]> = {};
+        for (const [k, v] of t) (obj[k.toLowerCase()] ??= []).push(v);
+        res.write(this.encoder.finish(obj));
+      }
+    } else if (t.length) {
       try {
-        res.addTrailers(t);
+        // node:http takes [name, value] pairs; node:http2's compatibility API only an object.
+        if (isHttp2(res)) {
+          const obj: Record<string, string | string[]> = {};
+          for (const [k, v] of t) {
+            const key = k.toLowerCase();
+            const prev = obj[key];
+            obj[key] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+          }
+          res.addTrailers(obj);
+        } else res.addTrailers(t);
       } catch {
         /* invalid trailer from upstream: drop it */
       }

@@ -1,0 +1,186 @@
+/** gRPC through the gateway (h2c and TLS downstream, h2c and TLS upstream) and gRPC-Web translation. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { connect as h2connect } from 'node:http2';
+import { request as httpRequest } from 'node:http';
+import { startGateway, type TestGateway } from './helpers.js';
+import { makeCa, type TestCa } from './certs.js';
+import {
+  startGrpcServer, echoClient, sayP, sumP, chatP, collect, metadata, jsonFrame, parseFrames, parseTrailerBlock, deserializeJson,
+  type GrpcTestServer, type EchoClient,
+} from './grpc-fixture.js';
+
+let ca: TestCa;
+let plain: GrpcTestServer;
+let secure: GrpcTestServer;
+let gw: TestGateway;
+before(async () => {
+  ca = makeCa();
+  const leaf = ca.issue('grpc.test', { dns: ['grpc.test', '127.0.0.1'] });
+  const edge = ca.issue('edge.test');
+  plain = await startGrpcServer();
+  secure = await startGrpcServer({ tls: { cert: leaf.cert, key: leaf.key } });
+  gw = await startGateway(`
+http2: {h2c: true}
+listen_tls: 127.0.0.1:0
+tls: {certificates: [{hosts: [edge.test], cert: ${edge.certFile}, key: ${edge.keyFile}}]}
+services:
+  - name: echo
+    url: http://127.0.0.1:${plain.port}
+    protocol: grpc
+    timeouts: {response: 5s}
+    routes: [{paths: [/test.Echo]}]
+  - name: echo-tls
+    url: https://127.0.0.1:${secure.port}
+    protocol: grpcs
+    tls: {ca: ${ca.certFile}, server_name: grpc.test}
+    routes: [{paths: [/test.Echo], hosts: [secure.test]}]
+  - name: down
+    url: http://127.0.0.1:1
+    protocol: grpc
+    routes: [{paths: [/test.Echo], hosts: [down.test]}]
+`);
+});
+after(async () => {
+  await gw.close();
+  await plain.close();
+  await secure.close();
+  ca.cleanup();
+});
+
+function clients(): { name: string; client: EchoClient }[] {
+  return [
+    { name: 'h2c', client: echoClient(`127.0.0.1:${gw.port}`) },
+    { name: 'TLS', client: echoClient(`127.0.0.1:${gw.gw.tlsAddress!.port}`, { tls: { ca: ca.cert, servername: 'edge.test' } }) },
+  ];
+}
+
+test('unary, server-streaming, client-streaming and bidi calls through the gateway, h2c and TLS, with status, details and trailers intact', async () => {
+  for (const { name, client } of clients()) {
+    try {
+      const r = await sayP(client, 'hi', metadata({ 'x-request-id': `req-${name}` }));
+      assert.equal(r.text, 'hi', name);
+      assert.equal(r.metadata['x-request-id'], `req-${name}`);
+      assert.equal(r.metadata['x-forwarded-for'], '127.0.0.1');
+
+      await assert.rejects(sayP(client, 'fail'), (e: grpc.ServiceError) => {
+        assert.equal(e.code, grpc.status.INVALID_ARGUMENT, name);
+        assert.equal(e.details, 'bad text');
+        assert.deepEqual(e.metadata.get('x-detail'), ['why']);
+        return true;
+      });
+
+      const counted = await collect(client.Count({ n: 5, delayMs: 5 }));
+      assert.deepEqual(counted.messages.map((m) => m.i), [0, 1, 2, 3, 4]);
+      assert.equal(counted.status.code, grpc.status.OK);
+      assert.deepEqual(counted.status.metadata.get('x-total'), ['5'], 'trailing metadata after a stream');
+
+      const aborted = await collect(client.Count({ n: 5, failAfter: 2 }));
+      assert.equal(aborted.messages.length, 2);
+      assert.equal(aborted.status.code, grpc.status.ABORTED);
+
+      assert.equal((await sumP(client, [1, 2, 3, 4])).sum, 10);
+      const chat = await chatP(client, ['a', 'b', 'c']);
+      assert.deepEqual(chat.messages.map((m) => m.text), ['echo:a', 'echo:b', 'echo:c']);
+      assert.equal(chat.status.code, grpc.status.OK);
+    } finally {
+      client.close();
+    }
+  }
+});
+
+test('grpcs upstream (TLS verified with tls.ca) and gateway errors in gRPC terms (UNAVAILABLE, UNIMPLEMENTED)', async () => {
+  const client = echoClient(`127.0.0.1:${gw.port}`);
+  try {
+    const viaTls = new (client.constructor as new (a: string, c: grpc.ChannelCredentials, o: object) => EchoClient)(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure(), { 'grpc.default_authority': 'secure.test' });
+    try {
+      assert.equal((await sayP(viaTls, 'over tls')).text, 'over tls');
+    } finally {
+      viaTls.close();
+    }
+    const down = new (client.constructor as new (a: string, c: grpc.ChannelCredentials, o: object) => EchoClient)(`127.0.0.1:${gw.port}`, grpc.credentials.createInsecure(), { 'grpc.default_authority': 'down.test' });
+    try {
+      await assert.rejects(sayP(down, 'x'), (e: grpc.ServiceError) => e.code === grpc.status.UNAVAILABLE && /unreachable/.test(e.details));
+    } finally {
+      down.close();
+    }
+    // A method no route serves.
+    const other = await new Promise<{ status: number; headers: Record<string, unknown> }>((resolve, reject) => {
+      const c = h2connect(`http://127.0.0.1:${gw.port}`);
+      const s = c.request({ ':method': 'POST', ':path': '/other.Service/Nope', 'content-type': 'application/grpc', te: 'trailers' });
+      s.on('response', (h) => {
+        resolve({ status: Number(h[':status']), headers: h });
+        c.close();
+      });
+      s.on('error', reject);
+      s.end(jsonFrame({}));
+    });
+    assert.equal(other.status, 200);
+    assert.equal(other.headers['grpc-status'], String(grpc.status.UNIMPLEMENTED));
+  } finally {
+    client.close();
+  }
+});
+
+test('deadlines: grpc-timeout bounds the upstream call (DEADLINE_EXCEEDED, upstream call cancelled)', async () => {
+  const client = echoClient(`127.0.0.1:${gw.port}`);
+  try {
+    const started = Date.now();
+    await assert.rejects(sayP(client, 'sleep:2000', new grpc.Metadata(), { deadline: Date.now() + 200 }), (e: grpc.ServiceError) => e.code === grpc.status.DEADLINE_EXCEEDED);
+    assert.ok(Date.now() - started < 1500);
+    const r = await sayP(client, 'sleep:10', new grpc.Metadata(), { deadline: Date.now() + 3000 });
+    assert.equal(r.metadata.deadline, true, 'grpc-timeout reaches the upstream');
+    const until = Date.now() + 3000;
+    while (!plain.cancelled.includes('Say') && Date.now() < until) await new Promise((res) => setTimeout(res, 50));
+    assert.ok(plain.cancelled.includes('Say'), 'the upstream saw the call cancelled');
+  } finally {
+    client.close();
+  }
+});
+
+/** A gRPC-Web call over HTTP/1.1 as a browser library makes it. */
+function grpcWeb(path: string, body: Buffer, text: boolean): Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const payload = text ? Buffer.from(body.toString('base64')) : body;
+    const r = httpRequest(`http://127.0.0.1:${gw.port}${path}`, {
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': text ? 'application/grpc-web-text' : 'application/grpc-web+proto', 'x-grpc-web': '1', 'content-length': payload.length },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks);
+        // grpc-web-text: one padded base64 run per flush; Buffer's decoder stops at the first '='.
+        const decoded = text ? Buffer.concat((raw.toString().match(/[A-Za-z0-9+/]+={0,2}/g) ?? []).map((run) => Buffer.from(run, 'base64'))) : raw;
+        resolve({ status: res.statusCode!, headers: res.headers, body: decoded });
+      });
+    });
+    r.on('error', reject);
+    r.end(payload);
+  });
+}
+
+test('gRPC-Web (binary and text) over HTTP/1.1 is translated to gRPC: messages, then a trailer frame with the status', async () => {
+  for (const text of [false, true]) {
+    const r = await grpcWeb('/test.Echo/Say', jsonFrame({ text: 'web' }), text);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['content-type'], text ? 'application/grpc-web-text' : 'application/grpc-web+proto');
+    const frames = parseFrames(r.body);
+    assert.equal(frames.length, 2, `a message and the trailers (text: ${text})`);
+    assert.equal(deserializeJson(frames[0]!.payload).text, 'web');
+    assert.equal(frames[1]!.flag & 0x80, 0x80);
+    assert.equal(parseTrailerBlock(frames[1]!.payload)['grpc-status'], '0');
+
+    const stream = await grpcWeb('/test.Echo/Count', jsonFrame({ n: 3 }), text);
+    const sf = parseFrames(stream.body);
+    assert.deepEqual(sf.slice(0, 3).map((f) => deserializeJson(f.payload).i), [0, 1, 2]);
+    assert.equal(parseTrailerBlock(sf[3]!.payload)['x-total'], '3');
+
+    const failed = await grpcWeb('/test.Echo/Say', jsonFrame({ text: 'fail' }), text);
+    // trailers-only: the status is in the headers
+    assert.equal(failed.headers['grpc-status'], '3');
+    assert.equal(failed.headers['grpc-message'], 'bad%20text');
+  }
+});
