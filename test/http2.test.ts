@@ -1,0 +1,199 @@
+/** HTTP/2 downstream (h2c prior knowledge) to HTTP/1.1 and h2c upstreams; server-sent events flushed as sent. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect as h2connect, createServer as createH2Server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders } from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { request as httpRequest } from 'node:http';
+import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+
+interface H2Response { status: number; headers: IncomingHttpHeaders; body: string; trailers: IncomingHttpHeaders | null }
+
+function h2request(session: ClientHttp2Session, headers: Record<string, string | string[]>, body?: string | (string | Buffer)[]): Promise<H2Response> {
+  return new Promise((resolve, reject) => {
+    const s = session.request(headers, { endStream: body === undefined });
+    let status = 0;
+    let resHeaders: IncomingHttpHeaders = {};
+    let trailers: IncomingHttpHeaders | null = null;
+    let out = '';
+    s.setEncoding('utf8');
+    s.on('response', (h) => { status = Number(h[':status']); resHeaders = h; });
+    s.on('trailers', (t) => { trailers = t; });
+    s.on('data', (d: string) => (out += d));
+    s.on('end', () => resolve({ status, headers: resHeaders, body: out, trailers }));
+    s.on('error', reject);
+    if (Array.isArray(body)) {
+      // several DATA frames, no content-length
+      let i = 0;
+      const next = () => (i < body.length ? s.write(body[i++], next) : s.end());
+      next();
+    } else if (body !== undefined) s.end(body);
+  });
+}
+
+let up: TestUpstream;
+let h2up: Http2Server;
+let h2upPort: number;
+const h2seen: { headers: IncomingHttpHeaders; body: string; version: string }[] = [];
+let sse: TestUpstream;
+let gw: TestGateway;
+
+before(async () => {
+  up = await startUpstream();
+  h2up = createH2Server();
+  h2up.on('request', (req, res) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (d) => (body += d));
+    req.on('end', () => {
+      h2seen.push({ headers: req.headers, body, version: req.httpVersion });
+      res.addTrailers({ 'x-checksum': String(body.length) });
+      res.writeHead(200, { 'content-type': 'text/plain', 'set-cookie': ['a=1', 'b=2'] });
+      res.end(`h2 upstream got ${req.method} ${req.url}`);
+    });
+  });
+  await new Promise<void>((r) => h2up.listen(0, '127.0.0.1', r));
+  h2upPort = (h2up.address() as AddressInfo).port;
+  // An SSE source: an event every 300 ms, first one at once; never ends by itself.
+  sse = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    let n = 0;
+    const send = () => res.write(`id: ${n}\ndata: event ${n++}\n\n`);
+    send();
+    const timer = setInterval(send, 300);
+    res.on('close', () => clearInterval(timer));
+  });
+  gw = await startGateway(`
+http2: {h2c: true, max_concurrent_streams: 50}
+services:
+  - {name: h1, url: ${up.url}, routes: [{paths: [/h1]}]}
+  - {name: h2, url: 'http://127.0.0.1:${h2upPort}', protocol: h2c, routes: [{paths: [/h2]}]}
+  - {name: sse, url: ${sse.url}, routes: [{paths: [/events]}]}
+`);
+});
+after(async () => {
+  await gw.close();
+  await up.close();
+  await sse.close();
+  await new Promise((r) => h2up.close(r));
+});
+
+test('HTTP/2 client to an HTTP/1.1 upstream: same routing and forwarding as HTTP/1.1; bodies without Content-Length; errors as problem+json', async () => {
+  const c = h2connect(`http://127.0.0.1:${gw.port}`);
+  try {
+    await new Promise((r) => c.once('remoteSettings', r));
+    assert.equal(c.remoteSettings.maxConcurrentStreams, 50);
+    const get = await h2request(c, { ':path': '/h1/a?b=c', ':authority': 'api.test', 'x-custom': 'v' });
+    assert.equal(get.status, 200);
+    const e = JSON.parse(get.body);
+    assert.equal(e.url, '/h1/a?b=c');
+    assert.equal(e.headers['x-custom'], 'v');
+    assert.equal(e.headers['x-forwarded-host'], 'api.test');
+    assert.equal(e.headers.via, '2 turnpike');
+    assert.ok(get.headers['x-request-id']);
+
+    const post = await h2request(c, { ':method': 'POST', ':path': '/h1/upload', ':authority': 'api.test' }, ['part one, ', 'part two']);
+    const pe = JSON.parse(post.body);
+    assert.equal(pe.body, 'part one, part two');
+    assert.equal(pe.headers['transfer-encoding'], 'chunked');
+
+    const missing = await h2request(c, { ':path': '/nowhere', ':authority': 'api.test' });
+    assert.equal(missing.status, 404);
+    assert.equal(missing.headers['content-type'], 'application/problem+json');
+    assert.equal(missing.headers.connection, undefined);
+    // The session survives an error answer.
+    assert.equal((await h2request(c, { ':path': '/h1', ':authority': 'api.test' })).status, 200);
+    // :authority and a differing Host: refused.
+    const confused = await h2request(c, { ':path': '/h1', ':authority': 'a.test', host: 'b.test' });
+    assert.equal(confused.status, 400);
+    // Many streams at once on one connection.
+    const many = await Promise.all(Array.from({ length: 40 }, (_, i) => h2request(c, { ':path': `/h1/${i}`, ':authority': 'api.test' })));
+    assert.deepEqual(many.map((r) => JSON.parse(r.body).url), Array.from({ length: 40 }, (_, i) => `/h1/${i}`));
+  } finally {
+    c.close();
+  }
+  // HTTP/1.1 keeps working on the same port.
+  assert.equal((await request(`${gw.url}/h1/plain`)).status, 200);
+});
+
+test('HTTP/2 and HTTP/1.1 clients to an h2c upstream: body, multi-valued headers and trailers carried', async () => {
+  const c = h2connect(`http://127.0.0.1:${gw.port}`);
+  try {
+    const r = await h2request(c, { ':method': 'PUT', ':path': '/h2/item', ':authority': 'api.test' }, 'payload');
+    assert.equal(r.status, 200);
+    assert.equal(r.body, 'h2 upstream got PUT /h2/item');
+    assert.deepEqual(r.headers['set-cookie'], ['a=1', 'b=2']);
+    assert.equal(r.trailers?.['x-checksum'], '7');
+    const seen = h2seen.at(-1)!;
+    assert.equal(seen.version, '2.0');
+    assert.equal(seen.body, 'payload');
+    assert.equal(seen.headers[':authority'], `127.0.0.1:${h2upPort}`);
+    assert.equal(seen.headers['x-forwarded-host'], 'api.test');
+  } finally {
+    c.close();
+  }
+  // HTTP/1.1 client, chunked response with trailers from the h2 upstream.
+  const h1 = await new Promise<{ body: string; trailers: Record<string, string | undefined> }>((resolve, reject) => {
+    const r = httpRequest(`${gw.url}/h2/x`, { headers: { te: 'trailers' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ body, trailers: res.trailers }));
+    });
+    r.on('error', reject);
+    r.end();
+  });
+  assert.equal(h1.body, 'h2 upstream got GET /h2/x');
+  assert.equal(h1.trailers['x-checksum'], '0');
+});
+
+/** Reads SSE events from a stream until `count`, recording when each arrived. */
+async function readEvents(stream: AsyncIterable<Buffer | string>, count: number): Promise<{ data: string; at: number }[]> {
+  const events: { data: string; at: number }[] = [];
+  let buf = '';
+  for await (const chunk of stream) {
+    buf += chunk.toString();
+    let i: number;
+    while ((i = buf.indexOf('\n\n')) !== -1) {
+      const block = buf.slice(0, i);
+      buf = buf.slice(i + 2);
+      const data = block.split('\n').find((l) => l.startsWith('data: '))?.slice(6);
+      if (data !== undefined) events.push({ data, at: Date.now() });
+      if (events.length >= count) return events;
+    }
+  }
+  return events;
+}
+
+test('server-sent events are flushed as they are sent, over HTTP/1.1 and HTTP/2 (time to first event measured)', async () => {
+  // HTTP/1.1
+  const started = Date.now();
+  const { res, req } = await new Promise<{ res: import('node:http').IncomingMessage; req: import('node:http').ClientRequest }>((resolve, reject) => {
+    const req = httpRequest(`${gw.url}/events`, { agent: false }, (res) => resolve({ res, req }));
+    req.on('error', reject);
+    req.end();
+  });
+  assert.equal(res.headers['content-type'], 'text/event-stream');
+  const h1 = await readEvents(res, 3);
+  req.destroy();
+  const firstH1 = h1[0]!.at - started;
+  assert.deepEqual(h1.map((e) => e.data), ['event 0', 'event 1', 'event 2']);
+  assert.ok(firstH1 < 250, `first event after ${firstH1} ms over HTTP/1.1`);
+  const gap = h1[2]!.at - h1[1]!.at;
+  assert.ok(gap >= 200 && gap < 500, `events arrive as sent (gap ${gap} ms)`);
+
+  // HTTP/2
+  const c = h2connect(`http://127.0.0.1:${gw.port}`);
+  try {
+    const t0 = Date.now();
+    const s = c.request({ ':path': '/events', ':authority': 'api.test' });
+    const h2 = await readEvents(s, 2);
+    s.close();
+    const firstH2 = h2[0]!.at - t0;
+    assert.ok(firstH2 < 250, `first event after ${firstH2} ms over HTTP/2`);
+    const gap2 = h2[1]!.at - h2[0]!.at;
+    assert.ok(gap2 >= 200 && gap2 < 500, `gap ${gap2} ms`);
+    console.log(`SSE time to first event: HTTP/1.1 ${firstH1} ms, HTTP/2 ${firstH2} ms`);
+  } finally {
+    c.close();
+  }
+});
