@@ -14,6 +14,26 @@ function find(dir, out = []) {
   return out;
 }
 
+/**
+ * What the tests need beyond npm: the openssl command line (test certificates). Missing and
+ * root with apt-get: installed; otherwise the run stops and says what to install.
+ */
+function provision() {
+  const need = [['openssl', 'openssl']].filter(([bin]) => spawnSync('sh', ['-c', `command -v ${bin}`]).status !== 0);
+  if (need.length === 0) return;
+  const pkgs = need.map(([, pkg]) => pkg);
+  const root = process.getuid?.() === 0;
+  const apt = spawnSync('sh', ['-c', 'command -v apt-get']).status === 0;
+  if (root && apt) {
+    console.error(`installing ${pkgs.join(' ')} (needed by the tests) with apt-get`);
+    const r = spawnSync('sh', ['-c', `apt-get install -y --no-install-recommends ${pkgs.join(' ')} || (apt-get update && apt-get install -y --no-install-recommends ${pkgs.join(' ')})`], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    if (r.status === 0) return;
+  }
+  console.error(`The tests need: ${need.map(([bin, pkg]) => `${bin} (Debian package ${pkg})`).join(', ')}. Install it and run npm test again.`);
+  process.exit(1);
+}
+provision();
+
 const args = process.argv.slice(2);
 const files = args.some((a) => a.endsWith('.ts')) ? [] : [...find('src'), ...find('test')].sort();
 const r = spawnSync(

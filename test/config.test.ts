@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { makeCa } from './certs.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -203,6 +204,31 @@ test('the configuration example in README.md is valid', () => {
     compile(parseConfigText(lines.join('\n'), { env: {} }), { pools }).dispose();
   } finally {
     void pools.closeAll();
+  }
+});
+
+test('the TLS / HTTP/2 / WebSocket / gRPC example in README.md is valid (with real certificate files)', () => {
+  const readme = readFileSync('README.md', 'utf8');
+  const start = readme.indexOf('    listen_tls: 127.0.0.1:8443\n');
+  assert.ok(start !== -1, 'README lost its protocols example');
+  const lines: string[] = [];
+  for (const line of readme.slice(start).split('\n')) {
+    if (!line.startsWith('    ')) break;
+    lines.push(line.slice(4));
+  }
+  const ca = makeCa();
+  try {
+    const api = ca.issue('api.example.com');
+    const client = ca.issue('client', { client: true });
+    for (const [from, to] of [[api.certFile, 'api.pem'], [api.keyFile, 'api-key.pem'], [client.certFile, 'client.pem'], [client.keyFile, 'client-key.pem']] as const) copyFileSync(from, join(ca.dir, to));
+    const pools = new PoolRegistry();
+    try {
+      compile(parseConfigText(lines.join('\n'), { env: { TLS_DIR: ca.dir } }), { pools }).dispose();
+    } finally {
+      void pools.closeAll();
+    }
+  } finally {
+    ca.cleanup();
   }
 });
 

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
-import { eventually, rawRequest, startGateway, startUpstream, type TestUpstream } from './helpers.js';
+import { eventually, rawRequest, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
 
 interface EchoUpstream { port: number; url: string; handshakes: IncomingMessage[]; closes: { code: number; reason: string }[]; sockets: Set<WebSocket>; close(): Promise<void> }
@@ -62,6 +62,7 @@ after(async () => {
 });
 
 const config = () => `
+admin: {listen: 127.0.0.1:0}
 services:
   - name: chat
     url: ${up.url}/base
@@ -99,6 +100,8 @@ test('WebSocket echo through the gateway: text and binary, subprotocol, forwardi
     await eventually(() => t.gw.ws.closed === 1 && t.gw.inFlight === 0);
     assert.equal(t.gw.ws.messagesIn, 2);
     assert.equal(t.gw.ws.messagesOut, 2);
+    const status = JSON.parse((await request(`${t.adminUrl}/status`)).body);
+    assert.deepEqual(status.websockets, { open: 0, opened: 1, rejected: 0, messages_in: 2, messages_out: 2 });
   } finally {
     await t.close();
   }

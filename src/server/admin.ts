@@ -13,6 +13,8 @@ export interface AdminView {
   snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined } | null };
   health: { report(): unknown } | null;
   workers?: () => { pid: number | undefined; state: string }[];
+  /** WebSocket counters of this process (a primary has none of its own). */
+  ws?: { opened: number; rejected: number; closed: number; messagesIn: number; messagesOut: number };
 }
 
 /** Whether the request carries the admin token (`Authorization: Bearer ...`), compared in constant time. */
@@ -64,6 +66,7 @@ export function createAdminHandler(gw: AdminView) {
         services: s.services.length,
         routes: s.routes.length,
         in_flight: gw.inFlight,
+        ...(gw.ws ? { websockets: { open: gw.ws.opened - gw.ws.closed, opened: gw.ws.opened, rejected: gw.ws.rejected, messages_in: gw.ws.messagesIn, messages_out: gw.ws.messagesOut } } : {}),
         uptime_seconds: Math.round((Date.now() - gw.startedAt) / 1000),
         ...(gw.workers ? { workers: gw.workers() } : {}),
       });
