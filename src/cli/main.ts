@@ -185,7 +185,12 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 function extras(gw: Gateway): string {
-  return (gw.adminAddress ? `, admin on http://${fmt(gw.adminAddress)}` : '') +
+  const tls = gw.snapshot.tls;
+  // (a primary does not listen itself: its workers do, on the configured address)
+  const tlsAt = gw.tlsAddress ? fmt(gw.tlsAddress) : tls ? `${tls.listen.host.includes(':') ? `[${tls.listen.host}]` : tls.listen.host}:${tls.listen.port}` : null;
+  return (tlsAt ? `, TLS on https://${tlsAt}${gw.snapshot.http2.enabled ? ' (h2, http/1.1)' : ''}` : '') +
+    (gw.snapshot.http2.h2c ? ', h2c on the plain listener' : '') +
+    (gw.adminAddress ? `, admin on http://${fmt(gw.adminAddress)}` : '') +
     (gw.demoAddress ? `, demo upstream on http://${fmt(gw.demoAddress)}` : '');
 }
 
