@@ -315,7 +315,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     maxHeaderListSize: h2.max_header_list_size !== undefined ? parseSize(h2.max_header_list_size) : limits.maxHeaderSize + limits.maxUriLength,
     maxResets: h2.max_resets ?? 200,
     resetWindow: parseDuration(h2.reset_window ?? '10s'),
-    idleTimeout: parseDuration(h2.idle_timeout ?? '5m'),
+    idleTimeout: parseDuration(h2.idle_timeout ?? '75s'),
   };
 
   const checkPlugins = (bindings: { name: string }[] | undefined, path: PathSegment[]) =>

@@ -12,6 +12,7 @@ export interface ProblemSpec {
 export const PROBLEMS = {
   'bad-request': { status: 400, title: 'Bad Request' },
   'unauthorized': { status: 401, title: 'Unauthorized' },
+  'forbidden': { status: 403, title: 'Forbidden' },
   'no-route': { status: 404, title: 'No Route Matched' },
   'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
   'request-timeout': { status: 408, title: 'Request Timeout' },

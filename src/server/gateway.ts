@@ -349,10 +349,29 @@ export class Gateway implements RequestContext {
       session.once('close', () => this.sessions.delete(session));
       session.on('error', () => session.destroy());
       if (this.draining) session.close();
-      session.setTimeout(this.snapshot.http2.idleTimeout, () => session.close());
+      // Until its first request, a session gets timeouts.client_header, like an HTTP/1.1
+      // connection (a preface alone, or a header block that never ends, holds nothing longer).
+      const firstRequest = setTimeout(() => session.destroy(), this.snapshot.timeouts.clientHeader);
+      session.once('close', () => clearTimeout(firstRequest));
+      // close() sends GOAWAY and waits for open streams; a stream node:http2 never handed over
+      // (an unfinished header block, or after nghttp2's own GOAWAY) would hold it forever.
+      let open = 0;
+      const finishClose = () => {
+        if (session.closed && open === 0 && !session.destroyed) session.destroy();
+      };
+      session.setTimeout(this.snapshot.http2.idleTimeout, () => {
+        session.close();
+        finishClose();
+      });
       let resets = 0;
       let windowStart = Date.now();
       session.on('stream', (stream) => {
+        clearTimeout(firstRequest);
+        open++;
+        stream.once('close', () => {
+          open--;
+          finishClose();
+        });
         stream.once('aborted', () => {
           const now = Date.now();
           const h2s = this.snapshot.http2;
