@@ -84,7 +84,9 @@ test('semantic errors carry path and line', () => {
   assert.equal(conflict[0]!.path, 'services[0].routes[1]');
   assert.match(conflict[0]!.message, /same requests as services\[0\]\.routes\[0\]/);
   const plugin = issuesOf(base + 'plugins:\n  - name: no-such-plugin\n');
-  assert.deepEqual(plugin, [{ path: 'plugins[0].name', line: 10, message: 'unknown plugin "no-such-plugin"' }]);
+  assert.equal(plugin.length, 1);
+  assert.deepEqual([plugin[0]!.path, plugin[0]!.line], ['plugins[0].name', 10]);
+  assert.match(plugin[0]!.message, /^unknown plugin "no-such-plugin" \(known: .*key-auth/);
   const badUrl = issuesOf(base.replace('http://127.0.0.1:9001', 'http://user:pw@127.0.0.1:9001'));
   assert.equal(badUrl[0]!.path, 'services[0].url');
   const badParam = issuesOf(base.replace('[/x]', '["/x/{a}{b}"]'));

@@ -21,6 +21,12 @@ import type { DnsSettings } from '../upstream/dns.js';
 import { RuntimeState, type ServiceState, type TargetState } from '../upstream/state.js';
 import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../upstream/authority.js';
 import { CertSet, DEFAULT_CIPHERS, hstsValue, type CertSpec } from '../server/tls.js';
+import { Value } from '@sinclair/typebox/value';
+import { PLUGINS } from '../plugins/registry.js';
+import { DEFAULT_CONSUMER_HEADERS, PluginCompiler, consumerId, type ConsumerHeaders, type RouteChains } from '../plugins/pipeline.js';
+import type { Consumer } from '../plugins/types.js';
+import type { Logger } from '../core/log.js';
+import { silentLogger } from '../core/log.js';
 
 export interface Address {
   host: string;
@@ -79,6 +85,8 @@ export interface CompiledRoute {
   retryNonIdempotent: boolean;
   /** WebSocket upgrades allowed (null: an Upgrade is served as plain HTTP). */
   websocket: { maxMessage: number; idleTimeout: number } | null;
+  /** The plugins its requests run (chains.base.empty: none). */
+  chains: RouteChains;
 }
 
 export interface Limits {
@@ -138,6 +146,10 @@ export interface Snapshot {
   router: Router<CompiledRoute>;
   services: CompiledService[];
   routes: CompiledRoute[];
+  consumers: ReadonlyMap<string, Consumer>;
+  consumerHeaders: ConsumerHeaders;
+  /** Lower-case names of consumer headers a client may never send upstream, beyond the defaults. */
+  extraStripped: ReadonlySet<string> | null;
   /** A request running on this snapshot: its pools stay open until release(). */
   retain(): void;
   release(): void;
@@ -184,13 +196,12 @@ export interface CompileDeps {
   cores?: number;
   /** Resolved upstream names; names without an answer are left to undici. */
   dns?: { get(host: string): string[] | undefined };
+  log?: Logger;
 }
 
 const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
 const DEFAULT_RETRY_ON = ['connect-error'];
 
-/** Plugins known to this build. None yet: a binding to any plugin is an error, never silently ignored. */
-export const KNOWN_PLUGINS = new Set<string>();
 
 export function dnsSettings(cfg: TurnpikeConfigInput): DnsSettings {
   return {
@@ -318,11 +329,41 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     idleTimeout: parseDuration(h2.idle_timeout ?? '75s'),
   };
 
-  const checkPlugins = (bindings: { name: string }[] | undefined, path: PathSegment[]) =>
-    bindings?.forEach((b, i) => {
-      if (!KNOWN_PLUGINS.has(b.name)) fail([...path, i, 'name'], `unknown plugin "${b.name}"`);
+  // The config's hash is taken first: compiling may rewrite parts of it in place (basic-auth
+  // swaps a plain password for its hash), and a reload of the same file must compare equal.
+  const configHash = loaded.configHash ?? configHashOf(JSON.stringify(cfg));
+
+  // Consumers, their credentials (validated against their auth plugin's schema), then bindings.
+  const consumers = new Map<string, Consumer>();
+  const credentials = new Map<string, { consumer: Consumer; credential: Record<string, unknown> }[]>();
+  (cfg.consumers ?? []).forEach((c, ci) => {
+    if (consumers.has(c.name)) fail(['consumers', ci, 'name'], `duplicate consumer name "${c.name}"`);
+    const consumer: Consumer = Object.freeze({ id: c.id ?? consumerId(c.name), name: c.name, groups: Object.freeze([...(c.groups ?? [])]), plan: c.plan });
+    consumers.set(c.name, consumer);
+    c.credentials?.forEach((cr, i) => {
+      const def = PLUGINS.get(cr.type);
+      if (!def?.credential) {
+        fail(['consumers', ci, 'credentials', i, 'type'], `unknown credential type "${cr.type}" (no auth plugin of that name)`);
+        return;
+      }
+      const errors = [...Value.Errors(def.credential, cr)];
+      for (const e of errors.slice(0, 3)) {
+        fail(['consumers', ci, 'credentials', i, ...e.path.split('/').slice(1).map((x) => (/^\d+$/.test(x) ? Number(x) : x))], e.message.charAt(0).toLowerCase() + e.message.slice(1));
+      }
+      if (errors.length === 0) {
+        let list = credentials.get(cr.type);
+        if (!list) credentials.set(cr.type, (list = []));
+        list.push({ consumer, credential: cr as Record<string, unknown> });
+      }
     });
-  checkPlugins(cfg.plugins, ['plugins']);
+  });
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, deps.log ?? silentLogger, fail);
+  plugins.setGlobal(cfg.plugins);
+  (cfg.consumers ?? []).forEach((c, ci) => plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']));
+  const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
+  for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
+  const defaults = new Set(Object.values(DEFAULT_CONSUMER_HEADERS));
+  const extra = Object.values(consumerHeaders).filter((h) => !defaults.has(h));
 
   const workers = cfg.workers === 'auto' ? Math.max(1, deps.cores ?? 1) : cfg.workers ?? 1;
   // Bulkheads and the retry budget's floor are per process: each worker gets its share.
@@ -351,7 +392,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const sp: PathSegment[] = ['services', si];
     if (serviceNames.has(s.name)) fail([...sp, 'name'], `duplicate service name "${s.name}" (also services[${serviceNames.get(s.name)}])`);
     serviceNames.set(s.name, si);
-    checkPlugins(s.plugins, [...sp, 'plugins']);
+    const serviceBindings = plugins.bind(s.plugins, 'service', [...sp, 'plugins']);
 
     const t = { ...DEFAULTS.service, ...s.timeouts };
     const response = parseDuration(t.response);
@@ -505,7 +546,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       const name = r.name ?? `${s.name}.${ri}`;
       if (routeNames.has(name)) fail([...rp, 'name'], `duplicate route name "${name}"`);
       routeNames.set(name, rp);
-      checkPlugins(r.plugins, [...rp, 'plugins']);
+      const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins']);
       r.paths?.forEach((p, pi) => {
         const hasParam = p.includes('{') || p.includes('}');
         const seen = new Set<string>();
@@ -527,6 +568,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
           maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
           idleTimeout: parseDuration(ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
         },
+        chains: plugins.route(serviceBindings, routeBindings),
       };
       if (ws && service.grpc) fail([...rp, 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
       routes.push(route);
@@ -536,11 +578,6 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     yield;
   }
 
-  (cfg.consumers ?? []).forEach((c, ci) => {
-    c.credentials?.forEach((cr, i) => {
-      if (!KNOWN_PLUGINS.has(cr.type)) fail(['consumers', ci, 'credentials', i, 'type'], `unknown credential type "${cr.type}" (no auth plugin of that name)`);
-    });
-  });
 
   yield;
   const router: Router<CompiledRoute> = yield* Router.build(specs);
@@ -552,12 +589,23 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   let demo: Address | null = null;
   if (cfg.demo) demo = parseAddress(cfg.demo.listen);
 
+  let pluginsClosed = false;
+  const closePlugins = () => {
+    if (pluginsClosed) return;
+    pluginsClosed = true;
+    for (const p of plugins.instances) {
+      try {
+        p.close?.();
+      } catch {
+        /* a plugin's cleanup failing does not stop the others' */
+      }
+    }
+  };
   if (issues.length) {
     release();
+    closePlugins();
     throw loaded.error(issues);
   }
-
-  const configHash = loaded.configHash ?? configHashOf(JSON.stringify(cfg));
   yield;
   const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).digest('hex').slice(0, 16);
   let users = 0;
@@ -581,15 +629,24 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     router,
     services,
     routes,
+    consumers,
+    consumerHeaders,
+    extraStripped: extra.length ? new Set(extra) : null,
     retain: () => {
       users++;
     },
     release: () => {
-      if (--users === 0 && retired) release();
+      if (--users === 0 && retired) {
+        release();
+        closePlugins();
+      }
     },
     dispose: () => {
       retired = true;
-      if (users === 0) release();
+      if (users === 0) {
+        release();
+        closePlugins();
+      }
     },
   });
 }

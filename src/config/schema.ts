@@ -32,7 +32,8 @@ const Method = Type.String({ pattern: '^[A-Za-z]+$', description: 'HTTP method (
 export const PluginBinding = Strict({
   name: Type.String({ minLength: 1, description: 'Plugin name.' }),
   enabled: Type.Optional(Type.Boolean({ default: true })),
-  config: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'Plugin-specific settings.' })),
+  config: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'Plugin-specific settings (validated against the plugin\'s schema).' })),
+  consumer: Type.Optional(Type.String({ minLength: 1, description: 'On a service or route binding: applies only to this consumer (most specific binding wins).' })),
 });
 
 export const Route = Strict({
@@ -168,9 +169,11 @@ export const Credential = Type.Object({
 
 export const Consumer = Strict({
   name: Name,
+  id: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Sent upstream as X-Consumer-Id (default: a UUID derived from the name).' })),
   groups: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
   plan: Type.Optional(Type.String({ minLength: 1 })),
   credentials: Type.Optional(Type.Array(Credential)),
+  plugins: Type.Optional(Type.Array(PluginBinding, { description: 'Bindings for this consumer alone (after authentication).' })),
   tags: Type.Optional(Tags),
 });
 
@@ -265,6 +268,9 @@ export const TurnpikeConfig = Strict({
   demo: Type.Optional(Demo),
   services: Type.Optional(Type.Array(Service)),
   consumers: Type.Optional(Type.Array(Consumer)),
+  consumer_headers: Type.Optional(Strict(Object.fromEntries(['id', 'name', 'groups', 'credential', 'anonymous'].map((k) => [k, Type.Optional(Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }))])), {
+    description: 'Names of the headers that carry the authenticated consumer upstream (default x-consumer-id, x-consumer-name, x-consumer-groups, x-credential-identifier, x-anonymous-consumer). Client copies are always removed.',
+  })),
   plugins: Type.Optional(Type.Array(PluginBinding)),
 }, {
   $id: 'https://turnpike.dev/schema/turnpike.schema.json',

@@ -112,7 +112,7 @@ export class Gateway implements RequestContext {
   private readonly reporter: Reporter;
   readonly role: 'single' | 'primary' | 'worker';
   readonly workers: GatewayOptions['workers'];
-  private readonly log: Logger;
+  readonly log: Logger;
   /** The HTTP/1.1 server: listens itself, or is handed connections (TLS, h2c sniffing). */
   private proxy: Server | null = null;
   /** The plain listener when it also takes h2c: it reads the first bytes and hands the socket on. */
@@ -428,7 +428,17 @@ export class Gateway implements RequestContext {
           return this.redirectToHttps(req, res, tls.redirect);
         }
       }
-      handler = handleRequest(this, req, res, expectContinue, upgrade);
+      const h = handleRequest(this, req, res, expectContinue, upgrade);
+      if (h instanceof Promise) {
+        // Plugins waited on something: the handler comes later (or never, after a local reply).
+        h.then((late) => {
+          if (closed) late?.clientClosed();
+          else handler = late;
+        }, (err: unknown) => {
+          this.log.error({ err }, 'request handler failed');
+          sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
+        });
+      } else handler = h;
     } catch (err) {
       this.log.error({ err }, 'request handler failed');
       sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });

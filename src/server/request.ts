@@ -8,7 +8,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
-import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
+import { PROBLEMS, isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
+import type { Logger } from '../core/log.js';
+import { PluginCtx } from '../plugins/context.js';
+import { PluginError, runRequestPhases, type Chain } from '../plugins/pipeline.js';
+import type { Reply } from '../plugins/types.js';
 import { connectionTokens, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
@@ -49,10 +53,14 @@ export interface RequestContext {
   draining: boolean;
   ws: WsCounters;
   onWsClose?(stats: WsStats, route: string, requestId: string): void;
+  log?: Logger;
 }
 
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
 export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
+
+/** Fields of 20+ characters the gateway owns (the switch in handleRequest sees shorter names only). */
+const LONG_OWNED = new Set(['x-credential-identifier', 'x-anonymous-consumer']);
 
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
 export const closingSockets = new WeakSet<object>();
@@ -129,7 +137,7 @@ function cookieValue(req: IncomingMessage, name: string): string | undefined {
 /** Handles one request; returns the upstream handler when the request was forwarded. */
 export function handleRequest(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade,
-): ForwardHandler | undefined {
+): ForwardHandler | undefined | Promise<ForwardHandler | undefined> {
   const snap = ctx.snapshot;
   const raw = req.rawHeaders;
   const h2 = isHttp2(req);
@@ -186,6 +194,8 @@ export function handleRequest(
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
       case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
+      // the authenticated consumer, set by the gateway only (the longer names: below)
+      case 'x-consumer-id': case 'x-consumer-name': case 'x-consumer-groups': case 'x-consumer-username':
         continue;
       // fields some frameworks trust for routing or identity: only a trusted proxy may send them
       case 'x-original-url': case 'x-rewrite-url': case 'x-forwarded-prefix': case 'x-forwarded-server':
@@ -194,6 +204,8 @@ export function handleRequest(
         (proxyOnly ??= []).push(name, value);
         continue;
       default:
+        if (name.length >= 20 && LONG_OWNED.has(name.toLowerCase())) continue;
+        if (snap.extraStripped !== null && snap.extraStripped.has(name.toLowerCase())) continue;
         headers.push(name, value);
     }
   }
@@ -316,34 +328,79 @@ export function handleRequest(
     const ip = t ? clientIp(p.peer, xff, snap.trusted) : p.peer;
     hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
   }
-  if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + query, requestId, hashKey, host);
+  /** Past the request phases: the WebSocket relay, or the upstream. */
+  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain } | null): ForwardHandler | undefined => {
+    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host);
+    if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
+    if (expectContinue) res.writeContinue();
+    const handler = new ForwardHandler({
+      req, res,
+      service: route.service,
+      method,
+      path: upstreamPath + upstreamQuery,
+      headers,
+      preservedHost: route.preserveHost && host ? host : null,
+      hasBody,
+      requestId,
+      via: route.service.h2Upstream ? VIA_2 : VIA_11,
+      closeAfter: close,
+      hashKey,
+      retryNonIdempotent: route.retryNonIdempotent,
+      snapshot: snap,
+      grpcWeb,
+      plugins,
+    });
+    try {
+      handler.start();
+    } catch (err) {
+      handler.clientClosed(); // releases what it holds (snapshot, slot); the caller answers 500
+      throw err;
+    }
+    return handler;
+  };
+  const chains = route.chains;
+  if (chains.base.empty) return proceed(query, null);
 
-  if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
-  if (expectContinue) res.writeContinue();
-
-  const handler = new ForwardHandler({
-    req, res,
-    service: route.service,
-    method,
-    path: upstreamPath + query,
-    headers,
-    preservedHost: route.preserveHost && host ? host : null,
-    hasBody,
-    requestId,
-    via: route.service.h2Upstream ? VIA_2 : VIA_11,
-    closeAfter: close,
-    hashKey,
-    retryNonIdempotent: route.retryNonIdempotent,
-    snapshot: snap,
-    grpcWeb,
+  // Plugins: authenticate, access (maybe asynchronous), then the same way on.
+  const pctx = new PluginCtx(req, requestId, method, path, query, host, t ? clientIp(p.peer, xff, snap.trusted) : p.peer, route, route.service, headers);
+  const started = Date.now();
+  return runRequestPhases(pctx, chains, snap.consumerHeaders).then(({ reply, chain }) => {
+    if (chain.log.length) res.once('close', () => runLog(ctx, pctx, chain, res.statusCode, Date.now() - started));
+    if (res.destroyed || res.writableEnded || req.destroyed) return undefined; // the client left meanwhile
+    if (reply !== null) {
+      sendReply(ctx, req, res, reply, requestId);
+      return undefined;
+    }
+    const hasResponsePhases = chain.responseHeaders.length + chain.responseBody.length > 0;
+    return proceed(pctx.upstreamQuery, hasResponsePhases ? { ctx: pctx, chain } : null);
+  }, (err: unknown) => {
+    const plugin = err instanceof PluginError ? err.plugin : undefined;
+    ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');
+    if (!res.destroyed && !res.headersSent) reject(ctx, req, res, requestId, 'internal-error', plugin ? `plugin ${plugin} failed` : 'the request pipeline failed');
+    return undefined;
   });
-  try {
-    handler.start();
-  } catch (err) {
-    handler.clientClosed(); // releases what it holds (snapshot, slot); the caller answers 500
-    throw err;
+}
+
+/** A plugin's local reply: a problem from the catalogue, or its own status and body. */
+function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, r: Reply, requestId: string): void {
+  if (r.code !== undefined) {
+    const close = !isHttp2(req) && ctx.draining;
+    sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers: r.headers });
+    return;
   }
-  return handler;
+  const body = r.body === undefined ? '' : r.body;
+  res.writeHead(r.status ?? 200, { ...r.headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
+  res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+function runLog(ctx: RequestContext, pctx: PluginCtx, chain: Chain, status: number, durationMs: number): void {
+  for (const b of chain.log) {
+    try {
+      b.inst.log!(pctx, { status, durationMs });
+    } catch (err) {
+      ctx.log?.error({ err, plugin: b.name, request_id: pctx.requestId }, 'plugin failed in the log phase');
+    }
+  }
 }
 
 /**

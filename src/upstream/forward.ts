@@ -11,6 +11,8 @@ import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import type { Readable } from 'node:stream';
+import type { RequestCtx } from '../plugins/types.js';
+import type { Chain } from '../plugins/pipeline.js';
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -51,6 +53,8 @@ export interface ForwardRequest {
   retryNonIdempotent: boolean;
   /** A gRPC-Web request translated to gRPC (null otherwise): its body is decoded, its response encoded. */
   grpcWeb: GrpcWebKind | null;
+  /** Plugins with response phases (responseHeaders, responseBody), or null. */
+  plugins: { ctx: RequestCtx; chain: Chain } | null;
 }
 
 /**
@@ -426,6 +430,21 @@ export class ForwardHandler {
     }
     out.push('via', upstreamVia === undefined ? this.f.via : `${upstreamVia}, ${this.f.via}`, 'x-request-id', this.f.requestId);
     if (this.f.closeAfter) out.push('connection', 'close');
+    const pl = this.f.plugins;
+    if (pl !== null) {
+      for (const b of pl.chain.responseHeaders) {
+        try {
+          b.inst.responseHeaders!(pl.ctx, statusCode, out);
+        } catch (err) {
+          this.finished = true;
+          this.outcome = null;
+          this.abortFn?.(err as Error);
+          sendProblem(res, 'internal-error', `plugin ${b.name} failed`, this.f.requestId);
+          this.release();
+          return false;
+        }
+      }
+    }
     if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
     else if (svc.grpc && isHttp2(res) && out.some((v, i) => i % 2 === 0 && v.toLowerCase() === 'grpc-status')) {
       // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
@@ -479,6 +498,16 @@ export class ForwardHandler {
 
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
+    const pl = this.f.plugins;
+    if (pl !== null && pl.chain.responseBody.length) {
+      try {
+        for (const b of pl.chain.responseBody) chunk = b.inst.responseBody!(pl.ctx, chunk);
+      } catch {
+        // The response has started: it can only be cut.
+        this.onError(new Error('a plugin failed on the response body'));
+        return false;
+      }
+    }
     const ok = this.f.res.write(this.encoder === null ? chunk : this.encoder.data(chunk));
     if (!ok && this.f.service.h2Upstream) {
       // undici's HTTP/2 client drops data it holds paused when the trailers arrive, so an HTTP/2

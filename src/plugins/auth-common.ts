@@ -1,0 +1,65 @@
+/** Helpers shared by the auth plugins. */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { Type } from '@sinclair/typebox';
+
+/** `anonymous` and `hide_credentials`, common to every auth plugin's config. */
+export const AuthCommon = {
+  anonymous: Type.Optional(Type.String({ minLength: 1, description: 'Consumer to use when authentication fails (routes open to unauthenticated callers); default: answer 401.' })),
+  hide_credentials: Type.Optional(Type.Boolean({ default: false, description: 'Remove the credential from the request before it goes upstream.' })),
+};
+
+export const sha256 = (s: string | Buffer): Buffer => createHash('sha256').update(s).digest();
+
+/** Constant-time equality of two byte strings of any length. */
+export function safeEqual(a: Buffer, b: Buffer): boolean {
+  const ha = sha256(a);
+  const hb = sha256(b);
+  return timingSafeEqual(ha, hb) && a.length === b.length;
+}
+
+/**
+ * A bounded cache with per-entry expiry (Map insertion order as LRU: a hit moves the entry to
+ * the end; the oldest goes when full).
+ */
+export class TtlCache<V> {
+  private readonly map = new Map<string, { value: V; until: number }>();
+  constructor(private readonly max: number) {}
+
+  get(key: string, now = Date.now()): V | undefined {
+    const e = this.map.get(key);
+    if (e === undefined) return undefined;
+    if (e.until <= now) {
+      this.map.delete(key);
+      return undefined;
+    }
+    this.map.delete(key);
+    this.map.set(key, e);
+    return e.value;
+  }
+
+  set(key: string, value: V, until: number): void {
+    if (until <= Date.now()) return;
+    this.map.delete(key);
+    if (this.map.size >= this.max) this.map.delete(this.map.keys().next().value!);
+    this.map.set(key, { value, until });
+  }
+
+  delete(key: string): void {
+    this.map.delete(key);
+  }
+
+  get size(): number {
+    return this.map.size;
+  }
+
+  clear(): void {
+    this.map.clear();
+  }
+}
+
+/** The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or null. */
+export function bearerToken(header: string | undefined): string | null {
+  if (header === undefined) return null;
+  const m = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header);
+  return m ? m[1]! : null;
+}

@@ -1,0 +1,33 @@
+/** Password hashes: scrypt (RFC 7914) with a random salt, stored as scrypt$N$r$p$salt$hash. */
+import { randomBytes, scrypt, scryptSync, timingSafeEqual } from 'node:crypto';
+
+export const SCRYPT = { N: 16384, r: 8, p: 1, keylen: 32 } as const;
+
+export function hashPassword(password: string): string {
+  const salt = randomBytes(16);
+  const hash = scryptSync(password, salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p });
+  return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64')}$${hash.toString('base64')}`;
+}
+
+export interface ParsedHash { N: number; r: number; p: number; salt: Buffer; hash: Buffer }
+
+export function parseHash(s: string): ParsedHash | null {
+  const m = /^scrypt\$([0-9]+)\$([0-9]+)\$([0-9]+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(s);
+  if (!m) return null;
+  const [N, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  // N a power of two; bounded so that a config cannot make every check take seconds.
+  if (N < 2 || (N & (N - 1)) !== 0 || N > 1 << 20 || r < 1 || r > 32 || p < 1 || p > 16) return null;
+  const hash = Buffer.from(m[5]!, 'base64');
+  if (hash.length < 16) return null;
+  return { N, r, p, salt: Buffer.from(m[4]!, 'base64'), hash };
+}
+
+/** Checks a password against a parsed hash on libuv's thread pool (never on the event loop). */
+export function verifyPassword(password: string, h: ParsedHash): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    scrypt(password, h.salt, h.hash.length, { N: h.N, r: h.r, p: h.p, maxmem: 256 * h.N * h.r + 1024 * 1024 }, (err, out) => {
+      if (err) reject(err);
+      else resolve(timingSafeEqual(out, h.hash));
+    });
+  });
+}

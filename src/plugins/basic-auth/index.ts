@@ -1,0 +1,91 @@
+/**
+ * basic-auth (RFC 7617): `Authorization: Basic base64(user:password)` checked against consumers'
+ * basic-auth credentials. Passwords are held only as scrypt hashes (a `password` in the config
+ * is hashed when the config loads, and the plain value is dropped from the loaded config).
+ * scrypt runs on the thread pool; a verified pair is remembered for 5 minutes (bounded, keyed
+ * by an HMAC with a per-process key), so only the first request of a caller pays for it.
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import { definePlugin, type Consumer } from '../types.js';
+import { TtlCache } from '../auth-common.js';
+import { BasicAuthConfig, BasicAuthCredential } from './schema.js';
+import { hashPassword, parseHash, verifyPassword, type ParsedHash } from './hash.js';
+
+const CACHE_MS = 5 * 60_000;
+const CACHE_MAX = 10_000;
+/** Concurrent scrypt checks; more wait (each holds ~16 MB and a pool thread for ~50 ms). */
+const MAX_CHECKS = 4;
+const MAX_WAITING = 256;
+const cacheKey = randomBytes(32);
+
+let running = 0;
+const waiting: (() => void)[] = [];
+async function limited<T>(f: () => Promise<T>): Promise<T | null> {
+  if (running >= MAX_CHECKS) {
+    if (waiting.length >= MAX_WAITING) return null;
+    await new Promise<void>((r) => waiting.push(r));
+  }
+  running++;
+  try {
+    return await f();
+  } finally {
+    running--;
+    waiting.shift()?.();
+  }
+}
+
+export default definePlugin({
+  name: 'basic-auth',
+  priority: 1100,
+  description: 'HTTP Basic authentication against consumers\' basic-auth credentials (scrypt hashes).',
+  schema: BasicAuthConfig,
+  credential: BasicAuthCredential,
+  scopes: ['global', 'service', 'route'],
+  create(config, deps) {
+    const users = new Map<string, { consumer: Consumer; hash: ParsedHash }>();
+    for (const { consumer, credential } of deps.credentials) {
+      const c = credential as { username: string; password?: string; password_hash?: string };
+      if ((c.password === undefined) === (c.password_hash === undefined)) throw new Error(`consumer "${consumer.name}": a basic-auth credential needs password or password_hash (one of them)`);
+      if (c.password !== undefined) {
+        // The loaded config keeps the hash instead (a recompile reuses it; the plain value goes).
+        c.password_hash = hashPassword(c.password);
+        delete c.password;
+      }
+      const hash = parseHash(c.password_hash!);
+      if (hash === null) throw new Error(`consumer "${consumer.name}": password_hash is not a valid scrypt hash`);
+      if (users.has(c.username)) throw new Error(`basic-auth user name "${c.username}" is used twice`);
+      users.set(c.username, { consumer, hash });
+    }
+    const realm = config.realm ?? 'turnpike';
+    const challenge = `Basic realm="${realm}", charset="UTF-8"`;
+    const verified = new TtlCache<Consumer>(CACHE_MAX);
+    return {
+      async authenticate(ctx) {
+        const h = ctx.header('authorization');
+        const m = h === undefined ? null : /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(h);
+        if (m === null) return { ok: false, missing: true, challenge };
+        const decoded = Buffer.from(m[1]!, 'base64').toString('utf8');
+        const colon = decoded.indexOf(':');
+        if (colon === -1) return { ok: false, missing: false, challenge, detail: 'malformed Basic credentials' };
+        const username = decoded.slice(0, colon);
+        const password = decoded.slice(colon + 1);
+        const key = createHmac('sha256', cacheKey).update(decoded).digest('base64');
+        let consumer = verified.get(key);
+        if (consumer === undefined) {
+          const user = users.get(username);
+          // An unknown user costs a check too (no user-name oracle by timing).
+          const ok = await limited(() => verifyPassword(password, user?.hash ?? DUMMY));
+          if (ok === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 401 };
+          if (!ok || user === undefined) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
+          consumer = user.consumer;
+          verified.set(key, consumer, Date.now() + CACHE_MS);
+        }
+        if (config.hide_credentials) ctx.removeUpstreamHeader('authorization');
+        return { ok: true, consumer, identity: consumer.name, credential: `basic-auth:${username}` };
+      },
+    };
+  },
+});
+
+/** Checked against for unknown user names (any valid hash; nobody knows a password for it). */
+const DUMMY: ParsedHash = parseHash('scrypt$16384$8$1$6f4t2Qv0yq9mJ3kq1lY8sA==$J0o0v5m8m2z6h7y9y3q2c8k1d4f6g8h0j2l4n6p8r0s=')!;

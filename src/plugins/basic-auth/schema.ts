@@ -1,0 +1,16 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { AuthCommon } from '../auth-common.js';
+
+export const BasicAuthConfig = Type.Object({
+  realm: Type.Optional(Type.String({ pattern: '^[^"\\\\]*$', default: 'turnpike', description: 'Realm in the WWW-Authenticate challenge.' })),
+  ...AuthCommon,
+}, { additionalProperties: false });
+export type BasicAuthConfig = Static<typeof BasicAuthConfig>;
+
+/** consumers[].credentials[] entry of type basic-auth: a password (hashed at load) or its hash. */
+export const BasicAuthCredential = Type.Object({
+  type: Type.Literal('basic-auth'),
+  username: Type.String({ minLength: 1, maxLength: 256, pattern: '^[^:]*$', description: 'User name (no colon, RFC 7617).' }),
+  password: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'Hashed with scrypt at load; prefer password_hash (npx turnpike hash-password) or ${ENV}.' })),
+  password_hash: Type.Optional(Type.String({ pattern: '^scrypt\\$[0-9]+\\$[0-9]+\\$[0-9]+\\$[A-Za-z0-9+/=]+\\$[A-Za-z0-9+/=]+$', description: 'scrypt$N$r$p$salt$hash (base64), as printed by npx turnpike hash-password.' })),
+}, { additionalProperties: false });

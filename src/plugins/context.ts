@@ -1,0 +1,62 @@
+/** The per-request object plugins work on (see RequestCtx in types.ts). */
+import type { IncomingMessage } from 'node:http';
+import type { Consumer, RequestCtx } from './types.js';
+
+export class PluginCtx implements RequestCtx {
+  consumer: Consumer | null = null;
+  identity: string | null = null;
+  credential: string | null = null;
+  scopes: readonly string[] | null = null;
+  claims: Readonly<Record<string, unknown>> | null = null;
+  anonymous = false;
+  vars: Record<string, unknown> = {};
+  /** The query string sent upstream (plugins may remove parameters). */
+  upstreamQuery: string;
+
+  constructor(
+    readonly req: IncomingMessage,
+    readonly requestId: string,
+    readonly method: string,
+    readonly path: string,
+    readonly query: string,
+    readonly host: string,
+    readonly clientIp: string,
+    readonly route: { readonly name: string },
+    readonly service: { readonly name: string },
+    /** The upstream header list (name, value, ...), ending with the `host` pair. */
+    private readonly headers: string[],
+  ) {
+    this.upstreamQuery = query;
+  }
+
+  header(name: string): string | undefined {
+    const v = this.req.headers[name];
+    return Array.isArray(v) ? v.join(', ') : v;
+  }
+
+  removeUpstreamHeader(name: string): void {
+    const h = this.headers;
+    // The last pair (host) is the forwarder's.
+    for (let i = h.length - 4; i >= 0; i -= 2) if (h[i]!.toLowerCase() === name) h.splice(i, 2);
+  }
+
+  setUpstreamHeader(name: string, value: string): void {
+    this.removeUpstreamHeader(name);
+    this.headers.splice(this.headers.length - 2, 0, name, value);
+  }
+
+  removeUpstreamQueryParam(name: string): void {
+    if (this.upstreamQuery === '') return;
+    // Only the named parameter goes; the others keep their exact bytes.
+    const kept = this.upstreamQuery.slice(1).split('&').filter((part) => {
+      const eq = part.indexOf('=');
+      const key = eq === -1 ? part : part.slice(0, eq);
+      try {
+        return decodeURIComponent(key.replace(/\+/g, ' ')) !== name;
+      } catch {
+        return true;
+      }
+    });
+    this.upstreamQuery = kept.length ? `?${kept.join('&')}` : '';
+  }
+}

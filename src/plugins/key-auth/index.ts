@@ -1,0 +1,58 @@
+/**
+ * key-auth: an API key in a header (default `apikey`) or a query parameter. Keys are held only
+ * as SHA-256 digests (looked up by digest, then compared in constant time); a request with no
+ * key gets 401 `WWW-Authenticate: Key`, a wrong one 401 without detail about it.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import { definePlugin, type Consumer } from '../types.js';
+import { sha256 } from '../auth-common.js';
+import { KeyAuthConfig, KeyAuthCredential } from './schema.js';
+
+const CHALLENGE = 'Key realm="turnpike"';
+
+export default definePlugin({
+  name: 'key-auth',
+  priority: 1250,
+  description: 'API keys in a header or query parameter, checked against consumers\' key-auth credentials.',
+  schema: KeyAuthConfig,
+  credential: KeyAuthCredential,
+  scopes: ['global', 'service', 'route'],
+  check(config) {
+    return config.header === false && config.query === false ? ['header and query cannot both be false'] : [];
+  },
+  create(config, deps) {
+    const keys = new Map<string, { digest: Buffer; consumer: Consumer; id: string }>();
+    for (const { consumer, credential } of deps.credentials) {
+      const digest = sha256(String(credential['key']));
+      const hex = digest.toString('hex');
+      if (keys.has(hex)) throw new Error(`consumers "${keys.get(hex)!.consumer.name}" and "${consumer.name}" have the same key-auth key`);
+      keys.set(hex, { digest, consumer, id: typeof credential['id'] === 'string' ? credential['id'] : `key-auth:${hex.slice(0, 12)}` });
+    }
+    const header = config.header === false ? null : (config.header ?? 'apikey').toLowerCase();
+    const query = config.query === false ? null : config.query ?? 'apikey';
+    return {
+      authenticate(ctx) {
+        let key = header !== null ? ctx.header(header) : undefined;
+        let fromQuery = false;
+        if (key === undefined && query !== null && ctx.query !== '') {
+          const v = new URLSearchParams(ctx.query.slice(1)).get(query);
+          if (v !== null) {
+            key = v;
+            fromQuery = true;
+          }
+        }
+        if (key === undefined || key === '') return { ok: false, missing: true, challenge: CHALLENGE };
+        const digest = sha256(key);
+        const hit = keys.get(digest.toString('hex'));
+        if (hit === undefined || !timingSafeEqual(hit.digest, digest)) {
+          return { ok: false, missing: false, challenge: CHALLENGE, detail: 'invalid API key' };
+        }
+        if (config.hide_credentials) {
+          if (header !== null) ctx.removeUpstreamHeader(header);
+          if (fromQuery || query !== null) ctx.removeUpstreamQueryParam(query!);
+        }
+        return { ok: true, consumer: hit.consumer, identity: hit.consumer.name, credential: hit.id };
+      },
+    };
+  },
+});

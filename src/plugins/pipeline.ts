@@ -1,0 +1,341 @@
+/**
+ * Plugin bindings -> per-route chains (compiled once per snapshot), and the request phases run
+ * per request.
+ *
+ * Precedence (Kong's): for each plugin name the most specific binding wins:
+ * route+consumer > service+consumer > consumer > route > service > global. Auth plugins can only
+ * be bound where the consumer is not known yet (global, service, route). Request phases run by
+ * descending priority; response phases (responseHeaders, responseBody, log) by ascending.
+ *
+ * Phases per request: onRequest (global plugins), authenticate (the route's auth plugins, any-of:
+ * the first success wins; all failing -> 401/403, or the `anonymous` consumer when one is set),
+ * access (the chain for the authenticated consumer), then the upstream. A plugin that throws or
+ * rejects answers that request with a 500 problem; the gateway carries on.
+ */
+import { createHash } from 'node:crypto';
+import { Value } from '@sinclair/typebox/value';
+import type { PathSegment } from '../config/errors.js';
+import type { Logger } from '../core/log.js';
+import type { AuthOutcome, Consumer, PluginDef, PluginDeps, PluginInstance, Reply, RequestCtx, Scope } from './types.js';
+
+export interface Bound {
+  name: string;
+  priority: number;
+  inst: PluginInstance;
+  /** `anonymous` consumer of an auth plugin's config. */
+  anonymous: Consumer | null;
+}
+
+/** The plugins a request runs, by phase, in order. */
+export interface Chain {
+  onRequest: readonly Bound[];
+  authenticate: readonly Bound[];
+  access: readonly Bound[];
+  responseHeaders: readonly Bound[];
+  responseBody: readonly Bound[];
+  log: readonly Bound[];
+  /** No plugin at all: the request path skips the pipeline. */
+  empty: boolean;
+}
+
+/** A route's chains: the base one (no consumer), and per consumer when consumer bindings apply. */
+export interface RouteChains {
+  base: Chain;
+  forConsumer(c: Consumer): Chain;
+}
+
+export interface BindingInput {
+  name: string;
+  enabled?: boolean;
+  config?: Record<string, unknown>;
+  consumer?: string;
+}
+
+interface Binding {
+  def: PluginDef;
+  inst: PluginInstance;
+  consumer: string | null;
+  anonymous: Consumer | null;
+}
+
+const byPriorityDesc = (a: Bound, b: Bound) => b.priority - a.priority || (a.name < b.name ? -1 : 1);
+
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object' && !Object.isFrozen(v)) {
+    Object.freeze(v);
+    for (const k of Object.keys(v)) deepFreeze((v as Record<string, unknown>)[k]);
+  }
+  return v;
+}
+
+/** Deterministic consumer id (UUID-shaped) from its name, when the config gives none. */
+export function consumerId(name: string): string {
+  const h = createHash('sha256').update(`turnpike-consumer:${name}`).digest('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${((parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+function chainOf(bindings: Iterable<Binding>, onRequest: readonly Bound[]): Chain {
+  const auth: Bound[] = [];
+  const access: Bound[] = [];
+  const rh: Bound[] = [];
+  const rb: Bound[] = [];
+  const log: Bound[] = [];
+  for (const b of bindings) {
+    const bound: Bound = { name: b.def.name, priority: b.def.priority, inst: b.inst, anonymous: b.anonymous };
+    if (b.inst.authenticate) auth.push(bound);
+    if (b.inst.access) access.push(bound);
+    if (b.inst.responseHeaders) rh.push(bound);
+    if (b.inst.responseBody) rb.push(bound);
+    if (b.inst.log) log.push(bound);
+  }
+  auth.sort(byPriorityDesc);
+  access.sort(byPriorityDesc);
+  for (const l of [rh, rb, log]) l.sort((a, b) => -byPriorityDesc(a, b));
+  return {
+    onRequest, authenticate: auth, access, responseHeaders: rh, responseBody: rb, log,
+    empty: onRequest.length + auth.length + access.length + rh.length + rb.length + log.length === 0,
+  };
+}
+
+/**
+ * Builds every binding of a config: validates each config against its plugin's schema (errors
+ * carry the binding's path), applies defaults, freezes it and creates the instance.
+ */
+export class PluginCompiler {
+  readonly instances: PluginInstance[] = [];
+  private readonly global: Binding[] = [];
+  private readonly consumerBindings = new Map<string, Binding[]>();
+  private onRequest: Bound[] = [];
+
+  constructor(
+    private readonly registry: ReadonlyMap<string, PluginDef>,
+    private readonly consumers: ReadonlyMap<string, Consumer>,
+    private readonly credentials: ReadonlyMap<string, { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[]>,
+    private readonly listeners: PluginDeps['listeners'],
+    private readonly log: Logger,
+    private readonly fail: (path: PathSegment[], message: string) => void,
+  ) {}
+
+  /** Compiles the bindings at one place; `scope` decides which plugins may be bound there. */
+  bind(list: readonly BindingInput[] | undefined, scope: Scope, path: PathSegment[]): Binding[] {
+    const out: Binding[] = [];
+    const seen = new Map<string, number>();
+    list?.forEach((b, i) => {
+      const bp = [...path, i];
+      const def = this.registry.get(b.name);
+      if (!def) {
+        this.fail([...bp, 'name'], `unknown plugin "${b.name}" (known: ${[...this.registry.keys()].sort().join(', ')})`);
+        return;
+      }
+      const key = `${b.name}|${b.consumer ?? ''}`;
+      if (seen.has(key)) {
+        this.fail([...bp, 'name'], `plugin "${b.name}" is bound twice here (also [${seen.get(key)}])${b.consumer ? ` for consumer "${b.consumer}"` : ''}`);
+        return;
+      }
+      seen.set(key, i);
+      if (b.consumer !== undefined) {
+        if (scope === 'global' || scope === 'consumer') {
+          this.fail([...bp, 'consumer'], 'a consumer on a binding is for service and route bindings (use consumers[].plugins for a consumer alone)');
+          return;
+        }
+        if (!this.consumers.has(b.consumer)) {
+          this.fail([...bp, 'consumer'], `unknown consumer "${b.consumer}"`);
+          return;
+        }
+      }
+      const effective: Scope = b.consumer !== undefined ? 'consumer' : scope;
+      if (!def.scopes.includes(effective)) {
+        this.fail([...bp, 'name'], `plugin "${b.name}" cannot be bound ${effective === 'consumer' ? 'to a consumer' : `at ${effective} scope`} (allowed: ${def.scopes.join(', ')})`);
+        return;
+      }
+      if (b.enabled === false) return;
+      const raw = structuredClone(b.config ?? {});
+      const config = Value.Default(def.schema, raw) as Record<string, unknown>;
+      const errors = [...Value.Errors(def.schema, config)];
+      if (errors.length) {
+        for (const e of errors.slice(0, 5)) {
+          const sub = e.path.split('/').slice(1).map((s) => (/^\d+$/.test(s) ? Number(s) : s));
+          this.fail([...bp, 'config', ...sub], e.message.charAt(0).toLowerCase() + e.message.slice(1));
+        }
+        return;
+      }
+      deepFreeze(config);
+      const deps: PluginDeps = {
+        log: this.log,
+        consumers: this.consumers,
+        credentials: this.credentials.get(def.name) ?? [],
+        where: bp.join('.'),
+        listeners: this.listeners,
+      };
+      let problems: string[] = [];
+      try {
+        problems = def.check?.(config as never, deps) ?? [];
+      } catch (e) {
+        problems = [(e as Error).message];
+      }
+      let anonymous: Consumer | null = null;
+      const anon = config['anonymous'];
+      if (typeof anon === 'string') {
+        anonymous = this.consumers.get(anon) ?? null;
+        if (!anonymous) problems.push(`anonymous: unknown consumer "${anon}"`);
+      }
+      if (problems.length) {
+        for (const p of problems) this.fail([...bp, 'config'], p);
+        return;
+      }
+      let inst: PluginInstance;
+      try {
+        inst = def.create(config as never, deps);
+      } catch (e) {
+        this.fail([...bp, 'config'], (e as Error).message);
+        return;
+      }
+      this.instances.push(inst);
+      out.push({ def, inst, consumer: b.consumer ?? null, anonymous });
+    });
+    return out;
+  }
+
+  setGlobal(list: readonly BindingInput[] | undefined): void {
+    this.global.push(...this.bind(list, 'global', ['plugins']));
+    this.onRequest = this.global.filter((b) => b.inst.onRequest).map((b) => ({ name: b.def.name, priority: b.def.priority, inst: b.inst, anonymous: null })).sort(byPriorityDesc);
+  }
+
+  setConsumer(name: string, list: readonly BindingInput[] | undefined, path: PathSegment[]): void {
+    const bound = this.bind(list, 'consumer', path);
+    if (bound.length) this.consumerBindings.set(name, bound);
+  }
+
+  /** The chains of a route, given its service's and its own bindings. */
+  route(service: Binding[], route: Binding[]): RouteChains {
+    const merged = new Map<string, Binding>();
+    for (const layer of [this.global, service.filter((b) => b.consumer === null), route.filter((b) => b.consumer === null)]) {
+      for (const b of layer) merged.set(b.def.name, b);
+    }
+    const base = chainOf(merged.values(), this.onRequest);
+    const serviceFor = service.filter((b) => b.consumer !== null);
+    const routeFor = route.filter((b) => b.consumer !== null);
+    if (this.consumerBindings.size === 0 && serviceFor.length === 0 && routeFor.length === 0) {
+      return { base, forConsumer: () => base };
+    }
+    const cache = new Map<string, Chain>();
+    return {
+      base,
+      forConsumer: (c) => {
+        let chain = cache.get(c.name);
+        if (chain) return chain;
+        const own = this.consumerBindings.get(c.name) ?? [];
+        const sf = serviceFor.filter((b) => b.consumer === c.name);
+        const rf = routeFor.filter((b) => b.consumer === c.name);
+        if (own.length + sf.length + rf.length === 0) chain = base;
+        else {
+          const m = new Map(merged);
+          for (const layer of [own, sf, rf]) for (const b of layer) m.set(b.def.name, b);
+          chain = chainOf(m.values(), this.onRequest);
+        }
+        cache.set(c.name, chain);
+        return chain;
+      },
+    };
+  }
+}
+
+/** Names of the consumer headers sent upstream (and stripped from every client request). */
+export interface ConsumerHeaders {
+  id: string;
+  name: string;
+  groups: string;
+  credential: string;
+  anonymous: string;
+}
+
+export const DEFAULT_CONSUMER_HEADERS: ConsumerHeaders = {
+  id: 'x-consumer-id', name: 'x-consumer-name', groups: 'x-consumer-groups', credential: 'x-credential-identifier', anonymous: 'x-anonymous-consumer',
+};
+
+const isThenable = <T>(v: unknown): v is PromiseLike<T> => v !== null && typeof v === 'object' && typeof (v as { then?: unknown }).then === 'function';
+
+/** A plugin failed (threw or rejected): carries its name for the log. */
+export class PluginError extends Error {
+  constructor(readonly plugin: string, override readonly cause: unknown) {
+    super(`plugin ${plugin} failed: ${cause instanceof Error ? cause.message : String(cause)}`);
+  }
+}
+
+async function call<T>(b: Bound, f: () => T | PromiseLike<T>): Promise<T> {
+  try {
+    const r = f();
+    return isThenable<T>(r) ? await r : r;
+  } catch (e) {
+    throw new PluginError(b.name, e);
+  }
+}
+
+/**
+ * Runs onRequest, authenticate and access. Resolves with the reply that ends the request, or
+ * null to go upstream (with `ctx` updated: consumer, identity, upstream headers); the chain to
+ * use for the response phases is returned too. Rejects with PluginError.
+ */
+export async function runRequestPhases(
+  ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders,
+): Promise<{ reply: Reply | null; chain: Chain }> {
+  const base = chains.base;
+  for (const b of base.onRequest) {
+    const r = await call(b, () => b.inst.onRequest!(ctx));
+    if (r) return { reply: r, chain: base };
+  }
+  if (base.authenticate.length > 0) {
+    let won: Extract<AuthOutcome, { ok: true }> | null = null;
+    let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false }> | null = null;
+    const challenges: string[] = [];
+    for (const b of base.authenticate) {
+      const r = await call(b, () => b.inst.authenticate!(ctx));
+      if (r.ok) {
+        won = r;
+        break;
+      }
+      if (!challenges.includes(r.challenge)) challenges.push(r.challenge);
+      if (!r.missing) firstInvalid ??= r;
+    }
+    if (won !== null) {
+      ctx.consumer = won.consumer;
+      ctx.identity = won.identity;
+      ctx.credential = won.credential;
+      ctx.scopes = won.scopes ?? null;
+      ctx.claims = won.claims ?? null;
+    } else {
+      const anon = base.authenticate.find((b) => b.anonymous !== null)?.anonymous ?? null;
+      if (anon === null) {
+        const status = firstInvalid?.status ?? 401;
+        return {
+          reply: {
+            code: status === 403 ? 'forbidden' : 'unauthorized',
+            detail: firstInvalid?.detail ?? 'credentials are required',
+            // Several schemes: one WWW-Authenticate each is allowed (RFC 9110 §11.6.1); joined here.
+            headers: status === 401 ? { 'www-authenticate': challenges.join(', ') } : undefined,
+          },
+          chain: base,
+        };
+      }
+      ctx.consumer = anon;
+      ctx.identity = anon.name;
+      ctx.anonymous = true;
+    }
+    const c = ctx.consumer;
+    if (c !== null) {
+      ctx.setUpstreamHeader(headers.id, c.id);
+      ctx.setUpstreamHeader(headers.name, c.name);
+      if (c.groups.length) ctx.setUpstreamHeader(headers.groups, c.groups.join(', '));
+    } else if (ctx.identity !== null) {
+      ctx.setUpstreamHeader(headers.name, ctx.identity);
+    }
+    if (ctx.credential !== null) ctx.setUpstreamHeader(headers.credential, ctx.credential);
+    if (ctx.anonymous) ctx.setUpstreamHeader(headers.anonymous, 'true');
+  }
+  const chain = ctx.consumer !== null ? chains.forConsumer(ctx.consumer) : base;
+  for (const b of chain.access) {
+    const r = await call(b, () => b.inst.access!(ctx));
+    if (r) return { reply: r, chain };
+  }
+  return { reply: null, chain };
+}

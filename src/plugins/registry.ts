@@ -1,0 +1,18 @@
+/**
+ * The plugins this build knows, by name. registerPlugin adds one (embedders, tests); a config
+ * compiled afterwards can bind it.
+ */
+import type { PluginDef } from './types.js';
+import keyAuth from './key-auth/index.js';
+import basicAuth from './basic-auth/index.js';
+
+const plugins = new Map<string, PluginDef>();
+
+export function registerPlugin(def: PluginDef): void {
+  if (plugins.has(def.name) && plugins.get(def.name) !== def) throw new Error(`a plugin named "${def.name}" is already registered`);
+  plugins.set(def.name, def);
+}
+
+for (const p of [keyAuth, basicAuth] as PluginDef[]) registerPlugin(p);
+
+export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

@@ -1,0 +1,120 @@
+/**
+ * The plugin interface. A plugin is a folder under src/plugins/<name>/ with index.ts (the
+ * definition), schema.ts (its TypeBox config schema: types, validation and docs), README.md and
+ * its tests. `create()` runs once per binding per config snapshot, never per request; the
+ * instance's phase functions run per request and may return a value or a Promise (the request
+ * path stays synchronous until a plugin actually needs to wait).
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Static, TSchema } from '@sinclair/typebox';
+import type { ProblemCode } from '../core/problem.js';
+import type { Logger } from '../core/log.js';
+
+export type Scope = 'global' | 'service' | 'route' | 'consumer';
+export type MaybePromise<T> = T | Promise<T>;
+
+/** A consumer as compiled from `consumers:` (frozen). */
+export interface Consumer {
+  id: string;
+  name: string;
+  groups: readonly string[];
+  plan: string | undefined;
+}
+
+/** An answer made by a plugin instead of the upstream's (stops the request phases). */
+export interface Reply {
+  /** A problem from the catalogue (problem+json), or a raw body with `status`. */
+  code?: ProblemCode;
+  detail?: string;
+  status?: number;
+  body?: string | Buffer;
+  headers?: Record<string, string>;
+}
+
+/** What an auth plugin found. */
+export type AuthOutcome =
+  /** Authenticated: a configured consumer, or (consumer null) an identity the IdP vouches for without one here. */
+  | { ok: true; consumer: Consumer | null; identity: string; credential: string; scopes?: readonly string[]; claims?: Readonly<Record<string, unknown>> }
+  /** No credential of this kind in the request. */
+  | { ok: false; missing: true; challenge: string }
+  /** A credential was there and is not good: `detail` is for the client, never the token's content. */
+  | { ok: false; missing: false; challenge: string; detail: string; status?: 401 | 403 };
+
+/** The request as plugins see it (one per request; `vars` is for plugins to talk to each other). */
+export interface RequestCtx {
+  readonly req: IncomingMessage;
+  readonly requestId: string;
+  readonly method: string;
+  /** Normalized path as received (before strip_path). */
+  readonly path: string;
+  /** Raw query string including '?', or ''. */
+  readonly query: string;
+  readonly host: string;
+  readonly clientIp: string;
+  readonly route: { readonly name: string };
+  readonly service: { readonly name: string };
+  consumer: Consumer | null;
+  /** Identity of the caller when authenticated (consumer name, or e.g. a JWT claim value). */
+  identity: string | null;
+  credential: string | null;
+  /** Scopes granted to the caller (JWT scope / scp, introspection scope). */
+  scopes: readonly string[] | null;
+  claims: Readonly<Record<string, unknown>> | null;
+  anonymous: boolean;
+  vars: Record<string, unknown>;
+  /** A request header (lower-case name), joined when repeated. */
+  header(name: string): string | undefined;
+  /** Changes what goes upstream. */
+  removeUpstreamHeader(name: string): void;
+  setUpstreamHeader(name: string, value: string): void;
+  removeUpstreamQueryParam(name: string): void;
+}
+
+export interface LogInfo {
+  status: number;
+  durationMs: number;
+}
+
+export interface PluginInstance {
+  onRequest?(ctx: RequestCtx): MaybePromise<Reply | void>;
+  authenticate?(ctx: RequestCtx): MaybePromise<AuthOutcome>;
+  access?(ctx: RequestCtx): MaybePromise<Reply | void>;
+  /** Upstream response headers (flat name/value list) before they go to the client; edit in place. */
+  responseHeaders?(ctx: RequestCtx, status: number, headers: string[]): void;
+  /** Each response body chunk on its way to the client (streaming). */
+  responseBody?(ctx: RequestCtx, chunk: Buffer): Buffer;
+  /** After the response ended; cannot change it. */
+  log?(ctx: RequestCtx, info: LogInfo): void;
+  /** The snapshot that created it retired: release timers, caches. */
+  close?(): void;
+}
+
+/** What a plugin gets at create(): never a connection opened at import time. */
+export interface PluginDeps {
+  log: Logger;
+  /** Consumers by name, and the credentials of this plugin's type (validated against `credential`). */
+  consumers: ReadonlyMap<string, Consumer>;
+  credentials: readonly { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[];
+  /** Where the binding is (for messages). */
+  where: string;
+  /** Facts about the listeners (mtls-auth needs a client CA). */
+  listeners: { clientCa: boolean };
+}
+
+export interface PluginDef<S extends TSchema = TSchema> {
+  name: string;
+  /** Higher runs first in request phases, last in response phases (Kong's numbers: auth ~1000-1500, limits ~900). */
+  priority: number;
+  description: string;
+  schema: S;
+  scopes: readonly Scope[];
+  /** Auth plugins: the schema of `consumers[].credentials[]` entries of `type: <name>` (besides `type`). */
+  credential?: TSchema;
+  /** Semantic checks beyond the schema: messages for the binding's config. */
+  check?(config: Static<S>, deps: PluginDeps): string[];
+  create(config: Static<S>, deps: PluginDeps): PluginInstance;
+}
+
+export function definePlugin<S extends TSchema>(def: PluginDef<S>): PluginDef<S> {
+  return def;
+}
