@@ -312,7 +312,8 @@ export async function runRequestPhases(
             code: status === 403 ? 'forbidden' : 'unauthorized',
             detail: firstInvalid?.detail ?? 'credentials are required',
             // Several schemes: one WWW-Authenticate each is allowed (RFC 9110 §11.6.1); joined here.
-            headers: status === 401 ? { 'www-authenticate': challenges.join(', ') } : undefined,
+            // 403 (insufficient scope): the failing scheme's challenge says why (RFC 6750 §3.1).
+            headers: { 'www-authenticate': status === 401 ? challenges.join(', ') : firstInvalid!.challenge },
           },
           chain: base,
         };

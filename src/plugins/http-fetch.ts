@@ -1,0 +1,41 @@
+/** Small JSON fetches to identity providers (discovery, JWKS, introspection): bounded in time and size. */
+import { request } from 'undici';
+
+export interface FetchJsonOptions {
+  method?: 'GET' | 'POST';
+  headers?: Record<string, string>;
+  body?: string;
+  timeoutMs?: number;
+  maxBytes?: number;
+}
+
+export async function fetchJson(url: string, o: FetchJsonOptions = {}): Promise<{ status: number; json: unknown }> {
+  const timeout = o.timeoutMs ?? 5000;
+  const res = await request(url, {
+    method: o.method ?? 'GET',
+    headers: { accept: 'application/json', ...o.headers },
+    body: o.body,
+    headersTimeout: timeout,
+    bodyTimeout: timeout,
+    signal: AbortSignal.timeout(timeout),
+  });
+  const max = o.maxBytes ?? 1024 * 1024;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of res.body) {
+    size += (c as Buffer).length;
+    if (size > max) {
+      res.body.destroy();
+      throw new Error(`response from ${new URL(url).origin} is larger than ${max} bytes`);
+    }
+    chunks.push(c as Buffer);
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  let json: unknown = null;
+  try {
+    json = text ? JSON.parse(text) : null;
+  } catch {
+    throw new Error(`response from ${new URL(url).origin} is not JSON (status ${res.statusCode})`);
+  }
+  return { status: res.statusCode, json };
+}

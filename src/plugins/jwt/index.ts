@@ -1,0 +1,122 @@
+/**
+ * jwt: bearer tokens from a third-party identity provider (OIDC discovery or a JWKS URL).
+ * Checked: signature with the IdP's current keys (asymmetric algorithms only), iss, aud, exp,
+ * nbf/iat with a clock skew, required claims and scopes. A verified token is remembered (keyed
+ * by its SHA-256, bounded) until it expires, so a caller pays for the signature once. The
+ * consumer comes from `consumer_claim`: a consumer of that name, or one whose jwt credential
+ * has it as `subject`; otherwise the claim value is the identity (unless require_consumer).
+ */
+import { jwtVerify, errors as joseErrors, type JWTPayload } from 'jose';
+import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
+import { TtlCache, bearerToken, sha256 } from '../auth-common.js';
+import { parseDuration } from '../../config/units.js';
+import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
+import { acquireKeySource, releaseKeySource } from './keys.js';
+
+type Ok = Extract<AuthOutcome, { ok: true }>;
+
+/** Scopes from `scope` (space-separated, RFC 8693/9068) or `scp` (array or string). */
+export function scopesOf(p: JWTPayload): string[] {
+  const s = p['scope'] ?? p['scp'];
+  if (typeof s === 'string') return s.split(' ').filter(Boolean);
+  if (Array.isArray(s)) return s.filter((x): x is string => typeof x === 'string');
+  return [];
+}
+
+function claimMatches(actual: unknown, wanted: string | number | boolean | (string | number)[]): boolean {
+  const options = Array.isArray(wanted) ? wanted : [wanted];
+  if (Array.isArray(actual)) return actual.some((a) => options.includes(a as never));
+  return options.includes(actual as never);
+}
+
+export default definePlugin({
+  name: 'jwt',
+  priority: 1450,
+  description: 'JWT bearer tokens from an OIDC / OAuth2 identity provider, verified with its published keys.',
+  schema: JwtConfig,
+  credential: JwtCredential,
+  scopes: ['global', 'service', 'route'],
+  check(config) {
+    const out: string[] = [];
+    if (!config.issuer && !config.jwks_url) out.push('give issuer (OIDC discovery) or jwks_url');
+    return out;
+  },
+  create(config, deps) {
+    const realm = 'Bearer realm="turnpike"';
+    const keys = acquireKeySource({
+      issuer: config.issuer,
+      jwksUrl: config.jwks_url,
+      refreshMs: parseDuration(config.jwks_refresh ?? '10m'),
+      cooldownMs: parseDuration(config.jwks_cooldown ?? '10s'),
+      timeoutMs: parseDuration(config.timeout ?? '5s'),
+    }, deps.log);
+    const subjects = new Map<string, Consumer>();
+    for (const { consumer, credential } of deps.credentials) {
+      const subject = String(credential['subject']);
+      if (subjects.has(subject)) throw new Error(`jwt subject "${subject}" belongs to two consumers`);
+      subjects.set(subject, consumer);
+    }
+    const skewS = Math.ceil(parseDuration(config.clock_skew ?? '30s') / 1000);
+    const claimName = config.consumer_claim ?? 'sub';
+    const required = [...new Set(['exp', ...(config.required_claims ?? [])])];
+    const verifyOptions = {
+      issuer: config.issuer,
+      audience: config.audiences,
+      algorithms: config.algorithms ?? [...ASYMMETRIC_ALGS],
+      clockTolerance: skewS,
+      requiredClaims: required,
+    };
+    const cache = config.cache === false ? null : new TtlCache<Ok>(config.cache_size ?? 10_000);
+    const wantScopes = config.scopes ?? [];
+    const wantClaims = Object.entries(config.claims ?? {});
+    const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, challenge: `${realm}, error="invalid_token"`, detail });
+
+    /** Everything after the signature: scopes, claims, consumer. */
+    const judge = (payload: JWTPayload): AuthOutcome => {
+      const scopes = scopesOf(payload);
+      const lacking = wantScopes.filter((s) => !scopes.includes(s));
+      if (lacking.length) {
+        return { ok: false, missing: false, status: 403, challenge: `${realm}, error="insufficient_scope", scope="${wantScopes.join(' ')}"`, detail: `the token lacks the scope ${lacking.join(', ')}` };
+      }
+      for (const [name, want] of wantClaims) {
+        if (!claimMatches(payload[name], want)) return { ok: false, missing: false, status: 403, challenge: `${realm}, error="insufficient_scope"`, detail: `the token's ${name} claim does not allow this request` };
+      }
+      const claim = payload[claimName];
+      const value = typeof claim === 'string' || typeof claim === 'number' ? String(claim) : null;
+      if (value === null) return invalid(`the token has no ${claimName} claim`);
+      const consumer = subjects.get(value) ?? deps.consumers.get(value) ?? null;
+      if (consumer === null && config.require_consumer) return invalid('the token is not for a known consumer');
+      return { ok: true, consumer, identity: consumer?.name ?? value, credential: `jwt:${value}`, scopes, claims: payload as Record<string, unknown> };
+    };
+
+    return {
+      async authenticate(ctx) {
+        let token = bearerToken(ctx.header('authorization'));
+        if (token === null && config.cookie) {
+          const m = new RegExp(`(?:^|;\\s*)${config.cookie.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}=([^;]*)`).exec(ctx.header('cookie') ?? '');
+          if (m && m[1]) token = m[1];
+        }
+        if (token === null) return { ok: false, missing: true, challenge: realm };
+        const key = cache !== null ? sha256(token).toString('base64') : '';
+        let outcome: AuthOutcome | undefined = cache?.get(key);
+        if (outcome === undefined) {
+          let payload: JWTPayload;
+          try {
+            ({ payload } = await jwtVerify(token, keys.getKey, verifyOptions));
+          } catch (err) {
+            if (err instanceof joseErrors.JWTExpired) return invalid('the token has expired');
+            if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return invalid('the token cannot be verified now (the identity provider\'s keys are unavailable)');
+            return invalid('the token is not valid');
+          }
+          outcome = judge(payload);
+          if (outcome.ok && cache !== null && typeof payload.exp === 'number') cache.set(key, outcome, payload.exp * 1000);
+        }
+        if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
+        return outcome;
+      },
+      close() {
+        releaseKeySource(keys);
+      },
+    };
+  },
+});

@@ -1,0 +1,174 @@
+/** jwt plugin end to end against a real OpenID provider (oidc-provider) started in the test. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { SignJWT, UnsecuredJWT, importJWK, generateKeyPair, exportJWK, type JWK } from 'jose';
+import { createHmac } from 'node:crypto';
+import { eventually, request, sleep, startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
+import { startIdp, DEFAULT_AUDIENCE, type TestIdp } from '../../../test/oidc-fixture.js';
+
+let idp: TestIdp;
+let up: TestUpstream;
+let gw: TestGateway;
+
+before(async () => {
+  idp = await startIdp({ algs: ['ES256', 'RS256'] });
+  up = await startUpstream();
+  gw = await startGateway(`
+consumers:
+  - {name: svc-a, groups: [partners], credentials: [{type: jwt, subject: svc-a}]}
+services:
+  - name: api
+    url: ${up.url}
+    plugins:
+      - name: jwt
+        config:
+          issuer: ${idp.issuer}
+          audiences: [${DEFAULT_AUDIENCE}]
+          consumer_claim: client_id
+          clock_skew: 0s
+          jwks_cooldown: 200ms
+          jwks_refresh: 300ms
+          hide_credentials: true
+    routes:
+      - {name: open, paths: [/api]}
+      - name: orders
+        paths: [/orders]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, scopes: ["orders:read"], jwks_cooldown: 200ms}
+      - name: strict
+        paths: [/strict]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, require_consumer: true}
+`);
+});
+after(async () => {
+  await gw?.close();
+  await up?.close();
+  await idp?.close();
+});
+
+const get = (path: string, token?: string) => request(`${gw.url}${path}`, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+const upstreamSaw = () => JSON.parse(JSON.stringify(up.requests.at(-1)!.headers)) as Record<string, string>;
+
+/** A token signed with the IdP's own current private key (for claims the IdP would not issue). */
+async function forge(claims: Record<string, unknown>, opts: { alg?: 'ES256' | 'RS256'; kid?: string; key?: JWK } = {}): Promise<string> {
+  const alg = opts.alg ?? 'ES256';
+  const jwk = opts.key ?? (idp.signingKeys().private as JWK[]).find((k) => k.alg === alg || (alg === 'ES256' ? k.kty === 'EC' : k.kty === 'RSA'))!;
+  const key = await importJWK(jwk, alg);
+  const now = Math.floor(Date.now() / 1000);
+  return new SignJWT({ iss: idp.issuer, aud: DEFAULT_AUDIENCE, client_id: 'svc-a', sub: 'svc-a', iat: now, exp: now + 300, ...claims })
+    .setProtectedHeader({ alg, kid: opts.kid ?? jwk.kid, typ: 'at+jwt' })
+    .sign(key);
+}
+
+test('client_credentials tokens from the IdP pass; the consumer goes upstream, the token does not (hide_credentials)', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a', scope: 'read' });
+  const r = await get('/api/x', token);
+  assert.equal(r.status, 200, r.body);
+  const h = upstreamSaw();
+  assert.equal(h['x-consumer-name'], 'svc-a');
+  assert.equal(h['x-consumer-groups'], 'partners');
+  assert.match(h['x-consumer-id']!, /^[0-9a-f-]{36}$/);
+  assert.equal(h['x-credential-identifier'], 'jwt:svc-a');
+  assert.equal(h.authorization, undefined);
+  // RS256 tokens from the same IdP too.
+  assert.equal((await get('/api/rs', await idp.jwt({ clientId: 'svc-a', alg: 'RS256' }))).status, 200);
+  // A caller the gateway has no consumer for: identified by the claim...
+  const b = await get('/api/y', await idp.jwt({ clientId: 'svc-b' }));
+  assert.equal(b.status, 200);
+  assert.equal(upstreamSaw()['x-consumer-name'], 'svc-b');
+  assert.equal(upstreamSaw()['x-consumer-id'], undefined);
+  // ...unless the route requires a known consumer.
+  assert.equal((await get('/strict', await idp.jwt({ clientId: 'svc-b' }))).status, 401);
+  assert.equal((await get('/strict', await idp.jwt({ clientId: 'svc-a' }))).status, 200);
+});
+
+test('bad tokens get 401 with a Bearer challenge and no token detail: missing, expired, not yet valid, wrong audience, wrong issuer, tampered, alg none, HS256 with the public key, unknown kid', async () => {
+  const missing = await get('/api/x');
+  assert.equal(missing.status, 401);
+  assert.equal(missing.headers['www-authenticate'], 'Bearer realm="turnpike"');
+  assert.equal(missing.headers['content-type'], 'application/problem+json');
+
+  const now = Math.floor(Date.now() / 1000);
+  const expiredSoon = await idp.jwt({ clientId: 'svc-a', ttlSeconds: 1 });
+  const bad: Record<string, string> = {
+    expired: await forge({ exp: now - 5, iat: now - 60 }),
+    'not yet valid': await forge({ nbf: now + 120 }),
+    'wrong audience': await idp.jwt({ clientId: 'svc-a', audience: 'https://other.api.test' }),
+    'wrong issuer': await forge({ iss: 'https://evil.example' }),
+    'no exp': await forge({ exp: undefined }),
+    'alg none': new UnsecuredJWT({ iss: idp.issuer, aud: DEFAULT_AUDIENCE, client_id: 'svc-a', exp: now + 300 }).encode(),
+  };
+  const good = await idp.jwt({ clientId: 'svc-a' });
+  const [h, p, s] = good.split('.');
+  const payload = JSON.parse(Buffer.from(p!, 'base64url').toString());
+  payload.client_id = 'admin';
+  bad['tampered'] = `${h}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.${s}`;
+  // HS256 "signed" with the RSA public key (the classic key-confusion attack).
+  const rsaPublic = (idp.signingKeys().public as JWK[]).find((k) => k.kty === 'RSA')!;
+  const hsHeader = Buffer.from(JSON.stringify({ alg: 'HS256', kid: rsaPublic.kid, typ: 'JWT' })).toString('base64url');
+  const hsPayload = Buffer.from(JSON.stringify({ iss: idp.issuer, aud: DEFAULT_AUDIENCE, client_id: 'svc-a', exp: now + 300 })).toString('base64url');
+  for (const secret of [JSON.stringify(rsaPublic), rsaPublic.n!]) {
+    const sig = createHmac('sha256', secret).update(`${hsHeader}.${hsPayload}`).digest('base64url');
+    bad[`HS256 with public key ${secret.length}`] = `${hsHeader}.${hsPayload}.${sig}`;
+  }
+  const stranger = await generateKeyPair('ES256', { extractable: true });
+  bad['unknown kid'] = await forge({}, { key: { ...(await exportJWK(stranger.privateKey)), kid: 'not-at-the-idp', alg: 'ES256' } });
+  bad['garbage'] = 'not.a.jwt';
+  await sleep(1100);
+  bad['expired at the IdP'] = expiredSoon;
+  for (const [name, token] of Object.entries(bad)) {
+    const r = await get('/api/x', token);
+    assert.equal(r.status, 401, `${name}: ${r.status} ${r.body}`);
+    assert.match(String(r.headers['www-authenticate']), /^Bearer realm="turnpike", error="invalid_token"$/, name);
+    const part = token.split('.')[1] ?? '';
+    if (part.length > 8) assert.ok(!r.body.includes(part), `${name}: the token leaks into the answer`);
+  }
+});
+
+test('scopes per route: missing scope -> 403 insufficient_scope; present -> 200', async () => {
+  const without = await get('/orders', await idp.jwt({ clientId: 'svc-a', scope: 'read' }));
+  assert.equal(without.status, 403);
+  assert.match(String(without.headers['www-authenticate']), /error="insufficient_scope", scope="orders:read"/);
+  assert.equal((await get('/orders', await idp.jwt({ clientId: 'svc-a', scope: 'read orders:read' }))).status, 200);
+});
+
+test('key rotation at the IdP is followed without a restart; an unknown kid does not hammer the IdP', async () => {
+  const before = await idp.jwt({ clientId: 'svc-a' });
+  assert.equal((await get('/api/r', before)).status, 200);
+  const { kid } = await idp.rotateKeys();
+  const after = await idp.jwt({ clientId: 'svc-a' });
+  assert.equal(JSON.parse(Buffer.from(after.split('.')[0]!, 'base64url').toString()).kid, kid);
+  await sleep(250); // past jwks_cooldown
+  assert.equal((await get('/api/r', after)).status, 200, 'the new key is fetched on its first unknown kid');
+  assert.equal((await get('/api/r', before)).status, 200, 'the old key is still published');
+  // A flood of unknown kids: at most one JWKS fetch per cooldown (200 ms).
+  const stranger = await generateKeyPair('ES256', { extractable: true });
+  const jwk = { ...(await exportJWK(stranger.privateKey)), alg: 'ES256' };
+  const hits0 = idp.hits['/jwks'] ?? 0;
+  const started = Date.now();
+  for (let i = 0; i < 40; i++) assert.equal((await get('/api/r', await forge({}, { key: { ...jwk, kid: `bogus-${i}` } }))).status, 401);
+  const elapsed = Date.now() - started;
+  const fetched = (idp.hits['/jwks'] ?? 0) - hits0;
+  assert.ok(fetched <= Math.ceil(elapsed / 200) + 1, `${fetched} JWKS fetches in ${elapsed} ms`);
+});
+
+test('IdP down: keys in hand keep working (also past jwks_refresh); back up: refreshed', async () => {
+  const t1 = await idp.jwt({ clientId: 'svc-a', scope: 'x' });
+  const t2 = await idp.jwt({ clientId: 'svc-a', scope: 'y' });
+  assert.equal((await get('/api/d', t1)).status, 200);
+  await idp.down();
+  try {
+    await sleep(400); // past jwks_refresh (300 ms): a refresh is tried and fails
+    assert.equal((await get('/api/d', t2)).status, 200, 'a token never seen before, verified with cached keys');
+    assert.equal((await get('/api/d', t1)).status, 200);
+  } finally {
+    await idp.up();
+  }
+  const hits = idp.hits['/jwks'] ?? 0;
+  await sleep(350);
+  assert.equal((await get('/api/d', await idp.jwt({ clientId: 'svc-a', scope: 'z' }))).status, 200);
+  await eventually(() => (idp.hits['/jwks'] ?? 0) > hits, 3000);
+});

@@ -1,0 +1,105 @@
+/**
+ * Signing keys of an identity provider: found by OIDC discovery (or a JWKS URL), fetched once,
+ * refreshed in the background every `refreshMs`, re-fetched at once for an unknown `kid` (at
+ * most once per `cooldownMs`), and kept when the IdP is down (a failed refresh logs and serves
+ * the keys it has). Shared by every binding and snapshot that names the same IdP.
+ */
+import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, type JWSHeaderParameters, type FlattenedJWSInput } from 'jose';
+import { fetchJson } from '../http-fetch.js';
+import type { Logger } from '../../core/log.js';
+
+export interface KeySourceOptions {
+  issuer: string | undefined;
+  jwksUrl: string | undefined;
+  refreshMs: number;
+  cooldownMs: number;
+  timeoutMs: number;
+}
+
+export class KeySource {
+  private jwksUrl: string | undefined;
+  private local: ReturnType<typeof createLocalJWKSet> | null = null;
+  private fetchedAt = 0;
+  private attemptAt = 0;
+  private loading: Promise<void> | null = null;
+  refs = 0;
+  /** Fetches made (discovery + JWKS), for tests and /status. */
+  fetches = 0;
+
+  constructor(private readonly o: KeySourceOptions, private readonly log: Logger) {
+    this.jwksUrl = o.jwksUrl;
+  }
+
+  /** jose's key lookup: (protected header, token) -> key. */
+  readonly getKey: JWTVerifyGetKey = async (header: JWSHeaderParameters, token: FlattenedJWSInput) => {
+    const now = Date.now();
+    if (this.local === null) {
+      // No keys yet: fetch (retrying a failed start at most once a second).
+      if (now - this.attemptAt >= Math.min(1000, this.o.cooldownMs)) await this.load();
+      if (this.local === null) throw Object.assign(new Error('the signing keys are not available'), { code: 'TURNPIKE_NO_KEYS' });
+    } else if (now - this.fetchedAt >= this.o.refreshMs && now - this.attemptAt >= this.o.cooldownMs) {
+      void this.load(); // in the background: the keys in hand serve meanwhile
+    }
+    // An unknown kid: a fetch under way may bring it; else fetch now unless one was made
+    // within the cooldown (a flood of made-up kids costs the IdP one fetch per cooldown).
+    for (let round = 0; ; round++) {
+      try {
+        return await this.local!(header, token);
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || round >= 2) throw err;
+        if (this.loading !== null) await this.loading;
+        else if (Date.now() - this.attemptAt >= this.o.cooldownMs) await this.load();
+        else throw err;
+      }
+    }
+  };
+
+  /** One fetch at a time; failures keep the keys in hand. */
+  load(): Promise<void> {
+    this.loading ??= (async () => {
+      this.attemptAt = Date.now();
+      try {
+        if (this.jwksUrl === undefined) this.jwksUrl = await this.discover();
+        this.fetches++;
+        const { status, json } = await fetchJson(this.jwksUrl, { timeoutMs: this.o.timeoutMs });
+        const keys = (json as { keys?: unknown } | null)?.keys;
+        if (status !== 200 || !Array.isArray(keys)) throw new Error(`JWKS ${this.jwksUrl} answered ${status} without a key set`);
+        this.local = createLocalJWKSet(json as JSONWebKeySet);
+        this.fetchedAt = Date.now();
+      } catch (err) {
+        this.log.warn({ issuer: this.o.issuer, jwks: this.jwksUrl, err: (err as Error).message, keys_in_hand: this.local !== null }, 'fetching signing keys failed');
+      } finally {
+        this.loading = null;
+      }
+    })();
+    return this.loading;
+  }
+
+  private async discover(): Promise<string> {
+    const issuer = this.o.issuer!;
+    this.fetches++;
+    const url = `${issuer.replace(/\/$/, '')}/.well-known/openid-configuration`;
+    const { status, json } = await fetchJson(url, { timeoutMs: this.o.timeoutMs });
+    const doc = json as { issuer?: unknown; jwks_uri?: unknown } | null;
+    if (status !== 200 || doc === null) throw new Error(`discovery ${url} answered ${status}`);
+    // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for.
+    if (doc.issuer !== issuer) throw new Error(`discovery document is for issuer ${JSON.stringify(doc.issuer)}, not ${issuer}`);
+    if (typeof doc.jwks_uri !== 'string' || !/^https?:\/\//.test(doc.jwks_uri)) throw new Error('discovery document has no jwks_uri');
+    return doc.jwks_uri;
+  }
+}
+
+const sources = new Map<string, KeySource>();
+
+/** The shared key source for an IdP (release() it when done). */
+export function acquireKeySource(o: KeySourceOptions, log: Logger): KeySource {
+  const key = JSON.stringify(o);
+  let s = sources.get(key);
+  if (!s) sources.set(key, (s = new KeySource(o, log)));
+  s.refs++;
+  return s;
+}
+
+export function releaseKeySource(s: KeySource): void {
+  if (--s.refs <= 0) for (const [k, v] of sources) if (v === s) sources.delete(k);
+}

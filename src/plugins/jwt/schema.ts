@@ -1,0 +1,36 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { AuthCommon } from '../auth-common.js';
+
+/** Asymmetric algorithms only: never `none`, never an HMAC (which a public key could be abused as). */
+export const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
+
+const Duration = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })]);
+
+export const JwtConfig = Type.Object({
+  issuer: Type.Optional(Type.String({ pattern: '^https?://', description: 'The IdP: keys found by OIDC discovery (issuer/.well-known/openid-configuration); tokens must carry this iss.' })),
+  jwks_url: Type.Optional(Type.String({ pattern: '^https?://', description: 'Where the signing keys are, without discovery.' })),
+  audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Accepted aud values (one must match).' })),
+  algorithms: Type.Optional(Type.Array(Type.Union(ASYMMETRIC_ALGS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, description: 'Accepted algorithms (default: all asymmetric ones).' })),
+  clock_skew: Type.Optional(Duration),
+  scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have (scope or scp claim); missing -> 403.' })),
+  claims: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.Union([Type.String(), Type.Number()]), { minItems: 1 })]), {
+    description: 'Claims the token must carry: a value, or a list of which the claim must equal one (or, for an array claim, contain one); missing -> 403.',
+  })),
+  required_claims: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Claims that must be present (exp is always required).' })),
+  consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'sub', description: 'Claim whose value names the consumer (or matches a jwt credential\'s subject).' })),
+  require_consumer: Type.Optional(Type.Boolean({ default: false, description: 'Refuse (401) tokens whose consumer_claim names no configured consumer; otherwise X-Consumer-Name carries the claim value.' })),
+  cookie: Type.Optional(Type.String({ minLength: 1, description: 'Also read the token from this cookie when there is no Authorization header.' })),
+  cache: Type.Optional(Type.Boolean({ default: true, description: 'Remember verified tokens (keyed by their SHA-256) until they expire.' })),
+  cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
+  jwks_refresh: Type.Optional(Duration),
+  jwks_cooldown: Type.Optional(Duration),
+  timeout: Type.Optional(Duration),
+  ...AuthCommon,
+}, { additionalProperties: false });
+export type JwtConfig = Static<typeof JwtConfig>;
+
+/** consumers[].credentials[] entry of type jwt: maps a consumer_claim value to this consumer. */
+export const JwtCredential = Type.Object({
+  type: Type.Literal('jwt'),
+  subject: Type.String({ minLength: 1, description: 'The consumer_claim value (e.g. an OAuth client_id) that identifies this consumer.' }),
+}, { additionalProperties: false });
