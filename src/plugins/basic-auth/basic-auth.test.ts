@@ -1,0 +1,219 @@
+/** basic-auth end to end: a gateway in-process, a real upstream, loopback sockets. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { performance } from 'node:perf_hooks';
+import { parseConfigText } from '../../config/load.js';
+import { compile } from '../../config/compile.js';
+import { PoolRegistry } from '../../upstream/pools.js';
+import { consumerId } from '../pipeline.js';
+import { hashPassword, parseHash, verifyPassword } from './hash.js';
+import { request, startGateway, startUpstream, type SimpleResponse, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
+
+const T = { timeout: 20_000 };
+const CHALLENGE = 'Basic realm="turnpike", charset="UTF-8"';
+const UNICODE_USER = 'jürgen';
+const UNICODE_PASSWORD = 'pässwörd-✓-密码-🔑';
+const BOB_HASH = hashPassword('bob-secret');
+
+let up: TestUpstream;
+let t: TestGateway;
+
+const basic = (user: string, password: string) => `Basic ${Buffer.from(`${user}:${password}`, 'utf8').toString('base64')}`;
+
+const config = () => `consumers:
+  - name: alice
+    groups: [ops, billing]
+    credentials: [{type: basic-auth, username: alice, password: 'correct horse battery'}]
+  - name: bob
+    id: bob-id
+    credentials: [{type: basic-auth, username: bob, password_hash: '${BOB_HASH}'}]
+  - name: juergen
+    credentials: [{type: basic-auth, username: '${UNICODE_USER}', password: '${UNICODE_PASSWORD}'}]
+  - name: colon
+    credentials: [{type: basic-auth, username: colon, password: 'a:b:c'}]
+  - name: timer
+    credentials: [{type: basic-auth, username: timer, password: 'timer-password'}]
+services:
+  - name: s
+    url: ${up.url}
+    routes:
+      - {name: basic, paths: [/basic], plugins: [{name: basic-auth}]}
+      - {name: hidden, paths: [/hidden], plugins: [{name: basic-auth, config: {hide_credentials: true}}]}
+      - {name: timed, paths: [/timed], plugins: [{name: basic-auth}]}
+      - {name: realm, paths: [/realm], plugins: [{name: basic-auth, config: {realm: 'Back office'}}]}
+      - {name: open, paths: [/open]}
+`;
+
+before(async () => {
+  up = await startUpstream();
+  t = await startGateway(config());
+});
+after(async () => {
+  await t?.close();
+  await up?.close();
+});
+
+interface Echo { method: string; url: string; headers: Record<string, string | string[] | undefined> }
+const echo = (r: SimpleResponse): Echo => JSON.parse(r.body) as Echo;
+
+function assertUnauthorized(r: SimpleResponse, challenge = CHALLENGE, ...secrets: string[]): void {
+  assert.equal(r.status, 401, r.body);
+  assert.equal(r.headers['content-type'], 'application/problem+json');
+  assert.equal(r.headers['www-authenticate'], challenge);
+  const p = JSON.parse(r.body) as { type: string; status: number };
+  assert.equal(p.type, 'urn:turnpike:problem:unauthorized');
+  assert.equal(p.status, 401);
+  const everything = r.body + '\n' + r.rawHeaders.join('\n');
+  for (const s of secrets) assert.ok(!everything.includes(s), `the response echoes ${JSON.stringify(s)}`);
+}
+
+test('the right password: 200, consumer headers upstream', T, async () => {
+  const r = await request(`${t.url}/basic/x`, { headers: { authorization: basic('alice', 'correct horse battery') } });
+  assert.equal(r.status, 200, r.body);
+  const h = echo(r).headers;
+  assert.equal(h['x-consumer-name'], 'alice');
+  assert.equal(h['x-consumer-id'], consumerId('alice'));
+  assert.equal(h['x-consumer-groups'], 'ops, billing');
+  assert.equal(h['x-credential-identifier'], 'basic-auth:alice');
+  assert.ok(!String(h['x-credential-identifier']).includes('correct horse'));
+  assert.equal(h['x-anonymous-consumer'], undefined);
+  // Without hide_credentials, Authorization goes upstream as sent.
+  assert.equal(h['authorization'], basic('alice', 'correct horse battery'));
+
+  // The scheme name is case-insensitive (RFC 9110 §11.1).
+  const lower = await request(`${t.url}/basic/x`, { headers: { authorization: basic('alice', 'correct horse battery').replace('Basic', 'basic') } });
+  assert.equal(lower.status, 200, lower.body);
+
+  // A password with colons: the user name ends at the first one (RFC 7617 §2).
+  const colon = await request(`${t.url}/basic/x`, { headers: { authorization: basic('colon', 'a:b:c') } });
+  assert.equal(colon.status, 200, colon.body);
+  assert.equal(echo(colon).headers['x-consumer-name'], 'colon');
+});
+
+test('password_hash from hashPassword() works', T, async () => {
+  assert.match(BOB_HASH, /^scrypt\$16384\$8\$1\$/);
+  const r = await request(`${t.url}/basic`, { headers: { authorization: basic('bob', 'bob-secret') } });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(echo(r).headers['x-consumer-name'], 'bob');
+  assert.equal(echo(r).headers['x-consumer-id'], 'bob-id');
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic('bob', 'bob-secreT') } }));
+  // Two hashes of the same password differ (random salt).
+  assert.notEqual(hashPassword('bob-secret'), BOB_HASH);
+});
+
+test('wrong password, unknown user, malformed base64, no colon, other schemes, none: 401 with the Basic challenge', T, async () => {
+  const before = up.requests.length;
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic('alice', 'wrong horse battery') } }), CHALLENGE, 'wrong horse battery');
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic('alice', '') } }));
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic('mallory', 'correct horse battery') } }), CHALLENGE, 'mallory');
+  // Another consumer's password is not alice's.
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic('alice', 'bob-secret') } }));
+  // Malformed base64 (characters outside the alphabet, padding in the middle).
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: 'Basic !!!not*base64' } }));
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: 'Basic YWxp=Y2U6' } }));
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: 'Basic' } }));
+  // Valid base64 without a colon.
+  const noColon = await request(`${t.url}/basic`, { headers: { authorization: `Basic ${Buffer.from('alicecorrect horse battery').toString('base64')}` } });
+  assertUnauthorized(noColon);
+  assert.match((JSON.parse(noColon.body) as { detail: string }).detail, /malformed/);
+  // Another scheme, or nothing.
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: 'Bearer abc.def.ghi' } }));
+  const none = await request(`${t.url}/basic`);
+  assertUnauthorized(none);
+  assert.match((JSON.parse(none.body) as { detail: string }).detail, /required/);
+  // The realm is configurable.
+  assertUnauthorized(await request(`${t.url}/realm`), 'Basic realm="Back office", charset="UTF-8"');
+  assert.equal(up.requests.length, before, 'the upstream was called for a rejected request');
+});
+
+test('unicode user names and passwords (UTF-8, RFC 7617 charset)', T, async () => {
+  const r = await request(`${t.url}/basic`, { headers: { authorization: basic(UNICODE_USER, UNICODE_PASSWORD) } });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(echo(r).headers['x-consumer-name'], 'juergen');
+  // One code point off: rejected.
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic(UNICODE_USER, UNICODE_PASSWORD.replace('ä', 'a')) } }));
+  // The same characters sent as ISO-8859-1 bytes are not the UTF-8 password.
+  const latin1 = `Basic ${Buffer.from(`${UNICODE_USER}:pässwörd`, 'latin1').toString('base64')}`;
+  assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: latin1 } }));
+});
+
+test('hide_credentials removes Authorization before the upstream', T, async () => {
+  const r = await request(`${t.url}/hidden`, { headers: { Authorization: basic('alice', 'correct horse battery'), 'x-keep': '1' } });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(echo(r).headers['authorization'], undefined);
+  assert.equal(echo(r).headers['x-keep'], '1');
+  assert.equal(echo(r).headers['x-consumer-name'], 'alice');
+  const raw = up.requests[up.requests.length - 1]!.rawHeaders;
+  assert.ok(!raw.some((v, i) => i % 2 === 0 && v.toLowerCase() === 'authorization'));
+  // From the cache (second time) as well.
+  const again = await request(`${t.url}/hidden`, { headers: { Authorization: basic('alice', 'correct horse battery') } });
+  assert.equal(again.status, 200);
+  assert.equal(echo(again).headers['authorization'], undefined);
+});
+
+test('a verified pair is cached: the second request is much faster than the first (scrypt)', T, async () => {
+  // The upstream connection is opened beforehand, so that only authentication differs.
+  assert.equal((await request(`${t.url}/open`)).status, 200);
+  const auth = { authorization: basic('timer', 'timer-password') };
+  const time = async () => {
+    const t0 = performance.now();
+    const r = await request(`${t.url}/timed`, { headers: auth });
+    assert.equal(r.status, 200, r.body);
+    return performance.now() - t0;
+  };
+  const first = await time();
+  const cached = Math.min(await time(), await time(), await time());
+  assert.ok(cached < first / 3, `first ${first.toFixed(1)} ms, cached ${cached.toFixed(1)} ms`);
+  // A wrong password for the cached user is not served from the cache.
+  assertUnauthorized(await request(`${t.url}/timed`, { headers: { authorization: basic('timer', 'timer-passwore') } }));
+  // An unknown user costs a check too (no user-name oracle by timing): about as slow as a first check.
+  const t0 = performance.now();
+  assertUnauthorized(await request(`${t.url}/timed`, { headers: { authorization: basic('nobody-here', 'timer-password') } }));
+  const unknown = performance.now() - t0;
+  assert.ok(unknown > cached * 3 || unknown > first / 4, `unknown user ${unknown.toFixed(1)} ms, first ${first.toFixed(1)} ms, cached ${cached.toFixed(1)} ms`);
+});
+
+test('after compile the loaded config holds password_hash, never the plain password', T, async () => {
+  // The running gateway's own config object.
+  const creds = t.gw.loaded.config.consumers!.flatMap((c) => c.credentials ?? []) as Record<string, unknown>[];
+  assert.equal(creds.length, 5);
+  for (const c of creds) {
+    assert.equal(c['password'], undefined, JSON.stringify(c));
+    assert.match(String(c['password_hash']), /^scrypt\$/);
+  }
+  const json = JSON.stringify(t.gw.loaded.config);
+  for (const p of ['correct horse battery', UNICODE_PASSWORD, 'a:b:c', 'timer-password']) assert.ok(!json.includes(p), `${p} is still in the loaded config`);
+
+  // A fresh compile: the hash that replaced the password verifies it.
+  const loaded = parseConfigText(config(), { env: {} });
+  const pools = new PoolRegistry();
+  try {
+    compile(loaded, { pools }).dispose();
+  } finally {
+    await pools.closeAll();
+  }
+  const alice = loaded.config.consumers![0]!.credentials![0] as Record<string, unknown>;
+  assert.deepEqual(Object.keys(alice).sort(), ['password_hash', 'type', 'username']);
+  const parsed = parseHash(String(alice['password_hash']));
+  assert.ok(parsed);
+  assert.equal(await verifyPassword('correct horse battery', parsed), true);
+  assert.equal(await verifyPassword('correct horse batterY', parsed), false);
+  // A given password_hash is kept as it is.
+  assert.equal((loaded.config.consumers![1]!.credentials![0] as Record<string, unknown>)['password_hash'], BOB_HASH);
+});
+
+test('the plain password is dropped even when no route binds basic-auth', { ...T, todo: 'the password is only hashed (and dropped) inside basic-auth create(), which runs per binding' }, async () => {
+  const loaded = parseConfigText(`consumers:
+  - name: alice
+    credentials: [{type: basic-auth, username: alice, password: 'correct horse battery'}]
+services:
+  - {name: s, url: 'http://127.0.0.1:9', routes: [{name: r, paths: [/r]}]}
+`, { env: {} });
+  const pools = new PoolRegistry();
+  try {
+    compile(loaded, { pools }).dispose();
+  } finally {
+    await pools.closeAll();
+  }
+  assert.ok(!JSON.stringify(loaded.config).includes('correct horse battery'));
+});

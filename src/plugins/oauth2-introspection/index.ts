@@ -1,0 +1,104 @@
+/**
+ * oauth2-introspection (RFC 7662): opaque bearer tokens checked at the IdP's introspection
+ * endpoint, authenticated as the gateway's client. Answers are cached by the token's SHA-256:
+ * active ones until min(cache_ttl, exp), inactive ones for negative_cache_ttl; concurrent
+ * requests with one token share one call. `active: false` (or a token the IdP does not know)
+ * is a 401; an IdP that does not answer is a 401 saying the token cannot be checked now.
+ */
+import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
+import { TtlCache, bearerToken, sha256 } from '../auth-common.js';
+import { fetchJson } from '../http-fetch.js';
+import { parseDuration } from '../../config/units.js';
+import { IntrospectionConfig } from './schema.js';
+
+const REALM = 'Bearer realm="turnpike"';
+const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, challenge: `${REALM}, error="invalid_token"`, detail });
+
+/** RFC 6749 §2.3.1: client id and secret are form-encoded before they go into Basic. */
+const formEncode = (s: string) => encodeURIComponent(s).replace(/%20/g, '+');
+
+export default definePlugin({
+  name: 'oauth2-introspection',
+  priority: 1400,
+  description: 'Opaque OAuth2 tokens checked at the identity provider\'s introspection endpoint (RFC 7662), cached.',
+  schema: IntrospectionConfig,
+  scopes: ['global', 'service', 'route'],
+  create(config, deps) {
+    const ttl = parseDuration(config.cache_ttl ?? '30s');
+    const negativeTtl = Math.min(ttl, parseDuration(config.negative_cache_ttl ?? '5s'));
+    const timeoutMs = parseDuration(config.timeout ?? '5s');
+    const cache = new TtlCache<AuthOutcome>(config.cache_size ?? 10_000);
+    const inflight = new Map<string, Promise<AuthOutcome>>();
+    const claimName = config.consumer_claim ?? 'client_id';
+    const wantScopes = config.scopes ?? [];
+    const basic = `Basic ${Buffer.from(`${formEncode(config.client_id)}:${formEncode(config.client_secret)}`).toString('base64')}`;
+
+    const introspect = async (token: string): Promise<{ outcome: AuthOutcome; until: number }> => {
+      const form = new URLSearchParams({ token, token_type_hint: 'access_token' });
+      if (config.auth_method === 'client_secret_post') {
+        form.set('client_id', config.client_id);
+        form.set('client_secret', config.client_secret);
+      }
+      let res: { status: number; json: unknown };
+      try {
+        res = await fetchJson(config.introspection_url, {
+          method: 'POST',
+          timeoutMs,
+          headers: { 'content-type': 'application/x-www-form-urlencoded', ...(config.auth_method === 'client_secret_post' ? {} : { authorization: basic }) },
+          body: form.toString(),
+        });
+      } catch (err) {
+        deps.log.warn({ url: config.introspection_url, err: (err as Error).message }, 'token introspection failed');
+        return { outcome: invalid('the token cannot be checked now (the identity provider does not answer)'), until: 0 };
+      }
+      const body = res.json as Record<string, unknown> | null;
+      if (res.status !== 200 || body === null || typeof body !== 'object') {
+        deps.log.warn({ url: config.introspection_url, status: res.status }, 'token introspection refused');
+        return { outcome: invalid('the token cannot be checked now'), until: 0 };
+      }
+      const now = Date.now();
+      if (body['active'] !== true) return { outcome: invalid('the token is not active'), until: now + negativeTtl };
+      const exp = typeof body['exp'] === 'number' ? body['exp'] * 1000 : Infinity;
+      if (exp <= now) return { outcome: invalid('the token has expired'), until: now + negativeTtl };
+      const until = Math.min(now + ttl, exp);
+      if (config.audiences) {
+        const aud = body['aud'];
+        const auds = Array.isArray(aud) ? aud : typeof aud === 'string' ? [aud] : [];
+        if (!auds.some((a) => config.audiences!.includes(a as string))) return { outcome: invalid('the token is not for this API'), until };
+      }
+      const scopes = typeof body['scope'] === 'string' ? (body['scope'] as string).split(' ').filter(Boolean) : [];
+      const lacking = wantScopes.filter((s) => !scopes.includes(s));
+      if (lacking.length) {
+        return { outcome: { ok: false, missing: false, status: 403, challenge: `${REALM}, error="insufficient_scope", scope="${wantScopes.join(' ')}"`, detail: `the token lacks the scope ${lacking.join(', ')}` }, until };
+      }
+      const v = body[claimName];
+      const value = typeof v === 'string' || typeof v === 'number' ? String(v) : null;
+      if (value === null) return { outcome: invalid(`the token has no ${claimName}`), until };
+      const consumer: Consumer | null = deps.consumers.get(value) ?? null;
+      if (consumer === null && config.require_consumer) return { outcome: invalid('the token is not for a known consumer'), until };
+      return { outcome: { ok: true, consumer, identity: consumer?.name ?? value, credential: `oauth2:${value}`, scopes, claims: body }, until };
+    };
+
+    return {
+      async authenticate(ctx) {
+        const token = bearerToken(ctx.header('authorization'));
+        if (token === null) return { ok: false, missing: true, challenge: REALM };
+        const key = sha256(token).toString('base64');
+        let outcome = cache.get(key);
+        if (outcome === undefined) {
+          let p = inflight.get(key);
+          if (p === undefined) {
+            p = introspect(token).then(({ outcome, until }) => {
+              cache.set(key, outcome, until);
+              return outcome;
+            }).finally(() => inflight.delete(key));
+            inflight.set(key, p);
+          }
+          outcome = await p;
+        }
+        if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
+        return outcome;
+      },
+    };
+  },
+});

@@ -1,0 +1,107 @@
+/** oauth2-introspection end to end against a real OpenID provider's introspection endpoint. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { request, sleep, startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
+import { startIdp, type TestIdp } from '../../../test/oidc-fixture.js';
+
+let idp: TestIdp;
+let up: TestUpstream;
+let gw: TestGateway;
+
+before(async () => {
+  idp = await startIdp();
+  up = await startUpstream();
+  gw = await startGateway(`
+consumers: [{name: svc-a, groups: [apps]}]
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - name: api
+        paths: [/api]
+        plugins:
+          - name: oauth2-introspection
+            config:
+              introspection_url: ${idp.introspection.url}
+              client_id: ${idp.introspection.clientId}
+              client_secret: ${idp.introspection.clientSecret}
+              cache_ttl: 600ms
+              negative_cache_ttl: 300ms
+              hide_credentials: true
+      - name: scoped
+        paths: [/scoped]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${idp.introspection.url}, client_id: gateway, client_secret: gateway-secret, auth_method: client_secret_post, scopes: [write]}
+      - name: bad-client
+        paths: [/bad-client]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${idp.introspection.url}, client_id: gateway, client_secret: wrong}
+`);
+});
+after(async () => {
+  await gw?.close();
+  await up?.close();
+  await idp?.close();
+});
+
+const get = (path: string, token?: string) => request(`${gw.url}${path}`, { headers: token ? { authorization: `Bearer ${token}` } : {} });
+const calls = () => idp.hits['/token/introspection'] ?? 0;
+
+test('an active opaque token passes (consumer from client_id), cached for cache_ttl; revocation is seen once the cache entry ends', async () => {
+  const token = await idp.opaque({ clientId: 'svc-a', scope: 'read' });
+  const c0 = calls();
+  const r = await get('/api/x', token);
+  assert.equal(r.status, 200, r.body);
+  const h = up.requests.at(-1)!.headers;
+  assert.equal(h['x-consumer-name'], 'svc-a');
+  assert.equal(h['x-consumer-groups'], 'apps');
+  assert.equal(h.authorization, undefined);
+  // Concurrent and repeated requests: answered from the cache (one introspection call so far).
+  const many = await Promise.all(Array.from({ length: 10 }, () => get('/api/y', token)));
+  assert.deepEqual([...new Set(many.map((m) => m.status))], [200]);
+  assert.equal(calls() - c0, 1);
+
+  await idp.revoke(token);
+  assert.equal((await get('/api/z', token)).status, 200, 'still cached: the bound is cache_ttl');
+  await sleep(700);
+  const after = await get('/api/z', token);
+  assert.equal(after.status, 401);
+  assert.match(String(after.headers['www-authenticate']), /error="invalid_token"/);
+  assert.equal(calls() - c0, 2);
+});
+
+test('inactive and unknown tokens get 401 (negative answers cached briefly); concurrent unknown tokens share one call', async () => {
+  const c0 = calls();
+  const bogus = 'x'.repeat(43);
+  const rs = await Promise.all(Array.from({ length: 5 }, () => get('/api/x', bogus)));
+  assert.deepEqual(rs.map((r) => r.status), [401, 401, 401, 401, 401]);
+  assert.equal(calls() - c0, 1);
+  await get('/api/x', bogus);
+  assert.equal(calls() - c0, 1, 'negative result cached');
+  await sleep(350);
+  await get('/api/x', bogus);
+  assert.equal(calls() - c0, 2, 'negative cache bounded by negative_cache_ttl');
+  assert.equal((await get('/api/x')).status, 401);
+});
+
+test('scopes -> 403; client_secret_post works; a gateway client the IdP refuses, or an IdP that is down, is a 401 that says so', async () => {
+  const read = await idp.opaque({ clientId: 'svc-a', scope: 'read' });
+  const write = await idp.opaque({ clientId: 'svc-a', scope: 'read write' });
+  assert.equal((await get('/scoped', read)).status, 403);
+  assert.equal((await get('/scoped', write)).status, 200);
+  const refused = await get('/bad-client', write);
+  assert.equal(refused.status, 401);
+  assert.match(refused.body, /cannot be checked now/);
+  const fresh = await idp.opaque({ clientId: 'svc-a', scope: 'read' });
+  await idp.down();
+  try {
+    const r = await get('/api/down', fresh);
+    assert.equal(r.status, 401);
+    assert.match(r.body, /does not answer/);
+  } finally {
+    await idp.up();
+  }
+  assert.equal((await get('/api/up', fresh)).status, 200, 'a failed call is not cached');
+});
