@@ -7,6 +7,7 @@ import keyAuth from './key-auth/index.js';
 import basicAuth from './basic-auth/index.js';
 import jwt from './jwt/index.js';
 import introspection from './oauth2-introspection/index.js';
+import mtlsAuth from './mtls-auth/index.js';
 
 const plugins = new Map<string, PluginDef>();
 
@@ -15,6 +16,6 @@ export function registerPlugin(def: PluginDef): void {
   plugins.set(def.name, def);
 }
 
-for (const p of [jwt, introspection, keyAuth, basicAuth] as PluginDef[]) registerPlugin(p);
+for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth] as PluginDef[]) registerPlugin(p);
 
 export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

@@ -1,0 +1,63 @@
+/**
+ * mtls-auth: the client certificate of a TLS connection, verified against `tls.client_ca` by the
+ * listener, names the consumer: a credential whose subject_name is the certificate's subject CN
+ * or one of its subjectAltNames (DNS, email, URI), else a consumer named like the CN.
+ * No certificate: 401 (or anonymous); an untrusted one: 401 saying so.
+ */
+import type { TLSSocket, PeerCertificate } from 'node:tls';
+import { definePlugin, type Consumer } from '../types.js';
+import { MtlsAuthConfig, MtlsAuthCredential } from './schema.js';
+
+const CHALLENGE = 'MutualTLS realm="turnpike"';
+
+/** Subject CN and subjectAltName values (DNS:, email:, URI:) of a certificate. */
+export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[] } {
+  const cnRaw = cert.subject?.CN as string | string[] | undefined;
+  const cn = Array.isArray(cnRaw) ? cnRaw[0] ?? null : cnRaw ?? null;
+  const sans: string[] = [];
+  for (const part of (cert.subjectaltname ?? '').split(/,\s*/)) {
+    const m = /^(DNS|email|URI):(.+)$/.exec(part);
+    if (m) sans.push(m[2]!);
+  }
+  return { cn, sans };
+}
+
+export default definePlugin({
+  name: 'mtls-auth',
+  priority: 1600,
+  description: 'Client certificates (mutual TLS) on the TLS listener, mapped to consumers.',
+  schema: MtlsAuthConfig,
+  credential: MtlsAuthCredential,
+  scopes: ['global', 'service', 'route'],
+  check(_config, deps) {
+    return deps.listeners.clientCa ? [] : ['mtls-auth needs tls.client_ca (the CA that client certificates are verified against)'];
+  },
+  create(config, deps) {
+    const names = new Map<string, Consumer>();
+    for (const { consumer, credential } of deps.credentials) {
+      const n = String(credential['subject_name']);
+      if (names.has(n)) throw new Error(`mtls-auth subject_name "${n}" belongs to two consumers`);
+      names.set(n, consumer);
+    }
+    const requireConsumer = config.require_consumer ?? true;
+    return {
+      authenticate(ctx) {
+        const socket = ctx.req.socket as TLSSocket;
+        if (socket.encrypted !== true) return { ok: false, missing: true, challenge: CHALLENGE };
+        const cert = socket.getPeerCertificate();
+        if (!cert || Object.keys(cert).length === 0) return { ok: false, missing: true, challenge: CHALLENGE };
+        if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: 'the client certificate is not trusted' };
+        const { cn, sans } = certificateNames(cert);
+        let consumer: Consumer | null = null;
+        for (const n of [...(cn !== null ? [cn] : []), ...sans]) {
+          consumer = names.get(n) ?? null;
+          if (consumer) break;
+        }
+        if (consumer === null && cn !== null) consumer = deps.consumers.get(cn) ?? null;
+        if (consumer === null && (requireConsumer || cn === null)) return { ok: false, missing: false, challenge: CHALLENGE, detail: 'the client certificate is not for a known consumer' };
+        const identity = consumer?.name ?? cn!;
+        return { ok: true, consumer, identity, credential: `mtls:${cert.fingerprint256?.replace(/:/g, '').slice(0, 16) ?? identity}` };
+      },
+    };
+  },
+});

@@ -1,0 +1,121 @@
+/** mtls-auth end to end: client certificates made in the test, over HTTP/1.1 and HTTP/2 on the TLS listener. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { request as httpsRequest } from 'node:https';
+import { connect as h2connect } from 'node:http2';
+import { startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
+import { makeCa, type Pem, type TestCa } from '../../../test/certs.js';
+import { compile } from '../../config/compile.js';
+import { parseConfigText } from '../../config/load.js';
+import { PoolRegistry } from '../../upstream/pools.js';
+
+let ca: TestCa;
+let rogueCa: TestCa;
+let up: TestUpstream;
+let gw: TestGateway;
+let app: Pem;
+let bySan: Pem;
+let stranger: Pem;
+let rogue: Pem;
+
+before(async () => {
+  ca = makeCa('Client CA');
+  rogueCa = makeCa('Rogue CA');
+  const server = ca.issue('api.test');
+  app = ca.issue('app-1', { client: true });
+  bySan = ca.issue('device-77', { client: true });
+  stranger = ca.issue('nobody', { client: true });
+  rogue = rogueCa.issue('app-1', { client: true });
+  up = await startUpstream();
+  gw = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: ${ca.certFile}
+consumers:
+  - {name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}
+  - {name: device-77}
+  - {name: guest}
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - {name: secure, paths: [/secure], plugins: [{name: mtls-auth}]}
+      - {name: lenient, paths: [/lenient], plugins: [{name: mtls-auth, config: {anonymous: guest}}]}
+      - {name: public, paths: [/public]}
+`);
+});
+after(async () => {
+  await gw?.close();
+  await up?.close();
+  ca.cleanup();
+  rogueCa.cleanup();
+});
+
+function get(path: string, client?: Pem): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const r = httpsRequest({
+      host: '127.0.0.1', port: gw.gw.tlsAddress!.port, path, servername: 'api.test', ca: ca.cert, agent: false,
+      ...(client ? { cert: client.cert, key: client.key } : {}),
+    }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    r.on('error', reject);
+    r.end();
+  });
+}
+
+test('a trusted client certificate names its consumer (credential subject_name, or the CN as consumer name)', async () => {
+  const r = await get('/secure', app);
+  assert.equal(r.status, 200, r.body);
+  assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'app');
+  assert.match(String(up.requests.at(-1)!.headers['x-credential-identifier']), /^mtls:[0-9A-F]{16}$/);
+  assert.equal((await get('/secure', bySan)).status, 200);
+  assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'device-77');
+});
+
+test('no certificate, an untrusted one (same CN, other CA), or one for no consumer: 401; anonymous when allowed; routes without the plugin need none', async () => {
+  const none = await get('/secure');
+  assert.equal(none.status, 401);
+  const untrusted = await get('/secure', rogue);
+  assert.equal(untrusted.status, 401);
+  assert.match(untrusted.body, /not trusted/);
+  const unknown = await get('/secure', stranger);
+  assert.equal(unknown.status, 401);
+  assert.match(unknown.body, /not for a known consumer/);
+  assert.equal((await get('/lenient')).status, 200);
+  assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'guest');
+  assert.equal(up.requests.at(-1)!.headers['x-anonymous-consumer'], 'true');
+  assert.equal((await get('/public')).status, 200);
+  // Over plain HTTP there is no certificate at all.
+  const plain = await fetch(`${gw.url}/secure`);
+  assert.equal(plain.status, 401);
+});
+
+test('HTTP/2 over TLS with a client certificate', async () => {
+  const c = h2connect(`https://127.0.0.1:${gw.gw.tlsAddress!.port}`, { ca: ca.cert, servername: 'api.test', cert: app.cert, key: app.key });
+  try {
+    const status = await new Promise<number>((resolve, reject) => {
+      const s = c.request({ ':path': '/secure', ':authority': 'api.test' });
+      s.on('response', (h) => resolve(Number(h[':status'])));
+      s.on('error', reject);
+      s.resume();
+      s.end();
+    });
+    assert.equal(status, 200);
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'app');
+  } finally {
+    c.close();
+  }
+});
+
+test('mtls-auth without tls.client_ca is a config error at the binding', () => {
+  const pools = new PoolRegistry();
+  assert.throws(
+    () => compile(parseConfigText(`services:\n  - name: s\n    url: http://127.0.0.1:1\n    plugins: [{name: mtls-auth}]\n`), { pools }),
+    /services\[0\]\.plugins\[0\]\.config.*needs tls\.client_ca/,
+  );
+});
