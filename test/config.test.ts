@@ -11,6 +11,7 @@ import { ConfigError } from '../src/config/errors.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
 import { parseDuration, parseSize } from '../src/config/units.js';
 import { schemaJson } from '../src/config/json-schema.js';
+import { pluginsMarkdown } from '../src/plugins/docs.js';
 
 function issuesOf(text: string, env: NodeJS.ProcessEnv = {}) {
   const pools = new PoolRegistry();
@@ -173,6 +174,23 @@ test('schema/turnpike.schema.json is current (npm run schema)', () => {
   const schema = JSON.parse(published);
   assert.equal(schema.additionalProperties, false);
   assert.ok(schema.properties.services.items.properties.routes);
+});
+
+test('turnpike hash-password prints a password_hash that basic-auth accepts', async () => {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'hash-password'], { encoding: 'utf8', input: 'pässword\n' });
+  assert.equal(r.status, 0, r.stderr);
+  const hash = r.stdout.trim();
+  assert.match(hash, /^scrypt\$16384\$8\$1\$/);
+  assert.ok(!hash.includes('pässword'));
+  const { parseHash, verifyPassword } = await import('../src/plugins/basic-auth/hash.js');
+  assert.equal(await verifyPassword('pässword', parseHash(hash)!), true);
+  assert.equal(await verifyPassword('password', parseHash(hash)!), false);
+  const empty = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'hash-password'], { encoding: 'utf8', input: '' });
+  assert.equal(empty.status, 1);
+});
+
+test('docs/plugins.md is current (npm run schema)', () => {
+  assert.equal(readFileSync(new URL('../docs/plugins.md', import.meta.url), 'utf8'), pluginsMarkdown());
 });
 
 test('turnpike validate: exit 0 for a valid file, 1 with path and line for errors', () => {

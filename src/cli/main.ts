@@ -13,12 +13,14 @@ import { PoolRegistry } from '../upstream/pools.js';
 import { Gateway } from '../server/gateway.js';
 import { createLogger } from '../core/log.js';
 import { VERSION } from '../version.js';
+import { hashPassword } from '../plugins/basic-auth/hash.js';
 
 const USAGE = `turnpike ${VERSION}: an API gateway
 
 Usage:
   turnpike start --config FILE      run the gateway in the foreground
   turnpike validate --config FILE   check a config file (exit 0 when valid, 1 with errors)
+  turnpike hash-password            read a password on stdin, print its password_hash (basic-auth)
   turnpike --version
 
 SIGTERM/SIGINT drain in-flight requests and exit 0. The config file is reloaded when it
@@ -51,6 +53,17 @@ export async function main(argv: string[]): Promise<number> {
   if (values.help || !command) {
     process.stdout.write(USAGE);
     return command || values.help ? 0 : 2;
+  }
+  if (command === 'hash-password') {
+    const chunks: Buffer[] = [];
+    for await (const c of process.stdin) chunks.push(c as Buffer);
+    const password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+    if (password === '') {
+      process.stderr.write('no password on stdin\n');
+      return 1;
+    }
+    process.stdout.write(`${hashPassword(password)}\n`);
+    return 0;
   }
   if (command !== 'start' && command !== 'validate') {
     process.stderr.write(`unknown command "${command}"\n\n${USAGE}`);

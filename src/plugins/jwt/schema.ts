@@ -4,14 +4,14 @@ import { AuthCommon } from '../auth-common.js';
 /** Asymmetric algorithms only: never `none`, never an HMAC (which a public key could be abused as). */
 export const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
 
-const Duration = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })]);
+const Duration = (description: string) => Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })], { description });
 
 export const JwtConfig = Type.Object({
   issuer: Type.Optional(Type.String({ pattern: '^https?://', description: 'The IdP: keys found by OIDC discovery (issuer/.well-known/openid-configuration); tokens must carry this iss.' })),
   jwks_url: Type.Optional(Type.String({ pattern: '^https?://', description: 'Where the signing keys are, without discovery.' })),
   audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Accepted aud values (one must match).' })),
   algorithms: Type.Optional(Type.Array(Type.Union(ASYMMETRIC_ALGS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, description: 'Accepted algorithms (default: all asymmetric ones).' })),
-  clock_skew: Type.Optional(Duration),
+  clock_skew: Type.Optional(Duration('Leeway for exp, nbf and iat (default 30s).')),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have (scope or scp claim); missing -> 403.' })),
   claims: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.Union([Type.String(), Type.Number()]), { minItems: 1 })]), {
     description: 'Claims the token must carry: a value, or a list of which the claim must equal one (or, for an array claim, contain one); missing -> 403.',
@@ -22,9 +22,9 @@ export const JwtConfig = Type.Object({
   cookie: Type.Optional(Type.String({ minLength: 1, description: 'Also read the token from this cookie when there is no Authorization header.' })),
   cache: Type.Optional(Type.Boolean({ default: true, description: 'Remember verified tokens (keyed by their SHA-256) until they expire.' })),
   cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
-  jwks_refresh: Type.Optional(Duration),
-  jwks_cooldown: Type.Optional(Duration),
-  timeout: Type.Optional(Duration),
+  jwks_refresh: Type.Optional(Duration('How often the keys are re-fetched in the background (default 10m).')),
+  jwks_cooldown: Type.Optional(Duration('At most one fetch per this long for unknown kids (default 10s).')),
+  timeout: Type.Optional(Duration('Timeout of discovery and JWKS fetches (default 5s).')),
   ...AuthCommon,
 }, { additionalProperties: false });
 export type JwtConfig = Static<typeof JwtConfig>;

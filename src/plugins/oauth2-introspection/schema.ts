@@ -1,17 +1,17 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { AuthCommon } from '../auth-common.js';
 
-const Duration = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })]);
+const Duration = (description: string) => Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })], { description });
 
 export const IntrospectionConfig = Type.Object({
   introspection_url: Type.String({ pattern: '^https?://', description: 'The IdP\'s RFC 7662 introspection endpoint.' }),
   client_id: Type.String({ minLength: 1, description: 'The gateway\'s client at the IdP.' }),
   client_secret: Type.String({ minLength: 1, description: 'Its secret (use ${ENV}).' }),
   auth_method: Type.Optional(Type.Union([Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')], { default: 'client_secret_basic' })),
-  cache_ttl: Type.Optional(Duration),
-  negative_cache_ttl: Type.Optional(Duration),
+  cache_ttl: Type.Optional(Duration('How long an active answer is reused (never past the token\'s exp; default 30s).')),
+  negative_cache_ttl: Type.Optional(Duration('How long an active answer is reused (never past the token\'s exp; default 30s).')),
   cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
-  timeout: Type.Optional(Duration),
+  timeout: Type.Optional(Duration('Timeout of an introspection call (default 5s).')),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have; missing -> 403.' })),
   audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'When given, the token\'s aud must contain one of them.' })),
   consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'client_id', description: 'Field of the introspection answer that names the consumer (client_id, sub, username...).' })),
