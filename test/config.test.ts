@@ -221,7 +221,8 @@ test('the configuration example in README.md is valid', () => {
   }
   const pools = new PoolRegistry();
   try {
-    compile(parseConfigText(lines.join('\n'), { env: {} }), { pools }).dispose();
+    const hash = 'scrypt$16384$8$1$bUFeiyX4/rYjw6v0OLXolA==$X3YBnwZw4JUz4JFRADC1XPOGi04qFPwbZ+5LShzbV4w=';
+    compile(parseConfigText(lines.join('\n'), { env: { ACME_KEY: 'a-long-enough-key', ACME_PASSWORD_HASH: hash } }), { pools }).dispose();
   } finally {
     void pools.closeAll();
   }
