@@ -336,6 +336,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   // Consumers, their credentials (validated against their auth plugin's schema), then bindings.
   const consumers = new Map<string, Consumer>();
   const credentials = new Map<string, { consumer: Consumer; credential: Record<string, unknown> }[]>();
+  const credentialPaths = new Map<object, PathSegment[]>();
   (cfg.consumers ?? []).forEach((c, ci) => {
     if (consumers.has(c.name)) fail(['consumers', ci, 'name'], `duplicate consumer name "${c.name}"`);
     const consumer: Consumer = Object.freeze({ id: c.id ?? consumerId(c.name), name: c.name, groups: Object.freeze([...(c.groups ?? [])]), plan: c.plan });
@@ -354,9 +355,16 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         let list = credentials.get(cr.type);
         if (!list) credentials.set(cr.type, (list = []));
         list.push({ consumer, credential: cr as Record<string, unknown> });
+        credentialPaths.set(cr, ['consumers', ci, 'credentials', i]);
       }
     });
   });
+  for (const [type, list] of credentials) {
+    for (const p of PLUGINS.get(type)!.prepareCredentials?.(list) ?? []) {
+      const at = credentialPaths.get(list[p.index]!.credential)!;
+      fail(p.field ? [...at, p.field] : at, p.message);
+    }
+  }
   const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, deps.log ?? silentLogger, fail);
   plugins.setGlobal(cfg.plugins);
   (cfg.consumers ?? []).forEach((c, ci) => plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']));

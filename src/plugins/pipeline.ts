@@ -177,8 +177,9 @@ export class PluginCompiler {
       const anon = config['anonymous'];
       if (typeof anon === 'string') {
         anonymous = this.consumers.get(anon) ?? null;
-        if (!anonymous) problems.push(`anonymous: unknown consumer "${anon}"`);
+        if (!anonymous) this.fail([...bp, 'config', 'anonymous'], `unknown consumer "${anon}"`);
       }
+      if (typeof anon === 'string' && !anonymous) return;
       if (problems.length) {
         for (const p of problems) this.fail([...bp, 'config'], p);
         return;

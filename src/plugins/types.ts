@@ -110,6 +110,12 @@ export interface PluginDef<S extends TSchema = TSchema> {
   scopes: readonly Scope[];
   /** Auth plugins: the schema of `consumers[].credentials[]` entries of `type: <name>` (besides `type`). */
   credential?: TSchema;
+  /**
+   * Runs once per config over all credentials of this type (schema-valid), whether or not the
+   * plugin is bound anywhere: may rewrite them in place (basic-auth hashes plain passwords) and
+   * returns problems by index into the list (duplicates...).
+   */
+  prepareCredentials?(list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[];
   /** Semantic checks beyond the schema: messages for the binding's config. */
   check?(config: Static<S>, deps: PluginDeps): string[];
   create(config: Static<S>, deps: PluginDeps): PluginInstance;

@@ -329,7 +329,7 @@ export function handleRequest(
     hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
   }
   /** Past the request phases: the WebSocket relay, or the upstream. */
-  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain } | null): ForwardHandler | undefined => {
+  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger } | null): ForwardHandler | undefined => {
     if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host);
     if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
     if (expectContinue) res.writeContinue();
@@ -364,15 +364,20 @@ export function handleRequest(
   // Plugins: authenticate, access (maybe asynchronous), then the same way on.
   const pctx = new PluginCtx(req, requestId, method, path, query, host, t ? clientIp(p.peer, xff, snap.trusted) : p.peer, route, route.service, headers);
   const started = Date.now();
+  // The log phase runs however the request ends (the chain is the consumer's once known).
+  let used: Chain = chains.base;
+  res.once('close', () => {
+    if (used.log.length) runLog(ctx, pctx, used, res.statusCode, Date.now() - started);
+  });
   return runRequestPhases(pctx, chains, snap.consumerHeaders).then(({ reply, chain }) => {
-    if (chain.log.length) res.once('close', () => runLog(ctx, pctx, chain, res.statusCode, Date.now() - started));
+    used = chain;
     if (res.destroyed || res.writableEnded || req.destroyed) return undefined; // the client left meanwhile
     if (reply !== null) {
       sendReply(ctx, req, res, reply, requestId);
       return undefined;
     }
     const hasResponsePhases = chain.responseHeaders.length + chain.responseBody.length > 0;
-    return proceed(pctx.upstreamQuery, hasResponsePhases ? { ctx: pctx, chain } : null);
+    return proceed(pctx.upstreamQuery, hasResponsePhases ? { ctx: pctx, chain, log: ctx.log } : null);
   }, (err: unknown) => {
     const plugin = err instanceof PluginError ? err.plugin : undefined;
     ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');

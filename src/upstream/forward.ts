@@ -13,6 +13,7 @@ import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, 
 import type { Readable } from 'node:stream';
 import type { RequestCtx } from '../plugins/types.js';
 import type { Chain } from '../plugins/pipeline.js';
+import type { Logger } from '../core/log.js';
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -54,7 +55,7 @@ export interface ForwardRequest {
   /** A gRPC-Web request translated to gRPC (null otherwise): its body is decoded, its response encoded. */
   grpcWeb: GrpcWebKind | null;
   /** Plugins with response phases (responseHeaders, responseBody), or null. */
-  plugins: { ctx: RequestCtx; chain: Chain } | null;
+  plugins: { ctx: RequestCtx; chain: Chain; log?: Logger } | null;
 }
 
 /**
@@ -436,6 +437,7 @@ export class ForwardHandler {
         try {
           b.inst.responseHeaders!(pl.ctx, statusCode, out);
         } catch (err) {
+          pl.log?.error({ err, plugin: b.name, request_id: this.f.requestId }, 'plugin failed in the responseHeaders phase');
           this.finished = true;
           this.outcome = null;
           this.abortFn?.(err as Error);
@@ -502,7 +504,8 @@ export class ForwardHandler {
     if (pl !== null && pl.chain.responseBody.length) {
       try {
         for (const b of pl.chain.responseBody) chunk = b.inst.responseBody!(pl.ctx, chunk);
-      } catch {
+      } catch (err) {
+        pl.log?.error({ err, request_id: this.f.requestId }, 'plugin failed in the responseBody phase');
         // The response has started: it can only be cut.
         this.onError(new Error('a plugin failed on the response body'));
         return false;

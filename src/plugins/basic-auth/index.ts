@@ -41,20 +41,32 @@ export default definePlugin({
   schema: BasicAuthConfig,
   credential: BasicAuthCredential,
   scopes: ['global', 'service', 'route'],
-  create(config, deps) {
-    const users = new Map<string, { consumer: Consumer; hash: ParsedHash }>();
-    for (const { consumer, credential } of deps.credentials) {
+  prepareCredentials(list) {
+    const problems: { index: number; field?: string; message: string }[] = [];
+    const seen = new Map<string, number>();
+    list.forEach(({ credential }, index) => {
       const c = credential as { username: string; password?: string; password_hash?: string };
-      if ((c.password === undefined) === (c.password_hash === undefined)) throw new Error(`consumer "${consumer.name}": a basic-auth credential needs password or password_hash (one of them)`);
+      if ((c.password === undefined) === (c.password_hash === undefined)) {
+        problems.push({ index, message: 'give password or password_hash (one of them)' });
+        return;
+      }
+      if (seen.has(c.username)) problems.push({ index, field: 'username', message: `user name "${c.username}" is used twice (also credential ${seen.get(c.username)} of basic-auth)` });
+      seen.set(c.username, index);
       if (c.password !== undefined) {
-        // The loaded config keeps the hash instead (a recompile reuses it; the plain value goes).
+        // The loaded config keeps the hash instead: a recompile reuses it, the plain value goes.
         c.password_hash = hashPassword(c.password);
         delete c.password;
       }
-      const hash = parseHash(c.password_hash!);
-      if (hash === null) throw new Error(`consumer "${consumer.name}": password_hash is not a valid scrypt hash`);
-      if (users.has(c.username)) throw new Error(`basic-auth user name "${c.username}" is used twice`);
-      users.set(c.username, { consumer, hash });
+      if (parseHash(c.password_hash!) === null) problems.push({ index, field: 'password_hash', message: 'not a valid scrypt hash (scrypt$N$r$p$salt$hash, N a power of two up to 2^20)' });
+    });
+    return problems;
+  },
+  create(config, deps) {
+    const users = new Map<string, { consumer: Consumer; hash: ParsedHash }>();
+    for (const { consumer, credential } of deps.credentials) {
+      // (prepareCredentials made sure every one has a valid password_hash and a unique name)
+      const c = credential as { username: string; password_hash: string };
+      users.set(c.username, { consumer, hash: parseHash(c.password_hash)! });
     }
     const realm = config.realm ?? 'turnpike';
     const challenge = `Basic realm="${realm}", charset="UTF-8"`;

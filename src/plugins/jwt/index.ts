@@ -36,6 +36,17 @@ export default definePlugin({
   schema: JwtConfig,
   credential: JwtCredential,
   scopes: ['global', 'service', 'route'],
+  prepareCredentials(list) {
+    const seen = new Map<string, string>();
+    const problems: { index: number; field?: string; message: string }[] = [];
+    list.forEach(({ consumer, credential }, index) => {
+      const v = String(credential['subject']);
+      const other = seen.get(v);
+      if (other !== undefined) problems.push({ index, field: 'subject', message: `"${v}" is also consumer "${other}"'s` });
+      else seen.set(v, consumer.name);
+    });
+    return problems;
+  },
   check(config) {
     const out: string[] = [];
     if (!config.issuer && !config.jwks_url) out.push('give issuer (OIDC discovery) or jwks_url');
@@ -52,9 +63,7 @@ export default definePlugin({
     }, deps.log);
     const subjects = new Map<string, Consumer>();
     for (const { consumer, credential } of deps.credentials) {
-      const subject = String(credential['subject']);
-      if (subjects.has(subject)) throw new Error(`jwt subject "${subject}" belongs to two consumers`);
-      subjects.set(subject, consumer);
+      subjects.set(String(credential['subject']), consumer);
     }
     const skewS = Math.ceil(parseDuration(config.clock_skew ?? '30s') / 1000);
     const claimName = config.consumer_claim ?? 'sub';

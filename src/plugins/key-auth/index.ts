@@ -17,6 +17,17 @@ export default definePlugin({
   schema: KeyAuthConfig,
   credential: KeyAuthCredential,
   scopes: ['global', 'service', 'route'],
+  prepareCredentials(list) {
+    const seen = new Map<string, string>();
+    const problems: { index: number; field?: string; message: string }[] = [];
+    list.forEach(({ consumer, credential }, index) => {
+      const hex = sha256(String(credential['key'])).toString('hex');
+      const other = seen.get(hex);
+      if (other !== undefined) problems.push({ index, field: 'key', message: `the same key as consumer "${other}" has` });
+      else seen.set(hex, consumer.name);
+    });
+    return problems;
+  },
   check(config) {
     return config.header === false && config.query === false ? ['header and query cannot both be false'] : [];
   },
@@ -25,7 +36,6 @@ export default definePlugin({
     for (const { consumer, credential } of deps.credentials) {
       const digest = sha256(String(credential['key']));
       const hex = digest.toString('hex');
-      if (keys.has(hex)) throw new Error(`consumers "${keys.get(hex)!.consumer.name}" and "${consumer.name}" have the same key-auth key`);
       keys.set(hex, { digest, consumer, id: typeof credential['id'] === 'string' ? credential['id'] : `key-auth:${hex.slice(0, 12)}` });
     }
     const header = config.header === false ? null : (config.header ?? 'apikey').toLowerCase();

@@ -29,15 +29,24 @@ export default definePlugin({
   schema: MtlsAuthConfig,
   credential: MtlsAuthCredential,
   scopes: ['global', 'service', 'route'],
+  prepareCredentials(list) {
+    const seen = new Map<string, string>();
+    const problems: { index: number; field?: string; message: string }[] = [];
+    list.forEach(({ consumer, credential }, index) => {
+      const v = String(credential['subject_name']);
+      const other = seen.get(v);
+      if (other !== undefined) problems.push({ index, field: 'subject_name', message: `"${v}" is also consumer "${other}"'s` });
+      else seen.set(v, consumer.name);
+    });
+    return problems;
+  },
   check(_config, deps) {
     return deps.listeners.clientCa ? [] : ['mtls-auth needs tls.client_ca (the CA that client certificates are verified against)'];
   },
   create(config, deps) {
     const names = new Map<string, Consumer>();
     for (const { consumer, credential } of deps.credentials) {
-      const n = String(credential['subject_name']);
-      if (names.has(n)) throw new Error(`mtls-auth subject_name "${n}" belongs to two consumers`);
-      names.set(n, consumer);
+      names.set(String(credential['subject_name']), consumer);
     }
     const requireConsumer = config.require_consumer ?? true;
     return {
