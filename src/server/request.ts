@@ -367,7 +367,8 @@ export function handleRequest(
   // The log phase runs however the request ends (the chain is the consumer's once known).
   let used: Chain = chains.base;
   res.once('close', () => {
-    if (used.log.length) runLog(ctx, pctx, used, res.statusCode, Date.now() - started);
+    // Nothing sent: the client went away first (nginx's 499).
+    if (used.log.length) runLog(ctx, pctx, used, res.headersSent ? res.statusCode : 499, Date.now() - started);
   });
   return runRequestPhases(pctx, chains, snap.consumerHeaders).then(({ reply, chain }) => {
     used = chain;

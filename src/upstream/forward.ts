@@ -502,10 +502,14 @@ export class ForwardHandler {
     if (this.finished) return false;
     const pl = this.f.plugins;
     if (pl !== null && pl.chain.responseBody.length) {
+      let current = '';
       try {
-        for (const b of pl.chain.responseBody) chunk = b.inst.responseBody!(pl.ctx, chunk);
+        for (const b of pl.chain.responseBody) {
+          current = b.name;
+          chunk = b.inst.responseBody!(pl.ctx, chunk);
+        }
       } catch (err) {
-        pl.log?.error({ err, request_id: this.f.requestId }, 'plugin failed in the responseBody phase');
+        pl.log?.error({ err, plugin: current, request_id: this.f.requestId }, 'plugin failed in the responseBody phase');
         // The response has started: it can only be cut.
         this.onError(new Error('a plugin failed on the response body'));
         return false;
