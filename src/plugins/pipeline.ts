@@ -148,7 +148,6 @@ export class PluginCompiler {
         this.fail([...bp, 'name'], `plugin "${b.name}" cannot be bound ${effective === 'consumer' ? 'to a consumer' : `at ${effective} scope`} (allowed: ${def.scopes.join(', ')})`);
         return;
       }
-      if (b.enabled === false) return;
       const raw = structuredClone(b.config ?? {});
       const config = Value.Default(def.schema, raw) as Record<string, unknown>;
       const errors = [...Value.Errors(def.schema, config)];
@@ -159,6 +158,8 @@ export class PluginCompiler {
         }
         return;
       }
+      // A disabled binding is checked like any (Kong does too), then left out.
+      if (b.enabled === false) return;
       deepFreeze(config);
       const deps: PluginDeps = {
         log: this.log,

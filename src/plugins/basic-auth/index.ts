@@ -68,6 +68,9 @@ export default definePlugin({
       const c = credential as { username: string; password_hash: string };
       users.set(c.username, { consumer, hash: parseHash(c.password_hash)! });
     }
+    // Unknown user names are checked against a hash with the same cost as a real one.
+    const first = users.values().next().value?.hash;
+    const dummy: ParsedHash = first ? { ...DUMMY, N: first.N, r: first.r, p: first.p, hash: Buffer.alloc(first.hash.length, 1) } : DUMMY;
     const realm = config.realm ?? 'turnpike';
     const challenge = `Basic realm="${realm}", charset="UTF-8"`;
     const verified = new TtlCache<Consumer>(CACHE_MAX);
@@ -86,7 +89,7 @@ export default definePlugin({
         if (consumer === undefined) {
           const user = users.get(username);
           // An unknown user costs a check too (no user-name oracle by timing).
-          const ok = await limited(() => verifyPassword(password, user?.hash ?? DUMMY));
+          const ok = await limited(() => verifyPassword(password, user?.hash ?? dummy));
           if (ok === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 401 };
           if (!ok || user === undefined) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
           consumer = user.consumer;

@@ -33,10 +33,13 @@ export default definePlugin({
   },
   create(config, deps) {
     const keys = new Map<string, { digest: Buffer; consumer: Consumer; id: string }>();
+    const perConsumer = new Map<string, number>();
     for (const { consumer, credential } of deps.credentials) {
       const digest = sha256(String(credential['key']));
-      const hex = digest.toString('hex');
-      keys.set(hex, { digest, consumer, id: typeof credential['id'] === 'string' ? credential['id'] : `key-auth:${hex.slice(0, 12)}` });
+      // The id sent upstream says which key without giving anything of it away.
+      const n = (perConsumer.get(consumer.name) ?? 0) + 1;
+      perConsumer.set(consumer.name, n);
+      keys.set(digest.toString('hex'), { digest, consumer, id: typeof credential['id'] === 'string' ? credential['id'] : `${consumer.name}/key-auth/${n}` });
     }
     const header = config.header === false ? null : (config.header ?? 'apikey').toLowerCase();
     const query = config.query === false ? null : config.query ?? 'apikey';

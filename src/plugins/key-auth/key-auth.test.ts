@@ -355,7 +355,7 @@ ${route('          - name: key-auth\n            config: {anonymous: nobody}')}`
   assert.match(issues[0]!.message, /unknown consumer "nobody"/);
 });
 
-test('config: an unknown anonymous consumer names config.anonymous', { ...T, todo: 'pipeline.ts reports it at ...plugins[0].config (the anonymous check pushes into the plugin\'s problems list)' }, () => {
+test('config: an unknown anonymous consumer names config.anonymous', T, () => {
   const issues = issuesOf(`consumers:
   - name: a
     credentials: [{type: key-auth, key: long-enough-key}]
@@ -373,13 +373,14 @@ test('config: the same key for two consumers is an error', T, () => {
       - {type: key-auth, key: same-key-1234}
 ${route('          - name: key-auth')}`);
   assert.equal(issues.length, 1, JSON.stringify(issues));
-  assert.match(issues[0]!.message, /"a" and "b" have the same key-auth key/);
+  // The message names the other consumer (never the key itself).
+  assert.match(issues[0]!.message, /"a"/);
+  assert.match(issues[0]!.message, /same/);
   assert.ok(!issues[0]!.message.includes('same-key-1234'), 'the message shows the key');
-  // Reported where key-auth is bound (the check runs when the plugin is created).
-  assert.equal(issues[0]!.path, 'services[0].routes[0].plugins[0].config');
+  // (Where it is reported: see the next test.)
 });
 
-test('config: the same key for two consumers names the second credential, once, wherever key-auth is bound', { ...T, todo: 'the duplicate is found in key-auth create(): reported per binding (at ...plugins[i].config), and not at all when key-auth is not bound' }, () => {
+test('config: the same key for two consumers names the second credential, once, wherever key-auth is bound (or not bound at all)', T, () => {
   const cons = `consumers:
   - name: a
     credentials: [{type: key-auth, key: same-key-1234}]
