@@ -16,5 +16,5 @@ export type KeyAuthConfig = Static<typeof KeyAuthConfig>;
 export const KeyAuthCredential = Type.Object({
   type: Type.Literal('key-auth'),
   key: Type.String({ minLength: 8, maxLength: 512, description: 'The API key (use ${ENV} to keep it out of the file).' }),
-  id: Type.Optional(Type.String({ minLength: 1, description: 'Credential id sent upstream (default: derived from the key hash).' })),
+  id: Type.Optional(Type.String({ minLength: 1, description: 'Credential id sent upstream as X-Credential-Identifier (default: <consumer>/key-auth/<n>).' })),
 }, { additionalProperties: false });
