@@ -12,6 +12,8 @@ export class PluginCtx implements RequestCtx {
   vars: Record<string, unknown> = {};
   /** The query string sent upstream (plugins may remove parameters). */
   upstreamQuery: string;
+  /** Set by limitBody (the smallest wins). */
+  bodyLimit: number | null = null;
 
   constructor(
     readonly req: IncomingMessage,
@@ -25,6 +27,7 @@ export class PluginCtx implements RequestCtx {
     readonly service: { readonly name: string },
     /** The upstream header list (name, value, ...), ending with the `host` pair. */
     private readonly headers: string[],
+    readonly preflight: boolean,
   ) {
     this.upstreamQuery = query;
   }
@@ -43,6 +46,10 @@ export class PluginCtx implements RequestCtx {
   setUpstreamHeader(name: string, value: string): void {
     this.removeUpstreamHeader(name);
     this.headers.splice(this.headers.length - 2, 0, name, value);
+  }
+
+  limitBody(maxBytes: number): void {
+    this.bodyLimit = this.bodyLimit === null ? maxBytes : Math.min(this.bodyLimit, maxBytes);
   }
 
   removeUpstreamQueryParam(name: string): void {

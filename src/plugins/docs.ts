@@ -1,13 +1,15 @@
 /** docs/plugins.md, generated from the plugins' schemas (npm run schema writes it; a test keeps it current). */
 import type { TSchema } from '@sinclair/typebox';
 import { PLUGINS } from './registry.js';
+import { DURATION_PATTERN, SIZE_PATTERN } from '../config/units.js';
 
 function typeOf(s: TSchema): string {
+  if (s.anyOf && (s.anyOf as TSchema[]).some((x) => x.pattern === DURATION_PATTERN)) return 'duration';
+  if (s.anyOf && (s.anyOf as TSchema[]).some((x) => x.pattern === SIZE_PATTERN)) return 'size';
   if (s.const !== undefined) return JSON.stringify(s.const);
   if (s.anyOf) return (s.anyOf as TSchema[]).map(typeOf).join(' \\| ');
   if (s.type === 'array') return `${typeOf(s.items as TSchema)}[]`;
   if (s.type === 'object') return s.patternProperties || s.additionalProperties ? 'map' : 'object';
-  if (s.type === 'string' && s.pattern === '^[0-9]+(ms|s|m|h|d)$') return 'duration';
   return String(s.type ?? 'any');
 }
 

@@ -7,7 +7,8 @@
  * be bound where the consumer is not known yet (global, service, route). Request phases run by
  * descending priority; response phases (responseHeaders, responseBody, log) by ascending.
  *
- * Phases per request: onRequest (global plugins), authenticate (the route's auth plugins, any-of:
+ * Phases per request: onRequest (before authentication: CORS preflights, IP rules, size
+ * limits; a consumer binding cannot take part), authenticate (the route's auth plugins, any-of:
  * the first success wins; all failing -> 401/403, or the `anonymous` consumer when one is set),
  * access (the chain for the authenticated consumer), then the upstream. A plugin that throws or
  * rejects answers that request with a 500 problem; the gateway carries on.
@@ -74,7 +75,8 @@ export function consumerId(name: string): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${((parseInt(h[16]!, 16) & 0x3) | 0x8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
 }
 
-function chainOf(bindings: Iterable<Binding>, onRequest: readonly Bound[]): Chain {
+function chainOf(bindings: Iterable<Binding>): Chain {
+  const onRequest: Bound[] = [];
   const auth: Bound[] = [];
   const access: Bound[] = [];
   const rh: Bound[] = [];
@@ -82,12 +84,14 @@ function chainOf(bindings: Iterable<Binding>, onRequest: readonly Bound[]): Chai
   const log: Bound[] = [];
   for (const b of bindings) {
     const bound: Bound = { name: b.def.name, priority: b.def.priority, inst: b.inst, anonymous: b.anonymous };
+    if (b.inst.onRequest) onRequest.push(bound);
     if (b.inst.authenticate) auth.push(bound);
     if (b.inst.access) access.push(bound);
     if (b.inst.responseHeaders) rh.push(bound);
     if (b.inst.responseBody) rb.push(bound);
     if (b.inst.log) log.push(bound);
   }
+  onRequest.sort(byPriorityDesc);
   auth.sort(byPriorityDesc);
   access.sort(byPriorityDesc);
   for (const l of [rh, rb, log]) l.sort((a, b) => -byPriorityDesc(a, b));
@@ -105,7 +109,6 @@ export class PluginCompiler {
   readonly instances: PluginInstance[] = [];
   private readonly global: Binding[] = [];
   private readonly consumerBindings = new Map<string, Binding[]>();
-  private onRequest: Bound[] = [];
 
   constructor(
     private readonly registry: ReadonlyMap<string, PluginDef>,
@@ -200,7 +203,6 @@ export class PluginCompiler {
 
   setGlobal(list: readonly BindingInput[] | undefined): void {
     this.global.push(...this.bind(list, 'global', ['plugins']));
-    this.onRequest = this.global.filter((b) => b.inst.onRequest).map((b) => ({ name: b.def.name, priority: b.def.priority, inst: b.inst, anonymous: null })).sort(byPriorityDesc);
   }
 
   setConsumer(name: string, list: readonly BindingInput[] | undefined, path: PathSegment[]): void {
@@ -214,7 +216,7 @@ export class PluginCompiler {
     for (const layer of [this.global, service.filter((b) => b.consumer === null), route.filter((b) => b.consumer === null)]) {
       for (const b of layer) merged.set(b.def.name, b);
     }
-    const base = chainOf(merged.values(), this.onRequest);
+    const base = chainOf(merged.values());
     const serviceFor = service.filter((b) => b.consumer !== null);
     const routeFor = route.filter((b) => b.consumer !== null);
     if (this.consumerBindings.size === 0 && serviceFor.length === 0 && routeFor.length === 0) {
@@ -233,7 +235,7 @@ export class PluginCompiler {
         else {
           const m = new Map(merged);
           for (const layer of [own, sf, rf]) for (const b of layer) m.set(b.def.name, b);
-          chain = chainOf(m.values(), this.onRequest);
+          chain = chainOf(m.values());
         }
         cache.set(c.name, chain);
         return chain;

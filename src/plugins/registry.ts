@@ -8,6 +8,7 @@ import basicAuth from './basic-auth/index.js';
 import jwt from './jwt/index.js';
 import introspection from './oauth2-introspection/index.js';
 import mtlsAuth from './mtls-auth/index.js';
+import requestSizeLimit from './request-size-limit/index.js';
 
 const plugins = new Map<string, PluginDef>();
 
@@ -16,6 +17,6 @@ export function registerPlugin(def: PluginDef): void {
   plugins.set(def.name, def);
 }
 
-for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth] as PluginDef[]) registerPlugin(p);
+for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit] as PluginDef[]) registerPlugin(p);
 
 export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

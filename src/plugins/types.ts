@@ -68,6 +68,10 @@ export interface RequestCtx {
   removeUpstreamHeader(name: string): void;
   setUpstreamHeader(name: string, value: string): void;
   removeUpstreamQueryParam(name: string): void;
+  /** A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method), routed as the method it asks about. */
+  readonly preflight: boolean;
+  /** Caps the request body (bytes): past it, 413 (or a cut connection once the response started). */
+  limitBody(maxBytes: number): void;
 }
 
 export interface LogInfo {

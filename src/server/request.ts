@@ -268,7 +268,15 @@ export function handleRequest(
     }
     forwardsLeft = String(n - 1);
   } else if (maxForwards !== undefined) forwardsLeft = maxForwards;
-  const match = snap.router.match(method, host === p.lastHost ? p.lastHostName : hostName(host), path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
+  // A CORS preflight is routed as the request it asks about (the route's cors plugin answers
+  // it; without one it goes upstream as the OPTIONS it is).
+  const acrm = method === 'OPTIONS' && req.headers.origin !== undefined ? req.headers['access-control-request-method'] : undefined;
+  const preflight = typeof acrm === 'string' && /^[A-Za-z]+$/.test(acrm);
+  const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
+  let match = snap.router.match(preflight ? acrm.toUpperCase() : method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
+  if (preflight && (match === null || 'methodNotAllowed' in match || match.data.chains.base.empty)) {
+    match = snap.router.match(method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
+  }
   if (match === null) return reject(ctx, req, res, requestId, 'no-route', `no route matches ${method} ${path}`);
   if ('methodNotAllowed' in match) {
     return reject(ctx, req, res, requestId, 'method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
@@ -329,7 +337,7 @@ export function handleRequest(
     hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
   }
   /** Past the request phases: the WebSocket relay, or the upstream. */
-  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger } | null): ForwardHandler | undefined => {
+  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger } | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
     if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host);
     if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
     if (expectContinue) res.writeContinue();
@@ -349,6 +357,7 @@ export function handleRequest(
       snapshot: snap,
       grpcWeb,
       plugins,
+      bodyLimit,
     });
     try {
       handler.start();
@@ -362,7 +371,7 @@ export function handleRequest(
   if (chains.base.empty) return proceed(query, null);
 
   // Plugins: authenticate, access (maybe asynchronous), then the same way on.
-  const pctx = new PluginCtx(req, requestId, method, path, query, host, t ? clientIp(p.peer, xff, snap.trusted) : p.peer, route, route.service, headers);
+  const pctx = new PluginCtx(req, requestId, method, path, query, host, t ? clientIp(p.peer, xff, snap.trusted) : p.peer, route, route.service, headers, preflight);
   const started = Date.now();
   // The log phase runs however the request ends (the chain is the consumer's once known).
   let used: Chain = chains.base;
@@ -378,7 +387,14 @@ export function handleRequest(
       return undefined;
     }
     const hasResponsePhases = chain.responseHeaders.length + chain.responseBody.length > 0;
-    return proceed(pctx.upstreamQuery, hasResponsePhases ? { ctx: pctx, chain, log: ctx.log } : null);
+    if (pctx.bodyLimit !== null && hasBody) {
+      // Declared too big: refused before a byte of it is read (and without a 100 Continue).
+      if (cl !== undefined && Number(cl) > pctx.bodyLimit) {
+        reject(ctx, req, res, requestId, 'payload-too-large', `the request body is larger than ${pctx.bodyLimit} bytes`);
+        return undefined;
+      }
+    }
+    return proceed(pctx.upstreamQuery, hasResponsePhases ? { ctx: pctx, chain, log: ctx.log } : null, pctx.bodyLimit);
   }, (err: unknown) => {
     const plugin = err instanceof PluginError ? err.plugin : undefined;
     ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');

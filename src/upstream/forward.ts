@@ -10,7 +10,7 @@ import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import type { RequestCtx } from '../plugins/types.js';
 import type { Chain } from '../plugins/pipeline.js';
 import type { Logger } from '../core/log.js';
@@ -27,6 +27,8 @@ const STALE = new Error('attempt given up while connecting');
 const FAILURE_PENALTY_MS = 5_000;
 /** Request bodies up to this size are read before the first attempt so that retries can resend them. */
 const RETRY_BUFFER_BYTES = 64 * 1024;
+/** Error code of a request body over its plugin-set cap. */
+const BODY_TOO_LARGE = 'TURNPIKE_BODY_TOO_LARGE';
 /** Response bytes buffered for a client that does not read, from an HTTP/2 upstream (never paused). */
 const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
 /** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
@@ -56,6 +58,8 @@ export interface ForwardRequest {
   grpcWeb: GrpcWebKind | null;
   /** Plugins with response phases (responseHeaders, responseBody), or null. */
   plugins: { ctx: RequestCtx; chain: Chain; log?: Logger } | null;
+  /** Body size cap for a body without Content-Length (counted as it streams), or null. */
+  bodyLimit: number | null;
 }
 
 /**
@@ -163,11 +167,27 @@ export class ForwardHandler {
     const svc = f.service;
     // A small body of a request that may be retried is read first, so a retry can send it
     // again (Envoy buffers the same way); bigger or chunked bodies stream and are never retried.
+    if (f.bodyLimit !== null && f.hasBody) {
+      // Counted as it streams: past the cap the body stream fails, and onError answers 413.
+      let seen = 0;
+      const max = f.bodyLimit;
+      const counter = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          seen += chunk.length;
+          if (seen > max) cb(Object.assign(new Error(`the request body is larger than ${max} bytes`), { code: BODY_TOO_LARGE }));
+          else cb(null, chunk);
+        },
+      });
+      f.req.on('error', (err) => counter.destroy(err));
+      this.webBody = f.req.pipe(counter);
+    }
     if (f.grpcWeb !== null && f.hasBody) {
       // (streamed, never buffered for a retry: a gRPC call's messages are not replayable in general)
       const decoder = requestDecoder(f.grpcWeb);
       decoder.on('error', (err) => f.req.destroy(err));
-      this.webBody = f.req.pipe(decoder);
+      this.webBody = (this.webBody ?? f.req).pipe(decoder);
+    } else if (this.webBody !== null) {
+      // (a capped body streams; it is not read ahead for retries)
     } else if (f.hasBody && svc.retries > 0 && (f.retryNonIdempotent || IDEMPOTENT.has(f.method)) && f.req.headers['transfer-encoding'] === undefined) {
       const length = Number(f.req.headers['content-length']);
       if (length > 0 && length <= RETRY_BUFFER_BYTES) {
@@ -585,6 +605,15 @@ export class ForwardHandler {
     if (err === RETRY || err === STALE || this.finished) return;
     const f = this.f;
     const code = (err as { code?: string }).code ?? '';
+    if (code === BODY_TOO_LARGE || (err as { cause?: { code?: string } }).cause?.code === BODY_TOO_LARGE) {
+      if (this.target !== null) this.endAttempt(true); // not the target's fault
+      this.finished = true;
+      this.outcome = null;
+      if (!f.res.headersSent) sendProblem(f.res, 'payload-too-large', err.message, f.requestId, { close: true });
+      else f.res.destroy(err);
+      this.release();
+      return;
+    }
     if (!f.res.headersSent) {
       const kind = CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
       // An attempt that failed before any response: the target is charged for it (not for a

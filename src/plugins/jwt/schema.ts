@@ -1,10 +1,10 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { AuthCommon } from '../auth-common.js';
+import { Duration } from '../schema-types.js';
 
 /** Asymmetric algorithms only: never `none`, never an HMAC (which a public key could be abused as). */
 export const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
 
-const Duration = (description: string) => Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })], { description });
 
 export const JwtConfig = Type.Object({
   issuer: Type.Optional(Type.String({ pattern: '^https?://', description: 'The IdP: keys found by OIDC discovery (issuer/.well-known/openid-configuration); tokens must carry this iss.' })),

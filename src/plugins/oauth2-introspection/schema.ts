@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { AuthCommon } from '../auth-common.js';
+import { Duration } from '../schema-types.js';
 
-const Duration = (description: string) => Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: '^[0-9]+(ms|s|m|h|d)$' })], { description });
 
 export const IntrospectionConfig = Type.Object({
   introspection_url: Type.String({ pattern: '^https?://', description: 'The IdP\'s RFC 7662 introspection endpoint.' }),
