@@ -27,6 +27,8 @@ import { DEFAULT_CONSUMER_HEADERS, PluginCompiler, consumerId, type ConsumerHead
 import type { Consumer } from '../plugins/types.js';
 import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
+import type { CounterStore } from '../state/types.js';
+import { MemoryStore } from '../state/memory.js';
 
 export interface Address {
   host: string;
@@ -197,7 +199,13 @@ export interface CompileDeps {
   /** Resolved upstream names; names without an answer are left to undici. */
   dns?: { get(host: string): string[] | undefined };
   log?: Logger;
+  /** Counter stores for limits (validate and tests: a private in-memory one). */
+  counters?: { local: CounterStore; redis: CounterStore | null };
 }
+
+let validateStore: MemoryStore | null = null;
+/** Counters for a compile without a gateway (validate, unit tests). */
+const fallbackStore = () => (validateStore ??= new MemoryStore());
 
 const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
 const DEFAULT_RETRY_ON = ['connect-error'];
@@ -365,7 +373,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       fail(p.field ? [...at, p.field] : at, p.message);
     }
   }
-  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, deps.log ?? silentLogger, fail);
+  const counters = deps.counters ?? { local: fallbackStore(), redis: null };
+  if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, deps.log ?? silentLogger, fail);
   plugins.setGlobal(cfg.plugins);
   (cfg.consumers ?? []).forEach((c, ci) => plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']));
   const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };

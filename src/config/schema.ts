@@ -250,6 +250,15 @@ export const TurnpikeConfig = Strict({
   }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s).' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   admin: Type.Optional(Admin),
+  redis: Type.Optional(Type.Union([
+    Type.String({ pattern: '^rediss?://', description: 'redis://[user:password@]host:port[/db] (rediss:// for TLS).' }),
+    Strict({
+      url: Type.Optional(Type.String({ pattern: '^rediss?://' })),
+      cluster: Type.Optional(Type.Array(Type.String({ pattern: '^rediss?://' }), { minItems: 1, description: 'Seed nodes of a Redis Cluster.' })),
+      timeout: Type.Optional(Duration),
+      prefix: Type.Optional(Type.String({ maxLength: 64, description: 'Key prefix (default "turnpike:").' })),
+    }),
+  ], { description: 'Shared counters for limits with policy: redis (one truth across gateway nodes).' })),
   trusted_proxies: Type.Optional(Type.Array(Type.String(), {
     description: 'CIDRs (or addresses) of proxies whose X-Forwarded-* / Forwarded headers are believed.',
   })),

@@ -18,6 +18,7 @@ export const PROBLEMS = {
   'request-timeout': { status: 408, title: 'Request Timeout' },
   'payload-too-large': { status: 413, title: 'Content Too Large' },
   'uri-too-long': { status: 414, title: 'URI Too Long' },
+  'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   'internal-error': { status: 500, title: 'Internal Server Error' },
   'bad-gateway': { status: 502, title: 'Bad Gateway' },

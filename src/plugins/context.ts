@@ -14,6 +14,8 @@ export class PluginCtx implements RequestCtx {
   upstreamQuery: string;
   /** Set by limitBody (the smallest wins). */
   bodyLimit: number | null = null;
+  /** Added to the client's response (name, value, ...). */
+  responseHeaders: string[] = [];
 
   constructor(
     readonly req: IncomingMessage,
@@ -46,6 +48,10 @@ export class PluginCtx implements RequestCtx {
   setUpstreamHeader(name: string, value: string): void {
     this.removeUpstreamHeader(name);
     this.headers.splice(this.headers.length - 2, 0, name, value);
+  }
+
+  addResponseHeader(name: string, value: string): void {
+    this.responseHeaders.push(name, value);
   }
 
   limitBody(maxBytes: number): void {

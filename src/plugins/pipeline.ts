@@ -115,6 +115,7 @@ export class PluginCompiler {
     private readonly consumers: ReadonlyMap<string, Consumer>,
     private readonly credentials: ReadonlyMap<string, { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[]>,
     private readonly listeners: PluginDeps['listeners'],
+    private readonly counters: PluginDeps['counters'],
     private readonly log: Logger,
     private readonly fail: (path: PathSegment[], message: string) => void,
   ) {}
@@ -170,6 +171,7 @@ export class PluginCompiler {
         credentials: this.credentials.get(def.name) ?? [],
         where: bp.join('.'),
         listeners: this.listeners,
+        counters: this.counters,
       };
       let problems: string[] = [];
       try {

@@ -9,6 +9,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { ProblemCode } from '../core/problem.js';
 import type { Logger } from '../core/log.js';
+import type { CounterStore } from '../state/types.js';
 
 export type Scope = 'global' | 'service' | 'route' | 'consumer';
 export type MaybePromise<T> = T | Promise<T>;
@@ -72,6 +73,8 @@ export interface RequestCtx {
   readonly preflight: boolean;
   /** Caps the request body (bytes): past it, 413 (or a cut connection once the response started). */
   limitBody(maxBytes: number): void;
+  /** A header for the response to the client, whoever answers (upstream or a local reply). */
+  addResponseHeader(name: string, value: string): void;
 }
 
 export interface LogInfo {
@@ -103,6 +106,8 @@ export interface PluginDeps {
   where: string;
   /** Facts about the listeners (mtls-auth needs a client CA). */
   listeners: { clientCa: boolean };
+  /** Counter stores: this node's (shared by its workers), and Redis when `redis` is configured. */
+  counters: { local: CounterStore; redis: CounterStore | null };
 }
 
 export interface PluginDef<S extends TSchema = TSchema> {

@@ -23,12 +23,15 @@ import { Gateway } from './gateway.js';
 import { applyDecision } from '../upstream/state.js';
 import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
+import { IpcStore, answerCounter, type CounterReply, type CounterRequest } from '../state/ipc.js';
+import type { MemoryStore } from '../state/memory.js';
 
 type ToWorker =
   | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
   | { tp: 'reload'; text: string; config: TurnpikeConfigInput; hash: string | undefined; dns: Record<string, string[]> }
   | { tp: 'decisions'; decisions: Decision[] }
-  | { tp: 'stop' };
+  | { tp: 'stop' }
+  | CounterReply;
 
 type ToPrimary =
   | { tp: 'hello' }
@@ -36,7 +39,8 @@ type ToPrimary =
   | { tp: 'reloaded' }
   | { tp: 'reload-failed'; error: string }
   | { tp: 'passive'; key: string; ok: boolean }
-  | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number };
+  | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number }
+  | CounterRequest;
 
 const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !== null && typeof (m as { tp?: unknown }).tp === 'string';
 
@@ -115,6 +119,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
           break;
         case 'outcomes':
           health.outcomes(msg.service, msg.ok, msg.fail, msg.trialOk, msg.trialFail);
+          break;
+        case 'ctr':
+          // One truth per node: the primary's counters decide for every worker.
+          if (worker.isConnected()) worker.send(answerCounter(gw.counters.local as MemoryStore, msg) satisfies ToWorker);
           break;
       }
     });
@@ -256,9 +264,11 @@ export async function runWorker(log: Logger): Promise<number> {
   const early: ToWorker[] = [];
   let handle: ((m: ToWorker) => void) | null = null;
   let onConfig: ((m: Extract<ToWorker, { tp: 'config' }> | null) => void) | null = null;
+  const counters = new IpcStore((m) => send(m));
   process.on('message', (m: unknown) => {
     if (!isMsg(m)) return;
     const msg = m as ToWorker;
+    if (msg.tp === 'ctr-r') return counters.onReply(msg);
     if (onConfig && (msg.tp === 'config' || msg.tp === 'stop')) {
       const f = onConfig;
       onConfig = null;
@@ -274,7 +284,7 @@ export async function runWorker(log: Logger): Promise<number> {
   const reporter = new IpcReporter();
   let gw: Gateway;
   try {
-    gw = await Gateway.start(fromValidated(config.config, config.text, config.file, undefined, config.hash), { logger: log, role: 'worker', reporter, dnsTable: config.dns });
+    gw = await Gateway.start(fromValidated(config.config, config.text, config.file, undefined, config.hash), { logger: log, role: 'worker', reporter, dnsTable: config.dns, localCounters: counters });
   } catch (err) {
     log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'worker cannot start');
     return 1;

@@ -19,6 +19,8 @@ import type { ForwardHandler } from '../upstream/forward.js';
 import { handleRequest, closingSockets, isTls, type RequestContext, type Upgrade, type WsCounters } from './request.js';
 import { closeAllWebSockets, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
+import { MemoryStore } from '../state/memory.js';
+import type { CounterStore } from '../state/types.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
 import { isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
@@ -41,6 +43,8 @@ export interface GatewayOptions {
   onSwap?: (loaded: LoadedConfig, snapshot: Snapshot) => void;
   /** Worker: the primary's DNS answers (a worker never resolves on its own). */
   dnsTable?: Record<string, string[]>;
+  /** Worker: this node's counters, held by the primary (default: an in-memory store of its own). */
+  localCounters?: CounterStore;
 }
 
 function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
@@ -137,9 +141,12 @@ export class Gateway implements RequestContext {
   private dnsTimer: NodeJS.Timeout | undefined;
   private dnsTimerMs = 0;
   private readonly onSwap: GatewayOptions['onSwap'];
+  /** Counters for limits: this node's (in the primary with workers), and Redis when configured. */
+  readonly counters: { local: CounterStore; redis: CounterStore | null };
 
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
+    this.counters = { local: opts.localCounters ?? new MemoryStore(), redis: null };
     this.loaded = loaded;
     this.dns = dns;
     this.onSwap = opts.onSwap;
@@ -167,7 +174,7 @@ export class Gateway implements RequestContext {
   }
 
   private deps(dns: DnsCache = this.dns): CompileDeps {
-    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns };
+    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns, log: this.log, counters: this.counters };
   }
 
   private compile(loaded: LoadedConfig): Snapshot {
@@ -665,6 +672,8 @@ export class Gateway implements RequestContext {
     this.snapshot.dispose();
     await this.health?.stop();
     await this.pools.closeAll();
+    await this.counters.local.close?.();
+    await this.counters.redis?.close?.();
     this.log.info('stopped');
   }
 }

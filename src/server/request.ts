@@ -337,7 +337,7 @@ export function handleRequest(
     hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
   }
   /** Past the request phases: the WebSocket relay, or the upstream. */
-  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger } | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
+  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger; extraHeaders?: string[] } | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
     if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host);
     if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
     if (expectContinue) res.writeContinue();
@@ -383,7 +383,7 @@ export function handleRequest(
     used = chain;
     if (res.destroyed || res.writableEnded || req.destroyed) return undefined; // the client left meanwhile
     if (reply !== null) {
-      sendReply(ctx, req, res, reply, requestId);
+      sendReply(ctx, req, res, reply, requestId, pctx.responseHeaders);
       return undefined;
     }
     const hasResponsePhases = chain.responseHeaders.length + chain.responseBody.length > 0;
@@ -394,7 +394,8 @@ export function handleRequest(
         return undefined;
       }
     }
-    return proceed(pctx.upstreamQuery, hasResponsePhases ? { ctx: pctx, chain, log: ctx.log } : null, pctx.bodyLimit);
+    const extra = pctx.responseHeaders;
+    return proceed(pctx.upstreamQuery, hasResponsePhases || extra.length ? { ctx: pctx, chain, log: ctx.log, extraHeaders: extra } : null, pctx.bodyLimit);
   }, (err: unknown) => {
     const plugin = err instanceof PluginError ? err.plugin : undefined;
     ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');
@@ -404,14 +405,18 @@ export function handleRequest(
 }
 
 /** A plugin's local reply: a problem from the catalogue, or its own status and body. */
-function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, r: Reply, requestId: string): void {
+function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, r: Reply, requestId: string, extra: string[]): void {
+  // Headers earlier plugins added for the response (rate-limit state...), then the reply's own.
+  const headers: Record<string, string> = {};
+  for (let i = 0; i < extra.length; i += 2) headers[extra[i]!] = extra[i + 1]!;
+  Object.assign(headers, r.headers);
   if (r.code !== undefined) {
     const close = !isHttp2(req) && ctx.draining;
-    sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers: r.headers });
+    sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers });
     return;
   }
   const body = r.body === undefined ? '' : r.body;
-  res.writeHead(r.status ?? 200, { ...r.headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
+  res.writeHead(r.status ?? 200, { ...headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
   res.end(req.method === 'HEAD' ? undefined : body);
 }
 

@@ -57,7 +57,7 @@ export interface ForwardRequest {
   /** A gRPC-Web request translated to gRPC (null otherwise): its body is decoded, its response encoded. */
   grpcWeb: GrpcWebKind | null;
   /** Plugins with response phases (responseHeaders, responseBody), or null. */
-  plugins: { ctx: RequestCtx; chain: Chain; log?: Logger } | null;
+  plugins: { ctx: RequestCtx; chain: Chain; log?: Logger; extraHeaders?: string[] } | null;
   /** Body size cap for a body without Content-Length (counted as it streams), or null. */
   bodyLimit: number | null;
 }
@@ -453,6 +453,14 @@ export class ForwardHandler {
     if (this.f.closeAfter) out.push('connection', 'close');
     const pl = this.f.plugins;
     if (pl !== null) {
+      const extra = pl.extraHeaders;
+      if (extra !== undefined && extra.length) {
+        // The gateway's own (e.g. RateLimit) replace the upstream's of the same name.
+        const names = new Set<string>();
+        for (let i = 0; i < extra.length; i += 2) names.add(extra[i]!.toLowerCase());
+        for (let i = out.length - 2; i >= 0; i -= 2) if (names.has(out[i]!.toLowerCase())) out.splice(i, 2);
+        out.push(...extra);
+      }
       for (const b of pl.chain.responseHeaders) {
         try {
           b.inst.responseHeaders!(pl.ctx, statusCode, out);

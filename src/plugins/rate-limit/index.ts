@@ -1,0 +1,111 @@
+/**
+ * rate-limit: `limit` per `window` (or several `limits`), counted per `by` key with GCRA or a
+ * sliding window, in this node's store (`policy: local`, shared by its workers) or in Redis
+ * (`policy: redis`, shared by nodes). Every response carries RateLimit-Policy / RateLimit
+ * (draft-ietf-httpapi-ratelimit-headers); a refused request gets 429 problem+json with
+ * Retry-After. A store that fails or is slower than `timeout` is handled per `fault`.
+ */
+import { createHash } from 'node:crypto';
+import { definePlugin, type RequestCtx } from '../types.js';
+import { parseDuration } from '../../config/units.js';
+import type { CounterStore, RateDecision, RateQuery } from '../../state/types.js';
+import { RateLimitConfig } from './schema.js';
+
+/** The key parts of a request for `by`. */
+function keyParts(by: readonly string[], ctx: RequestCtx): string {
+  const parts: string[] = [];
+  for (const b of by) {
+    switch (b) {
+      case 'consumer': parts.push(ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`); break;
+      case 'credential': parts.push(ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`); break;
+      case 'ip': parts.push(`ip:${ctx.clientIp}`); break;
+      case 'route': parts.push(`r:${ctx.route.name}`); break;
+      case 'service': parts.push(`s:${ctx.service.name}`); break;
+      default: parts.push(`h:${ctx.header(b.slice(7).toLowerCase()) ?? ''}`);
+    }
+  }
+  return parts.join('|');
+}
+
+const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
+  const t = setTimeout(() => reject(new Error(`the counter store did not answer within ${ms} ms`)), ms);
+  p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
+});
+
+export default definePlugin({
+  name: 'rate-limit',
+  priority: 910,
+  description: 'Requests per window (GCRA or sliding window) per consumer, credential, IP, route, service or header, on this node or across nodes (Redis).',
+  schema: RateLimitConfig,
+  scopes: ['global', 'service', 'route', 'consumer'],
+  check(config, deps) {
+    const out: string[] = [];
+    if ((config.limit === undefined) !== (config.window === undefined)) out.push('give limit and window together');
+    if (config.limit === undefined && !config.limits) out.push('give limit and window, or limits');
+    if (config.limit !== undefined && config.limits) out.push('give limit/window or limits, not both');
+    for (const l of [...(config.limits ?? []), ...(config.window !== undefined ? [{ window: config.window }] : [])]) {
+      if (parseDuration(l.window) < 1) out.push('a window must be at least 1ms');
+    }
+    if (config.policy === 'redis' && deps.counters.redis === null) out.push('policy redis needs the top-level redis setting');
+    return out;
+  },
+  create(config, deps) {
+    const windows = (config.limits ?? [{ limit: config.limit!, window: config.window! }]).map((l) => ({ limit: l.limit, periodMs: parseDuration(l.window) }));
+    const by = Array.isArray(config.by) ? config.by : [config.by ?? 'consumer'];
+    const algorithm = config.algorithm ?? 'gcra';
+    const cost = config.cost ?? 1;
+    const fault = config.fault ?? 'open';
+    const timeoutMs = parseDuration(config.timeout ?? '50ms');
+    const store: CounterStore = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
+    // Counters survive reloads that keep the binding where it is with the same windows.
+    const scope = createHash('sha256').update(`${deps.where}|${algorithm}|${JSON.stringify(windows)}|${by.join(',')}`).digest('base64url').slice(0, 12);
+    const name = config.name ?? 'default';
+    const names = windows.map((w) => (windows.length === 1 ? name : `${name}-${Math.round(w.periodMs / 1000)}s`));
+    const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${Math.max(1, Math.round(w.periodMs / 1000))}`).join(', ');
+
+    const decide = async (key: string): Promise<RateDecision[] | 'unavailable'> => {
+      const queries: RateQuery[] = windows.map((w) => ({ key: `rl:${scope}:${key}`, limit: w.limit, periodMs: w.periodMs, cost, algorithm }));
+      try {
+        return await withTimeout(store.rate(queries), timeoutMs);
+      } catch (err) {
+        deps.log.warn({ err: (err as Error).message, plugin: 'rate-limit', fault }, 'rate limit store failed');
+        if (fault === 'open') return 'unavailable';
+        if (fault === 'local' && store !== deps.counters.local) return deps.counters.local.rate(queries);
+        throw Object.assign(new Error('rate limit store unavailable'), { closed: true });
+      }
+    };
+
+    return {
+      async access(ctx) {
+        let decisions: RateDecision[] | 'unavailable';
+        try {
+          decisions = await decide(keyParts(by, ctx));
+        } catch {
+          return { code: 'service-overloaded', detail: 'the rate limiter is unavailable', headers: { 'retry-after': '1' } };
+        }
+        if (decisions === 'unavailable') return undefined;
+        // The window closest to its limit is the one reported.
+        let worst = 0;
+        for (let i = 1; i < decisions.length; i++) if (decisions[i]!.remaining < decisions[worst]!.remaining) worst = i;
+        const d = decisions[worst]!;
+        const refused = decisions.find((x) => !x.allowed);
+        const headers: Record<string, string> = {};
+        if (config.headers !== false) {
+          headers['ratelimit-policy'] = policyHeader;
+          headers['ratelimit'] = `"${names[worst]}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`;
+        }
+        if (config.legacy_headers) {
+          headers['x-ratelimit-limit'] = String(windows[worst]!.limit);
+          headers['x-ratelimit-remaining'] = String(d.remaining);
+          headers['x-ratelimit-reset'] = String(Math.ceil(d.resetMs / 1000));
+        }
+        if (refused) {
+          const retry = Math.max(1, Math.ceil(Math.max(...decisions.map((x) => x.retryAfterMs)) / 1000));
+          return { code: 'too-many-requests', detail: `rate limit exceeded: try again in ${retry} s`, headers: { ...headers, 'retry-after': String(retry) } };
+        }
+        for (const [k, v] of Object.entries(headers)) ctx.addResponseHeader(k, v);
+        return undefined;
+      },
+    };
+  },
+});

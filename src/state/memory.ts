@@ -1,0 +1,82 @@
+/**
+ * In-memory counters with an injectable clock. Entries that can no longer matter (a GCRA TAT in
+ * the past, sliding windows two periods old, quotas past their period) are swept every 10 s.
+ */
+import { gcra, sliding, type GcraState, type SlidingState } from './algorithms.js';
+import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
+
+type Entry = { kind: 'gcra'; s: GcraState; expires: number } | { kind: 'sliding'; s: SlidingState; expires: number };
+
+export class MemoryStore implements CounterStore {
+  private readonly rates = new Map<string, Entry>();
+  private readonly quotas = new Map<string, { used: number; expires: number }>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly clock: Clock = Date.now) {
+    this.timer = setInterval(() => this.sweep(), 10_000);
+    this.timer.unref();
+  }
+
+  /** Synchronous core (the primary answers workers with it; tests call it directly). */
+  rateNow(queries: readonly RateQuery[]): RateDecision[] {
+    const now = this.clock();
+    const results: { decision: RateDecision; apply: () => void }[] = [];
+    for (const q of queries) {
+      const id = `${q.algorithm}|${q.periodMs}|${q.limit}|${q.key}`;
+      const e = this.rates.get(id);
+      if (q.algorithm === 'gcra') {
+        const { decision, next } = gcra(e?.kind === 'gcra' ? e.s : undefined, q.limit, q.periodMs, q.cost, now);
+        results.push({ decision, apply: () => next && this.rates.set(id, { kind: 'gcra', s: next, expires: next.tat }) });
+      } else {
+        const { decision, next } = sliding(e?.kind === 'sliding' ? e.s : undefined, q.limit, q.periodMs, q.cost, now);
+        results.push({ decision, apply: () => this.rates.set(id, { kind: 'sliding', s: next, expires: next.start + 2 * q.periodMs }) });
+      }
+    }
+    // All windows or none: a refused request takes nothing from the windows that allowed it.
+    const allowed = results.every((r) => r.decision.allowed);
+    if (allowed) for (const r of results) r.apply();
+    return results.map((r) => (allowed || !r.decision.allowed ? r.decision : { ...r.decision, allowed: false, retryAfterMs: Math.max(...results.map((x) => x.decision.retryAfterMs)) }));
+  }
+
+  rate(queries: readonly RateQuery[]): Promise<RateDecision[]> {
+    return Promise.resolve(this.rateNow(queries));
+  }
+
+  quotaNow(q: QuotaQuery): QuotaDecision {
+    const now = this.clock();
+    let e = this.quotas.get(q.key);
+    if (e === undefined || e.expires <= now) e = { used: 0, expires: q.periodEnd };
+    if (e.used + q.cost > q.limit) return { allowed: false, used: e.used, remaining: Math.max(0, q.limit - e.used) };
+    e.used += q.cost;
+    e.expires = q.periodEnd;
+    this.quotas.set(q.key, e);
+    return { allowed: true, used: e.used, remaining: q.limit - e.used };
+  }
+
+  quota(q: QuotaQuery): Promise<QuotaDecision> {
+    return Promise.resolve(this.quotaNow(q));
+  }
+
+  quotaUsageNow(key: string): number {
+    const e = this.quotas.get(key);
+    return e === undefined || e.expires <= this.clock() ? 0 : e.used;
+  }
+
+  quotaUsage(key: string): Promise<number> {
+    return Promise.resolve(this.quotaUsageNow(key));
+  }
+
+  sweep(): void {
+    const now = this.clock();
+    for (const [k, e] of this.rates) if (e.expires <= now) this.rates.delete(k);
+    for (const [k, e] of this.quotas) if (e.expires <= now) this.quotas.delete(k);
+  }
+
+  get size(): number {
+    return this.rates.size + this.quotas.size;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+  }
+}
