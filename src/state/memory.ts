@@ -35,7 +35,12 @@ export class MemoryStore implements CounterStore {
     // All windows or none: a refused request takes nothing from the windows that allowed it.
     const allowed = results.every((r) => r.decision.allowed);
     if (allowed) for (const r of results) r.apply();
-    return results.map((r) => (allowed || !r.decision.allowed ? r.decision : { ...r.decision, allowed: false, retryAfterMs: Math.max(...results.map((x) => x.decision.retryAfterMs)) }));
+    if (allowed) return results.map((r) => r.decision);
+    const retry = Math.max(...results.map((x) => x.decision.retryAfterMs));
+    // A window that would have allowed it was not charged: its remaining is as before.
+    return results.map((r, i) => (r.decision.allowed
+      ? { ...r.decision, allowed: false, remaining: Math.min(queries[i]!.limit, r.decision.remaining + queries[i]!.cost), retryAfterMs: retry }
+      : r.decision));
   }
 
   rate(queries: readonly RateQuery[]): Promise<RateDecision[]> {

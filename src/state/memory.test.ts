@@ -1,0 +1,101 @@
+/** The limit algorithms with an injected clock (no sleeps): GCRA burst and spacing, sliding-window edges, all-or-none windows, quotas. */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { MemoryStore } from './memory.js';
+import type { RateQuery } from './types.js';
+
+function store() {
+  let now = 1_700_000_000_000; // a fixed instant, not a window boundary on purpose below
+  const s = new MemoryStore(() => now);
+  return { s, at: (t: number) => (now = t), advance: (ms: number) => (now += ms), now: () => now };
+}
+const q = (over: Partial<RateQuery> = {}): RateQuery => ({ key: 'k', limit: 10, periodMs: 60_000, cost: 1, algorithm: 'gcra', ...over });
+
+test('GCRA: a burst of exactly `limit`, then one per period/limit; remaining, reset and retry-after exact', async () => {
+  const { s, advance } = store();
+  const allowed = Array.from({ length: 15 }, () => s.rateNow([q()])[0]!);
+  assert.equal(allowed.filter((d) => d.allowed).length, 10);
+  assert.deepEqual(allowed.slice(0, 10).map((d) => d.remaining), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
+  const refused = allowed[10]!;
+  assert.equal(refused.allowed, false);
+  assert.equal(refused.retryAfterMs, 6_000, 'one emission interval');
+  assert.equal(refused.resetMs, 60_000);
+  advance(5_999);
+  assert.equal(s.rateNow([q()])[0]!.allowed, false);
+  advance(1);
+  assert.equal(s.rateNow([q()])[0]!.allowed, true, 'exactly one interval later');
+  assert.equal(s.rateNow([q()])[0]!.allowed, false);
+  // Idle for a whole period: the full burst is back, never more.
+  advance(120_000);
+  assert.equal(Array.from({ length: 12 }, () => s.rateNow([q()])[0]!).filter((d) => d.allowed).length, 10);
+});
+
+test('GCRA: a cost takes several units; a cost larger than the limit is never allowed', () => {
+  const { s } = store();
+  assert.equal(s.rateNow([q({ cost: 4 })])[0]!.remaining, 6);
+  assert.equal(s.rateNow([q({ cost: 4 })])[0]!.remaining, 2);
+  assert.equal(s.rateNow([q({ cost: 4 })])[0]!.allowed, false);
+  assert.equal(s.rateNow([q({ cost: 2 })])[0]!.allowed, true);
+  assert.equal(s.rateNow([q({ key: 'big', cost: 11 })])[0]!.allowed, false);
+});
+
+test('no double burst at a window edge: 10/min spent at 0:59 leaves nothing at 1:00 (both algorithms)', () => {
+  for (const algorithm of ['gcra', 'sliding-window'] as const) {
+    const { s, at } = store();
+    const minute = 60_000 * Math.floor(1_700_000_000_000 / 60_000) + 60_000 * 100;
+    at(minute + 59_000);
+    assert.equal(Array.from({ length: 10 }, () => s.rateNow([q({ algorithm })])[0]!).filter((d) => d.allowed).length, 10, algorithm);
+    at(minute + 60_000 + 1); // the next fixed window: a fixed-window limiter would allow 10 more here
+    const after = Array.from({ length: 10 }, () => s.rateNow([q({ algorithm })])[0]!).filter((d) => d.allowed).length;
+    assert.ok(after <= 1, `${algorithm}: ${after} allowed right after the edge`);
+  }
+});
+
+test('sliding window: the previous window counts by its remaining share', () => {
+  const { s, at } = store();
+  const w = 60_000 * 30_000_000;
+  at(w + 30_000);
+  for (let i = 0; i < 10; i++) assert.equal(s.rateNow([q({ algorithm: 'sliding-window' })])[0]!.allowed, true);
+  assert.equal(s.rateNow([q({ algorithm: 'sliding-window' })])[0]!.allowed, false);
+  // Half-way into the next window: prev (10) weighs 0.5 -> 5 used, 5 free.
+  at(w + 90_000);
+  const n = Array.from({ length: 10 }, () => s.rateNow([q({ algorithm: 'sliding-window' })])[0]!).filter((d) => d.allowed).length;
+  assert.equal(n, 5);
+  // Two windows on: all free.
+  at(w + 240_000);
+  assert.equal(Array.from({ length: 12 }, () => s.rateNow([q({ algorithm: 'sliding-window' })])[0]!).filter((d) => d.allowed).length, 10);
+});
+
+test('several windows: a request must fit all, and a refused one takes from none', () => {
+  const { s, advance } = store();
+  const windows = [q({ limit: 2, periodMs: 1_000 }), q({ limit: 5, periodMs: 60_000 })];
+  const r1 = s.rateNow(windows);
+  const r2 = s.rateNow(windows);
+  assert.ok(r1.every((d) => d.allowed) && r2.every((d) => d.allowed));
+  const r3 = s.rateNow(windows);
+  assert.deepEqual(r3.map((d) => d.allowed), [false, false]);
+  assert.equal(r3[1]!.remaining, 3, 'the minute window was not charged for the refused request');
+  let allowed = 2;
+  for (let i = 0; i < 20; i++) {
+    advance(500);
+    if (s.rateNow(windows).every((d) => d.allowed)) allowed++;
+  }
+  assert.equal(allowed, 5, 'the minute window caps the total');
+});
+
+test('quota: counts to the limit, resets at the period end; usage readable; stale entries swept', () => {
+  const { s, advance, now } = store();
+  const end = now() + 1_000;
+  for (let i = 0; i < 3; i++) assert.equal(s.quotaNow({ key: 'qk', limit: 3, cost: 1, periodEnd: end }).allowed, true);
+  const refused = s.quotaNow({ key: 'qk', limit: 3, cost: 1, periodEnd: end });
+  assert.deepEqual(refused, { allowed: false, used: 3, remaining: 0 });
+  assert.equal(s.quotaUsageNow('qk'), 3);
+  advance(1_000);
+  assert.equal(s.quotaUsageNow('qk'), 0);
+  assert.equal(s.quotaNow({ key: 'qk', limit: 3, cost: 2, periodEnd: now() + 1_000 }).remaining, 1);
+  s.rateNow([q({ key: 'gone' })]);
+  advance(10 * 60_000);
+  s.sweep();
+  assert.equal(s.size, 0);
+  void s.close();
+});
