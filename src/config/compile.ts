@@ -377,7 +377,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
   const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, deps.log ?? silentLogger, fail);
   plugins.setGlobal(cfg.plugins);
-  (cfg.consumers ?? []).forEach((c, ci) => plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']));
+  for (const [name, plan] of Object.entries(cfg.plans ?? {})) plugins.setPlan(name, plan, ['plans', name]);
+  (cfg.consumers ?? []).forEach((c, ci) => {
+    if (c.plan !== undefined && !cfg.plans?.[c.plan]) fail(['consumers', ci, 'plan'], `unknown plan "${c.plan}"`);
+    plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']);
+  });
   const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
   for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
   const defaults = new Set(Object.values(DEFAULT_CONSUMER_HEADERS));
@@ -586,7 +590,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
           maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
           idleTimeout: parseDuration(ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
         },
-        chains: plugins.route(serviceBindings, routeBindings),
+        chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),
       };
       if (ws && service.grpc) fail([...rp, 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
       routes.push(route);
@@ -597,6 +601,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   }
 
 
+  for (const [name, plan] of Object.entries(cfg.plans ?? {})) {
+    plan.services?.forEach((sv, i) => { if (!serviceNames.has(sv)) fail(['plans', name, 'services', i], `unknown service "${sv}"`); });
+    plan.routes?.forEach((r, i) => { if (!routeNames.has(r)) fail(['plans', name, 'routes', i], `unknown route "${r}"`); });
+  }
   yield;
   const router: Router<CompiledRoute> = yield* Router.build(specs);
   yield;

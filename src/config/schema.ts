@@ -276,6 +276,12 @@ export const TurnpikeConfig = Strict({
   timeouts: Type.Optional(ServerTimeouts),
   demo: Type.Optional(Demo),
   services: Type.Optional(Type.Array(Service)),
+  plans: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._~-]*$' }), Strict({
+    plugins: Type.Optional(Type.Array(PluginBinding, { description: 'Bindings every consumer on the plan gets (a consumer\'s own binding of the same plugin wins).' })),
+    services: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Services the plan may reach (omitted: all); others answer 403.' })),
+    routes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Routes the plan may reach (omitted: all); others answer 403.' })),
+    description: Type.Optional(Type.String()),
+  }), { description: 'Named tiers: limits and reach bundled for the consumers that name them (consumers[].plan).' })),
   consumers: Type.Optional(Type.Array(Consumer)),
   consumer_headers: Type.Optional(Strict(Object.fromEntries(['id', 'name', 'groups', 'credential', 'anonymous'].map((k) => [k, Type.Optional(Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }))])), {
     description: 'Names of the headers that carry the authenticated consumer upstream (default x-consumer-id, x-consumer-name, x-consumer-groups, x-credential-identifier, x-anonymous-consumer). Client copies are always removed.',

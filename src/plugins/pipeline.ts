@@ -37,6 +37,8 @@ export interface Chain {
   log: readonly Bound[];
   /** No plugin at all: the request path skips the pipeline. */
   empty: boolean;
+  /** The consumer's plan does not include this route or service (403). */
+  denied?: string;
 }
 
 /** A route's chains: the base one (no consumer), and per consumer when consumer bindings apply. */
@@ -109,6 +111,7 @@ export class PluginCompiler {
   readonly instances: PluginInstance[] = [];
   private readonly global: Binding[] = [];
   private readonly consumerBindings = new Map<string, Binding[]>();
+  private readonly plans = new Map<string, { bindings: Binding[]; services: ReadonlySet<string> | null; routes: ReadonlySet<string> | null }>();
 
   constructor(
     private readonly registry: ReadonlyMap<string, PluginDef>,
@@ -212,8 +215,17 @@ export class PluginCompiler {
     if (bound.length) this.consumerBindings.set(name, bound);
   }
 
+  /** A plan: bindings every consumer on it gets (below the consumer's own), and what it may reach. */
+  setPlan(name: string, plan: { plugins?: readonly BindingInput[]; services?: readonly string[]; routes?: readonly string[] }, path: PathSegment[]): void {
+    this.plans.set(name, {
+      bindings: this.bind(plan.plugins, 'consumer', [...path, 'plugins']),
+      services: plan.services ? new Set(plan.services) : null,
+      routes: plan.routes ? new Set(plan.routes) : null,
+    });
+  }
+
   /** The chains of a route, given its service's and its own bindings. */
-  route(service: Binding[], route: Binding[]): RouteChains {
+  route(service: Binding[], route: Binding[], names: { route: string; service: string }): RouteChains {
     const merged = new Map<string, Binding>();
     for (const layer of [this.global, service.filter((b) => b.consumer === null), route.filter((b) => b.consumer === null)]) {
       for (const b of layer) merged.set(b.def.name, b);
@@ -221,7 +233,7 @@ export class PluginCompiler {
     const base = chainOf(merged.values());
     const serviceFor = service.filter((b) => b.consumer !== null);
     const routeFor = route.filter((b) => b.consumer !== null);
-    if (this.consumerBindings.size === 0 && serviceFor.length === 0 && routeFor.length === 0) {
+    if (this.consumerBindings.size === 0 && this.plans.size === 0 && serviceFor.length === 0 && routeFor.length === 0) {
       return { base, forConsumer: () => base };
     }
     const cache = new Map<string, Chain>();
@@ -231,13 +243,19 @@ export class PluginCompiler {
         let chain = cache.get(c.name);
         if (chain) return chain;
         const own = this.consumerBindings.get(c.name) ?? [];
+        const plan = c.plan !== undefined ? this.plans.get(c.plan) : undefined;
+        const planned = plan?.bindings ?? [];
         const sf = serviceFor.filter((b) => b.consumer === c.name);
         const rf = routeFor.filter((b) => b.consumer === c.name);
-        if (own.length + sf.length + rf.length === 0) chain = base;
+        if (own.length + planned.length + sf.length + rf.length === 0) chain = base;
         else {
+          // route+consumer > service+consumer > consumer > plan > route > service > global
           const m = new Map(merged);
-          for (const layer of [own, sf, rf]) for (const b of layer) m.set(b.def.name, b);
+          for (const layer of [planned, own, sf, rf]) for (const b of layer) m.set(b.def.name, b);
           chain = chainOf(m.values());
+        }
+        if (plan && ((plan.services && !plan.services.has(names.service)) || (plan.routes && !plan.routes.has(names.route)))) {
+          chain = { ...chain, denied: `the ${c.plan} plan does not include this API` };
         }
         cache.set(c.name, chain);
         return chain;
@@ -340,6 +358,7 @@ export async function runRequestPhases(
     if (ctx.anonymous) ctx.setUpstreamHeader(headers.anonymous, 'true');
   }
   const chain = ctx.consumer !== null ? chains.forConsumer(ctx.consumer) : base;
+  if (chain.denied !== undefined) return { reply: { code: 'forbidden', detail: chain.denied }, chain };
   for (const b of chain.access) {
     const r = await call(b, () => b.inst.access!(ctx));
     if (r) return { reply: r, chain };

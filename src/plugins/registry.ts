@@ -9,6 +9,9 @@ import jwt from './jwt/index.js';
 import introspection from './oauth2-introspection/index.js';
 import mtlsAuth from './mtls-auth/index.js';
 import requestSizeLimit from './request-size-limit/index.js';
+import acl from './acl/index.js';
+import ipRestriction from './ip-restriction/index.js';
+import cors from './cors/index.js';
 import rateLimit from './rate-limit/index.js';
 
 const plugins = new Map<string, PluginDef>();
@@ -18,6 +21,6 @@ export function registerPlugin(def: PluginDef): void {
   plugins.set(def.name, def);
 }
 
-for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit] as PluginDef[]) registerPlugin(p);
+for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit, acl, ipRestriction, cors] as PluginDef[]) registerPlugin(p);
 
 export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

@@ -153,3 +153,41 @@ services:
     await run.exit;
   }
 });
+
+test('plans: a consumer on a plan gets its limits (its own binding wins); the plan\'s reach is enforced with 403', async () => {
+  const t = await startGateway(`
+plans:
+  gold: {plugins: [{name: rate-limit, config: {limit: 3, window: 1m}}]}
+  bronze:
+    plugins: [{name: rate-limit, config: {limit: 1, window: 1m}}]
+    services: [basic]
+consumers:
+  - {name: g, plan: gold, credentials: [{type: key-auth, key: key-of-g-123}]}
+  - {name: vip, plan: gold, credentials: [{type: key-auth, key: key-of-v-123}], plugins: [{name: rate-limit, config: {limit: 5, window: 1m}}]}
+  - {name: br, plan: bronze, credentials: [{type: key-auth, key: key-of-br-12}]}
+  - {name: none, credentials: [{type: key-auth, key: key-of-n-123}]}
+plugins: [{name: key-auth}]
+services:
+  - {name: basic, url: ${up.url}, routes: [{name: basic, paths: [/basic]}]}
+  - {name: premium, url: ${up.url}, routes: [{name: premium, paths: [/premium]}]}
+`);
+  try {
+    const count = async (key: string, path: string, n: number) => {
+      const out: number[] = [];
+      for (let i = 0; i < n; i++) out.push((await request(`${t.url}${path}`, { headers: { apikey: key } })).status);
+      return out;
+    };
+    assert.deepEqual(await count('key-of-g-123', '/premium', 4), [200, 200, 200, 429]);
+    assert.deepEqual(await count('key-of-v-123', '/premium', 6), [200, 200, 200, 200, 200, 429], 'the consumer\'s own binding beats the plan');
+    assert.deepEqual(await count('key-of-br-12', '/basic', 2), [200, 429]);
+    const denied = await request(`${t.url}/premium`, { headers: { apikey: 'key-of-br-12' } });
+    assert.equal(denied.status, 403);
+    assert.match(denied.body, /bronze plan does not include/);
+    assert.deepEqual(await count('key-of-n-123', '/premium', 4), [200, 200, 200, 200], 'no plan, no limit');
+  } finally {
+    await t.close();
+  }
+  const pools = new PoolRegistry();
+  assert.throws(() => compile(parseConfigText(`consumers: [{name: x, plan: platinum}]\n`), { pools }), /consumers\[0\]\.plan.*unknown plan "platinum"/);
+  assert.throws(() => compile(parseConfigText(`plans: {p: {services: [nope]}}\n`), { pools }), /plans\.p\.services\[0\].*unknown service/);
+});

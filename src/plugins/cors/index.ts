@@ -1,0 +1,146 @@
+/**
+ * cors: the CORS protocol (Fetch standard §3.2) at the gateway. Preflights (ctx.preflight:
+ * OPTIONS with Origin and Access-Control-Request-Method, routed as the method they ask about)
+ * are answered in onRequest, before authentication: 204, with the Access-Control-Allow-* fields
+ * when the origin is allowed and none when it is not (Kong's way: the preflight is answered,
+ * the browser refuses the cross-origin request). Actual requests with an Origin get
+ * Access-Control-Allow-Origin / -Credentials / -Expose-Headers on the upstream's response,
+ * replacing the upstream's own. Every response carries Vary: Origin.
+ */
+import { definePlugin, type RequestCtx } from '../types.js';
+import { parseDuration } from '../../config/units.js';
+import { CorsConfig, DEFAULT_METHODS } from './schema.js';
+
+const ACAO = 'access-control-allow-origin';
+const ACAC = 'access-control-allow-credentials';
+const ACEH = 'access-control-expose-headers';
+/** The fields the gateway decides on actual responses (the upstream's copies are dropped). */
+const OWNED = new Set([ACAO, ACAC, ACEH]);
+const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** scheme://host[:port], nothing after it (an origin's serialization). */
+const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s]+$/i;
+
+type OriginRule = { kind: 'any' } | { kind: 'exact'; origin: string } | { kind: 'regex'; re: RegExp };
+
+/** Parses one `origins` entry; throws with the reason. */
+function parseOrigin(entry: string): OriginRule {
+  if (entry === '*') return { kind: 'any' };
+  if (entry.startsWith('~')) {
+    const src = entry.slice(1);
+    if (src === '') throw new Error('an empty regular expression');
+    try {
+      // Matched against the whole origin, whatever anchors the pattern has.
+      return { kind: 'regex', re: new RegExp(`^(?:${src})$`) };
+    } catch (e) {
+      throw new Error(`an invalid regular expression (${(e as Error).message})`);
+    }
+  }
+  if (entry === 'null') return { kind: 'exact', origin: 'null' };
+  if (!ORIGIN_RE.test(entry)) throw new Error(`"${entry}" is not an origin (scheme://host[:port], no path; "*"; or "~" and a regular expression)`);
+  let origin = entry.toLowerCase();
+  if (/^https?:/.test(origin)) {
+    // As browsers serialize it: default port dropped, host in its ASCII form.
+    try {
+      origin = new URL(origin).origin;
+    } catch {
+      throw new Error(`"${entry}" is not an origin`);
+    }
+  }
+  return { kind: 'exact', origin };
+}
+
+/** Appends a token to Vary unless there already (or Vary is `*`). */
+function addVary(headers: string[], token: string): void {
+  let last = -1;
+  const lower = token.toLowerCase();
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== 'vary') continue;
+    last = i;
+    for (const t of headers[i + 1]!.split(',')) {
+      const v = t.trim().toLowerCase();
+      if (v === '*' || v === lower) return;
+    }
+  }
+  if (last === -1) headers.push('vary', token);
+  else headers[last + 1] = headers[last + 1]!.trim() === '' ? token : `${headers[last + 1]}, ${token}`;
+}
+
+export default definePlugin({
+  name: 'cors',
+  priority: 2000,
+  description: 'CORS: answers preflights at the gateway (before authentication) and adds the Access-Control-* fields to responses for allowed origins.',
+  schema: CorsConfig,
+  scopes: ['global', 'service', 'route'],
+  check(config) {
+    const problems: string[] = [];
+    config.origins.forEach((o, i) => {
+      try {
+        parseOrigin(o);
+      } catch (e) {
+        problems.push(`origins[${i}]: ${(e as Error).message}`);
+      }
+    });
+    return problems;
+  },
+  create(config) {
+    const rules = config.origins.map(parseOrigin);
+    const any = rules.some((r) => r.kind === 'any');
+    const exact = new Set(rules.flatMap((r) => (r.kind === 'exact' ? [r.origin] : [])));
+    const regexes = rules.flatMap((r) => (r.kind === 'regex' ? [r.re] : []));
+    const credentials = config.credentials === true;
+    /** `*` without credentials: the answer is the same for every origin. */
+    const wildcard = any && !credentials;
+    const methods = (config.methods ?? DEFAULT_METHODS).map((m) => m.toUpperCase()).join(', ');
+    const allowHeaders = config.headers !== undefined ? config.headers.join(', ') : null;
+    const exposed = config.exposed_headers?.length ? config.exposed_headers.join(', ') : null;
+    const maxAge = config.max_age !== undefined ? String(Math.floor(parseDuration(config.max_age) / 1000)) : null;
+
+    /** The Access-Control-Allow-Origin value for this request's origin, or null when not allowed. */
+    const allowOrigin = (origin: string | undefined): string | null => {
+      if (origin === undefined || origin === '') return null;
+      if (wildcard) return '*';
+      // The opaque origin (sandboxed documents, file:) only when listed as such: a regex or "*"
+      // with credentials must not hand credentialed access to any sandboxed page.
+      if (origin === 'null') return exact.has('null') ? 'null' : null;
+      if (any || exact.has(origin) || regexes.some((re) => re.test(origin))) return origin;
+      return null;
+    };
+
+    return {
+      onRequest(ctx: RequestCtx) {
+        if (!ctx.preflight || config.preflight_continue) return undefined;
+        const headers: Record<string, string> = {};
+        const vary = ['Origin'];
+        const origin = allowOrigin(ctx.header('origin'));
+        if (origin !== null) {
+          headers[ACAO] = origin;
+          if (credentials) headers[ACAC] = 'true';
+          headers['access-control-allow-methods'] = methods;
+          if (allowHeaders !== null) {
+            if (allowHeaders !== '') headers['access-control-allow-headers'] = allowHeaders;
+          } else {
+            // Echoed, field names only (the value goes back into a response header).
+            const asked = (ctx.header('access-control-request-headers') ?? '').split(',').map((s) => s.trim()).filter((s) => TOKEN_RE.test(s));
+            if (asked.length) headers['access-control-allow-headers'] = asked.join(', ');
+            vary.push('Access-Control-Request-Headers');
+          }
+          if (maxAge !== null) headers['access-control-max-age'] = maxAge;
+        }
+        headers['vary'] = vary.join(', ');
+        return { status: 204, headers };
+      },
+      responseHeaders(ctx, _status, headers) {
+        addVary(headers, 'Origin');
+        const requestOrigin = ctx.header('origin');
+        if (requestOrigin === undefined) return;
+        // A CORS request: the gateway's answer is the only one.
+        for (let i = headers.length - 2; i >= 0; i -= 2) if (OWNED.has(headers[i]!.toLowerCase())) headers.splice(i, 2);
+        const origin = allowOrigin(requestOrigin);
+        if (origin === null) return;
+        headers.push(ACAO, origin);
+        if (credentials) headers.push(ACAC, 'true');
+        if (exposed !== null) headers.push(ACEH, exposed);
+      },
+    };
+  },
+});
