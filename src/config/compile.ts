@@ -150,6 +150,8 @@ export interface Snapshot {
   routes: CompiledRoute[];
   consumers: ReadonlyMap<string, Consumer>;
   consumerHeaders: ConsumerHeaders;
+  /** Where this node keeps quota counters (null: no local quota in this config). */
+  stateFile: string | null;
   /** Lower-case names of consumer headers a client may never send upstream, beyond the defaults. */
   extraStripped: ReadonlySet<string> | null;
   /** A request running on this snapshot: its pools stay open until release(). */
@@ -657,6 +659,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     routes,
     consumers,
     consumerHeaders,
+    stateFile: plugins.used.has('quota') ? file(cfg.state_file ?? '.turnpike/state.db') : null,
     extraStripped: extra.length ? new Set(extra) : null,
     retain: () => {
       users++;

@@ -250,6 +250,7 @@ export const TurnpikeConfig = Strict({
   }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s).' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   admin: Type.Optional(Admin),
+  state_file: Type.Optional(Type.String({ minLength: 1, description: 'Where this node keeps its quota counters across restarts (SQLite; default .turnpike/state.db beside the config file).' })),
   redis: Type.Optional(Type.Union([
     Type.String({ pattern: '^rediss?://', description: 'redis://[user:password@]host:port[/db] (rediss:// for TLS).' }),
     Strict({

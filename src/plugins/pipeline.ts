@@ -109,6 +109,8 @@ function chainOf(bindings: Iterable<Binding>): Chain {
  */
 export class PluginCompiler {
   readonly instances: PluginInstance[] = [];
+  /** Names of the plugins bound somewhere (enabled). */
+  readonly used = new Set<string>();
   private readonly global: Binding[] = [];
   private readonly consumerBindings = new Map<string, Binding[]>();
   private readonly plans = new Map<string, { bindings: Binding[]; services: ReadonlySet<string> | null; routes: ReadonlySet<string> | null }>();
@@ -201,6 +203,7 @@ export class PluginCompiler {
         return;
       }
       this.instances.push(inst);
+      this.used.add(def.name);
       out.push({ def, inst, consumer: b.consumer ?? null, anonymous });
     });
     return out;

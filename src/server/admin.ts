@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { sendProblem } from '../core/problem.js';
 import { VERSION } from '../version.js';
+import { quotaViews } from '../plugins/quota/index.js';
 
 export interface AdminView {
   ready: boolean;
@@ -70,6 +71,18 @@ export function createAdminHandler(gw: AdminView) {
         uptime_seconds: Math.round((Date.now() - gw.startedAt) / 1000),
         ...(gw.workers ? { workers: gw.workers() } : {}),
       });
+      return;
+    }
+    if (path === '/quotas' && read) {
+      const consumer = new URL(req.url ?? '/', 'http://x').searchParams.get('consumer');
+      if (!consumer) {
+        sendProblem(res, 'bad-request', 'give ?consumer=NAME', undefined);
+        return;
+      }
+      void Promise.all([...quotaViews].map(async (v) => ({ name: v.name, limit: v.limit, every: v.period, time_zone: v.timeZone, ...(await v.usage(consumer)) }))).then(
+        (quotas) => sendJson(req, res, 200, { consumer, quotas }),
+        (err: unknown) => sendProblem(res, 'bad-gateway', `the quota store failed: ${(err as Error).message}`, undefined),
+      );
       return;
     }
     sendProblem(res, 'no-route', `no admin endpoint ${req.method} ${path}`, undefined);

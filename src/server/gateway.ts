@@ -168,9 +168,21 @@ export class Gateway implements RequestContext {
       this.reporter = health;
     }
     this.snapshot = this.compile(loaded);
+    this.persistCounters(this.snapshot);
     applyLimits(this.snapshot);
     this.health?.sync(this.snapshot);
     if (this.role !== 'worker') this.scheduleDnsRefresh();
+  }
+
+  /** The node's quota counters go to the config's state file (the primary or single process keeps it). */
+  private persistCounters(snap: Snapshot): void {
+    const local = this.counters.local;
+    if (this.role === 'worker' || !(local instanceof MemoryStore)) return;
+    try {
+      local.persist(snap.stateFile);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, file: snap.stateFile }, 'cannot keep quota counters in the state file; they live in memory only');
+    }
   }
 
   private deps(dns: DnsCache = this.dns): CompileDeps {
@@ -605,6 +617,7 @@ export class Gateway implements RequestContext {
     this.snapshot = next;
     this.loaded = loaded;
     this.dns = dns;
+    this.persistCounters(next);
     applyLimits(next);
     this.revision++;
     // In-flight requests hold their own references to the old snapshot's pools; closing a

@@ -3,6 +3,7 @@
  * the past, sliding windows two periods old, quotas past their period) are swept every 10 s.
  */
 import { gcra, sliding, type GcraState, type SlidingState } from './algorithms.js';
+import { QuotaFile } from './persist.js';
 import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
 
 type Entry = { kind: 'gcra'; s: GcraState; expires: number } | { kind: 'sliding'; s: SlidingState; expires: number };
@@ -11,6 +12,9 @@ export class MemoryStore implements CounterStore {
   private readonly rates = new Map<string, Entry>();
   private readonly quotas = new Map<string, { used: number; expires: number }>();
   private readonly timer: NodeJS.Timeout;
+  private file: QuotaFile | null = null;
+  private readonly dirty = new Set<string>();
+  private flushTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly clock: Clock = Date.now) {
     this.timer = setInterval(() => this.sweep(), 10_000);
@@ -55,6 +59,7 @@ export class MemoryStore implements CounterStore {
     e.used += q.cost;
     e.expires = q.periodEnd;
     this.quotas.set(q.key, e);
+    if (this.file !== null) this.dirty.add(q.key);
     return { allowed: true, used: e.used, remaining: q.limit - e.used };
   }
 
@@ -81,7 +86,39 @@ export class MemoryStore implements CounterStore {
     return this.rates.size + this.quotas.size;
   }
 
+  /** Keeps quota counters in a file from now on (loading what it holds); null detaches. */
+  persist(path: string | null): void {
+    if (this.file?.path === path) return;
+    this.flush();
+    this.file?.close();
+    this.file = null;
+    clearInterval(this.flushTimer);
+    if (path === null) return;
+    this.file = new QuotaFile(path);
+    for (const row of this.file.load(this.clock())) {
+      const mine = this.quotas.get(row.key);
+      if (!mine || mine.used < row.used) this.quotas.set(row.key, { used: row.used, expires: row.expires });
+    }
+    this.flushTimer = setInterval(() => this.flush(), 1000);
+    this.flushTimer.unref();
+  }
+
+  flush(): void {
+    if (this.file === null || this.dirty.size === 0) return;
+    const rows: [string, { used: number; expires: number }][] = [];
+    for (const k of this.dirty) {
+      const e = this.quotas.get(k);
+      if (e) rows.push([k, e]);
+    }
+    this.dirty.clear();
+    this.file.save(rows, this.clock());
+  }
+
   async close(): Promise<void> {
     clearInterval(this.timer);
+    clearInterval(this.flushTimer);
+    this.flush();
+    this.file?.close();
+    this.file = null;
   }
 }

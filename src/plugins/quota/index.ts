@@ -1,0 +1,102 @@
+/**
+ * quota: `limit` per calendar `period` (hour, day, ISO week, month, year) in `time_zone`, per
+ * `by` key. Local quotas live in the node's store and on disk (state_file), so a restart keeps
+ * them; `policy: redis` shares them between nodes. The response carries the quota as a second
+ * RateLimit-Policy / RateLimit item; over it: 429 with Retry-After = the period's end.
+ * Usage per consumer: GET /quotas?consumer=NAME on the admin listener.
+ */
+import { definePlugin, type Reply, type RequestCtx } from '../types.js';
+import { parseDuration } from '../../config/units.js';
+import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
+import type { QuotaDecision } from '../../state/types.js';
+import { QuotaConfig } from './schema.js';
+
+/** Every quota binding of the live config, for usage reports (by consumer). */
+export interface QuotaView { name: string; limit: number; period: Period; timeZone: string; usage(consumer: string, now?: number): Promise<{ used: number; remaining: number; period: string; resets_at: string }> }
+export const quotaViews = new Set<QuotaView>();
+
+function keyOf(by: readonly string[], ctx: RequestCtx): string {
+  return by.map((b) => {
+    switch (b) {
+      case 'consumer': return ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`;
+      case 'credential': return ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`;
+      case 'ip': return `ip:${ctx.clientIp}`;
+      case 'route': return `r:${ctx.route.name}`;
+      case 'service': return `s:${ctx.service.name}`;
+      default: return `h:${ctx.header(b.slice(7).toLowerCase()) ?? ''}`;
+    }
+  }).join('|');
+}
+
+export default definePlugin({
+  name: 'quota',
+  priority: 905,
+  description: 'Requests per calendar period (day, month... in a time zone), kept across restarts, shared across nodes with Redis.',
+  schema: QuotaConfig,
+  scopes: ['global', 'service', 'route', 'consumer'],
+  check(config, deps) {
+    const out: string[] = [];
+    if (!validTimeZone(config.time_zone ?? 'UTC')) out.push(`unknown time zone "${config.time_zone}"`);
+    if (config.policy === 'redis' && deps.counters.redis === null) out.push('policy redis needs the top-level redis setting');
+    return out;
+  },
+  create(config, deps) {
+    const by = Array.isArray(config.by) ? config.by : [config.by ?? 'consumer'];
+    const tz = config.time_zone ?? 'UTC';
+    const cost = config.cost ?? 1;
+    const fault = config.fault ?? 'open';
+    const timeoutMs = parseDuration(config.timeout ?? '50ms');
+    const store = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
+    const name = config.name ?? 'quota';
+    // The key names the quota (not its place in the file): moving a binding keeps the count.
+    const base = `q:${name}:${config.period}:${tz}:${config.limit}`;
+    const decide = async (key: string, end: number): Promise<QuotaDecision | 'unavailable'> => {
+      const q = { key, limit: config.limit, cost, periodEnd: end };
+      try {
+        return await new Promise<QuotaDecision>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+          store.quota(q).then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
+        });
+      } catch (err) {
+        deps.log.warn({ err: (err as Error).message, plugin: 'quota', fault }, 'quota store failed');
+        if (fault === 'open') return 'unavailable';
+        if (fault === 'local' && store !== deps.counters.local) return deps.counters.local.quota(q);
+        throw err;
+      }
+    };
+    const view: QuotaView = {
+      name, limit: config.limit, period: config.period, timeZone: tz,
+      async usage(consumer, now = Date.now()) {
+        const p = periodOf(now, config.period, tz);
+        const used = await store.quotaUsage(`${base}:${p.id}:c:${consumer}`);
+        return { used, remaining: Math.max(0, config.limit - used), period: p.id, resets_at: new Date(p.end).toISOString() };
+      },
+    };
+    quotaViews.add(view);
+    return {
+      async access(ctx): Promise<Reply | undefined> {
+        const now = Date.now();
+        const p = periodOf(now, config.period, tz);
+        let d: QuotaDecision | 'unavailable';
+        try {
+          d = await decide(`${base}:${p.id}:${keyOf(by, ctx)}`, p.end);
+        } catch {
+          return { code: 'service-overloaded', detail: 'the quota store is unavailable', headers: { 'retry-after': '1' } };
+        }
+        if (d === 'unavailable') return undefined;
+        const resetS = Math.max(1, Math.ceil((p.end - now) / 1000));
+        const policy = `"${name}";q=${config.limit};w=${Math.round((p.end - p.start) / 1000)}`;
+        const state = `"${name}";r=${d.remaining};t=${resetS}`;
+        if (!d.allowed) {
+          return { code: 'too-many-requests', detail: `the ${config.period}ly quota of ${config.limit} is used up (it resets at ${new Date(p.end).toISOString()})`, headers: { 'ratelimit-policy': policy, ratelimit: state, 'retry-after': String(resetS) } };
+        }
+        ctx.addResponseHeader('ratelimit-policy', policy);
+        ctx.addResponseHeader('ratelimit', state);
+        return undefined;
+      },
+      close() {
+        quotaViews.delete(view);
+      },
+    };
+  },
+});

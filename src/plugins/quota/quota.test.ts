@@ -1,0 +1,85 @@
+/** quota end to end: calendar periods, headers, usage on the admin listener, counts kept across a restart. */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Gateway } from '../../server/gateway.js';
+import { loadConfigFile } from '../../config/load.js';
+import { request, startUpstream, type TestUpstream } from '../../../test/helpers.js';
+import { periodOf } from '../../state/calendar.js';
+
+let up: TestUpstream;
+before(async () => {
+  up = await startUpstream();
+});
+after(async () => {
+  await up?.close();
+});
+
+function configFile(dir: string): string {
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
+consumers:
+  - {name: acme, credentials: [{type: key-auth, key: acme-key-1234}]}
+  - {name: beta, credentials: [{type: key-auth, key: beta-key-1234}]}
+services:
+  - name: api
+    url: ${up.url}
+    plugins:
+      - {name: key-auth}
+      - {name: quota, config: {limit: 3, period: month, time_zone: Europe/Paris}}
+    routes: [{paths: [/]}]
+`);
+  return file;
+}
+
+test('a monthly quota in a time zone: headers, 429 until the period ends, usage per consumer, and the count survives a restart', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-'));
+  const file = configFile(dir);
+  const p = periodOf(Date.now(), 'month', 'Europe/Paris');
+  let gw = await Gateway.start(loadConfigFile(file));
+  try {
+    const url = `http://127.0.0.1:${gw.proxyAddress!.port}/x`;
+    const a1 = await request(url, { headers: { apikey: 'acme-key-1234' } });
+    assert.equal(a1.status, 200);
+    assert.equal(a1.headers['ratelimit-policy'], `"quota";q=3;w=${Math.round((p.end - p.start) / 1000)}`);
+    assert.match(String(a1.headers['ratelimit']), /^"quota";r=2;t=\d+$/);
+    assert.equal((await request(url, { headers: { apikey: 'acme-key-1234' } })).status, 200);
+    const usage = JSON.parse((await request(`http://127.0.0.1:${gw.adminAddress!.port}/quotas?consumer=acme`)).body);
+    assert.deepEqual(usage.quotas.map((q: Record<string, unknown>) => [q.name, q.used, q.remaining, q.period, q.resets_at]), [['quota', 2, 1, p.id, new Date(p.end).toISOString()]]);
+  } finally {
+    await gw.stop();
+  }
+  assert.ok(existsSync(join(dir, '.turnpike', 'state.db')), 'the state file sits beside the config');
+  // A new process-lifetime: the counts come back from the state file.
+  gw = await Gateway.start(loadConfigFile(file));
+  try {
+    const url = `http://127.0.0.1:${gw.proxyAddress!.port}/x`;
+    assert.equal((await request(url, { headers: { apikey: 'acme-key-1234' } })).status, 200);
+    const over = await request(url, { headers: { apikey: 'acme-key-1234' } });
+    assert.equal(over.status, 429);
+    const retry = Number(over.headers['retry-after']);
+    assert.ok(Math.abs(retry - Math.ceil((p.end - Date.now()) / 1000)) <= 1, `retry-after ${retry}`);
+    assert.match(over.body, /monthly quota of 3 is used up/);
+    assert.equal((await request(url, { headers: { apikey: 'beta-key-1234' } })).status, 200, 'another consumer has its own');
+  } finally {
+    await gw.stop();
+  }
+});
+
+test('calendar periods: days of 23 and 25 hours at DST changes, ISO weeks, months and years in the zone', () => {
+  const paris = 'Europe/Paris';
+  const spring = periodOf(Date.UTC(2026, 2, 29, 12), 'day', paris);
+  assert.equal(spring.end - spring.start, 23 * 3_600_000);
+  const autumn = periodOf(Date.UTC(2026, 9, 25, 12), 'day', paris);
+  assert.equal(autumn.end - autumn.start, 25 * 3_600_000);
+  // 23:30 UTC on Dec 31 is already the next year in Paris.
+  assert.equal(periodOf(Date.UTC(2026, 11, 31, 23, 30), 'year', paris).id, '2027');
+  assert.equal(periodOf(Date.UTC(2026, 11, 31, 23, 30), 'year', 'UTC').id, '2026');
+  assert.equal(periodOf(Date.UTC(2026, 0, 1, 12), 'week', 'UTC').id, '2026-W01');
+  assert.equal(periodOf(Date.UTC(2027, 0, 1, 12), 'week', 'UTC').id, '2026-W53');
+  const m = periodOf(Date.UTC(2026, 1, 10), 'month', 'America/New_York');
+  assert.deepEqual([m.id, new Date(m.start).toISOString(), new Date(m.end).toISOString()], ['2026-02', '2026-02-01T05:00:00.000Z', '2026-03-01T05:00:00.000Z']);
+});

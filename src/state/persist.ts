@@ -1,0 +1,40 @@
+/**
+ * Quota counters on disk (better-sqlite3): loaded at start, written every second when changed
+ * and at shutdown, so a restart of the node keeps its quotas (at most ~1 s of counts can be
+ * lost in a crash). Only the node's primary (or the single process) writes it.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export class QuotaFile {
+  private readonly db: Database.Database;
+  private readonly upsert: Database.Statement;
+  private readonly purge: Database.Statement;
+
+  constructor(readonly path: string) {
+    mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.exec('CREATE TABLE IF NOT EXISTS quota (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)');
+    this.upsert = this.db.prepare('INSERT INTO quota (key, used, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET used = excluded.used, expires = excluded.expires');
+    this.purge = this.db.prepare('DELETE FROM quota WHERE expires <= ?');
+  }
+
+  load(now: number): { key: string; used: number; expires: number }[] {
+    this.purge.run(now);
+    return this.db.prepare('SELECT key, used, expires FROM quota').all() as { key: string; used: number; expires: number }[];
+  }
+
+  save(rows: Iterable<[string, { used: number; expires: number }]>, now: number): void {
+    this.db.transaction(() => {
+      for (const [k, v] of rows) this.upsert.run(k, v.used, v.expires);
+      this.purge.run(now);
+    })();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}

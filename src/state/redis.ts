@@ -1,0 +1,331 @@
+/**
+ * Redis counters: one truth across gateway nodes (limits with `policy: redis`).
+ *
+ * Every decision is ONE Lua script run atomically on the server: all windows of a query list
+ * are evaluated on Redis's own clock (`TIME`, so nodes with skewed clocks agree) with the same
+ * arithmetic as algorithms.ts, and the cost is taken from all of them only if every one allows
+ * it. Keys are `${prefix}{${key}}:g|s:${periodMs}:${limit}` (quotas `${prefix}{${key}}:q`): the
+ * hash tag is the rate key, so all keys of one decision live in one Redis Cluster slot.
+ *
+ * State in Redis: GCRA keeps the theoretical arrival time (ms, a string that round-trips the
+ * double exactly) expiring at the TAT; the sliding window keeps a hash {s: window start,
+ * c: current count, p: previous count} expiring two periods after its window's start.
+ *
+ * Failing fast: no offline queue (a call while disconnected fails at once), no retries of a
+ * command, `commandTimeout` = the configured timeout (default 50 ms), and a deadline of our own
+ * around every call as a backstop (cluster redirections and retry delays included), so no
+ * call waits past the timeout on a dead or hung Redis. The connection comes back by itself
+ * (capped exponential backoff, at most 1 s apart). Errors are thrown; the plugin applies its
+ * `fault` setting.
+ */
+import { createHash } from 'node:crypto';
+import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis';
+import { parseDuration } from '../config/units.js';
+import type { Logger } from '../core/log.js';
+import type { CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
+
+/** The top-level `redis` setting: a URL, or {url | cluster seeds, timeout, prefix}. */
+export type RedisSetting = string | {
+  url?: string;
+  cluster?: string[];
+  timeout?: number | string;
+  prefix?: string;
+};
+
+export interface RedisStoreOptions {
+  log?: Logger;
+  /**
+   * Tests only: the clock (epoch ms) the scripts use instead of Redis's `TIME`, so decisions
+   * can be compared exactly with algorithms.ts. Never set in production: nodes would disagree.
+   */
+  clock?: () => number;
+}
+
+export const DEFAULT_REDIS_TIMEOUT_MS = 50;
+export const DEFAULT_REDIS_PREFIX = 'turnpike:';
+/** Longest wait between two reconnection attempts. */
+const MAX_BACKOFF_MS = 1000;
+/** A repeated connection error is logged at most this often. */
+const ERROR_LOG_EVERY_MS = 10_000;
+
+/**
+ * KEYS: one per window. ARGV[1]: '' (use TIME) or a clock reading in ms (tests);
+ * then per window: kind ('g' GCRA | 's' sliding window), limit, period ms, cost.
+ * Returns {all, then per window: allowed, remaining, resetMs, retryAfterMs}.
+ */
+const RATE_LUA = `
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  if redis.replicate_commands then pcall(redis.replicate_commands) end
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local out = {1}
+local writes = {}
+local all = 1
+for i = 1, #KEYS do
+  local key = KEYS[i]
+  local kind = ARGV[i * 4 - 2]
+  local limit = tonumber(ARGV[i * 4 - 1])
+  local period = tonumber(ARGV[i * 4])
+  local cost = tonumber(ARGV[i * 4 + 1])
+  local allowed, remaining, reset, retry
+  if kind == 'g' then
+    local t = period / limit
+    local tat = now
+    local stored = redis.call('GET', key)
+    if stored then tat = math.max(tonumber(stored), now) end
+    local newTat = tat + cost * t
+    local ahead = newTat - now
+    if ahead > period then
+      allowed = 0
+      remaining = math.max(0, math.floor((period - (tat - now)) / t + 1e-9))
+      reset = math.ceil(tat - now)
+      retry = math.ceil(ahead - period)
+    else
+      allowed = 1
+      remaining = math.max(0, math.floor((period - ahead) / t + 1e-9))
+      reset = math.ceil(ahead)
+      retry = 0
+      writes[#writes + 1] = {key, 'g', newTat, now}
+    end
+  else
+    local start = math.floor(now / period) * period
+    local curr, prev = 0, 0
+    local s = redis.call('HMGET', key, 's', 'c', 'p')
+    if s[1] then
+      local ss = tonumber(s[1])
+      if ss == start then
+        curr = tonumber(s[2]) or 0
+        prev = tonumber(s[3]) or 0
+      elseif ss + period == start then
+        prev = tonumber(s[2]) or 0
+      end
+    end
+    local used = prev * (1 - (now - start) / period) + curr
+    local resetAt = now
+    if curr + cost > 0 then resetAt = start + 2 * period elseif prev > 0 then resetAt = start + period end
+    reset = math.max(0, math.ceil(resetAt - now))
+    if used + cost > limit then
+      allowed = 0
+      local r = start + period - now
+      if prev > 0 then r = math.min(r, math.ceil(((used + cost - limit) / prev) * period)) end
+      remaining = math.max(0, math.floor(limit - used))
+      retry = math.max(1, math.ceil(r))
+    else
+      allowed = 1
+      remaining = math.max(0, math.floor(limit - used - cost))
+      retry = 0
+      writes[#writes + 1] = {key, 's', start, curr + cost, prev, start + 2 * period}
+    end
+  end
+  if allowed == 0 then all = 0 end
+  out[#out + 1] = allowed
+  out[#out + 1] = remaining
+  out[#out + 1] = reset
+  out[#out + 1] = retry
+end
+out[1] = all
+if all == 1 then
+  for _, w in ipairs(writes) do
+    if w[2] == 'g' then
+      redis.call('SET', w[1], string.format('%.17g', w[3]), 'PX', math.max(1, math.ceil(w[3] - w[4])))
+    else
+      redis.call('HSET', w[1], 's', string.format('%.17g', w[3]), 'c', string.format('%.17g', w[4]), 'p', string.format('%.17g', w[5]))
+      redis.call('PEXPIREAT', w[1], string.format('%.17g', w[6]))
+    end
+  end
+end
+return out
+`;
+
+/** KEYS[1]: the quota counter. ARGV: limit, cost, period end (epoch ms). Returns {allowed, used}. */
+const QUOTA_LUA = `
+local limit = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + cost > limit then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], cost)
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+return {1, used}
+`;
+
+type Client = Redis | Cluster;
+interface Scripts {
+  tpRate(...args: (string | number)[]): Promise<number[]>;
+  tpQuota(key: string, limit: number, cost: number, periodEnd: number): Promise<[number, number]>;
+}
+
+/** The part of a key inside the hash tag: the key itself when it is safe there, else its digest. */
+function tag(key: string): string {
+  // Redis hashes what lies between the first '{' and the next '}' (the whole key when that is
+  // empty): a key with braces (a header value can carry any) or an empty one gets its digest,
+  // marked with a leading '#' that a key used as it is never has.
+  if (key !== '' && !/[{}]/.test(key) && !key.startsWith('#')) return key;
+  return `#${createHash('sha256').update(key).digest('base64url')}`;
+}
+
+/** ioredis node addresses and connection options from redis:// / rediss:// URLs. */
+function seed(url: string): { host: string; port: number } {
+  const u = new URL(url);
+  return { host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1', port: u.port ? Number(u.port) : 6379 };
+}
+
+export class RedisStore implements CounterStore {
+  readonly client: Client;
+  readonly prefix: string;
+  readonly timeoutMs: number;
+  private readonly scripts: Scripts;
+  private readonly clock: (() => number) | undefined;
+  private readonly log: Logger | undefined;
+  private lastErrorLog = 0;
+  private closed = false;
+
+  constructor(setting: RedisSetting, opts: RedisStoreOptions = {}) {
+    const s = typeof setting === 'string' ? { url: setting } : setting;
+    this.prefix = s.prefix ?? DEFAULT_REDIS_PREFIX;
+    // A brace in the prefix would move (or void) the hash tag: windows of one decision could
+    // land in different cluster slots.
+    if (/[{}]/.test(this.prefix)) throw new Error('redis.prefix must not contain { or }');
+    this.timeoutMs = s.timeout === undefined ? DEFAULT_REDIS_TIMEOUT_MS : Math.max(1, parseDuration(s.timeout));
+    this.clock = opts.clock;
+    this.log = opts.log;
+    const connectTimeout = Math.max(250, Math.min(2000, this.timeoutMs * 10));
+    const retry = (times: number) => Math.min(MAX_BACKOFF_MS, 25 * 2 ** Math.min(times, 10));
+    const common: RedisOptions = {
+      commandTimeout: this.timeoutMs,
+      connectTimeout,
+      maxRetriesPerRequest: 0,
+      enableOfflineQueue: false,
+      enableReadyCheck: true,
+      autoResubscribe: false,
+      connectionName: 'turnpike',
+      keepAlive: 5000,
+    };
+    if (s.cluster && s.cluster.length > 0) {
+      const first = new URL(s.cluster[0]!);
+      const redisOptions: ClusterOptions['redisOptions'] = {
+        ...common,
+        ...(first.username ? { username: decodeURIComponent(first.username) } : {}),
+        ...(first.password ? { password: decodeURIComponent(first.password) } : {}),
+        ...(first.protocol === 'rediss:' ? { tls: {} } : {}),
+      };
+      delete (redisOptions as RedisOptions).enableOfflineQueue;
+      this.client = new Cluster(s.cluster.map(seed), {
+        enableOfflineQueue: false,
+        enableReadyCheck: true,
+        clusterRetryStrategy: retry,
+        // A node that went away is reconnected too (a restarted master keeps its slots).
+        clusterNodeRetryStrategy: retry,
+        slotsRefreshTimeout: Math.max(250, Math.min(2000, this.timeoutMs * 10)),
+        retryDelayOnFailover: Math.min(100, this.timeoutMs),
+        retryDelayOnClusterDown: Math.min(100, this.timeoutMs),
+        retryDelayOnTryAgain: Math.min(100, this.timeoutMs),
+        redisOptions,
+      });
+    } else {
+      this.client = new Redis(s.url ?? 'redis://127.0.0.1:6379', { ...common, retryStrategy: retry });
+    }
+    this.client.on('error', (err: Error) => this.logError(err));
+    this.client.on('node error', (err: Error) => this.logError(err));
+    this.client.on('ready', () => {
+      this.lastErrorLog = 0;
+      this.log?.info('redis counter store connected');
+    });
+    this.client.defineCommand('tpRate', { lua: RATE_LUA });
+    this.client.defineCommand('tpQuota', { lua: QUOTA_LUA, numberOfKeys: 1 });
+    this.scripts = this.client as unknown as Scripts;
+  }
+
+  private logError(err: Error): void {
+    const now = Date.now();
+    if (this.closed || now - this.lastErrorLog < ERROR_LOG_EVERY_MS) return;
+    this.lastErrorLog = now;
+    this.log?.warn({ err: err.message }, 'redis counter store unavailable (retrying)');
+  }
+
+  /** The Redis key of a window (exported shape, for tests and operators). */
+  rateKey(q: Pick<RateQuery, 'key' | 'algorithm' | 'periodMs' | 'limit'>): string {
+    return `${this.prefix}{${tag(q.key)}}:${q.algorithm === 'gcra' ? 'g' : 's'}:${q.periodMs}:${q.limit}`;
+  }
+
+  quotaKey(key: string): string {
+    return `${this.prefix}{${tag(key)}}:q`;
+  }
+
+  /** Settles with `p` or rejects once the timeout has passed, whatever ioredis is doing. */
+  private deadline<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`redis did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      p.then((v) => { clearTimeout(timer); resolve(v); }, (e: unknown) => { clearTimeout(timer); reject(e as Error); });
+    });
+  }
+
+  async rate(queries: readonly RateQuery[]): Promise<RateDecision[]> {
+    if (queries.length === 0) return [];
+    if (this.closed) throw new Error('the redis counter store is closed');
+    const keys: string[] = [];
+    const argv: (string | number)[] = [this.clock ? String(this.clock()) : ''];
+    for (const q of queries) {
+      keys.push(this.rateKey(q));
+      argv.push(q.algorithm === 'gcra' ? 'g' : 's', q.limit, q.periodMs, q.cost);
+    }
+    const raw = await this.deadline(this.scripts.tpRate(keys.length, ...keys, ...argv));
+    const decisions: RateDecision[] = queries.map((_, i) => ({
+      allowed: raw[1 + i * 4] === 1,
+      remaining: Number(raw[2 + i * 4]),
+      resetMs: Number(raw[3 + i * 4]),
+      retryAfterMs: Number(raw[4 + i * 4]),
+    }));
+    if (raw[0] === 1) return decisions;
+    // All windows or none (as MemoryStore): a window that allowed reports the refusal too.
+    const retry = Math.max(...decisions.map((d) => d.retryAfterMs));
+    return decisions.map((d) => (d.allowed ? { ...d, allowed: false, retryAfterMs: retry } : d));
+  }
+
+  async quota(q: QuotaQuery): Promise<QuotaDecision> {
+    if (this.closed) throw new Error('the redis counter store is closed');
+    const [allowed, used] = await this.deadline(this.scripts.tpQuota(this.quotaKey(q.key), q.limit, q.cost, Math.ceil(q.periodEnd)));
+    return allowed === 1
+      ? { allowed: true, used, remaining: q.limit - used }
+      : { allowed: false, used, remaining: Math.max(0, q.limit - used) };
+  }
+
+  async quotaUsage(key: string): Promise<number> {
+    if (this.closed) throw new Error('the redis counter store is closed');
+    const v = await this.deadline(this.client.get(this.quotaKey(key)));
+    return v === null ? 0 : Number(v);
+  }
+
+  /** Resolves once connected (and, for a cluster, the slots are known); rejects after `ms`. */
+  waitReady(ms = 2000): Promise<void> {
+    if (this.client.status === 'ready') return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        this.client.off('ready', onReady);
+        if (err) reject(err); else resolve();
+      };
+      const onReady = () => done();
+      const timer = setTimeout(() => done(new Error(`redis not ready within ${ms} ms (status ${this.client.status})`)), ms);
+      this.client.on('ready', onReady);
+    });
+  }
+
+  /** QUIT when connected (at most 250 ms), then drop the connection and stop reconnecting. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.client.status === 'ready') {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        this.client.quit().catch(() => undefined),
+        new Promise((r) => { timer = setTimeout(r, 250); }),
+      ]);
+      clearTimeout(timer);
+    }
+    this.client.disconnect();
+  }
+}
