@@ -377,15 +377,15 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   }
   const counters = deps.counters ?? { local: fallbackStore(), redis: null };
   if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
-  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, deps.log ?? silentLogger, fail);
+  const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
+  for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail);
   plugins.setGlobal(cfg.plugins);
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) plugins.setPlan(name, plan, ['plans', name]);
   (cfg.consumers ?? []).forEach((c, ci) => {
     if (c.plan !== undefined && !cfg.plans?.[c.plan]) fail(['consumers', ci, 'plan'], `unknown plan "${c.plan}"`);
     plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']);
   });
-  const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
-  for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
   const defaults = new Set(Object.values(DEFAULT_CONSUMER_HEADERS));
   const extra = Object.values(consumerHeaders).filter((h) => !defaults.has(h));
 

@@ -121,6 +121,7 @@ export class PluginCompiler {
     private readonly credentials: ReadonlyMap<string, { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[]>,
     private readonly listeners: PluginDeps['listeners'],
     private readonly counters: PluginDeps['counters'],
+    private readonly consumerHeaders: ConsumerHeaders,
     private readonly log: Logger,
     private readonly fail: (path: PathSegment[], message: string) => void,
   ) {}
@@ -177,6 +178,7 @@ export class PluginCompiler {
         where: bp.join('.'),
         listeners: this.listeners,
         counters: this.counters,
+        consumerHeaders: this.consumerHeaders,
       };
       let problems: string[] = [];
       try {

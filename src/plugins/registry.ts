@@ -13,6 +13,7 @@ import acl from './acl/index.js';
 import ipRestriction from './ip-restriction/index.js';
 import cors from './cors/index.js';
 import rateLimit from './rate-limit/index.js';
+import quota from './quota/index.js';
 
 const plugins = new Map<string, PluginDef>();
 
@@ -21,6 +22,6 @@ export function registerPlugin(def: PluginDef): void {
   plugins.set(def.name, def);
 }
 
-for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit, acl, ipRestriction, cors] as PluginDef[]) registerPlugin(p);
+for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit, quota, acl, ipRestriction, cors] as PluginDef[]) registerPlugin(p);
 
 export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

@@ -108,6 +108,8 @@ export interface PluginDeps {
   listeners: { clientCa: boolean };
   /** Counter stores: this node's (shared by its workers), and Redis when `redis` is configured. */
   counters: { local: CounterStore; redis: CounterStore | null };
+  /** Names of the consumer headers sent upstream (consumer_headers). */
+  consumerHeaders: Readonly<{ id: string; name: string; groups: string; credential: string; anonymous: string }>;
 }
 
 export interface PluginDef<S extends TSchema = TSchema> {

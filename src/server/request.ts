@@ -415,9 +415,12 @@ function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerRespons
     sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers });
     return;
   }
-  const body = r.body === undefined ? '' : r.body;
-  res.writeHead(r.status ?? 200, { ...headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
-  res.end(req.method === 'HEAD' ? undefined : body);
+  const status = r.status ?? 200;
+  // 204 and 304 have no content, and no Content-Length either (RFC 9110 §8.6, §15.3.5).
+  const noContent = status === 204 || status === 304;
+  const body = r.body === undefined || noContent ? '' : r.body;
+  res.writeHead(status, noContent ? { ...headers, 'x-request-id': requestId } : { ...headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
+  res.end(req.method === 'HEAD' || noContent ? undefined : body);
 }
 
 function runLog(ctx: RequestContext, pctx: PluginCtx, chain: Chain, status: number, durationMs: number): void {

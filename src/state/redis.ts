@@ -9,7 +9,8 @@
  *
  * State in Redis: GCRA keeps the theoretical arrival time (ms, a string that round-trips the
  * double exactly) expiring at the TAT; the sliding window keeps a hash {s: window start,
- * c: current count, p: previous count} expiring two periods after its window's start.
+ * c: current count, p: previous count} expiring two periods after its window's start (PEXPIRE
+ * relative to the script's clock).
  *
  * Failing fast: no offline queue (a call while disconnected fails at once), no retries of a
  * command, `commandTimeout` = the configured timeout (default 50 ms), and a deadline of our own
@@ -118,7 +119,7 @@ for i = 1, #KEYS do
       allowed = 1
       remaining = math.max(0, math.floor(limit - used - cost))
       retry = 0
-      writes[#writes + 1] = {key, 's', start, curr + cost, prev, start + 2 * period}
+      writes[#writes + 1] = {key, 's', start, curr + cost, prev, start + 2 * period - now}
     end
   end
   if allowed == 0 then all = 0 end
@@ -134,7 +135,7 @@ if all == 1 then
       redis.call('SET', w[1], string.format('%.17g', w[3]), 'PX', math.max(1, math.ceil(w[3] - w[4])))
     else
       redis.call('HSET', w[1], 's', string.format('%.17g', w[3]), 'c', string.format('%.17g', w[4]), 'p', string.format('%.17g', w[5]))
-      redis.call('PEXPIREAT', w[1], string.format('%.17g', w[6]))
+      redis.call('PEXPIRE', w[1], math.max(1, math.ceil(w[6])))
     end
   end
 end
@@ -220,6 +221,9 @@ export class RedisStore implements CounterStore {
         // A node that went away is reconnected too (a restarted master keeps its slots).
         clusterNodeRetryStrategy: retry,
         slotsRefreshTimeout: Math.max(250, Math.min(2000, this.timeoutMs * 10)),
+        // A command whose node went away is retried in the background (the caller's deadline
+        // has long passed): a few tries, not the default 16.
+        maxRedirections: 6,
         retryDelayOnFailover: Math.min(100, this.timeoutMs),
         retryDelayOnClusterDown: Math.min(100, this.timeoutMs),
         retryDelayOnTryAgain: Math.min(100, this.timeoutMs),
@@ -280,9 +284,12 @@ export class RedisStore implements CounterStore {
       retryAfterMs: Number(raw[4 + i * 4]),
     }));
     if (raw[0] === 1) return decisions;
-    // All windows or none (as MemoryStore): a window that allowed reports the refusal too.
+    // All windows or none (exactly as MemoryStore): a window that would have allowed it reports
+    // the refusal too, and was not charged, so its remaining is as before.
     const retry = Math.max(...decisions.map((d) => d.retryAfterMs));
-    return decisions.map((d) => (d.allowed ? { ...d, allowed: false, retryAfterMs: retry } : d));
+    return decisions.map((d, i) => (d.allowed
+      ? { ...d, allowed: false, remaining: Math.min(queries[i]!.limit, d.remaining + queries[i]!.cost), retryAfterMs: retry }
+      : d));
   }
 
   async quota(q: QuotaQuery): Promise<QuotaDecision> {

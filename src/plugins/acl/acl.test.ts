@@ -166,6 +166,27 @@ test('hide_groups_header: the groups do not go upstream', T, async () => {
   assert.equal(upstreamHeaders(s)['x-consumer-groups'], undefined);
 });
 
+test('hide_groups_header with a renamed groups header (consumer_headers.groups)', { ...T }, async () => {
+  const g = await startGateway(`consumer_headers: {groups: X-Roles}
+consumers:
+  - name: alice
+    groups: [dev]
+    credentials: [{type: key-auth, key: '${KEYS.alice}'}]
+services:
+  - name: s
+    url: ${up.url}
+    routes:
+      - {name: hidden, paths: [/hidden], plugins: [{name: key-auth}, {name: acl, config: {allow: [dev], hide_groups_header: true}}]}
+`);
+  try {
+    const r = await request(`${g.url}/hidden`, { headers: { apikey: KEYS.alice } });
+    assert.equal(r.status, 200, r.body);
+    assert.equal(upstreamHeaders(r)['x-roles'], undefined);
+  } finally {
+    await g.close();
+  }
+});
+
 test('service binding, and a route binding replacing it', T, async () => {
   assert.equal((await get('/svc', 'alice')).status, 200);
   assertProblem(await get('/svc', 'bob'), 403, 'forbidden');

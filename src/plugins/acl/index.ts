@@ -5,7 +5,6 @@
  * all is 401; a consumer (the `anonymous` one included) that is not allowed is 403.
  */
 import { definePlugin } from '../types.js';
-import { DEFAULT_CONSUMER_HEADERS } from '../pipeline.js';
 import { AclConfig } from './schema.js';
 
 const DENIED = 'you cannot consume this service';
@@ -19,11 +18,11 @@ export default definePlugin({
   check(config) {
     return (config.allow?.length ?? 0) + (config.deny?.length ?? 0) === 0 ? ['allow or deny (a non-empty list of groups) is required'] : [];
   },
-  create(config) {
+  create(config, deps) {
     const allow = config.allow?.length ? new Set(config.allow) : null;
     const deny = config.deny?.length ? new Set(config.deny) : null;
     // (The configured name of the groups header is not known to plugins: see README.)
-    const groupsHeader = DEFAULT_CONSUMER_HEADERS.groups;
+    const groupsHeader = deps.consumerHeaders.groups;
     return {
       access(ctx) {
         const c = ctx.consumer;

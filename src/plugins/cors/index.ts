@@ -3,9 +3,10 @@
  * OPTIONS with Origin and Access-Control-Request-Method, routed as the method they ask about)
  * are answered in onRequest, before authentication: 204, with the Access-Control-Allow-* fields
  * when the origin is allowed and none when it is not (Kong's way: the preflight is answered,
- * the browser refuses the cross-origin request). Actual requests with an Origin get
- * Access-Control-Allow-Origin / -Credentials / -Expose-Headers on the upstream's response,
- * replacing the upstream's own. Every response carries Vary: Origin.
+ * the browser refuses the cross-origin request). Actual requests from an allowed origin get
+ * Access-Control-Allow-Origin / -Credentials / -Expose-Headers on the response, whoever makes
+ * it (ctx.addResponseHeader: a 401 from an auth plugin too); on upstream responses they replace
+ * the upstream's own, also for origins not allowed. Upstream responses carry Vary: Origin.
  */
 import { definePlugin, type RequestCtx } from '../types.js';
 import { parseDuration } from '../../config/units.js';
@@ -108,7 +109,17 @@ export default definePlugin({
 
     return {
       onRequest(ctx: RequestCtx) {
-        if (!ctx.preflight || config.preflight_continue) return undefined;
+        if (!ctx.preflight || config.preflight_continue) {
+          // Whoever answers (an auth plugin's 401 included), an allowed origin can read it.
+          // (On upstream responses, responseHeaders below makes the final list.)
+          const origin = allowOrigin(ctx.header('origin'));
+          if (origin !== null) {
+            ctx.addResponseHeader(ACAO, origin);
+            if (credentials) ctx.addResponseHeader(ACAC, 'true');
+            if (exposed !== null) ctx.addResponseHeader(ACEH, exposed);
+          }
+          return undefined;
+        }
         const headers: Record<string, string> = {};
         const vary = ['Origin'];
         const origin = allowOrigin(ctx.header('origin'));
@@ -130,6 +141,8 @@ export default definePlugin({
         return { status: 204, headers };
       },
       responseHeaders(ctx, _status, headers) {
+        // A preflight this plugin answered is complete (should response phases ever run on replies).
+        if (ctx.preflight && !config.preflight_continue) return;
         addVary(headers, 'Origin');
         const requestOrigin = ctx.header('origin');
         if (requestOrigin === undefined) return;

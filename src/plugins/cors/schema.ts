@@ -7,7 +7,7 @@ export const DEFAULT_METHODS = ['GET', 'HEAD', 'PUT', 'PATCH', 'POST', 'DELETE']
 
 export const CorsConfig = Type.Object({
   origins: Type.Array(Type.String({ minLength: 1, description: 'An origin: "*", an exact origin (https://app.example.com), "null", or a regular expression after "~" matched against the whole origin (~^https://[a-z0-9-]+\\.example\\.com$).' }), {
-    minItems: 1, description: 'Origins allowed to make cross-origin requests.',
+    minItems: 1, description: 'Origins allowed to make cross-origin requests: "*", exact origins (https://app.example.com), "null", or "~" and a regular expression matched against the whole origin.',
   }),
   methods: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'An HTTP method.' }), {
     minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'Methods announced in Access-Control-Allow-Methods of preflight answers.',
