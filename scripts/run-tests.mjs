@@ -15,13 +15,16 @@ function find(dir, out = []) {
 }
 
 /**
- * What the tests need beyond npm: the openssl command line (test certificates). Missing and
- * root with apt-get: installed; otherwise the run stops and says what to install.
+ * What the tests need beyond npm: the openssl command line (test certificates) and
+ * redis-server + redis-cli (the Redis counter store's tests start real servers and a cluster;
+ * both come with the Debian package redis-server). Missing and root with apt-get: installed;
+ * otherwise the run stops and says what to install.
  */
 function provision() {
-  const need = [['openssl', 'openssl']].filter(([bin]) => spawnSync('sh', ['-c', `command -v ${bin}`]).status !== 0);
+  const need = [['openssl', 'openssl'], ['redis-server', 'redis-server'], ['redis-cli', 'redis-server']]
+    .filter(([bin]) => spawnSync('sh', ['-c', `command -v ${bin}`]).status !== 0);
   if (need.length === 0) return;
-  const pkgs = need.map(([, pkg]) => pkg);
+  const pkgs = [...new Set(need.map(([, pkg]) => pkg))];
   const root = process.getuid?.() === 0;
   const apt = spawnSync('sh', ['-c', 'command -v apt-get']).status === 0;
   if (root && apt) {
@@ -29,7 +32,7 @@ function provision() {
     const r = spawnSync('sh', ['-c', `apt-get install -y --no-install-recommends ${pkgs.join(' ')} || (apt-get update && apt-get install -y --no-install-recommends ${pkgs.join(' ')})`], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
     if (r.status === 0) return;
   }
-  console.error(`The tests need: ${need.map(([bin, pkg]) => `${bin} (Debian package ${pkg})`).join(', ')}. Install it and run npm test again.`);
+  console.error(`The tests need: ${need.map(([bin, pkg]) => `${bin} (Debian package ${pkg})`).join(', ')}. Install them and run npm test again.`);
   process.exit(1);
 }
 provision();

@@ -257,7 +257,7 @@ export const TurnpikeConfig = Strict({
       url: Type.Optional(Type.String({ pattern: '^rediss?://' })),
       cluster: Type.Optional(Type.Array(Type.String({ pattern: '^rediss?://' }), { minItems: 1, description: 'Seed nodes of a Redis Cluster.' })),
       timeout: Type.Optional(Duration),
-      prefix: Type.Optional(Type.String({ maxLength: 64, description: 'Key prefix (default "turnpike:").' })),
+      prefix: Type.Optional(Type.String({ maxLength: 64, pattern: '^[^{}]*$', description: 'Key prefix (default "turnpike:"); no braces (the hash tag is the limit key).' })),
     }),
   ], { description: 'Shared counters for limits with policy: redis (one truth across gateway nodes).' })),
   trusted_proxies: Type.Optional(Type.Array(Type.String(), {

@@ -20,6 +20,7 @@ import { handleRequest, closingSockets, isTls, type RequestContext, type Upgrade
 import { closeAllWebSockets, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
 import { MemoryStore } from '../state/memory.js';
+import { RedisStore, type RedisSetting } from '../state/redis.js';
 import type { CounterStore } from '../state/types.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
@@ -143,6 +144,8 @@ export class Gateway implements RequestContext {
   private readonly onSwap: GatewayOptions['onSwap'];
   /** Counters for limits: this node's (in the primary with workers), and Redis when configured. */
   readonly counters: { local: CounterStore; redis: CounterStore | null };
+  /** The `redis` setting (JSON; '' for none) that counters.redis was made from. */
+  private redisSetting = '';
 
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
@@ -167,7 +170,14 @@ export class Gateway implements RequestContext {
       this.health = health;
       this.reporter = health;
     }
-    this.snapshot = this.compile(loaded);
+    const redis = this.redisFor(loaded);
+    try {
+      this.snapshot = compile(loaded, this.deps(dns, { local: this.counters.local, redis: redis.store }));
+    } catch (err) {
+      if (redis.fresh) void redis.store!.close();
+      throw err;
+    }
+    this.useRedis(redis);
     this.persistCounters(this.snapshot);
     applyLimits(this.snapshot);
     this.health?.sync(this.snapshot);
@@ -185,13 +195,47 @@ export class Gateway implements RequestContext {
     }
   }
 
-  private deps(dns: DnsCache = this.dns): CompileDeps {
-    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns, log: this.log, counters: this.counters };
+  private deps(dns: DnsCache = this.dns, counters: CompileDeps['counters'] = this.counters): CompileDeps {
+    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns, log: this.log, counters };
   }
 
-  private compile(loaded: LoadedConfig): Snapshot {
-    return compile(loaded, this.deps());
+  /**
+   * The Redis store a config compiles with: the running one while its `redis` setting is the
+   * same, else a new one (none without the setting). `fresh`: made now, so it is closed if that
+   * config is not swapped in.
+   */
+  private redisFor(loaded: LoadedConfig): { store: RedisStore | null; setting: string; fresh: boolean } {
+    const value = loaded.config.redis as RedisSetting | undefined;
+    const setting = value === undefined ? '' : JSON.stringify(value);
+    if (setting === this.redisSetting) return { store: this.counters.redis as RedisStore | null, setting, fresh: false };
+    if (value === undefined) return { store: null, setting, fresh: false };
+    try {
+      return { store: new RedisStore(value, { log: this.log }), setting, fresh: true };
+    } catch (err) {
+      throw loaded.error([{ path: ['redis'], message: (err as Error).message }]);
+    }
   }
+
+  /** Waits (at most 1 s) for a Redis store to connect; a Redis that does not answer is logged. */
+  private async redisReady(store = this.counters.redis): Promise<void> {
+    if (!(store instanceof RedisStore)) return;
+    await store.waitReady(1000).catch((err: Error) => {
+      this.log.warn({ err: err.message, redis: store.describe() }, 'redis not reachable yet: limits with policy redis apply their fault until it is');
+    });
+  }
+
+  /** Makes a swapped-in config's store the running one; the one it replaces is closed. */
+  private useRedis(redis: { store: RedisStore | null; setting: string; fresh: boolean }): void {
+    if (redis.setting === this.redisSetting) return;
+    const old = this.counters.redis;
+    this.counters.redis = redis.store;
+    this.redisSetting = redis.setting;
+    // Requests of the previous snapshot still waiting on it get their answers (QUIT, at most
+    // 250 ms); one that asks it later fails and gets its limit's `fault`.
+    if (old) void old.close?.();
+    if (redis.store) this.log.info({ redis: redis.store.describe() }, 'redis counter store in use');
+  }
+
 
   /** A copy of `base` with the config's DNS settings and its names not resolved yet resolved (failures logged). */
   private static async resolveNew(base: DnsCache, loaded: LoadedConfig, log: Logger): Promise<DnsCache> {
@@ -242,6 +286,8 @@ export class Gateway implements RequestContext {
       ? DnsCache.fromTable(settings, opts.dnsTable)
       : await Gateway.resolveNew(new DnsCache(settings), loaded, opts.logger ?? silentLogger);
     const gw = new Gateway(loaded, opts, dns);
+    // The first requests find Redis connected (at most 1 s: a Redis that is down does not hold the start).
+    await gw.redisReady();
     try {
       await gw.listenAll();
     } catch (err) {
@@ -559,7 +605,15 @@ export class Gateway implements RequestContext {
   /** Swaps in a new config, compiled at once. Throws ConfigError (the running config stays). */
   reload(loaded: LoadedConfig): Snapshot {
     this.reloadSeq++;
-    return this.swap(loaded, this.compile(loaded), this.dns);
+    const redis = this.redisFor(loaded);
+    let next: Snapshot;
+    try {
+      next = compile(loaded, this.deps(this.dns, { local: this.counters.local, redis: redis.store }));
+    } catch (err) {
+      if (redis.fresh) void redis.store!.close();
+      throw err;
+    }
+    return this.swap(loaded, next, this.dns, redis);
   }
 
   private reloadSeq = 0;
@@ -575,27 +629,35 @@ export class Gateway implements RequestContext {
     this.reloading++;
     let next: Snapshot;
     let dns: DnsCache;
+    let redis: ReturnType<Gateway['redisFor']> | undefined;
     try {
       // A worker compiles with the primary's answers; otherwise resolve what is new.
       if (opts.dnsTable) dns = DnsCache.fromTable(dnsSettings(loaded.config), opts.dnsTable);
       else if (this.role === 'worker') dns = this.dns;
       else dns = await Gateway.resolveNew(opts.dns ?? this.dns, loaded, this.log);
-      next = await compileAsync(loaded, this.deps(dns));
+      redis = this.redisFor(loaded);
+      next = await compileAsync(loaded, this.deps(dns, { local: this.counters.local, redis: redis.store }));
+    } catch (err) {
+      if (redis?.fresh) void redis.store!.close();
+      throw err;
     } finally {
       this.reloading--;
     }
+    if (redis.fresh) await this.redisReady(redis.store);
     if (seq !== this.reloadSeq || this.draining) {
       next.dispose();
+      if (redis.fresh) void redis.store!.close();
       return this.snapshot;
     }
-    return this.swap(loaded, next, dns);
+    return this.swap(loaded, next, dns, redis);
   }
 
-  private swap(loaded: LoadedConfig, next: Snapshot, dns: DnsCache): Snapshot {
+  private swap(loaded: LoadedConfig, next: Snapshot, dns: DnsCache, redis: ReturnType<Gateway['redisFor']>): Snapshot {
     const prev = this.snapshot;
     if (next.hash === prev.hash) {
       // Same effective config: keep the running snapshot (and its revision).
       next.dispose();
+      if (redis.fresh) void redis.store!.close();
       this.log.info({ revision: this.revision, hash: prev.hash }, 'config unchanged');
       return prev;
     }
@@ -617,6 +679,7 @@ export class Gateway implements RequestContext {
     this.snapshot = next;
     this.loaded = loaded;
     this.dns = dns;
+    this.useRedis(redis);
     this.persistCounters(next);
     applyLimits(next);
     this.revision++;

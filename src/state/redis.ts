@@ -168,7 +168,7 @@ function tag(key: string): string {
   return `#${createHash('sha256').update(key).digest('base64url')}`;
 }
 
-/** ioredis node addresses and connection options from redis:// / rediss:// URLs. */
+/** The host and port of a redis:// / rediss:// URL (a cluster seed). */
 function seed(url: string): { host: string; port: number } {
   const u = new URL(url);
   return { host: u.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1', port: u.port ? Number(u.port) : 6379 };
@@ -183,6 +183,8 @@ export class RedisStore implements CounterStore {
   private readonly log: Logger | undefined;
   private lastErrorLog = 0;
   private closed = false;
+  /** Where it points, without credentials (for logs). */
+  private readonly where: string;
 
   constructor(setting: RedisSetting, opts: RedisStoreOptions = {}) {
     const s = typeof setting === 'string' ? { url: setting } : setting;
@@ -205,6 +207,8 @@ export class RedisStore implements CounterStore {
       connectionName: 'turnpike',
       keepAlive: 5000,
     };
+    const hostOf = (url: string) => { const { host, port } = seed(url); return `${host}:${port}`; };
+    this.where = s.cluster && s.cluster.length > 0 ? `cluster ${s.cluster.map(hostOf).join(',')}` : hostOf(s.url ?? 'redis://127.0.0.1:6379');
     if (s.cluster && s.cluster.length > 0) {
       const first = new URL(s.cluster[0]!);
       const redisOptions: ClusterOptions['redisOptions'] = {
@@ -236,18 +240,38 @@ export class RedisStore implements CounterStore {
     this.client.on('node error', (err: Error) => this.logError(err));
     this.client.on('ready', () => {
       this.lastErrorLog = 0;
-      this.log?.info('redis counter store connected');
+      this.log?.info({ redis: this.where }, 'redis counter store connected');
     });
+    // Load the scripts as soon as a connection is up: otherwise every call of a first burst
+    // gets NOSCRIPT for its EVALSHA and is sent again whole (EVAL), doubling its time.
+    const preload = (c: Redis) => { for (const lua of [RATE_LUA, QUOTA_LUA]) c.script('LOAD', lua).catch(() => undefined); };
+    if (this.client instanceof Cluster) {
+      // Node connections are lazy in ioredis: the first burst for a master would wait for its
+      // connect. Connect each one as soon as it is known, and load the scripts whenever it
+      // (re)connects.
+      this.client.on('+node', (n: Redis) => {
+        n.on('ready', () => preload(n));
+        if (n.status === 'wait') n.connect().catch(() => undefined);
+      });
+    } else {
+      const single = this.client;
+      single.on('ready', () => preload(single));
+    }
     this.client.defineCommand('tpRate', { lua: RATE_LUA });
     this.client.defineCommand('tpQuota', { lua: QUOTA_LUA, numberOfKeys: 1 });
     this.scripts = this.client as unknown as Scripts;
+  }
+
+  /** Where it points (no credentials), its key prefix and timeout: for logs. */
+  describe(): { where: string; prefix: string; timeoutMs: number } {
+    return { where: this.where, prefix: this.prefix, timeoutMs: this.timeoutMs };
   }
 
   private logError(err: Error): void {
     const now = Date.now();
     if (this.closed || now - this.lastErrorLog < ERROR_LOG_EVERY_MS) return;
     this.lastErrorLog = now;
-    this.log?.warn({ err: err.message }, 'redis counter store unavailable (retrying)');
+    this.log?.warn({ err: err.message, redis: this.where }, 'redis counter store unavailable (retrying)');
   }
 
   /** The Redis key of a window (exported shape, for tests and operators). */
@@ -306,33 +330,38 @@ export class RedisStore implements CounterStore {
     return v === null ? 0 : Number(v);
   }
 
-  /** Resolves once connected (and, for a cluster, the slots are known); rejects after `ms`. */
-  waitReady(ms = 2000): Promise<void> {
-    if (this.client.status === 'ready') return Promise.resolve();
-    return new Promise<void>((resolve, reject) => {
+  /**
+   * Resolves once connected (a cluster: the slots known and every master connected); rejects
+   * after `ms`.
+   */
+  async waitReady(ms = 2000): Promise<void> {
+    const end = Date.now() + ms;
+    const ready = (c: Redis | Cluster) => (c.status === 'ready' ? Promise.resolve() : new Promise<void>((resolve, reject) => {
       const done = (err?: Error) => {
         clearTimeout(timer);
-        this.client.off('ready', onReady);
+        c.off('ready', onReady);
         if (err) reject(err); else resolve();
       };
       const onReady = () => done();
-      const timer = setTimeout(() => done(new Error(`redis not ready within ${ms} ms (status ${this.client.status})`)), ms);
-      this.client.on('ready', onReady);
-    });
+      const timer = setTimeout(() => done(new Error(`redis not ready within ${ms} ms (status ${c.status})`)), Math.max(0, end - Date.now()));
+      c.on('ready', onReady);
+    }));
+    await ready(this.client);
+    if (this.client instanceof Cluster) await Promise.all(this.client.nodes('master').map(ready));
   }
 
-  /** QUIT when connected (at most 250 ms), then drop the connection and stop reconnecting. */
+  /**
+   * QUIT when connected (pending answers still arrive), then drop the connection and stop
+   * reconnecting; resolves once it is closed, in at most ~350 ms whatever Redis does.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.client.status === 'ready') {
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([
-        this.client.quit().catch(() => undefined),
-        new Promise((r) => { timer = setTimeout(r, 250); }),
-      ]);
-      clearTimeout(timer);
-    }
+    let timer: NodeJS.Timeout | undefined;
+    const bounded = (p: Promise<unknown>, ms: number) => Promise.race([p, new Promise((r) => { timer = setTimeout(r, ms); })]).finally(() => clearTimeout(timer));
+    const ended = this.client.status === 'end' ? Promise.resolve() : new Promise<void>((r) => this.client.once('end', () => r()));
+    if (this.client.status === 'ready') await bounded(this.client.quit().catch(() => undefined), 250);
     this.client.disconnect();
+    await bounded(ended, 100);
   }
 }
