@@ -5,7 +5,8 @@
  * RateLimit-Policy / RateLimit item; over it: 429 with Retry-After = the period's end.
  * Usage per consumer: GET /quotas?consumer=NAME on the admin listener.
  */
-import { definePlugin, type Reply, type RequestCtx } from '../types.js';
+import { definePlugin, type Reply } from '../types.js';
+import { byList, limitKey } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
 import type { QuotaDecision } from '../../state/types.js';
@@ -14,19 +15,6 @@ import { QuotaConfig } from './schema.js';
 /** Every quota binding of the live config, for usage reports (by consumer). */
 export interface QuotaView { name: string; limit: number; period: Period; timeZone: string; usage(consumer: string, now?: number): Promise<{ used: number; remaining: number; period: string; resets_at: string }> }
 export const quotaViews = new Set<QuotaView>();
-
-function keyOf(by: readonly string[], ctx: RequestCtx): string {
-  return by.map((b) => {
-    switch (b) {
-      case 'consumer': return ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`;
-      case 'credential': return ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`;
-      case 'ip': return `ip:${ctx.clientIp}`;
-      case 'route': return `r:${ctx.route.name}`;
-      case 'service': return `s:${ctx.service.name}`;
-      default: return `h:${ctx.header(b.slice(7).toLowerCase()) ?? ''}`;
-    }
-  }).join('|');
-}
 
 export default definePlugin({
   name: 'quota',
@@ -41,7 +29,7 @@ export default definePlugin({
     return out;
   },
   create(config, deps) {
-    const by = Array.isArray(config.by) ? config.by : [config.by ?? 'consumer'];
+    const by = byList(config.by);
     const tz = config.time_zone ?? 'UTC';
     const cost = config.cost ?? 1;
     const fault = config.fault ?? 'open';
@@ -79,7 +67,7 @@ export default definePlugin({
         const p = periodOf(now, config.period, tz);
         let d: QuotaDecision | 'unavailable';
         try {
-          d = await decide(`${base}:${p.id}:${keyOf(by, ctx)}`, p.end);
+          d = await decide(`${base}:${p.id}:${limitKey(by, ctx)}`, p.end);
         } catch {
           return { code: 'service-overloaded', detail: 'the quota store is unavailable', headers: { 'retry-after': '1' } };
         }

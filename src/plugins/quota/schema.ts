@@ -1,13 +1,13 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { Duration } from '../schema-types.js';
+import { By } from '../limit-key.js';
 
-const By = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
 
 export const QuotaConfig = Type.Object({
   limit: Type.Integer({ minimum: 1, description: 'Requests (cost units) per period.' }),
   period: Type.Union([Type.Literal('hour'), Type.Literal('day'), Type.Literal('week'), Type.Literal('month'), Type.Literal('year')], { description: 'A calendar period in time_zone (weeks are ISO weeks, Monday first).' }),
   time_zone: Type.Optional(Type.String({ minLength: 1, default: 'UTC', description: 'IANA time zone of the calendar, e.g. Europe/Paris.' })),
-  by: Type.Optional(Type.Union([By, Type.Array(By, { minItems: 1, uniqueItems: true })], { default: 'consumer', description: 'Whose quota: consumer (the client IP when there is none), credential, ip, route, service, header:NAME, or a list.' })),
+  by: By,
   cost: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
   policy: Type.Optional(Type.Union([Type.Literal('local'), Type.Literal('redis')], { default: 'local', description: 'local: this node, kept on disk (state_file); redis: shared by nodes.' })),
   fault: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], { default: 'open' })),

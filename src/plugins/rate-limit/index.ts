@@ -6,26 +6,11 @@
  * Retry-After. A store that fails or is slower than `timeout` is handled per `fault`.
  */
 import { createHash } from 'node:crypto';
-import { definePlugin, type RequestCtx } from '../types.js';
+import { definePlugin } from '../types.js';
+import { byList, limitKey } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import type { CounterStore, RateDecision, RateQuery } from '../../state/types.js';
 import { RateLimitConfig } from './schema.js';
-
-/** The key parts of a request for `by`. */
-function keyParts(by: readonly string[], ctx: RequestCtx): string {
-  const parts: string[] = [];
-  for (const b of by) {
-    switch (b) {
-      case 'consumer': parts.push(ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`); break;
-      case 'credential': parts.push(ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`); break;
-      case 'ip': parts.push(`ip:${ctx.clientIp}`); break;
-      case 'route': parts.push(`r:${ctx.route.name}`); break;
-      case 'service': parts.push(`s:${ctx.service.name}`); break;
-      default: parts.push(`h:${ctx.header(b.slice(7).toLowerCase()) ?? ''}`);
-    }
-  }
-  return parts.join('|');
-}
 
 const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
   const t = setTimeout(() => reject(new Error(`the counter store did not answer within ${ms} ms`)), ms);
@@ -51,7 +36,7 @@ export default definePlugin({
   },
   create(config, deps) {
     const windows = (config.limits ?? [{ limit: config.limit!, window: config.window! }]).map((l) => ({ limit: l.limit, periodMs: parseDuration(l.window) }));
-    const by = Array.isArray(config.by) ? config.by : [config.by ?? 'consumer'];
+    const by = byList(config.by);
     const algorithm = config.algorithm ?? 'gcra';
     const cost = config.cost ?? 1;
     const fault = config.fault ?? 'open';
@@ -79,7 +64,7 @@ export default definePlugin({
       async access(ctx) {
         let decisions: RateDecision[] | 'unavailable';
         try {
-          decisions = await decide(keyParts(by, ctx));
+          decisions = await decide(limitKey(by, ctx));
         } catch {
           return { code: 'service-overloaded', detail: 'the rate limiter is unavailable', headers: { 'retry-after': '1' } };
         }

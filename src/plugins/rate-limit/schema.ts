@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { Duration } from '../schema-types.js';
+import { By } from '../limit-key.js';
 
-const By = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
 
 export const RateLimitConfig = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, description: 'Requests (cost units) per window.' })),
@@ -9,9 +9,7 @@ export const RateLimitConfig = Type.Object({
   limits: Type.Optional(Type.Array(Type.Object({ limit: Type.Integer({ minimum: 1 }), window: Duration('The window') }, { additionalProperties: false }), {
     minItems: 1, description: 'Several windows at once (e.g. 10/s and 1000/h): a request must fit all of them.',
   })),
-  by: Type.Optional(Type.Union([By, Type.Array(By, { minItems: 1, uniqueItems: true })], {
-    default: 'consumer', description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route, service, header:NAME, or a list (combined).',
-  })),
+  by: By,
   algorithm: Type.Optional(Type.Union([Type.Literal('gcra'), Type.Literal('sliding-window')], {
     default: 'gcra', description: 'gcra: a burst of `limit`, then evenly spaced; sliding-window: a weighted sliding count. Neither allows a double burst at a window edge.',
   })),

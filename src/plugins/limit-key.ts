@@ -1,0 +1,28 @@
+/** What rate-limit and quota count by: the `by` setting and the key it makes of a request. */
+import { Type } from '@sinclair/typebox';
+import type { RequestCtx } from './types.js';
+
+const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
+
+export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItems: 1, uniqueItems: true })], {
+  default: 'consumer',
+  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route, service, header:NAME, or a list (combined).',
+}));
+
+export const byList = (by: string | string[] | undefined): string[] => (Array.isArray(by) ? by : [by ?? 'consumer']);
+
+/** The key parts of a request for `by` (the computed client IP stands in for a missing consumer or credential). */
+export function limitKey(by: readonly string[], ctx: RequestCtx): string {
+  const parts: string[] = [];
+  for (const b of by) {
+    switch (b) {
+      case 'consumer': parts.push(ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`); break;
+      case 'credential': parts.push(ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`); break;
+      case 'ip': parts.push(`ip:${ctx.clientIp}`); break;
+      case 'route': parts.push(`r:${ctx.route.name}`); break;
+      case 'service': parts.push(`s:${ctx.service.name}`); break;
+      default: parts.push(`h:${ctx.header(b.slice(7).toLowerCase()) ?? ''}`);
+    }
+  }
+  return parts.join('|');
+}
