@@ -1,4 +1,4 @@
-/** What rate-limit and quota count by: the `by` setting and the key it makes of a request. */
+/** Shared by rate-limit and quota: the `by` setting, the key it makes of a request, the store timeout. */
 import { Type } from '@sinclair/typebox';
 import type { RequestCtx } from './types.js';
 
@@ -26,3 +26,9 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
   }
   return parts.join('|');
 }
+
+/** A store's answer, or an error once `ms` passed (the limit's `fault` applies then). */
+export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
+  const t = setTimeout(() => reject(new Error(`the counter store did not answer within ${ms} ms`)), ms);
+  p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
+});

@@ -6,7 +6,7 @@
  * Usage per consumer: GET /quotas?consumer=NAME on the admin listener.
  */
 import { definePlugin, type Reply } from '../types.js';
-import { byList, limitKey } from '../limit-key.js';
+import { byList, limitKey, withTimeout } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
 import type { QuotaDecision } from '../../state/types.js';
@@ -41,10 +41,7 @@ export default definePlugin({
     const decide = async (key: string, end: number): Promise<QuotaDecision | 'unavailable'> => {
       const q = { key, limit: config.limit, cost, periodEnd: end };
       try {
-        return await new Promise<QuotaDecision>((resolve, reject) => {
-          const t = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
-          store.quota(q).then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
-        });
+        return await withTimeout(store.quota(q), timeoutMs);
       } catch (err) {
         deps.log.warn({ err: (err as Error).message, plugin: 'quota', fault }, 'quota store failed');
         if (fault === 'open') return 'unavailable';

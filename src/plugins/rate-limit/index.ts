@@ -7,15 +7,10 @@
  */
 import { createHash } from 'node:crypto';
 import { definePlugin } from '../types.js';
-import { byList, limitKey } from '../limit-key.js';
+import { byList, limitKey, withTimeout } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import type { CounterStore, RateDecision, RateQuery } from '../../state/types.js';
 import { RateLimitConfig } from './schema.js';
-
-const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
-  const t = setTimeout(() => reject(new Error(`the counter store did not answer within ${ms} ms`)), ms);
-  p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
-});
 
 export default definePlugin({
   name: 'rate-limit',
