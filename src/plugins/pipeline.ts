@@ -291,13 +291,39 @@ export class PluginError extends Error {
   }
 }
 
-async function call<T>(b: Bound, f: () => T | PromiseLike<T>): Promise<T> {
+/** Calls a phase function: its value, or a promise of it; a throw or rejection becomes a PluginError. */
+function call<T>(b: Bound, f: () => T | PromiseLike<T>): T | PromiseLike<T> {
+  let r: T | PromiseLike<T>;
   try {
-    const r = f();
-    return isThenable<T>(r) ? await r : r;
+    r = f();
   } catch (e) {
     throw new PluginError(b.name, e);
   }
+  return isThenable<T>(r) ? Promise.resolve(r).catch((e: unknown) => { throw new PluginError(b.name, e); }) : r;
+}
+
+/**
+ * Runs a generator that yields plugin results: synchronously for as long as they are plain
+ * values, asynchronously from the first promise on (a route whose plugins never wait costs no
+ * promise at all).
+ */
+function drive<T>(gen: Generator<unknown, T, unknown>): T | Promise<T> {
+  let r = gen.next();
+  while (!r.done) {
+    if (isThenable(r.value)) {
+      const first = r.value;
+      return (async () => {
+        let step = await Promise.resolve(first).then((v) => gen.next(v), (e: unknown) => gen.throw(e));
+        while (!step.done) {
+          const v = step.value;
+          step = isThenable(v) ? await Promise.resolve(v).then((x) => gen.next(x), (e: unknown) => gen.throw(e)) : gen.next(v);
+        }
+        return step.value;
+      })();
+    }
+    r = gen.next(r.value);
+  }
+  return r.value;
 }
 
 /**
@@ -305,12 +331,18 @@ async function call<T>(b: Bound, f: () => T | PromiseLike<T>): Promise<T> {
  * null to go upstream (with `ctx` updated: consumer, identity, upstream headers); the chain to
  * use for the response phases is returned too. Rejects with PluginError.
  */
-export async function runRequestPhases(
+export function runRequestPhases(
   ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders,
-): Promise<{ reply: Reply | null; chain: Chain }> {
+): PhaseResult | Promise<PhaseResult> {
+  return drive(phases(ctx, chains, headers));
+}
+
+export interface PhaseResult { reply: Reply | null; chain: Chain }
+
+function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders): Generator<unknown, PhaseResult, unknown> {
   const base = chains.base;
   for (const b of base.onRequest) {
-    const r = await call(b, () => b.inst.onRequest!(ctx));
+    const r = (yield call(b, () => b.inst.onRequest!(ctx))) as Reply | void;
     if (r) return { reply: r, chain: base };
   }
   if (base.authenticate.length > 0) {
@@ -318,7 +350,7 @@ export async function runRequestPhases(
     let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false }> | null = null;
     const challenges: string[] = [];
     for (const b of base.authenticate) {
-      const r = await call(b, () => b.inst.authenticate!(ctx));
+      const r = (yield call(b, () => b.inst.authenticate!(ctx))) as AuthOutcome;
       if (r.ok) {
         won = r;
         break;
@@ -365,7 +397,7 @@ export async function runRequestPhases(
   const chain = ctx.consumer !== null ? chains.forConsumer(ctx.consumer) : base;
   if (chain.denied !== undefined) return { reply: { code: 'forbidden', detail: chain.denied }, chain };
   for (const b of chain.access) {
-    const r = await call(b, () => b.inst.access!(ctx));
+    const r = (yield call(b, () => b.inst.access!(ctx))) as Reply | void;
     if (r) return { reply: r, chain };
   }
   return { reply: null, chain };

@@ -11,7 +11,7 @@ import type { CompiledRoute, Snapshot } from '../config/compile.js';
 import { PROBLEMS, isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { Logger } from '../core/log.js';
 import { PluginCtx } from '../plugins/context.js';
-import { PluginError, runRequestPhases, type Chain } from '../plugins/pipeline.js';
+import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../plugins/pipeline.js';
 import type { Reply } from '../plugins/types.js';
 import { connectionTokens, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
@@ -379,7 +379,7 @@ export function handleRequest(
     // Nothing sent: the client went away first (nginx's 499).
     if (used.log.length) runLog(ctx, pctx, used, res.headersSent ? res.statusCode : 499, Date.now() - started);
   });
-  return runRequestPhases(pctx, chains, snap.consumerHeaders).then(({ reply, chain }) => {
+  const afterPhases = ({ reply, chain }: PhaseResult): ForwardHandler | undefined => {
     used = chain;
     if (res.destroyed || res.writableEnded || req.destroyed) return undefined; // the client left meanwhile
     if (reply !== null) {
@@ -396,12 +396,21 @@ export function handleRequest(
     }
     const extra = pctx.responseHeaders;
     return proceed(pctx.upstreamQuery, hasResponsePhases || extra.length ? { ctx: pctx, chain, log: ctx.log, extraHeaders: extra } : null, pctx.bodyLimit);
-  }, (err: unknown) => {
+  };
+  const onPhaseError = (err: unknown): undefined => {
     const plugin = err instanceof PluginError ? err.plugin : undefined;
     ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');
     if (!res.destroyed && !res.headersSent) reject(ctx, req, res, requestId, 'internal-error', plugin ? `plugin ${plugin} failed` : 'the request pipeline failed');
     return undefined;
-  });
+  };
+  let phases: PhaseResult | Promise<PhaseResult>;
+  try {
+    phases = runRequestPhases(pctx, chains, snap.consumerHeaders);
+  } catch (err) {
+    return onPhaseError(err);
+  }
+  // Plugins that never wait (key-auth, a local rate limit...) keep the request synchronous.
+  return phases instanceof Promise ? phases.then(afterPhases, onPhaseError) : afterPhases(phases);
 }
 
 /** A plugin's local reply: a problem from the catalogue, or its own status and body. */

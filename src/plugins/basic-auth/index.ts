@@ -6,7 +6,7 @@
  * by an HMAC with a per-process key), so only the first request of a caller pays for it.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import { definePlugin, type Consumer } from '../types.js';
+import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { TtlCache } from '../auth-common.js';
 import { BasicAuthConfig, BasicAuthCredential } from './schema.js';
 import { hashPassword, parseHash, verifyPassword, type ParsedHash } from './hash.js';
@@ -75,7 +75,7 @@ export default definePlugin({
     const challenge = `Basic realm="${realm}", charset="UTF-8"`;
     const verified = new TtlCache<Consumer>(CACHE_MAX);
     return {
-      async authenticate(ctx) {
+      authenticate(ctx): AuthOutcome | Promise<AuthOutcome> {
         const h = ctx.header('authorization');
         const m = h === undefined ? null : /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(h);
         if (m === null) return { ok: false, missing: true, challenge };
@@ -85,18 +85,20 @@ export default definePlugin({
         const username = decoded.slice(0, colon);
         const password = decoded.slice(colon + 1);
         const key = createHmac('sha256', cacheKey).update(decoded).digest('base64');
-        let consumer = verified.get(key);
-        if (consumer === undefined) {
-          const user = users.get(username);
-          // An unknown user costs a check too (no user-name oracle by timing).
-          const ok = await limited(() => verifyPassword(password, user?.hash ?? dummy));
-          if (ok === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 401 };
-          if (!ok || user === undefined) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
-          consumer = user.consumer;
-          verified.set(key, consumer, Date.now() + CACHE_MS);
-        }
-        if (config.hide_credentials) ctx.removeUpstreamHeader('authorization');
-        return { ok: true, consumer, identity: consumer.name, credential: `basic-auth:${username}` };
+        const ok = (consumer: Consumer): AuthOutcome => {
+          if (config.hide_credentials) ctx.removeUpstreamHeader('authorization');
+          return { ok: true, consumer, identity: consumer.name, credential: `basic-auth:${username}` };
+        };
+        const known = verified.get(key);
+        if (known !== undefined) return ok(known); // verified before: no scrypt, no promise
+        const user = users.get(username);
+        // An unknown user costs a check too (no user-name oracle by timing).
+        return limited(() => verifyPassword(password, user?.hash ?? dummy)).then((good): AuthOutcome => {
+          if (good === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 401 };
+          if (!good || user === undefined) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
+          verified.set(key, user.consumer, Date.now() + CACHE_MS);
+          return ok(user.consumer);
+        });
       },
     };
   },

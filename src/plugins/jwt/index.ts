@@ -7,7 +7,7 @@
  * has it as `subject`; otherwise the claim value is the identity (unless require_consumer).
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload } from 'jose';
-import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
+import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
 import { TtlCache, bearerToken, sha256 } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
@@ -98,8 +98,24 @@ export default definePlugin({
       return { ok: true, consumer, identity: consumer?.name ?? value, credential: `jwt:${value}`, scopes, claims: payload as Record<string, unknown> };
     };
 
+    const verify = async (token: string): Promise<AuthOutcome> => {
+      let payload: JWTPayload;
+      try {
+        ({ payload } = await jwtVerify(token, keys.getKey, verifyOptions));
+      } catch (err) {
+        if (err instanceof joseErrors.JWTExpired) return invalid('the token has expired');
+        if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return invalid('the token cannot be verified now (the identity provider\'s keys are unavailable)');
+        return invalid('the token is not valid');
+      }
+      return judge(payload);
+    };
+    const done = (ctx: RequestCtx, outcome: AuthOutcome): AuthOutcome => {
+      if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
+      return outcome;
+    };
+
     return {
-      async authenticate(ctx) {
+      authenticate(ctx) {
         let token = bearerToken(ctx.header('authorization'));
         if (token === null && config.cookie) {
           const m = new RegExp(`(?:^|;\\s*)${config.cookie.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}=([^;]*)`).exec(ctx.header('cookie') ?? '');
@@ -107,21 +123,13 @@ export default definePlugin({
         }
         if (token === null) return { ok: false, missing: true, challenge: realm };
         const key = cache !== null ? sha256(token).toString('base64') : '';
-        let outcome: AuthOutcome | undefined = cache?.get(key);
-        if (outcome === undefined) {
-          let payload: JWTPayload;
-          try {
-            ({ payload } = await jwtVerify(token, keys.getKey, verifyOptions));
-          } catch (err) {
-            if (err instanceof joseErrors.JWTExpired) return invalid('the token has expired');
-            if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return invalid('the token cannot be verified now (the identity provider\'s keys are unavailable)');
-            return invalid('the token is not valid');
-          }
-          outcome = judge(payload);
-          if (outcome.ok && cache !== null && typeof payload.exp === 'number') cache.set(key, outcome, payload.exp * 1000);
-        }
-        if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
-        return outcome;
+        const hit = cache?.get(key);
+        // A token verified before: answered at once (no promise on the request path).
+        if (hit !== undefined) return done(ctx, hit);
+        return verify(token).then((outcome) => {
+          if (outcome.ok && cache !== null && typeof outcome.claims?.['exp'] === 'number') cache.set(key, outcome, (outcome.claims['exp'] as number) * 1000);
+          return done(ctx, outcome);
+        });
       },
       close() {
         releaseKeySource(keys);

@@ -6,7 +6,8 @@
  * Retry-After. A store that fails or is slower than `timeout` is handled per `fault`.
  */
 import { createHash } from 'node:crypto';
-import { definePlugin } from '../types.js';
+import { definePlugin, type Reply, type RequestCtx } from '../types.js';
+import { MemoryStore } from '../../state/memory.js';
 import { byList, limitKey, withTimeout } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import type { CounterStore, RateDecision, RateQuery } from '../../state/types.js';
@@ -43,8 +44,9 @@ export default definePlugin({
     const names = windows.map((w) => (windows.length === 1 ? name : `${name}-${Math.round(w.periodMs / 1000)}s`));
     const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${Math.max(1, Math.round(w.periodMs / 1000))}`).join(', ');
 
+    const queriesFor = (key: string): RateQuery[] => windows.map((w) => ({ key: `rl:${scope}:${key}`, limit: w.limit, periodMs: w.periodMs, cost, algorithm }));
     const decide = async (key: string): Promise<RateDecision[] | 'unavailable'> => {
-      const queries: RateQuery[] = windows.map((w) => ({ key: `rl:${scope}:${key}`, limit: w.limit, periodMs: w.periodMs, cost, algorithm }));
+      const queries = queriesFor(key);
       try {
         return await withTimeout(store.rate(queries), timeoutMs);
       } catch (err) {
@@ -55,36 +57,49 @@ export default definePlugin({
       }
     };
 
-    return {
-      async access(ctx) {
-        let decisions: RateDecision[] | 'unavailable';
-        try {
-          decisions = await decide(limitKey(by, ctx));
-        } catch {
-          return { code: 'service-overloaded', detail: 'the rate limiter is unavailable', headers: { 'retry-after': '1' } };
-        }
-        if (decisions === 'unavailable') return undefined;
-        // The window closest to its limit is the one reported.
-        let worst = 0;
-        for (let i = 1; i < decisions.length; i++) if (decisions[i]!.remaining < decisions[worst]!.remaining) worst = i;
-        const d = decisions[worst]!;
-        const refused = decisions.find((x) => !x.allowed);
-        const headers: Record<string, string> = {};
+    /** The headers and answer for a set of decisions. */
+    const judge = (ctx: RequestCtx, decisions: RateDecision[] | 'unavailable'): Reply | undefined => {
+      if (decisions === 'unavailable') return undefined;
+      // The window closest to its limit is the one reported.
+      let worst = 0;
+      for (let i = 1; i < decisions.length; i++) if (decisions[i]!.remaining < decisions[worst]!.remaining) worst = i;
+      const d = decisions[worst]!;
+      let refused = false;
+      for (const x of decisions) if (!x.allowed) refused = true;
+      if (!refused) {
         if (config.headers !== false) {
-          headers['ratelimit-policy'] = policyHeader;
-          headers['ratelimit'] = `"${names[worst]}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`;
+          ctx.addResponseHeader('ratelimit-policy', policyHeader);
+          ctx.addResponseHeader('ratelimit', `"${names[worst]}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`);
         }
         if (config.legacy_headers) {
-          headers['x-ratelimit-limit'] = String(windows[worst]!.limit);
-          headers['x-ratelimit-remaining'] = String(d.remaining);
-          headers['x-ratelimit-reset'] = String(Math.ceil(d.resetMs / 1000));
+          ctx.addResponseHeader('x-ratelimit-limit', String(windows[worst]!.limit));
+          ctx.addResponseHeader('x-ratelimit-remaining', String(d.remaining));
+          ctx.addResponseHeader('x-ratelimit-reset', String(Math.ceil(d.resetMs / 1000)));
         }
-        if (refused) {
-          const retry = Math.max(1, Math.ceil(Math.max(...decisions.map((x) => x.retryAfterMs)) / 1000));
-          return { code: 'too-many-requests', detail: `rate limit exceeded: try again in ${retry} s`, headers: { ...headers, 'retry-after': String(retry) } };
-        }
-        for (const [k, v] of Object.entries(headers)) ctx.addResponseHeader(k, v);
         return undefined;
+      }
+      const headers: Record<string, string> = {};
+      if (config.headers !== false) {
+        headers['ratelimit-policy'] = policyHeader;
+        headers['ratelimit'] = `"${names[worst]}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`;
+      }
+      if (config.legacy_headers) {
+        headers['x-ratelimit-limit'] = String(windows[worst]!.limit);
+        headers['x-ratelimit-remaining'] = String(d.remaining);
+        headers['x-ratelimit-reset'] = String(Math.ceil(d.resetMs / 1000));
+      }
+      const retry = Math.max(1, Math.ceil(Math.max(...decisions.map((x) => x.retryAfterMs)) / 1000));
+      headers['retry-after'] = String(retry);
+      return { code: 'too-many-requests', detail: `rate limit exceeded: try again in ${retry} s`, headers };
+    };
+    // This process's own memory (one process, no workers): decided synchronously, nothing to wait for.
+    const inProcess = store instanceof MemoryStore ? store : null;
+
+    return {
+      access(ctx) {
+        const key = limitKey(by, ctx);
+        if (inProcess !== null) return judge(ctx, inProcess.rateNow(queriesFor(key)));
+        return decide(key).then((d) => judge(ctx, d), (): Reply => ({ code: 'service-overloaded', detail: 'the rate limiter is unavailable', headers: { 'retry-after': '1' } }));
       },
     };
   },
