@@ -1,5 +1,5 @@
 /** Helpers shared by the auth plugins. */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, hash, timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 
 /** `anonymous` and `hide_credentials`, common to every auth plugin's config. */
@@ -9,6 +9,8 @@ export const AuthCommon = {
 };
 
 export const sha256 = (s: string | Buffer): Buffer => createHash('sha256').update(s).digest();
+/** SHA-256 as base64, one shot (the cache key of a token). */
+export const sha256b64 = (s: string): string => hash('sha256', s, 'base64');
 
 /** Constant-time equality of two byte strings of any length. */
 export function safeEqual(a: Buffer, b: Buffer): boolean {
@@ -18,8 +20,8 @@ export function safeEqual(a: Buffer, b: Buffer): boolean {
 }
 
 /**
- * A bounded cache with per-entry expiry (Map insertion order as LRU: a hit moves the entry to
- * the end; the oldest goes when full).
+ * A bounded cache with per-entry expiry: when full, the oldest entry goes (insertion order;
+ * hits do not reorder, which keeps a hit to one Map lookup).
  */
 export class TtlCache<V> {
   private readonly map = new Map<string, { value: V; until: number }>();
@@ -32,8 +34,6 @@ export class TtlCache<V> {
       this.map.delete(key);
       return undefined;
     }
-    this.map.delete(key);
-    this.map.set(key, e);
     return e.value;
   }
 

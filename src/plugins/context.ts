@@ -50,6 +50,10 @@ export class PluginCtx implements RequestCtx {
     this.headers.splice(this.headers.length - 2, 0, name, value);
   }
 
+  appendUpstreamHeader(name: string, value: string): void {
+    this.headers.splice(this.headers.length - 2, 0, name, value);
+  }
+
   addResponseHeader(name: string, value: string): void {
     this.responseHeaders.push(name, value);
   }

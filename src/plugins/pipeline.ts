@@ -44,6 +44,8 @@ export interface Chain {
 /** A route's chains: the base one (no consumer), and per consumer when consumer bindings apply. */
 export interface RouteChains {
   base: Chain;
+  /** Some chain of the route (base, or a consumer's) has log plugins. */
+  anyLog: boolean;
   forConsumer(c: Consumer): Chain;
 }
 
@@ -239,11 +241,16 @@ export class PluginCompiler {
     const serviceFor = service.filter((b) => b.consumer !== null);
     const routeFor = route.filter((b) => b.consumer !== null);
     if (this.consumerBindings.size === 0 && this.plans.size === 0 && serviceFor.length === 0 && routeFor.length === 0) {
-      return { base, forConsumer: () => base };
+      return { base, anyLog: base.log.length > 0, forConsumer: () => base };
     }
     const cache = new Map<string, Chain>();
+    const logs = (list: Iterable<Binding>) => { for (const b of list) if (b.inst.log) return true; return false; };
+    let anyLog = base.log.length > 0 || logs(serviceFor) || logs(routeFor);
+    for (const l of this.consumerBindings.values()) anyLog ||= logs(l);
+    for (const p of this.plans.values()) anyLog ||= logs(p.bindings);
     return {
       base,
+      anyLog,
       forConsumer: (c) => {
         let chain = cache.get(c.name);
         if (chain) return chain;
@@ -385,14 +392,15 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
     }
     const c = ctx.consumer;
     if (c !== null) {
-      ctx.setUpstreamHeader(headers.id, c.id);
-      ctx.setUpstreamHeader(headers.name, c.name);
-      if (c.groups.length) ctx.setUpstreamHeader(headers.groups, c.groups.join(', '));
+      // (client copies of these were stripped when the request was read: appended, not replaced)
+      ctx.appendUpstreamHeader(headers.id, c.id);
+      ctx.appendUpstreamHeader(headers.name, c.name);
+      if (c.groups.length) ctx.appendUpstreamHeader(headers.groups, c.groups.join(', '));
     } else if (ctx.identity !== null) {
-      ctx.setUpstreamHeader(headers.name, ctx.identity);
+      ctx.appendUpstreamHeader(headers.name, ctx.identity);
     }
-    if (ctx.credential !== null) ctx.setUpstreamHeader(headers.credential, ctx.credential);
-    if (ctx.anonymous) ctx.setUpstreamHeader(headers.anonymous, 'true');
+    if (ctx.credential !== null) ctx.appendUpstreamHeader(headers.credential, ctx.credential);
+    if (ctx.anonymous) ctx.appendUpstreamHeader(headers.anonymous, 'true');
   }
   const chain = ctx.consumer !== null ? chains.forConsumer(ctx.consumer) : base;
   if (chain.denied !== undefined) return { reply: { code: 'forbidden', detail: chain.denied }, chain };

@@ -68,6 +68,8 @@ export interface RequestCtx {
   /** Changes what goes upstream. */
   removeUpstreamHeader(name: string): void;
   setUpstreamHeader(name: string, value: string): void;
+  /** Adds a field upstream without looking for an earlier one (the gateway's own fields). */
+  appendUpstreamHeader(name: string, value: string): void;
   removeUpstreamQueryParam(name: string): void;
   /** A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method), routed as the method it asks about. */
   readonly preflight: boolean;

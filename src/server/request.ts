@@ -375,10 +375,12 @@ export function handleRequest(
   const started = Date.now();
   // The log phase runs however the request ends (the chain is the consumer's once known).
   let used: Chain = chains.base;
-  res.once('close', () => {
-    // Nothing sent: the client went away first (nginx's 499).
-    if (used.log.length) runLog(ctx, pctx, used, res.headersSent ? res.statusCode : 499, Date.now() - started);
-  });
+  if (chains.anyLog) {
+    res.once('close', () => {
+      // Nothing sent: the client went away first (nginx's 499).
+      if (used.log.length) runLog(ctx, pctx, used, res.headersSent ? res.statusCode : 499, Date.now() - started);
+    });
+  }
   const afterPhases = ({ reply, chain }: PhaseResult): ForwardHandler | undefined => {
     used = chain;
     if (res.destroyed || res.writableEnded || req.destroyed) return undefined; // the client left meanwhile

@@ -8,7 +8,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { TtlCache, bearerToken, sha256 } from '../auth-common.js';
+import { TtlCache, bearerToken, sha256b64 } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
@@ -122,7 +122,7 @@ export default definePlugin({
           if (m && m[1]) token = m[1];
         }
         if (token === null) return { ok: false, missing: true, challenge: realm };
-        const key = cache !== null ? sha256(token).toString('base64') : '';
+        const key = cache !== null ? sha256b64(token) : '';
         const hit = cache?.get(key);
         // A token verified before: answered at once (no promise on the request path).
         if (hit !== undefined) return done(ctx, hit);
