@@ -25,7 +25,9 @@
  * server on the first. Ratios (req/s at 64 connections, same round): jwt/plain,
  * jwt-nocache/plain, key/plain; the summary is the median over the rounds. Acceptance (the
  * issue): cached JWT keeps >= 85% of plain's throughput. Results: a table on stdout and
- * bench/results/auth.json.
+ * bench/results/auth.json. Before any load every route is checked (200 with credentials; 401
+ * without, with a bad signature, with a wrong key); a measurement with non-2xx responses fails,
+ * and a warning says when dist/ was rebuilt or HEAD moved during the run.
  *
  * Environment (as bench/run.mjs):
  *   BENCH_DURATION    seconds per 64-connection measurement (default 10); the 1-connection one
