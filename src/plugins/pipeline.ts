@@ -37,6 +37,8 @@ export interface Chain {
   log: readonly Bound[];
   /** No plugin at all: the request path skips the pipeline. */
   empty: boolean;
+  /** A plugin here answers CORS preflights (cors). */
+  preflight: boolean;
   /** The consumer's plan does not include this route or service (403). */
   denied?: string;
 }
@@ -80,6 +82,7 @@ export function consumerId(name: string): string {
 }
 
 function chainOf(bindings: Iterable<Binding>): Chain {
+  let preflight = false;
   const onRequest: Bound[] = [];
   const auth: Bound[] = [];
   const access: Bound[] = [];
@@ -88,6 +91,7 @@ function chainOf(bindings: Iterable<Binding>): Chain {
   const log: Bound[] = [];
   for (const b of bindings) {
     const bound: Bound = { name: b.def.name, priority: b.def.priority, inst: b.inst, anonymous: b.anonymous };
+    if (b.def.handlesPreflight) preflight = true;
     if (b.inst.onRequest) onRequest.push(bound);
     if (b.inst.authenticate) auth.push(bound);
     if (b.inst.access) access.push(bound);
@@ -102,6 +106,7 @@ function chainOf(bindings: Iterable<Binding>): Chain {
   return {
     onRequest, authenticate: auth, access, responseHeaders: rh, responseBody: rb, log,
     empty: onRequest.length + auth.length + access.length + rh.length + rb.length + log.length === 0,
+    preflight,
   };
 }
 

@@ -121,6 +121,8 @@ export interface PluginDef<S extends TSchema = TSchema> {
   description: string;
   schema: S;
   scopes: readonly Scope[];
+  /** Answers CORS preflights: a route with such a plugin gets preflights routed as the method they ask about. */
+  handlesPreflight?: boolean;
   /** Auth plugins: the schema of `consumers[].credentials[]` entries of `type: <name>` (besides `type`). */
   credential?: TSchema;
   /**

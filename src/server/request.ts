@@ -268,13 +268,14 @@ export function handleRequest(
     }
     forwardsLeft = String(n - 1);
   } else if (maxForwards !== undefined) forwardsLeft = maxForwards;
-  // A CORS preflight is routed as the request it asks about (the route's cors plugin answers
-  // it; without one it goes upstream as the OPTIONS it is).
+  // A CORS preflight is routed as the request it asks about when that route has a plugin that
+  // answers preflights (cors); otherwise it is the OPTIONS request it is (405 where OPTIONS is not allowed).
   const acrm = method === 'OPTIONS' && req.headers.origin !== undefined ? req.headers['access-control-request-method'] : undefined;
-  const preflight = typeof acrm === 'string' && /^[A-Za-z]+$/.test(acrm);
+  let preflight = typeof acrm === 'string' && /^[A-Za-z]+$/.test(acrm);
   const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
-  let match = snap.router.match(preflight ? acrm.toUpperCase() : method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
-  if (preflight && (match === null || 'methodNotAllowed' in match || match.data.chains.base.empty)) {
+  let match = snap.router.match(preflight ? (acrm as string).toUpperCase() : method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
+  if (preflight && (match === null || 'methodNotAllowed' in match || !match.data.chains.base.preflight)) {
+    preflight = false;
     match = snap.router.match(method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
   }
   if (match === null) return reject(ctx, req, res, requestId, 'no-route', `no route matches ${method} ${path}`);

@@ -349,3 +349,20 @@ test('config: bad origins are named by index; origins is required; consumer bind
 `);
   assert.match(issues[0]!.message, /cannot be bound to a consumer/);
 });
+
+test('a preflight-shaped OPTIONS to a route without cors is the OPTIONS it is: 405 where only GET is allowed, never forwarded', async () => {
+  const origin = await startUpstream();
+  const t = await startGateway(`
+consumers: [{name: c, credentials: [{type: key-auth, key: a-long-key-123}]}]
+services:
+  - {name: s, url: ${origin.url}, routes: [{paths: [/get-only], methods: [GET], plugins: [{name: key-auth}]}]}
+`);
+  try {
+    const r = await request(`${t.url}/get-only`, { method: 'OPTIONS', headers: { origin: 'https://app.example.com', 'access-control-request-method': 'GET', apikey: 'a-long-key-123' } });
+    assert.equal(r.status, 405);
+    assert.equal(origin.requests.length, 0);
+  } finally {
+    await t.close();
+    await origin.close();
+  }
+});

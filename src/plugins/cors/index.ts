@@ -68,6 +68,7 @@ function addVary(headers: string[], token: string): void {
 
 export default definePlugin({
   name: 'cors',
+  handlesPreflight: true,
   priority: 2000,
   description: 'CORS: answers preflights at the gateway (before authentication) and adds the Access-Control-* fields to responses for allowed origins.',
   schema: CorsConfig,
