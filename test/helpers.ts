@@ -4,6 +4,9 @@ import { createServer as createNetServer, connect, type Server as NetServer, typ
 import { spawn, type ChildProcess } from 'node:child_process';
 import { parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
+import { compile } from '../src/config/compile.js';
+import { ConfigError } from '../src/config/errors.js';
+import { PoolRegistry } from '../src/upstream/pools.js';
 
 export interface TestGateway {
   gw: Gateway;
@@ -250,5 +253,19 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 5
     }
     if (Date.now() > end) throw new Error(`condition not met within ${ms} ms${last ? `: ${String(last)}` : ''}`);
     await sleep(every);
+  }
+}
+
+/** The issues a config text is refused with (path, line, message); [] when it compiles. */
+export function configIssues(text: string): { path: string; line?: number; message: string }[] {
+  const pools = new PoolRegistry();
+  try {
+    compile(parseConfigText(text, { env: {} }), { pools }).dispose();
+    return [];
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return err.issues;
+  } finally {
+    void pools.closeAll();
   }
 }

@@ -2,6 +2,7 @@
  * The plugin pipeline end to end: test plugins registered with registerPlugin, a gateway
  * in-process, real upstreams (HTTP and WebSocket), HTTP/1.1, WebSocket and h2c clients.
  */
+import { configIssues as issuesOf } from './helpers.js';
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
@@ -569,18 +570,6 @@ test('the log phase runs after the response, with its status and duration', T, a
 
 // ---- config errors --------------------------------------------------------------------------
 
-function issuesOf(text: string): { path: string; line?: number; message: string }[] {
-  const pools = new PoolRegistry();
-  try {
-    compile(parseConfigText(text, { env: {} }), { pools }).dispose();
-    return [];
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.issues;
-  } finally {
-    void pools.closeAll();
-  }
-}
 
 const svc = (routePlugins: string, extra = '') => `${extra}services:
   - name: s

@@ -1,4 +1,5 @@
 /** cors end to end: a gateway in-process (HTTP/1.1 and h2c), a real upstream, loopback sockets. */
+import { configIssues as issuesOf } from '../../../test/helpers.js';
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as h2connect, type IncomingHttpHeaders } from 'node:http2';
@@ -302,18 +303,6 @@ test('a reply made by another plugin (key-auth 401) to an allowed origin carries
 
 // ---- config errors -------------------------------------------------------------------------
 
-function issuesOf(text: string): { path: string; line?: number; message: string }[] {
-  const pools = new PoolRegistry();
-  try {
-    compile(parseConfigText(text, { env: {} }), { pools }).dispose();
-    return [];
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.issues;
-  } finally {
-    void pools.closeAll();
-  }
-}
 
 const withCors = (cfg: string) => `services:
   - name: s

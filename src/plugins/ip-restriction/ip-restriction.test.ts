@@ -1,4 +1,5 @@
 /** ip-restriction end to end: gateways in-process (IPv4, IPv6, dual stack), a real upstream, loopback sockets. */
+import { configIssues as issuesOf } from '../../../test/helpers.js';
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
@@ -184,18 +185,6 @@ test('a dual-stack listener ([::]): an IPv4 client (peer ::ffff:127.0.0.1) is ju
 
 // ---- config errors -------------------------------------------------------------------------
 
-function issuesOf(text: string): { path: string; line?: number; message: string }[] {
-  const pools = new PoolRegistry();
-  try {
-    compile(parseConfigText(text, { env: {} }), { pools }).dispose();
-    return [];
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.issues;
-  } finally {
-    void pools.closeAll();
-  }
-}
 
 const withRule = (cfg: string) => `services:
   - name: s

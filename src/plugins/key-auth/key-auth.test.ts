@@ -1,4 +1,5 @@
 /** key-auth end to end: a gateway in-process, a real upstream, loopback sockets. */
+import { configIssues as issuesOf } from '../../../test/helpers.js';
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseConfigText } from '../../config/load.js';
@@ -297,18 +298,6 @@ ${consumers()}services:
 
 // ---- config errors -------------------------------------------------------------------------
 
-function issuesOf(text: string): { path: string; line?: number; message: string }[] {
-  const pools = new PoolRegistry();
-  try {
-    compile(parseConfigText(text, { env: {} }), { pools }).dispose();
-    return [];
-  } catch (err) {
-    assert.ok(err instanceof ConfigError, String(err));
-    return err.issues;
-  } finally {
-    void pools.closeAll();
-  }
-}
 
 const route = (plugins: string) => `services:
   - name: s
