@@ -3,6 +3,7 @@
  * the `type` is `urn:turnpike:problem:<code>`, stable for clients to switch on.
  */
 import type { ServerResponse } from 'node:http';
+import { encodeGrpcMessage } from '../protocols/grpc-web.js';
 
 export interface ProblemSpec {
   status: number;
@@ -100,12 +101,6 @@ export function grpcStatusOf(httpStatus: number): number {
   }
 }
 
-/** grpc-message is percent-encoded: bytes outside 0x20-0x7E, and '%' (gRPC over HTTP/2 spec). */
-export function grpcMessage(text: string): string {
-  let out = '';
-  for (const b of Buffer.from(text, 'utf8')) out += b >= 0x20 && b <= 0x7e && b !== 0x25 ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`;
-  return out;
-}
 
 /**
  * A gRPC (or gRPC-Web) client reads the outcome from grpc-status, not the HTTP status: the
@@ -116,7 +111,7 @@ function sendGrpcError(res: ServerResponse, httpStatus: number, detail: string, 
   const headers: Record<string, string | number> = {
     'content-type': web ? contentType.split(';')[0]!.trim() : 'application/grpc',
     'grpc-status': grpcStatusOf(httpStatus),
-    'grpc-message': grpcMessage(detail),
+    'grpc-message': encodeGrpcMessage(detail),
   };
   if (web) headers['content-length'] = 0;
   if (requestId) headers['x-request-id'] = requestId;

@@ -215,33 +215,8 @@ export function webResponseHeaders(
   return out;
 }
 
-/** A complete grpc-web response body (trailer frame only) for errors the gateway itself produces. */
-export function errorTrailerFrame(kind: GrpcWebKind, status: number, message: string): Buffer | string {
-  const frame = trailerFrame({ 'grpc-status': String(status), 'grpc-message': encodeGrpcMessage(message) });
-  return kind.text ? frame.toString('base64') : frame;
-}
-
 // ---------------------------------------------------------------------------------------------
 // gRPC helpers
-
-/** Status code names, indexed by code (0 OK ... 16 UNAUTHENTICATED). */
-export const GRPC_STATUS_NAMES = [
-  'OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS',
-  'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE',
-  'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED',
-] as const;
-
-/** gRPC status for a non-gRPC HTTP response (grpc doc/http-grpc-status-mapping.md). */
-export function httpStatusToGrpc(status: number): number {
-  switch (status) {
-    case 400: return 13; // INTERNAL
-    case 401: return 16; // UNAUTHENTICATED
-    case 403: return 7; // PERMISSION_DENIED
-    case 404: return 12; // UNIMPLEMENTED
-    case 429: case 502: case 503: case 504: return 14; // UNAVAILABLE
-    default: return 2; // UNKNOWN
-  }
-}
 
 const TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1 };
 
