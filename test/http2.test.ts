@@ -94,7 +94,8 @@ test('HTTP/2 client to an HTTP/1.1 upstream: same routing and forwarding as HTTP
     const post = await h2request(c, { ':method': 'POST', ':path': '/h1/upload', ':authority': 'api.test' }, ['part one, ', 'part two']);
     const pe = JSON.parse(post.body);
     assert.equal(pe.body, 'part one, part two');
-    assert.equal(pe.headers['transfer-encoding'], 'chunked');
+    // Framed upstream as chunked, or with its length when the whole body was in before the upstream write.
+    assert.ok(pe.headers['transfer-encoding'] === 'chunked' || pe.headers['content-length'] === '18', JSON.stringify(pe.headers));
 
     const missing = await h2request(c, { ':path': '/nowhere', ':authority': 'api.test' });
     assert.equal(missing.status, 404);

@@ -106,7 +106,7 @@ export async function main(argv: string[]): Promise<number> {
   const workers = w === 'auto' ? availableParallelism() : w ?? 1;
 
   // One object for both modes: the single-process gateway, or the primary supervising workers.
-  let running: { reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; rollingRestart?(): Promise<void>; kill?(): void };
+  let running: { gw: Gateway; reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; reopenLogs(): void; rollingRestart?(): Promise<void>; kill?(): void };
   let drainMs = 0;
   let banner: string;
   try {
@@ -117,7 +117,7 @@ export async function main(argv: string[]): Promise<number> {
       banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
     } else {
       const gw = await Gateway.start(loaded, { logger: log });
-      running = { reload: (l) => gw.reloadAsync(l), stop: () => gw.stop() };
+      running = { gw, reload: (l) => gw.reloadAsync(l), stop: () => gw.stop(), reopenLogs: () => gw.observer.reopen() };
       drainMs = gw.snapshot.timeouts.drain;
       banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
     }
@@ -148,7 +148,14 @@ export async function main(argv: string[]): Promise<number> {
           throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
         }
       }
-      await running.reload(await parseConfigOffThread(text, { file }));
+      let next: LoadedConfig;
+      try {
+        next = await parseConfigOffThread(text, { file });
+      } catch (err) {
+        running.gw.reloadRejected(); // (compile errors are counted by the gateway)
+        throw err;
+      }
+      await running.reload(next);
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {
       log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
@@ -189,6 +196,12 @@ export async function main(argv: string[]): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => void reloadFrom('SIGHUP'));
+    // Log rotation: the access log file is reopened (logrotate's postrotate: kill -USR1).
+    // (This replaces Node's default SIGUSR1, which would start the inspector.)
+    process.on('SIGUSR1', () => {
+      log.info('SIGUSR1: reopening log files');
+      running.reopenLogs();
+    });
     process.on('SIGUSR2', () => {
       if (!running.rollingRestart) return log.info('SIGUSR2: rolling restart needs workers > 1');
       log.info('SIGUSR2: rolling restart of the workers');

@@ -3,6 +3,7 @@
  * resolved here, once, off the hot path. Semantic errors (bad URLs, route conflicts, unknown
  * plugins, ...) are reported with their path and line like schema errors.
  */
+import { observabilitySettings, type ObservabilitySettings } from '../observability/settings.js';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
@@ -154,6 +155,8 @@ export interface Snapshot {
   stateFile: string | null;
   /** Lower-case names of consumer headers a client may never send upstream, beyond the defaults. */
   extraStripped: ReadonlySet<string> | null;
+  /** Access log, metrics, tracing, analytics. */
+  observability: ObservabilitySettings;
   /** A request running on this snapshot: its pools stay open until release(). */
   retain(): void;
   release(): void;
@@ -616,6 +619,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
 
   let demo: Address | null = null;
   if (cfg.demo) demo = parseAddress(cfg.demo.listen);
+  const observability = observabilitySettings(cfg, file, fail);
 
   let pluginsClosed = false;
   const closePlugins = () => {
@@ -661,6 +665,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     consumerHeaders,
     stateFile: plugins.used.has('quota') ? file(cfg.state_file ?? '.turnpike/state.db') : null,
     extraStripped: extra.length ? new Set(extra) : null,
+    observability,
     retain: () => {
       users++;
     },

@@ -4,6 +4,7 @@
  */
 import { Type, type Static, type ObjectOptions, type TProperties } from '@sinclair/typebox';
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
+import { AccessLog, Analytics, Metrics, Tracing } from '../observability/schema.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
   Type.Object(props, { additionalProperties: false, ...opts });
@@ -288,6 +289,10 @@ export const TurnpikeConfig = Strict({
     description: 'Names of the headers that carry the authenticated consumer upstream (default x-consumer-id, x-consumer-name, x-consumer-groups, x-credential-identifier, x-anonymous-consumer). Client copies are always removed.',
   })),
   plugins: Type.Optional(Type.Array(PluginBinding)),
+  access_log: Type.Optional(AccessLog),
+  metrics: Type.Optional(Metrics),
+  tracing: Type.Optional(Tracing),
+  analytics: Type.Optional(Analytics),
 }, {
   $id: 'https://turnpike.dev/schema/turnpike.schema.json',
   title: 'Turnpike gateway configuration',

@@ -33,6 +33,15 @@ export const PROBLEMS = {
 
 export type ProblemCode = keyof typeof PROBLEMS;
 
+const kAnswered = Symbol('turnpike.answered');
+/** What the gateway answered itself on a response (for the access log and metrics). */
+export interface Answered { code: ProblemCode | null; requestId: string; bytes: number }
+
+export function markAnswered(res: ServerResponse, code: ProblemCode | null, requestId: string | undefined, bytes: number): void {
+  (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered] = { code, requestId: requestId ?? '', bytes };
+}
+export const answeredBy = (res: ServerResponse): Answered | undefined => (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered];
+
 /** Whether a request or response is HTTP/2's (node:http2's compatibility objects carry their stream). */
 export const isHttp2 = (m: object): boolean => (m as { stream?: unknown }).stream !== undefined;
 
@@ -64,18 +73,24 @@ export function sendProblem(
   // HTTP/2 has no Connection header (node:http2 refuses it); a stream just ends.
   const close = opts.close === true && !isHttp2(res);
   const ct = req?.headers?.['content-type'];
-  if (typeof ct === 'string' && ct.startsWith('application/grpc')) return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct);
+  if (typeof ct === 'string' && ct.startsWith('application/grpc')) {
+    markAnswered(res, code, requestId, 0);
+    return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct);
+  }
   const body = problemBody(code, detail, requestId);
+  const length = Buffer.byteLength(body);
+  const head = res.req?.method === 'HEAD';
+  markAnswered(res, code, requestId, head ? 0 : length);
   const headers: Record<string, string | number> = {
     'content-type': 'application/problem+json',
-    'content-length': Buffer.byteLength(body),
+    'content-length': length,
     'cache-control': 'no-store',
     ...opts.headers,
   };
   if (requestId) headers['x-request-id'] = requestId;
   if (close) headers['connection'] = 'close';
   res.writeHead(PROBLEMS[code].status, headers);
-  res.end(res.req?.method === 'HEAD' ? undefined : body);
+  res.end(head ? undefined : body);
 }
 
 /** Raw HTTP/1.1 problem response for a socket the HTTP parser gave up on (clientError). */

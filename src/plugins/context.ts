@@ -1,6 +1,7 @@
 /** The per-request object plugins work on (see RequestCtx in types.ts). */
 import type { IncomingMessage } from 'node:http';
 import type { Consumer, RequestCtx } from './types.js';
+import type { RouteStats } from '../observability/metrics.js';
 
 export class PluginCtx implements RequestCtx {
   consumer: Consumer | null = null;
@@ -16,6 +17,10 @@ export class PluginCtx implements RequestCtx {
   bodyLimit: number | null = null;
   /** Added to the client's response (name, value, ...). */
   responseHeaders: string[] = [];
+  /** The route's metrics (null: metrics off). */
+  stats: RouteStats | null = null;
+  /** Starts a span for a phase that waits (null: the request is not traced). */
+  trace: ((plugin: string, phase: string) => (error?: unknown) => void) | null = null;
 
   constructor(
     readonly req: IncomingMessage,
@@ -56,6 +61,10 @@ export class PluginCtx implements RequestCtx {
 
   addResponseHeader(name: string, value: string): void {
     this.responseHeaders.push(name, value);
+  }
+
+  limited(plugin: string, allowed: boolean): void {
+    this.stats?.limit(plugin, allowed);
   }
 
   limitBody(maxBytes: number): void {

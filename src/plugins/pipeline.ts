@@ -304,14 +304,20 @@ export class PluginError extends Error {
 }
 
 /** Calls a phase function: its value, or a promise of it; a throw or rejection becomes a PluginError. */
-function call<T>(b: Bound, f: () => T | PromiseLike<T>): T | PromiseLike<T> {
+function call<T>(b: Bound, f: () => T | PromiseLike<T>, ctx: RequestCtx, phase: string): T | PromiseLike<T> {
   let r: T | PromiseLike<T>;
   try {
     r = f();
   } catch (e) {
     throw new PluginError(b.name, e);
   }
-  return isThenable<T>(r) ? Promise.resolve(r).catch((e: unknown) => { throw new PluginError(b.name, e); }) : r;
+  if (!isThenable<T>(r)) return r;
+  // A phase that waits gets its own span in a traced request.
+  const end = ctx.trace?.(b.name, phase);
+  return Promise.resolve(r).then(
+    (v) => { end?.(); return v; },
+    (e: unknown) => { end?.(e); throw new PluginError(b.name, e); },
+  );
 }
 
 /**
@@ -354,7 +360,7 @@ export interface PhaseResult { reply: Reply | null; chain: Chain }
 function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders): Generator<unknown, PhaseResult, unknown> {
   const base = chains.base;
   for (const b of base.onRequest) {
-    const r = (yield call(b, () => b.inst.onRequest!(ctx))) as Reply | void;
+    const r = (yield call(b, () => b.inst.onRequest!(ctx), ctx, 'onRequest')) as Reply | void;
     if (r) return { reply: r, chain: base };
   }
   if (base.authenticate.length > 0) {
@@ -362,7 +368,7 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
     let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false }> | null = null;
     const challenges: string[] = [];
     for (const b of base.authenticate) {
-      const r = (yield call(b, () => b.inst.authenticate!(ctx))) as AuthOutcome;
+      const r = (yield call(b, () => b.inst.authenticate!(ctx), ctx, 'authenticate')) as AuthOutcome;
       if (r.ok) {
         won = r;
         break;
@@ -410,7 +416,7 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
   const chain = ctx.consumer !== null ? chains.forConsumer(ctx.consumer) : base;
   if (chain.denied !== undefined) return { reply: { code: 'forbidden', detail: chain.denied }, chain };
   for (const b of chain.access) {
-    const r = (yield call(b, () => b.inst.access!(ctx))) as Reply | void;
+    const r = (yield call(b, () => b.inst.access!(ctx), ctx, 'access')) as Reply | void;
     if (r) return { reply: r, chain };
   }
   return { reply: null, chain };

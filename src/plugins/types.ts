@@ -77,6 +77,10 @@ export interface RequestCtx {
   limitBody(maxBytes: number): void;
   /** A header for the response to the client, whoever answers (upstream or a local reply). */
   addResponseHeader(name: string, value: string): void;
+  /** Reports a limit's decision (turnpike_limit_decisions_total). */
+  limited(plugin: string, allowed: boolean): void;
+  /** Internal: opens a trace span around a phase that waits (null when the request is not traced). */
+  readonly trace: ((plugin: string, phase: string) => (error?: unknown) => void) | null;
 }
 
 export interface LogInfo {

@@ -1,9 +1,14 @@
-/** The admin listener: `/status` and `/health` (targets and circuits) now; `/metrics` and `/api/` arrive with their issues. */
+/**
+ * The admin listener: `/status`, `/health` (targets and circuits), `/metrics` (Prometheus),
+ * `/analytics` (per-route and per-consumer statistics), `/quotas`; `/api/` arrives with its issue.
+ */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { sendProblem } from '../core/problem.js';
 import { VERSION } from '../version.js';
 import { quotaViews } from '../plugins/quota/index.js';
+import type { Observer } from '../observability/observer.js';
+import { Analytics, type AnalyticsState, type WindowName } from '../observability/analytics.js';
 
 export interface AdminView {
   ready: boolean;
@@ -16,6 +21,38 @@ export interface AdminView {
   workers?: () => { pid: number | undefined; state: string }[];
   /** WebSocket counters of this process (a primary has none of its own). */
   ws?: { opened: number; rejected: number; closed: number; messagesIn: number; messagesOut: number };
+  observer: Observer;
+  /** Primary: the workers' metrics and analytics. */
+  collect?: () => Promise<{ metrics: unknown[][]; analytics: AnalyticsState[] }>;
+}
+
+/** Targets up / down and circuits not closed, for /status (details: /health). */
+function upstreamSummary(gw: AdminView): unknown {
+  const r = gw.health?.report() as { targets: Record<string, { down: boolean }>; circuits: Record<string, string> } | undefined;
+  if (!r) return null;
+  const targets = Object.values(r.targets);
+  const down = Object.entries(r.targets).filter(([, t]) => t.down).map(([k]) => k);
+  const tripped = Object.entries(r.circuits).filter(([, c]) => c !== 'closed').map(([service, state]) => ({ service, state }));
+  return { targets: targets.length, targets_up: targets.length - down.length, targets_down: down, circuits_not_closed: tripped };
+}
+
+const WINDOWS: readonly string[] = ['1m', '1h', '24h'];
+
+async function metricsText(gw: AdminView): Promise<string | null> {
+  const m = gw.observer.metrics;
+  if (m === null) return null;
+  return m.text(gw.collect ? (await gw.collect()).metrics : []);
+}
+
+/** GET /analytics?window=1m|1h|24h&top=N&route=R&consumer=C */
+async function analyticsReport(gw: AdminView, q: URLSearchParams): Promise<unknown> {
+  const window = (q.get('window') ?? '1h') as WindowName;
+  const top = Math.min(1000, Math.max(1, Number(q.get('top') ?? 10) || 10));
+  const opts = { top, ...(q.get('route') ? { route: q.get('route')! } : {}), ...(q.get('consumer') ? { consumer: q.get('consumer')! } : {}) };
+  const own = gw.observer.analytics;
+  const states = gw.collect ? (await gw.collect()).analytics : [];
+  if (own !== null) states.push(own.state());
+  return Analytics.report(states, window, opts);
 }
 
 /** Whether the request carries the admin token (`Authorization: Bearer ...`), compared in constant time. */
@@ -69,8 +106,24 @@ export function createAdminHandler(gw: AdminView) {
         in_flight: gw.inFlight,
         ...(gw.ws ? { websockets: { open: gw.ws.opened - gw.ws.closed, opened: gw.ws.opened, rejected: gw.ws.rejected, messages_in: gw.ws.messagesIn, messages_out: gw.ws.messagesOut } } : {}),
         uptime_seconds: Math.round((Date.now() - gw.startedAt) / 1000),
+        upstreams: upstreamSummary(gw),
         ...(gw.workers ? { workers: gw.workers() } : {}),
       });
+      return;
+    }
+    if (path === '/metrics' && read) {
+      metricsText(gw).then((text) => {
+        if (text === null) return sendProblem(res, 'no-route', 'metrics are disabled (metrics.enabled: false)', undefined);
+        res.writeHead(200, { 'content-type': gw.observer.metrics!.contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+        res.end(req.method === 'HEAD' ? undefined : text);
+      }, (err: unknown) => sendProblem(res, 'internal-error', `collecting metrics failed: ${(err as Error).message}`, undefined));
+      return;
+    }
+    if (path === '/analytics' && read) {
+      const q = new URL(req.url ?? '/', 'http://x').searchParams;
+      if (!WINDOWS.includes(q.get('window') ?? '1h')) return sendProblem(res, 'bad-request', 'window is one of 1m, 1h, 24h', undefined);
+      if (gw.observer.analytics === null && !gw.collect) return sendProblem(res, 'no-route', 'analytics are disabled (analytics.enabled: false)', undefined);
+      analyticsReport(gw, q).then((r) => sendJson(req, res, 200, r), (err: unknown) => sendProblem(res, 'internal-error', `analytics failed: ${(err as Error).message}`, undefined));
       return;
     }
     if (path === '/quotas' && read) {

@@ -25,12 +25,16 @@ import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
 import { IpcStore, answerCounter, type CounterReply, type CounterRequest } from '../state/ipc.js';
 import type { MemoryStore } from '../state/memory.js';
+import { retainCounters } from '../observability/metrics.js';
+import type { AnalyticsState } from '../observability/analytics.js';
 
 type ToWorker =
   | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
   | { tp: 'reload'; text: string; config: TurnpikeConfigInput; hash: string | undefined; dns: Record<string, string[]> }
   | { tp: 'decisions'; decisions: Decision[] }
   | { tp: 'stop' }
+  | { tp: 'observe'; id: number }
+  | { tp: 'reopen' }
   | CounterReply;
 
 type ToPrimary =
@@ -40,6 +44,7 @@ type ToPrimary =
   | { tp: 'reload-failed'; error: string }
   | { tp: 'passive'; key: string; ok: boolean }
   | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number }
+  | { tp: 'observed'; id: number; metrics: unknown[]; analytics: AnalyticsState | null }
   | CounterRequest;
 
 const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !== null && typeof (m as { tp?: unknown }).tp === 'string';
@@ -49,6 +54,8 @@ export interface Supervisor {
   proxyAddress: { address: string; port: number; family: string };
   reload(loaded: LoadedConfig): Promise<void>;
   rollingRestart(): Promise<void>;
+  /** SIGUSR1: every worker reopens its access log file. */
+  reopenLogs(): void;
   stop(): Promise<void>;
   /** Last resort: SIGKILL every worker. */
   kill(): void;
@@ -60,7 +67,12 @@ interface WorkerInfo {
   listening: boolean;
   retiring: boolean;
   onListening: (() => void)[];
+  /** The worker's metrics as last reported (kept when it exits, so counters never go back). */
+  metrics: unknown[] | null;
 }
+
+/** How long /metrics and /analytics wait for the workers' answers. */
+const COLLECT_TIMEOUT_MS = 1000;
 
 /** Starts the primary: admin/demo/health here, `count` proxy workers. Resolves when all workers listen. */
 export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<Supervisor> {
@@ -72,10 +84,42 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   let restarting: Promise<void> | null = null;
   let crashDelay = 0;
   let address: Supervisor['proxyAddress'] | null = null;
+  // Counters of workers that exited (their last report), folded into one.
+  let retired: unknown[] = [];
+  let observeId = 0;
+  const waitingObserve = new Map<number, (m: Extract<ToPrimary, { tp: 'observed' }>, info: WorkerInfo) => void>();
+  /** Asks every worker for its metrics and analytics (those that do not answer in time are left out). */
+  const collect = async () => {
+    const id = ++observeId;
+    const targets = [...infos.values()].filter((i) => i.listening && i.worker.isConnected());
+    const got: { metrics: unknown[]; analytics: AnalyticsState | null }[] = [];
+    await new Promise<void>((resolve) => {
+      let pending = targets.length;
+      if (pending === 0) return resolve();
+      const timer = setTimeout(() => {
+        waitingObserve.delete(id);
+        resolve();
+      }, COLLECT_TIMEOUT_MS);
+      waitingObserve.set(id, (m) => {
+        got.push(m);
+        if (--pending === 0) {
+          clearTimeout(timer);
+          waitingObserve.delete(id);
+          resolve();
+        }
+      });
+      for (const i of targets) i.worker.send({ tp: 'observe', id } satisfies ToWorker);
+    });
+    return {
+      metrics: [...got.map((g) => g.metrics), ...(retired.length ? [retired] : [])],
+      analytics: got.flatMap((g) => (g.analytics ? [g.analytics] : [])),
+    };
+  };
 
   const gw = await Gateway.start(loaded, {
     logger: log,
     role: 'primary',
+    collect,
     onDecision: (d) => broadcast({ tp: 'decisions', decisions: [d] }),
     workers: () => [...infos.values()].map((i) => ({ pid: i.worker.process.pid, state: i.retiring ? 'retiring' : i.listening ? 'listening' : 'starting' })),
     // Every new snapshot (file, SIGHUP, changed DNS answers) goes to the workers as the
@@ -93,7 +137,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
 
   const fork = (): WorkerInfo => {
     const worker = cluster.fork({ TURNPIKE_WORKER: '1' });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [] };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], metrics: null };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -120,6 +164,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
         case 'outcomes':
           health.outcomes(msg.service, msg.ok, msg.fail, msg.trialOk, msg.trialFail);
           break;
+        case 'observed':
+          info.metrics = msg.metrics;
+          waitingObserve.get(msg.id)?.(msg, info);
+          break;
         case 'ctr':
           // One truth per node: the primary's counters decide for every worker.
           if (worker.isConnected()) worker.send(answerCounter(gw.counters.local as MemoryStore, msg) satisfies ToWorker);
@@ -140,6 +188,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   cluster.on('exit', (worker, code, signal) => {
     const info = infos.get(worker.id);
     infos.delete(worker.id);
+    if (info?.metrics) retired = retainCounters([retired, info.metrics]);
     if (stopping || !info || info.retiring) return;
     log.error({ pid: worker.process.pid, code, signal }, 'worker died; starting a replacement');
     // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
@@ -185,6 +234,9 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     async reload(next: LoadedConfig) {
       // Rejects with ConfigError: then nothing is sent to the workers (onSwap sends the rest).
       await gw.reloadAsync(next);
+    },
+    reopenLogs() {
+      broadcast({ tp: 'reopen' });
     },
     async rollingRestart() {
       // One at a time: a second SIGUSR2 during a restart joins the one under way.
@@ -295,11 +347,18 @@ export async function runWorker(log: Logger): Promise<number> {
 
   return new Promise<number>((resolve) => {
     let stopping = false;
+    /** This worker's metrics and analytics, for the primary. */
+    const observed = async (id: number): Promise<ToPrimary> => ({ tp: 'observed', id, metrics: (await gw.observer.metrics?.json()) ?? [], analytics: gw.observer.analytics?.state() ?? null });
     const stop = () => {
       if (stopping) return;
       stopping = true;
       reporter.flush();
-      gw.stop().then(() => resolve(0), () => resolve(1));
+      // Drained: the final counts go to the primary (they stay in its /metrics), then exit.
+      const done = (code: number) => observed(0).then(
+        (m) => (process.connected ? process.send!(m, () => resolve(code)) : resolve(code)),
+        () => resolve(code),
+      );
+      gw.stop().then(() => done(0), () => done(1));
     };
     handle = (msg) => {
       if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
@@ -308,7 +367,10 @@ export async function runWorker(log: Logger): Promise<number> {
           () => send({ tp: 'reloaded' }),
           (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) }),
         );
-      } else if (msg.tp === 'stop') stop();
+      } else if (msg.tp === 'observe') {
+        void observed(msg.id).then(send, (err: unknown) => log.error({ err }, 'collecting metrics failed'));
+      } else if (msg.tp === 'reopen') gw.observer.reopen();
+      else if (msg.tp === 'stop') stop();
     };
     for (const m of early.splice(0)) handle(m);
     // The primary is gone: nobody can hand us work or decisions any more.
@@ -316,5 +378,6 @@ export async function runWorker(log: Logger): Promise<number> {
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
     process.on('SIGHUP', () => {}); // the primary reloads and tells us
+    process.on('SIGUSR1', () => {}); // the primary tells us to reopen logs (and SIGUSR1 must not start the inspector)
   });
 }

@@ -26,6 +26,9 @@ import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
 import { isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { silentLogger, type Logger } from '../core/log.js';
+import { Observer } from '../observability/observer.js';
+import type { GaugeSource } from '../observability/metrics.js';
+import type { AnalyticsState } from '../observability/analytics.js';
 
 export interface GatewayOptions {
   logger?: Logger;
@@ -46,6 +49,8 @@ export interface GatewayOptions {
   dnsTable?: Record<string, string[]>;
   /** Worker: this node's counters, held by the primary (default: an in-memory store of its own). */
   localCounters?: CounterStore;
+  /** Primary: the workers' metrics (prom-client JSON) and analytics states, for the admin views. */
+  collect?: () => Promise<{ metrics: unknown[][]; analytics: AnalyticsState[] }>;
 }
 
 function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
@@ -146,6 +151,11 @@ export class Gateway implements RequestContext {
   readonly counters: { local: CounterStore; redis: CounterStore | null };
   /** The `redis` setting (JSON; '' for none) that counters.redis was made from. */
   private redisSetting = '';
+  /** Metrics, access log, analytics, tracing. */
+  readonly observer: Observer;
+  private reloadsOk = 0;
+  private reloadsFailed = 0;
+  readonly collect: GatewayOptions['collect'];
 
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
@@ -177,11 +187,40 @@ export class Gateway implements RequestContext {
       if (redis.fresh) void redis.store!.close();
       throw err;
     }
+    try {
+      this.observer = new Observer(this.snapshot.observability, this.gauges(), this.log, this.role);
+    } catch (err) {
+      this.snapshot.dispose();
+      if (redis.fresh) void redis.store!.close();
+      throw loaded.error([{ path: ['access_log'], message: (err as Error).message }]);
+    }
+    this.collect = opts.collect;
     this.useRedis(redis);
     this.persistCounters(this.snapshot);
     applyLimits(this.snapshot);
     this.health?.sync(this.snapshot);
     if (this.role !== 'worker') this.scheduleDnsRefresh();
+  }
+
+  /** A reload that failed before it reached the gateway (the file did not parse or validate). */
+  reloadRejected(): void {
+    this.reloadsFailed++;
+  }
+
+  /** What /metrics reads besides per-route counts. */
+  private gauges(): GaugeSource {
+    return {
+      inFlight: () => this.inflight,
+      revision: () => this.revision,
+      reloads: () => ({ ok: this.reloadsOk, failed: this.reloadsFailed }),
+      targets: () => {
+        // (the health authority decides; a worker only mirrors its decisions)
+        if (this.health === null) return [];
+        return this.snapshot.services.flatMap((svc) => svc.targets.map((t) => ({ service: svc.name, target: t.origin, up: !t.state.down })));
+      },
+      circuits: () => this.health === null ? [] : Object.entries(this.health.report().circuits).map(([service, state]) => ({ service, state })),
+      websockets: () => (this.role === 'primary' ? null : this.ws),
+    };
   }
 
   /** The node's quota counters go to the config's state file (the primary or single process keeps it). */
@@ -475,6 +514,7 @@ export class Gateway implements RequestContext {
     const pending = res.socket ? null : trackPending(req.socket, res);
     let handler: ForwardHandler | undefined;
     let closed = false;
+    const ex = this.observer.begin();
     res.on('close', () => {
       // 'close' can come twice for a pipelined response (ours on socket close, and Node's).
       if (closed) return;
@@ -483,6 +523,13 @@ export class Gateway implements RequestContext {
       if (conn) conn.active--;
       pending?.delete(res);
       handler?.clientClosed();
+      if (ex !== null) {
+        try {
+          this.observer.end(ex, req, res);
+        } catch (err) {
+          this.log.error({ err }, 'recording the request failed');
+        }
+      }
     });
     try {
       const tls = this.snapshot.tls;
@@ -493,7 +540,7 @@ export class Gateway implements RequestContext {
           return this.redirectToHttps(req, res, tls.redirect);
         }
       }
-      const h = handleRequest(this, req, res, expectContinue, upgrade);
+      const h = handleRequest(this, req, res, expectContinue, upgrade, ex);
       if (h instanceof Promise) {
         // Plugins waited on something: the handler comes later (or never, after a local reply).
         h.then((late) => {
@@ -611,6 +658,7 @@ export class Gateway implements RequestContext {
       next = compile(loaded, this.deps(this.dns, { local: this.counters.local, redis: redis.store }));
     } catch (err) {
       if (redis.fresh) void redis.store!.close();
+      this.reloadsFailed++;
       throw err;
     }
     return this.swap(loaded, next, this.dns, redis);
@@ -639,6 +687,7 @@ export class Gateway implements RequestContext {
       next = await compileAsync(loaded, this.deps(dns, { local: this.counters.local, redis: redis.store }));
     } catch (err) {
       if (redis?.fresh) void redis.store!.close();
+      this.reloadsFailed++;
       throw err;
     } finally {
       this.reloading--;
@@ -671,6 +720,14 @@ export class Gateway implements RequestContext {
     if (next.limits.maxUriLength + next.limits.maxHeaderSize > prev.limits.maxUriLength + prev.limits.maxHeaderSize) {
       this.log.warn('limits.max_uri_length / max_header_size grew: the HTTP parser keeps its size until a restart');
     }
+    try {
+      this.observer.configure(next.observability);
+    } catch (err) {
+      next.dispose();
+      if (redis.fresh) void redis.store!.close();
+      this.reloadsFailed++;
+      throw loaded.error([{ path: ['access_log'], message: (err as Error).message }]);
+    }
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;
       this.proxy.keepAliveTimeout = next.timeouts.keepAlive;
@@ -683,6 +740,7 @@ export class Gateway implements RequestContext {
     this.persistCounters(next);
     applyLimits(next);
     this.revision++;
+    this.reloadsOk++;
     // In-flight requests hold their own references to the old snapshot's pools; closing a
     // pool waits for its running requests.
     prev.dispose();
@@ -750,6 +808,7 @@ export class Gateway implements RequestContext {
     await this.pools.closeAll();
     await this.counters.local.close?.();
     await this.counters.redis?.close?.();
+    await this.observer.close();
     this.log.info('stopped');
   }
 }

@@ -7,8 +7,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
-import { PROBLEMS, isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
+import { PROBLEMS, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
+import type { Exchange } from '../observability/exchange.js';
+import type { Observer } from '../observability/observer.js';
 import type { Logger } from '../core/log.js';
 import { PluginCtx } from '../plugins/context.js';
 import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../plugins/pipeline.js';
@@ -54,6 +57,8 @@ export interface RequestContext {
   ws: WsCounters;
   onWsClose?(stats: WsStats, route: string, requestId: string): void;
   log?: Logger;
+  /** Metrics, access log, analytics, tracing (null: none of them). */
+  observer?: Observer | null;
 }
 
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
@@ -136,7 +141,7 @@ function cookieValue(req: IncomingMessage, name: string): string | undefined {
 
 /** Handles one request; returns the upstream handler when the request was forwarded. */
 export function handleRequest(
-  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade,
+  ctx: RequestContext, req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade, ex: Exchange | null = null,
 ): ForwardHandler | undefined | Promise<ForwardHandler | undefined> {
   const snap = ctx.snapshot;
   const raw = req.rawHeaders;
@@ -169,6 +174,8 @@ export function handleRequest(
   let maxForwards: string | undefined;
   let proxyOnly: string[] | undefined;
   let authority: string | undefined;
+  // With tracing on, the gateway sends its own trace context upstream (a child of the client's).
+  const tracing = ex !== null && ctx.observer?.tracing != null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const value = raw[i + 1]!;
@@ -203,6 +210,9 @@ export function handleRequest(
       case 'x-cluster-client-ip':
         (proxyOnly ??= []).push(name, value);
         continue;
+      case 'traceparent': case 'tracestate':
+        if (!tracing) headers.push(name, value);
+        continue;
       default:
         if (name.length >= 20 && LONG_OWNED.has(name.toLowerCase())) continue;
         if (snap.extraStripped !== null && snap.extraStripped.has(name.toLowerCase())) continue;
@@ -210,6 +220,10 @@ export function handleRequest(
     }
   }
   requestId = validRequestId(incomingId) ? incomingId : nextRequestId();
+  if (ex !== null) {
+    ex.requestId = requestId;
+    ex.bytesIn = bytes + url.length + (req.method?.length ?? 0) + 12;
+  }
   if (bytes > snap.limits.maxHeaderSize) return reject(ctx, req, res, requestId, 'headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
 
   // Host: exactly one, well-formed (RFC 9112 §3.2). HTTP/2: :authority, and a Host beside it must agree (RFC 9113 §8.3.1).
@@ -253,6 +267,12 @@ export function handleRequest(
   const path = normalizePath(q === -1 ? target : target.slice(0, q));
   const query = q === -1 ? '' : target.slice(q);
   if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed or ambiguous path (bad percent-encoding, a backslash, or a dot segment hidden in %2F, %5C or ;)');
+  if (ex !== null) {
+    ex.host = host;
+    ex.path = path;
+    ex.query = query;
+    ex.clientIp = p.trusted ? clientIp(p.peer, xff, snap.trusted) : p.peer;
+  }
 
   const method = req.method ?? 'GET';
   // TRACE reflects requests (cross-site tracing): never forwarded.
@@ -283,6 +303,10 @@ export function handleRequest(
     return reject(ctx, req, res, requestId, 'method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
   }
   const route = match.data;
+  if (ex !== null) {
+    ex.route = route;
+    if (tracing) ctx.observer!.tracing!.startRequest(ex, req, method);
+  }
   const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
   if (upgrade !== undefined && !websocket && (te !== undefined || (cl !== undefined && cl !== '0'))) {
     // The parser stopped at the head: the body is not framed for us. Answered, never forwarded.
@@ -339,7 +363,7 @@ export function handleRequest(
   }
   /** Past the request phases: the WebSocket relay, or the upstream. */
   const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger; extraHeaders?: string[] } | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
-    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host);
+    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host, ex);
     if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
     if (expectContinue) res.writeContinue();
     const handler = new ForwardHandler({
@@ -359,6 +383,8 @@ export function handleRequest(
       grpcWeb,
       plugins,
       bodyLimit,
+      exchange: ex,
+      tracing: tracing ? ctx.observer!.tracing! : null,
     });
     try {
       handler.start();
@@ -372,7 +398,12 @@ export function handleRequest(
   if (chains.base.empty) return proceed(query, null);
 
   // Plugins: authenticate, access (maybe asynchronous), then the same way on.
-  const pctx = new PluginCtx(req, requestId, method, path, query, host, t ? clientIp(p.peer, xff, snap.trusted) : p.peer, route, route.service, headers, preflight);
+  const pctx = new PluginCtx(req, requestId, method, path, query, host, ex?.clientIp ?? (t ? clientIp(p.peer, xff, snap.trusted) : p.peer), route, route.service, headers, preflight);
+  if (ex !== null) {
+    ex.pctx = pctx;
+    pctx.stats = ctx.observer!.routeStats(route);
+    if (ex.span !== null) pctx.trace = (plugin, phase) => ctx.observer!.tracing!.pluginSpan(ex, plugin, phase);
+  }
   const started = Date.now();
   // The log phase runs however the request ends (the chain is the consumer's once known).
   let used: Chain = chains.base;
@@ -431,6 +462,7 @@ function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerRespons
   // 204 and 304 have no content, and no Content-Length either (RFC 9110 §8.6, §15.3.5).
   const noContent = status === 204 || status === 304;
   const body = r.body === undefined || noContent ? '' : r.body;
+  markAnswered(res, null, requestId, req.method === 'HEAD' ? 0 : Buffer.byteLength(body));
   res.writeHead(status, noContent ? { ...headers, 'x-request-id': requestId } : { ...headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
   res.end(req.method === 'HEAD' || noContent ? undefined : body);
 }
@@ -451,7 +483,7 @@ function runLog(ctx: RequestContext, pctx: PluginCtx, chain: Chain, status: numb
  */
 function startWebSocket(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, upgrade: Upgrade, route: CompiledRoute,
-  headers: string[], path: string, requestId: string, hashKey: string, host: string,
+  headers: string[], path: string, requestId: string, hashKey: string, host: string, ex: Exchange | null,
 ): undefined {
   const svc = route.service;
   const target = svc.balancer.pick(hashKey, null);
@@ -465,6 +497,11 @@ function startWebSocket(
     out[k] = prev === undefined ? headers[i + 1]! : Array.isArray(prev) ? [...prev, headers[i + 1]!] : [prev, headers[i + 1]!];
   }
   out.host = route.preserveHost && host ? host : target.hostHeader;
+  if (ex !== null) {
+    ex.target = target.origin;
+    ex.attempts = 1;
+    ex.upstreamStart = performance.now();
+  }
   // The response object stays on the socket only for rejections made before this point.
   res.detachSocket(upgrade.socket as Socket);
   const ws = route.websocket!;
@@ -490,6 +527,7 @@ function startWebSocket(
     responseHeaders: { 'x-request-id': requestId },
     onOpen: () => {
       ctx.ws.opened++;
+      if (ex !== null) ex.upstreamHeaders = performance.now();
     },
     onReject: () => {
       ctx.ws.rejected++;

@@ -14,6 +14,10 @@ import { Transform, type Readable } from 'node:stream';
 import type { RequestCtx } from '../plugins/types.js';
 import type { Chain } from '../plugins/pipeline.js';
 import type { Logger } from '../core/log.js';
+import type { Exchange } from '../observability/exchange.js';
+import type { Tracing } from '../observability/tracing.js';
+import type { Span } from '@opentelemetry/api';
+import { performance } from 'node:perf_hooks';
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
@@ -60,6 +64,10 @@ export interface ForwardRequest {
   plugins: { ctx: RequestCtx; chain: Chain; log?: Logger; extraHeaders?: string[] } | null;
   /** Body size cap for a body without Content-Length (counted as it streams), or null. */
   bodyLimit: number | null;
+  /** What the log phase reads (null: observability off). */
+  exchange: Exchange | null;
+  /** Set when the request is traced: a span per attempt, trace context sent upstream. */
+  tracing: Tracing | null;
 }
 
 /**
@@ -78,6 +86,12 @@ function grantSlots(st: ServiceState): void {
 /** `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`, `/v1` + `/x` -> `/v1/x`. */
 function joinBase(base: string, path: string): string {
   return path === '/' || path.startsWith('/?') ? base + path.slice(1) : base + path;
+}
+
+/** Index of grpc-status in a flat header list (a Trailers-Only answer), or -1. */
+function grpcStatusAt(list: string[]): number {
+  for (let i = 0; i < list.length; i += 2) if (list[i]!.toLowerCase() === 'grpc-status') return i;
+  return -1;
 }
 
 function latin1(b: Buffer | string): string {
@@ -145,6 +159,8 @@ export class ForwardHandler {
   /** gRPC-Web: the decoded request body and the response encoder. */
   private webBody: Readable | null = null;
   private encoder: ResponseEncoder | null = null;
+  /** The current attempt's span (traced requests). */
+  private span: Span | null = null;
 
   constructor(private readonly f: ForwardRequest) {
     // The snapshot's pools stay open until its last request ends, even after a reload retired it.
@@ -167,13 +183,17 @@ export class ForwardHandler {
     const svc = f.service;
     // A small body of a request that may be retried is read first, so a retry can send it
     // again (Envoy buffers the same way); bigger or chunked bodies stream and are never retried.
-    if (f.bodyLimit !== null && f.hasBody) {
+    const ex = f.exchange;
+    const countBody = ex !== null && f.req.headers['content-length'] === undefined;
+    if ((f.bodyLimit !== null || countBody) && f.hasBody) {
       // Counted as it streams: past the cap the body stream fails, and onError answers 413.
       let seen = 0;
-      const max = f.bodyLimit;
+      const max = f.bodyLimit ?? Infinity;
+      if (countBody) ex.bodyCounted = true;
       const counter = new Transform({
         transform(chunk: Buffer, _enc, cb) {
           seen += chunk.length;
+          if (countBody) ex.bytesIn += chunk.length;
           if (seen > max) cb(Object.assign(new Error(`the request body is larger than ${max} bytes`), { code: BODY_TOO_LARGE }));
           else cb(null, chunk);
         },
@@ -294,13 +314,21 @@ export class ForwardHandler {
     // The last pair of f.headers is reserved for Host, which depends on the target.
     const headers = f.headers;
     headers[headers.length - 1] = f.preservedHost ?? t.hostHeader;
+    const path = t.basePath === '' ? f.path : joinBase(t.basePath, f.path);
+    const ex = f.exchange;
+    if (ex !== null) {
+      if (ex.upstreamStart === 0) ex.upstreamStart = performance.now();
+      ex.attempts = this.attempts;
+      ex.target = t.origin;
+      if (f.tracing !== null && ex.span !== null) this.span = f.tracing.startAttempt(ex, f.method, t.origin, path, this.attempts, headers);
+    }
     const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
     clearTimeout(this.responseTimer);
     // Long timeouts (the 60 s default) can live with undici's coarseness: no timer per request.
     if (timeout < PRECISE_TIMEOUT_BELOW_MS) this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
     t.pool.dispatch(
       {
-        path: t.basePath === '' ? f.path : joinBase(t.basePath, f.path),
+        path,
         method: f.method,
         headers,
         body: this.body ?? this.webBody ?? (f.hasBody ? f.req : null),
@@ -324,6 +352,13 @@ export class ForwardHandler {
       this.current = null;
       this.onError(err);
     }
+  }
+
+  /** Ends the current attempt's span (traced requests). */
+  private endSpan(status: number | null, error: string | null): void {
+    if (this.span === null) return;
+    this.f.tracing!.endAttempt(this.span, status, error);
+    this.span = null;
   }
 
   /** Ends the current attempt before any response: passive health and latency penalty for its target. */
@@ -358,6 +393,7 @@ export class ForwardHandler {
       grantSlots(st);
     }
     if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, this.trial);
+    if (this.span !== null) this.endSpan(null, this.outcome === false ? 'upstream-failed' : null);
     this.f.snapshot.release();
   }
 
@@ -422,6 +458,7 @@ export class ForwardHandler {
         this.abortFn = null;
         this.current = null;
         (this.tried ??= []).push(t);
+        this.endSpan(statusCode, null);
         abort?.(RETRY);
         process.nextTick(() => this.attempt());
         return false;
@@ -429,6 +466,9 @@ export class ForwardHandler {
     }
     this.outcome = statusCode < 500;
     this.resumeFn = resume;
+    const ex = this.f.exchange;
+    if (ex !== null) ex.upstreamHeaders = performance.now();
+    this.span?.setAttribute('http.response.status_code', statusCode);
     const out: string[] = [];
     let upstreamVia: string | undefined;
     let connection: string | undefined;
@@ -475,8 +515,12 @@ export class ForwardHandler {
         }
       }
     }
+    if (svc.grpc && ex !== null) {
+      const i = grpcStatusAt(out);
+      if (i !== -1) ex.grpcStatus = out[i + 1]!;
+    }
     if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
-    else if (svc.grpc && isHttp2(res) && out.some((v, i) => i % 2 === 0 && v.toLowerCase() === 'grpc-status')) {
+    else if (svc.grpc && isHttp2(res) && grpcStatusAt(out) !== -1) {
       // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
       const obj: Record<string, string | string[]> = {};
       for (let i = 0; i < out.length; i += 2) {
@@ -543,6 +587,7 @@ export class ForwardHandler {
         return false;
       }
     }
+    if (this.f.exchange !== null) this.f.exchange.bytesOut += chunk.length;
     const ok = this.f.res.write(this.encoder === null ? chunk : this.encoder.data(chunk));
     if (!ok && this.f.service.h2Upstream) {
       // undici's HTTP/2 client drops data it holds paused when the trailers arrive, so an HTTP/2
@@ -581,6 +626,10 @@ export class ForwardHandler {
         if (v === undefined || k.charCodeAt(0) === 0x3a || HOP_BY_HOP.has(k)) continue;
         for (const one of Array.isArray(v) ? v : [v]) t.push([k, one]);
       }
+    }
+    const ex = this.f.exchange;
+    if (ex !== null && this.f.service.grpc) {
+      for (const [k, v] of t) if (k.toLowerCase() === 'grpc-status') ex.grpcStatus = v;
     }
     if (this.encoder !== null) {
       // gRPC-Web: the trailers travel as the body's last frame.
@@ -628,6 +677,7 @@ export class ForwardHandler {
       // request body that broke its own Content-Length).
       const t = this.target;
       if (t !== null) this.endAttempt(code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH');
+      this.endSpan(null, code || 'error');
       if (t !== null && kind !== null && this.mayRetry(kind)) {
         (this.tried ??= []).push(t);
         // Leave undici's callback stack before dispatching again.

@@ -72,6 +72,7 @@ export default definePlugin({
         const resetS = Math.max(1, Math.ceil((p.end - now) / 1000));
         const policy = `"${name}";q=${config.limit};w=${Math.round((p.end - p.start) / 1000)}`;
         const state = `"${name}";r=${d.remaining};t=${resetS}`;
+        ctx.limited('quota', d.allowed);
         if (!d.allowed) {
           return { code: 'too-many-requests', detail: `the ${config.period}ly quota of ${config.limit} is used up (it resets at ${new Date(p.end).toISOString()})`, headers: { 'ratelimit-policy': policy, ratelimit: state, 'retry-after': String(resetS) } };
         }

@@ -66,6 +66,7 @@ export default definePlugin({
       const d = decisions[worst]!;
       let refused = false;
       for (const x of decisions) if (!x.allowed) refused = true;
+      ctx.limited('rate-limit', !refused);
       if (!refused) {
         if (config.headers !== false) {
           ctx.addResponseHeader('ratelimit-policy', policyHeader);

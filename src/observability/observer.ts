@@ -1,0 +1,190 @@
+/**
+ * The log phase of every request: one Exchange per request is read once when the response
+ * closes, and feeds Prometheus counters (metrics.ts), analytics (analytics.ts), the access log
+ * (a pino logger over a sink, sinks.ts) and the request's trace (tracing.ts). Nothing here runs
+ * before the response is done; with everything off, begin() returns null and the request path
+ * does no observability work at all.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { pino, type Logger as Pino } from 'pino';
+import type { CompiledRoute } from '../config/compile.js';
+import { answeredBy } from '../core/problem.js';
+import type { Logger } from '../core/log.js';
+import { plainIp } from '../core/forwarded.js';
+import { Exchange } from './exchange.js';
+import { Metrics, type GaugeSource, type RouteStats } from './metrics.js';
+import { Analytics } from './analytics.js';
+import { createSink, type AccessSink } from './sinks.js';
+import type { AccessField } from './schema.js';
+import type { AccessLogSettings, ObservabilitySettings } from './settings.js';
+import { Tracing } from './tracing.js';
+
+const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
+
+function parseQuery(q: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (q.length < 2) return out;
+  for (const [k, v] of new URLSearchParams(q.slice(1))) out[k] = k in out ? `${out[k]},${v}` : v;
+  return out;
+}
+
+interface AccessLog {
+  key: string;
+  settings: AccessLogSettings;
+  sink: AccessSink;
+  logger: Pino;
+}
+
+export class Observer {
+  readonly metrics: Metrics | null;
+  analytics: Analytics | null = null;
+  tracing: Tracing | null = null;
+  private access: AccessLog | null = null;
+  private readonly stats = new WeakMap<CompiledRoute, RouteStats>();
+  private unrouted: RouteStats | null = null;
+  private settings: ObservabilitySettings;
+
+  constructor(settings: ObservabilitySettings, gauges: GaugeSource, private readonly log: Logger, private readonly role: 'single' | 'primary' | 'worker') {
+    this.settings = settings;
+    this.metrics = settings.metrics ? new Metrics(settings.metrics.buckets, gauges) : null;
+    this.configure(settings);
+  }
+
+  /**
+   * Applies a new config's settings: sinks and the tracer are replaced only when theirs changed.
+   * Throws (e.g. a log file that cannot be opened) before changing anything.
+   */
+  configure(s: ObservabilitySettings): void {
+    const proxying = this.role !== 'primary';
+    let access = this.access;
+    const key = s.accessLog && proxying ? JSON.stringify(s.accessLog) : '';
+    if (key !== (access?.key ?? '')) {
+      access = null;
+      if (s.accessLog && proxying) {
+        const sink = createSink(s.accessLog.sink, this.log);
+        const logger = pino({
+          base: null,
+          timestamp: false,
+          // Every line starts with "type":"access" (process log lines on the same stdout have a level).
+          formatters: { level: () => ({ type: 'access' }) },
+          redact: { paths: s.accessLog.redact, censor: '[REDACTED]' },
+        }, sink);
+        access = { key, settings: s.accessLog, sink, logger };
+      }
+      const old = this.access;
+      this.access = access;
+      if (old) void old.sink.close();
+    }
+    if (s.metrics && !this.metrics) this.log.warn('metrics were enabled: restart to start them');
+    if (s.metrics && this.metrics && s.metrics.buckets.join() !== this.metrics.bounds.join()) this.log.warn('metrics.buckets changed: restart to apply');
+    this.analytics = s.analytics && proxying ? (this.analytics ?? new Analytics({ maxConsumers: s.analytics.topConsumers, maxRoutes: 1000 })) : null;
+    const tracingKey = JSON.stringify(s.tracing);
+    if (tracingKey !== JSON.stringify(this.settings.tracing) || (s.tracing && !this.tracing)) {
+      const old = this.tracing;
+      this.tracing = s.tracing && proxying ? new Tracing(s.tracing) : null;
+      if (old) void old.close();
+    }
+    this.settings = s;
+  }
+
+  /** Whether anything reads exchanges. */
+  get active(): boolean {
+    return this.metrics !== null || this.analytics !== null || this.access !== null || this.tracing !== null;
+  }
+
+  begin(): Exchange | null {
+    return this.active ? new Exchange(performance.now()) : null;
+  }
+
+  /** The counters of a route (rate-limit decisions are counted while the request runs). */
+  routeStats(route: CompiledRoute | null): RouteStats | null {
+    const m = this.metrics;
+    if (m === null) return null;
+    if (route === null) return (this.unrouted ??= m.stats('', ''));
+    let s = this.stats.get(route);
+    if (s === undefined) this.stats.set(route, (s = m.stats(route.service.name, route.name)));
+    return s;
+  }
+
+  /** The response closed (sent, cut, or never sent: 499). */
+  end(ex: Exchange, req: IncomingMessage, res: ServerResponse): void {
+    const now = performance.now();
+    const status = res.headersSent ? res.statusCode : 499;
+    const total = now - ex.start;
+    const upstream = ex.upstreamHeaders > 0 ? ex.upstreamHeaders - ex.upstreamStart : null;
+    const gateway = ex.upstreamStart > 0 ? ex.upstreamStart - ex.start : total;
+    const local = answeredBy(res);
+    if (local !== undefined && ex.bytesOut === 0) ex.bytesOut = local.bytes;
+    if (req.complete) {
+      const cl = req.headers['content-length'];
+      if (cl !== undefined && !ex.bodyCounted) ex.bytesIn += Number(cl) || 0;
+    }
+    const method = req.method ?? 'GET';
+    const stats = this.routeStats(ex.route);
+    if (stats !== null) {
+      stats.count(method, status);
+      stats.total.observe(total / 1000);
+      if (upstream !== null) stats.upstream.observe(upstream / 1000);
+      stats.gateway.observe(gateway / 1000);
+      stats.bytesIn += ex.bytesIn;
+      stats.bytesOut += ex.bytesOut;
+      if (ex.attempts > 1) stats.retries += ex.attempts - 1;
+      if (ex.grpcStatus !== null) stats.grpcStatus(ex.grpcStatus);
+    }
+    const route = ex.route;
+    this.analytics?.record(route?.name ?? '', route?.service.name ?? '', ex.consumer, status, total);
+    const error = local?.code ?? (status === 499 ? 'client-closed' : res.headersSent && !res.writableFinished ? 'response-cut' : null);
+    if (ex.span !== null) this.tracing?.endRequest(ex, status, error);
+    const a = this.access;
+    if (a !== null) {
+      if (ex.requestId === '' && local !== undefined) ex.requestId = local.requestId;
+      a.logger.info(this.line(a.settings.fields, ex, req, method, status, total, upstream, gateway, error));
+    }
+  }
+
+  private line(fields: readonly AccessField[], ex: Exchange, req: IncomingMessage, method: string, status: number, total: number, upstream: number | null, gateway: number, error: string | null): Record<string, unknown> {
+    const out: Record<string, unknown> = {};
+    for (const f of fields) {
+      switch (f) {
+        case 'time': out.time = new Date(performance.timeOrigin + ex.start).toISOString(); break;
+        case 'request_id': out.request_id = ex.requestId; break;
+        case 'client_ip': out.client_ip = ex.clientIp || plainIp(req.socket?.remoteAddress); break;
+        case 'consumer': out.consumer = ex.consumer; break;
+        case 'method': out.method = method; break;
+        case 'host': out.host = ex.host; break;
+        case 'path': out.path = ex.path || (req.url ?? '').split('?')[0]; break;
+        case 'query': out.query = parseQuery(ex.query); break;
+        case 'protocol': out.protocol = `HTTP/${req.httpVersion}`; break;
+        case 'route': out.route = ex.route?.name ?? null; break;
+        case 'service': out.service = ex.route?.service.name ?? null; break;
+        case 'upstream': out.upstream = ex.target; break;
+        case 'status': out.status = status; break;
+        case 'bytes_in': out.bytes_in = ex.bytesIn; break;
+        case 'bytes_out': out.bytes_out = ex.bytesOut; break;
+        case 'duration_ms': out.duration_ms = round3(total); break;
+        case 'upstream_ms': out.upstream_ms = upstream === null ? null : round3(upstream); break;
+        case 'gateway_ms': out.gateway_ms = round3(gateway); break;
+        case 'retries': out.retries = ex.attempts > 1 ? ex.attempts - 1 : 0; break;
+        case 'error': out.error = error; break;
+        case 'grpc_status': if (ex.grpcStatus !== null) out.grpc_status = Number(ex.grpcStatus); break;
+        case 'user_agent': out.user_agent = req.headers['user-agent'] ?? null; break;
+        case 'headers': out.headers = { ...req.headers }; break;
+        case 'trace_id': if (ex.span !== null) out.trace_id = ex.span.spanContext().traceId; break;
+      }
+    }
+    return out;
+  }
+
+  /** SIGUSR1: log files are reopened (after rotation moved them away). */
+  reopen(): void {
+    this.access?.sink.reopen();
+  }
+
+  async close(): Promise<void> {
+    const a = this.access;
+    this.access = null;
+    await Promise.all([a?.sink.close(), this.tracing?.close()]);
+    this.tracing = null;
+  }
+}

@@ -1,0 +1,107 @@
+/** The observability part of a config, compiled: what to log where, metrics buckets, tracing, analytics. */
+import type { TurnpikeConfigInput } from '../config/schema.js';
+import type { PathSegment } from '../config/errors.js';
+import { parseDuration } from '../config/units.js';
+import { DEFAULT_ACCESS_FIELDS, ACCESS_FIELDS, type AccessField } from './schema.js';
+import type { SinkSetting } from './sinks.js';
+import { BUCKETS } from './metrics.js';
+
+export interface AccessLogSettings {
+  sink: SinkSetting;
+  fields: readonly AccessField[];
+  /** pino redact paths (fast-redact syntax). */
+  redact: string[];
+}
+export interface TracingSettings {
+  endpoint: string;
+  sample: number;
+  serviceName: string;
+  headers: Record<string, string>;
+}
+export interface ObservabilitySettings {
+  accessLog: AccessLogSettings | null;
+  metrics: { buckets: readonly number[] } | null;
+  tracing: TracingSettings | null;
+  analytics: { topConsumers: number } | null;
+}
+
+/** Request fields that carry credentials: always censored when headers are logged. */
+const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'apikey', 'x-auth-token', 'x-csrf-token'];
+/** Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys). */
+const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'apikey', 'key', 'token', 'password', 'sig', 'signature', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token'];
+
+const bracket = (root: string, key: string) => `${root}[${JSON.stringify(key)}]`;
+
+/** Every key-auth header / query name used anywhere in the config (their values are keys). */
+function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: string[] } {
+  const headers: string[] = [];
+  const params: string[] = [];
+  const visit = (bindings: { name: string; config?: Record<string, unknown> }[] | undefined) => {
+    for (const b of bindings ?? []) {
+      if (b.name !== 'key-auth') continue;
+      const h = b.config?.header ?? 'apikey';
+      const q = b.config?.query ?? 'apikey';
+      if (typeof h === 'string') headers.push(h.toLowerCase());
+      if (typeof q === 'string') params.push(q);
+    }
+  };
+  visit(cfg.plugins);
+  for (const s of cfg.services ?? []) {
+    visit(s.plugins);
+    for (const r of s.routes ?? []) visit(r.plugins);
+  }
+  for (const c of cfg.consumers ?? []) visit(c.plugins);
+  for (const p of Object.values(cfg.plans ?? {})) visit(p.plugins);
+  return { headers, params };
+}
+
+export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string) => string, fail: (path: PathSegment[], message: string) => void): ObservabilitySettings {
+  let accessLog: AccessLogSettings | null = null;
+  const al = cfg.access_log ?? {};
+  if (al.enabled ?? true) {
+    let sink: SinkSetting = { destination: 'stdout' };
+    const dest = al.destination ?? 'stdout';
+    if (dest === 'file') {
+      if (al.path === undefined) fail(['access_log'], 'destination file needs a path');
+      else sink = { destination: 'file', path: file(al.path) };
+    } else if (dest === 'http') {
+      if (al.url === undefined) fail(['access_log'], 'destination http needs a url');
+      else {
+        sink = {
+          destination: 'http', url: al.url, headers: al.http_headers ?? {},
+          ...(al.batch_lines !== undefined ? { batch_lines: al.batch_lines } : {}),
+          ...(al.flush_interval !== undefined ? { interval_ms: parseDuration(al.flush_interval) } : {}),
+        };
+      }
+    }
+    const keys = keyAuthNames(cfg);
+    const redact = new Set<string>();
+    for (const h of [...SECRET_HEADERS, ...keys.headers]) redact.add(bracket('headers', h));
+    for (const q of [...SECRET_PARAMS, ...keys.params]) redact.add(bracket('query', q));
+    (al.redact ?? []).forEach((p, i) => {
+      const dot = p.indexOf('.');
+      const root = dot === -1 ? p : p.slice(0, dot);
+      if (!(ACCESS_FIELDS as readonly string[]).includes(root)) return fail(['access_log', 'redact', i], `unknown field "${root}" (one of ${ACCESS_FIELDS.join(', ')})`);
+      if (dot === -1) redact.add(root);
+      else if (root === 'headers' || root === 'query') redact.add(bracket(root, root === 'headers' ? p.slice(dot + 1).toLowerCase() : p.slice(dot + 1)));
+      else fail(['access_log', 'redact', i], `only headers.<name> and query.<name> have parts; "${root}" is censored whole`);
+    });
+    accessLog = { sink, fields: al.fields ?? DEFAULT_ACCESS_FIELDS, redact: [...redact] };
+  }
+
+  let metrics: ObservabilitySettings['metrics'] = null;
+  if (cfg.metrics?.enabled ?? true) {
+    const b = cfg.metrics?.buckets ?? BUCKETS;
+    if (b.some((v, i) => i > 0 && v <= b[i - 1]!)) fail(['metrics', 'buckets'], 'bucket bounds must be ascending');
+    metrics = { buckets: b };
+  }
+
+  let tracing: TracingSettings | null = null;
+  const t = cfg.tracing;
+  if (t?.enabled) {
+    tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {} };
+  }
+  const a = cfg.analytics;
+  const analytics = (a?.enabled ?? true) ? { topConsumers: a?.top_consumers ?? 200 } : null;
+  return { accessLog, metrics, tracing, analytics };
+}

@@ -1,0 +1,400 @@
+/**
+ * Destinations for the access log: stdout, a file (reopened on rotation) or an HTTP receiver
+ * (NDJSON batches). Each is a pino destination (`pino(options, sink)`) whose write() never throws
+ * and never blocks: when a destination cannot keep up, lines are dropped and counted rather than
+ * buffered without bound.
+ */
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino } from 'pino';
+import { Pool } from 'undici';
+
+export type SinkSetting =
+  | { destination: 'stdout' }
+  | { destination: 'file'; path: string }
+  | {
+      destination: 'http';
+      url: string;
+      headers?: Record<string, string>;
+      /** Lines per POST (default 500). */
+      batch_lines?: number;
+      /** Bytes per POST body (default 1 MiB; a single longer line is sent alone). */
+      batch_bytes?: number;
+      /** A partial batch is sent after this long (default 1000). */
+      interval_ms?: number;
+      /** Lines waiting for a POST are held up to this many bytes, newer ones are dropped (default 16 MiB). */
+      max_queue_bytes?: number;
+      /** Per POST attempt, and the bound on flush() / close() (default 5000). */
+      timeout_ms?: number;
+    };
+
+export interface AccessSink {
+  /**
+   * pino-compatible destination: receives complete lines ("{...}\n"). Never throws, never blocks.
+   * Returns false when the line was dropped (stdout / file: also when the buffer is past its high-water mark).
+   */
+  write(chunk: string): boolean;
+  /** Reopens the file (log rotation: SIGUSR1 after the file was moved away). No-op for stdout/http. */
+  reopen(): void;
+  /**
+   * Writes out / sends what is buffered (http: one or more POSTs); resolves when done or failed
+   * (bounded by timeout). The optional callback is pino's `logger.flush(cb)` contract.
+   */
+  flush(cb?: (err?: Error) => void): Promise<void>;
+  /** flush() then release fds / connections. Lines written afterwards are dropped. */
+  close(): Promise<void>;
+  /** Lines dropped because the sink could not keep up or the HTTP receiver failed (counter). */
+  readonly dropped: number;
+  /** Lines handed over (counter): stdout / file: accepted into the write buffer; http: acknowledged with a 2xx. */
+  readonly written: number;
+}
+
+type Log = { warn(obj: object, msg: string): void };
+type Warn = (kind: string, obj: object, msg: string) => void;
+type SonicBoom = ReturnType<typeof pino.destination>;
+
+const MiB = 1024 * 1024;
+/** What stdout / file buffer while the fd is slower than the traffic (e.g. a stalled pipe). */
+const FD_MAX_BUFFER = 16 * MiB;
+/** Bound on flush() / close() for stdout / file (http uses timeout_ms). */
+const FD_FLUSH_TIMEOUT_MS = 5000;
+/** Delays before the 2nd and 3rd attempt of a failed POST; then the batch is dropped. */
+const BACKOFF_MS = [250, 1000];
+const WARN_EVERY_MS = 10_000;
+
+export function createSink(setting: SinkSetting, log?: Log): AccessSink {
+  const warn = rateLimited(log);
+  switch (setting.destination) {
+    case 'stdout':
+      return new FdSink(pino.destination({ dest: 1, sync: false, maxLength: FD_MAX_BUFFER }), 'stdout', warn, false);
+    case 'file':
+      // sonic-boom opens asynchronously and reports failures as an 'error' event; open once
+      // synchronously first so that a bad path is a config error instead.
+      try {
+        mkdirSync(dirname(setting.path), { recursive: true });
+        closeSync(openSync(setting.path, 'a'));
+      } catch (err) {
+        throw new Error(`access log: cannot open ${setting.path} for writing: ${(err as Error).message}`, { cause: err });
+      }
+      return new FdSink(
+        pino.destination({ dest: setting.path, sync: false, mkdir: true, append: true, maxLength: FD_MAX_BUFFER }),
+        setting.path,
+        warn,
+        true,
+      );
+    case 'http':
+      return new HttpSink(setting, warn);
+    default:
+      throw new Error(`access log: unknown destination ${JSON.stringify((setting as { destination: unknown }).destination)}`);
+  }
+}
+
+/** log.warn at most once per WARN_EVERY_MS for each kind of trouble. */
+function rateLimited(log: Log | undefined): Warn {
+  const last = new Map<string, number>();
+  return (kind, obj, msg) => {
+    const now = Date.now();
+    if (!log || now - (last.get(kind) ?? -Infinity) < WARN_EVERY_MS) return;
+    last.set(kind, now);
+    log.warn(obj, msg);
+  };
+}
+
+/** Resolves when p does or after ms, whichever comes first. */
+function within(p: Promise<unknown>, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    void p.then(() => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+}
+
+/** stdout or a file, through an asynchronous sonic-boom. */
+class FdSink implements AccessSink {
+  #dropped = 0;
+  #written = 0;
+  /** Bytes accepted but not yet written to the fd (sonic-boom reports progress with 'write' events). */
+  private pending = 0;
+  private wakers: (() => void)[] = [];
+  private closing?: Promise<void>;
+
+  constructor(
+    private readonly stream: SonicBoom,
+    private readonly name: string,
+    private readonly warn: Warn,
+    private readonly isFile: boolean,
+  ) {
+    stream.on('write', (n: number) => {
+      this.pending -= n;
+      if (this.pending <= 0) this.wake();
+    });
+    // Emitted synchronously from write() when the buffer would exceed maxLength.
+    stream.on('drop', () => {
+      this.#dropped++;
+      warn('drop', { destination: name, dropped: this.#dropped }, `access log: ${name} cannot keep up, dropping lines`);
+    });
+    // Without a listener an 'error' event would crash the process. sonic-boom retries the
+    // failed data on the next write.
+    stream.on('error', (err: Error) => {
+      this.wake();
+      warn('error', { destination: name, err }, `access log: writing to ${name} failed`);
+    });
+  }
+
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  get written(): number {
+    return this.#written;
+  }
+
+  write(chunk: string): boolean {
+    if (this.closing) {
+      this.#dropped++;
+      return false;
+    }
+    const before = this.#dropped;
+    try {
+      const ok = this.stream.write(chunk);
+      if (this.#dropped !== before) return false;
+      this.#written++;
+      this.pending += Buffer.byteLength(chunk);
+      return ok;
+    } catch {
+      this.#dropped++;
+      return false;
+    }
+  }
+
+  reopen(): void {
+    if (this.closing || !this.isFile) return;
+    try {
+      this.stream.reopen();
+    } catch (err) {
+      this.warn('error', { destination: this.name, err }, `access log: reopening ${this.name} failed`);
+    }
+  }
+
+  flush(cb?: (err?: Error) => void): Promise<void> {
+    const done =
+      this.pending <= 0 ? Promise.resolve() : within(new Promise<void>((r) => this.wakers.push(r)), FD_FLUSH_TIMEOUT_MS);
+    if (cb) void done.then(() => cb());
+    return done;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.flush();
+      const closed = new Promise<void>((resolve) => {
+        this.stream.once('close', resolve);
+        try {
+          this.stream.end(); // stdout: marks the stream done, fd 1 stays open
+        } catch {
+          resolve(); // already destroyed
+        }
+      });
+      await within(closed, FD_FLUSH_TIMEOUT_MS);
+    })();
+    return this.closing;
+  }
+
+  private wake(): void {
+    for (const w of this.wakers.splice(0)) w();
+  }
+}
+
+/**
+ * NDJSON batches POSTed to a receiver, one POST in flight at a time (keeps order). Memory is bounded
+ * by max_queue_bytes (the queue) plus one batch (the POST in flight or in backoff).
+ */
+class HttpSink implements AccessSink {
+  #dropped = 0;
+  #written = 0;
+  private readonly origin: string;
+  private readonly path: string;
+  private readonly headers: Record<string, string>;
+  private readonly batchLines: number;
+  private readonly batchBytes: number;
+  private readonly intervalMs: number;
+  private readonly maxQueueBytes: number;
+  private readonly timeoutMs: number;
+  private readonly pool: Pool;
+  /** Aborted by close(): fails the POST in flight or its backoff. */
+  private readonly aborter = new AbortController();
+
+  private queue: string[] = [];
+  private queueBytes = 0;
+  // Line sequence numbers: lines are accepted, then taken into a batch, then settled (delivered
+  // or dropped), all in order.
+  private accepted = 0;
+  private taken = 0;
+  private settled = 0;
+  /** Partial batches are sent without waiting until this many lines were taken (flush). */
+  private flushUpTo = 0;
+  private waiters: { upTo: number; resolve: () => void }[] = [];
+  private inFlight?: Promise<void>;
+  private timer?: NodeJS.Timeout;
+  private closing?: Promise<void>;
+
+  constructor(
+    s: Extract<SinkSetting, { destination: 'http' }>,
+    private readonly warn: Warn,
+  ) {
+    let url: URL;
+    try {
+      url = new URL(s.url);
+    } catch {
+      throw new Error('access log: the http destination url is not a valid URL');
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new Error(`access log: the http destination url must be http: or https:, not ${url.protocol}`);
+    }
+    this.origin = url.origin;
+    this.path = url.pathname + url.search;
+    // Lower-cased so that a configured Content-Type replaces the default instead of doubling it.
+    this.headers = { 'content-type': 'application/x-ndjson' };
+    for (const [k, v] of Object.entries(s.headers ?? {})) this.headers[k.toLowerCase()] = v;
+    this.batchLines = s.batch_lines ?? 500;
+    this.batchBytes = s.batch_bytes ?? MiB;
+    this.intervalMs = s.interval_ms ?? 1000;
+    this.maxQueueBytes = s.max_queue_bytes ?? 16 * MiB;
+    this.timeoutMs = s.timeout_ms ?? 5000;
+    this.pool = new Pool(this.origin, { connections: 1, connect: { timeout: this.timeoutMs } });
+  }
+
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  get written(): number {
+    return this.#written;
+  }
+
+  write(chunk: string): boolean {
+    const bytes = Buffer.byteLength(chunk);
+    if (this.closing || this.queueBytes + bytes > this.maxQueueBytes) {
+      this.#dropped++;
+      if (!this.closing) {
+        this.warn(
+          'queue',
+          { destination: this.origin, dropped: this.#dropped, max_queue_bytes: this.maxQueueBytes },
+          `access log: ${this.origin} cannot keep up, dropping lines`,
+        );
+      }
+      return false;
+    }
+    this.queue.push(chunk);
+    this.queueBytes += bytes;
+    this.accepted++;
+    this.pump();
+    return true;
+  }
+
+  reopen(): void {}
+
+  flush(cb?: (err?: Error) => void): Promise<void> {
+    const upTo = this.accepted;
+    let done: Promise<void> = Promise.resolve();
+    if (this.settled < upTo) {
+      done = within(new Promise<void>((resolve) => this.waiters.push({ upTo, resolve })), this.timeoutMs);
+      this.flushUpTo = Math.max(this.flushUpTo, upTo);
+      this.pump();
+    }
+    if (cb) void done.then(() => cb());
+    return done;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.flush();
+      this.aborter.abort();
+      clearTimeout(this.timer);
+      const left = this.queue.length;
+      this.queue = [];
+      this.queueBytes = 0;
+      this.#dropped += left;
+      this.settle(left);
+      await this.inFlight;
+      await this.pool.destroy().catch(() => undefined);
+    })();
+    return this.closing;
+  }
+
+  /** Starts a POST if none is in flight and a batch is due; otherwise arms the interval timer. */
+  private pump(timerFired = false): void {
+    if (this.inFlight || this.queue.length === 0 || this.aborter.signal.aborted) return;
+    const full = this.queue.length >= this.batchLines || this.queueBytes >= this.batchBytes;
+    if (!full && !timerFired && this.flushUpTo <= this.taken) {
+      this.timer ??= setTimeout(() => {
+        this.timer = undefined;
+        this.pump(true);
+      }, this.intervalMs).unref();
+      return;
+    }
+    let n = 0;
+    let bytes = 0;
+    for (const line of this.queue) {
+      const b = Buffer.byteLength(line);
+      if (n === this.batchLines || (n > 0 && bytes + b > this.batchBytes)) break;
+      n++;
+      bytes += b;
+    }
+    const body = this.queue.splice(0, n).join('');
+    this.queueBytes -= bytes;
+    this.taken += n;
+    if (this.queue.length === 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    this.inFlight = this.send(body, n).then(() => {
+      this.inFlight = undefined;
+      this.settle(n);
+      this.pump();
+    });
+  }
+
+  /** POSTs one batch with retries; never rejects. */
+  private async send(body: string, lines: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const res = await this.pool.request({
+          path: this.path,
+          method: 'POST',
+          headers: this.headers,
+          body,
+          signal: AbortSignal.any([this.aborter.signal, AbortSignal.timeout(this.timeoutMs)]),
+        });
+        await res.body.dump();
+        if (res.statusCode < 200 || res.statusCode > 299) throw new Error(`receiver answered ${res.statusCode}`);
+        this.#written += lines;
+        return;
+      } catch (err) {
+        const delay = BACKOFF_MS[attempt];
+        if (delay === undefined || this.aborter.signal.aborted) {
+          this.#dropped += lines;
+          this.warn(
+            'send',
+            { destination: this.origin, err, lines, dropped: this.#dropped },
+            `access log: could not deliver ${lines} lines to ${this.origin}, dropped them`,
+          );
+          return;
+        }
+        // An abort (close) ends the wait early; the next attempt then fails at once and drops.
+        await sleep(delay, undefined, { ref: false, signal: this.aborter.signal }).catch(() => undefined);
+      }
+    }
+  }
+
+  private settle(n: number): void {
+    this.settled += n;
+    this.waiters = this.waiters.filter((w) => {
+      if (w.upTo > this.settled) return true;
+      w.resolve();
+      return false;
+    });
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * OpenTelemetry tracing: W3C trace context (traceparent / tracestate) read from the client and
+ * sent to the upstream, a SERVER span per routed request, an INTERNAL span for each plugin
+ * phase that waited (JWKS fetch, token introspection, Redis), a CLIENT span per upstream
+ * attempt, exported in batches over OTLP/HTTP (JSON). Sampling: parent-based, new traces at
+ * `sample`. Only built when tracing is enabled: with it off the request path never gets here.
+ */
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span, type TextMapGetter, type TextMapSetter, type Tracer } from '@opentelemetry/api';
+import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import type { IncomingMessage } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import { VERSION } from '../version.js';
+import type { Exchange } from './exchange.js';
+import type { TracingSettings } from './settings.js';
+
+const getter: TextMapGetter<IncomingMessage['headers']> = {
+  keys: (h) => Object.keys(h),
+  get: (h, k) => h[k],
+};
+/** Sets traceparent / tracestate in a flat header list (name, value, ...) whose last pair is Host. */
+const setter: TextMapSetter<string[]> = {
+  set: (list, key, value) => {
+    for (let i = 0; i < list.length - 2; i += 2) {
+      if (list[i] === key) {
+        list[i + 1] = value;
+        return;
+      }
+    }
+    list.splice(list.length - 2, 0, key, value);
+  },
+};
+
+export class Tracing {
+  private readonly provider: BasicTracerProvider;
+  private readonly tracer: Tracer;
+  private readonly propagator = new W3CTraceContextPropagator();
+
+  constructor(s: TracingSettings) {
+    const exporter = new OTLPTraceExporter({ url: s.endpoint, headers: s.headers, timeoutMillis: 5000 });
+    this.provider = new BasicTracerProvider({
+      resource: resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
+      sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(s.sample) }),
+      // Bounded: past 4096 queued spans new ones are dropped (never unbounded memory when the collector is down).
+      spanProcessors: [new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 5000 })],
+    });
+    this.tracer = this.provider.getTracer('turnpike', VERSION);
+  }
+
+  /** The request's SERVER span, child of the client's traceparent when it sent a valid one. */
+  startRequest(ex: Exchange, req: IncomingMessage, method: string): void {
+    const parent = req.headers.traceparent !== undefined ? this.propagator.extract(ROOT_CONTEXT, req.headers, getter) : ROOT_CONTEXT;
+    const route = ex.route!;
+    ex.span = this.tracer.startSpan(`${method} ${route.name}`, {
+      kind: SpanKind.SERVER,
+      startTime: ex.start,
+      attributes: {
+        'http.request.method': method,
+        'url.path': ex.path,
+        'http.route': route.name,
+        'server.address': ex.host,
+        'client.address': ex.clientIp,
+        'turnpike.service': route.service.name,
+        'turnpike.request_id': ex.requestId,
+      },
+    }, parent);
+  }
+
+  private context(ex: Exchange): Context {
+    return trace.setSpan(ROOT_CONTEXT, ex.span!);
+  }
+
+  /** A span for a plugin phase that waits; returns its end. */
+  pluginSpan(ex: Exchange, plugin: string, phase: string): (error?: unknown) => void {
+    const span = this.tracer.startSpan(`plugin ${plugin} ${phase}`, { kind: SpanKind.INTERNAL, attributes: { 'turnpike.plugin': plugin, 'turnpike.phase': phase } }, this.context(ex));
+    return (error) => {
+      if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
+      span.end();
+    };
+  }
+
+  /** A CLIENT span for one upstream attempt; its context goes upstream in `headers`. */
+  startAttempt(ex: Exchange, method: string, origin: string, path: string, attempt: number, headers: string[]): Span {
+    const url = new URL(origin);
+    const span = this.tracer.startSpan(method, {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        'http.request.method': method,
+        'server.address': url.hostname,
+        'server.port': Number(url.port) || (url.protocol === 'https:' ? 443 : 80),
+        'url.full': origin + path,
+        ...(attempt > 1 ? { 'http.request.resend_count': attempt - 1 } : {}),
+      },
+    }, this.context(ex));
+    this.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, setter);
+    return span;
+  }
+
+  endAttempt(span: Span, status: number | null, error: string | null): void {
+    if (status !== null) span.setAttribute('http.response.status_code', status);
+    if (error !== null || (status !== null && status >= 500)) {
+      span.setAttribute('error.type', error ?? String(status));
+      span.setStatus({ code: SpanStatusCode.ERROR });
+    }
+    span.end();
+  }
+
+  endRequest(ex: Exchange, status: number, error: string | null): void {
+    const span = ex.span!;
+    span.setAttribute('http.response.status_code', status);
+    const consumer = ex.consumer;
+    if (consumer !== null) span.setAttribute('turnpike.consumer', consumer);
+    if (ex.target !== null) span.setAttribute('turnpike.upstream', ex.target);
+    if (status >= 500 || error !== null) {
+      span.setAttribute('error.type', error ?? String(status));
+      if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+    }
+    span.end(performance.now());
+  }
+
+  /** Exports what is queued (bounded by the exporter's timeout), then stops. */
+  async close(): Promise<void> {
+    await this.provider.shutdown().catch(() => {});
+  }
+}

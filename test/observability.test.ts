@@ -1,0 +1,265 @@
+/** Access log, Prometheus /metrics, analytics and /status, against real upstreams (tracing: tracing.test.ts). */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
+import { configIssues, eventually, freePort, request, sleep, startCli, startGateway, startUpstream, waitFor } from './helpers.js';
+
+const fresh = { connection: 'close' }; // a new connection per request: the cluster spreads them over the workers
+
+/**
+ * The samples of a /metrics text, parsed by parse-prometheus-text-format (which only groups
+ * unlabelled histograms: histogram families are read as their _bucket/_sum/_count samples).
+ */
+function parse(text: string): { name: string; labels: Record<string, string>; value: number }[] {
+  return parsePrometheusTextFormat(text.replace(/^# TYPE (\S+) histogram$/gm, '# TYPE $1 untyped'))
+    .flatMap((f) => f.metrics.map((m) => ({ name: f.name, labels: m.labels ?? {}, value: Number(m.value) })));
+}
+
+/** The value of the sample of `name` whose labels include `labels` (0 when absent). */
+function sample(text: string, name: string, labels: Record<string, string>): number {
+  return parse(text).find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v))?.value ?? 0;
+}
+
+const lines = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
+
+test('metrics: exact counts for a known traffic mix with two workers, kept across a rolling restart', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dead = await freePort();
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-metrics-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}
+admin: {listen: 127.0.0.1:${a}}
+workers: 2
+access_log: {enabled: false}
+services:
+  - name: app
+    url: ${up.url}
+    routes: [{name: ok, paths: [/ok]}]
+  - name: broken
+    url: http://127.0.0.1:${dead}
+    routes: [{name: bad, paths: [/bad]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`, 15_000);
+    await eventually(async () => JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).workers.filter((w: { state: string }) => w.state === 'listening').length === 2, 15_000);
+    const codes: number[] = [];
+    for (let i = 0; i < 37; i++) codes.push((await request(`http://127.0.0.1:${p}/ok`, { headers: fresh })).status);
+    for (let i = 0; i < 5; i++) codes.push((await request(`http://127.0.0.1:${p}/missing`, { headers: fresh })).status);
+    for (let i = 0; i < 3; i++) codes.push((await request(`http://127.0.0.1:${p}/bad`, { method: 'POST', headers: fresh, body: 'x' })).status);
+    assert.deepEqual([codes.filter((c) => c === 200).length, codes.filter((c) => c === 404).length, codes.filter((c) => c === 502).length], [37, 5, 3]);
+
+    const check = async () => {
+      const r = await request(`http://127.0.0.1:${a}/metrics`);
+      assert.equal(r.status, 200);
+      assert.match(String(r.headers['content-type']), /^text\/plain; version=0\.0\.4/);
+      const t = r.body;
+      assert.equal(sample(t, 'turnpike_requests_total', { service: 'app', route: 'ok', method: 'GET', status: '200' }), 37);
+      assert.equal(sample(t, 'turnpike_requests_total', { service: '', route: '', method: 'GET', status: '404' }), 5);
+      assert.equal(sample(t, 'turnpike_requests_total', { service: 'broken', route: 'bad', method: 'POST', status: '502' }), 3);
+      const all = parse(t);
+      assert.equal(all.filter((x) => x.name === 'turnpike_requests_total').reduce((n, x) => n + x.value, 0), 45);
+      // Histograms: one observation per request, buckets cumulative, +Inf = count.
+      assert.match(t, /^# TYPE turnpike_request_duration_seconds histogram$/m);
+      assert.equal(sample(t, 'turnpike_request_duration_seconds_count', { route: 'ok' }), 37);
+      assert.equal(sample(t, 'turnpike_request_duration_seconds_bucket', { route: 'ok', le: '+Inf' }), 37);
+      const buckets = all.filter((x) => x.name === 'turnpike_request_duration_seconds_bucket' && x.labels.route === 'ok').map((x) => x.value);
+      assert.deepEqual(buckets, [...buckets].sort((x, y) => x - y), 'cumulative');
+      assert.equal(sample(t, 'turnpike_upstream_duration_seconds_count', { route: 'ok' }), 37);
+      // The 404s never reached an upstream: gateway time only.
+      assert.equal(sample(t, 'turnpike_upstream_duration_seconds_count', { route: '' }), 0);
+      assert.equal(sample(t, 'turnpike_gateway_duration_seconds_count', { route: '' }), 5);
+      assert.equal(sample(t, 'turnpike_response_bytes_total', { route: 'ok' }), 37 * 2);
+      assert.equal(sample(t, 'turnpike_requests_in_flight', {}), 1 - 1); // (the scrape is on the admin listener)
+      assert.equal(sample(t, 'turnpike_config_revision', {}), 1);
+      assert.ok(all.some((x) => x.name === 'process_cpu_user_seconds_total'), 'process metrics');
+      assert.ok(all.some((x) => x.name === 'nodejs_eventloop_lag_seconds'), 'event-loop metrics');
+      return t;
+    };
+    const before = await check();
+    assert.equal(sample(before, 'turnpike_upstream_target_up', { service: 'app', target: up.url }), 1);
+
+    // Analytics: merged over both workers.
+    const an = JSON.parse((await request(`http://127.0.0.1:${a}/analytics?window=1m`)).body);
+    assert.equal(an.total.requests, 45);
+    assert.equal(an.total.errors, 3);
+    assert.equal(an.total.client_errors, 5);
+    assert.equal(an.routes.find((r: { route: string }) => r.route === 'ok').requests, 37);
+
+    // A rolling restart replaces both workers: their counts stay in the view.
+    run.child.kill('SIGUSR2');
+    await eventually(() => /rolling restart done/.test(run.stderr()), 20_000);
+    await check();
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await up.close();
+  }
+});
+
+test('access log: one line per request with the contract fields; secrets redacted; rotation with reopen', async () => {
+  const up = await startUpstream((req, res) => {
+    setTimeout(() => res.writeHead(201, { 'content-type': 'text/plain' }).end('created!'), 20);
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));
+  const log = join(dir, 'access.log');
+  const gw = await startGateway(`
+access_log:
+  destination: file
+  path: ${log}
+  fields: [time, request_id, client_ip, consumer, method, host, path, query, route, service, upstream, status, bytes_in, bytes_out, duration_ms, upstream_ms, gateway_ms, retries, error, headers]
+  redact: [headers.x-session, query.private]
+consumers:
+  - name: alice
+    credentials: [{type: key-auth, key: alice-secret-key-123}]
+services:
+  - name: app
+    url: ${up.url}
+    routes:
+      - name: orders
+        paths: [/orders]
+        plugins: [{name: key-auth, config: {query: apikey, header: x-key}}]
+      - name: open
+        paths: [/open]
+`);
+  try {
+    const r = await request(`${gw.url}/orders/1?apikey=alice-secret-key-123&private=p-value-9&page=2`, {
+      method: 'POST',
+      body: 'hello',
+      headers: { authorization: 'Bearer tok-abc-456', cookie: 'sid=cookie-secret-789', 'x-session': 'sess-secret-000', 'x-trace-me': 'visible' },
+    });
+    assert.equal(r.status, 201);
+    const r2 = await request(`${gw.url}/open`, { headers: { 'x-key': 'alice-secret-key-123' } });
+    assert.equal(r2.status, 201);
+    const r3 = await request(`${gw.url}/orders/1`);
+    assert.equal(r3.status, 401);
+    const r4 = await request(`${gw.url}/nowhere`);
+    assert.equal(r4.status, 404);
+    await eventually(() => lines(log).length === 4);
+    const text = readFileSync(log, 'utf8');
+    for (const secret of ['alice-secret-key-123', 'tok-abc-456', 'cookie-secret-789', 'sess-secret-000', 'p-value-9']) {
+      assert.ok(!text.includes(secret), `${secret} leaked into the access log`);
+    }
+    const [a, b, c, d] = lines(log);
+    assert.equal(a!.request_id, r.headers['x-request-id']);
+    assert.equal(a!.consumer, 'alice');
+    assert.equal(a!.method, 'POST');
+    assert.equal(a!.path, '/orders/1');
+    assert.deepEqual(a!.query, { apikey: '[REDACTED]', private: '[REDACTED]', page: '2' });
+    assert.equal(a!.route, 'orders');
+    assert.equal(a!.service, 'app');
+    assert.equal(a!.upstream, up.url);
+    assert.equal(a!.status, 201);
+    assert.equal(a!.client_ip, '127.0.0.1');
+    assert.equal(a!.bytes_out, 'created!'.length);
+    assert.ok((a!.bytes_in as number) > 5 + 100, 'head and body counted');
+    assert.ok((a!.upstream_ms as number) >= 15, `upstream_ms ${a!.upstream_ms}`);
+    assert.ok((a!.duration_ms as number) >= (a!.upstream_ms as number));
+    assert.ok((a!.gateway_ms as number) >= 0 && (a!.gateway_ms as number) < (a!.duration_ms as number));
+    assert.equal(a!.retries, 0);
+    assert.equal(a!.error, null);
+    assert.ok(!Number.isNaN(Date.parse(a!.time as string)));
+    const h = a!.headers as Record<string, string>;
+    assert.equal(h.authorization, '[REDACTED]');
+    assert.equal(h.cookie, '[REDACTED]');
+    assert.equal(h['x-session'], '[REDACTED]');
+    assert.equal(h['x-trace-me'], 'visible');
+    // A key-auth header name is censored wherever it appears.
+    assert.equal((b!.headers as Record<string, string>)['x-key'], '[REDACTED]');
+    assert.equal(c!.status, 401);
+    assert.equal(c!.error, 'unauthorized');
+    assert.equal(c!.consumer, null);
+    assert.equal(c!.upstream_ms, null);
+    assert.equal(d!.status, 404);
+    assert.equal(d!.error, 'no-route');
+    assert.equal(d!.route, null);
+    assert.equal(d!.request_id, r4.headers['x-request-id']);
+
+    // Rotation: the file is moved away, reopen (SIGUSR1 in the CLI) starts a new one; nothing lost.
+    renameSync(log, `${log}.1`);
+    await request(`${gw.url}/open`);
+    gw.gw.observer.reopen();
+    await request(`${gw.url}/open`);
+    await eventually(() => lines(`${log}.1`).length + lines(log).length === 6);
+    assert.ok(lines(log).length >= 1);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('observability settings: errors name their path and line; the README example is valid', async () => {
+  assert.deepEqual(configIssues(`access_log:\n  destination: file\n`).map((i) => `${i.path} (line ${i.line}): ${i.message}`), [
+    'access_log (line 2): destination file needs a path',
+  ]);
+  assert.deepEqual(configIssues(`access_log:\n  redact: [headers.x-a, secrets.b]\n`).map((i) => `${i.path}: ${i.message}`), [
+    `access_log.redact[1]: unknown field "secrets" (one of time, request_id, client_ip, consumer, method, host, path, query, protocol, route, service, upstream, status, bytes_in, bytes_out, duration_ms, upstream_ms, gateway_ms, retries, error, grpc_status, user_agent, headers, trace_id)`,
+  ]);
+  assert.equal(configIssues(`metrics: {buckets: [0.1, 0.05]}\n`)[0]!.message, 'bucket bounds must be ascending');
+  assert.match(configIssues(`tracing: {enabled: true, sample: 2}\n`)[0]!.path, /^tracing\.sample/);
+  const readme = readFileSync('README.md', 'utf8');
+  const start = readme.indexOf('      access_log: {enabled: true, destination: file');
+  assert.ok(start !== -1, 'README lost its observability example');
+  const text = readme.slice(start).split('\n').filter((l, i, all) => all.slice(0, i + 1).every((x) => x.startsWith('      '))).map((l) => l.slice(6)).join('\n');
+  assert.deepEqual(configIssues(text), []);
+});
+
+test('a reload whose access log cannot be opened is refused; the running log continues', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));
+  const log = join(dir, 'a.log');
+  const cfg = (path: string) => `access_log: {destination: file, path: ${path}}\nservices: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]\n`;
+  const gw = await startGateway(cfg(log));
+  try {
+    await request(`${gw.url}/one`);
+    writeFileSync(join(dir, 'plain-file'), 'x');
+    const { parseConfigText } = await import('../src/config/load.js');
+    await assert.rejects(gw.gw.reloadAsync(parseConfigText(`listen: 127.0.0.1:0\n${cfg(join(dir, 'plain-file', 'sub.log'))}`)), /access_log.*cannot open/s);
+    assert.equal(gw.gw.revision, 1);
+    await request(`${gw.url}/two`);
+    await eventually(() => lines(log).map((l) => l.path).join() === '/one,/two');
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('a client that leaves before the answer is logged as 499 client-closed; HTTP sink gets the lines', async () => {
+  const got: string[] = [];
+  const sink = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      got.push(...body.split('\n').filter(Boolean));
+      res.end();
+    });
+  });
+  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+  const up = await startUpstream((_q, res) => setTimeout(() => res.end('late'), 300));
+  const gw = await startGateway(`access_log: {destination: http, url: "http://127.0.0.1:${(sink.address() as AddressInfo).port}/logs", batch_lines: 2, flush_interval: 100ms}
+services: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const s = connect(gw.port, '127.0.0.1');
+    s.write('GET /leaving HTTP/1.1\r\nHost: x\r\n\r\n');
+    await sleep(50);
+    s.destroy();
+    await request(`${gw.url}/staying`);
+    await eventually(() => got.length === 2, 5000);
+    const byPath = Object.fromEntries(got.map((l) => JSON.parse(l) as Record<string, unknown>).map((l) => [l.path, l]));
+    assert.equal((byPath['/leaving'] as { status: number }).status, 499);
+    assert.equal((byPath['/leaving'] as { error: string }).error, 'client-closed');
+    assert.equal((byPath['/staying'] as { status: number }).status, 200);
+    assert.equal((byPath['/staying'] as { type: string }).type, 'access');
+  } finally {
+    await gw.close();
+    await up.close();
+    await new Promise<void>((r) => sink.close(() => r()));
+  }
+});

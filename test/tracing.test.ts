@@ -1,0 +1,173 @@
+/** OpenTelemetry tracing: a real OTLP/HTTP receiver, W3C trace context to the upstream, span parentage. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { SignJWT, exportJWK, generateKeyPair } from 'jose';
+import { eventually, freePort, request, sleep, startGateway, startUpstream } from './helpers.js';
+
+interface OtlpSpan {
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+  attributes: { key: string; value: { stringValue?: string; intValue?: string | number } }[];
+}
+const KIND = { INTERNAL: 1, SERVER: 2, CLIENT: 3 };
+
+/** A minimal OTLP/HTTP (JSON) trace receiver: collects every span it is sent. */
+async function startCollector(): Promise<{ url: string; spans: OtlpSpan[]; posts: number; close(): Promise<void> }> {
+  const spans: OtlpSpan[] = [];
+  const state = { posts: 0 };
+  const server: Server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      state.posts++;
+      assert.equal(req.url, '/v1/traces');
+      assert.match(String(req.headers['content-type']), /^application\/json/);
+      const body = JSON.parse(Buffer.concat(chunks).toString()) as { resourceSpans: { scopeSpans: { spans: OtlpSpan[] }[] }[] };
+      for (const rs of body.resourceSpans) for (const ss of rs.scopeSpans) spans.push(...ss.spans);
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}/v1/traces`,
+    spans,
+    get posts() { return state.posts; },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+const attr = (s: OtlpSpan, key: string) => {
+  const v = s.attributes.find((a) => a.key === key)?.value;
+  return v?.stringValue ?? (v?.intValue !== undefined ? Number(v.intValue) : undefined);
+};
+
+test('tracing: the client trace continues through the gateway; spans for the request, a waiting plugin and each upstream attempt', async () => {
+  const collector = await startCollector();
+  const up = await startUpstream();
+  const dead = await freePort();
+  // A JWKS endpoint: the jwt plugin's first verification waits for it (a plugin span).
+  const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+  const jwks = { keys: [{ ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' }] };
+  const keys = await startUpstream((_q, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks)));
+  const token = await new SignJWT({ sub: 'svc-a' }).setProtectedHeader({ alg: 'ES256', kid: 'k1' }).setIssuedAt().setExpirationTime('5m').sign(privateKey);
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 1, service_name: edge}
+services:
+  - name: app
+    upstream:
+      balancer: round-robin
+      targets: [{url: "http://127.0.0.1:${dead}"}, {url: ${up.url}}]
+    retries: 1
+    routes:
+      - name: orders
+        paths: [/orders]
+        plugins: [{name: jwt, config: {jwks_url: ${keys.url}}}]
+`);
+  try {
+    const clientTrace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const clientSpan = '00f067aa0ba902b7';
+    const r = await request(`${gw.url}/orders/7`, {
+      headers: { authorization: `Bearer ${token}`, traceparent: `00-${clientTrace}-${clientSpan}-01`, tracestate: 'vendor=opaque' },
+    });
+    assert.equal(r.status, 200);
+    // Round robin may try the dead target first: then there are two attempts.
+    await eventually(() => collector.spans.some((s) => s.kind === KIND.SERVER), 8000);
+    const server = collector.spans.find((s) => s.kind === KIND.SERVER)!;
+    assert.equal(server.traceId, clientTrace);
+    assert.equal(server.parentSpanId, clientSpan);
+    assert.equal(server.name, 'GET orders');
+    assert.equal(attr(server, 'http.response.status_code'), 200);
+    assert.equal(attr(server, 'turnpike.service'), 'app');
+    assert.equal(attr(server, 'turnpike.consumer'), 'svc-a');
+    const attempts = collector.spans.filter((s) => s.kind === KIND.CLIENT);
+    assert.ok(attempts.length >= 1 && attempts.length <= 2, `${attempts.length} attempts`);
+    for (const a of attempts) {
+      assert.equal(a.traceId, clientTrace);
+      assert.equal(a.parentSpanId, server.spanId);
+    }
+    const last = attempts.find((a) => attr(a, 'http.response.status_code') === 200)!;
+    assert.ok(last, 'the answering attempt has its status');
+    const plugin = collector.spans.find((s) => s.kind === KIND.INTERNAL)!;
+    assert.equal(plugin.name, 'plugin jwt authenticate');
+    assert.equal(plugin.parentSpanId, server.spanId);
+    // The upstream got the answering attempt's context, and the client's tracestate.
+    const seen = up.requests.at(-1)!.headers;
+    assert.equal(seen.traceparent, `00-${clientTrace}-${last.spanId}-01`);
+    assert.equal(seen.tracestate, 'vendor=opaque');
+
+    // Force a retry: the dead target first (round robin alternates), then the live one.
+    collector.spans.length = 0;
+    for (let i = 0; i < 2; i++) await request(`${gw.url}/orders/8`, { headers: { authorization: `Bearer ${token}` } });
+    await eventually(() => collector.spans.filter((s) => s.kind === KIND.SERVER).length === 2, 8000);
+    const retried = collector.spans.filter((s) => s.kind === KIND.CLIENT && attr(s, 'http.request.resend_count') === 1);
+    assert.equal(retried.length, 1, 'one request needed a second attempt');
+    const failed = collector.spans.find((s) => s.kind === KIND.CLIENT && s.traceId === retried[0]!.traceId && s.spanId !== retried[0]!.spanId)!;
+    assert.equal(attr(failed, 'error.type'), 'ECONNREFUSED');
+    // A new trace (no client traceparent): the server span is a root.
+    assert.equal(collector.spans.find((s) => s.kind === KIND.SERVER)!.parentSpanId ?? '', '');
+  } finally {
+    await gw.close();
+    await Promise.all([up.close(), keys.close(), collector.close()]);
+  }
+});
+
+test('tracing: sampling 0 records nothing new but propagates a context; a sampled parent is followed; off = transparent', async () => {
+  const collector = await startCollector();
+  const up = await startUpstream();
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 0}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    await request(`${gw.url}/a`);
+    const tp = String(up.requests.at(-1)!.headers.traceparent);
+    assert.match(tp, /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/, 'not sampled, still a context');
+    const parent = `00-${'a'.repeat(32)}-${'b'.repeat(16)}-01`;
+    await request(`${gw.url}/b`, { headers: { traceparent: parent } });
+    assert.match(String(up.requests.at(-1)!.headers.traceparent), new RegExp(`^00-${'a'.repeat(32)}-[0-9a-f]{16}-01$`));
+    // A malformed traceparent is not trusted: a new trace starts.
+    await request(`${gw.url}/c`, { headers: { traceparent: '00-zz-yy-01' } });
+    assert.match(String(up.requests.at(-1)!.headers.traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-00$/);
+    await eventually(() => collector.spans.length >= 2, 8000);
+    await sleep(1500);
+    assert.deepEqual(new Set(collector.spans.map((s) => s.traceId)), new Set(['a'.repeat(32)]), 'only the sampled parent trace');
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+  // Tracing off: trace context passes through untouched.
+  const up2 = await startUpstream();
+  const gw2 = await startGateway(`services: [{name: app, url: ${up2.url}, routes: [{name: r, paths: [/]}]}]\n`);
+  try {
+    await request(`${gw2.url}/a`, { headers: { traceparent: `00-${'c'.repeat(32)}-${'d'.repeat(16)}-01`, tracestate: 'x=y' } });
+    assert.equal(up2.requests.at(-1)!.headers.traceparent, `00-${'c'.repeat(32)}-${'d'.repeat(16)}-01`);
+    assert.equal(up2.requests.at(-1)!.headers.tracestate, 'x=y');
+  } finally {
+    await gw2.close();
+    await up2.close();
+    await collector.close();
+  }
+});
+
+test('tracing: a dead collector costs nothing but dropped spans', async () => {
+  const up = await startUpstream();
+  const port = await freePort();
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: http://127.0.0.1:${port}/v1/traces, sample: 1}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    for (let i = 0; i < 20; i++) assert.equal((await request(`${gw.url}/x`)).status, 200);
+  } finally {
+    const t0 = Date.now();
+    await gw.close();
+    assert.ok(Date.now() - t0 < 8000, 'stop is bounded even with spans the collector never took');
+    await up.close();
+  }
+});
