@@ -263,3 +263,55 @@ services: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await new Promise<void>((r) => sink.close(() => r()));
   }
 });
+
+test('metrics: limit decisions, circuit and target state, reloads; hostile methods never become label values', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dead = await freePort();
+  const text = (limit: number) => `admin: {listen: 127.0.0.1:0}
+services:
+  - name: app
+    url: ${up.url}
+    routes:
+      - name: limited
+        paths: [/limited]
+        plugins: [{name: rate-limit, config: {limit: ${limit}, window: 1m}}]
+      - name: any
+        paths: [/any]
+  - name: gone
+    upstream:
+      targets: [{url: "http://127.0.0.1:${dead}"}]
+      healthcheck: {passive: {failures: 1, ejection: 60s}}
+    circuit_breaker: {min_requests: 2, failure_ratio: 0.5, window: 10s, open_for: 60s}
+    routes: [{name: gone, paths: [/gone]}]
+`;
+  const gw = await startGateway(text(3));
+  try {
+    for (let i = 0; i < 5; i++) await request(`${gw.url}/limited`);
+    // (a method llhttp does not know is a 400 before routing: it never gets this far)
+    for (const m of ['GET', 'PROPFIND', 'MKCOL', 'LOCK']) await request(`${gw.url}/any`, { method: m });
+    for (let i = 0; i < 3; i++) await request(`${gw.url}/gone`);
+    const { parseConfigText } = await import('../src/config/load.js');
+    await gw.gw.reloadAsync(parseConfigText(`listen: 127.0.0.1:0\n${text(4)}`));
+    await assert.rejects(gw.gw.reloadAsync(parseConfigText(`listen: 127.0.0.1:0\n${text(4).replace('name: any', 'name: limited')}`)));
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t, 'turnpike_limit_decisions_total', { route: 'limited', plugin: 'rate-limit', decision: 'allowed' }), 3);
+    assert.equal(sample(t, 'turnpike_limit_decisions_total', { route: 'limited', plugin: 'rate-limit', decision: 'rejected' }), 2);
+    assert.equal(sample(t, 'turnpike_requests_total', { route: 'limited', status: '429' }), 2);
+    const methods = new Set(parse(t).filter((x) => x.name === 'turnpike_requests_total' && x.labels.route === 'any').map((x) => x.labels.method));
+    assert.deepEqual([...methods].sort(), ['GET', 'OTHER']);
+    assert.equal(sample(t, 'turnpike_requests_total', { route: 'any', method: 'OTHER' }), 3);
+    assert.equal(sample(t, 'turnpike_upstream_target_up', { service: 'gone', target: `http://127.0.0.1:${dead}` }), 0);
+    assert.equal(sample(t, 'turnpike_upstream_target_up', { service: 'app', target: up.url }), 1);
+    assert.equal(sample(t, 'turnpike_config_revision', {}), 2);
+    assert.equal(sample(t, 'turnpike_config_reloads_total', { result: 'success' }), 1);
+    assert.equal(sample(t, 'turnpike_config_reloads_total', { result: 'failure' }), 1);
+    const circuit = parse(t).filter((x) => x.name === 'turnpike_circuit_state' && x.labels.service === 'gone');
+    assert.equal(circuit.reduce((n, x) => n + x.value, 0), 1, 'exactly one state is current');
+    const st = JSON.parse((await request(`${gw.adminUrl}/status`)).body);
+    assert.equal(st.upstreams.targets, 2);
+    assert.deepEqual(st.upstreams.targets_down, [`gone|http://127.0.0.1:${dead}`]);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
