@@ -315,3 +315,35 @@ services:
     await up.close();
   }
 });
+
+test('analytics across nodes: two gateways sharing Redis answer /analytics with both; Redis down -> this node, marked partial', async () => {
+  const { startRedis } = await import('./redis-server.js');
+  const redis = await startRedis();
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const text = `admin: {listen: 127.0.0.1:0}
+redis: {url: "${redis.url}", prefix: "an:", timeout: 300}
+analytics: {publish_interval: 200ms}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`;
+  const a = await startGateway(text);
+  const b = await startGateway(text);
+  try {
+    for (let i = 0; i < 7; i++) await request(`${a.url}/x`);
+    for (let i = 0; i < 4; i++) await request(`${b.url}/x`);
+    // Each node publishes at start and every 200 ms.
+    await eventually(async () => JSON.parse((await request(`${a.adminUrl}/analytics?window=1m`)).body).total.requests === 11, 15_000, 250);
+    const fromA = JSON.parse((await request(`${a.adminUrl}/analytics?window=1m`)).body);
+    assert.equal(fromA.nodes, 2);
+    assert.equal(fromA.routes[0].requests, 11);
+    await redis.kill();
+    const alone = JSON.parse((await request(`${b.adminUrl}/analytics?window=1m`)).body);
+    assert.equal(alone.total.requests, 4);
+    assert.equal(alone.nodes, 1);
+    assert.match(alone.partial, /other nodes unknown/);
+  } finally {
+    await a.close();
+    await b.close();
+    await up.close();
+    await redis.stop();
+  }
+});

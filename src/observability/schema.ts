@@ -43,6 +43,7 @@ export const Tracing = Strict({
 export const Analytics = Strict({
   enabled: Type.Optional(Type.Boolean({ default: true })),
   top_consumers: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000, default: 200, description: 'Consumers tracked per time slot (beyond: counted as "(other)").' })),
+  publish_interval: Type.Optional(Duration('With redis: how often this node publishes its analytics for the other nodes (default 10s)')),
 }, 'Per-route and per-consumer statistics over 1 min / 1 h / 24 h, on the admin API (/analytics).');
 
 export type AccessLogInput = Static<typeof AccessLog>;

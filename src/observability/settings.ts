@@ -22,7 +22,7 @@ export interface ObservabilitySettings {
   accessLog: AccessLogSettings | null;
   metrics: { buckets: readonly number[] } | null;
   tracing: TracingSettings | null;
-  analytics: { topConsumers: number } | null;
+  analytics: { topConsumers: number; publishMs: number } | null;
 }
 
 /** Request fields that carry credentials: always censored when headers are logged. */
@@ -102,6 +102,6 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
     tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {} };
   }
   const a = cfg.analytics;
-  const analytics = (a?.enabled ?? true) ? { topConsumers: a?.top_consumers ?? 200 } : null;
+  const analytics = (a?.enabled ?? true) ? { topConsumers: a?.top_consumers ?? 200, publishMs: Math.max(100, parseDuration(a?.publish_interval ?? '10s')) } : null;
   return { accessLog, metrics, tracing, analytics };
 }

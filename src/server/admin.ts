@@ -16,7 +16,7 @@ export interface AdminView {
   revision: number;
   startedAt: number;
   inFlight: number;
-  snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined } | null };
+  snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined } | null; observability: { analytics: unknown } };
   health: { report(): unknown } | null;
   workers?: () => { pid: number | undefined; state: string }[];
   /** WebSocket counters of this process (a primary has none of its own). */
@@ -24,6 +24,8 @@ export interface AdminView {
   observer: Observer;
   /** Primary: the workers' metrics and analytics. */
   collect?: () => Promise<{ metrics: unknown[][]; analytics: AnalyticsState[] }>;
+  /** Analytics states of this node (its workers) and of the other nodes sharing its Redis. */
+  analyticsStates(): Promise<{ states: AnalyticsState[]; nodes: number; error?: string }>;
 }
 
 /** Targets up / down and circuits not closed, for /status (details: /health). */
@@ -49,10 +51,8 @@ async function analyticsReport(gw: AdminView, q: URLSearchParams): Promise<unkno
   const window = (q.get('window') ?? '1h') as WindowName;
   const top = Math.min(1000, Math.max(1, Number(q.get('top') ?? 10) || 10));
   const opts = { top, ...(q.get('route') ? { route: q.get('route')! } : {}), ...(q.get('consumer') ? { consumer: q.get('consumer')! } : {}) };
-  const own = gw.observer.analytics;
-  const states = gw.collect ? (await gw.collect()).analytics : [];
-  if (own !== null) states.push(own.state());
-  return Analytics.report(states, window, opts);
+  const { states, nodes, error } = await gw.analyticsStates();
+  return { ...Analytics.report(states, window, opts), nodes, ...(error ? { partial: error } : {}) };
 }
 
 /** Whether the request carries the admin token (`Authorization: Bearer ...`), compared in constant time. */
@@ -122,7 +122,7 @@ export function createAdminHandler(gw: AdminView) {
     if (path === '/analytics' && read) {
       const q = new URL(req.url ?? '/', 'http://x').searchParams;
       if (!WINDOWS.includes(q.get('window') ?? '1h')) return sendProblem(res, 'bad-request', 'window is one of 1m, 1h, 24h', undefined);
-      if (gw.observer.analytics === null && !gw.collect) return sendProblem(res, 'no-route', 'analytics are disabled (analytics.enabled: false)', undefined);
+      if (gw.snapshot.observability.analytics === null) return sendProblem(res, 'no-route', 'analytics are disabled (analytics.enabled: false)', undefined);
       analyticsReport(gw, q).then((r) => sendJson(req, res, 200, r), (err: unknown) => sendProblem(res, 'internal-error', `analytics failed: ${(err as Error).message}`, undefined));
       return;
     }

@@ -29,6 +29,7 @@ import { silentLogger, type Logger } from '../core/log.js';
 import { Observer } from '../observability/observer.js';
 import type { GaugeSource } from '../observability/metrics.js';
 import type { AnalyticsState } from '../observability/analytics.js';
+import { SharedAnalytics } from '../observability/shared-analytics.js';
 
 export interface GatewayOptions {
   logger?: Logger;
@@ -153,6 +154,8 @@ export class Gateway implements RequestContext {
   private redisSetting = '';
   /** Metrics, access log, analytics, tracing. */
   readonly observer: Observer;
+  /** Analytics shared with other nodes through Redis (null: no redis, or analytics off). */
+  private shared: SharedAnalytics | null = null;
   private reloadsOk = 0;
   private reloadsFailed = 0;
   readonly collect: GatewayOptions['collect'];
@@ -196,10 +199,45 @@ export class Gateway implements RequestContext {
     }
     this.collect = opts.collect;
     this.useRedis(redis);
+    this.shareAnalytics();
     this.persistCounters(this.snapshot);
     applyLimits(this.snapshot);
     this.health?.sync(this.snapshot);
     if (this.role !== 'worker') this.scheduleDnsRefresh();
+  }
+
+  /** Publishes analytics to the config's Redis (node or primary; workers report to their primary). */
+  private shareAnalytics(): void {
+    const redis = this.counters.redis;
+    const settings = this.snapshot.observability.analytics;
+    const want = this.role !== 'worker' && redis instanceof RedisStore && settings !== null;
+    if (want && this.shared?.client === (redis as RedisStore).client && this.shared.publishMs === settings.publishMs) return;
+    this.shared?.stop();
+    this.shared = null;
+    if (!want) return;
+    const store = redis as RedisStore;
+    this.shared = new SharedAnalytics(store.client, store.prefix, () => this.localAnalytics(), this.log, settings!.publishMs);
+    this.shared.start();
+  }
+
+  /** This node's analytics states: its own, or its workers'. */
+  private async localAnalytics(): Promise<AnalyticsState[]> {
+    const states = this.collect ? (await this.collect()).analytics : [];
+    const own = this.observer.analytics;
+    if (own !== null) states.push(own.state());
+    return states;
+  }
+
+  /** Analytics states of this node and (with redis) the other nodes that published recently. */
+  async analyticsStates(): Promise<{ states: AnalyticsState[]; nodes: number; error?: string }> {
+    const states = await this.localAnalytics();
+    if (this.shared === null) return { states, nodes: 1 };
+    try {
+      const o = await this.shared.others();
+      return { states: [...states, ...o.states], nodes: 1 + o.nodes };
+    } catch (err) {
+      return { states, nodes: 1, error: `other nodes unknown: ${(err as Error).message}` };
+    }
   }
 
   /** A reload that failed before it reached the gateway (the file did not parse or validate). */
@@ -737,6 +775,7 @@ export class Gateway implements RequestContext {
     this.loaded = loaded;
     this.dns = dns;
     this.useRedis(redis);
+    this.shareAnalytics();
     this.persistCounters(next);
     applyLimits(next);
     this.revision++;
@@ -808,6 +847,7 @@ export class Gateway implements RequestContext {
     await this.pools.closeAll();
     await this.counters.local.close?.();
     await this.counters.redis?.close?.();
+    this.shared?.stop();
     await this.observer.close();
     this.log.info('stopped');
   }
