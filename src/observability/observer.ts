@@ -63,12 +63,15 @@ export class Observer {
       access = null;
       if (s.accessLog && proxying) {
         const sink = createSink(s.accessLog.sink, this.log);
+        // Only paths into fields the lines hold (no headers field: no header redaction work per line).
+        const fields = s.accessLog.fields as readonly string[];
+        const paths = s.accessLog.redact.filter((p) => fields.includes(/^[a-z_]+/.exec(p)![0]));
         const logger = pino({
           base: null,
           timestamp: false,
           // Every line starts with "type":"access" (process log lines on the same stdout have a level).
           formatters: { level: () => ({ type: 'access' }) },
-          redact: { paths: s.accessLog.redact, censor: '[REDACTED]' },
+          ...(paths.length ? { redact: { paths, censor: '[REDACTED]' } } : {}),
         }, sink);
         access = { key, settings: s.accessLog, sink, logger };
       }
