@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { connect as h2connect } from 'node:http2';
 import { request as httpRequest } from 'node:http';
-import { startGateway, type TestGateway } from './helpers.js';
+import { promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
 import {
   startGrpcServer, echoClient, sayP, sumP, chatP, collect, metadata, jsonFrame, parseFrames, parseTrailerBlock, deserializeJson,
@@ -22,6 +22,7 @@ before(async () => {
   plain = await startGrpcServer();
   secure = await startGrpcServer({ tls: { cert: leaf.cert, key: leaf.key } });
   gw = await startGateway(`
+admin: {listen: 127.0.0.1:0}
 http2: {h2c: true}
 listen_tls: 127.0.0.1:0
 tls: {certificates: [{hosts: [edge.test], cert: ${edge.certFile}, key: ${edge.keyFile}}]}
@@ -88,6 +89,11 @@ test('unary, server-streaming, client-streaming and bidi calls through the gatew
       client.close();
     }
   }
+  // Every call's grpc-status (from the trailers, or a Trailers-Only answer) is counted: per client
+  // OK x4 (say, count, sum, chat), INVALID_ARGUMENT x1, ABORTED x1.
+  const t = (await request(`${gw.adminUrl}/metrics`)).body;
+  const grpcCount = (code: string) => promValue(t, 'turnpike_grpc_responses_total', { service: 'echo', grpc_status: code });
+  assert.deepEqual([grpcCount('0'), grpcCount('3'), grpcCount('10')], [8, 2, 2]);
 });
 
 test('grpcs upstream (TLS verified with tls.ca) and gateway errors in gRPC terms (UNAVAILABLE, UNIMPLEMENTED)', async () => {
@@ -118,6 +124,10 @@ test('grpcs upstream (TLS verified with tls.ca) and gateway errors in gRPC terms
     });
     assert.equal(other.status, 200);
     assert.equal(other.headers['grpc-status'], String(grpc.status.UNIMPLEMENTED));
+    // The gateway's own gRPC answers are counted by their grpc-status too.
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(promValue(t, 'turnpike_grpc_responses_total', { service: 'down', grpc_status: String(grpc.status.UNAVAILABLE) }), 1);
+    assert.equal(promValue(t, 'turnpike_grpc_responses_total', { service: '', grpc_status: String(grpc.status.UNIMPLEMENTED) }), 1);
   } finally {
     client.close();
   }

@@ -7,6 +7,7 @@ import { Gateway } from '../src/server/gateway.js';
 import { compile } from '../src/config/compile.js';
 import { ConfigError } from '../src/config/errors.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
+import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 
 export interface TestGateway {
   gw: Gateway;
@@ -270,4 +271,19 @@ export function configIssues(text: string): { path: string; line?: number; messa
   } finally {
     void pools.closeAll();
   }
+}
+
+/**
+ * The samples of a Prometheus text exposition, parsed by parse-prometheus-text-format (which
+ * only groups unlabelled histograms: histogram families are read as their _bucket / _sum /
+ * _count samples).
+ */
+export function promSamples(text: string): { name: string; labels: Record<string, string>; value: number }[] {
+  return parsePrometheusTextFormat(text.replace(/^# TYPE (\S+) histogram$/gm, '# TYPE $1 untyped'))
+    .flatMap((f) => f.metrics.map((m) => ({ name: f.name, labels: m.labels ?? {}, value: Number(m.value) })));
+}
+
+/** The value of the sample of `name` whose labels include `labels` (0 when absent). */
+export function promValue(text: string, name: string, labels: Record<string, string>): number {
+  return promSamples(text).find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v))?.value ?? 0;
 }

@@ -6,24 +6,9 @@ import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import parsePrometheusTextFormat from 'parse-prometheus-text-format';
-import { configIssues, eventually, freePort, request, sleep, startCli, startGateway, startUpstream, waitFor } from './helpers.js';
+import { promSamples as parse, promValue as sample, configIssues, eventually, freePort, request, sleep, startCli, startGateway, startUpstream, waitFor } from './helpers.js';
 
 const fresh = { connection: 'close' }; // a new connection per request: the cluster spreads them over the workers
-
-/**
- * The samples of a /metrics text, parsed by parse-prometheus-text-format (which only groups
- * unlabelled histograms: histogram families are read as their _bucket/_sum/_count samples).
- */
-function parse(text: string): { name: string; labels: Record<string, string>; value: number }[] {
-  return parsePrometheusTextFormat(text.replace(/^# TYPE (\S+) histogram$/gm, '# TYPE $1 untyped'))
-    .flatMap((f) => f.metrics.map((m) => ({ name: f.name, labels: m.labels ?? {}, value: Number(m.value) })));
-}
-
-/** The value of the sample of `name` whose labels include `labels` (0 when absent). */
-function sample(text: string, name: string, labels: Record<string, string>): number {
-  return parse(text).find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v))?.value ?? 0;
-}
 
 const lines = (file: string) => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>) : []);
 

@@ -35,10 +35,10 @@ export type ProblemCode = keyof typeof PROBLEMS;
 
 const kAnswered = Symbol('turnpike.answered');
 /** What the gateway answered itself on a response (for the access log and metrics). */
-export interface Answered { code: ProblemCode | null; requestId: string; bytes: number }
+export interface Answered { code: ProblemCode | null; requestId: string; bytes: number; grpcStatus: number | null }
 
-export function markAnswered(res: ServerResponse, code: ProblemCode | null, requestId: string | undefined, bytes: number): void {
-  (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered] = { code, requestId: requestId ?? '', bytes };
+export function markAnswered(res: ServerResponse, code: ProblemCode | null, requestId: string | undefined, bytes: number, grpcStatus: number | null = null): void {
+  (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered] = { code, requestId: requestId ?? '', bytes, grpcStatus };
 }
 export const answeredBy = (res: ServerResponse): Answered | undefined => (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered];
 
@@ -74,7 +74,7 @@ export function sendProblem(
   const close = opts.close === true && !isHttp2(res);
   const ct = req?.headers?.['content-type'];
   if (typeof ct === 'string' && ct.startsWith('application/grpc')) {
-    markAnswered(res, code, requestId, 0);
+    markAnswered(res, code, requestId, 0, grpcStatusOf(PROBLEMS[code].status));
     return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct);
   }
   const body = problemBody(code, detail, requestId);

@@ -118,7 +118,10 @@ export class Observer {
     const upstream = ex.upstreamHeaders > 0 ? ex.upstreamHeaders - ex.upstreamStart : null;
     const gateway = ex.upstreamStart > 0 ? ex.upstreamStart - ex.start : total;
     const local = answeredBy(res);
-    if (local !== undefined && ex.bytesOut === 0) ex.bytesOut = local.bytes;
+    if (local !== undefined) {
+      if (ex.bytesOut === 0) ex.bytesOut = local.bytes;
+      if (local.grpcStatus !== null) ex.grpcStatus = String(local.grpcStatus);
+    }
     if (req.complete) {
       const cl = req.headers['content-length'];
       if (cl !== undefined && !ex.bodyCounted) ex.bytesIn += Number(cl) || 0;
