@@ -184,7 +184,7 @@ test('observability settings: errors name their path and line; the README exampl
     'access_log (line 2): destination file needs a path',
   ]);
   assert.deepEqual(configIssues(`access_log:\n  redact: [headers.x-a, secrets.b]\n`).map((i) => `${i.path}: ${i.message}`), [
-    `access_log.redact[1]: unknown field "secrets" (one of time, request_id, client_ip, consumer, method, host, path, query, protocol, route, service, upstream, status, bytes_in, bytes_out, duration_ms, upstream_ms, gateway_ms, retries, error, grpc_status, user_agent, headers, trace_id)`,
+    `access_log.redact[1]: unknown field "secrets" (one of time, request_id, client_ip, consumer, method, host, path, query, protocol, route, service, upstream, status, bytes_in, bytes_out, duration_ms, upstream_ms, gateway_ms, retries, error, grpc_status, websocket, user_agent, headers, trace_id)`,
   ]);
   assert.equal(configIssues(`metrics: {buckets: [0.1, 0.05]}\n`)[0]!.message, 'bucket bounds must be ascending');
   assert.match(configIssues(`tracing: {enabled: true, sample: 2}\n`)[0]!.path, /^tracing\.sample/);

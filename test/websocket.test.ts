@@ -4,7 +4,10 @@ import assert from 'node:assert/strict';
 import type { AddressInfo } from 'node:net';
 import type { IncomingMessage } from 'node:http';
 import { WebSocket, WebSocketServer } from 'ws';
-import { eventually, rawRequest, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { eventually, promValue, rawRequest, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
 
 interface EchoUpstream { port: number; url: string; handshakes: IncomingMessage[]; closes: { code: number; reason: string }[]; sockets: Set<WebSocket>; close(): Promise<void> }
@@ -74,8 +77,9 @@ services:
     routes: [{name: plain, paths: [/plain]}]
 `;
 
-test('WebSocket echo through the gateway: text and binary, subprotocol, forwarding headers, request id, path rewriting', async () => {
-  const t = await startGateway(config());
+test('WebSocket echo through the gateway: text and binary, subprotocol, forwarding headers, request id, path rewriting; counted in metrics and the access log', async () => {
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-ws-')), 'access.log');
+  const t = await startGateway(`${config()}access_log: {destination: file, path: ${log}}\n`);
   try {
     const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat/room/1?x=2`, { protocols: ['chat.v1', 'chat.v2'] });
     assert.equal(ws.protocol, 'chat.v2');
@@ -102,6 +106,18 @@ test('WebSocket echo through the gateway: text and binary, subprotocol, forwardi
     assert.equal(t.gw.ws.messagesOut, 2);
     const status = JSON.parse((await request(`${t.adminUrl}/status`)).body);
     assert.deepEqual(status.websockets, { open: 0, opened: 1, rejected: 0, messages_in: 2, messages_out: 2 });
+    const m = (await request(`${t.adminUrl}/metrics`)).body;
+    assert.equal(promValue(m, 'turnpike_websocket_messages_total', { direction: 'in' }), 2);
+    assert.equal(promValue(m, 'turnpike_websocket_connections', {}), 0);
+    assert.equal(promValue(m, 'turnpike_websocket_upgrades_total', { result: 'opened' }), 1);
+    assert.equal(promValue(m, 'turnpike_requests_total', { route: 'chat', status: '101' }), 1);
+    await eventually(() => readFileSync(log, 'utf8').includes('"websocket"'));
+    const line = JSON.parse(readFileSync(log, 'utf8').trim().split('\n').at(-1)!);
+    assert.equal(line.status, 101);
+    assert.equal(line.route, 'chat');
+    assert.equal(line.request_id, res.headers['x-request-id']);
+    assert.deepEqual(line.websocket, { messages_in: 2, messages_out: 2, close_code: 4002, closed_by: 'client' });
+    assert.equal(line.error, null);
   } finally {
     await t.close();
   }

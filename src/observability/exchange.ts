@@ -6,6 +6,7 @@
 import type { CompiledRoute } from '../config/compile.js';
 import type { PluginCtx } from '../plugins/context.js';
 import type { Span } from '@opentelemetry/api';
+import type { WsStats } from '../server/websocket.js';
 
 export class Exchange {
   requestId = '';
@@ -35,6 +36,10 @@ export class Exchange {
   attempts = 0;
   /** grpc-status of a gRPC exchange (header or trailer), or null. */
   grpcStatus: string | null = null;
+  /** The status when the answer did not go through the response object (a WebSocket's 101 or handshake refusal). */
+  status = 0;
+  /** A WebSocket session's figures, once it closed. */
+  ws: WsStats | null = null;
   /** The request's server span when tracing samples it. */
   span: Span | null = null;
 

@@ -113,7 +113,7 @@ export class Observer {
   /** The response closed (sent, cut, or never sent: 499). */
   end(ex: Exchange, req: IncomingMessage, res: ServerResponse): void {
     const now = performance.now();
-    const status = res.headersSent ? res.statusCode : 499;
+    const status = ex.status || (res.headersSent ? res.statusCode : 499);
     const total = now - ex.start;
     const upstream = ex.upstreamHeaders > 0 ? ex.upstreamHeaders - ex.upstreamStart : null;
     const gateway = ex.upstreamStart > 0 ? ex.upstreamStart - ex.start : total;
@@ -140,7 +140,7 @@ export class Observer {
     }
     const route = ex.route;
     this.analytics?.record(route?.name ?? '', route?.service.name ?? '', ex.consumer, status, total);
-    const error = local?.code ?? (status === 499 ? 'client-closed' : res.headersSent && !res.writableFinished ? 'response-cut' : null);
+    const error = local?.code ?? (status === 499 ? 'client-closed' : ex.status === 0 && res.headersSent && !res.writableFinished ? 'response-cut' : null);
     if (ex.span !== null) this.tracing?.endRequest(ex, status, error);
     const a = this.access;
     if (a !== null) {
@@ -177,6 +177,11 @@ export class Observer {
         case 'user_agent': out.user_agent = req.headers['user-agent'] ?? null; break;
         case 'headers': out.headers = { ...req.headers }; break;
         case 'trace_id': if (ex.span !== null) out.trace_id = ex.span.spanContext().traceId; break;
+        case 'websocket': {
+          const w = ex.ws;
+          if (w !== null) out.websocket = { messages_in: w.messagesIn, messages_out: w.messagesOut, close_code: w.code, closed_by: w.closedBy };
+          break;
+        }
       }
     }
     return out;

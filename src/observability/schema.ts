@@ -10,7 +10,7 @@ const HttpUrl = Type.String({ pattern: '^https?://' });
 export const ACCESS_FIELDS = [
   'time', 'request_id', 'client_ip', 'consumer', 'method', 'host', 'path', 'query', 'protocol', 'route', 'service',
   'upstream', 'status', 'bytes_in', 'bytes_out', 'duration_ms', 'upstream_ms', 'gateway_ms', 'retries', 'error',
-  'grpc_status', 'user_agent', 'headers', 'trace_id',
+  'grpc_status', 'websocket', 'user_agent', 'headers', 'trace_id',
 ] as const;
 export type AccessField = (typeof ACCESS_FIELDS)[number];
 export const DEFAULT_ACCESS_FIELDS: readonly AccessField[] = ACCESS_FIELDS.filter((f) => f !== 'query' && f !== 'headers' && f !== 'user_agent');

@@ -529,8 +529,9 @@ function startWebSocket(
       ctx.ws.opened++;
       if (ex !== null) ex.upstreamHeaders = performance.now();
     },
-    onReject: () => {
+    onReject: (status) => {
       ctx.ws.rejected++;
+      if (ex !== null) ex.status = status;
       release();
       res.emit('close');
     },
@@ -538,6 +539,12 @@ function startWebSocket(
       ctx.ws.closed++;
       ctx.ws.messagesIn += stats.messagesIn;
       ctx.ws.messagesOut += stats.messagesOut;
+      if (ex !== null) {
+        ex.status = 101;
+        ex.ws = stats;
+        ex.bytesIn += stats.bytesIn;
+        ex.bytesOut += stats.bytesOut;
+      }
       release();
       ctx.onWsClose?.(stats, route.name, requestId);
       res.emit('close');
