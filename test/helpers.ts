@@ -260,10 +260,10 @@ export async function eventually(check: () => boolean | Promise<boolean>, ms = 5
 }
 
 /** The issues a config text is refused with (path, line, message); [] when it compiles. */
-export function configIssues(text: string): { path: string; line?: number; message: string }[] {
+export function configIssues(text: string, env: NodeJS.ProcessEnv = {}): { path: string; line?: number; message: string }[] {
   const pools = new PoolRegistry();
   try {
-    compile(parseConfigText(text, { env: {} }), { pools }).dispose();
+    compile(parseConfigText(text, { env }), { pools }).dispose();
     return [];
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;

@@ -193,6 +193,12 @@ test('observability settings: errors name their path and line; the README exampl
   assert.ok(start !== -1, 'README lost its observability example');
   const text = readme.slice(start).split('\n').filter((l, i, all) => all.slice(0, i + 1).every((x) => x.startsWith('      '))).map((l) => l.slice(6)).join('\n');
   assert.deepEqual(configIssues(text), []);
+  // docs/observability.md's settings block.
+  const doc = readFileSync('docs/observability.md', 'utf8');
+  const block = doc.slice(doc.indexOf('    access_log:\n')).split('\n');
+  const settings = block.slice(0, block.findIndex((l) => l !== '' && !l.startsWith('    '))).map((l) => l.slice(4)).join('\n');
+  assert.match(settings, /analytics:/);
+  assert.deepEqual(configIssues(settings, { LOG_TOKEN: 't' }), []);
 });
 
 test('a reload whose access log cannot be opened is refused; the running log continues', async () => {
