@@ -122,6 +122,7 @@ export function createAdminHandler(gw: AdminView) {
     if (path === '/analytics' && read) {
       const q = new URL(req.url ?? '/', 'http://x').searchParams;
       if (!WINDOWS.includes(q.get('window') ?? '1h')) return sendProblem(res, 'bad-request', 'window is one of 1m, 1h, 24h', undefined);
+      if (q.get('route') && q.get('consumer')) return sendProblem(res, 'bad-request', 'give route or consumer, not both', undefined);
       if (gw.snapshot.observability.analytics === null) return sendProblem(res, 'no-route', 'analytics are disabled (analytics.enabled: false)', undefined);
       analyticsReport(gw, q).then((r) => sendJson(req, res, 200, r), (err: unknown) => sendProblem(res, 'internal-error', `analytics failed: ${(err as Error).message}`, undefined));
       return;
