@@ -338,3 +338,32 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await redis.stop();
   }
 });
+
+test('access log: the default field set and the same fields listed explicitly give the same lines', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));
+  const { DEFAULT_ACCESS_FIELDS } = await import('../src/observability/schema.js');
+  const mk = (file: string, fields: string) => startGateway(`access_log: {destination: file, path: ${join(dir, file)}${fields}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const a = await mk('a.log', '');
+  const b = await mk('b.log', `, fields: [${DEFAULT_ACCESS_FIELDS.join(', ')}]`);
+  try {
+    for (const g of [a, b]) {
+      await request(`${g.url}/x?q=1`, { headers: { 'x-request-id': 'same-id-1' } });
+      await request(`${g.url}/x`, { method: 'POST', body: 'abc', headers: { 'x-request-id': 'same-id-2' } });
+    }
+    await eventually(() => lines(join(dir, 'a.log')).length === 2 && lines(join(dir, 'b.log')).length === 2);
+    const strip = (l: Record<string, unknown>) => {
+      const { time, duration_ms, upstream_ms, gateway_ms, client_ip, host, ...rest } = l;
+      assert.equal(typeof time, 'string');
+      for (const v of [duration_ms, upstream_ms, gateway_ms]) assert.equal(typeof v, 'number');
+      return { ...rest, keys: Object.keys(l).join() };
+    };
+    assert.deepEqual(lines(join(dir, 'a.log')).map(strip), lines(join(dir, 'b.log')).map(strip));
+  } finally {
+    await a.close();
+    await b.close();
+    await up.close();
+  }
+});

@@ -9,8 +9,8 @@ import { BUCKETS } from './metrics.js';
 export interface AccessLogSettings {
   sink: SinkSetting;
   fields: readonly AccessField[];
-  /** pino redact paths (fast-redact syntax). */
-  redact: string[];
+  /** Censored: these request header names (lower case) and query parameters, and these fields whole. */
+  redact: { headers: string[]; query: string[]; fields: string[] };
 }
 export interface TracingSettings {
   endpoint: string;
@@ -30,7 +30,6 @@ const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-c
 /** Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys). */
 const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'apikey', 'key', 'token', 'password', 'sig', 'signature', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token'];
 
-const bracket = (root: string, key: string) => `${root}[${JSON.stringify(key)}]`;
 
 /** Every key-auth header / query name used anywhere in the config (their values are keys). */
 function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: string[] } {
@@ -75,18 +74,19 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
       }
     }
     const keys = keyAuthNames(cfg);
-    const redact = new Set<string>();
-    for (const h of [...SECRET_HEADERS, ...keys.headers]) redact.add(bracket('headers', h));
-    for (const q of [...SECRET_PARAMS, ...keys.params]) redact.add(bracket('query', q));
+    const headers = new Set([...SECRET_HEADERS, ...keys.headers]);
+    const query = new Set([...SECRET_PARAMS, ...keys.params]);
+    const whole = new Set<string>();
     (al.redact ?? []).forEach((p, i) => {
       const dot = p.indexOf('.');
       const root = dot === -1 ? p : p.slice(0, dot);
       if (!(ACCESS_FIELDS as readonly string[]).includes(root)) return fail(['access_log', 'redact', i], `unknown field "${root}" (one of ${ACCESS_FIELDS.join(', ')})`);
-      if (dot === -1) redact.add(root);
-      else if (root === 'headers' || root === 'query') redact.add(bracket(root, root === 'headers' ? p.slice(dot + 1).toLowerCase() : p.slice(dot + 1)));
+      if (dot === -1) whole.add(root);
+      else if (root === 'headers') headers.add(p.slice(dot + 1).toLowerCase());
+      else if (root === 'query') query.add(p.slice(dot + 1));
       else fail(['access_log', 'redact', i], `only headers.<name> and query.<name> have parts; "${root}" is censored whole`);
     });
-    accessLog = { sink, fields: al.fields ?? DEFAULT_ACCESS_FIELDS, redact: [...redact] };
+    accessLog = { sink, fields: al.fields ?? DEFAULT_ACCESS_FIELDS, redact: { headers: [...headers], query: [...query], fields: [...whole] } };
   }
 
   let metrics: ObservabilitySettings['metrics'] = null;

@@ -59,6 +59,14 @@ const MiB = 1024 * 1024;
 const FD_MAX_BUFFER = 16 * MiB;
 /** Bound on flush() / close() for stdout / file (http uses timeout_ms). */
 const FD_FLUSH_TIMEOUT_MS = 5000;
+/**
+ * stdout / file: lines are written in chunks of at least this many bytes (one write call per
+ * ~150 lines instead of one per line: each asynchronous write is a hand-off to a libuv thread),
+ * and at least every FD_FLUSH_EVERY_MS.
+ */
+const FD_MIN_WRITE = 64 * 1024;
+const FD_MAX_WRITE = 256 * 1024;
+const FD_FLUSH_EVERY_MS = 250;
 /** Delays before the 2nd and 3rd attempt of a failed POST; then the batch is dropped. */
 const BACKOFF_MS = [250, 1000];
 const WARN_EVERY_MS = 10_000;
@@ -67,7 +75,7 @@ export function createSink(setting: SinkSetting, log?: Log): AccessSink {
   const warn = rateLimited(log);
   switch (setting.destination) {
     case 'stdout':
-      return new FdSink(pino.destination({ dest: 1, sync: false, maxLength: FD_MAX_BUFFER }), 'stdout', warn, false);
+      return new FdSink(pino.destination({ dest: 1, sync: false, minLength: FD_MIN_WRITE, maxWrite: FD_MAX_WRITE, maxLength: FD_MAX_BUFFER }), 'stdout', warn, false);
     case 'file':
       // sonic-boom opens asynchronously and reports failures as an 'error' event; open once
       // synchronously first so that a bad path is a config error instead.
@@ -78,7 +86,7 @@ export function createSink(setting: SinkSetting, log?: Log): AccessSink {
         throw new Error(`access log: cannot open ${setting.path} for writing: ${(err as Error).message}`, { cause: err });
       }
       return new FdSink(
-        pino.destination({ dest: setting.path, sync: false, mkdir: true, append: true, maxLength: FD_MAX_BUFFER }),
+        pino.destination({ dest: setting.path, sync: false, mkdir: true, append: true, minLength: FD_MIN_WRITE, maxWrite: FD_MAX_WRITE, maxLength: FD_MAX_BUFFER }),
         setting.path,
         warn,
         true,
@@ -116,9 +124,9 @@ function within(p: Promise<unknown>, ms: number): Promise<void> {
 class FdSink implements AccessSink {
   #dropped = 0;
   #written = 0;
-  /** Bytes accepted but not yet written to the fd (sonic-boom reports progress with 'write' events). */
-  private pending = 0;
-  private wakers: (() => void)[] = [];
+  /** Lines were written since the last flush (the timer flushes them). */
+  private dirty = false;
+  private readonly timer: NodeJS.Timeout;
   private closing?: Promise<void>;
 
   constructor(
@@ -127,10 +135,9 @@ class FdSink implements AccessSink {
     private readonly warn: Warn,
     private readonly isFile: boolean,
   ) {
-    stream.on('write', (n: number) => {
-      this.pending -= n;
-      if (this.pending <= 0) this.wake();
-    });
+    this.timer = setInterval(() => {
+      if (this.dirty) void this.flush();
+    }, FD_FLUSH_EVERY_MS).unref();
     // Emitted synchronously from write() when the buffer would exceed maxLength.
     stream.on('drop', () => {
       this.#dropped++;
@@ -139,7 +146,6 @@ class FdSink implements AccessSink {
     // Without a listener an 'error' event would crash the process. sonic-boom retries the
     // failed data on the next write.
     stream.on('error', (err: Error) => {
-      this.wake();
       warn('error', { destination: name, err }, `access log: writing to ${name} failed`);
     });
   }
@@ -162,7 +168,7 @@ class FdSink implements AccessSink {
       const ok = this.stream.write(chunk);
       if (this.#dropped !== before) return false;
       this.#written++;
-      this.pending += Buffer.byteLength(chunk);
+      this.dirty = true;
       return ok;
     } catch {
       this.#dropped++;
@@ -180,14 +186,22 @@ class FdSink implements AccessSink {
   }
 
   flush(cb?: (err?: Error) => void): Promise<void> {
-    const done =
-      this.pending <= 0 ? Promise.resolve() : within(new Promise<void>((r) => this.wakers.push(r)), FD_FLUSH_TIMEOUT_MS);
+    this.dirty = false;
+    // sonic-boom writes what it buffered and calls back once its buffer has drained.
+    const done = within(new Promise<void>((r) => {
+      try {
+        this.stream.flush(() => r());
+      } catch {
+        r(); // destroyed
+      }
+    }), FD_FLUSH_TIMEOUT_MS);
     if (cb) void done.then(() => cb());
     return done;
   }
 
   close(): Promise<void> {
     this.closing ??= (async () => {
+      clearInterval(this.timer);
       await this.flush();
       const closed = new Promise<void>((resolve) => {
         this.stream.once('close', resolve);
@@ -202,9 +216,6 @@ class FdSink implements AccessSink {
     return this.closing;
   }
 
-  private wake(): void {
-    for (const w of this.wakers.splice(0)) w();
-  }
 }
 
 /**

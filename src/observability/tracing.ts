@@ -16,6 +16,8 @@ import { VERSION } from '../version.js';
 import type { Exchange } from './exchange.js';
 import type { TracingSettings } from './settings.js';
 
+const NOOP = () => {};
+
 const getter: TextMapGetter<IncomingMessage['headers']> = {
   keys: (h) => Object.keys(h),
   get: (h, k) => h[k],
@@ -53,27 +55,27 @@ export class Tracing {
   startRequest(ex: Exchange, req: IncomingMessage, method: string): void {
     const parent = req.headers.traceparent !== undefined ? this.propagator.extract(ROOT_CONTEXT, req.headers, getter) : ROOT_CONTEXT;
     const route = ex.route!;
-    ex.span = this.tracer.startSpan(`${method} ${route.name}`, {
-      kind: SpanKind.SERVER,
-      startTime: ex.start,
-      attributes: {
-        'http.request.method': method,
-        'url.path': ex.path,
-        'http.route': route.name,
-        'server.address': ex.host,
-        'client.address': ex.clientIp,
-        'turnpike.service': route.service.name,
-        'turnpike.request_id': ex.requestId,
-      },
-    }, parent);
+    const span = (ex.span = this.tracer.startSpan(`${method} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
+    // An unsampled request gets a non-recording span: nothing more to build for it.
+    if (!span.isRecording()) return;
+    span.setAttributes({
+      'http.request.method': method,
+      'url.path': ex.path,
+      'http.route': route.name,
+      'server.address': ex.host,
+      'client.address': ex.clientIp,
+      'turnpike.service': route.service.name,
+      'turnpike.request_id': ex.requestId,
+    });
   }
 
   private context(ex: Exchange): Context {
     return trace.setSpan(ROOT_CONTEXT, ex.span!);
   }
 
-  /** A span for a plugin phase that waits; returns its end. */
+  /** A span for a plugin phase that waits; returns its end (a no-op for an unsampled request). */
   pluginSpan(ex: Exchange, plugin: string, phase: string): (error?: unknown) => void {
+    if (!ex.span!.isRecording()) return NOOP;
     const span = this.tracer.startSpan(`plugin ${plugin} ${phase}`, { kind: SpanKind.INTERNAL, attributes: { 'turnpike.plugin': plugin, 'turnpike.phase': phase } }, this.context(ex));
     return (error) => {
       if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
@@ -81,8 +83,16 @@ export class Tracing {
     };
   }
 
-  /** A CLIENT span for one upstream attempt; its context goes upstream in `headers`. */
-  startAttempt(ex: Exchange, method: string, origin: string, path: string, attempt: number, headers: string[]): Span {
+  /**
+   * A CLIENT span for one upstream attempt; its context goes upstream in `headers`. An unsampled
+   * request sends its own (non-recording) context and gets no span (null).
+   */
+  startAttempt(ex: Exchange, method: string, origin: string, path: string, attempt: number, headers: string[]): Span | null {
+    const server = ex.span!;
+    if (!server.isRecording()) {
+      this.propagator.inject(this.context(ex), headers, setter);
+      return null;
+    }
     const url = new URL(origin);
     const span = this.tracer.startSpan(method, {
       kind: SpanKind.CLIENT,
@@ -109,6 +119,7 @@ export class Tracing {
 
   endRequest(ex: Exchange, status: number, error: string | null): void {
     const span = ex.span!;
+    if (!span.isRecording()) return;
     span.setAttribute('http.response.status_code', status);
     const consumer = ex.consumer;
     if (consumer !== null) span.setAttribute('turnpike.consumer', consumer);
