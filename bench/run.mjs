@@ -523,7 +523,8 @@ async function main() {
       start: async () => {
         const port = await freePort();
         const file = join(tmp, 'turnpike.yaml');
-        writeFileSync(file, `listen: 127.0.0.1:${port}\nservices:\n  - name: bench\n    url: ${upstreamUrl}\n    routes:\n      - paths: [/]\n`);
+        // Like nginx here (access_log off): no access log; metrics and analytics stay on (the defaults).
+        writeFileSync(file, `listen: 127.0.0.1:${port}\naccess_log: {enabled: false}\nservices:\n  - name: bench\n    url: ${upstreamUrl}\n    routes:\n      - paths: [/]\n`);
         const child = start('turnpike', ...pin(proxyCpu, process.execPath, [...nodeArgs('turnpike'), TURNPIKE_BIN, 'start', '--config', file]), {
           TURNPIKE_LOG_LEVEL: 'silent',
         });
