@@ -367,3 +367,23 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('access log: hostile values stay inside their JSON strings', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`access_log: {destination: file, path: ${log}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const id = 'x"},"status":1,"a":"\\\\';
+    await request(`${gw.url}/p%22q/%5C"x`, { headers: { 'x-request-id': id } });
+    await eventually(() => lines(log).length === 1);
+    const [l] = lines(log);
+    assert.equal(l!.request_id, id);
+    assert.equal(l!.status, 200);
+    assert.equal(typeof l!.path, 'string');
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});

@@ -23,6 +23,24 @@ const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 
 const CENSORED = '[REDACTED]';
 
+/** A grpc-status as a number (null for what a broken upstream may send instead). */
+const grpcNumber = (v: string): number | null => (/^[0-9]{1,2}$/.test(v) ? Number(v) : null);
+
+/** A JSON string (or null). */
+const str = (v: string | null): string => (v === null ? 'null' : JSON.stringify(v));
+
+let lastMs = -1;
+let lastIso = '';
+/** ISO time of a performance.now() instant (one Date per millisecond, however many requests). */
+function isoTime(at: number): string {
+  const ms = Math.floor(performance.timeOrigin + at);
+  if (ms !== lastMs) {
+    lastMs = ms;
+    lastIso = new Date(ms).toISOString();
+  }
+  return lastIso;
+}
+
 /** The query as an object (repeated names joined with a comma), secret parameters censored. */
 function queryObject(q: string, secret: ReadonlySet<string>): Record<string, string> {
   const out: Record<string, string> = {};
@@ -166,37 +184,39 @@ export class Observer {
   private line(a: AccessLog, ex: Exchange, req: IncomingMessage, method: string, status: number, total: number, upstream: number | null, gateway: number, error: string | null): string {
     // Every line starts with "type":"access" (process log lines on the same stdout have a level).
     if (a.fields === DEFAULT_ACCESS_FIELDS && a.whole.length === 0) {
-      // The default set as one literal: a fixed-shape object is JSON.stringify's fast path.
-      return JSON.stringify({
-        type: 'access',
-        time: new Date(performance.timeOrigin + ex.start).toISOString(),
-        request_id: ex.requestId,
-        client_ip: ex.clientIp || plainIp(req.socket?.remoteAddress),
-        consumer: ex.consumer,
-        method,
-        host: ex.host,
-        path: ex.path || (req.url ?? '').split('?')[0],
-        protocol: req.httpVersion === '1.1' ? 'HTTP/1.1' : `HTTP/${req.httpVersion}`,
-        route: ex.route?.name ?? null,
-        service: ex.route?.service.name ?? null,
-        upstream: ex.target,
-        status,
-        bytes_in: ex.bytesIn,
-        bytes_out: ex.bytesOut,
-        duration_ms: round3(total),
-        upstream_ms: upstream === null ? null : round3(upstream),
-        gateway_ms: round3(gateway),
-        retries: ex.attempts > 1 ? ex.attempts - 1 : 0,
-        error,
-        grpc_status: ex.grpcStatus === null ? undefined : Number(ex.grpcStatus),
-        websocket: ex.ws === null ? undefined : { messages_in: ex.ws.messagesIn, messages_out: ex.ws.messagesOut, close_code: ex.ws.code, closed_by: ex.ws.closedBy },
-        trace_id: ex.span === null ? undefined : ex.span.spanContext().traceId,
-      }) + '\n';
+      // The default set, written out: half the cost of JSON.stringify on the same object. Values
+      // the gateway checked or made (method token, validated host, IP, names from the config's
+      // name pattern, origins, problem codes, numbers) need no escaping; the others (request id,
+      // consumer, path) go through JSON.stringify.
+      const route = ex.route;
+      const w = ex.ws;
+      return '{"type":"access","time":"' + isoTime(ex.start) +
+        '","request_id":' + str(ex.requestId) +
+        ',"client_ip":"' + (ex.clientIp || plainIp(req.socket?.remoteAddress)) +
+        '","consumer":' + str(ex.consumer) +
+        ',"method":"' + method +
+        '","host":"' + ex.host +
+        '","path":' + str(ex.path || (req.url ?? '').split('?')[0]!) +
+        ',"protocol":"HTTP/' + req.httpVersion +
+        (route === null ? '","route":null,"service":null' : '","route":"' + route.name + '","service":"' + route.service.name + '"') +
+        ',"upstream":' + (ex.target === null ? 'null' : '"' + ex.target + '"') +
+        ',"status":' + status +
+        ',"bytes_in":' + ex.bytesIn +
+        ',"bytes_out":' + ex.bytesOut +
+        ',"duration_ms":' + round3(total) +
+        ',"upstream_ms":' + (upstream === null ? 'null' : round3(upstream)) +
+        ',"gateway_ms":' + round3(gateway) +
+        ',"retries":' + (ex.attempts > 1 ? ex.attempts - 1 : 0) +
+        ',"error":' + (error === null ? 'null' : '"' + error + '"') +
+        (ex.grpcStatus === null ? '' : ',"grpc_status":' + grpcNumber(ex.grpcStatus)) +
+        (w === null ? '' : ',"websocket":' + JSON.stringify({ messages_in: w.messagesIn, messages_out: w.messagesOut, close_code: w.code, closed_by: w.closedBy })) +
+        (ex.span === null ? '' : ',"trace_id":"' + ex.span.spanContext().traceId + '"') +
+        '}\n';
     }
     const out: Record<string, unknown> = { type: 'access' };
     for (const f of a.fields) {
       switch (f) {
-        case 'time': out.time = new Date(performance.timeOrigin + ex.start).toISOString(); break;
+        case 'time': out.time = isoTime(ex.start); break;
         case 'request_id': out.request_id = ex.requestId; break;
         case 'client_ip': out.client_ip = ex.clientIp || plainIp(req.socket?.remoteAddress); break;
         case 'consumer': out.consumer = ex.consumer; break;
@@ -216,7 +236,7 @@ export class Observer {
         case 'gateway_ms': out.gateway_ms = round3(gateway); break;
         case 'retries': out.retries = ex.attempts > 1 ? ex.attempts - 1 : 0; break;
         case 'error': out.error = error; break;
-        case 'grpc_status': if (ex.grpcStatus !== null) out.grpc_status = Number(ex.grpcStatus); break;
+        case 'grpc_status': if (ex.grpcStatus !== null) out.grpc_status = grpcNumber(ex.grpcStatus); break;
         case 'user_agent': out.user_agent = req.headers['user-agent'] ?? null; break;
         case 'headers': out.headers = headerObject(req.headers, a.headers); break;
         case 'trace_id': if (ex.span !== null) out.trace_id = ex.span.spanContext().traceId; break;

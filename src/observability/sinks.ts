@@ -59,14 +59,9 @@ const MiB = 1024 * 1024;
 const FD_MAX_BUFFER = 16 * MiB;
 /** Bound on flush() / close() for stdout / file (http uses timeout_ms). */
 const FD_FLUSH_TIMEOUT_MS = 5000;
-/**
- * stdout / file: lines are written in chunks of at least this many bytes (one write call per
- * ~150 lines instead of one per line: each asynchronous write is a hand-off to a libuv thread),
- * and at least every FD_FLUSH_EVERY_MS.
- */
-const FD_MIN_WRITE = 64 * 1024;
-const FD_MAX_WRITE = 256 * 1024;
-const FD_FLUSH_EVERY_MS = 250;
+/** stdout / file: lines go to sonic-boom in chunks of about this many bytes, or every FD_FLUSH_EVERY_MS. */
+const FD_CHUNK = 32 * 1024;
+const FD_FLUSH_EVERY_MS = 100;
 /** Delays before the 2nd and 3rd attempt of a failed POST; then the batch is dropped. */
 const BACKOFF_MS = [250, 1000];
 const WARN_EVERY_MS = 10_000;
@@ -75,7 +70,7 @@ export function createSink(setting: SinkSetting, log?: Log): AccessSink {
   const warn = rateLimited(log);
   switch (setting.destination) {
     case 'stdout':
-      return new FdSink(pino.destination({ dest: 1, sync: false, minLength: FD_MIN_WRITE, maxWrite: FD_MAX_WRITE, maxLength: FD_MAX_BUFFER }), 'stdout', warn, false);
+      return new FdSink(pino.destination({ dest: 1, sync: false, maxLength: FD_MAX_BUFFER }), 'stdout', warn, false);
     case 'file':
       // sonic-boom opens asynchronously and reports failures as an 'error' event; open once
       // synchronously first so that a bad path is a config error instead.
@@ -86,7 +81,7 @@ export function createSink(setting: SinkSetting, log?: Log): AccessSink {
         throw new Error(`access log: cannot open ${setting.path} for writing: ${(err as Error).message}`, { cause: err });
       }
       return new FdSink(
-        pino.destination({ dest: setting.path, sync: false, mkdir: true, append: true, minLength: FD_MIN_WRITE, maxWrite: FD_MAX_WRITE, maxLength: FD_MAX_BUFFER }),
+        pino.destination({ dest: setting.path, sync: false, mkdir: true, append: true, maxLength: FD_MAX_BUFFER }),
         setting.path,
         warn,
         true,
@@ -120,12 +115,20 @@ function within(p: Promise<unknown>, ms: number): Promise<void> {
   });
 }
 
-/** stdout or a file, through an asynchronous sonic-boom. */
+/**
+ * stdout or a file, through an asynchronous sonic-boom. Lines are gathered here and handed over
+ * in chunks (FD_CHUNK bytes, or every FD_FLUSH_EVERY_MS): sonic-boom measures its pending
+ * buffer with Buffer.byteLength on every write, which per line would cost O(buffer) each time.
+ */
 class FdSink implements AccessSink {
   #dropped = 0;
   #written = 0;
-  /** Lines were written since the last flush (the timer flushes them). */
-  private dirty = false;
+  /** Lines not handed to sonic-boom yet, and their length (UTF-16 units: only a threshold). */
+  private lines: string[] = [];
+  private chars = 0;
+  /** Bytes handed to sonic-boom and not written to the fd yet ('write' events report progress). */
+  private pending = 0;
+  private wakers: (() => void)[] = [];
   private readonly timer: NodeJS.Timeout;
   private closing?: Promise<void>;
 
@@ -135,17 +138,23 @@ class FdSink implements AccessSink {
     private readonly warn: Warn,
     private readonly isFile: boolean,
   ) {
-    this.timer = setInterval(() => {
-      if (this.dirty) void this.flush();
-    }, FD_FLUSH_EVERY_MS).unref();
-    // Emitted synchronously from write() when the buffer would exceed maxLength.
-    stream.on('drop', () => {
-      this.#dropped++;
+    this.timer = setInterval(() => this.handOver(), FD_FLUSH_EVERY_MS).unref();
+    stream.on('write', (n: number) => {
+      this.pending -= n;
+      if (this.pending <= 0) this.wake();
+    });
+    // Emitted synchronously from write() when sonic-boom's buffer would exceed maxLength.
+    stream.on('drop', (data: string) => {
+      let n = 0;
+      for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) n++;
+      this.#dropped += n;
+      this.#written -= n;
       warn('drop', { destination: name, dropped: this.#dropped }, `access log: ${name} cannot keep up, dropping lines`);
     });
     // Without a listener an 'error' event would crash the process. sonic-boom retries the
     // failed data on the next write.
     stream.on('error', (err: Error) => {
+      this.wake();
       warn('error', { destination: name, err }, `access log: writing to ${name} failed`);
     });
   }
@@ -163,21 +172,31 @@ class FdSink implements AccessSink {
       this.#dropped++;
       return false;
     }
-    const before = this.#dropped;
+    this.lines.push(chunk);
+    this.#written++;
+    if ((this.chars += chunk.length) >= FD_CHUNK) this.handOver();
+    return true;
+  }
+
+  /** Gives the gathered lines to sonic-boom as one chunk. */
+  private handOver(): void {
+    if (this.lines.length === 0) return;
+    const chunk = this.lines.join('');
+    this.lines = [];
+    this.chars = 0;
+    const bytes = Buffer.byteLength(chunk);
+    this.pending += bytes;
     try {
-      const ok = this.stream.write(chunk);
-      if (this.#dropped !== before) return false;
-      this.#written++;
-      this.dirty = true;
-      return ok;
+      this.stream.write(chunk);
     } catch {
-      this.#dropped++;
-      return false;
+      this.pending -= bytes;
+      this.stream.emit('drop', chunk); // destroyed: counted like a drop
     }
   }
 
   reopen(): void {
     if (this.closing || !this.isFile) return;
+    this.handOver();
     try {
       this.stream.reopen();
     } catch (err) {
@@ -186,15 +205,9 @@ class FdSink implements AccessSink {
   }
 
   flush(cb?: (err?: Error) => void): Promise<void> {
-    this.dirty = false;
-    // sonic-boom writes what it buffered and calls back once its buffer has drained.
-    const done = within(new Promise<void>((r) => {
-      try {
-        this.stream.flush(() => r());
-      } catch {
-        r(); // destroyed
-      }
-    }), FD_FLUSH_TIMEOUT_MS);
+    this.handOver();
+    const done =
+      this.pending <= 0 ? Promise.resolve() : within(new Promise<void>((r) => this.wakers.push(r)), FD_FLUSH_TIMEOUT_MS);
     if (cb) void done.then(() => cb());
     return done;
   }
@@ -216,6 +229,9 @@ class FdSink implements AccessSink {
     return this.closing;
   }
 
+  private wake(): void {
+    for (const w of this.wakers.splice(0)) w();
+  }
 }
 
 /**
