@@ -404,6 +404,7 @@ async function main() {
     const file = join(tmp, 'turnpike.yaml');
     writeFileSync(file, [
       `listen: 127.0.0.1:${port}`,
+      'access_log: {enabled: false}',
       `listen_tls: 127.0.0.1:${tlsPort}`,
       `tls: {certificates: [{hosts: [${SNI}], cert: "${cert}", key: "${key}"}]}`,
       'http2: {h2c: true, max_concurrent_streams: 256}',

@@ -97,7 +97,7 @@ const upstream = start('upstream', ...pin(0, process.execPath, [join(ROOT, 'benc
 const upUrl = `http://127.0.0.1:${(await waitOutput(upstream, /LISTENING ([0-9]+)/))[1]}`;
 
 function routesYaml(port, generation) {
-  const lines = [`listen: 127.0.0.1:${port}`, 'services:', '  - name: bench', `    url: ${upUrl}`, '    routes:'];
+  const lines = [`listen: 127.0.0.1:${port}`, 'access_log: {enabled: false}', 'services:', '  - name: bench', `    url: ${upUrl}`, '    routes:'];
   for (let i = 0; i < ROUTES; i++) {
     // Mixed shapes: literals, {param} segments, a few methods; one route changes per generation.
     const p = i % 3 === 0 ? `/api/v${i % 7}/r${i}/{id}` : i % 3 === 1 ? `/svc${i}/items` : `/t/${i}/{a}/x/{b}`;
@@ -208,7 +208,7 @@ try {
     async function turnpike(w) {
       const port = await freePort();
       const file = join(tmp, `w${w}.yaml`);
-      writeFileSync(file, `listen: 127.0.0.1:${port}\nworkers: ${w}\nwatch: false\nservices:\n  - name: bench\n    url: ${up2Url}\n    routes: [{paths: [/]}]\n`);
+      writeFileSync(file, `listen: 127.0.0.1:${port}\naccess_log: {enabled: false}\nworkers: ${w}\nwatch: false\nservices:\n  - name: bench\n    url: ${up2Url}\n    routes: [{paths: [/]}]\n`);
       const c = start(`turnpike-w${w}`, process.execPath, [join(ROOT, 'bin/turnpike.js'), 'start', '--config', file], { TURNPIKE_LOG_LEVEL: 'silent' });
       await waitOutput(c, /proxy on http/);
       return { url: `http://127.0.0.1:${port}/`, child: c };
