@@ -26,8 +26,9 @@ const CENSORED = '[REDACTED]';
 /** A grpc-status as a number (null for what a broken upstream may send instead). */
 const grpcNumber = (v: string): number | null => (/^[0-9]{1,2}$/.test(v) ? Number(v) : null);
 
-/** A JSON string (or null). */
-const str = (v: string | null): string => (v === null ? 'null' : JSON.stringify(v));
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\u007f-\uffff]/;
+/** A JSON string (or null): quoted as is when nothing in it needs escaping (the usual case). */
+const str = (v: string | null): string => (v === null ? 'null' : NEEDS_ESCAPE.test(v) ? JSON.stringify(v) : '"' + v + '"');
 
 let lastMs = -1;
 let lastIso = '';

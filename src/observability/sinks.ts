@@ -60,7 +60,7 @@ const FD_MAX_BUFFER = 16 * MiB;
 /** Bound on flush() / close() for stdout / file (http uses timeout_ms). */
 const FD_FLUSH_TIMEOUT_MS = 5000;
 /** stdout / file: lines go to sonic-boom in chunks of about this many bytes, or every FD_FLUSH_EVERY_MS. */
-const FD_CHUNK = 32 * 1024;
+const FD_CHUNK = 128 * 1024;
 const FD_FLUSH_EVERY_MS = 100;
 /** Delays before the 2nd and 3rd attempt of a failed POST; then the batch is dropped. */
 const BACKOFF_MS = [250, 1000];
