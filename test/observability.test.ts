@@ -387,3 +387,19 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('a primary (workers > 1) refuses an access log file its workers could not open', async () => {
+  const { Observer } = await import('../src/observability/observer.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));
+  writeFileSync(join(dir, 'plain-file'), 'x');
+  const settings = (path: string) => ({
+    accessLog: { sink: { destination: 'file' as const, path }, fields: [], redact: { headers: [], query: [], fields: [] } },
+    metrics: null, tracing: null, analytics: null,
+  });
+  const gauges = { inFlight: () => 0, revision: () => 1, reloads: () => ({ ok: 0, failed: 0 }), targets: () => [], circuits: () => [], websockets: () => null };
+  assert.throws(() => new Observer(settings(join(dir, 'plain-file', 'a.log')), gauges, silentLogger, 'primary'), /cannot open/);
+  const ok = new Observer(settings(join(dir, 'a.log')), gauges, silentLogger, 'primary');
+  assert.equal(ok.begin(), null, 'a primary records nothing itself');
+  await ok.close();
+});

@@ -14,7 +14,7 @@ import { plainIp } from '../core/forwarded.js';
 import { Exchange } from './exchange.js';
 import { Metrics, type GaugeSource, type RouteStats } from './metrics.js';
 import { Analytics } from './analytics.js';
-import { createSink, type AccessSink } from './sinks.js';
+import { checkSink, createSink, type AccessSink } from './sinks.js';
 import { DEFAULT_ACCESS_FIELDS, type AccessField } from './schema.js';
 import type { ObservabilitySettings } from './settings.js';
 import { Tracing } from './tracing.js';
@@ -88,6 +88,8 @@ export class Observer {
    */
   configure(s: ObservabilitySettings): void {
     const proxying = this.role !== 'primary';
+    // A primary writes no access log itself, but refuses a file its workers could not open.
+    if (!proxying && s.accessLog) checkSink(s.accessLog.sink);
     let access = this.access;
     const key = s.accessLog && proxying ? JSON.stringify(s.accessLog) : '';
     if (key !== (access?.key ?? '')) {

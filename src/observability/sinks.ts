@@ -66,6 +66,17 @@ const FD_FLUSH_EVERY_MS = 100;
 const BACKOFF_MS = [250, 1000];
 const WARN_EVERY_MS = 10_000;
 
+/** Throws when a file destination cannot be opened for appending (what createSink would refuse). */
+export function checkSink(setting: SinkSetting): void {
+  if (setting.destination !== 'file') return;
+  try {
+    mkdirSync(dirname(setting.path), { recursive: true });
+    closeSync(openSync(setting.path, 'a'));
+  } catch (err) {
+    throw new Error(`access log: cannot open ${setting.path} for writing: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 export function createSink(setting: SinkSetting, log?: Log): AccessSink {
   const warn = rateLimited(log);
   switch (setting.destination) {
@@ -74,12 +85,7 @@ export function createSink(setting: SinkSetting, log?: Log): AccessSink {
     case 'file':
       // sonic-boom opens asynchronously and reports failures as an 'error' event; open once
       // synchronously first so that a bad path is a config error instead.
-      try {
-        mkdirSync(dirname(setting.path), { recursive: true });
-        closeSync(openSync(setting.path, 'a'));
-      } catch (err) {
-        throw new Error(`access log: cannot open ${setting.path} for writing: ${(err as Error).message}`, { cause: err });
-      }
+      checkSink(setting);
       return new FdSink(
         pino.destination({ dest: setting.path, sync: false, mkdir: true, append: true, maxLength: FD_MAX_BUFFER }),
         setting.path,
