@@ -403,3 +403,27 @@ test('a primary (workers > 1) refuses an access log file its workers could not o
   assert.equal(ok.begin(), null, 'a primary records nothing itself');
   await ok.close();
 });
+
+test('requests the HTTP parser refuses (smuggling attempts, oversized heads) are counted and logged', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`admin: {listen: 127.0.0.1:0}
+access_log: {destination: file, path: ${log}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const { rawRequest } = await import('./helpers.js');
+    const r = await rawRequest(gw.port, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
+    assert.match(r.text, /^HTTP\/1\.1 400/);
+    await eventually(() => lines(log).length === 1);
+    const [l] = lines(log);
+    assert.equal(l!.status, 400);
+    assert.equal(l!.error, 'bad-request');
+    assert.equal(l!.client_ip, '127.0.0.1');
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t, 'turnpike_requests_total', { route: '', method: 'OTHER', status: '400' }), 1);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});

@@ -254,6 +254,19 @@ export class Observer {
     return JSON.stringify(out) + '\n';
   }
 
+  /**
+   * A request the HTTP parser refused before there was a request object (malformed framing,
+   * oversized head, header timeout): counted (method OTHER, no route) and logged with what is known.
+   */
+  parserRejected(remoteAddress: string | undefined, status: number, code: string): void {
+    this.routeStats(null)?.count('OTHER', status);
+    const a = this.access;
+    if (a === null) return;
+    const now = performance.now();
+    a.sink.write('{"type":"access","time":"' + isoTime(now) + '","request_id":null,"client_ip":' + str(plainIp(remoteAddress)) +
+      ',"method":null,"path":null,"route":null,"service":null,"status":' + status + ',"error":"' + code + '"}\n');
+  }
+
   /** SIGUSR1: log files are reopened (after rotation moved them away). */
   reopen(): void {
     this.access?.sink.reopen();

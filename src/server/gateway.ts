@@ -24,7 +24,7 @@ import { RedisStore, type RedisSetting } from '../state/redis.js';
 import type { CounterStore } from '../state/types.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
-import { isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
+import { PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { Observer } from '../observability/observer.js';
 import type { GaugeSource } from '../observability/metrics.js';
@@ -682,6 +682,7 @@ export class Gateway implements RequestContext {
         detail = 'the request headers did not arrive in time';
       }
       socket.end(rawProblem(code, detail));
+      this.observer.parserRejected(socket.remoteAddress, PROBLEMS[code].status, code);
       socket.destroySoon();
     });
     return server;
