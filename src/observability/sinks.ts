@@ -155,6 +155,9 @@ class FdSink implements AccessSink {
       for (let i = data.indexOf('\n'); i !== -1; i = data.indexOf('\n', i + 1)) n++;
       this.#dropped += n;
       this.#written -= n;
+      // (handOver counted these bytes as pending: they never will be written)
+      this.pending -= Buffer.byteLength(data);
+      if (this.pending <= 0) this.wake();
       warn('drop', { destination: name, dropped: this.#dropped }, `access log: ${name} cannot keep up, dropping lines`);
     });
     // Without a listener an 'error' event would crash the process. sonic-boom retries the
@@ -195,7 +198,6 @@ class FdSink implements AccessSink {
     try {
       this.stream.write(chunk);
     } catch {
-      this.pending -= bytes;
       this.stream.emit('drop', chunk); // destroyed: counted like a drop
     }
   }
