@@ -23,6 +23,10 @@ export class Exchange {
   pctx: PluginCtx | null = null;
   /** Request head bytes (fields as received) plus body bytes. */
   bytesIn = 0;
+  /** The declared Content-Length (-1: none). */
+  bodyLength = -1;
+  /** The client's traceparent / tracestate (tracing on and sent), by lower-case name. */
+  traceCarrier: Record<string, string> | null = null;
   /** The body's bytes were counted as they streamed (no Content-Length to go by). */
   bodyCounted = false;
   /** Response body bytes sent. */

@@ -152,10 +152,7 @@ export class Observer {
       if (ex.bytesOut === 0) ex.bytesOut = local.bytes;
       if (local.grpcStatus !== null) ex.grpcStatus = String(local.grpcStatus);
     }
-    if (req.complete) {
-      const cl = req.headers['content-length'];
-      if (cl !== undefined && !ex.bodyCounted) ex.bytesIn += Number(cl) || 0;
-    }
+    if (req.complete && ex.bodyLength > 0 && !ex.bodyCounted) ex.bytesIn += ex.bodyLength;
     const method = req.method ?? 'GET';
     const stats = this.routeStats(ex.route);
     if (stats !== null) {

@@ -5,12 +5,11 @@
  * attempt, exported in batches over OTLP/HTTP (JSON). Sampling: parent-based, new traces at
  * `sample`. Only built when tracing is enabled: with it off the request path never gets here.
  */
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span, type TextMapGetter, type TextMapSetter, type Tracer } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, trace, type Context, type Span, type TextMapSetter, type Tracer } from '@opentelemetry/api';
 import { W3CTraceContextPropagator } from '@opentelemetry/core';
 import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import type { IncomingMessage } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { VERSION } from '../version.js';
 import type { Exchange } from './exchange.js';
@@ -18,10 +17,6 @@ import type { TracingSettings } from './settings.js';
 
 const NOOP = () => {};
 
-const getter: TextMapGetter<IncomingMessage['headers']> = {
-  keys: (h) => Object.keys(h),
-  get: (h, k) => h[k],
-};
 /** Sets traceparent / tracestate in a flat header list (name, value, ...) whose last pair is Host. */
 const setter: TextMapSetter<string[]> = {
   set: (list, key, value) => {
@@ -52,8 +47,9 @@ export class Tracing {
   }
 
   /** The request's SERVER span, child of the client's traceparent when it sent a valid one. */
-  startRequest(ex: Exchange, req: IncomingMessage, method: string): void {
-    const parent = req.headers.traceparent !== undefined ? this.propagator.extract(ROOT_CONTEXT, req.headers, getter) : ROOT_CONTEXT;
+  startRequest(ex: Exchange, method: string): void {
+    const carrier = ex.traceCarrier;
+    const parent = carrier !== null && carrier.traceparent !== undefined ? this.propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter) : ROOT_CONTEXT;
     const route = ex.route!;
     const span = (ex.span = this.tracer.startSpan(`${method} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
     // An unsampled request gets a non-recording span: nothing more to build for it.

@@ -212,6 +212,7 @@ export function handleRequest(
         continue;
       case 'traceparent': case 'tracestate':
         if (!tracing) headers.push(name, value);
+        else (ex.traceCarrier ??= {})[name.toLowerCase()] = value;
         continue;
       default:
         if (name.length >= 20 && LONG_OWNED.has(name.toLowerCase())) continue;
@@ -223,6 +224,7 @@ export function handleRequest(
   if (ex !== null) {
     ex.requestId = requestId;
     ex.bytesIn = bytes + url.length + (req.method?.length ?? 0) + 12;
+    if (cl !== undefined) ex.bodyLength = Number(cl) || 0;
   }
   if (bytes > snap.limits.maxHeaderSize) return reject(ctx, req, res, requestId, 'headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
 
@@ -305,7 +307,7 @@ export function handleRequest(
   const route = match.data;
   if (ex !== null) {
     ex.route = route;
-    if (tracing) ctx.observer!.tracing!.startRequest(ex, req, method);
+    if (tracing) ctx.observer!.tracing!.startRequest(ex, method);
   }
   const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
   if (upgrade !== undefined && !websocket && (te !== undefined || (cl !== undefined && cl !== '0'))) {

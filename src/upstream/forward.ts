@@ -184,7 +184,8 @@ export class ForwardHandler {
     // A small body of a request that may be retried is read first, so a retry can send it
     // again (Envoy buffers the same way); bigger or chunked bodies stream and are never retried.
     const ex = f.exchange;
-    const countBody = ex !== null && f.req.headers['content-length'] === undefined;
+    // (req.headers is built lazily by node: the request path reads the raw list instead)
+    const countBody = ex !== null && f.hasBody && ex.bodyLength < 0;
     if ((f.bodyLimit !== null || countBody) && f.hasBody) {
       // Counted as it streams: past the cap the body stream fails, and onError answers 413.
       let seen = 0;
