@@ -427,3 +427,28 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('SIGUSR1 to the running CLI reopens the access log file (log rotation)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-rotate-'));
+  const log = join(dir, 'access.log');
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\naccess_log: {destination: file, path: ${log}}\nservices: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`, 15_000);
+    await request(`http://127.0.0.1:${p}/before`);
+    await eventually(() => lines(log).length === 1);
+    renameSync(log, `${log}.1`);
+    run.child.kill('SIGUSR1');
+    await eventually(() => /reopening log files/.test(run.stderr()));
+    await request(`http://127.0.0.1:${p}/after`);
+    await eventually(() => lines(log).map((l) => l.path).join() === '/after');
+    assert.deepEqual(lines(`${log}.1`).map((l) => l.path), ['/before']);
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await up.close();
+  }
+});

@@ -1,5 +1,5 @@
 /** Config schema of the observability settings: access_log, metrics, tracing, analytics. */
-import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { Type, type TSchema } from '@sinclair/typebox';
 import { Duration } from '../plugins/schema-types.js';
 
 const Strict = <T extends Record<string, TSchema>>(props: T, description: string) =>
@@ -46,5 +46,3 @@ export const Analytics = Strict({
   publish_interval: Type.Optional(Duration('With redis: how often this node publishes its analytics for the other nodes (default 10s)')),
 }, 'Per-route and per-consumer statistics over 1 min / 1 h / 24 h, on the admin API (/analytics).');
 
-export type AccessLogInput = Static<typeof AccessLog>;
-export type TracingInput = Static<typeof Tracing>;
