@@ -17,21 +17,39 @@ export const PROBLEMS = {
   'no-route': { status: 404, title: 'No Route Matched' },
   'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
   'request-timeout': { status: 408, title: 'Request Timeout' },
+  'validation-failed': { status: 400, title: 'Request Validation Failed' },
   'payload-too-large': { status: 413, title: 'Content Too Large' },
+  'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
   'uri-too-long': { status: 414, title: 'URI Too Long' },
   'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   'internal-error': { status: 500, title: 'Internal Server Error' },
   'bad-gateway': { status: 502, title: 'Bad Gateway' },
+  'upstream-response-too-large': { status: 502, title: 'Upstream Response Too Large' },
+  'invalid-upstream-response': { status: 502, title: 'Invalid Upstream Response' },
+  'step-failed': { status: 502, title: 'Composition Step Failed' },
   'no-healthy-target': { status: 503, title: 'No Healthy Upstream Target' },
   'circuit-open': { status: 503, title: 'Circuit Open' },
   'service-overloaded': { status: 503, title: 'Service Overloaded' },
   'shutting-down': { status: 503, title: 'Service Unavailable' },
   'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
+  'step-timeout': { status: 504, title: 'Composition Step Timed Out' },
   'http-version-not-supported': { status: 505, title: 'HTTP Version Not Supported' },
 } as const satisfies Record<string, ProblemSpec>;
 
 export type ProblemCode = keyof typeof PROBLEMS;
+
+/**
+ * Thrown by a plugin (or the core) to answer the request with a problem from the catalogue
+ * instead of a 500: e.g. a body over its cap (413), a body that is not JSON (400). `extra`
+ * members join the problem object (validation errors list their violations there).
+ */
+export class ProblemError extends Error {
+  constructor(readonly code: ProblemCode, readonly detail: string, readonly extra?: Record<string, unknown>) {
+    super(detail);
+    this.name = 'ProblemError';
+  }
+}
 
 const kAnswered = Symbol('turnpike.answered');
 /** What the gateway answered itself on a response (for the access log and metrics). */
@@ -63,7 +81,7 @@ export function problemBody(code: ProblemCode, detail: string, requestId?: strin
  */
 export function sendProblem(
   res: ServerResponse, code: ProblemCode, detail: string, requestId: string | undefined,
-  opts: { close?: boolean; headers?: Record<string, string> } = {},
+  opts: { close?: boolean; headers?: Record<string, string | string[]>; extra?: Record<string, unknown> } = {},
 ): void {
   if (res.headersSent || res.writableEnded) {
     res.destroy();
@@ -77,11 +95,11 @@ export function sendProblem(
     markAnswered(res, code, requestId, 0, grpcStatusOf(PROBLEMS[code].status));
     return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct);
   }
-  const body = problemBody(code, detail, requestId);
+  const body = problemBody(code, detail, requestId, opts.extra);
   const length = Buffer.byteLength(body);
   const head = res.req?.method === 'HEAD';
   markAnswered(res, code, requestId, head ? 0 : length);
-  const headers: Record<string, string | number> = {
+  const headers: Record<string, string | string[] | number> = {
     'content-type': 'application/problem+json',
     'content-length': length,
     'cache-control': 'no-store',
@@ -123,7 +141,7 @@ export function grpcStatusOf(httpStatus: number): number {
  */
 function sendGrpcError(res: ServerResponse, httpStatus: number, detail: string, requestId: string | undefined, close: boolean, contentType: string): void {
   const web = contentType.startsWith('application/grpc-web');
-  const headers: Record<string, string | number> = {
+  const headers: Record<string, string | string[] | number> = {
     'content-type': web ? contentType.split(';')[0]!.trim() : 'application/grpc',
     'grpc-status': grpcStatusOf(httpStatus),
     'grpc-message': encodeGrpcMessage(detail),

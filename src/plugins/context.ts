@@ -1,7 +1,11 @@
 /** The per-request object plugins work on (see RequestCtx in types.ts). */
 import type { IncomingMessage } from 'node:http';
 import type { Consumer, RequestCtx } from './types.js';
+import { ProblemError } from '../core/problem.js';
 import type { RouteStats } from '../observability/metrics.js';
+import { readWholeBody, type BodySource } from '../server/body.js';
+
+const NO_PARAMS: Readonly<Record<string, string>> = Object.freeze({});
 
 export class PluginCtx implements RequestCtx {
   consumer: Consumer | null = null;
@@ -13,6 +17,15 @@ export class PluginCtx implements RequestCtx {
   vars: Record<string, unknown> = {};
   /** The query string sent upstream (plugins may remove parameters). */
   upstreamQuery: string;
+  upstreamMethod: string;
+  upstreamPath: string;
+  /** The body sent upstream when a plugin read or replaced it (null: the client's streams through). */
+  upstreamBody: Buffer | null = null;
+  /** Bytes of the client's body read by readBody (for the access log). */
+  bodyBytesRead = 0;
+  /** Where readBody reads from (set by the request path). */
+  bodySource: BodySource | null = null;
+  private bodyRead: Promise<Buffer> | null = null;
   /** Set by limitBody (the smallest wins). */
   bodyLimit: number | null = null;
   /** Added to the client's response (name, value, ...). */
@@ -35,8 +48,38 @@ export class PluginCtx implements RequestCtx {
     /** The upstream header list (name, value, ...), ending with the `host` pair. */
     private readonly headers: string[],
     readonly preflight: boolean,
+    upstreamPath: string = path,
+    readonly params: Readonly<Record<string, string>> = NO_PARAMS,
   ) {
     this.upstreamQuery = query;
+    this.upstreamMethod = method;
+    this.upstreamPath = upstreamPath;
+  }
+
+  readBody(maxBytes: number): Promise<Buffer> {
+    if (this.upstreamBody !== null) {
+      const b = this.upstreamBody;
+      return Promise.resolve(b);
+    }
+    if (this.bodyRead === null) {
+      const src = this.bodySource ?? { hasBody: false, declared: -1, begin() {} };
+      // A size limit set earlier (request-size-limit) holds for a read body too.
+      this.bodyRead = readWholeBody(this.req, src, this.bodyLimit === null ? maxBytes : Math.min(maxBytes, this.bodyLimit)).then((b) => {
+        this.bodyBytesRead = b.length;
+        this.upstreamBody ??= b;
+        return b;
+      });
+      return this.bodyRead;
+    }
+    // Read before under another cap: the smaller cap still holds.
+    return this.bodyRead.then((b) => {
+      if (b.length > maxBytes) throw new ProblemError('payload-too-large', `the request body is larger than ${maxBytes} bytes`);
+      return this.upstreamBody ?? b;
+    });
+  }
+
+  setUpstreamBody(body: Buffer | string): void {
+    this.upstreamBody = typeof body === 'string' ? Buffer.from(body) : body;
   }
 
   header(name: string): string | undefined {
@@ -57,6 +100,14 @@ export class PluginCtx implements RequestCtx {
 
   appendUpstreamHeader(name: string, value: string): void {
     this.headers.splice(this.headers.length - 2, 0, name, value);
+  }
+
+  editUpstreamHeaders(edit: (list: string[]) => void): void {
+    const h = this.headers;
+    // The last pair (host) is the forwarder's: edited on a copy without it.
+    const list = h.slice(0, -2);
+    edit(list);
+    h.splice(0, h.length - 2, ...list);
   }
 
   addResponseHeader(name: string, value: string): void {

@@ -34,6 +34,10 @@ export interface Chain {
   access: readonly Bound[];
   responseHeaders: readonly Bound[];
   responseBody: readonly Bound[];
+  /** bufferResponse, response and encodeResponse phases (response order). */
+  bufferResponse: readonly Bound[];
+  response: readonly Bound[];
+  encodeResponse: readonly Bound[];
   log: readonly Bound[];
   /** No plugin at all: the request path skips the pipeline. */
   empty: boolean;
@@ -88,6 +92,9 @@ function chainOf(bindings: Iterable<Binding>): Chain {
   const access: Bound[] = [];
   const rh: Bound[] = [];
   const rb: Bound[] = [];
+  const buf: Bound[] = [];
+  const resp: Bound[] = [];
+  const enc: Bound[] = [];
   const log: Bound[] = [];
   for (const b of bindings) {
     const bound: Bound = { name: b.def.name, priority: b.def.priority, inst: b.inst, anonymous: b.anonymous };
@@ -97,15 +104,18 @@ function chainOf(bindings: Iterable<Binding>): Chain {
     if (b.inst.access) access.push(bound);
     if (b.inst.responseHeaders) rh.push(bound);
     if (b.inst.responseBody) rb.push(bound);
+    if (b.inst.bufferResponse) buf.push(bound);
+    if (b.inst.response) resp.push(bound);
+    if (b.inst.encodeResponse) enc.push(bound);
     if (b.inst.log) log.push(bound);
   }
   onRequest.sort(byPriorityDesc);
   auth.sort(byPriorityDesc);
   access.sort(byPriorityDesc);
-  for (const l of [rh, rb, log]) l.sort((a, b) => -byPriorityDesc(a, b));
+  for (const l of [rh, rb, buf, resp, enc, log]) l.sort((a, b) => -byPriorityDesc(a, b));
   return {
-    onRequest, authenticate: auth, access, responseHeaders: rh, responseBody: rb, log,
-    empty: onRequest.length + auth.length + access.length + rh.length + rb.length + log.length === 0,
+    onRequest, authenticate: auth, access, responseHeaders: rh, responseBody: rb, bufferResponse: buf, response: resp, encodeResponse: enc, log,
+    empty: onRequest.length + auth.length + access.length + rh.length + rb.length + buf.length + resp.length + enc.length + log.length === 0,
     preflight,
   };
 }

@@ -6,6 +6,7 @@
  * path stays synchronous until a plugin actually needs to wait).
  */
 import type { IncomingMessage } from 'node:http';
+import type { Transform } from 'node:stream';
 import type { Static, TSchema } from '@sinclair/typebox';
 import type { ProblemCode } from '../core/problem.js';
 import type { Logger } from '../core/log.js';
@@ -29,7 +30,25 @@ export interface Reply {
   detail?: string;
   status?: number;
   body?: string | Buffer;
-  headers?: Record<string, string>;
+  headers?: Record<string, string | string[]>;
+  /** With `code`: members added to the problem object (e.g. `errors` of a validation). */
+  extra?: Record<string, unknown>;
+}
+
+/**
+ * A whole response held by the gateway before it goes to the client (some plugin asked for it
+ * with bufferResponse, or the gateway made it: a composition, a problem). Response plugins may
+ * change any part in place; Content-Length is set from the final body.
+ */
+export interface BufferedResponse {
+  status: number;
+  /** Flat list: name, value, name, value... (names as received; compare lower-cased). */
+  headers: string[];
+  body: Buffer;
+  /** Who made it: the upstream, or the gateway itself (a problem+json, a composition). */
+  origin: 'upstream' | 'gateway';
+  /** For a gateway problem made because the upstream failed: its code (e.g. bad-gateway, gateway-timeout). */
+  error?: string;
 }
 
 /** What an auth plugin found. */
@@ -71,6 +90,25 @@ export interface RequestCtx {
   /** Adds a field upstream without looking for an earlier one (the gateway's own fields). */
   appendUpstreamHeader(name: string, value: string): void;
   removeUpstreamQueryParam(name: string): void;
+  /** Edits the header list sent upstream in place (name, value, ...; Host is the gateway's and not in it). */
+  editUpstreamHeaders(edit: (list: string[]) => void): void;
+  /** Path parameters the route captured ({name} segments), or an empty object. */
+  readonly params: Readonly<Record<string, string>>;
+  /**
+   * Reads the whole request body, at most `maxBytes` (past it, or past a declared larger
+   * Content-Length: a ProblemError payload-too-large, answered 413). Resolves to an empty Buffer
+   * for a request without a body. Later calls resolve to the same bytes, or to what
+   * setUpstreamBody set since.
+   */
+  readBody(maxBytes: number): Promise<Buffer>;
+  /** Replaces the body sent upstream (Content-Length follows it). */
+  setUpstreamBody(body: Buffer | string): void;
+  /** The method sent upstream (initially the request's). */
+  upstreamMethod: string;
+  /** The path sent upstream without the query (initially after strip_path). */
+  upstreamPath: string;
+  /** The query string sent upstream, with its '?' (or ''). */
+  upstreamQuery: string;
   /** A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method), routed as the method it asks about. */
   readonly preflight: boolean;
   /** Caps the request body (bytes): past it, 413 (or a cut connection once the response started). */
@@ -96,6 +134,29 @@ export interface PluginInstance {
   responseHeaders?(ctx: RequestCtx, status: number, headers: string[]): void;
   /** Each response body chunk on its way to the client (streaming). */
   responseBody?(ctx: RequestCtx, chunk: Buffer): Buffer;
+  /**
+   * Asks for the whole response before anything goes to the client, once the upstream's status
+   * and headers are in (after responseHeaders):
+   * - a number: the most bytes to hold; past it the client gets a 502 upstream-response-too-large
+   *   (a transform that cannot work on part of a body);
+   * - `{max, fallback: 'stream'}`: whole if it is at most `max` bytes, else it streams on and
+   *   the `response` phase is skipped for it (a cache that just does not store big ones);
+   * - null: let it stream.
+   * With several plugins asking, the smallest hard cap wins, else the largest soft one.
+   */
+  bufferResponse?(ctx: RequestCtx, status: number, headers: readonly string[]): number | { max: number; fallback: 'stream' } | null;
+  /**
+   * The whole response (when a plugin asked for it, or the gateway made it): may change status,
+   * headers and body, or wait. Runs in response order (ascending priority). A ProblemError
+   * thrown here answers with that problem instead.
+   */
+  response?(ctx: RequestCtx, r: BufferedResponse): MaybePromise<void>;
+  /**
+   * The last step before the client: may return a stream the body goes through (compression)
+   * and edit the headers for it (Content-Encoding, Vary; Content-Length is dropped when a
+   * stream is returned). null: the body goes as it is.
+   */
+  encodeResponse?(ctx: RequestCtx, status: number, headers: string[]): Transform | null;
   /** After the response ended; cannot change it. */
   log?(ctx: RequestCtx, info: LogInfo): void;
   /** The snapshot that created it retired: release timers, caches. */

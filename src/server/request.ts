@@ -9,7 +9,8 @@ import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
-import { PROBLEMS, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
+import { PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
+import type { ResponsePlugins } from './respond.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { Observer } from '../observability/observer.js';
 import type { Logger } from '../core/log.js';
@@ -363,16 +364,32 @@ export function handleRequest(
     const ip = t ? clientIp(p.peer, xff, snap.trusted) : p.peer;
     hashKey = h.kind === 'ip' ? ip : (h.kind === 'header' ? headerValue(req, h.name) : cookieValue(req, h.name)) ?? ip;
   }
-  /** Past the request phases: the WebSocket relay, or the upstream. */
-  const proceed = (upstreamQuery: string, plugins: { ctx: PluginCtx; chain: Chain; log?: Logger; extraHeaders?: string[] } | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
-    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upstreamPath + upstreamQuery, requestId, hashKey, host, ex);
+  // The body is read (once) by a plugin that needs it whole, or streamed to the upstream.
+  let bodyStarted = false;
+  const beginBody = () => {
+    if (bodyStarted) return;
+    bodyStarted = true;
     if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
     if (expectContinue) res.writeContinue();
+  };
+  /** Past the request phases: the WebSocket relay, a composition, or the upstream. */
+  const proceed = (pctx: PluginCtx | null, plugins: ResponsePlugins | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
+    const upstreamQuery = pctx?.upstreamQuery ?? query;
+    const upPath = pctx?.upstreamPath ?? upstreamPath;
+    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, requestId, hashKey, host, ex);
+    let body: Buffer | null = null;
+    if (pctx !== null && pctx.upstreamBody !== null) {
+      // A plugin read (or replaced) the body: it goes upstream from memory, with its length.
+      body = pctx.upstreamBody;
+      for (let i = headers.length - 4; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'content-length') headers.splice(i, 2);
+      headers.splice(headers.length - 2, 0, 'content-length', String(body.length));
+      if (ex !== null && ex.bodyLength < 0 && pctx.bodyBytesRead > 0) ex.bytesIn += pctx.bodyBytesRead;
+    } else beginBody();
     const handler = new ForwardHandler({
       req, res,
       service: route.service,
-      method,
-      path: upstreamPath + upstreamQuery,
+      method: pctx?.upstreamMethod ?? method,
+      path: upPath + upstreamQuery,
       headers,
       preservedHost: route.preserveHost && host ? host : null,
       hasBody,
@@ -385,6 +402,7 @@ export function handleRequest(
       grpcWeb,
       plugins,
       bodyLimit,
+      body,
       exchange: ex,
       tracing: tracing ? ctx.observer!.tracing! : null,
     });
@@ -396,11 +414,13 @@ export function handleRequest(
     }
     return handler;
   };
+  const bodySource = { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: beginBody };
   const chains = route.chains;
-  if (chains.base.empty) return proceed(query, null);
+  if (chains.base.empty) return proceed(null, null);
 
   // Plugins: authenticate, access (maybe asynchronous), then the same way on.
-  const pctx = new PluginCtx(req, requestId, method, path, query, host, ex?.clientIp ?? (t ? clientIp(p.peer, xff, snap.trusted) : p.peer), route, route.service, headers, preflight);
+  const pctx = new PluginCtx(req, requestId, method, path, query, host, ex?.clientIp ?? (t ? clientIp(p.peer, xff, snap.trusted) : p.peer), route, route.service, headers, preflight, upstreamPath, match.params ?? undefined);
+  pctx.bodySource = bodySource;
   if (ex !== null) {
     ex.pctx = pctx;
     pctx.stats = ctx.observer!.routeStats(route);
@@ -417,12 +437,13 @@ export function handleRequest(
   }
   const afterPhases = ({ reply, chain }: PhaseResult): ForwardHandler | undefined => {
     used = chain;
-    if (res.destroyed || res.writableEnded || req.destroyed) return undefined; // the client left meanwhile
+    // (a request read to its end is destroyed by node too: that is not the client leaving)
+    if (res.destroyed || res.writableEnded || (req.destroyed && !req.complete)) return undefined; // the client left meanwhile
     if (reply !== null) {
       sendReply(ctx, req, res, reply, requestId, pctx.responseHeaders);
       return undefined;
     }
-    const hasResponsePhases = chain.responseHeaders.length + chain.responseBody.length > 0;
+    const hasResponsePhases = chain.responseHeaders.length + chain.responseBody.length + chain.bufferResponse.length + chain.response.length + chain.encodeResponse.length > 0;
     if (pctx.bodyLimit !== null && hasBody) {
       // Declared too big: refused before a byte of it is read (and without a 100 Continue).
       if (cl !== undefined && Number(cl) > pctx.bodyLimit) {
@@ -431,9 +452,20 @@ export function handleRequest(
       }
     }
     const extra = pctx.responseHeaders;
-    return proceed(pctx.upstreamQuery, hasResponsePhases || extra.length ? { ctx: pctx, chain, log: ctx.log, extraHeaders: extra } : null, pctx.bodyLimit);
+    return proceed(pctx, hasResponsePhases || extra.length ? { ctx: pctx, chain, log: ctx.log, extraHeaders: extra } : null, pctx.bodyLimit);
   };
   const onPhaseError = (err: unknown): undefined => {
+    const cause = err instanceof PluginError ? err.cause : err;
+    if (cause instanceof ProblemError) {
+      // A plugin's answer in the catalogue's terms (a body over its cap, invalid JSON, a validation).
+      if (!res.destroyed && !res.headersSent) {
+        // A body not read to its end cannot leave the connection reusable.
+        const unread = hasBody && !req.complete;
+        if (unread && !h2) closingSockets.add(req.socket);
+        sendProblem(res, cause.code, cause.detail, requestId, { close: (unread || ctx.draining) && !h2, extra: cause.extra, headers: headerRecord(pctx.responseHeaders) });
+      }
+      return undefined;
+    }
     const plugin = err instanceof PluginError ? err.plugin : undefined;
     ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');
     if (!res.destroyed && !res.headersSent) reject(ctx, req, res, requestId, 'internal-error', plugin ? `plugin ${plugin} failed` : 'the request pipeline failed');
@@ -449,15 +481,25 @@ export function handleRequest(
   return phases instanceof Promise ? phases.then(afterPhases, onPhaseError) : afterPhases(phases);
 }
 
+/** A flat name/value list as a header object (repeated names become arrays). */
+function headerRecord(list: readonly string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < list.length; i += 2) {
+    const k = list[i]!;
+    const prev = out[k];
+    out[k] = prev === undefined ? list[i + 1]! : Array.isArray(prev) ? [...prev, list[i + 1]!] : [prev, list[i + 1]!];
+  }
+  return out;
+}
+
 /** A plugin's local reply: a problem from the catalogue, or its own status and body. */
 function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, r: Reply, requestId: string, extra: string[]): void {
   // Headers earlier plugins added for the response (rate-limit state...), then the reply's own.
-  const headers: Record<string, string> = {};
-  for (let i = 0; i < extra.length; i += 2) headers[extra[i]!] = extra[i + 1]!;
+  const headers = headerRecord(extra);
   Object.assign(headers, r.headers);
   if (r.code !== undefined) {
     const close = !isHttp2(req) && ctx.draining;
-    sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers });
+    sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers, extra: r.extra });
     return;
   }
   const status = r.status ?? 200;

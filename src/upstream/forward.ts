@@ -11,9 +11,7 @@ import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { Transform, type Readable } from 'node:stream';
-import type { RequestCtx } from '../plugins/types.js';
-import type { Chain } from '../plugins/pipeline.js';
-import type { Logger } from '../core/log.js';
+import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { Tracing } from '../observability/tracing.js';
 import type { Span } from '@opentelemetry/api';
@@ -60,8 +58,10 @@ export interface ForwardRequest {
   retryNonIdempotent: boolean;
   /** A gRPC-Web request translated to gRPC (null otherwise): its body is decoded, its response encoded. */
   grpcWeb: GrpcWebKind | null;
-  /** Plugins with response phases (responseHeaders, responseBody), or null. */
-  plugins: { ctx: RequestCtx; chain: Chain; log?: Logger; extraHeaders?: string[] } | null;
+  /** Plugins with response phases (responseHeaders, responseBody, response...), or null. */
+  plugins: ResponsePlugins | null;
+  /** The body to send, when a plugin read or replaced it (null: the client's streams through). */
+  body: Buffer | null;
   /** Body size cap for a body without Content-Length (counted as it streams), or null. */
   bodyLimit: number | null;
   /** What the log phase reads (null: observability off). */
@@ -161,6 +161,10 @@ export class ForwardHandler {
   private encoder: ResponseEncoder | null = null;
   /** The current attempt's span (traced requests). */
   private span: Span | null = null;
+  /** A response held whole for the `response` plugin phase (see bufferResponse). */
+  private held: { cap: number; hard: boolean; status: number; headers: string[]; chunks: Buffer[]; size: number } | null = null;
+  /** The stream the body goes through to the client (encodeResponse), or null. */
+  private encoding: Transform | null = null;
 
   constructor(private readonly f: ForwardRequest) {
     // The snapshot's pools stay open until its last request ends, even after a reload retired it.
@@ -184,6 +188,11 @@ export class ForwardHandler {
     // A small body of a request that may be retried is read first, so a retry can send it
     // again (Envoy buffers the same way); bigger or chunked bodies stream and are never retried.
     const ex = f.exchange;
+    if (f.body !== null) {
+      // Read (and maybe rewritten) by a plugin: sent as it is now, and retryable.
+      this.body = f.body;
+      return this.admit();
+    }
     // (req.headers is built lazily by node: the request path reads the raw list instead)
     const countBody = ex !== null && f.hasBody && ex.bodyLength < 0;
     if ((f.bodyLimit !== null || countBody) && f.hasBody) {
@@ -295,8 +304,24 @@ export class ForwardHandler {
   private refuse(code: ProblemCode, detail: string, headers?: Record<string, string>): void {
     if (this.finished) return;
     this.finished = true;
-    sendProblem(this.f.res, code, detail, this.f.requestId, { close: this.f.closeAfter, headers });
+    this.problem(code, detail, this.f.closeAfter, headers);
     this.release();
+  }
+
+  /**
+   * The gateway's own answer when the upstream could not give one. With `response` plugins
+   * bound it goes through them (a cache may serve a stale copy instead: stale-if-error).
+   */
+  private problem(code: ProblemCode, detail: string, close: boolean, headers?: Record<string, string>): void {
+    const f = this.f;
+    const pl = f.plugins;
+    if (pl === null || pl.chain.response.length === 0 || f.res.headersSent) {
+      sendProblem(f.res, code, detail, f.requestId, { close, headers });
+      return;
+    }
+    const r = problemResponse(code, detail, f.requestId, undefined, headers);
+    r.headers.push('via', f.via);
+    void deliver(f.req, f.res, r, pl, { requestId: f.requestId, close, exchange: null });
   }
 
   private attempt(): void {
@@ -520,6 +545,40 @@ export class ForwardHandler {
       const i = grpcStatusAt(out);
       if (i !== -1) ex.grpcStatus = out[i + 1]!;
     }
+    if (pl !== null && pl.chain.bufferResponse.length && !svc.grpc) {
+      let hard = Infinity;
+      let soft = -1;
+      for (const b of pl.chain.bufferResponse) {
+        let v: ReturnType<NonNullable<typeof b.inst.bufferResponse>>;
+        try {
+          v = b.inst.bufferResponse!(pl.ctx, statusCode, out);
+        } catch (err) {
+          pl.log?.error({ err, plugin: b.name, request_id: this.f.requestId }, 'plugin failed in the bufferResponse phase');
+          this.finished = true;
+          this.outcome = null;
+          this.abortFn?.(err as Error);
+          sendProblem(res, 'internal-error', `plugin ${b.name} failed`, this.f.requestId);
+          this.release();
+          return false;
+        }
+        if (typeof v === 'number') hard = Math.min(hard, v);
+        else if (v !== null) soft = Math.max(soft, v.max);
+      }
+      if (hard !== Infinity || soft >= 0) {
+        const cap = hard !== Infinity ? hard : soft;
+        const cl = out.findIndex((v, i) => i % 2 === 0 && v.toLowerCase() === 'content-length');
+        const declared = cl === -1 ? -1 : Number(out[cl + 1]);
+        if (!(declared > cap) || this.f.method === 'HEAD') {
+          this.held = { cap, hard: hard !== Infinity, status: statusCode, headers: out, chunks: [], size: 0 };
+          return true;
+        }
+        if (hard !== Infinity) {
+          this.tooLarge(cap);
+          return false;
+        }
+        // Declared bigger than a soft cap: it streams, the response phase is skipped.
+      }
+    }
     if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
     else if (svc.grpc && isHttp2(res) && grpcStatusAt(out) !== -1) {
       // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
@@ -542,6 +601,19 @@ export class ForwardHandler {
       }
       return true;
     }
+    return this.writeHead(statusCode, out);
+  }
+
+  /** Sends the response head (the body's encoder chosen first); false when it could not be sent. */
+  private writeHead(statusCode: number, out: string[]): boolean {
+    const res = this.f.res;
+    if (this.encoder === null) {
+      this.encoding = pickEncoder(this.f.plugins, statusCode, out, this.f.method);
+      if (this.encoding !== null) {
+        this.encoding.on('error', (err) => res.destroy(err));
+        this.encoding.pipe(res);
+      }
+    }
     try {
       res.writeHead(statusCode, out);
     } catch (err) {
@@ -549,12 +621,26 @@ export class ForwardHandler {
       this.finished = true;
       this.outcome = false;
       this.abortFn?.(err as Error);
+      if (this.encoding !== null) {
+        this.encoding.unpipe(res);
+        this.encoding = null;
+      }
       res.removeHeader('content-length');
       sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
       this.release();
       return false;
     }
     return true;
+  }
+
+  /** A held response grew past a hard cap: 502, the upstream exchange stops. */
+  private tooLarge(cap: number): void {
+    this.finished = true;
+    this.outcome = null;
+    this.held = null;
+    this.abortFn?.(new Error('response too large'));
+    sendProblem(this.f.res, 'upstream-response-too-large', `the upstream's response is larger than the ${cap} bytes this route can transform`, this.f.requestId, { close: this.f.closeAfter });
+    this.release();
   }
 
   /** gRPC-Web: the response headers rewritten in place (content type; framing fields dropped). */
@@ -588,8 +674,30 @@ export class ForwardHandler {
         return false;
       }
     }
+    const held = this.held;
+    if (held !== null) {
+      held.size += chunk.length;
+      if (held.size <= held.cap) {
+        held.chunks.push(chunk);
+        return true;
+      }
+      if (held.hard) {
+        this.tooLarge(held.cap);
+        return false;
+      }
+      // Past a soft cap: what was held goes out, the rest streams (no response phase).
+      this.held = null;
+      if (!this.writeHead(held.status, held.headers)) return false;
+      for (const c of held.chunks) this.sink(c);
+    }
+    return this.sink(chunk);
+  }
+
+  /** Writes a body chunk on its way to the client (through the encoder, if any); false: paused. */
+  private sink(chunk: Buffer): boolean {
     if (this.f.exchange !== null) this.f.exchange.bytesOut += chunk.length;
-    const ok = this.f.res.write(this.encoder === null ? chunk : this.encoder.data(chunk));
+    const out = this.encoding ?? this.f.res;
+    const ok = out.write(this.encoder === null ? chunk : this.encoder.data(chunk));
     if (!ok && this.f.service.h2Upstream) {
       // undici's HTTP/2 client drops data it holds paused when the trailers arrive, so an HTTP/2
       // upstream is never paused; a client that does not keep up is cut past MAX_UNREAD instead.
@@ -603,7 +711,7 @@ export class ForwardHandler {
         clearTimeout(this.stall);
         this.resumeFn?.();
       };
-      this.f.res.once('drain', this.onDrain);
+      out.once('drain', this.onDrain);
       this.stall = setTimeout(() => {
         if (!this.finished) this.f.res.destroy(new Error('client stopped reading'));
       }, this.f.service.timeouts.read);
@@ -615,6 +723,21 @@ export class ForwardHandler {
     if (this.finished) return;
     this.finished = true;
     const res = this.f.res;
+    const held = this.held;
+    if (held !== null) {
+      // The whole response: the response phase, then the client (trailers are not kept).
+      this.held = null;
+      this.release();
+      const body = held.chunks.length === 1 ? held.chunks[0]! : Buffer.concat(held.chunks, held.size);
+      void deliver(this.f.req, res, { status: held.status, headers: held.headers, body, origin: 'upstream' }, this.f.plugins, { requestId: this.f.requestId, close: this.f.closeAfter, exchange: this.f.exchange });
+      return;
+    }
+    if (this.encoding !== null) {
+      // (an encoded body ends without trailers)
+      this.release();
+      this.encoding.end();
+      return;
+    }
     const t: [string, string][] = [];
     if (Array.isArray(trailers)) {
       for (let i = 0; i < trailers.length; i += 2) {
@@ -673,6 +796,7 @@ export class ForwardHandler {
       return;
     }
     if (!f.res.headersSent) {
+      this.held = null; // (a held response that broke off: nothing of it reached the client)
       const kind = CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
       // An attempt that failed before any response: the target is charged for it (not for a
       // request body that broke its own Content-Length).
@@ -689,7 +813,7 @@ export class ForwardHandler {
       const [problem, detail] = describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
       this.outcome = problem !== 'bad-request' ? false : null;
       if (problem === 'bad-request') sendProblem(f.res, 'bad-request', detail, f.requestId, { close: true });
-      else sendProblem(f.res, problem, detail, f.requestId, { close: f.closeAfter });
+      else this.problem(problem, detail, f.closeAfter);
       this.release();
       return;
     }

@@ -1,0 +1,107 @@
+/**
+ * compression: gzip or br of responses by the client's Accept-Encoding (RFC 9110 §12.5.3,
+ * q-values honoured, `identity;q=0` and `*` understood) when the upstream did not encode them.
+ * Streams (zlib in node's streams, with backpressure); the chosen coding adds Content-Encoding
+ * and Vary: Accept-Encoding, drops Content-Length, and weakens a strong ETag (the bytes
+ * differ). Not compressed: HEAD, 204/304/206, bodies smaller than min_size, types not listed,
+ * responses with Cache-Control: no-transform, or that already have a Content-Encoding.
+ */
+import { constants, createBrotliCompress, createGzip } from 'node:zlib';
+import type { Transform } from 'node:stream';
+import { definePlugin } from '../types.js';
+import { parseSize } from '../../config/units.js';
+import { findHeader } from '../../server/respond.js';
+import { CompressionConfig } from './schema.js';
+
+const DEFAULT_TYPES = [
+  'text/*', 'application/json', 'application/javascript', 'application/xml', 'application/x-www-form-urlencoded',
+  'application/graphql-response+json', 'image/svg+xml', 'application/wasm',
+];
+
+/** The coding to use (or null) from an Accept-Encoding value, among `offered` (in preference order). */
+export function negotiate(accept: string | undefined, offered: readonly string[]): string | null {
+  if (accept === undefined) return null; // no field: any coding is acceptable, but identity is safest
+  const q = new Map<string, number>();
+  for (const part of accept.split(',')) {
+    const [name, ...params] = part.trim().split(';');
+    const coding = name!.trim().toLowerCase();
+    if (coding === '') continue;
+    let weight = 1;
+    for (const p of params) {
+      const m = /^\s*q\s*=\s*([01](?:\.[0-9]{0,3})?)\s*$/i.exec(p);
+      if (m) weight = Number(m[1]);
+    }
+    const key = coding === 'x-gzip' ? 'gzip' : coding;
+    if (!q.has(key)) q.set(key, weight); // (a repeated coding: its first weight counts)
+  }
+  let best: string | null = null;
+  let bestQ = 0;
+  for (const c of offered) {
+    const w = q.get(c) ?? q.get('*') ?? 0;
+    if (w > bestQ) {
+      best = c;
+      bestQ = w;
+    }
+  }
+  return best;
+}
+
+function typeMatcher(types: readonly string[]): (ct: string | undefined) => boolean {
+  const exact = new Set<string>();
+  const prefixes: string[] = [];
+  for (const t of types) {
+    if (t.endsWith('/*')) prefixes.push(t.slice(0, -1));
+    else exact.add(t);
+  }
+  const json = exact.has('application/json');
+  const xml = exact.has('application/xml');
+  return (ct) => {
+    if (ct === undefined) return false;
+    const t = ct.split(';')[0]!.trim().toLowerCase();
+    if (exact.has(t)) return true;
+    if ((json && t.endsWith('+json')) || (xml && t.endsWith('+xml'))) return true;
+    for (const p of prefixes) if (t.startsWith(p)) return true;
+    return false;
+  };
+}
+
+export default definePlugin({
+  name: 'compression',
+  priority: 5,
+  description: 'Compresses responses with gzip or br by Accept-Encoding when the upstream did not.',
+  schema: CompressionConfig,
+  scopes: ['global', 'service', 'route'],
+  create(config) {
+    const offered = config.algorithms ?? ['br', 'gzip'];
+    const typeOk = typeMatcher(config.types ?? DEFAULT_TYPES);
+    const minSize = config.min_size !== undefined ? parseSize(config.min_size) : 1024;
+    const gzipLevel = config.gzip_level ?? 6;
+    const brQuality = config.br_quality ?? 4;
+    return {
+      encodeResponse(ctx, status, headers): Transform | null {
+        if (status === 206 || findHeader(headers, 'content-range') !== -1) return null;
+        const ct = findHeader(headers, 'content-type');
+        if (ct === -1 || !typeOk(headers[ct + 1])) return null;
+        const cc = findHeader(headers, 'cache-control');
+        if (cc !== -1 && /(^|,)\s*no-transform\s*(,|$)/i.test(headers[cc + 1]!)) return null;
+        const ce = findHeader(headers, 'content-encoding');
+        if (ce !== -1 && headers[ce + 1]!.trim().toLowerCase() !== 'identity') return null;
+        // The representation depends on Accept-Encoding from here on, compressed or not.
+        const vary = findHeader(headers, 'vary');
+        if (vary === -1) headers.push('vary', 'Accept-Encoding');
+        else if (!/(^|,)\s*(accept-encoding|\*)\s*(,|$)/i.test(headers[vary + 1]!)) headers[vary + 1] += ', Accept-Encoding';
+        const cl = findHeader(headers, 'content-length');
+        if (cl !== -1 && Number(headers[cl + 1]) < minSize) return null;
+        const coding = negotiate(ctx.header('accept-encoding'), offered);
+        if (coding === null) return null;
+        if (ce !== -1) headers.splice(ce, 2);
+        headers.push('content-encoding', coding);
+        const etag = findHeader(headers, 'etag');
+        if (etag !== -1 && !headers[etag + 1]!.startsWith('W/')) headers[etag + 1] = 'W/' + headers[etag + 1]!;
+        return coding === 'br'
+          ? createBrotliCompress({ params: { [constants.BROTLI_PARAM_QUALITY]: brQuality } })
+          : createGzip({ level: gzipLevel });
+      },
+    };
+  },
+});

@@ -1,0 +1,116 @@
+/**
+ * request-transform: changes what goes upstream — method, path (template or regex with
+ * captures), headers, query parameters, and a JSON body (field mapping and/or a JSONata
+ * expression). A JSON body is read whole, up to max_body (413 past it); a body that says it is
+ * JSON and is not gets a 400. Bodies of other media types pass through untouched.
+ */
+import { definePlugin, type RequestCtx } from '../types.js';
+import { parseSize } from '../../config/units.js';
+import { ProblemError } from '../../core/problem.js';
+import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, type JsonTransform } from '../transform-common.js';
+import { RequestTransformConfig } from './schema.js';
+
+const DEFAULT_MAX_BODY = 1024 * 1024;
+
+/** The request's fields as a plain object (for $request.headers in expressions). */
+function headerObject(ctx: RequestCtx): Record<string, string> {
+  const out: Record<string, string> = {};
+  const raw = ctx.req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    if (k.charCodeAt(0) === 0x3a) continue;
+    out[k] = k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
+  }
+  return out;
+}
+
+/**
+ * A regex replacement: `$1`..`$9` are the captures, `{...}` templates; values from the request
+ * go in as they are (a `$` in a client's header is not a replacement pattern).
+ */
+function compileReplacement(r: string): (ctx: RequestCtx, m: string[]) => string {
+  const parts: (string | number | ((ctx: RequestCtx) => string))[] = [];
+  const re = /\$([0-9])|\{[a-z_]+(?:\.[^{}]+)?\}/g;
+  let last = 0;
+  for (let m = re.exec(r); m !== null; m = re.exec(r)) {
+    parts.push(r.slice(last, m.index));
+    last = m.index + m[0].length;
+    parts.push(m[1] !== undefined ? Number(m[1]) : compileTemplate(m[0]));
+  }
+  parts.push(r.slice(last));
+  return (ctx, m) => {
+    let s = '';
+    for (const p of parts) s += typeof p === 'string' ? p : typeof p === 'number' ? (typeof m[p] === 'string' ? m[p] : '') : p(ctx);
+    return s;
+  };
+}
+
+/** A rewritten path: absolute, and free of what would change the request line. */
+function safePath(p: string): string {
+  if (/[\s#?\0]/.test(p)) throw new ProblemError('bad-request', 'the rewritten path is not a valid path');
+  return p.charCodeAt(0) === 0x2f ? p : '/' + p;
+}
+
+export default definePlugin({
+  name: 'request-transform',
+  priority: 801,
+  description: 'Changes the request sent upstream: method, path, headers, query, JSON body.',
+  schema: RequestTransformConfig,
+  scopes: ['global', 'service', 'route', 'consumer'],
+  check(config) {
+    const problems: string[] = [];
+    const attempt = (what: string, f: () => unknown) => {
+      try {
+        f();
+      } catch (e) {
+        problems.push(`${what}: ${(e as Error).message}`);
+      }
+    };
+    if (config.path !== undefined && typeof config.path !== 'string') {
+      const p = config.path.pattern;
+      attempt('path.pattern', () => new RegExp(p));
+    }
+    attempt('json', () => compileJsonOps(config.json));
+    attempt('headers', () => compileHeaderOps(config.headers));
+    attempt('query', () => compileQueryOps(config.query));
+    return problems;
+  },
+  create(config) {
+    const method = config.method?.toUpperCase();
+    const headers = compileHeaderOps(config.headers);
+    const query = compileQueryOps(config.query);
+    const json = compileJsonOps(config.json);
+    const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
+    let path: ((ctx: RequestCtx) => string) | null = null;
+    if (typeof config.path === 'string') {
+      const t = compileTemplate(config.path);
+      path = (ctx) => t(ctx);
+    } else if (config.path !== undefined) {
+      const re = new RegExp(config.path.pattern);
+      const replace = compileReplacement(config.path.replace);
+      path = (ctx) => ctx.upstreamPath.replace(re, (...m: unknown[]) => replace(ctx, m as string[]));
+    }
+    const transformBody = async (ctx: RequestCtx, json: JsonTransform) => {
+          const body = await ctx.readBody(max);
+          if (body.length === 0) return;
+          const doc = parseJson(body, (m) => new ProblemError('bad-request', `the request body is not valid JSON: ${m}`));
+          let out: unknown;
+          try {
+            out = await json(doc, { ctx, headers: () => headerObject(ctx) });
+          } catch (e) {
+            throw new ProblemError('bad-request', `the request body could not be transformed: ${(e as { message?: string }).message ?? 'error'}`);
+          }
+          ctx.setUpstreamBody(JSON.stringify(out));
+    };
+    return {
+      access(ctx) {
+        if (method !== undefined) ctx.upstreamMethod = method;
+        if (path !== null) ctx.upstreamPath = safePath(path(ctx));
+        if (query !== null) ctx.upstreamQuery = query(ctx, ctx.upstreamQuery);
+        if (headers !== null) ctx.editUpstreamHeaders((list) => headers(ctx, list));
+        // (only a JSON body makes the request wait)
+        if (json !== null && isJsonType(ctx.header('content-type'))) return transformBody(ctx, json);
+      },
+    };
+  },
+});

@@ -1,0 +1,122 @@
+/**
+ * response-transform: changes what the client gets — status (mapping), headers, and a JSON
+ * body (field mapping and/or a JSONata expression). Header edits stream; a status mapping or a
+ * JSON transform holds the response whole, up to max_body (past it: 502
+ * upstream-response-too-large). An upstream body that says it is JSON and is not: 502
+ * invalid-upstream-response. Answers the gateway makes itself (problems) are left alone.
+ */
+import { gunzipSync, brotliDecompressSync, inflateSync } from 'node:zlib';
+import { definePlugin, type RequestCtx } from '../types.js';
+import { parseSize } from '../../config/units.js';
+import { ProblemError } from '../../core/problem.js';
+import { findHeader, removeHeader } from '../../server/respond.js';
+import { compileHeaderOps, compileJsonOps, isJsonType, parseJson } from '../transform-common.js';
+import { ResponseTransformConfig } from './schema.js';
+
+const DEFAULT_MAX_BODY = 1024 * 1024;
+
+function headerObject(ctx: RequestCtx): Record<string, string> {
+  const out: Record<string, string> = {};
+  const raw = ctx.req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    if (k.charCodeAt(0) !== 0x3a) out[k] = k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
+  }
+  return out;
+}
+
+/** Decodes a content-coded body (an upstream that compressed although it was not asked to). */
+function decode(coding: string, body: Buffer, max: number): Buffer {
+  const opts = { maxOutputLength: max };
+  try {
+    switch (coding) {
+      case 'gzip': case 'x-gzip': return gunzipSync(body, opts);
+      case 'br': return brotliDecompressSync(body, opts);
+      case 'deflate': return inflateSync(body, opts);
+    }
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw new ProblemError('upstream-response-too-large', `the upstream's decoded body is larger than ${max} bytes`);
+    throw new ProblemError('invalid-upstream-response', `the upstream's ${coding} body cannot be decoded`);
+  }
+  throw new ProblemError('invalid-upstream-response', `the upstream's body has an unknown content coding (${coding})`);
+}
+
+export default definePlugin({
+  name: 'response-transform',
+  priority: 800,
+  description: 'Changes the response sent to the client: status, headers, JSON body.',
+  schema: ResponseTransformConfig,
+  scopes: ['global', 'service', 'route', 'consumer'],
+  check(config) {
+    const problems: string[] = [];
+    try {
+      compileJsonOps(config.json);
+    } catch (e) {
+      problems.push(`json: ${(e as Error).message}`);
+    }
+    try {
+      compileHeaderOps(config.headers);
+    } catch (e) {
+      problems.push(`headers: ${(e as Error).message}`);
+    }
+    return problems;
+  },
+  create(config) {
+    const headers = compileHeaderOps(config.headers);
+    const json = compileJsonOps(config.json);
+    const statusMap = new Map(Object.entries(config.status ?? {}).map(([k, v]) => [Number(k), v]));
+    const only = config.statuses ? new Set(config.statuses) : null;
+    const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
+    const applies = (status: number) => only === null || only.has(status);
+    const wantsJson = (status: number, list: readonly string[]) => {
+      if (json === null || !applies(status) || status === 204 || status === 304) return false;
+      const ct = findHeader(list, 'content-type');
+      return ct !== -1 && isJsonType(list[ct + 1]);
+    };
+    return {
+      access(ctx) {
+        // The transform reads the body as JSON: ask for it without a content coding (an
+        // encoder on the way out compresses it again).
+        if (json !== null) ctx.removeUpstreamHeader('accept-encoding');
+      },
+      ...(headers !== null ? {
+        responseHeaders(ctx: RequestCtx, status: number, list: string[]) {
+          if (applies(status)) headers(ctx, list);
+        },
+      } : {}),
+      bufferResponse(_ctx, status, list) {
+        return (statusMap.has(status) && applies(status)) || wantsJson(status, list) ? max : null;
+      },
+      async response(ctx, r) {
+        if (r.origin !== 'upstream') return;
+        const upstreamStatus = r.status;
+        if (!applies(upstreamStatus)) return;
+        if (wantsJson(upstreamStatus, r.headers) && json !== null && ctx.method !== 'HEAD') {
+          let body = r.body;
+          const ce = findHeader(r.headers, 'content-encoding');
+          if (ce !== -1) {
+            const coding = r.headers[ce + 1]!.trim().toLowerCase();
+            if (coding !== 'identity') body = decode(coding, body, max);
+            removeHeader(r.headers, 'content-encoding');
+          }
+          if (body.length > 0) {
+            const doc = parseJson(body, (m) => new ProblemError('invalid-upstream-response', `the upstream's JSON body is invalid: ${m}`));
+            let out: unknown;
+            try {
+              out = await json(doc, { ctx, headers: () => headerObject(ctx) });
+            } catch (e) {
+              throw new ProblemError('invalid-upstream-response', `the upstream's body could not be transformed: ${(e as { message?: string }).message ?? 'error'}`);
+            }
+            r.body = Buffer.from(JSON.stringify(out));
+            // A validator of the upstream's bytes no longer describes these.
+            removeHeader(r.headers, 'etag');
+            removeHeader(r.headers, 'content-md5');
+            removeHeader(r.headers, 'digest');
+          }
+        }
+        const to = statusMap.get(upstreamStatus);
+        if (to !== undefined) r.status = to;
+      },
+    };
+  },
+});

@@ -1,0 +1,326 @@
+/**
+ * What request-transform and response-transform share: header and query edits, value
+ * templates, and JSON body mapping — field operations on dot paths plus an optional JSONata
+ * expression (a declarative language, evaluated by the `jsonata` library with a time and depth
+ * box; never eval or vm). Everything is compiled once per binding.
+ */
+import { Type, type Static } from '@sinclair/typebox';
+import jsonata from 'jsonata';
+import { ProblemError } from '../core/problem.js';
+import type { RequestCtx } from './types.js';
+
+const FIELD_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+const HeaderName = Type.String({ pattern: FIELD_NAME, maxLength: 256 });
+/** A dot path into a JSON body: `a.b.0.c` (numbers index arrays). */
+const DotPath = Type.String({ minLength: 1, maxLength: 1024, description: 'A dot path into the JSON body, e.g. user.address.city or items.0.id.' });
+const Template = Type.String({ maxLength: 8192, description: 'A value; {header.x}, {query.x}, {path.x} (route parameter), {consumer}, {client_ip}, {request_id} are replaced.' });
+
+export const HeaderOps = Type.Object({
+  remove: Type.Optional(Type.Array(HeaderName, { description: 'Fields removed.' })),
+  rename: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), HeaderName, { description: 'Fields renamed (old: new).' })),
+  set: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { description: 'Fields set (replacing any of the same name).' })),
+  add: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { description: 'Fields added when absent.' })),
+  append: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { description: 'Fields added even when present.' })),
+}, { additionalProperties: false });
+
+export const QueryOps = Type.Object({
+  remove: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+  rename: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ minLength: 1 }))),
+  set: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Template)),
+  add: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Template)),
+}, { additionalProperties: false });
+
+export const JsonOps = Type.Object({
+  unwrap: Type.Optional(Type.String({ minLength: 1, description: 'Replace the body by the value at this path (out of an envelope). Runs first.' })),
+  expression: Type.Optional(Type.String({ minLength: 1, maxLength: 65536, description: 'A JSONata expression over the body; its result becomes the body. $request holds method, path, query, headers, params, consumer.' })),
+  select: Type.Optional(Type.Array(DotPath, { description: 'Keep only these paths.' })),
+  remove: Type.Optional(Type.Array(DotPath, { description: 'Remove these paths.' })),
+  rename: Type.Optional(Type.Record(Type.String({ minLength: 1 }), DotPath, { description: 'Move the value at a path to another path (old: new).' })),
+  set: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.Unknown(), { description: 'Set paths to JSON values (strings are templates).' })),
+  wrap: Type.Optional(Type.String({ minLength: 1, description: 'Put the body under this key (into an envelope). Runs last.' })),
+  each: Type.Optional(Type.Boolean({ default: true, description: 'When the body is an array, apply select/remove/rename/set to each element.' })),
+}, { additionalProperties: false });
+
+export type HeaderOps = Static<typeof HeaderOps>;
+export type QueryOps = Static<typeof QueryOps>;
+export type JsonOps = Static<typeof JsonOps>;
+
+/** Segments that would reach an object's prototype: refused in every path. */
+const FORBIDDEN = new Set(['__proto__', 'prototype', 'constructor']);
+
+export function splitPath(p: string): string[] {
+  const segs = p.split('.');
+  for (const s of segs) {
+    if (s === '') throw new Error(`empty segment in path "${p}"`);
+    if (FORBIDDEN.has(s)) throw new Error(`path "${p}" uses the reserved name "${s}"`);
+  }
+  return segs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates
+
+type Part = string | ((ctx: RequestCtx) => string);
+
+/** `{header.x}`, `{query.x}`, `{path.x}`, `{consumer}`, `{client_ip}`, `{request_id}`; `{{` is a literal brace. */
+export function compileTemplate(t: string): (ctx: RequestCtx) => string {
+  const parts: Part[] = [];
+  const re = /\{\{|\}\}|\{([a-z_]+)(?:\.([^{}]+))?\}/g;
+  let last = 0;
+  for (let m = re.exec(t); m !== null; m = re.exec(t)) {
+    parts.push(t.slice(last, m.index));
+    last = m.index + m[0].length;
+    if (m[0] === '{{' || m[0] === '}}') {
+      parts.push(m[0][0]!);
+      continue;
+    }
+    const [, kind, name] = m;
+    switch (kind) {
+      case 'header': {
+        const n = name!.toLowerCase();
+        parts.push((c) => c.header(n) ?? '');
+        break;
+      }
+      case 'query': parts.push((c) => queryParams(c.query).get(name!) ?? ''); break;
+      case 'path': parts.push((c) => c.params[name!] ?? ''); break;
+      case 'consumer': parts.push((c) => c.consumer?.name ?? c.identity ?? ''); break;
+      case 'client_ip': parts.push((c) => c.clientIp); break;
+      case 'request_id': parts.push((c) => c.requestId); break;
+      default: throw new Error(`unknown template "{${kind}${name ? '.' + name : ''}}" (known: header.x, query.x, path.x, consumer, client_ip, request_id)`);
+    }
+  }
+  parts.push(t.slice(last));
+  const fixed = parts.filter((p) => p !== '');
+  if (fixed.every((p) => typeof p === 'string')) {
+    const s = fixed.join('');
+    return () => s;
+  }
+  return (ctx) => {
+    let s = '';
+    for (const p of fixed) s += typeof p === 'string' ? p : p(ctx);
+    return s;
+  };
+}
+
+const queryParams = (q: string) => new URLSearchParams(q.length > 1 ? q.slice(1) : '');
+
+/** Header values must not carry CR, LF or NUL (a template could pull them from a query). */
+const safeValue = (v: string) => v.replace(/[\r\n\0]/g, ' ');
+
+// ---------------------------------------------------------------------------------------------
+// Headers (a flat name/value list)
+
+export type HeaderEdit = (ctx: RequestCtx, list: string[]) => void;
+
+export function compileHeaderOps(o: HeaderOps | undefined): HeaderEdit | null {
+  if (!o) return null;
+  const remove = new Set((o.remove ?? []).map((n) => n.toLowerCase()));
+  const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [a.toLowerCase(), b] as const);
+  const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
+  const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
+  const append = Object.entries(o.append ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
+  if (remove.size + rename.length + set.length + add.length + append.length === 0) return null;
+  return (ctx, list) => {
+    if (remove.size) for (let i = list.length - 2; i >= 0; i -= 2) if (remove.has(list[i]!.toLowerCase())) list.splice(i, 2);
+    for (const [from, to] of rename) for (let i = 0; i < list.length; i += 2) if (list[i]!.toLowerCase() === from) list[i] = to;
+    for (const [k, v] of set) {
+      const lk = k.toLowerCase();
+      for (let i = list.length - 2; i >= 0; i -= 2) if (list[i]!.toLowerCase() === lk) list.splice(i, 2);
+      list.push(k, safeValue(v(ctx)));
+    }
+    for (const [k, v] of add) {
+      const lk = k.toLowerCase();
+      let present = false;
+      for (let i = 0; i < list.length; i += 2) if (list[i]!.toLowerCase() === lk) present = true;
+      if (!present) list.push(k, safeValue(v(ctx)));
+    }
+    for (const [k, v] of append) list.push(k, safeValue(v(ctx)));
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query (a '?...' string; untouched parameters keep their exact bytes)
+
+export function compileQueryOps(o: QueryOps | undefined): ((ctx: RequestCtx, q: string) => string) | null {
+  if (!o) return null;
+  const remove = new Set(o.remove ?? []);
+  const rename = new Map(Object.entries(o.rename ?? {}));
+  const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
+  const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
+  if (remove.size + rename.size + set.length + add.length === 0) return null;
+  const setNames = new Set(set.map(([k]) => k));
+  return (ctx, q) => {
+    const parts = q.length > 1 ? q.slice(1).split('&') : [];
+    const out: string[] = [];
+    const present = new Set<string>();
+    for (const part of parts) {
+      if (part === '') continue;
+      const eq = part.indexOf('=');
+      let key: string;
+      try {
+        key = decodeURIComponent((eq === -1 ? part : part.slice(0, eq)).replace(/\+/g, ' '));
+      } catch {
+        out.push(part); // not ours to judge: kept as it came
+        continue;
+      }
+      if (remove.has(key) || setNames.has(key)) continue;
+      const to = rename.get(key);
+      if (to !== undefined) {
+        present.add(to);
+        out.push(encodeURIComponent(to) + (eq === -1 ? '' : part.slice(eq)));
+        continue;
+      }
+      present.add(key);
+      out.push(part);
+    }
+    for (const [k, v] of set) out.push(`${encodeURIComponent(k)}=${encodeURIComponent(v(ctx))}`);
+    for (const [k, v] of add) if (!present.has(k)) out.push(`${encodeURIComponent(k)}=${encodeURIComponent(v(ctx))}`);
+    return out.length ? `?${out.join('&')}` : '';
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON bodies
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object';
+
+function getPath(v: unknown, segs: readonly string[]): unknown {
+  let cur = v;
+  for (const s of segs) {
+    if (!isObject(cur) || !Object.hasOwn(cur, s)) return undefined;
+    cur = (cur as Record<string, unknown>)[s];
+  }
+  return cur;
+}
+
+/** Sets a path, making objects on the way (an array is indexed by number segments). */
+function setPath(v: unknown, segs: readonly string[], value: unknown): void {
+  let cur = v as Record<string, unknown>;
+  for (let i = 0; i < segs.length - 1; i++) {
+    const s = segs[i]!;
+    let next = Object.hasOwn(cur, s) ? cur[s] : undefined;
+    if (!isObject(next)) {
+      next = {};
+      defineOwn(cur, s, next);
+    }
+    cur = next as Record<string, unknown>;
+  }
+  defineOwn(cur, segs[segs.length - 1]!, value);
+}
+
+function defineOwn(o: Record<string, unknown>, k: string, v: unknown): void {
+  if (Array.isArray(o) && !/^(0|[1-9][0-9]{0,6})$/.test(k)) return; // arrays take indexes only
+  Object.defineProperty(o, k, { value: v, writable: true, enumerable: true, configurable: true });
+}
+
+function removePath(v: unknown, segs: readonly string[]): unknown {
+  const parent = getPath(v, segs.slice(0, -1));
+  const last = segs[segs.length - 1]!;
+  if (!isObject(parent) || !Object.hasOwn(parent, last)) return undefined;
+  const old = (parent as Record<string, unknown>)[last];
+  if (Array.isArray(parent) && /^[0-9]+$/.test(last)) parent.splice(Number(last), 1);
+  else delete (parent as Record<string, unknown>)[last];
+  return old;
+}
+
+export interface JsonInput {
+  ctx: RequestCtx;
+  /** The request's headers as an object (for $request.headers). */
+  headers: () => Record<string, string>;
+}
+
+/**
+ * JSONata's guardrails per evaluation: a runaway expression (or a hostile body that makes one
+ * run away) fails that request instead of holding the event loop.
+ */
+const EXPRESSION_LIMITS = { timeout: 100, stack: 200, sequence: 1_000_000 };
+
+export type JsonTransform = (body: unknown, input: JsonInput) => Promise<unknown>;
+
+/** Compiles JSON operations; throws (config error) on a bad path or expression. */
+export function compileJsonOps(o: JsonOps | undefined): JsonTransform | null {
+  if (!o) return null;
+  const unwrap = o.unwrap !== undefined ? splitPath(o.unwrap) : null;
+  const select = o.select?.map(splitPath) ?? null;
+  const remove = (o.remove ?? []).map(splitPath);
+  const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [splitPath(a), splitPath(b)] as const);
+  const set = Object.entries(o.set ?? {}).map(([p, v]) => [splitPath(p), typeof v === 'string' ? compileTemplate(v) : v] as const);
+  const wrap = o.wrap !== undefined ? splitPath(o.wrap) : null;
+  const each = o.each !== false;
+  let expr: ReturnType<typeof jsonata> | null = null;
+  if (o.expression !== undefined) {
+    try {
+      expr = jsonata(o.expression, EXPRESSION_LIMITS);
+    } catch (e) {
+      const err = e as { message?: string; position?: number };
+      throw new Error(`invalid JSONata expression${err.position !== undefined ? ` at ${err.position}` : ''}: ${err.message ?? String(e)}`);
+    }
+  }
+  if (!unwrap && !select && !remove.length && !rename.length && !set.length && !wrap && !expr) return null;
+
+  const fields = (doc: unknown, ctx: RequestCtx): unknown => {
+    if (!isObject(doc)) return doc;
+    let d = doc;
+    if (select !== null) {
+      const kept: Record<string, unknown> = {};
+      for (const p of select) {
+        const v = getPath(d, p);
+        if (v !== undefined) setPath(kept, p, v);
+      }
+      d = kept;
+    }
+    for (const p of remove) removePath(d, p);
+    for (const [from, to] of rename) {
+      const v = removePath(d, from);
+      if (v !== undefined) setPath(d, to, v);
+    }
+    for (const [p, v] of set) setPath(d, p, typeof v === 'function' ? (v as (c: RequestCtx) => string)(ctx) : structuredClone(v));
+    return d;
+  };
+
+  return async (body, input) => {
+    let doc = body;
+    if (unwrap !== null) doc = getPath(doc, unwrap) ?? null;
+    if (expr !== null) doc = await evaluate(expr, doc, input);
+    if (select !== null || remove.length || rename.length || set.length) {
+      doc = Array.isArray(doc) && each ? doc.map((e) => fields(e, input.ctx)) : fields(doc, input.ctx);
+    }
+    if (wrap !== null) {
+      const w: Record<string, unknown> = {};
+      setPath(w, wrap, doc);
+      doc = w;
+    }
+    return doc;
+  };
+}
+
+async function evaluate(expr: ReturnType<typeof jsonata>, doc: unknown, input: JsonInput): Promise<unknown> {
+  const ctx = input.ctx;
+  const env = {
+    request: {
+      method: ctx.method, path: ctx.path, params: { ...ctx.params },
+      query: Object.fromEntries(queryParams(ctx.query)),
+      headers: input.headers(),
+      consumer: ctx.consumer?.name ?? null,
+    },
+  };
+  const v: unknown = await expr.evaluate(doc, env);
+  // JSONata's sequences are arrays with extra flags; a JSON round trip gives plain data.
+  return v === undefined ? null : JSON.parse(JSON.stringify(v)) as unknown;
+}
+
+/** A media type is JSON (application/json or any +json). */
+export function isJsonType(ct: string | undefined): boolean {
+  if (ct === undefined) return false;
+  const t = ct.split(';')[0]!.trim().toLowerCase();
+  return t === 'application/json' || t.endsWith('+json');
+}
+
+/** Parses a JSON body; `where` names it in the error. */
+export function parseJson(buf: Buffer, onError: (message: string) => ProblemError): unknown {
+  try {
+    return JSON.parse(buf.toString('utf8'));
+  } catch (e) {
+    throw onError((e as Error).message);
+  }
+}

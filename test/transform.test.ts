@@ -1,0 +1,398 @@
+/**
+ * request-transform, response-transform and compression end to end: a gateway in-process,
+ * real loopback upstreams that record what they received, node:http clients.
+ */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { request as httpRequest } from 'node:http';
+import { gzipSync, gunzipSync, brotliDecompressSync } from 'node:zlib';
+import { configIssues, rawRequest, request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+
+const T = { timeout: 20_000 };
+
+let echo: TestUpstream;
+let shaped: TestUpstream;
+let gw: TestGateway;
+
+const BIG = JSON.stringify({ items: Array.from({ length: 5000 }, (_, i) => ({ id: i, name: `item-${i}`, internal_id: `x${i}` })) });
+
+before(async () => {
+  echo = await startUpstream();
+  // Answers by path: JSON shapes, statuses and encodings the response transforms meet.
+  shaped = await startUpstream((req, res) => {
+    const url = req.url ?? '';
+    const json = (status: number, v: unknown, extra: Record<string, string> = {}) =>
+      res.writeHead(status, { 'content-type': 'application/json', server: 'secret-server/1.2', etag: '"v1"', ...extra }).end(JSON.stringify(v));
+    if (url.startsWith('/user')) return json(200, { id: 7, name: 'Ada', internal_id: 'db-7', meta: { tier: 'gold' } });
+    if (url.startsWith('/list')) return json(200, [{ id: 1, internal_id: 'a' }, { id: 2, internal_id: 'b' }]);
+    if (url.startsWith('/missing')) return json(404, { error: 'nope' });
+    if (url.startsWith('/big')) return res.writeHead(200, { 'content-type': 'application/json' }).end(BIG);
+    if (url.startsWith('/chunked-big')) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.write(BIG.slice(0, 1000));
+      setTimeout(() => res.end(BIG.slice(1000)), 10);
+      return;
+    }
+    if (url.startsWith('/broken')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1,');
+    if (url.startsWith('/gz')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(gzipSync(JSON.stringify({ id: 9, internal_id: 'z' })));
+    if (url.startsWith('/text')) return res.writeHead(200, { 'content-type': 'text/plain' }).end('x'.repeat(5000));
+    if (url.startsWith('/small')) return res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('tiny');
+    if (url.startsWith('/notransform')) return res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-transform' }).end('y'.repeat(5000));
+    if (url.startsWith('/png')) return res.writeHead(200, { 'content-type': 'image/png' }).end(Buffer.alloc(5000, 1));
+    if (url.startsWith('/stream')) {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      let n = 0;
+      const t = setInterval(() => {
+        res.write('line '.repeat(200) + '\n');
+        if (++n === 20) {
+          clearInterval(t);
+          res.end();
+        }
+      }, 2);
+      return;
+    }
+    res.writeHead(500).end();
+  });
+  gw = await startGateway(`
+services:
+  - name: echo
+    url: ${echo.url}
+    retries: 1
+    routes:
+      - name: rewrite
+        paths: ["/api/v1/users/{id}"]
+        plugins:
+          - name: request-transform
+            config:
+              method: POST
+              path: {pattern: "^/api/v1/users/([0-9]+)$", replace: "/v2/people/$1/{header.x-tenant}"}
+              headers: {remove: [x-secret], rename: {x-old: x-new}, set: {x-set: "id={path.id}"}, add: {x-added: "{query.q}"}, append: {x-app: "a"}}
+              query: {remove: [drop], rename: {from: to}, set: {forced: "1"}, add: {dflt: "d"}}
+      - name: body
+        paths: [/body]
+        plugins:
+          - name: request-transform
+            config:
+              json: {remove: [password], rename: {name: user.full_name}, set: {source: gateway, "user.tenant": "{header.x-tenant}"}, wrap: data}
+              max_body: 2kb
+      - name: expr
+        paths: [/expr]
+        plugins:
+          - name: request-transform
+            config:
+              json:
+                expression: '{"total": $sum(items.price), "count": $count(items), "by": $request.headers."x-user"}'
+      - name: runaway
+        paths: [/runaway]
+        plugins:
+          - name: request-transform
+            config:
+              json:
+                expression: '($f := function($n){ $n = 0 ? 0 : 1 + $f($n - 1) }; $f(100000))'
+      - name: template-path
+        paths: ["/t/{id}"]
+        plugins:
+          - name: request-transform
+            config: {path: "/things/{path.id}/detail"}
+  - name: shaped
+    url: ${shaped.url}
+    routes:
+      - name: out
+        paths: [/out]
+        strip_path: true
+        plugins:
+          - name: response-transform
+            config:
+              status: {"404": 200}
+              headers: {remove: [server], set: {x-shaped: "yes"}}
+              json: {remove: [internal_id], rename: {meta.tier: tier}, set: {via_gateway: true}}
+              max_body: 64kb
+      - name: out-expr
+        paths: [/oexpr]
+        strip_path: true
+        plugins:
+          - name: response-transform
+            config:
+              json:
+                expression: '{"name": name, "upper": $uppercase(name)}'
+                wrap: result
+      - name: zipped
+        paths: [/zip]
+        strip_path: true
+        plugins:
+          - name: compression
+            config: {min_size: 1kb}
+      - name: both
+        paths: [/both]
+        strip_path: true
+        plugins:
+          - name: compression
+            config: {min_size: 10b}
+          - name: response-transform
+            config: {json: {remove: [internal_id]}}
+`);
+});
+
+after(async () => {
+  await gw?.close();
+  await echo?.close();
+  await shaped?.close();
+});
+
+const last = () => echo.requests[echo.requests.length - 1]!;
+
+test('request-transform: method, regex path with captures and templates, headers, query', { ...T }, async () => {
+  const r = await request(`${gw.url}/api/v1/users/42?drop=1&from=x&keep=%20a&forced=0&q=hello`, {
+    headers: { 'x-secret': 's3', 'x-old': 'o', 'x-tenant': 'acme', 'x-app': 'client' },
+  });
+  assert.equal(r.status, 200);
+  const up = last();
+  assert.equal(up.method, 'POST');
+  const [path, q] = up.url.split('?');
+  assert.equal(path, '/v2/people/42/acme');
+  const params = new URLSearchParams(q);
+  assert.equal(params.get('drop'), null);
+  assert.equal(params.get('to'), 'x');
+  assert.equal(params.get('keep'), ' a');
+  assert.deepEqual(params.getAll('forced'), ['1']);
+  assert.equal(params.get('dflt'), 'd');
+  assert.ok(q!.includes('keep=%20a'), 'untouched parameters keep their bytes');
+  assert.equal(up.headers['x-secret'], undefined);
+  assert.equal(up.headers['x-old'], undefined);
+  assert.equal(up.headers['x-new'], 'o');
+  assert.equal(up.headers['x-set'], 'id=42');
+  assert.equal(up.headers['x-added'], 'hello');
+  assert.equal(up.headers['x-app'], 'client, a');
+});
+
+test('request-transform: values from the request go in literally ($1 in a header is no capture; CR/LF never reach a field)', { ...T }, async () => {
+  const r = await request(`${gw.url}/api/v1/users/5?q=a%0d%0aX-Injected:%201`, { headers: { 'x-tenant': '$1$&' } });
+  assert.equal(r.status, 200);
+  const up = last();
+  assert.equal(up.url.split('?')[0], `/v2/people/5/${encodeURI('$1$&')}`.replace('%24', '$').replace('%24', '$'));
+  assert.equal(up.headers['x-injected'], undefined);
+  assert.equal(up.headers['x-added'], 'a  X-Injected: 1');
+});
+
+test('request-transform: path template with a route parameter', { ...T }, async () => {
+  const r = await request(`${gw.url}/t/abc?z=1`);
+  assert.equal(r.status, 200);
+  assert.equal(last().url, '/things/abc/detail?z=1');
+});
+
+test('request-transform: JSON body mapping (remove, move into a nested path, set with template, wrap), Content-Length follows', { ...T }, async () => {
+  const r = await request(`${gw.url}/body`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-tenant': 'acme' },
+    body: JSON.stringify({ name: 'Ada', password: 'hunter2', age: 36 }),
+  });
+  assert.equal(r.status, 200);
+  const up = last();
+  const sent = JSON.parse(up.body.toString());
+  assert.deepEqual(sent, { data: { age: 36, user: { full_name: 'Ada', tenant: 'acme' }, source: 'gateway' } });
+  assert.equal(Number(up.headers['content-length']), up.body.length);
+  assert.equal(up.headers['transfer-encoding'], undefined);
+});
+
+test('request-transform: a chunked JSON body is read whole and sent with a length', { ...T }, async () => {
+  const status = await new Promise<number>((resolve, reject) => {
+    const req = httpRequest(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    });
+    req.on('error', reject);
+    req.write('{"name":');
+    setTimeout(() => req.end('"Bo"}'), 20);
+  });
+  assert.equal(status, 200);
+  assert.deepEqual(JSON.parse(last().body.toString()), { data: { user: { full_name: 'Bo', tenant: '' }, source: 'gateway' } });
+  assert.equal(last().headers['content-length'], String(last().body.length));
+});
+
+test('request-transform: JSONata expression with $request', { ...T }, async () => {
+  const r = await request(`${gw.url}/expr`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', 'x-user': 'u1' },
+    body: JSON.stringify({ items: [{ price: 2 }, { price: 3.5 }] }),
+  });
+  assert.equal(r.status, 200);
+  assert.deepEqual(JSON.parse(last().body.toString()), { total: 5.5, count: 2, by: 'u1' });
+});
+
+test('request-transform: invalid JSON -> 400 problem naming the error; upstream untouched', { ...T }, async () => {
+  const before = echo.requests.length;
+  const r = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name": "Ada",' });
+  assert.equal(r.status, 400);
+  assert.match(r.headers['content-type']!, /application\/problem\+json/);
+  const p = JSON.parse(r.body);
+  assert.equal(p.type, 'urn:turnpike:problem:bad-request');
+  assert.match(p.detail, /not valid JSON/);
+  assert.ok(p.request_id);
+  assert.equal(echo.requests.length, before);
+});
+
+test('request-transform: oversized bodies -> 413 (declared, and chunked past the cap); nothing reaches the upstream', { ...T }, async () => {
+  const before = echo.requests.length;
+  const big = JSON.stringify({ name: 'x'.repeat(5000) });
+  const declared = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: big });
+  assert.equal(declared.status, 413);
+  assert.equal(JSON.parse(declared.body).type, 'urn:turnpike:problem:payload-too-large');
+  const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = httpRequest(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json' } }, (res) => {
+      let b = '';
+      res.on('data', (c) => (b += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: b }));
+    });
+    req.on('error', reject);
+    for (let i = 0; i < 10; i++) req.write('x'.repeat(1000));
+    req.end();
+  });
+  assert.equal(chunked.status, 413);
+  assert.equal(echo.requests.length, before);
+  // The gateway serves on.
+  assert.equal((await request(`${gw.url}/t/ok`)).status, 200);
+});
+
+test('request-transform: 100-continue is sent when the body is read for a transform', { ...T }, async () => {
+  const res = await rawRequest(gw.port, 'POST /body HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n', 300);
+  assert.match(res.text, /^HTTP\/1\.1 100 Continue/);
+});
+
+test('request-transform: a runaway expression fails that request within its time box; the gateway carries on', { ...T }, async () => {
+  const t0 = Date.now();
+  const r = await request(`${gw.url}/runaway`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+  assert.equal(r.status, 400);
+  assert.match(JSON.parse(r.body).detail, /could not be transformed/);
+  assert.ok(Date.now() - t0 < 5000);
+  assert.equal((await request(`${gw.url}/t/ok`)).status, 200);
+});
+
+test('request-transform: bodies of other media types pass through untouched', { ...T }, async () => {
+  const r = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'name=Ada' });
+  assert.equal(r.status, 200);
+  assert.equal(last().body.toString(), 'name=Ada');
+});
+
+test('response-transform: JSON fields, headers, status mapping; ETag of the upstream bytes dropped', { ...T }, async () => {
+  const r = await request(`${gw.url}/out/user`);
+  assert.equal(r.status, 200);
+  assert.deepEqual(JSON.parse(r.body), { id: 7, name: 'Ada', meta: {}, tier: 'gold', via_gateway: true });
+  assert.equal(r.headers.server, undefined);
+  assert.equal(r.headers['x-shaped'], 'yes');
+  assert.equal(r.headers.etag, undefined);
+  assert.equal(Number(r.headers['content-length']), Buffer.byteLength(r.body));
+  const list = await request(`${gw.url}/out/list`);
+  assert.deepEqual(JSON.parse(list.body), [{ id: 1, via_gateway: true }, { id: 2, via_gateway: true }]);
+  const mapped = await request(`${gw.url}/out/missing`);
+  assert.equal(mapped.status, 200);
+  assert.deepEqual(JSON.parse(mapped.body), { error: 'nope', via_gateway: true });
+});
+
+test('response-transform: HEAD gets the headers and no body', { ...T }, async () => {
+  const r = await request(`${gw.url}/out/user`, { method: 'HEAD' });
+  assert.equal(r.status, 200);
+  assert.equal(r.body, '');
+});
+
+test('response-transform: an upstream body over max_body -> 502 problem (declared or streamed); invalid JSON -> 502', { ...T }, async () => {
+  for (const path of ['/out/big', '/out/chunked-big']) {
+    const r = await request(`${gw.url}${path}`);
+    assert.equal(r.status, 502, path);
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:upstream-response-too-large');
+  }
+  const broken = await request(`${gw.url}/out/broken`);
+  assert.equal(broken.status, 502);
+  assert.equal(JSON.parse(broken.body).type, 'urn:turnpike:problem:invalid-upstream-response');
+  assert.equal((await request(`${gw.url}/out/user`)).status, 200);
+});
+
+test('response-transform: the upstream is asked for an unencoded body; one that encodes anyway is decoded', { ...T }, async () => {
+  const r = await request(`${gw.url}/out/gz`, { headers: { 'accept-encoding': 'gzip' } });
+  assert.equal(r.status, 200);
+  assert.equal(r.headers['content-encoding'], undefined);
+  assert.deepEqual(JSON.parse(r.body), { id: 9, via_gateway: true });
+  assert.equal(shaped.requests[shaped.requests.length - 1]!.headers['accept-encoding'], undefined);
+});
+
+test('response-transform: JSONata expression and wrap', { ...T }, async () => {
+  const r = await request(`${gw.url}/oexpr/user`);
+  assert.deepEqual(JSON.parse(r.body), { result: { name: 'Ada', upper: 'ADA' } });
+});
+
+function fetchRaw(url: string, headers: Record<string, string>): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+test('compression: br preferred, gzip by q-value, identity when refused; Vary and no Content-Length', { ...T }, async () => {
+  const br = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'gzip, br' });
+  assert.equal(br.headers['content-encoding'], 'br');
+  assert.equal(br.headers['content-length'], undefined);
+  assert.match(String(br.headers.vary), /Accept-Encoding/);
+  assert.equal(brotliDecompressSync(br.body).toString(), 'x'.repeat(5000));
+  assert.ok(br.body.length < 200);
+  const gz = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'br;q=0.5, gzip;q=0.9' });
+  assert.equal(gz.headers['content-encoding'], 'gzip');
+  assert.equal(gunzipSync(gz.body).toString(), 'x'.repeat(5000));
+  const star = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': '*;q=0.1, br;q=0' });
+  assert.equal(star.headers['content-encoding'], 'gzip');
+  const none = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'identity' });
+  assert.equal(none.headers['content-encoding'], undefined);
+  assert.equal(none.body.toString(), 'x'.repeat(5000));
+  assert.match(String(none.headers.vary), /Accept-Encoding/);
+  const absent = await fetchRaw(`${gw.url}/zip/text`, {});
+  assert.equal(absent.headers['content-encoding'], undefined);
+});
+
+test('compression: small bodies, no-transform, other types and already-encoded bodies are left alone', { ...T }, async () => {
+  for (const path of ['/zip/small', '/zip/notransform', '/zip/png']) {
+    const r = await fetchRaw(`${gw.url}${path}`, { 'accept-encoding': 'gzip' });
+    assert.equal(r.headers['content-encoding'], undefined, path);
+  }
+  const gz = await fetchRaw(`${gw.url}/zip/gz`, { 'accept-encoding': 'gzip, br' });
+  assert.equal(gz.headers['content-encoding'], 'gzip');
+  assert.deepEqual(JSON.parse(gunzipSync(gz.body).toString()), { id: 9, internal_id: 'z' });
+});
+
+test('compression: a streamed body is compressed as it streams; a strong ETag becomes weak', { ...T }, async () => {
+  const r = await fetchRaw(`${gw.url}/zip/stream`, { 'accept-encoding': 'gzip' });
+  assert.equal(r.headers['content-encoding'], 'gzip');
+  assert.equal(gunzipSync(r.body).toString(), ('line '.repeat(200) + '\n').repeat(20));
+  const j = await fetchRaw(`${gw.url}/zip/big`, { 'accept-encoding': 'gzip' });
+  assert.equal(j.headers['content-encoding'], 'gzip');
+  assert.equal(gunzipSync(j.body).toString(), BIG);
+});
+
+test('compression after a response transform: the transformed body is what gets compressed', { ...T }, async () => {
+  const r = await fetchRaw(`${gw.url}/both/user`, { 'accept-encoding': 'gzip' });
+  assert.equal(r.headers['content-encoding'], 'gzip');
+  assert.deepEqual(JSON.parse(gunzipSync(r.body).toString()), { id: 7, name: 'Ada', meta: { tier: 'gold' } });
+});
+
+test('config errors: bad regex, bad JSONata, reserved path names, unknown template', () => {
+  const base = (cfg: string) => `
+services:
+  - name: a
+    url: http://127.0.0.1:1
+    plugins:
+      - name: request-transform
+        config: ${cfg}
+`;
+  const cases: [string, RegExp][] = [
+    ['{path: {pattern: "([", replace: "/"}}', /path\.pattern/],
+    ['{json: {expression: "$sum("}}', /JSONata/],
+    ['{json: {remove: [a.__proto__.b]}}', /reserved/],
+    ['{headers: {set: {x-a: "{nope.x}"}}}', /unknown template/],
+  ];
+  for (const [cfg, re] of cases) {
+    const issues = configIssues(base(cfg));
+    assert.ok(issues.some((i) => re.test(i.message) && i.path.startsWith('services[0].plugins[0]')), `${cfg}: ${JSON.stringify(issues)}`);
+  }
+});
