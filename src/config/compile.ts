@@ -30,6 +30,7 @@ import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
 import type { CounterStore } from '../state/types.js';
 import { MemoryStore } from '../state/memory.js';
+import { compileCompose, composeService, pathParams, type CompiledCompose } from '../compose/config.js';
 
 export interface Address {
   host: string;
@@ -90,6 +91,12 @@ export interface CompiledRoute {
   websocket: { maxMessage: number; idleTimeout: number } | null;
   /** The plugins its requests run (chains.base.empty: none). */
   chains: RouteChains;
+  /**
+   * A top-level route that composes several backends (src/compose/run.ts runComposition);
+   * null for every proxying route. A composing route's `service` is a stand-in named after
+   * the route, without targets (for code that reads route.service: plugins, metrics, logs).
+   */
+  compose: CompiledCompose | null;
 }
 
 export interface Limits {
@@ -415,6 +422,23 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const serviceNames = new Map<string, number>();
   const routeNames = new Map<string, PathSegment[]>();
 
+  const checkPaths = (paths: readonly string[] | undefined, rp: PathSegment[]) => {
+    paths?.forEach((p, pi) => {
+      const hasParam = p.includes('{') || p.includes('}');
+      const seen = new Set<string>();
+      for (const seg of hasParam ? p.split('/').slice(1) : []) {
+        if (seg.includes('{') || seg.includes('}')) {
+          const m = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(seg);
+          if (!m) fail([...rp, 'paths', pi], `bad segment "${seg}": a parameter is a whole segment like {id}`);
+          else if (seen.has(m[1]!)) fail([...rp, 'paths', pi], `parameter {${m[1]}} appears twice`);
+          else seen.add(m[1]!);
+        }
+      }
+      if (/[?#\s]/.test(p)) fail([...rp, 'paths', pi], 'a path may not contain ?, # or spaces');
+      else if (normalizePath(p) !== p) fail([...rp, 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
+    });
+  };
+
   for (const [si, s] of (cfg.services ?? []).entries()) {
     const sp: PathSegment[] = ['services', si];
     if (serviceNames.has(s.name)) fail([...sp, 'name'], `duplicate service name "${s.name}" (also services[${serviceNames.get(s.name)}])`);
@@ -574,20 +598,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       if (routeNames.has(name)) fail([...rp, 'name'], `duplicate route name "${name}"`);
       routeNames.set(name, rp);
       const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins']);
-      r.paths?.forEach((p, pi) => {
-        const hasParam = p.includes('{') || p.includes('}');
-        const seen = new Set<string>();
-        for (const seg of hasParam ? p.split('/').slice(1) : []) {
-          if (seg.includes('{') || seg.includes('}')) {
-            const m = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(seg);
-            if (!m) fail([...rp, 'paths', pi], `bad segment "${seg}": a parameter is a whole segment like {id}`);
-            else if (seen.has(m[1]!)) fail([...rp, 'paths', pi], `parameter {${m[1]}} appears twice`);
-            else seen.add(m[1]!);
-          }
-        }
-        if (/[?#\s]/.test(p)) fail([...rp, 'paths', pi], 'a path may not contain ?, # or spaces');
-        else if (normalizePath(p) !== p) fail([...rp, 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
-      });
+      checkPaths(r.paths, rp);
       const ws = r.websocket === true ? {} : r.websocket || null;
       const route: CompiledRoute = {
         name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
@@ -596,6 +607,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
           idleTimeout: parseDuration(ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
         },
         chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),
+        compose: null,
       };
       if (ws && service.grpc) fail([...rp, 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
       routes.push(route);
@@ -606,8 +618,38 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   }
 
 
+  // Top-level routes: compositions of several backends (src/compose/).
+  const servicesByName = new Map<string, CompiledService>();
+  for (const sv of services) if (!servicesByName.has(sv.name)) servicesByName.set(sv.name, sv);
+  const composeNames = new Set<string>();
+  for (const [ri, r] of (cfg.routes ?? []).entries()) {
+    if ((++routeCount & 31) === 0) yield;
+    const rp: PathSegment[] = ['routes', ri];
+    if (routeNames.has(r.name)) fail([...rp, 'name'], `duplicate route name "${r.name}"`);
+    routeNames.set(r.name, rp);
+    composeNames.add(r.name);
+    checkPaths(r.paths, rp);
+    const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins']);
+    const route: CompiledRoute = {
+      name: r.name,
+      service: composeService(r.name),
+      stripPath: false,
+      preserveHost: false,
+      retryNonIdempotent: false,
+      websocket: null,
+      chains: plugins.route([], routeBindings, { route: r.name, service: r.name }),
+      compose: compileCompose(r.compose, {
+        path: [...rp, 'compose'], services: servicesByName, params: pathParams(r.paths), pools: deps.pools, acquired, file, fail,
+      }),
+    };
+    routes.push(route);
+    specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
+    specPaths.push(rp);
+  }
+
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) {
-    plan.services?.forEach((sv, i) => { if (!serviceNames.has(sv)) fail(['plans', name, 'services', i], `unknown service "${sv}"`); });
+    // (a composing route stands for its own service: a plan may name it in services too)
+    plan.services?.forEach((sv, i) => { if (!serviceNames.has(sv) && !composeNames.has(sv)) fail(['plans', name, 'services', i], `unknown service "${sv}"`); });
     plan.routes?.forEach((r, i) => { if (!routeNames.has(r)) fail(['plans', name, 'routes', i], `unknown route "${r}"`); });
   }
   yield;

@@ -5,6 +5,7 @@
 import { Type, type Static, type ObjectOptions, type TProperties } from '@sinclair/typebox';
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
 import { AccessLog, Analytics, Metrics, Tracing } from '../observability/schema.js';
+import { Compose } from '../compose/schema.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
   Type.Object(props, { additionalProperties: false, ...opts });
@@ -65,6 +66,18 @@ export const Route = Strict({
   ], { description: 'Allow WebSocket upgrades on this route (true, or {max_message: 1mb, idle_timeout: 60s}). Without it an Upgrade is served as plain HTTP.' })),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
+});
+
+/** A top-level route: it composes several backends (src/compose/) instead of proxying to one service. */
+export const ComposeRoute = Strict({
+  name: Name,
+  paths: Route.properties.paths,
+  methods: Route.properties.methods,
+  hosts: Route.properties.hosts,
+  headers: Route.properties.headers,
+  plugins: Route.properties.plugins,
+  tags: Route.properties.tags,
+  compose: Compose,
 });
 
 export const Target = Strict({
@@ -278,6 +291,7 @@ export const TurnpikeConfig = Strict({
   timeouts: Type.Optional(ServerTimeouts),
   demo: Type.Optional(Demo),
   services: Type.Optional(Type.Array(Service)),
+  routes: Type.Optional(Type.Array(ComposeRoute, { description: 'Routes that compose several backends into one JSON response (see docs/composition.md).' })),
   plans: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._~-]*$' }), Strict({
     plugins: Type.Optional(Type.Array(PluginBinding, { description: 'Bindings every consumer on the plan gets (a consumer\'s own binding of the same plugin wins).' })),
     services: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Services the plan may reach (omitted: all); others answer 403.' })),
@@ -301,4 +315,5 @@ export const TurnpikeConfig = Strict({
 export type TurnpikeConfigInput = Static<typeof TurnpikeConfig>;
 export type ServiceInput = Static<typeof Service>;
 export type RouteInput = Static<typeof Route>;
+export type ComposeRouteInput = Static<typeof ComposeRoute>;
 export type PluginBindingInput = Static<typeof PluginBinding>;

@@ -49,6 +49,7 @@ function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: st
     visit(s.plugins);
     for (const r of s.routes ?? []) visit(r.plugins);
   }
+  for (const r of cfg.routes ?? []) visit(r.plugins);
   for (const c of cfg.consumers ?? []) visit(c.plugins);
   for (const p of Object.values(cfg.plans ?? {})) visit(p.plugins);
   return { headers, params };

@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
 import { PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { ResponsePlugins } from './respond.js';
+import { composeRoute } from './compose-route.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { Observer } from '../observability/observer.js';
 import type { Logger } from '../core/log.js';
@@ -372,11 +373,19 @@ export function handleRequest(
     if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
     if (expectContinue) res.writeContinue();
   };
+  const bodySource = { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: beginBody };
   /** Past the request phases: the WebSocket relay, a composition, or the upstream. */
   const proceed = (pctx: PluginCtx | null, plugins: ResponsePlugins | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
     const upstreamQuery = pctx?.upstreamQuery ?? query;
     const upPath = pctx?.upstreamPath ?? upstreamPath;
     if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, requestId, hashKey, host, ex);
+    if (route.compose !== null) {
+      composeRoute({
+        req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
+        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap,
+      });
+      return undefined;
+    }
     let body: Buffer | null = null;
     if (pctx !== null && pctx.upstreamBody !== null) {
       // A plugin read (or replaced) the body: it goes upstream from memory, with its length.
@@ -414,7 +423,6 @@ export function handleRequest(
     }
     return handler;
   };
-  const bodySource = { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: beginBody };
   const chains = route.chains;
   if (chains.base.empty) return proceed(null, null);
 

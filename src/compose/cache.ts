@@ -1,0 +1,41 @@
+/**
+ * A step's response cache (`cache: {ttl}`): successful JSON responses by method, final URL,
+ * request headers and body, in memory, bounded by entries and bytes (least recently used
+ * first out). One per step per config snapshot: a reload starts empty.
+ */
+import { LRUCache } from 'lru-cache';
+
+export interface CachedResponse {
+  status: number;
+  headers: Readonly<Record<string, string>>;
+  /** Parsed JSON: shared by every request that reads it, never modified. */
+  body: unknown;
+  /** Size of the body as received (bytes). */
+  size: number;
+}
+
+export class StepCache {
+  private readonly lru: LRUCache<string, CachedResponse>;
+  constructor(readonly ttl: number, maxEntries: number, maxBytes: number) {
+    this.lru = new LRUCache<string, CachedResponse>({
+      max: maxEntries,
+      maxSize: maxBytes,
+      // (key and headers counted roughly; the body by its bytes on the wire)
+      sizeCalculation: (v, k) => Math.max(1, v.size + k.length + 64),
+      ttl,
+      ttlAutopurge: false,
+    });
+  }
+
+  get(key: string): CachedResponse | undefined {
+    return this.lru.get(key);
+  }
+
+  set(key: string, value: CachedResponse): void {
+    this.lru.set(key, value);
+  }
+
+  get size(): number {
+    return this.lru.size;
+  }
+}

@@ -1,0 +1,264 @@
+/**
+ * Templates of composition steps: `{id}` (a route path parameter), `{query.x}`, `{header.x}`,
+ * `{body.a.b}` (the client's JSON body), `{consumer.id|name|groups|identity}` (who the auth
+ * plugins say is calling), `{step.body.a.b}`, `{step.status}`,
+ * `{step.headers.x}`; `{expr:-default}` gives a default when the value is missing; `{{` and
+ * `}}` are literal braces. Parsed once when the config compiles; rendered per request in one
+ * of four contexts, each with its own encoding, so a value never changes the structure of
+ * what it lands in:
+ *
+ * - path: percent-encoded as a URI component (`/`, `?`, `#`, `%` included); a value that would
+ *   make a `.` or `..` segment fails the step;
+ * - query: percent-encoded as a URI component;
+ * - header: as is, but CR, LF and NUL fail the step;
+ * - json: a string that is exactly one template takes the value's JSON type (number, object...);
+ *   a string mixing text and templates stays a string.
+ *
+ * A missing value (absent, or null outside json) with no default fails the step.
+ */
+
+export type Source =
+  | { kind: 'param'; name: string }
+  | { kind: 'query'; name: string }
+  | { kind: 'header'; name: string }
+  | { kind: 'body'; path: readonly string[] }
+  | { kind: 'consumer'; field: 'id' | 'name' | 'groups' | 'identity' }
+  | { kind: 'step'; step: string; part: 'body'; path: readonly string[] }
+  | { kind: 'step'; step: string; part: 'status' }
+  | { kind: 'step'; step: string; part: 'headers'; name: string };
+
+export interface Ref {
+  source: Source;
+  /** The default after `:-`, or undefined. */
+  def: string | undefined;
+  /** The template as written, `{...}`, for messages. */
+  text: string;
+}
+
+/** Literal text and references, in order. */
+export interface Template {
+  parts: readonly (string | Ref)[];
+  /** The text as written. */
+  text: string;
+}
+
+export type Context = 'path' | 'query' | 'header' | 'json';
+
+/** Names templates cannot use as step names (they start the other kinds of reference). */
+export const RESERVED_HEADS = new Set(['query', 'header', 'body', 'consumer']);
+
+export interface ParseScope {
+  /** Path parameters the route captures (in any of its paths). */
+  params: ReadonlySet<string>;
+  /** Step names of the composition. */
+  steps: ReadonlySet<string>;
+}
+
+/** Parses a template; problems (unknown step, unknown parameter, syntax) go to `errors`. */
+export function parseTemplate(text: string, scope: ParseScope, errors: string[]): Template {
+  const parts: (string | Ref)[] = [];
+  let lit = '';
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i]!;
+    if (c === '{' && text[i + 1] === '{') { lit += '{'; i += 2; continue; }
+    if (c === '}' && text[i + 1] === '}') { lit += '}'; i += 2; continue; }
+    if (c === '}') { errors.push(`unmatched "}" at position ${i} (write "}}" for a literal brace)`); i++; continue; }
+    if (c !== '{') { lit += c; i++; continue; }
+    const end = text.indexOf('}', i + 1);
+    const open = text.indexOf('{', i + 1);
+    if (end === -1 || (open !== -1 && open < end)) {
+      errors.push(`unclosed "{" at position ${i} (write "{{" for a literal brace)`);
+      lit += c;
+      i++;
+      continue;
+    }
+    const ref = parseRef(text.slice(i, end + 1), scope, errors);
+    if (ref !== null) {
+      if (lit) parts.push(lit);
+      lit = '';
+      parts.push(ref);
+    }
+    i = end + 1;
+  }
+  if (lit) parts.push(lit);
+  return { parts, text };
+}
+
+const SEGMENT = /^[^.{}]+$/;
+
+function parseRef(text: string, scope: ParseScope, errors: string[]): Ref | null {
+  let expr = text.slice(1, -1);
+  let def: string | undefined;
+  const d = expr.indexOf(':-');
+  if (d !== -1) {
+    def = expr.slice(d + 2);
+    expr = expr.slice(0, d);
+  }
+  expr = expr.trim();
+  const segs = expr.split('.');
+  if (expr === '' || !segs.every((s) => SEGMENT.test(s) && s.trim() === s)) {
+    errors.push(`${text} is not a valid reference (use {param}, {query.x}, {header.x}, {body.a.b}, {step.body.a.b}, {step.status} or {step.headers.x})`);
+    return null;
+  }
+  const [head, ...rest] = segs as [string, ...string[]];
+  const bad = (why: string) => {
+    errors.push(`${text}: ${why}`);
+    return null;
+  };
+  let source: Source;
+  if (head === 'query' || head === 'header') {
+    if (rest.length !== 1) return bad(`write {${head}.NAME}`);
+    source = head === 'query' ? { kind: 'query', name: rest[0]! } : { kind: 'header', name: rest[0]!.toLowerCase() };
+  } else if (head === 'body') {
+    source = { kind: 'body', path: rest };
+  } else if (head === 'consumer') {
+    const f = rest[0];
+    if (rest.length !== 1 || (f !== 'id' && f !== 'name' && f !== 'groups' && f !== 'identity')) return bad('write {consumer.id}, {consumer.name}, {consumer.groups} or {consumer.identity}');
+    source = { kind: 'consumer', field: f };
+  } else if (rest.length === 0) {
+    if (!scope.params.has(head)) {
+      const known = [...scope.params];
+      return bad(`the route's paths capture no parameter "${head}"${known.length ? ` (they capture: ${known.join(', ')})` : ''}${scope.steps.has(head) ? ` (for step ${head}'s response write {${head}.body})` : ''}`);
+    }
+    source = { kind: 'param', name: head };
+  } else {
+    if (!scope.steps.has(head)) return bad(`names an unknown step "${head}"`);
+    const [part, ...more] = rest as [string, ...string[]];
+    if (part === 'body') source = { kind: 'step', step: head, part: 'body', path: more };
+    else if (part === 'status' && more.length === 0) source = { kind: 'step', step: head, part: 'status' };
+    else if (part === 'headers' && more.length === 1) source = { kind: 'step', step: head, part: 'headers', name: more[0]!.toLowerCase() };
+    else return bad(`write {${head}.body...}, {${head}.status} or {${head}.headers.NAME}`);
+  }
+  return { source, def, text };
+}
+
+/** Steps a template reads from. */
+export function stepsOf(t: Template, into: Set<string>): void {
+  for (const p of t.parts) if (typeof p !== 'string' && p.source.kind === 'step') into.add(p.source.step);
+}
+
+/** Whether a template reads the client's body. */
+export const readsClientBody = (t: Template): boolean => t.parts.some((p) => typeof p !== 'string' && p.source.kind === 'body');
+
+/** Looks a source up for one request: undefined = missing. */
+export type Lookup = (source: Source) => unknown;
+
+export class TemplateError extends Error {}
+
+/** Follows a.b.0.c into a JSON value (array indices as numbers); undefined when a member is missing. */
+export function dig(value: unknown, path: readonly string[]): unknown {
+  let v = value;
+  for (const k of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    if (Array.isArray(v)) {
+      if (!/^(0|[1-9][0-9]*)$/.test(k)) return undefined;
+      v = v[Number(k)];
+    } else {
+      if (!Object.prototype.hasOwnProperty.call(v, k)) return undefined;
+      v = (v as Record<string, unknown>)[k];
+    }
+  }
+  return v;
+}
+
+function scalar(ref: Ref, v: unknown): string {
+  if (v === undefined || v === null) {
+    if (ref.def !== undefined) return ref.def;
+    throw new TemplateError(`template ${ref.text} has no value`);
+  }
+  if (typeof v === 'string') return v;
+  if (typeof v === 'number' || typeof v === 'boolean') return String(v);
+  throw new TemplateError(`template ${ref.text} is not a string, number or boolean`);
+}
+
+/** Renders a template into a string for a context (path, query, header). Throws TemplateError. */
+export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup: Lookup): string {
+  let out = '';
+  for (const p of t.parts) {
+    if (typeof p === 'string') { out += p; continue; }
+    const v = scalar(p, lookup(p.source));
+    if (ctx === 'header') {
+      if (/[\r\n\0]/.test(v)) throw new TemplateError(`template ${p.text} holds a line break or NUL, not allowed in a header`);
+      out += v;
+    } else out += encodeURIComponent(v);
+  }
+  return out;
+}
+
+/** Renders a path template: values encoded, and no `.` / `..` segment made by a value. */
+export function renderPath(t: Template, lookup: Lookup): string {
+  const out = renderString(t, 'path', lookup);
+  if (t.parts.some((p) => typeof p !== 'string')) {
+    for (const seg of out.split('/')) {
+      const s = seg.replace(/%2e/gi, '.');
+      if (s === '.' || s === '..') throw new TemplateError(`template values make a "${seg}" path segment in ${JSON.stringify(out)}`);
+    }
+  }
+  return out;
+}
+
+/** A JSON value whose strings are templates (compiled once). */
+export type JsonTemplate =
+  | { kind: 'lit'; value: unknown }
+  | { kind: 'one'; ref: Ref }
+  | { kind: 'str'; t: Template }
+  | { kind: 'arr'; items: JsonTemplate[] }
+  | { kind: 'obj'; entries: [string, JsonTemplate][] };
+
+/** Compiles a JSON value (a step's body); strings are parsed as templates. */
+export function parseJsonTemplate(value: unknown, scope: ParseScope, errors: string[]): JsonTemplate {
+  if (typeof value === 'string') {
+    const t = parseTemplate(value, scope, errors);
+    if (t.parts.every((p) => typeof p === 'string')) return { kind: 'lit', value: t.parts.join('') };
+    if (t.parts.length === 1) return { kind: 'one', ref: t.parts[0] as Ref };
+    return { kind: 'str', t };
+  }
+  if (Array.isArray(value)) {
+    const items = value.map((v) => parseJsonTemplate(v, scope, errors));
+    return items.every((x) => x.kind === 'lit') ? { kind: 'lit', value } : { kind: 'arr', items };
+  }
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value).map(([k, v]): [string, JsonTemplate] => [k, parseJsonTemplate(v, scope, errors)]);
+    return entries.every(([, x]) => x.kind === 'lit') ? { kind: 'lit', value } : { kind: 'obj', entries };
+  }
+  return { kind: 'lit', value };
+}
+
+export function jsonTemplateParts(j: JsonTemplate, out: Template[] = []): Template[] {
+  switch (j.kind) {
+    case 'one': out.push({ parts: [j.ref], text: j.ref.text }); break;
+    case 'str': out.push(j.t); break;
+    case 'arr': for (const x of j.items) jsonTemplateParts(x, out); break;
+    case 'obj': for (const [, x] of j.entries) jsonTemplateParts(x, out); break;
+    default: break;
+  }
+  return out;
+}
+
+/** Renders a JSON template to a value. Throws TemplateError. */
+export function renderJson(j: JsonTemplate, lookup: Lookup): unknown {
+  switch (j.kind) {
+    case 'lit': return j.value;
+    case 'one': {
+      const v = lookup(j.ref.source);
+      if (v === undefined) {
+        if (j.ref.def !== undefined) return j.ref.def;
+        throw new TemplateError(`template ${j.ref.text} has no value`);
+      }
+      return v;
+    }
+    case 'str': {
+      let out = '';
+      for (const p of j.t.parts) out += typeof p === 'string' ? p : scalar(p, lookup(p.source));
+      return out;
+    }
+    case 'arr': return j.items.map((x) => renderJson(x, lookup));
+    case 'obj': {
+      // (no prototype: a "__proto__" key is a member like any other)
+      const o = Object.create(null) as Record<string, unknown>;
+      for (const [k, x] of j.entries) o[k] = renderJson(x, lookup);
+      return o;
+    }
+  }
+}

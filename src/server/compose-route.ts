@@ -1,0 +1,98 @@
+/**
+ * The terminal step of a composing route (top-level `routes:` with `compose:`): the client's
+ * body read when templates need it, the composition run (src/compose/run.ts), and its answer —
+ * the merged JSON or the problem naming the failed step — sent through the same response
+ * phases as an upstream's whole response.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { performance } from 'node:perf_hooks';
+import type { CompiledRoute } from '../config/compile.js';
+import { ProblemError } from '../core/problem.js';
+import type { Logger } from '../core/log.js';
+import type { Exchange } from '../observability/exchange.js';
+import type { BufferedResponse } from '../plugins/types.js';
+import type { PluginCtx } from '../plugins/context.js';
+import { runComposition } from '../compose/run.js';
+import { ComposeAbort } from '../compose/call.js';
+import { readWholeBody, type BodySource } from './body.js';
+import { deliver, problemResponse, type ResponsePlugins } from './respond.js';
+
+export interface ComposeCall {
+  req: IncomingMessage;
+  res: ServerResponse;
+  route: CompiledRoute;
+  params: Record<string, string>;
+  method: string;
+  path: string;
+  query: string;
+  requestId: string;
+  /** Connection: close after the answer (draining). */
+  close: boolean;
+  pctx: PluginCtx | null;
+  plugins: ResponsePlugins | null;
+  body: BodySource;
+  exchange: Exchange | null;
+  log?: Logger;
+  snapshot: { retain(): void; release(): void };
+}
+
+export function composeRoute(c: ComposeCall): void {
+  void run(c);
+}
+
+async function run(c: ComposeCall): Promise<void> {
+  const { req, res, requestId } = c;
+  const spec = c.route.compose!;
+  const ac = new AbortController();
+  const onClose = () => ac.abort();
+  res.once('close', onClose);
+  let r: BufferedResponse;
+  // A body the composition does not read is not waited for: unread, the connection closes after.
+  let close = c.close || (c.body.hasBody && !spec.readsBody);
+  try {
+    let body: Buffer | null = null;
+    if (spec.readsBody) {
+      body = c.pctx !== null ? await c.pctx.readBody(spec.maxRequestBody) : await readWholeBody(req, c.body, spec.maxRequestBody);
+    }
+    if (c.exchange !== null) {
+      c.exchange.upstreamStart = performance.now();
+      c.exchange.target = 'compose';
+    }
+    r = await runComposition({
+      route: c.route, method: c.method, path: c.path, query: c.query, params: c.params,
+      headers: (name) => {
+        const v = req.headers[name];
+        return Array.isArray(v) ? v.join(', ') : v;
+      },
+      body, requestId, signal: ac.signal, snapshot: c.snapshot,
+      auth: c.pctx !== null ? { consumer: c.pctx.consumer, identity: c.pctx.identity } : null,
+    });
+    if (c.exchange !== null) c.exchange.upstreamHeaders = performance.now();
+  } catch (err) {
+    if (err instanceof ComposeAbort && ac.signal.aborted) return; // the client left
+    if (err instanceof ProblemError) {
+      r = problemResponse(err.code, err.detail, requestId, err.extra);
+      if (err.code === 'payload-too-large') close = true;
+    } else {
+      c.log?.error({ err, request_id: requestId, route: c.route.name }, 'composition failed');
+      r = problemResponse('internal-error', 'the composition failed', requestId);
+    }
+  } finally {
+    res.off('close', onClose);
+  }
+  if (res.destroyed || res.headersSent) return;
+  const pl = c.plugins;
+  if (pl !== null) {
+    if (pl.extraHeaders?.length) r.headers.push(...pl.extraHeaders);
+    for (const b of pl.chain.responseHeaders) {
+      try {
+        b.inst.responseHeaders!(pl.ctx, r.status, r.headers);
+      } catch (err) {
+        pl.log?.error({ err, plugin: b.name, request_id: requestId }, 'plugin failed in the responseHeaders phase');
+        r = problemResponse('internal-error', `plugin ${b.name} failed`, requestId);
+        break;
+      }
+    }
+  }
+  await deliver(req, res, r, pl, { requestId, close, exchange: c.exchange });
+}
