@@ -14,6 +14,7 @@ import { Gateway } from '../server/gateway.js';
 import { createLogger } from '../core/log.js';
 import { VERSION } from '../version.js';
 import { hashPassword } from '../plugins/basic-auth/hash.js';
+import { importCommand } from './import-openapi.js';
 
 const USAGE = `turnpike ${VERSION}: an API gateway
 
@@ -21,6 +22,8 @@ Usage:
   turnpike start --config FILE      run the gateway in the foreground
   turnpike validate --config FILE   check a config file (exit 0 when valid, 1 with errors)
   turnpike hash-password            read a password on stdin, print its password_hash (basic-auth)
+  turnpike import openapi SPEC [--service-url URL] [--name NAME] [--out FILE]
+                                    a config for an OpenAPI 3 document (routes + request-validator)
   turnpike --version
 
 SIGTERM/SIGINT drain in-flight requests and exit 0. The config file is reloaded when it
@@ -29,6 +32,8 @@ stays. With workers > 1, SIGUSR2 restarts the workers one at a time.
 `;
 
 export async function main(argv: string[]): Promise<number> {
+  // (its own options: see src/cli/import-openapi.ts)
+  if (argv[0] === 'import') return importCommand(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({

@@ -389,7 +389,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
   const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
   for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
-  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail);
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, baseDir);
   plugins.setGlobal(cfg.plugins);
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) plugins.setPlan(name, plan, ['plans', name]);
   (cfg.consumers ?? []).forEach((c, ci) => {

@@ -141,6 +141,7 @@ export class PluginCompiler {
     private readonly consumerHeaders: ConsumerHeaders,
     private readonly log: Logger,
     private readonly fail: (path: PathSegment[], message: string) => void,
+    private readonly baseDir: string = process.cwd(),
   ) {}
 
   /** Compiles the bindings at one place; `scope` decides which plugins may be bound there. */
@@ -193,6 +194,7 @@ export class PluginCompiler {
         consumers: this.consumers,
         credentials: this.credentials.get(def.name) ?? [],
         where: bp.join('.'),
+        baseDir: this.baseDir,
         listeners: this.listeners,
         counters: this.counters,
         consumerHeaders: this.consumerHeaders,

@@ -17,6 +17,7 @@ import quota from './quota/index.js';
 import requestTransform from './request-transform/index.js';
 import responseTransform from './response-transform/index.js';
 import compression from './compression/index.js';
+import requestValidator from './request-validator/index.js';
 
 const plugins = new Map<string, PluginDef>();
 
@@ -26,6 +27,6 @@ export function registerPlugin(def: PluginDef): void {
 }
 
 for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit, quota, acl, ipRestriction, cors] as PluginDef[]) registerPlugin(p);
-for (const p of [requestTransform, responseTransform, compression] as PluginDef[]) registerPlugin(p);
+for (const p of [requestTransform, responseTransform, compression, requestValidator] as PluginDef[]) registerPlugin(p);
 
 export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

@@ -171,6 +171,8 @@ export interface PluginDeps {
   credentials: readonly { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[];
   /** Where the binding is (for messages). */
   where: string;
+  /** The config file's directory (relative file paths in a plugin's config are relative to it). */
+  baseDir: string;
   /** Facts about the listeners (mtls-auth needs a client CA). */
   listeners: { clientCa: boolean };
   /** Counter stores: this node's (shared by its workers), and Redis when `redis` is configured. */

@@ -1,0 +1,188 @@
+/**
+ * JSON bodies from clients (and upstreams): parsed with a nesting bound checked first, and, when
+ * the text is not JSON, a message that names where it goes wrong (line, column, byte offset)
+ * without echoing the text back.
+ *
+ * V8's JSON.parse is iterative (100k levels parse fine), and `__proto__` becomes an own
+ * property there (never the prototype); the bound is for what comes after: a validator that
+ * recurses with the data (a recursive schema) would run out of stack on such a value.
+ */
+
+export type JsonResult = { ok: true; value: unknown } | { ok: false; message: string; tooDeep?: true };
+
+/**
+ * Nesting depth of JSON text, stopping as soon as it passes `limit` (returns limit + 1 then).
+ * Counts `[` and `{` outside strings; a malformed text gives some number (JSON.parse decides).
+ */
+export function jsonDepthExceeds(buf: Uint8Array, limit: number): boolean {
+  // A text of n bytes cannot nest deeper than n / 2.
+  if (buf.length <= limit * 2) return false;
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i]!;
+    if (inString) {
+      if (c === 0x5c /* \ */) i++;
+      else if (c === 0x22 /* " */) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b /* [ */ || c === 0x7b /* { */) {
+      if (++depth > limit) return true;
+    } else if (c === 0x5d /* ] */ || c === 0x7d /* } */) depth--;
+  }
+  return false;
+}
+
+/** Parses a JSON body (UTF-8, an optional BOM is an error like in JSON.parse of RFC 8259 text). */
+export function parseJson(buf: Buffer, maxDepth: number): JsonResult {
+  if (jsonDepthExceeds(buf, maxDepth)) return { ok: false, message: `nested deeper than ${maxDepth} levels`, tooDeep: true };
+  const text = buf.toString('utf8');
+  try {
+    return { ok: true, value: JSON.parse(text) };
+  } catch {
+    return { ok: false, message: describeJsonError(text) };
+  }
+}
+
+const WS = new Set([0x20, 0x09, 0x0a, 0x0d]);
+
+/**
+ * Finds the first place where `text` stops being JSON (RFC 8259) and says so: "unexpected '}'
+ * at line 1, column 7 (offset 6)". Only called on text JSON.parse refused; iterative (no
+ * recursion), linear.
+ */
+export function describeJsonError(text: string): string {
+  let i = 0;
+  const n = text.length;
+  // Containers open: true = object, false = array.
+  const stack: boolean[] = [];
+  const at = (msg: string, pos = i) => {
+    let line = 1;
+    let col = 1;
+    for (let k = 0; k < pos && k < n; k++) {
+      if (text.charCodeAt(k) === 0x0a) {
+        line++;
+        col = 1;
+      } else col++;
+    }
+    return `${msg} at line ${line}, column ${col} (offset ${pos})`;
+  };
+  const show = (pos: number) => {
+    if (pos >= n) return 'end of input';
+    const c = text.charCodeAt(pos);
+    return c >= 0x20 && c < 0x7f ? `'${text[pos]}'` : `character U+${c.toString(16).toUpperCase().padStart(4, '0')}`;
+  };
+  const skipWs = () => {
+    while (i < n && WS.has(text.charCodeAt(i))) i++;
+  };
+  /** Reads a string starting at i (on the quote); returns an error or null. */
+  const str = (): string | null => {
+    const start = i;
+    i++;
+    while (i < n) {
+      const c = text.charCodeAt(i);
+      if (c === 0x22) {
+        i++;
+        return null;
+      }
+      if (c < 0x20) return at('control character in string');
+      if (c === 0x5c) {
+        const e = text[i + 1];
+        if (e === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) return at('bad \\u escape in string');
+          i += 6;
+          continue;
+        }
+        if (e === undefined || !'"\\/bfnrt'.includes(e)) return at('bad escape in string', i);
+        i += 2;
+        continue;
+      }
+      i++;
+    }
+    return at('unterminated string', start);
+  };
+  const num = (): string | null => {
+    const m = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(text.slice(i, i + 400));
+    if (!m || m[0] === '' || m[0] === '-') return at(`unexpected ${show(i)}`);
+    i += m[0].length;
+    return null;
+  };
+  /** A value at i: scalars are consumed; containers are opened (pushed). */
+  const value = (): string | null => {
+    skipWs();
+    if (i >= n) return at('unexpected end of input');
+    const c = text[i]!;
+    if (c === '{') {
+      stack.push(true);
+      i++;
+      return null;
+    }
+    if (c === '[') {
+      stack.push(false);
+      i++;
+      return null;
+    }
+    if (c === '"') return str();
+    if (c === '-' || (c >= '0' && c <= '9')) return num();
+    for (const lit of ['true', 'false', 'null']) {
+      if (text.startsWith(lit, i)) {
+        i += lit.length;
+        return null;
+      }
+    }
+    return at(`unexpected ${show(i)}`);
+  };
+  // State machine: after opening a container, expect its first member or its end; after a
+  // value inside one, expect ',' or its end.
+  let err = value();
+  let justOpened = stack.length > 0;
+  while (err === null && stack.length > 0) {
+    skipWs();
+    const obj = stack[stack.length - 1]!;
+    const close = obj ? '}' : ']';
+    if (i >= n) {
+      err = at('unexpected end of input');
+      break;
+    }
+    if (text[i] === close && justOpened) {
+      i++;
+      stack.pop();
+      justOpened = false;
+      continue;
+    }
+    if (!justOpened) {
+      if (text[i] === close) {
+        i++;
+        stack.pop();
+        continue;
+      }
+      if (text[i] !== ',') {
+        err = at(`expected ',' or '${close}' but found ${show(i)}`);
+        break;
+      }
+      i++;
+      skipWs();
+    }
+    if (obj) {
+      if (text[i] !== '"') {
+        err = at(`expected a property name but found ${show(i)}`);
+        break;
+      }
+      err = str();
+      if (err) break;
+      skipWs();
+      if (text[i] !== ':') {
+        err = at(`expected ':' but found ${show(i)}`);
+        break;
+      }
+      i++;
+    }
+    const before = stack.length;
+    err = value();
+    justOpened = stack.length > before;
+  }
+  if (err !== null) return err;
+  skipWs();
+  if (i < n) return at(`unexpected ${show(i)} after the JSON value`);
+  // JSON.parse refused what this reads as JSON: lone surrogates and the like.
+  return 'not valid JSON';
+}

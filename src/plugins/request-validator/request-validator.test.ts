@@ -1,0 +1,406 @@
+/**
+ * request-validator's core, called directly: operation matching, parameter styles and
+ * coercion, bodies and media types, OpenAPI 3.0 / 3.1 schema dialects, $refs, responses,
+ * hostile input (deep nesting, huge arrays, __proto__, catastrophic patterns), config checks.
+ * End to end through a gateway: test/validation.test.ts.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { ApiValidator, serverBasePaths, type Outcome, type Operation } from './validator.js';
+import { describeJsonError, parseJson } from './json.js';
+import { PathMatcher } from './matcher.js';
+import { catastrophic } from './spec.js';
+import { parseQuery } from './params.js';
+import { configIssues } from '../../../test/helpers.js';
+
+const opts = { maxDepth: 64, allowUnsafePatterns: false, responses: true, warn: () => {} };
+
+interface Req { query?: string; headers?: Record<string, string>; body?: string | Buffer; hasBody?: boolean | null }
+
+async function check(v: ApiValidator, method: string, path: string, r: Req = {}): Promise<Outcome> {
+  const f = v.find(method, path);
+  if (!('op' in f)) return f;
+  const body = r.body === undefined ? Buffer.alloc(0) : Buffer.from(r.body);
+  const headers = Object.fromEntries(Object.entries(r.headers ?? {}).map(([k, x]) => [k.toLowerCase(), x]));
+  return v.check(f.op, f.params, {
+    method, path, query: r.query ?? '',
+    header: (n) => headers[n],
+    hasBody: r.hasBody !== undefined ? r.hasBody : body.length > 0,
+    readBody: async () => body,
+  });
+}
+
+const errorsOf = (o: Outcome) => (!o.ok && o.code === 'validation-failed' ? o.errors : []);
+const json = { 'content-type': 'application/json' };
+
+// A 3.0 document exercising most of what is supported.
+const petstore = {
+  openapi: '3.0.3',
+  info: { title: 'pets', version: '1' },
+  servers: [{ url: 'https://{host}/api/{version}', variables: { host: { default: 'example.com' }, version: { default: 'v1' } } }],
+  paths: {
+    '/pets': {
+      get: {
+        operationId: 'listPets',
+        parameters: [
+          { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 100 } },
+          { name: 'tags', in: 'query', schema: { type: 'array', items: { type: 'string', enum: ['a', 'b', 'c'] } } },
+          { name: 'ids', in: 'query', style: 'form', explode: false, schema: { type: 'array', items: { type: 'integer' } } },
+          { name: 'piped', in: 'query', style: 'pipeDelimited', schema: { type: 'array', items: { type: 'integer' } } },
+          { name: 'filter', in: 'query', style: 'deepObject', explode: true, schema: { type: 'object', properties: { kind: { type: 'string' }, min: { type: 'integer' } }, additionalProperties: false } },
+          { name: 'verbose', in: 'query', schema: { type: 'boolean' } },
+          { name: 'where', in: 'query', content: { 'application/json': { schema: { type: 'object', required: ['x'], properties: { x: { type: 'number' } } } } } },
+          { $ref: '#/components/parameters/Trace' },
+          { name: 'session', in: 'cookie', schema: { type: 'string', pattern: '^[a-f0-9]{8}$' } },
+        ],
+        responses: {
+          '200': {
+            description: 'ok',
+            headers: { 'X-Total': { required: true, schema: { type: 'integer' } } },
+            content: { 'application/json': { schema: { type: 'array', items: { $ref: '#/components/schemas/Pet' } } } },
+          },
+          '4XX': { description: 'client error', content: { 'application/problem+json': { schema: { type: 'object', required: ['title'] } } } },
+        },
+      },
+      post: {
+        operationId: 'createPet',
+        requestBody: { $ref: '#/components/requestBodies/NewPet' },
+        responses: { '201': { $ref: '#/components/responses/Created' } },
+      },
+    },
+    '/pets/{petId}': {
+      parameters: [{ name: 'petId', in: 'path', required: true, schema: { type: 'integer', format: 'int32', minimum: 1 } }],
+      get: { operationId: 'getPet', responses: { '200': { description: 'ok', content: { 'application/json': { schema: { $ref: '#/components/schemas/Pet' } } } } } },
+      patch: {
+        operationId: 'patchPet',
+        requestBody: { content: { 'application/merge-patch+json': { schema: { $ref: '#/components/schemas/Pet' } }, 'application/x-www-form-urlencoded': { schema: { type: 'object', properties: { name: { type: 'string' }, age: { type: 'integer' }, tags: { type: 'array', items: { type: 'string' } } }, required: ['name'] } } } },
+        responses: { '204': { description: 'done' } },
+      },
+      delete: { responses: { '204': { description: 'gone' } } },
+    },
+    '/pets/mine': { get: { operationId: 'minePets', responses: { '200': { description: 'mine' } } } },
+    '/files/{name}.{ext}': {
+      get: {
+        parameters: [
+          { name: 'name', in: 'path', required: true, schema: { type: 'string', maxLength: 5 } },
+          { name: 'ext', in: 'path', required: true, schema: { type: 'string', enum: ['png', 'jpg'] } },
+        ],
+        responses: { default: { description: 'file' } },
+      },
+    },
+    '/uploads': {
+      put: { requestBody: { required: true, content: { 'image/*': {}, 'application/octet-stream': {} } }, responses: { '204': { description: 'ok' } } },
+    },
+  },
+  components: {
+    parameters: { Trace: { name: 'X-Trace-Level', in: 'header', schema: { type: 'integer', maximum: 3 } } },
+    requestBodies: { NewPet: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/Pet' } } } } },
+    responses: { Created: { description: 'created', content: { 'application/json': { schema: { $ref: '#/components/schemas/Pet' } } } } },
+    schemas: {
+      Pet: {
+        type: 'object',
+        required: ['id', 'name', 'secret'],
+        additionalProperties: false,
+        properties: {
+          id: { type: 'integer', readOnly: true },
+          name: { type: 'string', minLength: 1, nullable: true },
+          secret: { type: 'string', writeOnly: true },
+          weight: { type: 'number', minimum: 0, exclusiveMinimum: true },
+          owner: { allOf: [{ $ref: '#/components/schemas/Owner' }], nullable: true },
+          kind: { type: 'string', enum: ['cat', 'dog'], nullable: true },
+          tags: { type: 'array', items: { type: 'object' }, uniqueItems: true },
+          children: { type: 'array', items: { $ref: '#/components/schemas/Pet' } },
+          photo: { type: 'string', format: 'byte' },
+          born: { type: 'string', format: 'date' },
+        },
+      },
+      Owner: { type: 'object', required: ['email'], properties: { email: { type: 'string', format: 'email' } } },
+    },
+  },
+};
+
+const pets = ApiValidator.openapi(petstore, opts);
+
+test('operations: method + path template, server base path, literal before template, 404/405', async () => {
+  const find = (m: string, p: string) => {
+    const f = pets.find(m, p);
+    return 'op' in f ? { id: f.op.id, params: { ...f.params } } : f;
+  };
+  assert.deepEqual(pets.basePaths, ['/api/v1', '']);
+  assert.deepEqual(find('GET', '/api/v1/pets'), { id: 'listPets', params: {} });
+  assert.deepEqual(find('GET', '/pets'), { id: 'listPets', params: {} }, 'the paths as they are (service URL carries the base path)');
+  assert.deepEqual(find('GET', '/api/v1/pets/7'), { id: 'getPet', params: { petId: '7' } });
+  assert.deepEqual(find('GET', '/pets/mine'), { id: 'minePets', params: {} }, 'a concrete path beats a template');
+  assert.deepEqual(find('PATCH', '/pets/mine'), { id: 'patchPet', params: { petId: 'mine' } }, 'the template serves the methods the concrete path lacks');
+  assert.deepEqual(find('HEAD', '/pets/3'), { id: 'getPet', params: { petId: '3' } }, 'HEAD falls back to GET');
+  assert.deepEqual(find('GET', '/pets/3/'), { id: 'getPet', params: { petId: '3' } }, 'trailing slash');
+  assert.deepEqual(find('GET', '/files/cat.png'), { id: 'GET /files/{name}.{ext}', params: { name: 'cat', ext: 'png' } });
+  const nf = pets.find('GET', '/api/v1/dogs');
+  assert.ok(!('op' in nf) && nf.code === 'no-route');
+  const na = pets.find('PUT', '/pets');
+  assert.ok(!('op' in na) && na.code === 'method-not-allowed');
+  assert.deepEqual((na as { allow: string[] }).allow, ['GET', 'POST']);
+  assert.ok(!('op' in pets.find('GET', '/api/v1/pets/1/2')), 'no extra segments');
+});
+
+test('serverBasePaths: variables at their defaults, relative URLs, no trailing slash, longest first', () => {
+  assert.deepEqual(serverBasePaths([{ url: '/' }, { url: 'https://x.example/api/' }, { url: '/api/v2/beta' }, { url: '{scheme}://h/{v}', variables: { scheme: { default: 'https' }, v: { default: 'v9' } } }, { url: 'https://h/{undefined}/x' }]), ['/api/v2/beta', '/api', '/v9']);
+  assert.deepEqual(serverBasePaths(undefined), []);
+});
+
+test('query parameters: coercion, arrays (explode, form, pipe), deepObject, JSON content, unknown ones pass', async () => {
+  assert.deepEqual(await check(pets, 'GET', '/pets', { query: '?limit=10&tags=a&tags=b&ids=1,2,3&piped=4|5&filter[kind]=cat&filter[min]=2&verbose=true&where=%7B%22x%22%3A1%7D&other=x' }), { ok: true });
+  assert.deepEqual(await check(pets, 'GET', '/pets', { query: '?tags=a' }), { ok: true }, 'a single value is an array of one');
+  const bad = await check(pets, 'GET', '/pets', { query: '?limit=abc&tags=z&ids=1,x&piped=4|y&filter[kind]=cat&filter[nope]=1&verbose=maybe&where=%7Bbad' });
+  const got = errorsOf(bad).map((e) => `${e.in} ${e.path}`);
+  for (const want of ['query /limit', 'query /tags/0', 'query /ids/1', 'query /piped/1', 'query /filter/nope', 'query /verbose', 'query /where']) assert.ok(got.includes(want), `${want} in ${got.join(', ')}`);
+  assert.equal(bad.ok === false && bad.code, 'validation-failed');
+  assert.match((bad as { detail: string }).detail, /^7 violations: query \/where: is not valid JSON: expected a property name but found 'b' at line 1, column 2 \(offset 1\); query \/limit: must be integer; /);
+  const limit = errorsOf(await check(pets, 'GET', '/pets', { query: '?limit=0' }));
+  assert.deepEqual(limit, [{ in: 'query', path: '/limit', message: 'must be >= 1' }]);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: '?limit=1&limit=2' })).map((e) => e.path), ['/limit'], 'a repeated scalar');
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: '?where=%7B%7D' })), [{ in: 'query', path: '/where/x', message: 'is required' }]);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: '?limit=%zz' })), [{ in: 'query', path: '/limit', message: 'invalid percent-encoding' }]);
+});
+
+test('path, header and cookie parameters', async () => {
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets/abc')), [{ in: 'path', path: '/petId', message: 'must be integer' }]);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets/0')), [{ in: 'path', path: '/petId', message: 'must be >= 1' }]);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets/3000000000')), [{ in: 'path', path: '/petId', message: 'must match format "int32"' }]);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/files/toolong.gif')).map((e) => e.path), ['/name', '/ext']);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/files/%41b.png')), [], 'path values are percent-decoded');
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { 'X-Trace-Level': '9' } })), [{ in: 'header', path: '/x-trace-level', message: 'must be <= 3' }]);
+  assert.deepEqual(await check(pets, 'GET', '/pets', { headers: { 'X-Trace-Level': '2', cookie: 'a=1; session=deadbeef' } }), { ok: true });
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { cookie: 'session=nothex!!' } })), [{ in: 'cookie', path: '/session', message: 'must match pattern "^[a-f0-9]{8}$"' }]);
+});
+
+test('JSON bodies: required, $ref request bodies, 3.0 nullable / exclusiveMinimum / readOnly / formats, all violations listed', async () => {
+  const ok = { name: 'rex', secret: 's', weight: 1.5, owner: null, kind: null, tags: [{ a: 1 }, { a: 2 }], photo: 'aGk=', born: '2020-02-29' };
+  assert.deepEqual(await check(pets, 'POST', '/pets', { headers: json, body: JSON.stringify(ok) }), { ok: true }, 'readOnly id is not required in a request');
+  assert.deepEqual(await check(pets, 'POST', '/pets', { headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ ...ok, name: null }) }), { ok: true }, 'nullable');
+  const bad = await check(pets, 'POST', '/pets', {
+    headers: json,
+    body: JSON.stringify({ name: '', weight: 0, owner: { email: 'not-mail' }, kind: 'cow', tags: [{ a: 1 }, { a: 1 }], photo: '***', born: '2021-02-29', extra: 1, children: [{ name: 5, secret: 's' }] }),
+  });
+  const got = new Set(errorsOf(bad).map((e) => `${e.path} ${e.message}`));
+  for (const want of [
+    '/secret is required', '/name must NOT have fewer than 1 characters', '/weight must be > 0', '/owner/email must match format "email"',
+    '/kind must be equal to one of the allowed values', '/tags must NOT have duplicate items (items ## 0 and 1 are identical)',
+    '/photo must match format "byte"', '/born must match format "date"', '/extra is not allowed (unknown property)', '/children/0/name must be string,null',
+  ]) assert.ok(got.has(want), `${want} in\n${[...got].join('\n')}`);
+  assert.ok(errorsOf(bad).every((e) => e.in === 'body'));
+  assert.deepEqual(errorsOf(await check(pets, 'POST', '/pets')), [{ in: 'body', path: '', message: 'a request body is required' }]);
+  assert.deepEqual(errorsOf(await check(pets, 'POST', '/pets', { headers: json, body: '' })), [{ in: 'body', path: '', message: 'a request body is required' }]);
+  // At most MAX_VIOLATIONS listed.
+  const many = await check(pets, 'POST', '/pets', { headers: json, body: JSON.stringify({ ...ok, children: Array.from({ length: 50 }, () => ({ name: 1 })) }) });
+  assert.equal(errorsOf(many).length, 20);
+  assert.match((many as { detail: string }).detail, /^20\+ violations/);
+});
+
+test('bodies: media types (415), +json and wildcards, form bodies coerced, undeclared bodies pass', async () => {
+  const u415 = await check(pets, 'POST', '/pets', { headers: { 'content-type': 'text/plain' }, body: 'x' });
+  assert.equal(u415.ok === false && u415.code, 'unsupported-media-type');
+  assert.match((u415 as { detail: string }).detail, /"text\/plain" is not accepted here \(accepted: application\/json\)/);
+  const noCt = await check(pets, 'POST', '/pets', { body: '{}' });
+  assert.equal(noCt.ok === false && noCt.code, 'unsupported-media-type');
+  assert.deepEqual(errorsOf(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/merge-patch+json' }, body: '{"name": 1, "secret": "x"}' })).map((e) => e.path), ['/name']);
+  assert.deepEqual(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=rex&age=4&tags=a&tags=b' }), { ok: true });
+  assert.deepEqual(errorsOf(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'age=old' })).map((e) => `${e.in} ${e.path}`), ['body /name', 'body /age']);
+  assert.equal((await check(pets, 'PATCH', '/pets/1', { headers: json, body: '{}' })).ok, false, 'application/json is not declared here (415)');
+  assert.deepEqual(await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'image/png' }, body: Buffer.from([0x89, 0x50]) }), { ok: true }, 'wildcard range');
+  assert.equal((await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'video/mp4' }, body: 'x' }) as { code: string }).code, 'unsupported-media-type');
+  assert.deepEqual(errorsOf(await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'image/png' } })), [{ in: 'body', path: '', message: 'a request body is required' }]);
+  assert.deepEqual(await check(pets, 'GET', '/pets', { headers: { 'content-type': 'text/plain' }, body: 'ignored' }), { ok: true }, 'an operation without requestBody does not look');
+  // HTTP/2 without Content-Length: reading tells whether there is a body.
+  assert.deepEqual(errorsOf(await check(pets, 'POST', '/pets', { hasBody: null })), [{ in: 'body', path: '', message: 'a request body is required' }]);
+  assert.deepEqual(await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'image/png' }, body: 'x', hasBody: null }), { ok: true });
+});
+
+test('a body that is not JSON: 400 bad-request naming the position, never echoing it', async () => {
+  const o = await check(pets, 'POST', '/pets', { headers: json, body: '{"name": "a",\n "secret": }' });
+  assert.deepEqual(o, { ok: false, code: 'bad-request', detail: "request body is not valid JSON: unexpected '}' at line 2, column 12 (offset 25)" });
+  assert.equal(describeJsonError('{"a":1'), 'unexpected end of input at line 1, column 7 (offset 6)');
+  assert.equal(describeJsonError('[1,2,]'), "unexpected ']' at line 1, column 6 (offset 5)");
+  assert.equal(describeJsonError('{"a" 1}'), "expected ':' but found '1' at line 1, column 6 (offset 5)");
+  assert.equal(describeJsonError('{"a":1}x'), "unexpected 'x' after the JSON value at line 1, column 8 (offset 7)");
+  assert.equal(describeJsonError('"abc'), 'unterminated string at line 1, column 1 (offset 0)');
+  assert.equal(describeJsonError('\uFEFF{}'), 'unexpected character U+FEFF at line 1, column 1 (offset 0)');
+  assert.equal(describeJsonError('{"a":[1 2]}'), "expected ',' or ']' but found '2' at line 1, column 9 (offset 8)");
+  assert.equal(describeJsonError(''), 'unexpected end of input at line 1, column 1 (offset 0)');
+  assert.equal(describeJsonError('{"a":"\\x"}'), 'bad escape in string at line 1, column 7 (offset 6)');
+  // Deep text: the describer does not recurse.
+  assert.match(describeJsonError('['.repeat(200_000)), /unexpected end of input/);
+});
+
+test('hostile bodies: 100k levels of nesting, huge arrays under uniqueItems, __proto__ keys', async () => {
+  const deep = '['.repeat(100_000) + ']'.repeat(100_000);
+  let t = Date.now();
+  const o = await check(pets, 'POST', '/pets', { headers: json, body: deep });
+  assert.deepEqual(o, { ok: false, code: 'bad-request', detail: 'request body is nested deeper than 64 levels' });
+  const deepObj = '{"children":['.repeat(50_000) + ']}'.repeat(50_000);
+  assert.equal((await check(pets, 'POST', '/pets', { headers: json, body: deepObj }) as { code: string }).code, 'bad-request');
+  // Within the depth limit but against a recursive schema: validated, no stack trouble.
+  let nested: Record<string, unknown> = { name: 'leaf', secret: 's' };
+  for (let i = 0; i < 30; i++) nested = { name: `n${i}`, secret: 's', children: [nested] };
+  assert.deepEqual(await check(pets, 'POST', '/pets', { headers: json, body: JSON.stringify(nested) }), { ok: true });
+  assert.ok(Date.now() - t < 2000, `deep bodies took ${Date.now() - t} ms`);
+
+  // 200k object items under uniqueItems: ajv's own check is pairwise (O(n²), hours); ours is linear.
+  t = Date.now();
+  const tags = Array.from({ length: 200_000 }, (_, i) => ({ i }));
+  assert.deepEqual(await check(pets, 'POST', '/pets', { headers: json, body: JSON.stringify({ name: 'x', secret: 's', tags }) }), { ok: true });
+  tags.push({ i: 5 });
+  assert.deepEqual(errorsOf(await check(pets, 'POST', '/pets', { headers: json, body: JSON.stringify({ name: 'x', secret: 's', tags }) })),
+    [{ in: 'body', path: '/tags', message: 'must NOT have duplicate items (items ## 5 and 200000 are identical)' }]);
+  // Key order does not make objects different.
+  assert.equal(errorsOf(await check(pets, 'POST', '/pets', { headers: json, body: '{"name":"x","secret":"s","tags":[{"a":1,"b":2},{"b":2,"a":1}]}' })).length, 1);
+  assert.ok(Date.now() - t < 5000, `huge arrays took ${Date.now() - t} ms`);
+
+  // __proto__ is an own key of the parsed body: reported as unknown, the prototype untouched.
+  const p = await check(pets, 'POST', '/pets', { headers: json, body: '{"name":"x","secret":"s","__proto__":{"polluted":true},"constructor":{"prototype":{"polluted":true}}}' });
+  assert.deepEqual(errorsOf(p).map((e) => e.path), ['/__proto__', '/constructor']);
+  assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
+  // ... and in parameters.
+  const q = await check(pets, 'GET', '/pets', { query: '?__proto__=1&filter[__proto__]=1&constructor=2' });
+  assert.deepEqual(errorsOf(q), [{ in: 'query', path: '/filter/__proto__', message: 'is not allowed (unknown property)' }]);
+  assert.equal(({} as Record<string, unknown>)['1'], undefined);
+  assert.deepEqual(parseJson(Buffer.from('{"__proto__": 1}'), 8), { ok: true, value: JSON.parse('{"__proto__": 1}') });
+});
+
+test('OpenAPI 3.1: JSON Schema 2020-12 (type lists, const, prefixItems, unevaluatedProperties, $defs)', async () => {
+  const v = ApiValidator.openapi({
+    openapi: '3.1.0',
+    info: { title: 't', version: '1' },
+    paths: {
+      '/things/{id}': {
+        put: {
+          parameters: [{ name: 'id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } }],
+          requestBody: { required: true, content: { 'application/json': { schema: { $ref: '#/components/schemas/Thing' } } } },
+          responses: { '200': { description: 'ok' } },
+        },
+      },
+    },
+    components: {
+      schemas: {
+        Thing: {
+          type: 'object',
+          properties: { kind: { const: 'thing' }, note: { type: ['string', 'null'] }, point: { type: 'array', prefixItems: [{ type: 'number' }, { type: 'number' }], items: false } },
+          required: ['kind'],
+          allOf: [{ $ref: '#/components/schemas/Base' }],
+          unevaluatedProperties: false,
+        },
+        Base: { properties: { created: { type: 'string', format: 'date-time' } } },
+      },
+    },
+  }, opts);
+  const id = '6f1c1c9e-7b1a-4d59-9c4e-2a8c53e0f0a1';
+  assert.deepEqual(await check(v, 'PUT', `/things/${id}`, { headers: json, body: '{"kind":"thing","note":null,"point":[1,2],"created":"2024-01-01T00:00:00Z"}' }), { ok: true });
+  const bad = errorsOf(await check(v, 'PUT', '/things/not-a-uuid', { headers: json, body: '{"kind":"other","point":[1,2,3],"zzz":1}' }));
+  assert.deepEqual(bad.map((e) => `${e.in} ${e.path}`).sort(), ['body /kind', 'body /point', 'body /zzz', 'path /id']);
+});
+
+test('responses: status, headers, media type, JSON body (writeOnly not required), gzip, undeclared 5xx passes', () => {
+  const list = (pets.find('GET', '/pets') as { op: Operation }).op;
+  const get = (pets.find('GET', '/pets/1') as { op: Operation }).op;
+  const pet = { id: 1, name: 'rex' };
+  assert.deepEqual(pets.checkResponse(get, 200, ['Content-Type', 'application/json'], Buffer.from(JSON.stringify(pet)), 1e6), [], 'writeOnly secret is not required in a response');
+  assert.deepEqual(pets.checkResponse(get, 200, ['content-type', 'application/json'], Buffer.from('{"name":"rex"}'), 1e6), [{ in: 'body', path: '/id', message: 'is required' }]);
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'x-total', '1'], Buffer.from(JSON.stringify([pet])), 1e6), []);
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json'], Buffer.from('[]'), 1e6), [{ in: 'header', path: '/x-total', message: 'is required' }]);
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'X-Total', 'many'], Buffer.from('[]'), 1e6), [{ in: 'header', path: '/x-total', message: 'must be integer' }]);
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'text/html', 'x-total', '1'], Buffer.from('<html>'), 1e6), [{ in: 'header', path: '/content-type', message: 'is not a declared media type of status 200' }]);
+  assert.deepEqual(pets.checkResponse(list, 404, ['content-type', 'application/problem+json'], Buffer.from('{}'), 1e6), [{ in: 'body', path: '/title', message: 'is required' }], '4XX range');
+  assert.deepEqual(pets.checkResponse(list, 302, [], Buffer.alloc(0), 1e6), [{ in: 'status', path: '', message: 'status 302 is not a declared response' }]);
+  assert.equal(pets.responseSpec(list, 503), null, 'an undeclared 5xx is the upstream failing: passed on as it is');
+  assert.equal(pets.responseSpec(list, 304), null, 'a 304 answers a conditional request');
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'x-total', '1'], Buffer.from('[{"id": 1'), 1e6), [{ in: 'body', path: '', message: 'is not valid JSON: unexpected end of input at line 1, column 10 (offset 9)' }]);
+  const gz = gzipSync(JSON.stringify([{ id: 'x' }]));
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'content-encoding', 'gzip', 'x-total', '1'], gz, 1e6).map((e) => e.path).sort(), ['/0/id', '/0/name']);
+  // A decompression bomb stops at the cap.
+  const bomb = gzipSync(Buffer.alloc(5_000_000, 0x20));
+  assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'content-encoding', 'gzip', 'x-total', '1'], bomb, 1e6), [{ in: 'body', path: '', message: 'cannot be decoded (gzip), or is larger than 1000000 bytes decoded' }]);
+});
+
+test('plain JSON Schemas: body (JSON only, required for POST/PUT/PATCH), query coerced, headers', async () => {
+  const v = ApiValidator.schemas({
+    body: { type: 'object', required: ['name'], properties: { name: { type: 'string' } } },
+    query: { type: 'object', properties: { page: { type: 'integer' }, sort: { type: 'array', items: { enum: ['a', 'b'] } } }, additionalProperties: false },
+    header: { type: 'object', required: ['X-Api-Version'], properties: { 'X-Api-Version': { type: 'integer', enum: [1, 2] } } },
+    bodyRequired: true,
+  }, opts);
+  const h = { 'x-api-version': '2', ...json };
+  assert.deepEqual(await check(v, 'POST', '/any/where', { headers: h, query: '?page=2&sort=a', body: '{"name":"x"}' }), { ok: true });
+  assert.deepEqual(await check(v, 'POST', '/x', { headers: { ...h, 'content-type': 'application/vnd.api+json' }, body: '{"name":"x"}' }), { ok: true });
+  const bad = errorsOf(await check(v, 'POST', '/x', { headers: json, query: '?page=x&sort=c&zzz=1', body: '{}' }));
+  assert.deepEqual(bad.map((e) => `${e.in} ${e.path}`).sort(), ['body /name', 'header /X-Api-Version', 'query /page', 'query /sort/0', 'query /zzz']);
+  assert.equal((await check(v, 'POST', '/x', { headers: { ...h, 'content-type': 'text/plain' }, body: 'x' }) as { code: string }).code, 'unsupported-media-type');
+  assert.deepEqual(errorsOf(await check(v, 'POST', '/x', { headers: h })), [{ in: 'body', path: '', message: 'a request body is required' }]);
+  assert.deepEqual(await check(v, 'GET', '/x', { headers: h }), { ok: true }, 'a GET needs no body');
+  assert.deepEqual(errorsOf(await check(v, 'DELETE', '/x', { headers: h, body: '{}' })), [{ in: 'body', path: '/name', message: 'is required' }], 'but one it carries is checked');
+  const optional = ApiValidator.schemas({ body: { type: 'object' }, bodyRequired: false }, opts);
+  assert.deepEqual(await check(optional, 'POST', '/x'), { ok: true });
+  // draft-04 boolean exclusiveMaximum; 2020-12 by $schema.
+  const d4 = ApiValidator.schemas({ body: { $schema: 'http://json-schema.org/draft-04/schema#', type: 'number', maximum: 5, exclusiveMaximum: true }, bodyRequired: true }, opts);
+  assert.equal(errorsOf(await check(d4, 'PUT', '/', { headers: json, body: '5' }))[0]?.message, 'must be < 5');
+  const d20 = ApiValidator.schemas({ body: { $schema: 'https://json-schema.org/draft/2020-12/schema', type: 'array', prefixItems: [{ type: 'string' }] }, bodyRequired: true }, opts);
+  assert.equal(errorsOf(await check(d20, 'PUT', '/', { headers: json, body: '[1]' }))[0]?.path, '/0');
+});
+
+test('catastrophic patterns are refused at create (unless allowed); safe ones pass', () => {
+  for (const p of ['^(a+)+$', '(\\w+\\s?)*$', '^(([a-z])+.)+[A-Z]([a-z])+$', '(x{2,}){2,}', '((ab)*c)+', '(?:a|b+)*']) assert.equal(catastrophic(p), true, p);
+  for (const p of ['^[a-z]+$', '^(ab)+$', '^([a-zA-Z0-9_\\-\\.]+)@([a-zA-Z0-9_\\-\\.]+)\\.([a-zA-Z]{2,5})$', '(a?)+', '[(a+)]+', '\\(a+\\)+', '^\\d{3}-\\d{4}$', '(a{1})+', '^\\p{L}+$']) assert.equal(catastrophic(p), false, p);
+  const doc = { openapi: '3.0.0', paths: { '/x': { post: { requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/S' } } } }, responses: {} } } }, components: { schemas: { S: { type: 'string', pattern: '^(a+)+$' } } } };
+  assert.throws(() => ApiValidator.openapi(doc, opts), /\/components\/schemas\/S\/pattern: pattern "\^\(a\+\)\+\$" repeats a group that itself repeats/);
+  const v = ApiValidator.openapi(doc, { ...opts, allowUnsafePatterns: true });
+  assert.equal(v.operations.length, 1);
+});
+
+test('document errors name the place', () => {
+  const base = { openapi: '3.0.0', info: { title: 't', version: '1' } };
+  assert.throws(() => ApiValidator.openapi({ swagger: '2.0' }, opts), /Swagger 2.0 is not supported/);
+  assert.throws(() => ApiValidator.openapi({ openapi: '4.0.0' }, opts), /OpenAPI 4.0.0 is not supported/);
+  assert.throws(() => ApiValidator.openapi({ ...base, paths: { '/a': { get: { parameters: [{ $ref: '#/components/parameters/Nope' }] } } } }, opts), /\/paths\/~1a\/get\/parameters\/0: \$ref "#\/components\/parameters\/Nope" names nothing/);
+  assert.throws(() => ApiValidator.openapi({ ...base, paths: { '/a': { get: { parameters: [{ $ref: 'other.yaml#/P' }] } } } }, opts), /points outside the document/);
+  assert.throws(() => ApiValidator.openapi({ ...base, paths: { '/a': { post: { requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/Missing' } } } } } } } }, opts), /\/paths\/~1a\/post \(request body application\/json\): can't resolve reference/);
+  assert.throws(() => ApiValidator.openapi({ ...base, paths: { '/a/{x}': { get: {} }, '/a/{y}': { get: {} } } }, opts), /"\/a\/\{y\}" and "\/a\/\{x\}" are the same path template/);
+  assert.throws(() => ApiValidator.openapi({ ...base, paths: { '/a': { get: { parameters: [{ name: 'q', in: 'query', schema: { type: 'nonsense' } }] } } } }, opts), /query parameters/);
+});
+
+test('PathMatcher: each trie node once (a hostile path costs the trie, not more)', () => {
+  const m = new PathMatcher<number>();
+  for (let i = 0; i < 200; i++) m.add(`/{a}/{b}/{c}/x${i}`, 'GET', i);
+  m.add('/{a}/{b}/{c}/{d}', 'POST', -1);
+  const t = Date.now();
+  for (let i = 0; i < 1000; i++) assert.deepEqual(m.match('/1/2/3/nothing', 'GET'), { allow: ['POST'] });
+  assert.ok(Date.now() - t < 1000);
+  assert.equal((m.match('/1/2/3/x199', 'GET') as { value: number }).value, 199);
+});
+
+test('parseQuery: + is a space, bad escapes reported, empty pairs skipped', () => {
+  const { values, bad } = parseQuery('?a=1+2&&b&c=%E2%82%AC&d=%zz&a=3');
+  assert.deepEqual([...values], [['a', ['1 2', '3']], ['b', ['']], ['c', ['€']]]);
+  assert.deepEqual(bad, ['d']);
+});
+
+test('config: one source, relative openapi path, errors at the binding with the document place', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-rv-'));
+  writeFileSync(join(dir, 'ok.yaml'), 'openapi: 3.0.3\ninfo: {title: t, version: "1"}\npaths:\n  /a:\n    get:\n      responses: {"200": {description: ok}}\n');
+  writeFileSync(join(dir, 'bad.yaml'), 'openapi: 3.0.3\npaths:\n  /a:\n    get:\n      parameters: [{$ref: "#/nope"}]\n');
+  const cfg = (plugin: string) => `services:\n  - name: s\n    url: http://127.0.0.1:9\n    routes: [{name: r, paths: [/a]}]\n    plugins: [${plugin}]\n`;
+  assert.deepEqual(configIssues(cfg(`{name: request-validator, config: {openapi: ${join(dir, 'ok.yaml')}}}`)), []);
+  assert.deepEqual(configIssues(cfg('{name: request-validator, config: {spec: {openapi: 3.1.0, info: {title: t, version: "1"}, paths: {}}}}')), []);
+  assert.deepEqual(configIssues(cfg('{name: request-validator, config: {body_schema: {type: object}, body_required: false}}')), []);
+  const msgs = (text: string) => configIssues(text).map((i) => `${i.path}: ${i.message}`);
+  assert.deepEqual(msgs(cfg('{name: request-validator}')), ['services[0].plugins[0].config: give openapi (a file), spec (inline), or body_schema / query_schema / header_schema']);
+  assert.deepEqual(msgs(cfg('{name: request-validator, config: {openapi: a.yaml, body_schema: {}}}')), ['services[0].plugins[0].config: give one of openapi, spec, or the *_schema settings']);
+  assert.deepEqual(msgs(cfg('{name: request-validator, config: {body_schema: {}, validate_response: true}}')), ['services[0].plugins[0].config: validate_response needs an OpenAPI document (openapi or spec)']);
+  assert.match(msgs(cfg(`{name: request-validator, config: {openapi: ${join(dir, 'missing.yaml')}}}`))[0]!, /services\[0\]\.plugins\[0\]\.config: openapi: cannot read .*missing\.yaml: ENOENT/);
+  assert.match(msgs(cfg(`{name: request-validator, config: {openapi: ${join(dir, 'bad.yaml')}}}`))[0]!, /config: openapi .*bad\.yaml: \/paths\/~1a\/get\/parameters\/0: \$ref "#\/nope" names nothing/);
+  assert.match(msgs(cfg('{name: request-validator, config: {spec: {swagger: "2.0"}}}'))[0]!, /config: spec: Swagger 2.0 is not supported/);
+  assert.match(msgs(cfg('{name: request-validator, config: {body_schema: {type: string, pattern: "(a+)+"}}}'))[0]!, /repeats a group/);
+  assert.match(msgs(cfg('{name: request-validator, config: {max_depth: 0, body_schema: {}}}'))[0]!, /plugins\[0\]\.config\.max_depth/);
+});
