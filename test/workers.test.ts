@@ -141,3 +141,41 @@ test('SIGUSR2 rolling restart and config changes under load lose nothing', async
     await up.close();
   }
 });
+
+test('workers: 2 with the cache plugin — a POST on one worker invalidates the other\'s copy; DELETE /cache purges every worker', async () => {
+  let calls = 0;
+  const up = await startUpstream((req, res) => {
+    if (req.method === 'GET') calls++;
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=300' }).end(`v${calls}`);
+  });
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-workers-'));
+  const file = config(dir, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices:
+  - name: s
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{paths: [/]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  const gets = async (n: number) => {
+    for (let i = 0; i < n; i++) assert.equal((await request(`http://127.0.0.1:${p}/doc`, { headers: fresh })).status, 200);
+  };
+  try {
+    await waitWorkers(a, 2);
+    await gets(8);
+    assert.equal(calls, 2, 'one miss per worker (the connections alternate between them)');
+    // One POST reaches one worker; its invalidation reaches the other's memory cache too.
+    assert.equal((await request(`http://127.0.0.1:${p}/doc`, { method: 'POST', headers: fresh, body: 'x' })).status, 200);
+    await gets(8);
+    assert.equal(calls, 4, 'after the invalidation both workers missed once more');
+    const purge = await request(`http://127.0.0.1:${a}/cache`, { method: 'DELETE' });
+    assert.equal(purge.status, 200);
+    assert.equal(JSON.parse(purge.body).purged, 2);
+    await gets(8);
+    assert.equal(calls, 6, 'after the purge both workers missed once more');
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await up.close();
+  }
+});

@@ -30,6 +30,7 @@ import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
 import type { CounterStore } from '../state/types.js';
 import { MemoryStore } from '../state/memory.js';
+import type { CacheStores } from '../plugins/cache/stores.js';
 import { compileCompose, composeService, pathParams, type CompiledCompose } from '../compose/config.js';
 
 export interface Address {
@@ -213,6 +214,8 @@ export interface CompileDeps {
   log?: Logger;
   /** Counter stores for limits (validate and tests: a private in-memory one). */
   counters?: { local: CounterStore; redis: CounterStore | null };
+  /** Response caches that outlive snapshots (the cache plugin's zones; validate: none). */
+  caches?: CacheStores;
 }
 
 let validateStore: MemoryStore | null = null;
@@ -389,7 +392,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
   const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
   for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
-  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, baseDir);
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, baseDir, deps.caches);
   plugins.setGlobal(cfg.plugins);
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) plugins.setPlan(name, plan, ['plans', name]);
   (cfg.consumers ?? []).forEach((c, ci) => {

@@ -83,7 +83,10 @@ export class PluginCtx implements RequestCtx {
   }
 
   header(name: string): string | undefined {
-    const v = this.req.headers[name];
+    // (req.headers is a plain object: `constructor` and friends are not fields)
+    const h = this.req.headers;
+    if (!Object.hasOwn(h, name)) return undefined;
+    const v = h[name];
     return Array.isArray(v) ? v.join(', ') : v;
   }
 

@@ -18,6 +18,7 @@ import { Value } from '@sinclair/typebox/value';
 import type { PathSegment } from '../config/errors.js';
 import type { Logger } from '../core/log.js';
 import type { AuthOutcome, Consumer, PluginDef, PluginDeps, PluginInstance, Reply, RequestCtx, Scope } from './types.js';
+import type { CacheStores } from './cache/stores.js';
 
 export interface Bound {
   name: string;
@@ -142,6 +143,7 @@ export class PluginCompiler {
     private readonly log: Logger,
     private readonly fail: (path: PathSegment[], message: string) => void,
     private readonly baseDir: string = process.cwd(),
+    private readonly caches?: CacheStores,
   ) {}
 
   /** Compiles the bindings at one place; `scope` decides which plugins may be bound there. */
@@ -195,6 +197,7 @@ export class PluginCompiler {
         credentials: this.credentials.get(def.name) ?? [],
         where: bp.join('.'),
         baseDir: this.baseDir,
+        ...(this.caches ? { caches: this.caches } : {}),
         listeners: this.listeners,
         counters: this.counters,
         consumerHeaders: this.consumerHeaders,

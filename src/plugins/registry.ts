@@ -14,10 +14,11 @@ import ipRestriction from './ip-restriction/index.js';
 import cors from './cors/index.js';
 import rateLimit from './rate-limit/index.js';
 import quota from './quota/index.js';
+import requestValidator from './request-validator/index.js';
 import requestTransform from './request-transform/index.js';
 import responseTransform from './response-transform/index.js';
 import compression from './compression/index.js';
-import requestValidator from './request-validator/index.js';
+import cache from './cache/index.js';
 
 const plugins = new Map<string, PluginDef>();
 
@@ -26,7 +27,8 @@ export function registerPlugin(def: PluginDef): void {
   plugins.set(def.name, def);
 }
 
-for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit, quota, acl, ipRestriction, cors] as PluginDef[]) registerPlugin(p);
-for (const p of [requestTransform, responseTransform, compression, requestValidator] as PluginDef[]) registerPlugin(p);
+for (const p of [mtlsAuth, jwt, introspection, keyAuth, basicAuth, requestSizeLimit, rateLimit, quota, acl, ipRestriction, cors, requestValidator] as PluginDef[]) registerPlugin(p);
+for (const p of [requestTransform, responseTransform, compression] as PluginDef[]) registerPlugin(p);
+registerPlugin(cache as PluginDef);
 
 export const PLUGINS: ReadonlyMap<string, PluginDef> = plugins;

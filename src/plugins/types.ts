@@ -11,6 +11,7 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import type { ProblemCode } from '../core/problem.js';
 import type { Logger } from '../core/log.js';
 import type { CounterStore } from '../state/types.js';
+import type { CacheStores } from './cache/stores.js';
 
 export type Scope = 'global' | 'service' | 'route' | 'consumer';
 export type MaybePromise<T> = T | Promise<T>;
@@ -115,6 +116,8 @@ export interface RequestCtx {
   limitBody(maxBytes: number): void;
   /** A header for the response to the client, whoever answers (upstream or a local reply). */
   addResponseHeader(name: string, value: string): void;
+  /** The headers added with addResponseHeader so far (name, value, ...): per request, never worth storing. */
+  readonly responseHeaders: readonly string[];
   /** Reports a limit's decision (turnpike_limit_decisions_total). */
   limited(plugin: string, allowed: boolean): void;
   /** Internal: opens a trace span around a phase that waits (null when the request is not traced). */
@@ -177,6 +180,11 @@ export interface PluginDeps {
   listeners: { clientCa: boolean };
   /** Counter stores: this node's (shared by its workers), and Redis when `redis` is configured. */
   counters: { local: CounterStore; redis: CounterStore | null };
+  /**
+   * Response caches that outlive config snapshots (the cache plugin's memory zones, Redis zones
+   * and requests in flight), made by the gateway; absent in a compile without one (validate).
+   */
+  caches?: CacheStores;
   /** Names of the consumer headers sent upstream (consumer_headers). */
   consumerHeaders: Readonly<{ id: string; name: string; groups: string; credential: string; anonymous: string }>;
 }

@@ -1,6 +1,6 @@
 /**
  * The admin listener: `/status`, `/health` (targets and circuits), `/metrics` (Prometheus),
- * `/analytics` (per-route and per-consumer statistics), `/quotas`; `/api/` arrives with its issue.
+ * `/analytics` (per-route and per-consumer statistics), `/quotas`, `DELETE /cache` (purge); `/api/` arrives with its issue.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
@@ -9,6 +9,8 @@ import { VERSION } from '../version.js';
 import { quotaViews } from '../plugins/quota/index.js';
 import type { Observer } from '../observability/observer.js';
 import { Analytics, type AnalyticsState, type WindowName } from '../observability/analytics.js';
+import { purgeFilter } from '../plugins/cache/stores.js';
+import type { PurgeFilter } from '../plugins/cache/entry.js';
 
 export interface AdminView {
   ready: boolean;
@@ -26,6 +28,8 @@ export interface AdminView {
   collect?: () => Promise<{ metrics: unknown[][]; analytics: AnalyticsState[] }>;
   /** Analytics states of this node (its workers) and of the other nodes sharing its Redis. */
   analyticsStates(): Promise<{ states: AnalyticsState[]; nodes: number; error?: string }>;
+  /** DELETE /cache: purges the response caches (every worker's). */
+  purgeCache?(filter: PurgeFilter): Promise<{ purged: number }>;
 }
 
 /** Targets up / down and circuits not closed, for /status (details: /health). */
@@ -137,6 +141,13 @@ export function createAdminHandler(gw: AdminView) {
         (quotas) => sendJson(req, res, 200, { consumer, quotas }),
         (err: unknown) => sendProblem(res, 'bad-gateway', `the quota store failed: ${(err as Error).message}`, undefined),
       );
+      return;
+    }
+    if (path === '/cache' && req.method === 'DELETE' && gw.purgeCache) {
+      // DELETE /cache (everything), ?path=/p[&host=h], ?key=host/path?query: the cache plugin's entries.
+      const filter = purgeFilter(new URL(req.url ?? '/', 'http://x').searchParams);
+      if (typeof filter === 'string') return sendProblem(res, 'bad-request', filter, undefined);
+      gw.purgeCache(filter).then((r) => sendJson(req, res, 200, r), (err: unknown) => sendProblem(res, 'bad-gateway', `purging the cache failed: ${(err as Error).message}`, undefined));
       return;
     }
     sendProblem(res, 'no-route', `no admin endpoint ${req.method} ${path}`, undefined);

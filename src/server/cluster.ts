@@ -27,6 +27,7 @@ import { IpcStore, answerCounter, type CounterReply, type CounterRequest } from 
 import type { MemoryStore } from '../state/memory.js';
 import { retainCounters } from '../observability/metrics.js';
 import type { AnalyticsState } from '../observability/analytics.js';
+import type { Bucket, PurgeFilter } from '../plugins/cache/entry.js';
 
 type ToWorker =
   | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
@@ -35,6 +36,8 @@ type ToWorker =
   | { tp: 'stop' }
   | { tp: 'observe'; id: number }
   | { tp: 'reopen' }
+  | { tp: 'cache-purge'; id: number; filter: PurgeFilter }
+  | { tp: 'cache-invalidate'; bucket: Bucket }
   | CounterReply;
 
 type ToPrimary =
@@ -45,6 +48,8 @@ type ToPrimary =
   | { tp: 'passive'; key: string; ok: boolean }
   | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number }
   | { tp: 'observed'; id: number; metrics: unknown[]; analytics: AnalyticsState | null }
+  | { tp: 'cache-purged'; id: number; purged: number }
+  | { tp: 'cache-invalidate'; bucket: Bucket }
   | CounterRequest;
 
 const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !== null && typeof (m as { tp?: unknown }).tp === 'string';
@@ -88,6 +93,31 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   let retired: unknown[] = [];
   let observeId = 0;
   const waitingObserve = new Map<number, (m: Extract<ToPrimary, { tp: 'observed' }>, info: WorkerInfo) => void>();
+  const waitingPurge = new Map<number, (purged: number) => void>();
+  /** DELETE /cache: every worker purges its memory caches; resolves with their total. */
+  const purgeWorkers = async (filter: PurgeFilter): Promise<number> => {
+    const id = ++observeId;
+    const targets = [...infos.values()].filter((i) => i.worker.isConnected());
+    let total = 0;
+    await new Promise<void>((resolve) => {
+      let pending = targets.length;
+      if (pending === 0) return resolve();
+      const timer = setTimeout(() => {
+        waitingPurge.delete(id);
+        resolve();
+      }, COLLECT_TIMEOUT_MS);
+      waitingPurge.set(id, (n) => {
+        total += n;
+        if (--pending === 0) {
+          clearTimeout(timer);
+          waitingPurge.delete(id);
+          resolve();
+        }
+      });
+      for (const i of targets) i.worker.send({ tp: 'cache-purge', id, filter } satisfies ToWorker);
+    });
+    return total;
+  };
   /** Asks every worker for its metrics and analytics (those that do not answer in time are left out). */
   const collect = async () => {
     const id = ++observeId;
@@ -120,6 +150,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
     logger: log,
     role: 'primary',
     collect,
+    purgeWorkers,
     onDecision: (d) => broadcast({ tp: 'decisions', decisions: [d] }),
     workers: () => [...infos.values()].map((i) => ({ pid: i.worker.process.pid, state: i.retiring ? 'retiring' : i.listening ? 'listening' : 'starting' })),
     // Every new snapshot (file, SIGHUP, changed DNS answers) goes to the workers as the
@@ -167,6 +198,13 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
         case 'observed':
           info.metrics = msg.metrics;
           waitingObserve.get(msg.id)?.(msg, info);
+          break;
+        case 'cache-purged':
+          waitingPurge.get(msg.id)?.(msg.purged);
+          break;
+        case 'cache-invalidate':
+          // One worker's §4.4 invalidation reaches the others' memory caches.
+          for (const i of infos.values()) if (i.worker !== worker && i.worker.isConnected()) i.worker.send(msg satisfies ToWorker);
           break;
         case 'ctr':
           // One truth per node: the primary's counters decide for every worker.
@@ -342,6 +380,7 @@ export async function runWorker(log: Logger): Promise<number> {
     return 1;
   }
   for (const d of config.decisions) applyDecision(gw.runtime, d);
+  gw.caches.onInvalidate = (bucket) => send({ tp: 'cache-invalidate', bucket });
   const a = gw.proxyAddress!;
   send({ tp: 'listening', address: { address: a.address, port: a.port, family: a.family } });
 
@@ -370,6 +409,12 @@ export async function runWorker(log: Logger): Promise<number> {
       } else if (msg.tp === 'observe') {
         void observed(msg.id).then(send, (err: unknown) => log.error({ err }, 'collecting metrics failed'));
       } else if (msg.tp === 'reopen') gw.observer.reopen();
+      else if (msg.tp === 'cache-purge') {
+        void gw.caches.purge(msg.filter).then(
+          (r) => send({ tp: 'cache-purged', id: msg.id, purged: r.purged }),
+          () => send({ tp: 'cache-purged', id: msg.id, purged: 0 }),
+        );
+      } else if (msg.tp === 'cache-invalidate') gw.caches.invalidateMemory(msg.bucket);
       else if (msg.tp === 'stop') stop();
     };
     for (const m of early.splice(0)) handle(m);

@@ -22,6 +22,8 @@ import { CertStore } from './tls.js';
 import { MemoryStore } from '../state/memory.js';
 import { RedisStore, type RedisSetting } from '../state/redis.js';
 import type { CounterStore } from '../state/types.js';
+import { CacheStores } from '../plugins/cache/stores.js';
+import type { PurgeFilter } from '../plugins/cache/entry.js';
 import { createAdminHandler } from './admin.js';
 import { createEchoServer } from '../demo/echo.js';
 import { PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
@@ -52,6 +54,8 @@ export interface GatewayOptions {
   localCounters?: CounterStore;
   /** Primary: the workers' metrics (prom-client JSON) and analytics states, for the admin views. */
   collect?: () => Promise<{ metrics: unknown[][]; analytics: AnalyticsState[] }>;
+  /** Primary: DELETE /cache reaches the workers' memory caches (resolves with their count). */
+  purgeWorkers?: (filter: PurgeFilter) => Promise<number>;
 }
 
 function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
@@ -152,6 +156,15 @@ export class Gateway implements RequestContext {
   readonly counters: { local: CounterStore; redis: CounterStore | null };
   /** The `redis` setting (JSON; '' for none) that counters.redis was made from. */
   private redisSetting = '';
+  /** Response caches (the cache plugin): this process's, kept across reloads. */
+  readonly caches: CacheStores;
+  private readonly purgeWorkers: ((filter: PurgeFilter) => Promise<number>) | null;
+
+  /** DELETE /cache: this process's caches (and Redis), and the workers' when there are any. */
+  async purgeCache(filter: PurgeFilter): Promise<{ purged: number }> {
+    const own = await this.caches.purge(filter);
+    return { purged: own.purged + (this.purgeWorkers ? await this.purgeWorkers(filter) : 0) };
+  }
   /** Metrics, access log, analytics, tracing. */
   readonly observer: Observer;
   /** Analytics shared with other nodes through Redis (null: no redis, or analytics off). */
@@ -163,6 +176,7 @@ export class Gateway implements RequestContext {
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
     this.counters = { local: opts.localCounters ?? new MemoryStore(), redis: null };
+    this.caches = new CacheStores(this.log);
     this.loaded = loaded;
     this.dns = dns;
     this.onSwap = opts.onSwap;
@@ -198,6 +212,7 @@ export class Gateway implements RequestContext {
       throw loaded.error([{ path: ['access_log'], message: (err as Error).message }]);
     }
     this.collect = opts.collect;
+    this.purgeWorkers = opts.purgeWorkers ?? null;
     this.useRedis(redis);
     this.shareAnalytics();
     this.persistCounters(this.snapshot);
@@ -273,7 +288,7 @@ export class Gateway implements RequestContext {
   }
 
   private deps(dns: DnsCache = this.dns, counters: CompileDeps['counters'] = this.counters): CompileDeps {
-    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns, log: this.log, counters };
+    return { pools: this.pools, state: this.runtime, reporter: this.reporter, cores: availableParallelism(), dns, log: this.log, counters, caches: this.caches };
   }
 
   /**
@@ -844,6 +859,7 @@ export class Gateway implements RequestContext {
     this.demo?.closeAllConnections();
     await Promise.all([closeServer(this.admin), closeServer(this.demo)]);
     this.snapshot.dispose();
+    this.caches.close();
     await this.health?.stop();
     await this.pools.closeAll();
     await this.counters.local.close?.();

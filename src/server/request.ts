@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
 import { PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
-import type { ResponsePlugins } from './respond.js';
+import { write as writeWhole, type ResponsePlugins } from './respond.js';
 import { composeRoute } from './compose-route.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { Observer } from '../observability/observer.js';
@@ -448,6 +448,17 @@ export function handleRequest(
     // (a request read to its end is destroyed by node too: that is not the client leaving)
     if (res.destroyed || res.writableEnded || (req.destroyed && !req.complete)) return undefined; // the client left meanwhile
     if (reply !== null) {
+      if (reply.code === undefined && chain.encodeResponse.length > 0) {
+        // A plugin's own answer (a cache hit) goes through the encoders too (compression).
+        const list = [...pctx.responseHeaders];
+        for (const [k, v] of Object.entries(reply.headers ?? {})) {
+          for (let i = list.length - 2; i >= 0; i -= 2) if (list[i]!.toLowerCase() === k.toLowerCase()) list.splice(i, 2);
+          for (const one of Array.isArray(v) ? v : [v]) list.push(k, one);
+        }
+        const body = reply.body === undefined ? Buffer.alloc(0) : Buffer.isBuffer(reply.body) ? reply.body : Buffer.from(reply.body);
+        writeWhole(req, res, { status: reply.status ?? 200, headers: list, body, origin: 'gateway' }, { ctx: pctx, chain, log: ctx.log }, { requestId, close: ctx.draining && !h2, exchange: ex });
+        return undefined;
+      }
       sendReply(ctx, req, res, reply, requestId, pctx.responseHeaders);
       return undefined;
     }

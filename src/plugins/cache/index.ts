@@ -1,0 +1,447 @@
+/**
+ * cache: HTTP response caching per RFC 9111, a shared cache by default.
+ *
+ * access: a GET/HEAD finds the entry of its key (host + path, then service, query and the
+ * configured key parts, then Vary) and is answered from it when fresh (HIT; a 304 when the
+ * client's validators match), or stale within what the client or the RFC 5861 windows allow
+ * (STALE). Otherwise it goes upstream: a stale entry with a validator is revalidated with
+ * If-None-Match / If-Modified-Since (the client's own are kept for the gateway to answer). With
+ * `collapse`, the first miss of a key leads and concurrent ones wait for its response.
+ * responseHeaders / bufferResponse: an upstream response that may be stored (or a 304 that
+ * refreshes, or an error a stale entry may stand in for) is held whole, up to max_body.
+ * response: stores it; a 304 of a revalidation refreshes the stored fields (§4.3.4) and the
+ * client gets the stored response (REVALIDATED); a 5xx or the gateway's 502/504 is replaced by a
+ * stale entry when stale-if-error allows (STALE). Unsafe methods invalidate their URI (§4.4).
+ *
+ * Priority 890: after auth and limits in the access phase (before request-validator: a hit was
+ * validated when it was stored); in the response phases (ascending) after response-transform
+ * and request-validator's response check, so what is stored is what the client got.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { definePlugin, type BufferedResponse, type Reply, type RequestCtx } from '../types.js';
+import { parseDuration, parseSize } from '../../config/units.js';
+import { RedisStore } from '../../state/redis.js';
+import { CacheConfig } from './schema.js';
+import * as P from './policy.js';
+import type { Bucket, CacheStore, Entry, EntryHead } from './entry.js';
+import { CacheStores, type Flight, type FlightOutcome } from './stores.js';
+
+const VAR = 'cache';
+const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+/** Upstream statuses that count as errors for stale-if-error (RFC 5861 §4). */
+const ERRORS = new Set([500, 502, 503, 504]);
+/** Never stored: framing, hop-by-hop and the gateway's per-request fields. */
+const NOT_STORED = ['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'x-request-id'];
+const EMPTY = Buffer.alloc(0);
+const DEFAULT_TTL = '30s';
+const DEFAULT_MAX_BODY = '1mb';
+const DEFAULT_MAX_SIZE = '64mb';
+const DEFAULT_KEEP = '1h';
+const DEFAULT_COLLAPSE_TIMEOUT = '30s';
+
+type Label = 'HIT' | 'MISS' | 'STALE' | 'REVALIDATED' | 'BYPASS';
+
+/** What one request's phases tell each other (ctx.vars.cache). */
+interface State {
+  kind: 'bypass' | 'invalidate' | 'fetch' | 'served';
+  bucket: Bucket;
+  sub: string;
+  q: string;
+  /** Flight key: zone, bucket and sub. */
+  fk: string;
+  rd: P.RequestDirectives | null;
+  /** The response may be stored (a GET without request no-store). */
+  store: boolean;
+  authorization: boolean;
+  /** When the request went upstream. */
+  requestTime: number;
+  /** A stored entry that is stale: stands in for an error when stale-if-error allows. */
+  stale: Entry | null;
+  /** The entry whose validators went upstream. */
+  validating: Entry | null;
+  /** The flight this request leads (collapsing). */
+  flight: Flight | null;
+}
+
+/** Caches for a compile without a gateway (validate, unit tests). */
+let fallback: CacheStores | null = null;
+const fallbackCaches = () => (fallback ??= new CacheStores());
+
+type KeyPart = { kind: 'consumer' } | { kind: 'header' | 'cookie'; name: string };
+
+function cookie(header: string | undefined, name: string): string | null {
+  if (header === undefined) return null;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq !== -1 && part.slice(0, eq).trim() === name) return part.slice(eq + 1).trim();
+  }
+  return null;
+}
+
+/** The query with only the named parameters, in a stable order ('' when none is there). */
+function selectQuery(query: string, names: ReadonlySet<string>): string {
+  if (query.length <= 1) return '';
+  const kept: [string, number, string][] = [];
+  query.slice(1).split('&').forEach((part, i) => {
+    const eq = part.indexOf('=');
+    let name = eq === -1 ? part : part.slice(0, eq);
+    try {
+      name = decodeURIComponent(name.replace(/\+/g, ' '));
+    } catch {
+      /* kept as it is */
+    }
+    if (names.has(name)) kept.push([name, i, part]);
+  });
+  kept.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]));
+  return kept.length ? `?${kept.map((k) => k[2]).join('&')}` : '';
+}
+
+/**
+ * A request field by any name (Vary names come from upstreams): a string or undefined, never
+ * what the header object inherits (`constructor`, `__proto__`...).
+ */
+function field(ctx: RequestCtx, name: string): string | undefined {
+  const v: unknown = ctx.header(name);
+  return typeof v === 'string' ? v : undefined;
+}
+
+/** Sets a field in a flat list (replacing earlier values). */
+function setField(list: string[], name: string, value: string): void {
+  P.dropFields(list, new Set([name]));
+  list.push(name, value);
+}
+
+/** A flat list as Reply headers (repeated names become arrays). */
+function record(list: readonly string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < list.length; i += 2) {
+    const k = list[i]!;
+    const prev = out[k];
+    out[k] = prev === undefined ? list[i + 1]! : Array.isArray(prev) ? [...prev, list[i + 1]!] : [prev, list[i + 1]!];
+  }
+  return out;
+}
+
+export default definePlugin({
+  name: 'cache',
+  priority: 890,
+  description: 'HTTP response caching (RFC 9111): freshness, Age, Vary, revalidation, stale-while-revalidate / stale-if-error (RFC 5861), request collapsing, invalidation; in memory or Redis.',
+  schema: CacheConfig,
+  scopes: ['global', 'service', 'route', 'consumer'],
+  check(config, deps) {
+    const out: string[] = [];
+    if (config.backend === 'redis' && !(deps.counters.redis instanceof RedisStore)) out.push('backend redis needs the top-level redis setting');
+    const maxBody = parseSize(config.max_body ?? DEFAULT_MAX_BODY);
+    if (config.backend !== 'redis' && maxBody > parseSize(config.max_size ?? DEFAULT_MAX_SIZE)) out.push('max_body is larger than max_size');
+    if (config.max_ttl !== undefined && parseDuration(config.max_ttl) < 1) out.push('max_ttl must be at least 1ms');
+    return out;
+  },
+  create(config, deps) {
+    const caches = deps.caches ?? fallbackCaches();
+    const flights = caches.flights;
+    const o: P.PolicyOptions = {
+      shared: config.shared ?? true,
+      heuristicMs: parseDuration(config.ttl ?? DEFAULT_TTL),
+      maxTtlMs: config.max_ttl !== undefined ? parseDuration(config.max_ttl) : Infinity,
+      statuses: new Set(config.statuses ?? P.HEURISTIC_STATUSES),
+      cacheAuthorized: config.cache_authorized ?? false,
+      cacheSetCookie: config.cache_set_cookie ?? false,
+      staleWhileRevalidateMs: parseDuration(config.stale_while_revalidate ?? 0),
+      staleIfErrorMs: parseDuration(config.stale_if_error ?? 0),
+      keepMs: parseDuration(config.keep ?? DEFAULT_KEEP),
+    };
+    const methods = new Set<string>(config.methods ?? ['GET', 'HEAD']);
+    const maxBody = parseSize(config.max_body ?? DEFAULT_MAX_BODY);
+    const collapse = config.collapse ?? true;
+    const collapseMs = parseDuration(config.collapse_timeout ?? DEFAULT_COLLAPSE_TIMEOUT);
+    const honour = config.request_directives ?? true;
+    const label = (config.status_header ?? 'x-cache-status').toLowerCase();
+    const keySpec = config.key ?? [];
+    const perConsumer = config.per_consumer ?? true;
+    const parts: KeyPart[] = [];
+    const queryNames = new Set<string>();
+    for (const k of keySpec) {
+      if (k === 'consumer') parts.push({ kind: 'consumer' });
+      else if (k.startsWith('header:')) parts.push({ kind: 'header', name: k.slice(7).toLowerCase() });
+      else if (k.startsWith('cookie:')) parts.push({ kind: 'cookie', name: k.slice(7) });
+      else if (k.startsWith('query:')) queryNames.add(k.slice(6));
+    }
+    // A binding's zone: where it is bound and what decides which responses it holds and how
+    // they are keyed. The same binding after a reload finds its entries again.
+    const backend = config.backend ?? 'memory';
+    const zone = createHash('sha256')
+      .update(JSON.stringify([deps.where, backend, o.shared, o.cacheAuthorized, o.cacheSetCookie, keySpec, perConsumer]))
+      .digest('base64url').slice(0, 12);
+    const redis = backend === 'redis' ? deps.counters.redis as RedisStore : null;
+    const store: CacheStore = redis !== null ? caches.acquireRedis(redis, zone) : caches.acquireMemory(zone, parseSize(config.max_size ?? DEFAULT_MAX_SIZE));
+    const notStored = new Set([...NOT_STORED, ...(label ? [label] : [])]);
+
+    const labelled = (l: Label): string[] => (label ? [label, l] : []);
+    const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: ctx.host.toLowerCase(), path });
+    const matcher = (ctx: RequestCtx) => (h: EntryHead) => {
+      for (let i = 0; i < h.vary.length; i++) if (P.normalizeForVary(field(ctx, h.vary[i]!)) !== h.varyValues[i]) return false;
+      return true;
+    };
+
+    const state = (ctx: RequestCtx, kind: State['kind']): State => {
+      const q = queryNames.size ? selectQuery(ctx.query, queryNames) : ctx.query;
+      let sub = `${ctx.service.name}\n${q}`;
+      // Whoever an auth plugin let in gets entries of their own (API keys, JWTs... are not
+      // Authorization fields the RFC rules would see).
+      if (perConsumer) {
+        const who = ctx.consumer?.name ?? ctx.identity;
+        if (who !== null) sub += `\nid=${who}`;
+      }
+      for (const p of parts) {
+        const v = p.kind === 'consumer' ? (ctx.consumer?.name ?? ctx.identity) : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
+        sub += `\n${v === null || v === undefined ? '\u0000' : `=${v}`}`;
+      }
+      const bucket = bucketOf(ctx);
+      const rd = honour ? P.requestDirectives(ctx.header('cache-control'), ctx.header('pragma')) : null;
+      return {
+        kind, bucket, sub, q, fk: `${zone}\n${bucket.host}\n${bucket.path}\n${sub}`, rd,
+        store: ctx.method === 'GET' && !(rd?.noStore ?? false),
+        authorization: ctx.header('authorization') !== undefined,
+        requestTime: 0, stale: null, validating: null, flight: null,
+      };
+    };
+
+    const settle = (st: State, outcome: FlightOutcome, pass = false) => {
+      if (st.flight === null) return;
+      flights.settle(st.flight, outcome, pass);
+      st.flight = null;
+    };
+
+    const put = (b: Bucket, e: Entry, now: number) => {
+      const r = store.put(b, e, now);
+      if (r instanceof Promise) r.catch((err: Error) => caches.fail(err, 'write'));
+    };
+
+    /**
+     * The response's own fields (names lower-case), as the response phases before this one left
+     * them: no framing, no gateway fields, none of what plugins add per request.
+     */
+    const upstreamCopy = (ctx: RequestCtx, headers: readonly string[]): string[] => {
+      // Fields plugins added for this client only (rate-limit state, CORS...) ride on the list too.
+      const extra = ctx.responseHeaders;
+      const skip = new Set(notStored);
+      for (let i = 0; i < extra.length; i += 2) skip.add(extra[i]!.toLowerCase());
+      const out: string[] = [];
+      for (let i = 0; i < headers.length; i += 2) {
+        const n = headers[i]!.toLowerCase();
+        if (!skip.has(n)) out.push(n, headers[i + 1]!);
+      }
+      return out;
+    };
+
+    /** An entry for a storable response, or null when it would never be of use. */
+    const makeEntry = (ctx: RequestCtx, st: State, status: number, headers: readonly string[], body: Buffer, now: number): Entry | null => {
+      if (body.length > maxBody) return null;
+      const f = P.freshness(headers, st.requestTime, now, o);
+      if (!P.worthStoring(f)) return null;
+      const vary = P.varyNames(headers);
+      if (!Array.isArray(vary)) return null;
+      return {
+        id: randomBytes(9).toString('base64url'), sub: st.sub, q: st.q, vary,
+        varyValues: vary.map((n) => P.normalizeForVary(field(ctx, n))), t: now,
+        status, headers: storedFields(headers), body: Buffer.from(body), f, until: P.keepUntil(f, o.keepMs),
+      };
+    };
+
+    /** What is stored of a response's fields: Age is recomputed on use; cookies and fields the response keeps from caches are left out. */
+    const storedFields = (headers: readonly string[]): string[] => {
+      const cc = P.parseCacheControl(P.fieldValue(headers, 'cache-control'));
+      const drop = new Set(['age', ...P.listedFields(cc.get('no-cache')), ...(o.shared ? P.listedFields(cc.get('private')) : [])]);
+      if (o.cacheSetCookie) drop.add('set-cookie');
+      const out: string[] = [];
+      for (let i = 0; i < headers.length; i += 2) if (!drop.has(headers[i]!)) out.push(headers[i]!, headers[i + 1]!);
+      return out;
+    };
+
+    /** A stored response as the reply to a request (a 304 when the client's validators match it). */
+    const serve = (ctx: RequestCtx, st: State, e: Entry, l: Label, now: number): Reply => {
+      st.kind = 'served';
+      const tail = ['age', P.ageHeader(e.f, now), ...labelled(l)];
+      if (P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since'))) {
+        return { status: 304, headers: record([...P.notModifiedHeaders(e.headers), ...tail]) };
+      }
+      return { status: e.status, headers: record([...e.headers, ...tail]), body: e.body };
+    };
+
+    /** Replaces a whole response with a stored one, keeping the gateway's fields for this client (request id, rate-limit state...). */
+    const substitute = (ctx: RequestCtx, r: BufferedResponse, e: Entry, l: Label, now: number) => {
+      const replaced = new Set<string>(['content-length', 'age', ...(label ? [label] : [])]);
+      const own = upstreamCopy(ctx, r.headers);
+      for (let i = 0; i < own.length; i += 2) replaced.add(own[i]!);
+      const kept: string[] = [];
+      for (let i = 0; i < r.headers.length; i += 2) if (!replaced.has(r.headers[i]!.toLowerCase())) kept.push(r.headers[i]!, r.headers[i + 1]!);
+      const tail = [...kept, 'age', P.ageHeader(e.f, now), ...labelled(l)];
+      delete r.error;
+      r.origin = 'upstream';
+      if (P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since'))) {
+        r.status = 304;
+        r.headers = [...P.notModifiedHeaders(e.headers), ...tail];
+        r.body = EMPTY;
+      } else {
+        r.status = e.status;
+        r.headers = [...e.headers, ...tail];
+        r.body = e.body;
+        // (a HEAD keeps the Content-Length it has: the stored body's)
+        if (ctx.method === 'HEAD' && e.status !== 204) r.headers.push('content-length', String(e.body.length));
+      }
+    };
+
+    /** Goes upstream: as a revalidation of `e` when it has validators, leading a flight when asked. */
+    const fetch = (ctx: RequestCtx, st: State, e: Entry | null, lead: boolean): undefined => {
+      st.kind = 'fetch';
+      st.requestTime = Date.now();
+      if (lead) st.flight = flights.lead(st.fk, collapseMs);
+      if (st.store) {
+        // A full response is wanted (to store); the client's validators are answered here.
+        ctx.removeUpstreamHeader('if-none-match');
+        ctx.removeUpstreamHeader('if-modified-since');
+        if (e !== null && P.hasValidator(e.f)) {
+          st.validating = e;
+          if (e.f.etag !== null) ctx.setUpstreamHeader('if-none-match', e.f.etag);
+          if (e.f.lastModified !== null) ctx.setUpstreamHeader('if-modified-since', e.f.lastModified);
+        }
+      }
+      return undefined;
+    };
+
+    /** Waits for the request leading this key; uses its response when it fits, else goes upstream alone. */
+    const wait = (ctx: RequestCtx, st: State, flight: Flight): Promise<Reply | undefined> => flight.done.then((out) => {
+      const now = Date.now();
+      if (out !== null && 'entry' in out && out.entry.sub === st.sub && matcher(ctx)(out.entry)) {
+        const use = P.usable(out.entry.f, st.rd, now);
+        if (use === 'fresh' || use === 'stale') return serve(ctx, st, out.entry, 'HIT', now);
+      }
+      if (out !== null && 'error' in out && st.stale !== null && P.usableOnError(st.stale.f, now)) return serve(ctx, st, st.stale, 'STALE', now);
+      return fetch(ctx, st, st.stale, false);
+    });
+
+    const decide = (ctx: RequestCtx, st: State, e: Entry | null): Reply | undefined | Promise<Reply | undefined> => {
+      const now = Date.now();
+      const rd = st.rd;
+      if (e !== null) {
+        const use = P.usable(e.f, rd, now);
+        if (use === 'fresh') return serve(ctx, st, e, 'HIT', now);
+        if (use === 'stale') return serve(ctx, st, e, 'STALE', now);
+        st.stale = e;
+        if (use === 'stale-while-revalidate') {
+          // One request revalidates; the others get the stale entry meanwhile.
+          if (!st.store || rd?.onlyIfCached || flights.get(st.fk) !== undefined) return serve(ctx, st, e, 'STALE', now);
+          return fetch(ctx, st, e, true);
+        }
+      }
+      if (rd?.onlyIfCached) {
+        st.kind = 'served';
+        return { code: 'gateway-timeout', detail: 'only-if-cached: no stored response can answer this request', headers: record(labelled('MISS')) };
+      }
+      const flight = collapse && !rd?.noCache ? flights.get(st.fk) : undefined;
+      if (flight !== undefined) return wait(ctx, st, flight);
+      return fetch(ctx, st, e, collapse && st.store && !flights.passing(st.fk));
+    };
+
+    return {
+      access(ctx) {
+        const m = ctx.method;
+        if (!SAFE.has(m)) {
+          ctx.vars[VAR] = state(ctx, 'invalidate');
+          return undefined;
+        }
+        const st = state(ctx, 'bypass');
+        ctx.vars[VAR] = st;
+        if (!methods.has(m) || ctx.header('range') !== undefined || ctx.header('upgrade') !== undefined) return undefined;
+        const found = store.find(st.bucket, st.sub, matcher(ctx), Date.now());
+        if (found instanceof Promise) {
+          return found.then((e) => decide(ctx, st, e), (err: Error) => {
+            caches.fail(err, 'read');
+            return decide(ctx, st, null);
+          });
+        }
+        return decide(ctx, st, found);
+      },
+
+      responseHeaders(ctx, status, headers) {
+        const st = ctx.vars[VAR] as State | undefined;
+        if (st === undefined) return;
+        if (st.kind === 'invalidate') {
+          // §4.4: a non-error response to an unsafe method invalidates its URI, and the same
+          // host's URIs in Location / Content-Location.
+          if (status >= 200 && status < 400) {
+            caches.invalidate(st.bucket);
+            for (const p of P.invalidatedPaths(headers, ctx.host, ctx.path)) caches.invalidate(bucketOf(ctx, p));
+          }
+          if (label) setField(headers, label, 'BYPASS');
+          return;
+        }
+        if (st.kind === 'bypass') {
+          if (label) setField(headers, label, 'BYPASS');
+          return;
+        }
+        if (st.kind === 'fetch' && label) setField(headers, label, 'MISS');
+      },
+
+      bufferResponse(ctx, status, headers) {
+        const st = ctx.vars[VAR] as State | undefined;
+        if (st === undefined || st.kind !== 'fetch') return null;
+        const whole = { max: maxBody, fallback: 'stream' as const };
+        if (ERRORS.has(status)) {
+          if (st.stale !== null && P.usableOnError(st.stale.f, Date.now())) return whole;
+          settle(st, { error: true });
+          return null;
+        }
+        if (status === 304 && st.validating !== null) return whole;
+        if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false }, o) === null) return whole;
+        // Not storable: it streams, and whoever waits for it goes upstream now.
+        settle(st, null, st.store);
+        return null;
+      },
+
+      response(ctx, r) {
+        const st = ctx.vars[VAR] as State | undefined;
+        if (st === undefined || st.kind !== 'fetch') return;
+        const now = Date.now();
+        if (r.origin === 'gateway' || ERRORS.has(r.status)) {
+          if (st.stale !== null && P.usableOnError(st.stale.f, now)) substitute(ctx, r, st.stale, 'STALE', now);
+          settle(st, { error: true });
+          return;
+        }
+        // (after the response phases of lower priority: what is stored is what clients get)
+        const up = upstreamCopy(ctx, r.headers);
+        if (r.status === 304 && st.validating !== null) {
+          // §4.3.4: the stored response, with the 304's fields, fresh again.
+          const old = st.validating;
+          const merged = P.updateHeaders(old.headers, up, notStored);
+          const f = P.freshness(merged, st.requestTime, now, o);
+          const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
+          put(st.bucket, e, now);
+          settle(st, { entry: e });
+          substitute(ctx, r, e, 'REVALIDATED', now);
+          return;
+        }
+        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false }, o) === null) {
+          const e = makeEntry(ctx, st, r.status, up, r.body, now);
+          if (e !== null) {
+            put(st.bucket, e, now);
+            settle(st, { entry: e });
+            if (P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since'))) substitute(ctx, r, e, 'MISS', now);
+            return;
+          }
+        }
+        settle(st, null, st.store);
+      },
+
+      log(ctx, info) {
+        const st = ctx.vars[VAR] as State | undefined;
+        // A leader whose response never reached the response phase (too large, the client left).
+        if (st !== undefined) settle(st, null, st.store && info.status !== 499);
+      },
+
+      close() {
+        caches.release(redis !== null ? 'redis' : 'memory', zone, redis ?? undefined);
+      },
+    };
+  },
+});

@@ -1,0 +1,682 @@
+/**
+ * The cache plugin end to end (RFC 9111): real loopback upstreams that count their calls, a
+ * gateway in process, its admin API, and real redis-servers for the shared backend.
+ */
+import test, { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { request as httpRequest } from 'node:http';
+import { gunzipSync } from 'node:zlib';
+import { parseConfigText } from '../src/config/load.js';
+import { freePort, request, sleep, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { startRedis, type RedisServer } from './redis-server.js';
+
+/** What the upstream answers for a path: called with the path's call count (1, 2, ...). */
+type Answer = { status?: number; headers?: Record<string, string | string[] | undefined>; body?: string; delay?: number; noDate?: boolean };
+type Handler = (n: number, req: IncomingMessage) => Answer;
+
+/** An upstream whose answers are set per path; it counts calls per path (query left out). */
+async function programmable(): Promise<TestUpstream & { on(path: string, h: Handler): void; calls(path: string): number; seen(path: string): IncomingMessage['headers'][] }> {
+  const handlers = new Map<string, Handler>();
+  const counts = new Map<string, number>();
+  const up = await startUpstream((req: IncomingMessage, res: ServerResponse) => {
+    const path = req.url!.split('?')[0]!;
+    const n = (counts.get(path) ?? 0) + 1;
+    counts.set(path, n);
+    const a: Answer = (handlers.get(path) ?? (() => ({ body: `${path} ${n}` })))(n, req);
+    const send = () => {
+      if (a.noDate) res.sendDate = false;
+      const headers: Record<string, string | string[]> = { 'content-type': 'text/plain' };
+      for (const [k, v] of Object.entries(a.headers ?? {})) if (v !== undefined) headers[k] = v;
+      res.writeHead(a.status ?? 200, headers).end(a.body ?? `${path} ${n}`);
+    };
+    if (a.delay) setTimeout(send, a.delay);
+    else send();
+  });
+  return Object.assign(up, {
+    on: (path: string, h: Handler) => { handlers.set(path, h); },
+    calls: (path: string) => counts.get(path) ?? 0,
+    seen: (path: string) => up.requests.filter((r) => r.url.split('?')[0] === path).map((r) => r.headers),
+  });
+}
+
+let up: Awaited<ReturnType<typeof programmable>>;
+let flaky: Awaited<ReturnType<typeof programmable>>;
+let gw: TestGateway;
+let text = '';
+const config = (extra = '') => `
+listen: 127.0.0.1:0
+access_log: {enabled: false}
+admin: {listen: 127.0.0.1:0}
+consumers:
+  - {name: alice, credentials: [{type: key-auth, key: alice-key-123}]}
+  - {name: bob, credentials: [{type: key-auth, key: bob-key-1234}]}
+services:
+  - name: api
+    url: ${up.url}
+    plugins: [{name: cache, config: {ttl: 30s}}]
+    routes:
+      - {name: main, paths: [/c]}
+      - name: keyed
+        paths: [/k]
+        plugins: [{name: key-auth}]
+      - name: keyed-shared
+        paths: [/ks]
+        plugins: [{name: key-auth}, {name: cache, config: {per_consumer: false}}]
+      - name: cookies
+        paths: [/sc]
+        plugins: [{name: cache, config: {cache_set_cookie: true}}]
+      - name: tenant
+        paths: [/t]
+        plugins: [{name: cache, config: {key: ["header:x-tenant"], max_body: 1kb}}]
+      - name: defaults
+        paths: [/d]
+        plugins: [{name: cache, config: {stale_if_error: 1m, stale_while_revalidate: 1m}}]
+      - name: transformed
+        paths: [/rt]
+        plugins: [{name: response-transform, config: {json: {remove: [secret], set: {api_version: 2}}, headers: {set: {x-transformed: "yes"}}}}]
+      - name: uncollapsed
+        paths: [/u]
+        plugins: [{name: cache, config: {collapse: false}}]
+      - name: compressed
+        paths: [/z]
+        plugins: [{name: compression, config: {min_size: 10b}}]
+      - name: validated
+        paths: [/v]
+        plugins:
+          - name: request-validator
+            config:
+              validate_response: true
+              spec:
+                openapi: 3.0.3
+                info: {title: t, version: "1"}
+                paths:
+                  /v/{id}:
+                    get:
+                      parameters: [{name: id, in: path, required: true, schema: {type: string}}]
+                      responses:
+                        "200":
+                          description: ok
+                          content: {application/json: {schema: {type: object, required: [id], properties: {id: {type: integer}}}}}
+${extra}
+  - name: flaky
+    url: ${flaky.url}
+    plugins: [{name: cache}]
+    routes: [{name: flaky, paths: [/f]}]
+`;
+
+before(async () => {
+  up = await programmable();
+  flaky = await programmable();
+  text = config();
+  gw = await startGateway(text);
+});
+after(async () => {
+  await gw?.close();
+  await up?.close();
+  await flaky?.close();
+});
+
+const get = (path: string, headers: Record<string, string> = {}, method = 'GET') => request(`${gw.url}${path}`, { method, headers });
+const status = (r: { headers: IncomingMessage['headers'] }) => r.headers['x-cache-status'];
+
+test('MISS then HIT from memory; HEAD is answered from the GET entry; Age on every cached response, counting the upstream Age', async () => {
+  up.on('/c/basic', () => ({ headers: { 'cache-control': 'max-age=60', etag: '"b1"' }, body: 'basic body' }));
+  const a = await get('/c/basic');
+  assert.equal(a.status, 200);
+  assert.equal(status(a), 'MISS');
+  const b = await get('/c/basic');
+  assert.equal(b.body, 'basic body');
+  assert.equal(status(b), 'HIT');
+  assert.match(String(b.headers.age), /^[01]$/);
+  assert.equal(b.headers.etag, '"b1"');
+  assert.equal(b.headers['content-type'], 'text/plain');
+  const h = await get('/c/basic', {}, 'HEAD');
+  assert.equal(h.status, 200);
+  assert.equal(status(h), 'HIT');
+  assert.equal(h.headers['content-length'], String('basic body'.length));
+  assert.equal(h.body, '');
+  assert.equal(up.calls('/c/basic'), 1);
+  // a HEAD miss goes upstream as HEAD and stores nothing
+  const hm = await get('/c/head-only', {}, 'HEAD');
+  assert.equal(hm.status, 200);
+  assert.equal(up.calls('/c/head-only'), 1);
+  assert.equal(status(await get('/c/head-only')), 'MISS');
+
+  up.on('/c/aged', () => ({ headers: { 'cache-control': 'max-age=60', age: '10' } }));
+  await get('/c/aged');
+  const aged = await get('/c/aged');
+  assert.equal(status(aged), 'HIT');
+  assert.ok(Number(aged.headers.age) >= 10 && Number(aged.headers.age) <= 12, String(aged.headers.age));
+  // already older than its lifetime when it arrives: never served from the cache
+  up.on('/c/old', () => ({ headers: { 'cache-control': 'max-age=60', age: '100' } }));
+  await get('/c/old');
+  assert.equal(status(await get('/c/old')), 'MISS');
+  assert.equal(up.calls('/c/old'), 2);
+});
+
+test('freshness: s-maxage over max-age (shared cache), Expires - Date, the ttl heuristic when there is none, expiry', async () => {
+  up.on('/c/smax', () => ({ headers: { 'cache-control': 's-maxage=0, max-age=600' } }));
+  await get('/c/smax');
+  assert.equal(status(await get('/c/smax')), 'MISS');
+  up.on('/c/expires', () => ({ headers: { expires: new Date(Date.now() + 60_000).toUTCString() } }));
+  await get('/c/expires');
+  assert.equal(status(await get('/c/expires')), 'HIT');
+  up.on('/c/expired', () => ({ headers: { expires: '0' } }));
+  await get('/c/expired');
+  assert.equal(status(await get('/c/expired')), 'MISS');
+  // no freshness given: ttl (30s) applies
+  up.on('/c/heuristic', () => ({}));
+  await get('/c/heuristic');
+  const hh = await get('/c/heuristic');
+  assert.equal(status(hh), 'HIT');
+  assert.equal(hh.body, '/c/heuristic 1');
+  up.on('/c/short', () => ({ headers: { 'cache-control': 'max-age=1' }, noDate: true }));
+  await get('/c/short');
+  assert.equal(status(await get('/c/short')), 'HIT');
+  await sleep(1100);
+  const late = await get('/c/short');
+  assert.equal(status(late), 'MISS');
+  assert.equal(late.body, '/c/short 2');
+});
+
+test('what is not stored: no-store, private, Set-Cookie (unless cache_set_cookie), Authorization (unless public), request no-store, 500s, POST, bodies over max_body', async () => {
+  const twice = async (path: string, headers: Record<string, string> = {}) => {
+    const first = await get(path, headers);
+    const second = await get(path);
+    return { first, second, calls: up.calls(path) };
+  };
+  up.on('/c/nostore', () => ({ headers: { 'cache-control': 'no-store, max-age=60' } }));
+  assert.equal((await twice('/c/nostore')).calls, 2);
+  up.on('/c/private', () => ({ headers: { 'cache-control': 'private, max-age=60' } }));
+  assert.equal((await twice('/c/private')).calls, 2);
+  up.on('/c/cookie', () => ({ headers: { 'cache-control': 'max-age=60', 'set-cookie': 'session=secret' } }));
+  assert.equal((await twice('/c/cookie')).calls, 2);
+  up.on('/sc/cookie', () => ({ headers: { 'cache-control': 'max-age=60', 'set-cookie': 'session=secret' } }));
+  const sc = await twice('/sc/cookie');
+  assert.equal(sc.calls, 1);
+  assert.deepEqual(sc.first.headers['set-cookie'], ['session=secret']);
+  assert.equal(status(sc.second), 'HIT');
+  assert.equal(sc.second.headers['set-cookie'], undefined);
+  up.on('/c/auth', () => ({ headers: { 'cache-control': 'max-age=60' } }));
+  const auth = await twice('/c/auth', { authorization: 'Bearer abc' });
+  assert.equal(auth.calls, 2);
+  up.on('/c/auth-public', () => ({ headers: { 'cache-control': 'public, max-age=60' } }));
+  assert.equal((await twice('/c/auth-public', { authorization: 'Bearer abc' })).calls, 1);
+  up.on('/c/req-nostore', () => ({ headers: { 'cache-control': 'max-age=60' } }));
+  assert.equal((await twice('/c/req-nostore', { 'cache-control': 'no-store' })).calls, 2);
+  up.on('/c/err', () => ({ status: 500, headers: { 'cache-control': 'max-age=60' } }));
+  assert.equal((await twice('/c/err')).calls, 2);
+  up.on('/c/gone', () => ({ status: 404, headers: { 'cache-control': 'max-age=60' } }));
+  const gone = await twice('/c/gone');
+  assert.equal(gone.calls, 1);
+  assert.equal(gone.second.status, 404);
+  up.on('/c/post', () => ({ headers: { 'cache-control': 'max-age=60' } }));
+  const p1 = await get('/c/post', {}, 'POST');
+  assert.equal(status(p1), 'BYPASS');
+  await get('/c/post', {}, 'POST');
+  assert.equal(up.calls('/c/post'), 2);
+  // larger than max_body (1kb on /t): served whole, not stored
+  up.on('/t/big', () => ({ headers: { 'cache-control': 'max-age=60' }, body: 'x'.repeat(5000) }));
+  const big = await twice('/t/big');
+  assert.equal(big.first.body.length, 5000);
+  assert.equal(big.second.body.length, 5000);
+  assert.equal(big.calls, 2);
+});
+
+test('with response-transform: what is stored is what the client got (the transform runs before the cache stores)', async () => {
+  up.on('/rt/doc', (n) => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json', etag: '"raw"' }, body: JSON.stringify({ n, secret: 's3cr3t' }) }));
+  const miss = await get('/rt/doc');
+  const hit = await get('/rt/doc');
+  assert.equal(status(miss), 'MISS');
+  assert.equal(status(hit), 'HIT');
+  assert.deepEqual(JSON.parse(miss.body), { n: 1, api_version: 2 });
+  assert.equal(hit.body, miss.body);
+  assert.equal(hit.headers['x-transformed'], 'yes');
+  assert.equal(hit.headers.etag, undefined);
+  assert.equal(hit.headers['content-length'], String(Buffer.byteLength(miss.body)));
+  assert.equal(up.calls('/rt/doc'), 1);
+});
+
+test('Vary: one entry per variant, the right one served; Vary: * never matches', async () => {
+  up.on('/c/vary', (_n, req) => ({ headers: { 'cache-control': 'max-age=60', vary: 'Accept-Language' }, body: `lang ${req.headers['accept-language'] ?? 'none'}` }));
+  const en1 = await get('/c/vary', { 'accept-language': 'en' });
+  const de1 = await get('/c/vary', { 'accept-language': 'de' });
+  const en2 = await get('/c/vary', { 'accept-language': 'en' });
+  const de2 = await get('/c/vary', { 'accept-language': 'de' });
+  const none = await get('/c/vary');
+  assert.deepEqual([en1, de1, en2, de2, none].map(status), ['MISS', 'MISS', 'HIT', 'HIT', 'MISS']);
+  assert.deepEqual([en2.body, de2.body, none.body], ['lang en', 'lang de', 'lang none']);
+  assert.equal(up.calls('/c/vary'), 3);
+  up.on('/c/vary-star', () => ({ headers: { 'cache-control': 'max-age=60', vary: '*' } }));
+  await get('/c/vary-star');
+  assert.equal(status(await get('/c/vary-star')), 'MISS');
+});
+
+test('revalidation: a stale entry goes upstream with If-None-Match / If-Modified-Since; a 304 refreshes the stored fields and the client gets the stored 200', async () => {
+  up.on('/c/reval', (n, req) => (n === 1
+    ? { headers: { 'cache-control': 'max-age=1', etag: '"r1"', 'x-version': '1' }, body: 'the stored body', noDate: true }
+    : req.headers['if-none-match'] === '"r1"'
+      ? { status: 304, headers: { 'cache-control': 'max-age=60', etag: '"r1"', 'x-version': '2' }, noDate: true }
+      : { body: 'unexpected' }));
+  up.on('/c/lm', (n, req) => (n === 1
+    ? { headers: { 'cache-control': 'max-age=1', 'last-modified': 'Tue, 01 Jan 2030 00:00:00 GMT' }, body: 'lm body', noDate: true }
+    : req.headers['if-modified-since'] === 'Tue, 01 Jan 2030 00:00:00 GMT' ? { status: 304, headers: { 'cache-control': 'max-age=60' } } : { body: 'unexpected' }));
+  up.on('/c/changed', (n) => ({ headers: { 'cache-control': 'max-age=1', etag: `"v${n}"` }, body: `version ${n}`, noDate: true }));
+  await get('/c/reval');
+  await get('/c/lm');
+  await get('/c/changed');
+  await sleep(1100);
+  const r = await get('/c/reval');
+  assert.equal(r.status, 200);
+  assert.equal(status(r), 'REVALIDATED');
+  assert.equal(r.body, 'the stored body');
+  assert.equal(r.headers['x-version'], '2');
+  assert.equal(r.headers['cache-control'], 'max-age=60');
+  assert.equal(up.seen('/c/reval')[1]!['if-none-match'], '"r1"');
+  const again = await get('/c/reval');
+  assert.equal(status(again), 'HIT');
+  assert.equal(again.headers['x-version'], '2');
+  assert.equal(up.calls('/c/reval'), 2);
+
+  const lm = await get('/c/lm');
+  assert.equal(status(lm), 'REVALIDATED');
+  assert.equal(lm.body, 'lm body');
+  assert.equal(status(await get('/c/lm')), 'HIT');
+
+  const changed = await get('/c/changed');
+  assert.equal(status(changed), 'MISS');
+  assert.equal(changed.body, 'version 2');
+  assert.equal(up.seen('/c/changed')[1]!['if-none-match'], '"v1"');
+  assert.equal((await get('/c/changed')).body, 'version 2');
+});
+
+test('client conditional requests: If-None-Match / If-Modified-Since matching the stored response get a 304 from the cache', async () => {
+  up.on('/c/cond', () => ({ headers: { 'cache-control': 'max-age=60', etag: '"c1"', 'last-modified': 'Mon, 01 Jan 2024 00:00:00 GMT' }, body: 'cond' }));
+  // A miss: the client's validator is not sent upstream (the whole response is stored), and answered here.
+  const first = await get('/c/cond', { 'if-none-match': '"c1"' });
+  assert.equal(first.status, 304);
+  assert.equal(first.body, '');
+  assert.equal(up.seen('/c/cond')[0]!['if-none-match'], undefined);
+  const hit = await get('/c/cond', { 'if-none-match': 'W/"c1"' });
+  assert.equal(hit.status, 304);
+  assert.equal(status(hit), 'HIT');
+  assert.equal(hit.headers.etag, '"c1"');
+  assert.equal(hit.headers['content-type'], undefined);
+  const other = await get('/c/cond', { 'if-none-match': '"zz"' });
+  assert.equal(other.status, 200);
+  assert.equal(other.body, 'cond');
+  assert.equal((await get('/c/cond', { 'if-modified-since': 'Tue, 02 Jan 2024 00:00:00 GMT' })).status, 304);
+  assert.equal((await get('/c/cond', { 'if-modified-since': 'Sun, 31 Dec 2023 00:00:00 GMT' })).status, 200);
+  assert.equal(up.calls('/c/cond'), 1);
+});
+
+test('stale-while-revalidate: one request refreshes, the others get the stale entry at once', async () => {
+  up.on('/c/swr', (n) => ({ headers: { 'cache-control': 'max-age=1, stale-while-revalidate=30' }, body: `swr ${n}`, noDate: true, delay: n === 1 ? 0 : 400 }));
+  await get('/c/swr');
+  await sleep(1100);
+  const refresher = get('/c/swr');
+  await sleep(50);
+  const t0 = Date.now();
+  const others = await Promise.all([get('/c/swr'), get('/c/swr'), get('/c/swr')]);
+  assert.ok(Date.now() - t0 < 300, `stale answers took ${Date.now() - t0} ms`);
+  for (const o of others) {
+    assert.equal(o.body, 'swr 1');
+    assert.equal(status(o), 'STALE');
+  }
+  const r = await refresher;
+  assert.equal(r.body, 'swr 2');
+  const after = await get('/c/swr');
+  assert.equal(after.body, 'swr 2');
+  assert.equal(status(after), 'HIT');
+  assert.equal(up.calls('/c/swr'), 2);
+});
+
+test('stale-if-error: a 5xx or an upstream that is gone is answered with the stale entry; never past must-revalidate; config defaults apply', async () => {
+  flaky.on('/f/sie', (n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1, stale-if-error=60' }, body: 'good', noDate: true } : { status: 503, body: 'down' }));
+  flaky.on('/f/strict', (n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1, must-revalidate, stale-if-error=60' }, body: 'good', noDate: true } : { status: 503, body: 'down' }));
+  up.on('/d/sie', (n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1' }, body: 'default window', noDate: true } : { status: 502, body: 'bad' }));
+  up.on('/c/nosie', (n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1' }, body: 'no window', noDate: true } : { status: 503, body: 'down' }));
+  for (const p of ['/f/sie', '/f/strict', '/d/sie', '/c/nosie']) await get(p);
+  await sleep(1100);
+  const s = await get('/f/sie');
+  assert.equal(s.status, 200);
+  assert.equal(s.body, 'good');
+  assert.equal(status(s), 'STALE');
+  assert.ok(Number(s.headers.age) >= 1);
+  const strict = await get('/f/strict');
+  assert.equal(strict.status, 503);
+  assert.equal(strict.body, 'down');
+  const d = await get('/d/sie');
+  assert.equal(d.status, 200);
+  assert.equal(d.body, 'default window');
+  assert.equal((await get('/c/nosie')).status, 503);
+  // the upstream goes away: the gateway's 502 becomes the stale entry
+  await flaky.close();
+  const gone = await get('/f/sie');
+  assert.equal(gone.status, 200);
+  assert.equal(gone.body, 'good');
+  assert.equal(status(gone), 'STALE');
+  assert.equal((await get('/f/strict')).status, 502);
+});
+
+test('no-cache responses are revalidated on every use; request no-cache / max-age=0 revalidate; only-if-cached gets 504 on a miss; max-stale accepts stale', async () => {
+  up.on('/c/nocache', (n, req) => (n > 1 && req.headers['if-none-match'] === '"n1"' ? { status: 304, headers: { etag: '"n1"' } } : { headers: { 'cache-control': 'no-cache', etag: '"n1"' }, body: 'nc' }));
+  await get('/c/nocache');
+  const n2 = await get('/c/nocache');
+  const n3 = await get('/c/nocache');
+  assert.deepEqual([n2, n3].map(status), ['REVALIDATED', 'REVALIDATED']);
+  assert.equal(n3.body, 'nc');
+  assert.equal(up.calls('/c/nocache'), 3);
+
+  up.on('/c/rd', (n, req) => (req.headers['if-none-match'] === '"d1"' ? { status: 304, headers: { etag: '"d1"', 'cache-control': 'max-age=60' } } : { headers: { 'cache-control': 'max-age=60', etag: '"d1"' }, body: `rd ${n}` }));
+  await get('/c/rd');
+  assert.equal(status(await get('/c/rd', { 'cache-control': 'no-cache' })), 'REVALIDATED');
+  assert.equal(status(await get('/c/rd', { pragma: 'no-cache' })), 'REVALIDATED');
+  assert.equal(up.calls('/c/rd'), 3);
+  const oic = await get('/c/rd', { 'cache-control': 'only-if-cached' });
+  assert.equal(oic.status, 200);
+  assert.equal(status(oic), 'HIT');
+  const miss = await get('/c/never-stored', { 'cache-control': 'only-if-cached' });
+  assert.equal(miss.status, 504);
+  assert.equal(up.calls('/c/never-stored'), 0);
+
+  // (a stale entry is kept past its stale windows only with a validator: `keep`)
+  up.on('/c/maxstale', (n) => ({ headers: { 'cache-control': 'max-age=1', 'last-modified': 'Mon, 01 Jan 2024 00:00:00 GMT' }, body: `ms ${n}`, noDate: true }));
+  await get('/c/maxstale');
+  await sleep(1100);
+  const ms = await get('/c/maxstale', { 'cache-control': 'max-stale=60' });
+  assert.equal(status(ms), 'STALE');
+  assert.equal(ms.body, 'ms 1');
+  assert.equal(status(await get('/c/maxstale', { 'cache-control': 'max-age=0' })), 'MISS');
+  assert.equal(up.calls('/c/maxstale'), 2);
+});
+
+test('invalidation (§4.4): a successful POST/PUT/DELETE/PATCH invalidates its URI (every query), and Location / Content-Location on the same host; a failed one does not', async () => {
+  up.on('/c/inv', (n, req) => (req.method === 'GET' ? { headers: { 'cache-control': 'max-age=60' }, body: `inv ${n}` } : { status: 201 }));
+  up.on('/c/inv-other', (n, req) => (req.method === 'GET' ? { headers: { 'cache-control': 'max-age=60' }, body: `other ${n}` } : { status: 200 }));
+  up.on('/c/inv-fail', (n, req) => (req.method === 'GET' ? { headers: { 'cache-control': 'max-age=60' } } : { status: 500 }));
+  const warm = async (p: string) => { await get(p); assert.equal(status(await get(p)), 'HIT', p); };
+  await warm('/c/inv');
+  await warm('/c/inv?x=1');
+  await warm('/c/inv-other');
+  await warm('/c/inv-fail');
+  assert.equal((await get('/c/inv', {}, 'POST')).status, 201);
+  assert.equal(status(await get('/c/inv')), 'MISS');
+  assert.equal(status(await get('/c/inv?x=1')), 'MISS');
+  for (const m of ['PUT', 'DELETE', 'PATCH']) {
+    await get('/c/inv');
+    assert.equal(status(await get('/c/inv')), 'HIT');
+    await get('/c/inv', {}, m);
+    assert.equal(status(await get('/c/inv')), 'MISS', m);
+  }
+  up.on('/c/inv-loc', (_n, req) => (req.method === 'GET' ? { headers: { 'cache-control': 'max-age=60' } } : { status: 201, headers: { location: '/c/inv-other', 'content-location': 'http://elsewhere.example/c/inv-fail' } }));
+  await get('/c/inv-loc', {}, 'POST');
+  assert.equal(status(await get('/c/inv-other')), 'MISS');
+  assert.equal(status(await get('/c/inv-fail')), 'HIT');
+  await get('/c/inv-fail', {}, 'DELETE');
+  assert.equal(status(await get('/c/inv-fail')), 'HIT');
+});
+
+test('request collapsing: 100 concurrent misses make exactly one upstream call; an uncacheable leader lets the waiters go upstream themselves', async () => {
+  up.on('/c/collapse', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `collapsed ${n}`, delay: 300 }));
+  const all = await Promise.all(Array.from({ length: 100 }, () => get('/c/collapse')));
+  assert.equal(up.calls('/c/collapse'), 1);
+  assert.ok(all.every((r) => r.status === 200 && r.body === 'collapsed 1'));
+  assert.equal(all.filter((r) => status(r) === 'MISS').length, 1);
+  assert.equal(all.filter((r) => status(r) === 'HIT').length, 99);
+
+  // a stale entry: one conditional request, the others wait for its 304
+  up.on('/c/collapse-reval', (n) => (n === 1
+    ? { headers: { 'cache-control': 'max-age=1', etag: '"cr"' }, body: 'reval body', noDate: true }
+    : { status: 304, headers: { 'cache-control': 'max-age=60', etag: '"cr"' }, delay: 200 }));
+  await get('/c/collapse-reval');
+  await sleep(1100);
+  const rv = await Promise.all(Array.from({ length: 50 }, () => get('/c/collapse-reval')));
+  assert.equal(up.calls('/c/collapse-reval'), 2);
+  assert.ok(rv.every((r) => r.status === 200 && r.body === 'reval body'));
+  assert.equal(rv.filter((r) => status(r) === 'REVALIDATED').length, 1);
+
+  up.on('/c/collapse-nostore', (n) => ({ headers: { 'cache-control': 'no-store' }, body: `ns ${n}`, delay: 100 }));
+  const t0 = Date.now();
+  const ns = await Promise.all(Array.from({ length: 100 }, () => get('/c/collapse-nostore')));
+  assert.ok(ns.every((r) => r.status === 200 && r.body.startsWith('ns ')));
+  assert.equal(up.calls('/c/collapse-nostore'), 100);
+  assert.ok(Date.now() - t0 < 5000);
+  // collapse: false: every miss goes upstream
+  up.on('/u/c', () => ({ headers: { 'cache-control': 'max-age=60' }, delay: 200 }));
+  await Promise.all(Array.from({ length: 5 }, () => get('/u/c')));
+  assert.equal(up.calls('/u/c'), 5);
+});
+
+test('key parts: header:x-tenant keeps tenants apart', async () => {
+  up.on('/t/k', (_n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `tenant ${req.headers['x-tenant'] ?? '-'}` }));
+  const a = await get('/t/k', { 'x-tenant': 'a' });
+  const b = await get('/t/k', { 'x-tenant': 'b' });
+  const a2 = await get('/t/k', { 'x-tenant': 'a' });
+  const none = await get('/t/k');
+  assert.deepEqual([a, b, a2, none].map(status), ['MISS', 'MISS', 'HIT', 'MISS']);
+  assert.deepEqual([a2.body, b.body, none.body], ['tenant a', 'tenant b', 'tenant -']);
+});
+
+test('per consumer: what an auth plugin let in is cached per consumer; per_consumer: false shares it', async () => {
+  const as = (who: string, path: string) => get(path, { apikey: who === 'alice' ? 'alice-key-123' : 'bob-key-1234' });
+  up.on('/k/me', (_n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `me ${req.headers['x-consumer-name']}` }));
+  up.on('/ks/all', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `all ${n}` }));
+  const a1 = await as('alice', '/k/me');
+  const b1 = await as('bob', '/k/me');
+  const a2 = await as('alice', '/k/me');
+  assert.deepEqual([a1, b1, a2].map(status), ['MISS', 'MISS', 'HIT']);
+  assert.deepEqual([b1.body, a2.body], ['me bob', 'me alice']);
+  assert.equal((await get('/k/me')).status, 401);
+  await as('alice', '/ks/all');
+  const shared = await as('bob', '/ks/all');
+  assert.equal(status(shared), 'HIT');
+  assert.equal(shared.body, 'all 1');
+});
+
+test('purge through the admin API: one URL (key), a path, everything; bad filters are 400', async () => {
+  for (const p of ['/c/p1', '/c/p2?a=1', '/c/p2?a=2', '/c/p3']) {
+    up.on(p.split('?')[0]!, () => ({ headers: { 'cache-control': 'max-age=60' } }));
+    await get(p);
+    assert.equal(status(await get(p)), 'HIT');
+  }
+  const purge = (q: string) => request(`${gw.adminUrl}/cache${q}`, { method: 'DELETE' });
+  const byKey = await purge(`?key=${encodeURIComponent(`127.0.0.1:${gw.port}/c/p2?a=1`)}`);
+  assert.equal(byKey.status, 200);
+  assert.deepEqual(JSON.parse(byKey.body), { purged: 1 });
+  assert.equal(status(await get('/c/p2?a=1')), 'MISS');
+  assert.equal(status(await get('/c/p2?a=2')), 'HIT');
+  assert.deepEqual(JSON.parse((await purge('?path=/c/p1')).body), { purged: 1 });
+  assert.equal(status(await get('/c/p1')), 'MISS');
+  assert.equal(status(await get('/c/p3')), 'HIT');
+  const all = await purge('');
+  assert.ok(JSON.parse(all.body).purged >= 3);
+  assert.equal(status(await get('/c/p3')), 'MISS');
+  assert.equal((await purge('?key=nopath')).status, 400);
+  assert.equal((await purge('?host=a')).status, 400);
+});
+
+test('the cache survives config reloads (plugin instances are re-created, the zone is not)', async () => {
+  up.on('/c/reload', () => ({ headers: { 'cache-control': 'max-age=60' } }));
+  await get('/c/reload');
+  const rev = gw.gw.revision;
+  gw.gw.reload(parseConfigText(config(`      - {name: added, paths: [/added]}`)));
+  assert.equal(gw.gw.revision, rev + 1);
+  assert.equal(status(await get('/c/reload')), 'HIT');
+  // a new max_size for the binding: resized, still there
+  gw.gw.reload(parseConfigText(config(`      - {name: added, paths: [/added]}`).replace('config: {ttl: 30s}', 'config: {ttl: 30s, max_size: 32mb}')));
+  assert.equal(gw.gw.revision, rev + 2);
+  assert.equal(status(await get('/c/reload')), 'HIT');
+  assert.equal(up.calls('/c/reload'), 1);
+  gw.gw.reload(parseConfigText(text));
+});
+
+test('hostile upstream and client fields never break a request: bogus Cache-Control, huge max-age, negative Age, malformed dates, Vary with 1000 names', async () => {
+  up.on('/c/h1', () => ({ headers: { 'cache-control': 'max-age=99999999999999999999999, , =, "x, =y, \u00e9' } }));
+  await get('/c/h1');
+  assert.equal(status(await get('/c/h1')), 'HIT');
+  up.on('/c/h2', () => ({ headers: { 'cache-control': 'max-age=60', age: '-5' } }));
+  await get('/c/h2');
+  const h2 = await get('/c/h2');
+  assert.equal(status(h2), 'HIT');
+  assert.match(String(h2.headers.age), /^[01]$/);
+  up.on('/c/h3', () => ({ headers: { expires: 'Thu, 99 Foo 20xx', date: 'yesterday' } }));
+  await get('/c/h3');
+  assert.equal(status(await get('/c/h3')), 'MISS');
+  up.on('/c/h4', () => ({ headers: { 'cache-control': 'max-age=60', vary: Array.from({ length: 1000 }, (_, i) => `h${i}`).join(',') } }));
+  assert.equal((await get('/c/h4')).status, 200);
+  assert.equal(status(await get('/c/h4')), 'MISS');
+  // names the request's header object inherits (constructor, __proto__...) are just absent fields
+  up.on('/c/h7', () => ({ headers: { 'cache-control': 'max-age=60', vary: 'constructor, __proto__, toString, hasOwnProperty' } }));
+  assert.equal((await get('/c/h7')).status, 200);
+  const h7 = await get('/c/h7');
+  assert.equal(h7.status, 200);
+  assert.equal(status(h7), 'HIT');
+  assert.equal(status(await get('/c/h7', { constructor: 'x' })), 'MISS');
+  up.on('/c/h5', () => ({ headers: { 'cache-control': 'max-age=60, max-age=1, s-maxage=abc', date: 'garbage', 'last-modified': '\u00ff' } }));
+  await get('/c/h5');
+  assert.equal((await get('/c/h5')).status, 200);
+  up.on('/c/h6', () => ({ headers: { 'cache-control': 'max-age=60', etag: 'no-quotes' } }));
+  await get('/c/h6');
+  for (const cc of ['max-age=abc, max-stale=-1, min-fresh=99999999999999999999', '"', ',,,,', 'no-cache="']) {
+    const r = await get('/c/h6', { 'cache-control': cc, 'if-none-match': '"', 'if-modified-since': 'garbage' });
+    assert.equal(r.status, 200, cc);
+  }
+  // an unterminated no-cache="... still asks for revalidation, which only-if-cached forbids
+  assert.equal((await get('/c/h6', { 'cache-control': 'only-if-cached=x, no-cache="' })).status, 504);
+  assert.equal((await get('/c/h6', { 'if-none-match': 'no-quotes' })).status, 200);
+});
+
+test('check: backend redis without the redis setting, max_body over max_size, and unknown fields are config errors', async () => {
+  const { configIssues } = await import('./helpers.js');
+  const issues = (cfg: string) => configIssues(`services: [{name: s, url: "http://127.0.0.1:1", routes: [{name: r, paths: [/]}], plugins: [{name: cache, config: ${cfg}}]}]`).map((i) => `${i.path}: ${i.message}`).join('; ');
+  assert.match(issues('{backend: redis}'), /backend redis needs the top-level redis setting/);
+  assert.match(issues('{max_body: 10mb, max_size: 1mb}'), /max_body is larger than max_size/);
+  assert.match(issues('{ttl: soon}'), /ttl/);
+  assert.match(issues('{key: ["header:"]}'), /key/);
+  assert.match(issues('{bogus: 1}'), /bogus|additional/i);
+  assert.equal(issues('{ttl: 30s, key: [consumer, "query:page", "cookie:sid"], methods: [GET]}'), '');
+});
+
+test('redis backend: two gateways share entries (TTL set in Redis), invalidation and purge reach both, collapsing still holds', async () => {
+  const redis: RedisServer = await startRedis();
+  const shared = await programmable();
+  const cfg = `
+admin: {listen: 127.0.0.1:0}
+redis: {url: "${redis.url}", prefix: "tpc:", timeout: 500}
+services:
+  - name: api
+    url: ${shared.url}
+    plugins: [{name: cache, config: {backend: redis, ttl: 30s}}]
+    routes: [{name: r, paths: [/]}]
+`;
+  const a = await startGateway(cfg);
+  const b = await startGateway(cfg);
+  try {
+    shared.on('/r/1', (n) => ({ headers: { 'cache-control': 'max-age=60', etag: '"x"' }, body: `shared ${n}` }));
+    const first = await request(`${a.url}/r/1`);
+    assert.equal(status(first), 'MISS');
+    // b's host differs (its own port): entries are keyed by the host clients ask for, so ask for a's.
+    // (the write to Redis is not awaited by the request: a few tries)
+    const viaB = () => request(`${b.url}/r/1`, { headers: { host: `127.0.0.1:${a.port}` } });
+    let fromB = await viaB();
+    for (let i = 0; i < 20 && status(fromB) !== 'HIT'; i++) {
+      await sleep(25);
+      fromB = await viaB();
+    }
+    assert.equal(status(fromB), 'HIT');
+    assert.equal(fromB.body, 'shared 1');
+    assert.equal(shared.calls('/r/1'), 1);
+    const { rawCommand } = await import('./redis-server.js');
+    const keys = await rawCommand(redis.port, ['KEYS', 'tpc:cache:*']);
+    const key = /\$\d+\r\n(tpc:cache:[^\r]+)/.exec(keys)![1]!;
+    const ttl = Number((await rawCommand(redis.port, ['PTTL', key])).slice(1));
+    assert.ok(ttl > 0 && ttl <= 60_000 + 3_600_000, String(ttl));
+    // an unsafe request through b invalidates for a
+    shared.on('/r/1', (n, req) => (req.method === 'GET' ? { headers: { 'cache-control': 'max-age=60' }, body: `shared ${n}` } : { status: 204 }));
+    await request(`${b.url}/r/1`, { method: 'POST', headers: { host: `127.0.0.1:${a.port}` } });
+    await sleep(50);
+    assert.equal(status(await request(`${a.url}/r/1`)), 'MISS');
+    await sleep(50);
+    assert.equal(status(await request(`${a.url}/r/1`)), 'HIT');
+    const purged = await request(`${b.adminUrl}/cache?path=/r/1`, { method: 'DELETE' });
+    assert.equal(JSON.parse(purged.body).purged, 1);
+    assert.equal(status(await request(`${a.url}/r/1`)), 'MISS');
+    // collapsing in front of Redis
+    shared.on('/r/c', () => ({ headers: { 'cache-control': 'max-age=60' }, delay: 300 }));
+    const many = await Promise.all(Array.from({ length: 50 }, () => request(`${a.url}/r/c`)));
+    assert.ok(many.every((r) => r.status === 200));
+    assert.equal(shared.calls('/r/c'), 1);
+    // Redis gone: requests are still served (misses), never errors
+    await redis.kill();
+    shared.on('/r/down', () => ({ headers: { 'cache-control': 'max-age=60' } }));
+    const down = await request(`${a.url}/r/down`);
+    assert.equal(down.status, 200);
+    assert.equal((await request(`${a.url}/r/down`)).status, 200);
+  } finally {
+    await a.close();
+    await b.close();
+    await shared.close();
+    await redis.stop();
+  }
+});
+
+test('a route without the plugin is untouched (no status header), and a port nobody listens on gives the plain 502', async () => {
+  const port = await freePort();
+  const g = await startGateway(`
+services:
+  - name: none
+    url: http://127.0.0.1:${port}
+    routes: [{name: r, paths: [/]}]
+  - name: cached
+    url: http://127.0.0.1:${port}
+    plugins: [{name: cache}]
+    routes: [{name: c, paths: [/c]}]
+`);
+  try {
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 502);
+    assert.equal(r.headers['x-cache-status'], undefined);
+    const c = await request(`${g.url}/c/x`);
+    assert.equal(c.status, 502);
+    assert.equal(c.headers['content-type'], 'application/problem+json');
+  } finally {
+    await g.close();
+  }
+});
+
+test('with compression: hits are compressed like misses (the entry is stored uncompressed)', async () => {
+  up.on('/z/doc', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'text/plain' }, body: 'z'.repeat(2000) }));
+  const fetchGz = (headers: Record<string, string>) => new Promise<{ headers: IncomingMessage['headers']; body: Buffer }>((resolve, reject) => {
+    const req = httpRequest(`${gw.url}/z/doc`, { headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const miss = await fetchGz({ 'accept-encoding': 'gzip' });
+  const hit = await fetchGz({ 'accept-encoding': 'gzip' });
+  const plain = await fetchGz({});
+  assert.equal(miss.headers['x-cache-status'], 'MISS');
+  assert.equal(hit.headers['x-cache-status'], 'HIT');
+  assert.equal(hit.headers['content-encoding'], 'gzip');
+  assert.equal(gunzipSync(hit.body).toString(), 'z'.repeat(2000));
+  assert.equal(plain.headers['x-cache-status'], 'HIT');
+  assert.equal(plain.headers['content-encoding'], undefined);
+  assert.equal(plain.body.toString(), 'z'.repeat(2000));
+  assert.match(String(plain.headers.vary), /Accept-Encoding/);
+  assert.equal(up.calls('/z/doc'), 1);
+});
+
+test('with request-validator: an upstream answer the validator refuses is never stored; a valid one is', async () => {
+  up.on('/v/bad', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json' }, body: JSON.stringify({ id: 'not-a-number' }) }));
+  up.on('/v/good', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json' }, body: JSON.stringify({ id: 1 }) }));
+  for (let i = 0; i < 2; i++) assert.equal((await get('/v/bad')).status, 502);
+  assert.equal(up.calls('/v/bad'), 2);
+  assert.equal(status(await get('/v/good')), 'MISS');
+  assert.equal(status(await get('/v/good')), 'HIT');
+  assert.equal(up.calls('/v/good'), 1);
+});
