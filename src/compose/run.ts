@@ -92,13 +92,15 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
   const deadline = setTimeout(() => ac.abort(new ComposeAbort('deadline', `the composition's ${compose.timeout} ms deadline passed`)), compose.timeout);
   const onClient = () => ac.abort(new ComposeAbort('client', 'the client closed the connection'));
   input.signal.addEventListener('abort', onClient, { once: true });
+  let complete = false;
   try {
     const results = await schedule(compose, input, ac, { params, query, clientBody });
+    complete = true; // (every step has finished: nothing is left to abort)
     return respond(compose, results);
   } finally {
     clearTimeout(deadline);
     input.signal.removeEventListener('abort', onClient);
-    if (!ac.signal.aborted) ac.abort(new ComposeAbort('settled', 'the composition is over'));
+    if (!complete && !ac.signal.aborted) ac.abort(new ComposeAbort('settled', 'the composition is over'));
     input.snapshot?.release();
   }
 }
