@@ -311,25 +311,36 @@ test('client conditional requests: If-None-Match / If-Modified-Since matching th
   assert.equal(up.calls('/c/cond'), 1);
 });
 
-test('stale-while-revalidate: one request refreshes, the others get the stale entry at once', async () => {
-  up.on('/c/swr', (n) => ({ headers: { 'cache-control': 'max-age=1, stale-while-revalidate=30' }, body: `swr ${n}`, noDate: true, delay: n === 1 ? 0 : 400 }));
-  await get('/c/swr');
+test('stale-while-revalidate: every client gets the stale entry at once; the gateway revalidates it in the background, once', async () => {
+  up.on('/c/swr', (n) => ({ headers: { 'cache-control': 'max-age=1, stale-while-revalidate=30', etag: `"e${n}"` }, body: `swr ${n}`, noDate: true, delay: n === 1 ? 0 : 400 }));
+  await get('/c/swr', { 'x-turnpike-refresh': 'forged-token-0123456789' });
   await sleep(1100);
-  const refresher = get('/c/swr');
-  await sleep(50);
   const t0 = Date.now();
-  const others = await Promise.all([get('/c/swr'), get('/c/swr'), get('/c/swr')]);
-  assert.ok(Date.now() - t0 < 300, `stale answers took ${Date.now() - t0} ms`);
-  for (const o of others) {
+  const all = await Promise.all([get('/c/swr'), get('/c/swr'), get('/c/swr'), get('/c/swr')]);
+  assert.ok(Date.now() - t0 < 300, `stale answers took ${Date.now() - t0} ms (the upstream takes 400)`);
+  for (const o of all) {
     assert.equal(o.body, 'swr 1');
     assert.equal(status(o), 'STALE');
   }
-  const r = await refresher;
-  assert.equal(r.body, 'swr 2');
+  // The background refresh: one upstream request, revalidating with the entry's validator.
+  for (let i = 0; i < 40 && up.calls('/c/swr') < 2; i++) await sleep(25);
+  await sleep(500);
+  assert.equal(up.calls('/c/swr'), 2);
+  const seen = up.seen('/c/swr');
+  assert.equal(seen[1]!['if-none-match'], '"e1"');
+  for (const h of seen) assert.equal(h['x-turnpike-refresh'], undefined, 'the marker never reaches the upstream');
   const after = await get('/c/swr');
   assert.equal(after.body, 'swr 2');
   assert.equal(status(after), 'HIT');
   assert.equal(up.calls('/c/swr'), 2);
+});
+
+test('stale-while-revalidate: a forged refresh marker is an ordinary request (served from the cache, not forced upstream)', async () => {
+  up.on('/c/forged', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `f ${n}` }));
+  await get('/c/forged');
+  const r = await get('/c/forged', { 'x-turnpike-refresh': 'a'.repeat(24) });
+  assert.equal(status(r), 'HIT');
+  assert.equal(up.calls('/c/forged'), 1);
 });
 
 test('stale-if-error: a 5xx or an upstream that is gone is answered with the stale entry; never past must-revalidate; config defaults apply', async () => {

@@ -167,7 +167,8 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   const health = gw.health!;
 
   const fork = (): WorkerInfo => {
-    const worker = cluster.fork({ TURNPIKE_WORKER: '1' });
+    // (the node's token for the cache's background refreshes: any worker may take one)
+    const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
     const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], metrics: null };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {

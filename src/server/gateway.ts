@@ -421,6 +421,8 @@ export class Gateway implements RequestContext {
       this.log.info({ address: this.tlsAddress, http2: snap.http2.enabled }, 'TLS listener up');
     }
     this.ready = true;
+    // (a plain listener that redirects to https cannot take the cache's background refreshes)
+    this.caches.refresher.setListener(snap.tls?.redirect != null ? null : this.proxyAddress);
     this.log.info({ address: this.proxyAddress, h2c: snap.http2.h2c, revision: this.revision, hash: snap.hash }, 'proxy listener up');
   }
 

@@ -203,6 +203,8 @@ export function handleRequest(
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
       case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
+      // the gateway's own background refresh marker (src/plugins/cache/refresh.ts): never upstream
+      case 'x-turnpike-refresh':
       // the authenticated consumer, set by the gateway only (the longer names: below)
       case 'x-consumer-id': case 'x-consumer-name': case 'x-consumer-groups': case 'x-consumer-username':
         continue;

@@ -17,6 +17,7 @@
  * validated when it was stored); in the response phases (ascending) after response-transform
  * and request-validator's response check, so what is stored is what the client got.
  */
+import { REFRESH_HEADER } from './refresh.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { definePlugin, type BufferedResponse, type Reply, type RequestCtx } from '../types.js';
 import { parseDuration, parseSize } from '../../config/units.js';
@@ -61,6 +62,8 @@ interface State {
   validating: Entry | null;
   /** The flight this request leads (collapsing). */
   flight: Flight | null;
+  /** The gateway's own background refresh of a stale entry (stale-while-revalidate). */
+  refresh: boolean;
 }
 
 /** Caches for a compile without a gateway (validate, unit tests). */
@@ -203,6 +206,7 @@ export default definePlugin({
         store: ctx.method === 'GET' && !(rd?.noStore ?? false),
         authorization: ctx.header('authorization') !== undefined,
         requestTime: 0, stale: null, validating: null, flight: null,
+        refresh: caches.refresher.valid(ctx.header(REFRESH_HEADER)),
       };
     };
 
@@ -323,14 +327,23 @@ export default definePlugin({
     const decide = (ctx: RequestCtx, st: State, e: Entry | null): Reply | undefined | Promise<Reply | undefined> => {
       const now = Date.now();
       const rd = st.rd;
+      // The gateway's background refresh: always upstream (revalidating), never collapsed.
+      if (st.refresh && st.store) return fetch(ctx, st, e, false);
       if (e !== null) {
         const use = P.usable(e.f, rd, now);
         if (use === 'fresh') return serve(ctx, st, e, 'HIT', now);
         if (use === 'stale') return serve(ctx, st, e, 'STALE', now);
         st.stale = e;
         if (use === 'stale-while-revalidate') {
-          // One request revalidates; the others get the stale entry meanwhile.
           if (!st.store || rd?.onlyIfCached || flights.get(st.fk) !== undefined) return serve(ctx, st, e, 'STALE', now);
+          // The client gets the stale entry now; the gateway revalidates it in the background
+          // (one refresh per key at a time). Without a plain listener to send it to, this
+          // request revalidates and the others get the stale entry meanwhile.
+          const r = caches.refresher;
+          if (r.available) {
+            r.start(st.fk, ctx.path + ctx.query, ctx.host, ctx.req.rawHeaders, (err) => caches.fail(err, 'refresh'));
+            return serve(ctx, st, e, 'STALE', now);
+          }
           return fetch(ctx, st, e, true);
         }
       }

@@ -8,6 +8,7 @@
  * a reload acquires it again before the old snapshot releases it, so it lives on; a binding
  * that went away leaves its zone with nobody, and it is dropped.
  */
+import { Refresher } from './refresh.js';
 import { LRUCache } from 'lru-cache';
 import type { RedisStore } from '../../state/redis.js';
 import type { Logger } from '../../core/log.js';
@@ -122,6 +123,8 @@ export class CacheStores {
   private readonly memoryZones = new Map<string, { store: MemoryCacheStore; refs: number }>();
   private readonly redisZones = new Map<string, { store: RedisCacheStore; refs: number }>();
   readonly flights = new Flights();
+  /** stale-while-revalidate refreshes through the gateway's own listener. */
+  readonly refresher = new Refresher();
   private lastError = 0;
 
   constructor(private readonly log?: Logger) {}
@@ -223,6 +226,7 @@ export class CacheStores {
 
   close(): void {
     this.flights.close();
+    this.refresher.close();
     for (const z of this.memoryZones.values()) z.store.clear();
     this.memoryZones.clear();
     this.redisZones.clear();
