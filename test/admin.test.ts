@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGateway, startUpstream, request, sleep } from './helpers.js';
+import { configIssues, startGateway, startUpstream, request, sleep } from './helpers.js';
 
 test('/status: 200 with the revision while serving, 503 once draining; other admin paths 404 problem+json', async () => {
   const up = await startUpstream((_req, res) => setTimeout(() => res.end('slow'), 600));
@@ -56,4 +56,47 @@ test('with admin.token: /health needs the bearer token; /status tells anyone onl
     await t.close();
     await up.close();
   }
+});
+
+test('admin.tokens: a read-only token reads, only an admin token changes (DELETE /cache); names and tokens are unique; beyond loopback an admin token is needed', async () => {
+  const up = await startUpstream();
+  const t = await startGateway(`admin:
+  listen: 127.0.0.1:0
+  tokens:
+    - {name: ops, token: ops-token-0123456789, role: admin}
+    - {name: dashboard, token: ro-token-0123456789, role: read-only}
+services:
+  - name: s
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{paths: [/]}]
+`);
+  try {
+    const ro = { authorization: 'Bearer ro-token-0123456789' };
+    const rw = { authorization: 'Bearer ops-token-0123456789' };
+    assert.equal((await request(`${t.adminUrl}/health`)).status, 401);
+    assert.equal((await request(`${t.adminUrl}/health`, { headers: ro })).status, 200);
+    assert.equal((await request(`${t.adminUrl}/metrics`, { headers: ro })).status, 200);
+    const denied = await request(`${t.adminUrl}/cache`, { method: 'DELETE', headers: ro });
+    assert.equal(denied.status, 403);
+    assert.match(JSON.parse(denied.body).detail, /dashboard.*read-only/);
+    assert.equal((await request(`${t.adminUrl}/cache`, { method: 'DELETE', headers: rw })).status, 200);
+  } finally {
+    await t.close();
+    await up.close();
+  }
+  const dup = configIssues(`admin:
+  listen: 127.0.0.1:9
+  token: first-token-0123456789
+  tokens:
+    - {name: admin, token: other-token-0123456789, role: admin}
+    - {name: b, token: first-token-0123456789, role: read-only}
+`);
+  assert.ok(dup.some((i) => i.path === 'admin.tokens[0].name' && /twice/.test(i.message)), JSON.stringify(dup));
+  assert.ok(dup.some((i) => i.path === 'admin.tokens[1].token' && /twice/.test(i.message)), JSON.stringify(dup));
+  const open = configIssues(`admin:
+  listen: 0.0.0.0:9
+  tokens: [{name: ro, token: ro-token-0123456789, role: read-only}]
+`);
+  assert.ok(open.some((i) => i.path === 'admin.token' && /required/.test(i.message)), JSON.stringify(open));
 });

@@ -100,6 +100,13 @@ export interface CompiledRoute {
   compose: CompiledCompose | null;
 }
 
+/** An admin API token: its name goes into the audit log; read-only may only GET. */
+export interface AdminToken {
+  name: string;
+  token: string;
+  role: 'admin' | 'read-only';
+}
+
 export interface Limits {
   maxUriLength: number;
   maxHeaderSize: number;
@@ -143,7 +150,7 @@ export interface Snapshot {
   listen: Address;
   tls: TlsListener | null;
   http2: Http2Settings;
-  admin: { listen: Address; token: string | undefined } | null;
+  admin: { listen: Address; token: string | undefined; tokens: readonly AdminToken[] } | null;
   demo: Address | null;
   /** Worker processes (resolved: auto = CPU cores). */
   workers: number;
@@ -212,6 +219,8 @@ export interface CompileDeps {
   /** Resolved upstream names; names without an answer are left to undici. */
   dns?: { get(host: string): string[] | undefined };
   log?: Logger;
+  /** The CLI opened the config's `store` (sqlite, postgres) and compiles what it holds. */
+  storeOpened?: boolean;
   /** Counter stores for limits (validate and tests: a private in-memory one). */
   counters?: { local: CounterStore; redis: CounterStore | null };
   /** Response caches that outlive snapshots (the cache plugin's zones; validate: none). */
@@ -273,14 +282,25 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const listen = parseAddress(cfg.listen ?? DEFAULTS.listen);
   if (listen.port > 65535) fail(['listen'], `port ${listen.port} is out of range`);
 
+  // (sqlite and postgres stores are opened by the CLI, which compiles what they hold)
+  if (cfg.store !== undefined && cfg.store !== 'file' && !deps.storeOpened) fail(['store'], 'only `store: file` can be served by this command (sqlite and postgres stores are opened by `turnpike start`)');
   let admin: Snapshot['admin'] = null;
   if (cfg.admin?.listen) {
     const a = parseAddress(cfg.admin.listen);
     if (a.port > 65535) fail(['admin', 'listen'], `port ${a.port} is out of range`);
-    if (!isLoopback(a.host) && !cfg.admin.token) {
+    const tokens: AdminToken[] = [];
+    if (cfg.admin.token) tokens.push({ name: 'admin', token: cfg.admin.token, role: 'admin' });
+    const names = new Set<string>(tokens.map((t) => t.name));
+    cfg.admin.tokens?.forEach((t, i) => {
+      if (names.has(t.name)) fail(['admin', 'tokens', i, 'name'], `token name "${t.name}" is used twice`);
+      if (tokens.some((o) => o.token === t.token)) fail(['admin', 'tokens', i, 'token'], 'the same token is given twice');
+      names.add(t.name);
+      tokens.push({ name: t.name, token: t.token, role: t.role });
+    });
+    if (!isLoopback(a.host) && !tokens.some((t) => t.role === 'admin')) {
       fail(['admin', 'token'], `a token is required when the admin listener is not on loopback (${cfg.admin.listen})`);
     }
-    admin = { listen: a, token: cfg.admin.token || undefined };
+    admin = { listen: a, token: cfg.admin.token || undefined, tokens };
   }
 
   const validCidrs: string[] = [];

@@ -193,7 +193,12 @@ export const Consumer = Strict({
 
 export const Admin = Strict({
   listen: Type.Optional(HostPort),
-  token: Type.Optional(Type.String({ description: 'Bearer token for the admin API; required when listening beyond loopback.' })),
+  token: Type.Optional(Type.String({ description: 'Bearer token for the admin API (role admin); required when listening beyond loopback.' })),
+  tokens: Type.Optional(Type.Array(Strict({
+    name: Name,
+    token: Type.String({ minLength: 16, description: 'The bearer token (use ${ENV}).' }),
+    role: Type.Union([Type.Literal('admin'), Type.Literal('read-only')], { description: 'admin: every method; read-only: GET only.' }),
+  }), { description: 'More admin API tokens, each with a name (written in the audit log) and a role.' })),
 });
 
 export const Limits = Strict({
@@ -263,6 +268,10 @@ export const TurnpikeConfig = Strict({
     timeout: Type.Optional(Duration),
   }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s).' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
+  store: Type.Optional(Type.String({
+    pattern: '^(file|sqlite:.+|postgres(ql)?://.+)$',
+    description: 'Where the declarative config (services, routes, consumers, plugins, plans) lives: file (this file; the default), sqlite:PATH (embedded; admin API writes), postgres://... (shared by the nodes of a cluster). With a store, this file seeds an empty store; after that the store is the truth.',
+  })),
   admin: Type.Optional(Admin),
   state_file: Type.Optional(Type.String({ minLength: 1, description: 'Where this node keeps its quota counters across restarts (SQLite; default .turnpike/state.db beside the config file).' })),
   redis: Type.Optional(Type.Union([

@@ -18,7 +18,7 @@ export interface AdminView {
   revision: number;
   startedAt: number;
   inFlight: number;
-  snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined } | null; observability: { analytics: unknown } };
+  snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined; tokens: readonly { name: string; token: string; role: 'admin' | 'read-only' }[] } | null; observability: { analytics: unknown } };
   health: { report(): unknown } | null;
   workers?: () => { pid: number | undefined; state: string }[];
   /** WebSocket counters of this process (a primary has none of its own). */
@@ -81,8 +81,14 @@ export function createAdminHandler(gw: AdminView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0];
     const read = req.method === 'GET' || req.method === 'HEAD';
-    const token = gw.snapshot.admin?.token;
-    const authed = token === undefined || authorized(req, token);
+    const tokens = gw.snapshot.admin?.tokens ?? [];
+    const who = tokens.find((t) => authorized(req, t.token));
+    const authed = tokens.length === 0 || who !== undefined;
+    // A read-only token reads; changes (DELETE /cache...) need an admin one.
+    if (authed && who !== undefined && who.role !== 'admin' && !read && !(path ?? '').startsWith('/api/')) {
+      sendProblem(res, 'forbidden', `the token "${who.name}" is read-only`, undefined);
+      return;
+    }
     // With a token, /status answers only its status to anyone (liveness probes); the rest needs the token.
     if (!authed && !(path === '/status' && read)) {
       sendProblem(res, 'unauthorized', 'this admin endpoint needs Authorization: Bearer <admin token>', undefined, { headers: { 'www-authenticate': 'Bearer realm="turnpike-admin"' } });
