@@ -7,6 +7,7 @@
  * budget, the composition's deadline), a service step on another target. Every attempt feeds
  * passive health, latency and in-flight counts like a proxied request does.
  */
+import { grantSlots } from '../upstream/forward.js';
 import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
 import type { Dispatcher, Pool } from 'undici';
 import type { CompiledService, Target } from '../config/compile.js';
@@ -95,15 +96,6 @@ const pause = (ms: number, signal: AbortSignal) => new Promise<void>((resolve) =
   }
   signal.addEventListener('abort', done, { once: true });
 });
-
-/** Hands free bulkhead slots to requests waiting in the proxy path (as forward.ts does). */
-function grantSlots(st: ServiceState): void {
-  while (st.queue.length > 0 && st.active < st.maxConcurrent) {
-    const next = st.queue.shift()!;
-    st.active++;
-    queueMicrotask(next);
-  }
-}
 
 /** `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`, `/v1` + `/x` -> `/v1/x`. */
 function joinBase(base: string, path: string): string {

@@ -75,7 +75,7 @@ export interface ForwardRequest {
  * a waiter that fails at once (no healthy target) releases its slot into the next grant
  * without growing the stack, however long the queue.
  */
-function grantSlots(st: ServiceState): void {
+export function grantSlots(st: ServiceState): void {
   while (st.queue.length > 0 && st.active < st.maxConcurrent) {
     const next = st.queue.shift()!;
     st.active++;
