@@ -35,6 +35,13 @@ export const PROBLEMS = {
   'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
   'step-timeout': { status: 504, title: 'Composition Step Timed Out' },
   'http-version-not-supported': { status: 505, title: 'HTTP Version Not Supported' },
+  // The admin API (src/admin/):
+  'not-found': { status: 404, title: 'Not Found' },
+  'not-acceptable': { status: 406, title: 'Not Acceptable' },
+  'conflict': { status: 409, title: 'Conflict' },
+  'read-only': { status: 409, title: 'Config Store Is Read-Only' },
+  'precondition-failed': { status: 412, title: 'Precondition Failed' },
+  'service-unavailable': { status: 503, title: 'Service Unavailable' },
 } as const satisfies Record<string, ProblemSpec>;
 
 export type ProblemCode = keyof typeof PROBLEMS;

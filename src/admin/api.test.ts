@@ -1,0 +1,577 @@
+/**
+ * The admin API end to end: a node:http server on 127.0.0.1 with createApiHandler over a real
+ * SqliteStore in a temporary directory, validated by the file's schema and compiler.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, request as httpRequest, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse as parseYamlText } from 'yaml';
+import { SqliteStore } from '../config/stores/sqlite.js';
+import type { ConfigStore } from '../config/stores/types.js';
+import { silentLogger } from '../core/log.js';
+import { createApiHandler } from './api.js';
+import type { ApiToken } from './auth.js';
+import { documentValidator, sampleDocument } from './testing.js';
+import { secretValues } from './secrets.js';
+import type { Obj } from './document.js';
+
+const ADMIN = 'admin-token-0123456789';
+const READER = 'reader-token-0123456789';
+const TOKENS: ApiToken[] = [
+  { name: 'ops', token: ADMIN, role: 'admin' },
+  { name: 'dashboard', token: READER, role: 'read-only' },
+];
+
+interface Api {
+  url: string;
+  store: SqliteStore;
+  dir: string;
+  file: string;
+  call(method: string, path: string, opts?: { body?: unknown; raw?: string | Buffer; type?: string | null; token?: string | null; headers?: Record<string, string> }): Promise<Res>;
+  reopen(): Promise<SqliteStore>;
+  close(): Promise<void>;
+}
+
+interface Res {
+  status: number;
+  headers: Headers;
+  text: string;
+  json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+async function serve(handler: ReturnType<typeof createApiHandler>): Promise<{ server: Server; url: string }> {
+  const server = createServer((req, res) => {
+    if ((req.url ?? '').startsWith('/api/')) void handler(req, res);
+    else res.writeHead(404).end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
+}
+
+async function start(opts: { tokens?: ApiToken[]; seed?: Obj; dir?: string; store?: ConfigStore } = {}): Promise<Api> {
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'tp-admin-api-'));
+  const file = join(dir, 'config.db');
+  const store = new SqliteStore({ path: file });
+  await store.open();
+  if (opts.seed) await store.write({ actor: 'seed', action: 'seed' }, () => opts.seed!);
+  const tokens = opts.tokens ?? TOKENS;
+  const handler = createApiHandler({ store: opts.store ?? store, validate: documentValidator(), tokens, log: silentLogger });
+  const { server, url } = await serve(handler);
+  const api: Api = {
+    url, store, dir, file,
+    async call(method, path, o = {}) {
+      const headers: Record<string, string> = { ...o.headers };
+      const token = o.token === undefined ? ADMIN : o.token;
+      if (token !== null) headers['authorization'] = `Bearer ${token}`;
+      let body: string | Buffer | undefined;
+      if (o.raw !== undefined) body = o.raw;
+      else if (o.body !== undefined) body = JSON.stringify(o.body);
+      if (body !== undefined && o.type !== null) headers['content-type'] = o.type ?? (method === 'PATCH' ? 'application/merge-patch+json' : 'application/json');
+      const r = await fetch(`${url}${path}`, { method, headers, body });
+      const text = await r.text();
+      let json: unknown;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        json = undefined;
+      }
+      return { status: r.status, headers: r.headers, text, json };
+    },
+    async reopen() {
+      const again = new SqliteStore({ path: file });
+      await again.open();
+      return again;
+    },
+    async close() {
+      await new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      });
+      await store.close();
+      if (!opts.dir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return api;
+}
+
+const isProblem = (r: Res, status: number, type: string) => {
+  assert.equal(r.status, status, r.text);
+  assert.equal(r.headers.get('content-type'), 'application/problem+json', r.text);
+  assert.equal(r.json.type, `urn:turnpike:problem:${type}`, r.text);
+  assert.equal(r.json.status, status);
+  assert.ok(r.json.detail);
+};
+
+test('services, routes, upstreams and targets: CRUD over HTTP with ETags, Location, 404 / 409 and cascade', async () => {
+  const api = await start();
+  try {
+    assert.deepEqual((await api.call('GET', '/api/services')).json, { data: [], total: 0, offset: 0, limit: 100, next: null });
+    const created = await api.call('POST', '/api/services', { body: { name: 'orders', url: 'http://127.0.0.1:9001', tags: ['a'] } });
+    assert.equal(created.status, 201, created.text);
+    assert.equal(created.headers.get('location'), `/api/services/${created.json.id}`);
+    assert.equal(created.headers.get('x-config-revision'), '1');
+    assert.deepEqual(created.json, { id: created.json.id, name: 'orders', url: 'http://127.0.0.1:9001', tags: ['a'] });
+    const etag = created.headers.get('etag')!;
+    isProblem(await api.call('POST', '/api/services', { body: { name: 'orders', url: 'http://127.0.0.1:9001' } }), 409, 'conflict');
+
+    // by name and by id, same ETag; If-None-Match -> 304
+    const byName = await api.call('GET', '/api/services/orders');
+    const byId = await api.call('GET', `/api/services/${created.json.id}`);
+    assert.equal(byName.headers.get('etag'), etag);
+    assert.deepEqual(byId.json, byName.json);
+    assert.equal((await api.call('GET', '/api/services/orders', { headers: { 'if-none-match': etag } })).status, 304);
+    isProblem(await api.call('GET', '/api/services/nope'), 404, 'not-found');
+
+    // routes: created with service: NAME, listed flat, filtered
+    const route = await api.call('POST', '/api/routes', { body: { name: 'orders-api', service: 'orders', paths: ['/orders'] } });
+    assert.equal(route.status, 201, route.text);
+    assert.deepEqual(route.json, { id: route.json.id, name: 'orders-api', service: 'orders', paths: ['/orders'] });
+    await api.call('POST', '/api/services', { body: { name: 'users', url: 'http://127.0.0.1:9002' } });
+    assert.equal((await api.call('POST', '/api/routes', { body: { name: 'users-api', service: 'users', paths: ['/users'] } })).status, 201);
+    assert.deepEqual((await api.call('GET', '/api/routes?service=users')).json.data.map((r: Obj) => r['name']), ['users-api']);
+    // PUT moves the route to another service
+    const moved = await api.call('PUT', '/api/routes/orders-api', { body: { name: 'orders-api', service: 'users', paths: ['/orders'], methods: ['GET'] } });
+    assert.equal(moved.status, 200, moved.text);
+    assert.equal(moved.json.service, 'users');
+    const doc = (await api.call('GET', '/api/config', { headers: { accept: 'application/json' } })).json;
+    assert.equal(doc.services[0].routes.length, 0);
+    assert.deepEqual(doc.services[1].routes.map((r: Obj) => r['name']), ['users-api', 'orders-api']);
+
+    // PATCH (merge patch) with If-Match; a stale ETag is 412 and changes nothing
+    const patched = await api.call('PATCH', '/api/services/orders', { body: { retries: 2, tags: null }, headers: { 'if-match': etag } });
+    assert.equal(patched.status, 200, patched.text);
+    assert.deepEqual(patched.json, { id: created.json.id, name: 'orders', url: 'http://127.0.0.1:9001', retries: 2 });
+    isProblem(await api.call('PATCH', '/api/services/orders', { body: { retries: 3 }, headers: { 'if-match': etag } }), 412, 'precondition-failed');
+    isProblem(await api.call('PUT', '/api/services/nope', { body: { name: 'nope', url: 'http://x' }, headers: { 'if-match': '*' } }), 412, 'precondition-failed');
+    assert.equal((await api.call('GET', '/api/services/orders')).json.retries, 2);
+
+    // upstreams: addressed by the service; writing several targets turns url into upstream
+    const up = await api.call('GET', '/api/upstreams/orders');
+    assert.deepEqual(up.json, { id: up.json.id, name: 'orders', service: 'orders', targets: [{ url: 'http://127.0.0.1:9001' }] });
+    const put = await api.call('PUT', '/api/upstreams/orders', { body: { targets: [{ url: 'http://127.0.0.1:9001', weight: 3 }, { url: 'http://127.0.0.1:9011' }], balancer: 'least-connections' }, headers: { 'if-match': up.headers.get('etag')! } });
+    assert.equal(put.status, 200, put.text);
+    assert.equal((await api.call('GET', '/api/services/orders')).json.upstream.balancer, 'least-connections');
+    isProblem(await api.call('POST', '/api/upstreams', { body: { name: 'x' } }), 405, 'method-not-allowed');
+    isProblem(await api.call('DELETE', '/api/upstreams/orders'), 405, 'method-not-allowed');
+    const t = await api.call('POST', '/api/upstreams/orders/targets', { body: { url: 'http://127.0.0.1:9012', weight: 0 } });
+    assert.equal(t.status, 201, t.text);
+    assert.equal(t.headers.get('location'), `/api/upstreams/orders/targets/${t.json.id}`);
+    assert.equal((await api.call('PATCH', `/api/upstreams/orders/targets/${t.json.id}`, { body: { weight: 4 } })).json.weight, 4);
+    assert.equal((await api.call('DELETE', `/api/upstreams/orders/targets/${encodeURIComponent('http://127.0.0.1:9012')}`)).status, 204);
+    assert.deepEqual((await api.call('GET', '/api/upstreams/orders/targets')).json.data.map((x: Obj) => x['url']), ['http://127.0.0.1:9001', 'http://127.0.0.1:9011']);
+    // a target URL the compiler refuses names the field
+    const bad = await api.call('POST', '/api/upstreams/orders/targets', { body: { url: 'http://u:p@127.0.0.1:1' } });
+    isProblem(bad, 400, 'validation-failed');
+    assert.deepEqual(bad.json.errors, [{ path: 'url', message: 'credentials in upstream URLs are not supported' }]);
+
+    // deleting a service with routes: 409 unless cascade
+    const del = await api.call('DELETE', '/api/services/users');
+    isProblem(del, 409, 'conflict');
+    assert.deepEqual(del.json.routes, ['users-api', 'orders-api']);
+    assert.equal((await api.call('DELETE', '/api/services/users?cascade=true')).status, 204);
+    assert.deepEqual((await api.call('GET', '/api/routes')).json.total, 0);
+    isProblem(await api.call('DELETE', '/api/services/users'), 404, 'not-found');
+  } finally {
+    await api.close();
+  }
+});
+
+test('consumers, credentials (write-only), plugins and plans: CRUD; no secret ever comes back', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  const secrets = secretValues(sampleDocument() as Obj);
+  const responses: string[] = [];
+  const call: Api['call'] = async (m, p, o) => {
+    const r = await api.call(m, p, o);
+    responses.push(r.text);
+    return r;
+  };
+  try {
+    const acme = await call('GET', '/api/consumers/acme');
+    assert.deepEqual(Object.keys(acme.json), ['id', 'name', 'plan', 'groups', 'tags']);
+    const creds = await call('GET', '/api/consumers/acme/credentials');
+    assert.deepEqual(creds.json.data, [{ id: 'acme/key-auth/1', type: 'key-auth' }, { id: 'acme/basic-auth/acme', type: 'basic-auth', username: 'acme' }]);
+    assert.deepEqual((await call('GET', '/api/consumers/acme/credentials/acme%2Fkey-auth%2F1')).json, { id: 'acme/key-auth/1', type: 'key-auth' });
+
+    // a new key: returned without its key, with an id that stays
+    const key = 'brand-new-secret-key-42';
+    secrets.push(key);
+    const made = await call('POST', `/api/consumers/${acme.json.id}/credentials`, { body: { type: 'key-auth', key } });
+    assert.equal(made.status, 201, made.text);
+    assert.deepEqual(Object.keys(made.json), ['id', 'type']);
+    assert.match(made.json.id, /^[0-9a-f-]{36}$/);
+    isProblem(await call('POST', '/api/consumers/acme/credentials', { body: { type: 'key-auth', key, id: made.json.id } }), 409, 'conflict');
+    // a duplicate key (another consumer's) is refused by the plugin, naming the field
+    const dup = await call('POST', '/api/consumers/globex/credentials', { body: { type: 'key-auth', key } });
+    isProblem(dup, 400, 'validation-failed');
+    // basic-auth: the password is stored hashed; PATCH keeps what it does not name
+    secrets.push('another-password');
+    const b = await call('PATCH', '/api/consumers/acme/credentials/acme%2Fbasic-auth%2Facme', { body: { password: 'another-password' } });
+    assert.equal(b.status, 200, b.text);
+    const stored = (await api.store.current())!.document as Obj;
+    const acmeCreds = ((stored['consumers'] as Obj[])[0]!['credentials'] as Obj[]);
+    assert.match(String(acmeCreds[1]!['password_hash']), /^scrypt\$/);
+    assert.equal(acmeCreds[1]!['password'], undefined);
+    assert.equal(acmeCreds[2]!['key'], key);
+    isProblem(await call('POST', '/api/consumers/acme/credentials', { body: { type: 'nope' } }), 400, 'validation-failed');
+    isProblem(await call('GET', '/api/consumers/nobody/credentials'), 404, 'not-found');
+    assert.equal((await call('DELETE', `/api/consumers/acme/credentials/${made.json.id}`)).status, 204);
+
+    // consumers: PUT keeps credentials; delete with bindings naming it -> 409, cascade removes them
+    const put = await call('PUT', '/api/consumers/acme', { body: { ...acme.json, groups: ['gold-partners'] } });
+    assert.equal(put.status, 200, put.text);
+    assert.equal((await call('GET', '/api/consumers/acme/credentials')).json.total, 2);
+    assert.equal((await call('POST', '/api/consumers', { body: { name: 'initech', credentials: [{ type: 'key-auth', key: 'initech-secret-key-1' }] } })).status, 201);
+    secrets.push('initech-secret-key-1');
+    assert.equal((await call('GET', '/api/consumers/initech/credentials')).json.data[0].type, 'key-auth');
+
+    // plugins: every scope; create, move, delete
+    const all = await call('GET', '/api/plugins');
+    assert.deepEqual(all.json.data.map((p: Obj) => p['id']), ['global:request-size-limit', 'service:orders:key-auth', 'service:orders:rate-limit@acme', 'route:orders-api:cors', 'consumer:acme:rate-limit']);
+    assert.deepEqual((await call('GET', '/api/plugins?scope=consumer')).json.data.map((p: Obj) => p['id']), ['consumer:acme:rate-limit']);
+    const p = await call('POST', '/api/plugins', { body: { name: 'rate-limit', route: 'users-api', config: { limit: 5, window: '1s' } } });
+    assert.equal(p.status, 201, p.text);
+    assert.equal(p.json.id, 'route:users-api:rate-limit');
+    assert.equal(p.headers.get('location'), '/api/plugins/route%3Ausers-api%3Arate-limit');
+    const badConfig = await call('PATCH', '/api/plugins/route:users-api:rate-limit', { body: { config: { limit: 0 } } });
+    isProblem(badConfig, 400, 'validation-failed');
+    assert.equal(badConfig.json.errors[0].path, 'config.limit');
+    const moved = await call('PATCH', '/api/plugins/route:users-api:rate-limit', { body: { route: null, service: 'users' } });
+    assert.equal(moved.status, 200, moved.text);
+    assert.equal(moved.json.id, 'service:users:rate-limit');
+    assert.equal(moved.headers.get('content-location'), '/api/plugins/service%3Ausers%3Arate-limit');
+    isProblem(await call('POST', '/api/plugins', { body: { name: 'rate-limit', service: 'users', config: { limit: 1, window: '1s' } } }), 409, 'conflict');
+    isProblem(await call('POST', '/api/plugins', { body: { name: 'no-such-plugin' } }), 400, 'validation-failed');
+    assert.equal((await call('DELETE', '/api/plugins/service:users:rate-limit')).status, 204);
+    const delAcme = await call('DELETE', '/api/consumers/acme');
+    isProblem(delAcme, 409, 'conflict');
+
+    // plans
+    const plan = await call('POST', '/api/plans', { body: { name: 'silver', services: ['users'], description: 'Silver' } });
+    assert.equal(plan.status, 201, plan.text);
+    isProblem(await call('POST', '/api/plans', { body: { name: 'bronze', services: ['nope'] } }), 400, 'validation-failed');
+    assert.equal((await call('PATCH', '/api/consumers/globex', { body: { plan: 'silver' } })).json.plan, 'silver');
+    isProblem(await call('DELETE', '/api/plans/silver'), 409, 'conflict');
+    assert.equal((await call('DELETE', '/api/plans/silver?cascade=true')).status, 204);
+    assert.equal((await call('GET', '/api/consumers/globex')).json.plan, undefined);
+    assert.equal((await call('DELETE', '/api/consumers/acme?cascade=true')).status, 204);
+    assert.deepEqual((await call('GET', '/api/plugins')).json.data.map((x: Obj) => x['id']), ['global:request-size-limit', 'service:orders:key-auth', 'route:orders-api:cors']);
+
+    // exports and revisions leave secrets out too (unless an admin asks)
+    await call('GET', '/api/config');
+    await call('GET', '/api/config', { headers: { accept: 'application/json' } });
+    await call('GET', '/api/revisions/1');
+    await call('GET', '/api/revisions/1', { headers: { accept: 'application/yaml' } });
+    await call('PUT', '/api/config?dry_run=true', { raw: (await api.call('GET', '/api/config?secrets=true')).text, type: 'application/yaml' });
+    for (const text of responses) for (const s of secrets) assert.ok(!text.includes(s), `a secret came back: ${text.slice(0, 300)}`);
+    const full = await api.call('GET', '/api/revisions/1?secrets=true&format=json');
+    assert.ok(full.text.includes('acme-secret-key-0001'));
+  } finally {
+    await api.close();
+  }
+});
+
+test('bad input: 400 / 404 / 405 / 413 / 415 problems naming the problem; nothing is partially applied', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    const before = (await api.store.current())!.revision;
+    isProblem(await api.call('POST', '/api/services', { raw: '{"name": "x",', type: 'application/json' }), 400, 'bad-request');
+    isProblem(await api.call('POST', '/api/services', { raw: '[1,2]', type: 'application/json' }), 400, 'bad-request');
+    isProblem(await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://x' }, type: 'text/plain' }), 415, 'unsupported-media-type');
+    isProblem(await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://x' }, type: null }), 415, 'unsupported-media-type');
+    isProblem(await api.call('PUT', '/api/config', { raw: 'services: []', type: 'text/plain' }), 415, 'unsupported-media-type');
+    const unknown = await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1', colour: 'red' } });
+    isProblem(unknown, 400, 'validation-failed');
+    assert.deepEqual(unknown.json.errors, [{ path: 'colour', message: 'unknown key "colour"' }]);
+    const types = await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1', retries: 'two' } });
+    isProblem(types, 400, 'validation-failed');
+    assert.equal(types.json.errors[0].path, 'retries');
+    const routePath = await api.call('POST', '/api/routes', { body: { name: 'r', service: 'orders', paths: ['no-slash'] } });
+    isProblem(routePath, 400, 'validation-failed');
+    assert.equal(routePath.json.errors[0].path, 'paths[0]');
+    isProblem(await api.call('POST', '/api/routes', { body: { name: 'r', paths: ['/r'] } }), 400, 'validation-failed');
+    isProblem(await api.call('GET', '/api/services?limit=0'), 400, 'bad-request');
+    isProblem(await api.call('GET', '/api/services?colour=red'), 400, 'bad-request');
+    isProblem(await api.call('DELETE', '/api/services/orders?cascade=maybe'), 400, 'bad-request');
+    isProblem(await api.call('PATCH', '/api/services/orders', { body: { retries: 1 }, headers: { 'if-match': 'not-a-tag' } }), 400, 'bad-request');
+    isProblem(await api.call('GET', '/api/nothing'), 404, 'not-found');
+    isProblem(await api.call('GET', '/api/revisions/999'), 404, 'not-found');
+    const m = await api.call('DELETE', '/api/config');
+    isProblem(m, 405, 'method-not-allowed');
+    assert.equal(m.headers.get('allow'), 'GET, HEAD, PUT');
+    isProblem(await api.call('PUT', '/api/config', { raw: 'services: [', type: 'application/yaml' }), 400, 'bad-request');
+    isProblem(await api.call('PUT', '/api/config', { raw: '- a\n- b\n', type: 'application/yaml' }), 400, 'bad-request');
+    const local = await api.call('PUT', '/api/config', { raw: 'listen: 0.0.0.0:80\nservices: []\n', type: 'application/yaml' });
+    isProblem(local, 400, 'validation-failed');
+    assert.equal(local.json.errors[0].path, 'listen');
+    const deep = await api.call('PUT', '/api/config', { raw: `services: ${'['.repeat(200)}${']'.repeat(200)}`, type: 'application/yaml' });
+    assert.equal(deep.status, 400, deep.text);
+    const invalidDoc = await api.call('PUT', '/api/config', { body: { services: [{ name: 'a', url: 'ftp://x' }] } });
+    isProblem(invalidDoc, 400, 'validation-failed');
+    assert.equal(invalidDoc.json.errors[0].path, 'services[0].url');
+    // 413: declared over the cap (answered before the body is read), and streamed over it
+    const declared = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpRequest(`${api.url}/api/config`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/yaml', 'content-length': String(9 * 1024 * 1024) } }, (res) => {
+        let body = '';
+        res.on('data', (c: Buffer) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      });
+      req.on('error', reject);
+      req.write('services: []\n');
+    });
+    assert.equal(declared.status, 413);
+    assert.equal(JSON.parse(declared.body).type, 'urn:turnpike:problem:payload-too-large');
+    const streamed = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest(`${api.url}/api/services`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json', 'transfer-encoding': 'chunked' } }, (res) => {
+        res.resume();
+        resolve(res.statusCode!);
+      });
+      req.on('error', (err) => (/EPIPE|ECONNRESET/.test(String(err)) ? undefined : reject(err)));
+      const chunk = Buffer.alloc(1024 * 1024, 0x20);
+      let sent = 0;
+      const pump = () => {
+        while (sent < 10) {
+          sent++;
+          if (!req.write(chunk)) return void req.once('drain', pump);
+        }
+        req.end();
+      };
+      pump();
+    });
+    assert.equal(streamed, 413);
+    assert.equal((await api.store.current())!.revision, before, 'nothing was written');
+  } finally {
+    await api.close();
+  }
+});
+
+test('tokens and roles: 401 with WWW-Authenticate, read-only may only read, secrets need admin; the audit log names the token', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    for (const token of [null, 'wrong-token-0123456789']) {
+      const r = await api.call('GET', '/api/services', { token });
+      isProblem(r, 401, 'unauthorized');
+      assert.match(r.headers.get('www-authenticate')!, /^Bearer realm="turnpike-admin"/);
+    }
+    isProblem(await api.call('GET', '/api/services', { token: null, headers: { authorization: `Basic ${Buffer.from(`x:${ADMIN}`).toString('base64')}` } }), 401, 'unauthorized');
+    assert.equal((await api.call('GET', '/api/services', { token: READER })).status, 200);
+    assert.equal((await api.call('GET', '/api/config', { token: READER })).status, 200);
+    assert.equal((await api.call('GET', '/api/openapi.json', { token: READER })).json.openapi, '3.1.0');
+    isProblem(await api.call('POST', '/api/services', { token: READER, body: { name: 'x', url: 'http://127.0.0.1:1' } }), 403, 'forbidden');
+    isProblem(await api.call('DELETE', '/api/services/orders?cascade=true', { token: READER }), 403, 'forbidden');
+    isProblem(await api.call('PUT', '/api/config?dry_run=true', { token: READER, raw: '{}', type: 'application/yaml' }), 403, 'forbidden');
+    isProblem(await api.call('GET', '/api/config?secrets=true', { token: READER }), 403, 'forbidden');
+    assert.equal((await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1' } })).status, 201);
+    const log = await api.call('GET', '/api/revisions', { token: READER });
+    assert.deepEqual(log.json.data.map((r: Obj) => [r['revision'], r['actor'], r['action']]), [[2, 'ops', 'POST /api/services'], [1, 'seed', 'seed']]);
+    const page = await api.call('GET', '/api/revisions?limit=1');
+    assert.equal(page.json.next, '/api/revisions?limit=1&before=2');
+    assert.deepEqual((await api.call('GET', page.json.next)).json.data.map((r: Obj) => r['revision']), [1]);
+  } finally {
+    await api.close();
+  }
+  // without tokens (loopback only) every caller is the anonymous admin
+  const open = await start({ tokens: [] });
+  try {
+    assert.equal((await open.call('POST', '/api/services', { token: null, body: { name: 'x', url: 'http://127.0.0.1:1' } })).status, 201);
+    assert.equal((await open.store.history(1))[0]!.actor, 'anonymous');
+  } finally {
+    await open.close();
+  }
+});
+
+test('200 concurrent writes with stale ETags: 412s, and every acknowledged write is in the store after it is reopened', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    const rev0 = (await api.store.current())!.revision;
+    const svc = await api.call('GET', '/api/services/orders');
+    const tag = svc.headers.get('etag')!;
+    const N = 200;
+    // half patch the same service with the same (soon stale) ETag; half create consumers, with
+    // and without a revision precondition
+    const results = await Promise.all(Array.from({ length: N }, (_, i) => {
+      if (i % 2 === 0) return api.call('PATCH', '/api/services/orders', { body: { retries: (i / 2) % 10, tags: [`w${i}`] }, headers: { 'if-match': tag } }).then((r) => ({ i, kind: 'patch', r }));
+      const headers: Record<string, string> = i % 4 === 1 ? { 'if-match': `"r${rev0}"` } : {};
+      return api.call('POST', '/api/consumers', { body: { name: `c${i}`, tags: [`w${i}`] }, headers }).then((r) => ({ i, kind: 'post', r }));
+    }));
+    const statuses = results.map((x) => x.r.status);
+    assert.ok(statuses.every((s) => s === 200 || s === 201 || s === 412), JSON.stringify(statuses));
+    const patches = results.filter((x) => x.kind === 'patch');
+    const okPatches = patches.filter((x) => x.r.status === 200);
+    assert.equal(okPatches.length, 1, 'exactly one writer held the current ETag');
+    assert.ok(patches.filter((x) => x.r.status === 412).every((x) => x.r.json.type === 'urn:turnpike:problem:precondition-failed'));
+    const guarded = results.filter((x) => x.kind === 'post' && x.i % 4 === 1);
+    assert.ok(guarded.filter((x) => x.r.status === 201).length <= 1, 'at most one write could still be at the revision it named');
+    const free = results.filter((x) => x.kind === 'post' && x.i % 4 === 3);
+    assert.ok(free.every((x) => x.r.status === 201), 'writes without If-Match all land');
+    const acknowledged = results.filter((x) => x.r.status === 200 || x.r.status === 201);
+    const revisions = acknowledged.map((x) => Number(x.r.headers.get('x-config-revision')));
+    assert.equal(new Set(revisions).size, acknowledged.length, 'each acknowledged write has its own revision');
+
+    const again = await api.reopen();
+    try {
+      const head = (await again.current())!;
+      assert.equal(head.revision, rev0 + acknowledged.length);
+      const doc = head.document as Obj;
+      const consumers = new Set((doc['consumers'] as Obj[]).map((c) => c['name']));
+      for (const x of results.filter((y) => y.kind === 'post')) assert.equal(consumers.has(`c${x.i}`), x.r.status === 201, `c${x.i}`);
+      const orders = (doc['services'] as Obj[]).find((s) => s['name'] === 'orders')!;
+      assert.deepEqual(orders['tags'], [`w${okPatches[0]!.i}`]);
+      // every acknowledged revision is in the audit log with its action
+      const log = await again.history(1000);
+      for (const rev of revisions) assert.ok(log.some((r) => r.revision === rev && r.actor === 'ops'));
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await api.close();
+  }
+});
+
+test('export -> apply on an empty store -> export gives the same document; dry_run answers the diff without writing', async () => {
+  const a = await start({ seed: sampleDocument() as Obj });
+  const b = await start();
+  try {
+    // with secrets (an admin's backup): identical, byte for byte
+    const full = await a.call('GET', '/api/config?secrets=true');
+    assert.equal(full.headers.get('content-type'), 'application/yaml');
+    assert.equal(full.headers.get('etag'), '"r1"');
+    assert.deepEqual(parseYamlText(full.text), sampleDocument());
+    const applied = await b.call('PUT', '/api/config', { raw: full.text, type: 'application/yaml', headers: { 'if-match': '"r0"' } });
+    assert.equal(applied.status, 200, applied.text);
+    assert.equal(applied.json.changed, true);
+    assert.deepEqual(applied.json.changes.services.added, ['orders', 'users']);
+    assert.equal((await b.call('GET', '/api/config?secrets=true')).text, full.text);
+    assert.deepEqual((await b.store.current())!.document, (await a.store.current())!.document);
+    // the same again: no new revision
+    const same = await b.call('PUT', '/api/config', { raw: full.text, type: 'application/yaml' });
+    assert.deepEqual(same.json, { revision: 1, changed: false });
+    // without secrets (the default, e.g. for git): applied back, the stored keys stay
+    const plain = await b.call('GET', '/api/config');
+    assert.ok(!plain.text.includes('acme-secret-key-0001'));
+    assert.deepEqual((await b.call('PUT', '/api/config', { raw: plain.text, type: 'application/yaml' })).json, { revision: 1, changed: false });
+    // JSON export is the same document
+    const json = await b.call('GET', '/api/config?secrets=true', { headers: { accept: 'application/json' } });
+    assert.deepEqual(json.json, parseYamlText(full.text));
+    isProblem(await b.call('GET', '/api/config', { headers: { accept: 'text/html' } }), 406, 'not-acceptable');
+
+    // dry run: structured and text diff, nothing written
+    const edited = (parseYamlText(plain.text) as Obj);
+    (edited['services'] as Obj[])[0]!['retries'] = 3;
+    (edited['services'] as Obj[]).push({ name: 'billing', url: 'http://127.0.0.1:9100' });
+    delete edited['plans'];
+    (edited['consumers'] as Obj[])[0]!['plan'] = undefined;
+    delete (edited['consumers'] as Obj[])[0]!['plan'];
+    const dry = await b.call('PUT', '/api/config?dry_run=true', { body: edited });
+    assert.equal(dry.status, 200, dry.text);
+    assert.equal(dry.json.dry_run, true);
+    assert.deepEqual(dry.json.changes.services, { added: ['billing'], removed: [], changed: ['orders'] });
+    assert.deepEqual(dry.json.changes.plans, { added: [], removed: ['gold'], changed: [] });
+    assert.deepEqual(dry.json.changes.consumers, { added: [], removed: [], changed: ['acme'] });
+    assert.match(dry.json.diff, /^--- revision 1\n\+\+\+ proposed\n@@ /);
+    assert.match(dry.json.diff, /\n-    retries: 1\n\+    retries: 3\n/);
+    assert.match(dry.json.diff, /\n\+  - name: billing\n/);
+    assert.ok(!dry.json.diff.includes('secret-key'));
+    assert.equal((await b.store.current())!.revision, 1);
+    // a dry run of an invalid document is a 400 naming the field
+    const badDry = await b.call('PUT', '/api/config?dry_run=true', { body: { services: [{ name: 'a' }] } });
+    isProblem(badDry, 400, 'validation-failed');
+    assert.equal(badDry.json.errors[0].path, 'services[0]');
+    // a stale revision precondition
+    isProblem(await b.call('PUT', '/api/config', { body: edited, headers: { 'if-match': '"r0"' } }), 412, 'precondition-failed');
+    const write = await b.call('PUT', '/api/config', { body: edited, headers: { 'if-match': '"r1"' } });
+    assert.equal(write.json.revision, 2, write.text);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+test('rollback writes a new revision with an old document; revisions show who did what', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    assert.equal((await api.call('DELETE', '/api/routes/orders-api')).status, 204);
+    assert.equal((await api.call('POST', '/api/services', { body: { name: 'billing', url: 'http://127.0.0.1:9100' } })).status, 201);
+    const dry = await api.call('POST', '/api/revisions/1/rollback?dry_run=true');
+    assert.equal(dry.status, 200, dry.text);
+    assert.deepEqual(dry.json.changes.services.removed, ['billing']);
+    // (the unnamed route of orders goes by its index: orders.1 became orders.0 when orders-api went)
+    assert.deepEqual(dry.json.changes.routes, { added: ['orders-api', 'orders.1'], removed: ['orders.0'], changed: [] });
+    assert.equal((await api.store.current())!.revision, 3);
+    isProblem(await api.call('POST', '/api/revisions/1/rollback', { headers: { 'if-match': '"r2"' } }), 412, 'precondition-failed');
+    const rb = await api.call('POST', '/api/revisions/1/rollback', { headers: { 'if-match': '"r3"' } });
+    assert.equal(rb.status, 201, rb.text);
+    assert.deepEqual({ revision: rb.json.revision, to: rb.json.rolled_back_to }, { revision: 4, to: 1 });
+    assert.equal(rb.headers.get('location'), '/api/revisions/4');
+    assert.deepEqual((await api.store.current())!.document, sampleDocument());
+    const log = (await api.call('GET', '/api/revisions')).json.data;
+    assert.deepEqual(log.map((r: Obj) => r['action']), ['rollback to 1', 'POST /api/services', 'DELETE /api/routes/orders-api', 'seed']);
+    const r2 = await api.call('GET', '/api/revisions/2');
+    assert.equal(r2.json.revision, 2);
+    assert.equal(r2.json.actor, 'ops');
+    assert.deepEqual(r2.json.document.services[0].routes.map((r: Obj) => r['name'] ?? '-'), ['-']);
+    isProblem(await api.call('POST', '/api/revisions/99/rollback'), 404, 'not-found');
+  } finally {
+    await api.close();
+  }
+});
+
+test('lists: pagination with next links, tag filters (all / any), HEAD and OPTIONS', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    for (let i = 0; i < 5; i++) await api.call('POST', '/api/services', { body: { name: `s${i}`, url: `http://127.0.0.1:${9200 + i}`, tags: i % 2 ? ['odd', 'x'] : ['even', 'x'] } });
+    const first = await api.call('GET', '/api/services?limit=3');
+    assert.deepEqual(first.json.data.map((s: Obj) => s['name']), ['orders', 'users', 's0']);
+    assert.equal(first.json.total, 7);
+    assert.equal(first.json.next, '/api/services?limit=3&offset=3');
+    const second = await api.call('GET', first.json.next);
+    assert.deepEqual(second.json.data.map((s: Obj) => s['name']), ['s1', 's2', 's3']);
+    assert.deepEqual((await api.call('GET', '/api/services?tags=odd,x')).json.data.map((s: Obj) => s['name']), ['s1', 's3']);
+    assert.deepEqual((await api.call('GET', '/api/services?tags=team-a/odd')).json.data.map((s: Obj) => s['name']), ['orders', 's1', 's3']);
+    assert.deepEqual((await api.call('GET', '/api/routes?tags=public')).json.data.map((s: Obj) => s['name']), ['orders-api']);
+    const head = await api.call('HEAD', '/api/services');
+    assert.equal(head.status, 200);
+    assert.equal(head.text, '');
+    assert.ok(head.headers.get('etag'));
+    const opts = await api.call('OPTIONS', '/api/services/orders');
+    assert.equal(opts.status, 204);
+    assert.equal(opts.headers.get('allow'), 'GET, HEAD, PUT, PATCH, DELETE, OPTIONS');
+  } finally {
+    await api.close();
+  }
+});
+
+test('store failures: a closed (unavailable) store answers 503, a read-only store 409', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  const readOnly: ConfigStore = {
+    kind: 'file',
+    open: async () => {},
+    current: () => api.store.current(),
+    write: async () => {
+      const { StoreReadOnly } = await import('../config/stores/types.js');
+      throw new StoreReadOnly('the config comes from the file turnpike.yaml');
+    },
+    revision: (n) => api.store.revision(n),
+    history: (l, b) => api.store.history(l, b),
+    watch: () => () => {},
+    close: async () => {},
+  };
+  const ro = await serve(createApiHandler({ store: readOnly, validate: documentValidator(), tokens: TOKENS, log: silentLogger }));
+  try {
+    const r = await fetch(`${ro.url}/api/services`, { method: 'POST', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' }, body: JSON.stringify({ name: 'x', url: 'http://127.0.0.1:1' }) });
+    assert.equal(r.status, 409);
+    assert.equal(((await r.json()) as Obj)['type'], 'urn:turnpike:problem:read-only');
+    assert.equal((await fetch(`${ro.url}/api/services`, { headers: { authorization: `Bearer ${ADMIN}` } })).status, 200);
+    await api.store.close();
+    const down = await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1' } });
+    isProblem(down, 503, 'service-unavailable');
+    assert.equal(down.headers.get('retry-after'), '5');
+    isProblem(await api.call('GET', '/api/services'), 503, 'service-unavailable');
+  } finally {
+    await new Promise<void>((r) => ro.server.close(() => r()));
+    await api.close();
+  }
+});

@@ -1,0 +1,576 @@
+/**
+ * The admin REST API under `/api/` (docs/admin-api.md): CRUD of the config document's
+ * entities, export / import of the whole document, revisions and rollback, the OpenAPI
+ * document. `createApiHandler(deps)` answers every request whose path starts with `/api/`;
+ * the admin listener mounts it (its own token check does not apply: this one checks roles).
+ *
+ * Every write is one store write: the change function reads the current document, applies
+ * the request to a copy, validates the whole result with `deps.validate` (the same schema and
+ * compile as the config file) and returns it; anything wrong aborts the write (nothing is
+ * partially applied). Preconditions (If-Match with an item's ETag) are checked inside the
+ * change function, so they hold against the document actually written; an If-Match with a
+ * revision tag ("r12") becomes the write's `expected` revision. A write that loses a race
+ * without If-Match is retried.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { randomUUID } from 'node:crypto';
+import { stringify as yamlStringify } from 'yaml';
+import type { Logger } from '../core/log.js';
+import { problemBody, PROBLEMS, type ProblemCode } from '../core/problem.js';
+import type { PathSegment } from '../config/errors.js';
+import { RevisionConflict, type ConfigDocument, type ConfigStore, type StoredConfig } from '../config/stores/types.js';
+import { ApiError, invalid, type FieldError } from './errors.js';
+import { authenticate, authorize, type ApiToken, type Caller } from './auth.js';
+import { DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
+import { allowed, route, type Endpoint } from './router.js';
+import { bodyTag, canonicalJson, etagKey, itemTag, noneMatch, parseIfMatch, revisionTag, type Precondition } from './etag.js';
+import { findEntry, requireObject, type Collection, type Entry } from './collection.js';
+import { COLLECTIONS, apiErrors } from './resources.js';
+import { mergePatch } from './merge-patch.js';
+import { DOCUMENT_ORDER, NODE_LOCAL_KEYS, isObj, samePath, type Obj } from './document.js';
+import { restoreSecrets, stripSecrets } from './secrets.js';
+import { configChanges, unifiedDiff } from './diff.js';
+import { openApiDocument } from './openapi.js';
+
+export type ValidationResult = { ok: true } | { ok: false; errors: { path: string | readonly PathSegment[]; message: string }[] };
+
+export interface ApiDeps {
+  store: ConfigStore;
+  /**
+   * Validates a whole document as the gateway would run it (merged with the node's own
+   * config; the same schema and compile as the file). Gets a copy it may change. Must not
+   * substitute `${VAR}`: values are stored as given.
+   */
+  validate(document: ConfigDocument): ValidationResult | Promise<ValidationResult>;
+  /** The admin tokens (a function: read on every request, so a reload takes effect). Empty: no auth. */
+  tokens: readonly ApiToken[] | (() => readonly ApiToken[]);
+  log: Pick<Logger, 'info' | 'warn' | 'error'>;
+  /** Where the API is mounted (default /api). */
+  base?: string;
+  /** Largest request body (default 8 MB). */
+  maxBodyBytes?: number;
+}
+
+export type ApiHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+
+interface Ctx {
+  req: IncomingMessage;
+  res: ServerResponse;
+  method: string;
+  path: string;
+  query: URLSearchParams;
+  caller: Caller;
+  requestId: string;
+  key: Buffer;
+}
+
+interface Staged {
+  doc: Obj;
+  /** Where the written item is in `doc` (null: none, e.g. a delete). */
+  at: PathSegment[] | null;
+  coll?: Collection;
+  /** Errors are told in document terms (PUT /api/config, rollback). */
+  documentTerms?: boolean;
+}
+
+class Unchanged extends Error {
+  constructor(readonly staged: Staged) {
+    super('unchanged');
+  }
+}
+
+const RETRIES = 8;
+const LIST_LIMIT = 100;
+const MAX_LIMIT = 1000;
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+const isPromise = <T>(v: T | Promise<T>): v is Promise<T> => typeof (v as { then?: unknown })?.then === 'function';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function isRevisionConflict(err: unknown): err is RevisionConflict {
+  return err instanceof RevisionConflict || (err as Error)?.name === 'RevisionConflict';
+}
+
+/** Top-level keys in export order. */
+function ordered(doc: Obj): Obj {
+  const out: Obj = {};
+  for (const k of DOCUMENT_ORDER) if (doc[k] !== undefined) out[k] = doc[k];
+  for (const [k, v] of Object.entries(doc)) if (!(k in out)) out[k] = v;
+  return out;
+}
+
+export function toYaml(doc: Obj): string {
+  return yamlStringify(ordered(doc), { lineWidth: 0, aliasDuplicateObjects: false });
+}
+
+export function createApiHandler(deps: ApiDeps): ApiHandler {
+  const base = deps.base ?? '/api';
+  const maxBody = deps.maxBodyBytes ?? DEFAULT_MAX_BODY;
+  let openapi: { body: string; tag: string } | null = null;
+
+  // ---- responses ----
+
+  function send(ctx: Ctx, status: number, body: string | null, type: string, headers: Record<string, string> = {}): void {
+    const { req, res } = ctx;
+    const etag = headers['etag'];
+    if (status === 200 && etag && (ctx.method === 'GET' || ctx.method === 'HEAD') && noneMatch(req.headers['if-none-match'], etag)) {
+      res.writeHead(304, { etag, 'cache-control': 'no-store', 'x-request-id': ctx.requestId });
+      res.end();
+      return;
+    }
+    const out: Record<string, string | number> = { 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...headers };
+    if (body !== null) {
+      out['content-type'] = type;
+      out['content-length'] = Buffer.byteLength(body);
+    }
+    res.writeHead(status, out);
+    res.end(body === null || ctx.method === 'HEAD' ? undefined : body);
+  }
+
+  const sendJson = (ctx: Ctx, status: number, value: unknown, headers: Record<string, string> = {}) =>
+    send(ctx, status, JSON.stringify(value), 'application/json', headers);
+
+  function sendProblem(ctx: Ctx | { req: IncomingMessage; res: ServerResponse; method: string; requestId: string }, code: ProblemCode, detail: string, extra?: Record<string, unknown>, headers: Record<string, string> = {}): void {
+    const { res } = ctx;
+    if (res.headersSent || res.writableEnded) {
+      res.destroy();
+      return;
+    }
+    const body = problemBody(code, detail, ctx.requestId, extra);
+    res.writeHead(PROBLEMS[code].status, {
+      'content-type': 'application/problem+json',
+      'content-length': Buffer.byteLength(body),
+      'cache-control': 'no-store',
+      'x-request-id': ctx.requestId,
+      ...headers,
+    });
+    res.end(ctx.method === 'HEAD' ? undefined : body);
+  }
+
+  function fail(ctx: { req: IncomingMessage; res: ServerResponse; method: string; requestId: string }, err: unknown): void {
+    if (err instanceof ApiError) return sendProblem(ctx, err.code, err.detail, err.extra, err.headers);
+    const name = (err as Error)?.name;
+    if (name === 'StoreUnavailable') return sendProblem(ctx, 'service-unavailable', `the config store is unavailable: ${(err as Error).message}`, undefined, { 'retry-after': '5' });
+    if (name === 'StoreReadOnly') return sendProblem(ctx, 'read-only', `the config store does not take writes: ${(err as Error).message}`);
+    if (isRevisionConflict(err)) return sendProblem(ctx, 'precondition-failed', err.message);
+    deps.log.error({ err, request_id: ctx.requestId }, 'admin API request failed');
+    sendProblem(ctx, 'internal-error', 'the admin API failed on this request (the log has the details)');
+  }
+
+  // ---- query parameters ----
+
+  function checkQuery(ctx: Ctx, names: readonly string[]): void {
+    for (const k of new Set(ctx.query.keys())) {
+      if (!names.includes(k)) throw new ApiError('bad-request', `unknown query parameter "${k}"${names.length ? ` (this endpoint takes ${names.join(', ')})` : ''}`);
+      if (ctx.query.getAll(k).length > 1) throw new ApiError('bad-request', `the query parameter "${k}" is given more than once`);
+    }
+  }
+
+  function int(ctx: Ctx, name: string, def: number, min: number, max: number): number {
+    const v = ctx.query.get(name);
+    if (v === null) return def;
+    if (!/^[0-9]{1,15}$/.test(v) || Number(v) < min || Number(v) > max) throw new ApiError('bad-request', `${name} must be an integer from ${min} to ${max}`);
+    return Number(v);
+  }
+
+  function bool(ctx: Ctx, name: string): boolean {
+    const v = ctx.query.get(name);
+    if (v === null || v === 'false' || v === '0') return false;
+    if (v === '' || v === 'true' || v === '1') return true;
+    throw new ApiError('bad-request', `${name} must be true or false`);
+  }
+
+  function ifMatch(ctx: Ctx): Precondition | undefined {
+    try {
+      return parseIfMatch(ctx.req.headers['if-match']);
+    } catch (err) {
+      throw new ApiError('bad-request', `If-Match: ${(err as Error).message}`);
+    }
+  }
+
+  /** The store revision an If-Match of revision tags asks for (undefined: none). */
+  const expectedOf = (p: Precondition | undefined): number | undefined =>
+    p && !p.any && p.tags.length === 0 && p.revisions.length > 0 ? p.revisions[0] : undefined;
+
+  // ---- the store ----
+
+  async function current(): Promise<{ doc: Obj; revision: number; stored: StoredConfig | null }> {
+    const stored = await deps.store.current();
+    return { doc: (stored?.document ?? {}) as Obj, revision: stored?.revision ?? 0, stored };
+  }
+
+  function errorsOf(staged: Staged, errors: readonly { path: string | readonly PathSegment[]; message: string }[]): FieldError[] {
+    if (staged.documentTerms) {
+      return errors.map((e) => ({ path: typeof e.path === 'string' ? e.path : e.path.map((s) => (typeof s === 'number' ? `[${s}]` : `.${s}`)).join('').replace(/^\./, ''), message: String(e.message) }));
+    }
+    return apiErrors(staged.doc, errors, staged.at && staged.coll ? { at: staged.at, coll: staged.coll } : undefined);
+  }
+
+  function runValidate(doc: Obj): ValidationResult | Promise<ValidationResult> {
+    const asResult = (err: unknown): ValidationResult => {
+      const issues = (err as { issues?: unknown })?.issues;
+      if (Array.isArray(issues)) return { ok: false, errors: issues as { path: string; message: string }[] };
+      throw err;
+    };
+    try {
+      const r = deps.validate(structuredClone(doc));
+      return isPromise(r) ? r.catch(asResult) : r;
+    } catch (err) {
+      return asResult(err);
+    }
+  }
+
+  /**
+   * One store write: `stage` builds the next document from the current one (throws to abort),
+   * it is validated, and written. With `expected`, a lost race is a 412; without, it is tried again.
+   */
+  async function commit(ctx: Ctx, action: string, stage: (current: Obj | null) => Staged, opts: { expected?: number; skipUnchanged?: boolean } = {}): Promise<{ stored: StoredConfig | null; staged: Staged }> {
+    let staged: Staged | undefined;
+    const change = (cur: ConfigDocument | null): ConfigDocument | Promise<ConfigDocument> => {
+      staged = undefined;
+      const s = stage(cur === null ? null : (cur as Obj));
+      if (opts.skipUnchanged && canonicalJson(s.doc) === canonicalJson(cur ?? {})) throw new Unchanged(s);
+      const done = (r: ValidationResult): ConfigDocument => {
+        if (!r.ok) throw invalid(errorsOf(s, r.errors));
+        staged = s;
+        return s.doc;
+      };
+      const v = runValidate(s.doc);
+      return isPromise(v) ? v.then(done) : done(v);
+    };
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const stored = await deps.store.write({ actor: ctx.caller.name, action }, change, opts.expected);
+        deps.log.info({ actor: ctx.caller.name, action, revision: stored.revision, request_id: ctx.requestId }, 'config written through the admin API');
+        return { stored, staged: staged! };
+      } catch (err) {
+        if (err instanceof Unchanged) return { stored: null, staged: err.staged };
+        if (!isRevisionConflict(err)) throw err;
+        if (opts.expected !== undefined) {
+          throw new ApiError('precondition-failed', `the config changed: it is at revision ${err.current}, not ${err.expected} (If-Match)`, { current_revision: err.current });
+        }
+        if (attempt >= RETRIES) throw new ApiError('service-unavailable', 'the config kept changing under this write; try again', undefined, { 'retry-after': '1' });
+        await sleep(2 + Math.random() * 10 * (attempt + 1));
+      }
+    }
+  }
+
+  const revisionHeader = (n: number): Record<string, string> => ({ 'x-config-revision': String(n) });
+
+  // ---- resources ----
+
+  function itemUrl(coll: Collection, id: string, parent: string | undefined): string {
+    const enc = encodeURIComponent;
+    if (coll.name === 'credentials') return `${base}/consumers/${enc(parent!)}/credentials/${enc(id)}`;
+    if (coll.name === 'targets') return `${base}/upstreams/${enc(parent!)}/targets/${enc(id)}`;
+    return `${base}/${coll.name}/${enc(id)}`;
+  }
+
+  function filterTags(entries: Entry[], spec: string | null): Entry[] {
+    if (spec === null) return entries;
+    const all = spec.includes(',');
+    const any = spec.includes('/');
+    if (all && any) throw new ApiError('bad-request', 'tags: give a,b (every tag) or a/b (any tag), not both');
+    const wanted = spec.split(any ? '/' : ',').map((t) => t.trim()).filter(Boolean);
+    if (wanted.length === 0) throw new ApiError('bad-request', 'tags: give at least one tag');
+    return entries.filter((e) => (any ? wanted.some((t) => e.tags.includes(t)) : wanted.every((t) => e.tags.includes(t))));
+  }
+
+  async function list(ctx: Ctx, e: Extract<Endpoint, { kind: 'collection' }>): Promise<void> {
+    const coll = COLLECTIONS[e.collection];
+    checkQuery(ctx, ['limit', 'offset', 'tags', ...coll.filters]);
+    const limit = int(ctx, 'limit', LIST_LIMIT, 1, MAX_LIMIT);
+    const offset = int(ctx, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
+    const { doc, revision } = await current();
+    let entries = coll.list(doc, e.parent);
+    for (const f of coll.filters) {
+      const v = ctx.query.get(f);
+      if (v !== null) entries = entries.filter((x) => x.attrs[f] === v || (v === '' && x.attrs[f] === undefined));
+    }
+    entries = filterTags(entries, ctx.query.get('tags'));
+    const page = entries.slice(offset, offset + limit);
+    let next: string | null = null;
+    if (offset + limit < entries.length) {
+      const q = new URLSearchParams(ctx.query);
+      q.set('offset', String(offset + limit));
+      q.set('limit', String(limit));
+      next = `${ctx.path}?${q.toString()}`;
+    }
+    const body = JSON.stringify({ data: page.map((x) => x.view), total: entries.length, offset, limit, next });
+    send(ctx, 200, body, 'application/json', { etag: bodyTag(body), ...revisionHeader(revision) });
+  }
+
+  async function getItem(ctx: Ctx, e: Extract<Endpoint, { kind: 'item' }>): Promise<void> {
+    checkQuery(ctx, []);
+    const coll = COLLECTIONS[e.collection];
+    const { doc, revision } = await current();
+    const entry = findEntry(coll.list(doc, e.parent), e.id, coll.one);
+    sendJson(ctx, 200, entry.view, { etag: itemTag(ctx.key, entry.tagged), ...revisionHeader(revision) });
+  }
+
+  async function writeItem(ctx: Ctx, e: Endpoint & { kind: 'collection' | 'item' }): Promise<void> {
+    const coll = COLLECTIONS[e.collection];
+    const op = ctx.method as 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+    checkQuery(ctx, op === 'DELETE' ? ['cascade'] : []);
+    const cascade = op === 'DELETE' && bool(ctx, 'cascade');
+    const pre = ifMatch(ctx);
+    let body: Obj | undefined;
+    if (op !== 'DELETE') {
+      checkMediaType(ctx.req.headers['content-type'], op === 'PATCH' ? ['merge-patch', 'json'] : ['json']);
+      body = requireObject(parseJson(await readBody(ctx.req, maxBody)), op === 'PATCH' ? `merge patch of a ${coll.one}` : coll.one);
+      if (coll.prepare) body = coll.prepare(body, op as 'POST' | 'PUT' | 'PATCH');
+    }
+    const id = e.kind === 'item' ? e.id : undefined;
+    const stage = (cur: Obj | null): Staged => {
+      const doc = structuredClone(cur ?? {});
+      let entry: Entry | undefined;
+      if (id !== undefined) {
+        try {
+          entry = findEntry(coll.list(doc, e.parent), id, coll.one);
+        } catch (err) {
+          if (pre && err instanceof ApiError && err.code === 'not-found') throw new ApiError('precondition-failed', `If-Match: ${err.detail}`);
+          throw err;
+        }
+        if (pre && pre.tags.length > 0 && !pre.tags.includes(itemTag(ctx.key, entry.tagged))) {
+          throw new ApiError('precondition-failed', `If-Match: the ${coll.one} "${entry.name}" has changed (its ETag is ${itemTag(ctx.key, entry.tagged)})`);
+        }
+      } else if (pre && pre.tags.length > 0) {
+        throw new ApiError('precondition-failed', 'If-Match: a new item has no entity tag yet (use a revision tag "rN" or none)');
+      }
+      let at: PathSegment[] | null = null;
+      if (op === 'POST') at = coll.create(doc, body!, e.parent);
+      else if (op === 'PUT') at = coll.replace(doc, entry!, body!, e.parent);
+      else if (op === 'PATCH') {
+        const merged = mergePatch(coll.patchBase ? coll.patchBase(doc, entry!, e.parent) : entry!.view, body);
+        at = coll.replace(doc, entry!, requireObject(merged, coll.one), e.parent);
+      } else coll.remove(doc, entry!, { cascade }, e.parent);
+      return { doc, at, coll };
+    };
+    const action = `${op} ${ctx.path}`;
+    const { stored, staged } = await commit(ctx, action, stage, { expected: expectedOf(pre), skipUnchanged: op === 'PUT' || op === 'PATCH' });
+    const revision = stored?.revision ?? (await current()).revision;
+    if (op === 'DELETE') {
+      send(ctx, 204, null, '', revisionHeader(revision));
+      return;
+    }
+    const after = coll.list(staged.doc, e.parent).find((x) => samePath(x.at, staged.at!));
+    if (!after) throw new Error(`the ${coll.one} written is not where it was put (${JSON.stringify(staged.at)})`);
+    const headers: Record<string, string> = { etag: itemTag(ctx.key, after.tagged), ...revisionHeader(revision) };
+    if (op === 'POST') headers['location'] = itemUrl(coll, after.id, e.parent);
+    else if (after.id !== id) headers['content-location'] = itemUrl(coll, after.id, e.parent);
+    sendJson(ctx, op === 'POST' ? 201 : 200, after.view, headers);
+  }
+
+  // ---- the whole document ----
+
+  /** YAML unless the client prefers JSON (Accept) or says ?format=. */
+  function wantsJson(ctx: Ctx, preferJson: boolean): boolean {
+    const f = ctx.query.get('format');
+    if (f !== null) {
+      if (f !== 'json' && f !== 'yaml') throw new ApiError('bad-request', 'format is json or yaml');
+      return f === 'json';
+    }
+    const accept = ctx.req.headers.accept;
+    if (!accept) return preferJson;
+    let best: { json: boolean; q: number } | null = null;
+    for (const part of accept.split(',')) {
+      const [t, ...params] = part.trim().toLowerCase().split(';');
+      const qp = params.map((p) => p.trim()).find((p) => p.startsWith('q='));
+      const q = qp ? Number(qp.slice(2)) : 1;
+      if (!(q > 0)) continue;
+      let json: boolean | null = null;
+      if (t === 'application/json') json = true;
+      else if (t === 'application/yaml' || t === 'application/x-yaml' || t === 'text/yaml' || t === 'text/x-yaml') json = false;
+      else if (t === '*/*' || t === 'application/*') json = preferJson;
+      else if (t === 'text/*') json = false;
+      if (json !== null && (!best || q > best.q)) best = { json, q };
+    }
+    if (!best) throw new ApiError('not-acceptable', 'this endpoint answers application/yaml or application/json');
+    return best.json;
+  }
+
+  function secretsWanted(ctx: Ctx): boolean {
+    const want = bool(ctx, 'secrets');
+    if (want && ctx.caller.role !== 'admin') throw new ApiError('forbidden', `the token "${ctx.caller.name}" is read-only: secrets need an admin token`);
+    return want;
+  }
+
+  function sendDocument(ctx: Ctx, doc: Obj, revision: number, json: boolean): void {
+    const headers = { etag: revisionTag(revision), vary: 'Accept', ...revisionHeader(revision) };
+    if (json) send(ctx, 200, JSON.stringify(ordered(doc), null, 2) + '\n', 'application/json', headers);
+    else send(ctx, 200, toYaml(doc), 'application/yaml', headers);
+  }
+
+  async function getConfig(ctx: Ctx): Promise<void> {
+    checkQuery(ctx, ['secrets', 'format']);
+    const json = wantsJson(ctx, false);
+    const secrets = secretsWanted(ctx);
+    const { doc, revision } = await current();
+    sendDocument(ctx, secrets ? doc : stripSecrets(doc), revision, json);
+  }
+
+  /** A config body (YAML or JSON) as a document: a mapping without node-local keys. */
+  async function readDocument(ctx: Ctx): Promise<Obj> {
+    const kind = checkMediaType(ctx.req.headers['content-type'], ['yaml', 'json']);
+    const buf = await readBody(ctx.req, maxBody);
+    const value = kind === 'json' ? parseJson(buf) : parseYaml(buf);
+    if (!isObj(value)) throw new ApiError('bad-request', 'the config must be a mapping (key: value) at the top level');
+    const doc = { ...value };
+    delete doc['$schema'];
+    const local = Object.keys(doc).filter((k) => NODE_LOCAL_KEYS.includes(k));
+    if (local.length) {
+      throw invalid(local.map((k) => ({ path: k, message: 'is node-local: it is set in the node\'s --config file, not in the stored document' })));
+    }
+    return doc;
+  }
+
+  function diffOf(before: Obj, after: Obj, labels: [string, string]) {
+    return { changes: configChanges(before, after), diff: unifiedDiff(toYaml(stripSecrets(before)), toYaml(stripSecrets(after)), labels) };
+  }
+
+  async function putConfig(ctx: Ctx): Promise<void> {
+    checkQuery(ctx, ['dry_run']);
+    const dryRun = bool(ctx, 'dry_run');
+    const pre = ifMatch(ctx);
+    const next = await readDocument(ctx);
+    if (pre && (pre.tags.length > 0 && pre.revisions.length === 0)) throw new ApiError('precondition-failed', 'If-Match: the config is tagged by its revision ("rN")');
+    const stage = (cur: Obj | null): Staged => {
+      const doc = structuredClone(next);
+      restoreSecrets(doc, cur);
+      return { doc, at: null, documentTerms: true };
+    };
+    if (dryRun) {
+      const { doc, revision } = await current();
+      const expected = expectedOf(pre);
+      if (expected !== undefined && expected !== revision) throw new ApiError('precondition-failed', `the config is at revision ${revision}, not ${expected} (If-Match)`);
+      const s = stage(doc);
+      const v = await runValidate(s.doc);
+      if (!v.ok) throw invalid(errorsOf(s, v.errors));
+      const d = diffOf(doc, s.doc, [`revision ${revision}`, 'proposed']);
+      sendJson(ctx, 200, { dry_run: true, valid: true, revision, changed: d.diff !== '' || canonicalJson(doc) !== canonicalJson(s.doc), ...d }, revisionHeader(revision));
+      return;
+    }
+    let before: Obj = {};
+    const { stored, staged } = await commit(ctx, `PUT ${ctx.path}`, (cur) => {
+      before = cur ?? {};
+      return stage(cur);
+    }, { expected: expectedOf(pre), skipUnchanged: true });
+    if (!stored) {
+      const { revision } = await current();
+      sendJson(ctx, 200, { revision, changed: false }, { etag: revisionTag(revision), ...revisionHeader(revision) });
+      return;
+    }
+    sendJson(ctx, 200, { revision: stored.revision, changed: true, changes: configChanges(before, staged.doc) }, { etag: revisionTag(stored.revision), ...revisionHeader(stored.revision) });
+  }
+
+  // ---- revisions ----
+
+  async function listRevisions(ctx: Ctx): Promise<void> {
+    checkQuery(ctx, ['limit', 'before']);
+    const limit = int(ctx, 'limit', 50, 1, MAX_LIMIT);
+    const beforeQ = ctx.query.get('before');
+    const before = beforeQ === null ? undefined : int(ctx, 'before', 0, 1, Number.MAX_SAFE_INTEGER);
+    const data = await deps.store.history(limit, before);
+    const last = data[data.length - 1];
+    const next = data.length === limit && last && last.revision > 1 ? `${base}/revisions?limit=${limit}&before=${last.revision}` : null;
+    const body = JSON.stringify({ data: data.map((r) => ({ revision: r.revision, at: r.at, actor: r.actor, action: r.action })), next });
+    send(ctx, 200, body, 'application/json', { etag: bodyTag(body) });
+  }
+
+  async function getRevision(ctx: Ctx, n: number): Promise<void> {
+    checkQuery(ctx, ['secrets', 'format']);
+    const json = wantsJson(ctx, true);
+    const secrets = secretsWanted(ctx);
+    const r = await deps.store.revision(n);
+    if (!r) throw new ApiError('not-found', `revision ${n} does not exist`);
+    const doc = secrets ? (r.document as Obj) : stripSecrets(r.document as Obj);
+    if (!json) return sendDocument(ctx, doc, r.revision, false);
+    sendJson(ctx, 200, { revision: r.revision, at: r.at, actor: r.actor, action: r.action, document: ordered(doc) }, { etag: revisionTag(r.revision) });
+  }
+
+  async function rollback(ctx: Ctx, n: number): Promise<void> {
+    checkQuery(ctx, ['dry_run']);
+    const dryRun = bool(ctx, 'dry_run');
+    const pre = ifMatch(ctx);
+    if (pre && pre.tags.length > 0 && pre.revisions.length === 0) throw new ApiError('precondition-failed', 'If-Match: the config is tagged by its revision ("rN")');
+    const target = await deps.store.revision(n);
+    if (!target) throw new ApiError('not-found', `revision ${n} does not exist`);
+    const stage = (): Staged => ({ doc: structuredClone(target.document as Obj), at: null, documentTerms: true });
+    if (dryRun) {
+      const { doc, revision } = await current();
+      const s = stage();
+      const v = await runValidate(s.doc);
+      if (!v.ok) throw invalid(errorsOf(s, v.errors));
+      sendJson(ctx, 200, { dry_run: true, valid: true, revision, rolled_back_to: n, ...diffOf(doc, s.doc, [`revision ${revision}`, `revision ${n}`]) }, revisionHeader(revision));
+      return;
+    }
+    let before: Obj = {};
+    const { stored, staged } = await commit(ctx, `rollback to ${n}`, (cur) => {
+      before = cur ?? {};
+      return stage();
+    }, { expected: expectedOf(pre) });
+    const rev = stored!.revision;
+    sendJson(ctx, 201, { revision: rev, rolled_back_to: n, changes: configChanges(before, staged.doc) }, { location: `${base}/revisions/${rev}`, etag: revisionTag(rev), ...revisionHeader(rev) });
+  }
+
+  // ---- dispatch ----
+
+  async function handle(ctx: Ctx, endpoint: Endpoint): Promise<void> {
+    const m = ctx.method === 'HEAD' ? 'GET' : ctx.method;
+    switch (endpoint.kind) {
+      case 'openapi': {
+        checkQuery(ctx, []);
+        openapi ??= (() => {
+          const body = JSON.stringify(openApiDocument(base));
+          return { body, tag: bodyTag(body) };
+        })();
+        return send(ctx, 200, openapi.body, 'application/json', { etag: openapi.tag });
+      }
+      case 'config':
+        return m === 'GET' ? getConfig(ctx) : putConfig(ctx);
+      case 'revisions':
+        return listRevisions(ctx);
+      case 'revision':
+        return getRevision(ctx, endpoint.n);
+      case 'rollback':
+        return rollback(ctx, endpoint.n);
+      case 'collection':
+        return m === 'GET' ? list(ctx, endpoint) : writeItem(ctx, endpoint);
+      case 'item':
+        return m === 'GET' ? getItem(ctx, endpoint) : writeItem(ctx, endpoint);
+    }
+  }
+
+  return async (req, res) => {
+    const given = req.headers['x-request-id'];
+    const requestId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+    const method = (req.method ?? 'GET').toUpperCase();
+    const base0 = { req, res, method, requestId };
+    try {
+      let url: URL;
+      try {
+        url = new URL(req.url ?? '/', 'http://admin.invalid');
+      } catch {
+        throw new ApiError('bad-request', 'the request target is not a valid URL');
+      }
+      const tokens = typeof deps.tokens === 'function' ? deps.tokens() : deps.tokens;
+      const caller = authenticate(req.headers.authorization, tokens);
+      const endpoint = route(url.pathname, base);
+      if (!endpoint) throw new ApiError('not-found', `no admin API endpoint ${url.pathname} (see ${base}/openapi.json)`);
+      const allow = allowed(endpoint);
+      if (method === 'OPTIONS') {
+        res.writeHead(204, { allow: [...allow, 'OPTIONS'].join(', '), 'cache-control': 'no-store', 'x-request-id': requestId });
+        res.end();
+        return;
+      }
+      if (!allow.includes(method)) {
+        throw new ApiError('method-not-allowed', `${method} is not allowed on ${url.pathname} (allowed: ${allow.join(', ')})`, undefined, { allow: allow.join(', ') });
+      }
+      authorize(caller, method);
+      const ctx: Ctx = { req, res, method, path: url.pathname, query: url.searchParams, caller, requestId, key: etagKey(tokens) };
+      await handle(ctx, endpoint);
+    } catch (err) {
+      fail(base0, err);
+    }
+  };
+}

@@ -1,0 +1,150 @@
+/**
+ * Request bodies: read up to a cap (413 beyond it, declared or streamed), the media type
+ * checked (415), parsed (400 naming the problem: invalid JSON / YAML, nesting too deep,
+ * `__proto__` keys).
+ */
+import type { IncomingMessage } from 'node:http';
+import { parseDocument } from 'yaml';
+import { ApiError } from './errors.js';
+
+export const DEFAULT_MAX_BODY = 8 * 1024 * 1024;
+/** Deeper JSON is refused: no config needs it, and recursive code downstream must not overflow. */
+export const MAX_DEPTH = 64;
+
+export type MediaKind = 'json' | 'merge-patch' | 'yaml';
+
+/** The media type (lower case, no parameters) and whether its charset is acceptable. */
+export function mediaType(header: string | undefined): { type: string; charsetOk: boolean } | null {
+  if (header === undefined || header.trim() === '') return null;
+  const [type, ...params] = header.split(';');
+  let charsetOk = true;
+  for (const p of params) {
+    const [k, v] = p.split('=');
+    if (k?.trim().toLowerCase() === 'charset') charsetOk = /^"?(utf-8|utf8|us-ascii)"?$/i.test(v?.trim() ?? '');
+  }
+  return { type: type!.trim().toLowerCase(), charsetOk };
+}
+
+function kindOf(type: string): MediaKind | null {
+  if (type === 'application/merge-patch+json') return 'merge-patch';
+  if (type === 'application/json' || /^application\/[a-z0-9.+-]+\+json$/.test(type)) return 'json';
+  if (type === 'application/yaml' || type === 'application/x-yaml' || type === 'text/yaml' || type === 'text/x-yaml') return 'yaml';
+  return null;
+}
+
+/** Reads the whole body, refusing more than `max` bytes (413). */
+export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > max) {
+    req.resume();
+    return Promise.reject(new ApiError('payload-too-large', `the body is ${declared} bytes; the admin API takes at most ${max}`, { max_bytes: max }, { connection: 'close' }));
+  }
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    const onData = (c: Buffer) => {
+      if (done) return;
+      size += c.length;
+      if (size > max) {
+        done = true;
+        chunks.length = 0;
+        // keep reading (and dropping) so the client sees the answer instead of a reset
+        reject(new ApiError('payload-too-large', `the body is over ${max} bytes, the admin API's limit`, { max_bytes: max }, { connection: 'close' }));
+        return;
+      }
+      chunks.push(c);
+    };
+    req.on('data', onData);
+    req.on('end', () => {
+      if (done) return;
+      done = true;
+      resolve(Buffer.concat(chunks));
+    });
+    req.on('error', (err) => {
+      if (done) return;
+      done = true;
+      reject(new ApiError('bad-request', `reading the body failed: ${err.message}`));
+    });
+    req.on('aborted', () => {
+      if (done) return;
+      done = true;
+      reject(new ApiError('bad-request', 'the client aborted the request body'));
+    });
+  });
+}
+
+/** Checks the Content-Type against what the endpoint takes; returns the kind. */
+export function checkMediaType(header: string | undefined, accepted: readonly MediaKind[]): MediaKind {
+  const names = accepted.map((k) => (k === 'json' ? 'application/json' : k === 'merge-patch' ? 'application/merge-patch+json' : 'application/yaml')).join(', ');
+  const mt = mediaType(header);
+  if (mt === null) throw new ApiError('unsupported-media-type', `a Content-Type is required: ${names}`, { accepted: names.split(', ') });
+  let kind = kindOf(mt.type);
+  // a merge patch may also come as plain JSON, and JSON is YAML
+  if (kind === 'json' && !accepted.includes('json') && accepted.includes('merge-patch')) kind = 'merge-patch';
+  if (kind === 'json' && !accepted.includes('json') && accepted.includes('yaml')) kind = 'yaml';
+  if (kind === null || !accepted.includes(kind)) {
+    throw new ApiError('unsupported-media-type', `Content-Type ${mt.type} is not accepted here: use ${names}`, { accepted: names.split(', ') });
+  }
+  if (!mt.charsetOk) throw new ApiError('unsupported-media-type', 'only UTF-8 bodies are accepted');
+  return kind;
+}
+
+/** Refuses values nested deeper than MAX_DEPTH and `__proto__` keys (without recursion). */
+export function checkShape(value: unknown): void {
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (typeof v !== 'object' || v === null) continue;
+    if (depth >= MAX_DEPTH) throw new ApiError('bad-request', `the body is nested more than ${MAX_DEPTH} levels deep`);
+    if (Array.isArray(v)) {
+      for (const x of v) stack.push([x, depth + 1]);
+    } else {
+      for (const k of Object.keys(v)) {
+        if (k === '__proto__') throw new ApiError('bad-request', 'the key "__proto__" is not allowed');
+        stack.push([(v as Record<string, unknown>)[k], depth + 1]);
+      }
+    }
+  }
+}
+
+export function parseJson(buf: Buffer): unknown {
+  const text = decodeUtf8(buf);
+  if (text.trim() === '') throw new ApiError('bad-request', 'the request needs a JSON body');
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new ApiError('bad-request', `invalid JSON: ${(err as Error).message}`);
+  }
+  checkShape(value);
+  return value;
+}
+
+/** YAML (1.2; JSON is YAML): no `${VAR}` substitution — values are kept as given. */
+export function parseYaml(buf: Buffer): unknown {
+  const text = decodeUtf8(buf);
+  if (text.trim() === '') throw new ApiError('bad-request', 'the request needs a body');
+  let value: unknown;
+  try {
+    const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, merge: false });
+    if (doc.errors.length) {
+      const e = doc.errors[0]!;
+      throw new ApiError('bad-request', `invalid YAML: ${e.message.split('\n')[0]}`, { errors: doc.errors.slice(0, 5).map((x) => ({ path: '(syntax)', message: x.message.split('\n')[0] })) });
+    }
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    if (err instanceof ApiError) throw err;
+    throw new ApiError('bad-request', `invalid YAML: ${(err as Error).message}`);
+  }
+  checkShape(value);
+  return value;
+}
+
+function decodeUtf8(buf: Buffer): string {
+  try {
+    return new TextDecoder('utf-8', { fatal: true, ignoreBOM: false }).decode(buf);
+  } catch {
+    throw new ApiError('bad-request', 'the body is not valid UTF-8');
+  }
+}

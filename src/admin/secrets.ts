@@ -1,0 +1,110 @@
+/**
+ * Credentials are write-only: their secrets (API keys, passwords and password hashes) are
+ * never returned. A credential is shown as its id, type and the fields that name it
+ * (username, subject, subject_name); the config export leaves the secrets out unless an admin
+ * asks for them, and a config applied without a credential's secret keeps the stored one.
+ * Plain basic-auth passwords written through the resources are stored as scrypt hashes.
+ */
+import { hashPassword } from '../plugins/basic-auth/hash.js';
+import { isObj, items, type Obj } from './document.js';
+
+/** Fields that hold a secret (any credential type). */
+export const SECRET_FIELDS: readonly string[] = ['key', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
+/** Fields shown when a credential is read (anything else is never returned). */
+export const VISIBLE_FIELDS: readonly string[] = ['id', 'type', 'username', 'subject', 'subject_name'];
+
+/**
+ * The ids of a consumer's credentials, in order: a key-auth credential's `id`, or the
+ * identifier the plugin sends upstream (`<consumer>/key-auth/<n>`, n counting that
+ * consumer's key-auth credentials from 1); others `<consumer>/<type>/<username | subject |
+ * subject_name>`.
+ */
+export function credentialIds(consumer: Obj): string[] {
+  const name = String(consumer['name']);
+  const count = new Map<string, number>();
+  return items(consumer['credentials']).map((c) => {
+    const type = String(c['type']);
+    const n = (count.get(type) ?? 0) + 1;
+    count.set(type, n);
+    if (typeof c['id'] === 'string') return c['id'];
+    const ident = [c['username'], c['subject'], c['subject_name']].find((x) => typeof x === 'string');
+    return type === 'key-auth' || ident === undefined ? `${name}/${type}/${n}` : `${name}/${type}/${String(ident)}`;
+  });
+}
+
+/** What GET shows of a credential. */
+export function credentialView(c: Obj, id: string): Obj {
+  const out: Obj = { id };
+  for (const k of VISIBLE_FIELDS) if (k !== 'id' && c[k] !== undefined) out[k] = c[k];
+  return out;
+}
+
+/** A copy of the document whose credentials carry no secrets. */
+export function stripSecrets(doc: Obj): Obj {
+  if (!Array.isArray(doc['consumers'])) return doc;
+  return {
+    ...doc,
+    consumers: doc['consumers'].map((c) => {
+      if (!isObj(c) || !Array.isArray(c['credentials'])) return c;
+      return {
+        ...c,
+        credentials: c['credentials'].map((cr) => {
+          if (!isObj(cr)) return cr;
+          const out: Obj = {};
+          for (const [k, v] of Object.entries(cr)) if (!SECRET_FIELDS.includes(k)) out[k] = v;
+          return out;
+        }),
+      };
+    }),
+  };
+}
+
+/**
+ * In a document about to replace `old`: each credential that carries none of the secret
+ * fields gets the secrets of the stored credential with the same consumer and id (an exported
+ * config, applied back, keeps its keys). Mutates `next`; returns how many were filled in.
+ */
+export function restoreSecrets(next: Obj, old: Obj | null): number {
+  if (!old) return 0;
+  const before = new Map<string, Obj>();
+  for (const c of items(old['consumers'])) {
+    const ids = credentialIds(c);
+    items(c['credentials']).forEach((cr, i) => before.set(`${String(c['name'])}\0${ids[i]}`, cr));
+  }
+  let filled = 0;
+  for (const c of items(next['consumers'])) {
+    const ids = credentialIds(c);
+    items(c['credentials']).forEach((cr, i) => {
+      if (SECRET_FIELDS.some((k) => cr[k] !== undefined)) return;
+      const prev = before.get(`${String(c['name'])}\0${ids[i]}`);
+      if (!prev || prev['type'] !== cr['type']) return;
+      let any = false;
+      for (const k of SECRET_FIELDS) {
+        if (prev[k] !== undefined) {
+          cr[k] = prev[k];
+          any = true;
+        }
+      }
+      if (any) filled++;
+    });
+  }
+  return filled;
+}
+
+/** A basic-auth credential's plain password, replaced by its scrypt hash (others unchanged). */
+export function hashCredential(c: unknown): unknown {
+  if (!isObj(c) || c['type'] !== 'basic-auth' || typeof c['password'] !== 'string' || c['password'] === '' || (c['password'] as string).length > 1024 || c['password_hash'] !== undefined) return c;
+  const out: Obj = {};
+  for (const [k, v] of Object.entries(c)) {
+    if (k === 'password') out['password_hash'] = hashPassword(v as string);
+    else out[k] = v;
+  }
+  return out;
+}
+
+/** Whether a string occurs as a secret anywhere in the document's credentials (tests). */
+export function secretValues(doc: Obj): string[] {
+  const out: string[] = [];
+  for (const c of items(doc['consumers'])) for (const cr of items(c['credentials'])) for (const k of SECRET_FIELDS) if (typeof cr[k] === 'string') out.push(cr[k] as string);
+  return out;
+}

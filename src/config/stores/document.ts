@@ -1,0 +1,48 @@
+/**
+ * The line between what a config store holds (the *document*) and what always comes from the
+ * node's --config file.
+ *
+ * NODE_LOCAL_KEYS is the list; the reasons for each key are in index.ts's header. Every key
+ * not in it (including keys added to the schema later) belongs to the document.
+ */
+import type { TurnpikeConfigInput } from '../schema.js';
+import type { ConfigDocument } from './types.js';
+
+export const NODE_LOCAL_KEYS: readonly string[] = [
+  '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'admin',
+  'state_file', 'redis', 'trusted_proxies', 'limits', 'timeouts', 'demo',
+  'access_log', 'metrics', 'tracing', 'analytics',
+];
+
+const nodeLocal = new Set(NODE_LOCAL_KEYS);
+
+/** Whether a top-level key of the config is node-local (false: it belongs to the document). */
+export const isNodeLocalKey = (key: string): boolean => nodeLocal.has(key);
+
+/** Defines an own enumerable property (never through a setter such as __proto__'s). */
+function put(o: Record<string, unknown>, k: string, v: unknown): void {
+  Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+}
+
+/** Splits a (validated) config into its node-local part and the document a store holds. */
+export function splitDocument(config: TurnpikeConfigInput | Record<string, unknown>): { node: Record<string, unknown>; document: ConfigDocument } {
+  const node: Record<string, unknown> = {};
+  const document: ConfigDocument = {};
+  for (const [k, v] of Object.entries(config)) {
+    if (v === undefined) continue;
+    put(nodeLocal.has(k) ? node : document, k, v);
+  }
+  return { node, document };
+}
+
+/**
+ * The config a node runs: its own node-local keys plus the store's document. The document
+ * replaces every declarative key of the file (the store is the truth; the file only seeded
+ * it); a node-local key found in a document is ignored.
+ */
+export function mergeDocument(nodeConfig: TurnpikeConfigInput | Record<string, unknown>, document: ConfigDocument): TurnpikeConfigInput {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(nodeConfig)) if (nodeLocal.has(k) && v !== undefined) put(out, k, v);
+  for (const [k, v] of Object.entries(document)) if (!nodeLocal.has(k) && v !== undefined) put(out, k, v);
+  return out as TurnpikeConfigInput;
+}

@@ -1,0 +1,354 @@
+/**
+ * `store: sqlite:PATH` — the embedded config store (better-sqlite3 12), the default when the
+ * admin API writes on a single node. Several processes may open the same file (the primary and
+ * a CLI, two gateways on one host): SQLite's file locks are the only coordination.
+ *
+ * Tables:
+ *   revisions (revision INTEGER PRIMARY KEY, at TEXT, actor TEXT, action TEXT, document TEXT)
+ *     — one row per write (the audit record and the document it produced); `document` is the
+ *     JSON text, checked by json_valid(). Revisions are contiguous (each write inserts the
+ *     current one + 1) and the newest row is never pruned, so max(revision) is the head and a
+ *     number is never reused.
+ *   PRAGMA user_version — the schema version (migrations run under BEGIN IMMEDIATE).
+ *
+ * Writes: one transaction each — BEGIN IMMEDIATE (takes the write lock at once, so the
+ * revision read inside it cannot go stale), read the head, check `expected`, run change(),
+ * insert head + 1, prune rows older than `keep`, COMMIT. Writes of this process are queued
+ * (one connection, one transaction at a time); writers of other processes wait for the lock.
+ * The lock is waited for *asynchronously*: busy_timeout is 0 and a busy BEGIN is retried
+ * after a short sleep (until `lockTimeoutMs`, then StoreUnavailable), so a writer in another
+ * process never blocks this event loop (better-sqlite3 is synchronous; SQLite's own busy
+ * handler would sleep on the main thread).
+ *
+ * Durability: WAL with synchronous=FULL. In WAL mode NORMAL never corrupts the database, but
+ * a commit is only written to the OS, not fsynced: it survives the process being killed yet
+ * may be lost with the machine (power, kernel panic) until the next checkpoint. FULL fsyncs
+ * the WAL on every commit, so an acknowledged admin write survives both; config writes are
+ * rare (an admin action, not traffic), and the fsync costs about a millisecond or a few.
+ *
+ * watch(): every `pollMs` (1 s) `PRAGMA data_version` — a counter in memory that changes when
+ * another connection commits, so an idle poll reads no table — and, only when it changed, the
+ * head revision. Writes of this store are reported at once.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Logger } from '../../core/log.js';
+import {
+  RevisionConflict, StoreUnavailable,
+  type ConfigDocument, type ConfigStore, type Revision, type StoredConfig,
+} from './types.js';
+
+export interface SqliteStoreOptions {
+  /** The database file (its directory is created); `:memory:` for a private one (tests). */
+  path: string;
+  /** Revisions kept (older ones are pruned by the write that passes the mark). Default 1000. */
+  keep?: number;
+  /** How often watch() looks for writes of other processes. Default 1000 ms. */
+  pollMs?: number;
+  /** How long a write waits for the lock held by another process before StoreUnavailable. Default 10 s. */
+  lockTimeoutMs?: number;
+  log?: Logger;
+}
+
+const SCHEMA_VERSION = 1;
+
+interface Row {
+  revision: number;
+  at: string;
+  actor: string;
+  action: string;
+  document?: string;
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const isBusy = (err: unknown) => /^SQLITE_(BUSY|LOCKED)/.test(String((err as { code?: unknown })?.code ?? ''));
+
+export class SqliteStore implements ConfigStore {
+  readonly kind = 'sqlite' as const;
+  readonly path: string;
+  private readonly keep: number;
+  private readonly pollMs: number;
+  private readonly lockTimeoutMs: number;
+  private readonly log: Logger | undefined;
+  private db: Database.Database | null = null;
+  private opening: Promise<void> | null = null;
+  private stmts: ReturnType<SqliteStore['prepare']> | null = null;
+  /** The tail of this process's write queue. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly watchers = new Set<(revision: number) => void>();
+  private pollTimer: NodeJS.Timeout | undefined;
+  private dataVersion = -1;
+  /** The newest revision given to watchers (or returned by current() before watching). */
+  private reported = 0;
+  private closed = false;
+
+  constructor(opts: SqliteStoreOptions) {
+    this.path = opts.path;
+    this.keep = Math.max(1, Math.floor(opts.keep ?? 1000));
+    this.pollMs = opts.pollMs ?? 1000;
+    this.lockTimeoutMs = opts.lockTimeoutMs ?? 10_000;
+    this.log = opts.log;
+  }
+
+  /** Opens the file, switches it to WAL and migrates the schema (once; concurrent callers share it). */
+  open(): Promise<void> {
+    if (this.closed) return Promise.reject(new StoreUnavailable(`the sqlite store ${this.path} is closed`));
+    if (!this.opening) this.opening = this.openNow().catch((err) => { this.opening = null; throw err; });
+    return this.opening;
+  }
+
+  private async openNow(): Promise<void> {
+    let db: Database.Database;
+    try {
+      if (this.path !== ':memory:') mkdirSync(dirname(this.path), { recursive: true });
+      db = new Database(this.path);
+    } catch (err) {
+      throw new StoreUnavailable(`cannot open the sqlite store ${this.path}: ${(err as Error).message}`, err);
+    }
+    try {
+      db.pragma('busy_timeout = 0');
+      // Switching to WAL needs an exclusive moment; another process opening the file at the same time may hold it.
+      if (!db.memory) {
+        await this.retryBusy('switching to WAL', () => {
+          if (String(db.pragma('journal_mode = WAL', { simple: true })).toLowerCase() !== 'wal') throw new Error('the database refused WAL mode');
+        });
+      }
+      db.pragma('synchronous = FULL');
+      await this.retryBusy('migrating', () => this.migrate(db));
+    } catch (err) {
+      db.close();
+      throw err instanceof StoreUnavailable ? err : new StoreUnavailable(`cannot open the sqlite store ${this.path}: ${(err as Error).message}`, err);
+    }
+    if (this.closed) {
+      db.close();
+      throw new StoreUnavailable(`the sqlite store ${this.path} is closed`);
+    }
+    this.db = db;
+    this.stmts = this.prepare(db);
+  }
+
+  private migrate(db: Database.Database): void {
+    if (Number(db.pragma('user_version', { simple: true })) >= SCHEMA_VERSION) return;
+    db.prepare('BEGIN IMMEDIATE').run();
+    try {
+      const version = Number(db.pragma('user_version', { simple: true }));
+      if (version < 1) {
+        db.exec(`CREATE TABLE IF NOT EXISTS revisions (
+          revision INTEGER PRIMARY KEY,
+          at TEXT NOT NULL,
+          actor TEXT NOT NULL,
+          action TEXT NOT NULL,
+          document TEXT NOT NULL CHECK (json_valid(document))
+        )`);
+      }
+      // Later versions: `if (version < 2) { ... }`.
+      db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      db.prepare('COMMIT').run();
+    } catch (err) {
+      if (db.inTransaction) db.prepare('ROLLBACK').run();
+      throw err;
+    }
+  }
+
+  private prepare(db: Database.Database) {
+    return {
+      begin: db.prepare('BEGIN IMMEDIATE'),
+      commit: db.prepare('COMMIT'),
+      rollback: db.prepare('ROLLBACK'),
+      head: db.prepare<[], { revision: number | null }>('SELECT max(revision) AS revision FROM revisions'),
+      current: db.prepare<[], Row>('SELECT revision, at, actor, action, document FROM revisions ORDER BY revision DESC LIMIT 1'),
+      one: db.prepare<[number], Row>('SELECT revision, at, actor, action, document FROM revisions WHERE revision = ?'),
+      insert: db.prepare<[number, string, string, string, string]>('INSERT INTO revisions (revision, at, actor, action, document) VALUES (?, ?, ?, ?, ?)'),
+      prune: db.prepare<[number]>('DELETE FROM revisions WHERE revision <= ?'),
+      history: db.prepare<[number, number], Row>('SELECT revision, at, actor, action FROM revisions WHERE revision < ? ORDER BY revision DESC LIMIT ?'),
+    };
+  }
+
+  private get s() {
+    if (!this.stmts) throw new StoreUnavailable(this.closed ? `the sqlite store ${this.path} is closed` : `the sqlite store ${this.path} is not open (call open() first)`);
+    return this.stmts;
+  }
+
+  /** Runs a synchronous step, retrying while another process holds the lock (sleeping, never blocking). */
+  private async retryBusy<T>(what: string, fn: () => T): Promise<T> {
+    const deadline = Date.now() + this.lockTimeoutMs;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return fn();
+      } catch (err) {
+        if (!isBusy(err)) throw err;
+        if (Date.now() >= deadline) {
+          throw new StoreUnavailable(`the sqlite store ${this.path} stayed locked by another process for ${this.lockTimeoutMs} ms (${what})`, err);
+        }
+        // 1, 2, 4 ... 16 ms with jitter: a config transaction holds the lock for a few ms.
+        await sleep(Math.min(16, 2 ** Math.min(attempt, 4)) * (0.5 + Math.random()));
+      }
+    }
+  }
+
+  /** A statement: the store opened first if need be, retried while busy, any other failure is StoreUnavailable. */
+  private async step<T>(what: string, fn: () => T): Promise<T> {
+    await this.open();
+    return this.retryBusy(what, () => {
+      try {
+        return fn();
+      } catch (err) {
+        if (isBusy(err) || err instanceof StoreUnavailable) throw err;
+        throw new StoreUnavailable(`the sqlite store ${this.path} failed: ${(err as Error).message}`, err);
+      }
+    });
+  }
+
+  private static stored(row: Row): StoredConfig {
+    return { revision: row.revision, at: row.at, actor: row.actor, action: row.action, document: JSON.parse(row.document!) as ConfigDocument };
+  }
+
+  async current(): Promise<StoredConfig | null> {
+    const row = await this.step('reading', () => this.s.current.get());
+    if (!row) return null;
+    if (this.watchers.size === 0 && row.revision > this.reported) this.reported = row.revision;
+    return SqliteStore.stored(row);
+  }
+
+  async revision(n: number): Promise<StoredConfig | null> {
+    if (!Number.isSafeInteger(n) || n < 1) return null;
+    const row = await this.step('reading', () => this.s.one.get(n));
+    return row ? SqliteStore.stored(row) : null;
+  }
+
+  async history(limit: number, before?: number): Promise<Revision[]> {
+    const lim = Math.max(0, Math.floor(limit));
+    if (lim === 0) return [];
+    const rows = await this.step('reading', () => this.s.history.all(before ?? Number.MAX_SAFE_INTEGER, lim));
+    return rows.map((r) => ({ revision: r.revision, at: r.at, actor: r.actor, action: r.action }));
+  }
+
+  write(
+    meta: { actor: string; action: string },
+    change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>,
+    expected?: number,
+  ): Promise<StoredConfig> {
+    if (this.closed) return Promise.reject(new StoreUnavailable(`the sqlite store ${this.path} is closed`));
+    const run = this.queue.then(() => this.writeNow(meta, change, expected));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private async writeNow(
+    meta: { actor: string; action: string },
+    change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>,
+    expected: number | undefined,
+  ): Promise<StoredConfig> {
+    await this.step('waiting for the write lock', () => this.s.begin.run());
+    const s = this.s;
+    const db = this.db!;
+    let committed = false;
+    try {
+      let row: Row | undefined;
+      try {
+        row = s.current.get();
+      } catch (err) {
+        throw new StoreUnavailable(`the sqlite store ${this.path} failed: ${(err as Error).message}`, err);
+      }
+      const head = row?.revision ?? 0;
+      if (expected !== undefined && expected !== head) throw new RevisionConflict(expected, head);
+      // The lock is held while change() runs (it may be async: validation, compile): nobody
+      // can write in between, so what it returns is based on the head it was given.
+      const next = await change(row ? (JSON.parse(row.document!) as ConfigDocument) : null);
+      const text = JSON.stringify(next);
+      if (typeof text !== 'string' || typeof next !== 'object' || next === null || Array.isArray(next)) {
+        throw new TypeError('a config document must be a JSON object');
+      }
+      const stored: StoredConfig = {
+        revision: head + 1,
+        at: new Date().toISOString(),
+        actor: meta.actor,
+        action: meta.action,
+        document: JSON.parse(text) as ConfigDocument,
+      };
+      try {
+        s.insert.run(stored.revision, stored.at, stored.actor, stored.action, text);
+        if (stored.revision > this.keep) s.prune.run(stored.revision - this.keep);
+        // No await between the insert and COMMIT: reads of this process on the same connection
+        // never see a revision that is not committed. (In WAL mode, with the write lock held,
+        // COMMIT does not wait for anybody; should it fail, the write is rolled back.)
+        s.commit.run();
+      } catch (err) {
+        throw err instanceof StoreUnavailable ? err : new StoreUnavailable(`the sqlite store ${this.path} failed to write: ${(err as Error).message}`, err);
+      }
+      committed = true;
+      this.report(stored.revision);
+      return stored;
+    } finally {
+      if (!committed && db.inTransaction) {
+        try {
+          s.rollback.run();
+        } catch (err) {
+          this.log?.warn({ err: (err as Error).message, store: this.path }, 'sqlite rollback failed');
+        }
+      }
+    }
+  }
+
+  private report(revision: number): void {
+    if (revision <= this.reported) return;
+    this.reported = revision;
+    for (const w of [...this.watchers]) {
+      try {
+        w(revision);
+      } catch (err) {
+        this.log?.error({ err: (err as Error).message }, 'config store watcher threw');
+      }
+    }
+  }
+
+  private poll = (): void => {
+    if (!this.stmts || !this.db) return;
+    try {
+      const v = Number(this.db.pragma('data_version', { simple: true }));
+      if (v === this.dataVersion) return;
+      this.dataVersion = v;
+      const head = this.stmts.head.get()?.revision ?? 0;
+      this.report(head);
+    } catch (err) {
+      // Busy or failing now: the next tick tries again.
+      this.log?.debug?.({ err: (err as Error).message, store: this.path }, 'sqlite store poll failed');
+    }
+  };
+
+  watch(onChange: (revision: number) => void): () => void {
+    this.watchers.add(onChange);
+    if (!this.pollTimer) {
+      this.dataVersion = -1;
+      this.pollTimer = setInterval(this.poll, this.pollMs);
+      this.pollTimer.unref();
+      // Catch up at once with anything written since current() was last read.
+      setImmediate(this.poll);
+    }
+    return () => {
+      this.watchers.delete(onChange);
+      if (this.watchers.size === 0 && this.pollTimer) {
+        clearInterval(this.pollTimer);
+        this.pollTimer = undefined;
+      }
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = undefined;
+    this.watchers.clear();
+    // Writes already queued finish (or fail) first; write() refuses new ones now.
+    for (let tail = this.queue; ; tail = this.queue) {
+      await tail;
+      if (tail === this.queue) break;
+    }
+    const db = this.db;
+    this.db = null;
+    this.stmts = null;
+    db?.close();
+  }
+}
