@@ -1,6 +1,7 @@
 /** Shared by rate-limit and quota: the `by` setting, the key it makes of a request, the store timeout. */
 import { Type } from '@sinclair/typebox';
 import type { RequestCtx } from './types.js';
+import { parseDuration } from '../config/units.js';
 
 const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
 
@@ -28,6 +29,17 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
 }
 
 /** A store's answer, or an error once `ms` passed (the limit's `fault` applies then). */
+/**
+ * How long a counter decision may take before `fault` applies: `timeout` (default 50 ms) for
+ * Redis. The node-local store is exact by contract: with workers it is the primary, one IPC
+ * round trip away, which a busy or CPU-starved node can delay past 50 ms with nothing wrong —
+ * failing open then over-admits (seen: 126 of a limit of 100 on a loaded 2-core machine). It
+ * gets at least the IPC channel's own bound (1 s).
+ */
+export function storeTimeoutMs(timeout: string | number | undefined, policy: string | undefined): number {
+  return Math.max(parseDuration(timeout ?? '50ms'), policy === 'redis' ? 0 : 1000);
+}
+
 export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
   const t = setTimeout(() => reject(new Error(`the counter store did not answer within ${ms} ms`)), ms);
   p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });

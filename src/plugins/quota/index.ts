@@ -6,8 +6,7 @@
  * Usage per consumer: GET /quotas?consumer=NAME on the admin listener.
  */
 import { definePlugin, type Reply } from '../types.js';
-import { byList, limitKey, withTimeout } from '../limit-key.js';
-import { parseDuration } from '../../config/units.js';
+import { byList, limitKey, withTimeout, storeTimeoutMs } from '../limit-key.js';
 import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
 import type { QuotaDecision } from '../../state/types.js';
 import { QuotaConfig } from './schema.js';
@@ -33,7 +32,7 @@ export default definePlugin({
     const tz = config.time_zone ?? 'UTC';
     const cost = config.cost ?? 1;
     const fault = config.fault ?? 'open';
-    const timeoutMs = parseDuration(config.timeout ?? '50ms');
+    const timeoutMs = storeTimeoutMs(config.timeout, config.policy);
     const store = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
     const name = config.name ?? 'quota';
     // The key names the quota (not its place in the file): moving a binding keeps the count.

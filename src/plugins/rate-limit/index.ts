@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { definePlugin, type Reply, type RequestCtx } from '../types.js';
 import { MemoryStore } from '../../state/memory.js';
-import { byList, limitKey, withTimeout } from '../limit-key.js';
+import { byList, limitKey, withTimeout, storeTimeoutMs } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import type { CounterStore, RateDecision, RateQuery } from '../../state/types.js';
 import { RateLimitConfig } from './schema.js';
@@ -36,7 +36,7 @@ export default definePlugin({
     const algorithm = config.algorithm ?? 'gcra';
     const cost = config.cost ?? 1;
     const fault = config.fault ?? 'open';
-    const timeoutMs = parseDuration(config.timeout ?? '50ms');
+    const timeoutMs = storeTimeoutMs(config.timeout, config.policy);
     const store: CounterStore = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
     // Counters survive reloads that keep the binding where it is with the same windows.
     const scope = createHash('sha256').update(`${deps.where}|${algorithm}|${JSON.stringify(windows)}|${by.join(',')}`).digest('base64url').slice(0, 12);

@@ -100,7 +100,7 @@ test('config errors: limit without window, both forms, policy redis without redi
   assert.match(errorOf('{limit: 5, window: 1s, by: "cookie:x"}'), /plugins\[0\]\.config\.by/);
 });
 
-test('one node, two workers: limit 100/min by consumer, 1,000 requests over 64 connections -> 100 allowed (GCRA: plus one per 600 ms the run lasts)', { timeout: 60_000, todo: 'KNOWN REGRESSION since 2026-11-26: with two workers 126-189 of 1000 are allowed in some runs (over-admission through the IPC store); see the closing note' }, async () => {
+test('one node, two workers: limit 100/min by consumer, 1,000 requests over 64 connections -> 100 allowed (GCRA: plus one per 600 ms the run lasts)', { timeout: 60_000 }, async () => {
   const [p, adminPort] = [await freePort(), await freePort()];
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-rl-'));
   const file = join(dir, 'c.yaml');
@@ -145,7 +145,8 @@ services:
     assert.ok(pids.size === 2, `both workers answered (${pids.size})`);
     // GCRA allows the burst of 100 and one more per emission interval (60 s / 100) of the run.
     const tolerance = Math.floor(elapsed / 600);
-    assert.ok(allowed >= 100 && allowed <= 100 + tolerance, `${allowed} allowed in ${elapsed} ms (100 + at most ${tolerance})`);
+    const why = run.stderr().split('\n').filter((l) => /store failed|reload|worker/.test(l)).slice(0, 5).join('\n');
+    assert.ok(allowed >= 100 && allowed <= 100 + tolerance, `${allowed} allowed in ${elapsed} ms (100 + at most ${tolerance})\n${why}`);
     console.log(`two workers: ${allowed} allowed of 1000 in ${elapsed} ms (100 + ${allowed - 100}; GCRA tolerance ${tolerance})`);
   } finally {
     await agent.close();
