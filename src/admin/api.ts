@@ -49,6 +49,12 @@ export interface ApiDeps {
   base?: string;
   /** Largest request body (default 8 MB). */
   maxBodyBytes?: number;
+  /**
+   * After every write, before the answer: e.g. the node applies the new revision, so a client
+   * that gets the answer finds its change live on this node (read your writes). A failure is
+   * logged, not answered (the write is committed).
+   */
+  onWritten?(stored: StoredConfig): Promise<unknown>;
 }
 
 export type ApiHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -242,6 +248,9 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       try {
         const stored = await deps.store.write({ actor: ctx.caller.name, action }, change, opts.expected);
         deps.log.info({ actor: ctx.caller.name, action, revision: stored.revision, request_id: ctx.requestId }, 'config written through the admin API');
+        if (deps.onWritten) {
+          await deps.onWritten(stored).catch((err: unknown) => deps.log.error({ err: String(err), revision: stored.revision }, 'a written revision was not applied on this node'));
+        }
         return { stored, staged: staged! };
       } catch (err) {
         if (err instanceof Unchanged) return { stored: null, staged: err.staged };

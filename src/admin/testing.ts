@@ -4,33 +4,8 @@
  * ConfigStore with the interface's semantics (one write at a time, `expected` revisions,
  * an audit log).
  */
-import { parseConfigText } from '../config/load.js';
-import { compile } from '../config/compile.js';
-import { ConfigError } from '../config/errors.js';
-import { PoolRegistry } from '../upstream/pools.js';
 import { RevisionConflict, type ConfigDocument, type ConfigStore, type Revision, type StoredConfig } from '../config/stores/types.js';
-import type { ValidationResult } from './api.js';
-
-/**
- * Validates `document` merged over `node` (the node-local part of a config) with the file's
- * schema and compiler, as `turnpike validate` does. `${` in values is kept literally (a stored
- * document is not substituted). `file`: the config file relative paths are relative to.
- */
-export function documentValidator(node: Record<string, unknown> = {}, opts: { file?: string } = {}): (document: ConfigDocument) => ValidationResult {
-  return (document) => {
-    const text = JSON.stringify({ ...node, ...document }).replaceAll('${', '$${');
-    const pools = new PoolRegistry();
-    try {
-      compile(parseConfigText(text, { env: {}, ...(opts.file ? { file: opts.file } : {}) }), { pools, storeOpened: true }).dispose();
-      return { ok: true };
-    } catch (err) {
-      if (err instanceof ConfigError) return { ok: false, errors: err.issues.map((i) => ({ path: i.path, message: i.message })) };
-      throw err;
-    } finally {
-      void pools.closeAll();
-    }
-  };
-}
+export { documentValidator } from './validate.js';
 
 /** An in-memory ConfigStore: what the sqlite and postgres stores do, without the disk. */
 export class MemoryStore implements ConfigStore {

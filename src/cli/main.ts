@@ -3,7 +3,9 @@ import { parseArgs } from 'node:util';
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { readFile } from 'node:fs/promises';
-import { loadConfigFile, type LoadedConfig } from '../config/load.js';
+import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
+import { ControlPlane, fileControl, usesStore } from '../server/control-plane.js';
+import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';
 import { startPrimary, runWorker } from '../server/cluster.js';
@@ -83,7 +85,7 @@ export async function main(argv: string[]): Promise<number> {
   if (command === 'validate') {
     const pools = new PoolRegistry();
     try {
-      compile(loadConfigFile(file), { pools }).dispose();
+      compile(loadConfigFile(file), { pools, storeOpened: true }).dispose();
       process.stdout.write(`${file}: valid\n`);
       return 0;
     } catch (err) {
@@ -107,6 +109,31 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${(err as Error).message}\n`);
     return 1;
   }
+  // With `store: sqlite|postgres` the store holds the declarative config (seeded from this
+  // file when empty) and the node runs the file's node-local keys with the store's document.
+  let cp: ControlPlane | null = null;
+  let control: ControlView;
+  if (usesStore(loaded)) {
+    const waiting = new AbortController();
+    const abort = () => waiting.abort();
+    process.once('SIGTERM', abort);
+    process.once('SIGINT', abort);
+    try {
+      cp = await ControlPlane.open({ file, loaded, log, apply: (text, why) => reloadFrom(why, text), signal: waiting.signal });
+      loaded = parseConfigText(cp.text(), { file });
+    } catch (err) {
+      if (err instanceof ConfigError) process.stderr.write(`the stored config (revision ${cp?.served?.revision}) cannot run on this node:\n${err.message}\n`);
+      else process.stderr.write(`turnpike: cannot open the config store: ${(err as Error).message}\n`);
+      await cp?.close();
+      return 1;
+    } finally {
+      process.off('SIGTERM', abort);
+      process.off('SIGINT', abort);
+    }
+    control = cp;
+  } else {
+    control = fileControl(file, loaded, log);
+  }
   const w = loaded.config.workers;
   const workers = w === 'auto' ? availableParallelism() : w ?? 1;
 
@@ -116,12 +143,12 @@ export async function main(argv: string[]): Promise<number> {
   let banner: string;
   try {
     if (workers > 1) {
-      const sup = await startPrimary(loaded, log);
+      const sup = await startPrimary(loaded, log, { control });
       running = sup;
       drainMs = sup.gw.snapshot.timeouts.drain;
       banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
     } else {
-      const gw = await Gateway.start(loaded, { logger: log });
+      const gw = await Gateway.start(loaded, { logger: log, control });
       running = { gw, reload: (l) => gw.reloadAsync(l), stop: () => gw.stop(), reopenLogs: () => gw.observer.reopen() };
       drainMs = gw.snapshot.timeouts.drain;
       banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
@@ -129,6 +156,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`${err.message}\n`);
     else process.stderr.write(`turnpike: cannot start: ${(err as Error).message}\n`);
+    await cp?.close();
     return 1;
   }
   process.stderr.write(banner + '\n');
@@ -137,13 +165,16 @@ export async function main(argv: string[]): Promise<number> {
   // large config reloads. One reload at a time: changes that arrive meanwhile are coalesced
   // into one more reload of the newest text afterwards (never starved by a busy writer).
   let busy = false;
-  let queued: { why: string; text?: string } | null = null;
-  const reloadFrom = async (why: string, given?: string): Promise<void> => {
+  let queued: { why: string; text?: string; done: ((ok: boolean) => void)[] } | null = null;
+  /** Resolves true when this text (or a newer one queued after it) was applied. */
+  const reloadFrom = async (why: string, given?: string): Promise<boolean> => {
     if (busy) {
-      queued = { why, text: given };
-      return;
+      const done = queued?.done ?? [];
+      queued = { why, text: given, done };
+      return new Promise<boolean>((r) => done.push(r));
     }
     busy = true;
+    let ok = false;
     try {
       let text = given;
       if (text === undefined) {
@@ -152,6 +183,8 @@ export async function main(argv: string[]): Promise<number> {
         } catch (err) {
           throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
         }
+        // With a store, the file holds this node's own keys: they join the store's document.
+        if (cp) text = cp.fileChanged(await parseConfigOffThread(text, { file }));
       }
       let next: LoadedConfig;
       try {
@@ -161,6 +194,7 @@ export async function main(argv: string[]): Promise<number> {
         throw err;
       }
       await running.reload(next);
+      ok = true;
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {
       log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
@@ -168,12 +202,15 @@ export async function main(argv: string[]): Promise<number> {
       busy = false;
       const next = queued;
       queued = null;
-      if (next) void reloadFrom(next.why, next.text);
+      if (next) void reloadFrom(next.why, next.text).then((r) => next.done.forEach((d) => d(r)));
     }
+    return ok;
   };
-  const watcher = loaded.config.watch === false ? null : watchConfig(file, loaded.text, (text) => void reloadFrom('file change', text), {
+  // (with a store, a changed file is read again by reloadFrom: its node-local keys + the store's document)
+  const watcher = loaded.config.watch === false ? null : watchConfig(file, cp ? (await readFile(file, 'utf8').catch(() => '')) : loaded.text, (text) => void reloadFrom('file change', cp ? undefined : text), {
     onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
   });
+  cp?.run();
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -186,6 +223,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       stopping = true;
       watcher?.close();
+      void cp?.close();
       log.info({ signal }, 'draining');
       // A hard bound on the whole shutdown: whatever hangs, the process (and its workers) go.
       setTimeout(() => {

@@ -272,6 +272,7 @@ export const TurnpikeConfig = Strict({
     pattern: '^(file|sqlite:.+|postgres(ql)?://.+)$',
     description: 'Where the declarative config (services, routes, consumers, plugins, plans) lives: file (this file; the default), sqlite:PATH (embedded; admin API writes), postgres://... (shared by the nodes of a cluster). With a store, this file seeds an empty store; after that the store is the truth.',
   })),
+  store_snapshot: Type.Optional(Type.String({ minLength: 1, description: 'With store: postgres://..., where this node keeps its last good config (default .turnpike/config-snapshot.json beside the config file): served when PostgreSQL is down at start.' })),
   admin: Type.Optional(Admin),
   state_file: Type.Optional(Type.String({ minLength: 1, description: 'Where this node keeps its quota counters across restarts (SQLite; default .turnpike/state.db beside the config file).' })),
   redis: Type.Optional(Type.Union([

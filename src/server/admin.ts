@@ -1,11 +1,12 @@
 /**
  * The admin listener: `/status`, `/health` (targets and circuits), `/metrics` (Prometheus),
- * `/analytics` (per-route and per-consumer statistics), `/quotas`, `DELETE /cache` (purge); `/api/` arrives with its issue.
+ * `/analytics` (per-route and per-consumer statistics), `/quotas`, `DELETE /cache` (purge), and `/api/` (the admin REST API, src/admin/).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { sendProblem } from '../core/problem.js';
 import { VERSION } from '../version.js';
+import { NODE_ID } from '../core/node-id.js';
 import { quotaViews } from '../plugins/quota/index.js';
 import type { Observer } from '../observability/observer.js';
 import { Analytics, type AnalyticsState, type WindowName } from '../observability/analytics.js';
@@ -30,6 +31,8 @@ export interface AdminView {
   analyticsStates(): Promise<{ states: AnalyticsState[]; nodes: number; error?: string }>;
   /** DELETE /cache: purges the response caches (every worker's). */
   purgeCache?(filter: PurgeFilter): Promise<{ purged: number }>;
+  /** The admin REST API (`/api/`, its own roles) and the config store's status. */
+  control?: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null;
 }
 
 /** Targets up / down and circuits not closed, for /status (details: /health). */
@@ -79,13 +82,21 @@ function sendJson(req: IncomingMessage, res: ServerResponse, status: number, val
 
 export function createAdminHandler(gw: AdminView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    // The admin REST API checks the same tokens itself, with roles per method.
+    if (gw.control && (path === '/api' || path.startsWith('/api/'))) {
+      gw.control.api(req, res).catch((err: unknown) => {
+        if (!res.headersSent) sendProblem(res, 'internal-error', `admin API: ${(err as Error).message}`, undefined);
+        else res.destroy();
+      });
+      return;
+    }
     const read = req.method === 'GET' || req.method === 'HEAD';
     const tokens = gw.snapshot.admin?.tokens ?? [];
     const who = tokens.find((t) => authorized(req, t.token));
     const authed = tokens.length === 0 || who !== undefined;
     // A read-only token reads; changes (DELETE /cache...) need an admin one.
-    if (authed && who !== undefined && who.role !== 'admin' && !read && !(path ?? '').startsWith('/api/')) {
+    if (authed && who !== undefined && who.role !== 'admin' && !read) {
       sendProblem(res, 'forbidden', `the token "${who.name}" is read-only`, undefined);
       return;
     }
@@ -116,6 +127,8 @@ export function createAdminHandler(gw: AdminView) {
         in_flight: gw.inFlight,
         ...(gw.ws ? { websockets: { open: gw.ws.opened - gw.ws.closed, opened: gw.ws.opened, rejected: gw.ws.rejected, messages_in: gw.ws.messagesIn, messages_out: gw.ws.messagesOut } } : {}),
         uptime_seconds: Math.round((Date.now() - gw.startedAt) / 1000),
+        node_id: NODE_ID,
+        ...(gw.control ? { config: gw.control.status() } : {}),
         upstreams: upstreamSummary(gw),
         ...(gw.workers ? { workers: gw.workers() } : {}),
       });

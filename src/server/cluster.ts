@@ -19,7 +19,7 @@ import type { LoadedConfig } from '../config/load.js';
 import { fromValidated } from '../config/parse-thread.js';
 import type { TurnpikeConfigInput } from '../config/schema.js';
 import { ConfigError } from '../config/errors.js';
-import { Gateway } from './gateway.js';
+import { Gateway, type ControlView } from './gateway.js';
 import { applyDecision } from '../upstream/state.js';
 import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
@@ -80,7 +80,7 @@ interface WorkerInfo {
 const COLLECT_TIMEOUT_MS = 1000;
 
 /** Starts the primary: admin/demo/health here, `count` proxy workers. Resolves when all workers listen. */
-export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<Supervisor> {
+export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { control?: ControlView } = {}): Promise<Supervisor> {
   const infos = new Map<number, WorkerInfo>();
   const broadcast = (m: ToWorker) => {
     for (const i of infos.values()) if (i.worker.isConnected()) i.worker.send(m);
@@ -149,6 +149,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger): Promise<S
   const gw = await Gateway.start(loaded, {
     logger: log,
     role: 'primary',
+    ...(extra.control ? { control: extra.control } : {}),
     collect,
     purgeWorkers,
     onDecision: (d) => broadcast({ tp: 'decisions', decisions: [d] }),

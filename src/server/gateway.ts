@@ -8,7 +8,7 @@ import { createServer as createH2Server, constants as h2c, type Http2Server, typ
 import { Server as NetServer, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { availableParallelism } from 'node:os';
-import { compile, compileAsync, dnsSettings, type Address, type CompileDeps, type Snapshot } from '../config/compile.js';
+import { compile, compileAsync, dnsSettings, type Address, type AdminToken, type CompileDeps, type Snapshot } from '../config/compile.js';
 import { DnsCache, upstreamNames } from '../upstream/dns.js';
 import { ConfigError } from '../config/errors.js';
 import type { LoadedConfig } from '../config/load.js';
@@ -56,6 +56,13 @@ export interface GatewayOptions {
   collect?: () => Promise<{ metrics: unknown[][]; analytics: AnalyticsState[] }>;
   /** Primary: DELETE /cache reaches the workers' memory caches (resolves with their count). */
   purgeWorkers?: (filter: PurgeFilter) => Promise<number>;
+  /** The config store's side of the admin listener: `/api/` and /status's `config` (src/server/control-plane.ts). */
+  control?: ControlView;
+}
+
+export interface ControlView {
+  api(tokens: () => readonly AdminToken[]): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+  status(): Record<string, unknown>;
 }
 
 function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
@@ -172,6 +179,8 @@ export class Gateway implements RequestContext {
   private reloadsOk = 0;
   private reloadsFailed = 0;
   readonly collect: GatewayOptions['collect'];
+  /** The config store's admin API and status (a node with `store: sqlite|postgres`, or file). */
+  control: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null = null;
 
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
@@ -213,6 +222,10 @@ export class Gateway implements RequestContext {
     }
     this.collect = opts.collect;
     this.purgeWorkers = opts.purgeWorkers ?? null;
+    if (opts.control) {
+      const control = opts.control;
+      this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? []), status: () => control.status() };
+    }
     this.useRedis(redis);
     this.shareAnalytics();
     this.persistCounters(this.snapshot);

@@ -5,11 +5,13 @@
  * NODE_LOCAL_KEYS is the list; the reasons for each key are in index.ts's header. Every key
  * not in it (including keys added to the schema later) belongs to the document.
  */
+import { parseDocument, visit } from 'yaml';
 import type { TurnpikeConfigInput } from '../schema.js';
+import { substituteEnv } from '../load.js';
 import type { ConfigDocument } from './types.js';
 
 export const NODE_LOCAL_KEYS: readonly string[] = [
-  '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'admin',
+  '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin',
   'state_file', 'redis', 'trusted_proxies', 'limits', 'timeouts', 'demo',
   'access_log', 'metrics', 'tracing', 'analytics',
 ];
@@ -45,4 +47,24 @@ export function mergeDocument(nodeConfig: TurnpikeConfigInput | Record<string, u
   for (const [k, v] of Object.entries(nodeConfig)) if (nodeLocal.has(k) && v !== undefined) put(out, k, v);
   for (const [k, v] of Object.entries(document)) if (!nodeLocal.has(k) && v !== undefined) put(out, k, v);
   return out as TurnpikeConfigInput;
+}
+
+/**
+ * The declarative part of a (valid) config file as it is written: `${VAR}` references kept, so
+ * secrets given by reference never enter a store or an export. An unquoted value that is
+ * exactly one reference and reads as a number or boolean (`limit: ${LIMIT}`) is kept typed,
+ * as the file means it.
+ */
+export function rawDocument(text: string, env: NodeJS.ProcessEnv = process.env): ConfigDocument {
+  const doc = parseDocument(text, { merge: false, uniqueKeys: true });
+  visit(doc, {
+    Scalar(key, node) {
+      if (key === 'key' || node.type !== 'PLAIN' || typeof node.value !== 'string' || !/^\$\{[^}]+\}$/.test(node.value)) return;
+      const value = substituteEnv(node.value, env, []);
+      if (/^-?[0-9]+(\.[0-9]+)?$/.test(value)) node.value = Number(value);
+      else if (value === 'true' || value === 'false') node.value = value === 'true';
+    },
+  });
+  const raw = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
+  return splitDocument(raw ?? {}).document;
 }

@@ -48,7 +48,7 @@ test('FileStore: the declarative part as revision 1; only a change of the docume
   assert.equal(r1.revision, 1);
   assert.equal(r1.actor, 'file');
   assert.deepEqual(Object.keys(r1.document), ['services', 'consumers'], 'node-local keys are not in the document');
-  assert.deepEqual(r1.document['consumers'], [{ name: 'acme', credentials: [{ type: 'key-auth', key: 'dev-key' }] }], '${VAR:-default} substituted');
+  assert.deepEqual(r1.document['consumers'], [{ name: 'acme', credentials: [{ type: 'key-auth', key: '${ACME_KEY:-dev-key}' }] }], '${VAR} references are kept as written (secrets given by reference never leave the node)');
   assert.equal((await s.current()).revision, 1, 'unchanged file: same revision');
   writeFileSync(path, `# reformatted\n${yaml(ORDERS).replace('listen: 127.0.0.1:8080', 'listen:   127.0.0.1:8080   # same')}`);
   assert.equal((await s.current()).revision, 1, 'comments and formatting are not a revision');
@@ -154,7 +154,7 @@ test('openStore / createStore: file, sqlite:PATH (relative to baseDir), postgres
 
 test('splitDocument / mergeDocument: every schema key is decided; the document replaces the file\'s declarative part', () => {
   const expectedNodeLocal = [
-    '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'admin', 'state_file', 'redis',
+    '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin', 'state_file', 'redis',
     'trusted_proxies', 'limits', 'timeouts', 'demo', 'access_log', 'metrics', 'tracing', 'analytics',
   ];
   const expectedDocument = ['services', 'routes', 'plans', 'consumers', 'consumer_headers', 'forwarding_headers', 'plugins'];

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from '../../core/log.js';
 import { fastValidConfig, parseConfigText } from '../load.js';
 import { watchConfig, type ConfigWatcher } from '../watch.js';
-import { splitDocument } from './document.js';
+import { rawDocument } from './document.js';
 import {
   StoreReadOnly, StoreUnavailable,
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig,
@@ -77,7 +77,8 @@ export class FileStore implements ConfigStore {
     if (last && text === this.lastText) return last;
     let document: ConfigDocument;
     try {
-      document = splitDocument(fastValidConfig(text) ?? parseConfigText(text, { file: this.file }).config).document;
+      if (!fastValidConfig(text)) parseConfigText(text, { file: this.file }); // valid, or the last good one stands
+      document = rawDocument(text); // as written: `${VAR}` stays a reference
     } catch (err) {
       if (last) {
         this.log?.warn({ file: this.file, err: (err as Error).message }, 'config file invalid: the store keeps its last good revision');

@@ -12,6 +12,7 @@
  *   dns                the resolvers this node can reach, refresh
  *   watch              whether this node watches its file
  *   store              where the document lives (the pointer cannot live in what it points to)
+ *   store_snapshot     where this node keeps its last good config (postgres down at start)
  *   admin              the admin listener and its tokens (who may change the store)
  *   state_file         this node's quota file
  *   redis              this node's connection to the shared counters
@@ -35,7 +36,7 @@ import { SqliteStore, type SqliteStoreOptions } from './sqlite.js';
 import type { ConfigStore } from './types.js';
 
 export * from './types.js';
-export { NODE_LOCAL_KEYS, isNodeLocalKey, splitDocument, mergeDocument } from './document.js';
+export { NODE_LOCAL_KEYS, isNodeLocalKey, splitDocument, mergeDocument, rawDocument } from './document.js';
 export { FileStore } from './file.js';
 export { SqliteStore } from './sqlite.js';
 export { PostgresStore, redactUrl } from './postgres.js';

@@ -1,0 +1,285 @@
+/**
+ * A node whose declarative config lives in a store (`store: sqlite:...` or `postgres://...`):
+ * opens the store (seeding an empty one from the --config file's declarative part), gives the
+ * CLI the config text to run (the file's node-local keys + the store's document, see
+ * src/admin/validate.ts), follows the store's revisions (watch: LISTEN/NOTIFY plus the periodic
+ * resync) and applies each one through the CLI's serialized reload, keeps the last applied
+ * revision on local disk (postgres) and serves it when the store is down at start, and answers
+ * the admin API (`/api/`) and the `config` part of `/status`.
+ *
+ * PostgreSQL down at start: the disk snapshot is served and the store is retried in the
+ * background (then the node catches up); without a snapshot, open() waits for the store (the
+ * node has no listeners: not ready) until it answers or the process is stopped.
+ * PostgreSQL down later: the node keeps serving what it runs; admin writes answer 503
+ * (StoreUnavailable); the store's own reconnect and resync bring the node up to date.
+ */
+import { NODE_ID } from '../core/node-id.js';
+import { dirname, resolve } from 'node:path';
+import type { Logger } from '../core/log.js';
+import type { LoadedConfig } from '../config/load.js';
+import {
+  ConfigSnapshot, FileStore, openStore, rawDocument, RevisionConflict, StoreUnavailable,
+  type ConfigStore, type Revision, type StoredConfig,
+} from '../config/stores/index.js';
+import { createApiHandler, type ApiHandler } from '../admin/api.js';
+import type { ApiToken } from '../admin/auth.js';
+import type { ControlView } from './gateway.js';
+import { documentValidator, effectiveText, nodePart } from '../admin/validate.js';
+
+export interface ControlPlaneOptions {
+  /** The --config file. */
+  file: string;
+  /** That file, parsed and validated (its `store` names a sqlite or postgres store). */
+  loaded: LoadedConfig;
+  log: Logger;
+  /** Runs a config text through the node's (serialized) reload; resolves true when it runs. */
+  apply(text: string, why: string): Promise<boolean>;
+  /** Retry of an unreachable store (default 2 s). */
+  retryMs?: number;
+  /** Aborted: stop waiting for the store (SIGTERM while not ready). */
+  signal?: AbortSignal;
+  /** Store tuning (tests). */
+  postgres?: { resyncMs?: number; connectTimeoutMs?: number; statementTimeoutMs?: number };
+}
+
+
+const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((r) => {
+  const t = setTimeout(r, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true });
+});
+
+export class ControlPlane {
+  readonly nodeId = NODE_ID;
+  readonly kind: 'sqlite' | 'postgres';
+  /** Null while the store has not been reached (serving the disk snapshot). */
+  store: ConfigStore | null = null;
+  /** The revision this node runs. */
+  served: StoredConfig | null = null;
+  private servedAt = 0;
+  private source: 'store' | 'snapshot' = 'store';
+  private rejected: { revision: number; error: string } | null = null;
+  private storeError: string | null = null;
+  private node: Record<string, unknown>;
+  private readonly snapshot: ConfigSnapshot | null;
+  private readonly setting: string;
+  private unwatch: (() => void) | null = null;
+  private chain: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  private readonly stop = new AbortController();
+
+  private constructor(private readonly opts: ControlPlaneOptions) {
+    this.setting = String(opts.loaded.config.store);
+    this.kind = this.setting.startsWith('sqlite:') ? 'sqlite' : 'postgres';
+    this.node = nodePart(opts.loaded.config as Record<string, unknown>);
+    const snap = opts.loaded.config.store_snapshot ?? '.turnpike/config-snapshot.json';
+    this.snapshot = this.kind === 'postgres' ? new ConfigSnapshot(resolve(dirname(resolve(opts.file)), snap), opts.log) : null;
+    opts.signal?.addEventListener('abort', () => this.stop.abort(), { once: true });
+  }
+
+  /**
+   * Opens the store (or, for postgres that cannot be reached, the disk snapshot) and the
+   * document to serve. Resolves when there is a config to run; rejects when the store setting
+   * is unusable, or when stopped while waiting.
+   */
+  static async open(opts: ControlPlaneOptions): Promise<ControlPlane> {
+    const cp = new ControlPlane(opts);
+    const { log } = opts;
+    const retryMs = opts.retryMs ?? 2000;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await cp.connect();
+        return cp;
+      } catch (err) {
+        if (cp.kind !== 'postgres' || !(err instanceof StoreUnavailable)) throw err;
+        cp.storeError = err.message;
+        if (attempt === 0) {
+          const saved = await cp.snapshot!.load();
+          if (saved) {
+            cp.served = saved;
+            cp.servedAt = Date.now();
+            cp.source = 'snapshot';
+            log.warn({ err: err.message, revision: saved.revision, written_at: saved.at, snapshot: cp.snapshot!.path }, 'the config store is unreachable: serving the disk snapshot; retrying the store in the background');
+            return cp;
+          }
+          log.error({ err: err.message, retry_ms: retryMs }, 'the config store is unreachable and this node has no disk snapshot: not ready, retrying');
+        }
+        await sleep(retryMs, cp.stop.signal);
+        if (cp.stop.signal.aborted) throw new Error('stopped while waiting for the config store');
+      }
+    }
+  }
+
+  /** Opens the store, seeds it when empty, and makes its head the revision to serve. */
+  private async connect(): Promise<void> {
+    const { loaded, file, log } = this.opts;
+    const store = await openStore(this.setting, {
+      baseDir: dirname(resolve(file)), file, log,
+      postgres: { name: this.nodeId, ...this.opts.postgres },
+    });
+    let head = await store.current();
+    if (head === null) {
+      const document = rawDocument(loaded.text);
+      try {
+        head = await store.write({ actor: 'seed', action: `seed from ${file}` }, () => document, 0);
+        log.info({ revision: head.revision, store: store.kind }, 'the config store was empty: seeded from the config file');
+      } catch (err) {
+        if (!(err instanceof RevisionConflict)) throw err;
+        head = await store.current(); // another node seeded it first
+      }
+    }
+    this.store = store;
+    this.storeError = null;
+    if (this.served === null) {
+      this.served = head;
+      this.servedAt = Date.now();
+      this.source = 'store';
+    }
+  }
+
+  /** The config text this node runs (the served document with the file's node-local keys). */
+  text(): string {
+    return effectiveText(this.node, this.served?.document ?? {});
+  }
+
+  /** The --config file changed (validated): its node-local keys apply from the next reload. */
+  fileChanged(loaded: LoadedConfig): string {
+    this.node = nodePart(loaded.config as Record<string, unknown>);
+    return this.text();
+  }
+
+  /** After the gateway started: follow the store (and, from a snapshot, keep trying to reach it). */
+  run(): void {
+    if (this.store) this.follow();
+    else void this.reconnectLoop();
+  }
+
+  private follow(): void {
+    if (this.closed || !this.store) return;
+    this.unwatch = this.store.watch(() => void this.refresh());
+    if (this.snapshot && this.served && this.source === 'store') void this.snapshot.save(this.served);
+    void this.refresh(); // whatever was written between open() and now
+  }
+
+  private async reconnectLoop(): Promise<void> {
+    const retryMs = this.opts.retryMs ?? 2000;
+    while (!this.closed && !this.store) {
+      await sleep(retryMs, this.stop.signal);
+      if (this.closed) return;
+      try {
+        await this.connect();
+        this.opts.log.info({ store: this.kind }, 'the config store is reachable again: catching up');
+        this.follow();
+      } catch (err) {
+        this.storeError = (err as Error).message;
+      }
+    }
+  }
+
+  /**
+   * Applies the store's head if this node does not run it yet. Serialized; resolves when done
+   * (the admin API awaits it after a write, so the writer reads its write on this node).
+   */
+  refresh(): Promise<unknown> {
+    const run = async () => {
+      if (this.closed || !this.store) return;
+      let head: StoredConfig | null;
+      try {
+        head = await this.store.current();
+        this.storeError = null;
+      } catch (err) {
+        this.storeError = (err as Error).message;
+        return;
+      }
+      if (!head || (this.served && head.revision === this.served.revision && this.source === 'store')) return;
+      if (this.rejected?.revision === head.revision) return;
+      const before = this.served;
+      this.served = head;
+      const ok = await this.opts.apply(this.text(), `config store revision ${head.revision}`);
+      if (ok) {
+        this.servedAt = Date.now();
+        this.source = 'store';
+        this.rejected = null;
+        if (this.snapshot) void this.snapshot.save(head);
+      } else {
+        this.served = before;
+        this.rejected = { revision: head.revision, error: 'the reload was rejected (see the log)' };
+      }
+    };
+    this.chain = this.chain.then(run, run);
+    return this.chain;
+  }
+
+  /** A store that answers StoreUnavailable while this node has not reached it. */
+  private facade(): ConfigStore {
+    const get = (): ConfigStore => {
+      if (this.store) return this.store;
+      throw new StoreUnavailable(`the ${this.kind} store has not been reached since this node started${this.storeError ? ` (${this.storeError})` : ''}`);
+    };
+    return {
+      kind: this.kind,
+      open: async () => {},
+      current: async () => get().current(),
+      write: async (meta, change, expected) => get().write(meta, change, expected),
+      revision: async (n) => get().revision(n),
+      history: async (limit: number, before?: number): Promise<Revision[]> => get().history(limit, before),
+      watch: () => () => {},
+      close: async () => {},
+    };
+  }
+
+  /** The `/api/` handler of this node's admin listener. */
+  api(tokens: () => readonly ApiToken[]): ApiHandler {
+    return createApiHandler({
+      store: this.facade(),
+      validate: (document) => documentValidator(this.node, { file: this.opts.file })(document),
+      tokens,
+      log: this.opts.log,
+      onWritten: () => this.refresh(),
+    });
+  }
+
+  /** The `config` member of /status. */
+  status(): Record<string, unknown> {
+    const s = this.served;
+    return {
+      store: this.kind,
+      store_reachable: this.store !== null && this.storeError === null,
+      ...(this.storeError ? { store_error: this.storeError } : {}),
+      source: this.source,
+      revision: s?.revision ?? null,
+      written_at: s?.at ?? null,
+      written_by: s?.actor ?? null,
+      applied_at: this.servedAt ? new Date(this.servedAt).toISOString() : null,
+      age_seconds: s ? Math.max(0, Math.round((Date.now() - Date.parse(s.at)) / 1000)) : null,
+      ...(this.rejected ? { rejected_revision: this.rejected.revision } : {}),
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stop.abort();
+    this.unwatch?.();
+    await this.chain.catch(() => undefined);
+    await this.store?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * A node without a store (`store: file`, the default): the admin API reads the file's document
+ * (writes answer 409: edit the file, or use a sqlite/postgres store).
+ */
+export function fileControl(file: string, loaded: LoadedConfig, log: Logger): ControlView {
+  const store = new FileStore({ file: resolve(file), log });
+  const node = nodePart(loaded.config as Record<string, unknown>);
+  return {
+    api: (tokens) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log }),
+    status: () => ({ store: 'file', file: resolve(file) }),
+  };
+}
+
+/** Whether a loaded config names a sqlite or postgres store (the CLI then runs a ControlPlane). */
+export const usesStore = (loaded: LoadedConfig): boolean => {
+  const s = loaded.config.store;
+  return typeof s === 'string' && s !== 'file';
+};
+
