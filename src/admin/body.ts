@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { parseDocument } from 'yaml';
+import { typeUnquotedRefs } from '../config/stores/document.js';
 import { ApiError } from './errors.js';
 
 export const DEFAULT_MAX_BODY = 8 * 1024 * 1024;
@@ -132,6 +133,7 @@ export function parseYaml(buf: Buffer): unknown {
       const e = doc.errors[0]!;
       throw new ApiError('bad-request', `invalid YAML: ${e.message.split('\n')[0]}`, { errors: doc.errors.slice(0, 5).map((x) => ({ path: '(syntax)', message: x.message.split('\n')[0] })) });
     }
+    typeUnquotedRefs(doc); // `limit: ${LIMIT}` means a number, as in a file
     value = doc.toJS({ maxAliasCount: 100 });
   } catch (err) {
     if (err instanceof ApiError) throw err;

@@ -8,7 +8,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, relative, resolve, sep } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseCommand } from './args.js';
 import { Document, isScalar, isSeq, visit } from 'yaml';
 import { deref, isObject, openapiVersion, parseDocumentText } from '../plugins/request-validator/spec.js';
 import { ApiValidator } from '../plugins/request-validator/validator.js';
@@ -205,27 +205,13 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
 export function importCommand(argv: string[], io: { stdout: (s: string) => void; stderr: (s: string) => void; cwd: string } = {
   stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s), cwd: process.cwd(),
 }): number {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: {
-        'service-url': { type: 'string' },
-        name: { type: 'string' },
-        out: { type: 'string', short: 'o' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    io.stderr(`${(err as Error).message}\n\n${IMPORT_USAGE}`);
-    return 2;
-  }
+  const parsed = parseCommand(argv, {
+    'service-url': { type: 'string' },
+    name: { type: 'string' },
+    out: { type: 'string', short: 'o' },
+  }, IMPORT_USAGE, io);
+  if (typeof parsed === 'number') return parsed;
   const { values, positionals } = parsed;
-  if (values.help) {
-    io.stdout(IMPORT_USAGE);
-    return 0;
-  }
   const [kind, spec, ...rest] = positionals;
   if (kind !== 'openapi' || spec === undefined || rest.length > 0) {
     io.stderr(`${kind !== undefined && kind !== 'openapi' ? `unknown import kind "${kind}" (known: openapi)\n\n` : ''}${IMPORT_USAGE}`);

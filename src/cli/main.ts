@@ -17,6 +17,7 @@ import { createLogger } from '../core/log.js';
 import { VERSION } from '../version.js';
 import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { importCommand } from './import-openapi.js';
+import { configCommand } from './config-command.js';
 
 const USAGE = `turnpike ${VERSION}: an API gateway
 
@@ -26,6 +27,10 @@ Usage:
   turnpike hash-password            read a password on stdin, print its password_hash (basic-auth)
   turnpike import openapi SPEC [--service-url URL] [--name NAME] [--out FILE]
                                     a config for an OpenAPI 3 document (routes + request-validator)
+  turnpike config export [--secrets] [--out FILE]   the running gateway's config document (admin API)
+  turnpike config diff FILE         what applying FILE would change (exit 0 none, 3 changes, 1 error)
+  turnpike config apply FILE [--if-revision N]      replace the stored config document with FILE
+                                    (config: --admin URL, --token T; see turnpike config --help)
   turnpike --version
 
 SIGTERM/SIGINT drain in-flight requests and exit 0. The config file is reloaded when it
@@ -36,6 +41,7 @@ stays. With workers > 1, SIGUSR2 restarts the workers one at a time.
 export async function main(argv: string[]): Promise<number> {
   // (its own options: see src/cli/import-openapi.ts)
   if (argv[0] === 'import') return importCommand(argv.slice(1));
+  if (argv[0] === 'config') return configCommand(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({

@@ -5,7 +5,7 @@
  * NODE_LOCAL_KEYS is the list; the reasons for each key are in index.ts's header. Every key
  * not in it (including keys added to the schema later) belongs to the document.
  */
-import { parseDocument, visit } from 'yaml';
+import { parseDocument, visit, type Document as YamlDocument } from 'yaml';
 import type { TurnpikeConfigInput } from '../schema.js';
 import { substituteEnv } from '../load.js';
 import type { ConfigDocument } from './types.js';
@@ -50,13 +50,13 @@ export function mergeDocument(nodeConfig: TurnpikeConfigInput | Record<string, u
 }
 
 /**
- * The declarative part of a (valid) config file as it is written: `${VAR}` references kept, so
- * secrets given by reference never enter a store or an export. An unquoted value that is
- * exactly one reference and reads as a number or boolean (`limit: ${LIMIT}`) is kept typed,
- * as the file means it.
+ * In a parsed YAML document, an unquoted value that is exactly one `${VAR}` reference and
+ * resolves (from `env`) to a number or boolean takes that value, as a config file means it
+ * (`limit: ${LIMIT}`); every other reference stays as written. For documents that are stored
+ * (seeded from a file, or applied through the admin API as YAML): a reference in a store is
+ * a string, so a typed one must be resolved when it is written.
  */
-export function rawDocument(text: string, env: NodeJS.ProcessEnv = process.env): ConfigDocument {
-  const doc = parseDocument(text, { merge: false, uniqueKeys: true });
+export function typeUnquotedRefs(doc: YamlDocument, env: NodeJS.ProcessEnv = process.env): void {
   visit(doc, {
     Scalar(key, node) {
       if (key === 'key' || node.type !== 'PLAIN' || typeof node.value !== 'string' || !/^\$\{[^}]+\}$/.test(node.value)) return;
@@ -65,6 +65,15 @@ export function rawDocument(text: string, env: NodeJS.ProcessEnv = process.env):
       else if (value === 'true' || value === 'false') node.value = value === 'true';
     },
   });
+}
+
+/**
+ * The declarative part of a (valid) config file as it is written: `${VAR}` references kept, so
+ * secrets given by reference never enter a store or an export (but see typeUnquotedRefs).
+ */
+export function rawDocument(text: string, env: NodeJS.ProcessEnv = process.env): ConfigDocument {
+  const doc = parseDocument(text, { merge: false, uniqueKeys: true });
+  typeUnquotedRefs(doc, env);
   const raw = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
   return splitDocument(raw ?? {}).document;
 }

@@ -1,0 +1,218 @@
+/**
+ * `turnpike config export|diff|apply`, in-process, against real node:http servers running the
+ * admin API (createApiHandler over a MemoryStore, validated like the file).
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { silentLogger } from '../core/log.js';
+import { createApiHandler } from '../admin/api.js';
+import { MemoryStore, documentValidator, sampleDocument } from '../admin/testing.js';
+import { configCommand } from './config-command.js';
+
+const TOKEN = 'ops-token-0123456789abcdef';
+const dir = mkdtempSync(join(tmpdir(), 'tp-config-cli-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+async function admin(seed?: Record<string, unknown>): Promise<{ url: string; store: MemoryStore; close(): Promise<void> }> {
+  const store = new MemoryStore();
+  if (seed) await store.write({ actor: 'seed', action: 'seed' }, () => seed);
+  const handler = createApiHandler({ store, validate: documentValidator(), tokens: [{ name: 'ops', token: TOKEN, role: 'admin' }], log: silentLogger });
+  const server: Server = createServer((req, res) => void handler(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    store,
+    close: () => new Promise<void>((r) => {
+      server.closeAllConnections();
+      server.close(() => r());
+    }),
+  };
+}
+
+async function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await configCommand(args, { stdout: (s) => void (out += s), stderr: (s) => void (err += s), cwd: dir, env });
+  return { code, out, err };
+}
+
+const revision = async (store: MemoryStore) => (await store.current())?.revision ?? 0;
+
+test('export -> apply to an empty store -> export: the same YAML, byte for byte', async () => {
+  const a = await admin(sampleDocument());
+  const b = await admin();
+  try {
+    const first = await run(['export', '--admin', a.url, '--token', TOKEN, '--secrets', '--out', 'backup.yaml']);
+    assert.equal(first.code, 0, first.err);
+    assert.match(first.err, /backup\.yaml: revision 1/);
+    const exported = readFileSync(join(dir, 'backup.yaml'), 'utf8');
+    assert.deepEqual(Object.keys(parse(exported)), ['services', 'routes', 'consumers', 'plans', 'plugins']);
+    assert.match(exported, /acme-secret-key-0001/);
+
+    const applied = await run(['apply', 'backup.yaml', '--admin', b.url], { TURNPIKE_ADMIN_TOKEN: TOKEN });
+    assert.equal(applied.code, 0, applied.err);
+    assert.match(applied.out, /applied backup\.yaml: revision 1\n/);
+    assert.match(applied.out, /services: \+orders \+users/);
+    assert.equal(await revision(b.store), 1);
+
+    const second = await run(['export', '--secrets'], { TURNPIKE_ADMIN_URL: b.url, TURNPIKE_ADMIN_TOKEN: TOKEN });
+    assert.equal(second.code, 0, second.err);
+    assert.equal(second.out, exported);
+    // and without secrets, both sides agree too
+    const plainA = await run(['export', '--admin', a.url, '--token', TOKEN]);
+    const plainB = await run(['export', '--admin', b.url, '--token', TOKEN]);
+    assert.equal(plainA.out, plainB.out);
+    assert.doesNotMatch(plainA.out, /acme-secret-key-0001/);
+
+    // applying the same file again changes nothing
+    const again = await run(['apply', 'backup.yaml', '--admin', b.url, '--token', TOKEN]);
+    assert.equal(again.code, 0);
+    assert.match(again.out, /no changes: backup\.yaml matches revision 1/);
+    assert.equal(await revision(b.store), 1);
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+test('diff: the unified diff and a summary, exit 3; no changes, exit 0; nothing written', async () => {
+  const a = await admin(sampleDocument());
+  try {
+    const exp = await run(['export', '--admin', a.url, '--token', TOKEN]);
+    writeFileSync(join(dir, 'same.yaml'), exp.out);
+    const same = await run(['diff', 'same.yaml', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(same.code, 0, same.err);
+    assert.match(same.out, /no changes: same\.yaml matches revision 1/);
+
+    writeFileSync(join(dir, 'changed.yaml'), exp.out.replace('http://127.0.0.1:9001', 'http://127.0.0.1:9009'));
+    const changed = await run(['diff', 'changed.yaml', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(changed.code, 3, changed.err);
+    assert.match(changed.out, /^--- revision 1\n\+\+\+ proposed\n/);
+    assert.match(changed.out, /^-    url: http:\/\/127\.0\.0\.1:9001$/m);
+    assert.match(changed.out, /^\+    url: http:\/\/127\.0\.0\.1:9009$/m);
+    assert.match(changed.out, /services: ~orders/);
+    assert.equal(await revision(a.store), 1, 'a diff writes nothing');
+  } finally {
+    await a.close();
+  }
+});
+
+test('apply: an invalid document exits 1 with the field path; nothing written', async () => {
+  const a = await admin(sampleDocument());
+  try {
+    writeFileSync(join(dir, 'bad.yaml'), 'services:\n  - name: orders\n    url: not-a-url\n    routes: [{name: r, paths: [/x]}]\n');
+    const r = await run(['apply', 'bad.yaml', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(r.code, 1);
+    assert.equal(r.out, '');
+    assert.match(r.err, /turnpike config apply: 400 Request Validation Failed: /);
+    assert.match(r.err, /^ {2}services\[0\]\.url: /m);
+    assert.equal(await revision(a.store), 1);
+
+    const d = await run(['diff', 'bad.yaml', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(d.code, 1, 'an invalid file is an error for diff too');
+    assert.match(d.err, /services\[0\]\.url/);
+  } finally {
+    await a.close();
+  }
+});
+
+test('a wrong token: exit 1 with the 401, the token never printed', async () => {
+  const a = await admin(sampleDocument());
+  const wrong = 'wrong-token-secret-value-42';
+  try {
+    writeFileSync(join(dir, 'tok.yaml'), 'services: []\n');
+    for (const args of [['export'], ['diff', 'tok.yaml'], ['apply', 'tok.yaml']]) {
+      const r = await run([...args, '--admin', a.url, '--token', wrong]);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /401 Unauthorized: the bearer token is not an admin token/);
+      assert.match(r.err, /--token/);
+      assert.ok(!r.err.includes(wrong) && !r.out.includes(wrong));
+    }
+    const none = await run(['export', '--admin', a.url]);
+    assert.equal(none.code, 1);
+    assert.match(none.err, /401 Unauthorized/);
+  } finally {
+    await a.close();
+  }
+});
+
+test('an unreachable admin URL: exit 1 with a clear message, quickly', async () => {
+  const a = await admin();
+  const url = a.url;
+  await a.close(); // nothing listens there now
+  const t0 = Date.now();
+  const r = await run(['export', '--admin', url, '--token', TOKEN]);
+  assert.equal(r.code, 1);
+  assert.match(r.err, new RegExp(`cannot reach the admin API at ${url.replace(/\./g, '\\.')}: connection refused`));
+  assert.ok(!r.err.includes(TOKEN));
+  assert.ok(Date.now() - t0 < 5000);
+  const bad = await run(['export', '--admin', 'ftp://x']);
+  assert.equal(bad.code, 2);
+});
+
+test('node-local keys of a --config file are left out and named; ${VAR} is sent as written', async () => {
+  const a = await admin();
+  try {
+    writeFileSync(join(dir, 'node.yaml'), [
+      '$schema: ./schema/turnpike.schema.json',
+      'listen: 127.0.0.1:8080',
+      'admin: {listen: 127.0.0.1:8081, token: "${TURNPIKE_ADMIN_TOKEN}"}',
+      'store: sqlite:./turnpike.db',
+      'services:',
+      '  - name: orders',
+      '    url: http://127.0.0.1:9001',
+      '    routes: [{name: orders-api, paths: [/orders]}]',
+      'consumers:',
+      '  - name: acme',
+      '    credentials: [{type: key-auth, key: "${ACME_KEY:-acme-default-key-0001}"}]',
+      '',
+    ].join('\n'));
+    const r = await run(['apply', 'node.yaml', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.err, /node\.yaml: left out node-local keys \(set in each node's --config file\): listen, admin, store\n/);
+    assert.doesNotMatch(r.err, /\$schema/);
+    const doc = (await a.store.current())!.document as { consumers: { credentials: { key: string }[] }[] };
+    assert.deepEqual(Object.keys(doc), ['services', 'consumers']);
+    assert.equal(doc.consumers[0]!.credentials[0]!.key, '${ACME_KEY:-acme-default-key-0001}');
+  } finally {
+    await a.close();
+  }
+});
+
+test('apply --if-revision: a stale revision is a 412, nothing written; the current one applies', async () => {
+  const a = await admin(sampleDocument());
+  try {
+    const exp = await run(['export', '--admin', a.url, '--token', TOKEN]);
+    writeFileSync(join(dir, 'next.yaml'), exp.out.replace('retries: 1', 'retries: 2'));
+    const stale = await run(['apply', 'next.yaml', '--if-revision', '0', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(stale.code, 1);
+    assert.match(stale.err, /412 Precondition Failed: the config changed: it is at revision 1, not 0/);
+    assert.equal(await revision(a.store), 1);
+    const ok = await run(['apply', 'next.yaml', '--if-revision', '1', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.match(ok.out, /revision 2\n {2}services: ~orders/);
+  } finally {
+    await a.close();
+  }
+});
+
+test('usage errors exit 2', async () => {
+  assert.equal((await run([])).code, 2);
+  assert.equal((await run(['sync'])).code, 2);
+  assert.equal((await run(['apply'])).code, 2);
+  assert.equal((await run(['export', 'file.yaml'])).code, 2);
+  assert.equal((await run(['diff', 'x.yaml', '--if-revision', '3'])).code, 2);
+  assert.equal((await run(['apply', 'x.yaml', '--if-revision', 'r3'])).code, 2);
+  const help = await run(['--help']);
+  assert.equal(help.code, 0);
+  assert.match(help.out, /Exit status: 0 success/);
+  const missing = await run(['apply', 'nope.yaml', '--admin', 'http://127.0.0.1:1']);
+  assert.equal(missing.code, 1);
+  assert.match(missing.err, /cannot read nope\.yaml: ENOENT/);
+});

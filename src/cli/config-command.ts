@@ -1,0 +1,221 @@
+/**
+ * `turnpike config export|diff|apply`: GitOps against a running gateway's admin API
+ * (docs/admin-api.md, "The whole document"): export the stored document as YAML, show what a
+ * file would change (PUT /api/config?dry_run=true), apply it (PUT /api/config). The file may be
+ * a node's whole --config file: its node-local keys (listen, admin, store, ...) are left out
+ * (and named on stderr), the rest is sent as written (`${VAR}` references are not substituted).
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseCommand, type CliIo } from './args.js';
+import { Agent, request } from 'undici';
+import { parseDocument, stringify } from 'yaml';
+import { splitDocument } from '../config/stores/document.js';
+
+export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:8081';
+
+export const CONFIG_USAGE = `Usage:
+  turnpike config export [--secrets] [--out FILE]     the stored config document, as YAML
+  turnpike config diff FILE                           what applying FILE would change (nothing is written)
+  turnpike config apply FILE [--if-revision N]        replace the stored document with FILE
+
+Talks to a running gateway's admin API (PUT/GET /api/config; a store such as sqlite: or
+postgres:// must be configured for writes).
+
+  --admin URL         the admin listener (default: $TURNPIKE_ADMIN_URL, else ${DEFAULT_ADMIN_URL})
+  --token TOKEN       bearer token (default: $TURNPIKE_ADMIN_TOKEN); never printed
+  --secrets           export credentials with their secrets (admin token; for backups)
+  --out FILE          export: write there instead of standard output
+  --if-revision N     apply only if the stored config is still at revision N (else 412)
+
+FILE may be a node's --config file: node-local keys (listen, admin, store, ...) are left out
+and named on stderr. \${VAR} references are sent as written (each node resolves them).
+
+Exit status: 0 success (diff: no changes); 1 error (unreachable, refused, invalid: the
+problem and each field's path are printed); 2 usage error; 3 diff: there are changes.
+`;
+
+const TIMEOUT_MS = 30_000;
+const CONNECT_TIMEOUT_MS = 10_000;
+
+export interface ConfigIo extends CliIo {
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+}
+
+const defaultIo: ConfigIo = {
+  stdout: (s) => process.stdout.write(s),
+  stderr: (s) => process.stderr.write(s),
+  cwd: process.cwd(),
+  env: process.env,
+};
+
+/** An answer of the admin API. */
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+}
+
+/** A failure already worded for the user (exit 1). */
+class Failure extends Error {}
+
+type Changes = Record<string, { added?: string[]; removed?: string[]; changed?: string[] }>;
+
+/** `services: +billing ~orders -legacy` lines for the entities that changed. */
+function summary(changes: Changes | undefined): string {
+  let out = '';
+  for (const [kind, c] of Object.entries(changes ?? {})) {
+    const parts = [...(c.added ?? []).map((n) => `+${n}`), ...(c.changed ?? []).map((n) => `~${n}`), ...(c.removed ?? []).map((n) => `-${n}`)];
+    if (parts.length) out += `  ${kind}: ${parts.join(' ')}\n`;
+  }
+  return out;
+}
+
+/** A problem+json answer (or anything else that is not a 2xx) as lines for stderr. */
+function problemText(a: Answer): string {
+  let p: { title?: unknown; detail?: unknown; errors?: unknown } = {};
+  try {
+    p = JSON.parse(a.text) as typeof p;
+  } catch {
+    // not JSON: a proxy's page, say
+  }
+  const title = typeof p.title === 'string' ? p.title : 'error';
+  const detail = typeof p.detail === 'string' ? p.detail : a.text.trim().slice(0, 500);
+  let out = `${a.status} ${title}${detail ? `: ${detail}` : ''}\n`;
+  if (Array.isArray(p.errors)) {
+    for (const e of p.errors as { path?: unknown; message?: unknown }[]) out += `  ${String(e?.path ?? '(root)')}: ${String(e?.message ?? '')}\n`;
+  }
+  if (a.status === 401) out += 'check --token (or TURNPIKE_ADMIN_TOKEN)\n';
+  return out;
+}
+
+/** The document in FILE as the body to send: as written, or re-serialized without its node-local keys. */
+function readConfigFile(file: string, io: ConfigIo): string {
+  let text: string;
+  try {
+    text = readFileSync(resolve(io.cwd, file), 'utf8');
+  } catch (err) {
+    throw new Failure(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  // As the admin API parses it (no `${VAR}` substitution), to find the node-local keys.
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, merge: false });
+  if (doc.errors.length) throw new Failure(`${file}: invalid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
+  const value: unknown = doc.toJS({ maxAliasCount: 100 });
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Failure(`${file}: the config must be a mapping (key: value) at the top level`);
+  const { node, document } = splitDocument(value as Record<string, unknown>);
+  const left = Object.keys(node);
+  if (left.length === 0) return text;
+  const named = left.filter((k) => k !== '$schema');
+  if (named.length) io.stderr(`${file}: left out node-local key${named.length === 1 ? '' : 's'} (set in each node's --config file): ${named.join(', ')}\n`);
+  return stringify(document, { lineWidth: 0, aliasDuplicateObjects: false });
+}
+
+export async function configCommand(argv: string[], io: ConfigIo = defaultIo): Promise<number> {
+  const parsed = parseCommand(argv, {
+    admin: { type: 'string' },
+    token: { type: 'string' },
+    secrets: { type: 'boolean' },
+    out: { type: 'string', short: 'o' },
+    'if-revision': { type: 'string' },
+  }, CONFIG_USAGE, io);
+  if (typeof parsed === 'number') return parsed;
+  const { values, positionals } = parsed;
+  const [sub, file, ...rest] = positionals;
+  const usage = (msg: string) => {
+    io.stderr(`${msg}\n\n${CONFIG_USAGE}`);
+    return 2;
+  };
+  if (sub !== 'export' && sub !== 'diff' && sub !== 'apply') return usage(sub === undefined ? 'turnpike config: which one? export, diff or apply' : `unknown config command "${sub}" (known: export, diff, apply)`);
+  if (sub === 'export' ? file !== undefined : file === undefined || rest.length > 0) return usage(sub === 'export' ? 'config export takes no FILE (use --out FILE)' : `config ${sub} needs one FILE`);
+  if (sub !== 'export' && (values.secrets || values.out !== undefined)) return usage('--secrets and --out are for config export');
+  if (sub !== 'apply' && values['if-revision'] !== undefined) return usage('--if-revision is for config apply');
+  const ifRevision = values['if-revision'];
+  if (ifRevision !== undefined && !/^[0-9]{1,15}$/.test(ifRevision)) return usage('--if-revision takes a revision number');
+
+  const token = values.token ?? io.env['TURNPIKE_ADMIN_TOKEN'] ?? '';
+  // Whatever goes to stderr, the token never does (an error message quoting a header, say).
+  const stderr = token ? (s: string) => io.stderr(s.split(token).join('<token>')) : io.stderr;
+  if (token && !/^[\x21-\x7e]+$/.test(token)) {
+    stderr('the admin token has characters a bearer token cannot have (spaces, line breaks, non-ASCII)\n');
+    return 1;
+  }
+  let base: URL;
+  const given = values.admin ?? io.env['TURNPIKE_ADMIN_URL'] ?? DEFAULT_ADMIN_URL;
+  try {
+    base = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(given) ? given : `http://${given}`);
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new Error('not http');
+  } catch {
+    return usage(`--admin "${given}" is not an http:// or https:// URL`);
+  }
+  // Shown in messages without any user:password.
+  const shown = `${base.origin}${base.pathname.replace(/\/+$/, '')}`;
+
+  const agent = new Agent({ connect: { timeout: CONNECT_TIMEOUT_MS }, headersTimeout: TIMEOUT_MS, bodyTimeout: TIMEOUT_MS });
+  const call = async (method: 'GET' | 'PUT', query: string, headers: Record<string, string>, body?: string): Promise<Answer> => {
+    const url = new URL(`${base.pathname.replace(/\/+$/, '')}/api/config${query}`, base);
+    if (token) headers['authorization'] = `Bearer ${token}`;
+    try {
+      const res = await request(url, { method, headers, body, dispatcher: agent, signal: AbortSignal.timeout(TIMEOUT_MS * 2) });
+      return { status: res.statusCode, headers: res.headers, text: await res.body.text() };
+    } catch (err) {
+      const e = err as Error & { code?: string; cause?: { code?: string; message?: string } };
+      const code = e.code ?? e.cause?.code;
+      if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || e.name === 'TimeoutError') {
+        throw new Failure(`the admin API at ${shown} did not answer within ${TIMEOUT_MS / 1000}s`);
+      }
+      const why = code === 'ECONNREFUSED' ? 'connection refused' : code === 'UND_ERR_CONNECT_TIMEOUT' ? `no connection within ${CONNECT_TIMEOUT_MS / 1000}s` : code === 'ENOTFOUND' ? 'unknown host' : e.message || code || String(err);
+      throw new Failure(`cannot reach the admin API at ${shown}: ${why} (is the gateway running with admin.listen there? see --admin / TURNPIKE_ADMIN_URL)`);
+    }
+  };
+  const revisionOf = (a: Answer): string => String(a.headers['x-config-revision'] ?? '?');
+  const result = <T>(a: Answer): T => {
+    if (a.status !== 200) throw new Failure(problemText(a).trimEnd());
+    try {
+      return JSON.parse(a.text) as T;
+    } catch {
+      throw new Failure(`the answer from ${shown} is not the admin API's JSON (status ${a.status})`);
+    }
+  };
+
+  try {
+    if (sub === 'export') {
+      const a = await call('GET', values.secrets ? '?secrets=true' : '', { accept: 'application/yaml' });
+      if (a.status !== 200) throw new Failure(problemText(a).trimEnd());
+      if (!/yaml/i.test(String(a.headers['content-type']))) throw new Failure(`the answer from ${shown} is not the admin API's YAML (${String(a.headers['content-type'])})`);
+      if (values.out === undefined) {
+        io.stdout(a.text);
+        return 0;
+      }
+      try {
+        writeFileSync(resolve(io.cwd, values.out), a.text);
+      } catch (err) {
+        throw new Failure(`cannot write ${values.out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+      stderr(`${values.out}: revision ${revisionOf(a)}${values.secrets ? ' (with secrets: keep it safe)' : ''}\n`);
+      return 0;
+    }
+
+    const body = readConfigFile(file!, { ...io, stderr });
+    const headers: Record<string, string> = { 'content-type': 'application/yaml; charset=utf-8', accept: 'application/json' };
+    if (sub === 'diff') {
+      const r = result<{ revision?: number; changed?: boolean; diff?: string; changes?: Changes }>(await call('PUT', '?dry_run=true', headers, body));
+      if (!r.changed) {
+        io.stdout(`no changes: ${file} matches revision ${r.revision}\n`);
+        return 0;
+      }
+      io.stdout(`${r.diff ?? ''}${r.diff && !r.diff.endsWith('\n') ? '\n' : ''}changes against revision ${r.revision}:\n${summary(r.changes)}`);
+      return 3;
+    }
+    if (ifRevision !== undefined) headers['if-match'] = `"r${Number(ifRevision)}"`;
+    const r = result<{ revision?: number; changed?: boolean; changes?: Changes }>(await call('PUT', '', headers, body));
+    io.stdout(r.changed ? `applied ${file}: revision ${r.revision}\n${summary(r.changes)}` : `no changes: ${file} matches revision ${r.revision}\n`);
+    return 0;
+  } catch (err) {
+    if (!(err instanceof Failure)) throw err;
+    stderr(`turnpike config ${sub}: ${err.message}\n`);
+    return 1;
+  } finally {
+    await agent.close();
+  }
+}
