@@ -244,7 +244,10 @@ export async function main(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => void reloadFrom('SIGHUP'));
+    process.on('SIGHUP', () => {
+      void reloadFrom('SIGHUP');
+      void cp?.refresh(); // and the store's head, without waiting for its resync
+    });
     // Log rotation: the access log file is reopened (logrotate's postrotate: kill -USR1).
     // (This replaces Node's default SIGUSR1, which would start the inspector.)
     process.on('SIGUSR1', () => {
