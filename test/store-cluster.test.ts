@@ -269,3 +269,23 @@ test('sqlite store: seeded from the file, the store is the truth after a restart
   await stopNode(S2);
   await stopNode(E);
 });
+
+test('--store names the store instead of the file (which then only seeds it); a bad setting exits 2', async () => {
+  const dir = join(work, 'flag');
+  mkdirSync(dir, { recursive: true });
+  const [proxy, admin] = [await freePort(), await freePort()];
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${proxy}\nadmin: {listen: 127.0.0.1:${admin}}\naccess_log: {enabled: false}\nservices: [{name: api, url: "${up.url}", routes: [{paths: [/flag]}]}]\n`);
+  const bad = startCli(['start', '--config', file, '--store', 'mysql://x'], {});
+  assert.equal(await bad.exit, 2);
+  assert.match(bad.stderr(), /give sqlite:PATH or postgres/);
+  const run = startCli(['start', '--config', file, '--store', `sqlite:${join(dir, 'flag.db')}`], {});
+  const n = { name: 'flag', proxy, admin, file, run };
+  nodes.push(n);
+  await ready(n);
+  const s = await status(n);
+  assert.equal(s.config.store, 'sqlite');
+  assert.equal(s.config.written_by, 'seed');
+  assert.equal(await get(n, '/flag'), 200);
+  await stopNode(n);
+});

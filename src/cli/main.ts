@@ -3,8 +3,9 @@ import { parseArgs } from 'node:util';
 import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
 import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
-import { ControlPlane, fileControl, usesStore } from '../server/control-plane.js';
+import { ControlPlane, fileControl } from '../server/control-plane.js';
 import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';
@@ -19,10 +20,16 @@ import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { importCommand } from './import-openapi.js';
 import { configCommand } from './config-command.js';
 
+/** `turnpike start` without --config: the defaults, the admin API on loopback, no file to watch. */
+const FILELESS = 'admin: {listen: "127.0.0.1:8081"}\nwatch: false\n';
+
 const USAGE = `turnpike ${VERSION}: an API gateway
 
 Usage:
   turnpike start --config FILE      run the gateway in the foreground
+      [--store SETTING]             sqlite:PATH | postgres://... instead of the file's store:
+  turnpike start --store SETTING    no file: defaults, admin API on 127.0.0.1:8081, the config
+                                    in the store (default sqlite:./turnpike.db)
   turnpike validate --config FILE   check a config file (exit 0 when valid, 1 with errors)
   turnpike hash-password            read a password on stdin, print its password_hash (basic-auth)
   turnpike import openapi SPEC [--service-url URL] [--name NAME] [--out FILE]
@@ -49,6 +56,7 @@ export async function main(argv: string[]): Promise<number> {
       allowPositionals: true,
       options: {
         config: { type: 'string', short: 'c' },
+        store: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean', short: 'v' },
       },
@@ -82,11 +90,16 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`unknown command "${command}"\n\n${USAGE}`);
     return 2;
   }
-  const file = values.config ?? process.env.TURNPIKE_CONFIG;
-  if (!file) {
+  const given = values.config ?? process.env.TURNPIKE_CONFIG;
+  const storeArg = values.store ?? process.env.TURNPIKE_STORE;
+  if (!given && command !== 'start') {
     process.stderr.write(`--config FILE is required\n\n${USAGE}`);
     return 2;
   }
+  // `turnpike start` without a file: the node's defaults with an embedded sqlite store, managed
+  // through the admin API on loopback (relative paths are relative to the working directory).
+  const fileless = !given;
+  const file = given ?? resolve('turnpike.yaml');
 
   if (command === 'validate') {
     const pools = new PoolRegistry();
@@ -110,22 +123,29 @@ export async function main(argv: string[]): Promise<number> {
 
   let loaded: LoadedConfig;
   try {
-    loaded = loadConfigFile(file);
+    loaded = fileless ? parseConfigText(FILELESS, { file }) : loadConfigFile(file);
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n`);
     return 1;
   }
+  // --store (or TURNPIKE_STORE) names the store instead of the file's `store:`.
+  const storeSetting = storeArg ?? (fileless ? 'sqlite:./turnpike.db' : loaded.config.store ?? 'file');
+  if (!/^(file|sqlite:.+|postgres(ql)?:\/\/.+)$/.test(storeSetting) || (fileless && storeSetting === 'file')) {
+    process.stderr.write(`--store ${JSON.stringify(storeSetting)}: give sqlite:PATH or postgres://...${fileless ? '' : ' (or file)'}\n`);
+    return 2;
+  }
+  if (fileless) log.info({ store: storeSetting, admin: loaded.config.admin?.listen }, 'no --config: node defaults, the config lives in the store (admin API)');
   // With `store: sqlite|postgres` the store holds the declarative config (seeded from this
   // file when empty) and the node runs the file's node-local keys with the store's document.
   let cp: ControlPlane | null = null;
   let control: ControlView;
-  if (usesStore(loaded)) {
+  if (storeSetting !== 'file') {
     const waiting = new AbortController();
     const abort = () => waiting.abort();
     process.once('SIGTERM', abort);
     process.once('SIGINT', abort);
     try {
-      cp = await ControlPlane.open({ file, loaded, log, apply: (text, why) => reloadFrom(why, text), signal: waiting.signal });
+      cp = await ControlPlane.open({ file, loaded, setting: storeSetting, log, apply: (text, why) => reloadFrom(why, text), signal: waiting.signal });
       loaded = parseConfigText(cp.text(), { file });
     } catch (err) {
       if (err instanceof ConfigError) process.stderr.write(`the stored config (revision ${cp?.served?.revision}) cannot run on this node:\n${err.message}\n`);
@@ -245,7 +265,7 @@ export async function main(argv: string[]): Promise<number> {
     process.on('SIGTERM', () => stop('SIGTERM'));
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => {
-      void reloadFrom('SIGHUP');
+      if (!fileless) void reloadFrom('SIGHUP');
       void cp?.refresh(); // and the store's head, without waiting for its resync
     });
     // Log rotation: the access log file is reopened (logrotate's postrotate: kill -USR1).

@@ -29,8 +29,10 @@ import { documentValidator, effectiveText, nodePart } from '../admin/validate.js
 export interface ControlPlaneOptions {
   /** The --config file. */
   file: string;
-  /** That file, parsed and validated (its `store` names a sqlite or postgres store). */
+  /** That file, parsed and validated. */
   loaded: LoadedConfig;
+  /** The store: sqlite:PATH or postgres://... (the file's `store:`, or --store). */
+  setting: string;
   log: Logger;
   /** Runs a config text through the node's (serialized) reload; resolves true when it runs. */
   apply(text: string, why: string): Promise<boolean>;
@@ -68,7 +70,7 @@ export class ControlPlane {
   private readonly stop = new AbortController();
 
   private constructor(private readonly opts: ControlPlaneOptions) {
-    this.setting = String(opts.loaded.config.store);
+    this.setting = opts.setting;
     this.kind = this.setting.startsWith('sqlite:') ? 'sqlite' : 'postgres';
     this.node = nodePart(opts.loaded.config as Record<string, unknown>);
     const snap = opts.loaded.config.store_snapshot ?? '.turnpike/config-snapshot.json';
@@ -276,10 +278,3 @@ export function fileControl(file: string, loaded: LoadedConfig, log: Logger): Co
     status: () => ({ store: 'file', file: resolve(file) }),
   };
 }
-
-/** Whether a loaded config names a sqlite or postgres store (the CLI then runs a ControlPlane). */
-export const usesStore = (loaded: LoadedConfig): boolean => {
-  const s = loaded.config.store;
-  return typeof s === 'string' && s !== 'file';
-};
-
