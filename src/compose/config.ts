@@ -113,6 +113,7 @@ const NO_REPORTER = { passive() {}, outcome() {} };
 export function composeService(routeName: string): CompiledService {
   return {
     name: routeName,
+    scaling: null,
     protocol: 'http',
     grpc: false,
     h2Upstream: false,

@@ -32,6 +32,7 @@ import type { CounterStore } from '../state/types.js';
 import { MemoryStore } from '../state/memory.js';
 import type { CacheStores } from '../plugins/cache/stores.js';
 import { compileCompose, composeService, pathParams, type CompiledCompose } from '../compose/config.js';
+import { scalingPolicyOf, scalingSettingsOf, type ScalingPolicyConfig, type ScalingSettings } from '../scaling/policy.js';
 
 export interface Address {
   host: string;
@@ -80,6 +81,8 @@ export interface CompiledService {
   /** Shared across snapshots: bulkhead slots, circuit state, retry budget. */
   state: ServiceState;
   reporter: Reporter;
+  /** The scaling advisor's settings for this service (src/scaling/), null when not configured. */
+  scaling: ScalingPolicyConfig | null;
 }
 
 export interface CompiledRoute {
@@ -172,6 +175,8 @@ export interface Snapshot {
   extraStripped: ReadonlySet<string> | null;
   /** Access log, metrics, tracing, analytics. */
   observability: ObservabilitySettings;
+  /** The scaling advisor (null: no service has `scaling`). */
+  scaling: ScalingSettings | null;
   /** A request running on this snapshot: its pools stay open until release(). */
   retain(): void;
   release(): void;
@@ -609,7 +614,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       health: { active, passive },
       state: state.services.acquire(s.name),
       reporter,
+      scaling: null,
     };
+    if (s.scaling) service.scaling = scalingPolicyOf(s.scaling, (p, msg) => fail([...sp, 'scaling', ...p], msg));
     services.push(service);
 
     const sroutes = s.routes ?? [];
@@ -731,6 +738,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     stateFile: plugins.used.has('quota') ? file(cfg.state_file ?? '.turnpike/state.db') : null,
     extraStripped: extra.length ? new Set(extra) : null,
     observability,
+    scaling: scalingSettingsOf(cfg.scaling, services, baseDir, (p, msg) => fail(['scaling', ...p], msg)),
     retain: () => {
       users++;
     },

@@ -6,6 +6,7 @@ import { Type, type Static, type ObjectOptions, type TProperties } from '@sincla
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
 import { AccessLog, Analytics, Metrics, Tracing } from '../observability/schema.js';
 import { Compose } from '../compose/schema.js';
+import { Scaling, ServiceScaling } from '../scaling/schema.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
   Type.Object(props, { additionalProperties: false, ...opts });
@@ -172,6 +173,7 @@ export const Service = Strict({
   retry_on: Type.Optional(Type.Array(RetryOn, { minItems: 1, uniqueItems: true, description: 'What is retried (default: connect-error).' })),
   retry_budget: Type.Optional(RetryBudget),
   circuit_breaker: Type.Optional(CircuitBreaker),
+  scaling: Type.Optional(ServiceScaling),
   routes: Type.Optional(Type.Array(Route)),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
@@ -272,6 +274,7 @@ export const TurnpikeConfig = Strict({
     pattern: '^(file|sqlite:.+|postgres(ql)?://.+)$',
     description: 'Where the declarative config (services, routes, consumers, plugins, plans) lives: file (this file; the default), sqlite:PATH (embedded; admin API writes), postgres://... (shared by the nodes of a cluster). With a store, this file seeds an empty store; after that the store is the truth.',
   })),
+  scaling: Type.Optional(Scaling),
   store_snapshot: Type.Optional(Type.String({ minLength: 1, description: 'With store: postgres://..., where this node keeps its last good config (default .turnpike/config-snapshot.json beside the config file): served when PostgreSQL is down at start.' })),
   admin: Type.Optional(Admin),
   state_file: Type.Optional(Type.String({ minLength: 1, description: 'Where this node keeps its quota counters across restarts (SQLite; default .turnpike/state.db beside the config file).' })),

@@ -80,6 +80,8 @@ export interface GaugeSource {
   targets(): { service: string; target: string; up: boolean }[];
   circuits(): { service: string; state: string }[];
   websockets(): { opened: number; rejected: number; closed: number; messagesIn: number; messagesOut: number } | null;
+  /** The scaling advisor's decisions per service and for the gateway (where it runs). */
+  scaling?(): { services: { service: string; desired: number; current: number; panic: boolean; signals: Record<string, number> }[]; gateway: { desiredNodes: number; utilization: number } | null };
 }
 
 type Sample = MetricValueWithName<string>;
@@ -174,6 +176,26 @@ export class Metrics {
         return w === null ? [] : [{ labels, value: pick(w) }];
       }));
     };
+    if (g.scaling) {
+      const sc = g.scaling.bind(g);
+      const perService = (name: string, help: string, pick: (x: ReturnType<typeof sc>['services'][number]) => number) =>
+        r.registerMetric(collector(name, help, 'gauge', 'max', () => sc().services.map((x) => ({ labels: { service: x.service }, value: pick(x) }))));
+      perService('turnpike_scaling_desired_replicas', 'Replicas the scaling advisor recommends for the service (docs/scaling.md).', (x) => x.desired);
+      perService('turnpike_scaling_current_replicas', 'Replicas the advisor counted (healthy targets, or the scale subresource).', (x) => x.current);
+      perService('turnpike_scaling_panic', '1 while the service is in panic mode.', (x) => (x.panic ? 1 : 0));
+      perService('turnpike_scaling_concurrency', 'Mean requests in flight over the last interval (Little\'s law on completed requests).', (x) => x.signals['concurrency'] ?? 0);
+      perService('turnpike_scaling_requests_per_second', 'Requests per second over the last interval.', (x) => x.signals['rps'] ?? 0);
+      perService('turnpike_scaling_latency_p95_seconds', 'p95 of request durations over the last interval.', (x) => (x.signals['latency_p95_ms'] ?? 0) / 1000);
+      perService('turnpike_scaling_error_rate', 'Share of 5xx answers over the last interval.', (x) => x.signals['error_rate'] ?? 0);
+      r.registerMetric(collector('turnpike_scaling_gateway_desired_nodes', 'Gateway nodes the advisor recommends (event-loop utilisation and CPU against the target).', 'gauge', 'max', () => {
+        const gw = sc().gateway;
+        return gw === null ? [] : [{ labels: {}, value: gw.desiredNodes }];
+      }));
+      r.registerMetric(collector('turnpike_scaling_gateway_utilization', 'This node\'s utilisation: max(event-loop utilisation, CPU share) over the last interval.', 'gauge', 'max', () => {
+        const gw = sc().gateway;
+        return gw === null ? [] : [{ labels: {}, value: gw.utilization }];
+      }));
+    }
     ws('turnpike_websocket_connections', 'WebSocket connections open now.', 'gauge', {}, (w) => w.opened - w.closed);
     r.registerMetric(collector('turnpike_websocket_upgrades_total', 'WebSocket upgrades, by result (opened, or rejected by the upstream).', 'counter', 'sum', () => {
       const w = g.websockets();

@@ -5,6 +5,7 @@
  * before the response is done; with everything off, begin() returns null and the request path
  * does no observability work at all.
  */
+import type { DemandMeter } from '../scaling/meter.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
@@ -73,6 +74,8 @@ export class Observer {
   tracing: Tracing | null = null;
   private access: AccessLog | null = null;
   private readonly stats = new WeakMap<CompiledRoute, RouteStats>();
+  /** Where requests are counted for the scaling advisor (null: no service has `scaling`). */
+  demand: DemandMeter | null = null;
   private unrouted: RouteStats | null = null;
   private settings: ObservabilitySettings;
 
@@ -123,7 +126,7 @@ export class Observer {
 
   /** Whether anything reads exchanges. */
   get active(): boolean {
-    return this.metrics !== null || this.analytics !== null || this.access !== null || this.tracing !== null;
+    return this.metrics !== null || this.analytics !== null || this.access !== null || this.tracing !== null || this.demand !== null;
   }
 
   begin(): Exchange | null {
@@ -166,6 +169,7 @@ export class Observer {
       if (ex.grpcStatus !== null) stats.grpcStatus(ex.grpcStatus);
     }
     const route = ex.route;
+    if (route !== null) this.demand?.record(route.service.name, status, total);
     this.analytics?.record(route?.name ?? '', route?.service.name ?? '', ex.consumer, status, total);
     const error = local?.code ?? (status === 499 ? 'client-closed' : ex.status === 0 && res.headersSent && !res.writableFinished ? 'response-cut' : null);
     if (ex.span !== null) this.tracing?.endRequest(ex, status, error);

@@ -31,6 +31,8 @@ export interface AdminView {
   analyticsStates(): Promise<{ states: AnalyticsState[]; nodes: number; error?: string }>;
   /** DELETE /cache: purges the response caches (every worker's). */
   purgeCache?(filter: PurgeFilter): Promise<{ purged: number }>;
+  /** GET /api/scaling (the single process or the primary). */
+  scaling?: { enabled: boolean; report(): unknown } | null;
   /** The admin REST API (`/api/`, its own roles) and the config store's status. */
   control?: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null;
 }
@@ -84,7 +86,7 @@ export function createAdminHandler(gw: AdminView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     // The admin REST API checks the same tokens itself, with roles per method.
-    if (gw.control && (path === '/api' || path.startsWith('/api/'))) {
+    if (gw.control && (path === '/api' || path.startsWith('/api/')) && path !== '/api/scaling') {
       gw.control.api(req, res).catch((err: unknown) => {
         if (!res.headersSent) sendProblem(res, 'internal-error', `admin API: ${(err as Error).message}`, undefined);
         else res.destroy();
@@ -107,6 +109,11 @@ export function createAdminHandler(gw: AdminView) {
     }
     if (path === '/status' && read && !authed) {
       sendJson(req, res, gw.ready ? 200 : 503, { status: gw.ready ? 'ok' : gw.draining ? 'draining' : 'starting' });
+      return;
+    }
+    if (path === '/api/scaling' && read) {
+      if (!gw.scaling?.enabled) return sendProblem(res, 'no-route', 'no service has scaling settings (docs/scaling.md)', undefined);
+      sendJson(req, res, 200, gw.scaling.report());
       return;
     }
     if (path === '/health' && read) {

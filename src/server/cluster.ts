@@ -14,12 +14,14 @@
  * - Per-worker limits: a bulkhead's max_concurrent / max_pending and the retry budget's
  *   min_per_second are divided between the workers (rounded up), see compile.ts.
  */
+import { performance } from 'node:perf_hooks';
 import cluster, { type Worker } from 'node:cluster';
 import type { LoadedConfig } from '../config/load.js';
 import { fromValidated } from '../config/parse-thread.js';
 import type { TurnpikeConfigInput } from '../config/schema.js';
 import { ConfigError } from '../config/errors.js';
 import { Gateway, type ControlView } from './gateway.js';
+import type { WorkerDemand } from '../scaling/advisor.js';
 import { applyDecision } from '../upstream/state.js';
 import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
@@ -48,6 +50,7 @@ type ToPrimary =
   | { tp: 'passive'; key: string; ok: boolean }
   | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number }
   | { tp: 'observed'; id: number; metrics: unknown[]; analytics: AnalyticsState | null }
+  | ({ tp: 'demand' } & WorkerDemand)
   | { tp: 'cache-purged'; id: number; purged: number }
   | { tp: 'cache-invalidate'; bucket: Bucket }
   | CounterRequest;
@@ -203,6 +206,9 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           break;
         case 'cache-purged':
           waitingPurge.get(msg.id)?.(msg.purged);
+          break;
+        case 'demand':
+          gw.scaling?.fromWorker(msg);
           break;
         case 'cache-invalidate':
           // One worker's §4.4 invalidation reaches the others' memory caches.
@@ -383,6 +389,18 @@ export async function runWorker(log: Logger): Promise<number> {
   }
   for (const d of config.decisions) applyDecision(gw.runtime, d);
   gw.caches.onInvalidate = (bucket) => send({ tp: 'cache-invalidate', bucket });
+  // Scaling: this worker's demand and load go to the primary's advisor every second.
+  let elu = performance.eventLoopUtilization();
+  let cpu = process.cpuUsage();
+  const demandTimer = setInterval(() => {
+    if (!gw.observer.demand) return;
+    const e = performance.eventLoopUtilization(elu).utilization;
+    elu = performance.eventLoopUtilization();
+    const c = process.cpuUsage(cpu);
+    cpu = process.cpuUsage();
+    send({ tp: 'demand', counts: gw.demand.drain(), elu: e, cpuMs: (c.user + c.system) / 1000 });
+  }, 1000);
+  demandTimer.unref();
   const a = gw.proxyAddress!;
   send({ tp: 'listening', address: { address: a.address, port: a.port, family: a.family } });
 
@@ -394,6 +412,7 @@ export async function runWorker(log: Logger): Promise<number> {
       if (stopping) return;
       stopping = true;
       reporter.flush();
+      clearInterval(demandTimer);
       // Drained: the final counts go to the primary (they stay in its /metrics), then exit.
       const done = (code: number) => observed(0).then(
         (m) => (process.connected ? process.send!(m, () => resolve(code)) : resolve(code)),

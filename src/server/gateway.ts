@@ -25,6 +25,9 @@ import type { CounterStore } from '../state/types.js';
 import { CacheStores } from '../plugins/cache/stores.js';
 import type { PurgeFilter } from '../plugins/cache/entry.js';
 import { createAdminHandler } from './admin.js';
+import { ScalingAdvisor } from '../scaling/advisor.js';
+import { DemandMeter } from '../scaling/meter.js';
+import { startKedaServer } from '../scaling/keda.js';
 import { createEchoServer } from '../demo/echo.js';
 import { PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { silentLogger, type Logger } from '../core/log.js';
@@ -179,6 +182,13 @@ export class Gateway implements RequestContext {
   private reloadsOk = 0;
   private reloadsFailed = 0;
   readonly collect: GatewayOptions['collect'];
+  /**
+   * The scaling advisor (single process and primary; null in a worker) and the demand meter
+   * requests are counted in (the advisor's own, or a worker's, drained to the primary).
+   */
+  readonly scaling: ScalingAdvisor | null;
+  readonly demand: DemandMeter;
+  private keda: { port: number; close(): Promise<void> } | null = null;
   /** The config store's admin API and status (a node with `store: sqlite|postgres`, or file). */
   control: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null = null;
 
@@ -222,6 +232,9 @@ export class Gateway implements RequestContext {
     }
     this.collect = opts.collect;
     this.purgeWorkers = opts.purgeWorkers ?? null;
+    this.scaling = this.role === 'worker' ? null : new ScalingAdvisor(this.log);
+    this.demand = this.scaling?.meter ?? new DemandMeter();
+    this.scaleTo(this.snapshot);
     if (opts.control) {
       const control = opts.control;
       this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? []), status: () => control.status() };
@@ -286,6 +299,7 @@ export class Gateway implements RequestContext {
       },
       circuits: () => this.health === null ? [] : Object.entries(this.health.report().circuits).map(([service, state]) => ({ service, state })),
       websockets: () => (this.role === 'primary' ? null : this.ws),
+      scaling: () => ({ services: this.scaling?.gauges() ?? [], gateway: this.scaling?.enabled ? this.scaling.gatewayGauges() : null }),
     };
   }
 
@@ -408,6 +422,12 @@ export class Gateway implements RequestContext {
       this.admin = createServer(createAdminHandler(this));
       this.adminAddress = await listen(this.admin, snap.admin.listen);
       this.log.info({ address: this.adminAddress }, 'admin listener up');
+    }
+    const keda = snap.scaling?.keda;
+    if (keda && this.scaling) {
+      const advisor = this.scaling;
+      this.keda = await startKedaServer({ listen: keda, source: { lookup: (svc) => advisor.lookup(svc), onChange: (l) => advisor.onChange(l) }, log: this.log });
+      this.log.info({ port: this.keda.port }, 'KEDA external scaler up');
     }
     if (snap.demo && this.role !== 'worker') {
       this.demo = createEchoServer();
@@ -770,6 +790,16 @@ export class Gateway implements RequestContext {
     return this.swap(loaded, next, dns, redis);
   }
 
+  /** Scaling follows the snapshot: requests are counted while a service has `scaling`; the advisor keeps the windows of unchanged policies. */
+  private scaleTo(snap: Snapshot): void {
+    this.observer.demand = snap.scaling ? this.demand : null;
+    this.scaling?.configure(snap.scaling, snap.services.map((svc) => ({
+      name: svc.name,
+      scaling: svc.scaling,
+      healthyTargets: () => svc.targets.filter((t) => !t.state.down).length,
+    })));
+  }
+
   private swap(loaded: LoadedConfig, next: Snapshot, dns: DnsCache, redis: ReturnType<Gateway['redisFor']>): Snapshot {
     const prev = this.snapshot;
     if (next.hash === prev.hash) {
@@ -797,6 +827,8 @@ export class Gateway implements RequestContext {
       this.reloadsFailed++;
       throw loaded.error([{ path: ['access_log'], message: (err as Error).message }]);
     }
+    this.scaleTo(next);
+    if (JSON.stringify(prev.scaling?.keda) !== JSON.stringify(next.scaling?.keda)) this.log.warn({ setting: 'scaling.keda' }, 'scaling.keda changed: restart to apply it');
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;
       this.proxy.keepAliveTimeout = next.timeouts.keepAlive;
@@ -872,7 +904,7 @@ export class Gateway implements RequestContext {
     this.proxy?.close(() => {});
     this.admin?.closeAllConnections();
     this.demo?.closeAllConnections();
-    await Promise.all([closeServer(this.admin), closeServer(this.demo)]);
+    await Promise.all([closeServer(this.admin), closeServer(this.demo), this.keda?.close(), this.scaling?.close()]);
     this.snapshot.dispose();
     this.caches.close();
     await this.health?.stop();

@@ -13,7 +13,7 @@ import type { ConfigDocument } from './types.js';
 export const NODE_LOCAL_KEYS: readonly string[] = [
   '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin',
   'state_file', 'redis', 'trusted_proxies', 'limits', 'timeouts', 'demo',
-  'access_log', 'metrics', 'tracing', 'analytics',
+  'access_log', 'metrics', 'tracing', 'analytics', 'scaling',
 ];
 
 const nodeLocal = new Set(NODE_LOCAL_KEYS);

@@ -21,7 +21,7 @@
  *                      (like Kong's trusted_ips in kong.conf) rather than the admin API
  *   limits, timeouts   the listener's request limits and client/keep-alive/drain timeouts
  *   demo               a demo upstream this process starts
- *   access_log, metrics, tracing, analytics
+ *   access_log, metrics, tracing, analytics, scaling (top level: the KEDA listener, interval)
  *                      where this node sends its telemetry (files, endpoints, sampling)
  *
  * Declarative (the document; every other key, including ones added later): services (with

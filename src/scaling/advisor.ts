@@ -1,0 +1,269 @@
+/**
+ * The scaling advisor (issue 9's sibling, docs/scaling.md): every `interval` it turns the
+ * demand counted since the last tick (DemandMeter: this process's requests plus what the
+ * workers sent) into one Sample per service, feeds that service's Recommender, and pushes a
+ * changed desired replica count to the service's triggers (webhook, Kubernetes scale
+ * subresource). It also recommends a node count for the gateway itself (event-loop
+ * utilisation and CPU against a target), serves `GET /api/scaling`, the Prometheus gauges and
+ * the KEDA external scaler's answers. Runs where health is decided: the single process, or the
+ * primary with workers.
+ */
+import { performance } from 'node:perf_hooks';
+import { availableParallelism } from 'node:os';
+import type { Logger } from '../core/log.js';
+import { DemandMeter, quantile, type DemandCounts } from './meter.js';
+import { Recommender, type Recommendation, type Sample } from './recommender.js';
+import type { ScalingPolicyConfig, ScalingSettings } from './policy.js';
+import { WebhookTrigger } from './webhook.js';
+import { KubernetesTrigger } from './kubernetes.js';
+
+export interface ScaledService {
+  name: string;
+  scaling: ScalingPolicyConfig | null;
+  /** Targets of the service not marked down (the replicas the gateway sees). */
+  healthyTargets(): number;
+}
+
+/** What a worker sends every tick: its drained demand and its own load. */
+export interface WorkerDemand {
+  counts: Record<string, DemandCounts>;
+  elu: number;
+  cpuMs: number;
+}
+
+interface Entry {
+  key: string;
+  triggersKey: string;
+  cfg: ScalingPolicyConfig;
+  service: ScaledService;
+  recommender: Recommender;
+  webhooks: WebhookTrigger[];
+  kubernetes: KubernetesTrigger | null;
+  signals: Sample | null;
+  decision: Recommendation | null;
+  pushed: number | null;
+  pushedAt: number;
+}
+
+export class ScalingAdvisor {
+  readonly meter = new DemandMeter();
+  private entries = new Map<string, Entry>();
+  private settings: ScalingSettings | null = null;
+  private timer: NodeJS.Timeout | undefined;
+  private lastTick: number;
+  private running = false;
+  private listeners = new Set<() => void>();
+  // The gateway's own load: this process's event loop and CPU, plus the workers' reports.
+  private elu = performance.eventLoopUtilization();
+  private cpu = process.cpuUsage();
+  private workerLoad: { elu: number; cpuMs: number }[] = [];
+  private gatewayView = { utilization: 0, elu: 0, cpu: 0, desiredNodes: 1, reason: 'no data yet' };
+
+  constructor(private readonly log: Pick<Logger, 'info' | 'warn' | 'error'>, private readonly clock: () => number = Date.now) {
+    this.lastTick = clock();
+  }
+
+  /** A new snapshot: keeps the recommender (its windows) of a service whose policy did not change. */
+  configure(settings: ScalingSettings | null, services: readonly ScaledService[]): void {
+    const next = new Map<string, Entry>();
+    for (const service of services) {
+      const cfg = service.scaling;
+      if (!cfg || !settings) continue;
+      const old = this.entries.get(service.name);
+      const triggersKey = JSON.stringify(cfg.triggers);
+      const keep = old && old.key === cfg.key;
+      const keepTriggers = old && old.triggersKey === triggersKey;
+      if (old && !keepTriggers) void this.closeTriggers(old);
+      let webhooks = keepTriggers ? old.webhooks : [];
+      let kubernetes = keepTriggers ? old.kubernetes : null;
+      if (!keepTriggers) {
+        webhooks = [];
+        kubernetes = null;
+        for (const t of cfg.triggers) {
+          try {
+            if (t.type === 'webhook') webhooks.push(new WebhookTrigger(t, this.log, settings.baseDir));
+            else kubernetes ??= new KubernetesTrigger(t, this.log, settings.baseDir);
+          } catch (err) {
+            this.log.error({ service: service.name, trigger: t.type, err: (err as Error).message }, 'scaling trigger not started');
+          }
+        }
+      }
+      next.set(service.name, {
+        key: cfg.key, triggersKey, cfg, service, webhooks, kubernetes,
+        recommender: keep ? old.recommender : new Recommender(cfg.policy, this.clock),
+        signals: keep ? old.signals : null,
+        decision: keep ? old.decision : null,
+        pushed: keepTriggers ? old.pushed : null,
+        pushedAt: keepTriggers ? old.pushedAt : 0,
+      });
+    }
+    for (const [name, old] of this.entries) if (!next.has(name)) void this.closeTriggers(old);
+    this.entries = next;
+    const interval = settings?.intervalMs ?? 0;
+    if (interval !== (this.settings?.intervalMs ?? 0)) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+      if (interval > 0) {
+        this.timer = setInterval(() => void this.tick(), interval);
+        this.timer.unref();
+      }
+    }
+    this.settings = settings;
+  }
+
+  get enabled(): boolean {
+    return this.settings !== null;
+  }
+
+  /** A worker's report (merged into the next tick). */
+  fromWorker(d: WorkerDemand): void {
+    this.meter.merge(d.counts);
+    this.workerLoad.push({ elu: d.elu, cpuMs: d.cpuMs });
+  }
+
+  /** One decision round (the timer calls it; tests may too). */
+  async tick(): Promise<void> {
+    if (this.running || !this.settings) return;
+    this.running = true;
+    try {
+      const now = this.clock();
+      const dtS = Math.max(0.001, (now - this.lastTick) / 1000);
+      this.lastTick = now;
+      const counts = this.meter.drain();
+      this.gatewayTick(dtS);
+      let changed = false;
+      await Promise.all([...this.entries.values()].map(async (e) => {
+        const c = counts[e.service.name];
+        const sample: Sample = {
+          at: now,
+          rps: (c?.n ?? 0) / dtS,
+          concurrency: (c?.busyMs ?? 0) / 1000 / dtS,
+          latencyMeanMs: c && c.n > 0 ? c.busyMs / c.n : 0,
+          latencyP95Ms: c ? quantile(c.hist, 0.95) : 0,
+          errorRate: c && c.n > 0 ? c.errors / c.n : 0,
+        };
+        e.signals = sample;
+        e.recommender.observe(sample);
+        if (e.cfg.currentFrom === 'trigger' && e.kubernetes) await e.kubernetes.read();
+        const current = e.cfg.currentFrom === 'trigger' && e.kubernetes?.current != null ? e.kubernetes.current : e.service.healthyTargets();
+        const d = e.recommender.recommend(current);
+        if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
+        e.decision = d;
+        await this.push(e, now);
+      }));
+      if (changed) for (const l of this.listeners) l();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'scaling tick failed');
+    } finally {
+      this.running = false;
+    }
+  }
+
+  /** Pushes a changed desired count (and, to Kubernetes, again every 30 s while it differs from what runs). */
+  private async push(e: Entry, now: number): Promise<void> {
+    const d = e.decision!;
+    const stale = e.kubernetes !== null && e.kubernetes.current !== null && e.kubernetes.current !== d.desired && now - e.pushedAt > 30_000;
+    if (d.desired === e.pushed && !stale) return;
+    e.pushed = d.desired;
+    e.pushedAt = now;
+    const payload = {
+      service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason,
+      signals: this.signalsOf(e), at: new Date(now).toISOString(),
+    };
+    this.log.info({ service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason }, 'scaling decision');
+    await Promise.all([
+      ...e.webhooks.map((w) => w.push(payload)),
+      ...(e.kubernetes ? [e.kubernetes.push(d.desired)] : []),
+    ]);
+  }
+
+  private gatewayTick(dtS: number): void {
+    const g = this.settings!.gateway;
+    const elu = performance.eventLoopUtilization(this.elu).utilization;
+    this.elu = performance.eventLoopUtilization();
+    const cpu = process.cpuUsage(this.cpu);
+    this.cpu = process.cpuUsage();
+    const workers = this.workerLoad;
+    this.workerLoad = [];
+    // With workers, they carry the traffic: their busiest event loop and their CPU share count.
+    const maxElu = Math.max(elu, ...workers.map((w) => w.elu));
+    const cpuMs = (cpu.user + cpu.system) / 1000 + workers.reduce((s, w) => s + w.cpuMs, 0);
+    const cpuShare = cpuMs / (dtS * 1000) / Math.max(1, Math.min(availableParallelism(), workers.length || 1));
+    const utilization = Math.max(maxElu, cpuShare);
+    const desired = Math.min(g.maxNodes, Math.max(g.minNodes, Math.ceil(utilization / g.targetUtilization)));
+    this.gatewayView = {
+      utilization, elu: maxElu, cpu: cpuShare, desiredNodes: desired,
+      reason: `max(event-loop ${maxElu.toFixed(2)}, cpu ${cpuShare.toFixed(2)}) / target ${g.targetUtilization} per node`,
+    };
+  }
+
+  private signalsOf(e: Entry): Record<string, number> {
+    const s = e.signals;
+    const r = (v: number, k = 1000) => Math.round(v * k) / k;
+    return {
+      rps: r(s?.rps ?? 0), concurrency: r(s?.concurrency ?? 0), latency_mean_ms: r(s?.latencyMeanMs ?? 0),
+      latency_p95_ms: r(s?.latencyP95Ms ?? 0), error_rate: r(s?.errorRate ?? 0), healthy_targets: e.service.healthyTargets(),
+    };
+  }
+
+  /** GET /api/scaling. */
+  report(): Record<string, unknown> {
+    return {
+      interval_ms: this.settings?.intervalMs ?? null,
+      services: [...this.entries.values()].map((e) => ({
+        name: e.service.name,
+        signals: this.signalsOf(e),
+        windows: e.decision ? { stable_concurrency: e.decision.stableConcurrency, panic_concurrency: e.decision.panicConcurrency, little_concurrency: e.decision.littleConcurrency } : null,
+        current_replicas: e.decision?.current ?? null,
+        desired_replicas: e.decision?.desired ?? null,
+        mode: e.decision?.mode ?? 'stable',
+        reason: e.decision?.reason ?? 'no decision yet',
+        policy: { target_concurrency: e.cfg.policy.targetConcurrency, target_utilization: e.cfg.policy.targetUtilization, min_replicas: e.cfg.policy.minReplicas, max_replicas: e.cfg.policy.maxReplicas },
+        triggers: [
+          ...e.webhooks.map((w) => ({ type: 'webhook', last: w.last })),
+          ...(e.kubernetes ? [{ type: 'kubernetes', current: e.kubernetes.current, last: e.kubernetes.last }] : []),
+        ],
+      })),
+      gateway: {
+        utilization: this.gatewayView.utilization, event_loop_utilization: this.gatewayView.elu, cpu: this.gatewayView.cpu,
+        desired_nodes: this.gatewayView.desiredNodes, reason: this.gatewayView.reason,
+      },
+    };
+  }
+
+  /** Prometheus rows (src/observability/metrics.ts). */
+  gauges(): { service: string; desired: number; current: number; panic: boolean; signals: Record<string, number> }[] {
+    return [...this.entries.values()].filter((e) => e.decision !== null).map((e) => ({
+      service: e.service.name, desired: e.decision!.desired, current: e.decision!.current, panic: e.decision!.mode === 'panic', signals: this.signalsOf(e),
+    }));
+  }
+
+  gatewayGauges(): { desiredNodes: number; utilization: number } {
+    return { desiredNodes: this.gatewayView.desiredNodes, utilization: this.gatewayView.utilization };
+  }
+
+  /** For the KEDA external scaler. */
+  lookup(service: string): { desired: number; active: boolean } | null {
+    const e = this.entries.get(service);
+    if (!e) return null;
+    const desired = e.decision?.desired ?? e.cfg.policy.minReplicas;
+    return { desired, active: desired > 0 || (e.signals?.rps ?? 0) > 0 };
+  }
+
+  onChange(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private async closeTriggers(e: Entry): Promise<void> {
+    await Promise.all([...e.webhooks.map((w) => w.close()), e.kubernetes?.close()]).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.listeners.clear();
+    await Promise.all([...this.entries.values()].map((e) => this.closeTriggers(e)));
+    this.entries.clear();
+  }
+}

@@ -1,0 +1,224 @@
+/**
+ * The KEDA external scaler: a gRPC server speaking KEDA's `externalscaler.proto` so a ScaledObject
+ *
+ *   triggers:
+ *     - type: external            # or external-push (uses StreamIsActive)
+ *       metadata: {scalerAddress: turnpike:9443, service: orders}
+ *
+ * scales a service to the replicas the advisor recommends. The service is scalerMetadata.service,
+ * else the ScaledObject's name. One metric per service, `turnpike-desired-replicas-<service>`,
+ * with target 1 and value = desired replicas, so the HPA's ceil(value / target) is the desired
+ * count; IsActive is the advisor's `active` (false lets KEDA scale to zero / idle).
+ * Errors: no service -> INVALID_ARGUMENT, unknown service or metric -> NOT_FOUND. Requests are
+ * capped at 64 KB and open streams at MAX_STREAMS, so hostile clients cannot grow memory.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { fromJSON } from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
+import type { Logger } from '../core/log.js';
+import { EXTERNAL_SCALER_PROTO } from './externalscaler-proto.js';
+
+export interface KedaSource {
+  /** The service a ScaledObject asks about: scalerMetadata.service (required), else the ScaledObject's name. Null when unknown. */
+  lookup(service: string): { desired: number; active: boolean } | null;
+  /** Notified every time the set of values may have changed (StreamIsActive pushes on change and at least every `streamIntervalMs`). */
+  onChange?(listener: () => void): () => void;
+}
+
+export interface KedaServerOptions {
+  listen: { host: string; port: number };
+  source: KedaSource;
+  log: Pick<Logger, 'info' | 'warn' | 'error'>;
+  /** StreamIsActive repeats the current state at least this often (default 5000 ms). */
+  streamIntervalMs?: number;
+  tls?: { cert: Buffer; key: Buffer };
+}
+
+export interface ScaledObjectRef { name?: string; namespace?: string; scalerMetadata?: Record<string, string> }
+export interface MetricSpec { metricName: string; targetSize: number; targetSizeFloat: number }
+export interface MetricValue { metricName: string; metricValue: number; metricValueFloat: number }
+
+export const MAX_MESSAGE_BYTES = 64 * 1024;
+const MAX_STREAMS = 1000;
+const MAX_SERVICE_CHARS = 253;
+
+let serviceCtor: grpc.ServiceClientConstructor | undefined;
+/** The ExternalScaler service built from the proto text (once). */
+function externalScaler(): grpc.ServiceClientConstructor {
+  if (!serviceCtor) {
+    const root = protobuf.parse(EXTERNAL_SCALER_PROTO, { keepCase: true }).root;
+    const def = fromJSON(root.toJSON(), { keepCase: true, longs: Number, defaults: true });
+    const pkg = grpc.loadPackageDefinition(def) as unknown as { externalscaler: { ExternalScaler: grpc.ServiceClientConstructor } };
+    serviceCtor = pkg.externalscaler.ExternalScaler;
+  }
+  return serviceCtor;
+}
+
+export function metricNameFor(service: string): string {
+  return `turnpike-desired-replicas-${service.toLowerCase().replace(/[^a-z0-9-]+/g, '-')}`;
+}
+
+type Failure = { code: grpc.status; details: string };
+type Resolved = { service: string; metricName: string; desired: number; active: boolean };
+
+export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: number; close(): Promise<void> }> {
+  const { source, log } = opts;
+  const intervalMs = Math.max(10, opts.streamIntervalMs ?? 5000);
+
+  function resolve(ref: ScaledObjectRef | null | undefined): Resolved | Failure {
+    const meta = ref?.scalerMetadata ?? {};
+    const service = (typeof meta.service === 'string' && meta.service.trim()) || (typeof ref?.name === 'string' ? ref.name.trim() : '');
+    if (!service) return { code: grpc.status.INVALID_ARGUMENT, details: 'scalerMetadata.service is required (or a ScaledObject name)' };
+    if (service.length > MAX_SERVICE_CHARS) return { code: grpc.status.INVALID_ARGUMENT, details: `service name longer than ${MAX_SERVICE_CHARS} characters` };
+    const state = source.lookup(service);
+    if (!state) return { code: grpc.status.NOT_FOUND, details: `unknown service "${service}": not scaled by Turnpike` };
+    const desired = Number.isFinite(state.desired) ? Math.max(0, Math.round(state.desired)) : 0;
+    return { service, metricName: metricNameFor(service), desired, active: Boolean(state.active) };
+  }
+
+  /** Runs a unary handler: a Failure or a thrown error becomes a gRPC status, never a crash. */
+  function unary<Req, Res>(method: string, body: (req: Req) => Res | Failure) {
+    return (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => {
+      try {
+        const out = body(call.request);
+        if (out && typeof out === 'object' && 'code' in out) cb(out as Failure);
+        else cb(null, out as Res);
+      } catch (err) {
+        log.error({ err, method }, 'KEDA external scaler: handler failed');
+        cb({ code: grpc.status.INTERNAL, details: 'internal error' });
+      }
+    };
+  }
+
+  /** Open StreamIsActive calls: each entry pushes the state (force: even if unchanged) and ends it. */
+  const streams = new Map<grpc.ServerWritableStream<ScaledObjectRef, { result: boolean }>, { push(force: boolean): void; end(): void }>();
+  const unsubscribe = source.onChange?.(() => { for (const s of streams.values()) s.push(false); });
+
+  function streamIsActive(call: grpc.ServerWritableStream<ScaledObjectRef, { result: boolean }>) {
+    if (streams.size >= MAX_STREAMS) {
+      call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details: `more than ${MAX_STREAMS} open streams` });
+      return;
+    }
+    let last: boolean | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const stop = (status?: Failure) => {
+      if (!streams.delete(call)) return;
+      clearInterval(timer);
+      if (call.cancelled) return;
+      if (status) call.emit('error', status);
+      else call.end();
+    };
+    const push = (force: boolean) => {
+      let r: Resolved | Failure;
+      try {
+        r = resolve(call.request);
+      } catch (err) {
+        log.error({ err, method: 'StreamIsActive' }, 'KEDA external scaler: handler failed');
+        r = { code: grpc.status.INTERNAL, details: 'internal error' };
+      }
+      if ('code' in r) return stop(r);
+      if (!force && r.active === last) return;
+      last = r.active;
+      // A client that does not read: skip rather than buffer; the next push sends the news.
+      if (!call.writableNeedDrain) call.write({ result: r.active });
+    };
+    streams.set(call, { push, end: () => stop() });
+    call.on('cancelled', () => stop());
+    call.on('close', () => stop());
+    timer = setInterval(() => push(true), intervalMs);
+    timer.unref();
+    push(true);
+  }
+
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_concurrent_streams': 100,
+  });
+  server.addService(externalScaler().service, {
+    IsActive: unary<ScaledObjectRef, { result: boolean }>('IsActive', (req) => {
+      const r = resolve(req);
+      return 'code' in r ? r : { result: r.active };
+    }),
+    GetMetricSpec: unary<ScaledObjectRef, { metricSpecs: MetricSpec[] }>('GetMetricSpec', (req) => {
+      const r = resolve(req);
+      return 'code' in r ? r : { metricSpecs: [{ metricName: r.metricName, targetSize: 1, targetSizeFloat: 1 }] };
+    }),
+    GetMetrics: unary<{ scaledObjectRef?: ScaledObjectRef | null; metricName?: string }, { metricValues: MetricValue[] }>('GetMetrics', (req) => {
+      if (!req.scaledObjectRef) return { code: grpc.status.INVALID_ARGUMENT, details: 'scaledObjectRef is required' };
+      const r = resolve(req.scaledObjectRef);
+      if ('code' in r) return r;
+      if (req.metricName !== r.metricName) return { code: grpc.status.NOT_FOUND, details: `unknown metric "${String(req.metricName).slice(0, 200)}": service "${r.service}" has "${r.metricName}"` };
+      return { metricValues: [{ metricName: r.metricName, metricValue: r.desired, metricValueFloat: r.desired }] };
+    }),
+    StreamIsActive: streamIsActive,
+  });
+
+  const host = opts.listen.host.includes(':') ? `[${opts.listen.host}]` : opts.listen.host;
+  const creds = opts.tls
+    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], false)
+    : grpc.ServerCredentials.createInsecure();
+  let port: number;
+  try {
+    port = await new Promise<number>((ok, fail) => server.bindAsync(`${host}:${opts.listen.port}`, creds, (err, p) => (err ? fail(err) : ok(p))));
+  } catch (err) {
+    unsubscribe?.();
+    server.forceShutdown();
+    throw err;
+  }
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    close() {
+      closing ??= new Promise<void>((done) => {
+        unsubscribe?.();
+        for (const s of [...streams.values()]) s.end();
+        const force = setTimeout(() => { server.forceShutdown(); done(); }, 2000);
+        server.tryShutdown(() => { clearTimeout(force); done(); });
+      });
+      return closing;
+    },
+  };
+}
+
+/** The desired replicas the HPA computes from KEDA's metrics: ceil(sum(value) / target), float fields preferred when > 0. */
+export function hpaDesired(spec: MetricSpec, values: MetricValue[]): number {
+  const target = spec.targetSizeFloat > 0 ? spec.targetSizeFloat : spec.targetSize;
+  const sum = values.reduce((a, v) => a + (v.metricValueFloat > 0 ? v.metricValueFloat : v.metricValue), 0);
+  return Math.ceil(sum / target);
+}
+
+export interface KedaClient {
+  readonly raw: grpc.Client & Record<string, Function>;
+  isActive(ref: ScaledObjectRef): Promise<boolean>;
+  getMetricSpec(ref: ScaledObjectRef): Promise<MetricSpec[]>;
+  getMetrics(ref: ScaledObjectRef, metricName: string): Promise<MetricValue[]>;
+  /** What KEDA + the HPA do: GetMetricSpec, GetMetrics for its metric, the HPA formula. */
+  desiredReplicas(ref: ScaledObjectRef): Promise<number>;
+  streamIsActive(ref: ScaledObjectRef): grpc.ClientReadableStream<{ result: boolean }>;
+  close(): void;
+}
+
+/** A KEDA-side client built from the same proto (tests, the end-to-end load test, diagnostics). */
+export function kedaClient(address: string, credentials = grpc.credentials.createInsecure(), deadlineMs = 5000): KedaClient {
+  const Ctor = externalScaler();
+  const raw = new Ctor(address, credentials) as grpc.Client & Record<string, Function>;
+  const call = <T>(method: string, req: unknown) => new Promise<T>((ok, fail) => {
+    raw[method]!.call(raw, req, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) => (err ? fail(err) : ok(res)));
+  });
+  const client: KedaClient = {
+    raw,
+    isActive: async (ref) => (await call<{ result: boolean }>('IsActive', ref)).result,
+    getMetricSpec: async (ref) => (await call<{ metricSpecs: MetricSpec[] }>('GetMetricSpec', ref)).metricSpecs,
+    getMetrics: async (ref, metricName) => (await call<{ metricValues: MetricValue[] }>('GetMetrics', { scaledObjectRef: ref, metricName })).metricValues,
+    async desiredReplicas(ref) {
+      const [spec] = await client.getMetricSpec(ref);
+      if (!spec) throw new Error('no metric spec');
+      return hpaDesired(spec, await client.getMetrics(ref, spec.metricName));
+    },
+    streamIsActive: (ref) => raw.StreamIsActive!.call(raw, ref) as grpc.ClientReadableStream<{ result: boolean }>,
+    close: () => raw.close(),
+  };
+  return client;
+}

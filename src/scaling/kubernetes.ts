@@ -1,0 +1,91 @@
+/**
+ * The Kubernetes trigger: the scale subresource of a Deployment (or StatefulSet),
+ *   GET   {api}/apis/apps/v1/namespaces/{ns}/{kind}/{name}/scale  -> spec.replicas, status.replicas
+ *   PATCH same, application/merge-patch+json {"spec":{"replicas":N}}  (?dryRun=All when dry_run)
+ * with a bearer token read from its file on every call (projected tokens rotate) and the API
+ * server's CA. In a pod, the defaults are the service account's (KUBERNETES_SERVICE_HOST/PORT,
+ * /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt}).
+ */
+import { readFileSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
+import { Agent, request } from 'undici';
+import type { Logger } from '../core/log.js';
+import { parseDuration } from '../config/units.js';
+import type { TriggerConfig } from './schema.js';
+
+const SA = '/var/run/secrets/kubernetes.io/serviceaccount';
+type KubernetesConfig = Extract<TriggerConfig, { type: 'kubernetes' }>;
+
+export class KubernetesTrigger {
+  private readonly agent: Agent;
+  private readonly url: string;
+  private readonly tokenFile: string;
+  private readonly timeoutMs: number;
+  /** Replicas the API server reported last (status.replicas), or null before the first read. */
+  current: number | null = null;
+  last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
+
+  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env) {
+    const file = (p: string) => (isAbsolute(p) ? p : join(baseDir, p));
+    const api = cfg.api_server ?? (env['KUBERNETES_SERVICE_HOST'] ? `https://${env['KUBERNETES_SERVICE_HOST']}:${env['KUBERNETES_SERVICE_PORT'] ?? '443'}` : null);
+    if (api === null) throw new Error('kubernetes trigger: api_server is not set and this is not a pod (no KUBERNETES_SERVICE_HOST)');
+    const enc = encodeURIComponent;
+    this.url = `${api.replace(/\/+$/, '')}/apis/apps/v1/namespaces/${enc(cfg.namespace)}/${cfg.kind ?? 'deployments'}/${enc(cfg.deployment)}/scale`;
+    this.tokenFile = file(cfg.token_file ?? `${SA}/token`);
+    const caFile = cfg.ca_file ? file(cfg.ca_file) : cfg.api_server ? null : `${SA}/ca.crt`;
+    this.agent = new Agent({ connections: 2, ...(caFile ? { connect: { ca: readFileSync(caFile) } } : {}) });
+    this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
+  }
+
+  private headers(extra: Record<string, string> = {}): Record<string, string> {
+    let token = '';
+    try {
+      token = readFileSync(this.tokenFile, 'utf8').trim();
+    } catch {
+      /* no token: the API server answers 401, reported */
+    }
+    return { accept: 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...extra };
+  }
+
+  /** Reads the scale subresource; updates `current`. */
+  async read(): Promise<number | null> {
+    try {
+      const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
+      const text = await r.body.text();
+      if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${text.slice(0, 200)}`);
+      const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } };
+      const n = scale.status?.replicas ?? scale.spec?.replicas;
+      this.current = typeof n === 'number' && Number.isFinite(n) ? n : 0;
+      return this.current;
+    } catch (err) {
+      this.log.warn({ url: this.url, err: (err as Error).message }, 'kubernetes trigger: cannot read the scale subresource');
+      return null;
+    }
+  }
+
+  /** Sets spec.replicas. */
+  async push(desired: number): Promise<void> {
+    let status: number | undefined;
+    let error: string | undefined;
+    try {
+      const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
+        method: 'PATCH', dispatcher: this.agent,
+        headers: this.headers({ 'content-type': 'application/merge-patch+json' }),
+        body: JSON.stringify({ spec: { replicas: desired } }),
+        headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs,
+      });
+      status = r.statusCode;
+      const text = await r.body.text();
+      if (status < 200 || status >= 300) error = text.slice(0, 300);
+    } catch (err) {
+      error = (err as Error).message;
+    }
+    const ok = error === undefined;
+    this.last = { at: new Date().toISOString(), desired, ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
+    if (!ok) this.log.warn({ url: this.url, status, err: error }, 'kubernetes trigger: PATCH scale failed');
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+}

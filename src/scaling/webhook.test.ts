@@ -1,0 +1,111 @@
+/** The webhook trigger against a real receiver on loopback: signed, verified, replays and tampering refused, retried. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { silentLogger } from '../core/log.js';
+import { SIGNATURE_HEADER, WebhookTrigger, signature, verifyWebhook } from './webhook.js';
+import { DemandMeter, quantile } from './meter.js';
+
+const SECRET = 'whsec-0123456789abcdef';
+
+async function receiver(answer: (n: number) => number) {
+  const seen = new Map<string, number>();
+  const got: { header: string; body: string; verdict: ReturnType<typeof verifyWebhook> }[] = [];
+  let n = 0;
+  const server = createServer((req: IncomingMessage, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString();
+      const header = String(req.headers[SIGNATURE_HEADER] ?? '');
+      const verdict = verifyWebhook(SECRET, header, body, { seen });
+      got.push({ header, body, verdict });
+      res.statusCode = verdict.ok ? answer(n++) : 401;
+      res.end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  return { url, got, seen, close: () => new Promise((r) => server.close(r)) };
+}
+
+test('a decision arrives signed; the receiver verifies it; the same delivery replayed, a tampered body, an old timestamp and a wrong secret are refused', async () => {
+  const r = await receiver(() => 204);
+  const t = new WebhookTrigger({ type: 'webhook', url: r.url, secret: SECRET }, silentLogger, '/');
+  try {
+    await t.push({ service: 'orders', desired: 4, current: 2 });
+    assert.equal(r.got.length, 1);
+    const first = r.got[0]!;
+    assert.ok(first.verdict.ok, JSON.stringify(first.verdict));
+    assert.equal((first.verdict as { payload: Record<string, unknown> }).payload["desired"], 4);
+    assert.equal(t.last?.ok, true);
+    // The same bytes again (a replay): refused, the id was seen.
+    assert.deepEqual(verifyWebhook(SECRET, first.header, first.body, { seen: r.seen }), { ok: false, reason: `replayed delivery ${JSON.parse(first.body).id}` });
+    // Tampered: one digit changed.
+    assert.equal(verifyWebhook(SECRET, first.header, first.body.replace('"desired":4', '"desired":9'), { seen: new Map() }).ok, false);
+    // Signed correctly but long ago.
+    const old = Math.floor(Date.now() / 1000) - 3600;
+    const oldBody = JSON.stringify({ id: 'x1', desired: 1 });
+    assert.match((verifyWebhook(SECRET, signature(SECRET, old, oldBody), oldBody) as { reason: string }).reason, /outside the 300 s tolerance/);
+    assert.equal(verifyWebhook('another-secret-123456', first.header, first.body, { seen: new Map() }).ok, false);
+    assert.equal(verifyWebhook(SECRET, 'garbage', first.body).ok, false);
+    assert.equal(verifyWebhook(SECRET, undefined, first.body).ok, false);
+  } finally {
+    await t.close();
+    await r.close();
+  }
+});
+
+test('delivery is retried on 503 with backoff and succeeds; a 400 is not retried; dry_run is marked in the body', async () => {
+  const r = await receiver((n) => (n < 2 ? 503 : 200));
+  const t = new WebhookTrigger({ type: 'webhook', url: r.url, secret: SECRET, retries: 3, dry_run: true }, silentLogger, '/');
+  try {
+    await t.push({ service: 'orders', desired: 3 });
+    assert.equal(r.got.length, 3);
+    assert.equal(t.last?.ok, true);
+    assert.equal(JSON.parse(r.got[2]!.body).dry_run, true);
+    assert.notEqual(JSON.parse(r.got[0]!.body).id, undefined);
+  } finally {
+    await t.close();
+    await r.close();
+  }
+  const bad = await receiver(() => 400);
+  const t2 = new WebhookTrigger({ type: 'webhook', url: bad.url, secret: SECRET, retries: 3 }, silentLogger, '/');
+  try {
+    await t2.push({ service: 'orders', desired: 3 });
+    assert.equal(bad.got.length, 1);
+    assert.equal(t2.last?.ok, false);
+    assert.equal(t2.last?.status, 400);
+  } finally {
+    await t2.close();
+    await bad.close();
+  }
+});
+
+test('an unreachable receiver: bounded retries, reported, never thrown', async () => {
+  const t = new WebhookTrigger({ type: 'webhook', url: 'http://127.0.0.1:1/hook', secret: SECRET, retries: 1 }, silentLogger, '/');
+  try {
+    await t.push({ service: 'orders', desired: 3 });
+    assert.equal(t.last?.ok, false);
+    assert.ok(t.last?.error);
+  } finally {
+    await t.close();
+  }
+});
+
+test('demand meter: counts, errors, busy time, p95 within 5%, merged across processes', () => {
+  const a = new DemandMeter();
+  const b = new DemandMeter();
+  for (let i = 1; i <= 100; i++) a.record('orders', i === 100 ? 502 : 200, i);
+  for (let i = 1; i <= 100; i++) b.record('orders', 200, i);
+  a.merge(b.drain());
+  const c = a.drain()['orders']!;
+  assert.equal(c.n, 200);
+  assert.equal(c.errors, 1);
+  assert.equal(c.busyMs, 2 * 5050);
+  const p95 = quantile(c.hist, 0.95);
+  assert.ok(p95 >= 95 && p95 <= 95 * 1.05 + 1, `p95 ${p95}`);
+  assert.deepEqual(a.drain(), {}, 'drained');
+  assert.equal(quantile({}, 0.95), 0);
+});

@@ -1,0 +1,112 @@
+/**
+ * The webhook trigger: a JSON POST per change of a service's desired replicas, signed like
+ * Stripe's webhooks so a receiver can check who sent it and when:
+ *
+ *   X-Turnpike-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+ *
+ * The body carries a unique `id` per delivery attempt (and `decision`, the same across the
+ * retries of one decision); `verifyWebhook` (for receivers, and the tests) refuses a bad
+ * signature, a timestamp outside the tolerance (default 300 s) and an id it has seen (replay).
+ * Delivery retries with exponential backoff on network errors, 408, 429 and 5xx; a newer
+ * decision for the same trigger replaces a delivery still retrying (only the latest counts).
+ */
+import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { Agent, request } from 'undici';
+import type { Logger } from '../core/log.js';
+import { parseDuration } from '../config/units.js';
+import type { TriggerConfig } from './schema.js';
+
+export const SIGNATURE_HEADER = 'x-turnpike-signature';
+
+export function signature(secret: string, timestamp: number, body: string): string {
+  return `t=${timestamp},v1=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
+}
+
+export type VerifyResult = { ok: true; payload: Record<string, unknown> } | { ok: false; reason: string };
+
+/**
+ * Checks a received webhook: the signature over the raw body, its age, and that its id was not
+ * seen before (`seen` is the receiver's memory of ids, pruned here to the tolerance window).
+ */
+export function verifyWebhook(secret: string, header: string | undefined, body: string, opts: { nowS?: number; toleranceS?: number; seen?: Map<string, number> } = {}): VerifyResult {
+  const now = opts.nowS ?? Math.floor(Date.now() / 1000);
+  const tolerance = opts.toleranceS ?? 300;
+  const m = /^t=(\d{1,12}),v1=([0-9a-f]{64})$/.exec(header ?? '');
+  if (!m) return { ok: false, reason: 'no or malformed signature header' };
+  const t = Number(m[1]);
+  const want = createHmac('sha256', secret).update(`${t}.${body}`).digest();
+  if (!timingSafeEqual(want, Buffer.from(m[2]!, 'hex'))) return { ok: false, reason: 'signature mismatch' };
+  if (Math.abs(now - t) > tolerance) return { ok: false, reason: `timestamp ${t} is outside the ${tolerance} s tolerance` };
+  let payload: Record<string, unknown>;
+  try {
+    payload = JSON.parse(body) as Record<string, unknown>;
+  } catch {
+    return { ok: false, reason: 'the body is not JSON' };
+  }
+  const id = typeof payload['id'] === 'string' ? payload['id'] : '';
+  if (id === '') return { ok: false, reason: 'no id' };
+  if (opts.seen) {
+    for (const [k, at] of opts.seen) if (at < now - tolerance) opts.seen.delete(k);
+    if (opts.seen.has(id)) return { ok: false, reason: `replayed delivery ${id}` };
+    opts.seen.set(id, t);
+  }
+  return { ok: true, payload };
+}
+
+type WebhookConfig = Extract<TriggerConfig, { type: 'webhook' }>;
+
+export class WebhookTrigger {
+  private readonly agent: Agent;
+  private readonly timeoutMs: number;
+  private generation = 0;
+  /** The last delivery's outcome (for /api/scaling). */
+  last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
+
+  constructor(private readonly cfg: WebhookConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string) {
+    const ca = cfg.ca_file ? readFileSync(cfg.ca_file.startsWith('/') ? cfg.ca_file : `${baseDir}/${cfg.ca_file}`) : undefined;
+    this.agent = new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
+    this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
+  }
+
+  /** Sends `payload` (with a fresh id); resolves when delivered, given up, or superseded. */
+  async push(payload: Record<string, unknown>): Promise<void> {
+    const gen = ++this.generation;
+    const decision = randomUUID();
+    const retries = this.cfg.retries ?? 3;
+    for (let attempt = 0; ; attempt++) {
+      let status: number | undefined;
+      let error: string | undefined;
+      try {
+        // Every attempt is its own delivery (id, timestamp): a receiver that refused one as
+        // seen or failed it can take the next; `decision` is the same across attempts.
+        const body = JSON.stringify({ id: randomUUID(), decision, ...payload, ...(this.cfg.dry_run ? { dry_run: true } : {}) });
+        const ts = Math.floor(Date.now() / 1000);
+        const r = await request(this.cfg.url, {
+          method: 'POST', dispatcher: this.agent, body,
+          headers: { 'content-type': 'application/json', 'user-agent': 'turnpike-scaling', [SIGNATURE_HEADER]: signature(this.cfg.secret, ts, body) },
+          headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs,
+        });
+        status = r.statusCode;
+        await r.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+      } catch (err) {
+        error = (err as Error).message;
+      }
+      const ok = status !== undefined && status >= 200 && status < 300;
+      const retryable = !ok && (status === undefined || status === 408 || status === 429 || status >= 500);
+      this.last = { at: new Date().toISOString(), desired: Number(payload['desired']), ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
+      if (ok) return;
+      if (!retryable || attempt >= retries || gen !== this.generation) {
+        this.log.warn({ url: this.cfg.url, status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+      if (gen !== this.generation) return; // a newer decision is on its way
+    }
+  }
+
+  async close(): Promise<void> {
+    this.generation++;
+    await this.agent.close();
+  }
+}
