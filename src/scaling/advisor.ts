@@ -11,7 +11,9 @@
 import { performance } from 'node:perf_hooks';
 import { availableParallelism } from 'node:os';
 import type { Logger } from '../core/log.js';
-import { DemandMeter, quantile, type DemandCounts } from './meter.js';
+import { DemandMeter, quantile, type Demand, type DemandCounts } from './meter.js';
+import { SharedDemand } from './shared.js';
+import type { Cluster, Redis } from 'ioredis';
 import { Recommender, type Recommendation, type Sample } from './recommender.js';
 import type { ScalingPolicyConfig, ScalingSettings } from './policy.js';
 import { WebhookTrigger } from './webhook.js';
@@ -22,14 +24,33 @@ export interface ScaledService {
   scaling: ScalingPolicyConfig | null;
   /** Targets of the service not marked down (the replicas the gateway sees). */
   healthyTargets(): number;
+  /** Requests of this process waiting for a bulkhead slot of the service. */
+  queued(): number;
+  /** The service's route names (per-route signals). */
+  routes: readonly string[];
 }
 
 /** What a worker sends every tick: its drained demand and its own load. */
 export interface WorkerDemand {
-  counts: Record<string, DemandCounts>;
+  counts: Demand;
+  /** Requests waiting for a bulkhead slot, per service, now. */
+  queued: Record<string, number>;
   elu: number;
   cpuMs: number;
 }
+
+/** One interval's figures for a service or a route. */
+function signals(c: DemandCounts | undefined, dtS: number) {
+  return {
+    rps: (c?.n ?? 0) / dtS,
+    concurrency: (c?.busyMs ?? 0) / 1000 / dtS,
+    latencyMeanMs: c && c.n > 0 ? c.busyMs / c.n : 0,
+    latencyP95Ms: c ? quantile(c.hist, 0.95) : 0,
+    errorRate: c && c.n > 0 ? c.errors / c.n : 0,
+    timeoutRate: c && c.n > 0 ? c.timeouts / c.n : 0,
+  };
+}
+const r3 = (v: number) => Math.round(v * 1000) / 1000;
 
 interface Entry {
   key: string;
@@ -39,7 +60,8 @@ interface Entry {
   recommender: Recommender;
   webhooks: WebhookTrigger[];
   kubernetes: KubernetesTrigger | null;
-  signals: Sample | null;
+  signals: (Sample & { timeoutRate: number; queued: number }) | null;
+  routes: Record<string, ReturnType<typeof signals>>;
   decision: Recommendation | null;
   pushed: number | null;
   pushedAt: number;
@@ -57,6 +79,8 @@ export class ScalingAdvisor {
   private elu = performance.eventLoopUtilization();
   private cpu = process.cpuUsage();
   private workerLoad: { elu: number; cpuMs: number }[] = [];
+  private workerQueued: Record<string, number> = {};
+  private shared: SharedDemand | null = null;
   private gatewayView = { utilization: 0, elu: 0, cpu: 0, desiredNodes: 1, reason: 'no data yet' };
 
   constructor(private readonly log: Pick<Logger, 'info' | 'warn' | 'error'>, private readonly clock: () => number = Date.now) {
@@ -92,6 +116,7 @@ export class ScalingAdvisor {
         key: cfg.key, triggersKey, cfg, service, webhooks, kubernetes,
         recommender: keep ? old.recommender : new Recommender(cfg.policy, this.clock),
         signals: keep ? old.signals : null,
+        routes: keep ? old.routes : {},
         decision: keep ? old.decision : null,
         pushed: keepTriggers ? old.pushed : null,
         pushedAt: keepTriggers ? old.pushedAt : 0,
@@ -119,6 +144,14 @@ export class ScalingAdvisor {
   fromWorker(d: WorkerDemand): void {
     this.meter.merge(d.counts);
     this.workerLoad.push({ elu: d.elu, cpuMs: d.cpuMs });
+    for (const [svc, n] of Object.entries(d.queued)) this.workerQueued[svc] = (this.workerQueued[svc] ?? 0) + n;
+  }
+
+  /** Nodes sharing this Redis decide on the cluster's traffic together (src/scaling/shared.ts); null: this node alone. */
+  share(client: Redis | Cluster | null, prefix: string, nodeId: string): void {
+    if (client === (this.shared?.client ?? null)) return;
+    void this.shared?.leave();
+    this.shared = client ? new SharedDemand(client, prefix, nodeId, this.log) : null;
   }
 
   /** One decision round (the timer calls it; tests may too). */
@@ -129,27 +162,33 @@ export class ScalingAdvisor {
       const now = this.clock();
       const dtS = Math.max(0.001, (now - this.lastTick) / 1000);
       this.lastTick = now;
-      const counts = this.meter.drain();
-      this.gatewayTick(dtS);
+      const demand = this.meter.drain();
+      const queued = this.workerQueued;
+      this.workerQueued = {};
+      const own = this.gatewayTick(dtS);
+      if (this.shared) {
+        // The other nodes' ticks join this one: every node decides on the cluster's traffic.
+        const others = await this.shared.exchange({ counts: demand.services, routes: demand.routes, utilization: own }, this.settings.intervalMs);
+        const all = new DemandMeter();
+        all.merge(demand);
+        for (const o of others) all.merge({ services: o.counts, routes: o.routes });
+        Object.assign(demand, all.drain());
+        this.clusterTick(own, others.map((o) => o.utilization));
+      }
       let changed = false;
       await Promise.all([...this.entries.values()].map(async (e) => {
-        const c = counts[e.service.name];
-        const sample: Sample = {
-          at: now,
-          rps: (c?.n ?? 0) / dtS,
-          concurrency: (c?.busyMs ?? 0) / 1000 / dtS,
-          latencyMeanMs: c && c.n > 0 ? c.busyMs / c.n : 0,
-          latencyP95Ms: c ? quantile(c.hist, 0.95) : 0,
-          errorRate: c && c.n > 0 ? c.errors / c.n : 0,
-        };
+        const sig = signals(demand.services[e.service.name], dtS);
+        const sample = { at: now, ...sig, queued: (queued[e.service.name] ?? 0) + e.service.queued() };
         e.signals = sample;
+        e.routes = Object.fromEntries(e.service.routes.map((r) => [r, signals(demand.routes[r], dtS)]));
         e.recommender.observe(sample);
         if (e.cfg.currentFrom === 'trigger' && e.kubernetes) await e.kubernetes.read();
         const current = e.cfg.currentFrom === 'trigger' && e.kubernetes?.current != null ? e.kubernetes.current : e.service.healthyTargets();
         const d = e.recommender.recommend(current);
         if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
         e.decision = d;
-        await this.push(e, now);
+        // With other nodes, one of them (the lease holder) pushes.
+        if (this.shared === null || this.shared.leader) await this.push(e, now);
       }));
       if (changed) for (const l of this.listeners) l();
     } catch (err) {
@@ -177,7 +216,8 @@ export class ScalingAdvisor {
     ]);
   }
 
-  private gatewayTick(dtS: number): void {
+  /** This node's utilisation over the interval (and its own node recommendation). */
+  private gatewayTick(dtS: number): number {
     const g = this.settings!.gateway;
     const elu = performance.eventLoopUtilization(this.elu).utilization;
     this.elu = performance.eventLoopUtilization();
@@ -195,14 +235,25 @@ export class ScalingAdvisor {
       utilization, elu: maxElu, cpu: cpuShare, desiredNodes: desired,
       reason: `max(event-loop ${maxElu.toFixed(2)}, cpu ${cpuShare.toFixed(2)}) / target ${g.targetUtilization} per node`,
     };
+    return utilization;
+  }
+
+  /** With other nodes: their utilisation too — desired nodes = ceil(sum of utilisations / target). */
+  private clusterTick(own: number, others: number[]): void {
+    const g = this.settings!.gateway;
+    const nodes = this.shared?.nodes ?? 1;
+    // (a node whose entry did not change since the last look still counts with its last figure)
+    const total = own + others.reduce((a, b) => a + b, 0) * (nodes - 1) / Math.max(1, others.length || nodes - 1);
+    const desired = Math.min(g.maxNodes, Math.max(g.minNodes, Math.ceil(total / g.targetUtilization)));
+    this.gatewayView = { ...this.gatewayView, desiredNodes: desired, reason: `${nodes} nodes, utilisation sum ${total.toFixed(2)} / target ${g.targetUtilization}` };
   }
 
   private signalsOf(e: Entry): Record<string, number> {
     const s = e.signals;
-    const r = (v: number, k = 1000) => Math.round(v * k) / k;
     return {
-      rps: r(s?.rps ?? 0), concurrency: r(s?.concurrency ?? 0), latency_mean_ms: r(s?.latencyMeanMs ?? 0),
-      latency_p95_ms: r(s?.latencyP95Ms ?? 0), error_rate: r(s?.errorRate ?? 0), healthy_targets: e.service.healthyTargets(),
+      rps: r3(s?.rps ?? 0), concurrency: r3(s?.concurrency ?? 0), latency_mean_ms: r3(s?.latencyMeanMs ?? 0),
+      latency_p95_ms: r3(s?.latencyP95Ms ?? 0), error_rate: r3(s?.errorRate ?? 0), timeout_rate: r3(s?.timeoutRate ?? 0),
+      queued: s?.queued ?? 0, healthy_targets: e.service.healthyTargets(),
     };
   }
 
@@ -213,6 +264,9 @@ export class ScalingAdvisor {
       services: [...this.entries.values()].map((e) => ({
         name: e.service.name,
         signals: this.signalsOf(e),
+        routes: Object.entries(e.routes).map(([name, x]) => ({
+          name, rps: r3(x.rps), concurrency: r3(x.concurrency), latency_mean_ms: r3(x.latencyMeanMs), latency_p95_ms: r3(x.latencyP95Ms), error_rate: r3(x.errorRate), timeout_rate: r3(x.timeoutRate),
+        })),
         windows: e.decision ? { stable_concurrency: e.decision.stableConcurrency, panic_concurrency: e.decision.panicConcurrency, little_concurrency: e.decision.littleConcurrency } : null,
         current_replicas: e.decision?.current ?? null,
         desired_replicas: e.decision?.desired ?? null,
@@ -224,6 +278,7 @@ export class ScalingAdvisor {
           ...(e.kubernetes ? [{ type: 'kubernetes', current: e.kubernetes.current, last: e.kubernetes.last }] : []),
         ],
       })),
+      cluster: { nodes: this.shared?.nodes ?? 1, shared: this.shared !== null, pushes_triggers: this.shared === null || this.shared.leader },
       gateway: {
         utilization: this.gatewayView.utilization, event_loop_utilization: this.gatewayView.elu, cpu: this.gatewayView.cpu,
         desired_nodes: this.gatewayView.desiredNodes, reason: this.gatewayView.reason,
@@ -260,6 +315,8 @@ export class ScalingAdvisor {
   }
 
   async close(): Promise<void> {
+    await this.shared?.leave();
+    this.shared = null;
     clearInterval(this.timer);
     this.timer = undefined;
     this.listeners.clear();

@@ -1,8 +1,8 @@
 /**
- * Demand per service, counted where requests end (Observer.end) and drained every scaling tick:
+ * Demand per service and per route, counted where requests end (Observer.end) and drained every scaling tick:
  * requests, upstream errors (5xx from the upstream, and the gateway's own 502/503/504), busy
  * time (the sum of request durations: over a tick it is the tick's mean concurrency by Little's
- * law, each request counted in the tick it ends in) and a log-bucket latency histogram (5%
+ * law, each request counted in the tick it ends in), 504s (timeouts) and a log-bucket latency histogram (5%
  * relative accuracy) for p95. Workers send their drained counts to the primary, which merges them.
  */
 
@@ -10,6 +10,8 @@
 export interface DemandCounts {
   n: number;
   errors: number;
+  /** 504s: the upstream (or a composition step) timed out. */
+  timeouts: number;
   busyMs: number;
   /** Sparse histogram: bucket index -> count. */
   hist: Record<number, number>;
@@ -21,40 +23,56 @@ const LOG_GAMMA = Math.log(GAMMA);
 const bucketOf = (ms: number): number => (ms <= 1 ? 0 : Math.min(400, Math.ceil(Math.log(ms) / LOG_GAMMA)));
 const upperOf = (i: number): number => GAMMA ** i;
 
+/** A tick's counts: per service, and per route. */
+export interface Demand {
+  services: Record<string, DemandCounts>;
+  routes: Record<string, DemandCounts>;
+}
+
+function add(map: Map<string, DemandCounts>, key: string): DemandCounts {
+  let c = map.get(key);
+  if (c === undefined) map.set(key, (c = { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {} }));
+  return c;
+}
+
+function mergeInto(map: Map<string, DemandCounts>, from: Record<string, DemandCounts>): void {
+  for (const [key, o] of Object.entries(from)) {
+    const c = add(map, key);
+    c.n += o.n;
+    c.errors += o.errors;
+    c.timeouts += o.timeouts ?? 0;
+    c.busyMs += o.busyMs;
+    for (const [b, k] of Object.entries(o.hist)) c.hist[Number(b)] = (c.hist[Number(b)] ?? 0) + k;
+  }
+}
+
 export class DemandMeter {
   private services = new Map<string, DemandCounts>();
+  private routes = new Map<string, DemandCounts>();
 
-  private of(service: string): DemandCounts {
-    let c = this.services.get(service);
-    if (c === undefined) this.services.set(service, (c = { n: 0, errors: 0, busyMs: 0, hist: {} }));
-    return c;
-  }
-
-  record(service: string, status: number, totalMs: number): void {
-    const c = this.of(service);
-    c.n++;
-    if (status >= 500) c.errors++;
-    c.busyMs += totalMs;
+  record(service: string, route: string, status: number, totalMs: number): void {
     const b = bucketOf(totalMs);
-    c.hist[b] = (c.hist[b] ?? 0) + 1;
+    for (const c of [add(this.services, service), add(this.routes, route)]) {
+      c.n++;
+      if (status >= 500) c.errors++;
+      if (status === 504) c.timeouts++;
+      c.busyMs += totalMs;
+      c.hist[b] = (c.hist[b] ?? 0) + 1;
+    }
   }
 
   /** This tick's counts (and a fresh start). */
-  drain(): Record<string, DemandCounts> {
-    const out = Object.fromEntries(this.services);
+  drain(): Demand {
+    const out = { services: Object.fromEntries(this.services), routes: Object.fromEntries(this.routes) };
     this.services = new Map();
+    this.routes = new Map();
     return out;
   }
 
-  /** Adds another process's drained counts. */
-  merge(counts: Record<string, DemandCounts>): void {
-    for (const [service, o] of Object.entries(counts)) {
-      const c = this.of(service);
-      c.n += o.n;
-      c.errors += o.errors;
-      c.busyMs += o.busyMs;
-      for (const [b, k] of Object.entries(o.hist)) c.hist[Number(b)] = (c.hist[Number(b)] ?? 0) + k;
-    }
+  /** Adds another process's (or node's) drained counts. */
+  merge(d: Demand): void {
+    mergeInto(this.services, d.services);
+    mergeInto(this.routes, d.routes);
   }
 }
 

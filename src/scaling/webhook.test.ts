@@ -97,15 +97,19 @@ test('an unreachable receiver: bounded retries, reported, never thrown', async (
 test('demand meter: counts, errors, busy time, p95 within 5%, merged across processes', () => {
   const a = new DemandMeter();
   const b = new DemandMeter();
-  for (let i = 1; i <= 100; i++) a.record('orders', i === 100 ? 502 : 200, i);
-  for (let i = 1; i <= 100; i++) b.record('orders', 200, i);
+  for (let i = 1; i <= 100; i++) a.record('orders', 'list', i === 100 ? 504 : 200, i);
+  for (let i = 1; i <= 100; i++) b.record('orders', i % 2 ? 'list' : 'get', 200, i);
   a.merge(b.drain());
-  const c = a.drain()['orders']!;
+  const d = a.drain();
+  const c = d.services['orders']!;
   assert.equal(c.n, 200);
   assert.equal(c.errors, 1);
+  assert.equal(c.timeouts, 1);
+  assert.equal(d.routes['list']!.n, 150);
+  assert.equal(d.routes['get']!.n, 50);
   assert.equal(c.busyMs, 2 * 5050);
   const p95 = quantile(c.hist, 0.95);
   assert.ok(p95 >= 95 && p95 <= 95 * 1.05 + 1, `p95 ${p95}`);
-  assert.deepEqual(a.drain(), {}, 'drained');
+  assert.deepEqual(a.drain(), { services: {}, routes: {} }, 'drained');
   assert.equal(quantile({}, 0.95), 0);
 });

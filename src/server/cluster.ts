@@ -398,7 +398,9 @@ export async function runWorker(log: Logger): Promise<number> {
     elu = performance.eventLoopUtilization();
     const c = process.cpuUsage(cpu);
     cpu = process.cpuUsage();
-    send({ tp: 'demand', counts: gw.demand.drain(), elu: e, cpuMs: (c.user + c.system) / 1000 });
+    const queued: Record<string, number> = {};
+    for (const svc of gw.snapshot.services) if (svc.state.queue.length > 0) queued[svc.name] = svc.state.queue.length;
+    send({ tp: 'demand', counts: gw.demand.drain(), queued, elu: e, cpuMs: (c.user + c.system) / 1000 });
   }, 1000);
   demandTimer.unref();
   const a = gw.proxyAddress!;

@@ -28,6 +28,7 @@ import { createAdminHandler } from './admin.js';
 import { ScalingAdvisor } from '../scaling/advisor.js';
 import { DemandMeter } from '../scaling/meter.js';
 import { startKedaServer } from '../scaling/keda.js';
+import { NODE_ID } from '../core/node-id.js';
 import { createEchoServer } from '../demo/echo.js';
 import { PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { silentLogger, type Logger } from '../core/log.js';
@@ -251,6 +252,8 @@ export class Gateway implements RequestContext {
   private shareAnalytics(): void {
     const redis = this.counters.redis;
     const settings = this.snapshot.observability.analytics;
+    // Scaling shares demand across the nodes of this Redis too.
+    this.scaling?.share(redis instanceof RedisStore ? redis.client : null, redis instanceof RedisStore ? redis.prefix : '', NODE_ID);
     const want = this.role !== 'worker' && redis instanceof RedisStore && settings !== null;
     if (want && this.shared?.client === (redis as RedisStore).client && this.shared.publishMs === settings.publishMs) return;
     this.shared?.stop();
@@ -797,6 +800,8 @@ export class Gateway implements RequestContext {
       name: svc.name,
       scaling: svc.scaling,
       healthyTargets: () => svc.targets.filter((t) => !t.state.down).length,
+      queued: () => svc.state.queue.length,
+      routes: snap.routes.filter((r) => r.service === svc).map((r) => r.name),
     })));
   }
 

@@ -1,0 +1,90 @@
+/** Scaling across nodes sharing a real redis-server: every node sees the cluster's demand; one node (the lease holder) pushes. */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { Redis } from 'ioredis';
+import { silentLogger } from '../core/log.js';
+import { startRedis, type RedisServer } from '../../test/redis-server.js';
+import { ScalingAdvisor, type ScaledService } from './advisor.js';
+import { scalingPolicyOf, type ScalingSettings } from './policy.js';
+
+let redis: RedisServer;
+const clients: Redis[] = [];
+before(async () => { redis = await startRedis(); });
+after(async () => {
+  for (const c of clients) c.disconnect();
+  await redis?.stop();
+});
+
+const settings: ScalingSettings = { intervalMs: 60_000, keda: null, gateway: { targetUtilization: 0.7, minNodes: 1, maxNodes: 10 }, baseDir: '/' };
+const fail = (p: unknown, m: string) => { throw new Error(m); };
+
+function node(id: string, clock: () => number): ScalingAdvisor {
+  const a = new ScalingAdvisor(silentLogger, clock);
+  const service: ScaledService = {
+    name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0,
+    scaling: scalingPolicyOf({ target_concurrency: 2, target_utilization: 1, min_replicas: 1, max_replicas: 20, stable_window: '10s', panic_window: '2s' }, fail),
+  };
+  a.configure(settings, [service]);
+  const c = new Redis({ port: redis.port, host: '127.0.0.1', lazyConnect: false });
+  clients.push(c);
+  a.share(c, 'tp-test:', id);
+  return a;
+}
+
+test('two nodes, each with half the traffic: both decide on the sum; exactly one holds the lease; a node that leaves hands it over', async () => {
+  let now = 1_000_000;
+  const clock = () => now;
+  const a = node('node-a', clock);
+  const b = node('node-b', clock);
+  try {
+    for (let tick = 0; tick < 6; tick++) {
+      now += 1000;
+      // Each node: 10 requests of 400 ms in the interval -> 4 in flight on each, 8 in all.
+      for (let i = 0; i < 10; i++) {
+        a.meter.record('orders', 'list', 200, 400);
+        b.meter.record('orders', 'list', 200, 400);
+      }
+      await a.tick();
+      await b.tick();
+    }
+    const ra = a.report() as { services: { signals: { rps: number; concurrency: number }; desired_replicas: number; routes: { name: string; rps: number }[] }[]; cluster: { nodes: number; pushes_triggers: boolean } };
+    const rb = b.report() as typeof ra;
+    // b merged a's tick of this round, a merged b's previous one: both see ~20 rps / 8 in flight.
+    assert.equal(rb.services[0]!.signals.rps, 20);
+    assert.equal(rb.services[0]!.signals.concurrency, 8);
+    assert.equal(ra.services[0]!.signals.rps, 20);
+    assert.equal(ra.services[0]!.routes[0]!.rps, 20);
+    assert.equal(ra.services[0]!.desired_replicas, 4, '8 in flight / 2 per replica');
+    assert.equal(rb.services[0]!.desired_replicas, 4);
+    assert.equal(ra.cluster.nodes, 2);
+    assert.equal([ra.cluster.pushes_triggers, rb.cluster.pushes_triggers].filter(Boolean).length, 1, 'one leader');
+    const leader = ra.cluster.pushes_triggers ? a : b;
+    const other = leader === a ? b : a;
+    await leader.close();
+    now += 1000;
+    await other.tick();
+    assert.equal((other.report() as typeof ra).cluster.pushes_triggers, true, 'the lease passes on');
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+test('redis down: a node decides alone on its own traffic and pushes', async () => {
+  let now = 2_000_000;
+  const a = new ScalingAdvisor(silentLogger, () => now);
+  a.configure(settings, [{ name: 'orders', routes: [], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf({ target_concurrency: 2, target_utilization: 1 }, fail) }]);
+  const dead = new Redis({ port: 1, host: '127.0.0.1', lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  clients.push(dead);
+  a.share(dead, 'tp-test:', 'lonely');
+  try {
+    now += 1000;
+    for (let i = 0; i < 10; i++) a.meter.record('orders', 'x', 200, 400);
+    await a.tick();
+    const r = a.report() as { services: { signals: { rps: number } }[]; cluster: { nodes: number; pushes_triggers: boolean } };
+    assert.equal(r.services[0]!.signals.rps, 10);
+    assert.deepEqual([r.cluster.nodes, r.cluster.pushes_triggers], [1, true]);
+  } finally {
+    await a.close();
+  }
+});

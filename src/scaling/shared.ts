@@ -1,0 +1,103 @@
+/**
+ * Scaling across gateway nodes sharing Redis: each node's advisor publishes, every tick, the
+ * demand it counted (per service and per route) and its own utilisation into one Redis hash (a
+ * field per node), and merges what the other nodes published since it last looked (each entry
+ * once: a sequence number per node), so every node's recommenders see the whole cluster's
+ * traffic. One node — the holder of a lease key (SET NX PX, renewed by its holder) — pushes the
+ * triggers; the others compute the same decisions for KEDA, the gauges and /api/scaling.
+ * Redis down: each node decides on its own traffic, and pushes (logged once a minute).
+ */
+import type { Cluster, Redis } from 'ioredis';
+import type { Logger } from '../core/log.js';
+import type { DemandCounts } from './meter.js';
+
+export interface NodeDemand {
+  seq: number;
+  at: number;
+  counts: Record<string, DemandCounts>;
+  routes: Record<string, DemandCounts>;
+  utilization: number;
+}
+
+// Renews the lease only for its holder (so a node that lost it never steals it back by renewing).
+const RENEW = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end`;
+
+export class SharedDemand {
+  private readonly key: string;
+  private readonly leaseKey: string;
+  private seq = 0;
+  private readonly seen = new Map<string, number>();
+  private lastError = 0;
+  leader = true;
+  /** Nodes with a fresh entry, this one included. */
+  nodes = 1;
+
+  constructor(readonly client: Redis | Cluster, prefix: string, private readonly nodeId: string, private readonly log: Pick<Logger, 'warn'>, private readonly timeoutMs = 1000) {
+    this.key = `${prefix}{scaling}`;
+    this.leaseKey = `${prefix}{scaling}:leader`;
+  }
+
+  private bounded<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`redis did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
+    });
+  }
+
+  /**
+   * Publishes this node's tick and returns the other nodes' entries not merged before (fresh
+   * ones: within three intervals). Never rejects: on a Redis error, nothing from others.
+   */
+  async exchange(mine: Omit<NodeDemand, 'seq' | 'at'>, intervalMs: number): Promise<NodeDemand[]> {
+    const now = Date.now();
+    const entry: NodeDemand = { seq: ++this.seq, at: now, ...mine };
+    try {
+      const lease = Math.max(3 * intervalMs, 1000);
+      const [, all, got, renewed] = await this.bounded(Promise.all([
+        this.client.hset(this.key, this.nodeId, JSON.stringify(entry)),
+        this.client.hgetall(this.key),
+        this.client.set(this.leaseKey, this.nodeId, 'PX', lease, 'NX'),
+        this.client.eval(RENEW, 1, this.leaseKey, this.nodeId, String(lease)),
+      ]));
+      this.leader = got === 'OK' || renewed === 1;
+      const out: NodeDemand[] = [];
+      const forget: string[] = [];
+      let nodes = 1;
+      for (const [node, text] of Object.entries(all)) {
+        if (node === this.nodeId) continue;
+        let e: NodeDemand;
+        try {
+          e = JSON.parse(text) as NodeDemand;
+        } catch {
+          forget.push(node);
+          continue;
+        }
+        if (now - e.at > 60_000) forget.push(node);
+        if (now - e.at > 3 * intervalMs) continue;
+        nodes++;
+        if ((this.seen.get(node) ?? 0) >= e.seq) continue;
+        this.seen.set(node, e.seq);
+        out.push(e);
+      }
+      this.nodes = nodes;
+      if (forget.length) void this.client.hdel(this.key, ...forget).catch(() => {});
+      return out;
+    } catch (err) {
+      this.leader = true; // alone: this node decides and pushes for its own traffic
+      this.nodes = 1;
+      if (now - this.lastError > 60_000) {
+        this.lastError = now;
+        this.log.warn({ err: (err as Error).message }, 'scaling: cannot share demand through redis; deciding on this node\'s traffic only');
+      }
+      return [];
+    }
+  }
+
+  /** Leaves the cluster view at once (stop). */
+  async leave(): Promise<void> {
+    await this.bounded(Promise.all([
+      this.client.hdel(this.key, this.nodeId),
+      this.client.eval(`if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end`, 1, this.leaseKey, this.nodeId),
+    ])).catch(() => undefined);
+  }
+}
