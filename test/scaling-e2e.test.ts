@@ -234,7 +234,7 @@ slo: {p95: 60ms}`, `scaling: {interval: 500ms, keda: {listen: "127.0.0.1:${kedaP
     // Scale-down at most halves per decision: 4 -> 2 -> 1, never 4 -> 1.
     const ds = history.map((h) => h.desired);
     for (let i = 1; i < ds.length; i++) if (ds[i]! < ds[i - 1]!) assert.ok(ds[i]! >= Math.floor(ds[i - 1]! / 2), `halving at most: ${ds.join(',')}`);
-    assert.deepEqual(Object.keys(svc.signals).sort(), ['concurrency', 'error_rate', 'healthy_targets', 'latency_mean_ms', 'latency_p95_ms', 'rps']);
+    assert.deepEqual(Object.keys(svc.signals).sort(), ['concurrency', 'error_rate', 'healthy_targets', 'latency_mean_ms', 'latency_p95_ms', 'queued', 'rps', 'timeout_rate']);
     const errors = latencies.filter((l) => l.status !== 200).length;
     assert.ok(errors <= latencies.length * 0.01, `${errors} of ${latencies.length} requests failed while scaling`);
     const metrics = (await request(`${tp.admin}/metrics`)).body;

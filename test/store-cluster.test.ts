@@ -259,7 +259,12 @@ test('sqlite store: seeded from the file, the store is the truth after a restart
     { body: 'services: [{name: x, url: "http://127.0.0.1:1", bogus: 1}]', type: 'application/yaml' },
     { body: 'x'.repeat(9 * 1024 * 1024), type: 'application/yaml' },
   ]) {
-    const r = await undiciRequest(`http://127.0.0.1:${E.admin}/api/config`, { dispatcher: agent, method: 'PUT', headers: { ...auth, 'content-type': bad.type }, body: bad.body });
+    const r = await undiciRequest(`http://127.0.0.1:${E.admin}/api/config`, { dispatcher: agent, method: 'PUT', headers: { ...auth, 'content-type': bad.type }, body: bad.body }).catch((err: NodeJS.ErrnoException) => err);
+    // A body past the limit may be cut off by the 413 (the server answers and closes before the upload ends).
+    if (r instanceof Error) {
+      assert.ok(bad.body.length > 8 * 1024 * 1024 && /EPIPE|ECONNRESET|other side closed/.test(`${r.code} ${r.message}`), String(r));
+      continue;
+    }
     const text = await r.body.text();
     assert.ok(r.statusCode >= 400 && r.statusCode < 500, `${r.statusCode} ${text.slice(0, 200)}`);
     assert.equal(r.headers['content-type'], 'application/problem+json');

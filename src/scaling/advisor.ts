@@ -182,13 +182,14 @@ export class ScalingAdvisor {
         e.signals = sample;
         e.routes = Object.fromEntries(e.service.routes.map((r) => [r, signals(demand.routes[r], dtS)]));
         e.recommender.observe(sample);
-        if (e.cfg.currentFrom === 'trigger' && e.kubernetes) await e.kubernetes.read();
+        // (a slow API server never holds the tick: the read runs beside it, its answer counts next time)
+        if (e.cfg.currentFrom === 'trigger' && e.kubernetes) void e.kubernetes.read();
         const current = e.cfg.currentFrom === 'trigger' && e.kubernetes?.current != null ? e.kubernetes.current : e.service.healthyTargets();
         const d = e.recommender.recommend(current);
         if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
         e.decision = d;
         // With other nodes, one of them (the lease holder) pushes.
-        if (this.shared === null || this.shared.leader) await this.push(e, now);
+        if (this.shared === null || this.shared.leader) void this.push(e, now);
       }));
       if (changed) for (const l of this.listeners) l();
     } catch (err) {
@@ -198,7 +199,7 @@ export class ScalingAdvisor {
     }
   }
 
-  /** Pushes a changed desired count (and, to Kubernetes, again every 30 s while it differs from what runs). */
+  /** Pushes a changed desired count (and, to Kubernetes, again every 30 s while it differs from what runs). Never rejects; a webhook retrying is replaced by the next decision. */
   private async push(e: Entry, now: number): Promise<void> {
     const d = e.decision!;
     const stale = e.kubernetes !== null && e.kubernetes.current !== null && e.kubernetes.current !== d.desired && now - e.pushedAt > 30_000;

@@ -47,8 +47,15 @@ export class KubernetesTrigger {
     return { accept: 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...extra };
   }
 
-  /** Reads the scale subresource; updates `current`. */
-  async read(): Promise<number | null> {
+  private reading: Promise<number | null> | null = null;
+
+  /** Reads the scale subresource; updates `current` (one read at a time: callers share it). */
+  read(): Promise<number | null> {
+    this.reading ??= this.readOnce().finally(() => { this.reading = null; });
+    return this.reading;
+  }
+
+  private async readOnce(): Promise<number | null> {
     try {
       const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
       const text = await r.body.text();
@@ -63,8 +70,17 @@ export class KubernetesTrigger {
     }
   }
 
-  /** Sets spec.replicas. */
-  async push(desired: number): Promise<void> {
+  private pushing: Promise<void> = Promise.resolve();
+  private wanted = -1;
+
+  /** Sets spec.replicas: one PATCH at a time, in order; one superseded while waiting is skipped. */
+  push(desired: number): Promise<void> {
+    this.wanted = desired;
+    this.pushing = this.pushing.then(() => (this.wanted === desired ? this.patch(desired) : undefined));
+    return this.pushing;
+  }
+
+  private async patch(desired: number): Promise<void> {
     let status: number | undefined;
     let error: string | undefined;
     try {
