@@ -55,6 +55,11 @@ export interface ApiDeps {
    * logged, not answered (the write is committed).
    */
   onWritten?(stored: StoredConfig): Promise<unknown>;
+  /**
+   * The caller a request's console session stands for (undefined: none, so the bearer token
+   * decides); throws an ApiError (403) for a change without the session's CSRF token.
+   */
+  sessionCaller?(req: IncomingMessage, method: string): Caller | undefined;
 }
 
 export type ApiHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -563,7 +568,8 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
         throw new ApiError('bad-request', 'the request target is not a valid URL');
       }
       const tokens = typeof deps.tokens === 'function' ? deps.tokens() : deps.tokens;
-      const caller = authenticate(req.headers.authorization, tokens);
+      // A console session (cookie + CSRF token, src/console/) stands for its token when no Authorization is given.
+      const caller = (req.headers.authorization === undefined ? deps.sessionCaller?.(req, method) : undefined) ?? authenticate(req.headers.authorization, tokens);
       const endpoint = route(url.pathname, base);
       if (!endpoint) throw new ApiError('not-found', `no admin API endpoint ${url.pathname} (see ${base}/openapi.json)`);
       const allow = allowed(endpoint);

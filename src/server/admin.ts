@@ -31,6 +31,8 @@ export interface AdminView {
   analyticsStates(): Promise<{ states: AnalyticsState[]; nodes: number; error?: string }>;
   /** DELETE /cache: purges the response caches (every worker's). */
   purgeCache?(filter: PurgeFilter): Promise<{ purged: number }>;
+  /** The web console (`/console/`) and its sessions. */
+  console?: { handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void>; caller(req: IncomingMessage, method: string): { name: string; role: 'admin' | 'read-only' } | undefined } | null;
   /** GET /api/scaling (the single process or the primary). */
   scaling?: { enabled: boolean; report(): unknown } | null;
   /** The admin REST API (`/api/`, its own roles) and the config store's status. */
@@ -85,6 +87,10 @@ function sendJson(req: IncomingMessage, res: ServerResponse, status: number, val
 export function createAdminHandler(gw: AdminView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
+    if (gw.console && (path === '/console' || path.startsWith('/console/'))) {
+      void gw.console.handle(req, res, path);
+      return;
+    }
     // The admin REST API checks the same tokens itself, with roles per method.
     if (gw.control && (path === '/api' || path.startsWith('/api/')) && path !== '/api/scaling') {
       gw.control.api(req, res).catch((err: unknown) => {
@@ -95,7 +101,16 @@ export function createAdminHandler(gw: AdminView) {
     }
     const read = req.method === 'GET' || req.method === 'HEAD';
     const tokens = gw.snapshot.admin?.tokens ?? [];
-    const who = tokens.find((t) => authorized(req, t.token));
+    let who: { name: string; role: 'admin' | 'read-only' } | undefined = tokens.find((t) => authorized(req, t.token));
+    // A console session stands for its token (changes need its CSRF token).
+    if (who === undefined && tokens.length > 0 && req.headers.authorization === undefined && gw.console) {
+      try {
+        who = gw.console.caller(req, (req.method ?? 'GET').toUpperCase());
+      } catch (err) {
+        sendProblem(res, 'forbidden', (err as Error).message, undefined);
+        return;
+      }
+    }
     const authed = tokens.length === 0 || who !== undefined;
     // A read-only token reads; changes (DELETE /cache...) need an admin one.
     if (authed && who !== undefined && who.role !== 'admin' && !read) {

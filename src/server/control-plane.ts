@@ -21,7 +21,7 @@ import {
   ConfigSnapshot, FileStore, openStore, rawDocument, RevisionConflict, StoreUnavailable,
   type ConfigStore, type Revision, type StoredConfig,
 } from '../config/stores/index.js';
-import { createApiHandler, type ApiHandler } from '../admin/api.js';
+import { createApiHandler, type ApiDeps, type ApiHandler } from '../admin/api.js';
 import type { ApiToken } from '../admin/auth.js';
 import type { ControlView } from './gateway.js';
 import { documentValidator, effectiveText, nodePart } from '../admin/validate.js';
@@ -230,8 +230,9 @@ export class ControlPlane {
   }
 
   /** The `/api/` handler of this node's admin listener. */
-  api(tokens: () => readonly ApiToken[]): ApiHandler {
+  api(tokens: () => readonly ApiToken[], sessionCaller?: ApiDeps['sessionCaller']): ApiHandler {
     return createApiHandler({
+      ...(sessionCaller ? { sessionCaller } : {}),
       store: this.facade(),
       validate: (document) => documentValidator(this.node, { file: this.opts.file })(document),
       tokens,
@@ -274,7 +275,7 @@ export function fileControl(file: string, loaded: LoadedConfig, log: Logger): Co
   const store = new FileStore({ file: resolve(file), log });
   const node = nodePart(loaded.config as Record<string, unknown>);
   return {
-    api: (tokens) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log }),
+    api: (tokens, sessionCaller) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log, ...(sessionCaller ? { sessionCaller } : {}) }),
     status: () => ({ store: 'file', file: resolve(file) }),
   };
 }

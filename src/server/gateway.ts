@@ -29,6 +29,7 @@ import { ScalingAdvisor } from '../scaling/advisor.js';
 import { DemandMeter } from '../scaling/meter.js';
 import { startKedaServer } from '../scaling/keda.js';
 import { NODE_ID } from '../core/node-id.js';
+import { ConsoleHandler } from '../console/handler.js';
 import { createEchoServer } from '../demo/echo.js';
 import { PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { silentLogger, type Logger } from '../core/log.js';
@@ -65,7 +66,7 @@ export interface GatewayOptions {
 }
 
 export interface ControlView {
-  api(tokens: () => readonly AdminToken[]): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+  api(tokens: () => readonly AdminToken[], sessionCaller?: (req: IncomingMessage, method: string) => { name: string; role: 'admin' | 'read-only' } | undefined): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
   status(): Record<string, unknown>;
 }
 
@@ -190,6 +191,8 @@ export class Gateway implements RequestContext {
   readonly scaling: ScalingAdvisor | null;
   readonly demand: DemandMeter;
   private keda: { port: number; close(): Promise<void> } | null = null;
+  /** The web console on the admin listener (src/console/), null in a worker. */
+  readonly console: ConsoleHandler | null;
   /** The config store's admin API and status (a node with `store: sqlite|postgres`, or file). */
   control: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null = null;
 
@@ -236,9 +239,18 @@ export class Gateway implements RequestContext {
     this.scaling = this.role === 'worker' ? null : new ScalingAdvisor(this.log);
     this.demand = this.scaling?.meter ?? new DemandMeter();
     this.scaleTo(this.snapshot);
+    this.console = this.role === 'worker' ? null : new ConsoleHandler({
+      tokens: () => this.snapshot.admin?.tokens ?? [],
+      analyticsStates: () => this.analyticsStates(),
+      get inFlight() { return gwInFlight(); },
+      health: this.health,
+      metricsText: async () => (this.observer.metrics ? this.observer.metrics.text(this.collect ? (await this.collect()).metrics : []) : null),
+      scaling: this.scaling,
+    });
+    const gwInFlight = () => this.inFlight;
     if (opts.control) {
       const control = opts.control;
-      this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? []), status: () => control.status() };
+      this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? [], (req, method) => this.console?.caller(req, method)), status: () => control.status() };
     }
     this.useRedis(redis);
     this.shareAnalytics();
@@ -833,6 +845,7 @@ export class Gateway implements RequestContext {
       throw loaded.error([{ path: ['access_log'], message: (err as Error).message }]);
     }
     this.scaleTo(next);
+    if (JSON.stringify(prev.admin?.tokens) !== JSON.stringify(next.admin?.tokens)) queueMicrotask(() => this.console?.tokensChanged());
     if (JSON.stringify(prev.scaling?.keda) !== JSON.stringify(next.scaling?.keda)) this.log.warn({ setting: 'scaling.keda' }, 'scaling.keda changed: restart to apply it');
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;
@@ -909,6 +922,7 @@ export class Gateway implements RequestContext {
     this.proxy?.close(() => {});
     this.admin?.closeAllConnections();
     this.demo?.closeAllConnections();
+    this.console?.close();
     await Promise.all([closeServer(this.admin), closeServer(this.demo), this.keda?.close(), this.scaling?.close()]);
     this.snapshot.dispose();
     this.caches.close();

@@ -1,0 +1,153 @@
+/** The console's server side: sign-in, the session cookie, CSRF on changes, the live event stream. */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { request as httpRequest } from 'node:http';
+import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../test/helpers.js';
+
+const ADMIN = 'console-admin-token-0123456789';
+const READER = 'console-reader-token-012345678';
+let gw: TestGateway;
+let up: TestUpstream;
+let admin: string;
+
+before(async () => {
+  up = await startUpstream();
+  gw = await startGateway(`
+admin: {listen: 127.0.0.1:0, tokens: [{name: ops, token: ${ADMIN}, role: admin}, {name: viewer, token: ${READER}, role: read-only}]}
+analytics: {enabled: true}
+services:
+  - name: api
+    url: ${up.url}
+    routes: [{name: hello, paths: [/hello]}]
+`);
+  admin = gw.adminUrl!;
+});
+after(async () => {
+  await gw?.close();
+  await up?.close();
+});
+
+async function login(token: string, headers: Record<string, string> = {}) {
+  const r = await request(`${admin}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify({ token }) });
+  const cookie = String(r.headers['set-cookie'] ?? '').split(';')[0]!;
+  return { r, cookie, body: r.body ? JSON.parse(r.body) : null };
+}
+
+test('sign-in: a wrong token is 401 problem+json and sets no cookie; the right one gives an httpOnly SameSite=Strict cookie and a CSRF token; the token is never echoed', async () => {
+  assert.equal((await request(`${admin}/console/api/session`)).status, 401);
+  const bad = await login('nope-nope-nope');
+  assert.equal(bad.r.status, 401);
+  assert.equal(bad.r.headers['content-type'], 'application/problem+json');
+  assert.equal(bad.r.headers['set-cookie'], undefined);
+  const ok = await login(ADMIN);
+  assert.equal(ok.r.status, 200);
+  const setCookie = String(ok.r.headers['set-cookie']);
+  assert.match(setCookie, /^tp_console=[A-Za-z0-9_-]{40,}; Path=\/; HttpOnly; SameSite=Strict; Max-Age=\d+$/);
+  assert.equal(ok.body.name, 'ops');
+  assert.equal(ok.body.role, 'admin');
+  assert.ok(ok.body.csrf.length >= 40);
+  assert.doesNotMatch(ok.r.body + setCookie, new RegExp(ADMIN));
+  const s = await request(`${admin}/console/api/session`, { headers: { cookie: ok.cookie } });
+  assert.equal(s.status, 200);
+  assert.equal(JSON.parse(s.body).csrf, ok.body.csrf);
+  // Hostile sign-in bodies.
+  for (const [type, body] of [['text/plain', `{"token":"${ADMIN}"}`], ['application/json', '{"token":'], ['application/json', '{"token": 5}'], ['application/json', JSON.stringify({ token: 'x'.repeat(10_000) })]] as const) {
+    const r = await request(`${admin}/console/api/login`, { method: 'POST', headers: { 'content-type': type }, body });
+    assert.ok(r.status >= 400 && r.status < 500, `${type} ${body.slice(0, 20)} -> ${r.status}`);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+  }
+});
+
+test('the session stands for its token on the admin listener: reads pass; a change without the CSRF token, with a wrong one or from another origin is 403; with it, it passes; a read-only session cannot change', async () => {
+  const { cookie, body } = await login(ADMIN);
+  assert.equal((await request(`${admin}/metrics`, { headers: { cookie } })).status, 200);
+  assert.equal((await request(`${admin}/metrics`)).status, 401, 'no cookie, no token');
+  assert.equal((await request(`${admin}/metrics`, { headers: { cookie: 'tp_console=forged-forged-forged-forged-forged' } })).status, 401);
+  const purge = (headers: Record<string, string>) => request(`${admin}/cache`, { method: 'DELETE', headers: { cookie, ...headers } });
+  assert.equal((await purge({})).status, 403, 'no CSRF token');
+  assert.equal((await purge({ 'x-csrf-token': 'x'.repeat(43) })).status, 403, 'forged CSRF token');
+  assert.equal((await purge({ 'x-csrf-token': body.csrf, origin: 'https://evil.example' })).status, 403, 'another origin');
+  const okPurge = await purge({ 'x-csrf-token': body.csrf });
+  assert.notEqual(okPurge.status, 403);
+  assert.notEqual(okPurge.status, 401);
+  const reader = await login(READER);
+  assert.equal((await request(`${admin}/cache`, { method: 'DELETE', headers: { cookie: reader.cookie, 'x-csrf-token': reader.body.csrf } })).status, 403, 'read-only');
+  assert.equal((await request(`${admin}/analytics`, { headers: { cookie: reader.cookie } })).status, 200);
+});
+
+test('sign-out needs the CSRF token and ends the session; too many failed sign-ins from one address are 429', async () => {
+  const { cookie, body } = await login(ADMIN);
+  assert.equal((await request(`${admin}/console/api/logout`, { method: 'POST', headers: { cookie } })).status, 403);
+  const out = await request(`${admin}/console/api/logout`, { method: 'POST', headers: { cookie, 'x-csrf-token': body.csrf } });
+  assert.equal(out.status, 204);
+  assert.match(String(out.headers['set-cookie']), /Max-Age=0/);
+  assert.equal((await request(`${admin}/console/api/session`, { headers: { cookie } })).status, 401);
+  let last = 0;
+  for (let i = 0; i < 12; i++) last = (await login(`wrong-${i}-xxxxxxxx`)).r.status;
+  assert.equal(last, 429);
+});
+
+test('the event stream: refused without a session; with one, a stats event every second whose numbers follow the traffic; it ends when the session ends', async () => {
+  assert.equal((await request(`${admin}/console/api/events`)).status, 401);
+  // (sign-ins from this address are blocked for a minute by the previous test: the session is made directly)
+  const events: { event: string; data: Record<string, unknown> }[] = [];
+  const session = gw.gw.console!.sessions.create({ name: 'ops', role: 'admin' });
+  const cookie = `tp_console=${session.id}`;
+  const done = new Promise<void>((resolve, reject) => {
+    const req = httpRequest(`${admin}/console/api/events`, { headers: { cookie } }, (res) => {
+      assert.equal(res.statusCode, 200);
+      assert.match(String(res.headers['content-type']), /^text\/event-stream/);
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        buf += c;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const frame = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const event = /^event: (.*)$/m.exec(frame)?.[1];
+          const data = /^data: (.*)$/m.exec(frame)?.[1];
+          if (event && data) events.push({ event, data: JSON.parse(data) });
+        }
+      });
+      res.on('end', () => resolve());
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  const until = async (pred: () => boolean, ms = 5000) => {
+    const end = Date.now() + ms;
+    while (!pred() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(pred(), JSON.stringify(events.at(-1)));
+  };
+  await until(() => events.length >= 1);
+  const before = (events.at(-1)!.data['totals'] as { rps: number }).rps;
+  for (let i = 0; i < 30; i++) assert.equal((await request(`${gw.url}/hello`)).status, 200);
+  await until(() => ((events.at(-1)!.data['totals'] as { rps: number }).rps > before));
+  const last = events.at(-1)!.data as { services: { name: string }[]; routes: { name: string }[]; upstreams: { targets: number } };
+  assert.deepEqual(last.services.map((s) => s.name), ['api']);
+  assert.deepEqual(last.routes.map((r) => r.name), ['hello']);
+  gw.gw.console!.sessions.end(session.id);
+  await done;
+});
+
+test('the page: served with a strict CSP when built; only its own files', async () => {
+  const built = existsSync(fileURLToPath(new URL('../../dist/console/index.html', import.meta.url)));
+  const page = await request(`${admin}/console/`);
+  if (built) {
+    assert.equal(page.status, 200);
+    assert.match(String(page.headers['content-type']), /^text\/html/);
+    assert.match(String(page.headers['content-security-policy']), /script-src 'self'/);
+    assert.equal(page.headers['x-frame-options'], 'DENY');
+  } else {
+    assert.equal(page.status, 404);
+  }
+  assert.equal((await request(`${admin}/console`)).status, 308);
+  for (const p of ['/console/handler.js', '/console/../package.json', '/console/%2e%2e/package.json', '/console/session.js']) {
+    const r = await request(`${admin}${p}`);
+    assert.ok(r.status === 404 || r.status === 401, `${p}: ${r.status}`);
+    assert.doesNotMatch(r.body, /"name": *"turnpike"/);
+  }
+});

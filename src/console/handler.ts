@@ -1,0 +1,190 @@
+/**
+ * The web console on the admin listener (`/console/`): the page (dist/console: index.html,
+ * app.js, app.css, built from console/ by scripts/build-console.mjs) and its API —
+ *   POST /console/api/login   {token} -> session cookie (httpOnly, SameSite=Strict) + {name, role, csrf}
+ *   POST /console/api/logout  (X-CSRF-Token)
+ *   GET  /console/api/session -> {name, role, csrf} | 401
+ *   GET  /console/api/events  -> Server-Sent Events: `stats` every second (src/console/stats.ts), `scaling`
+ * The rest of the admin listener (/api/, /metrics, /analytics...) takes the session in place of
+ * the bearer token (`caller`), changes only with the session's CSRF token.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { sendProblem } from '../core/problem.js';
+import { authenticate } from '../admin/auth.js';
+import { ApiError } from '../admin/errors.js';
+import type { AdminToken } from '../config/compile.js';
+import { SessionStore, type Session } from './session.js';
+import { LiveStats, type StatsSource } from './stats.js';
+
+/** Where the built page is: <package>/dist/console (from src/console or dist/console alike). */
+const UI_DIR = fileURLToPath(new URL('../../dist/console/', import.meta.url));
+const FILES: Record<string, string> = {
+  '/console/': 'index.html',
+  '/console/index.html': 'index.html',
+  '/console/app.js': 'app.js',
+  '/console/app.css': 'app.css',
+};
+const TYPES: Record<string, string> = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
+const SECURITY = {
+  'content-security-policy': "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'x-frame-options': 'DENY',
+};
+const MAX_STREAMS = 100;
+const LOGIN_FAILURES_PER_MINUTE = 10;
+
+const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
+
+function json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
+  const body = JSON.stringify(value);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...SECURITY, ...headers });
+  res.end(body);
+}
+
+async function readSmall(req: IncomingMessage, max: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    if (size > max) throw new ApiError('payload-too-large', `the body is larger than ${max} bytes`);
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export interface ConsoleDeps extends StatsSource {
+  /** The admin tokens now (a reload may change them; sessions of removed tokens end). */
+  tokens(): readonly AdminToken[];
+}
+
+export class ConsoleHandler {
+  readonly sessions = new SessionStore();
+  private readonly live: LiveStats;
+  private readonly files = new Map<string, Buffer>();
+  private failures = new Map<string, { n: number; since: number }>();
+
+  constructor(private readonly deps: ConsoleDeps) {
+    this.live = new LiveStats(deps);
+  }
+
+  /** The caller a request's session stands for (for /api/ and the other admin endpoints). */
+  caller(req: IncomingMessage, method: string): { name: string; role: 'admin' | 'read-only' } | undefined {
+    const s = this.sessions.of(req);
+    if (!s) return undefined;
+    if (!READS.has(method) && !this.sessions.csrfOk(req, s)) throw new ApiError('forbidden', 'a change from the console needs the session\'s X-CSRF-Token (and the same origin)');
+    return { name: `${s.name} (console)`, role: s.role };
+  }
+
+  /** A reload: sessions whose token is gone (or whose role changed) end. */
+  tokensChanged(): void {
+    const tokens = this.deps.tokens();
+    this.sessions.endWhere((s) => tokens.length === 0 ? s.name === 'anonymous' : tokens.some((t) => t.name === s.name && t.role === s.role));
+  }
+
+  close(): void {
+    this.live.closeAll();
+  }
+
+  async handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    const method = (req.method ?? 'GET').toUpperCase();
+    try {
+      if (path === '/console') {
+        res.writeHead(308, { location: '/console/', 'content-length': 0 });
+        return void res.end();
+      }
+      const file = FILES[path];
+      if (file !== undefined && (method === 'GET' || method === 'HEAD')) return await this.serveFile(res, file, method);
+      if (path === '/console/api/login' && method === 'POST') return await this.login(req, res);
+      if (path === '/console/api/session' && method === 'GET') {
+        const s = this.sessions.of(req);
+        if (!s) return sendProblem(res, 'unauthorized', 'not signed in', undefined);
+        return json(res, 200, { name: s.name, role: s.role, csrf: s.csrf });
+      }
+      if (path === '/console/api/logout' && method === 'POST') {
+        const s = this.sessions.of(req);
+        if (s && !this.sessions.csrfOk(req, s)) return sendProblem(res, 'forbidden', 'signing out needs the session\'s X-CSRF-Token', undefined);
+        if (s) this.sessions.end(s.id);
+        res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(), 'cache-control': 'no-store' });
+        return void res.end();
+      }
+      if (path === '/console/api/events' && method === 'GET') return this.events(req, res);
+      sendProblem(res, 'no-route', `no console resource ${path}`, undefined);
+    } catch (err) {
+      if (err instanceof ApiError) return sendProblem(res, err.code, err.detail, undefined);
+      if (!res.headersSent) sendProblem(res, 'internal-error', (err as Error).message, undefined);
+    }
+  }
+
+  private async serveFile(res: ServerResponse, file: string, method: string): Promise<void> {
+    let body = this.files.get(file);
+    if (body === undefined) {
+      try {
+        body = await readFile(join(UI_DIR, file));
+      } catch {
+        return sendProblem(res, 'no-route', 'the console is not built (npm run build)', undefined);
+      }
+      this.files.set(file, body);
+    }
+    res.writeHead(200, {
+      'content-type': TYPES[file.split('.').pop()!]!, 'content-length': body.length,
+      'cache-control': file === 'index.html' ? 'no-cache' : 'public, max-age=300', ...SECURITY,
+    });
+    res.end(method === 'HEAD' ? undefined : body);
+  }
+
+  private async login(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const ip = req.socket.remoteAddress ?? '';
+    const now = Date.now();
+    const f = this.failures.get(ip);
+    if (f && now - f.since < 60_000 && f.n >= LOGIN_FAILURES_PER_MINUTE) {
+      return sendProblem(res, 'too-many-requests', 'too many failed sign-ins: wait a minute', undefined, { headers: { 'retry-after': '60' } });
+    }
+    if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) return sendProblem(res, 'unsupported-media-type', 'send {"token": "..."} as application/json', undefined);
+    let token: unknown;
+    try {
+      token = (JSON.parse(await readSmall(req, 4096)) as { token?: unknown }).token;
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      return sendProblem(res, 'bad-request', 'the body is not JSON', undefined);
+    }
+    if (typeof token !== 'string') return sendProblem(res, 'bad-request', 'token: a string is required', undefined);
+    let caller;
+    try {
+      const tokens = this.deps.tokens();
+      // With no token configured, the admin listener is loopback-only and open: any sign-in is the anonymous admin.
+      caller = authenticate(tokens.length === 0 ? undefined : `Bearer ${token}`, tokens);
+    } catch {
+      if (this.failures.size > 10_000) this.failures = new Map();
+      this.failures.set(ip, f && now - f.since < 60_000 ? { n: f.n + 1, since: f.since } : { n: 1, since: now });
+      return sendProblem(res, 'unauthorized', 'unknown token', undefined);
+    }
+    this.failures.delete(ip);
+    const s = this.sessions.create(caller);
+    json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s) });
+  }
+
+  private events(req: IncomingMessage, res: ServerResponse): void {
+    const s: Session | null = this.sessions.of(req);
+    if (!s) return sendProblem(res, 'unauthorized', 'not signed in', undefined);
+    if (this.live.watchers >= MAX_STREAMS) return sendProblem(res, 'service-overloaded', 'too many console streams', undefined, { headers: { 'retry-after': '5' } });
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no', ...SECURITY });
+    res.write('retry: 2000\n\n');
+    const off = this.sessions.onEnd((id) => {
+      if (id === s.id) res.end();
+    });
+    // A session that expires while watching: checked with every frame's keep-alive.
+    const check = setInterval(() => {
+      if (this.sessions.of(req) === null) res.end();
+    }, 15_000);
+    check.unref();
+    res.on('close', () => {
+      off();
+      clearInterval(check);
+    });
+    this.live.add(res);
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * Console sessions: signing in with an admin token gives a random session id in an httpOnly,
+ * SameSite=Strict cookie (the token itself is never stored or sent again) and a CSRF token the
+ * page keeps in memory and sends as X-CSRF-Token on every change. Sessions live in this
+ * process (the admin listener's: the single process or the primary): idle 30 min, at most
+ * 12 h, at most 1000 (the oldest goes first).
+ */
+import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+
+export const COOKIE = 'tp_console';
+const IDLE_MS = 30 * 60_000;
+const MAX_AGE_MS = 12 * 3600_000;
+const MAX_SESSIONS = 1000;
+
+export interface Session {
+  id: string;
+  csrf: string;
+  name: string;
+  role: 'admin' | 'read-only';
+  created: number;
+  seen: number;
+}
+
+const same = (a: string, b: string) => {
+  const ha = createHash('sha256').update(a).digest();
+  const hb = createHash('sha256').update(b).digest();
+  return timingSafeEqual(ha, hb);
+};
+
+export class SessionStore {
+  private readonly sessions = new Map<string, Session>();
+  private readonly listeners = new Set<(id: string) => void>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  create(caller: { name: string; role: 'admin' | 'read-only' }): Session {
+    while (this.sessions.size >= MAX_SESSIONS) this.end(this.sessions.keys().next().value!);
+    const t = this.now();
+    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, created: t, seen: t };
+    this.sessions.set(s.id, s);
+    return s;
+  }
+
+  /** The session a request's cookie names (touching it), or null. */
+  of(req: IncomingMessage): Session | null {
+    const id = cookieValue(req.headers.cookie, COOKIE);
+    if (id === null) return null;
+    const s = this.sessions.get(id);
+    if (!s) return null;
+    const t = this.now();
+    if (t - s.seen > IDLE_MS || t - s.created > MAX_AGE_MS) {
+      this.end(id);
+      return null;
+    }
+    s.seen = t;
+    return s;
+  }
+
+  /** Whether a request carries the session's CSRF token (and, when it says where it comes from, comes from this origin). */
+  csrfOk(req: IncomingMessage, s: Session): boolean {
+    const given = req.headers['x-csrf-token'];
+    if (typeof given !== 'string' || given.length === 0 || !same(given, s.csrf)) return false;
+    const origin = req.headers.origin;
+    if (origin !== undefined && origin !== 'null') {
+      try {
+        if (new URL(origin).host !== req.headers.host) return false;
+      } catch {
+        return false;
+      }
+    } else if (origin === 'null') return false;
+    return true;
+  }
+
+  end(id: string): void {
+    if (this.sessions.delete(id)) for (const l of this.listeners) l(id);
+  }
+
+  /** Every session signed in with a token that is no longer configured ends (a reload removed it). */
+  endWhere(keep: (s: Session) => boolean): void {
+    for (const s of [...this.sessions.values()]) if (!keep(s)) this.end(s.id);
+  }
+
+  onEnd(listener: (id: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  cookie(s: Session): string {
+    return `${COOKIE}=${s.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(MAX_AGE_MS / 1000)}`;
+  }
+
+  static clearCookie(): string {
+    return `${COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0`;
+  }
+}
+
+/** One cookie's value from a Cookie header (null when absent). */
+export function cookieValue(header: string | undefined, name: string): string | null {
+  if (!header) return null;
+  for (const part of header.split(';')) {
+    const i = part.indexOf('=');
+    if (i < 0) continue;
+    if (part.slice(0, i).trim() === name) {
+      const v = part.slice(i + 1).trim();
+      return /^[A-Za-z0-9_-]{20,100}$/.test(v) ? v : null;
+    }
+  }
+  return null;
+}
