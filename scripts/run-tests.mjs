@@ -19,13 +19,15 @@ function find(dir, out = []) {
  * redis-server + redis-cli (the Redis counter store's tests start real servers and a cluster;
  * both come with the Debian package redis-server) and PostgreSQL's initdb + postgres (the
  * PostgreSQL config store's tests start a real server, test/postgres-server.ts; Debian's
- * package postgresql puts them in /usr/lib/postgresql/<version>/bin). Missing and root with
+ * package postgresql puts them in /usr/lib/postgresql/<version>/bin) and chromium (the web
+ * console's end-to-end tests drive it with playwright-core). Missing and root with
  * apt-get: installed; otherwise the run stops and says what to install.
  */
 function provision() {
   const need = [
     ['openssl', 'openssl'], ['redis-server', 'redis-server'], ['redis-cli', 'redis-server'],
     ['initdb', 'postgresql', 'command -v initdb || ls /usr/lib/postgresql/*/bin/initdb'],
+    ['chromium', 'chromium'],
   ].filter(([bin, , check]) => spawnSync('sh', ['-c', check ?? `command -v ${bin}`], { stdio: 'ignore' }).status !== 0);
   if (need.length === 0) return;
   const pkgs = [...new Set(need.map(([, pkg]) => pkg))];

@@ -134,7 +134,7 @@ test('the event stream: refused without a session; with one, a stats event every
 });
 
 test('the page: served with a strict CSP when built; only its own files', async () => {
-  const built = existsSync(fileURLToPath(new URL('../../dist/console/index.html', import.meta.url)));
+  const built = existsSync(fileURLToPath(new URL('../../dist/console-ui/index.html', import.meta.url)));
   const page = await request(`${admin}/console/`);
   if (built) {
     assert.equal(page.status, 200);

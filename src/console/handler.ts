@@ -1,5 +1,5 @@
 /**
- * The web console on the admin listener (`/console/`): the page (dist/console: index.html,
+ * The web console on the admin listener (`/console/`): the page (dist/console-ui: index.html,
  * app.js, app.css, built from console/ by scripts/build-console.mjs) and its API —
  *   POST /console/api/login   {token} -> session cookie (httpOnly, SameSite=Strict) + {name, role, csrf}
  *   POST /console/api/logout  (X-CSRF-Token)
@@ -19,8 +19,8 @@ import type { AdminToken } from '../config/compile.js';
 import { SessionStore, type Session } from './session.js';
 import { LiveStats, type StatsSource } from './stats.js';
 
-/** Where the built page is: <package>/dist/console (from src/console or dist/console alike). */
-const UI_DIR = fileURLToPath(new URL('../../dist/console/', import.meta.url));
+/** Where the built page is: <package>/dist/console-ui (from src/console or dist/console alike). */
+const UI_DIR = fileURLToPath(new URL('../../dist/console-ui/', import.meta.url));
 const FILES: Record<string, string> = {
   '/console/': 'index.html',
   '/console/index.html': 'index.html',
@@ -29,7 +29,7 @@ const FILES: Record<string, string> = {
 };
 const TYPES: Record<string, string> = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
 const SECURITY = {
-  'content-security-policy': "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+  'content-security-policy': "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
   'x-frame-options': 'DENY',

@@ -1,0 +1,153 @@
+/**
+ * The web console in real headless Chromium (Debian `chromium` + playwright-core) against a
+ * real `turnpike start` (sqlite store, admin token): sign in, watch the dashboard change when
+ * traffic flows, edit a route and see it take effect on the proxy, see a validation error at
+ * its field, roll back; a forged CSRF token and a missing session are refused. Screenshots go
+ * to docs/screenshots/.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { freePort, request, sleep, startCli, startUpstream, type Running, type TestUpstream } from './helpers.js';
+
+// (the page's globals, for the functions evaluated in Chromium; the test's tsconfig has no DOM lib)
+declare const document: { cookie: string; querySelector(s: string): { textContent: string | null; getAttribute(n: string): string | null } | null };
+
+const TOKEN = 'console-e2e-admin-token-0123';
+const SHOTS = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
+const work = mkdtempSync(join(tmpdir(), 'turnpike-console-'));
+let up: TestUpstream;
+let run: Running;
+let browser: Browser;
+let page: Page;
+let proxy: string;
+let admin: string;
+
+before(async () => {
+  up = await startUpstream();
+  const [p, a] = [await freePort(), await freePort()];
+  proxy = `http://127.0.0.1:${p}`;
+  admin = `http://127.0.0.1:${a}`;
+  const file = join(work, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}
+admin: {listen: 127.0.0.1:${a}, token: ${TOKEN}}
+store: sqlite:./turnpike.db
+access_log: {enabled: false}
+analytics: {enabled: true}
+consumers: [{name: acme, credentials: [{type: key-auth, key: acme-key-0123456}]}]
+services:
+  - name: orders
+    url: ${up.url}
+    routes:
+      - {name: orders-list, paths: [/orders]}
+      - {name: orders-keyed, paths: [/keyed], plugins: [{name: key-auth}, {name: rate-limit, config: {limit: 5, window: 1m}}]}
+`);
+  run = startCli(['start', '--config', file], {});
+  const end = Date.now() + 15_000;
+  while ((await request(`${admin}/status`).catch(() => null))?.status !== 200) {
+    if (Date.now() > end) throw new Error(`turnpike did not start: ${run.stderr()}`);
+    await sleep(50);
+  }
+  browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: ['--no-sandbox', '--disable-dev-shm-usage'] });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  mkdirSync(SHOTS, { recursive: true });
+});
+after(async () => {
+  await browser?.close();
+  run?.child.kill('SIGTERM');
+  await run?.exit;
+  await up?.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+test('sign in: a wrong token is shown as an error; the right one opens the dashboard', async () => {
+  await page.goto(`${admin}/console/`);
+  await page.getByLabel('Admin token').fill('not-the-token-000000');
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByTestId('login-error').waitFor();
+  assert.match(await page.getByTestId('login-error').innerText(), /unknown token/);
+  await page.screenshot({ path: join(SHOTS, 'console-login.png') });
+  await page.getByLabel('Admin token').fill(TOKEN);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('heading', { name: 'Dashboard' }).waitFor();
+  const cookies = await page.context().cookies();
+  const c = cookies.find((x) => x.name === 'tp_console')!;
+  assert.equal(c.httpOnly, true);
+  assert.equal(c.sameSite, 'Strict');
+  assert.equal(await page.evaluate(() => document.cookie), '', 'the session cookie is not readable by scripts');
+});
+
+test('the dashboard charts change when traffic flows, without a reload', async () => {
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid=events-received]')?.textContent ?? 0) >= 1);
+  const points0 = Number(await page.getByTestId('chart-rps').getAttribute('data-points'));
+  // Traffic: 60 requests, some refused by the rate limit.
+  for (let i = 0; i < 40; i++) await request(`${proxy}/orders`);
+  for (let i = 0; i < 20; i++) await request(`${proxy}/keyed`, { headers: { apikey: 'acme-key-0123456' } });
+  await page.waitForFunction(() => Number(document.querySelector('[data-testid=tile-rps]')?.textContent) > 0.5, undefined, { timeout: 10_000 });
+  await page.waitForFunction((n) => Number(document.querySelector('[data-testid=chart-rps]')?.getAttribute('data-points')) > n + 1, points0, { timeout: 10_000 });
+  assert.ok(Number(await page.getByTestId('chart-rps').getAttribute('data-last')) > 0);
+  await page.getByTestId('service-row-orders').waitFor();
+  await page.getByTestId('route-stats-row-orders-keyed').waitFor();
+  assert.match(await page.getByTestId('top-consumers').innerText(), /acme/);
+  await page.screenshot({ path: join(SHOTS, 'console-dashboard.png'), fullPage: true });
+});
+
+test('edit a route: a bad path is shown at its field; a good one is saved and served by the proxy; rollback restores it', async () => {
+  assert.equal((await request(`${proxy}/orders`)).status, 200);
+  assert.equal((await request(`${proxy}/shop`)).status, 404);
+  await page.getByRole('link', { name: 'Routes' }).click();
+  await page.getByTestId('edit-route-orders-list').click();
+  await page.getByLabel('Paths').fill('/orders, no-slash');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.getByTestId('error-paths').waitFor();
+  assert.match(await page.getByTestId('error-paths').innerText(), /paths\[1\]/);
+  assert.equal(await page.getByLabel('Paths').getAttribute('aria-invalid'), 'true');
+  await page.getByLabel('Paths').fill('/shop');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.getByTestId('save-result').waitFor();
+  const saved = await page.getByTestId('save-result').innerText();
+  const rev = Number(/revision (\d+)/.exec(saved)?.[1]);
+  assert.ok(rev >= 2, saved);
+  // Applied on the node before the answer: the proxy serves the new path now.
+  assert.equal((await request(`${proxy}/shop`)).status, 200);
+  assert.equal((await request(`${proxy}/orders`)).status, 404);
+  await page.screenshot({ path: join(SHOTS, 'console-routes.png'), fullPage: true });
+
+  await page.getByRole('link', { name: 'Revisions' }).click();
+  await page.getByTestId(`show-revision-${rev - 1}`).click();
+  await page.getByTestId('revision-diff').waitFor();
+  assert.match(await page.getByTestId('revision-diff').innerText(), /\/shop|\/orders/);
+  await page.getByTestId('rollback-button').click();
+  await page.getByTestId('confirm-rollback').click();
+  await page.getByTestId('rollback-result').waitFor();
+  assert.match(await page.getByTestId('rollback-result').innerText(), new RegExp(`Rolled back to revision ${rev - 1}`));
+  await page.screenshot({ path: join(SHOTS, 'console-revisions.png'), fullPage: true });
+  assert.equal((await request(`${proxy}/orders`)).status, 200);
+  assert.equal((await request(`${proxy}/shop`)).status, 404);
+});
+
+test('security: the console API without the session cookie, or with a forged CSRF token, is refused — also from inside the page', async () => {
+  const cookie = (await page.context().cookies()).find((x) => x.name === 'tp_console')!;
+  // Without the cookie.
+  assert.equal((await request(`${admin}/api/routes`)).status, 401);
+  assert.equal((await request(`${admin}/console/api/events`)).status, 401);
+  // With the cookie but a forged / missing CSRF token.
+  const patch = (csrf: string | null) => request(`${admin}/api/routes/orders-list`, {
+    method: 'PATCH', body: JSON.stringify({ paths: ['/evil'] }),
+    headers: { cookie: `tp_console=${cookie.value}`, 'content-type': 'application/merge-patch+json', ...(csrf ? { 'x-csrf-token': csrf } : {}) },
+  });
+  assert.equal((await patch(null)).status, 403);
+  assert.equal((await patch('forged-forged-forged-forged-forged-forged-000')).status, 403);
+  // A script in the page (same origin, cookie sent) without the token it keeps in memory is refused too.
+  const status = await page.evaluate(async () => (await fetch('/api/routes/orders-list', { method: 'PATCH', headers: { 'content-type': 'application/merge-patch+json' }, body: '{"paths":["/evil"]}' })).status);
+  assert.equal(status, 403);
+  assert.equal((await request(`${proxy}/evil`)).status, 404);
+  // Sign out: the cookie no longer works.
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.getByLabel('Admin token').waitFor();
+  assert.equal((await request(`${admin}/api/routes`, { headers: { cookie: `tp_console=${cookie.value}` } })).status, 401);
+});
