@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { ControlPlane, fileControl } from '../server/control-plane.js';
 import type { ControlView } from '../server/gateway.js';
-import { parseConfigOffThread } from '../config/parse-thread.js';
+import { parseConfigOffThread, warmParserThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';
 import { startPrimary, runWorker } from '../server/cluster.js';
 import { compile } from '../config/compile.js';
@@ -236,6 +236,7 @@ export async function main(argv: string[]): Promise<number> {
   const watcher = loaded.config.watch === false ? null : watchConfig(file, cp ? (await readFile(file, 'utf8').catch(() => '')) : loaded.text, (text) => void reloadFrom('file change', cp ? undefined : text), {
     onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
   });
+  if (cp) warmParserThread();
   cp?.run();
 
   return new Promise<number>((resolve) => {
