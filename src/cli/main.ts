@@ -267,7 +267,7 @@ export async function main(argv: string[]): Promise<number> {
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGHUP', () => {
       if (!fileless) void reloadFrom('SIGHUP');
-      void cp?.refresh(); // and the store's head, without waiting for its resync
+      void cp?.refresh(true); // and the store's head, without waiting for its resync (a rejected one again)
     });
     // Log rotation: the access log file is reopened (logrotate's postrotate: kill -USR1).
     // (This replaces Node's default SIGUSR1, which would start the inspector.)

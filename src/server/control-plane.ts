@@ -181,7 +181,8 @@ export class ControlPlane {
    * Applies the store's head if this node does not run it yet. Serialized; resolves when done
    * (the admin API awaits it after a write, so the writer reads its write on this node).
    */
-  refresh(): Promise<unknown> {
+  refresh(retryRejected = false): Promise<unknown> {
+    if (retryRejected) this.rejected = null; // SIGHUP: try a rejected revision again (its env may be fixed)
     const run = async () => {
       if (this.closed || !this.store) return;
       let head: StoredConfig | null;
