@@ -130,6 +130,55 @@ test('edit a route: a bad path is shown at its field; a good one is saved and se
   assert.equal((await request(`${proxy}/shop`)).status, 404);
 });
 
+test('services, consumers and plugins: edit a service, create and delete a consumer, turn a plugin off and on', async () => {
+  const api = async (path: string) => {
+    const res = await request(`${admin}/api/${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    return { status: res.status, body: res.status === 200 ? JSON.parse(res.body) : null };
+  };
+  // Services: a good change is saved (a new revision); a bad URL is shown at its field.
+  await page.getByRole('link', { name: 'Services' }).click();
+  await page.getByRole('heading', { name: 'Services', level: 2 }).waitFor();
+  assert.match(await page.getByTestId('service-admin-row-orders').innerText(), /127\.0\.0\.1/);
+  await page.getByTestId('edit-service-orders').click();
+  await page.getByLabel('Retries').fill('2');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.getByTestId('save-result').waitFor();
+  assert.match(await page.getByTestId('save-result').innerText(), /revision \d+/);
+  assert.equal((await api('services/orders')).body.retries, 2);
+  await page.getByLabel('URL').fill('ftp://x');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.getByTestId('error-url').waitFor();
+  assert.match(await page.getByTestId('error-url').innerText(), /url: .*ftp:\/\/x/);
+  assert.equal(await page.getByLabel('URL').getAttribute('aria-invalid'), 'true');
+  assert.notEqual((await api('services/orders')).body.url, 'ftp://x');
+  await page.screenshot({ path: join(SHOTS, 'console-services.png'), fullPage: true });
+
+  // Consumers: create one, then delete it through the confirm dialog.
+  await page.getByRole('link', { name: 'Consumers' }).click();
+  await page.getByTestId('consumer-row-acme').waitFor();
+  const form = page.getByTestId('new-consumer-form');
+  await form.getByLabel('Name', { exact: true }).fill('newbie');
+  await form.getByRole('button', { name: 'Create consumer' }).click();
+  await page.getByTestId('consumer-row-newbie').waitFor();
+  assert.equal((await api('consumers/newbie')).status, 200);
+  await page.getByTestId('delete-consumer-newbie').click();
+  await page.getByTestId('confirm-delete').click();
+  await page.getByTestId('consumer-row-newbie').waitFor({ state: 'detached' });
+  assert.equal((await api('consumers/newbie')).status, 404);
+
+  // Plugins: turn rate-limit on orders-keyed off, then on again.
+  const id = 'route:orders-keyed:rate-limit';
+  await page.getByRole('link', { name: 'Plugins' }).click();
+  await page.getByTestId(`plugin-row-${id.replace(/[^A-Za-z0-9_-]/g, '_')}`).waitFor();
+  const box = page.getByLabel(`Enabled ${id}`);
+  assert.equal(await box.isChecked(), true);
+  for (const enabled of [false, true]) {
+    await box.setChecked(enabled);
+    await page.getByTestId('plugin-result').filter({ hasText: enabled ? 'enabled' : 'disabled' }).waitFor();
+    assert.equal((await api(`plugins/${encodeURIComponent(id)}`)).body.enabled, enabled);
+  }
+});
+
 test('security: the console API without the session cookie, or with a forged CSRF token, is refused — also from inside the page', async () => {
   const cookie = (await page.context().cookies()).find((x) => x.name === 'tp_console')!;
   // Without the cookie.

@@ -2,6 +2,7 @@
  * Fetch wrapper for the console: same-origin credentials (the httpOnly session cookie), the
  * session's CSRF token on every change (kept in memory only), problem+json errors as ApiError.
  */
+import { DASH } from './format.js';
 
 export interface FieldError {
   path: string;
@@ -95,3 +96,14 @@ export interface SessionInfo {
   role: 'admin' | 'read-only' | string;
   csrf: string;
 }
+
+/** An If-Match header for `etag` (none without one). */
+export const ifMatch = (etag: string | null): Record<string, string> => (etag ? { 'if-match': etag } : {});
+
+/** The item's current ETag, read just before a change (so a concurrent change is a 412, not lost). */
+export async function freshEtag(url: string): Promise<string | null> {
+  return (await request('GET', url)).headers.get('etag');
+}
+
+/** "Configuration revision N." for a change's answer. */
+export const revisionOf = (headers: Headers): string => `Configuration revision ${headers.get('x-config-revision') ?? DASH}.`;

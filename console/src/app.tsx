@@ -5,19 +5,23 @@ import { Live } from './live.js';
 import { Login } from './views/login.js';
 import { Dashboard } from './views/dashboard.js';
 import { Routes } from './views/routes.js';
+import { Services } from './views/services.js';
+import { Consumers } from './views/consumers.js';
+import { Plugins } from './views/plugins.js';
 import { Revisions } from './views/revisions.js';
 
-type View = 'dashboard' | 'routes' | 'revisions';
+type View = 'dashboard' | 'routes' | 'services' | 'consumers' | 'plugins' | 'revisions';
 const VIEWS: { view: View; href: string; label: string }[] = [
   { view: 'dashboard', href: '#/', label: 'Dashboard' },
   { view: 'routes', href: '#/routes', label: 'Routes' },
+  { view: 'services', href: '#/services', label: 'Services' },
+  { view: 'consumers', href: '#/consumers', label: 'Consumers' },
+  { view: 'plugins', href: '#/plugins', label: 'Plugins' },
   { view: 'revisions', href: '#/revisions', label: 'Revisions' },
 ];
 
 function viewOf(hash: string): View {
-  if (hash.startsWith('#/routes')) return 'routes';
-  if (hash.startsWith('#/revisions')) return 'revisions';
-  return 'dashboard';
+  return VIEWS.find((v) => v.view !== 'dashboard' && hash.startsWith(v.href))?.view ?? 'dashboard';
 }
 
 type Phase = { kind: 'checking' } | { kind: 'out'; notice: string | null } | { kind: 'in'; session: SessionInfo };
@@ -65,6 +69,7 @@ export function App() {
 
   // The live feed runs while signed in (its history survives switching views).
   const session = phase.kind === 'in' ? phase.session : null;
+  const readOnly = session?.role === 'read-only';
   const live = useMemo(() => {
     if (!session) return null;
     let checking = false;
@@ -140,8 +145,11 @@ export function App() {
       {session && live ? (
         <main id="main" tabIndex={-1}>
           {view === 'dashboard' ? <Dashboard live={live} titleRef={title} /> : null}
-          {view === 'routes' ? <Routes readOnly={session.role === 'read-only'} titleRef={title} /> : null}
-          {view === 'revisions' ? <Revisions readOnly={session.role === 'read-only'} titleRef={title} /> : null}
+          {view === 'routes' ? <Routes readOnly={readOnly} titleRef={title} /> : null}
+          {view === 'services' ? <Services readOnly={readOnly} titleRef={title} /> : null}
+          {view === 'consumers' ? <Consumers readOnly={readOnly} titleRef={title} /> : null}
+          {view === 'plugins' ? <Plugins readOnly={readOnly} titleRef={title} /> : null}
+          {view === 'revisions' ? <Revisions readOnly={readOnly} titleRef={title} /> : null}
         </main>
       ) : null}
     </>

@@ -4,6 +4,7 @@ import type { Ref } from 'preact';
 import { describe, request } from '../api.js';
 import { diffLines, hunks, type Piece } from '../diff.js';
 import { when } from '../format.js';
+import { ConfirmDialog } from '../ui.js';
 
 interface Revision { revision: number; at: string; actor: string; action: string }
 interface RevisionPage { data: Revision[]; next: string | null }
@@ -22,7 +23,6 @@ export function Revisions({ readOnly, titleRef }: { readOnly: boolean; titleRef:
   const [rollbackError, setRollbackError] = useState<string | null>(null);
   const [confirming, setConfirming] = useState(false);
   const [busy, setBusy] = useState(false);
-  const dialog = useRef<HTMLDialogElement>(null);
   const diffTitle = useRef<HTMLHeadingElement>(null);
 
   const load = async (more = false) => {
@@ -55,13 +55,6 @@ export function Revisions({ readOnly, titleRef }: { readOnly: boolean; titleRef:
     }
     if (focus) requestAnimationFrame(() => diffTitle.current?.focus());
   };
-
-  useEffect(() => {
-    const d = dialog.current;
-    if (!d) return;
-    if (confirming && !d.open) d.showModal();
-    if (!confirming && d.open) d.close();
-  }, [confirming]);
 
   const rollback = async () => {
     if (selected === null || busy) return;
@@ -156,19 +149,10 @@ export function Revisions({ readOnly, titleRef }: { readOnly: boolean; titleRef:
         </section>
       </div>
 
-      <dialog ref={dialog} aria-labelledby="rollback-title" aria-describedby="rollback-text" data-testid="rollback-dialog"
-        onClose={() => setConfirming(false)}>
-        <h3 id="rollback-title">Roll back to revision {selected}?</h3>
-        <p id="rollback-text">
-          This writes a new revision holding revision {selected}'s configuration. The gateway applies it at once; the rollback can itself be rolled back.
-        </p>
-        <div class="actions">
-          <button type="button" class="danger" data-testid="confirm-rollback" disabled={busy} aria-busy={busy ? 'true' : undefined} onClick={() => void rollback()}>
-            Confirm rollback
-          </button>
-          <button type="button" autoFocus onClick={() => setConfirming(false)}>Cancel</button>
-        </div>
-      </dialog>
+      <ConfirmDialog open={confirming} name="rollback" title={`Roll back to revision ${selected}?`} confirm="Confirm rollback" busy={busy}
+        onConfirm={() => void rollback()} onCancel={() => setConfirming(false)} testId="rollback-dialog" confirmTestId="confirm-rollback">
+        This writes a new revision holding revision {selected}'s configuration. The gateway applies it at once; the rollback can itself be rolled back.
+      </ConfirmDialog>
     </>
   );
 }
