@@ -32,6 +32,7 @@ import type { CounterStore } from '../state/types.js';
 import { MemoryStore } from '../state/memory.js';
 import type { CacheStores } from '../plugins/cache/stores.js';
 import { compileCompose, composeService, pathParams, type CompiledCompose } from '../compose/config.js';
+import { portalOf, type PortalSettings } from '../portal/catalog.js';
 import { scalingPolicyOf, scalingSettingsOf, type ScalingPolicyConfig, type ScalingSettings } from '../scaling/policy.js';
 
 export interface Address {
@@ -177,6 +178,8 @@ export interface Snapshot {
   observability: ObservabilitySettings;
   /** The scaling advisor (null: no service has `scaling`). */
   scaling: ScalingSettings | null;
+  /** The developer portal on the proxy listener (null: off). */
+  portal: PortalSettings | null;
   /** A request running on this snapshot: its pools stay open until release(). */
   retain(): void;
   release(): void;
@@ -739,6 +742,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     extraStripped: extra.length ? new Set(extra) : null,
     observability,
     scaling: scalingSettingsOf(cfg.scaling, services, baseDir, (p, msg) => fail(['scaling', ...p], msg)),
+    portal: portalOf(cfg),
     retain: () => {
       users++;
     },

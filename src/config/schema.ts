@@ -7,6 +7,7 @@ import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
 import { AccessLog, Analytics, Metrics, Tracing } from '../observability/schema.js';
 import { Compose } from '../compose/schema.js';
 import { Scaling, ServiceScaling } from '../scaling/schema.js';
+import { Portal } from '../portal/schema.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
   Type.Object(props, { additionalProperties: false, ...opts });
@@ -65,6 +66,8 @@ export const Route = Strict({
       idle_timeout: Type.Optional(Duration),
     }),
   ], { description: 'Allow WebSocket upgrades on this route (true, or {max_message: 1mb, idle_timeout: 60s}). Without it an Upgrade is served as plain HTTP.' })),
+  published: Type.Optional(Type.Boolean({ default: false, description: 'Listed in the developer portal\'s catalog with its generated OpenAPI document (portal.enabled).' })),
+  description: Type.Optional(Type.String({ maxLength: 4000, description: 'Shown in the developer portal (plain text).' })),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
 });
@@ -174,6 +177,8 @@ export const Service = Strict({
   retry_budget: Type.Optional(RetryBudget),
   circuit_breaker: Type.Optional(CircuitBreaker),
   scaling: Type.Optional(ServiceScaling),
+  published: Type.Optional(Type.Boolean({ default: false, description: 'Listed in the developer portal\'s catalog with its generated OpenAPI document (portal.enabled).' })),
+  description: Type.Optional(Type.String({ maxLength: 4000, description: 'Shown in the developer portal (plain text).' })),
   routes: Type.Optional(Type.Array(Route)),
   plugins: Type.Optional(Type.Array(PluginBinding)),
   tags: Type.Optional(Tags),
@@ -275,6 +280,7 @@ export const TurnpikeConfig = Strict({
     description: 'Where the declarative config (services, routes, consumers, plugins, plans) lives: file (this file; the default), sqlite:PATH (embedded; admin API writes), postgres://... (shared by the nodes of a cluster). With a store, this file seeds an empty store; after that the store is the truth.',
   })),
   scaling: Type.Optional(Scaling),
+  portal: Type.Optional(Portal),
   store_snapshot: Type.Optional(Type.String({ minLength: 1, description: 'With store: postgres://..., where this node keeps its last good config (default .turnpike/config-snapshot.json beside the config file): served when PostgreSQL is down at start.' })),
   admin: Type.Optional(Admin),
   state_file: Type.Optional(Type.String({ minLength: 1, description: 'Where this node keeps its quota counters across restarts (SQLite; default .turnpike/state.db beside the config file).' })),

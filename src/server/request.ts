@@ -4,6 +4,7 @@
  * comes from the snapshot it started with. The raw header list is read once: the fields the
  * gateway owns are picked out, the rest copied for the upstream.
  */
+import { answerPortal, isPortalPath } from '../portal/handler.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -283,6 +284,11 @@ export function handleRequest(
   const method = req.method ?? 'GET';
   // TRACE reflects requests (cross-site tracing): never forwarded.
   if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway');
+  // The developer portal (portal.enabled) answers its own paths, before any route.
+  if (snap.portal !== null && isPortalPath(snap.portal, path)) {
+    answerPortal(snap.portal, req, res, path, { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) });
+    return undefined;
+  }
   // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS with none left is answered here; otherwise decremented.
   let forwardsLeft: string | undefined;
   if (maxForwards !== undefined && method === 'OPTIONS') {
