@@ -157,7 +157,7 @@ test('splitDocument / mergeDocument: every schema key is decided; the document r
     '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin', 'state_file', 'redis',
     'trusted_proxies', 'limits', 'timeouts', 'demo', 'access_log', 'metrics', 'tracing', 'analytics', 'scaling',
   ];
-  const expectedDocument = ['services', 'routes', 'plans', 'consumers', 'consumer_headers', 'forwarding_headers', 'plugins'];
+  const expectedDocument = ['services', 'routes', 'plans', 'consumers', 'consumer_headers', 'forwarding_headers', 'plugins', 'portal'];
   const schemaKeys = Object.keys(TurnpikeConfig.properties);
   // A key added to the schema must be decided here (and in NODE_LOCAL_KEYS if it is node-local).
   assert.deepEqual([...schemaKeys].sort(), [...expectedNodeLocal, ...expectedDocument].sort(), 'every top-level key of the schema is classified');
