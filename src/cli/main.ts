@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { ControlPlane, fileControl } from '../server/control-plane.js';
+import { redactUrl } from '../config/stores/postgres.js';
 import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread, warmParserThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';
@@ -131,10 +132,10 @@ export async function main(argv: string[]): Promise<number> {
   // --store (or TURNPIKE_STORE) names the store instead of the file's `store:`.
   const storeSetting = storeArg ?? (fileless ? 'sqlite:./turnpike.db' : loaded.config.store ?? 'file');
   if (!/^(file|sqlite:.+|postgres(ql)?:\/\/.+)$/.test(storeSetting) || (fileless && storeSetting === 'file')) {
-    process.stderr.write(`--store ${JSON.stringify(storeSetting)}: give sqlite:PATH or postgres://...${fileless ? '' : ' (or file)'}\n`);
+    process.stderr.write(`--store ${JSON.stringify(redactUrl(storeSetting))}: give sqlite:PATH or postgres://...${fileless ? '' : ' (or file)'}\n`);
     return 2;
   }
-  if (fileless) log.info({ store: storeSetting, admin: loaded.config.admin?.listen }, 'no --config: node defaults, the config lives in the store (admin API)');
+  if (fileless) log.info({ store: redactUrl(storeSetting), admin: loaded.config.admin?.listen }, 'no --config: node defaults, the config lives in the store (admin API)');
   // With `store: sqlite|postgres` the store holds the declarative config (seeded from this
   // file when empty) and the node runs the file's node-local keys with the store's document.
   let cp: ControlPlane | null = null;
@@ -146,7 +147,14 @@ export async function main(argv: string[]): Promise<number> {
     process.once('SIGINT', abort);
     try {
       cp = await ControlPlane.open({ file, loaded, setting: storeSetting, log, apply: (text, why) => reloadFrom(why, text), signal: waiting.signal });
-      loaded = parseConfigText(cp.text(), { file });
+      try {
+        loaded = parseConfigText(cp.text(), { file });
+      } catch (err) {
+        // The store's head cannot run on this node (an env var or file it lacks): its disk
+        // snapshot, when it has one, rather than a crash loop; the head is reported as rejected.
+        if (!(err instanceof ConfigError) || !(await cp.fallBack(err.message))) throw err;
+        loaded = parseConfigText(cp.text(), { file });
+      }
     } catch (err) {
       if (err instanceof ConfigError) process.stderr.write(`the stored config (revision ${cp?.served?.revision}) cannot run on this node:\n${err.message}\n`);
       else process.stderr.write(`turnpike: cannot open the config store: ${(err as Error).message}\n`);
@@ -196,11 +204,13 @@ export async function main(argv: string[]): Promise<number> {
   const reloadFrom = async (why: string, given?: string): Promise<boolean> => {
     if (busy) {
       const done = queued?.done ?? [];
-      queued = { why, text: given, done };
+      // (a pending re-read of the file wins: its text is built from the file and the store's head)
+      queued = { why, text: given === undefined || (queued !== null && queued.text === undefined) ? undefined : given, done };
       return new Promise<boolean>((r) => done.push(r));
     }
     busy = true;
     let ok = false;
+    let adopt: (() => void) | undefined;
     try {
       let text = given;
       if (text === undefined) {
@@ -209,8 +219,13 @@ export async function main(argv: string[]): Promise<number> {
         } catch (err) {
           throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
         }
-        // With a store, the file holds this node's own keys: they join the store's document.
-        if (cp) text = cp.fileChanged(await parseConfigOffThread(text, { file }));
+        // With a store, the file holds this node's own keys: they join the store's document
+        // (adopted once the reload is, so a bad file edit does not spoil later revisions).
+        if (cp) {
+          const next = cp.withFile(await parseConfigOffThread(text, { file }));
+          text = next.text;
+          adopt = next.adopt;
+        }
       }
       let next: LoadedConfig;
       try {
@@ -220,6 +235,7 @@ export async function main(argv: string[]): Promise<number> {
         throw err;
       }
       await running.reload(next);
+      adopt?.();
       ok = true;
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {

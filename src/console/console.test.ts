@@ -151,3 +151,46 @@ test('the page: served with a strict CSP when built; only its own files', async 
     assert.doesNotMatch(r.body, /"name": *"turnpike"/);
   }
 });
+
+test('rotating a token (same name, new value) ends the sessions signed in with the old one', async () => {
+  const t = await startGateway(`
+admin: {listen: 127.0.0.1:0, tokens: [{name: ops, token: old-token-0123456789abc, role: admin}]}
+services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
+`);
+  try {
+    const a = t.adminUrl!;
+    const r = await request(`${a}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'old-token-0123456789abc' }) });
+    const cookie = String(r.headers['set-cookie']).split(';')[0]!;
+    assert.equal((await request(`${a}/metrics`, { headers: { cookie } })).status, 200);
+    const { parseConfigText } = await import('../config/load.js');
+    await t.gw.reloadAsync(parseConfigText(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0, tokens: [{name: ops, token: new-token-0123456789abc, role: admin}]}
+access_log: {enabled: false}
+services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
+`));
+    await new Promise((res) => setTimeout(res, 50));
+    assert.equal((await request(`${a}/metrics`, { headers: { cookie } })).status, 401, 'the old token\'s session ended');
+  } finally {
+    await t.close();
+  }
+});
+
+test('a tokenless (loopback) admin listener refuses what a web page could send: a foreign Host (DNS rebinding), a cross-site request, another Origin', async () => {
+  const t = await startGateway(`
+admin: {listen: 127.0.0.1:0}
+services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
+`);
+  try {
+    const a = t.adminUrl!;
+    const port = new URL(a).port;
+    assert.equal((await request(`${a}/status`)).status, 200);
+    assert.equal((await request(`${a}/status`, { headers: { host: `localhost:${port}` } })).status, 200);
+    assert.equal((await request(`${a}/status`, { headers: { host: 'evil.example:80' } })).status, 403);
+    assert.equal((await request(`${a}/cache`, { method: 'DELETE', headers: { 'sec-fetch-site': 'cross-site' } })).status, 403);
+    assert.equal((await request(`${a}/cache`, { method: 'DELETE', headers: { origin: 'https://evil.example' } })).status, 403);
+    assert.equal((await request(`${a}/cache`, { method: 'DELETE', headers: { origin: 'null' } })).status, 403);
+    assert.notEqual((await request(`${a}/cache`, { method: 'DELETE', headers: { origin: `http://127.0.0.1:${port}`, 'sec-fetch-site': 'same-origin' } })).status, 403);
+  } finally {
+    await t.close();
+  }
+});

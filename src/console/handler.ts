@@ -16,7 +16,7 @@ import { sendProblem } from '../core/problem.js';
 import { authenticate } from '../admin/auth.js';
 import { ApiError } from '../admin/errors.js';
 import type { AdminToken } from '../config/compile.js';
-import { SessionStore, type Session } from './session.js';
+import { SessionStore, tokenHash, type Session } from './session.js';
 import { LiveStats, type StatsSource } from './stats.js';
 
 /** Where the built page is: <package>/dist/console-ui (from src/console or dist/console alike). */
@@ -82,7 +82,7 @@ export class ConsoleHandler {
   /** A reload: sessions whose token is gone (or whose role changed) end. */
   tokensChanged(): void {
     const tokens = this.deps.tokens();
-    this.sessions.endWhere((s) => tokens.length === 0 ? s.name === 'anonymous' : tokens.some((t) => t.name === s.name && t.role === s.role));
+    this.sessions.endWhere((s) => tokens.length === 0 ? s.tokenHash === '' : tokens.some((t) => tokenHash(t.token) === s.tokenHash && t.name === s.name && t.role === s.role));
   }
 
   close(): void {
@@ -163,7 +163,7 @@ export class ConsoleHandler {
       return sendProblem(res, 'unauthorized', 'unknown token', undefined);
     }
     this.failures.delete(ip);
-    const s = this.sessions.create(caller);
+    const s = this.sessions.create(caller, this.deps.tokens().length === 0 ? '' : token);
     json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s) });
   }
 
@@ -178,7 +178,7 @@ export class ConsoleHandler {
     });
     // A session that expires while watching: checked with every frame's keep-alive.
     const check = setInterval(() => {
-      if (this.sessions.of(req) === null) res.end();
+      if (this.sessions.of(req, true) === null) res.end(); // (watching is not activity: no renewal)
     }, 15_000);
     check.unref();
     res.on('close', () => {

@@ -18,9 +18,13 @@ export interface Session {
   csrf: string;
   name: string;
   role: 'admin' | 'read-only';
+  /** sha256 of the token signed in with ('' without tokens): a rotated token ends its sessions. */
+  tokenHash: string;
   created: number;
   seen: number;
 }
+
+export const tokenHash = (token: string): string => (token === '' ? '' : createHash('sha256').update(token).digest('hex'));
 
 const same = (a: string, b: string) => {
   const ha = createHash('sha256').update(a).digest();
@@ -34,16 +38,16 @@ export class SessionStore {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  create(caller: { name: string; role: 'admin' | 'read-only' }): Session {
+  create(caller: { name: string; role: 'admin' | 'read-only' }, token = ''): Session {
     while (this.sessions.size >= MAX_SESSIONS) this.end(this.sessions.keys().next().value!);
     const t = this.now();
-    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, created: t, seen: t };
+    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, tokenHash: tokenHash(token), created: t, seen: t };
     this.sessions.set(s.id, s);
     return s;
   }
 
-  /** The session a request's cookie names (touching it), or null. */
-  of(req: IncomingMessage): Session | null {
+  /** The session a request's cookie names (touching it, unless `peek`), or null. */
+  of(req: IncomingMessage, peek = false): Session | null {
     const id = cookieValue(req.headers.cookie, COOKIE);
     if (id === null) return null;
     const s = this.sessions.get(id);
@@ -53,7 +57,7 @@ export class SessionStore {
       this.end(id);
       return null;
     }
-    s.seen = t;
+    if (!peek) s.seen = t;
     return s;
   }
 

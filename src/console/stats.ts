@@ -112,7 +112,11 @@ export class LiveStats {
       const stats = await this.snapshot();
       const scaling = this.source.scaling?.enabled ? this.source.scaling.report() : null;
       const frame = `event: stats\ndata: ${JSON.stringify(stats)}\n\n` + (scaling ? `event: scaling\ndata: ${JSON.stringify(scaling)}\n\n` : '');
-      for (const s of this.streams) s.write(frame);
+      for (const s of this.streams) {
+        // A viewer that stopped reading is dropped, not buffered for (1 MB of frames behind).
+        if (s.writableLength > 1 << 20) s.destroy();
+        else s.write(frame);
+      }
     } catch (err) {
       const frame = `event: problem\ndata: ${JSON.stringify({ detail: (err as Error).message })}\n\n`;
       for (const s of this.streams) s.write(frame);

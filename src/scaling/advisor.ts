@@ -169,11 +169,12 @@ export class ScalingAdvisor {
       if (this.shared) {
         // The other nodes' ticks join this one: every node decides on the cluster's traffic.
         const others = await this.shared.exchange({ counts: demand.services, routes: demand.routes, utilization: own }, this.settings.intervalMs);
+        if (!this.settings) return; // reconfigured off meanwhile
         const all = new DemandMeter();
         all.merge(demand);
         for (const o of others) all.merge({ services: o.counts, routes: o.routes });
         Object.assign(demand, all.drain());
-        this.clusterTick(own, others.map((o) => o.utilization));
+        this.clusterTick(own);
       }
       let changed = false;
       await Promise.all([...this.entries.values()].map(async (e) => {
@@ -202,6 +203,9 @@ export class ScalingAdvisor {
   /** Pushes a changed desired count (and, to Kubernetes, again every 30 s while it differs from what runs). Never rejects; a webhook retrying is replaced by the next decision. */
   private async push(e: Entry, now: number): Promise<void> {
     const d = e.decision!;
+    // Sharing through Redis failed: this node sees its own share of the traffic only, so it
+    // may scale up (more demand than that is real) but never down.
+    if (this.shared !== null && !this.shared.ok && e.pushed !== null && d.desired < e.pushed) return;
     const stale = e.kubernetes !== null && e.kubernetes.current !== null && e.kubernetes.current !== d.desired && now - e.pushedAt > 30_000;
     if (d.desired === e.pushed && !stale) return;
     e.pushed = d.desired;
@@ -240,11 +244,11 @@ export class ScalingAdvisor {
   }
 
   /** With other nodes: their utilisation too — desired nodes = ceil(sum of utilisations / target). */
-  private clusterTick(own: number, others: number[]): void {
+  private clusterTick(own: number): void {
     const g = this.settings!.gateway;
     const nodes = this.shared?.nodes ?? 1;
-    // (a node whose entry did not change since the last look still counts with its last figure)
-    const total = own + others.reduce((a, b) => a + b, 0) * (nodes - 1) / Math.max(1, others.length || nodes - 1);
+    // (each other node with a fresh entry counts with its last published figure)
+    const total = own + [...(this.shared?.utilization.values() ?? [])].reduce((a, b) => a + b, 0);
     const desired = Math.min(g.maxNodes, Math.max(g.minNodes, Math.ceil(total / g.targetUtilization)));
     this.gatewayView = { ...this.gatewayView, desiredNodes: desired, reason: `${nodes} nodes, utilisation sum ${total.toFixed(2)} / target ${g.targetUtilization}` };
   }

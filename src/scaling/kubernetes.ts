@@ -48,6 +48,7 @@ export class KubernetesTrigger {
   }
 
   private reading: Promise<number | null> | null = null;
+  private lastReadError = 0;
 
   /** Reads the scale subresource; updates `current` (one read at a time: callers share it). */
   read(): Promise<number | null> {
@@ -65,7 +66,11 @@ export class KubernetesTrigger {
       this.current = typeof n === 'number' && Number.isFinite(n) ? n : 0;
       return this.current;
     } catch (err) {
-      this.log.warn({ url: this.url, err: (err as Error).message }, 'kubernetes trigger: cannot read the scale subresource');
+      // Once a minute at most: it is read every tick.
+      if (Date.now() - this.lastReadError > 60_000) {
+        this.lastReadError = Date.now();
+        this.log.warn({ url: this.url, err: (err as Error).message }, 'kubernetes trigger: cannot read the scale subresource');
+      }
       return null;
     }
   }

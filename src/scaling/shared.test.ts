@@ -70,6 +70,32 @@ test('two nodes, each with half the traffic: both decide on the sum; exactly one
   }
 });
 
+test('a node restarted under the same id is counted again (a new boot, a new sequence)', async () => {
+  let now = 3_000_000;
+  const clock = () => now;
+  const b = node('steady', clock);
+  let a = node('restarts', clock);
+  try {
+    for (let t = 0; t < 5; t++) {
+      now += 1000;
+      a.meter.record('orders', 'list', 200, 100);
+      await a.tick();
+      await b.tick();
+    }
+    await a.close();
+    a = node('restarts', clock); // same id, new process
+    now += 1000;
+    for (let i = 0; i < 10; i++) a.meter.record('orders', 'list', 200, 100);
+    await a.tick();
+    await b.tick();
+    const r = b.report() as { services: { signals: { rps: number } }[] };
+    assert.equal(r.services[0]!.signals.rps, 10, 'the restarted node\'s first tick is merged');
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
 test('redis down: a node decides alone on its own traffic and pushes', async () => {
   let now = 2_000_000;
   const a = new ScalingAdvisor(silentLogger, () => now);

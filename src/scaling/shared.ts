@@ -5,13 +5,17 @@
  * once: a sequence number per node), so every node's recommenders see the whole cluster's
  * traffic. One node — the holder of a lease key (SET NX PX, renewed by its holder) — pushes the
  * triggers; the others compute the same decisions for KEDA, the gauges and /api/scaling.
- * Redis down: each node decides on its own traffic, and pushes (logged once a minute).
+ * Redis down: each node decides on its own traffic and pushes, but never a scale-down (its
+ * own share of the traffic would under-count the cluster's); logged once a minute.
  */
+import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from '../core/log.js';
 import type { DemandCounts } from './meter.js';
 
 export interface NodeDemand {
+  /** Random per process: a node restarted under the same id starts a new sequence. */
+  boot: string;
   seq: number;
   at: number;
   counts: Record<string, DemandCounts>;
@@ -26,7 +30,13 @@ export class SharedDemand {
   private readonly key: string;
   private readonly leaseKey: string;
   private seq = 0;
-  private readonly seen = new Map<string, number>();
+  private readonly boot = randomUUID();
+  /** Per other node: the boot and sequence number merged last. */
+  private readonly seen = new Map<string, { boot: string; seq: number }>();
+  /** Per other node: its last utilisation (counted while its entry is fresh). */
+  readonly utilization = new Map<string, number>();
+  /** Whether the last exchange with Redis worked. */
+  ok = true;
   private lastError = 0;
   leader = true;
   /** Nodes with a fresh entry, this one included. */
@@ -48,9 +58,9 @@ export class SharedDemand {
    * Publishes this node's tick and returns the other nodes' entries not merged before (fresh
    * ones: within three intervals). Never rejects: on a Redis error, nothing from others.
    */
-  async exchange(mine: Omit<NodeDemand, 'seq' | 'at'>, intervalMs: number): Promise<NodeDemand[]> {
+  async exchange(mine: Omit<NodeDemand, 'boot' | 'seq' | 'at'>, intervalMs: number): Promise<NodeDemand[]> {
     const now = Date.now();
-    const entry: NodeDemand = { seq: ++this.seq, at: now, ...mine };
+    const entry: NodeDemand = { boot: this.boot, seq: ++this.seq, at: now, ...mine };
     try {
       const lease = Math.max(3 * intervalMs, 1000);
       const [, all, got, renewed] = await this.bounded(Promise.all([
@@ -63,6 +73,7 @@ export class SharedDemand {
       const out: NodeDemand[] = [];
       const forget: string[] = [];
       let nodes = 1;
+      const fresh = new Set<string>();
       for (const [node, text] of Object.entries(all)) {
         if (node === this.nodeId) continue;
         let e: NodeDemand;
@@ -75,16 +86,27 @@ export class SharedDemand {
         if (now - e.at > 60_000) forget.push(node);
         if (now - e.at > 3 * intervalMs) continue;
         nodes++;
-        if ((this.seen.get(node) ?? 0) >= e.seq) continue;
-        this.seen.set(node, e.seq);
+        fresh.add(node);
+        this.utilization.set(node, e.utilization);
+        const last = this.seen.get(node);
+        if (last && last.boot === e.boot && last.seq >= e.seq) continue;
+        this.seen.set(node, { boot: e.boot, seq: e.seq });
         out.push(e);
       }
+      for (const node of [...this.seen.keys(), ...this.utilization.keys()]) {
+        if (!fresh.has(node)) {
+          this.seen.delete(node);
+          this.utilization.delete(node);
+        }
+      }
       this.nodes = nodes;
+      this.ok = true;
       if (forget.length) void this.client.hdel(this.key, ...forget).catch(() => {});
       return out;
     } catch (err) {
       this.leader = true; // alone: this node decides and pushes for its own traffic
       this.nodes = 1;
+      this.ok = false;
       if (now - this.lastError > 60_000) {
         this.lastError = now;
         this.log.warn({ err: (err as Error).message }, 'scaling: cannot share demand through redis; deciding on this node\'s traffic only');

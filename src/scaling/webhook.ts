@@ -60,6 +60,8 @@ export class WebhookTrigger {
   private readonly agent: Agent;
   private readonly timeoutMs: number;
   private generation = 0;
+  /** Backoffs in progress: close() ends them. */
+  private readonly waits = new Set<() => void>();
   /** The last delivery's outcome (for /api/scaling). */
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
 
@@ -97,16 +99,22 @@ export class WebhookTrigger {
       this.last = { at: new Date().toISOString(), desired: Number(payload['desired']), ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
       if (ok) return;
       if (!retryable || attempt >= retries || gen !== this.generation) {
-        this.log.warn({ url: this.cfg.url, status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
+        this.log.warn({ url: this.cfg.url.split('?')[0], status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
         return;
       }
-      await new Promise((r) => setTimeout(r, 200 * 2 ** attempt));
+      await new Promise<void>((r) => {
+        const timer = setTimeout(() => { this.waits.delete(cancel); r(); }, 200 * 2 ** attempt);
+        const cancel = () => { clearTimeout(timer); r(); };
+        this.waits.add(cancel);
+      });
       if (gen !== this.generation) return; // a newer decision is on its way
     }
   }
 
   async close(): Promise<void> {
     this.generation++;
+    for (const cancel of this.waits) cancel();
+    this.waits.clear();
     await this.agent.close();
   }
 }

@@ -74,6 +74,27 @@ function authorized(req: IncomingMessage, token: string): boolean {
   return timingSafeEqual(given, createHash('sha256').update(token).digest());
 }
 
+const LOOPBACK_HOST = /^(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?$/i;
+
+/** Why a request to a tokenless admin listener looks like it comes from a web page elsewhere (null: it does not). */
+function foreignCaller(req: IncomingMessage): string | null {
+  const host = req.headers.host ?? '';
+  if (!LOOPBACK_HOST.test(host)) return `Host ${JSON.stringify(host.slice(0, 100))} is not a loopback name (set admin.token to reach the admin listener by another name)`;
+  const site = req.headers['sec-fetch-site'];
+  if (site === 'cross-site' || site === 'same-site') return 'a cross-site request to the admin listener';
+  const origin = req.headers.origin;
+  if (origin !== undefined) {
+    let o: URL | null = null;
+    try {
+      o = new URL(origin);
+    } catch {
+      /* "null" and garbage */
+    }
+    if (o === null || o.host.toLowerCase() !== host.toLowerCase()) return `a request from another origin (${origin.slice(0, 100)})`;
+  }
+  return null;
+}
+
 function sendJson(req: IncomingMessage, res: ServerResponse, status: number, value: unknown): void {
   const body = JSON.stringify(value);
   res.writeHead(status, {
@@ -87,6 +108,13 @@ function sendJson(req: IncomingMessage, res: ServerResponse, status: number, val
 export function createAdminHandler(gw: AdminView) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
+    // Without a token the admin listener is loopback-only and every caller is the admin: a web
+    // page the operator visits must not drive it (DNS rebinding: a foreign Host; a cross-site
+    // form or fetch: Origin / Sec-Fetch-Site).
+    if ((gw.snapshot.admin?.tokens.length ?? 0) === 0) {
+      const refusal = foreignCaller(req);
+      if (refusal) return void sendProblem(res, 'forbidden', refusal, undefined);
+    }
     if (gw.console && (path === '/console' || path.startsWith('/console/'))) {
       void gw.console.handle(req, res, path);
       return;

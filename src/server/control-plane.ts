@@ -46,8 +46,13 @@ export interface ControlPlaneOptions {
 
 
 const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((r) => {
-  const t = setTimeout(r, ms);
-  signal?.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true });
+  const done = () => {
+    clearTimeout(t);
+    signal?.removeEventListener('abort', done);
+    r();
+  };
+  const t = setTimeout(done, ms);
+  signal?.addEventListener('abort', done, { once: true });
 });
 
 export class ControlPlane {
@@ -113,11 +118,22 @@ export class ControlPlane {
 
   /** Opens the store, seeds it when empty, and makes its head the revision to serve. */
   private async connect(): Promise<void> {
-    const { loaded, file, log } = this.opts;
+    const { file, log } = this.opts;
     const store = await openStore(this.setting, {
       baseDir: dirname(resolve(file)), file, log,
       postgres: { name: this.nodeId, ...this.opts.postgres },
     });
+    try {
+      await this.adopt(store);
+    } catch (err) {
+      await store.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async adopt(store: ConfigStore): Promise<void> {
+    const { loaded, file, log } = this.opts;
+    if (this.closed) throw new StoreUnavailable('closing');
     let head = await store.current();
     if (head === null) {
       const document = rawDocument(loaded.text);
@@ -143,10 +159,24 @@ export class ControlPlane {
     return effectiveText(this.node, this.served?.document ?? {});
   }
 
-  /** The --config file changed (validated): its node-local keys apply from the next reload. */
-  fileChanged(loaded: LoadedConfig): string {
-    this.node = nodePart(loaded.config as Record<string, unknown>);
-    return this.text();
+  /** The --config file changed (validated): the text to run with its node-local keys, and `adopt` once that ran. */
+  withFile(loaded: LoadedConfig): { text: string; adopt(): void } {
+    const node = nodePart(loaded.config as Record<string, unknown>);
+    return { text: effectiveText(node, this.served?.document ?? {}), adopt: () => { this.node = node; } };
+  }
+
+  /**
+   * At start, the store's head cannot run on this node: serve the disk snapshot instead (the
+   * head is reported as rejected until SIGHUP or a newer revision). False without a snapshot.
+   */
+  async fallBack(error: string): Promise<boolean> {
+    const saved = await this.snapshot?.load();
+    if (!saved || saved.revision === this.served?.revision) return false;
+    this.rejected = { revision: this.served!.revision, error };
+    this.opts.log.error({ revision: this.served!.revision, err: error, snapshot_revision: saved.revision }, 'the config store\'s revision cannot run on this node: serving the disk snapshot');
+    this.served = saved;
+    this.source = 'snapshot';
+    return true;
   }
 
   /** After the gateway started: follow the store (and, from a snapshot, keep trying to reach it). */
@@ -155,8 +185,11 @@ export class ControlPlane {
     else void this.reconnectLoop();
   }
 
+  private following = false;
+
   private follow(): void {
     if (this.closed || !this.store) return;
+    this.following = true;
     this.unwatch = this.store.watch(() => void this.refresh());
     if (this.snapshot && this.served && this.source === 'store') void this.snapshot.save(this.served);
     void this.refresh(); // whatever was written between open() and now
@@ -184,7 +217,8 @@ export class ControlPlane {
   refresh(retryRejected = false): Promise<unknown> {
     if (retryRejected) this.rejected = null; // SIGHUP: try a rejected revision again (its env may be fixed)
     const run = async () => {
-      if (this.closed || !this.store) return;
+      // (before run(): the gateway is not up yet; run() catches up with what was written meanwhile)
+      if (this.closed || !this.store || !this.following) return;
       let head: StoredConfig | null;
       try {
         head = await this.store.current();
@@ -197,7 +231,7 @@ export class ControlPlane {
       if (this.rejected?.revision === head.revision) return;
       const before = this.served;
       this.served = head;
-      const ok = await this.opts.apply(this.text(), `config store revision ${head.revision}`);
+      const ok = await this.opts.apply(this.text(), `config store revision ${head.revision}`).catch(() => false);
       if (ok) {
         this.servedAt = Date.now();
         this.source = 'store';
