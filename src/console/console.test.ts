@@ -194,3 +194,12 @@ services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
     await t.close();
   }
 });
+
+test('the console session cookie never reaches an upstream (browsers send it to every port of the host); other cookies do', async () => {
+  const n = up.requests.length;
+  await request(`${gw.url}/hello`, { headers: { cookie: 'a=1; tp_console=abcdefghijklmnopqrstuvwxyz0123456789; b=2' } });
+  await request(`${gw.url}/hello`, { headers: { cookie: 'tp_console=abcdefghijklmnopqrstuvwxyz0123456789' } });
+  await request(`${gw.url}/hello`, { headers: { cookie: 'session=keep' } });
+  const got = up.requests.slice(n).map((r) => r.headers.cookie);
+  assert.deepEqual(got, ['a=1; b=2', undefined, 'session=keep']);
+});

@@ -215,6 +215,16 @@ export function handleRequest(
       case 'x-cluster-client-ip':
         (proxyOnly ??= []).push(name, value);
         continue;
+      case 'cookie': {
+        // The console's session cookie (a browser sends it to every port of the admin's host)
+        // never reaches an upstream.
+        if (!value.includes('tp_console=')) headers.push(name, value);
+        else {
+          const rest = value.split(';').filter((c) => !/^\s*tp_console=/.test(c)).join(';').trim();
+          if (rest !== '') headers.push(name, rest);
+        }
+        continue;
+      }
       case 'traceparent': case 'tracestate':
         if (!tracing) headers.push(name, value);
         else (ex.traceCarrier ??= {})[name.toLowerCase()] = value;
