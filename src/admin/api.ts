@@ -28,7 +28,7 @@ import { findEntry, requireObject, type Collection, type Entry } from './collect
 import { COLLECTIONS, apiErrors } from './resources.js';
 import { mergePatch } from './merge-patch.js';
 import { DOCUMENT_ORDER, NODE_LOCAL_KEYS, isObj, samePath, type Obj } from './document.js';
-import { restoreSecrets, stripSecrets } from './secrets.js';
+import { MASK, maskSecrets, restoreMasked, restoreSecrets, stripSecrets } from './secrets.js';
 import { configChanges, unifiedDiff } from './diff.js';
 import { openApiDocument } from './openapi.js';
 
@@ -240,6 +240,9 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const change = (cur: ConfigDocument | null): ConfigDocument | Promise<ConfigDocument> => {
       staged = undefined;
       const s = stage(cur === null ? null : (cur as Obj));
+      // A secret read as MASK and written back keeps its stored value (nothing else may say MASK).
+      const unresolved = restoreMasked(s.doc, cur);
+      if (unresolved.length) throw invalid(unresolved.map((p) => ({ path: p, message: `"${MASK}" stands for a stored secret, and none is stored here: give the value` })));
       if (opts.skipUnchanged && canonicalJson(s.doc) === canonicalJson(cur ?? {})) throw new Unchanged(s);
       const done = (r: ValidationResult): ConfigDocument => {
         if (!r.ok) throw invalid(errorsOf(s, r.errors));
@@ -310,7 +313,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       q.set('limit', String(limit));
       next = `${ctx.path}?${q.toString()}`;
     }
-    const body = JSON.stringify({ data: page.map((x) => x.view), total: entries.length, offset, limit, next });
+    const body = JSON.stringify({ data: page.map((x) => maskSecrets(x.view)), total: entries.length, offset, limit, next });
     send(ctx, 200, body, 'application/json', { etag: bodyTag(body), ...revisionHeader(revision) });
   }
 
@@ -319,7 +322,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const coll = COLLECTIONS[e.collection];
     const { doc, revision } = await current();
     const entry = findEntry(coll.list(doc, e.parent), e.id, coll.one);
-    sendJson(ctx, 200, entry.view, { etag: itemTag(ctx.key, entry.tagged), ...revisionHeader(revision) });
+    sendJson(ctx, 200, maskSecrets(entry.view), { etag: itemTag(ctx.key, entry.tagged), ...revisionHeader(revision) });
   }
 
   async function writeItem(ctx: Ctx, e: Endpoint & { kind: 'collection' | 'item' }): Promise<void> {
@@ -372,7 +375,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const headers: Record<string, string> = { etag: itemTag(ctx.key, after.tagged), ...revisionHeader(revision) };
     if (op === 'POST') headers['location'] = itemUrl(coll, after.id, e.parent);
     else if (after.id !== id) headers['content-location'] = itemUrl(coll, after.id, e.parent);
-    sendJson(ctx, op === 'POST' ? 201 : 200, after.view, headers);
+    sendJson(ctx, op === 'POST' ? 201 : 200, maskSecrets(after.view), headers);
   }
 
   // ---- the whole document ----
@@ -420,7 +423,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const json = wantsJson(ctx, false);
     const secrets = secretsWanted(ctx);
     const { doc, revision } = await current();
-    sendDocument(ctx, secrets ? doc : stripSecrets(doc), revision, json);
+    sendDocument(ctx, secrets ? doc : maskSecrets(stripSecrets(doc)), revision, json);
   }
 
   /** A config body (YAML or JSON) as a document: a mapping without node-local keys. */
@@ -439,7 +442,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
   }
 
   function diffOf(before: Obj, after: Obj, labels: [string, string]) {
-    return { changes: configChanges(before, after), diff: unifiedDiff(toYaml(stripSecrets(before)), toYaml(stripSecrets(after)), labels) };
+    return { changes: configChanges(before, after), diff: unifiedDiff(toYaml(maskSecrets(stripSecrets(before))), toYaml(maskSecrets(stripSecrets(after))), labels) };
   }
 
   async function putConfig(ctx: Ctx): Promise<void> {
@@ -497,7 +500,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const secrets = secretsWanted(ctx);
     const r = await deps.store.revision(n);
     if (!r) throw new ApiError('not-found', `revision ${n} does not exist`);
-    const doc = secrets ? (r.document as Obj) : stripSecrets(r.document as Obj);
+    const doc = secrets ? (r.document as Obj) : maskSecrets(stripSecrets(r.document as Obj));
     if (!json) return sendDocument(ctx, doc, r.revision, false);
     sendJson(ctx, 200, { revision: r.revision, at: r.at, actor: r.actor, action: r.action, document: ordered(doc) }, { etag: revisionTag(r.revision) });
   }

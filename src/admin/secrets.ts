@@ -108,3 +108,53 @@ export function secretValues(doc: Obj): string[] {
   for (const c of items(doc['consumers'])) for (const cr of items(c['credentials'])) for (const k of SECRET_FIELDS) if (typeof cr[k] === 'string') out.push(cr[k] as string);
   return out;
 }
+
+/** Outside credentials: fields of plugin configs and scaling triggers that hold secrets. */
+export const CONFIG_SECRET_FIELDS: readonly string[] = ['secret', 'client_secret', 'password', 'private_key', 'token', 'api_key', 'hmac_secret', 'secret_key'];
+/** What a read shows in place of such a secret; written back, it keeps the stored value. */
+export const MASK = '(secret)';
+
+const isRef = (v: string) => /^\$\{[^}]+\}$/.test(v.trim());
+
+/** A deep copy where every secret-named string (not a `${VAR}` reference) outside credentials reads MASK. */
+export function maskSecrets<T>(v: T): T {
+  if (Array.isArray(v)) return v.map((x) => maskSecrets(x)) as T;
+  if (!isObj(v)) return v;
+  const out: Obj = {};
+  for (const [k, x] of Object.entries(v)) {
+    if (k === 'credentials') out[k] = x; // (credentials: their own rules, stripSecrets)
+    else if (CONFIG_SECRET_FIELDS.includes(k) && typeof x === 'string' && x !== '' && !isRef(x)) out[k] = MASK;
+    else out[k] = maskSecrets(x);
+  }
+  return out as T;
+}
+
+/** The counterpart of an array item in the stored array: same name (and consumer / type), else the same index. */
+function counterpart(item: unknown, i: number, old: unknown[]): unknown {
+  if (isObj(item) && typeof item['name'] === 'string') {
+    const same = old.find((o) => isObj(o) && o['name'] === item['name'] && o['consumer'] === item['consumer'] && o['type'] === item['type']);
+    if (same !== undefined) return same;
+  }
+  return old[i];
+}
+
+/**
+ * Puts the stored secrets back where a write sent MASK (an edited read, applied back). Mutates
+ * `next`; returns the paths where MASK had nothing stored to stand for (the write is refused).
+ */
+export function restoreMasked(next: unknown, old: unknown, path = ''): string[] {
+  const missing: string[] = [];
+  if (Array.isArray(next)) {
+    const o = Array.isArray(old) ? old : [];
+    next.forEach((x, i) => missing.push(...restoreMasked(x, counterpart(x, i, o), `${path}[${i}]`)));
+  } else if (isObj(next)) {
+    const o = isObj(old) ? old : {};
+    for (const [k, x] of Object.entries(next)) {
+      if (x === MASK && CONFIG_SECRET_FIELDS.includes(k)) {
+        if (typeof o[k] === 'string') next[k] = o[k];
+        else missing.push(`${path ? `${path}.` : ''}${k}`);
+      } else missing.push(...restoreMasked(x, o[k], `${path ? `${path}.` : ''}${k}`));
+    }
+  }
+  return missing;
+}

@@ -1,0 +1,69 @@
+/** Secrets outside credentials (plugin configs, scaling webhooks): read as "(secret)", kept when written back. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { request } from 'undici';
+import { silentLogger } from '../core/log.js';
+import { createApiHandler } from './api.js';
+import { MemoryStore, documentValidator } from './testing.js';
+import { MASK } from './secrets.js';
+
+const ADMIN = 'admin-token-0123456789abcdef';
+const READER = 'reader-token-0123456789abcdef';
+
+test('plugin and trigger secrets: masked for every reader (read-only included) in items, lists, exports and diffs; a write that sends the mask back keeps the stored value; a mask with nothing stored is refused', async () => {
+  const store = new MemoryStore();
+  await store.write({ actor: 'seed', action: 'seed' }, () => ({
+    services: [{
+      name: 'orders', url: 'http://127.0.0.1:9001',
+      scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://127.0.0.1:9/hook', secret: 'webhook-secret-0123456789' }] },
+      plugins: [{ name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/introspect', client_id: 'gw', client_secret: 'client-secret-value-xyz' } }],
+      routes: [{ name: 'r', paths: ['/o'] }],
+    }],
+    plugins: [{ name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/i', client_id: 'gw2', client_secret: '${ENV_SECRET}' } }],
+  }));
+  const handler = createApiHandler({ store, validate: documentValidator({}, { env: { ENV_SECRET: 'from-env' } }), tokens: [{ name: 'ops', token: ADMIN, role: 'admin' }, { name: 'viewer', token: READER, role: 'read-only' }], log: silentLogger });
+  const server = createServer((req, res) => void handler(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const call = async (method: string, path: string, token = ADMIN, body?: unknown, headers: Record<string, string> = {}) => {
+    const r = await request(`${base}${path}`, { method: method as 'GET', headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...headers }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: r.statusCode, headers: r.headers, text: await r.body.text() };
+  };
+  try {
+    for (const [path, token] of [['/api/services/orders', READER], ['/api/services', READER], ['/api/plugins', READER], ['/api/config', READER], ['/api/config?format=json', ADMIN], ['/api/revisions/1', READER]] as const) {
+      const r = await call('GET', path, token);
+      assert.equal(r.status, 200, `${path}: ${r.text}`);
+      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz/, path);
+      assert.match(r.text, /\(secret\)|\$\{ENV_SECRET\}/, path);
+    }
+    // A reference is not a secret: shown as written.
+    assert.match((await call('GET', '/api/config', READER)).text, /\$\{ENV_SECRET\}/);
+    // The admin can still ask for everything.
+    assert.match((await call('GET', '/api/config?secrets=true', ADMIN)).text, /client-secret-value-xyz/);
+    // Export (masked) -> apply back: the stored secrets stay.
+    const exported = JSON.parse((await call('GET', '/api/config?format=json', ADMIN)).text);
+    exported.services[0].retries = 1;
+    const put = await call('PUT', '/api/config', ADMIN, exported);
+    assert.equal(put.status, 200, put.text);
+    const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { client_secret: string } }[]; scaling: { triggers: { secret: string }[] } }[] };
+    assert.equal(stored.services[0]!.retries, 1);
+    assert.equal(stored.services[0]!.plugins[0]!.config.client_secret, 'client-secret-value-xyz');
+    assert.equal(stored.services[0]!.scaling.triggers[0]!.secret, 'webhook-secret-0123456789');
+    // PATCH of a service with the masked view: kept too.
+    const item = await call('GET', '/api/services/orders');
+    const view = JSON.parse(item.text);
+    const patched = await call('PUT', '/api/services/orders', ADMIN, { ...view, retries: 2 }, { 'if-match': String(item.headers['etag']) });
+    assert.ok(patched.status === 200, patched.text);
+    assert.equal(((await store.current())!.document as typeof stored).services[0]!.scaling.triggers[0]!.secret, 'webhook-secret-0123456789');
+    // The mask where nothing is stored: refused, nothing written.
+    const rev = (await store.current())!.revision;
+    const bad = await call('POST', '/api/plugins', ADMIN, { name: 'oauth2-introspection', route: 'r', config: { introspection_url: 'http://127.0.0.1:9/x', client_id: 'new', client_secret: MASK } });
+    assert.equal(bad.status, 400, bad.text);
+    assert.match(bad.text, /stands for a stored secret/);
+    assert.equal((await store.current())!.revision, rev);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});
