@@ -203,3 +203,22 @@ test('the console session cookie never reaches an upstream (browsers send it to 
   const got = up.requests.slice(n).map((r) => r.headers.cookie);
   assert.deepEqual(got, ['a=1; b=2', undefined, 'session=keep']);
 });
+
+test('rate-limit refusals per second: over the last minute of the metrics counters, not one tick', async () => {
+  const { LiveStats } = await import('./stats.js');
+  let total = 0;
+  const live = new LiveStats({
+    analyticsStates: async () => ({ states: [] }),
+    inFlight: 0,
+    health: null,
+    metricsText: async () => `turnpike_limit_decisions_total{service="a",route="r",plugin="rate-limit",decision="rejected"} ${total}\nturnpike_limit_decisions_total{service="a",route="r",plugin="rate-limit",decision="allowed"} 999\n`,
+  });
+  await live.snapshot();
+  total = 30;
+  await new Promise((r) => setTimeout(r, 200));
+  const s1 = (await live.snapshot()) as { totals: { rate_limited_per_s: number } };
+  assert.ok(s1.totals.rate_limited_per_s > 50, `30 refusals in ~0.2 s: ${s1.totals.rate_limited_per_s}/s`);
+  await new Promise((r) => setTimeout(r, 200));
+  const s2 = (await live.snapshot()) as { totals: { rate_limited_per_s: number } };
+  assert.ok(s2.totals.rate_limited_per_s > 0, 'still counted a tick later (the window is a minute)');
+});

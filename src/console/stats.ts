@@ -2,7 +2,7 @@
  * The console's live feed: once a second, while someone watches, one `stats` event for every
  * open stream — totals, services, routes, top consumers over the last minute (the analytics
  * sliding window, merged across workers and nodes), requests in flight, rate-limit refusals per
- * second (from the metrics' counters) and upstream health — plus a `scaling` event with the
+ * second over the same minute (from the metrics' counters, since the first viewer) and upstream health — plus a `scaling` event with the
  * advisor's report when it runs. Computed once per second for all streams.
  */
 import type { ServerResponse } from 'node:http';
@@ -33,7 +33,8 @@ export function rejectedTotal(text: string): number {
 export class LiveStats {
   private readonly streams = new Set<ServerResponse>();
   private timer: NodeJS.Timeout | undefined;
-  private lastRejected: { at: number; total: number } | null = null;
+  /** (time, refusals so far) over the last minute: the refusal rate is over the same window as the rest. */
+  private rejected: { at: number; total: number }[] = [];
   private busy = false;
 
   constructor(private readonly source: StatsSource, private readonly everyMs = 1000) {}
@@ -58,7 +59,7 @@ export class LiveStats {
   private stop(): void {
     clearInterval(this.timer);
     this.timer = undefined;
-    this.lastRejected = null;
+    this.rejected = [];
   }
 
   closeAll(): void {
@@ -85,8 +86,10 @@ export class LiveStats {
     if (text !== null) {
       const now = Date.now();
       const total = rejectedTotal(text);
-      if (this.lastRejected && now > this.lastRejected.at) rateLimited = Math.max(0, (total - this.lastRejected.total) / ((now - this.lastRejected.at) / 1000));
-      this.lastRejected = { at: now, total };
+      this.rejected.push({ at: now, total });
+      while (this.rejected.length > 2 && now - this.rejected[1]!.at >= seconds * 1000) this.rejected.shift();
+      const first = this.rejected[0]!;
+      if (now > first.at) rateLimited = Math.max(0, (total - first.total) / ((now - first.at) / 1000));
     }
     const health = this.source.health?.report() as { targets: Record<string, { down: boolean }> } | undefined;
     const targets = health ? Object.entries(health.targets) : [];
