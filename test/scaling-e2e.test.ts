@@ -263,7 +263,7 @@ test('the kubernetes trigger: PATCH of the scale subresource with the token from
 admin: {listen: 127.0.0.1:${adminPort}}
 store: sqlite:./turnpike.db
 access_log: {enabled: false}
-scaling: {interval: 300ms}
+scaling: {interval: 300ms, kubernetes_api_servers: ["${scale.url}"]}
 services:
   - name: orders
     upstream: {targets: [{url: "http://127.0.0.1:1"}]}
@@ -305,4 +305,24 @@ services:
   assert.match(run.stderr(), /HTTP 401/);
   assert.doesNotMatch(run.stderr(), /wrong-token/, 'the token is never logged');
   assert.equal((await request(`http://127.0.0.1:${adminPort}/status`)).status, 200);
+});
+
+test('a kubernetes trigger may only name an API server of the node\'s own list (its token goes there)', async () => {
+  const { configIssues } = await import('./helpers.js');
+  const issues = configIssues(`services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling:
+      target_concurrency: 4
+      triggers: [{type: kubernetes, namespace: shop, deployment: orders, api_server: "https://evil.example"}]
+`);
+  assert.match(JSON.stringify(issues), /not in scaling.kubernetes_api_servers/);
+  assert.deepEqual(configIssues(`scaling: {kubernetes_api_servers: ["https://k8s.internal:6443"]}
+services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling:
+      target_concurrency: 4
+      triggers: [{type: kubernetes, namespace: shop, deployment: orders, api_server: "https://k8s.internal:6443/"}]
+`), []);
 });

@@ -619,7 +619,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       reporter,
       scaling: null,
     };
-    if (s.scaling) service.scaling = scalingPolicyOf(s.scaling, (p, msg) => fail([...sp, 'scaling', ...p], msg));
+    if (s.scaling) service.scaling = scalingPolicyOf(s.scaling, (p, msg) => fail([...sp, 'scaling', ...p], msg), cfg.scaling?.kubernetes_api_servers);
     services.push(service);
 
     const sroutes = s.routes ?? [];

@@ -24,7 +24,20 @@ export interface ScalingSettings {
 
 const ms = (v: string | number | undefined, fallback: number): number => (v === undefined ? fallback : parseDuration(v));
 
-export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail): ScalingPolicyConfig {
+const originOf = (u: string): string | null => {
+  try {
+    return new URL(u).origin;
+  } catch {
+    return null;
+  }
+};
+
+/**
+ * `allowedApis`: the node's `scaling.kubernetes_api_servers`. A trigger's api_server must be one
+ * of them: the node sends its bearer token there, and a service's settings may come from the
+ * admin API (a writer must not be able to point the token anywhere).
+ */
+export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis: readonly string[] = []): ScalingPolicyConfig {
   const d = DEFAULT_POLICY;
   const policy: ScalingPolicy = {
     ...d,
@@ -47,8 +60,18 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail): ScalingPol
   const triggers = c.triggers ?? [];
   const currentFrom = c.current_replicas ?? 'targets';
   if (currentFrom === 'trigger' && !triggers.some((t) => t.type === 'kubernetes')) fail(['current_replicas'], 'trigger needs a kubernetes trigger (it reads the scale subresource)');
+  const allowed = new Set(allowedApis.map(originOf).filter((o): o is string => o !== null));
   triggers.forEach((t, i) => {
-    if (t.type === 'kubernetes' && t.api_server === undefined && !process.env['KUBERNETES_SERVICE_HOST']) fail(['triggers', i, 'api_server'], 'required outside a Kubernetes pod');
+    if (t.type !== 'kubernetes') return;
+    if (t.api_server === undefined) {
+      if (!process.env['KUBERNETES_SERVICE_HOST']) fail(['triggers', i, 'api_server'], 'required outside a Kubernetes pod');
+      return;
+    }
+    const o = originOf(t.api_server);
+    const inPod = process.env['KUBERNETES_SERVICE_HOST'] ? `https://${process.env['KUBERNETES_SERVICE_HOST']}:${process.env['KUBERNETES_SERVICE_PORT'] ?? '443'}` : null;
+    if (o === null || (!allowed.has(o) && o !== (inPod && originOf(inPod)))) {
+      fail(['triggers', i, 'api_server'], `${t.api_server} is not in scaling.kubernetes_api_servers (this node's list of API servers it may send its token to)`);
+    }
   });
   const { triggers: _t, ...rest } = c;
   return { policy, currentFrom, triggers, key: JSON.stringify(rest) };

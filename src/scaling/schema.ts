@@ -50,6 +50,10 @@ export const ServiceScaling = Strict({
 export const Scaling = Strict({
   interval: Type.Optional(Duration),
   keda: Type.Optional(Strict({ listen: HostPort }, { description: 'KEDA external scaler (gRPC externalscaler.proto).' })),
+  kubernetes_api_servers: Type.Optional(Type.Array(Type.String({ pattern: '^https?://' }), {
+    maxItems: 32,
+    description: 'The Kubernetes API servers a kubernetes trigger may name in api_server (this node sends its token there). In a pod, its own API server is always allowed.',
+  })),
   gateway: Type.Optional(Strict({
     target_utilization: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.7, description: 'Event-loop utilisation / CPU per node to aim at.' })),
     min_nodes: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
