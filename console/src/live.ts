@@ -18,6 +18,8 @@ export interface RouteStats { name: string; service?: string; rps: number | null
 export interface Stats {
   at: string;
   window?: string;
+  /** false: analytics are disabled (analytics.enabled: false), so the rates and percentiles stay empty. */
+  analytics?: boolean;
   totals: Totals;
   services: ServiceStats[];
   routes: RouteStats[];

@@ -126,7 +126,8 @@ test('the event stream: refused without a session; with one, a stats event every
   const before = (events.at(-1)!.data['totals'] as { rps: number }).rps;
   for (let i = 0; i < 30; i++) assert.equal((await request(`${gw.url}/hello`)).status, 200);
   await until(() => ((events.at(-1)!.data['totals'] as { rps: number }).rps > before));
-  const last = events.at(-1)!.data as { services: { name: string }[]; routes: { name: string }[]; upstreams: { targets: number } };
+  const last = events.at(-1)!.data as { analytics: boolean; services: { name: string }[]; routes: { name: string }[]; upstreams: { targets: number } };
+  assert.equal(last.analytics, true);
   assert.deepEqual(last.services.map((s) => s.name), ['api']);
   assert.deepEqual(last.routes.map((r) => r.name), ['hello']);
   gw.gw.console!.sessions.end(session.id);
@@ -209,6 +210,7 @@ test('rate-limit refusals per second: over the last minute of the metrics counte
   let total = 0;
   const live = new LiveStats({
     analyticsStates: async () => ({ states: [] }),
+    analyticsEnabled: () => false,
     inFlight: 0,
     health: null,
     metricsText: async () => `turnpike_limit_decisions_total{service="a",route="r",plugin="rate-limit",decision="rejected"} ${total}\nturnpike_limit_decisions_total{service="a",route="r",plugin="rate-limit",decision="allowed"} 999\n`,
@@ -219,6 +221,7 @@ test('rate-limit refusals per second: over the last minute of the metrics counte
   const s1 = (await live.snapshot()) as { totals: { rate_limited_per_s: number } };
   assert.ok(s1.totals.rate_limited_per_s > 50, `30 refusals in ~0.2 s: ${s1.totals.rate_limited_per_s}/s`);
   await new Promise((r) => setTimeout(r, 200));
-  const s2 = (await live.snapshot()) as { totals: { rate_limited_per_s: number } };
+  const s2 = (await live.snapshot()) as { analytics: boolean; totals: { rate_limited_per_s: number } };
+  assert.equal(s2.analytics, false, 'the page says analytics are off');
   assert.ok(s2.totals.rate_limited_per_s > 0, 'still counted a tick later (the window is a minute)');
 });

@@ -10,6 +10,8 @@ import { Analytics, type AnalyticsState } from '../observability/analytics.js';
 
 export interface StatsSource {
   analyticsStates(): Promise<{ states: AnalyticsState[] }>;
+  /** Whether analytics are recorded (the rates and percentiles come from them). */
+  analyticsEnabled?(): boolean;
   inFlight: number;
   health: { report(): unknown } | null;
   /** Prometheus text of this node (for the limit counters); null when metrics are off. */
@@ -96,6 +98,7 @@ export class LiveStats {
     return {
       at: new Date().toISOString(),
       window: '1m',
+      analytics: this.source.analyticsEnabled?.() ?? true,
       totals: {
         rps: round(report.total.rps, 100), error_rate: round(report.total.error_rate, 1000),
         p50_ms: round(report.total.p50_ms), p95_ms: round(report.total.p95_ms), p99_ms: round(report.total.p99_ms),

@@ -242,6 +242,7 @@ export class Gateway implements RequestContext {
     this.console = this.role === 'worker' ? null : new ConsoleHandler({
       tokens: () => this.snapshot.admin?.tokens ?? [],
       analyticsStates: () => this.analyticsStates(),
+      analyticsEnabled: () => this.snapshot.observability.analytics !== null,
       get inFlight() { return gwInFlight(); },
       health: this.health,
       metricsText: async () => (this.observer.metrics ? this.observer.metrics.text(this.collect ? (await this.collect()).metrics : []) : null),

@@ -66,6 +66,7 @@ export function Dashboard({ live, titleRef }: { live: Live; titleRef: Ref<HTMLHe
           <Tile id="rate-limited" label="Rate-limited/s" value={rate(t?.rate_limited_per_s)} />
         </dl>
         <p class="note">Rates and percentiles over the {window}; in flight: now.</p>
+        {s?.analytics === false ? <p class="note" data-testid="analytics-off">Analytics are disabled on this gateway (<code>analytics.enabled: false</code>): rates and percentiles are not recorded.</p> : null}
       </Section>
 
       <Section id="h-charts" title="Last 5 minutes">
