@@ -36,7 +36,7 @@ import pg from 'pg';
 import type { Logger } from '../../core/log.js';
 import {
   RevisionConflict, StoreUnavailable,
-  type ConfigDocument, type ConfigStore, type Revision, type StoredConfig,
+  type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
 } from './types.js';
 
 export interface PostgresStoreOptions {
@@ -304,8 +304,8 @@ export class PostgresStore implements ConfigStore {
   }
 
   write(
-    meta: { actor: string; action: string },
-    change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>,
+    meta: WriteMeta,
+    change: DocumentChange,
     expected?: number,
   ): Promise<StoredConfig> {
     if (this.closed) return Promise.reject(new StoreUnavailable(`the postgres store ${this.where} is closed`));
@@ -315,8 +315,8 @@ export class PostgresStore implements ConfigStore {
   }
 
   private async writeNow(
-    meta: { actor: string; action: string },
-    change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>,
+    meta: WriteMeta,
+    change: DocumentChange,
     expected: number | undefined,
   ): Promise<StoredConfig> {
     await this.open();

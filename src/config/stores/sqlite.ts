@@ -36,7 +36,7 @@ import { dirname } from 'node:path';
 import type { Logger } from '../../core/log.js';
 import {
   RevisionConflict, StoreUnavailable,
-  type ConfigDocument, type ConfigStore, type Revision, type StoredConfig,
+  type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
 } from './types.js';
 
 export interface SqliteStoreOptions {
@@ -225,8 +225,8 @@ export class SqliteStore implements ConfigStore {
   }
 
   write(
-    meta: { actor: string; action: string },
-    change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>,
+    meta: WriteMeta,
+    change: DocumentChange,
     expected?: number,
   ): Promise<StoredConfig> {
     if (this.closed) return Promise.reject(new StoreUnavailable(`the sqlite store ${this.path} is closed`));
@@ -236,8 +236,8 @@ export class SqliteStore implements ConfigStore {
   }
 
   private async writeNow(
-    meta: { actor: string; action: string },
-    change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>,
+    meta: WriteMeta,
+    change: DocumentChange,
     expected: number | undefined,
   ): Promise<StoredConfig> {
     await this.step('waiting for the write lock', () => this.s.begin.run());

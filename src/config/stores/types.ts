@@ -55,6 +55,15 @@ export class StoreReadOnly extends Error {
   }
 }
 
+/** Who writes and what (the audit log's line). */
+export interface WriteMeta {
+  actor: string;
+  action: string;
+}
+
+/** A write's change: the current document (null: empty store) -> the next one; throws to abort. */
+export type DocumentChange = (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>;
+
 export interface ConfigStore {
   readonly kind: 'file' | 'sqlite' | 'postgres';
   /** Creates tables / runs migrations (safe when several nodes start at once). */
@@ -66,7 +75,7 @@ export interface ConfigStore {
    * and returns the next one (or throws to abort, nothing written). With `expected`, the write
    * fails with RevisionConflict unless the store is still at that revision.
    */
-  write(meta: { actor: string; action: string }, change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>, expected?: number): Promise<StoredConfig>;
+  write(meta: WriteMeta, change: DocumentChange, expected?: number): Promise<StoredConfig>;
   /** One stored revision's document, or null when unknown. */
   revision(n: number): Promise<StoredConfig | null>;
   /** Revisions, newest first (the audit log): at most `limit`, older than `before` when given. */
