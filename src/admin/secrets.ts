@@ -9,9 +9,9 @@ import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { isObj, items, type Obj } from './document.js';
 
 /** Fields that hold a secret (any credential type). */
-export const SECRET_FIELDS: readonly string[] = ['key', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
+export const SECRET_FIELDS: readonly string[] = ['key', 'key_sha256', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
 /** Fields shown when a credential is read (anything else is never returned). */
-export const VISIBLE_FIELDS: readonly string[] = ['id', 'type', 'username', 'subject', 'subject_name'];
+export const VISIBLE_FIELDS: readonly string[] = ['id', 'type', 'username', 'subject', 'subject_name', 'email', 'approved', 'verified', 'requested_plan', 'created_at'];
 
 /**
  * The ids of a consumer's credentials, in order: a key-auth credential's `id`, or the

@@ -33,6 +33,7 @@ import { MemoryStore } from '../state/memory.js';
 import type { CacheStores } from '../plugins/cache/stores.js';
 import { compileCompose, composeService, pathParams, type CompiledCompose } from '../compose/config.js';
 import { portalOf, type PortalSettings } from '../portal/catalog.js';
+import { PortalCredential } from '../portal/schema.js';
 import { scalingPolicyOf, scalingSettingsOf, type ScalingPolicyConfig, type ScalingSettings } from '../scaling/policy.js';
 
 export interface Address {
@@ -388,21 +389,31 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const consumers = new Map<string, Consumer>();
   const credentials = new Map<string, { consumer: Consumer; credential: Record<string, unknown> }[]>();
   const credentialPaths = new Map<object, PathSegment[]>();
+  const developerEmails = new Map<string, string>();
   (cfg.consumers ?? []).forEach((c, ci) => {
     if (consumers.has(c.name)) fail(['consumers', ci, 'name'], `duplicate consumer name "${c.name}"`);
     const consumer: Consumer = Object.freeze({ id: c.id ?? consumerId(c.name), name: c.name, groups: Object.freeze([...(c.groups ?? [])]), plan: c.plan });
     consumers.set(c.name, consumer);
+    // A developer awaiting approval or email verification (their portal credential says so):
+    // their other credentials do not authenticate yet.
+    const held = c.credentials?.some((cr) => cr.type === 'portal' && ((cr as Record<string, unknown>)['approved'] === false || (cr as Record<string, unknown>)['verified'] === false)) ?? false;
     c.credentials?.forEach((cr, i) => {
-      const def = PLUGINS.get(cr.type);
-      if (!def?.credential) {
+      if (cr.type === 'portal' && typeof (cr as Record<string, unknown>)['email'] === 'string') {
+        const email = String((cr as Record<string, unknown>)['email']).toLowerCase();
+        const other = developerEmails.get(email);
+        if (other !== undefined) fail(['consumers', ci, 'credentials', i, 'email'], `consumer "${other}" has this email`);
+        developerEmails.set(email, c.name);
+      }
+      const schema = cr.type === 'portal' ? PortalCredential : PLUGINS.get(cr.type)?.credential;
+      if (!schema) {
         fail(['consumers', ci, 'credentials', i, 'type'], `unknown credential type "${cr.type}" (no auth plugin of that name)`);
         return;
       }
-      const errors = [...Value.Errors(def.credential, cr)];
+      const errors = [...Value.Errors(schema, cr)];
       for (const e of errors.slice(0, 3)) {
         fail(['consumers', ci, 'credentials', i, ...e.path.split('/').slice(1).map((x) => (/^\d+$/.test(x) ? Number(x) : x))], e.message.charAt(0).toLowerCase() + e.message.slice(1));
       }
-      if (errors.length === 0) {
+      if (errors.length === 0 && cr.type !== 'portal' && !held) {
         let list = credentials.get(cr.type);
         if (!list) credentials.set(cr.type, (list = []));
         list.push({ consumer, credential: cr as Record<string, unknown> });
@@ -680,6 +691,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     specPaths.push(rp);
   }
 
+  const acc = cfg.portal?.accounts;
+  if (acc?.enabled) {
+    if (!cfg.portal?.enabled) fail(['portal', 'accounts', 'enabled'], 'developer accounts need the portal (portal.enabled: true)');
+    if (typeof acc.default_plan === 'string' && !cfg.plans?.[acc.default_plan]) fail(['portal', 'accounts', 'default_plan'], `unknown plan "${acc.default_plan}"`);
+    acc.plans?.forEach((pl, i) => { if (!cfg.plans?.[pl]) fail(['portal', 'accounts', 'plans', i], `unknown plan "${pl}"`); });
+  }
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) {
     // (a composing route stands for its own service: a plan may name it in services too)
     plan.services?.forEach((sv, i) => { if (!serviceNames.has(sv) && !composeNames.has(sv)) fail(['plans', name, 'services', i], `unknown service "${sv}"`); });

@@ -4,6 +4,7 @@
  * from its routes (paths with their {params}, methods, hosts).
  */
 import type { TurnpikeConfigInput } from '../config/schema.js';
+import { parseDuration } from '../config/units.js';
 
 export interface PortalRoute { name: string; paths: string[]; methods: string[]; hosts: string[]; description: string }
 export interface PortalApi { name: string; description: string; routes: PortalRoute[] }
@@ -13,6 +14,21 @@ export interface PortalSettings {
   title: string;
   description: string;
   apis: PortalApi[];
+  /** Developer accounts (null: off). */
+  accounts: AccountSettings | null;
+}
+
+export interface AccountSettings {
+  defaultPlan: string | null;
+  plans: string[];
+  approval: 'auto' | 'manual';
+  planApproval: 'auto' | 'manual';
+  /** null: the node's own random secret. */
+  secret: string | null;
+  sessionTtlMs: number;
+  maxKeys: number;
+  signupsPerHour: number;
+  verification: { url: string; linkBase: string; secret: string | null; timeoutMs: number } | null;
 }
 
 const ALL_METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'];
@@ -28,7 +44,19 @@ export function portalOf(cfg: TurnpikeConfigInput): PortalSettings | null {
       .map(({ r, name }): PortalRoute => ({ name, paths: [...(r.paths ?? [])], methods: (r.methods ?? []).map((m) => m.toUpperCase()), hosts: [...(r.hosts ?? [])], description: r.description ?? '' }));
     if (routes.length > 0) apis.push({ name: s.name, description: s.description ?? '', routes });
   }
-  return { base: p.path ?? '/portal', title: p.title ?? 'API portal', description: p.description ?? '', apis };
+  const a = p.accounts;
+  const accounts: AccountSettings | null = a?.enabled ? {
+    defaultPlan: a.default_plan ?? null,
+    plans: [...(a.plans ?? [])],
+    approval: a.approval ?? 'auto',
+    planApproval: a.plan_approval ?? 'manual',
+    secret: a.secret ?? null,
+    sessionTtlMs: parseDuration(a.session_ttl ?? '12h'),
+    maxKeys: a.max_keys ?? 5,
+    signupsPerHour: a.signups_per_hour ?? 10,
+    verification: a.verification ? { url: a.verification.url, linkBase: a.verification.link_base, secret: a.verification.secret ?? null, timeoutMs: parseDuration(a.verification.timeout ?? '5s') } : null,
+  } : null;
+  return { base: p.path ?? '/portal', title: p.title ?? 'API portal', description: p.description ?? '', apis, accounts };
 }
 
 /** The OpenAPI 3.1 document of one API, generated from its routes. */

@@ -7,23 +7,20 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { openApiOf, type PortalSettings } from './catalog.js';
-
-const esc = (s: string) => s.replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[c]!);
-const SECURITY = {
-  'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-  'x-content-type-options': 'nosniff',
-  'referrer-policy': 'no-referrer',
-  'x-frame-options': 'DENY',
-};
-const STYLE = 'body{font:16px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}a{color:#0b4fa8}code{background:#f1f3f5;padding:.1rem .3rem;border-radius:3px}.m{display:inline-block;min-width:4.5rem;font-weight:700;color:#fff;background:#0b4fa8;border-radius:3px;padding:0 .4rem;text-align:center;margin-right:.5rem}li{margin:.4rem 0}';
-
-function page(title: string, body: string): string {
-  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>${esc(title)}</title><style>${STYLE}</style></head><body>${body}</body></html>`;
-}
+import { SECURITY, esc, page } from './html.js';
+import type { AccountRequest, AccountResponse } from './accounts.js';
+import { readWholeBody, type BodySource } from '../server/body.js';
+import { ProblemError } from '../core/problem.js';
 
 function send(req: IncomingMessage, res: ServerResponse, status: number, type: string, body: string, extra: Record<string, string>): void {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-cache', ...SECURITY, ...extra });
   res.end(req.method === 'HEAD' ? undefined : body);
+}
+
+/** The catalog pages' navigation (with accounts: the way to sign in; the session is not known here). */
+function nav(p: PortalSettings): string {
+  const links = p.accounts ? `<span class="sp"></span><a href="${esc(`${p.base}/account`)}">Your account</a><a href="${esc(`${p.base}/login`)}">Sign in</a><a href="${esc(`${p.base}/signup`)}">Sign up</a>` : '';
+  return `<nav aria-label="Portal"><a href="${esc(`${p.base}/`)}">${esc(p.title)}</a>${links}</nav>`;
 }
 
 /** Whether a path is the portal's (then `answerPortal` answers it). */
@@ -42,7 +39,7 @@ export function answerPortal(p: PortalSettings, req: IncomingMessage, res: Serve
   }
   if (rest === '/') {
     const items = p.apis.map((a) => `<li><a href="${esc(`${p.base}/apis/${encodeURIComponent(a.name)}`)}">${esc(a.name)}</a>${a.description ? ` — ${esc(a.description)}` : ''} <small>(${a.routes.length} route${a.routes.length === 1 ? '' : 's'})</small></li>`).join('');
-    return send(req, res, 200, html, page(p.title, `<header><h1>${esc(p.title)}</h1>${p.description ? `<p>${esc(p.description)}</p>` : ''}</header><main><h2>APIs</h2>${items ? `<ul>${items}</ul>` : '<p>No API is published yet.</p>'}</main>`), extra);
+    return send(req, res, 200, html, page(p.title, `${nav(p)}<header><h1>${esc(p.title)}</h1>${p.description ? `<p>${esc(p.description)}</p>` : ''}</header><main><h2>APIs</h2>${items ? `<ul>${items}</ul>` : '<p>No API is published yet.</p>'}</main>`), extra);
   }
   const m = /^\/apis\/([^/]+)(\/openapi\.json)?$/.exec(rest);
   const api = m ? p.apis.find((a) => a.name === safeDecode(m[1]!)) : undefined;
@@ -60,7 +57,7 @@ export function answerPortal(p: PortalSettings, req: IncomingMessage, res: Serve
       ops.push(`<li><span class="m">${esc(method.toUpperCase())}</span><code>${esc(path)}</code> ${op.summary !== `${method.toUpperCase()} ${path}` ? esc(op.summary) : ''}${params}</li>`);
     }
   }
-  send(req, res, 200, html, page(`${api.name} — ${p.title}`, `<nav><a href="${esc(`${p.base}/`)}">${esc(p.title)}</a></nav><main><h1>${esc(api.name)}</h1>${api.description ? `<p>${esc(api.description)}</p>` : ''}<h2>Operations</h2><ul>${ops.join('')}</ul><p><a href="${esc(`${p.base}/apis/${encodeURIComponent(api.name)}/openapi.json`)}">OpenAPI 3.1 document</a></p></main>`), extra);
+  send(req, res, 200, html, page(`${api.name} — ${p.title}`, `${nav(p)}<main><h1>${esc(api.name)}</h1>${api.description ? `<p>${esc(api.description)}</p>` : ''}<h2>Operations</h2><ul>${ops.join('')}</ul><p><a href="${esc(`${p.base}/apis/${encodeURIComponent(api.name)}/openapi.json`)}">OpenAPI 3.1 document</a></p></main>`), extra);
 }
 
 function safeDecode(s: string): string {
@@ -69,4 +66,36 @@ function safeDecode(s: string): string {
   } catch {
     return '';
   }
+}
+
+/** Largest account form accepted. */
+const MAX_FORM = 16 * 1024;
+
+function problem(res: ServerResponse, status: number, title: string, detail: string, extra: Record<string, string>): void {
+  const body = JSON.stringify({ type: `urn:turnpike:problem:${title.toLowerCase().replace(/ /g, '-')}`, title, status, detail });
+  res.writeHead(status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
+  res.end(body);
+}
+
+/**
+ * A developer account page (src/portal/accounts.ts): the form body is read (at most 16 KB) and
+ * the request handed to `accounts` (in this process, or the primary's over IPC).
+ */
+export function answerAccount(
+  accounts: ((r: AccountRequest) => Promise<AccountResponse>) | null, req: IncomingMessage, res: ServerResponse,
+  fields: Omit<AccountRequest, 'body'>, body: BodySource, extra: Record<string, string>,
+): void {
+  if (accounts === null) return problem(res, 503, 'Service Unavailable', 'developer accounts are answered by the node that holds the config store, and it is not reachable', extra);
+  readWholeBody(req, body, MAX_FORM).then(
+    (buf) => accounts({ ...fields, body: buf.toString('utf8') }),
+  ).then((r) => {
+    if (res.headersSent || res.destroyed) return;
+    const headers: Record<string, string | string[] | number> = { ...r.headers, ...extra, 'content-length': Buffer.byteLength(r.body) };
+    res.writeHead(r.status, headers);
+    res.end(req.method === 'HEAD' ? undefined : r.body);
+  }, (err: unknown) => {
+    if (res.headersSent || res.destroyed) return;
+    if (err instanceof ProblemError && err.code === 'payload-too-large') return problem(res, 413, 'Content Too Large', 'the form is larger than 16 KB', { ...extra, connection: 'close' });
+    problem(res, 503, 'Service Unavailable', 'the account service did not answer; try again', extra);
+  });
 }

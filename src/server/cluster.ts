@@ -30,6 +30,7 @@ import type { MemoryStore } from '../state/memory.js';
 import { retainCounters } from '../observability/metrics.js';
 import type { AnalyticsState } from '../observability/analytics.js';
 import type { Bucket, PurgeFilter } from '../plugins/cache/entry.js';
+import type { AccountRequest, AccountResponse } from '../portal/accounts.js';
 
 type ToWorker =
   | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
@@ -40,6 +41,7 @@ type ToWorker =
   | { tp: 'reopen' }
   | { tp: 'cache-purge'; id: number; filter: PurgeFilter }
   | { tp: 'cache-invalidate'; bucket: Bucket }
+  | { tp: 'portal-r'; id: number; res: AccountResponse }
   | CounterReply;
 
 type ToPrimary =
@@ -53,6 +55,7 @@ type ToPrimary =
   | ({ tp: 'demand' } & WorkerDemand)
   | { tp: 'cache-purged'; id: number; purged: number }
   | { tp: 'cache-invalidate'; bucket: Bucket }
+  | { tp: 'portal'; id: number; req: AccountRequest }
   | CounterRequest;
 
 const isMsg = (m: unknown): m is { tp: string } => typeof m === 'object' && m !== null && typeof (m as { tp?: unknown }).tp === 'string';
@@ -77,7 +80,13 @@ interface WorkerInfo {
   onListening: (() => void)[];
   /** The worker's metrics as last reported (kept when it exits, so counters never go back). */
   metrics: unknown[] | null;
+  /** Reloads sent and not answered yet (reloaded / reload-failed), and who waits for none. */
+  reloadsPending: number;
+  onSettled: (() => void)[];
 }
+
+/** How long a reload waits for the workers to run it too. */
+const WORKER_RELOAD_WAIT_MS = 5000;
 
 /** How long /metrics and /analytics wait for the workers' answers. */
 const COLLECT_TIMEOUT_MS = 1000;
@@ -149,6 +158,31 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     };
   };
 
+  const settled = (info: WorkerInfo) => {
+    if (info.reloadsPending > 0) info.reloadsPending--;
+    if (info.reloadsPending === 0) for (const f of info.onSettled.splice(0)) f();
+  };
+  /** Resolves when every worker ran the reloads sent so far (or failed them, or exited), at most WORKER_RELOAD_WAIT_MS. */
+  const workersSettled = () => new Promise<void>((resolve) => {
+    const waiting = [...infos.values()].filter((i) => i.reloadsPending > 0);
+    let left = waiting.length;
+    if (left === 0) return resolve();
+    const timer = setTimeout(resolve, WORKER_RELOAD_WAIT_MS);
+    for (const i of waiting) {
+      let done = false;
+      const one = () => {
+        if (done) return;
+        done = true;
+        if (--left === 0) {
+          clearTimeout(timer);
+          resolve();
+        }
+      };
+      i.onSettled.push(one);
+      i.worker.once('exit', one);
+    }
+  });
+
   const gw = await Gateway.start(loaded, {
     logger: log,
     role: 'primary',
@@ -161,6 +195,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     // validated object plus the primary's DNS answers: workers neither parse YAML, validate
     // again, nor resolve names on their own.
     onSwap: (next, snap) => {
+      for (const i of infos.values()) if (i.worker.isConnected()) i.reloadsPending++;
       broadcast({ tp: 'reload', text: next.text, config: next.config, hash: next.configHash, dns: gw.dns.table() });
       if (snap.workers !== live().length) {
         log.info({ to: snap.workers }, 'worker count changed');
@@ -173,7 +208,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], metrics: null };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], metrics: null, reloadsPending: 0, onSettled: [] };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -190,9 +225,11 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
         case 'reloaded':
           // Decisions made while it compiled may name targets it did not know yet.
           worker.send({ tp: 'decisions', decisions: health.decisions() } satisfies ToWorker);
+          settled(info);
           break;
         case 'reload-failed':
           log.error({ worker: worker.process.pid, error: msg.error }, 'a worker rejected a config the primary accepted');
+          settled(info);
           break;
         case 'passive':
           health.passive(msg.key, msg.ok);
@@ -214,6 +251,16 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           // One worker's §4.4 invalidation reaches the others' memory caches.
           for (const i of infos.values()) if (i.worker !== worker && i.worker.isConnected()) i.worker.send(msg satisfies ToWorker);
           break;
+        case 'portal': {
+          // Developer accounts live where the config store is: here.
+          const reply = (r: AccountResponse) => { if (worker.isConnected()) worker.send({ tp: 'portal-r', id: msg.id, res: r } satisfies ToWorker); };
+          if (!gw.portalAccounts) reply({ status: 503, headers: { 'content-type': 'application/problem+json' }, body: JSON.stringify({ title: 'Service Unavailable', status: 503, detail: 'developer accounts need a config store' }) });
+          else gw.portalAccounts(msg.req).then(reply, (err: unknown) => {
+            log.error({ err: String(err) }, 'portal: an account request failed');
+            reply({ status: 500, headers: { 'content-type': 'application/problem+json' }, body: JSON.stringify({ title: 'Internal Server Error', status: 500 }) });
+          });
+          break;
+        }
         case 'ctr':
           // One truth per node: the primary's counters decide for every worker.
           if (worker.isConnected()) worker.send(answerCounter(gw.counters.local as MemoryStore, msg) satisfies ToWorker);
@@ -280,6 +327,8 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     async reload(next: LoadedConfig) {
       // Rejects with ConfigError: then nothing is sent to the workers (onSwap sends the rest).
       await gw.reloadAsync(next);
+      // Read your writes: an admin or portal write is answered once the workers run it too.
+      await workersSettled();
     },
     reopenLogs() {
       broadcast({ tp: 'reopen' });
@@ -363,10 +412,30 @@ export async function runWorker(log: Logger): Promise<number> {
   let handle: ((m: ToWorker) => void) | null = null;
   let onConfig: ((m: Extract<ToWorker, { tp: 'config' }> | null) => void) | null = null;
   const counters = new IpcStore((m) => send(m));
+  // The portal's account requests go to the primary (it holds the config store and the sessions).
+  const portalWaiting = new Map<number, (r: AccountResponse) => void>();
+  let portalId = 0;
+  const askPrimary = (req: AccountRequest) => new Promise<AccountResponse>((resolve, reject) => {
+    const id = ++portalId;
+    const timer = setTimeout(() => {
+      portalWaiting.delete(id);
+      reject(new Error('the primary did not answer'));
+    }, 30_000);
+    portalWaiting.set(id, (r) => {
+      clearTimeout(timer);
+      resolve(r);
+    });
+    send({ tp: 'portal', id, req });
+  });
   process.on('message', (m: unknown) => {
     if (!isMsg(m)) return;
     const msg = m as ToWorker;
     if (msg.tp === 'ctr-r') return counters.onReply(msg);
+    if (msg.tp === 'portal-r') {
+      const w = portalWaiting.get(msg.id);
+      portalWaiting.delete(msg.id);
+      return w?.(msg.res);
+    }
     if (onConfig && (msg.tp === 'config' || msg.tp === 'stop')) {
       const f = onConfig;
       onConfig = null;
@@ -388,6 +457,7 @@ export async function runWorker(log: Logger): Promise<number> {
     return 1;
   }
   for (const d of config.decisions) applyDecision(gw.runtime, d);
+  gw.portalAccounts = askPrimary;
   gw.caches.onInvalidate = (bucket) => send({ tp: 'cache-invalidate', bucket });
   // Scaling: this worker's demand and load go to the primary's advisor every second.
   let elu = performance.eventLoopUtilization();

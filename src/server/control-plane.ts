@@ -25,6 +25,7 @@ import { createApiHandler, type ApiDeps, type ApiHandler } from '../admin/api.js
 import type { ApiToken } from '../admin/auth.js';
 import type { ControlView } from './gateway.js';
 import { documentValidator, effectiveText, nodePart } from '../admin/validate.js';
+import type { AccountBackend } from '../portal/accounts.js';
 
 export interface ControlPlaneOptions {
   /** The --config file. */
@@ -264,6 +265,41 @@ export class ControlPlane {
     };
   }
 
+  /** Developer accounts (src/portal/accounts.ts) live in this node's store. */
+  accountBackend(): AccountBackend {
+    return {
+      document: () => (this.served?.document as Record<string, unknown> | undefined) ?? null,
+      readOnly: () => (this.store ? null : `the ${this.kind} config store cannot be reached right now`),
+      edit: (actor, action, change) => this.edit({ actor, action }, change),
+    };
+  }
+
+  /**
+   * One write of the store outside the admin API: `change` edits a copy of the head, the
+   * result is validated as this node would run it, written (tried again when another write
+   * won the race), and applied on this node before it resolves.
+   */
+  private async edit(meta: { actor: string; action: string }, change: (doc: Record<string, unknown>) => void): Promise<void> {
+    if (!this.store) throw new StoreUnavailable(`the ${this.kind} store cannot be reached`);
+    const validate = documentValidator(this.node, { file: this.opts.file });
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.store.write(meta, (cur) => {
+          const doc = structuredClone((cur ?? {}) as Record<string, unknown>);
+          change(doc);
+          const r = validate(structuredClone(doc));
+          if (!r.ok) throw Object.assign(new Error('the change does not validate'), { issues: r.errors });
+          return doc;
+        });
+        break;
+      } catch (err) {
+        if (!(err instanceof RevisionConflict) || attempt >= 8) throw err;
+        await sleep(2 + Math.random() * 10 * (attempt + 1));
+      }
+    }
+    await this.refresh();
+  }
+
   /** The `/api/` handler of this node's admin listener. */
   api(tokens: () => readonly ApiToken[], sessionCaller?: ApiDeps['sessionCaller']): ApiHandler {
     return createApiHandler({
@@ -312,5 +348,10 @@ export function fileControl(file: string, loaded: LoadedConfig, log: Logger): Co
   return {
     api: (tokens, sessionCaller) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log, ...(sessionCaller ? { sessionCaller } : {}) }),
     status: () => ({ store: 'file', file: resolve(file) }),
+    accountBackend: () => ({
+      document: () => null,
+      readOnly: () => 'developer accounts need a sqlite or postgres config store (store: sqlite:./turnpike.db); this node reads its config from a file',
+      edit: () => Promise.reject(new Error('read-only config')),
+    }),
   };
 }

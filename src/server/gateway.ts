@@ -37,6 +37,9 @@ import { Observer } from '../observability/observer.js';
 import type { GaugeSource } from '../observability/metrics.js';
 import type { AnalyticsState } from '../observability/analytics.js';
 import { SharedAnalytics } from '../observability/shared-analytics.js';
+import { Analytics } from '../observability/analytics.js';
+import { AccountService, type AccountBackend, type AccountRequest, type AccountResponse, type Usage } from '../portal/accounts.js';
+import { quotaViews } from '../plugins/quota/index.js';
 
 export interface GatewayOptions {
   logger?: Logger;
@@ -68,6 +71,8 @@ export interface GatewayOptions {
 export interface ControlView {
   api(tokens: () => readonly AdminToken[], sessionCaller?: (req: IncomingMessage, method: string) => { name: string; role: 'admin' | 'read-only' } | undefined): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
   status(): Record<string, unknown>;
+  /** Where developer accounts are kept (the portal's sign-up, keys). */
+  accountBackend?(): AccountBackend;
 }
 
 function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
@@ -193,6 +198,11 @@ export class Gateway implements RequestContext {
   private keda: { port: number; close(): Promise<void> } | null = null;
   /** The web console on the admin listener (src/console/), null in a worker. */
   readonly console: ConsoleHandler | null;
+  /**
+   * The portal's developer accounts (src/portal/accounts.ts): answered here in a single process
+   * or the primary (which owns the config store); a worker sets it to ask its primary over IPC.
+   */
+  portalAccounts: ((r: AccountRequest) => Promise<AccountResponse>) | null = null;
   /** The config store's admin API and status (a node with `store: sqlite|postgres`, or file). */
   control: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null = null;
 
@@ -252,6 +262,11 @@ export class Gateway implements RequestContext {
     if (opts.control) {
       const control = opts.control;
       this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? [], (req, method) => this.console?.caller(req, method)), status: () => control.status() };
+      const backend = control.accountBackend?.();
+      if (backend) {
+        const accounts = new AccountService(backend, { settings: () => this.snapshot.portal, usage: (c) => this.consumerUsage(c) }, this.log);
+        this.portalAccounts = (r) => accounts.handle(r);
+      }
     }
     this.useRedis(redis);
     this.shareAnalytics();
@@ -283,6 +298,26 @@ export class Gateway implements RequestContext {
     const own = this.observer.analytics;
     if (own !== null) states.push(own.state());
     return states;
+  }
+
+  /** A consumer's own usage (the portal's account page): its quotas and request counts. */
+  async consumerUsage(consumer: string): Promise<Usage> {
+    const plan = this.snapshot.consumers.get(consumer)?.plan;
+    const views = [...quotaViews].filter((v) => v.byConsumer && (v.where.startsWith('plans.') ? plan !== undefined && v.where.startsWith(`plans.${plan}.plugins.`) : true));
+    const quotas: Usage['quotas'] = [];
+    for (const v of views) {
+      const u = await v.usage(consumer);
+      // (a binding for one consumer shows only to them: the others have no count there)
+      if (v.where.startsWith('consumers.') && u.used === 0) continue;
+      if (!quotas.some((q) => q.name === v.name && q.limit === v.limit && q.every === v.period)) quotas.push({ name: v.name, limit: v.limit, every: v.period, ...u });
+    }
+    if (this.snapshot.observability.analytics === null) return { quotas, last_hour: null, last_day: null };
+    const { states } = await this.analyticsStates();
+    const window = (w: '1h' | '24h') => {
+      const t = Analytics.report(states, w, { consumer }).total;
+      return { requests: t.requests, errors: t.errors, client_errors: t.client_errors };
+    };
+    return { quotas, last_hour: window('1h'), last_day: window('24h') };
   }
 
   /** Analytics states of this node and (with redis) the other nodes that published recently. */

@@ -4,7 +4,8 @@
  * comes from the snapshot it started with. The raw header list is read once: the fields the
  * gateway owns are picked out, the rest copied for the upstream.
  */
-import { answerPortal, isPortalPath } from '../portal/handler.js';
+import { answerAccount, answerPortal, isPortalPath } from '../portal/handler.js';
+import { isAccountPath, type AccountRequest, type AccountResponse } from '../portal/accounts.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -62,6 +63,8 @@ export interface RequestContext {
   log?: Logger;
   /** Metrics, access log, analytics, tracing (null: none of them). */
   observer?: Observer | null;
+  /** The portal's developer accounts (null: this node cannot answer them). */
+  portalAccounts?: ((r: AccountRequest) => Promise<AccountResponse>) | null;
 }
 
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
@@ -216,11 +219,11 @@ export function handleRequest(
         (proxyOnly ??= []).push(name, value);
         continue;
       case 'cookie': {
-        // The console's session cookie (a browser sends it to every port of the admin's host)
-        // never reaches an upstream.
-        if (!value.includes('tp_console=')) headers.push(name, value);
+        // The console's and the portal's session cookies (a browser sends the console's to
+        // every port of the admin's host) never reach an upstream.
+        if (!value.includes('tp_console=') && !value.includes('tp_portal=')) headers.push(name, value);
         else {
-          const rest = value.split(';').filter((c) => !/^\s*tp_console=/.test(c)).join(';').trim();
+          const rest = value.split(';').filter((c) => !/^\s*tp_(console|portal)=/.test(c)).join(';').trim();
           if (rest !== '') headers.push(name, rest);
         }
         continue;
@@ -296,7 +299,23 @@ export function handleRequest(
   if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway');
   // The developer portal (portal.enabled) answers its own paths, before any route.
   if (snap.portal !== null && isPortalPath(snap.portal, path)) {
-    answerPortal(snap.portal, req, res, path, { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) });
+    const extra = { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) };
+    const rest = path.slice(snap.portal.base.length);
+    if (snap.portal.accounts !== null && isAccountPath(rest)) {
+      // Developer accounts: answered where the config store is (this process, or the primary).
+      const hasBody = te !== undefined || (cl !== undefined && cl !== '0') || (h2 && cl === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders);
+      const tls = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
+      answerAccount(ctx.portalAccounts ?? null, req, res, {
+        method, path: rest, query: query.slice(1), host, tls,
+        clientIp: p.trusted ? clientIp(p.peer, xff, snap.trusted) : p.peer,
+        cookie: headerValue(req, 'cookie'), origin: headerValue(req, 'origin'), fetchSite: headerValue(req, 'sec-fetch-site'), contentType: headerValue(req, 'content-type'),
+      }, { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: () => {
+        if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
+        if (expectContinue) res.writeContinue();
+      } }, extra);
+      return undefined;
+    }
+    answerPortal(snap.portal, req, res, path, extra);
     return undefined;
   }
   // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS with none left is answered here; otherwise decremented.

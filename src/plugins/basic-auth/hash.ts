@@ -31,3 +31,14 @@ export function verifyPassword(password: string, h: ParsedHash): Promise<boolean
     });
   });
 }
+
+/** hashPassword on libuv's thread pool (for request handlers: scrypt takes ~50 ms of CPU). */
+export function hashPasswordAsync(password: string): Promise<string> {
+  const salt = randomBytes(16);
+  return new Promise((resolve, reject) => {
+    scrypt(password, salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p }, (err, hash) => {
+      if (err) reject(err);
+      else resolve(`scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64')}$${hash.toString('base64')}`);
+    });
+  });
+}

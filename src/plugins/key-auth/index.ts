@@ -10,6 +10,10 @@ import { KeyAuthConfig, KeyAuthCredential } from './schema.js';
 
 const CHALLENGE = 'Key realm="turnpike"';
 
+/** A credential's key digest: of its `key`, or its `key_sha256`. */
+const digestOf = (c: Readonly<Record<string, unknown>>): Buffer =>
+  typeof c['key_sha256'] === 'string' ? Buffer.from(c['key_sha256'], 'hex') : sha256(String(c['key']));
+
 export default definePlugin({
   name: 'key-auth',
   priority: 1250,
@@ -21,7 +25,11 @@ export default definePlugin({
     const seen = new Map<string, string>();
     const problems: { index: number; field?: string; message: string }[] = [];
     list.forEach(({ consumer, credential }, index) => {
-      const hex = sha256(String(credential['key'])).toString('hex');
+      if ((credential['key'] === undefined) === (credential['key_sha256'] === undefined)) {
+        problems.push({ index, message: 'give one of key and key_sha256' });
+        return;
+      }
+      const hex = digestOf(credential).toString('hex');
       const other = seen.get(hex);
       if (other !== undefined) problems.push({ index, field: 'key', message: `the same key as consumer "${other}" has` });
       else seen.set(hex, consumer.name);
@@ -35,7 +43,8 @@ export default definePlugin({
     const keys = new Map<string, { digest: Buffer; consumer: Consumer; id: string }>();
     const perConsumer = new Map<string, number>();
     for (const { consumer, credential } of deps.credentials) {
-      const digest = sha256(String(credential['key']));
+      if ((credential['key'] === undefined) === (credential['key_sha256'] === undefined)) continue;
+      const digest = digestOf(credential);
       // The id sent upstream says which key without giving anything of it away.
       const n = (perConsumer.get(consumer.name) ?? 0) + 1;
       perConsumer.set(consumer.name, n);

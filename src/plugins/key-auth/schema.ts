@@ -15,6 +15,8 @@ export type KeyAuthConfig = Static<typeof KeyAuthConfig>;
 /** consumers[].credentials[] entry of type key-auth. */
 export const KeyAuthCredential = Type.Object({
   type: Type.Literal('key-auth'),
-  key: Type.String({ minLength: 8, maxLength: 512, description: 'The API key (use ${ENV} to keep it out of the file).' }),
+  key: Type.Optional(Type.String({ minLength: 8, maxLength: 512, description: 'The API key (use ${ENV} to keep it out of the file). One of key and key_sha256.' })),
+  key_sha256: Type.Optional(Type.String({ pattern: '^[0-9a-f]{64}$', description: 'The key\'s SHA-256 digest (hex) instead of the key itself (the portal stores its keys so).' })),
   id: Type.Optional(Type.String({ minLength: 1, description: 'Credential id sent upstream as X-Credential-Identifier (default: <consumer>/key-auth/<n>).' })),
+  created_at: Type.Optional(Type.String({ maxLength: 40, description: 'When it was issued (informational).' })),
 }, { additionalProperties: false });

@@ -12,7 +12,12 @@ import type { QuotaDecision } from '../../state/types.js';
 import { QuotaConfig } from './schema.js';
 
 /** Every quota binding of the live config, for usage reports (by consumer). */
-export interface QuotaView { name: string; limit: number; period: Period; timeZone: string; usage(consumer: string, now?: number): Promise<{ used: number; remaining: number; period: string; resets_at: string }> }
+export interface QuotaView {
+  /** Where it is bound (plans.<plan>.plugins.<i>, services.<i>..., plugins.<i>). */
+  where: string;
+  /** Counted per consumer alone (`by: consumer`): then usage(consumer) is that consumer's. */
+  byConsumer: boolean;
+  name: string; limit: number; period: Period; timeZone: string; usage(consumer: string, now?: number): Promise<{ used: number; remaining: number; period: string; resets_at: string }> }
 export const quotaViews = new Set<QuotaView>();
 
 export default definePlugin({
@@ -49,6 +54,7 @@ export default definePlugin({
       }
     };
     const view: QuotaView = {
+      where: deps.where, byConsumer: by.length === 1 && by[0] === 'consumer',
       name, limit: config.limit, period: config.period, timeZone: tz,
       async usage(consumer, now = Date.now()) {
         const p = periodOf(now, config.period, tz);
