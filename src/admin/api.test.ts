@@ -575,3 +575,44 @@ test('store failures: a closed (unavailable) store answers 503, a read-only stor
     await api.close();
   }
 });
+
+test('developers: listed with their status; approve takes a sign-up and a requested plan, reject deletes a pending sign-up; read-only tokens may only read', async () => {
+  const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
+  const seed: Obj = {
+    services: [{ name: 'orders', url: 'http://127.0.0.1:9001', plugins: [{ name: 'key-auth' }], routes: [{ name: 'o', paths: ['/o'] }] }],
+    plans: { free: {}, pro: {} },
+    consumers: [
+      { name: 'dev-ann-1', plan: 'free', tags: ['portal'], credentials: [{ type: 'portal', email: 'ann@example.com', password_hash: hash, approved: false }, { type: 'key-auth', id: 'k-1', key_sha256: 'a'.repeat(64) }] },
+      { name: 'dev-bob-2', plan: 'free', tags: ['portal'], credentials: [{ type: 'portal', email: 'bob@example.com', password_hash: hash, requested_plan: 'pro' }] },
+      { name: 'dev-cid-3', tags: ['portal'], credentials: [{ type: 'portal', email: 'cid@example.com', password_hash: hash, approved: false }] },
+      { name: 'plain', credentials: [{ type: 'key-auth', key: 'plain-key-00000001' }] },
+    ],
+  };
+  const api = await start({ seed });
+  try {
+    const all = await api.call('GET', '/api/developers');
+    assert.equal(all.status, 200, all.text);
+    assert.deepEqual(all.json.data.map((d: { consumer: string; status: string; keys: number }) => [d.consumer, d.status, d.keys]), [['dev-ann-1', 'pending-approval', 1], ['dev-bob-2', 'active', 0], ['dev-cid-3', 'pending-approval', 0]]);
+    assert.doesNotMatch(all.text, /scrypt|aaaa/, 'no password hash or key digest');
+    assert.deepEqual((await api.call('GET', '/api/developers?pending=true')).json.total, 3);
+    assert.deepEqual((await api.call('GET', '/api/developers?status=active')).json.data.map((d: { consumer: string }) => d.consumer), ['dev-bob-2']);
+    isProblem(await api.call('POST', '/api/developers/dev-ann-1/approve', { token: READER }), 403, 'forbidden');
+
+    const a = await api.call('POST', '/api/developers/dev-ann-1/approve');
+    assert.equal(a.status, 200, a.text);
+    assert.deepEqual(a.json.approved, ['sign-up']);
+    assert.equal(a.json.developer.status, 'active');
+    const b = await api.call('POST', '/api/developers/dev-bob-2/approve');
+    assert.deepEqual(b.json.approved, ['plan pro']);
+    assert.equal((await api.call('GET', '/api/consumers/dev-bob-2')).json.plan, 'pro');
+    isProblem(await api.call('POST', '/api/developers/dev-bob-2/approve'), 409, 'conflict');
+    const c = await api.call('POST', '/api/developers/dev-cid-3/reject');
+    assert.deepEqual(c.json, { rejected: ['sign-up'], developer: null });
+    assert.equal((await api.call('GET', '/api/consumers/dev-cid-3')).status, 404);
+    isProblem(await api.call('POST', '/api/developers/plain/approve'), 404, 'not-found');
+    isProblem(await api.call('GET', '/api/developers/dev-ann-1/approve'), 405, 'method-not-allowed');
+    assert.equal((await api.call('GET', '/api/developers?pending=true')).json.total, 0);
+  } finally {
+    await api.close();
+  }
+});

@@ -31,6 +31,7 @@ import { DOCUMENT_ORDER, NODE_LOCAL_KEYS, isObj, samePath, type Obj } from './do
 import { MASK, maskSecrets, restoreMasked, restoreSecrets, stripSecrets } from './secrets.js';
 import { configChanges, unifiedDiff } from './diff.js';
 import { openApiDocument } from './openapi.js';
+import { approveDeveloper, awaitsAdmin, listDevelopers, rejectDeveloper } from './developers.js';
 
 export type ValidationResult = { ok: true } | { ok: false; errors: { path: string | readonly PathSegment[]; message: string }[] };
 
@@ -530,6 +531,29 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     sendJson(ctx, 201, { revision: rev, rolled_back_to: n, changes: configChanges(before, staged.doc) }, { location: `${base}/revisions/${rev}`, etag: revisionTag(rev), ...revisionHeader(rev) });
   }
 
+  // ---- developers (the portal's accounts) ----
+
+  async function developers(ctx: Ctx): Promise<void> {
+    checkQuery(ctx, ['status', 'pending']);
+    const { doc, revision } = await current();
+    const status = ctx.query.get('status');
+    const pending = bool(ctx, 'pending');
+    const data = listDevelopers(doc).filter((d) => (status === null || d.status === status) && (!pending || awaitsAdmin(d)));
+    sendJson(ctx, 200, { data, total: data.length }, revisionHeader(revision));
+  }
+
+  async function decide(ctx: Ctx, name: string, decision: 'approve' | 'reject'): Promise<void> {
+    checkQuery(ctx, []);
+    let decided: string[] = [];
+    const { stored, staged } = await commit(ctx, `developer ${name}: ${decision}`, (cur) => {
+      const doc = structuredClone(cur ?? {});
+      decided = decision === 'approve' ? approveDeveloper(doc, name) : rejectDeveloper(doc, name);
+      return { doc, at: null };
+    });
+    const after = listDevelopers(staged.doc).find((d) => d.consumer === name) ?? null;
+    sendJson(ctx, 200, { [decision === 'approve' ? 'approved' : 'rejected']: decided, developer: after }, revisionHeader(stored!.revision));
+  }
+
   // ---- dispatch ----
 
   async function handle(ctx: Ctx, endpoint: Endpoint): Promise<void> {
@@ -551,6 +575,10 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
         return getRevision(ctx, endpoint.n);
       case 'rollback':
         return rollback(ctx, endpoint.n);
+      case 'developers':
+        return developers(ctx);
+      case 'developer-decision':
+        return decide(ctx, endpoint.name, endpoint.decision);
       case 'collection':
         return m === 'GET' ? list(ctx, endpoint) : writeItem(ctx, endpoint);
       case 'item':

@@ -7,6 +7,7 @@
 import type { TSchema } from '@sinclair/typebox';
 import { ComposeRoute, Consumer, PluginBinding, Route, Service, Target, TurnpikeConfig, Upstream } from '../config/schema.js';
 import { PLUGINS } from '../plugins/registry.js';
+import { PortalCredential } from '../portal/schema.js';
 import { VERSION } from '../version.js';
 import { SECRET_FIELDS } from './secrets.js';
 import { NODE_LOCAL_KEYS } from './document.js';
@@ -37,9 +38,9 @@ const readOnlyId = (what: string): Json => ({ type: 'string', readOnly: true, de
 
 function credentialSchemas(): Record<string, Json> {
   const out: Record<string, Json> = {};
-  for (const [name, def] of PLUGINS) {
-    if (!def.credential) continue;
-    const s = plain(def.credential);
+  for (const [name, credential] of [...[...PLUGINS].map(([n, d]) => [n, d.credential] as const), ['portal', PortalCredential] as const]) {
+    if (!credential) continue;
+    const s = plain(credential);
     const props = { ...(s['properties'] as Json) };
     for (const k of Object.keys(props)) if (SECRET_FIELDS.includes(k)) props[k] = { ...(props[k] as Json), writeOnly: true };
     const idProp = props['id'] as Json | undefined;
@@ -252,6 +253,36 @@ export function openApiDocument(base = '/api'): Json {
       responses: { '200': json({ type: 'object', properties: { revision: { type: 'integer' }, rolled_back_to: { type: 'integer' }, changes: ref('Changes') } }, 'The new revision.'), '404': problem('No such revision.'), ...STD_ERRORS, ...WRITE_ERRORS },
     },
   };
+  const developer: Json = {
+    type: 'object',
+    required: ['consumer', 'email', 'status', 'plan', 'created_at', 'keys'],
+    properties: {
+      consumer: { type: 'string' }, email: { type: 'string' },
+      status: { enum: ['unverified', 'pending-approval', 'active'] },
+      plan: { type: ['string', 'null'] }, requested_plan: { type: 'string' },
+      created_at: { type: ['string', 'null'] }, keys: { type: 'integer', description: 'API keys held.' },
+    },
+  };
+  paths[`${base}/developers`] = {
+    get: {
+      tags: ['developers'], summary: 'The developer portal\'s accounts',
+      parameters: [
+        { name: 'status', in: 'query', schema: { enum: ['unverified', 'pending-approval', 'active'] } },
+        { name: 'pending', in: 'query', schema: { type: 'boolean' }, description: 'Only those awaiting an admin (a sign-up or a plan request).' },
+      ],
+      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: developer }, total: { type: 'integer' } } }, 'Developers.'), ...STD_ERRORS },
+    },
+  };
+  for (const d of ['approve', 'reject'] as const) {
+    paths[`${base}/developers/{consumer}/${d}`] = {
+      post: {
+        tags: ['developers'],
+        summary: d === 'approve' ? 'Approve what awaits: the sign-up, and a requested plan (it becomes the plan)' : 'Refuse what awaits: a sign-up not approved yet deletes the consumer; a plan request is dropped',
+        parameters: [param('consumer', 'The developer\'s consumer name.')],
+        responses: { '200': json({ type: 'object', properties: { [d === 'approve' ? 'approved' : 'rejected']: { type: 'array', items: { type: 'string' } }, developer: { oneOf: [developer, { type: 'null' }] } } }, 'Done.'), '404': problem('No such developer.'), ...STD_ERRORS, ...WRITE_ERRORS },
+      },
+    };
+  }
   paths[`${base}/openapi.json`] = { get: { tags: ['meta'], summary: 'This document', responses: { '200': json({ type: 'object' }, 'OpenAPI 3.1.') } } };
 
   return {

@@ -12,6 +12,8 @@ export type Endpoint =
   | { kind: 'revisions' }
   | { kind: 'revision'; n: number }
   | { kind: 'rollback'; n: number }
+  | { kind: 'developers' }
+  | { kind: 'developer-decision'; name: string; decision: 'approve' | 'reject' }
   | { kind: 'collection'; collection: CollectionName; parent?: string }
   | { kind: 'item'; collection: CollectionName; id: string; parent?: string };
 
@@ -23,7 +25,8 @@ export function allowed(e: Endpoint): string[] {
   switch (e.kind) {
     case 'openapi': case 'revisions': case 'revision': return ['GET', 'HEAD'];
     case 'config': return ['GET', 'HEAD', 'PUT'];
-    case 'rollback': return ['POST'];
+    case 'rollback': case 'developer-decision': return ['POST'];
+    case 'developers': return ['GET', 'HEAD'];
     case 'collection': return e.collection === 'upstreams' ? ['GET', 'HEAD'] : ['GET', 'HEAD', 'POST'];
     case 'item': return e.collection === 'upstreams' ? ['GET', 'HEAD', 'PUT', 'PATCH'] : ['GET', 'HEAD', 'PUT', 'PATCH', 'DELETE'];
   }
@@ -56,6 +59,11 @@ export function route(path: string, base = '/api'): Endpoint | null {
     if (!REVISION.test(b!)) return null;
     if (seg.length === 2) return { kind: 'revision', n: Number(b) };
     if (seg.length === 3 && c === 'rollback') return { kind: 'rollback', n: Number(b) };
+    return null;
+  }
+  if (a === 'developers') {
+    if (seg.length === 1) return { kind: 'developers' };
+    if (seg.length === 3 && (c === 'approve' || c === 'reject')) return { kind: 'developer-decision', name: b!, decision: c };
     return null;
   }
   if (!(TOP_COLLECTIONS as readonly string[]).includes(a)) return null;

@@ -169,6 +169,8 @@ export class AccountService {
   private readonly loginByIp = new Limiter(10, 60_000);
   private readonly loginByEmail = new Limiter(10, 15 * 60_000);
   private readonly resends = new Limiter(5, 3_600_000);
+  /** Key and plan changes per developer (each is a config revision on every node). */
+  private readonly changes = new Limiter(30, 3_600_000);
   private dummy: Promise<string> | null = null;
 
   constructor(
@@ -225,6 +227,11 @@ export class AccountService {
     if (p === '/account' && method === 'GET') return c.accountPage(200, await this.usage(c.session.dev.name));
     if (p === '/account/usage.json' && method === 'GET') return json(200, c.summary(await this.usage(c.session.dev.name)));
     if (method !== 'POST') throw new AccountError(404, 'No such page in the portal.');
+    if (p.startsWith('/account/keys') || p === '/account/plan') {
+      const now = this.now();
+      if (this.changes.blocked(c.session.dev.name, now)) throw new AccountError(429, 'Too many changes to your account in the last hour; try again later.');
+      this.changes.hit(c.session.dev.name, now);
+    }
     if (p === '/account/keys') return this.issueKey(c);
     const k = /^\/account\/keys\/([A-Za-z0-9._~-]{1,100})\/(rotate|revoke)$/.exec(p);
     if (k) return k[2] === 'rotate' ? this.rotateKey(c, k[1]!) : this.revokeKey(c, k[1]!);
@@ -478,14 +485,16 @@ function json(status: number, body: unknown): AccountResponse {
   return { status, headers: { 'content-type': status >= 400 ? 'application/problem+json' : 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' }, body: JSON.stringify(body) };
 }
 
-/** Why a POST looks like it was sent by a page of another site (null: it does not). */
+/**
+ * Why a POST looks like it was sent by a page of another site (null: it does not). A browser
+ * says where a request comes from in Sec-Fetch-Site; older ones only in Origin ("null" from a
+ * page with Referrer-Policy: no-referrer, so then Sec-Fetch-Site decides).
+ */
 function foreignPost(r: AccountRequest): string | null {
-  if (r.fetchSite === 'cross-site' || r.fetchSite === 'same-site') return 'A form of another site cannot post to the portal.';
-  if (r.origin !== undefined && r.origin !== 'null') {
-    const self = `${r.tls ? 'https' : 'http'}://${r.host}`.toLowerCase();
-    if (r.origin.toLowerCase() !== self) return 'A form of another site cannot post to the portal.';
-  } else if (r.origin === 'null') return 'A form of another site cannot post to the portal.';
-  return null;
+  const refused = 'A form of another site cannot post to the portal.';
+  if (r.fetchSite !== undefined) return r.fetchSite === 'same-origin' || r.fetchSite === 'none' ? null : refused;
+  if (r.origin === undefined) return null; // not a browser (or one too old to tell): the SameSite cookie and form token still hold
+  return r.origin.toLowerCase() === `${r.tls ? 'https' : 'http'}://${r.host}`.toLowerCase() ? null : refused;
 }
 
 const fmtTime = (iso: unknown) => (typeof iso === 'string' ? esc(iso.replace('T', ' ').replace(/\.\d+Z$/, ' UTC')) : '—');

@@ -74,6 +74,9 @@ export class ControlPlane {
   private chain: Promise<unknown> = Promise.resolve();
   private closed = false;
   private readonly stop = new AbortController();
+  /** Resolved by run() (or close()): a write made before the node follows its store is applied once it does. */
+  private started: () => void = () => {};
+  private readonly whenStarted = new Promise<void>((r) => { this.started = r; });
 
   private constructor(private readonly opts: ControlPlaneOptions) {
     this.setting = opts.setting;
@@ -182,6 +185,7 @@ export class ControlPlane {
 
   /** After the gateway started: follow the store (and, from a snapshot, keep trying to reach it). */
   run(): void {
+    this.started();
     if (this.store) this.follow();
     else void this.reconnectLoop();
   }
@@ -218,7 +222,9 @@ export class ControlPlane {
   refresh(retryRejected = false): Promise<unknown> {
     if (retryRejected) this.rejected = null; // SIGHUP: try a rejected revision again (its env may be fixed)
     const run = async () => {
-      // (before run(): the gateway is not up yet; run() catches up with what was written meanwhile)
+      // Before run() the node is starting (its listeners may already serve): a write made then
+      // (admin API, portal) is applied once it follows the store, and its caller waits for that.
+      if (!this.following && !this.closed) await this.whenStarted;
       if (this.closed || !this.store || !this.following) return;
       let head: StoredConfig | null;
       try {
@@ -331,6 +337,7 @@ export class ControlPlane {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.started();
     this.stop.abort();
     this.unwatch?.();
     await this.chain.catch(() => undefined);

@@ -1,0 +1,87 @@
+/**
+ * /api/developers: the developer portal's accounts (src/portal/accounts.ts) as an admin sees
+ * them: consumers with a `portal` credential. GET lists them (`?status=` unverified |
+ * pending-approval | active, `?pending=true`: sign-ups or plan requests awaiting an admin);
+ * POST /api/developers/{consumer}/approve approves what awaits (the sign-up: `approved` drops
+ * to its default true; a requested plan becomes the consumer's plan); .../reject refuses it (a
+ * sign-up not approved yet deletes the consumer; a plan request is dropped).
+ */
+import { conflict, notFound } from './errors.js';
+import { items, type Obj } from './document.js';
+
+export interface DeveloperView {
+  consumer: string;
+  email: string;
+  status: 'unverified' | 'pending-approval' | 'active';
+  plan: string | null;
+  requested_plan?: string;
+  created_at: string | null;
+  keys: number;
+}
+
+function portalCredential(c: Obj): Obj | undefined {
+  return items(c['credentials']).find((cr) => cr['type'] === 'portal');
+}
+
+export function developerView(c: Obj, cr: Obj): DeveloperView {
+  return {
+    consumer: String(c['name']),
+    email: String(cr['email']),
+    status: cr['verified'] === false ? 'unverified' : cr['approved'] === false ? 'pending-approval' : 'active',
+    plan: typeof c['plan'] === 'string' ? c['plan'] : null,
+    ...(typeof cr['requested_plan'] === 'string' ? { requested_plan: cr['requested_plan'] } : {}),
+    created_at: typeof cr['created_at'] === 'string' ? cr['created_at'] : null,
+    keys: items(c['credentials']).filter((x) => x['type'] === 'key-auth').length,
+  };
+}
+
+export function listDevelopers(doc: Obj): DeveloperView[] {
+  const out: DeveloperView[] = [];
+  for (const c of items(doc['consumers'])) {
+    const cr = portalCredential(c);
+    if (cr && typeof cr['email'] === 'string') out.push(developerView(c, cr));
+  }
+  return out;
+}
+
+/** Whether the developer waits for an admin (a sign-up or a plan request). */
+export const awaitsAdmin = (d: DeveloperView): boolean => d.status === 'pending-approval' || d.requested_plan !== undefined;
+
+function find(doc: Obj, name: string): { c: Obj; cr: Obj; index: number } {
+  const list = items(doc['consumers']);
+  const index = list.findIndex((c) => c['name'] === name && portalCredential(c) !== undefined);
+  if (index === -1) throw notFound(`developer "${name}"`);
+  return { c: list[index]!, cr: portalCredential(list[index]!)!, index };
+}
+
+/** Approves what awaits in `doc` (mutated); returns what was approved. */
+export function approveDeveloper(doc: Obj, name: string): string[] {
+  const { c, cr } = find(doc, name);
+  const done: string[] = [];
+  if (cr['approved'] === false) {
+    delete cr['approved'];
+    done.push('sign-up');
+  }
+  if (typeof cr['requested_plan'] === 'string') {
+    c['plan'] = cr['requested_plan'];
+    delete cr['requested_plan'];
+    done.push(`plan ${String(c['plan'])}`);
+  }
+  if (!done.length) throw conflict(`developer "${name}" awaits nothing`);
+  return done;
+}
+
+/** Refuses what awaits in `doc` (mutated): a pending sign-up removes the consumer, a plan request is dropped. */
+export function rejectDeveloper(doc: Obj, name: string): string[] {
+  const { cr, index } = find(doc, name);
+  if (cr['approved'] === false) {
+    (doc['consumers'] as unknown[]).splice(index, 1);
+    return ['sign-up'];
+  }
+  if (typeof cr['requested_plan'] === 'string') {
+    const plan = cr['requested_plan'];
+    delete cr['requested_plan'];
+    return [`plan ${plan}`];
+  }
+  throw conflict(`developer "${name}" awaits nothing`);
+}
