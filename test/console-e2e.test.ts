@@ -2,8 +2,8 @@
  * The web console in real headless Chromium (Debian `chromium` + playwright-core) against a
  * real `turnpike start` (sqlite store, admin token): sign in, watch the dashboard change when
  * traffic flows, edit a route and see it take effect on the proxy, see a validation error at
- * its field, roll back; a forged CSRF token and a missing session are refused. Screenshots go
- * to docs/screenshots/.
+ * its field, roll back, approve and reject the developer portal's accounts; a forged CSRF
+ * token and a missing session are refused. Screenshots go to docs/screenshots/.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,9 +15,11 @@ import { chromium, type Browser, type Page } from 'playwright-core';
 import { freePort, request, sleep, startCli, startUpstream, type Running, type TestUpstream } from './helpers.js';
 
 // (the page's globals, for the functions evaluated in Chromium; the test's tsconfig has no DOM lib)
-declare const document: { cookie: string; querySelector(s: string): { textContent: string | null; getAttribute(n: string): string | null } | null };
+declare const document: { cookie: string; activeElement: { id: string } | null; querySelector(s: string): { textContent: string | null; getAttribute(n: string): string | null } | null };
 
 const TOKEN = 'console-e2e-admin-token-0123';
+// (a developer's portal password: an scrypt hash, never checked here)
+const HASH = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
 const SHOTS = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
 const work = mkdtempSync(join(tmpdir(), 'turnpike-console-'));
 let up: TestUpstream;
@@ -38,7 +40,13 @@ admin: {listen: 127.0.0.1:${a}, token: ${TOKEN}}
 store: sqlite:./turnpike.db
 access_log: {enabled: false}
 analytics: {enabled: true}
-consumers: [{name: acme, credentials: [{type: key-auth, key: acme-key-0123456}]}]
+portal: {enabled: true, accounts: {enabled: true, approval: manual, default_plan: free, plans: [free, pro]}}
+plans: {free: {}, pro: {}}
+consumers:
+  - {name: acme, credentials: [{type: key-auth, key: acme-key-0123456}]}
+  - {name: dev-ann-1, plan: free, tags: [portal], credentials: [{type: portal, email: ann@example.com, password_hash: "${HASH}", approved: false, created_at: "2025-01-02T03:04:05.000Z"}]}
+  - {name: dev-bob-1, plan: free, tags: [portal], credentials: [{type: portal, email: bob@example.com, password_hash: "${HASH}", requested_plan: pro, created_at: "2025-01-03T03:04:05.000Z"}, {type: key-auth, key: bob-key-0123456789}]}
+  - {name: dev-cat-1, plan: free, tags: [portal], credentials: [{type: portal, email: cat@example.com, password_hash: "${HASH}", approved: false}]}
 services:
   - name: orders
     url: ${up.url}
@@ -177,6 +185,69 @@ test('services, consumers and plugins: edit a service, create and delete a consu
     await page.getByTestId('plugin-result').filter({ hasText: enabled ? 'enabled' : 'disabled' }).waitFor();
     assert.equal((await api(`plugins/${encodeURIComponent(id)}`)).body.enabled, enabled);
   }
+});
+
+test('developers: the portal\'s accounts are listed; approve a pending sign-up and a requested plan', async () => {
+  const api = async (path: string) => {
+    const res = await request(`${admin}/api/${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    return { status: res.status, body: res.status === 200 ? JSON.parse(res.body) : null };
+  };
+  const dev = async (name: string) => ((await api('developers')).body.data as { consumer: string; status: string; plan: string | null; requested_plan?: string }[]).find((d) => d.consumer === name);
+  assert.equal((await dev('dev-ann-1'))?.status, 'pending-approval');
+  assert.equal((await dev('dev-bob-1'))?.requested_plan, 'pro');
+
+  await page.getByRole('link', { name: 'Developers' }).click();
+  await page.getByRole('heading', { name: 'Developers', level: 2 }).waitFor();
+  assert.match(page.url(), /#\/developers$/);
+  await page.getByTestId('developer-row-dev-ann-1').waitFor();
+  const rows = page.getByTestId('developers-table').locator('tbody tr');
+  assert.equal(await rows.count(), 3, 'only the developers (consumers with a portal credential), not acme');
+  assert.match(await page.getByTestId('developer-row-dev-ann-1').innerText(), /ann@example\.com[\s\S]*Awaiting approval[\s\S]*free/);
+  assert.match(await page.getByTestId('developer-row-dev-bob-1').innerText(), /bob@example\.com[\s\S]*Active[\s\S]*free[\s\S]*pro/);
+  // The buttons are named for the developer and what awaits.
+  await page.getByRole('button', { name: 'Approve sign-up for ann@example.com (dev-ann-1)' }).waitFor();
+  await page.getByRole('button', { name: 'Reject plan pro for bob@example.com (dev-bob-1)' }).waitFor();
+  // The filter: all three await an admin.
+  await page.getByLabel('Only awaiting approval').check();
+  await page.getByRole('heading', { name: /Developers awaiting approval \(3\)/ }).waitFor();
+  await page.screenshot({ path: join(SHOTS, 'console-developers.png'), fullPage: true });
+
+  // Reject is confirmed first; cancelling changes nothing.
+  await page.getByTestId('reject-developer-dev-ann-1').click();
+  await page.getByTestId('reject-dialog').waitFor();
+  assert.match(await page.getByTestId('reject-dialog').innerText(), /dev-ann-1 is deleted/);
+  await page.getByTestId('reject-dialog').getByRole('button', { name: 'Cancel' }).click();
+  await page.getByTestId('reject-dialog').waitFor({ state: 'hidden' });
+  assert.equal((await dev('dev-ann-1'))?.status, 'pending-approval');
+  // Rejecting cat's sign-up (confirmed) deletes her consumer.
+  await page.getByTestId('reject-developer-dev-cat-1').click();
+  await page.getByTestId('confirm-reject').click();
+  await page.getByTestId('developer-result').filter({ hasText: 'cat@example.com' }).waitFor();
+  assert.match(await page.getByTestId('developer-result').innerText(), /Rejected sign-up for cat@example\.com \(dev-cat-1\)\. Consumer dev-cat-1 deleted\. Configuration revision \d+/);
+  await page.getByTestId('developer-row-dev-cat-1').waitFor({ state: 'detached' });
+  assert.equal((await api('consumers/dev-cat-1')).status, 404);
+
+  // Approve ann's sign-up: she is active (and, with the filter on, leaves the list).
+  await page.getByTestId('approve-developer-dev-ann-1').click();
+  await page.getByTestId('developer-result').filter({ hasText: 'ann@example.com' }).waitFor();
+  assert.match(await page.getByTestId('developer-result').innerText(), /Approved sign-up for ann@example\.com \(dev-ann-1\)\. Configuration revision \d+/);
+  await page.getByTestId('developer-row-dev-ann-1').waitFor({ state: 'detached' });
+  assert.equal((await dev('dev-ann-1'))?.status, 'active');
+  await page.getByLabel('Only awaiting approval').uncheck();
+  await page.getByTestId('developer-row-dev-ann-1').waitFor();
+  assert.equal(await page.getByTestId('developer-status-dev-ann-1').innerText(), 'Active');
+  assert.equal(await page.getByTestId('approve-developer-dev-ann-1').count(), 0, 'nothing awaits: no buttons');
+
+  // Approve bob's plan: the consumer is on plan pro.
+  await page.getByTestId('approve-developer-dev-bob-1').click();
+  await page.getByTestId('developer-result').filter({ hasText: 'bob@example.com' }).waitFor();
+  assert.match(await page.getByTestId('developer-result').innerText(), /Approved plan pro for bob@example\.com/);
+  await page.getByTestId('developer-plan-dev-bob-1').filter({ hasText: 'pro' }).waitFor();
+  assert.equal((await api('consumers/dev-bob-1')).body.plan, 'pro');
+  assert.equal((await dev('dev-bob-1'))?.requested_plan, undefined);
+  assert.equal(await page.getByTestId('approve-developer-dev-bob-1').count(), 0);
+  // Its buttons are gone: the focus is on the list's heading, not lost.
+  await page.waitForFunction(() => document.activeElement?.id === 'h-developer-list');
 });
 
 test('security: the console API without the session cookie, or with a forged CSRF token, is refused — also from inside the page', async () => {

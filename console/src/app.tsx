@@ -7,15 +7,17 @@ import { Dashboard } from './views/dashboard.js';
 import { Routes } from './views/routes.js';
 import { Services } from './views/services.js';
 import { Consumers } from './views/consumers.js';
+import { Developers } from './views/developers.js';
 import { Plugins } from './views/plugins.js';
 import { Revisions } from './views/revisions.js';
 
-type View = 'dashboard' | 'routes' | 'services' | 'consumers' | 'plugins' | 'revisions';
+type View = 'dashboard' | 'routes' | 'services' | 'consumers' | 'developers' | 'plugins' | 'revisions';
 const VIEWS: { view: View; href: string; label: string }[] = [
   { view: 'dashboard', href: '#/', label: 'Dashboard' },
   { view: 'routes', href: '#/routes', label: 'Routes' },
   { view: 'services', href: '#/services', label: 'Services' },
   { view: 'consumers', href: '#/consumers', label: 'Consumers' },
+  { view: 'developers', href: '#/developers', label: 'Developers' },
   { view: 'plugins', href: '#/plugins', label: 'Plugins' },
   { view: 'revisions', href: '#/revisions', label: 'Revisions' },
 ];
@@ -148,6 +150,7 @@ export function App() {
           {view === 'routes' ? <Routes readOnly={readOnly} titleRef={title} /> : null}
           {view === 'services' ? <Services readOnly={readOnly} titleRef={title} /> : null}
           {view === 'consumers' ? <Consumers readOnly={readOnly} titleRef={title} /> : null}
+          {view === 'developers' ? <Developers readOnly={readOnly} titleRef={title} /> : null}
           {view === 'plugins' ? <Plugins readOnly={readOnly} titleRef={title} /> : null}
           {view === 'revisions' ? <Revisions readOnly={readOnly} titleRef={title} /> : null}
         </main>
