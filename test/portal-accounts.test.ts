@@ -804,3 +804,22 @@ test('startup: a sign-up answered 303 while the node starts has a working sessio
   const stale = early.filter((e) => e.pageStatus !== 200);
   assert.deepEqual(stale.map((e) => `${e.email}: ${e.pageStatus}${e.bannerSeen ? ' (after the banner)' : ''}`), [], `${stale.length} of ${early.length} early sign-ups had no session right after the 303`);
 });
+
+test('a burst of concurrent wrong logins is limited (counted before the scrypt); a plan request that changes nothing writes no revision; control characters in an email are refused', async () => {
+  const burst = await Promise.all(Array.from({ length: 20 }, () => post(g1, '/login', { email: 'burst@example.com', password: 'wrong-password-000' }, { from: '127.0.0.9' })));
+  const counts = { 401: 0, 429: 0 } as Record<number, number>;
+  for (const r of burst) counts[r.status] = (counts[r.status] ?? 0) + 1;
+  assert.equal(counts[401], 10, JSON.stringify(counts));
+  assert.equal(counts[429], 10, JSON.stringify(counts));
+
+  const D = await signup(g1, 'steady@example.com', 'steady-password-0001', '127.0.0.10');
+  const rev = async () => (await admin(g1, 'GET', '/status')).json().config.revision as number;
+  const before = await rev();
+  const same = await post(g1, '/account/plan', { csrf: D.csrf, plan: 'free' }, { cookie: D.cookie });
+  assert.equal(same.status, 303);
+  assert.equal(await rev(), before, 'no revision for a plan the developer already has');
+
+  for (const email of ['a\u0000b@example.com', 'x\u202Ey@example.com', 'z\u200Bw@example.com']) {
+    assert.equal((await post(g1, '/signup', { email, password: 'control-password-01' }, { from: '127.0.0.11' })).status, 400, JSON.stringify(email));
+  }
+});

@@ -86,6 +86,8 @@ const MIN_PASSWORD = 10;
 const MAX_PASSWORD = 256;
 const MAX_BODY = 16 * 1024;
 const EMAIL = /^[^\s@<>"',;:()[\]\\]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z0-9-]{2,63}$/;
+/** Control, format and bidi characters: never in an email shown to admins or sent to a hook. */
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/;
 const b64u = (s: string) => Buffer.from(s).toString('base64url');
 const unb64u = (s: string) => Buffer.from(s, 'base64url').toString();
 
@@ -109,6 +111,12 @@ class Limiter {
       this.hits.set(key, h);
     }
     h.n++;
+  }
+
+  /** Takes one hit back (a login that turned out right). */
+  refund(key: string): void {
+    const h = this.hits.get(key);
+    if (h && h.n > 0) h.n--;
   }
 }
 
@@ -275,7 +283,9 @@ export class AccountService {
 
   private endSession(c: Ctx): string {
     const now = this.now();
-    for (const [sid, exp] of this.revoked) if (exp <= now) this.revoked.delete(sid);
+    if (this.revoked.size % 1024 === 1023) for (const [sid, exp] of this.revoked) if (exp <= now) this.revoked.delete(sid);
+    // (bounded: past the cap the oldest revocations go, whose sessions are the nearest to expiring anyway)
+    if (this.revoked.size >= 200_000) this.revoked.delete(this.revoked.keys().next().value!);
     if (c.session) this.revoked.set(c.session.sid, c.session.exp);
     return `${COOKIE}=; Path=${c.base}/; HttpOnly; SameSite=Strict; Max-Age=0${c.r.tls ? '; Secure' : ''}`;
   }
@@ -286,7 +296,7 @@ export class AccountService {
     const { acc, form, r } = c;
     const email = (form!.get('email') ?? '').trim().toLowerCase();
     const password = form!.get('password') ?? '';
-    if (!EMAIL.test(email)) return c.signupForm(400, 'Give a valid email address.', email);
+    if (!EMAIL.test(email) || CONTROL.test(email)) return c.signupForm(400, 'Give a valid email address.', email);
     if (password.length < MIN_PASSWORD || password.length > MAX_PASSWORD) return c.signupForm(400, `The password needs ${MIN_PASSWORD} to ${MAX_PASSWORD} characters.`, email);
     const readOnly = this.backend.readOnly();
     if (readOnly) return c.signupForm(503, `Sign-up is not available: ${readOnly}`, email);
@@ -325,6 +335,9 @@ export class AccountService {
     if (this.loginByIp.blocked(r.clientIp, now) || this.loginByEmail.blocked(email, now)) return c.loginForm(429, 'Too many failed attempts; wait a minute and try again.', email);
     const dev = developers(this.backend.document()).find((d) => d.email === email);
     const parsed = dev ? parseHash(String(dev.cred['password_hash'])) : null;
+    // Counted before the scrypt (concurrent attempts all count), taken back when right.
+    this.loginByIp.hit(r.clientIp, now);
+    this.loginByEmail.hit(email, now);
     let ok = false;
     if (password.length <= MAX_PASSWORD) {
       // (an unknown email costs the same scrypt as a known one)
@@ -332,11 +345,9 @@ export class AccountService {
       const h = parsed ?? parseHash(await this.dummy)!;
       ok = (await verifyPassword(password, h)) && parsed !== null;
     }
-    if (!ok || !dev) {
-      this.loginByIp.hit(r.clientIp, now);
-      this.loginByEmail.hit(email, now);
-      return c.loginForm(401, 'Wrong email or password.', email);
-    }
+    if (!ok || !dev) return c.loginForm(401, 'Wrong email or password.', email);
+    this.loginByIp.refund(r.clientIp);
+    this.loginByEmail.refund(email);
     return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, dev.name, String(dev.cred['password_hash'])), 'cache-control': 'no-store' }, body: '' };
   }
 
@@ -405,7 +416,14 @@ export class AccountService {
   private async choosePlan(c: Ctx): Promise<AccountResponse> {
     const plan = c.form!.get('plan') ?? '';
     if (!c.acc.plans.includes(plan)) throw new AccountError(400, 'Choose one of the plans offered.');
-    const name = c.session!.dev.name;
+    this.active(c);
+    const d = c.session!.dev;
+    const name = d.name;
+    const auto = c.acc.planApproval === 'auto' || d.consumer['plan'] === plan;
+    // Nothing to change: no revision written.
+    if (auto ? d.consumer['plan'] === plan && d.cred['requested_plan'] === undefined : d.cred['requested_plan'] === plan) {
+      return { status: 303, headers: { location: `${c.base}/account`, 'cache-control': 'no-store' }, body: '' };
+    }
     await this.backend.edit(name, `portal: plan ${plan} ${c.acc.planApproval === 'auto' ? 'chosen' : 'requested'}`, (doc) => {
       const { consumer, cred } = developerIn(doc, name);
       if (c.acc.planApproval === 'auto' || consumer['plan'] === plan) {
@@ -465,9 +483,19 @@ export class AccountService {
     return c.message(sent ? 200 : 502, sent ? 'Email sent' : 'Not sent', sent ? 'We sent you a new verification link.' : 'The email could not be sent; try again later.', `<p><a href="${esc(`${c.base}/account`)}">Back to your account</a></p>`);
   }
 
+  /** Usage reads in flight per consumer (each asks every worker for its analytics): one at a time, shared. */
+  private readonly usageCache = new Map<string, Promise<Usage>>();
+
   private async usage(name: string): Promise<Usage | null> {
+    let hit = this.usageCache.get(name);
+    if (!hit) {
+      hit = this.host.usage(name);
+      this.usageCache.set(name, hit);
+      const forget = () => { this.usageCache.delete(name); };
+      hit.then(forget, forget);
+    }
     try {
-      return await this.host.usage(name);
+      return await hit;
     } catch (err) {
       this.log.warn({ consumer: name, err: (err as Error).message }, 'portal: usage could not be read');
       return null;
@@ -592,7 +620,7 @@ class Ctx {
     const plan = typeof d.consumer['plan'] === 'string' ? d.consumer['plan'] : null;
     let planPart = `<h2>Plan</h2><p>Your plan: <strong id="plan">${plan ? esc(plan) : 'none'}</strong>${typeof d.cred['requested_plan'] === 'string' ? ` — you asked for <strong>${esc(d.cred['requested_plan'])}</strong>, awaiting approval` : ''}.</p>`;
     if (this.acc.plans.length) {
-      planPart += `<form method="post" action="${esc(`${b}/account/plan`)}">${this.csrfField()}<label for="plan-choice">Change plan</label><select id="plan-choice" name="plan">${this.acc.plans.map((p) => `<option${p === plan ? ' selected' : ''}>${esc(p)}</option>`).join('')}</select> <button class="secondary" type="submit">${this.acc.planApproval === 'auto' ? 'Switch' : 'Ask for this plan'}</button></form>`;
+      planPart += `<form method="post" action="${esc(`${b}/account/plan`)}">${this.csrfField()}<label for="plan-choice">Change plan</label><select id="plan-choice" name="plan">${this.acc.plans.map((p) => `<option value="${esc(p)}"${p === plan ? ' selected' : ''}>${esc(p)}</option>`).join('')}</select> <button class="secondary" type="submit">${this.acc.planApproval === 'auto' ? 'Switch' : 'Ask for this plan'}</button></form>`;
     }
     parts.push(planPart);
     parts.push(`<h2>Usage</h2>${usageHtml(usage)}<p><a href="${esc(`${b}/account`)}">Refresh</a> · <a href="${esc(`${b}/account/usage.json`)}">as JSON</a> · <a href="${esc(`${b}/`)}">API catalog</a></p>`);

@@ -54,7 +54,7 @@ export function portalOf(cfg: TurnpikeConfigInput): PortalSettings | null {
     sessionTtlMs: parseDuration(a.session_ttl ?? '12h'),
     maxKeys: a.max_keys ?? 5,
     signupsPerHour: a.signups_per_hour ?? 10,
-    verification: a.verification ? { url: a.verification.url, linkBase: a.verification.link_base, secret: a.verification.secret ?? null, timeoutMs: parseDuration(a.verification.timeout ?? '5s') } : null,
+    verification: a.verification ? { url: a.verification.url, linkBase: a.verification.link_base, secret: a.verification.secret ?? null, timeoutMs: Math.min(10_000, parseDuration(a.verification.timeout ?? '5s')) } : null,
   } : null;
   return { base: p.path ?? '/portal', title: p.title ?? 'API portal', description: p.description ?? '', apis, accounts };
 }

@@ -18,7 +18,7 @@ export const PortalAccounts = Type.Object({
     url: Type.String({ pattern: '^https?://', maxLength: 2000, description: 'Called (POST, JSON, signed like scaling webhooks) with the verification link to send; the hook sends the email.' }),
     link_base: Type.String({ pattern: '^https?://[^/?#]+$', maxLength: 300, description: 'The portal\'s public origin for the links (e.g. https://developer.example.com); never taken from the request\'s Host.' }),
     secret: Type.Optional(Type.String({ minLength: 16, description: 'Signs the call (X-Turnpike-Signature: t=...,v1=HMAC-SHA256).' })),
-    timeout: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String({ pattern: DURATION_PATTERN })], { default: '5s', description: 'How long the hook may take.' })),
+    timeout: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String({ pattern: DURATION_PATTERN })], { default: '5s', description: 'How long the hook may take (at most 10 s: the sign-up waits for it).' })),
   }, { additionalProperties: false, description: 'Email verification (off by default): a new developer is unverified until they open the link the hook sent.' })),
 }, { additionalProperties: false, description: 'Developer accounts on the portal.' });
 

@@ -167,19 +167,32 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     const waiting = [...infos.values()].filter((i) => i.reloadsPending > 0);
     let left = waiting.length;
     if (left === 0) return resolve();
-    const timer = setTimeout(resolve, WORKER_RELOAD_WAIT_MS);
+    const undo: (() => void)[] = [];
+    const finish = () => {
+      clearTimeout(timer);
+      for (const u of undo) u();
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      // A worker that did not answer in time is not waited for again (it gets the next config anyway).
+      for (const i of waiting) {
+        if (i.reloadsPending === 0) continue;
+        log.warn({ worker: i.worker.process.pid }, 'a worker did not run a reload within 5 s; not waiting for it');
+        i.reloadsPending = 0;
+        i.onSettled.length = 0;
+      }
+      finish();
+    }, WORKER_RELOAD_WAIT_MS);
     for (const i of waiting) {
       let done = false;
       const one = () => {
         if (done) return;
         done = true;
-        if (--left === 0) {
-          clearTimeout(timer);
-          resolve();
-        }
+        if (--left === 0) finish();
       };
       i.onSettled.push(one);
       i.worker.once('exit', one);
+      undo.push(() => i.worker.off('exit', one));
     }
   });
 
