@@ -11,7 +11,8 @@ import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from './browser.js';
 import { freePort, request, sleep, startCli, startUpstream, type Running, type TestUpstream } from './helpers.js';
 
 const SHOTS = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
@@ -60,7 +61,7 @@ services:
     if (Date.now() > end) throw new Error(`turnpike did not start: ${run.stderr()}`);
     await sleep(50);
   }
-  browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: ['--no-sandbox', '--disable-dev-shm-usage'] });
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
   page.setDefaultTimeout(10_000);
   mkdirSync(SHOTS, { recursive: true });

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { launchChromium } from './browser.js';
 import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
 let up: TestUpstream;
@@ -92,7 +92,7 @@ test('off by default: /portal/ is just a path', async () => {
 test('in Chromium: the catalog links to the API page (screenshots in docs/screenshots/)', async () => {
   const shots = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
   mkdirSync(shots, { recursive: true });
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium', args: ['--no-sandbox', '--disable-dev-shm-usage'] });
+  const browser = await launchChromium();
   try {
     const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
     const errors: string[] = [];
