@@ -10,7 +10,7 @@ import { openApiOf, type PortalSettings } from './catalog.js';
 import { SECURITY, esc, page } from './html.js';
 import type { AccountRequest, AccountResponse } from './accounts.js';
 import { readWholeBody, type BodySource } from '../server/body.js';
-import { ProblemError } from '../core/problem.js';
+import { PROBLEMS, ProblemError, problemBody } from '../core/problem.js';
 
 function send(req: IncomingMessage, res: ServerResponse, status: number, type: string, body: string, extra: Record<string, string>): void {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-cache', ...SECURITY, ...extra });
@@ -71,9 +71,9 @@ function safeDecode(s: string): string {
 /** Largest account form accepted. */
 const MAX_FORM = 16 * 1024;
 
-function problem(res: ServerResponse, status: number, title: string, detail: string, extra: Record<string, string>): void {
-  const body = JSON.stringify({ type: `urn:turnpike:problem:${title.toLowerCase().replace(/ /g, '-')}`, title, status, detail });
-  res.writeHead(status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
+function problem(res: ServerResponse, code: 'service-unavailable' | 'payload-too-large', detail: string, extra: Record<string, string>): void {
+  const body = problemBody(code, detail);
+  res.writeHead(PROBLEMS[code].status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
   res.end(body);
 }
 
@@ -85,7 +85,7 @@ export function answerAccount(
   accounts: ((r: AccountRequest) => Promise<AccountResponse>) | null, req: IncomingMessage, res: ServerResponse,
   fields: Omit<AccountRequest, 'body'>, body: BodySource, extra: Record<string, string>,
 ): void {
-  if (accounts === null) return problem(res, 503, 'Service Unavailable', 'developer accounts are answered by the node that holds the config store, and it is not reachable', extra);
+  if (accounts === null) return problem(res, 'service-unavailable', 'developer accounts are answered by the node that holds the config store, and it is not reachable', extra);
   readWholeBody(req, body, MAX_FORM).then(
     (buf) => accounts({ ...fields, body: buf.toString('utf8') }),
   ).then((r) => {
@@ -95,7 +95,7 @@ export function answerAccount(
     res.end(req.method === 'HEAD' ? undefined : r.body);
   }, (err: unknown) => {
     if (res.headersSent || res.destroyed) return;
-    if (err instanceof ProblemError && err.code === 'payload-too-large') return problem(res, 413, 'Content Too Large', 'the form is larger than 16 KB', { ...extra, connection: 'close' });
-    problem(res, 503, 'Service Unavailable', 'the account service did not answer; try again', extra);
+    if (err instanceof ProblemError && err.code === 'payload-too-large') return problem(res, 'payload-too-large', 'the form is larger than 16 KB', { ...extra, connection: 'close' });
+    problem(res, 'service-unavailable', 'the account service did not answer; try again', extra);
   });
 }
