@@ -49,6 +49,54 @@ export function parseAutocannon(out, durationS) {
   };
 }
 
+/**
+ * Parses h2load's summary: req/s (over the measured duration), request counts, status codes,
+ * "time for request" (min/max/mean/sd) and the negotiated application protocol.
+ */
+export function parseH2load(out) {
+  const fin = /^finished in [0-9.]+\w*, ([0-9.]+) req\/s/m.exec(out);
+  const req = /^requests: ([0-9]+) total, ([0-9]+) started, ([0-9]+) done, ([0-9]+) succeeded, ([0-9]+) failed, ([0-9]+) errored, ([0-9]+) timeout/m.exec(out);
+  const st = /^status codes: ([0-9]+) 2xx, ([0-9]+) 3xx, ([0-9]+) 4xx, ([0-9]+) 5xx/m.exec(out);
+  const t = /^time for request:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)/m.exec(out);
+  if (!fin || !req || !st || !t) throw new Error(`cannot parse h2load output:\n${out}`);
+  const statuses = st.slice(1).map(Number);
+  const total = statuses.reduce((a, b) => a + b, 0);
+  return {
+    rps: Number(fin[1]),
+    requests: Number(req[3]),
+    succeeded: Number(req[4]),
+    failed: Number(req[5]),
+    errored: Number(req[6]),
+    timeout: Number(req[7]),
+    status: { '2xx': statuses[0], '3xx': statuses[1], '4xx': statuses[2], '5xx': statuses[3] },
+    pct_2xx: total ? Math.round((10000 * statuses[0]) / total) / 100 : 0,
+    min_us: durationToUs(t[1]),
+    max_us: durationToUs(t[2]),
+    mean_us: durationToUs(t[3]),
+    sd_us: durationToUs(t[4]),
+    protocol: /^Application protocol: (\S+)/m.exec(out)?.[1] ?? null,
+    tls: /^TLS Protocol: (\S+)/m.exec(out)?.[1] ?? null,
+  };
+}
+
+
+/**
+ * Latency percentiles from an h2load `--log-file` (tab-separated: start time in us since the
+ * epoch, status, microseconds until the end of the response): { p50_us, p99_us }, nulls when
+ * the file is empty.
+ */
+export function h2loadLogPercentiles(text) {
+  const d = [];
+  for (const line of text.split('\n')) {
+    const f = line.split('\t');
+    if (f.length >= 3) d.push(Number(f[2]));
+  }
+  if (!d.length) return { p50_us: null, p99_us: null };
+  d.sort((a, b) => a - b);
+  const at = (p) => d[Math.min(d.length - 1, Math.floor((p / 100) * d.length))];
+  return { p50_us: at(50), p99_us: at(99) };
+}
+
 // Self-check: `node bench/parse.mjs`
 if (import.meta.url === `file://${process.argv[1]}`) {
   const assert = (await import('node:assert/strict')).default;

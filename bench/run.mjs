@@ -1,730 +1,210 @@
 #!/usr/bin/env node
 /**
- * `npm run bench`: one run, one trivial upstream (bench/upstream.mjs), four targets measured
- * the same way:
- *   direct     load generator -> upstream
- *   turnpike   -> Turnpike (bin/turnpike.js, no plugins) -> upstream
- *   reference  -> bench/reference-proxy.mjs (node:http + one undici Pool) -> upstream
- *   nginx      -> nginx (1 worker, upstream keepalive 64) -> upstream   (skipped when absent)
+ * `npm run bench`: the benchmark suite (docs/benchmarks.md). In one run, on one machine, the
+ * same load through the floors and through Turnpike in every scenario:
  *
- * Per target: warm-up, then 64 connections (req/s, p50, p99) and 1 connection (p50; "added
- * p50" = target p50 - direct p50). wrk when installed, else autocannon. With taskset and two
- * CPUs, the proxy under test runs alone on the second CPU, the load generator and the upstream
- * on the first. Results: a table on stdout and bench/results/latest.json.
+ * Floors (measured first, every round):
+ *   direct             load generator -> upstream (bench/upstream.mjs, 200 "hello world")
+ *   reference          bench/reference-proxy.mjs: node:http + undici Pool, pool.dispatch (the
+ *                      strict Node floor: the raw handler API Turnpike uses)
+ *   reference-request  bench/reference-proxy-request.mjs: node:http + undici pool.request +
+ *                      stream pipeline (the naive Node proxy most people write)
+ *   nginx              1 worker, upstream keepalive 64 (skipped when not installed)
+ *
+ * Turnpike scenarios (a fresh `node bin/turnpike.js start` per scenario and round, one worker,
+ * TURNPIKE_LOG_LEVEL=silent; every config is written to a temp dir and shown in the JSON):
+ *   plain       no plugins; metrics, analytics and access log off
+ *   defaults    no plugins, built-in defaults (metrics + analytics on, access log off)
+ *   policies    key-auth + rate-limit (local, by consumer, never refusing) + metrics + analytics
+ *               + access log (JSON lines to a file)
+ *   jwt         jwt plugin (ES256, OIDC discovery at bench/auth.mjs --jwks-server; verified
+ *               tokens cached, the default), metrics + analytics off
+ *   routes-100  100 routes `/api/v1/r<i>/items/{id}` (+ methods on every other one); the
+ *   routes-10k  request hits the middle one. 10,000 routes likewise.
+ *   compose     a two-step chain: GET /profile/{id} -> /users/{id}, then
+ *               /orders?user={user.body.id} (bench/payload.mjs --upstream JSON backend)
+ *   cache-hit   cache plugin (memory), every request a HIT of the same key
+ *   http2       h2c with prior knowledge, measured with h2load -c64 -m1 (and -c1); the floors
+ *               of this row are measured with h2load too: reference over HTTP/1.1 (h2load --h1;
+ *               the floor speaks only HTTP/1.1) and nginx over h2c
+ *   websocket   messages/s: bench/ws.mjs --client, 64 connections each echoing 64-byte messages
+ *               in a closed loop through Turnpike to bench/ws.mjs --echo; floors: direct and
+ *               nginx (the reference proxies do not speak WebSocket)
+ *
+ * Per target: warm-up, 64 connections (req/s, p50, p99, CPU of the proxy per request) and 1
+ * connection (p50, p99; "added p50" = p50 minus the direct p50 of the same round and tool).
+ * Ratios: req/s of each scenario over reference, reference-request and nginx in the same round.
+ * wrk when installed, else autocannon. With taskset and two CPUs the proxy under test runs alone
+ * on the second CPU; the load generator and the upstreams on the first.
+ *
+ * Acceptance (issue 12) is printed at the end: plain >= 1.1x reference; policies >= 0.9x
+ * reference and added p50 at 1 connection <= 1.3x nginx's. With BENCH_BASELINE (a results
+ * JSON of an earlier run, default bench/results/before.json when present) each scenario's
+ * ratio to the reference and CPU/req are compared with it (> 5% worse is flagged).
  *
  * Environment:
- *   BENCH_DURATION  seconds per 64-connection measurement (default 10); the 1-connection one
- *                   takes half of it (at least 1 s)
- *   BENCH_WARMUP    warm-up seconds per target (default 2)
- *   BENCH_TARGETS   comma list of targets to run besides direct (default turnpike,reference,reference-request,nginx)
- *   BENCH_TOOL      wrk | autocannon (default: wrk when installed)
- *   BENCH_PROFILE   a directory: run Turnpike and the reference proxy with --cpu-prof writing
- *                   there (the numbers of such a run are not comparable; see bench/profile.mjs)
- *   BENCH_NGINX     path of the nginx binary (default: found on PATH or in /usr/sbin); a path
- *                   that does not exist skips nginx
- *   BENCH_OUT       where to write the JSON results (default bench/results/latest.json)
- *   BENCH_NO_BUILD  1 = do not run `npm run build` first
- *   BENCH_TURNPIKE  path of another Turnpike entry point to measure instead of bin/turnpike.js
- *                   (e.g. a build of another commit, for before/after comparisons)
- *   BENCH_KEEP_TMP  1 = keep the temp dir (configs, nginx error log, process output)
- *   BENCH_ROUNDS    repeat the whole sequence this many times (default 1); the summary is the
- *                   median of the rounds, each round is kept in the JSON
- *   BENCH_RETRIES   repeat a measurement at most this many times (default 2) while processes
- *                   outside the benchmark use more than 5% CPU during it; the quietest is kept
- *   BENCH_QUIET_WAIT  before each measurement, wait at most this many seconds (default 60)
- *                   for processes outside the benchmark to use < 5% CPU; their CPU use during
- *                   each measurement is recorded as "other" and warned about above 5%
+ *   BENCH_DURATION    seconds per 64-connection measurement (default 10); 1 connection: half
+ *   BENCH_WARMUP      warm-up seconds per target (default 2)
+ *   BENCH_ROUNDS      repeat everything this many times (default 1); the summary is the median
+ *   BENCH_SCENARIOS   comma list of Turnpike scenarios (default: all of the above)
+ *   BENCH_TARGETS     comma list of floors besides direct (default reference,reference-request,nginx)
+ *   BENCH_TOOL        wrk | autocannon (default: wrk when installed)
+ *   BENCH_PROFILE     a directory: every proxy runs with --cpu-prof writing there (numbers of
+ *                     such a run are not comparable; summarize with bench/profile.mjs)
+ *   BENCH_BASELINE    results JSON to compare with ('' = none)
+ *   BENCH_OUT         results JSON (default bench/results/latest.json)
+ *   BENCH_NO_BUILD    1 = do not run `npm run build` first
+ *   BENCH_TURNPIKE    another Turnpike entry point to measure instead of bin/turnpike.js
+ *   BENCH_KEEP_TMP    1 = keep the temp dir (configs, logs, process output)
+ *   BENCH_RETRIES     re-measure at most this many times (default 2) while processes outside
+ *                     the benchmark use more than 5% CPU; the quietest is kept
+ *   BENCH_QUIET_WAIT  max seconds to wait for a quiet machine before each measurement (default 60)
+ *   BENCH_NGINX       path of nginx (default: PATH or /usr/sbin); a missing path skips nginx
+ *   BENCH_H2LOAD      path of h2load (default: PATH); without it the http2 row is skipped
  *
- * Every process it starts runs in its own process group; all of them are killed on exit,
- * on error and on SIGINT/SIGTERM. All traffic stays on 127.0.0.1.
+ * Every process runs in its own process group and is killed on exit, error and signals. All
+ * traffic stays on 127.0.0.1.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync, mkdirSync, readdirSync, chmodSync, statSync, accessSync, constants } from 'node:fs';
-import { tmpdir, availableParallelism, release, platform } from 'node:os';
-import { join, dirname, delimiter, resolve, relative } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { createServer } from 'node:net';
-import { request } from 'node:http';
-import { createRequire } from 'node:module';
-import { parseWrk, parseAutocannon } from './parse.mjs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync, rmSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import {
+  ROOT, benchSettings, start, stop, cleanup, installCleanupHandlers, interrupted, waitFor, runToEnd, which, sh,
+  pinning, machineInfo, gitHead, buildTurnpike, cpuProfileArgs, loadGenerator, measureClean, startCpuSample, endCpuSample,
+  waitQuiet, freePort, probe, waitReady, startUpstream, makeTmpDir, round, ratio, fmtRps, fmtUs, pct, medianOf, formatTable, writeJson, OTHER_MAX,
+} from './lib.mjs';
+import { parseH2load, h2loadLogPercentiles } from './parse.mjs';
 
-const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
-const require = createRequire(import.meta.url);
 const env = process.env;
-
-const num = (v, d) => (v !== undefined && v !== '' && Number(v) > 0 ? Number(v) : d);
-const DURATION = Math.round(num(env.BENCH_DURATION, 10));
-const C1_DURATION = Math.max(1, Math.round(DURATION / 2));
-const WARMUP = Math.round(num(env.BENCH_WARMUP, 2));
+const S = benchSettings({ out: 'bench/results/latest.json' });
 const CONNS = 64;
-const TARGETS = (env.BENCH_TARGETS ?? 'turnpike,reference,reference-request,nginx').split(',').map((s) => s.trim()).filter(Boolean);
-const TURNPIKE_BIN = resolve(env.BENCH_TURNPIKE || join(ROOT, 'bin/turnpike.js'));
-const PROFILE_DIR = env.BENCH_PROFILE ? resolve(env.BENCH_PROFILE) : null;
-const BODY = 'hello world';
-const QUIET_WAIT = num(env.BENCH_QUIET_WAIT, 60);
-/** CPU % (of one CPU) that processes outside the benchmark may use before a measurement counts as disturbed. */
-const OTHER_MAX = 5;
-const ROUNDS = Math.max(1, Math.round(num(env.BENCH_ROUNDS, 1)));
-const RETRIES = env.BENCH_RETRIES !== undefined && /^[0-9]+$/.test(env.BENCH_RETRIES) ? Number(env.BENCH_RETRIES) : 2;
+const ALL_SCENARIOS = ['plain', 'defaults', 'policies', 'jwt', 'routes-100', 'routes-10k', 'compose', 'cache-hit', 'http2', 'websocket'];
+const SCENARIOS = (env.BENCH_SCENARIOS ? env.BENCH_SCENARIOS.split(',') : ALL_SCENARIOS).map((s) => s.trim()).filter(Boolean);
+for (const s of SCENARIOS) if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s} (known: ${ALL_SCENARIOS.join(', ')})`);
+const FLOORS = (env.BENCH_TARGETS ?? 'reference,reference-request,nginx').split(',').map((s) => s.trim()).filter(Boolean);
+const BASELINE = env.BENCH_BASELINE !== undefined ? (env.BENCH_BASELINE ? resolve(env.BENCH_BASELINE) : null) : join(ROOT, 'bench/results/before.json');
+const API_KEY = 'bench-key-123456';
+const WS_SIZE = 64;
+
+installCleanupHandlers();
 
 // ---------------------------------------------------------------------------------------------
-// Processes: each child leads its own process group; cleanup() kills every group still alive.
+// Turnpike configs. Every scenario starts from the same listener; observability is off unless
+// the scenario is about it.
 
-const children = new Set();
-let tmp = null;
+const OFF = 'metrics: {enabled: false}\nanalytics: {enabled: false}\naccess_log: {enabled: false}\n';
 
-function killGroup(child, signal) {
-  try {
-    process.kill(-child.pid, signal);
-  } catch {
-    /* already gone */
+function routesConfig(n) {
+  const lines = [];
+  for (let i = 0; i < n; i++) {
+    lines.push(`      - name: r${i}\n        paths: ["/api/v1/r${i}/items/{id}"]${i % 2 ? '\n        methods: [GET, HEAD]' : ''}`);
   }
+  return lines.join('\n');
 }
 
-function alive(child) {
-  return child.exitCode === null && child.signalCode === null;
-}
-
-function start(name, cmd, args, extraEnv = {}) {
-  const child = spawn(cmd, args, {
-    cwd: ROOT,
-    detached: true, // own process group, so the whole tree can be signalled
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...env, ...extraEnv },
-  });
-  child.label = name;
-  child.output = '';
-  const keep = (d) => {
-    child.output += d.toString();
-    if (child.output.length > 1 << 20) child.output = child.output.slice(-(1 << 19));
-  };
-  child.stdout.on('data', keep);
-  child.stderr.on('data', keep);
-  child.exited = new Promise((r) => {
-    child.once('exit', (code, signal) => r({ code, signal }));
-    child.once('error', (err) => {
-      child.output += `\n${err.message}\n`;
-      r({ code: -1, signal: null });
-    });
-  });
-  children.add(child);
-  child.exited.then(() => {
-    // The leader is gone; make sure nothing it forked outlives it.
-    killGroup(child, 'SIGKILL');
-    children.delete(child);
-  });
-  return child;
-}
-
-async function stop(child, graceMs = 5000) {
-  if (!child || !children.has(child)) return;
-  if (alive(child)) killGroup(child, 'SIGTERM');
-  const timer = setTimeout(() => killGroup(child, 'SIGKILL'), graceMs);
-  await child.exited;
-  clearTimeout(timer);
-}
-
-async function cleanup() {
-  await Promise.all([...children].map((c) => stop(c, 3000)));
-  if (tmp && env.BENCH_KEEP_TMP !== '1') rmSync(tmp, { recursive: true, force: true });
-  else if (tmp) console.error(`temp dir kept: ${tmp}`);
-  tmp = null;
-}
-
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(sig, () => {
-    if (interrupted) return;
-    interrupted = true;
-    console.error(`\n${sig}: stopping every benchmark process...`);
-    cleanup().finally(() => process.exit(130));
-  });
-}
-process.on('exit', () => {
-  for (const c of children) killGroup(c, 'SIGKILL');
-});
-
-/** Resolves with the child's first stdout/stderr match of `re`; rejects on exit or timeout. */
-function waitFor(child, re, ms = 15_000) {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      const m = re.exec(child.output);
-      if (m) {
-        done();
-        resolve(m);
-      }
-    };
-    const onExit = () => {
-      done();
-      reject(new Error(`${child.label} exited before it was ready:\n${child.output}`));
-    };
-    const timer = setTimeout(() => {
-      done();
-      reject(new Error(`${child.label} not ready after ${ms} ms:\n${child.output}`));
-    }, ms);
-    const done = () => {
-      clearTimeout(timer);
-      child.stdout.off('data', check);
-      child.stderr.off('data', check);
-      child.off('exit', onExit);
-    };
-    child.stdout.on('data', check);
-    child.stderr.on('data', check);
-    child.once('exit', onExit);
-    check();
-  });
-}
-
-/** Runs a child to completion within `ms`, returning its output; rejects on a non-zero exit. */
-async function runToEnd(child, ms) {
-  const timer = setTimeout(() => killGroup(child, 'SIGKILL'), ms);
-  const { code, signal } = await child.exited;
-  clearTimeout(timer);
-  if (code !== 0) throw new Error(`${child.label} failed (${signal ?? `exit ${code}`}):\n${child.output}`);
-  return child.output;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Environment: tools, CPUs, versions.
-
-function which(name, extraDirs = []) {
-  for (const dir of [...(env.PATH ?? '').split(delimiter), ...extraDirs]) {
-    if (!dir) continue;
-    const p = join(dir, name);
-    try {
-      accessSync(p, constants.X_OK);
-      if (statSync(p).isFile()) return p;
-    } catch {
-      /* not here */
-    }
-  }
-  return null;
-}
-
-function sh(cmd, args) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 });
-  return `${r.stdout ?? ''}${r.stderr ?? ''}`.trim();
-}
-
-/** The CPUs this process may run on, from `taskset -pc` (e.g. "0,1" or "0-3"). */
-function allowedCpus(taskset) {
-  const m = /list:\s*([0-9,\-\s]+)$/m.exec(sh(taskset, ['-pc', String(process.pid)]));
-  if (!m) return [];
-  const cpus = [];
-  for (const part of m[1].trim().split(',')) {
-    const [a, b] = part.split('-').map(Number);
-    for (let c = a; c <= (b ?? a); c++) cpus.push(c);
-  }
-  return cpus;
-}
-
-function cpuModel() {
-  try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
-    return m ? m[1].trim() : 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// CPU accounting (Linux): per-CPU busy time from /proc/stat, per-process-group time from /proc/PID/stat.
-
-const CLK_TCK = Number(sh('getconf', ['CLK_TCK'])) || 100;
-/** This runner's own process group (npm, sh, node): neither a target nor "other". */
-const SELF_PGID = (() => {
-  try {
-    const s = readFileSync('/proc/self/stat', 'utf8');
-    return Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[2]);
-  } catch {
-    return -1;
-  }
-})();
-
-function cpuTimes() {
-  const out = {};
-  try {
-    for (const line of readFileSync('/proc/stat', 'utf8').split('\n')) {
-      const m = /^cpu([0-9]+)\s+(.*)$/.exec(line);
-      if (!m) continue;
-      const f = m[2].split(/\s+/).map(Number);
-      const idle = f[3] + (f[4] || 0);
-      const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
-      out[m[1]] = { idle, total };
-    }
-  } catch {
-    /* not Linux */
-  }
-  return out;
-}
-
-/** utime+stime ticks of every process, by pid: { pid: [pgid, ticks] }. */
-function procTicks() {
-  const out = new Map();
-  let dirs = [];
-  try {
-    dirs = readdirSync('/proc');
-  } catch {
-    return out;
-  }
-  for (const d of dirs) {
-    if (!/^[0-9]+$/.test(d)) continue;
-    try {
-      const s = readFileSync(`/proc/${d}/stat`, 'utf8');
-      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-      // pid and start time identify a process; f[19] is the start time.
-      out.set(`${d}/${f[19]}`, [Number(f[2]), Number(f[11]) + Number(f[12])]);
-    } catch {
-      /* exited meanwhile */
-    }
-  }
-  return out;
-}
-
-/**
- * Starts a CPU sample: per-CPU busy time, and CPU time of the named process groups and of
- * every other process ("other": work on this machine that is not part of the benchmark).
- */
-function startCpuSample(groups, withLoad = false) {
-  return { t: process.hrtime.bigint(), cpus: cpuTimes(), procs: procTicks(), groups, withLoad, reaped: reapedChildTicks() };
-}
-
-/**
- * CPU ticks of this runner's children that have exited and been reaped (cutime + cstime): the
- * load generator's time, which cannot be read from /proc once it has exited.
- */
-function reapedChildTicks() {
-  try {
-    const s = readFileSync('/proc/self/stat', 'utf8');
-    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-    return Number(f[13]) + Number(f[14]);
-  } catch {
-    return 0;
-  }
-}
-
-function endCpuSample(s) {
-  const secs = Number(process.hrtime.bigint() - s.t) / 1e9;
-  const now = cpuTimes();
-  const procs = procTicks();
-  const cpuBusy = {};
-  for (const [id, a] of Object.entries(s.cpus)) {
-    const b = now[id];
-    if (!b || b.total === a.total) continue;
-    cpuBusy[id] = round(100 * (1 - (b.idle - a.idle) / (b.total - a.total)), 1);
-  }
-  const ours = new Map(s.groups.map((g) => [g.pgid, g.name]));
-  const ticks = Object.fromEntries(s.groups.map((g) => [g.name, 0]));
-  ticks.other = 0;
-  if (s.withLoad) ticks.load = reapedChildTicks() - s.reaped;
-  for (const [key, [pgid, t1]] of procs) {
-    const t0 = s.procs.get(key)?.[1] ?? 0; // a process started during the sample counts whole
-    const name = ours.get(pgid) ?? (pgid === SELF_PGID ? null : 'other');
-    if (name) ticks[name] += t1 - t0;
-  }
-  const procCpu = {};
-  for (const [name, t] of Object.entries(ticks)) procCpu[name] = round((100 * t) / CLK_TCK / secs, 1);
-  return { cpu_busy_pct: cpuBusy, process_cpu_pct: procCpu };
-}
-
-/**
- * Waits (at most `maxMs`) until the machine is quiet: CPU time of processes outside the
- * benchmark below 5% of one CPU over a 1 s window. Returns the last window's figure.
- */
-async function waitQuiet(groups, maxMs) {
-  const deadline = Date.now() + maxMs;
-  let other = 0;
-  let warned = false;
-  for (;;) {
-    const s = startCpuSample(groups);
-    await sleep(1000);
-    other = endCpuSample(s).process_cpu_pct.other;
-    if (other < OTHER_MAX || Date.now() >= deadline) return other;
-    if (!warned) {
-      console.log(`  waiting for a quiet machine (other processes use ${other}% CPU; at most ${Math.round(maxMs / 1000)}s)...`);
-      warned = true;
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers.
-
-const round = (x, d = 0) => (x === null || x === undefined || Number.isNaN(x) ? null : Math.round(x * 10 ** d) / 10 ** d);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function probe(url) {
-  return new Promise((resolve) => {
-    const req = request(url, { agent: false, timeout: 2000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode, body, headers: res.headers }));
-      res.on('error', () => resolve(null));
-    });
-    req.on('timeout', () => req.destroy());
-    req.on('error', () => resolve(null));
-    req.end();
-  });
-}
-
-/** Polls `url` until it answers 200 with the upstream's body (or the child dies / time runs out). */
-async function waitReady(url, child, ms = 15_000) {
-  const deadline = Date.now() + ms;
-  let last = null;
-  while (Date.now() < deadline) {
-    if (child && !alive(child)) throw new Error(`${child.label} exited:\n${child.output}`);
-    last = await probe(url);
-    if (last && last.status === 200 && last.body === BODY) return last;
-    await sleep(50);
-  }
-  throw new Error(`${url} did not answer 200 "${BODY}" within ${ms} ms (last: ${last ? `${last.status} ${JSON.stringify(last.body).slice(0, 200)}` : 'no answer'})${child ? `\n${child.output}` : ''}`);
-}
-
-function fmtUs(us) {
-  if (us === null || us === undefined) return '-';
-  if (Math.abs(us) < 1000) return `${Math.round(us)}us`;
-  if (Math.abs(us) < 1e6) return `${(us / 1000).toFixed(2)}ms`;
-  return `${(us / 1e6).toFixed(2)}s`;
-}
-
-/** Median of every numeric field (recursively) over a list of like-shaped objects. */
-function medianOf(list) {
-  if (list.length === 1) return list[0];
-  const out = {};
-  for (const k of Object.keys(list[0])) {
-    const vals = list.map((o) => o[k]).filter((v) => v !== undefined && v !== null);
-    if (typeof vals[0] === 'number') {
-      const v = [...vals].sort((a, b) => a - b);
-      out[k] = round(v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2, 2);
-    } else if (vals[0] && typeof vals[0] === 'object' && !Array.isArray(vals[0])) out[k] = medianOf(vals);
-    else out[k] = vals[0];
-  }
-  return out;
-}
-
-const fmtRps = (r) => (r === null || r === undefined ? '-' : Math.round(r).toLocaleString('en-US'));
-const ratio = (a, b) => (a && b ? round(a / b, 3) : null);
-
-// ---------------------------------------------------------------------------------------------
-
-async function main() {
-  const taskset = which('taskset', ['/usr/bin', '/bin']);
-  const wrk = which('wrk', ['/usr/bin', '/usr/local/bin']);
-  const nginx = env.BENCH_NGINX !== undefined
-    ? (existsSync(env.BENCH_NGINX) ? resolve(env.BENCH_NGINX) : null)
-    : which('nginx', ['/usr/sbin', '/usr/local/sbin', '/usr/local/nginx/sbin']);
-  const autocannon = join(dirname(require.resolve('autocannon/package.json')), 'autocannon.js');
-  const tool = env.BENCH_TOOL === 'autocannon' || !wrk ? 'autocannon' : 'wrk';
-  if (env.BENCH_TOOL === 'wrk' && !wrk) throw new Error('BENCH_TOOL=wrk but wrk is not installed');
-
-  let loadCpu = null;
-  let proxyCpu = null;
-  if (taskset) {
-    const cpus = allowedCpus(taskset);
-    if (cpus.length >= 2) [loadCpu, proxyCpu] = [String(cpus[0]), String(cpus[1])];
-  }
-  const pin = (cpu, cmd, args) => (cpu !== null ? [taskset, ['-c', cpu, cmd, ...args]] : [cmd, args]);
-  const notes = [];
-  if (loadCpu === null) notes.push(taskset ? 'fewer than 2 usable CPUs: no pinning' : 'taskset not found: no pinning');
-  if (tool === 'autocannon') {
-    notes.push(wrk ? 'BENCH_TOOL=autocannon' : 'wrk not found: using autocannon (req/s and latency are not comparable with wrk runs)');
-    notes.push('autocannon latencies have 1 ms resolution: "added p50 c1" is the added MEAN latency at 1 connection (1 s / req/s)');
-  }
-  if (PROFILE_DIR) notes.push(`profiling into ${PROFILE_DIR}: numbers are NOT representative`);
-
-  const machine = {
-    nproc: availableParallelism(),
-    cpu: cpuModel(),
-    kernel: `${platform()} ${release()}`,
-    node: process.version,
-    undici: require('undici/package.json').version,
-    turnpike: JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version,
-    tool: tool === 'wrk' ? sh(wrk, ['-v']).split('\n')[0].replace(/\s+Copyright.*$/, '') : `autocannon ${require('autocannon/package.json').version}`,
-    nginx: nginx ? sh(nginx, ['-v']).replace(/^nginx version:\s*/, '') : null,
-  };
-  const git = {
-    commit: sh('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']) || null,
-    // Uncommitted changes under src/ are part of what was measured (npm run build).
-    src_dirty: sh('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src']) !== '',
-    turnpike_entry: relative(ROOT, TURNPIKE_BIN),
-  };
-
-  console.log(`Turnpike benchmark: ${DURATION}s at ${CONNS} connections, ${C1_DURATION}s at 1 connection, ${WARMUP}s warm-up per target`);
-  console.log(`machine: ${machine.nproc} CPUs, ${machine.cpu}, ${machine.kernel}, node ${machine.node}`);
-  console.log(`load: ${machine.tool}; nginx: ${machine.nginx ?? 'not installed'}`);
-  console.log(`turnpike: ${git.commit ?? '?'}${git.src_dirty ? ' + uncommitted changes in src/' : ''} (${relative(ROOT, TURNPIKE_BIN)})`);
-  console.log(loadCpu !== null ? `pinning: load generator + upstream on CPU ${loadCpu}, proxy under test on CPU ${proxyCpu}` : 'pinning: none');
-  for (const n of notes) console.log(`note: ${n}`);
-
-  if (env.BENCH_NO_BUILD !== '1') {
-    console.log('building (npm run build)...');
-    const b = spawnSync('npm', ['run', '--silent', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 180_000 });
-    if (b.status !== 0) throw new Error(`npm run build failed:\n${b.stdout}${b.stderr}`);
-  }
-  if (!existsSync(join(ROOT, 'dist/cli/main.js'))) throw new Error('dist/ is missing: run npm run build');
-
-  tmp = mkdtempSync(join(tmpdir(), 'turnpike-bench-'));
-  chmodSync(tmp, 0o755); // nginx workers may run as an unprivileged user
-  if (PROFILE_DIR) mkdirSync(PROFILE_DIR, { recursive: true });
-
-  // One upstream for every target.
-  const upstream = start('upstream', ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/upstream.mjs'), '0']));
-  const upPort = Number((await waitFor(upstream, /LISTENING ([0-9]+)/))[1]);
-  const upstreamUrl = `http://127.0.0.1:${upPort}`;
-  await waitReady(`${upstreamUrl}/`, upstream);
-
-  /** Starts the load generator; `done` resolves with the parsed result. */
-  function startLoad(url, conns, seconds) {
-    let child;
-    if (tool === 'wrk') {
-      child = start(`wrk -c${conns}`, ...pin(loadCpu, wrk, ['-t1', `-c${conns}`, `-d${seconds}s`, '--timeout', '5s', '--latency', url]));
-    } else {
-      child = start(`autocannon -c${conns}`, ...pin(loadCpu, process.execPath, [autocannon, '-c', String(conns), '-d', String(seconds), '-j', url]));
-    }
-    const done = runToEnd(child, (seconds + 20) * 1000).then((out) => (tool === 'wrk' ? parseWrk(out) : parseAutocannon(out, seconds)));
-    return { child, done };
-  }
-
-  /** One measurement, with CPU accounting of the upstream, the target and the load generator. */
-  async function measure(url, conns, seconds, target) {
-    const groups = [{ name: 'upstream', pgid: upstream.pid }];
-    if (target) groups.push({ name: target.label, pgid: target.pid });
-    const before = await waitQuiet(groups, QUIET_WAIT * 1000);
-    const sample = startCpuSample(groups, true);
-    const t0 = process.hrtime.bigint();
-    const r = await startLoad(url, conns, seconds).done;
-    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-    Object.assign(r, endCpuSample(sample));
-    // CPU time the proxy spends per request: steadier than req/s on a noisy machine.
-    if (target && r.requests) r.proxy_cpu_us_per_req = round((r.process_cpu_pct[target.label] / 100) * secs * 1e6 / r.requests, 1);
-    r.other_cpu_before_pct = before;
-    return r;
-  }
-
-  const nodeArgs = (name) => (PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : []);
-
-  const targets = [
-    { name: 'direct', desc: 'load generator -> upstream', start: async () => ({ url: `${upstreamUrl}/` }) },
-    {
-      name: 'turnpike',
-      desc: 'Turnpike (no plugins)',
-      start: async () => {
-        const port = await freePort();
-        const file = join(tmp, 'turnpike.yaml');
-        // Like nginx here (access_log off): no access log; metrics and analytics stay on (the defaults).
-        writeFileSync(file, `listen: 127.0.0.1:${port}\naccess_log: {enabled: false}\nservices:\n  - name: bench\n    url: ${upstreamUrl}\n    routes:\n      - paths: [/]\n`);
-        const child = start('turnpike', ...pin(proxyCpu, process.execPath, [...nodeArgs('turnpike'), TURNPIKE_BIN, 'start', '--config', file]), {
-          TURNPIKE_LOG_LEVEL: 'silent',
-        });
-        return { url: `http://127.0.0.1:${port}/`, child };
-      },
+/** name -> { desc, kind: http|h2|ws, path, headers, config(ctx), check(url) } */
+const SCENARIO = {
+  plain: {
+    desc: 'no plugins; metrics, analytics, access log off',
+    config: (c) => `${c.listen}${OFF}services:\n  - name: bench\n    url: ${c.upstream}\n    routes:\n      - paths: [/]\n`,
+  },
+  defaults: {
+    desc: 'no plugins; built-in defaults (metrics + analytics on, access log off)',
+    config: (c) => `${c.listen}access_log: {enabled: false}\nservices:\n  - name: bench\n    url: ${c.upstream}\n    routes:\n      - paths: [/]\n`,
+  },
+  policies: {
+    desc: 'key-auth + rate-limit (local) + metrics + analytics + access log (file)',
+    headers: { apikey: API_KEY },
+    config: (c) => `${c.listen}access_log: {enabled: true, destination: file, path: ${JSON.stringify(join(c.tmp, 'access.log'))}}
+consumers:
+  - name: bench
+    credentials:
+      - {type: key-auth, key: ${API_KEY}}
+services:
+  - name: bench
+    url: ${c.upstream}
+    routes:
+      - paths: [/]
+        plugins:
+          - name: key-auth
+          - name: rate-limit
+            config: {limit: 1000000000, window: 1m, by: consumer, policy: local}
+`,
+    async check(url) {
+      const bare = await probe(url);
+      if (bare?.status !== 401) throw new Error(`policies: a request without a key answered ${bare?.status}, expected 401`);
+      const ok = await probe(url, { headers: { apikey: API_KEY } });
+      if (!ok?.headers['ratelimit-policy'] && !ok?.headers.ratelimit) throw new Error('policies: no RateLimit header on an accepted request');
     },
-    {
-      name: 'reference',
-      desc: 'bench/reference-proxy.mjs (node:http + undici Pool)',
-      start: async () => {
-        const child = start('reference', ...pin(proxyCpu, process.execPath, [...nodeArgs('reference'), join(ROOT, 'bench/reference-proxy.mjs'), upstreamUrl, '0']));
-        const port = Number((await waitFor(child, /LISTENING ([0-9]+)/))[1]);
-        return { url: `http://127.0.0.1:${port}/`, child };
-      },
+  },
+  jwt: {
+    desc: 'jwt (ES256, OIDC discovery, cached verification); metrics, analytics off',
+    headers: (c) => ({ authorization: `Bearer ${c.token}` }),
+    config: (c) => `${c.listen}${OFF}services:\n  - name: bench\n    url: ${c.upstream}\n    routes:\n      - paths: [/]\n        plugins:\n          - name: jwt\n            config: {issuer: "${c.issuer}", audiences: ["urn:bench"], consumer_claim: client_id}\n`,
+    async check(url) {
+      const bare = await probe(url);
+      if (bare?.status !== 401) throw new Error(`jwt: a request without a token answered ${bare?.status}, expected 401`);
     },
-    {
-      name: 'reference-request',
-      desc: 'bench/reference-proxy-request.mjs (node:http + undici pool.request + pipeline)',
-      start: async () => {
-        const child = start('reference-request', ...pin(proxyCpu, process.execPath, [...nodeArgs('reference-request'), join(ROOT, 'bench/reference-proxy-request.mjs'), upstreamUrl, '0']));
-        const port = Number((await waitFor(child, /LISTENING ([0-9]+)/))[1]);
-        return { url: `http://127.0.0.1:${port}/`, child };
-      },
+  },
+  'routes-100': {
+    desc: '100 routes, the middle one hit; metrics, analytics off',
+    path: '/api/v1/r50/items/42',
+    config: (c) => `${c.listen}${OFF}services:\n  - name: bench\n    url: ${c.upstream}\n    routes:\n${routesConfig(100)}\n`,
+  },
+  'routes-10k': {
+    desc: '10,000 routes, the middle one hit; metrics, analytics off',
+    path: '/api/v1/r5000/items/42',
+    config: (c) => `${c.listen}${OFF}services:\n  - name: bench\n    url: ${c.upstream}\n    routes:\n${routesConfig(10_000)}\n`,
+    async check(url) {
+      const miss = await probe(url.replace('/r5000/', '/r10000/'));
+      if (miss?.status !== 404) throw new Error(`routes-10k: an unknown route answered ${miss?.status}, expected 404`);
     },
-    {
-      name: 'nginx',
-      desc: 'nginx, 1 worker, upstream keepalive 64',
-      skip: nginx ? null : 'nginx not installed',
-      start: async () => {
-        const port = await freePort();
-        const dir = join(tmp, 'nginx');
-        mkdirSync(dir, { recursive: true });
-        chmodSync(dir, 0o755);
-        const conf = join(dir, 'nginx.conf');
-        writeFileSync(conf, nginxConf(dir, port, upPort));
-        const child = start('nginx', ...pin(proxyCpu, nginx, ['-p', `${dir}/`, '-c', conf, '-e', join(dir, 'error.log')]));
-        return { url: `http://127.0.0.1:${port}/`, child, log: join(dir, 'error.log') };
-      },
+  },
+  compose: {
+    desc: 'two-step chain /profile/{id} -> users, then orders?user={user.body.id}; metrics, analytics off',
+    path: '/profile/7',
+    via: false, // a composed answer is Turnpike's own
+    config: (c) => `${c.listen}${OFF}services:
+  - name: users
+    url: ${c.json}
+  - name: orders
+    url: ${c.json}
+routes:
+  - name: profile
+    paths: ["/profile/{id}"]
+    methods: [GET]
+    compose:
+      steps:
+        - {name: user, service: users, path: "/users/{id}"}
+        - {name: orders, service: orders, path: /orders, query: {user: "{user.body.id}"}}
+`,
+    async check(url) {
+      const r = await probe(url);
+      if (r?.status !== 200 || !/"user"/.test(r.body) || !/"orders"/.test(r.body)) throw new Error(`compose: /profile/7 answered ${r?.status} ${r?.body?.slice(0, 200)}`);
     },
-  ].filter((t) => t.name === 'direct' || TARGETS.includes(t.name));
-
-  /** Measures, repeating (at most RETRIES times) while other processes disturb the machine. */
-  async function measureClean(label, url, conns, seconds, child) {
-    let best = null;
-    for (let attempt = 0; attempt <= RETRIES; attempt++) {
-      const r = await measure(url, conns, seconds, child);
-      r.attempts = attempt + 1;
-      if (best === null || r.process_cpu_pct.other < best.process_cpu_pct.other) best = { ...r, attempts: attempt + 1 };
-      if (r.process_cpu_pct.other <= OTHER_MAX || attempt === RETRIES || interrupted) break;
-      console.log(`  ${label}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU; measuring again (${attempt + 1}/${RETRIES})`);
-    }
-    return best;
-  }
-
-  const results = {};
-  for (const t of targets) {
-    results[t.name] = t.skip ? { skipped: t.skip } : { description: t.desc, rounds: [] };
-    if (t.skip) console.log(`\n[${t.name}] skipped: ${t.skip}`);
-  }
-  for (let roundNo = 1; roundNo <= ROUNDS && !interrupted; roundNo++) {
-    if (ROUNDS > 1) console.log(`\n=== round ${roundNo}/${ROUNDS}`);
-    for (const t of targets) {
-      const res = results[t.name];
-      if (interrupted) break;
-      if (res.skipped || res.error) continue;
-      console.log(`\n[${t.name}] ${t.desc}`);
-      let h = null;
-      try {
-        h = await t.start();
-        let ready;
-        try {
-          ready = await waitReady(h.url, h.child);
-        } catch (err) {
-          if (h.log && existsSync(h.log)) err.message += `\n${h.log}:\n${readFileSync(h.log, 'utf8')}`;
-          throw err;
-        }
-        if (t.name === 'turnpike' && !/turnpike/.test(String(ready.headers.via))) throw new Error(`expected a Via: turnpike response header, got ${ready.headers.via}`);
-        console.log(`  warm-up ${WARMUP}s...`);
-        const warm = await startLoad(h.url, CONNS, WARMUP).done;
-        const c64 = await measureClean(`c${CONNS}`, h.url, CONNS, DURATION, h.child);
-        const cpu = c64.process_cpu_pct;
-        console.log(`  c${CONNS}: ${fmtRps(c64.rps)} req/s, p50 ${fmtUs(c64.p50_us)}, p99 ${fmtUs(c64.p99_us)}; CPU: ` +
-          (h.child ? `${t.name} ${cpu[t.name]}% (${c64.proxy_cpu_us_per_req} us/req), ` : '') + `upstream ${cpu.upstream}%, load ${cpu.load}%, other ${cpu.other}%`);
-        const c1 = await measureClean('c1', h.url, 1, C1_DURATION, h.child);
-        console.log(`  c1:  ${fmtRps(c1.rps)} req/s, p50 ${fmtUs(c1.p50_us)}, p99 ${fmtUs(c1.p99_us)}; other CPU ${c1.process_cpu_pct.other}%`);
-        for (const [label, r] of [[`c${CONNS}`, c64], ['c1', c1]]) {
-          if (r.process_cpu_pct.other > OTHER_MAX) console.log(`  WARNING ${label}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU during the measurement`);
-          if (r.socket_errors || r.non_2xx) console.log(`  WARNING ${label}: ${r.socket_errors} socket errors, ${r.non_2xx} non-2xx/3xx responses`);
-        }
-        res.rounds.push({ [`c${CONNS}`]: c64, c1, warmup_requests: warm.requests });
-      } catch (err) {
-        if (interrupted) break;
-        console.log(`  FAILED: ${err.message}`);
-        res.error = err.message.slice(0, 4000);
-        if (t.name === 'direct') throw err;
-      } finally {
-        if (h?.child) await stop(h.child);
-      }
-    }
-  }
-  if (interrupted) return;
-
-  // Summary per target: the round itself, or the median of every number over the rounds.
-  for (const r of Object.values(results)) {
-    if (!r.rounds?.length) continue;
-    for (const k of [`c${CONNS}`, 'c1']) r[k] = medianOf(r.rounds.map((x) => x[k]));
-    // Every request the target served (warm-ups included), e.g. to relate a CPU profile to requests.
-    r.requests_served = r.rounds.reduce((n, x) => n + (x.warmup_requests ?? 0) + (x[`c${CONNS}`].requests ?? 0) + (x.c1.requests ?? 0), 0);
-    if (r.rounds.length === 1) delete r.rounds;
-  }
-
-  // Added latency at one connection, relative to direct.
-  // autocannon records latency in whole milliseconds: with it, use the mean latency at one
-  // connection (1 s / req/s, a closed loop) instead of p50.
-  const c1Latency = (r) => (tool === 'wrk' ? r.c1.p50_us : 1e6 / r.c1.rps);
-  const base = results.direct?.c1 ? c1Latency(results.direct) : null;
-  for (const r of Object.values(results)) if (r.c1) r.added_p50_c1_us = base === null ? null : round(c1Latency(r) - base, 1);
-
-  const rps = (n) => results[n]?.[`c${CONNS}`]?.rps ?? null;
-  const ratios = {
-    turnpike_vs_reference: ratio(rps('turnpike'), rps('reference')),
-    turnpike_vs_reference_request: ratio(rps('turnpike'), rps('reference-request')),
-    turnpike_vs_nginx: ratio(rps('turnpike'), rps('nginx')),
-    reference_vs_nginx: ratio(rps('reference'), rps('nginx')),
-  };
-  const added = results.turnpike?.added_p50_c1_us ?? null;
-  const acceptance = {
-    throughput_vs_reference_min: 0.9,
-    added_p50_c1_max_us: 200,
-    throughput_ok: ratios.turnpike_vs_reference === null ? null : ratios.turnpike_vs_reference >= 0.9,
-    latency_ok: added === null ? null : added < 200,
-  };
-
-  // Table.
-  const cols = ['target', `req/s c${CONNS}`, `p50 c${CONNS}`, `p99 c${CONNS}`, 'p50 c1', 'p99 c1', tool === 'wrk' ? 'added p50 c1' : 'added mean c1', 'proxy CPU', 'CPU/req', `CPU${loadCpu ?? '0'} busy`, 'other CPU'];
-  const rows = [];
-  const skippedNotes = [];
-  for (const t of targets) {
-    const r = results[t.name];
-    const m = r?.[`c${CONNS}`];
-    if (!m) {
-      rows.push([t.name, r?.skipped ? 'skipped' : 'FAILED', '', '', '', '', '', '', '', '', '']);
-      skippedNotes.push(`${t.name}: ${r?.skipped ?? 'failed (see above)'}`);
-      continue;
-    }
-    rows.push([
-      t.name, fmtRps(m.rps), fmtUs(m.p50_us), fmtUs(m.p99_us), fmtUs(r.c1.p50_us), fmtUs(r.c1.p99_us),
-      t.name === 'direct' ? '-' : fmtUs(r.added_p50_c1_us),
-      t.name === 'direct' ? '-' : `${m.process_cpu_pct[t.name] ?? '?'}%`,
-      t.name === 'direct' ? '-' : `${m.proxy_cpu_us_per_req ?? '?'}us`,
-      loadCpu !== null && m.cpu_busy_pct[loadCpu] !== undefined ? `${m.cpu_busy_pct[loadCpu]}%` : '-',
-      `${Math.max(m.process_cpu_pct.other ?? 0, r.c1.process_cpu_pct.other ?? 0)}%`,
-    ]);
-  }
-  const widths = cols.map((c, i) => Math.max(c.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (r) => r.map((c, i) => (i === 0 ? String(c).padEnd(widths[i]) : String(c).padStart(widths[i]))).join('  ').trimEnd();
-  console.log(`\n${line(cols)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}`);
-  for (const r of rows) console.log(line(r));
-  for (const n of skippedNotes) console.log(`(${n})`);
-  const pct = (x) => (x === null ? 'n/a' : `${(x * 100).toFixed(1)}%`);
-  console.log('');
-  console.log(`turnpike / reference throughput: ${pct(ratios.turnpike_vs_reference)}  (target >= 90%: ${acceptance.throughput_ok === null ? 'n/a' : acceptance.throughput_ok ? 'PASS' : 'FAIL'})`);
-  console.log(`turnpike added p50 at 1 conn:    ${added === null ? 'n/a' : `${Math.round(added)} us`}  (target < 200 us: ${acceptance.latency_ok === null ? 'n/a' : acceptance.latency_ok ? 'PASS' : 'FAIL'})`);
-  console.log(`turnpike / reference-request:    ${pct(ratios.turnpike_vs_reference_request)}  (the high-level-API floor)`);
-  console.log(`turnpike / nginx throughput:     ${pct(ratios.turnpike_vs_nginx)}`);
-  console.log(`reference / nginx throughput:    ${pct(ratios.reference_vs_nginx)}`);
-
-  const out = {
-    date: new Date().toISOString(),
-    machine,
-    git,
-    method: {
-      tool,
-      connections: CONNS,
-      duration_s: DURATION,
-      c1_duration_s: C1_DURATION,
-      warmup_s: WARMUP,
-      rounds: ROUNDS,
-      retries: RETRIES,
-      load_cpu: loadCpu,
-      proxy_cpu: proxyCpu,
-      upstream_body: BODY,
-      notes,
+  },
+  'cache-hit': {
+    desc: 'cache plugin (memory), every request a HIT; metrics, analytics off',
+    path: '/items/7',
+    config: (c) => `${c.listen}${OFF}services:\n  - name: api\n    url: ${c.json}\n    routes:\n      - paths: [/items]\n        plugins:\n          - name: cache\n            config: {ttl: 30s}\n`,
+    async check(url) {
+      await probe(url);
+      const r = await probe(url);
+      if (r?.headers['x-cache-status'] !== 'HIT') throw new Error(`cache-hit: second request X-Cache-Status ${r?.headers['x-cache-status']}, expected HIT`);
     },
-    results,
-    ratios,
-    acceptance,
-  };
-  const file = resolve(env.BENCH_OUT || join(ROOT, 'bench/results/latest.json'));
-  mkdirSync(dirname(file), { recursive: true });
-  writeFileSync(file, JSON.stringify(out, null, 2) + '\n');
-  console.log(`\nwrote ${relative(process.cwd(), file)}`);
-  const failed = Object.entries(results).filter(([, r]) => r.error).map(([n]) => n);
-  if (failed.length) {
-    console.log(`failed targets: ${failed.join(', ')}`);
-    process.exitCode = 1;
-  }
-}
+  },
+  http2: {
+    kind: 'h2',
+    desc: 'h2c (prior knowledge), h2load -m1; metrics, analytics off',
+    config: (c) => `${c.listen}${OFF}http2: {h2c: true, max_concurrent_streams: 256}\nservices:\n  - name: bench\n    url: ${c.upstream}\n    routes:\n      - paths: [/]\n`,
+  },
+  websocket: {
+    kind: 'ws',
+    desc: `WebSocket echo, ${WS_SIZE}-byte messages, closed loop; metrics, analytics off`,
+    config: (c) => `${c.listen}${OFF}services:\n  - name: ws\n    url: ${c.ws}\n    routes:\n      - paths: [/]\n        websocket: true\n`,
+  },
+};
 
-function nginxConf(dir, port, upPort) {
+function nginxConf(dir, p) {
   return `# generated by bench/run.mjs
 daemon off;
 master_process on;
@@ -741,20 +221,392 @@ http {
   scgi_temp_path ${dir}/scgi;
   keepalive_requests 1000000;
   upstream bench_upstream {
-    server 127.0.0.1:${upPort};
+    server 127.0.0.1:${p.up};
     keepalive 64;
     keepalive_requests 1000000;
   }
+  upstream ws_upstream {
+    server 127.0.0.1:${p.ws};
+  }
   server {
-    listen 127.0.0.1:${port};
+    listen 127.0.0.1:${p.http};
     location / {
       proxy_pass http://bench_upstream;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }
   }
+  server {
+    listen 127.0.0.1:${p.h2c} http2;
+    location / {
+      proxy_pass http://bench_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+  server {
+    listen 127.0.0.1:${p.wsPort};
+    location / {
+      proxy_pass http://ws_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 300s;
+    }
+  }
 }
 `;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function main() {
+  const { loadCpu, proxyCpu, pin, note: pinNote } = pinning();
+  const load = loadGenerator({ pin, cpu: loadCpu });
+  const nginx = env.BENCH_NGINX !== undefined ? (existsSync(env.BENCH_NGINX) ? resolve(env.BENCH_NGINX) : null) : which('nginx', ['/usr/sbin', '/usr/local/sbin', '/usr/local/nginx/sbin']);
+  const h2load = env.BENCH_H2LOAD !== undefined ? (existsSync(env.BENCH_H2LOAD) ? resolve(env.BENCH_H2LOAD) : null) : which('h2load', ['/usr/bin', '/usr/local/bin']);
+  const notes = [...load.notes];
+  if (pinNote) notes.push(pinNote);
+  if (S.profileDir) notes.push(`profiling into ${S.profileDir}: numbers are NOT representative`);
+  if (!nginx && FLOORS.includes('nginx')) notes.push('nginx not installed: no nginx ratios');
+  if (!h2load && SCENARIOS.includes('http2')) notes.push('h2load not installed (apt-get install nghttp2-client): http2 skipped');
+
+  const machine = machineInfo({
+    tool: load.version,
+    nginx: nginx ? sh(nginx, ['-v']).replace(/^nginx version:\s*/, '') : null,
+    h2load: h2load ? sh(h2load, ['--version']).split('\n')[0] : null,
+  });
+  const git = { ...gitHead(), turnpike_entry: relative(ROOT, S.turnpikeBin) };
+
+  console.log(`Turnpike benchmark suite: ${S.duration}s at ${CONNS} connections, ${S.c1Duration}s at 1 connection, ${S.warmup}s warm-up, ${S.rounds} round(s)`);
+  console.log(`machine: ${machine.nproc} CPUs, ${machine.cpu}, ${machine.kernel}, node ${machine.node}, undici ${machine.undici}`);
+  console.log(`load: ${machine.tool}; nginx: ${machine.nginx ?? 'not installed'}; h2load: ${machine.h2load ?? 'not installed'}`);
+  console.log(`turnpike: ${JSON.stringify(git)}`);
+  console.log(loadCpu !== null ? `pinning: load generator + upstreams on CPU ${loadCpu}, proxy under test alone on CPU ${proxyCpu}` : 'pinning: none');
+  for (const n of notes) console.log(`note: ${n}`);
+  buildTurnpike(S.build);
+
+  const tmp = makeTmpDir('turnpike-bench-', S.keepTmp);
+  chmodSync(tmp, 0o755); // nginx workers may run as an unprivileged user
+  if (S.profileDir) mkdirSync(S.profileDir, { recursive: true });
+
+  // Backends, all on the load CPU.
+  const up = await startUpstream(pin, loadCpu);
+  const json = start('json-upstream', ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/payload.mjs'), '--upstream', '0', '0', 'api']));
+  const jsonUrl = `http://127.0.0.1:${(await waitFor(json, /LISTENING ([0-9]+)/))[1]}`;
+  const wsEcho = start('ws-echo', ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/ws.mjs'), '--echo', '0']));
+  const wsPort = Number((await waitFor(wsEcho, /LISTENING ([0-9]+)/))[1]);
+  let idp = null;
+  if (SCENARIOS.includes('jwt')) {
+    const c = start('idp', ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/auth.mjs'), '--jwks-server', '0']));
+    await waitFor(c, /LISTENING ([0-9]+)/);
+    idp = { child: c, issuer: /ISSUER (\S+)/.exec(c.output)[1], token: /TOKEN (\S+)/.exec(c.output)[1] };
+  }
+  const backendGroups = [up.child, json, wsEcho, idp?.child].filter(Boolean).map((c) => ({ name: c.label, pgid: c.pid }));
+
+  // ------------------------------------------------------------------------- starting targets
+
+  async function startTurnpike(name) {
+    const sc = SCENARIO[name];
+    const port = await freePort();
+    const dir = join(tmp, name);
+    mkdirSync(dir, { recursive: true });
+    const ctx = { listen: `listen: 127.0.0.1:${port}\n`, upstream: up.url, json: jsonUrl, ws: `http://127.0.0.1:${wsPort}`, tmp: dir, issuer: idp?.issuer, token: idp?.token };
+    const file = join(dir, 'turnpike.yaml');
+    writeFileSync(file, `# generated by bench/run.mjs (scenario ${name})\n${sc.config(ctx)}`);
+    const child = start(`turnpike-${name}`, ...pin(proxyCpu, process.execPath, [...cpuProfileArgs(S.profileDir, `turnpike-${name}`), S.turnpikeBin, 'start', '--config', file]), {
+      env: { TURNPIKE_LOG_LEVEL: 'silent' },
+    });
+    const headers = typeof sc.headers === 'function' ? sc.headers(ctx) : (sc.headers ?? {});
+    const url = `http://127.0.0.1:${port}${sc.path ?? '/'}`;
+    let ready;
+    if (sc.kind === 'ws') {
+      // The echo server answers plain HTTP with 426: ready when that comes through Turnpike.
+      const deadline = Date.now() + 30_000;
+      while ((ready = await probe(url))?.status !== 426) {
+        if (Date.now() > deadline || child.exitCode !== null) throw new Error(`${name}: not ready (last: ${ready?.status}):\n${child.output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    } else {
+      ready = await waitReady(url, { child, headers, ms: 30_000 });
+    }
+    if (sc.via !== false && !/turnpike/.test(String(ready.headers.via))) throw new Error(`${name}: expected a Via: turnpike response header, got ${ready.headers.via}`);
+    if (sc.check) await sc.check(url);
+    return { child, url, port, headers, config: file };
+  }
+
+  async function startFloor(name) {
+    if (name === 'reference' || name === 'reference-request') {
+      const script = name === 'reference' ? 'bench/reference-proxy.mjs' : 'bench/reference-proxy-request.mjs';
+      const child = start(name, ...pin(proxyCpu, process.execPath, [...cpuProfileArgs(S.profileDir, name), join(ROOT, script), up.url, '0']));
+      const port = Number((await waitFor(child, /LISTENING ([0-9]+)/))[1]);
+      const url = `http://127.0.0.1:${port}/`;
+      await waitReady(url, { child });
+      return { child, url, port };
+    }
+    if (name === 'nginx') {
+      const dir = join(tmp, `nginx-${Date.now()}`);
+      mkdirSync(dir, { recursive: true });
+      chmodSync(dir, 0o755);
+      const p = { up: Number(new URL(up.url).port), ws: wsPort, http: await freePort(), h2c: await freePort(), wsPort: await freePort() };
+      const conf = join(dir, 'nginx.conf');
+      writeFileSync(conf, nginxConf(dir, p));
+      const child = start('nginx', ...pin(proxyCpu, nginx, ['-p', `${dir}/`, '-c', conf, '-e', join(dir, 'error.log')]));
+      const url = `http://127.0.0.1:${p.http}/`;
+      try {
+        await waitReady(url, { child });
+      } catch (err) {
+        const log = join(dir, 'error.log');
+        if (existsSync(log)) err.message += `\n${readFileSync(log, 'utf8')}`;
+        throw err;
+      }
+      return { child, url, port: p.http, h2cUrl: `http://127.0.0.1:${p.h2c}/`, wsUrl: `ws://127.0.0.1:${p.wsPort}/` };
+    }
+    throw new Error(`unknown floor ${name}`);
+  }
+
+  // ------------------------------------------------------------------------- measuring
+
+  const groupsOf = (child) => [...backendGroups, ...(child ? [{ name: 'proxy', pgid: child.pid }] : [])];
+
+  /** wrk/autocannon at 64 and 1 connections. */
+  async function measureHttp(label, url, child, headers = {}, loader = load) {
+    const opts = { headers, groups: groupsOf(child), target: child ? 'proxy' : null, quietWaitMs: S.quietWaitMs, retries: S.retries };
+    const warm = await loader.run(url, { headers, conns: CONNS, seconds: S.warmup }).done;
+    const c64 = await measureClean(`${label} c${CONNS}`, loader, url, { ...opts, conns: CONNS, seconds: S.duration });
+    const c1 = await measureClean(`${label} c1`, loader, url, { ...opts, conns: 1, seconds: S.c1Duration });
+    report(label, c64, c1);
+    return { c64, c1, warmup_requests: warm.requests };
+  }
+
+  function report(label, c64, c1) {
+    const cpu = c64.process_cpu_pct;
+    console.log(`  ${label} c${CONNS}: ${fmtRps(c64.rps)}/s, p50 ${fmtUs(c64.p50_us)}, p99 ${fmtUs(c64.p99_us)}` +
+      (cpu.proxy !== undefined ? `; proxy ${cpu.proxy}% CPU, ${c64.proxy_cpu_us_per_req} us/req` : '') + `; load ${cpu.load ?? '-'}%, other ${cpu.other}%`);
+    console.log(`  ${label} c1:  ${fmtRps(c1.rps)}/s, p50 ${fmtUs(c1.p50_us)}, p99 ${fmtUs(c1.p99_us)}`);
+    for (const [k, r] of [[`c${CONNS}`, c64], ['c1', c1]]) {
+      if (r.process_cpu_pct.other > OTHER_MAX) console.log(`  WARNING ${label} ${k}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU`);
+      if (r.socket_errors || r.non_2xx) throw new Error(`${label} ${k}: ${r.socket_errors} socket errors, ${r.non_2xx} non-2xx responses`);
+    }
+  }
+
+  /** h2load as a load generator with the interface of loadGenerator(): percentiles from its log file. */
+  let h2n = 0;
+  const h2Loader = (h1) => ({
+    run(url, { conns, seconds }) {
+      const log = join(tmp, `h2load-${++h2n}.log`);
+      const child = start(`h2load -c${conns}`, ...pin(loadCpu, h2load, [...(h1 ? ['--h1'] : []), '-t1', `-c${conns}`, '-m1', `-D${seconds}`, `--log-file=${log}`, url]));
+      const done = runToEnd(child, (seconds + 30) * 1000).then((out) => {
+        const r = parseH2load(out);
+        const p = h2loadLogPercentiles(readFileSync(log, 'utf8'));
+        rmSync(log, { force: true });
+        return { ...r, ...p, non_2xx: r.status['3xx'] + r.status['4xx'] + r.status['5xx'], socket_errors: r.failed + r.timeout };
+      });
+      return { child, done };
+    },
+  });
+
+  /** The WebSocket client at `conns` connections for `seconds`, with CPU accounting. */
+  async function wsRun(url, child, conns, seconds) {
+    const groups = groupsOf(child);
+    const before = await waitQuiet(groups, S.quietWaitMs);
+    const sample = startCpuSample(groups, true);
+    const c = start(`ws-client -c${conns}`, ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/ws.mjs'), '--client', url, String(conns), String(seconds), String(WS_SIZE)]));
+    const t0 = process.hrtime.bigint();
+    const out = await runToEnd(c, (seconds + 30) * 1000);
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const j = JSON.parse(out.trim().split('\n').pop());
+    const r = { rps: j.msgs_per_s, p50_us: j.p50_us, p99_us: j.p99_us, requests: j.msgs, socket_errors: j.errors, non_2xx: 0, ...endCpuSample(sample), other_cpu_before_pct: before };
+    // Each message crosses the proxy twice (there and back): CPU per echoed message.
+    if (child && r.requests) r.proxy_cpu_us_per_req = round(((r.process_cpu_pct.proxy / 100) * secs * 1e6) / r.requests, 1);
+    return r;
+  }
+  async function measureWs(label, url, child) {
+    await wsRun(url, child, CONNS, S.warmup);
+    const c64 = await wsRun(url, child, CONNS, S.duration);
+    const c1 = await wsRun(url, child, 1, S.c1Duration);
+    report(label, c64, c1);
+    return { c64, c1 };
+  }
+
+  // ------------------------------------------------------------------------- rounds
+
+  const rounds = [];
+  for (let n = 1; n <= S.rounds && !interrupted(); n++) {
+    if (S.rounds > 1) console.log(`\n=== round ${n}/${S.rounds}`);
+    const res = { floors: {}, scenarios: {}, configs: {} };
+    rounds.push(res);
+    console.log('\n[direct] load generator -> upstream');
+    res.floors.direct = await measureHttp('direct', `${up.url}/`, null);
+    for (const f of FLOORS) {
+      if (interrupted()) break;
+      if (f === 'nginx' && !nginx) continue;
+      console.log(`\n[${f}]`);
+      const h = await startFloor(f);
+      try {
+        res.floors[f] = await measureHttp(f, h.url, h.child);
+      } finally {
+        await stop(h.child);
+      }
+    }
+    for (const name of SCENARIOS) {
+      if (interrupted()) break;
+      const sc = SCENARIO[name];
+      if (sc.kind === 'h2' && !h2load) continue;
+      console.log(`\n[${name}] ${sc.desc}`);
+      let h = null;
+      try {
+        h = await startTurnpike(name);
+        res.configs[name] = relative(tmp, h.config);
+        if (sc.kind === 'h2') {
+          const out = { turnpike: await measureHttp('turnpike h2c', h.url, h.child, {}, h2Loader(false)) };
+          await stop(h.child);
+          h = null;
+          out.direct = await measureHttp('direct h1 (h2load)', `${up.url}/`, null, {}, h2Loader(true));
+          if (FLOORS.includes('reference')) {
+            const f = await startFloor('reference');
+            try { out.reference = await measureHttp('reference h1 (h2load)', f.url, f.child, {}, h2Loader(true)); } finally { await stop(f.child); }
+          }
+          if (FLOORS.includes('nginx') && nginx) {
+            const f = await startFloor('nginx');
+            try { out.nginx = await measureHttp('nginx h2c (h2load)', f.h2cUrl, f.child, {}, h2Loader(false)); } finally { await stop(f.child); }
+          }
+          res.scenarios[name] = out;
+        } else if (sc.kind === 'ws') {
+          const wsUrl = h.url.replace(/^http/, 'ws');
+          const out = { turnpike: await measureWs('turnpike ws', wsUrl, h.child) };
+          await stop(h.child);
+          h = null;
+          out.direct = await measureWs('direct ws', `ws://127.0.0.1:${wsPort}/`, null);
+          if (FLOORS.includes('nginx') && nginx) {
+            const f = await startFloor('nginx');
+            try { out.nginx = await measureWs('nginx ws', f.wsUrl, f.child); } finally { await stop(f.child); }
+          }
+          res.scenarios[name] = out;
+        } else {
+          res.scenarios[name] = { turnpike: await measureHttp(name, h.url, h.child, h.headers) };
+        }
+      } catch (err) {
+        if (interrupted()) break;
+        console.log(`  FAILED: ${err.message}`);
+        res.scenarios[name] = { error: err.message.slice(0, 4000) };
+      } finally {
+        if (h) await stop(h.child);
+      }
+    }
+  }
+  if (interrupted()) return;
+
+  // ------------------------------------------------------------------------- summary
+
+  const med = (pick) => {
+    const vals = rounds.map(pick).filter(Boolean);
+    return vals.length ? medianOf(vals) : null;
+  };
+  const floors = {};
+  for (const f of ['direct', ...FLOORS]) {
+    const m = med((r) => r.floors[f]);
+    if (m) floors[f] = m;
+  }
+  const c1Latency = (m) => (load.tool === 'wrk' ? m.c1.p50_us : 1e6 / m.c1.rps);
+  const added = (m, base) => (m && base ? round(c1Latency(m) - c1Latency(base), 1) : null);
+  for (const f of FLOORS) if (floors[f]) floors[f].added_p50_c1_us = added(floors[f], floors.direct);
+
+  const scenarios = {};
+  for (const name of SCENARIOS) {
+    const errors = rounds.map((r) => r.scenarios[name]?.error).filter(Boolean);
+    const tp = med((r) => r.scenarios[name]?.turnpike);
+    if (!tp) {
+      if (rounds.some((r) => r.scenarios[name])) scenarios[name] = { error: errors[0] ?? 'no result' };
+      continue;
+    }
+    const kind = SCENARIO[name].kind ?? 'http';
+    const s = { description: SCENARIO[name].desc, kind, turnpike: tp };
+    // The floors of this row: the HTTP/1.1 floors, or the ones measured with this row's tool.
+    const own = (f) => med((r) => r.scenarios[name]?.[f]);
+    const base = kind === 'http' ? floors : { direct: own('direct'), reference: own('reference'), nginx: own('nginx') };
+    s.floors_measured_here = kind !== 'http';
+    if (kind !== 'http') s.floors = base;
+    s.added_p50_c1_us = base.direct ? round(tp.c1.p50_us - base.direct.c1.p50_us, 1) : null;
+    s.vs_reference = ratio(tp.c64.rps, base.reference?.c64.rps);
+    s.vs_reference_request = kind === 'http' ? ratio(tp.c64.rps, base['reference-request']?.c64.rps) : null;
+    s.vs_nginx = ratio(tp.c64.rps, base.nginx?.c64.rps);
+    s.vs_direct = ratio(tp.c64.rps, base.direct?.c64.rps);
+    s.nginx_added_p50_c1_us = base.nginx && base.direct ? round(base.nginx.c1.p50_us - base.direct.c1.p50_us, 1) : null;
+    if (errors.length) s.errors = errors;
+    scenarios[name] = s;
+  }
+
+  const cols = ['target', 'unit', `rate c${CONNS}`, 'p50', 'p99', 'p50 c1', 'p99 c1', 'added p50 c1', 'CPU/req', 'x reference', 'x ref-request', 'x nginx'];
+  const rows = [];
+  for (const [f, m] of Object.entries(floors)) {
+    rows.push([f, 'req/s', fmtRps(m.c64.rps), fmtUs(m.c64.p50_us), fmtUs(m.c64.p99_us), fmtUs(m.c1.p50_us), fmtUs(m.c1.p99_us), f === 'direct' ? '-' : fmtUs(m.added_p50_c1_us),
+      m.c64.proxy_cpu_us_per_req ? `${m.c64.proxy_cpu_us_per_req}us` : '-', f === 'direct' ? '-' : pct(ratio(m.c64.rps, floors.reference?.c64.rps)), '-', f === 'direct' ? '-' : pct(ratio(m.c64.rps, floors.nginx?.c64.rps))]);
+  }
+  for (const [name, s] of Object.entries(scenarios)) {
+    if (s.error) {
+      rows.push([name, 'FAILED', '', '', '', '', '', '', '', '', '', '']);
+      continue;
+    }
+    const t = s.turnpike;
+    rows.push([name, s.kind === 'ws' ? 'msg/s' : 'req/s', fmtRps(t.c64.rps), fmtUs(t.c64.p50_us), fmtUs(t.c64.p99_us), fmtUs(t.c1.p50_us), fmtUs(t.c1.p99_us), fmtUs(s.added_p50_c1_us),
+      `${t.c64.proxy_cpu_us_per_req}us`, pct(s.vs_reference), pct(s.vs_reference_request), pct(s.vs_nginx)]);
+  }
+  console.log(`\n${formatTable(cols, rows)}`);
+  console.log('(http2 and websocket rows: ratios to floors measured with the same load tool in their own step; see the JSON)');
+
+  // Acceptance (issue 12).
+  const plain = scenarios.plain;
+  const pol = scenarios.policies;
+  const acceptance = {
+    plain_vs_reference: plain?.vs_reference ?? null,
+    plain_vs_reference_request: plain?.vs_reference_request ?? null,
+    plain_ok: plain?.vs_reference == null ? null : plain.vs_reference >= 1.1,
+    policies_vs_reference: pol?.vs_reference ?? null,
+    policies_vs_reference_request: pol?.vs_reference_request ?? null,
+    policies_ok: pol?.vs_reference == null ? null : pol.vs_reference >= 0.9,
+    policies_added_p50_c1_us: pol?.added_p50_c1_us ?? null,
+    nginx_added_p50_c1_us: floors.nginx?.added_p50_c1_us ?? null,
+    latency_ok: pol?.added_p50_c1_us == null || floors.nginx?.added_p50_c1_us == null ? null : pol.added_p50_c1_us <= 1.3 * floors.nginx.added_p50_c1_us,
+  };
+  const verdict = (ok) => (ok === null ? 'n/a' : ok ? 'PASS' : 'FAIL');
+  console.log('');
+  console.log(`plain / reference:          ${pct(acceptance.plain_vs_reference)} (>= 110%: ${verdict(acceptance.plain_ok)}); / reference-request ${pct(acceptance.plain_vs_reference_request)}`);
+  console.log(`policies / reference:       ${pct(acceptance.policies_vs_reference)} (>= 90%: ${verdict(acceptance.policies_ok)}); / reference-request ${pct(acceptance.policies_vs_reference_request)}`);
+  console.log(`policies added p50 at c1:   ${fmtUs(acceptance.policies_added_p50_c1_us)} vs nginx ${fmtUs(acceptance.nginx_added_p50_c1_us)} (<= 1.3x: ${verdict(acceptance.latency_ok)})`);
+
+  // Against the baseline: ratio to the reference and CPU per request, scenario by scenario.
+  let comparison = null;
+  if (BASELINE && existsSync(BASELINE) && resolve(BASELINE) !== resolve(S.out)) {
+    const before = JSON.parse(readFileSync(BASELINE, 'utf8'));
+    comparison = {};
+    const lines = [];
+    for (const [name, s] of Object.entries(scenarios)) {
+      const b = before.scenarios?.[name];
+      if (s.error || !b || b.error) continue;
+      const r = ratio(s.vs_reference, b.vs_reference);
+      const cpu = ratio(s.turnpike.c64.proxy_cpu_us_per_req, b.turnpike.c64.proxy_cpu_us_per_req);
+      comparison[name] = { vs_reference_before: b.vs_reference, vs_reference_now: s.vs_reference, change: r, cpu_per_req_before: b.turnpike.c64.proxy_cpu_us_per_req, cpu_per_req_now: s.turnpike.c64.proxy_cpu_us_per_req, cpu_change: cpu, regressed: r !== null && r < 0.95 };
+      lines.push([name, pct(b.vs_reference), pct(s.vs_reference), r === null ? '-' : `${((r - 1) * 100).toFixed(1)}%`, `${b.turnpike.c64.proxy_cpu_us_per_req}us`, `${s.turnpike.c64.proxy_cpu_us_per_req}us`, comparison[name].regressed ? 'REGRESSED' : '']);
+    }
+    console.log(`\nagainst ${relative(ROOT, BASELINE)} (${before.git?.commit ?? '?'}, ${before.date ?? '?'}):`);
+    console.log(formatTable(['scenario', 'x reference before', 'now', 'change', 'CPU/req before', 'now', ''], lines));
+  }
+
+  const out = {
+    date: new Date().toISOString(),
+    machine,
+    git,
+    method: { tool: load.tool, connections: CONNS, duration_s: S.duration, c1_duration_s: S.c1Duration, warmup_s: S.warmup, rounds: S.rounds, retries: S.retries, load_cpu: loadCpu, proxy_cpu: proxyCpu, ws_message_bytes: WS_SIZE, notes },
+    floors,
+    scenarios,
+    acceptance,
+    comparison,
+    rounds: S.rounds > 1 ? rounds : undefined,
+  };
+  writeJson(S.out, out);
+  console.log(`\nwrote ${relative(process.cwd(), S.out)}`);
+  if (Object.values(scenarios).some((s) => s.error)) process.exitCode = 1;
 }
 
 main()
