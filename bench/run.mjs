@@ -11,7 +11,7 @@
  *                      stream pipeline (the naive Node proxy most people write)
  *   nginx              1 worker, upstream keepalive 64 (skipped when not installed)
  *
- * Turnpike scenarios (a fresh `node bin/turnpike.js start` per scenario and round, one worker,
+ * Turnpike scenarios (one `node bin/turnpike.js start` per scenario, one worker,
  * TURNPIKE_LOG_LEVEL=silent; every config is written to a temp dir and shown in the JSON):
  *   plain       no plugins; metrics, analytics and access log off
  *   defaults    no plugins, built-in defaults (metrics + analytics on, access log off)
@@ -31,9 +31,12 @@
  *               in a closed loop through Turnpike to bench/ws.mjs --echo; floors: direct and
  *               nginx (the reference proxies do not speak WebSocket)
  *
- * Per target: warm-up, 64 connections (req/s, p50, p99, CPU of the proxy per request) and 1
- * connection (p50, p99; "added p50" = p50 minus the direct p50 of the same round and tool).
- * Ratios: req/s of each scenario over reference, reference-request and nginx in the same round.
+ * Every target is started first and they are measured interleaved: a warm-up of each, then
+ * BENCH_ROUNDS rounds (default 3), each measuring every target in turn at 64 connections
+ * (req/s, p50, p99, CPU of the proxy per request) and at 1 connection (p50, p99), so that a
+ * machine whose speed drifts over minutes (shared VMs do) moves every target alike. The summary
+ * is the median over the rounds. "Added p50" = p50 at 1 connection minus direct's p50.
+ * Ratios: req/s of each scenario over reference, reference-request and nginx.
  * wrk when installed, else autocannon. With taskset and two CPUs the proxy under test runs alone
  * on the second CPU; the load generator and the upstreams on the first.
  *
@@ -43,9 +46,9 @@
  * ratio to the reference and CPU/req are compared with it (> 5% worse is flagged).
  *
  * Environment:
- *   BENCH_DURATION    seconds per 64-connection measurement (default 10); 1 connection: half
+ *   BENCH_DURATION    seconds per 64-connection measurement (default 5); 1 connection: half
  *   BENCH_WARMUP      warm-up seconds per target (default 2)
- *   BENCH_ROUNDS      repeat everything this many times (default 1); the summary is the median
+ *   BENCH_ROUNDS      interleaved rounds (default 3); the summary is the median
  *   BENCH_SCENARIOS   comma list of Turnpike scenarios (default: all of the above)
  *   BENCH_TARGETS     comma list of floors besides direct (default reference,reference-request,nginx)
  *   BENCH_TOOL        wrk | autocannon (default: wrk when installed)
@@ -75,7 +78,7 @@ import {
 import { parseH2load, h2loadLogPercentiles } from './parse.mjs';
 
 const env = process.env;
-const S = benchSettings({ out: 'bench/results/latest.json' });
+const S = benchSettings({ out: 'bench/results/latest.json', duration: 5, rounds: 3, warmup: 2 });
 const CONNS = 64;
 const ALL_SCENARIOS = ['plain', 'defaults', 'policies', 'jwt', 'routes-100', 'routes-10k', 'compose', 'cache-hit', 'http2', 'websocket'];
 const SCENARIOS = (env.BENCH_SCENARIOS ? env.BENCH_SCENARIOS.split(',') : ALL_SCENARIOS).map((s) => s.trim()).filter(Boolean);
@@ -367,27 +370,20 @@ async function main() {
 
   // ------------------------------------------------------------------------- measuring
 
-  const groupsOf = (child) => [...backendGroups, ...(child ? [{ name: 'proxy', pgid: child.pid }] : [])];
+  /** Every process whose CPU is accounted (backends and every target, each under its label). */
+  const groups = [...backendGroups];
+  const groupOf = (child) => {
+    if (child && !groups.some((g) => g.pgid === child.pid)) groups.push({ name: child.label, pgid: child.pid });
+  };
 
-  /** wrk/autocannon at 64 and 1 connections. */
-  async function measureHttp(label, url, child, headers = {}, loader = load) {
-    const opts = { headers, groups: groupsOf(child), target: child ? 'proxy' : null, quietWaitMs: S.quietWaitMs, retries: S.retries };
-    const warm = await loader.run(url, { headers, conns: CONNS, seconds: S.warmup }).done;
-    const c64 = await measureClean(`${label} c${CONNS}`, loader, url, { ...opts, conns: CONNS, seconds: S.duration });
-    const c1 = await measureClean(`${label} c1`, loader, url, { ...opts, conns: 1, seconds: S.c1Duration });
-    report(label, c64, c1);
-    return { c64, c1, warmup_requests: warm.requests };
-  }
-
-  function report(label, c64, c1) {
-    const cpu = c64.process_cpu_pct;
-    console.log(`  ${label} c${CONNS}: ${fmtRps(c64.rps)}/s, p50 ${fmtUs(c64.p50_us)}, p99 ${fmtUs(c64.p99_us)}` +
-      (cpu.proxy !== undefined ? `; proxy ${cpu.proxy}% CPU, ${c64.proxy_cpu_us_per_req} us/req` : '') + `; load ${cpu.load ?? '-'}%, other ${cpu.other}%`);
-    console.log(`  ${label} c1:  ${fmtRps(c1.rps)}/s, p50 ${fmtUs(c1.p50_us)}, p99 ${fmtUs(c1.p99_us)}`);
-    for (const [k, r] of [[`c${CONNS}`, c64], ['c1', c1]]) {
-      if (r.process_cpu_pct.other > OTHER_MAX) console.log(`  WARNING ${label} ${k}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU`);
-      if (r.socket_errors || r.non_2xx) throw new Error(`${label} ${k}: ${r.socket_errors} socket errors, ${r.non_2xx} non-2xx responses`);
-    }
+  /** One measurement of an item at `conns` connections for `seconds`, with CPU accounting. */
+  async function run(item, conns, seconds) {
+    const label = `${item.key} c${conns}`;
+    const opts = { headers: item.headers, groups, target: item.child?.label ?? null, quietWaitMs: S.quietWaitMs, retries: S.retries, conns, seconds };
+    const r = item.kind === 'ws' ? await wsMeasure(item, opts) : await measureClean(label, item.loader, item.url, opts);
+    if (r.process_cpu_pct.other > OTHER_MAX) console.log(`  WARNING ${label}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU`);
+    if (r.socket_errors || r.non_2xx) throw new Error(`${label}: ${r.socket_errors} socket errors, ${r.non_2xx} non-2xx responses`);
+    return r;
   }
 
   /** h2load as a load generator with the interface of loadGenerator(): percentiles from its log file. */
@@ -406,95 +402,96 @@ async function main() {
     },
   });
 
-  /** The WebSocket client at `conns` connections for `seconds`, with CPU accounting. */
-  async function wsRun(url, child, conns, seconds) {
-    const groups = groupsOf(child);
+  /** The WebSocket client (bench/ws.mjs --client) as one measurement. */
+  async function wsMeasure(item, { conns, seconds, target }) {
     const before = await waitQuiet(groups, S.quietWaitMs);
     const sample = startCpuSample(groups, true);
-    const c = start(`ws-client -c${conns}`, ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/ws.mjs'), '--client', url, String(conns), String(seconds), String(WS_SIZE)]));
+    const c = start(`ws-client -c${conns}`, ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/ws.mjs'), '--client', item.url, String(conns), String(seconds), String(WS_SIZE)]));
     const t0 = process.hrtime.bigint();
     const out = await runToEnd(c, (seconds + 30) * 1000);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const j = JSON.parse(out.trim().split('\n').pop());
     const r = { rps: j.msgs_per_s, p50_us: j.p50_us, p99_us: j.p99_us, requests: j.msgs, socket_errors: j.errors, non_2xx: 0, ...endCpuSample(sample), other_cpu_before_pct: before };
     // Each message crosses the proxy twice (there and back): CPU per echoed message.
-    if (child && r.requests) r.proxy_cpu_us_per_req = round(((r.process_cpu_pct.proxy / 100) * secs * 1e6) / r.requests, 1);
+    if (target && r.requests) r.proxy_cpu_us_per_req = round(((r.process_cpu_pct[target] / 100) * secs * 1e6) / r.requests, 1);
     return r;
   }
-  async function measureWs(label, url, child) {
-    await wsRun(url, child, CONNS, S.warmup);
-    const c64 = await wsRun(url, child, CONNS, S.duration);
-    const c1 = await wsRun(url, child, 1, S.c1Duration);
-    report(label, c64, c1);
-    return { c64, c1 };
+
+  // ------------------------------------------------------------------------- targets, all up at once
+
+  // Everything is started first and measured interleaved, round after round, so that a machine
+  // whose speed drifts over minutes (shared VMs do) moves every target alike.
+  const items = [];
+  const add = (key, url, child, extra = {}) => {
+    groupOf(child);
+    items.push({ key, url, child, headers: {}, loader: load, kind: 'http', ...extra });
+  };
+  const running = {};
+  add('direct', `${up.url}/`, null);
+  for (const f of FLOORS) {
+    if (f === 'nginx' && !nginx) continue;
+    running[f] = await startFloor(f);
+    add(f, running[f].url, running[f].child);
+  }
+  const failed = {};
+  const configs = {};
+  for (const name of SCENARIOS) {
+    const sc = SCENARIO[name];
+    if (sc.kind === 'h2' && !h2load) continue;
+    try {
+      const h = await startTurnpike(name);
+      configs[name] = readFileSync(h.config, 'utf8').length > 20_000 ? `(${relative(tmp, h.config)}, generated)` : readFileSync(h.config, 'utf8');
+      if (sc.kind === 'h2') {
+        const h2 = h2Loader(false);
+        const h1 = h2Loader(true);
+        add(name, h.url, h.child, { loader: h2 });
+        add(`${name}:direct`, `${up.url}/`, null, { loader: h1 });
+        if (running.reference) add(`${name}:reference`, running.reference.url, running.reference.child, { loader: h1 });
+        if (running.nginx) add(`${name}:nginx`, running.nginx.h2cUrl, running.nginx.child, { loader: h2 });
+      } else if (sc.kind === 'ws') {
+        add(name, h.url.replace(/^http/, 'ws'), h.child, { kind: 'ws' });
+        add(`${name}:direct`, `ws://127.0.0.1:${wsPort}/`, null, { kind: 'ws' });
+        if (running.nginx) add(`${name}:nginx`, running.nginx.wsUrl, running.nginx.child, { kind: 'ws' });
+      } else {
+        add(name, h.url, h.child, { headers: h.headers });
+      }
+    } catch (err) {
+      console.log(`[${name}] FAILED to start: ${err.message}`);
+      failed[name] = err.message.slice(0, 4000);
+    }
+  }
+  console.log(`\n${items.length} measurements per round: ${items.map((i) => i.key).join(', ')}`);
+
+  // Warm-up: every item once (JIT, connections, the JWKS fetch, the cache's first MISS).
+  for (const item of items) {
+    if (interrupted()) break;
+    await (item.kind === 'ws' ? wsMeasure(item, { conns: CONNS, seconds: S.warmup, target: null }) : item.loader.run(item.url, { headers: item.headers, conns: CONNS, seconds: S.warmup }).done);
   }
 
   // ------------------------------------------------------------------------- rounds
 
   const rounds = [];
   for (let n = 1; n <= S.rounds && !interrupted(); n++) {
-    if (S.rounds > 1) console.log(`\n=== round ${n}/${S.rounds}`);
-    const res = { floors: {}, scenarios: {}, configs: {} };
+    console.log(`\n=== round ${n}/${S.rounds}`);
+    const res = {};
     rounds.push(res);
-    console.log('\n[direct] load generator -> upstream');
-    res.floors.direct = await measureHttp('direct', `${up.url}/`, null);
-    for (const f of FLOORS) {
+    for (const item of items) {
       if (interrupted()) break;
-      if (f === 'nginx' && !nginx) continue;
-      console.log(`\n[${f}]`);
-      const h = await startFloor(f);
+      if (failed[item.key.split(':')[0]]) continue;
       try {
-        res.floors[f] = await measureHttp(f, h.url, h.child);
-      } finally {
-        await stop(h.child);
-      }
-    }
-    for (const name of SCENARIOS) {
-      if (interrupted()) break;
-      const sc = SCENARIO[name];
-      if (sc.kind === 'h2' && !h2load) continue;
-      console.log(`\n[${name}] ${sc.desc}`);
-      let h = null;
-      try {
-        h = await startTurnpike(name);
-        res.configs[name] = relative(tmp, h.config);
-        if (sc.kind === 'h2') {
-          const out = { turnpike: await measureHttp('turnpike h2c', h.url, h.child, {}, h2Loader(false)) };
-          await stop(h.child);
-          h = null;
-          out.direct = await measureHttp('direct h1 (h2load)', `${up.url}/`, null, {}, h2Loader(true));
-          if (FLOORS.includes('reference')) {
-            const f = await startFloor('reference');
-            try { out.reference = await measureHttp('reference h1 (h2load)', f.url, f.child, {}, h2Loader(true)); } finally { await stop(f.child); }
-          }
-          if (FLOORS.includes('nginx') && nginx) {
-            const f = await startFloor('nginx');
-            try { out.nginx = await measureHttp('nginx h2c (h2load)', f.h2cUrl, f.child, {}, h2Loader(false)); } finally { await stop(f.child); }
-          }
-          res.scenarios[name] = out;
-        } else if (sc.kind === 'ws') {
-          const wsUrl = h.url.replace(/^http/, 'ws');
-          const out = { turnpike: await measureWs('turnpike ws', wsUrl, h.child) };
-          await stop(h.child);
-          h = null;
-          out.direct = await measureWs('direct ws', `ws://127.0.0.1:${wsPort}/`, null);
-          if (FLOORS.includes('nginx') && nginx) {
-            const f = await startFloor('nginx');
-            try { out.nginx = await measureWs('nginx ws', f.wsUrl, f.child); } finally { await stop(f.child); }
-          }
-          res.scenarios[name] = out;
-        } else {
-          res.scenarios[name] = { turnpike: await measureHttp(name, h.url, h.child, h.headers) };
-        }
+        const c64 = await run(item, CONNS, S.duration);
+        const c1 = await run(item, 1, S.c1Duration);
+        res[item.key] = { c64, c1 };
+        const cpu = item.child ? `; ${c64.proxy_cpu_us_per_req} us/req CPU` : '';
+        console.log(`  ${item.key.padEnd(22)} c${CONNS} ${fmtRps(c64.rps).padStart(8)}/s p50 ${fmtUs(c64.p50_us).padStart(7)} p99 ${fmtUs(c64.p99_us).padStart(8)}${cpu} | c1 p50 ${fmtUs(c1.p50_us)} p99 ${fmtUs(c1.p99_us)}; other ${Math.max(c64.process_cpu_pct.other, c1.process_cpu_pct.other)}%`);
       } catch (err) {
         if (interrupted()) break;
-        console.log(`  FAILED: ${err.message}`);
-        res.scenarios[name] = { error: err.message.slice(0, 4000) };
-      } finally {
-        if (h) await stop(h.child);
+        console.log(`  ${item.key}: FAILED: ${err.message}`);
+        failed[item.key.split(':')[0]] = err.message.slice(0, 4000);
       }
     }
   }
+  for (const item of items) if (item.child) await stop(item.child);
   if (interrupted()) return;
 
   // ------------------------------------------------------------------------- summary
@@ -505,7 +502,7 @@ async function main() {
   };
   const floors = {};
   for (const f of ['direct', ...FLOORS]) {
-    const m = med((r) => r.floors[f]);
+    const m = med((r) => r[f]);
     if (m) floors[f] = m;
   }
   const c1Latency = (m) => (load.tool === 'wrk' ? m.c1.p50_us : 1e6 / m.c1.rps);
@@ -514,16 +511,15 @@ async function main() {
 
   const scenarios = {};
   for (const name of SCENARIOS) {
-    const errors = rounds.map((r) => r.scenarios[name]?.error).filter(Boolean);
-    const tp = med((r) => r.scenarios[name]?.turnpike);
+    const tp = med((r) => r[name]);
     if (!tp) {
-      if (rounds.some((r) => r.scenarios[name])) scenarios[name] = { error: errors[0] ?? 'no result' };
+      if (failed[name]) scenarios[name] = { error: failed[name] };
       continue;
     }
     const kind = SCENARIO[name].kind ?? 'http';
-    const s = { description: SCENARIO[name].desc, kind, turnpike: tp };
+    const s = { description: SCENARIO[name].desc, kind, config: configs[name], turnpike: tp };
     // The floors of this row: the HTTP/1.1 floors, or the ones measured with this row's tool.
-    const own = (f) => med((r) => r.scenarios[name]?.[f]);
+    const own = (f) => med((r) => r[`${name}:${f}`]);
     const base = kind === 'http' ? floors : { direct: own('direct'), reference: own('reference'), nginx: own('nginx') };
     s.floors_measured_here = kind !== 'http';
     if (kind !== 'http') s.floors = base;
@@ -533,7 +529,7 @@ async function main() {
     s.vs_nginx = ratio(tp.c64.rps, base.nginx?.c64.rps);
     s.vs_direct = ratio(tp.c64.rps, base.direct?.c64.rps);
     s.nginx_added_p50_c1_us = base.nginx && base.direct ? round(base.nginx.c1.p50_us - base.direct.c1.p50_us, 1) : null;
-    if (errors.length) s.errors = errors;
+    if (failed[name]) s.error_in_a_round = failed[name];
     scenarios[name] = s;
   }
 
@@ -602,7 +598,7 @@ async function main() {
     scenarios,
     acceptance,
     comparison,
-    rounds: S.rounds > 1 ? rounds : undefined,
+    rounds,
   };
   writeJson(S.out, out);
   console.log(`\nwrote ${relative(process.cwd(), S.out)}`);
