@@ -466,6 +466,67 @@ export function endCpuSample(s) {
   return { cpu_busy_pct: cpuBusy, process_cpu_pct: procCpu };
 }
 
+/** The pids of every process in process group `pgid` (Linux /proc). */
+export function pidsOfGroup(pgid) {
+  const out = [];
+  let dirs = [];
+  try {
+    dirs = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const d of dirs) {
+    if (!/^[0-9]+$/.test(d)) continue;
+    try {
+      if (Number(statFields(readFileSync(`/proc/${d}/stat`, 'utf8'))[2]) === pgid) out.push(Number(d));
+    } catch {
+      /* exited meanwhile */
+    }
+  }
+  return out;
+}
+
+let perfUsable = null;
+/** Whether `perf stat` can count instructions here (Linux perf installed, counters exposed). */
+export function perfAvailable() {
+  if (perfUsable === null) {
+    const perf = which('perf', ['/usr/bin', '/usr/local/bin']);
+    perfUsable = perf !== null && /instructions/.test(spawnSync(perf, ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr ?? '')
+      && !/not supported|<not counted>/.test(spawnSync(perf, ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr ?? '') ? perf : false;
+  }
+  return perfUsable || null;
+}
+
+/**
+ * Counts the instructions (user and kernel) every process of group `pgid` retires from now until
+ * stop(): `perf stat -e instructions:u,instructions:k -p PIDS`. Instructions per request are
+ * what the code costs, steady even where a shared VM makes CPU time drift. Returns null when
+ * perf is not usable; stop() resolves with { user, kernel } or null.
+ */
+export function countInstructions(pgid) {
+  const perf = perfAvailable();
+  if (perf === null) return null;
+  const pids = pidsOfGroup(pgid);
+  if (!pids.length) return null;
+  const child = start('perf', perf, ['stat', '-x,', '-e', 'instructions:u,instructions:k', '-p', pids.join(',')]);
+  return {
+    async stop() {
+      await sleep(20);
+      killGroup(child, 'SIGINT');
+      const timer = setTimeout(() => killGroup(child, 'SIGKILL'), 3000);
+      await child.exited;
+      clearTimeout(timer);
+      const count = (ev) => {
+        const line = child.output.split('\n').find((l) => l.split(',')[2]?.startsWith(ev));
+        const n = line ? Number(line.split(',')[0]) : NaN;
+        return Number.isFinite(n) ? n : null;
+      };
+      const user = count('instructions:u');
+      return user === null ? null : { user, kernel: count('instructions:k') };
+    },
+  };
+}
+
 /** Waits (at most `maxMs`) until processes outside the benchmark use < OTHER_MAX % of one CPU over 1 s; returns their last %. */
 export async function waitQuiet(groups, maxMs) {
   const deadline = Date.now() + maxMs;

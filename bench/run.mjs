@@ -72,7 +72,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync, rmSync }
 import { join, relative, resolve } from 'node:path';
 import {
   ROOT, benchSettings, start, stop, cleanup, installCleanupHandlers, interrupted, waitFor, runToEnd, which, sh,
-  pinning, machineInfo, gitHead, buildTurnpike, cpuProfileArgs, loadGenerator, measureClean, startCpuSample, endCpuSample,
+  pinning, machineInfo, countInstructions, perfAvailable, gitHead, buildTurnpike, cpuProfileArgs, loadGenerator, measureClean, startCpuSample, endCpuSample,
   waitQuiet, freePort, probe, waitReady, startUpstream, makeTmpDir, round, ratio, fmtRps, fmtUs, pct, medianOf, formatTable, writeJson, OTHER_MAX,
 } from './lib.mjs';
 import { parseH2load, h2loadLogPercentiles } from './parse.mjs';
@@ -86,6 +86,8 @@ for (const s of SCENARIOS) if (!ALL_SCENARIOS.includes(s)) throw new Error(`unkn
 const FLOORS = (env.BENCH_TARGETS ?? 'reference,reference-request,nginx').split(',').map((s) => s.trim()).filter(Boolean);
 const BASELINE = env.BENCH_BASELINE !== undefined ? (env.BENCH_BASELINE ? resolve(env.BENCH_BASELINE) : null) : join(ROOT, 'bench/results/before.json');
 const API_KEY = 'bench-key-123456';
+/** Instructions as "312k" ('-' when not counted). */
+const kInstr = (n) => (typeof n === 'number' ? `${Math.round(n / 1000)}k` : '-');
 const WS_SIZE = 64;
 
 installCleanupHandlers();
@@ -270,6 +272,7 @@ async function main() {
   const h2load = env.BENCH_H2LOAD !== undefined ? (existsSync(env.BENCH_H2LOAD) ? resolve(env.BENCH_H2LOAD) : null) : which('h2load', ['/usr/bin', '/usr/local/bin']);
   const notes = [...load.notes];
   if (pinNote) notes.push(pinNote);
+  if (!perfAvailable()) notes.push('perf cannot count instructions here (Debian: apt-get install linux-perf): no instructions per request');
   if (S.profileDir) notes.push(`profiling into ${S.profileDir}: numbers are NOT representative`);
   if (!nginx && FLOORS.includes('nginx')) notes.push('nginx not installed: no nginx ratios');
   if (!h2load && SCENARIOS.includes('http2')) notes.push('h2load not installed (apt-get install nghttp2-client): http2 skipped');
@@ -380,10 +383,26 @@ async function main() {
   async function run(item, conns, seconds) {
     const label = `${item.key} c${conns}`;
     const opts = { headers: item.headers, groups, target: item.child?.label ?? null, quietWaitMs: S.quietWaitMs, retries: S.retries, conns, seconds };
-    const r = item.kind === 'ws' ? await wsMeasure(item, opts) : await measureClean(label, item.loader, item.url, opts);
+    const loader = item.child ? withInstructions(item.loader, item.child.pid) : item.loader;
+    const r = item.kind === 'ws' ? await wsMeasure(item, opts) : await measureClean(label, loader, item.url, opts);
+    if (r.instructions && r.requests) {
+      r.instructions_per_req = Math.round((r.instructions.user + (r.instructions.kernel ?? 0)) / r.requests);
+      r.user_instructions_per_req = Math.round(r.instructions.user / r.requests);
+    }
     if (r.process_cpu_pct.other > OTHER_MAX) console.log(`  WARNING ${label}: processes outside the benchmark used ${r.process_cpu_pct.other}% CPU`);
     if (r.socket_errors || r.non_2xx) throw new Error(`${label}: ${r.socket_errors} socket errors, ${r.non_2xx} non-2xx responses`);
     return r;
+  }
+
+  /** A load generator whose runs also count the instructions of process group `pgid` (perf). */
+  function withInstructions(loader, pgid) {
+    return {
+      run(url, o) {
+        const counter = countInstructions(pgid);
+        const l = loader.run(url, o);
+        return { child: l.child, done: l.done.then(async (r) => ({ ...r, instructions: counter ? await counter.stop() : null })) };
+      },
+    };
   }
 
   /** h2load as a load generator with the interface of loadGenerator(): percentiles from its log file. */
@@ -406,12 +425,14 @@ async function main() {
   async function wsMeasure(item, { conns, seconds, target }) {
     const before = await waitQuiet(groups, S.quietWaitMs);
     const sample = startCpuSample(groups, true);
+    const counter = item.child && target ? countInstructions(item.child.pid) : null;
     const c = start(`ws-client -c${conns}`, ...pin(loadCpu, process.execPath, [join(ROOT, 'bench/ws.mjs'), '--client', item.url, String(conns), String(seconds), String(WS_SIZE)]));
     const t0 = process.hrtime.bigint();
     const out = await runToEnd(c, (seconds + 30) * 1000);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const j = JSON.parse(out.trim().split('\n').pop());
     const r = { rps: j.msgs_per_s, p50_us: j.p50_us, p99_us: j.p99_us, requests: j.msgs, socket_errors: j.errors, non_2xx: 0, ...endCpuSample(sample), other_cpu_before_pct: before };
+    r.instructions = counter ? await counter.stop() : null;
     // Each message crosses the proxy twice (there and back): CPU per echoed message.
     if (target && r.requests) r.proxy_cpu_us_per_req = round(((r.process_cpu_pct[target] / 100) * secs * 1e6) / r.requests, 1);
     return r;
@@ -482,7 +503,7 @@ async function main() {
         const c64 = await run(item, CONNS, S.duration);
         const c1 = await run(item, 1, S.c1Duration);
         res[item.key] = { c64, c1 };
-        const cpu = item.child ? `; ${c64.proxy_cpu_us_per_req} us/req CPU` : '';
+        const cpu = item.child ? `; ${c64.proxy_cpu_us_per_req} us/req CPU${c64.instructions_per_req ? `, ${kInstr(c64.instructions_per_req)} instr/req` : ''}` : '';
         console.log(`  ${item.key.padEnd(22)} c${CONNS} ${fmtRps(c64.rps).padStart(8)}/s p50 ${fmtUs(c64.p50_us).padStart(7)} p99 ${fmtUs(c64.p99_us).padStart(8)}${cpu} | c1 p50 ${fmtUs(c1.p50_us)} p99 ${fmtUs(c1.p99_us)}; other ${Math.max(c64.process_cpu_pct.other, c1.process_cpu_pct.other)}%`);
       } catch (err) {
         if (interrupted()) break;
@@ -533,20 +554,20 @@ async function main() {
     scenarios[name] = s;
   }
 
-  const cols = ['target', 'unit', `rate c${CONNS}`, 'p50', 'p99', 'p50 c1', 'p99 c1', 'added p50 c1', 'CPU/req', 'x reference', 'x ref-request', 'x nginx'];
+  const cols = ['target', 'unit', `rate c${CONNS}`, 'p50', 'p99', 'p50 c1', 'p99 c1', 'added p50 c1', 'CPU/req', 'instr/req', 'x reference', 'x ref-request', 'x nginx'];
   const rows = [];
   for (const [f, m] of Object.entries(floors)) {
     rows.push([f, 'req/s', fmtRps(m.c64.rps), fmtUs(m.c64.p50_us), fmtUs(m.c64.p99_us), fmtUs(m.c1.p50_us), fmtUs(m.c1.p99_us), f === 'direct' ? '-' : fmtUs(m.added_p50_c1_us),
-      m.c64.proxy_cpu_us_per_req ? `${m.c64.proxy_cpu_us_per_req}us` : '-', f === 'direct' ? '-' : pct(ratio(m.c64.rps, floors.reference?.c64.rps)), '-', f === 'direct' ? '-' : pct(ratio(m.c64.rps, floors.nginx?.c64.rps))]);
+      m.c64.proxy_cpu_us_per_req ? `${m.c64.proxy_cpu_us_per_req}us` : '-', kInstr(m.c64.instructions_per_req), f === 'direct' ? '-' : pct(ratio(m.c64.rps, floors.reference?.c64.rps)), '-', f === 'direct' ? '-' : pct(ratio(m.c64.rps, floors.nginx?.c64.rps))]);
   }
   for (const [name, s] of Object.entries(scenarios)) {
     if (s.error) {
-      rows.push([name, 'FAILED', '', '', '', '', '', '', '', '', '', '']);
+      rows.push([name, 'FAILED', '', '', '', '', '', '', '', '', '', '', '']);
       continue;
     }
     const t = s.turnpike;
     rows.push([name, s.kind === 'ws' ? 'msg/s' : 'req/s', fmtRps(t.c64.rps), fmtUs(t.c64.p50_us), fmtUs(t.c64.p99_us), fmtUs(t.c1.p50_us), fmtUs(t.c1.p99_us), fmtUs(s.added_p50_c1_us),
-      `${t.c64.proxy_cpu_us_per_req}us`, pct(s.vs_reference), pct(s.vs_reference_request), pct(s.vs_nginx)]);
+      `${t.c64.proxy_cpu_us_per_req}us`, kInstr(t.c64.instructions_per_req), pct(s.vs_reference), pct(s.vs_reference_request), pct(s.vs_nginx)]);
   }
   console.log(`\n${formatTable(cols, rows)}`);
   console.log('(http2 and websocket rows: ratios to floors measured with the same load tool in their own step; see the JSON)');
@@ -582,11 +603,12 @@ async function main() {
       if (s.error || !b || b.error) continue;
       const r = ratio(s.vs_reference, b.vs_reference);
       const cpu = ratio(s.turnpike.c64.proxy_cpu_us_per_req, b.turnpike.c64.proxy_cpu_us_per_req);
-      comparison[name] = { vs_reference_before: b.vs_reference, vs_reference_now: s.vs_reference, change: r, cpu_per_req_before: b.turnpike.c64.proxy_cpu_us_per_req, cpu_per_req_now: s.turnpike.c64.proxy_cpu_us_per_req, cpu_change: cpu, regressed: r !== null && r < 0.95 };
-      lines.push([name, pct(b.vs_reference), pct(s.vs_reference), r === null ? '-' : `${((r - 1) * 100).toFixed(1)}%`, `${b.turnpike.c64.proxy_cpu_us_per_req}us`, `${s.turnpike.c64.proxy_cpu_us_per_req}us`, comparison[name].regressed ? 'REGRESSED' : '']);
+      const instr = ratio(s.turnpike.c64.instructions_per_req, b.turnpike.c64.instructions_per_req);
+      comparison[name] = { instructions_per_req_before: b.turnpike.c64.instructions_per_req ?? null, instructions_per_req_now: s.turnpike.c64.instructions_per_req ?? null, instructions_change: instr, vs_reference_before: b.vs_reference, vs_reference_now: s.vs_reference, change: r, cpu_per_req_before: b.turnpike.c64.proxy_cpu_us_per_req, cpu_per_req_now: s.turnpike.c64.proxy_cpu_us_per_req, cpu_change: cpu, regressed: instr !== null ? instr > 1.05 : r !== null && r < 0.95 };
+      lines.push([name, pct(b.vs_reference), pct(s.vs_reference), r === null ? '-' : `${((r - 1) * 100).toFixed(1)}%`, `${b.turnpike.c64.proxy_cpu_us_per_req}us`, `${s.turnpike.c64.proxy_cpu_us_per_req}us`, kInstr(b.turnpike.c64.instructions_per_req), kInstr(s.turnpike.c64.instructions_per_req), instr === null ? '-' : `${((instr - 1) * 100).toFixed(1)}%`, comparison[name].regressed ? 'REGRESSED' : '']);
     }
     console.log(`\nagainst ${relative(ROOT, BASELINE)} (${before.git?.commit ?? '?'}, ${before.date ?? '?'}):`);
-    console.log(formatTable(['scenario', 'x reference before', 'now', 'change', 'CPU/req before', 'now', ''], lines));
+    console.log(formatTable(['scenario', 'x reference before', 'now', 'change', 'CPU/req before', 'now', 'instr/req before', 'now', 'change', ''], lines));
   }
 
   const out = {
