@@ -282,7 +282,7 @@ async function main() {
     nginx: nginx ? sh(nginx, ['-v']).replace(/^nginx version:\s*/, '') : null,
     h2load: h2load ? sh(h2load, ['--version']).split('\n')[0] : null,
   });
-  const git = { commit: gitHead(), turnpike_entry: relative(ROOT, S.turnpikeBin) };
+  const git = { commit: gitHead(), turnpike_entry: relative(ROOT, S.turnpikeBin), turnpike_commit: gitHead(resolve(S.turnpikeBin, '../..')) };
 
   console.log(`Turnpike benchmark suite: ${S.duration}s at ${CONNS} connections, ${S.c1Duration}s at 1 connection, ${S.warmup}s warm-up, ${S.rounds} round(s)`);
   console.log(`machine: ${machine.nproc} CPUs, ${machine.cpu}, ${machine.kernel}, node ${machine.node}, undici ${machine.undici}`);
