@@ -1,7 +1,7 @@
 /**
  * One step's HTTP exchange: admission (a service step honours its service's circuit and
  * bulkhead), a target (the service's balancer, skipping down targets; or the url step's own
- * pool), the request with undici's `request` on that target's pool, the response buffered up
+ * pool), the request dispatched on that target's pool (undici's dispatch API), the response buffered up
  * to the step's cap, decoded (gzip, deflate, br) and parsed as JSON. Failed attempts may be
  * retried (bounded: the step's `retries`, idempotent methods only, the service's retry
  * budget, the composition's deadline), a service step on another target. Every attempt feeds
@@ -9,9 +9,8 @@
  */
 import { grantSlots } from '../upstream/forward.js';
 import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
-import type { Dispatcher, Pool } from 'undici';
+import { errors, type Dispatcher, type Pool } from 'undici';
 import type { CompiledService, Target } from '../config/compile.js';
-import type { ServiceState } from '../upstream/state.js';
 import type { CompiledStep } from './config.js';
 
 /** Why the composition's signal fired. */
@@ -51,7 +50,9 @@ const RETRY_STATUSES = new Set([502, 503, 504]);
 const FAILURE_PENALTY_MS = 5_000;
 /** Bytes of an error response read (to keep the connection) before it is cut. */
 const DRAIN_LIMIT = 64 * 1024;
-const STEP_TIMEOUT = Symbol('step timeout');
+
+/** (frozen, for results without a response head) */
+const NO_HEADERS: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
 
 const fail = (status: number | null, error: string, kind: Kind, timeout = false): Attempted => ({ ok: false, status, error, timeout, kind });
 
@@ -167,101 +168,254 @@ function codeOf(err: unknown): string {
   return e?.code ?? e?.cause?.code ?? '';
 }
 
+/** Why the gateway stopped an exchange: the composition's signal fired, or the step's own timeout. */
+const STOP_SIGNAL = 1;
+const STOP_TIMEOUT = 2;
+
+function latin1(v: Buffer | string | (Buffer | string)[]): string {
+  if (typeof v === 'string') return v;
+  if (Array.isArray(v)) return v.map((x) => (typeof x === 'string' ? x : x.toString('latin1'))).join(', ');
+  return v.toString('latin1');
+}
+
+/** Response headers as a lower-case record, repeated names joined with ', '. */
+function headersOf(raw: (Buffer | string | (Buffer | string)[])[]): Record<string, string> {
+  const out = Object.create(null) as Record<string, string>;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = latin1(raw[i]!).toLowerCase();
+    const v = latin1(raw[i + 1]!);
+    const prev = out[k];
+    out[k] = prev === undefined ? v : `${prev}, ${v}`;
+  }
+  return out;
+}
+
+function onStepTimeout(x: StepExchange): void {
+  x.stop(STOP_TIMEOUT);
+}
+
+/**
+ * One attempt's exchange, as undici's dispatch handler: the response buffered up to the step's
+ * cap (an error response drained up to DRAIN_LIMIT), one settlement per attempt: an Attempted,
+ * or null for a complete 2xx response (then `status`, `headers`, `body()` hold it). It is also
+ * the 'abort' listener on the composition's signal (handleEvent).
+ */
+class StepExchange implements Dispatcher.DispatchHandler {
+  /** Settled (resolved): later callbacks are ignored. */
+  settled = false;
+  /** The final status (>= 200) once the response head came. */
+  status: number | null = null;
+  headers: Record<string, string> = NO_HEADERS;
+  size = 0;
+  resolve!: (r: Attempted | null) => void;
+  private chunks: Buffer[] = [];
+  private abortFn: ((err?: Error) => void) | null = null;
+  /** A non-2xx response being read (up to DRAIN_LIMIT) to keep the connection. */
+  private draining = false;
+  /** 0, STOP_SIGNAL or STOP_TIMEOUT: the first reason the gateway stopped the exchange. */
+  private stopped = 0;
+  private reported = false;
+  private readonly started = Date.now();
+
+  constructor(
+    private readonly step: CompiledStep,
+    private readonly method: string,
+    private readonly cx: CallContext,
+    private readonly svc: CompiledService | null,
+    private readonly target: Target | null,
+  ) {}
+
+  /** The composition's signal fired. */
+  handleEvent(): void {
+    this.stop(STOP_SIGNAL);
+  }
+
+  /** Stops the exchange (the signal or the step's timeout): aborted now, or when it connects. */
+  stop(why: number): void {
+    if (this.settled || this.stopped !== 0) return;
+    // (a composition already stopped wins over a timeout, as its signal was seen first)
+    if (why === STOP_TIMEOUT && this.cx.signal.aborted) why = STOP_SIGNAL;
+    this.stopped = why;
+    const abort = this.abortFn;
+    if (abort !== null) abort(this.stopReason()); // undici reports it through onError
+    if (!this.settled) this.finish(this.failure(null)); // (not connected yet: aborted in onConnect)
+  }
+
+  private stopReason(): Error | undefined {
+    return this.stopped === STOP_SIGNAL && this.cx.signal.reason instanceof Error ? this.cx.signal.reason : undefined;
+  }
+
+  private finish(r: Attempted | null): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.resolve(r);
+  }
+
+  /** Passive health and latency for the target (service steps), once. */
+  private report(ok: boolean, status: number | null): void {
+    const s = this.svc;
+    const target = this.target;
+    if (this.reported || s === null || target === null) return;
+    this.reported = true;
+    if (s.balancerName === 'latency') target.state.sample(ok || status !== null ? Date.now() - this.started : FAILURE_PENALTY_MS, Date.now());
+    const passive = s.health.passive;
+    if (passive !== null) s.reporter.passive(target.state.key, status !== null ? !passive.statuses.has(status) : ok);
+  }
+
+  /**
+   * Settles with `r` and cuts the exchange once undici is done with what it already read (as
+   * request()'s body stream was destroyed, after an await): a response that completed in the
+   * same read keeps its connection, one still coming is aborted.
+   */
+  private cut(r: Attempted): true {
+    this.finish(r);
+    const abort = this.abortFn;
+    if (abort !== null) queueMicrotask(() => abort());
+    return true;
+  }
+
+  /** The complete 2xx body. */
+  body(): Buffer {
+    return this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size);
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    if (this.settled) abort(this.stopReason());
+    else this.abortFn = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], _resume: () => void): boolean {
+    if (this.settled) return false;
+    if (statusCode < 200) return true; // (1xx: ignored)
+    this.status = statusCode;
+    const h = (this.headers = headersOf(rawHeaders));
+    this.report(true, statusCode);
+    if (statusCode > 299) {
+      // Read a small error body to the end (the connection stays); a declared big one is cut.
+      this.draining = true;
+      if (this.method !== 'HEAD' && Number(h['content-length']) > DRAIN_LIMIT) return this.cut(fail(statusCode, `answered ${statusCode}`, 'status'));
+      return true;
+    }
+    const declared = Number(h['content-length']);
+    if (Number.isFinite(declared) && declared > this.step.maxBody) {
+      return this.cut(fail(statusCode, `response too large (${declared} bytes, over max_body ${this.step.maxBody})`, 'invalid'));
+    }
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.settled) return true; // (cut: the rest of this read is dropped, see cut())
+    this.size += chunk.length;
+    if (this.draining) {
+      if (this.size > DRAIN_LIMIT) {
+        // Cut at once (as dump() destroyed its body from its 'data' listener).
+        this.finish(fail(this.status, `answered ${this.status}`, 'status'));
+        this.abortFn?.();
+        return false;
+      }
+      return true;
+    }
+    if (this.size > this.step.maxBody) return this.cut(fail(this.status, `response too large (over max_body ${this.step.maxBody} bytes)`, 'invalid'));
+    this.chunks.push(chunk);
+    return true;
+  }
+
+  onComplete(_trailers: unknown): void {
+    if (this.settled) return;
+    this.finish(this.draining ? fail(this.status, `answered ${this.status}`, 'status') : null);
+  }
+
+  onError(err: Error): void {
+    if (!this.settled) this.finish(this.failure(err));
+  }
+
+  /** What an attempt that failed (or was stopped) before completing reports. */
+  private failure(err: unknown): Attempted {
+    const status = this.status;
+    // (an error response being drained stays what it was: its status)
+    if (this.draining) return fail(status, `answered ${status}`, 'status');
+    if (this.stopped === STOP_TIMEOUT) {
+      this.report(false, null);
+      return fail(status, `did not answer within ${this.step.timeout} ms`, 'timeout', true);
+    }
+    if (this.stopped !== 0 || this.cx.signal.aborted) return aborted(this.cx, this.step, status);
+    const code = codeOf(err);
+    this.report(false, null);
+    if (TIMEOUTS.has(code)) {
+      const what = code === 'UND_ERR_CONNECT_TIMEOUT' ? 'could not connect in time' : code === 'UND_ERR_BODY_TIMEOUT' ? 'stopped sending its body' : 'did not answer in time';
+      return fail(status, `${what} (${code})`, 'timeout', true);
+    }
+    if (CONNECT_FAILURES.has(code)) return fail(null, `could not connect (${code})`, 'connect');
+    if (RESETS.has(code)) return fail(status, `connection lost (${code})`, 'reset');
+    const msg = (err as Error)?.message ?? String(err);
+    if (/cert|ssl|tls/i.test(code) || /certificate|ssl|tls/i.test(msg)) return fail(null, `TLS failed: ${code || msg}`, 'other');
+    if (code.startsWith('HPE_') || code === 'UND_ERR_INFO') return fail(null, `invalid HTTP response (${code})`, 'other');
+    return fail(status, `failed: ${code || msg}`, 'other');
+  }
+}
+
 /** One attempt on one pool. */
 async function attempt(
   step: CompiledStep, pool: Pool, hostHeader: string, path: string, req: StepRequest, cx: CallContext,
   svc: { svc: CompiledService; t: Target } | null,
 ): Promise<Attempted> {
   if (cx.signal.aborted) return aborted(cx, step);
-  // A step with its own timeout gets a signal of its own (linked to the composition's); others
-  // use the composition's signal as it is (an AbortController per call is measurable CPU).
-  let ac: { signal: AbortSignal } = cx;
-  let onAbort: (() => void) | null = null;
-  let timer: NodeJS.Timeout | undefined;
-  if (step.timeout !== null) {
-    const own = new AbortController();
-    ac = own;
-    onAbort = () => own.abort(cx.signal.reason);
-    cx.signal.addEventListener('abort', onAbort, { once: true });
-    timer = setTimeout(() => own.abort(STEP_TIMEOUT), step.timeout);
-  }
-  const started = Date.now();
   const target = svc?.t ?? null;
+  const x = new StepExchange(step, req.method, cx, svc?.svc ?? null, target);
   if (target !== null) target.state.inflight++;
-  let reported = false;
-  /** Passive health and latency for the target (service steps). */
-  const report = (ok: boolean, status: number | null) => {
-    if (reported || svc === null || target === null) return;
-    reported = true;
-    const s = svc.svc;
-    if (s.balancerName === 'latency') target.state.sample(ok || status !== null ? Date.now() - started : FAILURE_PENALTY_MS, Date.now());
-    const passive = s.health.passive;
-    if (passive !== null) s.reporter.passive(target.state.key, status !== null ? !passive.statuses.has(status) : ok);
-  };
-  let res: Dispatcher.ResponseData | null = null;
+  // The step's headers with this target's Host (unless the step sets its own), as a flat list.
+  const headers: string[] = [];
+  const rh = req.headers;
+  let host = false;
+  for (const k in rh) {
+    const v = rh[k];
+    if (k === 'host') {
+      host = true;
+      headers.push(k, v ?? hostHeader);
+    } else if (v !== undefined) headers.push(k, v);
+  }
+  if (!host) headers.push('host', hostHeader);
+  const settled = new Promise<Attempted | null>((resolve) => {
+    x.resolve = resolve;
+  });
   try {
-    const headers: Record<string, string> = { ...req.headers, host: req.headers['host'] ?? hostHeader };
-    res = await pool.request({
-      path,
-      method: req.method as Dispatcher.HttpMethod,
-      headers,
-      body: req.body,
-      signal: ac.signal,
-      headersTimeout: svc !== null ? svc.svc.timeouts.response : 0,
-      bodyTimeout: svc !== null ? svc.svc.timeouts.read : 0,
-    });
-    // (destroying the body below makes undici emit an error: it is handled where it matters)
-    res.body.on('error', () => {});
-    const status = res.statusCode;
-    const rh = flatHeaders(res.headers);
-    report(true, status);
-    if (status < 200 || status > 299) {
-      await res.body.dump({ limit: DRAIN_LIMIT }).catch(() => {});
-      return fail(status, `answered ${status}`, 'status');
+    // (undici's request() refuses CONNECT this way; dispatch would take it as an upgrade)
+    if (req.method === 'CONNECT') x.onError(new errors.InvalidArgumentError('invalid method'));
+    else {
+      pool.dispatch({
+        path,
+        method: req.method as Dispatcher.HttpMethod,
+        headers,
+        body: req.body,
+        headersTimeout: svc !== null ? svc.svc.timeouts.response : 0,
+        bodyTimeout: svc !== null ? svc.svc.timeouts.read : 0,
+      }, x);
     }
-    const declared = Number(rh['content-length']);
-    if (Number.isFinite(declared) && declared > step.maxBody) {
-      res.body.destroy();
-      return fail(status, `response too large (${declared} bytes, over max_body ${step.maxBody})`, 'invalid');
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of res.body as AsyncIterable<Buffer>) {
-      size += c.length;
-      if (size > step.maxBody) {
-        res.body.destroy();
-        return fail(status, `response too large (over max_body ${step.maxBody} bytes)`, 'invalid');
-      }
-      chunks.push(c);
-    }
-    const parsed = parseJsonBody(Buffer.concat(chunks, size), rh, status, req.method, step.maxBody);
-    if (typeof parsed === 'string') return fail(status, parsed, 'invalid');
-    return { ok: true, status, headers: rh, body: parsed.value, size };
   } catch (err) {
-    if (ac.signal.aborted) {
-      if (ac.signal.reason === STEP_TIMEOUT) {
-        report(false, null);
-        return fail(res?.statusCode ?? null, `did not answer within ${step.timeout} ms`, 'timeout', true);
-      }
-      return aborted(cx, step, res?.statusCode ?? null);
-    }
-    const code = codeOf(err);
-    report(false, null);
-    if (TIMEOUTS.has(code)) {
-      const what = code === 'UND_ERR_CONNECT_TIMEOUT' ? 'could not connect in time' : code === 'UND_ERR_BODY_TIMEOUT' ? 'stopped sending its body' : 'did not answer in time';
-      return fail(res?.statusCode ?? null, `${what} (${code})`, 'timeout', true);
-    }
-    if (CONNECT_FAILURES.has(code)) return fail(null, `could not connect (${code})`, 'connect');
-    if (RESETS.has(code)) return fail(res?.statusCode ?? null, `connection lost (${code})`, 'reset');
-    const msg = (err as Error).message ?? String(err);
-    if (/cert|ssl|tls/i.test(code) || /certificate|ssl|tls/i.test(msg)) return fail(null, `TLS failed: ${code || msg}`, 'other');
-    if (code.startsWith('HPE_') || code === 'UND_ERR_INFO') return fail(null, `invalid HTTP response (${code})`, 'other');
-    return fail(res?.statusCode ?? null, `failed: ${code || msg}`, 'other');
+    x.onError(err as Error);
+  }
+  // The composition's signal and the step's own timeout stop the exchange (not needed when
+  // it already settled, e.g. refused at once).
+  let listening = false;
+  let timer: NodeJS.Timeout | undefined;
+  if (!x.settled) {
+    cx.signal.addEventListener('abort', x);
+    listening = true;
+    if (step.timeout !== null) timer = setTimeout(onStepTimeout, step.timeout, x);
+  }
+  let r: Attempted | null;
+  try {
+    r = await settled;
   } finally {
     clearTimeout(timer);
-    if (onAbort !== null) cx.signal.removeEventListener('abort', onAbort);
+    if (listening) cx.signal.removeEventListener('abort', x);
     if (target !== null) target.state.inflight--;
   }
+  if (r !== null) return r;
+  const status = x.status!;
+  const parsed = parseJsonBody(x.body(), x.headers, status, req.method, step.maxBody);
+  if (typeof parsed === 'string') return fail(status, parsed, 'invalid');
+  return { ok: true, status, headers: x.headers, body: parsed.value, size: x.size };
 }
 
 function aborted(cx: CallContext, step: CompiledStep, status: number | null = null): Attempted {
@@ -270,12 +424,6 @@ function aborted(cx: CallContext, step: CompiledStep, status: number | null = nu
     return fail(status, `was still running when the composition's ${cx.deadlineMs} ms deadline passed`, 'timeout', true);
   }
   return fail(status, `step ${step.name} was stopped (${reason instanceof Error ? reason.message : 'aborted'})`, 'aborted');
-}
-
-function flatHeaders(h: Record<string, string | string[] | undefined>): Record<string, string> {
-  const out = Object.create(null) as Record<string, string>;
-  for (const [k, v] of Object.entries(h)) if (v !== undefined) out[k.toLowerCase()] = Array.isArray(v) ? v.join(', ') : v;
-  return out;
 }
 
 /** The body's JSON value, or why it is not JSON. */

@@ -85,7 +85,6 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
   }
   const params = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(input.params)) params[k] = decodeParam(v);
-  const query = new URLSearchParams(input.query.startsWith('?') ? input.query.slice(1) : input.query);
 
   input.snapshot?.retain();
   const ac = new AbortController();
@@ -94,7 +93,7 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
   input.signal.addEventListener('abort', onClient, { once: true });
   let complete = false;
   try {
-    const results = await schedule(compose, input, ac, { params, query, clientBody });
+    const results = await schedule(compose, input, ac, { params, query: null, clientBody });
     complete = true; // (every step has finished: nothing is left to abort)
     return respond(compose, results);
   } finally {
@@ -107,7 +106,8 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
 
 interface RequestData {
   params: Record<string, string>;
-  query: URLSearchParams;
+  /** The client's query, parsed when a template first reads it (most compositions never do). */
+  query: URLSearchParams | null;
   clientBody: unknown;
 }
 
@@ -181,7 +181,7 @@ async function runStep(
   const lookup: Lookup = (src: Source) => {
     switch (src.kind) {
       case 'param': return data.params[src.name];
-      case 'query': return data.query.get(src.name) ?? undefined;
+      case 'query': return (data.query ??= new URLSearchParams(input.query.startsWith('?') ? input.query.slice(1) : input.query)).get(src.name) ?? undefined;
       case 'header': return input.headers(src.name);
       case 'body': return data.clientBody === undefined ? undefined : dig(data.clientBody, src.path);
       case 'consumer': {
