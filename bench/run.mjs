@@ -27,6 +27,11 @@
  *   http2       h2c with prior knowledge, measured with h2load -c64 -m1 (and -c1); the floors
  *               of this row are measured with h2load too: reference over HTTP/1.1 (h2load --h1;
  *               the floor speaks only HTTP/1.1) and nginx over h2c
+ *   plain-w2,   the same with `workers: 2` (a primary and two workers, pinned together to the
+ *   policies-w2 proxy CPU): CPU and instructions per request summed over the processes show
+ *               what a request costs when the work is spread over workers (throughput on free
+ *               cores follows from it); policies-w2's rate-limit counters stay exact (the
+ *               primary decides, workers ask over IPC)
  *   websocket   messages/s: bench/ws.mjs --client, 64 connections each echoing 64-byte messages
  *               in a closed loop through Turnpike to bench/ws.mjs --echo; floors: direct and
  *               nginx (the reference proxies do not speak WebSocket)
@@ -80,7 +85,7 @@ import { parseH2load, h2loadLogPercentiles } from './parse.mjs';
 const env = process.env;
 const S = benchSettings({ out: 'bench/results/latest.json', duration: 5, rounds: 3, warmup: 2 });
 const CONNS = 64;
-const ALL_SCENARIOS = ['plain', 'defaults', 'policies', 'jwt', 'routes-100', 'routes-10k', 'compose', 'cache-hit', 'http2', 'websocket'];
+const ALL_SCENARIOS = ['plain', 'defaults', 'policies', 'jwt', 'routes-100', 'routes-10k', 'compose', 'cache-hit', 'http2', 'websocket', 'plain-w2', 'policies-w2'];
 const SCENARIOS = (env.BENCH_SCENARIOS ? env.BENCH_SCENARIOS.split(',') : ALL_SCENARIOS).map((s) => s.trim()).filter(Boolean);
 for (const s of SCENARIOS) if (!ALL_SCENARIOS.includes(s)) throw new Error(`unknown scenario ${s} (known: ${ALL_SCENARIOS.join(', ')})`);
 const FLOORS = (env.BENCH_TARGETS ?? 'reference,reference-request,nginx').split(',').map((s) => s.trim()).filter(Boolean);
@@ -119,7 +124,7 @@ const SCENARIO = {
   policies: {
     desc: 'key-auth + rate-limit (local) + metrics + analytics + access log (file)',
     headers: { apikey: API_KEY },
-    config: (c) => `${c.listen}access_log: {enabled: true, destination: file, path: ${JSON.stringify(join(c.tmp, 'access.log'))}}
+    config: (c) => `${c.listen}${c.workers ?? ''}access_log: {enabled: true, destination: file, path: ${JSON.stringify(join(c.tmp, 'access.log'))}}
 consumers:
   - name: bench
     credentials:
@@ -196,6 +201,16 @@ routes:
       const r = await probe(url);
       if (r?.headers['x-cache-status'] !== 'HIT') throw new Error(`cache-hit: second request X-Cache-Status ${r?.headers['x-cache-status']}, expected HIT`);
     },
+  },
+  'plain-w2': {
+    desc: 'plain with workers: 2 (primary + 2 workers, all on the proxy CPU: cost per request, summed over the processes)',
+    config: (c) => SCENARIO.plain.config(c).replace(c.listen, `${c.listen}workers: 2\n`),
+  },
+  'policies-w2': {
+    desc: 'policies with workers: 2 (rate-limit counters in the primary, asked over IPC: exact across workers)',
+    headers: { apikey: API_KEY },
+    config: (c) => SCENARIO.policies.config({ ...c, workers: 'workers: 2\n' }),
+    check: (url) => SCENARIO.policies.check(url),
   },
   http2: {
     kind: 'h2',

@@ -179,3 +179,32 @@ test('workers: 2 with the cache plugin — a POST on one worker invalidates the 
     await up.close();
   }
 });
+
+test('workers: 2 with rate-limit — a concurrent burst over both workers is allowed exactly the limit (counters batched over IPC)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-workers-'));
+  const file = config(dir, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices:
+  - name: s
+    url: ${up.url}
+    routes: [{paths: [/], plugins: [{name: rate-limit, config: {limit: 25, window: 1h}}]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitWorkers(a, 2);
+    // 80 requests at once on fresh connections: both workers decide many per turn of their loop.
+    const statuses = await Promise.all(Array.from({ length: 80 }, () => request(`http://127.0.0.1:${p}/`, { headers: fresh }).then((r) => r.status)));
+    assert.equal(statuses.filter((s) => s === 200).length, 25, `exactly the limit allowed: ${statuses.join(',')}`);
+    assert.equal(statuses.filter((s) => s === 429).length, 55);
+    const pids = new Set<number>();
+    for (let i = 0; i < 6; i++) {
+      const r = await request(`http://127.0.0.1:${a}/status`);
+      for (const w of JSON.parse(r.body).workers as { pid: number }[]) pids.add(w.pid);
+    }
+    assert.equal(pids.size, 2);
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await up.close();
+  }
+});
