@@ -213,9 +213,9 @@ test('PostgreSQL stopped: every node keeps serving, admin writes answer 503; a r
   assert.equal(sb.config.store_reachable, false);
   // A node that never reached the store has nothing to serve: no listener, not ready.
   const D = await startNode('node-d');
-  await sleep(1500);
+  // (a slow machine may take seconds to start a node: wait for it to say so, not a fixed time)
+  await until('node-d says it has no snapshot', 20_000, async () => /no disk snapshot: not ready/.test(D.run.stderr()), 100);
   assert.equal(await request(`http://127.0.0.1:${D.admin}/status`).then((r) => r.status, () => 0), 0, 'not ready while the store is down');
-  assert.match(D.run.stderr(), /no disk snapshot: not ready/);
 
   await pg.restart();
   await ready(D, 20_000);

@@ -33,7 +33,7 @@ import type { Bucket, PurgeFilter } from '../plugins/cache/entry.js';
 import type { AccountRequest, AccountResponse } from '../portal/accounts.js';
 
 type ToWorker =
-  | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[] }
+  | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[]; counterBatches?: boolean }
   | { tp: 'reload'; text: string; config: TurnpikeConfigInput; hash: string | undefined; dns: Record<string, string[]> }
   | { tp: 'decisions'; decisions: Decision[] }
   | { tp: 'stop' }
@@ -228,7 +228,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
-          worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, hash: gw.loaded.configHash, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions() } satisfies ToWorker);
+          worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, hash: gw.loaded.configHash, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions(), counterBatches: true } satisfies ToWorker);
           break;
         case 'listening':
           info.listening = true;
@@ -275,6 +275,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           break;
         }
         case 'ctr':
+        case 'ctrb':
           // One truth per node: the primary's counters decide for every worker.
           if (worker.isConnected()) worker.send(answerCounter(gw.counters.local as MemoryStore, msg) satisfies ToWorker);
           break;
@@ -443,7 +444,7 @@ export async function runWorker(log: Logger): Promise<number> {
   process.on('message', (m: unknown) => {
     if (!isMsg(m)) return;
     const msg = m as ToWorker;
-    if (msg.tp === 'ctr-r') return counters.onReply(msg);
+    if (msg.tp === 'ctr-r' || msg.tp === 'ctrb-r') return counters.onReply(msg);
     if (msg.tp === 'portal-r') {
       const w = portalWaiting.get(msg.id);
       portalWaiting.delete(msg.id);
@@ -461,6 +462,8 @@ export async function runWorker(log: Logger): Promise<number> {
     send({ tp: 'hello' });
   });
   if (config === null) return 0; // told to stop before it started
+  // (a primary still running older code answers one call per message)
+  counters.batched(config.counterBatches === true);
   const reporter = new IpcReporter();
   let gw: Gateway;
   try {

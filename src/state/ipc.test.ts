@@ -8,7 +8,7 @@ import type { RateQuery } from './types.js';
 const q = (over: Partial<RateQuery> = {}): RateQuery => ({ key: 'k', limit: 10, periodMs: 60_000, cost: 1, algorithm: 'gcra', ...over });
 
 /** A worker store wired to a primary's MemoryStore through an asynchronous "channel" (JSON, like node's IPC). */
-function wired(timeoutMs = 1000) {
+function wired(timeoutMs = 1000, batches = true) {
   const primary = new MemoryStore();
   const sent: CounterRequest[] = [];
   let answering = true;
@@ -17,6 +17,7 @@ function wired(timeoutMs = 1000) {
     sent.push(copy);
     if (answering) setTimeout(() => worker.onReply(JSON.parse(JSON.stringify(answerCounter(primary, copy)))), 1);
   }, timeoutMs);
+  worker.batched(batches);
   return { worker, sent, primary, mute: () => (answering = false) };
 }
 
@@ -24,7 +25,7 @@ test('the calls of one turn go as one message, answered in order; the decisions 
   const { worker, sent } = wired();
   const decisions = await Promise.all(Array.from({ length: 50 }, () => worker.rate([q()])));
   assert.equal(sent.length, 1, 'one IPC message for 50 calls made in the same turn');
-  assert.equal(sent[0]!.calls.length, 50);
+  assert.equal(sent[0]!.tp === 'ctrb' && sent[0]!.calls.length, 50);
   assert.equal(decisions.filter((d) => d[0]!.allowed).length, 10, 'exactly the limit allowed');
   assert.deepEqual(decisions.slice(0, 10).map((d) => d[0]!.remaining), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0], 'answers in call order');
   // A later turn is a new message.
@@ -42,7 +43,9 @@ test('quota and usage calls ride in the same batch as rate calls', async () => {
     worker.quotaUsage('qk'),
   ]);
   assert.equal(sent.length, 1);
-  assert.deepEqual(sent[0]!.calls.map((c) => c.op), ['rate', 'quota', 'usage']);
+  const first = sent[0]!;
+  assert.ok(first.tp === 'ctrb');
+  assert.deepEqual(first.calls.map((c) => c.op), ['rate', 'quota', 'usage']);
   assert.equal(r[0]!.allowed, true);
   assert.equal(typeof quota, 'object');
   assert.equal(typeof usage, 'number');
@@ -63,10 +66,12 @@ test('a channel that throws on send rejects the whole batch; a late or unknown a
   const worker = new IpcStore(() => {
     throw new Error('channel closed');
   });
+  worker.batched(true);
   const results = await Promise.allSettled([worker.rate([q()]), worker.quotaUsage('x')]);
   assert.ok(results.every((r) => r.status === 'rejected' && /channel closed/.test(String(r.reason))));
-  worker.onReply({ tp: 'ctr-r', answers: [{ id: 999, value: [] }] });
-  worker.onReply({ tp: 'ctr-r', answers: 'garbage' as never });
+  worker.onReply({ tp: 'ctrb-r', answers: [{ id: 999, value: [] }, null as never] });
+  worker.onReply({ tp: 'ctrb-r', answers: 'garbage' as never });
+  worker.onReply({ tp: 'ctr-r', id: 998, value: [] });
   await worker.close();
 });
 
@@ -77,6 +82,7 @@ test('a call the primary fails on is rejected with its error; the others of the 
   const worker = new IpcStore((m) => {
     setImmediate(() => worker.onReply(answerCounter(n++ === 0 ? bad : primary, m)));
   });
+  worker.batched(true);
   const [first] = await Promise.allSettled([worker.rate([q()])]);
   assert.equal(first!.status, 'rejected');
   assert.match(String((first as PromiseRejectedResult).reason), /boom/);
@@ -93,4 +99,27 @@ test('close() rejects what still waits and sends nothing more', async () => {
   await assert.rejects(p, /closing/);
   await new Promise((r) => setImmediate(r));
   assert.equal(sent.length, 0, 'the batch of a closed store is dropped');
+});
+
+test('under a primary that does not batch (older code during a rolling restart): one message per call, old reply format', async () => {
+  const primary = new MemoryStore();
+  const sent: CounterRequest[] = [];
+  // An older primary: reads {tp:'ctr', id, op, ...}, answers {tp:'ctr-r', id, value}.
+  const worker = new IpcStore((m) => {
+    sent.push(m);
+    assert.equal(m.tp, 'ctr');
+    setImmediate(() => worker.onReply(answerCounter(primary, m)));
+  });
+  const decisions = await Promise.all(Array.from({ length: 12 }, () => worker.rate([q()])));
+  assert.equal(sent.length, 12);
+  assert.equal(decisions.filter((d) => d[0]!.allowed).length, 10);
+  await worker.close();
+});
+
+test('the primary skips malformed calls in a batch without throwing', () => {
+  const primary = new MemoryStore();
+  const r = answerCounter(primary, { tp: 'ctrb', calls: [null as never, { id: 1, op: 'usage', key: 'k' }] });
+  assert.deepEqual(r, { tp: 'ctrb-r', answers: [{ id: 1, value: 0 }] });
+  const bad = answerCounter(primary, { tp: 'ctrb', calls: 'x' as never });
+  assert.deepEqual(bad, { tp: 'ctrb-r', answers: [] });
 });

@@ -6,7 +6,13 @@
  * 64 concurrent requests that is a handful of IPC messages per turn instead of one round trip
  * per request; at low load a batch holds one call and costs what a single call did. Decisions
  * stay exact: the primary still decides every call, one after another.
+ *
+ * Versions: a worker batches only once its primary said it understands batches (`batched()`,
+ * from the primary's config message). A worker started with new code under a primary still
+ * running older code (a rolling restart after an upgrade) sends one message per call, the
+ * format older primaries answer; a primary answers both formats.
  */
+import { performance } from 'node:perf_hooks';
 import type { CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
 import type { MemoryStore } from './memory.js';
 
@@ -14,30 +20,35 @@ export type CounterCall =
   | { id: number; op: 'rate'; queries: RateQuery[] }
   | { id: number; op: 'quota'; query: QuotaQuery }
   | { id: number; op: 'usage'; key: string };
-/** A worker's calls of one event-loop turn. */
-export type CounterRequest = { tp: 'ctr'; calls: CounterCall[] };
-/** The primary's answers, in the order of the calls. */
-export type CounterReply = { tp: 'ctr-r'; answers: { id: number; value: unknown }[] };
+type Answer = { id: number; value: unknown } | { id: number; error: string };
+/** A worker's calls of one event-loop turn (`ctrb`), or one call (`ctr`, what older primaries read). */
+export type CounterRequest = { tp: 'ctrb'; calls: CounterCall[] } | ({ tp: 'ctr' } & CounterCall);
+/** The primary's answers to a batch, in the order of the calls (`ctrb-r`), or to one call (`ctr-r`). */
+export type CounterReply = { tp: 'ctrb-r'; answers: Answer[] } | ({ tp: 'ctr-r' } & Answer);
 
-/** Primary side: answers a worker's batch (every call decided in turn; a call that throws gets its error). */
-export function answerCounter(store: MemoryStore, m: CounterRequest): CounterReply {
-  const answers: { id: number; value: unknown }[] = [];
-  for (const c of Array.isArray(m.calls) ? m.calls : []) {
-    let value: unknown;
-    try {
-      value = c.op === 'rate' ? store.rateNow(c.queries) : c.op === 'quota' ? store.quotaNow(c.query) : store.quotaUsageNow(c.key);
-    } catch (err) {
-      value = { error: (err as Error).message ?? String(err) };
-    }
-    answers.push({ id: c.id, value });
+function decide(store: MemoryStore, c: CounterCall): Answer {
+  try {
+    const value = c.op === 'rate' ? store.rateNow(c.queries) : c.op === 'quota' ? store.quotaNow(c.query) : store.quotaUsageNow(c.key);
+    return { id: c.id, value };
+  } catch (err) {
+    return { id: c.id, error: String((err as Error | null)?.message ?? err) };
   }
-  return { tp: 'ctr-r', answers };
+}
+
+/** Primary side: answers a worker's batch or single call (each call decided in turn; one that throws gets its error). */
+export function answerCounter(store: MemoryStore, m: CounterRequest): CounterReply {
+  if (m.tp === 'ctr') return { tp: 'ctr-r', ...decide(store, m) };
+  const answers: Answer[] = [];
+  for (const c of Array.isArray(m.calls) ? m.calls : []) {
+    if (c !== null && typeof c === 'object') answers.push(decide(store, c));
+  }
+  return { tp: 'ctrb-r', answers };
 }
 
 interface Waiting {
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
-  /** When the call is given up (ms, Date.now()). */
+  /** When the call is given up (ms, performance.now()). */
   until: number;
 }
 
@@ -50,27 +61,35 @@ export class IpcStore implements CounterStore {
   private flushing: NodeJS.Immediate | null = null;
   /** One sweep of expired calls while any wait (not a timer per call). */
   private sweeper: NodeJS.Timeout | null = null;
+  /** The primary answers batches (else one message per call). */
+  private batching = false;
 
   constructor(private readonly send: (m: CounterRequest) => void, private readonly timeoutMs = 1000) {}
 
-  /** Feed every 'ctr-r' message from the primary here. */
+  /** The primary said it answers batches (its config message). */
+  batched(yes: boolean): void {
+    this.batching = yes;
+  }
+
+  /** Feed every 'ctr-r' / 'ctrb-r' message from the primary here. */
   onReply(m: CounterReply): void {
-    if (!Array.isArray(m.answers)) return;
-    for (const a of m.answers) {
-      const w = this.waiting.get(a.id);
-      if (!w) continue;
-      this.waiting.delete(a.id);
-      const v = a.value as { error?: unknown } | null;
-      if (v !== null && typeof v === 'object' && typeof v.error === 'string' && Object.keys(v).length === 1) w.reject(new Error(v.error));
-      else w.resolve(a.value);
-    }
+    if (m.tp === 'ctr-r') this.settle(m);
+    else if (Array.isArray(m.answers)) for (const a of m.answers) if (a !== null && typeof a === 'object') this.settle(a);
     if (this.waiting.size === 0) this.stopSweeper();
+  }
+
+  private settle(a: Answer): void {
+    const w = this.waiting.get(a.id);
+    if (!w) return;
+    this.waiting.delete(a.id);
+    if ('error' in a) w.reject(new Error(a.error));
+    else w.resolve(a.value);
   }
 
   private call<T>(c: { op: 'rate'; queries: RateQuery[] } | { op: 'quota'; query: QuotaQuery } | { op: 'usage'; key: string }): Promise<T> {
     const id = ++this.seq;
     return new Promise<T>((resolve, reject) => {
-      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, until: Date.now() + this.timeoutMs });
+      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, until: performance.now() + this.timeoutMs });
       this.batch.push({ ...c, id } as CounterCall);
       this.flushing ??= setImmediate(() => this.flush());
       this.sweeper ??= setInterval(() => this.sweep(), Math.max(10, Math.min(250, this.timeoutMs / 4)));
@@ -84,7 +103,8 @@ export class IpcStore implements CounterStore {
     if (calls.length === 0) return;
     this.batch = [];
     try {
-      this.send({ tp: 'ctr', calls });
+      if (this.batching) this.send({ tp: 'ctrb', calls });
+      else for (const c of calls) this.send({ tp: 'ctr', ...c });
     } catch (err) {
       for (const c of calls) {
         const w = this.waiting.get(c.id);
@@ -98,7 +118,7 @@ export class IpcStore implements CounterStore {
 
   /** Rejects the calls the primary did not answer in time. */
   private sweep(): void {
-    const now = Date.now();
+    const now = performance.now();
     for (const [id, w] of this.waiting) {
       if (w.until > now) continue;
       this.waiting.delete(id);
