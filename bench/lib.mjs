@@ -468,22 +468,7 @@ export function endCpuSample(s) {
 
 /** The pids of every process in process group `pgid` (Linux /proc). */
 export function pidsOfGroup(pgid) {
-  const out = [];
-  let dirs = [];
-  try {
-    dirs = readdirSync('/proc');
-  } catch {
-    return out;
-  }
-  for (const d of dirs) {
-    if (!/^[0-9]+$/.test(d)) continue;
-    try {
-      if (Number(statFields(readFileSync(`/proc/${d}/stat`, 'utf8'))[2]) === pgid) out.push(Number(d));
-    } catch {
-      /* exited meanwhile */
-    }
-  }
-  return out;
+  return [...procTicks()].filter(([, [g]]) => g === pgid).map(([key]) => Number(key.split('/')[0]));
 }
 
 let perfUsable = null;
@@ -491,8 +476,8 @@ let perfUsable = null;
 export function perfAvailable() {
   if (perfUsable === null) {
     const perf = which('perf', ['/usr/bin', '/usr/local/bin']);
-    perfUsable = perf !== null && /instructions/.test(spawnSync(perf, ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr ?? '')
-      && !/not supported|<not counted>/.test(spawnSync(perf, ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr ?? '') ? perf : false;
+    const out = perf === null ? '' : spawnSync(perf, ['stat', '-x,', '-e', 'instructions:u', 'true'], { encoding: 'utf8' }).stderr ?? '';
+    perfUsable = perf !== null && /instructions/.test(out) && !/not supported|<not counted>/.test(out) ? perf : false;
   }
   return perfUsable || null;
 }
