@@ -196,12 +196,6 @@ test('workers: 2 with rate-limit — a concurrent burst over both workers is all
     const statuses = await Promise.all(Array.from({ length: 80 }, () => request(`http://127.0.0.1:${p}/`, { headers: fresh }).then((r) => r.status)));
     assert.equal(statuses.filter((s) => s === 200).length, 25, `exactly the limit allowed: ${statuses.join(',')}`);
     assert.equal(statuses.filter((s) => s === 429).length, 55);
-    const pids = new Set<number>();
-    for (let i = 0; i < 6; i++) {
-      const r = await request(`http://127.0.0.1:${a}/status`);
-      for (const w of JSON.parse(r.body).workers as { pid: number }[]) pids.add(w.pid);
-    }
-    assert.equal(pids.size, 2);
   } finally {
     run.child.kill('SIGTERM');
     assert.equal(await run.exit, 0, run.stderr());
