@@ -12,11 +12,12 @@
  *           pinning (on 2 cores the load generator and the upstream share them).
  *
  * Environment: BENCH_WRK_THREADS (workers part, default 1), BENCH_DURATION seconds per measurement (default 10), BENCH_PARTS (routes,workers),
- * BENCH_RELOAD_MS (default 2000), BENCH_OUT (default bench/results/resilience.json).
+ * BENCH_RELOAD_MS (default 2000), BENCH_RELOAD_SAMPLES (reloads timed for CPU per reload, default 5),
+ * BENCH_TURNPIKE (another build's bin/turnpike.js for the served parts), BENCH_OUT (default bench/results/resilience.json).
  * Needs wrk. All traffic stays on 127.0.0.1; every child is killed on exit.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, writeFileSync, rmSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir, availableParallelism, cpus } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -30,6 +31,10 @@ const PARTS = (env.BENCH_PARTS ?? 'routes,workers').split(',');
 const RELOAD_MS = Number(env.BENCH_RELOAD_MS ?? 2000);
 const OUT = env.BENCH_OUT ?? join(ROOT, 'bench/results/resilience.json');
 const ROUTES = 10_000;
+/** Reloads measured for CPU per reload (idle proxy). */
+const RELOAD_SAMPLES = Number(env.BENCH_RELOAD_SAMPLES ?? 5);
+/** Another build's CLI for the served part (before/after); the in-process figures use this checkout's dist/. */
+const TURNPIKE_BIN = env.BENCH_TURNPIKE ?? join(ROOT, 'bin/turnpike.js');
 /** wrk threads for the workers part (a single wrk thread can be what saturates first there). */
 const WRK_THREADS = Number(env.BENCH_WRK_THREADS ?? 1);
 
@@ -85,6 +90,13 @@ async function load(url, conns, seconds, cpu = null, threads = 1) {
   await c.exited;
   return parseWrk(c.output);
 }
+/** utime + stime of a process (or of one of its threads), in clock ticks. */
+function threadTicks(pid, tid = null) {
+  const f = readFileSync(tid === null ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return Number(rest[11]) + Number(rest[12]);
+}
+const clockTicks = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 const us = (n) => (n >= 1000 ? `${(n / 1000).toFixed(2)} ms` : `${Math.round(n)} us`);
 
 console.log('building (npm run build)...');
@@ -155,8 +167,23 @@ try {
     const port = await freePort();
     const file = join(tmp, 'routes.yaml');
     writeFileSync(file, routesYaml(port, 0));
-    const tp = start('turnpike', ...pin(1, process.execPath, [join(ROOT, 'bin/turnpike.js'), 'start', '--config', file]), { TURNPIKE_LOG_LEVEL: 'info' });
+    const tp = start('turnpike', ...pin(1, process.execPath, [TURNPIKE_BIN, 'start', '--config', file]), { TURNPIKE_LOG_LEVEL: 'info' });
     await waitOutput(tp, /proxy on http/);
+    // CPU per reload, no load: what each reload takes from the proxy's core. The main thread's
+    // share is what requests wait behind; the rest is the parser thread and V8's GC threads.
+    await sleep(2000);
+    const reloadsSeen = () => (tp.output.match(/"config reloaded"/g) ?? []).length;
+    const m0 = threadTicks(tp.pid, tp.pid), p0 = threadTicks(tp.pid);
+    for (let g = 1; g <= RELOAD_SAMPLES; g++) {
+      const n = reloadsSeen();
+      writeFileSync(file, routesYaml(port, 1000 + g));
+      const end = Date.now() + 30_000;
+      while (reloadsSeen() === n && Date.now() < end) await sleep(20);
+      await sleep(1000);
+    }
+    const perReload = (t) => +((t * 1000) / clockTicks / RELOAD_SAMPLES).toFixed(0);
+    results.routes.reload_cpu_ms = { main_thread: perReload(threadTicks(tp.pid, tp.pid) - m0), process: perReload(threadTicks(tp.pid) - p0), samples: RELOAD_SAMPLES };
+    console.log(`  CPU per reload (idle proxy, ${RELOAD_SAMPLES} reloads): main thread ${results.routes.reload_cpu_ms.main_thread} ms, whole process ${results.routes.reload_cpu_ms.process} ms`);
     const url = `http://127.0.0.1:${port}/api/v0/r21/42`;
     await load(url, 64, 2, 0);
     const steady = await load(url, 64, DURATION, 0);
@@ -209,7 +236,7 @@ try {
       const port = await freePort();
       const file = join(tmp, `w${w}.yaml`);
       writeFileSync(file, `listen: 127.0.0.1:${port}\naccess_log: {enabled: false}\nworkers: ${w}\nwatch: false\nservices:\n  - name: bench\n    url: ${up2Url}\n    routes: [{paths: [/]}]\n`);
-      const c = start(`turnpike-w${w}`, process.execPath, [join(ROOT, 'bin/turnpike.js'), 'start', '--config', file], { TURNPIKE_LOG_LEVEL: 'silent' });
+      const c = start(`turnpike-w${w}`, process.execPath, [TURNPIKE_BIN, 'start', '--config', file], { TURNPIKE_LOG_LEVEL: 'silent' });
       await waitOutput(c, /proxy on http/);
       return { url: `http://127.0.0.1:${port}/`, child: c };
     }

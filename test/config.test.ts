@@ -100,6 +100,65 @@ test('semantic errors carry path and line', () => {
   assert.deepEqual(cidr.map((i) => i.path), ['trusted_proxies[1]', 'trusted_proxies[2]']);
 });
 
+test("route errors in a later service name that service's route, with its line", () => {
+  const two = base + `  - name: billing
+    url: http://127.0.0.1:9002
+    routes:
+      - name: c
+        paths: [/bills]
+      - name: d
+        paths: ["/bills/{id}/{id}", "/b?x", /b/./c]
+      - name: a
+        paths: [/orders/]
+`;
+  const issues = issuesOf(two);
+  assert.deepEqual(issues.map((i) => [i.path, i.line]), [
+    ['services[1].routes[1].paths[0]', 15],
+    ['services[1].routes[1].paths[1]', 15],
+    ['services[1].routes[1].paths[2]', 15],
+    ['services[1].routes[2].name', 16],
+    ['services[1].routes[2]', 16],
+  ]);
+  assert.match(issues[0]!.message, /parameter \{id\} appears twice/);
+  assert.match(issues[1]!.message, /may not contain \?/);
+  assert.match(issues[2]!.message, /normal form/);
+  assert.match(issues[3]!.message, /duplicate route name "a"/);
+  assert.match(issues[4]!.message, /same requests as services\[0\]\.routes\[0\]/);
+});
+
+test('routes without plugins of their own share their service chain; plans still decide per route', () => {
+  const pools = new PoolRegistry();
+  const text = `consumers:
+  - {name: ann, plan: basic}
+plans:
+  basic: {routes: [a]}
+services:
+  - name: orders
+    url: http://127.0.0.1:9001
+    plugins: [{name: request-size-limit, config: {max: 1kb}}]
+    routes:
+      - {name: a, paths: [/a]}
+      - {name: b, paths: [/b]}
+      - {name: c, paths: [/c], plugins: [{name: cors, config: {origins: ['https://app.example']}}]}
+`;
+  const snap = compile(parseConfigText(text), { pools });
+  try {
+    const [a, b, c] = snap.routes;
+    assert.equal(a!.chains.base, b!.chains.base, 'one base chain for a and b');
+    assert.notEqual(a!.chains.base, c!.chains.base);
+    const names = (ch: (typeof snap.routes)[number]["chains"]["base"]) => [...new Set([...ch.onRequest, ...ch.access, ...ch.responseHeaders].map((x) => x.name))].sort();
+    assert.deepEqual(names(c!.chains.base), ['cors', 'request-size-limit']);
+    assert.deepEqual(names(a!.chains.base), ['request-size-limit']);
+    const ann = snap.consumers.get('ann')!;
+    assert.equal(a!.chains.forConsumer(ann).denied, undefined);
+    assert.match(b!.chains.forConsumer(ann).denied ?? '', /basic plan does not include/);
+    assert.match(c!.chains.forConsumer(ann).denied ?? '', /basic plan does not include/);
+  } finally {
+    snap.dispose();
+    void pools.closeAll();
+  }
+});
+
 test('admin beyond loopback requires a token', () => {
   const issues = issuesOf('admin:\n  listen: 0.0.0.0:8081\n');
   assert.equal(issues[0]!.path, 'admin.token');

@@ -24,7 +24,7 @@ import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../up
 import { CertSet, DEFAULT_CIPHERS, hstsValue, type CertSpec } from '../server/tls.js';
 import { Value } from '@sinclair/typebox/value';
 import { PLUGINS } from '../plugins/registry.js';
-import { DEFAULT_CONSUMER_HEADERS, PluginCompiler, consumerId, type ConsumerHeaders, type RouteChains } from '../plugins/pipeline.js';
+import { DEFAULT_CONSUMER_HEADERS, NO_BINDINGS, PluginCompiler, consumerId, type ConsumerHeaders, type RouteChains } from '../plugins/pipeline.js';
 import type { Consumer } from '../plugins/types.js';
 import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
@@ -240,6 +240,8 @@ let validateStore: MemoryStore | null = null;
 /** Counters for a compile without a gateway (validate, unit tests). */
 const fallbackStore = () => (validateStore ??= new MemoryStore());
 
+const PARAM_SEGMENT = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
+const BAD_PATH_CHAR = /[?#\s]/;
 const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
 const DEFAULT_RETRY_ON = ['connect-error'];
 
@@ -460,25 +462,34 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const services: CompiledService[] = [];
   const routes: CompiledRoute[] = [];
   const specs: RouteSpec<CompiledRoute>[] = [];
-  const specPaths: PathSegment[][] = [];
+  // Where each spec (route) is in the config: its service's index (-1: a top-level route) and
+  // its index there. Numbers, not path arrays: a 10,000-route reload keeps no array per route
+  // alive (they would all survive the young generation while the compile runs in slices).
+  const specService: number[] = [];
+  const specRoute: number[] = [];
+  const routePath = (si: number, ri: number): PathSegment[] => (si < 0 ? ['routes', ri] : ['services', si, 'routes', ri]);
+  const specPath = (i: number) => routePath(specService[i]!, specRoute[i]!);
   const serviceNames = new Map<string, number>();
-  const routeNames = new Map<string, PathSegment[]>();
+  const routeNames = new Set<string>();
 
-  const checkPaths = (paths: readonly string[] | undefined, rp: PathSegment[]) => {
-    paths?.forEach((p, pi) => {
-      const hasParam = p.includes('{') || p.includes('}');
-      const seen = new Set<string>();
-      for (const seg of hasParam ? p.split('/').slice(1) : []) {
-        if (seg.includes('{') || seg.includes('}')) {
-          const m = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/.exec(seg);
-          if (!m) fail([...rp, 'paths', pi], `bad segment "${seg}": a parameter is a whole segment like {id}`);
-          else if (seen.has(m[1]!)) fail([...rp, 'paths', pi], `parameter {${m[1]}} appears twice`);
-          else seen.add(m[1]!);
+  const checkPaths = (paths: readonly string[] | undefined, si: number, ri: number) => {
+    if (!paths) return;
+    for (let pi = 0; pi < paths.length; pi++) {
+      const p = paths[pi]!;
+      if (p.includes('{') || p.includes('}')) {
+        const seen = new Set<string>();
+        for (const seg of p.split('/')) {
+          if (seg.includes('{') || seg.includes('}')) {
+            const m = PARAM_SEGMENT.exec(seg);
+            if (!m) fail([...routePath(si, ri), 'paths', pi], `bad segment "${seg}": a parameter is a whole segment like {id}`);
+            else if (seen.has(m[1]!)) fail([...routePath(si, ri), 'paths', pi], `parameter {${m[1]}} appears twice`);
+            else seen.add(m[1]!);
+          }
         }
       }
-      if (/[?#\s]/.test(p)) fail([...rp, 'paths', pi], 'a path may not contain ?, # or spaces');
-      else if (normalizePath(p) !== p) fail([...rp, 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
-    });
+      if (BAD_PATH_CHAR.test(p)) fail([...routePath(si, ri), 'paths', pi], 'a path may not contain ?, # or spaces');
+      else if (normalizePath(p) !== p) fail([...routePath(si, ri), 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
+    }
   };
 
   for (const [si, s] of (cfg.services ?? []).entries()) {
@@ -637,12 +648,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     for (let ri = 0; ri < sroutes.length; ri++) {
       const r = sroutes[ri]!;
       if ((++routeCount & 31) === 0) yield;
-      const rp: PathSegment[] = [...sp, 'routes', ri];
       const name = r.name ?? `${s.name}.${ri}`;
-      if (routeNames.has(name)) fail([...rp, 'name'], `duplicate route name "${name}"`);
-      routeNames.set(name, rp);
-      const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins']);
-      checkPaths(r.paths, rp);
+      if (routeNames.has(name)) fail([...routePath(si, ri), 'name'], `duplicate route name "${name}"`);
+      routeNames.add(name);
+      const routeBindings = r.plugins?.length ? plugins.bind(r.plugins, 'route', [...routePath(si, ri), 'plugins']) : NO_BINDINGS;
+      checkPaths(r.paths, si, ri);
       const ws = r.websocket === true ? {} : r.websocket || null;
       const route: CompiledRoute = {
         name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
@@ -653,10 +663,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),
         compose: null,
       };
-      if (ws && service.grpc) fail([...rp, 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
+      if (ws && service.grpc) fail([...routePath(si, ri), 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
       routes.push(route);
       specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
-      specPaths.push(rp);
+      specService.push(si);
+      specRoute.push(ri);
     }
     yield;
   }
@@ -670,9 +681,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if ((++routeCount & 31) === 0) yield;
     const rp: PathSegment[] = ['routes', ri];
     if (routeNames.has(r.name)) fail([...rp, 'name'], `duplicate route name "${r.name}"`);
-    routeNames.set(r.name, rp);
+    routeNames.add(r.name);
     composeNames.add(r.name);
-    checkPaths(r.paths, rp);
+    checkPaths(r.paths, -1, ri);
     const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins']);
     const route: CompiledRoute = {
       name: r.name,
@@ -688,7 +699,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     };
     routes.push(route);
     specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
-    specPaths.push(rp);
+    specService.push(-1);
+    specRoute.push(ri);
   }
 
   const acc = cfg.portal?.accounts;
@@ -706,7 +718,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const router: Router<CompiledRoute> = yield* Router.build(specs);
   yield;
   for (const c of router.conflicts) {
-    fail(specPaths[c.b]!, `matches the same requests as ${formatPath(specPaths[c.a]!)} (host ${c.host}, path ${c.path}); give one of them a method, header or host to tell them apart`);
+    fail(specPath(c.b), `matches the same requests as ${formatPath(specPath(c.a))} (host ${c.host}, path ${c.path}); give one of them a method, header or host to tell them apart`);
   }
 
   let demo: Address | null = null;

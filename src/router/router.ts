@@ -45,10 +45,13 @@ interface Entry<T> {
   depth: number;
 }
 
+/** The entries of a node that ends no pattern (most inner nodes): one shared empty array. */
+const NO_ENTRIES: never[] = [];
+
 class TrieNode<T> {
   literal: Map<string, TrieNode<T>> | null = null;
   param: TrieNode<T> | null = null;
-  entries: Entry<T>[] = [];
+  entries: Entry<T>[] = NO_ENTRIES;
 }
 
 interface HostTable<T> {
@@ -66,6 +69,7 @@ export interface RouteConflict {
 
 const PARAM = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
 const NO_HEADER_MATCH: [string, Set<string>][] = [];
+const NO_PARAMS: [number, string][] = [];
 
 export function patternSegments(pattern: string): string[] {
   const segs = pattern.split('/').slice(1);
@@ -134,11 +138,13 @@ export class Router<T> {
       const trie = this.trieFor(host === null ? null : host.toLowerCase());
       for (const pattern of spec.paths?.length ? spec.paths : ['/']) {
         const segs = patternSegments(pattern);
-        const params: [number, string][] = [];
+        let params = NO_PARAMS;
         let node = trie;
-        segs.forEach((seg, i) => {
-          const p = PARAM.exec(seg);
+        for (let i = 0; i < segs.length; i++) {
+          const seg = segs[i]!;
+          const p = seg.charCodeAt(0) === 0x7b /* { */ ? PARAM.exec(seg) : null;
           if (p) {
+            if (params === NO_PARAMS) params = [];
             params.push([i, p[1]!]);
             node = node.param ??= new TrieNode<T>();
           } else {
@@ -147,15 +153,18 @@ export class Router<T> {
             if (!next) node.literal.set(seg, (next = new TrieNode<T>()));
             node = next;
           }
-        });
+        }
         const entry: Entry<T> = { data: spec.data, order, pattern, params, methods, headers, depth: segs.length };
         for (const other of node.entries) {
           if (other.order !== order && sameHeaders(other.headers, headers) && methodsOverlap(other.methods, methods)) {
             this.conflicts.push({ a: other.order, b: order, host: host ?? '*', path: pattern });
           }
         }
-        node.entries.push(entry);
-        node.entries.sort(compareEntries);
+        if (node.entries === NO_ENTRIES) node.entries = [entry];
+        else {
+          node.entries.push(entry);
+          node.entries.sort(compareEntries);
+        }
       }
     }
   }
