@@ -13,7 +13,7 @@
  *
  * Environment: BENCH_WRK_THREADS (workers part, default 1), BENCH_DURATION seconds per measurement (default 10), BENCH_PARTS (routes,workers),
  * BENCH_RELOAD_MS (default 2000), BENCH_RELOAD_SAMPLES (reloads timed for CPU per reload, default 5),
- * BENCH_TURNPIKE (another build's bin/turnpike.js for the served parts), BENCH_OUT (default bench/results/resilience.json).
+ * BENCH_TURNPIKE (another build's bin/turnpike.js for the served parts), BENCH_NODE_FLAGS (node flags for it), BENCH_OUT (default bench/results/resilience.json).
  * Needs wrk. All traffic stays on 127.0.0.1; every child is killed on exit.
  */
 import { spawn, spawnSync } from 'node:child_process';
@@ -35,6 +35,8 @@ const ROUTES = 10_000;
 const RELOAD_SAMPLES = Number(env.BENCH_RELOAD_SAMPLES ?? 5);
 /** Another build's CLI for the served part (before/after); the in-process figures use this checkout's dist/. */
 const TURNPIKE_BIN = env.BENCH_TURNPIKE ?? join(ROOT, 'bin/turnpike.js');
+/** Node flags for the served Turnpike (e.g. a V8 heap flag to compare). */
+const NODE_FLAGS = (env.BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 /** wrk threads for the workers part (a single wrk thread can be what saturates first there). */
 const WRK_THREADS = Number(env.BENCH_WRK_THREADS ?? 1);
 
@@ -167,7 +169,7 @@ try {
     const port = await freePort();
     const file = join(tmp, 'routes.yaml');
     writeFileSync(file, routesYaml(port, 0));
-    const tp = start('turnpike', ...pin(1, process.execPath, [TURNPIKE_BIN, 'start', '--config', file]), { TURNPIKE_LOG_LEVEL: 'info' });
+    const tp = start('turnpike', ...pin(1, process.execPath, [...NODE_FLAGS, TURNPIKE_BIN, 'start', '--config', file]), { TURNPIKE_LOG_LEVEL: 'info' });
     await waitOutput(tp, /proxy on http/);
     // CPU per reload, no load: what each reload takes from the proxy's core. The main thread's
     // share is what requests wait behind; the rest is the parser thread and V8's GC threads.
