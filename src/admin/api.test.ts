@@ -616,3 +616,48 @@ test('developers: listed with their status; approve takes a sign-up and a reques
     await api.close();
   }
 });
+
+test('developer accounts survive whole-document writes: a rollback keeps revoked keys revoked and newer sign-ups; a PUT without developers keeps them', async () => {
+  const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
+  const dev = (name: string, email: string, keys: string[]): Obj => ({
+    name, plan: 'free', tags: ['portal'],
+    credentials: [{ type: 'portal', email, password_hash: hash }, ...keys.map((k) => ({ type: 'key-auth', id: k, key_sha256: k.slice(-1).repeat(64) }))],
+  });
+  const seed: Obj = {
+    services: [{ name: 'orders', url: 'http://127.0.0.1:9001', plugins: [{ name: 'key-auth' }], routes: [{ name: 'o', paths: ['/o'] }] }],
+    plans: { free: {} },
+    consumers: [{ name: 'partner', credentials: [{ type: 'key-auth', key: 'partner-key-0000001' }] }, dev('dev-ann-1', 'ann@example.com', ['ann-a', 'ann-b'])],
+  };
+  const api = await start({ seed });
+  const keysOf = async (c: string) => ((await api.store.current())!.document['consumers'] as Obj[]).find((x) => x['name'] === c)?.['credentials'] as Obj[] | undefined;
+  try {
+    // r2: ann revokes a leaked key; r3: bob signs up; r4: an admin adds a service
+    assert.equal((await api.call('DELETE', '/api/consumers/dev-ann-1/credentials/ann-a')).status, 204);
+    assert.equal((await api.call('POST', '/api/consumers', { body: dev('dev-bob-2', 'bob@example.com', ['bob-c']) })).status, 201);
+    assert.equal((await api.call('POST', '/api/services', { body: { name: 'extra', url: 'http://127.0.0.1:9002' } })).status, 201);
+
+    const dry = await api.call('POST', '/api/revisions/1/rollback?dry_run=true');
+    assert.equal(dry.status, 200, dry.text);
+    assert.doesNotMatch(dry.text, /dev-bob-2|ann-a/, 'the dry run shows no developer change');
+    const rb = await api.call('POST', '/api/revisions/1/rollback');
+    assert.equal(rb.status, 201, rb.text);
+    const doc = (await api.store.current())!.document;
+    assert.deepEqual((doc['services'] as Obj[]).map((s) => s['name']), ['orders'], 'the configuration is rolled back');
+    assert.deepEqual(((await keysOf('dev-ann-1')) ?? []).map((c) => c['id'] ?? c['type']), ['portal', 'ann-b'], 'the revoked key stays revoked');
+    assert.ok(await keysOf('dev-bob-2'), 'the newer developer is kept');
+    assert.ok(await keysOf('partner'), 'other consumers follow the revision');
+
+    // PUT of a document without developers (a GitOps file): the accounts stay
+    const put = await api.call('PUT', '/api/config', { body: { services: seed['services'], plans: { free: {} }, consumers: [{ name: 'partner', credentials: [{ type: 'key-auth', key: 'partner-key-0000002' }] }] } });
+    assert.equal(put.status, 200, put.text);
+    assert.ok(await keysOf('dev-ann-1'));
+    assert.ok(await keysOf('dev-bob-2'));
+    // a document that lists developers is taken as written (the admin manages them explicitly)
+    const explicit = await api.call('PUT', '/api/config', { body: { services: seed['services'], plans: { free: {} }, consumers: [dev('dev-ann-1', 'ann@example.com', [])] } });
+    assert.equal(explicit.status, 200, explicit.text);
+    assert.deepEqual(((await keysOf('dev-ann-1')) ?? []).map((c) => c['type']), ['portal']);
+    assert.equal(await keysOf('dev-bob-2'), undefined);
+  } finally {
+    await api.close();
+  }
+});

@@ -31,7 +31,7 @@ import { DOCUMENT_ORDER, NODE_LOCAL_KEYS, isObj, samePath, type Obj } from './do
 import { MASK, maskSecrets, restoreMasked, restoreSecrets, stripSecrets } from './secrets.js';
 import { configChanges, unifiedDiff } from './diff.js';
 import { openApiDocument } from './openapi.js';
-import { approveDeveloper, awaitsAdmin, listDevelopers, rejectDeveloper } from './developers.js';
+import { approveDeveloper, awaitsAdmin, keepDevelopers, listDevelopers, rejectDeveloper } from './developers.js';
 
 export type ValidationResult = { ok: true } | { ok: false; errors: { path: string | readonly PathSegment[]; message: string }[] };
 
@@ -455,6 +455,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const stage = (cur: Obj | null): Staged => {
       const doc = structuredClone(next);
       restoreSecrets(doc, cur);
+      keepDevelopers(doc, cur, 'put');
       return { doc, at: null, documentTerms: true };
     };
     if (dryRun) {
@@ -513,10 +514,14 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     if (pre && pre.tags.length > 0 && pre.revisions.length === 0) throw new ApiError('precondition-failed', 'If-Match: the config is tagged by its revision ("rN")');
     const target = await deps.store.revision(n);
     if (!target) throw new ApiError('not-found', `revision ${n} does not exist`);
-    const stage = (): Staged => ({ doc: structuredClone(target.document as Obj), at: null, documentTerms: true });
+    const stage = (cur: Obj | null): Staged => {
+      const doc = structuredClone(target.document as Obj);
+      keepDevelopers(doc, cur, 'rollback');
+      return { doc, at: null, documentTerms: true };
+    };
     if (dryRun) {
       const { doc, revision } = await current();
-      const s = stage();
+      const s = stage(doc);
       const v = await runValidate(s.doc);
       if (!v.ok) throw invalid(errorsOf(s, v.errors));
       sendJson(ctx, 200, { dry_run: true, valid: true, revision, rolled_back_to: n, ...diffOf(doc, s.doc, [`revision ${revision}`, `revision ${n}`]) }, revisionHeader(revision));
@@ -525,7 +530,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     let before: Obj = {};
     const { stored, staged } = await commit(ctx, `rollback to ${n}`, (cur) => {
       before = cur ?? {};
-      return stage();
+      return stage(cur);
     }, { expected: expectedOf(pre) });
     const rev = stored!.revision;
     sendJson(ctx, 201, { revision: rev, rolled_back_to: n, changes: configChanges(before, staged.doc) }, { location: `${base}/revisions/${rev}`, etag: revisionTag(rev), ...revisionHeader(rev) });

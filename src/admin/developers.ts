@@ -85,3 +85,23 @@ export function rejectDeveloper(doc: Obj, name: string): string[] {
   }
   throw conflict(`developer "${name}" awaits nothing`);
 }
+
+const isDeveloper = (c: Obj): boolean => portalCredential(c) !== undefined;
+
+/**
+ * Developer accounts are live data the portal owns (sign-ups, verified emails, issued, rotated
+ * and revoked keys), not configuration: a whole-document write must not turn them back.
+ * `doc` (mutated) gets the current document's developers in place of its own — always for a
+ * rollback (an old revision would bring back revoked keys and drop newer accounts), and for
+ * PUT /api/config when the document carries no developer at all (a GitOps file does not hold
+ * the accounts and would otherwise delete them). Returns whether it changed anything.
+ */
+export function keepDevelopers(doc: Obj, current: Obj | null, mode: 'rollback' | 'put'): boolean {
+  const own = items(doc['consumers']);
+  const theirs = items(current?.['consumers']).filter(isDeveloper);
+  if (mode === 'put' && own.some(isDeveloper)) return false;
+  if (theirs.length === 0 && !own.some(isDeveloper)) return false;
+  const kept = own.filter((c) => !isDeveloper(c));
+  doc['consumers'] = [...kept, ...structuredClone(theirs)];
+  return true;
+}
