@@ -127,3 +127,21 @@ test('path normalization: dot segments and percent-encoding', () => {
   assert.ok(m && 'data' in m);
   assert.equal(m.data, 'admin');
 });
+
+test('a node with one literal child matches that segment exactly, not a prefix of it; a second child turns it into a map', () => {
+  const r = new Router<string>([{ paths: ['/a/post'], data: 'post' }, { paths: ['/b/{x}/y'], data: 'by' }]);
+  const name = (p: string) => { const m = r.match('GET', 'h', p, {}); return m && 'data' in m ? m.data : null; };
+  assert.equal(name('/a/post'), 'post');
+  assert.equal(name('/a/post/more'), 'post');
+  assert.equal(name('/a/posts'), null);
+  assert.equal(name('/a/pos'), null);
+  assert.equal(name('/a/'), null);
+  assert.equal(name('/b/1/y'), 'by');
+  assert.equal(name('/b/1/yy'), null);
+  const r2 = new Router<string>([{ paths: ['/a/post'], data: 'post' }, { paths: ['/a/page'], data: 'page' }, { paths: ['/a/post/{id}'], data: 'one' }]);
+  const m = (p: string) => { const x = r2.match('GET', 'h', p, {}); return x && 'data' in x ? [x.data, x.params] : null; };
+  assert.deepEqual(m('/a/post'), ['post', null]);
+  assert.deepEqual(m('/a/page'), ['page', null]);
+  assert.deepEqual(m('/a/post/7'), ['one', { id: '7' }]);
+  assert.equal(m('/a/pag'), null);
+});

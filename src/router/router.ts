@@ -49,9 +49,32 @@ interface Entry<T> {
 const NO_ENTRIES: never[] = [];
 
 class TrieNode<T> {
+  /** The only literal child while there is just one (most nodes of a large table): no Map. */
+  key: string | null = null;
+  child: TrieNode<T> | null = null;
+  /** Literal children once there are two or more. */
   literal: Map<string, TrieNode<T>> | null = null;
   param: TrieNode<T> | null = null;
   entries: Entry<T>[] = NO_ENTRIES;
+
+  /** The literal child for `seg`, created when missing. */
+  literalChild(seg: string): TrieNode<T> {
+    if (this.literal !== null) {
+      let next = this.literal.get(seg);
+      if (!next) this.literal.set(seg, (next = new TrieNode<T>()));
+      return next;
+    }
+    if (this.key === null) {
+      this.key = seg;
+      return (this.child = new TrieNode<T>());
+    }
+    if (this.key === seg) return this.child!;
+    const next = new TrieNode<T>();
+    this.literal = new Map([[this.key, this.child!], [seg, next]]);
+    this.key = null;
+    this.child = null;
+    return next;
+  }
 }
 
 interface HostTable<T> {
@@ -148,10 +171,7 @@ export class Router<T> {
             params.push([i, p[1]!]);
             node = node.param ??= new TrieNode<T>();
           } else {
-            node.literal ??= new Map();
-            let next = node.literal.get(seg);
-            if (!next) node.literal.set(seg, (next = new TrieNode<T>()));
-            node = next;
+            node = node.literalChild(seg);
           }
         }
         const entry: Entry<T> = { data: spec.data, order, pattern, params, methods, headers, depth: segs.length };
@@ -231,6 +251,9 @@ export class Router<T> {
           const m = this.search(lit, path, end, method, headers);
           if (m) return m;
         }
+      } else if (node.key !== null && node.key.length === end - pos - 1 && path.startsWith(node.key, pos + 1)) {
+        const m = this.search(node.child!, path, end, method, headers);
+        if (m) return m;
       }
       if (node.param !== null && end > pos + 1) {
         const m = this.search(node.param, path, end, method, headers);
