@@ -4,15 +4,16 @@
  *
  *  routes   A config with 10,000 routes: YAML parse + schema, compile (router build) and the
  *           router's match cost (in process, on the built dist/); then Turnpike serving one of
- *           those routes under wrk at 64 connections, steady and while the config file is
- *           rewritten every BENCH_RELOAD_MS (each write is a file-watch reload of 10,000
- *           routes). Pinned like bench/run.mjs: load + upstream on CPU 0, proxy on CPU 1.
+ *           those routes under wrk at 64 connections in alternating windows: steady (a twin
+ *           gateway that never reloads) and while the config file is rewritten every
+ *           BENCH_RELOAD_MS (each write is a file-watch reload of 10,000 routes); the medians
+ *           of the windows' p99 are compared. Pinned like bench/run.mjs: load + upstream on CPU 0, proxy on CPU 1.
  *  workers  direct, the reference proxy (node:http + undici), and Turnpike with workers: 1 and
  *           workers: 2, plus the reference proxy in 2 processes (node:cluster) — same run, no
  *           pinning (on 2 cores the load generator and the upstream share them).
  *
  * Environment: BENCH_WRK_THREADS (workers part, default 1), BENCH_DURATION seconds per measurement (default 10), BENCH_PARTS (routes,workers),
- * BENCH_RELOAD_MS (default 2000), BENCH_RELOAD_SAMPLES (reloads timed for CPU per reload, default 5),
+ * BENCH_RELOAD_MS (default 2000), BENCH_RELOAD_ROUNDS / BENCH_RELOAD_WINDOW (alternating windows, default 5 x 6 s), BENCH_RELOAD_SAMPLES (reloads timed for CPU per reload, default 5),
  * BENCH_TURNPIKE (another build's bin/turnpike.js for the served parts), BENCH_NODE_FLAGS (node flags for it), BENCH_OUT (default bench/results/resilience.json).
  * Needs wrk. All traffic stays on 127.0.0.1; every child is killed on exit.
  */
@@ -31,6 +32,9 @@ const PARTS = (env.BENCH_PARTS ?? 'routes,workers').split(',');
 const RELOAD_MS = Number(env.BENCH_RELOAD_MS ?? 2000);
 const OUT = env.BENCH_OUT ?? join(ROOT, 'bench/results/resilience.json');
 const ROUTES = 10_000;
+/** Steady / reloading windows, alternated, and their length in seconds. */
+const RELOAD_ROUNDS = Number(env.BENCH_RELOAD_ROUNDS ?? 5);
+const RELOAD_WINDOW = Number(env.BENCH_RELOAD_WINDOW ?? 6);
 /** Reloads measured for CPU per reload (idle proxy). */
 const RELOAD_SAMPLES = Number(env.BENCH_RELOAD_SAMPLES ?? 5);
 /** Another build's CLI for the served part (before/after); the in-process figures use this checkout's dist/. */
@@ -187,30 +191,56 @@ try {
     results.routes.reload_cpu_ms = { main_thread: perReload(threadTicks(tp.pid, tp.pid) - m0), process: perReload(threadTicks(tp.pid) - p0), samples: RELOAD_SAMPLES };
     console.log(`  CPU per reload (idle proxy, ${RELOAD_SAMPLES} reloads): main thread ${results.routes.reload_cpu_ms.main_thread} ms, whole process ${results.routes.reload_cpu_ms.process} ms`);
     const url = `http://127.0.0.1:${port}/api/v0/r21/42`;
+    // The steady side is a second, identical gateway that never reloads (watch: false), on the
+    // same CPU: the reloading one's deferred work (the major GC of the routers it dropped)
+    // lands in its own windows, not in the steady ones.
+    const port2 = await freePort();
+    const file2 = join(tmp, 'routes-steady.yaml');
+    writeFileSync(file2, 'watch: false\n' + routesYaml(port2, 0));
+    const tpSteady = start('turnpike-steady', ...pin(1, process.execPath, [...NODE_FLAGS, TURNPIKE_BIN, 'start', '--config', file2]), { TURNPIKE_LOG_LEVEL: 'info' });
+    await waitOutput(tpSteady, /proxy on http/);
+    const steadyUrl = `http://127.0.0.1:${port2}/api/v0/r21/42`;
     await load(url, 64, 2, 0);
-    const steady = await load(url, 64, DURATION, 0);
-    console.log(`  steady:        ${Math.round(steady.rps)} req/s, p50 ${us(steady.p50_us)}, p99 ${us(steady.p99_us)}`);
-    // Texts generated before the measurement: the writer only writes (its CPU is not the proxy's).
-    const texts = Array.from({ length: Math.ceil((DURATION * 1000) / RELOAD_MS) + 2 }, (_, g) => routesYaml(port, g + 1));
+    await load(steadyUrl, 64, 2, 0);
+    // Steady and reloading windows alternate (RELOAD_ROUNDS of each, RELOAD_WINDOW seconds):
+    // a stall of the VM lands in one window, not in a whole side, and the medians of the
+    // windows' p99 are compared. Texts are generated before: the writer only writes.
     let gen = 0;
-    let writing = true;
-    const writer = (async () => {
-      while (writing && gen < texts.length) {
-        writeFileSync(file, texts[gen++]);
-        await sleep(RELOAD_MS);
-      }
-    })();
-    const during = await load(url, 64, DURATION, 0);
-    writing = false;
-    await writer;
-    await sleep(1500);
-    const reloads = (tp.output.match(/"config reloaded"/g) ?? []).length;
-    console.log(`  with reloads:  ${Math.round(during.rps)} req/s, p50 ${us(during.p50_us)}, p99 ${us(during.p99_us)} (${reloads} reloads of ${ROUTES} routes, one every ${RELOAD_MS} ms)`);
-    console.log(`  p99 ratio (reloading / steady): ${(during.p99_us / steady.p99_us).toFixed(2)}`);
-    results.routes.steady = steady;
-    results.routes.reloading = { ...during, reloads, every_ms: RELOAD_MS };
-    results.routes.p99_ratio = +(during.p99_us / steady.p99_us).toFixed(2);
-    if (during.socket_errors || during.non_2xx) console.log(`  WARNING: ${during.socket_errors} socket errors, ${during.non_2xx} non-2xx during reloads`);
+    const texts = Array.from({ length: RELOAD_ROUNDS * (Math.ceil((RELOAD_WINDOW * 1000) / RELOAD_MS) + 1) + 1 }, (_, g) => routesYaml(port, g + 1));
+    const rounds = [];
+    for (let r = 0; r < RELOAD_ROUNDS; r++) {
+      const steady = await load(steadyUrl, 64, RELOAD_WINDOW, 0);
+      await sleep(500);
+      const before = (tp.output.match(/"config reloaded"/g) ?? []).length;
+      let writing = true;
+      const writer = (async () => {
+        while (writing && gen < texts.length) {
+          writeFileSync(file, texts[gen++]);
+          await sleep(RELOAD_MS);
+        }
+      })();
+      const during = await load(url, 64, RELOAD_WINDOW, 0);
+      writing = false;
+      await writer;
+      await sleep(1500);
+      const reloads = (tp.output.match(/"config reloaded"/g) ?? []).length - before;
+      rounds.push({ steady, reloading: { ...during, reloads } });
+      console.log(`  round ${r + 1}: steady ${Math.round(steady.rps)} req/s p99 ${us(steady.p99_us)} | reloading (${reloads} reloads) ${Math.round(during.rps)} req/s p99 ${us(during.p99_us)}${during.socket_errors || during.non_2xx ? ` WARNING: ${during.socket_errors} socket errors, ${during.non_2xx} non-2xx` : ''}`);
+    }
+    const steadyP99 = med(rounds.map((x) => x.steady.p99_us));
+    const reloadP99 = med(rounds.map((x) => x.reloading.p99_us));
+    const reloads = rounds.reduce((n, x) => n + x.reloading.reloads, 0);
+    console.log(`  steady:        median p99 ${us(steadyP99)}, ${Math.round(med(rounds.map((x) => x.steady.rps)))} req/s`);
+    console.log(`  with reloads:  median p99 ${us(reloadP99)}, ${Math.round(med(rounds.map((x) => x.reloading.rps)))} req/s (${reloads} reloads of ${ROUTES} routes, one every ${RELOAD_MS} ms)`);
+    console.log(`  p99 ratio (reloading / steady, medians of ${RELOAD_ROUNDS} windows each): ${(reloadP99 / steadyP99).toFixed(2)}; per round ${rounds.map((x) => (x.reloading.p99_us / x.steady.p99_us).toFixed(2)).join(' ')}`);
+    results.routes.rounds = rounds;
+    results.routes.window_s = RELOAD_WINDOW;
+    results.routes.steady_p99_us = steadyP99;
+    results.routes.reloading_p99_us = reloadP99;
+    results.routes.reloads = reloads;
+    results.routes.every_ms = RELOAD_MS;
+    results.routes.p99_ratio = +(reloadP99 / steadyP99).toFixed(2);
+    await stop(tpSteady);
     await stop(tp);
   }
 
