@@ -661,3 +661,37 @@ test('developer accounts survive whole-document writes: a rollback keeps revoked
     await api.close();
   }
 });
+
+test('developer accounts across whole-document writes are matched by name: no duplicate, no lost consumer', async () => {
+  const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
+  const portal = (email: string): Obj => ({ type: 'portal', email, password_hash: hash });
+  const seed: Obj = {
+    services: [{ name: 'orders', url: 'http://127.0.0.1:9001', plugins: [{ name: 'key-auth' }, { name: 'rate-limit', consumer: 'was-dev', config: { limit: 5, window: '1m' } }], routes: [{ name: 'o', paths: ['/o'] }] }],
+    consumers: [
+      { name: 'acme', credentials: [{ type: 'key-auth', key: 'acme-key-000000001' }] },
+      { name: 'was-dev', tags: ['portal'], credentials: [portal('was@example.com'), { type: 'key-auth', id: 'w-1', key_sha256: 'b'.repeat(64) }] },
+    ],
+  };
+  const api = await start({ seed });
+  const consumers = async () => ((await api.store.current())!.document['consumers'] as Obj[]);
+  const creds = (c: Obj | undefined) => ((c?.['credentials'] as Obj[] | undefined) ?? []).map((x) => x['type']).sort();
+  try {
+    // r2: acme becomes a developer; r3: was-dev's portal credential is removed (it stays a consumer)
+    assert.equal((await api.call('POST', '/api/consumers/acme/credentials', { body: portal('acme@example.com') })).status, 201);
+    assert.equal((await api.call('DELETE', `/api/consumers/was-dev/credentials/${encodeURIComponent('was-dev/portal/1')}`)).status, 204);
+    const rb = await api.call('POST', '/api/revisions/1/rollback');
+    assert.equal(rb.status, 201, rb.text);
+    const after = await consumers();
+    assert.deepEqual(after.map((c) => c['name']), ['acme', 'was-dev'], 'each once, in the revision\'s order');
+    assert.deepEqual(creds(after[0]), ['key-auth', 'portal'], 'acme is the developer it is now');
+    assert.deepEqual(creds(after[1]), ['key-auth'], 'was-dev stays as it is now (its rate-limit binding still names it)');
+    // a GitOps PUT naming a current developer without its portal credential: the account wins, once
+    const put = await api.call('PUT', '/api/config', { body: { services: [{ name: 'orders', url: 'http://127.0.0.1:9001', routes: [{ name: 'o', paths: ['/o'] }] }], consumers: [{ name: 'acme', credentials: [{ type: 'key-auth', key: 'acme-key-000000002' }] }] } });
+    assert.equal(put.status, 200, put.text);
+    const last = await consumers();
+    assert.deepEqual(last.map((c) => c['name']), ['acme']);
+    assert.deepEqual(creds(last[0]), ['key-auth', 'portal']);
+  } finally {
+    await api.close();
+  }
+});

@@ -91,17 +91,41 @@ const isDeveloper = (c: Obj): boolean => portalCredential(c) !== undefined;
 /**
  * Developer accounts are live data the portal owns (sign-ups, verified emails, issued, rotated
  * and revoked keys), not configuration: a whole-document write must not turn them back.
- * `doc` (mutated) gets the current document's developers in place of its own — always for a
- * rollback (an old revision would bring back revoked keys and drop newer accounts), and for
- * PUT /api/config when the document carries no developer at all (a GitOps file does not hold
- * the accounts and would otherwise delete them). Returns whether it changed anything.
+ * In `doc` (mutated), every consumer whose name is an account — a developer in the current
+ * document or in `doc` — is the current document's consumer of that name, in `doc`'s place
+ * (an account deleted since is not brought back; a consumer that stopped being a developer
+ * stays as it is now); current developers `doc` does not name are appended. Always for a
+ * rollback (an old revision would bring back revoked keys and drop newer accounts); for
+ * PUT /api/config only when the document carries no developer at all (a GitOps file does not
+ * hold the accounts and would otherwise delete them). Returns whether it changed anything.
  */
 export function keepDevelopers(doc: Obj, current: Obj | null, mode: 'rollback' | 'put'): boolean {
   const own = items(doc['consumers']);
-  const theirs = items(current?.['consumers']).filter(isDeveloper);
   if (mode === 'put' && own.some(isDeveloper)) return false;
-  if (theirs.length === 0 && !own.some(isDeveloper)) return false;
-  const kept = own.filter((c) => !isDeveloper(c));
-  doc['consumers'] = [...kept, ...structuredClone(theirs)];
+  const cur = items(current?.['consumers']);
+  const accounts = new Set<string>();
+  for (const c of [...cur, ...own]) if (isDeveloper(c)) accounts.add(String(c['name']));
+  if (accounts.size === 0) return false;
+  const now = new Map<string, Obj>();
+  for (const c of cur) if (!now.has(String(c['name']))) now.set(String(c['name']), c);
+  const out: Obj[] = [];
+  const placed = new Set<string>();
+  for (const c of own) {
+    const name = String(c['name']);
+    if (!accounts.has(name)) out.push(c);
+    else if (!placed.has(name)) {
+      placed.add(name);
+      const kept = now.get(name);
+      if (kept) out.push(structuredClone(kept));
+    }
+  }
+  for (const c of cur) {
+    const name = String(c['name']);
+    if (isDeveloper(c) && !placed.has(name)) {
+      placed.add(name);
+      out.push(structuredClone(c));
+    }
+  }
+  doc['consumers'] = out;
   return true;
 }
