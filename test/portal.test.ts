@@ -89,6 +89,29 @@ test('off by default: /portal/ is just a path', async () => {
   }
 });
 
+test('portal.hosts: the portal answers on its hosts only; elsewhere its path is routed like any other', async () => {
+  const t = await startGateway(`
+portal: {enabled: true, hosts: [Developer.Example.com], accounts: {enabled: false}}
+services:
+  - {name: s, url: "${up.url}", published: true, routes: [{paths: [/x]}, {name: app, hosts: [app.example.com], paths: [/]}]}
+`);
+  try {
+    const own = await request(`${t.url}/portal/`, { headers: { host: 'developer.example.com:8443' } });
+    assert.equal(own.status, 200);
+    assert.match(own.headers['content-type'] as string, /text\/html/);
+    // another host: the upstream's route answers /portal/ (the portal does not)
+    const other = await request(`${t.url}/portal/`, { headers: { host: 'app.example.com' } });
+    assert.equal(other.status, 200);
+    assert.equal(JSON.parse(other.body).url, '/portal/', 'the upstream answered');
+    // a host with no route: 404 problem, not the portal
+    const none = await request(`${t.url}/portal/apis/s`, { headers: { host: 'evil.example' } });
+    assert.equal(none.status, 404);
+    assert.match(none.headers['content-type'] as string, /problem\+json/);
+  } finally {
+    await t.close();
+  }
+});
+
 test('in Chromium: the catalog links to the API page (screenshots in docs/screenshots/)', async () => {
   const shots = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
   mkdirSync(shots, { recursive: true });

@@ -11,6 +11,8 @@ export interface PortalApi { name: string; description: string; routes: PortalRo
 export interface PortalSettings {
   /** The path it is served at, without a trailing slash (/portal). */
   base: string;
+  /** The Host names it answers for, lower case (null: every host). */
+  hosts: ReadonlySet<string> | null;
   title: string;
   description: string;
   apis: PortalApi[];
@@ -56,7 +58,7 @@ export function portalOf(cfg: TurnpikeConfigInput): PortalSettings | null {
     signupsPerHour: a.signups_per_hour ?? 10,
     verification: a.verification ? { url: a.verification.url, linkBase: a.verification.link_base, secret: a.verification.secret ?? null, timeoutMs: Math.min(10_000, parseDuration(a.verification.timeout ?? '5s')) } : null,
   } : null;
-  return { base: p.path ?? '/portal', title: p.title ?? 'API portal', description: p.description ?? '', apis, accounts };
+  return { base: p.path ?? '/portal', hosts: p.hosts ? new Set(p.hosts.map((h) => h.toLowerCase())) : null, title: p.title ?? 'API portal', description: p.description ?? '', apis, accounts };
 }
 
 /** The OpenAPI 3.1 document of one API, generated from its routes. */

@@ -25,6 +25,7 @@ export const PortalAccounts = Type.Object({
 export const Portal = Type.Object({
   enabled: Type.Optional(Type.Boolean({ default: false, description: 'Serve the developer portal on the proxy listener.' })),
   path: Type.Optional(Type.String({ pattern: '^/[A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*$', maxLength: 100, description: 'Where (default /portal).' })),
+  hosts: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$', description: 'A host name (no port).' }), { minItems: 1, maxItems: 50, description: 'Answer only for these Host names (e.g. developer.example.com); on other hosts the portal\'s path is routed like any other. Default: every host of the proxy listener.' })),
   title: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'The portal\'s title (default "API portal").' })),
   description: Type.Optional(Type.String({ maxLength: 4000, description: 'Shown on the catalog page (plain text).' })),
   accounts: Type.Optional(PortalAccounts),

@@ -297,8 +297,9 @@ export function handleRequest(
   const method = req.method ?? 'GET';
   // TRACE reflects requests (cross-site tracing): never forwarded.
   if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway');
-  // The developer portal (portal.enabled) answers its own paths, before any route.
-  if (snap.portal !== null && isPortalPath(snap.portal, path)) {
+  const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
+  // The developer portal (portal.enabled) answers its own paths (on its hosts), before any route.
+  if (snap.portal !== null && isPortalPath(snap.portal, path) && (snap.portal.hosts === null || snap.portal.hosts.has(hostKey))) {
     const extra = { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) };
     const rest = path.slice(snap.portal.base.length);
     if (snap.portal.accounts !== null && isAccountPath(rest)) {
@@ -333,7 +334,6 @@ export function handleRequest(
   // answers preflights (cors); otherwise it is the OPTIONS request it is (405 where OPTIONS is not allowed).
   const acrm = method === 'OPTIONS' && req.headers.origin !== undefined ? req.headers['access-control-request-method'] : undefined;
   let preflight = typeof acrm === 'string' && /^[A-Za-z]+$/.test(acrm);
-  const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
   let match = snap.router.match(preflight ? (acrm as string).toUpperCase() : method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
   if (preflight && (match === null || 'methodNotAllowed' in match || !match.data.chains.base.preflight)) {
     preflight = false;
