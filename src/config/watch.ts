@@ -2,11 +2,14 @@
  * Watches a config file for changes (debounced). The directory is watched, not the file:
  * editors save by renaming a new file over the old one, and Kubernetes ConfigMaps swap a
  * symlink, both of which a watch on the old inode misses. Every event re-reads the file and
- * only a changed content triggers a reload. A slow poll (fs.watchFile) backs up filesystems
- * where inotify says nothing (network mounts, some container volumes).
+ * only a changed content triggers a reload. Only events naming the file (or a Kubernetes
+ * `..data`-style entry, or none) count: an access log or a cache file written beside the config
+ * every 100 ms must neither re-read it ten times a second nor, by resetting the debounce on every
+ * event, postpone a real change forever. A slow poll (fs.watchFile) backs up filesystems where
+ * inotify says nothing (network mounts, some container volumes).
  */
 import { watch, watchFile, unwatchFile, readFile, type FSWatcher } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { basename, dirname, resolve } from 'node:path';
 
 export interface ConfigWatcher {
   close(): void;
@@ -49,15 +52,29 @@ export function watchConfig(
       }
     });
   };
+  /** When the pending check was first asked for: events keep postponing it for at most maxWait. */
+  let firstAt = 0;
+  const maxWait = Math.max(1000, debounce * 4);
   const schedule = () => {
+    const now = Date.now();
+    if (timer === undefined) firstAt = now;
+    else if (now - firstAt >= maxWait) return;
     clearTimeout(timer);
-    timer = setTimeout(check, debounce);
+    timer = setTimeout(() => {
+      timer = undefined;
+      check();
+    }, debounce);
     timer.unref();
   };
+  const name = basename(path);
+  // Editors rename a temp file over it (the event names the file); a ConfigMap swaps `..data`.
+  const concerns = (entry: string | Buffer | null) => entry === null || entry === name || String(entry).startsWith('..');
 
   let watcher: FSWatcher | null = null;
   try {
-    watcher = watch(dirname(path), { persistent: false }, schedule);
+    watcher = watch(dirname(path), { persistent: false }, (_event, entry) => {
+      if (concerns(entry)) schedule();
+    });
     watcher.on('error', (err) => opts.onError?.(err));
   } catch (err) {
     opts.onError?.(err as Error);
