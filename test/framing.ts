@@ -31,6 +31,8 @@ export function parseOne(raw: string, kind: 'request' | 'response', ended = fals
   });
   const msg: Msg = { start, headers, body: '' };
   let p = end + 4;
+  // 1xx, 204 and 304 end at their head, whatever their fields say (RFC 9112 §6.3).
+  if (kind === 'response' && /^HTTP\/1\.[01] (1\d\d|204|304)/.test(start)) return { msg, used: p };
   const te = header(msg, 'transfer-encoding');
   const cl = header(msg, 'content-length');
   if (te !== undefined && /(^|,)\s*chunked\s*$/i.test(te)) {
@@ -55,7 +57,7 @@ export function parseOne(raw: string, kind: 'request' | 'response', ended = fals
     msg.body = raw.slice(p, p + Number(cl));
     return { msg, used: p + Number(cl) };
   }
-  if (kind === 'request' || /^HTTP\/1\.[01] (1\d\d|204|304)/.test(start)) return { msg, used: p };
+  if (kind === 'request') return { msg, used: p };
   if (!ended) return null;
   msg.body = raw.slice(p);
   return { msg, used: raw.length };

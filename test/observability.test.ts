@@ -371,15 +371,18 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
 test('access log: hostile values stay inside their JSON strings', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
-  const gw = await startGateway(`access_log: {destination: file, path: ${log}}
+  const gw = await startGateway(`access_log: {destination: file, path: ${log}, fields: [request_id, status, path, user_agent]}
 services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
 `);
   try {
-    const id = 'x"},"status":1,"a":"\\\\';
-    await request(`${gw.url}/p%22q/%5C"x`, { headers: { 'x-request-id': id } });
+    const hostile = 'x"},"status":1,"a":"\\\\';
+    await request(`${gw.url}/p%22q/%5C"x`, { headers: { 'x-request-id': hostile, 'user-agent': hostile } });
     await eventually(() => lines(log).length === 1);
     const [l] = lines(log);
-    assert.equal(l!.request_id, id);
+    // Such an id is not taken from a client at all (the gateway makes its own); the agent is logged as sent.
+    assert.notEqual(l!.request_id, hostile);
+    assert.match(String(l!.request_id), /^[0-9a-f-]{36}#[0-9a-z]+$/);
+    assert.equal(l!.user_agent, hostile);
     assert.equal(l!.status, 200);
     assert.equal(typeof l!.path, 'string');
   } finally {

@@ -342,10 +342,70 @@ services:
   }
 });
 
-test('CONNECT is refused with 405', async () => {
+test('CONNECT is refused with 405, with Allow, Date and no-store (RFC 9110 §15.5.6, §6.6.1)', async () => {
   const r = await rawRequest(gw.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n');
   assert.deepEqual(statuses(r.text), [405]);
+  assert.match(r.text, /\r\nallow: GET, HEAD, POST/i);
+  assert.match(r.text, /\r\ndate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} /i);
+  assert.match(r.text, /\r\ncache-control: no-store\r\n/i);
   await sleep(10);
+});
+
+test('an unknown method is 501, an unsupported HTTP version 505, a malformed request line still 400 (problem+json)', async () => {
+  const foo = await rawRequest(gw.port, 'FOO /echo HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(foo.text), [501]);
+  assert.match(foo.text, /urn:turnpike:problem:not-implemented/);
+  const v3 = await rawRequest(gw.port, 'GET /echo HTTP/3.0\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(v3.text), [505]);
+  const bad = await rawRequest(gw.port, 'GET /echo HTTP/1.1 HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(bad.text), [400]);
+});
+
+test('an Expect other than 100-continue: 417 problem+json, nothing forwarded', async () => {
+  const before = up.requests.length;
+  const r = await request(`${gw.url}/echo`, { method: 'POST', headers: { expect: 'bogus', 'content-length': '2' }, body: 'hi' });
+  assert.equal(r.status, 417);
+  assert.equal(r.headers['content-type'], 'application/problem+json');
+  assert.match(r.body, /urn:turnpike:problem:expectation-failed/);
+  assert.equal(up.requests.length, before);
+});
+
+test('bytes after a request with Connection: close: that request is answered, then the connection closes (RFC 9112 §9.6)', async () => {
+  const before = up.requests.length;
+  const r = await rawRequest(gw.port,
+    'POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}' +
+    'GET /echo?second HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(r.text), [200], r.text);
+  assert.ok(r.closed);
+  assert.equal(up.requests.length, before + 1, 'only the first request reaches the upstream');
+  // The same for an HTTP/1.0 request without keep-alive, and after a keep-alive request.
+  const r10 = await rawRequest(gw.port, 'GET /echo HTTP/1.0\r\nHost: x\r\n\r\nGET /echo HTTP/1.0\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(r10.text.replace(/HTTP\/1\.0/g, 'HTTP/1.1')), [200], r10.text);
+  const three = await rawRequest(gw.port,
+    'GET /echo HTTP/1.1\r\nHost: x\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /echo HTTP/1.1\r\nHost: x\r\n\r\n');
+  assert.deepEqual(statuses(three.text), [200, 200], three.text);
+  assert.ok(three.closed);
+});
+
+test('fields spelled with underscores that stand for the gateway\'s own never reach the upstream; others do', async () => {
+  await request(`${gw.url}/echo`, {
+    headers: { 'X_Forwarded_For': '6.6.6.6', 'X_Consumer_ID': 'admin', 'x_real_ip': '6.6.6.6', 'X_Request_Id': 'forged', 'my_custom': 'kept' },
+  });
+  const h = last().headers;
+  assert.equal(h['x_consumer_id'], undefined);
+  assert.equal(h['x_forwarded_for'], undefined);
+  assert.equal(h['x_real_ip'], undefined);
+  assert.equal(h['x_request_id'], undefined);
+  assert.equal(h['my_custom'], 'kept');
+  assert.doesNotMatch(String(h['x-forwarded-for']), /6\.6\.6\.6/);
+});
+
+test('a client X-Request-Id with markup or spaces is replaced by the gateway\'s own', async () => {
+  const bad = await request(`${gw.url}/echo`, { headers: { 'x-request-id': '"><script>alert(1)</script>' } });
+  assert.match(String(bad.headers['x-request-id']), REQUEST_ID);
+  assert.match(String(last().headers['x-request-id']), REQUEST_ID);
+  const ok = await request(`${gw.url}/echo`, { headers: { 'x-request-id': 'Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8' } });
+  assert.equal(ok.headers['x-request-id'], 'Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8');
 });
 
 test('a partly sent request body never leaves its upstream connection reusable', async () => {
@@ -396,7 +456,10 @@ test('HTTP versions other than 1.x get 505', async () => {
 test('Max-Forwards: OPTIONS with 0 is answered by the gateway, otherwise decremented; TRACE is never forwarded', async () => {
   const before = up.requests.length;
   const zero = await request(`${gw.url}/echo`, { method: 'OPTIONS', headers: { 'max-forwards': '0' } });
-  assert.equal(zero.status, 204);
+  // An OPTIONS answer without content says Content-Length: 0, which a 204 may not (RFC 9110 §9.3.7, §8.6).
+  assert.equal(zero.status, 200);
+  assert.equal(zero.headers['content-length'], '0');
+  assert.ok(zero.headers.allow);
   assert.equal(up.requests.length, before);
   await request(`${gw.url}/echo`, { method: 'OPTIONS', headers: { 'max-forwards': '3' } });
   assert.equal(last().headers['max-forwards'], '2');
@@ -404,5 +467,10 @@ test('Max-Forwards: OPTIONS with 0 is answered by the gateway, otherwise decreme
   assert.equal(last().headers['max-forwards'], '3');
   const trace = await request(`${gw.url}/echo`, { method: 'TRACE' });
   assert.equal(trace.status, 405);
-  assert.equal(up.requests.length, before + 2);
+  assert.ok(trace.headers.allow, 'a 405 lists what is allowed (RFC 9110 §15.5.6)');
+  assert.doesNotMatch(String(trace.headers.allow), /TRACE/);
+  // A huge Max-Forwards is still 1*DIGIT (decremented, not refused).
+  await request(`${gw.url}/echo`, { method: 'OPTIONS', headers: { 'max-forwards': '123456789012' } });
+  assert.equal(last().headers['max-forwards'], '123456789011');
+  assert.equal(up.requests.length, before + 3);
 });

@@ -99,6 +99,16 @@ const SCRIPTS: Record<string, (s: Socket) => 'keep' | 'done'> = {
     return 'done';
   },
   '/garbage': (s) => (s.write('this is not HTTP at all\r\n\r\n'), 'keep'),
+  // A 304 keeps its (representation's) Content-Length; a 204 carries none (RFC 9110 §8.6); both end at their head (RFC 9112 §6.3).
+  '/304-cl': (s) => (s.write('HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: "a"\r\n\r\n'), 'keep'),
+  '/204-cl': (s) => (s.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n'), 'keep'),
+  '/204-cl0': (s) => (s.write('HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n'), 'keep'),
+  '/status-999': (s) => (s.write('HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok'), 'keep'),
+  '/te-gzip': (s) => {
+    s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc');
+    later(50, () => s.end());
+    return 'done';
+  },
   '/silent-close': (s) => (s.end(), 'done'),
   '/reset': (s) => (s.resetAndDestroy(), 'done'),
   '/slow-headers': (s) => {
@@ -347,6 +357,41 @@ test('a client-supplied X-Request-Id is the problem request_id', { timeout: 10_0
   assert.equal(res.status, 502);
   const p = assertProblem(502, 'bad-gateway', res.headers, await res.text());
   assert.equal(p.request_id, 'probe-42');
+});
+
+test('204 and 304 from the upstream end at their head whatever Content-Length says; the connection goes on', { timeout: 10_000 }, async () => {
+  const c = await RawClient.open(gw.port);
+  try {
+    c.send(rawGet('/u/304-cl'));
+    const m304 = await c.next();
+    assert.ok(m304, `no answer to a 304 with Content-Length; got ${JSON.stringify(c.pending)}`);
+    assert.match(m304.start, /^HTTP\/1\.1 304 /);
+    assert.equal(header(m304, 'etag'), '"a"');
+    assert.equal(header(m304, 'content-length'), '5', 'a 304 may say the length of what it stands for');
+    for (const path of ['/u/204-cl', '/u/204-cl0']) {
+      c.send(rawGet(path));
+      const m = await c.next();
+      assert.ok(m, `no answer to ${path}; got ${JSON.stringify(c.pending)}`);
+      assert.match(m.start, /^HTTP\/1\.1 204 /);
+      assert.equal(header(m, 'content-length'), undefined, 'no Content-Length on a 204');
+      assert.equal(header(m, 'transfer-encoding'), undefined);
+    }
+    c.send(rawGet('/u/good'));
+    const next = await c.next();
+    assert.ok(next);
+    assert.equal(next.body, 'good');
+  } finally {
+    c.close();
+  }
+});
+
+test('a status outside 100-599, or a transfer coding other than chunked: 502, never forwarded as it is', { timeout: 10_000 }, async () => {
+  for (const [path, what] of [['/u/status-999', /status 999/], ['/u/te-gzip', /Transfer-Encoding gzip/]] as const) {
+    const res = await get(path);
+    const body = await res.text();
+    assert.equal(res.status, 502, `${path}: ${body}`);
+    assertProblem(502, 'invalid-upstream-response', res.headers, body, what);
+  }
 });
 
 test('the gateway survived all of it: normal requests succeed, nothing left in flight', { timeout: 10_000 }, async () => {

@@ -12,7 +12,7 @@ async function status(admin: number) {
   return JSON.parse((await request(`http://127.0.0.1:${admin}/status`)).body) as { workers: { pid: number; state: string }[]; revision: number };
 }
 
-async function waitWorkers(admin: number, n: number, ms = 10_000) {
+async function waitWorkers(admin: number, n: number, ms = 20_000) {
   const end = Date.now() + ms;
   for (;;) {
     try {

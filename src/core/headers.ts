@@ -26,7 +26,11 @@ export function connectionTokens(value: string | string[] | undefined): Set<stri
   return out;
 }
 
-/** A request id we accept from a client: visible ASCII, at most 200 characters. */
+/**
+ * A request id we accept from a client: at most 200 characters of what ids are made of (UUIDs,
+ * trace ids, base64, `Root=1-...;Parent=...`). Quotes, angle brackets, backslashes and spaces
+ * are not: the id is echoed in headers, problem bodies and logs. Anything else gets a new id.
+ */
 export function validRequestId(id: string | undefined): id is string {
-  return id !== undefined && id.length > 0 && id.length <= 200 && /^[\x21-\x7e]+$/.test(id);
+  return id !== undefined && id.length > 0 && id.length <= 200 && /^[A-Za-z0-9._~:;,@#/+=|-]+$/.test(id);
 }

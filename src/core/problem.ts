@@ -17,6 +17,7 @@ export const PROBLEMS = {
   'no-route': { status: 404, title: 'No Route Matched' },
   'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
   'request-timeout': { status: 408, title: 'Request Timeout' },
+  'expectation-failed': { status: 417, title: 'Expectation Failed' },
   'validation-failed': { status: 400, title: 'Request Validation Failed' },
   'payload-too-large': { status: 413, title: 'Content Too Large' },
   'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
@@ -24,6 +25,7 @@ export const PROBLEMS = {
   'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   'internal-error': { status: 500, title: 'Internal Server Error' },
+  'not-implemented': { status: 501, title: 'Not Implemented' },
   'bad-gateway': { status: 502, title: 'Bad Gateway' },
   'upstream-response-too-large': { status: 502, title: 'Upstream Response Too Large' },
   'invalid-upstream-response': { status: 502, title: 'Invalid Upstream Response' },
@@ -32,6 +34,7 @@ export const PROBLEMS = {
   'circuit-open': { status: 503, title: 'Circuit Open' },
   'service-overloaded': { status: 503, title: 'Service Overloaded' },
   'shutting-down': { status: 503, title: 'Service Unavailable' },
+  'auth-unavailable': { status: 503, title: 'Identity Provider Unavailable' },
   'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
   'step-timeout': { status: 504, title: 'Composition Step Timed Out' },
   'http-version-not-supported': { status: 505, title: 'HTTP Version Not Supported' },
@@ -118,13 +121,21 @@ export function sendProblem(
   res.end(head ? undefined : body);
 }
 
-/** Raw HTTP/1.1 problem response for a socket the HTTP parser gave up on (clientError). */
+/** Methods a 405 the gateway answers before routing (CONNECT) lists in Allow. */
+export const ALLOW_ALL = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS';
+
+/**
+ * Raw HTTP/1.1 problem response for a socket the HTTP parser gave up on (clientError), with
+ * what node:http would add (Date, RFC 9110 §6.6.1) and `no-store` (405 and 414 are heuristically
+ * cacheable, RFC 9110 §15.1); a 405 lists what is allowed (RFC 9110 §15.5.6).
+ */
 export function rawProblem(code: ProblemCode, detail: string): string {
   const body = problemBody(code, detail);
   const p = PROBLEMS[code];
   return (
     `HTTP/1.1 ${p.status} ${p.title}\r\ncontent-type: application/problem+json\r\n` +
-    `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`
+    `content-length: ${Buffer.byteLength(body)}\r\ncache-control: no-store\r\ndate: ${new Date().toUTCString()}\r\n` +
+    `${p.status === 405 ? `allow: ${ALLOW_ALL}\r\n` : ''}connection: close\r\n\r\n${body}`
   );
 }
 

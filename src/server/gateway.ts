@@ -128,6 +128,11 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
 const closeServer = (s: NetServer | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
 
+/** A request line `METHOD target HTTP/x.y` at the start of what the parser refused, or null. */
+function requestLine(raw: Buffer | undefined): RegExpExecArray | null {
+  return raw === undefined ? null : /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [!-~]+ HTTP\/[0-9]\.[0-9]\r\n/.exec(raw.toString('latin1', 0, 8192));
+}
+
 export class Gateway implements RequestContext {
   snapshot: Snapshot;
   draining = false;
@@ -733,6 +738,11 @@ export class Gateway implements RequestContext {
     });
     server.on('request', (req, res) => this.onRequest(req, res, false));
     server.on('checkContinue', (req, res) => this.onRequest(req, res, true));
+    // An Expect other than 100-continue (RFC 9110 §10.1.1): 417, in the catalogue's terms.
+    server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
+      req.resume();
+      sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', undefined, { close: true });
+    });
     // Upgrade requests (WebSocket, h2c, ...) leave the parser with their raw socket. A response
     // object bound to that socket lets them take the usual path: a WebSocket route relays, any
     // other route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
@@ -758,6 +768,13 @@ export class Gateway implements RequestContext {
         return;
       }
       const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+      // Bytes after a request with `Connection: close` (or an HTTP/1.0 one without keep-alive):
+      // that request is still answered, then the connection closes; what followed is never
+      // read (RFC 9112 §9.6).
+      if (err.code === 'HPE_CLOSED_CONNECTION') {
+        if (!pending) socket.destroySoon();
+        return;
+      }
       if (pending) {
         // A complete answer is queued (maybe still corked): let it out, then close.
         if (pending.writableEnded) { socket.destroySoon(); return; }
@@ -781,6 +798,16 @@ export class Gateway implements RequestContext {
       } else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') {
         code = 'request-timeout';
         detail = 'the request headers did not arrive in time';
+      } else if (err.code === 'HPE_INVALID_METHOD' && requestLine(err.rawPacket) !== null) {
+        // A well-formed request with a method the gateway does not know at all (RFC 9110 §9.1);
+        // bytes that are no request line (a TLS ClientHello) stay a 400.
+        code = 'not-implemented';
+        detail = 'the request method is not supported';
+      } else if (err.code === 'HPE_INVALID_VERSION' && requestLine(err.rawPacket)?.[1] !== 'PRI' && requestLine(err.rawPacket) !== null) {
+        // A well-formed request line with a version the parser does not speak (HTTP/3.0, HTTP/1.2);
+        // a malformed one (bare LF, a second version) or a broken HTTP/2 preface stays a 400.
+        code = 'http-version-not-supported';
+        detail = 'only HTTP/1.0 and HTTP/1.1 are supported here (HTTP/2 over ALPN h2 or h2c)';
       }
       socket.end(rawProblem(code, detail));
       this.observer.parserRejected(socket.remoteAddress, PROBLEMS[code].status, code);

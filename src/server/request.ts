@@ -11,7 +11,7 @@ import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
-import { PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
+import { ALLOW_ALL, PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
 import { write as writeWhole, type ResponsePlugins } from './respond.js';
 import { composeRoute } from './compose-route.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -72,6 +72,25 @@ export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypt
 
 /** Fields of 20+ characters the gateway owns (the switch in handleRequest sees shorter names only). */
 const LONG_OWNED = new Set(['x-credential-identifier', 'x-anonymous-consumer']);
+
+/**
+ * The fields the gateway owns or computes, in their dashed form: a client's `X_Consumer_ID` or
+ * `X_Forwarded_For` is dropped too, since CGI, WSGI, Rack and PHP read `_` and `-` alike
+ * (HTTP_X_CONSUMER_ID) and would take it for the gateway's (nginx ignores such names too).
+ */
+const OWNED_DASHED = new Set([
+  'host', 'transfer-encoding', 'content-length', 'connection', 'x-request-id', 'x-forwarded-for', 'x-forwarded-proto',
+  'x-forwarded-host', 'x-forwarded-port', 'forwarded', 'via', 'max-forwards', 'keep-alive', 'proxy-connection', 'te',
+  'upgrade', 'http2-settings', 'expect', 'x-real-ip', 'x-turnpike-refresh', 'x-consumer-id', 'x-consumer-name',
+  'x-consumer-groups', 'x-consumer-username', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-server',
+  'x-forwarded-scheme', 'x-forwarded-ssl', 'x-client-ip', 'true-client-ip', 'x-cluster-client-ip', ...LONG_OWNED,
+]);
+
+/** Whether a field name with an underscore stands, dashed, for one the gateway owns. */
+function ownedWithUnderscore(name: string, snap: Snapshot): boolean {
+  const dashed = name.toLowerCase().replace(/_/g, '-');
+  return OWNED_DASHED.has(dashed) || (snap.extraStripped !== null && snap.extraStripped.has(dashed));
+}
 
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
 export const closingSockets = new WeakSet<object>();
@@ -234,6 +253,7 @@ export function handleRequest(
         continue;
       default:
         if (name.length >= 20 && LONG_OWNED.has(name.toLowerCase())) continue;
+        if (name.includes('_') && ownedWithUnderscore(name, snap)) continue;
         if (snap.extraStripped !== null && snap.extraStripped.has(name.toLowerCase())) continue;
         headers.push(name, value);
     }
@@ -273,7 +293,7 @@ export function handleRequest(
   if (url.charCodeAt(0) !== 0x2f /* / */) {
     if (url === '*') {
       if (req.method !== 'OPTIONS') return reject(ctx, req, res, requestId, 'bad-request', 'asterisk-form is only for OPTIONS');
-      res.writeHead(204, { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) }).end();
+      res.writeHead(200, { allow: ALLOW_ALL, 'content-length': 0, 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) }).end();
       return undefined;
     }
     const m = ABSOLUTE_RE.exec(url);
@@ -296,7 +316,7 @@ export function handleRequest(
 
   const method = req.method ?? 'GET';
   // TRACE reflects requests (cross-site tracing): never forwarded.
-  if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway');
+  if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway', { allow: ALLOW_ALL });
   const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
   // The developer portal (portal.enabled) answers its own paths (on its hosts), before any route.
   if (snap.portal !== null && isPortalPath(snap.portal, path) && (snap.portal.hosts === null || snap.portal.hosts.has(hostKey))) {
@@ -322,10 +342,12 @@ export function handleRequest(
   // Max-Forwards (RFC 9110 §7.6.2): an OPTIONS with none left is answered here; otherwise decremented.
   let forwardsLeft: string | undefined;
   if (maxForwards !== undefined && method === 'OPTIONS') {
-    if (!/^[0-9]{1,9}$/.test(maxForwards.trim())) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Max-Forwards');
-    const n = Number(maxForwards.trim());
+    // 1*DIGIT, any length (a value past 2^53 is only ever decremented as far as it matters).
+    if (!/^[0-9]+$/.test(maxForwards.trim())) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Max-Forwards');
+    const n = Math.min(Number(maxForwards.trim()), Number.MAX_SAFE_INTEGER);
     if (n === 0) {
-      res.writeHead(204, { 'x-request-id': requestId, via: VIA_11, ...(close ? { connection: 'close' } : {}) }).end();
+      // The gateway is the final recipient (RFC 9110 §7.6.2); an OPTIONS answer without content has Content-Length: 0 (§9.3.7).
+      res.writeHead(200, { allow: ALLOW_ALL, 'content-length': 0, 'x-request-id': requestId, via: VIA_11, ...(close ? { connection: 'close' } : {}) }).end();
       return undefined;
     }
     forwardsLeft = String(n - 1);

@@ -165,6 +165,8 @@ export class ForwardHandler {
   private held: { cap: number; hard: boolean; status: number; headers: string[]; chunks: Buffer[]; size: number } | null = null;
   /** The stream the body goes through to the client (encodeResponse), or null. */
   private encoding: Transform | null = null;
+  /** The final response's status (0 before it came). */
+  private status = 0;
 
   constructor(private readonly f: ForwardRequest) {
     // The snapshot's pools stay open until its last request ends, even after a reload retired it.
@@ -470,6 +472,8 @@ export class ForwardHandler {
       return true;
     }
     clearTimeout(this.responseTimer);
+    // Outside 100-599 a status is not HTTP (RFC 9110 §15): the upstream's answer is invalid.
+    if (statusCode > 599) return this.invalidResponse(`status ${statusCode}`);
     const svc = this.f.service;
     const t = this.target;
     if (t !== null) {
@@ -491,6 +495,7 @@ export class ForwardHandler {
       }
     }
     this.outcome = statusCode < 500;
+    this.status = statusCode;
     this.resumeFn = resume;
     const ex = this.f.exchange;
     if (ex !== null) ex.upstreamHeaders = performance.now();
@@ -503,7 +508,15 @@ export class ForwardHandler {
       const value = latin1(rawHeaders[i + 1]!);
       switch (name.length < 20 ? name.toLowerCase() : '') {
         case 'connection': connection = connection === undefined ? value : `${connection}, ${value}`; continue;
-        case 'keep-alive': case 'proxy-connection': case 'te': case 'transfer-encoding': case 'upgrade':
+        case 'transfer-encoding':
+          // Only chunked is decoded (by undici); any other coding would reach the client undeclared.
+          if (value.trim().toLowerCase() !== 'chunked') return this.invalidResponse(`Transfer-Encoding ${value}`);
+          continue;
+        // No Content-Length on a 204 (RFC 9110 §8.6); a 304's is the selected representation's and stays.
+        case 'content-length':
+          if (statusCode !== 204) out.push(name, value);
+          continue;
+        case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade':
         case 'http2-settings': case 'x-request-id':
           continue;
         case 'via': upstreamVia = upstreamVia === undefined ? value : `${upstreamVia}, ${value}`; continue;
@@ -602,6 +615,16 @@ export class ForwardHandler {
       return true;
     }
     return this.writeHead(statusCode, out);
+  }
+
+  /** An upstream answer that cannot be forwarded as it is: 502, the target charged, the exchange stopped. */
+  private invalidResponse(what: string): false {
+    this.finished = true;
+    this.outcome = false;
+    this.abortFn?.(new Error(`invalid upstream response: ${what}`));
+    sendProblem(this.f.res, 'invalid-upstream-response', `service "${this.f.service.name}" sent a response that cannot be forwarded (${what})`, this.f.requestId, { close: this.f.closeAfter });
+    this.release();
+    return false;
   }
 
   /** Sends the response head (the body's encoder chosen first); false when it could not be sent. */
@@ -786,6 +809,19 @@ export class ForwardHandler {
     if (err === RETRY || err === STALE || this.finished) return;
     const f = this.f;
     const code = (err as { code?: string }).code ?? '';
+    // A 204 or 304 ends with its header section whatever its Content-Length says (RFC 9112
+    // §6.3); undici still checks the length and drops the connection: the response is whole.
+    if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && (this.status === 204 || this.status === 304)) return this.onComplete(null);
+    if (code === 'UND_ERR_INVALID_ARG' && !f.res.headersSent) {
+      // The request as built here cannot be sent (a header value undici refuses): the
+      // gateway's fault, not the target's; nothing went upstream.
+      if (this.target !== null) this.endAttempt(true);
+      this.finished = true;
+      this.outcome = null;
+      sendProblem(f.res, 'internal-error', `the request could not be sent to service "${f.service.name}": ${err.message}`, f.requestId, { close: f.closeAfter });
+      this.release();
+      return;
+    }
     if (code === BODY_TOO_LARGE || (err as { cause?: { code?: string } }).cause?.code === BODY_TOO_LARGE) {
       if (this.target !== null) this.endAttempt(true); // not the target's fault
       this.finished = true;
