@@ -171,3 +171,31 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('tracing: a span\'s url.full shows secret query values (API keys, tokens) as REDACTED', async () => {
+  const collector = await startCollector();
+  const up = await startUpstream();
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
+access_log: {enabled: false}
+consumers: [{name: c, credentials: [{type: key-auth, key: SUPERSECRETKEY-1234}]}]
+services:
+  - name: app
+    url: ${up.url}
+    routes:
+      - name: q
+        paths: [/q]
+        plugins: [{name: key-auth, config: {query: k}}]
+`);
+  try {
+    const r = await request(`${gw.url}/q/x?k=SUPERSECRETKEY-1234&a=1&api%6Bey=OTHERSECRET&access_token=TOKENSECRET`);
+    assert.equal(r.status, 200, r.body);
+    await eventually(() => collector.spans.some((s) => s.kind === KIND.CLIENT), 8000);
+    const url = String(attr(collector.spans.find((s) => s.kind === KIND.CLIENT)!, 'url.full'));
+    assert.match(url, /\?k=REDACTED&a=1&api%6Bey=REDACTED&access_token=REDACTED$/);
+    assert.doesNotMatch(JSON.stringify(collector.spans), /SUPERSECRETKEY|OTHERSECRET|TOKENSECRET/);
+  } finally {
+    await gw.close();
+    await Promise.all([up.close(), collector.close()]);
+  }
+});

@@ -17,6 +17,8 @@ export interface TracingSettings {
   sample: number;
   serviceName: string;
   headers: Record<string, string>;
+  /** Query parameters whose values a span's url.full shows as REDACTED (the access log's list). */
+  redactQuery: string[];
 }
 export interface ObservabilitySettings {
   accessLog: AccessLogSettings | null;
@@ -58,6 +60,9 @@ function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: st
 export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string) => string, fail: (path: PathSegment[], message: string) => void): ObservabilitySettings {
   let accessLog: AccessLogSettings | null = null;
   const al = cfg.access_log ?? {};
+  const keys = keyAuthNames(cfg);
+  const query = new Set([...SECRET_PARAMS, ...keys.params]);
+  for (const p of al.redact ?? []) if (p.startsWith('query.')) query.add(p.slice(6));
   if (al.enabled ?? true) {
     let sink: SinkSetting = { destination: 'stdout' };
     const dest = al.destination ?? 'stdout';
@@ -74,9 +79,7 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
         };
       }
     }
-    const keys = keyAuthNames(cfg);
     const headers = new Set([...SECRET_HEADERS, ...keys.headers]);
-    const query = new Set([...SECRET_PARAMS, ...keys.params]);
     const whole = new Set<string>();
     (al.redact ?? []).forEach((p, i) => {
       const dot = p.indexOf('.');
@@ -100,7 +103,7 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
   let tracing: TracingSettings | null = null;
   const t = cfg.tracing;
   if (t?.enabled) {
-    tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {} };
+    tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {}, redactQuery: [...query] };
   }
   const a = cfg.analytics;
   const analytics = (a?.enabled ?? true) ? { topConsumers: a?.top_consumers ?? 200, publishMs: Math.max(100, parseDuration(a?.publish_interval ?? '10s')) } : null;

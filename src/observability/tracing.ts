@@ -17,6 +17,32 @@ import type { TracingSettings } from './settings.js';
 
 const NOOP = () => {};
 
+/**
+ * A path whose query values of secret parameters (API keys, tokens, signatures) read REDACTED,
+ * as OpenTelemetry's semantic conventions ask of url.full. Names are compared decoded.
+ */
+export function redactQuery(path: string, secret: ReadonlySet<string>): string {
+  const q = path.indexOf('?');
+  if (q === -1 || secret.size === 0) return path;
+  const parts = path.slice(q + 1).split('&');
+  let changed = false;
+  for (let i = 0; i < parts.length; i++) {
+    const eq = parts[i]!.indexOf('=');
+    const raw = eq === -1 ? parts[i]! : parts[i]!.slice(0, eq);
+    let name = raw;
+    try {
+      name = decodeURIComponent(raw.replace(/\+/g, ' '));
+    } catch {
+      /* not decodable: compared as it is */
+    }
+    if (secret.has(name)) {
+      parts[i] = `${raw}=REDACTED`;
+      changed = true;
+    }
+  }
+  return changed ? `${path.slice(0, q + 1)}${parts.join('&')}` : path;
+}
+
 /** Sets traceparent / tracestate in a flat header list (name, value, ...) whose last pair is Host. */
 const setter: TextMapSetter<string[]> = {
   set: (list, key, value) => {
@@ -34,8 +60,10 @@ export class Tracing {
   private readonly provider: BasicTracerProvider;
   private readonly tracer: Tracer;
   private readonly propagator = new W3CTraceContextPropagator();
+  private readonly secretParams: ReadonlySet<string>;
 
   constructor(s: TracingSettings) {
+    this.secretParams = new Set(s.redactQuery ?? []);
     const exporter = new OTLPTraceExporter({ url: s.endpoint, headers: s.headers, timeoutMillis: 5000 });
     this.provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
@@ -96,7 +124,7 @@ export class Tracing {
         'http.request.method': method,
         'server.address': url.hostname,
         'server.port': Number(url.port) || (url.protocol === 'https:' ? 443 : 80),
-        'url.full': origin + path,
+        'url.full': origin + redactQuery(path, this.secretParams),
         ...(attempt > 1 ? { 'http.request.resend_count': attempt - 1 } : {}),
       },
     }, this.context(ex));

@@ -389,6 +389,18 @@ export function runRequestPhases(
 
 export interface PhaseResult { reply: Reply | null; chain: Chain }
 
+/**
+ * An identity as a header value: printable ASCII as it is; anything else (a token's
+ * `preferred_username: 张伟`, a certificate CN) as its UTF-8 bytes, the way nginx-based gateways
+ * pass it on, and control characters (CR, LF, NUL...) percent-encoded, so that no claim can
+ * break the upstream request or inject a field.
+ */
+export function fieldValue(v: string): string {
+  if (/^[\x20-\x7e]*$/.test(v)) return v;
+  const bytes = Buffer.from(v.replace(/[\x00-\x1f\x7f]/g, (ch) => `%${ch.charCodeAt(0).toString(16).padStart(2, '0').toUpperCase()}`), 'utf8');
+  return bytes.toString('latin1');
+}
+
 function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders): Generator<unknown, PhaseResult, unknown> {
   const base = chains.base;
   for (const b of base.onRequest) {
@@ -397,7 +409,8 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
   }
   if (base.authenticate.length > 0) {
     let won: Extract<AuthOutcome, { ok: true }> | null = null;
-    let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false }> | null = null;
+    let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false; status?: 401 | 403 }> | null = null;
+    let unavailable: Extract<AuthOutcome, { status: 503 }> | null = null;
     const challenges: string[] = [];
     for (const b of base.authenticate) {
       const r = (yield call(b, () => b.inst.authenticate!(ctx), ctx, 'authenticate')) as AuthOutcome;
@@ -406,7 +419,10 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
         break;
       }
       if (!challenges.includes(r.challenge)) challenges.push(r.challenge);
-      if (!r.missing) firstInvalid ??= r;
+      if (!r.missing) {
+        if (r.status === 503) unavailable ??= r;
+        else firstInvalid ??= r;
+      }
     }
     if (won !== null) {
       ctx.consumer = won.consumer;
@@ -414,6 +430,9 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
       ctx.credential = won.credential;
       ctx.scopes = won.scopes ?? null;
       ctx.claims = won.claims ?? null;
+    } else if (unavailable !== null) {
+      // Not judged (the identity provider is down): neither refused nor let in as anonymous.
+      return { reply: { code: 'auth-unavailable', detail: unavailable.detail, headers: { 'retry-after': '5' } }, chain: base };
     } else {
       const anon = base.authenticate.find((b) => b.anonymous !== null)?.anonymous ?? null;
       if (anon === null) {
@@ -436,13 +455,13 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
     const c = ctx.consumer;
     if (c !== null) {
       // (client copies of these were stripped when the request was read: appended, not replaced)
-      ctx.appendUpstreamHeader(headers.id, c.id);
-      ctx.appendUpstreamHeader(headers.name, c.name);
-      if (c.groups.length) ctx.appendUpstreamHeader(headers.groups, c.groups.join(', '));
+      ctx.appendUpstreamHeader(headers.id, fieldValue(c.id));
+      ctx.appendUpstreamHeader(headers.name, fieldValue(c.name));
+      if (c.groups.length) ctx.appendUpstreamHeader(headers.groups, fieldValue(c.groups.join(', ')));
     } else if (ctx.identity !== null) {
-      ctx.appendUpstreamHeader(headers.name, ctx.identity);
+      ctx.appendUpstreamHeader(headers.name, fieldValue(ctx.identity));
     }
-    if (ctx.credential !== null) ctx.appendUpstreamHeader(headers.credential, ctx.credential);
+    if (ctx.credential !== null) ctx.appendUpstreamHeader(headers.credential, fieldValue(ctx.credential));
     if (ctx.anonymous) ctx.appendUpstreamHeader(headers.anonymous, 'true');
   }
   const chain = ctx.consumer !== null ? chains.forConsumer(ctx.consumer) : base;

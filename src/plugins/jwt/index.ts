@@ -78,6 +78,7 @@ export default definePlugin({
     const cache = config.cache === false ? null : new TtlCache<Ok>(config.cache_size ?? 10_000);
     const wantScopes = config.scopes ?? [];
     const wantClaims = Object.entries(config.claims ?? {});
+    const cookieRe = config.cookie ? new RegExp(`(?:^|;\\s*)${config.cookie.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}=([^;]*)`) : null;
     const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, challenge: `${realm}, error="invalid_token"`, detail });
 
     /** Everything after the signature: scopes, claims, consumer. */
@@ -104,31 +105,51 @@ export default definePlugin({
         ({ payload } = await jwtVerify(token, keys.getKey, verifyOptions));
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) return invalid('the token has expired');
-        if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return invalid('the token cannot be verified now (the identity provider\'s keys are unavailable)');
+        if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return { ok: false, missing: false, status: 503, challenge: realm, detail: 'the token cannot be verified now (the identity provider\'s keys are unavailable)' };
         return invalid('the token is not valid');
       }
+      // jose checks iat only with maxTokenAge: a token issued in the future is refused here.
+      if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + skewS) return invalid('the token was issued in the future');
       return judge(payload);
     };
-    const done = (ctx: RequestCtx, outcome: AuthOutcome): AuthOutcome => {
-      if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
+    const done = (ctx: RequestCtx, outcome: AuthOutcome, fromCookie: boolean): AuthOutcome => {
+      if (outcome.ok && config.hide_credentials) {
+        if (!fromCookie) ctx.removeUpstreamHeader('authorization');
+        else {
+          // The token's cookie leaves the upstream's Cookie field(s); the other cookies stay.
+          const name = config.cookie!;
+          ctx.editUpstreamHeaders((list) => {
+            for (let i = list.length - 2; i >= 0; i -= 2) {
+              if (list[i]!.toLowerCase() !== 'cookie') continue;
+              const rest = list[i + 1]!.split(';').map((c) => c.trim()).filter((c) => c !== '' && c.split('=', 1)[0] !== name).join('; ');
+              if (rest === '') list.splice(i, 2);
+              else list[i + 1] = rest;
+            }
+          });
+        }
+      }
       return outcome;
     };
 
     return {
       authenticate(ctx) {
         let token = bearerToken(ctx.header('authorization'));
-        if (token === null && config.cookie) {
-          const m = new RegExp(`(?:^|;\\s*)${config.cookie.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}=([^;]*)`).exec(ctx.header('cookie') ?? '');
-          if (m && m[1]) token = m[1];
+        let fromCookie = false;
+        if (token === null && cookieRe !== null) {
+          const m = cookieRe.exec(ctx.header('cookie') ?? '');
+          if (m && m[1]) {
+            token = m[1];
+            fromCookie = true;
+          }
         }
         if (token === null) return { ok: false, missing: true, challenge: realm };
         const key = cache !== null ? sha256b64(token) : '';
         const hit = cache?.get(key);
         // A token verified before: answered at once (no promise on the request path).
-        if (hit !== undefined) return done(ctx, hit);
+        if (hit !== undefined) return done(ctx, hit, fromCookie);
         return verify(token).then((outcome) => {
           if (outcome.ok && cache !== null && typeof outcome.claims?.['exp'] === 'number') cache.set(key, outcome, (outcome.claims['exp'] as number) * 1000);
-          return done(ctx, outcome);
+          return done(ctx, outcome, fromCookie);
         });
       },
       close() {

@@ -36,6 +36,16 @@ services:
         plugins:
           - name: jwt
             config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, scopes: ["orders:read"], jwks_cooldown: 200ms}
+      - name: cookie
+        paths: [/cookie]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, cookie: tok, hide_credentials: true}
+      - name: nokeys
+        paths: [/nokeys]
+        plugins:
+          - name: jwt
+            config: {jwks_url: "http://127.0.0.1:1/jwks", audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, timeout: 1s}
       - name: strict
         paths: [/strict]
         plugins:
@@ -99,6 +109,7 @@ test('bad tokens get 401 with a Bearer challenge and no token detail: missing, e
     'wrong audience': await idp.jwt({ clientId: 'svc-a', audience: 'https://other.api.test' }),
     'wrong issuer': await forge({ iss: 'https://evil.example' }),
     'no exp': await forge({ exp: undefined }),
+    'issued in the future': await forge({ iat: now + 3600 }),
     'alg none': new UnsecuredJWT({ iss: idp.issuer, aud: DEFAULT_AUDIENCE, client_id: 'svc-a', exp: now + 300 }).encode(),
   };
   const good = await idp.jwt({ clientId: 'svc-a' });
@@ -126,6 +137,34 @@ test('bad tokens get 401 with a Bearer challenge and no token detail: missing, e
     const part = token.split('.')[1] ?? '';
     if (part.length > 8) assert.ok(!r.body.includes(part), `${name}: the token leaks into the answer`);
   }
+});
+
+test('identities that are not printable ASCII reach the upstream as UTF-8 bytes, control characters encoded, never a 502', async () => {
+  const cjk = await get('/api/u', await forge({ client_id: '张伟' }));
+  assert.equal(cjk.status, 200, cjk.body);
+  assert.equal(Buffer.from(upstreamSaw()['x-consumer-name']!, 'latin1').toString('utf8'), '张伟');
+  const crlf = await get('/api/u', await forge({ client_id: 'a\r\nx-injected: 1' }));
+  assert.equal(crlf.status, 200, crlf.body);
+  assert.equal(upstreamSaw()['x-injected'], undefined);
+  assert.equal(upstreamSaw()['x-consumer-name'], 'a%0D%0Ax-injected: 1');
+});
+
+test('a token from a cookie: hide_credentials takes that cookie out of the upstream Cookie, the others stay', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const r = await request(`${gw.url}/cookie`, { headers: { cookie: `a=1; tok=${token}; b=2` } });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(upstreamSaw().cookie, 'a=1; b=2');
+  const alone = await request(`${gw.url}/cookie`, { headers: { cookie: `tok=${token}` } });
+  assert.equal(alone.status, 200);
+  assert.equal(upstreamSaw().cookie, undefined);
+});
+
+test('keys that cannot be fetched: 503 with Retry-After, not invalid_token (the token may be fine)', async () => {
+  const r = await get('/nokeys', await idp.jwt({ clientId: 'svc-a' }));
+  assert.equal(r.status, 503, r.body);
+  assert.equal(r.headers['retry-after'], '5');
+  assert.match(r.body, /urn:turnpike:problem:auth-unavailable/);
+  assert.doesNotMatch(String(r.headers['www-authenticate'] ?? ''), /invalid_token/);
 });
 
 test('scopes per route: missing scope -> 403 insufficient_scope; present -> 200', async () => {

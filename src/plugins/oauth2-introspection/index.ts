@@ -13,6 +13,10 @@ import { IntrospectionConfig } from './schema.js';
 
 const REALM = 'Bearer realm="turnpike"';
 const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, challenge: `${REALM}, error="invalid_token"`, detail });
+/** The endpoint could not judge the token: 503, not invalid_token (see AuthOutcome). */
+const unavailable = (detail: string): AuthOutcome => ({ ok: false, missing: false, status: 503, challenge: REALM, detail });
+/** Tolerance for an `nbf` a little ahead of this clock. */
+const NBF_SKEW_MS = 30_000;
 
 /** RFC 6749 §2.3.1: client id and secret are form-encoded before they go into Basic. */
 const formEncode = (s: string) => encodeURIComponent(s).replace(/%20/g, '+');
@@ -49,17 +53,19 @@ export default definePlugin({
         });
       } catch (err) {
         deps.log.warn({ url: config.introspection_url, err: (err as Error).message }, 'token introspection failed');
-        return { outcome: invalid('the token cannot be checked now (the identity provider does not answer)'), until: 0 };
+        return { outcome: unavailable('the token cannot be checked now (the identity provider does not answer)'), until: 0 };
       }
       const body = res.json as Record<string, unknown> | null;
       if (res.status !== 200 || body === null || typeof body !== 'object') {
         deps.log.warn({ url: config.introspection_url, status: res.status }, 'token introspection refused');
-        return { outcome: invalid('the token cannot be checked now'), until: 0 };
+        return { outcome: unavailable('the token cannot be checked now (the identity provider refused the introspection call)'), until: 0 };
       }
       const now = Date.now();
       if (body['active'] !== true) return { outcome: invalid('the token is not active'), until: now + negativeTtl };
       const exp = typeof body['exp'] === 'number' ? body['exp'] * 1000 : Infinity;
       if (exp <= now) return { outcome: invalid('the token has expired'), until: now + negativeTtl };
+      // Not valid yet (RFC 7662 §2.2 nbf), with the same tolerance as jwt's clock skew.
+      if (typeof body['nbf'] === 'number' && body['nbf'] * 1000 > now + NBF_SKEW_MS) return { outcome: invalid('the token is not valid yet'), until: 0 };
       const until = Math.min(now + ttl, exp);
       if (config.audiences) {
         const aud = body['aud'];

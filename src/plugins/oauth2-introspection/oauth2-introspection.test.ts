@@ -7,10 +7,18 @@ import { startIdp, type TestIdp } from '../../../test/oidc-fixture.js';
 let idp: TestIdp;
 let up: TestUpstream;
 let gw: TestGateway;
+/** An introspection endpoint of our own, for answers oidc-provider never gives (nbf). */
+let ais: TestUpstream;
 
 before(async () => {
   idp = await startIdp();
   up = await startUpstream();
+  ais = await startUpstream((_req, res, body) => {
+    const token = new URLSearchParams(body.toString()).get('token');
+    const now = Math.floor(Date.now() / 1000);
+    const nbf = token === 'future' ? now + 3600 : now - 10;
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ active: true, client_id: 'svc-a', exp: now + 600, nbf }));
+  });
   gw = await startGateway(`
 consumers: [{name: svc-a, groups: [apps]}]
 services:
@@ -33,6 +41,11 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${idp.introspection.url}, client_id: gateway, client_secret: gateway-secret, auth_method: client_secret_post, scopes: [write]}
+      - name: nbf
+        paths: [/nbf]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${ais.url}/introspect, client_id: gateway, client_secret: s}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -43,6 +56,7 @@ services:
 after(async () => {
   await gw?.close();
   await up?.close();
+  await ais?.close();
   await idp?.close();
 });
 
@@ -86,22 +100,33 @@ test('inactive and unknown tokens get 401 (negative answers cached briefly); con
   assert.equal((await get('/api/x')).status, 401);
 });
 
-test('scopes -> 403; client_secret_post works; a gateway client the IdP refuses, or an IdP that is down, is a 401 that says so', async () => {
+test('scopes -> 403; client_secret_post works; a gateway client the IdP refuses, or an IdP that is down, is a 503 that says so (not invalid_token)', async () => {
   const read = await idp.opaque({ clientId: 'svc-a', scope: 'read' });
   const write = await idp.opaque({ clientId: 'svc-a', scope: 'read write' });
   assert.equal((await get('/scoped', read)).status, 403);
   assert.equal((await get('/scoped', write)).status, 200);
   const refused = await get('/bad-client', write);
-  assert.equal(refused.status, 401);
+  assert.equal(refused.status, 503);
   assert.match(refused.body, /cannot be checked now/);
+  assert.equal(refused.headers['retry-after'], '5');
+  assert.doesNotMatch(String(refused.headers['www-authenticate'] ?? ''), /invalid_token/, 'a client must not be sent to refresh a good token');
   const fresh = await idp.opaque({ clientId: 'svc-a', scope: 'read' });
   await idp.down();
   try {
     const r = await get('/api/down', fresh);
-    assert.equal(r.status, 401);
+    assert.equal(r.status, 503);
     assert.match(r.body, /does not answer/);
+    assert.match(r.body, /identity-provider-unavailable|auth-unavailable/);
   } finally {
     await idp.up();
   }
   assert.equal((await get('/api/up', fresh)).status, 200, 'a failed call is not cached');
+});
+
+test('an active token whose nbf is ahead is not valid yet (RFC 7662 §2.2); one past its nbf passes', async () => {
+  const early = await get('/nbf', 'future');
+  assert.equal(early.status, 401);
+  assert.match(String(early.headers['www-authenticate']), /invalid_token/);
+  assert.match(early.body, /not valid yet/);
+  assert.equal((await get('/nbf', 'past')).status, 200);
 });

@@ -9,7 +9,7 @@ export const IntrospectionConfig = Type.Object({
   client_secret: Type.String({ minLength: 1, description: 'Its secret (use ${ENV}).' }),
   auth_method: Type.Optional(Type.Union([Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')], { default: 'client_secret_basic' })),
   cache_ttl: Type.Optional(Duration('How long an active answer is reused (never past the token\'s exp; default 30s).')),
-  negative_cache_ttl: Type.Optional(Duration('How long an active answer is reused (never past the token\'s exp; default 30s).')),
+  negative_cache_ttl: Type.Optional(Duration('How long an inactive or expired answer is reused (at most cache_ttl; default 5s).')),
   cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
   timeout: Type.Optional(Duration('Timeout of an introspection call (default 5s).')),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have; missing -> 403.' })),
