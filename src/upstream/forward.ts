@@ -94,6 +94,22 @@ function grpcStatusAt(list: string[]): number {
   return -1;
 }
 
+/** Adds Vary tokens to a flat header list: into its (last) Vary field, none twice, nothing after `*`. */
+function mergeVary(out: string[], value: string): void {
+  let at = -1;
+  const have = new Set<string>();
+  for (let i = 0; i < out.length; i += 2) {
+    if (out[i]!.toLowerCase() !== 'vary') continue;
+    at = i;
+    for (const t of out[i + 1]!.split(',')) have.add(t.trim().toLowerCase());
+  }
+  if (have.has('*')) return;
+  const add = value.split(',').map((t) => t.trim()).filter((t) => t !== '' && !have.has(t.toLowerCase()));
+  if (add.length === 0) return;
+  if (at === -1) out.push('vary', add.join(', '));
+  else out[at + 1] = out[at + 1]!.trim() === '' ? add.join(', ') : `${out[at + 1]}, ${add.join(', ')}`;
+}
+
 function latin1(b: Buffer | string): string {
   return typeof b === 'string' ? b : b.toString('latin1');
 }
@@ -534,11 +550,18 @@ export class ForwardHandler {
     if (pl !== null) {
       const extra = pl.extraHeaders;
       if (extra !== undefined && extra.length) {
-        // The gateway's own (e.g. RateLimit) replace the upstream's of the same name.
+        // The gateway's own (e.g. RateLimit) replace the upstream's of the same name; a Vary
+        // (cors: Origin) adds to the upstream's.
         const names = new Set<string>();
-        for (let i = 0; i < extra.length; i += 2) names.add(extra[i]!.toLowerCase());
+        for (let i = 0; i < extra.length; i += 2) {
+          const n = extra[i]!.toLowerCase();
+          if (n !== 'vary') names.add(n);
+        }
         for (let i = out.length - 2; i >= 0; i -= 2) if (names.has(out[i]!.toLowerCase())) out.splice(i, 2);
-        out.push(...extra);
+        for (let i = 0; i < extra.length; i += 2) {
+          if (extra[i]!.toLowerCase() === 'vary') mergeVary(out, extra[i + 1]!);
+          else out.push(extra[i]!, extra[i + 1]!);
+        }
       }
       for (const b of pl.chain.responseHeaders) {
         try {

@@ -132,6 +132,9 @@ test('unicode user names and passwords (UTF-8, RFC 7617 charset)', T, async () =
   assert.equal(echo(r).headers['x-consumer-name'], 'juergen');
   // One code point off: rejected.
   assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: basic(UNICODE_USER, UNICODE_PASSWORD.replace('ä', 'a')) } }));
+  // The decomposed (NFD) form of the same name and password, as some keyboards and OSes send: compared in NFC.
+  const nfd = await request(`${t.url}/basic`, { headers: { authorization: basic(UNICODE_USER.normalize('NFD'), UNICODE_PASSWORD.normalize('NFD')) } });
+  assert.equal(nfd.status, 200, nfd.body);
   // The same characters sent as ISO-8859-1 bytes are not the UTF-8 password.
   const latin1 = `Basic ${Buffer.from(`${UNICODE_USER}:pässwörd`, 'latin1').toString('base64')}`;
   assertUnauthorized(await request(`${t.url}/basic`, { headers: { authorization: latin1 } }));

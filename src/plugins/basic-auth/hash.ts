@@ -5,7 +5,8 @@ export const SCRYPT = { N: 16384, r: 8, p: 1, keylen: 32 } as const;
 
 export function hashPassword(password: string): string {
   const salt = randomBytes(16);
-  const hash = scryptSync(password, salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p });
+  // (NFC, as basic-auth compares: see its authenticate)
+  const hash = scryptSync(password.normalize('NFC'), salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p });
   return `scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64')}$${hash.toString('base64')}`;
 }
 
@@ -36,7 +37,7 @@ export function verifyPassword(password: string, h: ParsedHash): Promise<boolean
 export function hashPasswordAsync(password: string): Promise<string> {
   const salt = randomBytes(16);
   return new Promise((resolve, reject) => {
-    scrypt(password, salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p }, (err, hash) => {
+    scrypt(password.normalize('NFC'), salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p }, (err, hash) => {
       if (err) reject(err);
       else resolve(`scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64')}$${hash.toString('base64')}`);
     });

@@ -66,7 +66,7 @@ export default definePlugin({
     for (const { consumer, credential } of deps.credentials) {
       // (prepareCredentials made sure every one has a valid password_hash and a unique name)
       const c = credential as { username: string; password_hash: string };
-      users.set(c.username, { consumer, hash: parseHash(c.password_hash)! });
+      users.set(c.username.normalize('NFC'), { consumer, hash: parseHash(c.password_hash)! });
     }
     // Unknown user names are checked against a hash with the same cost as a real one.
     const first = users.values().next().value?.hash;
@@ -82,8 +82,10 @@ export default definePlugin({
         const decoded = Buffer.from(m[1]!, 'base64').toString('utf8');
         const colon = decoded.indexOf(':');
         if (colon === -1) return { ok: false, missing: false, challenge, detail: 'malformed Basic credentials' };
-        const username = decoded.slice(0, colon);
-        const password = decoded.slice(colon + 1);
+        // Compared in Unicode NFC (RFC 7617 §2.1 prepares both with PRECIS, RFC 8265, which
+        // applies NFC): a client sending the decomposed form of a name or password still matches.
+        const username = decoded.slice(0, colon).normalize('NFC');
+        const password = decoded.slice(colon + 1).normalize('NFC');
         const key = createHmac('sha256', cacheKey).update(decoded).digest('base64');
         const ok = (consumer: Consumer): AuthOutcome => {
           if (config.hide_credentials) ctx.removeUpstreamHeader('authorization');

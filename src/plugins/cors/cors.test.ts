@@ -295,10 +295,12 @@ test('a reply made by another plugin (key-auth 401) to an allowed origin carries
   assert.equal(r.status, 401);
   assert.deepEqual(rawValues(r, 'access-control-allow-origin'), [APP], 'a browser cannot read this 401');
   assert.deepEqual(rawValues(r, 'access-control-expose-headers'), ['X-Total, X-Page']);
+  assert.deepEqual(rawValues(r, 'vary'), ['Origin'], 'a shared cache must not hand this 401 to another origin');
   assert.equal(r.headers['www-authenticate'], 'Key realm="turnpike"');
   const c = await request(`${t.url}/api`, { headers: { origin: 'https://evil.test' } });
   assert.equal(c.status, 401);
   assert.deepEqual(corsFields(c), []);
+  assert.deepEqual(rawValues(c, 'vary'), ['Origin']);
 });
 
 // ---- config errors -------------------------------------------------------------------------

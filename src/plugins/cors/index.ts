@@ -119,6 +119,9 @@ export default definePlugin({
             if (credentials) ctx.addResponseHeader(ACAC, 'true');
             if (exposed !== null) ctx.addResponseHeader(ACEH, exposed);
           }
+          // The gateway's own answers (401, 429...) vary by Origin too, or a shared cache could
+          // hand one origin's answer to another (upstream answers: responseHeaders below).
+          if (!wildcard) ctx.addResponseHeader('vary', 'Origin');
           return undefined;
         }
         const headers: Record<string, string> = {};

@@ -56,7 +56,8 @@ export default definePlugin({
       authenticate(ctx) {
         let key = header !== null ? ctx.header(header) : undefined;
         let fromQuery = false;
-        if (key === undefined && query !== null && ctx.query !== '') {
+        // (an empty header is no key: the query may still carry one)
+        if ((key === undefined || key === '') && query !== null && ctx.query !== '') {
           const v = new URLSearchParams(ctx.query.slice(1)).get(query);
           if (v !== null) {
             key = v;

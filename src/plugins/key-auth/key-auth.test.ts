@@ -100,6 +100,11 @@ test('a key in the default header or the default query parameter authenticates',
   const odd = await request(`${t.url}/default/a?apikey=${encodeURIComponent(ODD_KEY)}`);
   assert.equal(odd.status, 200, odd.body);
   assert.equal(echo(odd).headers['x-consumer-name'], 'carol');
+
+  // An empty key header is no key: the query parameter still counts.
+  const empty = await request(`${t.url}/default/a?apikey=${ALICE_KEY}`, { headers: { apikey: '' } });
+  assert.equal(empty.status, 200, empty.body);
+  assert.equal(echo(empty).headers['x-consumer-name'], 'alice');
 });
 
 test('custom header and query parameter names', T, async () => {
