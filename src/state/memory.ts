@@ -24,6 +24,20 @@ export class MemoryStore implements CounterStore {
   /** Synchronous core (the primary answers workers with it; tests call it directly). */
   rateNow(queries: readonly RateQuery[]): RateDecision[] {
     const now = this.clock();
+    if (queries.length === 1 && queries[0]!.algorithm === 'gcra') {
+      // One GCRA window (the common case): decided and stored in place, nothing to roll back.
+      const q = queries[0]!;
+      const id = `gcra|${q.periodMs}|${q.limit}|${q.key}`;
+      const e = this.rates.get(id);
+      const { decision, next } = gcra(e?.kind === 'gcra' ? e.s : undefined, q.limit, q.periodMs, q.cost, now);
+      if (decision.allowed && next) {
+        if (e?.kind === 'gcra') {
+          e.s = next;
+          e.expires = next.tat;
+        } else this.rates.set(id, { kind: 'gcra', s: next, expires: next.tat });
+      }
+      return [decision];
+    }
     const results: { decision: RateDecision; apply: () => void }[] = [];
     for (const q of queries) {
       const id = `${q.algorithm}|${q.periodMs}|${q.limit}|${q.key}`;
