@@ -78,6 +78,9 @@ services:
       - name: uncollapsed
         paths: [/u]
         plugins: [{name: cache, config: {collapse: false}}]
+      - name: authorized
+        paths: [/ca]
+        plugins: [{name: cache, config: {cache_authorized: true}}]
       - name: compressed
         paths: [/z]
         plugins: [{name: compression, config: {min_size: 10b}}]
@@ -690,4 +693,88 @@ test('with request-validator: an upstream answer the validator refuses is never 
   assert.equal(status(await get('/v/good')), 'MISS');
   assert.equal(status(await get('/v/good')), 'HIT');
   assert.equal(up.calls('/v/good'), 1);
+});
+
+test('a 304 during revalidation that makes the entry unstorable (Set-Cookie, private) or names another ETag never reaches other clients', async () => {
+  let step = 0;
+  up.on('/c/reval-cookie', (_n, req) => (step === 1 && req.headers['if-none-match'] === '"a"'
+    ? { status: 304, headers: { etag: '"a"', 'set-cookie': 'session=VICTIM', 'cache-control': 'max-age=60' }, body: '' }
+    : { headers: { 'cache-control': 'max-age=1', etag: '"a"' }, body: 'public body' }));
+  assert.equal(status(await get('/c/reval-cookie')), 'MISS');
+  await sleep(2100);
+  step = 1;
+  const victim = await get('/c/reval-cookie', { cookie: 'sid=1' });
+  assert.equal(victim.status, 200);
+  assert.equal(victim.headers['set-cookie']?.[0], 'session=VICTIM', 'the client that caused it gets its cookie');
+  const other = await get('/c/reval-cookie');
+  assert.equal(other.headers['set-cookie'], undefined, 'another client never gets that Set-Cookie');
+  assert.notEqual(status(other), 'HIT');
+
+  let v = 0;
+  up.on('/c/reval-etag', () => (v++ === 0
+    ? { headers: { 'cache-control': 'max-age=1', etag: '"v1"' }, body: 'version one' }
+    : { status: 304, headers: { etag: '"v2"', 'cache-control': 'max-age=60' }, body: '' }));
+  await get('/c/reval-etag');
+  await sleep(2100);
+  const r = await get('/c/reval-etag');
+  assert.notEqual(r.headers.etag, '"v2"', 'the v1 body is never labelled v2');
+  const again = await get('/c/reval-etag');
+  assert.notEqual(status(again), 'HIT', 'an entry the origin no longer stands for is not served fresh');
+});
+
+test('cache_authorized without an auth plugin keeps answers per Authorization value', async () => {
+  up.on('/ca/me', (_n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `secret of ${req.headers.authorization ?? 'nobody'}` }));
+  const alice = await get('/ca/me', { authorization: 'Bearer alice' });
+  assert.equal(alice.body, 'secret of Bearer alice');
+  assert.equal(status(await get('/ca/me', { authorization: 'Bearer alice' })), 'HIT');
+  const bob = await get('/ca/me', { authorization: 'Bearer bob' });
+  assert.equal(bob.body, 'secret of Bearer bob');
+  const none = await get('/ca/me');
+  assert.equal(none.body, 'secret of nobody');
+});
+
+test('never stored: a GET with a body (fat GET), a cookie request whose answer has no explicit freshness, a repeated Vary field; If-Match goes to the origin', async () => {
+  up.on('/c/fat', (_n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `rendered with ${req.headers['content-length'] ?? 'no'} body` }));
+  const fat = await request(`${gw.url}/c/fat`, { method: 'GET', headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': '13' }, body: 'callback=evil' });
+  assert.match(fat.body, /rendered with 13 body/);
+  const plain = await get('/c/fat');
+  assert.equal(plain.body, 'rendered with no body', 'the fat GET poisoned the entry');
+
+  up.on('/c/account.php/x.css', (_n, req) => ({ body: `account of ${req.headers.cookie ?? 'nobody'}` }));
+  assert.equal((await get('/c/account.php/x.css', { cookie: 'sid=victim' })).body, 'account of sid=victim');
+  assert.equal((await get('/c/account.php/x.css')).body, 'account of nobody', 'a cookie request was cached by the heuristic (cache deception)');
+  up.on('/c/cookie-public', (_n, req) => ({ headers: { 'cache-control': 'public, max-age=60' }, body: `page for ${req.headers.cookie ?? 'nobody'}` }));
+  await get('/c/cookie-public', { cookie: 'analytics=1' });
+  assert.equal(status(await get('/c/cookie-public')), 'HIT', 'an explicit lifetime still lets it be shared');
+
+  up.on('/c/vary-ua', (_n, req) => ({ headers: { 'cache-control': 'max-age=60', vary: 'User-Agent' }, body: `for ${JSON.stringify(req.headers['user-agent'])}` }));
+  await request(`${gw.url}/c/vary-ua`, { headers: ['User-Agent', 'VictimBrowser/1.0', 'User-Agent', '<script>evil</script>'] });
+  const victim = await get('/c/vary-ua', { 'user-agent': 'VictimBrowser/1.0' });
+  assert.equal(status(victim), 'MISS', 'a response to a request with two User-Agent fields was stored');
+
+  up.on('/c/im', () => ({ headers: { 'cache-control': 'max-age=60', etag: '"x"' }, body: 'im' }));
+  await get('/c/im');
+  const calls = up.calls('/c/im');
+  const pre = await get('/c/im', { 'if-match': '"other"' });
+  assert.equal(up.calls('/c/im'), calls + 1, 'If-Match is for the origin to judge');
+  assert.notEqual(status(pre), 'HIT');
+});
+
+test('a client that asked for revalidation (no-cache) is not handed the stale entry when the upstream fails', async () => {
+  // (route /d has stale_if_error: 1m: without the request's no-cache the stored entry would stand in)
+  let n = 0;
+  up.on('/d/forced', () => (n++ === 0 ? { headers: { 'cache-control': 'max-age=60' }, body: 'stored' } : { status: 503, body: 'down' }));
+  await get('/d/forced');
+  const r = await get('/d/forced', { 'cache-control': 'no-cache' });
+  assert.equal(r.status, 503);
+  assert.notEqual(status(r), 'STALE');
+});
+
+test('invalidation through Location names paths as the cache keys them (%7E is ~)', async () => {
+  up.on('/c/~u', () => ({ headers: { 'cache-control': 'max-age=60' }, body: 'tilde' }));
+  await get('/c/~u');
+  assert.equal(status(await get('/c/~u')), 'HIT');
+  up.on('/c/post-here', () => ({ status: 201, headers: { location: '/c/%7Eu' }, body: '' }));
+  await get('/c/post-here', {}, 'POST');
+  assert.equal(status(await get('/c/~u')), 'MISS');
 });

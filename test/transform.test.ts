@@ -38,6 +38,8 @@ before(async () => {
     if (url.startsWith('/text')) return res.writeHead(200, { 'content-type': 'text/plain' }).end('x'.repeat(5000));
     if (url.startsWith('/small')) return res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('tiny');
     if (url.startsWith('/notransform')) return res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'no-transform' }).end('y'.repeat(5000));
+    // no-transform in a second Cache-Control line counts too
+    if (url.startsWith('/nt2')) return res.writeHead(200, [['content-type', 'text/plain'], ['cache-control', 'max-age=60'], ['cache-control', 'no-transform']].flat()).end('y'.repeat(5000));
     if (url.startsWith('/png')) return res.writeHead(200, { 'content-type': 'image/png' }).end(Buffer.alloc(5000, 1));
     if (url.startsWith('/stream')) {
       res.writeHead(200, { 'content-type': 'text/plain' });
@@ -352,7 +354,7 @@ test('compression: br preferred, gzip by q-value, identity when refused; Vary an
 });
 
 test('compression: small bodies, no-transform, other types and already-encoded bodies are left alone', { ...T }, async () => {
-  for (const path of ['/zip/small', '/zip/notransform', '/zip/png']) {
+  for (const path of ['/zip/small', '/zip/notransform', '/zip/nt2', '/zip/png']) {
     const r = await fetchRaw(`${gw.url}${path}`, { 'accept-encoding': 'gzip' });
     assert.equal(r.headers['content-encoding'], undefined, path);
   }

@@ -54,6 +54,10 @@ interface State {
   /** The response may be stored (a GET without request no-store). */
   store: boolean;
   authorization: boolean;
+  /** The request carried cookies the key does not include (see P.refusal). */
+  cookie: boolean;
+  /** The client asked for revalidation (no-cache, max-age): a stale entry must not stand in for an error. */
+  forced: boolean;
   /** When the request went upstream. */
   requestTime: number;
   /** A stored entry that is stale: stands in for an error when stale-if-error allows. */
@@ -106,6 +110,29 @@ function selectQuery(query: string, names: ReadonlySet<string>): string {
 function field(ctx: RequestCtx, name: string): string | undefined {
   const v: unknown = ctx.header(name);
   return typeof v === 'string' ? v : undefined;
+}
+
+/**
+ * Whether a request field came more than once. Node keeps only the first User-Agent,
+ * Authorization, Host...: a key (or Vary) built from it could differ from what the upstream
+ * (reading the last) answered to, and a store would poison the entry for everyone.
+ */
+function repeated(ctx: RequestCtx, name: string): boolean {
+  const raw = ctx.req.rawHeaders;
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && ++n > 1) return true;
+  return false;
+}
+
+/** Whether the request came over TLS (HTTP/2's socket proxy forwards `encrypted`). */
+function isTls(req: RequestCtx['req']): boolean {
+  return (req.socket as { encrypted?: boolean }).encrypted === true;
+}
+
+/** Whether the request has a body (a "fat GET" may render differently: never stored). */
+function hasBody(ctx: RequestCtx): boolean {
+  const cl = ctx.header('content-length');
+  return ctx.header('transfer-encoding') !== undefined || (cl !== undefined && cl !== '0');
 }
 
 /** Sets a field in a flat list (replacing earlier values). */
@@ -180,6 +207,8 @@ export default definePlugin({
     const notStored = new Set([...NOT_STORED, ...(label ? [label] : [])]);
 
     const labelled = (l: Label): string[] => (label ? [label, l] : []);
+    const keyedByCookie = parts.some((p) => p.kind === 'cookie');
+    const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name)) || (keyedByCookie && repeated(ctx, 'cookie'));
     const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: ctx.host.toLowerCase(), path });
     const matcher = (ctx: RequestCtx) => (h: EntryHead) => {
       for (let i = 0; i < h.vary.length; i++) if (P.normalizeForVary(field(ctx, h.vary[i]!)) !== h.varyValues[i]) return false;
@@ -188,12 +217,18 @@ export default definePlugin({
 
     const state = (ctx: RequestCtx, kind: State['kind']): State => {
       const q = queryNames.size ? selectQuery(ctx.query, queryNames) : ctx.query;
-      let sub = `${ctx.service.name}\n${q}`;
+      // The scheme is part of the target URI (RFC 9111 §2): an http answer (a redirect to
+      // https, say) never serves an https request.
+      let sub = `${isTls(ctx.req) ? 'https' : 'http'}\n${ctx.service.name}\n${q}`;
       // Whoever an auth plugin let in gets entries of their own (API keys, JWTs... are not
       // Authorization fields the RFC rules would see).
-      if (perConsumer) {
-        const who = ctx.consumer?.name ?? ctx.identity;
-        if (who !== null) sub += `\nid=${who}`;
+      const who = ctx.consumer?.name ?? ctx.identity;
+      if (perConsumer && who !== null) sub += `\nid=${who}`;
+      const authorization = ctx.header('authorization');
+      // cache_authorized keeps such answers per caller: without an auth plugin naming one, the
+      // caller is the Authorization value itself.
+      if (o.cacheAuthorized && authorization !== undefined && (who === null || !perConsumer)) {
+        sub += `\nauth=${createHash('sha256').update(authorization).digest('base64url')}`;
       }
       for (const p of parts) {
         const v = p.kind === 'consumer' ? (ctx.consumer?.name ?? ctx.identity) : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
@@ -204,7 +239,9 @@ export default definePlugin({
       return {
         kind, bucket, sub, q, fk: `${zone}\n${bucket.host}\n${bucket.path}\n${sub}`, rd,
         store: ctx.method === 'GET' && !(rd?.noStore ?? false),
-        authorization: ctx.header('authorization') !== undefined,
+        authorization: authorization !== undefined,
+        cookie: !keyedByCookie && ctx.header('cookie') !== undefined,
+        forced: rd !== null && (rd.noCache || rd.maxAge != null),
         requestTime: 0, stale: null, validating: null, flight: null,
         refresh: caches.refresher.valid(ctx.header(REFRESH_HEADER)),
       };
@@ -245,6 +282,7 @@ export default definePlugin({
       if (!P.worthStoring(f)) return null;
       const vary = P.varyNames(headers);
       if (!Array.isArray(vary)) return null;
+      for (const n of vary) if (repeated(ctx, n)) return null;
       return {
         id: randomBytes(9).toString('base64url'), sub: st.sub, q: st.q, vary,
         varyValues: vary.map((n) => P.normalizeForVary(field(ctx, n))), t: now,
@@ -255,8 +293,8 @@ export default definePlugin({
     /** What is stored of a response's fields: Age is recomputed on use; cookies and fields the response keeps from caches are left out. */
     const storedFields = (headers: readonly string[]): string[] => {
       const cc = P.parseCacheControl(P.fieldValue(headers, 'cache-control'));
-      const drop = new Set(['age', ...P.listedFields(cc.get('no-cache')), ...(o.shared ? P.listedFields(cc.get('private')) : [])]);
-      if (o.cacheSetCookie) drop.add('set-cookie');
+      // (Set-Cookie is this client's alone: never stored, cache_set_cookie or not)
+      const drop = new Set(['age', 'set-cookie', ...P.listedFields(cc.get('no-cache')), ...(o.shared ? P.listedFields(cc.get('private')) : [])]);
       const out: string[] = [];
       for (let i = 0; i < headers.length; i += 2) if (!drop.has(headers[i]!)) out.push(headers[i]!, headers[i + 1]!);
       return out;
@@ -276,7 +314,8 @@ export default definePlugin({
     const substitute = (ctx: RequestCtx, r: BufferedResponse, e: Entry, l: Label, now: number) => {
       const replaced = new Set<string>(['content-length', 'age', ...(label ? [label] : [])]);
       const own = upstreamCopy(ctx, r.headers);
-      for (let i = 0; i < own.length; i += 2) replaced.add(own[i]!);
+      // (this response's Set-Cookie is for this client: it stays)
+      for (let i = 0; i < own.length; i += 2) if (own[i] !== 'set-cookie') replaced.add(own[i]!);
       const kept: string[] = [];
       for (let i = 0; i < r.headers.length; i += 2) if (!replaced.has(r.headers[i]!.toLowerCase())) kept.push(r.headers[i]!, r.headers[i + 1]!);
       const tail = [...kept, 'age', P.ageHeader(e.f, now), ...labelled(l)];
@@ -340,7 +379,7 @@ export default definePlugin({
           // (one refresh per key at a time). Without a plain listener to send it to, this
           // request revalidates and the others get the stale entry meanwhile.
           const r = caches.refresher;
-          if (r.available) {
+          if (r.available && !isTls(ctx.req)) {
             r.start(st.fk, ctx.path + ctx.query, ctx.host, ctx.req.rawHeaders, (err) => caches.fail(err, 'refresh'));
             return serve(ctx, st, e, 'STALE', now);
           }
@@ -365,7 +404,10 @@ export default definePlugin({
         }
         const st = state(ctx, 'bypass');
         ctx.vars[VAR] = st;
-        if (!methods.has(m) || ctx.header('range') !== undefined || ctx.header('upgrade') !== undefined) return undefined;
+        // Preconditions other than the validators the cache answers are the origin's (RFC 9111
+        // §4.3.2); a GET with a body, or a repeated key field, never touches the cache.
+        if (!methods.has(m) || ctx.header('range') !== undefined || ctx.header('upgrade') !== undefined || ctx.header('if-match') !== undefined
+          || ctx.header('if-unmodified-since') !== undefined || hasBody(ctx) || keyRepeated(ctx)) return undefined;
         const found = store.find(st.bucket, st.sub, matcher(ctx), Date.now());
         if (found instanceof Promise) {
           return found.then((e) => decide(ctx, st, e), (err: Error) => {
@@ -401,12 +443,12 @@ export default definePlugin({
         if (st === undefined || st.kind !== 'fetch') return null;
         const whole = { max: maxBody, fallback: 'stream' as const };
         if (ERRORS.has(status)) {
-          if (st.stale !== null && P.usableOnError(st.stale.f, Date.now())) return whole;
+          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, Date.now())) return whole;
           settle(st, { error: true });
           return null;
         }
         if (status === 304 && st.validating !== null) return whole;
-        if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false }, o) === null) return whole;
+        if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) return whole;
         // Not storable: it streams, and whoever waits for it goes upstream now.
         settle(st, null, st.store);
         return null;
@@ -417,7 +459,7 @@ export default definePlugin({
         if (st === undefined || st.kind !== 'fetch') return;
         const now = Date.now();
         if (r.origin === 'gateway' || ERRORS.has(r.status)) {
-          if (st.stale !== null && P.usableOnError(st.stale.f, now)) substitute(ctx, r, st.stale, 'STALE', now);
+          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, now)) substitute(ctx, r, st.stale, 'STALE', now);
           settle(st, { error: true });
           return;
         }
@@ -426,15 +468,31 @@ export default definePlugin({
         if (r.status === 304 && st.validating !== null) {
           // §4.3.4: the stored response, with the 304's fields, fresh again.
           const old = st.validating;
+          const etag = P.fieldValue(up, 'etag')?.trim();
+          if (etag !== undefined && old.f.etag !== null && !P.sameValidator(etag, old.f.etag)) {
+            // A 304 for another representation than the one stored: nothing is updated, and the
+            // stored one is no longer the current one.
+            caches.invalidate(st.bucket);
+            settle(st, null, st.store);
+            substitute(ctx, r, old, 'STALE', now);
+            return;
+          }
           const merged = P.updateHeaders(old.headers, up, notStored);
           const f = P.freshness(merged, st.requestTime, now, o);
           const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
-          put(st.bucket, e, now);
-          settle(st, { entry: e });
+          if (P.refusal(old.status, merged, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
+            put(st.bucket, e, now);
+            settle(st, { entry: e });
+          } else {
+            // The 304 made it unstorable (private, no-store, a Set-Cookie...): this client gets
+            // it, the entry goes.
+            caches.invalidate(st.bucket);
+            settle(st, null, st.store);
+          }
           substitute(ctx, r, e, 'REVALIDATED', now);
           return;
         }
-        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false }, o) === null) {
+        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
           const e = makeEntry(ctx, st, r.status, up, r.body, now);
           if (e !== null) {
             put(st.bucket, e, now);

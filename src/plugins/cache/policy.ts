@@ -8,6 +8,8 @@
  */
 
 /** §1.2.2: the greatest delta-seconds value a cache has to represent. */
+import { normalizePath } from '../../router/path.js';
+
 export const MAX_DELTA_SECONDS = 2 ** 31;
 /** More Vary names than this: the response is not stored (each variant keeps their values). */
 export const MAX_VARY_NAMES = 32;
@@ -58,6 +60,8 @@ export function parseCacheControl(value: string | undefined): Directives {
     }
     if (name !== '' && /^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(name) && !out.has(name)) out.set(name, v);
   }
+  // More directives than are read: a no-store or private past them must not be missed (fail closed).
+  if (out.size >= 64 && /[^\s,]/.test(value.slice(i))) out.set('no-store', true);
   return out;
 }
 
@@ -109,6 +113,16 @@ export function httpDate(ms: number): string {
 }
 
 /** All values of a field in a flat list (name, value, ...), joined with ', ' (undefined when absent). */
+/**
+ * Whether a 304's entity-tag selects a stored response's (§4.3.4): a strong one by the strong
+ * comparison, a weak one by the weak comparison (RFC 9110 §8.8.3.2).
+ */
+export function sameValidator(fresh: string, stored: string): boolean {
+  if (!fresh.startsWith('W/')) return fresh === stored;
+  const opaque = (t: string) => (t.startsWith('W/') ? t.slice(2) : t);
+  return opaque(fresh) === opaque(stored);
+}
+
 export function fieldValue(list: readonly string[], name: string): string | undefined {
   let out: string | undefined;
   for (let i = 0; i < list.length; i += 2) {
@@ -215,13 +229,17 @@ export interface PolicyOptions {
  * Why a response to a GET cannot be stored (§3, §3.5), or null when it can. `authorization`:
  * the request carried Authorization.
  */
-export function refusal(status: number, headers: readonly string[], req: { authorization: boolean; noStore: boolean }, o: PolicyOptions): string | null {
+export function refusal(status: number, headers: readonly string[], req: { authorization: boolean; noStore: boolean; cookie?: boolean }, o: PolicyOptions): string | null {
   if (!o.statuses.has(status) || status === 206 || status === 304 || status < 200) return `status ${status}`;
   if (req.noStore) return 'request no-store';
   const cc = parseCacheControl(fieldValue(headers, 'cache-control'));
   if (cc.has('no-store')) return 'no-store';
   if (o.shared && cc.get('private') === true) return 'private';
   if (o.shared && req.authorization && !o.cacheAuthorized && !(cc.has('must-revalidate') || cc.has('public') || cc.has('s-maxage'))) return 'authorization';
+  // A request with cookies whose answer says nothing about caching may be personal (web cache
+  // deception: /account/x.css): only an explicit lifetime or `public` lets it be shared (Varnish's
+  // default passes such requests altogether).
+  if (o.shared && req.cookie && !(cc.has('public') || cc.has('s-maxage') || cc.has('max-age') || hasField(headers, 'expires'))) return 'cookie without explicit freshness';
   if (!o.cacheSetCookie && hasField(headers, 'set-cookie')) return 'set-cookie';
   if (hasField(headers, 'content-range')) return 'content-range';
   const vary = varyNames(headers);
@@ -345,7 +363,8 @@ export type Use =
 export function usable(f: Freshness, req: RequestDirectives | null, now: number): Use {
   const age = currentAge(f, now);
   if (f.noCache || req?.noCache) return 'revalidate';
-  if (req?.maxAge != null && Math.floor(age / 1000) * 1000 > req.maxAge) return 'revalidate';
+  // (max-age=0: nothing stored will do, whatever its age in whole seconds)
+  if (req?.maxAge != null && (req.maxAge === 0 || Math.floor(age / 1000) * 1000 > req.maxAge)) return 'revalidate';
   if (req?.minFresh != null && f.lifetime - age < req.minFresh) return 'revalidate';
   if (age < f.lifetime) return 'fresh';
   if (f.noStale) return 'revalidate';
@@ -406,7 +425,7 @@ export function notModifiedHeaders(stored: readonly string[]): string[] {
 
 /** Fields a 304 does not update in the stored response (§3.2): framing and what the stored body depends on. */
 const NOT_UPDATED = new Set([
-  'content-length', 'content-range', 'content-encoding', 'content-type', 'transfer-encoding',
+  'content-length', 'content-range', 'content-encoding', 'transfer-encoding',
   'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'x-request-id',
 ]);
 
@@ -451,7 +470,9 @@ export function invalidatedPaths(headers: readonly string[], host: string, path:
     } catch {
       continue;
     }
-    if ((u.protocol === 'http:' || u.protocol === 'https:') && u.host === self && !out.includes(u.pathname)) out.push(u.pathname);
+    // (in the form the cache keys paths by: %7E and ~ are one path)
+    const p = u.protocol === 'http:' || u.protocol === 'https:' ? normalizePath(u.pathname) : null;
+    if (p !== null && u.host === self && !out.includes(p)) out.push(p);
   }
   return out;
 }

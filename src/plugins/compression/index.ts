@@ -82,10 +82,12 @@ export default definePlugin({
         if (status === 206 || findHeader(headers, 'content-range') !== -1) return null;
         const ct = findHeader(headers, 'content-type');
         if (ct === -1 || !typeOk(headers[ct + 1])) return null;
-        const cc = findHeader(headers, 'cache-control');
-        if (cc !== -1 && /(^|,)\s*no-transform\s*(,|$)/i.test(headers[cc + 1]!)) return null;
-        const ce = findHeader(headers, 'content-encoding');
-        if (ce !== -1 && headers[ce + 1]!.trim().toLowerCase() !== 'identity') return null;
+        // (every Cache-Control / Content-Encoding line counts, not only the first)
+        for (let i = 0; i < headers.length; i += 2) {
+          const n = headers[i]!.toLowerCase();
+          if (n === 'cache-control' && /(^|,)\s*no-transform\s*(,|$)/i.test(headers[i + 1]!)) return null;
+          if (n === 'content-encoding' && headers[i + 1]!.trim().toLowerCase() !== 'identity') return null;
+        }
         // The representation depends on Accept-Encoding from here on, compressed or not.
         const vary = findHeader(headers, 'vary');
         if (vary === -1) headers.push('vary', 'Accept-Encoding');
@@ -94,7 +96,8 @@ export default definePlugin({
         if (cl !== -1 && Number(headers[cl + 1]) < minSize) return null;
         const coding = negotiate(ctx.header('accept-encoding'), offered);
         if (coding === null) return null;
-        if (ce !== -1) headers.splice(ce, 2);
+        // (any Content-Encoding left says identity)
+        for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'content-encoding') headers.splice(i, 2);
         headers.push('content-encoding', coding);
         const etag = findHeader(headers, 'etag');
         if (etag !== -1 && !headers[etag + 1]!.startsWith('W/')) headers[etag + 1] = 'W/' + headers[etag + 1]!;
