@@ -28,8 +28,10 @@ export function negotiate(accept: string | undefined, offered: readonly string[]
     if (coding === '') continue;
     let weight = 1;
     for (const p of params) {
-      const m = /^\s*q\s*=\s*([01](?:\.[0-9]{0,3})?)\s*$/i.exec(p);
-      if (m) weight = Number(m[1]);
+      if (!/^\s*q\s*=/i.test(p)) continue;
+      // qvalue = 0[.ddd] / 1[.000] (RFC 9110 §12.4.2); anything else makes the member unusable.
+      const m = /^\s*q\s*=\s*(0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\s*$/i.exec(p);
+      weight = m ? Number(m[1]) : 0;
     }
     const key = coding === 'x-gzip' ? 'gzip' : coding;
     if (!q.has(key)) q.set(key, weight); // (a repeated coding: its first weight counts)
@@ -43,6 +45,9 @@ export function negotiate(accept: string | undefined, offered: readonly string[]
       bestQ = w;
     }
   }
+  // identity preferred over every offered coding (gzip;q=0.5, identity): left as it is.
+  const identity = q.get('identity');
+  if (best !== null && identity !== undefined && identity > bestQ) return null;
   return best;
 }
 
@@ -99,6 +104,8 @@ export default definePlugin({
         // (any Content-Encoding left says identity)
         for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'content-encoding') headers.splice(i, 2);
         headers.push('content-encoding', coding);
+        // Byte ranges of the compressed stream are not on offer (nginx drops the field too).
+        for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'accept-ranges') headers.splice(i, 2);
         const etag = findHeader(headers, 'etag');
         if (etag !== -1 && !headers[etag + 1]!.startsWith('W/')) headers[etag + 1] = 'W/' + headers[etag + 1]!;
         return coding === 'br'
