@@ -154,3 +154,26 @@ test('YAML alias bombs and unknown aliases are config errors, not crashes', () =
   assert.throws(() => parseConfigText(bomb), ConfigError);
   assert.throws(() => parseConfigText('listen: *nope\n'), ConfigError);
 });
+
+test('a request pipelined before an Upgrade or a CONNECT is answered first; the gateway survives (no socket handed over twice)', async () => {
+  const up = await startUpstream((req, res) => setTimeout(() => res.end(`answer ${req.url}`), 150));
+  const g = await startGateway(oneRoute(up.url));
+  try {
+    for (const second of [
+      'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n',
+      'HEAD /h HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n',
+      'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n',
+    ]) {
+      const r = await rawRequest(g.port, `GET /first HTTP/1.1\r\nHost: x\r\n\r\n${second}`, 1500);
+      const codes = statuses(r.text);
+      assert.equal(codes[0], 200, r.text);
+      assert.match(r.text, /answer \/first/);
+      if (second.startsWith('CONNECT')) assert.deepEqual(codes, [200, 405], 'the CONNECT answer comes after the first');
+      assert.ok(r.closed, 'the connection closes after the answers');
+    }
+    assert.equal((await request(`${g.url}/alive`)).status, 200, 'the gateway is still up');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

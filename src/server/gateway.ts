@@ -128,6 +128,30 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
 const closeServer = (s: NetServer | null) => (s && s.listening ? new Promise<void>((r) => s.close(() => r())) : Promise.resolve());
 
+/** The response node:http is writing on this connection (an earlier pipelined request's), if any. */
+function pendingResponse(socket: Socket): ServerResponse | null {
+  return (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage ?? null;
+}
+
+/**
+ * Runs `fn` once node:http has no response left to write on this socket (it assigns queued
+ * pipelined responses one after another as each finishes).
+ */
+function afterResponses(socket: Socket, fn: () => void): void {
+  const pending = pendingResponse(socket);
+  if (pending === null) return fn();
+  let done = false;
+  const next = () => {
+    if (done) return;
+    done = true;
+    setImmediate(() => {
+      if (!socket.destroyed) afterResponses(socket, fn);
+    });
+  };
+  pending.once('finish', next);
+  pending.once('close', next);
+}
+
 /** A request line `METHOD target HTTP/x.y` at the start of what the parser refused, or null. */
 function requestLine(raw: Buffer | undefined): RegExpExecArray | null {
   return raw === undefined ? null : /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [!-~]+ HTTP\/[0-9]\.[0-9]\r\n/.exec(raw.toString('latin1', 0, 8192));
@@ -748,17 +772,31 @@ export class Gateway implements RequestContext {
     // other route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
       socket.on('error', () => socket.destroy());
-      const res = new ServerResponse(req);
-      res.shouldKeepAlive = false;
-      res.assignSocket(socket);
-      res.once('finish', () => socket.destroySoon());
-      this.onRequest(req, res, false, { socket, head });
+      // Pipelined behind requests still being answered: those answers go out first (in order,
+      // RFC 9112 §9.3.2), then the connection closes; the upgrade is not taken up.
+      if (pendingResponse(socket)) {
+        afterResponses(socket, () => socket.destroySoon());
+        return;
+      }
+      try {
+        const res = new ServerResponse(req);
+        res.shouldKeepAlive = false;
+        res.assignSocket(socket);
+        res.once('finish', () => socket.destroySoon());
+        this.onRequest(req, res, false, { socket, head });
+      } catch (err) {
+        this.log.error({ err }, 'upgrade request failed');
+        socket.destroy();
+      }
     });
     server.on('connect', (_req, socket: Socket) => {
       // Node hands the socket over without its error listener: keep one, and never wait on the peer.
       socket.on('error', () => socket.destroy());
-      socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'), () => socket.destroy());
-      setTimeout(() => socket.destroy(), 1000).unref();
+      // (after the answers to requests pipelined before it)
+      afterResponses(socket, () => {
+        socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'), () => socket.destroy());
+        setTimeout(() => socket.destroy(), 1000).unref();
+      });
     });
     server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string }, socket: Socket) => {
       // A response already under way on this connection (pipelining): answering now would
