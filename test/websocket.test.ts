@@ -41,9 +41,9 @@ async function startWsUpstream(): Promise<EchoUpstream> {
   };
 }
 
-function open(url: string, opts: { protocols?: string[]; ca?: Buffer; servername?: string } = {}): Promise<{ ws: WebSocket; res: IncomingMessage }> {
+function open(url: string, opts: { protocols?: string[]; ca?: Buffer; servername?: string; headers?: Record<string, string> } = {}): Promise<{ ws: WebSocket; res: IncomingMessage }> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, opts.protocols ?? [], { ca: opts.ca, handshakeTimeout: 3000, ...(opts.servername ? { servername: opts.servername } : {}) } as ConstructorParameters<typeof WebSocket>[2]);
+    const ws = new WebSocket(url, opts.protocols ?? [], { ca: opts.ca, handshakeTimeout: 3000, headers: opts.headers, ...(opts.servername ? { servername: opts.servername } : {}) } as ConstructorParameters<typeof WebSocket>[2]);
     ws.once('upgrade', (res) => ws.once('open', () => resolve({ ws, res })));
     ws.once('unexpected-response', (_req, res) => reject(Object.assign(new Error(`status ${res.statusCode}`), { status: res.statusCode })));
     ws.once('error', reject);
@@ -72,6 +72,7 @@ services:
     routes:
       - {name: chat, paths: [/chat], websocket: true, strip_path: true}
       - {name: small, paths: [/small], websocket: {max_message: 1kb, idle_timeout: 400ms}}
+      - {name: pinned, paths: [/pinned], websocket: {origins: ["https://app.example"]}}
   - name: plain
     url: ${http.url}
     routes: [{name: plain, paths: [/plain]}]
@@ -208,5 +209,25 @@ ${config()}`);
     assert.ok(Date.now() - started < 6000, 'the drain does not wait its full 10 s for WebSockets');
   } finally {
     ca.cleanup();
+  }
+});
+
+test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is refused (403) unless its origin is listed; websocket.origins pins the origins', async () => {
+  const t = await startGateway(config());
+  try {
+    const url = `ws://127.0.0.1:${t.port}/chat`;
+    const evil = { origin: 'https://evil.example', cookie: 'session=alice' };
+    await assert.rejects(open(url, { headers: evil }), (e: { status?: number }) => e.status === 403);
+    // No credentials riding along, the same origin, or no Origin at all (not a browser): allowed.
+    for (const headers of [{ origin: 'https://evil.example' }, { origin: `http://127.0.0.1:${t.port}`, cookie: 'session=alice' }, { cookie: 'session=alice' }]) {
+      const { ws } = await open(url, { headers });
+      ws.close();
+    }
+    const pinned = `ws://127.0.0.1:${t.port}/pinned`;
+    const { ws } = await open(pinned, { headers: { origin: 'https://app.example', cookie: 'session=alice' } });
+    ws.close();
+    await assert.rejects(open(pinned, { headers: { origin: 'https://evil.example' } }), (e: { status?: number }) => e.status === 403);
+  } finally {
+    await t.close();
   }
 });

@@ -94,7 +94,8 @@ export interface CompiledRoute {
   preserveHost: boolean;
   retryNonIdempotent: boolean;
   /** WebSocket upgrades allowed (null: an Upgrade is served as plain HTTP). */
-  websocket: { maxMessage: number; idleTimeout: number } | null;
+  /** origins: lower-case origins allowed to open WebSockets (null: same-origin when credentials ride along). */
+  websocket: { maxMessage: number; idleTimeout: number; origins: ReadonlySet<string> | null } | null;
   /** The plugins its requests run (chains.base.empty: none). */
   chains: RouteChains;
   /**
@@ -659,6 +660,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         websocket: ws && {
           maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
           idleTimeout: parseDuration(ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
+          origins: ws.origins ? new Set(ws.origins.map((o) => o.toLowerCase().replace(/\/$/, ''))) : null,
         },
         chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),
         compose: null,

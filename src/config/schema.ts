@@ -64,8 +64,11 @@ export const Route = Strict({
     Strict({
       max_message: Type.Optional(Size),
       idle_timeout: Type.Optional(Duration),
+      origins: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
+        description: 'Origins (scheme://host[:port], or "*") whose pages may open WebSockets here; others get 403. Default: a cross-origin handshake carrying cookies or Authorization is refused (cross-site WebSocket hijacking), any other is let through.',
+      })),
     }),
-  ], { description: 'Allow WebSocket upgrades on this route (true, or {max_message: 1mb, idle_timeout: 60s}). Without it an Upgrade is served as plain HTTP.' })),
+  ], { description: 'Allow WebSocket upgrades on this route (true, or {max_message: 1mb, idle_timeout: 60s, origins: [...]}). Without it an Upgrade is served as plain HTTP.' })),
   published: Type.Optional(Type.Boolean({ default: false, description: 'Listed in the developer portal\'s catalog with its generated OpenAPI document (portal.enabled).' })),
   description: Type.Optional(Type.String({ maxLength: 4000, description: 'Shown in the developer portal (plain text).' })),
   plugins: Type.Optional(Type.Array(PluginBinding)),

@@ -603,11 +603,37 @@ function runLog(ctx: RequestContext, pctx: PluginCtx, chain: Chain, status: numb
  * A WebSocket upgrade on a route that allows it: a target is picked like for any request, and
  * the relay (src/server/websocket.ts) connects to it before answering the client.
  */
+/**
+ * Why a browser page may not open this WebSocket (RFC 6455 §10.2: browsers send cookies and
+ * cached Basic credentials with a cross-site handshake, and CORS does not apply), or null.
+ * With `origins` configured only those may; without, a cross-origin handshake carrying
+ * Cookie or Authorization is refused. No Origin (not a browser): allowed.
+ */
+function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage, host: string): string | null {
+  const origin = req.headers.origin;
+  if (origin === undefined) return null;
+  const o = origin.toLowerCase();
+  if (origins !== null) return origins.has(o) || origins.has('*') ? null : `the origin ${JSON.stringify(origin).slice(0, 200)} may not open WebSockets here`;
+  if (req.headers.cookie === undefined && req.headers.authorization === undefined) return null;
+  let same = false;
+  try {
+    const u = new URL(o);
+    const h = host.toLowerCase();
+    const defaultPort = u.protocol === 'https:' || u.protocol === 'wss:' ? ':443' : ':80';
+    same = u.host === h || `${u.host}${defaultPort}` === h || (h.endsWith(defaultPort) && u.host === h.slice(0, -defaultPort.length));
+  } catch {
+    same = false;
+  }
+  return same ? null : 'a cross-origin WebSocket handshake with credentials (set websocket.origins to allow that origin)';
+}
+
 function startWebSocket(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, upgrade: Upgrade, route: CompiledRoute,
   headers: string[], path: string, requestId: string, hashKey: string, host: string, ex: Exchange | null,
 ): undefined {
   const svc = route.service;
+  const denied = originDenied(route.websocket!.origins, req, host);
+  if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied);
   const target = svc.balancer.pick(hashKey, null);
   if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`);
   // The client's handshake fields (sec-websocket-*) are the relay's to send; Host is the target's.
