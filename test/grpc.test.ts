@@ -194,3 +194,23 @@ test('gRPC-Web (binary and text) over HTTP/1.1 is translated to gRPC: messages, 
     assert.equal(failed.headers['grpc-message'], 'bad%20text');
   }
 });
+
+test('gRPC-Web-text with a body that is not base64: INVALID_ARGUMENT (the client\'s fault, not the upstream\'s), the next call goes through', async () => {
+  for (let i = 0; i < 3; i++) {
+    const r = await new Promise<{ status: number; headers: Record<string, unknown> }>((resolve, reject) => {
+      const q = httpRequest(`http://127.0.0.1:${gw.port}/test.Echo/Say`, {
+        method: 'POST', agent: false,
+        headers: { 'content-type': 'application/grpc-web-text', 'x-grpc-web': '1', 'content-length': 8 },
+      }, (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers }));
+      });
+      q.on('error', reject);
+      q.end('!!!!!!!!');
+    });
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['grpc-status'], '3', JSON.stringify(r.headers));
+  }
+  const ok = await grpcWeb('/test.Echo/Say', jsonFrame({ text: 'after' }), true);
+  assert.equal(parseTrailerBlock(parseFrames(ok.body)[1]!.payload)['grpc-status'], '0');
+});

@@ -106,6 +106,10 @@ test('HTTP/2 client to an HTTP/1.1 upstream: same routing and forwarding as HTTP
     // :authority and a differing Host: refused.
     const confused = await h2request(c, { ':path': '/h1', ':authority': 'a.test', host: 'b.test' });
     assert.equal(confused.status, 400);
+    // Cookie crumbs travel to an HTTP/1.1 upstream as one field joined with "; " (RFC 9113 §8.2.3);
+    // the console's session cookie never does.
+    const crumbs = await h2request(c, { ':path': '/h1/c', ':authority': 'api.test', cookie: ['a=1', 'tp_console=secret', 'b=2'] });
+    assert.equal(JSON.parse(crumbs.body).headers.cookie, 'a=1; b=2');
     // Many streams at once on one connection.
     const many = await Promise.all(Array.from({ length: 40 }, (_, i) => h2request(c, { ':path': `/h1/${i}`, ':authority': 'api.test' })));
     assert.deepEqual(many.map((r) => JSON.parse(r.body).url), Array.from({ length: 40 }, (_, i) => `/h1/${i}`));

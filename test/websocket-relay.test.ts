@@ -220,6 +220,25 @@ test('echo: text, binary and fragmented messages round-trip; headers both ways; 
   }
 });
 
+test('a 101 does not relay the fields its Connection header names (RFC 9110 §7.6.1)', T, async () => {
+  const up = await wsUpstream();
+  up.wss.on('headers', (lines: string[]) => {
+    for (let i = 0; i < lines.length; i++) if (/^connection:/i.test(lines[i]!)) lines[i] = 'Connection: Upgrade, X-Secret';
+    lines.push('X-Secret: s3cr3t', 'X-Public: p');
+  });
+  const gw = await gateway(up.url);
+  const c = client(`${gw.url}/chat`);
+  try {
+    const res = await c.open;
+    assert.equal(res.headers['x-secret'], undefined);
+    assert.equal(res.headers['x-public'], 'p');
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('subprotocols: the client list is offered upstream and the upstream choice is the 101\'s; none chosen -> 502', T, async () => {
   const up = await wsUpstream(undefined, { handleProtocols: (p) => (p.has('v2') ? 'v2' : false) });
   const gw = await gateway(up.url);

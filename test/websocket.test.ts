@@ -219,7 +219,8 @@ test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is r
     const evil = { origin: 'https://evil.example', cookie: 'session=alice' };
     await assert.rejects(open(url, { headers: evil }), (e: { status?: number }) => e.status === 403);
     // No credentials riding along, the same origin, or no Origin at all (not a browser): allowed.
-    for (const headers of [{ origin: 'https://evil.example' }, { origin: `http://127.0.0.1:${t.port}`, cookie: 'session=alice' }, { cookie: 'session=alice' }]) {
+    const allowed: Record<string, string>[] = [{ origin: 'https://evil.example' }, { origin: `http://127.0.0.1:${t.port}`, cookie: 'session=alice' }, { cookie: 'session=alice' }];
+    for (const headers of allowed) {
       const { ws } = await open(url, { headers });
       ws.close();
     }

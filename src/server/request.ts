@@ -199,6 +199,7 @@ export function handleRequest(
   let maxForwards: string | undefined;
   let proxyOnly: string[] | undefined;
   let authority: string | undefined;
+  let h2Cookie: string | undefined;
   // With tracing on, the gateway sends its own trace context upstream (a child of the client's).
   const tracing = ex !== null && ctx.observer?.tracing != null;
   for (let i = 0; i < raw.length; i += 2) {
@@ -240,11 +241,14 @@ export function handleRequest(
       case 'cookie': {
         // The console's and the portal's session cookies (a browser sends the console's to
         // every port of the admin's host) never reach an upstream.
-        if (!value.includes('tp_console=') && !value.includes('tp_portal=')) headers.push(name, value);
-        else {
-          const rest = value.split(';').filter((c) => !/^\s*tp_(console|portal)=/.test(c)).join(';').trim();
-          if (rest !== '') headers.push(name, rest);
+        let v = value;
+        if (value.includes('tp_console=') || value.includes('tp_portal=')) {
+          v = value.split(';').filter((c) => !/^\s*tp_(console|portal)=/.test(c)).join(';').trim();
+          if (v === '') continue;
         }
+        // HTTP/2 splits cookies into crumbs: joined again with "; " (RFC 9113 §8.2.3).
+        if (h2) h2Cookie = h2Cookie === undefined ? v : `${h2Cookie}; ${v}`;
+        else headers.push(name, v);
         continue;
       }
       case 'traceparent': case 'tracestate':
@@ -258,6 +262,7 @@ export function handleRequest(
         headers.push(name, value);
     }
   }
+  if (h2Cookie !== undefined) headers.push('cookie', h2Cookie);
   requestId = validRequestId(incomingId) ? incomingId : nextRequestId();
   if (ex !== null) {
     ex.requestId = requestId;

@@ -30,6 +30,7 @@ import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws';
 import { PROBLEMS, problemBody, type ProblemCode } from '../core/problem.js';
+import { connectionTokens } from '../core/headers.js';
 
 export interface WsStats {
   messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number;
@@ -141,6 +142,11 @@ function problem(o: WsRelayOptions, code: ProblemCode, detail: string, extra: [s
  */
 function endToEnd(raw: string[], own: [string, string][], is101: boolean): [string, string][] {
   const skip = new Set(own.map(([k]) => k.toLowerCase()));
+  // Fields the upstream's Connection names are connection-specific too (RFC 9110 §7.6.1).
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (raw[i]!.toLowerCase() !== 'connection') continue;
+    for (const t of connectionTokens(raw[i + 1]!) ?? []) if (t !== 'upgrade') skip.add(t);
+  }
   const out: [string, string][] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();

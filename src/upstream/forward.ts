@@ -232,8 +232,15 @@ export class ForwardHandler {
     if (f.grpcWeb !== null && f.hasBody) {
       // (streamed, never buffered for a retry: a gRPC call's messages are not replayable in general)
       const decoder = requestDecoder(f.grpcWeb);
-      decoder.on('error', (err) => f.req.destroy(err));
-      this.webBody = (this.webBody ?? f.req).pipe(decoder);
+      const source = this.webBody ?? f.req;
+      // A body that does not decode is the client's fault: undici gets the error through the
+      // stream (onError answers INVALID_ARGUMENT); the rest of the body is drained, the
+      // connection kept.
+      decoder.on('error', () => {
+        source.unpipe(decoder);
+        source.resume();
+      });
+      this.webBody = source.pipe(decoder);
     } else if (this.webBody !== null) {
       // (a capped body streams; it is not read ahead for retries)
     } else if (f.hasBody && svc.retries > 0 && (f.retryNonIdempotent || IDEMPOTENT.has(f.method)) && f.req.headers['transfer-encoding'] === undefined) {
@@ -845,7 +852,18 @@ export class ForwardHandler {
       this.release();
       return;
     }
-    if (code === BODY_TOO_LARGE || (err as { cause?: { code?: string } }).cause?.code === BODY_TOO_LARGE) {
+    const causeCode = (err as { cause?: { code?: string } }).cause?.code;
+    if (code === 'ERR_GRPC_WEB_BASE64' || causeCode === 'ERR_GRPC_WEB_BASE64') {
+      // The client's body, not the target: no failure charged to it or the circuit.
+      if (this.target !== null) this.endAttempt(true);
+      this.finished = true;
+      this.outcome = null;
+      if (!f.res.headersSent) sendProblem(f.res, 'bad-request', 'the grpc-web-text request body is not valid base64', f.requestId, { close: f.closeAfter });
+      else f.res.destroy(err);
+      this.release();
+      return;
+    }
+    if (code === BODY_TOO_LARGE || causeCode === BODY_TOO_LARGE) {
       if (this.target !== null) this.endAttempt(true); // not the target's fault
       this.finished = true;
       this.outcome = null;
