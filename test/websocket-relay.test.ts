@@ -549,6 +549,27 @@ test('idle timeout: frames in either direction keep it alive; silence closes bot
   }
 });
 
+test('idle timeout: the fragments of a message still arriving keep the relay alive', T, async () => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url, { idleTimeout: 300 });
+  const c = client(gw.url);
+  try {
+    await c.open;
+    c.ws.send(Buffer.from('part-0'), { binary: false, fin: false });
+    for (let i = 1; i < 6; i++) {
+      await sleep(150);
+      c.ws.send(Buffer.from(`part-${i}`), { binary: false, fin: i === 5 });
+    }
+    await until(() => c.messages.length === 1, 'the whole message echoed');
+    assert.equal(c.messages[0]!.data.toString(), 'part-0part-1part-2part-3part-4part-5');
+    assert.equal(c.ws.readyState, WebSocket.OPEN);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('client vanishing during the upstream handshake aborts the upstream connection', T, async () => {
   const up = await silentUpstream();
   const gw = await gateway(up.url, { connectTimeout: 10_000 });

@@ -377,6 +377,9 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
 
   wire(down, up, upSocket, 'client');
   wire(up, down, downSocket, 'upstream');
+  // Bytes of a message still arriving (its fragments, a large frame) count as activity too.
+  downSocket?.on('data', touch);
+  upSocket?.on('data', touch);
   if (o.idleTimeout > 0) idleTimer = setTimeout(checkIdle, o.idleTimeout).unref();
   o.onOpen?.();
 }
