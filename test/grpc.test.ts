@@ -2,7 +2,8 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { connect as h2connect } from 'node:http2';
+import { connect as h2connect, createServer as createH2Server } from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import { request as httpRequest } from 'node:http';
 import { promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
@@ -213,4 +214,56 @@ test('gRPC-Web-text with a body that is not base64: INVALID_ARGUMENT (the client
   }
   const ok = await grpcWeb('/test.Echo/Say', jsonFrame({ text: 'after' }), true);
   assert.equal(parseTrailerBlock(parseFrames(ok.body)[1]!.payload)['grpc-status'], '0');
+});
+
+test('deadlines: grpc-timeout bounds a streamed response too, even from an upstream that ignores it: DEADLINE_EXCEEDED trailers, the upstream stream cancelled', async () => {
+  // An upstream that streams a message every 200 ms and never looks at grpc-timeout.
+  let cancelled = false;
+  const lax = createH2Server((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/grpc' });
+    let i = 0;
+    const t = setInterval(() => {
+      if (i === 20) {
+        clearInterval(t);
+        res.addTrailers({ 'grpc-status': '0' });
+        res.end();
+        return;
+      }
+      res.write(jsonFrame({ i: i++ }));
+    }, 200);
+    res.on('close', () => { clearInterval(t); if (i < 20) cancelled = true; });
+  });
+  await new Promise<void>((r) => lax.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: lax, url: 'http://127.0.0.1:${(lax.address() as AddressInfo).port}', protocol: grpc, routes: [{paths: [/lax.Svc]}]}
+`);
+  const c = h2connect(`http://127.0.0.1:${g.port}`);
+  try {
+    const started = Date.now();
+    const s = c.request({ ':method': 'POST', ':path': '/lax.Svc/Stream', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': '500m' });
+    const got = await new Promise<{ trailers: Record<string, unknown>; frames: number }>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let trailers: Record<string, unknown> = {};
+      s.on('trailers', (t) => { trailers = t; });
+      s.on('data', (d: Buffer) => chunks.push(d));
+      s.on('end', () => resolve({ trailers, frames: parseFrames(Buffer.concat(chunks)).length }));
+      s.on('error', reject);
+      // (this client sends grpc-timeout but never cancels on its own)
+      s.end(jsonFrame({}));
+    });
+    const took = Date.now() - started;
+    assert.equal(got.trailers['grpc-status'], '4', JSON.stringify(got.trailers));
+    assert.ok(took < 1500, `ended after ${took} ms`);
+    assert.ok(got.frames >= 1 && got.frames < 20, `${got.frames} messages before the deadline`);
+    const until = Date.now() + 3000;
+    while (!cancelled && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    assert.ok(cancelled, 'the upstream stream was cancelled');
+  } finally {
+    c.close();
+    await g.close();
+    await new Promise((r) => lax.close(r));
+  }
 });

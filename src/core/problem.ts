@@ -34,7 +34,7 @@ export const PROBLEMS = {
   'circuit-open': { status: 503, title: 'Circuit Open' },
   'service-overloaded': { status: 503, title: 'Service Overloaded' },
   'shutting-down': { status: 503, title: 'Service Unavailable' },
-  'auth-unavailable': { status: 503, title: 'Identity Provider Unavailable' },
+  'auth-unavailable': { status: 503, title: 'Authentication Unavailable' },
   'gateway-timeout': { status: 504, title: 'Gateway Timeout' },
   'step-timeout': { status: 504, title: 'Composition Step Timed Out' },
   'http-version-not-supported': { status: 505, title: 'HTTP Version Not Supported' },

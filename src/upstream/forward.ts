@@ -183,6 +183,9 @@ export class ForwardHandler {
   private encoding: Transform | null = null;
   /** The final response's status (0 before it came). */
   private status = 0;
+  /** gRPC: when the call's grpc-timeout runs out (0: none), and its timer once the response started. */
+  private grpcDeadline = 0;
+  private callTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly f: ForwardRequest) {
     // The snapshot's pools stay open until its last request ends, even after a reload retired it.
@@ -266,7 +269,10 @@ export class ForwardHandler {
     if (svc.grpc) {
       // gRPC's own deadline (grpc-timeout), when shorter, bounds the exchange too.
       const ms = parseGrpcTimeout(this.f.req.headers['grpc-timeout'] as string | undefined);
-      if (ms !== null) this.deadline = Math.min(this.deadline, Date.now() + ms);
+      if (ms !== null) {
+        this.grpcDeadline = Date.now() + ms;
+        this.deadline = Math.min(this.deadline, this.grpcDeadline);
+      }
     }
     if (svc.retries > 0) {
       // Every request earns `ratio` of a retry (capped, so a quiet spell cannot bank a storm).
@@ -425,11 +431,36 @@ export class ForwardHandler {
     if (svc.health.passive !== null) svc.reporter.passive(t.state.key, ok);
   }
 
+  /** A gRPC call past its grpc-timeout while its response streams: cancelled upstream, DEADLINE_EXCEEDED to the client. */
+  private callDeadline(): void {
+    this.callTimer = undefined;
+    if (this.finished) return;
+    this.finished = true;
+    this.outcome = null; // (the client's deadline, not the target's failure)
+    this.abortFn?.(new Error('grpc-timeout exceeded'));
+    const res = this.f.res;
+    const trailers = { 'grpc-status': '4', 'grpc-message': 'Deadline%20Exceeded' };
+    if (!res.headersSent) sendProblem(res, 'gateway-timeout', 'the call ran past its grpc-timeout', this.f.requestId);
+    else if (this.encoder !== null) {
+      res.write(this.encoder.finish({ 'grpc-status': ['4'], 'grpc-message': ['Deadline%20Exceeded'] }));
+      res.end();
+    } else {
+      try {
+        res.addTrailers(trailers);
+      } catch {
+        /* trailers not possible here: the stream still ends */
+      }
+      res.end();
+    }
+    this.release();
+  }
+
   /** Releases everything the request holds, once: target, bulkhead slot, trial; reports the circuit outcome. */
   private release(): void {
     if (this.released) return;
     this.released = true;
     clearTimeout(this.responseTimer);
+    clearTimeout(this.callTimer);
     this.unqueue();
     const svc = this.f.service;
     if (this.target !== null) {
@@ -520,6 +551,8 @@ export class ForwardHandler {
     this.outcome = statusCode < 500;
     this.status = statusCode;
     this.resumeFn = resume;
+    // grpc-timeout is the deadline of the whole call, streamed responses included.
+    if (this.grpcDeadline > 0) this.callTimer = setTimeout(() => this.callDeadline(), Math.max(1, this.grpcDeadline - Date.now()));
     const ex = this.f.exchange;
     if (ex !== null) ex.upstreamHeaders = performance.now();
     this.span?.setAttribute('http.response.status_code', statusCode);

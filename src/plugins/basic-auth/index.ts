@@ -96,7 +96,8 @@ export default definePlugin({
         const user = users.get(username);
         // An unknown user costs a check too (no user-name oracle by timing).
         return limited(() => verifyPassword(password, user?.hash ?? dummy)).then((good): AuthOutcome => {
-          if (good === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 401 };
+          // Overloaded: the credentials were not judged (503, never the anonymous consumer).
+          if (good === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 503 };
           if (!good || user === undefined) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
           verified.set(key, user.consumer, Date.now() + CACHE_MS);
           return ok(user.consumer);
