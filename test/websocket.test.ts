@@ -232,3 +232,32 @@ test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is r
     await t.close();
   }
 });
+
+test('the service bulkhead holds for WebSockets: a relay keeps its slot while open; past max_concurrent the handshake is 503', async () => {
+  const t = await startGateway(`
+services:
+  - name: chat
+    url: ${up.url}
+    circuit_breaker: {max_concurrent: 1}
+    routes: [{name: chat, paths: [/chat], websocket: true}]
+`);
+  try {
+    const url = `ws://127.0.0.1:${t.port}/chat`;
+    const first = await open(url);
+    await assert.rejects(open(url), (e: { status?: number }) => e.status === 503);
+    const done = closed(first.ws);
+    first.ws.close();
+    await done;
+    await eventually(async () => {
+      try {
+        const again = await open(url);
+        again.ws.close();
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  } finally {
+    await t.close();
+  }
+});

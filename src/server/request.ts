@@ -24,7 +24,7 @@ import { connectionTokens, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
 import { hostName } from '../router/router.js';
-import { ForwardHandler } from '../upstream/forward.js';
+import { ForwardHandler, grantSlots } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
 import { grpcWebKind } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
@@ -639,8 +639,20 @@ function startWebSocket(
   const svc = route.service;
   const denied = originDenied(route.websocket!.origins, req, host);
   if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied);
+  // The service's circuit and bulkhead hold for WebSockets too: an open circuit refuses the
+  // handshake; a relay holds a bulkhead slot for its whole life (no queueing: 503 when full).
+  const st = svc.state;
+  if (svc.circuit !== null && st.circuit === 'open') {
+    const wait = Math.max(1, Math.ceil((st.openUntil - Date.now()) / 1000));
+    return reject(ctx, req, res, requestId, 'circuit-open', `service "${svc.name}" is failing; its circuit is open`, { 'retry-after': String(wait) });
+  }
+  if (svc.bulkhead !== null && st.active >= st.maxConcurrent) {
+    return reject(ctx, req, res, requestId, 'service-overloaded', `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, { 'retry-after': '1' });
+  }
   const target = svc.balancer.pick(hashKey, null);
   if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`);
+  const slot = svc.bulkhead !== null;
+  if (slot) st.active++;
   // The client's handshake fields (sec-websocket-*) are the relay's to send; Host is the target's.
   const out: Record<string, string | string[]> = {};
   for (let i = 0; i < headers.length - 2; i += 2) {
@@ -666,7 +678,16 @@ function startWebSocket(
     if (!released) {
       released = true;
       target.state.inflight--;
+      if (slot) {
+        st.active--;
+        grantSlots(st);
+      }
     }
+  };
+  /** The handshake's outcome for the circuit and passive health (a 5xx or no answer: failed). */
+  const report = (ok: boolean) => {
+    if (svc.health.passive !== null) svc.reporter.passive(target.state.key, ok);
+    if (svc.circuit !== null) svc.reporter.outcome(svc.name, ok, false);
   };
   relayWebSocket({
     req, socket: upgrade.socket, head: upgrade.head,
@@ -679,10 +700,12 @@ function startWebSocket(
     requestId,
     responseHeaders: { 'x-request-id': requestId },
     onOpen: () => {
+      report(true);
       ctx.ws.opened++;
       if (ex !== null) ex.upstreamHeaders = performance.now();
     },
     onReject: (status) => {
+      report(status < 500);
       ctx.ws.rejected++;
       if (ex !== null) ex.status = status;
       release();
