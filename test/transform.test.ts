@@ -321,9 +321,9 @@ test('response-transform: JSONata expression and wrap', { ...T }, async () => {
   assert.deepEqual(JSON.parse(r.body), { result: { name: 'Ada', upper: 'ADA' } });
 });
 
-function fetchRaw(url: string, headers: Record<string, string>): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
+function fetchRaw(url: string, headers: Record<string, string>, method = 'GET'): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { headers, agent: false }, (res) => {
+    const req = httpRequest(url, { headers, agent: false, method }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
@@ -343,6 +343,12 @@ test('compression: br preferred, gzip by q-value, identity when refused; Vary an
   const gz = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'br;q=0.5, gzip;q=0.9' });
   assert.equal(gz.headers['content-encoding'], 'gzip');
   assert.equal(gunzipSync(gz.body).toString(), 'x'.repeat(5000));
+  // HEAD: the fields the GET would carry (RFC 9110 §9.3.2), no body.
+  const head = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'br;q=0.5, gzip;q=0.9' }, 'HEAD');
+  assert.equal(head.headers['content-encoding'], 'gzip');
+  assert.match(String(head.headers.vary), /Accept-Encoding/);
+  assert.equal(head.headers['content-length'], undefined);
+  assert.equal(head.body.length, 0);
   const star = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': '*;q=0.1, br;q=0' });
   assert.equal(star.headers['content-encoding'], 'gzip');
   const none = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'identity' });

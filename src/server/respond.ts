@@ -48,7 +48,10 @@ export function removeHeader(list: string[], name: string): void {
 
 /** The first encoder a plugin offers for this response (it may edit the headers), or null. */
 export function pickEncoder(pl: ResponsePlugins | null, status: number, headers: string[], method: string): Transform | null {
-  if (pl === null || pl.chain.encodeResponse.length === 0 || method === 'HEAD' || status === 204 || status === 304 || status < 200) return null;
+  if (pl === null || pl.chain.encodeResponse.length === 0 || status === 204 || status === 304 || status < 200) return null;
+  // A HEAD answer carries the fields the GET's would (RFC 9110 §9.3.2: Content-Encoding, Vary,
+  // the weak ETag, no Content-Length), with no body to encode.
+  const head = method === 'HEAD';
   for (const b of pl.chain.encodeResponse) {
     let t: Transform | null = null;
     try {
@@ -58,6 +61,10 @@ export function pickEncoder(pl: ResponsePlugins | null, status: number, headers:
     }
     if (t !== null) {
       removeHeader(headers, 'content-length');
+      if (head) {
+        t.destroy();
+        return null;
+      }
       return t;
     }
   }
