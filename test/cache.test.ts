@@ -778,3 +778,13 @@ test('invalidation through Location names paths as the cache keys them (%7E is ~
   await get('/c/post-here', {}, 'POST');
   assert.equal(status(await get('/c/~u')), 'MISS');
 });
+
+test('a GET in flight when a POST invalidates its path does not store its (older) answer', async () => {
+  up.on('/c/race', (_n, req) => (req.method === 'POST' ? { status: 200, body: 'written' } : { headers: { 'cache-control': 'max-age=60' }, body: 'before the write', delay: 300 }));
+  const slow = get('/c/race');
+  await sleep(100);
+  assert.equal((await get('/c/race', {}, 'POST')).status, 200);
+  assert.equal((await slow).body, 'before the write');
+  const next = await get('/c/race');
+  assert.equal(status(next), 'MISS', 'the answer from before the write was stored');
+});

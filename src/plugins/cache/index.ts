@@ -253,7 +253,9 @@ export default definePlugin({
       st.flight = null;
     };
 
-    const put = (b: Bucket, e: Entry, now: number) => {
+    const put = (b: Bucket, e: Entry, now: number, since: number) => {
+      // (a write to this path while the response was on its way: it may be older than the write)
+      if (caches.invalidatedSince(b, since)) return;
       const r = store.put(b, e, now);
       if (r instanceof Promise) r.catch((err: Error) => caches.fail(err, 'write'));
     };
@@ -481,7 +483,7 @@ export default definePlugin({
           const f = P.freshness(merged, st.requestTime, now, o);
           const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
           if (P.refusal(old.status, merged, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
-            put(st.bucket, e, now);
+            put(st.bucket, e, now, st.requestTime);
             settle(st, { entry: e });
           } else {
             // The 304 made it unstorable (private, no-store, a Set-Cookie...): this client gets
@@ -495,7 +497,7 @@ export default definePlugin({
         if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
           const e = makeEntry(ctx, st, r.status, up, r.body, now);
           if (e !== null) {
-            put(st.bucket, e, now);
+            put(st.bucket, e, now, st.requestTime);
             settle(st, { entry: e });
             if (P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since'))) substitute(ctx, r, e, 'MISS', now);
             return;

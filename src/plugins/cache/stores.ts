@@ -182,7 +182,27 @@ export class CacheStores {
    * Drops a URI's bucket in every zone (an unsafe request went through one of them, §4.4): memory
    * at once, Redis in the background (failures logged).
    */
+  /** When each recently invalidated bucket was invalidated (bounded; insertion order = recency). */
+  private readonly invalidatedAt = new Map<string, number>();
+
+  private noteInvalidation(b: Bucket): void {
+    const k = `${b.host}\n${b.path}`;
+    this.invalidatedAt.delete(k);
+    this.invalidatedAt.set(k, Date.now());
+    if (this.invalidatedAt.size > 10_000) this.invalidatedAt.delete(this.invalidatedAt.keys().next().value!);
+  }
+
+  /**
+   * Whether the bucket was invalidated at or after `t` (when a request went upstream): its
+   * response may predate the write and must not be stored (a GET in flight across a POST).
+   */
+  invalidatedSince(b: Bucket, t: number): boolean {
+    const at = this.invalidatedAt.get(`${b.host}\n${b.path}`);
+    return at !== undefined && at >= t;
+  }
+
   invalidate(b: Bucket): void {
+    this.noteInvalidation(b);
     this.onInvalidate?.(b);
     for (const z of this.memoryZones.values()) z.store.invalidate(b);
     for (const z of this.redisZones.values()) {
@@ -199,6 +219,7 @@ export class CacheStores {
 
   /** Another worker's invalidation: this process's memory zones only (Redis was done there). */
   invalidateMemory(b: Bucket): void {
+    this.noteInvalidation(b);
     for (const z of this.memoryZones.values()) z.store.invalidate(b);
   }
 
