@@ -54,6 +54,11 @@ export default definePlugin({
   },
   create(config, deps) {
     const realm = 'Bearer realm="turnpike"';
+    if (!config.issuer && !config.audiences) {
+      // Legal (Envoy and KrakenD allow it too), but with keys shared by many tenants or apps
+      // (a multi-tenant IdP) any of their tokens would do (RFC 8725 §3.8-3.9).
+      deps.log.warn({ plugin: 'jwt', where: deps.where, jwks_url: config.jwks_url }, 'jwt: neither issuer nor audiences is set: any token signed by these keys is accepted');
+    }
     const keys = acquireKeySource({
       issuer: config.issuer,
       jwksUrl: config.jwks_url,
