@@ -468,3 +468,47 @@ test('ACCEPTANCE: a slow service does not slow a fast one (300 requests held ope
     await fast.close();
   }
 });
+
+test('active health over HTTPS uses the service\'s TLS settings (a private CA): a healthy target stays up; a probe whose body stalls fails', { timeout: 8000 }, async () => {
+  const { makeCa } = await import('./certs.js');
+  const { createServer: createHttpsServer } = await import('node:https');
+  const ca = makeCa();
+  const pem = ca.issue('localhost', { dns: ['localhost'] });
+  let stall = false;
+  const srv = createHttpsServer({ cert: pem.cert, key: pem.key }, (req, res) => {
+    if (req.url === '/healthz' && stall) {
+      res.writeHead(200, { 'content-length': '100' });
+      res.write('x'); // then nothing: the probe's timeout must fail it
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'text/plain' }).end('hello');
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as { port: number }).port;
+  const g = await startGateway(`services:
+  - name: s
+    tls: {ca: ${ca.certFile}}
+    upstream:
+      targets: [{url: "https://localhost:${port}"}]
+      healthcheck:
+        active: {path: /healthz, interval: 200ms, timeout: 150ms, healthy: 1, unhealthy: 2}
+    routes: [{paths: [/]}]
+`);
+  try {
+    await sleep(800);
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 200, `the target was taken down by TLS-less probes: ${r.body}`);
+    stall = true;
+    let down = false;
+    for (let i = 0; i < 30 && !down; i++) {
+      await sleep(100);
+      down = (await request(`${g.url}/x`)).status === 503;
+    }
+    assert.ok(down, 'a probe whose body stalls past its timeout counted as healthy');
+  } finally {
+    await g.close();
+    srv.closeAllConnections();
+    await new Promise((r) => srv.close(r));
+    ca.cleanup();
+  }
+});

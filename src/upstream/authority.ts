@@ -6,7 +6,8 @@
  * decision is broadcast to all of them (src/server/cluster.ts), so no worker keeps sending
  * traffic to a target another one found dead.
  */
-import { Agent, request } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
+import { isIP } from 'node:net';
 import type { Snapshot } from '../config/compile.js';
 import type { CircuitState } from './state.js';
 import type { Logger } from '../core/log.js';
@@ -31,6 +32,8 @@ interface TargetHealth {
   key: string;
   origin: string;
   hostHeader: string;
+  /** What probes go through: the shared agent, or one with the service's upstream TLS settings. */
+  dispatcher: Dispatcher | null;
   passive: PassiveConfig | null;
   active: ActiveConfig | null;
   failures: number;
@@ -68,6 +71,8 @@ export class HealthAuthority implements Reporter {
   private readonly targets = new Map<string, TargetHealth>();
   private readonly circuits = new Map<string, Circuit>();
   private readonly agent = new Agent({ keepAliveTimeout: 10_000, connections: 2 });
+  /** Probe agents for HTTPS targets, by TLS material and server name (the service's own settings). */
+  private readonly tlsAgents = new Map<string, Agent>();
   private stopped = false;
 
   constructor(private readonly publish: (d: Decision) => void, private readonly log?: Logger) {}
@@ -82,13 +87,14 @@ export class HealthAuthority implements Reporter {
         let h = this.targets.get(t.state.key);
         if (!h) {
           h = {
-            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, passive: null, active: null,
+            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, dispatcher: null, passive: null, active: null,
             failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
             probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
           };
           this.targets.set(h.key, h);
         }
         h.passive = s.health.passive;
+        h.dispatcher = t.origin.startsWith('https:') ? this.tlsAgent(s.tls, t.hostHeader) : null;
         const hadActive = h.active !== null;
         // Same probe settings (a reload builds new objects): keep the object, so a probe in
         // flight still counts (a result is dropped only when its settings changed).
@@ -252,6 +258,27 @@ export class HealthAuthority implements Reporter {
     this.publish({ t: 'target', key: h.key, down });
   }
 
+  /**
+   * The agent HTTPS probes go through: the service's CA, client certificate, verification
+   * switch and server name, as its requests use (a private CA must not make a healthy target
+   * look down). The SNI of a target resolved to an address is its name.
+   */
+  private tlsAgent(tls: Snapshot['services'][number]['tls'], hostHeader: string): Agent {
+    const name = hostHeader.replace(/:[0-9]+$/, '').replace(/^\[|\]$/g, '');
+    const servername = tls?.servername ?? (isIP(name) === 0 ? name : undefined);
+    const key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '']);
+    let a = this.tlsAgents.get(key);
+    if (a === undefined) {
+      a = new Agent({
+        keepAliveTimeout: 10_000,
+        connections: 2,
+        connect: { ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}) },
+      });
+      this.tlsAgents.set(key, a);
+    }
+    return a;
+  }
+
   private scheduleProbe(h: TargetHealth, delay: number): void {
     if (this.stopped || !h.active) return;
     h.probeTimer = setTimeout(() => {
@@ -267,16 +294,19 @@ export class HealthAuthority implements Reporter {
     h.probing = true;
     let ok = false;
     try {
+      const signal = AbortSignal.timeout(cfg.timeout);
       const res = await request(h.origin + cfg.path, {
         method: 'GET',
-        dispatcher: this.agent,
+        dispatcher: h.dispatcher ?? this.agent,
         headers: { host: cfg.host ?? h.hostHeader, 'user-agent': 'turnpike-healthcheck' },
         headersTimeout: cfg.timeout,
         bodyTimeout: cfg.timeout,
-        signal: AbortSignal.timeout(cfg.timeout),
+        signal,
       });
-      await res.body.dump({ limit: 64 * 1024 }).catch(() => {});
-      ok = cfg.statuses ? cfg.statuses.has(res.statusCode) : res.statusCode >= 200 && res.statusCode < 400;
+      const statusOk = cfg.statuses ? cfg.statuses.has(res.statusCode) : res.statusCode >= 200 && res.statusCode < 400;
+      // A body that stalls past the timeout fails the probe (dump rejects when the signal fires).
+      await res.body.dump({ limit: 64 * 1024, signal });
+      ok = statusOk;
     } catch {
       ok = false;
     }
@@ -311,5 +341,6 @@ export class HealthAuthority implements Reporter {
     }
     for (const c of this.circuits.values()) clearTimeout(c.timer);
     await this.agent.close().catch(() => {});
+    await Promise.all([...this.tlsAgents.values()].map((a) => a.close().catch(() => {})));
   }
 }
