@@ -198,6 +198,22 @@ test('latency balancer sends most traffic to the faster target', { timeout: 5000
   }
 });
 
+test('latency balancer: a target that fails at once (5xx) is not the fastest', { timeout: 5000 }, async () => {
+  const failing = await startUpstream((_q, res) => res.writeHead(500).end('failing'));
+  const slower = await named('ok', { delayMs: 20 });
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      balancer: latency\n      targets: [{url: ${failing.url}}, {url: ${slower.url}}]\n    routes: [{paths: [/]}]\n`);
+  try {
+    const seen: string[] = [];
+    for (let i = 0; i < 60; i++) seen.push((await request(`${g.url}/x`)).body);
+    const share = seen.filter((x) => x === 'ok').length / seen.length;
+    assert.ok(share > 0.75, `working target share ${share}`);
+  } finally {
+    await g.close();
+    await failing.close();
+    await slower.close();
+  }
+});
+
 test('round-robin skips a target the active health check marks down', { timeout: 5000 }, async () => {
   let bStatus = 503;
   const a = await named('a');

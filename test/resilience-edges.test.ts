@@ -190,13 +190,14 @@ test('a connect that hangs is bounded by the response timeout and the deadline, 
   }
 });
 
-test('passive ejection doubles on each repeat, capped at max_ejection; a success resets it', { timeout: 5000 }, async () => {
+test('passive ejection doubles on each repeat, capped at max_ejection; a success resets it; the last target up is never ejected', { timeout: 5000 }, async () => {
   const pools = new PoolRegistry();
-  const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });
-  const events: { down: boolean; at: number }[] = [];
+  const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });
+  const events: { down: boolean; at: number; key: string }[] = [];
   const t0 = Date.now();
-  const authority = new HealthAuthority((d) => { if (d.t === 'target') events.push({ down: d.down, at: Date.now() - t0 }); });
+  const authority = new HealthAuthority((d) => { if (d.t === 'target') events.push({ down: d.down, at: Date.now() - t0, key: d.key }); });
   const key = snap.services[0]!.targets[0]!.state.key;
+  const other = snap.services[0]!.targets[1]!.state.key;
   const ejectedFor = async () => {
     const start = Date.now();
     authority.passive(key, false);
@@ -215,6 +216,12 @@ test('passive ejection doubles on each repeat, capped at max_ejection; a success
     authority.passive(key, true); // a success after readmission: back to the base ejection
     const after = await ejectedFor();
     assert.ok(after >= 95 && after < 180, `ejection after a success ${after} ms (100)`);
+    // With the first one out, the second is the last target up: its failures eject nothing.
+    authority.passive(key, false);
+    assert.equal(events.at(-1)?.down, true);
+    authority.passive(other, false);
+    authority.passive(other, false);
+    assert.equal(events.filter((e) => e.key === other).length, 0, 'the last target up was ejected');
   } finally {
     await authority.stop();
     snap.dispose();

@@ -32,6 +32,8 @@ interface TargetHealth {
   key: string;
   origin: string;
   hostHeader: string;
+  /** The service whose target it is (passive health never ejects a service's last target up). */
+  service: string;
   /** What probes go through: the shared agent, or one with the service's upstream TLS settings. */
   dispatcher: Dispatcher | null;
   passive: PassiveConfig | null;
@@ -87,7 +89,7 @@ export class HealthAuthority implements Reporter {
         let h = this.targets.get(t.state.key);
         if (!h) {
           h = {
-            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, dispatcher: null, passive: null, active: null,
+            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, dispatcher: null, passive: null, active: null,
             failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
             probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
           };
@@ -164,6 +166,12 @@ export class HealthAuthority implements Reporter {
     }
     if (h.ejected) return;
     if (++h.failures >= h.passive.failures) {
+      // The last target up stays (NGINX never marks a lone server down; Envoy has its panic
+      // threshold): ejecting it turns a blip into an outage of `ejection` for every request.
+      if (!this.anotherUp(h)) {
+        h.failures = 0;
+        return;
+      }
       h.failures = 0;
       h.probeOk = 0; // probes must pass `healthy` times again before they readmit it early
       h.ejected = true;
@@ -240,6 +248,12 @@ export class HealthAuthority implements Reporter {
     c.stamp.fill(-1);
     this.log?.info({ service: c.name }, 'circuit closed');
     this.publish({ t: 'circuit', service: c.name, state: 'closed', until: 0 });
+  }
+
+  /** Whether another target of h's service is up now. */
+  private anotherUp(h: TargetHealth): boolean {
+    for (const o of this.targets.values()) if (o !== h && o.service === h.service && !o.down) return true;
+    return false;
   }
 
   private readmit(h: TargetHealth): void {

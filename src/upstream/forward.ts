@@ -533,7 +533,9 @@ export class ForwardHandler {
     if (t !== null) {
       const passive = svc.health.passive;
       const ok = passive === null || !passive.statuses.has(statusCode);
-      if (svc.balancerName === 'latency') t.state.sample(Date.now() - this.attemptStart, Date.now());
+      // A failed answer is charged the penalty, not its (fast) time: a target that fails at once
+      // must not look like the quickest.
+      if (svc.balancerName === 'latency') t.state.sample(statusCode >= 500 || !ok ? FAILURE_PENALTY_MS : Date.now() - this.attemptStart, Date.now());
       if (passive !== null) svc.reporter.passive(t.state.key, ok);
       if (svc.retryOn.statuses.has(statusCode) && this.mayRetry(statusCode)) {
         const abort = this.abortFn;
