@@ -356,8 +356,29 @@ test('the fast YAML path (reload thread) gives the same object as the full parse
     'services:\n  - name: s\n    urll: http://x\n', // schema error
     'listen: [unclosed\n', // syntax error
     'a: 1\n', // unknown key
+    // numbers js-yaml reads and `yaml` does not (a reload must agree with validate and startup)
+    'services:\n  - name: s\n    url: http://127.0.0.1:1\n    plugins: [{name: rate-limit, config: {limit: 0b10, window: 1m}}]\n',
+    'services:\n  - name: s\n    url: http://127.0.0.1:1\n    plugins: [{name: rate-limit, config: {limit: 1_000, window: 1m}}]\n',
   ];
   for (const text of aside) assert.equal(fastValidConfig(text), undefined, text);
+});
+
+test('a value from ${VAR} never shows in a config error (it may be a secret): the reference does', () => {
+  const env = { UPSTREAM: 'AKIA-super-secret-value', REDIS: 'redis//:hunter2-pass@10.0.0.1:6379' };
+  for (const text of [
+    'services:\n  - name: s\n    url: "${UPSTREAM}"\n',
+    'redis: "${REDIS}"\nservices: []\n',
+  ]) {
+    let message = '';
+    try {
+      parseConfigText(text, { env });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    assert.ok(message !== '', `no error for ${text}`);
+    assert.doesNotMatch(message, /super-secret|hunter2/, message);
+    assert.match(message, /\$\{(UPSTREAM|REDIS)\}/, message);
+  }
 });
 
 test("issue 3's contract validates as written (hash_on next to round-robin is allowed and unused)", () => {

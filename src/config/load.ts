@@ -110,6 +110,8 @@ function schemaIssues(config: unknown): { path: PathSegment[]; message: string }
  */
 export function fastValidConfig(text: string): TurnpikeConfigInput | undefined {
   if (text.includes('${')) return undefined;
+  // Plain scalars js-yaml reads as numbers and `yaml` (the reference) as strings: 0b10, 1_000.
+  if (/(^|[\s:,\[{-])[-+]?(0b|[0-9]+_)/m.test(text)) return undefined;
   let special = false;
   let config: unknown;
   try {
@@ -141,10 +143,19 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
   const lineOf = (path: readonly PathSegment[]) => locate(doc, lc, path);
+  /** Values that came from `${VAR}` references, and the references: never shown in a message. */
+  const substituted: [value: string, reference: string][] = [];
+  const scrub = (message: string) => {
+    // (longest first: a value inside another is not replaced half)
+    for (const [value, ref] of [...substituted].sort((a, b) => b[0].length - a[0].length)) {
+      if (message.includes(value)) message = message.split(value).join(ref);
+    }
+    return message;
+  };
   const mkError = (items: { path: readonly PathSegment[]; message: string }[]) =>
     new ConfigError(
       items
-        .map((i): ConfigIssue => ({ path: formatPath(i.path), line: lineOf(i.path), message: i.message }))
+        .map((i): ConfigIssue => ({ path: formatPath(i.path), line: lineOf(i.path), message: scrub(i.message) }))
         .sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity)),
       opts.file,
     );
@@ -175,6 +186,13 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
         envIssues.push({ path, message: `environment variable ${name} is not set (use \${${name}:-default} for a default)` });
       }
       node.value = value;
+      // (a secret given by reference stays out of error messages, logs and admin API answers;
+      // JSON-escaped too, as schema messages quote values)
+      if (value.length >= 4 && value !== original) {
+        substituted.push([value, original]);
+        const quoted = JSON.stringify(value).slice(1, -1);
+        if (quoted !== value) substituted.push([quoted, original]);
+      }
       // An unquoted value that is exactly one reference takes the type it reads as (8080, true).
       if (node.type === 'PLAIN' && /^\$\{[^}]+\}$/.test(original)) {
         if (/^-?[0-9]+(\.[0-9]+)?$/.test(value)) node.value = Number(value);
