@@ -146,6 +146,8 @@ test('services, routes, upstreams and targets: CRUD over HTTP with ETags, Locati
     assert.equal(patched.status, 200, patched.text);
     assert.deepEqual(patched.json, { id: created.json.id, name: 'orders', url: 'http://127.0.0.1:9001', retries: 2 });
     isProblem(await api.call('PATCH', '/api/services/orders', { body: { retries: 3 }, headers: { 'if-match': etag } }), 412, 'precondition-failed');
+    // A weakened tag (a compressing proxy on the way) never matches: 412, not a blind write.
+    isProblem(await api.call('PATCH', '/api/services/orders', { body: { retries: 3 }, headers: { 'if-match': `W/${patched.headers.get('etag')}` } }), 412, 'precondition-failed');
     isProblem(await api.call('PUT', '/api/services/nope', { body: { name: 'nope', url: 'http://x' }, headers: { 'if-match': '*' } }), 412, 'precondition-failed');
     assert.equal((await api.call('GET', '/api/services/orders')).json.retries, 2);
 

@@ -50,6 +50,9 @@ export interface Precondition {
   revisions: number[];
 }
 
+/** Stands for If-Match tags none of which can match (weak ones): no item or revision has it. */
+const NEVER_MATCHES = 'W/"never"';
+
 /**
  * Parses If-Match (RFC 9110 13.1.1). undefined: no header. Throws on syntax errors
  * (the caller answers 400).
@@ -59,12 +62,19 @@ export function parseIfMatch(header: string | string[] | undefined): Preconditio
   const text = Array.isArray(header) ? header.join(',') : header;
   if (text.trim() === '*') return { any: true, tags: [], revisions: [] };
   const out: Precondition = { any: false, tags: [], revisions: [] };
+  let weak = false;
   for (const tag of splitTags(text)) {
-    if (tag.startsWith('W/')) continue; // strong comparison: a weak tag never matches
+    if (tag.startsWith('W/')) { // strong comparison: a weak tag never matches
+      weak = true;
+      continue;
+    }
     const m = /^"r([0-9]{1,15})"$/.exec(tag);
     if (m) out.revisions.push(Number(m[1]));
     else out.tags.push(tag);
   }
+  // Only weak tags (a proxy that compresses weakens ETags): a condition nothing can meet,
+  // never no condition at all (412, not a blind write).
+  if (weak && out.tags.length === 0 && out.revisions.length === 0) out.tags.push(NEVER_MATCHES);
   return out;
 }
 

@@ -26,6 +26,11 @@ test('etags: canonical JSON ignores key order; tags depend on the tokens; If-Mat
   assert.deepEqual(parseIfMatch('*'), { any: true, tags: [], revisions: [] });
   assert.deepEqual(parseIfMatch('"abc", W/"weak", "r12"'), { any: false, tags: ['"abc"'], revisions: [12] });
   assert.equal(parseIfMatch(undefined), undefined);
+  // Only weak tags: a condition nothing meets (not "no condition").
+  const weak = parseIfMatch('W/"abc"')!;
+  assert.equal(weak.any, false);
+  assert.equal(weak.tags.length + weak.revisions.length > 0, true);
+  assert.ok(!weak.tags.includes('"abc"'));
   assert.throws(() => parseIfMatch('abc'));
   assert.throws(() => parseIfMatch('"a" "b"'));
   assert.equal(noneMatch('W/"x", "y"', '"x"'), true);
