@@ -18,7 +18,11 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     services: [{
       name: 'orders', url: 'http://127.0.0.1:9001',
       scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://127.0.0.1:9/hook', secret: 'webhook-secret-0123456789' }] },
-      plugins: [{ name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/introspect', client_id: 'gw', client_secret: 'client-secret-value-xyz' } }],
+      plugins: [
+        { name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/introspect', client_id: 'gw', client_secret: 'client-secret-value-xyz' } },
+        // a credential header set by a transform is a secret too (any case of the name)
+        { name: 'request-transform', config: { headers: { set: { Authorization: 'Bearer UPSTREAM-SECRET-abc123', 'x-api-key': 'UPSTREAM-KEY-456' } } } },
+      ],
       routes: [{ name: 'r', paths: ['/o'] }],
     }],
     plugins: [{ name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/i', client_id: 'gw2', client_secret: '${ENV_SECRET}' } }],
@@ -35,7 +39,7 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     for (const [path, token] of [['/api/services/orders', READER], ['/api/services', READER], ['/api/plugins', READER], ['/api/config', READER], ['/api/config?format=json', ADMIN], ['/api/revisions/1', READER]] as const) {
       const r = await call('GET', path, token);
       assert.equal(r.status, 200, `${path}: ${r.text}`);
-      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz/, path);
+      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz|UPSTREAM-SECRET|UPSTREAM-KEY/, path);
       assert.match(r.text, /\(secret\)|\$\{ENV_SECRET\}/, path);
     }
     // A reference is not a secret: shown as written.
@@ -50,6 +54,7 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { client_secret: string } }[]; scaling: { triggers: { secret: string }[] } }[] };
     assert.equal(stored.services[0]!.retries, 1);
     assert.equal(stored.services[0]!.plugins[0]!.config.client_secret, 'client-secret-value-xyz');
+    assert.equal((stored.services[0]!.plugins[1]!.config as unknown as { headers: { set: Record<string, string> } }).headers.set['Authorization'], 'Bearer UPSTREAM-SECRET-abc123');
     assert.equal(stored.services[0]!.scaling.triggers[0]!.secret, 'webhook-secret-0123456789');
     // PATCH of a service with the masked view: kept too.
     const item = await call('GET', '/api/services/orders');

@@ -110,7 +110,14 @@ export function secretValues(doc: Obj): string[] {
 }
 
 /** Outside credentials: fields of plugin configs and scaling triggers that hold secrets. */
-export const CONFIG_SECRET_FIELDS: readonly string[] = ['secret', 'client_secret', 'password', 'private_key', 'token', 'api_key', 'hmac_secret', 'secret_key'];
+export const CONFIG_SECRET_FIELDS: readonly string[] = ['secret', 'client_secret', 'password', 'private_key', 'token', 'api_key', 'hmac_secret', 'secret_key', 'bearer'];
+/** Header names whose values are credentials wherever a config sets them (transform and compose `headers`). */
+const SECRET_HEADER_KEYS = new Set(['authorization', 'proxy-authorization', 'x-api-key', 'apikey', 'api-key', 'x-auth-token', 'cookie']);
+
+/** Whether a config key holds a secret value (a field name above, or a credential header, any case). */
+export function isSecretKey(k: string): boolean {
+  return CONFIG_SECRET_FIELDS.includes(k) || SECRET_HEADER_KEYS.has(k.toLowerCase());
+}
 /** What a read shows in place of such a secret; written back, it keeps the stored value. */
 export const MASK = '(secret)';
 
@@ -123,7 +130,7 @@ export function maskSecrets<T>(v: T): T {
   const out: Obj = {};
   for (const [k, x] of Object.entries(v)) {
     if (k === 'credentials') out[k] = x; // (credentials: their own rules, stripSecrets)
-    else if (CONFIG_SECRET_FIELDS.includes(k) && typeof x === 'string' && x !== '' && !isRef(x)) out[k] = MASK;
+    else if (isSecretKey(k) && typeof x === 'string' && x !== '' && !isRef(x)) out[k] = MASK;
     else out[k] = maskSecrets(x);
   }
   return out as T;
@@ -150,7 +157,7 @@ export function restoreMasked(next: unknown, old: unknown, path = ''): string[] 
   } else if (isObj(next)) {
     const o = isObj(old) ? old : {};
     for (const [k, x] of Object.entries(next)) {
-      if (x === MASK && CONFIG_SECRET_FIELDS.includes(k)) {
+      if (x === MASK && isSecretKey(k)) {
         if (typeof o[k] === 'string') next[k] = o[k];
         else missing.push(`${path ? `${path}.` : ''}${k}`);
       } else missing.push(...restoreMasked(x, o[k], `${path ? `${path}.` : ''}${k}`));
