@@ -222,3 +222,22 @@ test('secrets: stripped for export, restored from the stored document when a cre
   assert.equal(((changed['consumers'] as Obj[])[0]!['credentials'] as Obj[])[0]!['key'], 'new-key-000000000');
   assert.equal(((changed['consumers'] as Obj[])[1]!['credentials'] as Obj[])[0]!['key'], undefined);
 });
+
+test('secrets: an exported consumer with two keys, applied back with the first removed, keeps the second key (not the first)', () => {
+  const stored: Obj = { consumers: [{ name: 'acme', credentials: [
+    { type: 'key-auth', key: 'first-key-AAAAAAAA' },
+    { type: 'key-auth', key: 'second-key-BBBBBBBB' },
+  ] }] };
+  const exported = stripSecrets(stored);
+  const creds = (exported['consumers'] as Obj[])[0]!['credentials'] as Obj[];
+  creds.shift(); // the operator revokes the first key
+  restoreSecrets(exported, stored);
+  const kept = ((exported['consumers'] as Obj[])[0]!['credentials'] as Obj[]);
+  assert.equal(kept.length, 1);
+  assert.equal(kept[0]!['key'], 'second-key-BBBBBBBB');
+  assert.equal(kept[0]!['id'], 'acme/key-auth/2', 'it keeps its identity (X-Credential-Identifier)');
+  // Unchanged, an export applied back is the stored document itself.
+  const same = stripSecrets(stored);
+  restoreSecrets(same, stored);
+  assert.deepEqual(same, stored);
+});

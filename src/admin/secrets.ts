@@ -39,18 +39,25 @@ export function credentialView(c: Obj, id: string): Obj {
   return out;
 }
 
-/** A copy of the document whose credentials carry no secrets. */
+/**
+ * A copy of the document whose credentials carry no secrets. A key-auth credential without an
+ * `id` is exported with the one it has (`<consumer>/key-auth/<n>`): applied back with a key
+ * removed, the others are still told apart (without it, positions shift and the stored keys
+ * would follow the wrong entries).
+ */
 export function stripSecrets(doc: Obj): Obj {
   if (!Array.isArray(doc['consumers'])) return doc;
   return {
     ...doc,
     consumers: doc['consumers'].map((c) => {
       if (!isObj(c) || !Array.isArray(c['credentials'])) return c;
+      const ids = credentialIds(c);
       return {
         ...c,
-        credentials: c['credentials'].map((cr) => {
+        credentials: c['credentials'].map((cr, i) => {
           if (!isObj(cr)) return cr;
           const out: Obj = {};
+          if (cr['type'] === 'key-auth' && typeof cr['id'] !== 'string' && ids[i] !== undefined) out['id'] = ids[i];
           for (const [k, v] of Object.entries(cr)) if (!SECRET_FIELDS.includes(k)) out[k] = v;
           return out;
         }),
@@ -65,9 +72,8 @@ export function stripSecrets(doc: Obj): Obj {
  * config, applied back, keeps its keys). Mutates `next`; returns how many were filled in.
  */
 export function restoreSecrets(next: Obj, old: Obj | null): number {
-  if (!old) return 0;
   const before = new Map<string, Obj>();
-  for (const c of items(old['consumers'])) {
+  for (const c of items(old?.['consumers'])) {
     const ids = credentialIds(c);
     items(c['credentials']).forEach((cr, i) => before.set(`${String(c['name'])}\0${ids[i]}`, cr));
   }
@@ -87,6 +93,16 @@ export function restoreSecrets(next: Obj, old: Obj | null): number {
       }
       if (any) filled++;
     });
+  }
+  // An exported key-auth `id` that is the one the position gives anyway is left out again: an
+  // export applied back unchanged changes nothing; one left after a removal keeps its identity.
+  for (const c of items(next['consumers'])) {
+    let n = 0;
+    for (const cr of items(c['credentials'])) {
+      if (cr['type'] !== 'key-auth') continue;
+      n++;
+      if (cr['id'] === `${String(c['name'])}/key-auth/${n}`) delete cr['id'];
+    }
   }
   return filled;
 }
