@@ -40,8 +40,10 @@ export default definePlugin({
     const timeoutMs = storeTimeoutMs(config.timeout, config.policy);
     const store = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
     const name = config.name ?? 'quota';
-    // The key names the quota (not its place in the file): moving a binding keeps the count.
-    const base = `q:${name}:${config.period}:${tz}:${config.limit}`;
+    // A named quota is one count wherever it is bound (moving the binding keeps it); an unnamed
+    // one is its binding's own (two services' quotas are not one). The limit is not part of the
+    // key: raising it mid-period keeps what was used.
+    const base = `q:${config.name !== undefined ? `n=${config.name}` : `at=${deps.where}`}:${config.period}:${tz}`;
     const decide = async (key: string, end: number): Promise<QuotaDecision | 'unavailable'> => {
       const q = { key, limit: config.limit, cost, periodEnd: end };
       try {
@@ -79,7 +81,7 @@ export default definePlugin({
         const state = `"${name}";r=${d.remaining};t=${resetS}`;
         ctx.limited('quota', d.allowed);
         if (!d.allowed) {
-          return { code: 'too-many-requests', detail: `the ${config.period}ly quota of ${config.limit} is used up (it resets at ${new Date(p.end).toISOString()})`, headers: { 'ratelimit-policy': policy, ratelimit: state, 'retry-after': String(resetS) } };
+          return { code: 'too-many-requests', detail: `the ${config.period === 'day' ? 'daily' : `${config.period}ly`} quota of ${config.limit} is used up (it resets at ${new Date(p.end).toISOString()})`, headers: { 'ratelimit-policy': policy, ratelimit: state, 'retry-after': String(resetS) } };
         }
         ctx.addResponseHeader('ratelimit-policy', policy);
         ctx.addResponseHeader('ratelimit', state);

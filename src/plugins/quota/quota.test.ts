@@ -83,3 +83,47 @@ test('calendar periods: days of 23 and 25 hours at DST changes, ISO weeks, month
   const m = periodOf(Date.UTC(2026, 1, 10), 'month', 'America/New_York');
   assert.deepEqual([m.id, new Date(m.start).toISOString(), new Date(m.end).toISOString()], ['2026-02', '2026-02-01T05:00:00.000Z', '2026-03-01T05:00:00.000Z']);
 });
+
+test('unnamed quotas of two services are counted apart; a named one is one count; raising a limit keeps what was used', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-'));
+  const file = join(dir, 'turnpike.yaml');
+  const text = (limit: number) => `listen: 127.0.0.1:0
+consumers:
+  - {name: acme, credentials: [{type: key-auth, key: acme-key-1234}]}
+services:
+  - name: orders
+    url: ${up.url}
+    plugins: [{name: key-auth}, {name: quota, config: {limit: ${limit}, period: day}}]
+    routes: [{paths: [/orders]}]
+  - name: billing
+    url: ${up.url}
+    plugins: [{name: key-auth}, {name: quota, config: {limit: 3, period: day}}]
+    routes: [{paths: [/billing]}]
+  - name: shared-a
+    url: ${up.url}
+    plugins: [{name: key-auth}, {name: quota, config: {name: shared, limit: 2, period: day}}]
+    routes: [{paths: [/sa]}]
+  - name: shared-b
+    url: ${up.url}
+    plugins: [{name: key-auth}, {name: quota, config: {name: shared, limit: 2, period: day}}]
+    routes: [{paths: [/sb]}]
+`;
+  writeFileSync(file, text(3));
+  const gw = await Gateway.start(loadConfigFile(file));
+  try {
+    const get = async (path: string) => (await request(`http://127.0.0.1:${gw.proxyAddress!.port}${path}`, { headers: { apikey: 'acme-key-1234' } })).status;
+    for (let i = 0; i < 3; i++) assert.equal(await get('/orders'), 200);
+    assert.equal(await get('/orders'), 429);
+    assert.equal(await get('/billing'), 200, 'another service\'s quota is its own');
+    assert.equal(await get('/sa'), 200);
+    assert.equal(await get('/sb'), 200);
+    assert.equal(await get('/sa'), 429, 'a named quota is one count across its bindings');
+    // Raised from 3 to 4: one more request today, not four.
+    writeFileSync(file, text(4));
+    gw.reload(loadConfigFile(file));
+    assert.equal(await get('/orders'), 200);
+    assert.equal(await get('/orders'), 429);
+  } finally {
+    await gw.stop();
+  }
+});
