@@ -37,7 +37,8 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
  * gets at least the IPC channel's own bound (1 s).
  */
 export function storeTimeoutMs(timeout: string | number | undefined, policy: string | undefined): number {
-  return Math.max(parseDuration(timeout ?? '50ms'), policy === 'redis' ? 0 : 1000);
+  // (capped at what a timer can hold: past 2^31-1 ms Node fires it at once)
+  return Math.min(Math.max(parseDuration(timeout ?? '50ms'), policy === 'redis' ? 0 : 1000), 2 ** 31 - 1);
 }
 
 export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {

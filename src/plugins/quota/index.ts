@@ -44,12 +44,17 @@ export default definePlugin({
     // one is its binding's own (two services' quotas are not one). The limit is not part of the
     // key: raising it mid-period keeps what was used.
     const base = `q:${config.name !== undefined ? `n=${config.name}` : `at=${deps.where}`}:${config.period}:${tz}`;
+    let warnedAt = -Infinity;
     const decide = async (key: string, end: number): Promise<QuotaDecision | 'unavailable'> => {
       const q = { key, limit: config.limit, cost, periodEnd: end };
       try {
         return await withTimeout(store.quota(q), timeoutMs);
       } catch (err) {
-        deps.log.warn({ err: (err as Error).message, plugin: 'quota', fault }, 'quota store failed');
+        if (Date.now() - warnedAt >= 10_000) {
+          // (one line per 10 s: a store outage must not write one per request)
+          warnedAt = Date.now();
+          deps.log.warn({ err: (err as Error).message, plugin: 'quota', fault }, 'quota store failed');
+        }
         if (fault === 'open') return 'unavailable';
         if (fault === 'local' && store !== deps.counters.local) return deps.counters.local.quota(q);
         throw err;

@@ -28,6 +28,10 @@ export default definePlugin({
       if (parseDuration(l.window) < 1) out.push('a window must be at least 1ms');
     }
     if (config.policy === 'redis' && deps.counters.redis === null) out.push('policy redis needs the top-level redis setting');
+    const cost = config.cost ?? 1;
+    for (const l of [...(config.limits ?? []), ...(config.limit !== undefined ? [{ limit: config.limit }] : [])]) {
+      if (cost > l.limit) out.push(`cost ${cost} is more than the limit ${l.limit}: every request would be refused`);
+    }
     return out;
   },
   create(config, deps) {
@@ -45,12 +49,17 @@ export default definePlugin({
     const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${Math.max(1, Math.round(w.periodMs / 1000))}`).join(', ');
 
     const queriesFor = (key: string): RateQuery[] => windows.map((w) => ({ key: `rl:${scope}:${key}`, limit: w.limit, periodMs: w.periodMs, cost, algorithm }));
+    let warnedAt = -Infinity;
     const decide = async (key: string): Promise<RateDecision[] | 'unavailable'> => {
       const queries = queriesFor(key);
       try {
         return await withTimeout(store.rate(queries), timeoutMs);
       } catch (err) {
-        deps.log.warn({ err: (err as Error).message, plugin: 'rate-limit', fault }, 'rate limit store failed');
+        if (Date.now() - warnedAt >= 10_000) {
+          // (one line per 10 s: a store outage must not write one per request)
+          warnedAt = Date.now();
+          deps.log.warn({ err: (err as Error).message, plugin: 'rate-limit', fault }, 'rate limit store failed');
+        }
         if (fault === 'open') return 'unavailable';
         if (fault === 'local' && store !== deps.counters.local) return deps.counters.local.rate(queries);
         throw Object.assign(new Error('rate limit store unavailable'), { closed: true });

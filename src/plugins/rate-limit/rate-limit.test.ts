@@ -98,6 +98,7 @@ test('config errors: limit without window, both forms, policy redis without redi
   assert.match(errorOf('{limit: 5, window: 1s, limits: [{limit: 1, window: 1s}]}'), /not both/);
   assert.match(errorOf('{limit: 5, window: 1s, policy: redis}'), /needs the top-level redis/);
   assert.match(errorOf('{limit: 5, window: 1s, by: "cookie:x"}'), /plugins\[0\]\.config\.by/);
+  assert.match(errorOf('{limit: 5, window: 1s, cost: 10}'), /cost 10 is more than the limit 5/);
 });
 
 test('one node, two workers: limit 100/min by consumer, 1,000 requests over 64 connections -> 100 allowed (GCRA: plus one per 600 ms the run lasts)', { timeout: 60_000 }, async () => {
