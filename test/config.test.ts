@@ -363,6 +363,21 @@ test('the fast YAML path (reload thread) gives the same object as the full parse
   for (const text of aside) assert.equal(fastValidConfig(text), undefined, text);
 });
 
+test('reference forms the gateway does not do (${VAR-x}, ${VAR:?msg}) are errors naming the path, not literal text', () => {
+  for (const ref of ['${ADMIN_TOKEN-please-change-me}', '${ACME_KEY:?set it}', '${1}']) {
+    let message = '';
+    try {
+      parseConfigText(`admin: {listen: 127.0.0.1:0, token: "${ref}"}\nservices: []\n`, { env: {} });
+    } catch (err) {
+      message = (err as Error).message;
+    }
+    assert.match(message, /admin\.token \(line 1\): unsupported reference/, ref);
+  }
+  // The supported forms and the escape still work.
+  const ok = parseConfigText('admin: {listen: 127.0.0.1:0, token: "$${LITERAL}-${T:-default-token-0123456}"}\nservices: []\n', { env: {} });
+  assert.equal((ok.config as { admin: { token: string } }).admin.token, '${LITERAL}-default-token-0123456');
+});
+
 test('a value from ${VAR} never shows in a config error (it may be a secret): the reference does', () => {
   const env = { UPSTREAM: 'AKIA-super-secret-value', REDIS: 'redis//:hunter2-pass@10.0.0.1:6379' };
   for (const text of [

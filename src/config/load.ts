@@ -181,6 +181,12 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
       }
       const missing: string[] = [];
       const original = node.value;
+      // Shell forms this does not do (${VAR-x}, ${VAR:?msg}, ${1}) would stay literal text: refused.
+      const rest = original.replace(/\$\$\{/g, '').replace(/\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}/g, '');
+      const odd = rest.indexOf('${');
+      if (odd !== -1) {
+        envIssues.push({ path, message: `unsupported reference ${JSON.stringify(rest.slice(odd, odd + 40))}: write \${VAR} or \${VAR:-default} (\$\${ for a literal \${)` });
+      }
       const value = substituteEnv(original, env, missing);
       for (const name of missing) {
         envIssues.push({ path, message: `environment variable ${name} is not set (use \${${name}:-default} for a default)` });
