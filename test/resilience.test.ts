@@ -512,3 +512,43 @@ test('active health over HTTPS uses the service\'s TLS settings (a private CA): 
     ca.cleanup();
   }
 });
+
+test('a target that stalls or cuts bodies after its headers is charged by passive health (ejected); retries are spaced by a backoff', { timeout: 8000 }, async () => {
+  const stalling = await startRawOrigin((data) => (data.toString('latin1').includes('\r\n\r\n') ? 'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nx' : null));
+  const good = await startUpstream((_q, res) => res.end('good'));
+  const g = await startGateway(`services:
+  - name: s
+    timeouts: {read: 300ms}
+    upstream:
+      targets: [{url: ${stalling.url}}, {url: ${good.url}}]
+      healthcheck:
+        passive: {failures: 2, ejection: 30s}
+    routes: [{paths: [/]}]
+`);
+  try {
+    const bodies: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const r = await request(`${g.url}/x`).catch(() => null);
+      bodies.push(r?.body ?? 'cut');
+    }
+    // Round robin: the stalling target's first two answers break, then it is out.
+    assert.deepEqual(bodies.slice(-4), ['good', 'good', 'good', 'good'], JSON.stringify(bodies));
+  } finally {
+    await g.close();
+    await stalling.close();
+    await good.close();
+  }
+  // Backoff: three attempts on an overloaded target are not fired within the same millisecond.
+  const at: number[] = [];
+  const busy = await startUpstream((_q, res) => { at.push(performance.now()); res.writeHead(503).end('busy'); });
+  const g2 = await startGateway(`services:\n  - name: b\n    url: ${busy.url}\n    retries: 2\n    retry_on: [503]\n    routes: [{paths: [/]}]\n`);
+  try {
+    const r = await request(`${g2.url}/x`);
+    assert.equal(r.status, 503);
+    assert.equal(at.length, 3);
+    assert.ok(at[1]! - at[0]! >= 10 && at[2]! - at[1]! >= 20, `gaps ${at[1]! - at[0]!} ms, ${at[2]! - at[1]!} ms`);
+  } finally {
+    await g2.close();
+    await busy.close();
+  }
+});

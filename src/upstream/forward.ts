@@ -186,6 +186,8 @@ export class ForwardHandler {
   /** gRPC: when the call's grpc-timeout runs out (0: none), and its timer once the response started. */
   private grpcDeadline = 0;
   private callTimer: NodeJS.Timeout | undefined;
+  /** The backoff before the next attempt (retryLater). */
+  private retryTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly f: ForwardRequest) {
     // The snapshot's pools stay open until its last request ends, even after a reload retired it.
@@ -431,6 +433,19 @@ export class ForwardHandler {
     if (svc.health.passive !== null) svc.reporter.passive(t.state.key, ok);
   }
 
+  /**
+   * The next attempt after a jittered backoff (Envoy's: 25 ms doubling per retry, at most
+   * 250 ms), inside the deadline: an overloaded target is not hit again at once.
+   */
+  private retryLater(): void {
+    const base = Math.min(250, 25 * 2 ** Math.max(0, this.attempts - 1));
+    const delay = Math.min(Math.round(base * (0.5 + Math.random() / 2)), Math.max(0, this.deadline - Date.now() - 1));
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.attempt();
+    }, delay);
+  }
+
   /** A gRPC call past its grpc-timeout while its response streams: cancelled upstream, DEADLINE_EXCEEDED to the client. */
   private callDeadline(): void {
     this.callTimer = undefined;
@@ -461,6 +476,7 @@ export class ForwardHandler {
     this.released = true;
     clearTimeout(this.responseTimer);
     clearTimeout(this.callTimer);
+    clearTimeout(this.retryTimer);
     this.unqueue();
     const svc = this.f.service;
     if (this.target !== null) {
@@ -536,7 +552,9 @@ export class ForwardHandler {
       // A failed answer is charged the penalty, not its (fast) time: a target that fails at once
       // must not look like the quickest.
       if (svc.balancerName === 'latency') t.state.sample(statusCode >= 500 || !ok ? FAILURE_PENALTY_MS : Date.now() - this.attemptStart, Date.now());
-      if (passive !== null) svc.reporter.passive(t.state.key, ok);
+      // A failed status counts now; a good one once its body is whole (onComplete): a target
+      // whose bodies stall or break is not cleared by its headers.
+      if (passive !== null && !ok) svc.reporter.passive(t.state.key, false);
       if (svc.retryOn.statuses.has(statusCode) && this.mayRetry(statusCode)) {
         const abort = this.abortFn;
         this.target = null;
@@ -546,7 +564,7 @@ export class ForwardHandler {
         (this.tried ??= []).push(t);
         this.endSpan(statusCode, null);
         abort?.(RETRY);
-        process.nextTick(() => this.attempt());
+        this.retryLater();
         return false;
       }
     }
@@ -811,6 +829,8 @@ export class ForwardHandler {
     if (this.finished) return;
     this.finished = true;
     const res = this.f.res;
+    const passive = this.f.service.health.passive;
+    if (this.target !== null && passive !== null && !passive.statuses.has(this.status)) this.f.service.reporter.passive(this.target.state.key, true);
     const held = this.held;
     if (held !== null) {
       // The whole response: the response phase, then the client (trailers are not kept).
@@ -918,7 +938,7 @@ export class ForwardHandler {
       if (t !== null && kind !== null && this.mayRetry(kind)) {
         (this.tried ??= []).push(t);
         // Leave undici's callback stack before dispatching again.
-        process.nextTick(() => this.attempt());
+        this.retryLater();
         return;
       }
       this.finished = true;
@@ -929,7 +949,14 @@ export class ForwardHandler {
       this.release();
       return;
     }
-    // The response already started: end it as broken, never as complete.
+    // The response already started: end it as broken, never as complete. A body the target
+    // stalled, cut or broke counts against it (passive health, latency) as a failed answer would.
+    const t = this.target;
+    if (t !== null && (code === 'UND_ERR_BODY_TIMEOUT' || RESETS.has(code) || code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH')) {
+      const svc = f.service;
+      if (svc.health.passive !== null) svc.reporter.passive(t.state.key, false);
+      if (svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, Date.now());
+    }
     this.finished = true;
     this.outcome = false;
     this.release();
