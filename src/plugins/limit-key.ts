@@ -7,7 +7,7 @@ const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|he
 
 export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItems: 1, uniqueItems: true })], {
   default: 'consumer',
-  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route, service, header:NAME, or a list (combined).',
+  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route, service, header:NAME (the client IP when the request has no such header), or a list (combined).',
 }));
 
 export const byList = (by: string | string[] | undefined): string[] => (Array.isArray(by) ? by : [by ?? 'consumer']);
@@ -22,7 +22,12 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
       case 'ip': parts.push(`ip:${ctx.clientIp}`); break;
       case 'route': parts.push(`r:${ctx.route.name}`); break;
       case 'service': parts.push(`s:${ctx.service.name}`); break;
-      default: parts.push(`h:${ctx.header(b.slice(7).toLowerCase()) ?? ''}`);
+      default: {
+        // A request without the header is counted by its client IP (as Kong does), not in one
+        // bucket shared by every such request.
+        const v = ctx.header(b.slice(7).toLowerCase());
+        parts.push(v === undefined ? `ip:${ctx.clientIp}` : `h:${v}`);
+      }
     }
   }
   return parts.join('|');

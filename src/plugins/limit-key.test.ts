@@ -1,0 +1,18 @@
+/** The key rate-limit and quota count a request by. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { limitKey } from './limit-key.js';
+import type { RequestCtx } from './types.js';
+
+const ctx = (headers: Record<string, string>, clientIp = '203.0.113.7') => ({
+  clientIp, consumer: null, identity: null, credential: null,
+  route: { name: 'r' }, service: { name: 's' },
+  header: (n: string) => headers[n],
+}) as unknown as RequestCtx;
+
+test('limitKey: header:NAME counts by the header; without it by the client IP (not one shared bucket)', () => {
+  assert.equal(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': 'acme' })), 'h:acme');
+  assert.equal(limitKey(['header:X-Tenant'], ctx({})), 'ip:203.0.113.7');
+  assert.notEqual(limitKey(['header:X-Tenant'], ctx({}, '198.51.100.1')), limitKey(['header:X-Tenant'], ctx({})));
+  assert.equal(limitKey(['consumer', 'route'], ctx({})), 'ip:203.0.113.7|r:r');
+});
