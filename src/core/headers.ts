@@ -4,6 +4,7 @@
  * computes itself (Host, framing, forwarding and identity fields) are always its own — a client
  * can neither spoof them nor have them removed by naming them in Connection.
  */
+import type { IncomingMessage } from 'node:http';
 
 /** Connection-specific fields, never forwarded (either direction). */
 export const HOP_BY_HOP = new Set([
@@ -34,3 +35,6 @@ export function connectionTokens(value: string | string[] | undefined): Set<stri
 export function validRequestId(id: string | undefined): id is string {
   return id !== undefined && id.length > 0 && id.length <= 200 && /^[A-Za-z0-9._~:;,@#/+=|-]+$/.test(id);
 }
+
+/** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
+export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;

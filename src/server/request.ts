@@ -20,7 +20,7 @@ import type { Logger } from '../core/log.js';
 import { PluginCtx } from '../plugins/context.js';
 import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../plugins/pipeline.js';
 import type { Reply } from '../plugins/types.js';
-import { connectionTokens, validRequestId } from '../core/headers.js';
+import { connectionTokens, isTls, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
 import { hostName } from '../router/router.js';
@@ -67,8 +67,6 @@ export interface RequestContext {
   portalAccounts?: ((r: AccountRequest) => Promise<AccountResponse>) | null;
 }
 
-/** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
-export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
 
 /** Fields of 20+ characters the gateway owns (the switch in handleRequest sees shorter names only). */
 const LONG_OWNED = new Set(['x-credential-identifier', 'x-anonymous-consumer']);

@@ -18,6 +18,7 @@
  * and request-validator's response check, so what is stored is what the client got.
  */
 import { REFRESH_HEADER } from './refresh.js';
+import { isTls } from '../../core/headers.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { definePlugin, type BufferedResponse, type Reply, type RequestCtx } from '../types.js';
 import { parseDuration, parseSize } from '../../config/units.js';
@@ -122,11 +123,6 @@ function repeated(ctx: RequestCtx, name: string): boolean {
   let n = 0;
   for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && ++n > 1) return true;
   return false;
-}
-
-/** Whether the request came over TLS (HTTP/2's socket proxy forwards `encrypted`). */
-function isTls(req: RequestCtx['req']): boolean {
-  return (req.socket as { encrypted?: boolean }).encrypted === true;
 }
 
 /** Whether the request has a body (a "fat GET" may render differently: never stored). */
