@@ -228,3 +228,36 @@ test('passive ejection doubles on each repeat, capped at max_ejection; a success
     await pools.closeAll();
   }
 });
+
+test('the response timeout counts from the last byte of the request sent: a slow upload is not a slow upstream; a stall after it still is', { timeout: 8000 }, async () => {
+  // (the helper hands over the whole body: the answer goes out at once after the last byte)
+  const up = await startUpstream((req: IncomingMessage, res: ServerResponse, body: Buffer) => {
+    if (req.url !== '/stall') res.end(`got ${body.length}`);
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${up.url}\n    timeouts: {response: 400ms}\n    routes: [{paths: [/]}]\n`);
+  const upload = (path: string) => new Promise<{ status: number; body: string; took: number }>((resolve, reject) => {
+    const t0 = Date.now();
+    const req = httpRequest(`${g.url}${path}`, { method: 'POST', headers: { 'content-type': 'text/plain', 'transfer-encoding': 'chunked' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (c: string) => { body += c; }).on('end', () => resolve({ status: res.statusCode!, body, took: Date.now() - t0 }));
+    });
+    req.on('error', reject);
+    let i = 0;
+    const tick = setInterval(() => {
+      if (i++ < 6) req.write('x'.repeat(100));
+      else { clearInterval(tick); req.end(); }
+    }, 150);
+  });
+  try {
+    // ~1 s of upload with a 400 ms response timeout: answered at once after the last byte.
+    const ok = await upload('/up');
+    assert.equal(ok.status, 200, ok.body);
+    assert.equal(ok.body, 'got 600');
+    const stalled = await upload('/stall');
+    assert.equal(stalled.status, 504, stalled.body);
+    assert.ok(stalled.took >= 900 + 350 && stalled.took < 2500, `504 after ${stalled.took} ms (upload ~1 s + 400 ms)`);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

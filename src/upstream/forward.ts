@@ -138,6 +138,12 @@ class Attempt implements Dispatcher.DispatchHandler {
   onError(err: Error): void {
     if (this.h.current === this) this.h.onError(err);
   }
+  onBodySent(): void {
+    if (this.h.current === this) this.h.requestProgress(false);
+  }
+  onRequestSent(): void {
+    if (this.h.current === this) this.h.requestProgress(true);
+  }
 }
 
 export class ForwardHandler {
@@ -163,6 +169,8 @@ export class ForwardHandler {
    * which would let a 300 ms timeout fire anywhere up to ~1 s and overrun the total deadline.
    */
   private responseTimer: NodeJS.Timeout | undefined;
+  /** The response timer runs to the deadline (not timeouts.response): sending more must not extend it. */
+  private timerAtDeadline = false;
   /** Holds a bulkhead slot / is a half-open trial. */
   private slot = false;
   private trial = false;
@@ -383,8 +391,12 @@ export class ForwardHandler {
     }
     const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
     clearTimeout(this.responseTimer);
+    this.responseTimer = undefined;
     // Long timeouts (the 60 s default) can live with undici's coarseness: no timer per request.
-    if (timeout < PRECISE_TIMEOUT_BELOW_MS) this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
+    if (timeout < PRECISE_TIMEOUT_BELOW_MS) {
+      this.timerAtDeadline = timeout < f.service.timeouts.response;
+      this.responseTimer = setTimeout(() => this.responseTimeout(), timeout);
+    }
     t.pool.dispatch(
       {
         path,
@@ -397,6 +409,30 @@ export class ForwardHandler {
       },
       (this.current = new Attempt(this)),
     );
+  }
+
+  /**
+   * A piece of a streamed request body went out (`sent`: all of it). The response timeout and
+   * the deadline count from the end of the request, as Envoy's route timeout does (and as they
+   * do for a body read first, to be retryable): a long upload is not a slow upstream. While
+   * the upload runs, a stall longer than the response timeout still fails it.
+   */
+  requestProgress(sent: boolean): void {
+    const timer = this.responseTimer;
+    if (timer === undefined || this.body !== null || !this.f.hasBody) return;
+    const now = Date.now();
+    const svc = this.f.service;
+    let deadline = now + svc.timeouts.total;
+    if (this.grpcDeadline > 0) deadline = Math.min(deadline, this.grpcDeadline);
+    if (deadline > this.deadline) this.deadline = deadline;
+    const left = this.deadline - now;
+    if (!sent && left >= svc.timeouts.response && !this.timerAtDeadline) {
+      timer.refresh();
+      return;
+    }
+    clearTimeout(timer);
+    this.timerAtDeadline = left < svc.timeouts.response;
+    this.responseTimer = setTimeout(() => this.responseTimeout(), Math.max(1, Math.min(svc.timeouts.response, left)));
   }
 
   /** No response headers within the attempt's timeout: fail the attempt as undici's headers timeout would. */
@@ -423,6 +459,7 @@ export class ForwardHandler {
   /** Ends the current attempt before any response: passive health and latency penalty for its target. */
   private endAttempt(ok: boolean): void {
     clearTimeout(this.responseTimer);
+    this.responseTimer = undefined;
     const t = this.target;
     if (t === null) return;
     this.target = null;
@@ -475,6 +512,7 @@ export class ForwardHandler {
     if (this.released) return;
     this.released = true;
     clearTimeout(this.responseTimer);
+    this.responseTimer = undefined;
     clearTimeout(this.callTimer);
     clearTimeout(this.retryTimer);
     this.unqueue();
@@ -542,6 +580,7 @@ export class ForwardHandler {
       return true;
     }
     clearTimeout(this.responseTimer);
+    this.responseTimer = undefined;
     // Outside 100-599 a status is not HTTP (RFC 9110 §15): the upstream's answer is invalid.
     if (statusCode > 599) return this.invalidResponse(`status ${statusCode}`);
     const svc = this.f.service;
