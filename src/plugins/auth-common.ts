@@ -1,6 +1,7 @@
 /** Helpers shared by the auth plugins. */
 import { createHash, hash, timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
+import type { AuthOutcome } from './types.js';
 
 /** `anonymous` and `hide_credentials`, common to every auth plugin's config. */
 export const AuthCommon = {
@@ -57,9 +58,21 @@ export class TtlCache<V> {
   }
 }
 
-/** The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or null. */
-export function bearerToken(header: string | undefined): string | null {
+/**
+ * The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1); null when the header
+ * is absent or names another scheme; BAD_BEARER when it is Bearer without one well-formed token
+ * (`Bearer`, `Bearer a b`, `Bearer ä`): a malformed request, 400 invalid_request (§3.1).
+ */
+export function bearerToken(header: string | undefined): string | null | typeof BAD_BEARER {
   if (header === undefined) return null;
   const m = /^Bearer +([A-Za-z0-9\-._~+/]+=*) *$/i.exec(header);
-  return m ? m[1]! : null;
+  if (m) return m[1]!;
+  return /^Bearer(?:[ \t]|$)/i.test(header) ? BAD_BEARER : null;
+}
+
+export const BAD_BEARER = Symbol('malformed Bearer credentials');
+
+/** The outcome for BAD_BEARER: 400 with error="invalid_request" in the scheme's challenge. */
+export function badBearer(realm: string): AuthOutcome {
+  return { ok: false, missing: false, status: 400, challenge: `${realm}, error="invalid_request"`, detail: 'the Authorization header is not "Bearer" and one token' };
 }

@@ -409,7 +409,7 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
   }
   if (base.authenticate.length > 0) {
     let won: Extract<AuthOutcome, { ok: true }> | null = null;
-    let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false; status?: 401 | 403 }> | null = null;
+    let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false; status?: 400 | 401 | 403 }> | null = null;
     let unavailable: Extract<AuthOutcome, { status: 503 }> | null = null;
     const challenges: string[] = [];
     for (const b of base.authenticate) {
@@ -439,10 +439,10 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
         const status = firstInvalid?.status ?? 401;
         return {
           reply: {
-            code: status === 403 ? 'forbidden' : 'unauthorized',
+            code: status === 403 ? 'forbidden' : status === 400 ? 'bad-request' : 'unauthorized',
             detail: firstInvalid?.detail ?? 'credentials are required',
             // Several schemes: one WWW-Authenticate each is allowed (RFC 9110 §11.6.1); joined here.
-            // 403 (insufficient scope): the failing scheme's challenge says why (RFC 6750 §3.1).
+            // 403 (insufficient scope), 400 (malformed): the failing scheme's challenge says why (RFC 6750 §3.1).
             headers: { 'www-authenticate': status === 401 ? challenges.join(', ') : firstInvalid!.challenge },
           },
           chain: base,

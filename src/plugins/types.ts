@@ -59,7 +59,7 @@ export type AuthOutcome =
   /** No credential of this kind in the request. */
   | { ok: false; missing: true; challenge: string }
   /** A credential was there and is not good: `detail` is for the client, never the token's content. */
-  | { ok: false; missing: false; challenge: string; detail: string; status?: 401 | 403 }
+  | { ok: false; missing: false; challenge: string; detail: string; status?: 400 | 401 | 403 }
   /**
    * The credential cannot be judged now (the identity provider's keys or its introspection
    * endpoint are unreachable): 503 with Retry-After, never the anonymous consumer, and never

@@ -8,7 +8,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { TtlCache, bearerToken, sha256b64 } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256b64 } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
@@ -138,7 +138,9 @@ export default definePlugin({
 
     return {
       authenticate(ctx) {
-        let token = bearerToken(ctx.header('authorization'));
+        const bearer = bearerToken(ctx.header('authorization'));
+        if (bearer === BAD_BEARER) return badBearer(realm);
+        let token = bearer;
         let fromCookie = false;
         if (token === null && cookieRe !== null) {
           const m = cookieRe.exec(ctx.header('cookie') ?? '');

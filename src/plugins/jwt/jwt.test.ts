@@ -211,3 +211,17 @@ test('IdP down: keys in hand keep working (also past jwks_refresh); back up: ref
   assert.equal((await get('/api/d', await idp.jwt({ clientId: 'svc-a', scope: 'z' }))).status, 200);
   await eventually(() => (idp.hits['/jwks'] ?? 0) > hits, 3000);
 });
+
+test('a malformed Bearer header (no token, two tokens, characters outside token68) is 400 invalid_request (RFC 6750 §3.1); another scheme is "no credentials"', async () => {
+  for (const value of ['Bearer', 'Bearer ', 'Bearer a b', 'Bearer a,b', 'Bearer \u00e4bc', 'bearer   ']) {
+    const r = await request(`${gw.url}/api/x`, { headers: { authorization: value } });
+    assert.equal(r.status, 400, `${JSON.stringify(value)}: ${r.status} ${r.body}`);
+    assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"', value);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+  }
+  for (const value of ['Basic dTpw', 'Bearerabc']) {
+    const r = await request(`${gw.url}/api/x`, { headers: { authorization: value } });
+    assert.equal(r.status, 401, value);
+    assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike"', value);
+  }
+});

@@ -6,7 +6,7 @@
  * is a 401; an IdP that does not answer is a 401 saying the token cannot be checked now.
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { TtlCache, bearerToken, sha256 } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256 } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
 import { IntrospectionConfig } from './schema.js';
@@ -89,6 +89,7 @@ export default definePlugin({
       async authenticate(ctx) {
         const token = bearerToken(ctx.header('authorization'));
         if (token === null) return { ok: false, missing: true, challenge: REALM };
+        if (token === BAD_BEARER) return badBearer(REALM);
         const key = sha256(token).toString('base64');
         let outcome = cache.get(key);
         if (outcome === undefined) {

@@ -130,3 +130,11 @@ test('an active token whose nbf is ahead is not valid yet (RFC 7662 §2.2); one 
   assert.match(early.body, /not valid yet/);
   assert.equal((await get('/nbf', 'past')).status, 200);
 });
+
+test('a malformed Bearer header is 400 invalid_request without a call to the IdP', async () => {
+  const c0 = calls();
+  const r = await request(`${gw.url}/api/x`, { headers: { authorization: 'Bearer two tokens' } });
+  assert.equal(r.status, 400, r.body);
+  assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"');
+  assert.equal(calls(), c0);
+});
