@@ -23,7 +23,9 @@ before(async () => {
     const cl = /\r\ncontent-length: *(\d+)/i.exec(text.slice(0, end));
     if (cl && text.length - end - 4 < Number(cl[1])) return null;
     return 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Secret, close\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n' +
-      'Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nVia: 1.1 origin\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nok';
+      'Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nVia: 1.1 origin\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n' +
+      // cookie tossing: the console's / portal's session cookies are the gateway's, never an upstream's
+      'Set-Cookie: tp_console=viewer-session; Path=/console/api\r\nSet-Cookie:  tp_portal =x; Path=/portal/\r\nSet-Cookie: tp_consoles=kept\r\n\r\nok';
   });
   gw = await startGateway(`
 limits: {max_uri_length: 1kb, max_header_size: 4kb, max_headers: 30}
@@ -95,12 +97,12 @@ test('hop-by-hop request headers and those named in Connection are removed', asy
   assert.match(got, /\r\nX-Kept: yes\r\n/);
 });
 
-test('hop-by-hop response headers and those named in Connection are removed; Set-Cookie kept whole', async () => {
+test('hop-by-hop response headers and those named in Connection are removed; Set-Cookie kept whole, except the console\'s and the portal\'s session cookies', async () => {
   const r = await request(`${gw.url}/raw/y`);
   assert.equal(r.status, 200);
   assert.equal(r.body, 'ok');
   for (const h of ['x-secret', 'keep-alive', 'proxy-connection', 'upgrade']) assert.equal(r.headers[h], undefined, h);
-  assert.deepEqual(r.headers['set-cookie'], ['a=1', 'b=2']);
+  assert.deepEqual(r.headers['set-cookie'], ['a=1', 'b=2', 'tp_consoles=kept']);
   assert.equal(r.headers['via'], '1.1 origin, 1.1 turnpike');
 });
 

@@ -265,6 +265,7 @@ test('upstream refuses with 403: status, end-to-end headers and body relayed wit
   const up = await rawUpgradeUpstream((req) => req.url === '/big'
     ? Buffer.concat([Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-length: ${big.length}\r\n\r\n`), big])
     : 'HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nx-why: nope\r\nkeep-alive: timeout=5\r\nx-request-id: upstream-id\r\n' +
+      'set-cookie: tp_console=tossed; Path=/\r\n' +
       'transfer-encoding: chunked\r\n\r\n3\r\nden\r\n3\r\nied\r\n0\r\n\r\n');
   const gw = await gateway(up.url);
   try {
@@ -277,6 +278,7 @@ test('upstream refuses with 403: status, end-to-end headers and body relayed wit
     assert.equal(r.headers['x-request-id'], 'req-1'); // the gateway's own header wins
     assert.equal(r.headers['transfer-encoding'], undefined);
     assert.equal(r.headers['keep-alive'], undefined);
+    assert.equal(r.headers['set-cookie'], undefined); // the console's session cookie is the gateway's
     assert.equal(r.body.toString(), 'denied');
 
     const b = await rawExchange(gw.port, handshake('', 'GET /big HTTP/1.1'));

@@ -11,6 +11,17 @@ export const HOP_BY_HOP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'http2-settings',
 ]);
 
+/**
+ * A Set-Cookie for the console's or the portal's session cookie: the gateway's own, never
+ * relayed from an upstream. Browsers send a host's cookies to all its ports (RFC 6265 §8.5),
+ * so an upstream could otherwise toss a session of its choosing onto the admin's console.
+ */
+export function isGatewayCookie(setCookie: string): boolean {
+  const eq = setCookie.indexOf('=');
+  const name = (eq === -1 ? setCookie : setCookie.slice(0, eq)).trim();
+  return name === 'tp_console' || name === 'tp_portal';
+}
+
 /** Tokens of a Connection header value, lower-cased; null when there are none beyond close/keep-alive. */
 export function connectionTokens(value: string | string[] | undefined): Set<string> | null {
   if (!value) return null;

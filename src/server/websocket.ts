@@ -30,7 +30,7 @@ import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws';
 import { PROBLEMS, problemBody, type ProblemCode } from '../core/problem.js';
-import { connectionTokens } from '../core/headers.js';
+import { connectionTokens, isGatewayCookie } from '../core/headers.js';
 
 export interface WsStats {
   messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number;
@@ -150,7 +150,9 @@ function endToEnd(raw: string[], own: [string, string][], is101: boolean): [stri
   const out: [string, string][] = [];
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
-    if (!HOP_BY_HOP.has(k) && !skip.has(k) && !(is101 && k.startsWith('sec-websocket-'))) out.push([raw[i]!, raw[i + 1]!]);
+    if (HOP_BY_HOP.has(k) || skip.has(k) || (is101 && k.startsWith('sec-websocket-'))) continue;
+    if (k === 'set-cookie' && isGatewayCookie(raw[i + 1]!)) continue;
+    out.push([raw[i]!, raw[i + 1]!]);
   }
   return out;
 }

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors, type Dispatcher } from 'undici';
-import { HOP_BY_HOP, connectionTokens } from '../core/headers.js';
+import { HOP_BY_HOP, connectionTokens, isGatewayCookie } from '../core/headers.js';
 import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
@@ -635,6 +635,9 @@ export class ForwardHandler {
         case 'http2-settings': case 'x-request-id':
           continue;
         case 'via': upstreamVia = upstreamVia === undefined ? value : `${upstreamVia}, ${value}`; continue;
+        case 'set-cookie':
+          if (!isGatewayCookie(value)) out.push(name, value);
+          continue;
         default: out.push(name, value);
       }
     }
