@@ -476,3 +476,28 @@ test('Max-Forwards: OPTIONS with 0 is answered by the gateway, otherwise decreme
   assert.equal(last().headers['max-forwards'], '123456789011');
   assert.equal(up.requests.length, before + 3);
 });
+
+test('trailers: end-to-end ones pass; framing, routing, auth, cookies and response controls never do (RFC 9110 §6.5.1)', async () => {
+  const origin = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum, set-cookie' });
+    res.write('body');
+    res.addTrailers([['X-Checksum', 'abc'], ['Set-Cookie', 'sid=tossed'], ['Content-Type', 'text/html'], ['Location', '/elsewhere'], ['Authorization', 'Bearer x'], ['Cache-Control', 'public']]);
+    res.end();
+  });
+  const g = await startGateway(`services:\n  - name: t\n    url: ${origin.url}\n    routes: [{paths: [/t]}]\n`);
+  try {
+    const text = await new Promise<string>((resolve, reject) => {
+      const s = connect(g.port, '127.0.0.1');
+      let buf = '';
+      s.on('data', (d) => { buf += d.toString('latin1'); if (buf.endsWith('\r\n\r\n') && buf.includes('\r\n0\r\n')) { s.end(); resolve(buf); } });
+      s.on('error', reject);
+      s.write('GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n');
+    });
+    const tail = text.slice(text.indexOf('\r\n0\r\n') + 5);
+    assert.match(tail, /^X-Checksum: abc\r\n/im);
+    for (const f of ['set-cookie', 'content-type', 'location', 'authorization', 'cache-control']) assert.doesNotMatch(tail, new RegExp(`^${f}:`, 'im'), f);
+  } finally {
+    await g.close();
+    await origin.close();
+  }
+});

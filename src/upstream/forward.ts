@@ -33,6 +33,18 @@ const RETRY_BUFFER_BYTES = 64 * 1024;
 const BODY_TOO_LARGE = 'TURNPIKE_BODY_TOO_LARGE';
 /** Response bytes buffered for a client that does not read, from an HTTP/2 upstream (never paused). */
 const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
+/**
+ * Fields never relayed as trailers (RFC 9110 §6.5.1): connection-specific ones, and those that
+ * must be known before the content — framing, routing, authentication, cookies, response
+ * controls, content format. A client that merges trailers into the header section (as some do)
+ * must not get a Set-Cookie or a Location the header section did not carry.
+ */
+const NOT_TRAILERS = new Set([
+  ...HOP_BY_HOP, 'content-length', 'trailer', 'host', 'authorization', 'proxy-authorization', 'www-authenticate',
+  'proxy-authenticate', 'cookie', 'set-cookie', 'cache-control', 'expires', 'age', 'location', 'retry-after', 'vary',
+  'content-type', 'content-encoding', 'content-range', 'content-location', 'date', 'pragma', 'warning', 'x-request-id', 'via',
+]);
+
 /** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
 const PRECISE_TIMEOUT_BELOW_MS = 10_000;
 
@@ -892,12 +904,12 @@ export class ForwardHandler {
     if (Array.isArray(trailers)) {
       for (let i = 0; i < trailers.length; i += 2) {
         const k = latin1(trailers[i]!);
-        if (!HOP_BY_HOP.has(k.toLowerCase())) t.push([k, latin1(trailers[i + 1]!)]);
+        if (!NOT_TRAILERS.has(k.toLowerCase())) t.push([k, latin1(trailers[i + 1]!)]);
       }
     } else if (trailers) {
       // undici's HTTP/2 client hands trailers over as node:http2's headers object.
       for (const [k, v] of Object.entries(trailers)) {
-        if (v === undefined || k.charCodeAt(0) === 0x3a || HOP_BY_HOP.has(k)) continue;
+        if (v === undefined || k.charCodeAt(0) === 0x3a || NOT_TRAILERS.has(k)) continue;
         for (const one of Array.isArray(v) ? v : [v]) t.push([k, one]);
       }
     }
