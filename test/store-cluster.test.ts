@@ -238,6 +238,8 @@ test('sqlite store: seeded from the file, the store is the truth after a restart
   const S2 = await startNode('sqlite-1', { store: 'sqlite:./turnpike.db', port, seed: `services: []\n` });
   await ready(S2);
   assert.equal(await get(S2, '/two'), 200, 'the store, not the file, after a restart');
+  assert.match(S2.run.stderr(), /differ from the config store and are NOT served/, 'the operator is told the file is not served');
+  assert.doesNotMatch(S.run.stderr(), /NOT served/, 'no warning when the file seeded the store');
   const exported = (await api(S2, 'GET', '/api/config?secrets=true', undefined, { accept: 'application/yaml' })).text;
   assert.match(exported, /\$\{ACME_KEY:-acme-secret-key-1\}/, 'a reference stays a reference');
   assert.doesNotMatch(readFileSync(join(work, 'sqlite-1', 'turnpike.db')).toString('latin1'), /acme-secret-key-1"/);

@@ -15,6 +15,7 @@
  */
 import { NODE_ID } from '../core/node-id.js';
 import { dirname, resolve } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import type { Logger } from '../core/log.js';
 import type { LoadedConfig } from '../config/load.js';
 import {
@@ -68,6 +69,8 @@ export class ControlPlane {
   private rejected: { revision: number; error: string } | null = null;
   private storeError: string | null = null;
   private node: Record<string, unknown>;
+  /** The file content last warned about (warnIfFileDiffers). */
+  private fileWarned: string | null = null;
   private readonly snapshot: ConfigSnapshot | null;
   private readonly setting: string;
   private unwatch: (() => void) | null = null;
@@ -139,8 +142,10 @@ export class ControlPlane {
     const { loaded, file, log } = this.opts;
     if (this.closed) throw new StoreUnavailable('closing');
     let head = await store.current();
+    const fromFile = rawDocument(loaded.text);
+    if (head !== null) this.warnIfFileDiffers(fromFile, head);
     if (head === null) {
-      const document = rawDocument(loaded.text);
+      const document = fromFile;
       try {
         head = await store.write({ actor: 'seed', action: `seed from ${file}` }, () => document, 0);
         log.info({ revision: head.revision, store: store.kind }, 'the config store was empty: seeded from the config file');
@@ -158,6 +163,22 @@ export class ControlPlane {
     }
   }
 
+  /**
+   * With a store, the file's declarative part (services, consumers...) only seeds an empty
+   * store: an edit there is not served. Said once per distinct file content, so an operator who
+   * edits the file sees why nothing changed (and how to apply it).
+   */
+  private warnIfFileDiffers(fromFile: Record<string, unknown>, head: StoredConfig): void {
+    if (isDeepStrictEqual(fromFile, head.document)) return;
+    const key = JSON.stringify(fromFile);
+    if (key === this.fileWarned) return;
+    this.fileWarned = key;
+    // (an empty declarative part — a file with node keys only — is the usual way to run on a store)
+    if (Object.keys(fromFile).length === 0) return;
+    this.opts.log.warn({ file: this.opts.file, revision: head.revision },
+      'the config file\'s services/consumers/plugins differ from the config store and are NOT served (the store is the truth; the file only seeds an empty store): apply the file with `turnpike config apply FILE` or the admin API');
+  }
+
   /** The config text this node runs (the served document with the file's node-local keys). */
   text(): string {
     return effectiveText(this.node, this.served?.document ?? {});
@@ -166,6 +187,13 @@ export class ControlPlane {
   /** The --config file changed (validated): the text to run with its node-local keys, and `adopt` once that ran. */
   withFile(loaded: LoadedConfig): { text: string; adopt(): void } {
     const node = nodePart(loaded.config as Record<string, unknown>);
+    if (this.served !== null) {
+      try {
+        this.warnIfFileDiffers(rawDocument(loaded.text), this.served);
+      } catch {
+        /* (validated already: a document it cannot split is not news) */
+      }
+    }
     return { text: effectiveText(node, this.served?.document ?? {}), adopt: () => { this.node = node; } };
   }
 
