@@ -261,3 +261,38 @@ test('the response timeout counts from the last byte of the request sent: a slow
     await up.close();
   }
 });
+
+test('a read timeout below 10 s is precise: a body that stalls is cut within the timeout, not up to a second late; a body that trickles inside it is whole', { timeout: 8000 }, async () => {
+  const up = await startUpstream((req: IncomingMessage, res: ServerResponse) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('first');
+    if (req.url === '/stall') return; // never another byte
+    let n = 0;
+    const tick = setInterval(() => {
+      if (++n < 5) res.write('.');
+      else { clearInterval(tick); res.end('end'); }
+    }, 150);
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${up.url}\n    timeouts: {read: 300ms}\n    routes: [{paths: [/]}]\n`);
+  const fetchBody = (path: string) => new Promise<{ body: string; gap: number; complete: boolean }>((resolve) => {
+    httpRequest(`${g.url}${path}`, (res) => {
+      let body = '';
+      let firstAt = 0;
+      res.on('data', (c: Buffer) => { body += c.toString(); firstAt ||= Date.now(); });
+      res.on('close', () => resolve({ body, gap: Date.now() - firstAt, complete: res.complete }));
+      res.on('error', () => {});
+    }).on('error', () => {}).end();
+  });
+  try {
+    const ok = await fetchBody('/trickle');
+    assert.equal(ok.body, 'first....end');
+    assert.ok(ok.complete);
+    const cut = await fetchBody('/stall');
+    assert.equal(cut.body, 'first');
+    assert.equal(cut.complete, false, 'a stalled body is cut, never ended as complete');
+    assert.ok(cut.gap >= 280 && cut.gap < 650, `cut ${cut.gap} ms after the last byte (read timeout 300 ms)`);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

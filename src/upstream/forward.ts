@@ -181,6 +181,13 @@ export class ForwardHandler {
    * which would let a 300 ms timeout fire anywhere up to ~1 s and overrun the total deadline.
    */
   private responseTimer: NodeJS.Timeout | undefined;
+  /**
+   * timeouts.read below PRECISE_TIMEOUT_BELOW_MS on a native timer, refreshed by each body
+   * chunk (undici's bodyTimeout ticks coarsely: a 300 ms read timeout fired up to ~1 s late).
+   * While the client is not reading (paused), the stall timer in sink() rules instead.
+   */
+  private readTimer: NodeJS.Timeout | undefined;
+  private paused = false;
   /** The response timer runs to the deadline (not timeouts.response): sending more must not extend it. */
   private timerAtDeadline = false;
   /** Holds a bulkhead slot / is a half-open trial. */
@@ -495,6 +502,12 @@ export class ForwardHandler {
     }, delay);
   }
 
+  /** No body chunk from the upstream within timeouts.read (the client reading): fails as undici's body timeout would. */
+  private readTimeout(): void {
+    if (this.finished || this.paused) return; // (paused: refreshed on drain)
+    this.abortFn?.(new errors.BodyTimeoutError());
+  }
+
   /** A gRPC call past its grpc-timeout while its response streams: cancelled upstream, DEADLINE_EXCEEDED to the client. */
   private callDeadline(): void {
     this.callTimer = undefined;
@@ -527,6 +540,7 @@ export class ForwardHandler {
     this.responseTimer = undefined;
     clearTimeout(this.callTimer);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.readTimer);
     this.unqueue();
     const svc = this.f.service;
     if (this.target !== null) {
@@ -622,6 +636,8 @@ export class ForwardHandler {
     this.outcome = statusCode < 500;
     this.status = statusCode;
     this.resumeFn = resume;
+    const read = svc.timeouts.read;
+    if (read < PRECISE_TIMEOUT_BELOW_MS) this.readTimer = setTimeout(() => this.readTimeout(), read);
     // grpc-timeout is the deadline of the whole call, streamed responses included.
     if (this.grpcDeadline > 0) this.callTimer = setTimeout(() => this.callDeadline(), Math.max(1, this.grpcDeadline - Date.now()));
     const ex = this.f.exchange;
@@ -819,6 +835,7 @@ export class ForwardHandler {
 
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
+    this.readTimer?.refresh();
     const pl = this.f.plugins;
     if (pl !== null && pl.chain.responseBody.length) {
       let current = '';
@@ -869,8 +886,11 @@ export class ForwardHandler {
       // is suspended while we keep it paused): the read timeout applies to the client too.
       this.onDrain ??= () => {
         clearTimeout(this.stall);
+        this.paused = false;
+        this.readTimer?.refresh();
         this.resumeFn?.();
       };
+      this.paused = true;
       out.once('drain', this.onDrain);
       this.stall = setTimeout(() => {
         if (!this.finished) this.f.res.destroy(new Error('client stopped reading'));
