@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { connect as tlsConnect, type PeerCertificate } from 'node:tls';
 import { request as httpsRequest, createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { connect as h2connect } from 'node:http2';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { makeCa, subjectCn, type TestCa } from './certs.js';
 import { eventually, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
@@ -268,5 +268,61 @@ services:
     await t.close();
     await plainUp.close();
     await mtlsUp.close();
+  }
+});
+
+test('client CA: a certificate rotated while the CA file is unreadable keeps the CA (never the system roots); a changed CA applies on reload to every SNI context at once', async () => {
+  const other = makeCa('Other CA');
+  try {
+    const a = ca.issue('a.test', { file: 'ca-rot-a' });
+    const b = ca.issue('b.test', { file: 'ca-rot-b' });
+    const alice1 = ca.issue('alice', { client: true, file: 'alice-ca1' });
+    const alice2 = other.issue('alice', { client: true, file: 'alice-ca2' });
+    const dir = ca.dir;
+    const caFile = `${dir}/clients-ca.pem`;
+    const aCert = `${dir}/rot-a.pem`;
+    const aKey = `${dir}/rot-a.key`;
+    copyFileSync(ca.certFile, caFile);
+    copyFileSync(a.certFile, aCert);
+    copyFileSync(a.keyFile, aKey);
+    const text = `
+listen_tls: 127.0.0.1:0
+tls:
+  certificates:
+    - {hosts: [a.test], cert: ${aCert}, key: ${aKey}, default: true}
+    - {hosts: [b.test], cert: ${b.certFile}, key: ${b.keyFile}}
+  client_ca: ${caFile}
+services: [{name: s, url: "${up.url}", plugins: [{name: mtls-auth}], routes: [{paths: [/]}]}]
+consumers: [{name: alice}]
+access_log: {enabled: false}
+`;
+    const t = await startGateway(text);
+    const port = t.gw.tlsAddress!.port;
+    const as = (servername: string, who: { cert: Buffer; key: Buffer }) => new Promise<number>((resolve, reject) => {
+      httpsRequest({ host: '127.0.0.1', port, path: '/x', servername, ca: ca.cert, cert: who.cert, key: who.key, agent: false }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      }).on('error', reject).end();
+    });
+    try {
+      assert.deepEqual([await as('a.test', alice1), await as('a.test', alice2), await as('b.test', alice1)], [200, 401, 200]);
+      // The server certificate is rotated while the CA file is away: the new context keeps the CA.
+      renameSync(caFile, `${caFile}.away`);
+      const before = (await handshake(port, 'a.test')).cert.serialNumber;
+      const a2 = ca.issue('a.test', { file: 'ca-rot-a2' });
+      copyFileSync(a2.keyFile, aKey);
+      copyFileSync(a2.certFile, aCert);
+      await eventually(async () => (await handshake(port, 'a.test')).cert.serialNumber !== before, 6000);
+      renameSync(`${caFile}.away`, caFile);
+      assert.deepEqual([await as('a.test', alice1), await as('a.test', alice2)], [200, 401], 'the rotated context still trusts the CA, and only it');
+      // A new CA in the same file: a reload applies it to both names at once.
+      copyFileSync(other.certFile, caFile);
+      t.gw.reload(parseConfigText(text, { env: {} }));
+      assert.deepEqual([await as('a.test', alice2), await as('b.test', alice2), await as('a.test', alice1), await as('b.test', alice1)], [200, 200, 401, 401]);
+    } finally {
+      await t.close();
+    }
+  } finally {
+    other.cleanup();
   }
 });

@@ -745,7 +745,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     throw loaded.error(issues);
   }
   yield;
-  const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).digest('hex').slice(0, 16);
+  const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).update(tls?.certs.digest() ?? '').digest('hex').slice(0, 16);
   let users = 0;
   let retired = false;
   return Object.freeze({

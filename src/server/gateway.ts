@@ -949,6 +949,12 @@ export class Gateway implements RequestContext {
     this.scaleTo(next);
     if (JSON.stringify(prev.admin?.tokens) !== JSON.stringify(next.admin?.tokens)) queueMicrotask(() => this.console?.tokensChanged());
     if (JSON.stringify(prev.scaling?.keda) !== JSON.stringify(next.scaling?.keda)) this.log.warn({ setting: 'scaling.keda' }, 'scaling.keda changed: restart to apply it');
+    // The TLS listener's certificates and client CA follow the config (every context at once;
+    // its default context is replaced too, which also retires session tickets issued before).
+    if (this.certs !== null && next.tls !== null) {
+      if (next.tls.certs.digest() !== this.certs.current.digest() || JSON.stringify(next.tls.certs.specs) !== JSON.stringify(this.certs.current.specs)) this.certs.swap(next.tls.certs, next.tls.watch);
+      if (next.tls.requestCert !== prev.tls?.requestCert) this.log.warn({ setting: 'tls.client_ca' }, 'tls.client_ca added or removed: restart to apply it');
+    } else if ((this.certs !== null) !== (next.tls !== null)) this.log.warn({ setting: 'listen_tls' }, 'listen_tls / tls changed: restart to apply it');
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;
       this.proxy.keepAliveTimeout = next.timeouts.keepAlive;

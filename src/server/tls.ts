@@ -6,6 +6,7 @@
  * and symlink swaps of certbot and Kubernetes secrets). A changed file that does not load keeps
  * the certificate in use and logs why.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { PathSegment } from '../config/errors.js';
@@ -76,6 +77,22 @@ export class CertSet {
     });
     this.index();
     return issues;
+  }
+
+  /** The client CA this set was loaded with (a certificate reloaded later keeps it). */
+  get clientCa(): Buffer | undefined {
+    return this.ca;
+  }
+
+  /** Digest of what was read from disk (CA, certificates, keys): part of the snapshot's hash, so a reload re-reads them. */
+  digest(): string {
+    const h = createHash('sha256');
+    if (this.ca) h.update(this.ca);
+    for (const m of this.material) {
+      h.update(m ? 'm' : '-');
+      if (m) h.update(m.cert).update(m.key);
+    }
+    return h.digest('hex');
   }
 
   /** Replaces certificate i (after its files changed). */
@@ -209,11 +226,10 @@ export class CertStore {
     const set = this.set;
     const spec = set.specs[i];
     if (!spec) return;
-    let ca: Buffer | undefined;
-    try {
-      ca = set.options.clientCaFile ? readFileSync(set.options.clientCaFile) : undefined;
-    } catch { /* keep going without: the listener keeps its current contexts on failure below */ }
-    const r = buildContext(spec, set.options, ca);
+    // The client CA stays the one the set was loaded with: every context trusts the same CA (a
+    // CA file unreadable at this moment must never leave a context trusting the system's roots
+    // instead); a changed CA applies by a reload, to all contexts at once.
+    const r = buildContext(spec, set.options, set.clientCa);
     if (typeof r === 'string') {
       this.log.error({ hosts: spec.hosts, error: r }, 'certificate changed on disk but does not load; keeping the one in use');
       return;
