@@ -326,3 +326,28 @@ access_log: {enabled: false}
     other.cleanup();
   }
 });
+
+test('client-initiated TLS 1.2 renegotiation is refused', async () => {
+  const leaf = ca.issue('reneg.test', { file: 'reneg' });
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls: {certificates: [{hosts: [reneg.test], cert: ${leaf.certFile}, key: ${leaf.keyFile}}]}
+services: [{name: s, url: "${up.url}", routes: [{paths: [/]}]}]
+`);
+  try {
+    const outcome = await new Promise<string>((resolve) => {
+      const s = tlsConnect({ host: '127.0.0.1', port: t.gw.tlsAddress!.port, servername: 'reneg.test', ca: ca.cert, maxVersion: 'TLSv1.2' }, () => {
+        const ok = s.renegotiate({ rejectUnauthorized: true }, (err) => {
+          s.destroy();
+          resolve(err ? 'refused' : 'renegotiated');
+        });
+        if (!ok) { s.destroy(); resolve('refused'); }
+      });
+      s.on('error', () => resolve('refused'));
+      s.setTimeout(3000, () => { s.destroy(); resolve('timeout'); });
+    });
+    assert.equal(outcome, 'refused');
+  } finally {
+    await t.close();
+  }
+});
