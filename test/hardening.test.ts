@@ -89,16 +89,24 @@ test('Host values with list or sub-delimiter characters are 400', async () => {
   }
 });
 
-test('routing and identity override headers pass only from trusted proxies', async () => {
+test('routing, identity and client-certificate override headers pass only from trusted proxies', async () => {
   const up = await startUpstream();
-  const spoof = { 'x-original-url': '/admin', 'x-rewrite-url': '/admin', 'true-client-ip': '6.6.6.6', 'x-client-ip': '6.6.6.6', 'x-forwarded-prefix': '/evil' };
+  const spoof = {
+    'x-original-url': '/admin', 'x-rewrite-url': '/admin', 'true-client-ip': '6.6.6.6', 'x-client-ip': '6.6.6.6', 'x-forwarded-prefix': '/evil',
+    // client-certificate identities as TLS terminators set them (Envoy's XFCC, nginx's $ssl_client_*, IIS ARR, AWS ALB)
+    'x-forwarded-client-cert': 'Hash=x;Subject="CN=admin"', 'x-ssl-client-s-dn': 'CN=admin', 'x-ssl-client-verify': 'SUCCESS',
+    'x-client-cert': 'MIIB...', 'ssl-client-verify': 'SUCCESS', 'x-arr-clientcert': 'MIIB...', 'x-amzn-mtls-clientcert': 'MIIB...',
+    'front-end-https': 'on', 'x-url-scheme': 'https', 'X_SSL_Client_S_DN': 'CN=admin',
+  };
   const g = await startGateway(oneRoute(up.url));
   const trusted = await startGateway(oneRoute(up.url, 'trusted_proxies: [127.0.0.1]\n'));
   try {
     await request(`${g.url}/x`, { headers: spoof });
-    for (const k of Object.keys(spoof)) assert.equal(up.requests.at(-1)!.headers[k], undefined, k);
+    for (const k of Object.keys(spoof)) assert.equal(up.requests.at(-1)!.headers[k.toLowerCase()], undefined, k);
     await request(`${trusted.url}/x`, { headers: spoof });
     assert.equal(up.requests.at(-1)!.headers['x-original-url'], '/admin');
+    assert.equal(up.requests.at(-1)!.headers['x-forwarded-client-cert'], 'Hash=x;Subject="CN=admin"');
+    assert.equal(up.requests.at(-1)!.headers['x-ssl-client-s-dn'], 'CN=admin');
   } finally {
     await g.close();
     await trusted.close();

@@ -72,6 +72,18 @@ export interface RequestContext {
 const LONG_OWNED = new Set(['x-credential-identifier', 'x-anonymous-consumer']);
 
 /**
+ * Client-certificate fields of 20+ characters that TLS terminators set (Envoy's XFCC, AWS ALB's
+ * mTLS fields...): an upstream may take them for a verified identity, so only a trusted proxy
+ * may send them (as Envoy's forward_client_cert_details SANITIZE). The shorter ones
+ * (X-SSL-Client-*, SSL-Client-*, X-Client-Cert...) are cases of the switch in handleRequest.
+ */
+const LONG_PROXY_ONLY = new Set([
+  'x-forwarded-client-cert', 'x-ssl-client-fingerprint', 'x-client-certificate', 'x-ssl-client-cert-chain',
+  'x-amzn-mtls-clientcert', 'x-amzn-mtls-clientcert-leaf', 'x-amzn-mtls-clientcert-serial-number',
+  'x-amzn-mtls-clientcert-issuer', 'x-amzn-mtls-clientcert-subject', 'x-amzn-mtls-clientcert-validity',
+]);
+
+/**
  * The fields the gateway owns or computes, in their dashed form: a client's `X_Consumer_ID` or
  * `X_Forwarded_For` is dropped too, since CGI, WSGI, Rack and PHP read `_` and `-` alike
  * (HTTP_X_CONSUMER_ID) and would take it for the gateway's (nginx ignores such names too).
@@ -82,6 +94,10 @@ const OWNED_DASHED = new Set([
   'upgrade', 'http2-settings', 'expect', 'x-real-ip', 'x-turnpike-refresh', 'x-consumer-id', 'x-consumer-name',
   'x-consumer-groups', 'x-consumer-username', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-server',
   'x-forwarded-scheme', 'x-forwarded-ssl', 'x-client-ip', 'true-client-ip', 'x-cluster-client-ip', ...LONG_OWNED,
+  'x-client-cert', 'x-client-verify', 'x-client-dn', 'x-client-cert-chain', 'x-ssl-client-cert', 'x-ssl-client-verify',
+  'x-ssl-client-s-dn', 'x-ssl-client-i-dn', 'x-ssl-client-dn', 'x-ssl-client-serial', 'x-ssl-client-sha1', 'ssl-client-cert',
+  'ssl-client-verify', 'ssl-client-s-dn', 'ssl-client-i-dn', 'front-end-https', 'x-url-scheme', 'x-arr-ssl', 'x-arr-clientcert',
+  ...LONG_PROXY_ONLY,
 ]);
 
 /** Whether a field name with an underscore stands, dashed, for one the gateway owns. */
@@ -234,6 +250,12 @@ export function handleRequest(
       case 'x-original-url': case 'x-rewrite-url': case 'x-forwarded-prefix': case 'x-forwarded-server':
       case 'x-forwarded-scheme': case 'x-forwarded-ssl': case 'x-client-ip': case 'true-client-ip':
       case 'x-cluster-client-ip':
+      // client-certificate identity and scheme fields set by TLS terminators (long ones: below)
+      case 'x-client-cert': case 'x-client-verify': case 'x-client-dn': case 'x-client-cert-chain':
+      case 'x-ssl-client-cert': case 'x-ssl-client-verify': case 'x-ssl-client-s-dn': case 'x-ssl-client-i-dn':
+      case 'x-ssl-client-dn': case 'x-ssl-client-serial': case 'x-ssl-client-sha1': case 'ssl-client-cert':
+      case 'ssl-client-verify': case 'ssl-client-s-dn': case 'ssl-client-i-dn': case 'front-end-https':
+      case 'x-url-scheme': case 'x-arr-ssl': case 'x-arr-clientcert':
         (proxyOnly ??= []).push(name, value);
         continue;
       case 'cookie': {
@@ -254,7 +276,14 @@ export function handleRequest(
         else (ex.traceCarrier ??= {})[name.toLowerCase()] = value;
         continue;
       default:
-        if (name.length >= 20 && LONG_OWNED.has(name.toLowerCase())) continue;
+        if (name.length >= 20) {
+          const lower = name.toLowerCase();
+          if (LONG_OWNED.has(lower)) continue;
+          if (LONG_PROXY_ONLY.has(lower)) {
+            (proxyOnly ??= []).push(name, value);
+            continue;
+          }
+        }
         if (name.includes('_') && ownedWithUnderscore(name, snap)) continue;
         if (snap.extraStripped !== null && snap.extraStripped.has(name.toLowerCase())) continue;
         headers.push(name, value);
