@@ -202,3 +202,31 @@ test('server-sent events are flushed as they are sent, over HTTP/1.1 and HTTP/2 
     c.close();
   }
 });
+
+test('an HTTP/1.1 upstream repeating a field HTTP/2 allows once (Location, ETag...): the HTTP/2 client gets a 502, not a stream that hangs', async () => {
+  const dup = await startUpstream((req, res) => {
+    const name = new URL(req.url!, 'http://x').searchParams.get('h')!;
+    res.setHeader(name, ['/one', '/two']);
+    res.setHeader('x-other', 'kept');
+    res.end('body');
+  });
+  const g = await startGateway(`http2: {h2c: true}\nservices: [{name: d, url: "${dup.url}", routes: [{paths: [/d]}]}]\n`);
+  const session = h2connect(g.url);
+  try {
+    for (const h of ['location', 'etag', 'content-type', 'user-agent']) {
+      const r = await Promise.race([
+        h2request(session, { ':path': `/d?h=${h}`, ':authority': 'x' }),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${h}: no answer in 3 s`)), 3000)),
+      ]);
+      assert.equal(r.status, 502, h);
+      assert.equal(r.headers['content-type'], 'application/problem+json', h);
+      assert.equal(r.headers['x-other'], undefined, h);
+    }
+    // The gateway still serves on the same session.
+    assert.equal((await request(`${g.url}/d?h=x-many`)).status, 200);
+  } finally {
+    session.close();
+    await g.close();
+    await dup.close();
+  }
+});

@@ -758,12 +758,7 @@ export class ForwardHandler {
         for (const [k, v] of Object.entries(obj)) res.setHeader(k, v);
         res.statusCode = statusCode;
       } catch (err) {
-        this.finished = true;
-        this.outcome = false;
-        this.abortFn?.(err as Error);
-        sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
-        this.release();
-        return false;
+        return this.unforwardable(err as Error);
       }
       return true;
     }
@@ -793,20 +788,34 @@ export class ForwardHandler {
     try {
       res.writeHead(statusCode, out);
     } catch (err) {
-      // A status or header value Node refuses to send: the upstream's answer is not valid HTTP.
-      this.finished = true;
-      this.outcome = false;
-      this.abortFn?.(err as Error);
-      if (this.encoding !== null) {
-        this.encoding.unpipe(res);
-        this.encoding = null;
-      }
-      res.removeHeader('content-length');
-      sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
-      this.release();
-      return false;
+      return this.unforwardable(err as Error);
     }
     return true;
+  }
+
+  /**
+   * A status or header Node refuses to send (an invalid value; over HTTP/2 also a repeated
+   * field that may appear once, e.g. two Location fields): 502, the target charged. Fields set
+   * before the refusal are all removed first — one left behind would make the 502 throw too,
+   * and the stream would hang unanswered.
+   */
+  private unforwardable(err: Error): false {
+    const res = this.f.res;
+    this.finished = true;
+    this.outcome = false;
+    this.abortFn?.(err);
+    if (this.encoding !== null) {
+      this.encoding.unpipe(res);
+      this.encoding = null;
+    }
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    try {
+      sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
+    } catch {
+      res.destroy();
+    }
+    this.release();
+    return false;
   }
 
   /** A held response grew past a hard cap: 502, the upstream exchange stops. */
