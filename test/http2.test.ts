@@ -230,3 +230,15 @@ test('an HTTP/1.1 upstream repeating a field HTTP/2 allows once (Location, ETag.
     await dup.close();
   }
 });
+
+test('CONNECT over HTTP/2 is a 405 problem+json with Allow, as over HTTP/1.1', async () => {
+  const session = h2connect(gw.url);
+  try {
+    const r = await h2request(session, { ':method': 'CONNECT', ':authority': 'example.com:443' });
+    assert.equal(r.status, 405);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.match(String(r.headers['allow']), /GET/);
+  } finally {
+    session.close();
+  }
+});

@@ -31,7 +31,7 @@ import { startKedaServer } from '../scaling/keda.js';
 import { NODE_ID } from '../core/node-id.js';
 import { ConsoleHandler } from '../console/handler.js';
 import { createEchoServer } from '../demo/echo.js';
-import { PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
+import { ALLOW_ALL, PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { Observer } from '../observability/observer.js';
@@ -638,30 +638,43 @@ export class Gateway implements RequestContext {
       });
       let resets = 0;
       let windowStart = Date.now();
+      // A stream counts as reset by the client when it ends with RST_STREAM of any code but
+      // INTERNAL_ERROR (the gateway's own, e.g. a broken upstream body), or was aborted before
+      // its answer: also streams answered at once before the client's reset was read (a flood
+      // of HEADERS + RST_STREAM against a fast 401/404/429 must trip it too).
+      const countReset = () => {
+        const now = Date.now();
+        const h2s = this.snapshot.http2;
+        if (now - windowStart > h2s.resetWindow) {
+          windowStart = now;
+          resets = 0;
+        }
+        if (++resets > h2s.maxResets && !session.destroyed) {
+          this.log.warn({ peer: session.socket?.remoteAddress, resets }, 'HTTP/2 client cancels too many streams (rapid reset): connection closed');
+          session.goaway(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
+          session.destroy();
+        }
+      };
       session.on('stream', (stream) => {
         clearTimeout(firstRequest);
         open++;
+        let aborted = false;
+        stream.once('aborted', () => { aborted = true; });
         stream.once('close', () => {
           open--;
+          const code = stream.rstCode;
+          if (aborted || (code !== undefined && code !== h2c.NGHTTP2_NO_ERROR && code !== h2c.NGHTTP2_INTERNAL_ERROR)) countReset();
           finishClose();
-        });
-        stream.once('aborted', () => {
-          const now = Date.now();
-          const h2s = this.snapshot.http2;
-          if (now - windowStart > h2s.resetWindow) {
-            windowStart = now;
-            resets = 0;
-          }
-          if (++resets > h2s.maxResets && !session.destroyed) {
-            this.log.warn({ peer: session.socket?.remoteAddress, resets }, 'HTTP/2 client cancels too many streams (rapid reset): connection closed');
-            session.goaway(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
-            session.destroy();
-          }
         });
       });
     });
     server.on('request', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, false));
     server.on('checkContinue', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, true));
+    // CONNECT (RFC 9113 §8.5): refused as over HTTP/1.1 — problem+json with Allow (node's own
+    // answer is a bare 405).
+    server.on('connect', (_req, res) => {
+      sendProblem(res as unknown as ServerResponse, 'method-not-allowed', 'CONNECT is not supported', undefined, { headers: { allow: ALLOW_ALL } });
+    });
     server.on('sessionError', () => {});
     return server;
   }
