@@ -459,3 +459,62 @@ test('SIGUSR1 to the running CLI reopens the access log file (log rotation)', as
     await up.close();
   }
 });
+
+test('workers: 2 writing the access log to a pipe: under concurrent load every line is whole JSON', async () => {
+  const { Pool } = await import('undici');
+  const { spawn } = await import('node:child_process');
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-pipe-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\naccess_log: {destination: stdout}\nservices:
+  - name: s
+    upstream: {targets: [{url: ${up.url}}]}
+    routes: [{paths: [/]}]
+`);
+  // stdout is a real pipe (as under docker / systemd / \`| cat\`): only writes of up to 4096 bytes are atomic.
+  const child = spawn('sh', ['-c', 'node bin/turnpike.js start --config "$1" 2>/dev/null | cat', 'sh', file], {
+    env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info' },
+    stdio: ['ignore', 'pipe', 'ignore'],
+    detached: true,
+  });
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+  const exit = new Promise((r) => child.on('exit', r));
+  const pool = new Pool(`http://127.0.0.1:${p}`, { connections: 64, pipelining: 1 });
+  try {
+    await waitFor(`http://127.0.0.1:${p}/ready-check`, 20_000);
+    await eventually(async () => JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).workers.filter((w: { state: string }) => w.state === 'listening').length === 2, 20_000);
+    const path = '/' + 'p'.repeat(1200); // ~1.6 KB lines: many per 4 KiB write, and big chunks
+    const end = Date.now() + 3000;
+    let sent = 0;
+    await Promise.all(Array.from({ length: 64 }, async () => {
+      while (Date.now() < end) {
+        const r = await pool.request({ path, method: 'GET' });
+        await r.body.dump();
+        sent++;
+      }
+    }));
+    // (counted as substrings: a line spliced into another must not keep the wait going)
+    await eventually(() => out.split('{"type":"access"').length - 1 >= sent, 10_000);
+    const lines = out.split('\n').slice(0, -1); // the last piece has no newline yet
+    let access = 0;
+    for (const l of lines) {
+      let v: { type?: string };
+      try {
+        v = JSON.parse(l) as { type?: string };
+      } catch {
+        assert.fail(`not a JSON line (${l.length} chars): ${l.slice(0, 200)}...`);
+      }
+      if (v.type === 'access') access++;
+    }
+    assert.ok(access >= sent, `${access} access lines for ${sent} requests`);
+  } finally {
+    await pool.close();
+    try {
+      process.kill(-child.pid!, 'SIGTERM');
+    } catch { /* gone */ }
+    await exit;
+    await up.close();
+  }
+});

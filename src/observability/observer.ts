@@ -105,7 +105,7 @@ export class Observer {
           headers: new Set(r.headers),
           query: new Set(r.query),
           whole: s.accessLog.fields.filter((f) => r.fields.includes(f)),
-          sink: createSink(s.accessLog.sink, this.log),
+          sink: createSink(s.accessLog.sink, this.log, { shared: this.role === 'worker' }),
         };
       }
       const old = this.access;

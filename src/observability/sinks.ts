@@ -62,6 +62,13 @@ const FD_FLUSH_TIMEOUT_MS = 5000;
 /** stdout / file: lines go to sonic-boom in chunks of about this many bytes, or every FD_FLUSH_EVERY_MS. */
 const FD_CHUNK = 128 * 1024;
 const FD_FLUSH_EVERY_MS = 100;
+/**
+ * Writes to a pipe are atomic up to PIPE_BUF (4096 bytes on Linux, the POSIX minimum is 512 but
+ * every platform Node runs on has at least 4096): where several processes share stdout (workers > 1),
+ * each write carries whole lines and at most this many bytes, so that no two workers' writes
+ * splice mid-line. A single longer line is written alone and cannot be atomic (docs/observability.md).
+ */
+export const PIPE_ATOMIC = 4096;
 /** Delays before the 2nd and 3rd attempt of a failed POST; then the batch is dropped. */
 const BACKOFF_MS = [250, 1000];
 const WARN_EVERY_MS = 10_000;
@@ -77,10 +84,18 @@ export function checkSink(setting: SinkSetting): void {
   }
 }
 
-export function createSink(setting: SinkSetting, log?: Log): AccessSink {
+/**
+ * `shared`: other processes write to the same stdout (cluster workers): writes are cut at line
+ * boundaries at PIPE_ATOMIC bytes so that they stay atomic on a pipe.
+ */
+export function createSink(setting: SinkSetting, log?: Log, opts: { shared?: boolean } = {}): AccessSink {
   const warn = rateLimited(log);
   switch (setting.destination) {
     case 'stdout':
+      if (opts.shared) {
+        // sonic-boom's maxWrite: it joins consecutive writes up to this size, one fs.write each.
+        return new FdSink(pino.destination({ dest: 1, sync: false, maxLength: FD_MAX_BUFFER, maxWrite: PIPE_ATOMIC }), 'stdout', warn, false, PIPE_ATOMIC);
+      }
       return new FdSink(pino.destination({ dest: 1, sync: false, maxLength: FD_MAX_BUFFER }), 'stdout', warn, false);
     case 'file':
       // sonic-boom opens asynchronously and reports failures as an 'error' event; open once
@@ -143,6 +158,8 @@ class FdSink implements AccessSink {
     private readonly name: string,
     private readonly warn: Warn,
     private readonly isFile: boolean,
+    /** 0: lines are handed over in one chunk; otherwise in writes of whole lines of at most this many bytes. */
+    private readonly maxWrite = 0,
   ) {
     this.timer = setInterval(() => this.handOver(), FD_FLUSH_EVERY_MS).unref();
     stream.on('write', (n: number) => {
@@ -187,14 +204,34 @@ class FdSink implements AccessSink {
     return true;
   }
 
-  /** Gives the gathered lines to sonic-boom as one chunk. */
+  /** Gives the gathered lines to sonic-boom as one chunk (or as pieces of at most maxWrite bytes of whole lines). */
   private handOver(): void {
     if (this.lines.length === 0) return;
-    const chunk = this.lines.join('');
+    const lines = this.lines;
     this.lines = [];
     this.chars = 0;
-    const bytes = Buffer.byteLength(chunk);
-    this.pending += bytes;
+    const max = this.maxWrite;
+    if (max === 0) {
+      this.put(lines.join(''), -1);
+      return;
+    }
+    let piece = '';
+    let bytes = 0;
+    for (const line of lines) {
+      const b = Buffer.byteLength(line);
+      if (bytes > 0 && bytes + b > max) {
+        this.put(piece, bytes);
+        piece = '';
+        bytes = 0;
+      }
+      piece += line;
+      bytes += b;
+    }
+    this.put(piece, bytes);
+  }
+
+  private put(chunk: string, bytes: number): void {
+    this.pending += bytes < 0 ? Buffer.byteLength(chunk) : bytes;
     try {
       this.stream.write(chunk);
     } catch {
