@@ -518,3 +518,32 @@ test('workers: 2 writing the access log to a pipe: under concurrent load every l
     await up.close();
   }
 });
+
+test('access log: a refused absolute-form target never logs its userinfo, authority or query', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const { rawRequest } = await import('./helpers.js');
+  try {
+  for (const fields of ['', ', fields: [time, request_id, method, host, path, query, status, error]']) {
+    const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+    const gw = await startGateway(`access_log: {destination: file, path: ${log}${fields}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+    try {
+      const r = await rawRequest(gw.port, 'GET http://alice:topsecretpw@127.0.0.1:22000/open/x?token=abc HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      assert.match(r.text, /^HTTP\/1\.1 400/);
+      const r2 = await rawRequest(gw.port, 'GET HTTP://bob:hunter2@h/?k=v#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      assert.match(r2.text, /^HTTP\/1\.1 400/);
+      await eventually(() => lines(log).length === 2);
+      const text = readFileSync(log, 'utf8');
+      for (const secret of ['alice', 'topsecretpw', '22000', 'token', 'abc', 'bob', 'hunter2', 'frag']) assert.ok(!text.includes(secret), `${secret} in ${text}`);
+      const [a, b] = lines(log);
+      assert.equal(a!.path, '/open/x');
+      assert.equal(b!.path, '/');
+    } finally {
+      await gw.close();
+    }
+  }
+  } finally {
+    await up.close();
+  }
+});

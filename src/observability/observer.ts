@@ -43,6 +43,26 @@ function isoTime(at: number): string {
   return lastIso;
 }
 
+/**
+ * The path of a request refused before its target was parsed (ex.path not set): the raw target
+ * without scheme, userinfo, authority, query and fragment (an absolute-form target may carry
+ * credentials: `http://user:password@host/...`); null when it is not a path at all.
+ */
+export function rawPath(url: string | undefined): string | null {
+  if (url === undefined) return null;
+  let p = url;
+  if (p.charCodeAt(0) !== 0x2f /* / */) {
+    const s = p.indexOf('://');
+    if (s === -1) return null;
+    // The authority ends at the first /, ? or #; what follows is the path.
+    let i = s + 3;
+    while (i < p.length && p[i] !== '/' && p[i] !== '?' && p[i] !== '#') i++;
+    p = p[i] === '/' ? p.slice(i) : '/';
+  }
+  const end = p.search(/[?#]/);
+  return end === -1 ? p : p.slice(0, end);
+}
+
 /** The query as an object (repeated names joined with a comma), secret parameters censored. */
 function queryObject(q: string, secret: ReadonlySet<string>): Record<string, string> {
   const out: Record<string, string> = {};
@@ -200,7 +220,7 @@ export class Observer {
         '","consumer":' + str(ex.consumer) +
         ',"method":"' + method +
         '","host":"' + ex.host +
-        '","path":' + str(ex.path || (req.url ?? '').split('?')[0]!) +
+        '","path":' + str(ex.path || rawPath(req.url)) +
         ',"protocol":"HTTP/' + req.httpVersion +
         (route === null ? '","route":null,"service":null' : '","route":"' + route.name + '","service":"' + route.service.name + '"') +
         ',"upstream":' + (ex.target === null ? 'null' : '"' + ex.target + '"') +
@@ -226,7 +246,7 @@ export class Observer {
         case 'consumer': out.consumer = ex.consumer; break;
         case 'method': out.method = method; break;
         case 'host': out.host = ex.host; break;
-        case 'path': out.path = ex.path || (req.url ?? '').split('?')[0]; break;
+        case 'path': out.path = ex.path || rawPath(req.url); break;
         case 'query': out.query = queryObject(ex.query, a.query); break;
         case 'protocol': out.protocol = `HTTP/${req.httpVersion}`; break;
         case 'route': out.route = ex.route?.name ?? null; break;
