@@ -199,3 +199,79 @@ services:
     await Promise.all([up.close(), collector.close()]);
   }
 });
+
+test('tracing: W3C Trace Context edge cases (w3c/trace-context test suite): duplicates, combined and invalid tracestate', async () => {
+  const { rawRequest } = await import('./helpers.js');
+  const up = await startUpstream();
+  const port = await freePort();
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: http://127.0.0.1:${port}/v1/traces, sample: 1}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const tid = '12345678901234567890123456789012';
+  const tp = `00-${tid}-1234567890123456-01`;
+  /** What the upstream gets for these header lines: its traceparent and its tracestate lines. */
+  const send = async (lines: [string, string][]) => {
+    const n = up.requests.length;
+    const head = lines.map(([k, v]) => `${k}: ${v}\r\n`).join('');
+    const r = await rawRequest(gw.port, `GET /x HTTP/1.1\r\nHost: x\r\n${head}Connection: close\r\n\r\n`);
+    assert.match(r.text, /^HTTP\/1\.1 200/);
+    assert.equal(up.requests.length, n + 1);
+    const raw = up.requests.at(-1)!.rawHeaders;
+    const states: string[] = [];
+    for (let i = 0; i < raw.length; i += 2) if (raw[i]!.toLowerCase() === 'tracestate') states.push(raw[i + 1]!);
+    assert.ok(states.length <= 1, `one tracestate at most: ${states.join(' | ')}`);
+    const parent = String(up.requests.at(-1)!.headers.traceparent);
+    return { traceId: parent.split('-')[1], state: states[0] };
+  };
+  const member = (i: number) => `k${String(i).padStart(2, '0')}=v`;
+  try {
+    // traceparent twice: invalid, a new trace starts.
+    const dup = await send([['traceparent', `00-${'1'.repeat(32)}-1234567890123456-01`], ['traceparent', tp]]);
+    assert.notEqual(dup.traceId, tid);
+    assert.notEqual(dup.traceId, '1'.repeat(32));
+    // Several tracestate lines are one list, in order (RFC 9110 §5.3).
+    const multi = await send([['traceparent', tp], ['tracestate', 'foo=1,bar=2'], ['tracestate', 'rojo=1,congo=2'], ['tracestate', 'baz=3']]);
+    assert.equal(multi.traceId, tid);
+    assert.equal(multi.state, 'foo=1,bar=2,rojo=1,congo=2,baz=3');
+    // Empty lines and empty members are allowed; OWS around members too.
+    assert.equal((await send([['traceparent', tp], ['tracestate', ''], ['tracestate', 'foo=1']])).state, 'foo=1');
+    assert.equal((await send([['traceparent', tp], ['tracestate', 'foo=1 \t , \t bar=2,, \t baz=3']])).state, 'foo=1,bar=2,baz=3');
+    // The longest legal keys, 32 members.
+    for (const long of [`${'a'.repeat(256)}=1,b=2`, `${'t'.repeat(241)}@${'s'.repeat(14)}=2,b=2`]) {
+      assert.equal((await send([['traceparent', tp], ['tracestate', long]])).state, long);
+    }
+    const max = Array.from({ length: 32 }, (_, i) => member(i)).join(',');
+    assert.equal((await send([['traceparent', tp], ['tracestate', max]])).state, max);
+    // Invalid: discarded whole, never repaired, never an empty header.
+    const invalid: [string, string][][] = [
+      [['tracestate', 'foo=1,foo=1']],
+      [['tracestate', 'foo=1'], ['tracestate', 'foo=2']],
+      [['tracestate', 'foo@=1,bar=2']],
+      [['tracestate', '@foo=1,bar=2']],
+      [['tracestate', 'foo@@bar=1,bar=2']],
+      [['tracestate', 'foo@bar@baz=1,bar=2']],
+      [['tracestate', 'FOO=1,bar=2']],
+      [['tracestate', 'foo.bar=1,bar=2']],
+      [['tracestate', 'foo=bar=baz,bar=2']],
+      [['tracestate', 'foo=,bar=2']],
+      [['tracestate', 'bar=2,nonsense']],
+      [['tracestate', `${'a'.repeat(257)}=1,bar=2`]],
+      [['tracestate', `${'t'.repeat(242)}@s=1,bar=2`]],
+      [['tracestate', `t@${'s'.repeat(15)}=1,bar=2`]],
+      [['tracestate', `${max},k32=v`]],
+      [['tracestate', max], ['tracestate', 'k32=v']],
+      [['tracestate', ['a', 'b', 'c'].map((k) => `${k}=${'x'.repeat(200)}`).join(',')]], // > 512 characters
+      [['tracestate', ' , ']],
+      [['tracestate', 'FOO=1']],
+    ];
+    for (const lines of invalid) {
+      const got = await send([['traceparent', tp], ...lines]);
+      assert.equal(got.traceId, tid, 'the traceparent is still followed');
+      assert.equal(got.state, undefined, `no tracestate for ${JSON.stringify(lines).slice(0, 120)}`);
+    }
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});

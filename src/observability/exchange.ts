@@ -25,7 +25,10 @@ export class Exchange {
   bytesIn = 0;
   /** The declared Content-Length (-1: none). */
   bodyLength = -1;
-  /** The client's traceparent / tracestate (tracing on and sent), by lower-case name. */
+  /**
+   * The client's traceparent / tracestate (tracing on and sent), by lower-case name: several
+   * tracestate lines joined with ',', a repeated traceparent ''.
+   */
   traceCarrier: Record<string, string> | null = null;
   /** The body's bytes were counted as they streamed (no Content-Length to go by). */
   bodyCounted = false;

@@ -6,7 +6,7 @@
  * `sample`. Only built when tracing is enabled: with it off the request path never gets here.
  */
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, trace, type Context, type Span, type TextMapSetter, type Tracer } from '@opentelemetry/api';
-import { W3CTraceContextPropagator } from '@opentelemetry/core';
+import { TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
@@ -43,9 +43,30 @@ export function redactQuery(path: string, secret: ReadonlySet<string>): string {
   return changed ? `${path.slice(0, q + 1)}${parts.join('&')}` : path;
 }
 
+/**
+ * Whether a tracestate (list lines joined with ',') is valid as a whole (W3C Trace Context §3.3):
+ * at most 32 members, no key twice, every key and value well-formed, at most 512 characters;
+ * empty members (and OWS around members) are allowed. OpenTelemetry's TraceState repairs a list
+ * instead (skips bad and repeated members, truncates): here a list it had to repair is refused
+ * whole, as the spec asks. False too when no member is left (nothing to propagate).
+ */
+export function validTraceState(raw: string): boolean {
+  let members = 0;
+  for (const m of raw.split(',')) if (m.trim() !== '') members++;
+  if (members === 0 || members > 32) return false;
+  const parsed = new TraceState(raw);
+  // TraceState keeps the valid members, each key once, up to 32 and 512 characters: any member
+  // it left out was invalid, repeated, or past the length limit.
+  const kept = parsed.serialize();
+  let n = 0;
+  for (let i = kept.indexOf('='); i !== -1; i = kept.indexOf('=', i + 1)) n++;
+  return n === members && kept.length <= 512;
+}
+
 /** Sets traceparent / tracestate in a flat header list (name, value, ...) whose last pair is Host. */
 const setter: TextMapSetter<string[]> = {
   set: (list, key, value) => {
+    if (value === '') return; // an empty tracestate is never sent
     for (let i = 0; i < list.length - 2; i += 2) {
       if (list[i] === key) {
         list[i + 1] = value;
@@ -77,7 +98,12 @@ export class Tracing {
   /** The request's SERVER span, child of the client's traceparent when it sent a valid one. */
   startRequest(ex: Exchange, method: string): void {
     const carrier = ex.traceCarrier;
-    const parent = carrier !== null && carrier.traceparent !== undefined ? this.propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter) : ROOT_CONTEXT;
+    let parent = ROOT_CONTEXT;
+    if (carrier !== null && carrier.traceparent) {
+      const state = carrier.tracestate;
+      if (state !== undefined && !validTraceState(state)) delete carrier.tracestate;
+      parent = this.propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
+    }
     const route = ex.route!;
     const span = (ex.span = this.tracer.startSpan(`${method} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
     // An unsampled request gets a non-recording span: nothing more to build for it.

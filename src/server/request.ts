@@ -273,7 +273,14 @@ export function handleRequest(
       }
       case 'traceparent': case 'tracestate':
         if (!tracing) headers.push(name, value);
-        else (ex.traceCarrier ??= {})[name.toLowerCase()] = value;
+        else {
+          // W3C Trace Context §3.2 / §3.3.1: a repeated traceparent is invalid (''), repeated
+          // tracestate lines are one list.
+          const c = (ex.traceCarrier ??= {});
+          const k = name.length === 11 ? 'traceparent' : 'tracestate';
+          const prev = c[k];
+          c[k] = prev === undefined ? value : k === 'traceparent' ? '' : `${prev},${value}`;
+        }
         continue;
       default:
         if (name.length >= 20) {
