@@ -275,3 +275,39 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('secret query parameters are censored whatever their case (AWS / GCS presigned URLs): access log query and span url.full', async () => {
+  const { mkdtempSync, readFileSync, existsSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const collector = await startCollector();
+  const up = await startUpstream();
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
+access_log: {destination: file, path: ${log}, fields: [path, query, status], redact: [query.My_Secret]}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const secrets: Record<string, string> = {
+      'X-Amz-Signature': 'SIGAWS1', 'X-Amz-Credential': 'CREDAWS2', 'X-Amz-Security-Token': 'TOKAWS3', AWSAccessKeyId: 'AKIDAWS4',
+      Signature: 'SIGLEGACY5', 'X-Goog-Signature': 'SIGGOOG6', 'X-Goog-Credential': 'CREDGOOG7', APIKEY: 'APIKEY8',
+      Access_Token: 'ACCESSTOK9', my_secret: 'MINE10',
+    };
+    const qs = Object.entries(secrets).map(([k, v]) => `${k}=${v}`).join('&') + '&X-Amz-Expires=3600';
+    assert.equal((await request(`${gw.url}/bucket/object?${qs}`)).status, 200);
+    await eventually(() => existsSync(log) && readFileSync(log, 'utf8').includes('\n'));
+    const line = JSON.parse(readFileSync(log, 'utf8').split('\n')[0]!) as { query: Record<string, string> };
+    for (const k of Object.keys(secrets)) assert.equal(line.query[k], '[REDACTED]', k);
+    assert.equal(line.query['X-Amz-Expires'], '3600');
+    await eventually(() => collector.spans.some((s) => s.kind === KIND.CLIENT), 8000);
+    const url = String(attr(collector.spans.find((s) => s.kind === KIND.CLIENT)!, 'url.full'));
+    for (const k of Object.keys(secrets)) assert.ok(url.includes(`${k}=REDACTED`), `${k} in ${url}`);
+    assert.ok(url.endsWith('&X-Amz-Expires=3600'));
+    const all = readFileSync(log, 'utf8') + JSON.stringify(collector.spans);
+    for (const v of Object.values(secrets)) assert.ok(!all.includes(v), v);
+  } finally {
+    await gw.close();
+    await Promise.all([up.close(), collector.close()]);
+  }
+});

@@ -63,11 +63,11 @@ export function rawPath(url: string | undefined): string | null {
   return end === -1 ? p : p.slice(0, end);
 }
 
-/** The query as an object (repeated names joined with a comma), secret parameters censored. */
+/** The query as an object (repeated names joined with a comma), secret parameters (lower-case set, any case in the query) censored. */
 function queryObject(q: string, secret: ReadonlySet<string>): Record<string, string> {
   const out: Record<string, string> = {};
   if (q.length < 2) return out;
-  for (const [k, v] of new URLSearchParams(q.slice(1))) out[k] = secret.has(k) ? CENSORED : k in out ? `${out[k]},${v}` : v;
+  for (const [k, v] of new URLSearchParams(q.slice(1))) out[k] = secret.has(k.toLowerCase()) ? CENSORED : k in out ? `${out[k]},${v}` : v;
   return out;
 }
 

@@ -9,7 +9,7 @@ import { BUCKETS } from './metrics.js';
 export interface AccessLogSettings {
   sink: SinkSetting;
   fields: readonly AccessField[];
-  /** Censored: these request header names (lower case) and query parameters, and these fields whole. */
+  /** Censored: these request header names and query parameter names (both lower case, compared case-insensitively), and these fields whole. */
   redact: { headers: string[]; query: string[]; fields: string[] };
 }
 export interface TracingSettings {
@@ -17,7 +17,7 @@ export interface TracingSettings {
   sample: number;
   serviceName: string;
   headers: Record<string, string>;
-  /** Query parameters whose values a span's url.full shows as REDACTED (the access log's list). */
+  /** Query parameters (lower case) whose values a span's url.full shows as REDACTED (the access log's list). */
   redactQuery: string[];
 }
 export interface ObservabilitySettings {
@@ -29,8 +29,11 @@ export interface ObservabilitySettings {
 
 /** Request fields that carry credentials: always censored when headers are logged. */
 const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'apikey', 'x-auth-token', 'x-csrf-token'];
-/** Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys). */
-const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'apikey', 'key', 'token', 'password', 'sig', 'signature', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token'];
+/**
+ * Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys; OpenTelemetry's
+ * url.full list), lower case: names are compared case-insensitively (X-Amz-Signature, APIKEY).
+ */
+const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'apikey', 'key', 'token', 'password', 'sig', 'signature', 'awsaccesskeyid', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token', 'x-goog-signature', 'x-goog-credential'];
 
 
 /** Every key-auth header / query name used anywhere in the config (their values are keys). */
@@ -43,7 +46,7 @@ function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: st
       const h = b.config?.header ?? 'apikey';
       const q = b.config?.query ?? 'apikey';
       if (typeof h === 'string') headers.push(h.toLowerCase());
-      if (typeof q === 'string') params.push(q);
+      if (typeof q === 'string') params.push(q.toLowerCase());
     }
   };
   visit(cfg.plugins);
@@ -62,7 +65,7 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
   const al = cfg.access_log ?? {};
   const keys = keyAuthNames(cfg);
   const query = new Set([...SECRET_PARAMS, ...keys.params]);
-  for (const p of al.redact ?? []) if (p.startsWith('query.')) query.add(p.slice(6));
+  for (const p of al.redact ?? []) if (p.startsWith('query.')) query.add(p.slice(6).toLowerCase());
   if (al.enabled ?? true) {
     let sink: SinkSetting = { destination: 'stdout' };
     const dest = al.destination ?? 'stdout';
@@ -87,7 +90,7 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
       if (!(ACCESS_FIELDS as readonly string[]).includes(root)) return fail(['access_log', 'redact', i], `unknown field "${root}" (one of ${ACCESS_FIELDS.join(', ')})`);
       if (dot === -1) whole.add(root);
       else if (root === 'headers') headers.add(p.slice(dot + 1).toLowerCase());
-      else if (root === 'query') query.add(p.slice(dot + 1));
+      else if (root === 'query') query.add(p.slice(dot + 1).toLowerCase());
       else fail(['access_log', 'redact', i], `only headers.<name> and query.<name> have parts; "${root}" is censored whole`);
     });
     accessLog = { sink, fields: al.fields ?? DEFAULT_ACCESS_FIELDS, redact: { headers: [...headers], query: [...query], fields: [...whole] } };

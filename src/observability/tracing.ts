@@ -19,7 +19,8 @@ const NOOP = () => {};
 
 /**
  * A path whose query values of secret parameters (API keys, tokens, signatures) read REDACTED,
- * as OpenTelemetry's semantic conventions ask of url.full. Names are compared decoded.
+ * as OpenTelemetry's semantic conventions ask of url.full. Names are compared decoded and
+ * case-insensitively (`secret` holds lower-case names).
  */
 export function redactQuery(path: string, secret: ReadonlySet<string>): string {
   const q = path.indexOf('?');
@@ -35,7 +36,7 @@ export function redactQuery(path: string, secret: ReadonlySet<string>): string {
     } catch {
       /* not decodable: compared as it is */
     }
-    if (secret.has(name)) {
+    if (secret.has(name.toLowerCase())) {
       parts[i] = `${raw}=REDACTED`;
       changed = true;
     }
