@@ -9,10 +9,12 @@
  * (analytics has per-consumer views with a bounded top-K).
  */
 import { Registry, AggregatorRegistry, collectDefaultMetrics, type Metric, type MetricValueWithName } from 'prom-client';
-import { performance } from 'node:perf_hooks';
+import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 
 /** Upper bounds (seconds) of the latency histograms: from 100 µs (gateway overhead) to a minute. */
 export const BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+/** turnpike_event_loop_utilization is measured over this many seconds (sampled once a second). */
+const ELU_WINDOW_S = 10;
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE', 'OTHER'];
 const OTHER = METHODS.length - 1;
 const methodIndex = (m: string): number => {
@@ -111,7 +113,13 @@ function histogramSamples(name: string, bounds: readonly number[], rows: { label
 export class Metrics {
   private readonly routes = new Map<string, RouteStats>();
   readonly registry = new Registry();
-  private readonly elu = { last: performance.eventLoopUtilization() };
+  /**
+   * Event-loop utilisation snapshots taken once a second by an internal timer, oldest first: the
+   * gauge is measured over them, so that any number of renders (scrapers, the console's live
+   * stats every second) read the same value instead of resetting each other's interval.
+   */
+  private readonly elu: EventLoopUtilization[] = [performance.eventLoopUtilization()];
+  private readonly eluTimer: NodeJS.Timeout;
 
   constructor(readonly bounds: readonly number[] = BUCKETS, gauges?: GaugeSource) {
     const r = this.registry;
@@ -148,12 +156,14 @@ export class Metrics {
       }
       return out;
     }));
-    r.registerMetric(collector('turnpike_event_loop_utilization', 'Share of time the event loop was busy since the previous scrape (0-1).', 'gauge', 'max', () => {
-      const now = performance.eventLoopUtilization();
-      const d = performance.eventLoopUtilization(now, this.elu.last);
-      this.elu.last = now;
-      return [{ labels: {}, value: d.utilization }];
-    }));
+    this.eluTimer = setInterval(() => {
+      this.elu.push(performance.eventLoopUtilization());
+      if (this.elu.length > ELU_WINDOW_S + 1) this.elu.shift();
+    }, 1000).unref();
+    r.registerMetric(collector('turnpike_event_loop_utilization', `Share of time the event loop was busy over the last ${ELU_WINDOW_S} seconds (0-1).`, 'gauge', 'max', () =>
+      [{ labels: {}, value: performance.eventLoopUtilization(performance.eventLoopUtilization(), this.elu[0]).utilization }]));
+    r.registerMetric(collector('turnpike_event_loop_busy_seconds_total', 'Time the event loop was busy since the process started (rate() of it is the utilisation).', 'counter', 'sum', () =>
+      [{ labels: {}, value: performance.eventLoopUtilization().active / 1000 }]));
     if (gauges) this.registerGauges(gauges);
     collectDefaultMetrics({ register: r });
   }
@@ -229,6 +239,11 @@ export class Metrics {
 
   get contentType(): string {
     return this.registry.contentType;
+  }
+
+  /** Stops the event-loop sampling timer. */
+  close(): void {
+    clearInterval(this.eluTimer);
   }
 }
 

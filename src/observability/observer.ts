@@ -296,6 +296,7 @@ export class Observer {
   async close(): Promise<void> {
     const a = this.access;
     this.access = null;
+    this.metrics?.close();
     await Promise.all([a?.sink.close(), this.tracing?.close()]);
     this.tracing = null;
   }
