@@ -547,3 +547,34 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('metrics: access log lines written and dropped are counted (a dead HTTP receiver drops, a file writes)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dead = await freePort();
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`admin: {listen: 127.0.0.1:0}
+access_log: {destination: http, url: "http://127.0.0.1:${dead}/ingest", flush_interval: 50ms}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    for (let i = 0; i < 5; i++) assert.equal((await request(`${gw.url}/x`)).status, 200);
+    // Three failed attempts (backoff 250 ms, 1 s), then the batch is dropped.
+    await eventually(async () => sample((await request(`${gw.adminUrl}/metrics`)).body, 'turnpike_access_log_lines_dropped_total', {}) === 5, 8000);
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t, 'turnpike_access_log_lines_written_total', {}), 0);
+    // A reload to a file: the counters carry on (they never go back).
+    const { parseConfigText } = await import('../src/config/load.js');
+    gw.gw.reload(parseConfigText(`listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}
+access_log: {destination: file, path: ${log}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`));
+    for (let i = 0; i < 3; i++) assert.equal((await request(`${gw.url}/x`)).status, 200);
+    await eventually(() => lines(log).length === 3);
+    const t2 = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t2, 'turnpike_access_log_lines_written_total', {}), 3);
+    assert.equal(sample(t2, 'turnpike_access_log_lines_dropped_total', {}), 5);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});

@@ -82,6 +82,8 @@ export interface GaugeSource {
   targets(): { service: string; target: string; up: boolean }[];
   circuits(): { service: string; state: string }[];
   websockets(): { opened: number; rejected: number; closed: number; messagesIn: number; messagesOut: number } | null;
+  /** The access log's line counters (this process; null: it writes none). */
+  accessLog?(): { written: number; dropped: number } | null;
   /** The scaling advisor's decisions per service and for the gateway (where it runs). */
   scaling?(): { services: { service: string; desired: number; current: number; panic: boolean; signals: Record<string, number> }[]; gateway: { desiredNodes: number; utilization: number } | null };
 }
@@ -186,6 +188,16 @@ export class Metrics {
         return w === null ? [] : [{ labels, value: pick(w) }];
       }));
     };
+    if (g.accessLog) {
+      const al = g.accessLog.bind(g);
+      const lines = (name: string, help: string, pick: (c: { written: number; dropped: number }) => number) =>
+        r.registerMetric(collector(name, help, 'counter', 'sum', () => {
+          const c = al();
+          return c === null ? [] : [{ labels: {}, value: pick(c) }];
+        }));
+      lines('turnpike_access_log_lines_written_total', 'Access log lines handed to the destination (stdout / file: accepted into the write buffer; http: acknowledged by the receiver).', (c) => c.written);
+      lines('turnpike_access_log_lines_dropped_total', 'Access log lines dropped because the destination could not keep up or the HTTP receiver failed.', (c) => c.dropped);
+    }
     if (g.scaling) {
       const sc = g.scaling.bind(g);
       const perService = (name: string, help: string, pick: (x: ReturnType<typeof sc>['services'][number]) => number) =>

@@ -97,11 +97,14 @@ export class Observer {
   /** Where requests are counted for the scaling advisor (null: no service has `scaling`). */
   demand: DemandMeter | null = null;
   private unrouted: RouteStats | null = null;
+  /** Replaced access log sinks still closing, and the counts of those closed. */
+  private readonly retiring = new Set<AccessSink>();
+  private readonly retired = { written: 0, dropped: 0 };
   private settings: ObservabilitySettings;
 
   constructor(settings: ObservabilitySettings, gauges: GaugeSource, private readonly log: Logger, private readonly role: 'single' | 'primary' | 'worker') {
     this.settings = settings;
-    this.metrics = settings.metrics ? new Metrics(settings.metrics.buckets, gauges) : null;
+    this.metrics = settings.metrics ? new Metrics(settings.metrics.buckets, { ...gauges, accessLog: () => this.accessLogCounts() }) : null;
     this.configure(settings);
   }
 
@@ -130,7 +133,7 @@ export class Observer {
       }
       const old = this.access;
       this.access = access;
-      if (old) void old.sink.close();
+      if (old) this.retire(old.sink);
     }
     if (s.metrics && !this.metrics) this.log.warn('metrics were enabled: restart to start them');
     if (s.metrics && this.metrics && s.metrics.buckets.join() !== this.metrics.bounds.join()) this.log.warn('metrics.buckets changed: restart to apply');
@@ -142,6 +145,33 @@ export class Observer {
       if (old) void old.close();
     }
     this.settings = s;
+  }
+
+  /** A replaced sink: closed; its counts stay in accessLogCounts() (counters never go back). */
+  private retire(sink: AccessSink): void {
+    this.retiring.add(sink);
+    void sink.close().then(() => {
+      this.retiring.delete(sink);
+      this.retired.written += sink.written;
+      this.retired.dropped += sink.dropped;
+    });
+  }
+
+  /** Access log lines written and dropped by this process, over every sink it had (null: it never had one). */
+  accessLogCounts(): { written: number; dropped: number } | null {
+    const a = this.access;
+    if (a === null && this.retiring.size === 0 && this.retired.written === 0 && this.retired.dropped === 0) return null;
+    let written = this.retired.written;
+    let dropped = this.retired.dropped;
+    for (const s of this.retiring) {
+      written += s.written;
+      dropped += s.dropped;
+    }
+    if (a !== null) {
+      written += a.sink.written;
+      dropped += a.sink.dropped;
+    }
+    return { written, dropped };
   }
 
   /** Whether anything reads exchanges. */
