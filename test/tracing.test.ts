@@ -82,6 +82,12 @@ services:
     assert.equal(server.traceId, clientTrace);
     assert.equal(server.parentSpanId, clientSpan);
     assert.equal(server.name, 'GET orders');
+    // Semantic conventions: http.route is the path template (the name is turnpike.route), server.address has no port.
+    assert.equal(attr(server, 'http.route'), '/orders');
+    assert.equal(attr(server, 'turnpike.route'), 'orders');
+    assert.equal(attr(server, 'server.address'), '127.0.0.1');
+    assert.equal(attr(server, 'server.port'), gw.port);
+    assert.equal(attr(server, 'url.scheme'), 'http');
     assert.equal(attr(server, 'http.response.status_code'), 200);
     assert.equal(attr(server, 'turnpike.service'), 'app');
     assert.equal(attr(server, 'turnpike.consumer'), 'svc-a');

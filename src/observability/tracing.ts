@@ -96,8 +96,11 @@ export class Tracing {
     this.tracer = this.provider.getTracer('turnpike', VERSION);
   }
 
-  /** The request's SERVER span, child of the client's traceparent when it sent a valid one. */
-  startRequest(ex: Exchange, method: string): void {
+  /**
+   * The request's SERVER span, child of the client's traceparent when it sent a valid one.
+   * `pattern`: the route's matched `paths` entry (http.route); `scheme`: how the client came in.
+   */
+  startRequest(ex: Exchange, method: string, pattern: string, scheme: 'http' | 'https'): void {
     const carrier = ex.traceCarrier;
     let parent = ROOT_CONTEXT;
     if (carrier !== null && carrier.traceparent) {
@@ -109,15 +112,23 @@ export class Tracing {
     const span = (ex.span = this.tracer.startSpan(`${method} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
     // An unsampled request gets a non-recording span: nothing more to build for it.
     if (!span.isRecording()) return;
+    // Host (checked by the request path): a name or [IPv6], then an optional port.
+    const host = ex.host;
+    const close = host.charCodeAt(0) === 0x5b /* [ */ ? host.indexOf(']') : -1;
+    const colon = host.indexOf(':', close + 1);
+    const address = close !== -1 ? host.slice(1, close) : colon === -1 ? host : host.slice(0, colon);
     span.setAttributes({
       'http.request.method': method,
       'url.path': ex.path,
-      'http.route': route.name,
-      'server.address': ex.host,
+      'url.scheme': scheme,
+      'http.route': pattern,
+      'server.port': colon === -1 ? (scheme === 'https' ? 443 : 80) : Number(host.slice(colon + 1)),
       'client.address': ex.clientIp,
+      'turnpike.route': route.name,
       'turnpike.service': route.service.name,
       'turnpike.request_id': ex.requestId,
     });
+    if (address !== '') span.setAttribute('server.address', address);
   }
 
   private context(ex: Exchange): Context {

@@ -407,7 +407,7 @@ export function handleRequest(
   const route = match.data;
   if (ex !== null) {
     ex.route = route;
-    if (tracing) ctx.observer!.tracing!.startRequest(ex, method);
+    if (tracing) ctx.observer!.tracing!.startRequest(ex, method, match.pattern, p.proto);
   }
   const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
   if (upgrade !== undefined && !websocket && (te !== undefined || (cl !== undefined && cl !== '0'))) {
