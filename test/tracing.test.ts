@@ -317,3 +317,26 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await Promise.all([up.close(), collector.close()]);
   }
 });
+
+test('tracing: trust_incoming_sampled: false — a client\'s sampled flag cannot force recording (sample 0 exports nothing)', async () => {
+  const collector = await startCollector();
+  const up = await startUpstream();
+  let gw: Awaited<ReturnType<typeof startGateway>> | undefined;
+  try {
+    gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 0, trust_incoming_sampled: false}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+    for (let i = 0; i < 5; i++) {
+      const tid = String(i + 1).repeat(32);
+      await request(`${gw.url}/a`, { headers: { traceparent: `00-${tid}-${'b'.repeat(16)}-01` } });
+      // Still the client's trace, but not sampled here.
+      assert.match(String(up.requests.at(-1)!.headers.traceparent), new RegExp(`^00-${tid}-[0-9a-f]{16}-00$`));
+    }
+    await sleep(1500);
+    assert.equal(collector.spans.length, 0);
+  } finally {
+    await gw?.close();
+    await Promise.all([up.close(), collector.close()]);
+  }
+});

@@ -35,7 +35,8 @@ export const Metrics = Strict({
 export const Tracing = Strict({
   enabled: Type.Optional(Type.Boolean({ default: false })),
   endpoint: Type.Optional(HttpUrl),
-  sample: Type.Optional(Type.Number({ minimum: 0, maximum: 1, default: 1, description: 'Share of new traces recorded (a sampled parent is always followed).' })),
+  sample: Type.Optional(Type.Number({ minimum: 0, maximum: 1, default: 1, description: 'Share of new traces recorded (a sampled parent is followed unless trust_incoming_sampled is false).' })),
+  trust_incoming_sampled: Type.Optional(Type.Boolean({ default: true, description: 'Follow the sampled flag of the client\'s traceparent. false (an edge gateway facing untrusted clients): every request is sampled at `sample`, still in the client\'s trace, so clients cannot force spans to be recorded.' })),
   service_name: Type.Optional(Type.String({ minLength: 1, default: 'turnpike' })),
   headers: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'Headers of every OTLP export request.' })),
 }, 'OpenTelemetry tracing (W3C trace context, OTLP/HTTP JSON export). Off by default.');

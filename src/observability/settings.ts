@@ -15,6 +15,8 @@ export interface AccessLogSettings {
 export interface TracingSettings {
   endpoint: string;
   sample: number;
+  /** Follow the client's sampled flag (false: `sample` decides for every request). */
+  trustIncomingSampled: boolean;
   serviceName: string;
   headers: Record<string, string>;
   /** Query parameters (lower case) whose values a span's url.full shows as REDACTED (the access log's list). */
@@ -106,7 +108,7 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
   let tracing: TracingSettings | null = null;
   const t = cfg.tracing;
   if (t?.enabled) {
-    tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {}, redactQuery: [...query] };
+    tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, trustIncomingSampled: t.trust_incoming_sampled ?? true, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {}, redactQuery: [...query] };
   }
   const a = cfg.analytics;
   const analytics = (a?.enabled ?? true) ? { topConsumers: a?.top_consumers ?? 200, publishMs: Math.max(100, parseDuration(a?.publish_interval ?? '10s')) } : null;

@@ -89,7 +89,11 @@ export class Tracing {
     const exporter = new OTLPTraceExporter({ url: s.endpoint, headers: s.headers, timeoutMillis: 5000 });
     this.provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
-      sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(s.sample) }),
+      // A client's parent is followed (its sampled flag decides) unless it is not trusted: then
+      // the ratio decides for remote parents too (a client cannot force recording).
+      sampler: new ParentBasedSampler(s.trustIncomingSampled === false
+        ? { root: new TraceIdRatioBasedSampler(s.sample), remoteParentSampled: new TraceIdRatioBasedSampler(s.sample), remoteParentNotSampled: new TraceIdRatioBasedSampler(s.sample) }
+        : { root: new TraceIdRatioBasedSampler(s.sample) }),
       // Bounded: past 4096 queued spans new ones are dropped (never unbounded memory when the collector is down).
       spanProcessors: [new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 5000 })],
     });
