@@ -181,19 +181,40 @@ export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup:
     if (ctx === 'header') {
       if (/[\r\n\0]/.test(v)) throw new TemplateError(`template ${p.text} holds a line break or NUL, not allowed in a header`);
       out += v;
-    } else out += encodeURIComponent(v);
+    } else {
+      const e = encodeComponent(v);
+      if (e === null) throw new TemplateError(`template ${p.text} holds text that is not well-formed Unicode`);
+      out += e;
+    }
   }
   return out;
+}
+
+/** A value percent-encoded as a URI component (`/`, `?`, `#`, `%` included); null for a lone surrogate. */
+export function encodeComponent(v: string): string | null {
+  try {
+    return encodeURIComponent(v);
+  } catch {
+    return null;
+  }
+}
+
+/** The first `.` or `..` segment of a path (`%2e` counts as a dot), or null. */
+export function dotSegment(path: string): string | null {
+  for (const seg of path.split('/')) {
+    if (seg.length > 6 || seg.length === 0) continue;
+    const s = seg.replace(/%2e/gi, '.');
+    if (s === '.' || s === '..') return seg;
+  }
+  return null;
 }
 
 /** Renders a path template: values encoded, and no `.` / `..` segment made by a value. */
 export function renderPath(t: Template, lookup: Lookup): string {
   const out = renderString(t, 'path', lookup);
   if (t.parts.some((p) => typeof p !== 'string')) {
-    for (const seg of out.split('/')) {
-      const s = seg.replace(/%2e/gi, '.');
-      if (s === '.' || s === '..') throw new TemplateError(`template values make a "${seg}" path segment in ${JSON.stringify(out)}`);
-    }
+    const seg = dotSegment(out);
+    if (seg !== null) throw new TemplateError(`template values make a "${seg}" path segment`);
   }
   return out;
 }

@@ -7,6 +7,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
+import { encodeComponent } from '../compose/template.js';
 import type { RequestCtx } from './types.js';
 
 const FIELD_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
@@ -62,8 +63,33 @@ export function splitPath(p: string): string[] {
 
 type Part = string | ((ctx: RequestCtx) => string);
 
-/** `{header.x}`, `{query.x}`, `{path.x}`, `{consumer}`, `{client_ip}`, `{request_id}`; `{{` is a literal brace. */
-export function compileTemplate(t: string): (ctx: RequestCtx) => string {
+/**
+ * A route parameter (as the router captured it, percent-encoded) re-encoded as one path
+ * segment's text: decoded, then encoded as a URI component (so `%2F` stays data, never a `/`).
+ */
+function paramForPath(raw: string): string {
+  let v: string;
+  try {
+    v = decodeURIComponent(raw);
+  } catch {
+    throw new ProblemError('bad-request', 'a path parameter is not valid UTF-8 once percent-decoded');
+  }
+  return encodeForPath(v);
+}
+
+function encodeForPath(v: string): string {
+  const e = encodeComponent(v);
+  if (e === null) throw new ProblemError('bad-request', 'a value for the rewritten path is not well-formed Unicode');
+  return e;
+}
+
+/**
+ * `{header.x}`, `{query.x}`, `{path.x}`, `{consumer}`, `{client_ip}`, `{request_id}`; `{{` is a
+ * literal brace. In the 'path' context every value is percent-encoded as a URI component (a
+ * value is data in one segment: it cannot add a `/`, `?`, `#` or a raw byte to the path).
+ */
+export function compileTemplate(t: string, context: 'text' | 'path' = 'text'): (ctx: RequestCtx) => string {
+  const path = context === 'path';
   const parts: Part[] = [];
   const re = /\{\{|\}\}|\{([a-z_]+)(?:\.([^{}]+))?\}/g;
   let last = 0;
@@ -82,11 +108,15 @@ export function compileTemplate(t: string): (ctx: RequestCtx) => string {
         break;
       }
       case 'query': parts.push((c) => queryParams(c.query).get(name!) ?? ''); break;
-      case 'path': parts.push((c) => c.params[name!] ?? ''); break;
+      case 'path': parts.push(path ? (c) => paramForPath(c.params[name!] ?? '') : (c) => c.params[name!] ?? ''); break;
       case 'consumer': parts.push((c) => c.consumer?.name ?? c.identity ?? ''); break;
       case 'client_ip': parts.push((c) => c.clientIp); break;
       case 'request_id': parts.push((c) => c.requestId); break;
       default: throw new Error(`unknown template "{${kind}${name ? '.' + name : ''}}" (known: header.x, query.x, path.x, consumer, client_ip, request_id)`);
+    }
+    if (path && kind !== 'path') {
+      const f = parts.pop() as (c: RequestCtx) => string;
+      parts.push((c) => encodeForPath(f(c)));
     }
   }
   parts.push(t.slice(last));

@@ -9,6 +9,7 @@ import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
+import { dotSegment } from '../../compose/template.js';
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
 
@@ -35,7 +36,7 @@ function compileReplacement(r: string): (ctx: RequestCtx, m: string[]) => string
   for (let m = re.exec(r); m !== null; m = re.exec(r)) {
     parts.push(r.slice(last, m.index));
     last = m.index + m[0].length;
-    parts.push(m[1] !== undefined ? Number(m[1]) : compileTemplate(m[0]));
+    parts.push(m[1] !== undefined ? Number(m[1]) : compileTemplate(m[0], 'path'));
   }
   parts.push(r.slice(last));
   return (ctx, m) => {
@@ -45,9 +46,17 @@ function compileReplacement(r: string): (ctx: RequestCtx, m: string[]) => string
   };
 }
 
-/** A rewritten path: absolute, and free of what would change the request line. */
+/** RFC 3986 path characters: pchar (unreserved, pct-encoded, sub-delims, ':', '@') and '/'. */
+const PATH_TEXT = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$/;
+
+/**
+ * A rewritten path: absolute, RFC 3986 path characters only (nothing that would change the
+ * request line, no raw non-ASCII), and no `.` / `..` segment (values are encoded, but a regex
+ * capture or a whole value can still be one).
+ */
 function safePath(p: string): string {
-  if (/[\s#?\0]/.test(p)) throw new ProblemError('bad-request', 'the rewritten path is not a valid path');
+  if (!PATH_TEXT.test(p)) throw new ProblemError('bad-request', 'the rewritten path is not a valid path');
+  if (dotSegment(p) !== null) throw new ProblemError('bad-request', 'the rewritten path would have a "." or ".." segment');
   return p.charCodeAt(0) === 0x2f ? p : '/' + p;
 }
 
@@ -69,6 +78,11 @@ export default definePlugin({
     if (config.path !== undefined && typeof config.path !== 'string') {
       const p = config.path.pattern;
       attempt('path.pattern', () => new RegExp(p));
+    } else if (config.path !== undefined) {
+      const p = config.path;
+      attempt('path', () => compileTemplate(p, 'path'));
+      // (the literal text: values are encoded, so a '.' segment there is the config's own)
+      if (dotSegment(p) !== null) problems.push(`path: "${p}" has a "." or ".." segment`);
     }
     attempt('json', () => compileJsonOps(config.json));
     attempt('headers', () => compileHeaderOps(config.headers));
@@ -83,7 +97,7 @@ export default definePlugin({
     const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
     let path: ((ctx: RequestCtx) => string) | null = null;
     if (typeof config.path === 'string') {
-      const t = compileTemplate(config.path);
+      const t = compileTemplate(config.path, 'path');
       path = (ctx) => t(ctx);
     } else if (config.path !== undefined) {
       const re = new RegExp(config.path.pattern);
