@@ -8,15 +8,70 @@ import assert from 'node:assert/strict';
 import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
 let echo: TestUpstream;
+let odd: TestUpstream;
 let gw: TestGateway;
+
+const DEEP = '['.repeat(100_000) + ']'.repeat(100_000);
+const SECRET = 'Xinternal error: password=hunter2';
+/** {"kind":"click","name":"<C0 BC>script"}: an overlong '<' (not UTF-8). */
+const BAD_UTF8 = Buffer.concat([Buffer.from('{"kind":"click","name":"'), Buffer.from([0xc0, 0xbc]), Buffer.from('script"}')]);
 
 before(async () => {
   echo = await startUpstream();
+  // JSON bodies no gateway should choke on: by path
+  odd = await startUpstream((req, res) => {
+    const send = (body: string | Buffer) => res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+    if (req.url!.startsWith('/deep')) return send(DEEP);
+    if (req.url!.startsWith('/secret')) return send(SECRET);
+    if (req.url!.startsWith('/badutf8')) return send(BAD_UTF8);
+    send('{"ok":true}');
+  });
   gw = await startGateway(`
+routes:
+  - name: c-deep
+    paths: [/c/deep]
+    compose:
+      steps:
+        - {name: deep, service: odd, path: /deep, optional: true}
+        - {name: fine, service: odd, path: /fine}
+  - name: c-deep-required
+    paths: [/c/deep-required]
+    compose:
+      steps: [{name: deep, service: odd, path: /deep}]
+  - name: c-secret
+    paths: [/c/secret]
+    compose:
+      steps: [{name: s, service: odd, path: /secret}]
+  - name: c-body
+    paths: [/c/body]
+    methods: [POST]
+    compose:
+      steps:
+        - {name: echo, service: echo, method: POST, path: /, body: {name: "{body.name}"}}
 services:
+  - name: odd
+    url: ${odd.url}
+    routes:
+      - name: rs-json
+        paths: [/rs]
+        strip_path: true
+        plugins:
+          - {name: response-transform, config: {json: {remove: [x]}}}
   - name: echo
     url: ${echo.url}
     routes:
+      - name: rt-json
+        paths: [/rt/json]
+        plugins:
+          - {name: request-transform, config: {json: {set: {via: gateway}}}}
+      - name: validated
+        paths: [/events]
+        plugins:
+          - name: request-validator
+            config:
+              body_schema:
+                type: object
+                properties: {kind: {type: string}, name: {type: string, pattern: "^[^<>]*$"}}
       - name: rt-path
         paths: [/rt/path]
         plugins:
@@ -31,6 +86,7 @@ services:
 after(async () => {
   await gw?.close();
   await echo?.close();
+  await odd?.close();
 });
 
 const last = () => echo.requests[echo.requests.length - 1]!;
@@ -57,4 +113,53 @@ test('request-transform path templates: client values are percent-encoded data i
     assert.equal(r.headers['content-type'], 'application/problem+json');
     assert.equal(echo.requests.length, before, `${path} never reaches the upstream`);
   }
+});
+
+const JSON_CT = { 'content-type': 'application/json' };
+const problem = (r: { status: number; headers: Record<string, unknown>; body: string }, status: number) => {
+  assert.equal(r.status, status, r.body);
+  assert.equal(r.headers['content-type'], 'application/problem+json');
+  return JSON.parse(r.body) as { detail: string; errors?: unknown[] };
+};
+
+test('JSON nested deeper than the gateway recurses: a problem blaming the right side, never a 500', async () => {
+  // an upstream step: the step fails (optional: partial 200; required: 502), the gateway carries on
+  const partial = await request(`${gw.url}/c/deep`);
+  assert.equal(partial.status, 200, partial.body);
+  const body = JSON.parse(partial.body);
+  assert.deepEqual(body.fine, { ok: true });
+  assert.match(body.errors[0].error, /nested deeper than/);
+  assert.match(problem(await request(`${gw.url}/c/deep-required`), 502).detail, /nested deeper than/);
+  // a client body on a compose route that reads it: 400
+  const deepBody = '['.repeat(300_000) + ']'.repeat(300_000);
+  assert.match(problem(await request(`${gw.url}/c/body`, { method: 'POST', headers: JSON_CT, body: deepBody }), 400).detail, /nested deeper than/);
+  // request-transform: 400; response-transform of an upstream's body: 502
+  assert.match(problem(await request(`${gw.url}/rt/json`, { method: 'POST', headers: JSON_CT, body: deepBody }), 400).detail, /nested deeper than/);
+  const rs = await request(`${gw.url}/rs/deep`);
+  assert.equal(JSON.parse(rs.body).type, 'urn:turnpike:problem:invalid-upstream-response');
+  assert.match(problem(rs, 502).detail, /nested deeper than/);
+});
+
+test('bodies that are not UTF-8 are refused (RFC 8259 §8.1), never checked as U+FFFD while the raw bytes go on', async () => {
+  const before = echo.requests.length;
+  assert.match(problem(await request(`${gw.url}/events`, { method: 'POST', headers: JSON_CT, body: BAD_UTF8 }), 400).detail, /UTF-8/);
+  assert.match(problem(await request(`${gw.url}/rt/json`, { method: 'POST', headers: JSON_CT, body: BAD_UTF8 }), 400).detail, /UTF-8/);
+  assert.match(problem(await request(`${gw.url}/c/body`, { method: 'POST', headers: JSON_CT, body: BAD_UTF8 }), 400).detail, /UTF-8/);
+  assert.equal(echo.requests.length, before, 'nothing reached the upstream');
+  assert.match(problem(await request(`${gw.url}/rs/badutf8`), 502).detail, /UTF-8/);
+  // (valid UTF-8 goes through)
+  const ok = await request(`${gw.url}/events`, { method: 'POST', headers: JSON_CT, body: JSON.stringify({ kind: 'click', name: 'é' }) });
+  assert.equal(ok.status, 200, ok.body);
+});
+
+test('JSON parse errors name a position and never echo the body', async () => {
+  const c = problem(await request(`${gw.url}/c/secret`), 502);
+  assert.doesNotMatch(JSON.stringify(c), /password|hunter2|internal/);
+  assert.match(c.detail, /line 1, column 1/);
+  const rs = problem(await request(`${gw.url}/rs/secret`), 502);
+  assert.doesNotMatch(JSON.stringify(rs), /password|hunter2|internal/);
+  const rt = problem(await request(`${gw.url}/rt/json`, { method: 'POST', headers: JSON_CT, body: SECRET }), 400);
+  assert.doesNotMatch(JSON.stringify(rt), /password|hunter2|internal/);
+  const cb = problem(await request(`${gw.url}/c/body`, { method: 'POST', headers: JSON_CT, body: SECRET }), 400);
+  assert.doesNotMatch(JSON.stringify(cb), /password|hunter2|internal/);
 });

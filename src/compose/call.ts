@@ -12,6 +12,7 @@ import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'n
 import { errors, type Dispatcher, type Pool } from 'undici';
 import type { CompiledService, Target } from '../config/compile.js';
 import type { CompiledStep } from './config.js';
+import { MAX_JSON_DEPTH, parseJson } from '../core/json.js';
 
 /** Why the composition's signal fired. */
 export class ComposeAbort extends Error {
@@ -452,9 +453,7 @@ function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: num
   const ct = headers['content-type'];
   if (ct !== undefined && !/json/i.test(ct.split(';')[0]!)) return `not JSON (content-type ${ct.split(';')[0]!.trim()})`;
   if (body.length === 0) return 'not JSON (empty body)';
-  try {
-    return { value: JSON.parse(body.toString('utf8')) };
-  } catch (e) {
-    return `not JSON (${(e as Error).message})`;
-  }
+  // (nesting bounded, UTF-8 checked, and the message names a position, never the bytes)
+  const r = parseJson(body, MAX_JSON_DEPTH);
+  return r.ok ? { value: r.value } : `not JSON (${r.message})`;
 }

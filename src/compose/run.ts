@@ -14,6 +14,7 @@
  */
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
+import { MAX_JSON_DEPTH, parseJson } from '../core/json.js';
 import type { BufferedResponse } from '../plugins/types.js';
 import { ComposeAbort, callStep, type CallResult, type StepRequest } from './call.js';
 import type { CompiledCompose, CompiledStep } from './config.js';
@@ -77,11 +78,9 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
   let clientBody: unknown;
   if (compose.readsBody && input.body !== null && input.body.length > 0) {
     if (input.body.length > compose.maxRequestBody) throw new ProblemError('payload-too-large', `the request body is larger than ${compose.maxRequestBody} bytes`);
-    try {
-      clientBody = JSON.parse(input.body.toString('utf8'));
-    } catch {
-      throw new ProblemError('bad-request', 'the request body is not valid JSON (this route reads it)');
-    }
+    const parsed = parseJson(input.body, MAX_JSON_DEPTH);
+    if (!parsed.ok) throw new ProblemError('bad-request', `the request body is not valid JSON (this route reads it): ${parsed.message}`);
+    clientBody = parsed.value;
   }
   const params = Object.create(null) as Record<string, string>;
   for (const [k, v] of Object.entries(input.params)) params[k] = decodeParam(v);
@@ -275,5 +274,13 @@ function respond(compose: CompiledCompose, results: readonly (StepOutcome | unde
   if (errors.length) out['errors'] = errors;
   const headers = ['content-type', 'application/json'];
   if (partial.length) headers.push('turnpike-partial', partial.join(', '));
-  return { status: 200, headers, body: Buffer.from(JSON.stringify(out)), origin: 'gateway' };
+  let text: string;
+  try {
+    text = JSON.stringify(out);
+  } catch (e) {
+    // (each response is bounded to MAX_JSON_DEPTH levels: a last guard, not a 500)
+    if (e instanceof RangeError) throw new ProblemError('invalid-upstream-response', 'the composed body is nested too deeply');
+    throw e;
+  }
+  return { status: 200, headers, body: Buffer.from(text), origin: 'gateway' };
 }

@@ -8,6 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
 import { encodeComponent } from '../compose/template.js';
+import { MAX_JSON_DEPTH, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
 
 const FIELD_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
@@ -346,11 +347,12 @@ export function isJsonType(ct: string | undefined): boolean {
   return t === 'application/json' || t.endsWith('+json');
 }
 
-/** Parses a JSON body; `where` names it in the error. */
+/**
+ * Parses a JSON body: UTF-8 (no silent U+FFFD), nested at most MAX_JSON_DEPTH levels (checked
+ * before parsing: what follows recurses), errors naming the position, never echoing the bytes.
+ */
 export function parseJson(buf: Buffer, onError: (message: string) => ProblemError): unknown {
-  try {
-    return JSON.parse(buf.toString('utf8'));
-  } catch (e) {
-    throw onError((e as Error).message);
-  }
+  const r = parseJsonText(buf, MAX_JSON_DEPTH);
+  if (!r.ok) throw onError(r.message);
+  return r.value;
 }

@@ -108,13 +108,14 @@ export default definePlugin({
           const body = await ctx.readBody(max);
           if (body.length === 0) return;
           const doc = parseJson(body, (m) => new ProblemError('bad-request', `the request body is not valid JSON: ${m}`));
-          let out: unknown;
+          let out: string;
           try {
-            out = await json(doc, { ctx, headers: () => headerObject(ctx) });
+            out = JSON.stringify(await json(doc, { ctx, headers: () => headerObject(ctx) }));
           } catch (e) {
-            throw new ProblemError('bad-request', `the request body could not be transformed: ${(e as { message?: string }).message ?? 'error'}`);
+            // (a RangeError: a result nested too deeply to serialise)
+            throw new ProblemError('bad-request', `the request body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : (e as { message?: string }).message ?? 'error'}`);
           }
-          ctx.setUpstreamBody(JSON.stringify(out));
+          ctx.setUpstreamBody(out);
     };
     return {
       access(ctx) {

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { ApiValidator, serverBasePaths, type Outcome, type Operation } from './validator.js';
-import { describeJsonError, parseJson } from './json.js';
+import { describeJsonError, parseJson } from '../../core/json.js';
 import { PathMatcher } from './matcher.js';
 import { catastrophic } from './spec.js';
 import { parseQuery } from './params.js';

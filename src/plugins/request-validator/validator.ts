@@ -6,7 +6,7 @@
  */
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
-import { parseJson } from './json.js';
+import { parseJson } from '../../core/json.js';
 import { PathMatcher } from './matcher.js';
 import {
   decode, dict, parseCookies, parseQuery, queryValue, simpleValue,

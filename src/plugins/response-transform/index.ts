@@ -101,13 +101,14 @@ export default definePlugin({
           }
           if (body.length > 0) {
             const doc = parseJson(body, (m) => new ProblemError('invalid-upstream-response', `the upstream's JSON body is invalid: ${m}`));
-            let out: unknown;
+            let out: string;
             try {
-              out = await json(doc, { ctx, headers: () => headerObject(ctx) });
+              out = JSON.stringify(await json(doc, { ctx, headers: () => headerObject(ctx) }));
             } catch (e) {
-              throw new ProblemError('invalid-upstream-response', `the upstream's body could not be transformed: ${(e as { message?: string }).message ?? 'error'}`);
+              // (a RangeError: a result nested too deeply to serialise)
+              throw new ProblemError('invalid-upstream-response', `the upstream's body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : (e as { message?: string }).message ?? 'error'}`);
             }
-            r.body = Buffer.from(JSON.stringify(out));
+            r.body = Buffer.from(out);
             // A validator of the upstream's bytes no longer describes these.
             removeHeader(r.headers, 'etag');
             removeHeader(r.headers, 'content-md5');

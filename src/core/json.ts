@@ -1,5 +1,5 @@
 /**
- * JSON bodies from clients (and upstreams): parsed with a nesting bound checked first, and, when
+ * JSON bodies from clients (and upstreams), for the validator, compose and the transforms: parsed with a nesting bound checked first, and, when
  * the text is not JSON, a message that names where it goes wrong (line, column, byte offset)
  * without echoing the text back.
  *
@@ -32,10 +32,29 @@ export function jsonDepthExceeds(buf: Uint8Array, limit: number): boolean {
   return false;
 }
 
+/**
+ * Deepest nesting the gateway accepts in a JSON body it parses for compose and the transforms
+ * (the validator has its own max_depth): V8's JSON.parse copes with far more, but what comes
+ * after (JSON.stringify, the templates, JSONata) recurses and would run out of stack.
+ */
+export const MAX_JSON_DEPTH = 1000;
+
+/**
+ * UTF-8 without replacement: a byte sequence that is not UTF-8 is an error (RFC 8259 §8.1),
+ * never a U+FFFD that is checked while the original bytes go on. A BOM is kept (JSON.parse
+ * refuses it, as RFC 8259 lets a parser do).
+ */
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 /** Parses a JSON body (UTF-8, an optional BOM is an error like in JSON.parse of RFC 8259 text). */
-export function parseJson(buf: Buffer, maxDepth: number): JsonResult {
+export function parseJson(buf: Uint8Array, maxDepth: number): JsonResult {
   if (jsonDepthExceeds(buf, maxDepth)) return { ok: false, message: `nested deeper than ${maxDepth} levels`, tooDeep: true };
-  const text = buf.toString('utf8');
+  let text: string;
+  try {
+    text = utf8.decode(buf);
+  } catch {
+    return { ok: false, message: 'not valid UTF-8' };
+  }
   try {
     return { ok: true, value: JSON.parse(text) };
   } catch {
