@@ -223,7 +223,7 @@ routes:
   const r = await request(`${gw.url}/order`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ item: 'pen', qty: 2 }) });
   assert.equal(r.status, 200, r.body);
   assert.deepEqual(JSON.parse(r.body), { create: { received: { item: 'pen', qty: 2 } } });
-  const bad = await request(`${gw.url}/order`, { method: 'POST', body: '{oops' });
+  const bad = await request(`${gw.url}/order`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{oops' });
   assert.equal(bad.status, 400);
   const html = await request(`${gw.url}/html`);
   assert.equal(html.status, 502);

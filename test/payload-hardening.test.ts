@@ -163,3 +163,25 @@ test('JSON parse errors name a position and never echo the body', async () => {
   const cb = problem(await request(`${gw.url}/c/body`, { method: 'POST', headers: JSON_CT, body: SECRET }), 400);
   assert.doesNotMatch(JSON.stringify(cb), /password|hunter2|internal/);
 });
+
+test('a body read as JSON must say it is JSON and be unencoded: 415 otherwise (compose, request-transform, request-validator)', async () => {
+  const before = echo.requests.length;
+  const body = '{"name":"x"}';
+  // compose reads the body only as JSON: text/plain (a CORS-simple POST) and a form are 415
+  for (const ct of ['text/plain', 'application/x-www-form-urlencoded']) {
+    const r = await request(`${gw.url}/c/body`, { method: 'POST', headers: { 'content-type': ct }, body });
+    problem(r, 415);
+  }
+  problem(await request(`${gw.url}/c/body`, { method: 'POST', body }), 415);
+  const gz = { 'content-type': 'application/json', 'content-encoding': 'gzip' };
+  problem(await request(`${gw.url}/c/body`, { method: 'POST', headers: gz, body }), 415);
+  problem(await request(`${gw.url}/rt/json`, { method: 'POST', headers: gz, body }), 415);
+  problem(await request(`${gw.url}/events`, { method: 'POST', headers: gz, body }), 415);
+  assert.equal(echo.requests.length, before, 'nothing reached the upstream');
+  // application/json and +json are read
+  for (const ct of ['application/json', 'application/vnd.api+json; charset=utf-8']) {
+    const ok = await request(`${gw.url}/c/body`, { method: 'POST', headers: { 'content-type': ct, 'content-encoding': 'identity' }, body });
+    assert.equal(ok.status, 200, ok.body);
+    assert.equal(JSON.parse(last().body.toString()).name, 'x');
+  }
+});

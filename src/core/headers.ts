@@ -49,3 +49,16 @@ export function validRequestId(id: string | undefined): id is string {
 
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
 export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
+
+/**
+ * A Content-Encoding value that says the content is coded (gzip, br, ...): the gateway does not
+ * decode request bodies, so one it must read is refused with 415 (RFC 9110 §15.5.16).
+ */
+export function codedContent(ce: string | undefined): boolean {
+  if (ce === undefined) return false;
+  for (const t of ce.split(',')) {
+    const c = t.trim().toLowerCase();
+    if (c !== '' && c !== 'identity') return true;
+  }
+  return false;
+}

@@ -32,6 +32,13 @@ export function jsonDepthExceeds(buf: Uint8Array, limit: number): boolean {
   return false;
 }
 
+/** A JSON media type: application/json or any +json (parameters ignored). */
+export function isJsonType(ct: string | undefined): boolean {
+  if (ct === undefined) return false;
+  const t = ct.split(';')[0]!.trim().toLowerCase();
+  return t === 'application/json' || t.endsWith('+json');
+}
+
 /**
  * Deepest nesting the gateway accepts in a JSON body it parses for compose and the transforms
  * (the validator has its own max_depth): V8's JSON.parse copes with far more, but what comes

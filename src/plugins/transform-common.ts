@@ -8,7 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
 import { encodeComponent } from '../compose/template.js';
-import { MAX_JSON_DEPTH, parseJson as parseJsonText } from '../core/json.js';
+import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
 
 const FIELD_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
@@ -341,11 +341,7 @@ async function evaluate(expr: ReturnType<typeof jsonata>, doc: unknown, input: J
 }
 
 /** A media type is JSON (application/json or any +json). */
-export function isJsonType(ct: string | undefined): boolean {
-  if (ct === undefined) return false;
-  const t = ct.split(';')[0]!.trim().toLowerCase();
-  return t === 'application/json' || t.endsWith('+json');
-}
+export { isJsonType };
 
 /**
  * Parses a JSON body: UTF-8 (no silent U+FFFD), nested at most MAX_JSON_DEPTH levels (checked

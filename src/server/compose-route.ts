@@ -8,6 +8,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
+import { codedContent } from '../core/headers.js';
+import { isJsonType } from '../core/json.js';
 import type { Logger } from '../core/log.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { BufferedResponse } from '../plugins/types.js';
@@ -51,6 +53,14 @@ async function run(c: ComposeCall): Promise<void> {
   let close = c.close || (c.body.hasBody && !spec.readsBody);
   try {
     let body: Buffer | null = null;
+    if (spec.readsBody && c.body.hasBody) {
+      // Templates read the body as JSON: it must say so (a text/plain POST, which a cross-site
+      // page may send without a preflight, is not taken for JSON), and be unencoded.
+      if (!isJsonType(req.headers['content-type'])) {
+        throw new ProblemError('unsupported-media-type', 'this route reads a JSON body: send it as application/json (or a +json type)');
+      }
+      if (codedContent(req.headers['content-encoding'])) throw new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded');
+    }
     if (spec.readsBody) {
       body = c.pctx !== null ? await c.pctx.readBody(spec.maxRequestBody) : await readWholeBody(req, c.body, spec.maxRequestBody);
     }
@@ -72,7 +82,8 @@ async function run(c: ComposeCall): Promise<void> {
     if (err instanceof ComposeAbort && ac.signal.aborted) return; // the client left
     if (err instanceof ProblemError) {
       r = problemResponse(err.code, err.detail, requestId, err.extra);
-      if (err.code === 'payload-too-large') close = true;
+      // (the body was not read, or not to its end)
+      if (err.code === 'payload-too-large' || err.code === 'unsupported-media-type') close = true;
     } else {
       c.log?.error({ err, request_id: requestId, route: c.route.name }, 'composition failed');
       r = problemResponse('internal-error', 'the composition failed', requestId);

@@ -7,6 +7,7 @@
 import { definePlugin, type RequestCtx } from '../types.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
+import { codedContent } from '../../core/headers.js';
 import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
@@ -124,7 +125,10 @@ export default definePlugin({
         if (query !== null) ctx.upstreamQuery = query(ctx, ctx.upstreamQuery);
         if (headers !== null) ctx.editUpstreamHeaders((list) => headers(ctx, list));
         // (only a JSON body makes the request wait)
-        if (json !== null && isJsonType(ctx.header('content-type'))) return transformBody(ctx, json);
+        if (json !== null && isJsonType(ctx.header('content-type'))) {
+          if (codedContent(ctx.header('content-encoding'))) throw new ProblemError('unsupported-media-type', 'a JSON body with a Content-Encoding cannot be transformed: send it unencoded');
+          return transformBody(ctx, json);
+        }
       },
     };
   },

@@ -7,6 +7,7 @@
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
 import { parseJson } from '../../core/json.js';
+import { codedContent } from '../../core/headers.js';
 import { PathMatcher } from './matcher.js';
 import {
   decode, dict, parseCookies, parseQuery, queryValue, simpleValue,
@@ -524,6 +525,10 @@ export class ApiValidator {
     const media = type === null ? null : matchMedia(body.media, type);
     const kind = type === null ? 'other' : mediaKind(type);
     const validates = media !== null && ((kind === 'json' && media.json !== null) || (kind === 'form' && media.form !== null));
+    // A coded body (gzip...) cannot be read here: 415 (RFC 9110 §15.5.16), not "not JSON".
+    if (validates && req.hasBody !== false && codedContent(req.header('content-encoding'))) {
+      return { ok: false, code: 'unsupported-media-type', detail: 'a request body with a Content-Encoding cannot be validated: send it unencoded' };
+    }
     // Whether there is a body at all: the head tells (Content-Length, Transfer-Encoding), or reading does.
     if (req.hasBody === false || (req.hasBody === null && !validates)) {
       if (req.hasBody === null) {
