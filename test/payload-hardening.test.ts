@@ -42,6 +42,10 @@ routes:
     paths: [/c/secret]
     compose:
       steps: [{name: s, service: odd, path: /secret}]
+  - name: c-pq
+    paths: [/pq]
+    compose:
+      steps: [{name: user, service: echo, path: "/users/{query.u}"}]
   - name: c-body
     paths: [/c/body]
     methods: [POST]
@@ -184,4 +188,18 @@ test('a body read as JSON must say it is JSON and be unencoded: 415 otherwise (c
     assert.equal(ok.status, 200, ok.body);
     assert.equal(JSON.parse(last().body.toString()).name, 'x');
   }
+});
+
+test('compose: a step the client\'s request cannot fill is 400 (not a 502 blaming a backend), without the internal path', async () => {
+  const before = echo.requests.length;
+  for (const [path, why] of [['/pq', /\{query\.u\} has no value/], ['/pq?u=..', /"\.\." path segment/], ['/pq?u=%2e', /"\." path segment/]] as const) {
+    const p = problem(await request(`${gw.url}${path}`), 400);
+    assert.match(p.detail, why, path);
+    assert.doesNotMatch(p.detail, /\/users/, path);
+  }
+  // a POST whose body the step needs, without a body
+  assert.match(problem(await request(`${gw.url}/c/body`, { method: 'POST' }), 400).detail, /\{body\.name\} has no value/);
+  assert.equal(echo.requests.length, before, 'nothing reached the upstream');
+  assert.equal((await request(`${gw.url}/pq?u=7`)).status, 200);
+  assert.equal(last().url, '/users/7');
 });

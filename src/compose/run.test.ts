@@ -345,10 +345,11 @@ routes:
   const raw = await run(s.route('r'), { params: { id: '../admin?x' }, query: '?q=1' });
   assert.equal((bodyOf(raw).user as { url: string }).url, '/base/users/..%2Fadmin%3Fx/profile?q=1');
   const before = svc.requests.length;
-  // a value that would be a whole dot segment fails the step (it never reaches the upstream)
+  // a value that would be a whole dot segment fails the step (it never reaches the upstream):
+  // the client's value, so a 400
   for (const id of ['..', '%2e%2e', '.']) {
     const p = await problem(run(s.route('dots'), { params: { id } }));
-    assert.equal(p.code, 'step-failed');
+    assert.equal(p.code, 'bad-request');
     assert.match(p.detail, /path segment/);
   }
   // a header value with a line break fails the step
@@ -357,7 +358,7 @@ routes:
   assert.equal(svc.requests.length, before);
 });
 
-test('a missing template value fails the step (required: 502 naming it); a default stands in', async () => {
+test('a missing template value fails the step (required: 400 naming it when the client\'s request lacks it); a default stands in', async () => {
   const svc = await upstream((req, res) => json(res, { url: req.url }));
   const s = setup(`services:
   - {name: svc, url: "${svc.url}"}
@@ -370,7 +371,7 @@ routes:
         - {name: b, service: svc, path: "/b/{query.id}"}
 `);
   const p = await problem(run(s.route('r')));
-  assert.deepEqual([p.code, p.extra], ['step-failed', { step: 'b', step_status: null }]);
+  assert.deepEqual([p.code, p.extra], ['bad-request', { step: 'b' }]);
   assert.match(p.detail, /template \{query\.id\} has no value/);
   const r = await run(s.route('r'), { query: '?id=5' });
   assert.deepEqual(bodyOf(r), { a: { url: '/?page=1' }, b: { url: '/b/5' } });

@@ -59,6 +59,8 @@ interface StepOutcome {
   error?: string;
   timeout?: boolean;
   fellBack?: boolean;
+  /** The step could not be rendered from the client's request (a missing or unusable value). */
+  client?: boolean;
 }
 
 const NO_HEADERS: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
@@ -151,6 +153,9 @@ function schedule(compose: CompiledCompose, input: CompositionInput, ac: AbortCo
 }
 
 function problemFor(step: CompiledStep, out: StepOutcome): ProblemError {
+  // The client's fault (e.g. a query parameter the step needs is missing): 400, not a 502 that
+  // blames a backend that was never called.
+  if (out.client) return new ProblemError('bad-request', `the request cannot be composed: ${out.error}`, { step: step.name });
   const extra = { step: step.name, step_status: out.status };
   return out.timeout
     ? new ProblemError('step-timeout', `step "${step.name}" timed out: ${out.error}`, extra)
@@ -204,7 +209,11 @@ async function runStep(
   try {
     req = render(step, input.requestId, lookup);
   } catch (err) {
-    if (err instanceof TemplateError) return failed(step, null, err.message);
+    if (err instanceof TemplateError) {
+      const out = failed(step, null, err.message);
+      if (err.client) out.client = true;
+      return out;
+    }
     throw err;
   }
   const cacheKey = step.cache !== null ? cacheKeyOf(step, req) : '';

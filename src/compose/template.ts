@@ -144,7 +144,15 @@ export const readsClientBody = (t: Template): boolean => t.parts.some((p) => typ
 /** Looks a source up for one request: undefined = missing. */
 export type Lookup = (source: Source) => unknown;
 
-export class TemplateError extends Error {}
+/** A template could not be rendered; `client`: because of a value from the client's request. */
+export class TemplateError extends Error {
+  constructor(message: string, readonly client = false) {
+    super(message);
+  }
+}
+
+/** Sources the client controls (its path, query, headers, body): their faults are the client's. */
+export const fromClient = (s: Source): boolean => s.kind === 'param' || s.kind === 'query' || s.kind === 'header' || s.kind === 'body';
 
 /** Follows a.b.0.c into a JSON value (array indices as numbers); undefined when a member is missing. */
 export function dig(value: unknown, path: readonly string[]): unknown {
@@ -165,11 +173,11 @@ export function dig(value: unknown, path: readonly string[]): unknown {
 function scalar(ref: Ref, v: unknown): string {
   if (v === undefined || v === null) {
     if (ref.def !== undefined) return ref.def;
-    throw new TemplateError(`template ${ref.text} has no value`);
+    throw new TemplateError(`template ${ref.text} has no value`, fromClient(ref.source));
   }
   if (typeof v === 'string') return v;
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
-  throw new TemplateError(`template ${ref.text} is not a string, number or boolean`);
+  throw new TemplateError(`template ${ref.text} is not a string, number or boolean`, fromClient(ref.source));
 }
 
 /** Renders a template into a string for a context (path, query, header). Throws TemplateError. */
@@ -179,11 +187,11 @@ export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup:
     if (typeof p === 'string') { out += p; continue; }
     const v = scalar(p, lookup(p.source));
     if (ctx === 'header') {
-      if (/[\r\n\0]/.test(v)) throw new TemplateError(`template ${p.text} holds a line break or NUL, not allowed in a header`);
+      if (/[\r\n\0]/.test(v)) throw new TemplateError(`template ${p.text} holds a line break or NUL, not allowed in a header`, fromClient(p.source));
       out += v;
     } else {
       const e = encodeComponent(v);
-      if (e === null) throw new TemplateError(`template ${p.text} holds text that is not well-formed Unicode`);
+      if (e === null) throw new TemplateError(`template ${p.text} holds text that is not well-formed Unicode`, fromClient(p.source));
       out += e;
     }
   }
@@ -214,7 +222,7 @@ export function renderPath(t: Template, lookup: Lookup): string {
   const out = renderString(t, 'path', lookup);
   if (t.parts.some((p) => typeof p !== 'string')) {
     const seg = dotSegment(out);
-    if (seg !== null) throw new TemplateError(`template values make a "${seg}" path segment`);
+    if (seg !== null) throw new TemplateError(`template values make a "${seg}" path segment`, t.parts.some((p) => typeof p !== 'string' && fromClient(p.source)));
   }
   return out;
 }
@@ -265,7 +273,7 @@ export function renderJson(j: JsonTemplate, lookup: Lookup): unknown {
       const v = lookup(j.ref.source);
       if (v === undefined) {
         if (j.ref.def !== undefined) return j.ref.def;
-        throw new TemplateError(`template ${j.ref.text} has no value`);
+        throw new TemplateError(`template ${j.ref.text} has no value`, fromClient(j.ref.source));
       }
       return v;
     }
