@@ -24,6 +24,7 @@ before(async () => {
     if (req.url!.startsWith('/deep')) return send(DEEP);
     if (req.url!.startsWith('/secret')) return send(SECRET);
     if (req.url!.startsWith('/badutf8')) return send(BAD_UTF8);
+    if (req.url!.startsWith('/ctl')) return send('{"v":"a\\u0001b"}');
     send('{"ok":true}');
   });
   gw = await startGateway(`
@@ -46,6 +47,16 @@ routes:
     paths: [/pq]
     compose:
       steps: [{name: user, service: echo, path: "/users/{query.u}"}]
+  - name: c-hdr
+    paths: [/c/hdr]
+    compose:
+      steps:
+        - {name: ctl, service: odd, path: /ctl}
+        - {name: echo, service: echo, path: /h, headers: {x-v: "{ctl.body.v}"}}
+  - name: c-qhdr
+    paths: [/c/qhdr]
+    compose:
+      steps: [{name: echo, service: echo, path: /h, headers: {x-n: "{query.n}"}}]
   - name: c-body
     paths: [/c/body]
     methods: [POST]
@@ -56,6 +67,11 @@ services:
   - name: odd
     url: ${odd.url}
     routes:
+      - name: rs-hdr
+        paths: [/rsh]
+        strip_path: true
+        plugins:
+          - {name: response-transform, config: {headers: {set: {x-q: "{query.q}"}}}}
       - name: rs-json
         paths: [/rs]
         strip_path: true
@@ -64,6 +80,10 @@ services:
   - name: echo
     url: ${echo.url}
     routes:
+      - name: rt-hdr
+        paths: [/rt/hdr]
+        plugins:
+          - {name: request-transform, config: {headers: {set: {x-user: "{query.u}"}}}}
       - name: rt-json
         paths: [/rt/json]
         plugins:
@@ -202,4 +222,26 @@ test('compose: a step the client\'s request cannot fill is 400 (not a 502 blamin
   assert.equal(echo.requests.length, before, 'nothing reached the upstream');
   assert.equal((await request(`${gw.url}/pq?u=7`)).status, 200);
   assert.equal(last().url, '/users/7');
+});
+
+test('template values in header fields: control characters never reach a field, non-Latin-1 text goes as UTF-8 bytes; never a 500', async () => {
+  const utf8Of = (v: string | string[] | undefined) => Buffer.from(String(v), 'latin1').toString('utf8');
+  // request-transform: controls become spaces, a snowman goes as its UTF-8 bytes
+  assert.equal((await request(`${gw.url}/rt/hdr?u=%E2%98%83`)).status, 200);
+  assert.equal(utf8Of(last().headers['x-user']), '☃');
+  assert.equal((await request(`${gw.url}/rt/hdr?u=a%01b`)).status, 200);
+  assert.equal(last().headers['x-user'], 'a b');
+  // response-transform: the same on the way out
+  const rs = await request(`${gw.url}/rsh/fine?q=%E2%98%83`);
+  assert.equal(rs.status, 200, rs.body);
+  assert.equal(utf8Of(rs.headers['x-q']), '☃');
+  assert.equal((await request(`${gw.url}/rsh/fine?q=a%01b`)).headers['x-q'], 'a b');
+  // compose: a control character from a step's body fails that step, saying why
+  const c = problem(await request(`${gw.url}/c/hdr`), 502);
+  assert.match(c.detail, /control character/);
+  assert.doesNotMatch(c.detail, /UND_ERR/);
+  // ... and from the client's query it is the client's fault
+  assert.match(problem(await request(`${gw.url}/c/qhdr?n=a%01b`), 400).detail, /control character/);
+  assert.equal((await request(`${gw.url}/c/qhdr?n=%E2%98%83`)).status, 200);
+  assert.equal(utf8Of(last().headers['x-n']), '☃');
 });

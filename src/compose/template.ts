@@ -187,8 +187,9 @@ export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup:
     if (typeof p === 'string') { out += p; continue; }
     const v = scalar(p, lookup(p.source));
     if (ctx === 'header') {
-      if (/[\r\n\0]/.test(v)) throw new TemplateError(`template ${p.text} holds a line break or NUL, not allowed in a header`, fromClient(p.source));
-      out += v;
+      const h = headerText(v);
+      if (h === null) throw new TemplateError(`template ${p.text} holds a line break or another control character, not allowed in a header`, fromClient(p.source));
+      out += h;
     } else {
       const e = encodeComponent(v);
       if (e === null) throw new TemplateError(`template ${p.text} holds text that is not well-formed Unicode`, fromClient(p.source));
@@ -196,6 +197,19 @@ export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup:
     }
   }
   return out;
+}
+
+const CONTROL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/**
+ * A value as header text (RFC 9110 §5.5 field-value: HTAB, SP, VCHAR, obs-text): null when it
+ * holds a control character (CR, LF, NUL, ...); characters past U+00FF (which only a decoded
+ * query, a JSON string... can hold) make the value go as its UTF-8 bytes, as the consumer
+ * headers do (pipeline.ts fieldValue). A header's own value (bytes as latin1) is unchanged.
+ */
+export function headerText(v: string): string | null {
+  if (CONTROL.test(v)) return null;
+  return /[^\x00-\xff]/.test(v) ? Buffer.from(v, 'utf8').toString('latin1') : v;
 }
 
 /** A value percent-encoded as a URI component (`/`, `?`, `#`, `%` included); null for a lone surrogate. */

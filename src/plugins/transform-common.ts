@@ -7,7 +7,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
-import { encodeComponent } from '../compose/template.js';
+import { encodeComponent, headerText } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
 
@@ -135,8 +135,11 @@ export function compileTemplate(t: string, context: 'text' | 'path' = 'text'): (
 
 const queryParams = (q: string) => new URLSearchParams(q.length > 1 ? q.slice(1) : '');
 
-/** Header values must not carry CR, LF or NUL (a template could pull them from a query). */
-const safeValue = (v: string) => v.replace(/[\r\n\0]/g, ' ');
+/**
+ * A field value from a template (RFC 9110 §5.5): control characters (CR, LF, NUL... a template
+ * could pull them from a query) become spaces; characters past U+00FF go as UTF-8 bytes.
+ */
+const safeValue = (v: string) => headerText(v.replace(/[\x00-\x08\x0a-\x1f\x7f]/g, ' '))!;
 
 // ---------------------------------------------------------------------------------------------
 // Headers (a flat name/value list)
