@@ -399,9 +399,20 @@ services:
     ['{json: {expression: "$sum("}}', /JSONata/],
     ['{json: {remove: [a.__proto__.b]}}', /reserved/],
     ['{headers: {set: {x-a: "{nope.x}"}}}', /unknown template/],
+    // framing, connection management and Host are the gateway's (they broke every request)
+    ['{headers: {set: {upgrade: h2c}}}', /set\.upgrade: upgrade is the gateway's/],
+    ['{headers: {set: {Transfer-Encoding: chunked}}}', /transfer-encoding is the gateway's/],
+    ['{headers: {add: {content-length: "3"}}}', /content-length is the gateway's/],
+    ['{headers: {append: {connection: close}}}', /connection is the gateway's/],
+    ['{headers: {rename: {x-a: te}}}', /rename\.x-a: te is the gateway's/],
+    ['{headers: {remove: [host]}}', /remove: host is the gateway's/],
+    ['{headers: {set: {keep-alive: "1", trailer: x, expect: 100-continue}}}', /the gateway's/],
   ];
   for (const [cfg, re] of cases) {
     const issues = configIssues(base(cfg));
-    assert.ok(issues.some((i) => re.test(i.message) && i.path.startsWith('services[0].plugins[0]')), `${cfg}: ${JSON.stringify(issues)}`);
+    assert.ok(issues.some((i) => re.test(i.message) && i.path.startsWith('services[0].plugins[0]') && i.line !== undefined), `${cfg}: ${JSON.stringify(issues)}`);
   }
+  // response-transform too
+  const out = configIssues(base('{headers: {set: {content-length: "3"}}}').replace('request-transform', 'response-transform'));
+  assert.ok(out.some((i) => /content-length is the gateway's/.test(i.message)), JSON.stringify(out));
 });

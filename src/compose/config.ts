@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import type { Pool } from 'undici';
 import type { CompiledService } from '../config/compile.js';
 import type { PathSegment } from '../config/errors.js';
+import { FRAMING_HEADERS } from '../core/headers.js';
 import { parseDuration, parseSize } from '../config/units.js';
 import type { PoolRegistry } from '../upstream/pools.js';
 import { createBalancer } from '../upstream/balancer.js';
@@ -31,7 +32,7 @@ export const COMPOSE_DEFAULTS = {
 /** Methods a step may retry (RFC 9110 §9.2.2). */
 export const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 /** Request headers a step may not set (framing and connection management are undici's). */
-const FORBIDDEN_HEADERS = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'upgrade', 'trailer', 'expect']);
+const FORBIDDEN_HEADERS = FRAMING_HEADERS;
 
 /** An external provider (a `url` step): its own pool, shared across snapshots by the pool registry. */
 export interface UrlTarget {

@@ -22,6 +22,14 @@ export function isGatewayCookie(setCookie: string): boolean {
   return name === 'tp_console' || name === 'tp_portal';
 }
 
+/**
+ * Framing and connection-management fields: the HTTP stack's (node:http, undici) to write. A
+ * compose step or a header transform may not set them (a config error).
+ */
+export const FRAMING_HEADERS = new Set([
+  'content-length', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'upgrade', 'trailer', 'expect', 'http2-settings',
+]);
+
 /** Tokens of a Connection header value, lower-cased; null when there are none beyond close/keep-alive. */
 export function connectionTokens(value: string | string[] | undefined): Set<string> | null {
   if (!value) return null;

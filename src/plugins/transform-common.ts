@@ -7,6 +7,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
+import { FRAMING_HEADERS } from '../core/headers.js';
 import { encodeComponent, headerText } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
@@ -146,8 +147,27 @@ const safeValue = (v: string) => headerText(v.replace(/[\x00-\x08\x0a-\x1f\x7f]/
 
 export type HeaderEdit = (ctx: RequestCtx, list: string[]) => void;
 
+/**
+ * Fields a header transform may not touch: framing and connection management (the HTTP
+ * stack's: a set Transfer-Encoding or Upgrade broke every request) and Host (the gateway sets
+ * it per target).
+ */
+const NOT_EDITABLE = new Set([...FRAMING_HEADERS, 'host']);
+
+function editable(o: HeaderOps): void {
+  const names: [string, string][] = [
+    ...(o.remove ?? []).map((n): [string, string] => ['remove', n]),
+    ...Object.entries(o.rename ?? {}).flatMap(([a, b]): [string, string][] => [[`rename.${a}`, a], [`rename.${a}`, b]]),
+    ...(['set', 'add', 'append'] as const).flatMap((op) => Object.keys(o[op] ?? {}).map((n): [string, string] => [`${op}.${n}`, n])),
+  ];
+  for (const [where, n] of names) {
+    if (NOT_EDITABLE.has(n.toLowerCase())) throw new Error(`${where}: ${n.toLowerCase()} is the gateway's to write (framing, connection management, Host) and cannot be edited`);
+  }
+}
+
 export function compileHeaderOps(o: HeaderOps | undefined): HeaderEdit | null {
   if (!o) return null;
+  editable(o);
   const remove = new Set((o.remove ?? []).map((n) => n.toLowerCase()));
   const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [a.toLowerCase(), b] as const);
   const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
