@@ -291,10 +291,16 @@ test('response-transform: JSON fields, headers, status mapping; ETag of the upst
   assert.deepEqual(JSON.parse(mapped.body), { error: 'nope', via_gateway: true });
 });
 
-test('response-transform: HEAD gets the headers and no body', { ...T }, async () => {
+test('response-transform: HEAD gets the headers and no body; not the upstream\'s length or validators, which the GET loses', { ...T }, async () => {
   const r = await request(`${gw.url}/out/user`, { method: 'HEAD' });
   assert.equal(r.status, 200);
   assert.equal(r.body, '');
+  assert.equal(r.headers['x-shaped'], 'yes');
+  // (RFC 9110 §9.3.2: the fields the GET's answer would have; its length is not the upstream's 47)
+  assert.equal(r.headers.etag, undefined);
+  assert.equal(r.headers['content-length'], undefined);
+  const get = await request(`${gw.url}/out/user`);
+  assert.equal(get.headers.etag, undefined);
 });
 
 test('response-transform: an upstream body over max_body -> 502 problem (declared or streamed); invalid JSON -> 502', { ...T }, async () => {

@@ -15,6 +15,9 @@ import { ResponseTransformConfig } from './schema.js';
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
 
+/** Fields that describe the upstream's bytes, not a transformed body (content-length is recomputed for a GET). */
+const UPSTREAM_BYTES = ['content-length', 'content-encoding', 'etag', 'content-md5', 'digest'] as const;
+
 function headerObject(ctx: RequestCtx): Record<string, string> {
   const out: Record<string, string> = {};
   const raw = ctx.req.rawHeaders;
@@ -91,7 +94,11 @@ export default definePlugin({
         if (r.origin !== 'upstream') return;
         const upstreamStatus = r.status;
         if (!applies(upstreamStatus)) return;
-        if (wantsJson(upstreamStatus, r.headers) && json !== null && ctx.method !== 'HEAD') {
+        if (wantsJson(upstreamStatus, r.headers) && json !== null && ctx.method === 'HEAD') {
+          // No body to transform, but the fields describe the GET's answer (RFC 9110 §9.3.2):
+          // its length, coding and validators would not be the upstream's.
+          for (const name of UPSTREAM_BYTES) removeHeader(r.headers, name);
+        } else if (wantsJson(upstreamStatus, r.headers) && json !== null) {
           let body = r.body;
           const ce = findHeader(r.headers, 'content-encoding');
           if (ce !== -1) {
@@ -110,9 +117,7 @@ export default definePlugin({
             }
             r.body = Buffer.from(out);
             // A validator of the upstream's bytes no longer describes these.
-            removeHeader(r.headers, 'etag');
-            removeHeader(r.headers, 'content-md5');
-            removeHeader(r.headers, 'digest');
+            for (const name of UPSTREAM_BYTES) if (name !== 'content-length') removeHeader(r.headers, name);
           }
         }
         const to = statusMap.get(upstreamStatus);
