@@ -43,6 +43,14 @@ routes:
     paths: [/c/secret]
     compose:
       steps: [{name: s, service: odd, path: /secret}]
+  - name: c-shaped
+    paths: [/c/shaped]
+    plugins:
+      - {name: response-transform, config: {status: {"200": 203}, headers: {set: {x-shaped: "yes"}}, json: {remove: [internal], set: {via: gateway}}}}
+    compose:
+      steps:
+        - {name: fine, service: odd, path: /fine}
+        - {name: internal, service: odd, path: /fine}
   - name: c-pq
     paths: [/pq]
     compose:
@@ -244,4 +252,12 @@ test('template values in header fields: control characters never reach a field, 
   assert.match(problem(await request(`${gw.url}/c/qhdr?n=a%01b`), 400).detail, /control character/);
   assert.equal((await request(`${gw.url}/c/qhdr?n=%E2%98%83`)).status, 200);
   assert.equal(utf8Of(last().headers['x-n']), '☃');
+});
+
+test('response-transform on a composing route shapes the merged answer (json and status too, not only headers)', async () => {
+  const r = await request(`${gw.url}/c/shaped`);
+  assert.equal(r.status, 203, r.body);
+  assert.equal(r.headers['x-shaped'], 'yes');
+  assert.deepEqual(JSON.parse(r.body), { fine: { ok: true }, via: 'gateway' });
+  assert.equal(Number(r.headers['content-length']), Buffer.byteLength(r.body));
 });

@@ -291,5 +291,5 @@ function respond(compose: CompiledCompose, results: readonly (StepOutcome | unde
     if (e instanceof RangeError) throw new ProblemError('invalid-upstream-response', 'the composed body is nested too deeply');
     throw e;
   }
-  return { status: 200, headers, body: Buffer.from(text), origin: 'gateway' };
+  return { status: 200, headers, body: Buffer.from(text), origin: 'gateway', composed: true };
 }

@@ -48,6 +48,8 @@ export interface BufferedResponse {
   body: Buffer;
   /** Who made it: the upstream, or the gateway itself (a problem+json, a composition). */
   origin: 'upstream' | 'gateway';
+  /** A composition's merged answer (origin 'gateway'): response-transform shapes it like an upstream's. */
+  composed?: true;
   /** For a gateway problem made because the upstream failed: its code (e.g. bad-gateway, gateway-timeout). */
   error?: string;
 }

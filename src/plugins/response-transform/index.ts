@@ -3,7 +3,8 @@
  * body (field mapping and/or a JSONata expression). Header edits stream; a status mapping or a
  * JSON transform holds the response whole, up to max_body (past it: 502
  * upstream-response-too-large). An upstream body that says it is JSON and is not: 502
- * invalid-upstream-response. Answers the gateway makes itself (problems) are left alone.
+ * invalid-upstream-response. Answers the gateway makes itself (problems) are left alone; a
+ * composition's merged answer is transformed like an upstream's.
  */
 import { gunzipSync, brotliDecompressSync, inflateSync } from 'node:zlib';
 import { definePlugin, type RequestCtx } from '../types.js';
@@ -91,7 +92,8 @@ export default definePlugin({
         return (statusMap.has(status) && applies(status)) || wantsJson(status, list) ? max : null;
       },
       async response(ctx, r) {
-        if (r.origin !== 'upstream') return;
+        // (a composition's merged answer is shaped too, as KrakenD does; problems are not)
+        if (r.origin !== 'upstream' && r.composed !== true) return;
         const upstreamStatus = r.status;
         if (!applies(upstreamStatus)) return;
         if (wantsJson(upstreamStatus, r.headers) && json !== null && ctx.method === 'HEAD') {
