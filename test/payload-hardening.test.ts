@@ -5,7 +5,11 @@
  */
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { connect } from 'node:net';
+import { pino } from 'pino';
+import { eventually, request, sleep, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { Gateway } from '../src/server/gateway.js';
+import { parseConfigText } from '../src/config/load.js';
 
 let echo: TestUpstream;
 let odd: TestUpstream;
@@ -260,4 +264,30 @@ test('response-transform on a composing route shapes the merged answer (json and
   assert.equal(r.headers['x-shaped'], 'yes');
   assert.deepEqual(JSON.parse(r.body), { fine: { ok: true }, via: 'gateway' });
   assert.equal(Number(r.headers['content-length']), Buffer.byteLength(r.body));
+});
+
+test('a client that aborts its body on a composing route is not an error-level event', async () => {
+  const lines: { level: number; msg: string }[] = [];
+  const logger = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as { level: number; msg: string }) });
+  const g = await Gateway.start(parseConfigText(`listen: 127.0.0.1:0
+access_log: {enabled: false}
+services: [{name: echo, url: "${echo.url}"}]
+routes:
+  - name: c-body
+    paths: [/c/body]
+    compose:
+      steps: [{name: echo, service: echo, method: POST, body: {name: "{body.name}"}}]
+`), { logger });
+  try {
+    const sock = connect(g.proxyAddress!.port, '127.0.0.1');
+    await new Promise((r) => sock.once('connect', r));
+    sock.write('POST /c/body HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"name":');
+    await sleep(100);
+    sock.destroy();
+    await eventually(() => lines.some((l) => /request body/.test(l.msg) || l.level >= 50), 2000, 20);
+    await sleep(50);
+    assert.deepEqual(lines.filter((l) => l.level >= 40).map((l) => l.msg), [], 'nothing at warn or error level');
+  } finally {
+    await g.stop();
+  }
 });

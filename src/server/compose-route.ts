@@ -51,6 +51,7 @@ async function run(c: ComposeCall): Promise<void> {
   let r: BufferedResponse;
   // A body the composition does not read is not waited for: unread, the connection closes after.
   let close = c.close || (c.body.hasBody && !spec.readsBody);
+  let reading = false;
   try {
     let body: Buffer | null = null;
     if (spec.readsBody && c.body.hasBody) {
@@ -62,7 +63,9 @@ async function run(c: ComposeCall): Promise<void> {
       if (codedContent(req.headers['content-encoding'])) throw new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded');
     }
     if (spec.readsBody) {
+      reading = true;
       body = c.pctx !== null ? await c.pctx.readBody(spec.maxRequestBody) : await readWholeBody(req, c.body, spec.maxRequestBody);
+      reading = false;
     }
     if (c.exchange !== null) {
       c.exchange.upstreamStart = performance.now();
@@ -84,6 +87,12 @@ async function run(c: ComposeCall): Promise<void> {
       r = problemResponse(err.code, err.detail, requestId, err.extra);
       // (the body was not read, or not to its end)
       if (err.code === 'payload-too-large' || err.code === 'unsupported-media-type') close = true;
+    } else if (reading) {
+      // The client's body stopped coming (it aborted, its connection broke): the client's
+      // doing, not the gateway's, and any client can cause it, so not an error-level event.
+      c.log?.debug({ err, request_id: requestId, route: c.route.name }, 'reading the request body failed');
+      r = problemResponse('bad-request', 'the request body could not be read', requestId);
+      close = true;
     } else {
       c.log?.error({ err, request_id: requestId, route: c.route.name }, 'composition failed');
       r = problemResponse('internal-error', 'the composition failed', requestId);
