@@ -55,6 +55,10 @@ routes:
       steps:
         - {name: fine, service: odd, path: /fine}
         - {name: internal, service: odd, path: /fine}
+  - name: c-param
+    paths: ["/c/p/{id}"]
+    compose:
+      steps: [{name: user, service: echo, path: "/users/{id}"}]
   - name: c-pq
     paths: [/pq]
     compose:
@@ -290,4 +294,12 @@ routes:
   } finally {
     await g.stop();
   }
+});
+
+test('compose: a route parameter that is not UTF-8 once decoded is 400, never double-encoded upstream', async () => {
+  const before = echo.requests.length;
+  for (const p of ['%ff', 'a%C0%BC', '%ED%A0%80']) problem(await request(`${gw.url}/c/p/${p}`), 400);
+  assert.equal(echo.requests.length, before);
+  assert.equal((await request(`${gw.url}/c/p/%C3%A9%2F`)).status, 200);
+  assert.equal(last().url, '/users/%C3%A9%2F');
 });

@@ -65,11 +65,12 @@ interface StepOutcome {
 
 const NO_HEADERS: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
 
-function decodeParam(v: string): string {
+/** A route parameter, percent-decoded; one whose bytes are not UTF-8 is the client's error (re-encoding its text would double-encode it: %ff -> %25FF). */
+function decodeParam(name: string, v: string): string {
   try {
     return decodeURIComponent(v);
   } catch {
-    return v;
+    throw new ProblemError('bad-request', `the path parameter "${name}" is not valid UTF-8 once percent-decoded`);
   }
 }
 
@@ -85,7 +86,7 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
     clientBody = parsed.value;
   }
   const params = Object.create(null) as Record<string, string>;
-  for (const [k, v] of Object.entries(input.params)) params[k] = decodeParam(v);
+  for (const [k, v] of Object.entries(input.params)) params[k] = v.includes('%') ? decodeParam(k, v) : v;
 
   input.snapshot?.retain();
   const ac = new AbortController();
