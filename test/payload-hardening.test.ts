@@ -303,3 +303,14 @@ test('compose: a route parameter that is not UTF-8 once decoded is 400, never do
   assert.equal((await request(`${gw.url}/c/p/%C3%A9%2F`)).status, 200);
   assert.equal(last().url, '/users/%C3%A9%2F');
 });
+
+test('two Content-Type fields on a request whose body the gateway reads by its type: 400 (the upstream might read the other one)', async () => {
+  const before = echo.requests.length;
+  const two = ['host', 'x', 'content-type', 'application/json', 'content-type', 'text/plain'];
+  for (const path of ['/c/body', '/rt/json', '/events']) {
+    assert.match(problem(await request(`${gw.url}${path}`, { method: 'POST', headers: two, body: '{"name":"x"}' }), 400).detail, /more than one Content-Type/, path);
+  }
+  assert.equal(echo.requests.length, before);
+  // (one is fine)
+  assert.equal((await request(`${gw.url}/events`, { method: 'POST', headers: ['host', 'x', 'content-type', 'application/json'], body: '{"name":"x"}' })).status, 200);
+});

@@ -70,3 +70,18 @@ export function codedContent(ce: string | undefined): boolean {
   }
   return false;
 }
+
+/**
+ * More than one Content-Type field (a singleton, RFC 9110 §5.3): node keeps the first, an
+ * upstream may read the last. Checked only where the gateway reads a body by its type.
+ */
+export function repeatedContentType(raw: readonly string[]): boolean {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!;
+    if (k.length === 12 && k.toLowerCase() === 'content-type' && ++n > 1) return true;
+  }
+  return false;
+}
+
+export const REPEATED_CONTENT_TYPE = 'the request has more than one Content-Type field';

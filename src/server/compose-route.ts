@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
-import { codedContent } from '../core/headers.js';
+import { REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../core/headers.js';
 import { isJsonType } from '../core/json.js';
 import type { Logger } from '../core/log.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -56,11 +56,15 @@ async function run(c: ComposeCall): Promise<void> {
     let body: Buffer | null = null;
     if (spec.readsBody && c.body.hasBody) {
       // Templates read the body as JSON: it must say so (a text/plain POST, which a cross-site
-      // page may send without a preflight, is not taken for JSON), and be unencoded.
-      if (!isJsonType(req.headers['content-type'])) {
-        throw new ProblemError('unsupported-media-type', 'this route reads a JSON body: send it as application/json (or a +json type)');
+      // page may send without a preflight, is not taken for JSON), once, and be unencoded.
+      const refused = repeatedContentType(req.rawHeaders) ? new ProblemError('bad-request', REPEATED_CONTENT_TYPE)
+        : !isJsonType(req.headers['content-type']) ? new ProblemError('unsupported-media-type', 'this route reads a JSON body: send it as application/json (or a +json type)')
+          : codedContent(req.headers['content-encoding']) ? new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded')
+            : null;
+      if (refused !== null) {
+        close = true; // (the body is not read)
+        throw refused;
       }
-      if (codedContent(req.headers['content-encoding'])) throw new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded');
     }
     if (spec.readsBody) {
       reading = true;
@@ -85,8 +89,7 @@ async function run(c: ComposeCall): Promise<void> {
     if (err instanceof ComposeAbort && ac.signal.aborted) return; // the client left
     if (err instanceof ProblemError) {
       r = problemResponse(err.code, err.detail, requestId, err.extra);
-      // (the body was not read, or not to its end)
-      if (err.code === 'payload-too-large' || err.code === 'unsupported-media-type') close = true;
+      if (err.code === 'payload-too-large') close = true;
     } else if (reading) {
       // The client's body stopped coming (it aborted, its connection broke): the client's
       // doing, not the gateway's, and any client can cause it, so not an error-level event.

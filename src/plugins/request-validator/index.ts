@@ -13,6 +13,7 @@ import { resolve } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { definePlugin, type PluginDeps, type Reply, type RequestCtx } from '../types.js';
 import { ProblemError } from '../../core/problem.js';
+import { REPEATED_CONTENT_TYPE, repeatedContentType } from '../../core/headers.js';
 import { parseSize } from '../../config/units.js';
 import { parseDocumentText } from './spec.js';
 import { ApiValidator, type Operation, type Outcome } from './validator.js';
@@ -125,6 +126,8 @@ export default definePlugin({
         const f = v.find(ctx.method, ctx.path);
         if (!('op' in f)) return allowUnknown ? undefined : reply(f);
         if (responses) matched.set(ctx, f.op);
+        // (the body is checked by its Content-Type: one that the upstream might read otherwise is refused)
+        if (f.op.body && hasBody(ctx) !== false && repeatedContentType(ctx.req.rawHeaders)) return { code: 'bad-request', detail: REPEATED_CONTENT_TYPE };
         const outcome = v.check(f.op, f.params, {
           method: ctx.method,
           path: ctx.path,
