@@ -45,8 +45,12 @@ export default definePlugin({
   },
   create(config, deps) {
     const names = new Map<string, Consumer>();
+    // Consumers that name their certificate(s) explicitly are matched by those names only: a
+    // certificate whose CN happens to be such a consumer's name does not stand for it.
+    const explicit = new Set<Consumer>();
     for (const { consumer, credential } of deps.credentials) {
       names.set(String(credential['subject_name']), consumer);
+      explicit.add(consumer);
     }
     const requireConsumer = config.require_consumer ?? true;
     return {
@@ -62,7 +66,10 @@ export default definePlugin({
           consumer = names.get(n) ?? null;
           if (consumer) break;
         }
-        if (consumer === null && cn !== null) consumer = deps.consumers.get(cn) ?? null;
+        if (consumer === null && cn !== null) {
+          const byName = deps.consumers.get(cn) ?? null;
+          if (byName !== null && !explicit.has(byName)) consumer = byName;
+        }
         if (consumer === null && (requireConsumer || cn === null)) return { ok: false, missing: false, challenge: CHALLENGE, detail: 'the client certificate is not for a known consumer' };
         const identity = consumer?.name ?? cn!;
         return { ok: true, consumer, identity, credential: `mtls:${cert.fingerprint256?.replace(/:/g, '').slice(0, 16) ?? identity}` };

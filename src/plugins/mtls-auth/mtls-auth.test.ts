@@ -17,6 +17,7 @@ let app: Pem;
 let bySan: Pem;
 let stranger: Pem;
 let rogue: Pem;
+let namedApp: Pem;
 
 before(async () => {
   ca = makeCa('Client CA');
@@ -26,6 +27,7 @@ before(async () => {
   bySan = ca.issue('device-77', { client: true });
   stranger = ca.issue('nobody', { client: true });
   rogue = rogueCa.issue('app-1', { client: true });
+  namedApp = ca.issue('app', { client: true });
   up = await startUpstream();
   gw = await startGateway(`
 listen_tls: 127.0.0.1:0
@@ -75,6 +77,10 @@ test('a trusted client certificate names its consumer (credential subject_name, 
   assert.match(String(up.requests.at(-1)!.headers['x-credential-identifier']), /^mtls:[0-9A-F]{16}$/);
   assert.equal((await get('/secure', bySan)).status, 200);
   assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'device-77');
+  // A consumer that names its certificate (app: subject_name app-1) is not also any
+  // certificate whose CN is its name.
+  const cnOnly = await get('/secure', namedApp);
+  assert.equal(cnOnly.status, 401, cnOnly.body);
 });
 
 test('no certificate, an untrusted one (same CN, other CA), or one for no consumer: 401; anonymous when allowed; routes without the plugin need none', async () => {
