@@ -35,21 +35,21 @@ test('/status: 200 with the revision while serving, 503 once draining; other adm
 
 test('with admin.token: /health needs the bearer token; /status tells anyone only its status', async () => {
   const up = await startUpstream();
-  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: s3cret-token}\nservices:\n  - name: s\n    upstream: {targets: [{url: "${up.url}"}], healthcheck: {passive: {failures: 2}}}\n    routes: [{paths: [/]}]\n`);
+  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: s3cret-token-0123456}\nservices:\n  - name: s\n    upstream: {targets: [{url: "${up.url}"}], healthcheck: {passive: {failures: 2}}}\n    routes: [{paths: [/]}]\n`);
   try {
-    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic czNjcmV0LXRva2Vu' }, { authorization: 'Bearer s3cret-token-longer' }] as Record<string, string>[]) {
+    for (const headers of [{}, { authorization: 'Bearer wrong' }, { authorization: 'Basic czNjcmV0LXRva2Vu' }, { authorization: 'Bearer s3cret-token-0123456-longer' }] as Record<string, string>[]) {
       const r = await request(`${t.adminUrl}/health`, { headers });
       assert.equal(r.status, 401, JSON.stringify(headers));
       assert.equal(r.headers['content-type'], 'application/problem+json');
       assert.match(String(r.headers['www-authenticate']), /^Bearer /);
       assert.doesNotMatch(r.body, /127\.0\.0\.1/);
     }
-    const h = await request(`${t.adminUrl}/health`, { headers: { authorization: 'Bearer s3cret-token' } });
+    const h = await request(`${t.adminUrl}/health`, { headers: { authorization: 'Bearer s3cret-token-0123456' } });
     assert.equal(h.status, 200);
     assert.deepEqual(JSON.parse(h.body).targets[`s|${up.url}`], { down: false, ejected: false, failing_probes: false, failures: 0 });
     const anon = JSON.parse((await request(`${t.adminUrl}/status`)).body);
     assert.deepEqual(anon, { status: 'ok' });
-    const full = JSON.parse((await request(`${t.adminUrl}/status`, { headers: { authorization: 'bearer s3cret-token' } })).body);
+    const full = JSON.parse((await request(`${t.adminUrl}/status`, { headers: { authorization: 'bearer s3cret-token-0123456' } })).body);
     assert.equal(full.revision, 1);
     assert.equal((await request(`${t.adminUrl}/nope`)).status, 401);
   } finally {
@@ -99,4 +99,103 @@ services:
   tokens: [{name: ro, token: ro-token-0123456789, role: read-only}]
 `);
   assert.ok(open.some((i) => i.path === 'admin.token' && /required/.test(i.message)), JSON.stringify(open));
+});
+
+test('wrong admin tokens are throttled per client on the whole admin listener (bearer on /metrics and /api/, the console sign-in): 429 problem+json with Retry-After; a right token is never counted', async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { fileControl } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const TOKEN = 'throttle-admin-token-0123456789';
+  const text = `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token: ${TOKEN}}\naccess_log: {enabled: false}\nservices: []\n`;
+  const file = join(mkdtempSync(join(tmpdir(), 'tp-throttle-')), 'turnpike.yaml');
+  writeFileSync(file, text);
+  const loaded = parseConfigText(text, { file });
+  const gw = await Gateway.start(loaded, { control: fileControl(file, loaded, silentLogger) });
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  const good = { authorization: `Bearer ${TOKEN}` };
+  try {
+    // A busy client with the right token (many at once) is never refused.
+    const many = await Promise.all(Array.from({ length: 200 }, () => request(`${admin}/metrics`, { headers: good })));
+    assert.deepEqual([...new Set(many.map((r) => r.status))], [200]);
+    // 9 wrong ones, then right ones (refunded: they do not add up), then the 10th wrong one.
+    for (let i = 0; i < 9; i++) assert.equal((await request(`${admin}/metrics`, { headers: { authorization: `Bearer wrong-${i}` } })).status, 401);
+    for (let i = 0; i < 20; i++) assert.equal((await request(`${admin}/api/services`, { headers: good })).status, 200);
+    assert.equal((await request(`${admin}/api/services`, { headers: { authorization: 'Bearer wrong-9' } })).status, 401);
+    // Over the limit: every attempt from this client is 429 (the token is not looked at), on every path.
+    for (const [path, headers] of [['/metrics', { authorization: 'Bearer wrong-10' }], ['/api/services', { authorization: 'Bearer wrong-11' }], ['/health', good]] as const) {
+      const r = await request(`${admin}${path}`, { headers });
+      assert.equal(r.status, 429, path);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:too-many-requests');
+      assert.ok(Number(r.headers['retry-after']) >= 1 && Number(r.headers['retry-after']) <= 60, String(r.headers['retry-after']));
+      assert.doesNotMatch(r.body, new RegExp(TOKEN));
+    }
+    const login = await request(`${admin}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: TOKEN }) });
+    assert.equal(login.status, 429, 'the console sign-in shares the limit');
+    assert.ok(Number(login.headers['retry-after']) >= 1);
+    // Probes without a token are not attempts.
+    assert.equal((await request(`${admin}/status`)).status, 200);
+  } finally {
+    await gw.stop();
+  }
+});
+
+test('the console sign-in cannot be raced: 300 concurrent wrong sign-ins from one client are at most 10 × 401, the rest 429', async () => {
+  const TOKEN = 'race-admin-token-0123456789';
+  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: ${TOKEN}}\nservices: []\n`);
+  try {
+    // Every sign-in's headers first (each waits for its body), then every body.
+    const { request: httpRequest } = await import('node:http');
+    const sent: (() => void)[] = [];
+    const all = Array.from({ length: 300 }, (_, i) => new Promise<number>((resolve, reject) => {
+      const body = JSON.stringify({ token: `wrong-token-${i}` });
+      const req = httpRequest(`${t.adminUrl}/console/api/login`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      });
+      req.on('error', reject);
+      req.flushHeaders();
+      sent.push(() => req.end(body));
+    }));
+    await sleep(500);
+    for (const send of sent) send();
+    const statuses = await Promise.all(all);
+    const n401 = statuses.filter((s) => s === 401).length;
+    const n429 = statuses.filter((s) => s === 429).length;
+    assert.ok(n401 <= 10, `${n401} × 401`);
+    assert.equal(n401 + n429, 300);
+  } finally {
+    await t.close();
+  }
+});
+
+test('AuthFailures: per network (an IPv6 /64 is one client), the least recently seen go past the cap (the others are kept, not wiped)', async () => {
+  const { AuthFailures } = await import('../src/admin/auth.js');
+  const f = new AuthFailures(2, 60_000, 3);
+  const over = (ip: string) => { try { f.take(ip); return false; } catch (err) { return (err as { code?: string }).code === 'too-many-requests'; } };
+  assert.equal(over('10.0.0.1'), false);
+  assert.equal(over('10.0.0.1'), false);
+  assert.equal(over('10.0.0.1'), true);
+  assert.equal(over('2001:db8:1:2::1'), false);
+  assert.equal(over('2001:db8:1:2:ffff::9'), false);
+  assert.equal(over('2001:db8:1:2:0:0:0:5'), true, 'the same /64');
+  assert.equal(over('10.0.0.2'), false); // a third network: within the cap
+  assert.equal(over('10.0.0.1'), true, 'still blocked: nothing was wiped');
+  f.refund('10.0.0.1');
+  assert.equal(over('10.0.0.1'), false, 'a refund gives one attempt back');
+});
+
+test('admin.token needs 16 characters (as admin.tokens do); an empty one means none; the error names the path and line and never quotes the token', () => {
+  const issues = configIssues('services: []\nadmin:\n  listen: 127.0.0.1:0\n  token: short-secret\n');
+  assert.equal(issues.length, 1);
+  assert.equal(issues[0]!.path, 'admin.token');
+  assert.equal(issues[0]!.line, 4);
+  assert.match(issues[0]!.message, /at least 16 characters/);
+  assert.doesNotMatch(issues[0]!.message, /short-secret/);
+  assert.deepEqual(configIssues('services: []\nadmin: {listen: 127.0.0.1:0, token: ""}\n'), []);
+  assert.deepEqual(configIssues('services: []\nadmin: {listen: 127.0.0.1:0, token: sixteen-chars-ok}\n'), []);
 });

@@ -4,9 +4,18 @@
  * token is compared, so the time does not depend on which one matched). With no token
  * configured the admin listener is loopback-only and every caller is the anonymous admin.
  * Roles: `admin` may do everything, `read-only` may only read (GET / HEAD / OPTIONS).
+ *
+ * Guessing is throttled: one AuthFailures per admin listener counts wrong tokens per client
+ * network (the IPv4 address, the IPv6 /64) for the bearer token on /api/, /metrics... and the
+ * console's sign-in alike. An attempt is counted before it is checked (so concurrent attempts
+ * all count) and taken back when the token is right (a client with a good token never adds
+ * up); past the limit, every attempt from that network is 429 with Retry-After until the
+ * window ends, without the token being looked at.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { ApiError } from './errors.js';
+import { ipNetwork } from '../core/forwarded.js';
 
 export type Role = 'admin' | 'read-only';
 
@@ -25,12 +34,55 @@ const CHALLENGE = 'Bearer realm="turnpike-admin"';
 
 const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest();
 
-/** The caller, or throws 401 (no or unknown token). */
-export function authenticate(authorization: string | undefined, tokens: readonly ApiToken[]): Caller {
+/** Wrong admin tokens per client network: at most `max` per `windowMs`; the least recently seen of `cap` networks go first. */
+export class AuthFailures {
+  private readonly hits: LRUCache<string, { n: number; until: number }>;
+
+  constructor(readonly max = 10, readonly windowMs = 60_000, cap = 10_000, private readonly now: () => number = Date.now) {
+    this.hits = new LRUCache({ max: cap });
+  }
+
+  /**
+   * Counts one attempt from `ip` (call it before anything is awaited); throws 429 (with
+   * Retry-After: the seconds left in the window) when that network is over the limit.
+   * Give a right token back with refund().
+   */
+  take(ip: string): void {
+    const key = ipNetwork(ip);
+    const t = this.now();
+    let h = this.hits.get(key);
+    if (!h || h.until <= t) this.hits.set(key, (h = { n: 0, until: t + this.windowMs }));
+    if (h.n >= this.max) {
+      const wait = Math.max(1, Math.ceil((h.until - t) / 1000));
+      throw new ApiError('too-many-requests', `too many wrong admin tokens from this address: try again in ${wait} s`, undefined, { 'retry-after': String(wait) });
+    }
+    h.n++;
+  }
+
+  /** Takes one attempt back (the token was right). */
+  refund(ip: string): void {
+    const h = this.hits.get(ipNetwork(ip));
+    if (h && h.n > 0) h.n--;
+  }
+}
+
+/**
+ * The caller, or throws 401 (no or unknown token). With `guard`, a presented token is an
+ * attempt of that client (429 past the limit; see AuthFailures); no token at all is not.
+ */
+export function authenticate(authorization: string | undefined, tokens: readonly ApiToken[], guard?: { failures: AuthFailures; ip: string }): Caller {
   if (tokens.length === 0) return { name: 'anonymous', role: 'admin' };
   if (authorization === undefined || authorization === '') {
     throw new ApiError('unauthorized', 'the admin API needs Authorization: Bearer <admin token>', undefined, { 'www-authenticate': CHALLENGE });
   }
+  if (!guard) return check(authorization, tokens);
+  guard.failures.take(guard.ip);
+  const caller = check(authorization, tokens);
+  guard.failures.refund(guard.ip);
+  return caller;
+}
+
+function check(authorization: string, tokens: readonly ApiToken[]): Caller {
   const m = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i.exec(authorization);
   if (!m) {
     throw new ApiError('unauthorized', 'the Authorization header must be "Bearer <admin token>"', undefined, { 'www-authenticate': `${CHALLENGE}, error="invalid_request"` });

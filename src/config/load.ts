@@ -84,8 +84,10 @@ function schemaIssues(config: unknown): { path: PathSegment[]; message: string }
     if (e.type === ValueErrorType.ObjectAdditionalProperties) message = `unknown key "${String(path[path.length - 1])}"`;
     else if (e.type === ValueErrorType.ObjectRequiredProperty) message = 'is required';
     else if (e.type === ValueErrorType.Union) {
-      const desc = (e.schema as { description?: string }).description;
-      message = desc ? `invalid value ${JSON.stringify(e.value)}: expected ${lcFirst(desc)}` : `invalid value ${JSON.stringify(e.value)}`;
+      const { description: desc, writeOnly } = e.schema as { description?: string; writeOnly?: boolean };
+      // A secret (writeOnly) is never quoted back: errors reach logs.
+      const value = writeOnly === true ? 'invalid value' : `invalid value ${JSON.stringify(e.value)}`;
+      message = desc ? `${value}: expected ${lcFirst(desc)}` : value;
     } else if (e.type === ValueErrorType.StringPattern) {
       const desc = (e.schema as { description?: string }).description;
       message = `invalid value ${JSON.stringify(e.value)}${desc ? `: expected ${lcFirst(desc)}` : ` (must match ${(e.schema as { pattern?: string }).pattern})`}`;

@@ -203,7 +203,8 @@ export const Consumer = Strict({
 
 export const Admin = Strict({
   listen: Type.Optional(HostPort),
-  token: Type.Optional(Type.String({ description: 'Bearer token for the admin API (role admin); required when listening beyond loopback.' })),
+  // (an empty value, e.g. "${TURNPIKE_ADMIN_TOKEN:-}" unset, means no token; writeOnly: an error never quotes it)
+  token: Type.Optional(Type.Union([Type.Literal(''), Type.String({ minLength: 16 })], { writeOnly: true, description: 'Bearer token for the admin API (role admin), at least 16 characters (use ${ENV}); empty: none. Required when listening beyond loopback.' })),
   tokens: Type.Optional(Type.Array(Strict({
     name: Name,
     token: Type.String({ minLength: 16, description: 'The bearer token (use ${ENV}).' }),

@@ -13,7 +13,7 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { sendProblem } from '../core/problem.js';
-import { authenticate } from '../admin/auth.js';
+import { authenticate, AuthFailures } from '../admin/auth.js';
 import { ApiError } from '../admin/errors.js';
 import type { AdminToken } from '../config/compile.js';
 import { SessionStore, tokenHash, type Session } from './session.js';
@@ -35,7 +35,6 @@ const SECURITY = {
   'x-frame-options': 'DENY',
 };
 const MAX_STREAMS = 100;
-const LOGIN_FAILURES_PER_MINUTE = 10;
 
 const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
@@ -59,16 +58,19 @@ async function readSmall(req: IncomingMessage, max: number): Promise<string> {
 export interface ConsoleDeps extends StatsSource {
   /** The admin tokens now (a reload may change them; sessions of removed tokens end). */
   tokens(): readonly AdminToken[];
+  /** Wrong tokens per client, shared with the rest of the admin listener (default: the console's own). */
+  failures?: AuthFailures;
 }
 
 export class ConsoleHandler {
   readonly sessions = new SessionStore();
   private readonly live: LiveStats;
   private readonly files = new Map<string, Buffer>();
-  private failures = new Map<string, { n: number; since: number }>();
+  private readonly failures: AuthFailures;
 
   constructor(private readonly deps: ConsoleDeps) {
     this.live = new LiveStats(deps);
+    this.failures = deps.failures ?? new AuthFailures();
   }
 
   /** The caller a request's session stands for (for /api/ and the other admin endpoints). */
@@ -114,7 +116,7 @@ export class ConsoleHandler {
       if (path === '/console/api/events' && method === 'GET') return this.events(req, res);
       sendProblem(res, 'no-route', `no console resource ${path}`, undefined);
     } catch (err) {
-      if (err instanceof ApiError) return sendProblem(res, err.code, err.detail, undefined);
+      if (err instanceof ApiError) return sendProblem(res, err.code, err.detail, undefined, err.headers ? { headers: err.headers } : {});
       if (!res.headersSent) sendProblem(res, 'internal-error', (err as Error).message, undefined);
     }
   }
@@ -138,11 +140,10 @@ export class ConsoleHandler {
 
   private async login(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const ip = req.socket.remoteAddress ?? '';
-    const now = Date.now();
-    const f = this.failures.get(ip);
-    if (f && now - f.since < 60_000 && f.n >= LOGIN_FAILURES_PER_MINUTE) {
-      return sendProblem(res, 'too-many-requests', 'too many failed sign-ins: wait a minute', undefined, { headers: { 'retry-after': '60' } });
-    }
+    // With tokens, a sign-in is an attempt, counted before the body is awaited (so concurrent
+    // sign-ins all count; 429 past the limit) and taken back when the token is right.
+    const guarded = this.deps.tokens().length > 0;
+    if (guarded) this.failures.take(ip);
     if (!/^application\/json\b/i.test(req.headers['content-type'] ?? '')) return sendProblem(res, 'unsupported-media-type', 'send {"token": "..."} as application/json', undefined);
     let token: unknown;
     try {
@@ -158,11 +159,9 @@ export class ConsoleHandler {
       // With no token configured, the admin listener is loopback-only and open: any sign-in is the anonymous admin.
       caller = authenticate(tokens.length === 0 ? undefined : `Bearer ${token}`, tokens);
     } catch {
-      if (this.failures.size > 10_000) this.failures = new Map();
-      this.failures.set(ip, f && now - f.since < 60_000 ? { n: f.n + 1, since: f.since } : { n: 1, since: now });
       return sendProblem(res, 'unauthorized', 'unknown token', undefined);
     }
-    this.failures.delete(ip);
+    if (guarded) this.failures.refund(ip);
     const s = this.sessions.create(caller, this.deps.tokens().length === 0 ? '' : token);
     json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s) });
   }

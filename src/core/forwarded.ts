@@ -73,3 +73,24 @@ export function clientIp(peer: string, xff: string | undefined, trusted: Trusted
 export function forwardedElement(peer: string): string {
   return isIP(peer) === 6 ? `for="[${peer}]"` : `for=${peer || 'unknown'}`;
 }
+
+/**
+ * The network an address belongs to, for limits one client should not dodge by changing its
+ * address: an IPv4 address itself (or its /24 with `v4Prefix`), an IPv6 address's /64 (what one
+ * host or home gets). Anything that is not an IP address is returned as given.
+ */
+export function ipNetwork(addr: string, v4Prefix: 24 | 32 = 32): string {
+  const ip = plainIp(addr);
+  const family = isIP(ip);
+  if (family === 4) return v4Prefix === 24 ? `${ip.slice(0, ip.lastIndexOf('.'))}.0/24` : ip;
+  if (family !== 6) return ip;
+  // Expand "::" and an embedded IPv4 tail to eight groups; keep the first four.
+  let s = ip.toLowerCase().split('%')[0]!;
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  if (v4) s = `${s.slice(0, v4.index)}${((+v4[1]! << 8) | +v4[2]!).toString(16)}:${((+v4[3]! << 8) | +v4[4]!).toString(16)}`;
+  const [head, tail] = s.split('::') as [string, string | undefined];
+  const h = head === '' ? [] : head.split(':');
+  const t = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  return `${groups.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(':')}::/64`;
+}

@@ -3,7 +3,6 @@
  * `/analytics` (per-route and per-consumer statistics), `/quotas`, `DELETE /cache` (purge), and `/api/` (the admin REST API, src/admin/).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { sendProblem } from '../core/problem.js';
 import { VERSION } from '../version.js';
 import { NODE_ID } from '../core/node-id.js';
@@ -12,6 +11,8 @@ import type { Observer } from '../observability/observer.js';
 import { Analytics, type AnalyticsState, type WindowName } from '../observability/analytics.js';
 import { purgeFilter } from '../plugins/cache/stores.js';
 import type { PurgeFilter } from '../plugins/cache/entry.js';
+import { authenticate, AuthFailures } from '../admin/auth.js';
+import { ApiError } from '../admin/errors.js';
 
 export interface AdminView {
   ready: boolean;
@@ -35,6 +36,8 @@ export interface AdminView {
   console?: { handle(req: IncomingMessage, res: ServerResponse, path: string): Promise<void>; caller(req: IncomingMessage, method: string): { name: string; role: 'admin' | 'read-only' } | undefined } | null;
   /** GET /api/scaling (the single process or the primary). */
   scaling?: { enabled: boolean; report(): unknown } | null;
+  /** Wrong admin tokens per client (shared with /api/ and the console's sign-in): 429 past the limit. */
+  adminFailures?: AuthFailures;
   /** The admin REST API (`/api/`, its own roles) and the config store's status. */
   control?: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null;
 }
@@ -66,13 +69,6 @@ async function analyticsReport(gw: AdminView, q: URLSearchParams): Promise<unkno
   return { ...Analytics.report(states, window, opts), nodes, ...(error ? { partial: error } : {}) };
 }
 
-/** Whether the request carries the admin token (`Authorization: Bearer ...`), compared in constant time. */
-function authorized(req: IncomingMessage, token: string): boolean {
-  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
-  if (!m) return false;
-  const given = createHash('sha256').update(m[1]!).digest();
-  return timingSafeEqual(given, createHash('sha256').update(token).digest());
-}
 
 const LOOPBACK_HOST = /^(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?$/i;
 
@@ -106,6 +102,7 @@ function sendJson(req: IncomingMessage, res: ServerResponse, status: number, val
 }
 
 export function createAdminHandler(gw: AdminView) {
+  const failures = gw.adminFailures ?? new AuthFailures();
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     // Without a token the admin listener is loopback-only and every caller is the admin: a web
@@ -129,7 +126,16 @@ export function createAdminHandler(gw: AdminView) {
     }
     const read = req.method === 'GET' || req.method === 'HEAD';
     const tokens = gw.snapshot.admin?.tokens ?? [];
-    let who: { name: string; role: 'admin' | 'read-only' } | undefined = tokens.find((t) => authorized(req, t.token));
+    let who: { name: string; role: 'admin' | 'read-only' } | undefined;
+    // A bearer token: checked against every admin token (constant time); wrong ones from one
+    // client are counted (429 with Retry-After past the limit, before the token is looked at).
+    if (tokens.length > 0 && req.headers.authorization !== undefined && req.headers.authorization !== '') {
+      try {
+        who = authenticate(req.headers.authorization, tokens, { failures, ip: req.socket.remoteAddress ?? '' });
+      } catch (err) {
+        if (err instanceof ApiError && err.code === 'too-many-requests') return void sendProblem(res, err.code, err.detail, undefined, { headers: err.headers ?? {} });
+      }
+    }
     // A console session stands for its token (changes need its CSRF token).
     if (who === undefined && tokens.length > 0 && req.headers.authorization === undefined && gw.console) {
       try {

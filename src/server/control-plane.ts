@@ -23,7 +23,7 @@ import {
   type ConfigStore, type Revision, type StoredConfig,
 } from '../config/stores/index.js';
 import { createApiHandler, type ApiDeps, type ApiHandler } from '../admin/api.js';
-import type { ApiToken } from '../admin/auth.js';
+import type { ApiToken, AuthFailures } from '../admin/auth.js';
 import type { ControlView } from './gateway.js';
 import { documentValidator, effectiveText, nodePart } from '../admin/validate.js';
 import type { AccountBackend } from '../portal/accounts.js';
@@ -335,9 +335,10 @@ export class ControlPlane {
   }
 
   /** The `/api/` handler of this node's admin listener. */
-  api(tokens: () => readonly ApiToken[], sessionCaller?: ApiDeps['sessionCaller']): ApiHandler {
+  api(tokens: () => readonly ApiToken[], sessionCaller?: ApiDeps['sessionCaller'], failures?: AuthFailures): ApiHandler {
     return createApiHandler({
       ...(sessionCaller ? { sessionCaller } : {}),
+      ...(failures ? { failures } : {}),
       store: this.facade(),
       validate: (document) => documentValidator(this.node, { file: this.opts.file })(document),
       tokens,
@@ -381,7 +382,7 @@ export function fileControl(file: string, loaded: LoadedConfig, log: Logger): Co
   const store = new FileStore({ file: resolve(file), log });
   const node = nodePart(loaded.config as Record<string, unknown>);
   return {
-    api: (tokens, sessionCaller) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log, ...(sessionCaller ? { sessionCaller } : {}) }),
+    api: (tokens, sessionCaller, failures) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log, ...(sessionCaller ? { sessionCaller } : {}), ...(failures ? { failures } : {}) }),
     status: () => ({ store: 'file', file: resolve(file) }),
     accountBackend: () => ({
       document: () => null,

@@ -30,6 +30,7 @@ import { DemandMeter } from '../scaling/meter.js';
 import { startKedaServer } from '../scaling/keda.js';
 import { NODE_ID } from '../core/node-id.js';
 import { ConsoleHandler } from '../console/handler.js';
+import { AuthFailures } from '../admin/auth.js';
 import { createEchoServer } from '../demo/echo.js';
 import { ALLOW_ALL, PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
@@ -70,7 +71,7 @@ export interface GatewayOptions {
 }
 
 export interface ControlView {
-  api(tokens: () => readonly AdminToken[], sessionCaller?: (req: IncomingMessage, method: string) => { name: string; role: 'admin' | 'read-only' } | undefined): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+  api(tokens: () => readonly AdminToken[], sessionCaller?: (req: IncomingMessage, method: string) => { name: string; role: 'admin' | 'read-only' } | undefined, failures?: AuthFailures): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
   status(): Record<string, unknown>;
   /** Where developer accounts are kept (the portal's sign-up, keys). */
   accountBackend?(): AccountBackend;
@@ -228,6 +229,8 @@ export class Gateway implements RequestContext {
   private keda: { port: number; close(): Promise<void> } | null = null;
   /** The web console on the admin listener (src/console/), null in a worker. */
   readonly console: ConsoleHandler | null;
+  /** Wrong admin tokens per client, for the whole admin listener (the bearer token and the console's sign-in). */
+  readonly adminFailures = new AuthFailures();
   /**
    * The portal's developer accounts (src/portal/accounts.ts): answered here in a single process
    * or the primary (which owns the config store); a worker sets it to ask its primary over IPC.
@@ -281,6 +284,7 @@ export class Gateway implements RequestContext {
     this.scaleTo(this.snapshot);
     this.console = this.role === 'worker' ? null : new ConsoleHandler({
       tokens: () => this.snapshot.admin?.tokens ?? [],
+      failures: this.adminFailures,
       analyticsStates: () => this.analyticsStates(),
       analyticsEnabled: () => this.snapshot.observability.analytics !== null,
       get inFlight() { return gwInFlight(); },
@@ -291,7 +295,7 @@ export class Gateway implements RequestContext {
     const gwInFlight = () => this.inFlight;
     if (opts.control) {
       const control = opts.control;
-      this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? [], (req, method) => this.console?.caller(req, method)), status: () => control.status() };
+      this.control = { api: control.api(() => this.snapshot.admin?.tokens ?? [], (req, method) => this.console?.caller(req, method), this.adminFailures), status: () => control.status() };
       const backend = control.accountBackend?.();
       if (backend) {
         const accounts = new AccountService(backend, { settings: () => this.snapshot.portal, usage: (c) => this.consumerUsage(c) }, this.log);
