@@ -225,3 +225,35 @@ test('rate-limit refusals per second: over the last minute of the metrics counte
   assert.equal(s2.analytics, false, 'the page says analytics are off');
   assert.ok(s2.totals.rate_limited_per_s > 0, 'still counted a tick later (the window is a minute)');
 });
+
+test('per token: 1000 sign-ins with the read-only token end only its own oldest sessions (the admin stays signed in); its 11th live stream ends its own oldest', async () => {
+  const { SessionStore } = await import('./session.js');
+  const store = new SessionStore();
+  const reqOf = (id: string) => ({ headers: { cookie: `tp_console=${id}` } }) as unknown as import('node:http').IncomingMessage;
+  const ops = store.create({ name: 'ops', role: 'admin' }, ADMIN);
+  const viewer: string[] = [];
+  for (let i = 0; i < 1000; i++) viewer.push(store.create({ name: 'viewer', role: 'read-only' }, READER).id);
+  assert.ok(store.of(reqOf(ops.id)), 'the admin\'s session survives');
+  assert.equal(store.of(reqOf(viewer[0]!)), null, 'the token\'s oldest session went');
+  assert.ok(store.of(reqOf(viewer[999]!)), 'its newest is kept');
+
+  // Streams: 11 from the read-only token; the first ends, an admin one still opens.
+  const sessions = gw.gw.console!.sessions;
+  const open = (cookie: string) => new Promise<{ status: number; ended: Promise<void>; close(): void }>((resolve, reject) => {
+    const req = httpRequest(`${admin}/console/api/events`, { headers: { cookie } }, (res) => {
+      res.resume();
+      resolve({ status: res.statusCode!, ended: new Promise((r) => res.on('end', () => r())), close: () => req.destroy() });
+    });
+    req.on('error', () => undefined);
+    req.end();
+    req.on('error', reject);
+  });
+  const streams = [];
+  for (let i = 0; i < 11; i++) streams.push(await open(`tp_console=${sessions.create({ name: 'viewer', role: 'read-only' }, READER).id}`));
+  assert.deepEqual([...new Set(streams.map((s) => s.status))], [200]);
+  const first = await Promise.race([streams[0]!.ended.then(() => 'ended'), new Promise((r) => setTimeout(() => r('open'), 3000))]);
+  assert.equal(first, 'ended', 'the token\'s oldest stream was ended');
+  const mine = await open(`tp_console=${sessions.create({ name: 'ops', role: 'admin' }, ADMIN).id}`);
+  assert.equal(mine.status, 200);
+  for (const s of [...streams, mine]) s.close();
+});

@@ -35,6 +35,8 @@ const SECURITY = {
   'x-frame-options': 'DENY',
 };
 const MAX_STREAMS = 100;
+/** Live streams per token: a token's 11th ends its own oldest (one token cannot hold every stream). */
+export const MAX_STREAMS_PER_TOKEN = 10;
 
 const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
@@ -67,6 +69,8 @@ export class ConsoleHandler {
   private readonly live: LiveStats;
   private readonly files = new Map<string, Buffer>();
   private readonly failures: AuthFailures;
+  /** Open event streams per token (sha256, '' without tokens), oldest first. */
+  private readonly streams = new Map<string, Set<ServerResponse>>();
 
   constructor(private readonly deps: ConsoleDeps) {
     this.live = new LiveStats(deps);
@@ -169,7 +173,15 @@ export class ConsoleHandler {
   private events(req: IncomingMessage, res: ServerResponse): void {
     const s: Session | null = this.sessions.of(req);
     if (!s) return sendProblem(res, 'unauthorized', 'not signed in', undefined);
-    if (this.live.watchers >= MAX_STREAMS) return sendProblem(res, 'service-overloaded', 'too many console streams', undefined, { headers: { 'retry-after': '5' } });
+    let mine = this.streams.get(s.tokenHash);
+    const evict = mine ? [...mine].slice(0, Math.max(0, mine.size - MAX_STREAMS_PER_TOKEN + 1)) : [];
+    if (this.live.watchers - evict.length >= MAX_STREAMS) return sendProblem(res, 'service-overloaded', 'too many console streams', undefined, { headers: { 'retry-after': '5' } });
+    for (const old of evict) {
+      mine!.delete(old);
+      old.end();
+    }
+    if (!mine) this.streams.set(s.tokenHash, (mine = new Set()));
+    mine.add(res);
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no', ...SECURITY });
     res.write('retry: 2000\n\n');
     const off = this.sessions.onEnd((id) => {
@@ -183,6 +195,8 @@ export class ConsoleHandler {
     res.on('close', () => {
       off();
       clearInterval(check);
+      mine.delete(res);
+      if (mine.size === 0 && this.streams.get(s.tokenHash) === mine) this.streams.delete(s.tokenHash);
     });
     this.live.add(res);
   }

@@ -3,7 +3,9 @@
  * SameSite=Strict cookie (the token itself is never stored or sent again) and a CSRF token the
  * page keeps in memory and sends as X-CSRF-Token on every change. Sessions live in this
  * process (the admin listener's: the single process or the primary): idle 30 min, at most
- * 12 h, at most 1000 (the oldest goes first).
+ * 12 h, at most 50 per token (a token's 51st sign-in ends that token's oldest session, so
+ * signing in again and again with one token never signs anyone else out) and 1000 in all (then
+ * the oldest session of the token holding the most goes).
  */
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
@@ -12,6 +14,7 @@ export const COOKIE = 'tp_console';
 const IDLE_MS = 30 * 60_000;
 const MAX_AGE_MS = 12 * 3600_000;
 const MAX_SESSIONS = 1000;
+export const MAX_SESSIONS_PER_TOKEN = 50;
 
 export interface Session {
   id: string;
@@ -39,9 +42,18 @@ export class SessionStore {
   constructor(private readonly now: () => number = Date.now) {}
 
   create(caller: { name: string; role: 'admin' | 'read-only' }, token = ''): Session {
-    while (this.sessions.size >= MAX_SESSIONS) this.end(this.sessions.keys().next().value!);
+    const hash = tokenHash(token);
+    // (Map order is creation order: the first of a token's sessions is its oldest)
+    const mine = [...this.sessions.values()].filter((s) => s.tokenHash === hash);
+    for (let i = 0; i <= mine.length - MAX_SESSIONS_PER_TOKEN; i++) this.end(mine[i]!.id);
+    while (this.sessions.size >= MAX_SESSIONS) {
+      const per = new Map<string, Session[]>();
+      for (const s of this.sessions.values()) per.set(s.tokenHash, [...(per.get(s.tokenHash) ?? []), s]);
+      const most = [...per.values()].reduce((a, b) => (b.length > a.length ? b : a));
+      this.end(most[0]!.id);
+    }
     const t = this.now();
-    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, tokenHash: tokenHash(token), created: t, seen: t };
+    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, tokenHash: hash, created: t, seen: t };
     this.sessions.set(s.id, s);
     return s;
   }
