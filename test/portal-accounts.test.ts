@@ -150,7 +150,7 @@ async function startGw(name: string, yaml: string, [p, a]: number[]): Promise<Gw
   const run = startCli(['start', '--config', file], {});
   const g = { name, dir, proxy: `http://127.0.0.1:${p}`, admin: `http://127.0.0.1:${a}`, run };
   gws.push(g);
-  const end = Date.now() + 20_000;
+  const end = Date.now() + 60_000;
   let last = '';
   for (;;) {
     if (/turnpike \S+ proxy on /.test(run.stderr())) {
@@ -822,4 +822,60 @@ test('a burst of concurrent wrong logins is limited (counted before the scrypt);
   for (const email of ['a\u0000b@example.com', 'x\u202Ey@example.com', 'z\u200Bw@example.com']) {
     assert.equal((await post(g1, '/signup', { email, password: 'control-password-01' }, { from: '127.0.0.11' })).status, 400, JSON.stringify(email));
   }
+});
+
+// ---- G6 (two nodes on one sqlite store, one secret): sign-out everywhere, across a restart ----
+
+test('sign-out ends every session of the developer on every node sharing the store, and stays so across a restart (the session epoch is in the store)', async () => {
+  const yaml = `store: sqlite:${join(work, 'g6-shared.db')}
+access_log: {enabled: false}
+portal:
+  enabled: true
+  accounts: {enabled: true, secret: g6-account-secret-0123456789abcdefghij}
+${service()}`;
+  const ports = await freePorts(4);
+  let ga = await startGw('g6a', yaml, ports.slice(0, 2));
+  const gb = await startGw('g6b', yaml, ports.slice(2, 4));
+  const D = await signup(ga, 'epoch@example.com', 'epoch-password-0001');
+  // The other node knows the developer (and the session: same secret) once it has the revision.
+  const until = async (what: string, check: () => Promise<boolean>) => {
+    const end = Date.now() + 10_000;
+    while (!(await check())) {
+      if (Date.now() > end) throw new Error(`not within 10 s: ${what}`);
+      await sleep(100);
+    }
+  };
+  await until('node b knows the developer', async () => (await get(gb, '/account', D.cookie)).status === 200);
+  // A second session, from another browser, on node b.
+  const second = await post(gb, '/login', { email: D.email, password: D.password });
+  assert.equal(second.status, 303);
+  const secondCookie = cookieOf(second);
+  assert.equal((await get(gb, '/account', secondCookie)).status, 200);
+
+  const out = await post(ga, '/logout', { csrf: D.csrf }, { cookie: D.cookie });
+  assert.equal(out.status, 303);
+  assert.equal((await get(ga, '/account', D.cookie)).status, 303, 'signed out on node a');
+  assert.equal((await get(ga, '/account', secondCookie)).status, 303, 'the other session ended too (sign out everywhere)');
+  await until('node b sees the sign-out', async () => (await get(gb, '/account', D.cookie)).status === 303);
+  assert.equal((await get(gb, '/account', secondCookie)).status, 303);
+  assert.equal((await post(gb, '/account/keys', { csrf: D.csrf }, { cookie: D.cookie })).status, 401, 'the old form token issues no key on node b');
+
+  // Node a restarts: the old cookie and its form token are still nothing.
+  ga.run.child.kill('SIGTERM');
+  await ga.run.exit;
+  gws.splice(gws.indexOf(ga), 1);
+  ga = await startGw('g6a', yaml, ports.slice(0, 2));
+  assert.equal((await get(ga, '/account', D.cookie)).status, 303, 'after a restart');
+  const k = await post(ga, '/account/keys', { csrf: D.csrf }, { cookie: D.cookie });
+  assert.equal(k.status, 401);
+  assert.doesNotMatch(k.body, /id="new-key"/);
+  const creds = await admin(ga, 'GET', `/api/consumers/${D.name}/credentials`);
+  assert.equal(creds.status, 200);
+  assert.doesNotMatch(creds.body, /key-auth/, 'no key was issued');
+  assert.match((await admin(ga, 'GET', '/api/config?secrets=true')).body, /session_epoch"?:\s*1\b/, 'the sign-out is stored with the developer');
+  // Signing in again works (a new session, on the new epoch).
+  const again = await post(ga, '/login', { email: D.email, password: D.password });
+  assert.equal(again.status, 303);
+  assert.equal((await get(ga, '/account', cookieOf(again))).status, 200);
+  await until('node b takes the new session', async () => (await get(gb, '/account', cookieOf(again))).status === 200);
 });

@@ -11,9 +11,11 @@
  * One AccountService per node, in the process that owns the config store (the primary with
  * `workers`, which forward these requests over IPC): sessions, their revocation and the
  * sign-up / login limits are one truth per node. Sessions are stateless HMAC tokens (cookie
- * `tp_portal`: name, expiry, session id, MAC over those and the password hash), so a session
- * made on one node is good on every node with the same `portal.accounts.secret`, a password
- * change ends every session, and logout revokes the session id on this node.
+ * `tp_portal`: name, expiry, session id, MAC over those, the password hash and the developer's
+ * session epoch), so a session made on one node is good on every node with the same
+ * `portal.accounts.secret`, a password change ends every session, and sign-out raises the
+ * epoch stored on the developer's portal credential (one config store write, so it survives a
+ * restart and reaches every node): every session of that developer ends, everywhere.
  *
  * CSRF: the cookie is HttpOnly, SameSite=Strict, Path=<portal>/; every POST made in a session
  * carries the session's form token (HMAC of its id), and a POST whose Origin is another site
@@ -171,14 +173,14 @@ export { isAccountPath };
 
 export class AccountService {
   private readonly ownSecret = randomBytes(32).toString('base64url');
-  /** Ended sessions (id -> expiry), until they expire anyway. */
-  private readonly revoked = new Map<string, number>();
   private readonly signupHits = new Map<string, { n: number; until: number }>();
   private readonly loginByIp = new Limiter(10, 60_000);
   private readonly loginByEmail = new Limiter(10, 15 * 60_000);
   private readonly resends = new Limiter(5, 3_600_000);
   /** Key and plan changes per developer (each is a config revision on every node). */
   private readonly changes = new Limiter(30, 3_600_000);
+  /** Sign-outs per developer (each is a config revision on every node). */
+  private readonly signOuts = new Limiter(30, 3_600_000);
   private dummy: Promise<string> | null = null;
 
   constructor(
@@ -264,29 +266,31 @@ export class AccountService {
       const eq = part.indexOf('=');
       if (eq === -1 || part.slice(0, eq).trim() !== COOKIE) continue;
       const [n, exp, sid, mac, extra] = part.slice(eq + 1).trim().split('.');
-      if (extra !== undefined || !n || !exp || !sid || !mac || !/^[0-9]{1,15}$/.test(exp) || Number(exp) <= now || this.revoked.has(sid)) continue;
+      if (extra !== undefined || !n || !exp || !sid || !mac || !/^[0-9]{1,15}$/.test(exp) || Number(exp) <= now) continue;
       const name = unb64u(n);
       const dev = developers(this.backend.document()).find((d) => d.name === name);
       if (!dev) continue;
-      if (!equal(mac, this.mac(c.acc, 's', name, exp, sid, String(dev.cred['password_hash'])))) continue;
+      if (!equal(mac, this.sessionMac(c.acc, dev.name, exp, sid, dev.cred))) continue;
       return { dev, sid, csrf: this.mac(c.acc, 'csrf', sid), exp: Number(exp) };
     }
     return null;
   }
 
-  private startSession(c: Ctx, name: string, passwordHash: string): string {
+  /** A session's MAC: over its name, expiry and id, the password hash and the session epoch (sign-out raises it). */
+  private sessionMac(acc: AccountSettings, name: string, exp: string, sid: string, cred: Obj): string {
+    const epoch = typeof cred['session_epoch'] === 'number' ? cred['session_epoch'] : 0;
+    // (epoch 0 is left out: sessions made before epochs existed stay good)
+    return epoch === 0 ? this.mac(acc, 's', name, exp, sid, String(cred['password_hash'])) : this.mac(acc, 's', name, exp, sid, String(cred['password_hash']), `e${epoch}`);
+  }
+
+  private startSession(c: Ctx, name: string, cred: Obj): string {
     const exp = this.now() + c.acc.sessionTtlMs;
     const sid = randomBytes(16).toString('base64url');
-    const token = `${b64u(name)}.${exp}.${sid}.${this.mac(c.acc, 's', name, String(exp), sid, passwordHash)}`;
+    const token = `${b64u(name)}.${exp}.${sid}.${this.sessionMac(c.acc, name, String(exp), sid, cred)}`;
     return `${COOKIE}=${token}; Path=${c.base}/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(c.acc.sessionTtlMs / 1000)}${c.r.tls ? '; Secure' : ''}`;
   }
 
-  private endSession(c: Ctx): string {
-    const now = this.now();
-    if (this.revoked.size % 1024 === 1023) for (const [sid, exp] of this.revoked) if (exp <= now) this.revoked.delete(sid);
-    // (bounded: past the cap the oldest revocations go, whose sessions are the nearest to expiring anyway)
-    if (this.revoked.size >= 200_000) this.revoked.delete(this.revoked.keys().next().value!);
-    if (c.session) this.revoked.set(c.session.sid, c.session.exp);
+  private clearCookie(c: Ctx): string {
     return `${COOKIE}=; Path=${c.base}/; HttpOnly; SameSite=Strict; Max-Age=0${c.r.tls ? '; Secure' : ''}`;
   }
 
@@ -324,7 +328,7 @@ export class AccountService {
     });
     this.log.info({ consumer: name, approval: acc.approval }, 'portal: a developer signed up');
     if (acc.verification) await this.sendVerification(acc, name, email);
-    return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, name, hash), 'cache-control': 'no-store' }, body: '' };
+    return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, name, { password_hash: hash }), 'cache-control': 'no-store' }, body: '' };
   }
 
   private async login(c: Ctx): Promise<AccountResponse> {
@@ -348,11 +352,27 @@ export class AccountService {
     if (!ok || !dev) return c.loginForm(401, 'Wrong email or password.', email);
     this.loginByIp.refund(r.clientIp);
     this.loginByEmail.refund(email);
-    return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, dev.name, String(dev.cred['password_hash'])), 'cache-control': 'no-store' }, body: '' };
+    return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, dev.name, dev.cred), 'cache-control': 'no-store' }, body: '' };
   }
 
-  private logout(c: Ctx): AccountResponse {
-    return { status: 303, headers: { location: `${c.base}/login`, 'set-cookie': this.endSession(c), 'cache-control': 'no-store' }, body: '' };
+  /**
+   * Sign-out: the developer's session epoch goes up in the config store (every session of
+   * theirs ends, on every node, across restarts), then the cookie is cleared. Past 30 a hour
+   * (each is a revision) only this browser's cookie is cleared, and the page says so.
+   */
+  private async logout(c: Ctx): Promise<AccountResponse> {
+    const name = c.session!.dev.name;
+    const now = this.now();
+    const cleared = { location: `${c.base}/login`, 'set-cookie': this.clearCookie(c), 'cache-control': 'no-store' };
+    if (this.signOuts.blocked(name, now)) {
+      return { ...c.message(429, 'Signed out here only', 'You are signed out in this browser, but you signed out too often in the last hour to end your other sessions; sign out again later.'), headers: { ...PAGE_HEADERS, 'set-cookie': cleared['set-cookie'] } };
+    }
+    this.signOuts.hit(name, now);
+    await this.backend.edit(name, 'portal: signed out (every session ended)', (doc) => {
+      const { cred } = developerIn(doc, name);
+      cred['session_epoch'] = (typeof cred['session_epoch'] === 'number' ? cred['session_epoch'] : 0) + 1;
+    });
+    return { status: 303, headers: cleared, body: '' };
   }
 
   // ---- keys ----

@@ -42,4 +42,5 @@ export const PortalCredential = Type.Object({
   verified: Type.Optional(Type.Boolean({ default: true, description: 'false: the email is not verified yet (as approved: false).' })),
   requested_plan: Type.Optional(PLAN_NAME),
   created_at: Type.Optional(Type.String({ maxLength: 40 })),
+  session_epoch: Type.Optional(Type.Integer({ minimum: 0, maximum: 1e15, description: 'Raised by every sign-out: the sessions made before it end on every node (absent: 0).' })),
 }, { additionalProperties: false });
