@@ -511,11 +511,21 @@ test('login and sign-up: generic 401, per-address limit (429 on the 11th), 409 o
   const eleventh = await post(g1, '/login', { email: E.email, password: 'wrong-password-x' }, { from: '127.0.0.2' });
   assert.equal(eleventh.status, 429);
   assert.match(eleventh.body, /Too many failed attempts/);
-  assert.equal((await post(g1, '/login', { email: A.email, password: A.password }, { from: '127.0.0.2' })).status, 429, 'the address is held, whatever the account');
+  const other = await post(g1, '/login', { email: A.email, password: A.password }, { from: '127.0.0.2' });
+  assert.equal(other.status, 429, 'the address is held, whatever the account');
+  assert.match(other.body, /try again in \d+ seconds/, 'the address is held for the rest of its minute');
+  assert.ok(Number(other.headers['retry-after']) <= 60, String(other.headers['retry-after']));
   // another address logs in to another account
   assert.equal((await post(g1, '/login', { email: B.email, password: B.password }, { from: '127.0.0.3' })).status, 303);
-  // and E's email itself is held for a while (10 failures per email), from any address
-  assert.equal((await post(g1, '/login', { email: E.email, password: E.password }, { from: '127.0.0.4' })).status, 429);
+  // and E's email is held for a while (10 failures per email) from that network (/24), and the page says how long
+  const held = await post(g1, '/login', { email: E.email, password: E.password }, { from: '127.0.0.4' });
+  assert.equal(held.status, 429);
+  assert.match(held.body, /try again in 1[45] minutes/);
+  assert.ok(Number(held.headers['retry-after']) > 800, String(held.headers['retry-after']));
+  assert.match(eleventh.body, /try again in 1[45] minutes/, 'the longer of the two holds (address: 1 min, email from this network: 15 min)');
+  // but not from elsewhere: the owner (another network) signs in; failures there count on their own
+  assert.equal((await post(g1, '/login', { email: E.email, password: E.password }, { from: '127.0.1.4' })).status, 303, 'the owner is not locked out');
+  assert.equal((await post(g1, '/login', { email: E.email, password: 'wrong-password-y' }, { from: '127.0.1.5' })).status, 401);
   assert.equal((await get(g1, '/account', E.cookie)).status, 200, 'an existing session is not ended by the failures');
 
   // sign-up with an existing email, any case

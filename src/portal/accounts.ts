@@ -28,6 +28,7 @@ import type { AccountSettings, PortalSettings } from './catalog.js';
 import { esc, page, SECURITY } from './html.js';
 import { hashPasswordAsync, parseHash, verifyPassword } from '../plugins/basic-auth/hash.js';
 import { signature, SIGNATURE_HEADER } from '../scaling/webhook.js';
+import { ipNetwork } from '../core/forwarded.js';
 
 type Obj = Record<string, unknown>;
 
@@ -100,8 +101,13 @@ class Limiter {
 
   /** Whether `key` is over the limit now (does not count). */
   blocked(key: string, now: number): boolean {
+    return this.wait(key, now) > 0;
+  }
+
+  /** Milliseconds until `key` may try again (0: now). */
+  wait(key: string, now: number): number {
     const h = this.hits.get(key);
-    return h !== undefined && h.until > now && h.n >= this.max;
+    return h !== undefined && h.until > now && h.n >= this.max ? h.until - now : 0;
   }
 
   hit(key: string, now: number): void {
@@ -175,6 +181,10 @@ export class AccountService {
   private readonly ownSecret = randomBytes(32).toString('base64url');
   private readonly signupHits = new Map<string, { n: number; until: number }>();
   private readonly loginByIp = new Limiter(10, 60_000);
+  /**
+   * Per email and client network (IPv4 /24, IPv6 /64): wrong passwords for an email from one
+   * place do not lock its owner out elsewhere.
+   */
   private readonly loginByEmail = new Limiter(10, 15 * 60_000);
   private readonly resends = new Limiter(5, 3_600_000);
   /** Key and plan changes per developer (each is a config revision on every node). */
@@ -336,12 +346,18 @@ export class AccountService {
     const email = (form!.get('email') ?? '').trim().toLowerCase().slice(0, 254);
     const password = form!.get('password') ?? '';
     const now = this.now();
-    if (this.loginByIp.blocked(r.clientIp, now) || this.loginByEmail.blocked(email, now)) return c.loginForm(429, 'Too many failed attempts; wait a minute and try again.', email);
+    const emailKey = `${email} ${ipNetwork(r.clientIp, 24)}`;
+    const wait = Math.max(this.loginByIp.wait(ipNetwork(r.clientIp), now), this.loginByEmail.wait(emailKey, now));
+    if (wait > 0) {
+      const s = Math.ceil(wait / 1000);
+      const res = c.loginForm(429, `Too many failed attempts; try again in ${s < 90 ? `${s} seconds` : `${Math.ceil(s / 60)} minutes`}.`, email);
+      return { ...res, headers: { ...res.headers, 'retry-after': String(s) } };
+    }
     const dev = developers(this.backend.document()).find((d) => d.email === email);
     const parsed = dev ? parseHash(String(dev.cred['password_hash'])) : null;
     // Counted before the scrypt (concurrent attempts all count), taken back when right.
-    this.loginByIp.hit(r.clientIp, now);
-    this.loginByEmail.hit(email, now);
+    this.loginByIp.hit(ipNetwork(r.clientIp), now);
+    this.loginByEmail.hit(emailKey, now);
     let ok = false;
     if (password.length <= MAX_PASSWORD) {
       // (an unknown email costs the same scrypt as a known one)
@@ -350,8 +366,8 @@ export class AccountService {
       ok = (await verifyPassword(password, h)) && parsed !== null;
     }
     if (!ok || !dev) return c.loginForm(401, 'Wrong email or password.', email);
-    this.loginByIp.refund(r.clientIp);
-    this.loginByEmail.refund(email);
+    this.loginByIp.refund(ipNetwork(r.clientIp));
+    this.loginByEmail.refund(emailKey);
     return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, dev.name, dev.cred), 'cache-control': 'no-store' }, body: '' };
   }
 
