@@ -558,6 +558,11 @@ test('login and sign-up: generic 401, per-address limit (429 on the 11th), 409 o
   assert.equal((await post(g1, '/login', { email: 'big@example.com', password: 'long-enough-password' })).status, 401, 'the refused sign-up made no account');
   // other methods
   assert.equal((await http(`${g1.proxy}/portal/signup`, { method: 'PUT', headers: { 'content-type': FORM }, body: 'x=1' })).status, 405);
+  // a password typed in decomposed form (NFD): it signs up, and the same bytes sign in (so does its NFC form)
+  const nfd = 'pa\u0301ssword-with-o\u0308-accents';
+  const N = await signup(g1, 'nfd.password@example.com', nfd, '127.0.2.1');
+  assert.equal((await post(g1, '/login', { email: N.email, password: nfd }, { from: '127.0.2.1' })).status, 303, 'the same bytes');
+  assert.equal((await post(g1, '/login', { email: N.email, password: nfd.normalize('NFC') }, { from: '127.0.2.1' })).status, 303, 'the composed form');
 });
 
 test('races: concurrent key requests never exceed max_keys; concurrent sign-ups with one email make one account', async () => {

@@ -6,7 +6,7 @@ import { parseConfigText } from '../../config/load.js';
 import { compile } from '../../config/compile.js';
 import { PoolRegistry } from '../../upstream/pools.js';
 import { consumerId } from '../pipeline.js';
-import { hashPassword, parseHash, verifyPassword } from './hash.js';
+import { hashPassword, hashPasswordAsync, parseHash, verifyPassword } from './hash.js';
 import { request, startGateway, startUpstream, type SimpleResponse, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
 
 const T = { timeout: 20_000 };
@@ -201,6 +201,13 @@ test('after compile the loaded config holds password_hash, never the plain passw
   assert.ok(parsed);
   assert.equal(await verifyPassword('correct horse battery', parsed), true);
   assert.equal(await verifyPassword('correct horse batterY', parsed), false);
+  // Hashes are made in NFC; checks too: the decomposed form of a password matches either way.
+  const nfd = 'pass-cafe\u0301-wo\u0308rd';
+  for (const made of [hashPassword(nfd), await hashPasswordAsync(nfd), hashPassword(nfd.normalize('NFC'))]) {
+    assert.equal(await verifyPassword(nfd, parseHash(made)!), true);
+    assert.equal(await verifyPassword(nfd.normalize('NFC'), parseHash(made)!), true);
+    assert.equal(await verifyPassword('pass-cafe-word', parseHash(made)!), false);
+  }
   // A given password_hash is kept as it is.
   assert.equal((loaded.config.consumers![1]!.credentials![0] as Record<string, unknown>)['password_hash'], BOB_HASH);
 });

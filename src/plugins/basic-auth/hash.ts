@@ -23,10 +23,13 @@ export function parseHash(s: string): ParsedHash | null {
   return { N, r, p, salt: Buffer.from(m[4]!, 'base64'), hash };
 }
 
-/** Checks a password against a parsed hash on libuv's thread pool (never on the event loop). */
+/**
+ * Checks a password against a parsed hash on libuv's thread pool (never on the event loop), in
+ * Unicode NFC as the hashes are made: the decomposed (NFD) form of a password still matches.
+ */
 export function verifyPassword(password: string, h: ParsedHash): Promise<boolean> {
   return new Promise((resolve, reject) => {
-    scrypt(password, h.salt, h.hash.length, { N: h.N, r: h.r, p: h.p, maxmem: 256 * h.N * h.r + 1024 * 1024 }, (err, out) => {
+    scrypt(password.normalize('NFC'), h.salt, h.hash.length, { N: h.N, r: h.r, p: h.p, maxmem: 256 * h.N * h.r + 1024 * 1024 }, (err, out) => {
       if (err) reject(err);
       else resolve(timingSafeEqual(out, h.hash));
     });

@@ -83,9 +83,10 @@ export default definePlugin({
         const colon = decoded.indexOf(':');
         if (colon === -1) return { ok: false, missing: false, challenge, detail: 'malformed Basic credentials' };
         // Compared in Unicode NFC (RFC 7617 §2.1 prepares both with PRECIS, RFC 8265, which
-        // applies NFC): a client sending the decomposed form of a name or password still matches.
+        // applies NFC): a client sending the decomposed form of a name or password still matches
+        // (verifyPassword normalizes the password).
         const username = decoded.slice(0, colon).normalize('NFC');
-        const password = decoded.slice(colon + 1).normalize('NFC');
+        const password = decoded.slice(colon + 1);
         const key = createHmac('sha256', cacheKey).update(decoded).digest('base64');
         const ok = (consumer: Consumer): AuthOutcome => {
           if (config.hide_credentials) ctx.removeUpstreamHeader('authorization');
