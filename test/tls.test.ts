@@ -347,6 +347,29 @@ services: [{name: s, url: "${up.url}", routes: [{paths: [/]}]}]
       s.setTimeout(3000, () => { s.destroy(); resolve('timeout'); });
     });
     assert.equal(outcome, 'refused');
+
+test('portal pages over TLS (or from a trusted proxy that says https) carry Strict-Transport-Security; over plain HTTP they do not', async () => {
+  const a = ca.issue('a.test');
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+trusted_proxies: [127.0.0.1/32]
+tls: {certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]}
+portal: {enabled: true}
+services: [{name: s, url: ${up.url}, published: true, routes: [{paths: [/s]}]}]
+`);
+  try {
+    for (const path of ['/portal/', '/portal/apis/s', '/portal/apis/s/openapi.json', '/portal/apis/nope']) {
+      const r = await httpsGet(t.gw.tlsAddress!.port, path, { servername: 'a.test', headers: { host: 'a.test' } });
+      assert.equal(r.headers['strict-transport-security'], 'max-age=31536000', `${path}: ${r.status}`);
+    }
+    const plain = await request(`${t.url}/portal/`);
+    assert.equal(plain.status, 200);
+    assert.equal(plain.headers['strict-transport-security'], undefined);
+    const proxied = await request(`${t.url}/portal/`, { headers: { 'x-forwarded-proto': 'https' } });
+    assert.equal(proxied.headers['strict-transport-security'], 'max-age=31536000');
+    // Not on proxied (upstream) responses: the gateway does not decide an upstream's HSTS.
+    const api = await httpsGet(t.gw.tlsAddress!.port, '/s', { servername: 'a.test', headers: { host: 'a.test' } });
+    assert.equal(api.headers['strict-transport-security'], undefined);
   } finally {
     await t.close();
   }

@@ -8,6 +8,9 @@ export const SECURITY: Readonly<Record<string, string>> = {
   'x-frame-options': 'DENY',
 };
 
+/** On every portal answer that reached the client over TLS (the gateway's own, or a trusted proxy's: X-Forwarded-Proto https). */
+export const HSTS: Readonly<Record<string, string>> = { 'strict-transport-security': 'max-age=31536000' };
+
 const STYLE = [
   'body{font:16px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1a1a1a}',
   'a{color:#0b4fa8}code{background:#f1f3f5;padding:.1rem .3rem;border-radius:3px}',

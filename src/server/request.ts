@@ -6,6 +6,7 @@
  */
 import { answerAccount, answerPortal, isPortalPath } from '../portal/handler.js';
 import { isAccountPath, type AccountRequest, type AccountResponse } from '../portal/accounts.js';
+import { HSTS } from '../portal/html.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
@@ -359,12 +360,13 @@ export function handleRequest(
   const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
   // The developer portal (portal.enabled) answers its own paths (on its hosts), before any route.
   if (snap.portal !== null && isPortalPath(snap.portal, path) && (snap.portal.hosts === null || snap.portal.hosts.has(hostKey))) {
-    const extra = { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) };
+    const tls = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
+    // Over TLS, the portal's pages (catalog and accounts) tell the browser to stay on HTTPS.
+    const extra = { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}), ...(tls ? HSTS : {}) };
     const rest = path.slice(snap.portal.base.length);
     if (snap.portal.accounts !== null && isAccountPath(rest)) {
       // Developer accounts: answered where the config store is (this process, or the primary).
       const hasBody = te !== undefined || (cl !== undefined && cl !== '0') || (h2 && cl === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders);
-      const tls = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
       answerAccount(ctx.portalAccounts ?? null, req, res, {
         method, path: rest, query: query.slice(1), host, tls,
         clientIp: p.trusted ? clientIp(p.peer, xff, snap.trusted) : p.peer,
