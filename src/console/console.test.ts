@@ -257,3 +257,19 @@ test('per token: 1000 sign-ins with the read-only token end only its own oldest 
   assert.equal(mine.status, 200);
   for (const s of [...streams, mine]) s.close();
 });
+
+test('two tp_console cookies in one request are no session (cookie tossing from a sibling origin)', async () => {
+  const { cookieValue } = await import('./session.js');
+  const id = 'a'.repeat(43);
+  assert.equal(cookieValue(`x=1; tp_console=${id}; y=2`, 'tp_console'), id);
+  assert.equal(cookieValue(`tp_console=${id}; tp_console=${'b'.repeat(43)}`, 'tp_console'), null);
+  assert.equal(cookieValue(`tp_console=${id}; tp_console=${id}`, 'tp_console'), null);
+  const sessions = gw.gw.console!.sessions;
+  const mine = sessions.create({ name: 'ops', role: 'admin' }, ADMIN);
+  const tossed = sessions.create({ name: 'viewer', role: 'read-only' }, READER);
+  assert.equal((await request(`${admin}/console/api/session`, { headers: { cookie: `tp_console=${mine.id}` } })).status, 200);
+  for (const cookie of [`tp_console=${tossed.id}; tp_console=${mine.id}`, `tp_console=${mine.id}; tp_console=${tossed.id}`]) {
+    assert.equal((await request(`${admin}/console/api/session`, { headers: { cookie } })).status, 401, cookie);
+    assert.equal((await request(`${admin}/metrics`, { headers: { cookie } })).status, 401);
+  }
+});

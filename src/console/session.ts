@@ -111,16 +111,21 @@ export class SessionStore {
   }
 }
 
-/** One cookie's value from a Cookie header (null when absent). */
+/**
+ * One cookie's value from a Cookie header (null when absent). Given more than once, it is no
+ * value at all: a sibling origin can set a second cookie of that name (cookie tossing, another
+ * Path or Domain), and which one the browser sends first is not ours to choose.
+ */
 export function cookieValue(header: string | undefined, name: string): string | null {
   if (!header) return null;
+  let found: string | null = null;
   for (const part of header.split(';')) {
     const i = part.indexOf('=');
     if (i < 0) continue;
     if (part.slice(0, i).trim() === name) {
-      const v = part.slice(i + 1).trim();
-      return /^[A-Za-z0-9_-]{20,100}$/.test(v) ? v : null;
+      if (found !== null) return null;
+      found = part.slice(i + 1).trim();
     }
   }
-  return null;
+  return found !== null && /^[A-Za-z0-9_-]{20,100}$/.test(found) ? found : null;
 }

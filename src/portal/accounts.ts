@@ -270,20 +270,25 @@ export class AccountService {
     return createHmac('sha256', this.secret(acc)).update(parts.join('\n')).digest('base64url');
   }
 
+  /**
+   * The request's session: its one `tp_portal` cookie. Two or more are no session (a sibling
+   * origin can toss in a cookie of the same name for another Path or Domain, e.g. its own
+   * account's, and the browser's order is not ours to choose).
+   */
   private session(c: Ctx): Session | null {
     const now = this.now();
-    for (const part of (c.r.cookie ?? '').split(';')) {
+    const values = (c.r.cookie ?? '').split(';').filter((part) => {
       const eq = part.indexOf('=');
-      if (eq === -1 || part.slice(0, eq).trim() !== COOKIE) continue;
-      const [n, exp, sid, mac, extra] = part.slice(eq + 1).trim().split('.');
-      if (extra !== undefined || !n || !exp || !sid || !mac || !/^[0-9]{1,15}$/.test(exp) || Number(exp) <= now) continue;
-      const name = unb64u(n);
-      const dev = developers(this.backend.document()).find((d) => d.name === name);
-      if (!dev) continue;
-      if (!equal(mac, this.sessionMac(c.acc, dev.name, exp, sid, dev.cred))) continue;
-      return { dev, sid, csrf: this.mac(c.acc, 'csrf', sid), exp: Number(exp) };
-    }
-    return null;
+      return eq !== -1 && part.slice(0, eq).trim() === COOKIE;
+    }).map((part) => part.slice(part.indexOf('=') + 1).trim());
+    if (values.length !== 1) return null;
+    const [n, exp, sid, mac, extra] = values[0]!.split('.');
+    if (extra !== undefined || !n || !exp || !sid || !mac || !/^[0-9]{1,15}$/.test(exp) || Number(exp) <= now) return null;
+    const name = unb64u(n);
+    const dev = developers(this.backend.document()).find((d) => d.name === name);
+    if (!dev) return null;
+    if (!equal(mac, this.sessionMac(c.acc, dev.name, exp, sid, dev.cred))) return null;
+    return { dev, sid, csrf: this.mac(c.acc, 'csrf', sid), exp: Number(exp) };
   }
 
   /** A session's MAC: over its name, expiry and id, the password hash and the session epoch (sign-out raises it). */

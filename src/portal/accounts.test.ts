@@ -1,0 +1,42 @@
+/** AccountService in process, with an in-memory document as its store (the CLI-level tests: test/portal-accounts.test.ts). */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AccountService, type AccountRequest } from './accounts.js';
+import type { PortalSettings } from './catalog.js';
+
+const settings: PortalSettings = {
+  base: '/portal', hosts: null, title: 'Portal', description: '', apis: [],
+  accounts: { defaultPlan: null, plans: [], approval: 'auto', planApproval: 'auto', secret: 'unit-secret-0123456789abcdefghij', sessionTtlMs: 3_600_000, maxKeys: 3, signupsPerHour: 100, verification: null },
+};
+
+function service() {
+  let doc: Record<string, unknown> = { consumers: [] };
+  const accounts = new AccountService(
+    { document: () => doc, readOnly: () => null, edit: async (_actor, _action, change) => { const copy = structuredClone(doc); change(copy); doc = copy; } },
+    { settings: () => settings, usage: async () => ({ quotas: [], last_hour: null, last_day: null }) },
+    { info() {}, warn() {}, error() {} },
+  );
+  const call = (method: string, path: string, opts: { cookie?: string; body?: Record<string, string> } = {}) => accounts.handle({
+    method, path, query: '', host: 'dev.test', tls: false, clientIp: '192.0.2.1', cookie: opts.cookie,
+    contentType: opts.body ? 'application/x-www-form-urlencoded' : undefined, body: opts.body ? new URLSearchParams(opts.body).toString() : '',
+  } satisfies AccountRequest);
+  return { call };
+}
+
+const cookieOf = (headers: Record<string, string | string[]>) => String(headers['set-cookie']).split(';')[0]!;
+
+test('two tp_portal cookies in one request are no session (cookie tossing from a sibling origin), whichever comes first', async () => {
+  const { call } = service();
+  const a = await call('POST', '/signup', { body: { email: 'victim@example.com', password: 'victim-password-01' } });
+  const b = await call('POST', '/signup', { body: { email: 'attacker@example.com', password: 'attacker-password-1' } });
+  assert.equal(a.status, 303);
+  assert.equal(b.status, 303);
+  const [ca, cb] = [cookieOf(a.headers), cookieOf(b.headers)];
+  assert.equal((await call('GET', '/account', { cookie: ca })).status, 200);
+  assert.equal((await call('GET', '/account', { cookie: `x=1; ${ca}; y=2` })).status, 200, 'one tp_portal among other cookies');
+  for (const cookie of [`${cb}; ${ca}`, `${ca}; ${cb}`, `${ca}; tp_portal=garbage`, `tp_portal=; ${ca}`]) {
+    const r = await call('GET', '/account', { cookie });
+    assert.equal(r.status, 303, cookie);
+    assert.equal(r.headers['location'], '/portal/login');
+  }
+});
