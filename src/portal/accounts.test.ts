@@ -40,3 +40,29 @@ test('two tp_portal cookies in one request are no session (cookie tossing from a
     assert.equal(r.headers['location'], '/portal/login');
   }
 });
+
+test('sign-out raises the developer\'s session epoch in the store: every session ends; past 30 sign-outs an hour only the cookie is cleared (429, said so)', async () => {
+  const { call } = service();
+  const email = 'epoch-unit@example.com';
+  const password = 'epoch-unit-password-1';
+  const first = cookieOf((await call('POST', '/signup', { body: { email, password } })).headers);
+  const login = async () => cookieOf((await call('POST', '/login', { body: { email, password } })).headers);
+  const csrfOf = async (cookie: string) => /name="csrf" value="([^"]+)"/.exec((await call('GET', '/account', { cookie })).body)![1]!;
+  const second = await login();
+  const out = await call('POST', '/logout', { cookie: second, body: { csrf: await csrfOf(second) } });
+  assert.equal(out.status, 303);
+  assert.match(String(out.headers['set-cookie']), /^tp_portal=;.*Max-Age=0/);
+  assert.equal((await call('GET', '/account', { cookie: second })).status, 303);
+  assert.equal((await call('GET', '/account', { cookie: first })).status, 303, 'the other session ended too');
+  for (let i = 1; i < 30; i++) {
+    const c = await login();
+    assert.equal((await call('POST', '/logout', { cookie: c, body: { csrf: await csrfOf(c) } })).status, 303, `sign-out ${i + 1}`);
+  }
+  const c = await login();
+  const other = await login();
+  const limited = await call('POST', '/logout', { cookie: c, body: { csrf: await csrfOf(c) } });
+  assert.equal(limited.status, 429);
+  assert.match(String(limited.headers['set-cookie']), /^tp_portal=;.*Max-Age=0/, 'the cookie is cleared all the same');
+  assert.match(limited.body, /signed out in this browser/);
+  assert.equal((await call('GET', '/account', { cookie: other })).status, 200, 'no revision: other sessions stay');
+});
