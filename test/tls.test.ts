@@ -347,6 +347,10 @@ services: [{name: s, url: "${up.url}", routes: [{paths: [/]}]}]
       s.setTimeout(3000, () => { s.destroy(); resolve('timeout'); });
     });
     assert.equal(outcome, 'refused');
+  } finally {
+    await t.close();
+  }
+});
 
 test('portal pages over TLS (or from a trusted proxy that says https) carry Strict-Transport-Security; over plain HTTP they do not', async () => {
   const a = ca.issue('a.test');
