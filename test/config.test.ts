@@ -428,3 +428,30 @@ services:
     void pools.closeAll();
   }
 });
+
+test('durations that run timers are at most 24d (setTimeout turns longer ones into 1 ms: a 30d probe interval probed in a loop)', () => {
+  const long = issuesOf(`dns: {refresh: 25d}
+services:
+  - name: s
+    timeouts: {read: 30d}
+    upstream:
+      targets: [{url: "http://127.0.0.1:9001"}]
+      healthcheck:
+        active: {path: /health, interval: 30d}
+        passive: {failures: 1, ejection: 30d}
+    circuit_breaker: {open_for: 2147483648}
+`);
+  assert.deepEqual(long.map((i) => i.path).sort(), [
+    'dns.refresh', 'services[0].circuit_breaker.open_for', 'services[0].timeouts.read',
+    'services[0].upstream.healthcheck.active.interval', 'services[0].upstream.healthcheck.passive.ejection',
+  ]);
+  for (const i of long) assert.match(i.message, /at most 24d/);
+  // 24d and longer non-timer durations (hsts, quotas) are fine.
+  assert.deepEqual(issuesOf(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:9001"}]\n      healthcheck: {active: {path: /h, interval: 24d}}\n`), []);
+});
+
+test('a health probe Host with line breaks or spaces is a config error (it made every probe fail silently)', () => {
+  const bad = issuesOf('services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:9001"}]\n      healthcheck: {active: {path: /h, host: "a\\r\\nX-Evil: 1"}}\n');
+  assert.equal(bad[0]?.path, 'services[0].upstream.healthcheck.active.host');
+  assert.deepEqual(issuesOf('services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:9001"}]\n      healthcheck: {active: {path: /h, host: "api.internal:8443"}}\n'), []);
+});

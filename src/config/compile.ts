@@ -247,11 +247,14 @@ const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
 const DEFAULT_RETRY_ON = ['connect-error'];
 
 
+/** The longest delay setTimeout keeps (2^31-1 ms, ~24.8 days); longer ones fire after 1 ms. */
+const MAX_TIMER_MS = 2_147_483_647;
+
 export function dnsSettings(cfg: TurnpikeConfigInput): DnsSettings {
   return {
     servers: cfg.dns?.servers ?? null,
-    refreshMs: Math.max(100, parseDuration(cfg.dns?.refresh ?? '30s')),
-    timeoutMs: Math.max(1, parseDuration(cfg.dns?.timeout ?? '2s')),
+    refreshMs: Math.min(MAX_TIMER_MS, Math.max(100, parseDuration(cfg.dns?.refresh ?? '30s'))),
+    timeoutMs: Math.min(MAX_TIMER_MS, Math.max(1, parseDuration(cfg.dns?.timeout ?? '2s'))),
   };
 }
 
@@ -290,6 +293,17 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const cfg: TurnpikeConfigInput = loaded.config;
   const issues: { path: PathSegment[]; message: string }[] = [];
   const fail = (path: PathSegment[], message: string) => issues.push({ path, message });
+  // A duration that runs a timer: setTimeout turns anything past 2^31-1 ms into 1 ms (an
+  // interval of 30d would probe in a loop), so longer is a config error.
+  const timer = (path: PathSegment[], value: number | string): number => {
+    const ms = parseDuration(value);
+    if (ms > MAX_TIMER_MS) fail(path, 'must be at most 24d (2147483647 ms, the longest timer)');
+    return Math.min(ms, MAX_TIMER_MS);
+  };
+  for (const k of ['refresh', 'timeout'] as const) {
+    const v = cfg.dns?.[k];
+    if (v !== undefined) timer(['dns', k], v);
+  }
 
   const listen = parseAddress(cfg.listen ?? DEFAULTS.listen);
   if (listen.port > 65535) fail(['listen'], `port ${listen.port} is out of range`);
@@ -336,10 +350,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   if (limits.maxHeaderSize < 256) fail(['limits', 'max_header_size'], 'must be at least 256 bytes');
   const to = { ...DEFAULTS.timeouts, ...cfg.timeouts };
   const timeouts: ServerTimeouts = {
-    clientHeader: parseDuration(to.client_header),
-    clientBody: parseDuration(to.client_body),
-    keepAlive: parseDuration(to.keepalive),
-    drain: parseDuration(to.drain),
+    clientHeader: timer(['timeouts', 'client_header'], to.client_header),
+    clientBody: timer(['timeouts', 'client_body'], to.client_body),
+    keepAlive: timer(['timeouts', 'keepalive'], to.keepalive),
+    drain: timer(['timeouts', 'drain'], to.drain),
   };
 
   const baseDir = loaded.file ? dirname(resolve(loaded.file)) : process.cwd();
@@ -369,7 +383,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       hsts: hsts ? hstsValue(Math.floor(parseDuration(hsts.max_age ?? '365d') / 1000), hsts.include_subdomains ?? false, hsts.preload ?? false) : null,
       redirect: t.redirect_http ? t.redirect_status ?? 308 : null,
       watch: t.watch ?? true,
-      handshakeTimeout: parseDuration(t.handshake_timeout ?? '10s'),
+      handshakeTimeout: timer(['tls', 'handshake_timeout'], t.handshake_timeout ?? '10s'),
       requestCert: t.client_ca !== undefined,
     };
   }
@@ -380,8 +394,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     maxConcurrentStreams: h2.max_concurrent_streams ?? 100,
     maxHeaderListSize: h2.max_header_list_size !== undefined ? parseSize(h2.max_header_list_size) : limits.maxHeaderSize + limits.maxUriLength,
     maxResets: h2.max_resets ?? 200,
-    resetWindow: parseDuration(h2.reset_window ?? '10s'),
-    idleTimeout: parseDuration(h2.idle_timeout ?? '75s'),
+    resetWindow: timer(['http2', 'reset_window'], h2.reset_window ?? '10s'),
+    idleTimeout: timer(['http2', 'idle_timeout'], h2.idle_timeout ?? '75s'),
   };
 
   // The config's hash is taken first: compiling may rewrite parts of it in place (basic-auth
@@ -500,8 +514,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const serviceBindings = plugins.bind(s.plugins, 'service', [...sp, 'plugins']);
 
     const t = { ...DEFAULTS.service, ...s.timeouts };
-    const response = parseDuration(t.response);
-    const timeoutsMs = { connect: parseDuration(t.connect), response, read: parseDuration(t.read), total: t.total === undefined ? response : parseDuration(t.total) };
+    const tp = [...sp, 'timeouts'];
+    const response = timer([...tp, 'response'], t.response);
+    const timeoutsMs = { connect: timer([...tp, 'connect'], t.connect), response, read: timer([...tp, 'read'], t.read), total: t.total === undefined ? response : timer([...tp, 'total'], t.total) };
     if (timeoutsMs.total < timeoutsMs.response) fail([...sp, 'timeouts', 'total'], 'must be at least timeouts.response (it bounds all attempts together)');
 
     let upstreamTls: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; servername?: string; id: string } | undefined;
@@ -581,8 +596,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const hc = up?.healthcheck;
     const active: ActiveConfig | null = hc?.active ? {
       path: hc.active.path,
-      interval: parseDuration(hc.active.interval ?? '5s'),
-      timeout: parseDuration(hc.active.timeout ?? '2s'),
+      interval: timer([...sp, 'upstream', 'healthcheck', 'active', 'interval'], hc.active.interval ?? '5s'),
+      timeout: timer([...sp, 'upstream', 'healthcheck', 'active', 'timeout'], hc.active.timeout ?? '2s'),
       healthy: hc.active.healthy ?? 2,
       unhealthy: hc.active.unhealthy ?? 3,
       statuses: hc.active.statuses ? new Set(hc.active.statuses) : null,
@@ -592,8 +607,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (active && (active.timeout < 1 || active.timeout > active.interval)) fail([...sp, 'upstream', 'healthcheck', 'active', 'timeout'], 'must be between 1ms and the interval');
     let passive: PassiveConfig | null = null;
     if (hc?.passive) {
-      const ejection = parseDuration(hc.passive.ejection ?? '30s');
-      const maxEjection = hc.passive.max_ejection === undefined ? ejection * 10 : parseDuration(hc.passive.max_ejection);
+      const pp = [...sp, 'upstream', 'healthcheck', 'passive'];
+      const ejection = timer([...pp, 'ejection'], hc.passive.ejection ?? '30s');
+      const maxEjection = hc.passive.max_ejection === undefined ? Math.min(MAX_TIMER_MS, ejection * 10) : timer([...pp, 'max_ejection'], hc.passive.max_ejection);
       if (maxEjection < ejection) fail([...sp, 'upstream', 'healthcheck', 'passive', 'max_ejection'], 'must be at least the ejection time');
       passive = { failures: hc.passive.failures ?? 3, ejection, maxEjection, statuses: new Set(hc.passive.statuses ?? [500, 502, 503, 504]) };
     }
@@ -601,15 +617,15 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const cb = s.circuit_breaker;
     let bulkhead: CompiledService['bulkhead'] = null;
     if (cb?.max_concurrent !== undefined) {
-      bulkhead = { maxConcurrent: share(cb.max_concurrent), maxPending: share(cb.max_pending ?? 0), maxWait: parseDuration(cb.max_wait ?? '1s') };
+      bulkhead = { maxConcurrent: share(cb.max_concurrent), maxPending: share(cb.max_pending ?? 0), maxWait: timer([...sp, 'circuit_breaker', 'max_wait'], cb.max_wait ?? '1s') };
     } else if (cb?.max_pending !== undefined || cb?.max_wait !== undefined) fail([...sp, 'circuit_breaker'], 'max_pending and max_wait need max_concurrent');
     let circuit: CircuitConfig | null = null;
     if (cb && (cb.failure_ratio !== undefined || cb.min_requests !== undefined || cb.open_for !== undefined || cb.window !== undefined || cb.half_open_requests !== undefined)) {
       circuit = {
         failureRatio: cb.failure_ratio ?? 0.5,
         minRequests: cb.min_requests ?? 20,
-        window: parseDuration(cb.window ?? '10s'),
-        openFor: parseDuration(cb.open_for ?? '30s'),
+        window: timer([...sp, 'circuit_breaker', 'window'], cb.window ?? '10s'),
+        openFor: timer([...sp, 'circuit_breaker', 'open_for'], cb.open_for ?? '30s'),
         halfOpenRequests: cb.half_open_requests ?? 1,
       };
       if (circuit.window < 100) fail([...sp, 'circuit_breaker', 'window'], 'must be at least 100ms');
@@ -659,7 +675,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
         websocket: ws && {
           maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
-          idleTimeout: parseDuration(ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
+          idleTimeout: timer([...sp, 'routes', ri, 'websocket', 'idle_timeout'], ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
           origins: ws.origins ? new Set(ws.origins.map((o) => o.toLowerCase().replace(/\/$/, ''))) : null,
         },
         chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),

@@ -103,7 +103,7 @@ export const ActiveHealthcheck = Strict({
   statuses: Type.Optional(Type.Array(Type.Integer({ minimum: 100, maximum: 599 }), {
     minItems: 1, uniqueItems: true, description: 'Statuses that pass (default: 200-399).',
   })),
-  host: Type.Optional(Type.String({ description: 'Host header for probes (default: the target\'s).' })),
+  host: Type.Optional(Type.String({ pattern: '^[A-Za-z0-9._~%!$&\'()*+,;=:\\[\\]-]+$', description: 'Host header for probes (default: the target\'s): a host[:port].' })),
 }, { description: 'Active health checks: a GET to path every interval (default 5s, timeout 2s).' });
 
 export const PassiveHealthcheck = Strict({

@@ -307,6 +307,7 @@ export class HealthAuthority implements Reporter {
     if (!cfg || this.stopped) return;
     h.probing = true;
     let ok = false;
+    let why = '';
     try {
       const signal = AbortSignal.timeout(cfg.timeout);
       const res = await request(h.origin + cfg.path, {
@@ -321,8 +322,11 @@ export class HealthAuthority implements Reporter {
       // A body that stalls past the timeout fails the probe (dump rejects when the signal fires).
       await res.body.dump({ limit: 64 * 1024, signal });
       ok = statusOk;
-    } catch {
+      if (!ok) why = `status ${res.statusCode}`;
+    } catch (err) {
       ok = false;
+      const e = err as { code?: string; name?: string; message?: string };
+      why = e.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' ? `no answer within ${cfg.timeout} ms` : `${e.code ?? e.name ?? 'error'}: ${e.message ?? ''}`.slice(0, 200);
     }
     h.probing = false;
     if (this.targets.get(h.key) !== h || h.active !== cfg) {
@@ -339,8 +343,11 @@ export class HealthAuthority implements Reporter {
       }
     } else {
       h.probeOk = 0;
+      this.log?.debug({ target: h.key, path: cfg.path, reason: why }, 'health probe failed');
       if (++h.probeFail >= cfg.unhealthy && !h.activeDown) {
         h.activeDown = true;
+        // Why, once per transition (a TLS or header problem would otherwise be a silent outage).
+        this.log?.warn({ target: h.key, path: cfg.path, reason: why, failures: h.probeFail }, 'health probes fail: target taken down');
         this.update(h);
       }
     }
