@@ -242,3 +242,20 @@ test('round-robin skips a target the active health check marks down', { timeout:
     await c.close();
   }
 });
+
+test('consistent-hash weights stay proportional past 100 (1:1000 was flattened to about 1:100)', async () => {
+  const { createBalancer } = await import('../src/upstream/balancer.js');
+  type T = Parameters<typeof createBalancer>[1][number];
+  const target = (name: string, weight: number) => ({ origin: `http://${name}:80`, basePath: '', hostHeader: name, weight, state: { down: false } }) as unknown as T;
+  const light = target('light', 1);
+  const heavy = target('heavy', 1000);
+  const b = createBalancer('consistent-hash', [light, heavy]);
+  let onLight = 0;
+  for (let i = 0; i < 50_000; i++) if (b.pick(`key-${i}`, null) === light) onLight++;
+  // ideal 50,000 / 1001 = 50; the old per-target cap gave ~1:100 (~495)
+  assert.ok(onLight > 10 && onLight < 150, `${onLight} of 50,000 keys on the weight-1 target`);
+  const even = createBalancer('consistent-hash', [target('x', 3), target('y', 1)]);
+  let onX = 0;
+  for (let i = 0; i < 20_000; i++) if ((even.pick(`k${i}`, null) as unknown as { hostHeader: string }).hostHeader === 'x') onX++;
+  assert.ok(onX > 13_500 && onX < 16_500, `3:1 gives ${onX} of 20,000 to the weight-3 target`);
+});

@@ -84,13 +84,21 @@ export function fnv1a(s: string): number {
   return h >>> 0;
 }
 
+const MAX_RING_POINTS = 160_000;
+
 class ConsistentHash implements Balancer {
   private readonly points: Uint32Array;
   private readonly owners: Target[];
   constructor(targets: Target[]) {
     const ring: { p: number; t: Target }[] = [];
+    // 160 points per unit of weight, in proportion to the weights (as NGINX's hash ... consistent);
+    // past MAX_RING_POINTS every target is scaled by the same factor (a per-target cap would
+    // flatten 1:1000 to 1:100).
+    let total = 0;
+    for (const t of targets) total += 160 * t.weight;
+    const scale = total > MAX_RING_POINTS ? MAX_RING_POINTS / total : 1;
     for (const t of targets) {
-      const n = Math.min(160 * t.weight, 16_000);
+      const n = t.weight > 0 ? Math.max(1, Math.round(160 * t.weight * scale)) : 0;
       const id = t.origin + t.basePath;
       // Four points per md5 digest (ketama).
       for (let v = 0; v < n; v += 4) {
