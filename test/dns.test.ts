@@ -122,3 +122,28 @@ test('the system resolver: localhost resolves through /etc/hosts, every address 
     await up.close();
   }
 });
+
+test('a name that stops resolving is warned about once per outage, not every refresh; its return is said', async () => {
+  const zone = new Map<string, string[]>([['flaky.test', ['127.0.0.4']]]);
+  const dns = await startDns(zone);
+  const up = await startOn(['127.0.0.4']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 100ms, timeout: 200ms}\nservices:\n  - name: s\n    url: http://flaky.test:${up.port}\n    routes: [{paths: [/]}]\n`);
+  const log = (g.gw as unknown as { log: { warn: (...a: unknown[]) => void; info: (...a: unknown[]) => void } }).log;
+  const said: string[] = [];
+  const [warn, info] = [log.warn.bind(log), log.info.bind(log)];
+  log.warn = (...a: unknown[]) => { said.push(`warn ${String(a[1])}`); warn(...a); };
+  log.info = (...a: unknown[]) => { said.push(`info ${String(a[1])}`); info(...a); };
+  try {
+    zone.delete('flaky.test');
+    await sleep(1200);
+    assert.equal(said.filter((m) => /failed to resolve/.test(m)).length, 1, said.join('\n'));
+    assert.equal((await request(`${g.url}/x`)).status, 200, 'the last addresses are kept');
+    zone.set('flaky.test', ['127.0.0.4']);
+    await sleep(600);
+    assert.equal(said.filter((m) => /resolves again/.test(m)).length, 1, said.join('\n'));
+  } finally {
+    await g.close();
+    await up.close();
+    await dns.close();
+  }
+});

@@ -183,6 +183,8 @@ export class Gateway implements RequestContext {
   private h2: Http2Server | null = null;
   private tlsServer: TlsServer | null = null;
   private certs: CertStore | null = null;
+  /** Upstream names whose last refresh failed (their warning is logged once per outage). */
+  private dnsFailing = new Set<string>();
   private readonly sessions = new Set<ServerHttp2Session>();
   /** Plain connections whose first bytes are not read yet (h2c sniffing). */
   private readonly sniffing = new Set<Socket>();
@@ -471,7 +473,15 @@ export class Gateway implements RequestContext {
       if (names.length) {
         const next = this.dns.fork(this.dns.settings);
         const { changed, failed } = await next.refresh(names);
-        for (const f of failed) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
+        // Said when a name starts failing and when it resolves again, not every round.
+        const nowFailing = new Set<string>();
+        for (const f of failed) {
+          nowFailing.add(f.host);
+          if (!this.dnsFailing.has(f.host)) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
+          else this.log.debug({ host: f.host, error: f.error }, 'upstream name still fails to resolve');
+        }
+        for (const host of this.dnsFailing) if (!nowFailing.has(host) && names.includes(host)) this.log.info({ host }, 'upstream name resolves again');
+        this.dnsFailing = nowFailing;
         if (changed && !this.draining && this.reloading === 0) {
           this.log.info({ dns: Object.fromEntries(names.map((n) => [n, next.get(n)])) }, 'upstream addresses changed');
           await this.reloadAsync(this.loaded, { dns: next });
