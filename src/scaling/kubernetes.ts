@@ -21,7 +21,10 @@ export class KubernetesTrigger {
   private readonly url: string;
   private readonly tokenFile: string;
   private readonly timeoutMs: number;
-  /** Replicas the API server reported last (status.replicas), or null before the first read. */
+  /**
+   * The replica count asked for (spec.replicas, as the HPA reads it: status.replicas lags while
+   * pods start or stop) from the last read or PATCH answer; null before the first one.
+   */
   current: number | null = null;
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
 
@@ -49,6 +52,15 @@ export class KubernetesTrigger {
 
   private reading: Promise<number | null> | null = null;
   private lastReadError = 0;
+  /** PATCHes started: a read that began before one may answer what ran before it (ignored). */
+  private patches = 0;
+
+  /** spec.replicas of a Scale object (status.replicas when it has no spec). */
+  private static replicasOf(text: string): number | null {
+    const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } };
+    const n = scale.spec?.replicas ?? scale.status?.replicas;
+    return typeof n === 'number' && Number.isFinite(n) && n >= 0 ? n : 0;
+  }
 
   /** Reads the scale subresource; updates `current` (one read at a time: callers share it). */
   read(): Promise<number | null> {
@@ -57,13 +69,13 @@ export class KubernetesTrigger {
   }
 
   private async readOnce(): Promise<number | null> {
+    const patches = this.patches;
     try {
       const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
       const text = await r.body.text();
       if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${text.slice(0, 200)}`);
-      const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } };
-      const n = scale.status?.replicas ?? scale.spec?.replicas;
-      this.current = typeof n === 'number' && Number.isFinite(n) ? n : 0;
+      const n = KubernetesTrigger.replicasOf(text);
+      if (patches === this.patches) this.current = n;
       return this.current;
     } catch (err) {
       // Once a minute at most: it is read every tick.
@@ -80,6 +92,8 @@ export class KubernetesTrigger {
 
   /** Sets spec.replicas: one PATCH at a time, in order; one superseded while waiting is skipped. */
   push(desired: number): Promise<void> {
+    // spec.replicas already says so (the first decision after a start, mostly): nothing to PATCH.
+    if (this.current === desired && this.wanted === -1) return this.pushing;
     this.wanted = desired;
     this.pushing = this.pushing.then(() => (this.wanted === desired ? this.patch(desired) : undefined));
     return this.pushing;
@@ -88,6 +102,7 @@ export class KubernetesTrigger {
   private async patch(desired: number): Promise<void> {
     let status: number | undefined;
     let error: string | undefined;
+    this.patches++;
     try {
       const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
         method: 'PATCH', dispatcher: this.agent,
@@ -98,6 +113,14 @@ export class KubernetesTrigger {
       status = r.statusCode;
       const text = await r.body.text();
       if (status < 200 || status >= 300) error = text.slice(0, 300);
+      // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
+      else if (!this.cfg.dry_run) {
+        try {
+          this.current = KubernetesTrigger.replicasOf(text);
+        } catch {
+          this.current = desired;
+        }
+      }
     } catch (err) {
       error = (err as Error).message;
     }

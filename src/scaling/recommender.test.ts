@@ -282,3 +282,35 @@ test('validatePolicy reports invalid policies; the constructor refuses them', ()
   ]);
   assert.throws(() => new Recommender({ ...POLICY, panicWindowMs: 90_000 }, () => 0), /invalid scaling policy: panic window \(90 s\) must be shorter/);
 });
+
+/** Like sim, but the scaler applies each decision `lag` seconds late (0: at once, as sim). */
+function lagged(over: Partial<ScalingPolicy>, start: number, lag: number, load: (t: number) => number, seconds: number) {
+  let now = 0;
+  const r = new Recommender({ ...POLICY, ...over }, () => now);
+  const applied: number[] = [];
+  const desired: number[] = [];
+  for (let t = 1; t <= seconds; t++) {
+    now = t * 1000;
+    r.observe(sample(t, load(t)));
+    // The decision of second k (desired[k - 1]) runs from second k + 1 + lag.
+    const current = t - lag - 2 >= 0 ? desired[t - lag - 2]! : start;
+    applied.push(current);
+    desired.push(r.recommend(current).desired);
+  }
+  const changes = desired.filter((d, i) => d !== (i === 0 ? start : desired[i - 1]));
+  return { desired, applied, changes };
+}
+
+test('a scaler that applies decisions late: cooldowns and guards hold at the last decision, so the lag never undoes one', () => {
+  // 10 running, no traffic: one step to 5 after the 30 s cooldown, then 2, then 1 (min), each 30 s apart.
+  const idle = lagged({}, 10, 3, () => 0, 400);
+  const instant = lagged({}, 10, 0, () => 0, 400);
+  assert.deepEqual(idle.changes, instant.changes);
+  assert.deepEqual(idle.changes, [5, 2, 1]);
+  // Noisy load around 3 replicas' worth, with a burst: as few changes late as applied at once.
+  const load = (t: number) => (t > 100 && t <= 130 ? 60 : 21 + ((t * 7) % 5) - 2);
+  const late = lagged({}, 3, 3, load, 400);
+  const now = lagged({}, 3, 0, load, 400);
+  assert.ok(late.changes.length <= now.changes.length + 2, `late ${late.changes.length} vs ${now.changes.length}: ${late.changes.join(',')}`);
+  assert.ok(late.changes.length <= 8, late.changes.join(','));
+});

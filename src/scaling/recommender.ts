@@ -225,20 +225,23 @@ export class Recommender {
       reason += `; ${why} -> ${d}`;
     };
 
+    // Guards and cooldowns hold at the last decision, not at what runs now: a scaler that is
+    // still applying it (or reports late) must not turn a hold into undoing the decision.
+    const hold = this.lastDesired ?? current;
     this.history = this.history.filter((h) => h.at > now - p.scaleDownStabilizationMs);
     this.history.push({ at: now, raw });
-    if (d < current) step(Math.min(current, this.history.reduce((m, h) => Math.max(m, h.raw), 0)), `stabilisation: max over ${secs(p.scaleDownStabilizationMs)}`);
+    if (d < hold) step(Math.min(hold, this.history.reduce((m, h) => Math.max(m, h.raw), 0)), `stabilisation: max over ${secs(p.scaleDownStabilizationMs)}`);
 
     const p95 = recent.reduce((m, s) => Math.max(m, s.latencyP95Ms), 0);
+    if (d < hold && p.sloP95Ms !== undefined && p95 > p.sloP95Ms) step(hold, `held by SLO guard: p95 ${Math.round(p95)} ms > ${p.sloP95Ms} ms`);
     const requests = recent.reduce((a, s) => a + s.rps, 0);
     const errorRate = requests > 0 ? recent.reduce((a, s) => a + s.rps * s.errorRate, 0) / requests : 0;
-    if (d < current && p.sloP95Ms !== undefined && p95 > p.sloP95Ms) step(current, `held by SLO guard: p95 ${Math.round(p95)} ms > ${p.sloP95Ms} ms`);
     // From zero every request fails (nothing serves it): the error guard waits for a first replica.
-    if (d > current && current > 0 && errorRate > p.maxErrorRate) step(current, `held by error guard: error rate ${pct(errorRate)} > ${pct(p.maxErrorRate)}`);
+    if (d > hold && current > 0 && errorRate > p.maxErrorRate) step(hold, `held by error guard: error rate ${pct(errorRate)} > ${pct(p.maxErrorRate)}`);
 
     const since = now - this.lastChangeAt;
-    if (d > current && since < p.scaleUpCooldownMs) step(current, `cooldown: last change ${secs(since)} ago, scale-up waits ${secs(p.scaleUpCooldownMs)}`);
-    if (d < current && since < p.scaleDownCooldownMs) step(current, `cooldown: last change ${secs(since)} ago, scale-down waits ${secs(p.scaleDownCooldownMs)}`);
+    if (d > hold && since < p.scaleUpCooldownMs) step(hold, `cooldown: last change ${secs(since)} ago, scale-up waits ${secs(p.scaleUpCooldownMs)}`);
+    if (d < hold && since < p.scaleDownCooldownMs) step(hold, `cooldown: last change ${secs(since)} ago, scale-down waits ${secs(p.scaleDownCooldownMs)}`);
 
     const upTo = Math.ceil(Math.max(1, current) * p.maxScaleUpRate - EPS);
     const downTo = Math.floor(current / p.maxScaleDownRate + EPS);

@@ -1,0 +1,102 @@
+/**
+ * The advisor against a fake Kubernetes scale API and webhook receivers on loopback. The clock is
+ * a number the test moves; ticks are called by the test (interval 60 s: the timer never fires).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { silentLogger } from '../core/log.js';
+import { ScalingAdvisor, type ScaledService } from './advisor.js';
+import { scalingPolicyOf, type ScalingSettings } from './policy.js';
+import type { ServiceScalingConfig } from './schema.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const dir = mkdtempSync(join(tmpdir(), 'tp-advisor-'));
+writeFileSync(join(dir, 'token'), 'sa-token\n');
+const settings: ScalingSettings = { intervalMs: 60_000, keda: null, gateway: { targetUtilization: 0.7, minNodes: 1, maxNodes: 10 }, baseDir: dir };
+const fail = (_p: unknown, m: string) => { throw new Error(m); };
+
+/** A scale subresource: spec follows a PATCH at once, status `statusLagMs` (real ms) later. `down` answers 503. */
+async function scaleApi(spec: number) {
+  const s = { spec, status: spec, patches: [] as number[], reads: 0, down: false, statusLagMs: 0 };
+  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      if (s.down) return void res.writeHead(503).end('{"kind":"Status","code":503}');
+      if (req.method === 'PATCH') {
+        const n = (JSON.parse(Buffer.concat(chunks).toString()) as { spec: { replicas: number } }).spec.replicas;
+        s.patches.push(n);
+        s.spec = n;
+        setTimeout(() => { s.status = n; }, s.statusLagMs);
+      } else s.reads++;
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', spec: { replicas: s.spec }, status: { replicas: s.status } }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return Object.assign(s, { url, close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) });
+}
+
+/** A webhook receiver: answers `status()` and records the desired counts it got. */
+async function hookReceiver(status: () => number = () => 204) {
+  const got: number[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const code = status();
+      if (code < 300) got.push((JSON.parse(Buffer.concat(chunks).toString()) as { desired: number }).desired);
+      res.writeHead(code).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  return { url, got, close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
+}
+
+function advisor(scaling: ServiceScalingConfig, opts: { targets?: number; apis?: string[] } = {}) {
+  const t = { now: 1_000_000 };
+  const a = new ScalingAdvisor(silentLogger, () => t.now);
+  const service: ScaledService = {
+    name: 'orders', routes: ['list'], healthyTargets: () => opts.targets ?? 1, queued: () => 0,
+    scaling: scalingPolicyOf(scaling, fail, opts.apis ?? []),
+  };
+  a.configure(settings, [service]);
+  return {
+    a, t,
+    /** One tick `ms` after the last, then a moment for the reads and pushes it started. */
+    async tick(ms = 1000, settle = 15) {
+      t.now += ms;
+      await a.tick();
+      await sleep(settle);
+    },
+    desired: () => (a.report() as { services: { desired_replicas: number | null }[] }).services[0]!.desired_replicas,
+  };
+}
+
+const k8s = (url: string) => ({ type: 'kubernetes' as const, namespace: 'shop', deployment: 'orders', api_server: url, token_file: './token' });
+
+test('current from the scale subresource: no decision before the first reading; spec.replicas, not status; a late rollout never undoes a decision', async () => {
+  const api = await scaleApi(10);
+  api.statusLagMs = 3000; // pods take 3 s to come and go: status.replicas lags spec.replicas
+  const s = advisor({ target_concurrency: 10, current_replicas: 'trigger', triggers: [k8s(api.url)] }, { apis: [api.url] });
+  try {
+    // No traffic, 10 running. The first tick only reads; then the start's 30 s cooldown holds 10.
+    await s.tick();
+    assert.equal(s.desired(), null, 'no decision before the first reading');
+    assert.deepEqual(api.patches, []);
+    for (let i = 0; i < 30; i++) await s.tick();
+    assert.deepEqual(api.patches, [5], 'one step down (halving) after the cooldown');
+    // Every 30 s one more step: 5 -> 2 -> 1; never back up although status.replicas lags.
+    for (let i = 0; i < 70; i++) await s.tick();
+    assert.deepEqual(api.patches, [5, 2, 1]);
+  } finally {
+    await s.a.close();
+    await api.close();
+  }
+});
