@@ -86,11 +86,14 @@ test('current from the scale subresource: no decision before the first reading; 
   api.statusLagMs = 3000; // pods take 3 s to come and go: status.replicas lags spec.replicas
   const s = advisor({ target_concurrency: 10, current_replicas: 'trigger', triggers: [k8s(api.url)] }, { apis: [api.url] });
   try {
-    // No traffic, 10 running. The first tick only reads; then the start's 30 s cooldown holds 10.
+    // No traffic, 10 running. The first tick only reads; then the start's cooldown and the
+    // stabilisation window (seeded with the 10 that run) hold 10 for 30 s.
     await s.tick();
     assert.equal(s.desired(), null, 'no decision before the first reading');
     assert.deepEqual(api.patches, []);
     for (let i = 0; i < 30; i++) await s.tick();
+    assert.deepEqual([api.patches, s.desired()], [[], 10]);
+    for (let i = 0; i < 10; i++) await s.tick();
     assert.deepEqual(api.patches, [5], 'one step down (halving) after the cooldown');
     // Every 30 s one more step: 5 -> 2 -> 1; never back up although status.replicas lags.
     for (let i = 0; i < 70; i++) await s.tick();
@@ -98,5 +101,42 @@ test('current from the scale subresource: no decision before the first reading; 
   } finally {
     await s.a.close();
     await api.close();
+  }
+});
+
+test('with a kubernetes trigger the current count comes from the scale subresource by default; targets with one is a config error', () => {
+  const api = 'http://127.0.0.1:1';
+  assert.equal(scalingPolicyOf({ target_concurrency: 4, triggers: [k8s(api)] }, fail, [api]).currentFrom, 'trigger');
+  assert.equal(scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://x/h', secret: 'whsec-0123456789abcdef' }] }, fail).currentFrom, 'targets');
+  const problems: string[] = [];
+  scalingPolicyOf({ target_concurrency: 4, current_replicas: 'targets', triggers: [k8s(api)] }, (p, m) => problems.push(`${p.join('.')}: ${m}`), [api]);
+  assert.deepEqual(problems.length, 1);
+  assert.match(problems[0]!, /^current_replicas: targets cannot be used with a kubernetes trigger/);
+});
+
+test('webhook only (current from targets): nothing pushed before a full stable window; then the count the receiver took is the current one', async () => {
+  const hook = await hookReceiver();
+  // One healthy target: a Service address in front of any number of replicas.
+  const s = advisor({ target_concurrency: 2, target_utilization: 1, min_replicas: 0, stable_window: '10s', panic_window: '2s', triggers: [{ type: 'webhook', url: hook.url, secret: 'whsec-0123456789abcdef' }] });
+  try {
+    for (let i = 0; i < 9; i++) await s.tick();
+    assert.deepEqual(hook.got, [], 'no push on a guess');
+    // 10 s of traffic: 4 in flight -> 2; pushed once the window is full (tick 10 s after the first).
+    for (let i = 0; i < 3; i++) {
+      for (let k = 0; k < 10; k++) s.a.meter.record('orders', 'list', 200, 400);
+      await s.tick();
+    }
+    assert.deepEqual(hook.got, [2]);
+    // From now on current is 2 (the receiver took it), not the 1 target: no panic on 2 replicas' worth.
+    for (let i = 0; i < 20; i++) {
+      for (let k = 0; k < 10; k++) s.a.meter.record('orders', 'list', 200, 400);
+      await s.tick();
+    }
+    assert.deepEqual(hook.got, [2]);
+    assert.equal((s.a.report() as { services: { current_replicas: number; mode: string }[] }).services[0]!.current_replicas, 2);
+    assert.equal((s.a.report() as { services: { mode: string }[] }).services[0]!.mode, 'stable');
+  } finally {
+    await s.a.close();
+    await hook.close();
   }
 });

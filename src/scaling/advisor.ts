@@ -65,6 +65,10 @@ interface Entry {
   decision: Recommendation | null;
   pushed: number | null;
   pushedAt: number;
+  /** The last count a webhook took (the current count in `targets` mode, once there is one). */
+  delivered: number | null;
+  /** The entry's first tick (clock). */
+  firstAt: number | null;
 }
 
 export class ScalingAdvisor {
@@ -120,6 +124,8 @@ export class ScalingAdvisor {
         decision: keep ? old.decision : null,
         pushed: keepTriggers ? old.pushed : null,
         pushedAt: keepTriggers ? old.pushedAt : 0,
+        delivered: keepTriggers ? old.delivered : null,
+        firstAt: keep ? old.firstAt : null,
       });
     }
     for (const [name, old] of this.entries) if (!next.has(name)) void this.closeTriggers(old);
@@ -189,7 +195,8 @@ export class ScalingAdvisor {
           // No decision before the first reading: the targets' count is no stand-in for what runs.
           if (e.kubernetes.current === null) return;
         }
-        const current = e.cfg.currentFrom === 'trigger' && e.kubernetes?.current != null ? e.kubernetes.current : e.service.healthyTargets();
+        e.firstAt ??= now;
+        const current = e.cfg.currentFrom === 'trigger' && e.kubernetes?.current != null ? e.kubernetes.current : (e.delivered ?? e.service.healthyTargets());
         const d = e.recommender.recommend(current);
         if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
         e.decision = d;
@@ -210,6 +217,10 @@ export class ScalingAdvisor {
     // Sharing through Redis failed: this node sees its own share of the traffic only, so it
     // may scale up (more demand than that is real) but never down.
     if (this.shared !== null && !this.shared.ok && e.pushed !== null && d.desired < e.pushed) return;
+    // `targets` before any webhook took a count: the healthy targets are a guess (one Service
+    // address stands for any number of replicas), so nothing is pushed before a full stable
+    // window of traffic backs the decision.
+    if (e.cfg.currentFrom === 'targets' && e.delivered === null && now - (e.firstAt ?? now) < e.cfg.policy.stableWindowMs) return;
     const stale = e.kubernetes !== null && e.kubernetes.current !== null && e.kubernetes.current !== d.desired && now - e.pushedAt > 30_000;
     if (d.desired === e.pushed && !stale) return;
     e.pushed = d.desired;
@@ -220,7 +231,9 @@ export class ScalingAdvisor {
     };
     this.log.info({ service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason }, 'scaling decision');
     await Promise.all([
-      ...e.webhooks.map((w) => w.push(payload)),
+      ...e.webhooks.map(async (w) => {
+        if (await w.push(payload)) e.delivered = d.desired;
+      }),
       ...(e.kubernetes ? [e.kubernetes.push(d.desired)] : []),
     ]);
   }

@@ -58,8 +58,12 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
   };
   for (const problem of validatePolicy(policy)) fail([], problem);
   const triggers = c.triggers ?? [];
-  const currentFrom = c.current_replicas ?? 'targets';
-  if (currentFrom === 'trigger' && !triggers.some((t) => t.type === 'kubernetes')) fail(['current_replicas'], 'trigger needs a kubernetes trigger (it reads the scale subresource)');
+  const kube = triggers.some((t) => t.type === 'kubernetes');
+  // With a kubernetes trigger the scale subresource knows what runs; the healthy targets of a
+  // Deployment behind one Service address count 1 (a restart would scale 10 replicas to 1).
+  const currentFrom = c.current_replicas ?? (kube ? 'trigger' : 'targets');
+  if (currentFrom === 'trigger' && !kube) fail(['current_replicas'], 'trigger needs a kubernetes trigger (it reads the scale subresource)');
+  if (currentFrom === 'targets' && kube) fail(['current_replicas'], 'targets cannot be used with a kubernetes trigger: the current count comes from its scale subresource (leave current_replicas out, or set it to trigger)');
   const allowed = new Set(allowedApis.map(originOf).filter((o): o is string => o !== null));
   triggers.forEach((t, i) => {
     if (t.type !== 'kubernetes') return;

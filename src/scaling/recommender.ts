@@ -228,6 +228,9 @@ export class Recommender {
     // Guards and cooldowns hold at the last decision, not at what runs now: a scaler that is
     // still applying it (or reports late) must not turn a hold into undoing the decision.
     const hold = this.lastDesired ?? current;
+    // The first decision: what runs counts as a recommendation of the stabilisation window (a
+    // restart scales down only after a full window of lower recommendations).
+    if (this.lastDesired === null) this.history.push({ at: now, raw: current });
     this.history = this.history.filter((h) => h.at > now - p.scaleDownStabilizationMs);
     this.history.push({ at: now, raw });
     if (d < hold) step(Math.min(hold, this.history.reduce((m, h) => Math.max(m, h.raw), 0)), `stabilisation: max over ${secs(p.scaleDownStabilizationMs)}`);

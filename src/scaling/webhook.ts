@@ -71,8 +71,8 @@ export class WebhookTrigger {
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
   }
 
-  /** Sends `payload` (with a fresh id); resolves when delivered, given up, or superseded. */
-  async push(payload: Record<string, unknown>): Promise<void> {
+  /** Sends `payload` (with a fresh id); resolves when delivered (true), given up or superseded (false). */
+  async push(payload: Record<string, unknown>): Promise<boolean> {
     const gen = ++this.generation;
     const decision = randomUUID();
     const retries = this.cfg.retries ?? 3;
@@ -97,17 +97,17 @@ export class WebhookTrigger {
       const ok = status !== undefined && status >= 200 && status < 300;
       const retryable = !ok && (status === undefined || status === 408 || status === 429 || status >= 500);
       this.last = { at: new Date().toISOString(), desired: Number(payload['desired']), ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
-      if (ok) return;
+      if (ok) return true;
       if (!retryable || attempt >= retries || gen !== this.generation) {
         this.log.warn({ url: this.cfg.url.split('?')[0], status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
-        return;
+        return false;
       }
       await new Promise<void>((r) => {
         const timer = setTimeout(() => { this.waits.delete(cancel); r(); }, 200 * 2 ** attempt);
         const cancel = () => { clearTimeout(timer); r(); };
         this.waits.add(cancel);
       });
-      if (gen !== this.generation) return; // a newer decision is on its way
+      if (gen !== this.generation) return false; // a newer decision is on its way
     }
   }
 
