@@ -140,3 +140,22 @@ test('webhook only (current from targets): nothing pushed before a full stable w
     await hook.close();
   }
 });
+
+test('the default clock is monotonic: a wall clock stepping back an hour does not inflate a tick', async (t) => {
+  t.mock.timers.enable({ apis: ['Date'], now: Date.now() });
+  const a = new ScalingAdvisor(silentLogger);
+  a.configure(settings, [{ name: 'orders', routes: [], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf({ target_concurrency: 2 }, fail) }]);
+  try {
+    await a.tick();
+    await sleep(200);
+    t.mock.timers.setTime(Date.now() - 3_600_000);
+    for (let k = 0; k < 10; k++) a.meter.record('orders', 'x', 200, 20);
+    await a.tick();
+    // 10 requests over ~200 ms: ~50 rps (a 1 ms interval would make it 10000).
+    const rps = (a.report() as { services: { signals: { rps: number } }[] }).services[0]!.signals.rps;
+    assert.ok(rps > 5 && rps < 100, String(rps));
+  } finally {
+    t.mock.timers.reset();
+    await a.close();
+  }
+});

@@ -87,7 +87,8 @@ export class ScalingAdvisor {
   private shared: SharedDemand | null = null;
   private gatewayView = { utilization: 0, elu: 0, cpu: 0, desiredNodes: 1, reason: 'no data yet' };
 
-  constructor(private readonly log: Pick<Logger, 'info' | 'warn' | 'error'>, private readonly clock: () => number = Date.now) {
+  /** `clock`: ms, monotonic (a wall clock that steps back would stall cooldowns and inflate a tick's rates). */
+  constructor(private readonly log: Pick<Logger, 'info' | 'warn' | 'error'>, private readonly clock: () => number = () => performance.now()) {
     this.lastTick = clock();
   }
 
@@ -166,6 +167,7 @@ export class ScalingAdvisor {
     this.running = true;
     try {
       const now = this.clock();
+      // (an injected clock may step back: elapsed is never below a millisecond)
       const dtS = Math.max(0.001, (now - this.lastTick) / 1000);
       this.lastTick = now;
       const demand = this.meter.drain();
@@ -227,7 +229,7 @@ export class ScalingAdvisor {
     e.pushedAt = now;
     const payload = {
       service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason,
-      signals: this.signalsOf(e), at: new Date(now).toISOString(),
+      signals: this.signalsOf(e), at: new Date().toISOString(),
     };
     this.log.info({ service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason }, 'scaling decision');
     await Promise.all([

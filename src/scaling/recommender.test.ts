@@ -314,3 +314,28 @@ test('a scaler that applies decisions late: cooldowns and guards hold at the las
   assert.ok(late.changes.length <= now.changes.length + 2, `late ${late.changes.length} vs ${now.changes.length}: ${late.changes.join(',')}`);
   assert.ok(late.changes.length <= 8, late.changes.join(','));
 });
+
+test('a clock that steps back an hour: no cooldown of an hour, no sample stuck in the windows', () => {
+  let now = 0;
+  const r = new Recommender({ ...POLICY, scaleUpCooldownMs: 5000 }, () => now);
+  let current = 3;
+  for (let t = 1; t <= 60; t++) {
+    now = t * 1000;
+    r.observe(sample(t, 21));
+    current = r.recommend(current).desired;
+  }
+  assert.equal(current, 3);
+  // The clock jumps back 3600 s; the load triples. Scale-up within the 5 s cooldown at most.
+  const back = 60_000 - 3_600_000;
+  let d = r.recommend(current);
+  for (let k = 1; k <= 8; k++) {
+    now = back + k * 1000;
+    r.observe({ ...sample(0, 63), at: now });
+    d = r.recommend(current);
+    current = d.desired;
+  }
+  assert.ok(current >= 9, `${current}: ${d.reason}`);
+  assert.doesNotMatch(d.reason, /cooldown: last change -/);
+  // The samples of before the step left the windows: the stable window holds only the new ones.
+  assert.equal(d.stableConcurrency, 63);
+});

@@ -158,6 +158,19 @@ export class Recommender {
     this.prune(Math.max(this.clock(), s.at));
   }
 
+  /**
+   * The clock went back (an injected wall clock stepped): times after now become now, and
+   * samples dated after now leave (they would never leave the windows otherwise).
+   */
+  private rebase(now: number): void {
+    if (this.lastChangeAt > now) this.lastChangeAt = now;
+    if (this.quietSince !== null && this.quietSince > now) this.quietSince = now;
+    if (this.lastOverAt !== null && this.lastOverAt > now) this.lastOverAt = now;
+    const last = this.samples[this.samples.length - 1];
+    if (last !== undefined && last.at > now) this.samples = this.samples.filter((s) => s.at <= now);
+    this.history = this.history.filter((h) => h.at <= now);
+  }
+
   /** Samples at or before now - stable window leave (the windows are (now - window, now]). */
   private prune(now: number): void {
     let i = 0;
@@ -169,6 +182,7 @@ export class Recommender {
     const p = this.p;
     const now = this.clock();
     const current = Number.isFinite(currentReplicas) ? Math.max(0, Math.round(currentReplicas)) : 0;
+    this.rebase(now);
     this.prune(now);
     const stable = this.samples;
     if (stable.length === 0) {
