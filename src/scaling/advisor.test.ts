@@ -159,3 +159,46 @@ test('the default clock is monotonic: a wall clock stepping back an hour does no
     await a.close();
   }
 });
+
+test('a push that failed is retried with backoff (5 s, doubling, at most 60 s): Kubernetes API down at decision time, then back', async () => {
+  const api = await scaleApi(1);
+  let attempts = 0;
+  const s = advisor({ target_concurrency: 2, target_utilization: 1, stable_window: '10s', panic_window: '2s', triggers: [k8s(api.url)] }, { apis: [api.url] });
+  try {
+    await s.tick(); // first reading: 1
+    api.down = true;
+    const load = () => { for (let k = 0; k < 10; k++) s.a.meter.record('orders', 'list', 200, 600); }; // 6 in flight -> 3
+    const before = api.patches.length;
+    for (let i = 0; i < 4; i++) { load(); await s.tick(); }
+    assert.equal(s.desired(), 3);
+    assert.equal(api.patches.length, before, 'nothing taken while down');
+    api.down = false;
+    for (let i = 0; i < 8 && !api.patches.includes(3); i++) { load(); await s.tick(); attempts++; }
+    assert.deepEqual(api.patches, [3], 'sent again once the backoff passed');
+    assert.ok(attempts <= 6, String(attempts));
+  } finally {
+    await s.a.close();
+    await api.close();
+  }
+});
+
+test('a webhook that failed is retried after the backoff, not hammered; delivered once the receiver recovers', async () => {
+  let answered = 0;
+  let failing = true;
+  const hits: number[] = [];
+  const hook = await hookReceiver(() => { answered++; return failing ? 500 : 204; });
+  const s = advisor({ target_concurrency: 2, target_utilization: 1, stable_window: '2s', panic_window: '1s', current_replicas: 'targets', triggers: [{ type: 'webhook', url: hook.url, secret: 'whsec-0123456789abcdef', retries: 0 }] });
+  try {
+    const load = () => { for (let k = 0; k < 10; k++) s.a.meter.record('orders', 'list', 200, 600); };
+    for (let i = 0; i < 30; i++) { load(); await s.tick(); hits.push(answered); }
+    // 30 s of a 500: one attempt per backoff (5 s, 10 s, 20 s...), not one per tick.
+    assert.ok(answered >= 2 && answered <= 4, `${answered} attempts: ${hits.join(',')}`);
+    assert.deepEqual(hook.got, []);
+    failing = false;
+    for (let i = 0; i < 45 && hook.got.length === 0; i++) { load(); await s.tick(); }
+    assert.deepEqual(hook.got, [3]);
+  } finally {
+    await s.a.close();
+    await hook.close();
+  }
+});

@@ -69,6 +69,33 @@ interface Entry {
   delivered: number | null;
   /** The entry's first tick (clock). */
   firstAt: number | null;
+  /** Per trigger (webhooks, then kubernetes): what it took, and its failures. */
+  deliveries: Delivery[];
+}
+
+/** One trigger's deliveries: a count is marked sent only once the trigger took it; a failure is retried with backoff. */
+interface Delivery {
+  send(desired: number, payload: Record<string, unknown>): Promise<boolean>;
+  kubernetes: KubernetesTrigger | null;
+  /** The last count it took, and when (clock). */
+  sent: number | null;
+  sentAt: number;
+  /** The count of the delivery in flight. */
+  sending: number | null;
+  failures: number;
+  /** No attempt before (clock), after a failure. */
+  retryAt: number;
+}
+
+/** Backoff after the n-th failure in a row: 5 s, 10 s, 20 s, 40 s, then 60 s. */
+export const retryDelayMs = (failures: number): number => Math.min(60_000, 5000 * 2 ** Math.max(0, failures - 1));
+
+function deliveriesOf(webhooks: readonly WebhookTrigger[], kubernetes: KubernetesTrigger | null): Delivery[] {
+  const fresh = { sent: null, sentAt: 0, sending: null, failures: 0, retryAt: 0 };
+  return [
+    ...webhooks.map((w): Delivery => ({ ...fresh, kubernetes: null, send: (_d, payload) => w.push(payload) })),
+    ...(kubernetes ? [{ ...fresh, kubernetes, send: (d: number) => kubernetes.push(d) }] : []),
+  ];
 }
 
 export class ScalingAdvisor {
@@ -127,6 +154,7 @@ export class ScalingAdvisor {
         pushedAt: keepTriggers ? old.pushedAt : 0,
         delivered: keepTriggers ? old.delivered : null,
         firstAt: keep ? old.firstAt : null,
+        deliveries: keepTriggers ? old.deliveries : deliveriesOf(webhooks, kubernetes),
       });
     }
     for (const [name, old] of this.entries) if (!next.has(name)) void this.closeTriggers(old);
@@ -213,7 +241,12 @@ export class ScalingAdvisor {
     }
   }
 
-  /** Pushes a changed desired count (and, to Kubernetes, again every 30 s while it differs from what runs). Never rejects; a webhook retrying is replaced by the next decision. */
+  /**
+   * Pushes a changed desired count to each trigger that has not taken it (and, to Kubernetes,
+   * again every 30 s while spec.replicas differs). A trigger that failed is tried again after a
+   * backoff (5 s doubling to 60 s), with whatever the decision is then. Never rejects; a webhook
+   * retrying is replaced by the next decision.
+   */
   private async push(e: Entry, now: number): Promise<void> {
     const d = e.decision!;
     // Sharing through Redis failed: this node sees its own share of the traffic only, so it
@@ -223,21 +256,35 @@ export class ScalingAdvisor {
     // address stands for any number of replicas), so nothing is pushed before a full stable
     // window of traffic backs the decision.
     if (e.cfg.currentFrom === 'targets' && e.delivered === null && now - (e.firstAt ?? now) < e.cfg.policy.stableWindowMs) return;
-    const stale = e.kubernetes !== null && e.kubernetes.current !== null && e.kubernetes.current !== d.desired && now - e.pushedAt > 30_000;
-    if (d.desired === e.pushed && !stale) return;
+    const due = e.deliveries.filter((s) => {
+      if (s.sending === d.desired) return false;
+      if (s.failures > 0 && now < s.retryAt) return false; // a dead receiver: one attempt per backoff, whatever the decision
+      const stale = s.kubernetes !== null && s.kubernetes.current !== null && s.kubernetes.current !== d.desired && now - s.sentAt > 30_000;
+      return s.sent !== d.desired || stale;
+    });
+    if (due.length === 0) return;
+    if (d.desired !== e.pushed) this.log.info({ service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason }, 'scaling decision');
     e.pushed = d.desired;
     e.pushedAt = now;
     const payload = {
       service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason,
       signals: this.signalsOf(e), at: new Date().toISOString(),
     };
-    this.log.info({ service: e.service.name, desired: d.desired, current: d.current, mode: d.mode, reason: d.reason }, 'scaling decision');
-    await Promise.all([
-      ...e.webhooks.map(async (w) => {
-        if (await w.push(payload)) e.delivered = d.desired;
-      }),
-      ...(e.kubernetes ? [e.kubernetes.push(d.desired)] : []),
-    ]);
+    await Promise.all(due.map(async (s) => {
+      s.sending = d.desired;
+      const ok = await s.send(d.desired, payload).catch(() => false);
+      if (s.sending === d.desired) s.sending = null;
+      if (ok) {
+        s.sent = d.desired;
+        s.sentAt = this.clock();
+        s.failures = 0;
+        if (s.kubernetes === null) e.delivered = d.desired;
+      } else if (e.decision?.desired === d.desired || s.sending === null) {
+        // Failed (not merely replaced by a newer decision on its way): back off.
+        s.failures++;
+        s.retryAt = this.clock() + retryDelayMs(s.failures);
+      }
+    }));
   }
 
   /** This node's utilisation over the interval (and its own node recommendation). */

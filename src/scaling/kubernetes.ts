@@ -64,9 +64,17 @@ export class KubernetesTrigger {
 
   /** Reads the scale subresource; updates `current` (one read at a time: callers share it). */
   read(): Promise<number | null> {
-    this.reading ??= this.readOnce().finally(() => { this.reading = null; });
+    // An API server that fails is asked again after 1 s, 2 s, 4 s... up to 30 s (not every tick).
+    if (performance.now() < this.readRetryAt) return Promise.resolve(this.current);
+    this.reading ??= this.readOnce().then((n) => {
+      if (n === null) this.readRetryAt = performance.now() + Math.min(30_000, 1000 * 2 ** this.readFailures++);
+      else this.readFailures = 0;
+      return n;
+    }).finally(() => { this.reading = null; });
     return this.reading;
   }
+  private readFailures = 0;
+  private readRetryAt = 0;
 
   private async readOnce(): Promise<number | null> {
     const patches = this.patches;
@@ -90,16 +98,17 @@ export class KubernetesTrigger {
   private pushing: Promise<void> = Promise.resolve();
   private wanted = -1;
 
-  /** Sets spec.replicas: one PATCH at a time, in order; one superseded while waiting is skipped. */
-  push(desired: number): Promise<void> {
+  /** Sets spec.replicas: one PATCH at a time, in order; one superseded while waiting is skipped (false). True: the API server took it. */
+  push(desired: number): Promise<boolean> {
     // spec.replicas already says so (the first decision after a start, mostly): nothing to PATCH.
-    if (this.current === desired && this.wanted === -1) return this.pushing;
+    if (this.current === desired && this.wanted === -1) return Promise.resolve(true);
     this.wanted = desired;
-    this.pushing = this.pushing.then(() => (this.wanted === desired ? this.patch(desired) : undefined));
-    return this.pushing;
+    const done = this.pushing.then(() => (this.wanted === desired ? this.patch(desired) : false));
+    this.pushing = done.then(() => undefined);
+    return done;
   }
 
-  private async patch(desired: number): Promise<void> {
+  private async patch(desired: number): Promise<boolean> {
     let status: number | undefined;
     let error: string | undefined;
     this.patches++;
@@ -127,6 +136,7 @@ export class KubernetesTrigger {
     const ok = error === undefined;
     this.last = { at: new Date().toISOString(), desired, ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
     if (!ok) this.log.warn({ url: this.url, status, err: error }, 'kubernetes trigger: PATCH scale failed');
+    return ok;
   }
 
   async close(): Promise<void> {
