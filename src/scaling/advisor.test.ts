@@ -202,3 +202,31 @@ test('a webhook that failed is retried after the backoff, not hammered; delivere
     await hook.close();
   }
 });
+
+test('a long-lived request counts while it runs (in-flight gauge), not all at once when it ends', async () => {
+  const s = advisor({ target_concurrency: 2, target_utilization: 1, min_replicas: 0, stable_window: '10s', panic_window: '2s' });
+  const sampled = () => { for (let k = 0; k < 10; k++) s.a.meter.sample(); };
+  try {
+    for (let i = 0; i < 3; i++) { sampled(); await s.tick(); }
+    // An SSE stream opens and runs 45 s: one request in flight the whole time.
+    s.a.meter.begin('orders');
+    const seen: { c: number; active: boolean; desired: number | null }[] = [];
+    for (let i = 0; i < 45; i++) {
+      sampled();
+      await s.tick(1000, 0);
+      const r = s.a.report() as { services: { signals: { concurrency: number } }[] };
+      seen.push({ c: r.services[0]!.signals.concurrency, active: s.a.lookup('orders')!.active, desired: s.desired() });
+    }
+    assert.ok(seen.every((x) => x.c === 1 && x.active && x.desired === 1), JSON.stringify(seen.find((x) => !(x.c === 1 && x.active && x.desired === 1))));
+    // It ends: its 45 s are not one tick's concurrency of 45 (no panic, no 23 replicas for one request).
+    s.a.meter.record('orders', 'list', 200, 45_000);
+    sampled();
+    await s.tick();
+    const r = s.a.report() as { services: { signals: { concurrency: number }; mode: string; reason: string }[] };
+    assert.equal(r.services[0]!.signals.concurrency, 0);
+    assert.equal(r.services[0]!.mode, 'stable', r.services[0]!.reason);
+    assert.equal(s.desired(), 1);
+  } finally {
+    await s.a.close();
+  }
+});

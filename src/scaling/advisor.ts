@@ -43,7 +43,10 @@ export interface WorkerDemand {
 function signals(c: DemandCounts | undefined, dtS: number) {
   return {
     rps: (c?.n ?? 0) / dtS,
-    concurrency: (c?.busyMs ?? 0) / 1000 / dtS,
+    // The in-flight gauge's mean where requests were routed through it (running ones count);
+    // else the busy time of the requests that ended (Little's law over the interval).
+    concurrency: c?.inflight ?? (c?.busyMs ?? 0) / 1000 / dtS,
+    measured: c?.inflight !== undefined,
     latencyMeanMs: c && c.n > 0 ? c.busyMs / c.n : 0,
     latencyP95Ms: c ? quantile(c.hist, 0.95) : 0,
     errorRate: c && c.n > 0 ? c.errors / c.n : 0,
@@ -373,7 +376,7 @@ export class ScalingAdvisor {
     const e = this.entries.get(service);
     if (!e) return null;
     const desired = e.decision?.desired ?? e.cfg.policy.minReplicas;
-    return { desired, active: desired > 0 || (e.signals?.rps ?? 0) > 0 };
+    return { desired, active: desired > 0 || (e.signals?.rps ?? 0) > 0 || (e.signals?.concurrency ?? 0) > 0 };
   }
 
   onChange(listener: () => void): () => void {
@@ -390,6 +393,7 @@ export class ScalingAdvisor {
     this.shared = null;
     clearInterval(this.timer);
     this.timer = undefined;
+    this.meter.stop();
     this.listeners.clear();
     await Promise.all([...this.entries.values()].map((e) => this.closeTriggers(e)));
     this.entries.clear();

@@ -1,4 +1,9 @@
 /**
+ * In flight per service: a gauge counted up when a request is routed (request.ts) and down when
+ * it ends (record), sampled every 100 ms; a tick's concurrency is the mean of its samples, so a
+ * request that is still running (SSE, WebSocket, long poll) counts while it runs, not all at
+ * once when it ends. The per-request cost is an increment and a decrement.
+ *
  * Demand per service and per route, counted where requests end (Observer.end) and drained every scaling tick:
  * requests, upstream errors (5xx from the upstream, and the gateway's own 502/503/504), busy
  * time (the sum of request durations: over a tick it is the tick's mean concurrency by Little's
@@ -15,6 +20,8 @@ export interface DemandCounts {
   busyMs: number;
   /** Sparse histogram: bucket index -> count. */
   hist: Record<number, number>;
+  /** Mean requests in flight over the tick, from the in-flight gauge (absent: no request of it was routed here; busyMs then stands in). */
+  inflight?: number;
 }
 
 const GAMMA = 1.05;
@@ -42,6 +49,7 @@ function mergeInto(map: Map<string, DemandCounts>, from: Record<string, DemandCo
     c.errors += o.errors;
     c.timeouts += o.timeouts ?? 0;
     c.busyMs += o.busyMs;
+    if (o.inflight !== undefined) c.inflight = (c.inflight ?? 0) + o.inflight;
     for (const [b, k] of Object.entries(o.hist)) c.hist[Number(b)] = (c.hist[Number(b)] ?? 0) + k;
   }
 }
@@ -49,8 +57,48 @@ function mergeInto(map: Map<string, DemandCounts>, from: Record<string, DemandCo
 export class DemandMeter {
   private services = new Map<string, DemandCounts>();
   private routes = new Map<string, DemandCounts>();
+  /** Per service: requests in flight now, and the sum of the samples since the last drain. */
+  private gauge = new Map<string, { n: number; sum: number }>();
+  private samples = 0;
+  private sampler: NodeJS.Timeout | undefined;
+
+  /** `sampleMs`: how often the in-flight gauge is sampled (0: only by calling sample()). */
+  constructor(private readonly sampleMs = 100) {}
+
+  /** A request of `service` was routed: in flight until record() counts its end. */
+  begin(service: string): void {
+    let g = this.gauge.get(service);
+    if (g === undefined) {
+      this.gauge.set(service, (g = { n: 0, sum: 0 }));
+      if (this.sampler === undefined && this.sampleMs > 0) {
+        this.sampler = setInterval(() => this.sample(), this.sampleMs);
+        this.sampler.unref();
+      }
+    }
+    g.n++;
+  }
+
+  /** Adds the in-flight gauge's values to this tick's samples. */
+  sample(): void {
+    for (const g of this.gauge.values()) g.sum += g.n;
+    this.samples++;
+  }
+
+  /** Stops the sampler (the owner closes). */
+  stop(): void {
+    clearInterval(this.sampler);
+    this.sampler = undefined;
+  }
+
+  /** Nothing counts as in flight any more (scaling turned off: requests ending later are not counted down). */
+  resetInflight(): void {
+    this.gauge.clear();
+    this.samples = 0;
+  }
 
   record(service: string, route: string, status: number, totalMs: number): void {
+    const g = this.gauge.get(service);
+    if (g !== undefined && g.n > 0) g.n--;
     const b = bucketOf(totalMs);
     for (const c of [add(this.services, service), add(this.routes, route)]) {
       c.n++;
@@ -63,6 +111,11 @@ export class DemandMeter {
 
   /** This tick's counts (and a fresh start). */
   drain(): Demand {
+    for (const [service, g] of this.gauge) {
+      add(this.services, service).inflight = this.samples > 0 ? g.sum / this.samples : g.n;
+      g.sum = 0;
+    }
+    this.samples = 0;
     const out = { services: Object.fromEntries(this.services), routes: Object.fromEntries(this.routes) };
     this.services = new Map();
     this.routes = new Map();

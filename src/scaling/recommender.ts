@@ -58,6 +58,8 @@ export interface Sample {
   at: number;
   /** Time-weighted mean in-flight requests over the sample's interval. */
   concurrency: number;
+  /** The concurrency was measured (an in-flight gauge): 0 is 0, not "missing" (no Little's law fallback). */
+  measured?: boolean;
   rps: number;
   latencyMeanMs: number;
   latencyP95Ms: number;
@@ -117,7 +119,7 @@ const round3 = (x: number): number => Math.round(x * 1000) / 1000;
 const clean = (x: number): number => (Number.isFinite(x) && x > 0 ? x : 0);
 const little = (s: Sample): number => (s.rps * s.latencyMeanMs) / 1000;
 /** The concurrency a sample stands for: measured, or by Little's law when it has none. */
-const concurrencyOf = (s: Sample): number => (s.concurrency > 0 ? s.concurrency : little(s));
+const concurrencyOf = (s: Sample): number => (s.concurrency > 0 || s.measured === true ? s.concurrency : little(s));
 const hasTraffic = (s: Sample): boolean => s.rps > 0 || s.concurrency > 0;
 const mean = (xs: readonly Sample[], f: (s: Sample) => number): number => (xs.length === 0 ? 0 : xs.reduce((a, s) => a + f(s), 0) / xs.length);
 
@@ -149,6 +151,7 @@ export class Recommender {
     const s: Sample = {
       at: sample.at, concurrency: clean(sample.concurrency), rps: clean(sample.rps), latencyMeanMs: clean(sample.latencyMeanMs),
       latencyP95Ms: clean(sample.latencyP95Ms), errorRate: Math.min(1, clean(sample.errorRate)),
+      ...(sample.measured === true ? { measured: true } : {}),
     };
     const last = this.samples[this.samples.length - 1];
     this.samples.push(s);
@@ -220,7 +223,7 @@ export class Recommender {
       if (raw > Math.max(panicDesired, stableDesired)) base += `; no scale-down in panic -> ${raw}`;
     } else if (traffic) {
       raw = Math.max(1, stableDesired);
-      const viaLittle = stable.some((s) => s.concurrency === 0 && little(s) > 0) ? " (Little's law: rps x latency)" : '';
+      const viaLittle = stable.some((s) => s.concurrency === 0 && s.measured !== true && little(s) > 0) ? " (Little's law: rps x latency)" : '';
       base = `stable window: concurrency ${conc(stableC)}${viaLittle} / ${per} -> ${raw}${stableDesired === 0 ? ' (traffic: at least 1)' : ''}`;
     } else {
       const quiet = this.quietSince !== null && now - this.quietSince >= p.stableWindowMs;

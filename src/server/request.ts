@@ -409,6 +409,7 @@ export function handleRequest(
   const route = match.data;
   if (ex !== null) {
     ex.route = route;
+    ctx.observer!.demand?.begin(route.service.name); // in flight until Observer.end records it
     if (tracing) ctx.observer!.tracing!.startRequest(ex, method, match.pattern, p.proto);
   }
   const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
