@@ -339,3 +339,14 @@ test('a clock that steps back an hour: no cooldown of an hour, no sample stuck i
   // The samples of before the step left the windows: the stable window holds only the new ones.
   assert.equal(d.stableConcurrency, 63);
 });
+
+test('error guard: a failing service stays held when its clients give up (no scale-up for a dead upstream)', () => {
+  // A hanging upstream behind a 3 s timeout: 20 clients in flight, every request a 504.
+  const s = sim({}, 1);
+  s.run(1, 60, () => [20, { rps: 20 / 3, latencyMeanMs: 3000, latencyP95Ms: 3000, errorRate: 1 }]);
+  assert.deepEqual(s.changes(), []);
+  assert.match(s.d(60).reason, /held by error guard: error rate 100% > 50% -> 1$/);
+  // The clients stop: the panic window empties, the stable window still holds the failed demand.
+  s.run(61, 200, () => 0);
+  assert.deepEqual(s.changes(), [], s.changes().map(([t]) => `${t}: ${s.d(t).reason}`).join('\n'));
+});

@@ -218,7 +218,6 @@ export class Recommender {
     let base: string;
     if (panic) {
       raw = Math.max(panicDesired, stableDesired, current, this.panicPeak, traffic ? 1 : 0);
-      this.panicPeak = raw;
       base = `panic: concurrency ${conc(panicC)} over ${secs(p.panicWindowMs)} / ${per} -> ${panicDesired}, stable window -> ${stableDesired}`;
       if (raw > Math.max(panicDesired, stableDesired)) base += `; no scale-down in panic -> ${raw}`;
     } else if (traffic) {
@@ -254,8 +253,11 @@ export class Recommender {
 
     const p95 = recent.reduce((m, s) => Math.max(m, s.latencyP95Ms), 0);
     if (d < hold && p.sloP95Ms !== undefined && p95 > p.sloP95Ms) step(hold, `held by SLO guard: p95 ${Math.round(p95)} ms > ${p.sloP95Ms} ms`);
-    const requests = recent.reduce((a, s) => a + s.rps, 0);
-    const errorRate = requests > 0 ? recent.reduce((a, s) => a + s.rps * s.errorRate, 0) / requests : 0;
+    // The error rate of the panic window; when it saw no request (the failing clients gave up),
+    // that of the stable window, whose failed requests still make the demand.
+    const rated = recent.some((s) => s.rps > 0) ? recent : stable;
+    const requests = rated.reduce((a, s) => a + s.rps, 0);
+    const errorRate = requests > 0 ? rated.reduce((a, s) => a + s.rps * s.errorRate, 0) / requests : 0;
     // From zero every request fails (nothing serves it): the error guard waits for a first replica.
     if (d > hold && current > 0 && errorRate > p.maxErrorRate) step(hold, `held by error guard: error rate ${pct(errorRate)} > ${pct(p.maxErrorRate)}`);
 
@@ -269,6 +271,8 @@ export class Recommender {
     if (d < downTo) step(downTo, p.maxScaleDownRate === 2 ? 'scale-down limited to halving' : `scale-down limited to current / ${p.maxScaleDownRate}`);
 
     const r = this.finish(now, current, d, panic ? 'panic' : 'stable', reason);
+    // Panic never goes below what it decided (after the guards: a held scale-up is no peak).
+    if (panic) this.panicPeak = r.desired;
     return { ...r, stableConcurrency: round3(stableC), panicConcurrency: round3(panicC), littleConcurrency: round3(mean(stable, little)) };
   }
 
