@@ -72,6 +72,8 @@ interface Entry {
   delivered: number | null;
   /** The entry's first tick (clock). */
   firstAt: number | null;
+  /** The last desired count decided on the cluster's traffic (Redis sharing worked). */
+  sharedDesired: number | null;
   /** Per trigger (webhooks, then kubernetes): what it took, and its failures. */
   deliveries: Delivery[];
 }
@@ -157,6 +159,7 @@ export class ScalingAdvisor {
         pushedAt: keepTriggers ? old.pushedAt : 0,
         delivered: keepTriggers ? old.delivered : null,
         firstAt: keep ? old.firstAt : null,
+        sharedDesired: keep ? old.sharedDesired : null,
         deliveries: keepTriggers ? old.deliveries : deliveriesOf(webhooks, kubernetes),
       });
     }
@@ -233,6 +236,7 @@ export class ScalingAdvisor {
         const d = e.recommender.recommend(current);
         if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
         e.decision = d;
+        if (this.shared?.ok === true) e.sharedDesired = d.desired;
         // With other nodes, one of them (the lease holder) pushes.
         if (this.shared === null || this.shared.leader) void this.push(e, now);
       }));
@@ -322,6 +326,17 @@ export class ScalingAdvisor {
     this.gatewayView = { ...this.gatewayView, desiredNodes: desired, reason: `${nodes} nodes, utilisation sum ${total.toFixed(2)} / target ${g.targetUtilization}` };
   }
 
+  /**
+   * The desired count to show (KEDA, gauges, /api/scaling). Sharing through Redis failed: this
+   * node sees its own share of the traffic only, so never less than the last count decided on
+   * the cluster's (as push() never scales down then).
+   */
+  private desiredOf(e: Entry): number | null {
+    const d = e.decision?.desired ?? null;
+    if (d === null || this.shared === null || this.shared.ok || e.sharedDesired === null) return d;
+    return Math.max(d, e.sharedDesired);
+  }
+
   private signalsOf(e: Entry): Record<string, number> {
     const s = e.signals;
     return {
@@ -343,7 +358,7 @@ export class ScalingAdvisor {
         })),
         windows: e.decision ? { stable_concurrency: e.decision.stableConcurrency, panic_concurrency: e.decision.panicConcurrency, little_concurrency: e.decision.littleConcurrency } : null,
         current_replicas: e.decision?.current ?? null,
-        desired_replicas: e.decision?.desired ?? null,
+        desired_replicas: this.desiredOf(e),
         mode: e.decision?.mode ?? 'stable',
         reason: e.decision?.reason ?? 'no decision yet',
         policy: { target_concurrency: e.cfg.policy.targetConcurrency, target_utilization: e.cfg.policy.targetUtilization, min_replicas: e.cfg.policy.minReplicas, max_replicas: e.cfg.policy.maxReplicas },
@@ -363,7 +378,7 @@ export class ScalingAdvisor {
   /** Prometheus rows (src/observability/metrics.ts). */
   gauges(): { service: string; desired: number; current: number; panic: boolean; signals: Record<string, number> }[] {
     return [...this.entries.values()].filter((e) => e.decision !== null).map((e) => ({
-      service: e.service.name, desired: e.decision!.desired, current: e.decision!.current, panic: e.decision!.mode === 'panic', signals: this.signalsOf(e),
+      service: e.service.name, desired: this.desiredOf(e)!, current: e.decision!.current, panic: e.decision!.mode === 'panic', signals: this.signalsOf(e),
     }));
   }
 
@@ -375,7 +390,7 @@ export class ScalingAdvisor {
   lookup(service: string): { desired: number; active: boolean } | null {
     const e = this.entries.get(service);
     if (!e) return null;
-    const desired = e.decision?.desired ?? e.cfg.policy.minReplicas;
+    const desired = this.desiredOf(e) ?? e.cfg.policy.minReplicas;
     return { desired, active: desired > 0 || (e.signals?.rps ?? 0) > 0 || (e.signals?.concurrency ?? 0) > 0 };
   }
 

@@ -114,3 +114,51 @@ test('redis down: a node decides alone on its own traffic and pushes', async () 
     await a.close();
   }
 });
+
+test('redis goes down: KEDA, the gauges and /api/scaling keep the cluster-wide count (a node alone sees only its share)', async () => {
+  const own = await startRedis();
+  let now = 5_000_000;
+  const mk = (id: string) => {
+    const a = new ScalingAdvisor(silentLogger, () => now);
+    a.configure(settings, [{
+      name: 'orders', routes: ['list'], healthyTargets: () => 4, queued: () => 0,
+      // (no stabilisation, no cooldown: the local count would follow the local traffic at once)
+      scaling: scalingPolicyOf({ target_concurrency: 2, target_utilization: 1, min_replicas: 1, max_replicas: 20, stable_window: '10s', panic_window: '2s', scale_down_stabilization: 0, scale_down_cooldown: 0 }, fail),
+    }]);
+    const c = new Redis({ port: own.port, host: '127.0.0.1', enableOfflineQueue: false, maxRetriesPerRequest: 0, retryStrategy: () => 1000 });
+    c.on('error', () => undefined);
+    clients.push(c);
+    a.share(c, 'tp-down:', id);
+    return { a, ready: new Promise((r) => c.once('ready', r)) };
+  };
+  const [na, nb] = [mk('a'), mk('b')];
+  const { a } = na;
+  const b = nb.a;
+  let stopped = false;
+  try {
+    await Promise.all([na.ready, nb.ready]);
+    const round = async () => {
+      now += 1000;
+      for (let i = 0; i < 10; i++) {
+        a.meter.record('orders', 'list', 200, 400);
+        b.meter.record('orders', 'list', 200, 400);
+      }
+      await a.tick();
+      await b.tick();
+    };
+    for (let t = 0; t < 12; t++) await round();
+    assert.deepEqual([a.lookup('orders')!.desired, b.lookup('orders')!.desired], [4, 4], '8 in flight in all / 2');
+    await own.stop();
+    stopped = true;
+    for (let t = 0; t < 12; t++) await round();
+    // Each node alone: 4 in flight -> 2; but the answer stays at the cluster's 4.
+    const r = a.report() as { services: { signals: { concurrency: number }; desired_replicas: number }[] };
+    assert.equal(r.services[0]!.signals.concurrency, 4);
+    assert.deepEqual([a.lookup('orders')!.desired, b.lookup('orders')!.desired, r.services[0]!.desired_replicas], [4, 4, 4]);
+    assert.equal(a.gauges()[0]!.desired, 4);
+  } finally {
+    await a.close();
+    await b.close();
+    if (!stopped) await own.stop();
+  }
+});
