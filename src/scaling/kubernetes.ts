@@ -79,7 +79,8 @@ export class KubernetesTrigger {
   private async readOnce(): Promise<number | null> {
     const patches = this.patches;
     try {
-      const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs });
+      // (one deadline for the whole call: bodyTimeout only bounds the gaps of a trickled body)
+      const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs) });
       const text = await r.body.text();
       if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${text.slice(0, 200)}`);
       const n = KubernetesTrigger.replicasOf(text);
@@ -117,7 +118,7 @@ export class KubernetesTrigger {
         method: 'PATCH', dispatcher: this.agent,
         headers: this.headers({ 'content-type': 'application/merge-patch+json' }),
         body: JSON.stringify({ spec: { replicas: desired } }),
-        headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs,
+        headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
       });
       status = r.statusCode;
       const text = await r.body.text();

@@ -113,3 +113,36 @@ test('demand meter: counts, errors, busy time, p95 within 5%, merged across proc
   assert.deepEqual(a.drain(), { services: {}, routes: {} }, 'drained');
   assert.equal(quantile({}, 0.95), 0);
 });
+
+test('a receiver that trickles its answer body does not wedge the trigger: the status counts, the body is cut', async () => {
+  const timers = new Set<NodeJS.Timeout>();
+  let n = 0;
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      n++;
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      const t = setInterval(() => res.write('x'), 200); // a byte every 200 ms, never ending
+      timers.add(t);
+      res.on('close', () => { clearInterval(t); timers.delete(t); });
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const t = new WebhookTrigger({ type: 'webhook', url, secret: SECRET, timeout: '3s' }, silentLogger, '/');
+  try {
+    const started = performance.now();
+    // Three decisions in a row (the agent has two connections): each delivered within a second or so.
+    for (let i = 0; i < 3; i++) {
+      const ok = await Promise.race([t.push({ service: 'orders', desired: i + 1 }), new Promise((r) => setTimeout(() => r('stuck'), 4000))]);
+      assert.equal(ok, true, `push ${i + 1}`);
+    }
+    assert.equal(n, 3);
+    assert.ok(performance.now() - started < 4000, `${performance.now() - started} ms`);
+  } finally {
+    for (const x of timers) clearInterval(x);
+    server.closeAllConnections();
+    await t.close();
+    await new Promise((r) => server.close(r));
+  }
+});

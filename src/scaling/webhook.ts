@@ -18,6 +18,9 @@ import { parseDuration } from '../config/units.js';
 import type { TriggerConfig } from './schema.js';
 
 export const SIGNATURE_HEADER = 'x-turnpike-signature';
+/** What is read of a receiver's answer body, and for how long at most, before the connection is cut. */
+const BODY_LIMIT = 4096;
+const BODY_WAIT_MS = 500;
 
 export function signature(secret: string, timestamp: number, body: string): string {
   return `t=${timestamp},v1=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
@@ -84,13 +87,17 @@ export class WebhookTrigger {
         // seen or failed it can take the next; `decision` is the same across attempts.
         const body = JSON.stringify({ id: randomUUID(), decision, ...payload, ...(this.cfg.dry_run ? { dry_run: true } : {}) });
         const ts = Math.floor(Date.now() / 1000);
+        // One deadline for the whole attempt (bodyTimeout alone only bounds the gaps: a receiver
+        // trickling a byte a second would hold a connection forever).
         const r = await request(this.cfg.url, {
           method: 'POST', dispatcher: this.agent, body,
           headers: { 'content-type': 'application/json', 'user-agent': 'turnpike-scaling', [SIGNATURE_HEADER]: signature(this.cfg.secret, ts, body) },
-          headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs,
+          headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
         });
         status = r.statusCode;
-        await r.body.dump({ limit: 64 * 1024 }).catch(() => undefined);
+        // The status says it all: a short body is read (the connection is kept), a longer or
+        // slower one is cut.
+        await r.body.dump({ limit: BODY_LIMIT, signal: AbortSignal.timeout(Math.min(this.timeoutMs, BODY_WAIT_MS)) }).catch(() => r.body.destroy());
       } catch (err) {
         error = (err as Error).message;
       }
