@@ -17,7 +17,7 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
   await store.write({ actor: 'seed', action: 'seed' }, () => ({
     services: [{
       name: 'orders', url: 'http://127.0.0.1:9001',
-      scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://127.0.0.1:9/hook', secret: 'webhook-secret-0123456789' }] },
+      scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hook:hookpass-0123@127.0.0.1:9/hook', secret: 'webhook-secret-0123456789' }] },
       plugins: [
         { name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/introspect', client_id: 'gw', client_secret: 'client-secret-value-xyz' } },
         // a credential header set by a transform is a secret too (any case of the name)
@@ -39,7 +39,8 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     for (const [path, token] of [['/api/services/orders', READER], ['/api/services', READER], ['/api/plugins', READER], ['/api/config', READER], ['/api/config?format=json', ADMIN], ['/api/revisions/1', READER]] as const) {
       const r = await call('GET', path, token);
       assert.equal(r.status, 200, `${path}: ${r.text}`);
-      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz|UPSTREAM-SECRET|UPSTREAM-KEY/, path);
+      // (a URL's password too: the webhook's http://hook:PASSWORD@...)
+      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz|UPSTREAM-SECRET|UPSTREAM-KEY|hookpass-0123/, path);
       assert.match(r.text, /\(secret\)|\$\{ENV_SECRET\}/, path);
     }
     // A reference is not a secret: shown as written.
@@ -51,7 +52,8 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     exported.services[0].retries = 1;
     const put = await call('PUT', '/api/config', ADMIN, exported);
     assert.equal(put.status, 200, put.text);
-    const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { client_secret: string } }[]; scaling: { triggers: { secret: string }[] } }[] };
+    const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { client_secret: string } }[]; scaling: { triggers: { secret: string; url: string }[] } }[] };
+    assert.equal(stored.services[0]!.scaling.triggers[0]!.url, 'http://hook:hookpass-0123@127.0.0.1:9/hook');
     assert.equal(stored.services[0]!.retries, 1);
     assert.equal(stored.services[0]!.plugins[0]!.config.client_secret, 'client-secret-value-xyz');
     assert.equal((stored.services[0]!.plugins[1]!.config as unknown as { headers: { set: Record<string, string> } }).headers.set['Authorization'], 'Bearer UPSTREAM-SECRET-abc123');

@@ -139,8 +139,26 @@ export const MASK = '(secret)';
 
 const isRef = (v: string) => /^\$\{[^}]+\}$/.test(v.trim());
 
-/** A deep copy where every secret-named string (not a `${VAR}` reference) outside credentials reads MASK. */
+/** A URL's password (scheme://user:PASSWORD@host...). */
+const URL_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/?#@:]*:)([^/?#@]*)@/i;
+
+/** A URL with its password (not a `${VAR}` reference) reading MASK; other strings unchanged. */
+function maskUrl(x: string): string {
+  const m = URL_PASSWORD.exec(x);
+  return m && m[2] !== '' && !isRef(m[2]!) ? `${m[1]}${MASK}@${x.slice(m[0].length)}` : x;
+}
+
+/** A URL whose password reads MASK gets the stored URL's password back (null: none stored). */
+function restoreUrl(x: string, old: unknown): string | null {
+  const m = URL_PASSWORD.exec(x);
+  if (!m || m[2] !== MASK) return x;
+  const o = typeof old === 'string' ? URL_PASSWORD.exec(old) : null;
+  return o ? `${m[1]}${o[2]}@${x.slice(m[0].length)}` : null;
+}
+
+/** A deep copy where every secret-named string (not a `${VAR}` reference) outside credentials reads MASK, and so does the password of a URL. */
 export function maskSecrets<T>(v: T): T {
+  if (typeof v === 'string') return maskUrl(v) as T;
   if (Array.isArray(v)) return v.map((x) => maskSecrets(x)) as T;
   if (!isObj(v)) return v;
   const out: Obj = {};
@@ -169,13 +187,23 @@ export function restoreMasked(next: unknown, old: unknown, path = ''): string[] 
   const missing: string[] = [];
   if (Array.isArray(next)) {
     const o = Array.isArray(old) ? old : [];
-    next.forEach((x, i) => missing.push(...restoreMasked(x, counterpart(x, i, o), `${path}[${i}]`)));
+    next.forEach((x, i) => {
+      if (typeof x === 'string') {
+        const r = restoreUrl(x, o[i]);
+        if (r === null) missing.push(`${path}[${i}]`);
+        else next[i] = r;
+      } else missing.push(...restoreMasked(x, counterpart(x, i, o), `${path}[${i}]`));
+    });
   } else if (isObj(next)) {
     const o = isObj(old) ? old : {};
     for (const [k, x] of Object.entries(next)) {
       if (x === MASK && isSecretKey(k)) {
         if (typeof o[k] === 'string') next[k] = o[k];
         else missing.push(`${path ? `${path}.` : ''}${k}`);
+      } else if (typeof x === 'string') {
+        const r = restoreUrl(x, o[k]);
+        if (r === null) missing.push(`${path ? `${path}.` : ''}${k}`);
+        else next[k] = r;
       } else missing.push(...restoreMasked(x, o[k], `${path ? `${path}.` : ''}${k}`));
     }
   }

@@ -12,6 +12,7 @@ import { Agent, request } from 'undici';
 import type { Logger } from '../core/log.js';
 import { parseDuration } from '../config/units.js';
 import type { TriggerConfig } from './schema.js';
+import { loggableUrl } from './webhook.js';
 
 const SA = '/var/run/secrets/kubernetes.io/serviceaccount';
 type KubernetesConfig = Extract<TriggerConfig, { type: 'kubernetes' }>;
@@ -90,7 +91,7 @@ export class KubernetesTrigger {
       // Once a minute at most: it is read every tick.
       if (Date.now() - this.lastReadError > 60_000) {
         this.lastReadError = Date.now();
-        this.log.warn({ url: this.url, err: (err as Error).message }, 'kubernetes trigger: cannot read the scale subresource');
+        this.log.warn({ url: loggableUrl(this.url), err: (err as Error).message }, 'kubernetes trigger: cannot read the scale subresource');
       }
       return null;
     }
@@ -136,7 +137,7 @@ export class KubernetesTrigger {
     }
     const ok = error === undefined;
     this.last = { at: new Date().toISOString(), desired, ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
-    if (!ok) this.log.warn({ url: this.url, status, err: error }, 'kubernetes trigger: PATCH scale failed');
+    if (!ok) this.log.warn({ url: loggableUrl(this.url), status, err: error }, 'kubernetes trigger: PATCH scale failed');
     return ok;
   }
 

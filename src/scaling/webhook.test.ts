@@ -146,3 +146,17 @@ test('a receiver that trickles its answer body does not wedge the trigger: the s
     await new Promise((r) => server.close(r));
   }
 });
+
+test('the log names the receiver by origin and path: no password, query or fragment of its URL', async () => {
+  const lines: unknown[] = [];
+  const log = { info: (o: unknown) => lines.push(o), warn: (o: unknown) => lines.push(o) };
+  const t = new WebhookTrigger({ type: 'webhook', url: 'http://admin:hunter2pass@127.0.0.1:1/hook?token=qs-secret#frag', secret: SECRET, retries: 0 }, log, '/');
+  try {
+    assert.equal(await t.push({ service: 'orders', desired: 2 }), false);
+    const text = JSON.stringify(lines);
+    assert.match(text, /"url":"http:\/\/127\.0\.0\.1:1\/hook"/);
+    assert.doesNotMatch(text, /hunter2pass|admin:|qs-secret|frag/);
+  } finally {
+    await t.close();
+  }
+});

@@ -26,6 +26,16 @@ export function signature(secret: string, timestamp: number, body: string): stri
   return `t=${timestamp},v1=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
 }
 
+/** Origin and path of a URL: no user, password, query or fragment (they may hold secrets). */
+export function loggableUrl(u: string): string {
+  try {
+    const url = new URL(u);
+    return `${url.origin}${url.pathname}`;
+  } catch {
+    return '(invalid URL)';
+  }
+}
+
 export type VerifyResult = { ok: true; payload: Record<string, unknown> } | { ok: false; reason: string };
 
 /**
@@ -106,7 +116,7 @@ export class WebhookTrigger {
       this.last = { at: new Date().toISOString(), desired: Number(payload['desired']), ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
       if (ok) return true;
       if (!retryable || attempt >= retries || gen !== this.generation) {
-        this.log.warn({ url: this.cfg.url.split('?')[0], status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
+        this.log.warn({ url: loggableUrl(this.cfg.url), status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
         return false;
       }
       await new Promise<void>((r) => {
