@@ -755,6 +755,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       }
     }
   };
+  // (before the issues are counted: a scaling setting may fail, e.g. a KEDA TLS file)
+  const scaling = scalingSettingsOf(cfg.scaling, services, baseDir, (p, msg) => fail(['scaling', ...p], msg));
   if (issues.length) {
     release();
     closePlugins();
@@ -788,7 +790,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     stateFile: plugins.used.has('quota') ? file(cfg.state_file ?? '.turnpike/state.db') : null,
     extraStripped: extra.length ? new Set(extra) : null,
     observability,
-    scaling: scalingSettingsOf(cfg.scaling, services, baseDir, (p, msg) => fail(['scaling', ...p], msg)),
+    scaling,
     portal: portalOf(cfg),
     retain: () => {
       users++;

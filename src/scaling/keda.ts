@@ -31,7 +31,8 @@ export interface KedaServerOptions {
   log: Pick<Logger, 'info' | 'warn' | 'error'>;
   /** StreamIsActive repeats the current state at least this often (default 5000 ms). */
   streamIntervalMs?: number;
-  tls?: { cert: Buffer; key: Buffer };
+  /** gRPC over TLS; with clientCa, clients must present a certificate it signed (mutual TLS). */
+  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
 }
 
 export interface ScaledObjectRef { name?: string; namespace?: string; scalerMetadata?: Record<string, string> }
@@ -156,7 +157,7 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
 
   const host = opts.listen.host.includes(':') ? `[${opts.listen.host}]` : opts.listen.host;
   const creds = opts.tls
-    ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], false)
+    ? grpc.ServerCredentials.createSsl(opts.tls.clientCa ?? null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], opts.tls.clientCa !== undefined)
     : grpc.ServerCredentials.createInsecure();
   let port: number;
   try {

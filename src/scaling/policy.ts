@@ -1,5 +1,7 @@
 /** `scaling:` config -> what the advisor runs (checked at compile: errors name the field). */
 import type { PathSegment } from '../config/errors.js';
+import { readFileSync } from 'node:fs';
+import { isAbsolute, join } from 'node:path';
 import { parseDuration } from '../config/units.js';
 import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
 import type { ScalingConfig, ServiceScalingConfig, TriggerConfig } from './schema.js';
@@ -16,7 +18,7 @@ export interface ScalingPolicyConfig {
 
 export interface ScalingSettings {
   intervalMs: number;
-  keda: { host: string; port: number } | null;
+  keda: { host: string; port: number; tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer } } | null;
   gateway: { targetUtilization: number; minNodes: number; maxNodes: number };
   /** Relative trigger files (token_file, ca_file) are relative to this. */
   baseDir: string;
@@ -91,6 +93,19 @@ export function scalingSettingsOf(c: ScalingConfig | undefined, services: readon
     const port = Number(m?.[2]);
     if (!m || port > 65535) fail(['keda', 'listen'], 'host:port with a port up to 65535');
     else keda = { host: m[1] === '*' ? '0.0.0.0' : m[1]!, port };
+    const t = c.keda.tls;
+    if (t && keda) {
+      const read = (field: string, p: string): Buffer | undefined => {
+        try {
+          return readFileSync(isAbsolute(p) ? p : join(baseDir, p));
+        } catch (err) {
+          fail(['keda', 'tls', field], `cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+          return undefined;
+        }
+      };
+      const [cert, key, clientCa] = [read('cert', t.cert), read('key', t.key), t.client_ca !== undefined ? read('client_ca', t.client_ca) : undefined];
+      if (cert && key) keda.tls = { cert, key, ...(clientCa ? { clientCa } : {}) };
+    }
   }
   const g = c?.gateway;
   const gateway = { targetUtilization: g?.target_utilization ?? 0.7, minNodes: g?.min_nodes ?? 1, maxNodes: g?.max_nodes ?? 100 };

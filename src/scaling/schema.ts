@@ -49,7 +49,14 @@ export const ServiceScaling = Strict({
 
 export const Scaling = Strict({
   interval: Type.Optional(Duration),
-  keda: Type.Optional(Strict({ listen: HostPort }, { description: 'KEDA external scaler (gRPC externalscaler.proto).' })),
+  keda: Type.Optional(Strict({
+    listen: HostPort,
+    tls: Type.Optional(Strict({
+      cert: Type.String({ minLength: 1, description: 'PEM certificate (chain) of the scaler (relative paths: to the config file).' }),
+      key: Type.String({ minLength: 1, description: 'PEM private key of the scaler.' }),
+      client_ca: Type.Optional(Type.String({ minLength: 1, description: 'PEM CA: KEDA must present a client certificate it signed (mutual TLS).' })),
+    }, { description: 'gRPC over TLS (KEDA: caCert / tlsClientCert / tlsClientKey in the trigger\'s authentication).' })),
+  }, { description: 'KEDA external scaler (gRPC externalscaler.proto).' })),
   kubernetes_api_servers: Type.Optional(Type.Array(Type.String({ pattern: '^https?://' }), {
     maxItems: 32,
     description: 'The Kubernetes API servers a kubernetes trigger may name in api_server (this node sends its token there). In a pod, its own API server is always allowed.',

@@ -521,7 +521,7 @@ export class Gateway implements RequestContext {
     const keda = snap.scaling?.keda;
     if (keda && this.scaling) {
       const advisor = this.scaling;
-      this.keda = await startKedaServer({ listen: keda, source: { lookup: (svc) => advisor.lookup(svc), onChange: (l) => advisor.onChange(l) }, log: this.log });
+      this.keda = await startKedaServer({ listen: keda, ...(keda.tls ? { tls: keda.tls } : {}), source: { lookup: (svc) => advisor.lookup(svc), onChange: (l) => advisor.onChange(l) }, log: this.log });
       this.log.info({ port: this.keda.port }, 'KEDA external scaler up');
     }
     if (snap.demo && this.role !== 'worker') {

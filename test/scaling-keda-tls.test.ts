@@ -1,0 +1,46 @@
+/** The KEDA external scaler over TLS from the config (scaling.keda.tls): a server certificate, and a client CA for mutual TLS. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as grpc from '@grpc/grpc-js';
+import { kedaClient } from '../src/scaling/keda.js';
+import { makeCa } from './certs.js';
+import { configIssues, freePort, startGateway } from './helpers.js';
+
+test('scaling.keda.tls: KEDA reaches the scaler over mutual TLS; a client without a certificate or plaintext is refused', async () => {
+  const ca = makeCa();
+  const server = ca.issue('turnpike', { dns: ['localhost', '127.0.0.1'] });
+  const client = ca.issue('keda', { client: true });
+  const port = await freePort();
+  const tp = await startGateway(`scaling:
+  keda: {listen: 127.0.0.1:${port}, tls: {cert: ${server.certFile}, key: ${server.keyFile}, client_ca: ${ca.certFile}}}
+services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling: {target_concurrency: 4, min_replicas: 2}
+    routes: [{paths: [/o]}]
+`);
+  const ref = { name: 'orders', namespace: 'shop', scalerMetadata: { service: 'orders' } };
+  const clients: ReturnType<typeof kedaClient>[] = [];
+  const dial = (creds: grpc.ChannelCredentials) => {
+    const c = kedaClient(`localhost:${port}`, creds, 3000);
+    clients.push(c);
+    return c;
+  };
+  try {
+    const mtls = dial(grpc.credentials.createSsl(ca.cert, client.key, client.cert));
+    assert.equal(await mtls.desiredReplicas(ref), 2);
+    await assert.rejects(dial(grpc.credentials.createSsl(ca.cert)).isActive(ref), 'no client certificate');
+    await assert.rejects(dial(grpc.credentials.createInsecure()).isActive(ref), 'plaintext');
+  } finally {
+    for (const c of clients) c.close();
+    await tp.close();
+    ca.cleanup();
+  }
+  // A file that cannot be read is a config error naming the field.
+  assert.match(JSON.stringify(configIssues(`scaling: {keda: {listen: 127.0.0.1:1, tls: {cert: /nonexistent/cert.pem, key: /nonexistent/key.pem}}}
+services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling: {target_concurrency: 4}
+`)), /keda.*tls.*cert.*cannot read/);
+});
