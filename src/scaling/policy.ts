@@ -56,6 +56,7 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
     scaleDownCooldownMs: ms(c.scale_down_cooldown, d.scaleDownCooldownMs),
     scaleDownStabilizationMs: ms(c.scale_down_stabilization, d.scaleDownStabilizationMs),
     maxErrorRate: c.max_error_rate ?? d.maxErrorRate,
+    tolerance: c.tolerance ?? d.tolerance,
     ...(c.slo ? { sloP95Ms: parseDuration(c.slo.p95) } : {}),
   };
   for (const problem of validatePolicy(policy)) fail([], problem);

@@ -9,7 +9,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { DEFAULT_POLICY, Recommender, validatePolicy, type Recommendation, type Sample, type ScalingPolicy } from './recommender.js';
 
-const POLICY: ScalingPolicy = { ...DEFAULT_POLICY, targetConcurrency: 10, minReplicas: 1, maxReplicas: 20 };
+// (tolerance 0: the worked examples count every step of the window; the tolerance has its own test)
+const POLICY: ScalingPolicy = { ...DEFAULT_POLICY, targetConcurrency: 10, minReplicas: 1, maxReplicas: 20, tolerance: 0 };
 
 /** The sample of second t: concurrency c, 100 ms mean latency (so rps = 10c), unless `extra` says otherwise. */
 const sample = (t: number, c: number, extra: Partial<Sample> = {}): Sample => ({
@@ -349,4 +350,21 @@ test('error guard: a failing service stays held when its clients give up (no sca
   // The clients stop: the panic window empties, the stable window still holds the failed demand.
   s.run(61, 200, () => 0);
   assert.deepEqual(s.changes(), [], s.changes().map(([t]) => `${t}: ${s.d(t).reason}`).join('\n'));
+});
+
+test('tolerance (default 10%, as the HPA): steady load a few percent around a boundary does not flap', () => {
+  // 21 in flight is exactly 3 replicas' worth; 90 s at +5% (22.05 -> 3.15 -> 4 without tolerance), 90 s at -5%.
+  const load = (t: number) => (Math.floor(t / 90) % 2 === 0 ? 22.05 : 19.95);
+  const bare = sim({ tolerance: 0 }, 3);
+  bare.run(1, 600, load);
+  assert.ok(bare.changes().length >= 4, JSON.stringify(bare.changes()));
+  const s = sim({ tolerance: 0.1 }, 3);
+  s.run(1, 600, load);
+  assert.deepEqual(s.changes(), []);
+  assert.match(s.d(80).reason, /^stable window: concurrency 22\.0 \/ \(10 x 0\.7\) -> 4; within tolerance 10% of 3 -> 3$/);
+  // Beyond it, the count moves: 24.5 = 3.5 replicas' worth, 17% over 3 -> 4 (once the window's mean passes 3.3).
+  s.run(601, 700, () => 24.5);
+  assert.equal(s.changes()[0]?.[1], 4);
+  assert.match(s.d(700).reason, /^stable window: concurrency 24\.5 \/ \(10 x 0\.7\) -> 4$/);
+  assert.deepEqual(validatePolicy({ ...POLICY, tolerance: 1 }), ['tolerance must be in [0, 1) (got 1)']);
 });

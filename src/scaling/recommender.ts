@@ -35,9 +35,12 @@ export interface ScalingPolicy {
   sloP95Ms?: number;
   /** Guard, 0..1 (default 0.5): no scale-up while the panic window's error rate is above it. */
   maxErrorRate?: number;
+  /** 0 <= t < 1 (default 0.1, as the HPA): no change while the stable window's unrounded count is within t of the last decision. */
+  tolerance?: number;
 }
 
 const DEFAULT_MAX_ERROR_RATE = 0.5;
+const DEFAULT_TOLERANCE = 0.1;
 
 export const DEFAULT_POLICY: Readonly<Omit<ScalingPolicy, 'targetConcurrency' | 'minReplicas' | 'maxReplicas'>> = Object.freeze({
   targetUtilization: 0.7,
@@ -50,6 +53,7 @@ export const DEFAULT_POLICY: Readonly<Omit<ScalingPolicy, 'targetConcurrency' | 
   scaleDownCooldownMs: 30_000,
   scaleDownStabilizationMs: 30_000,
   maxErrorRate: DEFAULT_MAX_ERROR_RATE,
+  tolerance: DEFAULT_TOLERANCE,
 });
 
 /** One observation (the advisor sends one per tick, every 1-2 s). */
@@ -106,6 +110,7 @@ export function validatePolicy(p: Partial<ScalingPolicy>): string[] {
   check('scale-down stabilization', v('scaleDownStabilizationMs'), (x) => x >= 0, '>= 0 ms');
   check('SLO p95', p.sloP95Ms, (x) => x > 0, '> 0 ms', false);
   check('max error rate', v('maxErrorRate'), (x) => x >= 0 && x <= 1, 'in [0, 1]', false);
+  check('tolerance', v('tolerance'), (x) => x >= 0 && x < 1, 'in [0, 1)', false);
   const [min, max, stable, panic] = [v('minReplicas'), v('maxReplicas'), v('stableWindowMs'), v('panicWindowMs')];
   if (min !== undefined && max !== undefined && max < min) problems.push(`max replicas (${max}) must be at least min replicas (${min})`);
   if (stable !== undefined && panic !== undefined && panic >= stable) problems.push(`panic window (${secs(panic)}) must be shorter than the stable window (${secs(stable)})`);
@@ -124,7 +129,7 @@ const hasTraffic = (s: Sample): boolean => s.rps > 0 || s.concurrency > 0;
 const mean = (xs: readonly Sample[], f: (s: Sample) => number): number => (xs.length === 0 ? 0 : xs.reduce((a, s) => a + f(s), 0) / xs.length);
 
 export class Recommender {
-  private readonly p: ScalingPolicy & { maxErrorRate: number };
+  private readonly p: ScalingPolicy & { maxErrorRate: number; tolerance: number };
   /** Samples of the stable window, oldest first. */
   private samples: Sample[] = [];
   /** First sample of the current run without traffic (null: the last sample had traffic). */
@@ -142,7 +147,7 @@ export class Recommender {
   constructor(policy: ScalingPolicy, private readonly clock: () => number) {
     const problems = validatePolicy(policy);
     if (problems.length > 0) throw new Error(`invalid scaling policy: ${problems.join('; ')}`);
-    this.p = { ...policy, maxErrorRate: policy.maxErrorRate ?? DEFAULT_MAX_ERROR_RATE };
+    this.p = { ...policy, maxErrorRate: policy.maxErrorRate ?? DEFAULT_MAX_ERROR_RATE, tolerance: policy.tolerance ?? DEFAULT_TOLERANCE };
     this.lastChangeAt = clock();
   }
 
@@ -214,6 +219,9 @@ export class Recommender {
     }
     const panic = this.lastOverAt !== null;
 
+    // Guards and cooldowns hold at the last decision, not at what runs now: a scaler that is
+    // still applying it (or reports late) must not turn a hold into undoing the decision.
+    const hold = this.lastDesired ?? current;
     let raw: number;
     let base: string;
     if (panic) {
@@ -224,6 +232,12 @@ export class Recommender {
       raw = Math.max(1, stableDesired);
       const viaLittle = stable.some((s) => s.concurrency === 0 && s.measured !== true && little(s) > 0) ? " (Little's law: rps x latency)" : '';
       base = `stable window: concurrency ${conc(stableC)}${viaLittle} / ${per} -> ${raw}${stableDesired === 0 ? ' (traffic: at least 1)' : ''}`;
+      // HPA-style tolerance, before rounding: demand within it of the last decision changes nothing.
+      const ratio = stableC / perReplica / hold;
+      if (hold > 0 && raw !== hold && Math.abs(ratio - 1) <= p.tolerance + EPS) {
+        raw = hold;
+        base += `; within tolerance ${pct(p.tolerance)} of ${hold} -> ${hold}`;
+      }
     } else {
       const quiet = this.quietSince !== null && now - this.quietSince >= p.stableWindowMs;
       raw = quiet || current === 0 ? 0 : 1;
@@ -241,9 +255,6 @@ export class Recommender {
       reason += `; ${why} -> ${d}`;
     };
 
-    // Guards and cooldowns hold at the last decision, not at what runs now: a scaler that is
-    // still applying it (or reports late) must not turn a hold into undoing the decision.
-    const hold = this.lastDesired ?? current;
     // The first decision: what runs counts as a recommendation of the stabilisation window (a
     // restart scales down only after a full window of lower recommendations).
     if (this.lastDesired === null) this.history.push({ at: now, raw: current });

@@ -43,6 +43,7 @@ export const ServiceScaling = Strict({
   scale_down_stabilization: Type.Optional(Duration),
   slo: Type.Optional(Strict({ p95: Duration }, { description: 'Guard: no scale-down while p95 is above it.' })),
   max_error_rate: Type.Optional(Type.Number({ minimum: 0, maximum: 1, default: 0.5, description: 'Guard: no scale-up while the upstream error rate is above it.' })),
+  tolerance: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0.1, description: 'No change while the stable window asks for within this share of the last decision (HPA-style; before rounding).' })),
   current_replicas: Type.Optional(Type.Union([Type.Literal('targets'), Type.Literal('trigger')], { description: 'Where the current count comes from: the kubernetes trigger\'s scale subresource (trigger: the default, and the only choice, with a kubernetes trigger), or the service\'s healthy targets until a webhook took a count, then that count (targets: the default without one).' })),
   triggers: Type.Optional(Type.Array(Type.Union([Webhook, Kubernetes]), { maxItems: 8 })),
 }, { description: 'Scaling advisor (docs/scaling.md): a desired replica count from live traffic, pushed to the triggers.' });
