@@ -368,3 +368,21 @@ test('tolerance (default 10%, as the HPA): steady load a few percent around a bo
   assert.match(s.d(700).reason, /^stable window: concurrency 24\.5 \/ \(10 x 0\.7\) -> 4$/);
   assert.deepEqual(validatePolicy({ ...POLICY, tolerance: 1 }), ['tolerance must be in [0, 1) (got 1)']);
 });
+
+test('infinite inputs read as the most, never as idle', () => {
+  // Concurrency that overflowed: max replicas (panic), not 0.
+  const a = sim({ minReplicas: 0 }, 2);
+  a.run(1, 3, () => Infinity);
+  assert.equal(a.d(3).desired, 20);
+  // rps Infinity (no concurrency measured): Little's law with it is as much, not 0 x anything.
+  const b = sim({ minReplicas: 0 }, 2);
+  b.run(1, 3, () => [0, { rps: Infinity, latencyMeanMs: 100 }]);
+  assert.equal(b.d(3).desired, 20);
+  // Infinity running: max, held (no samples), not 0.
+  const c = sim({ minReplicas: 0 }, 2);
+  assert.deepEqual([c.r.recommend(Infinity).current, c.r.recommend(Infinity).desired], [20, 20]);
+  // NaN and negatives still read 0.
+  const d = sim({}, 3);
+  d.run(1, 60, () => [NaN, { rps: -5 }]);
+  assert.ok(Number.isFinite(d.d(60).desired));
+});

@@ -121,7 +121,10 @@ const secs = (ms: number): string => `${+(ms / 1000).toFixed(1)} s`;
 const conc = (x: number): string => (x === 0 || x >= 0.1 ? x.toFixed(1) : x.toPrecision(2));
 const pct = (x: number): string => `${+(x * 100).toFixed(1)}%`;
 const round3 = (x: number): number => Math.round(x * 1000) / 1000;
-const clean = (x: number): number => (Number.isFinite(x) && x > 0 ? x : 0);
+/** Above any real figure; sums and products of a window of them stay finite. */
+const HUGE = 1e9;
+/** A figure of a sample: NaN and negatives read 0; +Infinity (an overflow: more than can be counted) reads HUGE, never idle. */
+const clean = (x: number): number => (x > 0 ? Math.min(HUGE, x) : 0);
 const little = (s: Sample): number => (s.rps * s.latencyMeanMs) / 1000;
 /** The concurrency a sample stands for: measured, or by Little's law when it has none. */
 const concurrencyOf = (s: Sample): number => (s.concurrency > 0 || s.measured === true ? s.concurrency : little(s));
@@ -189,7 +192,8 @@ export class Recommender {
   recommend(currentReplicas: number): Recommendation {
     const p = this.p;
     const now = this.clock();
-    const current = Number.isFinite(currentReplicas) ? Math.max(0, Math.round(currentReplicas)) : 0;
+    // (+Infinity running: the most there can be, not none)
+    const current = currentReplicas === Infinity ? this.p.maxReplicas : Number.isFinite(currentReplicas) ? Math.max(0, Math.round(currentReplicas)) : 0;
     this.rebase(now);
     this.prune(now);
     const stable = this.samples;
