@@ -162,3 +162,42 @@ test('redis goes down: KEDA, the gauges and /api/scaling keep the cluster-wide c
     if (!stopped) await own.stop();
   }
 });
+
+test('a node that publishes twice between another\'s looks loses no tick: both are merged (counts add up, the in-flight level is their mean)', async () => {
+  let now = 7_000_000;
+  const clock = () => now;
+  const a = node('twice-a', clock);
+  const b = node('twice-b', clock);
+  try {
+    await a.tick();
+    await b.tick();
+    for (let round = 0; round < 3; round++) {
+      // a: two ticks of 10 requests of 400 ms each (1 s apart); b looks once, 2 s after its last look.
+      for (let k = 0; k < 2; k++) {
+        now += 1000;
+        for (let i = 0; i < 10; i++) a.meter.record('orders', 'list', 200, 400);
+        await a.tick();
+      }
+      await b.tick();
+    }
+    // b: 20 requests of a over its 2 s interval = 10 rps (one of a's ticks lost would read 5).
+    const r = b.report() as { services: { signals: { rps: number } }[] };
+    assert.equal(r.services[0]!.signals.rps, 10);
+    // A stream open on a: one in flight, whether b merges two of a's ticks or none since its last look.
+    a.meter.begin('orders');
+    const concurrency = () => (b.report() as { services: { signals: { concurrency: number } }[] }).services[0]!.signals.concurrency;
+    for (let k = 0; k < 2; k++) {
+      now += 1000;
+      a.meter.sample();
+      await a.tick();
+    }
+    await b.tick();
+    assert.equal(concurrency(), 1, 'two ticks of a: their mean, not their sum');
+    now += 500;
+    await b.tick();
+    assert.equal(concurrency(), 1, 'no new tick of a: its level carries over');
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});

@@ -11,7 +11,21 @@
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from '../core/log.js';
-import type { DemandCounts } from './meter.js';
+import { DemandMeter, type DemandCounts } from './meter.js';
+
+/** Entries a node keeps in its field: another node that read less often than it published still merges each (a stalled one is not fresh anyway). */
+const KEPT = 4;
+
+/** Several entries of one node as one: counts add up; the in-flight gauge (a level, not a count) is their mean. */
+function combine(entries: NodeDemand[]): NodeDemand {
+  if (entries.length === 1) return entries[0]!;
+  const m = new DemandMeter(0);
+  for (const e of entries) m.merge({ services: e.counts, routes: e.routes });
+  const d = m.drain();
+  for (const c of Object.values(d.services)) if (c.inflight !== undefined) c.inflight /= entries.length;
+  const last = entries[entries.length - 1]!;
+  return { ...last, counts: d.services, routes: d.routes };
+}
 
 export interface NodeDemand {
   /** Random per process: a node restarted under the same id starts a new sequence. */
@@ -31,8 +45,10 @@ export class SharedDemand {
   private readonly leaseKey: string;
   private seq = 0;
   private readonly boot = randomUUID();
-  /** Per other node: the boot and sequence number merged last. */
-  private readonly seen = new Map<string, { boot: string; seq: number }>();
+  /** Per other node: the boot and sequence number merged last, and its in-flight levels then. */
+  private readonly seen = new Map<string, { boot: string; seq: number; inflight: Record<string, number> }>();
+  /** This node's last entries (its field holds them all). */
+  private mine: NodeDemand[] = [];
   /** Per other node: its last utilisation (counted while its entry is fresh). */
   readonly utilization = new Map<string, number>();
   /** Whether the last exchange with Redis worked. */
@@ -61,10 +77,11 @@ export class SharedDemand {
   async exchange(mine: Omit<NodeDemand, 'boot' | 'seq' | 'at'>, intervalMs: number): Promise<NodeDemand[]> {
     const now = Date.now();
     const entry: NodeDemand = { boot: this.boot, seq: ++this.seq, at: now, ...mine };
+    this.mine = [...this.mine.slice(1 - KEPT), entry];
     try {
       const lease = Math.max(3 * intervalMs, 1000);
       const [, all, got, renewed] = await this.bounded(Promise.all([
-        this.client.hset(this.key, this.nodeId, JSON.stringify(entry)),
+        this.client.hset(this.key, this.nodeId, JSON.stringify(this.mine)),
         this.client.hgetall(this.key),
         this.client.set(this.leaseKey, this.nodeId, 'PX', lease, 'NX'),
         this.client.eval(RENEW, 1, this.leaseKey, this.nodeId, String(lease)),
@@ -76,10 +93,17 @@ export class SharedDemand {
       const fresh = new Set<string>();
       for (const [node, text] of Object.entries(all)) {
         if (node === this.nodeId) continue;
-        let e: NodeDemand;
+        let list: NodeDemand[];
         try {
-          e = JSON.parse(text) as NodeDemand;
+          const parsed = JSON.parse(text) as NodeDemand | NodeDemand[];
+          // (an array of its last entries, oldest first; one entry from an older version)
+          list = Array.isArray(parsed) ? parsed : [parsed];
         } catch {
+          forget.push(node);
+          continue;
+        }
+        const e = list[list.length - 1];
+        if (e === undefined || typeof e.at !== 'number') {
           forget.push(node);
           continue;
         }
@@ -89,9 +113,18 @@ export class SharedDemand {
         fresh.add(node);
         this.utilization.set(node, e.utilization);
         const last = this.seen.get(node);
-        if (last && last.boot === e.boot && last.seq >= e.seq) continue;
-        this.seen.set(node, { boot: e.boot, seq: e.seq });
-        out.push(e);
+        const news = list.filter((x) => x.boot === e.boot && (!last || last.boot !== e.boot || x.seq > last.seq));
+        const inflight = (x: NodeDemand) => Object.fromEntries(Object.entries(x.counts).filter(([, c]) => c.inflight !== undefined).map(([s, c]) => [s, c.inflight!]));
+        if (news.length === 0) {
+          // Nothing new since the last look: its requests in flight then are still in flight (a level carries over; counts do not).
+          if (last && Object.keys(last.inflight).length > 0) {
+            out.push({ ...e, counts: Object.fromEntries(Object.entries(last.inflight).map(([s, n]) => [s, { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {}, inflight: n }])), routes: {} });
+          }
+          continue;
+        }
+        const merged = combine(news);
+        this.seen.set(node, { boot: e.boot, seq: e.seq, inflight: inflight(e) });
+        out.push(merged);
       }
       for (const node of [...this.seen.keys(), ...this.utilization.keys()]) {
         if (!fresh.has(node)) {
