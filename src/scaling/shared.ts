@@ -1,8 +1,8 @@
 /**
  * Scaling across gateway nodes sharing Redis: each node's advisor publishes, every tick, the
  * demand it counted (per service and per route) and its own utilisation into one Redis hash (a
- * field per node), and merges what the other nodes published since it last looked (each entry
- * once: a sequence number per node), so every node's recommenders see the whole cluster's
+ * field per node, holding its last few entries), and merges what the other nodes published since
+ * it last looked (each entry once: a sequence number per node), so every node's recommenders see the whole cluster's
  * traffic. One node — the holder of a lease key (SET NX PX, renewed by its holder) — pushes the
  * triggers; the others compute the same decisions for KEDA, the gauges and /api/scaling.
  * Redis down: each node decides on its own traffic and pushes, but never a scale-down (its
