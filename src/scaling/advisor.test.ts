@@ -90,6 +90,7 @@ test('current from the scale subresource: no decision before the first reading; 
     // stabilisation window (seeded with the 10 that run) hold 10 for 30 s.
     await s.tick();
     assert.equal(s.desired(), null, 'no decision before the first reading');
+    assert.equal(s.a.lookup('orders')?.pending, true, 'KEDA is told there is no decision yet (not min replicas)');
     assert.deepEqual(api.patches, []);
     for (let i = 0; i < 30; i++) await s.tick();
     assert.deepEqual([api.patches, s.desired()], [[], 10]);

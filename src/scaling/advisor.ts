@@ -387,9 +387,10 @@ export class ScalingAdvisor {
   }
 
   /** For the KEDA external scaler. */
-  lookup(service: string): { desired: number; active: boolean } | null {
+  lookup(service: string): { desired: number; active: boolean; pending?: boolean } | null {
     const e = this.entries.get(service);
     if (!e) return null;
+    if (e.decision === null) return { desired: e.cfg.policy.minReplicas, active: true, pending: true };
     const desired = this.desiredOf(e) ?? e.cfg.policy.minReplicas;
     return { desired, active: desired > 0 || (e.signals?.rps ?? 0) > 0 || (e.signals?.concurrency ?? 0) > 0 };
   }

@@ -162,3 +162,22 @@ test('close() resolves promptly with a stream open; the client sees the stream e
   assert.deepEqual(await ended, { end: true });
   t.client.close();
 });
+
+test('no decision yet: GetMetrics and IsActive answer UNAVAILABLE (the HPA keeps its count), a stream waits for the first decision', async () => {
+  const s = await setup();
+  try {
+    s.f.set('orders', { desired: 1, active: true, pending: true } as { desired: number; active: boolean });
+    assert.equal((await code(s.client.desiredReplicas(ref('orders')))).code, grpc.status.UNAVAILABLE);
+    assert.equal((await code(s.client.isActive(ref('orders')))).code, grpc.status.UNAVAILABLE);
+    const stream = s.client.streamIsActive(ref('orders'));
+    stream.on('error', () => undefined); // (the cancel at the end)
+    const first = next(stream, 3000);
+    await new Promise((r) => setTimeout(r, 200));
+    s.f.set('orders', { desired: 3, active: true });
+    assert.deepEqual(await first, { result: true });
+    assert.equal(await s.client.desiredReplicas(ref('orders')), 3);
+    stream.cancel();
+  } finally {
+    await s.done();
+  }
+});

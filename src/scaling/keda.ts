@@ -20,7 +20,7 @@ import { EXTERNAL_SCALER_PROTO } from './externalscaler-proto.js';
 
 export interface KedaSource {
   /** The service a ScaledObject asks about: scalerMetadata.service (required), else the ScaledObject's name. Null when unknown. */
-  lookup(service: string): { desired: number; active: boolean } | null;
+  lookup(service: string): { desired: number; active: boolean; pending?: boolean } | null;
   /** Notified every time the set of values may have changed (StreamIsActive pushes on change and at least every `streamIntervalMs`). */
   onChange?(listener: () => void): () => void;
 }
@@ -73,6 +73,8 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
     if (service.length > MAX_SERVICE_CHARS) return { code: grpc.status.INVALID_ARGUMENT, details: `service name longer than ${MAX_SERVICE_CHARS} characters` };
     const state = source.lookup(service);
     if (!state) return { code: grpc.status.NOT_FOUND, details: `unknown service "${service}": not scaled by Turnpike` };
+    // No decision yet (a start, a scale subresource not read yet): an error keeps the HPA where it is; a number would move it.
+    if (state.pending === true) return { code: grpc.status.UNAVAILABLE, details: `service "${service}": no decision yet` };
     const desired = Number.isFinite(state.desired) ? Math.max(0, Math.round(state.desired)) : 0;
     return { service, metricName: metricNameFor(service), desired, active: Boolean(state.active) };
   }
@@ -117,7 +119,7 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
         log.error({ err, method: 'StreamIsActive' }, 'KEDA external scaler: handler failed');
         r = { code: grpc.status.INTERNAL, details: 'internal error' };
       }
-      if ('code' in r) return stop(r);
+      if ('code' in r) return r.code === grpc.status.UNAVAILABLE ? undefined : stop(r); // (no decision yet: the stream waits for one)
       if (!force && r.active === last) return;
       last = r.active;
       // A client that does not read: skip rather than buffer; the next push sends the news.
