@@ -231,3 +231,26 @@ test('a long-lived request counts while it runs (in-flight gauge), not all at on
     await s.a.close();
   }
 });
+
+test('workers: in-flight levels count once per worker, however many reports arrive in a tick (none: the last one holds)', async () => {
+  const s = advisor({ target_concurrency: 2 });
+  const report = (inflight: number) => ({ counts: { services: { orders: { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {}, inflight } }, routes: {} }, queued: {}, elu: 0, cpuMs: 0 });
+  const concurrency = () => (s.a.report() as { services: { signals: { concurrency: number } }[] }).services[0]!.signals.concurrency;
+  try {
+    // Worker 1 reports twice in this tick (its timer and the tick drift), worker 2 once.
+    s.a.fromWorker(report(3), 1);
+    s.a.fromWorker(report(3), 1);
+    s.a.fromWorker(report(2), 2);
+    await s.tick();
+    assert.equal(concurrency(), 5);
+    // No report this tick: the levels hold (3 + 2), they do not drop to 0.
+    await s.tick();
+    assert.equal(concurrency(), 5);
+    // A worker silent for more than 3 intervals (here 3 x 60 s) no longer counts.
+    s.a.fromWorker(report(3), 1);
+    await s.tick(179_000);
+    assert.equal(concurrency(), 3);
+  } finally {
+    await s.a.close();
+  }
+});

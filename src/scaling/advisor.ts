@@ -116,6 +116,8 @@ export class ScalingAdvisor {
   private cpu = process.cpuUsage();
   private workerLoad: { elu: number; cpuMs: number }[] = [];
   private workerQueued: Record<string, number> = {};
+  /** Per worker: its in-flight levels (a level, not a count: the mean of its reports in a tick; its last one when none came). */
+  private workerInflight = new Map<number | string, { last: Record<string, number>; sum: Record<string, number>; reports: number; at: number }>();
   private shared: SharedDemand | null = null;
   private gatewayView = { utilization: 0, elu: 0, cpu: 0, desiredNodes: 1, reason: 'no data yet' };
 
@@ -182,7 +184,16 @@ export class ScalingAdvisor {
   }
 
   /** A worker's report (merged into the next tick). */
-  fromWorker(d: WorkerDemand): void {
+  fromWorker(d: WorkerDemand, from: number | string = 'worker'): void {
+    let w = this.workerInflight.get(from);
+    if (w === undefined) this.workerInflight.set(from, (w = { last: {}, sum: {}, reports: 0, at: 0 }));
+    for (const [svc, c] of Object.entries(d.counts.services)) {
+      if (c.inflight === undefined) continue;
+      w.sum[svc] = (w.sum[svc] ?? 0) + c.inflight;
+      delete c.inflight;
+    }
+    w.reports++;
+    w.at = this.clock();
     this.meter.merge(d.counts);
     this.workerLoad.push({ elu: d.elu, cpuMs: d.cpuMs });
     for (const [svc, n] of Object.entries(d.queued)) this.workerQueued[svc] = (this.workerQueued[svc] ?? 0) + n;
@@ -205,6 +216,20 @@ export class ScalingAdvisor {
       const dtS = Math.max(0.001, (now - this.lastTick) / 1000);
       this.lastTick = now;
       const demand = this.meter.drain();
+      // The workers' requests in flight: once per worker, however many reports it sent this tick.
+      for (const [id, w] of this.workerInflight) {
+        if (now - w.at > 3 * Math.max(1000, this.settings.intervalMs)) {
+          this.workerInflight.delete(id); // gone (or stuck): its requests are not counted as running
+          continue;
+        }
+        if (w.reports > 0) w.last = Object.fromEntries(Object.entries(w.sum).map(([s, n]) => [s, n / w.reports]));
+        w.sum = {};
+        w.reports = 0;
+        for (const [svc, n] of Object.entries(w.last)) {
+          const c = (demand.services[svc] ??= { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {} });
+          c.inflight = (c.inflight ?? 0) + n;
+        }
+      }
       const queued = this.workerQueued;
       this.workerQueued = {};
       const own = this.gatewayTick(dtS);

@@ -112,7 +112,8 @@ export class DemandMeter {
   /** This tick's counts (and a fresh start). */
   drain(): Demand {
     for (const [service, g] of this.gauge) {
-      add(this.services, service).inflight = this.samples > 0 ? g.sum / this.samples : g.n;
+      const c = add(this.services, service);
+      c.inflight = (c.inflight ?? 0) + (this.samples > 0 ? g.sum / this.samples : g.n);
       g.sum = 0;
     }
     this.samples = 0;

@@ -258,7 +258,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           waitingPurge.get(msg.id)?.(msg.purged);
           break;
         case 'demand':
-          gw.scaling?.fromWorker(msg);
+          gw.scaling?.fromWorker(msg, worker.id);
           break;
         case 'cache-invalidate':
           // One worker's §4.4 invalidation reaches the others' memory caches.
