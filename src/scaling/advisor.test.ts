@@ -254,3 +254,22 @@ test('workers: in-flight levels count once per worker, however many reports arri
     await s.a.close();
   }
 });
+
+test('webhook only, before a full stable window: a surge (panic) is pushed at once; a quiet start pushes nothing', async () => {
+  const hook = await hookReceiver();
+  const s = advisor({ target_concurrency: 2, target_utilization: 1, min_replicas: 1, max_replicas: 20, stable_window: '60s', panic_window: '2s', triggers: [{ type: 'webhook', url: hook.url, secret: 'whsec-0123456789abcdef' }] });
+  try {
+    await s.tick();
+    await s.tick();
+    assert.deepEqual(hook.got, [], 'nothing to push on a quiet start');
+    // 40 requests of 400 ms per second: ~16 in flight, 8 replicas' worth on a guessed 1.
+    for (let i = 0; i < 3; i++) {
+      for (let k = 0; k < 40; k++) s.a.meter.record('orders', 'list', 200, 400);
+      await s.tick();
+    }
+    assert.ok(hook.got.length >= 1 && hook.got.at(-1)! >= 4, `the surge was pushed within 3 s: ${JSON.stringify(hook.got)}`);
+  } finally {
+    await s.a.close();
+    await hook.close();
+  }
+});

@@ -285,9 +285,10 @@ export class ScalingAdvisor {
     // may scale up (more demand than that is real) but never down.
     if (this.shared !== null && !this.shared.ok && e.pushed !== null && d.desired < e.pushed) return;
     // `targets` before any webhook took a count: the healthy targets are a guess (one Service
-    // address stands for any number of replicas), so nothing is pushed before a full stable
-    // window of traffic backs the decision.
-    if (e.cfg.currentFrom === 'targets' && e.delivered === null && now - (e.firstAt ?? now) < e.cfg.policy.stableWindowMs) return;
+    // address stands for any number of replicas), so before a full stable window of traffic
+    // backs a decision only a surge (panic mode: scale-up on evidence) is pushed — never the
+    // first tick's count that would scale a running fleet down.
+    if (e.cfg.currentFrom === 'targets' && e.delivered === null && d.mode !== 'panic' && now - (e.firstAt ?? now) < e.cfg.policy.stableWindowMs) return;
     const due = e.deliveries.filter((s) => {
       if (s.sending === d.desired) return false;
       if (s.failures > 0 && now < s.retryAt) return false; // a dead receiver: one attempt per backoff, whatever the decision
