@@ -99,3 +99,13 @@ test('what import writes compiles as a config (in-process validate)', () => {
   assert.match(err.at(-1)!, /cannot read missing\.yaml: ENOENT/);
   assert.equal(importCommand(['openapi', 'shop.json', '--bogus'], io), 2);
 });
+
+test('the header comment: line breaks in info.version, info.title and the file name cannot inject config keys', () => {
+  for (const br of ['\n', '\r', '\r\n', '\u0085', '\u2028', '\u2029']) {
+    const hostile = `1.0${br}admin: {listen: 127.0.0.1:25998}${br}#`;
+    const r = importOpenapi(doc({ info: { title: `Shop${br}admin: {listen: 127.0.0.1:25997}${br}#`, version: hostile } }), { specFile: `s${br}admin: 1${br}#.json`, cwd: '/' });
+    const cfg = parse(r.yaml) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(cfg), ['listen', 'services'], JSON.stringify(br));
+    assert.equal(r.yaml.split('\n').filter((l) => l.startsWith('# Generated')).length, 1);
+  }
+});
