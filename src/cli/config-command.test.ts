@@ -216,3 +216,16 @@ test('usage errors exit 2', async () => {
   assert.equal(missing.code, 1);
   assert.match(missing.err, /cannot read nope\.yaml: ENOENT/);
 });
+
+test('diff/apply: an alias-heavy FILE is a clean error (exit 1, no stack trace), nothing sent', async () => {
+  let bomb = 'x-a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n';
+  for (let i = 1; i < 9; i++) bomb += `x-a${i}: &a${i} [${Array(9).fill(`*a${i - 1}`).join(', ')}]\n`;
+  writeFileSync(join(dir, 'bomb.yaml'), `${bomb}services: []\n`);
+  for (const sub of ['diff', 'apply']) {
+    // nothing listens at this address: the file is refused before any request
+    const r = await run([sub, 'bomb.yaml', '--admin', 'http://127.0.0.1:9', '--token', TOKEN]);
+    assert.equal(r.code, 1);
+    assert.equal(r.out, '');
+    assert.equal(r.err, `turnpike config ${sub}: bomb.yaml: too many YAML aliases (more than 100 expansions): write the values out\n`);
+  }
+});

@@ -101,7 +101,14 @@ function readConfigFile(file: string, io: ConfigIo): string {
   // As the admin API parses it (no `${VAR}` substitution), to find the node-local keys.
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, merge: false });
   if (doc.errors.length) throw new Failure(`${file}: invalid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
-  const value: unknown = doc.toJS({ maxAliasCount: 100 });
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    // The yaml library's guard against alias bombs (a ReferenceError), or an alias it cannot resolve.
+    const msg = (err as Error).message.split('\n')[0] ?? '';
+    throw new Failure(/alias count/i.test(msg) ? `${file}: too many YAML aliases (more than 100 expansions): write the values out` : `${file}: invalid YAML: ${msg}`);
+  }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Failure(`${file}: the config must be a mapping (key: value) at the top level`);
   const { node, document } = splitDocument(value as Record<string, unknown>);
   const left = Object.keys(node);
