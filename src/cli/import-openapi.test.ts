@@ -109,3 +109,34 @@ test('the header comment: line breaks in info.version, info.title and the file n
     assert.equal(r.yaml.split('\n').filter((l) => l.startsWith('# Generated')).length, 1);
   }
 });
+
+test('paths the router cannot take are left out with a warning; what is written validates', () => {
+  const op = { get: { responses: {} } };
+  const text = doc({ paths: { '/a b/{id}': op, '/q?x=1': op, '/frag#x': op, '/dots/../admin': op, '/bad%zz': op, '/ok/{id}': op } });
+  const r = importOpenapi(text, { specFile: 's.json', cwd: '/' });
+  assert.equal(r.routes, 1);
+  assert.equal(r.operations, 1);
+  assert.deepEqual((parse(r.yaml) as { services: { routes: { paths: string[] }[] }[] }).services[0]!.routes.map((x) => x.paths), [['/ok/{id}']]);
+  assert.equal(r.warnings.length, 5);
+  for (const p of ['/a b/{id}', '/q?x=1', '/frag#x', '/dots/../admin', '/bad%zz']) assert.ok(r.warnings.some((w) => w.startsWith(`s.json: left out path "${p}": `)), p);
+  assert.deepEqual(configIssues(r.yaml.replace('openapi: ./s.json', 'openapi: /dev/null').replace(/\n {4}plugins:[\s\S]*$/, '\n')), []);
+  // nothing left: an error, not an empty config
+  assert.throws(() => importOpenapi(doc({ paths: { '/a b': op } }), { specFile: 's.json', cwd: '/' }), /s\.json has no operations under paths the router can take/);
+  // the command prints the warnings on stderr
+  const dir = mkdtempSync(join(tmpdir(), 'tp-import-'));
+  writeFileSync(join(dir, 's.json'), text);
+  const out: string[] = [];
+  const err: string[] = [];
+  assert.equal(importCommand(['openapi', 's.json'], { stdout: (s) => void out.push(s), stderr: (s) => void err.push(s), cwd: dir }), 0);
+  assert.match(err.join(''), /left out path "\/dots\/\.\.\/admin"/);
+  assert.doesNotMatch(out.join(''), /admin|\/a b/);
+});
+
+test('a server URL with a query or fragment is refused; the written config is compiled before it is written', () => {
+  for (const url of ['https://shop.example.com/api?x=1', 'https://shop.example.com/api#f', 'https://shop.example.com/api?']) {
+    assert.throws(() => importOpenapi(doc({ servers: [{ url }] }), { specFile: 's.json', cwd: '/' }), /has a query or fragment: an upstream URL cannot \(give --service-url\)/, url);
+    assert.throws(() => importOpenapi(doc(), { specFile: 's.json', cwd: '/', serviceUrl: url }), /has a query or fragment/, url);
+  }
+  // (a ${VAR} would be substituted from the gateway's environment: refused by the config check)
+  assert.throws(() => importOpenapi(doc(), { specFile: 's.json', cwd: '/', serviceUrl: 'https://shop.example.com/${ADMIN_TOKEN}' }), /^Error: s\.json: the config made from it would not validate:\n {2}services\[0\]\.url: environment variable ADMIN_TOKEN is not set/);
+});

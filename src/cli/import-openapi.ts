@@ -12,6 +12,11 @@ import { parseCommand } from './args.js';
 import { Document, isScalar, isSeq, visit } from 'yaml';
 import { deref, isObject, openapiVersion, parseDocumentText } from '../plugins/request-validator/spec.js';
 import { ApiValidator } from '../plugins/request-validator/validator.js';
+import { normalizePath } from '../router/path.js';
+import { parseConfigText } from '../config/load.js';
+import { compile } from '../config/compile.js';
+import { ConfigError } from '../config/errors.js';
+import { PoolRegistry } from '../upstream/pools.js';
 
 export const IMPORT_USAGE = `Usage: turnpike import openapi SPEC [--service-url URL] [--name NAME] [--out FILE]
 
@@ -69,6 +74,17 @@ export function routePath(template: string): string {
   return p === '' ? '/' : p;
 }
 
+/** Why the router would refuse a route path (the compiler's checks), or null when it takes it. */
+export function pathProblem(path: string): string | null {
+  if (!path.startsWith('/')) return 'it does not start with /';
+  if (/[?#]/.test(path)) return 'a route path cannot hold a query (?) or fragment (#)';
+  if (/\s/.test(path)) return 'a route path cannot hold spaces';
+  const n = normalizePath(path);
+  if (n === null) return 'it has bad percent-encoding or a hidden dot segment';
+  if (n !== path) return `it is not in normal form (dot segments or encoding; the router would see "${n}")`;
+  return null;
+}
+
 /** The server URL with its variables at their defaults. */
 function serverUrl(server: unknown): string | null {
   if (!isObject(server) || typeof server['url'] !== 'string') return null;
@@ -97,6 +113,8 @@ export interface ImportResult {
   yaml: string;
   routes: number;
   operations: number;
+  /** Paths left out (the router cannot route them), one line each, for stderr. */
+  warnings: string[];
 }
 
 /** Builds the config text. Throws an Error with a message for the user. */
@@ -136,6 +154,7 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
   } catch {
     throw new Error(`service URL "${url}" is not a valid URL`);
   }
+  if (/[?#]/.test(url)) throw new Error(`service URL "${url}" has a query or fragment: an upstream URL cannot${o.serviceUrl === undefined ? ' (give --service-url)' : ''}`);
   url = url.replace(/(?<=[^/])\/+$/, '');
 
   const info = isObject(d['info']) ? d['info'] : {};
@@ -153,6 +172,7 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
     return u;
   };
   let operations = 0;
+  const warnings: string[] = [];
   const paths = isObject(d['paths']) ? d['paths'] : {};
   for (const [template, rawItem] of Object.entries(paths)) {
     let item: unknown = rawItem;
@@ -161,11 +181,16 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
     if (!isObject(item)) continue;
     const ops = METHODS.filter((m) => isObject(item[m]));
     if (ops.length === 0) continue;
+    const path = routePath(template);
+    const problem = pathProblem(path);
+    if (problem !== null) {
+      warnings.push(`${o.specFile}: left out path ${JSON.stringify(template)}: ${problem}`);
+      continue;
+    }
     operations += ops.length;
     const methods = ops.map((m) => m.toUpperCase());
     // HEAD is served as GET by the validator; the router needs it listed.
     if (methods.includes('GET') && !methods.includes('HEAD')) methods.push('HEAD');
-    const path = routePath(template);
     const key = path.replace(/\{[^}]*\}/g, '{}').replace(/(?<=.)\/$/, '');
     const existing = routes.get(key);
     if (existing) {
@@ -179,7 +204,7 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
     else name = sanitizeName(template.replace(/[{}]/g, ''), '');
     routes.set(key, { name: unique(name || 'root'), paths: [path], methods });
   }
-  if (routes.size === 0) throw new Error(`${o.specFile} has no operations under paths`);
+  if (routes.size === 0) throw new Error(`${o.specFile} has no operations under paths${warnings.length ? ' the router can take' : ''}`);
 
   const base = o.out !== undefined ? dirname(resolve(o.cwd, o.out)) : o.cwd;
   let specRef = relative(base, resolve(o.cwd, o.specFile)).split(sep).join('/');
@@ -194,6 +219,19 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
       plugins: [{ name: 'request-validator', config: { openapi: specRef } }],
     }],
   };
+  // What is written must validate: compiled here as `turnpike validate` would (without the
+  // plugin, whose document was compiled above and may not be where a relative path points now).
+  const pools = new PoolRegistry();
+  try {
+    const check = new Document({ ...config, services: [{ ...config.services[0]!, plugins: [] }] }).toString({ lineWidth: 0 });
+    compile(parseConfigText(check, { env: {} }), { pools }).dispose();
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    throw new Error(`${o.specFile}: the config made from it would not validate:\n${e.issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`);
+  } finally {
+    void pools.closeAll();
+  }
+
   const head = [
     `# Generated by \`turnpike import openapi\` from ${commentText(o.specFile)}${title ? ` ("${commentText(title)}"` : ''}${title && typeof info['version'] === 'string' ? ` ${commentText(info['version'])})` : title ? ')' : ''}, OpenAPI ${commentText(version)}.`,
     `# ${routes.size} route${routes.size === 1 ? '' : 's'} for ${operations} operation${operations === 1 ? '' : 's'}; requests are validated against the document (request-validator;`,
@@ -203,7 +241,7 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
   // Lists of plain values (paths, methods) in flow style: one line per route field.
   const out = new Document(config);
   visit(out, { Seq(_k, node) { if (node.items.every((i) => isScalar(i))) node.flow = true; } });
-  return { yaml: head + out.toString({ lineWidth: 0, flowCollectionPadding: false }), routes: routes.size, operations };
+  return { yaml: head + out.toString({ lineWidth: 0, flowCollectionPadding: false }), routes: routes.size, operations, warnings };
 }
 
 /** The `import` command: `import openapi SPEC ...`. Returns the exit code. */
@@ -236,6 +274,7 @@ export function importCommand(argv: string[], io: { stdout: (s: string) => void;
     io.stderr(`${(err as Error).message}\n`);
     return 1;
   }
+  for (const w of result.warnings) io.stderr(`${w}\n`);
   if (values.out === undefined) {
     io.stdout(result.yaml);
     return 0;
