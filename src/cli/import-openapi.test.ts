@@ -140,3 +140,19 @@ test('a server URL with a query or fragment is refused; the written config is co
   // (a ${VAR} would be substituted from the gateway's environment: refused by the config check)
   assert.throws(() => importOpenapi(doc(), { specFile: 's.json', cwd: '/', serviceUrl: 'https://shop.example.com/${ADMIN_TOKEN}' }), /^Error: s\.json: the config made from it would not validate:\n {2}services\[0\]\.url: environment variable ADMIN_TOKEN is not set/);
 });
+
+test('route names: colliding operationIds get -2, -3, ... in linear time', () => {
+  // (10,000: ~1.6 s on a loaded 2-core machine, most of it compiling the document and the config;
+  // the quadratic search took ~9 s, 20,000 ~2 min)
+  const paths: Record<string, unknown> = {};
+  for (let i = 0; i < 10_000; i++) paths[`/p${i}`] = { get: { operationId: 'same', responses: {} } };
+  paths['/x'] = { get: { operationId: 'same-2', responses: {} } };
+  const t0 = Date.now();
+  const r = importOpenapi(doc({ paths }), { specFile: 's.json', cwd: '/' });
+  const ms = Date.now() - t0;
+  const names = (parse(r.yaml) as { services: { routes: { name: string }[] }[] }).services[0]!.routes.map((x) => x.name);
+  assert.equal(new Set(names).size, 10_001);
+  assert.deepEqual(names.slice(0, 3), ['same', 'same-2', 'same-3']);
+  assert.equal(names.at(-1), 'same-2-2', 'a name taken already gets its own suffix');
+  assert.ok(ms < 5000, `${ms} ms`);
+});

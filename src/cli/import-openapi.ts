@@ -13,7 +13,7 @@ import { Document, isScalar, isSeq, visit } from 'yaml';
 import { deref, isObject, openapiVersion, parseDocumentText } from '../plugins/request-validator/spec.js';
 import { ApiValidator } from '../plugins/request-validator/validator.js';
 import { normalizePath } from '../router/path.js';
-import { parseConfigText } from '../config/load.js';
+import { fastValidConfig, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { compile } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
 import { PoolRegistry } from '../upstream/pools.js';
@@ -165,9 +165,13 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
   // One route per path; paths the router cannot tell apart ({a} vs {b}, a trailing slash) share one.
   const routes = new Map<string, { name: string; paths: string[]; methods: string[] }>();
   const names = new Set<string>();
+  /** The next suffix to try per name (linear for many colliding operationIds, not quadratic). */
+  const nextSuffix = new Map<string, number>();
   const unique = (n: string) => {
     let u = n;
-    for (let i = 2; names.has(u); i++) u = `${n.slice(0, 120)}-${i}`;
+    let i = nextSuffix.get(n) ?? 2;
+    while (names.has(u)) u = `${n.slice(0, 120)}-${i++}`;
+    nextSuffix.set(n, i);
     names.add(u);
     return u;
   };
@@ -223,8 +227,13 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
   // plugin, whose document was compiled above and may not be where a relative path points now).
   const pools = new PoolRegistry();
   try {
-    const check = new Document({ ...config, services: [{ ...config.services[0]!, plugins: [] }] }).toString({ lineWidth: 0 });
-    compile(parseConfigText(check, { env: {} }), { pools }).dispose();
+    // (JSON is YAML; the gateway's fast path for large configs, and the full parser for its messages)
+    const check = JSON.stringify({ ...config, services: [{ ...config.services[0]!, plugins: [] }] });
+    const fast = fastValidConfig(check);
+    const loaded: LoadedConfig = fast
+      ? { config: fast, file: undefined, text: check, lineOf: () => undefined, error: (issues) => parseConfigText(check, { env: {} }).error(issues) }
+      : parseConfigText(check, { env: {} });
+    compile(loaded, { pools }).dispose();
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
     throw new Error(`${o.specFile}: the config made from it would not validate:\n${e.issues.map((i) => `  ${i.path}: ${i.message}`).join('\n')}`);
