@@ -229,3 +229,46 @@ test('diff/apply: an alias-heavy FILE is a clean error (exit 1, no stack trace),
     assert.equal(r.err, `turnpike config ${sub}: bomb.yaml: too many YAML aliases (more than 100 expansions): write the values out\n`);
   }
 });
+
+test('diff/apply: a 200 answer that is not the admin API\'s is an error (exit 1), not a success', async () => {
+  let answer = '{}';
+  const server: Server = createServer((_req, res) => {
+    _req.resume();
+    _req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(answer));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  try {
+    writeFileSync(join(dir, 'shape.yaml'), 'services: []\n');
+    const cases: [string, RegExp][] = [
+      ['{}', /no revision number/],
+      ['[]', /not a JSON object/],
+      ['null', /not a JSON object/],
+      ['{"revision":"3","changed":false}', /no revision number/],
+      ['{"revision":3}', /no "changed" flag/],
+      ['{"revision":3,"changed":true}', /no (diff|list of changes)/],
+      ['{"revision":3,"changed":true,"diff":"","changes":{"services":{"added":"x"}}}', /a malformed list of changes/],
+    ];
+    for (const [body, why] of cases) {
+      answer = body;
+      for (const sub of ['diff', 'apply']) {
+        const r = await run([sub, 'shape.yaml', '--admin', url, '--token', TOKEN]);
+        assert.equal(r.code, 1, `${sub} ${body}: ${r.out}`);
+        assert.equal(r.out, '');
+        assert.match(r.err, new RegExp(`^turnpike config ${sub}: the answer from ${url.replace(/\./g, '\\.')} is not the admin API's \\(`));
+        assert.match(r.err, why, `${sub} ${body}`);
+        assert.doesNotMatch(r.err, /\n\s+at /);
+      }
+    }
+    // the real shapes still pass
+    answer = '{"dry_run":true,"valid":true,"revision":4,"changed":false,"changes":{},"diff":""}';
+    assert.match((await run(['diff', 'shape.yaml', '--admin', url, '--token', TOKEN])).out, /no changes: shape\.yaml matches revision 4/);
+    answer = '{"revision":5,"changed":true,"changes":{"services":{"added":["a"]}}}';
+    const ok = await run(['apply', 'shape.yaml', '--admin', url, '--token', TOKEN]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(ok.out, 'applied shape.yaml: revision 5\n  services: +a\n');
+  } finally {
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+});

@@ -72,6 +72,33 @@ function summary(changes: Changes | undefined): string {
   return out;
 }
 
+/** What PUT /api/config answers (docs/admin-api.md): with ?dry_run=true, the diff too. */
+interface PutAnswer {
+  revision: number;
+  changed: boolean;
+  diff?: string;
+  changes?: Changes;
+}
+
+/** Why an answer is not the admin API's PUT /api/config answer, or null when it is. */
+function putAnswerProblem(r: unknown, dryRun: boolean): string | null {
+  if (typeof r !== 'object' || r === null || Array.isArray(r)) return 'not a JSON object';
+  const a = r as Record<string, unknown>;
+  if (typeof a['revision'] !== 'number' || !Number.isSafeInteger(a['revision']) || a['revision'] < 0) return 'no revision number';
+  if (typeof a['changed'] !== 'boolean') return 'no "changed" flag';
+  if (dryRun && typeof a['diff'] !== 'string') return 'no diff';
+  const c = a['changes'];
+  if (c === undefined ? a['changed'] : typeof c !== 'object' || c === null || Array.isArray(c)) return 'no list of changes';
+  for (const v of Object.values((c ?? {}) as Record<string, unknown>)) {
+    if (typeof v !== 'object' || v === null) return 'a malformed list of changes';
+    for (const k of ['added', 'removed', 'changed']) {
+      const l = (v as Record<string, unknown>)[k];
+      if (l !== undefined && !(Array.isArray(l) && l.every((n) => typeof n === 'string'))) return 'a malformed list of changes';
+    }
+  }
+  return null;
+}
+
 /** A problem+json answer (or anything else that is not a 2xx) as lines for stderr. */
 function problemText(a: Answer): string {
   let p: { title?: unknown; detail?: unknown; errors?: unknown } = {};
@@ -176,13 +203,17 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
     }
   };
   const revisionOf = (a: Answer): string => String(a.headers['x-config-revision'] ?? '?');
-  const result = <T>(a: Answer): T => {
+  const result = (a: Answer, dryRun: boolean): PutAnswer => {
     if (a.status !== 200) throw new Failure(problemText(a).trimEnd());
+    let r: unknown;
     try {
-      return JSON.parse(a.text) as T;
+      r = JSON.parse(a.text);
     } catch {
       throw new Failure(`the answer from ${shown} is not the admin API's JSON (status ${a.status})`);
     }
+    const problem = putAnswerProblem(r, dryRun);
+    if (problem !== null) throw new Failure(`the answer from ${shown} is not the admin API's (${problem}): ${JSON.stringify(a.text.trim().slice(0, 200))}`);
+    return r as PutAnswer;
   };
 
   try {
@@ -206,7 +237,7 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
     const body = readConfigFile(file!, { ...io, stderr });
     const headers: Record<string, string> = { 'content-type': 'application/yaml; charset=utf-8', accept: 'application/json' };
     if (sub === 'diff') {
-      const r = result<{ revision?: number; changed?: boolean; diff?: string; changes?: Changes }>(await call('PUT', '?dry_run=true', headers, body));
+      const r = result(await call('PUT', '?dry_run=true', headers, body), true);
       if (!r.changed) {
         io.stdout(`no changes: ${file} matches revision ${r.revision}\n`);
         return 0;
@@ -215,7 +246,7 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
       return 3;
     }
     if (ifRevision !== undefined) headers['if-match'] = `"r${Number(ifRevision)}"`;
-    const r = result<{ revision?: number; changed?: boolean; changes?: Changes }>(await call('PUT', '', headers, body));
+    const r = result(await call('PUT', '', headers, body), false);
     io.stdout(r.changed ? `applied ${file}: revision ${r.revision}\n${summary(r.changes)}` : `no changes: ${file} matches revision ${r.revision}\n`);
     return 0;
   } catch (err) {
