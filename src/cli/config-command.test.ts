@@ -6,7 +6,7 @@ import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
@@ -270,5 +270,25 @@ test('diff/apply: a 200 answer that is not the admin API\'s is an error (exit 1)
   } finally {
     server.closeAllConnections();
     await new Promise<void>((r) => server.close(() => r()));
+  }
+});
+
+test('export --out: the file is owner-only (0600), an existing one too with --secrets', async () => {
+  const a = await admin(sampleDocument());
+  const old = process.umask(0o022);
+  try {
+    for (const name of ['secrets-new.yaml', 'secrets-old.yaml']) {
+      if (name === 'secrets-old.yaml') writeFileSync(join(dir, name), 'old\n', { mode: 0o644 });
+      const r = await run(['export', '--secrets', '--out', name, '--admin', a.url, '--token', TOKEN]);
+      assert.equal(r.code, 0, r.err);
+      assert.match(readFileSync(join(dir, name), 'utf8'), /acme-secret-key-0001/);
+      assert.equal(statSync(join(dir, name)).mode & 0o777, 0o600, name);
+    }
+    const plain = await run(['export', '--out', 'plain.yaml', '--admin', a.url, '--token', TOKEN]);
+    assert.equal(plain.code, 0, plain.err);
+    assert.equal(statSync(join(dir, 'plain.yaml')).mode & 0o777, 0o600);
+  } finally {
+    process.umask(old);
+    await a.close();
   }
 });

@@ -5,7 +5,7 @@
  * a node's whole --config file: its node-local keys (listen, admin, store, ...) are left out
  * (and named on stderr), the rest is sent as written (`${VAR}` references are not substituted).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseCommand, type CliIo } from './args.js';
 import { Agent, request } from 'undici';
@@ -225,8 +225,12 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
         io.stdout(a.text);
         return 0;
       }
+      const outFile = resolve(io.cwd, values.out);
       try {
-        writeFileSync(resolve(io.cwd, values.out), a.text);
+        // Owner-only: a new file is created so; an existing one (mode is for creation only) is
+        // restricted before the secrets go in.
+        if (values.secrets && existsSync(outFile)) chmodSync(outFile, 0o600);
+        writeFileSync(outFile, a.text, { mode: 0o600 });
       } catch (err) {
         throw new Failure(`cannot write ${values.out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       }
