@@ -13,7 +13,7 @@ import { parse } from 'yaml';
 import { silentLogger } from '../core/log.js';
 import { createApiHandler } from '../admin/api.js';
 import { MemoryStore, documentValidator, sampleDocument } from '../admin/testing.js';
-import { configCommand } from './config-command.js';
+import { configCommand, redactingWriter } from './config-command.js';
 
 const TOKEN = 'ops-token-0123456789abcdef';
 const dir = mkdtempSync(join(tmpdir(), 'tp-config-cli-'));
@@ -291,4 +291,26 @@ test('export --out: the file is owner-only (0600), an existing one too with --se
     process.umask(old);
     await a.close();
   }
+});
+
+test('a short token does not damage messages; a standalone one is still redacted', async () => {
+  const a = await admin();
+  const url = a.url;
+  await a.close(); // nothing listens there now
+  for (const token of ['x', 'e', '1', 'ab.c']) {
+    const r = await run(['export', '--admin', url, '--token', token]);
+    assert.equal(r.code, 1);
+    assert.match(r.err, new RegExp(`^turnpike config export: cannot reach the admin API at ${url.replace(/\./g, '\\.')}: connection refused`), token);
+    assert.doesNotMatch(r.err, /<token>/, token);
+  }
+  let out = '';
+  const w = redactingWriter((s) => void (out += s), 'x$1.');
+  w('Bearer x$1. was refused; ax$1. stays\n');
+  assert.equal(out, 'Bearer <token> was refused; ax$1. stays\n');
+  out = '';
+  redactingWriter((s) => void (out += s), TOKEN)(`a${TOKEN}b ${TOKEN}\n`);
+  assert.equal(out, 'a<token>b <token>\n', 'a long token: every occurrence');
+  const bad = await run(['export', '--admin', url, '--token', 'has space']);
+  assert.equal(bad.code, 1);
+  assert.equal(bad.err, 'the admin token has characters a bearer token cannot have (spaces, line breaks, non-ASCII)\n');
 });

@@ -145,6 +145,17 @@ function readConfigFile(file: string, io: ConfigIo): string {
   return stringify(document, { lineWidth: 0, aliasDuplicateObjects: false });
 }
 
+/**
+ * `write` with every occurrence of `token` replaced by `<token>`. A token shorter than 8
+ * characters is replaced only where it stands alone (not inside a word: `--token x` must not
+ * turn "export" into "e<token>port").
+ */
+export function redactingWriter(write: (s: string) => void, token: string): (s: string) => void {
+  if (token.length >= 8) return (s) => write(s.split(token).join('<token>'));
+  const alone = new RegExp(`(?<![\\x21-\\x7e])${token.replace(/[\\^$.*+?()[\]{}|/-]/g, '\\$&')}(?![\\x21-\\x7e])`, 'g');
+  return (s) => write(s.replace(alone, '<token>'));
+}
+
 export async function configCommand(argv: string[], io: ConfigIo = defaultIo): Promise<number> {
   const parsed = parseCommand(argv, {
     admin: { type: 'string' },
@@ -168,12 +179,12 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
   if (ifRevision !== undefined && !/^[0-9]{1,15}$/.test(ifRevision)) return usage('--if-revision takes a revision number');
 
   const token = values.token ?? io.env['TURNPIKE_ADMIN_TOKEN'] ?? '';
-  // Whatever goes to stderr, the token never does (an error message quoting a header, say).
-  const stderr = token ? (s: string) => io.stderr(s.split(token).join('<token>')) : io.stderr;
   if (token && !/^[\x21-\x7e]+$/.test(token)) {
-    stderr('the admin token has characters a bearer token cannot have (spaces, line breaks, non-ASCII)\n');
+    io.stderr('the admin token has characters a bearer token cannot have (spaces, line breaks, non-ASCII)\n');
     return 1;
   }
+  // Whatever goes to stderr, the token never does (an error message quoting a header, say).
+  const stderr = token ? redactingWriter(io.stderr, token) : io.stderr;
   let base: URL;
   const given = values.admin ?? io.env['TURNPIKE_ADMIN_URL'] ?? DEFAULT_ADMIN_URL;
   try {
