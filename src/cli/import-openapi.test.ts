@@ -156,3 +156,13 @@ test('route names: colliding operationIds get -2, -3, ... in linear time', () =>
   assert.equal(names.at(-1), 'same-2-2', 'a name taken already gets its own suffix');
   assert.ok(ms < 5000, `${ms} ms`);
 });
+
+test('a server variable without a default is named', () => {
+  const url = 'https://{region}.shop.example.com/{base}';
+  assert.throws(() => importOpenapi(doc({ servers: [{ url, variables: { region: { enum: ['eu', 'us'] }, base: { default: 'api' } } }] }), { specFile: 's.json', cwd: '/' }),
+    /^Error: s\.json: servers\[0\]\.url has the variable \{region\} but servers\[0\]\.variables\."region" has no default: give --service-url$/);
+  assert.throws(() => importOpenapi(doc({ servers: [{ url, variables: { region: { default: 'eu' } } }] }), { specFile: 's.json', cwd: '/' }),
+    /^Error: s\.json: servers\[0\]\.url has the variable \{base\} but no servers\[0\]\.variables entry for it: give --service-url$/);
+  const r = importOpenapi(doc({ servers: [{ url, variables: { region: { default: 'eu' }, base: { default: 'api' } } }] }), { specFile: 's.json', cwd: '/' });
+  assert.match(r.yaml, /url: https:\/\/eu\.shop\.example\.com\/api\n/);
+});

@@ -85,18 +85,22 @@ export function pathProblem(path: string): string | null {
   return null;
 }
 
-/** The server URL with its variables at their defaults. */
-function serverUrl(server: unknown): string | null {
+/** The server URL with its variables at their defaults; null without a url. Throws for a variable without a default. */
+function serverUrl(server: unknown, specFile: string): string | null {
   if (!isObject(server) || typeof server['url'] !== 'string') return null;
   const vars = isObject(server['variables']) ? server['variables'] : {};
-  let missing = false;
+  let missing: string | null = null;
   const url = server['url'].replace(/\{([^}]+)\}/g, (_m, n: string) => {
-    const v = vars[n];
+    const v = Object.hasOwn(vars, n) ? vars[n] : undefined;
     if (isObject(v) && typeof v['default'] === 'string') return v['default'];
-    missing = true;
+    missing ??= n;
     return '';
   });
-  return missing ? null : url;
+  if (missing !== null) {
+    const name = JSON.stringify(missing);
+    throw new Error(`${specFile}: servers[0].url has the variable {${commentText(missing)}} ${Object.hasOwn(vars, missing) ? `but servers[0].variables.${name} has no default` : 'but no servers[0].variables entry for it'}: give --service-url`);
+  }
+  return url;
 }
 
 export interface ImportOptions {
@@ -143,7 +147,7 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
   let url = o.serviceUrl;
   if (url === undefined) {
     const servers = Array.isArray(d['servers']) ? d['servers'] : [];
-    const first = serverUrl(servers[0]);
+    const first = serverUrl(servers[0], o.specFile);
     if (first === null) throw new Error(`${o.specFile} has no servers[0].url: give --service-url`);
     if (!/^https?:\/\//i.test(first)) throw new Error(`servers[0].url "${first}" is not an absolute http(s) URL: give --service-url`);
     url = first;
