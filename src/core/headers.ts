@@ -72,6 +72,12 @@ export function codedContent(ce: string | undefined): boolean {
 }
 
 /**
+ * A 415 for a content coding says which codings are accepted (none but identity) in
+ * Accept-Encoding, which a 415 for a media type must not carry (RFC 9110 §12.5.3, §15.5.16).
+ */
+export const CODED_CONTENT_HEADERS: Readonly<Record<string, string>> = Object.freeze({ 'accept-encoding': 'identity' });
+
+/**
  * More than one Content-Type field (a singleton, RFC 9110 §5.3): node keeps the first, an
  * upstream may read the last. Checked only where the gateway reads a body by its type.
  */

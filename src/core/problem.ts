@@ -55,7 +55,11 @@ export type ProblemCode = keyof typeof PROBLEMS;
  * members join the problem object (validation errors list their violations there).
  */
 export class ProblemError extends Error {
-  constructor(readonly code: ProblemCode, readonly detail: string, readonly extra?: Record<string, unknown>) {
+  constructor(
+    readonly code: ProblemCode, readonly detail: string, readonly extra?: Record<string, unknown>,
+    /** Response fields the answer carries (e.g. Accept-Encoding on a 415 for a content coding). */
+    readonly headers?: Record<string, string>,
+  ) {
     super(detail);
     this.name = 'ProblemError';
   }

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
-import { REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../core/headers.js';
+import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../core/headers.js';
 import { isJsonType } from '../core/json.js';
 import type { Logger } from '../core/log.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -59,7 +59,7 @@ async function run(c: ComposeCall): Promise<void> {
       // page may send without a preflight, is not taken for JSON), once, and be unencoded.
       const refused = repeatedContentType(req.rawHeaders) ? new ProblemError('bad-request', REPEATED_CONTENT_TYPE)
         : !isJsonType(req.headers['content-type']) ? new ProblemError('unsupported-media-type', 'this route reads a JSON body: send it as application/json (or a +json type)')
-          : codedContent(req.headers['content-encoding']) ? new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded')
+          : codedContent(req.headers['content-encoding']) ? new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded', undefined, CODED_CONTENT_HEADERS)
             : null;
       if (refused !== null) {
         close = true; // (the body is not read)
@@ -88,7 +88,7 @@ async function run(c: ComposeCall): Promise<void> {
   } catch (err) {
     if (err instanceof ComposeAbort && ac.signal.aborted) return; // the client left
     if (err instanceof ProblemError) {
-      r = problemResponse(err.code, err.detail, requestId, err.extra);
+      r = problemResponse(err.code, err.detail, requestId, err.extra, err.headers);
       if (err.code === 'payload-too-large') close = true;
     } else if (reading) {
       // The client's body stopped coming (it aborted, its connection broke): the client's

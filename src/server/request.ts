@@ -582,7 +582,7 @@ export function handleRequest(
         // A body not read to its end cannot leave the connection reusable.
         const unread = hasBody && !req.complete;
         if (unread && !h2) closingSockets.add(req.socket);
-        sendProblem(res, cause.code, cause.detail, requestId, { close: (unread || ctx.draining) && !h2, extra: cause.extra, headers: headerRecord(pctx.responseHeaders) });
+        sendProblem(res, cause.code, cause.detail, requestId, { close: (unread || ctx.draining) && !h2, extra: cause.extra, headers: { ...headerRecord(pctx.responseHeaders), ...cause.headers } });
       }
       return undefined;
     }

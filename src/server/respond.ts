@@ -81,7 +81,7 @@ export async function deliver(req: IncomingMessage, res: ServerResponse, r: Buff
       try {
         await b.inst.response!(pl.ctx, r);
       } catch (err) {
-        if (err instanceof ProblemError) r = problemResponse(err.code, err.detail, o.requestId, err.extra);
+        if (err instanceof ProblemError) r = problemResponse(err.code, err.detail, o.requestId, err.extra, err.headers);
         else {
           pl.log?.error({ err, plugin: b.name, request_id: o.requestId }, 'plugin failed in the response phase');
           r = problemResponse('internal-error', `plugin ${b.name} failed`, o.requestId);

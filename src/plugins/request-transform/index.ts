@@ -7,7 +7,7 @@
 import { definePlugin, type RequestCtx } from '../types.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
-import { REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
+import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
 import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
@@ -127,7 +127,7 @@ export default definePlugin({
         // (only a JSON body makes the request wait)
         if (json !== null && isJsonType(ctx.header('content-type'))) {
           if (repeatedContentType(ctx.req.rawHeaders)) throw new ProblemError('bad-request', REPEATED_CONTENT_TYPE);
-          if (codedContent(ctx.header('content-encoding'))) throw new ProblemError('unsupported-media-type', 'a JSON body with a Content-Encoding cannot be transformed: send it unencoded');
+          if (codedContent(ctx.header('content-encoding'))) throw new ProblemError('unsupported-media-type', 'a JSON body with a Content-Encoding cannot be transformed: send it unencoded', undefined, CODED_CONTENT_HEADERS);
           return transformBody(ctx, json);
         }
       },

@@ -67,7 +67,7 @@ function reply(o: Outcome): Reply | undefined {
     case 'method-not-allowed':
       return { code: o.code, detail: o.detail, headers: { allow: o.allow.join(', ') } };
     default:
-      return { code: o.code, detail: o.detail };
+      return { code: o.code, detail: o.detail, ...(o.headers ? { headers: { ...o.headers } } : {}) };
   }
 }
 

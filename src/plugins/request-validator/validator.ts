@@ -7,7 +7,7 @@
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
 import { parseJson } from '../../core/json.js';
-import { codedContent } from '../../core/headers.js';
+import { CODED_CONTENT_HEADERS, codedContent } from '../../core/headers.js';
 import { PathMatcher } from './matcher.js';
 import {
   decode, dict, parseCookies, parseQuery, queryValue, simpleValue,
@@ -32,7 +32,7 @@ export const MAX_VIOLATIONS = 20;
 export type Outcome =
   | { ok: true }
   | { ok: false; code: 'validation-failed'; detail: string; errors: Violation[] }
-  | { ok: false; code: 'bad-request' | 'unsupported-media-type' | 'no-route'; detail: string }
+  | { ok: false; code: 'bad-request' | 'unsupported-media-type' | 'no-route'; detail: string; headers?: Readonly<Record<string, string>> }
   | { ok: false; code: 'method-not-allowed'; detail: string; allow: string[] };
 
 export interface RequestLike {
@@ -527,7 +527,7 @@ export class ApiValidator {
     const validates = media !== null && ((kind === 'json' && media.json !== null) || (kind === 'form' && media.form !== null));
     // A coded body (gzip...) cannot be read here: 415 (RFC 9110 §15.5.16), not "not JSON".
     if (validates && req.hasBody !== false && codedContent(req.header('content-encoding'))) {
-      return { ok: false, code: 'unsupported-media-type', detail: 'a request body with a Content-Encoding cannot be validated: send it unencoded' };
+      return { ok: false, code: 'unsupported-media-type', detail: 'a request body with a Content-Encoding cannot be validated: send it unencoded', headers: CODED_CONTENT_HEADERS };
     }
     // Whether there is a body at all: the head tells (Content-Length, Transfer-Encoding), or reading does.
     if (req.hasBody === false || (req.hasBody === null && !validates)) {
