@@ -47,13 +47,19 @@ function compileReplacement(r: string): (ctx: RequestCtx, m: string[]) => string
   };
 }
 
-/** RFC 3986 path characters: pchar (unreserved, pct-encoded, sub-delims, ':', '@') and '/'. */
-const PATH_TEXT = /^(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*$/;
+/**
+ * What a path the gateway forwards may hold: what it accepts in a client's path once
+ * normalized — visible ASCII and the raw bytes above 0x7F (as node reads them), '%' only as a
+ * valid escape — but never what would end the path or change the request line ('?', '#',
+ * space, controls) nor a backslash. A regex rewrite keeps the client's own characters
+ * (`[`, `|`, `"`... pass unchanged, as on a route without a rewrite); template values come in
+ * percent-encoded.
+ */
+const PATH_TEXT = /^(?:[\x21\x22\x24\x26-\x3e\x40-\x5b\x5d-\x7e\x80-\xff]|%[0-9A-Fa-f]{2})*$/;
 
 /**
- * A rewritten path: absolute, RFC 3986 path characters only (nothing that would change the
- * request line, no raw non-ASCII), and no `.` / `..` segment (values are encoded, but a regex
- * capture or a whole value can still be one).
+ * A rewritten path: absolute, the characters above only, and no `.` / `..` segment (values
+ * are encoded, but a regex capture or a whole value can still be one).
  */
 function safePath(p: string): string {
   if (!PATH_TEXT.test(p)) throw new ProblemError('bad-request', 'the rewritten path is not a valid path');
