@@ -23,6 +23,14 @@ export function scopesOf(p: JWTPayload): string[] {
   return [];
 }
 
+/** A `typ` (or media type) compared as RFC 7515 §4.1.9 says: no case, `application/` optional. */
+const mediaTypeOf = (t: string): string => {
+  const l = t.toLowerCase();
+  return l.startsWith('application/') ? l.slice(12) : l;
+};
+/** The `typ` values accepted when `token_types` is not set (besides none at all). */
+const DEFAULT_TOKEN_TYPES = ['jwt', 'at+jwt'];
+
 function claimMatches(actual: unknown, wanted: string | number | boolean | (string | number)[]): boolean {
   const options = Array.isArray(wanted) ? wanted : [wanted];
   if (Array.isArray(actual)) return actual.some((a) => options.includes(a as never));
@@ -80,6 +88,8 @@ export default definePlugin({
       clockTolerance: skewS,
       requiredClaims: required,
     };
+    const types = new Set((config.token_types ?? DEFAULT_TOKEN_TYPES).map(mediaTypeOf));
+    const typeRequired = config.token_types !== undefined;
     const cache = config.cache === false ? null : new TtlCache<Ok>(config.cache_size ?? 10_000);
     const wantScopes = config.scopes ?? [];
     const wantClaims = Object.entries(config.claims ?? {});
@@ -106,13 +116,17 @@ export default definePlugin({
 
     const verify = async (token: string): Promise<AuthOutcome> => {
       let payload: JWTPayload;
+      let typ: unknown;
       try {
-        ({ payload } = await jwtVerify(token, keys.getKey, verifyOptions));
+        ({ payload, protectedHeader: { typ } } = await jwtVerify(token, keys.getKey, verifyOptions));
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) return invalid('the token has expired');
         if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return { ok: false, missing: false, status: 503, challenge: realm, detail: 'the token cannot be verified now (the identity provider\'s keys are unavailable)' };
         return invalid('the token is not valid');
       }
+      // Explicit typing: an ID-provider-signed token of another kind (logout+jwt, secevent+jwt...)
+      // is not an access token, however valid its signature (RFC 8725 §3.11).
+      if (typ === undefined ? typeRequired : typeof typ !== 'string' || !types.has(mediaTypeOf(typ))) return invalid('the token is not an access token of an accepted type');
       // jose checks iat only with maxTokenAge: a token issued in the future is refused here.
       if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + skewS) return invalid('the token was issued in the future');
       return judge(payload);

@@ -51,6 +51,11 @@ services:
         plugins:
           - name: jwt
             config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, require_consumer: true}
+      - name: typed
+        paths: [/typed]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, token_types: [at+jwt]}
 `);
 });
 after(async () => {
@@ -63,13 +68,13 @@ const get = (path: string, token?: string) => request(`${gw.url}${path}`, { head
 const upstreamSaw = () => JSON.parse(JSON.stringify(up.requests.at(-1)!.headers)) as Record<string, string>;
 
 /** A token signed with the IdP's own current private key (for claims the IdP would not issue). */
-async function forge(claims: Record<string, unknown>, opts: { alg?: 'ES256' | 'RS256'; kid?: string; key?: JWK } = {}): Promise<string> {
+async function forge(claims: Record<string, unknown>, opts: { alg?: 'ES256' | 'RS256'; kid?: string; key?: JWK; typ?: unknown } = {}): Promise<string> {
   const alg = opts.alg ?? 'ES256';
   const jwk = opts.key ?? (idp.signingKeys().private as JWK[]).find((k) => k.alg === alg || (alg === 'ES256' ? k.kty === 'EC' : k.kty === 'RSA'))!;
   const key = await importJWK(jwk, alg);
   const now = Math.floor(Date.now() / 1000);
   return new SignJWT({ iss: idp.issuer, aud: DEFAULT_AUDIENCE, client_id: 'svc-a', sub: 'svc-a', iat: now, exp: now + 300, ...claims })
-    .setProtectedHeader({ alg, kid: opts.kid ?? jwk.kid, typ: 'at+jwt' })
+    .setProtectedHeader({ alg, kid: opts.kid ?? jwk.kid, ...('typ' in opts ? (opts.typ === undefined ? {} : { typ: opts.typ as string }) : { typ: 'at+jwt' }) })
     .sign(key);
 }
 
@@ -137,6 +142,29 @@ test('bad tokens get 401 with a Bearer challenge and no token detail: missing, e
     const part = token.split('.')[1] ?? '';
     if (part.length > 8) assert.ok(!r.body.includes(part), `${name}: the token leaks into the answer`);
   }
+});
+
+test('explicit typing (RFC 8725 §3.11): tokens of another kind the IdP signs are refused; token_types asks for at+jwt only', async () => {
+  // by default: no typ, JWT and at+jwt (any case, application/ prefix optional) are access tokens
+  for (const typ of [undefined, 'JWT', 'jwt', 'at+jwt', 'application/at+JWT']) {
+    const r = await get('/api/t', await forge({}, { typ }));
+    assert.equal(r.status, 200, `${typ}: ${r.body}`);
+  }
+  // a back-channel logout token, a security event token, a DPoP proof, anything else: refused
+  for (const typ of ['logout+jwt', 'secevent+jwt', 'application/dpop+jwt', 'id_token', 42]) {
+    const r = await get('/api/t', await forge({}, { typ }));
+    assert.equal(r.status, 401, `${typ}`);
+    assert.match(r.headers['www-authenticate'] as string, /error="invalid_token"/);
+  }
+  // token_types: [at+jwt]: RFC 9068 access tokens only (none without typ, no plain JWT)
+  assert.equal((await get('/typed/t', await forge({}))).status, 200);
+  assert.equal((await get('/typed/t', await forge({}, { typ: 'application/at+jwt' }))).status, 200);
+  assert.equal((await get('/typed/t', await forge({}, { typ: undefined }))).status, 401);
+  assert.equal((await get('/typed/t', await forge({}, { typ: 'JWT' }))).status, 401);
+  // and a real IdP's access token passes both (oidc-provider types them at+jwt)
+  const real = await idp.jwt({ clientId: 'svc-a' });
+  assert.equal((await get('/api/t', real)).status, 200);
+  assert.equal((await get('/typed/t', real)).status, 200);
 });
 
 test('identities that are not printable ASCII reach the upstream as UTF-8 bytes, control characters encoded, never a 502', async () => {

@@ -25,6 +25,10 @@ export const JwtConfig = Type.Object({
   jwks_refresh: Type.Optional(Duration('How often the keys are re-fetched in the background (default 10m).')),
   jwks_cooldown: Type.Optional(Duration('At most one fetch per this long for unknown kids (default 10s).')),
   timeout: Type.Optional(Duration('Timeout of discovery and JWKS fetches (default 5s).')),
+  token_types: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[!-~]+$' }), {
+    minItems: 1,
+    description: 'Accepted `typ` header values (RFC 8725 §3.11, RFC 9068: `at+jwt`), compared without case and an `application/` prefix. When set, a token must carry one of them; by default a token without typ, or with JWT or at+jwt, is accepted (an IdP\'s logout, security-event or DPoP tokens are not access tokens).',
+  })),
   ...AuthCommon,
 }, { additionalProperties: false });
 export type JwtConfig = Static<typeof JwtConfig>;
