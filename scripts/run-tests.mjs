@@ -43,11 +43,30 @@ function provision() {
 }
 provision();
 
-const args = process.argv.slice(2);
-const files = args.some((a) => a.endsWith('.ts')) ? [] : [...find('src'), ...find('test')].sort();
-const r = spawnSync(
+/**
+ * Files whose tests measure time under load (a killed target under traffic, ejection and
+ * limit windows, floods, a cluster of nodes, start-up windows): they run alone, one file at a
+ * time, after the others, which run two files at a time (most of their time is spent waiting
+ * on sockets, child processes and timers, not on the CPU).
+ */
+const SERIAL = new Set([
+  'test/balancers.test.ts', 'test/http2-floods.test.ts', 'test/portal-accounts.test.ts',
+  'test/rate-limit-nodes.test.ts', 'test/resilience-edges.test.ts', 'test/resilience.test.ts',
+  'test/store-cluster.test.ts', 'test/upstream-failures.test.ts', 'test/workers.test.ts',
+]);
+
+const run = (extra, files) => spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', '--test-timeout=120000', ...args, ...files],
+  ['--import', 'tsx', '--test', '--test-timeout=120000', ...extra, ...files],
   { stdio: 'inherit', env: { ...process.env, TURNPIKE_LOG_LEVEL: process.env.TURNPIKE_LOG_LEVEL ?? 'silent' } },
-);
-process.exit(r.status ?? 1);
+).status ?? 1;
+
+const args = process.argv.slice(2);
+if (args.some((a) => a.endsWith('.ts'))) process.exit(run(args, []));
+const all = [...find('src'), ...find('test')].sort();
+const concurrency = process.env.TURNPIKE_TEST_CONCURRENCY ?? '2';
+const started = Date.now();
+const first = run([`--test-concurrency=${concurrency}`, ...args], all.filter((f) => !SERIAL.has(f)));
+const second = run(['--test-concurrency=1', ...args], all.filter((f) => SERIAL.has(f)));
+console.log(`# npm test: ${all.length} files (${all.length - SERIAL.size} two at a time, ${SERIAL.size} alone) in ${Math.round((Date.now() - started) / 1000)} s: ${first === 0 && second === 0 ? 'pass' : 'FAIL'}`);
+process.exit(first !== 0 ? first : second);
