@@ -91,3 +91,14 @@ export function repeatedContentType(raw: readonly string[]): boolean {
 }
 
 export const REPEATED_CONTENT_TYPE = 'the request has more than one Content-Type field';
+
+/** A flat name/value list as a header object (repeated names become arrays). */
+export function headerRecord(list: readonly string[]): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (let i = 0; i < list.length; i += 2) {
+    const k = list[i]!;
+    const prev = out[k];
+    out[k] = prev === undefined ? list[i + 1]! : Array.isArray(prev) ? [...prev, list[i + 1]!] : [prev, list[i + 1]!];
+  }
+  return out;
+}

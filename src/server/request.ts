@@ -21,7 +21,7 @@ import type { Logger } from '../core/log.js';
 import { PluginCtx } from '../plugins/context.js';
 import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../plugins/pipeline.js';
 import type { Reply } from '../plugins/types.js';
-import { connectionTokens, isTls, validRequestId } from '../core/headers.js';
+import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath } from '../router/path.js';
 import { hostName } from '../router/router.js';
@@ -599,17 +599,6 @@ export function handleRequest(
   }
   // Plugins that never wait (key-auth, a local rate limit...) keep the request synchronous.
   return phases instanceof Promise ? phases.then(afterPhases, onPhaseError) : afterPhases(phases);
-}
-
-/** A flat name/value list as a header object (repeated names become arrays). */
-function headerRecord(list: readonly string[]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (let i = 0; i < list.length; i += 2) {
-    const k = list[i]!;
-    const prev = out[k];
-    out[k] = prev === undefined ? list[i + 1]! : Array.isArray(prev) ? [...prev, list[i + 1]!] : [prev, list[i + 1]!];
-  }
-  return out;
 }
 
 /** A plugin's local reply: a problem from the catalogue, or its own status and body. */

@@ -5,7 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors, type Dispatcher } from 'undici';
-import { HOP_BY_HOP, connectionTokens, isGatewayCookie } from '../core/headers.js';
+import { HOP_BY_HOP, connectionTokens, headerRecord, isGatewayCookie } from '../core/headers.js';
 import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
@@ -375,11 +375,15 @@ export class ForwardHandler {
   private problem(code: ProblemCode, detail: string, close: boolean, headers?: Record<string, string>): void {
     const f = this.f;
     const pl = f.plugins;
+    // What plugins added for the client (cors' Access-Control-Allow-Origin, RateLimit...) goes
+    // on the gateway's own 502/503/504 too: a page can read why its call failed.
+    const extra = pl?.extraHeaders;
     if (pl === null || pl.chain.response.length === 0 || f.res.headersSent) {
-      sendProblem(f.res, code, detail, f.requestId, { close, headers });
+      sendProblem(f.res, code, detail, f.requestId, { close, headers: extra?.length ? { ...headerRecord(extra), ...headers } : headers });
       return;
     }
     const r = problemResponse(code, detail, f.requestId, undefined, headers);
+    if (extra?.length) r.headers.push(...extra);
     r.headers.push('via', f.via);
     void deliver(f.req, f.res, r, pl, { requestId: f.requestId, close, exchange: null });
   }

@@ -54,6 +54,12 @@ services:
       - {name: continue, paths: [/continue], plugins: [{name: cors, config: {origins: ['${APP}'], preflight_continue: true}}]}
       - {name: normalized, paths: [/normalized], plugins: [{name: cors, config: {origins: ['HTTPS://App.Example.com:443']}}]}
       - {name: plain, paths: [/plain]}
+  - name: dead
+    url: http://127.0.0.1:1
+    retries: 0
+    routes:
+      - {name: dead, paths: [/dead], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true}}]}
+      - {name: dead-cached, paths: [/dead-cached], plugins: [{name: cors, config: {origins: ['${APP}']}}, {name: cache}]}
 `;
 
 before(async () => {
@@ -76,6 +82,21 @@ function rawValues(r: SimpleResponse, name: string): string[] {
   for (let i = 0; i < r.rawHeaders.length; i += 2) if (r.rawHeaders[i]!.toLowerCase() === name) out.push(r.rawHeaders[i + 1]!);
   return out;
 }
+
+test('the gateway\'s own 502 (upstream refused) carries the origin\'s fields: the page can read why its call failed', T, async () => {
+  for (const path of ['/dead', '/dead-cached']) {
+    const r = await request(`${t.url}${path}/x`, { headers: { origin: APP } });
+    assert.equal(r.status, 502, path);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers['access-control-allow-origin'], APP, path);
+    assert.equal(r.headers['access-control-allow-credentials'], path === '/dead' ? 'true' : undefined, path);
+    assert.deepEqual(rawValues(r, 'vary'), ['Origin'], path);
+    // another origin: nothing to read
+    const other = await request(`${t.url}${path}/x`, { headers: { origin: 'https://evil.example' } });
+    assert.equal(other.status, 502);
+    assert.equal(other.headers['access-control-allow-origin'], undefined);
+  }
+});
 
 const corsFields = (r: SimpleResponse) => r.rawHeaders.filter((h, i) => i % 2 === 0 && h.toLowerCase().startsWith('access-control-')).map((h) => h.toLowerCase());
 

@@ -84,12 +84,17 @@ export default definePlugin({
     });
     return problems;
   },
-  create(config) {
+  create(config, deps) {
     const rules = config.origins.map(parseOrigin);
     const any = rules.some((r) => r.kind === 'any');
     const exact = new Set(rules.flatMap((r) => (r.kind === 'exact' ? [r.origin] : [])));
     const regexes = rules.flatMap((r) => (r.kind === 'regex' ? [r.re] : []));
     const credentials = config.credentials === true;
+    if (any && credentials) {
+      // Legal (Kong does the same), but it lets every web page read this API with its users'
+      // cookies: said once per binding, at load.
+      deps.log.warn({ plugin: 'cors', where: deps.where }, 'cors: origins "*" with credentials: true reflects every origin: any web page can make credentialed reads; list the origins instead');
+    }
     /** `*` without credentials: the answer is the same for every origin. */
     const wildcard = any && !credentials;
     const methods = (config.methods ?? DEFAULT_METHODS).map((m) => m.toUpperCase()).join(', ');
