@@ -36,3 +36,36 @@ services:
     await up.close();
   }
 });
+
+test('a WebSocket relay is in flight for the scaling meter while it is open, and no longer once it closes', async () => {
+  const { WebSocket, WebSocketServer } = await import('ws');
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise<void>((ok) => wss.once('listening', () => ok()));
+  wss.on('connection', (ws) => ws.on('message', (m) => ws.send(m)));
+  const port = (wss.address() as { port: number }).port;
+  const tp = await startGateway(`scaling: {interval: 60s}
+services:
+  - name: chat
+    url: http://127.0.0.1:${port}
+    scaling: {target_concurrency: 2, min_replicas: 0}
+    routes: [{paths: [/ws], websocket: true}]
+`);
+  try {
+    const ws = new WebSocket(`${tp.url.replace('http', 'ws')}/ws`);
+    await new Promise<void>((ok, fail) => { ws.once('open', () => ok()); ws.once('error', fail); });
+    const echoed = new Promise<string>((ok) => ws.once('message', (m) => ok(String(m))));
+    ws.send('ping');
+    assert.equal(await echoed, 'ping');
+    tp.gw.demand.drain();
+    await sleep(400); // a few samples of the gauge (every 100 ms)
+    const open = tp.gw.demand.drain().services['chat'];
+    assert.equal(open?.inflight, 1, JSON.stringify(open));
+    ws.close();
+    await eventually(() => { const d = tp.gw.demand.drain().services['chat']; return d !== undefined && d.n === 1; });
+    await sleep(300);
+    assert.equal(tp.gw.demand.drain().services['chat']?.inflight, 0);
+  } finally {
+    await tp.close();
+    await new Promise<void>((ok) => wss.close(() => ok()));
+  }
+});
