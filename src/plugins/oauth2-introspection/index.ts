@@ -31,7 +31,10 @@ export default definePlugin({
     const ttl = parseDuration(config.cache_ttl ?? '30s');
     const negativeTtl = Math.min(ttl, parseDuration(config.negative_cache_ttl ?? '5s'));
     const timeoutMs = parseDuration(config.timeout ?? '5s');
+    // Refusals are kept apart from passes: a flood of made-up tokens (each one a call to the
+    // IdP) evicts only other refusals, never the tokens of the callers who are let in.
     const cache = new TtlCache<AuthOutcome>(config.cache_size ?? 10_000);
+    const refused = new TtlCache<AuthOutcome>(config.cache_size ?? 10_000);
     const inflight = new Map<string, Promise<AuthOutcome>>();
     const claimName = config.consumer_claim ?? 'client_id';
     const wantScopes = config.scopes ?? [];
@@ -91,12 +94,12 @@ export default definePlugin({
         if (token === null) return { ok: false, missing: true, challenge: REALM };
         if (token === BAD_BEARER) return badBearer(REALM);
         const key = sha256(token).toString('base64');
-        let outcome = cache.get(key);
+        let outcome = cache.get(key) ?? refused.get(key);
         if (outcome === undefined) {
           let p = inflight.get(key);
           if (p === undefined) {
             p = introspect(token).then(({ outcome, until }) => {
-              cache.set(key, outcome, until);
+              (outcome.ok ? cache : refused).set(key, outcome, until);
               return outcome;
             }).finally(() => inflight.delete(key));
             inflight.set(key, p);

@@ -46,6 +46,11 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${ais.url}/introspect, client_id: gateway, client_secret: s}
+      - name: small-cache
+        paths: [/small]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${idp.introspection.url}, client_id: ${idp.introspection.clientId}, client_secret: ${idp.introspection.clientSecret}, cache_size: 4, cache_ttl: 30s, negative_cache_ttl: 30s}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -84,6 +89,17 @@ test('an active opaque token passes (consumer from client_id), cached for cache_
   assert.equal(after.status, 401);
   assert.match(String(after.headers['www-authenticate']), /error="invalid_token"/);
   assert.equal(calls() - c0, 2);
+});
+
+test('a flood of made-up tokens does not evict the cached tokens of callers who are let in (refusals are cached apart)', async () => {
+  const token = await idp.opaque({ clientId: 'svc-a', scope: 'read' });
+  const c0 = calls();
+  assert.equal((await get('/small/x', token)).status, 200);
+  assert.equal(calls() - c0, 1);
+  for (let i = 0; i < 12; i++) assert.equal((await get('/small/x', `made-up-${i}-${'z'.repeat(30)}`)).status, 401);
+  assert.equal(calls() - c0, 13);
+  assert.equal((await get('/small/x', token)).status, 200);
+  assert.equal(calls() - c0, 13, 'the good token is still cached (cache_size 4, 12 refusals since)');
 });
 
 test('inactive and unknown tokens get 401 (negative answers cached briefly); concurrent unknown tokens share one call', async () => {
