@@ -53,6 +53,11 @@ const SERIAL = new Set([
   'test/balancers.test.ts', 'test/http2-floods.test.ts', 'test/portal-accounts.test.ts',
   'test/rate-limit-nodes.test.ts', 'test/resilience-edges.test.ts', 'test/resilience.test.ts',
   'test/store-cluster.test.ts', 'test/upstream-failures.test.ts', 'test/workers.test.ts',
+  // (short, with tight bounds: parallel steps, event-loop gaps, close times)
+  'test/compose.test.ts', 'src/compose/run.test.ts', 'src/config/stores/sqlite.test.ts',
+  'src/observability/sinks.test.ts', 'test/redis-store.test.ts',
+  // (a load test of its own: real backend processes against a latency SLO)
+  'test/scaling-e2e.test.ts',
 ]);
 
 const run = (extra, files) => spawnSync(

@@ -178,7 +178,8 @@ const service = () => `services:
  * by its account page, until 300 ms after the banner.
  */
 async function probeStartup(proxy: string, run: () => Running | undefined): Promise<void> {
-  const end = Date.now() + 20_000;
+  // (as long as startGw waits for a node: five start at once, one of them with three workers)
+  const end = Date.now() + 60_000;
   let bannerAt = 0;
   let n = 0;
   const loop = async (lane: number) => {

@@ -142,19 +142,19 @@ test('a server URL with a query or fragment is refused; the written config is co
 });
 
 test('route names: colliding operationIds get -2, -3, ... in linear time', () => {
-  // (10,000: ~1.6 s on a loaded 2-core machine, most of it compiling the document and the config;
-  // the quadratic search took ~9 s, 20,000 ~2 min)
+  // (20,000: ~3 s on a 2-core machine, most of it compiling the document and the config, up to
+  // ~12 s with other work on it; the quadratic search took ~2 min: the bound sits between)
   const paths: Record<string, unknown> = {};
-  for (let i = 0; i < 10_000; i++) paths[`/p${i}`] = { get: { operationId: 'same', responses: {} } };
+  for (let i = 0; i < 20_000; i++) paths[`/p${i}`] = { get: { operationId: 'same', responses: {} } };
   paths['/x'] = { get: { operationId: 'same-2', responses: {} } };
   const t0 = Date.now();
   const r = importOpenapi(doc({ paths }), { specFile: 's.json', cwd: '/' });
   const ms = Date.now() - t0;
   const names = (parse(r.yaml) as { services: { routes: { name: string }[] }[] }).services[0]!.routes.map((x) => x.name);
-  assert.equal(new Set(names).size, 10_001);
+  assert.equal(new Set(names).size, 20_001);
   assert.deepEqual(names.slice(0, 3), ['same', 'same-2', 'same-3']);
   assert.equal(names.at(-1), 'same-2-2', 'a name taken already gets its own suffix');
-  assert.ok(ms < 5000, `${ms} ms`);
+  assert.ok(ms < 45_000, `${ms} ms`);
 });
 
 test('a server variable without a default is named', () => {
