@@ -2,6 +2,7 @@
 import { Type } from '@sinclair/typebox';
 import type { RequestCtx } from './types.js';
 import { parseDuration } from '../config/units.js';
+import { deadlineTimer } from '../state/deadline.js';
 
 const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
 
@@ -33,20 +34,37 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
   return parts.join('|');
 }
 
-/** A store's answer, or an error once `ms` passed (the limit's `fault` applies then). */
 /**
- * How long a counter decision may take before `fault` applies: `timeout` (default 50 ms) for
- * Redis. The node-local store is exact by contract: with workers it is the primary, one IPC
- * round trip away, which a busy or CPU-starved node can delay past 50 ms with nothing wrong —
- * failing open then over-admits (seen: 126 of a limit of 100 on a loaded 2-core machine). It
- * gets at least the IPC channel's own bound (1 s).
+ * How long a counter decision may take before `fault` applies: the binding's `timeout`, else
+ * (Redis) the top-level `redis.timeout`, else 50 ms. The node-local store is exact by
+ * contract: with workers it is the primary, one IPC round trip away, which a busy or
+ * CPU-starved node can delay past 50 ms with nothing wrong — failing open then over-admits
+ * (seen: 126 of a limit of 100 on a loaded 2-core machine). It gets at least the IPC
+ * channel's own bound (1 s).
  */
-export function storeTimeoutMs(timeout: string | number | undefined, policy: string | undefined): number {
+export function storeTimeoutMs(timeout: string | number | undefined, policy: string | undefined, redisDefaultMs?: number): number {
+  const ms = timeout !== undefined ? parseDuration(timeout) : policy === 'redis' && redisDefaultMs !== undefined ? redisDefaultMs : 50;
   // (capped at what a timer can hold: past 2^31-1 ms Node fires it at once)
-  return Math.min(Math.max(parseDuration(timeout ?? '50ms'), policy === 'redis' ? 0 : 1000), 2 ** 31 - 1);
+  return Math.min(Math.max(ms, policy === 'redis' ? 0 : 1000), 2 ** 31 - 1);
 }
 
+/** A store's answer, or an error once `ms` passed (the limit's `fault` applies then). */
 export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
-  const t = setTimeout(() => reject(new Error(`the counter store did not answer within ${ms} ms`)), ms);
-  p.then((v) => { clearTimeout(t); resolve(v); }, (e: unknown) => { clearTimeout(t); reject(e as Error); });
+  let settled = false;
+  const t = deadlineTimer(ms, () => {
+    if (settled) return;
+    settled = true;
+    reject(new Error(`the counter store did not answer within ${ms} ms`));
+  });
+  p.then((v) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(t);
+    resolve(v);
+  }, (e: unknown) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(t);
+    reject(e as Error);
+  });
 });

@@ -13,9 +13,11 @@
  * relative to the script's clock).
  *
  * Failing fast: no offline queue (a call while disconnected fails at once), no retries of a
- * command, `commandTimeout` = the configured timeout (default 50 ms), and a deadline of our own
- * around every call as a backstop (cluster redirections and retry delays included), so no
- * call waits past the timeout on a dead or hung Redis. The connection comes back by itself
+ * command, and a deadline of our own around every call (cluster redirections and retry delays
+ * included): the caller's (a limit binding's `timeout`), else `redis.timeout` (default 50 ms),
+ * firing only after the answers already in the socket were read (state/deadline.ts). ioredis'
+ * `commandTimeout` is only a backstop (at least 10 s) that keeps a hung Redis from holding
+ * commands forever. The connection comes back by itself
  * (capped exponential backoff, at most 1 s apart). Errors are thrown; the plugin applies its
  * `fault` setting.
  */
@@ -24,6 +26,7 @@ import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis'
 import { parseDuration } from '../config/units.js';
 import type { Logger } from '../core/log.js';
 import type { CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
+import { deadlineTimer } from './deadline.js';
 
 /** The top-level `redis` setting: a URL, or {url | cluster seeds, timeout, prefix}. */
 export type RedisSetting = string | {
@@ -43,6 +46,8 @@ export interface RedisStoreOptions {
 }
 
 export const DEFAULT_REDIS_TIMEOUT_MS = 50;
+/** The least a Redis call may hang before the store itself fails it (bindings give up sooner). */
+const BACKSTOP_MS = 10_000;
 export const DEFAULT_REDIS_PREFIX = 'turnpike:';
 /** Longest wait between two reconnection attempts. */
 const MAX_BACKOFF_MS = 1000;
@@ -178,6 +183,12 @@ export class RedisStore implements CounterStore {
   readonly client: Client;
   readonly prefix: string;
   readonly timeoutMs: number;
+  /** `redis.timeout`: how long a limit binding without a timeout of its own waits for a decision. */
+  get defaultTimeoutMs(): number {
+    return this.timeoutMs;
+  }
+  /** How long ioredis lets a command hang, whatever the caller's deadline (a backstop). */
+  private readonly backstopMs: number;
   private readonly scripts: Scripts;
   private readonly clock: (() => number) | undefined;
   private readonly log: Logger | undefined;
@@ -193,12 +204,13 @@ export class RedisStore implements CounterStore {
     // land in different cluster slots.
     if (/[{}]/.test(this.prefix)) throw new Error('redis.prefix must not contain { or }');
     this.timeoutMs = s.timeout === undefined ? DEFAULT_REDIS_TIMEOUT_MS : Math.max(1, parseDuration(s.timeout));
+    this.backstopMs = Math.max(this.timeoutMs, BACKSTOP_MS);
     this.clock = opts.clock;
     this.log = opts.log;
     const connectTimeout = Math.max(250, Math.min(2000, this.timeoutMs * 10));
     const retry = (times: number) => Math.min(MAX_BACKOFF_MS, 25 * 2 ** Math.min(times, 10));
     const common: RedisOptions = {
-      commandTimeout: this.timeoutMs,
+      commandTimeout: this.backstopMs,
       connectTimeout,
       maxRetriesPerRequest: 0,
       enableOfflineQueue: false,
@@ -283,15 +295,20 @@ export class RedisStore implements CounterStore {
     return `${this.prefix}{${tag(key)}}:q`;
   }
 
-  /** Settles with `p` or rejects once the timeout has passed, whatever ioredis is doing. */
-  private deadline<T>(p: Promise<T>): Promise<T> {
+  /** Settles with `p` or rejects once `ms` has passed (and the answers in hand were read), whatever ioredis is doing. */
+  private deadline<T>(p: Promise<T>, ms = this.timeoutMs): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`redis did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
-      p.then((v) => { clearTimeout(timer); resolve(v); }, (e: unknown) => { clearTimeout(timer); reject(e as Error); });
+      let settled = false;
+      const timer = deadlineTimer(ms, () => {
+        if (settled) return;
+        settled = true;
+        reject(new Error(`redis did not answer within ${ms} ms`));
+      });
+      p.then((v) => { if (!settled) { settled = true; clearTimeout(timer); resolve(v); } }, (e: unknown) => { if (!settled) { settled = true; clearTimeout(timer); reject(e as Error); } });
     });
   }
 
-  async rate(queries: readonly RateQuery[]): Promise<RateDecision[]> {
+  async rate(queries: readonly RateQuery[], timeoutMs?: number): Promise<RateDecision[]> {
     if (queries.length === 0) return [];
     if (this.closed) throw new Error('the redis counter store is closed');
     const keys: string[] = [];
@@ -300,7 +317,7 @@ export class RedisStore implements CounterStore {
       keys.push(this.rateKey(q));
       argv.push(q.algorithm === 'gcra' ? 'g' : 's', q.limit, q.periodMs, q.cost);
     }
-    const raw = await this.deadline(this.scripts.tpRate(keys.length, ...keys, ...argv));
+    const raw = await this.deadline(this.scripts.tpRate(keys.length, ...keys, ...argv), timeoutMs);
     const decisions: RateDecision[] = queries.map((_, i) => ({
       allowed: raw[1 + i * 4] === 1,
       remaining: Number(raw[2 + i * 4]),
@@ -316,9 +333,9 @@ export class RedisStore implements CounterStore {
       : d));
   }
 
-  async quota(q: QuotaQuery): Promise<QuotaDecision> {
+  async quota(q: QuotaQuery, timeoutMs?: number): Promise<QuotaDecision> {
     if (this.closed) throw new Error('the redis counter store is closed');
-    const [allowed, used] = await this.deadline(this.scripts.tpQuota(this.quotaKey(q.key), q.limit, q.cost, Math.ceil(q.periodEnd)));
+    const [allowed, used] = await this.deadline(this.scripts.tpQuota(this.quotaKey(q.key), q.limit, q.cost, Math.ceil(q.periodEnd)), timeoutMs);
     return allowed === 1
       ? { allowed: true, used, remaining: q.limit - used }
       : { allowed: false, used, remaining: Math.max(0, q.limit - used) };

@@ -41,8 +41,11 @@ export interface QuotaDecision {
 
 export interface CounterStore {
   /** Several windows at once: all of them are checked, and the cost is taken from all only if every one allows it. */
-  rate(queries: readonly RateQuery[]): Promise<RateDecision[]>;
-  quota(q: QuotaQuery): Promise<QuotaDecision>;
+  /** How long a call may take by the store's own setting (Redis: `redis.timeout`), when it has one. */
+  readonly defaultTimeoutMs?: number;
+  rate(queries: readonly RateQuery[], timeoutMs?: number): Promise<RateDecision[]>;
+  /** (`timeoutMs`: how long the caller waits; a store with a deadline of its own uses it instead) */
+  quota(q: QuotaQuery, timeoutMs?: number): Promise<QuotaDecision>;
   /** Current usage of a quota key (without taking anything). */
   quotaUsage(key: string): Promise<number>;
   close?(): Promise<void>;

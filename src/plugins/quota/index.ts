@@ -37,7 +37,7 @@ export default definePlugin({
     const tz = config.time_zone ?? 'UTC';
     const cost = config.cost ?? 1;
     const fault = config.fault ?? 'open';
-    const timeoutMs = storeTimeoutMs(config.timeout, config.policy);
+    const timeoutMs = storeTimeoutMs(config.timeout, config.policy, deps.counters.redis?.defaultTimeoutMs);
     const store = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
     const name = config.name ?? 'quota';
     // A named quota is one count wherever it is bound (moving the binding keeps it); an unnamed
@@ -48,7 +48,7 @@ export default definePlugin({
     const decide = async (key: string, end: number): Promise<QuotaDecision | 'unavailable'> => {
       const q = { key, limit: config.limit, cost, periodEnd: end };
       try {
-        return await withTimeout(store.quota(q), timeoutMs);
+        return await withTimeout(store.quota(q, timeoutMs), timeoutMs);
       } catch (err) {
         if (Date.now() - warnedAt >= 10_000) {
           // (one line per 10 s: a store outage must not write one per request)

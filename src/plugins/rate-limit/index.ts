@@ -40,7 +40,7 @@ export default definePlugin({
     const algorithm = config.algorithm ?? 'gcra';
     const cost = config.cost ?? 1;
     const fault = config.fault ?? 'open';
-    const timeoutMs = storeTimeoutMs(config.timeout, config.policy);
+    const timeoutMs = storeTimeoutMs(config.timeout, config.policy, deps.counters.redis?.defaultTimeoutMs);
     const store: CounterStore = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
     // Counters survive reloads that keep the binding where it is with the same windows.
     const scope = createHash('sha256').update(`${deps.where}|${algorithm}|${JSON.stringify(windows)}|${by.join(',')}`).digest('base64url').slice(0, 12);
@@ -53,7 +53,7 @@ export default definePlugin({
     const decide = async (key: string): Promise<RateDecision[] | 'unavailable'> => {
       const queries = queriesFor(key);
       try {
-        return await withTimeout(store.rate(queries), timeoutMs);
+        return await withTimeout(store.rate(queries, timeoutMs), timeoutMs);
       } catch (err) {
         if (Date.now() - warnedAt >= 10_000) {
           // (one line per 10 s: a store outage must not write one per request)

@@ -18,7 +18,7 @@ export const RateLimitConfig = Type.Object({
   fault: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], {
     default: 'open', description: 'When the counter store fails: open lets requests through, closed answers 503, local counts on this node instead.',
   })),
-  timeout: Type.Optional(Duration('How long a Redis decision may take before `fault` applies (default 50ms). The node-local store (the primary, with workers) gets at least 1s: it is exact, not best-effort')),
+  timeout: Type.Optional(Duration('How long a Redis decision may take before `fault` applies (default: the top-level redis.timeout, else 50ms). The node-local store (the primary, with workers) gets at least 1s: it is exact, not best-effort')),
   headers: Type.Optional(Type.Boolean({ default: true, description: 'Send RateLimit-Policy and RateLimit (IETF httpapi draft) on every response.' })),
   legacy_headers: Type.Optional(Type.Boolean({ default: false, description: 'Also send X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset.' })),
   name: Type.Optional(Type.String({ pattern: '^[a-z][a-z0-9_.-]*$', maxLength: 64, description: 'Policy name in the RateLimit headers (default: "default").' })),
