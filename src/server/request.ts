@@ -70,7 +70,12 @@ export interface RequestContext {
 
 
 /** Fields of 20+ characters the gateway owns (the switch in handleRequest sees shorter names only). */
-const LONG_OWNED = new Set(['x-credential-identifier', 'x-anonymous-consumer']);
+const LONG_OWNED = new Set([
+  'x-credential-identifier', 'x-anonymous-consumer',
+  // identity fields Kong's auth plugins set (or clear) on every request: upstreams moved from
+  // Kong trust them, so a client's copy never reaches one
+  'x-consumer-custom-id', 'x-authenticated-userid', 'x-authenticated-scope', 'x-authenticated-groups',
+]);
 
 /**
  * Client-certificate fields of 20+ characters that TLS terminators set (Envoy's XFCC, AWS ALB's

@@ -208,10 +208,12 @@ test('the upstream gets x-consumer-id, -name, -groups and x-credential-identifie
   assert.equal(again['x-credential-identifier'], cred);
 });
 
-const SPOOF_NAMES = ['X-Consumer-Name', 'x-consumer-id', 'X-CONSUMER-GROUPS', 'x-Credential-Identifier', 'X-Anonymous-Consumer', 'X-Consumer-Username'];
+// (with the identity fields Kong's auth plugins set, which upstreams moved from Kong trust)
+const KONG_IDENTITY = ['x-consumer-custom-id', 'x-authenticated-userid', 'x-authenticated-scope', 'x-authenticated-groups'];
+const SPOOF_NAMES = ['X-Consumer-Name', 'x-consumer-id', 'X-CONSUMER-GROUPS', 'x-Credential-Identifier', 'X-Anonymous-Consumer', 'X-Consumer-Username', 'X-Consumer-Custom-ID', 'X-Authenticated-Userid', 'x-authenticated-scope', 'X-Authenticated-Groups'];
 /** A raw header list (node:http adds no Host to a list): Host, then every consumer header twice in different cases. */
 const spoofHeaders = (): string[] => ['Host', 'gateway.test', ...SPOOF_NAMES.flatMap((n) => [n, `evil-${n}`, n.toUpperCase(), 'evil2'])];
-const OWNED = ['x-consumer-name', 'x-consumer-id', 'x-consumer-groups', 'x-credential-identifier', 'x-anonymous-consumer', 'x-consumer-username'];
+const OWNED = ['x-consumer-name', 'x-consumer-id', 'x-consumer-groups', 'x-credential-identifier', 'x-anonymous-consumer', 'x-consumer-username', ...KONG_IDENTITY];
 
 test('client copies of the consumer headers never reach the upstream, with auth and without', T, async () => {
   // An authenticated route: exactly the gateway's values.
@@ -224,6 +226,7 @@ test('client copies of the consumer headers never reach the upstream, with auth 
   assert.deepEqual(rawValues(raw, 'x-consumer-groups'), []);
   assert.deepEqual(rawValues(raw, 'x-anonymous-consumer'), []);
   assert.deepEqual(rawValues(raw, 'x-consumer-username'), []);
+  for (const n of KONG_IDENTITY) assert.deepEqual(rawValues(raw, n), [], n);
 
   // A route without auth: none of them.
   const o = await request(`${t.url}/open`, { headers: spoofHeaders() });
