@@ -126,12 +126,13 @@ test('authentication comes first: no key is key-auth\'s 401, not the acl\'s 403'
   assert.equal(r.headers['www-authenticate'], 'Key realm="turnpike"');
 });
 
-test('a route with acl and no authentication: 401 problem, upstream not called', T, async () => {
+test('a route with acl and no authentication: 403 problem (no credentials could help: a 401 must carry a challenge, RFC 9110 §15.5.2, and there is none to offer), upstream not called', T, async () => {
   const before = up.requests.length;
   const r = await get('/noauth');
-  assertProblem(r, 401, 'unauthorized', /authentication is required/);
+  assertProblem(r, 403, 'forbidden', /no consumer was identified/);
+  assert.equal(r.headers['www-authenticate'], undefined);
   // A key is meaningless there (no auth plugin reads it).
-  assertProblem(await get('/noauth', 'alice'), 401, 'unauthorized');
+  assertProblem(await get('/noauth', 'alice'), 403, 'forbidden');
   assert.equal(up.requests.length, before);
 });
 

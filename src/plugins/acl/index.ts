@@ -1,8 +1,9 @@
 /**
  * acl: allows or denies the authenticated consumer by its groups (consumers[].groups), Kong's
  * semantics: with `allow`, the consumer must be in one of those groups; with `deny`, in none of
- * them; both given, deny wins. Runs in the access phase, after authentication: no consumer at
- * all is 401; a consumer (the `anonymous` one included) that is not allowed is 403.
+ * them; both given, deny wins. Runs in the access phase, after authentication: a consumer (the
+ * `anonymous` one included) that is not allowed is 403; so is no identity at all (a route
+ * without an auth plugin: a 401 must carry a challenge, and no credentials could help).
  */
 import { definePlugin } from '../types.js';
 import { AclConfig } from './schema.js';
@@ -21,14 +22,13 @@ export default definePlugin({
   create(config, deps) {
     const allow = config.allow?.length ? new Set(config.allow) : null;
     const deny = config.deny?.length ? new Set(config.deny) : null;
-    // (The configured name of the groups header is not known to plugins: see README.)
     const groupsHeader = deps.consumerHeaders.groups;
     return {
       access(ctx) {
         const c = ctx.consumer;
         if (c === null) {
-          // No authentication ran (or none succeeded and there is no anonymous consumer).
-          if (ctx.identity === null) return { code: 'unauthorized', detail: 'authentication is required' };
+          // No authentication ran (a failed one answered 401 with its challenge before this).
+          if (ctx.identity === null) return { code: 'forbidden', detail: 'no consumer was identified: acl needs an authentication plugin on this route' };
           // Authenticated by an IdP without a consumer here: no groups to judge (Kong: 403).
           return { code: 'forbidden', detail: DENIED };
         }
