@@ -217,6 +217,11 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     },
   });
   const health = gw.health!;
+  // /status: 200 while a worker accepts on the proxy port (none does before the first one
+  // listens, nor once the stop began: the port refuses connections then).
+  const updateReady = () => {
+    if (!gw.draining) gw.ready = [...infos.values()].some((i) => i.listening && !i.retiring);
+  };
 
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
@@ -233,6 +238,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
         case 'listening':
           info.listening = true;
           address ??= msg.address;
+          updateReady();
           for (const f of info.onListening.splice(0)) f();
           break;
         case 'reloaded':
@@ -295,6 +301,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   cluster.on('exit', (worker, code, signal) => {
     const info = infos.get(worker.id);
     infos.delete(worker.id);
+    updateReady();
     if (info?.metrics) retired = retainCounters([retired, info.metrics]);
     if (stopping || !info || info.retiring) return;
     log.error({ pid: worker.process.pid, code, signal }, 'worker died; starting a replacement');
@@ -308,6 +315,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const retire = (info: WorkerInfo) =>
     new Promise<void>((resolve) => {
       info.retiring = true;
+      updateReady();
       if (info.worker.isDead()) return resolve();
       info.worker.once('exit', () => resolve());
       if (info.worker.isConnected()) info.worker.send({ tp: 'stop' } satisfies ToWorker);
@@ -367,6 +375,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     },
     async stop() {
       stopping = true;
+      gw.beginDrain(); // /status: 503 "draining" while the workers drain, not once they are gone
       await Promise.all([...infos.values()].map(retire));
       await gw.stop();
     },

@@ -163,7 +163,9 @@ export class Gateway implements RequestContext {
   snapshot: Snapshot;
   draining = false;
   revision = 1;
+  /** /status 200: the proxy listener accepts (a primary: one of its workers does, see cluster.ts). */
   ready = false;
+  private stopCalled = false;
   readonly startedAt = Date.now();
   private inflight = 0;
   readonly ws: WsCounters = { opened: 0, rejected: 0, closed: 0, messagesIn: 0, messagesOut: 0 };
@@ -529,10 +531,8 @@ export class Gateway implements RequestContext {
       this.demoAddress = await listen(this.demo, snap.demo);
       this.log.info({ address: this.demoAddress }, 'demo upstream up');
     }
-    if (this.role === 'primary') {
-      this.ready = true;
-      return;
-    }
+    // A primary does not listen on the proxy port itself: it is ready once a worker does (cluster.ts).
+    if (this.role === 'primary') return;
     this.proxy = this.createProxyServer(snap);
     if (snap.http2.h2c || (snap.tls && snap.http2.enabled)) this.h2 = this.createH2Server(snap);
     if (snap.http2.h2c) {
@@ -1028,11 +1028,20 @@ export class Gateway implements RequestContext {
     return waiting;
   }
 
-  /** Stops accepting, lets in-flight requests finish (at most timeouts.drain), then closes everything. */
-  async stop(): Promise<void> {
-    if (this.draining) return;
+  /**
+   * /status says 503 "draining" from now on (and reloads are no longer swapped in). A primary
+   * calls it when its stop begins, before its workers drain; stop() follows.
+   */
+  beginDrain(): void {
     this.draining = true;
     this.ready = false;
+  }
+
+  /** Stops accepting, lets in-flight requests finish (at most timeouts.drain), then closes everything. */
+  async stop(): Promise<void> {
+    if (this.stopCalled) return;
+    this.stopCalled = true;
+    this.beginDrain();
     clearTimeout(this.dnsTimer);
     const deadline = Date.now() + this.snapshot.timeouts.drain;
     // net.Server's close, not http.Server's: the latter also cuts connections whose first
