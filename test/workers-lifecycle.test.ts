@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { eventually, freePort, request, sleep, startCli, startUpstream } from './helpers.js';
 
 const TOKEN = 'lifecycle-test-token-0123456789';
@@ -96,5 +97,22 @@ test('workers: 2 — /status is 503 "starting" until a worker accepts on the pro
   } finally {
     run.child.kill('SIGKILL');
     await up.close();
+  }
+});
+
+test('workers: 2 with the proxy port taken — exit 1, and stderr names the bind error (not just "a worker exited")', async () => {
+  const taken = createNetServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  const p = (taken.address() as AddressInfo).port;
+  const file = config(`listen: 127.0.0.1:${p}\nworkers: 2\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    assert.equal(await run.exit, 1, run.stderr());
+    const plain = run.stderr().split('\n').filter((l) => !l.startsWith('{'));
+    assert.ok(plain.includes(`turnpike: cannot start: listen EADDRINUSE: address already in use 127.0.0.1:${p}`), run.stderr());
+    assert.doesNotMatch(run.stderr(), /starting a replacement/);
+  } finally {
+    run.child.kill('SIGKILL');
+    await new Promise((r) => taken.close(r));
   }
 });

@@ -47,6 +47,8 @@ type ToWorker =
 type ToPrimary =
   | { tp: 'hello' }
   | { tp: 'listening'; address: { address: string; port: number; family: string } }
+  /** It could not start (its error, worded as single-process mode words it); it exits next. */
+  | { tp: 'start-failed'; error: string }
   | { tp: 'reloaded' }
   | { tp: 'reload-failed'; error: string }
   | { tp: 'passive'; key: string; ok: boolean }
@@ -77,7 +79,9 @@ interface WorkerInfo {
   startedAt: number;
   listening: boolean;
   retiring: boolean;
-  onListening: (() => void)[];
+  /** Called once it listens (no argument) or says why it cannot start. */
+  onListening: ((startError?: string) => void)[];
+  startError: string | null;
   /** The worker's metrics as last reported (kept when it exits, so counters never go back). */
   metrics: unknown[] | null;
   /** Reloads sent and not answered yet (reloaded / reload-failed), and who waits for none. */
@@ -98,6 +102,8 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     for (const i of infos.values()) if (i.worker.isConnected()) i.worker.send(m);
   };
   let stopping = false;
+  /** Until the first workers all listen. */
+  let starting = true;
   let restarting: Promise<void> | null = null;
   let crashDelay = 0;
   let address: Supervisor['proxyAddress'] | null = null;
@@ -226,7 +232,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], metrics: null, reloadsPending: 0, onSettled: [] };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], startError: null, metrics: null, reloadsPending: 0, onSettled: [] };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -240,6 +246,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           address ??= msg.address;
           updateReady();
           for (const f of info.onListening.splice(0)) f();
+          break;
+        case 'start-failed':
+          info.startError = msg.error;
+          for (const f of info.onListening.splice(0)) f(msg.error);
           break;
         case 'reloaded':
           // Decisions made while it compiled may name targets it did not know yet.
@@ -294,8 +304,9 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const listening = (info: WorkerInfo) =>
     new Promise<void>((resolve, reject) => {
       if (info.listening) return resolve();
-      info.onListening.push(resolve);
-      info.worker.once('exit', (code) => reject(new Error(`worker exited with code ${code} before listening`)));
+      // (what the worker said, e.g. `listen EADDRINUSE: address already in use 127.0.0.1:8080`)
+      info.onListening.push((startError) => (startError === undefined ? resolve() : reject(new Error(startError))));
+      info.worker.once('exit', (code) => reject(new Error(info.startError ?? `worker exited with code ${code} before listening`)));
     });
 
   cluster.on('exit', (worker, code, signal) => {
@@ -303,8 +314,9 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     infos.delete(worker.id);
     updateReady();
     if (info?.metrics) retired = retainCounters([retired, info.metrics]);
-    if (stopping || !info || info.retiring) return;
-    log.error({ pid: worker.process.pid, code, signal }, 'worker died; starting a replacement');
+    // (during the start, a worker that exits fails the start: nothing to replace)
+    if (stopping || starting || !info || info.retiring) return;
+    log.error({ pid: worker.process.pid, code, signal, ...(info.startError ? { error: info.startError } : {}) }, 'worker died; starting a replacement');
     // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
     crashDelay = Date.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
     setTimeout(() => {
@@ -336,6 +348,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   try {
     const first = Array.from({ length: gw.snapshot.workers }, () => fork());
     await Promise.all(first.map(listening));
+    starting = false;
   } catch (err) {
     stopping = true;
     for (const i of infos.values()) i.worker.process.kill('SIGKILL');
@@ -423,6 +436,15 @@ class IpcReporter implements Reporter {
   }
 }
 
+/** Why a worker cannot start, worded as a single process words it: a worker's listen error is `bind EADDRINUSE 127.0.0.1:8080` (node:cluster), a single process's `listen EADDRINUSE: address already in use 127.0.0.1:8080`. */
+function startErrorText(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  const words: Record<string, string> = { EADDRINUSE: 'address already in use', EACCES: 'permission denied', EADDRNOTAVAIL: 'address not available' };
+  if (e.syscall === 'bind' && e.code !== undefined && words[e.code] !== undefined && e.address !== undefined) return `listen ${e.code}: ${words[e.code]} ${e.address}${e.port !== undefined ? `:${e.port}` : ''}`;
+  return err.message;
+}
+
 function send(m: ToPrimary): void {
   if (process.connected) process.send!(m);
 }
@@ -479,6 +501,9 @@ export async function runWorker(log: Logger): Promise<number> {
     gw = await Gateway.start(fromValidated(config.config, config.text, config.file, undefined, config.hash), { logger: log, role: 'worker', reporter, dnsTable: config.dns, localCounters: counters });
   } catch (err) {
     log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'worker cannot start');
+    // The primary's start fails with this reason (on stderr): sent before the worker exits.
+    const error = startErrorText(err);
+    await new Promise<void>((resolve) => (process.connected ? process.send!({ tp: 'start-failed', error } satisfies ToPrimary, () => resolve()) : resolve()));
     return 1;
   }
   for (const d of config.decisions) applyDecision(gw.runtime, d);
