@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { eventually, freePort, request, sleep, startCli, startUpstream } from './helpers.js';
 
 const TOKEN = 'lifecycle-test-token-0123456789';
@@ -114,5 +114,117 @@ test('workers: 2 with the proxy port taken — exit 1, and stderr names the bind
   } finally {
     run.child.kill('SIGKILL');
     await new Promise((r) => taken.close(r));
+  }
+});
+
+test('workers: 2 — SIGTERM while the workers are still starting is kept: the drain runs once they listen, exit 0', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nworkers: 2\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitStarting(a);
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    assert.match(run.stderr(), /stop asked while starting/);
+    assert.match(run.stderr(), /"msg":"draining"/);
+    await assert.rejects(request(`http://127.0.0.1:${p}/x`));
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});
+
+/**
+ * A loopback stand-in for Redis: answers INFO (ready) and +OK to everything else on the
+ * connections `answer(n)` picks (n counts from 1), and never answers the others.
+ */
+async function fakeRedis(answer: (n: number) => boolean) {
+  const sockets: Socket[] = [];
+  const server = createNetServer((s) => {
+    sockets.push(s);
+    if (!answer(sockets.length)) return;
+    let buf = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      // One command: *N CRLF, then N times $len CRLF arg CRLF.
+      for (;;) {
+        const args: string[] = [];
+        let at = 0;
+        const line = () => {
+          const end = buf.indexOf('\r\n', at);
+          if (end < 0) return null;
+          const l = buf.toString('latin1', at, end);
+          at = end + 2;
+          return l;
+        };
+        const head = line();
+        if (head === null) return;
+        let complete = true;
+        for (let i = 0, n = Number(head.slice(1)); i < n; i++) {
+          const len = line();
+          if (len === null || buf.length < at + Number(len.slice(1)) + 2) { complete = false; break; }
+          args.push(buf.toString('latin1', at, at + Number(len.slice(1))));
+          at += Number(len.slice(1)) + 2;
+        }
+        if (!complete) return;
+        buf = buf.subarray(at);
+        const info = '# Server\r\nredis_version:7.2.0\r\nloading:0\r\n';
+        s.write(args[0]?.toUpperCase() === 'INFO' ? `$${info.length}\r\n${info}\r\n` : '+OK\r\n');
+      }
+    });
+    s.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    sockets,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
+}
+
+test('workers: 2 — SIGTERM while one worker serves and the other still starts: a request in flight (to the demo upstream in the primary) finishes, exit 0', async () => {
+  // The primary's connection and the first worker's are answered; the second worker waits
+  // (up to 1 s) for its Redis: a window where one worker serves and the start is not over.
+  const redis = await fakeRedis((n) => n <= 2);
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(async () => {
+      const s = JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body) as { workers: { state: string }[] };
+      return s.workers.filter((w) => w.state === 'listening').length === 1;
+    }, 20_000, 10);
+    assert.doesNotMatch(run.stderr(), / proxy on http:\/\//, 'still starting');
+    const slow = request(`http://127.0.0.1:${p}/delay/1000`, { headers: fresh }).then((r) => r.status, (e: Error) => e.message);
+    await sleep(150);
+    run.child.kill('SIGTERM');
+    assert.equal(await slow, 200);
+    assert.equal(await run.exit, 0, run.stderr());
+    assert.match(run.stderr(), /stop asked while starting/);
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
+  }
+});
+
+test('single process — SIGINT while the gateway starts (waiting for Redis) is kept: the drain runs once it listens, exit 0', async () => {
+  // A "Redis" that never answers: the start waits for it (up to 1 s); its first connection
+  // says the start is under way.
+  const redis = await fakeRedis(() => false);
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => redis.sockets.length > 0, 20_000, 5);
+    run.child.kill('SIGINT');
+    assert.equal(await run.exit, 0, run.stderr());
+    assert.match(run.stderr(), /stop asked while starting/);
+    assert.match(run.stderr(), /proxy listener up/);
+    assert.match(run.stderr(), /"msg":"stopped"/);
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
   }
 });

@@ -171,6 +171,27 @@ export async function main(argv: string[]): Promise<number> {
   const w = loaded.config.workers;
   const workers = w === 'auto' ? availableParallelism() : w ?? 1;
 
+  // Signals from before the start-up on (Node's defaults would end the process at once, or start
+  // the inspector): one that arrives while the gateway starts is kept, and handled once it runs
+  // (SIGTERM/SIGINT: the normal drain, once the listeners are up; a second one exits now).
+  let startupStop: string | null = null;
+  let startupHup = false;
+  let onSignal = (signal: NodeJS.Signals): void => {
+    if (signal === 'SIGTERM' || signal === 'SIGINT') {
+      if (startupStop === null) {
+        startupStop = signal;
+        log.info({ signal }, 'stop asked while starting: draining once the gateway is up');
+        return;
+      }
+      log.warn({ signal }, 'second signal while starting: exiting now');
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
+      process.exit(1);
+    }
+    if (signal === 'SIGHUP') startupHup = true;
+    else log.info({ signal }, 'signal while starting: ignored');
+  };
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2'] as const) process.on(signal, () => onSignal(signal));
+
   // One object for both modes: the single-process gateway, or the primary supervising workers.
   let running: { gw: Gateway; reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; reopenLogs(): void; rollingRestart?(): Promise<void>; kill?(): void };
   let drainMs = 0;
@@ -279,23 +300,32 @@ export async function main(argv: string[]): Promise<number> {
         resolve(1);
       });
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGHUP', () => {
+    const hup = () => {
       if (!fileless) void reloadFrom('SIGHUP');
       void cp?.refresh(true); // and the store's head, without waiting for its resync (a rejected one again)
-    });
-    // Log rotation: the access log file is reopened (logrotate's postrotate: kill -USR1).
-    // (This replaces Node's default SIGUSR1, which would start the inspector.)
-    process.on('SIGUSR1', () => {
-      log.info('SIGUSR1: reopening log files');
-      running.reopenLogs();
-    });
-    process.on('SIGUSR2', () => {
-      if (!running.rollingRestart) return log.info('SIGUSR2: rolling restart needs workers > 1');
-      log.info('SIGUSR2: rolling restart of the workers');
-      running.rollingRestart().then(() => log.info('rolling restart done'), (err) => log.error({ err: String(err) }, 'rolling restart failed'));
-    });
+    };
+    onSignal = (signal) => {
+      switch (signal) {
+        case 'SIGTERM':
+        case 'SIGINT':
+          return stop(signal);
+        case 'SIGHUP':
+          return hup();
+        case 'SIGUSR1':
+          // Log rotation: the access log file is reopened (logrotate's postrotate: kill -USR1).
+          // (This replaces Node's default SIGUSR1, which would start the inspector.)
+          log.info('SIGUSR1: reopening log files');
+          return running.reopenLogs();
+        case 'SIGUSR2':
+          if (!running.rollingRestart) return log.info('SIGUSR2: rolling restart needs workers > 1');
+          log.info('SIGUSR2: rolling restart of the workers');
+          running.rollingRestart().then(() => log.info('rolling restart done'), (err) => log.error({ err: String(err) }, 'rolling restart failed'));
+          return;
+      }
+    };
+    // What came while the gateway started.
+    if (startupStop !== null) stop(startupStop);
+    else if (startupHup) hup();
   });
 }
 
