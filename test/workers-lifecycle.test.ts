@@ -228,3 +228,23 @@ test('single process — SIGINT while the gateway starts (waiting for Redis) is 
     await redis.close();
   }
 });
+
+test('workers: 2 — a config edit made while the gateway starts is reloaded once it is up', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const cfg = (path: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nworkers: 2\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [${path}]}]\n`;
+  const file = config(cfg('/one'));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitStarting(a);
+    writeFileSync(file, cfg('/two'));
+    await eventually(async () => (await request(`http://127.0.0.1:${a}/status`)).status === 200, 20_000, 20);
+    await eventually(async () => JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision === 2, 4000, 50);
+    await eventually(async () => (await request(`http://127.0.0.1:${p}/two`, { headers: fresh })).status === 200, 4000, 50);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`, { headers: fresh })).status, 404);
+    await sleep(500);
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision, 2, 'one reload');
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  }
+});

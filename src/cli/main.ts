@@ -129,6 +129,8 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${(err as Error).message}\n`);
     return 1;
   }
+  /** The file's text the gateway starts with: an edit made while it starts is a change too. */
+  const startedText = loaded.text;
   // --store (or TURNPIKE_STORE) names the store instead of the file's `store:`.
   const storeSetting = storeArg ?? (fileless ? 'sqlite:./turnpike.db' : loaded.config.store ?? 'file');
   if (!/^(file|sqlite:.+|postgres(ql)?:\/\/.+)$/.test(storeSetting) || (fileless && storeSetting === 'file')) {
@@ -270,8 +272,11 @@ export async function main(argv: string[]): Promise<number> {
     return ok;
   };
   // (with a store, a changed file is read again by reloadFrom: its node-local keys + the store's document)
-  const watcher = loaded.config.watch === false ? null : watchConfig(file, cp ? (await readFile(file, 'utf8').catch(() => '')) : loaded.text, (text) => void reloadFrom('file change', cp ? undefined : text), {
+  // The file is compared with the text read at the start (checkNow): an edit made while the
+  // gateway started, before the watch began, is reloaded now rather than at the next edit.
+  const watcher = loaded.config.watch === false ? null : watchConfig(file, startedText, (text) => void reloadFrom('file change', cp ? undefined : text), {
     onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
+    checkNow: true,
   });
   if (cp) warmParserThread();
   cp?.run();

@@ -86,3 +86,23 @@ test('watchConfig: a ConfigMap-style `..data` symlink swap is a change', async (
     w.close();
   }
 });
+
+test('watchConfig checkNow: a change made before the watch began is reported once; an unchanged file is not', async () => {
+  const dir = join(work, 'before');
+  mkdirSync(dir);
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, 'a: 2\n'); // edited while the caller was starting with 'a: 1'
+  const seen: string[] = [];
+  const w = watchConfig(file, 'a: 1\n', (t) => seen.push(t), { debounceMs: 50, pollMs: 60_000, checkNow: true });
+  const same: string[] = [];
+  const w2 = watchConfig(file, 'a: 2\n', (t) => same.push(t), { debounceMs: 50, pollMs: 60_000, checkNow: true });
+  try {
+    await waitFor(seen, 1, 2000);
+    await sleep(200);
+    assert.deepEqual(seen, ['a: 2\n']);
+    assert.deepEqual(same, []);
+  } finally {
+    w.close();
+    w2.close();
+  }
+});

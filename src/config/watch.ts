@@ -19,7 +19,8 @@ export function watchConfig(
   file: string,
   initialText: string,
   onChange: (text: string) => void,
-  opts: { debounceMs?: number; pollMs?: number; onError?: (err: Error) => void } = {},
+  /** checkNow: read the file once at once (a change made before the watch began, e.g. while the caller started, counts too). */
+  opts: { debounceMs?: number; pollMs?: number; onError?: (err: Error) => void; checkNow?: boolean } = {},
 ): ConfigWatcher {
   const path = resolve(file);
   const debounce = opts.debounceMs ?? 250;
@@ -81,6 +82,7 @@ export function watchConfig(
   }
   const pollMs = opts.pollMs ?? 2000;
   watchFile(path, { persistent: false, interval: pollMs }, schedule);
+  if (opts.checkNow) check();
 
   return {
     close() {
