@@ -8,6 +8,13 @@ import { Gateway } from '../../server/gateway.js';
 import { loadConfigFile } from '../../config/load.js';
 import { request, startUpstream, type TestUpstream } from '../../../test/helpers.js';
 import { periodOf } from '../../state/calendar.js';
+import { MemoryStore } from '../../state/memory.js';
+import { silentLogger } from '../../core/log.js';
+import { Value } from '@sinclair/typebox/value';
+import quota from './index.js';
+import { QuotaConfig } from './schema.js';
+
+const QuotaConfigDefaults = (c: Record<string, unknown>) => Value.Default(QuotaConfig, structuredClone(c)) as never;
 
 let up: TestUpstream;
 before(async () => {
@@ -126,4 +133,43 @@ services:
   } finally {
     await gw.stop();
   }
+});
+
+test('a daily or hourly quota at a DST change is enforced, with Retry-After no later than the end of the period (fixed clock)', async (t) => {
+  let now = 0;
+  t.mock.method(Date, 'now', () => now);
+  const store = new MemoryStore(() => now);
+  t.after(() => store.close());
+  const deps = { log: silentLogger, consumers: new Map(), credentials: [], where: 'plugins.0', baseDir: '.', listeners: { clientCa: false }, counters: { local: store, redis: null }, consumerHeaders: { id: 'x-consumer-id', name: 'x-consumer-username', groups: 'x-consumer-groups', credential: 'x-credential-identifier', anonymous: 'x-anonymous-consumer' } };
+  const run = async (config: Record<string, unknown>, at: string, n: number) => {
+    now = Date.parse(at);
+    const inst = quota.create(QuotaConfigDefaults(config), deps as never);
+    const out: { status: number; ratelimit?: unknown; policy?: unknown; retry?: unknown }[] = [];
+    for (let i = 0; i < n; i++) {
+      const headers: Record<string, string> = {};
+      const ctx = { consumer: { name: 'acme' }, identity: null, clientIp: '127.0.0.1', limited() {}, addResponseHeader(k: string, v: string) { headers[k] = v; } };
+      const reply = await inst.access!(ctx as never);
+      out.push(reply ? { status: 429, ratelimit: reply.headers?.['ratelimit'], policy: reply.headers?.['ratelimit-policy'], retry: reply.headers?.['retry-after'] } : { status: 200, ratelimit: headers['ratelimit'], policy: headers['ratelimit-policy'] });
+    }
+    inst.close?.();
+    return out;
+  };
+  for (const [tz, at] of [['America/Havana', '2026-03-08T04:30:00Z'], ['America/Santiago', '2026-09-06T03:30:00Z']]) {
+    // 23:30 local, half an hour before the skipped midnight: the day ends at the transition.
+    const r = await run({ limit: 5, period: 'day', time_zone: tz }, at!, 6);
+    assert.deepEqual(r.map((x) => x.status), [200, 200, 200, 200, 200, 429], tz);
+    assert.deepEqual(r.map((x) => x.ratelimit), ['4', '3', '2', '1', '0', '0'].map((left) => `"quota";r=${left};t=1800`), tz);
+    assert.equal(r[5]!.retry, '1800', tz);
+  }
+  // Paris's repeated hour: 02:00-03:00 CEST, then 02:00-03:00 CET; at 00:30Z, 30 min are left.
+  const paris = await run({ limit: 2, period: 'hour', time_zone: 'Europe/Paris' }, '2026-10-25T00:30:00Z', 3);
+  assert.deepEqual(paris.map((x) => x.status), [200, 200, 429]);
+  assert.equal(paris[2]!.policy, '"quota";q=2;w=3600');
+  assert.equal(paris[2]!.retry, '1800');
+  // The second real hour 02:00 is a new period.
+  const again = await run({ limit: 2, period: 'hour', time_zone: 'Europe/Paris' }, '2026-10-25T01:30:00Z', 3);
+  assert.deepEqual(again.map((x) => x.status), [200, 200, 429]);
+  // A zone without DST, same instant: the plain day.
+  const kolkata = await run({ limit: 1, period: 'day', time_zone: 'Asia/Kolkata' }, '2026-03-08T04:30:00Z', 2);
+  assert.deepEqual(kolkata.map((x) => [x.status, x.ratelimit]), [[200, '"quota";r=0;t=50400'], [429, '"quota";r=0;t=50400']]);
 });

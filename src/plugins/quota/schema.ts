@@ -5,7 +5,7 @@ import { By } from '../limit-key.js';
 
 export const QuotaConfig = Type.Object({
   limit: Type.Integer({ minimum: 1, description: 'Requests (cost units) per period.' }),
-  period: Type.Union([Type.Literal('hour'), Type.Literal('day'), Type.Literal('week'), Type.Literal('month'), Type.Literal('year')], { description: 'A calendar period in time_zone (weeks are ISO weeks, Monday first).' }),
+  period: Type.Union([Type.Literal('hour'), Type.Literal('day'), Type.Literal('week'), Type.Literal('month'), Type.Literal('year')], { description: 'A calendar period in time_zone (weeks are ISO weeks, Monday first). Across DST changes a period always holds the current instant: a boundary the clocks skip (no midnight on a spring-forward day) is the first instant after it; an hour the clocks repeat is two periods.' }),
   time_zone: Type.Optional(Type.String({ minLength: 1, default: 'UTC', description: 'IANA time zone of the calendar, e.g. Europe/Paris.' })),
   by: By,
   cost: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
