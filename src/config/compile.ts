@@ -89,6 +89,12 @@ export interface CompiledService {
 
 export interface CompiledRoute {
   name: string;
+  /**
+   * Who the route is for counters (`by: route`, its bindings' counter keys): its name, or for
+   * an unnamed route (named SERVICE.INDEX, its position) ~SERVICE~HASH of what it matches, so
+   * inserting or moving other routes keeps its counts (changing what it matches starts fresh).
+   */
+  counterId: string;
   service: CompiledService;
   stripPath: boolean;
   preserveHost: boolean;
@@ -240,6 +246,15 @@ export interface CompileDeps {
 let validateStore: MemoryStore | null = null;
 /** Counters for a compile without a gateway (validate, unit tests). */
 const fallbackStore = () => (validateStore ??= new MemoryStore());
+
+/**
+ * An unnamed route's identity for counters: its service and what it matches (two routes of a
+ * config cannot match the same), not its position — a route inserted before it keeps its counts.
+ */
+function unnamedRouteId(service: string, r: { hosts?: unknown; paths?: unknown; methods?: unknown; headers?: unknown }): string {
+  const match = JSON.stringify([r.hosts ?? null, r.paths ?? null, r.methods ?? null, r.headers ?? null]);
+  return `~${service}~${createHash('sha256').update(match).digest('base64url').slice(0, 12)}`;
+}
 
 const PARAM_SEGMENT = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
 const BAD_PATH_CHAR = /[?#\s]/;
@@ -511,7 +526,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const sp: PathSegment[] = ['services', si];
     if (serviceNames.has(s.name)) fail([...sp, 'name'], `duplicate service name "${s.name}" (also services[${serviceNames.get(s.name)}])`);
     serviceNames.set(s.name, si);
-    const serviceBindings = plugins.bind(s.plugins, 'service', [...sp, 'plugins']);
+    const serviceBindings = plugins.bind(s.plugins, 'service', [...sp, 'plugins'], `service:${s.name}`);
 
     const t = { ...DEFAULTS.service, ...s.timeouts };
     const tp = [...sp, 'timeouts'];
@@ -668,11 +683,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       const name = r.name ?? `${s.name}.${ri}`;
       if (routeNames.has(name)) fail([...routePath(si, ri), 'name'], `duplicate route name "${name}"`);
       routeNames.add(name);
-      const routeBindings = r.plugins?.length ? plugins.bind(r.plugins, 'route', [...routePath(si, ri), 'plugins']) : NO_BINDINGS;
+      const counterId = r.name ?? unnamedRouteId(s.name, r);
+      const routeBindings = r.plugins?.length ? plugins.bind(r.plugins, 'route', [...routePath(si, ri), 'plugins'], `route:${counterId}`) : NO_BINDINGS;
       checkPaths(r.paths, si, ri);
       const ws = r.websocket === true ? {} : r.websocket || null;
       const route: CompiledRoute = {
-        name, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
+        name, counterId, service, stripPath: r.strip_path ?? false, preserveHost: r.preserve_host ?? false, retryNonIdempotent: r.retry_non_idempotent ?? false,
         websocket: ws && {
           maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
           idleTimeout: timer([...sp, 'routes', ri, 'websocket', 'idle_timeout'], ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
@@ -702,9 +718,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     routeNames.add(r.name);
     composeNames.add(r.name);
     checkPaths(r.paths, -1, ri);
-    const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins']);
+    const routeBindings = plugins.bind(r.plugins, 'route', [...rp, 'plugins'], `route:${r.name}`);
     const route: CompiledRoute = {
       name: r.name,
+      counterId: r.name,
       service: composeService(r.name),
       stripPath: false,
       preserveHost: false,

@@ -8,7 +8,7 @@ const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|he
 
 export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItems: 1, uniqueItems: true })], {
   default: 'consumer',
-  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route, service, header:NAME (the client IP when the request has no such header), or a list (combined).',
+  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined).',
 }));
 
 export const byList = (by: string | string[] | undefined): string[] => (Array.isArray(by) ? by : [by ?? 'consumer']);
@@ -21,7 +21,8 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
       case 'consumer': parts.push(ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`); break;
       case 'credential': parts.push(ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`); break;
       case 'ip': parts.push(`ip:${ctx.clientIp}`); break;
-      case 'route': parts.push(`r:${ctx.route.name}`); break;
+      // (an unnamed route by what it matches, not by its position: CompiledRoute.counterId)
+      case 'route': parts.push(`r:${ctx.route.counterId ?? ctx.route.name}`); break;
       case 'service': parts.push(`s:${ctx.service.name}`); break;
       default: {
         // A request without the header is counted by its client IP (as Kong does), not in one

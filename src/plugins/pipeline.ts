@@ -151,8 +151,12 @@ export class PluginCompiler {
     private readonly caches?: CacheStores,
   ) {}
 
-  /** Compiles the bindings at one place; `scope` decides which plugins may be bound there. */
-  bind(list: readonly BindingInput[] | undefined, scope: Scope, path: PathSegment[]): Binding[] {
+  /**
+   * Compiles the bindings at one place; `scope` decides which plugins may be bound there.
+   * `owner` names the place by what it is, not where it is (global, service:NAME, route:NAME,
+   * consumer:NAME, plan:NAME): counter keys are made of it (PluginDeps.counterScope).
+   */
+  bind(list: readonly BindingInput[] | undefined, scope: Scope, path: PathSegment[], owner: string): Binding[] {
     const out: Binding[] = [];
     const seen = new Map<string, number>();
     list?.forEach((b, i) => {
@@ -201,6 +205,8 @@ export class PluginCompiler {
         consumers: this.consumers,
         credentials: this.credentials.get(def.name) ?? [],
         where: bp.join('.'),
+        // (a plugin is bound once per place and consumer: the rest is checked above)
+        counterScope: `${owner}|${def.name}${b.consumer !== undefined ? `|consumer:${b.consumer}` : ''}`,
         baseDir: this.baseDir,
         ...(this.caches ? { caches: this.caches } : {}),
         listeners: this.listeners,
@@ -239,18 +245,18 @@ export class PluginCompiler {
   }
 
   setGlobal(list: readonly BindingInput[] | undefined): void {
-    this.global.push(...this.bind(list, 'global', ['plugins']));
+    this.global.push(...this.bind(list, 'global', ['plugins'], 'global'));
   }
 
   setConsumer(name: string, list: readonly BindingInput[] | undefined, path: PathSegment[]): void {
-    const bound = this.bind(list, 'consumer', path);
+    const bound = this.bind(list, 'consumer', path, `consumer:${name}`);
     if (bound.length) this.consumerBindings.set(name, bound);
   }
 
   /** A plan: bindings every consumer on it gets (below the consumer's own), and what it may reach. */
   setPlan(name: string, plan: { plugins?: readonly BindingInput[]; services?: readonly string[]; routes?: readonly string[] }, path: PathSegment[]): void {
     this.plans.set(name, {
-      bindings: this.bind(plan.plugins, 'consumer', [...path, 'plugins']),
+      bindings: this.bind(plan.plugins, 'consumer', [...path, 'plugins'], `plan:${name}`),
       services: plan.services ? new Set(plan.services) : null,
       routes: plan.routes ? new Set(plan.routes) : null,
     });

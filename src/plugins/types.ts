@@ -80,7 +80,8 @@ export interface RequestCtx {
   readonly query: string;
   readonly host: string;
   readonly clientIp: string;
-  readonly route: { readonly name: string };
+  /** counterId: what `by: route` counts by (the name; for an unnamed route, see CompiledRoute.counterId). */
+  readonly route: { readonly name: string; readonly counterId?: string };
   readonly service: { readonly name: string };
   consumer: Consumer | null;
   /** Identity of the caller when authenticated (consumer name, or e.g. a JWT claim value). */
@@ -180,8 +181,16 @@ export interface PluginDeps {
   /** Consumers by name, and the credentials of this plugin's type (validated against `credential`). */
   consumers: ReadonlyMap<string, Consumer>;
   credentials: readonly { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[];
-  /** Where the binding is (for messages). */
+  /** Where the binding is (for messages): its position in the config, e.g. services.4.plugins.0. */
   where: string;
+  /**
+   * Who the binding is, for counter keys (rate-limit, quota): the owner's kind and name
+   * (global, service:NAME, route:NAME, consumer:NAME, plan:NAME), the plugin, and the consumer a
+   * service or route binding is for. Not its position: adding, removing or reordering other
+   * services, routes, consumers or bindings keeps the counts; renaming the owner starts fresh.
+   * An unnamed route is route:~SERVICE~HASH, the hash of its hosts, paths, methods and headers.
+   */
+  counterScope: string;
   /** The config file's directory (relative file paths in a plugin's config are relative to it). */
   baseDir: string;
   /** Facts about the listeners (mtls-auth needs a client CA). */

@@ -5,6 +5,7 @@
  * RateLimit-Policy / RateLimit item; over it: 429 with Retry-After = the period's end.
  * Usage per consumer: GET /quotas?consumer=NAME on the admin listener.
  */
+import { createHash } from 'node:crypto';
 import { definePlugin, type Reply } from '../types.js';
 import { byList, limitKey, withTimeout, storeTimeoutMs } from '../limit-key.js';
 import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
@@ -41,9 +42,13 @@ export default definePlugin({
     const store = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
     const name = config.name ?? 'quota';
     // A named quota is one count wherever it is bound (moving the binding keeps it); an unnamed
-    // one is its binding's own (two services' quotas are not one). The limit is not part of the
-    // key: raising it mid-period keeps what was used.
-    const base = `q:${config.name !== undefined ? `n=${config.name}` : `at=${deps.where}`}:${config.period}:${tz}`;
+    // one is its binding's own (two services' quotas are not one), known by its owner's name
+    // (counterScope, hashed: a bounded key), not its position in the config — adding or moving
+    // other services, routes or bindings keeps the count; renaming the service, route, consumer
+    // or plan it is bound to starts a new one. The limit is not part of the key: raising it
+    // mid-period keeps what was used.
+    const owner = createHash('sha256').update(deps.counterScope).digest('base64url').slice(0, 16);
+    const base = `q:${config.name !== undefined ? `n=${config.name}` : `at=${owner}`}:${config.period}:${tz}`;
     let warnedAt = -Infinity;
     const decide = async (key: string, end: number): Promise<QuotaDecision | 'unavailable'> => {
       const q = { key, limit: config.limit, cost, periodEnd: end };

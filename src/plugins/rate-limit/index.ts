@@ -42,8 +42,9 @@ export default definePlugin({
     const fault = config.fault ?? 'open';
     const timeoutMs = storeTimeoutMs(config.timeout, config.policy, deps.counters.redis?.defaultTimeoutMs);
     const store: CounterStore = config.policy === 'redis' ? deps.counters.redis! : deps.counters.local;
-    // Counters survive reloads that keep the binding where it is with the same windows.
-    const scope = createHash('sha256').update(`${deps.where}|${algorithm}|${JSON.stringify(windows)}|${by.join(',')}`).digest('base64url').slice(0, 12);
+    // Counters survive reloads that keep the binding's owner (service, route, consumer or plan
+    // by name: counterScope, not its position in the config), windows, algorithm and `by`.
+    const scope = createHash('sha256').update(`${deps.counterScope}|${algorithm}|${JSON.stringify(windows)}|${by.join(',')}`).digest('base64url').slice(0, 12);
     const name = config.name ?? 'default';
     const names = windows.map((w) => (windows.length === 1 ? name : `${name}-${Math.round(w.periodMs / 1000)}s`));
     const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${Math.max(1, Math.round(w.periodMs / 1000))}`).join(', ');
