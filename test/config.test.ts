@@ -227,6 +227,27 @@ test('YAML syntax errors and duplicate keys have lines', () => {
   assert.match(dupKey[0]!.message, /unique|duplicate/i);
 });
 
+test('an empty config (zero bytes, comments only, a null document) is an error naming the file; {} stays valid', () => {
+  for (const text of ['', '\n\n', '# only a comment\n  # and another\n', '---\n', '--- # x\n...\n', '~\n', 'null\n', '\ufeff']) {
+    assert.throws(
+      () => parseConfigText(text, { file: 'turnpike.yaml', env: {} }),
+      (e: unknown) => e instanceof ConfigError && e.issues.length === 1 && e.issues[0]!.path === '(root)' && /the config file turnpike\.yaml is empty/.test(e.issues[0]!.message),
+      JSON.stringify(text),
+    );
+  }
+  assert.deepEqual(issuesOf('{}\n'), []);
+  assert.deepEqual(issuesOf('# all defaults\n{}\n'), []);
+  // turnpike validate exits 1 (and says so) for an empty or comments-only file
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-'));
+  for (const [name, text] of [['zero.yaml', ''], ['comments.yaml', '# nothing yet\n']] as const) {
+    const f = join(dir, name);
+    writeFileSync(f, text);
+    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+    assert.equal(r.status, 1, `${name}: ${r.stdout}${r.stderr}`);
+    assert.ok(r.stderr.includes(`the config file ${f} is empty`), r.stderr);
+  }
+});
+
 test('schema/turnpike.schema.json is current (npm run schema)', () => {
   const published = readFileSync(new URL('../schema/turnpike.schema.json', import.meta.url), 'utf8');
   assert.equal(published, schemaJson());

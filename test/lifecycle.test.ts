@@ -90,6 +90,41 @@ test('SIGHUP reloads the file; a broken file is rejected and the running config 
   }
 });
 
+test('an emptied config file (truncated, or comments only) is rejected on reload: every route stays; start refuses it', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [/one]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
+    // the file watcher sees the truncated file (an editor or script that writes the content later)
+    writeFileSync(file, '');
+    for (let i = 0; i < 100 && !/reload rejected/.test(run.stderr()); i++) await sleep(30);
+    assert.match(run.stderr(), /reload rejected/);
+    assert.match(run.stderr(), /is empty/);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
+    const status = JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body);
+    assert.equal(status.revision, 1);
+    // and by SIGHUP, with comments only
+    writeFileSync(file, '# all commented out\n# services: []\n');
+    run.child.kill('SIGHUP');
+    await sleep(500);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision, 1);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+  }
+  writeFileSync(file, '# nothing yet\n');
+  const empty = startCli(['start', '--config', file], {});
+  const timer = setTimeout(() => empty.child.kill('SIGKILL'), 10_000);
+  assert.equal(await empty.exit, 1, empty.stderr());
+  clearTimeout(timer);
+  assert.match(empty.stderr(), /is empty/);
+});
+
 test('start with an invalid config prints path and line and exits 1; --version works', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-bad-'));
   const file = join(dir, 'bad.yaml');

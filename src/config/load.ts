@@ -169,6 +169,17 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
     throw new ConfigError(shown, opts.file);
   }
 
+  // A file with no content (zero bytes, only comments or whitespace, or an explicit null
+  // document: `~`, `null`, a bare `---`) is refused rather than read as "no services": an editor
+  // or a script that truncates the file and writes it a moment later would otherwise, through the
+  // watcher, remove every route. `{}` says "all defaults" explicitly and stays valid.
+  if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) {
+    throw new ConfigError(
+      [{ path: formatPath([]), line: lineOf([]), message: `the config file${opts.file ? ` ${opts.file}` : ''} is empty (no content, only comments or a null document): write {} for all defaults` }],
+      opts.file,
+    );
+  }
+
   const envIssues: { path: PathSegment[]; message: string }[] = [];
   visit(doc, {
     Scalar(key, node, ancestors) {
@@ -212,12 +223,12 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
 
   let config: unknown;
   try {
-    config = doc.toJS({ maxAliasCount: 100 }) ?? {};
+    config = doc.toJS({ maxAliasCount: 100 });
   } catch (err) {
     // alias bombs (maxAliasCount) and unresolved aliases
     throw new ConfigError([{ path: '(aliases)', message: (err as Error).message }], opts.file);
   }
-  if (typeof config !== 'object' || Array.isArray(config)) {
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
     throw mkError([{ path: [], message: 'the config must be a mapping (key: value) at the top level' }]);
   }
   const issues = schemaIssues(config);
