@@ -8,6 +8,8 @@ import { spawnSync } from 'node:child_process';
 import { fastValidConfig, parseConfigText } from '../src/config/load.js';
 import { compile } from '../src/config/compile.js';
 import { ConfigError } from '../src/config/errors.js';
+import { parseYaml } from '../src/admin/body.js';
+import { ApiError } from '../src/admin/errors.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
 import { parseDuration, parseSize } from '../src/config/units.js';
 import { schemaJson } from '../src/config/json-schema.js';
@@ -246,6 +248,38 @@ test('an empty config (zero bytes, comments only, a null document) is an error n
     assert.equal(r.status, 1, `${name}: ${r.stdout}${r.stderr}`);
     assert.ok(r.stderr.includes(`the config file ${f} is empty`), r.stderr);
   }
+});
+
+test('an unknown YAML tag (!env, !secret, !!map on a list) is an error naming path and line, not a value taken literally', () => {
+  const text = `admin:
+  listen: 127.0.0.1:1
+  token: !env TURNPIKE_ADMIN_TOKEN
+services:
+  - name: s
+    url: http://127.0.0.1:9001
+    routes: !!map [{paths: [/a]}]
+consumers:
+  - name: c
+    credentials:
+      - {type: key-auth, key: !secret hunter2literal}
+`;
+  const issues = issuesOf(text, { TURNPIKE_ADMIN_TOKEN: 'real-token' });
+  assert.deepEqual(issues.map((i) => [i.path, i.line]), [['admin.token', 3], ['services[0].routes', 7], ['consumers[0].credentials[0].key', 11]]);
+  assert.match(issues[0]!.message, /unsupported YAML tag !env .*write \$\{TURNPIKE_ADMIN_TOKEN\} to read the environment variable/);
+  assert.match(issues[1]!.message, /unsupported YAML tag !!map/);
+  assert.match(issues[2]!.message, /unsupported YAML tag !secret .*write \$\{VAR\} or \$\{VAR:-default\}/);
+  assert.ok(!issues[2]!.message.includes('hunter2literal'), 'the value is not quoted back');
+  // the core schema's own tags still work
+  assert.deepEqual(issuesOf('services:\n  - name: !!str s\n    url: http://127.0.0.1:9001\n    retries: !!int 1\n'), []);
+  // turnpike validate says so (it said "valid")
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-tag-'));
+  const f = join(dir, 'c.yaml');
+  writeFileSync(f, 'admin:\n  listen: 127.0.0.1:1\n  token: !env TURNPIKE_ADMIN_TOKEN\n');
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /admin\.token \(line 3\): unsupported YAML tag !env/);
+  // nor does the admin API take a tagged YAML body literally
+  assert.throws(() => parseYaml(Buffer.from('admin:\n  token: !env TURNPIKE_ADMIN_TOKEN\n')), (e: unknown) => e instanceof ApiError && /line 2: unsupported YAML tag !env/.test(e.message));
 });
 
 test('schema/turnpike.schema.json is current (npm run schema)', () => {

@@ -4,7 +4,7 @@
  * `__proto__` keys).
  */
 import type { IncomingMessage } from 'node:http';
-import { parseDocument } from 'yaml';
+import { LineCounter, parseDocument } from 'yaml';
 import { typeUnquotedRefs } from '../config/stores/document.js';
 import { ApiError } from './errors.js';
 
@@ -128,10 +128,20 @@ export function parseYaml(buf: Buffer): unknown {
   if (text.trim() === '') throw new ApiError('bad-request', 'the request needs a body');
   let value: unknown;
   try {
-    const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, merge: false });
+    const lc = new LineCounter();
+    const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
     if (doc.errors.length) {
       const e = doc.errors[0]!;
       throw new ApiError('bad-request', `invalid YAML: ${e.message.split('\n')[0]}`, { errors: doc.errors.slice(0, 5).map((x) => ({ path: '(syntax)', message: x.message.split('\n')[0] })) });
+    }
+    // An unknown tag (`token: !env ADMIN_TOKEN`) would be dropped and the value taken literally.
+    const tags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED' || w.code === 'BAD_COLLECTION_TYPE');
+    if (tags.length) {
+      const issues = tags.slice(0, 5).map((w) => ({
+        path: '(tag)',
+        message: `line ${lc.linePos(w.pos[0]).line}: unsupported YAML tag ${text.slice(w.pos[0], w.pos[1]).trim()}: write \${VAR} or \${VAR:-default} to read an environment variable`,
+      }));
+      throw new ApiError('bad-request', `invalid YAML: ${issues[0]!.message}`, { errors: issues });
     }
     typeUnquotedRefs(doc); // `limit: ${LIMIT}` means a number, as in a file
     value = doc.toJS({ maxAliasCount: 100 });

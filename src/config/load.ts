@@ -73,6 +73,19 @@ function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): n
   return best;
 }
 
+/** The config path of a node the visitor reached through `ancestors` (the Document first). */
+function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
+  const path: PathSegment[] = [];
+  const chain = [...ancestors, node];
+  for (let i = 1; i < chain.length; i++) {
+    const a = chain[i];
+    const parent = chain[i - 1];
+    if (isPair(a)) path.push(String(isScalar(a.key) ? a.key.value : a.key));
+    else if (isSeq(parent)) path.push(parent.items.indexOf(a as never));
+  }
+  return path;
+}
+
 const lcFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1).replace(/\.$/, '');
 
 function schemaIssues(config: unknown): { path: PathSegment[]; message: string }[] {
@@ -180,18 +193,39 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
     );
   }
 
+  // A tag the YAML core schema does not know (`token: !env ADMIN_TOKEN`) is only a warning to
+  // the `yaml` library, which then reads the value as plain text: the admin token would be the
+  // literal string "ADMIN_TOKEN". Refused, naming where, with the way environment variables are read.
+  const tagWarnings = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED' || w.code === 'BAD_COLLECTION_TYPE');
+  if (tagWarnings.length) {
+    const tagged: { start: number; path: PathSegment[]; node: YNode }[] = [];
+    visit(doc, {
+      Node(_key, node, ancestors) {
+        if (node.tag && node.range) tagged.push({ start: node.range[0], path: pathOf(ancestors, node), node });
+      },
+    });
+    throw new ConfigError(
+      tagWarnings.slice(0, 20).map((w): ConfigIssue => {
+        // (the node comes right after its tag, an anchor perhaps between)
+        const at = tagged.filter((t) => t.start >= w.pos[1]).sort((a, b) => a.start - b.start)[0];
+        const tag = text.slice(w.pos[0], w.pos[1]).trim() || w.message.replace(/^Unresolved tag: /, '');
+        const ref = /^!env$/i.test(tag) && at && isScalar(at.node) && typeof at.node.value === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(at.node.value) ? `\${${at.node.value}}` : undefined;
+        return {
+          path: formatPath(at?.path ?? []),
+          line: lc.linePos(w.pos[0]).line,
+          message: `unsupported YAML tag ${tag} (the value would be taken literally, as if the tag were not there): ` +
+            (ref ? `write ${ref} to read the environment variable (\${VAR:-default} for a default)` : `write \${VAR} or \${VAR:-default} to read an environment variable`),
+        };
+      }),
+      opts.file,
+    );
+  }
+
   const envIssues: { path: PathSegment[]; message: string }[] = [];
   visit(doc, {
     Scalar(key, node, ancestors) {
       if (key === 'key' || typeof node.value !== 'string' || !node.value.includes('${')) return;
-      const path: PathSegment[] = [];
-      const chain = [...ancestors, node];
-      for (let i = 1; i < chain.length; i++) {
-        const a = chain[i];
-        const parent = chain[i - 1];
-        if (isPair(a)) path.push(String(isScalar(a.key) ? a.key.value : a.key));
-        else if (isSeq(parent)) path.push(parent.items.indexOf(a as never));
-      }
+      const path = pathOf(ancestors, node);
       const missing: string[] = [];
       const original = node.value;
       // Shell forms this does not do (${VAR-x}, ${VAR:?msg}, ${1}) would stay literal text: refused.
