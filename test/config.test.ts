@@ -282,6 +282,33 @@ consumers:
   assert.throws(() => parseYaml(Buffer.from('admin:\n  token: !env TURNPIKE_ADMIN_TOKEN\n')), (e: unknown) => e instanceof ApiError && /line 2: unsupported YAML tag !env/.test(e.message));
 });
 
+test('a password written in a URL is masked in every config error that quotes the URL', () => {
+  const check = (issues: { path: string; message: string }[], path: string, shown: string) => {
+    const i = issues.find((x) => x.path === path);
+    assert.ok(i, `${path}: ${JSON.stringify(issues)}`);
+    assert.ok(i.message.includes(shown), i.message);
+    assert.ok(!i.message.includes('hunter2literal'), i.message);
+  };
+  // the URL does not parse (compile's "invalid URL")
+  check(issuesOf('services:\n  - name: s\n    url: "http://u:hunter2literal@127.0.0.1:bad"\n'), 'services[0].url', '"http://u:***@127.0.0.1:bad"');
+  check(issuesOf('services:\n  - name: s\n    upstream:\n      targets: [{url: "http://u:hunter2literal@127.0.0.1:bad"}]\n'), 'services[0].upstream.targets[0].url', 'http://u:***@127.0.0.1:bad');
+  // a password with an @ in it, up to the host
+  check(issuesOf('services:\n  - name: s\n    url: "http://u:hunter2literal@x@127.0.0.1:bad/p"\n'), 'services[0].url', '"http://u:***@127.0.0.1:bad/p"');
+  // schema errors quote the value: a URL there too
+  check(issuesOf('services:\n  - name: s\n    url: "ftp://u:hunter2literal@127.0.0.1/"\n'), 'services[0].url', '"ftp://u:***@127.0.0.1/"');
+  check(issuesOf('redis: {url: "http://:hunter2literal@127.0.0.1:6379"}\n'), 'redis', 'http://:***@127.0.0.1:6379');
+  // a composition step's URL
+  check(issuesOf('routes:\n  - name: r\n    paths: [/r]\n    compose:\n      steps:\n        - {name: a, url: "http://u:hunter2literal@127.0.0.1:bad/x"}\n'), 'routes[0].compose.steps[0].url', '"http://u:***@127.0.0.1:bad/x"');
+  // and the whole message (what start, validate and a rejected reload print)
+  try {
+    compile(parseConfigText('services:\n  - name: s\n    url: "http://u:hunter2literal@127.0.0.1:bad"\n', { env: {} }), { pools: new PoolRegistry() });
+    assert.fail('compiled');
+  } catch (e) {
+    assert.ok(e instanceof ConfigError);
+    assert.ok(!e.message.includes('hunter2literal') && e.message.includes('http://u:***@127.0.0.1:bad'), e.message);
+  }
+});
+
 test('schema/turnpike.schema.json is current (npm run schema)', () => {
   const published = readFileSync(new URL('../schema/turnpike.schema.json', import.meta.url), 'utf8');
   assert.equal(published, schemaJson());

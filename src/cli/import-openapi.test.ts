@@ -132,6 +132,16 @@ test('paths the router cannot take are left out with a warning; what is written 
   assert.doesNotMatch(out.join(''), /admin|\/a b/);
 });
 
+test('a password in the service URL is masked in the errors that quote it', () => {
+  for (const [serviceUrl, shown] of [['ftp://u:hunter2literal@x', '"ftp://u:***@x"'], ['http://u:hunter2literal@x:bad', '"http://u:***@x:bad"'], ['https://u:hunter2literal@x/api?q=1', '"https://u:***@x/api?q=1"']] as const) {
+    assert.throws(() => importOpenapi(doc(), { specFile: 's.json', cwd: '/', serviceUrl }), (e: unknown) => {
+      const m = (e as Error).message;
+      return m.includes(shown) && !m.includes('hunter2literal');
+    }, serviceUrl);
+  }
+  assert.throws(() => importOpenapi(doc({ servers: [{ url: 'ws://u:hunter2literal@x' }] }), { specFile: 's.json', cwd: '/' }), (e: unknown) => (e as Error).message.includes('"ws://u:***@x"'));
+});
+
 test('a server URL with a query or fragment is refused; the written config is compiled before it is written', () => {
   for (const url of ['https://shop.example.com/api?x=1', 'https://shop.example.com/api#f', 'https://shop.example.com/api?']) {
     assert.throws(() => importOpenapi(doc({ servers: [{ url }] }), { specFile: 's.json', cwd: '/' }), /has a query or fragment: an upstream URL cannot \(give --service-url\)/, url);
