@@ -4,7 +4,9 @@ import { copyFileSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs'
 import { makeCa } from './certs.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import { documentValidator } from '../src/admin/validate.js';
 import { fastValidConfig, parseConfigText } from '../src/config/load.js';
 import { compile } from '../src/config/compile.js';
 import { ConfigError } from '../src/config/errors.js';
@@ -307,6 +309,61 @@ test('a password written in a URL is masked in every config error that quotes th
     assert.ok(e instanceof ConfigError);
     assert.ok(!e.message.includes('hunter2literal') && e.message.includes('http://u:***@127.0.0.1:bad'), e.message);
   }
+});
+
+test('turnpike validate judges policy: redis (rate-limit, quota) and backend: redis (cache) as start does, without connecting to Redis', async () => {
+  // a listener where the config's Redis would be: validate must not connect to it
+  let connections = 0;
+  const fake = createNetServer((s) => { connections++; s.destroy(); });
+  await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+  const port = (fake.address() as AddressInfo).port;
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-validate-redis-'));
+  const cfg = (redis: string) => `${redis}services:
+  - name: s
+    url: http://127.0.0.1:9001
+    plugins:
+      - name: rate-limit
+        config: {limit: 10, window: 1s, policy: redis}
+      - name: quota
+        config: {limit: 1000, period: day, policy: redis}
+      - name: cache
+        config: {backend: redis}
+    routes: [{paths: [/a]}]
+`;
+  const run = (text: string) => {
+    const f = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(f, text);
+    return new Promise<{ status: number | null; out: string }>((resolve) => {
+      const c = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f]);
+      let out = '';
+      c.stdout.on('data', (d) => (out += d));
+      c.stderr.on('data', (d) => (out += d));
+      c.on('close', (status) => resolve({ status, out }));
+    });
+  };
+  try {
+    const t0 = Date.now();
+    const ok = await run(cfg(`redis: redis://127.0.0.1:${port}\n`));
+    assert.equal(ok.status, 0, ok.out);
+    assert.match(ok.out, /: valid/);
+    assert.ok(Date.now() - t0 < 20_000);
+    const cluster = await run(cfg(`redis: {cluster: ["redis://127.0.0.1:${port}"], prefix: "tp:"}\n`));
+    assert.equal(cluster.status, 0, cluster.out);
+    // without the setting it is still an error
+    const none = await run(cfg(''));
+    assert.equal(none.status, 1);
+    assert.match(none.out, /policy redis needs the top-level redis setting/);
+    assert.match(none.out, /backend redis needs the top-level redis setting/);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(connections, 0, 'validate connected to Redis');
+  } finally {
+    fake.close();
+  }
+  // the admin API's document check (a node with a redis setting, a store) judges the same way
+  const check = documentValidator({ redis: `redis://127.0.0.1:${port}` });
+  const doc = parseConfigText(cfg(''), { env: {} }).config as Record<string, unknown>;
+  assert.deepEqual(check(doc), { ok: true });
+  assert.equal(documentValidator()(doc).ok, false);
 });
 
 test('schema/turnpike.schema.json is current (npm run schema)', () => {

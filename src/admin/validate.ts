@@ -8,7 +8,7 @@
  * is refused with the field named.
  */
 import { parseConfigText } from '../config/load.js';
-import { compile } from '../config/compile.js';
+import { compile, validationCounters } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { mergeDocument, isNodeLocalKey } from '../config/stores/document.js';
@@ -50,14 +50,17 @@ export function effectiveText(node: Record<string, unknown>, document: ConfigDoc
 export function documentValidator(node: Record<string, unknown> = {}, opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): (document: ConfigDocument) => ValidationResult {
   return (document) => {
     const pools = new PoolRegistry();
+    let stores: ReturnType<typeof validationCounters> | undefined;
     try {
       const loaded = parseConfigText(effectiveText(node, document), { env: opts.env ?? process.env, ...(opts.file ? { file: opts.file } : {}) });
-      compile(loaded, { pools, storeOpened: true }).dispose();
+      stores = validationCounters(loaded);
+      compile(loaded, { pools, storeOpened: true, counters: stores.counters }).dispose();
       return { ok: true };
     } catch (err) {
       if (err instanceof ConfigError) return { ok: false, errors: err.issues.map((i) => ({ path: i.path, message: i.message })) };
       throw err;
     } finally {
+      stores?.close();
       void pools.closeAll();
     }
   };

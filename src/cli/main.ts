@@ -11,7 +11,7 @@ import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread, warmParserThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';
 import { startPrimary, runWorker } from '../server/cluster.js';
-import { compile } from '../config/compile.js';
+import { compile, validationCounters } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { Gateway } from '../server/gateway.js';
@@ -104,8 +104,12 @@ export async function main(argv: string[]): Promise<number> {
 
   if (command === 'validate') {
     const pools = new PoolRegistry();
+    let stores: ReturnType<typeof validationCounters> | undefined;
     try {
-      compile(loadConfigFile(file), { pools, storeOpened: true }).dispose();
+      const loaded = loadConfigFile(file);
+      // (judged as start would: a `redis` setting gets its store, never connected)
+      stores = validationCounters(loaded);
+      compile(loaded, { pools, storeOpened: true, counters: stores.counters }).dispose();
       process.stdout.write(`${file}: valid\n`);
       return 0;
     } catch (err) {
@@ -115,6 +119,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       throw err;
     } finally {
+      stores?.close();
       await pools.closeAll();
     }
   }

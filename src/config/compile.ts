@@ -30,6 +30,7 @@ import type { Logger } from '../core/log.js';
 import { silentLogger } from '../core/log.js';
 import type { CounterStore } from '../state/types.js';
 import { MemoryStore } from '../state/memory.js';
+import { RedisStore, type RedisSetting } from '../state/redis.js';
 import type { CacheStores } from '../plugins/cache/stores.js';
 import { compileCompose, composeService, pathParams, type CompiledCompose } from '../compose/config.js';
 import { portalOf, type PortalSettings } from '../portal/catalog.js';
@@ -254,6 +255,25 @@ const fallbackStore = () => (validateStore ??= new MemoryStore());
 function unnamedRouteId(service: string, r: { hosts?: unknown; paths?: unknown; methods?: unknown; headers?: unknown }): string {
   const match = JSON.stringify([r.hosts ?? null, r.paths ?? null, r.methods ?? null, r.headers ?? null]);
   return `~${service}~${createHash('sha256').update(match).digest('base64url').slice(0, 12)}`;
+}
+
+/**
+ * Counter stores for a compile that judges a config without running it (turnpike validate, the
+ * admin API's document check): a `redis` setting gets a store that is checked as `start` makes
+ * it (Gateway.redisFor) but never connects, so `policy: redis` and `backend: redis` compile as
+ * they would at start. close() when done. Throws the config's error for a bad setting.
+ */
+export function validationCounters(loaded: LoadedConfig): { counters: NonNullable<CompileDeps['counters']>; close(): void } {
+  const setting = loaded.config.redis as RedisSetting | undefined;
+  let redis: RedisStore | null = null;
+  if (setting !== undefined) {
+    try {
+      redis = new RedisStore(setting, { connect: false });
+    } catch (err) {
+      throw loaded.error([{ path: ['redis'], message: (err as Error).message }]);
+    }
+  }
+  return { counters: { local: fallbackStore(), redis }, close: () => void redis?.close() };
 }
 
 const PARAM_SEGMENT = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;

@@ -43,6 +43,11 @@ export interface RedisStoreOptions {
    * can be compared exactly with algorithms.ts. Never set in production: nodes would disagree.
    */
   clock?: () => number;
+  /**
+   * false: never connect (ioredis lazyConnect, and no command is ever sent): a store that only
+   * stands for the setting, for a compile that judges a config without running it (validate).
+   */
+  connect?: boolean;
 }
 
 export const DEFAULT_REDIS_TIMEOUT_MS = 50;
@@ -218,6 +223,7 @@ export class RedisStore implements CounterStore {
       autoResubscribe: false,
       connectionName: 'turnpike',
       keepAlive: 5000,
+      ...(opts.connect === false ? { lazyConnect: true } : {}),
     };
     const hostOf = (url: string) => { const { host, port } = seed(url); return `${host}:${port}`; };
     this.where = s.cluster && s.cluster.length > 0 ? `cluster ${s.cluster.map(hostOf).join(',')}` : hostOf(s.url ?? 'redis://127.0.0.1:6379');
@@ -231,6 +237,7 @@ export class RedisStore implements CounterStore {
       };
       delete (redisOptions as RedisOptions).enableOfflineQueue;
       this.client = new Cluster(s.cluster.map(seed), {
+        ...(opts.connect === false ? { lazyConnect: true } : {}),
         enableOfflineQueue: false,
         enableReadyCheck: true,
         clusterRetryStrategy: retry,
