@@ -366,6 +366,44 @@ test('turnpike validate judges policy: redis (rate-limit, quota) and backend: re
   assert.equal(documentValidator()(doc).ok, false);
 });
 
+test("a plugin's config errors are worded like the config's own: durations, sizes, unknown keys", () => {
+  const text = `services:
+  - name: s
+    url: http://127.0.0.1:9001
+    plugins:
+      - name: rate-limit
+        config:
+          limit: 10
+          window: 7parsecs
+      - name: request-size-limit
+        config:
+          max: 1zb
+          bogus: 1
+    routes: [{paths: [/a]}]
+`;
+  const issues = issuesOf(text);
+  const at = (path: string) => issues.find((i) => i.path === path) ?? assert.fail(`${path}: ${JSON.stringify(issues)}`);
+  // (the config's own keys, for comparison)
+  assert.equal(issuesOf('timeouts: {drain: 2x}\n')[0]!.message, 'invalid value "2x": expected a duration: 250ms, 30s, 5m, 1h, 1d (a bare number is milliseconds)');
+  assert.deepEqual(at('services[0].plugins[0].config.window'), { path: 'services[0].plugins[0].config.window', line: 8, message: 'invalid value "7parsecs": expected a duration: 250ms, 30s, 5m, 1h, 1d (a bare number is milliseconds)' });
+  assert.deepEqual(at('services[0].plugins[1].config.max'), { path: 'services[0].plugins[1].config.max', line: 11, message: 'invalid value "1zb": expected a size: 512b, 10kb, 8mb, 1gb (a bare number is bytes)' });
+  assert.deepEqual(at('services[0].plugins[1].config.bogus'), { path: 'services[0].plugins[1].config.bogus', line: 12, message: 'unknown key "bogus"' });
+  assert.equal(issuesOf('limits: {max_header_size: 1zb}\n')[0]!.message, 'invalid value "1zb": expected a size: 512b, 10kb, 8mb, 1gb (a bare number is bytes)');
+  assert.ok(!issues.some((i) => /expected union value|unexpected property/i.test(i.message)), JSON.stringify(issues));
+});
+
+test('YAML alias errors (an unknown alias, an alias bomb) name the path and the line of the alias', () => {
+  const unknown = issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:9001\n    routes:\n      - *nope\n');
+  assert.deepEqual(unknown, [{ path: 'services[0].routes[0]', line: 5, message: 'unresolved alias *nope: no anchor &nope before it (the anchor must be set before the alias)' }]);
+  const bomb = 'a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n';
+  const [issue] = issuesOf(bomb);
+  assert.ok(issue && issue.line !== undefined && issue.line >= 2 && issue.line <= 4, JSON.stringify(issue));
+  assert.match(issue.path, /^[bcd]\[\d\]$/);
+  assert.match(issue.message, /^alias \*[abc]: too many YAML aliases \(more than 100 expansions\): write the values out$/);
+  // an alias that resolves is fine, and the document parses the same again
+  assert.deepEqual(issuesOf('services:\n  - &s {name: s, url: "http://127.0.0.1:9001"}\n  - {name: t, url: "http://127.0.0.1:9002"}\n'), []);
+});
+
 test('schema/turnpike.schema.json is current (npm run schema)', () => {
   const published = readFileSync(new URL('../schema/turnpike.schema.json', import.meta.url), 'utf8');
   assert.equal(published, schemaJson());

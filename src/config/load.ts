@@ -5,11 +5,11 @@
 import { readFileSync } from 'node:fs';
 import { load as jsYamlLoad, CORE_SCHEMA } from 'js-yaml';
 import { createHash } from 'node:crypto';
-import { LineCounter, parseDocument, visit, isMap, isSeq, isScalar, isPair, type Document, type Node as YNode } from 'yaml';
+import { LineCounter, parseDocument, visit, isMap, isSeq, isScalar, isPair, type Alias, type Document, type Node as YNode } from 'yaml';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
-import { ValueErrorType } from '@sinclair/typebox/errors';
 import { TurnpikeConfig, type TurnpikeConfigInput } from './schema.js';
 import { ConfigError, formatPath, type ConfigIssue, type PathSegment } from './errors.js';
+import { schemaIssues } from './schema-issues.js';
 
 const validator = TypeCompiler.Compile(TurnpikeConfig);
 
@@ -38,15 +38,6 @@ export function substituteEnv(text: string, env: NodeJS.ProcessEnv, missing: str
     if (value === undefined) missing.push(name!);
     return '';
   });
-}
-
-function pathOfPointer(pointer: string): PathSegment[] {
-  if (pointer === '') return [];
-  return pointer
-    .split('/')
-    .slice(1)
-    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'))
-    .map((s) => (/^(0|[1-9][0-9]*)$/.test(s) ? Number(s) : s));
 }
 
 function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): number | undefined {
@@ -84,35 +75,6 @@ function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
     else if (isSeq(parent)) path.push(parent.items.indexOf(a as never));
   }
   return path;
-}
-
-const lcFirst = (s: string) => s.charAt(0).toLowerCase() + s.slice(1).replace(/\.$/, '');
-
-function schemaIssues(config: unknown): { path: PathSegment[]; message: string }[] {
-  const out: { path: PathSegment[]; message: string }[] = [];
-  const seen = new Set<string>();
-  for (const e of validator.Errors(config)) {
-    const path = pathOfPointer(e.path);
-    let message = e.message;
-    if (e.type === ValueErrorType.ObjectAdditionalProperties) message = `unknown key "${String(path[path.length - 1])}"`;
-    else if (e.type === ValueErrorType.ObjectRequiredProperty) message = 'is required';
-    else if (e.type === ValueErrorType.Union) {
-      const { description: desc, writeOnly } = e.schema as { description?: string; writeOnly?: boolean };
-      // A secret (writeOnly) is never quoted back: errors reach logs.
-      const value = writeOnly === true ? 'invalid value' : `invalid value ${JSON.stringify(e.value)}`;
-      message = desc ? `${value}: expected ${lcFirst(desc)}` : value;
-    } else if (e.type === ValueErrorType.StringPattern) {
-      const desc = (e.schema as { description?: string }).description;
-      message = `invalid value ${JSON.stringify(e.value)}${desc ? `: expected ${lcFirst(desc)}` : ` (must match ${(e.schema as { pattern?: string }).pattern})`}`;
-    }
-    const key = formatPath(path);
-    if (seen.has(key)) continue; // first (most relevant) error per path
-    seen.add(key);
-    out.push({ path, message });
-  }
-  // Drop errors on a parent when a child already explains it (union noise).
-  return out
-    .filter((i) => !out.some((o) => o !== i && o.path.length > i.path.length && i.path.every((s, n) => o.path[n] === s)));
 }
 
 /**
@@ -255,17 +217,55 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
   });
   if (envIssues.length) throw mkError(envIssues);
 
+  // Alias bombs (maxAliasCount) and unresolved aliases throw from inside toJS: each alias's
+  // toJSON is wrapped for the time of it, so the error names the alias (innermost) that threw.
+  const aliases: { node: Alias; path: PathSegment[] }[] = [];
+  visit(doc, {
+    Alias(_key, node, ancestors) {
+      aliases.push({ node, path: pathOf(ancestors, node) });
+    },
+  });
+  let culprit: { node: Alias; path: PathSegment[] } | undefined;
+  for (const a of aliases) {
+    const own = a.node.toJSON;
+    Object.defineProperty(a.node, 'toJSON', {
+      configurable: true,
+      writable: true,
+      value(this: Alias, ...args: Parameters<Alias['toJSON']>) {
+        try {
+          return own.apply(this, args);
+        } catch (err) {
+          culprit ??= a;
+          throw err;
+        }
+      },
+    });
+  }
   let config: unknown;
   try {
     config = doc.toJS({ maxAliasCount: 100 });
   } catch (err) {
-    // alias bombs (maxAliasCount) and unresolved aliases
-    throw new ConfigError([{ path: '(aliases)', message: (err as Error).message }], opts.file);
+    let message = (err as Error).message;
+    const range = culprit?.node.range;
+    if (culprit) {
+      const src = culprit.node.source;
+      message = message.startsWith('Unresolved alias')
+        ? `unresolved alias *${src}: no anchor &${src} before it (the anchor must be set before the alias)`
+        : /alias count/i.test(message)
+          ? `alias *${src}: too many YAML aliases (more than 100 expansions): write the values out`
+          : `alias *${src}: ${message.charAt(0).toLowerCase()}${message.slice(1)}`;
+    }
+    throw new ConfigError(
+      [{ path: culprit ? formatPath(culprit.path) : '(aliases)', ...(range ? { line: lc.linePos(range[0]).line } : {}), message }],
+      opts.file,
+    );
+  } finally {
+    for (const a of aliases) delete (a.node as { toJSON?: unknown }).toJSON;
   }
   if (typeof config !== 'object' || config === null || Array.isArray(config)) {
     throw mkError([{ path: [], message: 'the config must be a mapping (key: value) at the top level' }]);
   }
-  const issues = schemaIssues(config);
+  const issues = schemaIssues(validator.Errors(config));
   if (issues.length) throw mkError(issues);
   return { config: config as TurnpikeConfigInput, file: opts.file, text, lineOf, error: mkError };
 }

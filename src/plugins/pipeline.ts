@@ -16,6 +16,7 @@
 import { createHash } from 'node:crypto';
 import { Value } from '@sinclair/typebox/value';
 import type { PathSegment } from '../config/errors.js';
+import { schemaIssues } from '../config/schema-issues.js';
 import type { Logger } from '../core/log.js';
 import type { AuthOutcome, Consumer, PluginDef, PluginDeps, PluginInstance, Reply, RequestCtx, Scope } from './types.js';
 import type { CacheStores } from './cache/stores.js';
@@ -189,12 +190,10 @@ export class PluginCompiler {
       }
       const raw = structuredClone(b.config ?? {});
       const config = Value.Default(def.schema, raw) as Record<string, unknown>;
-      const errors = [...Value.Errors(def.schema, config)];
+      // (worded as the config's own keys are: the same message builder)
+      const errors = schemaIssues(Value.Errors(def.schema, config));
       if (errors.length) {
-        for (const e of errors.slice(0, 5)) {
-          const sub = e.path.split('/').slice(1).map((s) => (/^\d+$/.test(s) ? Number(s) : s));
-          this.fail([...bp, 'config', ...sub], e.message.charAt(0).toLowerCase() + e.message.slice(1));
-        }
+        for (const e of errors.slice(0, 5)) this.fail([...bp, 'config', ...e.path], e.message);
         return;
       }
       // A disabled binding is checked like any (Kong does too), then left out.
