@@ -446,6 +446,31 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   assert.match(missing.stderr, /cannot read/);
 });
 
+test('turnpike CLI usage: no command is a usage error on stderr (2); help and --help print it on stdout (0); extra arguments are refused (2)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-usage-'));
+  const good = join(dir, 'good.yaml');
+  writeFileSync(good, base);
+  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', ...args], { encoding: 'utf8', input: '' });
+  const none = run();
+  assert.equal(none.status, 2);
+  assert.equal(none.stdout, '');
+  assert.match(none.stderr, /a command is needed/);
+  assert.match(none.stderr, /Usage:/);
+  for (const args of [['help'], ['--help'], ['-h']]) {
+    const r = run(...args);
+    assert.equal(r.status, 0, `${args}: ${r.stderr}`);
+    assert.match(r.stdout, /Usage:\n {2}turnpike start --config FILE/, String(args));
+    assert.equal(r.stderr, '', String(args));
+  }
+  for (const args of [['validate', '--config', good, 'extra'], ['validate', 'extra', '--config', good], ['start', '--config', good, 'extra'], ['hash-password', 'secret']]) {
+    const r = run(...args);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.equal(r.stdout, '', args.join(' '));
+    assert.match(r.stderr, new RegExp(`turnpike ${args[0]}: unexpected argument "(extra|secret)"`), args.join(' '));
+  }
+  assert.equal(run('validate', '--config', good).status, 0);
+});
+
 test('the configuration example in README.md is valid', () => {
   const readme = readFileSync('README.md', 'utf8');
   const start = readme.indexOf('    listen: 127.0.0.1:8080\n');

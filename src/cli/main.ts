@@ -40,6 +40,7 @@ Usage:
   turnpike config apply FILE [--if-revision N]      replace the stored config document with FILE
                                     (config: --admin URL, --token T; see turnpike config --help)
   turnpike --version
+  turnpike help | --help            this text
 
 SIGTERM/SIGINT drain in-flight requests and exit 0. The config file is reloaded when it
 changes (unless watch: false) and on SIGHUP; an invalid one is logged and the running config
@@ -72,9 +73,18 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const command = positionals[0];
-  if (values.help || !command) {
+  // Asked for, the usage is the answer (stdout, 0); given for a mistake, it goes with the error.
+  if (values.help || command === 'help') {
     process.stdout.write(USAGE);
-    return command || values.help ? 0 : 2;
+    return 0;
+  }
+  if (!command) {
+    process.stderr.write(`turnpike: a command is needed (start, validate, ...)\n\n${USAGE}`);
+    return 2;
+  }
+  if ((command === 'start' || command === 'validate' || command === 'hash-password') && positionals.length > 1) {
+    process.stderr.write(`turnpike ${command}: unexpected argument ${JSON.stringify(positionals[1])}${command === 'hash-password' ? ' (the password is read from stdin)' : ' (the config file is given with --config FILE)'}\n\n${USAGE}`);
+    return 2;
   }
   if (command === 'hash-password') {
     const chunks: Buffer[] = [];
