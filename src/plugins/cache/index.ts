@@ -18,7 +18,7 @@
  * and request-validator's response check, so what is stored is what the client got.
  */
 import { REFRESH_HEADER } from './refresh.js';
-import { isTls } from '../../core/headers.js';
+import { headerRecord as record, isTls } from '../../core/headers.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { definePlugin, type BufferedResponse, type Reply, type RequestCtx } from '../types.js';
 import { parseDuration, parseSize } from '../../config/units.js';
@@ -135,17 +135,6 @@ function hasBody(ctx: RequestCtx): boolean {
 function setField(list: string[], name: string, value: string): void {
   P.dropFields(list, new Set([name]));
   list.push(name, value);
-}
-
-/** A flat list as Reply headers (repeated names become arrays). */
-function record(list: readonly string[]): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
-  for (let i = 0; i < list.length; i += 2) {
-    const k = list[i]!;
-    const prev = out[k];
-    out[k] = prev === undefined ? list[i + 1]! : Array.isArray(prev) ? [...prev, list[i + 1]!] : [prev, list[i + 1]!];
-  }
-  return out;
 }
 
 export default definePlugin({
