@@ -2,7 +2,7 @@
 import { Type } from '@sinclair/typebox';
 import type { RequestCtx } from './types.js';
 import { parseDuration } from '../config/units.js';
-import { deadlineTimer } from '../state/deadline.js';
+import { withDeadline } from '../state/deadline.js';
 
 const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
 
@@ -50,22 +50,4 @@ export function storeTimeoutMs(timeout: string | number | undefined, policy: str
 }
 
 /** A store's answer, or an error once `ms` passed (the limit's `fault` applies then). */
-export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => new Promise<T>((resolve, reject) => {
-  let settled = false;
-  const t = deadlineTimer(ms, () => {
-    if (settled) return;
-    settled = true;
-    reject(new Error(`the counter store did not answer within ${ms} ms`));
-  });
-  p.then((v) => {
-    if (settled) return;
-    settled = true;
-    clearTimeout(t);
-    resolve(v);
-  }, (e: unknown) => {
-    if (settled) return;
-    settled = true;
-    clearTimeout(t);
-    reject(e as Error);
-  });
-});
+export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => withDeadline(p, ms, `the counter store did not answer within ${ms} ms`);

@@ -10,3 +10,26 @@
 export function deadlineTimer(ms: number, fn: () => void): NodeJS.Timeout {
   return setTimeout(() => setImmediate(fn), ms);
 }
+
+/** Settles with `p`, or rejects with `message` once `ms` passed (a deadlineTimer: after the answers in hand were read). */
+export function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let settled = false;
+    const timer = deadlineTimer(ms, () => {
+      if (settled) return;
+      settled = true;
+      reject(new Error(message));
+    });
+    p.then((v) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(v);
+    }, (e: unknown) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      reject(e as Error);
+    });
+  });
+}

@@ -26,7 +26,7 @@ import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis'
 import { parseDuration } from '../config/units.js';
 import type { Logger } from '../core/log.js';
 import type { CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
-import { deadlineTimer } from './deadline.js';
+import { withDeadline } from './deadline.js';
 
 /** The top-level `redis` setting: a URL, or {url | cluster seeds, timeout, prefix}. */
 export type RedisSetting = string | {
@@ -304,15 +304,7 @@ export class RedisStore implements CounterStore {
 
   /** Settles with `p` or rejects once `ms` has passed (and the answers in hand were read), whatever ioredis is doing. */
   private deadline<T>(p: Promise<T>, ms = this.timeoutMs): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      let settled = false;
-      const timer = deadlineTimer(ms, () => {
-        if (settled) return;
-        settled = true;
-        reject(new Error(`redis did not answer within ${ms} ms`));
-      });
-      p.then((v) => { if (!settled) { settled = true; clearTimeout(timer); resolve(v); } }, (e: unknown) => { if (!settled) { settled = true; clearTimeout(timer); reject(e as Error); } });
-    });
+    return withDeadline(p, ms, `redis did not answer within ${ms} ms`);
   }
 
   async rate(queries: readonly RateQuery[], timeoutMs?: number): Promise<RateDecision[]> {
