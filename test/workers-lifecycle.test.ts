@@ -63,9 +63,11 @@ test('workers: 2 — /status is 503 "starting" until a worker accepts on the pro
       }
       if (s.anon.code === 503) {
         assert.deepEqual(s.anon.body, { status: 'starting' });
-        assert.equal(s.full.code, 503);
-        assert.equal(s.full.body.status, 'starting');
-        assert.ok(Array.isArray(s.full.body.workers));
+        // (a worker may start listening between the two requests: then the second says 200)
+        if (s.full.code === 503) {
+          assert.equal(s.full.body.status, 'starting');
+          assert.ok(Array.isArray(s.full.body.workers));
+        } else assert.equal(s.full.code, 200);
         starting++;
         await sleep(20);
         continue;
