@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Agent, createServer, request as httpRequest, type ClientRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
-import { countRequests, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
+import { createHash } from 'node:crypto';
+import { countRequests, freePort, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -266,6 +267,39 @@ test('a PUT body up to 64 KiB is resent on a retry; a chunked or larger body is 
   } finally {
     await g.close();
     await origin.close();
+    await good.close();
+  }
+});
+
+test('a request whose connection was refused is retried whatever its method: nothing was sent (a streamed body goes whole to the next target)', { timeout: 8000 }, async () => {
+  const dead = await freePort();
+  const good = await startUpstream((req, res, body) => res.end(`good ${req.method} ${body.length} ${createHash('sha256').update(body).digest('hex').slice(0, 12)}`));
+  // Round-robin over a closed port and a live origin: every other first attempt is refused.
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: http://127.0.0.1:${dead}}, {url: ${good.url}}]\n      healthcheck: {passive: {failures: 1000}}\n    retries: 1\n    routes:\n      - {paths: [/orders]}\n      - {paths: [/capped], plugins: [{name: request-size-limit, config: {max: 1mb}}]}\n`);
+  const digest = (b: string | Buffer) => createHash('sha256').update(b).digest('hex').slice(0, 12);
+  try {
+    const small = '{"amount":100}';
+    const big = Buffer.alloc(300_000, 'x'); // streamed: past the 64 KiB read ahead for retries
+    for (let i = 0; i < 4; i++) {
+      const r = await request(`${g.url}/orders`, { method: 'POST', body: small, headers: { 'content-type': 'application/json' } });
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.body, `good POST ${small.length} ${digest(small)}`);
+      const p = await request(`${g.url}/orders`, { method: 'PATCH', body: big });
+      assert.equal(p.status, 200, p.body);
+      assert.equal(p.body, `good PATCH ${big.length} ${digest(big)}`);
+      const c = await request(`${g.url}/orders`, { method: 'POST', body: 'chunked body', headers: { 'transfer-encoding': 'chunked' } });
+      assert.equal(c.status, 200, c.body);
+      assert.equal(c.body, `good POST 12 ${digest('chunked body')}`);
+      const e = await request(`${g.url}/orders`, { method: 'POST' });
+      assert.equal(e.status, 200, e.body);
+      // A capped body streams through the gateway's counter: still unread when the connection fails.
+      const k = await request(`${g.url}/capped`, { method: 'POST', body: big });
+      assert.equal(k.status, 200, k.body);
+      assert.equal(k.body, `good POST ${big.length} ${digest(big)}`);
+    }
+    assert.equal(good.requests.length, 20, 'each request reached the live origin exactly once');
+  } finally {
+    await g.close();
     await good.close();
   }
 });

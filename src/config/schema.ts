@@ -175,7 +175,7 @@ export const Service = Strict({
   tls: Type.Optional(UpstreamTls),
   upstream: Type.Optional(Upstream),
   timeouts: Type.Optional(ServiceTimeouts),
-  retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 0, description: 'Retries of a failed attempt on another target: idempotent methods only (unless the route allows more), inside the retry budget and the total deadline.' })),
+  retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 0, description: 'Retries of a failed attempt on another target: idempotent methods only (unless the route allows more; any method after a connect error, which sent nothing), inside the retry budget and the total deadline.' })),
   retry_on: Type.Optional(Type.Array(RetryOn, { minItems: 1, uniqueItems: true, description: 'What is retried (default: connect-error).' })),
   retry_budget: Type.Optional(RetryBudget),
   circuit_breaker: Type.Optional(CircuitBreaker),

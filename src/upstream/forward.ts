@@ -567,8 +567,13 @@ export class ForwardHandler {
   private mayRetry(kind: 'connect-error' | 'timeout' | 'reset' | number): boolean {
     const f = this.f;
     const svc = f.service;
-    if (this.finished || this.attempts > svc.retries || (f.hasBody && this.body === null)) return false;
-    if (!f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
+    if (this.finished || this.attempts > svc.retries) return false;
+    // A connection that was never made sent nothing: any method may go to another target, and a
+    // streamed body undici never started to read goes with it (nginx and Envoy's connect-failure
+    // do the same). Anything else that failed may have reached the upstream.
+    const unsent = kind === 'connect-error';
+    if (f.hasBody && this.body === null && !(unsent && this.bodyUnread())) return false;
+    if (!unsent && !f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
     const on = svc.retryOn;
     if (kind === 'connect-error' ? !on.connectError : kind === 'timeout' ? !on.timeout : kind === 'reset' ? !on.reset : !on.statuses.has(kind)) return false;
     const now = Date.now();
@@ -582,6 +587,12 @@ export class ForwardHandler {
     if (st.tokens < 1) return false;
     st.tokens -= 1;
     return true;
+  }
+
+  /** Whether the streamed request body is still whole: nothing of it was read for an attempt. */
+  private bodyUnread(): boolean {
+    const s = this.webBody ?? this.f.req;
+    return !s.readableDidRead && !s.destroyed && !s.readableEnded;
   }
 
   onConnect(abort: (err?: Error) => void): void {
