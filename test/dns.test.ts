@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import dnsPacket from 'dns-packet';
 import { lookup } from 'node:dns/promises';
 import { request, sleep, startGateway } from './helpers.js';
+import { systemResolver } from '../src/upstream/dns.js';
 
 /** A DNS server on 127.0.0.1 answering A queries from `zone` (name -> addresses; missing = NXDOMAIN). */
 async function startDns(zone: Map<string, string[]>): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
@@ -145,5 +146,31 @@ test('a name that stops resolving is warned about once per outage, not every ref
     await g.close();
     await up.close();
     await dns.close();
+  }
+});
+
+test('a system lookup that hangs (getaddrinfo) is given up after dns.timeout and never asked again while it hangs; other names serve', { timeout: 8000 }, async () => {
+  const up = await startOn(['127.0.0.1']);
+  const real = systemResolver.lookup;
+  let asked = 0;
+  systemResolver.lookup = (host: string) => {
+    if (host !== 'hang.test') return real(host);
+    asked++;
+    return new Promise<string[]>(() => {}); // a resolver that never answers
+  };
+  const started = Date.now();
+  const g = await startGateway(`dns: {refresh: 100ms, timeout: 300ms}\nservices:\n  - name: stuck\n    url: http://hang.test:${up.port}\n    routes: [{paths: [/stuck]}]\n  - name: ok\n    url: http://localhost:${up.port}\n    routes: [{paths: [/ok]}]\n`);
+  try {
+    assert.ok(Date.now() - started < 3000, `started in ${Date.now() - started} ms`);
+    assert.equal((await request(`${g.url}/ok`)).status, 200);
+    const stuck = await request(`${g.url}/stuck`);
+    assert.equal(stuck.status, 503, stuck.body);
+    assert.match(stuck.body, /no-healthy-target/);
+    await sleep(800); // several refreshes
+    assert.equal(asked, 1, 'the hung lookup holds one threadpool thread, not one per refresh');
+  } finally {
+    systemResolver.lookup = real;
+    await g.close();
+    await up.close();
   }
 });

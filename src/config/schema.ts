@@ -277,7 +277,7 @@ export const TurnpikeConfig = Strict({
     })),
     refresh: Type.Optional(Duration),
     timeout: Type.Optional(Duration),
-  }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s).' })),
+  }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s); a lookup is given up after timeout (default 2s; the system resolver too) and the name keeps its last answer.' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   store: Type.Optional(Type.String({
     pattern: '^(file|sqlite:.+|postgres(ql)?://.+)$',

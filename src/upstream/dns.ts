@@ -7,10 +7,22 @@
  * good answer; a name that never resolved has no targets (503 no-healthy-target) until it does.
  *
  * Resolver: the system's (getaddrinfo: /etc/hosts, nsswitch) by default, or the DNS servers
- * given in `dns.servers` (A and AAAA queries).
+ * given in `dns.servers` (A and AAAA queries). Either way a lookup is given up after
+ * `dns.timeout`; a hung getaddrinfo is not started again for the same name while it hangs.
  */
 import { promises as dns } from 'node:dns';
 import { isIP } from 'node:net';
+import { withDeadline } from '../state/deadline.js';
+
+/** The system resolver (getaddrinfo: /etc/hosts, nsswitch); a test stands a hung resolver in for it. */
+export const systemResolver = {
+  async lookup(host: string): Promise<string[]> {
+    return (await dns.lookup(host, { all: true })).map((a) => a.address);
+  },
+};
+
+/** System lookups still running, by name (process-wide: a refresh's copy of the cache shares them). */
+const hanging = new Map<string, Promise<string[]>>();
 
 export interface DnsSettings {
   servers: string[] | null;
@@ -66,8 +78,18 @@ export class DnsCache {
       if (out.length === 0) throw v4.status === 'rejected' ? v4.reason : new Error(`no address for ${host}`);
       return out;
     }
-    const all = await dns.lookup(host, { all: true });
-    return all.map((a) => a.address);
+    // getaddrinfo cannot be cancelled and holds one of libuv's four threadpool threads (shared
+    // with file and crypto work) while it waits: a name whose lookup still hangs is not asked
+    // again, and its answer is given up after dns.timeout (the last good one is kept).
+    let p = hanging.get(host);
+    if (p === undefined) {
+      p = systemResolver.lookup(host).finally(() => hanging.delete(host));
+      hanging.set(host, p);
+    }
+    const ms = this.settings.timeoutMs;
+    return withDeadline(p, ms, `no answer within ${ms} ms`).catch((err: Error) => {
+      throw err.message === `no answer within ${ms} ms` ? Object.assign(err, { code: 'ETIMEOUT' }) : err;
+    });
   }
 
   /**
