@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { request as httpRequest } from 'node:http';
-import { startGateway, startUpstream, startRawOrigin, rawRequest, statuses, request, sleep } from './helpers.js';
+import { configIssues, startGateway, startUpstream, startRawOrigin, rawRequest, statuses, request, sleep } from './helpers.js';
 import { parseConfigText } from '../src/config/load.js';
 import { ConfigError } from '../src/config/errors.js';
 
@@ -68,6 +68,81 @@ test('backslashes and dot segments hidden in %2F, %5C or ;params are rejected, n
     // an encoded slash that hides no dot segment is still fine
     assert.equal((await request(`${g.url}/public/a%2Fb`)).status, 200);
     assert.equal(up.requests[0]!.url, '/public/a%2Fb');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a double slash, %2F, %5C or ;params cannot route a request past a protected route (the upstream would merge or decode them)', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`services:
+  - name: e
+    url: ${up.url}
+    routes:
+      - {name: public, paths: [/v1]}
+      - {name: admin, paths: [/v1/admin], plugins: [{name: key-auth, config: {header: apikey}}]}
+      - {name: all, paths: [/]}
+      - {name: private, paths: [/private], plugins: [{name: key-auth}]}
+      - {name: gitlab, paths: ["/projects/{id}/issues"]}
+consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
+`);
+  try {
+    // Empty segments are merged: the protected route is the one chosen, and its policy answers.
+    for (const path of ['/v1//admin', '/v1///admin/x', '//private', '///private', '/v1/admin//']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [401], path);
+    }
+    // Read as an upstream decoding %2F / %5C or cutting ;params would, these are the admin route's.
+    for (const path of ['/v1/%2Fadmin', '/v1/%2fadmin', '/v1/admin%2F', '/%2Fprivate', '/v1/%5Cadmin', '/private;jsessionid=x', '/v1/admin;x/y']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
+    // With the key, merged paths go upstream merged; an encoded slash read the same by both stays as sent.
+    assert.equal((await request(`${g.url}/v1//admin//x`, { headers: { apikey: 'k1-secret-key' } })).status, 200);
+    assert.equal(up.requests.at(-1)!.url, '/v1/admin/x');
+    assert.equal((await request(`${g.url}/projects/group%2Fproject/issues`)).status, 200);
+    assert.equal(up.requests.at(-1)!.url, '/projects/group%2Fproject/issues');
+    assert.equal((await request(`${g.url}/v1/a%2Fb;v=1`)).status, 200);
+    assert.equal(up.requests.at(-1)!.url, '/v1/a%2Fb;v=1');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a route path with non-ASCII characters is a config error that shows the percent-encoded form', () => {
+  const issues = configIssues(`services:\n  - name: e\n    url: http://127.0.0.1:1\n    routes: [{paths: [/ok, /privé]}]\n`);
+  assert.equal(issues.length, 1, JSON.stringify(issues));
+  assert.equal(issues[0]!.path, 'services[0].routes[0].paths[1]');
+  assert.match(issues[0]!.message, /percent-encoded.*\/priv%C3%A9/);
+});
+
+test('an unsafe request pipelined behind one still being answered waits for it: never forwarded when that answer closes the connection (RFC 9112 §9.3.2, §9.6)', async () => {
+  const events: string[] = [];
+  const up = await startUpstream((req, res) => {
+    events.push(`${req.method} in`);
+    setTimeout(() => {
+      events.push(`${req.method} out`);
+      res.end(`${req.method} done`);
+    }, req.method === 'POST' ? 150 : 0);
+  });
+  const g = await startGateway(`services:\n  - name: e\n    url: ${up.url}\n    routes:\n      - {paths: [/limited], plugins: [{name: request-size-limit, config: {max: 10b}}]}\n      - {paths: [/]}\n`);
+  try {
+    const over = 'POST /limited HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n' + 'a'.repeat(20) + '\r\n0\r\n\r\n';
+    for (let i = 0; i < 3; i++) {
+      const r = await rawRequest(g.port, over + 'DELETE /x HTTP/1.1\r\nHost: x\r\n\r\n', 500);
+      assert.deepEqual(statuses(r.text), [413], r.text);
+      assert.ok(r.closed);
+    }
+    await sleep(100);
+    assert.deepEqual(up.requests.map((q) => q.method), [], 'the DELETE behind the refused POST never reached the upstream');
+    // Both fine: answered in order, the DELETE only sent upstream once the slow POST was answered.
+    const ok = await rawRequest(g.port, 'POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiDELETE /b HTTP/1.1\r\nHost: x\r\n\r\n', 800);
+    assert.deepEqual(statuses(ok.text), [200, 200]);
+    assert.match(ok.text, /POST done[\s\S]*DELETE done/);
+    assert.deepEqual(events, ['POST in', 'POST out', 'DELETE in', 'DELETE out'], 'the DELETE went upstream after the POST was answered');
   } finally {
     await g.close();
     await up.close();

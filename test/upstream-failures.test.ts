@@ -9,7 +9,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
 import { fetch, Agent } from 'undici';
-import { startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
+import { rawRequest, startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
 import { header, parseOne, type Msg } from './framing.js';
 
 /** A raw keep-alive client connection: send requests one at a time, read whole responses. */
@@ -103,6 +103,9 @@ const SCRIPTS: Record<string, (s: Socket) => 'keep' | 'done'> = {
   '/304-cl': (s) => (s.write('HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: "a"\r\n\r\n'), 'keep'),
   '/204-cl': (s) => (s.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n'), 'keep'),
   '/204-cl0': (s) => (s.write('HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n'), 'keep'),
+  // Trailer announces trailers (RFC 9110 §6.6.2): with a Content-Length there can be none.
+  '/trailer-cl': (s) => (s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTrailer: X-T\r\n\r\nhello'), 'keep'),
+  '/trailer-chunked': (s) => (s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n'), 'keep'),
   '/status-999': (s) => (s.write('HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok'), 'keep'),
   '/te-gzip': (s) => {
     s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc');
@@ -392,6 +395,21 @@ test('a status outside 100-599, or a transfer coding other than chunked: 502, ne
     assert.equal(res.status, 502, `${path}: ${body}`);
     assertProblem(502, 'invalid-upstream-response', res.headers, body, what);
   }
+});
+
+test('a Trailer field the answer cannot honour (a Content-Length, an HTTP/1.0 client) is dropped, the answer forwarded', { timeout: 10_000 }, async () => {
+  const res = await get('/u/trailer-cl');
+  assert.equal(res.status, 200);
+  assert.equal(await res.text(), 'hello');
+  assert.equal(res.headers.get('trailer'), null);
+  const chunked = await get('/u/trailer-chunked');
+  assert.equal(await chunked.text(), 'hello');
+  assert.equal(chunked.headers.get('trailer'), 'X-T');
+  // An HTTP/1.0 client gets no chunked body, so no trailers either.
+  const r10 = await rawRequest(gw.port, 'GET /u/trailer-chunked HTTP/1.0\r\nHost: x\r\n\r\n', 500);
+  assert.match(r10.text, /^HTTP\/1\.1 200 OK\r\n/);
+  assert.doesNotMatch(r10.text, /\r\ntrailer:/i);
+  assert.match(r10.text, /\r\n\r\nhello$/);
 });
 
 test('the gateway survived all of it: normal requests succeed, nothing left in flight', { timeout: 10_000 }, async () => {

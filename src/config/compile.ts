@@ -278,6 +278,8 @@ export function validationCounters(loaded: LoadedConfig): { counters: NonNullabl
 
 const PARAM_SEGMENT = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
 const BAD_PATH_CHAR = /[?#\s]/;
+const NON_ASCII = /[^\x21-\x7e]/;
+const NON_ASCII_ALL = /[^\x21-\x7e]/gu;
 const NO_REPORTER: Reporter = { passive() {}, outcome() {} };
 const DEFAULT_RETRY_ON = ['connect-error'];
 
@@ -538,6 +540,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         }
       }
       if (BAD_PATH_CHAR.test(p)) fail([...routePath(si, ri), 'paths', pi], 'a path may not contain ?, # or spaces');
+      // Clients send such characters percent-encoded (and the parser refuses them raw): written
+      // raw, the route could never match and its requests would fall to a broader route.
+      else if (NON_ASCII.test(p)) fail([...routePath(si, ri), 'paths', pi], `a path is ASCII: write it percent-encoded, as clients send it ("${p.replace(NON_ASCII_ALL, (c) => [...Buffer.from(c)].map((b) => `%${b.toString(16).toUpperCase().padStart(2, '0')}`).join(''))}")`);
       else if (normalizePath(p) !== p) fail([...routePath(si, ri), 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
     }
   };

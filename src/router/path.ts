@@ -6,6 +6,8 @@
  */
 
 const HEX = /^[0-9A-Fa-f]{2}$/;
+const MANY_SLASHES = /\/{2,}/g;
+const ENCODED_SLASH = /%2F|%5C/g;
 
 function isUnreserved(code: number): boolean {
   return (
@@ -61,6 +63,8 @@ function hidesDotSegment(p: string): boolean {
 /**
  * Normalizes a request path; null when it is malformed (bad percent-encoding) or ambiguous
  * (a backslash, or a dot segment hidden behind `%2F`, `%5C` or `;`): those get a 400.
+ * Empty segments are merged (`//admin` is `/admin`, as nginx's merge_slashes and Kong do): an
+ * upstream that merges them would otherwise serve a route the router never chose.
  */
 export function normalizePath(path: string): string | null {
   let p = path;
@@ -70,7 +74,22 @@ export function normalizePath(path: string): string | null {
     p = n;
   }
   if (p.includes('\\')) return null;
+  if (p.includes('//')) p = p.replace(MANY_SLASHES, '/');
   if (p.includes('/.')) p = removeDotSegments(p);
   if ((p.includes('%') || p.includes(';')) && p.includes('.') && hidesDotSegment(p)) return null;
   return p;
+}
+
+/**
+ * The normalized path as many servers read it: `%2F` and `%5C` decoded to slashes (nginx's
+ * $uri, IIS, many frameworks), `;params` cut off segments (Tomcat, Jetty, Spring), slashes merged. null when
+ * that is the path itself. A request whose two readings match different routes is refused
+ * (the router chose one route, the upstream would serve another's).
+ */
+export function upstreamReading(path: string): string | null {
+  if (!path.includes('%2F') && !path.includes('%5C') && !path.includes(';')) return null;
+  let alt = path.replace(ENCODED_SLASH, '/');
+  if (alt.includes(';')) alt = alt.split('/').map((seg) => (seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg)).join('/');
+  alt = alt.replace(MANY_SLASHES, '/');
+  return alt === path ? null : alt;
 }

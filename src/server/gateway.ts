@@ -97,8 +97,10 @@ function applyLimits(snap: Snapshot): void {
 }
 
 const kPending = Symbol('turnpike.pendingResponses');
-/** Per connection: when it was accepted, requests in progress, whether it served one. */
-interface ConnState { at: number; active: number; served: boolean }
+/** Per connection: when it was accepted, requests in progress (of them, unsafe ones), pipelined ones waiting their turn, whether it served one. */
+interface ConnState { at: number; active: number; unsafe: number; waiting: number; served: boolean }
+/** Methods whose pipelined requests may be handled side by side (RFC 9110 §9.2.1). */
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const kConn = Symbol('turnpike.conn');
 type TrackedSocket = Socket & { [kConn]?: ConnState };
 /** How long a new connection may take to send its first request once draining began. */
@@ -701,10 +703,24 @@ export class Gateway implements RequestContext {
   private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade): void {
     // A request pipelined behind one answered with Connection: close is never forwarded.
     if (closingSockets.has(req.socket)) return;
-    this.inflight++;
     const conn = !isHttp2(req) ? (req.socket as TrackedSocket)[kConn] : undefined;
+    const unsafe = conn !== undefined && !SAFE_METHODS.has(req.method ?? '');
+    if (conn !== undefined && res.socket === null && upgrade === undefined && (unsafe || conn.unsafe > 0 || conn.waiting > 0)) {
+      // Pipelined requests are handled side by side only while all of them are safe (RFC 9112
+      // §9.3.2): this one (and any behind it) waits until node:http hands it the connection,
+      // i.e. the answers before it went out. One of them may close the connection: then it is
+      // never forwarded.
+      conn.waiting++;
+      res.once('socket', () => {
+        conn.waiting--;
+        if (!req.socket.destroyed) this.onRequest(req, res, expectContinue);
+      });
+      return;
+    }
+    this.inflight++;
     if (conn) {
       conn.active++;
+      if (unsafe) conn.unsafe++;
       conn.served = true;
     }
     const pending = res.socket ? null : trackPending(req.socket, res);
@@ -716,7 +732,10 @@ export class Gateway implements RequestContext {
       if (closed) return;
       closed = true;
       this.inflight--;
-      if (conn) conn.active--;
+      if (conn) {
+        conn.active--;
+        if (unsafe) conn.unsafe--;
+      }
       pending?.delete(res);
       handler?.clientClosed();
       if (ex !== null) {
@@ -784,7 +803,7 @@ export class Gateway implements RequestContext {
     // One more than the limit, so that handleRequest sees the overflow and answers 431.
     server.maxHeadersCount = limits.maxHeaders + 1;
     server.on('connection', (socket: TrackedSocket) => {
-      socket[kConn] = { at: Date.now(), active: 0, served: false };
+      socket[kConn] = { at: Date.now(), active: 0, unsafe: 0, waiting: 0, served: false };
       this.connections.add(socket);
       socket.once('close', () => this.connections.delete(socket));
     });

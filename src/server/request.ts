@@ -23,7 +23,7 @@ import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../
 import type { Reply } from '../plugins/types.js';
 import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/headers.js';
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
-import { normalizePath } from '../router/path.js';
+import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
 import { ForwardHandler, grantSlots } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
@@ -148,6 +148,13 @@ const nextRequestId = () => ID_PREFIX + (++idCounter).toString(36);
 const join = (prev: string | undefined, v: string) => (prev === undefined ? v : `${prev}, ${v}`);
 
 /** Answers with a problem. Malformed requests close the connection; unroutable ones do not. */
+/** Segments in a route pattern (`/` 0, `/v1/admin` 2). */
+function depth(pattern: string): number {
+  let n = 0;
+  for (let i = 0; i < pattern.length; i++) if (pattern.charCodeAt(i) === 0x2f && i + 1 < pattern.length) n++;
+  return n;
+}
+
 function reject(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string,
   code: ProblemCode, detail: string, extra?: Record<string, string>,
@@ -412,6 +419,16 @@ export function handleRequest(
     return reject(ctx, req, res, requestId, 'method-not-allowed', `${method} is not allowed on ${path}`, { allow: match.methodNotAllowed.join(', ') });
   }
   const route = match.data;
+  // A path an upstream may read as another, at least as specific route's (`/%2Fadmin` next to a
+  // protected /admin, `/admin;x`): refused, not guessed. (Read as a broader route's, e.g.
+  // GitLab's `/projects/group%2Fname/issues` falling to `/`, it is the upstream's own id.)
+  const reading = upstreamReading(path);
+  if (reading !== null) {
+    const other = snap.router.match(preflight ? (acrm as string).toUpperCase() : method, hostKey, reading, snap.router.usesHeaders ? req.headers : NO_HEADERS);
+    if (other !== null && ('methodNotAllowed' in other || (other.data !== route && depth(other.pattern) >= depth(match.pattern)))) {
+      return reject(ctx, req, res, requestId, 'bad-request', 'ambiguous path: read with its %2F, %5C or ;parameters decoded, as many servers do, it is another route\'s');
+    }
+  }
   if (ex !== null) {
     ex.route = route;
     ctx.observer!.demand?.begin(route.service.name); // in flight until Observer.end records it

@@ -101,6 +101,7 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
   const h = r.headers;
   removeHeader(h, 'transfer-encoding');
   removeHeader(h, 'connection');
+  removeHeader(h, 'trailer'); // (a whole body goes with a Content-Length: no trailers to announce)
   const noContent = r.status === 204 || r.status === 304 || r.status < 200;
   // HEAD: the upstream's Content-Length describes the GET body; it stays as it came.
   if (!head) {
@@ -119,6 +120,7 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
     // A status or field a plugin or upstream made that node refuses: not valid HTTP.
     const p = problemResponse('invalid-upstream-response', 'the response cannot be forwarded', o.requestId);
     res.removeHeader('content-length');
+    res.statusMessage = ''; // (the refused head's reason phrase would go out with the 502)
     markAnswered(res, 'invalid-upstream-response', o.requestId, p.body.length);
     res.writeHead(p.status, [...p.headers, 'content-length', String(p.body.length), 'x-request-id', o.requestId]);
     res.end(head ? undefined : p.body);

@@ -803,7 +803,17 @@ export class ForwardHandler {
     try {
       res.writeHead(statusCode, out);
     } catch (err) {
-      return this.unforwardable(err as Error);
+      if ((err as { code?: string }).code !== 'ERR_HTTP_TRAILER_INVALID') return this.unforwardable(err as Error);
+      // Trailer only announces trailers (RFC 9110 §6.6.2), which only a chunked body carries:
+      // dropped when this answer is not chunked (a Content-Length, an HTTP/1.0 client, no body).
+      for (const name of res.getHeaderNames()) res.removeHeader(name);
+      const kept: string[] = [];
+      for (let i = 0; i < out.length; i += 2) if (out[i]!.toLowerCase() !== 'trailer') kept.push(out[i]!, out[i + 1]!);
+      try {
+        res.writeHead(statusCode, kept);
+      } catch (err2) {
+        return this.unforwardable(err2 as Error);
+      }
     }
     return true;
   }
@@ -824,6 +834,7 @@ export class ForwardHandler {
       this.encoding = null;
     }
     for (const name of res.getHeaderNames()) res.removeHeader(name);
+    res.statusMessage = ''; // (the refused head's reason phrase would go out with the 502)
     try {
       sendProblem(res, 'bad-gateway', 'the upstream sent a response that cannot be forwarded', this.f.requestId);
     } catch {
