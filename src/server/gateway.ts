@@ -127,6 +127,38 @@ function trackPending(socket: Socket, res: ServerResponse): Set<ServerResponse> 
   return pending;
 }
 
+/** How long the rest of a request body answered early is read and dropped before the connection is cut (nginx's lingering_time). */
+const LINGER_MS = 30_000;
+
+/**
+ * An answer complete before its request body (the upstream, or a plugin, answered early): the
+ * client may send all of it before it reads anything. Over HTTP/1.1 the rest is read and
+ * dropped, as node does for a body nobody consumed (here undici stopped reading it, or even
+ * destroyed the stream, and the connection would stall for good), for at most LINGER_MS (nginx's
+ * lingering close); over HTTP/2 the stream is reset with NO_ERROR (RFC 9113 §8.1).
+ */
+function discardBody(req: IncomingMessage, socket: Socket): void {
+  if (isHttp2(req)) {
+    const stream = (req as unknown as { stream: { closed: boolean; destroyed: boolean; close(code: number): void } }).stream;
+    req.unpipe();
+    req.resume(); // (node sends the RST_STREAM once the readable side is drained)
+    if (!stream.closed && !stream.destroyed) stream.close(h2c.NGHTTP2_NO_ERROR);
+    return;
+  }
+  if (socket.destroyed) return;
+  req.unpipe();
+  // node:http's own way to drop a body: the parser discards what comes, and reading resumes.
+  const dump = (req as IncomingMessage & { _dump?: () => void })._dump;
+  if (typeof dump === 'function') dump.call(req);
+  else req.resume();
+  socket.resume();
+  const timer = setTimeout(() => {
+    if (!req.complete) socket.destroy();
+  }, LINGER_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+}
+
 /** The HTTP/2 connection preface (RFC 9113 §3.4): how an h2c prior-knowledge client starts. */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -726,6 +758,12 @@ export class Gateway implements RequestContext {
     const pending = res.socket ? null : trackPending(req.socket, res);
     let handler: ForwardHandler | undefined;
     let closed = false;
+    const socket = req.socket; // (node detaches it from req by the time the answer is done)
+    if (isHttp2(req)) {
+      // (HTTP/2: the compatibility response's 'finish' and 'close' only come with the stream's
+      // end, which is what an answer given before the upload ended must bring about)
+      (req as unknown as { stream: NodeJS.EventEmitter }).stream.once('finish', () => req.complete || discardBody(req, socket));
+    }
     const ex = this.observer.begin();
     res.on('close', () => {
       // 'close' can come twice for a pipelined response (ours on socket close, and Node's).
@@ -738,6 +776,7 @@ export class Gateway implements RequestContext {
       }
       pending?.delete(res);
       handler?.clientClosed();
+      if (conn !== undefined && !req.complete && res.writableEnded && upgrade === undefined) discardBody(req, socket); // (HTTP/1.1)
       if (ex !== null) {
         try {
           this.observer.end(ex, req, res);

@@ -10,7 +10,7 @@ import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
-import { Transform, type Readable } from 'node:stream';
+import { PassThrough, Transform, type Readable } from 'node:stream';
 import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { Tracing } from '../observability/tracing.js';
@@ -287,6 +287,14 @@ export class ForwardHandler {
         });
         return;
       }
+    }
+    if (this.webBody === null && f.hasBody && isHttp2(f.req)) {
+      // undici destroys a body it stops sending (the upstream answered first), and an HTTP/2
+      // request destroyed resets its stream with the answer still queued: it reads a stream of
+      // its own instead (the client's is then reset with NO_ERROR once answered, see gateway.ts).
+      const own = new PassThrough();
+      f.req.on('error', (err) => own.destroy(err));
+      this.webBody = f.req.pipe(own);
     }
     this.admit();
   }
