@@ -5,7 +5,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
-import { gzipSync, gunzipSync, brotliDecompressSync } from 'node:zlib';
+import { createBrotliDecompress, createGunzip, gzipSync, gunzipSync, brotliDecompressSync } from 'node:zlib';
 import { configIssues, rawRequest, request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
 const T = { timeout: 20_000 };
@@ -13,6 +13,11 @@ const T = { timeout: 20_000 };
 let echo: TestUpstream;
 let shaped: TestUpstream;
 let gw: TestGateway;
+
+/** When the paced upstream wrote each piece, by request URL. */
+const pacedSent = new Map<string, number[]>();
+const PIECES = 3;
+const piece = (sse: boolean, n: number) => (sse ? `data: #${n}#\n\n` : `#${n}# ${'p'.repeat(300)}\n`);
 
 const BIG = JSON.stringify({ items: Array.from({ length: 5000 }, (_, i) => ({ id: i, name: `item-${i}`, internal_id: `x${i}` })) });
 
@@ -41,6 +46,22 @@ before(async () => {
     // no-transform in a second Cache-Control line counts too
     if (url.startsWith('/nt2')) return res.writeHead(200, [['content-type', 'text/plain'], ['cache-control', 'max-age=60'], ['cache-control', 'no-transform']].flat()).end('y'.repeat(5000));
     if (url.startsWith('/png')) return res.writeHead(200, { 'content-type': 'image/png' }).end(Buffer.alloc(5000, 1));
+    // A long-poll / SSE-like stream: PIECES chunks 200 ms apart, the end 200 ms after the last.
+    if (url.startsWith('/paced') || url.startsWith('/sse')) {
+      const sse = url.startsWith('/sse');
+      const sent: number[] = [];
+      pacedSent.set(url, sent);
+      res.writeHead(200, { 'content-type': sse ? 'text/event-stream' : 'text/plain', 'cache-control': 'no-cache' });
+      let n = 0;
+      const next = () => {
+        if (n === PIECES) return void res.end();
+        sent.push(performance.now());
+        res.write(piece(sse, n++));
+        setTimeout(next, 200);
+      };
+      next();
+      return;
+    }
     if (url.startsWith('/stream')) {
       res.writeHead(200, { 'content-type': 'text/plain' });
       let n = 0;
@@ -407,6 +428,47 @@ test('compression: a streamed body is compressed as it streams; a strong ETag be
   const j = await fetchRaw(`${gw.url}/zip/big`, { 'accept-encoding': 'gzip' });
   assert.equal(j.headers['content-encoding'], 'gzip');
   assert.equal(gunzipSync(j.body).toString(), BIG);
+});
+
+/** GETs a paced stream, decoding as it comes: the content coding, the text, when each piece was decoded. */
+function fetchPaced(path: string, headers: Record<string, string>): Promise<{ coding: string | undefined; text: string; at: number[] }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${gw.url}${path}`, { headers, agent: false }, (res) => {
+      const coding = res.headers['content-encoding'];
+      const body = coding === 'gzip' ? res.pipe(createGunzip()) : coding === 'br' ? res.pipe(createBrotliDecompress()) : res;
+      let text = '';
+      const at: number[] = [];
+      body.on('data', (c: Buffer) => {
+        text += c.toString();
+        while (at.length < PIECES && text.includes(`#${at.length}#`)) at.push(performance.now());
+      });
+      body.on('error', reject);
+      body.on('end', () => resolve({ coding, text, at }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+test('compression: a streamed body is flushed chunk by chunk (each piece decodes when it was sent, not at the end)', { ...T }, async () => {
+  for (const coding of ['gzip', 'br']) {
+    const path = `/zip/paced?c=${coding}`;
+    const r = await fetchPaced(path, { 'accept-encoding': coding });
+    assert.equal(r.coding, coding);
+    assert.equal(r.text, Array.from({ length: PIECES }, (_, n) => piece(false, n)).join(''));
+    const sent = pacedSent.get(`/paced?c=${coding}`)!;
+    for (let n = 0; n < PIECES; n++) assert.ok(r.at[n]! - sent[n]! < 150, `${coding} piece ${n} decoded ${Math.round(r.at[n]! - sent[n]!)} ms after it was sent`);
+  }
+});
+
+test('compression: text/event-stream is not compressed (text/* does not take it) and its events arrive as sent', { ...T }, async () => {
+  for (const coding of ['gzip', 'br']) {
+    const r = await fetchPaced(`/zip/sse?c=${coding}`, { 'accept-encoding': coding });
+    assert.equal(r.coding, undefined);
+    assert.equal(r.text, Array.from({ length: PIECES }, (_, n) => piece(true, n)).join(''));
+    const sent = pacedSent.get(`/sse?c=${coding}`)!;
+    for (let n = 0; n < PIECES; n++) assert.ok(r.at[n]! - sent[n]! < 150, `${coding} event ${n} arrived ${Math.round(r.at[n]! - sent[n]!)} ms after it was sent`);
+  }
 });
 
 test('compression after a response transform: the transformed body is what gets compressed', { ...T }, async () => {

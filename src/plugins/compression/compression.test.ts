@@ -1,7 +1,10 @@
-/** Accept-Encoding negotiation (RFC 9110 §12.5.3). The plugin end to end: test/transform.test.ts. */
+/** Accept-Encoding negotiation (RFC 9110 §12.5.3), what is compressed and how. The plugin end to end: test/transform.test.ts. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { negotiate } from './index.js';
+import { once } from 'node:events';
+import type { Transform } from 'node:stream';
+import { createBrotliDecompress, createGunzip } from 'node:zlib';
+import compression, { negotiate } from './index.js';
 
 const OFFER = ['br', 'gzip'];
 
@@ -20,4 +23,48 @@ test('negotiate: q=0 refuses (any spelling); an invalid qvalue makes its member 
   for (const v of ['gzip;q=0.0001', 'gzip;q=', 'gzip;q=2', 'gzip;q=1.5', 'gzip;q=abc']) assert.equal(negotiate(v, ['gzip']), null, v);
   assert.equal(negotiate('gzip;q=0.5, identity', ['gzip']), null);
   assert.equal(negotiate('gzip, identity;q=0.5', ['gzip']), 'gzip');
+});
+
+/** The plugin's encodeResponse for a response with these fields, the client accepting `coding`. */
+function encoderFor(config: Parameters<typeof compression.create>[0], coding: string, headers: string[]) {
+  const inst = compression.create(config, {} as never);
+  const ctx = { header: (n: string) => (n === 'accept-encoding' ? coding : undefined) };
+  return inst.encodeResponse!(ctx as never, 200, headers);
+}
+
+test('streams by nature: text/event-stream only when listed by name, gRPC never (whatever is listed)', () => {
+  assert.equal(encoderFor({}, 'gzip', ['content-type', 'text/event-stream']), null);
+  assert.equal(encoderFor({ types: ['text/*'] }, 'gzip', ['content-type', 'Text/Event-Stream; charset=utf-8']), null);
+  const listed = encoderFor({ types: ['text/event-stream'] }, 'gzip', ['content-type', 'text/event-stream']);
+  assert.ok(listed !== null);
+  listed.destroy();
+  for (const ct of ['application/grpc', 'application/grpc+json', 'application/grpc-web+json', 'application/grpc-web-text']) {
+    assert.equal(encoderFor({ types: ['application/*', 'application/json', ct] }, 'gzip', ['content-type', ct]), null, ct);
+  }
+  const plain = encoderFor({}, 'gzip', ['content-type', 'text/plain']);
+  assert.ok(plain !== null);
+  plain.destroy();
+});
+
+/** Writes one small chunk into the encoder and says whether any of it decodes before the end. */
+async function decodesBeforeEnd(enc: Transform, coding: string): Promise<boolean> {
+  const dec = coding === 'br' ? createBrotliDecompress() : createGunzip();
+  let got = '';
+  dec.on('data', (c: Buffer) => (got += c.toString()));
+  enc.pipe(dec);
+  enc.write('event one\n');
+  // (up to 500 ms: zlib works on the threadpool, which a loaded machine may be slow to give)
+  await Promise.race([once(dec, 'data'), new Promise((r) => setTimeout(r, 500))]);
+  const early = got;
+  enc.end();
+  await once(dec, 'end');
+  assert.equal(got, 'event one\n');
+  return early === 'event one\n';
+}
+
+test('a streamed body (no Content-Length) is flushed after each write; a body of known length is not', async () => {
+  for (const coding of ['gzip', 'br']) {
+    assert.equal(await decodesBeforeEnd(encoderFor({}, coding, ['content-type', 'text/plain'])!, coding), true, coding);
+    assert.equal(await decodesBeforeEnd(encoderFor({}, coding, ['content-type', 'text/plain', 'content-length', '5000'])!, coding), false, coding);
+  }
 });

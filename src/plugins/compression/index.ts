@@ -5,6 +5,12 @@
  * and Vary: Accept-Encoding, drops Content-Length, and weakens a strong ETag (the bytes
  * differ). Not compressed: HEAD, 204/304/206, bodies smaller than min_size, types not listed,
  * responses with Cache-Control: no-transform, or that already have a Content-Encoding.
+ * Streams by nature are left alone: text/event-stream unless listed by name (`text/*` does not
+ * take it; nginx's gzip_types default leaves it out too), gRPC always (its framing and
+ * trailers are its own). A streamed body (no Content-Length: chunked or close-delimited) is
+ * flushed after every chunk the upstream sent (Z_SYNC_FLUSH / BROTLI_OPERATION_FLUSH, as
+ * Envoy's compressor does per data frame), so each reaches the client when it came rather
+ * than when the coder's window fills; a body of known length keeps the full ratio.
  */
 import { constants, createBrotliCompress, createGzip } from 'node:zlib';
 import type { Transform } from 'node:stream';
@@ -63,8 +69,12 @@ function typeMatcher(types: readonly string[]): (ct: string | undefined) => bool
   return (ct) => {
     if (ct === undefined) return false;
     const t = ct.split(';')[0]!.trim().toLowerCase();
+    // gRPC (application/grpc, +json, -web...): never, whatever is listed (its trailers would be lost).
+    if (t.startsWith('application/grpc')) return false;
     if (exact.has(t)) return true;
     if ((json && t.endsWith('+json')) || (xml && t.endsWith('+xml'))) return true;
+    // An event stream only when listed by name: a wildcard does not take it.
+    if (t === 'text/event-stream') return false;
     for (const p of prefixes) if (t.startsWith(p)) return true;
     return false;
   };
@@ -82,6 +92,12 @@ export default definePlugin({
     const minSize = config.min_size !== undefined ? parseSize(config.min_size) : 1024;
     const gzipLevel = config.gzip_level ?? 6;
     const brQuality = config.br_quality ?? 4;
+    // A known length is compressed whole; a streamed body is flushed after each write (each
+    // upstream chunk) so nothing waits in the coder for the next one.
+    const gzipWhole = { level: gzipLevel };
+    const gzipStream = { level: gzipLevel, flush: constants.Z_SYNC_FLUSH };
+    const brWhole = { params: { [constants.BROTLI_PARAM_QUALITY]: brQuality } };
+    const brStream = { ...brWhole, flush: constants.BROTLI_OPERATION_FLUSH };
     return {
       encodeResponse(ctx, status, headers): Transform | null {
         if (status === 206 || findHeader(headers, 'content-range') !== -1) return null;
@@ -108,9 +124,10 @@ export default definePlugin({
         for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'accept-ranges') headers.splice(i, 2);
         const etag = findHeader(headers, 'etag');
         if (etag !== -1 && !headers[etag + 1]!.startsWith('W/')) headers[etag + 1] = 'W/' + headers[etag + 1]!;
+        // (whole responses from respond.ts always carry their Content-Length here)
         return coding === 'br'
-          ? createBrotliCompress({ params: { [constants.BROTLI_PARAM_QUALITY]: brQuality } })
-          : createGzip({ level: gzipLevel });
+          ? createBrotliCompress(cl === -1 ? brStream : brWhole)
+          : createGzip(cl === -1 ? gzipStream : gzipWhole);
       },
     };
   },

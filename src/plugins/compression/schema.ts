@@ -8,7 +8,7 @@ export const CompressionConfig = Type.Object({
   })),
   types: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z0-9!#$&^_.+-]+/([a-z0-9!#$&^_.+-]+|\\*)$' }), {
     minItems: 1,
-    description: 'Media types compressed (type/* allowed; any +json and +xml type is compressed when application/json or application/xml is listed).',
+    description: 'Media types compressed (type/* allowed, but text/* does not take text/event-stream, which is compressed only when listed by name; any +json and +xml type is compressed when application/json or application/xml is listed; gRPC never).',
   })),
   min_size: Type.Optional(Size('Smallest body compressed when its length is known (default 1kb)')),
   gzip_level: Type.Optional(Type.Integer({ minimum: 1, maximum: 9, default: 6 })),
