@@ -239,22 +239,81 @@ test('a 101 does not relay the fields its Connection header names (RFC 9110 §7.
   }
 });
 
-test('subprotocols: the client list is offered upstream and the upstream choice is the 101\'s; none chosen -> 502', T, async () => {
+test('subprotocols: the client list is offered upstream and the upstream choice is the 101\'s', T, async () => {
   const up = await wsUpstream(undefined, { handleProtocols: (p) => (p.has('v2') ? 'v2' : false) });
   const gw = await gateway(up.url);
   const c = client(gw.url, ['v1', 'v2']);
   try {
-    await c.open;
+    const res = await c.open;
     assert.equal(c.ws.protocol, 'v2');
+    assert.equal(res.headers['sec-websocket-protocol'], 'v2');
     assert.equal(up.conns[0]!.req.headers['sec-websocket-protocol'], 'v1,v2');
     assert.equal(up.conns[0]!.ws.protocol, 'v2');
-    // ws as a client (like browsers) fails a handshake whose answer picks none of the offered ones.
-    const r = await rawExchange(gw.port, handshake('Sec-WebSocket-Protocol: v3\r\n'));
-    assert.equal(r.status, 502);
-    assert.equal(JSON.parse(r.body.toString()).type, 'urn:turnpike:problem:bad-gateway');
-    assert.deepEqual(gw.rejects, [502]);
+    c.ws.send('hi');
+    await until(() => c.messages.length === 1, 'echo');
+    assert.deepEqual(gw.rejects, []);
   } finally {
     c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('subprotocols: an upstream that picks none of the offered ones is relayed (RFC 6455 §4.2.2): a 101 without Sec-WebSocket-Protocol, messages relayed', T, async () => {
+  const up = await wsUpstream(undefined, { handleProtocols: () => false });
+  const gw = await gateway(up.url);
+  // A client that takes a 101 choosing none (python-websockets, gorilla, Java do): ws with the offer
+  // in its headers, as ws itself fails such a 101 when given the list (like Chromium).
+  const ws = new WebSocket(`${gw.url}/chat`, { perMessageDeflate: false, headers: { 'Sec-WebSocket-Protocol': 'foo, bar' } });
+  const messages: string[] = [];
+  ws.on('error', () => {});
+  ws.on('message', (d) => messages.push(d.toString()));
+  let strict: Client | undefined;
+  try {
+    const res = await within(new Promise<IncomingMessage>((resolve, reject) => {
+      ws.once('upgrade', (r) => ws.once('open', () => resolve(r)));
+      ws.once('unexpected-response', (_q, r) => reject(new Error(`unexpected ${r.statusCode}`)));
+      ws.once('error', reject);
+    }), 5000, 'client open');
+    assert.equal(res.statusCode, 101);
+    assert.equal(res.headers['sec-websocket-protocol'], undefined);
+    assert.equal(ws.protocol, '');
+    const seen = up.conns.find((u) => u.req.headers['sec-websocket-protocol'] === 'foo,bar');
+    assert.ok(seen, 'the offer reached the upstream');
+    assert.equal(seen.ws.protocol, '');
+    ws.send('ping-pong');
+    await until(() => messages.length === 1, 'echo');
+    assert.deepEqual(messages, ['ping-pong']);
+    // The strict client gets the same 101 and fails it itself: its call, not the gateway's.
+    strict = client(`${gw.url}/chat`, ['foo', 'bar']);
+    await assert.rejects(strict.open, /Server sent no subprotocol/);
+    assert.deepEqual(gw.rejects, []);
+  } finally {
+    ws.terminate();
+    strict?.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('subprotocols: a 101 picking one the client did not offer, several, or one when none was offered is a 502 (RFC 6455 §4.1)', T, async () => {
+  const picks: Record<string, string> = { '/other': 'v3', '/several': 'v1, v2', '/empty': '', '/unasked': 'v1' };
+  const up = await rawUpgradeUpstream((req) => {
+    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    return `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n` +
+      `Sec-WebSocket-Protocol: ${picks[req.url!]}\r\n\r\n`;
+  });
+  const gw = await gateway(up.url);
+  try {
+    for (const path of Object.keys(picks)) {
+      const offer = path === '/unasked' ? '' : 'Sec-WebSocket-Protocol: v1, v2\r\n';
+      const r = await rawExchange(gw.port, handshake(offer, `GET ${path} HTTP/1.1`));
+      assert.equal(r.status, 502, path);
+      assert.equal(r.headers['sec-websocket-protocol'], undefined);
+      assert.equal(JSON.parse(r.body.toString()).type, 'urn:turnpike:problem:bad-gateway');
+    }
+    assert.deepEqual(gw.rejects, [502, 502, 502, 502]);
+  } finally {
     await gw.close();
     await up.close();
   }

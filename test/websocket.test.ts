@@ -124,6 +124,28 @@ test('WebSocket echo through the gateway: text and binary, subprotocol, forwardi
   }
 });
 
+test('an upstream that picks none of the offered subprotocols: the client gets a 101 without Sec-WebSocket-Protocol (RFC 6455 §4.2.2) and the session works', async () => {
+  const t = await startGateway(config());
+  try {
+    // ws fails such a 101 itself when given the list (like Chromium); with the offer in the headers it
+    // takes it, as python-websockets, gorilla or Java clients do.
+    const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat`, { headers: { 'Sec-WebSocket-Protocol': 'chat.v1, chat.v3' } });
+    assert.equal(res.statusCode, 101);
+    assert.equal(res.headers['sec-websocket-protocol'], undefined);
+    assert.equal(ws.protocol, '');
+    assert.equal(up.handshakes.at(-1)!.headers['sec-websocket-protocol'], 'chat.v1,chat.v3');
+    ws.send('hello');
+    assert.equal((await nextMessage(ws)).data.toString(), 'hello');
+    const c = closed(ws);
+    ws.close(1000);
+    assert.equal((await c).code, 1000);
+    assert.equal(t.gw.ws.opened, 1);
+    assert.equal(t.gw.ws.rejected, 0);
+  } finally {
+    await t.close();
+  }
+});
+
 test('close codes travel both ways; a message over max_message closes with 1009; idle connections close with 1001', async () => {
   const t = await startGateway(config());
   try {

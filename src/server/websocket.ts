@@ -7,9 +7,11 @@
  *    bad, no upstream connection), then a `ws` client connects to the upstream offering the
  *    client's subprotocols. Only when the upstream answered 101 does the client get its 101, from
  *    a noServer `WebSocketServer` (one per maxPayload value, shared by every relay) that picks
- *    the subprotocol the upstream chose, the upstream 101's end-to-end headers (set-cookie...)
- *    and the gateway's response headers. Any other outcome is written raw on the client socket
- *    (connection: close) and reported by onReject:
+ *    the subprotocol the upstream chose (one of the offered ones, or none: RFC 6455 §4.2.2 lets a
+ *    server decline them all and the client decide; one not offered is a bad handshake, §4.1),
+ *    the upstream 101's end-to-end headers (set-cookie...) and the gateway's response headers.
+ *    Any other outcome is written raw on the client socket (connection: close) and reported by
+ *    onReject:
  *    the upstream's own non-101 response (hop-by-hop headers dropped, body capped at 64 KiB),
  *    502 (refused, unreachable, reset, bad handshake), 504 (handshake timeout), 503 (gateway
  *    shutting down); 499 when the client went away first (nothing written then).
@@ -191,9 +193,12 @@ export function relayWebSocket(o: WsRelayOptions): void {
     const opts: ClientOptions & { servername?: string } = {
       ...o.tls,
       perMessageDeflate: false, followRedirects: false, maxPayload: o.maxMessage,
-      handshakeTimeout: o.connectTimeout, headers: o.headers as Record<string, string>, // arrays are fine for http.request
+      handshakeTimeout: o.connectTimeout,
+      // The offer goes in the headers, not as ws's protocols: given those, ws fails a 101 that
+      // picks none of them, a valid answer the client is the one to judge (see 'upgrade' below).
+      headers: (offered.length ? { ...o.headers, 'sec-websocket-protocol': offered.join(',') } : o.headers) as Record<string, string>, // arrays are fine for http.request
     };
-    up = new WebSocket(o.url, offered, opts);
+    up = new WebSocket(o.url, opts);
   } catch { // bad URL or header value: a gateway bug, not the upstream's fault
     o.onReject?.(problem(o, 'internal-error', 'could not build the upstream WebSocket request'));
     return;
@@ -257,7 +262,15 @@ export function relayWebSocket(o: WsRelayOptions): void {
   });
 
   let upHeaders: string[] = [];
-  up.on('upgrade', (res) => { upSocket = res.socket; upHeaders = res.rawHeaders; });
+  let chosen = ''; // the subprotocol the upstream picked among the offered ones ('' none)
+  up.on('upgrade', (res) => {
+    upSocket = res.socket; upHeaders = res.rawHeaders;
+    // ws emits 'upgrade' before it checks the 101, and it checks the subprotocol against the
+    // (empty) list it was given: one of the offered ones is taken here and hidden from that
+    // check; anything else (not offered, several, empty) stays, and ws fails the handshake (502).
+    const p = res.headers['sec-websocket-protocol'];
+    if (p !== undefined && offered.includes(p)) { chosen = p; delete res.headers['sec-websocket-protocol']; }
+  });
 
   // Upstream 101: now complete the client's handshake, with the subprotocol the upstream chose.
   up.on('open', () => {
@@ -265,7 +278,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
     if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE); return; }
     const own = gatewayHeaders(o);
     const headers = [...endToEnd(upHeaders, own, true), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
-    accepted.set(req, { protocol: up.protocol, headers });
+    accepted.set(req, { protocol: chosen, headers });
     // ws destroys a socket it finds closed without calling back: catch that here.
     const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE); };
     socket.once('close', lost);
