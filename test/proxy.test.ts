@@ -245,6 +245,27 @@ test('Upgrade: h2c (or any upgrade) is never forwarded; the request is served as
   assert.equal(last().headers.upgrade, undefined);
 });
 
+test('a POST offering Upgrade: h2c (curl --http2, Java HttpClient) is served as HTTP/1.1 with its body, and the connection stays usable', async () => {
+  const h2c = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n';
+  const r = await rawRequest(gw.port,
+    `POST /echo HTTP/1.1\r\nHost: x\r\n${h2c}Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world` +
+    `PUT /echo HTTP/1.1\r\nHost: x\r\n${h2c}Transfer-Encoding: chunked\r\n\r\n5\r\nchunk\r\n0\r\n\r\n` +
+    'GET /echo HTTP/1.1\r\nHost: x\r\n\r\n', 800);
+  assert.deepEqual(statuses(r.text), [200, 200, 200], r.text);
+  assert.ok(!r.closed, 'keep-alive');
+  const seen = last();
+  assert.equal(seen.method, 'GET');
+  const [post, put] = up.requests.slice(-3);
+  assert.equal(post!.method, 'POST');
+  assert.equal(post!.body.toString(), 'hello world');
+  assert.equal(put!.body.toString(), 'chunk');
+  for (const q of [post!, put!]) {
+    assert.equal(q.headers.upgrade, undefined);
+    assert.equal(q.headers['http2-settings'], undefined);
+    assert.doesNotMatch(String(q.headers.connection ?? ''), /upgrade/i);
+  }
+});
+
 test('1xx: 103 Early Hints forwarded; 100-continue answered by the gateway after routing', async () => {
   const hints = await startUpstream((_req, res) => {
     res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });

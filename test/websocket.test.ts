@@ -191,9 +191,13 @@ test('upgrade requests elsewhere: a route without websocket answers as plain HTT
     assert.match(none.text, /^HTTP\/1\.1 404 /);
     assert.match(none.text, /application\/problem\+json/);
 
-    // A body on an upgrade request of a non-WebSocket route is never forwarded half-parsed.
-    const withBody = await rawRequest(t.port, `POST /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello`);
+    // A body on a WebSocket upgrade request of a non-WebSocket route is never forwarded half-parsed.
+    const withBody = await rawRequest(t.port, `POST /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello`);
     assert.match(withBody.text, /^HTTP\/1\.1 400 /);
+    // Any other upgrade (h2c) is ignored: the request is parsed and served as the plain request it also is.
+    const h2cBody = await rawRequest(t.port, `POST /plain HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello`);
+    assert.match(h2cBody.text, /^HTTP\/1\.1 200 /);
+    assert.equal(http.requests.at(-1)!.body.toString(), 'hello');
 
     // Upstream gone: 502 problem, no 101.
     const t2 = await startGateway(`

@@ -159,6 +159,23 @@ function discardBody(req: IncomingMessage, socket: Socket): void {
   socket.once('close', () => clearTimeout(timer));
 }
 
+/** The head of an upgrade request without its Upgrade, HTTP2-Settings and Connection: upgrade (the parser validated the rest). */
+function withoutUpgrade(req: IncomingMessage): Buffer {
+  let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase();
+    if (name === 'upgrade' || name === 'http2-settings') continue;
+    let value = raw[i + 1]!;
+    if (name === 'connection') {
+      value = value.split(',').map((t) => t.trim()).filter((t) => t !== '' && !/^(upgrade|http2-settings)$/i.test(t)).join(', ');
+      if (value === '') continue;
+    }
+    head += `${raw[i]}: ${value}\r\n`;
+  }
+  return Buffer.from(`${head}\r\n`, 'latin1');
+}
+
 /** The HTTP/2 connection preface (RFC 9113 §3.4): how an h2c prior-knowledge client starts. */
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
 
@@ -853,11 +870,25 @@ export class Gateway implements RequestContext {
       req.resume();
       sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', undefined, { close: true });
     });
-    // Upgrade requests (WebSocket, h2c, ...) leave the parser with their raw socket. A response
-    // object bound to that socket lets them take the usual path: a WebSocket route relays, any
-    // other route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
+    // Upgrade requests leave the parser with their raw socket. A WebSocket one gets a response
+    // object bound to that socket and takes the usual path: a WebSocket route relays, any other
+    // route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
       socket.on('error', () => socket.destroy());
+      if (req.httpVersion === '1.1' && !/(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '')) {
+        // An upgrade to anything but WebSocket (h2c, from curl --http2 or Java's HttpClient, on
+        // POSTs too) is ignored (RFC 9110 §7.8): the request goes back to the HTTP parser as the
+        // plain request it also is, body and keep-alive included, as nginx and Envoy serve it
+        // (after the answers to requests pipelined before it).
+        socket.pause();
+        afterResponses(socket, () => {
+          socket.unshift(head.length ? Buffer.concat([withoutUpgrade(req), head]) : withoutUpgrade(req));
+          socket.removeAllListeners('error');
+          server.emit('connection', socket);
+          socket.resume();
+        });
+        return;
+      }
       // Pipelined behind requests still being answered: those answers go out first (in order,
       // RFC 9112 §9.3.2), then the connection closes; the upgrade is not taken up.
       if (pendingResponse(socket)) {
