@@ -299,6 +299,9 @@ test('a password written in a URL is masked in every config error that quotes th
   // schema errors quote the value: a URL there too
   check(issuesOf('services:\n  - name: s\n    url: "ftp://u:hunter2literal@127.0.0.1/"\n'), 'services[0].url', '"ftp://u:***@127.0.0.1/"');
   check(issuesOf('redis: {url: "http://:hunter2literal@127.0.0.1:6379"}\n'), 'redis', 'http://:***@127.0.0.1:6379');
+  // a password given as a query parameter (?password=, ?sslpassword=, ?token=...)
+  check(issuesOf('redis: {url: "http://127.0.0.1:6379/?password=hunter2literal"}\n'), 'redis', 'http://127.0.0.1:6379/?password=***');
+  check(issuesOf('services:\n  - name: s\n    url: "http://127.0.0.1:bad/?access_token=hunter2literal&q=1"\n'), 'services[0].url', '"http://127.0.0.1:bad/?access_token=***&q=1"');
   // a composition step's URL
   check(issuesOf('routes:\n  - name: r\n    paths: [/r]\n    compose:\n      steps:\n        - {name: a, url: "http://u:hunter2literal@127.0.0.1:bad/x"}\n'), 'routes[0].compose.steps[0].url', '"http://u:***@127.0.0.1:bad/x"');
   // and the whole message (what start, validate and a rejected reload print)

@@ -15,7 +15,8 @@ import { ApiValidator } from '../plugins/request-validator/validator.js';
 import { normalizePath } from '../router/path.js';
 import { fastValidConfig, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { compile } from '../config/compile.js';
-import { ConfigError, maskUrlPasswords } from '../config/errors.js';
+import { ConfigError } from '../config/errors.js';
+import { maskUrlSecrets } from '../core/url-secrets.js';
 import { PoolRegistry } from '../upstream/pools.js';
 
 export const IMPORT_USAGE = `Usage: turnpike import openapi SPEC [--service-url URL] [--name NAME] [--out FILE]
@@ -149,16 +150,16 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
     const servers = Array.isArray(d['servers']) ? d['servers'] : [];
     const first = serverUrl(servers[0], o.specFile);
     if (first === null) throw new Error(`${o.specFile} has no servers[0].url: give --service-url`);
-    if (!/^https?:\/\//i.test(first)) throw new Error(`servers[0].url "${maskUrlPasswords(first)}" is not an absolute http(s) URL: give --service-url`);
+    if (!/^https?:\/\//i.test(first)) throw new Error(`servers[0].url "${maskUrlSecrets(first)}" is not an absolute http(s) URL: give --service-url`);
     url = first;
   }
-  if (!/^https?:\/\/[^/]/i.test(url)) throw new Error(`--service-url "${maskUrlPasswords(url)}" is not an http:// or https:// URL`);
+  if (!/^https?:\/\/[^/]/i.test(url)) throw new Error(`--service-url "${maskUrlSecrets(url)}" is not an http:// or https:// URL`);
   try {
     new URL(url);
   } catch {
-    throw new Error(`service URL "${maskUrlPasswords(url)}" is not a valid URL`);
+    throw new Error(`service URL "${maskUrlSecrets(url)}" is not a valid URL`);
   }
-  if (/[?#]/.test(url)) throw new Error(`service URL "${maskUrlPasswords(url)}" has a query or fragment: an upstream URL cannot${o.serviceUrl === undefined ? ' (give --service-url)' : ''}`);
+  if (/[?#]/.test(url)) throw new Error(`service URL "${maskUrlSecrets(url)}" has a query or fragment: an upstream URL cannot${o.serviceUrl === undefined ? ' (give --service-url)' : ''}`);
   url = url.replace(/(?<=[^/])\/+$/, '');
 
   const info = isObject(d['info']) ? d['info'] : {};

@@ -6,7 +6,7 @@ import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { ControlPlane, fileControl } from '../server/control-plane.js';
-import { redactUrl } from '../config/stores/postgres.js';
+import { redactUrl } from '../core/url-secrets.js';
 import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread, warmParserThread } from '../config/parse-thread.js';
 import { watchConfig } from '../config/watch.js';

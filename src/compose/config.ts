@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Pool } from 'undici';
 import type { CompiledService } from '../config/compile.js';
-import { maskUrlPasswords, type PathSegment } from '../config/errors.js';
+import type { PathSegment } from '../config/errors.js';
+import { maskUrlSecrets } from '../core/url-secrets.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
 import { parseDuration, parseSize } from '../config/units.js';
 import type { PoolRegistry } from '../upstream/pools.js';
@@ -288,7 +289,7 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
     } catch {
       u = null;
     }
-    if (m === null || u === null) fail([...sp, 'url'], `invalid URL "${maskUrlPasswords(s.url)}" (http(s)://host[:port]/path?query, no fragment)`);
+    if (m === null || u === null) fail([...sp, 'url'], `invalid URL "${maskUrlSecrets(s.url)}" (http(s)://host[:port]/path?query, no fragment)`);
     else if (u.username || u.password) fail([...sp, 'url'], 'credentials in the URL are not supported: use auth');
     else {
       const [uPath, uQuery] = splitQuery(m[2]!);

@@ -10,7 +10,8 @@ import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import type { Pool } from 'undici';
 import { configHashOf, type LoadedConfig } from './load.js';
-import { formatPath, maskUrlPasswords, type PathSegment } from './errors.js';
+import { formatPath, type PathSegment } from './errors.js';
+import { maskUrlSecrets } from '../core/url-secrets.js';
 import type { TurnpikeConfigInput } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 import { Router, type RouteSpec } from '../router/router.js';
@@ -591,7 +592,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       try {
         u = new URL(r.url);
       } catch {
-        fail(r.path, `invalid URL "${maskUrlPasswords(r.url)}"`);
+        fail(r.path, `invalid URL "${maskUrlSecrets(r.url)}"`);
         continue;
       }
       if (u.protocol !== 'http:' && u.protocol !== 'https:') { fail(r.path, 'only http:// and https:// upstreams are supported'); continue; }

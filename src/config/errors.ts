@@ -1,4 +1,5 @@
 /** Config errors: every one names its path in the file (`services[0].routes[1].paths[0]`) and, where known, the line. */
+import { maskUrlSecrets } from '../core/url-secrets.js';
 
 export type PathSegment = string | number;
 
@@ -18,21 +19,15 @@ export function formatPath(path: readonly PathSegment[]): string {
   return out || '(root)';
 }
 
-/**
- * Masks the password of every URL quoted in `text` (`http://u:secret@host` -> `http://u:***@host`):
- * config errors reach logs and terminals, and a URL there may be one that does not even parse.
- * (The password runs to the last `@` before a `/`, `?`, `#`, quote or blank.)
- */
-export function maskUrlPasswords(text: string): string {
-  return text.replace(/\b([a-z][a-z0-9+.-]*:\/\/[^\s/?#@:"'`]*:)[^\s/?#"'`]*@/gi, '$1***@');
-}
-
 export class ConfigError extends Error {
   readonly issues: ConfigIssue[];
   readonly file: string | undefined;
   constructor(issues: ConfigIssue[], file?: string) {
     // (every message: a schema error quotes the value, a semantic one the URL it could not parse)
-    issues = issues.map((i) => (/:\/\/[^\s]*@/.test(i.message) ? { ...i, message: maskUrlPasswords(i.message) } : i));
+    issues = issues.map((i) => {
+      const message = maskUrlSecrets(i.message);
+      return message === i.message ? i : { ...i, message };
+    });
     super(
       `invalid config${file ? ` ${file}` : ''}:\n` +
         issues.map((i) => `  ${i.path}${i.line !== undefined ? ` (line ${i.line})` : ''}: ${i.message}`).join('\n'),

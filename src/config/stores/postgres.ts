@@ -34,6 +34,7 @@
  */
 import pg from 'pg';
 import type { Logger } from '../../core/log.js';
+import { redactUrl } from '../../core/url-secrets.js';
 import {
   RevisionConflict, StoreUnavailable,
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
@@ -86,16 +87,8 @@ const MIGRATIONS: { version: number; name: string; sql: string }[] = [
   },
 ];
 
-/** The URL without its password (for messages and logs). */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return 'postgres://(unparsable url)';
-  }
-}
+/** The URL without its secrets (for messages and logs): src/core/url-secrets.ts. */
+export { redactUrl };
 
 interface RevisionRow {
   revision: string;
@@ -124,7 +117,7 @@ function endClient(client: pg.Client | null | undefined, waitMs = 1000): Promise
 
 export class PostgresStore implements ConfigStore {
   readonly kind = 'postgres' as const;
-  /** The URL without its password. */
+  /** The URL without its secrets (password, ?password= ...). */
   readonly where: string;
   private readonly url: string;
   private readonly keep: number;

@@ -1,0 +1,35 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { isSecretParam, maskUrlSecrets, redactUrl } from './url-secrets.js';
+
+test('isSecretParam: names holding pass, pwd, secret, token or key (any case, decoded)', () => {
+  for (const n of ['password', 'sslpassword', 'PASSWORD', 'passwd', 'PWD', 'client_secret', 'access_token', 'api_key', 'apikey', 'sslkey', 'pass%77ord']) assert.ok(isSecretParam(n), n);
+  for (const n of ['sslmode', 'user', 'application_name', 'connect_timeout', 'q', 'host', '%zz']) assert.ok(!isSecretParam(n), n);
+});
+
+test('redactUrl: the userinfo password and secret query parameters are masked, the rest kept', () => {
+  assert.equal(redactUrl('postgres://tp@127.0.0.1:5432/turnpike?password=PgS3cretPW'), 'postgres://tp@127.0.0.1:5432/turnpike?password=***');
+  assert.equal(redactUrl('postgres://tp:PgS3cretPW@127.0.0.1:5432/turnpike'), 'postgres://tp:***@127.0.0.1:5432/turnpike');
+  assert.equal(
+    redactUrl('postgresql://tp@db/turnpike?sslmode=require&sslpassword=K3yPass&application_name=x&PassWord=again#frag'),
+    'postgresql://tp@db/turnpike?sslmode=require&sslpassword=***&application_name=x&PassWord=***#frag',
+  );
+  // a value with blanks or quotes is masked whole (the whole input is the URL)
+  assert.equal(redactUrl("postgres://h/db?password=a b'c\"d&x=1"), 'postgres://h/db?password=***&x=1');
+  assert.equal(redactUrl('redis://:R3dis@127.0.0.1:6379/0?password=R3dis'), 'redis://:***@127.0.0.1:6379/0?password=***');
+  assert.equal(redactUrl('postgres://h/db?password='), 'postgres://h/db?password=', 'nothing to hide');
+  assert.equal(redactUrl('postgres://h/db'), 'postgres://h/db');
+  assert.equal(redactUrl('sqlite:./turnpike.db'), 'sqlite:./turnpike.db');
+  assert.equal(redactUrl('not a url ?password=x'), '(unparsable URL)');
+});
+
+test('maskUrlSecrets: every URL in a text, parsable or not; the text around them unchanged', () => {
+  assert.equal(
+    maskUrlSecrets('invalid URL "http://u:hunter2@127.0.0.1:bad/p?token=T0k3n&q=1" and postgres://x/db?password=PW (done)'),
+    'invalid URL "http://u:***@127.0.0.1:bad/p?token=***&q=1" and postgres://x/db?password=*** (done)',
+  );
+  assert.equal(maskUrlSecrets('http://u:hunter2@x@127.0.0.1:bad/p'), 'http://u:***@127.0.0.1:bad/p', 'a password with an @ runs to the host');
+  assert.equal(maskUrlSecrets('https://u:hunter2@x/api?q=1'), 'https://u:***@x/api?q=1');
+  assert.equal(maskUrlSecrets('no url here ?password=x'), 'no url here ?password=x');
+  assert.equal(maskUrlSecrets('http://h/cb#access_token=T0k3n&state=s'), 'http://h/cb#access_token=***&state=s', 'a fragment carries tokens too');
+});

@@ -1,0 +1,62 @@
+/**
+ * Secrets a URL can carry, masked wherever a URL is shown (logs, config errors, /status, admin
+ * API problem details): the password of its userinfo (`postgres://u:PASSWORD@host`) and the
+ * value of every query parameter whose name holds a secret (`?password=`, `?sslpassword=` —
+ * pg and libpq take both there —, `?access_token=`, `?api_key=`...; in a fragment too).
+ *
+ * The rule for a parameter (isSecretParam): its name, decoded, contains `pass`, `pwd`,
+ * `secret`, `token` or `key` in any case. Broad on purpose: masking a harmless value (an
+ * `sslkey` file path) costs nothing, showing a password costs a rotation.
+ */
+
+const SECRET_PARAM = /pass|pwd|secret|token|key/i;
+
+/** Whether a query parameter named `name` (raw, as written: decoded here) holds a secret. */
+export function isSecretParam(name: string): boolean {
+  let n = name;
+  try {
+    n = decodeURIComponent(name.replace(/\+/g, ' '));
+  } catch {
+    /* (a malformed escape: judge it as written) */
+  }
+  return SECRET_PARAM.test(n);
+}
+
+export const URL_MASK = '***';
+
+/** Every `scheme://...` run in a text (up to a blank or a quote). */
+const URL_IN_TEXT = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'`]*/gi;
+/** The userinfo password: it runs to the last `@` before a `/`, `?` or `#`. */
+const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/?#@:]*:)[^/?#]*@/i;
+/** One query (or fragment) parameter: `?`, `&` or `#`, name, `=`, value (up to the next `&` or `#`). */
+const PARAM = /([?&#])([^=?&#]*)=([^&#]*)/g;
+
+/** One URL (as written, parsable or not) with its password and secret parameter values masked. */
+function maskOne(url: string): string {
+  return url
+    .replace(USERINFO_PASSWORD, `$1${URL_MASK}@`)
+    .replace(PARAM, (all, sep: string, name: string, value: string) => (value !== '' && isSecretParam(name) ? `${sep}${name}=${URL_MASK}` : all));
+}
+
+/**
+ * Masks the secrets (isSecretParam, and the userinfo password) of every URL quoted in `text`
+ * (`http://u:secret@host/?token=t` -> `http://u:***@host/?token=***`): config errors and logs
+ * reach terminals, and a URL there may be one that does not even parse. A URL ends at a blank
+ * or a quote.
+ */
+export function maskUrlSecrets(text: string): string {
+  return text.includes('://') ? text.replace(URL_IN_TEXT, maskOne) : text;
+}
+
+/**
+ * A URL setting (a store, redis) as it may be shown: secrets masked (maskUrlSecrets); one that
+ * does not parse is not shown at all (`(unparsable URL)`), as nothing says where its secrets end.
+ */
+export function redactUrl(url: string): string {
+  try {
+    new URL(url);
+  } catch {
+    return '(unparsable URL)';
+  }
+  return maskOne(url);
+}
