@@ -11,7 +11,9 @@
  * background (then the node catches up); without a snapshot, open() waits for the store (the
  * node has no listeners: not ready) until it answers or the process is stopped.
  * PostgreSQL down later: the node keeps serving what it runs; admin writes answer 503
- * (StoreUnavailable); the store's own reconnect and resync bring the node up to date.
+ * (StoreUnavailable); the store's own reconnect and resync bring the node up to date. /status
+ * says `store_reachable: false` (and `store_error`) from the store's first failed check (its
+ * resync, run at once when its LISTEN connection drops) until one succeeds.
  */
 import { NODE_ID } from '../core/node-id.js';
 import { dirname, resolve } from 'node:path';
@@ -67,7 +69,10 @@ export class ControlPlane {
   private servedAt = 0;
   private source: 'store' | 'snapshot' = 'store';
   private rejected: { revision: number; error: string } | null = null;
+  /** The last failure to reach the store (opening it, reading its head); null since it answered. */
   private storeError: string | null = null;
+  /** What the store's own checks say (watch's onHealth: the postgres resync): null while reachable. */
+  private watchError: string | null = null;
   private node: Record<string, unknown>;
   /** The file content last warned about (warnIfFileDiffers). */
   private fileWarned: string | null = null;
@@ -223,7 +228,10 @@ export class ControlPlane {
   private follow(): void {
     if (this.closed || !this.store) return;
     this.following = true;
-    this.unwatch = this.store.watch(() => void this.refresh());
+    this.unwatch = this.store.watch(() => void this.refresh(), (error) => {
+      this.watchError = error;
+      if (error === null) this.storeError = null; // (it answered: an older failed read is old news)
+    });
     if (this.snapshot && this.served && this.source === 'store') void this.snapshot.save(this.served);
     void this.refresh(); // whatever was written between open() and now
   }
@@ -350,10 +358,11 @@ export class ControlPlane {
   /** The `config` member of /status. */
   status(): Record<string, unknown> {
     const s = this.served;
+    const error = this.watchError ?? this.storeError;
     return {
       store: this.kind,
-      store_reachable: this.store !== null && this.storeError === null,
-      ...(this.storeError ? { store_error: this.storeError } : {}),
+      store_reachable: this.store !== null && error === null,
+      ...(error !== null ? { store_error: error } : {}),
       source: this.source,
       revision: s?.revision ?? null,
       written_at: s?.at ?? null,

@@ -24,6 +24,9 @@
  * revision through the pool, and a ping of the LISTEN connection (a silently dead one is
  * replaced). So a node whose LISTEN connection is killed or stalls converges within the
  * resync bound, and one that listens converges within the NOTIFY latency.
+ * The resync is also what says whether the store is reachable (watch's onHealth, /status's
+ * store_reachable): after each one, and at once when the LISTEN connection is lost (a resync
+ * then: a stopped server is known within milliseconds, not at the next period).
  *
  * Failures never hang: connecting is bounded by connectTimeoutMs (3 s), every statement by
  * statement_timeout on the server and query_timeout on the client (5 s + 1 s: a stopped
@@ -144,6 +147,7 @@ export class PostgresStore implements ConfigStore {
   private resyncTimer: NodeJS.Timeout | undefined;
   private resyncing = false;
   private healthy = true;
+  private readonly healthWatchers = new Set<(error: string | null) => void>();
 
   constructor(opts: PostgresStoreOptions) {
     this.url = opts.url;
@@ -408,8 +412,9 @@ export class PostgresStore implements ConfigStore {
     }
   }
 
-  watch(onChange: (revision: number) => void): () => void {
+  watch(onChange: (revision: number) => void, onHealth?: (error: string | null) => void): () => void {
     this.watchers.add(onChange);
+    if (onHealth) this.healthWatchers.add(onHealth);
     if (this.watchers.size === 1 && !this.closed) {
       void this.listen();
       this.resyncTimer = setInterval(() => void this.resync(), this.resyncMs);
@@ -417,8 +422,24 @@ export class PostgresStore implements ConfigStore {
     }
     return () => {
       this.watchers.delete(onChange);
+      if (onHealth) this.healthWatchers.delete(onHealth);
       if (this.watchers.size === 0) this.stopWatching();
     };
+  }
+
+  /** The outcome of a reachability check (resync): logged on a change, told to every onHealth. */
+  private checked(err: Error | null): void {
+    if (err === null && !this.healthy) this.log?.info({ store: this.where }, 'postgres config store reachable again');
+    if (err !== null && this.healthy) this.log?.warn({ err: err.message, store: this.where }, 'postgres config store unreachable (serving the last config; retrying)');
+    this.healthy = err === null;
+    const error = err === null ? null : this.unavailable('reading', err).message;
+    for (const h of [...this.healthWatchers]) {
+      try {
+        h(error);
+      } catch (e) {
+        this.log?.error({ err: (e as Error).message }, 'config store health watcher threw');
+      }
+    }
   }
 
   private stopWatching(): void {
@@ -477,6 +498,8 @@ export class PostgresStore implements ConfigStore {
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = setTimeout(() => void this.listen(), delay * (0.75 + Math.random() / 2));
     this.reconnectTimer.unref();
+    // Lost while all was well: is the server gone (stopped, unreachable) or only this session?
+    if (this.healthy) void this.resync();
   }
 
   /** The safety net: read the head; and make sure the LISTEN connection still answers. */
@@ -486,12 +509,10 @@ export class PostgresStore implements ConfigStore {
     try {
       await this.open();
       const { rows } = await this.pool.query<{ revision: string }>('SELECT revision FROM turnpike_head WHERE id = 1');
-      if (!this.healthy) this.log?.info({ store: this.where }, 'postgres config store reachable again');
-      this.healthy = true;
+      this.checked(null);
       this.report(Number(rows[0]?.revision ?? 0));
     } catch (err) {
-      if (this.healthy) this.log?.warn({ err: (err as Error).message, store: this.where }, 'postgres config store unreachable (serving the last config; retrying)');
-      this.healthy = false;
+      this.checked(err as Error);
     } finally {
       this.resyncing = false;
     }
@@ -510,6 +531,7 @@ export class PostgresStore implements ConfigStore {
     if (this.closed) return;
     this.closed = true;
     this.watchers.clear();
+    this.healthWatchers.clear();
     this.stopWatching();
     await this.writeQueue;
     // pool.end() waits for every client to say goodbye; a stopped server never answers.

@@ -83,7 +83,9 @@ export interface ConfigStore {
   /**
    * Calls `onChange` with the new revision number when another writer (another node) changed
    * the store; returns the unsubscribe function. Local writes may be reported too.
+   * `onHealth`, where the store can lose its server (postgres), is called after each of its
+   * checks while watching: the error when the store cannot be reached, null when it answered.
    */
-  watch(onChange: (revision: number) => void): () => void;
+  watch(onChange: (revision: number) => void, onHealth?: (error: string | null) => void): () => void;
   close(): Promise<void>;
 }

@@ -1,0 +1,88 @@
+/**
+ * A node on a real PostgreSQL store (in process: ControlPlane + Gateway, as `turnpike start`
+ * wires them) whose URL carries its password as a query parameter (`?password=`, which pg and
+ * libpq accept): PostgreSQL stopped, /status says `store_reachable: false` within seconds (the
+ * LISTEN connection drops, a resync runs at once; not the 10 s period) and true again once it is
+ * back; the password is in no log line, no /status field and no admin API problem detail.
+ */
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { pino } from 'pino';
+import { loadConfigFile, parseConfigText } from '../src/config/load.js';
+import { Gateway } from '../src/server/gateway.js';
+import { ControlPlane } from '../src/server/control-plane.js';
+import { request, sleep } from './helpers.js';
+import { startPostgres, type PostgresServer } from './postgres-server.js';
+
+const PASSWORD = 'PgS3cretPW';
+const TOKEN = 'store-status-admin-token-0123456789';
+const auth = { authorization: `Bearer ${TOKEN}` };
+const work = mkdtempSync(join(tmpdir(), 'turnpike-store-status-'));
+let pg: PostgresServer;
+let cp: ControlPlane | undefined;
+let gw: Gateway | undefined;
+const lines: string[] = [];
+
+before(async () => { pg = await startPostgres(); });
+after(async () => {
+  await gw?.stop();
+  await cp?.close();
+  await pg?.stop();
+  rmSync(work, { recursive: true, force: true });
+});
+
+async function until(what: string, ms: number, probe: () => Promise<boolean>): Promise<number> {
+  const t0 = performance.now();
+  for (;;) {
+    if (await probe()) return performance.now() - t0;
+    if (performance.now() - t0 > ms) throw new Error(`${what}: not within ${ms} ms\n${lines.slice(-20).join('')}`);
+    await sleep(20);
+  }
+}
+
+test('postgres stopped: /status says store_reachable false (with store_error) within seconds, true again once it is back; a ?password= in the store URL is shown nowhere', async () => {
+  const url = `${await pg.createDatabase('status')}?password=${PASSWORD}`; // (trust auth: the server never asks for it)
+  const file = join(work, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token: ${TOKEN}}\nstore: "${url}"\naccess_log: {enabled: false}\n`);
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(s) });
+  const loaded = loadConfigFile(file);
+  // (the default resync period, 10 s: the outage must be seen without waiting for it)
+  cp = await ControlPlane.open({ file, loaded, setting: url, log, apply: async (text) => { await gw!.reloadAsync(parseConfigText(text, { file })); return true; } });
+  gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: log, control: cp });
+  cp.run();
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  const status = async () => JSON.parse((await request(`${admin}/status`, { headers: auth })).body).config as Record<string, unknown>;
+  // Following the store: its LISTEN connection is up.
+  await until('listening', 5000, async () => Number((await pg.query<{ n: string }>(`SELECT count(*)::text AS n FROM pg_stat_activity WHERE application_name LIKE 'turnpike:%:listen'`))[0]!.n) === 1);
+  assert.equal((await status()).store_reachable, true);
+
+  await pg.shutdown('immediate');
+  const took = await until('/status says the store is unreachable', 5000, async () => (await status()).store_reachable === false);
+  console.log(`# store_reachable false ${took.toFixed(0)} ms after postgres stopped`);
+  const down = await status();
+  assert.equal(typeof down.store_error, 'string');
+  assert.match(down.store_error as string, /the postgres store postgres(ql)?:\/\/postgres@127\.0\.0\.1:\d+\/status\?password=\*\*\* is unavailable/);
+  // Admin API reads and writes: 503 problem+json, the URL masked in the detail.
+  const w = await request(`${admin}/api/consumers`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: '{"name": "while-down"}' });
+  assert.equal(w.status, 503, w.body);
+  assert.equal(w.headers['content-type'], 'application/problem+json');
+  assert.match(w.body, /password=\*\*\*/);
+  assert.ok(!w.body.includes(PASSWORD), w.body);
+  const r = await request(`${admin}/api/revisions`, { headers: auth });
+  assert.equal(r.status, 503, r.body);
+  assert.ok(!r.body.includes(PASSWORD), r.body);
+
+  await pg.restart();
+  const back = await until('/status says the store is reachable again', 10_000, async () => (await status()).store_reachable === true);
+  console.log(`# store_reachable true ${back.toFixed(0)} ms after postgres restarted`);
+  assert.equal((await status()).store_error, undefined);
+
+  const said = lines.join('');
+  for (const msg of ['LISTEN connection lost', 'store unreachable', 'reachable again']) assert.ok(said.includes(msg), `logged "${msg}"`);
+  assert.match(said, /"store":"postgres(ql)?:\/\/postgres@127\.0\.0\.1:\d+\/status\?password=\*\*\*"/);
+  assert.ok(!said.includes(PASSWORD), lines.filter((l) => l.includes(PASSWORD)).join(''));
+});
