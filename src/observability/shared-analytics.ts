@@ -12,6 +12,8 @@ import type { AnalyticsState } from './analytics.js';
 import type { Logger } from '../core/log.js';
 
 const FORGET_MS = 10 * 60_000;
+/** How long a first publish waits for a client still connecting (RedisStore's connect timeout is at most 2 s). */
+const FIRST_WAIT_MS = 2000;
 
 
 interface Entry { at: number; every: number; states: AnalyticsState[] }
@@ -21,6 +23,8 @@ export class SharedAnalytics {
   /** This node's field: host, pid and a random part (a restarted node is a new node). */
   readonly nodeId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   private timer: NodeJS.Timeout | undefined;
+  private stopped = true;
+  private onReady: (() => void) | undefined;
   private lastError = 0;
 
   constructor(
@@ -34,18 +38,41 @@ export class SharedAnalytics {
     this.key = `${prefix}{analytics}`;
   }
 
+  /**
+   * Publishes now and every publishMs. A client still connecting (the node is starting) is
+   * waited for: the first publish goes when it is ready, or — a Redis that does not come — after
+   * FIRST_WAIT_MS (or one interval, if longer), whose failure is then worth a warning.
+   */
   start(): void {
+    this.stopped = false;
     const tick = () => {
+      this.dropOnReady();
       void this.publish().finally(() => {
-        if (this.timer !== undefined) this.timer = setTimeout(tick, this.publishMs).unref();
+        if (!this.stopped) this.timer = setTimeout(tick, this.publishMs).unref();
       });
     };
-    this.timer = setTimeout(tick, 0).unref();
+    if (this.client.status === 'ready') {
+      this.timer = setTimeout(tick, 0).unref();
+      return;
+    }
+    this.onReady = () => {
+      clearTimeout(this.timer);
+      if (!this.stopped) tick();
+    };
+    this.client.once('ready', this.onReady);
+    this.timer = setTimeout(tick, Math.max(FIRST_WAIT_MS, this.publishMs)).unref();
   }
 
   stop(): void {
+    this.stopped = true;
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.dropOnReady();
+  }
+
+  private dropOnReady(): void {
+    if (this.onReady) this.client.off('ready', this.onReady);
+    this.onReady = undefined;
   }
 
   private bounded<T>(p: Promise<T>): Promise<T> {

@@ -1,0 +1,52 @@
+/**
+ * Analytics published to Redis (src/observability/shared-analytics.ts) from a node that starts
+ * with `redis:` set: the first publish waits for the connection (no false "publishing analytics
+ * to redis failed" while it is being made), and a Redis that never answers is still warned about.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { parseConfigText } from '../src/config/load.js';
+import { Gateway } from '../src/server/gateway.js';
+import { eventually } from './helpers.js';
+import { freePort, rawCommand, startRedis } from './redis-server.js';
+
+const FAILED = 'publishing analytics to redis failed';
+
+async function start(redisUrl: string): Promise<{ gw: Gateway; said: () => { msg: string; err?: string }[] }> {
+  const lines: { msg: string; err?: string }[] = [];
+  const log = pino({ level: 'debug' }, { write: (s: string) => void lines.push(JSON.parse(s) as { msg: string; err?: string }) });
+  const gw = await Gateway.start(parseConfigText(`listen: 127.0.0.1:0
+admin: {listen: 127.0.0.1:0}
+access_log: {enabled: false}
+redis: {url: "${redisUrl}", prefix: "sa:"}
+analytics: {publish_interval: 200ms}
+`, { env: {} }), { logger: log });
+  return { gw, said: () => lines };
+}
+
+test('a node starting with redis: its first analytics publish waits for the connection (no false warning); a Redis that never answers is warned about', async () => {
+  const redis = await startRedis();
+  try {
+    const { gw, said } = await start(redis.url);
+    try {
+      // Published at start (once connected) and every 200 ms: the hash has this node's field.
+      await eventually(async () => Number((await rawCommand(redis.port, ['HLEN', 'sa:{analytics}'])).replace(/^:/, '')) === 1, 5000, 50);
+      await eventually(() => said().some((l) => l.msg === 'redis counter store connected'), 5000, 20);
+      const failed = said().filter((l) => l.msg.startsWith(FAILED));
+      assert.deepEqual(failed, [], 'no warning while Redis was healthy throughout');
+    } finally {
+      await gw.stop();
+    }
+  } finally {
+    await redis.stop();
+  }
+
+  // Nothing listens there: a real failure, warned about (after the first publish's wait).
+  const { gw, said } = await start(`redis://127.0.0.1:${await freePort()}`);
+  try {
+    await eventually(() => said().some((l) => l.msg.startsWith(FAILED)), 6000, 50);
+  } finally {
+    await gw.stop();
+  }
+});
