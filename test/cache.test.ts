@@ -788,3 +788,118 @@ test('a GET in flight when a POST invalidates its path does not store its (older
   const next = await get('/c/race');
   assert.equal(status(next), 'MISS', 'the answer from before the write was stored');
 });
+
+/**
+ * Credentials are never stored in clear: key-auth's query key is left out of the key (the
+ * consumer is in it: one entry for all of a consumer's keys), and what is stored of the key
+ * (sub, query, Vary values, key parts) is a digest. `dump` returns everything the backend holds.
+ */
+async function credentialsNotStored(backend: 'memory' | 'redis'): Promise<void> {
+  const redis: RedisServer | null = backend === 'redis' ? await startRedis() : null;
+  const origin = await programmable();
+  const K1 = 'SuperSecretApiKey0001';
+  const K2 = 'SuperSecretApiKey0002';
+  const BASIC = 'Basic c2VjcmV0dXNlcjpzZWNyZXRwYXNzd29yZA==';
+  const COOKIE = 'SessionCookieSecret42';
+  const TOKEN = 'HeaderKeyPartSecret77';
+  const cache = `{name: cache, config: {backend: ${backend}, ttl: 60s}}`;
+  const cfg = `
+admin: {listen: 127.0.0.1:0}
+${redis ? `redis: {url: "${redis.url}", prefix: "tpk:", timeout: 500}` : ''}
+consumers:
+  - {name: acme, credentials: [{type: key-auth, key: ${K1}}, {type: key-auth, key: ${K2}}]}
+services:
+  - name: api
+    url: ${origin.url}
+    routes:
+      - {name: hidden, paths: [/kcache], plugins: [{name: key-auth, config: {hide_credentials: true}}, ${cache}]}
+      - {name: shown, paths: [/kshown], plugins: [{name: key-auth}, ${cache}]}
+      - name: authz
+        paths: [/authz]
+        plugins: [{name: cache, config: {backend: ${backend}, cache_authorized: true, key: ["header:x-token", "cookie:session"]}}]
+`;
+  const g = await startGateway(cfg);
+  const dump = async (): Promise<string> => {
+    if (redis !== null) {
+      const { Redis } = await import('ioredis');
+      const c = new Redis(redis.url, { lazyConnect: true });
+      await c.connect();
+      try {
+        const parts: Buffer[] = [];
+        for (const k of await c.keys('*')) {
+          parts.push(Buffer.from(k));
+          const type = await c.type(k);
+          if (type === 'hash') for (const [f, v] of Object.entries(await c.hgetallBuffer(k))) parts.push(Buffer.from(f), v);
+          else if (type === 'string') parts.push((await c.getBuffer(k))!);
+          else assert.fail(`unexpected ${type} key ${k}`);
+        }
+        return Buffer.concat(parts).toString('latin1');
+      } finally {
+        c.disconnect();
+      }
+    }
+    // (the memory zones' entries, as the process holds them)
+    const zones = (g.gw.caches as unknown as { memoryZones: Map<string, { store: { lru: { values(): Iterable<unknown> } } }> }).memoryZones;
+    const held: unknown[] = [];
+    for (const z of zones.values()) held.push(...z.store.lru.values());
+    return JSON.stringify(held, (_k, v: unknown) => {
+      const b = v as { type?: unknown; data?: number[] } | null;
+      return b !== null && typeof b === 'object' && b.type === 'Buffer' && Array.isArray(b.data) ? Buffer.from(b.data).toString('latin1') : v;
+    });
+  };
+  const get = (path: string, headers: Record<string, string> = {}) => request(`${g.url}${path}`, { headers });
+  /** Asks until it is a HIT (a Redis write is not awaited by the request that makes it). */
+  const hit = async (path: string, headers: Record<string, string> = {}) => {
+    let r = await get(path, headers);
+    for (let i = 0; i < 40 && status(r) !== 'HIT'; i++) {
+      await sleep(25);
+      r = await get(path, headers);
+    }
+    return r;
+  };
+  try {
+    origin.on('/kcache/x', (n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `x ${n} ${req.url!.includes('apikey') ? 'KEY' : 'nokey'}` }));
+    origin.on('/kshown/x', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `shown ${n}` }));
+    origin.on('/authz/me', (n) => ({ headers: { 'cache-control': 'public, max-age=60', vary: 'Authorization, Cookie' }, body: `me ${n}` }));
+
+    const first = await get(`/kcache/x?apikey=${K1}&a=1`);
+    assert.equal(status(first), 'MISS');
+    assert.equal(first.body, 'x 1 nokey');
+    const again = await hit(`/kcache/x?apikey=${K1}&a=1`);
+    assert.equal(status(again), 'HIT');
+    // another key of the same consumer: the same entry
+    const other = await get(`/kcache/x?a=1&apikey=${K2}`);
+    assert.equal(status(other), 'HIT');
+    assert.equal(other.body, 'x 1 nokey');
+    assert.equal(origin.calls('/kcache/x'), 1);
+
+    // without hide_credentials (the upstream gets the key), the key is not stored either
+    assert.equal(status(await get(`/kshown/x?apikey=${K1}&a=1`)), 'MISS');
+    assert.equal(status(await hit(`/kshown/x?apikey=${K1}&a=1`)), 'HIT');
+    assert.equal(status(await get(`/kshown/x?apikey=${K2}&a=1`)), 'HIT');
+
+    // Authorization (cache_authorized, and Vary'd), a cookie and a header as key parts
+    const as = { authorization: BASIC, cookie: `session=${COOKIE}`, 'x-token': TOKEN };
+    assert.equal(status(await get('/authz/me', as)), 'MISS');
+    assert.equal(status(await hit('/authz/me', as)), 'HIT');
+    assert.equal(status(await get('/authz/me', { ...as, authorization: 'Basic b3RoZXI6b3RoZXI=' })), 'MISS');
+
+    const all = await dump();
+    assert.ok(all.length > 0 && all.includes('x 1 nokey'), 'the dump holds the entries');
+    for (const secret of [K1, K2, BASIC, BASIC.slice(6), COOKIE, TOKEN]) {
+      assert.ok(!all.includes(secret), `${backend} holds ${secret} in clear`);
+    }
+
+    // purge by URL: the URL without the credential
+    const purged = await request(`${g.adminUrl}/cache?key=${encodeURIComponent(`127.0.0.1:${g.port}/kcache/x?a=1`)}`, { method: 'DELETE' });
+    assert.deepEqual(JSON.parse(purged.body), { purged: 1 });
+    assert.equal(status(await get(`/kcache/x?apikey=${K2}&a=1`)), 'MISS');
+  } finally {
+    await g.close();
+    await origin.close();
+    await redis?.stop();
+  }
+}
+
+test('credentials are not stored in clear (redis): no query API key, Authorization, key cookie or header in any key or value; one entry for a consumer\'s keys; purge by URL', () => credentialsNotStored('redis'));
+test('credentials are not stored in clear (memory): the same in the process\'s entries', () => credentialsNotStored('memory'));

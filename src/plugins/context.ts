@@ -4,6 +4,7 @@ import type { Consumer, RequestCtx } from './types.js';
 import { ProblemError } from '../core/problem.js';
 import type { RouteStats } from '../observability/metrics.js';
 import { readWholeBody, type BodySource } from '../server/body.js';
+import { withoutQueryParam } from '../core/query.js';
 
 const NO_PARAMS: Readonly<Record<string, string>> = Object.freeze({});
 
@@ -11,6 +12,7 @@ export class PluginCtx implements RequestCtx {
   consumer: Consumer | null = null;
   identity: string | null = null;
   credential: string | null = null;
+  credentialParam: string | null = null;
   scopes: readonly string[] | null = null;
   claims: Readonly<Record<string, unknown>> | null = null;
   anonymous = false;
@@ -126,17 +128,7 @@ export class PluginCtx implements RequestCtx {
   }
 
   removeUpstreamQueryParam(name: string): void {
-    if (this.upstreamQuery === '') return;
     // Only the named parameter goes; the others keep their exact bytes.
-    const kept = this.upstreamQuery.slice(1).split('&').filter((part) => {
-      const eq = part.indexOf('=');
-      const key = eq === -1 ? part : part.slice(0, eq);
-      try {
-        return decodeURIComponent(key.replace(/\+/g, ' ')) !== name;
-      } catch {
-        return true;
-      }
-    });
-    this.upstreamQuery = kept.length ? `?${kept.join('&')}` : '';
+    if (this.upstreamQuery !== '') this.upstreamQuery = withoutQueryParam(this.upstreamQuery, name);
   }
 }

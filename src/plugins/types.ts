@@ -87,6 +87,11 @@ export interface RequestCtx {
   /** Identity of the caller when authenticated (consumer name, or e.g. a JWT claim value). */
   identity: string | null;
   credential: string | null;
+  /**
+   * The query parameter an auth plugin read a credential from (or removed from the upstream
+   * query, hide_credentials): caches leave it out of their keys, so no key is stored with one.
+   */
+  credentialParam: string | null;
   /** Scopes granted to the caller (JWT scope / scp, introspection scope). */
   scopes: readonly string[] | null;
   claims: Readonly<Record<string, unknown>> | null;

@@ -4,8 +4,9 @@
  * Entries are grouped in buckets by host and path: an unsafe request invalidates its URI's
  * bucket whatever the query, the variant or the key parts (§4.4 asks for at least that URI), and
  * a purge by path is one bucket per host. Inside a bucket an entry is found by its `sub` key
- * (service, query, configured key parts) and its Vary values.
+ * (service, query, configured key parts) and its Vary values, both kept as digests.
  */
+import { hash } from 'node:crypto';
 import type { Freshness } from './policy.js';
 
 export interface Bucket {
@@ -18,11 +19,11 @@ export interface Bucket {
 /** What finding an entry needs (kept apart from the body, so Redis reads a body only once chosen). */
 export interface EntryHead {
   id: string;
-  /** Service, query part and key parts: must be equal. */
+  /** Digest of the service, query part and key parts: must be equal. */
   sub: string;
-  /** The query part of the key (for purges by URL). */
+  /** Digest of the query part of the key (for purges by URL). */
   q: string;
-  /** Vary names (lower-case) and the request's values for them when stored (null: absent). */
+  /** Vary names (lower-case) and digests of the request's values for them when stored (null: absent). */
   vary: string[];
   varyValues: (string | null)[];
   /** When it arrived: the most recent matching entry is used (§4.1). */
@@ -39,6 +40,12 @@ export interface Entry extends EntryHead {
   until: number;
 }
 
+/**
+ * What an entry keeps of its key (sub, q, Vary values): a SHA-256 digest, so that no API key,
+ * Authorization value or cookie is ever stored in clear (in memory or in Redis).
+ */
+export const digest = (s: string): string => hash('sha256', s, 'base64url');
+
 /** Picks an entry among those of a sub key: the caller's Vary check. */
 export type Matcher = (head: EntryHead) => boolean;
 
@@ -46,7 +53,7 @@ export type Matcher = (head: EntryHead) => boolean;
 export interface PurgeFilter {
   path?: string;
   host?: string;
-  /** With path: only this query part (e.g. '?a=1', or '' for none). */
+  /** With path: only this query part (e.g. '?a=1', or '' for none; CacheStores.purge hands the stores its digest, as entries keep it). */
   query?: string;
 }
 

@@ -25,8 +25,9 @@ import { parseDuration, parseSize } from '../../config/units.js';
 import { RedisStore } from '../../state/redis.js';
 import { CacheConfig } from './schema.js';
 import * as P from './policy.js';
-import type { Bucket, CacheStore, Entry, EntryHead } from './entry.js';
+import { digest, type Bucket, type CacheStore, type Entry, type EntryHead } from './entry.js';
 import { CacheStores, type Flight, type FlightOutcome } from './stores.js';
+import { withoutQueryParam } from '../../core/query.js';
 
 const VAR = 'cache';
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
@@ -47,7 +48,9 @@ type Label = 'HIT' | 'MISS' | 'STALE' | 'REVALIDATED' | 'BYPASS';
 interface State {
   kind: 'bypass' | 'invalidate' | 'fetch' | 'served';
   bucket: Bucket;
+  /** Digest of the key past host and path (scheme, service, query, consumer, key parts). */
   sub: string;
+  /** The query part of the key (credential parameters left out). */
   q: string;
   /** Flight key: zone, bucket and sub. */
   fk: string;
@@ -125,6 +128,9 @@ function repeated(ctx: RequestCtx, name: string): boolean {
   return false;
 }
 
+/** A Vary'd field's value as stored and compared: a digest of its normalized value (null: absent). */
+const varyValue = (v: string | undefined): string | null => (v === undefined ? null : digest(P.normalizeForVary(v)!));
+
 /** Whether the request has a body (a "fat GET" may render differently: never stored). */
 function hasBody(ctx: RequestCtx): boolean {
   const cl = ctx.header('content-length');
@@ -196,12 +202,15 @@ export default definePlugin({
     const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name)) || (keyedByCookie && repeated(ctx, 'cookie'));
     const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: ctx.host.toLowerCase(), path });
     const matcher = (ctx: RequestCtx) => (h: EntryHead) => {
-      for (let i = 0; i < h.vary.length; i++) if (P.normalizeForVary(field(ctx, h.vary[i]!)) !== h.varyValues[i]) return false;
+      for (let i = 0; i < h.vary.length; i++) if (varyValue(field(ctx, h.vary[i]!)) !== h.varyValues[i]) return false;
       return true;
     };
 
     const state = (ctx: RequestCtx, kind: State['kind']): State => {
-      const q = queryNames.size ? selectQuery(ctx.query, queryNames) : ctx.query;
+      // A credential in the query (key-auth's apikey) is left out: the consumer it names is in
+      // the key, and nothing stored carries it.
+      const query = ctx.credentialParam === null ? ctx.query : withoutQueryParam(ctx.query, ctx.credentialParam);
+      const q = queryNames.size ? selectQuery(query, queryNames) : query;
       // The scheme is part of the target URI (RFC 9111 §2): an http answer (a redirect to
       // https, say) never serves an https request.
       let sub = `${isTls(ctx.req) ? 'https' : 'http'}\n${ctx.service.name}\n${q}`;
@@ -213,12 +222,15 @@ export default definePlugin({
       // cache_authorized keeps such answers per caller: without an auth plugin naming one, the
       // caller is the Authorization value itself.
       if (o.cacheAuthorized && authorization !== undefined && (who === null || !perConsumer)) {
-        sub += `\nauth=${createHash('sha256').update(authorization).digest('base64url')}`;
+        sub += `\nauth=${authorization}`;
       }
       for (const p of parts) {
         const v = p.kind === 'consumer' ? (ctx.consumer?.name ?? ctx.identity) : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
         sub += `\n${v === null || v === undefined ? '\u0000' : `=${v}`}`;
       }
+      // What is kept of it is a digest: key parts (header:, cookie:) and whatever else it holds
+      // are never stored in clear.
+      sub = digest(sub);
       const bucket = bucketOf(ctx);
       const rd = honour ? P.requestDirectives(ctx.header('cache-control'), ctx.header('pragma')) : null;
       return {
@@ -271,8 +283,8 @@ export default definePlugin({
       if (!Array.isArray(vary)) return null;
       for (const n of vary) if (repeated(ctx, n)) return null;
       return {
-        id: randomBytes(9).toString('base64url'), sub: st.sub, q: st.q, vary,
-        varyValues: vary.map((n) => P.normalizeForVary(field(ctx, n))), t: now,
+        id: randomBytes(9).toString('base64url'), sub: st.sub, q: digest(st.q), vary,
+        varyValues: vary.map((n) => varyValue(field(ctx, n))), t: now,
         status, headers: storedFields(headers), body: Buffer.from(body), f, until: P.keepUntil(f, o.keepMs),
       };
     };

@@ -12,7 +12,7 @@ import { Refresher } from './refresh.js';
 import { LRUCache } from 'lru-cache';
 import type { RedisStore } from '../../state/redis.js';
 import type { Logger } from '../../core/log.js';
-import type { Bucket, CacheStore, Entry, PurgeFilter } from './entry.js';
+import { digest, type Bucket, type CacheStore, type Entry, type PurgeFilter } from './entry.js';
 import { MemoryCacheStore } from './store-memory.js';
 import { RedisCacheStore } from './store-redis.js';
 import { normalizePath } from '../../router/path.js';
@@ -225,8 +225,10 @@ export class CacheStores {
 
   /** DELETE /cache: removes what the filter names from every zone; resolves with the count. */
   async purge(filter: PurgeFilter): Promise<{ purged: number }> {
+    // (entries keep a digest of their query part)
+    const f = filter.query === undefined ? filter : { ...filter, query: digest(filter.query) };
     let purged = 0;
-    for (const s of this.stores()) purged += await s.purge(filter);
+    for (const s of this.stores()) purged += await s.purge(f);
     return { purged };
   }
 

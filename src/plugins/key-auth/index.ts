@@ -55,13 +55,13 @@ export default definePlugin({
     return {
       authenticate(ctx) {
         let key = header !== null ? ctx.header(header) : undefined;
-        let fromQuery = false;
         // (an empty header is no key: the query may still carry one)
         if ((key === undefined || key === '') && query !== null && ctx.query !== '') {
           const v = new URLSearchParams(ctx.query.slice(1)).get(query);
           if (v !== null) {
             key = v;
-            fromQuery = true;
+            // (a cache keys without it: the consumer is in its key, the key itself is never stored)
+            ctx.credentialParam = query;
           }
         }
         if (key === undefined || key === '') return { ok: false, missing: true, challenge: CHALLENGE };
@@ -73,7 +73,10 @@ export default definePlugin({
         }
         if (config.hide_credentials) {
           if (header !== null) ctx.removeUpstreamHeader(header);
-          if (fromQuery || query !== null) ctx.removeUpstreamQueryParam(query!);
+          if (query !== null) {
+            ctx.removeUpstreamQueryParam(query);
+            ctx.credentialParam = query;
+          }
         }
         return { ok: true, consumer: hit.consumer, identity: hit.consumer.name, credential: hit.id };
       },
