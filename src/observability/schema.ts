@@ -19,7 +19,7 @@ export const AccessLog = Strict({
   enabled: Type.Optional(Type.Boolean({ default: true })),
   destination: Type.Optional(Type.Union([Type.Literal('stdout'), Type.Literal('file'), Type.Literal('http')], { default: 'stdout' })),
   path: Type.Optional(Type.String({ minLength: 1, description: 'destination file: the log file (relative to the config file). SIGUSR1 reopens it (log rotation).' })),
-  url: Type.Optional(Type.String({ pattern: '^https?://', description: 'destination http: where batches of lines are POSTed (NDJSON).' })),
+  url: Type.Optional(Type.String({ pattern: '^https?://', description: 'destination http: where batches of lines are POSTed (NDJSON); a user:password in it goes as Basic credentials unless http_headers set authorization.' })),
   http_headers: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'destination http: headers of every POST (e.g. an authorization token).' })),
   batch_lines: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000, description: 'destination http: lines per POST (default 500).' })),
   flush_interval: Type.Optional(Duration('destination http: longest wait before a batch is sent (default 1s)')),

@@ -222,6 +222,36 @@ test('http: close() with a hung receiver returns within timeout_ms', async () =>
   await rx.close();
 });
 
+test('http: a user and password in the URL go as Basic credentials (percent-decoded), never in a warning; configured headers win', async () => {
+  const rx = await receiver();
+  const { calls, log } = warnings();
+  const url = rx.url.replace('http://', 'http://log%40user:LogUrl%3APw@');
+  const sinks = [
+    createSink({ destination: 'http', url, batch_lines: 1 }, log),
+    // Down: the warning names the receiver by origin, without the credentials.
+    createSink({ destination: 'http', url: `http://loguser:LogUrlPw@127.0.0.1:${await deadPort()}/ingest`, batch_lines: 1, timeout_ms: 200 }, log),
+    // An Authorization header in the config is the one sent.
+    createSink({ destination: 'http', url, headers: { Authorization: 'Bearer t0k' }, batch_lines: 1 }),
+  ] as const;
+  try {
+    sinks[0].write(line(0));
+    await sinks[0].flush();
+    assert.equal(rx.batches.length, 1);
+    assert.equal(rx.batches[0]!.headers.authorization, `Basic ${Buffer.from('log@user:LogUrl:Pw').toString('base64')}`);
+    sinks[1].write(line(1));
+    await waitFor(() => sinks[1].dropped === 1, 5000);
+    assert.ok(calls.length > 0);
+    assert.doesNotMatch(JSON.stringify(calls), /LogUrl|loguser|log%40user/);
+    sinks[2].write(line(2));
+    await sinks[2].flush();
+    assert.equal(rx.batches.at(-1)!.headers.authorization, 'Bearer t0k');
+    assert.throws(() => createSink({ destination: 'http', url: 'http://u:%zz@127.0.0.1/in' }), (err: Error) => /malformed percent-encoding/.test(err.message) && !err.message.includes('%zz'));
+  } finally {
+    for (const sink of sinks) await sink.close();
+    await rx.close();
+  }
+});
+
 test('http: only http: and https: URLs', () => {
   for (const url of ['ftp://example.com/', 'file:///tmp/x', 'not a url']) {
     assert.throws(() => createSink({ destination: 'http', url }), /access log: the http destination url/);

@@ -9,6 +9,7 @@ import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { Pool } from 'undici';
+import { urlTarget, type UrlTarget } from '../core/url-auth.js';
 
 export type SinkSetting =
   | { destination: 'stdout' }
@@ -73,8 +74,26 @@ export const PIPE_ATOMIC = 4096;
 const BACKOFF_MS = [250, 1000];
 const WARN_EVERY_MS = 10_000;
 
-/** Throws when a file destination cannot be opened for appending (what createSink would refuse). */
+/** An http destination's URL (without user and password) and the Basic credentials they make; throws what is wrong with it. */
+function httpTarget(u: string): UrlTarget {
+  let t: UrlTarget;
+  try {
+    t = urlTarget(u);
+  } catch (err) {
+    throw new Error(`access log: the http destination url: ${(err as Error).message}`);
+  }
+  if (t.url.protocol !== 'http:' && t.url.protocol !== 'https:') {
+    throw new Error(`access log: the http destination url must be http: or https:, not ${t.url.protocol}`);
+  }
+  return t;
+}
+
+/** Throws when a file destination cannot be opened for appending, or an http one's URL is bad (what createSink would refuse). */
 export function checkSink(setting: SinkSetting): void {
+  if (setting.destination === 'http') {
+    httpTarget(setting.url);
+    return;
+  }
   if (setting.destination !== 'file') return;
   try {
     mkdirSync(dirname(setting.path), { recursive: true });
@@ -316,19 +335,13 @@ class HttpSink implements AccessSink {
     s: Extract<SinkSetting, { destination: 'http' }>,
     private readonly warn: Warn,
   ) {
-    let url: URL;
-    try {
-      url = new URL(s.url);
-    } catch {
-      throw new Error('access log: the http destination url is not a valid URL');
-    }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      throw new Error(`access log: the http destination url must be http: or https:, not ${url.protocol}`);
-    }
+    const { url, authorization } = httpTarget(s.url);
     this.origin = url.origin;
     this.path = url.pathname + url.search;
     // Lower-cased so that a configured Content-Type replaces the default instead of doubling it.
-    this.headers = { 'content-type': 'application/x-ndjson' };
+    // A user and password in the URL are Basic credentials (as in Kong's http-log), unless the
+    // headers set Authorization; the origin logged never holds them.
+    this.headers = { 'content-type': 'application/x-ndjson', ...(authorization !== null ? { authorization } : {}) };
     for (const [k, v] of Object.entries(s.headers ?? {})) this.headers[k.toLowerCase()] = v;
     this.batchLines = s.batch_lines ?? 500;
     this.batchBytes = s.batch_bytes ?? MiB;

@@ -115,6 +115,13 @@ test('with a kubernetes trigger the current count comes from the scale subresour
   assert.match(problems[0]!, /^current_replicas: targets cannot be used with a kubernetes trigger/);
 });
 
+test('a webhook URL whose user or password does not percent-decode is a config error (naming neither)', () => {
+  const problems: string[] = [];
+  scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hookuser:Bad%zzPw@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));
+  assert.deepEqual(problems, ['triggers.0.url: the user or password in the URL has a malformed percent-encoding']);
+  assert.equal(scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://u:p%40ss@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, fail).currentFrom, 'targets');
+});
+
 test('webhook only (current from targets): nothing pushed before a full stable window; then the count the receiver took is the current one', async () => {
   const hook = await hookReceiver();
   // One healthy target: a Service address in front of any number of replicas.

@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { parseDuration } from '../config/units.js';
 import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
+import { urlTarget } from '../core/url-auth.js';
 import type { ScalingConfig, ServiceScalingConfig, TriggerConfig } from './schema.js';
 
 type Fail = (path: PathSegment[], message: string) => void;
@@ -69,6 +70,15 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
   if (currentFrom === 'targets' && kube) fail(['current_replicas'], 'targets cannot be used with a kubernetes trigger: the current count comes from its scale subresource (leave current_replicas out, or set it to trigger)');
   const allowed = new Set(allowedApis.map(originOf).filter((o): o is string => o !== null));
   triggers.forEach((t, i) => {
+    if (t.type === 'webhook') {
+      // (its user and password are the receiver's Basic credentials: they must decode)
+      try {
+        urlTarget(t.url);
+      } catch (err) {
+        fail(['triggers', i, 'url'], (err as Error).message);
+      }
+      return;
+    }
     if (t.type !== 'kubernetes') return;
     if (t.api_server === undefined) {
       if (!process.env['KUBERNETES_SERVICE_HOST']) fail(['triggers', i, 'api_server'], 'required outside a Kubernetes pod');

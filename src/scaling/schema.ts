@@ -8,7 +8,7 @@ const HostPort = Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+|\
 
 const Webhook = Strict({
   type: Type.Literal('webhook'),
-  url: Type.String({ pattern: '^https?://', description: 'Receives a JSON POST on every change of the desired replica count.' }),
+  url: Type.String({ pattern: '^https?://', description: 'Receives a JSON POST on every change of the desired replica count (a user:password in it goes as Basic credentials).' }),
   secret: Type.String({ minLength: 16, description: 'HMAC-SHA256 key: X-Turnpike-Signature: t=<unix seconds>,v1=<hex of HMAC(secret, "<t>.<body>")>.' }),
   dry_run: Type.Optional(Type.Boolean({ default: false, description: 'Send with "dry_run": true (the receiver should only log it).' })),
   retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, default: 3 })),

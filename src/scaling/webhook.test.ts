@@ -147,6 +147,26 @@ test('a receiver that trickles its answer body does not wedge the trigger: the s
   }
 });
 
+test('a user and password in the URL go to the receiver as Basic credentials (percent-decoded), not in the URL', async () => {
+  const auth: (string | undefined)[] = [];
+  const server = createServer((req, res) => {
+    auth.push(req.headers.authorization);
+    req.resume();
+    req.on('end', () => res.writeHead(204).end());
+  });
+  await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
+  const port = (server.address() as AddressInfo).port;
+  const t = new WebhookTrigger({ type: 'webhook', url: `http://hookuser:Hook%40Url%3APassword@127.0.0.1:${port}/hook`, secret: SECRET }, silentLogger, '/');
+  try {
+    assert.equal(await t.push({ service: 'orders', desired: 3 }), true);
+    assert.deepEqual(auth, [`Basic ${Buffer.from('hookuser:Hook@Url:Password').toString('base64')}`]);
+    assert.doesNotMatch(JSON.stringify(t.last), /hookuser|Password/);
+  } finally {
+    await t.close();
+    await new Promise((ok) => server.close(ok));
+  }
+});
+
 test('the log names the receiver by origin and path: no password, query or fragment of its URL', async () => {
   const lines: unknown[] = [];
   const log = { info: (o: unknown) => lines.push(o), warn: (o: unknown) => lines.push(o) };

@@ -9,6 +9,7 @@
  * signature, a timestamp outside the tolerance (default 300 s) and an id it has seen (replay).
  * Delivery retries with exponential backoff on network errors, 408, 429 and 5xx; a newer
  * decision for the same trigger replaces a delivery still retrying (only the latest counts).
+ * A user and password in the URL go as Basic credentials (Authorization), never in a log line.
  */
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -16,6 +17,7 @@ import { Agent, request } from 'undici';
 import type { Logger } from '../core/log.js';
 import { parseDuration } from '../config/units.js';
 import type { TriggerConfig } from './schema.js';
+import { urlTarget } from '../core/url-auth.js';
 
 export const SIGNATURE_HEADER = 'x-turnpike-signature';
 /** What is read of a receiver's answer body, and for how long at most, before the connection is cut. */
@@ -72,6 +74,9 @@ type WebhookConfig = Extract<TriggerConfig, { type: 'webhook' }>;
 export class WebhookTrigger {
   private readonly agent: Agent;
   private readonly timeoutMs: number;
+  /** The receiver's URL without user and password, which go as Basic credentials (never logged). */
+  private readonly target: string;
+  private readonly authorization: string | null;
   private generation = 0;
   /** Backoffs in progress: close() ends them. */
   private readonly waits = new Set<() => void>();
@@ -82,6 +87,10 @@ export class WebhookTrigger {
     const ca = cfg.ca_file ? readFileSync(cfg.ca_file.startsWith('/') ? cfg.ca_file : `${baseDir}/${cfg.ca_file}`) : undefined;
     this.agent = new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
+    // (checked when the config was compiled: scalingPolicyOf)
+    const t = urlTarget(cfg.url);
+    this.target = t.url.href;
+    this.authorization = t.authorization;
   }
 
   /** Sends `payload` (with a fresh id); resolves when delivered (true), given up or superseded (false). */
@@ -99,9 +108,10 @@ export class WebhookTrigger {
         const ts = Math.floor(Date.now() / 1000);
         // One deadline for the whole attempt (bodyTimeout alone only bounds the gaps: a receiver
         // trickling a byte a second would hold a connection forever).
-        const r = await request(this.cfg.url, {
-          method: 'POST', dispatcher: this.agent, body,
-          headers: { 'content-type': 'application/json', 'user-agent': 'turnpike-scaling', [SIGNATURE_HEADER]: signature(this.cfg.secret, ts, body) },
+        const headers: Record<string, string> = { 'content-type': 'application/json', 'user-agent': 'turnpike-scaling', [SIGNATURE_HEADER]: signature(this.cfg.secret, ts, body) };
+        if (this.authorization !== null) headers['authorization'] = this.authorization;
+        const r = await request(this.target, {
+          method: 'POST', dispatcher: this.agent, body, headers,
           headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
         });
         status = r.statusCode;
