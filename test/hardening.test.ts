@@ -207,15 +207,16 @@ test('HTTP/2: an upstream answering before it read the upload: the answer arrive
   }
 });
 
-test('Host values with list or sub-delimiter characters are 400', async () => {
+test('Host values with list or sub-delimiter characters, or empty labels, are 400', async () => {
   const up = await startUpstream();
   const g = await startGateway(oneRoute(up.url));
   try {
-    for (const host of ['evil.com,api.example.com', 'a;b', "a'b", 'a(b)', 'a=b']) {
+    for (const host of ['evil.com,api.example.com', 'a;b', "a'b", 'a(b)', 'a=b', 'secret.local..', '.secret.local', 'a..b', '.']) {
       const r = await rawRequest(g.port, `GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`, 500);
       assert.deepEqual(statuses(r.text), [400], host);
     }
     assert.equal((await request(`${g.url}/`, { headers: { host: 'Internal_Host-1.example:8080' } })).status, 200);
+    assert.equal((await request(`${g.url}/`, { headers: { host: 'api.example.com.' } })).status, 200, 'one trailing dot (a fully qualified name) is fine');
   } finally {
     await g.close();
     await up.close();

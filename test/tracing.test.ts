@@ -340,3 +340,48 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await Promise.all([up.close(), collector.close()]);
   }
 });
+
+test('tracing: a batch the collector refuses is dropped and said once per outage; its return is said', { timeout: 20_000 }, async () => {
+  let refuse = true;
+  let posts = 0;
+  const server: Server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      posts++;
+      if (refuse) res.writeHead(400, { 'content-type': 'application/json' }).end('{"error":"no"}');
+      else res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const up = await startUpstream();
+  const g = await startGateway(`
+tracing: {enabled: true, endpoint: "http://u:collector-pass@127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces", sample: 1}
+services:
+  - name: s
+    url: ${up.url}
+    routes: [{paths: [/]}]
+`);
+  const log = (g.gw as unknown as { log: { warn: (...a: unknown[]) => void; info: (...a: unknown[]) => void } }).log;
+  const said: string[] = [];
+  const [warn, info] = [log.warn.bind(log), log.info.bind(log)];
+  log.warn = (...a: unknown[]) => { said.push(`warn ${JSON.stringify(a[0])} ${String(a[1])}`); warn(...a); };
+  log.info = (...a: unknown[]) => { said.push(`info ${JSON.stringify(a[0])} ${String(a[1])}`); info(...a); };
+  try {
+    for (let i = 0; i < 3; i++) {
+      assert.equal((await request(`${g.url}/x`)).status, 200);
+      await sleep(1300); // one batch per second
+    }
+    await eventually(() => posts >= 3, 8000);
+    const refused = said.filter((m) => /did not take a batch/.test(m));
+    assert.equal(refused.length, 1, said.join('\n'));
+    assert.doesNotMatch(refused[0]!, /collector-pass/);
+    refuse = false;
+    assert.equal((await request(`${g.url}/x`)).status, 200);
+    await eventually(() => said.some((m) => /takes spans again/.test(m)), 8000);
+    assert.match(said.find((m) => /takes spans again/.test(m))!, /"dropped_total":[1-9]/);
+  } finally {
+    await g.close();
+    await up.close();
+    await new Promise<void>((r) => server.close(() => r()));
+  }
+});

@@ -141,7 +141,7 @@ export class Observer {
     const tracingKey = JSON.stringify(s.tracing);
     if (tracingKey !== JSON.stringify(this.settings.tracing) || (s.tracing && !this.tracing)) {
       const old = this.tracing;
-      this.tracing = s.tracing && proxying ? new Tracing(s.tracing) : null;
+      this.tracing = s.tracing && proxying ? new Tracing(s.tracing, this.log) : null;
       if (old) void old.close();
     }
     this.settings = s;

@@ -6,14 +6,16 @@
  * `sample`. Only built when tracing is enabled: with it off the request path never gets here.
  */
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, trace, type Context, type Span, type TextMapSetter, type Tracer } from '@opentelemetry/api';
-import { TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
-import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } from '@opentelemetry/sdk-trace-base';
+import { ExportResultCode, TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
+import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, type SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { performance } from 'node:perf_hooks';
 import { VERSION } from '../version.js';
 import type { Exchange } from './exchange.js';
 import type { TracingSettings } from './settings.js';
+import type { Logger } from '../core/log.js';
+import { redactUrl } from '../core/url-secrets.js';
 
 const NOOP = () => {};
 
@@ -84,9 +86,31 @@ export class Tracing {
   private readonly propagator = new W3CTraceContextPropagator();
   private readonly secretParams: ReadonlySet<string>;
 
-  constructor(s: TracingSettings) {
+  /** Spans in batches the collector did not take (dropped: the SDK does not export a batch twice). */
+  dropped = 0;
+
+  constructor(s: TracingSettings, log?: Logger) {
     this.secretParams = new Set(s.redactQuery ?? []);
-    const exporter = new OTLPTraceExporter({ url: s.endpoint, headers: s.headers, timeoutMillis: 5000 });
+    const otlp = new OTLPTraceExporter({ url: s.endpoint, headers: s.headers, timeoutMillis: 5000 });
+    // A batch the collector refuses or never answers is lost: said once per outage, counted.
+    let failing = false;
+    const exporter: SpanExporter = {
+      export: (spans, done) => otlp.export(spans, (r) => {
+        if (r.code !== ExportResultCode.SUCCESS) {
+          this.dropped += spans.length;
+          if (!failing) {
+            failing = true;
+            log?.warn({ endpoint: redactUrl(s.endpoint), spans: spans.length, err: r.error?.message }, 'tracing: the collector did not take a batch of spans (dropped); said once until an export succeeds');
+          }
+        } else if (failing) {
+          failing = false;
+          log?.info({ endpoint: redactUrl(s.endpoint), dropped_total: this.dropped }, 'tracing: the collector takes spans again');
+        }
+        done(r);
+      }),
+      shutdown: () => otlp.shutdown(),
+      forceFlush: () => otlp.forceFlush(),
+    };
     this.provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
       // A client's parent is followed (its sampled flag decides) unless it is not trusted: then

@@ -46,7 +46,8 @@ export interface WsCounters {
 }
 
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
-const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$/;
+/** host[:port]: an IP literal, or a name of non-empty labels (one trailing dot: fully qualified). */
+const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)(?::[0-9]{1,5})?$/;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)([^#]*)$/i;
 /** The pseudonym this gateway uses in Via (RFC 9110 §7.6.3). */
 const VIA_NAME = 'turnpike';
