@@ -264,6 +264,20 @@ test('a POST offering Upgrade: h2c (curl --http2, Java HttpClient) is served as 
     assert.equal(q.headers['http2-settings'], undefined);
     assert.doesNotMatch(String(q.headers.connection ?? ''), /upgrade/i);
   }
+  // Many on one connection: each goes back to a parser, nothing piles up on the socket.
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(w.name);
+  process.on('warning', onWarning);
+  try {
+    const one = `POST /echo HTTP/1.1\r\nHost: x\r\n${h2c}Content-Length: 2\r\n\r\nhi`;
+    const many = await rawRequest(gw.port, one.repeat(20), 800);
+    assert.equal(statuses(many.text).length, 20);
+    assert.ok(statuses(many.text).every((s) => s === 200));
+    await sleep(50);
+    assert.deepEqual(warnings, []);
+  } finally {
+    process.off('warning', onWarning);
+  }
 });
 
 test('1xx: 103 Early Hints forwarded; 100-continue answered by the gateway after routing', async () => {

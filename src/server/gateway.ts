@@ -859,6 +859,8 @@ export class Gateway implements RequestContext {
     // One more than the limit, so that handleRequest sees the overflow and answers 431.
     server.maxHeadersCount = limits.maxHeaders + 1;
     server.on('connection', (socket: TrackedSocket) => {
+      // (a connection handed back after an ignored Upgrade is tracked already)
+      if (socket[kConn] !== undefined) return;
       socket[kConn] = { at: Date.now(), active: 0, unsafe: 0, waiting: 0, served: false };
       this.connections.add(socket);
       socket.once('close', () => this.connections.delete(socket));
