@@ -82,9 +82,9 @@ export function normalizePath(path: string): string | null {
 
 /**
  * The normalized path as many servers read it: `%2F` and `%5C` decoded to slashes (nginx's
- * $uri, IIS, many frameworks), `;params` cut off segments (Tomcat, Jetty, Spring), slashes merged. null when
- * that is the path itself. A request whose two readings match different routes is refused
- * (the router chose one route, the upstream would serve another's).
+ * $uri, IIS, many frameworks), `;params` cut off segments (Tomcat, Jetty, Spring), slashes
+ * merged; null when that is the path itself. A request whose reading is another route's, at
+ * least as specific as the one matched, is refused (src/server/request.ts).
  */
 export function upstreamReading(path: string): string | null {
   if (!path.includes('%2F') && !path.includes('%5C') && !path.includes(';')) return null;

@@ -148,7 +148,6 @@ const nextRequestId = () => ID_PREFIX + (++idCounter).toString(36);
 
 const join = (prev: string | undefined, v: string) => (prev === undefined ? v : `${prev}, ${v}`);
 
-/** Answers with a problem. Malformed requests close the connection; unroutable ones do not. */
 /** Segments in a route pattern (`/` 0, `/v1/admin` 2). */
 function depth(pattern: string): number {
   let n = 0;
@@ -156,6 +155,7 @@ function depth(pattern: string): number {
   return n;
 }
 
+/** Answers with a problem. Malformed requests close the connection; unroutable ones do not. */
 function reject(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string,
   code: ProblemCode, detail: string, extra?: Record<string, string>,
