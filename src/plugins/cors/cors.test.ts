@@ -53,6 +53,7 @@ services:
       - {name: fixed, paths: [/fixed], plugins: [{name: cors, config: {origins: ['${APP}'], headers: [Content-Type, X-Custom]}}]}
       - {name: continue, paths: [/continue], plugins: [{name: cors, config: {origins: ['${APP}'], preflight_continue: true}}]}
       - {name: normalized, paths: [/normalized], plugins: [{name: cors, config: {origins: ['HTTPS://App.Example.com:443']}}]}
+      - {name: pna, paths: [/pna], plugins: [{name: cors, config: {origins: ['${APP}'], private_network: true}}]}
       - {name: plain, paths: [/plain]}
   - name: dead
     url: http://127.0.0.1:1
@@ -135,6 +136,17 @@ test('preflight: regex origins match the whole origin only', T, async () => {
     assert.equal(r.status, 204, o);
     assert.deepEqual(corsFields(r), [], `${o} got ${corsFields(r).join(', ')}`);
   }
+});
+
+test('private_network: a Private Network Access preflight of an allowed origin gets Access-Control-Allow-Private-Network (only where configured)', T, async () => {
+  const pna = { 'access-control-request-private-network': 'true' };
+  const r = await preflight('/pna', APP, 'GET', pna);
+  assert.equal(r.status, 204);
+  assert.equal(r.headers['access-control-allow-private-network'], 'true');
+  assert.match(String(r.headers['vary']), /Access-Control-Request-Private-Network/);
+  assert.equal((await preflight('/pna', 'https://evil.test', 'GET', pna)).headers['access-control-allow-private-network'], undefined);
+  assert.equal((await preflight('/pna', APP, 'GET')).headers['access-control-allow-private-network'], undefined);
+  assert.equal((await preflight('/api', APP, 'GET', pna)).headers['access-control-allow-private-network'], undefined, 'not configured there');
 });
 
 test('preflight from a disallowed origin: 204 without any Access-Control-* field (the browser refuses), Vary: Origin', T, async () => {

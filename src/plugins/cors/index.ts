@@ -145,6 +145,11 @@ export default definePlugin({
             vary.push('Access-Control-Request-Headers');
           }
           if (maxAge !== null) headers['access-control-max-age'] = maxAge;
+          // Private Network Access: a public page reaching this (private) gateway asks first.
+          if (config.private_network && ctx.header('access-control-request-private-network')?.trim().toLowerCase() === 'true') {
+            headers['access-control-allow-private-network'] = 'true';
+          }
+          if (config.private_network) vary.push('Access-Control-Request-Private-Network');
         }
         headers['vary'] = vary.join(', ');
         return { status: 204, headers };

@@ -22,6 +22,9 @@ export const CorsConfig = Type.Object({
     default: false, description: 'Allow credentialed requests (cookies, Authorization): Access-Control-Allow-Credentials: true, and the origin itself instead of "*".',
   })),
   max_age: Type.Optional(Duration('How long browsers may cache a preflight answer (Access-Control-Max-Age, whole seconds); default: not sent')),
+  private_network: Type.Optional(Type.Boolean({
+    default: false, description: 'Answer Private Network Access preflights (Access-Control-Request-Private-Network: true) of allowed origins with Access-Control-Allow-Private-Network: true (Kong\'s private_network).',
+  })),
   preflight_continue: Type.Optional(Type.Boolean({
     default: false, description: 'Send preflights on to the upstream (which answers them; the gateway adds the origin headers) instead of answering them at the gateway.',
   })),
