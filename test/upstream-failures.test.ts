@@ -422,3 +422,75 @@ test('the gateway survived all of it: normal requests succeed, nothing left in f
   for (let i = 0; i < 40 && gw.gw.inFlight > 0; i++) await new Promise((r) => setTimeout(r, 25));
   assert.equal(gw.gw.inFlight, 0);
 });
+
+test('a kept-alive upstream connection closed as the next request arrives: an idempotent request goes once more on a new connection, a POST is 502', { timeout: 15_000 }, async () => {
+  // The origin answers the first request of each connection and closes (FIN, or RST) on the
+  // next one: the race of an origin's idle timeout with a request sent on a pooled connection.
+  for (const how of ['fin', 'rst'] as const) {
+    const conns: Socket[] = [];
+    const staleServer = createNetServer((socket) => {
+      conns.push(socket);
+      let buf = '';
+      let served = false;
+      socket.on('error', () => {});
+      socket.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        const got = parseOne(buf, 'request');
+        if (!got) return;
+        buf = buf.slice(got.used);
+        if (served) {
+          if (how === 'fin') socket.end(); else socket.resetAndDestroy();
+          return;
+        }
+        served = true;
+        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh');
+      });
+    });
+    await new Promise<void>((r) => staleServer.listen(0, '127.0.0.1', r));
+    const stale = {
+      url: `http://127.0.0.1:${(staleServer.address() as AddressInfo).port}`,
+      connections: conns,
+      close: () => new Promise<void>((r) => { for (const s of conns) s.destroy(); staleServer.close(() => r()); }),
+    };
+    const g = await startGateway(`
+services:
+  - name: stale
+    url: ${stale.url}
+    routes: [{paths: [/s]}]
+`);
+    try {
+      const a = await fetch(`${g.url}/s/1`, { dispatcher: agent });
+      assert.equal(await a.text(), 'fresh');
+      // (the first connection is idle in the gateway's pool now)
+      const b = await fetch(`${g.url}/s/2`, { dispatcher: agent });
+      assert.equal(b.status, 200, `${how}: ${await b.clone().text()}`);
+      assert.equal(await b.text(), 'fresh');
+      assert.equal(stale.connections.length, 2, `${how}: the GET went once more, on a new connection`);
+      // A POST on the (again kept-alive) connection may have been acted on: never sent twice.
+      const c = await fetch(`${g.url}/s/3`, { dispatcher: agent, method: 'POST', body: 'x' });
+      assert.equal(c.status, 502, how);
+      await c.text();
+      assert.equal(stale.connections.length, 2, `${how}: the POST was not sent again`);
+      // A connection that fails before it answered anything is not "kept-alive": no second try.
+      const fresh = await startRawOrigin((_d, socket) => { socket.end(); return null; });
+      const g2 = await startGateway(`
+services:
+  - name: dead
+    url: ${fresh.url}
+    routes: [{paths: [/d]}]
+`);
+      try {
+        const d = await fetch(`${g2.url}/d`, { dispatcher: agent });
+        assert.equal(d.status, 502);
+        await d.text();
+        assert.equal(fresh.connections.length, 1);
+      } finally {
+        await g2.close();
+        await fresh.close();
+      }
+    } finally {
+      await g.close();
+      await stale.close();
+    }
+  }
+});

@@ -9,6 +9,7 @@ import { HOP_BY_HOP, connectionTokens, headerRecord, isGatewayCookie } from '../
 import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
+import { onReusedConnection } from './pools.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
@@ -213,6 +214,8 @@ export class ForwardHandler {
   /** gRPC: when the call's grpc-timeout runs out (0: none), and its timer once the response started. */
   private grpcDeadline = 0;
   private callTimer: NodeJS.Timeout | undefined;
+  /** A failure of a kept-alive connection was already sent again once (see onError). */
+  private staleRetried = false;
   /** The backoff before the next attempt (retryLater). */
   private retryTimer: NodeJS.Timeout | undefined;
 
@@ -595,6 +598,14 @@ export class ForwardHandler {
     if (st.tokens < 1) return false;
     st.tokens -= 1;
     return true;
+  }
+
+  /** Whether this request may be sent again as it is: idempotent (or allowed), its body still whole, time left. */
+  private mayReplay(): boolean {
+    const f = this.f;
+    if (this.finished || Date.now() >= this.deadline) return false;
+    if (!f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
+    return !f.hasBody || this.body !== null || this.bodyUnread();
   }
 
   /** Whether the streamed request body is still whole: nothing of it was read for an attempt. */
@@ -1047,9 +1058,21 @@ export class ForwardHandler {
     if (!f.res.headersSent) {
       this.held = null; // (a held response that broke off: nothing of it reached the client)
       const kind = CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      const t = this.target;
+      if (t !== null && kind === 'reset' && this.status === 0 && !this.staleRetried && onReusedConnection(err) && this.mayReplay()) {
+        // A kept-alive connection that broke before any answer: the origin most likely closed
+        // it idle just as the request went out. An idempotent request goes once more on another
+        // connection, neither counted against `retries` nor charged to the target (nginx does
+        // the same for a cached connection).
+        this.staleRetried = true;
+        this.attempts--;
+        this.endAttempt(true);
+        this.endSpan(null, code);
+        setImmediate(() => this.attempt());
+        return;
+      }
       // An attempt that failed before any response: the target is charged for it (not for a
       // request body that broke its own Content-Length).
-      const t = this.target;
       if (t !== null) this.endAttempt(code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH');
       this.endSpan(null, code || 'error');
       if (t !== null && kind !== null && this.mayRetry(kind)) {

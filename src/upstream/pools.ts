@@ -3,7 +3,24 @@
  * alive across config snapshots so a reload keeps warm connections. Idle pools are closed
  * when no snapshot references them any more (see release()).
  */
-import { Pool } from 'undici';
+import type { Socket } from 'node:net';
+import { Pool, buildConnector } from 'undici';
+
+const REUSED = Symbol('turnpike.reusedConnection');
+
+/** Marks an error of an HTTP/1.1 connection that had already carried an answer (see onReusedConnection). */
+function markReused(this: Socket, err: Error): void {
+  // (bytesRead counts cleartext only: 0 on a fresh TLS connection after its handshake)
+  if (this.bytesRead > 0) (err as Error & { [REUSED]?: true })[REUSED] = true;
+}
+
+/**
+ * Whether an upstream error came from a kept-alive HTTP/1.1 connection that had already carried
+ * an answer: the origin may have closed it (its idle timeout) just as the request went out.
+ */
+export function onReusedConnection(err: Error): boolean {
+  return (err as Error & { [REUSED]?: true })[REUSED] === true;
+}
 
 export interface PoolOptions {
   connectTimeout: number;
@@ -24,16 +41,27 @@ export class PoolRegistry {
     const key = `${origin}|${opts.connectTimeout}|${opts.servername ?? ''}|${h2}|${opts.tls?.id ?? ''}`;
     let e = this.pools.get(key);
     if (!e) {
+      const connect = {
+        timeout: opts.connectTimeout,
+        noDelay: true,
+        ...(opts.servername ? { servername: opts.servername } : {}),
+        ...(opts.tls ? { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.rejectUnauthorized } : {}),
+        // undici's connector option for HTTP/2 with prior knowledge (not in its types).
+        ...(h2 === 'h2c' ? { useH2c: true } : {}),
+      } as buildConnector.BuildOptions;
+      let connector: buildConnector.connector | undefined;
+      if (h2 === 'none') {
+        // HTTP/1.1 sockets get an error listener ahead of undici's, which tells a failure of a
+        // kept-alive connection (forward.ts sends an idempotent request again once).
+        const build = buildConnector(connect);
+        connector = (o, cb) => build(o, (err, socket) => {
+          if (socket) socket.on('error', markReused);
+          (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
+        });
+      }
       e = {
         pool: new Pool(origin, {
-          connect: {
-            timeout: opts.connectTimeout,
-            noDelay: true,
-            ...(opts.servername ? { servername: opts.servername } : {}),
-            ...(opts.tls ? { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.rejectUnauthorized } : {}),
-            // undici's connector option for HTTP/2 with prior knowledge (not in its types).
-            ...(h2 === 'h2c' ? { useH2c: true } : {}),
-          } as Pool.Options['connect'],
+          connect: connector ?? (connect as Pool.Options['connect']),
           ...(h2 !== 'none' ? { allowH2: true } : {}),
           keepAliveTimeout: opts.keepAliveTimeout ?? 4_000,
           keepAliveMaxTimeout: 600_000,
