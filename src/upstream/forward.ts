@@ -490,8 +490,11 @@ export class ForwardHandler {
     this.span = null;
   }
 
-  /** Ends the current attempt before any response: passive health and latency penalty for its target. */
-  private endAttempt(ok: boolean): void {
+  /**
+   * Ends the current attempt before any response: passive health and the latency balancer's
+   * penalty learn `ok` for its target (null: nothing, the target is not judged by it).
+   */
+  private endAttempt(ok: boolean | null): void {
     clearTimeout(this.responseTimer);
     this.responseTimer = undefined;
     const t = this.target;
@@ -500,6 +503,7 @@ export class ForwardHandler {
     t.state.inflight--;
     this.abortFn = null;
     const svc = this.f.service;
+    if (ok === null) return;
     if (!ok && svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, Date.now());
     if (svc.health.passive !== null) svc.reporter.passive(t.state.key, ok);
   }
@@ -1066,7 +1070,7 @@ export class ForwardHandler {
         // the same for a cached connection).
         this.staleRetried = true;
         this.attempts--;
-        this.endAttempt(true);
+        this.endAttempt(null);
         this.endSpan(null, code);
         setImmediate(() => this.attempt());
         return;
