@@ -4,6 +4,8 @@
  * libpq accept): PostgreSQL stopped, /status says `store_reachable: false` within seconds (the
  * LISTEN connection drops, a resync runs at once; not the 10 s period) and true again once it is
  * back; the password is in no log line, no /status field and no admin API problem detail.
+ * And a node told of a revision it then cannot read (its connections refused) reads it once the
+ * store answers again, without waiting for another write.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +17,7 @@ import { pino } from 'pino';
 import { loadConfigFile, parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
 import { ControlPlane } from '../src/server/control-plane.js';
+import { createStore } from '../src/config/stores/index.js';
 import { request, sleep } from './helpers.js';
 import { startPostgres, type PostgresServer } from './postgres-server.js';
 
@@ -85,4 +88,41 @@ test('postgres stopped: /status says store_reachable false (with store_error) wi
   for (const msg of ['LISTEN connection lost', 'store unreachable', 'reachable again']) assert.ok(said.includes(msg), `logged "${msg}"`);
   assert.match(said, /"store":"postgres(ql)?:\/\/postgres@127\.0\.0\.1:\d+\/status\?password=\*\*\*"/);
   assert.ok(!said.includes(PASSWORD), lines.filter((l) => l.includes(PASSWORD)).join(''));
+});
+
+test('a revision announced while the store cannot be read is applied once the store answers again (no later write needed)', async () => {
+  const url = await pg.createDatabase('unread');
+  const dbName = 'unread';
+  const file = join(work, 'unread.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nstore: "${url}"\naccess_log: {enabled: false}\nservices: [{name: s0, url: "http://127.0.0.1:1"}]\n`);
+  const log = pino({ level: 'silent' });
+  const applied: string[] = [];
+  const b = await ControlPlane.open({
+    file, loaded: loadConfigFile(file), setting: url, log,
+    postgres: { name: 'node-b', resyncMs: 400 },
+    apply: async (_text, why) => { applied.push(why); return true; },
+  });
+  // Another node writes (its pool keeps an open connection through what follows).
+  const writer = createStore(url, { baseDir: work, log, postgres: { name: 'writer' } });
+  await writer.open();
+  try {
+    b.run();
+    const first = await writer.write({ actor: 'test', action: 'add s1' }, (d) => ({ ...d, services: [{ name: 's1', url: 'http://127.0.0.1:1' }] }));
+    await until('node b applies the first write', 5000, async () => applied.some((w) => w.endsWith(`revision ${first.revision}`)));
+    // New connections refused; node b's pooled ones cut (its LISTEN connection stays).
+    await pg.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS false`);
+    await pg.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'turnpike:node-b'`);
+    await sleep(200);
+    const second = await writer.write({ actor: 'test', action: 'add s2' }, (d) => ({ ...d, services: [...(d?.services as object[] ?? []), { name: 's2', url: 'http://127.0.0.1:1' }] }));
+    await sleep(600); // (the NOTIFY came; node b's read of the head failed)
+    assert.ok(!applied.some((w) => w.endsWith(`revision ${second.revision}`)), 'the head could not be read meanwhile');
+    await pg.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS true`);
+    const took = await until('node b applies the announced revision', 5000, async () => applied.some((w) => w.endsWith(`revision ${second.revision}`)));
+    console.log(`# announced revision applied ${took.toFixed(0)} ms after the store answered again`);
+    assert.equal(b.status().revision, second.revision);
+  } finally {
+    await pg.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS true`).catch(() => {});
+    await b.close();
+    await writer.close();
+  }
 });

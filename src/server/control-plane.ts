@@ -45,7 +45,7 @@ export interface ControlPlaneOptions {
   /** Aborted: stop waiting for the store (SIGTERM while not ready). */
   signal?: AbortSignal;
   /** Store tuning (tests). */
-  postgres?: { resyncMs?: number; connectTimeoutMs?: number; statementTimeoutMs?: number };
+  postgres?: { resyncMs?: number; connectTimeoutMs?: number; statementTimeoutMs?: number; name?: string };
 }
 
 
@@ -73,6 +73,11 @@ export class ControlPlane {
   private storeError: string | null = null;
   /** What the store's own checks say (watch's onHealth: the postgres resync): null while reachable. */
   private watchError: string | null = null;
+  /**
+   * A change was announced but reading the head failed: read it again once the store answers
+   * (the store reports each revision once, so nothing else would bring this node up to it).
+   */
+  private unread = false;
   private node: Record<string, unknown>;
   /** The file content last warned about (warnIfFileDiffers). */
   private fileWarned: string | null = null;
@@ -230,7 +235,10 @@ export class ControlPlane {
     this.following = true;
     this.unwatch = this.store.watch(() => void this.refresh(), (error) => {
       this.watchError = error;
-      if (error === null) this.storeError = null; // (it answered: an older failed read is old news)
+      if (error === null) {
+        this.storeError = null; // (it answered: an older failed read is old news)
+        if (this.unread) void this.refresh();
+      }
     });
     if (this.snapshot && this.served && this.source === 'store') void this.snapshot.save(this.served);
     void this.refresh(); // whatever was written between open() and now
@@ -266,8 +274,10 @@ export class ControlPlane {
       try {
         head = await this.store.current();
         this.storeError = null;
+        this.unread = false;
       } catch (err) {
         this.storeError = (err as Error).message;
+        this.unread = true;
         return;
       }
       if (!head || (this.served && head.revision === this.served.revision && this.source === 'store')) return;
