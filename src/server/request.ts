@@ -212,6 +212,7 @@ export function handleRequest(
   const headers: string[] = [];
   let bytes = 0;
   let hostCount = 0;
+  let authCount = 0;
   let host = '';
   let teCount = 0;
   let te: string | undefined;
@@ -241,6 +242,7 @@ export function handleRequest(
     }
     switch (name.length < 20 ? name.toLowerCase() : '') {
       case 'host': hostCount++; host = value; continue;
+      case 'authorization': authCount++; headers.push(name, value); continue;
       case 'transfer-encoding': teCount++; te = value; continue;
       case 'content-length': cl = value; continue;
       case 'connection': connection = join(connection, value); continue;
@@ -321,6 +323,9 @@ export function handleRequest(
 
   // Host: exactly one, well-formed (RFC 9112 §3.2). HTTP/2: :authority, and a Host beside it must agree (RFC 9113 §8.3.1).
   if (hostCount > 1) return reject(ctx, req, res, requestId, 'bad-request', 'more than one Host header');
+  // Authorization is a singleton (RFC 9110 §5.3, §11.6.2): the gateway would check one credential
+  // and the upstream might read another.
+  if (authCount > 1) return reject(ctx, req, res, requestId, 'bad-request', 'more than one Authorization header');
   if (authority !== undefined) {
     if (hostCount === 1 && host !== authority) return reject(ctx, req, res, requestId, 'bad-request', ':authority and Host disagree');
     host = authority;
