@@ -138,6 +138,7 @@ export class PluginCompiler {
   private readonly plans = new Map<string, { bindings: Binding[]; services: ReadonlySet<string> | null; routes: ReadonlySet<string> | null }>();
   /** Per service bindings: the merged bindings and base chain of its routes that bind nothing themselves (and their whole chains when no consumer can change them). */
   private readonly serviceChains = new Map<Binding[], { merged: Map<string, Binding>; base: Chain; chains: RouteChains | null }>();
+  private credentialed: ReadonlySet<Consumer> | null = null;
 
   constructor(
     private readonly registry: ReadonlyMap<string, PluginDef>,
@@ -203,6 +204,7 @@ export class PluginCompiler {
         log: this.log,
         consumers: this.consumers,
         credentials: this.credentials.get(def.name) ?? [],
+        credentialed: this.credentialed ??= new Set([...this.credentials.values()].flatMap((l) => l.map((c) => c.consumer))),
         where: bp.join('.'),
         // (a plugin is bound once per place and consumer: the rest is checked above)
         counterScope: `${owner}|${def.name}${b.consumer !== undefined ? `|consumer:${b.consumer}` : ''}`,

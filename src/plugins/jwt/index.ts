@@ -109,7 +109,10 @@ export default definePlugin({
       const claim = payload[claimName];
       const value = typeof claim === 'string' || typeof claim === 'number' ? String(claim) : null;
       if (value === null) return invalid(`the token has no ${claimName} claim`);
-      const consumer = subjects.get(value) ?? deps.consumers.get(value) ?? null;
+      // By a jwt credential's subject; by name only a consumer that declares no credentials
+      // (a token whose sub is "admin" does not stand for a consumer that has its own keys).
+      const byName = deps.consumers.get(value);
+      const consumer = subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
       if (consumer === null && config.require_consumer) return invalid('the token is not for a known consumer');
       return { ok: true, consumer, identity: consumer?.name ?? value, credential: `jwt:${value}`, scopes, claims: payload as Record<string, unknown> };
     };

@@ -16,6 +16,9 @@ before(async () => {
   gw = await startGateway(`
 consumers:
   - {name: svc-a, groups: [partners], credentials: [{type: jwt, subject: svc-a}]}
+  - {name: admin, groups: [admins], credentials: [{type: key-auth, key: admin-key-0123456789abcdef}]}
+  - {name: partner, groups: [admins], credentials: [{type: jwt, subject: client-123}]}
+  - {name: plain, groups: [idp-users]}
 services:
   - name: api
     url: ${up.url}
@@ -98,6 +101,24 @@ test('client_credentials tokens from the IdP pass; the consumer goes upstream, t
   // ...unless the route requires a known consumer.
   assert.equal((await get('/strict', await idp.jwt({ clientId: 'svc-b' }))).status, 401);
   assert.equal((await get('/strict', await idp.jwt({ clientId: 'svc-a' }))).status, 200);
+});
+
+test('a claim naming a consumer that declares credentials does not stand for it: its jwt subject does; a consumer without credentials is named by the claim', async () => {
+  for (const [claim, want] of [['admin', null], ['partner', null], ['client-123', 'partner'], ['plain', 'plain']] as const) {
+    const r = await get('/strict', await forge({ client_id: claim }));
+    if (want === null) {
+      assert.equal(r.status, 401, `${claim}: ${r.body}`);
+      assert.match(r.body, /not for a known consumer/);
+    } else {
+      assert.equal(r.status, 200, `${claim}: ${r.body}`);
+      assert.equal(upstreamSaw()['x-consumer-name'], want);
+    }
+  }
+  // Without require_consumer the token passes as an unknown caller: no consumer, no groups.
+  const r = await get('/api/z', await forge({ client_id: 'admin' }));
+  assert.equal(r.status, 200);
+  assert.equal(upstreamSaw()['x-consumer-id'], undefined);
+  assert.equal(upstreamSaw()['x-consumer-groups'], undefined);
 });
 
 test('bad tokens get 401 with a Bearer challenge and no token detail: missing, expired, not yet valid, wrong audience, wrong issuer, tampered, alg none, HS256 with the public key, unknown kid', async () => {

@@ -17,7 +17,7 @@ export const JwtConfig = Type.Object({
     description: 'Claims the token must carry: a value, or a list of which the claim must equal one (or, for an array claim, contain one); missing -> 403.',
   })),
   required_claims: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Claims that must be present (exp is always required).' })),
-  consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'sub', description: 'Claim whose value names the consumer (or matches a jwt credential\'s subject).' })),
+  consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'sub', description: 'Claim whose value matches a jwt credential\'s subject, or names a consumer that declares no credentials (one with keys of its own is never named by a claim).' })),
   require_consumer: Type.Optional(Type.Boolean({ default: false, description: 'Refuse (401) tokens whose consumer_claim names no configured consumer; otherwise X-Consumer-Name carries the claim value.' })),
   cookie: Type.Optional(Type.String({ minLength: 1, description: 'Also read the token from this cookie when there is no Authorization header (with hide_credentials, that cookie does not go upstream).' })),
   cache: Type.Optional(Type.Boolean({ default: true, description: 'Remember verified tokens (keyed by their SHA-256) until they expire.' })),

@@ -45,13 +45,10 @@ export default definePlugin({
   },
   create(config, deps) {
     const names = new Map<string, Consumer>();
-    // Consumers that name their certificate(s) explicitly are matched by those names only: a
-    // certificate whose CN happens to be such a consumer's name does not stand for it.
-    const explicit = new Set<Consumer>();
-    for (const { consumer, credential } of deps.credentials) {
-      names.set(String(credential['subject_name']), consumer);
-      explicit.add(consumer);
-    }
+    // Consumers that declare credentials (their certificate names, or keys of another type) are
+    // matched by those only: a certificate whose CN happens to be such a consumer's name does
+    // not stand for it (deps.credentialed).
+    for (const { consumer, credential } of deps.credentials) names.set(String(credential['subject_name']), consumer);
     const requireConsumer = config.require_consumer ?? true;
     return {
       authenticate(ctx) {
@@ -68,7 +65,7 @@ export default definePlugin({
         }
         if (consumer === null && cn !== null) {
           const byName = deps.consumers.get(cn) ?? null;
-          if (byName !== null && !explicit.has(byName)) consumer = byName;
+          if (byName !== null && !deps.credentialed.has(byName)) consumer = byName;
         }
         if (consumer === null && (requireConsumer || cn === null)) return { ok: false, missing: false, challenge: CHALLENGE, detail: 'the client certificate is not for a known consumer' };
         const identity = consumer?.name ?? cn!;

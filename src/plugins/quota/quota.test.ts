@@ -140,7 +140,7 @@ test('a daily or hourly quota at a DST change is enforced, with Retry-After no l
   t.mock.method(Date, 'now', () => now);
   const store = new MemoryStore(() => now);
   t.after(() => store.close());
-  const deps = { log: silentLogger, consumers: new Map(), credentials: [], where: 'plugins.0', counterScope: 'global|quota', baseDir: '.', listeners: { clientCa: false }, counters: { local: store, redis: null }, consumerHeaders: { id: 'x-consumer-id', name: 'x-consumer-username', groups: 'x-consumer-groups', credential: 'x-credential-identifier', anonymous: 'x-anonymous-consumer' } };
+  const deps = { log: silentLogger, consumers: new Map(), credentials: [], credentialed: new Set(), where: 'plugins.0', counterScope: 'global|quota', baseDir: '.', listeners: { clientCa: false }, counters: { local: store, redis: null }, consumerHeaders: { id: 'x-consumer-id', name: 'x-consumer-username', groups: 'x-consumer-groups', credential: 'x-credential-identifier', anonymous: 'x-anonymous-consumer' } };
   const run = async (config: Record<string, unknown>, at: string, n: number) => {
     now = Date.parse(at);
     const inst = quota.create(QuotaConfigDefaults(config), deps as never);
