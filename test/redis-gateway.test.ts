@@ -125,3 +125,38 @@ services:
     await gw.close();
   }
 });
+
+test('Redis stalled (SIGSTOP) then resumed: requests answered per fault while it hung are not charged when it runs their scripts (closed: the whole limit stays; local: not counted twice)', async () => {
+  // (was: at SIGCONT Redis ran every stalled EVALSHA: after 20 requests refused 503, a limit
+  // of 30 let 10 of 60 through; fault: local counted each request on the node and in Redis)
+  const r = await startRedis();
+  const gw = await startGateway(`
+redis: {url: "${r.url}", timeout: 100}
+state_file: ${join(mkdtempSync(join(tmpdir(), 'tp-rg-')), 'state.db')}
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - {name: closed, paths: [/c], plugins: [{name: rate-limit, config: {limit: 30, window: 1m, by: route, policy: redis, fault: closed}}]}
+      - {name: local, paths: [/l], plugins: [{name: rate-limit, config: {limit: 30, window: 1m, by: route, policy: redis, fault: local, algorithm: sliding-window}}]}
+      - {name: quota, paths: [/q], plugins: [{name: quota, config: {limit: 30, period: month, by: route, policy: redis, fault: closed}}]}
+`);
+  try {
+    const count = (rs: { status: number }[]) => rs.reduce<Record<number, number>>((m, x) => { m[x.status] = (m[x.status] ?? 0) + 1; return m; }, {});
+    const burst = (path: string, n: number) => Promise.all(Array.from({ length: n }, () => request(`${gw.url}${path}`)));
+    r.pause();
+    const [c, l, q] = await Promise.all([burst('/c', 20), burst('/l', 10), burst('/q', 10)]);
+    assert.deepEqual(count(c), { 503: 20 }, 'fault: closed');
+    assert.deepEqual(count(l), { 200: 10 }, 'fault: local counts on the node');
+    assert.deepEqual(count(q), { 503: 10 }, 'quota, fault: closed');
+    r.resume();
+    // Answered in order on one connection: once PING answers, Redis has run the stalled scripts.
+    assert.equal(await (gw.gw.counters.redis as RedisStore).client.ping(), 'PONG');
+    const after = { c: count(await burst('/c', 60)), l: count(await burst('/l', 60)), q: count(await burst('/q', 60)) };
+    assert.deepEqual(after, { c: { 200: 30, 429: 30 }, l: { 200: 30, 429: 30 }, q: { 200: 30, 429: 30 } });
+  } finally {
+    r.resume();
+    await gw.close();
+    await r.stop();
+  }
+});

@@ -367,3 +367,77 @@ test('no Redis at start: calls fail at once (no offline queue); the store connec
     await r.stop();
   }
 });
+
+test('Redis hung (SIGSTOP) then resumed: the decisions the callers gave up on change nothing (the full limit and quota stay); ones answered in time count', async (t) => {
+  // (was: the stalled EVALSHAs all ran at SIGCONT and charged the limit for requests that had
+  // been answered 503 / let through / counted on the node)
+  const r = await startRedis();
+  try {
+    const s = store({ url: r.url, timeout: TIMEOUT });
+    await s.waitReady();
+    const rk = fresh('late-rate');
+    const qk = fresh('late-quota');
+    const periodEnd = Date.now() + 60_000;
+    const rq = (algorithm: 'gcra' | 'sliding-window'): RateQuery[] => [
+      { key: `${rk}-${algorithm}`, limit: 30, periodMs: 60_000, cost: 1, algorithm },
+      { key: `${rk}-${algorithm}`, limit: 100, periodMs: 3_600_000, cost: 1, algorithm },
+    ];
+    r.pause();
+    const given = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => (i % 3 === 2
+      ? s.quota({ key: qk, limit: 10, cost: 1, periodEnd })
+      : s.rate(rq(i % 3 === 0 ? 'gcra' : 'sliding-window')))));
+    assert.ok(given.every((g) => g.status === 'rejected'), 'every call gave up while Redis was stopped');
+    await sleep(100);
+    r.resume();
+    // One connection, answered in order: once PING answers, the stalled scripts have run.
+    assert.equal(await s.client.ping(), 'PONG');
+    for (const algorithm of ['gcra', 'sliding-window'] as const) {
+      const ds = [];
+      for (let i = 0; i < 35; i++) ds.push(await s.rate(rq(algorithm)));
+      const allowed = ds.filter((d) => d.every((w) => w.allowed)).length;
+      t.diagnostic(`${algorithm}: ${allowed} of 35 allowed after the stall; first remaining ${ds[0]![0]!.remaining}`);
+      assert.equal(allowed, 30, `${algorithm}: the whole limit is left`);
+      assert.equal(ds[0]![0]!.remaining, 29);
+    }
+    assert.equal(await s.quotaUsage(qk), 0, 'the quota was not charged');
+    assert.deepEqual(await s.quota({ key: qk, limit: 10, cost: 1, periodEnd }), { allowed: true, used: 1, remaining: 9 });
+
+    // A stall shorter than the caller's deadline: decided, and counted, as always.
+    const patient = store({ url: r.url, timeout: 2000 });
+    await patient.waitReady();
+    const pk = fresh('in-time');
+    r.pause();
+    const waiting = Promise.all([
+      patient.rate([{ key: pk, limit: 5, periodMs: 60_000, cost: 1, algorithm: 'sliding-window' }]),
+      patient.quota({ key: pk, limit: 5, cost: 2, periodEnd }),
+    ]);
+    await sleep(300);
+    r.resume();
+    const [rate, quota] = await waiting;
+    assert.equal(rate[0]!.allowed, true);
+    assert.equal(rate[0]!.remaining, 4);
+    assert.deepEqual(quota, { allowed: true, used: 2, remaining: 3 });
+    assert.equal(await patient.quotaUsage(pk), 2);
+  } finally {
+    r.resume();
+    await r.stop();
+  }
+});
+
+test('Redis\'s clock stepped forward past the measured bound: a decision it skipped while the caller still waits is measured and sent once more (counted once)', async () => {
+  const s = store({ url: server.url, timeout: 1000 });
+  await s.waitReady();
+  // As if Redis's clock had jumped 10 s ahead since it was measured (an NTP step): every
+  // give-up time computed from the old bound is 10 s in Redis's past.
+  const off = s as unknown as { offsetNow: number; offsetBefore: number };
+  off.offsetNow -= 10_000;
+  off.offsetBefore -= 10_000;
+  const key = fresh('step');
+  const d = await s.rate([{ key, limit: 5, periodMs: 60_000, cost: 1, algorithm: 'gcra' }]);
+  assert.equal(d[0]!.allowed, true);
+  assert.equal(d[0]!.remaining, 4, 'counted once');
+  off.offsetNow -= 10_000;
+  off.offsetBefore -= 10_000;
+  assert.deepEqual(await s.quota({ key, limit: 5, cost: 2, periodEnd: Date.now() + 60_000 }), { allowed: true, used: 2, remaining: 3 });
+  assert.equal(await s.quotaUsage(key), 2);
+});

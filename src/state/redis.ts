@@ -20,8 +20,26 @@
  * commands forever. The connection comes back by itself
  * (capped exponential backoff, at most 1 s apart). Errors are thrown; the plugin applies its
  * `fault` setting.
+ *
+ * A command cannot be taken back once written: a stalled Redis (SIGSTOP, a slow fork, a long
+ * script) runs the ones it was sent when it resumes, long after the caller answered the request
+ * per its `fault` (503, let through, or counted on the node). So every charging script carries
+ * the caller's give-up time in Redis's clock and, run later than that, changes nothing and
+ * answers SKIPPED (the caller is gone; its answer, if read at all, is a timeout). Skew-free: the
+ * give-up time is the caller's own (sent + timeout on this process's monotonic clock) plus an
+ * upper bound of (Redis's clock - ours) that every answer measures for free (each script returns
+ * the `TIME` it ran at: that minus the send time is at least the offset). The bound is the
+ * largest such measurement of answers read in time over the last 10-20 s, so it errs late (a
+ * decision Redis runs in time is never skipped, whatever the clocks; a Cluster's masters with
+ * different clocks are all covered) by at most the send-to-run delay of the slowest of those
+ * answers, at most the timeout: a command run later than twice its timeout is never counted.
+ * Seeded by a `TIME` when a connection becomes ready (and by waitReady); before any measurement
+ * (none answered in time yet), commands carry no give-up time (as before). A SKIPPED answer
+ * read while the caller still waits (Redis's clock stepped forward beyond the bound) is
+ * measured and sent once more. Nothing is added per decision but a give-up time in its ARGV.
  */
 import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis';
 import { parseDuration } from '../config/units.js';
 import type { Logger } from '../core/log.js';
@@ -58,30 +76,45 @@ export const DEFAULT_REDIS_PREFIX = 'turnpike:';
 const MAX_BACKOFF_MS = 1000;
 /** A repeated connection error is logged at most this often. */
 const ERROR_LOG_EVERY_MS = 10_000;
+/** The Redis clock offset bound is the largest measurement of the last one or two of these. */
+const OFFSET_WINDOW_MS = 10_000;
+/** What a charging script answers (first element) when it ran after its caller's give-up time. */
+const SKIPPED = -1;
 
 /**
- * KEYS: one per window. ARGV[1]: '' (use TIME) or a clock reading in ms (tests);
- * then per window: kind ('g' GCRA | 's' sliding window), limit, period ms, cost.
- * Returns {all, then per window: allowed, remaining, resetMs, retryAfterMs}.
+ * The start of every charging script: `us` is Redis's clock (TIME, in µs); ARGV[1] the caller's
+ * give-up time on that clock (µs) or '' (none): ran later, the script answers {SKIPPED, us} and
+ * changes nothing.
  */
-const RATE_LUA = `
+const GIVE_UP_LUA = `
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TIME')
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if ARGV[1] ~= '' and us > tonumber(ARGV[1]) then return {${SKIPPED}, us} end
+`;
+
+/**
+ * KEYS: one per window. ARGV[1]: give-up time (GIVE_UP_LUA); ARGV[2]: '' (use TIME) or a clock
+ * reading in ms (tests); then per window: kind ('g' GCRA | 's' sliding window), limit, period
+ * ms, cost. Returns {all, TIME in µs, then per window: allowed, remaining, resetMs, retryAfterMs}
+ * (all: 1 | 0 | SKIPPED).
+ */
+const RATE_LUA = `${GIVE_UP_LUA}
 local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
 else
-  if redis.replicate_commands then pcall(redis.replicate_commands) end
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  now = math.floor(us / 1000)
 end
-local out = {1}
+local out = {1, us}
 local writes = {}
 local all = 1
 for i = 1, #KEYS do
   local key = KEYS[i]
-  local kind = ARGV[i * 4 - 2]
-  local limit = tonumber(ARGV[i * 4 - 1])
-  local period = tonumber(ARGV[i * 4])
-  local cost = tonumber(ARGV[i * 4 + 1])
+  local kind = ARGV[i * 4 - 1]
+  local limit = tonumber(ARGV[i * 4])
+  local period = tonumber(ARGV[i * 4 + 1])
+  local cost = tonumber(ARGV[i * 4 + 2])
   local allowed, remaining, reset, retry
   if kind == 'g' then
     local t = period / limit
@@ -152,21 +185,24 @@ end
 return out
 `;
 
-/** KEYS[1]: the quota counter. ARGV: limit, cost, period end (epoch ms). Returns {allowed, used}. */
-const QUOTA_LUA = `
-local limit = tonumber(ARGV[1])
-local cost = tonumber(ARGV[2])
+/**
+ * KEYS[1]: the quota counter. ARGV: give-up time (GIVE_UP_LUA), limit, cost, period end (epoch
+ * ms). Returns {allowed (1 | 0 | SKIPPED), TIME in µs, used}.
+ */
+const QUOTA_LUA = `${GIVE_UP_LUA}
+local limit = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used + cost > limit then return {0, used} end
+if used + cost > limit then return {0, us, used} end
 used = redis.call('INCRBY', KEYS[1], cost)
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
-return {1, used}
+redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+return {1, us, used}
 `;
 
 type Client = Redis | Cluster;
 interface Scripts {
   tpRate(...args: (string | number)[]): Promise<number[]>;
-  tpQuota(key: string, limit: number, cost: number, periodEnd: number): Promise<[number, number]>;
+  tpQuota(key: string, giveUp: string, limit: number, cost: number, periodEnd: number): Promise<[number, number, number]>;
 }
 
 /** The part of a key inside the hash tag: the key itself when it is safe there, else its digest. */
@@ -199,6 +235,13 @@ export class RedisStore implements CounterStore {
   private readonly log: Logger | undefined;
   private lastErrorLog = 0;
   private closed = false;
+  /**
+   * Upper bounds of (Redis's clock - performance.now()), in ms: the largest measured in the
+   * current window (since offsetSince) and in the one before (-Infinity: none).
+   */
+  private offsetNow = -Infinity;
+  private offsetBefore = -Infinity;
+  private offsetSince = -Infinity;
   /** Where it points, without credentials (for logs). */
   private readonly where: string;
 
@@ -262,8 +305,12 @@ export class RedisStore implements CounterStore {
       this.log?.info({ redis: this.where }, 'redis counter store connected');
     });
     // Load the scripts as soon as a connection is up: otherwise every call of a first burst
-    // gets NOSCRIPT for its EVALSHA and is sent again whole (EVAL), doubling its time.
-    const preload = (c: Redis) => { for (const lua of [RATE_LUA, QUOTA_LUA]) c.script('LOAD', lua).catch(() => undefined); };
+    // gets NOSCRIPT for its EVALSHA and is sent again whole (EVAL), doubling its time. And
+    // measure its clock, so that the first decisions carry a give-up time too.
+    const preload = (c: Redis) => {
+      for (const lua of [RATE_LUA, QUOTA_LUA]) c.script('LOAD', lua).catch(() => undefined);
+      this.measure(c).catch(() => undefined);
+    };
     if (this.client instanceof Cluster) {
       // Node connections are lazy in ioredis: the first burst for a master would wait for its
       // connect. Connect each one as soon as it is known, and load the scripts whenever it
@@ -307,21 +354,72 @@ export class RedisStore implements CounterStore {
     return withDeadline(p, ms, `redis did not answer within ${ms} ms`);
   }
 
-  async rate(queries: readonly RateQuery[], timeoutMs?: number): Promise<RateDecision[]> {
+  /**
+   * Takes in Redis's clock (`us`, µs) as read by a command sent at `sent` (performance.now())
+   * and answered now, when that was within `ms`: `us` was read after the send, so
+   * us - sent bounds the clock offset from above (+1 µs: TIME is truncated).
+   */
+  private measured(us: number, sent: number, ms: number): void {
+    const now = performance.now();
+    if (now - sent > ms) return;
+    const bound = us / 1000 + 0.001 - sent;
+    if (now - this.offsetSince >= OFFSET_WINDOW_MS) {
+      if (this.offsetNow !== -Infinity) this.offsetBefore = this.offsetNow;
+      this.offsetNow = -Infinity;
+      this.offsetSince = now;
+    }
+    if (bound > this.offsetNow) this.offsetNow = bound;
+  }
+
+  /** Measures the clock of one connection (a Cluster: of one master) with a TIME. */
+  private async measure(c: Redis): Promise<void> {
+    const sent = performance.now();
+    const [sec, usec] = await c.time();
+    this.measured(Number(sec) * 1e6 + Number(usec), sent, this.timeoutMs);
+  }
+
+  /** ARGV of the give-up time `end` (performance.now()) on Redis's clock, in µs: '' before any measurement. */
+  private giveUp(end: number): string {
+    const offset = Math.max(this.offsetNow, this.offsetBefore);
+    return offset === -Infinity ? '' : String(Math.ceil((end + offset) * 1000));
+  }
+
+  /**
+   * After a SKIPPED answer (its clock already measured) to a call sent at `sent` with `ms` to
+   * wait: the time left to send it again, or the deadline's error when none is left.
+   */
+  private leftAfterSkip(sent: number, ms: number): number {
+    const left = sent + ms - performance.now();
+    if (left < 1) throw new Error(`redis did not answer within ${ms} ms`);
+    return left;
+  }
+
+  async rate(queries: readonly RateQuery[], timeoutMs = this.timeoutMs): Promise<RateDecision[]> {
     if (queries.length === 0) return [];
     if (this.closed) throw new Error('the redis counter store is closed');
     const keys: string[] = [];
-    const argv: (string | number)[] = [this.clock ? String(this.clock()) : ''];
+    const argv: (string | number)[] = ['', this.clock ? String(this.clock()) : ''];
     for (const q of queries) {
       keys.push(this.rateKey(q));
       argv.push(q.algorithm === 'gcra' ? 'g' : 's', q.limit, q.periodMs, q.cost);
     }
-    const raw = await this.deadline(this.scripts.tpRate(keys.length, ...keys, ...argv), timeoutMs);
+    let sent = performance.now();
+    argv[0] = this.giveUp(sent + timeoutMs);
+    let raw = await this.deadline(this.scripts.tpRate(keys.length, ...keys, ...argv), timeoutMs);
+    this.measured(raw[1]!, sent, timeoutMs);
+    if (raw[0] === SKIPPED) {
+      const left = this.leftAfterSkip(sent, timeoutMs);
+      argv[0] = this.giveUp(sent + timeoutMs);
+      sent = performance.now();
+      raw = await this.deadline(this.scripts.tpRate(keys.length, ...keys, ...argv), left);
+      this.measured(raw[1]!, sent, left);
+      if (raw[0] === SKIPPED) throw new Error(`redis did not answer within ${timeoutMs} ms`);
+    }
     const decisions: RateDecision[] = queries.map((_, i) => ({
-      allowed: raw[1 + i * 4] === 1,
-      remaining: Number(raw[2 + i * 4]),
-      resetMs: Number(raw[3 + i * 4]),
-      retryAfterMs: Number(raw[4 + i * 4]),
+      allowed: raw[2 + i * 4] === 1,
+      remaining: Number(raw[3 + i * 4]),
+      resetMs: Number(raw[4 + i * 4]),
+      retryAfterMs: Number(raw[5 + i * 4]),
     }));
     if (raw[0] === 1) return decisions;
     // All windows or none (exactly as MemoryStore): a window that would have allowed it reports
@@ -332,9 +430,22 @@ export class RedisStore implements CounterStore {
       : d));
   }
 
-  async quota(q: QuotaQuery, timeoutMs?: number): Promise<QuotaDecision> {
+  async quota(q: QuotaQuery, timeoutMs = this.timeoutMs): Promise<QuotaDecision> {
     if (this.closed) throw new Error('the redis counter store is closed');
-    const [allowed, used] = await this.deadline(this.scripts.tpQuota(this.quotaKey(q.key), q.limit, q.cost, Math.ceil(q.periodEnd)), timeoutMs);
+    const key = this.quotaKey(q.key);
+    const periodEnd = Math.ceil(q.periodEnd);
+    let sent = performance.now();
+    let raw = await this.deadline(this.scripts.tpQuota(key, this.giveUp(sent + timeoutMs), q.limit, q.cost, periodEnd), timeoutMs);
+    this.measured(raw[1], sent, timeoutMs);
+    if (raw[0] === SKIPPED) {
+      const left = this.leftAfterSkip(sent, timeoutMs);
+      const giveUp = this.giveUp(sent + timeoutMs);
+      sent = performance.now();
+      raw = await this.deadline(this.scripts.tpQuota(key, giveUp, q.limit, q.cost, periodEnd), left);
+      this.measured(raw[1], sent, left);
+      if (raw[0] === SKIPPED) throw new Error(`redis did not answer within ${timeoutMs} ms`);
+    }
+    const [allowed, , used] = raw;
     return allowed === 1
       ? { allowed: true, used, remaining: q.limit - used }
       : { allowed: false, used, remaining: Math.max(0, q.limit - used) };
@@ -347,8 +458,8 @@ export class RedisStore implements CounterStore {
   }
 
   /**
-   * Resolves once connected (a cluster: the slots known and every master connected); rejects
-   * after `ms`.
+   * Resolves once connected (a cluster: the slots known and every master connected) and their
+   * clocks measured (so that the first decisions carry a give-up time); rejects after `ms`.
    */
   async waitReady(ms = 2000): Promise<void> {
     const end = Date.now() + ms;
@@ -363,7 +474,10 @@ export class RedisStore implements CounterStore {
       c.on('ready', onReady);
     }));
     await ready(this.client);
-    if (this.client instanceof Cluster) await Promise.all(this.client.nodes('master').map(ready));
+    const nodes = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
+    if (this.client instanceof Cluster) await Promise.all(nodes.map(ready));
+    // (a measurement that fails or comes late is not a store that is not ready: calls measure too)
+    await withDeadline(Promise.all(nodes.map((n) => this.measure(n))), Math.max(1, end - Date.now()), '').catch(() => undefined);
   }
 
   /**
