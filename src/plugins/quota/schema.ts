@@ -10,7 +10,7 @@ export const QuotaConfig = Type.Object({
   by: By,
   cost: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),
   policy: Type.Optional(Type.Union([Type.Literal('local'), Type.Literal('redis')], { default: 'local', description: 'local: this node, kept on disk (state_file); redis: shared by nodes.' })),
-  fault: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], { default: 'open' })),
+  fault: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], { default: 'open', description: 'When the counter store fails or does not answer within `timeout`: open lets requests through, closed answers 503, local counts on this node instead. Such a request is not counted in Redis either, even when a stalled Redis runs its decision later.' })),
   timeout: Type.Optional(Duration('How long a Redis decision may take before `fault` applies (default: the top-level redis.timeout, else 50ms). The node-local store (the primary, with workers) gets at least 1s: it is exact, not best-effort')),
   name: Type.Optional(Type.String({ pattern: '^[a-z][a-z0-9_.-]*$', maxLength: 64, description: 'Name in the headers and in usage reports (default "quota"). A named quota is one count wherever it is bound; an unnamed one is its binding\'s own, kept while the service, route, consumer or plan it is bound to keeps its name (moving or adding other config entries keeps it).' })),
 }, { additionalProperties: false });

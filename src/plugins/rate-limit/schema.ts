@@ -16,7 +16,7 @@ export const RateLimitConfig = Type.Object({
   cost: Type.Optional(Type.Integer({ minimum: 1, default: 1, description: 'Units one request takes.' })),
   policy: Type.Optional(Type.Union([Type.Literal('local'), Type.Literal('redis')], { default: 'local', description: 'local: one count per node (all its workers); redis: one count across nodes (needs top-level redis).' })),
   fault: Type.Optional(Type.Union([Type.Literal('open'), Type.Literal('closed'), Type.Literal('local')], {
-    default: 'open', description: 'When the counter store fails: open lets requests through, closed answers 503, local counts on this node instead.',
+    default: 'open', description: 'When the counter store fails or does not answer within `timeout`: open lets requests through, closed answers 503, local counts on this node instead. Such a request is not counted in Redis either, even when a stalled Redis runs its decision later.',
   })),
   timeout: Type.Optional(Duration('How long a Redis decision may take before `fault` applies (default: the top-level redis.timeout, else 50ms). The node-local store (the primary, with workers) gets at least 1s: it is exact, not best-effort')),
   headers: Type.Optional(Type.Boolean({ default: true, description: 'Send RateLimit-Policy and RateLimit (IETF httpapi draft) on every response.' })),
