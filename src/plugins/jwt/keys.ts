@@ -2,7 +2,10 @@
  * Signing keys of an identity provider: found by OIDC discovery (or a JWKS URL), fetched once,
  * refreshed in the background every `refreshMs`, re-fetched at once for an unknown `kid` (at
  * most once per `cooldownMs`), and kept when the IdP is down (a failed refresh logs and serves
- * the keys it has). Shared by every binding and snapshot that names the same IdP.
+ * the keys it has). Requests that come while a fetch is under way wait for it (the first one
+ * too). An unknown `kid` that cannot be checked because the keys could not be refreshed is
+ * TURNPIKE_NO_KEYS (503), not a bad token. Shared by every binding and snapshot that names the
+ * same IdP.
  */
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, type JWSHeaderParameters, type FlattenedJWSInput } from 'jose';
 import { fetchJson } from '../http-fetch.js';
@@ -22,6 +25,8 @@ export class KeySource {
   private fetchedAt = 0;
   private attemptAt = 0;
   private loading: Promise<void> | null = null;
+  /** Whether the last fetch failed (the key set in hand may be out of date). */
+  private failed = false;
   refs = 0;
   /** Fetches made (discovery + JWKS), for tests and /status. */
   fetches = 0;
@@ -34,23 +39,27 @@ export class KeySource {
   readonly getKey: JWTVerifyGetKey = async (header: JWSHeaderParameters, token: FlattenedJWSInput) => {
     const now = Date.now();
     if (this.local === null) {
-      // No keys yet: fetch (retrying a failed start at most once a second).
-      if (now - this.attemptAt >= Math.min(1000, this.o.cooldownMs)) await this.load();
-      if (this.local === null) throw Object.assign(new Error('the signing keys are not available'), { code: 'TURNPIKE_NO_KEYS' });
+      // No keys yet: wait for the fetch under way, or fetch (retrying a failed start at most once a second).
+      if (this.loading !== null) await this.loading;
+      else if (now - this.attemptAt >= Math.min(1000, this.o.cooldownMs)) await this.load();
+      if (this.local === null) throw noKeys();
     } else if (now - this.fetchedAt >= this.o.refreshMs && now - this.attemptAt >= this.o.cooldownMs) {
       void this.load(); // in the background: the keys in hand serve meanwhile
     }
-    // An unknown kid: a fetch under way may bring it; else fetch now unless one was made
-    // within the cooldown (a flood of made-up kids costs the IdP one fetch per cooldown).
-    for (let round = 0; ; round++) {
-      try {
-        return await this.local!(header, token);
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY' || round >= 2) throw err;
-        if (this.loading !== null) await this.loading;
-        else if (Date.now() - this.attemptAt >= this.o.cooldownMs) await this.load();
-        else throw err;
-      }
+    try {
+      return await this.local!(header, token);
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
+      // An unknown kid: a fetch under way may bring it; else fetch now unless one was made
+      // within the cooldown (a flood of made-up kids costs the IdP one fetch per cooldown).
+      // One round at most: the wait is bounded by one fetch.
+      if (this.loading !== null) await this.loading;
+      else if (Date.now() - this.attemptAt >= this.o.cooldownMs) await this.load();
+      else if (!this.failed) throw err;
+      // Keys that could not be refreshed cannot tell whether the kid is the IdP's: a 503, not
+      // invalid_token (a client throws a token refused with 401 away).
+      if (this.failed) throw noKeys();
+      return await this.local!(header, token);
     }
   };
 
@@ -66,7 +75,9 @@ export class KeySource {
         if (status !== 200 || !Array.isArray(keys)) throw new Error(`JWKS ${this.jwksUrl} answered ${status} without a key set`);
         this.local = createLocalJWKSet(json as JSONWebKeySet);
         this.fetchedAt = Date.now();
+        this.failed = false;
       } catch (err) {
+        this.failed = true;
         this.log.warn({ issuer: this.o.issuer, jwks: this.jwksUrl, err: (err as Error).message, keys_in_hand: this.local !== null }, 'fetching signing keys failed');
       } finally {
         this.loading = null;
@@ -88,6 +99,8 @@ export class KeySource {
     return doc.jwks_uri;
   }
 }
+
+const noKeys = () => Object.assign(new Error('the signing keys are not available'), { code: 'TURNPIKE_NO_KEYS' });
 
 const sources = new Map<string, KeySource>();
 

@@ -1,0 +1,132 @@
+/**
+ * jwt key handling against a JWKS server of our own (node:http + jose on 127.0.0.1), for IdP
+ * behaviours oidc-provider does not give on demand: slow answers, a hanging IdP, a key taken
+ * out of the set, tokens without kid when several keys are published.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
+import { request, sleep, startGateway, startUpstream, type TestGateway } from '../../../test/helpers.js';
+
+interface Key { kid: string; priv: CryptoKey; pub: JWK }
+
+async function newKey(kid: string): Promise<Key> {
+  const { privateKey, publicKey } = await generateKeyPair('RS256');
+  return { kid, priv: privateKey, pub: { ...(await exportJWK(publicKey)), kid, alg: 'RS256', use: 'sig' } };
+}
+
+/** Discovery + JWKS: `keys` is what is published; `delayMs` slows each answer; `hang` never answers. */
+async function startJwks(keys: Key[]) {
+  const held = new Set<ServerResponse>();
+  const state = { keys, delayMs: 0, hang: false, hits: 0 };
+  const server = createServer((req, res) => {
+    if (state.hang) {
+      held.add(res);
+      return;
+    }
+    state.hits++;
+    const answer = () => {
+      const body = req.url === '/.well-known/openid-configuration'
+        ? { issuer: url, jwks_uri: `${url}/jwks` }
+        : { keys: state.keys.map((k) => k.pub) };
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+    };
+    if (state.delayMs > 0) setTimeout(answer, state.delayMs);
+    else answer();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return {
+    url,
+    state,
+    close: () => new Promise<void>((r) => {
+      for (const res of held) res.socket?.destroy();
+      server.closeAllConnections();
+      server.close(() => r());
+    }),
+  };
+}
+
+async function sign(key: Key, opts: { kid?: string | null; iss?: string } = {}): Promise<string> {
+  const now = Math.floor(Date.now() / 1000);
+  const kid = opts.kid === undefined ? key.kid : opts.kid;
+  return new SignJWT({ aud: 'api', sub: 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}) })
+    .setProtectedHeader({ alg: 'RS256', typ: 'JWT', ...(kid === null ? {} : { kid }) })
+    .sign(key.priv);
+}
+
+async function withGateway(jwtConfig: string, fn: (get: (token: string) => ReturnType<typeof request>) => Promise<void>) {
+  const up = await startUpstream();
+  let gw: TestGateway | undefined;
+  try {
+    gw = await startGateway(`
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - name: api
+        paths: [/api]
+        plugins:
+          - name: jwt
+            config: ${jwtConfig}
+`);
+    const url = gw.url;
+    await fn((token) => request(`${url}/api`, { headers: { authorization: `Bearer ${token}` } }));
+  } finally {
+    await gw?.close();
+    await up.close();
+  }
+}
+
+test('requests that come while the first key fetch (discovery + JWKS) is under way wait for it, not 503', async () => {
+  const k1 = await newKey('k1');
+  const idp = await startJwks([k1]);
+  idp.state.delayMs = 300; // discovery + JWKS: about 600 ms
+  try {
+    await withGateway(`{issuer: "${idp.url}", audiences: [api]}`, async (get) => {
+      const token = await sign(k1, { iss: idp.url });
+      const first = get(token);
+      await sleep(150);
+      const second = get(token);
+      await sleep(150);
+      const more = Array.from({ length: 3 }, () => get(token));
+      const all = await Promise.all([first, second, ...more]);
+      assert.deepEqual(all.map((r) => r.status), [200, 200, 200, 200, 200], all.map((r) => r.body).join('\n'));
+      assert.equal(idp.state.hits, 2, 'one discovery and one JWKS fetch for all of them');
+    });
+  } finally {
+    await idp.close();
+  }
+});
+
+test('an unknown kid while the IdP hangs: one fetch timeout of waiting, then 503 auth-unavailable (not invalid_token); known keys keep working', async () => {
+  const k1 = await newKey('k1');
+  const idp = await startJwks([k1]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api], jwks_cooldown: 100ms, jwks_refresh: 1h, timeout: 500ms}`, async (get) => {
+      assert.equal((await get(await sign(k1))).status, 200);
+      idp.state.hang = true;
+      await sleep(150); // past jwks_cooldown
+      const unknown = await sign(k1, { kid: 'k-new' });
+      const unknown2 = await sign(k1, { kid: 'k-other' });
+      const started = Date.now();
+      const [r, r2] = await Promise.all([get(unknown), get(unknown2)]);
+      const waited = Date.now() - started;
+      for (const x of [r, r2]) {
+        assert.equal(x.status, 503, x.body);
+        assert.equal(x.headers['retry-after'], '5');
+        assert.match(x.body, /urn:turnpike:problem:auth-unavailable/);
+        assert.doesNotMatch(String(x.headers['www-authenticate'] ?? ''), /invalid_token/);
+      }
+      assert.ok(waited >= 400 && waited < 900, `waited ${waited} ms (timeout 500 ms)`);
+      assert.equal((await get(await sign(k1))).status, 200, 'a token of a key in hand passes');
+      idp.state.hang = false;
+      await sleep(150);
+      assert.equal((await get(unknown)).status, 401, 'the IdP answers again: the kid is not its');
+    });
+  } finally {
+    await idp.close();
+  }
+});
