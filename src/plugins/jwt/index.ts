@@ -2,7 +2,8 @@
  * jwt: bearer tokens from a third-party identity provider (OIDC discovery or a JWKS URL).
  * Checked: signature with the IdP's current keys (asymmetric algorithms only), iss, aud, exp,
  * nbf/iat with a clock skew, required claims and scopes. A verified token is remembered (keyed
- * by its SHA-256, bounded) until it expires, so a caller pays for the signature once. The
+ * by its SHA-256, bounded) until it expires, so a caller pays for the signature once; all are
+ * forgotten when the IdP stops publishing a key (a revoked key passes no token). The
  * consumer comes from `consumer_claim`: a consumer of that name, or one whose jwt credential
  * has it as `subject`; otherwise the claim value is the identity (unless require_consumer).
  */
@@ -91,6 +92,8 @@ export default definePlugin({
     const types = new Set((config.token_types ?? DEFAULT_TOKEN_TYPES).map(mediaTypeOf));
     const typeRequired = config.token_types !== undefined;
     const cache = config.cache === false ? null : new TtlCache<Ok>(config.cache_size ?? 10_000);
+    /** keys.removals when the cache was last valid: a key gone from the IdP's set empties it. */
+    let removalsSeen = keys.removals;
     const wantScopes = config.scopes ?? [];
     const wantClaims = Object.entries(config.claims ?? {});
     const cookieRe = config.cookie ? new RegExp(`(?:^|;\\s*)${config.cookie.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}=([^;]*)`) : null;
@@ -167,12 +170,21 @@ export default definePlugin({
           }
         }
         if (token === null) return { ok: false, missing: true, challenge: realm };
-        const key = cache !== null ? sha256b64(token) : '';
-        const hit = cache?.get(key);
-        // A token verified before: answered at once (no promise on the request path).
-        if (hit !== undefined) return done(ctx, hit, fromCookie);
+        let key = '';
+        const removals = keys.removals;
+        if (cache !== null) {
+          if (removals !== removalsSeen) {
+            cache.clear();
+            removalsSeen = removals;
+          }
+          key = sha256b64(token);
+          const hit = cache.get(key);
+          // A token verified before: answered at once (no promise on the request path).
+          if (hit !== undefined) return done(ctx, hit, fromCookie);
+        }
         return verify(token).then((outcome) => {
-          if (outcome.ok && cache !== null && typeof outcome.claims?.['exp'] === 'number') cache.set(key, outcome, (outcome.claims['exp'] as number) * 1000);
+          // Not cached when a key went away meanwhile (it may have been verified with that one).
+          if (outcome.ok && cache !== null && keys.removals === removals && typeof outcome.claims?.['exp'] === 'number') cache.set(key, outcome, (outcome.claims['exp'] as number) * 1000);
           return done(ctx, outcome, fromCookie);
         });
       },

@@ -101,6 +101,34 @@ test('requests that come while the first key fetch (discovery + JWKS) is under w
   }
 });
 
+test('a key the IdP stops publishing passes no token any more, also none verified (and cached) before', async () => {
+  const k1 = await newKey('k1');
+  const k2 = await newKey('k2');
+  const idp = await startJwks([k1, k2]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api], jwks_cooldown: 100ms, jwks_refresh: 1h}`, async (get) => {
+      const old = await sign(k1);
+      const other = await sign(k2);
+      assert.equal((await get(old)).status, 200);
+      assert.equal((await get(other)).status, 200);
+      // k1 is revoked (say, compromised): the IdP takes it out of its set.
+      idp.state.keys = [k2];
+      await sleep(150); // past jwks_cooldown
+      // Anything that makes the gateway fetch the set again: here a token with an unknown kid.
+      assert.equal((await get(await sign(k2, { kid: 'k9' }))).status, 401);
+      const hits = idp.state.hits;
+      const r = await get(old);
+      assert.equal(r.status, 401, 'a token verified with the removed key before is refused now');
+      assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+      assert.equal((await get(await sign(k1))).status, 401);
+      assert.equal((await get(other)).status, 200, 'tokens of the keys still published pass');
+      assert.equal(idp.state.hits, hits, 'no fetch for that');
+    });
+  } finally {
+    await idp.close();
+  }
+});
+
 test('an unknown kid while the IdP hangs: one fetch timeout of waiting, then 503 auth-unavailable (not invalid_token); known keys keep working', async () => {
   const k1 = await newKey('k1');
   const idp = await startJwks([k1]);

@@ -27,6 +27,14 @@ export class KeySource {
   private loading: Promise<void> | null = null;
   /** Whether the last fetch failed (the key set in hand may be out of date). */
   private failed = false;
+  /** The keys in hand (their JSON), to tell when the IdP stopped publishing one. */
+  private published = new Set<string>();
+  /**
+   * Counts the fetches that found a key gone from the set: a key the IdP no longer publishes
+   * (how a compromised key is revoked) must not keep passing the tokens verified with it, so
+   * the plugins drop their verified-token caches when this changes.
+   */
+  removals = 0;
   refs = 0;
   /** Fetches made (discovery + JWKS), for tests and /status. */
   fetches = 0;
@@ -74,6 +82,14 @@ export class KeySource {
         const keys = (json as { keys?: unknown } | null)?.keys;
         if (status !== 200 || !Array.isArray(keys)) throw new Error(`JWKS ${this.jwksUrl} answered ${status} without a key set`);
         this.local = createLocalJWKSet(json as JSONWebKeySet);
+        const published = new Set(keys.map((k) => JSON.stringify(k)));
+        for (const k of this.published) {
+          if (!published.has(k)) {
+            this.removals++;
+            break;
+          }
+        }
+        this.published = published;
         this.fetchedAt = Date.now();
         this.failed = false;
       } catch (err) {
