@@ -7,7 +7,7 @@
  * consumer comes from `consumer_claim`: a consumer of that name, or one whose jwt credential
  * has it as `subject`; otherwise the claim value is the identity (unless require_consumer).
  */
-import { jwtVerify, errors as joseErrors, type JWTPayload } from 'jose';
+import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256b64 } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
@@ -120,11 +120,32 @@ export default definePlugin({
       return { ok: true, consumer, identity: consumer?.name ?? value, credential: `jwt:${value}`, scopes, claims: payload as Record<string, unknown> };
     };
 
+    /**
+     * jose's jwtVerify with the IdP's keys. A token without kid, when the IdP publishes several
+     * keys of its type (both halves of a rotation), is tried with each of them (as jose's docs
+     * and Envoy's jwt_authn do): the first whose signature holds decides.
+     */
+    const jwtVerifyAny = async (token: string): Promise<JWTVerifyResult> => {
+      try {
+        return await jwtVerify(token, keys.getKey, verifyOptions);
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ERR_JWKS_MULTIPLE_MATCHING_KEYS') throw err;
+        for await (const key of err as joseErrors.JWKSMultipleMatchingKeys) {
+          try {
+            return await jwtVerify(token, key, verifyOptions);
+          } catch (inner) {
+            if ((inner as { code?: string }).code !== 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') throw inner;
+          }
+        }
+        throw new joseErrors.JWSSignatureVerificationFailed();
+      }
+    };
+
     const verify = async (token: string): Promise<AuthOutcome> => {
       let payload: JWTPayload;
       let typ: unknown;
       try {
-        ({ payload, protectedHeader: { typ } } = await jwtVerify(token, keys.getKey, verifyOptions));
+        ({ payload, protectedHeader: { typ } } = await jwtVerifyAny(token));
       } catch (err) {
         if (err instanceof joseErrors.JWTExpired) return invalid('the token has expired');
         if ((err as { code?: string }).code === 'TURNPIKE_NO_KEYS') return { ok: false, missing: false, status: 503, challenge: realm, detail: 'the token cannot be verified now (the identity provider\'s keys are unavailable)' };

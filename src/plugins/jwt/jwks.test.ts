@@ -129,6 +129,24 @@ test('a key the IdP stops publishing passes no token any more, also none verifie
   }
 });
 
+test('a token without kid is checked against each published key of its type (rotation publishes two)', async () => {
+  const k1 = await newKey('k1');
+  const k2 = await newKey('k2');
+  const stranger = await newKey('k1');
+  const idp = await startJwks([k1, k2]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api]}`, async (get) => {
+      assert.equal((await get(await sign(k2, { kid: null }))).status, 200, 'signed by the second key');
+      assert.equal((await get(await sign(k1, { kid: null }))).status, 200, 'signed by the first key');
+      const bad = await get(await sign(stranger, { kid: null }));
+      assert.equal(bad.status, 401, 'signed by neither');
+      assert.match(String(bad.headers['www-authenticate']), /error="invalid_token"/);
+    });
+  } finally {
+    await idp.close();
+  }
+});
+
 test('an unknown kid while the IdP hangs: one fetch timeout of waiting, then 503 auth-unavailable (not invalid_token); known keys keep working', async () => {
   const k1 = await newKey('k1');
   const idp = await startJwks([k1]);
