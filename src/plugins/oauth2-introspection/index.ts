@@ -2,8 +2,9 @@
  * oauth2-introspection (RFC 7662): opaque bearer tokens checked at the IdP's introspection
  * endpoint, authenticated as the gateway's client. Answers are cached by the token's SHA-256:
  * active ones until min(cache_ttl, exp), inactive ones for negative_cache_ttl; concurrent
- * requests with one token share one call. `active: false` (or a token the IdP does not know)
- * is a 401; an IdP that does not answer is a 401 saying the token cannot be checked now.
+ * requests with one token share one call. `active: false` (or a token the IdP does not know,
+ * or a 400 whose OAuth error is about the token) is a 401; an IdP that does not answer, fails
+ * or refuses the gateway's client is a 503 saying the token cannot be checked now.
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256 } from '../auth-common.js';
@@ -17,6 +18,12 @@ const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, c
 const unavailable = (detail: string): AuthOutcome => ({ ok: false, missing: false, status: 503, challenge: REALM, detail });
 /** Tolerance for an `nbf` a little ahead of this clock. */
 const NBF_SKEW_MS = 30_000;
+/**
+ * OAuth errors of a 400 from the introspection endpoint that are the token's fault (oidc-provider
+ * answers unsupported_token_type for a JWT): refused like an inactive token. Anything else
+ * (invalid_client, 5xx...) is the gateway's or the IdP's problem: 503.
+ */
+const TOKEN_ERRORS = new Set(['invalid_token', 'unsupported_token_type', 'invalid_request']);
 
 /** RFC 6749 §2.3.1: client id and secret are form-encoded before they go into Basic. */
 const formEncode = (s: string) => encodeURIComponent(s).replace(/%20/g, '+');
@@ -59,11 +66,14 @@ export default definePlugin({
         return { outcome: unavailable('the token cannot be checked now (the identity provider does not answer)'), until: 0 };
       }
       const body = res.json as Record<string, unknown> | null;
+      const now = Date.now();
+      if (res.status === 400 && body !== null && typeof body === 'object' && TOKEN_ERRORS.has(body['error'] as string)) {
+        return { outcome: invalid(`the token is not valid (the identity provider answered ${body['error'] as string})`), until: now + negativeTtl };
+      }
       if (res.status !== 200 || body === null || typeof body !== 'object') {
         deps.log.warn({ url: config.introspection_url, status: res.status }, 'token introspection refused');
         return { outcome: unavailable('the token cannot be checked now (the identity provider refused the introspection call)'), until: 0 };
       }
-      const now = Date.now();
       if (body['active'] !== true) return { outcome: invalid('the token is not active'), until: now + negativeTtl };
       const exp = typeof body['exp'] === 'number' ? body['exp'] * 1000 : Infinity;
       if (exp <= now) return { outcome: invalid('the token has expired'), until: now + negativeTtl };

@@ -9,6 +9,9 @@ let up: TestUpstream;
 let gw: TestGateway;
 /** An introspection endpoint of our own, for answers oidc-provider never gives (nbf). */
 let ais: TestUpstream;
+/** One whose answer the test sets: a status and JSON body. */
+let ctl: TestUpstream;
+let ctlAnswer: { status: number; body: unknown } = { status: 200, body: {} };
 
 before(async () => {
   idp = await startIdp();
@@ -18,6 +21,9 @@ before(async () => {
     const now = Math.floor(Date.now() / 1000);
     const nbf = token === 'future' ? now + 3600 : now - 10;
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ active: true, client_id: 'svc-a', exp: now + 600, nbf }));
+  });
+  ctl = await startUpstream((_req, res) => {
+    res.writeHead(ctlAnswer.status, { 'content-type': 'application/json' }).end(JSON.stringify(ctlAnswer.body));
   });
   gw = await startGateway(`
 consumers: [{name: svc-a, groups: [apps]}]
@@ -51,6 +57,11 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${idp.introspection.url}, client_id: ${idp.introspection.clientId}, client_secret: ${idp.introspection.clientSecret}, cache_size: 4, cache_ttl: 30s, negative_cache_ttl: 30s}
+      - name: ctl
+        paths: [/ctl]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${ctl.url}/introspect, client_id: gateway, client_secret: s, negative_cache_ttl: 30s, cache_ttl: 30s}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -62,6 +73,7 @@ after(async () => {
   await gw?.close();
   await up?.close();
   await ais?.close();
+  await ctl?.close();
   await idp?.close();
 });
 
@@ -153,4 +165,28 @@ test('a malformed Bearer header is 400 invalid_request without a call to the IdP
   assert.equal(r.status, 400, r.body);
   assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"');
   assert.equal(calls(), c0);
+});
+
+
+test('a 400 whose OAuth error is about the token is the token\'s fault: 401 invalid_token, cached like an inactive answer; invalid_client stays 503', async () => {
+  // oidc-provider: 400 unsupported_token_type "Structured JWT Tokens cannot be introspected".
+  const jwt = await idp.jwt({ clientId: 'svc-a' });
+  const c0 = calls();
+  const r = await get('/api/jwt', jwt);
+  assert.equal(r.status, 401, r.body);
+  assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+  assert.equal((await get('/api/jwt', jwt)).status, 401);
+  assert.equal(calls() - c0, 1, 'cached for negative_cache_ttl');
+  for (const error of ['invalid_token', 'invalid_request', 'unsupported_token_type']) {
+    ctlAnswer = { status: 400, body: { error } };
+    const x = await get('/ctl', `bad-${error}`);
+    assert.equal(x.status, 401, `${error}: ${x.body}`);
+    assert.match(String(x.headers['www-authenticate']), /error="invalid_token"/);
+  }
+  for (const [status, error] of [[400, 'invalid_client'], [401, 'invalid_client'], [403, 'access_denied'], [400, 'unauthorized_client']] as const) {
+    ctlAnswer = { status, body: { error } };
+    const x = await get('/ctl', `client-${status}-${error}`);
+    assert.equal(x.status, 503, `${status} ${error}: ${x.body}`);
+    assert.doesNotMatch(String(x.headers['www-authenticate'] ?? ''), /invalid_token/);
+  }
 });
