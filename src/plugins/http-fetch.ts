@@ -9,6 +9,7 @@ export interface FetchJsonOptions {
   maxBytes?: number;
 }
 
+/** Throws on no answer (refused, reset, timeout); an answer too large or not JSON throws an Error with its `status`. */
 export async function fetchJson(url: string, o: FetchJsonOptions = {}): Promise<{ status: number; json: unknown }> {
   const timeout = o.timeoutMs ?? 5000;
   const res = await request(url, {
@@ -26,7 +27,7 @@ export async function fetchJson(url: string, o: FetchJsonOptions = {}): Promise<
     size += (c as Buffer).length;
     if (size > max) {
       res.body.destroy();
-      throw new Error(`response from ${new URL(url).origin} is larger than ${max} bytes`);
+      throw Object.assign(new Error(`response from ${new URL(url).origin} is larger than ${max} bytes`), { status: res.statusCode });
     }
     chunks.push(c as Buffer);
   }
@@ -35,7 +36,7 @@ export async function fetchJson(url: string, o: FetchJsonOptions = {}): Promise<
   try {
     json = text ? JSON.parse(text) : null;
   } catch {
-    throw new Error(`response from ${new URL(url).origin} is not JSON (status ${res.statusCode})`);
+    throw Object.assign(new Error(`response from ${new URL(url).origin} is not JSON (status ${res.statusCode})`), { status: res.statusCode });
   }
   return { status: res.statusCode, json };
 }

@@ -4,7 +4,9 @@
  * active ones until min(cache_ttl, exp), inactive ones for negative_cache_ttl; concurrent
  * requests with one token share one call. `active: false` (or a token the IdP does not know,
  * or a 400 whose OAuth error is about the token) is a 401; an IdP that does not answer, fails
- * or refuses the gateway's client is a 503 saying the token cannot be checked now.
+ * or refuses the gateway's client is a 503 saying the token cannot be checked now: reused for
+ * that token for FAILURE_BACKOFF_MS, and after PAUSE_AFTER calls in a row that got no answer
+ * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256 } from '../auth-common.js';
@@ -18,6 +20,17 @@ const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, c
 const unavailable = (detail: string): AuthOutcome => ({ ok: false, missing: false, status: 503, challenge: REALM, detail });
 /** Tolerance for an `nbf` a little ahead of this clock. */
 const NBF_SKEW_MS = 30_000;
+/** A failed call's 503 is reused for that token this long before the IdP is asked again. */
+const FAILURE_BACKOFF_MS = 1000;
+/**
+ * After this many calls in a row without an answer (refused, reset, timed out), none is made for
+ * PAUSE_MS, doubled per further one up to PAUSE_MAX_MS. Only those: an answer, even a 500, may
+ * be about one token, and a caller must not be able to pause everyone's checks with a few.
+ */
+const PAUSE_AFTER = 3;
+const PAUSE_MS = 1000;
+const PAUSE_MAX_MS = 5000;
+const PAUSED = unavailable('the token cannot be checked now (the identity provider does not answer)');
 /**
  * OAuth errors of a 400 from the introspection endpoint that are the token's fault (oidc-provider
  * answers unsupported_token_type for a JWT): refused like an inactive token. Anything else
@@ -45,6 +58,10 @@ export default definePlugin({
     const inflight = new Map<string, Promise<AuthOutcome>>();
     const claimName = config.consumer_claim ?? 'client_id';
     const wantScopes = config.scopes ?? [];
+    /** Calls in a row that got no answer, and until when no call is made after PAUSE_AFTER of them. */
+    let unanswered = 0;
+    let pausedUntil = 0;
+    const failed = (detail: string): { outcome: AuthOutcome; until: number } => ({ outcome: unavailable(detail), until: Date.now() + FAILURE_BACKOFF_MS });
     const basic = `Basic ${Buffer.from(`${formEncode(config.client_id)}:${formEncode(config.client_secret)}`).toString('base64')}`;
 
     const introspect = async (token: string): Promise<{ outcome: AuthOutcome; until: number }> => {
@@ -63,8 +80,11 @@ export default definePlugin({
         });
       } catch (err) {
         deps.log.warn({ url: config.introspection_url, err: (err as Error).message }, 'token introspection failed');
-        return { outcome: unavailable('the token cannot be checked now (the identity provider does not answer)'), until: 0 };
+        if ((err as { status?: number }).status !== undefined) unanswered = 0; // an answer, but not JSON
+        else if (++unanswered >= PAUSE_AFTER) pausedUntil = Date.now() + Math.min(PAUSE_MS * 2 ** (unanswered - PAUSE_AFTER), PAUSE_MAX_MS);
+        return failed('the token cannot be checked now (the identity provider does not answer)');
       }
+      unanswered = 0;
       const body = res.json as Record<string, unknown> | null;
       const now = Date.now();
       if (res.status === 400 && body !== null && typeof body === 'object' && TOKEN_ERRORS.has(body['error'] as string)) {
@@ -72,7 +92,7 @@ export default definePlugin({
       }
       if (res.status !== 200 || body === null || typeof body !== 'object') {
         deps.log.warn({ url: config.introspection_url, status: res.status }, 'token introspection refused');
-        return { outcome: unavailable('the token cannot be checked now (the identity provider refused the introspection call)'), until: 0 };
+        return failed('the token cannot be checked now (the identity provider refused the introspection call)');
       }
       if (body['active'] !== true) return { outcome: invalid('the token is not active'), until: now + negativeTtl };
       const exp = typeof body['exp'] === 'number' ? body['exp'] * 1000 : Infinity;
@@ -108,6 +128,8 @@ export default definePlugin({
         if (outcome === undefined) {
           let p = inflight.get(key);
           if (p === undefined) {
+            // PAUSE_AFTER calls in a row got no answer: none is made until the pause ends.
+            if (pausedUntil > Date.now()) return PAUSED;
             p = introspect(token).then(({ outcome, until }) => {
               (outcome.ok ? cache : refused).set(key, outcome, until);
               return outcome;

@@ -9,9 +9,9 @@ let up: TestUpstream;
 let gw: TestGateway;
 /** An introspection endpoint of our own, for answers oidc-provider never gives (nbf). */
 let ais: TestUpstream;
-/** One whose answer the test sets: a status and JSON body. */
+/** One whose answer the test sets: a status and JSON body, or 'reset' (the connection is cut, no answer). */
 let ctl: TestUpstream;
-let ctlAnswer: { status: number; body: unknown } = { status: 200, body: {} };
+let ctlAnswer: { status: number; body: unknown } | 'reset' = { status: 200, body: {} };
 
 before(async () => {
   idp = await startIdp();
@@ -22,8 +22,9 @@ before(async () => {
     const nbf = token === 'future' ? now + 3600 : now - 10;
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ active: true, client_id: 'svc-a', exp: now + 600, nbf }));
   });
-  ctl = await startUpstream((_req, res) => {
-    res.writeHead(ctlAnswer.status, { 'content-type': 'application/json' }).end(JSON.stringify(ctlAnswer.body));
+  ctl = await startUpstream((req, res) => {
+    if (ctlAnswer === 'reset') req.socket.destroy();
+    else res.writeHead(ctlAnswer.status, { 'content-type': 'application/json' }).end(JSON.stringify(ctlAnswer.body));
   });
   gw = await startGateway(`
 consumers: [{name: svc-a, groups: [apps]}]
@@ -148,7 +149,9 @@ test('scopes -> 403; client_secret_post works; a gateway client the IdP refuses,
   } finally {
     await idp.up();
   }
-  assert.equal((await get('/api/up', fresh)).status, 200, 'a failed call is not cached');
+  assert.equal((await get('/api/up', fresh)).status, 503, 'a failed call is reused for that token for 1 s');
+  await sleep(1100);
+  assert.equal((await get('/api/up', fresh)).status, 200, 'and then asked again');
 });
 
 test('an active token whose nbf is ahead is not valid yet (RFC 7662 §2.2); one past its nbf passes', async () => {
@@ -167,6 +170,41 @@ test('a malformed Bearer header is 400 invalid_request without a call to the IdP
   assert.equal(calls(), c0);
 });
 
+const ctlCalls = () => ctl.requests.length;
+const activeAnswer = () => ({ status: 200, body: { active: true, client_id: 'svc-a', exp: Math.floor(Date.now() / 1000) + 600 } });
+
+test('an introspection endpoint that fails: 503 with Retry-After; one token is not sent again for 1 s', async () => {
+  ctlAnswer = { status: 500, body: { error: 'server_error' } };
+  const c0 = ctlCalls();
+  for (let i = 0; i < 20; i++) {
+    const r = await get('/ctl', 'failing-token');
+    assert.equal(r.status, 503, r.body);
+    assert.equal(r.headers['retry-after'], '5');
+    assert.match(r.body, /auth-unavailable/);
+  }
+  assert.equal(ctlCalls() - c0, 1, 'one call for 20 requests');
+  ctlAnswer = activeAnswer();
+  await sleep(1100);
+  assert.equal((await get('/ctl', 'failing-token')).status, 200);
+  assert.equal(ctlCalls() - c0, 2);
+});
+
+test('an introspection endpoint that does not answer three times in a row: no call for a while (1 s, doubling up to 5 s), 503 meanwhile', async () => {
+  ctlAnswer = 'reset';
+  const c0 = ctlCalls();
+  for (let i = 0; i < 8; i++) {
+    const r = await get('/ctl', `unanswered-${i}`);
+    assert.equal(r.status, 503, r.body);
+    assert.equal(r.headers['retry-after'], '5');
+  }
+  assert.equal(ctlCalls() - c0, 3, 'calls stop after three without an answer');
+  ctlAnswer = activeAnswer();
+  assert.equal((await get('/ctl', 'unanswered-new')).status, 503, 'still pausing');
+  assert.equal(ctlCalls() - c0, 3);
+  await sleep(1100);
+  assert.equal((await get('/ctl', 'unanswered-new')).status, 200, 'after the pause: asked again');
+  assert.equal(ctlCalls() - c0, 4);
+});
 
 test('a 400 whose OAuth error is about the token is the token\'s fault: 401 invalid_token, cached like an inactive answer; invalid_client stays 503', async () => {
   // oidc-provider: 400 unsupported_token_type "Structured JWT Tokens cannot be introspected".
