@@ -1,10 +1,10 @@
 /** HTTP/2 downstream (h2c prior knowledge) to HTTP/1.1 and h2c upstreams; server-sent events flushed as sent. */
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect as h2connect, createServer as createH2Server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders } from 'node:http2';
+import { connect as h2connect, constants as h2constants, createServer as createH2Server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { request as httpRequest } from 'node:http';
-import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { rawRequest, request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
 interface H2Response { status: number; headers: IncomingHttpHeaders; body: string; trailers: IncomingHttpHeaders | null }
 
@@ -240,5 +240,87 @@ test('CONNECT over HTTP/2 is a 405 problem+json with Allow, as over HTTP/1.1', a
     assert.match(String(r.headers['allow']), /GET/);
   } finally {
     session.close();
+  }
+});
+
+/** An h2c upstream built on node:http2's server API: the stream handler decides per path. */
+async function h2Upstream(onStream: (stream: ServerHttp2Stream, path: string) => void): Promise<{ url: string; paths: string[]; close(): Promise<void> }> {
+  const server = createH2Server();
+  const paths: string[] = [];
+  server.on('stream', (stream, headers) => {
+    stream.on('error', () => {});
+    const path = String(headers[':path']);
+    paths.push(path);
+    onStream(stream, path);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    paths,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+/** Everything an HTTP/2 stream gets: status, body, and whether it ended cleanly or was reset (rstCode). */
+function h2outcome(session: ClientHttp2Session, path: string): Promise<{ status: number; body: string; ended: boolean; rstCode: number | undefined; headers: IncomingHttpHeaders; informational: IncomingHttpHeaders[] }> {
+  return new Promise((resolve) => {
+    const s = session.request({ ':path': path, ':authority': 'api.test' });
+    let status = 0;
+    let body = '';
+    let ended = false;
+    let headers: IncomingHttpHeaders = {};
+    const informational: IncomingHttpHeaders[] = [];
+    s.setEncoding('latin1');
+    s.on('headers', (h) => informational.push(h));
+    s.on('response', (h) => { status = Number(h[':status']); headers = h; });
+    s.on('data', (d: string) => (body += d));
+    s.on('end', () => { ended = s.rstCode === undefined || s.rstCode === h2constants.NGHTTP2_NO_ERROR; });
+    s.on('error', () => {});
+    s.on('close', () => resolve({ status, body, ended, rstCode: s.rstCode, headers, informational }));
+  });
+}
+
+test('an HTTP/2 upstream that resets a stream (CANCEL or NO_ERROR) short of its Content-Length: the client sees a broken answer, never a complete one, and nothing is cached', async () => {
+  const PART = '{"items":[1,2,3';
+  const up = await h2Upstream((stream, path) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/json', 'content-length': '27', 'cache-control': 'public, max-age=60' });
+    // The reset right behind the DATA frame (as one read): Node ends the upstream stream as if
+    // it were complete (a reset that comes later errors it).
+    stream.write(PART);
+    stream.close(path.includes('noerror') ? h2constants.NGHTTP2_NO_ERROR : h2constants.NGHTTP2_CANCEL);
+  });
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: cut
+    url: ${up.url}
+    protocol: h2c
+    retries: 0
+    routes:
+      - {name: plain, paths: [/p]}
+      - name: cached
+        paths: [/c]
+        plugins: [{name: cache, config: {ttl: 60s}}]
+`);
+  const session = h2connect(g.url);
+  try {
+    for (const path of ['/p/cancel', '/p/noerror', '/c/cancel', '/c/noerror']) {
+      // HTTP/2 client: the stream is reset, not ended (or, when the cache held the answer and
+      // nothing was sent yet, a 502).
+      const r = await h2outcome(session, path);
+      if (r.status !== 502) assert.equal(r.ended, false, `${path}: the truncated body ended as complete (${JSON.stringify(r)})`);
+      // HTTP/1.1 client: the connection is cut, never kept alive after a short body (desync).
+      const raw = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 700);
+      if (!raw.text.startsWith('HTTP/1.1 502 ')) {
+        assert.ok(raw.closed, `${path}: the connection was kept alive after a body short of its Content-Length: ${JSON.stringify(raw.text)}`);
+      }
+      assert.doesNotMatch(raw.text, /x-cache-status: HIT/i, path);
+    }
+    // Nothing was stored: every request reached the upstream.
+    assert.equal(up.paths.length, 8);
+  } finally {
+    session.close();
+    await g.close();
+    await up.close();
   }
 });

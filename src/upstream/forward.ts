@@ -211,6 +211,14 @@ export class ForwardHandler {
   private encoding: Transform | null = null;
   /** The final response's status (0 before it came). */
   private status = 0;
+  /**
+   * The upstream's Content-Length for the body it sends (-1: none, or no body by its status),
+   * and the body bytes it sent: a body that ends short is broken, not complete. undici checks
+   * this for HTTP/1.1 itself; over HTTP/2, Node ends a stream reset with NO_ERROR or CANCEL as
+   * if it were complete, and undici reports it complete.
+   */
+  private declared = -1;
+  private received = 0;
   /** gRPC: when the call's grpc-timeout runs out (0: none), and its timer once the response started. */
   private grpcDeadline = 0;
   private callTimer: NodeJS.Timeout | undefined;
@@ -693,9 +701,13 @@ export class ForwardHandler {
           // Only chunked is decoded (by undici); any other coding would reach the client undeclared.
           if (value.trim().toLowerCase() !== 'chunked') return this.invalidResponse(`Transfer-Encoding ${value}`);
           continue;
-        // No Content-Length on a 204 (RFC 9110 §8.6); a 304's is the selected representation's and stays.
+        // No Content-Length on a 204 (RFC 9110 §8.6); a 304's is the selected representation's
+        // and stays (as a HEAD answer's: neither is the length of a body that follows).
         case 'content-length':
-          if (statusCode !== 204) out.push(name, value);
+          if (statusCode !== 204) {
+            out.push(name, value);
+            if (statusCode !== 304) this.declared = Number(value);
+          }
           continue;
         case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade':
         case 'http2-settings': case 'x-request-id':
@@ -893,6 +905,7 @@ export class ForwardHandler {
 
   onData(chunk: Buffer): boolean {
     if (this.finished) return false;
+    this.received += chunk.length;
     this.readTimer?.refresh();
     const pl = this.f.plugins;
     if (pl !== null && pl.chain.responseBody.length) {
@@ -959,6 +972,12 @@ export class ForwardHandler {
 
   onComplete(trailers: Buffer[] | string[] | Record<string, string | string[] | undefined> | null): void {
     if (this.finished) return;
+    // A body shorter (or longer) than its Content-Length is broken, whatever ended it (an HTTP/2
+    // RST_STREAM NO_ERROR or CANCEL mid-body): failed as undici fails it over HTTP/1.1 — the
+    // client's connection cut or stream reset, nothing cached, the target charged.
+    if (this.declared >= 0 && this.received !== this.declared && this.f.method !== 'HEAD') {
+      return this.onError(new errors.ResponseContentLengthMismatchError());
+    }
     this.finished = true;
     const res = this.f.res;
     const passive = this.f.service.health.passive;
@@ -1124,6 +1143,8 @@ function describeUpstreamError(code: string, err: Error, service: CompiledServic
       return ['bad-gateway', `service "${service.name}" is unreachable (${code})`];
     case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
       return ['bad-request', 'the request body does not match its Content-Length'];
+    case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
+      return ['bad-gateway', `service "${service.name}" sent a body that does not match its Content-Length`];
     default:
       if (code.startsWith('HPE_') || err.name === 'HTTPParserError') {
         return ['bad-gateway', `service "${service.name}" sent an invalid HTTP response`];
