@@ -2,7 +2,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as h2connect, constants as h2constants, createServer as createH2Server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { request as httpRequest } from 'node:http';
 import { rawRequest, request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
@@ -318,6 +318,77 @@ services:
     }
     // Nothing was stored: every request reached the upstream.
     assert.equal(up.paths.length, 8);
+  } finally {
+    session.close();
+    await g.close();
+    await up.close();
+  }
+});
+
+/** An HTTP/2 frame, and HPACK literal fields (no indexing, no Huffman): enough for a hand-written upstream. */
+function h2frame(type: number, flags: number, sid: number, payload = Buffer.alloc(0)): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(sid, 5);
+  return Buffer.concat([h, payload]);
+}
+const hpackLiteral = (k: string, v: string) => Buffer.concat([Buffer.from([0, k.length]), Buffer.from(k, 'latin1'), Buffer.from([v.length]), Buffer.from(v, 'latin1')]);
+const h2headers = (sid: number, list: [string, string][], end = false) => h2frame(1, 0x4 | (end ? 1 : 0), sid, Buffer.concat(list.map(([k, v]) => hpackLiteral(k, v))));
+const h2data = (sid: number, text: string, end = false) => h2frame(0, end ? 1 : 0, sid, Buffer.from(text));
+
+/** A raw h2c upstream (frames written by hand, for what node:http2 refuses to send): answers every stream with `answer(sid)`. */
+async function rawH2Upstream(answer: (sid: number) => Buffer[]): Promise<{ url: string; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server = createNetServer((s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.on('close', () => sockets.delete(s));
+    s.write(h2frame(4, 0, 0));
+    let buf = Buffer.alloc(0);
+    let preface = false;
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (!preface) {
+        if (buf.length < 24) return;
+        buf = buf.subarray(24);
+        preface = true;
+      }
+      while (buf.length >= 9) {
+        const len = buf.readUIntBE(0, 3);
+        if (buf.length < 9 + len) break;
+        const type = buf[3]!, flags = buf[4]!, sid = buf.readUInt32BE(5) & 0x7fffffff;
+        buf = buf.subarray(9 + len);
+        if (type === 4 && !(flags & 1)) s.write(h2frame(4, 1, 0));
+        else if (type === 1) for (const f of answer(sid)) s.write(f);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () => new Promise<void>((r) => { for (const s of sockets) s.destroy(); server.close(() => r()); }),
+  };
+}
+
+test('an HTTP/2 upstream :status below 100 (099) is a 502 invalid-upstream-response, not an interim answer followed by an implicit 200', async () => {
+  const up = await rawH2Upstream((sid) => [h2headers(sid, [[':status', '099'], ['content-length', '5'], ['x-up', '1']]), h2data(sid, 'hello', true)]);
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: low, url: '${up.url}', protocol: h2c, retries: 0, routes: [{paths: [/low]}]}
+`);
+  const session = h2connect(g.url);
+  try {
+    const h1 = await request(`${g.url}/low`);
+    assert.equal(h1.status, 502, h1.body);
+    assert.equal(h1.headers['content-type'], 'application/problem+json');
+    assert.match(JSON.parse(h1.body).type, /invalid-upstream-response/);
+    assert.match(JSON.parse(h1.body).detail, /status 99/);
+    const h2 = await h2outcome(session, '/low');
+    assert.equal(h2.status, 502, h2.body);
+    assert.doesNotMatch(h2.body, /hello/);
   } finally {
     session.close();
     await g.close();

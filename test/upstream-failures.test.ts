@@ -107,6 +107,7 @@ const SCRIPTS: Record<string, (s: Socket) => 'keep' | 'done'> = {
   '/trailer-cl': (s) => (s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTrailer: X-T\r\n\r\nhello'), 'keep'),
   '/trailer-chunked': (s) => (s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n'), 'keep'),
   '/status-999': (s) => (s.write('HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok'), 'keep'),
+  '/status-099': (s) => (s.write('HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nok'), 'keep'),
   '/te-gzip': (s) => {
     s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc');
     later(50, () => s.end());
@@ -395,6 +396,13 @@ test('a status outside 100-599, or a transfer coding other than chunked: 502, ne
     assert.equal(res.status, 502, `${path}: ${body}`);
     assertProblem(502, 'invalid-upstream-response', res.headers, body, what);
   }
+});
+
+test('a status below 100 (099) is a 502 invalid-upstream-response that names it', { timeout: 10_000 }, async () => {
+  const res = await get('/u/status-099');
+  const body = await res.text();
+  assert.equal(res.status, 502, body);
+  assertProblem(502, 'invalid-upstream-response', res.headers, body, /status 99/);
 });
 
 test('a Trailer field the answer cannot honour (a Content-Length, an HTTP/1.0 client) is dropped, the answer forwarded', { timeout: 10_000 }, async () => {

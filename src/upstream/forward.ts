@@ -635,6 +635,8 @@ export class ForwardHandler {
     const res = this.f.res;
     if (this.finished) return false;
     if (statusCode < 200) {
+      // Below 100 a status is not HTTP (RFC 9110 §15): not an interim answer, an invalid one.
+      if (!(statusCode >= 100)) return this.invalidResponse(`status ${statusCode}`);
       // 100 never reaches here (undici refuses it); forward 102/103 and friends.
       // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
       if (this.f.req.httpVersionMajor === 1 && this.f.req.httpVersionMinor === 0) return true;
@@ -654,7 +656,7 @@ export class ForwardHandler {
     clearTimeout(this.responseTimer);
     this.responseTimer = undefined;
     // Outside 100-599 a status is not HTTP (RFC 9110 §15): the upstream's answer is invalid.
-    if (statusCode > 599) return this.invalidResponse(`status ${statusCode}`);
+    if (!(statusCode <= 599)) return this.invalidResponse(`status ${statusCode}`);
     const svc = this.f.service;
     const t = this.target;
     if (t !== null) {
