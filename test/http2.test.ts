@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { connect as h2connect, constants as h2constants, createServer as createH2Server, type ClientHttp2Session, type Http2Server, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { request as httpRequest } from 'node:http';
-import { rawRequest, request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { rawRequest, request, startGateway, startRawOrigin, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
 interface H2Response { status: number; headers: IncomingHttpHeaders; body: string; trailers: IncomingHttpHeaders | null }
 
@@ -393,5 +393,38 @@ services:
     session.close();
     await g.close();
     await up.close();
+  }
+});
+
+test('103 Early Hints: only the Link fields are relayed (to HTTP/1.1 and HTTP/2 clients), and the final answer follows intact', async () => {
+  const HINTS = 'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nLink: </b.css>; rel=preload\r\n' +
+    'Set-Cookie: tp_console=attacker; Path=/\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Request-Id: spoof\r\nVia: 1.1 internal-host\r\n' +
+    'Content-Length: 12\r\nConnection: x-secret\r\nX-Secret: 1\r\nLocation: /one\r\nLocation: /two\r\n\r\n';
+  // (one answer per connection: Connection: close)
+  const origin = await startRawOrigin((data) => (data.includes('\r\n\r\n') ? `${HINTS}HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello` : null));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: hints, url: '${origin.url}', routes: [{paths: [/hints]}]}
+`);
+  const session = h2connect(g.url);
+  try {
+    const h1 = await rawRequest(g.port, 'GET /hints HTTP/1.1\r\nHost: x\r\n\r\n', 500);
+    const early = h1.text.slice(0, h1.text.indexOf('\r\n\r\n'));
+    assert.deepEqual(early.split('\r\n'), ['HTTP/1.1 103 Early Hints', 'Link: </a.css>; rel=preload, </b.css>; rel=preload'], JSON.stringify(h1.text));
+    assert.match(h1.text, /\r\n\r\nHTTP\/1\.1 200 OK\r\n[^]*\r\n\r\nhello$/);
+    const h2 = await h2outcome(session, '/hints');
+    assert.equal(h2.status, 200, JSON.stringify(h2));
+    assert.equal(h2.body, 'hello');
+    assert.equal(h2.ended, true);
+    assert.equal(h2.informational.length, 1);
+    const { ':status': st, ...fields } = h2.informational[0]!;
+    assert.equal(st, 103);
+    assert.deepEqual(Object.keys(fields), ['link']);
+    assert.match(String(fields.link), /<\/a\.css>; rel=preload.*<\/b\.css>; rel=preload/);
+  } finally {
+    session.close();
+    await g.close();
+    await origin.close();
   }
 });

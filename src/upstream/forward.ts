@@ -640,17 +640,8 @@ export class ForwardHandler {
       // 100 never reaches here (undici refuses it); forward 102/103 and friends.
       // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
       if (this.f.req.httpVersionMajor === 1 && this.f.req.httpVersionMinor === 0) return true;
-      if (statusCode === 103) {
-        const hints: Record<string, string | string[]> = {};
-        for (let i = 0; i < rawHeaders.length; i += 2) {
-          const k = latin1(rawHeaders[i]!).toLowerCase();
-          if (HOP_BY_HOP.has(k)) continue;
-          const v = latin1(rawHeaders[i + 1]!);
-          const prev = hints[k];
-          hints[k] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
-        }
-        if (hints['link']) res.writeEarlyHints(hints as { link: string | string[] });
-      } else if (statusCode === 102 && typeof res.writeProcessing === 'function') res.writeProcessing(); // (not in HTTP/2's API)
+      if (statusCode === 103) this.earlyHints(rawHeaders);
+      else if (statusCode === 102 && typeof res.writeProcessing === 'function') res.writeProcessing(); // (not in HTTP/2's API)
       return true;
     }
     clearTimeout(this.responseTimer);
@@ -815,6 +806,27 @@ export class ForwardHandler {
       return true;
     }
     return this.writeHead(statusCode, out);
+  }
+
+  /**
+   * A 103 Early Hints: only its Link fields go on (as nginx's early_hints and Envoy pass them),
+   * each value its own list member. None of the final answer's filtering (cookies, the
+   * gateway's own fields, framing, Connection-named fields) applies to a 1xx, and fields such as
+   * Content-Length or a repeated Location make an HTTP/2 client reset the stream or Node refuse
+   * it: nothing else of a hint is worth that.
+   */
+  private earlyHints(rawHeaders: Buffer[]): void {
+    let links: string[] | null = null;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const k = rawHeaders[i]!;
+      if (k.length === 4 && latin1(k).toLowerCase() === 'link') (links ??= []).push(latin1(rawHeaders[i + 1]!));
+    }
+    if (links === null) return;
+    try {
+      this.f.res.writeEarlyHints({ link: links });
+    } catch {
+      /* a Link value Node refuses to send: the hints are advisory, the answer goes on without them */
+    }
   }
 
   /** An upstream answer that cannot be forwarded as it is: 502, the target charged, the exchange stopped. */
