@@ -108,6 +108,9 @@ const SCRIPTS: Record<string, (s: Socket) => 'keep' | 'done'> = {
   '/trailer-chunked': (s) => (s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n'), 'keep'),
   '/status-999': (s) => (s.write('HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\nok'), 'keep'),
   '/status-099': (s) => (s.write('HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nok'), 'keep'),
+  // chunked applied twice (RFC 9112 §6.1 forbids it): two fields, or one listing it twice.
+  '/te-twice': (s) => (s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'), 'keep'),
+  '/te-list-twice': (s) => (s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n'), 'keep'),
   '/te-gzip': (s) => {
     s.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc');
     later(50, () => s.end());
@@ -403,6 +406,15 @@ test('a status below 100 (099) is a 502 invalid-upstream-response that names it'
   const body = await res.text();
   assert.equal(res.status, 502, body);
   assertProblem(502, 'invalid-upstream-response', res.headers, body, /status 99/);
+});
+
+test('chunked applied twice (two Transfer-Encoding fields, or `chunked, chunked`): 502 invalid-upstream-response (RFC 9112 §6.1)', { timeout: 10_000 }, async () => {
+  for (const path of ['/u/te-twice', '/u/te-list-twice']) {
+    const res = await get(path);
+    const body = await res.text();
+    assert.equal(res.status, 502, `${path}: ${body}`);
+    assertProblem(502, 'invalid-upstream-response', res.headers, body, /Transfer-Encoding/);
+  }
 });
 
 test('a Trailer field the answer cannot honour (a Content-Length, an HTTP/1.0 client) is dropped, the answer forwarded', { timeout: 10_000 }, async () => {

@@ -685,14 +685,18 @@ export class ForwardHandler {
     const out: string[] = [];
     let upstreamVia: string | undefined;
     let connection: string | undefined;
+    let chunked = false;
     for (let i = 0; i < rawHeaders.length; i += 2) {
       const name = latin1(rawHeaders[i]!);
       const value = latin1(rawHeaders[i + 1]!);
       switch (name.length < 20 ? name.toLowerCase() : '') {
         case 'connection': connection = connection === undefined ? value : `${connection}, ${value}`; continue;
         case 'transfer-encoding':
-          // Only chunked is decoded (by undici); any other coding would reach the client undeclared.
-          if (value.trim().toLowerCase() !== 'chunked') return this.invalidResponse(`Transfer-Encoding ${value}`);
+          // Only chunked is decoded (by undici), and only once (RFC 9112 §6.1: chunked is never
+          // applied twice, so a second field is no list to accept): any other coding would reach
+          // the client undeclared.
+          if (chunked || value.trim().toLowerCase() !== 'chunked') return this.invalidResponse(`Transfer-Encoding ${value}`);
+          chunked = true;
           continue;
         // No Content-Length on a 204 (RFC 9110 §8.6); a 304's is the selected representation's
         // and stays (as a HEAD answer's: neither is the length of a body that follows).
