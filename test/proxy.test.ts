@@ -25,7 +25,9 @@ before(async () => {
     return 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: X-Secret, close\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\n' +
       'Proxy-Connection: keep-alive\r\nUpgrade: h2c\r\nVia: 1.1 origin\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n' +
       // cookie tossing: the console's / portal's session cookies are the gateway's, never an upstream's
-      'Set-Cookie: tp_console=viewer-session; Path=/console/api\r\nSet-Cookie:  tp_portal =x; Path=/portal/\r\nSet-Cookie: tp_consoles=kept\r\n\r\nok';
+      'Set-Cookie: tp_console=viewer-session; Path=/console/api\r\nSet-Cookie:  tp_portal =x; Path=/portal/\r\nSet-Cookie: tp_consoles=kept\r\n' +
+      // nameless: browsers keep the value alone and send `Cookie: tp_console=AAAA` (RFC 6265bis §5.6)
+      'Set-Cookie: =tp_console=AAAA; Path=/\r\nSet-Cookie: = tp_portal=y\r\n\r\nok';
   });
   gw = await startGateway(`
 limits: {max_uri_length: 1kb, max_header_size: 4kb, max_headers: 30}

@@ -17,8 +17,18 @@ export const HOP_BY_HOP = new Set([
  * so an upstream could otherwise toss a session of its choosing onto the admin's console.
  */
 export function isGatewayCookie(setCookie: string): boolean {
-  const eq = setCookie.indexOf('=');
-  const name = (eq === -1 ? setCookie : setCookie.slice(0, eq)).trim();
+  // The name is what comes before the first '=' of the name-value pair (up to the first ';').
+  let end = setCookie.indexOf(';');
+  if (end === -1) end = setCookie.length;
+  let eq = setCookie.indexOf('=');
+  if (eq > end) eq = -1;
+  let name = setCookie.slice(0, eq === -1 ? end : eq).trim();
+  if (name === '' && eq !== -1) {
+    // A nameless cookie (`=tp_console=x`): browsers store it and send its value alone
+    // (RFC 6265bis §5.6, §5.8.3), which servers read as `tp_console=x`.
+    const eq2 = setCookie.indexOf('=', eq + 1);
+    name = setCookie.slice(eq + 1, eq2 === -1 || eq2 > end ? end : eq2).trim();
+  }
   return name === 'tp_console' || name === 'tp_portal';
 }
 
