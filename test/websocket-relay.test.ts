@@ -319,14 +319,20 @@ test('subprotocols: a 101 picking one the client did not offer, several, or one 
   }
 });
 
-test('upstream refuses with 403: status, end-to-end headers and body relayed with a fresh content-length; body capped at 64 KiB', T, async () => {
+test('upstream refuses with 403: status, end-to-end headers (Via appended) and body relayed whole with a fresh content-length; a body over 64 KiB is a 502, never cut', T, async () => {
   const big = Buffer.alloc(100 * 1024, 'x');
+  const edge = Buffer.alloc(64 * 1024, 'y');
+  const chunked = (b: Buffer) => `${b.length.toString(16)}\r\n${b.toString('latin1')}\r\n`;
   const up = await rawUpgradeUpstream((req) => req.url === '/big'
     ? Buffer.concat([Buffer.from(`HTTP/1.1 403 Forbidden\r\ncontent-length: ${big.length}\r\n\r\n`), big])
-    : 'HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nx-why: nope\r\nkeep-alive: timeout=5\r\nx-request-id: upstream-id\r\n' +
-      'set-cookie: tp_console=tossed; Path=/\r\n' +
-      'transfer-encoding: chunked\r\n\r\n3\r\nden\r\n3\r\nied\r\n0\r\n\r\n');
-  const gw = await gateway(up.url);
+    : req.url === '/big-chunked'
+      ? `HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n${chunked(edge)}${chunked(Buffer.from('z'))}0\r\n\r\n`
+      : req.url === '/edge'
+        ? `HTTP/1.1 403 Forbidden\r\ntransfer-encoding: chunked\r\n\r\n${chunked(edge)}0\r\n\r\n`
+        : 'HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nx-why: nope\r\nkeep-alive: timeout=5\r\nx-request-id: upstream-id\r\n' +
+          'set-cookie: tp_console=tossed; Path=/\r\nvia: 1.1 origin\r\n' +
+          'transfer-encoding: chunked\r\n\r\n3\r\nden\r\n3\r\nied\r\n0\r\n\r\n');
+  const gw = await gateway(up.url, { via: '1.1 turnpike' });
   try {
     const r = await rawExchange(gw.port, handshake());
     assert.equal(r.status, 403);
@@ -335,16 +341,26 @@ test('upstream refuses with 403: status, end-to-end headers and body relayed wit
     assert.equal(r.headers['content-length'], '6');
     assert.equal(r.headers['connection'], 'close');
     assert.equal(r.headers['x-request-id'], 'req-1'); // the gateway's own header wins
+    assert.equal(r.headers['via'], '1.1 origin, 1.1 turnpike');
     assert.equal(r.headers['transfer-encoding'], undefined);
     assert.equal(r.headers['keep-alive'], undefined);
     assert.equal(r.headers['set-cookie'], undefined); // the console's session cookie is the gateway's
     assert.equal(r.body.toString(), 'denied');
 
-    const b = await rawExchange(gw.port, handshake('', 'GET /big HTTP/1.1'));
-    assert.equal(b.status, 403);
-    assert.equal(b.headers['content-length'], String(64 * 1024));
-    assert.equal(b.body.length, 64 * 1024);
-    assert.deepEqual(gw.rejects, [403, 403]);
+    // 64 KiB exactly: relayed whole.
+    const e = await rawExchange(gw.port, handshake('', 'GET /edge HTTP/1.1'));
+    assert.equal(e.status, 403);
+    assert.equal(e.headers['content-length'], String(edge.length));
+    assert.ok(e.body.equals(edge));
+    // Over it (declared, or counted as it comes): a 502 problem, not a cut body labelled complete.
+    for (const path of ['/big', '/big-chunked']) {
+      const b = await rawExchange(gw.port, handshake('', `GET ${path} HTTP/1.1`));
+      assert.equal(b.status, 502, path);
+      assert.equal(b.headers['content-type'], 'application/problem+json', path);
+      assert.equal(b.headers['content-length'], String(b.body.length), path);
+      assert.match(JSON.parse(b.body.toString()).detail, /over 65536 bytes/, path);
+    }
+    assert.deepEqual(gw.rejects, [403, 403, 502, 502]);
     assert.equal(gw.opens, 0);
   } finally {
     await gw.close();

@@ -85,6 +85,7 @@ test('WebSocket echo through the gateway: text and binary, subprotocol, forwardi
     const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat/room/1?x=2`, { protocols: ['chat.v1', 'chat.v2'] });
     assert.equal(ws.protocol, 'chat.v2');
     assert.ok(res.headers['x-request-id']);
+    assert.equal(res.headers.via, '1.1 turnpike'); // (a 101 is a relayed response too: RFC 9110 §7.6.3)
     ws.send('hello');
     assert.deepEqual(await nextMessage(ws).then((m) => [m.data.toString(), m.binary]), ['hello', false]);
     ws.send(Buffer.from([0, 1, 2, 255]));

@@ -753,6 +753,7 @@ function startWebSocket(
     ...(tls ? { tls } : {}),
     requestId,
     responseHeaders: { 'x-request-id': requestId },
+    via: VIA_11,
     onOpen: () => {
       report(true);
       ctx.ws.opened++;

@@ -12,7 +12,8 @@
  *    the upstream 101's end-to-end headers (set-cookie...) and the gateway's response headers.
  *    Any other outcome is written raw on the client socket (connection: close) and reported by
  *    onReject:
- *    the upstream's own non-101 response (hop-by-hop headers dropped, body capped at 64 KiB),
+ *    the upstream's own non-101 response (hop-by-hop headers dropped, Via appended; one with a
+ *    body over 64 KiB is a 502 instead: it is read whole to be relayed with a Content-Length),
  *    502 (refused, unreachable, reset, bad handshake), 504 (handshake timeout), 503 (gateway
  *    shutting down); 499 when the client went away first (nothing written then).
  *  - Relay. Two legs, `down` (client) and `up` (upstream). Messages are relayed whole (ws
@@ -52,6 +53,8 @@ export interface WsRelayOptions {
   requestId: string;
   /** Response headers the gateway adds to the 101 (e.g. x-request-id), and to the rejections. */
   responseHeaders?: Record<string, string>;
+  /** The gateway's Via entry (e.g. `1.1 turnpike`), appended to the upstream's on the responses relayed from it (101 or not). */
+  via?: string;
   onOpen?: () => void;
   /** Called once both legs are closed. durationMs counts from the 101. */
   onClose?: (stats: WsStats) => void;
@@ -64,7 +67,7 @@ export interface WsRelayOptions {
 
 const HIGH_WATER = 1024 * 1024;   // send-buffer size that pauses the other leg
 const CLOSE_GRACE_MS = 5000;      // close handshake budget before terminate()
-const BODY_CAP = 64 * 1024;       // relayed body of a refused upstream handshake
+const BODY_CAP = 64 * 1024;       // largest relayed body of a refused upstream handshake (past it: 502)
 const CLIENT_GONE = 499;
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
 const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
@@ -142,7 +145,7 @@ function problem(o: WsRelayOptions, code: ProblemCode, detail: string, extra: [s
  * The end-to-end fields of an upstream response (raw, names as sent), minus those the gateway
  * sets itself, and minus sec-websocket-* for a 101 (ws writes the client's own).
  */
-function endToEnd(raw: string[], own: [string, string][], is101: boolean): [string, string][] {
+function endToEnd(raw: string[], own: [string, string][], is101: boolean, via: string | undefined): [string, string][] {
   const skip = new Set(own.map(([k]) => k.toLowerCase()));
   // Fields the upstream's Connection names are connection-specific too (RFC 9110 §7.6.1).
   for (let i = 0; i + 1 < raw.length; i += 2) {
@@ -150,12 +153,15 @@ function endToEnd(raw: string[], own: [string, string][], is101: boolean): [stri
     for (const t of connectionTokens(raw[i + 1]!) ?? []) if (t !== 'upgrade') skip.add(t);
   }
   const out: [string, string][] = [];
+  let upstreamVia = '';
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
     if (HOP_BY_HOP.has(k) || skip.has(k) || (is101 && k.startsWith('sec-websocket-'))) continue;
     if (k === 'set-cookie' && isGatewayCookie(raw[i + 1]!)) continue;
+    if (k === 'via' && via !== undefined) { upstreamVia += `${raw[i + 1]!}, `; continue; }
     out.push([raw[i]!, raw[i + 1]!]);
   }
+  if (via !== undefined) out.push(['via', upstreamVia + via]);
   return out;
 }
 
@@ -242,21 +248,24 @@ export function relayWebSocket(o: WsRelayOptions): void {
     }
   });
 
-  // A non-101 answer: relay it (status, end-to-end headers, body up to 64 KiB).
+  // A non-101 answer: relay it whole (status, end-to-end headers, body), read first to give it
+  // a Content-Length; one with a body over 64 KiB is a 502, never a cut body labelled complete.
   up.on('unexpected-response', (_r, res) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const tooBig = (): void => fail('bad-gateway', `the upstream refused the WebSocket handshake with a ${res.statusCode} whose body is over ${BODY_CAP} bytes`);
     const done = (): void => {
       if (!settle()) return;
       const own = gatewayHeaders(o);
       const status = res.statusCode ?? 502;
-      const headers = [...endToEnd(res.rawHeaders, own, false), ...own];
-      writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks).subarray(0, BODY_CAP));
+      const headers = [...endToEnd(res.rawHeaders, own, false, o.via), ...own];
+      writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks, size));
       up.terminate();
       o.onReject?.(status);
     };
     res.on('error', noop);
-    res.on('data', (c: Buffer) => { chunks.push(c); size += c.length; if (size >= BODY_CAP) done(); });
+    if (Number(res.headers['content-length']) > BODY_CAP) { tooBig(); return; }
+    res.on('data', (c: Buffer) => { size += c.length; if (size > BODY_CAP) tooBig(); else chunks.push(c); });
     res.on('end', done);
     res.on('close', () => { if (!res.complete) fail('bad-gateway', 'the upstream cut its handshake response short'); });
   });
@@ -277,7 +286,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
     if (!settle()) { up.terminate(); return; }
     if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE); return; }
     const own = gatewayHeaders(o);
-    const headers = [...endToEnd(upHeaders, own, true), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
+    const headers = [...endToEnd(upHeaders, own, true, o.via), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
     accepted.set(req, { protocol: chosen, headers });
     // ws destroys a socket it finds closed without calling back: catch that here.
     const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE); };
