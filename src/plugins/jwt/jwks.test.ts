@@ -129,6 +129,27 @@ test('a key the IdP stops publishing passes no token any more, also none verifie
   }
 });
 
+test('an empty key set from the IdP (a glitch) keeps the keys in hand: their tokens pass, a new kid is 503 until the IdP publishes keys again', async () => {
+  const k1 = await newKey('k1');
+  const idp = await startJwks([k1]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api], jwks_cooldown: 100ms, jwks_refresh: 1h, cache: false}`, async (get) => {
+      const token = await sign(k1);
+      assert.equal((await get(token)).status, 200);
+      idp.state.keys = [];
+      await sleep(150);
+      assert.equal((await get(await sign(k1, { kid: 'k9' }))).status, 503, 'the set could not be refreshed: an unknown kid cannot be judged');
+      assert.equal((await get(token)).status, 200, 'the key in hand still verifies');
+      idp.state.keys = [k1];
+      await sleep(150);
+      assert.equal((await get(await sign(k1, { kid: 'k9' }))).status, 401, 'the IdP answered: the kid is not its');
+      assert.equal((await get(token)).status, 200);
+    });
+  } finally {
+    await idp.close();
+  }
+});
+
 test('a token without kid is checked against each published key of its type (rotation publishes two)', async () => {
   const k1 = await newKey('k1');
   const k2 = await newKey('k2');

@@ -81,6 +81,9 @@ export class KeySource {
         const { status, json } = await fetchJson(this.jwksUrl, { timeoutMs: this.o.timeoutMs });
         const keys = (json as { keys?: unknown } | null)?.keys;
         if (status !== 200 || !Array.isArray(keys)) throw new Error(`JWKS ${this.jwksUrl} answered ${status} without a key set`);
+        // An IdP glitch, not a rotation (a rotation publishes the new key first): the keys in
+        // hand stay rather than every token being refused until the next fetch.
+        if (keys.length === 0 && this.local !== null) throw new Error(`JWKS ${this.jwksUrl} answered an empty key set (the keys in hand are kept)`);
         this.local = createLocalJWKSet(json as JSONWebKeySet);
         const published = new Set(keys.map((k) => JSON.stringify(k)));
         for (const k of this.published) {
