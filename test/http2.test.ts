@@ -280,6 +280,33 @@ function h2outcome(session: ClientHttp2Session, path: string): Promise<{ status:
   });
 }
 
+test('a composition step whose HTTP/2 upstream resets short of its Content-Length fails the step (a prefix that parses is not the answer)', async () => {
+  const up = await h2Upstream((stream) => {
+    stream.respond({ ':status': 200, 'content-type': 'application/json', 'content-length': '27' });
+    stream.write('{"a":1}'); // (valid JSON on its own: the rest of the 27 bytes never comes)
+    stream.close(h2constants.NGHTTP2_CANCEL);
+  });
+  const g = await startGateway(`
+services:
+  - {name: cut, url: "${up.url}", protocol: h2c, retries: 0}
+routes:
+  - name: composed
+    paths: [/compose]
+    methods: [GET]
+    compose:
+      steps:
+        - {name: part, service: cut, path: /x}
+`);
+  try {
+    const r = await request(`${g.url}/compose`);
+    assert.equal(r.status, 502, r.body);
+    assert.match(r.body, /Content-Length/);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('an HTTP/2 upstream that resets a stream (CANCEL or NO_ERROR) short of its Content-Length: the client sees a broken answer, never a complete one, and nothing is cached', async () => {
   const PART = '{"items":[1,2,3';
   const up = await h2Upstream((stream, path) => {

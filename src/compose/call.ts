@@ -208,6 +208,8 @@ class StepExchange implements Dispatcher.DispatchHandler {
   status: number | null = null;
   headers: Record<string, string> = NO_HEADERS;
   size = 0;
+  /** The 2xx body's Content-Length (-1: none, or no body by its status or method). */
+  private declared = -1;
   resolve!: (r: Attempted | null) => void;
   private chunks: Buffer[] = [];
   private abortFn: ((err?: Error) => void) | null = null;
@@ -298,6 +300,7 @@ class StepExchange implements Dispatcher.DispatchHandler {
       return true;
     }
     const declared = Number(h['content-length']);
+    if (h['content-length'] !== undefined && statusCode !== 204 && statusCode !== 304 && this.method !== 'HEAD') this.declared = declared;
     if (Number.isFinite(declared) && declared > this.step.maxBody) {
       return this.cut(fail(statusCode, `response too large (${declared} bytes, over max_body ${this.step.maxBody})`, 'invalid'));
     }
@@ -323,6 +326,11 @@ class StepExchange implements Dispatcher.DispatchHandler {
 
   onComplete(_trailers: unknown): void {
     if (this.settled) return;
+    // A body short of its Content-Length is broken, whatever ended it (Node ends an HTTP/2
+    // stream reset with NO_ERROR or CANCEL as if complete; undici checks HTTP/1.1 itself).
+    if (!this.draining && this.declared >= 0 && this.size !== this.declared) {
+      return this.finish(fail(this.status, `sent ${this.size} of the ${this.declared} bytes its Content-Length announced`, 'reset'));
+    }
     this.finish(this.draining ? fail(this.status, `answered ${this.status}`, 'status') : null);
   }
 
