@@ -337,8 +337,9 @@ test('chunked request bodies are forwarded whole', async () => {
   assert.ok(last().headers['transfer-encoding'] === 'chunked' || last().headers['content-length'] === '11');
 });
 
-test('timeouts: slow headers (slowloris), an idle body, and idle keep-alive connections are cut', async () => {
-  const t = await startGateway(`
+// (with h2c, the plain listener sniffs each connection and hands HTTP/1.1 ones to the HTTP server)
+for (const h2c of [false, true]) test(`timeouts${h2c ? ' (h2c on the plain listener)' : ''}: slow headers (slowloris), an idle body, and idle keep-alive connections are cut`, async () => {
+  const t = await startGateway(`${h2c ? 'http2: {h2c: true}' : ''}
 timeouts: {client_header: 400ms, client_body: 300ms, keepalive: 300ms}
 services:
   - name: echo

@@ -589,6 +589,9 @@ export class Gateway implements RequestContext {
     if (snap.http2.h2c) {
       this.plain = this.createSniffingListener();
       this.proxyAddress = await listen(this.plain, snap.listen);
+      // The HTTP server only gets connections handed over: node starts its connection tracking
+      // (headersTimeout, hence slowloris protection, and closeAllConnections) on 'listening'.
+      this.proxy.emit('listening');
     } else {
       this.proxyAddress = await listen(this.proxy, snap.listen);
     }
