@@ -255,6 +255,60 @@ services: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('a request body the client gives up on is logged once (499, no phantom 400); a parser-rejected request names its client_ip', async () => {
+  const got: Record<string, unknown>[] = [];
+  const sink = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => {
+      got.push(...body.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>));
+      res.end();
+    });
+  });
+  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const gw = await startGateway(`access_log: {destination: http, url: "http://127.0.0.1:${(sink.address() as AddressInfo).port}/logs", batch_lines: 1, flush_interval: 50ms}
+services: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    // half a body, then FIN (the parser sees EOF mid-body) or a reset
+    for (const how of ['end', 'destroy'] as const) {
+      const s = connect(gw.port, '127.0.0.1');
+      s.on('error', () => {});
+      s.write(`POST /gave-up-${how} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf`);
+      await sleep(100);
+      if (how === 'end') s.end(); else s.destroy();
+      await sleep(100);
+      s.destroy();
+    }
+    // a framing error in the body of a request in flight: answered 400, logged once, on its own line
+    const chunked = connect(gw.port, '127.0.0.1');
+    chunked.on('error', () => {});
+    chunked.write('POST /bad-chunk HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
+    await sleep(100);
+    chunked.write('ZZ\r\n');
+    await sleep(100);
+    chunked.destroy();
+    const bad = connect(gw.port, '127.0.0.1');
+    bad.on('error', () => {});
+    bad.write('GET /x HTTP/1.1 HTTP/1.1\r\nHost: x\r\n\r\n');
+    await sleep(100);
+    bad.destroy();
+    assert.equal((await request(`${gw.url}/staying`)).status, 200);
+    await eventually(() => got.some((l) => l.path === '/staying'), 5000);
+    await sleep(200);
+    const lines = got.map((l) => `${String(l.path)} ${String(l.status)}`).sort();
+    assert.deepEqual(lines, ['/bad-chunk 400', '/gave-up-destroy 499', '/gave-up-end 499', '/staying 200', 'null 400'], JSON.stringify(got));
+    assert.equal(got.find((l) => l.path === '/bad-chunk')!.error, 'bad-request');
+    const rejected = got.find((l) => l.path === null)!;
+    assert.equal(rejected.client_ip, '127.0.0.1');
+  } finally {
+    await gw.close();
+    await up.close();
+    await new Promise<void>((r) => sink.close(() => r()));
+  }
+});
+
 test('metrics: limit decisions, circuit and target state, reloads; hostile methods never become label values', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const dead = await freePort();

@@ -67,10 +67,18 @@ export class ProblemError extends Error {
 
 const kAnswered = Symbol('turnpike.answered');
 /** What the gateway answered itself on a response (for the access log and metrics). */
-export interface Answered { code: ProblemCode | null; requestId: string; bytes: number; grpcStatus: number | null }
+export interface Answered {
+  code: ProblemCode | null; requestId: string; bytes: number; grpcStatus: number | null;
+  /** Set when the answer went out on the raw socket, past the response object (a framing error). */
+  status?: number;
+}
 
 export function markAnswered(res: ServerResponse, code: ProblemCode | null, requestId: string | undefined, bytes: number, grpcStatus: number | null = null): void {
   (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered] = { code, requestId: requestId ?? '', bytes, grpcStatus };
+}
+/** The HTTP parser failed on the body of a request in flight, answered on its socket: its own log line says so. */
+export function markRawAnswered(res: ServerResponse, code: ProblemCode, bytes: number): void {
+  (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered] = { code, requestId: '', bytes, grpcStatus: null, status: PROBLEMS[code].status };
 }
 export const answeredBy = (res: ServerResponse): Answered | undefined => (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered];
 

@@ -196,11 +196,11 @@ export class Observer {
   /** The response closed (sent, cut, or never sent: 499). */
   end(ex: Exchange, req: IncomingMessage, res: ServerResponse): void {
     const now = performance.now();
-    const status = ex.status || (res.headersSent ? res.statusCode : 499);
+    const local = answeredBy(res);
+    const status = local?.status ?? (ex.status || (res.headersSent ? res.statusCode : 499));
     const total = now - ex.start;
     const upstream = ex.upstreamHeaders > 0 ? ex.upstreamHeaders - ex.upstreamStart : null;
     const gateway = ex.upstreamStart > 0 ? ex.upstreamStart - ex.start : total;
-    const local = answeredBy(res);
     if (local !== undefined) {
       if (ex.bytesOut === 0) ex.bytesOut = local.bytes;
       if (local.grpcStatus !== null) ex.grpcStatus = String(local.grpcStatus);

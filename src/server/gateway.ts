@@ -32,7 +32,7 @@ import { NODE_ID } from '../core/node-id.js';
 import { ConsoleHandler } from '../console/handler.js';
 import { AuthFailures } from '../admin/auth.js';
 import { createEchoServer } from '../demo/echo.js';
-import { ALLOW_ALL, PROBLEMS, isHttp2, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
+import { ALLOW_ALL, PROBLEMS, isHttp2, markRawAnswered, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { Observer } from '../observability/observer.js';
@@ -943,6 +943,8 @@ export class Gateway implements RequestContext {
         // nothing of its response went out, so answering it here keeps the order. Otherwise a
         // response is under way or an earlier request is awaiting its answer: cut.
         if (pending.headersSent || pending.req?.complete !== false) { socket.destroy(); return; }
+        // The client closed mid-body: it gave up on the request, which ends (and logs) as 499.
+        if (err.code === 'HPE_INVALID_EOF_STATE') { socket.destroy(); return; }
       }
       let code: ProblemCode = 'bad-request';
       let detail = `malformed HTTP request${err.reason ? `: ${err.reason}` : ''}`;
@@ -969,8 +971,13 @@ export class Gateway implements RequestContext {
         code = 'http-version-not-supported';
         detail = 'only HTTP/1.0 and HTTP/1.1 are supported here (HTTP/2 over ALPN h2 or h2c)';
       }
-      socket.end(rawProblem(code, detail));
-      this.observer.parserRejected(socket.remoteAddress, PROBLEMS[code].status, code);
+      const answer = rawProblem(code, detail);
+      // (read before the socket ends: an address is gone once it is destroyed)
+      const remote = socket.remoteAddress;
+      socket.end(answer);
+      // The request in flight logs once, with this answer; a request never parsed is logged here.
+      if (pending) markRawAnswered(pending, code, answer.length - answer.indexOf('\r\n\r\n') - 4);
+      else this.observer.parserRejected(remote, PROBLEMS[code].status, code);
       socket.destroySoon();
     });
     return server;
