@@ -7,7 +7,7 @@ import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type IncomingMessage, type Server } from 'node:http';
 import { connect as h2connect, type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2';
-import type { AddressInfo, Socket } from 'node:net';
+import { connect as connectTcp, type AddressInfo, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { Type } from '@sinclair/typebox';
 import { pino } from 'pino';
@@ -251,6 +251,7 @@ services:
       - {name: two-auth, paths: [/two-auth], plugins: [{name: key-auth}, {name: basic-auth}]}
       - {name: logged, paths: [/logged], plugins: [{name: key-auth}, {name: test-log}]}
       - {name: h2, paths: [/h2], plugins: [{name: key-auth}]}
+      - {name: validated, paths: [/validated], plugins: [{name: request-validator, config: {body_schema: {type: object}}}]}
   - name: slow-upstream
     url: ${slowUp.url}
     routes:
@@ -408,6 +409,24 @@ test('a plugin that throws or rejects: 500 problem+json for that request, the ne
     const ok = await request(`${base}/r4`);
     assert.equal(ok.status, 200, ok.body);
   }
+});
+
+test('a client that gives up on the body a plugin reads is no plugin failure: nothing at error level, the next request is served', T, async () => {
+  const before = logLines.length;
+  for (const how of ['end', 'reset'] as const) {
+    const s = connectTcp(gw.proxyAddress!.port, '127.0.0.1');
+    s.on('error', () => {});
+    s.write('POST /validated HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a":');
+    await sleep(100);
+    if (how === 'end') s.end(); else s.resetAndDestroy();
+    await sleep(100);
+    s.destroy();
+  }
+  const ok = await request(`${base}/validated`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"a":1}' });
+  assert.equal(ok.status, 200, ok.body);
+  await sleep(100);
+  const errors = logLines.slice(before).filter((l) => (JSON.parse(l) as { level: number }).level >= 50);
+  assert.deepEqual(errors, []);
 });
 
 test('a plugin that throws in responseHeaders: 500 problem+json, the gateway carries on', T, async () => {

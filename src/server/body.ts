@@ -18,6 +18,14 @@ export interface BodySource {
   begin(): void;
 }
 
+/** The client gave up on its request body (aborted, reset, broken connection): not the gateway's failure. */
+export class ClientAbortedError extends Error {
+  constructor(cause?: Error) {
+    super('the client aborted the request body', cause ? { cause } : undefined);
+    this.name = 'ClientAbortedError';
+  }
+}
+
 export function readWholeBody(req: IncomingMessage, src: BodySource, max: number): Promise<Buffer> {
   if (!src.hasBody) return Promise.resolve(EMPTY);
   if (src.declared > max) return Promise.reject(new ProblemError('payload-too-large', `the request body is larger than ${max} bytes`));
@@ -45,11 +53,15 @@ export function readWholeBody(req: IncomingMessage, src: BodySource, max: number
       done();
       resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
     };
+    // (an IncomingMessage errs only when its connection does: ECONNRESET, 'aborted')
     const onError = (err: Error) => {
       done();
-      reject(err);
+      reject(new ClientAbortedError(err));
     };
-    const onAborted = () => onError(new Error('the client aborted the request body'));
+    const onAborted = () => {
+      done();
+      reject(new ClientAbortedError());
+    };
     req.on('data', onData);
     req.once('end', onEnd);
     req.once('error', onError);

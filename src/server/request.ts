@@ -15,6 +15,7 @@ import type { CompiledRoute, Snapshot } from '../config/compile.js';
 import { ALLOW_ALL, PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
 import { write as writeWhole, type ResponsePlugins } from './respond.js';
 import { composeRoute } from './compose-route.js';
+import { ClientAbortedError } from './body.js';
 import type { Exchange } from '../observability/exchange.js';
 import type { Observer } from '../observability/observer.js';
 import type { Logger } from '../core/log.js';
@@ -615,7 +616,14 @@ export function handleRequest(
       return undefined;
     }
     const plugin = err instanceof PluginError ? err.plugin : undefined;
-    ctx.log?.error({ err: err instanceof PluginError ? err.cause : err, plugin, request_id: requestId }, 'plugin failed');
+    if (cause instanceof ClientAbortedError) {
+      // The client gave up on the body a plugin was reading: its doing, any client can cause it
+      // (not an error-level event); the request ends as 499.
+      ctx.log?.debug({ plugin, request_id: requestId }, 'the client aborted the request body');
+      if (!res.headersSent) res.destroy();
+      return undefined;
+    }
+    ctx.log?.error({ err: cause, plugin, request_id: requestId }, 'plugin failed');
     if (!res.destroyed && !res.headersSent) reject(ctx, req, res, requestId, 'internal-error', plugin ? `plugin ${plugin} failed` : 'the request pipeline failed');
     return undefined;
   };
