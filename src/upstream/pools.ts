@@ -5,6 +5,7 @@
  */
 import type { Socket } from 'node:net';
 import { Pool, buildConnector } from 'undici';
+import { checkH2Socket, watchH2Socket } from './h2-streams.js';
 
 const REUSED = Symbol('turnpike.reusedConnection');
 
@@ -49,7 +50,7 @@ export class PoolRegistry {
         // undici's connector option for HTTP/2 with prior knowledge (not in its types).
         ...(h2 === 'h2c' ? { useH2c: true } : {}),
       } as buildConnector.BuildOptions;
-      let connector: buildConnector.connector | undefined;
+      let connector: buildConnector.connector;
       if (h2 === 'none') {
         // HTTP/1.1 sockets get an error listener ahead of undici's, which tells a failure of a
         // kept-alive connection (forward.ts sends an idempotent request again once).
@@ -58,10 +59,19 @@ export class PoolRegistry {
           if (socket) socket.on('error', markReused);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
         });
+      } else {
+        // HTTP/2: the session undici builds on the socket is watched for, to correct how its
+        // streams are cancelled and paused (h2-streams.ts). (allowH2: ALPN h2 over TLS.)
+        const build = buildConnector({ ...connect, allowH2: true });
+        connector = (o, cb) => build(o, (err, socket) => {
+          if (socket) watchH2Socket(socket as Socket);
+          (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
+          if (socket) checkH2Socket(socket as Socket);
+        });
       }
       e = {
         pool: new Pool(origin, {
-          connect: connector ?? (connect as Pool.Options['connect']),
+          connect: connector,
           ...(h2 !== 'none' ? { allowH2: true } : {}),
           keepAliveTimeout: opts.keepAliveTimeout ?? 4_000,
           keepAliveMaxTimeout: 600_000,

@@ -1,0 +1,83 @@
+/**
+ * A correction to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
+ * ClientHttp2Stream it opens on an upstream connection of ours:
+ *
+ * An abort resets the stream with CANCEL. undici aborts a stream with `stream.close()`, which
+ * sends RST_STREAM NO_ERROR; RFC 9113 §8.7 has a client that no longer wants the response send
+ * CANCEL. A node:http2 server takes NO_ERROR for "done sending" and waits for its own writes to
+ * finish: a response held back by flow control never does, the stream stays open and counts
+ * against its SETTINGS_MAX_CONCURRENT_STREAMS until every new stream is refused. `close()`
+ * without a code now sends CANCEL (a code given is kept).
+ *
+ * undici offers no option for it, and hands its handlers neither the stream nor the
+ * session. The session is reached where undici stores it on the socket our connector returns
+ * (its `kHTTP2Session` symbol, from undici/lib/core/symbols.js): an accessor there sees it set
+ * inside connectH2, before any stream is opened, and wraps `session.request`. Should an undici
+ * upgrade move that, `h2Streams.hooked` stays false and a warning says so once.
+ * test/http2-upstream.test.ts pins the behaviour.
+ */
+import { createRequire } from 'node:module';
+import { constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
+
+const undiciSymbols = (() => {
+  try {
+    return createRequire(import.meta.url)('undici/lib/core/symbols.js') as { kHTTP2Session?: unknown };
+  } catch {
+    return {};
+  }
+})();
+const SESSION: symbol | null = typeof undiciSymbols.kHTTP2Session === 'symbol' ? undiciSymbols.kHTTP2Session : null;
+
+/** hooked: a session was reached (its streams are cancelled with CANCEL). */
+export const h2Streams = { hooked: false };
+
+type Stream = ClientHttp2Stream;
+
+let request: ClientHttp2Session['request'] | null = null;
+let close: ClientHttp2Stream['close'] | null = null;
+
+function closeWithCancel(this: Stream, code?: number, callback?: () => void): void {
+  close!.call(this, code ?? constants.NGHTTP2_CANCEL, callback);
+}
+
+function requestHooked(this: ClientHttp2Session, headers?: Parameters<ClientHttp2Session['request']>[0], options?: Parameters<ClientHttp2Session['request']>[1]): ClientHttp2Stream {
+  const stream = request!.call(this, headers, options);
+  close ??= stream.close;
+  stream.close = closeWithCancel;
+  return stream;
+}
+
+function sessionSet(this: Socket, session: ClientHttp2Session | null | undefined): void {
+  Object.defineProperty(this, SESSION!, { value: session, writable: true, configurable: true, enumerable: true });
+  if (session == null || typeof session.request !== 'function') return;
+  request ??= session.request;
+  session.request = requestHooked;
+  h2Streams.hooked = true;
+}
+function sessionGet(): undefined {
+  return undefined;
+}
+const ACCESSOR: PropertyDescriptor = { configurable: true, enumerable: false, get: sessionGet, set: sessionSet };
+
+/** Watches a socket about to be handed to undici for the HTTP/2 session it builds on it. */
+export function watchH2Socket(socket: Socket): void {
+  if (SESSION !== null) Object.defineProperty(socket, SESSION, ACCESSOR);
+}
+
+let warned = false;
+
+/**
+ * After undici took the socket: an HTTP/2 connection whose session was not seen means undici's
+ * internals moved (see above); said once.
+ */
+export function checkH2Socket(socket: Socket): void {
+  if (warned || socket.destroyed || (socket as Socket & { alpnProtocol?: string }).alpnProtocol !== 'h2') return;
+  // (the accessor replaced by a plain value: the session was seen)
+  if (SESSION !== null && Object.getOwnPropertyDescriptor(socket, SESSION)?.set === undefined) return;
+  warned = true;
+  process.emitWarning(
+    'undici\'s HTTP/2 session was not found on its socket: upstream HTTP/2 streams are cancelled with NO_ERROR',
+    { code: 'TURNPIKE_UNDICI_H2' },
+  );
+}
