@@ -1,4 +1,8 @@
-/** HTTP/2 upstreams (h2c, grpc) under clients that go away: cancels reach the upstream as RST_STREAM CANCEL. */
+/**
+ * HTTP/2 upstreams (h2c, grpc) under clients that go away or do not read: cancels reach the
+ * upstream as RST_STREAM CANCEL, and the upstream is held back by flow control (gateway memory
+ * bounded) while the body and trailers still reach a slow client whole.
+ */
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { connect as h2connect, constants as h2constants, createServer as createH2Server, type ServerHttp2Stream, type Settings } from 'node:http2';
@@ -153,6 +157,229 @@ services:
     assert.equal(after.status, 200, after.body);
     assert.equal(after.body, 'ok');
   } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a client that reads none of 100 HTTP/2 streams from an HTTP/2 upstream: the upstream is held back by flow control (gateway memory bounded), and the streams are cut after timeouts.read', async () => {
+  const up = await h2upstream();
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: up
+    protocol: grpc
+    retries: 0
+    timeouts: {read: 1500ms}
+    # (a stall charged to the target would eject it, and the circuit would open)
+    upstream: {targets: [{url: '${up.url}'}], healthcheck: {passive: {failures: 3}}}
+    circuit_breaker: {min_requests: 20}
+    routes: [{paths: [/]}]
+`);
+  const STREAMS = 100;
+  const BODY = 8 * 1024 * 1024;
+  const session = h2connect(g.url);
+  session.on('error', () => {});
+  try {
+    const rss0 = process.memoryUsage().rss;
+    const outcomes: Promise<{ ended: boolean }>[] = [];
+    for (let i = 0; i < STREAMS; i++) {
+      const s = session.request({ ':method': 'POST', ':path': `/grpc/${BODY}`, 'content-type': 'application/grpc', te: 'trailers' });
+      s.end(Buffer.from([0, 0, 0, 0, 0]));
+      s.on('error', () => {});
+      // Never read: no 'data' listener, the stream stays paused (its window is not given back).
+      outcomes.push(new Promise((resolve) => {
+        let ended = false;
+        s.on('trailers', () => (ended = true));
+        s.on('close', () => resolve({ ended: ended && s.rstCode === h2constants.NGHTTP2_NO_ERROR }));
+      }));
+    }
+    await until('every stream to reach the upstream', () => up.opened >= STREAMS, 5000);
+    // Let the upstream send all it can (until it stops for a moment, or for 5 s), then measure
+    // what left it.
+    let last = -1;
+    for (let i = 0; i < 50 && (up.written === 0 || up.written !== last); i++) {
+      last = up.written;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const written = up.written;
+    const grown = process.memoryUsage().rss - rss0;
+    // Per stream: the gateway's stream window (256 KiB), the upstream's and the gateway's write
+    // buffers, the client's window (64 KiB). Without backpressure the whole 8 MiB bodies came.
+    assert.ok(written < STREAMS * 1024 * 1024, `the upstream sent ${written} bytes for ${STREAMS} streams nobody reads`);
+    assert.ok(grown < 256 * 1024 * 1024, `RSS grew by ${grown} bytes`);
+    // The read timeout applies to the client too: every stream is cut (none ends as complete),
+    // and the upstream sees each cancelled.
+    const results = await Promise.race([
+      Promise.all(outcomes),
+      new Promise<null>((r) => setTimeout(() => r(null), 6000)),
+    ]);
+    assert.ok(results !== null, 'the streams of a client that reads nothing were not cut after timeouts.read');
+    assert.equal(results.filter((r) => r.ended).length, 0);
+    await until('the upstream streams to close', () => up.closed.length >= STREAMS, 3000);
+    assert.deepEqual([...new Set(up.closed)], [h2constants.NGHTTP2_CANCEL]);
+    console.log(`# ${STREAMS} unread streams: upstream sent ${(written / 1048576).toFixed(1)} MiB, RSS +${(grown / 1048576).toFixed(1)} MiB`);
+    // The client's stall is not the target's failure.
+    const after = await get(`${g.url}/ok`);
+    assert.equal(after.status, 200, after.body);
+  } finally {
+    session.destroy();
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a slow-reading client gets an HTTP/2 upstream\'s gRPC body byte-exact and its trailers (HTTP/2 and HTTP/1.1 clients), with the upstream held back meanwhile', async () => {
+  const up = await h2upstream();
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: up, url: '${up.url}', protocol: grpc, retries: 0, routes: [{paths: [/]}]}
+`);
+  const BODY = 6 * 1024 * 1024;
+  const expected = pattern(BODY);
+  try {
+    // Reads 64 KiB, then nothing for 8 ms: far slower than the upstream sends.
+    const slowly = (onChunk: (c: Buffer) => void, pause: () => void, resume: () => void): (c: Buffer) => void => {
+      let since = 0;
+      return (c: Buffer) => {
+        onChunk(c);
+        since += c.length;
+        if (since >= 65536) {
+          since = 0;
+          pause();
+          setTimeout(resume, 8);
+        }
+      };
+    };
+    let lead = 0;
+    const watch = (received: number): void => { lead = Math.max(lead, up.written - received); };
+
+    // HTTP/2 client.
+    const session = h2connect(g.url);
+    try {
+      const start = up.written;
+      const r = await new Promise<{ status: number; body: Buffer; trailers: Record<string, unknown>; rstCode: number | undefined }>((resolve, reject) => {
+        const s = session.request({ ':method': 'POST', ':path': `/grpc/${BODY}`, 'content-type': 'application/grpc', te: 'trailers' });
+        s.end(Buffer.from([0, 0, 0, 0, 0]));
+        const chunks: Buffer[] = [];
+        let got = 0;
+        let status = 0;
+        let trailers: Record<string, unknown> = {};
+        s.on('response', (h) => (status = Number(h[':status'])));
+        s.on('trailers', (t) => (trailers = t));
+        s.on('data', slowly((c) => { chunks.push(c); got += c.length; watch(got + start); }, () => s.pause(), () => s.resume()));
+        s.on('error', reject);
+        s.on('close', () => resolve({ status, body: Buffer.concat(chunks), trailers, rstCode: s.rstCode }));
+      });
+      assert.equal(r.status, 200);
+      assert.equal(r.rstCode, h2constants.NGHTTP2_NO_ERROR);
+      assert.equal(r.body.length, BODY, 'body length');
+      assert.ok(r.body.equals(expected), 'body bytes');
+      assert.equal(r.trailers['grpc-status'], '0');
+      assert.equal(r.trailers['grpc-message'], 'all%20sent');
+      assert.equal(r.trailers['x-sha256'], sha(expected));
+    } finally {
+      session.close();
+    }
+    // The upstream never ran far ahead of the client: the gateway paused it (without, the whole
+    // body came at once).
+    assert.ok(lead < 1024 * 1024, `the upstream ran ${lead} bytes ahead of a slow client`);
+    console.log(`# slow HTTP/2 reader: the upstream ran at most ${(lead / 1024).toFixed(0)} KiB ahead`);
+
+    // A client that reads nothing for a while: the whole body (within the gateway's stream
+    // window) and the trailers arrive while the gateway holds the stream paused. With the
+    // request still open, the upstream also resets the stream with NO_ERROR once it answered
+    // (RFC 9113 §8.1; node:http2 does it for a request it did not read): 'aborted' at the
+    // gateway. (That client gets no trailers: the gateway resets its stream with NO_ERROR as
+    // soon as the answer's data is out, before node sends the trailers — gateway.ts
+    // discardBody, a matter of its own; only its body is checked here.)
+    for (const requestOpen of [false, true]) {
+      const late = h2connect(g.url);
+      try {
+        const SMALL = 200 * 1024;
+        const r = await new Promise<{ body: Buffer; trailers: Record<string, unknown> }>((resolve, reject) => {
+          const s = late.request({ ':method': 'POST', ':path': `/grpc/${SMALL}`, 'content-type': 'application/grpc', te: 'trailers' });
+          if (requestOpen) s.write(Buffer.from([0, 0, 0, 0, 0]));
+          else s.end(Buffer.from([0, 0, 0, 0, 0]));
+          const chunks: Buffer[] = [];
+          let trailers: Record<string, unknown> = {};
+          s.on('trailers', (t) => (trailers = t));
+          s.on('response', () => setTimeout(() => s.on('data', (c: Buffer) => chunks.push(c)), 300));
+          s.on('end', () => {
+            resolve({ body: Buffer.concat(chunks), trailers });
+            s.close();
+          });
+          s.on('error', reject);
+          s.on('close', () => reject(new Error(`closed before its end (${s.rstCode})`)));
+        });
+        const what = requestOpen ? 'late reader, request open' : 'late reader';
+        assert.equal(r.body.length, SMALL, `body length (${what})`);
+        assert.ok(r.body.equals(pattern(SMALL)), `body bytes (${what})`);
+        if (!requestOpen) assert.equal(r.trailers['x-sha256'], sha(pattern(SMALL)), what);
+      } finally {
+        late.close();
+      }
+    }
+
+    // HTTP/1.1 client (chunked, trailers after the last chunk). (Its lead is not measured: the
+    // sockets' kernel buffers on loopback hold megabytes.)
+    const r1 = await new Promise<{ status: number; body: Buffer; trailers: Record<string, string | undefined> }>((resolve, reject) => {
+      const req = httpRequest(`${g.url}/grpc/${BODY}`, { method: 'POST', headers: { 'content-type': 'application/grpc', te: 'trailers' } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', slowly((c) => chunks.push(c), () => res.pause(), () => res.resume()));
+        res.on('end', () => resolve({ status: res.statusCode!, body: Buffer.concat(chunks), trailers: res.trailers }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(r1.status, 200);
+    assert.equal(r1.body.length, BODY, 'body length (HTTP/1.1)');
+    assert.ok(r1.body.equals(expected), 'body bytes (HTTP/1.1)');
+    assert.equal(r1.trailers['grpc-status'], '0');
+    assert.equal(r1.trailers['x-sha256'], sha(expected));
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a client reading an HTTP/2 upstream\'s answer slowly, each pause shorter than timeouts.read, is not cut however long it takes to read what the gateway holds', async () => {
+  const up = await h2upstream();
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: up, url: '${up.url}', protocol: grpc, retries: 0, timeouts: {read: 300ms}, routes: [{paths: [/]}]}
+`);
+  const BODY = 512 * 1024;
+  const session = h2connect(g.url);
+  try {
+    // 16 KiB every 40 ms: what the gateway holds once the upstream is done (its stream window,
+    // ~256 KiB) takes well over 300 ms to go out, with no byte from the upstream meanwhile.
+    const t0 = Date.now();
+    const r = await new Promise<{ body: Buffer; trailers: Record<string, unknown>; rstCode: number | undefined }>((resolve, reject) => {
+      const s = session.request({ ':method': 'POST', ':path': `/grpc/${BODY}`, 'content-type': 'application/grpc', te: 'trailers' });
+      s.end(Buffer.from([0, 0, 0, 0, 0]));
+      const chunks: Buffer[] = [];
+      let trailers: Record<string, unknown> = {};
+      s.on('trailers', (t) => (trailers = t));
+      s.on('data', (c: Buffer) => {
+        chunks.push(c);
+        s.pause();
+        setTimeout(() => s.resume(), 40);
+      });
+      s.on('error', reject);
+      s.on('close', () => resolve({ body: Buffer.concat(chunks), trailers, rstCode: s.rstCode }));
+    });
+    assert.ok(Date.now() - t0 > 600, 'the client read slowly');
+    assert.equal(r.rstCode, h2constants.NGHTTP2_NO_ERROR);
+    assert.equal(r.body.length, BODY);
+    assert.ok(r.body.equals(pattern(BODY)));
+    assert.equal(r.trailers['x-sha256'], sha(pattern(BODY)));
+  } finally {
+    session.close();
     await g.close();
     await up.close();
   }

@@ -10,6 +10,7 @@ import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { onReusedConnection } from './pools.js';
+import { h2Streams } from './h2-streams.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
@@ -32,8 +33,11 @@ const FAILURE_PENALTY_MS = 5_000;
 const RETRY_BUFFER_BYTES = 64 * 1024;
 /** Error code of a request body over its plugin-set cap. */
 const BODY_TOO_LARGE = 'TURNPIKE_BODY_TOO_LARGE';
-/** Response bytes buffered for a client that does not read, from an HTTP/2 upstream (never paused). */
-const MAX_UNREAD_BYTES = 16 * 1024 * 1024;
+/**
+ * Response bytes buffered for a client that does not read, from an HTTP/2 upstream that cannot
+ * be paused (only when undici's internals moved: see h2-streams.ts; normally it is paused).
+ */
+const MAX_UNREAD_BYTES = 1024 * 1024;
 /**
  * Fields never relayed as trailers (RFC 9110 §6.5.1): connection-specific ones, and those that
  * must be known before the content — framing, routing, authentication, cookies, response
@@ -184,7 +188,9 @@ export class ForwardHandler {
   private responseTimer: NodeJS.Timeout | undefined;
   /**
    * timeouts.read below PRECISE_TIMEOUT_BELOW_MS on a native timer, refreshed by each body
-   * chunk (undici's bodyTimeout ticks coarsely: a 300 ms read timeout fired up to ~1 s late).
+   * chunk (undici's bodyTimeout ticks coarsely: a 300 ms read timeout fired up to ~1 s late),
+   * and always for an HTTP/2 upstream (undici's is off: it would count a slow client's reading
+   * of what the paused stream holds as the upstream's silence).
    * While the client is not reading (paused), the stall timer in sink() rules instead.
    */
   private readTimer: NodeJS.Timeout | undefined;
@@ -447,7 +453,9 @@ export class ForwardHandler {
         body: this.body ?? this.webBody ?? (f.hasBody ? f.req : null),
         // Below PRECISE_TIMEOUT_BELOW_MS a backstop only: the native timer above fires first.
         headersTimeout: timeout,
-        bodyTimeout: f.service.timeouts.read,
+        // HTTP/2: the read timeout is ours alone (see readTimer): undici's runs on the stream's
+        // network activity, and a client reading slowly what the paused stream holds is none.
+        bodyTimeout: f.service.h2Upstream ? 0 : f.service.timeouts.read,
       },
       (this.current = new Attempt(this)),
     );
@@ -676,7 +684,7 @@ export class ForwardHandler {
     this.status = statusCode;
     this.resumeFn = resume;
     const read = svc.timeouts.read;
-    if (read < PRECISE_TIMEOUT_BELOW_MS) this.readTimer = setTimeout(() => this.readTimeout(), read);
+    if (read < PRECISE_TIMEOUT_BELOW_MS || svc.h2Upstream) this.readTimer = setTimeout(() => this.readTimeout(), read);
     // grpc-timeout is the deadline of the whole call, streamed responses included.
     if (this.grpcDeadline > 0) this.callTimer = setTimeout(() => this.callDeadline(), Math.max(1, this.grpcDeadline - Date.now()));
     const ex = this.f.exchange;
@@ -964,15 +972,18 @@ export class ForwardHandler {
     if (this.f.exchange !== null) this.f.exchange.bytesOut += chunk.length;
     const out = this.encoding ?? this.f.res;
     const ok = out.write(this.encoder === null ? chunk : this.encoder.data(chunk));
-    if (!ok && this.f.service.h2Upstream) {
-      // undici's HTTP/2 client drops data it holds paused when the trailers arrive, so an HTTP/2
-      // upstream is never paused; a client that does not keep up is cut past MAX_UNREAD instead.
+    if (!ok && this.f.service.h2Upstream && !h2Streams.hooked) {
+      // undici's HTTP/2 client drops data it holds paused when the trailers arrive; without the
+      // correction of h2-streams.ts the upstream is never paused, and a client that does not
+      // keep up is cut past MAX_UNREAD instead.
       if (this.f.res.writableLength > MAX_UNREAD_BYTES) this.f.res.destroy(new Error('client stopped reading'));
       return true;
     }
     if (!ok) {
-      // A client that stops reading must not hold the exchange forever (undici's body timeout
-      // is suspended while we keep it paused): the read timeout applies to the client too.
+      // A client that stops reading must not hold the exchange forever (the upstream's read
+      // timeout is suspended while we keep it paused): the read timeout applies to the client
+      // too. Paused, an HTTP/2 upstream is held back by flow control: what the gateway holds
+      // for the stream is bounded by its window (undici's 256 KiB).
       this.onDrain ??= () => {
         clearTimeout(this.stall);
         this.paused = false;

@@ -1,20 +1,27 @@
 /**
- * A correction to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
+ * Two corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
  * ClientHttp2Stream it opens on an upstream connection of ours:
  *
- * An abort resets the stream with CANCEL. undici aborts a stream with `stream.close()`, which
- * sends RST_STREAM NO_ERROR; RFC 9113 §8.7 has a client that no longer wants the response send
- * CANCEL. A node:http2 server takes NO_ERROR for "done sending" and waits for its own writes to
- * finish: a response held back by flow control never does, the stream stays open and counts
- * against its SETTINGS_MAX_CONCURRENT_STREAMS until every new stream is refused. `close()`
- * without a code now sends CANCEL (a code given is kept).
+ * 1. An abort resets the stream with CANCEL. undici aborts a stream with `stream.close()`, which
+ *    sends RST_STREAM NO_ERROR; RFC 9113 §8.7 has a client that no longer wants the response
+ *    send CANCEL. A node:http2 server takes NO_ERROR for "done sending" and waits for its own
+ *    writes to finish: a response held back by flow control never does, the stream stays open
+ *    and counts against its SETTINGS_MAX_CONCURRENT_STREAMS until every new stream is refused.
+ *    `close()` without a code now sends CANCEL (a code given is kept).
+ * 2. The body comes whole. undici ends the response at the stream's 'trailers' event, and
+ *    stops listening to 'data' at 'trailers' and 'aborted': body data still buffered in a
+ *    paused stream (a client that reads slowly) was dropped, and the response ended as
+ *    complete. Those events are held until the stream's readable side has ended, so an HTTP/2
+ *    upstream can be paused like an HTTP/1.1 one (forward.ts: backpressure, bounded by the
+ *    stream's flow-control window).
  *
- * undici offers no option for it, and hands its handlers neither the stream nor the
+ * undici offers no option for either, and hands its handlers neither the stream nor the
  * session. The session is reached where undici stores it on the socket our connector returns
  * (its `kHTTP2Session` symbol, from undici/lib/core/symbols.js): an accessor there sees it set
  * inside connectH2, before any stream is opened, and wraps `session.request`. Should an undici
- * upgrade move that, `h2Streams.hooked` stays false and a warning says so once.
- * test/http2-upstream.test.ts pins the behaviour.
+ * upgrade move that, `h2Streams.hooked` stays false: forward.ts then never pauses an HTTP/2
+ * upstream (cut past a small buffer instead), and a warning says so once.
+ * test/http2-upstream.test.ts pins both behaviours.
  */
 import { createRequire } from 'node:module';
 import { constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
@@ -29,22 +36,51 @@ const undiciSymbols = (() => {
 })();
 const SESSION: symbol | null = typeof undiciSymbols.kHTTP2Session === 'symbol' ? undiciSymbols.kHTTP2Session : null;
 
-/** hooked: a session was reached (its streams are cancelled with CANCEL). */
+/** hooked: a session was reached (streams are cancelled with CANCEL and may be paused). */
 export const h2Streams = { hooked: false };
 
-type Stream = ClientHttp2Stream;
+const HELD = Symbol('turnpike.heldEvents');
+type Stream = ClientHttp2Stream & { [HELD]?: unknown[][] };
 
 let request: ClientHttp2Session['request'] | null = null;
 let close: ClientHttp2Stream['close'] | null = null;
+let emit: ClientHttp2Stream['emit'] | null = null;
 
 function closeWithCancel(this: Stream, code?: number, callback?: () => void): void {
   close!.call(this, code ?? constants.NGHTTP2_CANCEL, callback);
 }
 
+/**
+ * 'trailers' (the response is whole) and 'aborted' (the upstream closed the stream, e.g. with
+ * NO_ERROR after a whole response while the request body still went out, RFC 9113 §8.1) make
+ * undici stop listening to 'data': while body data waits in the paused stream, they are held
+ * until its readable side ends. (A flowing stream holds none: nothing changes for it.)
+ */
+function emitAfterBody(this: Stream, event: string | symbol): boolean {
+  if ((event === 'trailers' || event === 'aborted') && this.readableLength > 0 && !this.readableEnded) {
+    const held = this[HELD];
+    const args = Array.prototype.slice.call(arguments);
+    if (held === undefined) {
+      this[HELD] = [args];
+      this.prependOnceListener('end', emitHeld);
+    } else held.push(args);
+    return true;
+  }
+  return Reflect.apply(emit!, this, arguments) as boolean;
+}
+
+function emitHeld(this: Stream): void {
+  const held = this[HELD]!;
+  this[HELD] = undefined;
+  for (const args of held) Reflect.apply(emit!, this, args);
+}
+
 function requestHooked(this: ClientHttp2Session, headers?: Parameters<ClientHttp2Session['request']>[0], options?: Parameters<ClientHttp2Session['request']>[1]): ClientHttp2Stream {
   const stream = request!.call(this, headers, options);
   close ??= stream.close;
+  emit ??= stream.emit;
   stream.close = closeWithCancel;
+  stream.emit = emitAfterBody;
   return stream;
 }
 
@@ -77,7 +113,7 @@ export function checkH2Socket(socket: Socket): void {
   if (SESSION !== null && Object.getOwnPropertyDescriptor(socket, SESSION)?.set === undefined) return;
   warned = true;
   process.emitWarning(
-    'undici\'s HTTP/2 session was not found on its socket: upstream HTTP/2 streams are cancelled with NO_ERROR',
+    'undici\'s HTTP/2 session was not found on its socket: upstream HTTP/2 streams are cancelled with NO_ERROR and never paused (a client that does not read is cut past 1 MiB)',
     { code: 'TURNPIKE_UNDICI_H2' },
   );
 }
