@@ -45,6 +45,16 @@ async function h2upstream(settings: Settings = {}): Promise<Upstream> {
       stream.end('ok');
       return;
     }
+    if (path === '/length') {
+      // answers once the request body has ended: its length
+      let n = 0;
+      stream.on('data', (c: Buffer) => (n += c.length));
+      stream.on('end', () => {
+        stream.respond({ ':status': 200 });
+        stream.end(String(n));
+      });
+      return;
+    }
     if (path === '/silent') {
       stream.respond({ ':status': 200 });
       stream.write('x'.repeat(1024)); // then nothing, the stream left open
@@ -410,6 +420,52 @@ services:
     assert.ok(Date.now() - t0 < 3000, `cut after ${Date.now() - t0} ms`);
     await until('the upstream stream to close', () => up.closed.length >= 1, 2000);
     assert.deepEqual(up.closed, [h2constants.NGHTTP2_CANCEL]);
+  } finally {
+    session.destroy();
+    await g.close();
+    await up.close();
+  }
+});
+
+test('an empty request body whose end is known before the upstream stream opens still ends it (undici sent no END_STREAM: the upstream waited until 504)', async () => {
+  const up = await h2upstream();
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: up, url: '${up.url}', protocol: h2c, retries: 0, timeouts: {response: 3s}, routes: [{paths: [/]}]}
+`);
+  const session = h2connect(g.url);
+  session.on('error', () => {});
+  try {
+    // HTTP/2 client: HEADERS without END_STREAM, then an empty DATA frame with it. The first
+    // request also waits for the upstream connection, so its body has ended by then.
+    for (const method of ['POST', 'PUT', 'DELETE']) {
+      const t0 = Date.now();
+      const r = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const s = session.request({ ':method': method, ':path': '/length' }, { endStream: false });
+        let body = '';
+        let status = 0;
+        s.on('response', (h) => (status = Number(h[':status'])));
+        s.setEncoding('latin1');
+        s.on('data', (d: string) => (body += d));
+        s.on('end', () => resolve({ status, body }));
+        s.on('error', reject);
+        s.end();
+      });
+      assert.deepEqual(r, { status: 200, body: '0' }, method);
+      assert.ok(Date.now() - t0 < 2000, `${method}: ${Date.now() - t0} ms`);
+    }
+    // HTTP/1.1 client: a chunked body that is only its last chunk
+    const raw = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(`${g.url}/length`, { method: 'POST', headers: { 'transfer-encoding': 'chunked' } }, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve(`${res.statusCode} ${body}`));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(raw, '200 0');
   } finally {
     session.destroy();
     await g.close();

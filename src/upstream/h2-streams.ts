@@ -1,5 +1,5 @@
 /**
- * Two corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
+ * Three corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
  * ClientHttp2Stream it opens on an upstream connection of ours:
  *
  * 1. An abort resets the stream with CANCEL. undici aborts a stream with `stream.close()`, which
@@ -14,6 +14,8 @@
  *    complete. Those events are held until the stream's readable side has ended, so an HTTP/2
  *    upstream can be paused like an HTTP/1.1 one (forward.ts: backpressure, bounded by the
  *    stream's flow-control window).
+ * 3. An empty request body ends the stream: undici writes nothing for a body whose length it
+ *    finds to be 0 (content-length: 0) and never ends the stream's writable side.
  *
  * undici offers no option for either, and hands its handlers neither the stream nor the
  * session. The session is reached where undici stores it on the socket our connector returns
@@ -76,6 +78,10 @@ function emitHeld(this: Stream): void {
 }
 
 function requestHooked(this: ClientHttp2Session, headers?: Parameters<ClientHttp2Session['request']>[0], options?: Parameters<ClientHttp2Session['request']>[1]): ClientHttp2Stream {
+  // 3. A body known to be empty when the stream opens (a stream body that had ended, a buffer
+  // of no bytes): undici sends `content-length: 0` and then writes nothing, never ending the
+  // stream; the upstream waits for the body's end until the response timeout. Ended at once.
+  if (options?.endStream === false && headers?.['content-length'] === '0') options = { ...options, endStream: true };
   const stream = request!.call(this, headers, options);
   close ??= stream.close;
   emit ??= stream.emit;
