@@ -4,7 +4,7 @@
  * a request keeps the snapshot it started with. stop() drains in-flight requests (bounded).
  */
 import { createServer, ServerResponse, type IncomingMessage, type Server } from 'node:http';
-import { createServer as createH2Server, constants as h2c, type Http2Server, type ServerHttp2Session } from 'node:http2';
+import { createServer as createH2Server, constants as h2c, type Http2Server, type ServerHttp2Session, type ServerHttp2Stream } from 'node:http2';
 import { Server as NetServer, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { availableParallelism } from 'node:os';
@@ -130,6 +130,13 @@ function trackPending(socket: Socket, res: ServerResponse): Set<ServerResponse> 
 /** How long the rest of a request body answered early is read and dropped before the connection is cut (nginx's lingering_time). */
 const LINGER_MS = 30_000;
 
+/** Resets an answered stream with NO_ERROR once its END_STREAM is out (at most until `deadline`: a client that does not read). */
+function resetWhenSent(stream: ServerHttp2Stream, deadline: number): void {
+  if (stream.closed || stream.destroyed) return;
+  if ((stream.state as { localClose?: number }).localClose === 1 || Date.now() >= deadline) stream.close(h2c.NGHTTP2_NO_ERROR);
+  else setTimeout(resetWhenSent, 10, stream, deadline);
+}
+
 /**
  * An answer complete before its request body (the upstream, or a plugin, answered early): the
  * client may send all of it before it reads anything. Over HTTP/1.1 the rest is read and
@@ -139,10 +146,13 @@ const LINGER_MS = 30_000;
  */
 function discardBody(req: IncomingMessage, socket: Socket): void {
   if (isHttp2(req)) {
-    const stream = (req as unknown as { stream: { closed: boolean; destroyed: boolean; close(code: number): void } }).stream;
+    const stream = (req as unknown as { stream: ServerHttp2Stream }).stream;
     req.unpipe();
     req.resume(); // (node sends the RST_STREAM once the readable side is drained)
-    if (!stream.closed && !stream.destroyed) stream.close(h2c.NGHTTP2_NO_ERROR);
+    if (stream.closed || stream.destroyed) return;
+    // After the answer's last frame (its trailers: a bidi gRPC call the server finishes first
+    // gets its grpc-status): a reset submitted at 'finish' overtakes frames node still holds.
+    resetWhenSent(stream, Date.now() + LINGER_MS);
     return;
   }
   if (socket.destroyed) return;
