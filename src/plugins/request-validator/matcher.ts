@@ -2,15 +2,68 @@
  * Finds the OpenAPI path template a request path belongs to: `/users/{id}`, `/files/{name}.{ext}`.
  * A segment trie: a literal segment beats a templated one (OpenAPI: "concrete paths are matched
  * before templated ones"), templated segments with more literal text first. Each trie node is
- * visited at most once per lookup, so a hostile path costs at most the size of the trie.
+ * visited at most once per lookup, and a templated segment is matched in linear time (no
+ * regular expression: `{a}-{b}-{c}.json` as a lazy regex backtracked in cubic time on a hostile
+ * segment), so a hostile path costs at most the size of the trie times its length.
  */
 
 interface TemplateSeg {
   /** Literal characters in the segment (ordering). */
   literal: number;
-  regex: RegExp;
+  /** The literal text around the parameters: names.length + 1 pieces (maybe empty). */
+  lits: string[];
+  /** lits joined, to tell the same shape under other names. */
+  key: string;
   names: string[];
   node: Node;
+}
+
+/** Splits a templated segment: `{a}-{b}.json` -> lits ['', '-', '.json'], names ['a', 'b']. */
+function parseSegment(seg: string): { lits: string[]; names: string[] } {
+  const lits: string[] = [''];
+  const names: string[] = [];
+  let i = 0;
+  while (i < seg.length) {
+    const open = seg.indexOf('{', i);
+    const close = open < 0 ? -1 : seg.indexOf('}', open + 1);
+    if (open < 0 || close < 0) {
+      lits[lits.length - 1] += seg.slice(i);
+      break;
+    }
+    lits[lits.length - 1] += seg.slice(i, open);
+    names.push(seg.slice(open + 1, close));
+    lits.push('');
+    i = close + 1;
+  }
+  return { lits, names };
+}
+
+/**
+ * The parameter values of `seg` under a template segment, or null. Each parameter takes at
+ * least one character, the shortest that lets the rest match (each literal at its leftmost
+ * place: as the lazy `([^/]+?)` of a regex would, without its backtracking).
+ */
+function matchSegment(t: TemplateSeg, seg: string): string[] | null {
+  const { lits } = t;
+  const n = t.names.length;
+  if (seg.length < t.literal + n) return null;
+  const head = lits[0]!;
+  const tail = lits[n]!;
+  if (!seg.startsWith(head) || !seg.endsWith(tail)) return null;
+  const end = seg.length - tail.length;
+  const out: string[] = [];
+  let pos = head.length;
+  for (let k = 1; k < n; k++) {
+    const lit = lits[k]!;
+    const at = lit === '' ? pos + 1 : seg.indexOf(lit, pos + 1);
+    // (the leftmost place leaves the most room: if it does not fit, no later one does)
+    if (at < 0 || at + lit.length >= end) return null;
+    out.push(seg.slice(pos, at));
+    pos = at + lit.length;
+  }
+  if (end - pos < 1) return null;
+  out.push(seg.slice(pos, end));
+  return out;
 }
 
 class Node {
@@ -31,8 +84,6 @@ export interface PathMatch<T> {
 
 export type MatchOutcome<T> = PathMatch<T> | { allow: string[] } | null;
 
-const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
 function segments(path: string): string[] {
   const s = path.split('/');
   s.shift();
@@ -52,19 +103,11 @@ export class PathMatcher<T> {
         node = next;
         continue;
       }
-      const names: string[] = [];
-      let literal = 0;
-      const source = seg.replace(/\{([^}]*)\}|([^{]+)/g, (_m, name: string | undefined, lit: string | undefined) => {
-        if (name !== undefined) {
-          names.push(name);
-          return '([^/]+?)';
-        }
-        literal += lit!.length;
-        return escapeRe(lit!);
-      });
-      let t = node.templated.find((x) => x.regex.source === `^${source}$`);
+      const { lits, names } = parseSegment(seg);
+      const key = lits.join('{}');
+      let t = node.templated.find((x) => x.key === key);
       if (!t) {
-        t = { literal, regex: new RegExp(`^${source}$`), names, node: new Node() };
+        t = { literal: key.length - 2 * names.length, lits, key, names, node: new Node() };
         node.templated.push(t);
         node.templated.sort((a, b) => b.literal - a.literal);
       }
@@ -111,12 +154,12 @@ export class PathMatcher<T> {
     }
     if (seg === '') return null;
     for (const t of node.templated) {
-      const m = t.regex.exec(seg);
-      if (!m) continue;
+      const m = matchSegment(t, seg);
+      if (m === null) continue;
       const depth = params.length;
       t.names.forEach((n, k) => {
         names.push(n);
-        params.push(m[k + 1]!);
+        params.push(m[k]!);
       });
       const r = this.walk(t.node, segs, i + 1, method, allow, params, names);
       if (r) return r;
