@@ -202,6 +202,14 @@ test('request-transform: values from the request go in literally ($1 in a header
   assert.equal(up.url.split('?')[0], `/v2/people/5/${encodeURIComponent('$1$&')}`);
   assert.equal(up.headers['x-injected'], undefined);
   assert.equal(up.headers['x-added'], 'a  X-Injected: 1');
+  // a value whose encoded slashes hide dot segments (/v2/people/5/..%2F..%2Fadmin is /v2/admin
+  // to an upstream that decodes %2F, then normalizes): refused, nothing sent
+  for (const evil of ['../../admin', '..\\..\\admin']) {
+    const before = echo.requests.length;
+    const bad = await request(`${gw.url}/api/v1/users/5`, { headers: { 'x-tenant': evil } });
+    assert.equal(bad.status, 400, evil);
+    assert.equal(echo.requests.length, before, `${evil}: nothing reached the upstream`);
+  }
 });
 
 test('request-transform: a regex rewrite keeps the client\'s own path characters (as a route without one forwards them); never ?, # or a dot segment', { ...T }, async () => {

@@ -45,7 +45,14 @@ test('references of every kind parse; unknown steps and parameters are errors', 
 
 test('path values are percent-encoded: ../, ?, # and / never change the path structure', () => {
   const { t } = parse('/users/{id}/orders');
-  assert.equal(renderPath(t, values), '/users/..%2Fadmin%3Fx%3D1%23y/orders');
+  assert.equal(renderPath(t, () => 'a/b?x=1#y'), '/users/a%2Fb%3Fx%3D1%23y/orders');
+  // dot segments hidden behind an encoded slash or backslash, or before ;params: an upstream
+  // that decodes %2F and then normalizes would serve /admin
+  for (const v of ['../admin', '..\\..\\admin', 'x/../../admin', '..\\', './x']) {
+    assert.throws(() => renderPath(t, () => v), TemplateError, v);
+  }
+  // a value spelling %2F itself is encoded again (%252F): data, not a separator
+  assert.equal(renderPath(parse('/users/{id}').t, () => '..%2Fadmin'), '/users/..%252Fadmin');
   // a value that would be a dot segment by itself fails
   const dots: Lookup = () => '..';
   assert.throws(() => renderPath(parse('/users/{id}').t, dots), TemplateError);

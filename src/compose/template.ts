@@ -221,15 +221,22 @@ export function encodeComponent(v: string): string | null {
   }
 }
 
-/** The first `.` or `..` segment of a path (`%2e` counts as a dot), or null. */
+/**
+ * The first `.` or `..` segment of a path, or null: read as the router reads a client's path
+ * (src/router/path.ts) and as many upstreams do — `%2e` a dot, `%2F`, `%5C` and `\` slashes
+ * (nginx's $uri, IIS), a segment's `;params` cut off (Tomcat, Spring). A value `..%2F..%2Fadmin`
+ * is one segment here, and `/admin` to an upstream that decodes and then normalizes.
+ */
 export function dotSegment(path: string): string | null {
-  for (const seg of path.split('/')) {
-    if (seg.length > 6 || seg.length === 0) continue;
-    const s = seg.replace(/%2e/gi, '.');
-    if (s === '.' || s === '..') return seg;
+  for (const seg of path.split(SEPARATORS)) {
+    const s = seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg;
+    if (s.length > 6 || s.length === 0) continue;
+    const d = s.replace(/%2e/gi, '.');
+    if (d === '.' || d === '..') return seg;
   }
   return null;
 }
+const SEPARATORS = /\/|%2F|%5C|\\/i;
 
 /** Renders a path template: values encoded, and no `.` / `..` segment made by a value. */
 export function renderPath(t: Template, lookup: Lookup): string {
