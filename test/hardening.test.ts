@@ -351,3 +351,20 @@ consumers: [{name: alice, credentials: [{type: basic-auth, username: alice, pass
     await up.close();
   }
 });
+
+test('an absolute-form target with a fragment is refused in linear time (the authority regex backtracked quadratically: 2.4 s for 64 KB)', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(oneRoute(up.url, 'limits: {max_uri_length: 64kb}\n'));
+  try {
+    const target = `http://${'a'.repeat(32 * 1024)}/${'b'.repeat(32 * 1024 - 20)}#`;
+    const t0 = Date.now();
+    const r = await rawRequest(g.port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`);
+    const ms = Date.now() - t0;
+    assert.deepEqual(statuses(r.text), [400]);
+    assert.match(r.text, /fragment/);
+    assert.ok(ms < 500, `answered in ${ms} ms`);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
