@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promSamples as parse, promValue as sample, configIssues, eventually, freePort, request, sleep, startCli, startGateway, startUpstream, waitFor } from './helpers.js';
+import { promSamples as parse, promValue as sample, configIssues, eventually, freePort, rawRequest, request, sleep, startCli, startGateway, startUpstream, statuses, waitFor } from './helpers.js';
 
 const fresh = { connection: 'close' }; // a new connection per request: the cluster spreads them over the workers
 
@@ -166,12 +166,21 @@ services:
     assert.equal(d!.route, null);
     assert.equal(d!.request_id, r4.headers['x-request-id']);
 
+    // Names of Object.prototype's are keys like any other: logged as forwarded, never the
+    // prototype's function nor dropped.
+    const proto = await rawRequest(gw.port, 'GET /open?__proto__=p1&constructor=c1&constructor=c2&toString=t HTTP/1.1\r\nHost: x\r\n__proto__: hp\r\nconstructor: hc\r\nConnection: close\r\n\r\n');
+    assert.deepEqual(statuses(proto.text), [201]);
+    await eventually(() => lines(log).length === 5);
+    const e = lines(log)[4]!;
+    assert.equal(JSON.stringify(e.query), '{"__proto__":"p1","constructor":"c1,c2","toString":"t"}');
+    assert.match(JSON.stringify(e.headers), /"__proto__":"hp","constructor":"hc"/);
+
     // Rotation: the file is moved away, reopen (SIGUSR1 in the CLI) starts a new one; nothing lost.
     renameSync(log, `${log}.1`);
     await request(`${gw.url}/open`);
     gw.gw.observer.reopen();
     await request(`${gw.url}/open`);
-    await eventually(() => lines(`${log}.1`).length + lines(log).length === 6);
+    await eventually(() => lines(`${log}.1`).length + lines(log).length === 7);
     assert.ok(lines(log).length >= 1);
   } finally {
     await gw.close();

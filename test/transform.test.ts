@@ -104,7 +104,7 @@ services:
           - name: request-transform
             config:
               json:
-                expression: '{"total": $sum(items.price), "count": $count(items), "by": $request.headers."x-user"}'
+                expression: '{"total": $sum(items.price), "count": $count(items), "by": $request.headers."x-user", "c": $request.headers.constructor}'
       - name: runaway
         paths: [/runaway]
         plugins:
@@ -143,7 +143,7 @@ services:
           - name: response-transform
             config:
               json:
-                expression: '{"name": name, "upper": $uppercase(name)}'
+                expression: '{"name": name, "upper": $uppercase(name), "c": $request.headers.constructor}'
                 wrap: result
       - name: zipped
         paths: [/zip]
@@ -268,11 +268,12 @@ test('request-transform: a chunked JSON body is read whole and sent with a lengt
 test('request-transform: JSONata expression with $request', { ...T }, async () => {
   const r = await request(`${gw.url}/expr`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-user': 'u1' },
+    headers: { 'content-type': 'application/json', 'x-user': 'u1', constructor: 'k' },
     body: JSON.stringify({ items: [{ price: 2 }, { price: 3.5 }] }),
   });
   assert.equal(r.status, 200);
-  assert.deepEqual(JSON.parse(last().body.toString()), { total: 5.5, count: 2, by: 'u1' });
+  // (a field named constructor is the client's value, not Object's)
+  assert.deepEqual(JSON.parse(last().body.toString()), { total: 5.5, count: 2, by: 'u1', c: 'k' });
 });
 
 test('request-transform: invalid JSON -> 400 problem naming the error; upstream untouched', { ...T }, async () => {
@@ -379,6 +380,8 @@ test('response-transform: the upstream is asked for an unencoded body; one that 
 test('response-transform: JSONata expression and wrap', { ...T }, async () => {
   const r = await request(`${gw.url}/oexpr/user`);
   assert.deepEqual(JSON.parse(r.body), { result: { name: 'Ada', upper: 'ADA' } });
+  const c = await request(`${gw.url}/oexpr/user`, { headers: { constructor: 'k' } });
+  assert.deepEqual(JSON.parse(c.body), { result: { name: 'Ada', upper: 'ADA', c: 'k' } });
 });
 
 function fetchRaw(url: string, headers: Record<string, string>, method = 'GET'): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }> {

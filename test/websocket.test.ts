@@ -82,7 +82,7 @@ test('WebSocket echo through the gateway: text and binary, subprotocol, forwardi
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-ws-')), 'access.log');
   const t = await startGateway(`${config()}access_log: {destination: file, path: ${log}}\n`);
   try {
-    const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat/room/1?x=2`, { protocols: ['chat.v1', 'chat.v2'] });
+    const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat/room/1?x=2`, { protocols: ['chat.v1', 'chat.v2'], headers: { constructor: 'c1', 'x-two': 'a' } });
     assert.equal(ws.protocol, 'chat.v2');
     assert.ok(res.headers['x-request-id']);
     assert.equal(res.headers.via, '1.1 turnpike'); // (a 101 is a relayed response too: RFC 9110 §7.6.3)
@@ -97,6 +97,9 @@ test('WebSocket echo through the gateway: text and binary, subprotocol, forwardi
     assert.equal(hs.headers.host, `127.0.0.1:${up.port}`);
     assert.equal(hs.headers['x-forwarded-for'], '127.0.0.1');
     assert.equal(hs.headers['x-request-id'], res.headers['x-request-id']);
+    // (a field named constructor is forwarded as sent, once: not Object's function)
+    const raw = hs.rawHeaders;
+    assert.deepEqual(raw.flatMap((v, i) => (i % 2 === 0 && v.toLowerCase() === 'constructor' ? [raw[i + 1]] : [])), ['c1']);
     assert.equal(t.gw.ws.opened, 1);
     const c = closed(ws);
     ws.close(4002, 'done');

@@ -65,16 +65,24 @@ export function rawPath(url: string | undefined): string | null {
 
 /** The query as an object (repeated names joined with a comma), secret parameters (lower-case set, any case in the query) censored. */
 function queryObject(q: string, secret: ReadonlySet<string>): Record<string, string> {
-  const out: Record<string, string> = {};
+  // (no prototype: a parameter named __proto__ or constructor is a key like any other)
+  const out = Object.create(null) as Record<string, string>;
   if (q.length < 2) return out;
   for (const [k, v] of new URLSearchParams(q.slice(1))) out[k] = secret.has(k.toLowerCase()) ? CENSORED : k in out ? `${out[k]},${v}` : v;
   return out;
 }
 
-/** The request's header object, secret fields censored. */
-function headerObject(h: IncomingMessage['headers'], secret: ReadonlySet<string>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const k in h) out[k] = secret.has(k) ? CENSORED : h[k];
+/**
+ * The request's fields as forwarded (from the raw list: node's header object drops a field
+ * named __proto__), repeated ones joined with a comma, secret fields censored.
+ */
+function headerObject(raw: string[], secret: ReadonlySet<string>): Record<string, string> {
+  const out = Object.create(null) as Record<string, string>;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = raw[i]!.toLowerCase();
+    if (k.charCodeAt(0) === 0x3a) continue; // (HTTP/2 pseudo-headers)
+    out[k] = secret.has(k) ? CENSORED : k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
+  }
   return out;
 }
 
@@ -292,7 +300,7 @@ export class Observer {
         case 'error': out.error = error; break;
         case 'grpc_status': if (ex.grpcStatus !== null) out.grpc_status = grpcNumber(ex.grpcStatus); break;
         case 'user_agent': out.user_agent = req.headers['user-agent'] ?? null; break;
-        case 'headers': out.headers = headerObject(req.headers, a.headers); break;
+        case 'headers': out.headers = headerObject(req.rawHeaders, a.headers); break;
         case 'trace_id': if (ex.span !== null) out.trace_id = ex.span.spanContext().traceId; break;
         case 'websocket': {
           const w = ex.ws;

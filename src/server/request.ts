@@ -717,7 +717,7 @@ function startWebSocket(
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
   // The client's handshake fields (sec-websocket-*) are the relay's to send; Host is the target's.
-  const out: Record<string, string | string[]> = {};
+  const out = Object.create(null) as Record<string, string | string[]>; // (a field named constructor is data)
   for (let i = 0; i < headers.length - 2; i += 2) {
     const k = headers[i]!.toLowerCase();
     if (k.startsWith('sec-websocket-') || k === 'content-length') continue;

@@ -16,7 +16,7 @@ const DEFAULT_MAX_BODY = 1024 * 1024;
 
 /** The request's fields as a plain object (for $request.headers in expressions). */
 function headerObject(ctx: RequestCtx): Record<string, string> {
-  const out: Record<string, string> = {};
+  const out = Object.create(null) as Record<string, string>; // (a field named constructor is data)
   const raw = ctx.req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();

@@ -20,7 +20,7 @@ const DEFAULT_MAX_BODY = 1024 * 1024;
 const UPSTREAM_BYTES = ['content-length', 'content-encoding', 'etag', 'content-md5', 'digest'] as const;
 
 function headerObject(ctx: RequestCtx): Record<string, string> {
-  const out: Record<string, string> = {};
+  const out = Object.create(null) as Record<string, string>; // (a field named constructor is data)
   const raw = ctx.req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
