@@ -1,7 +1,7 @@
 /** Helpers shared by the auth plugins. */
 import { createHash, hash, timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
-import type { AuthOutcome } from './types.js';
+import type { AuthOutcome, Consumer } from './types.js';
 
 /** `anonymous` and `hide_credentials`, common to every auth plugin's config. */
 export const AuthCommon = {
@@ -75,4 +75,19 @@ export const BAD_BEARER = Symbol('malformed Bearer credentials');
 /** The outcome for BAD_BEARER: 400 with error="invalid_request" in the scheme's challenge. */
 export function badBearer(realm: string): AuthOutcome {
   return { ok: false, missing: false, status: 400, challenge: `${realm}, error="invalid_request"`, detail: 'the Authorization header is not "Bearer" and one token' };
+}
+
+/** prepareCredentials for a credential type named by one field: a value is one consumer's only. */
+export function uniqueField(field: string) {
+  return (list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[] => {
+    const seen = new Map<string, string>();
+    const problems: { index: number; field?: string; message: string }[] = [];
+    list.forEach(({ consumer, credential }, index) => {
+      const v = String(credential[field]);
+      const other = seen.get(v);
+      if (other !== undefined) problems.push({ index, field, message: `"${v}" is also consumer "${other}"'s` });
+      else seen.set(v, consumer.name);
+    });
+    return problems;
+  };
 }

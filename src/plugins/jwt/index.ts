@@ -9,7 +9,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256b64 } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256b64, uniqueField } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
@@ -45,17 +45,7 @@ export default definePlugin({
   schema: JwtConfig,
   credential: JwtCredential,
   scopes: ['global', 'service', 'route'],
-  prepareCredentials(list) {
-    const seen = new Map<string, string>();
-    const problems: { index: number; field?: string; message: string }[] = [];
-    list.forEach(({ consumer, credential }, index) => {
-      const v = String(credential['subject']);
-      const other = seen.get(v);
-      if (other !== undefined) problems.push({ index, field: 'subject', message: `"${v}" is also consumer "${other}"'s` });
-      else seen.set(v, consumer.name);
-    });
-    return problems;
-  },
+  prepareCredentials: uniqueField('subject'),
   check(config) {
     const out: string[] = [];
     if (!config.issuer && !config.jwks_url) out.push('give issuer (OIDC discovery) or jwks_url');

@@ -7,6 +7,7 @@
 import type { TLSSocket, PeerCertificate } from 'node:tls';
 import { definePlugin, type Consumer } from '../types.js';
 import { MtlsAuthConfig, MtlsAuthCredential } from './schema.js';
+import { uniqueField } from '../auth-common.js';
 
 const CHALLENGE = 'MutualTLS realm="turnpike"';
 
@@ -29,17 +30,7 @@ export default definePlugin({
   schema: MtlsAuthConfig,
   credential: MtlsAuthCredential,
   scopes: ['global', 'service', 'route'],
-  prepareCredentials(list) {
-    const seen = new Map<string, string>();
-    const problems: { index: number; field?: string; message: string }[] = [];
-    list.forEach(({ consumer, credential }, index) => {
-      const v = String(credential['subject_name']);
-      const other = seen.get(v);
-      if (other !== undefined) problems.push({ index, field: 'subject_name', message: `"${v}" is also consumer "${other}"'s` });
-      else seen.set(v, consumer.name);
-    });
-    return problems;
-  },
+  prepareCredentials: uniqueField('subject_name'),
   check(_config, deps) {
     return deps.listeners.clientCa ? [] : ['mtls-auth needs tls.client_ca (the CA that client certificates are verified against)'];
   },

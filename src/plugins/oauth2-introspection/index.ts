@@ -9,10 +9,10 @@
  * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256 } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256, uniqueField } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
-import { IntrospectionConfig } from './schema.js';
+import { IntrospectionConfig, IntrospectionCredential } from './schema.js';
 
 const REALM = 'Bearer realm="turnpike"';
 const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, challenge: `${REALM}, error="invalid_token"`, detail });
@@ -46,8 +46,12 @@ export default definePlugin({
   priority: 1400,
   description: 'Opaque OAuth2 tokens checked at the identity provider\'s introspection endpoint (RFC 7662), cached.',
   schema: IntrospectionConfig,
+  credential: IntrospectionCredential,
   scopes: ['global', 'service', 'route'],
+  prepareCredentials: uniqueField('subject'),
   create(config, deps) {
+    const subjects = new Map<string, Consumer>();
+    for (const { consumer, credential } of deps.credentials) subjects.set(String(credential['subject']), consumer);
     const ttl = parseDuration(config.cache_ttl ?? '30s');
     const negativeTtl = Math.min(ttl, parseDuration(config.negative_cache_ttl ?? '5s'));
     const timeoutMs = parseDuration(config.timeout ?? '5s');
@@ -113,7 +117,10 @@ export default definePlugin({
       const v = body[claimName];
       const value = typeof v === 'string' || typeof v === 'number' ? String(v) : null;
       if (value === null) return { outcome: invalid(`the token has no ${claimName}`), until };
-      const consumer: Consumer | null = deps.consumers.get(value) ?? null;
+      // By a credential's subject; by name only a consumer that declares no credentials (an
+      // IdP user who calls itself "admin" does not stand for a consumer that has its own keys).
+      const byName = deps.consumers.get(value);
+      const consumer: Consumer | null = subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
       if (consumer === null && config.require_consumer) return { outcome: invalid('the token is not for a known consumer'), until };
       return { outcome: { ok: true, consumer, identity: consumer?.name ?? value, credential: `oauth2:${value}`, scopes, claims: body }, until };
     };

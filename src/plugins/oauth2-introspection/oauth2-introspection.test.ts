@@ -12,6 +12,8 @@ let ais: TestUpstream;
 /** One whose answer the test sets: a status and JSON body, or 'reset' (the connection is cut, no answer). */
 let ctl: TestUpstream;
 let ctlAnswer: { status: number; body: unknown } | 'reset' = { status: 200, body: {} };
+/** Answers every token as active, its username the token itself. */
+let who: TestUpstream;
 
 before(async () => {
   idp = await startIdp();
@@ -26,8 +28,15 @@ before(async () => {
     if (ctlAnswer === 'reset') req.socket.destroy();
     else res.writeHead(ctlAnswer.status, { 'content-type': 'application/json' }).end(JSON.stringify(ctlAnswer.body));
   });
+  who = await startUpstream((_req, res, body) => {
+    const token = new URLSearchParams(body.toString()).get('token');
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ active: true, username: token, exp: Math.floor(Date.now() / 1000) + 600 }));
+  });
   gw = await startGateway(`
-consumers: [{name: svc-a, groups: [apps]}]
+consumers:
+  - {name: svc-a, groups: [apps]}
+  - {name: admin, groups: [admins], credentials: [{type: key-auth, key: admin-key-0001}]}
+  - {name: partner, groups: [partners], credentials: [{type: key-auth, key: partner-key-01}, {type: oauth2-introspection, subject: partner-idp-user}]}
 services:
   - name: api
     url: ${up.url}
@@ -63,6 +72,11 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${ctl.url}/introspect, client_id: gateway, client_secret: s, negative_cache_ttl: 30s, cache_ttl: 30s}
+      - name: by-username
+        paths: [/by-username]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${who.url}/introspect, client_id: gateway, client_secret: s, consumer_claim: username}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -75,6 +89,7 @@ after(async () => {
   await up?.close();
   await ais?.close();
   await ctl?.close();
+  await who?.close();
   await idp?.close();
 });
 
@@ -227,4 +242,27 @@ test('a 400 whose OAuth error is about the token is the token\'s fault: 401 inva
     assert.equal(x.status, 503, `${status} ${error}: ${x.body}`);
     assert.doesNotMatch(String(x.headers['www-authenticate'] ?? ''), /invalid_token/);
   }
+});
+
+test('the claim names a consumer by an oauth2-introspection credential, by name only one that declares no credentials (an IdP user called admin is not the admin consumer)', async () => {
+  const as = async (token: string) => {
+    const r = await request(`${gw.url}/by-username`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(r.status, 200, r.body);
+    const h = (JSON.parse(r.body) as { headers: Record<string, string | undefined> }).headers;
+    // (x-consumer-name names the caller either way; id and groups only a consumer)
+    return [h['x-consumer-id'] === undefined ? null : h['x-consumer-name'], h['x-consumer-groups'] ?? null];
+  };
+  assert.deepEqual(await as('svc-a'), ['svc-a', 'apps']);
+  assert.deepEqual(await as('admin'), [null, null]);
+  assert.deepEqual(await as('partner'), [null, null]);
+  assert.deepEqual(await as('partner-idp-user'), ['partner', 'partners']);
+});
+
+test('an oauth2-introspection subject is one consumer\'s only', async () => {
+  const { configIssues } = await import('../../../test/helpers.js');
+  const issues = configIssues(`consumers:
+  - {name: a, credentials: [{type: oauth2-introspection, subject: s1}]}
+  - {name: b, credentials: [{type: oauth2-introspection, subject: s1}]}
+`);
+  assert.ok(issues.some((i) => /"s1" is also consumer "a"'s/.test(i.message)), JSON.stringify(issues));
 });

@@ -14,8 +14,13 @@ export const IntrospectionConfig = Type.Object({
   timeout: Type.Optional(Duration('Timeout of an introspection call (default 5s).')),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have; missing -> 403.' })),
   audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'When given, the token\'s aud must contain one of them.' })),
-  consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'client_id', description: 'Field of the introspection answer that names the consumer (client_id, sub, username...).' })),
+  consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'client_id', description: 'Field of the introspection answer that names the consumer (client_id, sub, username...): an oauth2-introspection credential\'s subject, else a consumer of that name that declares no credentials.' })),
   require_consumer: Type.Optional(Type.Boolean({ default: false })),
   ...AuthCommon,
 }, { additionalProperties: false });
 export type IntrospectionConfig = Static<typeof IntrospectionConfig>;
+
+export const IntrospectionCredential = Type.Object({
+  type: Type.Literal('oauth2-introspection'),
+  subject: Type.String({ minLength: 1, description: 'The consumer_claim value (e.g. an OAuth client_id) that identifies this consumer.' }),
+}, { additionalProperties: false });
