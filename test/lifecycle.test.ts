@@ -1,7 +1,10 @@
 /** The CLI as users run it (bin/turnpike.js, built by `npm ci`): quickstart, /status, SIGHUP, SIGTERM drain. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdtempSync, readFileSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, readFileSync, mkdirSync, symlinkSync, renameSync } from 'node:fs';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { makeCa } from './certs.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, request, sleep, startCli, waitFor } from './helpers.js';
@@ -135,4 +138,68 @@ test('start with an invalid config prints path and line and exits 1; --version w
   const v = startCli(['--version'], {});
   assert.equal(await v.exit, 0);
   assert.equal(v.stderr().trim(), JSON.parse(readFileSync('package.json', 'utf8')).version);
+});
+
+test('files the config refers to are watched: a rotated upstream CA (a Secret\'s ..data swap) and an edited OpenAPI document apply without a signal; SIGHUP reads them too', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const [ca1, ca2] = [makeCa('Old CA'), makeCa('New CA')];
+  const leaf = ca2.issue('upstream', { dns: ['127.0.0.1'] });
+  const up = createHttpsServer({ key: leaf.key, cert: leaf.cert }, (_q, res) => res.end('tls ok'));
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-inputs-'));
+  // A Secret volume: ca.pem -> ..data/ca.pem, ..data -> ..v1 (Kubernetes swaps ..data)
+  const secret = join(dir, 'secret');
+  mkdirSync(join(secret, '..v1'), { recursive: true });
+  writeFileSync(join(secret, '..v1', 'ca.pem'), ca1.cert);
+  symlinkSync('..v1', join(secret, '..data'));
+  symlinkSync('..data/ca.pem', join(secret, 'ca.pem'));
+  const spec = (paths: string[]) => `openapi: 3.0.3\ninfo: {title: t, version: '1'}\npaths:\n${paths.map((x) => `  ${x}: {get: {responses: {'200': {description: ok}}}}\n`).join('')}`;
+  writeFileSync(join(dir, 'api.yaml'), spec(['/api/a']));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}
+admin: {listen: 127.0.0.1:${a}}
+demo: {listen: 127.0.0.1:${d}}
+services:
+  - name: tls-up
+    url: https://127.0.0.1:${(up.address() as AddressInfo).port}
+    tls: {ca: secret/ca.pem}
+    routes: [{name: t, paths: [/t]}]
+  - name: plain
+    url: http://127.0.0.1:${d}
+    routes: [{name: api, paths: [/api], plugins: [{name: request-validator, config: {openapi: api.yaml}}]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  const status = (path: string) => request(`http://127.0.0.1:${p}${path}`).then((r) => r.status);
+  const until = async (what: string, cond: () => Promise<boolean>, ms = 8000) => {
+    const end = Date.now() + ms;
+    while (!(await cond())) {
+      if (Date.now() > end) assert.fail(`${what}\n${run.stderr().slice(-2000)}`);
+      await sleep(100);
+    }
+  };
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    assert.equal(await status('/t'), 502, 'the upstream\'s CA is not the one given yet');
+    assert.equal(await status('/api/a'), 200);
+    assert.equal(await status('/api/b'), 404);
+    // the Secret is updated the way kubelet does it: a new dir, then ..data renamed over
+    mkdirSync(join(secret, '..v2'));
+    writeFileSync(join(secret, '..v2', 'ca.pem'), ca2.cert);
+    symlinkSync('..v2', join(secret, '..data_tmp'));
+    renameSync(join(secret, '..data_tmp'), join(secret, '..data'));
+    await until('the rotated CA applies without a signal', async () => (await status('/t')) === 200);
+    // an edited OpenAPI document, with SIGHUP this time (the config text is the same)
+    writeFileSync(join(dir, 'api.yaml'), spec(['/api/a', '/api/b']));
+    run.child.kill('SIGHUP');
+    await until('the edited OpenAPI document applies', async () => (await status('/api/b')) === 200, 3000);
+    assert.match(run.stderr(), /referenced file change/);
+    const revision = JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision as number;
+    assert.ok(revision >= 3, `revision ${revision}`);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+    up.close();
+    ca1.cleanup();
+    ca2.cleanup();
+  }
 });

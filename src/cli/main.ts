@@ -9,7 +9,7 @@ import { ControlPlane, fileControl } from '../server/control-plane.js';
 import { redactUrl } from '../core/url-secrets.js';
 import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread, warmParserThread } from '../config/parse-thread.js';
-import { watchConfig } from '../config/watch.js';
+import { watchConfig, watchInputs, type InputsWatcher } from '../config/watch.js';
 import { startPrimary, runWorker } from '../server/cluster.js';
 import { compile, validationCounters } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
@@ -238,6 +238,7 @@ export async function main(argv: string[]): Promise<number> {
   // into one more reload of the newest text afterwards (never starved by a busy writer).
   let busy = false;
   let queued: { why: string; text?: string; done: ((ok: boolean) => void)[] } | null = null;
+  let inputs: InputsWatcher | null = null;
   /** Resolves true when this text (or a newer one queued after it) was applied. */
   const reloadFrom = async (why: string, given?: string): Promise<boolean> => {
     if (busy) {
@@ -275,6 +276,7 @@ export async function main(argv: string[]): Promise<number> {
       await running.reload(next);
       adopt?.();
       ok = true;
+      inputs?.set(running.gw.snapshot.inputs);
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {
       log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
@@ -293,6 +295,10 @@ export async function main(argv: string[]): Promise<number> {
     onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
     checkNow: true,
   });
+  // The files the config refers to (a rotated upstream CA, an edited OpenAPI document): a change
+  // reloads the config, which reads them again (their digests are part of the snapshot's hash).
+  inputs = loaded.config.watch === false || fileless ? null : watchInputs(() => void reloadFrom('referenced file change'));
+  inputs?.set(running.gw.snapshot.inputs);
   if (cp) warmParserThread();
   cp?.run();
 
@@ -307,6 +313,7 @@ export async function main(argv: string[]): Promise<number> {
       }
       stopping = true;
       watcher?.close();
+      inputs?.close();
       void cp?.close();
       log.info({ signal }, 'draining');
       // A hard bound on the whole shutdown: whatever hangs, the process (and its workers) go.

@@ -4,7 +4,7 @@
  * Problems are reported through `fail(path, message)` like every other config error.
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import type { ConfigInputs } from '../config/inputs.js';
 import type { Pool } from 'undici';
 import type { CompiledService } from '../config/compile.js';
 import type { PathSegment } from '../config/errors.js';
@@ -100,8 +100,8 @@ export interface ComposeCompileDeps {
   pools: PoolRegistry;
   /** Pools acquired for url steps go here (released with the snapshot). */
   acquired: Pool[];
-  /** Resolves a file name relative to the config file. */
-  file: (f: string) => string;
+  /** Reads files named relative to the config file (recorded for the snapshot's hash). */
+  inputs: ConfigInputs;
   fail: (path: PathSegment[], message: string) => void;
 }
 
@@ -300,15 +300,7 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
       let tls: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; id: string } | undefined;
       if (s.tls !== undefined) {
         if (!https) fail([...sp, 'tls'], 'tls needs an https:// url');
-        const read = (f: string | undefined, key: string): Buffer | undefined => {
-          if (f === undefined) return undefined;
-          try {
-            return readFileSync(deps.file(f));
-          } catch (e) {
-            fail([...sp, 'tls', key], `cannot read ${f}: ${(e as Error).message}`);
-            return undefined;
-          }
-        };
+        const read = (f: string | undefined, key: string): Buffer | undefined => deps.inputs.readOr(f, (msg) => fail([...sp, 'tls', key], msg));
         const ca = read(s.tls.ca, 'ca');
         const cert = read(s.tls.cert, 'cert');
         const key = read(s.tls.key, 'key');

@@ -5,9 +5,9 @@
  */
 import { observabilitySettings, type ObservabilitySettings } from '../observability/settings.js';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
+import { ConfigInputs } from './inputs.js';
 import type { Pool } from 'undici';
 import { configHashOf, type LoadedConfig } from './load.js';
 import { formatPath, type PathSegment } from './errors.js';
@@ -157,8 +157,10 @@ export interface Http2Settings {
 }
 
 export interface Snapshot {
-  /** sha256 of the effective config (first 16 hex). */
+  /** sha256 of the effective config (first 16 hex): its text, DNS answers, and the files it refers to. */
   hash: string;
+  /** Files the config refers to, read while it compiled (watched: a change reloads). */
+  inputs: readonly string[];
   loadedAt: Date;
   source: string | undefined;
   listen: Address;
@@ -395,7 +397,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   };
 
   const baseDir = loaded.file ? dirname(resolve(loaded.file)) : process.cwd();
-  const file = (f: string) => resolve(baseDir, f);
+  const inputs = new ConfigInputs(baseDir);
+  const file = (f: string) => inputs.path(f);
 
   let tls: TlsListener | null = null;
   if (cfg.tls && !cfg.listen_tls) fail(['tls'], 'tls needs listen_tls (the address of the TLS listener)');
@@ -486,7 +489,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
   const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
   for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
-  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, baseDir, deps.caches);
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, inputs, deps.caches);
   plugins.setGlobal(cfg.plugins);
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) plugins.setPlan(name, plan, ['plans', name]);
   (cfg.consumers ?? []).forEach((c, ci) => {
@@ -562,15 +565,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
 
     let upstreamTls: { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized: boolean; servername?: string; id: string } | undefined;
     if (s.tls) {
-      const read = (f: string | undefined, key: string): Buffer | undefined => {
-        if (f === undefined) return undefined;
-        try {
-          return readFileSync(file(f));
-        } catch (e) {
-          fail([...sp, 'tls', key], `cannot read ${f}: ${(e as Error).message}`);
-          return undefined;
-        }
-      };
+      const read = (f: string | undefined, key: string): Buffer | undefined => inputs.readOr(f, (msg) => fail([...sp, 'tls', key], msg));
       const ca = read(s.tls.ca, 'ca');
       const cert = read(s.tls.cert, 'cert');
       const key = read(s.tls.key, 'key');
@@ -755,7 +750,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       websocket: null,
       chains: plugins.route([], routeBindings, { route: r.name, service: r.name }),
       compose: compileCompose(r.compose, {
-        path: [...rp, 'compose'], services: servicesByName, params: pathParams(r.paths), pools: deps.pools, acquired, file, fail,
+        path: [...rp, 'compose'], services: servicesByName, params: pathParams(r.paths), pools: deps.pools, acquired, inputs, fail,
       }),
     };
     routes.push(route);
@@ -799,18 +794,19 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     }
   };
   // (before the issues are counted: a scaling setting may fail, e.g. a KEDA TLS file)
-  const scaling = scalingSettingsOf(cfg.scaling, services, baseDir, (p, msg) => fail(['scaling', ...p], msg));
+  const scaling = scalingSettingsOf(cfg.scaling, services, inputs, (p, msg) => fail(['scaling', ...p], msg));
   if (issues.length) {
     release();
     closePlugins();
     throw loaded.error(issues);
   }
   yield;
-  const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).update(tls?.certs.digest() ?? '').digest('hex').slice(0, 16);
+  const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).update(tls?.certs.digest() ?? '').update(inputs.digest()).digest('hex').slice(0, 16);
   let users = 0;
   let retired = false;
   return Object.freeze({
     hash,
+    inputs: inputs.paths(),
     loadedAt: new Date(),
     source: loaded.file,
     listen,

@@ -93,3 +93,41 @@ export function watchConfig(
     },
   };
 }
+
+export interface InputsWatcher {
+  /** Watches these paths now (the files of the config just applied). */
+  set(paths: readonly string[]): void;
+  close(): void;
+}
+
+/**
+ * Watches the files a config refers to (src/config/inputs.ts): upstream CAs and client
+ * certificates, OpenAPI documents. They live anywhere (a Secret volume of their own), so each
+ * is polled (fs.watchFile: a stat every pollMs, following symlinks, so a Kubernetes `..data`
+ * swap or cert-manager's rewrite is a change); any change calls onChange once per debounce.
+ */
+export function watchInputs(onChange: () => void, opts: { pollMs?: number; debounceMs?: number } = {}): InputsWatcher {
+  const pollMs = opts.pollMs ?? 2000;
+  const debounce = opts.debounceMs ?? 250;
+  let watched = new Set<string>();
+  let timer: NodeJS.Timeout | undefined;
+  const changed = (curr: { mtimeMs: number; ino: number; size: number }, prev: { mtimeMs: number; ino: number; size: number }) => {
+    if (curr.mtimeMs === prev.mtimeMs && curr.ino === prev.ino && curr.size === prev.size) return;
+    clearTimeout(timer);
+    timer = setTimeout(onChange, debounce);
+    timer.unref();
+  };
+  return {
+    set(paths) {
+      const next = new Set(paths);
+      for (const p of watched) if (!next.has(p)) unwatchFile(p, changed);
+      for (const p of next) if (!watched.has(p)) watchFile(p, { persistent: false, interval: pollMs }, changed);
+      watched = next;
+    },
+    close() {
+      clearTimeout(timer);
+      for (const p of watched) unwatchFile(p, changed);
+      watched.clear();
+    },
+  };
+}

@@ -13,6 +13,7 @@
  * access (the chain for the authenticated consumer), then the upstream. A plugin that throws or
  * rejects answers that request with a 500 problem; the gateway carries on.
  */
+import { ConfigInputs } from '../config/inputs.js';
 import { createHash } from 'node:crypto';
 import { Value } from '@sinclair/typebox/value';
 import type { PathSegment } from '../config/errors.js';
@@ -149,7 +150,7 @@ export class PluginCompiler {
     private readonly consumerHeaders: ConsumerHeaders,
     private readonly log: Logger,
     private readonly fail: (path: PathSegment[], message: string) => void,
-    private readonly baseDir: string = process.cwd(),
+    private readonly inputs: ConfigInputs = new ConfigInputs(process.cwd()),
     private readonly caches?: CacheStores,
   ) {}
 
@@ -208,7 +209,8 @@ export class PluginCompiler {
         where: bp.join('.'),
         // (a plugin is bound once per place and consumer: the rest is checked above)
         counterScope: `${owner}|${def.name}${b.consumer !== undefined ? `|consumer:${b.consumer}` : ''}`,
-        baseDir: this.baseDir,
+        baseDir: this.inputs.baseDir,
+        readFile: (f: string) => this.inputs.read(f),
         ...(this.caches ? { caches: this.caches } : {}),
         listeners: this.listeners,
         counters: this.counters,

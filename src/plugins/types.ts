@@ -203,6 +203,11 @@ export interface PluginDeps {
   counterScope: string;
   /** The config file's directory (relative file paths in a plugin's config are relative to it). */
   baseDir: string;
+  /**
+   * Reads a file a plugin's config names (relative to baseDir; throws as readFileSync does):
+   * its digest joins the snapshot's hash and it is watched, so a reload sees it change.
+   */
+  readFile(f: string): Buffer;
   /** Facts about the listeners (mtls-auth needs a client CA). */
   listeners: { clientCa: boolean };
   /** Counter stores: this node's (shared by its workers), and Redis when `redis` is configured. */

@@ -1,7 +1,6 @@
 /** `scaling:` config -> what the advisor runs (checked at compile: errors name the field). */
 import type { PathSegment } from '../config/errors.js';
-import { readFileSync } from 'node:fs';
-import { isAbsolute, join } from 'node:path';
+import type { ConfigInputs } from '../config/inputs.js';
 import { parseDuration } from '../config/units.js';
 import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
 import { urlTarget } from '../core/url-auth.js';
@@ -94,7 +93,7 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
   return { policy, currentFrom, triggers, key: JSON.stringify(rest) };
 }
 
-export function scalingSettingsOf(c: ScalingConfig | undefined, services: readonly { scaling: ScalingPolicyConfig | null }[], baseDir: string, fail: Fail): ScalingSettings | null {
+export function scalingSettingsOf(c: ScalingConfig | undefined, services: readonly { scaling: ScalingPolicyConfig | null }[], inputs: ConfigInputs, fail: Fail): ScalingSettings | null {
   if (c === undefined && !services.some((s) => s.scaling !== null)) return null;
   const intervalMs = ms(c?.interval, 1000);
   if (intervalMs < 100 || intervalMs > 60_000) fail(['interval'], 'between 100ms and 60s');
@@ -106,14 +105,7 @@ export function scalingSettingsOf(c: ScalingConfig | undefined, services: readon
     else keda = { host: m[1] === '*' ? '0.0.0.0' : m[1]!, port };
     const t = c.keda.tls;
     if (t && keda) {
-      const read = (field: string, p: string): Buffer | undefined => {
-        try {
-          return readFileSync(isAbsolute(p) ? p : join(baseDir, p));
-        } catch (err) {
-          fail(['keda', 'tls', field], `cannot read ${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-          return undefined;
-        }
-      };
+      const read = (field: string, p: string): Buffer | undefined => inputs.readOr(p, (msg) => fail(['keda', 'tls', field], msg));
       const [cert, key, clientCa] = [read('cert', t.cert), read('key', t.key), t.client_ca !== undefined ? read('client_ca', t.client_ca) : undefined];
       if (cert && key) keda.tls = { cert, key, ...(clientCa ? { clientCa } : {}) };
     }
@@ -121,5 +113,5 @@ export function scalingSettingsOf(c: ScalingConfig | undefined, services: readon
   const g = c?.gateway;
   const gateway = { targetUtilization: g?.target_utilization ?? 0.7, minNodes: g?.min_nodes ?? 1, maxNodes: g?.max_nodes ?? 100 };
   if (gateway.maxNodes < gateway.minNodes) fail(['gateway', 'max_nodes'], 'must be at least min_nodes');
-  return { intervalMs, keda, gateway, baseDir };
+  return { intervalMs, keda, gateway, baseDir: inputs.baseDir };
 }

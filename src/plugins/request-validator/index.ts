@@ -8,7 +8,6 @@
  * response that breaks the document: 502 invalid-upstream-response (logged).
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { LRUCache } from 'lru-cache';
 import { definePlugin, type PluginDeps, type Reply, type RequestCtx } from '../types.js';
@@ -40,7 +39,7 @@ function documentOf(config: Config, deps: PluginDeps): { doc: unknown; source: s
   const file = resolve(configDir(deps), config.openapi);
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = deps.readFile(file).toString('utf8');
   } catch (e) {
     throw new Error(`openapi: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
