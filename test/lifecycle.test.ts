@@ -3,6 +3,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync, mkdtempSync, readFileSync, mkdirSync, symlinkSync, renameSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
+import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { makeCa } from './certs.js';
 import { tmpdir } from 'node:os';
@@ -201,5 +203,38 @@ services:
     up.close();
     ca1.cleanup();
     ca2.cleanup();
+  }
+});
+
+test('npx turnpike start: a SIGTERM to npx (which npm does not pass on) still drains the gateway and frees its port', async () => {
+  const p = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-npx-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}\nservices: []\n`);
+  const npx = spawn('npx', ['--no-install', 'turnpike', 'start', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info' } });
+  let out = '';
+  npx.stdout!.on('data', (d) => (out += d));
+  npx.stderr!.on('data', (d) => (out += d));
+  const listening = () => new Promise<boolean>((resolve) => {
+    const s = connect(p, '127.0.0.1');
+    s.on('connect', () => { s.destroy(); resolve(true); });
+    s.on('error', () => resolve(false));
+  });
+  try {
+    for (let i = 0; i < 150 && !(await listening()); i++) await sleep(100);
+    assert.ok(await listening(), `the gateway did not start under npx\n${out}`);
+    npx.kill('SIGTERM');
+    let free = false;
+    for (let i = 0; i < 60 && !free; i++) {
+      await sleep(100);
+      free = !(await listening());
+    }
+    assert.ok(free, `the gateway still listens after npx got SIGTERM\n${out}`);
+  } finally {
+    try {
+      process.kill(-npx.pid!, 'SIGKILL'); // (the group: an orphaned gateway stays in it)
+    } catch {
+      /* gone */
+    }
   }
 });

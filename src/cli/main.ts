@@ -208,6 +208,19 @@ export async function main(argv: string[]): Promise<number> {
     else log.info({ signal }, 'signal while starting: ignored');
   };
   for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2'] as const) process.on(signal, () => onSignal(signal));
+  // Under npm (`npx turnpike start`: npm exec -> sh -c -> node) a SIGTERM to npx ends npm and the
+  // shell but is not passed on (npm/cli#6547): the gateway would serve on, orphaned, its ports
+  // held. Losing the parent npm started it under is taken as that SIGTERM (the drain, exit 0).
+  if (process.env['npm_command'] !== undefined) {
+    const parent = process.ppid;
+    const orphaned = setInterval(() => {
+      if (process.ppid === parent) return;
+      clearInterval(orphaned);
+      log.warn({ parent }, 'the npm process that started the gateway is gone (npm does not pass signals on): draining as on SIGTERM');
+      onSignal('SIGTERM');
+    }, 500);
+    orphaned.unref();
+  }
 
   // One object for both modes: the single-process gateway, or the primary supervising workers.
   let running: { gw: Gateway; reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; reopenLogs(): void; rollingRestart?(): Promise<void>; kill?(): void };
