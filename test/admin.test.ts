@@ -58,6 +58,54 @@ test('with admin.token: /health needs the bearer token; /status tells anyone onl
   }
 });
 
+test('probes: /status/live and /status/ready on the admin listener without the token, and on status_listen (the probes alone, 404 for the rest); live stays 200 while draining, ready turns 503', async () => {
+  const up = await startUpstream((_req, res) => setTimeout(() => res.end('slow'), 800));
+  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: s3cret-token-0123456}\nstatus_listen: 127.0.0.1:0\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
+  const st = `http://127.0.0.1:${t.gw.statusAddress!.port}`;
+  const json = async (url: string, opts: Parameters<typeof request>[1] = {}) => {
+    const r = await request(url, opts);
+    return { code: r.status, body: r.body === '' ? '' : JSON.parse(r.body) as unknown };
+  };
+  const authed = { authorization: 'Bearer s3cret-token-0123456' };
+  try {
+    for (const base of [t.adminUrl!, st]) {
+      assert.deepEqual(await json(`${base}/status/live`), { code: 200, body: { status: 'ok' } }, base);
+      assert.deepEqual(await json(`${base}/status/ready`), { code: 200, body: { status: 'ok' } }, base);
+      assert.deepEqual(await json(`${base}/status`), { code: 200, body: { status: 'ok' } }, base);
+      assert.deepEqual(await json(`${base}/status/ready`, { method: 'HEAD' }), { code: 200, body: '' }, base);
+      // (a token, even a wrong one, changes nothing for the probes)
+      assert.deepEqual(await json(`${base}/status/ready`, { headers: { authorization: 'Bearer wrong' } }), { code: 200, body: { status: 'ok' } }, base);
+      assert.deepEqual(await json(`${base}/status/live?x=1`, { headers: authed }), { code: 200, body: { status: 'ok' } }, base);
+    }
+    // The admin listener: the rest still needs the token; /status with it is the whole report.
+    assert.equal((await request(`${t.adminUrl}/health`)).status, 401);
+    assert.equal((await request(`${t.adminUrl}/status/ready`, { method: 'POST' })).status, 401);
+    assert.equal((await request(`${t.adminUrl}/status/other`)).status, 401);
+    assert.equal(((await json(`${t.adminUrl}/status`, { headers: authed })).body as { revision: number }).revision, 1);
+    // The status listener: nothing but the probes, whatever the token.
+    for (const [path, method] of [['/health', 'GET'], ['/metrics', 'GET'], ['/api/services', 'GET'], ['/console/', 'GET'], ['/status/other', 'GET'], ['/status/ready', 'POST'], ['/cache', 'DELETE']] as const) {
+      const r = await request(`${st}${path}`, { method, headers: authed });
+      assert.equal(r.status, 404, `${method} ${path}`);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+    }
+
+    const inflight = request(`${t.url}/slow`);
+    await sleep(100);
+    const stopping = t.gw.stop();
+    for (const base of [t.adminUrl!, st]) {
+      assert.deepEqual(await json(`${base}/status/live`), { code: 200, body: { status: 'ok', phase: 'draining' } }, base);
+      assert.deepEqual(await json(`${base}/status/ready`), { code: 503, body: { status: 'draining' } }, base);
+      assert.deepEqual(await json(`${base}/status`), { code: 503, body: { status: 'draining' } }, base);
+    }
+    assert.equal((await inflight).body, 'slow');
+    await stopping;
+    await assert.rejects(request(`${st}/status/live`), 'the status listener closes with the rest');
+  } finally {
+    await t.close();
+    await up.close();
+  }
+});
+
 test('admin.tokens: a read-only token reads, only an admin token changes (DELETE /cache); names and tokens are unique; beyond loopback an admin token is needed', async () => {
   const up = await startUpstream();
   const t = await startGateway(`admin:

@@ -68,6 +68,10 @@ test('workers: 2 — /status is 503 "starting" until a worker accepts on the pro
           assert.equal(s.full.body.status, 'starting');
           assert.ok(Array.isArray(s.full.body.workers));
         } else assert.equal(s.full.code, 200);
+        // Liveness is not readiness: alive while the workers start (no token needed either).
+        const live = await request(`http://127.0.0.1:${a}/status/live`);
+        assert.equal(live.status, 200);
+        assert.ok([JSON.stringify({ status: 'ok', phase: 'starting' }), JSON.stringify({ status: 'ok' })].includes(live.body), live.body);
         starting++;
         await sleep(20);
         continue;

@@ -167,6 +167,8 @@ export interface Snapshot {
   tls: TlsListener | null;
   http2: Http2Settings;
   admin: { listen: Address; token: string | undefined; tokens: readonly AdminToken[] } | null;
+  /** status_listen: probes only (/status, /status/live, /status/ready), no token. */
+  statusListen: Address | null;
   demo: Address | null;
   /** Worker processes (resolved: auto = CPU cores). */
   workers: number;
@@ -367,6 +369,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       fail(['admin', 'token'], `a token is required when the admin listener is not on loopback (${cfg.admin.listen})`);
     }
     admin = { listen: a, token: cfg.admin.token || undefined, tokens };
+  }
+
+  let statusListen: Address | null = null;
+  if (cfg.status_listen !== undefined) {
+    statusListen = parseAddress(cfg.status_listen);
+    if (statusListen.port > 65535) fail(['status_listen'], `port ${statusListen.port} is out of range`);
   }
 
   const validCidrs: string[] = [];
@@ -813,6 +821,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     tls,
     http2,
     admin,
+    statusListen,
     demo,
     workers,
     watch: cfg.watch ?? true,

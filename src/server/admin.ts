@@ -1,6 +1,8 @@
 /**
- * The admin listener: `/status`, `/health` (targets and circuits), `/metrics` (Prometheus),
- * `/analytics` (per-route and per-consumer statistics), `/quotas`, `DELETE /cache` (purge), and `/api/` (the admin REST API, src/admin/).
+ * The admin listener: `/status` (and the probes `/status/live`, `/status/ready`), `/health`
+ * (targets and circuits), `/metrics` (Prometheus), `/analytics` (per-route and per-consumer
+ * statistics), `/quotas`, `DELETE /cache` (purge), and `/api/` (the admin REST API, src/admin/).
+ * The status listener (`status_listen`) answers the probes alone.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { sendProblem } from '../core/problem.js';
@@ -101,6 +103,30 @@ function sendJson(req: IncomingMessage, res: ServerResponse, status: number, val
   res.end(req.method === 'HEAD' ? undefined : body);
 }
 
+/** The probe paths, answered to anyone (no token): the admin listener's and the status listener's. */
+const PROBES = new Set(['/status', '/status/live', '/status/ready']);
+
+/**
+ * A probe's short answer. /status and /status/ready (readiness): 200 "ok" while the proxy
+ * listener accepts (a primary: one of its workers), 503 "starting" before, 503 "draining" from
+ * the stop on (timeouts.shutdown_delay included). /status/live (liveness): 200 whenever the
+ * process answers at all, its phase in the body.
+ */
+function sendProbe(req: IncomingMessage, res: ServerResponse, gw: Pick<AdminView, 'ready' | 'draining'>, path: string): void {
+  const status = gw.ready ? 'ok' : gw.draining ? 'draining' : 'starting';
+  if (path === '/status/live') sendJson(req, res, 200, { status: 'ok', ...(gw.ready ? {} : { phase: status }) });
+  else sendJson(req, res, gw.ready ? 200 : 503, { status });
+}
+
+/** The status listener (status_listen): GET/HEAD of the probe paths, 404 for anything else. */
+export function createStatusHandler(gw: Pick<AdminView, 'ready' | 'draining'>) {
+  return (req: IncomingMessage, res: ServerResponse): void => {
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
+    if ((req.method === 'GET' || req.method === 'HEAD') && PROBES.has(path)) return sendProbe(req, res, gw, path);
+    sendProblem(res, 'no-route', `the status listener answers GET /status, /status/live and /status/ready only`, undefined);
+  };
+}
+
 export function createAdminHandler(gw: AdminView) {
   const failures = gw.adminFailures ?? new AuthFailures();
   return (req: IncomingMessage, res: ServerResponse): void => {
@@ -151,15 +177,14 @@ export function createAdminHandler(gw: AdminView) {
       sendProblem(res, 'forbidden', `the token "${who.name}" is read-only`, undefined);
       return;
     }
-    // With a token, /status answers only its status to anyone (liveness probes); the rest needs the token.
-    if (!authed && !(path === '/status' && read)) {
+    // With a token, the probes answer their short status to anyone (kubelet, load balancers);
+    // the rest needs the token (/status with it: the whole report).
+    const probe = read && PROBES.has(path);
+    if (!authed && !probe) {
       sendProblem(res, 'unauthorized', 'this admin endpoint needs Authorization: Bearer <admin token>', undefined, { headers: { 'www-authenticate': 'Bearer realm="turnpike-admin"' } });
       return;
     }
-    if (path === '/status' && read && !authed) {
-      sendJson(req, res, gw.ready ? 200 : 503, { status: gw.ready ? 'ok' : gw.draining ? 'draining' : 'starting' });
-      return;
-    }
+    if (probe && (!authed || path !== '/status')) return sendProbe(req, res, gw, path);
     if (path === '/api/scaling' && read) {
       if (!gw.scaling?.enabled) return sendProblem(res, 'no-route', 'no service has scaling settings (docs/scaling.md)', undefined);
       sendJson(req, res, 200, gw.scaling.report());

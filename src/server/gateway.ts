@@ -24,7 +24,7 @@ import { RedisStore, type RedisSetting } from '../state/redis.js';
 import type { CounterStore } from '../state/types.js';
 import { CacheStores } from '../plugins/cache/stores.js';
 import type { PurgeFilter } from '../plugins/cache/entry.js';
-import { createAdminHandler } from './admin.js';
+import { createAdminHandler, createStatusHandler } from './admin.js';
 import { ScalingAdvisor } from '../scaling/advisor.js';
 import { DemandMeter } from '../scaling/meter.js';
 import { startKedaServer } from '../scaling/keda.js';
@@ -252,10 +252,13 @@ export class Gateway implements RequestContext {
   /** Plain connections whose first bytes are not read yet (h2c sniffing). */
   private readonly sniffing = new Set<Socket>();
   private admin: Server | null = null;
+  /** status_listen: the probes alone. */
+  private status: Server | null = null;
   private demo: Server | null = null;
   proxyAddress: AddressInfo | null = null;
   tlsAddress: AddressInfo | null = null;
   adminAddress: AddressInfo | null = null;
+  statusAddress: AddressInfo | null = null;
   demoAddress: AddressInfo | null = null;
 
   /** The config of the running snapshot (recompiled when DNS answers change). */
@@ -580,6 +583,11 @@ export class Gateway implements RequestContext {
       this.admin = createServer(createAdminHandler(this));
       this.adminAddress = await listen(this.admin, snap.admin.listen);
       this.log.info({ address: this.adminAddress }, 'admin listener up');
+    }
+    if (snap.statusListen && this.role !== 'worker') {
+      this.status = createServer(createStatusHandler(this));
+      this.statusAddress = await listen(this.status, snap.statusListen);
+      this.log.info({ address: this.statusAddress }, 'status listener up');
     }
     const keda = snap.scaling?.keda;
     if (keda && this.scaling) {
@@ -1070,6 +1078,7 @@ export class Gateway implements RequestContext {
     for (const [what, a, b] of [
       ['listen', prev.listen, next.listen],
       ['admin.listen', prev.admin?.listen, next.admin?.listen],
+      ['status_listen', prev.statusListen, next.statusListen],
       ['demo.listen', prev.demo, next.demo],
     ] as const) {
       if (JSON.stringify(a) !== JSON.stringify(b)) this.log.warn({ setting: what }, `${what} changed: restart to apply it`);
@@ -1177,9 +1186,10 @@ export class Gateway implements RequestContext {
     // Now http.Server's own close: stops its connection-checking timer.
     this.proxy?.close(() => {});
     this.admin?.closeAllConnections();
+    this.status?.closeAllConnections();
     this.demo?.closeAllConnections();
     this.console?.close();
-    await Promise.all([closeServer(this.admin), closeServer(this.demo), this.keda?.close(), this.scaling?.close()]);
+    await Promise.all([closeServer(this.admin), closeServer(this.status), closeServer(this.demo), this.keda?.close(), this.scaling?.close()]);
     this.snapshot.dispose();
     this.caches.close();
     await this.health?.stop();

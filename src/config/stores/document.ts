@@ -11,7 +11,7 @@ import { substituteEnv } from '../load.js';
 import type { ConfigDocument } from './types.js';
 
 export const NODE_LOCAL_KEYS: readonly string[] = [
-  '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin',
+  '$schema', 'listen', 'listen_tls', 'status_listen', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin',
   'state_file', 'redis', 'trusted_proxies', 'limits', 'timeouts', 'demo',
   'access_log', 'metrics', 'tracing', 'analytics', 'scaling',
 ];

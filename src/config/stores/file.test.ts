@@ -157,7 +157,7 @@ test('openStore / createStore: file, sqlite:PATH (relative to baseDir), postgres
 
 test('splitDocument / mergeDocument: every schema key is decided; the document replaces the file\'s declarative part', () => {
   const expectedNodeLocal = [
-    '$schema', 'listen', 'listen_tls', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin', 'state_file', 'redis',
+    '$schema', 'listen', 'listen_tls', 'status_listen', 'tls', 'http2', 'workers', 'dns', 'watch', 'store', 'store_snapshot', 'admin', 'state_file', 'redis',
     'trusted_proxies', 'limits', 'timeouts', 'demo', 'access_log', 'metrics', 'tracing', 'analytics', 'scaling',
   ];
   const expectedDocument = ['services', 'routes', 'plans', 'consumers', 'consumer_headers', 'forwarding_headers', 'plugins', 'portal'];

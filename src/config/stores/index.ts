@@ -6,6 +6,7 @@
  * Node-local (NODE_LOCAL_KEYS; never stored, the --config file of each node decides):
  *   $schema            an editor hint about the file itself
  *   listen, listen_tls the node's sockets
+ *   status_listen      this node's probe listener (kubelet)
  *   tls                certificate and key *files* on this node's disk, client_ca, TLS versions
  *   http2              listener protocol settings (ALPN, h2c, stream and reset limits)
  *   workers            this machine's processes (cores)
@@ -19,7 +20,7 @@
  *   trusted_proxies    the network in front of *this* node (its load balancers); a wrong value
  *                      lets clients forge their address, so it stays with the deployment
  *                      (like Kong's trusted_ips in kong.conf) rather than the admin API
- *   limits, timeouts   the listener's request limits and client/keep-alive/drain timeouts
+ *   limits, timeouts   the listener's request limits and client/keep-alive/drain/shutdown-delay timeouts
  *   demo               a demo upstream this process starts
  *   access_log, metrics, tracing, analytics, scaling (top level: the KEDA listener, interval)
  *                      where this node sends its telemetry (files, endpoints, sampling)
