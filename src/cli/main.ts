@@ -224,18 +224,16 @@ export async function main(argv: string[]): Promise<number> {
 
   // One object for both modes: the single-process gateway, or the primary supervising workers.
   let running: { gw: Gateway; reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; reopenLogs(): void; rollingRestart?(): Promise<void>; kill?(): void };
-  let drainMs = 0;
   let banner: string;
   try {
     if (workers > 1) {
       const sup = await startPrimary(loaded, log, { control });
       running = sup;
-      drainMs = sup.gw.snapshot.timeouts.drain;
       banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
     } else {
       const gw = await Gateway.start(loaded, { logger: log, control });
-      running = { gw, reload: (l) => gw.reloadAsync(l), stop: () => gw.stop(), reopenLogs: () => gw.observer.reopen() };
-      drainMs = gw.snapshot.timeouts.drain;
+      // timeouts.shutdown_delay (not ready, still accepting), then the drain.
+      running = { gw, reload: (l) => gw.reloadAsync(l), stop: () => gw.shutdownDelay().then(() => gw.stop()), reopenLogs: () => gw.observer.reopen() };
       banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
     }
   } catch (err) {
@@ -330,11 +328,12 @@ export async function main(argv: string[]): Promise<number> {
       void cp?.close();
       log.info({ signal }, 'draining');
       // A hard bound on the whole shutdown: whatever hangs, the process (and its workers) go.
+      const bound = running.gw.snapshot.timeouts.shutdownDelay + running.gw.snapshot.timeouts.drain + 10_000;
       setTimeout(() => {
-        log.error({ after_ms: drainMs + 10_000 }, 'shutdown did not finish: exiting now');
+        log.error({ after_ms: bound }, 'shutdown did not finish: exiting now');
         running.kill?.();
         resolve(1);
-      }, drainMs + 10_000).unref();
+      }, bound).unref();
       running.stop().then(() => resolve(0), (err) => {
         log.error({ err }, 'shutdown failed');
         resolve(1);

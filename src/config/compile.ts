@@ -132,6 +132,8 @@ export interface ServerTimeouts {
   clientBody: number;
   keepAlive: number;
   drain: number;
+  /** At SIGTERM/SIGINT: not ready, still accepting, for this long before the drain (0: none). */
+  shutdownDelay: number;
 }
 
 export interface TlsListener {
@@ -204,7 +206,7 @@ export interface Snapshot {
 export const DEFAULTS = {
   listen: '127.0.0.1:8080',
   limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
-  timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s' },
+  timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s', shutdown_delay: '0s' },
   service: { connect: '5s', response: '60s', read: '60s' },
   websocket: { max_message: '1mb', idle_timeout: '60s' },
   forwarding_headers: ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'],
@@ -402,6 +404,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     clientBody: timer(['timeouts', 'client_body'], to.client_body),
     keepAlive: timer(['timeouts', 'keepalive'], to.keepalive),
     drain: timer(['timeouts', 'drain'], to.drain),
+    shutdownDelay: timer(['timeouts', 'shutdown_delay'], to.shutdown_delay),
   };
 
   const baseDir = loaded.file ? dirname(resolve(loaded.file)) : process.cwd();

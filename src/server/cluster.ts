@@ -10,7 +10,8 @@
  *   workers, which compile the same text and swap snapshots.
  * - A worker that dies is replaced; the listener stays open in the primary meanwhile, and the
  *   other workers keep serving. SIGUSR2 restarts the workers one by one (each new worker is
- *   listening before the old one drains). SIGTERM/SIGINT drain every worker, then exit 0.
+ *   listening before the old one drains). SIGTERM/SIGINT: timeouts.shutdown_delay (every worker
+ *   still accepts, /status/ready 503), then every worker drains, then exit 0.
  * - Per-worker limits: a bulkhead's max_concurrent / max_pending and the retry budget's
  *   min_per_second are divided between the workers (rounded up), see compile.ts.
  */
@@ -36,6 +37,8 @@ type ToWorker =
   | { tp: 'config'; text: string; config: TurnpikeConfigInput; hash: string | undefined; file: string | undefined; dns: Record<string, string[]>; decisions: Decision[]; counterBatches?: boolean }
   | { tp: 'reload'; text: string; config: TurnpikeConfigInput; hash: string | undefined; dns: Record<string, string[]> }
   | { tp: 'decisions'; decisions: Decision[] }
+  /** The stop began (timeouts.shutdown_delay): not ready, responses close their connections; 'stop' follows. */
+  | { tp: 'drain' }
   | { tp: 'stop' }
   | { tp: 'observe'; id: number }
   | { tp: 'reopen' }
@@ -389,6 +392,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     async stop() {
       stopping = true;
       gw.beginDrain(); // /status: 503 "draining" while the workers drain, not once they are gone
+      // timeouts.shutdown_delay: the workers keep accepting (Connection: close, HTTP/2 notices)
+      // while /status/ready says 503; a second signal meanwhile kills them (kill()).
+      broadcast({ tp: 'drain' });
+      await gw.shutdownDelay();
       await Promise.all([...infos.values()].map(retire));
       await gw.stop();
     },
@@ -530,6 +537,13 @@ export async function runWorker(log: Logger): Promise<number> {
     let stopping = false;
     /** This worker's metrics and analytics, for the primary. */
     const observed = async (id: number): Promise<ToPrimary> => ({ tp: 'observed', id, metrics: (await gw.observer.metrics?.json()) ?? [], analytics: gw.observer.analytics?.state() ?? null });
+    let signalled = false;
+    /** SIGTERM/SIGINT to the worker itself (a signal to the process group): its own shutdown delay, then the drain; a second one drains now. */
+    const onSignal = () => {
+      if (signalled) return stop();
+      signalled = true;
+      void gw.shutdownDelay().then(stop);
+    };
     const stop = () => {
       if (stopping) return;
       stopping = true;
@@ -558,13 +572,14 @@ export async function runWorker(log: Logger): Promise<number> {
           () => send({ tp: 'cache-purged', id: msg.id, purged: 0 }),
         );
       } else if (msg.tp === 'cache-invalidate') gw.caches.invalidateMemory(msg.bucket);
+      else if (msg.tp === 'drain') gw.beginDrain();
       else if (msg.tp === 'stop') stop();
     };
     for (const m of early.splice(0)) handle(m);
     // The primary is gone: nobody can hand us work or decisions any more.
     process.on('disconnect', stop);
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
     process.on('SIGHUP', () => {}); // the primary reloads and tells us
     process.on('SIGUSR1', () => {}); // the primary tells us to reopen logs (and SIGUSR1 must not start the inspector)
   });

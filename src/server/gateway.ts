@@ -106,6 +106,23 @@ type TrackedSocket = Socket & { [kConn]?: ConnState };
 /** How long a new connection may take to send its first request once draining began. */
 const FIRST_REQUEST_GRACE_MS = 1000;
 
+const kNoticed = Symbol('turnpike.shutdownNotice');
+/**
+ * An HTTP/2 session's shutdown notice (RFC 9113 §6.8's graceful shutdown; nghttp2's
+ * submit_shutdown_notice, Envoy's first GOAWAY): GOAWAY with the largest stream id, so the
+ * client opens its next streams elsewhere while nothing it already sent is refused. The final
+ * GOAWAY (the last stream id really processed) is session.close()'s, when the drain begins.
+ */
+function shutdownNotice(session: ServerHttp2Session & { [kNoticed]?: true }): void {
+  if (session[kNoticed] || session.closed || session.destroyed) return;
+  session[kNoticed] = true;
+  try {
+    session.goaway(h2c.NGHTTP2_NO_ERROR, 2 ** 31 - 1);
+  } catch {
+    /* the session is going away already */
+  }
+}
+
 /**
  * Node emits pipelined requests at once but queues their responses; when the client goes away
  * first, a queued response never gets a socket and never emits 'close'. Such responses (no
@@ -633,7 +650,7 @@ export class Gateway implements RequestContext {
   private createSniffingListener(): NetServer {
     return createNetServer({ noDelay: true, pauseOnConnect: true }, (socket) => {
       socket.on('error', () => socket.destroy());
-      if (this.draining) return void socket.destroy();
+      if (this.stopCalled) return void socket.destroy();
       this.sniffing.add(socket);
       socket.once('close', () => this.sniffing.delete(socket));
       let seen: Buffer = Buffer.alloc(0);
@@ -707,7 +724,8 @@ export class Gateway implements RequestContext {
       this.sessions.add(session);
       session.once('close', () => this.sessions.delete(session));
       session.on('error', () => session.destroy());
-      if (this.draining) session.close();
+      // (a session opened during timeouts.shutdown_delay gets its notice with its first stream, which is served)
+      if (this.stopCalled) session.close();
       // Until its first request, a session gets timeouts.client_header, like an HTTP/1.1
       // connection (a preface alone, or a header block that never ends, holds nothing longer).
       const firstRequest = setTimeout(() => session.destroy(), this.snapshot.timeouts.clientHeader);
@@ -743,6 +761,7 @@ export class Gateway implements RequestContext {
       };
       session.on('stream', (stream) => {
         clearTimeout(firstRequest);
+        if (this.draining) shutdownNotice(session);
         open++;
         let aborted = false;
         stream.once('aborted', () => { aborted = true; });
@@ -1149,18 +1168,46 @@ export class Gateway implements RequestContext {
   }
 
   /**
-   * /status says 503 "draining" from now on (and reloads are no longer swapped in). A primary
-   * calls it when its stop begins, before its workers drain; stop() follows.
+   * /status (/status/ready) says 503 "draining" from now on (and reloads are no longer swapped
+   * in); HTTP/1.1 responses carry Connection: close and HTTP/2 sessions get a shutdown notice
+   * (their next streams go elsewhere). The listeners still accept: stop() closes them. A
+   * primary calls it when its stop begins, before its workers drain; stop() follows.
    */
   beginDrain(): void {
     this.draining = true;
     this.ready = false;
+    for (const s of this.sessions) shutdownNotice(s);
+  }
+
+  /** Ends a running shutdownDelay() early. */
+  private endDelay: (() => void) | null = null;
+
+  /**
+   * timeouts.shutdown_delay: beginDrain(), then the listeners keep accepting and serving for
+   * that long (load balancers and Kubernetes endpoints see /status/ready 503 and stop sending new
+   * connections here meanwhile) before stop() closes them. Resolves at once without a delay,
+   * and early when stop() is called meanwhile.
+   */
+  async shutdownDelay(): Promise<void> {
+    this.beginDrain();
+    const ms = this.snapshot.timeouts.shutdownDelay;
+    if (ms <= 0 || this.stopCalled) return;
+    this.log.info({ shutdown_delay_ms: ms }, 'shutdown delay: not ready, still accepting');
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.endDelay?.(), ms);
+      this.endDelay = () => {
+        clearTimeout(timer);
+        this.endDelay = null;
+        resolve();
+      };
+    });
   }
 
   /** Stops accepting, lets in-flight requests finish (at most timeouts.drain), then closes everything. */
   async stop(): Promise<void> {
     if (this.stopCalled) return;
     this.stopCalled = true;
+    this.endDelay?.();
     this.beginDrain();
     clearTimeout(this.dnsTimer);
     const deadline = Date.now() + this.snapshot.timeouts.drain;
