@@ -113,9 +113,9 @@ test('timeouts.shutdown_delay: bad values are config errors with path and line; 
 async function delaySequence(opts: { workers: number }): Promise<void> {
   const up = await slowUpstream();
   const [p, a, st] = [await freePort(), await freePort(), await freePort()];
-  const delayMs = 1500;
+  const delayMs = 2000;
   const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}, token: ${TOKEN}}\nstatus_listen: 127.0.0.1:${st}\nworkers: ${opts.workers}\n` +
-    `timeouts: {shutdown_delay: ${delayMs}ms, drain: 1500ms}\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
+    `timeouts: {shutdown_delay: ${delayMs}ms, drain: 2000ms}\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
   const run = startCli(['start', '--config', file], {});
   try {
     await eventually(async () => (await probe(a, '/status/ready')) !== 'refused' && ((await probe(a, '/status/ready')) as { code: number }).code === 200, 20_000, 50);
@@ -128,16 +128,22 @@ async function delaySequence(opts: { workers: number }): Promise<void> {
     assert.doesNotMatch(first.head, /\r\nconnection: close/i);
     // A request in flight: longer than the delay, shorter than delay + drain (it completes only
     // when timeouts.drain is counted from the end of the delay).
-    const slow = request(`http://127.0.0.1:${p}/slow/2400`).then((r) => r.status, (e: Error) => e.message);
-    await eventually(() => up.requests.some((r) => r.url === '/slow/2400'), 5000, 10);
+    const slow = request(`http://127.0.0.1:${p}/slow/3000`).then((r) => r.status, (e: Error) => e.message);
+    await eventually(() => up.requests.some((r) => r.url === '/slow/3000'), 5000, 10);
 
     const t0 = Date.now();
     run.child.kill('SIGTERM');
     await eventually(async () => ((await probe(a, '/status/ready')) as { code: number }).code === 503, 1000, 10);
+    // The connection that was idle when the stop came: its next request is served, and closed after.
+    const second = await idle.get('/k2');
+    assert.ok(Date.now() - t0 < delayMs, 'answered within the delay');
+    assert.match(second.head, /^HTTP\/1\.1 200 /);
+    assert.match(second.head, /\r\nconnection: close/i);
+    assert.ok(await idle.closedWithin(1000), 'the keep-alive connection is closed after its answer');
     // During the delay: not ready on every probe path, alive, and every new connection served
     // (with Connection: close).
     let served = 0;
-    while (Date.now() - t0 < delayMs - 400) {
+    while (Date.now() - t0 < delayMs - 300) {
       const [ready, readySt, status, live, liveSt, r] = await Promise.all([
         probe(a, '/status/ready'), probe(st, '/status/ready'), probe(a, '/status'), probe(a, '/status/live'), probe(st, '/status/live'), fresh(p, `/d${served}`),
       ]);
@@ -146,17 +152,13 @@ async function delaySequence(opts: { workers: number }): Promise<void> {
       assert.deepEqual(status, { code: 503, body: { status: 'draining' } });
       assert.deepEqual(live, { code: 200, body: { status: 'ok', phase: 'draining' } });
       assert.deepEqual(liveSt, { code: 200, body: { status: 'ok', phase: 'draining' } });
+      // (a slow machine may reach the end of the delay meanwhile: a refusal then says nothing)
+      if (r === 'refused' && Date.now() - t0 >= delayMs) break;
       assert.deepEqual(r, { status: 200, connection: 'close' }, `+${Date.now() - t0} ms: a new connection during the shutdown delay`);
       served++;
       await sleep(40);
     }
-    assert.ok(served >= 5, `served ${served}`);
-    // The connection that was idle when the stop came: its next request is served, and closed after.
-    const second = await idle.get('/k2');
-    assert.match(second.head, /^HTTP\/1\.1 200 /);
-    assert.match(second.head, /\r\nconnection: close/i);
-    assert.ok(await idle.closedWithin(1000), 'the keep-alive connection is closed after its answer');
-    assert.equal(Date.now() - t0 < delayMs, true, 'still within the delay');
+    assert.ok(served >= 3, `served ${served}`);
 
     // Then the drain: the listeners close (new connections refused), the in-flight request completes.
     await eventually(async () => (await fresh(p)) === 'refused', 3000, 20);
