@@ -4,7 +4,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, readFileSync, readdirSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
@@ -252,5 +253,96 @@ test('workers: 2 — a config edit made while the gateway starts is reloaded onc
   } finally {
     run.child.kill('SIGTERM');
     assert.equal(await run.exit, 0, run.stderr());
+  }
+});
+
+/** The primary's children (its workers), from /proc. */
+function children(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+test('workers: 2 — SIGINT to the whole process group (Ctrl-C) as the workers are forked: kept, the drain runs once they listen, exit 0', async () => {
+  // The signal reaches the workers while Node boots them (before any of their code runs):
+  // they end, and the primary starts new ones instead of failing the start.
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    const end = Date.now() + 20_000;
+    while (children(run.child.pid!).length < 2) {
+      assert.ok(Date.now() < end, `the workers were never forked: ${run.stderr()}`);
+      await sleep(2);
+    }
+    process.kill(-run.child.pid!, 'SIGINT');
+    assert.equal(await run.exit, 0, run.stderr());
+    assert.match(run.stderr(), /stop asked while starting/);
+    assert.match(run.stderr(), /"msg":"draining"/);
+    assert.doesNotMatch(run.stderr(), /cannot start/);
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});
+
+test('workers: 2 — group signals while the workers load their modules (HUP, USR1, USR2, then INT): none ends a worker; the drain runs once they listen, exit 0', async () => {
+  // A module hook holds each worker's import of the gateway for 1.5 s (a slow disk, a busy
+  // node) and says when it does: the signals come then, after the worker's first line ran.
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-wl-hook-'));
+  writeFileSync(join(dir, 'hooks.mjs'), `import { writeFileSync } from 'node:fs';
+let data;
+export function initialize(d) { data = d; }
+export async function resolve(specifier, context, next) {
+  const r = await next(specifier, context);
+  if (r.url.endsWith('/dist/cli/main.js')) {
+    writeFileSync(data.dir + '/loading-' + data.pid, '');
+    await new Promise((done) => setTimeout(done, 1500));
+  }
+  return r;
+}
+`);
+  writeFileSync(join(dir, 'register.mjs'), `import { register } from 'node:module';
+if (process.env.TURNPIKE_WORKER === '1') register('./hooks.mjs', import.meta.url, { data: { dir: ${JSON.stringify(dir)}, pid: process.pid } });
+`);
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\nservices: []\n`);
+  const run = startCli(['start', '--config', file], { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import=${pathToFileURL(join(dir, 'register.mjs')).href}` });
+  try {
+    await eventually(() => readdirSync(dir).filter((f) => f.startsWith('loading-')).length === 2, 20_000, 5);
+    for (const signal of ['SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGINT'] as const) {
+      process.kill(-run.child.pid!, signal);
+      await sleep(50);
+    }
+    assert.equal(await run.exit, 0, run.stderr());
+    assert.match(run.stderr(), /stop asked while starting/);
+    assert.match(run.stderr(), /"msg":"draining"/);
+    assert.doesNotMatch(run.stderr(), /starting a replacement|cannot start/);
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});
+
+test('workers: 2 — group signals while the workers start the gateway, and SIGUSR2 to the group once it serves: no worker ends by one; SIGTERM to the group drains, exit 0', async () => {
+  // The workers wait (up to 1 s) for a Redis that never answers them: they are in runWorker.
+  const redis = await fakeRedis((n) => n === 1);
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => redis.sockets.length >= 3, 20_000, 5);
+    for (const signal of ['SIGHUP', 'SIGUSR1', 'SIGUSR2'] as const) process.kill(-run.child.pid!, signal);
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    const first = children(run.child.pid!);
+    assert.equal(first.length, 2);
+    process.kill(-run.child.pid!, 'SIGUSR2');
+    await eventually(() => /rolling restart done/.test(run.stderr()), 20_000, 20);
+    process.kill(-run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    assert.doesNotMatch(run.stderr(), /worker died|starting a replacement|cannot start/);
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
   }
 });

@@ -92,6 +92,9 @@ interface WorkerInfo {
   onSettled: (() => void)[];
 }
 
+/** The signals a worker leaves to the primary (a signal to the process group reaches both). */
+const GROUP_SIGNALS: ReadonlySet<string> = new Set(['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']);
+
 /** How long a reload waits for the workers to run it too. */
 const WORKER_RELOAD_WAIT_MS = 5000;
 
@@ -348,9 +351,27 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     for (const info of now.slice(n)) void retire(info);
   }
 
+  /**
+   * One worker of the first ones, listening. A signal to the whole process group (Ctrl-C,
+   * systemd's KillMode=control-group) that comes while Node boots a worker, before any of its
+   * code runs (some tens of ms), ends it: nothing is wrong with the worker, so a new one is
+   * started (the primary got the same signal and keeps it: a stop drains once they listen).
+   */
+  const startOne = async (): Promise<void> => {
+    for (let tries = 0; ; tries++) {
+      const info = fork();
+      try {
+        return await listening(info);
+      } catch (err) {
+        const signal = info.worker.process.signalCode;
+        if (stopping || tries >= 3 || signal === null || !GROUP_SIGNALS.has(signal)) throw err;
+        log.warn({ pid: info.worker.process.pid, signal }, `a worker ended by ${signal} as it started (a signal to the process group): starting a replacement`);
+      }
+    }
+  };
+
   try {
-    const first = Array.from({ length: gw.snapshot.workers }, () => fork());
-    await Promise.all(first.map(listening));
+    await Promise.all(Array.from({ length: gw.snapshot.workers }, startOne));
     starting = false;
   } catch (err) {
     stopping = true;
@@ -458,6 +479,18 @@ function send(m: ToPrimary): void {
 
 /** A worker: waits for its config from the primary, serves the proxy listener, follows the primary's decisions. */
 export async function runWorker(log: Logger): Promise<number> {
+  // Signals, from the start: a signal to the whole process group (Ctrl-C, systemd's
+  // KillMode=control-group) reaches the primary too, and the primary decides (it keeps a stop
+  // that comes while the workers start, and tells them once they listen). Node's defaults would
+  // end a starting worker (and fail the primary's start) or, for SIGUSR1, start the inspector.
+  // SIGTERM/SIGINT stop a worker that serves (a drain, as the primary's 'stop' does); before
+  // that, and for the others always, the worker leaves it to the primary.
+  let onStopSignal: (() => void) | null = null;
+  process.on('SIGTERM', () => onStopSignal?.());
+  process.on('SIGINT', () => onStopSignal?.());
+  process.on('SIGHUP', () => {}); // the primary reloads and tells us
+  process.on('SIGUSR1', () => {}); // the primary tells us to reopen logs
+  process.on('SIGUSR2', () => {}); // the primary restarts the workers one by one
   // One message handler from the start: what arrives while the worker is still starting
   // (decisions, a reload, stop) is kept and handled once it serves, never dropped.
   const early: ToWorker[] = [];
@@ -578,9 +611,6 @@ export async function runWorker(log: Logger): Promise<number> {
     for (const m of early.splice(0)) handle(m);
     // The primary is gone: nobody can hand us work or decisions any more.
     process.on('disconnect', stop);
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    process.on('SIGHUP', () => {}); // the primary reloads and tells us
-    process.on('SIGUSR1', () => {}); // the primary tells us to reopen logs (and SIGUSR1 must not start the inspector)
+    onStopSignal = onSignal;
   });
 }
