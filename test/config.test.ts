@@ -449,6 +449,34 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   assert.match(missing.stderr, /cannot read/);
 });
 
+test('TURNPIKE_LOG_LEVEL: a level pino does not know is one line and exit 2 (no stack); case and surrounding blanks do not count', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-loglevel-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, 'listen: 127.0.0.1:0\nservices: []\n');
+  const cli = ['--import', 'tsx', 'src/cli/main-entry.ts', 'start', '--config', file];
+  for (const [level, shown] of [['verbose', 'verbose'], ['info debug', '"info debug"']]) {
+    const r = spawnSync(process.execPath, cli, { encoding: 'utf8', env: { ...process.env, TURNPIKE_LOG_LEVEL: level }, timeout: 20_000 });
+    assert.equal(r.status, 2, `${level}: ${r.stderr}`);
+    assert.equal(r.stderr, `TURNPIKE_LOG_LEVEL=${shown}: use trace, debug, info, warn, error, fatal or silent\n`);
+    assert.equal(r.stdout, '');
+  }
+  // (a value from a file keeps its newline: still the level it names)
+  for (const level of [' WARN\n', '']) {
+    const child = spawn(process.execPath, cli, { env: { ...process.env, TURNPIKE_LOG_LEVEL: level }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    const end = Date.now() + 20_000;
+    while (!/ proxy on http:\/\//.test(out) && child.exitCode === null && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    child.kill('SIGTERM');
+    assert.equal(await exit, 0, `${JSON.stringify(level)}: ${out}`);
+    assert.match(out, / proxy on http:\/\//);
+    // warn: the info lines are not there; unset: they are
+    assert.equal(/"msg":"proxy listener up"/.test(out), level === '', out);
+  }
+});
+
 test('turnpike CLI usage: no command is a usage error on stderr (2); help and --help print it on stdout (0); extra arguments are refused (2)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-usage-'));
   const good = join(dir, 'good.yaml');

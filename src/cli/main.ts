@@ -15,7 +15,7 @@ import { compile, validationCounters } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { Gateway } from '../server/gateway.js';
-import { createLogger } from '../core/log.js';
+import { createLogger, logLevelFrom, type LogLevel } from '../core/log.js';
 import { VERSION } from '../version.js';
 import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { importCommand } from './import-openapi.js';
@@ -45,6 +45,7 @@ Usage:
 SIGTERM/SIGINT drain in-flight requests and exit 0. The config file is reloaded when it
 changes (unless watch: false) and on SIGHUP; an invalid one is logged and the running config
 stays. With workers > 1, SIGUSR2 restarts the workers one at a time.
+TURNPIKE_LOG_LEVEL: trace, debug, info (the default), warn, error, fatal or silent.
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -134,7 +135,14 @@ export async function main(argv: string[]): Promise<number> {
     }
   }
 
-  const log = createLogger();
+  let level: LogLevel;
+  try {
+    level = logLevelFrom(process.env.TURNPIKE_LOG_LEVEL);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n`);
+    return 2;
+  }
+  const log = createLogger(level);
   if (cluster.isWorker && process.env.TURNPIKE_WORKER === '1') return runWorker(log.child({ worker: cluster.worker!.id }));
 
   let loaded: LoadedConfig;
