@@ -237,6 +237,25 @@ test('AuthFailures: per network (an IPv6 /64 is one client), the least recently 
   assert.equal(over('10.0.0.1'), false, 'a refund gives one attempt back');
 });
 
+test('an admin token no Authorization header can carry (a trailing newline from a Secret made --from-file, a space, a control character) is refused at load, naming path and line, ${ENV} included', () => {
+  const at = (yaml: string, env: NodeJS.ProcessEnv = {}) => configIssues(`services: []\nadmin:\n  listen: 127.0.0.1:0\n${yaml}`, env);
+  const bearer = 'an Authorization: Bearer header cannot carry it';
+  for (const [value, why] of [
+    ['0123456789abcdefXYZ\n', `ends with a newline: ${bearer}; trim the secret`],
+    ['0123456789abcdefXYZ\r\n', `ends with a newline: ${bearer}; trim the secret`],
+    [' 0123456789abcdefXYZ', `starts with a space: ${bearer}; trim the secret`],
+    ['0123456789 abcdefXYZ', `contains a space: ${bearer}`],
+    ['0123456789\tabcdefXYZ', `contains a tab: ${bearer}`],
+    ['0123456789abcdéfXYZ', `contains the character U+00E9: ${bearer}`],
+  ] as const) {
+    // from the environment (the usual way in) and written in the file (double-quoted YAML)
+    assert.deepEqual(at('  token: ${TOKEN}\n', { TOKEN: value }), [{ path: 'admin.token', line: 4, message: why }], JSON.stringify(value));
+    assert.deepEqual(at(`  token: ${JSON.stringify(value)}\n`), [{ path: 'admin.token', line: 4, message: why }], JSON.stringify(value));
+    assert.deepEqual(at('  tokens:\n    - {name: ci, role: read-only, token: "${TOKEN}"}\n', { TOKEN: value }), [{ path: 'admin.tokens[0].token', line: 5, message: why }], JSON.stringify(value));
+  }
+  assert.deepEqual(at('  token: ${TOKEN}\n', { TOKEN: '0123456789abcdef-._~+/=' }), []);
+});
+
 test('admin.token needs 16 characters (as admin.tokens do); an empty one means none; the error names the path and line and never quotes the token', () => {
   const issues = configIssues('services: []\nadmin:\n  listen: 127.0.0.1:0\n  token: short-secret\n');
   assert.equal(issues.length, 1);

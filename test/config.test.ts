@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { makeCa } from './certs.js';
+import { configIssues } from './helpers.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
@@ -447,6 +448,34 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   const missing = run(join(dir, 'nope.yaml'));
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /cannot read/);
+});
+
+test('consumer credentials no request can carry (a key or password with a trailing newline, from a Secret made --from-file) are refused at load, naming path and line; validate exits 1', () => {
+  const cfg = (cred: string) => `services: []\nconsumers:\n  - name: alice\n    credentials:\n      - ${cred}\n`;
+  const header = 'a header or query value cannot carry it';
+  const basic = 'Basic credentials (RFC 7617) cannot carry it';
+  for (const [cred, env, path, message] of [
+    ['{type: key-auth, key: "${KEY}"}', { KEY: 'alice-key-0123\n' }, 'consumers[0].credentials[0].key', `ends with a newline: ${header}; trim the secret`],
+    ['{type: key-auth, key: "alice-key-0123 "}', {}, 'consumers[0].credentials[0].key', `ends with a space: ${header}; trim the secret`],
+    ['{type: key-auth, key: "\\talice-key-0123"}', {}, 'consumers[0].credentials[0].key', `starts with a tab: ${header}; trim the secret`],
+    ['{type: key-auth, key: "alice\\u0000key-0123"}', {}, 'consumers[0].credentials[0].key', `contains the character U+0000: ${header}`],
+    ['{type: basic-auth, username: alice, password: "${PASS}"}', { PASS: 'correct horse\n' }, 'consumers[0].credentials[0].password', `ends with a newline: ${basic}; trim the secret`],
+    ['{type: basic-auth, username: "${USER}", password: pw}', { USER: 'alice\r\n' }, 'consumers[0].credentials[0].username', `ends with a newline: ${basic}; trim the secret`],
+  ] as const) {
+    assert.deepEqual(configIssues(cfg(cred), env), [{ path, line: 5, message }], cred);
+  }
+  // What a request can carry stays valid: a key with a space inside, a password with blanks at its ends (base64 carries them).
+  assert.deepEqual(configIssues(cfg('{type: key-auth, key: "alice key 0123"}')), []);
+  assert.deepEqual(configIssues(cfg('{type: basic-auth, username: alice, password: " pass word "}')), []);
+
+  // The CLI: one line with path and line, the key itself never quoted.
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-secret-nl-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, cfg('{type: key-auth, key: "${ALICE_KEY}"}'));
+  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', file], { encoding: 'utf8', env: { ...process.env, ALICE_KEY: 'alice-key-0123\n' } });
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /consumers\[0\]\.credentials\[0\]\.key \(line 5\): ends with a newline: a header or query value cannot carry it; trim the secret/);
+  assert.doesNotMatch(r.stderr, /alice-key-0123/);
 });
 
 test('TURNPIKE_LOG_LEVEL: a level pino does not know is one line and exit 2 (no stack); case and surrounding blanks do not count', async () => {

@@ -12,6 +12,7 @@ import type { Pool } from 'undici';
 import { configHashOf, type LoadedConfig } from './load.js';
 import { formatPath, type PathSegment } from './errors.js';
 import { maskUrlSecrets } from '../core/url-secrets.js';
+import { unsendableSecret } from '../core/secret-text.js';
 import type { TurnpikeConfigInput } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 import { Router, type RouteSpec } from '../router/router.js';
@@ -360,8 +361,14 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (a.port > 65535) fail(['admin', 'listen'], `port ${a.port} is out of range`);
     const tokens: AdminToken[] = [];
     if (cfg.admin.token) tokens.push({ name: 'admin', token: cfg.admin.token, role: 'admin' });
+    // (`Authorization: Bearer <token>`: visible ASCII only, see admin/auth.ts)
+    const unsendable = (token: string) => unsendableSecret(token, 'an Authorization: Bearer header', { visibleAscii: true });
+    const bad = cfg.admin.token ? unsendable(cfg.admin.token) : null;
+    if (bad) fail(['admin', 'token'], bad);
     const names = new Set<string>(tokens.map((t) => t.name));
     cfg.admin.tokens?.forEach((t, i) => {
+      const bad = unsendable(t.token);
+      if (bad) fail(['admin', 'tokens', i, 'token'], bad);
       if (names.has(t.name)) fail(['admin', 'tokens', i, 'name'], `token name "${t.name}" is used twice`);
       if (tokens.some((o) => o.token === t.token)) fail(['admin', 'tokens', i, 'token'], 'the same token is given twice');
       names.add(t.name);

@@ -8,6 +8,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { TtlCache } from '../auth-common.js';
+import { unsendableSecret } from '../../core/secret-text.js';
 import { BasicAuthConfig, BasicAuthCredential } from './schema.js';
 import { hashPassword, parseHash, verifyPassword, type ParsedHash } from './hash.js';
 
@@ -49,6 +50,11 @@ export default definePlugin({
       if ((c.password === undefined) === (c.password_hash === undefined)) {
         problems.push({ index, message: 'give password or password_hash (one of them)' });
         return;
+      }
+      // (RFC 7617 §2: no control characters in either; blanks at the ends travel in base64)
+      for (const field of ['username', 'password'] as const) {
+        const bad = c[field] === undefined ? null : unsendableSecret(c[field], 'Basic credentials (RFC 7617)', { edges: false });
+        if (bad) problems.push({ index, field, message: bad });
       }
       if (seen.has(c.username)) problems.push({ index, field: 'username', message: `user name "${c.username}" is used twice (also credential ${seen.get(c.username)} of basic-auth)` });
       seen.set(c.username, index);

@@ -6,6 +6,7 @@
 import { hash } from 'node:crypto';
 import { definePlugin, type Consumer } from '../types.js';
 import { sha256 } from '../auth-common.js';
+import { unsendableSecret } from '../../core/secret-text.js';
 import { KeyAuthConfig, KeyAuthCredential } from './schema.js';
 
 const CHALLENGE = 'Key realm="turnpike"';
@@ -29,6 +30,8 @@ export default definePlugin({
         problems.push({ index, message: 'give one of key and key_sha256' });
         return;
       }
+      const bad = typeof credential['key'] === 'string' ? unsendableSecret(credential['key'], 'a header or query value') : null;
+      if (bad) problems.push({ index, field: 'key', message: bad });
       const hex = digestOf(credential).toString('hex');
       const other = seen.get(hex);
       if (other !== undefined) problems.push({ index, field: 'key', message: `the same key as consumer "${other}" has` });
