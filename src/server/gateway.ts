@@ -35,6 +35,7 @@ import { createEchoServer } from '../demo/echo.js';
 import { ALLOW_ALL, PROBLEMS, isHttp2, markRawAnswered, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
 import { silentLogger, type Logger } from '../core/log.js';
+import { fdWatch } from '../core/fd-limit.js';
 import { Observer } from '../observability/observer.js';
 import type { GaugeSource } from '../observability/metrics.js';
 import type { AnalyticsState } from '../observability/analytics.js';
@@ -77,12 +78,14 @@ export interface ControlView {
   accountBackend?(): AccountBackend;
 }
 
-function listen(server: NetServer, addr: Address): Promise<AddressInfo> {
+/** Listens; from then on the server's accept errors are logged (fd-limit.ts), never fatal. */
+function listen(server: NetServer, addr: Address, name: string): Promise<AddressInfo> {
   return new Promise((resolve, reject) => {
     const onError = (err: Error) => reject(err);
     server.once('error', onError);
     server.listen(addr.port, addr.host, () => {
       server.off('error', onError);
+      fdWatch.watchListener(server, name);
       resolve(server.address() as AddressInfo);
     });
   });
@@ -596,9 +599,10 @@ export class Gateway implements RequestContext {
 
   private async listenAll(): Promise<void> {
     const snap = this.snapshot;
+    fdWatch.attach(this.log); // (until stop)
     if (snap.admin && this.role !== 'worker') {
       this.admin = createServer(createAdminHandler(this));
-      this.adminAddress = await listen(this.admin, snap.admin.listen);
+      this.adminAddress = await listen(this.admin, snap.admin.listen, 'admin');
       this.log.info({ address: this.adminAddress }, 'admin listener up');
     }
     if (snap.statusListen && this.role !== 'worker') {
@@ -614,7 +618,7 @@ export class Gateway implements RequestContext {
     }
     if (snap.demo && this.role !== 'worker') {
       this.demo = createEchoServer();
-      this.demoAddress = await listen(this.demo, snap.demo);
+      this.demoAddress = await listen(this.demo, snap.demo, 'demo');
       this.log.info({ address: this.demoAddress }, 'demo upstream up');
     }
     // A primary does not listen on the proxy port itself: it is ready once a worker does (cluster.ts).
@@ -623,18 +627,18 @@ export class Gateway implements RequestContext {
     if (snap.http2.h2c || (snap.tls && snap.http2.enabled)) this.h2 = this.createH2Server(snap);
     if (snap.http2.h2c) {
       this.plain = this.createSniffingListener();
-      this.proxyAddress = await listen(this.plain, snap.listen);
+      this.proxyAddress = await listen(this.plain, snap.listen, 'proxy');
       // The HTTP server only gets connections handed over: node starts its connection tracking
       // (headersTimeout, hence slowloris protection, and closeAllConnections) on 'listening'.
       this.proxy.emit('listening');
     } else {
-      this.proxyAddress = await listen(this.proxy, snap.listen);
+      this.proxyAddress = await listen(this.proxy, snap.listen, 'proxy');
     }
     if (snap.tls) {
       this.certs = new CertStore(snap.tls.certs, this.log);
       if (snap.tls.watch) this.certs.watch();
       this.tlsServer = this.createTlsListener(snap);
-      this.tlsAddress = await listen(this.tlsServer, snap.tls.listen);
+      this.tlsAddress = await listen(this.tlsServer, snap.tls.listen, 'TLS');
       this.log.info({ address: this.tlsAddress, http2: snap.http2.enabled }, 'TLS listener up');
     }
     this.ready = true;
@@ -1245,6 +1249,7 @@ export class Gateway implements RequestContext {
     await this.counters.redis?.close?.();
     this.shared?.stop();
     await this.observer.close();
+    fdWatch.detach(this.log);
     this.log.info('stopped');
   }
 }

@@ -7,6 +7,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors, type Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens, headerRecord, isGatewayCookie } from '../core/headers.js';
 import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
+import { FD_EXHAUSTED, fdWatch } from '../core/fd-limit.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { onReusedConnection } from './pools.js';
@@ -1104,6 +1105,19 @@ export class ForwardHandler {
       this.outcome = null;
       if (!f.res.headersSent) sendProblem(f.res, 'payload-too-large', err.message, f.requestId, { close: true });
       else f.res.destroy(err);
+      this.release();
+      return;
+    }
+    if (!f.res.headersSent && FD_EXHAUSTED.has(code)) {
+      // This process is out of file descriptors: no failure of the target's (passive health,
+      // circuit, latency), no retry (the next connect would fail alike); said in the log.
+      fdWatch.upstreamConnect(code, f.service.name);
+      this.held = null;
+      this.endAttempt(null);
+      this.endSpan(null, code);
+      this.finished = true;
+      this.outcome = null;
+      this.problem('service-unavailable', `the gateway is out of file descriptors: it could not connect to service "${f.service.name}"`, f.closeAfter, { 'retry-after': '1' });
       this.release();
       return;
     }
