@@ -4,12 +4,13 @@
  * and never blocks: when a destination cannot keep up, lines are dropped and counted rather than
  * buffered without bound.
  */
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import { Pool } from 'undici';
 import { urlTarget, type UrlTarget } from '../core/url-auth.js';
+import { makeDirectory } from '../core/mkdir.js';
 
 export type SinkSetting =
   | { destination: 'stdout' }
@@ -96,7 +97,7 @@ export function checkSink(setting: SinkSetting): void {
   }
   if (setting.destination !== 'file') return;
   try {
-    mkdirSync(dirname(setting.path), { recursive: true });
+    makeDirectory(dirname(setting.path));
     closeSync(openSync(setting.path, 'a'));
   } catch (err) {
     throw new Error(`access log: cannot open ${setting.path} for writing: ${(err as Error).message}`, { cause: err });

@@ -4,8 +4,8 @@
  * lost in a crash). Only the node's primary (or the single process) writes it.
  */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { makeDirectory } from '../core/mkdir.js';
 
 export class QuotaFile {
   private readonly db: Database.Database;
@@ -13,7 +13,7 @@ export class QuotaFile {
   private readonly purge: Database.Statement;
 
   constructor(readonly path: string) {
-    mkdirSync(dirname(path), { recursive: true });
+    makeDirectory(dirname(path));
     this.db = new Database(path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');

@@ -31,13 +31,13 @@
  * head revision. Writes of this store are reported at once.
  */
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from '../../core/log.js';
 import {
   RevisionConflict, StoreUnavailable,
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
 } from './types.js';
+import { makeDirectory } from '../../core/mkdir.js';
 
 export interface SqliteStoreOptions {
   /** The database file (its directory is created); `:memory:` for a private one (tests). */
@@ -101,7 +101,7 @@ export class SqliteStore implements ConfigStore {
   private async openNow(): Promise<void> {
     let db: Database.Database;
     try {
-      if (this.path !== ':memory:') mkdirSync(dirname(this.path), { recursive: true });
+      if (this.path !== ':memory:') makeDirectory(dirname(this.path));
       db = new Database(this.path);
     } catch (err) {
       throw new StoreUnavailable(`cannot open the sqlite store ${this.path}: ${(err as Error).message}`, err);
