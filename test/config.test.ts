@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { makeCa } from './certs.js';
-import { configIssues } from './helpers.js';
+import { configIssues, eventually, freePort, request, startCli } from './helpers.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
@@ -448,6 +448,63 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   const missing = run(join(dir, 'nope.yaml'));
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /cannot read/);
+});
+
+test('every listen field takes a bare port (8080, "8080", an unquoted ${PORT}): 127.0.0.1, the default listen\'s host; anything else says host:port with examples', () => {
+  const addresses = (yaml: string, env: NodeJS.ProcessEnv = {}) => {
+    const snap = compile(parseConfigText(yaml, { env }), { pools: new PoolRegistry() });
+    try {
+      return { listen: snap.listen, admin: snap.admin?.listen, demo: snap.demo, tls: snap.tls?.listen, keda: snap.scaling?.keda && { host: snap.scaling.keda.host, port: snap.scaling.keda.port } };
+    } finally {
+      snap.dispose();
+    }
+  };
+  const ca = makeCa();
+  const leaf = ca.issue('localhost');
+  const at = (port: number) => ({ host: '127.0.0.1', port });
+  const all = (v: (n: number) => string, env: NodeJS.ProcessEnv = {}) => addresses(
+    `listen: ${v(1)}\nlisten_tls: ${v(2)}\ntls: {certificates: [{hosts: [localhost], cert: ${leaf.certFile}, key: ${leaf.keyFile}}]}\nadmin:\n  listen: ${v(3)}\ndemo:\n  listen: ${v(4)}\nscaling:\n  keda:\n    listen: ${v(5)}\nservices: []\n`, env);
+  const expected = { listen: at(18081), tls: at(18082), admin: at(18083), demo: at(18084), keda: at(18085) };
+  assert.deepEqual(all((n) => String(18080 + n)), expected);
+  assert.deepEqual(all((n) => `"${18080 + n}"`), expected);
+  assert.deepEqual(all((n) => `\${P${n}}`, { P1: '18081', P2: '18082', P3: '18083', P4: '18084', P5: '18085' }), expected);
+  assert.deepEqual(all((n) => `"\${P${n}}"`, { P1: '18081', P2: '18082', P3: '18083', P4: '18084', P5: '18085' }), expected);
+  // (the other forms as before)
+  assert.deepEqual(addresses('listen: "*:8080"\nadmin: {listen: "[::1]:8081"}\nservices: []\n'), { listen: { host: '0.0.0.0', port: 8080 }, admin: { host: '::1', port: 8081 }, demo: null, tls: undefined, keda: undefined });
+
+  const expect = 'expected host:port to listen on, e.g. 127.0.0.1:8080, 0.0.0.0:8080 (every interface, as *:8080) or [::1]:8080; a bare port (8080) is 127.0.0.1:8080';
+  for (const [yaml, path, shown] of [
+    ['listen: true', 'listen', 'true'],
+    ['listen: ":8080"', 'listen', '":8080"'],
+    ['listen: 70000', 'listen', '70000'],
+    ['listen: -1', 'listen', '-1'],
+    ['listen: localhost', 'listen', '"localhost"'],
+    ['admin: {listen: 80.5}', 'admin.listen', '80.5'],
+    ['demo: {listen: [8080]}', 'demo.listen', '[8080]'],
+    ['scaling: {keda: {listen: "9090x"}}', 'scaling.keda.listen', '"9090x"'],
+  ] as const) {
+    assert.deepEqual(configIssues(`${yaml}\nservices: []\n`), [{ path, line: 1, message: `invalid value ${shown}: ${expect}` }], yaml);
+  }
+  assert.deepEqual(configIssues('listen: "99999"\nservices: []\n'), [{ path: 'listen', line: 1, message: 'port 99999 is out of range' }]);
+  assert.deepEqual(configIssues('demo: {listen: "99999"}\nservices: []\n'), [{ path: 'demo.listen', line: 1, message: 'port 99999 is out of range' }]);
+});
+
+test('turnpike start with `listen: ${PORT}` (unquoted, as a Kubernetes manifest has it) listens on 127.0.0.1:PORT', async () => {
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-listen-port-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, 'listen: ${PORT}\nadmin:\n  listen: ${ADMIN_PORT}\nservices: []\n');
+  const run = startCli(['start', '--config', file], { PORT: String(p), ADMIN_PORT: String(a) });
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()) || run.child.exitCode !== null, 20_000, 20);
+    assert.match(run.stderr(), new RegExp(` proxy on http://127\\.0\\.0\\.1:${p}, admin on http://127\\.0\\.0\\.1:${a}`));
+    assert.equal((await request(`http://127.0.0.1:${a}/status`)).status, 200);
+    assert.equal((await request(`http://127.0.0.1:${p}/nothing`)).status, 404);
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+  }
 });
 
 test('consumer credentials no request can carry (a key or password with a trailing newline, from a Secret made --from-file) are refused at load, naming path and line; validate exits 1', () => {

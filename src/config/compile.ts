@@ -12,6 +12,7 @@ import type { Pool } from 'undici';
 import { configHashOf, type LoadedConfig } from './load.js';
 import { formatPath, type PathSegment } from './errors.js';
 import { maskUrlSecrets } from '../core/url-secrets.js';
+import { DEFAULT_LISTEN_HOST, parseAddress, type Address } from './address.js';
 import { unsendableSecret } from '../core/secret-text.js';
 import type { TurnpikeConfigInput } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
@@ -39,10 +40,7 @@ import { portalOf, type PortalSettings } from '../portal/catalog.js';
 import { PortalCredential } from '../portal/schema.js';
 import { scalingPolicyOf, scalingSettingsOf, type ScalingPolicyConfig, type ScalingSettings } from '../scaling/policy.js';
 
-export interface Address {
-  host: string;
-  port: number;
-}
+export type { Address };
 
 export interface Target {
   /** scheme://host:port */
@@ -205,7 +203,7 @@ export interface Snapshot {
 }
 
 export const DEFAULTS = {
-  listen: '127.0.0.1:8080',
+  listen: `${DEFAULT_LISTEN_HOST}:8080`,
   limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
   timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s', shutdown_delay: '0s' },
   service: { connect: '5s', response: '60s', read: '60s' },
@@ -221,13 +219,6 @@ function forwardingOf(names: readonly string[]): Snapshot['forwarding'] {
   };
 }
 
-export function parseAddress(hostPort: string): Address {
-  const i = hostPort.lastIndexOf(':');
-  let host = hostPort.slice(0, i);
-  if (host.startsWith('[')) host = host.slice(1, -1);
-  if (host === '*') host = '0.0.0.0';
-  return { host, port: Number(hostPort.slice(i + 1)) };
-}
 
 export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
@@ -356,7 +347,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   // (sqlite and postgres stores are opened by the CLI, which compiles what they hold)
   if (cfg.store !== undefined && cfg.store !== 'file' && !deps.storeOpened) fail(['store'], 'only `store: file` can be served by this command (sqlite and postgres stores are opened by `turnpike start`)');
   let admin: Snapshot['admin'] = null;
-  if (cfg.admin?.listen) {
+  if (cfg.admin?.listen !== undefined) {
     const a = parseAddress(cfg.admin.listen);
     if (a.port > 65535) fail(['admin', 'listen'], `port ${a.port} is out of range`);
     const tokens: AdminToken[] = [];
@@ -419,9 +410,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const file = (f: string) => inputs.path(f);
 
   let tls: TlsListener | null = null;
-  if (cfg.tls && !cfg.listen_tls) fail(['tls'], 'tls needs listen_tls (the address of the TLS listener)');
-  if (cfg.listen_tls && !cfg.tls) fail(['listen_tls'], 'listen_tls needs tls.certificates');
-  if (cfg.listen_tls && cfg.tls) {
+  if (cfg.tls && cfg.listen_tls === undefined) fail(['tls'], 'tls needs listen_tls (the address of the TLS listener)');
+  if (cfg.listen_tls !== undefined && !cfg.tls) fail(['listen_tls'], 'listen_tls needs tls.certificates');
+  if (cfg.listen_tls !== undefined && cfg.tls) {
     const t = cfg.tls;
     const tlsListen = parseAddress(cfg.listen_tls);
     if (tlsListen.port > 65535) fail(['listen_tls'], `port ${tlsListen.port} is out of range`);
@@ -796,7 +787,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   }
 
   let demo: Address | null = null;
-  if (cfg.demo) demo = parseAddress(cfg.demo.listen);
+  if (cfg.demo) {
+    demo = parseAddress(cfg.demo.listen);
+    if (demo.port > 65535) fail(['demo', 'listen'], `port ${demo.port} is out of range`);
+  }
   const observability = observabilitySettings(cfg, file, fail);
 
   let pluginsClosed = false;

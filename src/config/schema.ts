@@ -4,6 +4,7 @@
  */
 import { Type, type Static, type ObjectOptions, type TProperties } from '@sinclair/typebox';
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
+import { HostPort } from './address.js';
 import { AccessLog, Analytics, Metrics, Tracing } from '../observability/schema.js';
 import { Compose } from '../compose/schema.js';
 import { Scaling, ServiceScaling } from '../scaling/schema.js';
@@ -11,6 +12,8 @@ import { Portal } from '../portal/schema.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
   Type.Object(props, { additionalProperties: false, ...opts });
+
+export { HostPort };
 
 export const Duration = Type.Union(
   [Type.Integer({ minimum: 0 }), Type.String({ pattern: DURATION_PATTERN })],
@@ -20,10 +23,6 @@ export const Size = Type.Union(
   [Type.Integer({ minimum: 0 }), Type.String({ pattern: SIZE_PATTERN })],
   { description: 'A size: 512b, 10kb, 8mb, 1gb (a bare number is bytes).' },
 );
-export const HostPort = Type.String({
-  pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+|\\*):[0-9]{1,5}$',
-  description: 'host:port to listen on, e.g. 127.0.0.1:8080 or [::1]:8080',
-});
 const FilePath = Type.String({ minLength: 1, description: 'A file path (relative paths are relative to the config file).' });
 const UpstreamUrl = Type.String({
   pattern: '^https?://',

@@ -2,6 +2,7 @@
 import type { PathSegment } from '../config/errors.js';
 import type { ConfigInputs } from '../config/inputs.js';
 import { parseDuration } from '../config/units.js';
+import { parseAddress } from '../config/address.js';
 import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
 import { urlTarget } from '../core/url-auth.js';
 import type { ScalingConfig, ServiceScalingConfig, TriggerConfig } from './schema.js';
@@ -99,10 +100,9 @@ export function scalingSettingsOf(c: ScalingConfig | undefined, services: readon
   if (intervalMs < 100 || intervalMs > 60_000) fail(['interval'], 'between 100ms and 60s');
   let keda: ScalingSettings['keda'] = null;
   if (c?.keda) {
-    const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(c.keda.listen);
-    const port = Number(m?.[2]);
-    if (!m || port > 65535) fail(['keda', 'listen'], 'host:port with a port up to 65535');
-    else keda = { host: m[1] === '*' ? '0.0.0.0' : m[1]!, port };
+    const at = parseAddress(c.keda.listen);
+    if (at.port > 65535) fail(['keda', 'listen'], 'host:port with a port up to 65535');
+    else keda = at;
     const t = c.keda.tls;
     if (t && keda) {
       const read = (field: string, p: string): Buffer | undefined => inputs.readOr(p, (msg) => fail(['keda', 'tls', field], msg));

@@ -1,10 +1,10 @@
 /** The `scaling:` settings: per service (its recommender and triggers) and top level (KEDA, the gateway itself). */
 import { Type, type Static, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 import { DURATION_PATTERN } from '../config/units.js';
+import { HostPort } from '../config/address.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) => Type.Object(props, { additionalProperties: false, ...opts });
 const Duration = Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: DURATION_PATTERN })], { description: 'A duration: 250ms, 30s, 5m (a bare number is milliseconds).' });
-const HostPort = Type.String({ pattern: '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+|\\*):[0-9]{1,5}$', description: 'host:port' });
 
 const Webhook = Strict({
   type: Type.Literal('webhook'),
