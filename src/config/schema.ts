@@ -266,7 +266,7 @@ export const TurnpikeConfig = Strict({
   $schema: Type.Optional(Type.String()),
   listen: Type.Optional(HostPort),
   listen_tls: Type.Optional(HostPort),
-  status_listen: Type.Optional(Type.String({ pattern: HostPort.pattern, description: 'host:port for the probes alone, e.g. 0.0.0.0:8082 (GET /status, /status/live, /status/ready without a token; 404 for anything else: kubelet probes without exposing the admin listener)' })),
+  status_listen: Type.Optional(Type.Union([...HostPort.anyOf], { description: 'host:port for the probes alone, e.g. 0.0.0.0:8082 (GET /status, /status/live, /status/ready without a token; 404 for anything else: kubelet probes without exposing the admin listener)' })),
   tls: Type.Optional(Tls),
   http2: Type.Optional(Http2),
   workers: Type.Optional(Type.Union([Type.Literal('auto'), Type.Integer({ minimum: 1, maximum: 256 })], {

@@ -607,7 +607,7 @@ export class Gateway implements RequestContext {
     }
     if (snap.statusListen && this.role !== 'worker') {
       this.status = createServer(createStatusHandler(this));
-      this.statusAddress = await listen(this.status, snap.statusListen);
+      this.statusAddress = await listen(this.status, snap.statusListen, 'status');
       this.log.info({ address: this.statusAddress }, 'status listener up');
     }
     const keda = snap.scaling?.keda;
