@@ -903,3 +903,49 @@ services:
 
 test('credentials are not stored in clear (redis): no query API key, Authorization, key cookie or header in any key or value; one entry for a consumer\'s keys; purge by URL', () => credentialsNotStored('redis'));
 test('credentials are not stored in clear (memory): the same in the process\'s entries', () => credentialsNotStored('memory'));
+
+test('with cors bound, the upstream\'s own Vary still keys the entry (cors\'s vary: Origin took it along: a French visitor got the English page); an HTTP/2 GET with a body is never stored', async () => {
+  const up = await startUpstream((req, res, body) => {
+    if (req.url === '/home') {
+      const fr = (req.headers['accept-language'] ?? '').startsWith('fr');
+      res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', vary: 'Accept-Language' }).end(fr ? 'Bonjour' : 'Hello');
+    } else res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60' }).end(`results for ${body.toString() || 'nothing'}`);
+  });
+  const g = await startGateway(`http2: {h2c: true}
+services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cors, config: {origins: ["https://app.example"]}}, {name: cache}]
+    routes: [{name: r, paths: [/]}]
+`);
+  try {
+    const origin = { origin: 'https://app.example' };
+    assert.equal((await request(`${g.url}/home`, { headers: { ...origin, 'accept-language': 'en' } })).body, 'Hello');
+    const fr = await request(`${g.url}/home`, { headers: { ...origin, 'accept-language': 'fr' } });
+    assert.equal(fr.body, 'Bonjour');
+    assert.match(String(fr.headers.vary), /accept-language/i);
+    const en = await request(`${g.url}/home`, { headers: { ...origin, 'accept-language': 'en' } });
+    assert.equal(en.body, 'Hello');
+    // HTTP/2: HEADERS without END_STREAM and a DATA frame, no content-length (a "fat GET")
+    const { connect: h2connect } = await import('node:http2');
+    const s = h2connect(g.url);
+    try {
+      const fat = await new Promise<string>((resolve, reject) => {
+        const st = s.request({ ':method': 'GET', ':path': '/search' }, { endStream: false });
+        let b = '';
+        st.setEncoding('utf8');
+        st.on('data', (d: string) => (b += d));
+        st.on('end', () => resolve(b));
+        st.on('error', reject);
+        st.end('<script>x</script>');
+      });
+      assert.equal(fat, 'results for <script>x</script>');
+    } finally {
+      s.close();
+    }
+    assert.equal((await request(`${g.url}/search`)).body, 'results for nothing', 'the fat GET\'s answer was served to a plain GET');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

@@ -134,7 +134,7 @@ const last = () => echo.requests[echo.requests.length - 1]!;
 test('request-transform path templates: client values are percent-encoded data in one segment; dot segments and bad bytes are 400', async () => {
   const ok: [string, string][] = [
     ['/rt/path?p=abc', '/api/v1/users/abc'],
-    ['/rt/path?p=..%2F..%2Fadmin', '/api/v1/users/..%2F..%2Fadmin'],
+    ['/rt/path?p=a%2Fb', '/api/v1/users/a%2Fb'],
     ['/rt/path?p=a%3Fb%23c', '/api/v1/users/a%3Fb%23c'],
     ['/rt/path?p=%C3%A9', '/api/v1/users/%C3%A9'],
     ['/rt/path?p=%01', '/api/v1/users/%01'],
@@ -146,7 +146,7 @@ test('request-transform path templates: client values are percent-encoded data i
     assert.equal(r.status, 200, `${path}: ${r.body}`);
     assert.equal(last().url.split('?')[0], expected, path);
   }
-  for (const path of ['/rt/path?p=..', '/rt/path?p=%2e%2e', '/rt/path?p=.', '/rt/param/%ff']) {
+  for (const path of ['/rt/path?p=..', '/rt/path?p=%2e%2e', '/rt/path?p=.', '/rt/path?p=..%2F..%2Fadmin', '/rt/param/%ff']) {
     const before = echo.requests.length;
     const r = await request(`${gw.url}${path}`);
     assert.equal(r.status, 400, `${path}: ${r.body}`);

@@ -134,7 +134,10 @@ const varyValue = (v: string | undefined): string | null => (v === undefined ? n
 /** Whether the request has a body (a "fat GET" may render differently: never stored). */
 function hasBody(ctx: RequestCtx): boolean {
   const cl = ctx.header('content-length');
-  return ctx.header('transfer-encoding') !== undefined || (cl !== undefined && cl !== '0');
+  if (ctx.header('transfer-encoding') !== undefined || (cl !== undefined && cl !== '0')) return true;
+  // HTTP/2: a body needs no length field — HEADERS without END_STREAM, then DATA
+  const stream = (ctx.req as { stream?: { endAfterHeaders?: boolean } }).stream;
+  return cl === undefined && stream !== undefined && stream.endAfterHeaders === false;
 }
 
 /** Sets a field in a flat list (replacing earlier values). */
@@ -263,13 +266,25 @@ export default definePlugin({
      */
     const upstreamCopy = (ctx: RequestCtx, headers: readonly string[]): string[] => {
       // Fields plugins added for this client only (rate-limit state, CORS...) ride on the list too.
+      // Those exact fields are left out, not every field of their names: cors's `vary: Origin`
+      // must not take the upstream's own Vary with it (hits then ignored Accept-Language, Cookie).
       const extra = ctx.responseHeaders;
-      const skip = new Set(notStored);
-      for (let i = 0; i < extra.length; i += 2) skip.add(extra[i]!.toLowerCase());
+      const added = new Map<string, number>();
+      for (let i = 0; i < extra.length; i += 2) {
+        const k = `${extra[i]!.toLowerCase()}\0${extra[i + 1]!}`;
+        added.set(k, (added.get(k) ?? 0) + 1);
+      }
       const out: string[] = [];
       for (let i = 0; i < headers.length; i += 2) {
         const n = headers[i]!.toLowerCase();
-        if (!skip.has(n)) out.push(n, headers[i + 1]!);
+        if (notStored.has(n)) continue;
+        const k = `${n}\0${headers[i + 1]!}`;
+        const left = added.get(k);
+        if (left !== undefined && left > 0) {
+          added.set(k, left - 1);
+          continue;
+        }
+        out.push(n, headers[i + 1]!);
       }
       return out;
     };
