@@ -949,3 +949,126 @@ services:
     await up.close();
   }
 });
+
+test('the key is what the upstream answered to: the scheme a trusted TLS terminator forwards, the route, Vary\'d fields the gateway set (X-Consumer-Name), the default port; a method override is never cached', async () => {
+  const up = await startUpstream((req, res) => {
+    const u = req.url!;
+    const h = req.headers;
+    if (u === '/login') {
+      // an origin that redirects plain http to https (behind a TLS terminator)
+      if (h['x-forwarded-proto'] !== 'https') res.writeHead(301, { location: `https://${h['x-forwarded-host']}/login`, 'cache-control': 'max-age=60' }).end();
+      else res.writeHead(200, { 'cache-control': 'max-age=60' }).end('login form');
+    } else if (u === '/split') {
+      res.writeHead(200, { 'cache-control': 'max-age=60' }).end(`version ${h['x-api-version'] ?? '1'}`);
+    } else if (u === '/me') {
+      res.writeHead(200, { 'cache-control': 'public, max-age=60', vary: 'X-Consumer-Name' }).end(`profile of ${h['x-consumer-name']}`);
+    } else if (u.startsWith('/item')) {
+      const m = String(h['x-http-method-override'] ?? req.method);
+      res.writeHead(200, { 'cache-control': 'max-age=60' }).end(m === 'DELETE' ? 'deleted' : `item via ${m}`);
+    } else res.writeHead(200, { 'cache-control': 'max-age=60' }).end(`${u} ${h.host}`);
+  });
+  const g = await startGateway(`trusted_proxies: [127.0.0.1]
+consumers:
+  - {name: alice, credentials: [{type: key-auth, key: alice-key-123}]}
+  - {name: bob, credentials: [{type: key-auth, key: bob-key-1234}]}
+services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes:
+      - {name: login, paths: [/login]}
+      - name: v2
+        paths: [/split]
+        headers: {x-version: "2"}
+        plugins: [{name: request-transform, config: {headers: {set: {x-api-version: "2"}}}}]
+      - {name: v1, paths: [/split]}
+      - name: me
+        paths: [/me]
+        plugins: [{name: key-auth}, {name: cache, config: {per_consumer: false}}]
+      - {name: items, paths: [/item, /p]}
+`);
+  try {
+    const st = (r: { headers: Record<string, unknown> }) => r.headers['x-cache-status'];
+    // behind a TLS terminator: plain http first (a 301 to https), then the https clients
+    const plain = await request(`${g.url}/login`, { headers: { 'x-forwarded-proto': 'http', 'x-forwarded-host': 'shop.example' } });
+    assert.equal(plain.status, 301);
+    const tls = await request(`${g.url}/login`, { headers: { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'shop.example' } });
+    assert.equal(tls.status, 200, 'an https client got the http redirect from the cache (a redirect loop)');
+    assert.equal(tls.body, 'login form');
+    assert.equal(st(await request(`${g.url}/login`, { headers: { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'shop.example' } })), 'HIT');
+    // another forwarded host: its own entry (absolute links name the host)
+    assert.match(String((await request(`${g.url}/login`, { headers: { 'x-forwarded-proto': 'http', 'x-forwarded-host': 'other.example' } })).headers.location), /other\.example/);
+
+    // one path, two routes told apart by a header (one transforms the request)
+    assert.equal((await request(`${g.url}/split`)).body, 'version 1');
+    assert.equal((await request(`${g.url}/split`, { headers: { 'x-version': '2' } })).body, 'version 2');
+    assert.equal((await request(`${g.url}/split`)).body, 'version 1');
+
+    // per_consumer: false, the upstream varies on the consumer the gateway names
+    assert.equal((await request(`${g.url}/me`, { headers: { apikey: 'alice-key-123' } })).body, 'profile of alice');
+    const bob = await request(`${g.url}/me`, { headers: { apikey: 'bob-key-1234' } });
+    assert.equal(bob.body, 'profile of bob', 'bob got alice\'s cached profile');
+    // a client's own X-Consumer-Name (never forwarded) does not select another's entry
+    assert.equal((await request(`${g.url}/me`, { headers: { apikey: 'bob-key-1234', 'x-consumer-name': 'alice' } })).body, 'profile of bob');
+    assert.equal(st(await request(`${g.url}/me`, { headers: { apikey: 'alice-key-123' } })), 'HIT');
+
+    // a GET a framework runs as DELETE: neither stored nor answered from the cache
+    assert.equal((await request(`${g.url}/item/1`)).body, 'item via GET');
+    const over = await request(`${g.url}/item/1`, { headers: { 'x-http-method-override': 'DELETE' } });
+    assert.equal(over.body, 'deleted');
+    assert.equal(st(over), 'BYPASS');
+    assert.equal((await request(`${g.url}/item/2`, { headers: { 'x-http-method-override': 'DELETE' } })).body, 'deleted');
+    assert.equal((await request(`${g.url}/item/2`)).body, 'item via GET', 'the override\'s answer was stored for the GET');
+
+    // `host:80` and `host` are one URI: one entry, invalidated together
+    assert.equal(st(await request(`${g.url}/p/a`, { headers: { host: 'shop.example' } })), 'MISS');
+    assert.equal(st(await request(`${g.url}/p/a`, { headers: { host: 'shop.example:80' } })), 'HIT');
+    await request(`${g.url}/p/a`, { method: 'POST', headers: { host: 'shop.example:80' } });
+    assert.equal(st(await request(`${g.url}/p/a`, { headers: { host: 'shop.example' } })), 'MISS');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a stale-while-revalidate refresh comes from the client it refreshes for, not the loopback (ip-restriction let the client in and refused the refresh)', async () => {
+  let n = 0;
+  const seen: (string | undefined)[] = [];
+  const up = await startUpstream((req, res) => {
+    seen.push(req.headers['x-forwarded-for'] as string | undefined);
+    res.writeHead(200, { 'cache-control': 'max-age=1, stale-while-revalidate=60', etag: `"v${++n}"` }).end(`version ${n}`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: ip-restriction, config: {allow: [127.0.0.2]}}, {name: cache}]
+    routes: [{name: r, paths: [/]}]
+`);
+  const from2 = (path: string) => new Promise<{ status: number; body: string; cache: string | undefined }>((resolve, reject) => {
+    httpRequest(`${g.url}${path}`, { localAddress: '127.0.0.2', agent: false }, (res) => {
+      let b = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (b += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body: b, cache: res.headers['x-cache-status'] as string | undefined }));
+    }).on('error', reject).end();
+  });
+  try {
+    assert.equal((await request(`${g.url}/x`)).status, 403, '127.0.0.1 is not allowed');
+    assert.equal((await from2('/x')).body, 'version 1');
+    await sleep(1100);
+    const stale = await from2('/x');
+    assert.equal(stale.cache, 'STALE');
+    for (let i = 0; i < 40 && n < 2; i++) await sleep(25);
+    assert.equal(n, 2, 'the background refresh never reached the upstream');
+    assert.equal(seen[1], '127.0.0.2');
+    for (let i = 0; i < 40; i++) {
+      const r = await from2('/x');
+      if (r.body === 'version 2') break;
+      await sleep(25);
+    }
+    assert.equal((await from2('/x')).body, 'version 2');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

@@ -92,6 +92,11 @@ export class PluginCtx implements RequestCtx {
     return Array.isArray(v) ? v.join(', ') : v;
   }
 
+  upstreamHeaderList(): string[] {
+    // The last pair (host) is the forwarder's.
+    return this.headers.slice(0, -2);
+  }
+
   removeUpstreamHeader(name: string): void {
     const h = this.headers;
     // The last pair (host) is the forwarder's.

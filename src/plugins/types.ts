@@ -99,6 +99,8 @@ export interface RequestCtx {
   vars: Record<string, unknown>;
   /** A request header (lower-case name), joined when repeated. */
   header(name: string): string | undefined;
+  /** A copy of the header list going upstream so far (name, value, ...; Host is the gateway's and not in it). */
+  upstreamHeaderList(): string[];
   /** Changes what goes upstream. */
   removeUpstreamHeader(name: string): void;
   setUpstreamHeader(name: string, value: string): void;

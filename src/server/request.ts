@@ -8,7 +8,8 @@ import { answerAccount, answerPortal, isPortalPath } from '../portal/handler.js'
 import { isAccountPath, type AccountRequest, type AccountResponse } from '../portal/accounts.js';
 import { HSTS } from '../portal/html.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
+import { REFRESH_PEER_HEADER } from '../plugins/cache/refresh.js';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot } from '../config/compile.js';
@@ -68,12 +69,14 @@ export interface RequestContext {
   observer?: Observer | null;
   /** The portal's developer accounts (null: this node cannot answer them). */
   portalAccounts?: ((r: AccountRequest) => Promise<AccountResponse>) | null;
+  /** The response caches (their refresher's token vouches for background refreshes). */
+  caches?: { readonly refresher: { valid(token: string | undefined): boolean } };
 }
 
 
 /** Fields of 20+ characters the gateway owns (the switch in handleRequest sees shorter names only). */
 const LONG_OWNED = new Set([
-  'x-credential-identifier', 'x-anonymous-consumer',
+  'x-credential-identifier', 'x-anonymous-consumer', REFRESH_PEER_HEADER,
   // identity fields Kong's auth plugins set (or clear) on every request: upstreams moved from
   // Kong trust them, so a client's copy never reaches one
   'x-consumer-custom-id', 'x-authenticated-userid', 'x-authenticated-scope', 'x-authenticated-groups',
@@ -139,6 +142,17 @@ function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
     p = s[kPeer] = { snap, proto: (socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http', peer, trusted: snap.trusted.has(peer), forwardedFor: forwardedElement(peer), port: String(socket.localPort), lastHost: '', lastHostName: '' };
   }
   return p;
+}
+
+/**
+ * The gateway's own stale-while-revalidate refresh (src/plugins/cache/refresh.ts) comes from the
+ * loopback on behalf of a client: with a valid token it is taken as coming from that client's
+ * connection (ip-restriction, limits by IP, the forwarding fields), not from 127.0.0.1.
+ */
+function refreshPeer(ctx: RequestContext, req: IncomingMessage, p: PeerInfo, token: string): PeerInfo {
+  const peer = req.headers[REFRESH_PEER_HEADER];
+  if (typeof peer !== 'string' || isIP(peer) === 0 || ctx.caches?.refresher.valid(token) !== true) return p;
+  return { ...p, peer, trusted: p.snap.trusted.has(peer), forwardedFor: forwardedElement(peer) };
 }
 
 // Generated request ids: a per-process UUID and a counter (Kong's "uuid#counter" scheme):
@@ -225,6 +239,7 @@ export function handleRequest(
   let xfHost: string | undefined;
   let xfPort: string | undefined;
   let forwarded: string | undefined;
+  let refreshToken: string | undefined;
   let via: string | undefined;
   let maxForwards: string | undefined;
   let proxyOnly: string[] | undefined;
@@ -253,13 +268,13 @@ export function handleRequest(
       case 'x-forwarded-host': xfHost = join(xfHost, value); continue;
       case 'x-forwarded-port': xfPort = join(xfPort, value); continue;
       case 'forwarded': forwarded = join(forwarded, value); continue;
+      // the gateway's own background refresh marker (src/plugins/cache/refresh.ts): never upstream
+      case 'x-turnpike-refresh': refreshToken = value; continue;
       case 'via': via = join(via, value); continue;
       case 'max-forwards': maxForwards = value; continue;
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
       case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
-      // the gateway's own background refresh marker (src/plugins/cache/refresh.ts): never upstream
-      case 'x-turnpike-refresh':
       // the authenticated consumer, set by the gateway only (the longer names: below)
       case 'x-consumer-id': case 'x-consumer-name': case 'x-consumer-groups': case 'x-consumer-username':
         continue;
@@ -333,7 +348,8 @@ export function handleRequest(
     hostCount = 1;
   }
   if (h2 && hostCount === 0) return reject(ctx, req, res, requestId, 'bad-request', 'missing :authority');
-  const p = peerInfo(req.socket, snap);
+  let p = peerInfo(req.socket, snap);
+  if (refreshToken !== undefined) p = refreshPeer(ctx, req, p, refreshToken);
   if (host !== '' && host !== p.lastHost) {
     if (!HOST_RE.test(host)) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Host header');
     p.lastHost = host;

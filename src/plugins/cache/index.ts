@@ -28,6 +28,7 @@ import * as P from './policy.js';
 import { digest, type Bucket, type CacheStore, type Entry, type EntryHead } from './entry.js';
 import { CacheStores, type Flight, type FlightOutcome } from './stores.js';
 import { withoutQueryParam } from '../../core/query.js';
+import { plainIp } from '../../core/forwarded.js';
 
 const VAR = 'cache';
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
@@ -52,6 +53,12 @@ interface State {
   sub: string;
   /** The query part of the key (credential parameters left out). */
   q: string;
+  /**
+   * The request fields going upstream when the cache looked (after authentication and the
+   * plugins before it): Vary is about what the upstream saw (X-Consumer-Name set by an auth
+   * plugin, not the client's), and lookups and stores read the same view.
+   */
+  up: readonly string[];
   /** Flight key: zone, bucket and sub. */
   fk: string;
   rd: P.RequestDirectives | null;
@@ -131,6 +138,42 @@ function repeated(ctx: RequestCtx, name: string): boolean {
 /** A Vary'd field's value as stored and compared: a digest of its normalized value (null: absent). */
 const varyValue = (v: string | undefined): string | null => (v === undefined ? null : digest(P.normalizeForVary(v)!));
 
+/** A field of a flat list (name, value, ...; names compared case-insensitively), joined when repeated. */
+function listField(list: readonly string[], name: string): string | undefined {
+  let v: string | undefined;
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i]!.length === name.length && list[i]!.toLowerCase() === name) v = v === undefined ? list[i + 1]! : `${v}, ${list[i + 1]!}`;
+  }
+  return v;
+}
+
+/**
+ * The origin a Forwarded field (RFC 7239) tells the upstream the client used: the proto and host
+ * parameters of its first element ('' when none). `for=` is left out (it is per client).
+ */
+function forwardedOrigin(v: string | undefined): string {
+  if (v === undefined) return '';
+  let proto = '', host = '';
+  for (const part of v.split(',', 1)[0]!.split(';')) {
+    const eq = part.indexOf('=');
+    const k = eq === -1 ? '' : part.slice(0, eq).trim().toLowerCase();
+    const val = eq === -1 ? '' : part.slice(eq + 1).trim().replace(/^"(.*)"$/, '$1');
+    if (k === 'proto') proto = val.toLowerCase();
+    else if (k === 'host') host = val;
+  }
+  return `${proto};${hostKey(host, proto)}`;
+}
+
+/** A host as a key: lower-case, without the scheme's default port (`a:80` and `a` are one URI, RFC 9110 §4.2.3). */
+function hostKey(host: string, scheme: string): string {
+  host = host.toLowerCase();
+  const dflt = scheme === 'https' ? ':443' : scheme === 'http' ? ':80' : null;
+  return dflt !== null && host.endsWith(dflt) ? host.slice(0, -dflt.length) : host;
+}
+
+/** Fields that make frameworks run another method than the request's (a GET answered as a DELETE would be stored as the GET's). */
+const METHOD_OVERRIDES = ['x-http-method-override', 'x-http-method', 'x-method-override'];
+
 /** Whether the request has a body (a "fat GET" may render differently: never stored). */
 function hasBody(ctx: RequestCtx): boolean {
   const cl = ctx.header('content-length');
@@ -203,9 +246,13 @@ export default definePlugin({
     const labelled = (l: Label): string[] => (label ? [label, l] : []);
     const keyedByCookie = parts.some((p) => p.kind === 'cookie');
     const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name)) || (keyedByCookie && repeated(ctx, 'cookie'));
-    const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: ctx.host.toLowerCase(), path });
-    const matcher = (ctx: RequestCtx) => (h: EntryHead) => {
-      for (let i = 0; i < h.vary.length; i++) if (varyValue(field(ctx, h.vary[i]!)) !== h.varyValues[i]) return false;
+    // The host without the scheme's default port: `example.com:80` and `example.com` are one URI
+    // (RFC 9110 §4.2.3), stored and invalidated together.
+    const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: hostKey(ctx.host, isTls(ctx.req) ? 'https' : 'http'), path });
+    /** A Vary'd field as the upstream got it (Host: the request's). */
+    const varied = (ctx: RequestCtx, st: State, name: string): string | undefined => (name === 'host' ? ctx.host : listField(st.up, name));
+    const matcher = (ctx: RequestCtx, st: State) => (h: EntryHead) => {
+      for (let i = 0; i < h.vary.length; i++) if (varyValue(varied(ctx, st, h.vary[i]!)) !== h.varyValues[i]) return false;
       return true;
     };
 
@@ -217,6 +264,22 @@ export default definePlugin({
       // The scheme is part of the target URI (RFC 9111 §2): an http answer (a redirect to
       // https, say) never serves an https request.
       let sub = `${isTls(ctx.req) ? 'https' : 'http'}\n${ctx.service.name}\n${q}`;
+      // The route: routes of one path told apart by method or header matches may transform or
+      // answer differently.
+      sub += `\nroute=${ctx.route.counterId ?? ctx.route.name}`;
+      // The scheme, host and port the upstream is told the client used (a trusted TLS
+      // terminator's X-Forwarded-Proto: https): its redirects and absolute links depend on them,
+      // and an http answer (a redirect to https) must never serve the https clients.
+      const up = ctx.upstreamHeaderList();
+      // (whole values: an upstream may read the first or the last of a list; a lone host without
+      // its scheme's default port)
+      const xfProto = listField(up, 'x-forwarded-proto')?.toLowerCase();
+      const xfHost = listField(up, 'x-forwarded-host');
+      const xfPort = listField(up, 'x-forwarded-port');
+      const fwd = forwardedOrigin(listField(up, 'forwarded'));
+      if (xfProto !== undefined || xfHost !== undefined || xfPort !== undefined || fwd !== '') {
+        sub += `\nfw=${xfProto ?? ''}\n${xfHost === undefined ? '' : hostKey(xfHost, xfProto ?? (isTls(ctx.req) ? 'https' : 'http'))}\n${xfPort ?? ''}\n${fwd}`;
+      }
       // Whoever an auth plugin let in gets entries of their own (API keys, JWTs... are not
       // Authorization fields the RFC rules would see).
       const who = ctx.consumer?.name ?? ctx.identity;
@@ -237,7 +300,7 @@ export default definePlugin({
       const bucket = bucketOf(ctx);
       const rd = honour ? P.requestDirectives(ctx.header('cache-control'), ctx.header('pragma')) : null;
       return {
-        kind, bucket, sub, q, fk: `${zone}\n${bucket.host}\n${bucket.path}\n${sub}`, rd,
+        kind, bucket, sub, q, up, fk: `${zone}\n${bucket.host}\n${bucket.path}\n${sub}`, rd,
         store: ctx.method === 'GET' && !(rd?.noStore ?? false),
         authorization: authorization !== undefined,
         cookie: !keyedByCookie && ctx.header('cookie') !== undefined,
@@ -299,7 +362,7 @@ export default definePlugin({
       for (const n of vary) if (repeated(ctx, n)) return null;
       return {
         id: randomBytes(9).toString('base64url'), sub: st.sub, q: digest(st.q), vary,
-        varyValues: vary.map((n) => varyValue(field(ctx, n))), t: now,
+        varyValues: vary.map((n) => varyValue(varied(ctx, st, n))), t: now,
         status, headers: storedFields(headers), body: Buffer.from(body), f, until: P.keepUntil(f, o.keepMs),
       };
     };
@@ -369,7 +432,7 @@ export default definePlugin({
     /** Waits for the request leading this key; uses its response when it fits, else goes upstream alone. */
     const wait = (ctx: RequestCtx, st: State, flight: Flight): Promise<Reply | undefined> => flight.done.then((out) => {
       const now = Date.now();
-      if (out !== null && 'entry' in out && out.entry.sub === st.sub && matcher(ctx)(out.entry)) {
+      if (out !== null && 'entry' in out && out.entry.sub === st.sub && matcher(ctx, st)(out.entry)) {
         const use = P.usable(out.entry.f, st.rd, now);
         if (use === 'fresh' || use === 'stale') return serve(ctx, st, out.entry, 'HIT', now);
       }
@@ -394,7 +457,7 @@ export default definePlugin({
           // request revalidates and the others get the stale entry meanwhile.
           const r = caches.refresher;
           if (r.available && !isTls(ctx.req)) {
-            r.start(st.fk, ctx.path + ctx.query, ctx.host, ctx.req.rawHeaders, (err) => caches.fail(err, 'refresh'));
+            r.start(st.fk, ctx.path + ctx.query, ctx.host, ctx.req.rawHeaders, plainIp(ctx.req.socket.remoteAddress), (err) => caches.fail(err, 'refresh'));
             return serve(ctx, st, e, 'STALE', now);
           }
           return fetch(ctx, st, e, true);
@@ -421,8 +484,9 @@ export default definePlugin({
         // Preconditions other than the validators the cache answers are the origin's (RFC 9111
         // §4.3.2); a GET with a body, or a repeated key field, never touches the cache.
         if (!methods.has(m) || ctx.header('range') !== undefined || ctx.header('upgrade') !== undefined || ctx.header('if-match') !== undefined
-          || ctx.header('if-unmodified-since') !== undefined || hasBody(ctx) || keyRepeated(ctx)) return undefined;
-        const found = store.find(st.bucket, st.sub, matcher(ctx), Date.now());
+          || ctx.header('if-unmodified-since') !== undefined || hasBody(ctx) || keyRepeated(ctx)
+          || METHOD_OVERRIDES.some((n) => ctx.header(n) !== undefined)) return undefined;
+        const found = store.find(st.bucket, st.sub, matcher(ctx, st), Date.now());
         if (found instanceof Promise) {
           return found.then((e) => decide(ctx, st, e), (err: Error) => {
             caches.fail(err, 'read');

@@ -12,12 +12,18 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { Agent } from 'undici';
 
 export const REFRESH_HEADER = 'x-turnpike-refresh';
+/**
+ * The address of the connection the refreshed request came on: with a valid token, the gateway
+ * takes the refresh as coming from there (ip-restriction, limits by IP, forwarding fields are
+ * the client's, not the loopback's).
+ */
+export const REFRESH_PEER_HEADER = 'x-turnpike-refresh-peer';
 
 /** Request fields not copied into a refresh: connection-specific, framing, conditionals, directives. */
 const SKIP = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'te', 'upgrade', 'transfer-encoding', 'content-length', 'expect',
   'if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'cache-control', 'pragma', 'range',
-  REFRESH_HEADER, 'host', 'http2-settings',
+  REFRESH_HEADER, REFRESH_PEER_HEADER, 'host', 'http2-settings',
 ]);
 
 /** Longest a refresh may take before it is given up. */
@@ -60,9 +66,10 @@ export class Refresher {
 
   /**
    * Starts a refresh of `key` (at most one at a time per key): GET `target` on the own listener
-   * with the client's fields. False when none can start (no listener, or one is running).
+   * with the client's fields, as from the client's `peer` address. False when none can start (no
+   * listener, or one is running).
    */
-  start(key: string, target: string, host: string, rawHeaders: readonly string[], onError: (err: Error) => void): boolean {
+  start(key: string, target: string, host: string, rawHeaders: readonly string[], peer: string, onError: (err: Error) => void): boolean {
     if (this.base === null || this.running.has(key)) return false;
     this.running.add(key);
     const headers: string[] = [];
@@ -72,6 +79,7 @@ export class Refresher {
       headers.push(k, rawHeaders[i + 1]!);
     }
     headers.push('host', host, REFRESH_HEADER, this.token);
+    if (peer !== '') headers.push(REFRESH_PEER_HEADER, peer);
     this.agent ??= new Agent({ connections: 8, keepAliveTimeout: 10_000 });
     const ac = AbortSignal.timeout(REFRESH_TIMEOUT_MS);
     this.agent.request({ origin: this.base, path: target, method: 'GET', headers, signal: ac })

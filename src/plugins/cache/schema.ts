@@ -20,7 +20,7 @@ export const CacheConfig = Type.Object({
   max_size: Type.Optional(Size('Memory backend: bytes this binding\'s cache may hold (least recently used go first; default 64mb)')),
   key: Type.Optional(Type.Array(Type.String({ pattern: '^(consumer|query|(query|header|cookie):[!#$%&\'*+.^_`|~0-9A-Za-z-]+)$', maxLength: 128 }), {
     default: [], maxItems: 16, uniqueItems: true,
-    description: 'Parts of the cache key besides host and path: query (the whole query string but the parameter an auth plugin read a credential from, such as key-auth apikey, the default), query:NAME (only these parameters), header:NAME, cookie:NAME, consumer. Entries keep only a digest of the key.',
+    description: 'Parts of the cache key besides what it always holds (host without its default port, path, scheme, service, route, the X-Forwarded-Proto / -Host / -Port and Forwarded proto and host the upstream is told) and Vary (compared on the fields as sent upstream): query (the whole query string but the parameter an auth plugin read a credential from, such as key-auth apikey, the default), query:NAME (only these parameters), header:NAME, cookie:NAME, consumer. Entries keep only a digest of the key.',
   })),
   per_consumer: Type.Optional(Type.Boolean({ default: true, description: 'Requests an auth plugin authenticated are cached per consumer (identity), as Kong does; false shares entries between consumers (for responses that are the same for everyone).' })),
   shared: Type.Optional(Type.Boolean({ default: true, description: 'A shared cache (RFC 9111): private responses are not stored, s-maxage and proxy-revalidate apply, Authorization rules of §3.5 hold.' })),
