@@ -1072,3 +1072,40 @@ test('a stale-while-revalidate refresh comes from the client it refreshes for, n
     await up.close();
   }
 });
+
+test('HEAD answered from the cache carries the fields the GET would (Content-Length; with compression Content-Encoding, Vary, the weak ETag); only-if-cached with Range or If-Match is a 504, never the upstream', async () => {
+  let calls = 0;
+  const up = await startUpstream((req, res) => {
+    calls++;
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', etag: '"v1"' }).end('x'.repeat(2000));
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes:
+      - {name: plain, paths: [/plain]}
+      - {name: zipped, paths: [/zip], plugins: [{name: compression}]}
+`);
+  try {
+    for (const path of ['/plain/a', '/zip/a']) assert.equal((await request(`${g.url}${path}`)).status, 200);
+    const head = await request(`${g.url}/plain/a`, { method: 'HEAD' });
+    assert.equal(head.headers['x-cache-status'], 'HIT');
+    assert.equal(head.headers['content-length'], '2000');
+    const get = await request(`${g.url}/zip/a`, { headers: { 'accept-encoding': 'gzip' } });
+    const zhead = await request(`${g.url}/zip/a`, { method: 'HEAD', headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(zhead.headers['x-cache-status'], 'HIT');
+    for (const f of ['content-encoding', 'vary', 'etag']) assert.equal(zhead.headers[f], get.headers[f], f);
+    assert.equal(zhead.headers['content-encoding'], 'gzip');
+    assert.equal(zhead.headers['content-length'], undefined, 'the stored length is not the encoded one');
+    const before = calls;
+    for (const h of [{ range: 'bytes=0-9' }, { 'if-match': '"v1"' }, { 'if-unmodified-since': 'Sat, 28 Nov 2026 00:00:00 GMT' }]) {
+      const r = await request(`${g.url}/plain/a`, { headers: { ...h, 'cache-control': 'only-if-cached' } });
+      assert.equal(r.status, 504, JSON.stringify(h));
+    }
+    assert.equal(calls, before, 'only-if-cached went upstream');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

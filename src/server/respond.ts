@@ -112,7 +112,8 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
   if (o.close && (req.httpVersionMajor ?? 1) === 1) h.push('connection', 'close');
   if (r.origin === 'gateway') markAnswered(res, (r.error as ProblemCode | undefined) ?? null, o.requestId, head || noContent ? 0 : r.body.length);
   const body = head || noContent ? null : r.body;
-  const enc = body === null ? null : pickEncoder(pl, r.status, h, req.method ?? 'GET');
+  // (a HEAD's fields are edited as the GET's would be: Content-Encoding, Vary, the weak ETag)
+  const enc = noContent ? null : pickEncoder(pl, r.status, h, req.method ?? 'GET');
   if (o.exchange !== null && body !== null) o.exchange.bytesOut = body.length;
   try {
     res.writeHead(r.status, h);

@@ -384,6 +384,8 @@ export default definePlugin({
       if (P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since'))) {
         return { status: 304, headers: record([...P.notModifiedHeaders(e.headers), ...tail]) };
       }
+      // (a HEAD gets the Content-Length the GET would: the stored body's)
+      if (ctx.method === 'HEAD' && e.status !== 204) tail.push('content-length', String(e.body.length));
       return { status: e.status, headers: record([...e.headers, ...tail]), body: e.body };
     };
 
@@ -485,7 +487,14 @@ export default definePlugin({
         // §4.3.2); a GET with a body, or a repeated key field, never touches the cache.
         if (!methods.has(m) || ctx.header('range') !== undefined || ctx.header('upgrade') !== undefined || ctx.header('if-match') !== undefined
           || ctx.header('if-unmodified-since') !== undefined || hasBody(ctx) || keyRepeated(ctx)
-          || METHOD_OVERRIDES.some((n) => ctx.header(n) !== undefined)) return undefined;
+          || METHOD_OVERRIDES.some((n) => ctx.header(n) !== undefined)) {
+          // only-if-cached: a stored response or a 504, never the upstream (RFC 9111 §5.2.1.7)
+          if (st.rd?.onlyIfCached) {
+            st.kind = 'served';
+            return { code: 'gateway-timeout', detail: 'only-if-cached: no stored response can answer this request', headers: record(labelled('MISS')) };
+          }
+          return undefined;
+        }
         const found = store.find(st.bucket, st.sub, matcher(ctx, st), Date.now());
         if (found instanceof Promise) {
           return found.then((e) => decide(ctx, st, e), (err: Error) => {
