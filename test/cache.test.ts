@@ -1099,7 +1099,7 @@ test('HEAD answered from the cache carries the fields the GET would (Content-Len
     assert.equal(zhead.headers['content-encoding'], 'gzip');
     assert.equal(zhead.headers['content-length'], undefined, 'the stored length is not the encoded one');
     const before = calls;
-    for (const h of [{ range: 'bytes=0-9' }, { 'if-match': '"v1"' }, { 'if-unmodified-since': 'Sat, 28 Nov 2026 00:00:00 GMT' }]) {
+    for (const h of [{ range: 'bytes=0-9' }, { 'if-match': '"v1"' }, { 'if-unmodified-since': 'Sat, 28 Nov 2026 00:00:00 GMT' }] as Record<string, string>[]) {
       const r = await request(`${g.url}/plain/a`, { headers: { ...h, 'cache-control': 'only-if-cached' } });
       assert.equal(r.status, 504, JSON.stringify(h));
     }

@@ -46,8 +46,12 @@ export default definePlugin({
     // by name: counterScope, not its position in the config), windows, algorithm and `by`.
     const scope = createHash('sha256').update(`${deps.counterScope}|${algorithm}|${JSON.stringify(windows)}|${by.join(',')}`).digest('base64url').slice(0, 12);
     const name = config.name ?? 'default';
-    const names = windows.map((w) => (windows.length === 1 ? name : `${name}-${Math.round(w.periodMs / 1000)}s`));
-    const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${Math.max(1, Math.round(w.periodMs / 1000))}`).join(', ');
+    // (a window of 100 ms and one of 400 ms are not both "-0s": the name says what the window is)
+    const names = windows.map((w) => (windows.length === 1 ? name : `${name}-${w.periodMs % 1000 === 0 ? `${w.periodMs / 1000}s` : `${w.periodMs}ms`}`));
+    // w in whole seconds, rounded up: the reset (t, at most a window) is never past it
+    const seconds = windows.map((w) => Math.max(1, Math.ceil(w.periodMs / 1000)));
+    const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${seconds[i]}`).join(', ');
+    const rateLimitField = (i: number, d: RateDecision) => `"${names[i]}";r=${d.remaining};t=${Math.min(Math.ceil(d.resetMs / 1000), seconds[i]!)}`;
 
     const queriesFor = (key: string): RateQuery[] => windows.map((w) => ({ key: `rl:${scope}:${key}`, limit: w.limit, periodMs: w.periodMs, cost, algorithm }));
     let warnedAt = -Infinity;
@@ -80,7 +84,7 @@ export default definePlugin({
       if (!refused) {
         if (config.headers !== false) {
           ctx.addResponseHeader('ratelimit-policy', policyHeader);
-          ctx.addResponseHeader('ratelimit', `"${names[worst]}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`);
+          ctx.addResponseHeader('ratelimit', rateLimitField(worst, d));
         }
         if (config.legacy_headers) {
           ctx.addResponseHeader('x-ratelimit-limit', String(windows[worst]!.limit));
@@ -92,7 +96,7 @@ export default definePlugin({
       const headers: Record<string, string> = {};
       if (config.headers !== false) {
         headers['ratelimit-policy'] = policyHeader;
-        headers['ratelimit'] = `"${names[worst]}";r=${d.remaining};t=${Math.ceil(d.resetMs / 1000)}`;
+        headers['ratelimit'] = rateLimitField(worst, d);
       }
       if (config.legacy_headers) {
         headers['x-ratelimit-limit'] = String(windows[worst]!.limit);

@@ -193,3 +193,30 @@ services:
   assert.throws(() => compile(parseConfigText(`consumers: [{name: x, plan: platinum}]\n`), { pools }), /consumers\[0\]\.plan.*unknown plan "platinum"/);
   assert.throws(() => compile(parseConfigText(`plans: {p: {services: [nope]}}\n`), { pools }), /plans\.p\.services\[0\].*unknown service/);
 });
+
+test('windows that are not whole seconds: each named apart (100ms and 400ms were both "-0s"), w rounded up so the reset t never passes it', async () => {
+  const up2 = await startUpstream();
+  const g = await startGateway(`services:
+  - name: api
+    url: ${up2.url}
+    routes:
+      - name: r
+        paths: [/]
+        plugins: [{name: rate-limit, config: {limits: [{limit: 5, window: 100ms}, {limit: 6, window: 400ms}, {limit: 100, window: 2400ms}]}}]
+`);
+  try {
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers['ratelimit-policy'], '"default-100ms";q=5;w=1, "default-400ms";q=6;w=1, "default-2400ms";q=100;w=3');
+    for (let i = 0; i < 8; i++) {
+      const x = await request(`${g.url}/x`);
+      const m = /^"([^"]+)";r=(\d+);t=(\d+)$/.exec(String(x.headers['ratelimit']));
+      assert.ok(m, String(x.headers['ratelimit']));
+      const w = Number(/"([^"]+)";q=\d+;w=(\d+)/g.exec(String(x.headers['ratelimit-policy']).split(', ').find((p) => p.startsWith(`"${m[1]}"`))!)![2]);
+      assert.ok(Number(m[3]) <= w, `t=${m[3]} past w=${w}`);
+    }
+  } finally {
+    await g.close();
+    await up2.close();
+  }
+});
