@@ -1109,3 +1109,47 @@ test('HEAD answered from the cache carries the fields the GET would (Content-Len
     await up.close();
   }
 });
+
+test('redis backend: a GET in flight on one node when a POST through another node invalidates the path does not store its (older) answer', async () => {
+  const redis: RedisServer = await startRedis();
+  let version = 1;
+  const origin = await startUpstream((req, res) => {
+    if (req.method === 'POST') {
+      version++;
+      res.writeHead(204).end();
+      return;
+    }
+    const v = version;
+    setTimeout(() => res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60' }).end(`version ${v}`), req.url === '/doc/slow' ? 600 : 0);
+  });
+  const cfg = `
+redis: {url: "${redis.url}", prefix: "tpr:", timeout: 500}
+services:
+  - name: api
+    url: ${origin.url}
+    plugins: [{name: cache, config: {backend: redis}}]
+    routes: [{name: r, paths: [/doc]}]
+`;
+  const a = await startGateway(cfg);
+  const b = await startGateway(cfg);
+  try {
+    const host = { host: `127.0.0.1:${a.port}` };
+    const slow = request(`${a.url}/doc/slow`, { headers: host });
+    await sleep(150);
+    assert.equal((await request(`${b.url}/doc/slow`, { method: 'POST', headers: host })).status, 204);
+    assert.equal((await slow).body, 'version 1');
+    await sleep(100); // (the store write is not awaited by the request)
+    for (const g of [a, b]) {
+      const r = await request(`${g.url}/doc/slow`, { headers: host });
+      assert.equal(r.body, 'version 2', 'the answer from before the write was stored and served');
+    }
+    // an ordinary store after the invalidation still works (the bucket's next generation)
+    await sleep(100);
+    assert.equal((await request(`${a.url}/doc/slow`, { headers: host })).headers['x-cache-status'], 'HIT');
+  } finally {
+    await a.close();
+    await b.close();
+    await origin.close();
+    await redis.stop();
+  }
+});

@@ -59,10 +59,17 @@ export interface PurgeFilter {
 
 /** One cache zone's storage. Memory answers synchronously; Redis with promises. */
 export interface CacheStore {
-  /** The most recent entry of `sub` in the bucket that `match` accepts, or null. */
-  find(b: Bucket, sub: string, match: Matcher, now: number): Entry | null | Promise<Entry | null>;
-  /** Stores an entry, replacing the one of the same sub and Vary values. */
-  put(b: Bucket, e: Entry, now: number): void | Promise<void>;
+  /**
+   * The most recent entry of `sub` in the bucket that `match` accepts, or null. A store shared
+   * by nodes sets `seen.gen` to the bucket's invalidation generation as read.
+   */
+  find(b: Bucket, sub: string, match: Matcher, now: number, seen?: { gen?: string }): Entry | null | Promise<Entry | null>;
+  /**
+   * Stores an entry, replacing the one of the same sub and Vary values. `gen`: the generation
+   * `find` saw before the request went upstream; a shared store refuses the write when the bucket
+   * was invalidated since (by any node: the answer may predate the write).
+   */
+  put(b: Bucket, e: Entry, now: number, gen?: string): void | Promise<void>;
   /** Drops the bucket (every entry of the URI path on that host). */
   invalidate(b: Bucket): void | Promise<void>;
   /** Removes what the filter names; resolves with the number of entries (memory) or keys/entries (Redis) removed. */

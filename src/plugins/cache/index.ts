@@ -73,6 +73,8 @@ interface State {
   requestTime: number;
   /** A stored entry that is stale: stands in for an error when stale-if-error allows. */
   stale: Entry | null;
+  /** The bucket's invalidation generation when the cache looked (shared stores; undefined: not read). */
+  gen?: string;
   /** The entry whose validators went upstream. */
   validating: Entry | null;
   /** The flight this request leads (collapsing). */
@@ -316,10 +318,11 @@ export default definePlugin({
       st.flight = null;
     };
 
-    const put = (b: Bucket, e: Entry, now: number, since: number) => {
-      // (a write to this path while the response was on its way: it may be older than the write)
-      if (caches.invalidatedSince(b, since)) return;
-      const r = store.put(b, e, now);
+    const put = (st: State, e: Entry, now: number) => {
+      // (a write to this path while the response was on its way: it may be older than the write;
+      // through another node: the shared store compares the generation the lookup saw)
+      if (caches.invalidatedSince(st.bucket, st.requestTime)) return;
+      const r = store.put(st.bucket, e, now, st.gen);
       if (r instanceof Promise) r.catch((err: Error) => caches.fail(err, 'write'));
     };
 
@@ -495,7 +498,7 @@ export default definePlugin({
           }
           return undefined;
         }
-        const found = store.find(st.bucket, st.sub, matcher(ctx, st), Date.now());
+        const found = store.find(st.bucket, st.sub, matcher(ctx, st), Date.now(), st);
         if (found instanceof Promise) {
           return found.then((e) => decide(ctx, st, e), (err: Error) => {
             caches.fail(err, 'read');
@@ -568,7 +571,7 @@ export default definePlugin({
           const f = P.freshness(merged, st.requestTime, now, o);
           const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
           if (P.refusal(old.status, merged, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
-            put(st.bucket, e, now, st.requestTime);
+            put(st, e, now);
             settle(st, { entry: e });
           } else {
             // The 304 made it unstorable (private, no-store, a Set-Cookie...): this client gets
@@ -582,7 +585,7 @@ export default definePlugin({
         if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
           const e = makeEntry(ctx, st, r.status, up, r.body, now);
           if (e !== null) {
-            put(st.bucket, e, now, st.requestTime);
+            put(st, e, now);
             settle(st, { entry: e });
             if (P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since'))) substitute(ctx, r, e, 'MISS', now);
             return;

@@ -3,7 +3,7 @@ import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { RedisStore } from '../../state/redis.js';
 import { startRedis, startRedisCluster, type RedisServer } from '../../../test/redis-server.js';
-import { RedisCacheStore, MAX_FIELDS } from './store-redis.js';
+import { RedisCacheStore, MAX_FIELDS, INVALIDATION_MEMORY_MS } from './store-redis.js';
 import type { Entry } from './entry.js';
 import { freshness, HEURISTIC_STATUSES, type PolicyOptions } from './policy.js';
 
@@ -81,7 +81,19 @@ test('invalidate drops the bucket; purge: by key (one URL), by path and host, by
   await z1.put(B, entry(now, { sub: 'svc\n?a=1', q: '?a=1' }), now);
   await z1.put(B, entry(now, { sub: 'svc\n?a=2', q: '?a=2' }), now);
   await z1.invalidate(B);
-  assert.equal(await store.client.exists(z1.key(B)), 0);
+  // every entry gone; the bucket keeps its next generation for a while (writes of requests that
+  // looked before the invalidation are refused, whichever node they are on)
+  assert.deepEqual(await store.client.hgetall(z1.key(B)), { g: '1' });
+  const ttl = await store.client.pttl(z1.key(B));
+  assert.ok(ttl > 0 && ttl <= INVALIDATION_MEMORY_MS, String(ttl));
+  const seen: { gen?: string } = {};
+  assert.equal(await z1.find(B, 'svc\n?a=1', any, now, seen), null);
+  assert.equal(seen.gen, '1');
+  await z1.put(B, entry(now, { sub: 'svc\n?a=1', q: '?a=1' }), now, '');
+  assert.equal(await z1.find(B, 'svc\n?a=1', any, now), null, 'a write that saw the generation before the invalidation was stored');
+  await z1.put(B, entry(now, { sub: 'svc\n?a=1', q: '?a=1' }), now, '1');
+  assert.notEqual(await z1.find(B, 'svc\n?a=1', any, now), null);
+  await z1.invalidate(B);
 
   await z1.put(B, entry(now, { sub: 'svc\n?a=1', q: '?a=1' }), now);
   await z1.put(B, entry(now, { sub: 'svc\n?a=2', q: '?a=2' }), now);

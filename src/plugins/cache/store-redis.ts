@@ -5,7 +5,10 @@
  * One Redis hash per bucket (host + path): `${prefix}cache:${zone}:${H(path)}:${H(host)}` with
  *   m:<H(sub)>  the heads of that sub key's entries, one JSON line each (Vary values, time...)
  *   e:<id>      an entry: [u32 meta length][meta JSON][body]
- * so a lookup is two HGETs (heads, then the chosen body) and invalidating a URI is one DEL. The
+ * and `g`, the bucket's invalidation generation, so a lookup is two reads (heads and generation,
+then the chosen body) and invalidating a URI drops every entry and moves `g` on (kept
+INVALIDATION_MEMORY_MS): a response whose request looked before that, on any node, is not
+stored (RFC 9111 §4.4 across nodes: a GET in flight across another node's POST). The
  * hash expires (PEXPIRE, only ever extended) when its longest-kept entry is of no more use, so
  * Redis drops what nobody asks for. A bucket that collected more than MAX_FIELDS fields starts
  * over on the next write (an endless query space cannot grow one key without bound).
@@ -25,11 +28,24 @@ const MAX_PER_SUB = 32;
 const MAX_KEEP_MS = 365 * 24 * 3600 * 1000;
 
 /**
+ * How long an invalidated bucket keeps its generation (the `g` field) once nothing is stored in
+ * it: a response in flight longer than this when another node invalidated its URI could still be
+ * stored.
+ */
+export const INVALIDATION_MEMORY_MS = 10 * 60 * 1000;
+
+/**
  * KEYS[1]: the bucket. ARGV: heads field, the new head (JSON line), entry field, entry bytes,
- * keep ms, the new head's variant signature.
+ * keep ms, the new head's variant signature, the generation the request saw ('*': unknown).
+ * Returns 0 (nothing written) when the bucket was invalidated since that generation.
  */
 const PUT_LUA = `
-if redis.call('HLEN', KEYS[1]) >= ${MAX_FIELDS} then redis.call('DEL', KEYS[1]) end
+local g = redis.call('HGET', KEYS[1], 'g') or ''
+if ARGV[7] ~= '*' and g ~= ARGV[7] then return 0 end
+if redis.call('HLEN', KEYS[1]) >= ${MAX_FIELDS} then
+  redis.call('DEL', KEYS[1])
+  if g ~= '' then redis.call('HSET', KEYS[1], 'g', g) end
+end
 local kept = {}
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if raw then
@@ -52,6 +68,18 @@ redis.call('HSET', KEYS[1], ARGV[1], table.concat(kept, '\\n'), ARGV[3], ARGV[4]
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < tonumber(ARGV[5]) then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
 return 1
+`;
+
+/**
+ * KEYS[1]: a bucket. ARGV[1]: ms to remember the invalidation. Drops every entry and moves the
+ * bucket to its next generation (writes of requests that saw an older one are refused).
+ */
+const INVALIDATE_LUA = `
+local g = tonumber(redis.call('HGET', KEYS[1], 'g') or '0') or 0
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'g', tostring(g + 1))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return g + 1
 `;
 
 /** KEYS[1]: a bucket. ARGV[1]: a query part. Removes the entries stored for it; returns how many. */
@@ -78,7 +106,8 @@ return n
 `;
 
 interface Scripts {
-  tpCachePut(key: string, headsField: string, head: string, entryField: string, entry: Buffer, keepMs: number, sig: string): Promise<number>;
+  tpCachePut(key: string, headsField: string, head: string, entryField: string, entry: Buffer, keepMs: number, sig: string, gen: string): Promise<number>;
+  tpCacheInvalidate(key: string, rememberMs: number): Promise<number>;
   tpCachePurgeQuery(key: string, query: string): Promise<number>;
 }
 
@@ -96,6 +125,7 @@ function scripts(client: Redis | Cluster): Scripts {
   if (!scripted.has(client)) {
     client.defineCommand('tpCachePut', { lua: PUT_LUA, numberOfKeys: 1 });
     client.defineCommand('tpCachePurgeQuery', { lua: PURGE_QUERY_LUA, numberOfKeys: 1 });
+    client.defineCommand('tpCacheInvalidate', { lua: INVALIDATE_LUA, numberOfKeys: 1 });
     scripted.add(client);
   }
   return client as unknown as Scripts;
@@ -127,10 +157,11 @@ export class RedisCacheStore implements CacheStore {
     });
   }
 
-  async find(b: Bucket, sub: string, match: Matcher, now: number): Promise<Entry | null> {
+  async find(b: Bucket, sub: string, match: Matcher, now: number, seen?: { gen?: string }): Promise<Entry | null> {
     const key = this.key(b);
-    const raw = await this.deadline(this.client.hget(key, `m:${H(sub)}`));
-    if (raw === null) return null;
+    const [raw, gen] = await this.deadline(this.client.hmget(key, `m:${H(sub)}`, 'g'));
+    if (seen !== undefined) seen.gen = gen ?? '';
+    if (raw === null || raw === undefined) return null;
     const heads: StoredHead[] = [];
     for (const line of raw.split('\n')) {
       try {
@@ -147,17 +178,17 @@ export class RedisCacheStore implements CacheStore {
     return e !== null && e.id === head.id ? e : null;
   }
 
-  async put(b: Bucket, e: Entry, now: number): Promise<void> {
+  async put(b: Bucket, e: Entry, now: number, gen = '*'): Promise<void> {
     const sig = JSON.stringify([e.vary, e.varyValues]);
     const head: StoredHead = { id: e.id, sub: e.sub, q: e.q, vary: e.vary, varyValues: e.varyValues, t: e.t, sig, until: e.until };
     const keep = Math.ceil(Math.min(MAX_KEEP_MS, e.until - now));
     if (keep <= 0) return;
     // A write carries the body: a little more time than a read.
-    await this.deadline(this.scripts.tpCachePut(this.key(b), `m:${H(e.sub)}`, JSON.stringify(head), `e:${e.id}`, encodeEntry(e), keep, sig), this.timeoutMs * 4);
+    await this.deadline(this.scripts.tpCachePut(this.key(b), `m:${H(e.sub)}`, JSON.stringify(head), `e:${e.id}`, encodeEntry(e), keep, sig, gen), this.timeoutMs * 4);
   }
 
   async invalidate(b: Bucket): Promise<void> {
-    await this.deadline(this.client.del(this.key(b)));
+    await this.deadline(this.scripts.tpCacheInvalidate(this.key(b), INVALIDATION_MEMORY_MS));
   }
 
   /** Purges in every zone under this prefix (SCAN on every master). */
