@@ -90,6 +90,7 @@ test('a name that does not resolve at start: 503 no-healthy-target, then served 
     const r = await request(`${g.url}/x`);
     assert.equal(r.status, 503);
     assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:no-healthy-target');
+    assert.equal(r.headers['retry-after'], '5', 'no active checks: nothing scheduled, the default');
     zone.set('late.test', ['127.0.0.4']);
     let body = '';
     for (let i = 0; i < 60 && !body.startsWith('127.0.0.4'); i++) {

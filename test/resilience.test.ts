@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { Agent, createServer, request as httpRequest, type ClientRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { createHash } from 'node:crypto';
+import { connect } from 'node:net';
 import { countRequests, freePort, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
@@ -177,6 +178,30 @@ test('active health: a target failing its probe gets no traffic, returns when it
     await g.close();
     await a.close();
     await b.close();
+  }
+});
+
+test('no-healthy-target says when to retry: Retry-After = the active probe interval (rounded up), for HTTP and for a WebSocket handshake', { timeout: 5000 }, async () => {
+  const dead = await freePort(); // nothing listens: the first probe (at once) takes the target down
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: http://127.0.0.1:${dead}}]\n      healthcheck:\n        active: {path: /healthz, interval: 2500ms, timeout: 100ms, unhealthy: 1}\n    routes: [{paths: [/], websocket: true}]\n`);
+  try {
+    await until(() => g.gw.health!.report().targets[`s|http://127.0.0.1:${dead}`]?.down === true, 2000, 'the target to be down');
+    const r = await request(`${g.url}/x`);
+    assertProblem(r, 503, 'no-healthy-target');
+    assert.equal(r.headers['retry-after'], '3', 'the next probe is at most 2.5 s away');
+    const ws = await new Promise<string>((resolve, reject) => {
+      const s = connect(g.port, '127.0.0.1');
+      let raw = '';
+      s.on('data', (d) => { raw += d.toString('latin1'); });
+      s.on('close', () => resolve(raw));
+      s.on('error', reject);
+      s.write('GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    });
+    assert.match(ws, /^HTTP\/1\.1 503 /);
+    assert.match(ws, /urn:turnpike:problem:no-healthy-target/);
+    assert.match(ws, /\r\nretry-after: 3\r\n/i);
+  } finally {
+    await g.close();
   }
 });
 

@@ -742,6 +742,7 @@ test('closeAllWebSockets: open relays close with 1001, handshakes in flight get 
     const r = await stuck;
     assert.equal(r.status, 503);
     assert.equal(JSON.parse(r.body.toString()).type, 'urn:turnpike:problem:shutting-down');
+    assert.equal(r.headers['retry-after'], '1', 'another gateway takes the retry');
     assert.deepEqual(gw2.rejects, [503]);
   } finally {
     a.ws.terminate();

@@ -27,7 +27,7 @@ import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/h
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
-import { ForwardHandler, grantSlots } from '../upstream/forward.js';
+import { ForwardHandler, grantSlots, noTargetRetryAfter } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
 import { grpcWebKind } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
@@ -729,7 +729,7 @@ function startWebSocket(
     return reject(ctx, req, res, requestId, 'service-overloaded', `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, { 'retry-after': '1' });
   }
   const target = svc.balancer.pick(hashKey, null);
-  if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`);
+  if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`, noTargetRetryAfter(svc));
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
   // The client's handshake fields (sec-websocket-*) are the relay's to send; Host is the target's.

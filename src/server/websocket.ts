@@ -132,6 +132,8 @@ function writeRaw(socket: Duplex, status: number, reason: string, headers: [stri
   socket.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
 }
 
+const RETRY_SOON: [string, string][] = [['retry-after', '1']];
+
 /** Writes a problem+json response; returns its status. */
 function problem(o: WsRelayOptions, code: ProblemCode, detail: string, extra: [string, string][] = []): number {
   const p = PROBLEMS[code];
@@ -217,7 +219,8 @@ export function relayWebSocket(o: WsRelayOptions): void {
     ? setTimeout(() => fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time'), o.connectTimeout)
     : undefined;
   const clientGone = (): void => fail(null, '');
-  const abort = (): void => fail('shutting-down', 'the gateway is shutting down');
+  // Retry-After: 1: this gateway is going away, another (or its successor) takes the retry.
+  const abort = (): void => fail('shutting-down', 'the gateway is shutting down', RETRY_SOON);
   // 'end' too: the HTTP server's sockets allow half-open, so a client FIN alone emits no 'close'.
   socket.on('end', clientGone).on('close', clientGone);
   pending.add(abort);
@@ -231,10 +234,10 @@ export function relayWebSocket(o: WsRelayOptions): void {
     return true;
   }
   /** Ends the attempt: upstream aborted, the client gets a problem (or nothing if it left, code null). */
-  function fail(code: ProblemCode | null, detail: string): void {
+  function fail(code: ProblemCode | null, detail: string, extra?: [string, string][]): void {
     if (!settle()) return;
     up.terminate();
-    if (code) o.onReject?.(problem(o, code, detail));
+    if (code) o.onReject?.(problem(o, code, detail, extra));
     else { socket.destroy(); o.onReject?.(CLIENT_GONE); }
   }
 

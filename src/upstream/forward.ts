@@ -20,6 +20,18 @@ import type { Tracing } from '../observability/tracing.js';
 import type { Span } from '@opentelemetry/api';
 import { performance } from 'node:perf_hooks';
 
+/**
+ * Retry-After of the gateway's 503 no-healthy-target (RFC 9110 §10.2.3): with active checks,
+ * the probe interval (the next probe, at most one interval away, is the earliest a target can
+ * come back); without them nothing is scheduled (a name that never resolved waits for the DNS
+ * refresh or a reload: passive checks never take a service's last target down), so 5 s, as the
+ * other 503s for an unavailable dependency say. Error path only.
+ */
+export function noTargetRetryAfter(svc: CompiledService): Record<string, string> {
+  const a = svc.health.active;
+  return { 'retry-after': a === null ? '5' : String(Math.max(1, Math.ceil(a.interval / 1000))) };
+}
+
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_CONNECT_TIMEOUT']);
@@ -420,7 +432,7 @@ export class ForwardHandler {
     const t = f.service.balancer.pick(f.hashKey, this.tried);
     if (t === null) {
       this.outcome = false;
-      return this.refuse('no-healthy-target', `service "${f.service.name}" has no healthy target`);
+      return this.refuse('no-healthy-target', `service "${f.service.name}" has no healthy target`, noTargetRetryAfter(f.service));
     }
     this.target = t;
     t.state.inflight++;
