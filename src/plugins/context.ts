@@ -16,6 +16,7 @@ export class PluginCtx implements RequestCtx {
   scopes: readonly string[] | null = null;
   claims: Readonly<Record<string, unknown>> | null = null;
   anonymous = false;
+  challenge: string | null = null;
   vars: Record<string, unknown> = {};
   /** The query string sent upstream (plugins may remove parameters). */
   upstreamQuery: string;

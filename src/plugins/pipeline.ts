@@ -460,6 +460,7 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
       ctx.consumer = anon;
       ctx.identity = anon.name;
       ctx.anonymous = true;
+      ctx.challenge = challenges.join(', ');
     }
     const c = ctx.consumer;
     if (c !== null) {

@@ -96,6 +96,12 @@ export interface RequestCtx {
   scopes: readonly string[] | null;
   claims: Readonly<Record<string, unknown>> | null;
   anonymous: boolean;
+  /**
+   * On the anonymous path only: the challenges of the auth plugins that found no credential
+   * (a WWW-Authenticate value), for a later plugin refusing the anonymous caller with a 401
+   * (acl); null otherwise.
+   */
+  challenge: string | null;
   vars: Record<string, unknown>;
   /** A request header (lower-case name), joined when repeated. */
   header(name: string): string | undefined;

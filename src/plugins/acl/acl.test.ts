@@ -126,24 +126,34 @@ test('authentication comes first: no key is key-auth\'s 401, not the acl\'s 403'
   assert.equal(r.headers['www-authenticate'], 'Key realm="turnpike"');
 });
 
-test('a route with acl and no authentication: 403 problem (no credentials could help: a 401 must carry a challenge, RFC 9110 §15.5.2, and there is none to offer), upstream not called', T, async () => {
+test('a route with acl and no authentication: 401 problem as Kong (nobody authenticated, no credential), no WWW-Authenticate (no scheme to offer), upstream not called', T, async () => {
   const before = up.requests.length;
   const r = await get('/noauth');
-  assertProblem(r, 403, 'forbidden', /no consumer was identified/);
+  assertProblem(r, 401, 'unauthorized', /no consumer was identified/);
   assert.equal(r.headers['www-authenticate'], undefined);
   // A key is meaningless there (no auth plugin reads it).
-  assertProblem(await get('/noauth', 'alice'), 403, 'forbidden');
+  assertProblem(await get('/noauth', 'alice'), 401, 'unauthorized');
   assert.equal(up.requests.length, before);
 });
 
-test('the anonymous consumer is judged by its own groups', T, async () => {
+test('the anonymous consumer is judged by its own groups; refused, it is a 401 with the route\'s challenge (a credential could let the caller in), an identified consumer a 403', T, async () => {
   const a = await get('/anon-public');
   assert.equal(a.status, 200, a.body);
   assert.equal(upstreamHeaders(a)['x-consumer-name'], 'guest');
-  assertProblem(await get('/anon-devs'), 403, 'forbidden');
-  // A real key still authenticates as its consumer.
+  const before = up.requests.length;
+  const anon = await get('/anon-devs');
+  assertProblem(anon, 401, 'unauthorized', /anonymous callers cannot consume this service/);
+  assert.equal(anon.headers['www-authenticate'], 'Key realm="turnpike"');
+  // A key that is not valid falls back to the anonymous consumer: 401 too.
+  const bad = await request(`${t.url}/anon-devs`, { headers: { apikey: 'no-such-key-000' } });
+  assertProblem(bad, 401, 'unauthorized', /anonymous callers/);
+  assert.equal(bad.headers['www-authenticate'], 'Key realm="turnpike"');
+  // A real key still authenticates as its consumer; identified and not allowed: 403.
   assert.equal((await get('/anon-devs', 'bob')).status, 200);
-  assertProblem(await get('/anon-devs', 'dave'), 403, 'forbidden');
+  const dave = await get('/anon-devs', 'dave');
+  assertProblem(dave, 403, 'forbidden', /you cannot consume this service/);
+  assert.equal(dave.headers['www-authenticate'], undefined);
+  assert.equal(up.requests.length, before + 1, 'only bob reached the upstream');
 });
 
 test('an identity without a consumer (no groups known): 403 with allow and with deny (Kong)', T, async () => {
