@@ -535,6 +535,30 @@ test('consumer credentials no request can carry (a key or password with a traili
   assert.doesNotMatch(r.stderr, /alice-key-0123/);
 });
 
+test('secrets sent as written that cannot go out (a composition step\'s bearer or basic credentials, an access_log http header with a file\'s last newline) are refused at load, naming path and line', () => {
+  const step = (auth: string) => `routes:\n  - name: fx\n    paths: [/fx]\n    compose:\n      steps:\n        - name: rates\n          url: http://127.0.0.1:1/v1\n          auth: ${auth}\n`;
+  const bearer = 'an Authorization: Bearer header cannot carry it';
+  const basic = 'Basic credentials (RFC 7617) cannot carry it';
+  const at = 'routes[0].compose.steps[0].auth';
+  for (const [auth, env, path, message] of [
+    ['{bearer: "${T}"}', { T: 'fx-token\n' }, `${at}.bearer`, `ends with a newline: ${bearer}; trim the secret`],
+    ['{bearer: "${T}"}', { T: 'fx-token ' }, `${at}.bearer`, `ends with a space: ${bearer}; trim the secret`],
+    ['{bearer: "fx token"}', {}, `${at}.bearer`, `contains a space: ${bearer}`],
+    ['{basic: {username: u, password: "${P}"}}', { P: 'pass\r\n' }, `${at}.basic.password`, `ends with a newline: ${basic}; trim the secret`],
+    ['{basic: {username: "${U}", password: p}}', { U: 'u\n' }, `${at}.basic.username`, `ends with a newline: ${basic}; trim the secret`],
+  ] as const) {
+    assert.deepEqual(configIssues(step(auth), env), [{ path, line: 8, message }], auth);
+  }
+  assert.deepEqual(configIssues(step('{basic: {username: u, password: " pass word "}}')), []);
+
+  const log = (headers: string) => `services: []\naccess_log:\n  destination: http\n  url: http://127.0.0.1:1/logs\n  http_headers: ${headers}\n`;
+  assert.deepEqual(configIssues(log('{authorization: "Bearer ${T}"}'), { T: 'log-token\n' }), [
+    { path: 'access_log.http_headers.authorization', line: 5, message: 'ends with a newline: a header value cannot carry it; trim the secret' },
+  ]);
+  assert.deepEqual(configIssues(log('{x-api-key: "a\\u0000b"}')), [{ path: 'access_log.http_headers.x-api-key', line: 5, message: 'contains the character U+0000: a header value cannot carry it' }]);
+  assert.deepEqual(configIssues(log('{authorization: "Bearer log-token"}')), []);
+});
+
 test('TURNPIKE_LOG_LEVEL: a level pino does not know is one line and exit 2 (no stack); case and surrounding blanks do not count', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-loglevel-'));
   const file = join(dir, 'c.yaml');

@@ -8,6 +8,7 @@ import type { ConfigInputs } from '../config/inputs.js';
 import type { Pool } from 'undici';
 import type { CompiledService } from '../config/compile.js';
 import type { PathSegment } from '../config/errors.js';
+import { unsendableSecret } from '../core/secret-text.js';
 import { maskUrlSecrets } from '../core/url-secrets.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
 import { parseDuration, parseSize } from '../config/units.js';
@@ -335,7 +336,12 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
     authorization = 'bearer' in s.auth
       ? `Bearer ${s.auth.bearer}`
       : `Basic ${Buffer.from(`${s.auth.basic.username}:${s.auth.basic.password}`).toString('base64')}`;
-    if (/[\r\n\0]/.test(authorization)) fail([...sp, 'auth'], 'holds a line break or NUL');
+    // (a ${ENV} from a Secret made --from-file keeps the file's last newline)
+    const a = s.auth;
+    const bad: [PathSegment[], string | null][] = 'bearer' in a
+      ? [[['bearer'], unsendableSecret(a.bearer, 'an Authorization: Bearer header', { visibleAscii: true })]]
+      : (['username', 'password'] as const).map((f) => [['basic', f], unsendableSecret(a.basic[f], 'Basic credentials (RFC 7617)', { edges: false })]);
+    for (const [at, why] of bad) if (why) fail([...sp, 'auth', ...at], why);
   }
   let body: JsonTemplate | null = null;
   if (s.body !== undefined) {

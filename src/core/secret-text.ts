@@ -3,6 +3,8 @@
  * password) that no request can carry as written: the usual one is a Kubernetes Secret made
  * with `--from-file`, whose value keeps the file's last newline. Such a value passed `validate`
  * and `start` and then answered every request 401; it is refused at load, with the reason.
+ * The same goes for secrets the gateway sends as written (an introspection client secret, a
+ * composition step's credentials, an access-log receiver's header).
  */
 
 const NAMES: Record<string, string> = { '\n': 'a newline', '\r': 'a carriage return', '\t': 'a tab', ' ': 'a space' };

@@ -2,6 +2,7 @@
 import type { TurnpikeConfigInput } from '../config/schema.js';
 import type { PathSegment } from '../config/errors.js';
 import { parseDuration } from '../config/units.js';
+import { unsendableSecret } from '../core/secret-text.js';
 import { DEFAULT_ACCESS_FIELDS, ACCESS_FIELDS, type AccessField } from './schema.js';
 import type { SinkSetting } from './sinks.js';
 import { BUCKETS } from './metrics.js';
@@ -77,6 +78,13 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
     } else if (dest === 'http') {
       if (al.url === undefined) fail(['access_log'], 'destination http needs a url');
       else {
+        // Sent as written on every POST (an authorization token, often a ${ENV} from a Secret
+        // made --from-file, with the file's last newline): undici refuses such a value at each
+        // flush, and the lines were dropped. (Blanks at the ends are trimmed by the receiver.)
+        for (const [name, value] of Object.entries(al.http_headers ?? {})) {
+          const bad = unsendableSecret(value, 'a header value', { edges: false });
+          if (bad) fail(['access_log', 'http_headers', name], bad);
+        }
         sink = {
           destination: 'http', url: al.url, headers: al.http_headers ?? {},
           ...(al.batch_lines !== undefined ? { batch_lines: al.batch_lines } : {}),

@@ -216,7 +216,7 @@ export class PluginCompiler {
         counters: this.counters,
         consumerHeaders: this.consumerHeaders,
       };
-      let problems: string[] = [];
+      let problems: ReturnType<NonNullable<PluginDef['check']>> = [];
       try {
         problems = def.check?.(config as never, deps) ?? [];
       } catch (e) {
@@ -230,7 +230,10 @@ export class PluginCompiler {
       }
       if (typeof anon === 'string' && !anonymous) return;
       if (problems.length) {
-        for (const p of problems) this.fail([...bp, 'config'], p);
+        for (const p of problems) {
+          if (typeof p === 'string') this.fail([...bp, 'config'], p);
+          else this.fail([...bp, 'config', ...p.path], p.message);
+        }
         return;
       }
       let inst: PluginInstance;

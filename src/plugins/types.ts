@@ -246,8 +246,11 @@ export interface PluginDef<S extends TSchema = TSchema> {
    * returns problems by index into the list (duplicates...).
    */
   prepareCredentials?(list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[];
-  /** Semantic checks beyond the schema: messages for the binding's config. */
-  check?(config: Static<S>, deps: PluginDeps): string[];
+  /**
+   * Semantic checks beyond the schema: messages for the binding's config, or for one of its
+   * fields (`path` inside `config`: the error names that field and its line).
+   */
+  check?(config: Static<S>, deps: PluginDeps): (string | { path: readonly (string | number)[]; message: string })[];
   create(config: Static<S>, deps: PluginDeps): PluginInstance;
 }
 

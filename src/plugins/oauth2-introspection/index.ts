@@ -12,6 +12,7 @@ import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256, uniqueField } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
+import { unsendableSecret } from '../../core/secret-text.js';
 import { IntrospectionConfig, IntrospectionCredential } from './schema.js';
 
 const REALM = 'Bearer realm="turnpike"';
@@ -49,6 +50,16 @@ export default definePlugin({
   credential: IntrospectionCredential,
   scopes: ['global', 'service', 'route'],
   prepareCredentials: uniqueField('subject'),
+  check(config) {
+    // Sent as written (form-encoded): a secret with a file's last newline is refused by the IdP
+    // (invalid_client), so every token would be a 503 "cannot be checked now".
+    const problems: { path: string[]; message: string }[] = [];
+    for (const field of ['client_id', 'client_secret'] as const) {
+      const bad = unsendableSecret(config[field], 'an OAuth client credential (RFC 6749 appendix A: VSCHAR)', { edges: false });
+      if (bad) problems.push({ path: [field], message: bad });
+    }
+    return problems;
+  },
   create(config, deps) {
     const subjects = new Map<string, Consumer>();
     for (const { consumer, credential } of deps.credentials) subjects.set(String(credential['subject']), consumer);

@@ -266,3 +266,27 @@ test('an oauth2-introspection subject is one consumer\'s only', async () => {
 `);
   assert.ok(issues.some((i) => /"s1" is also consumer "a"'s/.test(i.message)), JSON.stringify(issues));
 });
+
+test('a client_id or client_secret the IdP can never match (a file\'s last newline, a control character) is refused at load, naming the field and its line; the value is never quoted', async () => {
+  const { configIssues } = await import('../../../test/helpers.js');
+  const cfg = (id: string, secret: string) => `services:
+  - name: s
+    url: http://127.0.0.1:1
+    routes:
+      - paths: [/]
+        plugins:
+          - name: oauth2-introspection
+            config:
+              introspection_url: http://127.0.0.1:1/introspect
+              client_id: "${id}"
+              client_secret: "\${SECRET}"
+`;
+  const why = 'an OAuth client credential (RFC 6749 appendix A: VSCHAR) cannot carry it';
+  const at = 'services[0].routes[0].plugins[0].config';
+  assert.deepEqual(configIssues(cfg('gateway', ''), { SECRET: 'gateway-secret\n' }), [{ path: `${at}.client_secret`, line: 11, message: `ends with a newline: ${why}; trim the secret` }]);
+  assert.deepEqual(configIssues(cfg('gateway', ''), { SECRET: 'gateway-secret\r\n' }), [{ path: `${at}.client_secret`, line: 11, message: `ends with a newline: ${why}; trim the secret` }]);
+  assert.deepEqual(configIssues(cfg('gate\\tway', ''), { SECRET: 'gateway-secret' }), [{ path: `${at}.client_id`, line: 10, message: `contains a tab: ${why}` }]);
+  // VSCHAR includes the space: a secret with blanks inside or at its ends is sent as it is.
+  assert.deepEqual(configIssues(cfg('gateway', ''), { SECRET: ' gateway secret ' }), []);
+  for (const i of configIssues(cfg('gateway', ''), { SECRET: 'gateway-secret\n' })) assert.doesNotMatch(i.message, /gateway-secret/);
+});
