@@ -29,7 +29,7 @@ export class ThrottledWarnings {
   private readonly kinds = new Map<string, { until: number; held: number; fields: Record<string, unknown>; msg: string; timer: NodeJS.Timeout | undefined }>();
 
   constructor(
-    private readonly log: () => Logger | null,
+    private readonly log: () => Pick<Logger, 'warn'> | null,
     private readonly windowMs = 10_000,
   ) {}
 

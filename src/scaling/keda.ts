@@ -11,11 +11,23 @@
  * count; IsActive is the advisor's `active` (false lets KEDA scale to zero / idle).
  * Errors: no service -> INVALID_ARGUMENT, unknown service or metric -> NOT_FOUND. Requests are
  * capped at 64 KB and open streams at MAX_STREAMS, so hostile clients cannot grow memory.
+ *
+ * The listening socket (and TLS, when configured) is ours, not grpc-js's: grpc-js leaves its
+ * listener without an 'error' handler once bound, so an accept error (EMFILE that libuv could
+ * not absorb) ended the process, and a failed connection (bytes that are not HTTP/2, a reset,
+ * a failed TLS handshake) was nowhere to be seen. Accepted connections are handed to grpc-js
+ * (createConnectionInjector); accept errors are logged like every listener's (fd-limit.ts), a
+ * failed connection at warn at most once per 10 s with the count (code, reason and peer
+ * address: never a byte of what it sent).
  */
 import * as grpc from '@grpc/grpc-js';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import { ThrottledWarnings, fdWatch } from '../core/fd-limit.js';
 import { fromJSON } from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 import type { Logger } from '../core/log.js';
+import type { AddressInfo } from 'node:net';
 import { EXTERNAL_SCALER_PROTO } from './externalscaler-proto.js';
 
 export interface KedaSource {
@@ -62,7 +74,7 @@ export function metricNameFor(service: string): string {
 type Failure = { code: grpc.status; details: string };
 type Resolved = { service: string; metricName: string; desired: number; active: boolean };
 
-export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: number; close(): Promise<void> }> {
+export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: number; /** The listening socket (its accept errors are logged). */ listener: NetServer; close(): Promise<void> }> {
   const { source, log } = opts;
   const intervalMs = Math.max(10, opts.streamIntervalMs ?? 5000);
 
@@ -157,28 +169,56 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
     StreamIsActive: streamIsActive,
   });
 
-  const host = opts.listen.host.includes(':') ? `[${opts.listen.host}]` : opts.listen.host;
-  const creds = opts.tls
-    ? grpc.ServerCredentials.createSsl(opts.tls.clientCa ?? null, [{ cert_chain: opts.tls.cert, private_key: opts.tls.key }], opts.tls.clientCa !== undefined)
-    : grpc.ServerCredentials.createInsecure();
-  let port: number;
+  // Connections are accepted here and handed to grpc-js; TLS (mutual with clientCa) is done
+  // here too, as grpc-js's createSsl would (ALPN h2, the client CA and its certificate required).
+  const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const warnings = new ThrottledWarnings(() => log);
+  const failed = (err: Error & { code?: string }, socket: Socket | TLSSocket | null) => {
+    const code = err.code ?? 'error';
+    warnings.note('keda-connection', { listener: 'KEDA', code, reason: String(err.message).slice(0, 200), remote: socket?.remoteAddress ?? null },
+      `KEDA external scaler: a connection failed (${code}); it keeps serving`);
+  };
+  const accept = (socket: Socket | TLSSocket) => {
+    // (the HTTP/2 session handles its socket's errors too: this only says so, and once per window)
+    socket.on('error', (err: Error) => failed(err, socket));
+    injector.injectConnection(socket);
+  };
+  let listener: NetServer;
+  if (opts.tls) {
+    const tls = createTlsServer({
+      cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ['h2'],
+      ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+    }, accept);
+    // A handshake that fails (not TLS, reset mid-handshake, no client certificate...).
+    tls.on('tlsClientError', (err: Error, socket: TLSSocket) => failed(err, socket));
+    listener = tls;
+  } else listener = createNetServer(accept);
   try {
-    port = await new Promise<number>((ok, fail) => server.bindAsync(`${host}:${opts.listen.port}`, creds, (err, p) => (err ? fail(err) : ok(p))));
+    await new Promise<void>((ok, fail) => {
+      listener.once('error', fail);
+      listener.listen(opts.listen.port, opts.listen.host, () => { listener.off('error', fail); ok(); });
+    });
   } catch (err) {
     unsubscribe?.();
+    injector.destroy();
     server.forceShutdown();
     throw err;
   }
+  // From now on an accept error is logged (with the open-files advice), never fatal.
+  fdWatch.watchListener(listener, 'KEDA');
+  const port = (listener.address() as AddressInfo).port;
 
   let closing: Promise<void> | undefined;
   return {
     port,
+    listener,
     close() {
       closing ??= new Promise<void>((done) => {
         unsubscribe?.();
+        listener.close();
         for (const s of [...streams.values()]) s.end();
-        const force = setTimeout(() => { server.forceShutdown(); done(); }, 2000);
-        server.tryShutdown(() => { clearTimeout(force); done(); });
+        const force = setTimeout(() => { server.forceShutdown(); warnings.clear(); done(); }, 2000);
+        server.tryShutdown(() => { clearTimeout(force); warnings.clear(); done(); });
       });
       return closing;
     },

@@ -314,7 +314,7 @@ export class Gateway implements RequestContext {
    */
   readonly scaling: ScalingAdvisor | null;
   readonly demand: DemandMeter;
-  private keda: { port: number; close(): Promise<void> } | null = null;
+  private keda: Awaited<ReturnType<typeof startKedaServer>> | null = null;
   /** The web console on the admin listener (src/console/), null in a worker. */
   readonly console: ConsoleHandler | null;
   /** Wrong admin tokens per client, for the whole admin listener (the bearer token and the console's sign-in). */
