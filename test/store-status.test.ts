@@ -5,10 +5,13 @@
  * LISTEN connection drops, a resync runs at once; not the 10 s period) and true again once it is
  * back; the password is in no log line, no /status field and no admin API problem detail.
  * And a node told of a revision it then cannot read (its connections refused) reads it once the
- * store answers again, without waiting for another write.
+ * store answers again, without waiting for another write. And a store restored from an older
+ * dump: the node goes back to the restored head, then applies the writes after it, whose
+ * numbers it has run before.
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,9 +20,9 @@ import { pino } from 'pino';
 import { loadConfigFile, parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
 import { ControlPlane } from '../src/server/control-plane.js';
-import { createStore } from '../src/config/stores/index.js';
+import { createStore, type StoredConfig } from '../src/config/stores/index.js';
 import { request, sleep } from './helpers.js';
-import { startPostgres, type PostgresServer } from './postgres-server.js';
+import { postgresBinDir, startPostgres, type PostgresServer } from './postgres-server.js';
 
 const PASSWORD = 'PgS3cretPW';
 const TOKEN = 'store-status-admin-token-0123456789';
@@ -123,6 +126,57 @@ test('a revision announced while the store cannot be read is applied once the st
   } finally {
     await pg.query(`ALTER DATABASE ${dbName} ALLOW_CONNECTIONS true`).catch(() => {});
     await b.close();
+    await writer.close();
+  }
+});
+
+test('the store restored from an older dump (pg_dump / DROP DATABASE / pg_restore): the node goes back to its head within the resync bound, and applies the writes after it at numbers it ran before', async () => {
+  const url = await pg.createDatabase('rewind');
+  const file = join(work, 'rewind.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nstore: "${url}"\naccess_log: {enabled: false}\nservices: [{name: s0, url: "http://127.0.0.1:1"}]\n`);
+  const log = pino({ level: 'silent' });
+  const applied: string[] = [];
+  const node = await ControlPlane.open({
+    file, loaded: loadConfigFile(file), setting: url, log,
+    postgres: { name: 'node-r', resyncMs: 300 },
+    apply: async (_text, why) => { applied.push(why); return true; },
+  });
+  const writer = createStore(url, { baseDir: work, log, postgres: { name: 'writer', connectTimeoutMs: 1000 } });
+  const add = (name: string) => (d: Record<string, unknown> | null) => ({ ...d, services: [...(d?.services as object[] ?? []), { name, url: 'http://127.0.0.1:1' }] });
+  const services = () => (node.served!.document.services as { name: string }[]).map((s) => s.name);
+  try {
+    node.run();
+    await writer.write({ actor: 'test', action: 'add s1' }, add('s1')); // revision 2
+    const dump = join(work, 'rewind.dump');
+    const bin = postgresBinDir();
+    execFileSync(join(bin, 'pg_dump'), ['-h', '127.0.0.1', '-p', String(pg.port), '-U', 'postgres', '-Fc', '-f', dump, 'rewind']);
+    await writer.write({ actor: 'test', action: 'add s2' }, add('s2')); // 3
+    const four = await writer.write({ actor: 'test', action: 'add s3' }, add('s3')); // 4
+    await until('the node runs revision 4', 5000, async () => node.status().revision === four.revision);
+
+    await pg.query('DROP DATABASE rewind WITH (FORCE)');
+    await pg.query('CREATE DATABASE rewind');
+    execFileSync(join(bin, 'pg_restore'), ['-h', '127.0.0.1', '-p', String(pg.port), '-U', 'postgres', '-d', 'rewind', dump]);
+    const took = await until('the node goes back to the restored head', 5000, async () => node.status().revision === 2);
+    console.log(`# restored to revision 2 (from 4): the node went back ${took.toFixed(0)} ms after the restore`);
+    assert.deepEqual(services(), ['s0', 's1']);
+
+    // Written after the restore: numbers 3 and 4 again, other documents.
+    let three: StoredConfig | undefined;
+    await until('the writer reconnects', 5000, async () => {
+      three = await writer.write({ actor: 'test', action: 'add after-1' }, add('after-1')).catch(() => undefined);
+      return three !== undefined;
+    });
+    assert.equal(three!.revision, 3);
+    await until('the node applies the new revision 3', 3000, async () => node.status().revision === 3);
+    assert.deepEqual(services(), ['s0', 's1', 'after-1']);
+    const again = await writer.write({ actor: 'test', action: 'add after-2' }, add('after-2'));
+    assert.equal(again.revision, four.revision);
+    await until('the node applies the new revision 4', 3000, async () => services().includes('after-2'));
+    assert.deepEqual(services(), ['s0', 's1', 'after-1', 'after-2']);
+    assert.equal(node.status().written_at, again.at);
+  } finally {
+    await node.close();
     await writer.close();
   }
 });

@@ -49,6 +49,10 @@ export interface ControlPlaneOptions {
 }
 
 
+/** The same revision: the same number written at the same time (the number alone comes back after a rewind). */
+const sameRevision = (a: Pick<Revision, 'revision' | 'at'> | null | undefined, b: Pick<Revision, 'revision' | 'at'> | null | undefined): boolean =>
+  !!a && !!b && a.revision === b.revision && a.at === b.at;
+
 const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((r) => {
   const done = () => {
     clearTimeout(t);
@@ -68,7 +72,7 @@ export class ControlPlane {
   served: StoredConfig | null = null;
   private servedAt = 0;
   private source: 'store' | 'snapshot' = 'store';
-  private rejected: { revision: number; error: string } | null = null;
+  private rejected: { revision: number; at: string; error: string } | null = null;
   /** The last failure to reach the store (opening it, reading its head); null since it answered. */
   private storeError: string | null = null;
   /** What the store's own checks say (watch's onHealth: the postgres resync): null while reachable. */
@@ -213,8 +217,8 @@ export class ControlPlane {
    */
   async fallBack(error: string): Promise<boolean> {
     const saved = await this.snapshot?.load();
-    if (!saved || saved.revision === this.served?.revision) return false;
-    this.rejected = { revision: this.served!.revision, error };
+    if (!saved || sameRevision(saved, this.served)) return false;
+    this.rejected = { revision: this.served!.revision, at: this.served!.at, error };
     this.opts.log.error({ revision: this.served!.revision, err: error, snapshot_revision: saved.revision }, 'the config store\'s revision cannot run on this node: serving the disk snapshot');
     this.served = saved;
     this.source = 'snapshot';
@@ -260,7 +264,8 @@ export class ControlPlane {
   }
 
   /**
-   * Applies the store's head if this node does not run it yet. Serialized; resolves when done
+   * Applies the store's head if this node does not run it yet (a lower one too: the store went
+   * back, restored from a backup, and is the truth). Serialized; resolves when done
    * (the admin API awaits it after a write, so the writer reads its write on this node).
    */
   refresh(retryRejected = false): Promise<unknown> {
@@ -280,8 +285,10 @@ export class ControlPlane {
         this.unread = true;
         return;
       }
-      if (!head || (this.served && head.revision === this.served.revision && this.source === 'store')) return;
-      if (this.rejected?.revision === head.revision) return;
+      // A revision is its number and its time: a store restored from an older backup (or a
+      // replica that was behind) writes numbers this node already ran, with other documents.
+      if (!head || (sameRevision(head, this.served) && this.source === 'store')) return;
+      if (sameRevision(head, this.rejected)) return;
       const before = this.served;
       this.served = head;
       const ok = await this.opts.apply(this.text(), `config store revision ${head.revision}`).catch(() => false);
@@ -292,7 +299,7 @@ export class ControlPlane {
         if (this.snapshot) void this.snapshot.save(head);
       } else {
         this.served = before;
-        this.rejected = { revision: head.revision, error: 'the reload was rejected (see the log)' };
+        this.rejected = { revision: head.revision, at: head.at, error: 'the reload was rejected (see the log)' };
       }
     };
     this.chain = this.chain.then(run, run);

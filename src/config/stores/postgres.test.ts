@@ -188,6 +188,39 @@ test('NOTIFY: a write on node A reaches the watchers of nodes B and C within 1 s
   assert.deepEqual([...seen.get('B')!.keys()], Array.from({ length: 50 }, (_, i) => i + 2), 'every revision reported once, in order');
 });
 
+test('the head goes back (restore, failover to a replica that was behind): a NOTIFY of a number already reported has the head read and reported; the resync reports a lower head', async () => {
+  const url = await freshDb();
+  const a = store(url, { name: 'writer' });
+  const b = store(url, { name: 'reader', resyncMs: 60_000 }); // (the NOTIFY path alone)
+  for (let i = 1; i <= 4; i++) await a.write({ actor: 'a', action: `w${i}` }, addConsumer(`c${i}`));
+  await b.current();
+  const seen: number[] = [];
+  b.watch((r) => seen.push(r));
+  await until('B listening', 5000, () => b.listenerPid !== null);
+  await sleep(100);
+  assert.equal(seen.length, 0, 'nothing new: nothing reported');
+  // Restored in place to revision 2 (no NOTIFY: B is not told).
+  await server.query('BEGIN; DELETE FROM turnpike_revisions WHERE revision > 2; UPDATE turnpike_head SET revision = 2 WHERE id = 1; COMMIT', [], url.slice(url.lastIndexOf('/') + 1));
+  const t0 = performance.now();
+  const w3 = await a.write({ actor: 'a', action: 'after the restore' }, addConsumer('r3'));
+  assert.equal(w3.revision, 3);
+  await until('B told of the new revision 3 (it had 4)', 1000, () => seen.includes(3));
+  const w4 = await a.write({ actor: 'a', action: 'after the restore, 4 again' }, addConsumer('r4'));
+  await until('B told of the new revision 4 (the number it had)', 1000, () => seen.filter((r) => r === 4).length === 1);
+  console.log(`# after the head went back, B was told of revisions 3 and 4 again in ${(performance.now() - t0).toFixed(0)} ms`);
+  assert.deepEqual(seen, [3, 4]);
+  assert.deepEqual((await b.current())!.document, w4.document);
+  // Gone back with no write after it: the resync reports the lower head.
+  const c = store(url, { name: 'resync', resyncMs: 200 });
+  await c.current();
+  const seenC: number[] = [];
+  c.watch((r) => seenC.push(r));
+  await until('C listening', 5000, () => c.listenerPid !== null);
+  await server.query('BEGIN; DELETE FROM turnpike_revisions WHERE revision > 1; UPDATE turnpike_head SET revision = 1 WHERE id = 1; COMMIT', [], url.slice(url.lastIndexOf('/') + 1));
+  await until('the resync reports the lower head', 2000, () => seenC.includes(1));
+  assert.deepEqual(seenC, [1]);
+});
+
 test('a killed LISTEN connection (pg_terminate_backend) reconnects and converges; a stalled one (SIGSTOP) converges within the resync bound', async () => {
   const url = await freshDb();
   const a = store(url, { name: 'writer' });

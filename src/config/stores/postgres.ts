@@ -24,6 +24,15 @@
  * revision through the pool, and a ping of the LISTEN connection (a silently dead one is
  * replaced). So a node whose LISTEN connection is killed or stalls converges within the
  * resync bound, and one that listens converges within the NOTIFY latency.
+ * A revision is known by its number *and* its time (`at`), not the number alone: a database
+ * restored from an older dump, or a failover to a replica that was behind, moves the head
+ * back, and the writes after that reuse numbers the nodes have already run (with other
+ * documents). So a NOTIFY of a number higher than the last one reported is news as it is
+ * (the usual path, nothing read); any other number (a rewind, or the echo of this node's
+ * own write) has the head read (revision and at, one indexed row) and reported when it is
+ * not the one last reported; the resync reports the head whenever it differs, higher or
+ * lower. (No incarnation id in turnpike_head: a recreated database writes its revisions
+ * anew, at other times, and pg_restore would bring an old id back with the rest.)
  * The resync is also what says whether the store is reachable (watch's onHealth, /status's
  * store_reachable): after each one, and at once when the LISTEN connection is lost (a resync
  * then: a stopped server is known within milliseconds, not at the next period).
@@ -101,6 +110,9 @@ interface RevisionRow {
   document?: ConfigDocument;
 }
 
+/** What tells revisions apart across a rewind (the same number written again is another revision). */
+const headKey = (revision: number, at: string | null): string => `${revision}@${at ?? ''}`;
+
 const toRevision = (r: RevisionRow): Revision => ({ revision: Number(r.revision), at: new Date(r.at).toISOString(), actor: r.actor, action: r.action });
 
 /** Ends a client, and drops its socket if the server does not answer the goodbye in time. */
@@ -137,8 +149,13 @@ export class PostgresStore implements ConfigStore {
   private closed = false;
 
   private readonly watchers = new Set<(revision: number) => void>();
-  /** The newest revision given to watchers (or seen by current() before anybody watched). */
+  /** The revision last given to watchers (or seen by current() before anybody watched). */
   private reported = 0;
+  /** Its identity, headKey(revision, at); null while only its number is known (from a NOTIFY). */
+  private reportedKey: string | null = headKey(0, null);
+  /** A head read in flight (checkHead), and whether another was asked for meanwhile. */
+  private checking: Promise<void> | null = null;
+  private checkAgain = false;
   private listener: pg.Client | null = null;
   /** The LISTEN client being connected or in use (events of older ones are ignored). */
   private listenTarget: pg.Client | null = null;
@@ -252,8 +269,14 @@ export class PostgresStore implements ConfigStore {
     }
   }
 
-  private noteRevision(n: number): void {
-    if (this.watchers.size === 0 && n > this.reported) this.reported = n;
+  /** current() read the head: the baseline of a later watch(), or the identity of a revision a NOTIFY announced. */
+  private noteRevision(n: number, at: string): void {
+    if (this.watchers.size === 0) {
+      this.reported = n;
+      this.reportedKey = headKey(n, at);
+    } else if (this.reportedKey === null && n === this.reported) {
+      this.reportedKey = headKey(n, at);
+    }
   }
 
   async current(): Promise<StoredConfig | null> {
@@ -269,7 +292,7 @@ export class PostgresStore implements ConfigStore {
     const r = rows[0];
     if (!r) return null;
     const stored = { ...toRevision(r), document: r.document! };
-    this.noteRevision(stored.revision);
+    this.noteRevision(stored.revision, stored.at);
     return stored;
   }
 
@@ -383,7 +406,7 @@ export class PostgresStore implements ConfigStore {
         action: meta.action,
         document: JSON.parse(text) as ConfigDocument,
       };
-      this.report(revision);
+      this.announced(revision, headKey(revision, stored.at));
       return stored;
     } finally {
       if (inTx && !broken) {
@@ -400,9 +423,39 @@ export class PostgresStore implements ConfigStore {
 
   // ---- watch ----
 
-  private report(revision: number): void {
-    if (revision <= this.reported) return;
+  /**
+   * A revision number from a NOTIFY (key null) or this node's own write: higher than the last
+   * one reported, it is news; otherwise (the store went back, or the echo of a write already
+   * reported) the head is read and reported if it is not the one last reported.
+   */
+  private announced(revision: number, key: string | null): void {
+    if (this.watchers.size === 0) {
+      this.reported = revision;
+      this.reportedKey = key;
+      return;
+    }
+    if (revision > this.reported) return this.report(revision, key);
+    if (revision === this.reported && key !== null && (this.reportedKey === null || this.reportedKey === key)) {
+      this.reportedKey = key; // this write, announced first by its NOTIFY
+      return;
+    }
+    void this.checkHead();
+  }
+
+  /** The head as read from the store: reported when it is not the revision last reported (higher or lower). */
+  private headIs(revision: number, at: string | null): void {
+    const key = headKey(revision, at);
+    if (key === this.reportedKey) return;
+    if (this.reportedKey === null && revision === this.reported) {
+      this.reportedKey = key; // the revision a NOTIFY announced by its number
+      return;
+    }
+    this.report(revision, key);
+  }
+
+  private report(revision: number, key: string | null): void {
     this.reported = revision;
+    this.reportedKey = key;
     for (const w of [...this.watchers]) {
       try {
         w(revision);
@@ -410,6 +463,33 @@ export class PostgresStore implements ConfigStore {
         this.log?.error({ err: (err as Error).message }, 'config store watcher threw');
       }
     }
+  }
+
+  /** Reads the head (revision and at) and reports it if it changed; concurrent calls share one read (and one more after it). */
+  private checkHead(): Promise<void> {
+    if (this.checking) {
+      this.checkAgain = true;
+      return this.checking;
+    }
+    const run = async () => {
+      do {
+        this.checkAgain = false;
+        if (this.closed) return;
+        try {
+          await this.open();
+          const { rows } = await this.pool.query<{ revision: string; at: Date | null }>(
+            'SELECT h.revision, r.at FROM turnpike_head h LEFT JOIN turnpike_revisions r ON r.revision = h.revision WHERE h.id = 1',
+          );
+          this.checked(null);
+          const row = rows[0];
+          this.headIs(Number(row?.revision ?? 0), row?.at ? new Date(row.at).toISOString() : null);
+        } catch (err) {
+          this.checked(err as Error);
+        }
+      } while (this.checkAgain);
+    };
+    this.checking = run().finally(() => { this.checking = null; });
+    return this.checking;
   }
 
   watch(onChange: (revision: number) => void, onHealth?: (error: string | null) => void): () => void {
@@ -467,7 +547,7 @@ export class PostgresStore implements ConfigStore {
     client.on('notification', (msg) => {
       if (msg.channel !== NOTIFY_CHANNEL) return;
       const n = Number(msg.payload);
-      if (Number.isSafeInteger(n) && n > 0) this.report(n);
+      if (Number.isSafeInteger(n) && n > 0) this.announced(n, null);
     });
     try {
       await client.connect();
@@ -507,12 +587,7 @@ export class PostgresStore implements ConfigStore {
     if (this.resyncing || this.closed) return;
     this.resyncing = true;
     try {
-      await this.open();
-      const { rows } = await this.pool.query<{ revision: string }>('SELECT revision FROM turnpike_head WHERE id = 1');
-      this.checked(null);
-      this.report(Number(rows[0]?.revision ?? 0));
-    } catch (err) {
-      this.checked(err as Error);
+      await this.checkHead();
     } finally {
       this.resyncing = false;
     }

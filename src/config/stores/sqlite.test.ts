@@ -272,6 +272,38 @@ test('watch: writes of another process are noticed within the poll interval; loc
   assert.equal(seen.length, 4, 'nothing after unsubscribing');
 });
 
+test('watch: a file restored from an older backup (the backup API) is reported, and so are the writes after it, whose numbers were reported before', async () => {
+  const path = dbPath();
+  const s = await open(path, { pollMs: 50 });
+  for (let i = 1; i <= 2; i++) await s.write({ actor: 't', action: `w${i}` }, (doc) => ({ ...doc, n: i }));
+  const backup = join(work, 'restore-from.db');
+  const other = new Database(path);
+  await other.backup(backup); // at revision 2
+  for (let i = 3; i <= 4; i++) await s.write({ actor: 't', action: `w${i}` }, (doc) => ({ ...doc, n: i }));
+  const seen: number[] = [];
+  const stop = s.watch((revision) => seen.push(revision));
+  await sleep(120);
+  assert.equal(seen.length, 0, 'nothing new: nothing reported');
+  // Restored in place, as sqlite3's .restore does: the pages of the backup copied over the live file.
+  const old = new Database(backup, { readonly: true });
+  await old.backup(path);
+  old.close();
+  other.close();
+  const wait = async (what: string, ok: () => boolean) => {
+    for (let t = 0; !ok(); t += 10) {
+      if (t > 2000) assert.fail(`${what}: seen ${JSON.stringify(seen)}`);
+      await sleep(10);
+    }
+  };
+  await wait('the restored head is reported', () => seen.includes(2));
+  assert.equal((await s.current())!.revision, 2);
+  // Written after the restore (by this store): 3 again, another revision.
+  const again = await s.write({ actor: 't', action: 'after the restore' }, (doc) => ({ ...doc, after: true }));
+  assert.equal(again.revision, 3);
+  assert.deepEqual(seen, [2, 3], 'a local write at a number reported before is reported');
+  stop();
+});
+
 test('a lock held by another process: waited for without blocking the event loop; StoreUnavailable past lockTimeoutMs', async () => {
   const path = dbPath();
   const s = await open(path, { lockTimeoutMs: 300 });

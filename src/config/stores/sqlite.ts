@@ -28,7 +28,10 @@
  *
  * watch(): every `pollMs` (1 s) `PRAGMA data_version` — a counter in memory that changes when
  * another connection commits, so an idle poll reads no table — and, only when it changed, the
- * head revision. Writes of this store are reported at once.
+ * head revision. Writes of this store are reported at once. The head is reported whenever it
+ * is not the revision last reported — by number *and* time, lower ones too: a file restored
+ * from an older backup (sqlite3's .restore, the backup API) goes back, and the writes after
+ * it reuse numbers already reported.
  */
 import Database from 'better-sqlite3';
 import { dirname } from 'node:path';
@@ -61,6 +64,9 @@ interface Row {
   document?: string;
 }
 
+/** What tells revisions apart across a rewind (the same number written again is another revision). */
+const headKey = (revision: number, at: string | null): string => `${revision}@${at ?? ''}`;
+
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const isBusy = (err: unknown) => /^SQLITE_(BUSY|LOCKED)/.test(String((err as { code?: unknown })?.code ?? ''));
 
@@ -79,8 +85,8 @@ export class SqliteStore implements ConfigStore {
   private readonly watchers = new Set<(revision: number) => void>();
   private pollTimer: NodeJS.Timeout | undefined;
   private dataVersion = -1;
-  /** The newest revision given to watchers (or returned by current() before watching). */
-  private reported = 0;
+  /** The revision last given to watchers (or returned by current() before watching), as `revision@at`. */
+  private reported = headKey(0, null);
   private closed = false;
 
   constructor(opts: SqliteStoreOptions) {
@@ -156,7 +162,7 @@ export class SqliteStore implements ConfigStore {
       begin: db.prepare('BEGIN IMMEDIATE'),
       commit: db.prepare('COMMIT'),
       rollback: db.prepare('ROLLBACK'),
-      head: db.prepare<[], { revision: number | null }>('SELECT max(revision) AS revision FROM revisions'),
+      head: db.prepare<[], { revision: number; at: string }>('SELECT revision, at FROM revisions ORDER BY revision DESC LIMIT 1'),
       current: db.prepare<[], Row>('SELECT revision, at, actor, action, document FROM revisions ORDER BY revision DESC LIMIT 1'),
       one: db.prepare<[number], Row>('SELECT revision, at, actor, action, document FROM revisions WHERE revision = ?'),
       insert: db.prepare<[number, string, string, string, string]>('INSERT INTO revisions (revision, at, actor, action, document) VALUES (?, ?, ?, ?, ?)'),
@@ -207,7 +213,7 @@ export class SqliteStore implements ConfigStore {
   async current(): Promise<StoredConfig | null> {
     const row = await this.step('reading', () => this.s.current.get());
     if (!row) return null;
-    if (this.watchers.size === 0 && row.revision > this.reported) this.reported = row.revision;
+    if (this.watchers.size === 0) this.reported = headKey(row.revision, row.at);
     return SqliteStore.stored(row);
   }
 
@@ -278,7 +284,7 @@ export class SqliteStore implements ConfigStore {
         throw err instanceof StoreUnavailable ? err : new StoreUnavailable(`the sqlite store ${this.path} failed to write: ${(err as Error).message}`, err);
       }
       committed = true;
-      this.report(stored.revision);
+      this.report(stored.revision, stored.at);
       return stored;
     } finally {
       if (!committed && db.inTransaction) {
@@ -291,9 +297,11 @@ export class SqliteStore implements ConfigStore {
     }
   }
 
-  private report(revision: number): void {
-    if (revision <= this.reported) return;
-    this.reported = revision;
+  /** Tells the watchers about the head unless it is the revision last reported (a lower one too: the file went back). */
+  private report(revision: number, at: string | null): void {
+    const key = headKey(revision, at);
+    if (key === this.reported) return;
+    this.reported = key;
     for (const w of [...this.watchers]) {
       try {
         w(revision);
@@ -309,8 +317,8 @@ export class SqliteStore implements ConfigStore {
       const v = Number(this.db.pragma('data_version', { simple: true }));
       if (v === this.dataVersion) return;
       this.dataVersion = v;
-      const head = this.stmts.head.get()?.revision ?? 0;
-      this.report(head);
+      const head = this.stmts.head.get();
+      this.report(head?.revision ?? 0, head?.at ?? null);
     } catch (err) {
       // Busy or failing now: the next tick tries again.
       this.log?.debug?.({ err: (err as Error).message, store: this.path }, 'sqlite store poll failed');

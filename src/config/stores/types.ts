@@ -82,7 +82,10 @@ export interface ConfigStore {
   history(limit: number, before?: number): Promise<Revision[]>;
   /**
    * Calls `onChange` with the new revision number when another writer (another node) changed
-   * the store; returns the unsubscribe function. Local writes may be reported too.
+   * the store; returns the unsubscribe function. Local writes may be reported too. The number
+   * may be lower than the last one reported, or the same: the store went back (restored from
+   * an older backup, a failover to a replica that was behind) and its head is another revision
+   * (a revision is its number and its `at`; the number alone is reused after a rewind).
    * `onHealth`, where the store can lose its server (postgres), is called after each of its
    * checks while watching: the error when the store cannot be reached, null when it answered.
    */
