@@ -180,3 +180,48 @@ test('the store restored from an older dump (pg_dump / DROP DATABASE / pg_restor
     await writer.close();
   }
 });
+
+test('postgres hung (SIGSTOP): 8 concurrent admin writes all answer 503 problem+json with Retry-After within one write\'s bounds (not one after another), and none is applied once it is back', async () => {
+  const url = await pg.createDatabase('hung');
+  const file = join(work, 'hung.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token: ${TOKEN}}\nstore: "${url}"\naccess_log: {enabled: false}\nservices: [{name: s0, url: "http://127.0.0.1:1"}]\n`);
+  const log = pino({ level: 'silent' });
+  // One write's bounds: 0.5 s to connect, 0.5 s + 1 s for a statement.
+  const node = await ControlPlane.open({
+    file, loaded: loadConfigFile(file), setting: url, log, postgres: { name: 'node-h', connectTimeoutMs: 500, statementTimeoutMs: 500 },
+    apply: async (text) => { await g.reloadAsync(parseConfigText(text, { file })); return true; },
+  });
+  const g: Gateway = await Gateway.start(parseConfigText(node.text(), { file }), { logger: log, control: node });
+  node.run();
+  const admin = `http://127.0.0.1:${g.adminAddress!.port}`;
+  const post = (name: string) => request(`${admin}/api/consumers`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ name }) });
+  try {
+    assert.equal((await post('warm')).status, 201);
+    const revision = node.status().revision as number;
+    pg.pause();
+    let answers: { status: number; type: unknown; retry: unknown; ms: number }[];
+    try {
+      const t0 = performance.now();
+      answers = await Promise.all(Array.from({ length: 8 }, (_, i) => post(`p${i}`).then((r) => ({ status: r.status, type: r.headers['content-type'], retry: r.headers['retry-after'], ms: performance.now() - t0 }))));
+    } finally {
+      pg.resume();
+    }
+    console.log(`# hung postgres, 8 concurrent admin writes: ${answers.map((a) => `${a.status} after ${a.ms.toFixed(0)} ms`).join(', ')}`);
+    for (const a of answers) {
+      assert.equal(a.status, 503);
+      assert.equal(a.type, 'application/problem+json');
+      assert.equal(a.retry, '5');
+      assert.ok(a.ms < 2500, `answered after ${a.ms.toFixed(0)} ms (before: one after another, up to 6 s)`);
+    }
+    await sleep(500);
+    const w = await post('after');
+    assert.equal(w.status, 201, w.body);
+    const names = (JSON.parse((await request(`${admin}/api/consumers`, { headers: auth })).body).data as { name: string }[]).map((c) => c.name);
+    assert.deepEqual(names, ['warm', 'after'], 'none of the writes answered 503 was applied');
+    assert.equal(node.status().revision, revision + 1);
+  } finally {
+    pg.resume();
+    await g.stop();
+    await node.close();
+  }
+});

@@ -334,3 +334,67 @@ test('PostgreSQL hung or stopped: StoreUnavailable within the timeouts (no hang)
   assert.equal((await late.current())!.revision, w2.revision);
   await until('b listening again', 3000, () => b.listenerPid !== null);
 });
+
+test('PostgreSQL hung (SIGSTOP): concurrent writes all fail within one write\'s bounds, not one after another, and none is applied later; a write that waits too long behind a slow one fails unrun', async () => {
+  const url = await freshDb();
+  const opts = { connectTimeoutMs: 500, statementTimeoutMs: 500 }; // one write's bounds: 0.5 s to connect, 1.5 s for a statement
+  const a = store(url, { ...opts, name: 'hung' });
+  const seed = await a.write({ actor: 'seed', action: 'seed' }, () => ({ consumers: [] }));
+  const ran: string[] = [];
+  const add = (name: string) => (doc: ConfigDocument | null) => {
+    ran.push(name);
+    return addConsumer(name)(doc);
+  };
+  server.pause();
+  let times: number[];
+  try {
+    const t0 = performance.now();
+    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => a.write({ actor: 'a', action: `p${i}` }, add(`p${i}`)).then(
+      () => assert.fail(`p${i} was written while the server was stopped`),
+      (err: unknown) => {
+        assert.ok(err instanceof StoreUnavailable, String(err));
+        return performance.now() - t0;
+      },
+    )));
+    times = results;
+    console.log(`# hung server, 8 concurrent writes: StoreUnavailable after ${times.map((t) => t.toFixed(0)).join(', ')} ms`);
+    // (before: each waited for the one ahead to time out: 1.5 s, 2 s, 2.5 s ... 5 s)
+    for (const t of times) assert.ok(t < 2500, `a write answered after ${t.toFixed(0)} ms: ${times.map((x) => x.toFixed(0)).join(', ')}`);
+    // A write arriving after that failure is tried again (its own bounds), not refused for the old one.
+    const t1 = performance.now();
+    await assert.rejects(a.write({ actor: 'a', action: 'later' }, add('later')), StoreUnavailable);
+    assert.ok(performance.now() - t1 >= 400, 'the later write tried the server');
+  } finally {
+    server.resume();
+  }
+  await sleep(300);
+  const cur = (await a.current())!;
+  assert.equal(cur.revision, seed.revision, 'nothing written by the writes that failed');
+  assert.deepEqual(cur.document['consumers'], []);
+  assert.deepEqual(ran, [], 'no change() ran: the server never answered the first statement');
+
+  // A slow write (its change() takes 1 s) holds the queue: the write behind it gives up after
+  // writeWaitMs, unrun — and stays unrun once the slow one is done.
+  const b = store(url, { name: 'slow', writeWaitMs: 300 });
+  const slow = b.write({ actor: 'b', action: 'slow' }, async (doc) => {
+    await sleep(1000);
+    return add('slow')(doc);
+  });
+  await sleep(50);
+  const t2 = performance.now();
+  await assert.rejects(b.write({ actor: 'b', action: 'queued' }, add('queued')), (err: unknown) => {
+    assert.ok(err instanceof StoreUnavailable, String(err));
+    assert.match(err.message, /waited 300 ms behind other writes without starting; it was not written/);
+    return true;
+  });
+  const waited = performance.now() - t2;
+  assert.ok(waited >= 280 && waited < 800, `gave up after ${waited.toFixed(0)} ms`);
+  const done = await slow;
+  await sleep(200);
+  assert.deepEqual(ran, ['slow'], 'the write that gave up never ran');
+  const after = (await b.current())!;
+  assert.equal(after.revision, done.revision);
+  assert.deepEqual((after.document['consumers'] as { name: string }[]).map((c) => c.name), ['slow']);
+  // The queue works on: the next write is written.
+  assert.equal((await b.write({ actor: 'b', action: 'next' }, add('next'))).revision, done.revision + 1);
+});

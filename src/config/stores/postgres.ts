@@ -17,7 +17,11 @@
  * every node queue here); RevisionConflict unless the head is `expected`; change(); insert
  * head + 1, move the head, prune, and pg_notify('turnpike_config', '<revision>'); COMMIT.
  * NOTIFY is transactional: it is delivered at commit, never for a write that rolled back.
- * Writes of one store are also queued in-process, so they hold one pooled connection, not all.
+ * Writes of one store are also queued in-process, so they hold one pooled connection, not all;
+ * the queue is bounded (write-queue.ts): a write that has not started within `writeWaitMs` of
+ * its arrival (connect + statement bounds), or that was queued behind a write that found the
+ * server unavailable, fails with StoreUnavailable at once and is never run — with the server
+ * hung, concurrent writes all answer within one write's bounds, not one after another.
  *
  * watch(): one dedicated connection LISTENs (reconnected with backoff when it drops, then a
  * resync catches up with what it missed) plus a resync every `resyncMs` (10 s): the head
@@ -51,6 +55,7 @@ import {
   RevisionConflict, StoreUnavailable,
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
 } from './types.js';
+import { WriteQueue } from './write-queue.js';
 
 export interface PostgresStoreOptions {
   /** postgres://user:password@host:port/database[?sslmode=...] */
@@ -63,6 +68,11 @@ export interface PostgresStoreOptions {
   connectTimeoutMs?: number;
   /** Bound on one statement (server statement_timeout; the client gives up 1 s later). Default 5000 ms. */
   statementTimeoutMs?: number;
+  /**
+   * The longest a write waits behind other writes of this store before it fails (not run).
+   * Default connectTimeoutMs + statementTimeoutMs + 1000 (one write's bounds).
+   */
+  writeWaitMs?: number;
   /** The safety net of watch(): the head is read this often. Default 10 000 ms. */
   resyncMs?: number;
   /** LISTEN reconnect backoff: first and longest wait. Default 100 ms .. 5000 ms. */
@@ -145,7 +155,7 @@ export class PostgresStore implements ConfigStore {
   private readonly log: Logger | undefined;
   private readonly pool: pg.Pool;
   private migration: Promise<void> | null = null;
-  private writeQueue: Promise<unknown> = Promise.resolve();
+  private readonly writes: WriteQueue;
   private closed = false;
 
   private readonly watchers = new Set<(revision: number) => void>();
@@ -176,6 +186,7 @@ export class PostgresStore implements ConfigStore {
     this.reconnectMinMs = opts.reconnectMinMs ?? 100;
     this.reconnectMaxMs = opts.reconnectMaxMs ?? 5000;
     this.reconnectDelay = this.reconnectMinMs;
+    this.writes = new WriteQueue(opts.writeWaitMs ?? this.connectTimeoutMs + this.statementTimeoutMs + 1000, `the postgres store ${this.where}`);
     this.appName = `turnpike${opts.name ? `:${opts.name}` : ''}`.slice(0, 56);
     this.log = opts.log;
     // Creating a pool connects nothing; the first query does.
@@ -329,9 +340,7 @@ export class PostgresStore implements ConfigStore {
     expected?: number,
   ): Promise<StoredConfig> {
     if (this.closed) return Promise.reject(new StoreUnavailable(`the postgres store ${this.where} is closed`));
-    const run = this.writeQueue.then(() => this.writeNow(meta, change, expected));
-    this.writeQueue = run.catch(() => undefined);
-    return run;
+    return this.writes.run(() => this.writeNow(meta, change, expected));
   }
 
   private async writeNow(
@@ -339,12 +348,22 @@ export class PostgresStore implements ConfigStore {
     change: DocumentChange,
     expected: number | undefined,
   ): Promise<StoredConfig> {
-    await this.open();
+    /** The server failed this write: the writes queued behind it fail now too (write-queue.ts). */
+    const down = (what: string, err: unknown): StoreUnavailable => {
+      const e = this.unavailable(what, err);
+      this.writes.failed(e);
+      return e;
+    };
+    try {
+      await this.open();
+    } catch (err) {
+      throw down('migrating', err);
+    }
     let client: pg.PoolClient;
     try {
       client = await this.pool.connect();
     } catch (err) {
-      throw this.unavailable('connecting', err);
+      throw down('connecting', err);
     }
     /** Set when the connection can no longer be trusted (it is destroyed, not pooled again). */
     let broken: Error | undefined;
@@ -358,7 +377,7 @@ export class PostgresStore implements ConfigStore {
         return await client.query<R>(sql, params);
       } catch (err) {
         broken = err as Error;
-        throw this.unavailable('writing', err);
+        throw down('writing', err);
       }
     };
     try {
@@ -608,7 +627,7 @@ export class PostgresStore implements ConfigStore {
     this.watchers.clear();
     this.healthWatchers.clear();
     this.stopWatching();
-    await this.writeQueue;
+    await this.writes.idle();
     // pool.end() waits for every client to say goodbye; a stopped server never answers.
     await Promise.race([
       this.pool.end().catch(() => undefined),
