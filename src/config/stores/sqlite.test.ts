@@ -332,6 +332,20 @@ test('a lock held by another process: waited for without blocking the event loop
   });
   const waited = performance.now() - t0;
   assert.ok(waited >= 280 && waited < 1000, `gave up after ${waited.toFixed(0)} ms`);
+  // Concurrent writes meanwhile: the first waits out the lock timeout, the others fail with it
+  // (not each waiting its own 300 ms in turn), and none of them runs.
+  const t1 = performance.now();
+  let ran = 0;
+  const many = await Promise.all(Array.from({ length: 5 }, (_, i) => s.write({ actor: 't', action: `queued ${i}` }, (doc) => { ran++; return { ...doc, q: i }; }).then(
+    () => assert.fail(`queued ${i} was written while the lock was held`),
+    (err: unknown) => {
+      assert.ok(err instanceof StoreUnavailable, String(err));
+      return performance.now() - t1;
+    },
+  )));
+  console.log(`# 5 concurrent writes while another process holds the lock (lockTimeoutMs 300): StoreUnavailable after ${many.map((t) => t.toFixed(0)).join(', ')} ms`);
+  for (const t of many) assert.ok(t < 700, `answered after ${t.toFixed(0)} ms: ${many.map((x) => x.toFixed(0)).join(', ')}`);
+  assert.equal(ran, 0);
   // Reads are not blocked by a writer (WAL).
   assert.equal((await s.current())!.revision, 1);
   // A patient writer gets through once the lock is released.

@@ -15,6 +15,9 @@
  * revision read inside it cannot go stale), read the head, check `expected`, run change(),
  * insert head + 1, prune rows older than `keep`, COMMIT. Writes of this process are queued
  * (one connection, one transaction at a time); writers of other processes wait for the lock.
+ * The queue is bounded (write-queue.ts): a write queued behind one that could not have the lock
+ * within `lockTimeoutMs` fails with it, and one that has not started within lockTimeoutMs + 1 s
+ * of arriving fails — both unrun (not each waiting out its own lock timeout in turn).
  * The lock is waited for *asynchronously*: busy_timeout is 0 and a busy BEGIN is retried
  * after a short sleep (until `lockTimeoutMs`, then StoreUnavailable), so a writer in another
  * process never blocks this event loop (better-sqlite3 is synchronous; SQLite's own busy
@@ -41,6 +44,7 @@ import {
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
 } from './types.js';
 import { makeDirectory } from '../../core/mkdir.js';
+import { WriteQueue } from './write-queue.js';
 
 export interface SqliteStoreOptions {
   /** The database file (its directory is created); `:memory:` for a private one (tests). */
@@ -80,8 +84,8 @@ export class SqliteStore implements ConfigStore {
   private db: Database.Database | null = null;
   private opening: Promise<void> | null = null;
   private stmts: ReturnType<SqliteStore['prepare']> | null = null;
-  /** The tail of this process's write queue. */
-  private queue: Promise<unknown> = Promise.resolve();
+  /** This process's writes, one at a time. */
+  private readonly writes: WriteQueue;
   private readonly watchers = new Set<(revision: number) => void>();
   private pollTimer: NodeJS.Timeout | undefined;
   private dataVersion = -1;
@@ -95,6 +99,7 @@ export class SqliteStore implements ConfigStore {
     this.pollMs = opts.pollMs ?? 1000;
     this.lockTimeoutMs = opts.lockTimeoutMs ?? 10_000;
     this.log = opts.log;
+    this.writes = new WriteQueue(this.lockTimeoutMs + 1000, `the sqlite store ${this.path}`);
   }
 
   /** Opens the file, switches it to WAL and migrates the schema (once; concurrent callers share it). */
@@ -236,9 +241,7 @@ export class SqliteStore implements ConfigStore {
     expected?: number,
   ): Promise<StoredConfig> {
     if (this.closed) return Promise.reject(new StoreUnavailable(`the sqlite store ${this.path} is closed`));
-    const run = this.queue.then(() => this.writeNow(meta, change, expected));
-    this.queue = run.catch(() => undefined);
-    return run;
+    return this.writes.run(() => this.writeNow(meta, change, expected));
   }
 
   private async writeNow(
@@ -246,7 +249,13 @@ export class SqliteStore implements ConfigStore {
     change: DocumentChange,
     expected: number | undefined,
   ): Promise<StoredConfig> {
-    await this.step('waiting for the write lock', () => this.s.begin.run());
+    try {
+      await this.step('waiting for the write lock', () => this.s.begin.run());
+    } catch (err) {
+      // Locked by another process past lockTimeoutMs (or the file cannot be opened): the writes queued behind this one fail now too.
+      if (err instanceof StoreUnavailable) this.writes.failed(err);
+      throw err;
+    }
     const s = this.s;
     const db = this.db!;
     let committed = false;
@@ -350,10 +359,7 @@ export class SqliteStore implements ConfigStore {
     this.pollTimer = undefined;
     this.watchers.clear();
     // Writes already queued finish (or fail) first; write() refuses new ones now.
-    for (let tail = this.queue; ; tail = this.queue) {
-      await tail;
-      if (tail === this.queue) break;
-    }
+    await this.writes.idle();
     const db = this.db;
     this.db = null;
     this.stmts = null;
