@@ -492,6 +492,72 @@ test('export -> apply on an empty store -> export gives the same document; dry_r
   }
 });
 
+test('If-Match with a list of tags holds when any of them matches (RFC 9110 §13.1.1): revision tags, an item\'s ETag, both; evaluated in the write\'s transaction; * and weak tags as before', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    const rev = async () => (await api.store.current())!.revision;
+    const tagOf = async () => (await api.call('GET', '/api/services/orders')).headers.get('etag')!;
+    const patch = (ifMatch: string, retries: number) => api.call('PATCH', '/api/services/orders', { body: { retries }, headers: { 'if-match': ifMatch } });
+    // Revision tags only: an older one and the current one.
+    let r = await rev();
+    const ok1 = await patch(`"r${r - 1}", "r${r}"`, 2);
+    assert.equal(ok1.status, 200, ok1.text);
+    r = await rev();
+    assert.equal((await patch(`"r${r}", "r${r + 5}"`, 3)).status, 200, 'the current one listed first');
+    // None of them current: 412, nothing written, the current revision told.
+    r = await rev();
+    const stale = await patch(`"r${r - 2}", "r${r - 1}"`, 4);
+    isProblem(stale, 412, 'precondition-failed');
+    assert.equal(stale.json.current_revision, r);
+    assert.equal(await rev(), r, 'nothing written');
+    // An item's ETag beside a stale tag, or a stale revision beside the item's ETag.
+    assert.equal((await patch(`"stale-tag", ${await tagOf()}`, 5)).status, 200);
+    r = await rev();
+    assert.equal((await patch(`"r${r - 1}", ${await tagOf()}`, 6)).status, 200, 'the item is unchanged: its tag matches');
+    r = await rev();
+    assert.equal((await patch(`"r${r}", "stale-tag"`, 7)).status, 200, 'the config is at the revision listed');
+    // Neither matches: 412 (a stale revision no longer lets a stale item tag through, nor the reverse).
+    const oldTag = await tagOf();
+    assert.equal((await patch(oldTag, 8)).status, 200);
+    r = await rev();
+    const neither = await patch(`"r${r - 1}", ${oldTag}`, 9);
+    isProblem(neither, 412, 'precondition-failed');
+    assert.match(neither.json.detail, /has changed.*and the config changed: it is at revision/);
+    assert.equal((await api.call('GET', '/api/services/orders')).json.retries, 8);
+    // Weak tags never match, whatever else is listed: only the strong ones count.
+    isProblem(await patch(`W/${await tagOf()}, "r${r - 1}"`, 10), 412, 'precondition-failed');
+    assert.equal((await patch(`W/"x", "r${r}"`, 10)).status, 200);
+    // POST: a revision in the list can match; an item tag cannot (a new item has none).
+    r = await rev();
+    assert.equal((await api.call('POST', '/api/consumers', { body: { name: 'listed' }, headers: { 'if-match': `"some-tag", "r${r}"` } })).status, 201);
+    isProblem(await api.call('POST', '/api/consumers', { body: { name: 'unlisted' }, headers: { 'if-match': `"some-tag", "r${r}"` } }), 412, 'precondition-failed');
+    // The whole config and rollback: any listed revision; an opaque tag beside a stale revision is no pass.
+    const doc = (await api.call('GET', '/api/config?format=json&secrets=true')).json;
+    doc.consumers.push({ name: 'via-put' });
+    r = await rev();
+    isProblem(await api.call('PUT', '/api/config', { body: doc, headers: { 'if-match': `"stale-tag", "r${r - 1}"` } }), 412, 'precondition-failed');
+    assert.equal(await rev(), r, 'nothing written');
+    const put = await api.call('PUT', '/api/config', { body: doc, headers: { 'if-match': `"r${r - 1}", "r${r}"` } });
+    assert.equal(put.status, 200, put.text);
+    assert.equal(put.json.revision, r + 1);
+    r = await rev();
+    isProblem(await api.call('POST', '/api/revisions/1/rollback', { headers: { 'if-match': `"x", "r${r - 1}"` } }), 412, 'precondition-failed');
+    assert.equal((await api.call('POST', '/api/revisions/1/rollback', { headers: { 'if-match': `"r${r - 1}", "r${r}"` } })).status, 201);
+    // *: the item must exist, nothing else.
+    assert.equal((await patch('*', 2)).status, 200);
+    isProblem(await api.call('PATCH', '/api/services/nope', { body: { retries: 1 }, headers: { 'if-match': '*' } }), 412, 'precondition-failed');
+
+    // Concurrent writes listing the same two revisions: whoever comes first at the current one
+    // wins; after it the config is at a revision none of the others listed.
+    r = await rev();
+    const racing = await Promise.all(Array.from({ length: 10 }, (_, i) => api.call('POST', '/api/consumers', { body: { name: `race-${i}` }, headers: { 'if-match': `"r${r - 1}", "r${r}"` } })));
+    assert.deepEqual(racing.map((x) => x.status).sort(), [201, ...Array(9).fill(412)]);
+    assert.equal(await rev(), r + 1);
+  } finally {
+    await api.close();
+  }
+});
+
 test('rollback writes a new revision with an old document; revisions show who did what', async () => {
   const api = await start({ seed: sampleDocument() as Obj });
   try {

@@ -7,10 +7,11 @@
  * Every write is one store write: the change function reads the current document, applies
  * the request to a copy, validates the whole result with `deps.validate` (the same schema and
  * compile as the config file) and returns it; anything wrong aborts the write (nothing is
- * partially applied). Preconditions (If-Match with an item's ETag) are checked inside the
- * change function, so they hold against the document actually written; an If-Match with a
- * revision tag ("r12") becomes the write's `expected` revision. A write that loses a race
- * without If-Match is retried.
+ * partially applied). Preconditions (If-Match) are checked inside the change function, against
+ * the head revision the store locked for the write and the item as it is there, so they hold
+ * for the document actually written: the list matches (RFC 9110 §13.1.1) when any of its tags
+ * does — a revision tag ("r12") when the config is at that revision, an item's ETag when the
+ * item is unchanged. A write that loses a race without If-Match is retried.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -202,9 +203,23 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     }
   }
 
-  /** The store revision an If-Match of revision tags asks for (undefined: none). */
-  const expectedOf = (p: Precondition | undefined): number | undefined =>
-    p && !p.any && p.tags.length === 0 && p.revisions.length > 0 ? p.revisions[0] : undefined;
+  /**
+   * Checks an If-Match list (RFC 9110 §13.1.1: it holds when *any* listed tag matches) against
+   * the head revision a write was given (locked) and, for a write of an existing item, that
+   * item's tag there (null: no item — a POST, or the whole config). `*` holds (whether the
+   * target exists is the caller's). Throws the 412.
+   */
+  function checkIfMatch(pre: Precondition | undefined, revision: number, item: { tag: string; what: string } | null): void {
+    if (!pre || pre.any) return;
+    if (pre.revisions.includes(revision)) return;
+    if (item && pre.tags.includes(item.tag)) return;
+    const listed = pre.revisions.join(' or ');
+    const atRevision = pre.revisions.length > 0 ? `the config changed: it is at revision ${revision}, not ${listed}` : '';
+    const extra = pre.revisions.length > 0 ? { current_revision: revision } : undefined;
+    if (pre.tags.length === 0) throw new ApiError('precondition-failed', `${atRevision} (If-Match)`, extra);
+    const tagged = item ? `${item.what} has changed (its ETag is ${item.tag})` : 'a new item has no entity tag yet (use a revision tag "rN" or none)';
+    throw new ApiError('precondition-failed', `If-Match: ${tagged}${atRevision ? `, and ${atRevision}` : ''}`, extra);
+  }
 
   // ---- the store ----
 
@@ -235,14 +250,15 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
   }
 
   /**
-   * One store write: `stage` builds the next document from the current one (throws to abort),
-   * it is validated, and written. With `expected`, a lost race is a 412; without, it is tried again.
+   * One store write: `stage` builds the next document from the current one and its revision
+   * (throws to abort: a precondition, a bad request), it is validated, and written. A lost race
+   * (another writer came first) is tried again.
    */
-  async function commit(ctx: Ctx, action: string, stage: (current: Obj | null) => Staged, opts: { expected?: number; skipUnchanged?: boolean } = {}): Promise<{ stored: StoredConfig | null; staged: Staged }> {
+  async function commit(ctx: Ctx, action: string, stage: (current: Obj | null, revision: number) => Staged, opts: { skipUnchanged?: boolean } = {}): Promise<{ stored: StoredConfig | null; staged: Staged }> {
     let staged: Staged | undefined;
-    const change = (cur: ConfigDocument | null): ConfigDocument | Promise<ConfigDocument> => {
+    const change = (cur: ConfigDocument | null, revision: number): ConfigDocument | Promise<ConfigDocument> => {
       staged = undefined;
-      const s = stage(cur === null ? null : (cur as Obj));
+      const s = stage(cur === null ? null : (cur as Obj), revision);
       // A secret read as MASK and written back keeps its stored value (nothing else may say MASK).
       const unresolved = restoreMasked(s.doc, cur);
       if (unresolved.length) throw invalid(unresolved.map((p) => ({ path: p, message: `"${MASK}" stands for a stored secret, and none is stored here: give the value` })));
@@ -257,7 +273,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     };
     for (let attempt = 0; ; attempt++) {
       try {
-        const stored = await deps.store.write({ actor: ctx.caller.name, action }, change, opts.expected);
+        const stored = await deps.store.write({ actor: ctx.caller.name, action }, change);
         deps.log.info({ actor: ctx.caller.name, action, revision: stored.revision, request_id: ctx.requestId }, 'config written through the admin API');
         if (deps.onWritten) {
           await deps.onWritten(stored).catch((err: unknown) => deps.log.error({ err: String(err), revision: stored.revision }, 'a written revision was not applied on this node'));
@@ -266,9 +282,6 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       } catch (err) {
         if (err instanceof Unchanged) return { stored: null, staged: err.staged };
         if (!isRevisionConflict(err)) throw err;
-        if (opts.expected !== undefined) {
-          throw new ApiError('precondition-failed', `the config changed: it is at revision ${err.current}, not ${err.expected} (If-Match)`, { current_revision: err.current });
-        }
         if (attempt >= RETRIES) throw new ApiError('service-unavailable', 'the config kept changing under this write; try again', undefined, { 'retry-after': '1' });
         await sleep(2 + Math.random() * 10 * (attempt + 1));
       }
@@ -341,7 +354,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       if (coll.prepare) body = coll.prepare(body, op as 'POST' | 'PUT' | 'PATCH');
     }
     const id = e.kind === 'item' ? e.id : undefined;
-    const stage = (cur: Obj | null): Staged => {
+    const stage = (cur: Obj | null, revision: number): Staged => {
       const doc = structuredClone(cur ?? {});
       let entry: Entry | undefined;
       if (id !== undefined) {
@@ -351,11 +364,9 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
           if (pre && err instanceof ApiError && err.code === 'not-found') throw new ApiError('precondition-failed', `If-Match: ${err.detail}`);
           throw err;
         }
-        if (pre && pre.tags.length > 0 && !pre.tags.includes(itemTag(ctx.key, entry.tagged))) {
-          throw new ApiError('precondition-failed', `If-Match: the ${coll.one} "${entry.name}" has changed (its ETag is ${itemTag(ctx.key, entry.tagged)})`);
-        }
-      } else if (pre && pre.tags.length > 0) {
-        throw new ApiError('precondition-failed', 'If-Match: a new item has no entity tag yet (use a revision tag "rN" or none)');
+        checkIfMatch(pre, revision, pre && pre.tags.length > 0 ? { tag: itemTag(ctx.key, entry.tagged), what: `the ${coll.one} "${entry.name}"` } : null);
+      } else {
+        checkIfMatch(pre, revision, null);
       }
       let at: PathSegment[] | null = null;
       if (op === 'POST') at = coll.create(doc, body!, e.parent);
@@ -367,7 +378,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       return { doc, at, coll };
     };
     const action = `${op} ${ctx.path}`;
-    const { stored, staged } = await commit(ctx, action, stage, { expected: expectedOf(pre), skipUnchanged: op === 'PUT' || op === 'PATCH' });
+    const { stored, staged } = await commit(ctx, action, stage, { skipUnchanged: op === 'PUT' || op === 'PATCH' });
     const revision = stored?.revision ?? (await current()).revision;
     if (op === 'DELETE') {
       send(ctx, 204, null, '', revisionHeader(revision));
@@ -462,8 +473,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     };
     if (dryRun) {
       const { doc, revision } = await current();
-      const expected = expectedOf(pre);
-      if (expected !== undefined && expected !== revision) throw new ApiError('precondition-failed', `the config is at revision ${revision}, not ${expected} (If-Match)`);
+      checkIfMatch(pre, revision, null);
       const s = stage(doc);
       const v = await runValidate(s.doc);
       if (!v.ok) throw invalid(errorsOf(s, v.errors));
@@ -472,10 +482,11 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       return;
     }
     let before: Obj = {};
-    const { stored, staged } = await commit(ctx, `PUT ${ctx.path}`, (cur) => {
+    const { stored, staged } = await commit(ctx, `PUT ${ctx.path}`, (cur, revision) => {
+      checkIfMatch(pre, revision, null);
       before = cur ?? {};
       return stage(cur);
-    }, { expected: expectedOf(pre), skipUnchanged: true });
+    }, { skipUnchanged: true });
     if (!stored) {
       const { revision } = await current();
       sendJson(ctx, 200, { revision, changed: false }, { etag: revisionTag(revision), ...revisionHeader(revision) });
@@ -530,10 +541,11 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       return;
     }
     let before: Obj = {};
-    const { stored, staged } = await commit(ctx, `rollback to ${n}`, (cur) => {
+    const { stored, staged } = await commit(ctx, `rollback to ${n}`, (cur, revision) => {
+      checkIfMatch(pre, revision, null);
       before = cur ?? {};
       return stage(cur);
-    }, { expected: expectedOf(pre) });
+    });
     const rev = stored!.revision;
     sendJson(ctx, 201, { revision: rev, rolled_back_to: n, changes: configChanges(before, staged.doc) }, { location: `${base}/revisions/${rev}`, etag: revisionTag(rev), ...revisionHeader(rev) });
   }

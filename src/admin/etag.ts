@@ -8,8 +8,9 @@
  *   cannot test guesses of a password against a tag. Every node with the same tokens computes
  *   the same tags.
  * - The whole config (GET /api/config, revisions) is tagged by its revision: `"r12"`. A
- *   revision tag in If-Match is also accepted on any write: it becomes the store write's
- *   `expected` revision (412 if anything changed since).
+ *   revision tag in If-Match is also accepted on any write: it matches while the config is at
+ *   that revision (412 if anything changed since). An If-Match list holds when any of its tags
+ *   matches — a revision tag or, on an item, the item's tag (checked in the write's transaction).
  * - Lists and other documents are tagged by a hash of their body.
  */
 import { createHash, createHmac } from 'node:crypto';

@@ -88,7 +88,7 @@ const P = {
   limit: { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
   offset: { name: 'offset', in: 'query', schema: { type: 'integer', minimum: 0, default: 0 } },
   tags: { name: 'tags', in: 'query', schema: { type: 'string' }, description: 'a,b: items with every tag; a/b: items with any.' },
-  ifMatch: { name: 'If-Match', in: 'header', schema: { type: 'string' }, description: 'The item\'s ETag, "rN" (the config revision), or *.' },
+  ifMatch: { name: 'If-Match', in: 'header', schema: { type: 'string' }, description: 'The item\'s ETag, "rN" (the config revision), or *; a list holds when any of its tags matches.' },
   cascade: { name: 'cascade', in: 'query', schema: { type: 'boolean' }, description: 'Also delete what depends on it (a service\'s routes, bindings naming a consumer, a plan\'s users lose it).' },
   dryRun: { name: 'dry_run', in: 'query', schema: { type: 'boolean' }, description: 'Answer the diff without writing.' },
   secrets: { name: 'secrets', in: 'query', schema: { type: 'boolean' }, description: 'Include credentials\' secrets (admin tokens only).' },

@@ -4,7 +4,7 @@
  * ConfigStore with the interface's semantics (one write at a time, `expected` revisions,
  * an audit log).
  */
-import { RevisionConflict, type ConfigDocument, type ConfigStore, type Revision, type StoredConfig } from '../config/stores/types.js';
+import { RevisionConflict, type ConfigDocument, type ConfigStore, type DocumentChange, type Revision, type StoredConfig } from '../config/stores/types.js';
 export { documentValidator } from './validate.js';
 
 /** An in-memory ConfigStore: what the sqlite and postgres stores do, without the disk. */
@@ -21,12 +21,12 @@ export class MemoryStore implements ConfigStore {
     return last ? structuredClone(last) : null;
   }
 
-  write(meta: { actor: string; action: string }, change: (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>, expected?: number): Promise<StoredConfig> {
+  write(meta: { actor: string; action: string }, change: DocumentChange, expected?: number): Promise<StoredConfig> {
     const run = async (): Promise<StoredConfig> => {
       const last = this.revisions[this.revisions.length - 1];
       const revision = last?.revision ?? 0;
       if (expected !== undefined && expected !== revision) throw new RevisionConflict(expected, revision);
-      const document = structuredClone(await change(last ? structuredClone(last.document) : null));
+      const document = structuredClone(await change(last ? structuredClone(last.document) : null, revision));
       const stored: StoredConfig = { revision: revision + 1, at: new Date().toISOString(), actor: meta.actor, action: meta.action, document };
       this.revisions.push(stored);
       for (const w of this.watchers) w(stored.revision);

@@ -399,7 +399,7 @@ export class PostgresStore implements ConfigStore {
         document = doc.rows[0].document;
       }
       // The head row stays locked while change() runs: no node writes in between.
-      const next = await change(document);
+      const next = await change(document, current);
       const text = JSON.stringify(next);
       if (typeof text !== 'string' || typeof next !== 'object' || next === null || Array.isArray(next)) {
         throw new TypeError('a config document must be a JSON object');

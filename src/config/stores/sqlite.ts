@@ -270,7 +270,7 @@ export class SqliteStore implements ConfigStore {
       if (expected !== undefined && expected !== head) throw new RevisionConflict(expected, head);
       // The lock is held while change() runs (it may be async: validation, compile): nobody
       // can write in between, so what it returns is based on the head it was given.
-      const next = await change(row ? (JSON.parse(row.document!) as ConfigDocument) : null);
+      const next = await change(row ? (JSON.parse(row.document!) as ConfigDocument) : null, head);
       const text = JSON.stringify(next);
       if (typeof text !== 'string' || typeof next !== 'object' || next === null || Array.isArray(next)) {
         throw new TypeError('a config document must be a JSON object');

@@ -61,8 +61,12 @@ export interface WriteMeta {
   action: string;
 }
 
-/** A write's change: the current document (null: empty store) -> the next one; throws to abort. */
-export type DocumentChange = (current: ConfigDocument | null) => ConfigDocument | Promise<ConfigDocument>;
+/**
+ * A write's change: the current document (null: empty store) -> the next one; throws to abort.
+ * `revision` is the head it is given (0: empty store), locked while the change runs: a
+ * precondition checked against it holds for the document written.
+ */
+export type DocumentChange = (current: ConfigDocument | null, revision: number) => ConfigDocument | Promise<ConfigDocument>;
 
 export interface ConfigStore {
   readonly kind: 'file' | 'sqlite' | 'postgres';
