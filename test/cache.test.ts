@@ -8,7 +8,8 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import { gunzipSync } from 'node:zlib';
 import { parseConfigText } from '../src/config/load.js';
-import { freePort, request, sleep, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { freePort, rawRequest, request, sleep, startGateway, startRawOrigin, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { H2_CANCEL, H2_NO_ERROR, startRawH2Origin } from './h2-raw-origin.js';
 import { startRedis, type RedisServer } from './redis-server.js';
 
 /** What the upstream answers for a path: called with the path's call count (1, 2, ...). */
@@ -1151,5 +1152,65 @@ services:
     await b.close();
     await origin.close();
     await redis.stop();
+  }
+});
+
+test('a body the upstream cut short is never stored: HTTP/2 (RST_STREAM NO_ERROR or CANCEL before END_STREAM, no Content-Length) and HTTP/1.1 (short of Content-Length, chunked cut); the client gets a 502', async () => {
+  // Each upstream breaks off its first answer to each path after 10 bytes, then answers whole.
+  const calls = new Map<string, number>();
+  const h2 = await startRawH2Origin((s) => {
+    // (request headers are not decoded: the 1st and 2nd request are cut, then whole answers)
+    s.headers(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60' });
+    s.data('0123456789');
+    setTimeout(() => {
+      if (s.index === 0) s.rst(H2_NO_ERROR);
+      else if (s.index === 1) s.rst(H2_CANCEL);
+      else s.data('abcdef', true);
+    }, 50);
+  });
+  const h1 = await startRawOrigin((data, socket) => {
+    const path = /^GET (\S+)/.exec(data.toString('latin1'))?.[1];
+    if (path === undefined || !data.includes('\r\n\r\n')) return null;
+    const n = (calls.get(path) ?? 0) + 1;
+    calls.set(path, n);
+    const head = 'HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: max-age=60\r\n';
+    // (one answer per connection: startRawOrigin answers once)
+    if (n > 1) return `${head}connection: close\r\ncontent-length: 16\r\n\r\n0123456789abcdef`;
+    setTimeout(() => socket.end(), 50);
+    return path === '/h1/length' ? `${head}content-length: 16\r\n\r\n0123456789` : `${head}transfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n6\r\nab`;
+  });
+  const g = await startGateway(`
+services:
+  - name: h2
+    url: ${h2.url}
+    protocol: h2c
+    retries: 0
+    plugins: [{name: cache}]
+    routes: [{paths: [/h2]}]
+  - name: h1
+    url: ${h1.url}
+    retries: 0
+    plugins: [{name: cache}]
+    routes: [{paths: [/h1]}]
+`);
+  try {
+    for (const path of ['/h2/a', '/h2/a', '/h1/length', '/h1/chunked']) {
+      const cut = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n`, 3000);
+      assert.match(cut.text, /^HTTP\/1\.1 502 /, `${path}: ${JSON.stringify(cut.text)}`);
+      assert.doesNotMatch(cut.text, /0123456789/, path);
+    }
+    for (const path of ['/h2/a', '/h1/length', '/h1/chunked']) {
+      const miss = await request(`${g.url}${path}`);
+      assert.equal(miss.status, 200, path);
+      assert.equal(miss.body, '0123456789abcdef', `${path}: a stored cut body was served`);
+      assert.equal(status(miss), 'MISS', path);
+      const hit = await request(`${g.url}${path}`);
+      assert.equal(hit.body, '0123456789abcdef', path);
+      assert.equal(status(hit), 'HIT', path);
+    }
+  } finally {
+    await g.close();
+    await h2.close();
+    await h1.close();
   }
 });

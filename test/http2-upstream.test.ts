@@ -9,7 +9,11 @@ import { connect as h2connect, constants as h2constants, createServer as createH
 import { request as httpRequest } from 'node:http';
 import { createHash } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { startGateway } from './helpers.js';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { rawRequest, startGateway } from './helpers.js';
+import { H2_CANCEL, H2_INTERNAL_ERROR, H2_NO_ERROR, startRawH2Origin, type RawH2Stream } from './h2-raw-origin.js';
 
 interface Upstream {
   url: string;
@@ -468,6 +472,157 @@ services:
     assert.equal(raw, '200 0');
   } finally {
     session.destroy();
+    await g.close();
+    await up.close();
+  }
+});
+
+/**
+ * How an HTTP/2 upstream breaks off its response after 10 body bytes: RST_STREAM with a code
+ * (no END_STREAM before it), a GOAWAY then the connection closed, or the connection closed or
+ * reset outright. 'whole' ends the body with END_STREAM (and 'whole-then-rst' resets the
+ * stream with NO_ERROR after that, which is allowed: RFC 9113 §8.1).
+ */
+const CUTS: Record<string, (s: RawH2Stream) => void> = {
+  'rst-no-error': (s) => s.rst(H2_NO_ERROR),
+  'rst-cancel': (s) => s.rst(H2_CANCEL),
+  'rst-internal-error': (s) => s.rst(H2_INTERNAL_ERROR),
+  'goaway-then-fin': (s) => (s.goaway(H2_NO_ERROR), s.end()),
+  'connection-fin': (s) => s.end(),
+  'connection-reset': (s) => s.destroy(),
+};
+
+/** A raw HTTP/2 origin: `script` picks the break per request (by the count of requests it saw). */
+async function breakingOrigin(script: (index: number) => { cut: string; length?: number }) {
+  return startRawH2Origin((s) => {
+    const { cut, length } = script(s.index);
+    s.headers(200, { 'content-type': 'text/plain', ...(length !== undefined ? { 'content-length': String(length) } : {}) });
+    s.data('0123456789');
+    setTimeout(() => {
+      if (cut === 'whole') s.data('', true);
+      else if (cut === 'whole-then-rst') (s.data('', true), s.rst(H2_NO_ERROR));
+      else CUTS[cut]!(s);
+    }, 50);
+  });
+}
+
+/** An HTTP/2 client's view of one request: status, body bytes, END_STREAM seen, RST_STREAM code. */
+function h2get(url: string, path: string): Promise<{ status: number; got: number; ended: boolean; rstCode: number | undefined }> {
+  return new Promise((resolve) => {
+    const session = h2connect(url);
+    session.on('error', () => {});
+    const s = session.request({ ':path': path });
+    let status = 0;
+    let got = 0;
+    let ended = false;
+    s.on('response', (h) => (status = Number(h[':status'])));
+    s.on('data', (c: Buffer) => (got += c.length));
+    s.on('end', () => (ended = true));
+    s.on('error', () => {});
+    s.on('close', () => {
+      resolve({ status, got, ended, rstCode: s.rstCode });
+      session.destroy();
+    });
+  });
+}
+
+test('an HTTP/2 upstream that breaks off a body without Content-Length (RST_STREAM NO_ERROR / CANCEL / INTERNAL_ERROR, GOAWAY, connection closed or reset): HTTP/1.1 clients get no last chunk and a closed connection, HTTP/2 clients RST_STREAM INTERNAL_ERROR, never END_STREAM', async () => {
+  let cut = '';
+  const up = await breakingOrigin(() => ({ cut }));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: up, url: '${up.url}', protocol: h2c, retries: 0, routes: [{paths: [/]}]}
+`);
+  try {
+    for (const c of ['whole', 'whole-then-rst']) {
+      cut = c;
+      const h1 = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 500);
+      assert.match(h1.text, /^HTTP\/1\.1 200 [\s\S]*\r\n\r\na\r\n0123456789\r\n0\r\n\r\n$/, `${c}: ${JSON.stringify(h1.text)}`);
+      assert.equal(h1.closed, false, c);
+      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: true, rstCode: h2constants.NGHTTP2_NO_ERROR }, c);
+    }
+    for (const c of Object.keys(CUTS)) {
+      cut = c;
+      const h1 = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 3000);
+      assert.match(h1.text, /^HTTP\/1\.1 200 /, `${c}: ${JSON.stringify(h1.text)}`);
+      assert.match(h1.text, /transfer-encoding: chunked/i, c);
+      assert.ok(h1.text.endsWith('\r\n\r\na\r\n0123456789\r\n'), `${c}: the body went on or was ended as complete: ${JSON.stringify(h1.text)}`);
+      assert.equal(h1.closed, true, `${c}: the connection was kept`);
+      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: false, rstCode: h2constants.NGHTTP2_INTERNAL_ERROR }, c);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('an HTTP/2 upstream that breaks off a body shorter than its Content-Length: the HTTP/1.1 client\'s connection closes before the length, the HTTP/2 client\'s stream is reset', async () => {
+  let cut = '';
+  const up = await breakingOrigin(() => ({ cut, length: 100 }));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: up, url: '${up.url}', protocol: h2c, retries: 0, routes: [{paths: [/]}]}
+`);
+  try {
+    for (const c of Object.keys(CUTS)) {
+      cut = c;
+      const h1 = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 3000);
+      assert.match(h1.text, /^HTTP\/1\.1 200 [\s\S]*content-length: 100\r\n[\s\S]*\r\n\r\n0123456789$/i, `${c}: ${JSON.stringify(h1.text)}`);
+      assert.equal(h1.closed, true, c);
+      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: false, rstCode: h2constants.NGHTTP2_INTERNAL_ERROR }, c);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('an HTTP/2 upstream stream reset mid-body (NO_ERROR, INTERNAL_ERROR) counts against the target: a passive-health failure each, access log error response-cut', async () => {
+  const up = await breakingOrigin((i) => ({ cut: ['rst-no-error', 'rst-internal-error'][i] ?? 'whole' }));
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-h2cut-'));
+  const log = join(dir, 'access.log');
+  const g = await startGateway(`
+access_log: {destination: file, path: ${log}}
+admin: {listen: 127.0.0.1:0}
+services:
+  - name: up
+    protocol: h2c
+    retries: 0
+    upstream: {targets: [{url: '${up.url}'}], healthcheck: {passive: {failures: 3}}}
+    routes: [{paths: [/]}]
+`);
+  const failures = async (): Promise<number> => {
+    const r = await new Promise<string>((resolve, reject) => {
+      httpRequest(`${g.adminUrl}/health`, (res) => {
+        let b = '';
+        res.on('data', (d: Buffer) => (b += d));
+        res.on('end', () => resolve(b));
+      }).on('error', reject).end();
+    });
+    return (JSON.parse(r) as { targets: Record<string, { failures: number }> }).targets[`up|${up.url}`]!.failures;
+  };
+  try {
+    const first = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 3000);
+    assert.ok(first.closed && first.text.endsWith('\r\n\r\na\r\n0123456789\r\n'), JSON.stringify(first.text));
+    assert.equal(await failures(), 1);
+    const again = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 3000);
+    assert.ok(again.closed && again.text.endsWith('\r\n\r\na\r\n0123456789\r\n'), JSON.stringify(again.text));
+    assert.equal(await failures(), 2);
+    // a whole answer clears the count
+    const second = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 500);
+    assert.ok(second.text.endsWith('\r\n0\r\n\r\n'), JSON.stringify(second.text));
+    assert.equal(await failures(), 0);
+    await until('three access log lines', () => { try { return readFileSync(log, 'utf8').trim().split('\n').length >= 3; } catch { return false; } }, 3000);
+    const [cut, cut2, whole] = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (const l of [cut!, cut2!]) {
+      assert.equal(l.status, 200);
+      assert.equal(l.error, 'response-cut');
+      assert.equal(l.upstream, up.url);
+    }
+    assert.equal(whole!.error, null);
+  } finally {
     await g.close();
     await up.close();
   }

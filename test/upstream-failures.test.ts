@@ -8,6 +8,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
+import { connect as h2connect, constants as h2constants } from 'node:http2';
 import { fetch, Agent } from 'undici';
 import { rawRequest, startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
 import { header, parseOne, type Msg } from './framing.js';
@@ -315,6 +316,38 @@ test('chunked response cut mid-stream: the client read fails', { timeout: 10_000
     assert.doesNotMatch(c.pending, /\r\n0\r\n\r\n$/);
   } finally {
     c.close();
+  }
+});
+
+test('an HTTP/1.1 upstream that cuts its body (short of its Content-Length, or mid-chunked): an HTTP/2 client\'s stream is reset (INTERNAL_ERROR), never ended with END_STREAM', { timeout: 10_000 }, async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: flaky
+    url: ${origin.url}
+    timeouts: {connect: 1s, response: 300ms, read: 500ms}
+    routes: [{paths: [/u]}]
+`);
+  const session = h2connect(g.url);
+  session.on('error', () => {});
+  try {
+    for (const [path, got] of [['/u/truncated', 10], ['/u/chunk-cut', 12]] as const) {
+      const r = await new Promise<{ status: number; got: number; ended: boolean; rstCode: number | undefined }>((resolve) => {
+        const st = session.request({ ':path': path });
+        let status = 0;
+        let n = 0;
+        let ended = false;
+        st.on('response', (h) => (status = Number(h[':status'])));
+        st.on('data', (c: Buffer) => (n += c.length));
+        st.on('end', () => (ended = true));
+        st.on('error', () => {});
+        st.on('close', () => resolve({ status, got: n, ended, rstCode: st.rstCode }));
+      });
+      assert.deepEqual(r, { status: 200, got, ended: false, rstCode: h2constants.NGHTTP2_INTERNAL_ERROR }, path);
+    }
+  } finally {
+    session.destroy();
+    await g.close();
   }
 });
 

@@ -11,7 +11,7 @@ import { FD_EXHAUSTED, fdWatch } from '../core/fd-limit.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { onReusedConnection } from './pools.js';
-import { h2Streams } from './h2-streams.js';
+import { H2_STREAM_CUT, h2Streams } from './h2-streams.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
@@ -36,6 +36,12 @@ export function noTargetRetryAfter(svc: CompiledService): Record<string, string>
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_CONNECT_TIMEOUT']);
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/**
+ * An upstream HTTP/2 stream that ended without END_STREAM: reset with an error code (node's
+ * ERR_HTTP2_STREAM_ERROR), or with NO_ERROR / CANCEL (h2-streams.ts). A body cut so counts
+ * against the target as a reset connection does.
+ */
+const H2_CUTS = new Set(['ERR_HTTP2_STREAM_ERROR', H2_STREAM_CUT]);
 /** Marks an attempt aborted by the gateway to retry it (its status was in retry_on). */
 const RETRY = new Error('retrying on another target');
 /** Aborts an attempt that was given up while it connected. */
@@ -1090,6 +1096,8 @@ export class ForwardHandler {
     // A 204 or 304 ends with its header section whatever its Content-Length says (RFC 9112
     // §6.3); undici still checks the length and drops the connection: the response is whole.
     if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && (this.status === 204 || this.status === 304)) return this.onComplete(null);
+    // Likewise an HTTP/2 stream closed (NO_ERROR, CANCEL) after the head of an answer that has no body.
+    if (code === H2_STREAM_CUT && (this.status === 204 || this.status === 304 || f.method === 'HEAD') && this.received === 0) return this.onComplete(null);
     if (code === 'UND_ERR_INVALID_ARG' && !f.res.headersSent) {
       // The request as built here cannot be sent (a header value undici refuses): the
       // gateway's fault, not the target's; nothing went upstream.
@@ -1170,7 +1178,7 @@ export class ForwardHandler {
     // The response already started: end it as broken, never as complete. A body the target
     // stalled, cut or broke counts against it (passive health, latency) as a failed answer would.
     const t = this.target;
-    if (t !== null && (code === 'UND_ERR_BODY_TIMEOUT' || RESETS.has(code) || code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH')) {
+    if (t !== null && (code === 'UND_ERR_BODY_TIMEOUT' || RESETS.has(code) || H2_CUTS.has(code) || code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH')) {
       const svc = f.service;
       if (svc.health.passive !== null) svc.reporter.passive(t.state.key, false);
       if (svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, Date.now());
@@ -1200,6 +1208,8 @@ function describeUpstreamError(code: string, err: Error, service: CompiledServic
       return ['bad-request', 'the request body does not match its Content-Length'];
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
       return ['bad-gateway', `service "${service.name}" sent a body that does not match its Content-Length`];
+    case H2_STREAM_CUT:
+      return ['bad-gateway', `service "${service.name}" closed its HTTP/2 stream before the end of its response`];
     default:
       if (code.startsWith('HPE_') || err.name === 'HTTPParserError') {
         return ['bad-gateway', `service "${service.name}" sent an invalid HTTP response`];

@@ -1,5 +1,5 @@
 /**
- * Three corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
+ * Four corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
  * ClientHttp2Stream it opens on an upstream connection of ours:
  *
  * 1. An abort resets the stream with CANCEL. undici aborts a stream with `stream.close()`, which
@@ -16,8 +16,14 @@
  *    stream's flow-control window).
  * 3. An empty request body ends the stream: undici writes nothing for a body whose length it
  *    finds to be 0 (content-length: 0) and never ends the stream's writable side.
+ * 4. A body cut short is not complete. Only END_STREAM ends an HTTP/2 response (RFC 9113 §8.1);
+ *    node:http2 ends the readable side of a stream reset with NO_ERROR or CANCEL (RST_STREAM)
+ *    as if END_STREAM had come, and undici reports the response complete: a body without
+ *    Content-Length was forwarded as whole (HTTP/1.1 client: the terminating 0-chunk; HTTP/2:
+ *    END_STREAM) and could be cached. Such a stream now fails with H2_STREAM_CUT instead of
+ *    ending. (A reset with another code, a GOAWAY or a dead connection already failed it.)
  *
- * undici offers no option for either, and hands its handlers neither the stream nor the
+ * undici offers no option for any of these, and hands its handlers neither the stream nor the
  * session. The session is reached where undici stores it on the socket our connector returns
  * (its `kHTTP2Session` symbol, from undici/lib/core/symbols.js): an accessor there sees it set
  * inside connectH2, before any stream is opened, and wraps `session.request`. Should an undici
@@ -41,12 +47,20 @@ const SESSION: symbol | null = typeof undiciSymbols.kHTTP2Session === 'symbol' ?
 /** hooked: a session was reached (streams are cancelled with CANCEL and may be paused). */
 export const h2Streams = { hooked: false };
 
+/** Error code of an upstream HTTP/2 stream closed before END_STREAM without an error of its own (see 4.). */
+export const H2_STREAM_CUT = 'TURNPIKE_H2_STREAM_CUT';
+
 const HELD = Symbol('turnpike.heldEvents');
-type Stream = ClientHttp2Stream & { [HELD]?: unknown[][] };
+/** How the readable side ended: END_STREAM came (EOF_WHOLE), or the stream closed first (EOF_CUT). */
+const EOF = Symbol('turnpike.eof');
+const EOF_WHOLE = 1;
+const EOF_CUT = 2;
+type Stream = ClientHttp2Stream & { [HELD]?: unknown[][]; [EOF]?: number };
 
 let request: ClientHttp2Session['request'] | null = null;
 let close: ClientHttp2Stream['close'] | null = null;
 let emit: ClientHttp2Stream['emit'] | null = null;
+let push: ClientHttp2Stream['push'] | null = null;
 
 function closeWithCancel(this: Stream, code?: number, callback?: () => void): void {
   close!.call(this, code ?? constants.NGHTTP2_CANCEL, callback);
@@ -59,6 +73,15 @@ function closeWithCancel(this: Stream, code?: number, callback?: () => void): vo
  * until its readable side ends. (A flowing stream holds none: nothing changes for it.)
  */
 function emitAfterBody(this: Stream, event: string | symbol): boolean {
+  if (event === 'end' && this[EOF] === EOF_CUT && this.listenerCount('error') > 0) {
+    // 4. Failed, not ended (undici listens to 'error' until the request settles).
+    this[EOF] = EOF_WHOLE;
+    const code = this.rstCode === constants.NGHTTP2_CANCEL ? 'CANCEL' : this.rstCode === constants.NGHTTP2_NO_ERROR ? 'NO_ERROR' : String(this.rstCode);
+    const err = Object.assign(new Error(`the upstream closed the HTTP/2 stream (${code}) before the end of its response`), { code: H2_STREAM_CUT });
+    Reflect.apply(emit!, this, ['error', err]);
+    if (!this.destroyed) this.destroy(); // (node:http2 destroys such a stream at its 'end')
+    return false;
+  }
   if ((event === 'trailers' || event === 'aborted') && this.readableLength > 0 && !this.readableEnded) {
     const held = this[HELD];
     const args = Array.prototype.slice.call(arguments);
@@ -77,6 +100,15 @@ function emitHeld(this: Stream): void {
   for (const args of held) Reflect.apply(emit!, this, args);
 }
 
+/**
+ * 4. The readable side's end (push(null)) as it comes: from END_STREAM while the stream is still
+ * open, or from the stream's close (RST_STREAM, the session gone) before any END_STREAM.
+ */
+function pushEof(this: Stream, chunk: unknown, encoding?: BufferEncoding): boolean {
+  if (chunk === null && this[EOF] === undefined) this[EOF] = this.closed ? EOF_CUT : EOF_WHOLE;
+  return push!.call(this, chunk, encoding);
+}
+
 function requestHooked(this: ClientHttp2Session, headers?: Parameters<ClientHttp2Session['request']>[0], options?: Parameters<ClientHttp2Session['request']>[1]): ClientHttp2Stream {
   // 3. A body known to be empty when the stream opens (a stream body that had ended, a buffer
   // of no bytes): undici sends `content-length: 0` and then writes nothing, never ending the
@@ -85,8 +117,10 @@ function requestHooked(this: ClientHttp2Session, headers?: Parameters<ClientHttp
   const stream = request!.call(this, headers, options);
   close ??= stream.close;
   emit ??= stream.emit;
+  push ??= stream.push;
   stream.close = closeWithCancel;
   stream.emit = emitAfterBody;
+  stream.push = pushEof;
   return stream;
 }
 
