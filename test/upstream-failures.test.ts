@@ -10,7 +10,8 @@ import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
 import { connect as h2connect, constants as h2constants } from 'node:http2';
 import { fetch, Agent } from 'undici';
-import { rawRequest, startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
+import { countRequests, rawRequest, request, startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
+import { startRawH2Origin } from './h2-raw-origin.js';
 import { header, parseOne, type Msg } from './framing.js';
 
 /** A raw keep-alive client connection: send requests one at a time, read whole responses. */
@@ -397,6 +398,40 @@ test('a client-supplied X-Request-Id is the problem request_id', { timeout: 10_0
   assert.equal(res.status, 502);
   const p = assertProblem(502, 'bad-gateway', res.headers, await res.text());
   assert.equal(p.request_id, 'probe-42');
+});
+
+test('an unrequested 100 Continue: from an HTTP/1.1 upstream a 502 invalid-upstream-response that names it, the request sent once (undici refuses any 100 and drops the connection: no "stale connection" replay); from an HTTP/2 upstream the 1xx are dropped and the final answer forwarded', { timeout: 10_000 }, async () => {
+  // (the gateway never sends Expect upstream: undici refuses the header, so any 100 is unrequested)
+  const h1 = await startRawOrigin((data) => (data.includes('\r\n\r\n') ? 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok' : null));
+  const h2 = await startRawH2Origin((s) => {
+    s.headers(100);
+    s.headers(103, { link: '</a.css>; rel=preload' });
+    s.headers(200, { 'content-length': '2' });
+    s.data('ok', true);
+  });
+  const g = await startGateway(`
+services:
+  - {name: h1, url: '${h1.url}', retries: 2, routes: [{paths: [/h1]}]}
+  - {name: h2, url: '${h2.url}', protocol: h2c, routes: [{paths: [/h2]}]}
+`);
+  try {
+    const r = await fetch(`${g.url}/h1/x`, { dispatcher: agent });
+    assert.equal(r.status, 502);
+    assertProblem(502, 'invalid-upstream-response', r.headers, await r.text(), /"h1" sent a 100 Continue it was not asked for/);
+    assert.equal(countRequests(h1.received()), 1, 'the request was sent again');
+    const post = await fetch(`${g.url}/h1/x`, { dispatcher: agent, method: 'POST', body: 'hello' });
+    assert.equal(post.status, 502);
+    await post.text();
+    assert.equal(countRequests(h1.received()), 2);
+    const ok = await request(`${g.url}/h2/x`);
+    assert.equal(ok.status, 200);
+    assert.equal(ok.body, 'ok');
+    assert.deepEqual(ok.informational, [], 'undici\'s HTTP/2 client reports no 1xx: none is forwarded');
+  } finally {
+    await g.close();
+    await h1.close();
+    await h2.close();
+  }
 });
 
 test('204 and 304 from the upstream end at their head whatever Content-Length says; the connection goes on', { timeout: 10_000 }, async () => {

@@ -42,6 +42,14 @@ const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED
  * against the target as a reset connection does.
  */
 const H2_CUTS = new Set(['ERR_HTTP2_STREAM_ERROR', H2_STREAM_CUT]);
+/**
+ * undici's HTTP/1.1 client (lib/dispatcher/client-h1.js, onHeadersComplete) refuses any 100
+ * Continue outright — it never sends Expect (lib/core/request.js refuses the header), so every
+ * 100 is unrequested — and drops the connection with this SocketError, though RFC 9110 §15.2
+ * has a client read past 1xx it did not expect. No option changes that. With a request running
+ * the message means only that (its other uses are bytes with no request running).
+ */
+const UNDICI_REFUSED_100 = 'bad response';
 /** Marks an attempt aborted by the gateway to retry it (its status was in retry_on). */
 const RETRY = new Error('retrying on another target');
 /** Aborts an attempt that was given up while it connected. */
@@ -1143,7 +1151,11 @@ export class ForwardHandler {
     }
     if (!f.res.headersSent) {
       this.held = null; // (a held response that broke off: nothing of it reached the client)
-      const kind = CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      // An unrequested 100 Continue (see UNDICI_REFUSED_100) is an answer undici cannot read, not
+      // a connection that broke: neither sent again on a fresh connection (its bytes made it look
+      // kept-alive) nor retried (the target answers the same): 502 invalid-upstream-response.
+      const refused100 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_100 && this.status === 0;
+      const kind = refused100 ? null : CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
       const t = this.target;
       if (t !== null && kind === 'reset' && this.status === 0 && !this.staleRetried && onReusedConnection(err) && this.mayReplay()) {
         // A kept-alive connection that broke before any answer: the origin most likely closed
@@ -1168,7 +1180,9 @@ export class ForwardHandler {
         return;
       }
       this.finished = true;
-      const [problem, detail] = describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
+      const [problem, detail] = refused100
+        ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 100 Continue it was not asked for (the gateway's HTTP/1.1 client cannot read past it)`]
+        : describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
       this.outcome = problem !== 'bad-request' ? false : null;
       if (problem === 'bad-request') sendProblem(f.res, 'bad-request', detail, f.requestId, { close: true });
       else this.problem(problem, detail, f.closeAfter);
