@@ -773,7 +773,7 @@ services:
 });
 
 test('durations that run timers are at most 24d (setTimeout turns longer ones into 1 ms: a 30d probe interval probed in a loop)', () => {
-  const long = issuesOf(`dns: {refresh: 25d}
+  const long = issuesOf(`dns: {refresh: 25d, min_ttl: 25d}
 services:
   - name: s
     timeouts: {read: 30d}
@@ -785,7 +785,7 @@ services:
     circuit_breaker: {open_for: 2147483648}
 `);
   assert.deepEqual(long.map((i) => i.path).sort(), [
-    'dns.refresh', 'services[0].circuit_breaker.open_for', 'services[0].timeouts.read',
+    'dns.min_ttl', 'dns.refresh', 'services[0].circuit_breaker.open_for', 'services[0].timeouts.read',
     'services[0].upstream.healthcheck.active.interval', 'services[0].upstream.healthcheck.passive.ejection',
   ]);
   for (const i of long) assert.match(i.message, /at most 24d/);

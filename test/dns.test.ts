@@ -9,8 +9,8 @@ import { lookup } from 'node:dns/promises';
 import { request, sleep, startGateway } from './helpers.js';
 import { systemResolver } from '../src/upstream/dns.js';
 
-/** A DNS server on 127.0.0.1 answering A queries from `zone` (name -> addresses; missing = NXDOMAIN). */
-async function startDns(zone: Map<string, string[]>): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
+/** A DNS server on 127.0.0.1 answering A queries from `zone` (name -> addresses; missing = NXDOMAIN), with the TTL in `ttls` (default 1 s). */
+async function startDns(zone: Map<string, string[]>, ttls = new Map<string, number>()): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
   const sock: UdpSocket = createSocket('udp4');
   const queries: string[] = [];
   sock.on('message', (msg, rinfo) => {
@@ -19,7 +19,7 @@ async function startDns(zone: Map<string, string[]>): Promise<{ port: number; qu
     if (!question) return;
     queries.push(`${question.type} ${question.name}`);
     const addrs = zone.get(question.name);
-    const answers = question.type === 'A' && addrs ? addrs.map((data) => ({ type: 'A' as const, name: question.name, ttl: 1, data })) : [];
+    const answers = question.type === 'A' && addrs ? addrs.map((data) => ({ type: 'A' as const, name: question.name, ttl: ttls.get(question.name) ?? 1, data })) : [];
     const reply = dnsPacket.encode({
       type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (addrs ? 0 : 3) /* NXDOMAIN */,
       questions: q.questions, answers,
@@ -76,6 +76,68 @@ test('a name with two addresses is two targets; a changed answer moves traffic; 
     assert.match((await request(`${g.url}/x`)).body, /^127\.0\.0\.3 /);
   } finally {
     await g.close();
+    await up.close();
+    await dns.close();
+  }
+});
+
+test('with dns.servers a name is asked again when its TTL runs out, held between dns.min_ttl and dns.refresh (not at a fixed interval); a changed answer is taken at once', async () => {
+  const zone = new Map([['short.test', ['127.0.0.2']], ['long.test', ['127.0.0.3']], ['zero.test', ['127.0.0.4']]]);
+  // short: 1 s; long: an hour (refresh, 20 s, caps it); zero: 0 (min_ttl, the default 1 s, raises it)
+  const ttls = new Map([['short.test', 1], ['long.test', 3600], ['zero.test', 0]]);
+  const dns = await startDns(zone, ttls);
+  const up = await startOn(['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 20s}
+services:
+  - {name: short, url: 'http://short.test:${up.port}', routes: [{paths: [/short]}]}
+  - {name: long, url: 'http://long.test:${up.port}', routes: [{paths: [/long]}]}
+  - {name: zero, url: 'http://zero.test:${up.port}', routes: [{paths: [/zero]}]}
+`);
+  const asked = (name: string) => dns.queries.filter((q) => q === `A ${name}`).length;
+  try {
+    assert.deepEqual(['short.test', 'long.test', 'zero.test'].map(asked), [1, 1, 1]);
+    assert.match((await request(`${g.url}/short`)).body, /^127\.0\.0\.2 /);
+    // the short TTL runs out: the new answer is in use about a second later, not after refresh (20 s)
+    zone.set('short.test', ['127.0.0.5']);
+    const t0 = Date.now();
+    let body = '';
+    while (!body.startsWith('127.0.0.5') && Date.now() - t0 < 3000) {
+      await sleep(50);
+      body = (await request(`${g.url}/short`)).body;
+    }
+    assert.match(body, /^127\.0\.0\.5 /, 'the changed answer was not taken when its TTL ran out');
+    await sleep(2500 - (Date.now() - t0));
+    // 2.5 s in: short asked about every second, zero too (raised to min_ttl, never a tight
+    // loop), long not again (an hour's TTL, held to refresh: 20 s)
+    assert.ok(asked('short.test') >= 2 && asked('short.test') <= 4, `short.test asked ${asked('short.test')} times`);
+    assert.ok(asked('zero.test') >= 2 && asked('zero.test') <= 4, `zero.test asked ${asked('zero.test')} times`);
+    assert.equal(asked('long.test'), 1);
+    assert.deepEqual(['short.test', 'long.test', 'zero.test'].map((n) => g.gw.dns.ttlMs(n)), [1000, 3_600_000, 0]);
+  } finally {
+    await g.close();
+    await up.close();
+    await dns.close();
+  }
+});
+
+test('dns.min_ttl raises a short TTL; refresh below it wins', async () => {
+  const zone = new Map([['a.test', ['127.0.0.2']]]);
+  const dns = await startDns(zone, new Map([['a.test', 0]]));
+  const up = await startOn(['127.0.0.2']);
+  const asked = () => dns.queries.filter((q) => q === 'A a.test').length;
+  try {
+    for (const [settings, min, max] of [['refresh: 10s, min_ttl: 800ms', 2, 3], ['refresh: 300ms, min_ttl: 5s', 3, 8]] as const) {
+      const before = asked();
+      const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], ${settings}}\nservices:\n  - {name: a, url: 'http://a.test:${up.port}', routes: [{paths: [/]}]}\n`);
+      try {
+        await sleep(1900);
+        const n = asked() - before;
+        assert.ok(n >= min && n <= max, `${settings}: asked ${n} times in 1.9 s`);
+      } finally {
+        await g.close();
+      }
+    }
+  } finally {
     await up.close();
     await dns.close();
   }

@@ -290,6 +290,7 @@ export function dnsSettings(cfg: TurnpikeConfigInput): DnsSettings {
   return {
     servers: cfg.dns?.servers ?? null,
     refreshMs: Math.min(MAX_TIMER_MS, Math.max(100, parseDuration(cfg.dns?.refresh ?? '30s'))),
+    minTtlMs: Math.min(MAX_TIMER_MS, Math.max(100, parseDuration(cfg.dns?.min_ttl ?? '1s'))),
     timeoutMs: Math.min(MAX_TIMER_MS, Math.max(1, parseDuration(cfg.dns?.timeout ?? '2s'))),
   };
 }
@@ -336,7 +337,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (ms > MAX_TIMER_MS) fail(path, 'must be at most 24d (2147483647 ms, the longest timer)');
     return Math.min(ms, MAX_TIMER_MS);
   };
-  for (const k of ['refresh', 'timeout'] as const) {
+  for (const k of ['refresh', 'min_ttl', 'timeout'] as const) {
     const v = cfg.dns?.[k];
     if (v !== undefined) timer(['dns', k], v);
   }

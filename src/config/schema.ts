@@ -277,8 +277,9 @@ export const TurnpikeConfig = Strict({
       minItems: 1, description: 'DNS servers (ip or ip:port) for upstream names; default: the system resolver (/etc/hosts, nsswitch).',
     })),
     refresh: Type.Optional(Duration),
+    min_ttl: Type.Optional(Duration),
     timeout: Type.Optional(Duration),
-  }, { description: 'Upstream names are resolved by the gateway: each address is a target; re-resolved every refresh (default 30s); a lookup is given up after timeout (default 2s; the system resolver too) and the name keeps its last answer.' })),
+  }, { description: 'Upstream names are resolved by the gateway: each address is a target. With servers, a name is re-resolved when its answer\'s TTL runs out, held between min_ttl (default 1s) and refresh (default 30s); from the system resolver (no TTL) and after a failed lookup, every refresh. A lookup is given up after timeout (default 2s; the system resolver too) and the name keeps its last answer.' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   store: Type.Optional(Type.String({
     pattern: '^(file|sqlite:.+|postgres(ql)?://.+)$',

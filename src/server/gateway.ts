@@ -286,7 +286,10 @@ export class Gateway implements RequestContext {
   /** DNS answers of the running snapshot (replaced together with it). */
   dns: DnsCache;
   private dnsTimer: NodeJS.Timeout | undefined;
-  private dnsTimerMs = 0;
+  /** When the DNS timer fires (epoch ms; 0: not set). */
+  private dnsTimerAt = 0;
+  /** A DNS round is running (it schedules the next one when done). */
+  private dnsRound = false;
   private readonly onSwap: GatewayOptions['onSwap'];
   /** Counters for limits: this node's (in the primary with workers), and Redis when configured. */
   readonly counters: { local: CounterStore; redis: CounterStore | null };
@@ -540,41 +543,61 @@ export class Gateway implements RequestContext {
     return dns;
   }
 
+  /** When the next upstream name is due to be asked again (at most dns.refresh from now). */
+  private nextDnsAt(now: number): number {
+    let at = now + this.dns.refreshMs;
+    for (const name of upstreamNames(this.loaded.config)) at = Math.min(at, this.dns.dueAt(name, now));
+    // (at least 100 ms apart: a round that could not record its answers does not spin)
+    return Math.max(at, now + 100);
+  }
+
   private scheduleDnsRefresh(): void {
     clearTimeout(this.dnsTimer);
     if (this.draining) return;
-    this.dnsTimerMs = this.dns.refreshMs;
-    this.dnsTimer = setTimeout(() => void this.refreshDns(), this.dnsTimerMs);
+    const now = Date.now();
+    this.dnsTimerAt = this.nextDnsAt(now);
+    this.dnsTimer = setTimeout(() => void this.refreshDns(), this.dnsTimerAt - now);
     this.dnsTimer.unref();
   }
 
   /**
-   * Re-resolves every upstream name into a copy; a changed answer recompiles the running config
-   * with it. While another reload is under way this round is skipped: the running answers did
-   * not change, so the next round sees the difference again (nothing is lost if that reload fails).
+   * Re-resolves the upstream names that are due (dns.ts: their TTL, or dns.refresh) into a
+   * copy; a changed answer recompiles the running config with it. The running cache learns when
+   * each was asked either way. While another reload is under way the new answers are not taken:
+   * the running ones did not change, so the name's next round sees the difference again
+   * (nothing is lost if that reload fails).
    */
   private async refreshDns(): Promise<void> {
+    if (this.dnsRound) return;
+    this.dnsRound = true;
     try {
       const names = upstreamNames(this.loaded.config);
-      if (names.length) {
+      // (names due within 50 ms go in this round too)
+      const now = Date.now() + 50;
+      const due = names.filter((n) => this.dns.dueAt(n, now) <= now);
+      if (due.length) {
         const next = this.dns.fork(this.dns.settings);
-        const { changed, failed } = await next.refresh(names);
+        const { changed, failed } = await next.refresh(due);
+        this.dns.adoptAsked(next, due);
         // Said when a name starts failing and when it resolves again, not every round.
         const nowFailing = new Set<string>();
+        for (const host of this.dnsFailing) if (!due.includes(host) && names.includes(host)) nowFailing.add(host);
         for (const f of failed) {
           nowFailing.add(f.host);
           if (!this.dnsFailing.has(f.host)) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
           else this.log.debug({ host: f.host, error: f.error }, 'upstream name still fails to resolve');
         }
-        for (const host of this.dnsFailing) if (!nowFailing.has(host) && names.includes(host)) this.log.info({ host }, 'upstream name resolves again');
+        for (const host of this.dnsFailing) if (!nowFailing.has(host) && due.includes(host)) this.log.info({ host }, 'upstream name resolves again');
         this.dnsFailing = nowFailing;
         if (changed && !this.draining && this.reloading === 0) {
-          this.log.info({ dns: Object.fromEntries(names.map((n) => [n, next.get(n)])) }, 'upstream addresses changed');
+          this.log.info({ dns: Object.fromEntries(due.map((n) => [n, next.get(n)])) }, 'upstream addresses changed');
           await this.reloadAsync(this.loaded, { dns: next });
         }
       }
     } catch (err) {
       this.log.error({ err: err instanceof ConfigError ? err.message : String(err) }, 'recompiling with new DNS answers failed');
+    } finally {
+      this.dnsRound = false;
     }
     this.scheduleDnsRefresh();
   }
@@ -1145,7 +1168,8 @@ export class Gateway implements RequestContext {
     prev.dispose();
     this.health?.sync(next);
     this.log.info({ revision: this.revision, hash: next.hash }, 'config reloaded');
-    if (this.role !== 'worker' && this.dns.refreshMs !== this.dnsTimerMs) this.scheduleDnsRefresh();
+    // (a name new in this config, or a shorter dns.refresh, may be due before the timer)
+    if (this.role !== 'worker' && !this.dnsRound && this.nextDnsAt(Date.now()) < this.dnsTimerAt) this.scheduleDnsRefresh();
     this.onSwap?.(loaded, next);
     return next;
   }

@@ -1,10 +1,13 @@
 /**
  * DNS for upstream targets given by name. Every name is resolved before a snapshot is
  * compiled, and each address becomes a target of its own (own pool, own health, own share of
- * the balancer), sent the name as Host and, over TLS, as SNI. Names are re-resolved every
- * `dns.refresh`; when an answer changes, the gateway recompiles the same config with the new
- * addresses (in-flight requests finish on the old snapshot). A failed lookup keeps the last
- * good answer; a name that never resolved has no targets (503 no-healthy-target) until it does.
+ * the balancer), sent the name as Host and, over TLS, as SNI. A name is asked again when its
+ * answer runs out: with `dns.servers`, at the answer's TTL (the lowest of its records), held
+ * between `dns.min_ttl` and `dns.refresh`; from the system resolver (which gives no TTL) and
+ * after a failed lookup, every `dns.refresh`. When an answer changes, the gateway recompiles the
+ * same config with the new addresses (in-flight requests finish on the old snapshot). A failed
+ * lookup keeps the last good answer; a name that never resolved has no targets (503
+ * no-healthy-target) until it does.
  *
  * Resolver: the system's (getaddrinfo: /etc/hosts, nsswitch) by default, or the DNS servers
  * given in `dns.servers` (A and AAAA queries). Either way a lookup is given up after
@@ -26,16 +29,27 @@ const hanging = new Map<string, Promise<string[]>>();
 
 export interface DnsSettings {
   servers: string[] | null;
+  /** The longest an answer is used before the name is asked again (and the interval without a TTL). */
   refreshMs: number;
+  /** The shortest: a lower TTL (0 included) is raised to it. */
+  minTtlMs: number;
   timeoutMs: number;
+}
+
+/** When a name was last asked, and its answer's TTL in ms (null: none known, or the lookup failed). */
+interface Asked {
+  at: number;
+  ttlMs: number | null;
 }
 
 export class DnsCache {
   private readonly answers: Map<string, string[]>;
+  private readonly asked: Map<string, Asked>;
   private readonly resolver: dns.Resolver | null = null;
 
-  constructor(readonly settings: DnsSettings, answers?: Map<string, string[]>) {
+  constructor(readonly settings: DnsSettings, answers?: Map<string, string[]>, asked?: Map<string, Asked>) {
     this.answers = answers ?? new Map();
+    this.asked = asked ?? new Map();
     if (settings.servers) {
       this.resolver = new dns.Resolver({ timeout: settings.timeoutMs, tries: 2 });
       this.resolver.setServers(settings.servers);
@@ -53,11 +67,35 @@ export class DnsCache {
    */
   fork(settings: DnsSettings): DnsCache {
     const same = JSON.stringify([settings.servers, settings.timeoutMs]) === JSON.stringify([this.settings.servers, this.settings.timeoutMs]);
-    return new DnsCache(settings, same ? new Map(this.answers) : undefined);
+    return same ? new DnsCache(settings, new Map(this.answers), new Map(this.asked)) : new DnsCache(settings);
   }
 
   get refreshMs(): number {
     return this.settings.refreshMs;
+  }
+
+  /**
+   * When `host` is to be asked again: its TTL held between min_ttl and refresh (min_ttl above
+   * refresh: refresh), or refresh when no TTL is known; now for a name never asked.
+   */
+  dueAt(host: string, now = Date.now()): number {
+    const a = this.asked.get(host);
+    if (a === undefined) return now;
+    const { refreshMs, minTtlMs } = this.settings;
+    return a.at + (a.ttlMs === null ? refreshMs : Math.min(refreshMs, Math.max(minTtlMs, a.ttlMs)));
+  }
+
+  /** The TTL of the last answer for `host` in ms (null: none known). */
+  ttlMs(host: string): number | null {
+    return this.asked.get(host)?.ttlMs ?? null;
+  }
+
+  /** Takes on when `hosts` were asked (and their TTLs) from the cache they were resolved into. */
+  adoptAsked(from: DnsCache, hosts: Iterable<string>): void {
+    for (const h of hosts) {
+      const a = from.asked.get(h);
+      if (a !== undefined) this.asked.set(h, a);
+    }
   }
 
   /** Addresses of `host` (sorted), [] when it never resolved, undefined when never asked. */
@@ -70,13 +108,16 @@ export class DnsCache {
     return Object.fromEntries(this.answers);
   }
 
-  private async lookup(host: string): Promise<string[]> {
+  /** The addresses of `host`, and the lowest TTL of their records in ms (null from the system resolver). */
+  private async lookup(host: string): Promise<{ addrs: string[]; ttlMs: number | null }> {
     if (this.resolver) {
       const r = this.resolver;
-      const [v4, v6] = await Promise.allSettled([r.resolve4(host), r.resolve6(host)]);
-      const out = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
-      if (out.length === 0) throw v4.status === 'rejected' ? v4.reason : new Error(`no address for ${host}`);
-      return out;
+      const [v4, v6] = await Promise.allSettled([r.resolve4(host, { ttl: true }), r.resolve6(host, { ttl: true })]);
+      const records = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
+      if (records.length === 0) throw v4.status === 'rejected' ? v4.reason : new Error(`no address for ${host}`);
+      let ttl = Infinity;
+      for (const rec of records) if (rec.ttl < ttl) ttl = rec.ttl;
+      return { addrs: records.map((rec) => rec.address), ttlMs: ttl * 1000 };
     }
     // getaddrinfo cannot be cancelled and holds one of libuv's four threadpool threads (shared
     // with file and crypto work) while it waits: a name whose lookup still hangs is not asked
@@ -87,9 +128,10 @@ export class DnsCache {
       hanging.set(host, p);
     }
     const ms = this.settings.timeoutMs;
-    return withDeadline(p, ms, `no answer within ${ms} ms`).catch((err: Error) => {
+    const addrs = await withDeadline(p, ms, `no answer within ${ms} ms`).catch((err: Error) => {
       throw err.message === `no answer within ${ms} ms` ? Object.assign(err, { code: 'ETIMEOUT' }) : err;
     });
+    return { addrs, ttlMs: null };
   }
 
   /**
@@ -102,8 +144,11 @@ export class DnsCache {
     await Promise.all([...new Set(hosts)].map(async (host) => {
       let addrs: string[];
       try {
-        addrs = [...new Set(await this.lookup(host))].sort();
+        const got = await this.lookup(host);
+        addrs = [...new Set(got.addrs)].sort();
+        this.asked.set(host, { at: Date.now(), ttlMs: got.ttlMs });
       } catch (err) {
+        this.asked.set(host, { at: Date.now(), ttlMs: null });
         failed.push({ host, error: (err as { code?: string }).code ?? (err as Error).message });
         if (!this.answers.has(host)) {
           this.answers.set(host, []);
