@@ -5,6 +5,7 @@ import { connect as h2connect, constants as h2constants, createServer as createH
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { request as httpRequest } from 'node:http';
 import { rawRequest, request, startGateway, startRawOrigin, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
+import { H2_NO_ERROR, startRawH2Origin } from './h2-raw-origin.js';
 
 interface H2Response { status: number; headers: IncomingHttpHeaders; body: string; trailers: IncomingHttpHeaders | null }
 
@@ -301,6 +302,33 @@ routes:
     const r = await request(`${g.url}/compose`);
     assert.equal(r.status, 502, r.body);
     assert.match(r.body, /Content-Length/);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a composition step whose HTTP/2 upstream resets its stream (NO_ERROR) mid-body without Content-Length fails the step (the JSON prefix is not the answer)', async () => {
+  const up = await startRawH2Origin((s) => {
+    s.headers(200, { 'content-type': 'application/json' });
+    s.data('{"a":1}'); // (valid JSON on its own: the rest never comes)
+    setTimeout(() => s.rst(H2_NO_ERROR), 30);
+  });
+  const g = await startGateway(`
+services:
+  - {name: cut, url: "${up.url}", protocol: h2c, retries: 0}
+routes:
+  - name: composed
+    paths: [/compose]
+    methods: [GET]
+    compose:
+      steps:
+        - {name: part, service: cut, path: /x, retries: 0}
+`);
+  try {
+    const r = await request(`${g.url}/compose`);
+    assert.equal(r.status, 502, r.body);
+    assert.match(r.body, /closed its HTTP\/2 stream before the end of its answer/);
   } finally {
     await g.close();
     await up.close();

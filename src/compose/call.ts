@@ -8,6 +8,7 @@
  * passive health, latency and in-flight counts like a proxied request does.
  */
 import { grantSlots } from '../upstream/forward.js';
+import { H2_STREAM_CUT } from '../upstream/h2-streams.js';
 import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
 import { errors, type Dispatcher, type Pool } from 'undici';
 import type { CompiledService, Target } from '../config/compile.js';
@@ -356,6 +357,10 @@ class StepExchange implements Dispatcher.DispatchHandler {
     }
     if (CONNECT_FAILURES.has(code)) return fail(null, `could not connect (${code})`, 'connect');
     if (RESETS.has(code)) return fail(status, `connection lost (${code})`, 'reset');
+    // An HTTP/2 stream closed (RST_STREAM NO_ERROR / CANCEL) before END_STREAM: h2-streams.ts.
+    if (code === H2_STREAM_CUT) {
+      return fail(status, this.declared >= 0 ? `sent ${this.size} of the ${this.declared} bytes its Content-Length announced` : 'closed its HTTP/2 stream before the end of its answer', 'reset');
+    }
     const msg = (err as Error)?.message ?? String(err);
     if (/cert|ssl|tls/i.test(code) || /certificate|ssl|tls/i.test(msg)) return fail(null, `TLS failed: ${code || msg}`, 'other');
     if (code.startsWith('HPE_') || code === 'UND_ERR_INFO') return fail(null, `invalid HTTP response (${code})`, 'other');
