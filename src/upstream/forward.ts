@@ -79,6 +79,8 @@ const NOT_TRAILERS = new Set([
 
 /** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
 const PRECISE_TIMEOUT_BELOW_MS = 10_000;
+/** A retry needs at least this much of the deadline left (after its backoff) to be tried. */
+const MIN_RETRY_LEFT_MS = 10;
 
 export interface ForwardRequest {
   req: IncomingMessage;
@@ -557,7 +559,7 @@ export class ForwardHandler {
    */
   private retryLater(): void {
     const base = Math.min(250, 25 * 2 ** Math.max(0, this.attempts - 1));
-    const delay = Math.min(Math.round(base * (0.5 + Math.random() / 2)), Math.max(0, this.deadline - Date.now() - 1));
+    const delay = Math.min(Math.round(base * (0.5 + Math.random() / 2)), Math.max(0, this.deadline - Date.now() - MIN_RETRY_LEFT_MS));
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.attempt();
@@ -635,7 +637,10 @@ export class ForwardHandler {
     const on = svc.retryOn;
     if (kind === 'connect-error' ? !on.connectError : kind === 'timeout' ? !on.timeout : kind === 'reset' ? !on.reset : !on.statuses.has(kind)) return false;
     const now = Date.now();
-    if (now >= this.deadline) return false;
+    // An attempt with a few ms of the deadline left cannot be answered: it would only load the
+    // next target (a timer firing a ms before Date.now() reached the deadline started a third
+    // attempt of 1 ms where two were due).
+    if (this.deadline - now < MIN_RETRY_LEFT_MS) return false;
     const st = svc.state;
     if (svc.budget.minPerSecond > 0) {
       const cap = Math.max(10, svc.budget.ratio * 100, svc.budget.minPerSecond);
