@@ -303,6 +303,9 @@ test('a password written in a URL is masked in every config error that quotes th
   // a password given as a query parameter (?password=, ?sslpassword=, ?token=...)
   check(issuesOf('redis: {url: "http://127.0.0.1:6379/?password=hunter2literal"}\n'), 'redis', 'http://127.0.0.1:6379/?password=***');
   check(issuesOf('services:\n  - name: s\n    url: "http://127.0.0.1:bad/?access_token=hunter2literal&q=1"\n'), 'services[0].url', '"http://127.0.0.1:bad/?access_token=***&q=1"');
+  // an object quoted whole (a union's value) masks members named like secrets, known or not
+  check(issuesOf('redis: {url: "redis:x", password: hunter2literal}\n'), 'redis', '"password":"***"');
+  check(issuesOf('redis: {url: "redis://127.0.0.1:6379", auth: {token: hunter2literal}}\n'), 'redis', '"token":"***"');
   // a composition step's URL
   check(issuesOf('routes:\n  - name: r\n    paths: [/r]\n    compose:\n      steps:\n        - {name: a, url: "http://u:hunter2literal@127.0.0.1:bad/x"}\n'), 'routes[0].compose.steps[0].url', '"http://u:***@127.0.0.1:bad/x"');
   // and the whole message (what start, validate and a rejected reload print)

@@ -29,6 +29,39 @@ interface SchemaLike {
   pattern?: string;
   anyOf?: SchemaLike[];
   const?: unknown;
+  properties?: Record<string, SchemaLike>;
+  items?: SchemaLike;
+}
+
+/** A key whose value is a secret by its name (a password, a token, a key...), whatever the schema says. */
+const SECRET_KEY = /pass|pwd|secret|token|key|credential|auth/i;
+
+/** The schema of `key` inside an object value of `schema` (any union member that names it). */
+function propertySchema(schema: SchemaLike | undefined, key: string): SchemaLike | undefined {
+  if (schema === undefined) return undefined;
+  const own = schema.properties?.[key];
+  if (own !== undefined) return own;
+  for (const m of schema.anyOf ?? []) {
+    const s = propertySchema(m, key);
+    if (s !== undefined) return s;
+  }
+  return undefined;
+}
+
+/**
+ * A value as quoted in an error: inside objects, the values of writeOnly members and of keys
+ * named like a secret (`password`, `api_key`, `token`...: possibly an unknown key the schema
+ * cannot mark) are masked, at any depth. Errors reach logs and admin API answers.
+ */
+function quotable(value: unknown, schema: SchemaLike | undefined, depth = 0): unknown {
+  if (value === null || typeof value !== 'object' || depth > 32) return value;
+  if (Array.isArray(value)) return value.map((v) => quotable(v, schema?.items, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    const sub = propertySchema(schema, k);
+    out[k] = sub?.writeOnly === true || (SECRET_KEY.test(k) && (typeof v === 'string' || typeof v === 'number')) ? '***' : quotable(v, sub, depth + 1);
+  }
+  return out;
 }
 
 /** What a union accepts, in words: a duration, a size, its description, or its literals. */
@@ -50,7 +83,7 @@ export function schemaIssues(errors: Iterable<ValueError>): { path: PathSegment[
     let message = lcFirst(e.message);
     const schema = e.schema as SchemaLike;
     // A secret (writeOnly) is never quoted back: errors reach logs.
-    const given = schema.writeOnly === true ? 'invalid value' : `invalid value ${JSON.stringify(e.value)}`;
+    const given = schema.writeOnly === true ? 'invalid value' : `invalid value ${JSON.stringify(quotable(e.value, schema))}`;
     if (e.type === ValueErrorType.ObjectAdditionalProperties) message = `unknown key "${String(path[path.length - 1])}"`;
     else if (e.type === ValueErrorType.ObjectRequiredProperty) message = 'is required';
     else if (e.type === ValueErrorType.Union) {
