@@ -569,6 +569,9 @@ test('rollback writes a new revision with an old document; revisions show who di
     // (the unnamed route of orders goes by its index: orders.1 became orders.0 when orders-api went)
     assert.deepEqual(dry.json.changes.routes, { added: ['orders-api', 'orders.1'], removed: ['orders.0'], changed: [] });
     assert.equal((await api.store.current())!.revision, 3);
+    // a dry run judges If-Match as the real one does
+    isProblem(await api.call('POST', '/api/revisions/1/rollback?dry_run=true', { headers: { 'if-match': '"r2"' } }), 412, 'precondition-failed');
+    assert.equal((await api.call('POST', '/api/revisions/1/rollback?dry_run=true', { headers: { 'if-match': '"r3"' } })).status, 200);
     isProblem(await api.call('POST', '/api/revisions/1/rollback', { headers: { 'if-match': '"r2"' } }), 412, 'precondition-failed');
     const rb = await api.call('POST', '/api/revisions/1/rollback', { headers: { 'if-match': '"r3"' } });
     assert.equal(rb.status, 201, rb.text);

@@ -534,6 +534,8 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     };
     if (dryRun) {
       const { doc, revision } = await current();
+      // (a dry run answers what the real one would: 412 when its precondition fails)
+      checkIfMatch(pre, revision, null);
       const s = stage(doc);
       const v = await runValidate(s.doc);
       if (!v.ok) throw invalid(errorsOf(s, v.errors));
