@@ -173,7 +173,7 @@ function depth(pattern: string): number {
 /** Answers with a problem. Malformed requests close the connection; unroutable ones do not. */
 function reject(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string,
-  code: ProblemCode, detail: string, extra?: Record<string, string>,
+  code: ProblemCode, detail: string, extra?: Record<string, string | string[]>,
 ): undefined {
   // HTTP/2: a stream ends alone (the session stays up; draining sends a GOAWAY).
   const close = !isHttp2(req) && (ctx.draining || (code !== 'no-route' && code !== 'method-not-allowed'));
@@ -613,7 +613,8 @@ export function handleRequest(
     if (pctx.bodyLimit !== null && hasBody) {
       // Declared too big: refused before a byte of it is read (and without a 100 Continue).
       if (cl !== undefined && Number(cl) > pctx.bodyLimit) {
-        reject(ctx, req, res, requestId, 'payload-too-large', `the request body is larger than ${pctx.bodyLimit} bytes`);
+        // (with what plugins added for the client: cors' fields, so a page can read the 413)
+        reject(ctx, req, res, requestId, 'payload-too-large', `the request body is larger than ${pctx.bodyLimit} bytes`, pctx.responseHeaders.length ? headerRecord(pctx.responseHeaders) : undefined);
         return undefined;
       }
     }

@@ -1136,7 +1136,9 @@ export class ForwardHandler {
       if (this.target !== null) this.endAttempt(true); // not the target's fault
       this.finished = true;
       this.outcome = null;
-      if (!f.res.headersSent) sendProblem(f.res, 'payload-too-large', err.message, f.requestId, { close: true });
+      // (with what plugins added for the client, as on the gateway's other answers here)
+      const extra = f.plugins?.extraHeaders;
+      if (!f.res.headersSent) sendProblem(f.res, 'payload-too-large', err.message, f.requestId, { close: true, ...(extra?.length ? { headers: headerRecord(extra) } : {}) });
       else f.res.destroy(err);
       this.release();
       return;

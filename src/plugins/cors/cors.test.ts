@@ -55,6 +55,7 @@ services:
       - {name: normalized, paths: [/normalized], plugins: [{name: cors, config: {origins: ['HTTPS://App.Example.com:443']}}]}
       - {name: pna, paths: [/pna], plugins: [{name: cors, config: {origins: ['${APP}'], private_network: true}}]}
       - {name: plain, paths: [/plain]}
+      - {name: limited, paths: [/limited], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true}}, {name: request-size-limit, config: {max: 16}}]}
   - name: dead
     url: http://127.0.0.1:1
     retries: 0
@@ -334,6 +335,29 @@ test('a reply made by another plugin (key-auth 401) to an allowed origin carries
   assert.equal(c.status, 401);
   assert.deepEqual(corsFields(c), []);
   assert.deepEqual(rawValues(c, 'vary'), ['Origin']);
+});
+
+test('request-size-limit\'s 413 (declared Content-Length, or a chunked body cut at the limit) to an allowed origin carries the CORS fields', T, async () => {
+  const before = up.requests.length;
+  for (const chunked of [false, true]) {
+    const r = await request(`${t.url}/limited`, {
+      method: 'POST', headers: { origin: APP, 'content-type': 'text/plain', ...(chunked ? { 'transfer-encoding': 'chunked' } : {}) }, body: 'x'.repeat(200),
+    });
+    assert.equal(r.status, 413, r.body);
+    assert.deepEqual(rawValues(r, 'access-control-allow-origin'), [APP], `a browser cannot read this 413 (chunked: ${chunked})`);
+    assert.deepEqual(rawValues(r, 'access-control-allow-credentials'), ['true']);
+    assert.deepEqual(rawValues(r, 'vary'), ['Origin'], 'a shared cache must not hand this 413 to another origin');
+    const other = await request(`${t.url}/limited`, {
+      method: 'POST', headers: { origin: 'https://evil.test', 'content-type': 'text/plain', ...(chunked ? { 'transfer-encoding': 'chunked' } : {}) }, body: 'x'.repeat(200),
+    });
+    assert.equal(other.status, 413);
+    assert.deepEqual(corsFields(other), []);
+  }
+  // (a small body still goes through)
+  const ok = await request(`${t.url}/limited`, { method: 'POST', headers: { origin: APP, 'content-type': 'text/plain' }, body: 'small' });
+  assert.equal(ok.status, 200);
+  assert.equal(ok.headers['access-control-allow-origin'], APP);
+  assert.ok(up.requests.length >= before + 1);
 });
 
 // ---- config errors -------------------------------------------------------------------------
