@@ -55,6 +55,8 @@ services:
       - {name: normalized, paths: [/normalized], plugins: [{name: cors, config: {origins: ['HTTPS://App.Example.com:443']}}]}
       - {name: pna, paths: [/pna], plugins: [{name: cors, config: {origins: ['${APP}'], private_network: true}}]}
       - {name: plain, paths: [/plain]}
+      - {name: narrow, paths: [/narrow], methods: [GET, PUT, DELETE], plugins: [{name: cors, config: {origins: ['${APP}'], methods: [GET, PUT]}}]}
+      - {name: any-method, paths: [/any-method], plugins: [{name: cors, config: {origins: ['${APP}'], methods: ['*']}}]}
       - {name: limited, paths: [/limited], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true}}, {name: request-size-limit, config: {max: 16}}]}
   - name: dead
     url: http://127.0.0.1:1
@@ -163,6 +165,24 @@ test('preflight asking for a method the route does not take: 405 (the route is n
   const r = await preflight('/api', APP, 'DELETE');
   assert.equal(r.status, 405, r.body);
   assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:method-not-allowed');
+});
+
+test('preflight asking for a method the route takes but cors `methods` does not list: 204 without any Access-Control-* field', T, async () => {
+  const before = up.requests.length;
+  const no = await preflight('/narrow', APP, 'DELETE', { 'access-control-request-headers': 'x-a' });
+  assert.equal(no.status, 204, no.body);
+  assert.deepEqual(corsFields(no), [], 'the page must not be told it may DELETE');
+  assert.match(String(no.headers['vary']), /^Origin\b/);
+  for (const m of ['PUT', 'put', 'GET']) {
+    const yes = await preflight('/narrow', APP, m);
+    assert.equal(yes.status, 204);
+    assert.equal(yes.headers['access-control-allow-origin'], APP, m);
+    assert.equal(yes.headers['access-control-allow-methods'], 'GET, PUT');
+  }
+  const any = await preflight('/any-method', APP, 'PATCH');
+  assert.equal(any.headers['access-control-allow-origin'], APP);
+  assert.equal(any.headers['access-control-allow-methods'], '*');
+  assert.equal(up.requests.length, before, 'preflights never reach the upstream');
 });
 
 test('preflight: a configured headers list is announced as is; echoed names are filtered to tokens', T, async () => {

@@ -2,8 +2,8 @@
  * cors: the CORS protocol (Fetch standard §3.2) at the gateway. Preflights (ctx.preflight:
  * OPTIONS with Origin and Access-Control-Request-Method, routed as the method they ask about)
  * are answered in onRequest, before authentication: 204, with the Access-Control-Allow-* fields
- * when the origin is allowed and none when it is not (Kong's way: the preflight is answered,
- * the browser refuses the cross-origin request). Actual requests from an allowed origin get
+ * when the origin and the method asked for are allowed and none when not (the preflight is
+ * answered, as Kong does; the browser refuses the cross-origin request). Actual requests from an allowed origin get
  * Access-Control-Allow-Origin / -Credentials / -Expose-Headers on the response, whoever makes
  * it (ctx.addResponseHeader: a 401 from an auth plugin too); on upstream responses they replace
  * the upstream's own, also for origins not allowed. Upstream responses carry Vary: Origin.
@@ -97,7 +97,10 @@ export default definePlugin({
     }
     /** `*` without credentials: the answer is the same for every origin. */
     const wildcard = any && !credentials;
-    const methods = (config.methods ?? DEFAULT_METHODS).map((m) => m.toUpperCase()).join(', ');
+    const methodList = (config.methods ?? DEFAULT_METHODS).map((m) => m.toUpperCase());
+    const methods = methodList.join(', ');
+    /** Methods a preflight may ask for (`*`: any, as in Access-Control-Allow-Methods without credentials). */
+    const methodSet = methodList.includes('*') && !credentials ? null : new Set(methodList);
     const allowHeaders = config.headers !== undefined ? config.headers.join(', ') : null;
     const exposed = config.exposed_headers?.length ? config.exposed_headers.join(', ') : null;
     const maxAge = config.max_age !== undefined ? String(Math.floor(parseDuration(config.max_age) / 1000)) : null;
@@ -131,7 +134,10 @@ export default definePlugin({
         }
         const headers: Record<string, string> = {};
         const vary = ['Origin'];
-        const origin = allowOrigin(ctx.header('origin'));
+        // A method not in `methods` is refused like an origin not allowed: no Access-Control-*
+        // field (the browser fails the preflight; nothing tells the page what would pass).
+        const asked = ctx.header('access-control-request-method')?.trim().toUpperCase() ?? '';
+        const origin = methodSet === null || methodSet.has(asked) ? allowOrigin(ctx.header('origin')) : null;
         if (origin !== null) {
           headers[ACAO] = origin;
           if (credentials) headers[ACAC] = 'true';
@@ -140,8 +146,8 @@ export default definePlugin({
             if (allowHeaders !== '') headers['access-control-allow-headers'] = allowHeaders;
           } else {
             // Echoed, field names only (the value goes back into a response header).
-            const asked = (ctx.header('access-control-request-headers') ?? '').split(',').map((s) => s.trim()).filter((s) => TOKEN_RE.test(s));
-            if (asked.length) headers['access-control-allow-headers'] = asked.join(', ');
+            const names = (ctx.header('access-control-request-headers') ?? '').split(',').map((s) => s.trim()).filter((s) => TOKEN_RE.test(s));
+            if (names.length) headers['access-control-allow-headers'] = names.join(', ');
             vary.push('Access-Control-Request-Headers');
           }
           if (maxAge !== null) headers['access-control-max-age'] = maxAge;

@@ -10,7 +10,7 @@ export const CorsConfig = Type.Object({
     minItems: 1, description: 'Origins allowed to make cross-origin requests: "*", exact origins (https://app.example.com), "null", or "~" and a regular expression matched against the whole origin.',
   }),
   methods: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'An HTTP method.' }), {
-    minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'Methods announced in Access-Control-Allow-Methods of preflight answers.',
+    minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'Methods cross-origin pages may use: announced in Access-Control-Allow-Methods of preflight answers; a preflight asking for another gets no Access-Control-* field ("*": any, without credentials).',
   })),
   headers: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'A request header name.' }), {
     uniqueItems: true, description: 'Request headers announced in Access-Control-Allow-Headers (default: those the preflight asks for in Access-Control-Request-Headers).',
