@@ -66,3 +66,16 @@ test('sign-out raises the developer\'s session epoch in the store: every session
   assert.match(limited.body, /signed out in this browser/);
   assert.equal((await call('GET', '/account', { cookie: other })).status, 200, 'no revision: other sessions stay');
 });
+
+test('sign-up with an email longer than 254 characters (RFC 5321 §4.5.3.1.3) is a 400 form error, not a store write the config refuses (500)', async () => {
+  const { call } = service();
+  const long = `${'a'.repeat(64)}@${'b'.repeat(185)}.com`; // 254: the longest address
+  assert.equal(long.length, 254);
+  assert.equal((await call('POST', '/signup', { body: { email: long, password: 'long-email-password-1' } })).status, 303);
+  for (const email of [`${'a'.repeat(64)}@${'b'.repeat(186)}.com`, `${'a'.repeat(64)}@${'b'.repeat(189)}.com`]) {
+    const r = await call('POST', '/signup', { body: { email, password: 'long-email-password-1' } });
+    assert.equal(r.status, 400, `${email.length} characters`);
+    assert.match(r.body, /Give a valid email address/);
+    assert.equal(r.headers['set-cookie'], undefined);
+  }
+});

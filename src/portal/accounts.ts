@@ -88,6 +88,7 @@ export const COOKIE = 'tp_portal';
 const MIN_PASSWORD = 10;
 const MAX_PASSWORD = 256;
 const MAX_BODY = 16 * 1024;
+const MAX_EMAIL = 254;
 const EMAIL = /^[^\s@<>"',;:()[\]\\]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z0-9-]{2,63}$/;
 /** Control, format and bidi characters: never in an email shown to admins or sent to a hook. */
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/;
@@ -315,7 +316,8 @@ export class AccountService {
     const { acc, form, r } = c;
     const email = (form!.get('email') ?? '').trim().toLowerCase();
     const password = form!.get('password') ?? '';
-    if (!EMAIL.test(email) || CONTROL.test(email)) return c.signupForm(400, 'Give a valid email address.', email);
+    // (at most 254 characters, RFC 5321's longest path, as the portal credential's schema: a longer one failed the store write, 500)
+    if (email.length > MAX_EMAIL || !EMAIL.test(email) || CONTROL.test(email)) return c.signupForm(400, 'Give a valid email address.', email.slice(0, MAX_EMAIL));
     if (password.length < MIN_PASSWORD || password.length > MAX_PASSWORD) return c.signupForm(400, `The password needs ${MIN_PASSWORD} to ${MAX_PASSWORD} characters.`, email);
     const readOnly = this.backend.readOnly();
     if (readOnly) return c.signupForm(503, `Sign-up is not available: ${readOnly}`, email);
@@ -348,7 +350,7 @@ export class AccountService {
 
   private async login(c: Ctx): Promise<AccountResponse> {
     const { form, r } = c;
-    const email = (form!.get('email') ?? '').trim().toLowerCase().slice(0, 254);
+    const email = (form!.get('email') ?? '').trim().toLowerCase().slice(0, MAX_EMAIL);
     const password = form!.get('password') ?? '';
     const now = this.now();
     const emailKey = `${email} ${ipNetwork(r.clientIp, 24)}`;
