@@ -9,15 +9,15 @@ const settings: PortalSettings = {
   accounts: { defaultPlan: null, plans: [], approval: 'auto', planApproval: 'auto', secret: 'unit-secret-0123456789abcdefghij', sessionTtlMs: 3_600_000, maxKeys: 3, signupsPerHour: 100, verification: null },
 };
 
-function service() {
+function service(portal: PortalSettings = settings) {
   let doc: Record<string, unknown> = { consumers: [] };
   const accounts = new AccountService(
     { document: () => doc, readOnly: () => null, edit: async (_actor, _action, change) => { const copy = structuredClone(doc); change(copy); doc = copy; } },
-    { settings: () => settings, usage: async () => ({ quotas: [], last_hour: null, last_day: null }) },
+    { settings: () => portal, usage: async () => ({ quotas: [], last_hour: null, last_day: null }) },
     { info() {}, warn() {}, error() {} },
   );
-  const call = (method: string, path: string, opts: { cookie?: string; body?: Record<string, string> } = {}) => accounts.handle({
-    method, path, query: '', host: 'dev.test', tls: false, clientIp: '192.0.2.1', cookie: opts.cookie,
+  const call = (method: string, path: string, opts: { cookie?: string; body?: Record<string, string>; clientIp?: string } = {}) => accounts.handle({
+    method, path, query: '', host: 'dev.test', tls: false, clientIp: opts.clientIp ?? '192.0.2.1', cookie: opts.cookie,
     contentType: opts.body ? 'application/x-www-form-urlencoded' : undefined, body: opts.body ? new URLSearchParams(opts.body).toString() : '',
   } satisfies AccountRequest);
   return { call };
@@ -78,4 +78,17 @@ test('sign-up with an email longer than 254 characters (RFC 5321 §4.5.3.1.3) is
     assert.match(r.body, /Give a valid email address/);
     assert.equal(r.headers['set-cookie'], undefined);
   }
+});
+
+test('signups_per_hour counts an IPv6 client by its /64 (one subscriber holds all of it), as the login limits do; an IPv4 client by its address', async () => {
+  const { call } = service({ ...settings, accounts: { ...settings.accounts!, signupsPerHour: 2 } });
+  const signup = (n: number, clientIp: string) => call('POST', '/signup', { clientIp, body: { email: `v6-${n}@example.com`, password: 'signup-limit-password' } });
+  assert.equal((await signup(1, '2001:db8:1:2::1')).status, 303);
+  assert.equal((await signup(2, '2001:db8:1:2::2')).status, 303);
+  const third = await signup(3, '2001:db8:1:2:ffff:1:2:3');
+  assert.equal(third.status, 429, 'another address of the same /64 is the same client');
+  assert.equal(third.headers['set-cookie'], undefined);
+  assert.equal((await signup(4, '2001:db8:1:3::1')).status, 303, 'another /64 is another client');
+  assert.equal((await signup(5, '192.0.2.10')).status, 303);
+  assert.equal((await signup(6, '192.0.2.11')).status, 303, 'IPv4: per address');
 });

@@ -322,12 +322,14 @@ export class AccountService {
     const readOnly = this.backend.readOnly();
     if (readOnly) return c.signupForm(503, `Sign-up is not available: ${readOnly}`, email);
     const now = this.now();
-    let hits = this.signupHits.get(r.clientIp);
+    // Per client network (IPv4 address, IPv6 /64, as the login limits): one IPv6 subscriber holds a whole /64.
+    const client = ipNetwork(r.clientIp);
+    let hits = this.signupHits.get(client);
     if (hits && hits.until <= now) hits = undefined;
     if (hits && hits.n >= acc.signupsPerHour) return c.signupForm(429, 'Too many sign-ups from your address; try again later.', email);
     if (!hits) {
       for (const [k, v] of this.signupHits) if (v.until <= now || this.signupHits.size > 10_000) this.signupHits.delete(k);
-      this.signupHits.set(r.clientIp, (hits = { n: 0, until: now + 3_600_000 }));
+      this.signupHits.set(client, (hits = { n: 0, until: now + 3_600_000 }));
     }
     hits.n++;
     const hash = await hashPasswordAsync(password);

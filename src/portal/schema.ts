@@ -13,7 +13,7 @@ export const PortalAccounts = Type.Object({
   secret: Type.Optional(Type.String({ minLength: 32, description: 'Signs sessions and verification links (the same on every node sharing a store; default: random per node, so a restart ends the sessions).' })),
   session_ttl: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String({ pattern: DURATION_PATTERN })], { default: '12h', description: 'How long a login lasts.' })),
   max_keys: Type.Optional(Type.Integer({ minimum: 1, maximum: 50, default: 5, description: 'API keys a developer may hold.' })),
-  signups_per_hour: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000, default: 10, description: 'Sign-ups accepted per client address per hour (per node).' })),
+  signups_per_hour: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000, default: 10, description: 'Sign-ups accepted per client address (IPv6: per /64) per hour (per node).' })),
   verification: Type.Optional(Type.Object({
     url: Type.String({ pattern: '^https?://', maxLength: 2000, description: 'Called (POST, JSON, signed like scaling webhooks) with the verification link to send; the hook sends the email.' }),
     link_base: Type.String({ pattern: '^https?://[^/?#]+$', maxLength: 300, description: 'The portal\'s public origin for the links (e.g. https://developer.example.com); never taken from the request\'s Host.' }),
