@@ -77,6 +77,19 @@ test('the session stands for its token on the admin listener: reads pass; a chan
   assert.equal((await request(`${admin}/analytics`, { headers: { cookie: reader.cookie } })).status, 200);
 });
 
+test('behind a TLS proxy (the page is https): the session cookie is Secure, and so is its clearing; from an http page it is not', async () => {
+  const host = new URL(admin).host;
+  const https = await login(ADMIN, { origin: 'https://admin.example.test' });
+  assert.equal(https.r.status, 200);
+  assert.match(String(https.r.headers['set-cookie']), /^tp_console=[A-Za-z0-9_-]{40,}; Path=\/; HttpOnly; SameSite=Strict; Max-Age=\d+; Secure$/);
+  const out = await request(`${admin}/console/api/logout`, { method: 'POST', headers: { cookie: https.cookie, 'x-csrf-token': https.body.csrf, origin: `https://${host}` } });
+  assert.equal(out.status, 204);
+  assert.match(String(out.headers['set-cookie']), /^tp_console=; .*Max-Age=0; Secure$/);
+  const http = await login(ADMIN, { origin: `http://${host}` });
+  assert.equal(http.r.status, 200);
+  assert.doesNotMatch(String(http.r.headers['set-cookie']), /Secure/i);
+});
+
 test('sign-out needs the CSRF token and ends the session; too many failed sign-ins from one address are 429', async () => {
   const { cookie, body } = await login(ADMIN);
   assert.equal((await request(`${admin}/console/api/logout`, { method: 'POST', headers: { cookie } })).status, 403);

@@ -1,7 +1,7 @@
 /**
  * The web console on the admin listener (`/console/`): the page (dist/console-ui: index.html,
  * app.js, app.css, built from console/ by scripts/build-console.mjs) and its API —
- *   POST /console/api/login   {token} -> session cookie (httpOnly, SameSite=Strict) + {name, role, csrf}
+ *   POST /console/api/login   {token} -> session cookie (httpOnly, SameSite=Strict; Secure from an https page) + {name, role, csrf}
  *   POST /console/api/logout  (X-CSRF-Token)
  *   GET  /console/api/session -> {name, role, csrf} | 401
  *   GET  /console/api/events  -> Server-Sent Events: `stats` every second (src/console/stats.ts), `scaling`
@@ -16,7 +16,7 @@ import { sendProblem } from '../core/problem.js';
 import { authenticate, AuthFailures } from '../admin/auth.js';
 import { ApiError } from '../admin/errors.js';
 import type { AdminToken } from '../config/compile.js';
-import { SessionStore, tokenHash, type Session } from './session.js';
+import { SessionStore, secureOrigin, tokenHash, type Session } from './session.js';
 import { LiveStats, type StatsSource } from './stats.js';
 
 /** Where the built page is: <package>/dist/console-ui (from src/console or dist/console alike). */
@@ -114,7 +114,7 @@ export class ConsoleHandler {
         const s = this.sessions.of(req);
         if (s && !this.sessions.csrfOk(req, s)) return sendProblem(res, 'forbidden', 'signing out needs the session\'s X-CSRF-Token', undefined);
         if (s) this.sessions.end(s.id);
-        res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(), 'cache-control': 'no-store' });
+        res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(secureOrigin(req)), 'cache-control': 'no-store' });
         return void res.end();
       }
       if (path === '/console/api/events' && method === 'GET') return this.events(req, res);
@@ -167,7 +167,7 @@ export class ConsoleHandler {
     }
     if (guarded) this.failures.refund(ip);
     const s = this.sessions.create(caller, this.deps.tokens().length === 0 ? '' : token);
-    json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s) });
+    json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s, secureOrigin(req)) });
   }
 
   private events(req: IncomingMessage, res: ServerResponse): void {

@@ -102,13 +102,24 @@ export class SessionStore {
     return () => this.listeners.delete(listener);
   }
 
-  cookie(s: Session): string {
-    return `${COOKIE}=${s.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(MAX_AGE_MS / 1000)}`;
+  /** `secure`: the page is an https one (see secureOrigin), so the cookie never goes out over plain HTTP. */
+  cookie(s: Session, secure = false): string {
+    return `${COOKIE}=${s.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(MAX_AGE_MS / 1000)}${secure ? '; Secure' : ''}`;
   }
 
-  static clearCookie(): string {
-    return `${COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0`;
+  static clearCookie(secure = false): string {
+    return `${COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0${secure ? '; Secure' : ''}`;
   }
+}
+
+/**
+ * Whether the console page making this request was loaded over https. The admin listener is
+ * plain HTTP, so TLS is a proxy's in front of it; the browser says which origin the page has
+ * (its sign-in and sign-out are fetch POSTs, which carry Origin).
+ */
+export function secureOrigin(req: IncomingMessage): boolean {
+  const origin = req.headers.origin;
+  return typeof origin === 'string' && /^https:\/\//i.test(origin);
 }
 
 /**
