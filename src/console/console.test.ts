@@ -286,3 +286,19 @@ test('two tp_console cookies in one request are no session (cookie tossing from 
     assert.equal((await request(`${admin}/metrics`, { headers: { cookie } })).status, 401);
   }
 });
+
+test('the console\'s error answers (404, 401, a refused sign-in) carry the page\'s security fields: nosniff, no framing', async () => {
+  const answers = [
+    await request(`${admin}/console/nope`),
+    await request(`${admin}/console/api/session`),
+    await request(`${admin}/console/api/events`),
+    await request(`${admin}/console/api/login`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: 'x' }),
+  ];
+  for (const r of answers) {
+    assert.ok(r.status >= 400 && r.status < 500, String(r.status));
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers['x-content-type-options'], 'nosniff', String(r.status));
+    assert.equal(r.headers['x-frame-options'], 'DENY', String(r.status));
+    assert.match(String(r.headers['content-security-policy']), /frame-ancestors 'none'/);
+  }
+});

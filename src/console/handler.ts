@@ -12,7 +12,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { sendProblem } from '../core/problem.js';
+import { sendProblem as sendProblemBare, type ProblemCode } from '../core/problem.js';
 import { authenticate, AuthFailures } from '../admin/auth.js';
 import { ApiError } from '../admin/errors.js';
 import type { AdminToken } from '../config/compile.js';
@@ -34,6 +34,10 @@ const SECURITY = {
   'referrer-policy': 'no-referrer',
   'x-frame-options': 'DENY',
 };
+/** The console's problem answers carry the page's security fields too (nosniff, no framing). */
+function sendProblem(res: ServerResponse, code: ProblemCode, detail: string, _requestId: undefined, opts: { headers?: Record<string, string> } = {}): void {
+  sendProblemBare(res, code, detail, undefined, { headers: { ...SECURITY, ...opts.headers } });
+}
 const MAX_STREAMS = 100;
 /** Live streams per token: a token's 11th ends its own oldest (one token cannot hold every stream). */
 export const MAX_STREAMS_PER_TOKEN = 10;
