@@ -92,3 +92,14 @@ test('signups_per_hour counts an IPv6 client by its /64 (one subscriber holds al
   assert.equal((await signup(5, '192.0.2.10')).status, 303);
   assert.equal((await signup(6, '192.0.2.11')).status, 303, 'IPv4: per address');
 });
+
+test('the JSON answers (usage.json, its 401) carry the pages\' security fields: nosniff, no framing, the CSP', async () => {
+  const { call } = service();
+  const cookie = cookieOf((await call('POST', '/signup', { body: { email: 'json-headers@example.com', password: 'json-headers-password' } })).headers);
+  for (const [r, status] of [[await call('GET', '/account/usage.json'), 401], [await call('GET', '/account/usage.json', { cookie }), 200]] as const) {
+    assert.equal(r.status, status);
+    assert.equal(r.headers['x-content-type-options'], 'nosniff');
+    assert.equal(r.headers['x-frame-options'], 'DENY');
+    assert.match(String(r.headers['content-security-policy']), /default-src 'none'.*frame-ancestors 'none'/);
+  }
+});

@@ -204,7 +204,7 @@ export class AccountService {
   async handle(r: AccountRequest): Promise<AccountResponse> {
     const portal = this.host.settings();
     const acc = portal?.accounts;
-    if (!portal || !acc) return { status: 404, headers: { 'content-type': 'application/problem+json', 'cache-control': 'no-store' }, body: JSON.stringify({ type: 'urn:turnpike:problem:no-route', title: 'Not Found', status: 404, detail: 'developer accounts are not enabled (portal.accounts.enabled)' }) };
+    if (!portal || !acc) return { status: 404, headers: { 'content-type': 'application/problem+json', 'cache-control': 'no-store', ...SECURITY }, body: JSON.stringify({ type: 'urn:turnpike:problem:no-route', title: 'Not Found', status: 404, detail: 'developer accounts are not enabled (portal.accounts.enabled)' }) };
     const ctx = new Ctx(portal, acc, r);
     try {
       return await this.route(ctx);
@@ -555,7 +555,7 @@ function equal(a: string, b: string): boolean {
 }
 
 function json(status: number, body: unknown): AccountResponse {
-  return { status, headers: { 'content-type': status >= 400 ? 'application/problem+json' : 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' }, body: JSON.stringify(body) };
+  return { status, headers: { 'content-type': status >= 400 ? 'application/problem+json' : 'application/json', 'cache-control': 'no-store', ...SECURITY }, body: JSON.stringify(body) };
 }
 
 /**

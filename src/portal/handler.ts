@@ -73,7 +73,7 @@ const MAX_FORM = 16 * 1024;
 
 function problem(res: ServerResponse, code: 'service-unavailable' | 'payload-too-large', detail: string, extra: Record<string, string>): void {
   const body = problemBody(code, detail);
-  res.writeHead(PROBLEMS[code].status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...extra });
+  res.writeHead(PROBLEMS[code].status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...SECURITY, ...extra });
   res.end(body);
 }
 
