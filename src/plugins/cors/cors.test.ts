@@ -403,6 +403,12 @@ test('config: bad origins are named by index; origins is required; consumer bind
   assert.match(issues[2]!.message, /^origins\[3\]: "app.example.com" is not an origin/);
   assert.match(issues[3]!.message, /^origins\[4\]: an empty regular expression/);
 
+  // A wildcard subdomain written as in other products is refused (it would match nothing), pointing to "~".
+  issues = issuesOf(withCors("{origins: ['https://*.example.com', 'http://localhost:*']}"));
+  assert.deepEqual(issues.map((i) => i.path), [at, at]);
+  assert.match(issues[0]!.message, /^origins\[0\]: "https:\/\/\*\.example\.com": a wildcard inside an origin is not a pattern .*use "~"/);
+  assert.match(issues[1]!.message, /^origins\[1\]: /);
+
   issues = issuesOf(withCors('{}'));
   assert.ok(issues.some((i) => i.path === `${at}.origins` && /required/.test(i.message)), JSON.stringify(issues));
   issues = issuesOf(withCors('{origins: []}'));

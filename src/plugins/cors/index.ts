@@ -37,6 +37,8 @@ function parseOrigin(entry: string): OriginRule {
     }
   }
   if (entry === 'null') return { kind: 'exact', origin: 'null' };
+  // (a browser never sends a "*" in an origin: as an exact origin it would silently match nothing)
+  if (entry.includes('*')) throw new Error(`"${entry}": a wildcard inside an origin is not a pattern (it would match nothing); use "~" and a regular expression, e.g. "~^https://[a-z0-9-]+\\.example\\.com$"`);
   if (!ORIGIN_RE.test(entry)) throw new Error(`"${entry}" is not an origin (scheme://host[:port], no path; "*"; or "~" and a regular expression)`);
   let origin = entry.toLowerCase();
   if (/^https?:/.test(origin)) {
