@@ -64,6 +64,7 @@ test('sign-out raises the developer\'s session epoch in the store: every session
   assert.equal(limited.status, 429);
   assert.match(String(limited.headers['set-cookie']), /^tp_portal=;.*Max-Age=0/, 'the cookie is cleared all the same');
   assert.match(limited.body, /signed out in this browser/);
+  assert.ok(Number(limited.headers['retry-after']) > 0 && Number(limited.headers['retry-after']) <= 3600, `Retry-After: ${String(limited.headers['retry-after'])}`);
   assert.equal((await call('GET', '/account', { cookie: other })).status, 200, 'no revision: other sessions stay');
 });
 
@@ -80,13 +81,15 @@ test('sign-up with an email longer than 254 characters (RFC 5321 §4.5.3.1.3) is
   }
 });
 
-test('signups_per_hour counts an IPv6 client by its /64 (one subscriber holds all of it), as the login limits do; an IPv4 client by its address', async () => {
+test('signups_per_hour counts an IPv6 client by its /64 (one subscriber holds all of it), as the login limits do; an IPv4 client by its address; its 429 says when (Retry-After)', async () => {
   const { call } = service({ ...settings, accounts: { ...settings.accounts!, signupsPerHour: 2 } });
   const signup = (n: number, clientIp: string) => call('POST', '/signup', { clientIp, body: { email: `v6-${n}@example.com`, password: 'signup-limit-password' } });
   assert.equal((await signup(1, '2001:db8:1:2::1')).status, 303);
   assert.equal((await signup(2, '2001:db8:1:2::2')).status, 303);
   const third = await signup(3, '2001:db8:1:2:ffff:1:2:3');
   assert.equal(third.status, 429, 'another address of the same /64 is the same client');
+  const wait = Number(third.headers['retry-after']);
+  assert.ok(Number.isInteger(wait) && wait > 3000 && wait <= 3600, `Retry-After: ${String(third.headers['retry-after'])} (the hour's window)`);
   assert.equal(third.headers['set-cookie'], undefined);
   assert.equal((await signup(4, '2001:db8:1:3::1')).status, 303, 'another /64 is another client');
   assert.equal((await signup(5, '192.0.2.10')).status, 303);

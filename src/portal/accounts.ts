@@ -79,10 +79,13 @@ export interface AccountHost {
 }
 
 export class AccountError extends Error {
-  constructor(readonly status: number, message: string) {
+  constructor(readonly status: number, message: string, readonly headers: Record<string, string> = {}) {
     super(message);
   }
 }
+
+/** Retry-After (RFC 9110 §10.2.3) for a limiter's wait, in whole seconds (at least 1). */
+const retryAfter = (ms: number): Record<string, string> => ({ 'retry-after': String(Math.max(1, Math.ceil(ms / 1000))) });
 
 export const COOKIE = 'tp_portal';
 const MIN_PASSWORD = 10;
@@ -209,7 +212,10 @@ export class AccountService {
     try {
       return await this.route(ctx);
     } catch (err) {
-      if (err instanceof AccountError) return ctx.message(err.status, err.status === 404 ? 'Not found' : 'Sorry', err.message);
+      if (err instanceof AccountError) {
+        const page = ctx.message(err.status, err.status === 404 ? 'Not found' : 'Sorry', err.message);
+        return { ...page, headers: { ...page.headers, ...err.headers } };
+      }
       const issues = (err as { issues?: { path: string; message: string }[] }).issues;
       this.log.error({ err: issues ? JSON.stringify(issues) : String(err), path: r.path }, 'portal: a developer account request failed');
       const unavailable = (err as Error)?.name === 'StoreUnavailable';
@@ -250,7 +256,7 @@ export class AccountService {
     if (method !== 'POST') throw new AccountError(404, 'No such page in the portal.');
     if (p.startsWith('/account/keys') || p === '/account/plan') {
       const now = this.now();
-      if (this.changes.blocked(c.session.dev.name, now)) throw new AccountError(429, 'Too many changes to your account in the last hour; try again later.');
+      if (this.changes.blocked(c.session.dev.name, now)) throw new AccountError(429, 'Too many changes to your account in the last hour; try again later.', retryAfter(this.changes.wait(c.session.dev.name, now)));
       this.changes.hit(c.session.dev.name, now);
     }
     if (p === '/account/keys') return this.issueKey(c);
@@ -326,7 +332,10 @@ export class AccountService {
     const client = ipNetwork(r.clientIp);
     let hits = this.signupHits.get(client);
     if (hits && hits.until <= now) hits = undefined;
-    if (hits && hits.n >= acc.signupsPerHour) return c.signupForm(429, 'Too many sign-ups from your address; try again later.', email);
+    if (hits && hits.n >= acc.signupsPerHour) {
+      const res = c.signupForm(429, 'Too many sign-ups from your address; try again later.', email);
+      return { ...res, headers: { ...res.headers, ...retryAfter(hits.until - now) } };
+    }
     if (!hits) {
       for (const [k, v] of this.signupHits) if (v.until <= now || this.signupHits.size > 10_000) this.signupHits.delete(k);
       this.signupHits.set(client, (hits = { n: 0, until: now + 3_600_000 }));
@@ -390,7 +399,7 @@ export class AccountService {
     const now = this.now();
     const cleared = { location: `${c.base}/login`, 'set-cookie': this.clearCookie(c), 'cache-control': 'no-store' };
     if (this.signOuts.blocked(name, now)) {
-      return { ...c.message(429, 'Signed out here only', 'You are signed out in this browser, but you signed out too often in the last hour to end your other sessions; sign out again later.'), headers: { ...PAGE_HEADERS, 'set-cookie': cleared['set-cookie'] } };
+      return { ...c.message(429, 'Signed out here only', 'You are signed out in this browser, but you signed out too often in the last hour to end your other sessions; sign out again later.'), headers: { ...PAGE_HEADERS, 'set-cookie': cleared['set-cookie'], ...retryAfter(this.signOuts.wait(name, now)) } };
     }
     this.signOuts.hit(name, now);
     await this.backend.edit(name, 'portal: signed out (every session ended)', (doc) => {
@@ -522,7 +531,7 @@ export class AccountService {
     const d = c.session!.dev;
     if (d.verified || !c.acc.verification) return { status: 303, headers: { location: `${c.base}/account`, 'cache-control': 'no-store' }, body: '' };
     const now = this.now();
-    if (this.resends.blocked(d.name, now)) throw new AccountError(429, 'Too many emails asked for; try again later.');
+    if (this.resends.blocked(d.name, now)) throw new AccountError(429, 'Too many emails asked for; try again later.', retryAfter(this.resends.wait(d.name, now)));
     this.resends.hit(d.name, now);
     const sent = await this.sendVerification(c.acc, d.name, d.email);
     return c.message(sent ? 200 : 502, sent ? 'Email sent' : 'Not sent', sent ? 'We sent you a new verification link.' : 'The email could not be sent; try again later.', `<p><a href="${esc(`${c.base}/account`)}">Back to your account</a></p>`);
