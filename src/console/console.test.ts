@@ -302,3 +302,13 @@ test('the console\'s error answers (404, 401, a refused sign-in) carry the page\
     assert.match(String(r.headers['content-security-policy']), /frame-ancestors 'none'/);
   }
 });
+
+test('a console resource asked with a method it does not take is 405 with Allow (not 404); an unknown one is 404', async () => {
+  for (const [method, path, allow] of [['GET', '/console/api/login', 'POST'], ['PUT', '/console/api/logout', 'POST'], ['POST', '/console/api/session', 'GET'], ['DELETE', '/console/api/events', 'GET'], ['POST', '/console/app.js', 'GET, HEAD']] as const) {
+    const r = await request(`${admin}${path}`, { method });
+    assert.equal(r.status, 405, `${method} ${path}: ${r.body}`);
+    assert.equal(r.headers['allow'], allow);
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:method-not-allowed');
+  }
+  assert.equal((await request(`${admin}/console/api/nope`, { method: 'POST' })).status, 404);
+});

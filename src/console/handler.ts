@@ -27,6 +27,13 @@ const FILES: Record<string, string> = {
   '/console/app.js': 'app.js',
   '/console/app.css': 'app.css',
 };
+/** The console API's resources and the method each takes. */
+const API_METHODS: Record<string, string> = {
+  '/console/api/login': 'POST',
+  '/console/api/logout': 'POST',
+  '/console/api/session': 'GET',
+  '/console/api/events': 'GET',
+};
 const TYPES: Record<string, string> = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
 const SECURITY = {
   'content-security-policy': "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -122,6 +129,9 @@ export class ConsoleHandler {
         return void res.end();
       }
       if (path === '/console/api/events' && method === 'GET') return this.events(req, res);
+      // A console resource asked with another method: 405 naming the ones it takes (RFC 9110 §15.5.6).
+      const allow = file !== undefined ? 'GET, HEAD' : API_METHODS[path];
+      if (allow !== undefined) return sendProblem(res, 'method-not-allowed', `${method} is not allowed on ${path} (allowed: ${allow})`, undefined, { headers: { allow } });
       sendProblem(res, 'no-route', `no console resource ${path}`, undefined);
     } catch (err) {
       if (err instanceof ApiError) return sendProblem(res, err.code, err.detail, undefined, err.headers ? { headers: err.headers } : {});
