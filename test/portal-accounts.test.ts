@@ -799,6 +799,7 @@ test('file store: sign-up answers 503 naming the sqlite / postgres store; nothin
   const r = await post(g4, '/signup', { email: 'filey@example.com', password: 'file-password-00009' });
   assert.equal(r.status, 503, r.body);
   assert.match(r.body, /sqlite or postgres config store/);
+  assert.equal(r.headers['retry-after'], undefined, 'no Retry-After: this node will never take sign-ups');
   assert.equal(r.headers['set-cookie'], undefined);
   const login = await post(g4, '/login', { email: 'filey@example.com', password: 'file-password-00009' });
   assert.equal(login.status, 401);

@@ -9,10 +9,17 @@ const settings: PortalSettings = {
   accounts: { defaultPlan: null, plans: [], approval: 'auto', planApproval: 'auto', secret: 'unit-secret-0123456789abcdefghij', sessionTtlMs: 3_600_000, maxKeys: 3, signupsPerHour: 100, verification: null },
 };
 
-function service(portal: PortalSettings = settings) {
+function service(portal: PortalSettings = settings, backend: { readOnly?: () => { reason: string; transient: boolean } | null; down?: () => boolean } = {}) {
   let doc: Record<string, unknown> = { consumers: [] };
   const accounts = new AccountService(
-    { document: () => doc, readOnly: () => null, edit: async (_actor, _action, change) => { const copy = structuredClone(doc); change(copy); doc = copy; } },
+    {
+      document: () => doc,
+      readOnly: backend.readOnly ?? (() => null),
+      edit: async (_actor, _action, change) => {
+        if (backend.down?.()) throw Object.assign(new Error('the store is down'), { name: 'StoreUnavailable' });
+        const copy = structuredClone(doc); change(copy); doc = copy;
+      },
+    },
     { settings: () => portal, usage: async () => ({ quotas: [], last_hour: null, last_day: null }) },
     { info() {}, warn() {}, error() {} },
   );
@@ -105,4 +112,26 @@ test('the JSON answers (usage.json, its 401) carry the pages\' security fields: 
     assert.equal(r.headers['x-frame-options'], 'DENY');
     assert.match(String(r.headers['content-security-policy']), /default-src 'none'.*frame-ancestors 'none'/);
   }
+});
+
+test('a 503 of an unreachable store says when to come back (Retry-After); one of a node that can never write accounts does not', async () => {
+  let down = false;
+  let transient = true;
+  const { call } = service(settings, { down: () => down, readOnly: () => (down ? { reason: 'the store cannot be reached', transient } : null) });
+  const ok = await call('POST', '/signup', { body: { email: 'early@example.com', password: 'early-password-0001' } });
+  assert.equal(ok.status, 303);
+  down = true;
+  const r = await call('POST', '/signup', { body: { email: 'later@example.com', password: 'later-password-0001' } });
+  assert.equal(r.status, 503);
+  assert.equal(r.headers['retry-after'], '60');
+  transient = false;
+  const never = await call('POST', '/signup', { body: { email: 'later@example.com', password: 'later-password-0001' } });
+  assert.equal(never.status, 503);
+  assert.equal(never.headers['retry-after'], undefined);
+  // a write that finds the store gone (StoreUnavailable) mid-request: 503 with Retry-After too
+  const cookie = cookieOf(ok.headers);
+  const csrf = /name="csrf" value="([^"]+)"/.exec((await call('GET', '/account', { cookie })).body)![1]!;
+  const write = await call('POST', '/account/keys', { cookie, body: { csrf, name: 'k1' } });
+  assert.equal(write.status, 503, write.body);
+  assert.equal(write.headers['retry-after'], '60');
 });

@@ -62,8 +62,8 @@ export interface Usage { quotas: QuotaUsage[]; last_hour: WindowUsage | null; la
 export interface AccountBackend {
   /** The document this node serves (null: none yet). */
   document(): Obj | null;
-  /** Why this node cannot write developer accounts (null: it can). */
-  readOnly(): string | null;
+  /** Why this node cannot write developer accounts (null: it can); `transient`: it may later (Retry-After). */
+  readOnly(): { reason: string; transient: boolean } | null;
   /**
    * One store write: `change` edits a copy of the current document (throws AccountError to
    * abort); the result is validated like an admin API write and applied on this node before
@@ -85,6 +85,8 @@ export class AccountError extends Error {
 }
 
 /** Retry-After (RFC 9110 §10.2.3) for a limiter's wait, in whole seconds (at least 1). */
+/** When a 503 (the account store unreachable or read-only) asks to come back: the page says "in a minute". */
+const STORE_RETRY_MS = 60_000;
 const retryAfter = (ms: number): Record<string, string> => ({ 'retry-after': String(Math.max(1, Math.ceil(ms / 1000))) });
 
 export const COOKIE = 'tp_portal';
@@ -219,7 +221,9 @@ export class AccountService {
       const issues = (err as { issues?: { path: string; message: string }[] }).issues;
       this.log.error({ err: issues ? JSON.stringify(issues) : String(err), path: r.path }, 'portal: a developer account request failed');
       const unavailable = (err as Error)?.name === 'StoreUnavailable';
-      return ctx.message(unavailable ? 503 : 500, 'Sorry', unavailable ? 'The account store cannot be reached right now; try again in a minute.' : 'Something went wrong on our side; try again.');
+      if (!unavailable) return ctx.message(500, 'Sorry', 'Something went wrong on our side; try again.');
+      const res = ctx.message(503, 'Sorry', 'The account store cannot be reached right now; try again in a minute.');
+      return { ...res, headers: { ...res.headers, ...retryAfter(STORE_RETRY_MS) } };
     }
   }
 
@@ -326,7 +330,10 @@ export class AccountService {
     if (email.length > MAX_EMAIL || !EMAIL.test(email) || CONTROL.test(email)) return c.signupForm(400, 'Give a valid email address.', email.slice(0, MAX_EMAIL));
     if (password.length < MIN_PASSWORD || password.length > MAX_PASSWORD) return c.signupForm(400, `The password needs ${MIN_PASSWORD} to ${MAX_PASSWORD} characters.`, email);
     const readOnly = this.backend.readOnly();
-    if (readOnly) return c.signupForm(503, `Sign-up is not available: ${readOnly}`, email);
+    if (readOnly) {
+      const res = c.signupForm(503, `Sign-up is not available: ${readOnly.reason}`, email);
+      return readOnly.transient ? { ...res, headers: { ...res.headers, ...retryAfter(STORE_RETRY_MS) } } : res;
+    }
     const now = this.now();
     // Per client network (IPv4 address, IPv6 /64, as the login limits): one IPv6 subscriber holds a whole /64.
     const client = ipNetwork(r.clientIp);

@@ -328,7 +328,7 @@ export class ControlPlane {
   accountBackend(): AccountBackend {
     return {
       document: () => (this.served?.document as Record<string, unknown> | undefined) ?? null,
-      readOnly: () => (this.store ? null : `the ${this.kind} config store cannot be reached right now`),
+      readOnly: () => (this.store ? null : { reason: `the ${this.kind} config store cannot be reached right now`, transient: true }),
       edit: (actor, action, change) => this.edit({ actor, action }, change),
     };
   }
@@ -412,7 +412,7 @@ export function fileControl(file: string, loaded: LoadedConfig, log: Logger): Co
     status: () => ({ store: 'file', file: resolve(file) }),
     accountBackend: () => ({
       document: () => null,
-      readOnly: () => 'developer accounts need a sqlite or postgres config store (store: sqlite:./turnpike.db); this node reads its config from a file',
+      readOnly: () => ({ reason: 'developer accounts need a sqlite or postgres config store (store: sqlite:./turnpike.db); this node reads its config from a file', transient: false }),
       edit: () => Promise.reject(new Error('read-only config')),
     }),
   };
