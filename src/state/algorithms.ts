@@ -46,12 +46,13 @@ export function sliding(state: SlidingState | undefined, limit: number, periodMs
   // Whole again when every counted unit has slid out: prev's at the window's end, curr's one period later.
   const resetMs = Math.max(0, Math.ceil((s.curr + cost > 0 ? s.start + 2 * periodMs : s.prev > 0 ? s.start + periodMs : now) - now));
   if (used + cost > limit) {
-    // When will prev's weighted share have dropped enough (or the window turned)?
-    let retry = s.start + periodMs - now;
-    if (s.prev > 0) {
-      const need = used + cost - limit;
-      retry = Math.min(retry, Math.ceil((need / s.prev) * periodMs));
-    }
+    // When will it fit? Within this window when the current count leaves room for the cost:
+    // once prev's weighted share has dropped enough (prev > 0 then). Otherwise not before the
+    // window turns, and not then either: the current count becomes the previous one at full
+    // weight; it has to slide out until curr * (1 - x/period) + cost <= limit.
+    const retry = s.curr + cost <= limit
+      ? ((used + cost - limit) / s.prev) * periodMs
+      : s.start + periodMs - now + periodMs * (1 - (limit - cost) / s.curr);
     return { decision: { allowed: false, remaining: Math.max(0, Math.floor(limit - used)), resetMs, retryAfterMs: Math.max(1, Math.ceil(retry)) }, next: s };
   }
   const next = { start: s.start, curr: s.curr + cost, prev: s.prev };

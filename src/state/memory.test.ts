@@ -99,3 +99,21 @@ test('quota: counts to the limit, resets at the period end; usage readable; stal
   assert.equal(s.size, 0);
   void s.close();
 });
+
+test('sliding window: Retry-After is when a retry is allowed, also when the current window alone is full (not merely when it turns)', () => {
+  for (const [offset, cost] of [[1, 1], [30_000, 1], [59_000, 1], [10_000, 3]] as const) {
+    const { s, at, advance } = store();
+    const w = 60_000 * 30_000_000;
+    at(w + offset);
+    const sq = q({ algorithm: 'sliding-window', cost });
+    while (s.rateNow([sq])[0]!.allowed);
+    const refused = s.rateNow([sq])[0]!;
+    assert.equal(refused.allowed, false);
+    // The current window holds all of it: when the window turns it weighs fully as the previous one.
+    advance(refused.retryAfterMs - 1);
+    assert.equal(s.rateNow([sq])[0]!.allowed, false, `offset ${offset}: refused just before its retry-after`);
+    advance(1);
+    const retried = s.rateNow([sq])[0]!;
+    assert.equal(retried.allowed, true, `offset ${offset}, cost ${cost}: a retry after ${refused.retryAfterMs} ms is allowed (got retry ${retried.retryAfterMs} ms more)`);
+  }
+});

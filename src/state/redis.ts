@@ -154,8 +154,12 @@ for i = 1, #KEYS do
     reset = math.max(0, math.ceil(resetAt - now))
     if used + cost > limit then
       allowed = 0
-      local r = start + period - now
-      if prev > 0 then r = math.min(r, math.ceil(((used + cost - limit) / prev) * period)) end
+      local r
+      if curr + cost <= limit then
+        r = ((used + cost - limit) / prev) * period
+      else
+        r = start + period - now + period * (1 - (limit - cost) / curr)
+      end
       remaining = math.max(0, math.floor(limit - used))
       retry = math.max(1, math.ceil(r))
     else
