@@ -51,7 +51,9 @@ export default definePlugin({
     // w in whole seconds, rounded up: the reset (t, at most a window) is never past it
     const seconds = windows.map((w) => Math.max(1, Math.ceil(w.periodMs / 1000)));
     const policyHeader = windows.map((w, i) => `"${names[i]}";q=${w.limit};w=${seconds[i]}`).join(', ');
-    const rateLimitField = (i: number, d: RateDecision) => `"${names[i]}";r=${d.remaining};t=${Math.min(Math.ceil(d.resetMs / 1000), seconds[i]!)}`;
+    /** The reset in whole seconds, never past the window (a sliding window's count takes up to two to slide out). */
+    const resetS = (i: number, d: RateDecision) => Math.min(Math.ceil(d.resetMs / 1000), seconds[i]!);
+    const rateLimitField = (i: number, d: RateDecision) => `"${names[i]}";r=${d.remaining};t=${resetS(i, d)}`;
 
     const queriesFor = (key: string): RateQuery[] => windows.map((w) => ({ key: `rl:${scope}:${key}`, limit: w.limit, periodMs: w.periodMs, cost, algorithm }));
     let warnedAt = -Infinity;
@@ -89,7 +91,7 @@ export default definePlugin({
         if (config.legacy_headers) {
           ctx.addResponseHeader('x-ratelimit-limit', String(windows[worst]!.limit));
           ctx.addResponseHeader('x-ratelimit-remaining', String(d.remaining));
-          ctx.addResponseHeader('x-ratelimit-reset', String(Math.ceil(d.resetMs / 1000)));
+          ctx.addResponseHeader('x-ratelimit-reset', String(resetS(worst, d)));
         }
         return undefined;
       }
@@ -101,7 +103,7 @@ export default definePlugin({
       if (config.legacy_headers) {
         headers['x-ratelimit-limit'] = String(windows[worst]!.limit);
         headers['x-ratelimit-remaining'] = String(d.remaining);
-        headers['x-ratelimit-reset'] = String(Math.ceil(d.resetMs / 1000));
+        headers['x-ratelimit-reset'] = String(resetS(worst, d));
       }
       const retry = Math.max(1, Math.ceil(Math.max(...decisions.map((x) => x.retryAfterMs)) / 1000));
       headers['retry-after'] = String(retry);

@@ -41,6 +41,9 @@ services:
       - name: per-ip
         paths: [/ip]
         plugins: [{name: rate-limit, config: {limit: 2, window: 1m, algorithm: sliding-window}}]
+      - name: per-ip-legacy
+        paths: [/ipl]
+        plugins: [{name: rate-limit, config: {limit: 2, window: 1m, algorithm: sliding-window, legacy_headers: true}}]
 `);
 });
 after(async () => {
@@ -82,6 +85,16 @@ test('by header, by IP (sliding window), several windows (all must allow), cost;
   const cost = [await as('a', '/cost'), await as('a', '/cost'), await as('a', '/cost')];
   assert.deepEqual(cost.map((r) => r.status), [200, 200, 429]);
   assert.equal(cost[0]!.headers['ratelimit'], undefined);
+});
+
+test('sliding window, legacy headers: X-RateLimit-Reset is the RateLimit reset (t), never past the window', async () => {
+  const rs = [await request(`${gw.url}/ipl`), await request(`${gw.url}/ipl`), await request(`${gw.url}/ipl`)];
+  assert.deepEqual(rs.map((r) => r.status), [200, 200, 429]);
+  for (const r of rs) {
+    const t = /;t=(\d+)$/.exec(String(r.headers['ratelimit']))![1]!;
+    assert.equal(r.headers['x-ratelimit-reset'], t, `X-RateLimit-Reset ${String(r.headers['x-ratelimit-reset'])} vs RateLimit ${String(r.headers['ratelimit'])}`);
+    assert.ok(Number(r.headers['x-ratelimit-reset']) <= 60);
+  }
 });
 
 test('config errors: limit without window, both forms, policy redis without redis', () => {
