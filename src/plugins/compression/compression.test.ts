@@ -68,3 +68,15 @@ test('a streamed body (no Content-Length) is flushed after each write; a body of
     assert.equal(await decodesBeforeEnd(encoderFor({}, coding, ['content-type', 'text/plain', 'content-length', '5000'])!, coding), false, coding);
   }
 });
+
+test('compressed: digests of the uncompressed bytes (Content-Digest, Repr-Digest, Digest, Content-MD5: RFC 9530 §2-3) are dropped; uncompressed they stay', () => {
+  const digests = ['content-digest', 'sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:', 'Repr-Digest', 'sha-256=:X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=:', 'digest', 'SHA-256=X48E9qOokqqrvdts8nOJRJN3OWDUoyWxBf7kbu9DBPE=', 'content-md5', 'Q2hlY2sgSW50ZWdyaXR5IQ=='];
+  const headers = ['content-type', 'application/json', ...digests];
+  const enc = encoderFor({}, 'gzip', headers);
+  assert.ok(enc !== null);
+  enc.destroy();
+  assert.deepEqual(headers.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase()).filter((n) => n.includes('digest') || n === 'content-md5'), []);
+  const plain = ['content-type', 'application/json', ...digests];
+  assert.equal(encoderFor({}, 'identity', plain), null);
+  assert.deepEqual(plain, ['content-type', 'application/json', ...digests, 'vary', 'Accept-Encoding']);
+});

@@ -57,6 +57,9 @@ export function negotiate(accept: string | undefined, offered: readonly string[]
   return best;
 }
 
+/** Fields that no longer hold once the body is compressed. */
+const NOT_KEPT_ENCODED = new Set(['accept-ranges', 'content-digest', 'repr-digest', 'digest', 'content-md5']);
+
 function typeMatcher(types: readonly string[]): (ct: string | undefined) => boolean {
   const exact = new Set<string>();
   const prefixes: string[] = [];
@@ -120,8 +123,10 @@ export default definePlugin({
         // (any Content-Encoding left says identity)
         for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'content-encoding') headers.splice(i, 2);
         headers.push('content-encoding', coding);
-        // Byte ranges of the compressed stream are not on offer (nginx drops the field too).
-        for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === 'accept-ranges') headers.splice(i, 2);
+        // Byte ranges of the compressed stream are not on offer (nginx drops the field too); digests
+        // of the upstream's bytes describe other bytes than these (RFC 9530: Content-Digest is of
+        // the content as sent, Repr-Digest of the representation with its content coding).
+        for (let i = headers.length - 2; i >= 0; i -= 2) if (NOT_KEPT_ENCODED.has(headers[i]!.toLowerCase())) headers.splice(i, 2);
         const etag = findHeader(headers, 'etag');
         if (etag !== -1 && !headers[etag + 1]!.startsWith('W/')) headers[etag + 1] = 'W/' + headers[etag + 1]!;
         // (whole responses from respond.ts always carry their Content-Length here)
