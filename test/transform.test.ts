@@ -38,6 +38,7 @@ before(async () => {
       setTimeout(() => res.end(BIG.slice(1000)), 10);
       return;
     }
+    if (url.startsWith('/huge-number')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1, "n": 1e999}');
     if (url.startsWith('/broken')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1,');
     if (url.startsWith('/gz')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(gzipSync(JSON.stringify({ id: 9, internal_id: 'z' })));
     if (url.startsWith('/text')) return res.writeHead(200, { 'content-type': 'text/plain' }).end('x'.repeat(5000));
@@ -367,6 +368,24 @@ test('response-transform: an upstream body over max_body -> 502 problem (declare
   assert.equal(broken.status, 502);
   assert.equal(JSON.parse(broken.body).type, 'urn:turnpike:problem:invalid-upstream-response');
   assert.equal((await request(`${gw.url}/out/user`)).status, 200);
+});
+
+test('transforms: a number beyond a double (1e400) is refused, never sent on as null; big but finite numbers and such text in strings pass', { ...T }, async () => {
+  const before = echo.requests.length;
+  for (const body of ['{"name": "Ada", "n": 1e400}', '{"name": "Ada", "n": [-1E+0400]}', `{"name": "Ada", "n": ${'9'.repeat(400)}}`]) {
+    const r = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    assert.equal(r.status, 400, body.slice(0, 40));
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:bad-request');
+  }
+  assert.equal(echo.requests.length, before, 'nothing went upstream');
+  const ok = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name": "Ada", "n": 1e300, "s": "1e400"}' });
+  assert.equal(ok.status, 200);
+  const sent = JSON.parse(last().body.toString());
+  assert.equal(sent.data.n, 1e300);
+  assert.equal(sent.data.s, "1e400");
+  const huge = await request(`${gw.url}/out/huge-number`);
+  assert.equal(huge.status, 502, 'an upstream body that cannot be transformed faithfully');
+  assert.equal(JSON.parse(huge.body).type, 'urn:turnpike:problem:invalid-upstream-response');
 });
 
 test('response-transform: the upstream is asked for an unencoded body; one that encodes anyway is decoded', { ...T }, async () => {

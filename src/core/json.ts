@@ -53,8 +53,29 @@ export const MAX_JSON_DEPTH = 1000;
  */
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
-/** Parses a JSON body (UTF-8, an optional BOM is an error like in JSON.parse of RFC 8259 text). */
-export function parseJson(buf: Uint8Array, maxDepth: number): JsonResult {
+/** A number that may be past what a double holds: an exponent of 100 or more, or 309 digits in a row. */
+const MAY_OVERFLOW = /[eE]\+?0*[1-9][0-9]{2}|[0-9]{309}/;
+
+/** Whether a parsed value holds an Infinity (a number too large for a double: JSON.stringify writes it as null). */
+function hasNonFinite(v: unknown): boolean {
+  const stack: unknown[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x === 'number') {
+      if (!Number.isFinite(x)) return true;
+    } else if (x !== null && typeof x === 'object') {
+      for (const k in x) if (Object.hasOwn(x, k)) stack.push((x as Record<string, unknown>)[k]);
+    }
+  }
+  return false;
+}
+
+/**
+ * Parses a JSON body (UTF-8, an optional BOM is an error like in JSON.parse of RFC 8259 text).
+ * `finite`: for a body that is serialised again (the transforms), a number beyond a double's
+ * range is an error — JSON.parse makes it Infinity, which JSON.stringify writes as null.
+ */
+export function parseJson(buf: Uint8Array, maxDepth: number, finite = false): JsonResult {
   if (jsonDepthExceeds(buf, maxDepth)) return { ok: false, message: `nested deeper than ${maxDepth} levels`, tooDeep: true };
   let text: string;
   try {
@@ -63,7 +84,9 @@ export function parseJson(buf: Uint8Array, maxDepth: number): JsonResult {
     return { ok: false, message: 'not valid UTF-8' };
   }
   try {
-    return { ok: true, value: JSON.parse(text) };
+    const value: unknown = JSON.parse(text);
+    if (finite && MAY_OVERFLOW.test(text) && hasNonFinite(value)) return { ok: false, message: 'a number is beyond the range of a double (about 1.8e308)' };
+    return { ok: true, value };
   } catch {
     return { ok: false, message: describeJsonError(text) };
   }

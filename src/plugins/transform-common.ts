@@ -368,10 +368,11 @@ export { isJsonType };
 
 /**
  * Parses a JSON body: UTF-8 (no silent U+FFFD), nested at most MAX_JSON_DEPTH levels (checked
- * before parsing: what follows recurses), errors naming the position, never echoing the bytes.
+ * before parsing: what follows recurses), no number past a double's range (it would go on as
+ * null), errors naming the position, never echoing the bytes.
  */
 export function parseJson(buf: Buffer, onError: (message: string) => ProblemError): unknown {
-  const r = parseJsonText(buf, MAX_JSON_DEPTH);
+  const r = parseJsonText(buf, MAX_JSON_DEPTH, true);
   if (!r.ok) throw onError(r.message);
   return r.value;
 }
