@@ -16,3 +16,13 @@ test('limitKey: header:NAME counts by the header; without it by the client IP (n
   assert.notEqual(limitKey(['header:X-Tenant'], ctx({}, '198.51.100.1')), limitKey(['header:X-Tenant'], ctx({})));
   assert.equal(limitKey(['consumer', 'route'], ctx({})), 'ip:203.0.113.7|r:r');
 });
+
+test('limitKey: a long header value counts by its digest (a client cannot make every counter key kilobytes long); distinct values stay distinct', () => {
+  const long = 'x'.repeat(8000);
+  const k = limitKey(['header:X-Tenant'], ctx({ 'x-tenant': long }));
+  assert.ok(k.length <= 80, `key of ${k.length} chars`);
+  assert.equal(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': long })), k, 'stable');
+  assert.notEqual(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': `${long}y` })), k);
+  // (a short value that looks like a digest is not one)
+  assert.notEqual(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': k.slice(2) })), k);
+});

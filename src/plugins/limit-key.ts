@@ -1,4 +1,5 @@
 /** Shared by rate-limit and quota: the `by` setting, the key it makes of a request, the store timeout. */
+import { createHash } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import type { RequestCtx } from './types.js';
 import { parseDuration } from '../config/units.js';
@@ -10,6 +11,9 @@ export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItem
   default: 'consumer',
   description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined).',
 }));
+
+/** Header values longer than this are counted by their digest. */
+const MAX_PLAIN = 64;
 
 export const byList = (by: string | string[] | undefined): string[] => (Array.isArray(by) ? by : [by ?? 'consumer']);
 
@@ -28,7 +32,9 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
         // A request without the header is counted by its client IP (as Kong does), not in one
         // bucket shared by every such request.
         const v = ctx.header(b.slice(7).toLowerCase());
-        parts.push(v === undefined ? `ip:${ctx.clientIp}` : `h:${v}`);
+        // A long value (the client's to choose, up to the header size limit) counts by its
+        // digest: counters in memory and Redis keep a bounded key per client.
+        parts.push(v === undefined ? `ip:${ctx.clientIp}` : v.length > MAX_PLAIN ? `hd:${createHash('sha256').update(v).digest('base64url')}` : `h:${v}`);
       }
     }
   }
