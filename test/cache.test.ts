@@ -7,6 +7,9 @@ import assert from 'node:assert/strict';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { request as httpRequest } from 'node:http';
 import { gunzipSync } from 'node:zlib';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseConfigText } from '../src/config/load.js';
 import { freePort, rawRequest, request, sleep, startGateway, startRawOrigin, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 import { H2_CANCEL, H2_NO_ERROR, startRawH2Origin } from './h2-raw-origin.js';
@@ -1029,6 +1032,43 @@ services:
   } finally {
     await g.close();
     await up.close();
+  }
+});
+
+test('a stale-while-revalidate refresh is the gateway\'s own: it takes nothing from the client\'s rate limit or quota (2 requests are 2 of each, not 3)', async () => {
+  let n = 0;
+  const up = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'cache-control': 'max-age=1, stale-while-revalidate=60', etag: `"v${++n}"` }).end(`version ${n}`);
+  });
+  const dir = mkdtempSync(join(tmpdir(), 'tp-swr-limits-'));
+  const g = await startGateway(`state_file: ${join(dir, 'state.db')}
+services:
+  - name: web
+    url: ${up.url}
+    plugins:
+      - {name: rate-limit, config: {limit: 3, window: 1h, by: ip}}
+      - {name: quota, config: {limit: 3, period: day, by: ip}}
+      - {name: cache}
+    routes: [{name: r, paths: [/]}]
+`);
+  try {
+    const first = await request(`${g.url}/x`);
+    assert.equal(first.headers['x-cache-status'], 'MISS', `${first.status} ${first.body.slice(0, 300)}`);
+    await sleep(1100);
+    const stale = await request(`${g.url}/x`);
+    assert.equal(stale.headers['x-cache-status'], 'STALE');
+    for (let i = 0; i < 200 && n < 2; i++) await sleep(25);
+    assert.equal(n, 2, 'the background refresh reached the upstream');
+    const third = await request(`${g.url}/x`);
+    assert.equal(third.status, 200, `the third request is within both limits: ${third.body.slice(0, 200)}`);
+    const state = String(third.headers['ratelimit']);
+    assert.match(state, /"default";r=0;t=\d+/, state);
+    assert.match(state, /"quota";r=0;t=\d+/, state);
+    assert.equal((await request(`${g.url}/x`)).status, 429, 'the fourth is not');
+  } finally {
+    await g.close();
+    await up.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -1,7 +1,8 @@
 /** Shared by rate-limit and quota: the `by` setting, the key it makes of a request, the store timeout. */
 import { createHash } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
-import type { RequestCtx } from './types.js';
+import type { PluginDeps, RequestCtx } from './types.js';
+import { REFRESH_HEADER } from './cache/refresh.js';
 import { parseDuration } from '../config/units.js';
 import { withDeadline } from '../state/deadline.js';
 
@@ -57,3 +58,19 @@ export function storeTimeoutMs(timeout: string | number | undefined, policy: str
 
 /** A store's answer, or an error once `ms` passed (the limit's `fault` applies then). */
 export const withTimeout = <T>(p: Promise<T>, ms: number): Promise<T> => withDeadline(p, ms, `the counter store did not answer within ${ms} ms`);
+
+/**
+ * A test for the gateway's own stale-while-revalidate refresh (cache/refresh.ts: it comes on
+ * behalf of a client whose request was counted already). Limits let it through uncounted, as
+ * nginx's limit_req does its background-update subrequests: one request of the client is one
+ * unit of its limits, not two. The refresh carries this node's secret token: a client cannot
+ * pass as one.
+ */
+export function refreshTest(deps: PluginDeps): (ctx: RequestCtx) => boolean {
+  const refresher = deps.caches?.refresher;
+  if (refresher === undefined) return () => false;
+  return (ctx) => {
+    const t = ctx.header(REFRESH_HEADER);
+    return t !== undefined && refresher.valid(t);
+  };
+}

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { definePlugin, type Reply } from '../types.js';
-import { byList, limitKey, withTimeout, storeTimeoutMs } from '../limit-key.js';
+import { byList, limitKey, refreshTest, withTimeout, storeTimeoutMs } from '../limit-key.js';
 import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
 import type { QuotaDecision } from '../../state/types.js';
 import { QuotaConfig } from './schema.js';
@@ -75,8 +75,10 @@ export default definePlugin({
       },
     };
     quotaViews.add(view);
+    const isRefresh = refreshTest(deps);
     return {
       async access(ctx): Promise<Reply | undefined> {
+        if (isRefresh(ctx)) return undefined;
         const now = Date.now();
         const p = periodOf(now, config.period, tz);
         let d: QuotaDecision | 'unavailable';

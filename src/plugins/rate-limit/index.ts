@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { definePlugin, type Reply, type RequestCtx } from '../types.js';
 import { MemoryStore } from '../../state/memory.js';
-import { byList, limitKey, withTimeout, storeTimeoutMs } from '../limit-key.js';
+import { byList, limitKey, refreshTest, withTimeout, storeTimeoutMs } from '../limit-key.js';
 import { parseDuration } from '../../config/units.js';
 import type { CounterStore, RateDecision, RateQuery } from '../../state/types.js';
 import { RateLimitConfig } from './schema.js';
@@ -111,9 +111,11 @@ export default definePlugin({
     };
     // This process's own memory (one process, no workers): decided synchronously, nothing to wait for.
     const inProcess = store instanceof MemoryStore ? store : null;
+    const isRefresh = refreshTest(deps);
 
     return {
       access(ctx) {
+        if (isRefresh(ctx)) return undefined;
         const key = limitKey(by, ctx);
         if (inProcess !== null) return judge(ctx, inProcess.rateNow(queriesFor(key)));
         return decide(key).then((d) => judge(ctx, d), (): Reply => ({ code: 'service-overloaded', detail: 'the rate limiter is unavailable', headers: { 'retry-after': '1' } }));
