@@ -167,6 +167,16 @@ test('query parameters: coercion, arrays (explode, form, pipe), deepObject, JSON
   assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: '?limit=%zz' })), [{ in: 'query', path: '/limit', message: 'invalid percent-encoding' }]);
 });
 
+test('numbers in parameters are decimal text: 0x1F, 0b11, Infinity, " 5" are not integers (the upstream gets the text, not what JS coerces it to)', async () => {
+  for (const v of ['0x5', '0b11', '0o7', 'Infinity', '%205', '5%20', '%20']) {
+    const errs = errorsOf(await check(pets, 'GET', '/pets', { query: `?limit=${v}` }));
+    assert.deepEqual([...new Set(errs.map((e) => `${e.in} ${e.path}`))], ['query /limit'], v);
+  }
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: '?ids=1,0x2' })).map((e) => `${e.in} ${e.path}`), ['query /ids/1']);
+  for (const v of ['5', '10', '1e1', '5.0']) assert.deepEqual(await check(pets, 'GET', '/pets', { query: `?limit=${v}` }), { ok: true }, v);
+  assert.deepEqual(await check(pets, 'GET', '/pets', { query: '?limit=2&other=0x5' }), { ok: true }, 'a string parameter may look like anything');
+});
+
 test('path, header and cookie parameters', async () => {
   assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets/abc')), [{ in: 'path', path: '/petId', message: 'must be integer' }]);
   assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets/0')), [{ in: 'path', path: '/petId', message: 'must be >= 1' }]);

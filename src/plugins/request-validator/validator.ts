@@ -157,6 +157,29 @@ function violations(where: In, errors: readonly ErrorObject[] | null | undefined
   }
 }
 
+/** A number as text, as JSON writes one: what a parameter coerced to a number or integer must look like. */
+const NUMBER_TEXT = /^-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$/;
+
+/**
+ * Parameter strings the validator's coercion would take for numbers although they are not
+ * written as one (ajv coerces whatever JS's `==` equates: 0x1F, 0b11, ' 5', Infinity), by
+ * pointer and path segments; null when there are none (the common case: nothing to check).
+ */
+function oddNumbers(data: unknown): [string, string[]][] | null {
+  let out: [string, string[]][] | null = null;
+  const walk = (v: unknown, segs: string[], depth: number) => {
+    if (typeof v === 'string') {
+      if (v !== '' && !NUMBER_TEXT.test(v) && !Number.isNaN(Number(v))) {
+        (out ??= []).push([segs.map((k) => `/${escapePointer(k)}`).join(''), segs]);
+      }
+    } else if (v !== null && typeof v === 'object' && depth < 8) {
+      for (const k of Object.keys(v)) walk((v as Record<string, unknown>)[k], [...segs, k], depth + 1);
+    }
+  };
+  walk(data, [], 0);
+  return out;
+}
+
 /** Runs a compiled validator; a stack overflow (a hostile value against a recursive schema) is reported, not thrown. */
 function run(validate: ValidateFunction, data: unknown): { ok: boolean; errors: ErrorObject[] | null; overflow?: true } {
   try {
@@ -592,9 +615,20 @@ export class ApiValidator {
   }
 
   private group(g: Group, data: Dict<unknown>, errors: Violation[]): void {
+    const odd = oddNumbers(data);
     const r = run(g.validate, data);
-    if (r.overflow) errors.push({ in: g.specs[0]?.in ?? 'query', path: '', message: 'nested too deeply to validate' });
-    else if (!r.ok) violations(g.specs[0]?.in ?? 'query', r.errors, errors);
+    const where = g.specs[0]?.in ?? 'query';
+    if (r.overflow) errors.push({ in: where, path: '', message: 'nested too deeply to validate' });
+    else if (!r.ok) violations(where, r.errors, errors);
+    // (what the validator took for a number is one in the text the upstream gets)
+    if (odd !== null && !r.overflow) {
+      for (const [path, segs] of odd) {
+        let v: unknown = data;
+        for (const k of segs) v = v !== null && typeof v === 'object' ? (v as Record<string, unknown>)[k] : undefined;
+        if (Array.isArray(v) && v.length === 1) v = v[0];
+        if (typeof v === 'number' && errors.length < MAX_VIOLATIONS) errors.push({ in: where, path, message: 'must be a number in decimal notation' });
+      }
+    }
   }
 
   // ---- responses ------------------------------------------------------------------------
