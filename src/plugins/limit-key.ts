@@ -70,6 +70,10 @@ export function refreshTest(deps: PluginDeps): (ctx: RequestCtx) => boolean {
   const refresher = deps.caches?.refresher;
   if (refresher === undefined) return () => false;
   return (ctx) => {
+    // A refresh comes from this host to its own listener (source address = the listener's):
+    // any other peer's fields are not looked at (node builds req.headers on first read).
+    const s = ctx.req.socket as { remoteAddress?: string; localAddress?: string } | null;
+    if (s === null || s.remoteAddress === undefined || s.remoteAddress !== s.localAddress) return false;
     const t = ctx.header(REFRESH_HEADER);
     return t !== undefined && refresher.valid(t);
   };
