@@ -1064,7 +1064,9 @@ services:
     const state = String(third.headers['ratelimit']);
     assert.match(state, /"default";r=0;t=\d+/, state);
     assert.match(state, /"quota";r=0;t=\d+/, state);
-    assert.equal((await request(`${g.url}/x`)).status, 429, 'the fourth is not');
+    const forged = await request(`${g.url}/x`, { headers: { 'x-turnpike-refresh': 'a-forged-refresh-token-value' } });
+    assert.equal(forged.status, 429, 'the fourth is not, whatever refresh marker it forges');
+    assert.equal((await request(`${g.url}/x`)).status, 429);
   } finally {
     await g.close();
     await up.close();
