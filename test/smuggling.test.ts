@@ -389,3 +389,31 @@ describe('a request refused with Connection: close ends the connection', () => {
     });
   }
 });
+
+// --------------------------------------------------------------------------------------------
+describe('bytes the parser refuses after complete requests', () => {
+  // A body longer than its Content-Length (CL.0-style probes) or junk after a request: the
+  // requests before it are proxied and answered, in order, then one 400 problem+json closes the
+  // connection (as nginx does); the refused bytes never reach the origin.
+  async function expectAnsweredThenRefused(bytes: string, expected: [method: string, target: string, body: string][]) {
+    const r = await rawRequest(gw.port, bytes, 1500);
+    await sleep(50);
+    const o = seen();
+    const ctx = show(r.text);
+    assert.deepEqual(o.requests.map((m) => { const [method, target] = m.start.split(' '); return [method!, target!, m.body]; }), expected, ctx);
+    for (const m of MARKERS) assert.ok(!o.raw.includes(m), `smuggled "${m}" reached the origin${ctx}`);
+    const res = parseMessages(r.text, 'response');
+    assert.deepEqual(res.map((m) => m.start.slice(0, 12)), [...expected.map(() => 'HTTP/1.1 200'), 'HTTP/1.1 400'], ctx);
+    assert.equal(header(res.at(-1)!, 'content-type'), 'application/problem+json', ctx);
+    assert.equal(header(res.at(-1)!, 'connection'), 'close', ctx);
+    assert.ok(r.closed, `the gateway left the connection open${ctx}`);
+  }
+
+  test('a body longer than its Content-Length: the request with its declared body is answered, then 400', async () => {
+    await expectAnsweredThenRefused(post('Content-Length: 5\r\n', 'hello\u0000GPOST garbage'), [['POST', '/', 'hello']]);
+  });
+
+  test('two pipelined GETs and junk after them: two 200s in order, then 400', async () => {
+    await expectAnsweredThenRefused('GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n\u0001\u0002 GPOST', [['GET', '/one', ''], ['GET', '/two', '']]);
+  });
+});

@@ -220,6 +220,9 @@ function pendingResponse(socket: Socket): ServerResponse | null {
  * Runs `fn` once node:http has no response left to write on this socket (it assigns queued
  * pipelined responses one after another as each finishes).
  */
+/** Sockets whose parser failed behind requests still being answered: their 400 waits (clientError). */
+const refusing = new WeakSet<Socket>();
+
 function afterResponses(socket: Socket, fn: () => void): void {
   const pending = pendingResponse(socket);
   if (pending === null) return fn();
@@ -985,12 +988,12 @@ export class Gateway implements RequestContext {
       });
     });
     server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer; reason?: string }, socket: Socket) => {
-      // A response already under way on this connection (pipelining): answering now would
-      // interleave bytes; cutting the connection is the only safe move.
       if (err.code === 'ECONNRESET' || !socket.writable) {
         socket.destroy();
         return;
       }
+      // (the parser stays in its error state: more bytes from the peer report it again)
+      if (refusing.has(socket)) return;
       const pending = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
       // Bytes after a request with `Connection: close` (or an HTTP/1.0 one without keep-alive):
       // that request is still answered, then the connection closes; what followed is never
@@ -998,17 +1001,6 @@ export class Gateway implements RequestContext {
       if (err.code === 'HPE_CLOSED_CONNECTION') {
         if (!pending) socket.destroySoon();
         return;
-      }
-      if (pending) {
-        // A complete answer is queued (maybe still corked): let it out, then close.
-        if (pending.writableEnded) { socket.destroySoon(); return; }
-        // The parser stops at its first error, so when the pending request is itself incomplete,
-        // the error is in its own framing (its body, or Transfer-Encoding checked after the head);
-        // nothing of its response went out, so answering it here keeps the order. Otherwise a
-        // response is under way or an earlier request is awaiting its answer: cut.
-        if (pending.headersSent || pending.req?.complete !== false) { socket.destroy(); return; }
-        // The client closed mid-body: it gave up on the request, which ends (and logs) as 499.
-        if (err.code === 'HPE_INVALID_EOF_STATE') { socket.destroy(); return; }
       }
       let code: ProblemCode = 'bad-request';
       let detail = `malformed HTTP request${err.reason ? `: ${err.reason}` : ''}`;
@@ -1024,16 +1016,37 @@ export class Gateway implements RequestContext {
       } else if (err.code === 'ERR_HTTP_REQUEST_TIMEOUT' || err.code === 'HPE_HEADERS_TIMEOUT') {
         code = 'request-timeout';
         detail = 'the request headers did not arrive in time';
-      } else if (err.code === 'HPE_INVALID_METHOD' && requestLine(err.rawPacket) !== null) {
+      } else if (err.code === 'HPE_INVALID_METHOD' && !pending && requestLine(err.rawPacket) !== null) {
         // A well-formed request with a method the gateway does not know at all (RFC 9110 §9.1);
-        // bytes that are no request line (a TLS ClientHello) stay a 400.
+        // bytes that are no request line (a TLS ClientHello) stay a 400. (Behind a request, the
+        // parser's raw bytes start with that request's line: a 400 there.)
         code = 'not-implemented';
         detail = 'the request method is not supported';
-      } else if (err.code === 'HPE_INVALID_VERSION' && requestLine(err.rawPacket)?.[1] !== 'PRI' && requestLine(err.rawPacket) !== null) {
+      } else if (err.code === 'HPE_INVALID_VERSION' && !pending && requestLine(err.rawPacket)?.[1] !== 'PRI' && requestLine(err.rawPacket) !== null) {
         // A well-formed request line with a version the parser does not speak (HTTP/3.0, HTTP/1.2);
         // a malformed one (bare LF, a second version) or a broken HTTP/2 preface stays a 400.
         code = 'http-version-not-supported';
         detail = 'only HTTP/1.0 and HTTP/1.1 are supported here (HTTP/2 over ALPN h2 or h2c)';
+      }
+      if (pending) {
+        // The client closed: nothing more can reach it (a request mid-body ends, and logs, as 499).
+        if (err.code === 'HPE_INVALID_EOF_STATE') { socket.destroy(); return; }
+        // The parser stops at its first error, so when the pending request is itself incomplete,
+        // the error is in its own framing (its body, or Transfer-Encoding checked after the head);
+        // nothing of its response went out, so answering it here keeps the order. Otherwise the
+        // bad bytes came after complete requests (a body longer than its Content-Length, junk
+        // after a request): those are answered first, in order, then this 400 and the close
+        // (as nginx does); the bad bytes never reach an upstream.
+        if (pending.headersSent || pending.req?.complete !== false) {
+          refusing.add(socket);
+          afterResponses(socket, () => {
+            const answer = rawProblem(code, detail);
+            this.observer.parserRejected(socket.remoteAddress, PROBLEMS[code].status, code);
+            socket.end(answer);
+            socket.destroySoon();
+          });
+          return;
+        }
       }
       const answer = rawProblem(code, detail);
       // (read before the socket ends: an address is gone once it is destroyed)
