@@ -466,7 +466,8 @@ function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: num
   const ct = headers['content-type'];
   if (ct !== undefined && !/json/i.test(ct.split(';')[0]!)) return `not JSON (content-type ${ct.split(';')[0]!.trim()})`;
   if (body.length === 0) return 'not JSON (empty body)';
-  // (nesting bounded, UTF-8 checked, and the message names a position, never the bytes)
-  const r = parseJson(body, MAX_JSON_DEPTH);
+  // (nesting bounded, UTF-8 checked, no number past a double's range: it would go on as null;
+  // the message names a position, never the bytes)
+  const r = parseJson(body, MAX_JSON_DEPTH, true);
   return r.ok ? { value: r.value } : `not JSON (${r.message})`;
 }

@@ -269,6 +269,7 @@ test('non-JSON and oversized step bodies are step failures', async () => {
     switch (req.url) {
       case '/html': res.writeHead(200, { 'content-type': 'text/html' }).end('<html>hi</html>'); return;
       case '/broken': res.writeHead(200, { 'content-type': 'application/json' }).end('{"nope'); return;
+      case '/huge-number': res.writeHead(200, { 'content-type': 'application/json' }).end('{"n":1e400}'); return;
       case '/big': res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(big.length) }).end(big); return;
       case '/chunked': {
         res.writeHead(200, { 'content-type': 'application/json' });
@@ -291,6 +292,7 @@ routes:
       steps:
         - {name: html, service: svc, path: /html, optional: true}
         - {name: broken, service: svc, path: /broken, optional: true}
+        - {name: huge, service: svc, path: /huge-number, optional: true}
         - {name: big, service: svc, path: /big, optional: true}
         - {name: chunked, service: svc, path: /chunked, optional: true}
         - {name: bomb, service: svc, path: /gzip-bomb, optional: true}
@@ -304,12 +306,14 @@ routes:
 `);
   const r = await run(s.route('r'));
   const body = bodyOf(r);
-  assert.equal(header(r, 'turnpike-partial'), 'html, broken, big, chunked, bomb');
+  assert.equal(header(r, 'turnpike-partial'), 'html, broken, huge, big, chunked, bomb');
   assert.deepEqual(body.fine, { fine: true });
   assert.deepEqual(body.zipped, { small: true });
   const errors = Object.fromEntries((body.errors as { step: string; status: number; error: string }[]).map((e) => [e.step, `${e.status} ${e.error}`]));
   assert.equal(errors.html, '200 not JSON (content-type text/html)');
   assert.match(errors.broken!, /^200 not JSON \(/);
+  // (a number past a double's range would go on as null: the value silently changed)
+  assert.match(errors.huge!, /^200 not JSON \(a number is beyond the range of a double/);
   assert.equal(errors.big, `200 response too large (${big.length} bytes, over max_body 3072)`);
   assert.equal(errors.chunked, '200 response too large (over max_body 3072 bytes)');
   assert.match(errors.bomb!, /^200 response too large \(over max_body 3072 bytes once decoded\)/);
@@ -490,6 +494,8 @@ routes:
   assert.deepEqual(bodyOf(r), { create: { got: { id: 7, label: 'user-7', tags: ['a', 'b'], fixed: [1, 2] }, type: 'application/json', method: 'POST' } });
   const p = await problem(run(s.route('r'), { method: 'POST', body: Buffer.from('{not json') }));
   assert.equal(p.code, 'bad-request');
+  const huge = await problem(run(s.route('r'), { method: 'POST', body: Buffer.from('{"user":{"id":1e400}}') }));
+  assert.equal(huge.code, 'bad-request');
 });
 
 test('a cached step is served from memory for its ttl, keyed by its final URL and headers', async () => {

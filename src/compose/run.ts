@@ -81,7 +81,7 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
   let clientBody: unknown;
   if (compose.readsBody && input.body !== null && input.body.length > 0) {
     if (input.body.length > compose.maxRequestBody) throw new ProblemError('payload-too-large', `the request body is larger than ${compose.maxRequestBody} bytes`);
-    const parsed = parseJson(input.body, MAX_JSON_DEPTH);
+    const parsed = parseJson(input.body, MAX_JSON_DEPTH, true);
     if (!parsed.ok) throw new ProblemError('bad-request', `the request body is not valid JSON (this route reads it): ${parsed.message}`);
     clientBody = parsed.value;
   }
