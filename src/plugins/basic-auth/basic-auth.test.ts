@@ -7,7 +7,7 @@ import { compile } from '../../config/compile.js';
 import { PoolRegistry } from '../../upstream/pools.js';
 import { consumerId } from '../pipeline.js';
 import { hashPassword, hashPasswordAsync, parseHash, verifyPassword } from './hash.js';
-import { request, startGateway, startUpstream, type SimpleResponse, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
+import { configIssues, request, startGateway, startUpstream, type SimpleResponse, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
 
 const T = { timeout: 20_000 };
 const CHALLENGE = 'Basic realm="turnpike", charset="UTF-8"';
@@ -226,4 +226,27 @@ services:
     await pools.closeAll();
   }
   assert.ok(!JSON.stringify(loaded.config).includes('correct horse battery'));
+});
+
+test('config: a realm that cannot go into a header field (CR LF, past Latin-1) is an error at config.realm, not a 500 on every 401', T, async () => {
+  const cfg = (realm: string) => `consumers:
+  - {name: alice, credentials: [{type: basic-auth, username: alice, password_hash: '${BOB_HASH}'}]}
+services:
+  - {name: s, url: 'http://127.0.0.1:9', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth, config: {realm: ${JSON.stringify(realm)}}}]}]}
+`;
+  for (const realm of ['a\r\nX-Injected: 1', 'Back\u0000office', '\u5bc6', 'quote"d']) {
+    const issues = configIssues(cfg(realm));
+    assert.equal(issues.length, 1, `${JSON.stringify(realm)}: ${JSON.stringify(issues)}`);
+    assert.match(issues[0]!.path, /plugins\[0\]\.config\.realm$/);
+  }
+  for (const realm of ['Back office', 'Zürich', 'a\tb']) assert.deepEqual(configIssues(cfg(realm)), [], realm);
+  // Such a realm goes out in the challenge (a 401, not a 500).
+  const g = await startGateway(cfg('Zürich'));
+  try {
+    const r = await request(`${g.url}/r`);
+    assert.equal(r.status, 401, r.body);
+    assert.match(String(r.headers['www-authenticate']), /^Basic realm="Z[^"]+rich", charset="UTF-8"$/);
+  } finally {
+    await g.close();
+  }
 });

@@ -2,7 +2,10 @@ import { Type, type Static } from '@sinclair/typebox';
 import { AuthCommon } from '../auth-common.js';
 
 export const BasicAuthConfig = Type.Object({
-  realm: Type.Optional(Type.String({ pattern: '^[^"\\\\]*$', default: 'turnpike', description: 'Realm in the WWW-Authenticate challenge.' })),
+  // A quoted-string's qdtext (RFC 9110 §5.6.4): tab, space, visible ASCII but `"` and `\`, and
+  // obs-text. Anything else (CR, LF, a character past Latin-1) cannot go into a header field:
+  // every 401 of the route would be a 500.
+  realm: Type.Optional(Type.String({ pattern: '^[\\t\\x20\\x21\\x23-\\x5b\\x5d-\\x7e\\x80-\\xff]*$', default: 'turnpike', description: 'Realm in the WWW-Authenticate challenge (no `"`, `\\` or control characters; Latin-1 at most).' })),
   ...AuthCommon,
 }, { additionalProperties: false });
 export type BasicAuthConfig = Static<typeof BasicAuthConfig>;
