@@ -60,8 +60,12 @@ export default definePlugin({
         let key = header !== null ? ctx.header(header) : undefined;
         // (an empty header is no key: the query may still carry one)
         if ((key === undefined || key === '') && query !== null && ctx.query !== '') {
-          const v = new URLSearchParams(ctx.query.slice(1)).get(query);
-          if (v !== null) {
+          const all = new URLSearchParams(ctx.query.slice(1)).getAll(query);
+          // Two keys: one would be checked and the other, maybe another consumer's, could be the
+          // one an upstream reads (frameworks differ: first, last, a list). Refused, as Kong does.
+          if (all.length > 1) return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (query parameter ${query})` };
+          const v = all[0];
+          if (v !== undefined) {
             key = v;
             // (a cache keys without it: the consumer is in its key, the key itself is never stored)
             ctx.credentialParam = query;

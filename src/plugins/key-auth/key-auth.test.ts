@@ -144,6 +144,19 @@ test('a wrong key: 401 problem+json with the Key challenge, the key never echoed
   assert.equal(up.requests.length, before);
 });
 
+test('two keys in the query (the same parameter twice): 401, neither is taken (the upstream could read the other one)', T, async () => {
+  const before = up.requests.length;
+  for (const q of [`apikey=${ALICE_KEY}&apikey=${BOB_KEY}`, `apikey=${ALICE_KEY}&apikey=not-a-key-123`, `apikey=${ALICE_KEY}&x=1&apikey=${ALICE_KEY}`, `apikey=&apikey=${ALICE_KEY}`]) {
+    const r = await request(`${t.url}/default?${q}`);
+    assertUnauthorized(r, ALICE_KEY, BOB_KEY);
+    assert.match((JSON.parse(r.body) as { detail: string }).detail, /more than one API key/, q);
+  }
+  // the custom parameter name too; another parameter beside the key is fine
+  assertUnauthorized(await request(`${t.url}/custom?token=${BOB_KEY}&token=${ALICE_KEY}`), ALICE_KEY, BOB_KEY);
+  assert.equal(up.requests.length, before, 'the upstream was called');
+  assert.equal((await request(`${t.url}/custom?apikey=${ALICE_KEY}&token=${BOB_KEY}`)).status, 200);
+});
+
 test('no key: 401 with the challenge', T, async () => {
   const before = up.requests.length;
   const r = await request(`${t.url}/default`);
