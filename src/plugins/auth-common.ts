@@ -73,9 +73,23 @@ export function bearerToken(header: string | undefined): string | null | typeof 
 export const BAD_BEARER = Symbol('malformed Bearer credentials');
 
 /** The outcome for BAD_BEARER: 400 with error="invalid_request" in the scheme's challenge. */
-export function badBearer(realm: string): AuthOutcome {
-  return { ok: false, missing: false, status: 400, challenge: `${realm}, error="invalid_request"`, detail: 'the Authorization header is not "Bearer" and one token' };
+export function badBearer(realm: string, detail = 'the Authorization header is not "Bearer" and one token'): AuthOutcome {
+  return { ok: false, missing: false, status: 400, challenge: `${realm}, error="invalid_request"`, detail };
 }
+
+/**
+ * Whether a request's query (`?...`, or '') carries an `access_token` parameter (RFC 6750 §2.3):
+ * beside a Bearer header that is two methods of sending a token, which RFC 6750 §2 forbids and
+ * §3.1 answers with invalid_request (one token would be checked, and the upstream could read the
+ * other one). Parsed only when the text could hold the name.
+ */
+export function queryHasAccessToken(query: string): boolean {
+  return query.length > 1 && (query.includes('token') || query.includes('%')) && new URLSearchParams(query.slice(1)).has('access_token');
+}
+
+/** The outcome for a token in the Authorization header and the query: 400 invalid_request. */
+export const twoTokenMethods = (realm: string): AuthOutcome =>
+  badBearer(realm, 'the access token was sent both in the Authorization header and as the access_token query parameter (RFC 6750 §2: one method per request)');
 
 /** prepareCredentials for a credential type named by one field: a value is one consumer's only. */
 export function uniqueField(field: string) {

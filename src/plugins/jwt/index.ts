@@ -9,7 +9,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256b64, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, queryHasAccessToken, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
@@ -171,6 +171,7 @@ export default definePlugin({
       authenticate(ctx) {
         const bearer = bearerToken(ctx.header('authorization'));
         if (bearer === BAD_BEARER) return badBearer(realm);
+        if (bearer !== null && queryHasAccessToken(ctx.query)) return twoTokenMethods(realm);
         let token = bearer;
         let fromCookie = false;
         if (token === null && cookieRe !== null) {

@@ -274,3 +274,20 @@ test('a malformed Bearer header (no token, two tokens, characters outside token6
     assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike"', value);
   }
 });
+
+test('a token in the Authorization header and in the access_token query parameter: 400 invalid_request (RFC 6750 §2, §3.1); in the query alone it is no credential', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const before = up.requests.length;
+  for (const q of [`access_token=${token}`, `a=1&access_token=${token}`, 'access_token=other', 'access%5Ftoken=x']) {
+    const r = await request(`${gw.url}/api/x?${q}`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(r.status, 400, `${q}: ${r.body}`);
+    assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"');
+    assert.ok(!r.body.includes(token));
+  }
+  assert.equal(up.requests.length, before, 'the upstream was called');
+  const alone = await request(`${gw.url}/api/x?access_token=${token}`);
+  assert.equal(alone.status, 401);
+  assert.equal(alone.headers['www-authenticate'], 'Bearer realm="turnpike"');
+  // other parameters that merely look alike are no token
+  assert.equal((await request(`${gw.url}/api/x?my_access_token=1&token=2`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
+});

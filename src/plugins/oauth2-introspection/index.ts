@@ -9,7 +9,7 @@
  * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, sha256, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
@@ -141,6 +141,7 @@ export default definePlugin({
         const token = bearerToken(ctx.header('authorization'));
         if (token === null) return { ok: false, missing: true, challenge: REALM };
         if (token === BAD_BEARER) return badBearer(REALM);
+        if (queryHasAccessToken(ctx.query)) return twoTokenMethods(REALM);
         const key = sha256(token).toString('base64');
         let outcome = cache.get(key) ?? refused.get(key);
         if (outcome === undefined) {

@@ -185,6 +185,14 @@ test('a malformed Bearer header is 400 invalid_request without a call to the IdP
   assert.equal(calls(), c0);
 });
 
+test('a token in the Authorization header and the access_token query parameter is 400 invalid_request (RFC 6750 §2) without a call to the IdP', async () => {
+  const c0 = calls();
+  const r = await request(`${gw.url}/api/x?access_token=abc`, { headers: { authorization: 'Bearer abc' } });
+  assert.equal(r.status, 400, r.body);
+  assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"');
+  assert.equal(calls(), c0);
+});
+
 const ctlCalls = () => ctl.requests.length;
 const activeAnswer = () => ({ status: 200, body: { active: true, client_id: 'svc-a', exp: Math.floor(Date.now() / 1000) + 600 } });
 
