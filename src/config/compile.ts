@@ -3,7 +3,7 @@
  * resolved here, once, off the hot path. Semantic errors (bad URLs, route conflicts, unknown
  * plugins, ...) are reported with their path and line like schema errors.
  */
-import { observabilitySettings, type ObservabilitySettings } from '../observability/settings.js';
+import { keyAuthNames, observabilitySettings, type ObservabilitySettings } from '../observability/settings.js';
 import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { dirname, resolve } from 'node:path';
@@ -189,6 +189,12 @@ export interface Snapshot {
   stateFile: string | null;
   /** Lower-case names of consumer headers a client may never send upstream, beyond the defaults. */
   extraStripped: ReadonlySet<string> | null;
+  /**
+   * Lower-case dashed names of key-auth's key headers (X-Api-Key): their underscore spellings
+   * (X_Api_Key) are dropped, since CGI, WSGI, Rack and PHP read them as the same field and an
+   * upstream could take a second key for the one the gateway checked.
+   */
+  credentialDashed: ReadonlySet<string> | null;
   /** Access log, metrics, tracing, analytics. */
   observability: ObservabilitySettings;
   /** The scaling advisor (null: no service has `scaling`). */
@@ -508,6 +514,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   });
   const defaults = new Set(Object.values(DEFAULT_CONSUMER_HEADERS));
   const extra = Object.values(consumerHeaders).filter((h) => !defaults.has(h));
+  const keyDashed = keyAuthNames(cfg).headers.filter((h) => h.includes('-'));
 
   const workers = cfg.workers === 'auto' ? Math.max(1, deps.cores ?? 1) : cfg.workers ?? 1;
   // Bulkheads and the retry budget's floor are per process: each worker gets its share.
@@ -842,6 +849,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     consumerHeaders,
     stateFile: plugins.used.has('quota') ? file(cfg.state_file ?? '.turnpike/state.db') : null,
     extraStripped: extra.length ? new Set(extra) : null,
+    credentialDashed: keyDashed.length ? new Set(keyDashed) : null,
     observability,
     scaling,
     portal: portalOf(cfg),

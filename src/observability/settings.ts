@@ -40,7 +40,7 @@ const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'cli
 
 
 /** Every key-auth header / query name used anywhere in the config (their values are keys). */
-function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: string[] } {
+export function keyAuthNames(cfg: TurnpikeConfigInput): { headers: string[]; params: string[] } {
   const headers: string[] = [];
   const params: string[] = [];
   const visit = (bindings: { name: string; config?: Record<string, unknown> }[] | undefined) => {

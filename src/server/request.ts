@@ -111,10 +111,10 @@ const OWNED_DASHED = new Set([
   ...LONG_PROXY_ONLY,
 ]);
 
-/** Whether a field name with an underscore stands, dashed, for one the gateway owns. */
+/** Whether a field name with an underscore stands, dashed, for one the gateway owns (or a key-auth key header). */
 function ownedWithUnderscore(name: string, snap: Snapshot): boolean {
   const dashed = name.toLowerCase().replace(/_/g, '-');
-  return OWNED_DASHED.has(dashed) || (snap.extraStripped !== null && snap.extraStripped.has(dashed));
+  return OWNED_DASHED.has(dashed) || (snap.extraStripped !== null && snap.extraStripped.has(dashed)) || (snap.credentialDashed !== null && snap.credentialDashed.has(dashed));
 }
 
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */

@@ -157,6 +157,19 @@ test('two keys in the query (the same parameter twice): 401, neither is taken (t
   assert.equal((await request(`${t.url}/custom?apikey=${ALICE_KEY}&token=${BOB_KEY}`)).status, 200);
 });
 
+test('an underscore spelling of the key header (X_Api_Token, read as the same field by CGI, WSGI, Rack and PHP) never reaches the upstream', T, async () => {
+  const r = await request(`${t.url}/custom`, { headers: { 'x-api-token': ALICE_KEY, X_Api_Token: BOB_KEY, 'x-api_token': BOB_KEY, 'x_other': 'kept' } });
+  assert.equal(r.status, 200, r.body);
+  assert.equal(echo(r).headers['x-consumer-name'], 'alice');
+  const raw = lastUpstream().rawHeaders;
+  assert.deepEqual(rawValues(raw, 'x-api-token'), [ALICE_KEY]);
+  assert.deepEqual(rawValues(raw, 'x_api_token'), []);
+  assert.deepEqual(rawValues(raw, 'x-api_token'), []);
+  assert.deepEqual(rawValues(raw, 'x_other'), ['kept'], 'other underscore fields pass');
+  // It is no key either.
+  assertUnauthorized(await request(`${t.url}/custom`, { headers: { X_Api_Token: ALICE_KEY } }), ALICE_KEY);
+});
+
 test('no key: 401 with the challenge', T, async () => {
   const before = up.requests.length;
   const r = await request(`${t.url}/default`);
