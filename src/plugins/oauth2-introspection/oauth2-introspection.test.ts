@@ -252,6 +252,22 @@ test('a 400 whose OAuth error is about the token is the token\'s fault: 401 inva
   }
 });
 
+test('an active refresh token (token_type refresh_token, Keycloak typ Refresh / Offline, Hydra token_use) is refused 401 invalid_token: it is not an access token', async () => {
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  const refused = [{ token_type: 'refresh_token' }, { token_type: 'Refresh_Token' }, { typ: 'Refresh' }, { typ: 'Offline' }, { token_use: 'refresh_token' }];
+  for (const [i, extra] of refused.entries()) {
+    ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp, ...extra } };
+    const r = await get('/ctl', `refresh-${i}-${'r'.repeat(20)}`);
+    assert.equal(r.status, 401, `${JSON.stringify(extra)}: ${r.body}`);
+    assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+  }
+  for (const [i, extra] of [{ token_type: 'Bearer' }, { token_type: 'access_token' }, { typ: 'Bearer' }, { token_use: 'access_token' }, {}].entries()) {
+    ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp, ...extra } };
+    const r = await get('/ctl', `access-${i}-${'a'.repeat(20)}`);
+    assert.equal(r.status, 200, `${JSON.stringify(extra)}: ${r.body}`);
+  }
+});
+
 test('the claim names a consumer by an oauth2-introspection credential, by name only one that declares no credentials (an IdP user called admin is not the admin consumer)', async () => {
   const as = async (token: string) => {
     const r = await request(`${gw.url}/by-username`, { headers: { authorization: `Bearer ${token}` } });
