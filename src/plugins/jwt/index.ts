@@ -11,6 +11,7 @@ import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult 
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, queryHasAccessToken, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
+import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
 
@@ -56,7 +57,7 @@ export default definePlugin({
     if (!config.issuer && !config.audiences) {
       // Legal (Envoy and KrakenD allow it too), but with keys shared by many tenants or apps
       // (a multi-tenant IdP) any of their tokens would do (RFC 8725 §3.8-3.9).
-      deps.log.warn({ plugin: 'jwt', where: deps.where, jwks_url: config.jwks_url }, 'jwt: neither issuer nor audiences is set: any token signed by these keys is accepted');
+      deps.log.warn({ plugin: 'jwt', where: deps.where, jwks_url: config.jwks_url === undefined ? undefined : redactUrl(config.jwks_url) }, 'jwt: neither issuer nor audiences is set: any token signed by these keys is accepted');
     }
     const keys = acquireKeySource({
       issuer: config.issuer,

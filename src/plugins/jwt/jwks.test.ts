@@ -197,3 +197,42 @@ test('an unknown kid while the IdP hangs: one fetch timeout of waiting, then 503
     await idp.close();
   }
 });
+
+test('a secret in the JWKS or introspection URL (a query key, a userinfo password) never reaches the log', async () => {
+  const { Writable } = await import('node:stream');
+  const { default: pino } = await import('pino');
+  const { Gateway } = await import('../../server/gateway.js');
+  const { parseConfigText } = await import('../../config/load.js');
+  const lines: string[] = [];
+  // An IdP that answers 500 to everything: every fetch fails and is logged.
+  const failing = createServer((_req, res) => res.writeHead(500).end('no'));
+  await new Promise<void>((r) => failing.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(failing.address() as AddressInfo).port}`;
+  const up = await startUpstream();
+  const gw = await Gateway.start(parseConfigText(`listen: 127.0.0.1:0
+access_log: {enabled: false}
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - {name: j, paths: [/j], plugins: [{name: jwt, config: {jwks_url: "${base}/jwks?api_key=JWKS-SECRET-1"}}]}
+      - {name: i, paths: [/i], plugins: [{name: oauth2-introspection, config: {introspection_url: "http://gw:INTRO-SECRET-2@127.0.0.1:${(failing.address() as AddressInfo).port}/introspect?token=INTRO-SECRET-3", client_id: gw, client_secret: s}}]}
+`, { env: {} }), { logger: pino({ level: 'info' }, new Writable({ write(chunk, _enc, cb) { lines.push(String(chunk)); cb(); } })) });
+  try {
+    const url = `http://127.0.0.1:${gw.proxyAddress!.port}`;
+    const { privateKey } = await generateKeyPair('RS256');
+    const token = await new SignJWT({ sub: 'a', exp: Math.floor(Date.now() / 1000) + 60 }).setProtectedHeader({ alg: 'RS256', kid: 'k' }).sign(privateKey);
+    assert.equal((await request(`${url}/j`, { headers: { authorization: `Bearer ${token}` } })).status, 503);
+    assert.equal((await request(`${url}/i`, { headers: { authorization: 'Bearer opaque-token' } })).status, 503);
+    await sleep(200);
+    const log = lines.join('');
+    assert.match(log, /fetching signing keys failed/);
+    assert.match(log, /token introspection failed/);
+    for (const secret of ['JWKS-SECRET-1', 'INTRO-SECRET-2', 'INTRO-SECRET-3']) assert.ok(!log.includes(secret), `${secret} in the log: ${log}`);
+  } finally {
+    await gw.stop();
+    await up.close();
+    failing.closeAllConnections();
+    await new Promise<void>((r) => failing.close(() => r()));
+  }
+});

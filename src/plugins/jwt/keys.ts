@@ -9,6 +9,7 @@
  */
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, type JWSHeaderParameters, type FlattenedJWSInput } from 'jose';
 import { fetchJson } from '../http-fetch.js';
+import { maskUrlSecrets, redactUrl } from '../../core/url-secrets.js';
 import type { Logger } from '../../core/log.js';
 
 export interface KeySourceOptions {
@@ -97,7 +98,7 @@ export class KeySource {
         this.failed = false;
       } catch (err) {
         this.failed = true;
-        this.log.warn({ issuer: this.o.issuer, jwks: this.jwksUrl, err: (err as Error).message, keys_in_hand: this.local !== null }, 'fetching signing keys failed');
+        this.log.warn({ issuer: this.o.issuer, jwks: this.jwksUrl === undefined ? undefined : redactUrl(this.jwksUrl), err: maskUrlSecrets((err as Error).message), keys_in_hand: this.local !== null }, 'fetching signing keys failed');
       } finally {
         this.loading = null;
       }

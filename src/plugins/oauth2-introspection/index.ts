@@ -13,6 +13,7 @@ import { BAD_BEARER, TtlCache, badBearer, bearerToken, queryHasAccessToken, sha2
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
+import { redactUrl } from '../../core/url-secrets.js';
 import { IntrospectionConfig, IntrospectionCredential } from './schema.js';
 
 const REALM = 'Bearer realm="turnpike"';
@@ -90,6 +91,8 @@ export default definePlugin({
     let unanswered = 0;
     let pausedUntil = 0;
     const failed = (detail: string): { outcome: AuthOutcome; until: number } => ({ outcome: unavailable(detail), until: Date.now() + FAILURE_BACKOFF_MS });
+    /** The endpoint as logs show it (a secret in its query or userinfo masked). */
+    const logUrl = redactUrl(config.introspection_url);
     const basic = `Basic ${Buffer.from(`${formEncode(config.client_id)}:${formEncode(config.client_secret)}`).toString('base64')}`;
 
     const introspect = async (token: string): Promise<{ outcome: AuthOutcome; until: number }> => {
@@ -107,7 +110,7 @@ export default definePlugin({
           body: form.toString(),
         });
       } catch (err) {
-        deps.log.warn({ url: config.introspection_url, err: (err as Error).message }, 'token introspection failed');
+        deps.log.warn({ url: logUrl, err: (err as Error).message }, 'token introspection failed');
         if ((err as { status?: number }).status !== undefined) unanswered = 0; // an answer, but not JSON
         else if (++unanswered >= PAUSE_AFTER) pausedUntil = Date.now() + Math.min(PAUSE_MS * 2 ** (unanswered - PAUSE_AFTER), PAUSE_MAX_MS);
         return failed('the token cannot be checked now (the identity provider does not answer)');
@@ -119,7 +122,7 @@ export default definePlugin({
         return { outcome: invalid(`the token is not valid (the identity provider answered ${body['error'] as string})`), until: now + negativeTtl };
       }
       if (res.status !== 200 || body === null || typeof body !== 'object') {
-        deps.log.warn({ url: config.introspection_url, status: res.status }, 'token introspection refused');
+        deps.log.warn({ url: logUrl, status: res.status }, 'token introspection refused');
         return failed('the token cannot be checked now (the identity provider refused the introspection call)');
       }
       if (body['active'] !== true) return { outcome: invalid('the token is not active'), until: now + negativeTtl };
