@@ -133,6 +133,9 @@ export default definePlugin({
     };
 
     const verify = async (token: string): Promise<AuthOutcome> => {
+      // Compact serialization is base64url without padding (RFC 7515 §2, §7.1): jose would take a
+      // signature with '=' after it, a second spelling of the same token.
+      if (token.includes('=')) return invalid('the token is not valid');
       let payload: JWTPayload;
       let typ: unknown;
       try {

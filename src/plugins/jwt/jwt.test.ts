@@ -291,3 +291,13 @@ test('a token in the Authorization header and in the access_token query paramete
   // other parameters that merely look alike are no token
   assert.equal((await request(`${gw.url}/api/x?my_access_token=1&token=2`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
 });
+
+test('a token in another spelling than base64url without padding (RFC 7515 §2: "=" after the signature) is 401 invalid_token', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  assert.equal((await get('/api/x', token)).status, 200);
+  for (const t of [`${token}=`, `${token}==`]) {
+    const r = await get('/api/x', t);
+    assert.equal(r.status, 401, r.body);
+    assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_token"');
+  }
+});
