@@ -11,14 +11,32 @@ import { uniqueField } from '../auth-common.js';
 
 const CHALLENGE = 'MutualTLS realm="turnpike"';
 
+/**
+ * A subjectAltName value as Node prints it: as it is, or — when it holds a comma, a quote, a
+ * backslash or a byte outside printable ASCII — a JSON string whose \u00XX escapes are its bytes
+ * (`URI:"https://a.example/x\u002cy"`): decoded to the value itself.
+ */
+function altNameValue(printed: string): string | null {
+  if (!printed.startsWith('"')) return printed;
+  try {
+    const v = JSON.parse(printed) as unknown;
+    if (typeof v !== 'string') return null;
+    return /[\x80-\xff]/.test(v) ? Buffer.from(v, 'latin1').toString('utf8') : v;
+  } catch {
+    return null;
+  }
+}
+
 /** Subject CN and subjectAltName values (DNS:, email:, URI:) of a certificate. */
 export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[] } {
   const cnRaw = cert.subject?.CN as string | string[] | undefined;
   const cn = Array.isArray(cnRaw) ? cnRaw[0] ?? null : cnRaw ?? null;
   const sans: string[] = [];
-  for (const part of (cert.subjectaltname ?? '').split(/,\s*/)) {
+  // (a comma inside a quoted value is printed \u002c: ", " only ever separates entries)
+  for (const part of (cert.subjectaltname ?? '').split(', ')) {
     const m = /^(DNS|email|URI):(.+)$/.exec(part);
-    if (m) sans.push(m[2]!);
+    const v = m ? altNameValue(m[2]!) : null;
+    if (v) sans.push(v);
   }
   return { cn, sans };
 }

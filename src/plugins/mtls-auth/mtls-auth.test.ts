@@ -125,3 +125,24 @@ test('mtls-auth without tls.client_ca is a config error at the binding', () => {
     /services\[0\]\.plugins\[0\]\.config.*needs tls\.client_ca/,
   );
 });
+
+test('subjectAltNames that Node prints quoted (one holding a comma) are matched by their value; a comma in one never makes another name', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { readFileSync, writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { X509Certificate } = await import('node:crypto');
+  const { certificateNames } = await import('./index.js');
+  const cnf = join(ca.dir, 'quoted-san.cnf');
+  writeFileSync(cnf, [
+    '[req]', 'distinguished_name=dn', '[dn]', '[ext]', 'subjectAltName=@alt', '[alt]',
+    'URI.1 = https://apps.example/a,b', 'URI.2 = spiffe://example.org/ns/default/sa/app',
+    'URI.3 = x, DNS:admin, y', 'email.1 = dev+ops@example.com', 'DNS.1 = plain.example', '',
+  ].join('\n'));
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'quoted.key', '-out', 'quoted.pem',
+    '-days', '1', '-subj', '/CN=quoted', '-config', cnf, '-extensions', 'ext'], { cwd: ca.dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  const x = new X509Certificate(readFileSync(join(ca.dir, 'quoted.pem')));
+  const { cn, sans } = certificateNames({ subject: { CN: 'quoted' }, subjectaltname: x.subjectAltName } as never);
+  assert.equal(cn, 'quoted');
+  assert.deepEqual(sans, ['https://apps.example/a,b', 'spiffe://example.org/ns/default/sa/app', 'x, DNS:admin, y', 'dev+ops@example.com', 'plain.example']);
+  assert.ok(!sans.includes('admin'));
+});
