@@ -63,7 +63,10 @@ export default definePlugin({
           const all = new URLSearchParams(ctx.query.slice(1)).getAll(query);
           // Two keys: one would be checked and the other, maybe another consumer's, could be the
           // one an upstream reads (frameworks differ: first, last, a list). Refused, as Kong does.
-          if (all.length > 1) return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (query parameter ${query})` };
+          if (all.length > 1) {
+            ctx.credentialParam = query; // (an anonymous consumer may still go on: no cache keys with them)
+            return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (query parameter ${query})` };
+          }
           const v = all[0];
           if (v !== undefined) {
             key = v;
