@@ -250,3 +250,14 @@ services:
     await g.close();
   }
 });
+
+test('config: two user names that are one in NFC (composed and decomposed ü) are the same name twice, not one silently shadowing the other', T, () => {
+  const issues = configIssues(`consumers:
+  - {name: a, credentials: [{type: basic-auth, username: "j\u00fcrgen", password_hash: '${BOB_HASH}'}]}
+  - {name: b, credentials: [{type: basic-auth, username: "ju\u0308rgen", password_hash: '${BOB_HASH}'}]}
+services:
+  - {name: s, url: 'http://127.0.0.1:9', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth}]}]}
+`);
+  assert.equal(issues.length, 1, JSON.stringify(issues));
+  assert.match(issues[0]!.message, /used twice/);
+});

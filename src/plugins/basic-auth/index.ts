@@ -56,8 +56,10 @@ export default definePlugin({
         const bad = c[field] === undefined ? null : unsendableSecret(c[field], 'Basic credentials (RFC 7617)', { edges: false });
         if (bad) problems.push({ index, field, message: bad });
       }
-      if (seen.has(c.username)) problems.push({ index, field: 'username', message: `user name "${c.username}" is used twice (also credential ${seen.get(c.username)} of basic-auth)` });
-      seen.set(c.username, index);
+      // (compared as requests are: in NFC, where "jürgen" typed decomposed is the same name)
+      const name = c.username.normalize('NFC');
+      if (seen.has(name)) problems.push({ index, field: 'username', message: `user name "${c.username}" is used twice (also credential ${seen.get(name)} of basic-auth)` });
+      seen.set(name, index);
       if (c.password !== undefined) {
         // The loaded config keeps the hash instead: a recompile reuses it, the plain value goes.
         c.password_hash = hashPassword(c.password);
