@@ -179,8 +179,12 @@ export default definePlugin({
         let token = bearer;
         let fromCookie = false;
         if (token === null && cookieRe !== null) {
-          const m = cookieRe.exec(ctx.header('cookie') ?? '');
+          const cookies = ctx.header('cookie') ?? '';
+          const m = cookieRe.exec(cookies);
           if (m && m[1]) {
+            // The cookie twice: one token would be checked, and the upstream could read the
+            // other (frameworks take the first or the last).
+            if (cookieRe.test(cookies.slice(m.index + m[0].length))) return invalid(`more than one ${config.cookie} cookie`);
             token = m[1];
             fromCookie = true;
           }

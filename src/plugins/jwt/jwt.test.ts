@@ -208,6 +208,20 @@ test('a token from a cookie: hide_credentials takes that cookie out of the upstr
   assert.equal(upstreamSaw().cookie, undefined);
 });
 
+test('the token cookie twice (two tokens, one would be checked and the upstream could read the other): 401 invalid_token', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const before = up.requests.length;
+  for (const cookie of [`tok=${token}; tok=forged`, `tok=${token}; a=1; tok=${token}`]) {
+    const r = await request(`${gw.url}/cookie`, { headers: { cookie } });
+    assert.equal(r.status, 401, r.body);
+    assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+  }
+  assert.equal(up.requests.length, before);
+  // (signed with the IdP's first key: this route's keys are fetched once, before any rotation)
+  // other cookies whose names end the same are not it
+  assert.equal((await request(`${gw.url}/cookie`, { headers: { cookie: `xtok=1; tok=${token}; tok2=3` } })).status, 200);
+});
+
 test('keys that cannot be fetched: 503 with Retry-After, not invalid_token (the token may be fine)', async () => {
   const r = await get('/nokeys', await idp.jwt({ clientId: 'svc-a' }));
   assert.equal(r.status, 503, r.body);
@@ -301,3 +315,4 @@ test('a token in another spelling than base64url without padding (RFC 7515 §2: 
     assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_token"');
   }
 });
+
