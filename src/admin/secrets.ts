@@ -7,6 +7,7 @@
  */
 import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { isObj, items, type Obj } from './document.js';
+import { isSecretParam } from '../core/url-secrets.js';
 
 /** Fields that hold a secret (any credential type). */
 export const SECRET_FIELDS: readonly string[] = ['key', 'key_sha256', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
@@ -142,18 +143,50 @@ const isRef = (v: string) => /^\$\{[^}]+\}$/.test(v.trim());
 /** A URL's password (scheme://user:PASSWORD@host...). */
 const URL_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/?#@:]*:)([^/?#@]*)@/i;
 
-/** A URL with its password (not a `${VAR}` reference) reading MASK; other strings unchanged. */
+/** A URL's query (or fragment) parameter: separator, name, value. */
+const URL_PARAM = /([?&#])([^=?&#]*)=([^&#]*)/g;
+const isUrl = (x: string) => /^[a-z][a-z0-9+.-]*:\/\//i.test(x);
+
+/**
+ * A URL with its password and the values of its secret-named query parameters (`?api_key=`,
+ * `?token=`, `?password=`...: isSecretParam) reading MASK, `${VAR}` references left as they
+ * are; other strings unchanged.
+ */
 function maskUrl(x: string): string {
+  if (!isUrl(x)) return x;
   const m = URL_PASSWORD.exec(x);
-  return m && m[2] !== '' && !isRef(m[2]!) ? `${m[1]}${MASK}@${x.slice(m[0].length)}` : x;
+  const out = m && m[2] !== '' && !isRef(m[2]!) ? `${m[1]}${MASK}@${x.slice(m[0].length)}` : x;
+  return out.replace(URL_PARAM, (all, sep: string, name: string, value: string) => (value !== '' && !isRef(value) && isSecretParam(name) ? `${sep}${name}=${MASK}` : all));
 }
 
-/** A URL whose password reads MASK gets the stored URL's password back (null: none stored). */
+/** The value of parameter `name` in a URL (its first), or undefined. */
+function paramOf(url: string, name: string): string | undefined {
+  for (const m of url.matchAll(URL_PARAM)) if (m[2] === name) return m[3];
+  return undefined;
+}
+
+/** A URL whose password or secret parameters read MASK gets the stored URL's back (null: one has none stored). */
 function restoreUrl(x: string, old: unknown): string | null {
+  if (!isUrl(x) || !x.includes(MASK)) return x;
+  const stored = typeof old === 'string' ? old : '';
+  let out = x;
   const m = URL_PASSWORD.exec(x);
-  if (!m || m[2] !== MASK) return x;
-  const o = typeof old === 'string' ? URL_PASSWORD.exec(old) : null;
-  return o ? `${m[1]}${o[2]}@${x.slice(m[0].length)}` : null;
+  if (m && m[2] === MASK) {
+    const o = URL_PASSWORD.exec(stored);
+    if (!o) return null;
+    out = `${m[1]}${o[2]}@${x.slice(m[0].length)}`;
+  }
+  let missing = false;
+  out = out.replace(URL_PARAM, (all, sep: string, name: string, value: string) => {
+    if (value !== MASK) return all;
+    const v = paramOf(stored, name);
+    if (v === undefined || v === MASK) {
+      missing = true;
+      return all;
+    }
+    return `${sep}${name}=${v}`;
+  });
+  return missing ? null : out;
 }
 
 /** A deep copy where every secret-named string (not a `${VAR}` reference) outside credentials reads MASK, and so does the password of a URL. */
