@@ -160,8 +160,13 @@ test('Host: missing, duplicated or malformed is 400 problem+json; HTTP/1.0 witho
     'GET /echo HTTP/1.1\r\nHost: a b\r\n\r\n',
     'GET /echo HTTP/1.1\r\nHost: a.example/evil\r\n\r\n',
     'GET /echo HTTP/1.1\r\nHost: a@b\r\n\r\n',
+    // empty: an http URI with an empty host is invalid (RFC 9110 §4.2.1); nginx says 400 too
+    'GET /echo HTTP/1.1\r\nHost: \r\n\r\n',
+    'GET /echo HTTP/1.0\r\nHost:\r\n\r\n',
   ]) {
+    const before = up.requests.length;
     const r = await rawRequest(gw.port, req);
+    assert.equal(up.requests.length, before, `forwarded: ${JSON.stringify(req)}`);
     assert.deepEqual(statuses(r.text), [400], req);
     assert.match(r.text, /application\/problem\+json/);
     assert.ok(r.closed, `connection not closed for ${JSON.stringify(req)}`);

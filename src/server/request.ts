@@ -378,6 +378,10 @@ export function handleRequest(
     host = m[2];
     target = m[3] || '/';
     if (target.charCodeAt(0) !== 0x2f) target = '/' + target;
+  } else if (host === '' && hostCount === 1) {
+    // An empty Host (or :authority) makes an http(s) URI with an empty host, which a recipient
+    // must reject as invalid (RFC 9110 §4.2.1, §4.2.2); an absolute-form authority replaces it.
+    return reject(ctx, req, res, requestId, 'bad-request', 'empty Host header');
   }
   const q = target.indexOf('?');
   const path = normalizePath(q === -1 ? target : target.slice(0, q));
