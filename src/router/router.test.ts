@@ -75,6 +75,25 @@ test('405 when the path matches only routes of other methods; 404 when nothing m
   assert.equal(r.match('GET', 'x', '/nothing', {}), null);
 });
 
+test('HEAD is served by a route listing GET (RFC 9110 §9.1, §9.3.2); one listing HEAD itself wins; Allow names HEAD with GET', () => {
+  const r = new Router<string>([
+    { paths: ['/g'], methods: ['GET'], data: 'get' },
+    { paths: ['/g'], data: 'any' },
+    { paths: ['/only-get'], methods: ['GET'], data: 'only-get' },
+    { paths: ['/h'], methods: ['GET'], data: 'h-get' },
+    { paths: ['/h'], methods: ['HEAD'], data: 'h-head' },
+    { paths: ['/p'], methods: ['POST'], data: 'post' },
+  ]);
+  const name = (m: string, p: string) => { const x = r.match(m, 'h', p, {}); return x && 'data' in x ? x.data : x; };
+  assert.equal(name('HEAD', '/only-get/x'), 'only-get');
+  assert.equal(name('HEAD', '/g'), 'get'); // as GET /g would go
+  assert.equal(name('POST', '/g'), 'any');
+  assert.equal(name('HEAD', '/h'), 'h-head');
+  assert.equal(name('GET', '/h'), 'h-get');
+  assert.deepEqual(r.match('HEAD', 'h', '/p', {}), { methodNotAllowed: ['POST'] });
+  assert.deepEqual(r.match('DELETE', 'h', '/only-get', {}), { methodNotAllowed: ['GET', 'HEAD'] });
+});
+
 test('prefixLength covers exactly the matched segments (strip_path)', () => {
   const r = new Router<string>([{ paths: ['/a/{x}'], data: 'a' }]);
   const m = r.match('GET', 'h', '/a/b/c/d', {});

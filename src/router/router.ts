@@ -233,7 +233,10 @@ export class Router<T> {
       if (m) return this.result(m, path);
     }
     const allowed = this.allowed as string[] | null;
-    return allowed ? { methodNotAllowed: [...new Set(allowed)].sort() } : null;
+    if (allowed === null) return null;
+    const set = new Set(allowed);
+    if (set.has('GET')) set.add('HEAD');
+    return { methodNotAllowed: [...set].sort() };
   }
 
   /** `pos` is the index of the '/' that starts the next segment. */
@@ -260,15 +263,20 @@ export class Router<T> {
         if (m) return m;
       }
     }
+    // HEAD is GET without content (RFC 9110 §9.3.2; §9.1: a server supports both): a route
+    // listing GET takes HEAD too, unless one listing HEAD itself is there.
+    let getRoute: Entry<T> | null = null;
     for (const e of node.entries) {
       if (e.headers.length && !headersMatch(e.headers, headers)) continue;
       if (e.methods !== null && !e.methods.has(method)) {
-        (this.allowed ??= []).push(...e.methods);
+        if (method === 'HEAD' && e.methods.has('GET')) getRoute ??= e;
+        else (this.allowed ??= []).push(...e.methods);
         continue;
       }
-      return e;
+      // (one listing methods beats one taking any: entries come sorted so)
+      return getRoute !== null && e.methods === null ? getRoute : e;
     }
-    return null;
+    return getRoute;
   }
 
   private result(e: Entry<T>, path: string): RouteMatch<T> {
