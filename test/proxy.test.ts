@@ -86,7 +86,7 @@ test('forwards method, path, query and body; Via and X-Request-Id both ways', as
 test('hop-by-hop request headers and those named in Connection are removed', async () => {
   const res = await rawRequest(gw.port,
     'GET /raw/x HTTP/1.1\r\nHost: gw.test\r\nConnection: keep-alive, X-Private, Host, Content-Length, X-Forwarded-For\r\n' +
-    'X-Private: secret\r\nKeep-Alive: timeout=99\r\nTE: trailers\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n' +
+    'X-Private: secret\r\nKeep-Alive: timeout=99\r\nTE: gzip;q=0.5\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n' +
     'Proxy-Connection: keep-alive\r\nX-Kept: yes\r\n\r\n', 800);
   assert.deepEqual(statuses(res.text), [200]);
   const got = raw.connections[raw.connections.length - 1]!.toString('latin1');
@@ -97,6 +97,19 @@ test('hop-by-hop request headers and those named in Connection are removed', asy
   assert.match(got, /\r\nhost: 127\.0\.0\.1:\d+\r\n/i); // naming Host in Connection does not remove it
   assert.match(got, /\r\nx-forwarded-for: 127\.0\.0\.1\r\n/i);
   assert.match(got, /\r\nX-Kept: yes\r\n/);
+});
+
+test('TE: only its "trailers" goes on (the gateway relays trailers), and not for an HTTP/1.0 client', async () => {
+  const origin = () => raw.connections[raw.connections.length - 1]!.toString('latin1');
+  for (const [te, version, want] of [
+    ['trailers', '1.1', 'trailers'], ['gzip, Trailers', '1.1', 'trailers'], ['deflate', '1.1', null], ['trailers', '1.0', null],
+  ] as const) {
+    const res = await rawRequest(gw.port, `GET /raw/te HTTP/${version}\r\nHost: gw.test\r\nConnection: TE\r\nTE: ${te}\r\n\r\n`, 800);
+    assert.deepEqual(statuses(res.text), [200]);
+    const got = origin().toLowerCase();
+    const seen = got.match(/\r\nte: *([^\r]*)\r\n/g) ?? [];
+    assert.deepEqual(seen, want === null ? [] : [`\r\nte: ${want}\r\n`], `${version} TE: ${te} -> ${got}`);
+  }
 });
 
 test('hop-by-hop response headers and those named in Connection are removed; Set-Cookie kept whole, except the console\'s and the portal\'s session cookies', async () => {

@@ -245,6 +245,7 @@ export function handleRequest(
   let proxyOnly: string[] | undefined;
   let authority: string | undefined;
   let h2Cookie: string | undefined;
+  let teTrailers = false;
   // With tracing on, the gateway sends its own trace context upstream (a child of the client's).
   const tracing = ex !== null && ctx.observer?.tracing != null;
   for (let i = 0; i < raw.length; i += 2) {
@@ -273,7 +274,10 @@ export function handleRequest(
       case 'via': via = join(via, value); continue;
       case 'max-forwards': maxForwards = value; continue;
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
-      case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade': case 'http2-settings':
+      // TE is hop-by-hop, but its `trailers` (the client reads trailer fields, RFC 9110 §10.1.4)
+      // holds for the upstream hop too: the gateway relays trailers (Envoy keeps it the same way)
+      case 'te': if (!teTrailers && /(^|,)\s*trailers\s*(,|$)/i.test(value)) teTrailers = true; continue;
+      case 'keep-alive': case 'proxy-connection': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
       // the authenticated consumer, set by the gateway only (the longer names: below)
       case 'x-consumer-id': case 'x-consumer-name': case 'x-consumer-groups': case 'x-consumer-username':
@@ -493,7 +497,8 @@ export function handleRequest(
   );
   if (forwardsLeft !== undefined) headers.push('max-forwards', forwardsLeft);
   // gRPC needs `te: trailers` upstream (RFC 9113 §8.2.2 allows exactly that value).
-  if (route.service.grpc) headers.push('te', 'trailers');
+  // An HTTP/1.0 client cannot take trailers (no chunked framing).
+  if (route.service.grpc || (teTrailers && (h2 || req.httpVersionMinor >= 1))) headers.push('te', 'trailers');
   // HTTP/2 frames its body: one may come without Content-Length.
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0') || (h2 && cl === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders);
   // gRPC-Web from a browser goes upstream as gRPC (its text form decoded, so no Content-Length).
