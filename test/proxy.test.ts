@@ -557,3 +557,41 @@ test('trailers: end-to-end ones pass; framing, routing, auth, cookies and respon
     await origin.close();
   }
 });
+
+test('a response head the upstream sends alone (SSE, long poll) reaches an HTTP/1.1 client before any body byte', async () => {
+  let release!: () => void;
+  const held = new Promise<void>((r) => { release = r; });
+  const sse = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.flushHeaders();
+    void held.then(() => res.end('data: first\n\n'));
+  });
+  const g = await startGateway(`services: [{name: sse, url: "${sse.url}", routes: [{paths: [/events]}]}]`);
+  const sock = connect(g.port, '127.0.0.1');
+  try {
+    let got = '';
+    const head = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no response head while the body is held; got ${JSON.stringify(got)}`)), 10_000);
+      sock.on('data', (d) => {
+        got += d.toString('latin1');
+        if (got.includes('\r\n\r\n')) { clearTimeout(timer); resolve(got); }
+      });
+      sock.write('GET /events HTTP/1.1\r\nHost: gw.test\r\n\r\n');
+    });
+    assert.match(head, /^HTTP\/1\.1 200 /);
+    assert.match(head, /\r\ncontent-type: text\/event-stream\r\n/i);
+    assert.ok(!head.includes('data: first'), head);
+    release();
+    await eventuallyIncludes(() => got, 'data: first');
+  } finally {
+    release();
+    sock.destroy();
+    await g.close();
+    await sse.close();
+  }
+});
+
+async function eventuallyIncludes(text: () => string, want: string): Promise<void> {
+  for (let i = 0; i < 200 && !text().includes(want); i++) await sleep(50);
+  assert.ok(text().includes(want), text());
+}

@@ -908,7 +908,17 @@ export class ForwardHandler {
         return this.unforwardable(err2 as Error);
       }
     }
+    // node:http holds a head until the first body byte is written: an upstream that sends its
+    // head alone (SSE, a long poll, a slow body) would keep the client from seeing it. Checked
+    // once undici is done with the bytes it read (a head and body read together go out together).
+    if (!isHttp2(res)) queueMicrotask(() => this.flushHead());
     return true;
+  }
+
+  /** Sends a response head that no body byte followed (see writeHead). */
+  private flushHead(): void {
+    const res = this.f.res;
+    if (this.received === 0 && !this.finished && !res.writableEnded && !res.destroyed) res.flushHeaders();
   }
 
   /**
