@@ -187,6 +187,9 @@ test('Host: missing, duplicated or malformed is 400 problem+json; HTTP/1.0 witho
   const ok = await rawRequest(gw.port, 'GET /echo HTTP/1.0\r\n\r\n');
   assert.deepEqual(statuses(ok.text).length, 1);
   assert.match(ok.text, /^HTTP\/1\.1 200/);
+  // no Host to tell the upstream about: no empty X-Forwarded-Host, no host= in Forwarded
+  assert.equal(last().headers['x-forwarded-host'], undefined);
+  assert.equal(last().headers.forwarded, 'for=127.0.0.1;proto=http');
 });
 
 test('absolute-form targets: the authority replaces Host; the origin sees origin-form', async () => {

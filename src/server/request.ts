@@ -484,7 +484,11 @@ export function handleRequest(
   const fw = snap.forwarding;
   if (fw.xff) headers.push('x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer);
   if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : p.proto);
-  if (fw.host) headers.push('x-forwarded-host', t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host);
+  if (fw.host) {
+    // (an HTTP/1.0 request without Host has none to tell: no empty field, as Forwarded has no host=)
+    const fh = t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host;
+    if (fh !== '') headers.push('x-forwarded-host', fh);
+  }
   if (fw.port) headers.push('x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port);
   if (fw.realIp) headers.push('x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer);
   if (fw.forwarded) {
