@@ -219,6 +219,30 @@ services:
   }
 });
 
+test('an Upgrade in an HTTP/1.0 request is ignored (RFC 9110 §7.8; WebSocket needs HTTP/1.1, RFC 6455 §4.1): no 101, served as plain HTTP/1.0', async () => {
+  const t = await startGateway(config());
+  try {
+    const key = 'dGhlIHNhbXBsZSBub25jZQ==';
+    const handshakes = up.handshakes.length;
+    const ws = await rawRequest(t.port, `GET /chat HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${key}\r\n\r\n`);
+    assert.doesNotMatch(ws.text, /^HTTP\/1\.1 101 /);
+    assert.match(ws.text, /^HTTP\/1\.1 [2-5][0-9][0-9] /); // (the ws upstream answers a plain GET 426)
+    assert.ok(ws.closed);
+    assert.equal(up.handshakes.length, handshakes, 'no WebSocket opened upstream');
+    // with a body, served whole like any HTTP/1.0 request
+    const before = http.requests.length;
+    const post = await rawRequest(t.port, 'POST /plain HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello');
+    assert.match(post.text, /^HTTP\/1\.1 200 /);
+    assert.equal(http.requests.length, before + 1);
+    const seen = http.requests.at(-1)!;
+    assert.equal(seen.body.toString(), 'hello');
+    assert.equal(seen.headers.upgrade, undefined);
+    assert.equal(seen.headers.via, '1.0 turnpike');
+  } finally {
+    await t.close();
+  }
+});
+
 test('wss through the TLS listener; shutdown closes open WebSockets with 1001 and does not wait for them', async () => {
   const ca: TestCa = makeCa();
   try {

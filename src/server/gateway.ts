@@ -191,7 +191,7 @@ function discardBody(req: IncomingMessage, socket: Socket): void {
 
 /** The head of an upgrade request without its Upgrade, HTTP2-Settings and Connection: upgrade (the parser validated the rest). */
 function withoutUpgrade(req: IncomingMessage): Buffer {
-  let head = `${req.method} ${req.url} HTTP/1.1\r\n`;
+  let head = `${req.method} ${req.url} HTTP/1.${req.httpVersionMinor === 0 ? 0 : 1}\r\n`;
   const raw = req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!.toLowerCase();
@@ -947,11 +947,13 @@ export class Gateway implements RequestContext {
     // route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
       socket.on('error', () => socket.destroy());
-      if (req.httpVersion === '1.1' && !/(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '')) {
+      if (req.httpVersionMinor === 0 || !/(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '')) {
         // An upgrade to anything but WebSocket (h2c, from curl --http2 or Java's HttpClient, on
         // POSTs too) is ignored (RFC 9110 §7.8): the request goes back to the HTTP parser as the
         // plain request it also is, body and keep-alive included, as nginx and Envoy serve it
-        // (after the answers to requests pipelined before it).
+        // (after the answers to requests pipelined before it). So is any Upgrade of an HTTP/1.0
+        // request (RFC 9110 §7.8 says it MUST be ignored; a WebSocket handshake needs HTTP/1.1,
+        // RFC 6455 §4.1, and a 101 may not go to an HTTP/1.0 client, RFC 9110 §15.2).
         socket.pause();
         afterResponses(socket, () => {
           socket.unshift(head.length ? Buffer.concat([withoutUpgrade(req), head]) : withoutUpgrade(req));
