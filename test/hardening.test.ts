@@ -96,7 +96,9 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
       assert.deepEqual(statuses(r.text), [401], path);
     }
     // Read as an upstream decoding %2F / %5C or cutting ;params would, these are the admin route's.
-    for (const path of ['/v1/%2Fadmin', '/v1/%2fadmin', '/v1/admin%2F', '/%2Fprivate', '/v1/%5Cadmin', '/private;jsessionid=x', '/v1/admin;x/y']) {
+    for (const path of ['/v1/%2Fadmin', '/v1/%2fadmin', '/v1/admin%2F', '/%2Fprivate', '/v1/%5Cadmin', '/private;jsessionid=x', '/v1/admin;x/y',
+      // an upstream in C (or PHP) ends the path at a NUL: /private for it, `/` for the router
+      '/private%00', '/v1/admin%00.json', '/private%00/x']) {
       const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
       assert.deepEqual(statuses(r.text), [400], path);
     }

@@ -1,6 +1,6 @@
 /**
  * Request-path normalization (RFC 3986 §6.2.2): percent-encodings of unreserved characters
- * are decoded, other percent-encodings upper-cased, dot segments removed. The router matches,
+ * are decoded, other percent-encodings upper-cased, dot segments removed; `%00` is refused. The router matches,
  * and the proxy forwards, the normalized path, so `/public/../admin` and `/%61dmin` cannot
  * slip past a route. Returns null for a malformed percent-encoding.
  */
@@ -23,6 +23,9 @@ function normalizePercent(path: string): string | null {
     const hex = path.slice(i + 1, i + 3);
     if (!HEX.test(hex)) return null;
     const code = parseInt(hex, 16);
+    // NUL: servers in C (and PHP's, Java's older file APIs) end the path there, so `/admin%00`
+    // would reach the upstream as /admin past the route that owns it (nginx refuses it too).
+    if (code === 0) return null;
     out += path.slice(last, i) + (isUnreserved(code) ? String.fromCharCode(code) : '%' + hex.toUpperCase());
     last = i + 3;
     i += 2;
@@ -62,7 +65,7 @@ function hidesDotSegment(p: string): boolean {
 
 /**
  * Normalizes a request path; null when it is malformed (bad percent-encoding) or ambiguous
- * (a backslash, or a dot segment hidden behind `%2F`, `%5C` or `;`): those get a 400.
+ * (a backslash, `%00`, or a dot segment hidden behind `%2F`, `%5C` or `;`): those get a 400.
  * Empty segments are merged (`//admin` is `/admin`, as nginx's merge_slashes and Kong do): an
  * upstream that merges them would otherwise serve a route the router never chose.
  */

@@ -135,6 +135,8 @@ test('path normalization: dot segments and percent-encoding', () => {
     ['/a/b/..', '/a/'],
     ['/a%zz', null],
     ['/a%2', null],
+    ['/admin%00', null], // NUL ends the path for servers in C
+    ['/a%000', null],
     ['/a\\b', null], // a backslash is ambiguous (some servers read it as /)
     ['/x/..%2Fy', null], // a dot segment hidden behind an encoded slash
     ['/x/..;/y', null], // ... or behind a ;param (Tomcat)
