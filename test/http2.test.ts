@@ -107,6 +107,12 @@ test('HTTP/2 client to an HTTP/1.1 upstream: same routing and forwarding as HTTP
     // :authority and a differing Host: refused.
     const confused = await h2request(c, { ':path': '/h1', ':authority': 'a.test', host: 'b.test' });
     assert.equal(confused.status, 400);
+    // ... but one naming the same authority, normalized (RFC 9113 §8.3.1: case, the default port), is no conflict.
+    for (const host of ['API.Test', 'api.test:80']) {
+      const same = await h2request(c, { ':path': '/h1', ':authority': 'api.test', host });
+      assert.equal(same.status, 200, host);
+    }
+    assert.equal((await h2request(c, { ':path': '/h1', ':authority': 'api.test', host: 'api.test:8080' })).status, 400);
     // Cookie crumbs travel to an HTTP/1.1 upstream as one field joined with "; " (RFC 9113 §8.2.3);
     // the console's session cookie never does.
     const crumbs = await h2request(c, { ':path': '/h1/c', ':authority': 'api.test', cookie: ['a=1', 'tp_console=secret', 'b=2'] });

@@ -170,6 +170,18 @@ function depth(pattern: string): number {
   return n;
 }
 
+/**
+ * Whether a Host and an :authority name the same authority once normalized (RFC 9113 §8.3.1,
+ * RFC 3986 §6.2: the host is case-insensitive, the scheme's default port may be left out).
+ */
+function sameAuthority(a: string, b: string, defaultPort: string): boolean {
+  const norm = (v: string) => {
+    const l = v.toLowerCase();
+    return l.endsWith(defaultPort) ? l.slice(0, -defaultPort.length) : l;
+  };
+  return norm(a) === norm(b);
+}
+
 /** Answers with a problem. Malformed requests close the connection; unroutable ones do not. */
 function reject(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string,
@@ -347,7 +359,9 @@ export function handleRequest(
   // and the upstream might read another.
   if (authCount > 1) return reject(ctx, req, res, requestId, 'bad-request', 'more than one Authorization header');
   if (authority !== undefined) {
-    if (hostCount === 1 && host !== authority) return reject(ctx, req, res, requestId, 'bad-request', ':authority and Host disagree');
+    if (hostCount === 1 && host !== authority && !sameAuthority(host, authority, isTls(req) ? ':443' : ':80')) {
+      return reject(ctx, req, res, requestId, 'bad-request', ':authority and Host disagree');
+    }
     host = authority;
     hostCount = 1;
   }
