@@ -197,8 +197,15 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
     assert.equal(plain.headers.location, `https://a.test:${port}/a/b?c=1`);
     assert.equal(plain.headers['strict-transport-security'], undefined, 'never HSTS over plain HTTP (RFC 6797 §7.2)');
     assert.equal(up.requests.length, before, 'a redirected request is not forwarded');
+    // the request id is echoed on every response (the contract), the redirect's too
+    assert.match(plain.headers['x-request-id'] as string, /^[0-9a-f-]{36}#[0-9a-z]+$/);
+    const own = await request(`${t.url}/`, { headers: { host: 'a.test', 'x-request-id': 'trace-7' } });
+    assert.equal(own.status, 308);
+    assert.equal(own.headers['x-request-id'], 'trace-7');
     const bad = await request(`${t.url}/`, { headers: { host: 'evil/../' } });
     assert.equal(bad.status, 400);
+    assert.match(bad.headers['x-request-id'] as string, /#/);
+    assert.equal(JSON.parse(bad.body).request_id, bad.headers['x-request-id']);
   } finally {
     await t.close();
   }

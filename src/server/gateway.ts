@@ -16,7 +16,7 @@ import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
 import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
 import type { ForwardHandler } from '../upstream/forward.js';
-import { handleRequest, closingSockets, type RequestContext, type Upgrade, type WsCounters } from './request.js';
+import { handleRequest, closingSockets, requestIdOf, type RequestContext, type Upgrade, type WsCounters } from './request.js';
 import { closeAllWebSockets, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
 import { MemoryStore } from '../state/memory.js';
@@ -902,15 +902,17 @@ export class Gateway implements RequestContext {
   private redirectToHttps(req: IncomingMessage, res: ServerResponse, status: number): void {
     const raw = req.headers[':authority'] ?? req.headers.host;
     const host = typeof raw === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$/.test(raw) ? raw.replace(/:[0-9]+$/, '') : null;
+    // (the request id goes on every response, this one too)
+    const requestId = requestIdOf(req);
     if (host === null) {
-      sendProblem(res, 'bad-request', 'a redirect to https needs a valid Host header', undefined, { close: true });
+      sendProblem(res, 'bad-request', 'a redirect to https needs a valid Host header', requestId, { close: true });
       return;
     }
     const port = this.tlsAddress?.port ?? 443;
     const url = req.url ?? '/';
     const location = `https://${host}${port === 443 ? '' : `:${port}`}${url.startsWith('/') ? url : '/'}`;
     const h1 = !isHttp2(req);
-    res.writeHead(status, { location, 'content-length': 0, ...(h1 && this.draining ? { connection: 'close' } : {}) });
+    res.writeHead(status, { location, 'content-length': 0, 'x-request-id': requestId, ...(h1 && this.draining ? { connection: 'close' } : {}) });
     res.end();
   }
 

@@ -161,6 +161,12 @@ const ID_PREFIX = `${randomUUID()}#`;
 let idCounter = 0;
 const nextRequestId = () => ID_PREFIX + (++idCounter).toString(36);
 
+/** The request id of a request answered before handleRequest (the client's when valid, else a new one). */
+export function requestIdOf(req: IncomingMessage): string {
+  const id = req.headers['x-request-id'];
+  return typeof id === 'string' && validRequestId(id) ? id : nextRequestId();
+}
+
 const join = (prev: string | undefined, v: string) => (prev === undefined ? v : `${prev}, ${v}`);
 
 /** Segments in a route pattern (`/` 0, `/v1/admin` 2). */
