@@ -245,6 +245,7 @@ test('CONNECT over HTTP/2 is a 405 problem+json with Allow, as over HTTP/1.1', a
     assert.equal(r.status, 405);
     assert.equal(r.headers['content-type'], 'application/problem+json');
     assert.match(String(r.headers['allow']), /GET/);
+    assert.ok(r.headers['x-request-id'], 'the request id, as on every response');
   } finally {
     session.close();
   }

@@ -409,6 +409,10 @@ test('CONNECT is refused with 405, with Allow, Date and no-store (RFC 9110 §15.
   assert.match(r.text, /\r\nallow: GET, HEAD, POST/i);
   assert.match(r.text, /\r\ndate: [A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} /i);
   assert.match(r.text, /\r\ncache-control: no-store\r\n/i);
+  // the request id, as on every response (the client's when valid)
+  const own = await rawRequest(gw.port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nX-Request-Id: tunnel-1\r\n\r\n');
+  assert.match(own.text, /\r\nx-request-id: tunnel-1\r\n/i);
+  assert.match(own.text, /"request_id":"tunnel-1"/);
   await sleep(10);
 });
 
@@ -428,6 +432,8 @@ test('an Expect other than 100-continue: 417 problem+json, nothing forwarded', a
   assert.equal(r.status, 417);
   assert.equal(r.headers['content-type'], 'application/problem+json');
   assert.match(r.body, /urn:turnpike:problem:expectation-failed/);
+  assert.match(r.headers['x-request-id'] as string, REQUEST_ID);
+  assert.equal(JSON.parse(r.body).request_id, r.headers['x-request-id']);
   assert.equal(up.requests.length, before);
 });
 

@@ -141,12 +141,13 @@ export const ALLOW_ALL = 'GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS';
  * what node:http would add (Date, RFC 9110 §6.6.1) and `no-store` (405 and 414 are heuristically
  * cacheable, RFC 9110 §15.1); a 405 lists what is allowed (RFC 9110 §15.5.6).
  */
-export function rawProblem(code: ProblemCode, detail: string): string {
-  const body = problemBody(code, detail);
+export function rawProblem(code: ProblemCode, detail: string, requestId?: string): string {
+  const body = problemBody(code, detail, requestId);
   const p = PROBLEMS[code];
   return (
     `HTTP/1.1 ${p.status} ${p.title}\r\ncontent-type: application/problem+json\r\n` +
     `content-length: ${Buffer.byteLength(body)}\r\ncache-control: no-store\r\ndate: ${new Date().toUTCString()}\r\n` +
+    (requestId ? `x-request-id: ${requestId}\r\n` : '') +
     `${p.status === 405 ? `allow: ${ALLOW_ALL}\r\n` : ''}connection: close\r\n\r\n${body}`
   );
 }

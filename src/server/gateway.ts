@@ -807,8 +807,8 @@ export class Gateway implements RequestContext {
     server.on('checkContinue', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, true));
     // CONNECT (RFC 9113 §8.5): refused as over HTTP/1.1 — problem+json with Allow (node's own
     // answer is a bare 405).
-    server.on('connect', (_req, res) => {
-      sendProblem(res as unknown as ServerResponse, 'method-not-allowed', 'CONNECT is not supported', undefined, { headers: { allow: ALLOW_ALL } });
+    server.on('connect', (req, res) => {
+      sendProblem(res as unknown as ServerResponse, 'method-not-allowed', 'CONNECT is not supported', requestIdOf(req as unknown as IncomingMessage), { headers: { allow: ALLOW_ALL } });
     });
     server.on('sessionError', () => {});
     return server;
@@ -889,12 +889,12 @@ export class Gateway implements RequestContext {
           else handler = late;
         }, (err: unknown) => {
           this.log.error({ err }, 'request handler failed');
-          sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
+          sendProblem(res, 'internal-error', 'the gateway failed to handle this request', requestIdOf(req), { close: true });
         });
       } else handler = h;
     } catch (err) {
       this.log.error({ err }, 'request handler failed');
-      sendProblem(res, 'internal-error', 'the gateway failed to handle this request', undefined, { close: true });
+      sendProblem(res, 'internal-error', 'the gateway failed to handle this request', requestIdOf(req), { close: true });
     }
   }
 
@@ -942,7 +942,7 @@ export class Gateway implements RequestContext {
     // An Expect other than 100-continue (RFC 9110 §10.1.1): 417, in the catalogue's terms.
     server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
       req.resume();
-      sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', undefined, { close: true });
+      sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', requestIdOf(req), { close: true });
     });
     // Upgrade requests leave the parser with their raw socket. A WebSocket one gets a response
     // object bound to that socket and takes the usual path: a WebSocket route relays, any other
@@ -982,12 +982,13 @@ export class Gateway implements RequestContext {
         socket.destroy();
       }
     });
-    server.on('connect', (_req, socket: Socket) => {
+    server.on('connect', (req: IncomingMessage, socket: Socket) => {
       // Node hands the socket over without its error listener: keep one, and never wait on the peer.
       socket.on('error', () => socket.destroy());
+      const requestId = requestIdOf(req);
       // (after the answers to requests pipelined before it)
       afterResponses(socket, () => {
-        socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported'), () => socket.destroy());
+        socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported', requestId), () => socket.destroy());
         setTimeout(() => socket.destroy(), 1000).unref();
       });
     });
