@@ -490,3 +490,32 @@ services:
     await origin.close();
   }
 });
+
+test('HTTP/2: a request body that stops arriving gets a whole 408 problem, then the stream ends without error (reset NO_ERROR, RFC 9113 §8.1)', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+timeouts: {client_body: 300ms}
+services: [{name: h1, url: ${up.url}, routes: [{paths: [/slow]}]}]
+`);
+  const session = h2connect(g.url);
+  try {
+    const r = await new Promise<{ status: number; body: string; rstCode: number | undefined }>((resolve, reject) => {
+      const s = session.request({ ':method': 'POST', ':path': '/slow', 'content-length': '10' }, { endStream: false });
+      let status = 0;
+      let body = '';
+      s.setEncoding('utf8');
+      s.on('response', (h) => { status = Number(h[':status']); });
+      s.on('data', (d: string) => (body += d));
+      s.on('end', () => resolve({ status, body, rstCode: s.rstCode }));
+      s.on('error', (err) => reject(new Error(`the stream failed after ${status} ${JSON.stringify(body)}: ${err.message}`)));
+      s.write('ab'); // and nothing more
+    });
+    assert.equal(r.status, 408);
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:request-timeout');
+    // the session goes on
+    assert.equal((await h2request(session, { ':path': '/slow' })).status, 200);
+  } finally {
+    session.close();
+    await g.close();
+  }
+});

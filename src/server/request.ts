@@ -203,7 +203,12 @@ function reject(
 /** Bounds the idle time between request body chunks: 408 (or a cut connection once answering). */
 function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, ms: number): void {
   req.setTimeout(ms, () => {
-    if (!res.headersSent) reject(ctx, req, res, requestId, 'request-timeout', `no request body data for ${ms} ms`);
+    if (!res.headersSent) {
+      reject(ctx, req, res, requestId, 'request-timeout', `no request body data for ${ms} ms`);
+      // HTTP/2: the stream is reset with NO_ERROR once the 408 is out (gateway.ts, discardBody);
+      // destroying it now reset it with INTERNAL_ERROR, and the client saw an error, not the 408.
+      if (isHttp2(req)) return;
+    }
     req.destroy(new Error('client body timeout'));
   });
   req.once('end', () => req.setTimeout(0));
