@@ -1256,3 +1256,27 @@ services:
     await h1.close();
   }
 });
+
+test('stale-while-revalidate for an HTTP/1.0 request without Host: the entry is still refreshed (a background refresh with an empty Host is refused 400)', async () => {
+  let n = 0;
+  const up = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'cache-control': 'max-age=1, stale-while-revalidate=60', etag: `"v${++n}"` }).end(`version ${n}`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{name: r, paths: [/]}]
+`);
+  const get10 = async () => (await rawRequest(g.port, 'GET /old HTTP/1.0\r\n\r\n', 1000)).text;
+  try {
+    assert.match(await get10(), /version 1$/);
+    await sleep(1100);
+    await get10(); // stale: served, and revalidated
+    for (let i = 0; i < 80 && n < 2; i++) await sleep(25);
+    assert.equal(n, 2, 'the stale entry was never revalidated');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

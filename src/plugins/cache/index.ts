@@ -461,7 +461,8 @@ export default definePlugin({
           // (one refresh per key at a time). Without a plain listener to send it to, this
           // request revalidates and the others get the stale entry meanwhile.
           const r = caches.refresher;
-          if (r.available && !isTls(ctx.req)) {
+          // (a request without Host, HTTP/1.0's, has none the refresh could send: an empty Host is a 400)
+          if (r.available && !isTls(ctx.req) && ctx.host !== '') {
             r.start(st.fk, ctx.path + ctx.query, ctx.host, ctx.req.rawHeaders, plainIp(ctx.req.socket.remoteAddress), (err) => caches.fail(err, 'refresh'));
             return serve(ctx, st, e, 'STALE', now);
           }
