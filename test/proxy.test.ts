@@ -161,6 +161,12 @@ services:
     // a spoofed left-most entry cannot win: the right-most untrusted address is the client
     await request(`${t.url}/x`, { headers: { 'x-forwarded-for': '1.1.1.1, 198.51.100.7' } });
     assert.equal(last().headers['x-real-ip'], '198.51.100.7');
+    // a chain of proxies that each appended its scheme: the list goes on (its first entry is the
+    // client's); anything but schemes is replaced by this hop's
+    for (const [sent, want] of [['https, http', 'https, http'], ['HTTPS', 'HTTPS'], ['https, javascript', 'http'], ['', 'http']] as const) {
+      await request(`${t.url}/x`, { headers: { 'x-forwarded-proto': sent } });
+      assert.equal(last().headers['x-forwarded-proto'], want, sent);
+    }
   } finally {
     await t.close();
   }

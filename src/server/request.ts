@@ -50,6 +50,8 @@ export interface WsCounters {
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
 /** host[:port]: an IP literal, or a name of non-empty labels (one trailing dot: fully qualified). */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)(?::[0-9]{1,5})?$/;
+/** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
+const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)(.*)$/is; // (linear: no '#' is left when it runs)
 /** The pseudonym this gateway uses in Via (RFC 9110 §7.6.3). */
 const VIA_NAME = 'turnpike';
@@ -508,7 +510,9 @@ export function handleRequest(
   if (t && proxyOnly !== undefined) headers.push(...proxyOnly);
   const fw = snap.forwarding;
   if (fw.xff) headers.push('x-forwarded-for', t && xff ? `${xff}, ${p.peer}` : p.peer);
-  if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && /^https?$/.test(xfProto) ? xfProto : p.proto);
+  // (a trusted chain's list, `https, http`, goes on as it came: its first entry is the client's
+  // scheme, as Express and Spring read it; replaced by this hop's `http`, the upstream saw none)
+  if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && XFP_RE.test(xfProto) ? xfProto : p.proto);
   if (fw.host) {
     // (an HTTP/1.0 request without Host has none to tell: no empty field, as Forwarded has no host=)
     const fh = t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host;
