@@ -167,6 +167,11 @@ services:
       await request(`${t.url}/x`, { headers: { 'x-forwarded-proto': sent } });
       assert.equal(last().headers['x-forwarded-proto'], want, sent);
     }
+    // so does a list of hosts; anything else is replaced by the Host this hop got
+    for (const [sent, want] of [['api.example.com, lb.internal:8080', 'api.example.com, lb.internal:8080'], ['a.example, evil/x', 'gw.test']] as const) {
+      await request(`${t.url}/x`, { headers: { host: 'gw.test', 'x-forwarded-host': sent } });
+      assert.equal(last().headers['x-forwarded-host'], want, sent);
+    }
   } finally {
     await t.close();
   }

@@ -50,6 +50,8 @@ export interface WsCounters {
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
 /** host[:port]: an IP literal, or a name of non-empty labels (one trailing dot: fully qualified). */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)(?::[0-9]{1,5})?$/;
+/** X-Forwarded-Host as a trusted chain sends it: a host, or a list (one per proxy that appended; the first is the client's). */
+const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)(.*)$/is; // (linear: no '#' is left when it runs)
@@ -515,7 +517,7 @@ export function handleRequest(
   if (fw.proto) headers.push('x-forwarded-proto', t && xfProto !== undefined && XFP_RE.test(xfProto) ? xfProto : p.proto);
   if (fw.host) {
     // (an HTTP/1.0 request without Host has none to tell: no empty field, as Forwarded has no host=)
-    const fh = t && xfHost !== undefined && HOST_RE.test(xfHost) ? xfHost : host;
+    const fh = t && xfHost !== undefined && hostList(xfHost) ? xfHost : host;
     if (fh !== '') headers.push('x-forwarded-host', fh);
   }
   if (fw.port) headers.push('x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port);
