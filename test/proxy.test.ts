@@ -184,6 +184,9 @@ test('Host: missing, duplicated or malformed is 400 problem+json; HTTP/1.0 witho
     'GET /echo HTTP/1.1\r\nHost: a b\r\n\r\n',
     'GET /echo HTTP/1.1\r\nHost: a.example/evil\r\n\r\n',
     'GET /echo HTTP/1.1\r\nHost: a@b\r\n\r\n',
+    // a port past 65535 (no TCP port), in Host or an absolute-form authority
+    'GET /echo HTTP/1.1\r\nHost: a.example:99999\r\n\r\n',
+    'GET http://a.example:65536/echo HTTP/1.1\r\nHost: a.example\r\n\r\n',
     // empty: an http URI with an empty host is invalid (RFC 9110 §4.2.1); nginx says 400 too
     'GET /echo HTTP/1.1\r\nHost: \r\n\r\n',
     'GET /echo HTTP/1.0\r\nHost:\r\n\r\n',
@@ -195,6 +198,8 @@ test('Host: missing, duplicated or malformed is 400 problem+json; HTTP/1.0 witho
     assert.match(r.text, /application\/problem\+json/);
     assert.ok(r.closed, `connection not closed for ${JSON.stringify(req)}`);
   }
+  assert.deepEqual(statuses((await rawRequest(gw.port, 'GET /echo HTTP/1.1\r\nHost: a.example:65535\r\nConnection: close\r\n\r\n')).text), [200]);
+  assert.deepEqual(statuses((await rawRequest(gw.port, 'GET /echo HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n')).text), [200]);
   const ok = await rawRequest(gw.port, 'GET /echo HTTP/1.0\r\n\r\n');
   assert.deepEqual(statuses(ok.text).length, 1);
   assert.match(ok.text, /^HTTP\/1\.1 200/);

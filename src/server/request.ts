@@ -51,6 +51,11 @@ export interface WsCounters {
 /** host[:port]: an IP literal, or a name of non-empty labels (one trailing dot: fully qualified). */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)(?::[0-9]{1,5})?$/;
 /** X-Forwarded-Host as a trusted chain sends it: a host, or a list (one per proxy that appended; the first is the client's). */
+/** A Host whose port (after HOST_RE matched: at most 5 digits) is past 65535 (RFC 3986 §3.2.3 allows any digits, no TCP port is). */
+function portBeyondRange(host: string): boolean {
+  const c = host.lastIndexOf(':');
+  return c !== -1 && host.indexOf(']', c) === -1 && host.length - c === 6 && Number(host.slice(c + 1)) > 65535;
+}
 const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
@@ -384,7 +389,7 @@ export function handleRequest(
   let p = peerInfo(req.socket, snap);
   if (refreshToken !== undefined) p = refreshPeer(ctx, req, p, refreshToken);
   if (host !== '' && host !== p.lastHost) {
-    if (!HOST_RE.test(host)) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Host header');
+    if (!HOST_RE.test(host) || portBeyondRange(host)) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Host header');
     p.lastHost = host;
     p.lastHostName = hostName(host);
   }
@@ -407,7 +412,7 @@ export function handleRequest(
       return undefined;
     }
     const m = ABSOLUTE_RE.exec(url);
-    if (!m || !m[2] || !HOST_RE.test(m[2])) return reject(ctx, req, res, requestId, 'bad-request', 'the request target is not in origin-form or absolute-form');
+    if (!m || !m[2] || !HOST_RE.test(m[2]) || portBeyondRange(m[2])) return reject(ctx, req, res, requestId, 'bad-request', 'the request target is not in origin-form or absolute-form');
     host = m[2];
     target = m[3] || '/';
     if (target.charCodeAt(0) !== 0x2f) target = '/' + target;
