@@ -79,6 +79,8 @@ async function killUnderLoad(retries: number, restart: boolean) {
       }
     });
     await sleep(500);
+    // (a loaded machine serves fewer in 500 ms: the kill waits for the victim's share, up to 5 s more)
+    for (let i = 0; i < 100 && victim.requests.length <= 20; i++) await sleep(50);
     const victimBefore = victim.requests.length;
     victim.server.close();
     victim.server.closeAllConnections();

@@ -133,9 +133,9 @@ test('200 concurrent writers from 2 processes: every write acknowledged, none lo
     await new Promise((r) => process.stdin.once('data', r));
     process.stdin.destroy();
     const tag = process.env.TAG;
-    // 100 writers each, arriving at random moments over 300 ms (many in flight at once, in both processes).
+    // 100 writers each, arriving at random moments over 1.5 s (many in flight at once, in both processes).
     const results = await Promise.allSettled(Array.from({ length: 100 }, async (_, i) => {
-      await new Promise((r) => setTimeout(r, Math.random() * 300));
+      await new Promise((r) => setTimeout(r, Math.random() * 1500));
       return s.write({ actor: tag, action: 'add ' + i }, (doc) => ({ ...doc, consumers: [...(doc?.consumers ?? []), { name: tag + '-' + i }] }));
     }));
     console.log(JSON.stringify({
