@@ -385,3 +385,41 @@ services:
     await new Promise<void>((r) => server.close(() => r()));
   }
 });
+
+const semconvGateway = async () => {
+  const collector = await startCollector();
+  const up = await startUpstream((req, res) => res.writeHead(req.url!.startsWith('/missing') ? 404 : req.url!.startsWith('/broken') ? 503 : 200).end('x'));
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const spans = async (path: string, method = 'GET') => {
+    collector.spans.length = 0;
+    await request(`${gw.url}${path}`, { method });
+    await eventually(() => collector.spans.filter((s) => s.kind !== KIND.INTERNAL).length >= 2, 8000);
+    type S = OtlpSpan & { status?: { code?: number } };
+    return { server: collector.spans.find((s) => s.kind === KIND.SERVER)! as S, client: collector.spans.find((s) => s.kind === KIND.CLIENT)! as S };
+  };
+  return { up, spans, close: async () => { await gw.close(); await Promise.all([up.close(), collector.close()]); } };
+};
+
+test('tracing: HTTP semantic conventions: a method they do not know is _OTHER, the method sent in http.request.method_original, the span name says HTTP', async () => {
+  const t = await semconvGateway();
+  try {
+    const { server, client } = await t.spans('/x', 'PURGE');
+    for (const s of [server, client]) {
+      assert.equal(attr(s, 'http.request.method'), '_OTHER');
+      assert.equal(attr(s, 'http.request.method_original'), 'PURGE');
+    }
+    assert.equal(server.name, 'HTTP r');
+    assert.equal(client.name, 'HTTP');
+    assert.equal(t.up.requests.at(-1)!.method, 'PURGE', 'the request goes on as sent');
+    const get = await t.spans('/x');
+    assert.equal(attr(get.server, 'http.request.method'), 'GET');
+    assert.equal(attr(get.server, 'http.request.method_original'), undefined);
+    assert.equal(get.server.name, 'GET r');
+    assert.equal(get.client.name, 'GET');
+  } finally {
+    await t.close();
+  }
+});

@@ -19,6 +19,9 @@ import { redactUrl } from '../core/url-secrets.js';
 
 const NOOP = () => {};
 
+/** The methods OpenTelemetry's HTTP semantic conventions know (RFC 9110 and PATCH); others are _OTHER. */
+const KNOWN_METHODS = new Set(['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE']);
+
 /**
  * A path whose query values of secret parameters (API keys, tokens, signatures) read REDACTED,
  * as OpenTelemetry's semantic conventions ask of url.full. Names are compared decoded and
@@ -137,7 +140,10 @@ export class Tracing {
       parent = this.propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
     }
     const route = ex.route!;
-    const span = (ex.span = this.tracer.startSpan(`${method} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
+    // Semantic conventions: a method they do not know is _OTHER (the span name says HTTP), the
+    // method as sent goes in http.request.method_original (so no attribute is unbounded).
+    const known = KNOWN_METHODS.has(method);
+    const span = (ex.span = this.tracer.startSpan(`${known ? method : 'HTTP'} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
     // An unsampled request gets a non-recording span: nothing more to build for it.
     if (!span.isRecording()) return;
     // Host (checked by the request path): a name or [IPv6], then an optional port.
@@ -146,7 +152,7 @@ export class Tracing {
     const colon = host.indexOf(':', close + 1);
     const address = close !== -1 ? host.slice(1, close) : colon === -1 ? host : host.slice(0, colon);
     span.setAttributes({
-      'http.request.method': method,
+      'http.request.method': known ? method : '_OTHER',
       'url.path': ex.path,
       'url.scheme': scheme,
       'http.route': pattern,
@@ -157,6 +163,7 @@ export class Tracing {
       'turnpike.request_id': ex.requestId,
     });
     if (address !== '') span.setAttribute('server.address', address);
+    if (!known) span.setAttribute('http.request.method_original', method);
   }
 
   private context(ex: Exchange): Context {
@@ -184,10 +191,12 @@ export class Tracing {
       return null;
     }
     const url = new URL(origin);
-    const span = this.tracer.startSpan(method, {
+    const known = KNOWN_METHODS.has(method);
+    const span = this.tracer.startSpan(known ? method : 'HTTP', {
       kind: SpanKind.CLIENT,
       attributes: {
-        'http.request.method': method,
+        'http.request.method': known ? method : '_OTHER',
+        ...(known ? {} : { 'http.request.method_original': method }),
         'server.address': url.hostname,
         'server.port': Number(url.port) || (url.protocol === 'https:' ? 443 : 80),
         'url.full': origin + redactQuery(path, this.secretParams),
