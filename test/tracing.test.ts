@@ -391,12 +391,12 @@ const semconvGateway = async () => {
   const up = await startUpstream((req, res) => res.writeHead(req.url!.startsWith('/missing') ? 404 : req.url!.startsWith('/broken') ? 503 : 200).end('x'));
   const gw = await startGateway(`
 tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
-services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}, {name: keyed, paths: [/keyed], plugins: [{name: key-auth}]}]}]
 `);
-  const spans = async (path: string, method = 'GET') => {
+  const spans = async (path: string, method = 'GET', n = 2) => {
     collector.spans.length = 0;
     await request(`${gw.url}${path}`, { method });
-    await eventually(() => collector.spans.filter((s) => s.kind !== KIND.INTERNAL).length >= 2, 8000);
+    await eventually(() => collector.spans.filter((s) => s.kind !== KIND.INTERNAL).length >= n, 8000);
     type S = OtlpSpan & { status?: { code?: number } };
     return { server: collector.spans.find((s) => s.kind === KIND.SERVER)! as S, client: collector.spans.find((s) => s.kind === KIND.CLIENT)! as S };
   };
@@ -419,6 +419,34 @@ test('tracing: HTTP semantic conventions: a method they do not know is _OTHER, t
     assert.equal(attr(get.server, 'http.request.method_original'), undefined);
     assert.equal(get.server.name, 'GET r');
     assert.equal(get.client.name, 'GET');
+  } finally {
+    await t.close();
+  }
+});
+
+test('tracing: span status per HTTP semantic conventions: a CLIENT span is an error on 4xx and 5xx (error.type the status); a SERVER span only on 5xx, no error.type for a 4xx', async () => {
+  const t = await semconvGateway();
+  try {
+    const { server, client } = await t.spans('/missing');
+    assert.equal(attr(client, 'http.response.status_code'), 404);
+    assert.equal(client.status?.code, 2, 'a CLIENT span with a 4xx answer is an error');
+    assert.equal(attr(client, 'error.type'), '404');
+    assert.equal(attr(server, 'http.response.status_code'), 404);
+    assert.notEqual(server.status?.code, 2, 'a SERVER span with a 4xx answer is not an error');
+    assert.equal(attr(server, 'error.type'), undefined);
+    // The gateway's own 4xx (no key: 401): not an error of the server either.
+    const own = await t.spans('/keyed', 'GET', 1);
+    assert.equal(attr(own.server, 'http.response.status_code'), 401);
+    assert.notEqual(own.server.status?.code, 2);
+    assert.equal(attr(own.server, 'error.type'), undefined);
+    const broken = await t.spans('/broken');
+    assert.equal(broken.client.status?.code, 2);
+    assert.equal(attr(broken.client, 'error.type'), '503');
+    assert.equal(broken.server.status?.code, 2);
+    assert.equal(attr(broken.server, 'error.type'), '503');
+    const ok = await t.spans('/fine');
+    assert.notEqual(ok.client.status?.code, 2);
+    assert.equal(attr(ok.client, 'error.type'), undefined);
   } finally {
     await t.close();
   }

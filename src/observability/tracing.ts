@@ -209,7 +209,8 @@ export class Tracing {
 
   endAttempt(span: Span, status: number | null, error: string | null): void {
     if (status !== null) span.setAttribute('http.response.status_code', status);
-    if (error !== null || (status !== null && status >= 500)) {
+    // Semantic conventions: for a CLIENT span a 4xx is an error too (only SERVER spans leave it unset).
+    if (error !== null || (status !== null && status >= 400)) {
       span.setAttribute('error.type', error ?? String(status));
       span.setStatus({ code: SpanStatusCode.ERROR });
     }
@@ -223,9 +224,14 @@ export class Tracing {
     const consumer = ex.consumer;
     if (consumer !== null) span.setAttribute('turnpike.consumer', consumer);
     if (ex.target !== null) span.setAttribute('turnpike.upstream', ex.target);
-    if (status >= 500 || error !== null) {
+    // Semantic conventions: a SERVER span's 4xx is the client's error, not the server's (no
+    // error.type, status unset, even with the gateway's own problem code); a 5xx is, and so is a
+    // request that failed before its answer was complete (client gone, response cut).
+    if (status >= 500) {
       span.setAttribute('error.type', error ?? String(status));
-      if (status >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.setStatus({ code: SpanStatusCode.ERROR });
+    } else if (error === 'client-closed' || error === 'response-cut') {
+      span.setAttribute('error.type', error);
     }
     span.end(performance.now());
   }

@@ -619,7 +619,8 @@ export class ForwardHandler {
       grantSlots(st);
     }
     if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, this.trial);
-    if (this.span !== null) this.endSpan(null, this.outcome === false ? 'upstream-failed' : null);
+    // (the answer's status decides the span's error.type: a 4xx or 5xx is one, as a CLIENT span's)
+    if (this.span !== null) this.endSpan(this.status || null, this.outcome === false && this.status < 500 ? 'upstream-failed' : null);
     this.f.snapshot.release();
   }
 
