@@ -474,6 +474,33 @@ test('a primary (workers > 1) refuses an access log file its workers could not o
   await ok.close();
 });
 
+test('a request the HTTP parser refuses is logged with the configured fields only, redact: [client_ip] censored (it was logged in clear)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`
+access_log: {destination: file, path: ${log}, fields: [time, client_ip, status, error], redact: [client_ip]}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const { rawRequest } = await import('./helpers.js');
+    await request(`${gw.url}/ok`);
+    const r = await rawRequest(gw.port, 'POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n');
+    assert.match(r.text, /^HTTP\/1\.1 400/);
+    await eventually(() => lines(log).length === 2);
+    const [ok, refused] = lines(log);
+    assert.deepEqual(Object.keys(ok!), ['type', 'time', 'client_ip', 'status', 'error']);
+    assert.equal(ok!.client_ip, '[REDACTED]');
+    assert.deepEqual(Object.keys(refused!), Object.keys(ok!), 'the same fields as any other line');
+    assert.equal(refused!.client_ip, '[REDACTED]');
+    assert.equal(refused!.status, 400);
+    assert.equal(refused!.error, 'bad-request');
+    assert.doesNotMatch(readFileSync(log, 'utf8'), /127\.0\.0\.1/);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('requests the HTTP parser refuses (smuggling attempts, oversized heads) are counted and logged', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');

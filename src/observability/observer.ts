@@ -322,8 +322,25 @@ export class Observer {
     const a = this.access;
     if (a === null) return;
     const now = performance.now();
-    a.sink.write('{"type":"access","time":"' + isoTime(now) + '","request_id":null,"client_ip":' + str(plainIp(remoteAddress)) +
-      ',"method":null,"path":null,"route":null,"service":null,"status":' + status + ',"error":"' + code + '"}\n');
+    if (a.fields === DEFAULT_ACCESS_FIELDS && a.whole.length === 0) {
+      a.sink.write('{"type":"access","time":"' + isoTime(now) + '","request_id":null,"client_ip":' + str(plainIp(remoteAddress)) +
+        ',"method":null,"path":null,"route":null,"service":null,"status":' + status + ',"error":"' + code + '"}\n');
+      return;
+    }
+    // The configured fields only (what is known; the rest null), fields censored whole censored
+    // here too: `redact: [client_ip]` holds for these lines as for the others.
+    const out: Record<string, unknown> = { type: 'access' };
+    for (const f of a.fields) {
+      switch (f) {
+        case 'time': out.time = isoTime(now); break;
+        case 'client_ip': out.client_ip = plainIp(remoteAddress); break;
+        case 'status': out.status = status; break;
+        case 'error': out.error = code; break;
+        case 'request_id': case 'method': case 'path': case 'route': case 'service': out[f] = null; break;
+      }
+    }
+    for (const f of a.whole) if (out[f] != null) out[f] = CENSORED;
+    a.sink.write(JSON.stringify(out) + '\n');
   }
 
   /** SIGUSR1: log files are reopened (after rotation moved them away). */
