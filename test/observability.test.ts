@@ -501,6 +501,43 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('requests refused before the request path (an Expect other than 100-continue: 417, CONNECT: 405) are counted and logged', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`admin: {listen: 127.0.0.1:0}
+access_log: {destination: file, path: ${log}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const expect = await rawRequest(gw.port, 'GET /x?token=SECRET HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nX-Request-Id: exp-1\r\nConnection: close\r\n\r\n', 500);
+    assert.match(expect.text, /^HTTP\/1\.1 417/);
+    const conn = await rawRequest(gw.port, 'CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\nX-Request-Id: con-1\r\n\r\n', 500);
+    assert.match(conn.text, /^HTTP\/1\.1 405/);
+    await eventually(() => lines(log).length === 2);
+    const byId = new Map(lines(log).map((l) => [l.request_id, l]));
+    const e = byId.get('exp-1')!;
+    assert.ok(e, 'the 417 is logged');
+    assert.equal(e.status, 417);
+    assert.equal(e.method, 'GET');
+    assert.equal(e.path, '/x');
+    assert.equal(e.error, 'expectation-failed');
+    assert.equal(e.client_ip, '127.0.0.1');
+    const c = byId.get('con-1')!;
+    assert.ok(c, 'the CONNECT is logged');
+    assert.equal(c.status, 405);
+    assert.equal(c.method, 'CONNECT');
+    assert.equal(c.error, 'method-not-allowed');
+    assert.equal(c.client_ip, '127.0.0.1');
+    assert.doesNotMatch(readFileSync(log, 'utf8'), /SECRET/);
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t, 'turnpike_requests_total', { route: '', method: 'GET', status: '417' }), 1);
+    assert.equal(sample(t, 'turnpike_requests_total', { route: '', method: 'CONNECT', status: '405' }), 1);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('requests the HTTP parser refuses (smuggling attempts, oversized heads) are counted and logged', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');

@@ -9,7 +9,7 @@ import type { DemandMeter } from '../scaling/meter.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
-import { answeredBy } from '../core/problem.js';
+import { answeredBy, type Answered } from '../core/problem.js';
 import type { Logger } from '../core/log.js';
 import { plainIp } from '../core/forwarded.js';
 import { Exchange } from './exchange.js';
@@ -201,11 +201,19 @@ export class Observer {
     return s;
   }
 
+  /**
+   * A request the gateway answered on its raw socket, with no response object (CONNECT): counted
+   * and logged like any other (`answer`: what went out).
+   */
+  refused(req: IncomingMessage, answer: Answered): void {
+    const ex = this.begin();
+    if (ex !== null) this.end(ex, req, null, answer);
+  }
+
   /** The response closed (sent, cut, or never sent: 499). */
-  end(ex: Exchange, req: IncomingMessage, res: ServerResponse): void {
+  end(ex: Exchange, req: IncomingMessage, res: ServerResponse | null, local: Answered | undefined = res === null ? undefined : answeredBy(res)): void {
     const now = performance.now();
-    const local = answeredBy(res);
-    const status = local?.status ?? (ex.status || (res.headersSent ? res.statusCode : 499));
+    const status = local?.status ?? (ex.status || (res?.headersSent ? res.statusCode : 499));
     const total = now - ex.start;
     const upstream = ex.upstreamHeaders > 0 ? ex.upstreamHeaders - ex.upstreamStart : null;
     const gateway = ex.upstreamStart > 0 ? ex.upstreamStart - ex.start : total;
@@ -229,7 +237,7 @@ export class Observer {
     const route = ex.route;
     if (route !== null) this.demand?.record(route.service.name, route.name, status, total);
     this.analytics?.record(route?.name ?? '', route?.service.name ?? '', ex.consumer, status, total);
-    const error = local?.code ?? (status === 499 ? 'client-closed' : ex.status === 0 && res.headersSent && !res.writableFinished ? 'response-cut' : null);
+    const error = local?.code ?? (status === 499 ? 'client-closed' : ex.status === 0 && res !== null && res.headersSent && !res.writableFinished ? 'response-cut' : null);
     if (ex.span !== null) this.tracing?.endRequest(ex, status, error);
     const a = this.access;
     if (a !== null) {

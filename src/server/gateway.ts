@@ -942,6 +942,9 @@ export class Gateway implements RequestContext {
     // An Expect other than 100-continue (RFC 9110 §10.1.1): 417, in the catalogue's terms.
     server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
       req.resume();
+      // (counted and logged like every request)
+      const ex = this.observer.begin();
+      if (ex !== null) res.once('close', () => this.observer.end(ex, req, res));
       sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', requestIdOf(req), { close: true });
     });
     // Upgrade requests leave the parser with their raw socket. A WebSocket one gets a response
@@ -988,7 +991,9 @@ export class Gateway implements RequestContext {
       const requestId = requestIdOf(req);
       // (after the answers to requests pipelined before it)
       afterResponses(socket, () => {
-        socket.end(rawProblem('method-not-allowed', 'CONNECT is not supported', requestId), () => socket.destroy());
+        const answer = rawProblem('method-not-allowed', 'CONNECT is not supported', requestId);
+        this.observer.refused(req, { code: 'method-not-allowed', requestId, bytes: Buffer.byteLength(answer.slice(answer.indexOf('\r\n\r\n') + 4)), grpcStatus: null, status: 405 });
+        socket.end(answer, () => socket.destroy());
         setTimeout(() => socket.destroy(), 1000).unref();
       });
     });
