@@ -88,6 +88,48 @@ services:
   }
 });
 
+test('metrics with workers: a worker that does not answer the scrape in time keeps its last counts (counters never go back)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-metrics-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}
+admin: {listen: 127.0.0.1:${a}}
+workers: 2
+access_log: {enabled: false}
+services: [{name: app, url: ${up.url}, routes: [{name: ok, paths: [/ok]}]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  let stopped = 0;
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`, 15_000);
+    let workers: { pid: number; state: string }[] = [];
+    await eventually(async () => {
+      workers = JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).workers;
+      return workers.filter((w) => w.state === 'listening').length === 2;
+    }, 15_000);
+    // (connections go to the workers in turn: both count some of these)
+    for (let i = 0; i < 20; i++) assert.equal((await request(`http://127.0.0.1:${p}/ok`, { headers: fresh })).status, 200);
+    const count = (t: string) => sample(t, 'turnpike_requests_total', { service: 'app', route: 'ok', method: 'GET', status: '200' });
+    assert.equal(count((await request(`http://127.0.0.1:${a}/metrics`)).body), 20);
+    // A worker that cannot answer now (stopped: busy, swapped out...): the scrape goes on without
+    // its answer, but its counts are the last it gave, not gone (a counter that went back would be a reset).
+    stopped = workers[0]!.pid;
+    process.kill(stopped, 'SIGSTOP');
+    const t = (await request(`http://127.0.0.1:${a}/metrics`)).body;
+    assert.equal(count(t), 20);
+    assert.equal(sample(t, 'turnpike_request_duration_seconds_count', { route: 'ok' }), 20);
+    process.kill(stopped, 'SIGCONT');
+    stopped = 0;
+    assert.equal(count((await request(`http://127.0.0.1:${a}/metrics`)).body), 20);
+  } finally {
+    if (stopped) process.kill(stopped, 'SIGCONT');
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await up.close();
+  }
+});
+
 test('access log: one line per request with the contract fields; secrets redacted; rotation with reopen', async () => {
   const up = await startUpstream((req, res) => {
     setTimeout(() => res.writeHead(201, { 'content-type': 'text/plain' }).end('created!'), 20);

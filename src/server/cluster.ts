@@ -147,6 +147,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     const id = ++observeId;
     const targets = [...infos.values()].filter((i) => i.listening && i.worker.isConnected());
     const got: { metrics: unknown[]; analytics: AnalyticsState | null }[] = [];
+    const answered = new Set<WorkerInfo>();
     await new Promise<void>((resolve) => {
       let pending = targets.length;
       if (pending === 0) return resolve();
@@ -154,8 +155,9 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
         waitingObserve.delete(id);
         resolve();
       }, COLLECT_TIMEOUT_MS);
-      waitingObserve.set(id, (m) => {
+      waitingObserve.set(id, (m, info) => {
         got.push(m);
+        answered.add(info);
         if (--pending === 0) {
           clearTimeout(timer);
           waitingObserve.delete(id);
@@ -164,8 +166,13 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       });
       for (const i of targets) i.worker.send({ tp: 'observe', id } satisfies ToWorker);
     });
+    // A worker that did not answer in time (busy, stopped) is still counted: its counters as it
+    // last reported them. Left out, its counts would vanish from this scrape and come back in
+    // the next, which Prometheus reads as counter resets (rate() and increase() jump).
+    const stale: unknown[][] = [];
+    for (const i of infos.values()) if (!answered.has(i) && i.metrics) stale.push(i.metrics);
     return {
-      metrics: [...got.map((g) => g.metrics), ...(retired.length ? [retired] : [])],
+      metrics: [...got.map((g) => g.metrics), ...(stale.length ? [retainCounters(stale)] : []), ...(retired.length ? [retired] : [])],
       analytics: got.flatMap((g) => (g.analytics ? [g.analytics] : [])),
     };
   };
