@@ -580,6 +580,29 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('access log: OPTIONS * (asterisk-form) is logged with its host, path "*" and client as received', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`
+access_log: {destination: file, path: ${log}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    const r = await rawRequest(gw.port, 'OPTIONS * HTTP/1.1\r\nHost: a.example:8080\r\nConnection: close\r\n\r\n', 500);
+    assert.match(r.text, /^HTTP\/1\.1 200/);
+    await eventually(() => lines(log).length === 1);
+    const [l] = lines(log);
+    assert.equal(l!.method, 'OPTIONS');
+    assert.equal(l!.host, 'a.example:8080');
+    assert.equal(l!.path, '*');
+    assert.equal(l!.client_ip, '127.0.0.1');
+    assert.equal(l!.status, 200);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('requests the HTTP parser refuses (smuggling attempts, oversized heads) are counted and logged', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');

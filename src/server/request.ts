@@ -408,6 +408,12 @@ export function handleRequest(
   if (url.charCodeAt(0) !== 0x2f /* / */) {
     if (url === '*') {
       if (req.method !== 'OPTIONS') return reject(ctx, req, res, requestId, 'bad-request', 'asterisk-form is only for OPTIONS');
+      if (ex !== null) {
+        // (logged as received: the Host, the target `*`, the client)
+        ex.host = host;
+        ex.path = '*';
+        ex.clientIp = p.trusted ? clientIp(p.peer, xff, snap.trusted) : p.peer;
+      }
       res.writeHead(200, { allow: ALLOW_ALL, 'content-length': 0, 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}) }).end();
       return undefined;
     }
