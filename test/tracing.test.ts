@@ -451,3 +451,42 @@ test('tracing: span status per HTTP semantic conventions: a CLIENT span is an er
     await t.close();
   }
 });
+
+test('tracing: a WebSocket handshake goes upstream with the trace context (the client\'s trace, the gateway\'s span as parent; tracestate kept)', async () => {
+  const { WebSocket, WebSocketServer } = await import('ws');
+  const collector = await startCollector();
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  const handshakes: { traceparent?: string; tracestate?: string }[] = [];
+  wss.on('connection', (ws, req) => {
+    handshakes.push({ traceparent: req.headers.traceparent as string | undefined, tracestate: req.headers.tracestate as string | undefined });
+    ws.on('message', (d) => ws.send(d));
+  });
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const port = (wss.address() as AddressInfo).port;
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
+services: [{name: chat, url: http://127.0.0.1:${port}, routes: [{name: ws, paths: [/ws], websocket: true}]}]
+`);
+  try {
+    const clientTrace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/ws`, { headers: { traceparent: `00-${clientTrace}-00f067aa0ba902b7-01`, tracestate: 'vendor=opaque' } });
+    await new Promise<void>((resolve, reject) => { ws.once('open', () => resolve()); ws.once('error', reject); });
+    const echoed = new Promise<string>((r) => ws.once('message', (d) => r(String(d))));
+    ws.send('hi');
+    assert.equal(await echoed, 'hi');
+    ws.close();
+    assert.equal(handshakes.length, 1);
+    const tp = handshakes[0]!.traceparent;
+    assert.match(String(tp), new RegExp(`^00-${clientTrace}-[0-9a-f]{16}-01$`), 'the handshake carries the client\'s trace');
+    assert.notEqual(tp!.split('-')[2], '00f067aa0ba902b7', 'with the gateway\'s span as parent');
+    assert.equal(handshakes[0]!.tracestate, 'vendor=opaque');
+    await eventually(() => collector.spans.some((s) => s.kind === KIND.SERVER), 8000);
+    const server = collector.spans.find((s) => s.kind === KIND.SERVER)!;
+    assert.equal(server.traceId, clientTrace);
+    assert.ok(collector.spans.some((s) => s.spanId === tp!.split('-')[2]), 'the parent named upstream is an exported span');
+  } finally {
+    await gw.close();
+    await new Promise<void>((r) => { for (const c of wss.clients) c.terminate(); wss.close(() => r()); });
+    await collector.close();
+  }
+});

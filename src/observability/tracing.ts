@@ -170,6 +170,14 @@ export class Tracing {
     return trace.setSpan(ROOT_CONTEXT, ex.span!);
   }
 
+  /**
+   * The request's context in `headers` for an upstream exchange without a CLIENT span of its own
+   * (a WebSocket handshake): the upstream continues the trace under the SERVER span.
+   */
+  inject(ex: Exchange, headers: string[]): void {
+    this.propagator.inject(this.context(ex), headers, setter);
+  }
+
   /** A span for a plugin phase that waits; returns its end (a no-op for an unsampled request). */
   pluginSpan(ex: Exchange, plugin: string, phase: string): (error?: unknown) => void {
     if (!ex.span!.isRecording()) return NOOP;

@@ -788,6 +788,9 @@ function startWebSocket(
   if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`, noTargetRetryAfter(svc));
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
+  // With tracing on, the client's traceparent / tracestate were taken out of the list: the
+  // upstream gets the request's context instead (the client's trace, the gateway's span).
+  if (ex !== null && ex.span !== null) ctx.observer?.tracing?.inject(ex, headers);
   // The client's handshake fields (sec-websocket-*) are the relay's to send; Host is the target's.
   const out = Object.create(null) as Record<string, string | string[]>; // (a field named constructor is data)
   for (let i = 0; i < headers.length - 2; i += 2) {
