@@ -603,6 +603,29 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('access log headers: a secret field spelled with underscores (X_Api_Key, Proxy_Authorization, X_Auth_Token) is censored like its dashed name', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`
+access_log: {destination: file, path: ${log}, fields: [status, headers], redact: [headers.x-session]}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    await request(`${gw.url}/x`, { headers: { x_api_key: 'SECRET1', proxy_authorization: 'Basic SECRET2', x_auth_token: 'SECRET3', x_session: 'SECRET4', x_other: 'visible' } });
+    await eventually(() => lines(log).length === 1);
+    const h = lines(log)[0]!.headers as Record<string, string>;
+    assert.equal(h.x_api_key, '[REDACTED]');
+    assert.equal(h.proxy_authorization, '[REDACTED]');
+    assert.equal(h.x_auth_token, '[REDACTED]');
+    assert.equal(h.x_session, '[REDACTED]');
+    assert.equal(h.x_other, 'visible');
+    assert.doesNotMatch(readFileSync(log, 'utf8'), /SECRET/);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('requests the HTTP parser refuses (smuggling attempts, oversized heads) are counted and logged', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');

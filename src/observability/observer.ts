@@ -81,7 +81,8 @@ function headerObject(raw: string[], secret: ReadonlySet<string>): Record<string
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
     if (k.charCodeAt(0) === 0x3a) continue; // (HTTP/2 pseudo-headers)
-    out[k] = secret.has(k) ? CENSORED : k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
+    // (X_Api_Key is X-Api-Key to CGI, WSGI, Rack and PHP: a secret field spelled with underscores is one too)
+    out[k] = secret.has(k) || (k.includes('_') && secret.has(k.replace(/_/g, '-'))) ? CENSORED : k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
   }
   return out;
 }
