@@ -88,7 +88,7 @@ services:
   }
 });
 
-test('metrics with workers: a worker that does not answer the scrape in time keeps its last counts (counters never go back)', async () => {
+test('metrics and analytics with workers: a worker that does not answer the scrape in time keeps its last counts (counters never go back)', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const [p, a] = [await freePort(), await freePort()];
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-metrics-'));
@@ -119,6 +119,8 @@ services: [{name: app, url: ${up.url}, routes: [{name: ok, paths: [/ok]}]}]
     const t = (await request(`http://127.0.0.1:${a}/metrics`)).body;
     assert.equal(count(t), 20);
     assert.equal(sample(t, 'turnpike_request_duration_seconds_count', { route: 'ok' }), 20);
+    // The console's numbers too: /analytics counts the stopped worker's requests as it last reported them.
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/analytics?window=1h`)).body).total.requests, 20);
     process.kill(stopped, 'SIGCONT');
     stopped = 0;
     assert.equal(count((await request(`http://127.0.0.1:${a}/metrics`)).body), 20);

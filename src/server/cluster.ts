@@ -87,6 +87,8 @@ interface WorkerInfo {
   startError: string | null;
   /** The worker's metrics as last reported (kept when it exits, so counters never go back). */
   metrics: unknown[] | null;
+  /** Its analytics as last reported (stand in for it when it does not answer in time). */
+  analytics: AnalyticsState | null;
   /** Reloads sent and not answered yet (reloaded / reload-failed), and who waits for none. */
   reloadsPending: number;
   onSettled: (() => void)[];
@@ -169,11 +171,17 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     // A worker that did not answer in time (busy, stopped) is still counted: its counters as it
     // last reported them. Left out, its counts would vanish from this scrape and come back in
     // the next, which Prometheus reads as counter resets (rate() and increase() jump).
+    // (so is its analytics: the console's numbers do not dip)
     const stale: unknown[][] = [];
-    for (const i of infos.values()) if (!answered.has(i) && i.metrics) stale.push(i.metrics);
+    const staleAnalytics: AnalyticsState[] = [];
+    for (const i of infos.values()) {
+      if (answered.has(i)) continue;
+      if (i.metrics) stale.push(i.metrics);
+      if (i.analytics) staleAnalytics.push(i.analytics);
+    }
     return {
       metrics: [...got.map((g) => g.metrics), ...(stale.length ? [retainCounters(stale)] : []), ...(retired.length ? [retired] : [])],
-      analytics: got.flatMap((g) => (g.analytics ? [g.analytics] : [])),
+      analytics: [...got.flatMap((g) => (g.analytics ? [g.analytics] : [])), ...staleAnalytics],
     };
   };
 
@@ -245,7 +253,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], startError: null, metrics: null, reloadsPending: 0, onSettled: [] };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [] };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -281,6 +289,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           break;
         case 'observed':
           info.metrics = msg.metrics;
+          info.analytics = msg.analytics;
           waitingObserve.get(msg.id)?.(msg, info);
           break;
         case 'cache-purged':
