@@ -490,3 +490,17 @@ services: [{name: chat, url: http://127.0.0.1:${port}, routes: [{name: ws, paths
     await collector.close();
   }
 });
+
+test('tracing: the SERVER span has url.query when one was sent (semantic conventions: Conditionally Required), secret values REDACTED', async () => {
+  const t = await semconvGateway();
+  try {
+    const { server } = await t.spans('/x?a=1&api_key=SUPERSECRET&X-Amz-Signature=SIG2&b=%20');
+    assert.equal(attr(server, 'url.path'), '/x');
+    assert.equal(attr(server, 'url.query'), 'a=1&api_key=REDACTED&X-Amz-Signature=REDACTED&b=%20');
+    assert.doesNotMatch(JSON.stringify(server), /SUPERSECRET|SIG2/);
+    const plain = await t.spans('/x');
+    assert.equal(attr(plain.server, 'url.query'), undefined);
+  } finally {
+    await t.close();
+  }
+});

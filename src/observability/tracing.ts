@@ -164,6 +164,8 @@ export class Tracing {
     });
     if (address !== '') span.setAttribute('server.address', address);
     if (!known) span.setAttribute('http.request.method_original', method);
+    // (semantic conventions: url.query when one was sent, without the '?', secret values scrubbed)
+    if (ex.query.length > 1) span.setAttribute('url.query', redactQuery(ex.query, this.secretParams).slice(1));
   }
 
   private context(ex: Exchange): Context {
