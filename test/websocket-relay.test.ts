@@ -416,7 +416,6 @@ test('bad client handshakes: 400 problem+json, no upstream connection made', T, 
     const bad = [
       'GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n', // no key
       handshake().replace(KEY, 'short=='),
-      handshake().replace('Version: 13', 'Version: 12'),
       handshake('Sec-WebSocket-Protocol: a,,b\r\n'),
       handshake('Sec-WebSocket-Protocol: a, a\r\n'),
       handshake('', 'POST /chat HTTP/1.1'),
@@ -434,6 +433,34 @@ test('bad client handshakes: 400 problem+json, no upstream connection made', T, 
       assert.equal(typeof body.detail, 'string');
     }
     assert.deepEqual(gw.rejects, bad.map(() => 400));
+    await sleep(100);
+    assert.equal(up.sockets.length, 0);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('a Sec-WebSocket-Version other than 13: 426 with Sec-WebSocket-Version: 13 and Upgrade (RFC 6455 §4.2.2, §4.4), no upstream connection made', T, async () => {
+  const up = await silentUpstream();
+  const gw = await gateway(up.url);
+  try {
+    for (const v of ['12', '8', '14', 'thirteen']) {
+      const r = await rawExchange(gw.port, handshake().replace('Version: 13', `Version: ${v}`));
+      assert.equal(r.status, 426, v);
+      assert.equal(r.headers['sec-websocket-version'], '13');
+      assert.equal(r.headers['upgrade'], 'websocket');
+      assert.match(r.headers['connection']!, /^upgrade, close$/i);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      const body = JSON.parse(r.body.toString());
+      assert.equal(body.type, 'urn:turnpike:problem:upgrade-required');
+      assert.equal(body.status, 426);
+    }
+    // No version at all is a malformed handshake: 400, still naming the version spoken.
+    const r = await rawExchange(gw.port, handshake().replace('Sec-WebSocket-Version: 13\r\n', ''));
+    assert.equal(r.status, 400);
+    assert.equal(r.headers['sec-websocket-version'], '13');
+    assert.deepEqual(gw.rejects, [426, 426, 426, 426, 400]);
     await sleep(100);
     assert.equal(up.sockets.length, 0);
   } finally {

@@ -22,6 +22,7 @@ export const PROBLEMS = {
   'payload-too-large': { status: 413, title: 'Content Too Large' },
   'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },
   'uri-too-long': { status: 414, title: 'URI Too Long' },
+  'upgrade-required': { status: 426, title: 'Upgrade Required' },
   'too-many-requests': { status: 429, title: 'Too Many Requests' },
   'headers-too-large': { status: 431, title: 'Request Header Fields Too Large' },
   'internal-error': { status: 500, title: 'Internal Server Error' },

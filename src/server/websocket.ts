@@ -3,7 +3,7 @@
  * route that allows WebSockets, once it has validated, routed it and computed the upstream headers.
  *
  * Design:
- *  - Upstream first. The client's handshake is checked (400 problem+json on the raw socket if
+ *  - Upstream first. The client's handshake is checked (400 problem+json on the raw socket, 426 for a version other than 13, if
  *    bad, no upstream connection), then a `ws` client connects to the upstream offering the
  *    client's subprotocols. Only when the upstream answered 101 does the client get its 101, from
  *    a noServer `WebSocketServer` (one per maxPayload value, shared by every relay) that picks
@@ -69,6 +69,7 @@ const HIGH_WATER = 1024 * 1024;   // send-buffer size that pauses the other leg
 const CLOSE_GRACE_MS = 5000;      // close handshake budget before terminate()
 const BODY_CAP = 64 * 1024;       // largest relayed body of a refused upstream handshake (past it: 502)
 const CLIENT_GONE = 499;
+const VERSION_UNSUPPORTED = 'unsupported Sec-WebSocket-Version (13 expected)';
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
 const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const FIELD_VALUE_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
@@ -127,7 +128,9 @@ function writeRaw(socket: Duplex, status: number, reason: string, headers: [stri
   if (!socket.writable) { socket.destroy(); return; }
   let head = `HTTP/1.1 ${status} ${reason.replace(/[\r\n]/g, '')}\r\n`;
   for (const [k, v] of headers) head += `${k}: ${v}\r\n`;
-  head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  // An Upgrade sent needs its Connection option (RFC 9110 §7.8).
+  const upgrade = headers.some(([k]) => k === 'upgrade');
+  head += `content-length: ${body.length}\r\nconnection: ${upgrade ? 'upgrade, close' : 'close'}\r\n\r\n`;
   socket.once('finish', () => socket.destroy());
   socket.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
 }
@@ -174,7 +177,9 @@ function checkHandshake(req: IncomingMessage): string[] | string {
   if (h.upgrade?.toLowerCase() !== 'websocket') return 'invalid Upgrade header';
   const key = h['sec-websocket-key'];
   if (key === undefined || !KEY_RE.test(key)) return 'missing or invalid Sec-WebSocket-Key header';
-  if (h['sec-websocket-version']?.trim() !== '13') return 'missing or unsupported Sec-WebSocket-Version (13 expected)';
+  const version = h['sec-websocket-version'];
+  if (version === undefined) return 'missing Sec-WebSocket-Version header (13 expected)';
+  if (version.trim() !== '13') return VERSION_UNSUPPORTED;
   const raw = h['sec-websocket-protocol'];
   if (raw === undefined) return [];
   const list = raw.split(',').map((p) => p.trim());
@@ -190,6 +195,12 @@ export function relayWebSocket(o: WsRelayOptions): void {
 
   const offered = checkHandshake(req);
   if (typeof offered === 'string') {
+    // A version this side does not speak: 426 naming the one it does (RFC 6455 §4.2.2, §4.4;
+    // RFC 9110 §15.5.22: a 426 carries Upgrade), so the client can retry with it.
+    if (offered === VERSION_UNSUPPORTED) {
+      o.onReject?.(problem(o, 'upgrade-required', `invalid WebSocket handshake: ${offered}`, [['sec-websocket-version', '13'], ['upgrade', 'websocket']]));
+      return;
+    }
     const extra: [string, string][] = offered.includes('Version') ? [['sec-websocket-version', '13']] : [];
     o.onReject?.(problem(o, 'bad-request', `invalid WebSocket handshake: ${offered}`, extra));
     return;
