@@ -267,3 +267,31 @@ services:
     await new Promise((r) => lax.close(r));
   }
 });
+
+test('deadlines: a grpc-timeout that runs out before the upstream answers is the client\'s deadline, not the target\'s failure: no circuit opened, no target ejected', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: slowish
+    upstream:
+      targets: [{url: 'http://127.0.0.1:${plain.port}'}]
+      healthcheck: {passive: {failures: 2, ejection: 30s}}
+    protocol: grpc
+    timeouts: {response: 5s}
+    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, open_for: 30s}
+    routes: [{paths: [/test.Echo]}]
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    // Calls whose own deadline (100 ms) is shorter than the upstream's work (1 s).
+    for (let i = 0; i < 4; i++) {
+      await assert.rejects(sayP(client, 'sleep:1000', new grpc.Metadata(), { deadline: Date.now() + 100 }), (e: grpc.ServiceError) => e.code === grpc.status.DEADLINE_EXCEEDED);
+    }
+    // The upstream is fine: the next call, with time enough, goes through.
+    const r = await sayP(client, 'after', new grpc.Metadata(), { deadline: Date.now() + 5000 });
+    assert.equal(r.text, 'after');
+  } finally {
+    client.close();
+    await g.close();
+  }
+});

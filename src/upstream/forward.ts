@@ -1167,6 +1167,20 @@ export class ForwardHandler {
       this.release();
       return;
     }
+    if (!f.res.headersSent && code === 'UND_ERR_HEADERS_TIMEOUT' && this.grpcDeadline > 0 && this.grpcDeadline <= this.deadline
+      && (Date.now() >= this.grpcDeadline || this.grpcDeadline < this.attemptStart + f.service.timeouts.response)) {
+      // The call's own deadline (grpc-timeout) ran out before the target's response timeout:
+      // the client's choice, as for a streamed response past it (callDeadline). Not charged to
+      // the target (passive health, latency) nor the circuit, never retried; DEADLINE_EXCEEDED.
+      this.held = null;
+      this.endAttempt(null);
+      this.endSpan(null, code);
+      this.finished = true;
+      this.outcome = null;
+      this.problem('gateway-timeout', 'the call ran past its grpc-timeout', f.closeAfter);
+      this.release();
+      return;
+    }
     if (!f.res.headersSent) {
       this.held = null; // (a held response that broke off: nothing of it reached the client)
       // An unrequested 100 Continue (see UNDICI_REFUSED_100) is an answer undici cannot read, not
