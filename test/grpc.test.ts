@@ -295,3 +295,49 @@ services:
     await g.close();
   }
 });
+
+test('deadlines: a grpc-timeout longer than a timer can hold (past 24.8 days: 1000H, 3600000S) does not end a streamed call at once', async () => {
+  // (a raw HTTP/2 upstream: grpc-js 1.14 itself fails deadlines that far out)
+  const streamer = createH2Server((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/grpc' });
+    let i = 0;
+    const t = setInterval(() => {
+      if (i === 3) {
+        clearInterval(t);
+        res.addTrailers({ 'grpc-status': '0' });
+        res.end();
+        return;
+      }
+      res.write(jsonFrame({ i: i++ }));
+    }, 50);
+    res.on('close', () => clearInterval(t));
+  });
+  await new Promise<void>((r) => streamer.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: streamer, url: 'http://127.0.0.1:${(streamer.address() as AddressInfo).port}', protocol: grpc, routes: [{paths: [/s.Svc]}]}
+`);
+  const c = h2connect(`http://127.0.0.1:${g.port}`);
+  try {
+    for (const timeout of ['1000H', '3600000S']) {
+      const s = c.request({ ':method': 'POST', ':path': '/s.Svc/Stream', 'content-type': 'application/grpc', te: 'trailers', 'grpc-timeout': timeout });
+      const got = await new Promise<{ trailers: Record<string, unknown>; frames: number }>((resolve, reject) => {
+        const chunks: Buffer[] = [];
+        let trailers: Record<string, unknown> = {};
+        s.on('trailers', (t) => { trailers = t; });
+        s.on('data', (d: Buffer) => chunks.push(d));
+        s.on('end', () => resolve({ trailers, frames: parseFrames(Buffer.concat(chunks)).length }));
+        s.on('error', reject);
+        s.end(jsonFrame({}));
+      });
+      assert.equal(got.trailers['grpc-status'], '0', `${timeout}: ${JSON.stringify(got.trailers)}`);
+      assert.equal(got.frames, 3);
+    }
+  } finally {
+    c.close();
+    await g.close();
+    await new Promise((r) => streamer.close(r));
+  }
+});

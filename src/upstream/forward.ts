@@ -81,6 +81,8 @@ const NOT_TRAILERS = new Set([
 const PRECISE_TIMEOUT_BELOW_MS = 10_000;
 /** A retry needs at least this much of the deadline left (after its backoff) to be tried. */
 const MIN_RETRY_LEFT_MS = 10;
+/** The longest delay setTimeout holds (2^31 - 1 ms, about 24.8 days); past it node fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface ForwardRequest {
   req: IncomingMessage;
@@ -572,10 +574,19 @@ export class ForwardHandler {
     this.abortFn?.(new errors.BodyTimeoutError());
   }
 
+  /**
+   * The call timer, at most MAX_TIMER_MS ahead (a longer delay makes node's setTimeout fire
+   * after 1 ms: a grpc-timeout of 1000H would end the call at once); re-armed until the deadline.
+   */
+  private armCallTimer(): void {
+    this.callTimer = setTimeout(() => this.callDeadline(), Math.min(MAX_TIMER_MS, Math.max(1, this.grpcDeadline - Date.now())));
+  }
+
   /** A gRPC call past its grpc-timeout while its response streams: cancelled upstream, DEADLINE_EXCEEDED to the client. */
   private callDeadline(): void {
     this.callTimer = undefined;
     if (this.finished) return;
+    if (Date.now() < this.grpcDeadline) return this.armCallTimer(); // (a deadline past MAX_TIMER_MS)
     this.finished = true;
     this.outcome = null; // (the client's deadline, not the target's failure)
     this.abortFn?.(new Error('grpc-timeout exceeded'));
@@ -719,7 +730,7 @@ export class ForwardHandler {
     const read = svc.timeouts.read;
     if (read < PRECISE_TIMEOUT_BELOW_MS || svc.h2Upstream) this.readTimer = setTimeout(() => this.readTimeout(), read);
     // grpc-timeout is the deadline of the whole call, streamed responses included.
-    if (this.grpcDeadline > 0) this.callTimer = setTimeout(() => this.callDeadline(), Math.max(1, this.grpcDeadline - Date.now()));
+    if (this.grpcDeadline > 0) this.armCallTimer();
     const ex = this.f.exchange;
     if (ex !== null) ex.upstreamHeaders = performance.now();
     this.span?.setAttribute('http.response.status_code', statusCode);
