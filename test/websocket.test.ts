@@ -315,3 +315,31 @@ services:
     await t.close();
   }
 });
+
+test('handshakes the upstream never judged (the client\'s bad handshake) are no successes for the circuit: they cannot hold open a failing service\'s circuit', async () => {
+  const dead = await startWsUpstream();
+  const deadUrl = dead.url;
+  await dead.close(); // nothing listens there any more
+  const t = await startGateway(`
+services:
+  - name: chat
+    url: ${deadUrl}
+    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, open_for: 30s}
+    routes: [{name: chat, paths: [/chat], websocket: true}]
+`);
+  try {
+    const bad = (v: string) => `GET /chat HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: ${v}\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+    for (let i = 0; i < 6; i++) {
+      const r = await rawRequest(t.port, bad('12'));
+      assert.match(r.text, /^HTTP\/1\.1 426 /);
+    }
+    const url = `ws://127.0.0.1:${t.port}/chat`;
+    for (let i = 0; i < 2; i++) await assert.rejects(open(url), (e: { status?: number }) => e.status === 502);
+    // Two failures out of the two handshakes the upstream took part in: the circuit is open.
+    const refused = await request(`${t.url}/chat`);
+    assert.equal(refused.status, 503);
+    assert.equal(JSON.parse(refused.body).type, 'urn:turnpike:problem:circuit-open');
+  } finally {
+    await t.close();
+  }
+});

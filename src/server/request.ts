@@ -843,8 +843,9 @@ function startWebSocket(
       ctx.ws.opened++;
       if (ex !== null) ex.upstreamHeaders = performance.now();
     },
-    onReject: (status) => {
-      report(status < 500);
+    onReject: (status, upstream) => {
+      // (a handshake the upstream never judged, e.g. the client's bad one, is no success of its)
+      if (upstream) report(status < 500);
       ctx.ws.rejected++;
       if (ex !== null) ex.status = status;
       release();

@@ -61,8 +61,11 @@ export interface WsRelayOptions {
   /**
    * The upgrade ended without a WebSocket: status sent to the client (upstream refused,
    * unreachable, bad handshake). 499 = the client went away first and nothing was sent.
+   * `upstream`: the outcome says something about the upstream (its own answer relayed, or a
+   * 502/504 because it failed); false when it was never judged (the client's bad handshake, the
+   * client gone, shutdown, a gateway bug).
    */
-  onReject?: (status: number) => void;
+  onReject?: (status: number, upstream: boolean) => void;
 }
 
 const HIGH_WATER = 1024 * 1024;   // send-buffer size that pauses the other leg
@@ -198,14 +201,14 @@ export function relayWebSocket(o: WsRelayOptions): void {
     // A version this side does not speak: 426 naming the one it does (RFC 6455 §4.2.2, §4.4;
     // RFC 9110 §15.5.22: a 426 carries Upgrade), so the client can retry with it.
     if (offered === VERSION_UNSUPPORTED) {
-      o.onReject?.(problem(o, 'upgrade-required', `invalid WebSocket handshake: ${offered}`, [['sec-websocket-version', '13'], ['upgrade', 'websocket']]));
+      o.onReject?.(problem(o, 'upgrade-required', `invalid WebSocket handshake: ${offered}`, [['sec-websocket-version', '13'], ['upgrade', 'websocket']]), false);
       return;
     }
     const extra: [string, string][] = offered.includes('Version') ? [['sec-websocket-version', '13']] : [];
-    o.onReject?.(problem(o, 'bad-request', `invalid WebSocket handshake: ${offered}`, extra));
+    o.onReject?.(problem(o, 'bad-request', `invalid WebSocket handshake: ${offered}`, extra), false);
     return;
   }
-  if (!socket.readable || !socket.writable) { socket.destroy(); o.onReject?.(CLIENT_GONE); return; }
+  if (!socket.readable || !socket.writable) { socket.destroy(); o.onReject?.(CLIENT_GONE, false); return; }
 
   let up: WebSocket;
   try {
@@ -219,7 +222,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
     };
     up = new WebSocket(o.url, opts);
   } catch { // bad URL or header value: a gateway bug, not the upstream's fault
-    o.onReject?.(problem(o, 'internal-error', 'could not build the upstream WebSocket request'));
+    o.onReject?.(problem(o, 'internal-error', 'could not build the upstream WebSocket request'), false);
     return;
   }
 
@@ -248,8 +251,8 @@ export function relayWebSocket(o: WsRelayOptions): void {
   function fail(code: ProblemCode | null, detail: string, extra?: [string, string][]): void {
     if (!settle()) return;
     up.terminate();
-    if (code) o.onReject?.(problem(o, code, detail, extra));
-    else { socket.destroy(); o.onReject?.(CLIENT_GONE); }
+    if (code) o.onReject?.(problem(o, code, detail, extra), code === 'bad-gateway' || code === 'gateway-timeout');
+    else { socket.destroy(); o.onReject?.(CLIENT_GONE, false); }
   }
 
   up.on('error', (err: Error & { code?: unknown }) => {
@@ -275,7 +278,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
       const headers = [...endToEnd(res.rawHeaders, own, false, o.via), ...own];
       writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks, size));
       up.terminate();
-      o.onReject?.(status);
+      o.onReject?.(status, true);
     };
     res.on('error', noop);
     if (Number(res.headers['content-length']) > BODY_CAP) { tooBig(); return; }
@@ -298,12 +301,12 @@ export function relayWebSocket(o: WsRelayOptions): void {
   // Upstream 101: now complete the client's handshake, with the subprotocol the upstream chose.
   up.on('open', () => {
     if (!settle()) { up.terminate(); return; }
-    if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE); return; }
+    if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE, false); return; }
     const own = gatewayHeaders(o);
     const headers = [...endToEnd(upHeaders, own, true, o.via), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
     accepted.set(req, { protocol: chosen, headers });
     // ws destroys a socket it finds closed without calling back: catch that here.
-    const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE); };
+    const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE, false); };
     socket.once('close', lost);
     let upgraded = false;
     try {
@@ -317,7 +320,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
       if (upgraded) throw err; // from the gateway's onOpen: not ours to hide
       socket.off('close', lost); // ws throws if this socket was already upgraded (a gateway bug)
       up.terminate();
-      o.onReject?.(problem(o, 'internal-error', 'the WebSocket upgrade failed'));
+      o.onReject?.(problem(o, 'internal-error', 'the WebSocket upgrade failed'), false);
     }
   });
 }
