@@ -341,3 +341,25 @@ services:
     await new Promise((r) => streamer.close(r));
   }
 });
+
+test('gateway errors are in gRPC terms whatever the case of the content type (media types are case-insensitive): Application/GRPC, application/gRPC-Web-Text', async () => {
+  const c = h2connect(`http://127.0.0.1:${gw.port}`);
+  try {
+    for (const [ct, web] of [['Application/GRPC', null], ['application/gRPC+proto', null], ['application/gRPC-Web-Text', 'application/grpc-web-text']] as const) {
+      const s = c.request({ ':method': 'POST', ':path': '/no.Such/Method', 'content-type': ct, te: 'trailers' });
+      const headers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        let h: Record<string, unknown> = {};
+        s.on('response', (x) => { h = x; });
+        s.on('close', () => resolve(h));
+        s.on('error', reject);
+        s.resume();
+        s.end(jsonFrame({}));
+      });
+      assert.equal(headers[':status'], 200, ct);
+      assert.equal(headers['grpc-status'], '12', `${ct}: ${JSON.stringify(headers)}`);
+      assert.equal(headers['content-type'], web ?? 'application/grpc');
+    }
+  } finally {
+    c.close();
+  }
+});

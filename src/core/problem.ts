@@ -114,9 +114,10 @@ export function sendProblem(
   // HTTP/2 has no Connection header (node:http2 refuses it); a stream just ends.
   const close = opts.close === true && !isHttp2(res);
   const ct = req?.headers?.['content-type'];
-  if (typeof ct === 'string' && ct.startsWith('application/grpc')) {
+  // (media types are case-insensitive, RFC 9110 §8.3.1: Application/GRPC is gRPC too)
+  if (typeof ct === 'string' && /^application\/grpc/i.test(ct)) {
     markAnswered(res, code, requestId, 0, grpcStatusOf(PROBLEMS[code].status));
-    return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct);
+    return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct.toLowerCase());
   }
   const body = problemBody(code, detail, requestId, opts.extra);
   const length = Buffer.byteLength(body);
