@@ -363,3 +363,52 @@ test('gateway errors are in gRPC terms whatever the case of the content type (me
     c.close();
   }
 });
+
+test('gRPC-Web with the cors plugin: every answer a page gets (the upstream\'s, an auth plugin\'s UNAUTHENTICATED, the gateway\'s UNAVAILABLE) carries Access-Control-Allow-Origin and exposes grpc-status / grpc-message', async () => {
+  const g = await startGateway(`
+consumers: [{name: a, credentials: [{type: key-auth, key: secretkey1}]}]
+services:
+  - name: echo
+    url: http://127.0.0.1:${plain.port}
+    protocol: grpc
+    plugins: [{name: cors, config: {origins: ['https://app.example'], exposed_headers: [X-Total]}}]
+    routes:
+      - {paths: [/test.Echo], hosts: [auth.test], plugins: [{name: key-auth}]}
+      - {paths: [/test.Echo]}
+  - name: down
+    url: http://127.0.0.1:1
+    protocol: grpc
+    plugins: [{name: cors, config: {origins: ['https://app.example']}}]
+    routes: [{paths: [/test.Echo], hosts: [down.test]}]
+`);
+  const call = (host: string, text: string) => new Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: Buffer }>((resolve, reject) => {
+    const body = jsonFrame({ text });
+    const r = httpRequest(`http://127.0.0.1:${g.port}/test.Echo/Say`, {
+      method: 'POST', agent: false,
+      headers: { host, origin: 'https://app.example', 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', 'content-length': body.length },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(chunks) }));
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+  const exposed = (h: Record<string, string | string[] | undefined>) => String(h['access-control-expose-headers'] ?? '').toLowerCase().split(/\s*,\s*/);
+  try {
+    for (const [host, text, status] of [['x.test', 'hi', '0'], ['x.test', 'fail', '3'], ['auth.test', 'hi', '16'], ['down.test', 'hi', '14']] as const) {
+      const r = await call(host, text);
+      const what = `${host} ${text}: ${JSON.stringify(r.headers)}`;
+      assert.equal(r.status, 200, what);
+      assert.equal(r.headers['access-control-allow-origin'], 'https://app.example', what);
+      assert.ok(exposed(r.headers).includes('grpc-status') && exposed(r.headers).includes('grpc-message'), what);
+      if (host === 'x.test' && text === 'hi') {
+        assert.ok(exposed(r.headers).includes('x-total'), 'the configured ones stay');
+        assert.equal(parseTrailerBlock(parseFrames(r.body).at(-1)!.payload)['grpc-status'], status);
+      } else assert.equal(r.headers['grpc-status'], status, what); // Trailers-Only: the status is in the headers
+    }
+    assert.equal((await call('auth.test', 'hi')).headers['www-authenticate'], 'Key realm="turnpike"', 'the auth challenge is kept too');
+  } finally {
+    await g.close();
+  }
+});

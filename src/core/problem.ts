@@ -117,7 +117,7 @@ export function sendProblem(
   // (media types are case-insensitive, RFC 9110 §8.3.1: Application/GRPC is gRPC too)
   if (typeof ct === 'string' && /^application\/grpc/i.test(ct)) {
     markAnswered(res, code, requestId, 0, grpcStatusOf(PROBLEMS[code].status));
-    return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct.toLowerCase());
+    return sendGrpcError(res, PROBLEMS[code].status, detail, requestId, close, ct.toLowerCase(), opts.headers);
   }
   const body = problemBody(code, detail, requestId, opts.extra);
   const length = Buffer.byteLength(body);
@@ -154,6 +154,14 @@ export function rawProblem(code: ProblemCode, detail: string, requestId?: string
   );
 }
 
+/** Fields a gRPC answer sets itself (framing, content type, status), dropped from plugin-added ones. */
+const GRPC_OWN = new Set(['content-type', 'content-length', 'transfer-encoding', 'connection', 'grpc-status', 'grpc-message']);
+function withoutFraming(h: Record<string, string | string[]>): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(h)) if (!GRPC_OWN.has(k.toLowerCase())) out[k] = v;
+  return out;
+}
+
 /** The gRPC status for an error the gateway answers with this HTTP status. */
 export function grpcStatusOf(httpStatus: number): number {
   switch (httpStatus) {
@@ -172,9 +180,15 @@ export function grpcStatusOf(httpStatus: number): number {
  * A gRPC (or gRPC-Web) client reads the outcome from grpc-status, not the HTTP status: the
  * gateway's own errors go out as a trailers-only response (HTTP 200, status in the headers).
  */
-function sendGrpcError(res: ServerResponse, httpStatus: number, detail: string, requestId: string | undefined, close: boolean, contentType: string): void {
+function sendGrpcError(
+  res: ServerResponse, httpStatus: number, detail: string, requestId: string | undefined, close: boolean, contentType: string,
+  extra: Record<string, string | string[]> | undefined,
+): void {
   const web = contentType.startsWith('application/grpc-web');
   const headers: Record<string, string | string[] | number> = {
+    // What plugins added for the client (cors' Access-Control-Allow-Origin, so a gRPC-Web page
+    // can read the status; WWW-Authenticate, Retry-After, RateLimit), as on a problem+json.
+    ...(extra ? withoutFraming(extra) : {}),
     'content-type': web ? contentType.split(';')[0]!.trim() : 'application/grpc',
     'grpc-status': grpcStatusOf(httpStatus),
     'grpc-message': encodeGrpcMessage(detail),

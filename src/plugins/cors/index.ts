@@ -18,6 +18,9 @@ const ACEH = 'access-control-expose-headers';
 /** The fields the gateway decides on actual responses (the upstream's copies are dropped). */
 const OWNED = new Set([ACAO, ACAC, ACEH]);
 const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+/** A gRPC-Web request (its content type, any case). */
+const GRPC_WEB_RE = /^application\/grpc-web/i;
+const GRPC_WEB_EXPOSED = ['grpc-status', 'grpc-message', 'grpc-status-details-bin'];
 /** scheme://host[:port], nothing after it (an origin's serialization). */
 const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s]+$/i;
 
@@ -105,6 +108,10 @@ export default definePlugin({
     const methodSet = methodList.includes('*') && !credentials ? null : new Set(methodList);
     const allowHeaders = config.headers !== undefined ? config.headers.join(', ') : null;
     const exposed = config.exposed_headers?.length ? config.exposed_headers.join(', ') : null;
+    // A gRPC-Web client reads the call's status from these fields when it comes in the headers
+    // (Trailers-Only: an error before any message, the gateway's own included): exposed with the rest.
+    const exposedGrpcWeb = [...new Set([...(config.exposed_headers ?? []).map((h) => h.toLowerCase()), ...GRPC_WEB_EXPOSED])].join(', ');
+    const exposedFor = (ctx: RequestCtx): string | null => (GRPC_WEB_RE.test(ctx.header('content-type') ?? '') ? exposedGrpcWeb : exposed);
     const maxAge = config.max_age !== undefined ? String(Math.floor(parseDuration(config.max_age) / 1000)) : null;
 
     /** The Access-Control-Allow-Origin value for this request's origin, or null when not allowed. */
@@ -127,7 +134,8 @@ export default definePlugin({
           if (origin !== null) {
             ctx.addResponseHeader(ACAO, origin);
             if (credentials) ctx.addResponseHeader(ACAC, 'true');
-            if (exposed !== null) ctx.addResponseHeader(ACEH, exposed);
+            const expose = exposedFor(ctx);
+            if (expose !== null) ctx.addResponseHeader(ACEH, expose);
           }
           // The gateway's own answers (401, 429...) vary by Origin too, or a shared cache could
           // hand one origin's answer to another (upstream answers: responseHeaders below).
@@ -174,7 +182,8 @@ export default definePlugin({
         if (origin === null) return;
         headers.push(ACAO, origin);
         if (credentials) headers.push(ACAC, 'true');
-        if (exposed !== null) headers.push(ACEH, exposed);
+        const expose = exposedFor(ctx);
+        if (expose !== null) headers.push(ACEH, expose);
       },
     };
   },
