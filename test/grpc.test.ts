@@ -412,3 +412,33 @@ services:
     await g.close();
   }
 });
+
+test('gateway errors stay in gRPC terms on a gRPC service with response-phase plugins (cache): UNAVAILABLE as Trailers-Only, not a problem+json 502', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: down
+    url: http://127.0.0.1:1
+    protocol: grpc
+    plugins: [{name: cache}]
+    routes: [{paths: [/test.Echo]}]
+`);
+  const c = h2connect(`http://127.0.0.1:${g.port}`);
+  try {
+    const s = c.request({ ':method': 'POST', ':path': '/test.Echo/Say', 'content-type': 'application/grpc', te: 'trailers' });
+    const headers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      let h: Record<string, unknown> = {};
+      s.on('response', (x) => { h = x; });
+      s.on('close', () => resolve(h));
+      s.on('error', reject);
+      s.resume();
+      s.end(jsonFrame({ text: 'hi' }));
+    });
+    assert.equal(headers[':status'], 200, JSON.stringify(headers));
+    assert.equal(headers['content-type'], 'application/grpc');
+    assert.equal(headers['grpc-status'], '14', JSON.stringify(headers));
+  } finally {
+    c.close();
+    await g.close();
+  }
+});

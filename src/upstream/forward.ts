@@ -434,7 +434,9 @@ export class ForwardHandler {
     // What plugins added for the client (cors' Access-Control-Allow-Origin, RateLimit...) goes
     // on the gateway's own 502/503/504 too: a page can read why its call failed.
     const extra = pl?.extraHeaders;
-    if (pl === null || pl.chain.response.length === 0 || f.res.headersSent) {
+    // A gRPC client reads a Trailers-Only status (sendProblem), never a problem+json a response
+    // plugin could have turned into something else (a gRPC call is no cache's to serve stale).
+    if (pl === null || pl.chain.response.length === 0 || f.res.headersSent || (f.service.grpc && /^application\/grpc/i.test(String(f.req.headers['content-type'] ?? '')))) {
       sendProblem(f.res, code, detail, f.requestId, { close, headers: extra?.length ? { ...headerRecord(extra), ...headers } : headers });
       return;
     }
