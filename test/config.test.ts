@@ -801,3 +801,19 @@ test('a health probe Host with line breaks or spaces is a config error (it made 
   assert.equal(bad[0]?.path, 'services[0].upstream.healthcheck.active.host');
   assert.deepEqual(issuesOf('services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:9001"}]\n      healthcheck: {active: {path: /h, host: "api.internal:8443"}}\n'), []);
 });
+
+test('a plan named like an Object.prototype member (toString, constructor, hasOwnProperty) is an unknown plan, with path and line', () => {
+  const plans = 'plans:\n  gold: {services: [orders]}\n';
+  for (const name of ['toString', 'constructor', 'hasOwnProperty', '__proto__']) {
+    const issues = issuesOf(base + plans + `consumers:\n  - name: acme\n    plan: ${name}\n`);
+    assert.equal(issues.length, 1, `${name}: ${JSON.stringify(issues)}`);
+    assert.deepEqual([issues[0]!.path, issues[0]!.line, issues[0]!.message], ['consumers[0].plan', 13, `unknown plan "${name}"`]);
+  }
+  const portal = issuesOf(base + plans + 'portal:\n  enabled: true\n  accounts:\n    enabled: true\n    default_plan: valueOf\n    plans: [gold, toString]\n');
+  assert.deepEqual(portal.map((i) => [i.path, i.message]), [
+    ['portal.accounts.default_plan', 'unknown plan "valueOf"'],
+    ['portal.accounts.plans[1]', 'unknown plan "toString"'],
+  ]);
+  // a plan really named so is fine
+  assert.deepEqual(issuesOf(base + 'plans:\n  toString: {services: [orders]}\nconsumers:\n  - name: acme\n    plan: toString\n'), []);
+});

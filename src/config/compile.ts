@@ -507,9 +507,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
   const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, inputs, deps.caches);
   plugins.setGlobal(cfg.plugins);
+  // own keys only: a plan named toString or constructor is not on every object
+  const hasPlan = (name: string): boolean => cfg.plans !== undefined && Object.hasOwn(cfg.plans, name);
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) plugins.setPlan(name, plan, ['plans', name]);
   (cfg.consumers ?? []).forEach((c, ci) => {
-    if (c.plan !== undefined && !cfg.plans?.[c.plan]) fail(['consumers', ci, 'plan'], `unknown plan "${c.plan}"`);
+    if (c.plan !== undefined && !hasPlan(c.plan)) fail(['consumers', ci, 'plan'], `unknown plan "${c.plan}"`);
     plugins.setConsumer(c.name, c.plugins, ['consumers', ci, 'plugins']);
   });
   const defaults = new Set(Object.values(DEFAULT_CONSUMER_HEADERS));
@@ -779,8 +781,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const acc = cfg.portal?.accounts;
   if (acc?.enabled) {
     if (!cfg.portal?.enabled) fail(['portal', 'accounts', 'enabled'], 'developer accounts need the portal (portal.enabled: true)');
-    if (typeof acc.default_plan === 'string' && !cfg.plans?.[acc.default_plan]) fail(['portal', 'accounts', 'default_plan'], `unknown plan "${acc.default_plan}"`);
-    acc.plans?.forEach((pl, i) => { if (!cfg.plans?.[pl]) fail(['portal', 'accounts', 'plans', i], `unknown plan "${pl}"`); });
+    if (typeof acc.default_plan === 'string' && !hasPlan(acc.default_plan)) fail(['portal', 'accounts', 'default_plan'], `unknown plan "${acc.default_plan}"`);
+    acc.plans?.forEach((pl, i) => { if (!hasPlan(pl)) fail(['portal', 'accounts', 'plans', i], `unknown plan "${pl}"`); });
   }
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) {
     // (a composing route stands for its own service: a plan may name it in services too)
