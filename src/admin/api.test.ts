@@ -766,3 +766,28 @@ test('developer accounts across whole-document writes are matched by name: no du
     await api.close();
   }
 });
+
+test('a JSON body with a key given twice in one object is a 400 naming the key (also spelled with escapes); nothing is written (YAML bodies already refuse it)', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const before = (await api.call('GET', '/api/config?format=json')).text;
+    const dup = await api.call('POST', '/api/services', { raw: '{"name": "a", "url": "http://127.0.0.1:9001", "name": "b"}' });
+    isProblem(dup, 400, 'bad-request');
+    assert.match(dup.json.detail, /"name".*twice/);
+    const escaped = await api.call('POST', '/api/services', { raw: '{"name": "a", "url": "http://127.0.0.1:9001", "\\u006eame": "b"}' });
+    isProblem(escaped, 400, 'bad-request');
+    const nested = await api.call('PATCH', '/api/services/orders', { raw: '{"retries": 2, "routes": [{"x": {"a": 1, "b": [{"c": 1, "c": 2}]}}]}' });
+    isProblem(nested, 400, 'bad-request');
+    assert.match(nested.json.detail, /"c".*twice/);
+    // a whole document as JSON: two `services` keys dropped every service but the last list's
+    const whole = await api.call('PUT', '/api/config', { raw: '{"services": [{"name": "q", "url": "http://127.0.0.1:1"}], "services": []}' });
+    isProblem(whole, 400, 'bad-request');
+    assert.match(whole.json.detail, /"services".*twice/);
+    assert.equal((await api.call('GET', '/api/config?format=json')).text, before);
+    // the same key in sibling objects, and a key equal to a value, are fine
+    const ok = await api.call('POST', '/api/services', { raw: '{"name": "name", "url": "http://127.0.0.1:9001", "routes": [{"name": "r1", "paths": ["/r1"]}, {"name": "r2", "paths": ["/r2"]}]}' });
+    assert.equal(ok.status, 201, ok.text);
+  } finally {
+    await api.close();
+  }
+});

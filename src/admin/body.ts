@@ -118,8 +118,48 @@ export function parseJson(buf: Buffer): unknown {
   } catch (err) {
     throw new ApiError('bad-request', `invalid JSON: ${(err as Error).message}`);
   }
+  const dup = duplicateKey(text);
+  if (dup) throw new ApiError('bad-request', `invalid JSON: the key ${JSON.stringify(dup.key)} is given twice in one object (at position ${dup.position}); JSON.parse would keep only the last`);
   checkShape(value);
   return value;
+}
+
+/**
+ * The first key given twice in one object of a valid JSON text (RFC 8259 §4: names SHOULD be
+ * unique; JSON.parse silently keeps the last, so `{"services": [...], "services": []}` would
+ * replace every service). Keys are compared decoded (`"\u006eame"` is `"name"`), as YAML
+ * bodies and config files compare them. One pass, no recursion.
+ */
+export function duplicateKey(text: string): { key: string; position: number } | null {
+  const stack: (Set<string> | null)[] = [];
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22 /* " */) {
+      let j = i + 1;
+      while (j < text.length && text.charCodeAt(j) !== 0x22) j += text.charCodeAt(j) === 0x5c /* \ */ ? 2 : 1;
+      const top = stack[stack.length - 1];
+      if (expectKey && top) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (top.has(key)) return { key, position: i };
+        top.add(key);
+      }
+      expectKey = false;
+      i = j;
+    } else if (c === 0x7b /* { */) {
+      stack.push(new Set());
+      expectKey = true;
+    } else if (c === 0x5b /* [ */) {
+      stack.push(null);
+      expectKey = false;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      stack.pop();
+      expectKey = false;
+    } else if (c === 0x2c /* , */) {
+      expectKey = stack[stack.length - 1] instanceof Set;
+    }
+  }
+  return null;
 }
 
 /** YAML (1.2; JSON is YAML): no `${VAR}` substitution — values are kept as given. */
