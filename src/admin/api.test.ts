@@ -791,3 +791,32 @@ test('a JSON body with a key given twice in one object is a 400 naming the key (
     await api.close();
   }
 });
+
+test('If-None-Match on writes (RFC 9110 §13.1.2): * or the current tag is a 412 and nothing is written; another tag lets the write through; a malformed one is a 400', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const got = await api.call('GET', '/api/services/orders');
+    const etag = got.headers.get('etag')!;
+    const body = { name: 'orders', url: 'http://127.0.0.1:9009' };
+    // a create-only PUT must not overwrite what exists
+    isProblem(await api.call('PUT', '/api/services/orders', { body, headers: { 'if-none-match': '*' } }), 412, 'precondition-failed');
+    isProblem(await api.call('PUT', '/api/services/orders', { body, headers: { 'if-none-match': etag } }), 412, 'precondition-failed');
+    isProblem(await api.call('PATCH', '/api/services/orders', { body: { retries: 3 }, headers: { 'if-none-match': `"x", W/${etag}` } }), 412, 'precondition-failed');
+    isProblem(await api.call('DELETE', '/api/routes/orders-api', { headers: { 'if-none-match': '*' } }), 412, 'precondition-failed');
+    isProblem(await api.call('PUT', '/api/services/orders', { body, headers: { 'if-none-match': 'nope' } }), 400, 'bad-request');
+    const doc = await api.call('GET', '/api/config');
+    const rev = doc.headers.get('etag')!;
+    isProblem(await api.call('PUT', '/api/config', { raw: doc.text, type: 'application/yaml', headers: { 'if-none-match': rev } }), 412, 'precondition-failed');
+    isProblem(await api.call('PUT', '/api/config?dry_run=true', { raw: 'services: []\n', type: 'application/yaml', headers: { 'if-none-match': '*' } }), 412, 'precondition-failed');
+    assert.equal((await api.call('GET', '/api/config')).headers.get('etag'), rev);
+    assert.equal((await api.call('GET', '/api/services/orders')).json.url, 'http://127.0.0.1:9001');
+    // a tag that is not the current one: the write goes through
+    const put = await api.call('PUT', '/api/services/orders', { body, headers: { 'if-none-match': '"something-else"' } });
+    assert.equal(put.status, 200, put.text);
+    assert.equal((await api.call('GET', '/api/services/orders')).json.url, 'http://127.0.0.1:9009');
+    const patch = await api.call('PATCH', '/api/services/orders', { body: { retries: 2 }, headers: { 'if-none-match': etag } });
+    assert.equal(patch.status, 200, patch.text);
+  } finally {
+    await api.close();
+  }
+});

@@ -24,7 +24,7 @@ import { ApiError, invalid, type FieldError } from './errors.js';
 import { authenticate, authorize, type ApiToken, type AuthFailures, type Caller } from './auth.js';
 import { DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
 import { allowed, route, type Endpoint } from './router.js';
-import { bodyTag, canonicalJson, etagKey, itemTag, noneMatch, parseIfMatch, revisionTag, type Precondition } from './etag.js';
+import { bodyTag, canonicalJson, etagKey, itemTag, noneMatch, parseIfMatch, revisionTag, splitTags, type Precondition } from './etag.js';
 import { findEntry, requireObject, type Collection, type Entry } from './collection.js';
 import { COLLECTIONS, apiErrors } from './resources.js';
 import { mergePatch } from './merge-patch.js';
@@ -203,6 +203,28 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     }
   }
 
+  /** A malformed If-None-Match on a write is a 400 (before anything is read or written). */
+  function ifNoneMatchSyntax(ctx: Ctx): void {
+    const h = ctx.req.headers['if-none-match'];
+    if (h === undefined || h.trim() === '*') return;
+    try {
+      splitTags(h);
+    } catch (err) {
+      throw new ApiError('bad-request', `If-None-Match: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * If-None-Match on a write (RFC 9110 §13.1.2): the write is not made (412) when the target
+   * exists and the header is `*` (a PUT meant to create, not to overwrite), or one of its tags
+   * matches the target's current one (weak comparison). `current` null: no target (it holds).
+   */
+  function checkIfNoneMatch(ctx: Ctx, current: string | null, what: string): void {
+    const h = ctx.req.headers['if-none-match'];
+    if (h === undefined || current === null || !noneMatch(h, current)) return;
+    throw new ApiError('precondition-failed', h.trim() === '*' ? `If-None-Match: *: ${what} exists` : `If-None-Match: ${what} is still at ${current}`);
+  }
+
   /**
    * Checks an If-Match list (RFC 9110 §13.1.1: it holds when *any* listed tag matches) against
    * the head revision a write was given (locked) and, for a write of an existing item, that
@@ -347,6 +369,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     checkQuery(ctx, op === 'DELETE' ? ['cascade'] : []);
     const cascade = op === 'DELETE' && bool(ctx, 'cascade');
     const pre = ifMatch(ctx);
+    ifNoneMatchSyntax(ctx);
     let body: Obj | undefined;
     if (op !== 'DELETE') {
       checkMediaType(ctx.req.headers['content-type'], op === 'PATCH' ? ['merge-patch', 'json'] : ['json']);
@@ -365,6 +388,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
           throw err;
         }
         checkIfMatch(pre, revision, pre && pre.tags.length > 0 ? { tag: itemTag(ctx.key, entry.tagged), what: `the ${coll.one} "${entry.name}"` } : null);
+        checkIfNoneMatch(ctx, itemTag(ctx.key, entry.tagged), `the ${coll.one} "${entry.name}"`);
       } else {
         checkIfMatch(pre, revision, null);
       }
@@ -463,6 +487,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     checkQuery(ctx, ['dry_run']);
     const dryRun = bool(ctx, 'dry_run');
     const pre = ifMatch(ctx);
+    ifNoneMatchSyntax(ctx);
     const next = await readDocument(ctx);
     if (pre && (pre.tags.length > 0 && pre.revisions.length === 0)) throw new ApiError('precondition-failed', 'If-Match: the config is tagged by its revision ("rN")');
     const stage = (cur: Obj | null): Staged => {
@@ -474,6 +499,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     if (dryRun) {
       const { doc, revision } = await current();
       checkIfMatch(pre, revision, null);
+      checkIfNoneMatch(ctx, revision > 0 ? revisionTag(revision) : null, 'the config');
       const s = stage(doc);
       const v = await runValidate(s.doc);
       if (!v.ok) throw invalid(errorsOf(s, v.errors));
@@ -484,6 +510,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     let before: Obj = {};
     const { stored, staged } = await commit(ctx, `PUT ${ctx.path}`, (cur, revision) => {
       checkIfMatch(pre, revision, null);
+      checkIfNoneMatch(ctx, revision > 0 ? revisionTag(revision) : null, 'the config');
       before = cur ?? {};
       return stage(cur);
     }, { skipUnchanged: true });
