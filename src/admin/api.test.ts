@@ -820,3 +820,23 @@ test('If-None-Match on writes (RFC 9110 §13.1.2): * or the current tag is a 412
     await api.close();
   }
 });
+
+test('PATCH takes JSON Merge Patch only: a JSON Patch (RFC 6902, application/json-patch+json) is a 415 with Accept-Patch, never applied as a merge; OPTIONS advertises Accept-Patch', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const jsonPatch = await api.call('PATCH', '/api/services/orders', { raw: '[{"op": "replace", "path": "/retries", "value": 3}]', type: 'application/json-patch+json' });
+    isProblem(jsonPatch, 415, 'unsupported-media-type');
+    assert.equal(jsonPatch.headers.get('accept-patch'), 'application/merge-patch+json, application/json');
+    // an object under the JSON Patch type is not taken as a merge patch either
+    isProblem(await api.call('PATCH', '/api/services/orders', { raw: '{"retries": 3}', type: 'application/json-patch+json' }), 415, 'unsupported-media-type');
+    assert.equal((await api.call('GET', '/api/services/orders')).json.retries, 1);
+    const ok = await api.call('PATCH', '/api/services/orders', { raw: '{"retries": 3}', type: 'application/merge-patch+json; charset=utf-8' });
+    assert.equal(ok.status, 200, ok.text);
+    const opts = await api.call('OPTIONS', '/api/services/orders');
+    assert.equal(opts.status, 204);
+    assert.equal(opts.headers.get('accept-patch'), 'application/merge-patch+json, application/json');
+    assert.equal((await api.call('OPTIONS', '/api/services')).headers.get('accept-patch'), null);
+  } finally {
+    await api.close();
+  }
+});

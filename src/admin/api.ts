@@ -22,7 +22,7 @@ import type { PathSegment } from '../config/errors.js';
 import { RevisionConflict, type ConfigDocument, type ConfigStore, type StoredConfig } from '../config/stores/types.js';
 import { ApiError, invalid, type FieldError } from './errors.js';
 import { authenticate, authorize, type ApiToken, type AuthFailures, type Caller } from './auth.js';
-import { DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
+import { ACCEPT_PATCH, DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
 import { allowed, route, type Endpoint } from './router.js';
 import { bodyTag, canonicalJson, etagKey, itemTag, noneMatch, parseIfMatch, revisionTag, splitTags, type Precondition } from './etag.js';
 import { findEntry, requireObject, type Collection, type Entry } from './collection.js';
@@ -653,7 +653,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       if (!endpoint) throw new ApiError('not-found', `no admin API endpoint ${url.pathname} (see ${base}/openapi.json)`);
       const allow = allowed(endpoint);
       if (method === 'OPTIONS') {
-        res.writeHead(204, { allow: [...allow, 'OPTIONS'].join(', '), 'cache-control': 'no-store', 'x-request-id': requestId });
+        res.writeHead(204, { allow: [...allow, 'OPTIONS'].join(', '), ...(allow.includes('PATCH') ? { 'accept-patch': ACCEPT_PATCH } : {}), 'cache-control': 'no-store', 'x-request-id': requestId });
         res.end();
         return;
       }

@@ -14,6 +14,9 @@ export const MAX_DEPTH = 64;
 
 export type MediaKind = 'json' | 'merge-patch' | 'yaml';
 
+/** The patch formats PATCH takes (the Accept-Patch header, RFC 5789 §3.1). */
+export const ACCEPT_PATCH = 'application/merge-patch+json, application/json';
+
 /** The media type (lower case, no parameters) and whether its charset is acceptable. */
 export function mediaType(header: string | undefined): { type: string; charsetOk: boolean } | null {
   if (header === undefined || header.trim() === '') return null;
@@ -81,6 +84,15 @@ export function checkMediaType(header: string | undefined, accepted: readonly Me
   const mt = mediaType(header);
   if (mt === null) throw new ApiError('unsupported-media-type', `a Content-Type is required: ${names}`, { accepted: names.split(', ') });
   let kind = kindOf(mt.type);
+  if (accepted.includes('merge-patch')) {
+    // The media type of a patch says how to apply it (RFC 5789 §2.2): a JSON Patch (RFC 6902,
+    // application/json-patch+json) or another +json format is not a merge patch: 415 with
+    // Accept-Patch, not a 400 on its array, nor an object applied as a merge.
+    if (kind === 'json' && mt.type !== 'application/json') kind = null;
+    if (kind === null) {
+      throw new ApiError('unsupported-media-type', `Content-Type ${mt.type} is not a patch format of this API: use ${names} (JSON Merge Patch, RFC 7396)`, { accepted: names.split(', ') }, { 'accept-patch': ACCEPT_PATCH });
+    }
+  }
   // a merge patch may also come as plain JSON, and JSON is YAML
   if (kind === 'json' && !accepted.includes('json') && accepted.includes('merge-patch')) kind = 'merge-patch';
   if (kind === 'json' && !accepted.includes('json') && accepted.includes('yaml')) kind = 'yaml';
