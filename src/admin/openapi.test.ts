@@ -51,3 +51,11 @@ test('openapi.json: OpenAPI 3.1 with every endpoint; component schemas compile (
   assert.equal(schemas['Service'].properties.routes.writeOnly, true);
   assert.doesNotMatch(JSON.stringify(doc), /"\$id"/);
 });
+
+test('openapi.json documents the write preconditions the API evaluates: If-Match and If-None-Match on PUT / PATCH / DELETE and PUT /config', () => {
+  const doc = openApiDocument('/api') as any; // eslint-disable-line @typescript-eslint/no-explicit-any
+  const names = (op: any) => (op.parameters as { name: string; in: string }[]).filter((p) => p.in === 'header').map((p) => p.name); // eslint-disable-line @typescript-eslint/no-explicit-any
+  for (const m of ['put', 'patch', 'delete']) assert.deepEqual(names(doc.paths['/api/services/{id}'][m]), ['If-Match', 'If-None-Match'], m);
+  assert.deepEqual(names(doc.paths['/api/config'].put), ['If-Match', 'If-None-Match']);
+  assert.match(doc.paths['/api/services/{id}'].patch.responses['415'].description, /Accept-Patch/);
+});

@@ -75,9 +75,9 @@ const STD_ERRORS: Json = {
 const WRITE_ERRORS: Json = {
   '400': problem('Invalid JSON, or the change does not validate (validation-failed, errors[] name the fields).'),
   '409': problem('The name exists, the item is in use, or the store does not take writes (read-only).'),
-  '412': problem('If-Match does not match the current item (or revision).'),
+  '412': problem('If-Match does not match the current item (or revision), or If-None-Match does.'),
   '413': problem('The body is over the limit (8 MB).'),
-  '415': problem('Content-Type is not application/json.'),
+  '415': problem('Content-Type is not application/json (PATCH: application/merge-patch+json or application/json; another patch format, e.g. JSON Patch, answers Accept-Patch).'),
   '503': problem('The config store is unavailable.'),
 };
 
@@ -89,6 +89,7 @@ const P = {
   offset: { name: 'offset', in: 'query', schema: { type: 'integer', minimum: 0, default: 0 } },
   tags: { name: 'tags', in: 'query', schema: { type: 'string' }, description: 'a,b: items with every tag; a/b: items with any.' },
   ifMatch: { name: 'If-Match', in: 'header', schema: { type: 'string' }, description: 'The item\'s ETag, "rN" (the config revision), or *; a list holds when any of its tags matches.' },
+  ifNoneMatch: { name: 'If-None-Match', in: 'header', schema: { type: 'string' }, description: 'On a write: * (the target exists) or a tag equal to the current one makes it a 412 (* keeps a PUT from overwriting).' },
   cascade: { name: 'cascade', in: 'query', schema: { type: 'boolean' }, description: 'Also delete what depends on it (a service\'s routes, bindings naming a consumer, a plan\'s users lose it).' },
   dryRun: { name: 'dry_run', in: 'query', schema: { type: 'boolean' }, description: 'Answer the diff without writing.' },
   secrets: { name: 'secrets', in: 'query', schema: { type: 'boolean' }, description: 'Include credentials\' secrets (admin tokens only).' },
@@ -113,18 +114,18 @@ function crud(schema: string, what: string, opts: { filters?: string[]; parent?:
   const item: Json = {
     get: { tags: [opts.tag], summary: `Read a ${what}`, parameters: [...parents, id], responses: { '200': json(ref(schema), `The ${what}.`, ETAG), '304': { description: 'If-None-Match matched.' }, '404': problem('No such item.'), ...STD_ERRORS } },
     put: {
-      tags: [opts.tag], summary: `Replace a ${what}`, parameters: [...parents, id, P.ifMatch],
+      tags: [opts.tag], summary: `Replace a ${what}`, parameters: [...parents, id, P.ifMatch, P.ifNoneMatch],
       requestBody: { required: true, content: { 'application/json': { schema: ref(schema) } } },
       responses: { '200': json(ref(schema), `The ${what} as stored.`, ETAG), '404': problem('No such item.'), ...STD_ERRORS, ...WRITE_ERRORS },
     },
     patch: {
-      tags: [opts.tag], summary: `Change a ${what} (JSON Merge Patch, RFC 7396)`, parameters: [...parents, id, P.ifMatch],
+      tags: [opts.tag], summary: `Change a ${what} (JSON Merge Patch, RFC 7396)`, parameters: [...parents, id, P.ifMatch, P.ifNoneMatch],
       requestBody: { required: true, content: { 'application/merge-patch+json': { schema: { type: 'object' } }, 'application/json': { schema: { type: 'object' } } } },
       responses: { '200': json(ref(schema), `The ${what} as stored.`, ETAG), '404': problem('No such item.'), ...STD_ERRORS, ...WRITE_ERRORS },
     },
   };
   if (opts.del !== false) {
-    item['delete'] = { tags: [opts.tag], summary: `Delete a ${what}`, parameters: [...parents, id, P.ifMatch, P.cascade], responses: { '204': { description: 'Deleted.' }, '404': problem('No such item.'), ...STD_ERRORS, ...WRITE_ERRORS } };
+    item['delete'] = { tags: [opts.tag], summary: `Delete a ${what}`, parameters: [...parents, id, P.ifMatch, P.ifNoneMatch, P.cascade], responses: { '204': { description: 'Deleted.' }, '404': problem('No such item.'), ...STD_ERRORS, ...WRITE_ERRORS } };
   }
   return [collection, item];
 }
@@ -226,7 +227,7 @@ export function openApiDocument(base = '/api'): Json {
       responses: { '200': { description: 'The document (ETag "rN": its revision).', content: yamlAndJson, headers: ETAG }, ...STD_ERRORS },
     },
     put: {
-      tags: ['config'], summary: 'Replace the config document atomically', parameters: [P.dryRun, P.ifMatch],
+      tags: ['config'], summary: 'Replace the config document atomically', parameters: [P.dryRun, P.ifMatch, P.ifNoneMatch],
       requestBody: { required: true, content: yamlAndJson },
       responses: {
         '200': json({ type: 'object', properties: { revision: { type: 'integer' }, changed: { type: 'boolean' }, dry_run: { type: 'boolean' }, changes: ref('Changes'), diff: { type: 'string', description: 'Unified diff of the YAML (dry_run).' } } }, 'Applied, unchanged, or (dry_run) the diff.'),
