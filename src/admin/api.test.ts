@@ -840,3 +840,23 @@ test('PATCH takes JSON Merge Patch only: a JSON Patch (RFC 6902, application/jso
     await api.close();
   }
 });
+
+test('a 304 carries the header fields its 200 would have (RFC 9110 §15.4.5): ETag, Vary: Accept on /api/config, X-Config-Revision', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const full = await api.call('GET', '/api/config');
+    assert.equal(full.headers.get('vary'), 'Accept');
+    const nm = await api.call('GET', '/api/config', { headers: { 'if-none-match': full.headers.get('etag')! } });
+    assert.equal(nm.status, 304);
+    assert.equal(nm.headers.get('etag'), full.headers.get('etag'));
+    assert.equal(nm.headers.get('vary'), 'Accept');
+    assert.equal(nm.headers.get('x-config-revision'), full.headers.get('x-config-revision'));
+    assert.equal(nm.text, '');
+    const item = await api.call('GET', '/api/services/orders');
+    const nm2 = await api.call('HEAD', '/api/services/orders', { headers: { 'if-none-match': item.headers.get('etag')! } });
+    assert.equal(nm2.status, 304);
+    assert.equal(nm2.headers.get('x-config-revision'), item.headers.get('x-config-revision'));
+  } finally {
+    await api.close();
+  }
+});

@@ -129,7 +129,8 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const { req, res } = ctx;
     const etag = headers['etag'];
     if (status === 200 && etag && (ctx.method === 'GET' || ctx.method === 'HEAD') && noneMatch(req.headers['if-none-match'], etag)) {
-      res.writeHead(304, { etag, 'cache-control': 'no-store', 'x-request-id': ctx.requestId });
+      // (RFC 9110 §15.4.5: a 304 carries the ETag, Vary... a 200 would have had)
+      res.writeHead(304, { 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...headers });
       res.end();
       return;
     }
