@@ -266,3 +266,25 @@ test('admin.token needs 16 characters (as admin.tokens do); an empty one means n
   assert.deepEqual(configIssues('services: []\nadmin: {listen: 127.0.0.1:0, token: ""}\n'), []);
   assert.deepEqual(configIssues('services: []\nadmin: {listen: 127.0.0.1:0, token: sixteen-chars-ok}\n'), []);
 });
+
+test('an admin listener path asked with a method it does not take is a 405 problem+json with Allow (not a 404); OPTIONS lists the methods', async () => {
+  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: s3cret-token-0123456}\nservices: []\n`);
+  try {
+    const auth = { authorization: 'Bearer s3cret-token-0123456' };
+    for (const path of ['/metrics', '/health', '/status', '/analytics']) {
+      const r = await request(`${t.adminUrl}${path}`, { method: 'POST', headers: auth });
+      assert.equal(r.status, 405, `${path}: ${r.body}`);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      assert.equal(r.headers['allow'], 'GET, HEAD');
+      assert.equal(JSON.parse(r.body).status, 405);
+    }
+    const opts = await request(`${t.adminUrl}/metrics`, { method: 'OPTIONS', headers: auth });
+    assert.equal(opts.status, 204);
+    assert.equal(opts.headers['allow'], 'GET, HEAD, OPTIONS');
+    // without the token it is still a 401 (nothing said about the listener's paths first)
+    assert.equal((await request(`${t.adminUrl}/metrics`, { method: 'POST' })).status, 401);
+    assert.equal((await request(`${t.adminUrl}/nope`, { method: 'POST', headers: auth })).status, 404);
+  } finally {
+    await t.close();
+  }
+});

@@ -250,6 +250,23 @@ export function createAdminHandler(gw: AdminView) {
       gw.purgeCache(filter).then((r) => sendJson(req, res, 200, r), (err: unknown) => sendProblem(res, 'bad-gateway', `purging the cache failed: ${(err as Error).message}`, undefined));
       return;
     }
+    // A path the listener has, asked with another method: 405 with Allow (RFC 9110 §15.5.6), not 404.
+    const allow = ADMIN_METHODS.get(path)?.(gw);
+    if (allow && allow.length > 0) {
+      if (req.method === 'OPTIONS') {
+        res.writeHead(204, { allow: [...allow, 'OPTIONS'].join(', '), 'cache-control': 'no-store' });
+        res.end();
+        return;
+      }
+      return sendProblem(res, 'method-not-allowed', `${req.method} is not allowed on ${path} (allowed: ${allow.join(', ')})`, undefined, { headers: { allow: allow.join(', ') } });
+    }
     sendProblem(res, 'no-route', `no admin endpoint ${req.method} ${path}`, undefined);
   };
 }
+
+const READ_METHODS = ['GET', 'HEAD'];
+/** The admin listener's own endpoints (besides /api/ and /console/) and their methods. */
+const ADMIN_METHODS = new Map<string, (gw: AdminView) => string[]>([
+  ...['/status', '/status/live', '/status/ready', '/health', '/metrics', '/analytics', '/quotas', '/api/scaling'].map((p) => [p, () => READ_METHODS] as const),
+  ['/cache', (gw: AdminView) => (gw.purgeCache ? ['DELETE'] : [])],
+]);
