@@ -288,3 +288,46 @@ test('an admin listener path asked with a method it does not take is a 405 probl
     await t.close();
   }
 });
+
+test('store: file — an edit the gateway would not reload (a duplicate service name, an unknown plan) is not what the admin API shows: /api/config and /api/revisions keep the running document', async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { createServer } = await import('node:http');
+  const { loadConfigFile } = await import('../src/config/load.js');
+  const { fileControl } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const dir = mkdtempSync(join(tmpdir(), 'tp-file-admin-'));
+  const file = join(dir, 'turnpike.yaml');
+  const good = 'services:\n  - name: orders\n    url: http://127.0.0.1:9001\n    routes: [{name: o, paths: [/o]}]\n';
+  writeFileSync(file, good);
+  const api = fileControl(file, loadConfigFile(file), silentLogger).api(() => [], undefined, undefined);
+  const server = createServer((req, res) => void api(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as import('node:net').AddressInfo).port}`;
+  try {
+    const first = await request(`${url}/api/config?format=json`);
+    assert.equal(first.status, 200, first.body);
+    assert.equal(first.headers['etag'], '"r1"');
+    for (const bad of [
+      good + '  - name: orders\n    url: http://127.0.0.1:9002\n',
+      good + 'plans: {gold: {services: [orders]}}\nconsumers: [{name: acme, plan: silver}]\n',
+    ]) {
+      writeFileSync(file, bad);
+      const now = await request(`${url}/api/config?format=json`);
+      assert.equal(now.headers['etag'], '"r1"', bad);
+      assert.equal(now.body, first.body);
+      assert.equal(JSON.parse((await request(`${url}/api/services`)).body).total, 1);
+      assert.deepEqual(JSON.parse((await request(`${url}/api/revisions`)).body).data.map((r: { revision: number }) => r.revision), [1]);
+    }
+    // a good edit is the next revision
+    writeFileSync(file, good.replace('9001', '9003'));
+    const next = await request(`${url}/api/config?format=json`);
+    assert.equal(next.headers['etag'], '"r2"');
+    assert.match(next.body, /9003/);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

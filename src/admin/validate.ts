@@ -65,3 +65,20 @@ export function documentValidator(node: Record<string, unknown> = {}, opts: { fi
     }
   };
 }
+
+/**
+ * Throws the ConfigError of a config file's text that would not run (schema and compile, as
+ * `turnpike validate` and a reload judge it; `${VAR}` from `env`, default process.env).
+ */
+export function checkConfigText(text: string, opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): void {
+  const pools = new PoolRegistry();
+  let stores: ReturnType<typeof validationCounters> | undefined;
+  try {
+    const loaded = parseConfigText(text, { env: opts.env ?? process.env, ...(opts.file ? { file: opts.file } : {}) });
+    stores = validationCounters(loaded);
+    compile(loaded, { pools, storeOpened: true, counters: stores.counters }).dispose();
+  } finally {
+    stores?.close();
+    void pools.closeAll();
+  }
+}

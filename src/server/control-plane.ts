@@ -27,7 +27,7 @@ import {
 import { createApiHandler, type ApiDeps, type ApiHandler } from '../admin/api.js';
 import type { ApiToken, AuthFailures } from '../admin/auth.js';
 import type { ControlView } from './gateway.js';
-import { documentValidator, effectiveText, nodePart } from '../admin/validate.js';
+import { checkConfigText, documentValidator, effectiveText, nodePart } from '../admin/validate.js';
 import type { AccountBackend } from '../portal/accounts.js';
 
 export interface ControlPlaneOptions {
@@ -405,7 +405,8 @@ export class ControlPlane {
  * (writes answer 409: edit the file, or use a sqlite/postgres store).
  */
 export function fileControl(file: string, loaded: LoadedConfig, log: Logger): ControlView {
-  const store = new FileStore({ file: resolve(file), log });
+  // a file the gateway would not reload (a duplicate name, an unknown plan...) is not shown as the config
+  const store = new FileStore({ file: resolve(file), log, check: (text) => checkConfigText(text, { file }) });
   const node = nodePart(loaded.config as Record<string, unknown>);
   return {
     api: (tokens, sessionCaller, failures) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log, ...(sessionCaller ? { sessionCaller } : {}), ...(failures ? { failures } : {}) }),

@@ -5,7 +5,8 @@
  * the file's document changes (sha256 of its JSON) the revision goes up by one — a change of a
  * node-local key or of comments and formatting is not a new revision. The text is re-read on
  * every current() (a read and a string compare; parsed again only when it changed); an invalid
- * file keeps the last good revision (logged), like a rejected reload. Revisions are those
+ * file (with `check`: one the gateway would not reload, e.g. a duplicate name) keeps the last
+ * good revision (logged), like a rejected reload. Revisions are those
  * seen by this process (history() lists them, the last `keep` are kept); write() answers
  * StoreReadOnly (HTTP 409). watch() watches the file (src/config/watch.ts).
  */
@@ -29,6 +30,11 @@ export interface FileStoreOptions {
   debounceMs?: number;
   pollMs?: number;
   log?: Logger;
+  /**
+   * Throws (a ConfigError) when the file's text would not run: the gateway rejects such a
+   * reload, so the store keeps its last good revision too (default: parse and schema only).
+   */
+  check?(text: string): void;
 }
 
 export class FileStore implements ConfigStore {
@@ -38,6 +44,9 @@ export class FileStore implements ConfigStore {
   private readonly log: Logger | undefined;
   private readonly debounceMs: number | undefined;
   private readonly pollMs: number | undefined;
+  private readonly check: ((text: string) => void) | undefined;
+  /** The text last refused (not checked again until it changes). */
+  private rejectedText: string | undefined;
   private lastText: string | undefined;
   private lastHash: string | undefined;
   private readonly seen: StoredConfig[] = [];
@@ -52,6 +61,7 @@ export class FileStore implements ConfigStore {
     this.log = opts.log;
     this.debounceMs = opts.debounceMs;
     this.pollMs = opts.pollMs;
+    this.check = opts.check;
   }
 
   async open(): Promise<void> {
@@ -74,13 +84,16 @@ export class FileStore implements ConfigStore {
       if (last) return last; // mid-rename, or gone for a moment: the last one stands
       throw new StoreUnavailable(`cannot read the config file ${this.file}: ${(err as Error).message}`, err);
     }
-    if (last && text === this.lastText) return last;
+    if (last && (text === this.lastText || text === this.rejectedText)) return last;
     let document: ConfigDocument;
     try {
-      if (!fastValidConfig(text)) parseConfigText(text, { file: this.file }); // valid, or the last good one stands
+      // valid (and, with `check`, runnable), or the last good one stands
+      if (this.check) this.check(text);
+      else if (!fastValidConfig(text)) parseConfigText(text, { file: this.file });
       document = rawDocument(text); // as written: `${VAR}` stays a reference
     } catch (err) {
       if (last) {
+        this.rejectedText = text;
         this.log?.warn({ file: this.file, err: (err as Error).message }, 'config file invalid: the store keeps its last good revision');
         return last;
       }
