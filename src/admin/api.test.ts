@@ -860,3 +860,17 @@ test('a 304 carries the header fields its 200 would have (RFC 9110 §15.4.5): ET
     await api.close();
   }
 });
+
+test('GET /api/revisions/N answers JSON or YAML by Accept, and says so with Vary: Accept in both (a cache must not hand one to a client asking for the other)', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const asJson = await api.call('GET', '/api/revisions/1');
+    assert.equal(asJson.headers.get('content-type'), 'application/json');
+    assert.equal(asJson.headers.get('vary'), 'Accept');
+    const asYaml = await api.call('GET', '/api/revisions/1', { headers: { accept: 'application/yaml' } });
+    assert.equal(asYaml.headers.get('content-type'), 'application/yaml');
+    assert.equal(asYaml.headers.get('vary'), 'Accept');
+  } finally {
+    await api.close();
+  }
+});

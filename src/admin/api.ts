@@ -545,7 +545,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     if (!r) throw new ApiError('not-found', `revision ${n} does not exist`);
     const doc = secrets ? (r.document as Obj) : maskSecrets(stripSecrets(r.document as Obj));
     if (!json) return sendDocument(ctx, doc, r.revision, false);
-    sendJson(ctx, 200, { revision: r.revision, at: r.at, actor: r.actor, action: r.action, document: ordered(doc) }, { etag: revisionTag(r.revision) });
+    sendJson(ctx, 200, { revision: r.revision, at: r.at, actor: r.actor, action: r.action, document: ordered(doc) }, { etag: revisionTag(r.revision), vary: 'Accept' });
   }
 
   async function rollback(ctx: Ctx, n: number): Promise<void> {
