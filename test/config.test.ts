@@ -817,3 +817,13 @@ test('a plan named like an Object.prototype member (toString, constructor, hasOw
   // a plan really named so is fine
   assert.deepEqual(issuesOf(base + 'plans:\n  toString: {services: [orders]}\nconsumers:\n  - name: acme\n    plan: toString\n'), []);
 });
+
+test('a key given twice names the key, its path, line and column (a one-line JSON file too), not only "Map keys must be unique"', () => {
+  const yamlDup = issuesOf(base + 'plans:\n  gold: {services: [orders]}\n  gold: {services: [orders]}\n');
+  assert.equal(yamlDup.length, 1, JSON.stringify(yamlDup));
+  assert.deepEqual([yamlDup[0]!.path, yamlDup[0]!.line], ['plans.gold', 11]);
+  assert.match(yamlDup[0]!.message, /^duplicate key "gold" \(column 3\)/);
+  const jsonDup = issuesOf('{"services": [{"name": "s", "url": "http://127.0.0.1:1", "name": "t"}]}');
+  assert.deepEqual([jsonDup[0]!.path, jsonDup[0]!.line], ['services[0].name', 1]);
+  assert.match(jsonDup[0]!.message, /^duplicate key "name" \(column 58\)/);
+});

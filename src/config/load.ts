@@ -64,6 +64,20 @@ function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): n
   return best;
 }
 
+/** The path of the key given again at `offset` (a DUPLICATE_KEY error's position), or null. */
+function duplicateKeyAt(doc: Document, offset: number): PathSegment[] | null {
+  let found: PathSegment[] | null = null;
+  visit(doc, {
+    Pair(_key, pair, ancestors) {
+      const k = pair.key as YNode | null;
+      if (k?.range?.[0] !== offset) return undefined;
+      found = pathOf(ancestors, pair);
+      return visit.BREAK;
+    },
+  });
+  return found;
+}
+
 /** The config path of a node the visitor reached through `ancestors` (the Document first). */
 function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
   const path: PathSegment[] = [];
@@ -139,7 +153,11 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
 
   if (doc.errors.length) {
     // One syntax error tends to make the parser report every token after it: the first few say it all.
-    const shown = doc.errors.slice(0, 5).map((e): ConfigIssue => ({ path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: e.message.split('\n')[0]! }));
+    const shown = doc.errors.slice(0, 5).map((e): ConfigIssue => {
+      const dup = e.code === 'DUPLICATE_KEY' ? duplicateKeyAt(doc, e.pos[0]) : null;
+      if (dup) return { path: formatPath(dup), line: lc.linePos(e.pos[0]).line, message: `duplicate key "${String(dup[dup.length - 1])}" (column ${lc.linePos(e.pos[0]).col}): a key may appear once in a mapping` };
+      return { path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: e.message.split('\n')[0]! };
+    });
     if (doc.errors.length > shown.length) shown.push({ path: '(syntax)', message: `${doc.errors.length - shown.length} more syntax errors follow from the first ones` });
     throw new ConfigError(shown, opts.file);
   }
