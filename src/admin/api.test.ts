@@ -874,3 +874,20 @@ test('GET /api/revisions/N answers JSON or YAML by Accept, and says so with Vary
     await api.close();
   }
 });
+
+test('PUT /api/config with YAML: a key given twice is a 400 naming its path, line and column; a syntax error names its line; nothing is written', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const before = (await api.call('GET', '/api/config')).headers.get('etag');
+    const dup = await api.call('PUT', '/api/config', { raw: 'services:\n  - name: a\n    url: http://127.0.0.1:1\n    name: b\n', type: 'application/yaml' });
+    isProblem(dup, 400, 'bad-request');
+    assert.deepEqual(dup.json.errors, [{ path: 'services[0].name', message: 'line 4: duplicate key "name" (column 5): a key may appear once in a mapping' }]);
+    assert.match(dup.json.detail, /^invalid YAML: services\[0\]\.name: line 4: duplicate key "name"/);
+    const syntax = await api.call('PUT', '/api/config', { raw: 'services:\n  - name: a\n    url: [unclosed\n', type: 'application/yaml' });
+    isProblem(syntax, 400, 'bad-request');
+    assert.match(syntax.json.errors[0].message, /^line [34]: /);
+    assert.equal((await api.call('GET', '/api/config')).headers.get('etag'), before);
+  } finally {
+    await api.close();
+  }
+});

@@ -6,6 +6,8 @@
 import type { IncomingMessage } from 'node:http';
 import { LineCounter, parseDocument } from 'yaml';
 import { typeUnquotedRefs } from '../config/stores/document.js';
+import { duplicateKeyAt } from '../config/load.js';
+import { formatPath } from '../config/errors.js';
 import { ApiError } from './errors.js';
 
 export const DEFAULT_MAX_BODY = 8 * 1024 * 1024;
@@ -183,8 +185,14 @@ export function parseYaml(buf: Buffer): unknown {
     const lc = new LineCounter();
     const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
     if (doc.errors.length) {
-      const e = doc.errors[0]!;
-      throw new ApiError('bad-request', `invalid YAML: ${e.message.split('\n')[0]}`, { errors: doc.errors.slice(0, 5).map((x) => ({ path: '(syntax)', message: x.message.split('\n')[0] })) });
+      const issues = doc.errors.slice(0, 5).map((x) => {
+        const at = lc.linePos(x.pos[0]);
+        const dup = x.code === 'DUPLICATE_KEY' ? duplicateKeyAt(doc, x.pos[0]) : null;
+        if (dup) return { path: formatPath(dup), message: `line ${at.line}: duplicate key "${String(dup[dup.length - 1])}" (column ${at.col}): a key may appear once in a mapping` };
+        return { path: '(syntax)', message: `line ${at.line}: ${x.message.split('\n')[0]}` };
+      });
+      const first = issues[0]!;
+      throw new ApiError('bad-request', `invalid YAML: ${first.path === '(syntax)' ? '' : `${first.path}: `}${first.message}`, { errors: issues });
     }
     // An unknown tag (`token: !env ADMIN_TOKEN`) would be dropped and the value taken literally.
     const tags = doc.warnings.filter((w) => w.code === 'TAG_RESOLVE_FAILED' || w.code === 'BAD_COLLECTION_TYPE');

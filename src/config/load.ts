@@ -65,7 +65,7 @@ function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): n
 }
 
 /** The path of the key given again at `offset` (a DUPLICATE_KEY error's position), or null. */
-function duplicateKeyAt(doc: Document, offset: number): PathSegment[] | null {
+export function duplicateKeyAt(doc: Document, offset: number): PathSegment[] | null {
   let found: PathSegment[] | null = null;
   visit(doc, {
     Pair(_key, pair, ancestors) {
