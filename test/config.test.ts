@@ -827,3 +827,17 @@ test('a key given twice names the key, its path, line and column (a one-line JSO
   assert.deepEqual([jsonDup[0]!.path, jsonDup[0]!.line], ['services[0].name', 1]);
   assert.match(jsonDup[0]!.message, /^duplicate key "name" \(column 58\)/);
 });
+
+test('a map keyed by names (plans, a route\'s match headers, response-transform status) refuses a key that is no such name, with path and line; its value is not left unchecked', () => {
+  // a plan name outside the pattern skipped the plan's own schema: plugins: 5 then threw a TypeError in validate / reload
+  const plan = issuesOf(base + 'plans:\n  -bad: {plugins: 5}\n');
+  assert.deepEqual(plan.map((i) => [i.path, i.line]), [['plans["-bad"]', 10]]);
+  assert.match(plan[0]!.message, /^invalid key "-bad" \(must match /);
+  assert.deepEqual(issuesOf(base + 'plans:\n  "a b": {services: 5}\n').map((i) => i.path), ['plans["a b"]']);
+  const header = issuesOf(base.replace('paths: [/x]', 'paths: [/x]\n        headers: {"x y": 5}'));
+  assert.deepEqual(header.map((i) => [i.path, i.line]), [['services[0].routes[1].headers["x y"]', 9]]);
+  const status = issuesOf(base.replace('paths: [/x]', 'paths: [/x]\n        plugins: [{name: response-transform, config: {status: {"999": "x"}}}]'));
+  assert.equal(status.length, 1, JSON.stringify(status));
+  assert.match(status[0]!.message, /invalid key "999"/);
+  assert.deepEqual(issuesOf(base + 'plans:\n  gold.v2: {services: [orders]}\n'), []);
+});

@@ -40,6 +40,7 @@ export const ComposeStep = Strict({
     description: 'Query parameters sent (values are templates, percent-encoded).',
   })),
   headers: Type.Optional(Type.Record(HeaderName, Type.String(), {
+    additionalProperties: false,
     description: 'Request headers sent (values are templates). The client\'s headers are never sent unless templated here, e.g. authorization: "{header.authorization}". A header that renders empty is left out.',
   })),
   body: Type.Optional(Type.Unknown({ description: 'JSON body sent (strings are templates; a string that is exactly one template takes the value\'s type).' })),

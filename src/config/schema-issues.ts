@@ -30,6 +30,7 @@ interface SchemaLike {
   anyOf?: SchemaLike[];
   const?: unknown;
   properties?: Record<string, SchemaLike>;
+  patternProperties?: Record<string, SchemaLike>;
   items?: SchemaLike;
 }
 
@@ -84,7 +85,11 @@ export function schemaIssues(errors: Iterable<ValueError>): { path: PathSegment[
     const schema = e.schema as SchemaLike;
     // A secret (writeOnly) is never quoted back: errors reach logs.
     const given = schema.writeOnly === true ? 'invalid value' : `invalid value ${JSON.stringify(quotable(e.value, schema))}`;
-    if (e.type === ValueErrorType.ObjectAdditionalProperties) message = `unknown key "${String(path[path.length - 1])}"`;
+    if (e.type === ValueErrorType.ObjectAdditionalProperties) {
+      // a map whose keys are names (plans, header names, statuses): the key is not such a name
+      const patterns = schema.properties === undefined && schema.patternProperties ? Object.keys(schema.patternProperties) : [];
+      message = patterns.length > 0 ? `invalid key "${String(path[path.length - 1])}" (must match ${patterns.join(' or ')})` : `unknown key "${String(path[path.length - 1])}"`;
+    }
     else if (e.type === ValueErrorType.ObjectRequiredProperty) message = 'is required';
     else if (e.type === ValueErrorType.Union) {
       const expected = expectedOf(schema);

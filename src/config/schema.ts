@@ -53,7 +53,7 @@ export const Route = Strict({
   headers: Type.Optional(Type.Record(
     Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }),
     Type.Union([Type.String(), Type.Array(Type.String(), { minItems: 1 })]),
-    { description: 'Request headers that must be present with one of the given values (case-sensitive values).' },
+    { additionalProperties: false, description: 'Request headers that must be present with one of the given values (case-sensitive values).' },
   )),
   strip_path: Type.Optional(Type.Boolean({ default: false, description: 'Remove the matched path prefix before forwarding.' })),
   preserve_host: Type.Optional(Type.Boolean({ default: false, description: "Forward the client's Host instead of the upstream's." })),
@@ -322,7 +322,7 @@ export const TurnpikeConfig = Strict({
     services: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Services the plan may reach (omitted: all); others answer 403.' })),
     routes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Routes the plan may reach (omitted: all); others answer 403.' })),
     description: Type.Optional(Type.String()),
-  }), { description: 'Named tiers: limits and reach bundled for the consumers that name them (consumers[].plan).' })),
+  }), { additionalProperties: false, description: 'Named tiers: limits and reach bundled for the consumers that name them (consumers[].plan).' })),
   consumers: Type.Optional(Type.Array(Consumer)),
   consumer_headers: Type.Optional(Strict(Object.fromEntries(['id', 'name', 'groups', 'credential', 'anonymous'].map((k) => [k, Type.Optional(Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }))])), {
     description: 'Names of the headers that carry the authenticated consumer upstream (default x-consumer-id, x-consumer-name, x-consumer-groups, x-credential-identifier, x-anonymous-consumer). Client copies are always removed.',

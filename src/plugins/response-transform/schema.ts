@@ -4,6 +4,7 @@ import { HeaderOps, JsonOps } from '../transform-common.js';
 
 export const ResponseTransformConfig = Type.Object({
   status: Type.Optional(Type.Record(Type.String({ pattern: '^[1-5][0-9]{2}$' }), Type.Integer({ minimum: 200, maximum: 599 }), {
+    additionalProperties: false,
     description: 'Status mapping, upstream status: status sent to the client (e.g. {"404": 200}).',
   })),
   headers: Type.Optional(HeaderOps),
