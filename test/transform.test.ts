@@ -538,3 +538,16 @@ services:
   const out = configIssues(base('{headers: {set: {content-length: "3"}}}').replace('request-transform', 'response-transform'));
   assert.ok(out.some((i) => /content-length is the gateway's/.test(i.message)), JSON.stringify(out));
 });
+
+test('header operations (rename / set / add / append) refuse a key that is no header name, with path and line (it was taken unchecked: set {"x y": v} loaded, rename {"x y": 5} threw a TypeError at load)', () => {
+  const cfg = (ops: string) => `services:\n  - name: s\n    url: http://127.0.0.1:9\n    routes:\n      - paths: [/a]\n        plugins:\n          - name: request-transform\n            config: {headers: ${ops}}\n`;
+  for (const op of ['rename', 'set', 'add', 'append']) {
+    const issues = configIssues(cfg(`{${op}: {"x y": "v"}}`));
+    assert.equal(issues.length, 1, `${op}: ${JSON.stringify(issues)}`);
+    assert.equal(issues[0]!.path, `services[0].routes[0].plugins[0].config.headers.${op}["x y"]`);
+    assert.equal(issues[0]!.line, 8);
+    assert.match(issues[0]!.message, /^invalid key "x y"/);
+  }
+  assert.equal(configIssues(cfg('{rename: {"x y": 5}}')).length, 1);
+  assert.deepEqual(configIssues(cfg('{set: {x-ok: v}, rename: {x-a: x-b}}')), []);
+});

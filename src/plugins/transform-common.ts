@@ -20,10 +20,10 @@ const Template = Type.String({ maxLength: 8192, description: 'A value; {header.x
 
 export const HeaderOps = Type.Object({
   remove: Type.Optional(Type.Array(HeaderName, { description: 'Fields removed.' })),
-  rename: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), HeaderName, { description: 'Fields renamed (old: new).' })),
-  set: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { description: 'Fields set (replacing any of the same name).' })),
-  add: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { description: 'Fields added when absent.' })),
-  append: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { description: 'Fields added even when present.' })),
+  rename: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), HeaderName, { additionalProperties: false, description: 'Fields renamed (old: new).' })),
+  set: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { additionalProperties: false, description: 'Fields set (replacing any of the same name).' })),
+  add: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { additionalProperties: false, description: 'Fields added when absent.' })),
+  append: Type.Optional(Type.Record(Type.String({ pattern: FIELD_NAME }), Template, { additionalProperties: false, description: 'Fields added even when present.' })),
 }, { additionalProperties: false });
 
 export const QueryOps = Type.Object({
