@@ -891,3 +891,19 @@ test('PUT /api/config with YAML: a key given twice is a 400 naming its path, lin
     await api.close();
   }
 });
+
+test('a compressed request body (Content-Encoding: gzip) is a 415 with Accept-Encoding: identity, not a 400 about its bytes; nothing is written', async () => {
+  const { gzipSync } = await import('node:zlib');
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const before = (await api.call('GET', '/api/config')).headers.get('etag');
+    const r = await api.call('POST', '/api/services', { raw: gzipSync(JSON.stringify({ name: 'gz', url: 'http://127.0.0.1:9001' })), headers: { 'content-encoding': 'gzip' } });
+    isProblem(r, 415, 'unsupported-media-type');
+    assert.equal(r.headers.get('accept-encoding'), 'identity');
+    assert.equal((await api.call('GET', '/api/config')).headers.get('etag'), before);
+    const plain = await api.call('POST', '/api/services', { body: { name: 'plain', url: 'http://127.0.0.1:9001' }, headers: { 'content-encoding': 'identity' } });
+    assert.equal(plain.status, 201, plain.text);
+  } finally {
+    await api.close();
+  }
+});

@@ -38,8 +38,15 @@ function kindOf(type: string): MediaKind | null {
   return null;
 }
 
-/** Reads the whole body, refusing more than `max` bytes (413). */
+/** Reads the whole body, refusing more than `max` bytes (413) and content codings (415). */
 export function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
+  // A gzip (or other coded) body would be parsed as its compressed bytes: 'not valid UTF-8'
+  // or 'invalid JSON' about a body the client sent correctly. RFC 9110 §15.5.16: 415.
+  const coding = req.headers['content-encoding'];
+  if (coding !== undefined && coding.trim() !== '' && !/^\s*identity\s*$/i.test(coding)) {
+    req.resume();
+    return Promise.reject(new ApiError('unsupported-media-type', `Content-Encoding ${coding.slice(0, 40)} is not accepted: send the body uncompressed`, undefined, { 'accept-encoding': 'identity' }));
+  }
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > max) {
     req.resume();
