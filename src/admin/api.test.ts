@@ -907,3 +907,18 @@ test('a compressed request body (Content-Encoding: gzip) is a 415 with Accept-En
     await api.close();
   }
 });
+
+test('invalid JSON in a body is a 400 naming the position with its line and column (a multi-line body from a file)', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const r = await api.call('POST', '/api/services', { raw: '{\n  "name": "x",\n  "url": "http://127.0.0.1:9001",\n}\n' });
+    isProblem(r, 400, 'bad-request');
+    assert.match(r.json.detail, /^invalid JSON: .*position 51 \(line 4, column 1\)$/);
+    assert.deepEqual([r.json.position, r.json.line, r.json.column], [51, 4, 1]);
+    const cut = await api.call('PUT', '/api/config', { raw: '{"services": [\n', type: 'application/json' });
+    isProblem(cut, 400, 'bad-request');
+    assert.match(cut.json.detail, /\(line 2, column 1\)$/);
+  } finally {
+    await api.close();
+  }
+});

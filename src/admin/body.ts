@@ -137,7 +137,15 @@ export function parseJson(buf: Buffer): unknown {
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new ApiError('bad-request', `invalid JSON: ${(err as Error).message}`);
+    const message = (err as Error).message;
+    // V8 says "at position N" (or nothing, at the end): the line and column too, for a body of many lines
+    const m = /at position (\d+)/.exec(message);
+    const pos = m ? Number(m[1]) : /end of (JSON|data)/i.test(message) ? text.length : null;
+    if (pos === null || /\(line \d+ column \d+\)/.test(message)) throw new ApiError('bad-request', `invalid JSON: ${message}`);
+    const before = text.slice(0, pos);
+    const line = before.split('\n').length;
+    const column = pos - (before.lastIndexOf('\n') + 1) + 1;
+    throw new ApiError('bad-request', `invalid JSON: ${message}${m ? '' : ` at position ${pos}`} (line ${line}, column ${column})`, { position: pos, line, column });
   }
   const dup = duplicateKey(text);
   if (dup) throw new ApiError('bad-request', `invalid JSON: the key ${JSON.stringify(dup.key)} is given twice in one object (at position ${dup.position}); JSON.parse would keep only the last`);
