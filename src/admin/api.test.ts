@@ -922,3 +922,24 @@ test('invalid JSON in a body is a 400 naming the position with its line and colu
     await api.close();
   }
 });
+
+test('If-Match on a read (RFC 9110 §13.2.2): GET / HEAD answer 412 unless it holds (*, the current tag, the current revision "rN")', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    const item = await api.call('GET', '/api/services/orders');
+    const tag = item.headers.get('etag')!;
+    const rev = item.headers.get('x-config-revision')!;
+    for (const h of [tag, '*', `"r${rev}"`, `"nope", ${tag}`]) assert.equal((await api.call('GET', '/api/services/orders', { headers: { 'if-match': h } })).status, 200, h);
+    isProblem(await api.call('GET', '/api/services/orders', { headers: { 'if-match': '"stale"' } }), 412, 'precondition-failed');
+    assert.equal((await api.call('HEAD', '/api/services/orders', { headers: { 'if-match': `W/${tag}` } })).status, 412);
+    isProblem(await api.call('GET', '/api/services/orders', { headers: { 'if-match': 'unquoted' } }), 400, 'bad-request');
+    // the whole config: its revision
+    const conf = await api.call('GET', '/api/config');
+    assert.equal((await api.call('GET', '/api/config', { headers: { 'if-match': conf.headers.get('etag')! } })).status, 200);
+    await api.call('PATCH', '/api/services/orders', { body: { retries: 2 } });
+    isProblem(await api.call('GET', '/api/config', { headers: { 'if-match': conf.headers.get('etag')! } }), 412, 'precondition-failed');
+    isProblem(await api.call('GET', '/api/services/orders', { headers: { 'if-match': tag } }), 412, 'precondition-failed');
+  } finally {
+    await api.close();
+  }
+});

@@ -128,6 +128,15 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
   function send(ctx: Ctx, status: number, body: string | null, type: string, headers: Record<string, string> = {}): void {
     const { req, res } = ctx;
     const etag = headers['etag'];
+    // If-Match on a read (RFC 9110 §13.2.2: evaluated first, for every method): 412 unless it
+    // holds — `*`, the answer's strong tag, or the revision the answer is of ("rN").
+    if (status === 200 && etag && (ctx.method === 'GET' || ctx.method === 'HEAD') && req.headers['if-match'] !== undefined) {
+      const pre = ifMatch(ctx)!;
+      const revision = Number(headers['x-config-revision'] ?? /^"r([0-9]+)"$/.exec(etag)?.[1] ?? NaN);
+      if (!pre.any && !pre.tags.includes(etag) && !pre.revisions.includes(revision)) {
+        throw new ApiError('precondition-failed', `If-Match: the ${ctx.path} answered now has the tag ${etag}${Number.isFinite(revision) ? ` (revision ${revision})` : ''}`);
+      }
+    }
     if (status === 200 && etag && (ctx.method === 'GET' || ctx.method === 'HEAD') && noneMatch(req.headers['if-none-match'], etag)) {
       // (RFC 9110 §15.4.5: a 304 carries the ETag, Vary... a 200 would have had)
       res.writeHead(304, { 'cache-control': 'no-store', 'x-request-id': ctx.requestId, ...headers });
