@@ -59,3 +59,10 @@ test('openapi.json documents the write preconditions the API evaluates: If-Match
   assert.deepEqual(names(doc.paths['/api/config'].put), ['If-Match', 'If-None-Match']);
   assert.match(doc.paths['/api/services/{id}'].patch.responses['415'].description, /Accept-Patch/);
 });
+
+test('openapi.json: reading an item lists If-None-Match (304) and If-Match (412), as the API evaluates them', () => {
+  const doc = openApiDocument('/api') as Json;
+  const get = doc['paths']['/api/services/{id}'].get;
+  assert.deepEqual(get.parameters.filter((p: Json) => p['in'] === 'header').map((p: Json) => p['name']), ['If-None-Match', 'If-Match']);
+  assert.ok(get.responses['304'] && get.responses['412']);
+});

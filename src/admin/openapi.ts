@@ -90,6 +90,7 @@ const P = {
   tags: { name: 'tags', in: 'query', schema: { type: 'string' }, description: 'a,b: items with every tag; a/b: items with any.' },
   ifMatch: { name: 'If-Match', in: 'header', schema: { type: 'string' }, description: 'The item\'s ETag, "rN" (the config revision), or *; a list holds when any of its tags matches.' },
   ifNoneMatch: { name: 'If-None-Match', in: 'header', schema: { type: 'string' }, description: 'On a write: * (the target exists) or a tag equal to the current one makes it a 412 (* keeps a PUT from overwriting).' },
+  ifNoneMatchRead: { name: 'If-None-Match', in: 'header', schema: { type: 'string' }, description: 'The ETag held (or *): 304 when it is still current (weak comparison).' },
   cascade: { name: 'cascade', in: 'query', schema: { type: 'boolean' }, description: 'Also delete what depends on it (a service\'s routes, bindings naming a consumer, a plan\'s users lose it).' },
   dryRun: { name: 'dry_run', in: 'query', schema: { type: 'boolean' }, description: 'Answer the diff without writing.' },
   secrets: { name: 'secrets', in: 'query', schema: { type: 'boolean' }, description: 'Include credentials\' secrets (admin tokens only).' },
@@ -112,7 +113,7 @@ function crud(schema: string, what: string, opts: { filters?: string[]; parent?:
   }
   const id = param('id', `The ${what}'s name or id.`);
   const item: Json = {
-    get: { tags: [opts.tag], summary: `Read a ${what}`, parameters: [...parents, id], responses: { '200': json(ref(schema), `The ${what}.`, ETAG), '304': { description: 'If-None-Match matched.' }, '404': problem('No such item.'), ...STD_ERRORS } },
+    get: { tags: [opts.tag], summary: `Read a ${what}`, parameters: [...parents, id, P.ifNoneMatchRead, P.ifMatch], responses: { '200': json(ref(schema), `The ${what}.`, ETAG), '304': { description: 'If-None-Match matched.' }, '404': problem('No such item.'), '412': problem('If-Match does not hold (the item changed).'), ...STD_ERRORS } },
     put: {
       tags: [opts.tag], summary: `Replace a ${what}`, parameters: [...parents, id, P.ifMatch, P.ifNoneMatch],
       requestBody: { required: true, content: { 'application/json': { schema: ref(schema) } } },
