@@ -314,3 +314,16 @@ test('a short token does not damage messages; a standalone one is still redacted
   assert.equal(bad.code, 1);
   assert.equal(bad.err, 'the admin token has characters a bearer token cannot have (spaces, line breaks, non-ASCII)\n');
 });
+
+test('diff/apply: a FILE with a key given twice or a syntax error names the line (and the key\'s path), exit 1, nothing sent', async () => {
+  writeFileSync(join(dir, 'dup.yaml'), 'services:\n  - name: a\n    url: http://127.0.0.1:1\nservices: []\n');
+  writeFileSync(join(dir, 'broken.yaml'), 'services:\n  - name: a\n    url: [unclosed\n');
+  for (const sub of ['diff', 'apply']) {
+    const dup = await run([sub, 'dup.yaml', '--admin', 'http://127.0.0.1:9', '--token', TOKEN]);
+    assert.equal(dup.code, 1);
+    assert.equal(dup.err, `turnpike config ${sub}: dup.yaml: services (line 4): duplicate key "services" (column 1): a key may appear once in a mapping\n`);
+    const broken = await run([sub, 'broken.yaml', '--admin', 'http://127.0.0.1:9', '--token', TOKEN]);
+    assert.equal(broken.code, 1);
+    assert.match(broken.err, /^turnpike config \w+: broken\.yaml \(line [34]\): invalid YAML: /);
+  }
+});

@@ -9,7 +9,9 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseCommand, type CliIo } from './args.js';
 import { Agent, request } from 'undici';
-import { parseDocument, stringify } from 'yaml';
+import { LineCounter, parseDocument, stringify } from 'yaml';
+import { duplicateKeyAt } from '../config/load.js';
+import { formatPath } from '../config/errors.js';
 import { splitDocument } from '../config/stores/document.js';
 
 export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:8081';
@@ -126,8 +128,17 @@ function readConfigFile(file: string, io: ConfigIo): string {
     throw new Failure(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
   // As the admin API parses it (no `${VAR}` substitution), to find the node-local keys.
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true, merge: false });
-  if (doc.errors.length) throw new Failure(`${file}: invalid YAML: ${doc.errors[0]!.message.split('\n')[0]}`);
+  const lc = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
+  if (doc.errors.length) {
+    // where, as `turnpike validate` says it: the line, and for a key given twice its path
+    const e = doc.errors[0]!;
+    const at = lc.linePos(e.pos[0]);
+    const dup = e.code === 'DUPLICATE_KEY' ? duplicateKeyAt(doc, e.pos[0]) : null;
+    throw new Failure(dup
+      ? `${file}: ${formatPath(dup)} (line ${at.line}): duplicate key "${String(dup[dup.length - 1])}" (column ${at.col}): a key may appear once in a mapping`
+      : `${file} (line ${at.line}): invalid YAML: ${e.message.split('\n')[0]}`);
+  }
   let value: unknown;
   try {
     value = doc.toJS({ maxAliasCount: 100 });
