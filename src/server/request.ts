@@ -50,12 +50,12 @@ export interface WsCounters {
 /** RFC 3986 host (reg-name, IPv4, [IPv6]) with an optional port. */
 /** host[:port]: an IP literal, or a name of non-empty labels (one trailing dot: fully qualified). */
 const HOST_RE = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?)(?::[0-9]{1,5})?$/;
-/** X-Forwarded-Host as a trusted chain sends it: a host, or a list (one per proxy that appended; the first is the client's). */
 /** A Host whose port (after HOST_RE matched: at most 5 digits) is past 65535 (RFC 3986 §3.2.3 allows any digits, no TCP port is). */
 function portBeyondRange(host: string): boolean {
   const c = host.lastIndexOf(':');
   return c !== -1 && host.indexOf(']', c) === -1 && host.length - c === 6 && Number(host.slice(c + 1)) > 65535;
 }
+/** X-Forwarded-Host as a trusted chain sends it: a host, or a list (one per proxy that appended; the first is the client's). */
 const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
