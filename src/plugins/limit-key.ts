@@ -1,5 +1,5 @@
 /** Shared by rate-limit and quota: the `by` setting, the key it makes of a request, the store timeout. */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
 import type { PluginDeps, RequestCtx } from './types.js';
 import { REFRESH_HEADER } from './cache/refresh.js';
@@ -35,7 +35,7 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
         const v = ctx.header(b.slice(7).toLowerCase());
         // A long value (the client's to choose, up to the header size limit) counts by its
         // digest: counters in memory and Redis keep a bounded key per client.
-        parts.push(v === undefined ? `ip:${ctx.clientIp}` : v.length > MAX_PLAIN ? `hd:${createHash('sha256').update(v).digest('base64url')}` : `h:${v}`);
+        parts.push(v === undefined ? `ip:${ctx.clientIp}` : v.length > MAX_PLAIN ? `hd:${hash('sha256', v, 'base64url')}` : `h:${v}`);
       }
     }
   }
