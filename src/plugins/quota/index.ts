@@ -31,6 +31,7 @@ export default definePlugin({
     const out: string[] = [];
     if (!validTimeZone(config.time_zone ?? 'UTC')) out.push(`unknown time zone "${config.time_zone}"`);
     if (config.policy === 'redis' && deps.counters.redis === null) out.push('policy redis needs the top-level redis setting');
+    if ((config.cost ?? 1) > config.limit) out.push(`cost ${config.cost} is more than the limit ${config.limit}: every request would be refused`);
     return out;
   },
   create(config, deps) {

@@ -5,13 +5,15 @@ import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Gateway } from '../../server/gateway.js';
-import { loadConfigFile } from '../../config/load.js';
+import { loadConfigFile, parseConfigText } from '../../config/load.js';
 import { request, startUpstream, type TestUpstream } from '../../../test/helpers.js';
 import { periodOf } from '../../state/calendar.js';
 import { MemoryStore } from '../../state/memory.js';
 import { silentLogger } from '../../core/log.js';
 import { Value } from '@sinclair/typebox/value';
 import quota from './index.js';
+import { compile } from '../../config/compile.js';
+import { PoolRegistry } from '../../upstream/pools.js';
 import { QuotaConfig } from './schema.js';
 
 const QuotaConfigDefaults = (c: Record<string, unknown>) => Value.Default(QuotaConfig, structuredClone(c)) as never;
@@ -172,4 +174,19 @@ test('a daily or hourly quota at a DST change is enforced, with Retry-After no l
   // A zone without DST, same instant: the plain day.
   const kolkata = await run({ limit: 1, period: 'day', time_zone: 'Asia/Kolkata' }, '2026-03-08T04:30:00Z', 2);
   assert.deepEqual(kolkata.map((x) => [x.status, x.ratelimit]), [[200, '"quota";r=0;t=50400'], [429, '"quota";r=0;t=50400']]);
+});
+
+test('config errors: a cost above the limit (every request would be refused), an unknown time zone', () => {
+  const pools = new PoolRegistry();
+  const errorOf = (cfg: string) => {
+    try {
+      compile(parseConfigText(`services:\n  - name: s\n    url: http://127.0.0.1:1\n    plugins: [{name: quota, config: ${cfg}}]\n`), { pools }).dispose();
+    } catch (e) {
+      return (e as Error).message;
+    }
+    return '';
+  };
+  assert.match(errorOf('{limit: 5, period: day, cost: 10}'), /plugins\[0\]\.config.*cost 10 is more than the limit 5/);
+  assert.equal(errorOf('{limit: 5, period: day, cost: 5}'), '');
+  assert.match(errorOf('{limit: 5, period: day, time_zone: Mars/Olympus}'), /unknown time zone/);
 });
