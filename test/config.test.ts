@@ -841,3 +841,22 @@ test('a map keyed by names (plans, a route\'s match headers, response-transform 
   assert.match(status[0]!.message, /invalid key "999"/);
   assert.deepEqual(issuesOf(base + 'plans:\n  gold.v2: {services: [orders]}\n'), []);
 });
+
+test('name-keyed maps refuse an empty key (query edits, jwt claims, compose query) and exporter headers a field name or value that cannot be sent', () => {
+  const at = (yaml: string) => issuesOf(yaml).map((i) => [i.path, i.message]);
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:1\n';
+  assert.deepEqual(at(svc + '    plugins: [{name: request-transform, config: {query: {set: {"": a}, rename: {"": b}}}}]\n'), [
+    ['services[0].plugins[0].config.query.rename[""]', 'an empty key ""'],
+    ['services[0].plugins[0].config.query.set[""]', 'an empty key ""'],
+  ]);
+  assert.deepEqual(at('routes:\n  - name: r\n    paths: [/r]\n    compose:\n      steps:\n        - {name: a, url: "http://127.0.0.1:1/x", query: {"": 1}}\n'), [['routes[0].compose.steps[0].query[""]', 'an empty key ""']]);
+  assert.deepEqual(at(svc + '    plugins: [{name: jwt, config: {jwks_url: "http://127.0.0.1:1/j", claims: {"": a}}}]\n'), [['services[0].plugins[0].config.claims[""]', 'an empty key ""']]);
+  assert.deepEqual(at(svc + '    plugins: [{name: jwt, config: {jwks_url: "http://127.0.0.1:1/j", claims: {"https://x/roles": a}}}]\n'), []);
+  const tracing = at('tracing: {endpoint: "http://127.0.0.1:1/v1/traces", headers: {"a b": x}}\n' + svc);
+  assert.deepEqual(tracing.map(([p]) => p), ['tracing.headers["a b"]']);
+  assert.match(tracing[0]![1]!, /^invalid key "a b"/);
+  // a value that cannot go out is named, not quoted (it is a token)
+  assert.deepEqual(at('tracing: {enabled: true, endpoint: "http://127.0.0.1:1/v1/traces", headers: {authorization: "Bearer abc\\n"}}\n' + svc), [['tracing.headers.authorization', 'ends with a newline: a header value cannot carry it; trim the secret']]);
+  assert.deepEqual(at('access_log: {destination: http, url: "http://127.0.0.1:1/", http_headers: {"": x}}\n' + svc), [['access_log.http_headers[""]', 'an empty key ""']]);
+  assert.deepEqual(at('tracing: {endpoint: "http://127.0.0.1:1/v1/traces", headers: {authorization: "Bearer a b"}}\n' + svc), []);
+});

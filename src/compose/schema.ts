@@ -5,6 +5,7 @@
  */
 import { Type, type Static, type ObjectOptions, type TProperties } from '@sinclair/typebox';
 import { DURATION_PATTERN, SIZE_PATTERN } from '../config/units.js';
+import { FIELD_NAME, NonEmptyKeyed } from '../plugins/schema-types.js';
 
 const Strict = <T extends TProperties>(props: T, opts: ObjectOptions = {}) =>
   Type.Object(props, { additionalProperties: false, ...opts });
@@ -19,7 +20,7 @@ const Size = Type.Union(
   { description: 'A size: 512b, 10kb, 8mb, 1gb (a bare number is bytes).' },
 );
 const FilePath = Type.String({ minLength: 1, description: 'A file path (relative paths are relative to the config file).' });
-const HeaderName = Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" });
+const HeaderName = Type.String({ pattern: FIELD_NAME });
 
 export const StepName = Type.String({
   pattern: '^[A-Za-z_][A-Za-z0-9_-]*$',
@@ -36,7 +37,7 @@ export const ComposeStep = Strict({
   })),
   method: Type.Optional(Type.String({ pattern: '^[A-Za-z]+$', description: 'HTTP method (default GET).' })),
   path: Type.Optional(Type.String({ pattern: '^/', description: 'Path (and optionally ?query) sent, a template: /users/{id}. With url: appended to the URL\'s path.' })),
-  query: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.Union([Type.String(), Type.Number(), Type.Boolean()]), {
+  query: Type.Optional(NonEmptyKeyed(Type.Union([Type.String(), Type.Number(), Type.Boolean()]), {
     description: 'Query parameters sent (values are templates, percent-encoded).',
   })),
   headers: Type.Optional(Type.Record(HeaderName, Type.String(), {

@@ -88,7 +88,8 @@ export function schemaIssues(errors: Iterable<ValueError>): { path: PathSegment[
     if (e.type === ValueErrorType.ObjectAdditionalProperties) {
       // a map whose keys are names (plans, header names, statuses): the key is not such a name
       const patterns = schema.properties === undefined && schema.patternProperties ? Object.keys(schema.patternProperties) : [];
-      message = patterns.length > 0 ? `invalid key "${String(path[path.length - 1])}" (must match ${patterns.join(' or ')})` : `unknown key "${String(path[path.length - 1])}"`;
+      const key = String(path[path.length - 1]);
+      message = patterns.length === 0 ? `unknown key "${key}"` : key === '' ? 'an empty key ""' : `invalid key "${key}" (must match ${patterns.join(' or ')})`;
     }
     else if (e.type === ValueErrorType.ObjectRequiredProperty) message = 'is required';
     else if (e.type === ValueErrorType.Union) {

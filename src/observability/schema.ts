@@ -1,6 +1,6 @@
 /** Config schema of the observability settings: access_log, metrics, tracing, analytics. */
 import { Type, type TSchema } from '@sinclair/typebox';
-import { Duration } from '../plugins/schema-types.js';
+import { Duration, HeaderMap } from '../plugins/schema-types.js';
 
 const Strict = <T extends Record<string, TSchema>>(props: T, description: string) =>
   Type.Object(props, { additionalProperties: false, description });
@@ -20,7 +20,7 @@ export const AccessLog = Strict({
   destination: Type.Optional(Type.Union([Type.Literal('stdout'), Type.Literal('file'), Type.Literal('http')], { default: 'stdout' })),
   path: Type.Optional(Type.String({ minLength: 1, description: 'destination file: the log file (relative to the config file). SIGUSR1 reopens it (log rotation).' })),
   url: Type.Optional(Type.String({ pattern: '^https?://', description: 'destination http: where batches of lines are POSTed (NDJSON); a user:password in it goes as Basic credentials unless http_headers set authorization.' })),
-  http_headers: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'destination http: headers of every POST (e.g. an authorization token).' })),
+  http_headers: Type.Optional(HeaderMap('destination http: headers of every POST (e.g. an authorization token).')),
   batch_lines: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000, description: 'destination http: lines per POST (default 500).' })),
   flush_interval: Type.Optional(Duration('destination http: longest wait before a batch is sent (default 1s)')),
   fields: Type.Optional(Type.Array(Type.Union(ACCESS_FIELDS.map((f) => Type.Literal(f))), { uniqueItems: true, minItems: 1, description: 'The fields of each line, in this order (default: all but query, headers and user_agent).' })),
@@ -38,7 +38,7 @@ export const Tracing = Strict({
   sample: Type.Optional(Type.Number({ minimum: 0, maximum: 1, default: 1, description: 'Share of new traces recorded (a sampled parent is followed unless trust_incoming_sampled is false).' })),
   trust_incoming_sampled: Type.Optional(Type.Boolean({ default: true, description: 'Follow the sampled flag of the client\'s traceparent. false (an edge gateway facing untrusted clients): every request is sampled at `sample`, still in the client\'s trace, so clients cannot force spans to be recorded.' })),
   service_name: Type.Optional(Type.String({ minLength: 1, default: 'turnpike' })),
-  headers: Type.Optional(Type.Record(Type.String(), Type.String(), { description: 'Headers of every OTLP export request.' })),
+  headers: Type.Optional(HeaderMap('Headers of every OTLP export request.')),
 }, 'OpenTelemetry tracing (W3C trace context, OTLP/HTTP JSON export). Off by default.');
 
 export const Analytics = Strict({

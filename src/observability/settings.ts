@@ -116,6 +116,10 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
   let tracing: TracingSettings | null = null;
   const t = cfg.tracing;
   if (t?.enabled) {
+    for (const [name, value] of Object.entries(t.headers ?? {})) {
+      const bad = unsendableSecret(value, 'a header value', { edges: false });
+      if (bad) fail(['tracing', 'headers', name], bad);
+    }
     tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, trustIncomingSampled: t.trust_incoming_sampled ?? true, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {}, redactQuery: [...query] };
   }
   const a = cfg.analytics;

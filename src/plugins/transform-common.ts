@@ -11,8 +11,8 @@ import { FRAMING_HEADERS } from '../core/headers.js';
 import { encodeComponent, headerText } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
+import { FIELD_NAME, NonEmptyKeyed } from './schema-types.js';
 
-const FIELD_NAME = "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 const HeaderName = Type.String({ pattern: FIELD_NAME, maxLength: 256 });
 /** A dot path into a JSON body: `a.b.0.c` (numbers index arrays). */
 const DotPath = Type.String({ minLength: 1, maxLength: 1024, description: 'A dot path into the JSON body, e.g. user.address.city or items.0.id.' });
@@ -28,9 +28,9 @@ export const HeaderOps = Type.Object({
 
 export const QueryOps = Type.Object({
   remove: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
-  rename: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ minLength: 1 }))),
-  set: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Template)),
-  add: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Template)),
+  rename: Type.Optional(NonEmptyKeyed(Type.String({ minLength: 1 }))),
+  set: Type.Optional(NonEmptyKeyed(Template)),
+  add: Type.Optional(NonEmptyKeyed(Template)),
 }, { additionalProperties: false });
 
 export const JsonOps = Type.Object({

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { AuthCommon } from '../auth-common.js';
-import { Duration } from '../schema-types.js';
+import { Duration, NonEmptyKeyed } from '../schema-types.js';
 
 /** Asymmetric algorithms only: never `none`, never an HMAC (which a public key could be abused as). */
 export const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'] as const;
@@ -13,7 +13,7 @@ export const JwtConfig = Type.Object({
   algorithms: Type.Optional(Type.Array(Type.Union(ASYMMETRIC_ALGS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, description: 'Accepted algorithms (default: all asymmetric ones).' })),
   clock_skew: Type.Optional(Duration('Leeway for exp, nbf and iat (default 30s).')),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have (scope or scp claim); missing -> 403.' })),
-  claims: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.Union([Type.String(), Type.Number()]), { minItems: 1 })]), {
+  claims: Type.Optional(NonEmptyKeyed(Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.Union([Type.String(), Type.Number()]), { minItems: 1 })]), {
     description: 'Claims the token must carry: a value, or a list of which the claim must equal one (or, for an array claim, contain one); missing -> 403.',
   })),
   required_claims: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Claims that must be present (exp is always required).' })),
