@@ -479,6 +479,32 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('access log: the time follows the wall clock when it is stepped (NTP, a resumed VM), in both line writers', async (t) => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));
+  const mk = (file: string, fields: string) => startGateway(`access_log: {destination: file, path: ${join(dir, file)}${fields}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const a = await mk('a.log', '');
+  const b = await mk('b.log', ', fields: [time, status]');
+  try {
+    // the wall clock jumps a day ahead after the gateways started (only Date moves; timers are real)
+    const stepped = Date.now() + 86_400_000;
+    t.mock.timers.enable({ apis: ['Date'], now: stepped });
+    for (const g of [a, b]) assert.equal((await request(`${g.url}/x`)).status, 200);
+    await eventually(() => lines(join(dir, 'a.log')).length === 1 && lines(join(dir, 'b.log')).length === 1);
+    for (const f of ['a.log', 'b.log']) {
+      const at = Date.parse(lines(join(dir, f))[0]!.time as string);
+      assert.ok(Math.abs(at - stepped) < 60_000, `${f}: logged at ${new Date(at).toISOString()}, the clock says ${new Date(stepped).toISOString()}`);
+    }
+  } finally {
+    t.mock.timers.reset();
+    await a.close();
+    await b.close();
+    await up.close();
+  }
+});
+
 test('access log: hostile values stay inside their JSON strings', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');

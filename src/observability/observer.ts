@@ -33,9 +33,13 @@ const str = (v: string | null): string => (v === null ? 'null' : NEEDS_ESCAPE.te
 
 let lastMs = -1;
 let lastIso = '';
-/** ISO time of a performance.now() instant (one Date per millisecond, however many requests). */
-function isoTime(at: number): string {
-  const ms = Math.floor(performance.timeOrigin + at);
+/**
+ * ISO time of the instant `ago` ms before now (one Date per millisecond, however many requests).
+ * From the wall clock at the time of logging, not performance.timeOrigin + a monotonic instant:
+ * that sum stays off by however far the wall clock is stepped (NTP, a VM resumed) until a restart.
+ */
+function isoTime(ago: number): string {
+  const ms = Math.floor(Date.now() - ago);
   if (ms !== lastMs) {
     lastMs = ms;
     lastIso = new Date(ms).toISOString();
@@ -261,7 +265,7 @@ export class Observer {
       // consumer, path) go through JSON.stringify.
       const route = ex.route;
       const w = ex.ws;
-      return '{"type":"access","time":"' + isoTime(ex.start) +
+      return '{"type":"access","time":"' + isoTime(total) +
         '","request_id":' + str(ex.requestId) +
         ',"client_ip":"' + (ex.clientIp || plainIp(req.socket?.remoteAddress)) +
         '","consumer":' + str(ex.consumer) +
@@ -287,7 +291,7 @@ export class Observer {
     const out: Record<string, unknown> = { type: 'access' };
     for (const f of a.fields) {
       switch (f) {
-        case 'time': out.time = isoTime(ex.start); break;
+        case 'time': out.time = isoTime(total); break;
         case 'request_id': out.request_id = ex.requestId; break;
         case 'client_ip': out.client_ip = ex.clientIp || plainIp(req.socket?.remoteAddress); break;
         case 'consumer': out.consumer = ex.consumer; break;
