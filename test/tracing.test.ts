@@ -491,6 +491,46 @@ services: [{name: chat, url: http://127.0.0.1:${port}, routes: [{name: ws, paths
   }
 });
 
+test('tracing: a composition\'s steps (a service and an external URL) go out with the request\'s trace context, each attempt a CLIENT span of the request', async () => {
+  const collector = await startCollector();
+  const seen: { path: string; traceparent?: string }[] = [];
+  const up = await startUpstream((q, res) => {
+    seen.push({ path: q.url!, traceparent: q.headers.traceparent as string | undefined });
+    res.writeHead(200, { 'content-type': 'application/json' }).end(q.url!.startsWith('/users') ? '{"tier":"gold"}' : '{"n":1}');
+  });
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
+services: [{name: users, url: ${up.url}}]
+routes:
+  - name: profile
+    paths: ["/profile/{id}"]
+    compose:
+      steps:
+        - {name: user, service: users, path: "/users/{id}", headers: {traceparent: "00-11111111111111111111111111111111-2222222222222222-01"}}
+        - {name: ext, url: "${up.url}/ext", query: {tier: "{user.body.tier}"}}
+`);
+  try {
+    const clientTrace = '4bf92f3577b34da6a3ce929d0e0e4736';
+    const r = await request(`${gw.url}/profile/7`, { headers: { traceparent: `00-${clientTrace}-00f067aa0ba902b7-01` } });
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(seen.map((x) => x.path), ['/users/7', '/ext?tier=gold']);
+    for (const x of seen) assert.match(String(x.traceparent), new RegExp(`^00-${clientTrace}-[0-9a-f]{16}-01$`), `${x.path} carries the client's trace (a templated traceparent gives way)`);
+    await eventually(() => collector.spans.filter((s) => s.kind === KIND.CLIENT).length === 2 && collector.spans.some((s) => s.kind === KIND.SERVER), 8000);
+    const server = collector.spans.find((s) => s.kind === KIND.SERVER)!;
+    const clients = collector.spans.filter((s) => s.kind === KIND.CLIENT);
+    for (const [i, c] of clients.entries()) {
+      assert.equal(c.traceId, clientTrace);
+      assert.equal(c.parentSpanId, server.spanId, 'a step attempt is a child of the request\'s span');
+      assert.ok(seen.some((x) => x.traceparent!.split('-')[2] === c.spanId), `span ${i} is the parent named to a step`);
+      assert.equal(attr(c, 'http.response.status_code'), 200);
+    }
+  } finally {
+    await gw.close();
+    await up.close();
+    await collector.close();
+  }
+});
+
 test('tracing: the SERVER span has url.query when one was sent (semantic conventions: Conditionally Required), secret values REDACTED', async () => {
   const t = await semconvGateway();
   try {

@@ -63,7 +63,15 @@ export interface CallContext {
   signal: AbortSignal;
   /** The composition's deadline (ms), for messages. */
   deadlineMs: number;
+  /** With tracing on: puts the trace context in an attempt's headers, and ends its span. */
+  trace?: StepTracer | undefined;
 }
+
+/**
+ * Starts one attempt's trace (its CLIENT span, whose context it sets in `headers`); returns
+ * what ends it with the status (null: none) and an error type (null: none), or null.
+ */
+export type StepTracer = (method: string, origin: string, path: string, headers: string[]) => ((status: number | null, error: string | null) => void) | null;
 
 /** Calls a step (its request already rendered): never throws. */
 export async function callStep(step: CompiledStep, req: StepRequest, cx: CallContext): Promise<CallResult> {
@@ -71,7 +79,7 @@ export async function callStep(step: CompiledStep, req: StepRequest, cx: CallCon
   const u = step.url!;
   let r: Attempted = fail(null, 'not attempted', 'other');
   for (let n = 0; ; n++) {
-    r = await attempt(step, u.pool, u.hostHeader, req.path, req, cx, null);
+    r = await attempt(step, u.pool, u.origin, u.hostHeader, req.path, req, cx, null);
     if (r.ok || !mayRetry(step, req, r, n, cx)) return strip(r);
     // A short pause between attempts to the same provider.
     await pause(Math.min(25 * 2 ** n, 200), cx.signal);
@@ -136,7 +144,7 @@ async function callService(step: CompiledStep, svc: CompiledService, req: StepRe
         outcome = false;
         return strip(r);
       }
-      r = await attempt(step, t.pool, t.hostHeader, joinBase(t.basePath, req.path), req, cx, { svc, t });
+      r = await attempt(step, t.pool, t.origin, t.hostHeader, joinBase(t.basePath, req.path), req, cx, { svc, t });
       if (r.kind !== 'aborted') outcome = r.ok || (r.status !== null && r.status < 500);
       if (r.ok || !mayRetry(step, req, r, n, cx) || !spendBudget(svc)) return strip(r);
       (tried ??= []).push(t);
@@ -370,7 +378,7 @@ class StepExchange implements Dispatcher.DispatchHandler {
 
 /** One attempt on one pool. */
 async function attempt(
-  step: CompiledStep, pool: Pool, hostHeader: string, path: string, req: StepRequest, cx: CallContext,
+  step: CompiledStep, pool: Pool, origin: string, hostHeader: string, path: string, req: StepRequest, cx: CallContext,
   svc: { svc: CompiledService; t: Target } | null,
 ): Promise<Attempted> {
   if (cx.signal.aborted) return aborted(cx, step);
@@ -389,6 +397,8 @@ async function attempt(
     } else if (v !== undefined) headers.push(k, v);
   }
   if (!host) headers.push('host', hostHeader);
+  // (the step's own traceparent / tracestate, if templated, give way to the request's context)
+  const endTrace = cx.trace !== undefined ? cx.trace(req.method, origin, path, headers) : null;
   const settled = new Promise<Attempted | null>((resolve) => {
     x.resolve = resolve;
   });
@@ -425,6 +435,7 @@ async function attempt(
     if (listening) cx.signal.removeEventListener('abort', x);
     if (target !== null) target.state.inflight--;
   }
+  if (endTrace !== null) endTrace(r === null ? x.status : r.status, r === null || r.kind === 'status' ? null : r.kind ?? 'other');
   if (r !== null) return r;
   const status = x.status!;
   const parsed = parseJsonBody(x.body(), x.headers, status, req.method, step.maxBody);

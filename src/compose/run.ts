@@ -16,7 +16,7 @@ import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
 import { MAX_JSON_DEPTH, parseJson } from '../core/json.js';
 import type { BufferedResponse } from '../plugins/types.js';
-import { ComposeAbort, callStep, type CallResult, type StepRequest } from './call.js';
+import { ComposeAbort, callStep, type CallResult, type StepRequest, type StepTracer } from './call.js';
 import type { CompiledCompose, CompiledStep } from './config.js';
 import { mergeValues, type StepValue } from './merge.js';
 import { TemplateError, dig, renderJson, renderPath, renderString, type Lookup, type Source } from './template.js';
@@ -45,6 +45,8 @@ export interface CompositionInput {
    * Omitted or null: {consumer.*} templates have no value.
    */
   auth?: { consumer: { id: string; name: string; groups: readonly string[] } | null; identity: string | null } | null;
+  /** With tracing on: each step's attempts are spans of the request's trace, their context sent. */
+  trace?: StepTracer;
 }
 
 /** One step's result, as later templates and the merge see it. */
@@ -224,7 +226,7 @@ async function runStep(
     if (hit !== undefined) res = { ok: true, status: hit.status, headers: hit.headers as Record<string, string>, body: hit.body, size: hit.size };
   }
   if (res === undefined) {
-    res = await callStep(step, req, { signal: ac.signal, deadlineMs: compose.timeout });
+    res = await callStep(step, req, { signal: ac.signal, deadlineMs: compose.timeout, trace: input.trace });
     if (res.ok && step.cache !== null) step.cache.set(cacheKey, { status: res.status, headers: res.headers, body: res.body, size: res.size });
   }
   if (!res.ok) return failed(step, res.status, res.error, res.timeout);

@@ -16,6 +16,7 @@ import type { Exchange } from './exchange.js';
 import type { TracingSettings } from './settings.js';
 import type { Logger } from '../core/log.js';
 import { redactUrl } from '../core/url-secrets.js';
+import type { StepTracer } from '../compose/call.js';
 
 const NOOP = () => {};
 
@@ -215,6 +216,14 @@ export class Tracing {
     }, this.context(ex));
     this.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, setter);
     return span;
+  }
+
+  /** A composition's steps: each attempt a CLIENT span of the request (as startAttempt), its context sent. */
+  stepTracer(ex: Exchange): StepTracer {
+    return (method, origin, path, headers) => {
+      const span = this.startAttempt(ex, method, origin, path, 1, headers);
+      return span === null ? null : (status, error) => this.endAttempt(span, status, error);
+    };
   }
 
   endAttempt(span: Span, status: number | null, error: string | null): void {

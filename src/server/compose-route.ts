@@ -18,6 +18,7 @@ import { runComposition } from '../compose/run.js';
 import { ComposeAbort } from '../compose/call.js';
 import { readWholeBody, type BodySource } from './body.js';
 import { deliver, problemResponse, type ResponsePlugins } from './respond.js';
+import type { Tracing } from '../observability/tracing.js';
 
 export interface ComposeCall {
   req: IncomingMessage;
@@ -36,6 +37,8 @@ export interface ComposeCall {
   exchange: Exchange | null;
   log?: Logger;
   snapshot: { retain(): void; release(): void };
+  /** Tracing, when on (the steps' attempts are spans of the request's trace). */
+  tracing?: Tracing | null | undefined;
 }
 
 export function composeRoute(c: ComposeCall): void {
@@ -83,6 +86,7 @@ async function run(c: ComposeCall): Promise<void> {
       },
       body, requestId, signal: ac.signal, snapshot: c.snapshot,
       auth: c.pctx !== null ? { consumer: c.pctx.consumer, identity: c.pctx.identity } : null,
+      ...(c.tracing != null && c.exchange !== null && c.exchange.span !== null ? { trace: c.tracing.stepTracer(c.exchange) } : {}),
     });
     if (c.exchange !== null) c.exchange.upstreamHeaders = performance.now();
   } catch (err) {

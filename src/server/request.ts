@@ -584,7 +584,7 @@ export function handleRequest(
     if (route.compose !== null) {
       composeRoute({
         req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
-        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap,
+        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap, tracing: ctx.observer?.tracing,
       });
       return undefined;
     }
