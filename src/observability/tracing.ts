@@ -141,10 +141,11 @@ export class Tracing {
       parent = this.propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
     }
     const route = ex.route!;
-    // Semantic conventions: a method they do not know is _OTHER (the span name says HTTP), the
+    // Semantic conventions: the name is `{method} {http.route}` (a low-cardinality template, not
+    // the route's name); a method they do not know is _OTHER (the span name says HTTP), the
     // method as sent goes in http.request.method_original (so no attribute is unbounded).
     const known = KNOWN_METHODS.has(method);
-    const span = (ex.span = this.tracer.startSpan(`${known ? method : 'HTTP'} ${route.name}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
+    const span = (ex.span = this.tracer.startSpan(`${known ? method : 'HTTP'} ${pattern}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
     // An unsampled request gets a non-recording span: nothing more to build for it.
     if (!span.isRecording()) return;
     // Host (checked by the request path): a name or [IPv6], then an optional port.
