@@ -365,8 +365,9 @@ class StepExchange implements Dispatcher.DispatchHandler {
     }
     if (CONNECT_FAILURES.has(code)) return fail(null, `could not connect (${code})`, 'connect');
     if (RESETS.has(code)) return fail(status, `connection lost (${code})`, 'reset');
-    // An HTTP/2 stream closed (RST_STREAM NO_ERROR / CANCEL) before END_STREAM: h2-streams.ts.
-    if (code === H2_STREAM_CUT) {
+    // An HTTP/2 stream closed before END_STREAM: reset with NO_ERROR / CANCEL (h2-streams.ts), or
+    // with an error code (node's ERR_HTTP2_STREAM_ERROR; Node 22 reports a CANCEL so too).
+    if (code === H2_STREAM_CUT || code === 'ERR_HTTP2_STREAM_ERROR') {
       return fail(status, this.declared >= 0 ? `sent ${this.size} of the ${this.declared} bytes its Content-Length announced` : 'closed its HTTP/2 stream before the end of its answer', 'reset');
     }
     const msg = (err as Error)?.message ?? String(err);
