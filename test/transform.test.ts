@@ -38,6 +38,13 @@ before(async () => {
       setTimeout(() => res.end(BIG.slice(1000)), 10);
       return;
     }
+    // Honours Range (as a static file server does): 206 with the bytes asked for.
+    if (url.startsWith('/ranged')) {
+      const full = JSON.stringify({ id: 3, internal_id: 'r-3', name: 'ranged' });
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (m === null) return res.writeHead(200, { 'content-type': 'application/json', 'accept-ranges': 'bytes' }).end(full);
+      return res.writeHead(206, { 'content-type': 'application/json', 'content-range': `bytes ${m[1]}-${m[2]}/${full.length}` }).end(full.slice(Number(m[1]), Number(m[2]) + 1));
+    }
     if (url.startsWith('/huge-number')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1, "n": 1e999}');
     if (url.startsWith('/broken')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1,');
     if (url.startsWith('/gz')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(gzipSync(JSON.stringify({ id: 9, internal_id: 'z' })));
@@ -394,6 +401,20 @@ test('response-transform: the upstream is asked for an unencoded body; one that 
   assert.equal(r.headers['content-encoding'], undefined);
   assert.deepEqual(JSON.parse(r.body), { id: 9, via_gateway: true });
   assert.equal(shaped.requests[shaped.requests.length - 1]!.headers['accept-encoding'], undefined);
+});
+
+test('response-transform: a Range request gets the whole transformed body (the upstream is asked for all of it), never a 502 over a partial JSON', { ...T }, async () => {
+  const r = await request(`${gw.url}/out/ranged`, { headers: { range: 'bytes=0-9', 'if-range': '"v1"' } });
+  assert.equal(r.status, 200);
+  assert.deepEqual(JSON.parse(r.body), { id: 3, name: 'ranged', via_gateway: true });
+  assert.equal(r.headers['content-range'], undefined);
+  const up = shaped.requests[shaped.requests.length - 1]!;
+  assert.equal(up.headers.range, undefined);
+  assert.equal(up.headers['if-range'], undefined);
+  // a route without a JSON transform passes Range on
+  const plain = await request(`${gw.url}/zip/ranged`, { headers: { range: 'bytes=0-9' } });
+  assert.equal(plain.status, 206);
+  assert.equal(plain.body, '{"id":3,"i');
 });
 
 test('response-transform: JSONata expression and wrap', { ...T }, async () => {

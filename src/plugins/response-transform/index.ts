@@ -72,6 +72,8 @@ export default definePlugin({
     const only = config.statuses ? new Set(config.statuses) : null;
     const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
     const applies = (status: number) => only === null || only.has(status);
+    /** A JSON transform of a 200 (or of a 206, a part of one) needs the whole body. */
+    const wholeBody = json !== null && (applies(200) || applies(206));
     const wantsJson = (status: number, list: readonly string[]) => {
       if (json === null || !applies(status) || status === 204 || status === 304) return false;
       const ct = findHeader(list, 'content-type');
@@ -79,9 +81,16 @@ export default definePlugin({
     };
     return {
       access(ctx) {
+        if (json === null) return;
         // The transform reads the body as JSON: ask for it without a content coding (an
         // encoder on the way out compresses it again).
-        if (json !== null) ctx.removeUpstreamHeader('accept-encoding');
+        ctx.removeUpstreamHeader('accept-encoding');
+        // ... and whole: a range of it (206) is no JSON to transform. The client gets the
+        // whole transformed body, as a server that ignores Range answers (RFC 9110 §14.2).
+        if (wholeBody && ctx.header('range') !== undefined) {
+          ctx.removeUpstreamHeader('range');
+          ctx.removeUpstreamHeader('if-range');
+        }
       },
       ...(headers !== null ? {
         responseHeaders(ctx: RequestCtx, status: number, list: string[]) {
