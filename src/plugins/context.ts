@@ -62,6 +62,8 @@ export class PluginCtx implements RequestCtx {
   readBody(maxBytes: number): Promise<Buffer> {
     if (this.upstreamBody !== null) {
       const b = this.upstreamBody;
+      // (read before by a plugin with a larger cap, or set: this reader's cap holds all the same)
+      if (b.length > maxBytes) return Promise.reject(new ProblemError('payload-too-large', `the request body is larger than ${maxBytes} bytes`));
       return Promise.resolve(b);
     }
     if (this.bodyRead === null) {
