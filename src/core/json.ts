@@ -92,6 +92,95 @@ export function parseJson(buf: Uint8Array, maxDepth: number, finite = false): Js
   }
 }
 
+/**
+ * Where a member name is given twice in one object of a JSON text that parsed into `value`
+ * (RFC 8259 §4: names SHOULD be unique, and parsers disagree about such an object: JSON.parse
+ * keeps the last member, others the first or refuse it), as the path to it (object keys and
+ * array indexes), or null. Names are compared decoded (`"\u0061"` is `"a"`). No recursion.
+ * First a cheap count — every member has one `:` outside strings, and the parsed value one
+ * key per member unless a name came twice — and only when they differ a pass that finds it.
+ */
+export function duplicateKeyPath(buf: Buffer, value: unknown): (string | number)[] | null {
+  if (value === null || typeof value !== 'object' || colonsOutsideStrings(buf) === memberCount(value)) return null;
+  return findDuplicateKey(buf);
+}
+
+function colonsOutsideStrings(buf: Buffer): number {
+  let count = 0;
+  const n = buf.length;
+  for (let i = 0; i < n; i++) {
+    const c = buf[i]!;
+    if (c === 0x22 /* " */) {
+      i++;
+      while (i < n && buf[i] !== 0x22) i += buf[i] === 0x5c /* \ */ ? 2 : 1;
+    } else if (c === 0x3a /* : */) count++;
+  }
+  return count;
+}
+
+function memberCount(value: object): number {
+  let count = 0;
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (x === null || typeof x !== 'object') continue;
+    if (Array.isArray(x)) {
+      for (let i = 0; i < x.length; i++) stack.push(x[i]);
+      continue;
+    }
+    for (const k in x) {
+      count++;
+      stack.push((x as Record<string, unknown>)[k]);
+    }
+  }
+  return count;
+}
+
+/** The path of the first name given twice in one object (the slow pass: a name decoded per member). */
+function findDuplicateKey(buf: Buffer): (string | number)[] | null {
+  /** Per open container: the names seen (object) or null (array); and where in it the scan is. */
+  const seen: (Set<string> | null)[] = [];
+  const at: (string | number)[] = [];
+  let expectKey = false;
+  const n = buf.length;
+  for (let i = 0; i < n; i++) {
+    const c = buf[i]!;
+    if (c === 0x22 /* " */) {
+      let j = i + 1;
+      let escaped = false;
+      while (j < n && buf[j] !== 0x22) {
+        if (buf[j] === 0x5c /* \ */) {
+          escaped = true;
+          j += 2;
+        } else j++;
+      }
+      if (expectKey) {
+        const key = escaped ? JSON.parse(buf.toString('utf8', i, j + 1)) as string : buf.toString('utf8', i + 1, j);
+        const top = seen[seen.length - 1]!;
+        if (top.has(key)) return [...at.slice(0, -1), key];
+        top.add(key);
+        at[at.length - 1] = key;
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === 0x7b /* { */) {
+      seen.push(new Set());
+      at.push('');
+      expectKey = true;
+    } else if (c === 0x5b /* [ */) {
+      seen.push(null);
+      at.push(0);
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      seen.pop();
+      at.pop();
+    } else if (c === 0x2c /* , */) {
+      if (seen[seen.length - 1] instanceof Set) expectKey = true;
+      else (at[at.length - 1] as number)++;
+    }
+  }
+  return null;
+}
+
 const WS = new Set([0x20, 0x09, 0x0a, 0x0d]);
 
 /**

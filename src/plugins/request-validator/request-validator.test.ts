@@ -281,6 +281,19 @@ test('hostile bodies: 100k levels of nesting, huge arrays under uniqueItems, __p
   assert.deepEqual(parseJson(Buffer.from('{"__proto__": 1}'), 8), { ok: true, value: JSON.parse('{"__proto__": 1}') });
 });
 
+test('a JSON body with a name given twice in one object is a violation at its pointer (validated as the last, a first-wins upstream would read the other)', async () => {
+  const v = ApiValidator.schemas({ body: { type: 'object', properties: { role: { enum: ['user'] }, items: { type: 'array' } } }, bodyRequired: true }, opts);
+  const dup = (body: string) => check(v, 'POST', '/x', { headers: json, body });
+  const message = 'is given twice in one object (parsers disagree about which one counts)';
+  assert.deepEqual(errorsOf(await dup('{"role":"admin","role":"user"}')), [{ in: 'body', path: '/role', message }]);
+  // compared decoded; nested in objects and arrays; pointer escaped (RFC 6901)
+  assert.deepEqual(errorsOf(await dup('{"role":"admin","r\\u006fle":"user"}')), [{ in: 'body', path: '/role', message }]);
+  assert.deepEqual(errorsOf(await dup('{"items":[{"a":1},{"b":{"x/~y":1,"x/~y":2}}],"role":"user"}')), [{ in: 'body', path: '/items/1/b/x~1~0y', message }]);
+  // the same name in different objects, in strings or as a value is no duplicate
+  assert.deepEqual(await dup('{"role":"user","items":[{"role":1},{"role":2}],"s":"{\\"role\\":1,\\"role\\":2}","t":"role"}'), { ok: true });
+  assert.deepEqual(await dup('{"a":{"a":{"a":1}},"role":"user"}'), { ok: true });
+});
+
 test('OpenAPI 3.1: JSON Schema 2020-12 (type lists, const, prefixItems, unevaluatedProperties, $defs)', async () => {
   const v = ApiValidator.openapi({
     openapi: '3.1.0',

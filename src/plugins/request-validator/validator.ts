@@ -6,7 +6,7 @@
  */
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
-import { parseJson } from '../../core/json.js';
+import { duplicateKeyPath, parseJson } from '../../core/json.js';
 import { CODED_CONTENT_HEADERS, codedContent } from '../../core/headers.js';
 import { PathMatcher } from './matcher.js';
 import {
@@ -578,6 +578,13 @@ export class ApiValidator {
     if (kind === 'json' && media.json) {
       const parsed = parseJson(buf, this.opts.maxDepth);
       if (!parsed.ok) return { ok: false, code: 'bad-request', detail: parsed.tooDeep ? `request body is ${parsed.message}` : `request body is not valid JSON: ${parsed.message}` };
+      // What is validated is what the upstream reads: a name given twice would be validated as
+      // JSON.parse reads it (the last) and read by a first-wins parser as the other one.
+      const dup = duplicateKeyPath(buf, parsed.value);
+      if (dup !== null) {
+        errors.push({ in: 'body', path: dup.map((k) => `/${escapePointer(String(k))}`).join(''), message: 'is given twice in one object (parsers disagree about which one counts)' });
+        return done();
+      }
       const r = run(media.json, parsed.value);
       if (r.overflow) return { ok: false, code: 'bad-request', detail: 'request body is nested too deeply to validate' };
       if (!r.ok) violations('body', r.errors, errors);
