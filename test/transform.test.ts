@@ -28,7 +28,10 @@ before(async () => {
     const url = req.url ?? '';
     const json = (status: number, v: unknown, extra: Record<string, string> = {}) =>
       res.writeHead(status, { 'content-type': 'application/json', server: 'secret-server/1.2', etag: '"v1"', ...extra }).end(JSON.stringify(v));
-    if (url.startsWith('/user')) return json(200, { id: 7, name: 'Ada', internal_id: 'db-7', meta: { tier: 'gold' } });
+    if (url.startsWith('/user')) {
+      const digests = { 'content-digest': 'sha-256=:dXBzdHJlYW0tYnl0ZXM=:', 'repr-digest': 'sha-256=:dXBzdHJlYW0tYnl0ZXM=:', digest: 'SHA-256=dXBzdHJlYW0=', 'accept-ranges': 'bytes' };
+      return json(200, { id: 7, name: 'Ada', internal_id: 'db-7', meta: { tier: 'gold' } }, digests);
+    }
     if (url.startsWith('/list')) return json(200, [{ id: 1, internal_id: 'a' }, { id: 2, internal_id: 'b' }]);
     if (url.startsWith('/missing')) return json(404, { error: 'nope' });
     if (url.startsWith('/big')) return res.writeHead(200, { 'content-type': 'application/json' }).end(BIG);
@@ -254,11 +257,16 @@ test('request-transform: path template with a route parameter', { ...T }, async 
 test('request-transform: JSON body mapping (remove, move into a nested path, set with template, wrap), Content-Length follows', { ...T }, async () => {
   const r = await request(`${gw.url}/body`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json', 'x-tenant': 'acme' },
+    headers: {
+      'content-type': 'application/json', 'x-tenant': 'acme',
+      // digests of the bytes the client sent: not of what goes upstream
+      'content-digest': 'sha-256=:Y2xpZW50:', 'repr-digest': 'sha-256=:Y2xpZW50:', digest: 'SHA-256=Y2xpZW50', 'content-md5': 'Y2xpZW50',
+    },
     body: JSON.stringify({ name: 'Ada', password: 'hunter2', age: 36 }),
   });
   assert.equal(r.status, 200);
   const up = last();
+  for (const name of ['content-digest', 'repr-digest', 'digest', 'content-md5']) assert.equal(up.headers[name], undefined, name);
   const sent = JSON.parse(up.body.toString());
   assert.deepEqual(sent, { data: { age: 36, user: { full_name: 'Ada', tenant: 'acme' }, source: 'gateway' } });
   assert.equal(Number(up.headers['content-length']), up.body.length);
@@ -362,6 +370,8 @@ test('response-transform: JSON fields, headers, status mapping; ETag of the upst
   assert.equal(r.headers['x-shaped'], 'yes');
   assert.equal(r.headers.etag, undefined);
   assert.equal(Number(r.headers['content-length']), Buffer.byteLength(r.body));
+  // digests of the upstream's bytes (RFC 3230, RFC 9530) and its ranges describe other bytes
+  for (const name of ['content-digest', 'repr-digest', 'digest', 'accept-ranges']) assert.equal(r.headers[name], undefined, name);
   const list = await request(`${gw.url}/out/list`);
   assert.deepEqual(JSON.parse(list.body), [{ id: 1, via_gateway: true }, { id: 2, via_gateway: true }]);
   const mapped = await request(`${gw.url}/out/missing`);

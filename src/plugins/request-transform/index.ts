@@ -14,6 +14,9 @@ import { dotSegment } from '../../compose/template.js';
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
 
+/** Fields describing the client's body bytes, which a JSON transform replaces. */
+const CLIENT_DIGESTS = ['content-md5', 'digest', 'content-digest', 'repr-digest'] as const;
+
 /** The request's fields as a plain object (for $request.headers in expressions). */
 function headerObject(ctx: RequestCtx): Record<string, string> {
   const out = Object.create(null) as Record<string, string>; // (a field named constructor is data)
@@ -123,6 +126,9 @@ export default definePlugin({
             throw new ProblemError('bad-request', `the request body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : (e as { message?: string }).message ?? 'error'}`);
           }
           ctx.setUpstreamBody(out);
+          // The client's digests are of the bytes it sent (RFC 3230, RFC 9530): an upstream
+          // that checks them would refuse the transformed body.
+          for (const name of CLIENT_DIGESTS) if (ctx.header(name) !== undefined) ctx.removeUpstreamHeader(name);
     };
     return {
       access(ctx) {

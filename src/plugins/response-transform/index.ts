@@ -16,8 +16,12 @@ import { ResponseTransformConfig } from './schema.js';
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
 
-/** Fields that describe the upstream's bytes, not a transformed body (content-length is recomputed for a GET). */
-const UPSTREAM_BYTES = ['content-length', 'content-encoding', 'etag', 'content-md5', 'digest'] as const;
+/**
+ * Fields that describe the upstream's bytes, not a transformed body (content-length is
+ * recomputed for a GET): its length, coding, validator, digests (RFC 3230, RFC 9530), and its
+ * ranges (the transform asks for the whole body, a range of the transformed one is not served).
+ */
+const UPSTREAM_BYTES = ['content-length', 'content-encoding', 'etag', 'content-md5', 'digest', 'content-digest', 'repr-digest', 'accept-ranges'] as const;
 
 function headerObject(ctx: RequestCtx): Record<string, string> {
   const out = Object.create(null) as Record<string, string>; // (a field named constructor is data)
