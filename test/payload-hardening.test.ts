@@ -29,6 +29,8 @@ before(async () => {
     if (req.url!.startsWith('/secret')) return send(SECRET);
     if (req.url!.startsWith('/badutf8')) return send(BAD_UTF8);
     if (req.url!.startsWith('/ctl')) return send('{"v":"a\\u0001b"}');
+    // a response field holding UTF-8 bytes (node writes a string's characters as latin1 bytes)
+    if (req.url!.startsWith('/named')) return res.writeHead(200, { 'content-type': 'application/json', 'x-name': Buffer.from('Zoë', 'utf8').toString('latin1') }).end('{}');
     send('{"ok":true}');
   });
   gw = await startGateway(`
@@ -79,6 +81,12 @@ routes:
     compose:
       steps:
         - {name: echo, service: echo, method: POST, path: /, body: {name: "{body.name}"}}
+  - name: c-hdrtext
+    paths: [/c/hdrtext]
+    compose:
+      steps:
+        - {name: named, service: odd, path: /named}
+        - {name: echo, service: echo, method: POST, path: "/n/{header.x-name}", query: {q: "{header.x-name}", r: "{named.headers.x-name}"}, headers: {x-n: "{header.x-name}"}, body: {n: "{header.x-name}", s: "hi {header.x-name}", r: "{named.headers.x-name}"}}
 services:
   - name: odd
     url: ${odd.url}
@@ -116,6 +124,10 @@ services:
         paths: [/rt/path]
         plugins:
           - {name: request-transform, config: {path: "/api/v1/users/{query.p}"}}
+      - name: rt-hdrtext
+        paths: [/rt/hdrtext]
+        plugins:
+          - {name: request-transform, config: {path: "/n/{header.x-name}", query: {set: {q: "{header.x-name}"}}, headers: {set: {x-n: "{header.x-name}"}}, json: {set: {n: "{header.x-name}"}, expression: '$merge([$, {"e": $request.headers."x-name"}])'}}}
       - name: rt-param
         paths: ["/rt/param/{id}"]
         plugins:
@@ -265,6 +277,25 @@ test('template values in header fields: control characters never reach a field, 
   assert.match(problem(await request(`${gw.url}/c/qhdr?n=a%01b`), 400).detail, /control character/);
   assert.equal((await request(`${gw.url}/c/qhdr?n=%E2%98%83`)).status, 200);
   assert.equal(utf8Of(last().headers['x-n']), '☃');
+});
+
+test('a header value with UTF-8 bytes goes into a path, a query or a JSON string as its text (not each byte as a character: caf%C3%83%C2%A9), into a field as the bytes it was', async () => {
+  const cafe = Buffer.from('café', 'utf8').toString('latin1'); // (what a client puts on the wire)
+  const c = await request(`${gw.url}/c/hdrtext`, { headers: { 'x-name': cafe } });
+  assert.equal(c.status, 200, c.body);
+  let up = last();
+  assert.equal(up.url, '/n/caf%C3%A9?q=caf%C3%A9&r=Zo%C3%AB');
+  assert.deepEqual(JSON.parse(up.body.toString('utf8')), { n: 'café', s: 'hi café', r: 'Zoë' });
+  assert.equal(up.headers['x-n'], cafe, 'the bytes as they came');
+  const t = await request(`${gw.url}/rt/hdrtext`, { method: 'POST', headers: { 'x-name': cafe, 'content-type': 'application/json' }, body: Buffer.from('{}') }); // (a Buffer: node writes a string body and the head together as UTF-8)
+  assert.equal(t.status, 200, t.body);
+  up = last();
+  assert.equal(up.url, '/n/caf%C3%A9?q=caf%C3%A9');
+  assert.deepEqual(JSON.parse(up.body.toString('utf8')), { n: 'café', e: 'café' });
+  assert.equal(up.headers['x-n'], cafe);
+  // bytes that are not UTF-8 are read as latin1 (obs-text's charset): one character each
+  assert.equal((await request(`${gw.url}/c/hdrtext`, { headers: { 'x-name': 'caf\xe9' } })).status, 200);
+  assert.equal(last().url, '/n/caf%C3%A9?q=caf%C3%A9&r=Zo%C3%AB');
 });
 
 test('response-transform on a composing route shapes the merged answer (json and status too, not only headers)', async () => {

@@ -180,12 +180,40 @@ function scalar(ref: Ref, v: unknown): string {
   throw new TemplateError(`template ${ref.text} is not a string, number or boolean`, fromClient(ref.source));
 }
 
+const NON_ASCII = /[\x80-\xff]/;
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * A header field's value as node gives it (one character per byte, latin1) as the text it
+ * stands for: its bytes read as UTF-8 when they are UTF-8 (`café` sent as C3 A9 is `café`, not
+ * `cafÃ©`), else as latin1 (obs-text's historic charset). For a value that goes into a path,
+ * a query or a JSON string, which are encoded as UTF-8 again; into a header field the bytes go
+ * unchanged.
+ */
+export function headerValueText(v: string): string {
+  if (!NON_ASCII.test(v)) return v;
+  try {
+    return utf8.decode(Buffer.from(v, 'latin1'));
+  } catch {
+    return v;
+  }
+}
+
+/** A source whose value is a header field's bytes (the client's, or a step response's). */
+const headerBytes = (s: Source): boolean => s.kind === 'header' || (s.kind === 'step' && s.part === 'headers');
+
+/** A source's value for a path, query or JSON string: a header's bytes as text (headerValueText). */
+function textValue(src: Source, lookup: Lookup): unknown {
+  const v = lookup(src);
+  return typeof v === 'string' && headerBytes(src) ? headerValueText(v) : v;
+}
+
 /** Renders a template into a string for a context (path, query, header). Throws TemplateError. */
 export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup: Lookup): string {
   let out = '';
   for (const p of t.parts) {
     if (typeof p === 'string') { out += p; continue; }
-    const v = scalar(p, lookup(p.source));
+    const v = scalar(p, ctx === 'header' ? lookup(p.source) : textValue(p.source, lookup));
     if (ctx === 'header') {
       const h = headerText(v);
       if (h === null) throw new TemplateError(`template ${p.text} holds a line break or another control character, not allowed in a header`, fromClient(p.source));
@@ -291,7 +319,7 @@ export function renderJson(j: JsonTemplate, lookup: Lookup): unknown {
   switch (j.kind) {
     case 'lit': return j.value;
     case 'one': {
-      const v = lookup(j.ref.source);
+      const v = textValue(j.ref.source, lookup);
       if (v === undefined) {
         if (j.ref.def !== undefined) return j.ref.def;
         throw new TemplateError(`template ${j.ref.text} has no value`, fromClient(j.ref.source));
@@ -300,7 +328,7 @@ export function renderJson(j: JsonTemplate, lookup: Lookup): unknown {
     }
     case 'str': {
       let out = '';
-      for (const p of j.t.parts) out += typeof p === 'string' ? p : scalar(p, lookup(p.source));
+      for (const p of j.t.parts) out += typeof p === 'string' ? p : scalar(p, textValue(p.source, lookup));
       return out;
     }
     case 'arr': return j.items.map((x) => renderJson(x, lookup));

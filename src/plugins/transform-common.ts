@@ -8,7 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
-import { encodeComponent, headerText } from '../compose/template.js';
+import { encodeComponent, headerText, headerValueText } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
 import { FIELD_NAME, NonEmptyKeyed } from './schema-types.js';
@@ -90,7 +90,7 @@ function encodeForPath(v: string): string {
  * literal brace. In the 'path' context every value is percent-encoded as a URI component (a
  * value is data in one segment: it cannot add a `/`, `?`, `#` or a raw byte to the path).
  */
-export function compileTemplate(t: string, context: 'text' | 'path' = 'text'): (ctx: RequestCtx) => string {
+export function compileTemplate(t: string, context: 'text' | 'path' | 'header' = 'text'): (ctx: RequestCtx) => string {
   const path = context === 'path';
   const parts: Part[] = [];
   const re = /\{\{|\}\}|\{([a-z_]+)(?:\.([^{}]+))?\}/g;
@@ -106,7 +106,8 @@ export function compileTemplate(t: string, context: 'text' | 'path' = 'text'): (
     switch (kind) {
       case 'header': {
         const n = name!.toLowerCase();
-        parts.push((c) => c.header(n) ?? '');
+        // (into a field its bytes as they came; into a path, query or JSON string the text they are)
+        parts.push(context === 'header' ? (c) => c.header(n) ?? '' : (c) => headerValueText(c.header(n) ?? ''));
         break;
       }
       case 'query': parts.push((c) => queryParams(c.query).get(name!) ?? ''); break;
@@ -170,9 +171,9 @@ export function compileHeaderOps(o: HeaderOps | undefined): HeaderEdit | null {
   editable(o);
   const remove = new Set((o.remove ?? []).map((n) => n.toLowerCase()));
   const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [a.toLowerCase(), b] as const);
-  const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
-  const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
-  const append = Object.entries(o.append ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
+  const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header')] as const);
+  const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header')] as const);
+  const append = Object.entries(o.append ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header')] as const);
   if (remove.size + rename.length + set.length + add.length + append.length === 0) return null;
   return (ctx, list) => {
     if (remove.size) for (let i = list.length - 2; i >= 0; i -= 2) if (remove.has(list[i]!.toLowerCase())) list.splice(i, 2);

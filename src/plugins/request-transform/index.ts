@@ -5,6 +5,7 @@
  * JSON and is not gets a 400. Bodies of other media types pass through untouched.
  */
 import { definePlugin, type RequestCtx } from '../types.js';
+import { headerValueText } from '../../compose/template.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
@@ -24,7 +25,8 @@ function headerObject(ctx: RequestCtx): Record<string, string> {
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
     if (k.charCodeAt(0) === 0x3a) continue;
-    out[k] = k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
+    const v = headerValueText(raw[i + 1]!); // (the text, not its bytes one per character)
+    out[k] = k in out ? `${out[k]}, ${v}` : v;
   }
   return out;
 }

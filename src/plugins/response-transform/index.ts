@@ -8,6 +8,7 @@
  */
 import { gunzipSync, brotliDecompressSync, inflateSync } from 'node:zlib';
 import { definePlugin, type RequestCtx } from '../types.js';
+import { headerValueText } from '../../compose/template.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { findHeader, removeHeader } from '../../server/respond.js';
@@ -28,7 +29,9 @@ function headerObject(ctx: RequestCtx): Record<string, string> {
   const raw = ctx.req.rawHeaders;
   for (let i = 0; i < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
-    if (k.charCodeAt(0) !== 0x3a) out[k] = k in out ? `${out[k]}, ${raw[i + 1]!}` : raw[i + 1]!;
+    if (k.charCodeAt(0) === 0x3a) continue;
+    const v = headerValueText(raw[i + 1]!); // (the text, not its bytes one per character)
+    out[k] = k in out ? `${out[k]}, ${v}` : v;
   }
   return out;
 }
