@@ -10,7 +10,7 @@ export interface CachedResponse {
   headers: Readonly<Record<string, string>>;
   /** Parsed JSON: shared by every request that reads it, never modified. */
   body: unknown;
-  /** Size of the body as received (bytes). */
+  /** Size of the body once decoded (bytes): a small gzip body can hold a big value. */
   size: number;
 }
 
@@ -20,7 +20,7 @@ export class StepCache {
     this.lru = new LRUCache<string, CachedResponse>({
       max: maxEntries,
       maxSize: maxBytes,
-      // (key and headers counted roughly; the body by its bytes on the wire)
+      // (key and headers counted roughly; the body by its decoded bytes, not its bytes on the wire)
       sizeCalculation: (v, k) => Math.max(1, v.size + k.length + 64),
       ttl,
       ttlAutopurge: false,

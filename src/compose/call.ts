@@ -37,6 +37,7 @@ export interface StepRequest {
 }
 
 export type CallResult =
+  /** size: the body's bytes once decoded (a gzip body's inflated length). */
   | { ok: true; status: number; headers: Record<string, string>; body: unknown; size: number }
   | { ok: false; status: number | null; error: string; timeout: boolean };
 
@@ -441,7 +442,7 @@ async function attempt(
   const status = x.status!;
   const parsed = parseJsonBody(x.body(), x.headers, status, req.method, step.maxBody);
   if (typeof parsed === 'string') return fail(status, parsed, 'invalid');
-  return { ok: true, status, headers: x.headers, body: parsed.value, size: x.size };
+  return { ok: true, status, headers: x.headers, body: parsed.value, size: parsed.size };
 }
 
 function aborted(cx: CallContext, step: CompiledStep, status: number | null = null): Attempted {
@@ -452,9 +453,9 @@ function aborted(cx: CallContext, step: CompiledStep, status: number | null = nu
   return fail(status, `step ${step.name} was stopped (${reason instanceof Error ? reason.message : 'aborted'})`, 'aborted');
 }
 
-/** The body's JSON value, or why it is not JSON. */
-function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: number, method: string, max: number): { value: unknown } | string {
-  if (raw.length === 0 && (status === 204 || status === 205 || method === 'HEAD')) return { value: null };
+/** The body's JSON value and its size decoded (what it takes in memory, not on the wire), or why it is not JSON. */
+function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: number, method: string, max: number): { value: unknown; size: number } | string {
+  if (raw.length === 0 && (status === 204 || status === 205 || method === 'HEAD')) return { value: null, size: 0 };
   let body = raw;
   const enc = (headers['content-encoding'] ?? 'identity').trim().toLowerCase();
   if (enc !== 'identity' && enc !== '') {
@@ -481,5 +482,5 @@ function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: num
   // (nesting bounded, UTF-8 checked, no number past a double's range: it would go on as null;
   // the message names a position, never the bytes)
   const r = parseJson(body, MAX_JSON_DEPTH, true);
-  return r.ok ? { value: r.value } : `not JSON (${r.message})`;
+  return r.ok ? { value: r.value, size: body.length } : `not JSON (${r.message})`;
 }

@@ -519,6 +519,29 @@ routes:
   assert.deepEqual(bodyOf(await run(s.route('r'), { params: { id: '1' } })).item, { n: 4, url: '/items/1' });
 });
 
+test('a step cache\'s max_bytes counts a body decoded, not its gzip bytes on the wire', async () => {
+  // 20 KB of JSON that gzip makes about 100 bytes
+  const svc = await upstream((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(gzipSync(JSON.stringify({ url: req.url, pad: 'x'.repeat(20_000) })));
+  });
+  const s = setup(`services:
+  - {name: svc, url: "${svc.url}"}
+routes:
+  - name: r
+    paths: ["/r/{id}"]
+    compose:
+      steps:
+        - {name: item, service: svc, path: "/items/{id}", cache: {ttl: 60s, max_bytes: 50kb}}
+`);
+  for (let id = 0; id < 6; id++) assert.equal((bodyOf(await run(s.route('r'), { params: { id: String(id) } })).item as { url: string }).url, `/items/${id}`);
+  const cache = s.route('r').compose!.steps[0]!.cache!;
+  assert.equal(cache.size, 2, 'two 20 KB values fit in 50 KB');
+  // the newest are kept
+  const before = svc.requests.length;
+  await run(s.route('r'), { params: { id: '5' } });
+  assert.equal(svc.requests.length, before);
+});
+
 test('service steps use the balancer, skip down targets and retry on another target', async () => {
   const bad = await upstream((req, res) => json(res, { from: 'bad' }, 503));
   const good = await upstream((req, res) => json(res, { from: 'good' }));
