@@ -98,6 +98,13 @@ before(async () => {
     if (u.startsWith('/users/5')) return void res.writeHead(418, { 'content-type': 'text/plain' }).end('teapot');
     if (u.startsWith('/users/6')) return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ id: 6, name: 'x'.repeat(5000) }));
     if (u.startsWith('/users/7')) return void res.writeHead(404).end();
+    // Honours Range (206 with the bytes asked for); 8 is a valid user, 9 one with a field the document does not allow
+    if (u.startsWith('/users/8') || u.startsWith('/users/9')) {
+      const full = u.startsWith('/users/8') ? '{"id": 8, "name": "eve"}' : '{"id": "SECRET-9", "name": "mallory"}';
+      const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
+      if (m === null) return void res.writeHead(200, { 'content-type': 'application/json', 'accept-ranges': 'bytes' }).end(full);
+      return void res.writeHead(206, { 'content-type': 'application/json', 'content-range': `bytes ${m[1]}-${m[2]}/${full.length}` }).end(full.slice(Number(m[1]), Number(m[2]) + 1));
+    }
     res.writeHead(200, { 'content-type': 'application/json' }).end('[]');
   });
   const file = join(dir, 'users.yaml');
@@ -305,6 +312,18 @@ test('validate_response: a response that breaks the document is a 502 with point
   assert.equal(problem(big.body).type, 'urn:turnpike:problem:upstream-response-too-large');
   // A HEAD is checked as its GET, without a body.
   assert.equal((await request(`${t.url}/users/1`, { method: 'HEAD' })).status, 200);
+});
+
+test('validate_response: a Range request gets the whole response once checked (a 206 piece cannot be, nor may it leak a piece of a bad one)', T, async () => {
+  const good = await request(`${t.url}/users/8`, { headers: { range: 'bytes=0-9', 'if-range': '"x"' } });
+  assert.equal(good.status, 200, good.body);
+  assert.equal(good.body, '{"id": 8, "name": "eve"}');
+  assert.equal(liar.requests.at(-1)!.headers.range, undefined);
+  assert.equal(liar.requests.at(-1)!.headers['if-range'], undefined);
+  const bad = await request(`${t.url}/users/9`, { headers: { range: 'bytes=6-15' } });
+  assert.equal(bad.status, 502);
+  assert.deepEqual(problem(bad.body).errors, [{ in: 'body', path: '/id' }]);
+  assert.doesNotMatch(bad.body, /SECRET/);
 });
 
 test('the openapi path is relative to the config file', T, async (t2) => {

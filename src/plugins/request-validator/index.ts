@@ -124,7 +124,16 @@ export default definePlugin({
         if (ctx.preflight) return undefined;
         const f = v.find(ctx.method, ctx.path);
         if (!('op' in f)) return allowUnknown ? undefined : reply(f);
-        if (responses) matched.set(ctx, f.op);
+        if (responses) {
+          matched.set(ctx, f.op);
+          // A range of a response (206) cannot be checked against the document, and would let
+          // a client read pieces of one that breaks it: the upstream is asked for all of it, and
+          // the client gets it whole once checked (as from a server that ignores Range, RFC 9110 §14.2).
+          if (ctx.header('range') !== undefined) {
+            ctx.removeUpstreamHeader('range');
+            ctx.removeUpstreamHeader('if-range');
+          }
+        }
         // (the body is checked by its Content-Type: one that the upstream might read otherwise is refused)
         if (f.op.body && hasBody(ctx) !== false && repeatedContentType(ctx.req.rawHeaders)) return { code: 'bad-request', detail: REPEATED_CONTENT_TYPE };
         const outcome = v.check(f.op, f.params, {
