@@ -220,6 +220,11 @@ test('bodies: media types (415), +json and wildcards, form bodies coerced, undec
   assert.deepEqual(errorsOf(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/merge-patch+json' }, body: '{"name": 1, "secret": "x"}' })).map((e) => e.path), ['/name']);
   assert.deepEqual(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=rex&age=4&tags=a&tags=b' }), { ok: true });
   assert.deepEqual(errorsOf(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'age=old' })).map((e) => `${e.in} ${e.path}`), ['body /name', 'body /age']);
+  // a form body's raw bytes that are not UTF-8 (an overlong '<') are refused, never checked as U+FFFD while they go upstream
+  const overlong = Buffer.concat([Buffer.from('name='), Buffer.from([0xc0, 0xbc]), Buffer.from('script')]);
+  assert.deepEqual(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: overlong }),
+    { ok: false, code: 'bad-request', detail: 'request body is not valid UTF-8 (a form body is UTF-8; other bytes go percent-encoded)' });
+  assert.deepEqual(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=caf%C3%A9&tags=caf\u00e9' }), { ok: true });
   assert.equal((await check(pets, 'PATCH', '/pets/1', { headers: json, body: '{}' })).ok, false, 'application/json is not declared here (415)');
   assert.deepEqual(await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'image/png' }, body: Buffer.from([0x89, 0x50]) }), { ok: true }, 'wildcard range');
   assert.equal((await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'video/mp4' }, body: 'x' }) as { code: string }).code, 'unsupported-media-type');

@@ -591,7 +591,14 @@ export class ApiValidator {
       return done();
     }
     if (kind === 'form' && media.form) {
-      const { values, bad } = parseQuery(buf.toString('utf8'));
+      // (bytes that are not UTF-8 would be checked as U+FFFD while the bytes themselves go upstream)
+      let text: string;
+      try {
+        text = UTF8.decode(buf);
+      } catch {
+        return { ok: false, code: 'bad-request', detail: 'request body is not valid UTF-8 (a form body is UTF-8; other bytes go percent-encoded)' };
+      }
+      const { values, bad } = parseQuery(text);
       for (const name of bad) errors.push({ in: 'body', path: `/${escapePointer(name)}`, message: 'invalid percent-encoding' });
       const data = dict<unknown>();
       for (const [k, v] of values) data[k] = v.length === 1 ? v[0] : v;
@@ -704,6 +711,8 @@ export class ApiValidator {
     return errors;
   }
 }
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function compile(ajv: AnyAjv, schema: unknown, where: string): ValidateFunction {
   try {
