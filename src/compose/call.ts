@@ -311,7 +311,8 @@ class StepExchange implements Dispatcher.DispatchHandler {
     }
     const declared = Number(h['content-length']);
     if (h['content-length'] !== undefined && statusCode !== 204 && statusCode !== 304 && this.method !== 'HEAD') this.declared = declared;
-    if (Number.isFinite(declared) && declared > this.step.maxBody) {
+    // (a HEAD's Content-Length is the GET's: no body comes)
+    if (this.declared > this.step.maxBody) {
       return this.cut(fail(statusCode, `response too large (${declared} bytes, over max_body ${this.step.maxBody})`, 'invalid'));
     }
     return true;

@@ -542,6 +542,32 @@ routes:
   assert.equal(svc.requests.length, before);
 });
 
+test('a HEAD step of a resource larger than max_body succeeds (its Content-Length is the GET\'s); a GET of it fails at once', async () => {
+  const svc = await upstream((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': '5000000', etag: '"big-1"' });
+    if (req.method === 'HEAD') res.end();
+    else res.end('['.padEnd(5_000_000 - 1, ' ') + ']');
+  });
+  const s = setup(`services:
+  - {name: svc, url: "${svc.url}"}
+routes:
+  - name: r
+    paths: [/r]
+    compose:
+      max_body: 1mb
+      steps:
+        - {name: probe, service: svc, method: HEAD, path: /big}
+        - {name: tag, service: svc, method: HEAD, path: "/tags/{probe.headers.etag}"}
+        - {name: get, service: svc, path: /big, optional: true}
+`);
+  const r = await run(s.route('r'));
+  const b = bodyOf(r);
+  assert.equal(b.probe, null);
+  assert.equal(b.tag, null);
+  assert.equal(svc.requests.find((x) => x.url.startsWith('/tags/'))?.url, '/tags/%22big-1%22', 'its headers read by a later step');
+  assert.deepEqual(b.errors, [{ step: 'get', status: 200, error: 'response too large (5000000 bytes, over max_body 1048576)' }]);
+});
+
 test('service steps use the balancer, skip down targets and retry on another target', async () => {
   const bad = await upstream((req, res) => json(res, { from: 'bad' }, 503));
   const good = await upstream((req, res) => json(res, { from: 'good' }));
