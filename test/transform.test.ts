@@ -5,7 +5,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
-import { createBrotliDecompress, createGunzip, gzipSync, gunzipSync, brotliDecompressSync } from 'node:zlib';
+import { createBrotliDecompress, createGunzip, deflateRawSync, deflateSync, gzipSync, gunzipSync, brotliDecompressSync } from 'node:zlib';
 import { configIssues, rawRequest, request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
 const T = { timeout: 20_000 };
@@ -50,6 +50,8 @@ before(async () => {
     }
     if (url.startsWith('/huge-number')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1, "n": 1e999}');
     if (url.startsWith('/broken')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1,');
+    if (url.startsWith('/raw-deflate')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'deflate' }).end(deflateRawSync(JSON.stringify({ id: 10, internal_id: 'r' })));
+    if (url.startsWith('/zlib-deflate')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'deflate' }).end(deflateSync(JSON.stringify({ id: 11, internal_id: 'z' })));
     if (url.startsWith('/gz')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'gzip' }).end(gzipSync(JSON.stringify({ id: 9, internal_id: 'z' })));
     if (url.startsWith('/text')) return res.writeHead(200, { 'content-type': 'text/plain' }).end('x'.repeat(5000));
     if (url.startsWith('/small')) return res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '4' }).end('tiny');
@@ -427,6 +429,11 @@ test('response-transform: the upstream is asked for an unencoded body; one that 
   assert.equal(r.headers['content-encoding'], undefined);
   assert.deepEqual(JSON.parse(r.body), { id: 9, via_gateway: true });
   assert.equal(shaped.requests[shaped.requests.length - 1]!.headers['accept-encoding'], undefined);
+  // deflate: zlib-wrapped (RFC 9110) or raw, as some servers send it
+  assert.deepEqual(JSON.parse((await request(`${gw.url}/out/zlib-deflate`)).body), { id: 11, via_gateway: true });
+  const raw = await request(`${gw.url}/out/raw-deflate`);
+  assert.equal(raw.status, 200, raw.body);
+  assert.deepEqual(JSON.parse(raw.body), { id: 10, via_gateway: true });
 });
 
 test('response-transform: a Range request gets the whole transformed body (the upstream is asked for all of it), never a 502 over a partial JSON', { ...T }, async () => {

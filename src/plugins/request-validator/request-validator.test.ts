@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { gzipSync } from 'node:zlib';
+import { deflateRawSync, deflateSync, gzipSync } from 'node:zlib';
 import { ApiValidator, serverBasePaths, type Outcome, type Operation } from './validator.js';
 import { describeJsonError, parseJson } from '../../core/json.js';
 import { PathMatcher } from './matcher.js';
@@ -348,6 +348,10 @@ test('responses: status, headers, media type, JSON body (writeOnly not required)
   assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'x-total', '1'], Buffer.from('[{"id": 1'), 1e6), [{ in: 'body', path: '', message: 'is not valid JSON: unexpected end of input at line 1, column 10 (offset 9)' }]);
   const gz = gzipSync(JSON.stringify([{ id: 'x' }]));
   assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'content-encoding', 'gzip', 'x-total', '1'], gz, 1e6).map((e) => e.path).sort(), ['/0/id', '/0/name']);
+  // deflate: zlib-wrapped (RFC 9110) or raw, as some servers send it
+  for (const deflated of [deflateSync(JSON.stringify([{ id: 'x' }])), deflateRawSync(JSON.stringify([{ id: 'x' }]))]) {
+    assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'content-encoding', 'deflate', 'x-total', '1'], deflated, 1e6).map((e) => e.path).sort(), ['/0/id', '/0/name']);
+  }
   // A decompression bomb stops at the cap.
   const bomb = gzipSync(Buffer.alloc(5_000_000, 0x20));
   assert.deepEqual(pets.checkResponse(list, 200, ['content-type', 'application/json', 'content-encoding', 'gzip', 'x-total', '1'], bomb, 1e6), [{ in: 'body', path: '', message: 'cannot be decoded (gzip), or is larger than 1000000 bytes decoded' }]);

@@ -4,7 +4,7 @@
  * path-template matcher, and the checks a request (and, optionally, a response) goes through.
  * No I/O here besides the request body the caller hands in, so it is tested directly.
  */
-import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
+import { gunzipSync, inflateRawSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
 import { duplicateKeyPath, parseJson } from '../../core/json.js';
 import { CODED_CONTENT_HEADERS, codedContent } from '../../core/headers.js';
@@ -693,7 +693,15 @@ export class ApiValidator {
     const enc = (get('content-encoding') ?? '').trim().toLowerCase();
     try {
       if (enc === 'gzip' || enc === 'x-gzip') raw = gunzipSync(body, { maxOutputLength: maxBytes });
-      else if (enc === 'deflate') raw = inflateSync(body, { maxOutputLength: maxBytes });
+      else if (enc === 'deflate') {
+        // (zlib-wrapped, or raw DEFLATE as some servers send it)
+        try {
+          raw = inflateSync(body, { maxOutputLength: maxBytes });
+        } catch (e) {
+          if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw e;
+          raw = inflateRawSync(body, { maxOutputLength: maxBytes });
+        }
+      }
       else if (enc === 'br') raw = brotliDecompressSync(body, { maxOutputLength: maxBytes });
       else if (enc !== '' && enc !== 'identity') return errors; // cannot look inside
     } catch {

@@ -6,7 +6,7 @@
  * invalid-upstream-response. Answers the gateway makes itself (problems) are left alone; a
  * composition's merged answer is transformed like an upstream's.
  */
-import { gunzipSync, brotliDecompressSync, inflateSync } from 'node:zlib';
+import { gunzipSync, brotliDecompressSync, inflateRawSync, inflateSync } from 'node:zlib';
 import { definePlugin, type RequestCtx } from '../types.js';
 import { headerValueText } from '../../compose/template.js';
 import { parseSize } from '../../config/units.js';
@@ -43,7 +43,15 @@ function decode(coding: string, body: Buffer, max: number): Buffer {
     switch (coding) {
       case 'gzip': case 'x-gzip': return gunzipSync(body, opts);
       case 'br': return brotliDecompressSync(body, opts);
-      case 'deflate': return inflateSync(body, opts);
+      case 'deflate':
+        // (zlib-wrapped as RFC 9110 §8.4.1.2 says; raw DEFLATE as some servers send it, which
+        // browsers and compose steps read too)
+        try {
+          return inflateSync(body, opts);
+        } catch (e) {
+          if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw e;
+          return inflateRawSync(body, opts);
+        }
     }
   } catch (e) {
     if ((e as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw new ProblemError('upstream-response-too-large', `the upstream's decoded body is larger than ${max} bytes`);
