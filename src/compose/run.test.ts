@@ -348,7 +348,18 @@ routes:
   assert.equal((bodyOf(r).user as { url: string }).url, '/base/users/a%2Fb%3Fx%3D1%23/profile?q=a%26b%3Dc%23d');
   const raw = await run(s.route('r'), { params: { id: 'a/b?x' }, query: '?q=1' });
   assert.equal((bodyOf(raw).user as { url: string }).url, '/base/users/a%2Fb%3Fx/profile?q=1');
+  // query values are form text: '+' a space, UTF-8 escapes, a stray '%' kept as it is
+  for (const [q, sent] of [['a+b', 'a%20b'], ['caf%C3%A9', 'caf%C3%A9'], ['100%25%20off', '100%25%20off'], ['%zz%', '%25zz%25'], ['', '']]) {
+    const got = await run(s.route('r'), { params: { id: '1' }, query: `?x=1&q=${q}&q=second` });
+    assert.equal((bodyOf(got).user as { url: string }).url, `/base/users/1/profile?q=${sent}`, q);
+  }
   const before = svc.requests.length;
+  // escapes that are not UTF-8 (%FF, an overlong %C0%AF) would go on as U+FFFD, another value: a 400
+  for (const q of ['%FF', 'a%C0%AFb', '%ED%A0%80']) {
+    const p = await problem(run(s.route('r'), { params: { id: '1' }, query: `?q=${q}` }));
+    assert.equal(p.code, 'bad-request', q);
+    assert.match(p.detail, /the query parameter "q" is not valid UTF-8 once percent-decoded/);
+  }
   // dot segments hidden behind an encoded slash (/admin to an upstream that decodes %2F, then
   // normalizes): the client's value, so a 400, and nothing is sent
   for (const id of ['..%2F..%2Fadmin%3Fx%3D1%23', '../admin?x', '..%5Cadmin']) {

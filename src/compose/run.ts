@@ -19,7 +19,7 @@ import type { BufferedResponse } from '../plugins/types.js';
 import { ComposeAbort, callStep, type CallResult, type StepRequest, type StepTracer } from './call.js';
 import type { CompiledCompose, CompiledStep } from './config.js';
 import { mergeValues, type StepValue } from './merge.js';
-import { TemplateError, dig, renderJson, renderPath, renderString, type Lookup, type Source } from './template.js';
+import { TemplateError, decodeQueryText, dig, rawQueryParams, renderJson, renderPath, renderString, type Lookup, type Source } from './template.js';
 
 export interface CompositionInput {
   route: CompiledRoute;
@@ -110,8 +110,8 @@ export async function runComposition(input: CompositionInput): Promise<BufferedR
 
 interface RequestData {
   params: Record<string, string>;
-  /** The client's query, parsed when a template first reads it (most compositions never do). */
-  query: URLSearchParams | null;
+  /** The client's query parameters (first values, still encoded), parsed when a template first reads one (most compositions never do). */
+  query: Map<string, string> | null;
   clientBody: unknown;
 }
 
@@ -188,7 +188,14 @@ async function runStep(
   const lookup: Lookup = (src: Source) => {
     switch (src.kind) {
       case 'param': return data.params[src.name];
-      case 'query': return (data.query ??= new URLSearchParams(input.query.startsWith('?') ? input.query.slice(1) : input.query)).get(src.name) ?? undefined;
+      case 'query': {
+        const raw = (data.query ??= rawQueryParams(input.query.startsWith('?') ? input.query.slice(1) : input.query)).get(src.name);
+        if (raw === undefined) return undefined;
+        const v = decodeQueryText(raw);
+        // (re-encoding U+FFFD would send the step another value than the client's)
+        if (v === null) throw new TemplateError(`the query parameter "${src.name}" is not valid UTF-8 once percent-decoded`, true);
+        return v;
+      }
       case 'header': return input.headers(src.name);
       case 'body': return data.clientBody === undefined ? undefined : dig(data.clientBody, src.path);
       case 'consumer': {

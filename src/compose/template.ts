@@ -199,6 +199,41 @@ export function headerValueText(v: string): string {
   }
 }
 
+/**
+ * A query parameter's value (`a+b%20c`) decoded as form text: `+` a space, `%XX` escapes the
+ * bytes of UTF-8 text, a `%` not followed by two hex digits kept as it is (as URLSearchParams
+ * does); null when the escapes make bytes that are not UTF-8 (`%FF`), which URLSearchParams
+ * would turn into U+FFFD — another value than the client sent.
+ */
+export function decodeQueryText(raw: string): string | null {
+  const v = raw.includes('+') ? raw.replace(/\+/g, ' ') : raw;
+  if (!v.includes('%')) return v;
+  try {
+    return decodeURIComponent(v);
+  } catch {
+    try {
+      return decodeURIComponent(v.replace(/%(?![0-9A-Fa-f]{2})/g, '%25'));
+    } catch {
+      return null;
+    }
+  }
+}
+
+/**
+ * The first value of each parameter of a raw query string (without its `?`), still encoded;
+ * names decoded (one whose escapes are not UTF-8 matches no template).
+ */
+export function rawQueryParams(q: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const pair of q.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    const name = decodeQueryText(eq === -1 ? pair : pair.slice(0, eq));
+    if (name !== null && !out.has(name)) out.set(name, eq === -1 ? '' : pair.slice(eq + 1));
+  }
+  return out;
+}
+
 /** A source whose value is a header field's bytes (the client's, or a step response's). */
 const headerBytes = (s: Source): boolean => s.kind === 'header' || (s.kind === 'step' && s.part === 'headers');
 
