@@ -132,6 +132,21 @@ test('a step depending on itself, unknown depends_on, keys that collide', () => 
   assert.ok(msgs.some((m) => m.startsWith('routes[0].compose.steps[3].name: "errors" is the key of the failed steps')), msgs.join('\n'));
 });
 
+test('timeouts past the longest timer (24d) are config errors, never a timer node fires at once', () => {
+  const issues = issuesOf(withSteps(`        - {name: a, service: users, timeout: 30d}
+        - {name: b, url: http://example.com, connect_timeout: 25d}
+        - {name: c, service: users, timeout: 24d}
+`, `
+      timeout: 2147483648`));
+  const msgs = issues.map((i) => `${i.path}: ${i.message}`).sort();
+  const why = 'must be at most 24d (2147483647 ms, the longest timer)';
+  assert.deepEqual(msgs, [
+    `routes[0].compose.steps[0].timeout: ${why}`,
+    `routes[0].compose.steps[1].connect_timeout: ${why}`,
+    `routes[0].compose.timeout: ${why}`,
+  ]);
+});
+
 test('unknown keys and missing compose are schema errors; route names are unique across service and top-level routes', () => {
   const unknown = issuesOf(withSteps(`        - {name: a, service: users, bogus: 1}
 `));

@@ -217,7 +217,7 @@ export function compileCompose(input: ComposeInput, deps: ComposeCompileDeps): C
 
   const dependents: number[][] = steps.map(() => []);
   for (const s of steps) for (const d of s.deps) dependents[d]!.push(s.index);
-  const timeout = parseDuration(input.timeout ?? COMPOSE_DEFAULTS.timeout);
+  const timeout = timerMs(input.timeout ?? COMPOSE_DEFAULTS.timeout, [...cp, 'timeout'], fail);
   if (timeout < 1) fail([...cp, 'timeout'], 'must be at least 1ms');
   return {
     steps,
@@ -227,6 +227,16 @@ export function compileCompose(input: ComposeInput, deps: ComposeCompileDeps): C
     readsBody,
     maxRequestBody: parseSize(input.max_request_body ?? COMPOSE_DEFAULTS.max_request_body),
   };
+}
+
+/** The longest timer: setTimeout turns anything longer into 1 ms (a 30d deadline would fire at once). */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** A duration that runs a timer: past MAX_TIMER_MS it is a config error (as the services' timeouts). */
+function timerMs(value: number | string, at: PathSegment[], fail: (path: PathSegment[], message: string) => void): number {
+  const ms = parseDuration(value);
+  if (ms > MAX_TIMER_MS) fail(at, 'must be at most 24d (2147483647 ms, the longest timer)');
+  return Math.min(ms, MAX_TIMER_MS);
 }
 
 /** A cycle in the step graph as step indices (each needs the next), or null. */
@@ -275,7 +285,7 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
   let pathAt: PathSegment[] = [...sp, 'path'];
   if (s.service !== undefined && s.url !== undefined) fail(sp, 'a step calls either a service or a url, not both');
   else if (s.service === undefined && s.url === undefined) fail(sp, 'a step needs a service or a url');
-  const connectTimeout = parseDuration(s.connect_timeout ?? COMPOSE_DEFAULTS.connect_timeout);
+  const connectTimeout = timerMs(s.connect_timeout ?? COMPOSE_DEFAULTS.connect_timeout, [...sp, 'connect_timeout'], fail);
   if (s.service !== undefined) {
     service = deps.services.get(s.service) ?? null;
     if (service === null) fail([...sp, 'service'], `unknown service "${s.service}"`);
@@ -358,7 +368,7 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
     if (ttl < 1) fail([...sp, 'cache', 'ttl'], 'must be at least 1ms');
     else cache = new StepCache(ttl, s.cache.max_entries ?? COMPOSE_DEFAULTS.cache_entries, Math.max(1, parseSize(s.cache.max_bytes ?? COMPOSE_DEFAULTS.cache_bytes)));
   }
-  const timeout = s.timeout === undefined ? null : parseDuration(s.timeout);
+  const timeout = s.timeout === undefined ? null : timerMs(s.timeout, [...sp, 'timeout'], fail);
   if (timeout !== null && timeout < 1) fail([...sp, 'timeout'], 'must be at least 1ms');
   return {
     name: s.name,
