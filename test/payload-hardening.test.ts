@@ -158,7 +158,7 @@ test('request-transform path templates: client values are percent-encoded data i
     assert.equal(r.status, 200, `${path}: ${r.body}`);
     assert.equal(last().url.split('?')[0], expected, path);
   }
-  for (const path of ['/rt/path?p=..', '/rt/path?p=%2e%2e', '/rt/path?p=.', '/rt/path?p=..%2F..%2Fadmin', '/rt/param/%ff']) {
+  for (const path of ['/rt/path?p=..', '/rt/path?p=%2e%2e', '/rt/path?p=.', '/rt/path?p=..%2F..%2Fadmin', '/rt/param/%ff', '/rt/path?p=%ff', '/rt/path?p=a%C0%AFb']) {
     const before = echo.requests.length;
     const r = await request(`${gw.url}${path}`);
     assert.equal(r.status, 400, `${path}: ${r.body}`);
@@ -264,11 +264,19 @@ test('template values in header fields: control characters never reach a field, 
   assert.equal(utf8Of(last().headers['x-user']), '☃');
   assert.equal((await request(`${gw.url}/rt/hdr?u=a%01b`)).status, 200);
   assert.equal(last().headers['x-user'], 'a b');
+  // escapes that are not UTF-8 would go on as U+FFFD (another value than the client's): 400, nothing sent
+  const before = echo.requests.length;
+  const notUtf8 = await request(`${gw.url}/rt/hdr?u=%FF`);
+  assert.equal(notUtf8.status, 400, notUtf8.body);
+  assert.match(JSON.parse(notUtf8.body).detail, /the query parameter "u" is not valid UTF-8 once percent-decoded/);
+  assert.equal(echo.requests.length, before);
   // response-transform: the same on the way out
   const rs = await request(`${gw.url}/rsh/fine?q=%E2%98%83`);
   assert.equal(rs.status, 200, rs.body);
   assert.equal(utf8Of(rs.headers['x-q']), '☃');
   assert.equal((await request(`${gw.url}/rsh/fine?q=a%01b`)).headers['x-q'], 'a b');
+  // (an answer cannot refuse the request for it: read as URLSearchParams does, never a 500)
+  assert.equal((await request(`${gw.url}/rsh/fine?q=%FF`)).status, 200);
   // compose: a control character from a step's body fails that step, saying why
   const c = problem(await request(`${gw.url}/c/hdr`), 502);
   assert.match(c.detail, /control character/);

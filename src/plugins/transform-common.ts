@@ -8,7 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
-import { encodeComponent, headerText, headerValueText } from '../compose/template.js';
+import { decodeQueryText, encodeComponent, headerText, headerValueText, rawQueryParams } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
 import { FIELD_NAME, NonEmptyKeyed } from './schema-types.js';
@@ -90,7 +90,7 @@ function encodeForPath(v: string): string {
  * literal brace. In the 'path' context every value is percent-encoded as a URI component (a
  * value is data in one segment: it cannot add a `/`, `?`, `#` or a raw byte to the path).
  */
-export function compileTemplate(t: string, context: 'text' | 'path' | 'header' = 'text'): (ctx: RequestCtx) => string {
+export function compileTemplate(t: string, context: 'text' | 'path' | 'header' = 'text', strict = true): (ctx: RequestCtx) => string {
   const path = context === 'path';
   const parts: Part[] = [];
   const re = /\{\{|\}\}|\{([a-z_]+)(?:\.([^{}]+))?\}/g;
@@ -110,7 +110,7 @@ export function compileTemplate(t: string, context: 'text' | 'path' | 'header' =
         parts.push(context === 'header' ? (c) => c.header(n) ?? '' : (c) => headerValueText(c.header(n) ?? ''));
         break;
       }
-      case 'query': parts.push((c) => queryParams(c.query).get(name!) ?? ''); break;
+      case 'query': parts.push(queryPart(name!, strict)); break;
       case 'path': parts.push(path ? (c) => paramForPath(c.params[name!] ?? '') : (c) => c.params[name!] ?? ''); break;
       case 'consumer': parts.push((c) => c.consumer?.name ?? c.identity ?? ''); break;
       case 'client_ip': parts.push((c) => c.clientIp); break;
@@ -136,6 +136,23 @@ export function compileTemplate(t: string, context: 'text' | 'path' | 'header' =
 }
 
 const queryParams = (q: string) => new URLSearchParams(q.length > 1 ? q.slice(1) : '');
+
+/**
+ * `{query.x}`: the parameter's first value as form text. `strict` (the request side): one
+ * whose escapes are not UTF-8 (`%FF`) is the client's error, 400, never sent on as U+FFFD,
+ * another value than the client's; an answer's fields cannot refuse the request, so there it
+ * is read as URLSearchParams reads it.
+ */
+function queryPart(name: string, strict: boolean): (ctx: RequestCtx) => string {
+  if (!strict) return (c) => queryParams(c.query).get(name) ?? '';
+  return (c) => {
+    const raw = rawQueryParams(c.query.length > 1 ? c.query.slice(1) : '').get(name);
+    if (raw === undefined) return '';
+    const v = decodeQueryText(raw);
+    if (v === null) throw new ProblemError('bad-request', `the query parameter "${name}" is not valid UTF-8 once percent-decoded`);
+    return v;
+  };
+}
 
 /**
  * A field value from a template (RFC 9110 §5.5): control characters (CR, LF, NUL... a template
@@ -166,14 +183,15 @@ function editable(o: HeaderOps): void {
   }
 }
 
-export function compileHeaderOps(o: HeaderOps | undefined): HeaderEdit | null {
+/** `strict`: templates of the request side (see queryPart). */
+export function compileHeaderOps(o: HeaderOps | undefined, strict = true): HeaderEdit | null {
   if (!o) return null;
   editable(o);
   const remove = new Set((o.remove ?? []).map((n) => n.toLowerCase()));
   const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [a.toLowerCase(), b] as const);
-  const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header')] as const);
-  const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header')] as const);
-  const append = Object.entries(o.append ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header')] as const);
+  const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header', strict)] as const);
+  const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header', strict)] as const);
+  const append = Object.entries(o.append ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header', strict)] as const);
   if (remove.size + rename.length + set.length + add.length + append.length === 0) return null;
   return (ctx, list) => {
     if (remove.size) for (let i = list.length - 2; i >= 0; i -= 2) if (remove.has(list[i]!.toLowerCase())) list.splice(i, 2);
@@ -293,13 +311,14 @@ const EXPRESSION_LIMITS = { timeout: 100, stack: 200, sequence: 1_000_000 };
 export type JsonTransform = (body: unknown, input: JsonInput) => Promise<unknown>;
 
 /** Compiles JSON operations; throws (config error) on a bad path or expression. */
-export function compileJsonOps(o: JsonOps | undefined): JsonTransform | null {
+/** `strict`: templates of the request side (see queryPart). */
+export function compileJsonOps(o: JsonOps | undefined, strict = true): JsonTransform | null {
   if (!o) return null;
   const unwrap = o.unwrap !== undefined ? splitPath(o.unwrap) : null;
   const select = o.select?.map(splitPath) ?? null;
   const remove = (o.remove ?? []).map(splitPath);
   const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [splitPath(a), splitPath(b)] as const);
-  const set = Object.entries(o.set ?? {}).map(([p, v]) => [splitPath(p), typeof v === 'string' ? compileTemplate(v) : v] as const);
+  const set = Object.entries(o.set ?? {}).map(([p, v]) => [splitPath(p), typeof v === 'string' ? compileTemplate(v, 'text', strict) : v] as const);
   const wrap = o.wrap !== undefined ? splitPath(o.wrap) : null;
   const each = o.each !== false;
   let expr: ReturnType<typeof jsonata> | null = null;

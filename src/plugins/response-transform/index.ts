@@ -69,20 +69,21 @@ export default definePlugin({
   check(config) {
     const problems: string[] = [];
     try {
-      compileJsonOps(config.json);
+      compileJsonOps(config.json, false);
     } catch (e) {
       problems.push(`json: ${(e as Error).message}`);
     }
     try {
-      compileHeaderOps(config.headers);
+      compileHeaderOps(config.headers, false);
     } catch (e) {
       problems.push(`headers: ${(e as Error).message}`);
     }
     return problems;
   },
   create(config) {
-    const headers = compileHeaderOps(config.headers);
-    const json = compileJsonOps(config.json);
+    // (templates on the response side: a client's query is read leniently, see queryPart)
+    const headers = compileHeaderOps(config.headers, false);
+    const json = compileJsonOps(config.json, false);
     const statusMap = new Map(Object.entries(config.status ?? {}).map(([k, v]) => [Number(k), v]));
     const only = config.statuses ? new Set(config.statuses) : null;
     const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
