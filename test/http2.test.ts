@@ -251,6 +251,37 @@ test('CONNECT over HTTP/2 is a 405 problem+json with Allow, as over HTTP/1.1', a
   }
 });
 
+test('a composition and a request-transform read {header.host} from an HTTP/2 client\'s :authority (it sends no Host field)', async () => {
+  const seen: string[] = [];
+  const up = await startUpstream((q, res) => {
+    seen.push(q.url!.startsWith('/t') ? `${q.url} ${String(q.headers['x-site'])}` : q.url!);
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}');
+  });
+  const g = await startGateway(`
+http2: {h2c: true}
+services: [{name: a, url: ${up.url}, routes: [{name: t, paths: [/t], plugins: [{name: request-transform, config: {headers: {set: {x-site: "{header.host}"}}}}]}]}]
+routes:
+  - name: composed
+    paths: [/compose]
+    compose:
+      steps:
+        - {name: one, service: a, path: /x, query: {site: "{header.host}"}}
+`);
+  const session = h2connect(g.url);
+  try {
+    const r = await h2request(session, { ':method': 'GET', ':path': '/compose', ':authority': 'shop.example:8443' });
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(seen, ['/x?site=shop.example%3A8443']);
+    const t = await h2request(session, { ':method': 'GET', ':path': '/t', ':authority': 'shop.example:8443' });
+    assert.equal(t.status, 200, t.body);
+    assert.deepEqual(seen.slice(1), ['/t shop.example:8443']);
+  } finally {
+    session.close();
+    await g.close();
+    await up.close();
+  }
+});
+
 /** An h2c upstream built on node:http2's server API: the stream handler decides per path. */
 async function h2Upstream(onStream: (stream: ServerHttp2Stream, path: string) => void): Promise<{ url: string; paths: string[]; close(): Promise<void> }> {
   const server = createH2Server();

@@ -8,6 +8,7 @@ import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { gzipSync } from 'node:zlib';
+import { pino } from 'pino';
 import { parseConfigText } from '../config/load.js';
 import { compile, type CompiledRoute, type Snapshot } from '../config/compile.js';
 import { PoolRegistry } from '../upstream/pools.js';
@@ -653,4 +654,31 @@ routes:
   const p = await problem(run(s.route('r')));
   assert.deepEqual(p.extra, { step: 'me', step_status: null });
   assert.match(p.detail, /template \{consumer\.id\} has no value/);
+});
+
+test('a step that fails by a bug: the client learns "internal error", the message (which may name internals) goes to the log only', async () => {
+  const up = await upstream((_req, res) => json(res, { ok: true }));
+  const s = setup(`services:
+  - {name: a, url: "${up.url}"}
+routes:
+  - name: r
+    paths: [/r]
+    compose:
+      steps:
+        - {name: one, service: a, path: /x, query: {who: "{header.x-user}"}}
+`);
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+  const p = await problem(run(s.route('r'), {
+    log,
+    headers: () => {
+      throw new Error('lookup failed: postgres://admin:hunter2@10.0.0.5/db');
+    },
+  }));
+  assert.equal(p.code, 'step-failed');
+  assert.ok(!JSON.stringify([p.detail, p.extra]).includes('hunter2'), JSON.stringify([p.detail, p.extra]));
+  assert.match(String(p.detail), /internal error/);
+  assert.equal(lines.length, 1);
+  assert.equal(lines[0]!.step, 'one');
+  assert.match(JSON.stringify(lines[0]!.err), /lookup failed/);
 });

@@ -15,6 +15,7 @@
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
 import { MAX_JSON_DEPTH, parseJson } from '../core/json.js';
+import type { Logger } from '../core/log.js';
 import type { BufferedResponse } from '../plugins/types.js';
 import { ComposeAbort, callStep, type CallResult, type StepRequest, type StepTracer } from './call.js';
 import type { CompiledCompose, CompiledStep } from './config.js';
@@ -47,6 +48,8 @@ export interface CompositionInput {
   auth?: { consumer: { id: string; name: string; groups: readonly string[] } | null; identity: string | null } | null;
   /** With tracing on: each step's attempts are spans of the request's trace, their context sent. */
   trace?: StepTracer;
+  /** Where a step's unexpected failure is told (the client only learns "internal error"). */
+  log?: Logger | undefined;
 }
 
 /** One step's result, as later templates and the merge see it. */
@@ -148,7 +151,11 @@ function schedule(compose: CompiledCompose, input: CompositionInput, ac: AbortCo
     const start = (i: number) => {
       runStep(compose, steps[i]!, input, ac, data, results).then(
         (out) => finish(i, out),
-        (err: unknown) => finish(i, failed(steps[i]!, null, `internal error: ${(err as Error)?.message ?? String(err)}`)),
+        (err: unknown) => {
+          // (a bug's message, which may name internals, goes to the log, not to the client)
+          input.log?.error({ err, route: input.route.name, step: steps[i]!.name, request_id: input.requestId }, 'composition step failed unexpectedly');
+          finish(i, failed(steps[i]!, null, 'internal error'));
+        },
       );
     };
     for (let i = 0; i < steps.length; i++) if (waiting[i] === 0) start(i);

@@ -90,7 +90,8 @@ export class PluginCtx implements RequestCtx {
   header(name: string): string | undefined {
     // (req.headers is a plain object: `constructor` and friends are not fields)
     const h = this.req.headers;
-    if (!Object.hasOwn(h, name)) return undefined;
+    // (an HTTP/2 client names the host in :authority and may send no Host field)
+    if (!Object.hasOwn(h, name)) return name === 'host' ? (h[':authority'] as string | undefined) : undefined;
     const v = h[name];
     return Array.isArray(v) ? v.join(', ') : v;
   }

@@ -81,10 +81,11 @@ async function run(c: ComposeCall): Promise<void> {
     r = await runComposition({
       route: c.route, method: c.method, path: c.path, query: c.query, params: c.params,
       headers: (name) => {
-        const v = req.headers[name];
+        // (an HTTP/2 client names the host in :authority and may send no Host field)
+        const v = req.headers[name] ?? (name === 'host' ? req.headers[':authority'] : undefined);
         return Array.isArray(v) ? v.join(', ') : v;
       },
-      body, requestId, signal: ac.signal, snapshot: c.snapshot,
+      body, requestId, signal: ac.signal, snapshot: c.snapshot, log: c.log,
       auth: c.pctx !== null ? { consumer: c.pctx.consumer, identity: c.pctx.identity } : null,
       ...(c.tracing != null && c.exchange !== null && c.exchange.span !== null ? { trace: c.tracing.stepTracer(c.exchange) } : {}),
     });
