@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../core/log.js';
 import { ScalingAdvisor, type ScaledService } from './advisor.js';
+import { KubernetesTrigger } from './kubernetes.js';
 import { scalingPolicyOf, type ScalingSettings } from './policy.js';
 import type { ServiceScalingConfig } from './schema.js';
 
@@ -278,5 +279,26 @@ test('webhook only, before a full stable window: a surge (panic) is pushed at on
   } finally {
     await s.a.close();
     await hook.close();
+  }
+});
+
+test('kubernetes trigger: a Scale whose spec omits replicas (omitempty: scaled to 0) reads 0, not the status of pods still stopping', async () => {
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', spec: {}, status: { replicas: 3, selector: 'app=orders' } })));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const k = new KubernetesTrigger(k8s(url), silentLogger, dir);
+  try {
+    assert.equal(await k.read(), 0);
+    assert.equal(k.current, 0);
+    // The PATCH to 0 answers the same Scale: what was asked for is 0.
+    k.current = 1;
+    assert.equal(await k.push(0), true);
+    assert.equal(k.current, 0);
+  } finally {
+    await k.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });

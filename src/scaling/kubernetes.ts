@@ -56,10 +56,13 @@ export class KubernetesTrigger {
   /** PATCHes started: a read that began before one may answer what ran before it (ignored). */
   private patches = 0;
 
-  /** spec.replicas of a Scale object (status.replicas when it has no spec). */
+  /**
+   * spec.replicas of a Scale object (status.replicas when it has no spec). ScaleSpec.replicas is
+   * `omitempty`: a spec without it (`"spec": {}`) asks for 0, whatever status still runs.
+   */
   private static replicasOf(text: string): number | null {
     const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } };
-    const n = scale.spec?.replicas ?? scale.status?.replicas;
+    const n = scale.spec !== null && typeof scale.spec === 'object' ? (scale.spec.replicas ?? 0) : scale.status?.replicas;
     return typeof n === 'number' && Number.isFinite(n) && n >= 0 ? n : 0;
   }
 
