@@ -116,6 +116,13 @@ test('with a kubernetes trigger the current count comes from the scale subresour
   assert.match(problems[0]!, /^current_replicas: targets cannot be used with a kubernetes trigger/);
 });
 
+test('a second kubernetes trigger on a service is a config error (it was dropped unseen: only the first ran)', () => {
+  const api = 'http://127.0.0.1:1';
+  const problems: string[] = [];
+  scalingPolicyOf({ target_concurrency: 4, triggers: [k8s(api), { ...k8s(api), deployment: 'orders-canary' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`), [api]);
+  assert.deepEqual(problems, ['triggers.1: a second kubernetes trigger (the first is triggers[0]): a service has one scale subresource, which gives its current count']);
+});
+
 test('a webhook URL whose user or password does not percent-decode is a config error (naming neither)', () => {
   const problems: string[] = [];
   scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hookuser:Bad%zzPw@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));

@@ -69,6 +69,9 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
   if (currentFrom === 'trigger' && !kube) fail(['current_replicas'], 'trigger needs a kubernetes trigger (it reads the scale subresource)');
   if (currentFrom === 'targets' && kube) fail(['current_replicas'], 'targets cannot be used with a kubernetes trigger: the current count comes from its scale subresource (leave current_replicas out, or set it to trigger)');
   const allowed = new Set(allowedApis.map(originOf).filter((o): o is string => o !== null));
+  // (one scale subresource is the current count, and the advisor runs one: a second was dropped unseen)
+  const kubes = triggers.flatMap((t, i) => (t.type === 'kubernetes' ? [i] : []));
+  for (const i of kubes.slice(1)) fail(['triggers', i], `a second kubernetes trigger (the first is triggers[${kubes[0]}]): a service has one scale subresource, which gives its current count`);
   triggers.forEach((t, i) => {
     if (t.type === 'webhook') {
       // (its user and password are the receiver's Basic credentials: they must decode)
