@@ -355,12 +355,13 @@ export class ScalingAdvisor {
   /**
    * The desired count to show (KEDA, gauges, /api/scaling). Sharing through Redis failed: this
    * node sees its own share of the traffic only, so never less than the last count decided on
-   * the cluster's (as push() never scales down then).
+   * the cluster's (as push() never scales down then); before any such count (Redis down since
+   * the start), never less than what runs.
    */
   private desiredOf(e: Entry): number | null {
     const d = e.decision?.desired ?? null;
-    if (d === null || this.shared === null || this.shared.ok || e.sharedDesired === null) return d;
-    return Math.max(d, e.sharedDesired);
+    if (d === null || this.shared === null || this.shared.ok) return d;
+    return Math.max(d, e.sharedDesired ?? e.decision!.current);
   }
 
   private signalsOf(e: Entry): Record<string, number> {

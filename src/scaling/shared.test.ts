@@ -2,6 +2,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Redis } from 'ioredis';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { silentLogger } from '../core/log.js';
 import { startRedis, type RedisServer } from '../../test/redis-server.js';
 import { ScalingAdvisor, type ScaledService } from './advisor.js';
@@ -199,5 +201,41 @@ test('a node that publishes twice between another\'s looks loses no tick: both a
   } finally {
     await a.close();
     await b.close();
+  }
+});
+
+test('redis down from the start (no count decided on the cluster\'s traffic yet): a node never scales below what runs on its own share', async () => {
+  const got: number[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => { got.push((JSON.parse(Buffer.concat(chunks).toString()) as { desired: number }).desired); res.writeHead(204).end(); });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  let now = 9_000_000;
+  const a = new ScalingAdvisor(silentLogger, () => now);
+  a.configure(settings, [{
+    name: 'orders', routes: [], healthyTargets: () => 4, queued: () => 0,
+    scaling: scalingPolicyOf({
+      target_concurrency: 2, target_utilization: 1, stable_window: '10s', panic_window: '2s',
+      triggers: [{ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: 'whsec-0123456789abcdef' }],
+    }, fail),
+  }]);
+  const dead = new Redis({ port: 1, host: '127.0.0.1', lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  clients.push(dead);
+  a.share(dead, 'tp-test:', 'partitioned');
+  try {
+    // 4 replicas run; this node sees 1 in flight (its share): alone it would ask for 1.
+    for (let t = 0; t < 60; t++) {
+      now += 1000;
+      for (let i = 0; i < 10; i++) a.meter.record('orders', 'x', 200, 100);
+      await a.tick();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.deepEqual(got.filter((n) => n < 4), [], `pushed ${JSON.stringify(got)}`);
+    assert.equal(a.lookup('orders')!.desired, 4, 'KEDA is told what runs, not the node\'s share');
+  } finally {
+    await a.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
