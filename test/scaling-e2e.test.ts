@@ -326,3 +326,15 @@ services:
       triggers: [{type: kubernetes, namespace: shop, deployment: orders, api_server: "https://k8s.internal:6443/"}]
 `), []);
 });
+
+test('a trigger\'s ca_file that cannot be read is a config error naming it (the trigger did not start, with the config accepted)', async () => {
+  const { configIssues } = await import('./helpers.js');
+  const issues = configIssues(`services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling:
+      target_concurrency: 4
+      triggers: [{type: webhook, url: "https://hooks.internal/scale", secret: whsec-0123456789abcdef, ca_file: /nonexistent/turnpike-hook-ca.pem}]
+`);
+  assert.deepEqual(issues.map((i) => [i.path, i.message]), [['services[0].scaling.triggers[0].ca_file', 'cannot read /nonexistent/turnpike-hook-ca.pem: ENOENT']]);
+});

@@ -309,3 +309,47 @@ test('kubernetes trigger: a Scale whose spec omits replicas (omitempty: scaled t
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
+
+test('a webhook\'s ca_file rotated on disk is used after the reload (the same config text kept the trigger, and its old CA, for good)', async () => {
+  const { makeCa } = await import('../../test/certs.js');
+  const { createServer: createHttpsServer } = await import('node:https');
+  const { ConfigInputs } = await import('../config/inputs.js');
+  const [oldCa, newCa] = [makeCa('Old Hook CA'), makeCa('New Hook CA')];
+  const leaf = newCa.issue('127.0.0.1', { dns: ['127.0.0.1'] });
+  const got: number[] = [];
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => { got.push((JSON.parse(Buffer.concat(chunks).toString()) as { desired: number }).desired); res.writeHead(204).end(); });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  writeFileSync(join(dir, 'hook-ca.pem'), oldCa.cert);
+  const cfg: ServiceScalingConfig = {
+    target_concurrency: 2, target_utilization: 1, max_replicas: 20, stable_window: '60s', panic_window: '2s',
+    triggers: [{ type: 'webhook', url: `https://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: 'whsec-0123456789abcdef', retries: 0, ca_file: './hook-ca.pem' }],
+  };
+  const t = { now: 1_000_000 };
+  const a = new ScalingAdvisor(silentLogger, () => t.now);
+  // (what a reload does: the config compiles again, reading its files)
+  const compiled = (): ScaledService => ({ name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf(cfg, fail, [], new ConfigInputs(dir)) });
+  const surge = async () => {
+    for (let k = 0; k < 40; k++) a.meter.record('orders', 'list', 200, 400);
+    t.now += 1000;
+    await a.tick();
+    await sleep(100);
+  };
+  try {
+    a.configure(settings, [compiled()]);
+    for (let i = 0; i < 3; i++) await surge();
+    assert.deepEqual(got, [], 'the receiver\'s certificate is not signed by the CA in the file');
+    writeFileSync(join(dir, 'hook-ca.pem'), newCa.cert);
+    a.configure(settings, [compiled()]);
+    for (let i = 0; i < 3 && got.length === 0; i++) await surge();
+    assert.ok(got.length >= 1 && got[0]! >= 4, `delivered with the rotated CA: ${JSON.stringify(got)}`);
+  } finally {
+    await a.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+    oldCa.cleanup();
+    newCa.cleanup();
+  }
+});

@@ -133,7 +133,7 @@ export class ScalingAdvisor {
       const cfg = service.scaling;
       if (!cfg || !settings) continue;
       const old = this.entries.get(service.name);
-      const triggersKey = JSON.stringify(cfg.triggers);
+      const triggersKey = cfg.triggersKey;
       const keep = old && old.key === cfg.key;
       const keepTriggers = old && old.triggersKey === triggersKey;
       if (old && !keepTriggers) void this.closeTriggers(old);
@@ -142,10 +142,10 @@ export class ScalingAdvisor {
       if (!keepTriggers) {
         webhooks = [];
         kubernetes = null;
-        for (const t of cfg.triggers) {
+        for (const [i, t] of cfg.triggers.entries()) {
           try {
-            if (t.type === 'webhook') webhooks.push(new WebhookTrigger(t, this.log, settings.baseDir));
-            else kubernetes ??= new KubernetesTrigger(t, this.log, settings.baseDir);
+            if (t.type === 'webhook') webhooks.push(new WebhookTrigger(t, this.log, settings.baseDir, cfg.cas[i]));
+            else kubernetes ??= new KubernetesTrigger(t, this.log, settings.baseDir, process.env, cfg.cas[i]);
           } catch (err) {
             this.log.error({ service: service.name, trigger: t.type, err: (err as Error).message }, 'scaling trigger not started');
           }

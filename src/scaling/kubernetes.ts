@@ -29,7 +29,8 @@ export class KubernetesTrigger {
   current: number | null = null;
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
 
-  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env) {
+  /** `caPem`: the ca_file as read when the config compiled (else it is read here). */
+  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer) {
     const file = (p: string) => (isAbsolute(p) ? p : join(baseDir, p));
     const api = cfg.api_server ?? (env['KUBERNETES_SERVICE_HOST'] ? `https://${env['KUBERNETES_SERVICE_HOST']}:${env['KUBERNETES_SERVICE_PORT'] ?? '443'}` : null);
     if (api === null) throw new Error('kubernetes trigger: api_server is not set and this is not a pod (no KUBERNETES_SERVICE_HOST)');
@@ -37,7 +38,8 @@ export class KubernetesTrigger {
     this.url = `${api.replace(/\/+$/, '')}/apis/apps/v1/namespaces/${enc(cfg.namespace)}/${cfg.kind ?? 'deployments'}/${enc(cfg.deployment)}/scale`;
     this.tokenFile = file(cfg.token_file ?? `${SA}/token`);
     const caFile = cfg.ca_file ? file(cfg.ca_file) : cfg.api_server ? null : `${SA}/ca.crt`;
-    this.agent = new Agent({ connections: 2, ...(caFile ? { connect: { ca: readFileSync(caFile) } } : {}) });
+    const ca = caPem ?? (caFile ? readFileSync(caFile) : undefined);
+    this.agent = new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
   }
 

@@ -1,5 +1,6 @@
 /** `scaling:` config -> what the advisor runs (checked at compile: errors name the field). */
 import type { PathSegment } from '../config/errors.js';
+import { createHash } from 'node:crypto';
 import type { ConfigInputs } from '../config/inputs.js';
 import { parseDuration } from '../config/units.js';
 import { parseAddress } from '../config/address.js';
@@ -13,6 +14,10 @@ export interface ScalingPolicyConfig {
   policy: ScalingPolicy;
   currentFrom: 'targets' | 'trigger';
   triggers: readonly TriggerConfig[];
+  /** Per trigger (same order): the PEM of its ca_file, read when the config compiled. */
+  cas: readonly (Buffer | undefined)[];
+  /** The triggers and their CA files' digests: a reload that keeps it keeps the triggers (a rotated CA file starts new ones). */
+  triggersKey: string;
   /** JSON of the policy: a reload that keeps it keeps the recommender's windows. */
   key: string;
 }
@@ -40,7 +45,7 @@ const originOf = (u: string): string | null => {
  * of them: the node sends its bearer token there, and a service's settings may come from the
  * admin API (a writer must not be able to point the token anywhere).
  */
-export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis: readonly string[] = []): ScalingPolicyConfig {
+export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis: readonly string[] = [], inputs?: ConfigInputs): ScalingPolicyConfig {
   const d = DEFAULT_POLICY;
   const policy: ScalingPolicy = {
     ...d,
@@ -93,8 +98,12 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
       fail(['triggers', i, 'api_server'], `${t.api_server} is not in scaling.kubernetes_api_servers (this node's list of API servers it may send its token to)`);
     }
   });
+  // A CA file that cannot be read is the config's error (the trigger would not start: silently,
+  // and for good, as a reload of the same text kept it); its digest makes a rotated one new.
+  const cas = triggers.map((t, i) => (t.ca_file !== undefined && inputs ? inputs.readOr(t.ca_file, (msg) => fail(['triggers', i, 'ca_file'], msg)) : undefined));
+  const triggersKey = JSON.stringify([triggers, cas.map((b) => (b ? createHash('sha256').update(b).digest('hex') : null))]);
   const { triggers: _t, ...rest } = c;
-  return { policy, currentFrom, triggers, key: JSON.stringify(rest) };
+  return { policy, currentFrom, triggers, cas, triggersKey, key: JSON.stringify(rest) };
 }
 
 export function scalingSettingsOf(c: ScalingConfig | undefined, services: readonly { scaling: ScalingPolicyConfig | null }[], inputs: ConfigInputs, fail: Fail): ScalingSettings | null {

@@ -83,8 +83,9 @@ export class WebhookTrigger {
   /** The last delivery's outcome (for /api/scaling). */
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
 
-  constructor(private readonly cfg: WebhookConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string) {
-    const ca = cfg.ca_file ? readFileSync(cfg.ca_file.startsWith('/') ? cfg.ca_file : `${baseDir}/${cfg.ca_file}`) : undefined;
+  /** `caPem`: the ca_file as read when the config compiled (else it is read here). */
+  constructor(private readonly cfg: WebhookConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, caPem?: Buffer) {
+    const ca = caPem ?? (cfg.ca_file ? readFileSync(cfg.ca_file.startsWith('/') ? cfg.ca_file : `${baseDir}/${cfg.ca_file}`) : undefined);
     this.agent = new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
     // (checked when the config was compiled: scalingPolicyOf)
