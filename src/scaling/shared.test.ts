@@ -239,3 +239,26 @@ test('redis down from the start (no count decided on the cluster\'s traffic yet)
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
+
+test('a node whose wall clock is off by more than three intervals still counts (freshness is when its entry last changed, on this node\'s clock), and its field is not deleted', async () => {
+  const { SharedDemand } = await import('./shared.js');
+  const c = new Redis({ port: redis.port, host: '127.0.0.1' });
+  clients.push(c);
+  const counts = (n: number) => ({ orders: { n, errors: 0, timeouts: 0, busyMs: 0, hist: {} } });
+  // "behind" runs 2 minutes late (a node without NTP): its entries look 2 minutes old to the others.
+  const behind = new SharedDemand(c, 'tp-skew:', 'behind', silentLogger, 1000, () => Date.now() - 120_000);
+  const ahead = new SharedDemand(c, 'tp-skew:', 'on-time', silentLogger, 1000);
+  const got: number[] = [];
+  for (let t = 0; t < 4; t++) {
+    await behind.exchange({ counts: counts(5), routes: {}, utilization: 0.5 }, 1000);
+    const others = await ahead.exchange({ counts: counts(1), routes: {}, utilization: 0.1 }, 1000);
+    got.push(others.reduce((a, o) => a + (o.counts['orders']?.n ?? 0), 0));
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  // The first look cannot tell (it only has the time stamp); from the second, each new entry once.
+  assert.deepEqual(got.slice(1), [5, 5, 5]);
+  assert.equal(ahead.nodes, 2);
+  assert.equal(ahead.utilization.get('behind'), 0.5);
+  assert.ok(await c.hexists('tp-skew:{scaling}', 'behind'), 'the late node\'s field is kept');
+  await Promise.all([behind.leave(), ahead.leave()]);
+});

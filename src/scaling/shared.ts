@@ -45,8 +45,12 @@ export class SharedDemand {
   private readonly leaseKey: string;
   private seq = 0;
   private readonly boot = randomUUID();
-  /** Per other node: the boot and sequence number merged last, and its in-flight levels then. */
-  private readonly seen = new Map<string, { boot: string; seq: number; inflight: Record<string, number> }>();
+  /**
+   * Per other node: the boot and sequence number seen last, its in-flight levels then, and on
+   * this node's monotonic clock when its entry last changed (null: not seen changing, and its
+   * time stamp was not fresh) and when it was last seen changing or first seen.
+   */
+  private readonly seen = new Map<string, { boot: string; seq: number; inflight: Record<string, number>; changedAt: number | null; seenAt: number }>();
   /** This node's last entries (its field holds them all). */
   private mine: NodeDemand[] = [];
   /** Per other node: its last utilisation (counted while its entry is fresh). */
@@ -58,7 +62,8 @@ export class SharedDemand {
   /** Nodes with a fresh entry, this one included. */
   nodes = 1;
 
-  constructor(readonly client: Redis | Cluster, prefix: string, private readonly nodeId: string, private readonly log: Pick<Logger, 'warn'>, private readonly timeoutMs = 1000) {
+  /** `wallClock`: the time stamp of this node's entries (another node's clock is never compared with it but on first sight). */
+  constructor(readonly client: Redis | Cluster, prefix: string, private readonly nodeId: string, private readonly log: Pick<Logger, 'warn'>, private readonly timeoutMs = 1000, private readonly wallClock: () => number = Date.now) {
     this.key = `${prefix}{scaling}`;
     this.leaseKey = `${prefix}{scaling}:leader`;
   }
@@ -72,10 +77,12 @@ export class SharedDemand {
 
   /**
    * Publishes this node's tick and returns the other nodes' entries not merged before (fresh
-   * ones: within three intervals). Never rejects: on a Redis error, nothing from others.
+   * ones: changed within three intervals, on this node's clock: the nodes' wall clocks may
+   * disagree by any amount). Never rejects: on a Redis error, nothing from others.
    */
   async exchange(mine: Omit<NodeDemand, 'boot' | 'seq' | 'at'>, intervalMs: number): Promise<NodeDemand[]> {
-    const now = Date.now();
+    const now = this.wallClock();
+    const mono = performance.now();
     const entry: NodeDemand = { boot: this.boot, seq: ++this.seq, at: now, ...mine };
     this.mine = [...this.mine.slice(1 - KEPT), entry];
     try {
@@ -107,31 +114,40 @@ export class SharedDemand {
           forget.push(node);
           continue;
         }
-        if (now - e.at > 60_000) forget.push(node);
-        if (now - e.at > 3 * intervalMs) continue;
+        const inflight = (x: NodeDemand) => Object.fromEntries(Object.entries(x.counts).filter(([, c]) => c.inflight !== undefined).map(([s, c]) => [s, c.inflight!]));
+        const last = this.seen.get(node);
+        const changed = last !== undefined && (last.boot !== e.boot || e.seq > last.seq);
+        if (last === undefined) {
+          // First sight: only its time stamp tells whether it is alive. Not fresh: its next entry will.
+          const alive = Math.abs(now - e.at) <= 3 * intervalMs;
+          this.seen.set(node, { boot: e.boot, seq: alive ? -Infinity : e.seq, inflight: {}, changedAt: alive ? mono : null, seenAt: mono });
+        } else if (changed) {
+          last.changedAt = mono;
+          last.seenAt = mono;
+        }
+        const seen = this.seen.get(node)!;
+        if (mono - seen.seenAt > 60_000) {
+          forget.push(node);
+          this.seen.delete(node);
+          continue;
+        }
+        if (seen.changedAt === null || mono - seen.changedAt > 3 * intervalMs) continue;
         nodes++;
         fresh.add(node);
         this.utilization.set(node, e.utilization);
-        const last = this.seen.get(node);
-        const news = list.filter((x) => x.boot === e.boot && (!last || last.boot !== e.boot || x.seq > last.seq));
-        const inflight = (x: NodeDemand) => Object.fromEntries(Object.entries(x.counts).filter(([, c]) => c.inflight !== undefined).map(([s, c]) => [s, c.inflight!]));
+        const news = list.filter((x) => x.boot === e.boot && (seen.boot !== e.boot || x.seq > seen.seq));
         if (news.length === 0) {
           // Nothing new since the last look: its requests in flight then are still in flight (a level carries over; counts do not).
-          if (last && Object.keys(last.inflight).length > 0) {
-            out.push({ ...e, counts: Object.fromEntries(Object.entries(last.inflight).map(([s, n]) => [s, { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {}, inflight: n }])), routes: {} });
+          if (Object.keys(seen.inflight).length > 0) {
+            out.push({ ...e, counts: Object.fromEntries(Object.entries(seen.inflight).map(([s, n]) => [s, { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {}, inflight: n }])), routes: {} });
           }
           continue;
         }
-        const merged = combine(news);
-        this.seen.set(node, { boot: e.boot, seq: e.seq, inflight: inflight(e) });
-        out.push(merged);
+        out.push(combine(news));
+        Object.assign(seen, { boot: e.boot, seq: e.seq, inflight: inflight(e) });
       }
-      for (const node of [...this.seen.keys(), ...this.utilization.keys()]) {
-        if (!fresh.has(node)) {
-          this.seen.delete(node);
-          this.utilization.delete(node);
-        }
-      }
+      for (const node of this.utilization.keys()) if (!fresh.has(node)) this.utilization.delete(node);
+      for (const node of this.seen.keys()) if (!(node in all)) this.seen.delete(node);
       this.nodes = nodes;
       this.ok = true;
       if (forget.length) void this.client.hdel(this.key, ...forget).catch(() => {});
