@@ -353,3 +353,22 @@ test('a webhook\'s ca_file rotated on disk is used after the reload (the same co
     newCa.cleanup();
   }
 });
+
+test('kubernetes trigger: close() ends a PATCH waiting on an API server that never answers at once', async () => {
+  let arrived!: () => void;
+  const reached = new Promise<void>((r) => { arrived = r; });
+  const server = createServer(() => arrived());
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const k = new KubernetesTrigger({ ...k8s(`http://127.0.0.1:${(server.address() as AddressInfo).port}`), timeout: '20s' }, silentLogger, dir);
+  try {
+    const pushed = k.push(3);
+    await reached;
+    const started = performance.now();
+    await k.close();
+    assert.ok(performance.now() - started < 2000, `close took ${Math.round(performance.now() - started)} ms`);
+    assert.equal(await pushed, false);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});

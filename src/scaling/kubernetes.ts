@@ -147,6 +147,7 @@ export class KubernetesTrigger {
   }
 
   async close(): Promise<void> {
-    await this.agent.close();
+    // (a read or PATCH in flight on an API server that does not answer ends now, not at its timeout)
+    await this.agent.destroy();
   }
 }

@@ -180,3 +180,22 @@ test('the log names the receiver by origin and path: no password, query or fragm
     await t.close();
   }
 });
+
+test('close() ends a delivery waiting on a receiver that never answers at once (a shutdown is not held for the timeout)', async () => {
+  let arrived!: () => void;
+  const reached = new Promise<void>((r) => { arrived = r; });
+  const server = createServer(() => arrived()); // reads the request, never answers
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const t = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, timeout: '20s' }, silentLogger, '/');
+  try {
+    const pushed = t.push({ service: 'orders', desired: 3 });
+    await reached;
+    const started = performance.now();
+    await t.close();
+    assert.ok(performance.now() - started < 2000, `close took ${Math.round(performance.now() - started)} ms`);
+    assert.equal(await pushed, false);
+  } finally {
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});

@@ -143,6 +143,7 @@ export class WebhookTrigger {
     this.generation++;
     for (const cancel of this.waits) cancel();
     this.waits.clear();
-    await this.agent.close();
+    // (not close(): it waits for a delivery in flight, up to its timeout, on a receiver that does not answer)
+    await this.agent.destroy();
   }
 }
