@@ -199,3 +199,42 @@ test('close() ends a delivery waiting on a receiver that never answers at once (
     await new Promise((r) => server.close(r));
   }
 });
+
+test('a 429 or 503 with Retry-After is retried no sooner than it says, and a newer decision waits for it too', async () => {
+  const at: number[] = [];
+  let answers = [429, 204, 503, 204];
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      at.push(performance.now());
+      const code = answers.shift() ?? 204;
+      res.writeHead(code, code === 204 ? {} : { 'retry-after': '1' }).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const t = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, retries: 3 }, silentLogger, '/');
+  try {
+    assert.equal(await t.push({ service: 'orders', desired: 3 }), true);
+    assert.equal(at.length, 2);
+    assert.ok(at[1]! - at[0]! >= 950, `retried after ${Math.round(at[1]! - at[0]!)} ms (Retry-After: 1)`);
+    // A 503 with Retry-After: 1 given up (no retries), then the next decision at once: it waits.
+    const t0 = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, retries: 0 }, silentLogger, '/');
+    try {
+      assert.equal(await t0.push({ service: 'orders', desired: 4 }), false);
+      assert.equal(await t0.push({ service: 'orders', desired: 5 }), true);
+      assert.ok(at[3]! - at[2]! >= 950, `the next decision sent after ${Math.round(at[3]! - at[2]!)} ms`);
+    } finally {
+      await t0.close();
+    }
+    // An HTTP-date in the past: no wait beyond the backoff.
+    answers = [503, 204];
+    server.removeAllListeners('request');
+    server.on('request', (req, res) => { req.resume(); req.on('end', () => { at.push(performance.now()); const code = answers.shift() ?? 204; res.writeHead(code, code === 204 ? {} : { 'retry-after': new Date(Date.now() - 60_000).toUTCString() }).end(); }); });
+    assert.equal(await t.push({ service: 'orders', desired: 6 }), true);
+    assert.ok(at[5]! - at[4]! < 900, `a past date: ${Math.round(at[5]! - at[4]!)} ms`);
+  } finally {
+    await t.close();
+    server.closeAllConnections();
+    await new Promise((r) => server.close(r));
+  }
+});

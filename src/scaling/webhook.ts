@@ -23,6 +23,18 @@ export const SIGNATURE_HEADER = 'x-turnpike-signature';
 /** What is read of a receiver's answer body, and for how long at most, before the connection is cut. */
 const BODY_LIMIT = 4096;
 const BODY_WAIT_MS = 500;
+/** The longest Retry-After honoured (a receiver asking for a day is asked again after this). */
+const MAX_RETRY_AFTER_MS = 600_000;
+
+/** A Retry-After value (delay-seconds or an HTTP-date, RFC 9110 10.2.3) in ms from now; null when absent or unreadable. */
+export function retryAfterMs(value: string | string[] | undefined, nowMs = Date.now()): number | null {
+  const v = Array.isArray(value) ? value[0] : value;
+  if (v === undefined) return null;
+  const t = v.trim();
+  if (/^\d{1,10}$/.test(t)) return Math.min(MAX_RETRY_AFTER_MS, Number(t) * 1000);
+  const date = Date.parse(t);
+  return Number.isNaN(date) ? null : Math.min(MAX_RETRY_AFTER_MS, Math.max(0, date - nowMs));
+}
 
 export function signature(secret: string, timestamp: number, body: string): string {
   return `t=${timestamp},v1=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
@@ -78,8 +90,10 @@ export class WebhookTrigger {
   private readonly target: string;
   private readonly authorization: string | null;
   private generation = 0;
-  /** Backoffs in progress: close() ends them. */
+  /** Backoffs in progress: close() and a newer decision end them. */
   private readonly waits = new Set<() => void>();
+  /** No request before this (performance.now()): the receiver's last Retry-After, for every decision. */
+  private notBefore = 0;
   /** The last delivery's outcome (for /api/scaling). */
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
 
@@ -97,9 +111,14 @@ export class WebhookTrigger {
   /** Sends `payload` (with a fresh id); resolves when delivered (true), given up or superseded (false). */
   async push(payload: Record<string, unknown>): Promise<boolean> {
     const gen = ++this.generation;
+    for (const cancel of this.waits) cancel(); // (a superseded delivery waiting to retry gives up now)
     const decision = randomUUID();
     const retries = this.cfg.retries ?? 3;
     for (let attempt = 0; ; attempt++) {
+      if (this.notBefore > performance.now()) {
+        await this.sleep(this.notBefore - performance.now());
+        if (gen !== this.generation) return false;
+      }
       let status: number | undefined;
       let error: string | undefined;
       try {
@@ -116,6 +135,9 @@ export class WebhookTrigger {
           headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
         });
         status = r.statusCode;
+        // 429 / 503 with Retry-After: neither a retry nor the next decision goes before it.
+        const after = status === 429 || status === 503 ? retryAfterMs(r.headers['retry-after']) : null;
+        if (after !== null) this.notBefore = performance.now() + after;
         // The status says it all: a short body is read (the connection is kept), a longer or
         // slower one is cut.
         await r.body.dump({ limit: BODY_LIMIT, signal: AbortSignal.timeout(Math.min(this.timeoutMs, BODY_WAIT_MS)) }).catch(() => r.body.destroy());
@@ -130,13 +152,18 @@ export class WebhookTrigger {
         this.log.warn({ url: loggableUrl(this.cfg.url), status, err: error, attempts: attempt + 1 }, 'scaling webhook not delivered');
         return false;
       }
-      await new Promise<void>((r) => {
-        const timer = setTimeout(() => { this.waits.delete(cancel); r(); }, 200 * 2 ** attempt);
-        const cancel = () => { clearTimeout(timer); r(); };
-        this.waits.add(cancel);
-      });
+      await this.sleep(Math.max(200 * 2 ** attempt, this.notBefore - performance.now()));
       if (gen !== this.generation) return false; // a newer decision is on its way
     }
+  }
+
+  /** A backoff that close() or a newer decision ends early. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise<void>((r) => {
+      const timer = setTimeout(() => { this.waits.delete(cancel); r(); }, ms);
+      const cancel = () => { clearTimeout(timer); this.waits.delete(cancel); r(); };
+      this.waits.add(cancel);
+    });
   }
 
   async close(): Promise<void> {
