@@ -51,3 +51,45 @@ services:
     scaling: {target_concurrency: 4}
 `)), /keda.*tls.*cert.*cannot read/);
 });
+
+test('scaling.keda.tls: a certificate rotated on disk is served after the reload, without a restart', async () => {
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { copyFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const [oldCa, newCa] = [makeCa('Old KEDA CA'), makeCa('New KEDA CA')];
+  const first = oldCa.issue('turnpike', { dns: ['localhost'] });
+  const rotated = newCa.issue('turnpike', { dns: ['localhost'] });
+  // (where cert-manager writes: the same two paths, new contents)
+  const [certFile, keyFile] = [join(oldCa.dir, 'keda.pem'), join(oldCa.dir, 'keda.key')];
+  copyFileSync(first.certFile, certFile);
+  copyFileSync(first.keyFile, keyFile);
+  const port = await freePort();
+  const text = `scaling:
+  keda: {listen: 127.0.0.1:${port}, tls: {cert: ${certFile}, key: ${keyFile}}}
+services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling: {target_concurrency: 4, min_replicas: 2}
+    routes: [{paths: [/o]}]
+`;
+  const tp = await startGateway(text);
+  const clients: ReturnType<typeof kedaClient>[] = [];
+  const ask = (ca: Buffer) => {
+    const c = kedaClient(`localhost:${port}`, grpc.credentials.createSsl(ca), 3000);
+    clients.push(c);
+    return c.isActive({ name: 'orders', namespace: 'shop', scalerMetadata: { service: 'orders' } }).then(() => 'ok', (err: grpc.ServiceError) => (err.code === grpc.status.UNAVAILABLE && /no decision yet/.test(err.details) ? 'ok' : `refused: ${err.details}`));
+  };
+  try {
+    assert.equal(await ask(oldCa.cert), 'ok');
+    copyFileSync(rotated.certFile, certFile);
+    copyFileSync(rotated.keyFile, keyFile);
+    await tp.gw.reload(parseConfigText(`listen: 127.0.0.1:0\n${text}\naccess_log: {enabled: false}\n`));
+    assert.equal(await ask(newCa.cert), 'ok', 'the rotated certificate is served');
+    assert.match(await ask(oldCa.cert), /^refused/, 'the old one no longer');
+  } finally {
+    for (const c of clients) c.close();
+    await tp.close();
+    oldCa.cleanup();
+    newCa.cleanup();
+  }
+});

@@ -22,7 +22,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
-import { createServer as createTlsServer, type TLSSocket } from 'node:tls';
+import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { ThrottledWarnings, fdWatch } from '../core/fd-limit.js';
 import { fromJSON } from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
@@ -74,7 +74,18 @@ export function metricNameFor(service: string): string {
 type Failure = { code: grpc.status; details: string };
 type Resolved = { service: string; metricName: string; desired: number; active: boolean };
 
-export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: number; /** The listening socket (its accept errors are logged). */ listener: NetServer; close(): Promise<void> }> {
+export async function startKedaServer(opts: KedaServerOptions): Promise<{
+  port: number;
+  /** The listening socket (its accept errors are logged). */
+  listener: NetServer;
+  /**
+   * A new certificate, key and client CA for the handshakes from now on (a rotated certificate
+   * needs no restart). False, nothing changed: not over TLS, client_ca added or removed (a
+   * restart), or material the TLS library refuses.
+   */
+  setTls(tls: NonNullable<KedaServerOptions['tls']>): boolean;
+  close(): Promise<void>;
+}> {
   const { source, log } = opts;
   const intervalMs = Math.max(10, opts.streamIntervalMs ?? 5000);
 
@@ -184,6 +195,7 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
     injector.injectConnection(socket);
   };
   let listener: NetServer;
+  let tlsListener: TlsServer | null = null;
   if (opts.tls) {
     const tls = createTlsServer({
       cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ['h2'],
@@ -191,7 +203,7 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
     }, accept);
     // A handshake that fails (not TLS, reset mid-handshake, no client certificate...).
     tls.on('tlsClientError', (err: Error, socket: TLSSocket) => failed(err, socket));
-    listener = tls;
+    listener = tlsListener = tls;
   } else listener = createNetServer(accept);
   try {
     await new Promise<void>((ok, fail) => {
@@ -212,6 +224,16 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{ port: 
   return {
     port,
     listener,
+    setTls(next) {
+      if (tlsListener === null || (opts.tls?.clientCa === undefined) !== (next.clientCa === undefined)) return false;
+      try {
+        tlsListener.setSecureContext({ cert: next.cert, key: next.key, ...(next.clientCa ? { ca: next.clientCa } : {}) });
+        return true;
+      } catch (err) {
+        log.error({ err: (err as Error).message }, 'KEDA external scaler: the new TLS certificate was not taken; the old one serves');
+        return false;
+      }
+    },
     close() {
       closing ??= new Promise<void>((done) => {
         unsubscribe?.();

@@ -321,6 +321,8 @@ export class Gateway implements RequestContext {
   readonly scaling: ScalingAdvisor | null;
   readonly demand: DemandMeter;
   private keda: Awaited<ReturnType<typeof startKedaServer>> | null = null;
+  /** The settings the KEDA scaler runs with (a reload may change its TLS material only). */
+  private kedaRunning: NonNullable<Snapshot['scaling']>['keda'] = null;
   /** The web console on the admin listener (src/console/), null in a worker. */
   readonly console: ConsoleHandler | null;
   /** Wrong admin tokens per client, for the whole admin listener (the bearer token and the console's sign-in). */
@@ -640,6 +642,7 @@ export class Gateway implements RequestContext {
     if (keda && this.scaling) {
       const advisor = this.scaling;
       this.keda = await startKedaServer({ listen: keda, ...(keda.tls ? { tls: keda.tls } : {}), source: { lookup: (svc) => advisor.lookup(svc), onChange: (l) => advisor.onChange(l) }, log: this.log });
+      this.kedaRunning = keda;
       this.log.info({ port: this.keda.port }, 'KEDA external scaler up');
     }
     if (snap.demo && this.role !== 'worker') {
@@ -1165,7 +1168,14 @@ export class Gateway implements RequestContext {
     }
     this.scaleTo(next);
     if (JSON.stringify(prev.admin?.tokens) !== JSON.stringify(next.admin?.tokens)) queueMicrotask(() => this.console?.tokensChanged());
-    if (JSON.stringify(prev.scaling?.keda) !== JSON.stringify(next.scaling?.keda)) this.log.warn({ setting: 'scaling.keda' }, 'scaling.keda changed: restart to apply it');
+    if (JSON.stringify(prev.scaling?.keda) !== JSON.stringify(next.scaling?.keda)) {
+      // A rotated certificate (cert-manager) is taken at once; the address, or TLS on or off, need a restart.
+      const [run, want] = [this.kedaRunning, next.scaling?.keda ?? null];
+      if (this.keda !== null && run?.tls && want?.tls && run.host === want.host && run.port === want.port && this.keda.setTls(want.tls)) {
+        this.kedaRunning = want;
+        this.log.info({ setting: 'scaling.keda.tls' }, 'KEDA external scaler: new TLS certificate in use');
+      } else this.log.warn({ setting: 'scaling.keda' }, 'scaling.keda changed: restart to apply it');
+    }
     // The TLS listener's certificates and client CA follow the config (every context at once;
     // its default context is replaced too, which also retires session tickets issued before).
     if (this.certs !== null && next.tls !== null) {
