@@ -69,3 +69,32 @@ services:
     await new Promise<void>((ok) => wss.close(() => ok()));
   }
 });
+
+test('a bulkhead shedding load (503 service-overloaded) is no upstream error for the scaling guard: it is demand the service could not take', async () => {
+  const up = await startUpstream((_req, res) => { setTimeout(() => res.end('ok'), 300); });
+  const tp = await startGateway(`scaling: {interval: 60s}
+services:
+  - name: orders
+    url: ${up.url}
+    circuit_breaker: {max_concurrent: 1, max_pending: 1}
+    scaling: {target_concurrency: 1}
+    routes: [{paths: [/o]}]
+`);
+  try {
+    tp.gw.demand.drain();
+    const statuses = await Promise.all(Array.from({ length: 8 }, () => fetch(`${tp.url}/o`).then(async (r) => { await r.arrayBuffer(); return r.status; })));
+    assert.deepEqual(statuses.filter((s) => s === 200).length, 2);
+    assert.deepEqual(statuses.filter((s) => s === 503).length, 6);
+    const seen = { n: 0, errors: 0 };
+    await eventually(() => {
+      const c = tp.gw.demand.drain().services['orders'];
+      seen.n += c?.n ?? 0;
+      seen.errors += c?.errors ?? 0;
+      return seen.n === 8;
+    });
+    assert.deepEqual(seen, { n: 8, errors: 0 });
+  } finally {
+    await tp.close();
+    await up.close();
+  }
+});

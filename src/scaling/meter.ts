@@ -5,7 +5,8 @@
  * once when it ends. The per-request cost is an increment and a decrement.
  *
  * Demand per service and per route, counted where requests end (Observer.end) and drained every scaling tick:
- * requests, upstream errors (5xx from the upstream, and the gateway's own 502/503/504), busy
+ * requests, upstream errors (5xx from the upstream, and the gateway's own 502/503/504; not a
+ * bulkhead's 503 service-overloaded: demand the service could not take, no failing upstream), busy
  * time (the sum of request durations: over a tick it is the tick's mean concurrency by Little's
  * law, each request counted in the tick it ends in), 504s (timeouts) and a log-bucket latency histogram (5%
  * relative accuracy) for p95. Workers send their drained counts to the primary, which merges them.
@@ -96,13 +97,14 @@ export class DemandMeter {
     this.samples = 0;
   }
 
-  record(service: string, route: string, status: number, totalMs: number): void {
+  /** `shed`: refused by the service's bulkhead (a 503 that is demand, not an upstream error). */
+  record(service: string, route: string, status: number, totalMs: number, shed = false): void {
     const g = this.gauge.get(service);
     if (g !== undefined && g.n > 0) g.n--;
     const b = bucketOf(totalMs);
     for (const c of [add(this.services, service), add(this.routes, route)]) {
       c.n++;
-      if (status >= 500) c.errors++;
+      if (status >= 500 && !shed) c.errors++;
       if (status === 504) c.timeouts++;
       c.busyMs += totalMs;
       c.hist[b] = (c.hist[b] ?? 0) + 1;
