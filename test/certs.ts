@@ -40,7 +40,7 @@ export function makeCa(cn = 'Turnpike Test CA'): TestCa {
       const dns = opts.dns ?? [name];
       writeFileSync(ext, opts.client
         ? 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n'
-        : `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${dns.map((d) => (/^[0-9.]+$/.test(d) ? `IP:${d}` : `DNS:${d}`)).join(',')}\n`);
+        : `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${dns.map((d) => (/^[0-9.]+$|:/.test(d) ? `IP:${d}` : `DNS:${d}`)).join(',')}\n`);
       openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${base}.key`, '-out', `${base}.csr`, '-subj', `/CN=${name}`], dir);
       openssl(['x509', '-req', '-in', `${base}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-set_serial', String(serial++), '-days', String(opts.days ?? 2), '-out', `${base}.pem`, '-extfile', ext], dir);
       const certFile = join(dir, `${base}.pem`);

@@ -372,3 +372,34 @@ test('kubernetes trigger: close() ends a PATCH waiting on an API server that nev
     await new Promise((r) => server.close(r));
   }
 });
+
+test('in an IPv6 cluster (KUBERNETES_SERVICE_HOST is an IPv6 address) the in-pod API server is reached, and may be named in api_server', async () => {
+  const { makeCa } = await import('../../test/certs.js');
+  const { createServer: createHttpsServer } = await import('node:https');
+  const ca = makeCa('Cluster CA');
+  const leaf = ca.issue('kubernetes', { dns: ['::1'] });
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', spec: { replicas: 4 }, status: { replicas: 4 } })));
+  });
+  await new Promise<void>((r) => server.listen(0, '::1', r));
+  const port = (server.address() as AddressInfo).port;
+  const env = { KUBERNETES_SERVICE_HOST: '::1', KUBERNETES_SERVICE_PORT: String(port) };
+  const k = new KubernetesTrigger({ type: 'kubernetes', namespace: 'shop', deployment: 'orders', token_file: './token', ca_file: ca.certFile }, silentLogger, dir, env);
+  const saved = { host: process.env['KUBERNETES_SERVICE_HOST'], port: process.env['KUBERNETES_SERVICE_PORT'] };
+  try {
+    assert.equal(await k.read(), 4);
+    Object.assign(process.env, env);
+    const problems: string[] = [];
+    scalingPolicyOf({ target_concurrency: 4, triggers: [{ ...k8s(`https://[::1]:${port}`) }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));
+    assert.deepEqual(problems, [], 'its own API server is always allowed');
+  } finally {
+    for (const [key, v] of [['KUBERNETES_SERVICE_HOST', saved.host], ['KUBERNETES_SERVICE_PORT', saved.port]] as const) {
+      if (v === undefined) delete process.env[key];
+      else process.env[key] = v;
+    }
+    await k.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+    ca.cleanup();
+  }
+});

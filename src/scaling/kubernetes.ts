@@ -17,6 +17,16 @@ import { loggableUrl } from './webhook.js';
 const SA = '/var/run/secrets/kubernetes.io/serviceaccount';
 type KubernetesConfig = Extract<TriggerConfig, { type: 'kubernetes' }>;
 
+/**
+ * The API server of the pod's cluster, null outside a pod. KUBERNETES_SERVICE_HOST is an IPv6
+ * address in an IPv6 cluster: bracketed in the URL (as client-go's net.JoinHostPort does).
+ */
+export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string | null {
+  const host = env['KUBERNETES_SERVICE_HOST'];
+  if (!host) return null;
+  return `https://${host.includes(':') ? `[${host}]` : host}:${env['KUBERNETES_SERVICE_PORT'] || '443'}`;
+}
+
 export class KubernetesTrigger {
   private readonly agent: Agent;
   private readonly url: string;
@@ -32,7 +42,7 @@ export class KubernetesTrigger {
   /** `caPem`: the ca_file as read when the config compiled (else it is read here). */
   constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer) {
     const file = (p: string) => (isAbsolute(p) ? p : join(baseDir, p));
-    const api = cfg.api_server ?? (env['KUBERNETES_SERVICE_HOST'] ? `https://${env['KUBERNETES_SERVICE_HOST']}:${env['KUBERNETES_SERVICE_PORT'] ?? '443'}` : null);
+    const api = cfg.api_server ?? inClusterApiServer(env);
     if (api === null) throw new Error('kubernetes trigger: api_server is not set and this is not a pod (no KUBERNETES_SERVICE_HOST)');
     const enc = encodeURIComponent;
     this.url = `${api.replace(/\/+$/, '')}/apis/apps/v1/namespaces/${enc(cfg.namespace)}/${cfg.kind ?? 'deployments'}/${enc(cfg.deployment)}/scale`;

@@ -6,6 +6,7 @@ import { parseDuration } from '../config/units.js';
 import { parseAddress } from '../config/address.js';
 import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
 import { urlTarget } from '../core/url-auth.js';
+import { inClusterApiServer } from './kubernetes.js';
 import type { ScalingConfig, ServiceScalingConfig, TriggerConfig } from './schema.js';
 
 type Fail = (path: PathSegment[], message: string) => void;
@@ -93,7 +94,7 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
       return;
     }
     const o = originOf(t.api_server);
-    const inPod = process.env['KUBERNETES_SERVICE_HOST'] ? `https://${process.env['KUBERNETES_SERVICE_HOST']}:${process.env['KUBERNETES_SERVICE_PORT'] ?? '443'}` : null;
+    const inPod = inClusterApiServer();
     if (o === null || (!allowed.has(o) && o !== (inPod && originOf(inPod)))) {
       fail(['triggers', i, 'api_server'], `${t.api_server} is not in scaling.kubernetes_api_servers (this node's list of API servers it may send its token to)`);
     }
