@@ -403,3 +403,25 @@ test('in an IPv6 cluster (KUBERNETES_SERVICE_HOST is an IPv6 address) the in-pod
     ca.cleanup();
   }
 });
+
+test('webhook only: a changed webhook (a rotated secret) keeps the count the receiver took as current; it does not fall back to the healthy targets and scale down', async () => {
+  const hook = await hookReceiver();
+  const cfg = (secret: string): ServiceScalingConfig => ({
+    target_concurrency: 2, target_utilization: 1, max_replicas: 20, stable_window: '10s', panic_window: '2s', max_scale_up_rate: 2,
+    triggers: [{ type: 'webhook', url: hook.url, secret }],
+  });
+  const s = advisor(cfg('whsec-0123456789abcdef'));
+  const load = () => { for (let k = 0; k < 40; k++) s.a.meter.record('orders', 'list', 200, 400); }; // 16 in flight -> 8
+  try {
+    for (let i = 0; i < 15; i++) { load(); await s.tick(); }
+    assert.equal(hook.got.at(-1), 8, JSON.stringify(hook.got));
+    const before = hook.got.length;
+    s.a.configure(settings, [{ name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf(cfg('whsec-rotated-0123456789'), fail) }]);
+    for (let i = 0; i < 5; i++) { load(); await s.tick(); }
+    assert.deepEqual(hook.got.slice(before).filter((n) => n !== 8), [], `after the rotation: ${JSON.stringify(hook.got.slice(before))}`);
+    assert.equal((s.a.report() as { services: { current_replicas: number }[] }).services[0]!.current_replicas, 8);
+  } finally {
+    await s.a.close();
+    await hook.close();
+  }
+});

@@ -159,7 +159,8 @@ export class ScalingAdvisor {
         decision: keep ? old.decision : null,
         pushed: keepTriggers ? old.pushed : null,
         pushedAt: keepTriggers ? old.pushedAt : 0,
-        delivered: keepTriggers ? old.delivered : null,
+        // (what runs does not change with the webhook's URL or secret: new triggers keep it)
+        delivered: old ? old.delivered : null,
         firstAt: keep ? old.firstAt : null,
         sharedDesired: keep ? old.sharedDesired : null,
         deliveries: keepTriggers ? old.deliveries : deliveriesOf(webhooks, kubernetes),
