@@ -123,6 +123,16 @@ test('a second kubernetes trigger on a service is a config error (it was dropped
   assert.deepEqual(problems, ['triggers.1: a second kubernetes trigger (the first is triggers[0]): a service has one scale subresource, which gives its current count']);
 });
 
+test('a trigger timeout of 0 or past the longest timer is a config error (every call was aborted at once)', () => {
+  const problems: string[] = [];
+  const hook = { type: 'webhook' as const, url: 'http://127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' };
+  const api = 'http://127.0.0.1:1';
+  scalingPolicyOf({ target_concurrency: 4, triggers: [{ ...hook, timeout: 0 }, { ...hook, timeout: '30d' }, { ...hook, timeout: '2s' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));
+  scalingPolicyOf({ target_concurrency: 4, triggers: [{ ...k8s(api), timeout: '0s' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`), [api]);
+  const msg = 'must be above 0 and at most 24d (2147483647 ms, the longest timer)';
+  assert.deepEqual(problems, [`triggers.0.timeout: ${msg}`, `triggers.1.timeout: ${msg}`, `triggers.0.timeout: ${msg}`]);
+});
+
 test('a webhook URL whose user or password does not percent-decode is a config error (naming neither)', () => {
   const problems: string[] = [];
   scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hookuser:Bad%zzPw@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));

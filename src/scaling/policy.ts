@@ -32,6 +32,7 @@ export interface ScalingSettings {
 }
 
 const ms = (v: string | number | undefined, fallback: number): number => (v === undefined ? fallback : parseDuration(v));
+const MAX_TIMER_MS = 2_147_483_647;
 
 const originOf = (u: string): string | null => {
   try {
@@ -79,6 +80,11 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
   const kubes = triggers.flatMap((t, i) => (t.type === 'kubernetes' ? [i] : []));
   for (const i of kubes.slice(1)) fail(['triggers', i], `a second kubernetes trigger (the first is triggers[${kubes[0]}]): a service has one scale subresource, which gives its current count`);
   triggers.forEach((t, i) => {
+    // (each call's deadline is a timer: 0 or past the longest timer aborted every call at once)
+    if (t.timeout !== undefined) {
+      const to = parseDuration(t.timeout);
+      if (to < 1 || to > MAX_TIMER_MS) fail(['triggers', i, 'timeout'], 'must be above 0 and at most 24d (2147483647 ms, the longest timer)');
+    }
     if (t.type === 'webhook') {
       // (its user and password are the receiver's Basic credentials: they must decode)
       try {
