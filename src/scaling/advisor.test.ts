@@ -435,3 +435,19 @@ test('webhook only: a changed webhook (a rotated secret) keeps the count the rec
     await hook.close();
   }
 });
+
+test('no trigger (KEDA applies the count): the current count is the last one asked for, so a fleet behind one Service address scales down when demand falls (it stayed in panic at the peak)', async () => {
+  const s = advisor({ target_concurrency: 2, target_utilization: 1, max_replicas: 20 }, { targets: 1 });
+  const load = (n: number) => { for (let k = 0; k < n; k++) s.a.meter.record('orders', 'list', 200, 1000); };
+  try {
+    for (let i = 0; i < 90; i++) { load(20); await s.tick(1000, 0); } // 20 in flight -> 10
+    assert.equal(s.a.lookup('orders')!.desired, 10);
+    for (let i = 0; i < 240; i++) { load(6); await s.tick(1000, 0); } // 6 in flight -> 3
+    const r = (s.a.report() as { services: { mode: string; reason: string; current_replicas: number }[] }).services[0]!;
+    assert.equal(s.a.lookup('orders')!.desired, 3, r.reason);
+    assert.equal(r.mode, 'stable');
+    assert.equal(r.current_replicas, 3);
+  } finally {
+    await s.a.close();
+  }
+});

@@ -263,6 +263,10 @@ export class ScalingAdvisor {
         if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
         e.decision = d;
         if (this.shared?.ok === true) e.sharedDesired = d.desired;
+        // No trigger: KEDA (or an HPA on the gauges) applies the count, so what runs is what was
+        // last asked for, as spec.replicas is for the HPA. (The healthy targets, one Service
+        // address for any number of replicas, kept a fleet of 10 at "1": in panic for good.)
+        if (e.cfg.triggers.length === 0) e.delivered = this.desiredOf(e);
         // With other nodes, one of them (the lease holder) pushes.
         if (this.shared === null || this.shared.leader) void this.push(e, now);
       }));
