@@ -203,7 +203,7 @@ export class Metrics {
       const perService = (name: string, help: string, pick: (x: ReturnType<typeof sc>['services'][number]) => number) =>
         r.registerMetric(collector(name, help, 'gauge', 'max', () => sc().services.map((x) => ({ labels: { service: x.service }, value: pick(x) }))));
       perService('turnpike_scaling_desired_replicas', 'Replicas the scaling advisor recommends for the service (docs/scaling.md).', (x) => x.desired);
-      perService('turnpike_scaling_current_replicas', 'Replicas the advisor counts as current: the Kubernetes scale subresource\'s spec.replicas (current_replicas: trigger), or the count the last webhook took, healthy targets before one (targets).', (x) => x.current);
+      perService('turnpike_scaling_current_replicas', 'Replicas the advisor counts as current: the Kubernetes scale subresource\'s spec.replicas (current_replicas: trigger), or the count the last webhook took, healthy targets before one (targets; with no trigger: the last count asked for).', (x) => x.current);
       perService('turnpike_scaling_panic', '1 while the service is in panic mode.', (x) => (x.panic ? 1 : 0));
       perService('turnpike_scaling_concurrency', 'Mean requests in flight over the last interval (Little\'s law on completed requests).', (x) => x.signals['concurrency'] ?? 0);
       perService('turnpike_scaling_requests_per_second', 'Requests per second over the last interval.', (x) => x.signals['rps'] ?? 0);
