@@ -451,3 +451,24 @@ test('no trigger (KEDA applies the count): the current count is the last one ask
     await s.a.close();
   }
 });
+
+test('kubernetes trigger: a 200 that is no Scale object (a proxy\'s {}) is a failed read, not 0 replicas (no decision is made on it)', async () => {
+  let body = '{}';
+  const server = createServer((req, res) => { req.resume(); req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end(body)); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const s = advisor({ target_concurrency: 2, triggers: [k8s(url)] }, { apis: [url] });
+  try {
+    for (let i = 0; i < 3; i++) await s.tick();
+    assert.equal(s.desired(), null, 'no decision on an unreadable count');
+    assert.equal(s.a.lookup('orders')?.pending, true);
+    // Once it answers a Scale, the count is read.
+    body = JSON.stringify({ kind: 'Scale', spec: { replicas: 3 }, status: { replicas: 3 } });
+    await sleep(1100); // (the read backoff after one failure: 1 s)
+    for (let i = 0; i < 2; i++) await s.tick();
+    assert.equal((s.a.report() as { services: { current_replicas: number | null }[] }).services[0]!.current_replicas, 3);
+  } finally {
+    await s.a.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+  }
+});

@@ -73,9 +73,10 @@ export class KubernetesTrigger {
    * `omitempty`: a spec without it (`"spec": {}`) asks for 0, whatever status still runs.
    */
   private static replicasOf(text: string): number | null {
-    const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } };
-    const n = scale.spec !== null && typeof scale.spec === 'object' ? (scale.spec.replicas ?? 0) : scale.status?.replicas;
-    return typeof n === 'number' && Number.isFinite(n) && n >= 0 ? n : 0;
+    const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } } | null;
+    const n = scale?.spec !== null && typeof scale?.spec === 'object' ? (scale.spec.replicas ?? 0) : scale?.status?.replicas;
+    // (no count: not a Scale object, e.g. a proxy's {} — unknown, not 0, which would scale a fleet down)
+    return typeof n === 'number' && Number.isInteger(n) && n >= 0 ? n : null;
   }
 
   /** Reads the scale subresource; updates `current` (one read at a time: callers share it). */
@@ -100,6 +101,7 @@ export class KubernetesTrigger {
       const text = await r.body.text();
       if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${text.slice(0, 200)}`);
       const n = KubernetesTrigger.replicasOf(text);
+      if (n === null) throw new Error(`GET scale: no replica count in the answer ${text.slice(0, 200)}`);
       if (patches === this.patches) this.current = n;
       return this.current;
     } catch (err) {
@@ -142,7 +144,7 @@ export class KubernetesTrigger {
       // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
       else if (!this.cfg.dry_run) {
         try {
-          this.current = KubernetesTrigger.replicasOf(text);
+          this.current = KubernetesTrigger.replicasOf(text) ?? desired;
         } catch {
           this.current = desired;
         }
