@@ -163,10 +163,11 @@ test('close() resolves promptly with a stream open; the client sees the stream e
   t.client.close();
 });
 
-test('no decision yet: GetMetrics and IsActive answer UNAVAILABLE (the HPA keeps its count), a stream waits for the first decision', async () => {
+test('no decision yet: GetMetrics and IsActive answer UNAVAILABLE (the HPA keeps its count), GetMetricSpec its static spec (KEDA builds the HPA from it), a stream waits for the first decision', async () => {
   const s = await setup();
   try {
     s.f.set('orders', { desired: 1, active: true, pending: true } as { desired: number; active: boolean });
+    assert.deepEqual(await s.client.getMetricSpec(ref('orders')), [{ metricName: 'turnpike-desired-replicas-orders', targetSize: 1, targetSizeFloat: 1 }]);
     assert.equal((await code(s.client.desiredReplicas(ref('orders')))).code, grpc.status.UNAVAILABLE);
     assert.equal((await code(s.client.isActive(ref('orders')))).code, grpc.status.UNAVAILABLE);
     const stream = s.client.streamIsActive(ref('orders'));

@@ -89,7 +89,8 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
   const { source, log } = opts;
   const intervalMs = Math.max(10, opts.streamIntervalMs ?? 5000);
 
-  function resolve(ref: ScaledObjectRef | null | undefined): Resolved | Failure {
+  /** `spec`: for GetMetricSpec, whose answer (the metric's name and target) needs no decision. */
+  function resolve(ref: ScaledObjectRef | null | undefined, spec = false): Resolved | Failure {
     const meta = ref?.scalerMetadata ?? {};
     const service = (typeof meta.service === 'string' && meta.service.trim()) || (typeof ref?.name === 'string' ? ref.name.trim() : '');
     if (!service) return { code: grpc.status.INVALID_ARGUMENT, details: 'scalerMetadata.service is required (or a ScaledObject name)' };
@@ -97,7 +98,7 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
     const state = source.lookup(service);
     if (!state) return { code: grpc.status.NOT_FOUND, details: `unknown service "${service}": not scaled by Turnpike` };
     // No decision yet (a start, a scale subresource not read yet): an error keeps the HPA where it is; a number would move it.
-    if (state.pending === true) return { code: grpc.status.UNAVAILABLE, details: `service "${service}": no decision yet` };
+    if (state.pending === true && !spec) return { code: grpc.status.UNAVAILABLE, details: `service "${service}": no decision yet` };
     const desired = Number.isFinite(state.desired) ? Math.max(0, Math.round(state.desired)) : 0;
     return { service, metricName: metricNameFor(service), desired, active: Boolean(state.active) };
   }
@@ -166,8 +167,10 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
       const r = resolve(req);
       return 'code' in r ? r : { result: r.active };
     }),
+    // (answered before the first decision too: KEDA builds the HPA from it, and an error there
+    // leaves the HPA without the metric — or, in older KEDA, panics on the empty list)
     GetMetricSpec: unary<ScaledObjectRef, { metricSpecs: MetricSpec[] }>('GetMetricSpec', (req) => {
-      const r = resolve(req);
+      const r = resolve(req, true);
       return 'code' in r ? r : { metricSpecs: [{ metricName: r.metricName, targetSize: 1, targetSizeFloat: 1 }] };
     }),
     GetMetrics: unary<{ scaledObjectRef?: ScaledObjectRef | null; metricName?: string }, { metricValues: MetricValue[] }>('GetMetrics', (req) => {
