@@ -473,3 +473,17 @@ test('kubernetes trigger: a 200 that is no Scale object (a proxy\'s {}) is a fai
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
+
+test('a kubernetes trigger that could not start (its CA file unreadable at run time): no decision on the targets\' guess, KEDA is told there is none', async () => {
+  const s = advisor({ target_concurrency: 2, triggers: [{ ...k8s('http://127.0.0.1:1'), ca_file: '/nonexistent/turnpike-k8s-ca.pem' }] }, { apis: ['http://127.0.0.1:1'] });
+  try {
+    for (let i = 0; i < 5; i++) {
+      for (let k = 0; k < 10; k++) s.a.meter.record('orders', 'list', 200, 800);
+      await s.tick();
+    }
+    assert.equal(s.desired(), null);
+    assert.equal(s.a.lookup('orders')?.pending, true);
+  } finally {
+    await s.a.close();
+  }
+});

@@ -252,10 +252,11 @@ export class ScalingAdvisor {
         e.routes = Object.fromEntries(e.service.routes.map((r) => [r, signals(demand.routes[r], dtS)]));
         e.recommender.observe(sample);
         // (a slow API server never holds the tick: the read runs beside it, its answer counts next time)
-        if (e.cfg.currentFrom === 'trigger' && e.kubernetes) {
-          void e.kubernetes.read();
-          // No decision before the first reading: the targets' count is no stand-in for what runs.
-          if (e.kubernetes.current === null) return;
+        if (e.cfg.currentFrom === 'trigger') {
+          void e.kubernetes?.read();
+          // No decision before the first reading (nor with a trigger that could not start): the
+          // targets' count is no stand-in for what runs.
+          if (e.kubernetes?.current == null) return;
         }
         e.firstAt ??= now;
         const current = e.cfg.currentFrom === 'trigger' && e.kubernetes?.current != null ? e.kubernetes.current : (e.delivered ?? e.service.healthyTargets());
