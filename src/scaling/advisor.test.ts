@@ -487,3 +487,21 @@ test('a kubernetes trigger that could not start (its CA file unreadable at run t
     await s.a.close();
   }
 });
+
+test('/api/scaling says why there is no decision when the scale subresource cannot be read (a 403 was only in a log line once a minute)', async () => {
+  const server = createServer((req, res) => { req.resume(); req.on('end', () => res.writeHead(403, { 'content-type': 'application/json' }).end('{"kind":"Status","message":"deployments.apps \\"orders\\" is forbidden"}')); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const s = advisor({ target_concurrency: 2, triggers: [k8s(url)] }, { apis: [url] });
+  try {
+    await s.tick();
+    const report = () => (s.a.report() as { services: { reason: string; triggers: { type: string; read_error?: { error: string } | null }[] }[] }).services[0]!;
+    for (let i = 0; i < 40 && report().triggers[0]!.read_error == null; i++) await sleep(50); // (the read runs beside the tick)
+    const svc = report();
+    assert.match(svc.reason, /^no decision yet: GET scale: HTTP 403 .*forbidden/);
+    assert.match(svc.triggers[0]!.read_error!.error, /HTTP 403/);
+  } finally {
+    await s.a.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+  }
+});

@@ -393,11 +393,11 @@ export class ScalingAdvisor {
         current_replicas: e.decision?.current ?? null,
         desired_replicas: this.desiredOf(e),
         mode: e.decision?.mode ?? 'stable',
-        reason: e.decision?.reason ?? 'no decision yet',
+        reason: e.decision?.reason ?? (e.kubernetes?.readError ? `no decision yet: ${e.kubernetes.readError.error}` : 'no decision yet'),
         policy: { target_concurrency: e.cfg.policy.targetConcurrency, target_utilization: e.cfg.policy.targetUtilization, min_replicas: e.cfg.policy.minReplicas, max_replicas: e.cfg.policy.maxReplicas },
         triggers: [
           ...e.webhooks.map((w) => ({ type: 'webhook', last: w.last })),
-          ...(e.kubernetes ? [{ type: 'kubernetes', current: e.kubernetes.current, last: e.kubernetes.last }] : []),
+          ...(e.kubernetes ? [{ type: 'kubernetes', current: e.kubernetes.current, last: e.kubernetes.last, read_error: e.kubernetes.readError }] : []),
         ],
       })),
       cluster: { nodes: this.shared?.nodes ?? 1, shared: this.shared !== null, pushes_triggers: this.shared === null || this.shared.leader },

@@ -38,6 +38,8 @@ export class KubernetesTrigger {
    */
   current: number | null = null;
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
+  /** The last read's failure (null: the last read worked, or none was made yet): for /api/scaling. */
+  readError: { at: string; error: string } | null = null;
 
   /** `caPem`: the ca_file as read when the config compiled (else it is read here). */
   constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer) {
@@ -103,8 +105,10 @@ export class KubernetesTrigger {
       const n = KubernetesTrigger.replicasOf(text);
       if (n === null) throw new Error(`GET scale: no replica count in the answer ${text.slice(0, 200)}`);
       if (patches === this.patches) this.current = n;
+      this.readError = null;
       return this.current;
     } catch (err) {
+      this.readError = { at: new Date().toISOString(), error: (err as Error).message.slice(0, 300) };
       // Once a minute at most: it is read every tick.
       if (Date.now() - this.lastReadError > 60_000) {
         this.lastReadError = Date.now();
