@@ -582,3 +582,53 @@ services:
     }
   }
 });
+
+test('an answer that breaks off after some of its bytes is not a stale kept-alive connection: sent once (retries: 0), fresh or reused', { timeout: 15_000 }, async () => {
+  // The origin answers the first request of each connection whole, then starts an answer to
+  // the next and closes mid-head; with `partialFirst` the very first answer breaks off so.
+  for (const partialFirst of [true, false]) {
+    const conns: Socket[] = [];
+    let requests = 0;
+    const server = createNetServer((socket) => {
+      conns.push(socket);
+      let buf = '';
+      let served = partialFirst;
+      socket.on('error', () => {});
+      socket.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        const got = parseOne(buf, 'request');
+        if (!got) return;
+        buf = buf.slice(got.used);
+        requests++;
+        if (served) {
+          socket.end('HTTP/1.1 200 OK\r\nContent-Ty');
+          return;
+        }
+        served = true;
+        socket.write('HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh');
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const g = await startGateway(`
+services:
+  - name: broken
+    url: http://127.0.0.1:${(server.address() as AddressInfo).port}
+    routes: [{paths: [/b]}]
+`);
+    try {
+      if (!partialFirst) {
+        const a = await fetch(`${g.url}/b/1`, { dispatcher: agent });
+        assert.equal(await a.text(), 'fresh');
+      }
+      const before = requests;
+      const b = await fetch(`${g.url}/b/2`, { dispatcher: agent });
+      assert.equal(b.status, 502);
+      await b.text();
+      assert.equal(requests - before, 1, `partialFirst=${partialFirst}: the GET was sent again after an answer that broke off`);
+      assert.equal(conns.length, 1, 'no second connection');
+    } finally {
+      await g.close();
+      await new Promise<void>((r) => { for (const s of conns) s.destroy(); server.close(() => r()); });
+    }
+  }
+});

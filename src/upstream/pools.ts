@@ -3,21 +3,39 @@
  * alive across config snapshots so a reload keeps warm connections. Idle pools are closed
  * when no snapshot references them any more (see release()).
  */
+import { subscribe } from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { Pool, buildConnector } from 'undici';
 import { checkH2Socket, watchH2Socket } from './h2-streams.js';
 
 const REUSED = Symbol('turnpike.reusedConnection');
+/** The socket's bytesRead when undici sent the head of the request now on it. */
+const READ_AT_SEND = Symbol('turnpike.readAtSend');
+type MarkedSocket = Socket & { [READ_AT_SEND]?: number };
 
-/** Marks an error of an HTTP/1.1 connection that had already carried an answer (see onReusedConnection). */
-function markReused(this: Socket, err: Error): void {
+// undici publishes this as it writes a request's head (one message per request, to the
+// connection it goes on): what was read before it belongs to earlier answers.
+subscribe('undici:client:sendHeaders', (msg) => {
+  const s = (msg as { socket?: MarkedSocket }).socket;
+  if (s !== undefined) s[READ_AT_SEND] = s.bytesRead;
+});
+
+/**
+ * Marks an error of an HTTP/1.1 connection that had already carried an answer and had nothing
+ * of the current one yet (see onReusedConnection). A connection whose answer broke off after
+ * some of its bytes (a fresh one's included) is an upstream that answered badly, not an idle
+ * connection the origin closed.
+ */
+function markReused(this: MarkedSocket, err: Error): void {
   // (bytesRead counts cleartext only: 0 on a fresh TLS connection after its handshake)
-  if (this.bytesRead > 0) (err as Error & { [REUSED]?: true })[REUSED] = true;
+  const before = this[READ_AT_SEND];
+  if (before !== undefined && before > 0 && this.bytesRead === before) (err as Error & { [REUSED]?: true })[REUSED] = true;
 }
 
 /**
  * Whether an upstream error came from a kept-alive HTTP/1.1 connection that had already carried
- * an answer: the origin may have closed it (its idle timeout) just as the request went out.
+ * an answer, before any byte of this one: the origin may have closed it (its idle timeout) just
+ * as the request went out.
  */
 export function onReusedConnection(err: Error): boolean {
   return (err as Error & { [REUSED]?: true })[REUSED] === true;
