@@ -434,6 +434,24 @@ services:
   }
 });
 
+test('an unrequested 101 Switching Protocols: 502 invalid-upstream-response that names it, sent once (no retry on `reset`, no stale-connection replay)', { timeout: 10_000 }, async () => {
+  // (an origin that upgrades a plain request: undici drops the connection with "bad upgrade")
+  const origin = await startRawOrigin((data) => (data.includes('\r\n\r\n') ? 'HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n' : null));
+  const g = await startGateway(`
+services:
+  - {name: up101, url: '${origin.url}', retries: 2, retry_on: [reset, connect-error], routes: [{paths: [/u]}]}
+`);
+  try {
+    const r = await fetch(`${g.url}/u/x`, { dispatcher: agent });
+    assert.equal(r.status, 502);
+    assertProblem(502, 'invalid-upstream-response', r.headers, await r.text(), /"up101" sent a 101 Switching Protocols to a request that asked for no upgrade/);
+    assert.equal(countRequests(origin.received()), 1, 'the request was sent again');
+  } finally {
+    await g.close();
+    await origin.close();
+  }
+});
+
 test('204 and 304 from the upstream end at their head whatever Content-Length says; the connection goes on', { timeout: 10_000 }, async () => {
   const c = await RawClient.open(gw.port);
   try {

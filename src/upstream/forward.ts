@@ -50,6 +50,12 @@ const H2_CUTS = new Set(['ERR_HTTP2_STREAM_ERROR', H2_STREAM_CUT]);
  * the message means only that (its other uses are bytes with no request running).
  */
 const UNDICI_REFUSED_100 = 'bad response';
+/**
+ * Likewise a 101 Switching Protocols to a request that asked for no upgrade (RFC 9110 §15.2.2:
+ * a server switches only to what the client's Upgrade offered): undici drops the connection
+ * with this SocketError. An answer it cannot read, not a connection that broke.
+ */
+const UNDICI_REFUSED_101 = 'bad upgrade';
 /** Marks an attempt aborted by the gateway to retry it (its status was in retry_on). */
 const RETRY = new Error('retrying on another target');
 /** Aborts an attempt that was given up while it connected. */
@@ -1200,7 +1206,8 @@ export class ForwardHandler {
       // a connection that broke: neither sent again on a fresh connection (its bytes made it look
       // kept-alive) nor retried (the target answers the same): 502 invalid-upstream-response.
       const refused100 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_100 && this.status === 0;
-      const kind = refused100 ? null : CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      const refused101 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_101 && this.status === 0;
+      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
       const t = this.target;
       if (t !== null && kind === 'reset' && this.status === 0 && !this.staleRetried && onReusedConnection(err) && this.mayReplay()) {
         // A kept-alive connection that broke before any answer: the origin most likely closed
@@ -1227,7 +1234,9 @@ export class ForwardHandler {
       this.finished = true;
       const [problem, detail] = refused100
         ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 100 Continue it was not asked for (the gateway's HTTP/1.1 client cannot read past it)`]
-        : describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
+        : refused101
+          ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 101 Switching Protocols to a request that asked for no upgrade`]
+          : describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
       this.outcome = problem !== 'bad-request' ? false : null;
       if (problem === 'bad-request') sendProblem(f.res, 'bad-request', detail, f.requestId, { close: true });
       else this.problem(problem, detail, f.closeAfter);
