@@ -44,6 +44,7 @@ services:
     url: ${up.url}/v1/
     routes:
       - {name: base, paths: [/base], strip_path: true}
+      - {name: base-root, paths: [/], hosts: [base-root.test]}
   - name: admin
     url: ${admin.url}
     routes:
@@ -266,6 +267,20 @@ test('strip_path, path params, a service base path, and preserve_host', async ()
   assert.equal(last().url, '/v1/items');
   await request(`${gw.url}/base`);
   assert.equal(last().url, '/v1');
+  await request(`${gw.url}/base?q=1`);
+  assert.equal(last().url, '/v1?q=1');
+  // a trailing slash the client sent stays (as Kong sends it): /v1 and /v1/ may be different resources
+  await request(`${gw.url}/base/`);
+  assert.equal(last().url, '/v1/');
+  await request(`${gw.url}/base/?q=1`);
+  assert.equal(last().url, '/v1/?q=1');
+  await request(`${gw.url}/strip/42/`);
+  assert.equal(last().url, '/');
+  // without strip_path the whole path follows the base path, `/` included
+  await request(`${gw.url}/`, { headers: { host: 'base-root.test' } });
+  assert.equal(last().url, '/v1/');
+  await request(`${gw.url}/?a`, { headers: { host: 'base-root.test' } });
+  assert.equal(last().url, '/v1/?a');
   await request(`${gw.url}/keep-host`, { headers: { host: 'client.example:1234' } });
   assert.equal(last().headers.host, 'client.example:1234');
   await request(`${gw.url}/echo`, { headers: { host: 'client.example' } });

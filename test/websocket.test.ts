@@ -138,6 +138,8 @@ test('an upstream that picks none of the offered subprotocols: the client gets a
     assert.equal(res.headers['sec-websocket-protocol'], undefined);
     assert.equal(ws.protocol, '');
     assert.equal(up.handshakes.at(-1)!.headers['sec-websocket-protocol'], 'chat.v1,chat.v3');
+    // strip_path left nothing: the base path alone, query or not, as for HTTP (a `/` sent stays)
+    assert.equal(up.handshakes.at(-1)!.url, '/base');
     ws.send('hello');
     assert.equal((await nextMessage(ws)).data.toString(), 'hello');
     const c = closed(ws);
@@ -145,6 +147,13 @@ test('an upstream that picks none of the offered subprotocols: the client gets a
     assert.equal((await c).code, 1000);
     assert.equal(t.gw.ws.opened, 1);
     assert.equal(t.gw.ws.rejected, 0);
+    for (const [path, want] of [['/chat?v=1', '/base?v=1'], ['/chat/', '/base/'], ['/chat/?v=1', '/base/?v=1']]) {
+      const other = await open(`ws://127.0.0.1:${t.port}${path}`);
+      assert.equal(up.handshakes.at(-1)!.url, want, path);
+      const done = closed(other.ws);
+      other.ws.close(1000);
+      await done;
+    }
   } finally {
     await t.close();
   }

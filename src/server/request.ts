@@ -27,7 +27,7 @@ import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/h
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
-import { ForwardHandler, grantSlots, noTargetRetryAfter } from '../upstream/forward.js';
+import { ForwardHandler, grantSlots, joinBase, noTargetRetryAfter } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
 import { grpcWebKind } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
@@ -555,9 +555,15 @@ export function handleRequest(
   headers.push('host', ''); // value set per target by ForwardHandler
 
   let upstreamPath = path;
+  // strip_path left nothing (`/base` on route /base, not `/base/`): a target's base path alone
+  // stands for it (`/v1`, as Kong sends it); a `/` the client sent stays (`/v1/`).
+  let bare = false;
   if (route.stripPath) {
     upstreamPath = path.slice(match.prefixLength);
-    if (upstreamPath.charCodeAt(0) !== 0x2f) upstreamPath = '/' + upstreamPath;
+    if (upstreamPath.charCodeAt(0) !== 0x2f) {
+      bare = upstreamPath === '';
+      upstreamPath = '/' + upstreamPath;
+    }
   }
 
   const svc = route.service;
@@ -580,7 +586,8 @@ export function handleRequest(
   const proceed = (pctx: PluginCtx | null, plugins: ResponsePlugins | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
     const upstreamQuery = pctx?.upstreamQuery ?? query;
     const upPath = pctx?.upstreamPath ?? upstreamPath;
-    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, requestId, hashKey, host, ex);
+    const bareBase = bare && upPath === upstreamPath;
+    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, bareBase, requestId, hashKey, host, ex);
     if (route.compose !== null) {
       composeRoute({
         req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
@@ -601,6 +608,7 @@ export function handleRequest(
       service: route.service,
       method: pctx?.upstreamMethod ?? method,
       path: upPath + upstreamQuery,
+      bare: bareBase,
       headers,
       preservedHost: route.preserveHost && host ? host : null,
       hasBody,
@@ -769,7 +777,7 @@ function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage,
 
 function startWebSocket(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, upgrade: Upgrade, route: CompiledRoute,
-  headers: string[], path: string, requestId: string, hashKey: string, host: string, ex: Exchange | null,
+  headers: string[], path: string, bare: boolean, requestId: string, hashKey: string, host: string, ex: Exchange | null,
 ): undefined {
   const svc = route.service;
   const denied = originDenied(route.websocket!.origins, req, host);
@@ -829,7 +837,7 @@ function startWebSocket(
   };
   relayWebSocket({
     req, socket: upgrade.socket, head: upgrade.head,
-    url: `${secure ? 'wss' : 'ws'}:${target.origin.slice(target.origin.indexOf('//'))}${target.basePath === '' ? path : target.basePath + (path === '/' ? '' : path)}`,
+    url: `${secure ? 'wss' : 'ws'}:${target.origin.slice(target.origin.indexOf('//'))}${joinBase(target.basePath, path, bare)}`,
     headers: out,
     connectTimeout: svc.timeouts.connect + svc.timeouts.response,
     idleTimeout: ws.idleTimeout,

@@ -97,6 +97,8 @@ export interface ForwardRequest {
   method: string;
   /** Path + query to send upstream, minus the target's base path. */
   path: string;
+  /** strip_path left nothing of the path (`/` stands for none): see joinBase. */
+  bare: boolean;
   /** Request headers, ending with a `host` pair whose value is set per target. */
   headers: string[];
   /** Client's Host, when the route preserves it. */
@@ -137,9 +139,13 @@ export function grantSlots(st: ServiceState): void {
   }
 }
 
-/** `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`, `/v1` + `/x` -> `/v1/x`. */
-function joinBase(base: string, path: string): string {
-  return path === '/' || path.startsWith('/?') ? base + path.slice(1) : base + path;
+/**
+ * A target's base path and the path to send: `/v1` + `/x` -> `/v1/x`, `/v1` + `/` -> `/v1/`;
+ * `bare` (strip_path left nothing of the path): `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`.
+ */
+export function joinBase(base: string, path: string, bare: boolean): string {
+  if (base === '') return path;
+  return bare && (path === '/' || path.startsWith('/?')) ? base + path.slice(1) : base + path;
 }
 
 /** Index of grpc-status in a flat header list (a Trailers-Only answer), or -1. */
@@ -468,7 +474,7 @@ export class ForwardHandler {
     // The last pair of f.headers is reserved for Host, which depends on the target.
     const headers = f.headers;
     headers[headers.length - 1] = f.preservedHost ?? t.hostHeader;
-    const path = t.basePath === '' ? f.path : joinBase(t.basePath, f.path);
+    const path = t.basePath === '' ? f.path : joinBase(t.basePath, f.path, f.bare);
     const ex = f.exchange;
     if (ex !== null) {
       if (ex.upstreamStart === 0) ex.upstreamStart = performance.now();
