@@ -229,6 +229,26 @@ test('passive ejection doubles on each repeat, capped at max_ejection; a success
   }
 });
 
+test('passive health: a target of weight 0 (drained, no traffic) does not count as another target up: the last one with weight is not ejected', { timeout: 5000 }, async () => {
+  const pools = new PoolRegistry();
+  const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2", weight: 0}]\n      healthcheck: {passive: {failures: 1, ejection: 10s}}\n`, { env: {} }), { pools });
+  const events: { down: boolean; key: string }[] = [];
+  const authority = new HealthAuthority((d) => { if (d.t === 'target') events.push({ down: d.down, key: d.key }); });
+  const svc = snap.services[0]!;
+  const live = svc.targets[0]!;
+  try {
+    authority.sync(snap);
+    authority.passive(live.state.key, false);
+    authority.passive(live.state.key, false);
+    assert.deepEqual(events, [], 'the only target with weight was ejected: every request would get 503 no-healthy-target');
+    assert.equal(svc.balancer.pick('', null), live);
+  } finally {
+    await authority.stop();
+    snap.dispose();
+    await pools.closeAll();
+  }
+});
+
 test('the response timeout counts from the last byte of the request sent: a slow upload is not a slow upstream; a stall after it still is', { timeout: 8000 }, async () => {
   // (the helper hands over the whole body: the answer goes out at once after the last byte)
   const up = await startUpstream((req: IncomingMessage, res: ServerResponse, body: Buffer) => {

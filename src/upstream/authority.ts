@@ -34,6 +34,8 @@ interface TargetHealth {
   hostHeader: string;
   /** The service whose target it is (passive health never ejects a service's last target up). */
   service: string;
+  /** Its balancer weight: a target of weight 0 takes no traffic, so it is no target up for that rule. */
+  weight: number;
   /** What probes go through: the shared agent, or one with the service's upstream TLS settings. */
   dispatcher: Dispatcher | null;
   passive: PassiveConfig | null;
@@ -89,13 +91,14 @@ export class HealthAuthority implements Reporter {
         let h = this.targets.get(t.state.key);
         if (!h) {
           h = {
-            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, dispatcher: null, passive: null, active: null,
+            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, weight: t.weight, dispatcher: null, passive: null, active: null,
             failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
             probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
           };
           this.targets.set(h.key, h);
         }
         h.passive = s.health.passive;
+        h.weight = t.weight;
         h.dispatcher = t.origin.startsWith('https:') ? this.tlsAgent(s.tls, t.hostHeader) : null;
         const hadActive = h.active !== null;
         // Same probe settings (a reload builds new objects): keep the object, so a probe in
@@ -250,9 +253,9 @@ export class HealthAuthority implements Reporter {
     this.publish({ t: 'circuit', service: c.name, state: 'closed', until: 0 });
   }
 
-  /** Whether another target of h's service is up now. */
+  /** Whether another target of h's service is up now and takes traffic (a weight above 0). */
   private anotherUp(h: TargetHealth): boolean {
-    for (const o of this.targets.values()) if (o !== h && o.service === h.service && !o.down) return true;
+    for (const o of this.targets.values()) if (o !== h && o.service === h.service && !o.down && o.weight > 0) return true;
     return false;
   }
 
