@@ -393,6 +393,33 @@ test('upstream slow to send headers beyond timeouts.response (300ms): 504 proble
   assert.ok(ms >= 250 && ms < 1500, `answered after ${ms} ms`);
 });
 
+test('an upstream that sends a 102 Processing every 300 ms and never a final answer: 504 at timeouts.response (10 s), not held forever (undici restarts its headers timeout at each 1xx)', { timeout: 20_000 }, async () => {
+  const timers: NodeJS.Timeout[] = [];
+  const origin = await startRawOrigin((data, socket) => {
+    if (!data.includes('\r\n\r\n')) return null;
+    const beat = setInterval(() => { if (!socket.destroyed) socket.write('HTTP/1.1 102 Processing\r\n\r\n'); }, 300);
+    timers.push(beat);
+    socket.on('close', () => clearInterval(beat));
+    return 'HTTP/1.1 102 Processing\r\n\r\n';
+  });
+  const g = await startGateway(`
+services:
+  - {name: busy, url: '${origin.url}', timeouts: {response: 10s}, routes: [{paths: [/busy]}]}
+`);
+  try {
+    const t0 = Date.now();
+    const r = await fetch(`${g.url}/busy`, { dispatcher: new Agent({ headersTimeout: 15_000 }) });
+    const ms = Date.now() - t0;
+    assert.equal(r.status, 504);
+    assertProblem(504, 'gateway-timeout', r.headers, await r.text(), /"busy" did not answer within 10000 ms/);
+    assert.ok(ms >= 9_500 && ms < 11_500, `answered after ${ms} ms`);
+  } finally {
+    for (const t of timers) clearInterval(t);
+    await g.close();
+    await origin.close();
+  }
+});
+
 test('a client-supplied X-Request-Id is the problem request_id', { timeout: 10_000 }, async () => {
   const res = await get('/u/garbage', { 'x-request-id': 'probe-42' });
   assert.equal(res.status, 502);

@@ -703,6 +703,15 @@ export class ForwardHandler {
     if (statusCode < 200) {
       // Below 100 a status is not HTTP (RFC 9110 §15): not an interim answer, an invalid one.
       if (!(statusCode >= 100)) return this.invalidResponse(`status ${statusCode}`);
+      // undici restarts its headers timeout at every 1xx: an upstream sending a 102 now and then
+      // would hold the request past timeouts.response and the deadline. From the first 1xx a
+      // native timer (not restarted by more of them) bounds the wait for the final answer.
+      if (this.responseTimer === undefined) {
+        const response = this.f.service.timeouts.response;
+        const left = Math.max(1, Math.min(response, this.deadline - Date.now()));
+        this.timerAtDeadline = left < response;
+        this.responseTimer = setTimeout(() => this.responseTimeout(), left);
+      }
       // 100 never reaches here (undici refuses it); forward 102/103 and friends.
       // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
       if (this.f.req.httpVersionMajor === 1 && this.f.req.httpVersionMinor === 0) return true;
