@@ -352,3 +352,46 @@ services:
     await t.close();
   }
 });
+
+test('a half-open circuit takes a WebSocket handshake as one of its trials: another meanwhile is refused, and its success closes the circuit', { timeout: 10_000 }, async () => {
+  let failing = true;
+  let slow = false;
+  const wss = new WebSocketServer({
+    port: 0, host: '127.0.0.1',
+    verifyClient: (_info, cb) => (failing ? cb(false, 503) : setTimeout(() => cb(true), slow ? 300 : 0)),
+  });
+  wss.on('connection', (ws) => ws.on('message', (d) => ws.send(d)));
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const t = await startGateway(`
+admin: {listen: 127.0.0.1:0}
+services:
+  - name: live
+    url: http://127.0.0.1:${(wss.address() as AddressInfo).port}
+    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 300ms, half_open_requests: 1}
+    routes: [{name: live, paths: [/live], websocket: true}]
+`);
+  const circuit = async () => ((JSON.parse((await request(`${t.adminUrl}/health`)).body) as { circuits: Record<string, string> }).circuits.live);
+  const status = (p: Promise<unknown>) => p.then(() => 101, (err: { status?: number }) => err.status ?? 0);
+  try {
+    for (let i = 0; i < 2; i++) assert.equal(await status(open(`ws://127.0.0.1:${t.port}/live`)), 503);
+    assert.equal(await circuit(), 'open');
+    assert.equal(await status(open(`ws://127.0.0.1:${t.port}/live`)), 503);
+    await eventually(async () => (await circuit()) === 'half-open', 2000, 20);
+    failing = false;
+    slow = true;
+    const trial = open(`ws://127.0.0.1:${t.port}/live`);
+    await new Promise((r) => setTimeout(r, 100));
+    // the trial is still being judged: a second handshake is refused, as a second HTTP request is
+    assert.equal(await status(open(`ws://127.0.0.1:${t.port}/live`)), 503);
+    const { ws } = await trial;
+    assert.equal(await circuit(), 'closed', 'the trial\'s success closes the circuit');
+    ws.close(1000);
+    slow = false;
+    const again = await open(`ws://127.0.0.1:${t.port}/live`);
+    again.ws.close(1000);
+  } finally {
+    await t.close();
+    for (const c of wss.clients) c.terminate();
+    await new Promise((r) => wss.close(r));
+  }
+});

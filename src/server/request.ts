@@ -783,9 +783,11 @@ function startWebSocket(
   const denied = originDenied(route.websocket!.origins, req, host);
   if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied);
   // The service's circuit and bulkhead hold for WebSockets too: an open circuit refuses the
-  // handshake; a relay holds a bulkhead slot for its whole life (no queueing: 503 when full).
+  // handshake, a half-open one lets it through as one of its trials (its outcome closes or
+  // reopens the circuit, as an HTTP trial's does); a relay holds a bulkhead slot for its whole
+  // life (no queueing: 503 when full).
   const st = svc.state;
-  if (svc.circuit !== null && st.circuit === 'open') {
+  if (svc.circuit !== null && st.circuit !== 'closed' && (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests)) {
     const wait = Math.max(1, Math.ceil((st.openUntil - Date.now()) / 1000));
     return reject(ctx, req, res, requestId, 'circuit-open', `service "${svc.name}" is failing; its circuit is open`, { 'retry-after': String(wait) });
   }
@@ -796,6 +798,15 @@ function startWebSocket(
   if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`, noTargetRetryAfter(svc));
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
+  let trial = svc.circuit !== null && st.circuit === 'half-open';
+  if (trial) st.trials++;
+  /** The handshake is judged (or abandoned): a half-open trial's place is free again. */
+  const endTrial = () => {
+    if (trial) {
+      trial = false;
+      if (st.trials > 0) st.trials--;
+    }
+  };
   // With tracing on, the client's traceparent / tracestate were taken out of the list: the
   // upstream gets the request's context instead (the client's trace, the gateway's span).
   if (ex !== null && ex.span !== null) ctx.observer?.tracing?.inject(ex, headers);
@@ -821,6 +832,7 @@ function startWebSocket(
   target.state.inflight++;
   let released = false;
   const release = () => {
+    endTrial();
     if (!released) {
       released = true;
       target.state.inflight--;
@@ -833,7 +845,7 @@ function startWebSocket(
   /** The handshake's outcome for the circuit and passive health (a 5xx or no answer: failed). */
   const report = (ok: boolean) => {
     if (svc.health.passive !== null) svc.reporter.passive(target.state.key, ok);
-    if (svc.circuit !== null) svc.reporter.outcome(svc.name, ok, false);
+    if (svc.circuit !== null) svc.reporter.outcome(svc.name, ok, trial);
   };
   relayWebSocket({
     req, socket: upgrade.socket, head: upgrade.head,
@@ -848,6 +860,7 @@ function startWebSocket(
     via: VIA_11,
     onOpen: () => {
       report(true);
+      endTrial();
       ctx.ws.opened++;
       if (ex !== null) ex.upstreamHeaders = performance.now();
     },
