@@ -613,3 +613,34 @@ test('a target that stalls or cuts bodies after its headers is charged by passiv
     await busy.close();
   }
 });
+
+test('a request body over the route\'s cap (413) is the client\'s doing: it neither fails nor clears the target in passive health (its run of failures goes on)', { timeout: 5000 }, async () => {
+  const u = await startUpstream((_q, res) => res.writeHead(500).end('boom'));
+  const g = await startGateway(`
+admin: {listen: 127.0.0.1:0}
+services:
+  - name: s
+    upstream:
+      targets: [{url: "${u.url}"}]
+      healthcheck: {passive: {failures: 5, ejection: 30s}}
+    routes: [{paths: [/], plugins: [{name: request-size-limit, config: {max: 10b}}]}]
+`);
+  const failures = async () => (Object.values((JSON.parse((await request(`${g.adminUrl}/health`)).body) as { targets: Record<string, { failures: number }> }).targets)[0]!.failures);
+  try {
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal(await failures(), 1);
+    // a chunked body (no Content-Length to refuse it up front): it streams to the target until the cap
+    const big = await fetch(`${g.url}/x`, {
+      method: 'POST', duplex: 'half',
+      body: new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode('x'.repeat(100))); c.close(); } }),
+    } as RequestInit);
+    assert.equal(big.status, 413);
+    await big.text();
+    assert.equal(await failures(), 1, 'the client\'s oversized body counted as a success of the target');
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal(await failures(), 2);
+  } finally {
+    await g.close();
+    await u.close();
+  }
+});

@@ -1158,8 +1158,9 @@ export class ForwardHandler {
     if (code === H2_STREAM_CUT && (this.status === 204 || this.status === 304 || f.method === 'HEAD') && this.received === 0) return this.onComplete(null);
     if (code === 'UND_ERR_INVALID_ARG' && !f.res.headersSent) {
       // The request as built here cannot be sent (a header value undici refuses): the
-      // gateway's fault, not the target's; nothing went upstream.
-      if (this.target !== null) this.endAttempt(true);
+      // gateway's fault, not the target's; nothing went upstream (nor judged: a success would
+      // clear a failing target's run of failures).
+      if (this.target !== null) this.endAttempt(null);
       this.finished = true;
       this.outcome = null;
       sendProblem(f.res, 'internal-error', `the request could not be sent to service "${f.service.name}": ${err.message}`, f.requestId, { close: f.closeAfter });
@@ -1168,8 +1169,8 @@ export class ForwardHandler {
     }
     const causeCode = (err as { cause?: { code?: string } }).cause?.code;
     if (code === 'ERR_GRPC_WEB_BASE64' || causeCode === 'ERR_GRPC_WEB_BASE64') {
-      // The client's body, not the target: no failure charged to it or the circuit.
-      if (this.target !== null) this.endAttempt(true);
+      // The client's body, not the target: neither a failure nor a success of its, nor the circuit's.
+      if (this.target !== null) this.endAttempt(null);
       this.finished = true;
       this.outcome = null;
       if (!f.res.headersSent) sendProblem(f.res, 'bad-request', 'the grpc-web-text request body is not valid base64', f.requestId, { close: f.closeAfter });
@@ -1178,7 +1179,7 @@ export class ForwardHandler {
       return;
     }
     if (code === BODY_TOO_LARGE || causeCode === BODY_TOO_LARGE) {
-      if (this.target !== null) this.endAttempt(true); // not the target's fault
+      if (this.target !== null) this.endAttempt(null); // not the target's doing: not judged by it
       this.finished = true;
       this.outcome = null;
       // (with what plugins added for the client, as on the gateway's other answers here)
