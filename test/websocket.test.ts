@@ -395,3 +395,45 @@ services:
     await new Promise((r) => wss.close(r));
   }
 });
+
+test('a handshake whose target refuses the connection goes to another target (retries, connect-error: nothing was sent), as an HTTP request does; without retries it is a 502', { timeout: 10_000 }, async () => {
+  // a port nothing listens on: its connections are refused
+  const dead = await startUpstream();
+  const deadUrl = dead.url;
+  await dead.close();
+  const conf = (retries: number) => `
+services:
+  - name: two
+    retries: ${retries}
+    upstream:
+      targets: [{url: "${deadUrl}"}, {url: "${up.url}"}]
+    routes: [{name: two, paths: [/two], websocket: true}]
+`;
+  const t = await startGateway(conf(1));
+  try {
+    const before = up.handshakes.length;
+    // round-robin: every other handshake is offered the dead target first
+    for (let i = 0; i < 4; i++) {
+      const { ws } = await open(`ws://127.0.0.1:${t.port}/two`);
+      ws.send(`m${i}`);
+      assert.equal((await nextMessage(ws)).data.toString(), `m${i}`);
+      const c = closed(ws);
+      ws.close(1000);
+      await c;
+    }
+    assert.equal(up.handshakes.length - before, 4);
+    assert.equal(t.gw.ws.rejected, 0);
+  } finally {
+    await t.close();
+  }
+  const t0 = await startGateway(conf(0));
+  try {
+    const statuses: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      statuses.push(await open(`ws://127.0.0.1:${t0.port}/two`).then(({ ws }) => { ws.close(1000); return 101; }, (err: { status?: number }) => err.status ?? 0));
+    }
+    assert.deepEqual(statuses.sort(), [101, 502]);
+  } finally {
+    await t0.close();
+  }
+});

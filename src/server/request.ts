@@ -12,7 +12,7 @@ import { isIP, type Socket } from 'node:net';
 import { REFRESH_PEER_HEADER } from '../plugins/cache/refresh.js';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import type { CompiledRoute, Snapshot } from '../config/compile.js';
+import type { CompiledRoute, Snapshot, Target } from '../config/compile.js';
 import { ALLOW_ALL, PROBLEMS, ProblemError, isHttp2, markAnswered, sendProblem, type ProblemCode } from '../core/problem.js';
 import { write as writeWhole, type ResponsePlugins } from './respond.js';
 import { composeRoute } from './compose-route.js';
@@ -27,7 +27,7 @@ import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/h
 import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
 import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
-import { ForwardHandler, grantSlots, joinBase, noTargetRetryAfter } from '../upstream/forward.js';
+import { ForwardHandler, earnRetry, grantSlots, joinBase, noTargetRetryAfter, spendRetry } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
 import { grpcWebKind } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
@@ -794,7 +794,7 @@ function startWebSocket(
   if (svc.bulkhead !== null && st.active >= st.maxConcurrent) {
     return reject(ctx, req, res, requestId, 'service-overloaded', `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, { 'retry-after': '1' });
   }
-  const target = svc.balancer.pick(hashKey, null);
+  let target = svc.balancer.pick(hashKey, null);
   if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`, noTargetRetryAfter(svc));
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
@@ -818,7 +818,6 @@ function startWebSocket(
     const prev = out[k];
     out[k] = prev === undefined ? headers[i + 1]! : Array.isArray(prev) ? [...prev, headers[i + 1]!] : [prev, headers[i + 1]!];
   }
-  out.host = route.preserveHost && host ? host : target.hostHeader;
   if (ex !== null) {
     ex.target = target.origin;
     ex.attempts = 1;
@@ -827,15 +826,25 @@ function startWebSocket(
   // The response object stays on the socket only for rejections made before this point.
   res.detachSocket(upgrade.socket as Socket);
   const ws = route.websocket!;
-  const secure = target.origin.startsWith('https:');
-  const tls = secure ? { ...svc.tls, servername: svc.tls?.servername ?? hostName(target.hostHeader) } : undefined;
+  /** The handshake's URL, Host and TLS settings for target `t`. */
+  const dial = (t: Target) => {
+    const secure = t.origin.startsWith('https:');
+    const tls = secure ? { ...svc.tls, servername: svc.tls?.servername ?? hostName(t.hostHeader) } : undefined;
+    return {
+      url: `${secure ? 'wss' : 'ws'}:${t.origin.slice(t.origin.indexOf('//'))}${joinBase(t.basePath, path, bare)}`,
+      headers: { ...out, host: route.preserveHost && host ? host : t.hostHeader },
+      ...(tls ? { tls } : {}),
+    };
+  };
+  if (svc.retries > 0) earnRetry(svc);
+  let tried: Target[] | null = null;
   target.state.inflight++;
   let released = false;
   const release = () => {
     endTrial();
     if (!released) {
       released = true;
-      target.state.inflight--;
+      target!.state.inflight--;
       if (slot) {
         st.active--;
         grantSlots(st);
@@ -844,18 +853,34 @@ function startWebSocket(
   };
   /** The handshake's outcome for the circuit and passive health (a 5xx or no answer: failed). */
   const report = (ok: boolean) => {
-    if (svc.health.passive !== null) svc.reporter.passive(target.state.key, ok);
+    if (svc.health.passive !== null) svc.reporter.passive(target!.state.key, ok);
     if (svc.circuit !== null) svc.reporter.outcome(svc.name, ok, trial);
   };
   relayWebSocket({
     req, socket: upgrade.socket, head: upgrade.head,
-    url: `${secure ? 'wss' : 'ws'}:${target.origin.slice(target.origin.indexOf('//'))}${joinBase(target.basePath, path, bare)}`,
-    headers: out,
+    ...dial(target),
     connectTimeout: svc.timeouts.connect + svc.timeouts.response,
     idleTimeout: ws.idleTimeout,
     maxMessage: ws.maxMessage,
-    ...(tls ? { tls } : {}),
     requestId,
+    // A connection that failed before anything was sent (refused, unreachable) goes to another
+    // target, as an HTTP request's does (retries, retry_on connect-error, the retry budget).
+    retry: () => {
+      const failed = target!;
+      if (released || (tried?.length ?? 0) >= svc.retries || !svc.retryOn.connectError) return null;
+      const next = svc.balancer.pick(hashKey, (tried ??= []).concat(failed));
+      if (next === null || next === failed || tried.includes(next) || !spendRetry(svc, Date.now())) return null;
+      tried.push(failed);
+      if (svc.health.passive !== null) svc.reporter.passive(failed.state.key, false);
+      failed.state.inflight--;
+      next.state.inflight++;
+      target = next;
+      if (ex !== null) {
+        ex.target = next.origin;
+        ex.attempts++;
+      }
+      return dial(next);
+    },
     responseHeaders: { 'x-request-id': requestId },
     via: VIA_11,
     onOpen: () => {

@@ -66,6 +66,11 @@ export interface WsRelayOptions {
    * client gone, shutdown, a gateway bug).
    */
   onReject?: (status: number, upstream: boolean) => void;
+  /**
+   * The connection to the upstream failed before anything was sent (refused, unreachable, DNS):
+   * where to try next (another target), or null to answer 502. Called once per failure.
+   */
+  retry?: () => { url: string; headers: Record<string, string | string[]>; tls?: WsRelayOptions['tls'] } | null;
 }
 
 const HIGH_WATER = 1024 * 1024;   // send-buffer size that pauses the other leg
@@ -73,6 +78,8 @@ const CLOSE_GRACE_MS = 5000;      // close handshake budget before terminate()
 const BODY_CAP = 64 * 1024;       // largest relayed body of a refused upstream handshake (past it: 502)
 const CLIENT_GONE = 499;
 const VERSION_UNSUPPORTED = 'unsupported Sec-WebSocket-Version (13 expected)';
+/** Connection errors after which nothing was sent upstream: the handshake may go to another target. */
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
 const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const FIELD_VALUE_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
@@ -210,21 +217,28 @@ export function relayWebSocket(o: WsRelayOptions): void {
   }
   if (!socket.readable || !socket.writable) { socket.destroy(); o.onReject?.(CLIENT_GONE, false); return; }
 
-  let up: WebSocket;
-  try {
-    const opts: ClientOptions & { servername?: string } = {
-      ...o.tls,
-      perMessageDeflate: false, followRedirects: false, maxPayload: o.maxMessage,
-      handshakeTimeout: o.connectTimeout,
-      // The offer goes in the headers, not as ws's protocols: given those, ws fails a 101 that
-      // picks none of them, a valid answer the client is the one to judge (see 'upgrade' below).
-      headers: (offered.length ? { ...o.headers, 'sec-websocket-protocol': offered.join(',') } : o.headers) as Record<string, string>, // arrays are fine for http.request
-    };
-    up = new WebSocket(o.url, opts);
-  } catch { // bad URL or header value: a gateway bug, not the upstream's fault
+  /** The upstream handshake (a new one when a connection failure sends it to another target). */
+  const open = (url: string, headers: Record<string, string | string[]>, tls: WsRelayOptions['tls']): WebSocket | null => {
+    try {
+      const opts: ClientOptions & { servername?: string } = {
+        ...tls,
+        perMessageDeflate: false, followRedirects: false, maxPayload: o.maxMessage,
+        handshakeTimeout: o.connectTimeout,
+        // The offer goes in the headers, not as ws's protocols: given those, ws fails a 101 that
+        // picks none of them, a valid answer the client is the one to judge (see 'upgrade' below).
+        headers: (offered.length ? { ...headers, 'sec-websocket-protocol': offered.join(',') } : headers) as Record<string, string>, // arrays are fine for http.request
+      };
+      return new WebSocket(url, opts);
+    } catch { // bad URL or header value: a gateway bug, not the upstream's fault
+      return null;
+    }
+  };
+  const first = open(o.url, o.headers, o.tls);
+  if (first === null) {
     o.onReject?.(problem(o, 'internal-error', 'could not build the upstream WebSocket request'), false);
     return;
   }
+  let up = first;
 
   // Exactly one of: fail(), the relayed non-101 response, 'open'. settle() arbitrates.
   let settled = false;
@@ -255,74 +269,92 @@ export function relayWebSocket(o: WsRelayOptions): void {
     else { socket.destroy(); o.onReject?.(CLIENT_GONE, false); }
   }
 
-  up.on('error', (err: Error & { code?: unknown }) => {
-    if (err.message === 'Opening handshake has timed out' || err.code === 'ETIMEDOUT') {
-      fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time');
-    } else if (typeof err.code === 'string') {
-      fail('bad-gateway', 'could not connect to the upstream (refused, reset, unreachable or TLS failure)');
-    } else {
-      fail('bad-gateway', 'the upstream sent an invalid WebSocket handshake response'); // bad accept, subprotocol...
-    }
-  });
+  const wireUp = (u: WebSocket): void => {
+    u.on('error', (err: Error & { code?: unknown }) => {
+      if (u !== up) return; // (a handshake given up for another target)
+      if (!settled && typeof err.code === 'string' && CONNECT_FAILURES.has(err.code) && o.retry !== undefined) {
+        const next = o.retry();
+        if (next !== null) {
+          u.terminate();
+          const again = open(next.url, next.headers, next.tls);
+          if (again === null) {
+            fail('internal-error', 'could not build the upstream WebSocket request');
+            return;
+          }
+          up = again;
+          wireUp(again);
+          return;
+        }
+      }
+      if (err.message === 'Opening handshake has timed out' || err.code === 'ETIMEDOUT') {
+        fail('gateway-timeout', 'the upstream did not complete the WebSocket handshake in time');
+      } else if (typeof err.code === 'string') {
+        fail('bad-gateway', 'could not connect to the upstream (refused, reset, unreachable or TLS failure)');
+      } else {
+        fail('bad-gateway', 'the upstream sent an invalid WebSocket handshake response'); // bad accept, subprotocol...
+      }
+    });
 
-  // A non-101 answer: relay it whole (status, end-to-end headers, body), read first to give it
-  // a Content-Length; one with a body over 64 KiB is a 502, never a cut body labelled complete.
-  up.on('unexpected-response', (_r, res) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const tooBig = (): void => fail('bad-gateway', `the upstream refused the WebSocket handshake with a ${res.statusCode} whose body is over ${BODY_CAP} bytes`);
-    const done = (): void => {
-      if (!settle()) return;
+    // A non-101 answer: relay it whole (status, end-to-end headers, body), read first to give it
+    // a Content-Length; one with a body over 64 KiB is a 502, never a cut body labelled complete.
+    u.on('unexpected-response', (_r, res) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const tooBig = (): void => fail('bad-gateway', `the upstream refused the WebSocket handshake with a ${res.statusCode} whose body is over ${BODY_CAP} bytes`);
+      const done = (): void => {
+        if (!settle()) return;
+        const own = gatewayHeaders(o);
+        const status = res.statusCode ?? 502;
+        const headers = [...endToEnd(res.rawHeaders, own, false, o.via), ...own];
+        writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks, size));
+        up.terminate();
+        o.onReject?.(status, true);
+      };
+      res.on('error', noop);
+      if (Number(res.headers['content-length']) > BODY_CAP) { tooBig(); return; }
+      res.on('data', (c: Buffer) => { size += c.length; if (size > BODY_CAP) tooBig(); else chunks.push(c); });
+      res.on('end', done);
+      res.on('close', () => { if (!res.complete) fail('bad-gateway', 'the upstream cut its handshake response short'); });
+    });
+
+    let upHeaders: string[] = [];
+    let chosen = ''; // the subprotocol the upstream picked among the offered ones ('' none)
+    u.on('upgrade', (res) => {
+      upSocket = res.socket; upHeaders = res.rawHeaders;
+      // ws emits 'upgrade' before it checks the 101, and it checks the subprotocol against the
+      // (empty) list it was given: one of the offered ones is taken here and hidden from that
+      // check; anything else (not offered, several, empty) stays, and ws fails the handshake (502).
+      const p = res.headers['sec-websocket-protocol'];
+      if (p !== undefined && offered.includes(p)) { chosen = p; delete res.headers['sec-websocket-protocol']; }
+    });
+
+    // Upstream 101: now complete the client's handshake, with the subprotocol the upstream chose.
+    u.on('open', () => {
+      if (!settle()) { up.terminate(); return; }
+      if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE, false); return; }
       const own = gatewayHeaders(o);
-      const status = res.statusCode ?? 502;
-      const headers = [...endToEnd(res.rawHeaders, own, false, o.via), ...own];
-      writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks, size));
-      up.terminate();
-      o.onReject?.(status, true);
-    };
-    res.on('error', noop);
-    if (Number(res.headers['content-length']) > BODY_CAP) { tooBig(); return; }
-    res.on('data', (c: Buffer) => { size += c.length; if (size > BODY_CAP) tooBig(); else chunks.push(c); });
-    res.on('end', done);
-    res.on('close', () => { if (!res.complete) fail('bad-gateway', 'the upstream cut its handshake response short'); });
-  });
-
-  let upHeaders: string[] = [];
-  let chosen = ''; // the subprotocol the upstream picked among the offered ones ('' none)
-  up.on('upgrade', (res) => {
-    upSocket = res.socket; upHeaders = res.rawHeaders;
-    // ws emits 'upgrade' before it checks the 101, and it checks the subprotocol against the
-    // (empty) list it was given: one of the offered ones is taken here and hidden from that
-    // check; anything else (not offered, several, empty) stays, and ws fails the handshake (502).
-    const p = res.headers['sec-websocket-protocol'];
-    if (p !== undefined && offered.includes(p)) { chosen = p; delete res.headers['sec-websocket-protocol']; }
-  });
-
-  // Upstream 101: now complete the client's handshake, with the subprotocol the upstream chose.
-  up.on('open', () => {
-    if (!settle()) { up.terminate(); return; }
-    if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE, false); return; }
-    const own = gatewayHeaders(o);
-    const headers = [...endToEnd(upHeaders, own, true, o.via), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
-    accepted.set(req, { protocol: chosen, headers });
-    // ws destroys a socket it finds closed without calling back: catch that here.
-    const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE, false); };
-    socket.once('close', lost);
-    let upgraded = false;
-    try {
-      serverFor(o.maxMessage).handleUpgrade(req, socket, o.head, (down) => {
-        upgraded = true;
-        socket.off('close', lost);
-        accepted.delete(req);
-        relay(o, down, up, socket, upSocket);
-      });
-    } catch (err) {
-      if (upgraded) throw err; // from the gateway's onOpen: not ours to hide
-      socket.off('close', lost); // ws throws if this socket was already upgraded (a gateway bug)
-      up.terminate();
-      o.onReject?.(problem(o, 'internal-error', 'the WebSocket upgrade failed'), false);
-    }
-  });
+      const headers = [...endToEnd(upHeaders, own, true, o.via), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
+      accepted.set(req, { protocol: chosen, headers });
+      // ws destroys a socket it finds closed without calling back: catch that here.
+      const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE, false); };
+      socket.once('close', lost);
+      let upgraded = false;
+      try {
+        serverFor(o.maxMessage).handleUpgrade(req, socket, o.head, (down) => {
+          upgraded = true;
+          socket.off('close', lost);
+          accepted.delete(req);
+          relay(o, down, up, socket, upSocket);
+        });
+      } catch (err) {
+        if (upgraded) throw err; // from the gateway's onOpen: not ours to hide
+        socket.off('close', lost); // ws throws if this socket was already upgraded (a gateway bug)
+        up.terminate();
+        o.onReject?.(problem(o, 'internal-error', 'the WebSocket upgrade failed'), false);
+      }
+    });
+  };
+  wireUp(up);
 }
 
 // ---- relay ----

@@ -140,6 +140,28 @@ export function grantSlots(st: ServiceState): void {
 }
 
 /**
+ * Takes one retry from the service's budget (tokens earned by requests and by time), or says
+ * there is none left.
+ */
+export function spendRetry(svc: CompiledService, now: number): boolean {
+  const st = svc.state;
+  if (svc.budget.minPerSecond > 0) {
+    const cap = Math.max(10, svc.budget.ratio * 100, svc.budget.minPerSecond);
+    st.tokens = Math.min(cap, st.tokens + ((now - st.tokensAt) / 1000) * svc.budget.minPerSecond);
+  }
+  st.tokensAt = now;
+  if (st.tokens < 1) return false;
+  st.tokens -= 1;
+  return true;
+}
+
+/** What a request earns of the retry budget: `ratio` of a retry (capped, so a quiet spell cannot bank a storm). */
+export function earnRetry(svc: CompiledService): void {
+  const st = svc.state;
+  st.tokens = Math.min(st.tokens + svc.budget.ratio, Math.max(10, svc.budget.ratio * 100));
+}
+
+/**
  * A target's base path and the path to send: `/v1` + `/x` -> `/v1/x`, `/v1` + `/` -> `/v1/`;
  * `bare` (strip_path left nothing of the path): `/v1` + `/` -> `/v1`, `/v1` + `/?a` -> `/v1?a`.
  */
@@ -371,10 +393,7 @@ export class ForwardHandler {
         this.deadline = Math.min(this.deadline, this.grpcDeadline);
       }
     }
-    if (svc.retries > 0) {
-      // Every request earns `ratio` of a retry (capped, so a quiet spell cannot bank a storm).
-      st.tokens = Math.min(st.tokens + svc.budget.ratio, Math.max(10, svc.budget.ratio * 100));
-    }
+    if (svc.retries > 0) earnRetry(svc);
     if (svc.circuit !== null && st.circuit !== 'closed') {
       if (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests) {
         const wait = Math.max(1, Math.ceil((st.openUntil - Date.now()) / 1000));
@@ -667,15 +686,7 @@ export class ForwardHandler {
     // next target (a timer firing a ms before Date.now() reached the deadline started a third
     // attempt of 1 ms where two were due).
     if (this.deadline - now < MIN_RETRY_LEFT_MS) return false;
-    const st = svc.state;
-    if (svc.budget.minPerSecond > 0) {
-      const cap = Math.max(10, svc.budget.ratio * 100, svc.budget.minPerSecond);
-      st.tokens = Math.min(cap, st.tokens + ((now - st.tokensAt) / 1000) * svc.budget.minPerSecond);
-    }
-    st.tokensAt = now;
-    if (st.tokens < 1) return false;
-    st.tokens -= 1;
-    return true;
+    return spendRetry(svc, now);
   }
 
   /** Whether this request may be sent again as it is: idempotent (or allowed), its body still whole, time left. */
