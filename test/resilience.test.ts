@@ -644,3 +644,44 @@ services:
     await u.close();
   }
 });
+
+test('half-open: a trial is judged by its answer\'s status, not by the end of its body: a long stream closes the circuit at once and does not hold the trial place', { timeout: 8000 }, async () => {
+  let mode: 'fail' | 'stream' = 'fail';
+  const streams: ServerResponse[] = [];
+  const u = await startUpstream((_q, res) => {
+    if (mode === 'fail') return res.writeHead(500).end('boom');
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write('data: hello\n\n');
+    streams.push(res);
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${u.url}\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, window: 10s, open_for: 300ms, half_open_requests: 1}\n    routes: [{paths: [/]}]\n`);
+  const held: ClientRequest[] = [];
+  try {
+    for (let i = 0; i < 2; i++) assert.equal((await request(`${g.url}/x`)).status, 500);
+    assertProblem(await request(`${g.url}/x`), 503, 'circuit-open');
+    await sleep(360);
+    mode = 'stream';
+    // the trial: an event stream that stays open
+    const first = await new Promise<IncomingMessage>((resolve, reject) => {
+      const r = httpRequest(`${g.url}/events`, resolve);
+      r.on('error', reject);
+      r.end();
+      held.push(r);
+    });
+    assert.equal(first.statusCode, 200);
+    await until(() => streams.length === 1, 2000, 'the stream at the upstream');
+    // while it streams, the circuit is closed: other requests go through
+    const other = await new Promise<IncomingMessage>((resolve, reject) => {
+      const r = httpRequest(`${g.url}/events`, resolve);
+      r.on('error', reject);
+      r.end();
+      held.push(r);
+    });
+    assert.equal(other.statusCode, 200, 'a request during the trial\'s stream was refused (circuit-open)');
+  } finally {
+    for (const r of held) r.destroy();
+    for (const s of streams) s.destroy();
+    await g.close();
+    await u.close();
+  }
+});

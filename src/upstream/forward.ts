@@ -640,6 +640,21 @@ export class ForwardHandler {
     this.release();
   }
 
+  /**
+   * A half-open trial is judged by its answer's status, not by its body's end: a long stream (SSE,
+   * a download, a gRPC stream) must not hold the circuit's only trial place, refusing every other
+   * request meanwhile. The circuit learns the outcome now; a body that breaks later is reported
+   * as an ordinary failure.
+   */
+  private endTrial(): void {
+    const svc = this.f.service;
+    const st = svc.state;
+    this.trial = false;
+    if (st.trials > 0) st.trials--;
+    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, true);
+    this.outcome = null;
+  }
+
   /** Releases everything the request holds, once: target, bulkhead slot, trial; reports the circuit outcome. */
   private release(): void {
     if (this.released) return;
@@ -759,6 +774,7 @@ export class ForwardHandler {
       }
     }
     this.outcome = statusCode < 500;
+    if (this.trial) this.endTrial();
     this.status = statusCode;
     this.resumeFn = resume;
     const read = svc.timeouts.read;
