@@ -101,6 +101,7 @@ const SCRIPTS: Record<string, (s: Socket) => 'keep' | 'done'> = {
     return 'done';
   },
   '/garbage': (s) => (s.write('this is not HTTP at all\r\n\r\n'), 'keep'),
+  '/huge-head': (s) => (s.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Big: ${'a'.repeat(70_000)}\r\n\r\nok`), 'keep'),
   // A 304 keeps its (representation's) Content-Length; a 204 carries none (RFC 9110 §8.6); both end at their head (RFC 9112 §6.3).
   '/304-cl': (s) => (s.write('HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: "a"\r\n\r\n'), 'keep'),
   '/204-cl': (s) => (s.write('HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n'), 'keep'),
@@ -418,6 +419,12 @@ services:
     await g.close();
     await origin.close();
   }
+});
+
+test('response headers over 64 KiB: 502 problem+json that says so (not undici\'s error code)', { timeout: 10_000 }, async () => {
+  const res = await get('/u/huge-head');
+  assert.equal(res.status, 502);
+  assertProblem(502, 'bad-gateway', res.headers, await res.text(), /"flaky" sent response headers larger than 64 KiB/);
 });
 
 test('a client-supplied X-Request-Id is the problem request_id', { timeout: 10_000 }, async () => {

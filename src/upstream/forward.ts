@@ -10,7 +10,7 @@ import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import { FD_EXHAUSTED, fdWatch } from '../core/fd-limit.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
-import { onReusedConnection } from './pools.js';
+import { MAX_RESPONSE_HEADER_BYTES, onReusedConnection } from './pools.js';
 import { H2_STREAM_CUT, h2Streams } from './h2-streams.js';
 import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
@@ -1319,6 +1319,8 @@ function describeUpstreamError(code: string, err: Error, service: CompiledServic
       return ['bad-request', 'the request body does not match its Content-Length'];
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
       return ['bad-gateway', `service "${service.name}" sent a body that does not match its Content-Length`];
+    case 'UND_ERR_HEADERS_OVERFLOW':
+      return ['bad-gateway', `service "${service.name}" sent response headers larger than ${MAX_RESPONSE_HEADER_BYTES / 1024} KiB`];
     case H2_STREAM_CUT:
       return ['bad-gateway', `service "${service.name}" closed its HTTP/2 stream before the end of its response`];
     default:

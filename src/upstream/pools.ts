@@ -41,6 +41,9 @@ export function onReusedConnection(err: Error): boolean {
   return (err as Error & { [REUSED]?: true })[REUSED] === true;
 }
 
+/** The largest response header section read from an upstream (past it: 502). */
+export const MAX_RESPONSE_HEADER_BYTES = 64 * 1024;
+
 export interface PoolOptions {
   connectTimeout: number;
   keepAliveTimeout?: number;
@@ -98,7 +101,7 @@ export class PoolRegistry {
           // Per-request timeouts are passed on dispatch; these are upper bounds.
           headersTimeout: 0,
           bodyTimeout: 0,
-          maxHeaderSize: 64 * 1024,
+          maxHeaderSize: MAX_RESPONSE_HEADER_BYTES,
           strictContentLength: true,
         }),
         refs: 0,
