@@ -159,6 +159,17 @@ services:
     assert.equal(h['x-forwarded-host'], 'api.example.com');
     assert.match(h['forwarded'] as string, /^for=203\.0\.113\.9, for=127\.0\.0\.1;/);
     assert.equal(h['x-forwarded-port'], String(t.port));
+    // a trusted proxy that sent X-Forwarded-* but no Forwarded: its hops are told in Forwarded too
+    // (the first element the client's, with its scheme and Host), not only this hop from the proxy
+    await request(`${t.url}/x`, {
+      headers: { host: 'gw.test', 'x-forwarded-for': '203.0.113.9, 2001:db8::7, 10.1.2.3:4711', 'x-forwarded-proto': 'https, http', 'x-forwarded-host': 'api.example.com' },
+    });
+    assert.equal(last().headers['forwarded'],
+      'for=203.0.113.9;proto=https;host="api.example.com", for="[2001:db8::7]", for="10.1.2.3:4711", for=127.0.0.1;host="gw.test";proto=http');
+    await request(`${t.url}/x`, { headers: { host: 'gw.test', 'x-forwarded-proto': 'https' } });
+    assert.equal(last().headers['forwarded'], 'for=unknown;proto=https, for=127.0.0.1;host="gw.test";proto=http');
+    await request(`${t.url}/x`, { headers: { host: 'gw.test' } });
+    assert.equal(last().headers['forwarded'], 'for=127.0.0.1;host="gw.test";proto=http');
     // a spoofed left-most entry cannot win: the right-most untrusted address is the client
     await request(`${t.url}/x`, { headers: { 'x-forwarded-for': '1.1.1.1, 198.51.100.7' } });
     assert.equal(last().headers['x-real-ip'], '198.51.100.7');

@@ -74,6 +74,34 @@ export function forwardedElement(peer: string): string {
   return isIP(peer) === 6 ? `for="[${peer}]"` : `for=${peer || 'unknown'}`;
 }
 
+/** An RFC 7239 node (an X-Forwarded-For entry) as a `for=` value: a token, or quoted (IPv6, a port...). */
+function forwardedNode(entry: string): string {
+  if (isIP(entry) === 6) return `"[${entry}]"`;
+  if (/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(entry)) return entry;
+  return `"${entry.replace(/["\\]/g, '\\$&')}"`;
+}
+
+/**
+ * The Forwarded elements (RFC 7239 §7.4) for the hops a trusted proxy described only in
+ * X-Forwarded-For/-Proto/-Host: one `for=` per X-Forwarded-For entry (`unknown` without one),
+ * the first with the client's scheme and Host. Without them an upstream that prefers Forwarded
+ * (Spring's ForwardedHeaderFilter, Tomcat's RemoteIpValve...) would take the proxy for the
+ * client, and this hop's scheme for the client's.
+ */
+export function forwardedFromX(xff: string | undefined, proto: string | undefined, host: string | undefined): string {
+  const nodes: string[] = [];
+  for (const e of (xff ?? '').split(',')) {
+    const v = e.trim();
+    if (v !== '') nodes.push(forwardedNode(v));
+  }
+  if (nodes.length === 0) nodes.push('unknown');
+  let out = `for=${nodes[0]}`;
+  if (proto !== undefined) out += `;proto=${proto}`;
+  if (host !== undefined) out += `;host="${host}"`;
+  for (let i = 1; i < nodes.length; i++) out += `, for=${nodes[i]}`;
+  return out;
+}
+
 /**
  * The network an address belongs to, for limits one client should not dodge by changing its
  * address: an IPv4 address itself (or its /24 with `v4Prefix`), an IPv6 address's /64 (what one

@@ -24,7 +24,7 @@ import { PluginCtx } from '../plugins/context.js';
 import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../plugins/pipeline.js';
 import type { Reply } from '../plugins/types.js';
 import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/headers.js';
-import { clientIp, forwardedElement, plainIp } from '../core/forwarded.js';
+import { clientIp, forwardedElement, forwardedFromX, plainIp } from '../core/forwarded.js';
 import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
 import { ForwardHandler, earnRetry, grantSlots, joinBase, noTargetRetryAfter, spendRetry } from '../upstream/forward.js';
@@ -534,7 +534,17 @@ export function handleRequest(
   if (fw.port) headers.push('x-forwarded-port', t && xfPort !== undefined && /^[0-9]{1,5}$/.test(xfPort) ? xfPort : p.port);
   if (fw.realIp) headers.push('x-real-ip', t ? clientIp(p.peer, xff, snap.trusted) : p.peer);
   if (fw.forwarded) {
-    headers.push('forwarded', `${t && forwarded ? forwarded + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${p.proto}`);
+    // A trusted proxy's Forwarded goes on; one that sent only X-Forwarded-* has its hops told in
+    // Forwarded's terms, so both families name the same client and scheme.
+    let prior = t ? forwarded : undefined;
+    if (t && !prior && (xff || xfProto || xfHost)) {
+      prior = forwardedFromX(
+        xff,
+        xfProto !== undefined && XFP_RE.test(xfProto) ? xfProto.split(',')[0]!.trim().toLowerCase() : undefined,
+        xfHost !== undefined && hostList(xfHost) ? xfHost.split(',')[0]!.trim() : undefined,
+      );
+    }
+    headers.push('forwarded', `${prior ? prior + ', ' : ''}${p.forwardedFor}${host ? `;host="${host}"` : ''};proto=${p.proto}`);
   }
   const received = h2 ? VIA_2 : req.httpVersionMinor === 1 ? VIA_11 : VIA_10;
   headers.push(
