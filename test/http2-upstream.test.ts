@@ -627,3 +627,32 @@ services:
     await up.close();
   }
 });
+
+test('an HTTP/2 upstream stream refused (RST_STREAM REFUSED_STREAM: nothing processed, RFC 9113 §8.7) is sent again under retries, whatever the method; without retries a 502 that says so', async () => {
+  const REFUSED_STREAM = 0x7;
+  const refuse = new Set<number>([0, 2]);
+  const origin = await startRawH2Origin((s) => {
+    if (refuse.has(s.index)) return s.rst(REFUSED_STREAM);
+    s.headers(200, { 'content-length': '2' });
+    s.data('ok', true);
+  });
+  const gw = await startGateway(`
+services:
+  - {name: h2r, url: '${origin.url}', protocol: h2c, retries: 1, routes: [{paths: [/r]}]}
+  - {name: h2n, url: '${origin.url}', protocol: h2c, routes: [{paths: [/n]}]}
+`);
+  try {
+    const get = await rawRequest(gw.port, 'GET /r HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.match(get.text, /^HTTP\/1\.1 200 /, get.text);
+    // a POST without a body: refused, nothing was processed, so it goes again too
+    const post = await rawRequest(gw.port, 'POST /r HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    assert.match(post.text, /^HTTP\/1\.1 200 /, post.text);
+    refuse.add(4);
+    const none = await rawRequest(gw.port, 'GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    assert.match(none.text, /^HTTP\/1\.1 502 /);
+    assert.match(none.text, /refused the request's HTTP\/2 stream \(REFUSED_STREAM\)/);
+  } finally {
+    await gw.close();
+    await origin.close();
+  }
+});

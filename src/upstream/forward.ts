@@ -43,6 +43,11 @@ const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED
  */
 const H2_CUTS = new Set(['ERR_HTTP2_STREAM_ERROR', H2_STREAM_CUT]);
 /**
+ * An upstream HTTP/2 stream reset with REFUSED_STREAM: closed before any processing (RFC 9113
+ * §8.7), so it may be sent again as a connection never made may (connect-error).
+ */
+const refusedStream = (code: string, err: Error) => code === 'ERR_HTTP2_STREAM_ERROR' && err.message.endsWith('NGHTTP2_REFUSED_STREAM');
+/**
  * undici's HTTP/1.1 client (lib/dispatcher/client-h1.js, onHeadersComplete) refuses any 100
  * Continue outright — it never sends Expect (lib/core/request.js refuses the header), so every
  * 100 is unrequested — and drops the connection with this SocketError, though RFC 9110 §15.2
@@ -1250,7 +1255,7 @@ export class ForwardHandler {
       // kept-alive) nor retried (the target answers the same): 502 invalid-upstream-response.
       const refused100 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_100 && this.status === 0;
       const refused101 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_101 && this.status === 0;
-      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) || refusedStream(code, err) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
       const t = this.target;
       if (t !== null && kind === 'reset' && this.status === 0 && !this.staleRetried && onReusedConnection(err) && this.mayReplay()) {
         // A kept-alive connection that broke before any answer: the origin most likely closed
@@ -1275,7 +1280,9 @@ export class ForwardHandler {
         return;
       }
       this.finished = true;
-      const [problem, detail] = refused100
+      const [problem, detail] = refusedStream(code, err)
+        ? ['bad-gateway' as const, `service "${f.service.name}" refused the request's HTTP/2 stream (REFUSED_STREAM)`]
+        : refused100
         ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 100 Continue it was not asked for (the gateway's HTTP/1.1 client cannot read past it)`]
         : refused101
           ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 101 Switching Protocols to a request that asked for no upgrade`]
