@@ -53,7 +53,7 @@ export interface RawH2Stream {
   data(body: string | Buffer, end?: boolean): void;
   rst(code: number): void;
   /** GOAWAY naming this stream as the last one processed (it may still finish). */
-  goaway(code: number): void;
+  goaway(code: number, lastStreamId?: number): void;
   /** Closes the connection (FIN). */
   end(): void;
   /** Destroys the connection (the socket dies without a FIN: RST where the OS does so). */
@@ -107,9 +107,9 @@ export async function startRawH2Origin(onStream: (s: RawH2Stream) => void): Prom
             headers: (status, fields = {}, end = false) => write(frame(HEADERS, END_HEADERS | (end ? END_STREAM : 0), id, headerBlock(status, fields))),
             data: (body, end = false) => write(frame(DATA, end ? END_STREAM : 0, id, Buffer.from(body))),
             rst: (code) => write(frame(RST_STREAM, 0, id, Buffer.from([0, 0, 0, code]))),
-            goaway: (code) => {
+            goaway: (code, last = id) => {
               const p = Buffer.alloc(8);
-              p.writeUInt32BE(id, 0);
+              p.writeUInt32BE(last, 0);
               p.writeUInt32BE(code, 4);
               write(frame(GOAWAY, 0, 0, p));
             },

@@ -656,3 +656,39 @@ services:
     await origin.close();
   }
 });
+
+test('a GOAWAY whose last-stream-id is below the request\'s stream (an idle connection the upstream closed as the request went out: not processed, RFC 9113 §6.8) sends the request again on a new connection under retries; a GOAWAY that covers it does not', async () => {
+  let script: (s: RawH2Stream) => void = () => {};
+  const origin = await startRawH2Origin((s) => script(s));
+  const gw = await startGateway(`
+services:
+  - {name: h2g, url: '${origin.url}', protocol: h2c, retries: 1, routes: [{paths: [/g]}]}
+`);
+  const seen: number[] = [];
+  try {
+    // a request on a connection that served one before, its stream above the GOAWAY's last
+    // stream: not processed, sent again
+    script = (s) => {
+      seen.push(s.index);
+      if (s.index === 1 || s.index === 3) return s.goaway(H2_NO_ERROR, s.id - 2);
+      s.headers(200, { 'content-length': '2' });
+      s.data('ok', true);
+    };
+    for (const method of ['GET', 'GET', 'POST']) {
+      const r = await rawRequest(gw.port, `${method} /g HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`);
+      assert.match(r.text, /^HTTP\/1\.1 200 /, `${method}: ${r.text}`);
+    }
+    assert.deepEqual(seen, [0, 1, 2, 3, 4], 'each refused request went once more');
+    // a GOAWAY naming the request's own stream as processed: it may have been acted on (502, once)
+    script = (s) => {
+      seen.push(s.index);
+      s.goaway(H2_NO_ERROR);
+    };
+    const r = await rawRequest(gw.port, 'POST /g HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    assert.match(r.text, /^HTTP\/1\.1 502 /, r.text);
+    assert.deepEqual(seen, [0, 1, 2, 3, 4, 5]);
+  } finally {
+    await gw.close();
+    await origin.close();
+  }
+});

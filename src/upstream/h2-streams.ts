@@ -1,5 +1,5 @@
 /**
- * Four corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
+ * Five corrections to undici 7's HTTP/2 client (lib/dispatcher/client-h2.js), made on each
  * ClientHttp2Stream it opens on an upstream connection of ours:
  *
  * 1. An abort resets the stream with CANCEL. undici aborts a stream with `stream.close()`, which
@@ -23,6 +23,11 @@
  *    END_STREAM) and could be cached. Such a stream now fails with H2_STREAM_CUT instead of
  *    ending. (A reset with another code, a GOAWAY or a dead connection already failed it.)
  *
+ * 5. A GOAWAY that says no open stream was processed (its last-stream-id below all of them: an
+ *    idle connection the upstream closed as a request went out) fails the request with an error
+ *    marked so (unprocessedStream): forward.ts sends it again as it does after a connect error.
+ *    undici fails the session's oldest request on any GOAWAY, with a plain SocketError.
+ *
  * undici offers no option for any of these, and hands its handlers neither the stream nor the
  * session. The session is reached where undici stores it on the socket our connector returns
  * (its `kHTTP2Session` symbol, from undici/lib/core/symbols.js): an accessor there sees it set
@@ -34,15 +39,18 @@
 import { createRequire } from 'node:module';
 import { constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
+import { errors } from 'undici';
 
 const undiciSymbols = (() => {
   try {
-    return createRequire(import.meta.url)('undici/lib/core/symbols.js') as { kHTTP2Session?: unknown };
+    return createRequire(import.meta.url)('undici/lib/core/symbols.js') as { kHTTP2Session?: unknown; kError?: unknown };
   } catch {
     return {};
   }
 })();
 const SESSION: symbol | null = typeof undiciSymbols.kHTTP2Session === 'symbol' ? undiciSymbols.kHTTP2Session : null;
+/** Where undici looks for the error it fails a request with when a GOAWAY comes (onHttp2SessionGoAway). */
+const SESSION_ERROR: symbol | null = typeof undiciSymbols.kError === 'symbol' ? undiciSymbols.kError : null;
 
 /** hooked: a session was reached (streams are cancelled with CANCEL and may be paused). */
 export const h2Streams = { hooked: false };
@@ -51,11 +59,43 @@ export const h2Streams = { hooked: false };
 export const H2_STREAM_CUT = 'TURNPIKE_H2_STREAM_CUT';
 
 const HELD = Symbol('turnpike.heldEvents');
+/** The session's streams not closed yet (and, on a stream, the set it is in). */
+const OPEN = Symbol('turnpike.openStreams');
+/** Marks undici's error for a request whose stream a GOAWAY said was not processed. */
+const UNPROCESSED = Symbol('turnpike.unprocessedStream');
 /** How the readable side ended: END_STREAM came (EOF_WHOLE), or the stream closed first (EOF_CUT). */
 const EOF = Symbol('turnpike.eof');
 const EOF_WHOLE = 1;
 const EOF_CUT = 2;
-type Stream = ClientHttp2Stream & { [HELD]?: unknown[][]; [EOF]?: number };
+type Stream = ClientHttp2Stream & { [HELD]?: unknown[][]; [EOF]?: number; [OPEN]?: Set<Stream> };
+type Session = ClientHttp2Session & { [OPEN]?: Set<Stream> };
+
+/**
+ * Whether an upstream error is undici's for a GOAWAY whose last-stream-id is below every stream
+ * open on the session (RFC 9113 §6.8): the upstream processed none of them (an idle connection
+ * it closed as the request went out), so the request may be sent again on a new connection.
+ */
+export function unprocessedStream(err: Error): boolean {
+  return (err as Error & { [UNPROCESSED]?: true })[UNPROCESSED] === true;
+}
+
+/**
+ * Runs before undici's 'goaway' listener, which fails the session's oldest request with the
+ * session's error if one is set (else a plain SocketError): when the GOAWAY says no open stream
+ * was processed, that error is set, marked so.
+ */
+function onGoaway(this: Session, code: number, lastStreamID: number): void {
+  const open = this[OPEN];
+  if (SESSION_ERROR === null || open === undefined || open.size === 0) return;
+  const session = this as Session & Record<symbol, unknown>;
+  if (session[SESSION_ERROR]) return;
+  // (a stream without an id was never sent)
+  for (const st of open) if (st.id !== undefined && st.id <= lastStreamID) return;
+  session[SESSION_ERROR] = Object.assign(
+    new errors.SocketError(`HTTP/2: "GOAWAY" frame received with code ${code}; the request's stream was not processed (last stream ${lastStreamID})`),
+    { [UNPROCESSED]: true },
+  );
+}
 
 let request: ClientHttp2Session['request'] | null = null;
 let close: ClientHttp2Stream['close'] | null = null;
@@ -73,6 +113,7 @@ function closeWithCancel(this: Stream, code?: number, callback?: () => void): vo
  * until its readable side ends. (A flowing stream holds none: nothing changes for it.)
  */
 function emitAfterBody(this: Stream, event: string | symbol): boolean {
+  if (event === 'close') this[OPEN]?.delete(this);
   if (event === 'end' && this[EOF] === EOF_CUT && this.listenerCount('error') > 0) {
     // 4. Failed, not ended (undici listens to 'error' until the request settles).
     this[EOF] = EOF_WHOLE;
@@ -114,7 +155,10 @@ function requestHooked(this: ClientHttp2Session, headers?: Parameters<ClientHttp
   // of no bytes): undici sends `content-length: 0` and then writes nothing, never ending the
   // stream; the upstream waits for the body's end until the response timeout. Ended at once.
   if (options?.endStream === false && headers?.['content-length'] === '0') options = { ...options, endStream: true };
-  const stream = request!.call(this, headers, options);
+  const stream = request!.call(this, headers, options) as Stream;
+  const open = ((this as Session)[OPEN] ??= new Set());
+  open.add(stream);
+  stream[OPEN] = open;
   close ??= stream.close;
   emit ??= stream.emit;
   push ??= stream.push;
@@ -129,6 +173,7 @@ function sessionSet(this: Socket, session: ClientHttp2Session | null | undefined
   if (session == null || typeof session.request !== 'function') return;
   request ??= session.request;
   session.request = requestHooked;
+  session.prependListener('goaway', onGoaway);
   h2Streams.hooked = true;
 }
 function sessionGet(): undefined {
