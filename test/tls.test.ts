@@ -231,6 +231,54 @@ test('config errors: a missing file, a key that does not match, tls without list
   assert.match(errorOf(`services: [{name: s, url: 'https://127.0.0.1:1', tls: {ca: /nonexistent/ca.pem}}]\n`), /services\[0\]\.tls\.ca.*cannot read/);
 });
 
+test('config errors: TLS material that Node would take without a word and fail (or trust nothing) at run time — a CA file without certificates, a broken block in a bundle, an upstream client certificate with the wrong key', () => {
+  const pools = new PoolRegistry();
+  const errorOf = (yaml: string) => {
+    try {
+      compile(parseConfigText(yaml), { pools }).dispose();
+    } catch (e) {
+      assert.ok(e instanceof ConfigError);
+      return e.message;
+    }
+    assert.fail('expected a config error');
+  };
+  const leaf = ca.issue('a.test', { file: 'material-leaf' });
+  const c1 = ca.issue('client-1', { client: true, file: 'material-c1' });
+  const c2 = ca.issue('client-2', { client: true, file: 'material-c2' });
+  const garbage = `${ca.dir}/garbage-ca.pem`;
+  writeFileSync(garbage, 'not a certificate\n');
+  const keyOnly = `${ca.dir}/key-as-ca.pem`;
+  writeFileSync(keyOnly, c1.key);
+  // A bundle whose second block is cut: Node reads the first and drops the rest silently.
+  const broken = `${ca.dir}/broken-bundle.pem`;
+  const pem = ca.cert.toString();
+  writeFileSync(broken, `${pem}-----BEGIN CERTIFICATE-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A\n-----END CERTIFICATE-----\n`);
+  const upstream = (tls: string) => `services: [{name: s, url: 'https://127.0.0.1:1', tls: ${tls}}]\n`;
+  assert.match(errorOf(upstream(`{ca: ${garbage}}`)), /services\[0\]\.tls\.ca.*holds no PEM certificate/s);
+  assert.match(errorOf(upstream(`{ca: ${keyOnly}}`)), /services\[0\]\.tls\.ca.*holds no PEM certificate/s);
+  assert.match(errorOf(upstream(`{ca: ${broken}}`)), /services\[0\]\.tls\.ca.*certificate 2 of 2 does not parse/s);
+  assert.match(errorOf(upstream(`{ca: ${ca.certFile}, cert: ${c1.certFile}, key: ${c2.keyFile}}`)), /services\[0\]\.tls\.cert.*does not load.*mismatch/is);
+  assert.match(errorOf(upstream(`{cert: ${garbage}, key: ${c2.keyFile}}`)), /services\[0\]\.tls\.cert.*does not load/s);
+  const listener = (clientCa: string) => `listen_tls: 127.0.0.1:0\ntls:\n  certificates: [{hosts: [a.test], cert: ${leaf.certFile}, key: ${leaf.keyFile}}]\n  client_ca: ${clientCa}\n`;
+  assert.match(errorOf(listener(garbage)), /tls\.client_ca.*line 4.*holds no PEM certificate/s);
+  assert.match(errorOf(listener(broken)), /tls\.client_ca.*certificate 2 of 2 does not parse/s);
+  // Good material compiles (the bundle with two good certificates too).
+  const two = `${ca.dir}/two-ca.pem`;
+  writeFileSync(two, `${pem}${makeCaPem()}`);
+  compile(parseConfigText(upstream(`{ca: ${two}, cert: ${c1.certFile}, key: ${c1.keyFile}}`)), { pools }).dispose();
+  compile(parseConfigText(listener(two)), { pools }).dispose();
+});
+
+/** The certificate of another CA (a second block for a bundle). */
+function makeCaPem(): string {
+  const other = makeCa('Bundle CA');
+  try {
+    return other.cert.toString();
+  } finally {
+    other.cleanup();
+  }
+}
+
 /** An HTTPS upstream with a certificate from the test CA, optionally requiring a client certificate. */
 async function startTlsUpstream(opts: { requireClientCert?: boolean } = {}): Promise<{ server: HttpsServer; port: number; clients: (string | undefined)[]; close(): Promise<void> }> {
   const leaf = ca.issue('upstream.test', { dns: ['upstream.test', '127.0.0.1'] });

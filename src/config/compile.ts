@@ -24,7 +24,7 @@ import { createBalancer, type Balancer, type BalancerName } from '../upstream/ba
 import type { DnsSettings } from '../upstream/dns.js';
 import { RuntimeState, type ServiceState, type TargetState } from '../upstream/state.js';
 import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../upstream/authority.js';
-import { CertSet, DEFAULT_CIPHERS, hstsValue, type CertSpec } from '../server/tls.js';
+import { CertSet, DEFAULT_CIPHERS, hstsValue, upstreamTlsProblem, type CertSpec } from '../server/tls.js';
 import { Value } from '@sinclair/typebox/value';
 import { PLUGINS } from '../plugins/registry.js';
 import { DEFAULT_CONSUMER_HEADERS, NO_BINDINGS, PluginCompiler, consumerId, type ConsumerHeaders, type RouteChains } from '../plugins/pipeline.js';
@@ -590,6 +590,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       const key = read(s.tls.key, 'key');
       if ((s.tls.cert === undefined) !== (s.tls.key === undefined)) fail([...sp, 'tls'], 'a client certificate needs both cert and key');
       const id = createHash('sha256').update(ca ?? '').update('|').update(cert ?? '').update('|').update(key ?? '').update(`|${s.tls.verify ?? true}|${s.tls.server_name ?? ''}`).digest('hex').slice(0, 16);
+      // What undici would only find at the first connection (every request a 502): checked here.
+      const problem = upstreamTlsProblem(id, ca, cert, key);
+      if (problem !== null) fail([...sp, 'tls', problem.field], problem.field === 'ca' ? `${s.tls.ca} ${problem.message}` : `cert ${s.tls.cert} with key ${s.tls.key} does not load: ${problem.message}`);
       upstreamTls = { ca, cert, key, rejectUnauthorized: s.tls.verify ?? true, servername: s.tls.server_name, id };
     }
     const rawTargets: { url: string; weight: number; path: PathSegment[] }[] = [];

@@ -6,7 +6,7 @@
  * and symlink swaps of certbot and Kubernetes secrets). A changed file that does not load keeps
  * the certificate in use and logs why.
  */
-import { constants as cryptoConstants, createHash } from 'node:crypto';
+import { constants as cryptoConstants, createHash, X509Certificate } from 'node:crypto';
 import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { PathSegment } from '../config/errors.js';
@@ -45,6 +45,53 @@ export interface TlsOptions {
  */
 const NO_RENEGOTIATION = cryptoConstants.SSL_OP_NO_RENEGOTIATION;
 
+/**
+ * Why a CA bundle cannot be used, or null. Node's `ca` option takes what it can read and skips
+ * the rest without a word: a file with no certificate in it (a key, a DER file, an empty or
+ * truncated Secret) would trust nothing, and a bundle with a broken block trusts only the
+ * certificates before it — every peer refused at run time while the config looked valid.
+ */
+export function caBundleProblem(pem: Buffer): string | null {
+  const blocks = pem.toString('latin1').match(/-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----[^]*?-----END (?:TRUSTED |X509 )?CERTIFICATE-----/g);
+  if (blocks === null) return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----)';
+  for (let i = 0; i < blocks.length; i++) {
+    const b = blocks[i]!;
+    if (!b.startsWith('-----BEGIN CERTIFICATE-----')) continue; // (OpenSSL's TRUSTED form: X509Certificate does not read it)
+    try {
+      new X509Certificate(b);
+    } catch (e) {
+      return `certificate ${i + 1} of ${blocks.length} does not parse (${(e as Error).message})`;
+    }
+  }
+  return null;
+}
+
+/** Upstream TLS material already checked (by its digest): a reload does not parse it again. */
+const checkedUpstream = new Map<string, { field: 'ca' | 'cert'; message: string } | null>();
+
+/**
+ * Whether a service's upstream TLS material loads: a CA bundle with certificates in it, and a
+ * client certificate whose key matches it. `id` is the digest of the material.
+ */
+export function upstreamTlsProblem(id: string, ca: Buffer | undefined, cert: Buffer | undefined, key: Buffer | undefined): { field: 'ca' | 'cert'; message: string } | null {
+  const known = checkedUpstream.get(id);
+  if (known !== undefined) return known;
+  let problem: { field: 'ca' | 'cert'; message: string } | null = null;
+  const caProblem = ca !== undefined ? caBundleProblem(ca) : null;
+  if (caProblem !== null) problem = { field: 'ca', message: caProblem };
+  else if (cert !== undefined && key !== undefined) {
+    try {
+      createSecureContext({ cert, key });
+    } catch (e) {
+      // OpenSSL's words: "key values mismatch", "no start line", ...
+      problem = { field: 'cert', message: (e as Error).message };
+    }
+  }
+  if (checkedUpstream.size >= 256) checkedUpstream.clear();
+  checkedUpstream.set(id, problem);
+  return problem;
+}
+
 /** The certificates of one config, as loaded: a SecureContext per certificate. */
 export class CertSet {
   private readonly exact = new Map<string, SecureContext>();
@@ -65,6 +112,8 @@ export class CertSet {
     if (this.options.clientCaFile !== null) {
       try {
         ca = readFileSync(this.options.clientCaFile);
+        const problem = caBundleProblem(ca);
+        if (problem !== null) issues.push({ path: ['tls', 'client_ca'], message: `${this.options.clientCaFile} ${problem}` });
       } catch (e) {
         issues.push({ path: ['tls', 'client_ca'], message: `cannot read ${this.options.clientCaFile}: ${(e as Error).message}` });
       }
