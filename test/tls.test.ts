@@ -211,6 +211,46 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
   }
 });
 
+test('redirect_http behind a TLS-terminating load balancer: a trusted proxy saying https is served (with HSTS), not redirected in a loop; anyone else saying so is redirected', async () => {
+  const a = ca.issue('a.test', { file: 'lb-a' });
+  const config = (trusted: string) => `
+listen_tls: 127.0.0.1:0
+trusted_proxies: [${trusted}]
+tls:
+  hsts: {max_age: 1d}
+  redirect_http: true
+  certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`;
+  const lb = await startGateway(config('127.0.0.1'));
+  try {
+    const before = up.requests.length;
+    const r = await request(`${lb.url}/x?y=1`, { headers: { host: 'a.test', 'x-forwarded-proto': 'HTTPS' } });
+    assert.equal(r.status, 200, 'the load balancer already spoke https with the client');
+    assert.equal(r.headers['strict-transport-security'], 'max-age=86400');
+    assert.equal(up.requests.length, before + 1);
+    assert.equal(up.requests.at(-1)!.headers['x-forwarded-proto'], 'HTTPS');
+    // a chain whose first hop was https (the client's), then http between proxies
+    assert.equal((await request(`${lb.url}/x`, { headers: { host: 'a.test', 'x-forwarded-proto': 'https, http' } })).status, 200);
+    // the load balancer's plain-http side is still redirected
+    const plain = await request(`${lb.url}/x`, { headers: { host: 'a.test', 'x-forwarded-proto': 'http' } });
+    assert.equal(plain.status, 308);
+    assert.equal(plain.headers['strict-transport-security'], undefined);
+    assert.equal((await request(`${lb.url}/x`, { headers: { host: 'a.test', 'x-forwarded-proto': 'http, https' } })).status, 308);
+    assert.equal((await request(`${lb.url}/x`, { headers: { host: 'a.test' } })).status, 308);
+  } finally {
+    await lb.close();
+  }
+  const direct = await startGateway(config('10.9.9.9'));
+  try {
+    const r = await request(`${direct.url}/x`, { headers: { host: 'a.test', 'x-forwarded-proto': 'https' } });
+    assert.equal(r.status, 308, 'a client that is no trusted proxy cannot talk its way out of the redirect');
+    assert.equal(r.headers['strict-transport-security'], undefined);
+  } finally {
+    await direct.close();
+  }
+});
+
 test('config errors: a missing file, a key that does not match, tls without listen_tls — with their paths; nothing listens', () => {
   const a = ca.issue('a.test');
   const b = ca.issue('b.test');

@@ -242,7 +242,7 @@ export const Tls = Strict({
     include_subdomains: Type.Optional(Type.Boolean()),
     preload: Type.Optional(Type.Boolean()),
   })], { description: 'Send Strict-Transport-Security on HTTPS responses (true: max-age one year).' })),
-  redirect_http: Type.Optional(Type.Boolean({ default: false, description: 'Answer every request on the plain listener with a redirect to https.' })),
+  redirect_http: Type.Optional(Type.Boolean({ default: false, description: 'Answer every request on the plain listener with a redirect to https (not one a trusted proxy says came over https: X-Forwarded-Proto).' })),
   redirect_status: Type.Optional(Type.Union([Type.Literal(301), Type.Literal(302), Type.Literal(307), Type.Literal(308)], { default: 308 })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload certificate files when they change.' })),
   handshake_timeout: Type.Optional(Duration),

@@ -16,7 +16,7 @@ import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
 import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
 import type { ForwardHandler } from '../upstream/forward.js';
-import { handleRequest, closingSockets, requestIdOf, type RequestContext, type Upgrade, type WsCounters } from './request.js';
+import { handleRequest, closingSockets, httpsByTrustedProxy, requestIdOf, type RequestContext, type Upgrade, type WsCounters } from './request.js';
 import { closeAllWebSockets, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
 import { MemoryStore } from '../state/memory.js';
@@ -880,8 +880,12 @@ export class Gateway implements RequestContext {
       if (tls !== null) {
         if (isTls(req)) {
           if (tls.hsts !== null) res.setHeader('strict-transport-security', tls.hsts);
-        } else if (tls.redirect !== null) {
-          return this.redirectToHttps(req, res, tls.redirect);
+        } else if (tls.redirect !== null || tls.hsts !== null) {
+          // A TLS-terminating load balancer in front (a trusted proxy saying https) is https:
+          // redirected, its clients would come back the same way, forever.
+          if (httpsByTrustedProxy(req, this.snapshot)) {
+            if (tls.hsts !== null) res.setHeader('strict-transport-security', tls.hsts);
+          } else if (tls.redirect !== null) return this.redirectToHttps(req, res, tls.redirect);
         }
       }
       const h = handleRequest(this, req, res, expectContinue, upgrade, ex);

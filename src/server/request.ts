@@ -154,6 +154,19 @@ function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
 }
 
 /**
+ * A plain-listener request that a trusted proxy says came over https (the first
+ * X-Forwarded-Proto): a load balancer that terminated TLS in front of the gateway. Asked only
+ * when tls.redirect_http or tls.hsts is on (nothing is read for other requests).
+ */
+export function httpsByTrustedProxy(req: IncomingMessage, snap: Snapshot): boolean {
+  const xfp = req.headers['x-forwarded-proto'];
+  if (typeof xfp !== 'string' || xfp.length < 5) return false;
+  const comma = xfp.indexOf(',');
+  if ((comma === -1 ? xfp : xfp.slice(0, comma)).trim().toLowerCase() !== 'https') return false;
+  return peerInfo(req.socket, snap).trusted;
+}
+
+/**
  * The gateway's own stale-while-revalidate refresh (src/plugins/cache/refresh.ts) comes from the
  * loopback on behalf of a client: with a valid token it is taken as coming from that client's
  * connection (ip-restriction, limits by IP, the forwarding fields), not from 127.0.0.1.
