@@ -267,6 +267,11 @@ test('config errors: a missing file, a key that does not match, tls without list
   assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: /nonexistent/x.pem, key: ${a.keyFile}}\n`), /tls\.certificates\[0\].*line 4.*cannot read certificate/s);
   assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${b.keyFile}}\n`), /tls\.certificates\[0\].*does not load/s);
   assert.match(errorOf(`tls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`), /tls.*needs listen_tls/);
+  // A cipher list OpenSSL cannot use is the list's error (not each certificate's).
+  const badCiphers = errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  ciphers: ECDHE-RSA-AES128-GCM-SHA265\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`);
+  assert.match(badCiphers, /tls\.ciphers.*line 3.*OpenSSL takes none of these ciphers/s);
+  assert.doesNotMatch(badCiphers, /certificates/);
+  compile(parseConfigText(`listen_tls: 127.0.0.1:0\ntls:\n  ciphers: ECDHE-ECDSA-AES128-GCM-SHA256\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`), { pools }).dispose();
   assert.match(errorOf(`services: [{name: s, url: 'http://127.0.0.1:1', protocol: grpcs}]\n`), /services\[0\]\.url.*protocol grpcs needs an https:\/\/ URL/);
   assert.match(errorOf(`services: [{name: s, url: 'https://127.0.0.1:1', tls: {ca: /nonexistent/ca.pem}}]\n`), /services\[0\]\.tls\.ca.*cannot read/);
 });

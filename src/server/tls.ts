@@ -119,6 +119,16 @@ export class CertSet {
       }
     }
     this.ca = ca;
+    if (this.options.ciphers !== DEFAULT_CIPHERS) {
+      // A list OpenSSL cannot use fails every certificate alike: said once, where it is.
+      try {
+        createSecureContext({ ciphers: this.options.ciphers, minVersion: this.options.minVersion });
+      } catch (e) {
+        issues.push({ path: ['tls', 'ciphers'], message: `OpenSSL takes none of these ciphers (${(e as Error).message})` });
+        this.index();
+        return issues;
+      }
+    }
     this.specs.forEach((spec, i) => {
       const r = buildContext(spec, this.options, ca);
       if (typeof r === 'string') {
