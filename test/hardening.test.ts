@@ -233,6 +233,10 @@ test('routing, identity and client-certificate override headers pass only from t
     'x-forwarded-client-cert': 'Hash=x;Subject="CN=admin"', 'x-ssl-client-s-dn': 'CN=admin', 'x-ssl-client-verify': 'SUCCESS',
     'x-client-cert': 'MIIB...', 'ssl-client-verify': 'SUCCESS', 'x-arr-clientcert': 'MIIB...', 'x-amzn-mtls-clientcert': 'MIIB...',
     'front-end-https': 'on', 'x-url-scheme': 'https', 'X_SSL_Client_S_DN': 'CN=admin',
+    // RFC 9440, ingress-nginx, Traefik, and the rest of the families (X-SSL-Client-*, SSL-Client-*, X-Amzn-Mtls-*)
+    'client-cert': ':MIIB:', 'Client-Cert-Chain': ':MIIB:', 'ssl-client-subject-dn': 'CN=admin', 'ssl-client-issuer-dn': 'CN=Root',
+    'x-forwarded-tls-client-cert': 'MIIB...', 'X-Forwarded-Tls-Client-Cert-Info': 'Subject="CN=admin"', 'x-ssl-client-subject': 'CN=admin',
+    'x-amzn-mtls-clientcert-sans': 'DNS:admin', 'Client_Cert': ':MIIB:', 'ssl_client_subject_dn': 'CN=admin',
   };
   const g = await startGateway(oneRoute(up.url));
   const trusted = await startGateway(oneRoute(up.url, 'trusted_proxies: [127.0.0.1]\n'));
@@ -243,6 +247,13 @@ test('routing, identity and client-certificate override headers pass only from t
     assert.equal(up.requests.at(-1)!.headers['x-original-url'], '/admin');
     assert.equal(up.requests.at(-1)!.headers['x-forwarded-client-cert'], 'Hash=x;Subject="CN=admin"');
     assert.equal(up.requests.at(-1)!.headers['x-ssl-client-s-dn'], 'CN=admin');
+    assert.equal(up.requests.at(-1)!.headers['client-cert'], ':MIIB:');
+    assert.equal(up.requests.at(-1)!.headers['ssl-client-subject-dn'], 'CN=admin');
+    assert.equal(up.requests.at(-1)!.headers['x-forwarded-tls-client-cert-info'], 'Subject="CN=admin"');
+    // (not a family: passes)
+    await request(`${g.url}/x`, { headers: { 'client-certainty': 'high', 'x-ssl-clients': '2' } });
+    assert.equal(up.requests.at(-1)!.headers['client-certainty'], 'high');
+    assert.equal(up.requests.at(-1)!.headers['x-ssl-clients'], '2');
   } finally {
     await g.close();
     await trusted.close();

@@ -104,6 +104,15 @@ const LONG_PROXY_ONLY = new Set([
 ]);
 
 /**
+ * The families behind those lists, as other terminators name them: RFC 9440's Client-Cert and
+ * Client-Cert-Chain, ingress-nginx's ssl-client-subject-dn / -issuer-dn, Traefik's
+ * X-Forwarded-Tls-Client-Cert(-Info), and any X-SSL-Client-*, SSL-Client-*, X-Amzn-Mtls-*
+ * (tested only for names the switch in handleRequest did not take; fails at the first letter
+ * for most).
+ */
+const CERT_FIELD = /^(?:x-ssl-client-|ssl-client-|x-amzn-mtls-|x-forwarded-tls-client-cert|client-cert(?:-chain)?$)/i;
+
+/**
  * The fields the gateway owns or computes, in their dashed form: a client's `X_Consumer_ID` or
  * `X_Forwarded_For` is dropped too, since CGI, WSGI, Rack and PHP read `_` and `-` alike
  * (HTTP_X_CONSUMER_ID) and would take it for the gateway's (nginx ignores such names too).
@@ -123,7 +132,7 @@ const OWNED_DASHED = new Set([
 /** Whether a field name with an underscore stands, dashed, for one the gateway owns (or a key-auth key header). */
 function ownedWithUnderscore(name: string, snap: Snapshot): boolean {
   const dashed = name.toLowerCase().replace(/_/g, '-');
-  return OWNED_DASHED.has(dashed) || (snap.extraStripped !== null && snap.extraStripped.has(dashed)) || (snap.credentialDashed !== null && snap.credentialDashed.has(dashed));
+  return OWNED_DASHED.has(dashed) || CERT_FIELD.test(dashed) || (snap.extraStripped !== null && snap.extraStripped.has(dashed)) || (snap.credentialDashed !== null && snap.credentialDashed.has(dashed));
 }
 
 /** Connections answered with Connection: close: anything pipelined after that answer is dropped. */
@@ -371,6 +380,10 @@ export function handleRequest(
             (proxyOnly ??= []).push(name, value);
             continue;
           }
+        }
+        if (name.length >= 11 && CERT_FIELD.test(name)) {
+          (proxyOnly ??= []).push(name, value);
+          continue;
         }
         if (name.includes('_') && ownedWithUnderscore(name, snap)) continue;
         if (snap.extraStripped !== null && snap.extraStripped.has(name.toLowerCase())) continue;
