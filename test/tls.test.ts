@@ -25,7 +25,7 @@ after(async () => {
 });
 
 /** Handshakes with the given SNI (none when undefined) and returns the server's certificate and protocol. */
-function handshake(port: number, servername: string | undefined, opts: { minVersion?: 'TLSv1' | 'TLSv1.2' | 'TLSv1.3'; maxVersion?: 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'; ALPNProtocols?: string[] } = {}): Promise<{ cert: PeerCertificate; protocol: string | null; alpn: string | false | null }> {
+function handshake(port: number, servername: string | undefined, opts: { minVersion?: 'TLSv1' | 'TLSv1.2' | 'TLSv1.3'; maxVersion?: 'TLSv1.1' | 'TLSv1.2' | 'TLSv1.3'; ALPNProtocols?: string[]; ciphers?: string } = {}): Promise<{ cert: PeerCertificate; protocol: string | null; alpn: string | false | null }> {
   return new Promise((resolve, reject) => {
     const s = tlsConnect({ host: '127.0.0.1', port, servername, rejectUnauthorized: false, ...opts }, () => {
       const r = { cert: s.getPeerCertificate(), protocol: s.getProtocol(), alpn: s.alpnProtocol };
@@ -134,6 +134,54 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
   } finally {
     await t.close();
     await t13.close();
+  }
+});
+
+test('a reload that changes only tls.min_version or tls.ciphers applies it (the certificates unchanged), with SNI and without', async () => {
+  const a = ca.issue('a.test', { file: 'reload-versions' });
+  const text = (extra: string) => `
+listen_tls: 127.0.0.1:0
+tls: {${extra}certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]}
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`;
+  const t = await startGateway(text(''));
+  try {
+    const port = t.gw.tlsAddress!.port;
+    assert.equal((await handshake(port, 'a.test', { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
+    await t.gw.reloadAsync(parseConfigText(text('min_version: TLSv1.3, '), { env: {} }));
+    await assert.rejects(handshake(port, 'a.test', { maxVersion: 'TLSv1.2' }), 'TLS 1.2 refused after the reload');
+    await assert.rejects(handshake(port, undefined, { maxVersion: 'TLSv1.2' }), 'without SNI too');
+    assert.equal((await handshake(port, 'a.test')).protocol, 'TLSv1.3');
+    // Only ECDHE-ECDSA-AES256-GCM-SHA384 for TLS 1.2: a 1.2 client offering AES-128 alone is refused.
+    await t.gw.reloadAsync(parseConfigText(text('ciphers: "TLS_AES_128_GCM_SHA256:ECDHE-ECDSA-AES256-GCM-SHA384", '), { env: {} }));
+    const only128 = { maxVersion: 'TLSv1.2' as const, ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256' };
+    await assert.rejects(handshake(port, 'a.test', only128));
+    await assert.rejects(handshake(port, undefined, only128));
+    assert.equal((await handshake(port, 'a.test', { maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
+    await t.gw.reloadAsync(parseConfigText(text(''), { env: {} }));
+    assert.equal((await handshake(port, 'a.test', only128)).protocol, 'TLSv1.2', 'back to the defaults');
+  } finally {
+    await t.close();
+  }
+  // tls.watch turned on by a reload (the files unchanged so far): a later change is picked up.
+  const b = ca.issue('b.test', { file: 'reload-watch-b' });
+  const live = { certFile: `${ca.dir}/reload-watch.pem`, keyFile: `${ca.dir}/reload-watch.key` };
+  copyFileSync(a.certFile, live.certFile);
+  copyFileSync(a.keyFile, live.keyFile);
+  const watched = (on: boolean) => `
+listen_tls: 127.0.0.1:0
+tls: {watch: ${on}, certificates: [{hosts: [a.test], cert: ${live.certFile}, key: ${live.keyFile}}]}
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+`;
+  const w = await startGateway(watched(false));
+  try {
+    const port = w.gw.tlsAddress!.port;
+    await w.gw.reloadAsync(parseConfigText(watched(true), { env: {} }));
+    copyFileSync(b.keyFile, live.keyFile);
+    copyFileSync(b.certFile, live.certFile);
+    await eventually(async () => subjectCn((await handshake(port, 'a.test')).cert) === 'b.test', 6000);
+  } finally {
+    await w.close();
   }
 });
 

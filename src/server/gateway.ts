@@ -1183,7 +1183,10 @@ export class Gateway implements RequestContext {
     // The TLS listener's certificates and client CA follow the config (every context at once;
     // its default context is replaced too, which also retires session tickets issued before).
     if (this.certs !== null && next.tls !== null) {
-      if (next.tls.certs.digest() !== this.certs.current.digest() || JSON.stringify(next.tls.certs.specs) !== JSON.stringify(this.certs.current.specs)) this.certs.swap(next.tls.certs, next.tls.watch);
+      // (versions and ciphers are in every context, the listener's default one too; watch is the polling)
+      const cur = this.certs.current;
+      if (next.tls.certs.digest() !== cur.digest() || JSON.stringify(next.tls.certs.specs) !== JSON.stringify(cur.specs)
+        || JSON.stringify(next.tls.certs.options) !== JSON.stringify(cur.options) || next.tls.watch !== prev.tls?.watch) this.certs.swap(next.tls.certs, next.tls.watch);
       if (next.tls.requestCert !== prev.tls?.requestCert) this.log.warn({ setting: 'tls.client_ca' }, 'tls.client_ca added or removed: restart to apply it');
     } else if ((this.certs !== null) !== (next.tls !== null)) this.log.warn({ setting: 'listen_tls' }, 'listen_tls / tls changed: restart to apply it');
     if (this.proxy) {
