@@ -54,6 +54,7 @@ test('SNI picks the certificate: exact name, wildcard, default for unknown or no
   const a = ca.issue('a.test');
   const b = ca.issue('b.test');
   const w = ca.issue('wild', { dns: ['*.w.test'] });
+  const c = ca.issue('c.test', { dns: ['c.test', '*.cw.test'] });
   const t = await startGateway(`
 listen_tls: 127.0.0.1:0
 tls:
@@ -61,6 +62,7 @@ tls:
     - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}
     - {hosts: [b.test, B2.test], cert: ${b.certFile}, key: ${b.keyFile}, default: true}
     - {hosts: ["*.w.test"], cert: ${w.certFile}, key: ${w.keyFile}}
+    - {hosts: [c.test., "*.cw.test."], cert: ${c.certFile}, key: ${c.keyFile}}
 services:
   - {name: s, url: ${up.url}, routes: [{paths: [/]}]}
 `);
@@ -70,6 +72,8 @@ services:
     assert.equal(subjectCn((await handshake(port, 'b2.test')).cert), 'b.test', 'host names compare case-insensitively');
     assert.equal(subjectCn((await handshake(port, 'x.w.test')).cert), 'wild');
     assert.equal(subjectCn((await handshake(port, 'y.x.w.test')).cert), 'b.test', 'a wildcard covers one label only');
+    assert.equal(subjectCn((await handshake(port, 'c.test')).cert), 'c.test', 'a host written fully qualified (c.test.) is the name clients send');
+    assert.equal(subjectCn((await handshake(port, 'x.cw.test')).cert), 'c.test');
     assert.equal(subjectCn((await handshake(port, 'unknown.test')).cert), 'b.test');
     assert.equal(subjectCn((await handshake(port, undefined)).cert), 'b.test', 'no SNI: the default');
 

@@ -189,7 +189,8 @@ export class CertSet {
       const ctx = this.contexts[i];
       if (!ctx) return;
       for (const h of spec.hosts) {
-        const host = h.toLowerCase();
+        // (a fully qualified `example.com.` names what a client's SNI names without the dot)
+        const host = h.toLowerCase().replace(/\.$/, '');
         const map = host.startsWith('*.') ? this.wildcard : this.exact;
         const key = host.startsWith('*.') ? host.slice(1) : host;
         if (!map.has(key)) map.set(key, ctx);
