@@ -479,6 +479,41 @@ access_log: {enabled: false}
   }
 });
 
+test('tls.client_ca added by a reload (with an mtls-auth route) applies without a restart: new connections are asked for their certificate', async () => {
+  const server = ca.issue('a.test', { file: 'add-ca-server' });
+  const bob = ca.issue('bob', { client: true, file: 'add-ca-bob' });
+  const text = (mtls: boolean) => `
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [a.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+${mtls ? `  client_ca: ${ca.certFile}\n` : ''}services:
+  - name: s
+    url: "${up.url}"
+    routes:
+      - {paths: [/open]}
+${mtls ? '      - {paths: [/secure], plugins: [{name: mtls-auth}]}\n' : ''}consumers: [{name: bob}]
+access_log: {enabled: false}
+`;
+  const t = await startGateway(text(false));
+  const port = t.gw.tlsAddress!.port;
+  const get = (path: string) => new Promise<number>((resolve, reject) => {
+    httpsRequest({ host: '127.0.0.1', port, path, servername: 'a.test', ca: ca.cert, cert: bob.cert, key: bob.key, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    }).on('error', reject).end();
+  });
+  try {
+    assert.equal(await get('/open'), 200);
+    await t.gw.reloadAsync(parseConfigText(text(true), { env: {} }));
+    assert.equal(await get('/secure'), 200, 'the certificate was asked for and verified');
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'bob');
+    await t.gw.reloadAsync(parseConfigText(text(false), { env: {} }));
+    assert.equal(await get('/open'), 200);
+  } finally {
+    await t.close();
+  }
+});
+
 test('client-initiated TLS 1.2 renegotiation is refused', async () => {
   const leaf = ca.issue('reneg.test', { file: 'reneg' });
   const t = await startGateway(`

@@ -1187,7 +1187,10 @@ export class Gateway implements RequestContext {
       const cur = this.certs.current;
       if (next.tls.certs.digest() !== cur.digest() || JSON.stringify(next.tls.certs.specs) !== JSON.stringify(cur.specs)
         || JSON.stringify(next.tls.certs.options) !== JSON.stringify(cur.options) || next.tls.watch !== prev.tls?.watch) this.certs.swap(next.tls.certs, next.tls.watch);
-      if (next.tls.requestCert !== prev.tls?.requestCert) this.log.warn({ setting: 'tls.client_ca' }, 'tls.client_ca added or removed: restart to apply it');
+      // Whether new connections are asked for a certificate (node:tls reads the server's
+      // requestCert for each connection; the contexts above carry the CA).
+      const listener = this.tlsServer as (TlsServer & { requestCert?: boolean }) | null;
+      if (listener !== null && listener.requestCert !== next.tls.requestCert) listener.requestCert = next.tls.requestCert;
     } else if ((this.certs !== null) !== (next.tls !== null)) this.log.warn({ setting: 'listen_tls' }, 'listen_tls / tls changed: restart to apply it');
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;
