@@ -12,6 +12,9 @@ import { compile } from '../src/config/compile.js';
 import { parseConfigText } from '../src/config/load.js';
 import { ConfigError } from '../src/config/errors.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
+import { CertSet, CertStore, DEFAULT_CIPHERS } from '../src/server/tls.js';
+import { watchInputs } from '../src/config/watch.js';
+import { silentLogger } from '../src/core/log.js';
 
 let ca: TestCa;
 let up: TestUpstream;
@@ -225,6 +228,36 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
     assert.equal(await serial(), s1);
   } finally {
     await t.close();
+  }
+});
+
+test('a certificate set swapped by a reload stops only its own polling: the config\'s watcher of the same file (a listener certificate that is also an upstream client certificate) keeps seeing changes', async () => {
+  const first = ca.issue('a.test', { file: 'shared-a' });
+  const second = ca.issue('a.test', { file: 'shared-b' });
+  const certFile = `${ca.dir}/shared.pem`;
+  const keyFile = `${ca.dir}/shared.key`;
+  copyFileSync(first.certFile, certFile);
+  copyFileSync(first.keyFile, keyFile);
+  let inputChanges = 0;
+  const inputs = watchInputs(() => inputChanges++, { pollMs: 100, debounceMs: 10 });
+  inputs.set([certFile, keyFile]);
+  const loaded = () => {
+    const set = new CertSet([{ hosts: ['a.test'], certFile, keyFile, isDefault: false, path: [] }], { minVersion: 'TLSv1.2', ciphers: DEFAULT_CIPHERS, clientCaFile: null });
+    assert.deepEqual(set.load(), []);
+    return set;
+  };
+  const store = new CertStore(loaded(), silentLogger, 100);
+  try {
+    store.watch();
+    store.swap(loaded(), true); // a reload that changed the TLS settings
+    copyFileSync(second.keyFile, keyFile);
+    copyFileSync(second.certFile, certFile);
+    await eventually(() => inputChanges > 0, 3000);
+    // (and the store's own polling adopted the new pair)
+    await eventually(() => store.current.digest() === loaded().digest(), 3000);
+  } finally {
+    store.close();
+    inputs.close();
   }
 });
 

@@ -245,7 +245,8 @@ function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined): Bu
  * certificate when its files change (polled every `intervalMs`).
  */
 export class CertStore {
-  private watched: string[] = [];
+  /** Files polled, with this store's listener (other watchers of the same file — the config's input watcher — are not ours to remove). */
+  private watched: [string, (cur: Stats, prev: Stats) => void][] = [];
   private timers = new Set<NodeJS.Timeout>();
   /** Called after a certificate or the whole set changed (the listener refreshes its default). */
   onChange: (() => void) | null = null;
@@ -284,7 +285,7 @@ export class CertStore {
           this.timers.add(t);
         };
         watchFile(file, { interval: this.intervalMs, persistent: false }, listener);
-        this.watched.push(file);
+        this.watched.push([file, listener]);
       }
     });
   }
@@ -307,7 +308,7 @@ export class CertStore {
   }
 
   private unwatch(): void {
-    for (const f of this.watched) unwatchFile(f);
+    for (const [f, listener] of this.watched) unwatchFile(f, listener);
     this.watched = [];
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
