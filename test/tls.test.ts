@@ -7,7 +7,7 @@ import { connect as h2connect } from 'node:http2';
 import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { makeCa, subjectCn, type TestCa } from './certs.js';
-import { eventually, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
+import { eventually, rawRequest, request, startGateway, startUpstream, statuses, type TestUpstream } from './helpers.js';
 import { compile } from '../src/config/compile.js';
 import { parseConfigText } from '../src/config/load.js';
 import { ConfigError } from '../src/config/errors.js';
@@ -287,6 +287,12 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
     const own = await request(`${t.url}/`, { headers: { host: 'a.test', 'x-request-id': 'trace-7' } });
     assert.equal(own.status, 308);
     assert.equal(own.headers['x-request-id'], 'trace-7');
+    // absolute-form: its authority and path, not the Host header's (RFC 9112 §3.2.2)
+    const abs = await rawRequest(Number(new URL(t.url).port), 'GET http://a.test:8080/p/q?r=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n');
+    assert.deepEqual(statuses(abs.text), [308]);
+    assert.match(abs.text, new RegExp(`\r\nlocation: https://a\\.test:${port}/p/q\\?r=1\r\n`, 'i'));
+    const absNoPath = await rawRequest(Number(new URL(t.url).port), 'GET http://a.test?r=2 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+    assert.match(absNoPath.text, new RegExp(`\r\nlocation: https://a\\.test:${port}/\\?r=2\r\n`, 'i'));
     const bad = await request(`${t.url}/`, { headers: { host: 'evil/../' } });
     assert.equal(bad.status, 400);
     assert.match(bad.headers['x-request-id'] as string, /#/);

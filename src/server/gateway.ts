@@ -907,7 +907,17 @@ export class Gateway implements RequestContext {
 
   /** The plain listener's answer when tls.redirect_http is on: the same URL on the TLS listener. */
   private redirectToHttps(req: IncomingMessage, res: ServerResponse, status: number): void {
-    const raw = req.headers[':authority'] ?? req.headers.host;
+    let raw = req.headers[':authority'] ?? req.headers.host;
+    let url = req.url ?? '/';
+    if (url.charCodeAt(0) !== 0x2f /* / */) {
+      // absolute-form (RFC 9112 §3.2.2): its authority replaces Host, and its path is the path
+      // (a '#' is checked first: with one the regex would backtrack)
+      const m = url.includes('#') ? null : /^https?:\/\/([^/?#]*)(.*)$/is.exec(url);
+      if (m !== null && m[1] !== '') {
+        raw = m[1];
+        url = m[2]!.charCodeAt(0) === 0x2f ? m[2]! : `/${m[2]!}`;
+      } else url = '/';
+    }
     const host = typeof raw === 'string' && /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$/.test(raw) ? raw.replace(/:[0-9]+$/, '') : null;
     // (the request id goes on every response, this one too)
     const requestId = requestIdOf(req);
@@ -916,8 +926,7 @@ export class Gateway implements RequestContext {
       return;
     }
     const port = this.tlsAddress?.port ?? 443;
-    const url = req.url ?? '/';
-    const location = `https://${host}${port === 443 ? '' : `:${port}`}${url.startsWith('/') ? url : '/'}`;
+    const location = `https://${host}${port === 443 ? '' : `:${port}`}${url}`;
     const h1 = !isHttp2(req);
     res.writeHead(status, { location, 'content-length': 0, 'x-request-id': requestId, ...(h1 && this.draining ? { connection: 'close' } : {}) });
     res.end();
