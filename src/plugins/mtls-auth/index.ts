@@ -41,6 +41,18 @@ export function certificateNames(cert: PeerCertificate): { cn: string | null; sa
   return { cn, sans };
 }
 
+/**
+ * Why the listener did not accept a client certificate, in words a client can act on: an
+ * expired (or not yet valid) certificate says so, as a renewal fixes it; anything else (another
+ * CA, a broken chain, a certificate not meant for clients) is "not trusted", with OpenSSL's code.
+ */
+function untrustedDetail(error: Error | string | null | undefined): string {
+  const code = typeof error === 'string' ? error : ((error as { code?: string } | null | undefined)?.code ?? error?.message);
+  if (code === 'CERT_HAS_EXPIRED') return 'the client certificate is not trusted: it has expired';
+  if (code === 'CERT_NOT_YET_VALID') return 'the client certificate is not trusted: it is not valid yet';
+  return `the client certificate is not trusted${code ? ` (${code})` : ''}`;
+}
+
 export default definePlugin({
   name: 'mtls-auth',
   priority: 1600,
@@ -65,7 +77,7 @@ export default definePlugin({
         if (socket.encrypted !== true) return { ok: false, missing: true, challenge: CHALLENGE };
         const cert = socket.getPeerCertificate();
         if (!cert || Object.keys(cert).length === 0) return { ok: false, missing: true, challenge: CHALLENGE };
-        if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: 'the client certificate is not trusted' };
+        if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail(socket.authorizationError) };
         const { cn, sans } = certificateNames(cert);
         let consumer: Consumer | null = null;
         for (const n of [...(cn !== null ? [cn] : []), ...sans]) {

@@ -18,6 +18,7 @@ let bySan: Pem;
 let stranger: Pem;
 let rogue: Pem;
 let namedApp: Pem;
+let expired: Pem;
 
 before(async () => {
   ca = makeCa('Client CA');
@@ -28,6 +29,7 @@ before(async () => {
   stranger = ca.issue('nobody', { client: true });
   rogue = rogueCa.issue('app-1', { client: true });
   namedApp = ca.issue('app', { client: true });
+  expired = ca.issue('app-1', { client: true, expired: true });
   up = await startUpstream();
   gw = await startGateway(`
 listen_tls: 127.0.0.1:0
@@ -88,7 +90,11 @@ test('no certificate, an untrusted one (same CN, other CA), or one for no consum
   assert.equal(none.status, 401);
   const untrusted = await get('/secure', rogue);
   assert.equal(untrusted.status, 401);
-  assert.match(untrusted.body, /not trusted/);
+  assert.match(untrusted.body, /not trusted \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\)/);
+  // The right CA and the name of a consumer, but expired (2020): refused, and the client is told why.
+  const old = await get('/secure', expired);
+  assert.equal(old.status, 401, old.body);
+  assert.equal(JSON.parse(old.body).detail, 'the client certificate is not trusted: it has expired');
   const unknown = await get('/secure', stranger);
   assert.equal(unknown.status, 401);
   assert.match(unknown.body, /not for a known consumer/);
