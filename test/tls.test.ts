@@ -365,6 +365,9 @@ test('config errors: a missing file, a key that does not match, tls without list
   compile(parseConfigText(`listen_tls: 127.0.0.1:0\ntls:\n  ciphers: ECDHE-ECDSA-AES128-GCM-SHA256\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`), { pools }).dispose();
   assert.match(errorOf(`services: [{name: s, url: 'http://127.0.0.1:1', protocol: grpcs}]\n`), /services\[0\]\.url.*protocol grpcs needs an https:\/\/ URL/);
   assert.match(errorOf(`services: [{name: s, url: 'https://127.0.0.1:1', tls: {ca: /nonexistent/ca.pem}}]\n`), /services\[0\]\.tls\.ca.*cannot read/);
+  // tls beside an http:// URL (or h2c / grpc) would be ignored: plaintext to an upstream the config says is verified
+  assert.match(errorOf(`services: [{name: s, url: 'http://127.0.0.1:1', tls: {ca: ${ca.certFile}}}]\n`), /services\[0\]\.tls.*line 1.*needs https:\/\/ targets/s);
+  assert.match(errorOf(`services: [{name: s, protocol: grpc, upstream: {targets: [{url: 'http://127.0.0.1:1'}]}, tls: {verify: true}}]\n`), /services\[0\]\.tls.*needs https:\/\/ targets/s);
 });
 
 test('config errors: TLS material that Node would take without a word and fail (or trust nothing) at run time — a CA file without certificates, a broken block in a bundle, an upstream client certificate with the wrong key', () => {

@@ -690,6 +690,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     }
     heldServices.push(s.name);
     const protocol = s.protocol ?? (rawTargets[0]?.url.startsWith('https:') ? 'https' : 'http');
+    // (as for compose url steps: a tls block beside http:// targets would go unused, the traffic in the clear)
+    if (s.tls && protocol !== 'https' && protocol !== 'grpcs') fail([...sp, 'tls'], 'tls needs https:// targets (protocol https or grpcs): with http:// the traffic goes in the clear and tls is unused');
     const service: CompiledService = {
       name: s.name,
       protocol,
