@@ -196,3 +196,26 @@ test('plans may name a composing route among their services', () => {
   gold: {services: [users, profile], routes: [profile]}
 `), []);
 });
+
+test('a url step\'s TLS material is checked as a service\'s: a CA file with no certificate, a client certificate with the wrong key', async () => {
+  const { makeCa } = await import('../../test/certs.js');
+  const { writeFileSync } = await import('node:fs');
+  const ca = makeCa('Compose CA');
+  try {
+    const c1 = ca.issue('c1', { client: true });
+    const c2 = ca.issue('c2', { client: true });
+    const garbage = `${ca.dir}/garbage.pem`;
+    writeFileSync(garbage, 'not a certificate\n');
+    const issues = issuesOf(withSteps(`        - {name: a, url: https://a.example, tls: {ca: "${garbage}"}}
+        - {name: b, url: https://b.example, tls: {ca: "${ca.certFile}", cert: "${c1.certFile}", key: "${c2.keyFile}"}}
+        - {name: c, url: https://c.example, tls: {ca: "${ca.certFile}", cert: "${c1.certFile}", key: "${c1.keyFile}"}}
+`));
+    const byPath = (p: string) => issues.filter((i) => i.path === p).map((i) => i.message);
+    assert.match(byPath('routes[0].compose.steps[0].tls.ca')[0] ?? '', /holds no PEM certificate/);
+    assert.match(byPath('routes[0].compose.steps[1].tls.cert')[0] ?? '', /does not load.*mismatch/i);
+    assert.deepEqual(issues.filter((i) => i.path.startsWith('routes[0].compose.steps[2]')), []);
+    assert.equal(issues.length, 2, JSON.stringify(issues));
+  } finally {
+    ca.cleanup();
+  }
+});

@@ -17,6 +17,7 @@ import { createBalancer } from '../upstream/balancer.js';
 import { ServiceState } from '../upstream/state.js';
 import type { ComposeInput, ComposeStepInput } from './schema.js';
 import { StepCache } from './cache.js';
+import { upstreamTlsProblem } from '../server/tls.js';
 import {
   RESERVED_HEADS, jsonTemplateParts, parseJsonTemplate, parseTemplate, readsClientBody, stepsOf,
   type JsonTemplate, type ParseScope, type Template,
@@ -318,6 +319,9 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
         if ((s.tls.cert === undefined) !== (s.tls.key === undefined)) fail([...sp, 'tls'], 'a client certificate needs both cert and key');
         const verify = s.tls.verify ?? true;
         const id = createHash('sha256').update(ca ?? '').update('|').update(cert ?? '').update('|').update(key ?? '').update(`|${verify}|${s.tls.server_name ?? ''}`).digest('hex').slice(0, 16);
+        // (as a service's: what Node would take without a word and fail at the first call)
+        const problem = upstreamTlsProblem(id, ca, cert, key);
+        if (problem !== null) fail([...sp, 'tls', problem.field], problem.field === 'ca' ? `${s.tls.ca} ${problem.message}` : `cert ${s.tls.cert} with key ${s.tls.key} does not load: ${problem.message}`);
         tls = { ca, cert, key, rejectUnauthorized: verify, id };
       }
       const pool = deps.pools.acquire(u.origin, {
