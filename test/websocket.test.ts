@@ -275,6 +275,47 @@ ${config()}`);
   }
 });
 
+test('wss upstream addressed by IP (IPv4 and IPv6 literal): verified against its IP SAN, and no IP sent as SNI (RFC 6066 §3)', async () => {
+  const ca: TestCa = makeCa();
+  const { createServer: createHttpsServer } = await import('node:https');
+  const leaf = ca.issue('ws-ip', { dns: ['127.0.0.1', '::1'] });
+  const servernames: unknown[] = [];
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key });
+  server.on('secureConnection', (s) => servernames.push((s as import('node:tls').TLSSocket & { servername?: unknown }).servername));
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  wss.on('connection', (ws) => { ws.on('error', () => {}); ws.on('message', (d, bin) => ws.send(d, { binary: bin })); });
+  await new Promise<void>((r) => server.listen(0, '::', r));
+  const port = (server.address() as AddressInfo).port;
+  const t = await startGateway(`
+services:
+  - name: v4
+    url: https://127.0.0.1:${port}
+    tls: {ca: ${ca.certFile}}
+    routes: [{paths: [/v4], websocket: true}]
+  - name: v6
+    url: https://[::1]:${port}
+    tls: {ca: ${ca.certFile}}
+    routes: [{paths: [/v6], websocket: true}]
+`);
+  try {
+    for (const path of ['/v4', '/v6']) {
+      const { ws } = await open(`${t.url.replace('http:', 'ws:')}${path}`);
+      ws.send(`over ${path}`);
+      assert.equal((await nextMessage(ws)).data.toString(), `over ${path}`);
+      ws.terminate();
+    }
+    assert.equal(servernames.length, 2);
+    for (const n of servernames) assert.ok(!n, `no SNI for an IP upstream (got ${String(n)})`);
+  } finally {
+    await t.close();
+    for (const ws of wss.clients) ws.terminate();
+    await new Promise<void>((r) => wss.close(() => r()));
+    server.closeAllConnections();
+    await new Promise<void>((r) => server.close(() => r()));
+    ca.cleanup();
+  }
+});
+
 test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is refused (403) unless its origin is listed; websocket.origins pins the origins', async () => {
   const t = await startGateway(config());
   try {

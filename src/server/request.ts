@@ -865,7 +865,10 @@ function startWebSocket(
   /** The handshake's URL, Host and TLS settings for target `t`. */
   const dial = (t: Target) => {
     const secure = t.origin.startsWith('https:');
-    const tls = secure ? { ...svc.tls, servername: svc.tls?.servername ?? hostName(t.hostHeader) } : undefined;
+    // SNI and the verified name: the URL's host name; for an address none is sent (RFC 6066 §3)
+    // and the certificate is checked against the address (ws takes it from the URL, unbracketed).
+    const name = secure && svc.tls?.servername === undefined ? hostName(t.hostHeader) : '';
+    const tls = secure ? { ...svc.tls, servername: svc.tls?.servername ?? (name.charCodeAt(0) === 0x5b /* [ */ || isIP(name) !== 0 ? undefined : name) } : undefined;
     return {
       url: `${secure ? 'wss' : 'ws'}:${t.origin.slice(t.origin.indexOf('//'))}${joinBase(t.basePath, path, bare)}`,
       headers: { ...out, host: route.preserveHost && host ? host : t.hostHeader },
