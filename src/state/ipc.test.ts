@@ -123,3 +123,39 @@ test('the primary skips malformed calls in a batch without throwing', () => {
   const bad = answerCounter(primary, { tp: 'ctrb', calls: 'x' as never });
   assert.deepEqual(bad, { tp: 'ctrb-r', answers: [] });
 });
+
+test('a primary busy past the worker\'s timeout: the calls the worker gave up on (its fault applied) are not counted when they arrive late', async () => {
+  const primary = new MemoryStore();
+  const periodEnd = Date.now() + 86_400_000;
+  // The channel delivers after 150 ms; the worker gives up after 40 ms.
+  const worker: IpcStore = new IpcStore((m) => {
+    const copy = JSON.parse(JSON.stringify(m)) as CounterRequest;
+    setTimeout(() => worker.onReply(JSON.parse(JSON.stringify(answerCounter(primary, copy)))), 150);
+  }, 40);
+  worker.batched(true);
+  const results = await Promise.allSettled([worker.rate([q({ key: 'late' })]), worker.quota({ key: 'late-q', limit: 5, cost: 1, periodEnd })]);
+  assert.ok(results.every((r) => r.status === 'rejected'), 'the worker gave up');
+  await new Promise((r) => setTimeout(r, 200)); // the primary has seen the batch by now
+  assert.equal(primary.quotaUsageNow('late-q'), 0, 'a quota unit the worker never used is not taken');
+  assert.equal(primary.rateNow([q({ key: 'late' })])[0]!.remaining, 9, 'nor a rate-limit slot');
+  // In time, the same calls are decided and counted.
+  const fresh = wired();
+  await fresh.worker.quota({ key: 'late-q', limit: 5, cost: 1, periodEnd });
+  assert.equal(fresh.primary.quotaUsageNow('late-q'), 1);
+  await worker.close();
+  await fresh.worker.close();
+  await primary.close();
+  await fresh.primary.close();
+});
+
+test('the primary answers a batch past its deadline with an error per call and decides none; without a deadline (older workers) it decides', () => {
+  const store = new MemoryStore();
+  const late = answerCounter(store, { tp: 'ctrb', deadline: Date.now() - 1, calls: [{ id: 1, op: 'rate', queries: [q()] }, { id: 2, op: 'usage', key: 'u' }] });
+  assert.ok(late.tp === 'ctrb-r');
+  assert.deepEqual(late.answers.map((a) => a.id), [1, 2]);
+  assert.ok(late.answers.every((a) => 'error' in a));
+  assert.equal(store.rateNow([q()])[0]!.remaining, 9, 'the late call took nothing');
+  const old = answerCounter(store, { tp: 'ctrb', calls: [{ id: 3, op: 'rate', queries: [q()] }] });
+  assert.ok(old.tp === 'ctrb-r' && 'value' in old.answers[0]!);
+  void store.close();
+});

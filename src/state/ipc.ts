@@ -21,8 +21,13 @@ export type CounterCall =
   | { id: number; op: 'quota'; query: QuotaQuery }
   | { id: number; op: 'usage'; key: string };
 type Answer = { id: number; value: unknown } | { id: number; error: string };
-/** A worker's calls of one event-loop turn (`ctrb`), or one call (`ctr`, what older primaries read). */
-export type CounterRequest = { tp: 'ctrb'; calls: CounterCall[] } | ({ tp: 'ctr' } & CounterCall);
+/**
+ * A worker's calls of one event-loop turn (`ctrb`), or one call (`ctr`, what older primaries
+ * read). `deadline` (epoch ms): when the worker gives up on the batch; the primary does not
+ * decide a batch it receives later, so a call the worker already failed (its limit's `fault`
+ * applied) is not counted as well.
+ */
+export type CounterRequest = { tp: 'ctrb'; calls: CounterCall[]; deadline?: number } | ({ tp: 'ctr' } & CounterCall);
 /** The primary's answers to a batch, in the order of the calls (`ctrb-r`), or to one call (`ctr-r`). */
 export type CounterReply = { tp: 'ctrb-r'; answers: Answer[] } | ({ tp: 'ctr-r' } & Answer);
 
@@ -39,8 +44,10 @@ function decide(store: MemoryStore, c: CounterCall): Answer {
 export function answerCounter(store: MemoryStore, m: CounterRequest): CounterReply {
   if (m.tp === 'ctr') return { tp: 'ctr-r', ...decide(store, m) };
   const answers: Answer[] = [];
+  // (the primary was busy past the worker's timeout: the worker answered these requests already)
+  const late = typeof m.deadline === 'number' && Date.now() > m.deadline;
   for (const c of Array.isArray(m.calls) ? m.calls : []) {
-    if (c !== null && typeof c === 'object') answers.push(decide(store, c));
+    if (c !== null && typeof c === 'object') answers.push(late ? { id: c.id, error: 'the primary got the call after the worker gave up on it' } : decide(store, c));
   }
   return { tp: 'ctrb-r', answers };
 }
@@ -56,8 +63,9 @@ interface Waiting {
 export class IpcStore implements CounterStore {
   private seq = 0;
   private readonly waiting = new Map<number, Waiting>();
-  /** Calls of this turn, not sent yet. */
+  /** Calls of this turn, not sent yet, and when the first was made (performance.now()). */
   private batch: CounterCall[] = [];
+  private batchStart = 0;
   private flushing: NodeJS.Immediate | null = null;
   /** One sweep of expired calls while any wait (not a timer per call). */
   private sweeper: NodeJS.Timeout | null = null;
@@ -88,8 +96,10 @@ export class IpcStore implements CounterStore {
 
   private call<T>(c: { op: 'rate'; queries: RateQuery[] } | { op: 'quota'; query: QuotaQuery } | { op: 'usage'; key: string }): Promise<T> {
     const id = ++this.seq;
+    const now = performance.now();
+    if (this.batch.length === 0) this.batchStart = now;
     return new Promise<T>((resolve, reject) => {
-      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, until: performance.now() + this.timeoutMs });
+      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject, until: now + this.timeoutMs });
       this.batch.push({ ...c, id } as CounterCall);
       this.flushing ??= setImmediate(() => this.flush());
       this.sweeper ??= setInterval(() => this.sweep(), Math.max(10, Math.min(250, this.timeoutMs / 4)));
@@ -103,7 +113,8 @@ export class IpcStore implements CounterStore {
     if (calls.length === 0) return;
     this.batch = [];
     try {
-      if (this.batching) this.send({ tp: 'ctrb', calls });
+      // (the first call of the batch is given up first: the primary decides none after that)
+      if (this.batching) this.send({ tp: 'ctrb', calls, deadline: Date.now() + this.timeoutMs - (performance.now() - this.batchStart) });
       else for (const c of calls) this.send({ tp: 'ctr', ...c });
     } catch (err) {
       for (const c of calls) {
