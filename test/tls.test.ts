@@ -192,6 +192,31 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
   }
 });
 
+test('a reload that changes listen_tls, tls.handshake_timeout or http2.enabled says a restart is needed (the listener stays as it is)', async () => {
+  const { default: pino } = await import('pino');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const a = ca.issue('a.test', { file: 'restart-warn' });
+  const text = (extra: string, listen = '127.0.0.1:0') => `listen: 127.0.0.1:0
+listen_tls: ${listen}
+${extra}tls: {certificates: [{hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}]}
+services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
+access_log: {enabled: false}
+`;
+  const lines: { setting?: string; msg?: string }[] = [];
+  const gw = await Gateway.start(parseConfigText(text('')), { logger: pino({ level: 'warn' }, { write: (l: string) => void lines.push(JSON.parse(l)) }) });
+  try {
+    const port = gw.tlsAddress!.port;
+    await gw.reloadAsync(parseConfigText(text('http2: {enabled: false}\n', '127.0.0.1:41223'), { env: {} }));
+    await gw.reloadAsync(parseConfigText(text('http2: {enabled: false}\n', '127.0.0.1:41223').replace('tls: {', 'tls: {handshake_timeout: 3s, '), { env: {} }));
+    const settings = lines.filter((l) => /restart to apply/.test(l.msg ?? '')).map((l) => l.setting);
+    assert.deepEqual(settings, ['listen_tls', 'http2.enabled', 'tls.handshake_timeout'], JSON.stringify(lines));
+    assert.equal(gw.tlsAddress!.port, port);
+    assert.equal((await handshake(port, 'a.test', { ALPNProtocols: ['h2', 'http/1.1'] })).alpn, 'h2', 'ALPN as at the start');
+  } finally {
+    await gw.stop();
+  }
+});
+
 test('a certificate file replaced on disk is served to new connections without a restart; a broken replacement keeps the old one', async () => {
   const first = ca.issue('live.test', { file: 'live-a' });
   const second = ca.issue('live.test', { file: 'live-b' });

@@ -1165,6 +1165,10 @@ export class Gateway implements RequestContext {
       ['admin.listen', prev.admin?.listen, next.admin?.listen],
       ['status_listen', prev.statusListen, next.statusListen],
       ['demo.listen', prev.demo, next.demo],
+      // (a TLS listener added or removed: below)
+      ['listen_tls', prev.tls && next.tls ? prev.tls.listen : null, prev.tls && next.tls ? next.tls.listen : null],
+      ['tls.handshake_timeout', prev.tls && next.tls ? prev.tls.handshakeTimeout : null, prev.tls && next.tls ? next.tls.handshakeTimeout : null],
+      ['http2.enabled', prev.tls ? prev.http2.enabled : null, prev.tls ? next.http2.enabled : null],
     ] as const) {
       if (JSON.stringify(a) !== JSON.stringify(b)) this.log.warn({ setting: what }, `${what} changed: restart to apply it`);
     }
