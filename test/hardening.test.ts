@@ -237,6 +237,7 @@ test('routing, identity and client-certificate override headers pass only from t
     'client-cert': ':MIIB:', 'Client-Cert-Chain': ':MIIB:', 'ssl-client-subject-dn': 'CN=admin', 'ssl-client-issuer-dn': 'CN=Root',
     'x-forwarded-tls-client-cert': 'MIIB...', 'X-Forwarded-Tls-Client-Cert-Info': 'Subject="CN=admin"', 'x-ssl-client-subject': 'CN=admin',
     'x-amzn-mtls-clientcert-sans': 'DNS:admin', 'Client_Cert': ':MIIB:', 'ssl_client_subject_dn': 'CN=admin',
+    'X-SSL-Cert': '-----BEGIN%20CERTIFICATE-----', 'x-ssl-subject': 'CN=admin', 'x-ssl-issuer': 'CN=Root',
   };
   const g = await startGateway(oneRoute(up.url));
   const trusted = await startGateway(oneRoute(up.url, 'trusted_proxies: [127.0.0.1]\n'));

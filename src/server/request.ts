@@ -105,12 +105,13 @@ const LONG_PROXY_ONLY = new Set([
 
 /**
  * The families behind those lists, as other terminators name them: RFC 9440's Client-Cert and
- * Client-Cert-Chain, ingress-nginx's ssl-client-subject-dn / -issuer-dn, Traefik's
+ * Client-Cert-Chain, nginx guides' X-SSL-Cert ($ssl_client_escaped_cert) and HAProxy's
+ * X-SSL-Subject / X-SSL-Issuer, ingress-nginx's ssl-client-subject-dn / -issuer-dn, Traefik's
  * X-Forwarded-Tls-Client-Cert(-Info), and any X-SSL-Client-*, SSL-Client-*, X-Amzn-Mtls-*
  * (tested only for names the switch in handleRequest did not take; fails at the first letter
  * for most).
  */
-const CERT_FIELD = /^(?:x-ssl-client-|ssl-client-|x-amzn-mtls-|x-forwarded-tls-client-cert|client-cert(?:-chain)?$)/i;
+const CERT_FIELD = /^(?:x-ssl-(?:client-|cert$|subject|issuer)|ssl-client-|x-amzn-mtls-|x-forwarded-tls-client-cert|client-cert(?:-chain)?$)/i;
 
 /**
  * The fields the gateway owns or computes, in their dashed form: a client's `X_Consumer_ID` or
@@ -381,7 +382,7 @@ export function handleRequest(
             continue;
           }
         }
-        if (name.length >= 11 && CERT_FIELD.test(name)) {
+        if (name.length >= 10 && CERT_FIELD.test(name)) {
           (proxyOnly ??= []).push(name, value);
           continue;
         }
