@@ -166,14 +166,21 @@ function peerInfo(socket: Socket, snap: Snapshot): PeerInfo {
 /**
  * A plain-listener request that a trusted proxy says came over https (the first
  * X-Forwarded-Proto): a load balancer that terminated TLS in front of the gateway. Asked only
- * when tls.redirect_http or tls.hsts is on (nothing is read for other requests).
+ * when tls.redirect_http or tls.hsts is on; for a peer that is no trusted proxy nothing is read.
  */
 export function httpsByTrustedProxy(req: IncomingMessage, snap: Snapshot): boolean {
-  const xfp = req.headers['x-forwarded-proto'];
-  if (typeof xfp !== 'string' || xfp.length < 5) return false;
-  const comma = xfp.indexOf(',');
-  if ((comma === -1 ? xfp : xfp.slice(0, comma)).trim().toLowerCase() !== 'https') return false;
-  return peerInfo(req.socket, snap).trusted;
+  // (the peer first: its info is kept per connection, and handleRequest needs it anyway; the raw
+  // fields, not req.headers, which node builds only when asked)
+  if (!peerInfo(req.socket, snap).trusted) return false;
+  const raw = req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length !== 17 || name.toLowerCase() !== 'x-forwarded-proto') continue;
+    const v = raw[i + 1]!;
+    const comma = v.indexOf(',');
+    return (comma === -1 ? v : v.slice(0, comma)).trim().toLowerCase() === 'https';
+  }
+  return false;
 }
 
 /**
