@@ -455,10 +455,14 @@ services:
 
     assert.ok(closedByServer, `the server never closed the session (${opened} streams opened)`);
     assert.ok(opened < 20_000, `${opened} streams opened before the session closed`);
-    // The gateway's guard did it (nghttp2's own limit, ~1000 resets, would say INTERNAL_ERROR).
-    assert.ok(logged, `no rapid-reset log line:\n${gw.output()}`);
+    // The gateway's guard did it (nghttp2's default limit, ~1000 resets, would say INTERNAL_ERROR).
+    // Node >= 22 hands such a flood's cancelled streams to JS only in part: there the same budget
+    // is nghttp2's (streamResetBurst / streamResetRate from max_resets / reset_window), whose
+    // GOAWAY says INTERNAL_ERROR and whose close is not logged; the bound on streams holds alike.
+    const native = Number(process.versions.node.split('.')[0]) >= 22;
+    if (!native) assert.ok(logged, `no rapid-reset log line:\n${gw.output()}`);
     if (goaway) {
-      assert.equal(goaway.code, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+      assert.equal(goaway.code, native && !logged ? http2.constants.NGHTTP2_INTERNAL_ERROR : http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
       // max_resets + 1 streams cancelled trips it; some slack for streams in the same read.
       assert.ok(streamsAtServer! > MAX_RESETS && streamsAtServer! <= MAX_RESETS + 100, `the server took ${streamsAtServer} streams`);
     } else {

@@ -739,7 +739,12 @@ export class Gateway implements RequestContext {
    */
   private createH2Server(snap: Snapshot): Http2Server {
     const h = snap.http2;
+    // Node >= 22 hands the cancelled streams of a fast flood to JS only in part (countReset
+    // below sees too few), and its nghttp2 limits RST_STREAM frames itself: the same budget
+    // (max_resets, refilled over reset_window) goes to it. Older Node ignores the options.
+    const nativeResetLimit = { streamResetBurst: h.maxResets, streamResetRate: Math.max(1, Math.ceil(h.maxResets / Math.max(1, h.resetWindow / 1000))) };
     const server = createH2Server({
+      ...nativeResetLimit,
       settings: {
         maxConcurrentStreams: h.maxConcurrentStreams,
         maxHeaderListSize: h.maxHeaderListSize,
