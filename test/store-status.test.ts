@@ -20,6 +20,8 @@ import { pino } from 'pino';
 import { loadConfigFile, parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
 import { ControlPlane } from '../src/server/control-plane.js';
+import { compile } from '../src/config/compile.js';
+import { PoolRegistry } from '../src/upstream/pools.js';
 import { createStore, type StoredConfig } from '../src/config/stores/index.js';
 import { request, sleep } from './helpers.js';
 import { postgresBinDir, startPostgres, type PostgresServer } from './postgres-server.js';
@@ -223,5 +225,36 @@ test('postgres hung (SIGSTOP): 8 concurrent admin writes all answer 503 problem+
     pg.resume();
     await g.stop();
     await node.close();
+  }
+});
+
+test('a postgres URL whose password is not percent-encoded (/ ? # @ in it) is a config error at once: not an "unreachable" store retried forever, and the password is shown nowhere', async () => {
+  // `12/x@y`: the URL parses with host "app", port 12 and the rest of the password in its path
+  // (nothing masks that); `ab#c`: the URL does not parse at all.
+  for (const [password, url] of [['12/x@y', `postgres://app:12/x@y@127.0.0.1:${pg.port}/db`], ['ab#cd', `postgres://app:ab#cd@127.0.0.1:${pg.port}/db`]] as const) {
+    const file = join(work, 'bad-url.yaml');
+    writeFileSync(file, `listen: 127.0.0.1:0\nstore: "${url}"\naccess_log: {enabled: false}\n`);
+    const said: string[] = [];
+    const log = pino({ level: 'debug' }, { write: (s: string) => void said.push(s) });
+    // `turnpike validate` (compile) names the setting
+    assert.throws(() => compile(loadConfigFile(file), { pools: new PoolRegistry(), storeOpened: true }), (err: Error) => /store/.test(err.message) && /percent-encoded/.test(err.message) && !err.message.includes(password));
+    const loaded = parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n`, { file });
+    const stop = new AbortController();
+    const t0 = performance.now();
+    const opened = ControlPlane.open({ file, loaded, setting: url, log, retryMs: 100, signal: stop.signal, apply: async () => true });
+    const timer = setTimeout(() => stop.abort(), 3000);
+    const err = await opened.then((c) => { void c.close(); return null; }, (e: Error) => e);
+    clearTimeout(timer);
+    assert.ok(err !== null, 'opened');
+    assert.equal(err.name, 'Error', err.message);
+    assert.match(err.message, /store: the postgres URL .*percent-encoded/);
+    assert.ok(performance.now() - t0 < 1000, `rejected after ${(performance.now() - t0).toFixed(0)} ms (before: retried as unreachable until stopped)`);
+    assert.ok(!err.message.includes(password), err.message);
+    assert.ok(!said.join('').includes(password), said.join(''));
+    assert.throws(() => createStore(url, { baseDir: work }), (e: Error) => e.name === 'Error' && !e.message.includes(password));
+  }
+  // (a URL pg reads is taken: an encoded password, a blank pg escapes, a socket directory as host=)
+  for (const url of [`postgres://app:p%40ss%2F1@127.0.0.1:${pg.port}/db`, `postgres://app:pa ss@127.0.0.1:${pg.port}/db`, `postgres://app@/db?host=/tmp`]) {
+    await createStore(url, { baseDir: work }).close();
   }
 });

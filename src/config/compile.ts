@@ -11,7 +11,7 @@ import { ConfigInputs } from './inputs.js';
 import type { Pool } from 'undici';
 import { configHashOf, type LoadedConfig } from './load.js';
 import { formatPath, type PathSegment } from './errors.js';
-import { maskUrlSecrets } from '../core/url-secrets.js';
+import { maskUrlSecrets, postgresUrlProblem } from '../core/url-secrets.js';
 import { DEFAULT_LISTEN_HOST, parseAddress, type Address } from './address.js';
 import { unsendableSecret } from '../core/secret-text.js';
 import type { TurnpikeConfigInput } from './schema.js';
@@ -353,6 +353,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
 
   // (sqlite and postgres stores are opened by the CLI, which compiles what they hold)
   if (cfg.store !== undefined && cfg.store !== 'file' && !deps.storeOpened) fail(['store'], 'only `store: file` can be served by this command (sqlite and postgres stores are opened by `turnpike start`)');
+  const storeProblem = cfg.store !== undefined && /^postgres(ql)?:\/\//.test(cfg.store.trim()) ? postgresUrlProblem(cfg.store.trim()) : null;
+  if (storeProblem !== null) fail(['store'], `the postgres URL ${storeProblem}`);
   let admin: Snapshot['admin'] = null;
   if (cfg.admin?.listen !== undefined) {
     const a = parseAddress(cfg.admin.listen);

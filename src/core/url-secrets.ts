@@ -60,3 +60,35 @@ export function redactUrl(url: string): string {
   }
   return maskOne(url);
 }
+
+/**
+ * Why a URL setting that carries credentials (a store, redis) cannot be used as written, or
+ * null. A password with `/`, `?` or `#` that is not percent-encoded ends the authority early:
+ * the URL then does not parse (`postgres://u:ab#c@db/x`: port "ab"), or worse parses with
+ * another host and the rest of the password in its path, query or fragment
+ * (`postgres://u:12/3@db/x`: host "u", port 12) — a client that connects there fails as
+ * "unreachable" forever, and every message showing the URL shows that part of the password
+ * (it is no userinfo, so nothing masks it). Nothing of the URL is quoted here.
+ */
+export function credentialUrlProblem(url: string): string | null {
+  const encode = 'a password (or user name) with @ : / ? # % or a blank must be percent-encoded (@ as %40, / as %2F, ? as %3F, # as %23, % as %25)';
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `does not parse as a URL (a host, and a port up to 65535?): ${encode}`;
+  }
+  if (u.pathname.includes('@') || u.hash.includes('@') || (u.username === '' && u.password === '' && u.search.includes('@'))) {
+    return `has an @ after its host (is part of a password outside the user info?): ${encode}`;
+  }
+  return null;
+}
+
+/** credentialUrlProblem() of a URL as pg reads it (pg-connection-string: blanks and stray %s escaped; an empty host is allowed). */
+export function postgresUrlProblem(url: string): string | null {
+  let s = url;
+  if (/ |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(s)) s = encodeURI(s).replace(/%25(\d\d)/g, '%$1');
+  const problem = credentialUrlProblem(s);
+  if (problem === null || !s.includes('@/')) return problem;
+  return credentialUrlProblem(s.replace('@/', '@___DUMMY___/')) === null ? null : problem;
+}

@@ -50,7 +50,7 @@
  */
 import pg from 'pg';
 import type { Logger } from '../../core/log.js';
-import { redactUrl } from '../../core/url-secrets.js';
+import { postgresUrlProblem, redactUrl } from '../../core/url-secrets.js';
 import {
   RevisionConflict, StoreUnavailable,
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
@@ -176,7 +176,10 @@ export class PostgresStore implements ConfigStore {
   private healthy = true;
   private readonly healthWatchers = new Set<(error: string | null) => void>();
 
+  /** Throws an Error (not StoreUnavailable: a setting to fix, not a server to wait for) when the URL cannot be used as written. */
   constructor(opts: PostgresStoreOptions) {
+    const problem = postgresUrlProblem(opts.url);
+    if (problem !== null) throw new Error(`store: the postgres URL ${problem}`);
     this.url = opts.url;
     this.where = redactUrl(opts.url);
     this.keep = Math.max(1, Math.floor(opts.keep ?? 1000));
