@@ -11,7 +11,8 @@ import { RedisStore } from '../src/state/redis.js';
 import { MemoryStore } from '../src/state/memory.js';
 import { gcra, sliding, type GcraState, type SlidingState } from '../src/state/algorithms.js';
 import type { RateDecision, RateQuery } from '../src/state/types.js';
-import { startRedis, freePort, type RedisServer } from './redis-server.js';
+import { createServer, connect, type Socket } from 'node:net';
+import { startRedis, freePort, rawCommand, type RedisServer } from './redis-server.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 let server: RedisServer;
@@ -445,4 +446,49 @@ test('Redis\'s clock stepped forward past the measured bound: a decision it skip
   off.offsetBefore -= 10_000;
   assert.deepEqual(await s.quota({ key, limit: 5, cost: 2, periodEnd: Date.now() + 60_000 }), { allowed: true, used: 2, remaining: 3 });
   assert.equal(await s.quotaUsage(key), 2);
+});
+
+test('failover behind one address (a DNS name or VIP moved to the promoted replica): a connection left on the old primary, now a replica answering READONLY, is replaced; decisions work again within a second', async (t) => {
+  const [a, b] = [await startRedis(), await startRedis()];
+  // The address the store is given: new connections go to `target`, existing ones stay where they are (as with DNS).
+  let target = a.port;
+  const sockets = new Set<Socket>();
+  const proxy = createServer((client) => {
+    const upstream = connect(target, '127.0.0.1');
+    for (const [x, y] of [[client, upstream], [upstream, client]] as const) {
+      sockets.add(x);
+      x.on('error', () => y.destroy());
+      x.on('close', () => { sockets.delete(x); y.destroy(); });
+      x.pipe(y);
+    }
+  });
+  await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', () => r()));
+  try {
+    const s = store({ url: `redis://127.0.0.1:${(proxy.address() as { port: number }).port}`, timeout: 500 });
+    await s.waitReady();
+    const q = (): RateQuery[] => [{ key: fresh('failover'), limit: 10, periodMs: 60_000, cost: 1, algorithm: 'gcra' }];
+    assert.equal((await s.rate(q()))[0]!.allowed, true);
+    // The failover: b is promoted (it is a primary already), a follows it, the name points at b.
+    assert.match(await rawCommand(a.port, ['REPLICAOF', '127.0.0.1', String(b.port)]), /^\+OK/);
+    target = b.port;
+    const errors = new Set<string>();
+    const t0 = performance.now();
+    let ok = false;
+    while (!ok && performance.now() - t0 < 3000) {
+      try {
+        ok = (await s.rate(q()))[0]!.allowed;
+      } catch (err) {
+        errors.add((err as Error).message.slice(0, 60));
+        await sleep(20);
+      }
+    }
+    const took = performance.now() - t0;
+    t.diagnostic(`decisions again after ${took.toFixed(0)} ms; errors meanwhile: ${[...errors].join(' | ')}`);
+    assert.ok(ok, `still failing 3 s after the failover (before: READONLY for as long as the connection lived): ${[...errors].join(' | ')}`);
+    assert.ok(took < 1500, `decisions again only after ${took.toFixed(0)} ms`);
+  } finally {
+    for (const x of sockets) x.destroy();
+    proxy.close();
+    await Promise.all([a.stop(), b.stop()]);
+  }
 });

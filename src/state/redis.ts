@@ -18,7 +18,8 @@
  * firing only after the answers already in the socket were read (state/deadline.ts). ioredis'
  * `commandTimeout` is only a backstop (at least 10 s) that keeps a hung Redis from holding
  * commands forever. The connection comes back by itself
- * (capped exponential backoff, at most 1 s apart). Errors are thrown; the plugin applies its
+ * (capped exponential backoff, at most 1 s apart), and is dropped for a new one when Redis
+ * answers READONLY (a failover behind one address left it on the old primary, now a replica). Errors are thrown; the plugin applies its
  * `fault` setting.
  *
  * A command cannot be taken back once written: a stalled Redis (SIGSTOP, a slow fork, a long
@@ -270,6 +271,16 @@ export class RedisStore implements CounterStore {
       autoResubscribe: false,
       connectionName: 'turnpike',
       keepAlive: 5000,
+      // A failover behind one address (a DNS name or VIP moved to the promoted replica, as
+      // managed Redis services do): the connection stays on the old primary, now a replica,
+      // and every script answers READONLY for as long as it lives. Such an answer drops the
+      // connection (once, whatever number of commands get it); the next one goes where the
+      // address points now. (The failed command is not sent again: its caller has its fault.)
+      reconnectOnError: (err: Error) => {
+        if (!err.message.startsWith('READONLY')) return false;
+        this.logError(err);
+        return 1;
+      },
       ...(opts.connect === false ? { lazyConnect: true } : {}),
     };
     const hostOf = (url: string) => { const { host, port } = seed(url); return `${host}:${port}`; };
