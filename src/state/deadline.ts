@@ -11,14 +11,18 @@ export function deadlineTimer(ms: number, fn: () => void): NodeJS.Timeout {
   return setTimeout(() => setImmediate(fn), ms);
 }
 
-/** Settles with `p`, or rejects with `message` once `ms` passed (a deadlineTimer: after the answers in hand were read). */
-export function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+/**
+ * Settles with `p`, or rejects with `message` once `ms` passed (a deadlineTimer: after the
+ * answers in hand were read); `onLate` is called then (the store may look at its connection).
+ */
+export function withDeadline<T>(p: Promise<T>, ms: number, message: string, onLate?: () => void): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     let settled = false;
     const timer = deadlineTimer(ms, () => {
       if (settled) return;
       settled = true;
       reject(new Error(message));
+      onLate?.();
     });
     p.then((v) => {
       if (settled) return;

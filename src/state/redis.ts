@@ -79,6 +79,8 @@ const MAX_BACKOFF_MS = 1000;
 const ERROR_LOG_EVERY_MS = 10_000;
 /** The Redis clock offset bound is the largest measurement of the last one or two of these. */
 const OFFSET_WINDOW_MS = 10_000;
+/** A connection with a command unanswered this long (at least; see stallMs) is replaced. */
+const STALL_MIN_MS = 2000;
 /** What a charging script answers (first element) when it ran after its caller's give-up time. */
 const SKIPPED = -1;
 
@@ -249,6 +251,13 @@ export class RedisStore implements CounterStore {
   private offsetSince = -Infinity;
   /** Where it points, without credentials (for logs). */
   private readonly where: string;
+  /**
+   * A connection whose oldest unanswered command stays that for this long is taken for dead
+   * and replaced (noAnswer): max(2 s, 20 timeouts), at most the backstop.
+   */
+  private readonly stallMs: number;
+  /** Per connection: its oldest unanswered command when a deadline passed, and since when it was. */
+  private readonly stalls = new WeakMap<Redis, { head: unknown; since: number }>();
 
   constructor(setting: RedisSetting, opts: RedisStoreOptions = {}) {
     const s = typeof setting === 'string' ? { url: setting } : setting;
@@ -258,6 +267,7 @@ export class RedisStore implements CounterStore {
     if (/[{}]/.test(this.prefix)) throw new Error('redis.prefix must not contain { or }');
     this.timeoutMs = s.timeout === undefined ? DEFAULT_REDIS_TIMEOUT_MS : Math.max(1, parseDuration(s.timeout));
     this.backstopMs = Math.max(this.timeoutMs, BACKSTOP_MS);
+    this.stallMs = Math.min(this.backstopMs, Math.max(STALL_MIN_MS, 20 * this.timeoutMs));
     this.clock = opts.clock;
     this.log = opts.log;
     const connectTimeout = Math.max(250, Math.min(2000, this.timeoutMs * 10));
@@ -366,8 +376,41 @@ export class RedisStore implements CounterStore {
 
   /** Settles with `p` or rejects once `ms` has passed (and the answers in hand were read), whatever ioredis is doing. */
   private deadline<T>(p: Promise<T>, ms = this.timeoutMs): Promise<T> {
-    return withDeadline(p, ms, `redis did not answer within ${ms} ms`);
+    return withDeadline(p, ms, `redis did not answer within ${ms} ms`, this.noAnswer);
   }
+
+  /**
+   * A deadline passed. A connection that is open but carries nothing back — a partition that
+   * dropped it without a FIN or RST (a NAT, firewall or load balancer lost its state), a peer
+   * gone dark — looks ready to ioredis until TCP keepalive gives up (~11 min on Linux defaults):
+   * every call waits its deadline, and every command written stays queued for its answer (the
+   * backstop rejects the caller, not the entry). So a connection whose oldest unanswered
+   * command has not moved for stallMs (looked at when a deadline passes only: a call answered
+   * in time pays nothing) is dropped: its queue is failed, and the next connection goes where
+   * the address points now. (A Redis busy that long, or SIGSTOPped, is dropped too: the
+   * give-up times keep what it runs later from counting.)
+   */
+  private readonly noAnswer = (): void => {
+    if (this.closed) return;
+    const now = performance.now();
+    const conns = this.client instanceof Cluster ? this.client.nodes() : [this.client];
+    for (const c of conns) {
+      const head: unknown = c.status === 'ready' ? c.commandQueue.peekFront() : undefined;
+      const seen = this.stalls.get(c);
+      if (head === undefined) {
+        if (seen) this.stalls.delete(c);
+        continue;
+      }
+      if (seen === undefined || seen.head !== head) {
+        this.stalls.set(c, { head, since: now });
+        continue;
+      }
+      if (now - seen.since < this.stallMs) continue;
+      this.stalls.delete(c);
+      this.log?.warn({ redis: this.where, node: `${c.options.host}:${c.options.port}`, waiting: c.commandQueue.length, stalled_ms: Math.round(now - seen.since) }, 'redis connection answers nothing: replacing it');
+      c.disconnect(true);
+    }
+  };
 
   /**
    * Takes in Redis's clock (`us`, µs) as read by a command sent at `sent` (performance.now())
