@@ -544,3 +544,15 @@ test('a partition that leaves the connection open (no FIN, no RST: a NAT or load
     await r.stop();
   }
 });
+
+test('a redis URL whose password is not percent-encoded (/ ? # @ in it) is refused with a reason (a config error), not a store that never connects; the password is not in the message', () => {
+  const cases: [string, ConstructorParameters<typeof RedisStore>[0]][] = [
+    ['12/x@y', 'redis://app:12/x@y@127.0.0.1:6379'],
+    ['12#x@y', { url: 'redis://:12#x@y@127.0.0.1:6379' }],
+    ['ab?c', { cluster: ['redis://127.0.0.1:7000', 'redis://u:ab?c@127.0.0.1:7001'] }],
+  ];
+  for (const [password, setting] of cases) {
+    assert.throws(() => new RedisStore(setting, { connect: false }), (err: Error) => /the redis URL .*percent-encoded/.test(err.message) && !err.message.includes(password), password);
+  }
+  void new RedisStore({ url: 'redis://app:12%2Fx%40y@127.0.0.1:6379/2' }, { connect: false }).close();
+});

@@ -43,6 +43,7 @@ import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis';
 import { parseDuration } from '../config/units.js';
+import { credentialUrlProblem } from '../core/url-secrets.js';
 import type { Logger } from '../core/log.js';
 import type { CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
 import { withDeadline } from './deadline.js';
@@ -261,6 +262,11 @@ export class RedisStore implements CounterStore {
 
   constructor(setting: RedisSetting, opts: RedisStoreOptions = {}) {
     const s = typeof setting === 'string' ? { url: setting } : setting;
+    // (a password with / ? # not percent-encoded: another host, or no URL, and part of the password shown as if it were none)
+    for (const url of [...(s.url !== undefined ? [s.url] : []), ...(s.cluster ?? [])]) {
+      const problem = credentialUrlProblem(url);
+      if (problem !== null) throw new Error(`the redis URL ${problem}`);
+    }
     this.prefix = s.prefix ?? DEFAULT_REDIS_PREFIX;
     // A brace in the prefix would move (or void) the hash tag: windows of one decision could
     // land in different cluster slots.
