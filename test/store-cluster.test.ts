@@ -15,6 +15,7 @@ import { performance } from 'node:perf_hooks';
 import { Agent, request as undiciRequest } from 'undici';
 import { freePort, request, sleep, startCli, startUpstream, type Running, type TestUpstream } from './helpers.js';
 import { startPostgres, type PostgresServer } from './postgres-server.js';
+import { PostgresStore } from '../src/config/stores/postgres.js';
 
 const TOKEN = 'cluster-admin-token-0123456789';
 const auth = { authorization: `Bearer ${TOKEN}` };
@@ -328,5 +329,36 @@ test('--store names the store instead of the file (which then only seeds it); a 
   assert.equal(s.config.store, 'sqlite');
   assert.equal(s.config.written_by, 'seed');
   assert.equal(await get(n, '/flag'), 200);
+  await stopNode(n);
+});
+
+test('the store\'s head does not compile on this node (a plugin only a newer node knows): a restarted node serves its disk snapshot and reports the head as rejected, rather than exiting (a crash loop)', async () => {
+  const url = await pg.createDatabase('newer');
+  const seed = `services: [{name: api, url: "${up.url}", routes: [{paths: [/older]}]}]\n`;
+  let n = await startNode('node-older', { store: url, seed });
+  await ready(n);
+  assert.equal(await get(n, '/older'), 200);
+  const snapshot = join(work, 'node-older', '.turnpike', 'config-snapshot.json');
+  await until('the disk snapshot is written', 5000, async () => { try { return JSON.parse(readFileSync(snapshot, 'utf8')).config.revision === 1; } catch { return false; } }, 20);
+  const port = { proxy: n.proxy, admin: n.admin };
+  await stopNode(n);
+  // A newer node writes a revision with a plugin this version does not know (it parses; it does not compile here).
+  const newer = new PostgresStore({ url });
+  try {
+    await newer.write({ actor: 'newer-node', action: 'PATCH /api/services/api' }, (doc) => ({
+      ...doc,
+      services: [{ name: 'api', url: up.url, plugins: [{ name: 'plugin-of-a-later-version', config: {} }], routes: [{ paths: ['/older'] }] }],
+    }));
+  } finally {
+    await newer.close();
+  }
+  n = await startNode('node-older', { store: url, seed, port });
+  await ready(n);
+  assert.equal(await get(n, '/older'), 200, 'the snapshot is served');
+  const s = await status(n);
+  assert.equal(s.config.source, 'snapshot');
+  assert.equal(s.config.revision, 1);
+  assert.equal(s.config.rejected_revision, 2);
+  assert.match(n.run.stderr(), /cannot run on this node: serving the disk snapshot/);
   await stopNode(n);
 });

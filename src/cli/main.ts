@@ -231,18 +231,31 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   // One object for both modes: the single-process gateway, or the primary supervising workers.
-  let running: { gw: Gateway; reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; reopenLogs(): void; rollingRestart?(): Promise<void>; kill?(): void };
+  type Running = { gw: Gateway; reload(l: LoadedConfig): Promise<unknown>; stop(): Promise<void>; reopenLogs(): void; rollingRestart?(): Promise<void>; kill?(): void };
+  let running: Running;
   let banner: string;
-  try {
+  const launch = async (l: LoadedConfig): Promise<[Running, string]> => {
     if (workers > 1) {
-      const sup = await startPrimary(loaded, log, { control });
-      running = sup;
-      banner = `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw);
-    } else {
-      const gw = await Gateway.start(loaded, { logger: log, control });
-      // timeouts.shutdown_delay (not ready, still accepting), then the drain.
-      running = { gw, reload: (l) => gw.reloadAsync(l), stop: () => gw.shutdownDelay().then(() => gw.stop()), reopenLogs: () => gw.observer.reopen() };
-      banner = `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw);
+      const sup = await startPrimary(l, log, { control });
+      return [sup, `turnpike ${VERSION} proxy on http://${fmt(sup.proxyAddress)} (${workers} workers)` + extras(sup.gw)];
+    }
+    const gw = await Gateway.start(l, { logger: log, control });
+    // timeouts.shutdown_delay (not ready, still accepting), then the drain.
+    return [
+      { gw, reload: (next) => gw.reloadAsync(next), stop: () => gw.shutdownDelay().then(() => gw.stop()), reopenLogs: () => gw.observer.reopen() },
+      `turnpike ${VERSION} proxy on http://${fmt(gw.proxyAddress!)}` + extras(gw),
+    ];
+  };
+  try {
+    try {
+      [running, banner] = await launch(loaded);
+    } catch (err) {
+      // The store's head parses but does not compile on this node (a plugin this version does
+      // not know, written through a newer node; a file this node lacks): its disk snapshot, as
+      // for a head that does not parse, rather than a crash loop; the head is reported as rejected.
+      if (!cp || !(err instanceof ConfigError) || !(await cp.fallBack(err.message))) throw err;
+      loaded = parseConfigText(cp.text(), { file });
+      [running, banner] = await launch(loaded);
     }
   } catch (err) {
     if (err instanceof ConfigError) process.stderr.write(`${err.message}\n`);
