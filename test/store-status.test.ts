@@ -12,7 +12,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -257,4 +257,36 @@ test('a postgres URL whose password is not percent-encoded (/ ? # @ in it) is a 
   for (const url of [`postgres://app:p%40ss%2F1@127.0.0.1:${pg.port}/db`, `postgres://app:pa ss@127.0.0.1:${pg.port}/db`, `postgres://app@/db?host=/tmp`]) {
     await createStore(url, { baseDir: work }).close();
   }
+});
+
+test('the head\'s row deleted from turnpike_revisions (pruned by hand, by age): the store says so (unavailable), and a node starting does not serve an empty config as if the store were empty', async () => {
+  const url = await pg.createDatabase('pruned');
+  const first = join(work, 'pruned-1.yaml');
+  writeFileSync(first, `listen: 127.0.0.1:0\nstore: "${url}"\naccess_log: {enabled: false}\nservices: [{name: s0, url: "http://127.0.0.1:1"}]\n`);
+  const log = pino({ level: 'silent' });
+  const seeded = await ControlPlane.open({ file: first, loaded: loadConfigFile(first), setting: url, log, apply: async () => true });
+  assert.equal(seeded.served?.revision, 1);
+  await seeded.close();
+  await pg.query('DELETE FROM turnpike_revisions', [], 'pruned');
+
+  const s = createStore(url, { baseDir: work });
+  try {
+    await assert.rejects(s.current(), (err: Error) => err.name === 'StoreUnavailable' && /head revision 1 has no row/.test(err.message));
+  } finally {
+    await s.close();
+  }
+  // A node without a snapshot waits for the store (not ready) rather than serving nothing.
+  const second = join(work, 'pruned', 'turnpike.yaml');
+  mkdirSync(join(work, 'pruned'), { recursive: true });
+  writeFileSync(second, `listen: 127.0.0.1:0\nstore: "${url}"\naccess_log: {enabled: false}\nservices: [{name: s1, url: "http://127.0.0.1:1"}]\n`);
+  const said: string[] = [];
+  const stop = new AbortController();
+  const timer = setTimeout(() => stop.abort(), 1500);
+  const outcome = await ControlPlane.open({
+    file: second, loaded: loadConfigFile(second), setting: url, retryMs: 100, signal: stop.signal,
+    log: pino({ level: 'info' }, { write: (l: string) => void said.push(l) }), apply: async () => true,
+  }).then(async (c) => { const text = c.text(); await c.close(); return `opened, serving ${text}`; }, (err: Error) => err.message);
+  clearTimeout(timer);
+  assert.equal(outcome, 'stopped while waiting for the config store');
+  assert.match(said.join(''), /head revision 1 has no row/);
 });

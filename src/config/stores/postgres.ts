@@ -295,16 +295,19 @@ export class PostgresStore implements ConfigStore {
 
   async current(): Promise<StoredConfig | null> {
     await this.open();
-    let rows: RevisionRow[];
+    let rows: (RevisionRow & { head: string })[];
     try {
-      ({ rows } = await this.pool.query<RevisionRow>(
-        'SELECT r.revision, r.at, r.actor, r.action, r.document FROM turnpike_head h JOIN turnpike_revisions r ON r.revision = h.revision WHERE h.id = 1',
+      ({ rows } = await this.pool.query<RevisionRow & { head: string }>(
+        'SELECT h.revision AS head, r.revision, r.at, r.actor, r.action, r.document FROM turnpike_head h LEFT JOIN turnpike_revisions r ON r.revision = h.revision WHERE h.id = 1',
       ));
     } catch (err) {
       throw this.unavailable('reading', err);
     }
     const r = rows[0];
-    if (!r) return null;
+    if (!r || Number(r.head) === 0) return null;
+    // The head's row deleted (turnpike_revisions pruned by hand, by age): not an empty store — a
+    // node starting would serve (and seeding would not replace) an empty config.
+    if (r.revision === null) throw this.unavailable('reading', new Error(`the head revision ${r.head} has no row in turnpike_revisions (deleted by hand?): restore it from a backup`));
     const stored = { ...toRevision(r), document: r.document! };
     this.noteRevision(stored.revision, stored.at);
     return stored;
