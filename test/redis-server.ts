@@ -190,3 +190,32 @@ export async function startRedisCluster(n = 3): Promise<RedisClusterHandle> {
     stop: async () => { await Promise.all(nodes.map((s) => s.stop())); },
   };
 }
+
+/**
+ * A TCP proxy to a loopback port whose current connections can be silenced — their bytes
+ * dropped both ways, the sockets left open (a partition without FIN or RST: a NAT or load
+ * balancer lost the connection) — while new connections go through.
+ */
+export async function silenceableProxy(port: number): Promise<{ url: string; silence(): void; close(): void }> {
+  const links = new Set<{ dead: boolean; a: import('node:net').Socket; b: import('node:net').Socket }>();
+  const server = createServer((client) => {
+    const upstream = connect(port, '127.0.0.1');
+    const link = { dead: false, a: client, b: upstream };
+    links.add(link);
+    client.on('data', (d) => { if (!link.dead) upstream.write(d); });
+    upstream.on('data', (d) => { if (!link.dead) client.write(d); });
+    for (const [x, y] of [[client, upstream], [upstream, client]] as const) {
+      x.on('error', () => y.destroy());
+      x.on('close', () => { links.delete(link); y.destroy(); });
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    url: `redis://127.0.0.1:${(server.address() as { port: number }).port}`,
+    silence: () => { for (const l of links) l.dead = true; },
+    close: () => {
+      for (const l of links) { l.a.destroy(); l.b.destroy(); }
+      server.close();
+    },
+  };
+}

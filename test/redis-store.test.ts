@@ -12,7 +12,7 @@ import { MemoryStore } from '../src/state/memory.js';
 import { gcra, sliding, type GcraState, type SlidingState } from '../src/state/algorithms.js';
 import type { RateDecision, RateQuery } from '../src/state/types.js';
 import { createServer, connect, type Socket } from 'node:net';
-import { startRedis, freePort, rawCommand, type RedisServer } from './redis-server.js';
+import { startRedis, freePort, rawCommand, silenceableProxy, type RedisServer } from './redis-server.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 let server: RedisServer;
@@ -495,27 +495,14 @@ test('failover behind one address (a DNS name or VIP moved to the promoted repli
 
 test('a partition that leaves the connection open (no FIN, no RST: a NAT or load balancer lost it): nothing answered for ~2 s while calls wait, the connection is replaced; its unanswered commands do not pile up meanwhile', async (t) => {
   const r = await startRedis();
-  // A proxy whose current connections can be silenced: their bytes dropped both ways, the sockets left open.
-  const live = new Set<{ dead: boolean; a: Socket; b: Socket }>();
-  const proxy = createServer((client) => {
-    const upstream = connect(r.port, '127.0.0.1');
-    const link = { dead: false, a: client, b: upstream };
-    live.add(link);
-    client.on('data', (d) => { if (!link.dead) upstream.write(d); });
-    upstream.on('data', (d) => { if (!link.dead) client.write(d); });
-    for (const [x, y] of [[client, upstream], [upstream, client]] as const) {
-      x.on('error', () => y.destroy());
-      x.on('close', () => { live.delete(link); y.destroy(); });
-    }
-  });
-  await new Promise<void>((res) => proxy.listen(0, '127.0.0.1', () => res()));
+  const proxy = await silenceableProxy(r.port);
   try {
-    const s = store({ url: `redis://127.0.0.1:${(proxy.address() as { port: number }).port}`, timeout: TIMEOUT });
+    const s = store({ url: proxy.url, timeout: TIMEOUT });
     await s.waitReady();
     const key = fresh('partition');
     const q: RateQuery[] = [{ key, limit: 1_000_000, periodMs: 60_000, cost: 1, algorithm: 'gcra' }];
     assert.equal((await s.rate(q))[0]!.allowed, true);
-    for (const l of live) l.dead = true;
+    proxy.silence();
     const t0 = performance.now();
     let ok = false;
     let most = 0;
@@ -539,7 +526,6 @@ test('a partition that leaves the connection open (no FIN, no RST: a NAT or load
     assert.ok(took < 4000, `answered again only after ${took.toFixed(0)} ms`);
     assert.ok((s.client as import('ioredis').Redis).commandQueue.length < 10, 'the silent connection\'s queue is gone');
   } finally {
-    for (const l of live) { l.a.destroy(); l.b.destroy(); }
     proxy.close();
     await r.stop();
   }

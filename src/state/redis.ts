@@ -394,9 +394,10 @@ export class RedisStore implements CounterStore {
    * command has not moved for stallMs (looked at when a deadline passes only: a call answered
    * in time pays nothing) is dropped: its queue is failed, and the next connection goes where
    * the address points now. (A Redis busy that long, or SIGSTOPped, is dropped too: the
-   * give-up times keep what it runs later from counting.)
+   * give-up times keep what it runs later from counting.) Called too by the other users of
+   * this client when their deadline passes (the cache zones of src/plugins/cache/store-redis.ts).
    */
-  private readonly noAnswer = (): void => {
+  readonly noAnswer = (): void => {
     if (this.closed) return;
     const now = performance.now();
     const conns = this.client instanceof Cluster ? this.client.nodes() : [this.client];

@@ -2,7 +2,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { RedisStore } from '../../state/redis.js';
-import { startRedis, startRedisCluster, type RedisServer } from '../../../test/redis-server.js';
+import { silenceableProxy, startRedis, startRedisCluster, type RedisServer } from '../../../test/redis-server.js';
 import { RedisCacheStore, MAX_FIELDS, INVALIDATION_MEMORY_MS } from './store-redis.js';
 import type { Entry } from './entry.js';
 import { freshness, HEURISTIC_STATUSES, type PolicyOptions } from './policy.js';
@@ -171,5 +171,29 @@ test('Redis Cluster: entries on every master are found, and purged by one SCAN p
   } finally {
     await s.close();
     await cluster.stop();
+  }
+});
+
+test('a connection left open but silent (a partition without FIN or RST): cache lookups fail within their timeout, and once nothing has been answered for ~2 s the connection is replaced', async () => {
+  const proxy = await silenceableProxy(server.port);
+  const s = new RedisStore({ url: proxy.url, prefix: 'tc:', timeout: 50 });
+  try {
+    await s.waitReady();
+    const zone = new RedisCacheStore(s, 'silent');
+    const now = Date.now();
+    await zone.put(B, entry(now), now);
+    assert.ok(await zone.find(B, 'svc\n', any, now));
+    proxy.silence();
+    const t0 = performance.now();
+    let found = false;
+    while (!found && performance.now() - t0 < 6000) {
+      found = await zone.find(B, 'svc\n', any, now).then((e) => e !== null, () => false);
+      if (!found) await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.ok(found, 'no answer 6 s after the partition (before: only TCP keepalive would end that connection, ~11 min)');
+    assert.ok(performance.now() - t0 < 4000, `answered again after ${(performance.now() - t0).toFixed(0)} ms`);
+  } finally {
+    await s.close();
+    proxy.close();
   }
 });

@@ -149,10 +149,13 @@ export class RedisCacheStore implements CacheStore {
     return `${this.prefix}cache:${this.zone}:${H(b.path)}:${H(b.host)}`;
   }
 
-  /** Settles with `p` or rejects past the store's timeout (a backstop to ioredis's own). */
+  /** Settles with `p` or rejects past the store's timeout (a backstop to ioredis's own; a silent connection is then replaced: RedisStore.noAnswer). */
   private deadline<T>(p: Promise<T>, ms = this.timeoutMs): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`redis did not answer within ${ms} ms`)), ms);
+      const timer = setTimeout(() => {
+        reject(new Error(`redis did not answer within ${ms} ms`));
+        this.store.noAnswer();
+      }, ms);
       p.then((v) => { clearTimeout(timer); resolve(v); }, (e: unknown) => { clearTimeout(timer); reject(e as Error); });
     });
   }
