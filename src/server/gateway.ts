@@ -489,7 +489,7 @@ export class Gateway implements RequestContext {
     const local = this.counters.local;
     if (this.role === 'worker' || !(local instanceof MemoryStore)) return;
     try {
-      local.persist(snap.stateFile);
+      local.persist(snap.stateFile, this.log);
     } catch (err) {
       this.log.error({ err: (err as Error).message, file: snap.stateFile }, 'cannot keep quota counters in the state file; they live in memory only');
     }

@@ -1,7 +1,13 @@
 /** The limit algorithms with an injected clock (no sleeps): GCRA burst and spacing, sliding-window edges, all-or-none windows, quotas. */
 import test from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import Database from 'better-sqlite3';
 import { MemoryStore } from './memory.js';
+import type { Logger } from '../core/log.js';
 import type { RateQuery } from './types.js';
 
 function store() {
@@ -115,5 +121,37 @@ test('sliding window: Retry-After is when a retry is allowed, also when the curr
     advance(1);
     const retried = s.rateNow([sq])[0]!;
     assert.equal(retried.allowed, true, `offset ${offset}, cost ${cost}: a retry after ${refused.retryAfterMs} ms is allowed (got retry ${retried.retryAfterMs} ms more)`);
+  }
+});
+
+test('quota file (state_file): another process holding its write lock neither stalls the event loop nor throws out of the flush timer (a crash); the counts are written once it is free', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-file-'));
+  const path = join(dir, 'state.db');
+  const warned: string[] = [];
+  const store = new MemoryStore();
+  store.persist(path, { warn: ((_o: object, msg: string) => void warned.push(msg)) as Logger['warn'] });
+  const other = new Database(path);
+  try {
+    const period = Date.now() + 60_000;
+    assert.equal(store.quotaNow({ key: 'q:a', limit: 10, cost: 1, periodEnd: period }).used, 1);
+    other.prepare('BEGIN IMMEDIATE').run(); // (an operator's sqlite3 shell, a backup tool, a second gateway on this file)
+    const t0 = performance.now();
+    assert.doesNotThrow(() => store.flush());
+    const took = performance.now() - t0;
+    assert.ok(took < 200, `the flush held the event loop ${took.toFixed(0)} ms (before: SQLite's busy wait, 5 s, then SQLITE_BUSY thrown from the timer)`);
+    assert.equal(warned.length, 1, 'said');
+    assert.match(warned[0]!, /quota counters/);
+    assert.equal(store.quotaNow({ key: 'q:b', limit: 10, cost: 2, periodEnd: period }).used, 2);
+    assert.doesNotThrow(() => store.flush());
+    assert.equal(warned.length, 1, 'said once, not at every flush');
+    other.prepare('COMMIT').run();
+    store.flush();
+    const used = (key: string) => (other.prepare('SELECT used FROM quota WHERE key = ?').get(key) as { used: number } | undefined)?.used;
+    assert.equal(used('q:a'), 1, 'a count whose write failed is written at a later flush');
+    assert.equal(used('q:b'), 2);
+  } finally {
+    other.close();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

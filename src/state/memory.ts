@@ -5,6 +5,7 @@
 import { gcra, sliding, type GcraState, type SlidingState } from './algorithms.js';
 import { QuotaFile } from './persist.js';
 import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
+import type { Logger } from '../core/log.js';
 
 type Entry = { kind: 'gcra'; s: GcraState; expires: number } | { kind: 'sliding'; s: SlidingState; expires: number };
 
@@ -15,6 +16,9 @@ export class MemoryStore implements CounterStore {
   private file: QuotaFile | null = null;
   private readonly dirty = new Set<string>();
   private flushTimer: NodeJS.Timeout | undefined;
+  /** Told when the state file cannot be written (once per failing run of flushes). */
+  private fileLog: Pick<Logger, 'warn'> | undefined;
+  private fileFailing = false;
 
   constructor(private readonly clock: Clock = Date.now) {
     this.timer = setInterval(() => this.sweep(), 10_000);
@@ -100,8 +104,9 @@ export class MemoryStore implements CounterStore {
     return this.rates.size + this.quotas.size;
   }
 
-  /** Keeps quota counters in a file from now on (loading what it holds); null detaches. */
-  persist(path: string | null): void {
+  /** Keeps quota counters in a file from now on (loading what it holds); null detaches. `log` hears of writes that fail. */
+  persist(path: string | null, log?: Pick<Logger, 'warn'>): void {
+    if (log) this.fileLog = log;
     if (this.file?.path === path) return;
     this.flush();
     this.file?.close();
@@ -109,6 +114,7 @@ export class MemoryStore implements CounterStore {
     clearInterval(this.flushTimer);
     if (path === null) return;
     this.file = new QuotaFile(path);
+    this.fileFailing = false;
     for (const row of this.file.load(this.clock())) {
       const mine = this.quotas.get(row.key);
       if (!mine || mine.used < row.used) this.quotas.set(row.key, { used: row.used, expires: row.expires });
@@ -117,6 +123,11 @@ export class MemoryStore implements CounterStore {
     this.flushTimer.unref();
   }
 
+  /**
+   * Writes the counts changed since the last flush. Never throws (it runs from a timer and at
+   * stop): a write that fails — the file locked by another process, a full disk — keeps them
+   * changed, for the next flush, and is logged once until a flush succeeds.
+   */
   flush(): void {
     if (this.file === null || this.dirty.size === 0) return;
     const rows: [string, { used: number; expires: number }][] = [];
@@ -124,8 +135,15 @@ export class MemoryStore implements CounterStore {
       const e = this.quotas.get(k);
       if (e) rows.push([k, e]);
     }
+    try {
+      this.file.save(rows, this.clock());
+    } catch (err) {
+      if (!this.fileFailing) this.fileLog?.warn({ err: (err as Error).message, file: this.file.path }, 'cannot write quota counters to the state file (trying again every second; they are counted in memory meanwhile)');
+      this.fileFailing = true;
+      return;
+    }
     this.dirty.clear();
-    this.file.save(rows, this.clock());
+    this.fileFailing = false;
   }
 
   async close(): Promise<void> {

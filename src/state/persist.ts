@@ -1,7 +1,9 @@
 /**
  * Quota counters on disk (better-sqlite3): loaded at start, written every second when changed
  * and at shutdown, so a restart of the node keeps its quotas (at most ~1 s of counts can be
- * lost in a crash). Only the node's primary (or the single process) writes it.
+ * lost in a crash). Only the node's primary (or the single process) writes it. A write that
+ * fails (the file locked by another process, a full disk) throws at once; MemoryStore keeps
+ * those counts to write at the next flush.
  */
 import Database from 'better-sqlite3';
 import { dirname } from 'node:path';
@@ -14,7 +16,9 @@ export class QuotaFile {
 
   constructor(readonly path: string) {
     makeDirectory(dirname(path));
-    this.db = new Database(path);
+    // (timeout 0: never SQLite's busy wait, which sleeps on the event loop — up to 5 s by
+    // default — while another process holds the write lock; the caller tries again later)
+    this.db = new Database(path, { timeout: 0 });
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.exec('CREATE TABLE IF NOT EXISTS quota (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)');
