@@ -16,9 +16,7 @@ export class QuotaFile {
 
   constructor(readonly path: string) {
     makeDirectory(dirname(path));
-    // (timeout 0: never SQLite's busy wait, which sleeps on the event loop — up to 5 s by
-    // default — while another process holds the write lock; the caller tries again later)
-    this.db = new Database(path, { timeout: 0 });
+    this.db = new Database(path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.exec('CREATE TABLE IF NOT EXISTS quota (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)');
@@ -26,9 +24,14 @@ export class QuotaFile {
     this.purge = this.db.prepare('DELETE FROM quota WHERE expires <= ?');
   }
 
+  /** What the file holds (opening it, this may wait for another process's write lock, as SQLite does: up to 5 s). */
   load(now: number): { key: string; used: number; expires: number }[] {
     this.purge.run(now);
-    return this.db.prepare('SELECT key, used, expires FROM quota').all() as { key: string; used: number; expires: number }[];
+    const rows = this.db.prepare('SELECT key, used, expires FROM quota').all() as { key: string; used: number; expires: number }[];
+    // From now on (the flushes, every second) never SQLite's busy wait, which sleeps on the
+    // event loop while another process holds the write lock: save() throws at once instead.
+    this.db.pragma('busy_timeout = 0');
+    return rows;
   }
 
   save(rows: Iterable<[string, { used: number; expires: number }]>, now: number): void {
