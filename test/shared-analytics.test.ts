@@ -10,6 +10,9 @@ import { parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
 import { eventually } from './helpers.js';
 import { freePort, rawCommand, startRedis } from './redis-server.js';
+import { Redis } from 'ioredis';
+import { SharedAnalytics } from '../src/observability/shared-analytics.js';
+import type { AnalyticsState } from '../src/observability/analytics.js';
 
 const FAILED = 'publishing analytics to redis failed';
 
@@ -48,5 +51,25 @@ test('a node starting with redis: its first analytics publish waits for the conn
     await eventually(() => said().some((l) => l.msg.startsWith(FAILED)), 6000, 50);
   } finally {
     await gw.stop();
+  }
+});
+
+test('a field of the shared hash this node cannot read (another version\'s shape, a hand-written value) is skipped: the other nodes are still seen', async () => {
+  const redis = await startRedis();
+  const client = new Redis({ host: '127.0.0.1', port: redis.port, lazyConnect: false });
+  const log = pino({ level: 'silent' });
+  try {
+    const state = { marker: 'node-a' } as unknown as AnalyticsState;
+    const a = new SharedAnalytics(client, 'sx:', async () => [state], log, 10_000);
+    const b = new SharedAnalytics(client, 'sx:', async () => [], log, 10_000);
+    await a.publish();
+    const now = Date.now();
+    await client.hset('sx:{analytics}', 'junk-null', 'null', 'junk-number', '7', 'junk-states', JSON.stringify({ at: now, every: 10_000, states: { by_route: {} } }), 'junk-text', 'not json');
+    const seen = await b.others();
+    assert.equal(seen.nodes, 1);
+    assert.deepEqual(seen.states, [state]);
+  } finally {
+    client.disconnect();
+    await redis.stop();
   }
 });

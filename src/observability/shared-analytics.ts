@@ -104,11 +104,17 @@ export class SharedAnalytics {
     const forget: string[] = [];
     for (const [node, text] of Object.entries(all)) {
       if (node === this.nodeId) continue;
-      let e: Entry;
+      let e: Partial<Entry> | null;
       try {
-        e = JSON.parse(text) as Entry;
+        e = JSON.parse(text) as Partial<Entry> | null;
       } catch {
         forget.push(node);
+        continue;
+      }
+      // (a value of another shape — another version's, a hand-written one — is no node this one
+      // can read: skipped, rather than the whole view failing on it)
+      if (typeof e !== 'object' || e === null || typeof e.at !== 'number' || !Array.isArray(e.states)) {
+        if (typeof e !== 'object' || e === null) forget.push(node);
         continue;
       }
       if (now - e.at > FORGET_MS) forget.push(node);
