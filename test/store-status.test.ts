@@ -290,3 +290,40 @@ test('the head\'s row deleted from turnpike_revisions (pruned by hand, by age): 
   assert.equal(outcome, 'stopped while waiting for the config store');
   assert.match(said.join(''), /head revision 1 has no row/);
 });
+
+test('a node serving its disk snapshot (the store unreachable at start) that then reaches an EMPTY store (a new database, a restore not done yet) seeds it with the snapshot\'s config, not its file\'s seed: it and the nodes following keep their routes', async () => {
+  const dir = join(work, 'reseed');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\naccess_log: {enabled: false}\nservices: [{name: from-file, url: "http://127.0.0.1:1"}]\n`);
+  const log = pino({ level: 'silent' });
+  const url = await pg.createDatabase('reseed');
+  const first = await ControlPlane.open({ file, loaded: loadConfigFile(file), setting: url, log, apply: async () => true });
+  first.run();
+  await first.store!.write({ actor: 'alice', action: 'POST /api/services' }, (doc) => ({ ...doc, services: [...(doc!['services'] as unknown[]), { name: 'added-later', url: 'http://127.0.0.1:2' }] }));
+  await until('the disk snapshot has revision 2', 5000, async () => {
+    try {
+      return JSON.parse((await import('node:fs')).readFileSync(join(dir, '.turnpike', 'config-snapshot.json'), 'utf8')).config.revision === 2;
+    } catch {
+      return false;
+    }
+  });
+  await first.close();
+
+  // Restarted against a database that is not there yet: the snapshot is served.
+  const later = url.replace(/\/reseed$/, '/reseed_later');
+  const node = await ControlPlane.open({ file, loaded: loadConfigFile(file), setting: later, log, retryMs: 100, apply: async () => true });
+  try {
+    assert.equal(node.status().source, 'snapshot');
+    node.run();
+    await pg.createDatabase('reseed_later'); // empty
+    await until('the node reaches the new store', 10_000, async () => node.status().store_reachable === true && node.status().source === 'store');
+    const names = (node.served!.document['services'] as { name: string }[]).map((s) => s.name);
+    assert.deepEqual(names, ['from-file', 'added-later'], 'the snapshot\'s config, not the file\'s seed');
+    const head = await node.store!.current();
+    assert.equal(head!.actor, 'seed');
+    assert.match(head!.action, /disk snapshot/);
+  } finally {
+    await node.close();
+  }
+});

@@ -159,10 +159,16 @@ export class ControlPlane {
     const fromFile = rawDocument(loaded.text);
     if (head !== null) this.warnIfFileDiffers(fromFile, head);
     if (head === null) {
-      const document = fromFile;
+      // A node serving its disk snapshot (the store was unreachable at its start) has run a
+      // store before: an empty one now is that store lost or not restored yet (a new database).
+      // Seeded from the file's part — at best the cluster's first config, often nothing — every
+      // node would drop what it runs for it; the snapshot is the last config known good.
+      const snapshot = this.source === 'snapshot' && this.served !== null ? this.served : null;
+      const document = snapshot?.document ?? fromFile;
+      const action = snapshot ? `seed from the disk snapshot of revision ${snapshot.revision}` : `seed from ${file}`;
       try {
-        head = await store.write({ actor: 'seed', action: `seed from ${file}` }, () => document, 0);
-        log.info({ revision: head.revision, store: store.kind }, 'the config store was empty: seeded from the config file');
+        head = await store.write({ actor: 'seed', action }, () => document, 0);
+        log.info({ revision: head.revision, store: store.kind, ...(snapshot ? { snapshot_revision: snapshot.revision } : {}) }, snapshot ? 'the config store was empty: seeded from the disk snapshot this node serves' : 'the config store was empty: seeded from the config file');
       } catch (err) {
         if (!(err instanceof RevisionConflict)) throw err;
         head = await store.current(); // another node seeded it first
