@@ -7,7 +7,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -378,4 +378,22 @@ test('open(): WAL mode; two stores opening the same new file at once both work; 
   await assert.rejects(new SqliteStore({ path: join(work, 'not-a-db') }).current(), StoreUnavailable);
   await a.close();
   await assert.rejects(a.write({ actor: 'a', action: 'x' }, () => ({})), StoreUnavailable, 'closed');
+});
+
+test('a new store file is readable by its owner only (0600, its -wal and -shm too): it holds the config\'s secrets (plugin secrets, credentials), as the disk snapshot of a postgres node does', async () => {
+  const old = process.umask(0o022);
+  try {
+    const path = dbPath();
+    const s = await open(path);
+    await s.write({ actor: 'a', action: 'a' }, () => ({ plugins: [{ name: 'jwt', config: { secret: 's3cret' } }] }));
+    for (const f of [path, `${path}-wal`, `${path}-shm`]) assert.equal(statSync(f).mode & 0o777, 0o600, f);
+    // (a file that exists keeps the mode its owner gave it)
+    const given = dbPath();
+    writeFileSync(given, '');
+    chmodSync(given, 0o640);
+    await open(given);
+    assert.equal(statSync(given).mode & 0o777, 0o640);
+  } finally {
+    process.umask(old);
+  }
 });

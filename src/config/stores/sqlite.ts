@@ -37,6 +37,7 @@
  * it reuse numbers already reported.
  */
 import Database from 'better-sqlite3';
+import { closeSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from '../../core/log.js';
 import {
@@ -112,7 +113,17 @@ export class SqliteStore implements ConfigStore {
   private async openNow(): Promise<void> {
     let db: Database.Database;
     try {
-      if (this.path !== ':memory:') makeDirectory(dirname(this.path));
+      if (this.path !== ':memory:') {
+        makeDirectory(dirname(this.path));
+        // The config's secrets are in it (plugin secrets, credentials): a new file is its owner's
+        // only (SQLite gives its -wal and -shm the mode of the database file), as the disk
+        // snapshot is. An existing one keeps the mode it has.
+        try {
+          closeSync(openSync(this.path, 'wx', 0o600));
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        }
+      }
       db = new Database(this.path);
     } catch (err) {
       throw new StoreUnavailable(`cannot open the sqlite store ${this.path}: ${(err as Error).message}`, err);
