@@ -399,6 +399,15 @@ export class RedisStore implements CounterStore {
    */
   readonly noAnswer = (): void => {
     if (this.closed) return;
+    try {
+      this.replaceSilent();
+    } catch (err) {
+      // (it runs from a timer: an exception here would end the process)
+      this.log?.debug?.({ err: (err as Error).message }, 'redis: looking at the connection failed');
+    }
+  };
+
+  private replaceSilent(): void {
     const now = performance.now();
     const conns = this.client instanceof Cluster ? this.client.nodes() : [this.client];
     for (const c of conns) {
@@ -417,7 +426,7 @@ export class RedisStore implements CounterStore {
       this.log?.warn({ redis: this.where, node: `${c.options.host}:${c.options.port}`, waiting: c.commandQueue.length, stalled_ms: Math.round(now - seen.since) }, 'redis connection answers nothing: replacing it');
       c.disconnect(true);
     }
-  };
+  }
 
   /**
    * Takes in Redis's clock (`us`, µs) as read by a command sent at `sent` (performance.now())
