@@ -327,3 +327,29 @@ test('a node serving its disk snapshot (the store unreachable at start) that the
     await node.close();
   }
 });
+
+test('a node waiting for its store (no snapshot: not ready) says so again when the reason changes (refused, then no such database), not only the first reason', async () => {
+  const dir = join(work, 'waiting');
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\naccess_log: {enabled: false}\n`);
+  const said: string[] = [];
+  const log = pino({ level: 'info' }, { write: (l: string) => void said.push(l) });
+  const url = `postgresql://postgres@127.0.0.1:${pg.port}/not_yet_created`;
+  await pg.shutdown('fast');
+  const stop = new AbortController();
+  let opening: Promise<ControlPlane | Error> | undefined;
+  try {
+    opening = ControlPlane.open({ file, loaded: loadConfigFile(file), setting: url, log, retryMs: 100, signal: stop.signal, postgres: { connectTimeoutMs: 500 }, apply: async () => true })
+      .catch((err: Error) => err);
+    await until('the first reason is logged', 5000, async () => /no disk snapshot: not ready.*ECONNREFUSED|ECONNREFUSED.*no disk snapshot: not ready/.test(said.join('')));
+  } finally {
+    await pg.restart();
+  }
+  await until('the new reason is logged', 10_000, async () => said.some((l) => /another reason/.test(l) && /not_yet_created.*does not exist/.test(l)));
+  await pg.createDatabase('not_yet_created');
+  const cp = await opening;
+  stop.abort();
+  assert.ok(cp instanceof ControlPlane, String(cp));
+  await cp.close();
+});

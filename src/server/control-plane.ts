@@ -119,6 +119,9 @@ export class ControlPlane {
         return cp;
       } catch (err) {
         if (cp.kind !== 'postgres' || !(err instanceof StoreUnavailable)) throw err;
+        // (said again when the reason changes: the store stopped refusing connections and now
+        // refuses the password, the database...; the first reason is not the one to fix then)
+        if (attempt > 0 && err.message !== cp.storeError) log.warn({ err: err.message, retry_ms: retryMs }, 'the config store is still unreachable, now for another reason: not ready, retrying');
         cp.storeError = err.message;
         if (attempt === 0) {
           const saved = await cp.snapshot!.load();
