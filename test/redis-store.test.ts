@@ -542,3 +542,27 @@ test('a redis URL whose password is not percent-encoded (/ ? # @ in it) is refus
   }
   void new RedisStore({ url: 'redis://app:12%2Fx%40y@127.0.0.1:6379/2' }, { connect: false }).close();
 });
+
+test('a URL pointing at a replica for a while (the DNS of a failover not caught up yet, a misconfiguration): READONLY answers under load replace the connection at most once a second, not at every answer (no connect storm, no log flood)', async (t) => {
+  const [primary, replica] = [await startRedis(), await startRedis()];
+  try {
+    assert.match(await rawCommand(replica.port, ['REPLICAOF', '127.0.0.1', String(primary.port)]), /^\+OK/);
+    const said: string[] = [];
+    const log = { info: (_o: object, msg: string) => void said.push(msg), warn: (_o: object, msg: string) => void said.push(msg), debug: () => undefined } as unknown as import('../src/core/log.js').Logger;
+    const s = store({ url: replica.url, timeout: 200 }, { log });
+    await s.waitReady();
+    const t0 = performance.now();
+    const key = fresh('replica');
+    await Promise.all(Array.from({ length: 5 }, async () => {
+      while (performance.now() - t0 < 2000) {
+        await s.rate([{ key, limit: 1000, periodMs: 60_000, cost: 1, algorithm: 'gcra' }]).catch(() => undefined);
+        await sleep(2);
+      }
+    }));
+    const connects = said.filter((m) => m === 'redis counter store connected').length;
+    t.diagnostic(`2 s of decisions against a replica: ${connects} connects`);
+    assert.ok(connects <= 4, `${connects} connects in 2 s`);
+  } finally {
+    await Promise.all([primary.stop(), replica.stop()]);
+  }
+});

@@ -80,6 +80,8 @@ const MAX_BACKOFF_MS = 1000;
 const ERROR_LOG_EVERY_MS = 10_000;
 /** The Redis clock offset bound is the largest measurement of the last one or two of these. */
 const OFFSET_WINDOW_MS = 10_000;
+/** READONLY answers replace the connection at most this often. */
+const READONLY_RECONNECT_MS = 1000;
 /** A connection with a command unanswered this long (at least; see stallMs) is replaced. */
 const STALL_MIN_MS = 2000;
 /** What a charging script answers (first element) when it ran after its caller's give-up time. */
@@ -252,6 +254,8 @@ export class RedisStore implements CounterStore {
   private offsetSince = -Infinity;
   /** Where it points, without credentials (for logs). */
   private readonly where: string;
+  /** When a READONLY answer last replaced the connection (performance.now()). */
+  private readonlyReconnectAt = -Infinity;
   /**
    * A connection whose oldest unanswered command stays that for this long is taken for dead
    * and replaced (noAnswer): max(2 s, 20 timeouts), at most the backstop.
@@ -292,9 +296,14 @@ export class RedisStore implements CounterStore {
       // and every script answers READONLY for as long as it lives. Such an answer drops the
       // connection (once, whatever number of commands get it); the next one goes where the
       // address points now. (The failed command is not sent again: its caller has its fault.)
+      // At most once a second: while the address still names a replica (a DNS TTL not run out,
+      // a misconfiguration) every answer would otherwise make a new connection.
       reconnectOnError: (err: Error) => {
         if (!err.message.startsWith('READONLY')) return false;
         this.logError(err);
+        const now = performance.now();
+        if (now - this.readonlyReconnectAt < READONLY_RECONNECT_MS) return false;
+        this.readonlyReconnectAt = now;
         return 1;
       },
       ...(opts.connect === false ? { lazyConnect: true } : {}),
