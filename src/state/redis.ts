@@ -19,7 +19,8 @@
  * `commandTimeout` is only a backstop (at least 10 s) that keeps a hung Redis from holding
  * commands forever. The connection comes back by itself
  * (capped exponential backoff, at most 1 s apart), and is dropped for a new one when Redis
- * answers READONLY (a failover behind one address left it on the old primary, now a replica). Errors are thrown; the plugin applies its
+ * answers READONLY (a failover behind one address left it on the old primary, now a replica)
+ * or answers nothing at all for a while (noAnswer). Errors are thrown; the plugin applies its
  * `fault` setting.
  *
  * A command cannot be taken back once written: a stalled Redis (SIGSTOP, a slow fork, a long
