@@ -160,3 +160,34 @@ services:
     await r.stop();
   }
 });
+
+test('/status says whether the counters\' Redis is connected (with the error while it is not), its address without the password', async () => {
+  const r = await startRedis(); // (no requirepass: ioredis goes on when a password is not asked for)
+  const g = await startGateway(`admin: {listen: 127.0.0.1:0}\n${config(`redis: {url: "redis://:RedisPw123@127.0.0.1:${r.port}", timeout: 200}`)}`);
+  const status = async () => JSON.parse((await request(`${g.adminUrl}/status`)).body) as { redis?: { where: string; reachable: boolean; state: string; error?: string } };
+  try {
+    const up1 = (await status()).redis;
+    assert.deepEqual(up1, { where: `127.0.0.1:${r.port}`, reachable: true, state: 'ready' });
+    await r.kill('SIGKILL');
+    let down = (await status()).redis;
+    for (let i = 0; i < 100 && !/ECONNREFUSED/.test(down?.error ?? ''); i++) { await sleep(20); down = (await status()).redis; }
+    assert.equal(down?.reachable, false);
+    assert.match(down?.error ?? '', /ECONNREFUSED/);
+    assert.ok(!JSON.stringify(await status()).includes('RedisPw123'));
+    await r.restart();
+    let back = (await status()).redis;
+    for (let i = 0; i < 150 && back?.reachable !== true; i++) { await sleep(20); back = (await status()).redis; }
+    assert.equal(back?.reachable, true);
+    assert.equal(back?.error, undefined);
+    // Without a redis setting: no member.
+    const plain = await startGateway(`admin: {listen: 127.0.0.1:0}\nservices: [{name: p, url: "${up.url}", routes: [{paths: [/p]}]}]\n`);
+    try {
+      assert.equal(JSON.parse((await request(`${plain.adminUrl}/status`)).body).redis, undefined);
+    } finally {
+      await plain.close();
+    }
+  } finally {
+    await g.close();
+    await r.stop();
+  }
+});

@@ -40,6 +40,8 @@ export interface AdminView {
   scaling?: { enabled: boolean; report(): unknown } | null;
   /** Wrong admin tokens per client (shared with /api/ and the console's sign-in): 429 past the limit. */
   adminFailures?: AuthFailures;
+  /** The shared counters' Redis (the `redis` setting), for /status; null without one. */
+  redisStatus?(): Record<string, unknown> | null;
   /** The admin REST API (`/api/`, its own roles) and the config store's status. */
   control?: { api: (req: IncomingMessage, res: ServerResponse) => Promise<void>; status(): Record<string, unknown> } | null;
 }
@@ -210,6 +212,7 @@ export function createAdminHandler(gw: AdminView) {
         uptime_seconds: Math.round((Date.now() - gw.startedAt) / 1000),
         node_id: NODE_ID,
         ...(gw.control ? { config: gw.control.status() } : {}),
+        ...(gw.redisStatus?.() ? { redis: gw.redisStatus() } : {}),
         upstreams: upstreamSummary(gw),
         ...(gw.workers ? { workers: gw.workers() } : {}),
       });

@@ -462,6 +462,12 @@ export class Gateway implements RequestContext {
     }
   }
 
+  /** /status: the `redis` setting's connection (limits with policy redis apply their fault while it is down). */
+  redisStatus(): Record<string, unknown> | null {
+    const redis = this.counters.redis;
+    return redis instanceof RedisStore ? redis.status() : null;
+  }
+
   /** A reload that failed before it reached the gateway (the file did not parse or validate). */
   reloadRejected(): void {
     this.reloadsFailed++;

@@ -245,6 +245,8 @@ export class RedisStore implements CounterStore {
   private readonly clock: (() => number) | undefined;
   private readonly log: Logger | undefined;
   private lastErrorLog = 0;
+  /** The last connection error (status()); null once connected. */
+  private lastError: string | null = null;
   private closed = false;
   /**
    * Upper bounds of (Redis's clock - performance.now()), in ms: the largest measured in the
@@ -341,8 +343,10 @@ export class RedisStore implements CounterStore {
     }
     this.client.on('error', (err: Error) => this.logError(err));
     this.client.on('node error', (err: Error) => this.logError(err));
+    this.client.on('close', () => { this.lastError ??= 'the connection closed'; });
     this.client.on('ready', () => {
       this.lastErrorLog = 0;
+      this.lastError = null;
       this.log?.info({ redis: this.where }, 'redis counter store connected');
     });
     // Load the scripts as soon as a connection is up: otherwise every call of a first burst
@@ -369,12 +373,23 @@ export class RedisStore implements CounterStore {
     this.scripts = this.client as unknown as Scripts;
   }
 
+  /**
+   * For /status: where it points (no credentials) and whether it is connected now (`ready`;
+   * else ioredis's state: connecting, reconnecting...) with the last error since it was.
+   */
+  status(): { where: string; reachable: boolean; state: string; error?: string } {
+    const state = this.client.status;
+    const reachable = state === 'ready';
+    return { where: this.where, reachable, state, ...(!reachable && this.lastError !== null ? { error: this.lastError } : {}) };
+  }
+
   /** Where it points (no credentials), its key prefix and timeout: for logs. */
   describe(): { where: string; prefix: string; timeoutMs: number } {
     return { where: this.where, prefix: this.prefix, timeoutMs: this.timeoutMs };
   }
 
   private logError(err: Error): void {
+    this.lastError = err.message;
     const now = Date.now();
     if (this.closed || now - this.lastErrorLog < ERROR_LOG_EVERY_MS) return;
     this.lastErrorLog = now;
