@@ -117,7 +117,7 @@ test('edit a route: a bad path is shown at its field; a good one is saved and se
   assert.equal(await page.getByLabel('Paths').getAttribute('aria-invalid'), 'true');
   await page.getByLabel('Paths').fill('/shop');
   await page.getByRole('button', { name: 'Save' }).click();
-  await page.getByTestId('save-result').waitFor();
+  await saveResult();
   const saved = await page.getByTestId('save-result').innerText();
   const rev = Number(/revision (\d+)/.exec(saved)?.[1]);
   assert.ok(rev >= 2, saved);
@@ -139,6 +139,16 @@ test('edit a route: a bad path is shown at its field; a good one is saved and se
   assert.equal((await request(`${proxy}/shop`)).status, 404);
 });
 
+/** Waits for an edit form's save result; when it does not come, the failure says what the form shows instead (a problem, a conflict). */
+async function saveResult(): Promise<void> {
+  try {
+    await page.getByTestId('save-result').waitFor({ timeout: 15_000 });
+  } catch (err) {
+    const shown = await page.locator('section.edit').innerText().catch((e: Error) => `(no form: ${e.message})`);
+    throw new Error(`no save result; the form shows: ${shown}`, { cause: err });
+  }
+}
+
 test('services, consumers and plugins: edit a service, create and delete a consumer, turn a plugin off and on', async () => {
   const api = async (path: string) => {
     const res = await request(`${admin}/api/${path}`, { headers: { authorization: `Bearer ${TOKEN}` } });
@@ -151,7 +161,7 @@ test('services, consumers and plugins: edit a service, create and delete a consu
   await page.getByTestId('edit-service-orders').click();
   await page.getByLabel('Retries').fill('2');
   await page.getByRole('button', { name: 'Save' }).click();
-  await page.getByTestId('save-result').waitFor();
+  await saveResult();
   assert.match(await page.getByTestId('save-result').innerText(), /revision \d+/);
   assert.equal((await api('services/orders')).body.retries, 2);
   await page.getByLabel('URL').fill('ftp://x');

@@ -585,8 +585,9 @@ export class PostgresStore implements ConfigStore {
     this.listener = client;
     if (!this.healthy || this.reconnectDelay > this.reconnectMinMs) this.log?.info({ store: this.where }, 'postgres config store: listening again');
     this.reconnectDelay = this.reconnectMinMs;
-    // Whatever was written while nobody listened.
-    await this.resync();
+    // Whatever was written while nobody listened: a head read that starts now (a resync already
+    // running may have read the head before LISTEN took effect; checkHead then reads it once more).
+    await this.checkHead();
   }
 
   private listenerLost(client: pg.Client, err: Error): void {
