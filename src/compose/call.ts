@@ -7,7 +7,7 @@
  * budget, the composition's deadline), a service step on another target. Every attempt feeds
  * passive health, latency and in-flight counts like a proxied request does.
  */
-import { grantSlots } from '../upstream/forward.js';
+import { grantSlots, spendRetry } from '../upstream/forward.js';
 import { H2_STREAM_CUT } from '../upstream/h2-streams.js';
 import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
 import { errors, type Dispatcher, type Pool } from 'undici';
@@ -147,7 +147,7 @@ async function callService(step: CompiledStep, svc: CompiledService, req: StepRe
       }
       r = await attempt(step, t.pool, t.origin, t.hostHeader, joinBase(t.basePath, req.path), req, cx, { svc, t });
       if (r.kind !== 'aborted') outcome = r.ok || (r.status !== null && r.status < 500);
-      if (r.ok || !mayRetry(step, req, r, n, cx) || !spendBudget(svc)) return strip(r);
+      if (r.ok || !mayRetry(step, req, r, n, cx) || !spendRetry(svc, Date.now())) return strip(r);
       (tried ??= []).push(t);
     }
   } finally {
@@ -158,20 +158,6 @@ async function callService(step: CompiledStep, svc: CompiledService, req: StepRe
     }
     if (svc.circuit !== null && outcome !== null) svc.reporter.outcome(svc.name, outcome, trial);
   }
-}
-
-/** The service's retry budget (as forward.ts spends it): a retry costs one token. */
-function spendBudget(svc: CompiledService): boolean {
-  const st = svc.state;
-  const now = Date.now();
-  if (svc.budget.minPerSecond > 0) {
-    const cap = Math.max(10, svc.budget.ratio * 100, svc.budget.minPerSecond);
-    st.tokens = Math.min(cap, st.tokens + ((now - st.tokensAt) / 1000) * svc.budget.minPerSecond);
-  }
-  st.tokensAt = now;
-  if (st.tokens < 1) return false;
-  st.tokens -= 1;
-  return true;
 }
 
 function codeOf(err: unknown): string {
