@@ -140,6 +140,29 @@ test('ACCEPTANCE: without retries a killed target costs a bounded number of erro
   assert.ok(failures.length <= 2 * (3 + concurrency), `${failures.length} errors > 2 rounds of (3 + ${concurrency})`);
 });
 
+test('circuit breaker: requests refused for want of a healthy target are not counted as the service failing — once a probe passes, traffic flows (no circuit-open for open_for)', { timeout: 8000 }, async () => {
+  const health = { status: 200 };
+  const up = await startUpstream((req, res) => {
+    if (req.url === '/healthz') return void res.writeHead(health.status).end();
+    res.end('ok');
+  });
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${up.url}}]\n      healthcheck:\n        active: {path: /healthz, interval: 100ms, timeout: 100ms, healthy: 1, unhealthy: 1, statuses: [200]}\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 10s, open_for: 30s}\n    routes: [{paths: [/]}]\n`);
+  const down = () => g.gw.health!.report().targets[`s|${up.url}`]?.down;
+  try {
+    assert.equal((await request(`${g.url}/x`)).status, 200);
+    health.status = 503;
+    await until(() => down() === true, 2000, 'the target to be marked down');
+    for (let i = 0; i < 10; i++) assertProblem(await request(`${g.url}/x`), 503, 'no-healthy-target');
+    health.status = 200;
+    await until(() => down() === false, 2000, 'the target to come back');
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 200, `${r.status} ${r.body}`);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('active health: a target failing its probe gets no traffic, returns when it passes; all down -> 503 no-healthy-target', { timeout: 5000 }, async () => {
   const health = { a: 200, b: 200 };
   const mk = (n: 'a' | 'b') => startUpstream((req, res) => {

@@ -142,7 +142,8 @@ async function callService(step: CompiledStep, svc: CompiledService, req: StepRe
       const t = svc.balancer.pick('', tried);
       if (t === null) {
         r = fail(null, `service "${svc.name}" has no healthy target`, 'other');
-        outcome = false;
+        // (not tried: not the service's failure, as forward.ts judges it; a failed attempt before counts)
+        if (n === 0) outcome = null;
         return strip(r);
       }
       r = await attempt(step, t.pool, t.origin, t.hostHeader, joinBase(t.basePath, req.path), req, cx, { svc, t });

@@ -487,7 +487,10 @@ export class ForwardHandler {
     if (this.finished) return;
     const t = f.service.balancer.pick(f.hashKey, this.tried);
     if (t === null) {
-      this.outcome = false;
+      // Refused before any attempt: the service was not tried, and what made its targets
+      // unhealthy (probes, ejections) was judged already. Counted, a spell of no healthy target
+      // would open the circuit and keep refusing for open_for after a probe passes again.
+      this.outcome = this.attempts === 0 ? null : false;
       return this.refuse('no-healthy-target', `service "${f.service.name}" has no healthy target`, noTargetRetryAfter(f.service));
     }
     this.target = t;
