@@ -52,6 +52,28 @@ services:
 `)), /keda.*tls.*cert.*cannot read/);
 });
 
+test('scaling.keda.tls and a trigger\'s ca_file: material Node takes without a word (a CA file with no certificate, a key that is not the certificate\'s) is a config error naming the field', () => {
+  const ca = makeCa();
+  const server = ca.issue('turnpike', { dns: ['localhost'] });
+  const other = ca.issue('other', { dns: ['localhost'] });
+  try {
+    const svc = 'services:\n  - name: orders\n    url: http://127.0.0.1:1\n    scaling: {target_concurrency: 4}\n';
+    const at = (yaml: string) => configIssues(yaml).map((i) => [i.path, i.message]);
+    // a key file given as the client CA: no certificate in it
+    const noCa = at(`scaling: {keda: {listen: 127.0.0.1:1, tls: {cert: ${server.certFile}, key: ${server.keyFile}, client_ca: ${server.keyFile}}}}\n${svc}`);
+    assert.deepEqual(noCa.map(([p]) => p), ['scaling.keda.tls.client_ca']);
+    assert.match(noCa[0]![1]!, /no PEM certificate/);
+    const mismatch = at(`scaling: {keda: {listen: 127.0.0.1:1, tls: {cert: ${server.certFile}, key: ${other.keyFile}}}}\n${svc}`);
+    assert.deepEqual(mismatch.map(([p]) => p), ['scaling.keda.tls.cert']);
+    assert.deepEqual(at(`scaling: {keda: {listen: 127.0.0.1:1, tls: {cert: ${server.certFile}, key: ${server.keyFile}, client_ca: ${ca.certFile}}}}\n${svc}`), []);
+    const hook = at(`services:\n  - name: orders\n    url: http://127.0.0.1:1\n    scaling:\n      target_concurrency: 4\n      triggers: [{type: webhook, url: "https://hooks.internal/scale", secret: whsec-0123456789abcdef, ca_file: ${server.keyFile}}]\n`);
+    assert.deepEqual(hook.map(([p]) => p), ['services[0].scaling.triggers[0].ca_file']);
+    assert.match(hook[0]![1]!, /no PEM certificate/);
+  } finally {
+    ca.cleanup();
+  }
+});
+
 test('scaling.keda.tls: a certificate rotated on disk is served after the reload, without a restart', async () => {
   const { parseConfigText } = await import('../src/config/load.js');
   const { copyFileSync } = await import('node:fs');

@@ -7,6 +7,7 @@ import { parseAddress } from '../config/address.js';
 import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
 import { urlTarget } from '../core/url-auth.js';
 import { inClusterApiServer } from './kubernetes.js';
+import { caBundleProblem, upstreamTlsProblem } from '../server/tls.js';
 import type { ScalingConfig, ServiceScalingConfig, TriggerConfig } from './schema.js';
 
 type Fail = (path: PathSegment[], message: string) => void;
@@ -107,7 +108,13 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
   });
   // A CA file that cannot be read is the config's error (the trigger would not start: silently,
   // and for good, as a reload of the same text kept it); its digest makes a rotated one new.
-  const cas = triggers.map((t, i) => (t.ca_file !== undefined && inputs ? inputs.readOr(t.ca_file, (msg) => fail(['triggers', i, 'ca_file'], msg)) : undefined));
+  const cas = triggers.map((t, i) => {
+    const pem = t.ca_file !== undefined && inputs ? inputs.readOr(t.ca_file, (msg) => fail(['triggers', i, 'ca_file'], msg)) : undefined;
+    // (a file with no certificate in it would trust nothing: every delivery refused at run time)
+    const bad = pem !== undefined ? caBundleProblem(pem) : null;
+    if (bad !== null) fail(['triggers', i, 'ca_file'], bad);
+    return pem;
+  });
   const triggersKey = JSON.stringify([triggers, cas.map((b) => (b ? createHash('sha256').update(b).digest('hex') : null))]);
   const { triggers: _t, ...rest } = c;
   return { policy, currentFrom, triggers, cas, triggersKey, key: JSON.stringify(rest) };
@@ -126,7 +133,14 @@ export function scalingSettingsOf(c: ScalingConfig | undefined, services: readon
     if (t && keda) {
       const read = (field: string, p: string): Buffer | undefined => inputs.readOr(p, (msg) => fail(['keda', 'tls', field], msg));
       const [cert, key, clientCa] = [read('cert', t.cert), read('key', t.key), t.client_ca !== undefined ? read('client_ca', t.client_ca) : undefined];
-      if (cert && key) keda.tls = { cert, key, ...(clientCa ? { clientCa } : {}) };
+      if (cert && key) {
+        // Material Node takes without a word (a client CA file with no certificate in it, a key
+        // that is not the certificate's) would refuse every KEDA connection at run time.
+        const id = createHash('sha256').update(cert).update('\0').update(key).update('\0').update(clientCa ?? '').digest('hex');
+        const bad = upstreamTlsProblem(id, clientCa, cert, key);
+        if (bad !== null) fail(['keda', 'tls', bad.field === 'ca' ? 'client_ca' : 'cert'], bad.message);
+        else keda.tls = { cert, key, ...(clientCa ? { clientCa } : {}) };
+      }
     }
   }
   const g = c?.gateway;
