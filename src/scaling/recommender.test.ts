@@ -270,12 +270,14 @@ test('validatePolicy reports invalid policies; the constructor refuses them', ()
     'target utilization must be in (0, 1] (got 1.5)',
     'stable window must be > 0 ms (got NaN)',
     'panic threshold must be >= 1 (got 0.5)',
-    'max scale-down rate must be >= 1 (got 0.5)',
+    'max scale-down rate must be > 1 (got 0.5)',
     'scale-down cooldown must be >= 0 ms (got -1)',
     'SLO p95 must be > 0 ms (got 0)',
     'max error rate must be in [0, 1] (got 2)',
     'max replicas (3) must be at least min replicas (5)',
   ]);
+  // a rate of 1 would never scale up (or down): refused, as Knative does
+  assert.deepEqual(validatePolicy({ ...POLICY, maxScaleUpRate: 1, maxScaleDownRate: 1 }), ['max scale-up rate must be > 1 (got 1)', 'max scale-down rate must be > 1 (got 1)']);
   assert.deepEqual(validatePolicy({ ...POLICY, minReplicas: 1.5, maxReplicas: 0 }), [
     'min replicas must be an integer >= 0 (got 1.5)',
     'max replicas must be an integer >= 1 (got 0)',

@@ -103,8 +103,9 @@ export function validatePolicy(p: Partial<ScalingPolicy>): string[] {
   check('stable window', v('stableWindowMs'), (x) => x > 0, '> 0 ms');
   check('panic window', v('panicWindowMs'), (x) => x > 0, '> 0 ms');
   check('panic threshold', v('panicThreshold'), (x) => x >= 1, '>= 1');
-  check('max scale-up rate', v('maxScaleUpRate'), (x) => x >= 1, '>= 1');
-  check('max scale-down rate', v('maxScaleDownRate'), (x) => x >= 1, '>= 1');
+  // (1 would never scale up / down: Knative refuses it too)
+  check('max scale-up rate', v('maxScaleUpRate'), (x) => x > 1, '> 1');
+  check('max scale-down rate', v('maxScaleDownRate'), (x) => x > 1, '> 1');
   check('scale-up cooldown', v('scaleUpCooldownMs'), (x) => x >= 0, '>= 0 ms');
   check('scale-down cooldown', v('scaleDownCooldownMs'), (x) => x >= 0, '>= 0 ms');
   check('scale-down stabilization', v('scaleDownStabilizationMs'), (x) => x >= 0, '>= 0 ms');
