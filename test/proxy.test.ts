@@ -122,6 +122,27 @@ test('hop-by-hop response headers and those named in Connection are removed; Set
   assert.equal(r.headers['via'], '1.1 origin, 1.1 turnpike');
 });
 
+test('a 426 Upgrade Required keeps its Upgrade field and says so in Connection (RFC 9110 §15.5.22, §7.8); other answers lose Upgrade', async () => {
+  const up = await startUpstream((req, res) => {
+    res.writeHead(req.url === '/426' ? 426 : 200, { upgrade: 'TLS/1.2, HTTP/1.1', connection: 'Upgrade', 'content-type': 'text/plain' }).end('switch');
+  });
+  const g = await startGateway(`services: [{name: u, url: ${up.url}, routes: [{paths: [/]}]}]\n`);
+  try {
+    const r = await request(`${g.url}/426`);
+    assert.equal(r.status, 426);
+    assert.equal(r.headers['upgrade'], 'TLS/1.2, HTTP/1.1');
+    assert.match(String(r.headers['connection']), /upgrade/i);
+    assert.equal(r.body, 'switch');
+    const ok = await request(`${g.url}/x`);
+    assert.equal(ok.status, 200);
+    assert.equal(ok.headers['upgrade'], undefined);
+    assert.doesNotMatch(String(ok.headers['connection']), /upgrade/i);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('forwarding headers from an untrusted client are discarded (default set: XFF, -Proto, -Host, Forwarded)', async () => {
   await request(`${gw.url}/echo`, {
     headers: {

@@ -816,7 +816,12 @@ export class ForwardHandler {
             if (statusCode !== 304) this.declared = Number(value);
           }
           continue;
-        case 'keep-alive': case 'proxy-connection': case 'te': case 'upgrade':
+        case 'upgrade':
+          // A 426 names the protocols to switch to (RFC 9110 §15.5.22: it MUST carry Upgrade),
+          // with the connection option (§7.8); an HTTP/2 answer has neither field.
+          if (statusCode === 426 && !isHttp2(this.f.req)) out.push(name, value, 'connection', 'upgrade');
+          continue;
+        case 'keep-alive': case 'proxy-connection': case 'te':
         case 'http2-settings': case 'x-request-id':
           continue;
         case 'via': upstreamVia = upstreamVia === undefined ? value : `${upstreamVia}, ${value}`; continue;
@@ -829,7 +834,11 @@ export class ForwardHandler {
     // Fields named in the upstream's Connection header are connection-specific too.
     const nominated = connectionTokens(connection);
     if (nominated !== null) {
-      for (let i = out.length - 2; i >= 0; i -= 2) if (nominated.has(out[i]!.toLowerCase())) out.splice(i, 2);
+      for (let i = out.length - 2; i >= 0; i -= 2) {
+        const n = out[i]!.toLowerCase();
+        // (a 426's Upgrade, kept above, is named in its Connection as it must be)
+        if (nominated.has(n) && (statusCode !== 426 || (n !== 'upgrade' && n !== 'connection'))) out.splice(i, 2);
+      }
     }
     out.push('via', upstreamVia === undefined ? this.f.via : `${upstreamVia}, ${this.f.via}`, 'x-request-id', this.f.requestId);
     if (this.f.closeAfter) out.push('connection', 'close');
