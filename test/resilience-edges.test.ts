@@ -316,3 +316,42 @@ test('a read timeout below 10 s is precise: a body that stalls is cut within the
     await up.close();
   }
 });
+
+test('active health over HTTPS: a reload that changes the service\'s TLS settings closes the probe agent of the old ones (no idle TLS connection or agent kept per reload)', { timeout: 8000 }, async () => {
+  const { makeCa } = await import('./certs.js');
+  const { createServer: createHttpsServer } = await import('node:https');
+  const { writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const ca = makeCa();
+  const pem = ca.issue('localhost', { dns: ['localhost'] });
+  // (the same CA in a second file, with a comment: other TLS settings, same trust)
+  const caCopy = join(ca.dir, 'ca-copy.pem');
+  writeFileSync(caCopy, `# rotated bundle\n${ca.cert.toString()}`);
+  const open = new Set<import('node:net').Socket>();
+  const srv = createHttpsServer({ cert: pem.cert, key: pem.key, keepAliveTimeout: 60_000 }, (_req, res) => res.end('ok'));
+  srv.on('secureConnection', (s) => { open.add(s); s.on('close', () => open.delete(s)); });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as { port: number }).port;
+  const pools = new PoolRegistry();
+  const snapFor = (caFile: string) => compile(parseConfigText(`services:\n  - name: s\n    tls: {ca: ${caFile}}\n    upstream:\n      targets: [{url: "https://localhost:${port}"}]\n      healthcheck: {active: {path: /healthz, interval: 100ms, timeout: 80ms, healthy: 1, unhealthy: 2}}\n`, { env: {} }), { pools });
+  const authority = new HealthAuthority(() => {});
+  let first: ReturnType<typeof snapFor> | undefined;
+  let second: ReturnType<typeof snapFor> | undefined;
+  try {
+    first = snapFor(ca.certFile);
+    second = snapFor(caCopy);
+    authority.sync(first);
+    await until(() => open.size === 1, 3000, 'the first probe connection');
+    authority.sync(second);
+    await sleep(400); // probes of the new settings run; the old agent's idle connection must be gone
+    assert.equal(open.size, 1, `${open.size} TLS connections open at the target after the reload: the old probe agent was kept`);
+  } finally {
+    await authority.stop();
+    first?.dispose();
+    second?.dispose();
+    await pools.closeAll();
+    srv.closeAllConnections();
+    await new Promise((r) => srv.close(r));
+    ca.cleanup();
+  }
+});

@@ -133,6 +133,17 @@ export class HealthAuthority implements Reporter {
         this.targets.delete(key);
       }
     }
+    // Probe agents of TLS settings no target uses any more (a reload rotated the CA or the
+    // client certificate): closed once their probes in flight end, not kept per reload.
+    if (this.tlsAgents.size > 0) {
+      const inUse = new Set<Dispatcher>();
+      for (const h of this.targets.values()) if (h.dispatcher) inUse.add(h.dispatcher);
+      for (const [key, a] of this.tlsAgents) {
+        if (inUse.has(a)) continue;
+        this.tlsAgents.delete(key);
+        a.close().catch(() => {});
+      }
+    }
     for (const [name, c] of this.circuits) {
       if (!seenCircuits.has(name)) {
         clearTimeout(c.timer);
