@@ -202,3 +202,44 @@ test('workers: 2 with rate-limit — a concurrent burst over both workers is all
     await up.close();
   }
 });
+
+test('workers: 2 over TLS — a session ticket from one worker resumes on the other (one ticket key per node, not per worker)', async () => {
+  const { makeCa } = await import('./certs.js');
+  const { connect } = await import('node:tls');
+  const ca = makeCa();
+  const pem = ca.issue('localhost', { dns: ['localhost'] });
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-workers-'));
+  const file = config(dir, `listen_tls: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\ntls:\n  certificates: [{hosts: [localhost], cert: ${pem.certFile}, key: ${pem.keyFile}}]\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  /** One TLS connection (resuming `session` when given): whether it was resumed, and the ticket it got. */
+  const handshake = (session?: Buffer) => new Promise<{ reused: boolean; session: Buffer | undefined }>((resolve, reject) => {
+    let ticket: Buffer | undefined;
+    let reused = false;
+    const s = connect({ host: '127.0.0.1', port: p, servername: 'localhost', ca: ca.cert, ...(session ? { session } : {}) });
+    s.on('session', (t: Buffer) => { ticket ??= t; });
+    s.on('error', reject);
+    s.once('secureConnect', () => {
+      reused = s.isSessionReused();
+      // (TLS 1.3 tickets come after the handshake: one request's answer is past them)
+      s.write('GET /x HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n');
+    });
+    s.on('data', () => {});
+    s.on('close', () => resolve({ reused, session: ticket }));
+  });
+  try {
+    await waitWorkers(a, 2);
+    const first = await handshake();
+    assert.ok(first.session, 'no session ticket was issued');
+    const reused: boolean[] = [];
+    // Round robin over the two workers: half of these land on the other one.
+    for (let i = 0; i < 8; i++) reused.push((await handshake(first.session)).reused);
+    assert.deepEqual(reused, Array(8).fill(true), `resumed: ${reused.join(',')}`);
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    await up.close();
+    ca.cleanup();
+  }
+});
