@@ -210,6 +210,54 @@ services:
   }
 });
 
+test('x-forwarded-prefix (opt-in): the prefix strip_path removed, after a trusted proxy\'s own; never an untrusted client\'s', async () => {
+  const t = await startGateway(`
+trusted_proxies: [10.0.0.0/8]
+forwarding_headers: [x-forwarded-for, x-forwarded-prefix]
+services:
+  - name: echo
+    url: ${up.url}
+    routes:
+      - {paths: [/api/v1], strip_path: true}
+      - {paths: ["/users/{id}/files"], strip_path: true}
+      - {paths: [/kept]}
+`);
+  const tp = await startGateway(`
+trusted_proxies: [127.0.0.0/8]
+forwarding_headers: [x-forwarded-prefix]
+services:
+  - name: echo
+    url: ${up.url}
+    routes: [{paths: [/v1], strip_path: true}, {paths: [/plain]}]
+`);
+  try {
+    await request(`${t.url}/api/v1/orders?x=1`, { headers: { 'x-forwarded-prefix': '/evil' } });
+    assert.equal(last().url, '/orders?x=1');
+    assert.equal(last().headers['x-forwarded-prefix'], '/api/v1');
+    await request(`${t.url}/api/v1/`);
+    assert.equal(last().headers['x-forwarded-prefix'], '/api/v1');
+    await request(`${t.url}/api/v1`);
+    assert.equal(last().headers['x-forwarded-prefix'], '/api/v1');
+    await request(`${t.url}/users/42/files/a.txt`);
+    assert.equal(last().url, '/a.txt');
+    assert.equal(last().headers['x-forwarded-prefix'], '/users/42/files');
+    // nothing stripped: no prefix to tell, and an untrusted client's copy is dropped
+    await request(`${t.url}/kept/x`, { headers: { 'x-forwarded-prefix': '/evil' } });
+    assert.equal(last().headers['x-forwarded-prefix'], undefined);
+    // a trusted proxy that stripped its own prefix: ours goes after it
+    await request(`${tp.url}/v1/a`, { headers: { 'x-forwarded-prefix': '/edge/' } });
+    assert.equal(last().headers['x-forwarded-prefix'], '/edge/v1');
+    await request(`${tp.url}/plain/a`, { headers: { 'x-forwarded-prefix': '/edge' } });
+    assert.equal(last().headers['x-forwarded-prefix'], '/edge');
+    // not in forwarding_headers (the default): nothing added
+    await request(`${gw.url}/echo`);
+    assert.equal(last().headers['x-forwarded-prefix'], undefined);
+  } finally {
+    await t.close();
+    await tp.close();
+  }
+});
+
 test('Host: missing, duplicated or malformed is 400 problem+json; HTTP/1.0 without Host is fine', async () => {
   for (const req of [
     'GET /echo HTTP/1.1\r\n\r\n',

@@ -177,7 +177,7 @@ export interface Snapshot {
   dns: DnsSettings;
   trusted: TrustedProxies;
   /** Which forwarding fields go upstream. */
-  forwarding: { xff: boolean; proto: boolean; host: boolean; port: boolean; realIp: boolean; forwarded: boolean };
+  forwarding: { xff: boolean; proto: boolean; host: boolean; port: boolean; realIp: boolean; forwarded: boolean; prefix: boolean };
   limits: Limits;
   timeouts: ServerTimeouts;
   router: Router<CompiledRoute>;
@@ -221,7 +221,7 @@ function forwardingOf(names: readonly string[]): Snapshot['forwarding'] {
   const has = (n: string) => names.includes(n);
   return {
     xff: has('x-forwarded-for'), proto: has('x-forwarded-proto'), host: has('x-forwarded-host'),
-    port: has('x-forwarded-port'), realIp: has('x-real-ip'), forwarded: has('forwarded'),
+    port: has('x-forwarded-port'), realIp: has('x-real-ip'), forwarded: has('forwarded'), prefix: has('x-forwarded-prefix'),
   };
 }
 

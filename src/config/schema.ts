@@ -305,11 +305,11 @@ export const TurnpikeConfig = Strict({
   forwarding_headers: Type.Optional(Type.Array(
     Type.Union([
       Type.Literal('x-forwarded-for'), Type.Literal('x-forwarded-proto'), Type.Literal('x-forwarded-host'),
-      Type.Literal('x-forwarded-port'), Type.Literal('x-real-ip'), Type.Literal('forwarded'),
+      Type.Literal('x-forwarded-port'), Type.Literal('x-real-ip'), Type.Literal('forwarded'), Type.Literal('x-forwarded-prefix'),
     ]),
     {
       uniqueItems: true,
-      description: 'Forwarding fields sent upstream (default: x-forwarded-for, x-forwarded-proto, x-forwarded-host, forwarded). Inbound copies of all six are always replaced unless the peer is a trusted proxy.',
+      description: 'Forwarding fields sent upstream (default: x-forwarded-for, x-forwarded-proto, x-forwarded-host, forwarded). x-forwarded-prefix: the path prefix a strip_path route removed (after a trusted proxy\'s own). Inbound copies of all seven are always replaced unless the peer is a trusted proxy.',
     },
   )),
   limits: Type.Optional(Limits),

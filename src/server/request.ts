@@ -253,6 +253,27 @@ function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerRe
   req.once('end', () => req.setTimeout(0));
 }
 
+/**
+ * X-Forwarded-Prefix (forwarding_headers): the path prefix strip_path removed, so an upstream
+ * served under it builds its links with it (Traefik's StripPrefix, Spring's ForwardedHeaderFilter).
+ * A trusted proxy's own prefix (already in `headers`, untrusted copies never are) goes first.
+ * Runs after `host` was pushed last.
+ */
+function forwardPrefix(headers: string[], stripped: string, trusted: boolean): void {
+  let prefix = stripped.endsWith('/') ? stripped.slice(0, -1) : stripped;
+  for (let i = headers.length - 2; i >= 0; i -= 2) {
+    const name = headers[i]!;
+    if (name.length !== 18 || name.toLowerCase() !== 'x-forwarded-prefix') continue;
+    const prior = headers[i + 1]!.trim();
+    // (the first copy a trusted proxy sent; a value that is no path is not one to build on)
+    if (trusted && prior.charCodeAt(0) === 0x2f && !prior.includes(',')) prefix = (prior.endsWith('/') ? prior.slice(0, -1) : prior) + prefix;
+    headers.splice(i, 2);
+    break;
+  }
+  // (before the last pair: `host`, whose value the forwarder sets per target)
+  if (prefix !== '') headers.splice(headers.length - 2, 0, 'x-forwarded-prefix', prefix);
+}
+
 function headerValue(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v.join(', ') : v || undefined;
@@ -608,6 +629,7 @@ export function handleRequest(
       bare = upstreamPath === '';
       upstreamPath = '/' + upstreamPath;
     }
+    if (fw.prefix) forwardPrefix(headers, path.slice(0, match.prefixLength), t);
   }
 
   const svc = route.service;
