@@ -477,8 +477,14 @@ services:
     const h1 = await request(`${g.url}/low`);
     assert.equal(h1.status, 502, h1.body);
     assert.equal(h1.headers['content-type'], 'application/problem+json');
-    assert.match(JSON.parse(h1.body).type, /invalid-upstream-response/);
-    assert.match(JSON.parse(h1.body).detail, /status 99/);
+    const problem = JSON.parse(h1.body) as { type: string; detail: string };
+    // Node >= 24's nghttp2 refuses the status itself (the stream ends in PROTOCOL_ERROR): a
+    // failed exchange (bad-gateway), still never the body after an implicit 200.
+    if (Number(process.versions.node.split('.')[0]) >= 24 && /bad-gateway/.test(problem.type)) assert.doesNotMatch(problem.detail, /hello/);
+    else {
+      assert.match(problem.type, /invalid-upstream-response/);
+      assert.match(problem.detail, /status 99/);
+    }
     const h2 = await h2outcome(session, '/low');
     assert.equal(h2.status, 502, h2.body);
     assert.doesNotMatch(h2.body, /hello/);
