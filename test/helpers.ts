@@ -204,6 +204,48 @@ process.once('exit', () => {
   }
 });
 
+/** Whether any process of the group is still there. */
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * A process group a test spawned (detached: true) by hand: SIGKILLed when the test process exits
+ * if it is still there (see the exit hook above). stopGroup ends it.
+ */
+export function trackGroup(pgid: number): void {
+  cliGroups.add(pgid);
+}
+
+/**
+ * Ends a process group (a shell, the gateway it started, its workers, a `| cat`): SIGTERM to
+ * every process in it, then waits until none is left — not only the shell, which dies at once
+ * while the gateway drains —, SIGKILL after `graceMs`.
+ */
+export async function stopGroup(pgid: number, graceMs = 15_000): Promise<void> {
+  try {
+    process.kill(-pgid, 'SIGTERM');
+  } catch {
+    /* gone */
+  }
+  const end = Date.now() + graceMs;
+  while (groupAlive(pgid) && Date.now() < end) await sleep(50);
+  if (groupAlive(pgid)) {
+    try {
+      process.kill(-pgid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    while (groupAlive(pgid)) await sleep(20);
+  }
+  cliGroups.delete(pgid);
+}
+
 export function startCli(args: string[], env: NodeJS.ProcessEnv): Running {
   const child = spawn(process.execPath, ['bin/turnpike.js', ...args], {
     env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info', ...env },

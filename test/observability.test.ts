@@ -6,7 +6,7 @@ import { createServer } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promSamples as parse, promValue as sample, configIssues, eventually, freePort, rawRequest, request, sleep, startCli, startGateway, startUpstream, statuses, waitFor } from './helpers.js';
+import { promSamples as parse, promValue as sample, configIssues, eventually, freePort, rawRequest, request, sleep, startCli, startGateway, startUpstream, statuses, stopGroup, trackGroup, waitFor } from './helpers.js';
 
 const fresh = { connection: 'close' }; // a new connection per request: the cluster spreads them over the workers
 
@@ -721,9 +721,10 @@ test('workers: 2 writing the access log to a pipe: under concurrent load every l
     stdio: ['ignore', 'pipe', 'ignore'],
     detached: true,
   });
+  // (its own process group: the shell, the gateway, its workers and cat end together, whatever the test does)
+  trackGroup(child.pid!);
   let out = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const exit = new Promise((r) => child.on('exit', r));
   const pool = new Pool(`http://127.0.0.1:${p}`, { connections: 64, pipelining: 1 });
   try {
     await waitFor(`http://127.0.0.1:${p}/ready-check`, 20_000);
@@ -754,10 +755,9 @@ test('workers: 2 writing the access log to a pipe: under concurrent load every l
     assert.ok(access >= sent, `${access} access lines for ${sent} requests`);
   } finally {
     await pool.close();
-    try {
-      process.kill(-child.pid!, 'SIGTERM');
-    } catch { /* gone */ }
-    await exit;
+    // Until every process of the group is gone (the shell dies at once while the gateway drains,
+    // its stdout's reader gone): SIGKILL after 15 s.
+    await stopGroup(child.pid!);
     await up.close();
   }
 });
