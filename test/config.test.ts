@@ -860,3 +860,27 @@ test('name-keyed maps refuse an empty key (query edits, jwt claims, compose quer
   assert.deepEqual(at('access_log: {destination: http, url: "http://127.0.0.1:1/", http_headers: {"": x}}\n' + svc), [['access_log.http_headers[""]', 'an empty key ""']]);
   assert.deepEqual(at('tracing: {endpoint: "http://127.0.0.1:1/v1/traces", headers: {authorization: "Bearer a b"}}\n' + svc), []);
 });
+
+test('a config file that is not UTF-8 (Latin-1 from an old editor, UTF-16) is an error naming its line, not values with U+FFFD in them; a BOM is fine', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-encoding-'));
+  // admin.token in Latin-1: "pässwörd-for-the-admin" (0xE4, 0xF6), silently "p\uFFFDssw\uFFFDrd..." before.
+  const latin1 = join(dir, 'latin1.yaml');
+  writeFileSync(latin1, Buffer.concat([Buffer.from(base + 'admin:\n  token: "p'), Buffer.from([0xe4]), Buffer.from('ssw'), Buffer.from([0xf6]), Buffer.from('rd-for-the-admin"\n')]));
+  const run = (f: string) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+  const ko = run(latin1);
+  assert.equal(ko.status, 1, ko.stderr);
+  assert.match(ko.stderr, /\(file\) \(line 10\): .*not valid UTF-8/);
+  assert.match(ko.stderr, /column 12/);
+  assert.ok(!ko.stderr.includes('\uFFFD'), ko.stderr);
+  // UTF-16 (Windows' "Unicode"), with its BOM.
+  const utf16 = join(dir, 'utf16.yaml');
+  writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(base, 'utf16le')]));
+  const ko16 = run(utf16);
+  assert.equal(ko16.status, 1, ko16.stderr);
+  assert.match(ko16.stderr, /UTF-16/);
+  // A UTF-8 BOM (Notepad) and non-ASCII text are valid.
+  const bom = join(dir, 'bom.yaml');
+  writeFileSync(bom, '\uFEFF' + base + 'admin:\n  token: "pässwörd-for-the-admin"\n');
+  const ok = run(bom);
+  assert.equal(ok.status, 0, ok.stderr);
+});

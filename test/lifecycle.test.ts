@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { makeCa } from './certs.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort, request, sleep, startCli, waitFor } from './helpers.js';
+import { eventually, freePort, request, sleep, startCli, waitFor } from './helpers.js';
 
 test('quickstart: gateway and demo upstream from one command; /status; SIGTERM drains in-flight and exits 0', async () => {
   const [p, a, d] = [await freePort(), await freePort(), await freePort()];
@@ -128,6 +128,36 @@ test('an emptied config file (truncated, or comments only) is rejected on reload
   assert.equal(await empty.exit, 1, empty.stderr());
   clearTimeout(timer);
   assert.match(empty.stderr(), /is empty/);
+});
+
+test('a config file saved as Latin-1 is rejected on reload (file watch and SIGHUP), naming its line: the running config stays', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-latin1-'));
+  const file = join(dir, 'c.yaml');
+  const cfg = (path: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nservices:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [${path}]}]\n`;
+  writeFileSync(file, cfg('/one'));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
+    // "# Café" in Latin-1 on line 8 (0xE9): before, read as U+FFFD and applied
+    writeFileSync(file, Buffer.concat([Buffer.from(cfg('/two') + '# Caf'), Buffer.from([0xe9]), Buffer.from('\n')]));
+    for (let i = 0; i < 100 && !/reload rejected/.test(run.stderr()); i++) await sleep(30);
+    assert.match(run.stderr(), /reload rejected/);
+    assert.match(run.stderr(), /line 8, column 6 is not valid UTF-8/);
+    assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
+    assert.equal((await request(`http://127.0.0.1:${p}/two`)).status, 404);
+    run.child.kill('SIGHUP');
+    await sleep(500);
+    assert.equal(run.stderr().match(/reload rejected/g)?.length, 2, run.stderr());
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision, 1);
+    // saved again as UTF-8: applied
+    writeFileSync(file, cfg('/two') + '# Café\n');
+    await eventually(async () => (await request(`http://127.0.0.1:${p}/two`)).status === 200);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+  }
 });
 
 test('start with an invalid config prints path and line and exits 1; --version works', async () => {

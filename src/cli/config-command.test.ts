@@ -327,3 +327,12 @@ test('diff/apply: a FILE with a key given twice or a syntax error names the line
     assert.match(broken.err, /^turnpike config \w+: broken\.yaml \(line [34]\): invalid YAML: /);
   }
 });
+
+test('diff/apply: a FILE that is not UTF-8 (saved as Latin-1) names the line and column, exit 1, nothing sent', async () => {
+  writeFileSync(join(dir, 'latin1.yaml'), Buffer.concat([Buffer.from('services:\n  - name: caf'), Buffer.from([0xe9]), Buffer.from('\n    url: http://127.0.0.1:1\n')]));
+  for (const sub of ['diff', 'apply']) {
+    const r = await run([sub, 'latin1.yaml', '--admin', 'http://127.0.0.1:9', '--token', TOKEN]);
+    assert.equal(r.code, 1);
+    assert.equal(r.err, `turnpike config ${sub}: latin1.yaml: byte 0xe9 at line 2, column 14 is not valid UTF-8 (was the file saved as Latin-1 or Windows-1252?): save it as UTF-8\n`);
+  }
+});

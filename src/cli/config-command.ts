@@ -10,8 +10,8 @@ import { resolve } from 'node:path';
 import { parseCommand, type CliIo } from './args.js';
 import { Agent, request } from 'undici';
 import { LineCounter, parseDocument, stringify } from 'yaml';
-import { duplicateKeyAt } from '../config/load.js';
-import { formatPath } from '../config/errors.js';
+import { configText, duplicateKeyAt } from '../config/load.js';
+import { ConfigError, formatPath } from '../config/errors.js';
 import { splitDocument } from '../config/stores/document.js';
 
 export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:8081';
@@ -121,11 +121,18 @@ function problemText(a: Answer): string {
 
 /** The document in FILE as the body to send: as written, or re-serialized without its node-local keys. */
 function readConfigFile(file: string, io: ConfigIo): string {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(resolve(io.cwd, file), 'utf8');
+    bytes = readFileSync(resolve(io.cwd, file));
   } catch (err) {
     throw new Failure(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let text: string;
+  try {
+    // (as `turnpike start` reads it: UTF-8, or refused naming the line)
+    text = configText(bytes, file);
+  } catch (err) {
+    throw new Failure(`${file}: ${err instanceof ConfigError ? err.issues[0]!.message : (err as Error).message}`);
   }
   // As the admin API parses it (no `${VAR}` substitution), to find the node-local keys.
   const lc = new LineCounter();

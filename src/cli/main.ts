@@ -4,7 +4,7 @@ import cluster from 'node:cluster';
 import { availableParallelism } from 'node:os';
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
+import { configText, loadConfigFile, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { ControlPlane, fileControl } from '../server/control-plane.js';
 import { redactUrl } from '../core/url-secrets.js';
 import type { ControlView } from '../server/gateway.js';
@@ -285,11 +285,13 @@ export async function main(argv: string[]): Promise<number> {
     try {
       let text = given;
       if (text === undefined) {
+        let bytes: Buffer;
         try {
-          text = await readFile(file, 'utf8');
+          bytes = await readFile(file);
         } catch (err) {
           throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
         }
+        text = configText(bytes, file);
         // With a store, the file holds this node's own keys: they join the store's document
         // (adopted once the reload is, so a bad file edit does not spoil later revisions).
         if (cp) {
@@ -320,10 +322,11 @@ export async function main(argv: string[]): Promise<number> {
     }
     return ok;
   };
-  // (with a store, a changed file is read again by reloadFrom: its node-local keys + the store's document)
+  // (with a store, a changed file is read again by reloadFrom: its node-local keys + the store's
+  // document; so is a file that may not be UTF-8, the watcher's text having U+FFFD for such bytes)
   // The file is compared with the text read at the start (checkNow): an edit made while the
   // gateway started, before the watch began, is reloaded now rather than at the next edit.
-  const watcher = loaded.config.watch === false ? null : watchConfig(file, startedText, (text) => void reloadFrom('file change', cp ? undefined : text), {
+  const watcher = loaded.config.watch === false ? null : watchConfig(file, startedText, (text) => void reloadFrom('file change', cp || text.includes('\uFFFD') ? undefined : text), {
     onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
     checkNow: true,
   });

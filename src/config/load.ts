@@ -288,12 +288,70 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
   return { config: config as TurnpikeConfigInput, file: opts.file, text, lineOf, error: mkError };
 }
 
-export function loadConfigFile(file: string, env?: NodeJS.ProcessEnv): LoadedConfig {
-  let text: string;
+/** Whether `bytes` is UTF-8 up to its end (a sequence cut by the end still counts as valid). */
+const utf8Prefix = (bytes: Uint8Array): boolean => {
   try {
-    text = readFileSync(file, 'utf8');
+    new TextDecoder('utf-8', { fatal: true }).decode(bytes, { stream: true });
+    return true;
+  } catch {
+    return false;
+  }
+};
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * A config file's bytes as text: UTF-8, a BOM dropped. Anything else (a file saved as Latin-1 or
+ * Windows-1252 by an old editor, UTF-16) is a ConfigError naming the line and column of the first
+ * byte that is not UTF-8: read leniently, each such byte would be U+FFFD — a password or token
+ * that silently differs from the one written, a name refused with a character nobody typed.
+ */
+export function configText(bytes: Uint8Array, file?: string): string {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    /* located below */
+  }
+  const utf16 = bytes.length >= 2 && ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff));
+  if (utf16) throw new ConfigError([{ path: '(file)', line: 1, message: 'the file is UTF-16 (it starts with a UTF-16 byte order mark): save it as UTF-8' }], file);
+  // The longest valid prefix (binary search: validity of a prefix is monotonic).
+  let lo = 0;
+  let hi = bytes.length;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (utf8Prefix(bytes.subarray(0, mid))) lo = mid;
+    else hi = mid - 1;
+  }
+  // The prefix may end in a sequence the next byte broke (0xE4 then "s"): that sequence's lead byte is the culprit.
+  let at = lo;
+  for (let i = lo - 1; i >= 0 && i >= lo - 3; i--) {
+    const b = bytes[i]!;
+    if ((b & 0xc0) === 0x80) continue;
+    const need = b >= 0xf0 ? 4 : b >= 0xe0 ? 3 : b >= 0xc0 ? 2 : 1;
+    if (need > lo - i) at = i;
+    break;
+  }
+  let line = 1;
+  let lineStart = 0;
+  for (let i = 0; i < at; i++) {
+    if (bytes[i] === 0x0a) {
+      line++;
+      lineStart = i + 1;
+    }
+  }
+  const byte = bytes[at] ?? 0;
+  throw new ConfigError([{
+    path: '(file)',
+    line,
+    message: `byte 0x${byte.toString(16).padStart(2, '0')} at line ${line}, column ${[...strictUtf8.decode(bytes.subarray(lineStart, at))].length + 1} is not valid UTF-8 (was the file saved as Latin-1 or Windows-1252?): save it as UTF-8`,
+  }], file);
+}
+
+export function loadConfigFile(file: string, env?: NodeJS.ProcessEnv): LoadedConfig {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(file);
   } catch (err) {
     throw new ConfigError([{ path: '(file)', message: `cannot read ${file}: ${(err as Error).message}` }], file);
   }
-  return parseConfigText(text, { file, env });
+  return parseConfigText(configText(bytes, file), { file, env });
 }

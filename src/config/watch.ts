@@ -11,6 +11,8 @@
 import { watch, watchFile, unwatchFile, readFile, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 
+const lenientUtf8 = new TextDecoder('utf-8');
+
 export interface ConfigWatcher {
   close(): void;
 }
@@ -39,9 +41,11 @@ export function watchConfig(
       return;
     }
     reading = true;
-    readFile(path, 'utf8', (err, text) => {
+    readFile(path, (err, bytes) => {
       reading = false;
       if (closed) return;
+      // (as configText decodes it: a BOM dropped; bytes that are not UTF-8 read as U+FFFD here)
+      const text = err ? '' : lenientUtf8.decode(bytes);
       // A file briefly missing (mid-rename) is not a change; the next event will come.
       if (!err && text !== last) {
         last = text;
