@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { makeCa } from './certs.js';
 import { configIssues, eventually, freePort, request, startCli } from './helpers.js';
 import { tmpdir } from 'node:os';
@@ -883,4 +883,15 @@ test('a config file that is not UTF-8 (Latin-1 from an old editor, UTF-16) is an
   writeFileSync(bom, '\uFEFF' + base + 'admin:\n  token: "pässwörd-for-the-admin"\n');
   const ok = run(bom);
   assert.equal(ok.status, 0, ok.stderr);
+});
+
+test('turnpike start --config "" (a script\'s unset $CONFIG) is a usage error (2), not a gateway with no file, no routes and a new turnpike.db; validate too', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-flag-'));
+  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', join(process.cwd(), 'node_modules/tsx/dist/esm/index.mjs'), join(process.cwd(), 'src/cli/main-entry.ts'), ...args], { encoding: 'utf8', input: '', cwd: dir, timeout: 20_000, killSignal: 'SIGKILL' });
+  for (const args of [['start', '--config', ''], ['start', '--config='], ['start', '-c', ''], ['validate', '--config', '']]) {
+    const r = run(...args);
+    assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /--config: the file name is empty/, args.join(' '));
+  }
+  assert.ok(!existsSync(join(dir, 'turnpike.db')), 'a store was created');
 });

@@ -83,6 +83,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`turnpike: a command is needed (start, validate, ...)\n\n${USAGE}`);
     return 2;
   }
+  // `--config "$CONFIG"` with CONFIG unset: not the fileless start (no routes, a new store in the
+  // working directory, ready and answering 404), which is asked for by leaving --config out.
+  if (values.config === '') {
+    process.stderr.write(`turnpike ${command}: --config: the file name is empty\n\n${USAGE}`);
+    return 2;
+  }
   if ((command === 'start' || command === 'validate' || command === 'hash-password') && positionals.length > 1) {
     process.stderr.write(`turnpike ${command}: unexpected argument ${JSON.stringify(positionals[1])}${command === 'hash-password' ? ' (the password is read from stdin)' : ' (the config file is given with --config FILE)'}\n\n${USAGE}`);
     return 2;
