@@ -821,3 +821,30 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('access log to stdout whose reader is gone (a log shipper that exited): the gateway serves on, counts the lines as dropped, and a SIGTERM exits at once, not after two 5 s flush bounds', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-epipe-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\naccess_log: {destination: stdout}\nservices: [{name: s, url: ${up.url}, routes: [{name: r, paths: [/]}]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`, 15_000);
+    // The read end of the gateway's stdout closes: every write to it is EPIPE from now on.
+    run.child.stdout!.destroy();
+    for (let i = 0; i < 20; i++) {
+      assert.equal((await request(`http://127.0.0.1:${p}/x${i}`)).status, 200);
+      await sleep(10);
+    }
+    await eventually(async () => sample((await request(`http://127.0.0.1:${a}/metrics`)).body, 'turnpike_access_log_lines_dropped_total', {}) >= 10, 5000);
+    const t0 = Date.now();
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+    const took = Date.now() - t0;
+    assert.ok(took < 3000, `exited ${took} ms after SIGTERM: ${run.stderr()}`);
+  } finally {
+    run.child.kill('SIGKILL');
+    await up.close();
+  }
+});

@@ -172,6 +172,8 @@ class FdSink implements AccessSink {
   private wakers: (() => void)[] = [];
   private readonly timer: NodeJS.Timeout;
   private closing?: Promise<void>;
+  /** The fd's other end is gone for good (EPIPE): nothing more can be written. */
+  private broken = false;
 
   constructor(
     private readonly stream: SonicBoom,
@@ -198,8 +200,22 @@ class FdSink implements AccessSink {
       warn('drop', { destination: name, dropped: this.#dropped }, `access log: ${name} cannot keep up, dropping lines`);
     });
     // Without a listener an 'error' event would crash the process. sonic-boom retries the
-    // failed data on the next write.
-    stream.on('error', (err: Error) => {
+    // failed data on the next write — except when the other end of a pipe or socket is gone for
+    // good (stdout read by a log shipper that exited): then what is buffered and every later line
+    // is dropped and counted, and flush() and close() do not wait for writes that cannot happen.
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (!this.broken && (err.code === 'EPIPE' || err.code === 'ECONNRESET')) {
+        this.broken = true;
+        this.#dropped += this.lines.length;
+        this.#written -= this.lines.length;
+        this.lines = [];
+        this.chars = 0;
+        this.pending = 0;
+        clearInterval(this.timer);
+        this.wake();
+        warn('error', { destination: name, err }, `access log: ${name} is closed at its other end (its reader is gone): lines are dropped from now on`);
+        return;
+      }
       this.wake();
       warn('error', { destination: name, err }, `access log: writing to ${name} failed`);
     });
@@ -214,7 +230,7 @@ class FdSink implements AccessSink {
   }
 
   write(chunk: string): boolean {
-    if (this.closing) {
+    if (this.closing || this.broken) {
       this.#dropped++;
       return false;
     }
@@ -260,7 +276,7 @@ class FdSink implements AccessSink {
   }
 
   reopen(): void {
-    if (this.closing || !this.isFile) return;
+    if (this.closing || this.broken || !this.isFile) return;
     this.handOver();
     try {
       this.stream.reopen();
@@ -281,6 +297,8 @@ class FdSink implements AccessSink {
     this.closing ??= (async () => {
       clearInterval(this.timer);
       await this.flush();
+      // (sonic-boom would try the lines it holds again, and wait for them, before its 'close')
+      if (this.broken) return;
       const closed = new Promise<void>((resolve) => {
         this.stream.once('close', resolve);
         try {
