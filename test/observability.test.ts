@@ -528,6 +528,44 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('access log: characters JSON leaves raw that split a line for other readers (NEL, U+2028/2029: Python splitlines) or act on a terminal (C1 CSI) or reorder it (bidi) are written as \\u escapes', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const { rawRequest } = await import('./helpers.js');
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  try {
+  for (const fields of ['', ', fields: [path, user_agent, headers, query, consumer, status]']) {
+    writeFileSync(log, '');
+    const gw = await startGateway(`access_log: {destination: file, path: ${log}${fields}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+    try {
+      // User-Agent bytes 0x9B (CSI) and 0x85 (NEL), Latin-1 to Node; a query with U+2028, U+2029, U+202E and U+009B.
+      const head = Buffer.concat([
+        Buffer.from('GET /p?q=a%E2%80%A8%7B%22type%22%3A%22access%22%7D%E2%80%A9b%E2%80%AEc%C2%9B31m HTTP/1.1\r\nHost: x\r\nUser-Agent: ua'),
+        Buffer.from([0x9b, 0x33, 0x31, 0x6d, 0x85]),
+        Buffer.from('z\r\nConnection: close\r\n\r\n'),
+      ]);
+      assert.match((await rawRequest(gw.port, head)).text, /^HTTP\/1\.1 200/);
+      await eventually(() => lines(log).length === 1);
+      const text = readFileSync(log, 'utf8');
+      // One line whichever way it is split: \n only (NDJSON), or every Unicode line break (Python's str.splitlines()).
+      assert.equal(text.split(/\r\n|[\n\r\v\f\u001c-\u001e\u0085\u2028\u2029]/).filter(Boolean).length, 1, JSON.stringify(text));
+      assert.ok(!/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.test(text), JSON.stringify(text));
+      if (fields !== '') {
+        const [l] = lines(log);
+        assert.equal(l!.user_agent, 'ua\u009b31m\u0085z');
+        assert.deepEqual(l!.query, { q: 'a\u2028{"type":"access"}\u2029b\u202ec\u009b31m' });
+        assert.match(text, /"user_agent":"ua\\u009b31m\\u0085z"/);
+      }
+    } finally {
+      await gw.close();
+    }
+  }
+  } finally {
+    await up.close();
+  }
+});
+
 test('a primary (workers > 1) refuses an access log file its workers could not open', async () => {
   const { Observer } = await import('../src/observability/observer.js');
   const { silentLogger } = await import('../src/core/log.js');
