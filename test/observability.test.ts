@@ -254,6 +254,26 @@ test('observability settings: errors name their path and line; the README exampl
   assert.deepEqual(configIssues(settings, { LOG_TOKEN: 't' }), []);
 });
 
+test('a tracing endpoint or access log url that is no URL (a space, a bad port, an open bracket) is a config error at tracing.endpoint / access_log.url with its line, the password masked; validate says so, not only start', () => {
+  const svc = `services: [{name: a, url: "http://127.0.0.1:1", routes: [{paths: [/]}]}]\n`;
+  for (const ep of ['http://u:secretpw@exa mple:4318/v1/traces', 'http://collector:99999/v1/traces', 'http://[::1/v1/traces']) {
+    const issues = configIssues(`${svc}tracing:\n  enabled: true\n  endpoint: "${ep}"\n`);
+    assert.equal(issues.length, 1, JSON.stringify(issues));
+    assert.equal(issues[0]!.path, 'tracing.endpoint');
+    assert.equal(issues[0]!.line, 4);
+    assert.match(issues[0]!.message, /not a valid URL/);
+    assert.ok(!issues[0]!.message.includes('secretpw'), issues[0]!.message);
+  }
+  const al = configIssues(`${svc}access_log:\n  destination: http\n  url: "http://u:secretpw@exa mple/x"\n`);
+  assert.equal(al.length, 1, JSON.stringify(al));
+  assert.equal(al[0]!.path, 'access_log.url');
+  assert.equal(al[0]!.line, 4);
+  assert.match(al[0]!.message, /not a valid URL/);
+  assert.ok(!al[0]!.message.includes('secretpw'), al[0]!.message);
+  // (tracing off: its endpoint is not used, nor judged)
+  assert.deepEqual(configIssues(`${svc}tracing: {enabled: false, endpoint: "http://exa mple"}\n`), []);
+});
+
 test('a reload whose access log cannot be opened is refused; the running log continues', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));

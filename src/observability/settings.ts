@@ -4,7 +4,7 @@ import type { PathSegment } from '../config/errors.js';
 import { parseDuration } from '../config/units.js';
 import { unsendableSecret } from '../core/secret-text.js';
 import { DEFAULT_ACCESS_FIELDS, ACCESS_FIELDS, type AccessField } from './schema.js';
-import type { SinkSetting } from './sinks.js';
+import { checkSink, type SinkSetting } from './sinks.js';
 import { BUCKETS } from './metrics.js';
 
 export interface AccessLogSettings {
@@ -85,6 +85,13 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
           const bad = unsendableSecret(value, 'a header value', { edges: false });
           if (bad) fail(['access_log', 'http_headers', name], bad);
         }
+        // (what the sink would refuse when the gateway applies the config: judged here, where
+        // validate sees it and the error names the field, before anything is swapped)
+        try {
+          checkSink({ destination: 'http', url: al.url });
+        } catch (err) {
+          fail(['access_log', 'url'], (err as Error).message.replace(/^access log: the http destination url: /, ''));
+        }
         sink = {
           destination: 'http', url: al.url, headers: al.http_headers ?? {},
           ...(al.batch_lines !== undefined ? { batch_lines: al.batch_lines } : {}),
@@ -120,6 +127,10 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
       const bad = unsendableSecret(value, 'a header value', { edges: false });
       if (bad) fail(['tracing', 'headers', name], bad);
     }
+    // The OTLP exporter refuses an endpoint URL cannot parse (a space, a port past 65535) when
+    // the tracer is built — at start as an error on access_log, on reload after the access log
+    // was already swapped: judged here, naming the field.
+    if (t.endpoint !== undefined && !URL.canParse(t.endpoint)) fail(['tracing', 'endpoint'], `not a valid URL: ${JSON.stringify(t.endpoint)}`);
     tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, trustIncomingSampled: t.trust_incoming_sampled ?? true, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {}, redactQuery: [...query] };
   }
   const a = cfg.analytics;
