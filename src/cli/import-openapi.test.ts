@@ -4,7 +4,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'yaml';
@@ -175,4 +175,23 @@ test('a server variable without a default is named', () => {
     /^Error: s\.json: servers\[0\]\.url has the variable \{base\} but no servers\[0\]\.variables entry for it: give --service-url$/);
   const r = importOpenapi(doc({ servers: [{ url, variables: { region: { default: 'eu' }, base: { default: 'api' } } }] }), { specFile: 's.json', cwd: '/' });
   assert.match(r.yaml, /url: https:\/\/eu\.shop\.example\.com\/api\n/);
+});
+
+test('--out naming the OpenAPI document itself (or a link to it) is refused, exit 1: the document is not overwritten with the config', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-import-self-'));
+  const spec = doc();
+  writeFileSync(join(dir, 'api.json'), spec);
+  symlinkSync(join(dir, 'api.json'), join(dir, 'link.json'));
+  mkdirSync(join(dir, 'sub'));
+  const err: string[] = [];
+  const io = { stdout: () => {}, stderr: (s: string) => void err.push(s), cwd: dir };
+  for (const out of ['api.json', './sub/../api.json', join(dir, 'api.json'), 'link.json']) {
+    assert.equal(importCommand(['openapi', 'api.json', '--out', out, '--service-url', 'http://127.0.0.1:9'], io), 1, out);
+    assert.match(err.at(-1)!, /--out .* is the OpenAPI document itself/, out);
+    assert.equal(readFileSync(join(dir, 'api.json'), 'utf8'), spec, out);
+  }
+  assert.equal(importCommand(['openapi', 'link.json', '--out', 'api.json', '--service-url', 'http://127.0.0.1:9'], io), 1);
+  assert.equal(readFileSync(join(dir, 'api.json'), 'utf8'), spec);
+  // another file is written as before
+  assert.equal(importCommand(['openapi', 'api.json', '--out', 'sub/turnpike.yaml', '--service-url', 'http://127.0.0.1:9'], io), 0, err.join(''));
 });

@@ -6,7 +6,7 @@
  * document. The document is compiled the way the plugin will compile it, so what is written
  * validates.
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { parseCommand } from './args.js';
 import { Document, isScalar, isSeq, visit } from 'yaml';
@@ -258,6 +258,17 @@ export function importOpenapi(text: string, o: ImportOptions): ImportResult {
   return { yaml: head + out.toString({ lineWidth: 0, flowCollectionPadding: false }), routes: routes.size, operations, warnings };
 }
 
+/** Whether two paths name one file (the same path, a symbolic or a hard link); false when either does not exist. */
+function sameFile(a: string, b: string): boolean {
+  try {
+    const x = statSync(a);
+    const y = statSync(b);
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
 /** The `import` command: `import openapi SPEC ...`. Returns the exit code. */
 export function importCommand(argv: string[], io: { stdout: (s: string) => void; stderr: (s: string) => void; cwd: string } = {
   stdout: (s) => process.stdout.write(s), stderr: (s) => process.stderr.write(s), cwd: process.cwd(),
@@ -279,6 +290,10 @@ export function importCommand(argv: string[], io: { stdout: (s: string) => void;
     text = readFileSync(resolve(io.cwd, spec), 'utf8');
   } catch (err) {
     io.stderr(`cannot read ${spec}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}\n`);
+    return 1;
+  }
+  if (values.out !== undefined && sameFile(resolve(io.cwd, spec), resolve(io.cwd, values.out))) {
+    io.stderr(`--out ${values.out} is the OpenAPI document itself (${spec}): the config would overwrite it; give another file\n`);
     return 1;
   }
   let result: ImportResult;
