@@ -895,3 +895,15 @@ test('turnpike start --config "" (a script\'s unset $CONFIG) is a usage error (2
   }
   assert.ok(!existsSync(join(dir, 'turnpike.db')), 'a store was created');
 });
+
+test('an upstream URL whose host is no host name (a quote, braces: WHATWG URL lets them through) is a config error naming the path; the access log and metrics write origins unescaped', () => {
+  for (const url of ['http://a"b:1/', 'http://a{b}/', "http://it's:80"]) {
+    const issues = issuesOf(`services: [{name: a, url: '${url.replace(/'/g, "''")}', routes: [{paths: [/a]}]}]\n`);
+    assert.equal(issues.length, 1, `${url}: ${JSON.stringify(issues)}`);
+    assert.equal(issues[0]!.path, 'services[0].url');
+    assert.match(issues[0]!.message, /not a host name/);
+  }
+  for (const url of ['http://my_svc.ns.svc.cluster.local:8080', 'http://[::1]:9', 'http://127.0.0.1:1', 'http://xn--bcher-kva.example', 'http://bücher.example', 'http://host.example./x']) {
+    assert.deepEqual(issuesOf(`services: [{name: a, url: '${url}', routes: [{paths: [/a]}]}]\n`), [], url);
+  }
+});

@@ -621,6 +621,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         continue;
       }
       if (u.username || u.password) { fail(r.path, 'credentials in upstream URLs are not supported'); continue; }
+      // WHATWG URL lets " ' { } ! * ... through in a host; no DNS name holds them, and the origin
+      // goes unescaped into access log lines (upstream) and metric labels.
+      if (u.hostname.charCodeAt(0) !== 0x5b /* [ */ && !/^[A-Za-z0-9._-]+$/.test(u.hostname)) { fail(r.path, `host ${JSON.stringify(u.hostname)} is not a host name (letters, digits, - . _) nor an IP address`); continue; }
       if (u.search || u.hash) { fail(r.path, 'an upstream URL may not have a query or fragment'); continue; }
       const basePath = u.pathname === '/' ? '' : u.pathname.replace(/\/$/, '');
       const id = `${s.name}|${u.origin}${basePath}`;
