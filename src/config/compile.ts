@@ -465,11 +465,18 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const consumers = new Map<string, Consumer>();
   const credentials = new Map<string, { consumer: Consumer; credential: Record<string, unknown> }[]>();
   const credentialPaths = new Map<object, PathSegment[]>();
+  /**
+   * Consumers that declare credentials, of any type: none is ever named by a token claim or a
+   * certificate CN — also one whose credentials are held (portal approved / verified false) or
+   * who has only a portal login (PluginDeps.credentialed).
+   */
+  const credentialed = new Set<Consumer>();
   const developerEmails = new Map<string, string>();
   (cfg.consumers ?? []).forEach((c, ci) => {
     if (consumers.has(c.name)) fail(['consumers', ci, 'name'], `duplicate consumer name "${c.name}"`);
     const consumer: Consumer = Object.freeze({ id: c.id ?? consumerId(c.name), name: c.name, groups: Object.freeze([...(c.groups ?? [])]), plan: c.plan });
     consumers.set(c.name, consumer);
+    if (c.credentials?.length) credentialed.add(consumer);
     // A developer awaiting approval or email verification (their portal credential says so):
     // their other credentials do not authenticate yet.
     const held = c.credentials?.some((cr) => cr.type === 'portal' && ((cr as Record<string, unknown>)['approved'] === false || (cr as Record<string, unknown>)['verified'] === false)) ?? false;
@@ -507,7 +514,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   if (cfg.redis && !counters.redis && deps.counters) fail(['redis'], 'the Redis store is not available');
   const consumerHeaders: ConsumerHeaders = { ...DEFAULT_CONSUMER_HEADERS, ...cfg.consumer_headers };
   for (const k of Object.keys(consumerHeaders) as (keyof ConsumerHeaders)[]) consumerHeaders[k] = consumerHeaders[k].toLowerCase();
-  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, inputs, deps.caches);
+  const plugins = new PluginCompiler(PLUGINS, consumers, credentials, credentialed, { clientCa: !!cfg.tls?.client_ca }, counters, consumerHeaders, deps.log ?? silentLogger, fail, inputs, deps.caches);
   plugins.setGlobal(cfg.plugins);
   // own keys only: a plan named toString or constructor is not on every object
   const hasPlan = (name: string): boolean => cfg.plans !== undefined && Object.hasOwn(cfg.plans, name);

@@ -139,12 +139,13 @@ export class PluginCompiler {
   private readonly plans = new Map<string, { bindings: Binding[]; services: ReadonlySet<string> | null; routes: ReadonlySet<string> | null }>();
   /** Per service bindings: the merged bindings and base chain of its routes that bind nothing themselves (and their whole chains when no consumer can change them). */
   private readonly serviceChains = new Map<Binding[], { merged: Map<string, Binding>; base: Chain; chains: RouteChains | null }>();
-  private credentialed: ReadonlySet<Consumer> | null = null;
 
   constructor(
     private readonly registry: ReadonlyMap<string, PluginDef>,
     private readonly consumers: ReadonlyMap<string, Consumer>,
     private readonly credentials: ReadonlyMap<string, { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[]>,
+    /** Consumers that declare credentials of any type (held ones too): PluginDeps.credentialed. */
+    private readonly credentialed: ReadonlySet<Consumer>,
     private readonly listeners: PluginDeps['listeners'],
     private readonly counters: PluginDeps['counters'],
     private readonly consumerHeaders: ConsumerHeaders,
@@ -205,7 +206,7 @@ export class PluginCompiler {
         log: this.log,
         consumers: this.consumers,
         credentials: this.credentials.get(def.name) ?? [],
-        credentialed: this.credentialed ??= new Set([...this.credentials.values()].flatMap((l) => l.map((c) => c.consumer))),
+        credentialed: this.credentialed,
         where: bp.join('.'),
         // (a plugin is bound once per place and consumer: the rest is checked above)
         counterScope: `${owner}|${def.name}${b.consumer !== undefined ? `|consumer:${b.consumer}` : ''}`,

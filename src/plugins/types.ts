@@ -195,8 +195,9 @@ export interface PluginDeps {
   consumers: ReadonlyMap<string, Consumer>;
   credentials: readonly { consumer: Consumer; credential: Readonly<Record<string, unknown>> }[];
   /**
-   * Consumers that declare credentials (of any type): a plugin that may name a consumer by a
-   * claim or certificate name matches these by their credentials only, never by their name.
+   * Consumers that declare credentials (of any type, a portal login too, and also when they are
+   * held: approved / verified false): a plugin that may name a consumer by a claim or
+   * certificate name matches these by their credentials only, never by their name.
    */
   credentialed: ReadonlySet<Consumer>;
   /** Where the binding is (for messages): its position in the config, e.g. services.4.plugins.0. */

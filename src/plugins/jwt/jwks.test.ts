@@ -49,10 +49,10 @@ async function startJwks(keys: Key[]) {
   };
 }
 
-async function sign(key: Key, opts: { kid?: string | null; iss?: string } = {}): Promise<string> {
+async function sign(key: Key, opts: { kid?: string | null; iss?: string; sub?: string } = {}): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   const kid = opts.kid === undefined ? key.kid : opts.kid;
-  return new SignJWT({ aud: 'api', sub: 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}) })
+  return new SignJWT({ aud: 'api', sub: opts.sub ?? 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}) })
     .setProtectedHeader({ alg: 'RS256', typ: 'JWT', ...(kid === null ? {} : { kid }) })
     .sign(key.priv);
 }
@@ -234,5 +234,52 @@ services:
     await up.close();
     failing.closeAllConnections();
     await new Promise<void>((r) => failing.close(() => r()));
+  }
+});
+
+test('a consumer whose credentials are held (portal approved/verified false) or who has only a portal login is never named by a token claim', async () => {
+  const k1 = await newKey('k1');
+  const idp = await startJwks([k1]);
+  const up = await startUpstream();
+  let gw: TestGateway | undefined;
+  try {
+    const login = (email: string) => `{type: portal, email: "${email}", password_hash: "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`;
+    gw = await startGateway(`
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - name: api
+        paths: [/api]
+        plugins:
+          - {name: jwt, config: {jwks_url: "${idp.url}/jwks", audiences: [api]}}
+          - {name: acl, config: {allow: [partners]}}
+consumers:
+  - name: suspended
+    groups: [partners]
+    credentials:
+      - ${login('s@example.com').replace('}', ', approved: false}')}
+      - {type: key-auth, key: suspended-key-0001}
+  - name: unverified
+    groups: [partners]
+    credentials: [${login('u@example.com').replace('}', ', verified: false}')}]
+  - name: developer
+    groups: [partners]
+    credentials: [${login('d@example.com')}]
+  - name: plain
+    groups: [partners]
+`);
+    const get = async (sub: string) => request(`${gw!.url}/api`, { headers: { authorization: `Bearer ${await sign(k1, { sub })}` } });
+    const plain = await get('plain');
+    assert.equal(plain.status, 200, 'a consumer that declares no credentials is named by the claim');
+    assert.equal(JSON.parse(plain.body).headers['x-consumer-name'], 'plain');
+    for (const sub of ['suspended', 'unverified', 'developer']) {
+      const r = await get(sub);
+      assert.equal(r.status, 403, `sub ${sub}: not that consumer (no groups: the acl refuses) — ${r.body}`);
+    }
+  } finally {
+    await gw?.close();
+    await up.close();
+    await idp.close();
   }
 });
