@@ -283,3 +283,27 @@ consumers:
     await idp.close();
   }
 });
+
+test('keys published without kid (RFC 7517 §4.5: kid is optional) verify tokens that carry one, without a fetch per token; a token signed by no published key is 401', async () => {
+  const k1 = await newKey('k1');
+  const k2 = await newKey('k2');
+  const stranger = await newKey('k1');
+  const { kid: _a, ...bare1 } = k1.pub;
+  const { kid: _b, ...bare2 } = k2.pub;
+  const idp = await startJwks([{ ...k1, pub: bare1 }, { ...k2, pub: bare2 }]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api], cache: false}`, async (get) => {
+      const r = await get(await sign(k1, { kid: 'whatever-the-idp-puts' }));
+      assert.equal(r.status, 200, r.body);
+      assert.equal((await get(await sign(k2, { kid: 'k2' }))).status, 200, 'the second kid-less key');
+      const hits = idp.state.hits;
+      assert.equal((await get(await sign(k2, { kid: 'other' }))).status, 200);
+      assert.equal(idp.state.hits, hits, 'no fetch for it');
+      const bad = await get(await sign(stranger));
+      assert.equal(bad.status, 401);
+      assert.match(String(bad.headers['www-authenticate']), /error="invalid_token"/);
+    });
+  } finally {
+    await idp.close();
+  }
+});

@@ -23,6 +23,12 @@ export interface KeySourceOptions {
 export class KeySource {
   private jwksUrl: string | undefined;
   private local: ReturnType<typeof createLocalJWKSet> | null = null;
+  /**
+   * The published keys that have no kid (RFC 7517 §4.5: optional), null when every key has one:
+   * a token's kid cannot name them, so a token whose kid is in no key is tried with these (as
+   * Envoy's jwt_authn matches a kid-less JWK with any token kid).
+   */
+  private noKid: ReturnType<typeof createLocalJWKSet> | null = null;
   private fetchedAt = 0;
   private attemptAt = 0;
   private loading: Promise<void> | null = null;
@@ -59,6 +65,14 @@ export class KeySource {
       return await this.local!(header, token);
     } catch (err) {
       if ((err as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw err;
+      // A kid that no key has, and keys without one: those (no fetch: such an IdP's kid names nothing).
+      if (this.noKid !== null && typeof header.kid === 'string') {
+        try {
+          return await this.noKid({ ...header, kid: undefined }, { ...token, header: undefined });
+        } catch (inner) {
+          if ((inner as { code?: string }).code !== 'ERR_JWKS_NO_MATCHING_KEY') throw inner;
+        }
+      }
       // An unknown kid: a fetch under way may bring it; else fetch now unless one was made
       // within the cooldown (a flood of made-up kids costs the IdP one fetch per cooldown).
       // One round at most: the wait is bounded by one fetch.
@@ -86,6 +100,8 @@ export class KeySource {
         // hand stay rather than every token being refused until the next fetch.
         if (keys.length === 0 && this.local !== null) throw new Error(`JWKS ${this.jwksUrl} answered an empty key set (the keys in hand are kept)`);
         this.local = createLocalJWKSet(json as JSONWebKeySet);
+        const kidless = (keys as unknown[]).filter((k) => (k as { kid?: unknown }).kid === undefined) as JSONWebKeySet['keys'];
+        this.noKid = kidless.length > 0 ? createLocalJWKSet({ keys: kidless }) : null;
         const published = new Set(keys.map((k) => JSON.stringify(k)));
         for (const k of this.published) {
           if (!published.has(k)) {
