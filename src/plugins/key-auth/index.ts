@@ -58,6 +58,16 @@ export default definePlugin({
     return {
       authenticate(ctx) {
         let key = header !== null ? ctx.header(header) : undefined;
+        // A key in the header and another in the query: one would be checked and the upstream
+        // could read the other (maybe another consumer's). Parsed only when the query could hold it.
+        if (key !== undefined && key !== '' && query !== null && ctx.query.length > 1 && (ctx.query.includes(query) || ctx.query.includes('%'))) {
+          for (const v of new URLSearchParams(ctx.query.slice(1)).getAll(query)) {
+            if (v !== '' && v !== key) {
+              ctx.credentialParam = query; // (an anonymous consumer may still go on: no cache keys with it)
+              return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (header ${header} and query parameter ${query})` };
+            }
+          }
+        }
         // (an empty header is no key: the query may still carry one)
         if ((key === undefined || key === '') && query !== null && ctx.query !== '') {
           const all = new URLSearchParams(ctx.query.slice(1)).getAll(query);

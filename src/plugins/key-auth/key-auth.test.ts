@@ -157,6 +157,19 @@ test('two keys in the query (the same parameter twice): 401, neither is taken (t
   assert.equal((await request(`${t.url}/custom?apikey=${ALICE_KEY}&token=${BOB_KEY}`)).status, 200);
 });
 
+test('a key in the header and another in the query parameter: 401, neither is taken (the upstream could read the query one); the same key in both passes', T, async () => {
+  const before = up.requests.length;
+  for (const [path, header, q] of [['/default', 'apikey', `apikey=${BOB_KEY}`], ['/default', 'apikey', `apikey=not-a-key-123`], ['/custom', 'x-api-token', `token=${BOB_KEY}`], ['/default', 'apikey', `x=1&api%6Bey=${BOB_KEY}`]] as const) {
+    const r = await request(`${t.url}${path}?${q}`, { headers: { [header]: ALICE_KEY } });
+    assertUnauthorized(r, ALICE_KEY, BOB_KEY);
+    assert.match((JSON.parse(r.body) as { detail: string }).detail, /more than one API key/, q);
+  }
+  assert.equal(up.requests.length, before, 'the upstream was called');
+  assert.equal((await request(`${t.url}/default?apikey=${ALICE_KEY}`, { headers: { apikey: ALICE_KEY } })).status, 200, 'the same key twice');
+  assert.equal((await request(`${t.url}/default?apikey=`, { headers: { apikey: ALICE_KEY } })).status, 200, 'an empty parameter is no key');
+  assert.equal((await request(`${t.url}/headeronly?apikey=${BOB_KEY}`, { headers: { apikey: ALICE_KEY } })).status, 200, 'query: false: the parameter is no credential');
+});
+
 test('an underscore spelling of the key header (X_Api_Token, read as the same field by CGI, WSGI, Rack and PHP) never reaches the upstream', T, async () => {
   const r = await request(`${t.url}/custom`, { headers: { 'x-api-token': ALICE_KEY, X_Api_Token: BOB_KEY, 'x-api_token': BOB_KEY, 'x_other': 'kept' } });
   assert.equal(r.status, 200, r.body);
