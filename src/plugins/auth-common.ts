@@ -1,7 +1,8 @@
 /** Helpers shared by the auth plugins. */
 import { createHash, hash, timingSafeEqual } from 'node:crypto';
 import { Type } from '@sinclair/typebox';
-import type { AuthOutcome, Consumer } from './types.js';
+import type { TLSSocket } from 'node:tls';
+import type { AuthOutcome, Consumer, RequestCtx } from './types.js';
 
 /** `anonymous` and `hide_credentials`, common to every auth plugin's config. */
 export const AuthCommon = {
@@ -104,4 +105,28 @@ export function uniqueField(field: string) {
     });
     return problems;
   };
+}
+
+/**
+ * Why a sender-constrained access token (its `cnf` claim or introspection member, RFC 7800) does
+ * not pass as a Bearer token on this request, or null when it does (no `cnf`, or bound to the
+ * client certificate of this very TLS connection). A token bound to a DPoP key (RFC 9449 `jkt`)
+ * or another proof-of-possession key (`jwk`, `jwe`, `kid`) is not a bearer token: taken as one,
+ * whoever stole it could use it (RFC 9449 §7.2: refused). One bound to a client certificate
+ * (RFC 8705 §3: `x5t#S256`) passes only over a connection that presented that certificate.
+ */
+export function boundTokenProblem(cnf: unknown, ctx: RequestCtx): string | null {
+  if (cnf === null || typeof cnf !== 'object') return null;
+  const c = cnf as Record<string, unknown>;
+  const x5t = c['x5t#S256'];
+  if (x5t !== undefined) {
+    const socket = ctx.req.socket as Partial<TLSSocket>;
+    const raw = socket.encrypted === true ? socket.getPeerCertificate?.()?.raw : undefined;
+    if (typeof x5t === 'string' && raw !== undefined && hash('sha256', raw, 'base64url') === x5t) return null;
+    return 'the token is bound to a client certificate (RFC 8705) that this connection did not present';
+  }
+  if (c['jkt'] !== undefined || c['jwk'] !== undefined || c['jwe'] !== undefined || c['kid'] !== undefined) {
+    return 'the token is bound to a proof-of-possession key (DPoP, RFC 9449): it cannot be used as a Bearer token';
+  }
+  return null;
 }

@@ -9,7 +9,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, queryHasAccessToken, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
@@ -153,6 +153,11 @@ export default definePlugin({
       return judge(payload);
     };
     const done = (ctx: RequestCtx, outcome: AuthOutcome, fromCookie: boolean): AuthOutcome => {
+      // A sender-constrained token (cnf): judged per request, the connection is part of it.
+      if (outcome.ok && outcome.claims?.['cnf'] !== undefined) {
+        const problem = boundTokenProblem(outcome.claims['cnf'], ctx);
+        if (problem !== null) return invalid(problem);
+      }
       if (outcome.ok && config.hide_credentials) {
         if (!fromCookie) ctx.removeUpstreamHeader('authorization');
         else {

@@ -49,10 +49,10 @@ async function startJwks(keys: Key[]) {
   };
 }
 
-async function sign(key: Key, opts: { kid?: string | null; iss?: string; sub?: string } = {}): Promise<string> {
+async function sign(key: Key, opts: { kid?: string | null; iss?: string; sub?: string; cnf?: unknown } = {}): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   const kid = opts.kid === undefined ? key.kid : opts.kid;
-  return new SignJWT({ aud: 'api', sub: opts.sub ?? 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}) })
+  return new SignJWT({ aud: 'api', sub: opts.sub ?? 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}), ...(opts.cnf !== undefined ? { cnf: opts.cnf } : {}) })
     .setProtectedHeader({ alg: 'RS256', typ: 'JWT', ...(kid === null ? {} : { kid }) })
     .sign(key.priv);
 }
@@ -305,5 +305,64 @@ test('keys published without kid (RFC 7517 §4.5: kid is optional) verify tokens
     });
   } finally {
     await idp.close();
+  }
+});
+
+test('sender-constrained tokens (cnf): bound to a DPoP key, never as Bearer (RFC 9449 §7.2); bound to a client certificate, only over a connection that presented it (RFC 8705 §3)', async () => {
+  const { request: httpsRequest } = await import('node:https');
+  const { X509Certificate, createHash } = await import('node:crypto');
+  const { makeCa } = await import('../../../test/certs.js');
+  const ca = makeCa('Client CA');
+  const server = ca.issue('api.test');
+  const mine = ca.issue('app-1', { client: true });
+  const other = ca.issue('app-2', { client: true });
+  const k1 = await newKey('k1');
+  const idp = await startJwks([k1]);
+  const up = await startUpstream();
+  let gw: TestGateway | undefined;
+  try {
+    gw = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: ${ca.certFile}
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - {name: api, paths: [/api], plugins: [{name: jwt, config: {jwks_url: "${idp.url}/jwks", audiences: [api]}}]}
+`);
+    const tlsPort = gw.gw.tlsAddress!.port;
+    const viaTls = (token: string, client?: { cert: Buffer | string; key: Buffer | string }) => new Promise<{ status: number; challenge: string }>((resolve, reject) => {
+      const r = httpsRequest({ host: '127.0.0.1', port: tlsPort, path: '/api', servername: 'api.test', ca: ca.cert, agent: false, headers: { authorization: `Bearer ${token}` }, ...(client ? { cert: client.cert, key: client.key } : {}) }, (res) => {
+        res.resume();
+        res.on('end', () => resolve({ status: res.statusCode!, challenge: String(res.headers['www-authenticate'] ?? '') }));
+      });
+      r.on('error', reject);
+      r.end();
+    });
+    const plain = (token: string) => request(`${gw!.url}/api`, { headers: { authorization: `Bearer ${token}` } });
+    const dpop = await sign(k1, { cnf: { jkt: '0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I' } });
+    for (const r of [await plain(dpop), await plain(dpop)]) {
+      assert.equal(r.status, 401, `a DPoP-bound token as Bearer (a second time: from the cache): ${r.body}`);
+      assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+    }
+    assert.equal((await viaTls(dpop, mine)).status, 401);
+    const thumb = createHash('sha256').update(new X509Certificate(mine.cert).raw).digest('base64url');
+    const bound = await sign(k1, { cnf: { 'x5t#S256': thumb } });
+    assert.equal((await viaTls(bound, mine)).status, 200, 'over a connection with that certificate');
+    assert.equal((await viaTls(bound, mine)).status, 200, 'again (from the cache)');
+    const wrong = await viaTls(bound, other);
+    assert.equal(wrong.status, 401, 'another client certificate');
+    assert.match(wrong.challenge, /error="invalid_token"/);
+    assert.equal((await viaTls(bound)).status, 401, 'no client certificate');
+    assert.equal((await plain(bound)).status, 401, 'plain HTTP');
+    assert.equal((await plain(await sign(k1, { cnf: {} }))).status, 200, 'a cnf that binds to nothing');
+    assert.equal((await plain(await sign(k1))).status, 200);
+  } finally {
+    await gw?.close();
+    await up.close();
+    await idp.close();
+    ca.cleanup();
   }
 });

@@ -9,7 +9,7 @@
  * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
@@ -173,6 +173,11 @@ export default definePlugin({
             inflight.set(key, p);
           }
           outcome = await p;
+        }
+        // A sender-constrained token (cnf, RFC 7800): judged per request, the connection is part of it.
+        if (outcome.ok && outcome.claims?.['cnf'] !== undefined) {
+          const problem = boundTokenProblem(outcome.claims['cnf'], ctx);
+          if (problem !== null) return invalid(problem);
         }
         if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
         return outcome;

@@ -314,3 +314,17 @@ test('a client_id or client_secret the IdP can never match (a file\'s last newli
   assert.deepEqual(configIssues(cfg('gateway', ''), { SECRET: ' gateway secret ' }), []);
   for (const i of configIssues(cfg('gateway', ''), { SECRET: 'gateway-secret\n' })) assert.doesNotMatch(i.message, /gateway-secret/);
 });
+
+test('an active token bound to a DPoP key or a client certificate (cnf, RFC 9449 §7.2 / RFC 8705 §3) is refused as Bearer over a connection without that certificate', async () => {
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  for (const [i, cnf] of [{ jkt: '0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I' }, { 'x5t#S256': 'bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2' }].entries()) {
+    ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp, token_type: i === 0 ? 'DPoP' : 'Bearer', cnf } };
+    for (const round of ['asked', 'cached']) {
+      const r = await get('/ctl', `bound-${i}-${'b'.repeat(20)}`);
+      assert.equal(r.status, 401, `${JSON.stringify(cnf)} (${round}): ${r.body}`);
+      assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+    }
+  }
+  ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp } };
+  assert.equal((await get('/ctl', `unbound-${'u'.repeat(20)}`)).status, 200);
+});
