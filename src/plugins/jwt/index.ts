@@ -203,9 +203,14 @@ export default definePlugin({
             removalsSeen = removals;
           }
           key = sha256b64(token);
-          const hit = cache.get(key);
-          // A token verified before: answered at once (no promise on the request path).
-          if (hit !== undefined) return done(ctx, hit, fromCookie);
+          const now = Date.now();
+          const hit = cache.get(key, now);
+          // A token verified before: answered at once (no promise on the request path); the
+          // keys are refreshed when due all the same (a key gone empties the cache).
+          if (hit !== undefined) {
+            keys.refreshIfDue(now);
+            return done(ctx, hit, fromCookie);
+          }
         }
         return verify(token).then((outcome) => {
           // Not cached when a key went away meanwhile (it may have been verified with that one).

@@ -366,3 +366,26 @@ services:
     ca.cleanup();
   }
 });
+
+test('with every request a cache hit, the keys are still refreshed every jwks_refresh: a key the IdP stops publishing stops its cached tokens', async () => {
+  const k1 = await newKey('k1');
+  const k2 = await newKey('k2');
+  const idp = await startJwks([k1, k2]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api], jwks_refresh: 300ms, jwks_cooldown: 100ms}`, async (get) => {
+      const token = await sign(k1);
+      assert.equal((await get(token)).status, 200);
+      const hits = idp.state.hits;
+      idp.state.keys = [k2]; // k1 revoked
+      let status = 200;
+      for (let i = 0; i < 20 && status === 200; i++) {
+        await sleep(100);
+        status = (await get(token)).status;
+      }
+      assert.ok(idp.state.hits > hits, 'the keys were fetched again');
+      assert.equal(status, 401, 'the token of the key gone is refused within about jwks_refresh');
+    });
+  } finally {
+    await idp.close();
+  }
+});

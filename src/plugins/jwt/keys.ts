@@ -86,6 +86,15 @@ export class KeySource {
     }
   };
 
+  /**
+   * A background fetch when one is due (for requests answered from a verified-token cache,
+   * which never ask for a key: the set must still be refreshed, or a key the IdP stopped
+   * publishing would keep passing its cached tokens).
+   */
+  refreshIfDue(now: number): void {
+    if (this.local !== null && this.loading === null && now - this.fetchedAt >= this.o.refreshMs && now - this.attemptAt >= this.o.cooldownMs) void this.load();
+  }
+
   /** One fetch at a time; failures keep the keys in hand. */
   load(): Promise<void> {
     this.loading ??= (async () => {
