@@ -14,6 +14,18 @@ export const sha256 = (s: string | Buffer): Buffer => createHash('sha256').updat
 /** SHA-256 as base64, one shot (the cache key of a token). */
 export const sha256b64 = (s: string): string => hash('sha256', s, 'base64');
 
+/**
+ * Scopes of a token's claims or an introspection answer: `scope` (space-separated: RFC 8693,
+ * RFC 9068, RFC 7662) or `scp` (Entra ID, Okta), either as a string or a JSON array (as some
+ * IdPs send them).
+ */
+export function scopesOf(p: Readonly<Record<string, unknown>>): string[] {
+  const s = p['scope'] ?? p['scp'];
+  if (typeof s === 'string') return s.split(' ').filter(Boolean);
+  if (Array.isArray(s)) return s.filter((x): x is string => typeof x === 'string');
+  return [];
+}
+
 /** Constant-time equality of two byte strings of any length. */
 export function safeEqual(a: Buffer, b: Buffer): boolean {
   const ha = sha256(a);

@@ -9,21 +9,13 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
 
 type Ok = Extract<AuthOutcome, { ok: true }>;
-
-/** Scopes from `scope` (space-separated, RFC 8693/9068) or `scp` (array or string). */
-export function scopesOf(p: JWTPayload): string[] {
-  const s = p['scope'] ?? p['scp'];
-  if (typeof s === 'string') return s.split(' ').filter(Boolean);
-  if (Array.isArray(s)) return s.filter((x): x is string => typeof x === 'string');
-  return [];
-}
 
 /** A `typ` (or media type) compared as RFC 7515 §4.1.9 says: no case, `application/` optional. */
 const mediaTypeOf = (t: string): string => {

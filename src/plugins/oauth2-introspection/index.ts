@@ -9,7 +9,7 @@
  * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, scopesOf, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
@@ -137,7 +137,7 @@ export default definePlugin({
         const auds = Array.isArray(aud) ? aud : typeof aud === 'string' ? [aud] : [];
         if (!auds.some((a) => config.audiences!.includes(a as string))) return { outcome: invalid('the token is not for this API'), until };
       }
-      const scopes = typeof body['scope'] === 'string' ? (body['scope'] as string).split(' ').filter(Boolean) : [];
+      const scopes = scopesOf(body);
       const lacking = wantScopes.filter((s) => !scopes.includes(s));
       if (lacking.length) {
         return { outcome: { ok: false, missing: false, status: 403, challenge: `${REALM}, error="insufficient_scope", scope="${wantScopes.join(' ')}"`, detail: `the token lacks the scope ${lacking.join(', ')}` }, until };

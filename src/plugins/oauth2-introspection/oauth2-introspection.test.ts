@@ -72,6 +72,11 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${ctl.url}/introspect, client_id: gateway, client_secret: s, negative_cache_ttl: 30s, cache_ttl: 30s}
+      - name: ctl-scoped
+        paths: [/ctl-scoped]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${ctl.url}/introspect, client_id: gateway, client_secret: s, scopes: [orders:read, orders:write]}
       - name: by-username
         paths: [/by-username]
         plugins:
@@ -327,4 +332,23 @@ test('an active token bound to a DPoP key or a client certificate (cnf, RFC 9449
   }
   ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp } };
   assert.equal((await get('/ctl', `unbound-${'u'.repeat(20)}`)).status, 200);
+});
+
+test('scopes in the answer as RFC 7662 says (a space-separated string) or as some IdPs send them (a JSON array, scp): the same scopes', async () => {
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  const answers: [Record<string, unknown>, number][] = [
+    [{ scope: 'openid orders:read orders:write' }, 200],
+    [{ scope: ['orders:read', 'orders:write'] }, 200],
+    [{ scp: ['orders:write', 'orders:read'] }, 200],
+    [{ scp: 'orders:read orders:write' }, 200],
+    [{ scope: ['orders:read'] }, 403],
+    [{ scope: 'orders:read' }, 403],
+    [{}, 403],
+  ];
+  for (const [i, [extra, status]] of answers.entries()) {
+    ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp, ...extra } };
+    const r = await get('/ctl-scoped', `scoped-${i}-${'s'.repeat(20)}`);
+    assert.equal(r.status, status, `${JSON.stringify(extra)}: ${r.body}`);
+    if (status === 403) assert.match(String(r.headers['www-authenticate']), /error="insufficient_scope"/);
+  }
 });
