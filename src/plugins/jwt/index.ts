@@ -9,7 +9,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, twoTokenMethods, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, twoTokenMethods } from '../auth-common.js';
 import { parseDuration } from '../../config/units.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
@@ -38,7 +38,20 @@ export default definePlugin({
   schema: JwtConfig,
   credential: JwtCredential,
   scopes: ['global', 'service', 'route'],
-  prepareCredentials: uniqueField('subject'),
+  // A subject is one consumer's for an issuer; one without issuer stands for every issuer.
+  prepareCredentials(list) {
+    const seen = new Map<string, { issuer: string | undefined; consumer: string }[]>();
+    const problems: { index: number; field?: string; message: string }[] = [];
+    list.forEach(({ consumer, credential }, index) => {
+      const subject = String(credential['subject']);
+      const issuer = credential['issuer'] as string | undefined;
+      const same = seen.get(subject) ?? [];
+      const other = same.find((o) => o.issuer === undefined || issuer === undefined || o.issuer === issuer);
+      if (other !== undefined) problems.push({ index, field: 'subject', message: `"${subject}"${other.issuer !== undefined && issuer !== undefined ? ` of issuer ${issuer}` : ''} is also consumer "${other.consumer}"'s` });
+      else seen.set(subject, [...same, { issuer, consumer: consumer.name }]);
+    });
+    return problems;
+  },
   check(config) {
     const out: string[] = [];
     if (!config.issuer && !config.jwks_url) out.push('give issuer (OIDC discovery) or jwks_url');
@@ -58,9 +71,17 @@ export default definePlugin({
       cooldownMs: parseDuration(config.jwks_cooldown ?? '10s'),
       timeoutMs: parseDuration(config.timeout ?? '5s'),
     }, deps.log);
+    /** Credentials without issuer by subject; those with one by issuer, then subject. */
     const subjects = new Map<string, Consumer>();
+    const byIssuer = new Map<string, Map<string, Consumer>>();
     for (const { consumer, credential } of deps.credentials) {
-      subjects.set(String(credential['subject']), consumer);
+      const issuer = credential['issuer'];
+      if (typeof issuer !== 'string') subjects.set(String(credential['subject']), consumer);
+      else {
+        let m = byIssuer.get(issuer);
+        if (m === undefined) byIssuer.set(issuer, (m = new Map()));
+        m.set(String(credential['subject']), consumer);
+      }
     }
     const skewS = Math.ceil(parseDuration(config.clock_skew ?? '30s') / 1000);
     const claimName = config.consumer_claim ?? 'sub';
@@ -98,7 +119,8 @@ export default definePlugin({
       // By a jwt credential's subject; by name only a consumer that declares no credentials
       // (a token whose sub is "admin" does not stand for a consumer that has its own keys).
       const byName = deps.consumers.get(value);
-      const consumer = subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
+      const consumer = (byIssuer.size > 0 && typeof payload.iss === 'string' ? byIssuer.get(payload.iss)?.get(value) : undefined)
+        ?? subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
       if (consumer === null && config.require_consumer) return invalid('the token is not for a known consumer');
       return { ok: true, consumer, identity: consumer?.name ?? value, credential: `jwt:${value}`, scopes, claims: payload as Record<string, unknown> };
     };

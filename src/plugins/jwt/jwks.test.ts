@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { SignJWT, exportJWK, generateKeyPair, type CryptoKey, type JWK } from 'jose';
-import { request, sleep, startGateway, startUpstream, type TestGateway } from '../../../test/helpers.js';
+import { configIssues, request, sleep, startGateway, startUpstream, type TestGateway } from '../../../test/helpers.js';
 
 interface Key { kid: string; priv: CryptoKey; pub: JWK }
 
@@ -387,5 +387,55 @@ test('with every request a cache hit, the keys are still refreshed every jwks_re
     });
   } finally {
     await idp.close();
+  }
+});
+
+test('two IdPs: a jwt credential with an issuer stands for its consumer only in tokens of that issuer (another IdP\'s token with the same sub is not that consumer)', async () => {
+  const ka = await newKey('ka');
+  const kb = await newKey('kb');
+  const idpA = await startJwks([ka]);
+  const idpB = await startJwks([kb]);
+  const up = await startUpstream();
+  let gw: TestGateway | undefined;
+  try {
+    gw = await startGateway(`
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - {name: a, paths: [/a], plugins: [{name: jwt, config: {issuer: "${idpA.url}", audiences: [api]}}, {name: acl, config: {allow: [partners]}}]}
+      - {name: b, paths: [/b], plugins: [{name: jwt, config: {issuer: "${idpB.url}", audiences: [api]}}, {name: acl, config: {allow: [partners]}}]}
+consumers:
+  - name: partner
+    groups: [partners]
+    credentials: [{type: jwt, subject: svc, issuer: "${idpA.url}"}]
+  - name: other
+    groups: [partners]
+    credentials: [{type: jwt, subject: svc, issuer: "${idpB.url}-elsewhere"}]
+`);
+    const call = async (path: string, key: Key, iss: string) => request(`${gw!.url}${path}`, { headers: { authorization: `Bearer ${await sign(key, { iss, sub: 'svc' })}` } });
+    const a = await call('/a', ka, idpA.url);
+    assert.equal(a.status, 200, a.body);
+    assert.equal(JSON.parse(a.body).headers['x-consumer-name'], 'partner');
+    const b = await call('/b', kb, idpB.url);
+    assert.equal(b.status, 403, `IdP B's svc is not partner (nor other): ${b.body}`);
+  } finally {
+    await gw?.close();
+    await up.close();
+    await idpA.close();
+    await idpB.close();
+  }
+});
+
+test('config: a jwt subject is one consumer\'s only for an issuer (the same subject for another issuer is fine)', () => {
+  const issues = (creds: string) => configIssues(`
+consumers:
+  - {name: a, credentials: [${creds.split('|')[0]}]}
+  - {name: b, credentials: [${creds.split('|')[1]}]}
+`);
+  assert.deepEqual(issues('{type: jwt, subject: s, issuer: "https://a"}|{type: jwt, subject: s, issuer: "https://b"}'), []);
+  for (const pair of ['{type: jwt, subject: s}|{type: jwt, subject: s}', '{type: jwt, subject: s, issuer: "https://a"}|{type: jwt, subject: s, issuer: "https://a"}', '{type: jwt, subject: s}|{type: jwt, subject: s, issuer: "https://a"}']) {
+    const found = issues(pair);
+    assert.ok(found.some((i) => i.path === "consumers[1].credentials[0].subject" && /also consumer "a"'s/.test(i.message)), `${pair}: ${JSON.stringify(found)}`);
   }
 });

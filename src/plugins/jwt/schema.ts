@@ -33,8 +33,9 @@ export const JwtConfig = Type.Object({
 }, { additionalProperties: false });
 export type JwtConfig = Static<typeof JwtConfig>;
 
-/** consumers[].credentials[] entry of type jwt: maps a consumer_claim value to this consumer. */
+/** consumers[].credentials[] entry of type jwt: maps a consumer_claim value (of an issuer) to this consumer. */
 export const JwtCredential = Type.Object({
   type: Type.Literal('jwt'),
   subject: Type.String({ minLength: 1, description: 'The consumer_claim value (e.g. an OAuth client_id) that identifies this consumer.' }),
+  issuer: Type.Optional(Type.String({ minLength: 1, description: 'Only in tokens whose iss is this (with several IdPs, the same subject at another one is someone else); default: any issuer the binding accepts.' })),
 }, { additionalProperties: false });
