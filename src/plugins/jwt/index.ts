@@ -22,6 +22,18 @@ const mediaTypeOf = (t: string): string => {
   const l = t.toLowerCase();
   return l.startsWith('application/') ? l.slice(12) : l;
 };
+/**
+ * Whether a token's claims say it is no access token, though signed with the same key and
+ * typed JWT in its header: Keycloak's `typ` claim (ID, Refresh, Offline, Logout), AWS Cognito's
+ * and Ory Hydra's `token_use` (id, refresh_token). An ID token (whose aud is a client, often also
+ * the API's audience) would otherwise pass as a bearer token.
+ */
+function notAnAccessToken(p: JWTPayload): boolean {
+  const { typ, token_use: use } = p;
+  return (typeof typ === 'string' && /^(?:id|refresh|offline|logout)$/i.test(typ))
+    || (typeof use === 'string' && /^(?:id|refresh(?:[_-]?token)?)$/i.test(use));
+}
+
 /** The `typ` values accepted when `token_types` is not set (besides none at all). */
 const DEFAULT_TOKEN_TYPES = ['jwt', 'at+jwt'];
 
@@ -162,6 +174,7 @@ export default definePlugin({
       // Explicit typing: an ID-provider-signed token of another kind (logout+jwt, secevent+jwt...)
       // is not an access token, however valid its signature (RFC 8725 §3.11).
       if (typ === undefined ? typeRequired : typeof typ !== 'string' || !types.has(mediaTypeOf(typ))) return invalid('the token is not an access token of an accepted type');
+      if (notAnAccessToken(payload)) return invalid('the token is not an access token (an ID, refresh or logout token)');
       // jose checks iat only with maxTokenAge: a token issued in the future is refused here.
       if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + skewS) return invalid('the token was issued in the future');
       return judge(payload);

@@ -49,10 +49,10 @@ async function startJwks(keys: Key[]) {
   };
 }
 
-async function sign(key: Key, opts: { kid?: string | null; iss?: string; sub?: string; cnf?: unknown } = {}): Promise<string> {
+async function sign(key: Key, opts: { kid?: string | null; iss?: string; sub?: string; cnf?: unknown; claims?: Record<string, unknown> } = {}): Promise<string> {
   const now = Math.floor(Date.now() / 1000);
   const kid = opts.kid === undefined ? key.kid : opts.kid;
-  return new SignJWT({ aud: 'api', sub: opts.sub ?? 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}), ...(opts.cnf !== undefined ? { cnf: opts.cnf } : {}) })
+  return new SignJWT({ aud: 'api', sub: opts.sub ?? 'alice', iat: now, exp: now + 300, ...(opts.iss ? { iss: opts.iss } : {}), ...(opts.cnf !== undefined ? { cnf: opts.cnf } : {}), ...opts.claims })
     .setProtectedHeader({ alg: 'RS256', typ: 'JWT', ...(kid === null ? {} : { kid }) })
     .sign(key.priv);
 }
@@ -437,5 +437,25 @@ consumers:
   for (const pair of ['{type: jwt, subject: s}|{type: jwt, subject: s}', '{type: jwt, subject: s, issuer: "https://a"}|{type: jwt, subject: s, issuer: "https://a"}', '{type: jwt, subject: s}|{type: jwt, subject: s, issuer: "https://a"}']) {
     const found = issues(pair);
     assert.ok(found.some((i) => i.path === "consumers[1].credentials[0].subject" && /also consumer "a"'s/.test(i.message)), `${pair}: ${JSON.stringify(found)}`);
+  }
+});
+
+test('an ID, refresh or logout token the IdP signs with its access-token key is not an access token (Keycloak typ claim, Cognito / Hydra token_use): 401 invalid_token', async () => {
+  const k1 = await newKey('k1');
+  const idp = await startJwks([k1]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api]}`, async (get) => {
+      for (const claims of [{ typ: 'ID' }, { typ: 'Refresh' }, { typ: 'Offline' }, { typ: 'Logout' }, { token_use: 'id' }, { token_use: 'refresh_token' }]) {
+        const r = await get(await sign(k1, { claims }));
+        assert.equal(r.status, 401, `${JSON.stringify(claims)}: ${r.body}`);
+        assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+      }
+      for (const claims of [{ typ: 'Bearer' }, { token_use: 'access' }, {}]) {
+        const r = await get(await sign(k1, { claims }));
+        assert.equal(r.status, 200, `${JSON.stringify(claims)}: ${r.body}`);
+      }
+    });
+  } finally {
+    await idp.close();
   }
 });
