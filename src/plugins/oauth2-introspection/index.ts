@@ -41,16 +41,17 @@ const PAUSED = unavailable('the token cannot be checked now (the identity provid
 const TOKEN_ERRORS = new Set(['invalid_token', 'unsupported_token_type', 'invalid_request']);
 
 /**
- * Whether an active answer says the token is a refresh token: those are for the token endpoint
- * only (RFC 6749 §1.5, §10.4) and live much longer, yet IdPs introspect them as active. Said as
- * token_type `refresh_token` (RFC 7662 §2.2 leaves it to the IdP), `typ` `Refresh` / `Offline`
- * (Keycloak), `token_use` `refresh_token` (Ory Hydra).
+ * Whether an active answer says the token is no access token: a refresh token (for the token
+ * endpoint only, RFC 6749 §1.5, §10.4, and much longer-lived) or an ID or logout token, which
+ * IdPs introspect as active too. Said as token_type `refresh_token` (RFC 7662 §2.2 leaves it to
+ * the IdP), `typ` `Refresh` / `Offline` / `ID` / `Logout` (Keycloak), `token_use`
+ * `refresh_token` (Ory Hydra) / `id` (Cognito).
  */
 function isRefreshToken(body: Record<string, unknown>): boolean {
   const { token_type: type, typ, token_use: use } = body;
   return (typeof type === 'string' && /^refresh(?:[_-]?token)?$/i.test(type))
-    || (typeof typ === 'string' && /^(?:refresh|offline)$/i.test(typ))
-    || (typeof use === 'string' && /^refresh(?:[_-]?token)?$/i.test(use));
+    || (typeof typ === 'string' && /^(?:refresh|offline|id|logout)$/i.test(typ))
+    || (typeof use === 'string' && /^(?:id|refresh(?:[_-]?token)?)$/i.test(use));
 }
 
 /** RFC 6749 §2.3.1: client id and secret are form-encoded before they go into Basic. */
@@ -126,7 +127,7 @@ export default definePlugin({
         return failed('the token cannot be checked now (the identity provider refused the introspection call)');
       }
       if (body['active'] !== true) return { outcome: invalid('the token is not active'), until: now + negativeTtl };
-      if (isRefreshToken(body)) return { outcome: invalid('the token is a refresh token, not an access token'), until: now + negativeTtl };
+      if (isRefreshToken(body)) return { outcome: invalid('the token is not an access token (a refresh, ID or logout token)'), until: now + negativeTtl };
       const exp = typeof body['exp'] === 'number' ? body['exp'] * 1000 : Infinity;
       if (exp <= now) return { outcome: invalid('the token has expired'), until: now + negativeTtl };
       // Not valid yet (RFC 7662 §2.2 nbf), with the same tolerance as jwt's clock skew.

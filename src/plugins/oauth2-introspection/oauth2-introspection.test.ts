@@ -352,3 +352,13 @@ test('scopes in the answer as RFC 7662 says (a space-separated string) or as som
     if (status === 403) assert.match(String(r.headers['www-authenticate']), /error="insufficient_scope"/);
   }
 });
+
+test('an active ID token (Keycloak introspects it as active with typ ID; Cognito token_use id) is refused 401 invalid_token: it is not an access token', async () => {
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  for (const [i, extra] of [{ typ: 'ID' }, { typ: 'id' }, { typ: 'Logout' }, { token_use: 'id' }].entries()) {
+    ctlAnswer = { status: 200, body: { active: true, client_id: 'svc-a', exp, ...extra } };
+    const r = await get('/ctl', `idtoken-${i}-${'i'.repeat(20)}`);
+    assert.equal(r.status, 401, `${JSON.stringify(extra)}: ${r.body}`);
+    assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
+  }
+});
