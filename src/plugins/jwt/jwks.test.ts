@@ -459,3 +459,30 @@ test('an ID, refresh or logout token the IdP signs with its access-token key is 
     await idp.close();
   }
 });
+
+test('a key published as its certificate only (x5c, RFC 7517 §4.7, without n/e or x/y) verifies its tokens', async () => {
+  const { X509Certificate, createPrivateKey } = await import('node:crypto');
+  const { makeCa } = await import('../../../test/certs.js');
+  const ca = makeCa('IdP signing CA');
+  const signer = ca.issue('idp-signer');
+  const der = new X509Certificate(signer.cert).raw.toString('base64');
+  const priv = createPrivateKey(signer.key);
+  const rsa = await newKey('rs');
+  const idp = await startJwks([{ kid: 'x5c-only', priv: rsa.priv, pub: { kty: 'EC', kid: 'x5c-only', use: 'sig', alg: 'ES256', x5c: [der] } }, rsa]);
+  try {
+    await withGateway(`{jwks_url: "${idp.url}/jwks", audiences: [api]}`, async (get) => {
+      const now = Math.floor(Date.now() / 1000);
+      const token = await new SignJWT({ aud: 'api', sub: 'alice', iat: now, exp: now + 300 }).setProtectedHeader({ alg: 'ES256', kid: 'x5c-only' }).sign(priv);
+      const r = await get(token);
+      assert.equal(r.status, 200, r.body);
+      const other = makeCa('other');
+      const stranger = createPrivateKey(other.key);
+      other.cleanup();
+      assert.equal((await get(await new SignJWT({ aud: 'api', sub: 'alice', iat: now, exp: now + 300 }).setProtectedHeader({ alg: 'ES256', kid: 'x5c-only' }).sign(stranger))).status, 401);
+      assert.equal((await get(await sign(rsa))).status, 200, 'the other keys still work');
+    });
+  } finally {
+    await idp.close();
+    ca.cleanup();
+  }
+});

@@ -7,6 +7,7 @@
  * TURNPIKE_NO_KEYS (503), not a bad token. Shared by every binding and snapshot that names the
  * same IdP.
  */
+import { X509Certificate } from 'node:crypto';
 import { createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey, type JWSHeaderParameters, type FlattenedJWSInput } from 'jose';
 import { fetchJson } from '../http-fetch.js';
 import { maskUrlSecrets, redactUrl } from '../../core/url-secrets.js';
@@ -108,9 +109,9 @@ export class KeySource {
         // An IdP glitch, not a rotation (a rotation publishes the new key first): the keys in
         // hand stay rather than every token being refused until the next fetch.
         if (keys.length === 0 && this.local !== null) throw new Error(`JWKS ${this.jwksUrl} answered an empty key set (the keys in hand are kept)`);
-        this.local = createLocalJWKSet(json as JSONWebKeySet);
+        this.local = createLocalJWKSet({ keys: keys.map(withKeyFromX5c) } as JSONWebKeySet);
         const kidless = (keys as unknown[]).filter((k) => (k as { kid?: unknown }).kid === undefined) as JSONWebKeySet['keys'];
-        this.noKid = kidless.length > 0 ? createLocalJWKSet({ keys: kidless }) : null;
+        this.noKid = kidless.length > 0 ? createLocalJWKSet({ keys: kidless.map(withKeyFromX5c) } as JSONWebKeySet) : null;
         const published = new Set(keys.map((k) => JSON.stringify(k)));
         for (const k of this.published) {
           if (!published.has(k)) {
@@ -142,6 +143,23 @@ export class KeySource {
     if (doc.issuer !== issuer) throw new Error(`discovery document is for issuer ${JSON.stringify(doc.issuer)}, not ${issuer}`);
     if (typeof doc.jwks_uri !== 'string' || !/^https?:\/\//.test(doc.jwks_uri)) throw new Error('discovery document has no jwks_uri');
     return doc.jwks_uri;
+  }
+}
+
+/**
+ * A JWK that carries its key only as a certificate (x5c, RFC 7517 §4.7: "the key in the first
+ * certificate MUST match the public key represented by other members", which some IdPs leave
+ * out): the key's members taken from that certificate. Anything else as it is.
+ */
+function withKeyFromX5c(k: unknown): unknown {
+  const j = k as Record<string, unknown> | null;
+  if (j === null || typeof j !== 'object' || !Array.isArray(j['x5c']) || typeof j['x5c'][0] !== 'string') return k;
+  if (j['n'] !== undefined || j['x'] !== undefined) return k;
+  try {
+    const pub = new X509Certificate(Buffer.from(j['x5c'][0], 'base64')).publicKey.export({ format: 'jwk' });
+    return j['kty'] === undefined || j['kty'] === pub.kty ? { ...j, ...pub } : k;
+  } catch {
+    return k;
   }
 }
 
