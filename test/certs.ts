@@ -16,8 +16,8 @@ export interface Pem {
 
 export interface TestCa extends Pem {
   dir: string;
-  /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth). */
-  issue(name: string, opts?: { dns?: string[]; client?: boolean; file?: string; days?: number; expired?: boolean }): Pem;
+  /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth, and `sans` as written, e.g. DNS:a.example). */
+  issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean }): Pem;
   cleanup(): void;
 }
 
@@ -39,7 +39,7 @@ export function makeCa(cn = 'Turnpike Test CA'): TestCa {
       const ext = join(dir, `${base}.ext`);
       const dns = opts.dns ?? [name];
       writeFileSync(ext, opts.client
-        ? 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n'
+        ? `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n${opts.sans ? `subjectAltName=${opts.sans.join(',')}\n` : ''}`
         : `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${dns.map((d) => (/^[0-9.]+$|:/.test(d) ? `IP:${d}` : `DNS:${d}`)).join(',')}\n`);
       openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${base}.key`, '-out', `${base}.csr`, '-subj', `/CN=${name}`], dir);
       if (opts.expired) {

@@ -27,19 +27,33 @@ function altNameValue(printed: string): string | null {
   }
 }
 
-/** Subject CN and subjectAltName values (DNS:, email:, URI:) of a certificate. */
-export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[] } {
+/**
+ * Subject CN and subjectAltName values (DNS:, email:, URI:) of a certificate; `folded`: the DNS
+ * names in lower case and the email addresses with their domain in lower case (compared without
+ * case: RFC 5280 §7.2, §7.5, RFC 4343), for a second look-up.
+ */
+export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[]; folded: string[] } {
   const cnRaw = cert.subject?.CN as string | string[] | undefined;
   const cn = Array.isArray(cnRaw) ? cnRaw[0] ?? null : cnRaw ?? null;
   const sans: string[] = [];
+  const folded: string[] = [];
   // (a comma inside a quoted value is printed \u002c: ", " only ever separates entries)
   for (const part of (cert.subjectaltname ?? '').split(', ')) {
     const m = /^(DNS|email|URI):(.+)$/.exec(part);
     const v = m ? altNameValue(m[2]!) : null;
-    if (v) sans.push(v);
+    if (!v) continue;
+    sans.push(v);
+    if (m![1] === 'DNS') folded.push(v.toLowerCase());
+    else if (m![1] === 'email') folded.push(foldEmail(v));
   }
-  return { cn, sans };
+  return { cn, sans, folded };
 }
+
+/** An email address with its domain in lower case (the local part is the mailbox's own). */
+const foldEmail = (v: string): string => {
+  const at = v.lastIndexOf('@');
+  return at === -1 ? v : v.slice(0, at + 1) + v.slice(at + 1).toLowerCase();
+};
 
 /**
  * Why the listener did not accept a client certificate, in words a client can act on: an
@@ -70,6 +84,14 @@ export default definePlugin({
     // matched by those only: a certificate whose CN happens to be such a consumer's name does
     // not stand for it (deps.credentialed).
     for (const { consumer, credential } of deps.credentials) names.set(String(credential['subject_name']), consumer);
+    // The same names as certificates' DNS names and email addresses compare: without case (the
+    // domain of an address). Exact matches come first.
+    const foldedNames = new Map<string, Consumer>();
+    for (const { consumer, credential } of deps.credentials) {
+      const n = String(credential['subject_name']);
+      const f = n.includes('@') ? foldEmail(n) : n.toLowerCase();
+      if (!foldedNames.has(f)) foldedNames.set(f, consumer);
+    }
     const requireConsumer = config.require_consumer ?? true;
     return {
       authenticate(ctx) {
@@ -78,11 +100,17 @@ export default definePlugin({
         const cert = socket.getPeerCertificate();
         if (!cert || Object.keys(cert).length === 0) return { ok: false, missing: true, challenge: CHALLENGE };
         if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail(socket.authorizationError) };
-        const { cn, sans } = certificateNames(cert);
+        const { cn, sans, folded } = certificateNames(cert);
         let consumer: Consumer | null = null;
         for (const n of [...(cn !== null ? [cn] : []), ...sans]) {
           consumer = names.get(n) ?? null;
           if (consumer) break;
+        }
+        if (consumer === null) {
+          for (const n of folded) {
+            consumer = foldedNames.get(n) ?? null;
+            if (consumer) break;
+          }
         }
         if (consumer === null && cn !== null) {
           const byName = deps.consumers.get(cn) ?? null;

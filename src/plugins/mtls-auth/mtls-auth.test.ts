@@ -19,6 +19,8 @@ let stranger: Pem;
 let rogue: Pem;
 let namedApp: Pem;
 let expired: Pem;
+let dnsUpper: Pem;
+let mailUpper: Pem;
 
 before(async () => {
   ca = makeCa('Client CA');
@@ -30,6 +32,8 @@ before(async () => {
   rogue = rogueCa.issue('app-1', { client: true });
   namedApp = ca.issue('app', { client: true });
   expired = ca.issue('app-1', { client: true, expired: true });
+  dnsUpper = ca.issue('unlisted-1', { client: true, sans: ['DNS:Sensor-9.Plant.EXAMPLE'] });
+  mailUpper = ca.issue('unlisted-2', { client: true, sans: ['email:ops@Example.COM'] });
   up = await startUpstream();
   gw = await startGateway(`
 listen_tls: 127.0.0.1:0
@@ -39,6 +43,8 @@ tls:
 consumers:
   - {name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}
   - {name: device-77}
+  - {name: sensor, credentials: [{type: mtls-auth, subject_name: sensor-9.plant.example}]}
+  - {name: ops-mail, credentials: [{type: mtls-auth, subject_name: ops@example.com}]}
   - {name: guest}
 services:
   - name: api
@@ -151,4 +157,13 @@ test('subjectAltNames that Node prints quoted (one holding a comma) are matched 
   assert.equal(cn, 'quoted');
   assert.deepEqual(sans, ['https://apps.example/a,b', 'spiffe://example.org/ns/default/sa/app', 'x, DNS:admin, y', 'dev+ops@example.com', 'plain.example']);
   assert.ok(!sans.includes('admin'));
+});
+
+test('a DNS name in a certificate matches a subject_name without regard to case (RFC 5280 §7.2, RFC 4343); an email address, its domain part so (its local part as written)', async () => {
+  const r = await get('/secure', dnsUpper);
+  assert.equal(r.status, 200, r.body);
+  assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'sensor');
+  const m = await get('/secure', mailUpper);
+  assert.equal(m.status, 200, m.body);
+  assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'ops-mail');
 });
