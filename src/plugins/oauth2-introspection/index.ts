@@ -34,6 +34,13 @@ const PAUSE_MS = 1000;
 const PAUSE_MAX_MS = 5000;
 const PAUSED = unavailable('the token cannot be checked now (the identity provider does not answer)');
 /**
+ * Calls to the endpoint at once (per binding): past it a token not in the cache is a 503 at once.
+ * A flood of made-up tokens while the IdP is slow would otherwise open a connection per token
+ * (file descriptors of the gateway, the IdP's capacity) and wait a timeout each.
+ */
+const MAX_CALLS = 128;
+const BUSY = unavailable('the token cannot be checked now (too many token checks in progress)');
+/**
  * OAuth errors of a 400 from the introspection endpoint that are the token's fault (oidc-provider
  * answers unsupported_token_type for a JWT): refused like an inactive token. Anything else
  * (invalid_client, 5xx...) is the gateway's or the IdP's problem: 503.
@@ -167,6 +174,7 @@ export default definePlugin({
           if (p === undefined) {
             // PAUSE_AFTER calls in a row got no answer: none is made until the pause ends.
             if (pausedUntil > Date.now()) return PAUSED;
+            if (inflight.size >= MAX_CALLS) return BUSY;
             p = introspect(token).then(({ outcome, until }) => {
               (outcome.ok ? cache : refused).set(key, outcome, until);
               return outcome;

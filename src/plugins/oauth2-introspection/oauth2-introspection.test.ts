@@ -362,3 +362,30 @@ test('an active ID token (Keycloak introspects it as active with typ ID; Cognito
     assert.match(String(r.headers['www-authenticate']), /error="invalid_token"/);
   }
 });
+
+test('a flood of made-up tokens while the endpoint is slow makes at most 128 calls at a time (no socket per token to the IdP): the others are 503 at once', async () => {
+  let calls = 0;
+  const slow = await startUpstream((_req, res) => {
+    calls++;
+    setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('{"active":false}'), 1500);
+  });
+  const g = await startGateway(`
+services:
+  - name: api
+    url: ${up.url}
+    routes:
+      - {name: api, paths: [/api], plugins: [{name: oauth2-introspection, config: {introspection_url: "${slow.url}/introspect", client_id: gateway, client_secret: s, timeout: 3s}}]}
+`);
+  try {
+    const started = Date.now();
+    const results = await Promise.all(Array.from({ length: 160 }, (_, i) => request(`${g.url}/api`, { headers: { authorization: `Bearer flood-${i}-${'f'.repeat(20)}` } }).then((r) => ({ status: r.status, ms: Date.now() - started, retry: r.headers['retry-after'] }))));
+    const refused = results.filter((r) => r.status === 503);
+    assert.ok(calls <= 128, `${calls} calls at once`);
+    assert.ok(refused.length >= 160 - 128, `${refused.length} answered 503`);
+    assert.ok(refused.every((r) => r.ms < 1400 && r.retry !== undefined), JSON.stringify(refused.slice(0, 3)));
+    assert.equal(results.filter((r) => r.status === 401).length, 160 - refused.length, 'the others: inactive, 401');
+  } finally {
+    await g.close();
+    await slow.close();
+  }
+});
