@@ -356,6 +356,23 @@ services:
     assert.equal(wrong.status, 401, 'another client certificate');
     assert.match(wrong.challenge, /error="invalid_token"/);
     assert.equal((await viaTls(bound)).status, 401, 'no client certificate');
+    // HTTP/2 (gRPC clients): the connection's certificate too.
+    const { connect: h2connect } = await import('node:http2');
+    for (const [client, want] of [[mine, 200], [other, 401]] as const) {
+      const c = h2connect(`https://127.0.0.1:${tlsPort}`, { ca: ca.cert, servername: 'api.test', cert: client.cert, key: client.key });
+      try {
+        const status = await new Promise<number>((resolve, reject) => {
+          const s = c.request({ ':path': '/api', ':authority': 'api.test', authorization: `Bearer ${bound}` });
+          s.on('response', (h) => resolve(Number(h[':status'])));
+          s.on('error', reject);
+          s.resume();
+          s.end();
+        });
+        assert.equal(status, want, 'over HTTP/2');
+      } finally {
+        c.close();
+      }
+    }
     assert.equal((await plain(bound)).status, 401, 'plain HTTP');
     assert.equal((await plain(await sign(k1, { cnf: {} }))).status, 200, 'a cnf that binds to nothing');
     assert.equal((await plain(await sign(k1))).status, 200);
