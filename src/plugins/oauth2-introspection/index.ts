@@ -34,11 +34,11 @@ const PAUSE_MS = 1000;
 const PAUSE_MAX_MS = 5000;
 const PAUSED = unavailable('the token cannot be checked now (the identity provider does not answer)');
 /**
- * Calls to the endpoint at once (per binding): past it a token not in the cache is a 503 at once.
- * A flood of made-up tokens while the IdP is slow would otherwise open a connection per token
- * (file descriptors of the gateway, the IdP's capacity) and wait a timeout each.
+ * Calls to the endpoint at once (per binding, max_concurrent_calls): past it a token not in the
+ * cache is a 503 at once. A flood of made-up tokens while the IdP is slow would otherwise open a
+ * connection per token (file descriptors of the gateway, the IdP's capacity) and wait a timeout each.
  */
-const MAX_CALLS = 128;
+const MAX_CALLS = 1024;
 const BUSY = unavailable('the token cannot be checked now (too many token checks in progress)');
 /**
  * OAuth errors of a 400 from the introspection endpoint that are the token's fault (oidc-provider
@@ -88,6 +88,7 @@ export default definePlugin({
     const ttl = parseDuration(config.cache_ttl ?? '30s');
     const negativeTtl = Math.min(ttl, parseDuration(config.negative_cache_ttl ?? '5s'));
     const timeoutMs = parseDuration(config.timeout ?? '5s');
+    const maxCalls = config.max_concurrent_calls ?? MAX_CALLS;
     // Refusals are kept apart from passes: a flood of made-up tokens (each one a call to the
     // IdP) evicts only other refusals, never the tokens of the callers who are let in.
     const cache = new TtlCache<AuthOutcome>(config.cache_size ?? 10_000);
@@ -174,7 +175,7 @@ export default definePlugin({
           if (p === undefined) {
             // PAUSE_AFTER calls in a row got no answer: none is made until the pause ends.
             if (pausedUntil > Date.now()) return PAUSED;
-            if (inflight.size >= MAX_CALLS) return BUSY;
+            if (inflight.size >= maxCalls) return BUSY;
             p = introspect(token).then(({ outcome, until }) => {
               (outcome.ok ? cache : refused).set(key, outcome, until);
               return outcome;

@@ -363,7 +363,7 @@ test('an active ID token (Keycloak introspects it as active with typ ID; Cognito
   }
 });
 
-test('a flood of made-up tokens while the endpoint is slow makes at most 128 calls at a time (no socket per token to the IdP): the others are 503 at once', async () => {
+test('a flood of made-up tokens while the endpoint is slow makes at most max_concurrent_calls (here 128) calls at a time (no socket per token to the IdP): the others are 503 at once', async () => {
   let calls = 0;
   const slow = await startUpstream((_req, res) => {
     calls++;
@@ -374,7 +374,7 @@ services:
   - name: api
     url: ${up.url}
     routes:
-      - {name: api, paths: [/api], plugins: [{name: oauth2-introspection, config: {introspection_url: "${slow.url}/introspect", client_id: gateway, client_secret: s, timeout: 3s}}]}
+      - {name: api, paths: [/api], plugins: [{name: oauth2-introspection, config: {introspection_url: "${slow.url}/introspect", client_id: gateway, client_secret: s, timeout: 3s, max_concurrent_calls: 128}}]}
 `);
   try {
     const started = Date.now();

@@ -12,6 +12,7 @@ export const IntrospectionConfig = Type.Object({
   negative_cache_ttl: Type.Optional(Duration('How long an inactive or expired answer is reused (at most cache_ttl; default 5s).')),
   cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
   timeout: Type.Optional(Duration('Timeout of an introspection call (default 5s).')),
+  max_concurrent_calls: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000, default: 1024, description: 'Introspection calls at once for this plugin (one connection each): past it a token not in the cache is a 503 at once, so a flood of made-up tokens while the IdP is slow holds no socket per token (default 1024, as Envoy\'s default max_requests per cluster).' })),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have; missing -> 403.' })),
   audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'When given, the token\'s aud must contain one of them.' })),
   consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'client_id', description: 'Field of the introspection answer that names the consumer (client_id, sub, username...): an oauth2-introspection credential\'s subject, else a consumer of that name that declares no credentials.' })),
