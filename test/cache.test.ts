@@ -1280,3 +1280,37 @@ test('stale-while-revalidate for an HTTP/1.0 request without Host: the entry is 
     await up.close();
   }
 });
+
+test('a response past max_body streams whole however long it lasts: spilling what was held arms one client-stall timer, not one per held chunk (the extra ones cut it after timeouts.read)', async () => {
+  const up = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'cache-control': 'max-age=60' });
+    // 256 KiB at once (held up to max_body, then spilled in one go past the socket's
+    // highWaterMark), then a byte every 150 ms for ~1.8 s: longer than the read timeout,
+    // though neither side is ever silent that long.
+    for (let i = 0; i < 16; i++) res.write(Buffer.alloc(16384, 97));
+    let n = 0;
+    const t = setInterval(() => {
+      res.write('b');
+      if (++n === 12) {
+        clearInterval(t);
+        res.end();
+      }
+    }, 150);
+  });
+  const g = await startGateway(`services:
+  - name: big
+    url: ${up.url}
+    timeouts: {read: 1s}
+    plugins: [{name: cache, config: {max_body: 64kb}}]
+    routes: [{paths: [/big]}]
+`);
+  try {
+    const r = await request(`${g.url}/big/file`);
+    assert.equal(r.status, 200);
+    assert.equal(r.body.length, 16 * 16384 + 12, 'the response was cut');
+    assert.equal(status(r), 'MISS');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

@@ -1100,7 +1100,10 @@ export class ForwardHandler {
       if (this.f.res.writableLength > MAX_UNREAD_BYTES) this.f.res.destroy(new Error('client stopped reading'));
       return true;
     }
-    if (!ok) {
+    // (already waiting for a drain — a held body spilled in one go writes many chunks past the
+    // highWaterMark —: one listener and one stall timer, else the others outlive the drain and
+    // cut the response timeouts.read later)
+    if (!ok && !this.paused) {
       // A client that stops reading must not hold the exchange forever (the upstream's read
       // timeout is suspended while we keep it paused): the read timeout applies to the client
       // too. Paused, an HTTP/2 upstream is held back by flow control: what the gateway holds
