@@ -155,3 +155,26 @@ test('quota file (state_file): another process holding its write lock neither st
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the wall clock stepped back (NTP, a VM restored) neither locks clients out nor hands out a new burst: rates run on a monotonic clock', async () => {
+  // The system clock as the store reads it, stepped by hand (made before the store: it takes the clock it finds).
+  const realNow = Date.now;
+  let step = 0;
+  Date.now = () => realNow.call(Date) + step;
+  const s = new MemoryStore();
+  try {
+    for (const algorithm of ['gcra', 'sliding-window'] as const) {
+      const one = () => s.rateNow([q({ key: `step-${algorithm}`, limit: 3, periodMs: 1000, algorithm })])[0]!;
+      assert.deepEqual([one(), one(), one()].map((d) => d.allowed), [true, true, true]);
+      step -= 3_600_000; // an hour back
+      const refused = one();
+      assert.equal(refused.allowed, false, `${algorithm}: the spent burst came back with the step`);
+      assert.ok(refused.retryAfterMs <= 2000, `${algorithm}: Retry-After ${refused.retryAfterMs} ms (the hour of the step)`);
+      await new Promise((r) => setTimeout(r, 2100));
+      assert.equal(one().allowed, true, `${algorithm}: still locked out two windows after the step`);
+    }
+  } finally {
+    Date.now = realNow;
+    await s.close();
+  }
+});

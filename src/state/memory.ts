@@ -1,11 +1,21 @@
 /**
  * In-memory counters with an injectable clock. Entries that can no longer matter (a GCRA TAT in
  * the past, sliding windows two periods old, quotas past their period) are swept every 10 s.
+ *
+ * Rates run on a monotonic clock (performance.timeOrigin + performance.now()), not the wall
+ * clock: a step back (NTP, a VM restored from a snapshot) would put every recent GCRA TAT an
+ * hour ahead — each client refused for that hour, Retry-After 3600 — and reset the sliding
+ * windows; a step forward would hand out a fresh burst. Quotas are calendar periods: the wall
+ * clock. (An injected clock is used for both.)
  */
+import { performance } from 'node:perf_hooks';
 import { gcra, sliding, type GcraState, type SlidingState } from './algorithms.js';
 import { QuotaFile } from './persist.js';
 import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
 import type { Logger } from '../core/log.js';
+
+/** Epoch-like ms that never step (the process's start on the wall clock, then monotonic). */
+const monotonic: Clock = () => performance.timeOrigin + performance.now();
 
 type Entry = { kind: 'gcra'; s: GcraState; expires: number } | { kind: 'sliding'; s: SlidingState; expires: number };
 
@@ -20,14 +30,19 @@ export class MemoryStore implements CounterStore {
   private fileLog: Pick<Logger, 'warn'> | undefined;
   private fileFailing = false;
 
-  constructor(private readonly clock: Clock = Date.now) {
+  private readonly clock: Clock;
+  private readonly rateClock: Clock;
+
+  constructor(clock?: Clock) {
+    this.clock = clock ?? Date.now;
+    this.rateClock = clock ?? monotonic;
     this.timer = setInterval(() => this.sweep(), 10_000);
     this.timer.unref();
   }
 
   /** Synchronous core (the primary answers workers with it; tests call it directly). */
   rateNow(queries: readonly RateQuery[]): RateDecision[] {
-    const now = this.clock();
+    const now = this.rateClock();
     if (queries.length === 1 && queries[0]!.algorithm === 'gcra') {
       // One GCRA window (the common case): decided and stored in place, nothing to roll back.
       const q = queries[0]!;
@@ -95,8 +110,9 @@ export class MemoryStore implements CounterStore {
   }
 
   sweep(): void {
+    const at = this.rateClock();
+    for (const [k, e] of this.rates) if (e.expires <= at) this.rates.delete(k);
     const now = this.clock();
-    for (const [k, e] of this.rates) if (e.expires <= now) this.rates.delete(k);
     for (const [k, e] of this.quotas) if (e.expires <= now) this.quotas.delete(k);
   }
 
