@@ -76,6 +76,13 @@ test('storing rules (§3, §3.5): status, no-store, private, Authorization, Set-
   assert.equal(P.refusal(200, ['vary', 'Accept, *'], req, o), 'vary *');
   assert.equal(P.refusal(200, ['vary', Array.from({ length: 1000 }, (_, i) => `h${i}`).join(', ')], req, o), 'vary too long');
   assert.equal(P.refusal(200, ['content-range', 'bytes 0-1/2'], req, o), 'content-range');
+  // must-understand (§5.2.2.3): the no-store beside it is for caches that do not know it; a status the cache does not implement is never stored
+  assert.equal(P.refusal(200, ['cache-control', 'must-understand, no-store, max-age=3600'], req, o), null);
+  assert.equal(P.refusal(404, ['cache-control', 'no-store, must-understand'], req, o), null);
+  assert.equal(P.refusal(299, ['cache-control', 'must-understand, no-store, max-age=3600'], req, opts({ statuses: new Set([200, 299]) })), 'must-understand');
+  assert.equal(P.refusal(299, ['cache-control', 'must-understand, max-age=3600'], req, opts({ statuses: new Set([200, 299]) })), 'must-understand');
+  assert.equal(P.refusal(299, ['cache-control', 'max-age=3600'], req, opts({ statuses: new Set([200, 299]) })), null);
+  assert.equal(P.refusal(200, ['cache-control', 'must-understand, no-store, private, max-age=3600'], req, o), 'private');
 });
 
 test('freshness lifetime: s-maxage (shared) > max-age > Expires - Date > heuristic ttl; capped by max_ttl; invalid = stale', () => {

@@ -17,6 +17,17 @@ export const MAX_VARY_NAMES = 32;
 /** Statuses a cache may store without explicit freshness (RFC 9110 §15.1: heuristically cacheable). */
 export const HEURISTIC_STATUSES: readonly number[] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
 
+/**
+ * Statuses whose caching requirements this cache implements (must-understand, RFC 9111
+ * §5.2.2.3): the final statuses of RFC 9110 and the registered ones common on APIs (429, 431,
+ * 451, 511). Storing is still up to `statuses`.
+ */
+const UNDERSTOOD = new Set([
+  200, 201, 202, 203, 204, 205, 206, 300, 301, 302, 303, 304, 305, 307, 308,
+  400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 426, 429, 431, 451,
+  500, 501, 502, 503, 504, 505, 511,
+]);
+
 /** Directives of one Cache-Control field: name (lower-case) -> value (unquoted) or true. The first occurrence wins. */
 export type Directives = ReadonlyMap<string, string | true>;
 
@@ -233,7 +244,12 @@ export function refusal(status: number, headers: readonly string[], req: { autho
   if (!o.statuses.has(status) || status === 206 || status === 304 || status < 200) return `status ${status}`;
   if (req.noStore) return 'request no-store';
   const cc = parseCacheControl(fieldValue(headers, 'cache-control'));
-  if (cc.has('no-store')) return 'no-store';
+  // must-understand (§5.2.2.3): never stored with a status the cache does not implement; with
+  // one it does, the no-store that goes with it (for caches that do not know the directive) is
+  // ignored.
+  const mustUnderstand = cc.has('must-understand');
+  if (mustUnderstand && !UNDERSTOOD.has(status)) return 'must-understand';
+  if (cc.has('no-store') && !mustUnderstand) return 'no-store';
   if (o.shared && cc.get('private') === true) return 'private';
   if (o.shared && req.authorization && !o.cacheAuthorized && !(cc.has('must-revalidate') || cc.has('public') || cc.has('s-maxage'))) return 'authorization';
   // A request with cookies whose answer says nothing about caching may be personal (web cache
