@@ -6,6 +6,7 @@ import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { request as httpRequest } from 'node:http';
+import { connect as h2connect } from 'node:http2';
 import { gunzipSync } from 'node:zlib';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -1310,6 +1311,55 @@ test('a response past max_body streams whole however long it lasts: spilling wha
     assert.equal(r.body.length, 16 * 16384 + 12, 'the response was cut');
     assert.equal(status(r), 'MISS');
   } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('a key cookie named twice in the request (lang=en; lang=evil) is never cached: the key read the first, an upstream may read the last, and the stored answer would reach every lang=en client; HTTP/2 cookie crumbs are one Cookie field (cached, also under Vary: Cookie)', async () => {
+  // As Python's http.cookies and others do: the last of a repeated cookie wins.
+  const up = await startUpstream((req, res) => {
+    const langs = [...String(req.headers.cookie ?? '').matchAll(/(?:^|;\s*)lang=([^;]*)/g)].map((m) => m[1]);
+    const vary = req.url!.startsWith('/vary') ? { vary: 'Cookie' } : {};
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', ...vary }).end(`page in ${langs.at(-1) ?? 'none'}`);
+  });
+  const g = await startGateway(`http2: {h2c: true}
+services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache, config: {key: ["cookie:lang"]}}]
+    routes: [{paths: [/home]}, {paths: [/vary], plugins: [{name: cache}]}]
+`);
+  const session = h2connect(g.url);
+  // (browsers send each cookie as a field of its own over HTTP/2: crumbs, RFC 9113 §8.2.3)
+  const h2get = (path: string, cookies: string[]) => new Promise<{ status: string; body: string }>((resolve, reject) => {
+    const s = session.request({ ':path': path, cookie: cookies });
+    let label = '';
+    let body = '';
+    s.on('response', (h) => { label = String(h['x-cache-status']); });
+    s.on('data', (d: Buffer) => { body += d.toString(); });
+    s.on('end', () => resolve({ status: label, body }));
+    s.on('error', reject);
+  });
+  try {
+    const poison = await request(`${g.url}/home`, { headers: { cookie: 'lang=en; lang=evil' } });
+    assert.equal(poison.body, 'page in evil');
+    assert.equal(status(poison), 'BYPASS');
+    const lines = await request(`${g.url}/home`, { headers: ['host', `127.0.0.1:${g.port}`, 'cookie', 'lang=en', 'cookie', 'lang=evil'] });
+    assert.equal(status(lines), 'BYPASS', `the same in two Cookie lines: ${lines.status} ${lines.body}`);
+    const victim = await request(`${g.url}/home`, { headers: { cookie: 'lang=en' } });
+    assert.equal(victim.body, 'page in en', 'the answer to lang=evil was served to lang=en');
+    assert.equal(status(victim), 'MISS');
+    assert.equal(status(await request(`${g.url}/home`, { headers: { cookie: 'theme=dark; lang=en' } })), 'HIT', 'one lang cookie among others is keyed as before');
+
+    assert.deepEqual(await h2get('/home', ['lang=fr', 'theme=dark']), { status: 'MISS', body: 'page in fr' });
+    assert.deepEqual(await h2get('/home', ['theme=light', 'lang=fr']), { status: 'HIT', body: 'page in fr' }, 'HTTP/2 cookie crumbs were taken for a repeated field');
+    assert.deepEqual(await h2get('/home', ['lang=fr', 'lang=evil']), { status: 'BYPASS', body: 'page in evil' });
+    assert.deepEqual(await h2get('/vary', ['lang=de', 'theme=dark']), { status: 'MISS', body: 'page in de' });
+    assert.deepEqual(await h2get('/vary', ['lang=de', 'theme=dark']), { status: 'HIT', body: 'page in de' }, 'Vary: Cookie over HTTP/2 crumbs was never stored');
+    assert.equal((await h2get('/vary', ['lang=de', 'theme=light'])).status, 'MISS', 'another Cookie is another variant');
+  } finally {
+    session.close();
     await g.close();
     await up.close();
   }

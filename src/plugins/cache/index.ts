@@ -98,6 +98,20 @@ function cookie(header: string | undefined, name: string): string | null {
   return null;
 }
 
+/**
+ * Whether a cookie is named more than once in the Cookie field (`lang=en; lang=evil`): the key
+ * reads the first, an upstream may read the last (Python's http.cookies, Go's last lookup...).
+ */
+function cookieRepeated(header: string | undefined, name: string): boolean {
+  if (header === undefined) return false;
+  let n = 0;
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    if (eq !== -1 && part.slice(0, eq).trim() === name && ++n > 1) return true;
+  }
+  return false;
+}
+
 /** The query with only the named parameters, in a stable order ('' when none is there). */
 function selectQuery(query: string, names: ReadonlySet<string>): string {
   if (query.length <= 1) return '';
@@ -128,9 +142,12 @@ function field(ctx: RequestCtx, name: string): string | undefined {
 /**
  * Whether a request field came more than once. Node keeps only the first User-Agent,
  * Authorization, Host...: a key (or Vary) built from it could differ from what the upstream
- * (reading the last) answered to, and a store would poison the entry for everyone.
+ * (reading the last) answered to, and a store would poison the entry for everyone. Not Cookie:
+ * Node joins its fields (HTTP/2 crumbs, RFC 9113 §8.2.3, as browsers send them), so the key and
+ * Vary see every one; a key cookie named twice is cookieRepeated's.
  */
 function repeated(ctx: RequestCtx, name: string): boolean {
+  if (name === 'cookie') return false;
   const raw = ctx.req.rawHeaders;
   let n = 0;
   for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && ++n > 1) return true;
@@ -247,7 +264,9 @@ export default definePlugin({
 
     const labelled = (l: Label): string[] => (label ? [label, l] : []);
     const keyedByCookie = parts.some((p) => p.kind === 'cookie');
-    const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name)) || (keyedByCookie && repeated(ctx, 'cookie'));
+    // (a key field given twice, or a key cookie named twice: what the key reads may not be what the upstream answers to)
+    const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name))
+      || (keyedByCookie && parts.some((p) => p.kind === 'cookie' && cookieRepeated(ctx.header('cookie'), p.name)));
     // The host without the scheme's default port: `example.com:80` and `example.com` are one URI
     // (RFC 9110 §4.2.3), stored and invalidated together.
     const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: hostKey(ctx.host, isTls(ctx.req) ? 'https' : 'http'), path });
