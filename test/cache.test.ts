@@ -1364,3 +1364,32 @@ services:
     await up.close();
   }
 });
+
+test('key query:NAME keeps the other parameters out of the key, but not a selected one cloaked behind a ";" (utm=x;lang=evil: a separator to Rack, older Python and others)', async () => {
+  // An upstream that splits the query on & and ; and takes the first of a name.
+  const up = await startUpstream((req, res) => {
+    const q = req.url!.split('?')[1] ?? '';
+    const lang = q.split(/[&;]/).map((p) => p.split('=')).find(([k]) => k === 'lang')?.[1] ?? 'none';
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60' }).end(`page in ${lang}`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache, config: {key: ["query:lang"]}}]
+    routes: [{paths: [/p]}]
+`);
+  const get = (q: string) => request(`${g.url}/p${q}`);
+  try {
+    assert.equal(status(await get('?lang=en&utm=1')), 'MISS');
+    const hit = await get('?utm=2&lang=en');
+    assert.equal(status(hit), 'HIT', 'utm is not part of the key');
+    assert.equal(hit.body, 'page in en');
+    const cloaked = await get('?utm=x;lang=evil&lang=de');
+    assert.equal(cloaked.body, 'page in evil');
+    const victim = await get('?lang=de');
+    assert.equal(victim.body, 'page in de', 'the answer to the cloaked lang=evil was served to lang=de');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

@@ -112,17 +112,31 @@ function cookieRepeated(header: string | undefined, name: string): boolean {
   return false;
 }
 
-/** The query with only the named parameters, in a stable order ('' when none is there). */
+/** A query parameter's name as frameworks decode it. */
+function paramName(part: string): string {
+  const eq = part.indexOf('=');
+  const name = eq === -1 ? part : part.slice(0, eq);
+  try {
+    return decodeURIComponent(name.replace(/\+/g, ' '));
+  } catch {
+    return name;
+  }
+}
+
+/**
+ * The query with only the named parameters, in a stable order ('' when none is there). A part
+ * that names one behind a ';' (`utm=x;lang=evil`: a separator to Rack, Python before 3.9.2 and
+ * others) is kept whole: a parameter the upstream may read is never left out of the key
+ * (parameter cloaking).
+ */
 function selectQuery(query: string, names: ReadonlySet<string>): string {
   if (query.length <= 1) return '';
   const kept: [string, number, string][] = [];
   query.slice(1).split('&').forEach((part, i) => {
-    const eq = part.indexOf('=');
-    let name = eq === -1 ? part : part.slice(0, eq);
-    try {
-      name = decodeURIComponent(name.replace(/\+/g, ' '));
-    } catch {
-      /* kept as it is */
+    let name = paramName(part);
+    if (!names.has(name) && part.includes(';')) {
+      const cloaked = part.split(';').slice(1).map(paramName).find((n) => names.has(n));
+      if (cloaked !== undefined) name = cloaked;
     }
     if (names.has(name)) kept.push([name, i, part]);
   });
