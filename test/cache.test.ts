@@ -1393,3 +1393,32 @@ test('key query:NAME keeps the other parameters out of the key, but not a select
     await up.close();
   }
 });
+
+test('scheme and host fields an upstream framework may trust and the gateway passes on (X-Scheme, X-Forwarded-Protocol, X-Host, X-Original-Host, X-HTTP-Host-Override) are in the key: a redirect or link they caused never reaches other clients', async () => {
+  // As Tornado (xheaders) reads X-Scheme, and other frameworks the host variants.
+  const up = await startUpstream((req, res) => {
+    const scheme = req.headers['x-scheme'] ?? req.headers['x-forwarded-protocol'];
+    const host = req.headers['x-host'] ?? req.headers['x-original-host'] ?? req.headers['x-http-host-override'] ?? req.headers.host;
+    if (scheme === 'http') res.writeHead(301, { location: `https://${String(host)}${req.url}` }).end();
+    else res.writeHead(200, { 'content-type': 'text/html', 'cache-control': 'max-age=60' }).end(`<a href="//${String(host)}/next">next</a>`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{paths: [/]}]
+`);
+  try {
+    for (const [name, value] of [['x-scheme', 'http'], ['x-forwarded-protocol', 'http'], ['x-host', 'evil.test'], ['x-original-host', 'evil.test'], ['x-http-host-override', 'evil.test']]) {
+      const path = `/page-${name}`;
+      const poison = await request(`${g.url}${path}`, { headers: { [name!]: value! } });
+      assert.ok(poison.status === 301 || poison.body.includes('evil.test'), `${name}: the upstream did not read it`);
+      const victim = await request(`${g.url}${path}`);
+      assert.equal(victim.status, 200, `${name}: the redirect it caused was served to others`);
+      assert.doesNotMatch(victim.body, /evil\.test/, `${name}: the link it caused was served to others`);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

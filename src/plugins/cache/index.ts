@@ -204,6 +204,13 @@ function hostKey(host: string, scheme: string): string {
   return dflt !== null && host.endsWith(dflt) ? host.slice(0, -dflt.length) : host;
 }
 
+/**
+ * Scheme and host fields some frameworks take for the request's own (Tornado reads X-Scheme;
+ * X-Forwarded-Protocol, X-Host, X-Original-Host and X-HTTP-Host-Override have their readers
+ * too) and the gateway forwards as any other field: they are part of the key when present.
+ */
+const ORIGIN_FIELDS = new Set(['x-scheme', 'x-forwarded-protocol', 'x-host', 'x-original-host', 'x-http-host-override']);
+
 /** Fields that make frameworks run another method than the request's (a GET answered as a DELETE would be stored as the GET's). */
 const METHOD_OVERRIDES = ['x-http-method-override', 'x-http-method', 'x-method-override'];
 
@@ -314,6 +321,13 @@ export default definePlugin({
       const fwd = forwardedOrigin(listField(up, 'forwarded'));
       if (xfProto !== undefined || xfHost !== undefined || xfPort !== undefined || fwd !== '') {
         sub += `\nfw=${xfProto ?? ''}\n${xfHost === undefined ? '' : hostKey(xfHost, xfProto ?? (isTls(ctx.req) ? 'https' : 'http'))}\n${xfPort ?? ''}\n${fwd}`;
+      }
+      // Other scheme and host fields frameworks trust (Tornado's X-Scheme...) that the gateway
+      // passes on as the client sent them: an upstream's redirect or links built from them are
+      // that client's alone.
+      for (let i = 0; i < up.length; i += 2) {
+        const n = up[i]!;
+        if (n.length >= 6 && n.charCodeAt(0) === 0x78 /* x */ && ORIGIN_FIELDS.has(n.toLowerCase())) sub += `\n${n.toLowerCase()}=${up[i + 1]!}`;
       }
       // Whoever an auth plugin let in gets entries of their own (API keys, JWTs... are not
       // Authorization fields the RFC rules would see).
