@@ -794,6 +794,23 @@ test('a GET in flight when a POST invalidates its path does not store its (older
   assert.equal(status(next), 'MISS', 'the answer from before the write was stored');
 });
 
+test('a GET that comes after a POST invalidated its path does not wait for a GET that went upstream before the write (collapsing): it gets the answer from after the write', async () => {
+  let written = false;
+  up.on('/c/race-collapse', (_n, req) => {
+    if (req.method === 'POST') {
+      written = true;
+      return { status: 200, body: 'written' };
+    }
+    return written ? { headers: { 'cache-control': 'max-age=60' }, body: 'after the write' } : { headers: { 'cache-control': 'max-age=60' }, body: 'before the write', delay: 500 };
+  });
+  const slow = get('/c/race-collapse');
+  await sleep(100);
+  assert.equal((await get('/c/race-collapse', {}, 'POST')).status, 200);
+  const next = await get('/c/race-collapse');
+  assert.equal(next.body, 'after the write', 'a GET made after the write was answered with what the upstream said before it');
+  assert.equal((await slow).body, 'before the write');
+});
+
 /**
  * Credentials are never stored in clear: key-auth's query key is left out of the key (the
  * consumer is in it: one entry for all of a consumer's keys), and what is stored of the key

@@ -105,6 +105,17 @@ export class Flights {
     f.resolve(outcome);
   }
 
+  /**
+   * A bucket was invalidated (a write went through): requests of its keys that come from now on
+   * do not wait for those in flight, which went upstream before the write (their waiters so far
+   * still get their answer; they asked before it).
+   */
+  forget(b: Bucket): void {
+    if (this.live.size === 0) return;
+    const mid = `\n${b.host}\n${b.path}\n`;
+    for (const k of this.live.keys()) if (k.startsWith(mid, k.indexOf('\n'))) this.live.delete(k);
+  }
+
   /** Whether misses of this key skip waiting (a recent response for it could not be stored). */
   passing(key: string): boolean {
     return this.passes.has(key);
@@ -203,6 +214,7 @@ export class CacheStores {
 
   invalidate(b: Bucket): void {
     this.noteInvalidation(b);
+    this.flights.forget(b);
     this.onInvalidate?.(b);
     for (const z of this.memoryZones.values()) z.store.invalidate(b);
     for (const z of this.redisZones.values()) {
@@ -220,6 +232,7 @@ export class CacheStores {
   /** Another worker's invalidation: this process's memory zones only (Redis was done there). */
   invalidateMemory(b: Bucket): void {
     this.noteInvalidation(b);
+    this.flights.forget(b);
     for (const z of this.memoryZones.values()) z.store.invalidate(b);
   }
 
