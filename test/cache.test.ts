@@ -1439,3 +1439,41 @@ test('scheme and host fields an upstream framework may trust and the gateway pas
     await up.close();
   }
 });
+
+test('a response that will not be stored is not held: server-sent events (no-cache, or even max-age) reach the client as they are sent, not when the stream ends or max_body is reached', async () => {
+  const up = await startUpstream((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': req.url!.includes('fresh') ? 'max-age=60' : 'no-cache' });
+    let n = 0;
+    const t = setInterval(() => {
+      res.write(`data: ${n}\n\n`);
+      if (++n === 12) {
+        clearInterval(t);
+        res.end();
+      }
+    }, 150);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{paths: [/events]}]
+`);
+  const first = (path: string) => new Promise<{ ms: number; data: string; label: unknown }>((resolve, reject) => {
+    const t0 = Date.now();
+    httpRequest(`${g.url}${path}`, (res) => {
+      res.once('data', (d: Buffer) => resolve({ ms: Date.now() - t0, data: d.toString(), label: res.headers['x-cache-status'] }));
+      res.resume();
+    }).on('error', reject).end();
+  });
+  try {
+    for (const path of ['/events/live', '/events/fresh']) {
+      const r = await first(path);
+      assert.ok(r.ms < 1200, `${path}: the first event came after ${r.ms} ms (the stream lasts 1.8 s)`);
+      assert.doesNotMatch(r.data, /data: 11/, `${path}: held until the stream ended`);
+      assert.equal(r.label, 'MISS');
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

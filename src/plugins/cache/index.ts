@@ -586,7 +586,11 @@ export default definePlugin({
           return null;
         }
         if (status === 304 && st.validating !== null) return whole;
-        if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) return whole;
+        // Held only when it would be stored: held, a stream (server-sent events, whose no-cache
+        // is stored for nothing, or any answer never worth storing) reached the client at its
+        // end or at max_body. An event stream is never stored.
+        if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null
+          && P.worthStoring(P.freshness(headers, st.requestTime, Date.now(), o)) && !P.isEventStream(headers)) return whole;
         // Not storable: it streams, and whoever waits for it goes upstream now.
         settle(st, null, st.store);
         return null;
@@ -630,7 +634,7 @@ export default definePlugin({
           substitute(ctx, r, e, 'REVALIDATED', now);
           return;
         }
-        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
+        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null && !P.isEventStream(up)) {
           const e = makeEntry(ctx, st, r.status, up, r.body, now);
           if (e !== null) {
             put(st, e, now);

@@ -153,6 +153,12 @@ export function hasField(list: readonly string[], name: string): boolean {
   return false;
 }
 
+/** Whether a response is a stream of server-sent events (text/event-stream): never held nor stored. */
+export function isEventStream(headers: readonly string[]): boolean {
+  const t = firstValue(headers, 'content-type');
+  return t !== undefined && /^\s*text\/event-stream\s*(;|$)/i.test(t);
+}
+
 /** Removes every field named in `names` (lower-case) from a flat list, in place. */
 export function dropFields(list: string[], names: ReadonlySet<string>): void {
   for (let i = list.length - 2; i >= 0; i -= 2) if (names.has(list[i]!.toLowerCase())) list.splice(i, 2);
