@@ -5,12 +5,13 @@ import type { PluginDeps, RequestCtx } from './types.js';
 import { REFRESH_HEADER } from './cache/refresh.js';
 import { parseDuration } from '../config/units.js';
 import { withDeadline } from '../state/deadline.js';
+import { ipNetwork } from '../core/forwarded.js';
 
 const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+)$" });
 
 export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItems: 1, uniqueItems: true })], {
   default: 'consumer',
-  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined).',
+  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP; an IPv6 client by its /64), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined).',
 }));
 
 /** Header values longer than this are counted by their digest. */
@@ -18,14 +19,20 @@ const MAX_PLAIN = 64;
 
 export const byList = (by: string | string[] | undefined): string[] => (Array.isArray(by) ? by : [by ?? 'consumer']);
 
+/**
+ * The client as an IP key: an IPv4 address, or an IPv6 address's /64 — one host or home gets a
+ * /64 and can send from any of its 2^64 addresses (as admin logins and portal sign-ups count).
+ */
+const clientKey = (ip: string): string => (ip.includes(':') ? `ip:${ipNetwork(ip)}` : `ip:${ip}`);
+
 /** The key parts of a request for `by` (the computed client IP stands in for a missing consumer or credential). */
 export function limitKey(by: readonly string[], ctx: RequestCtx): string {
   const parts: string[] = [];
   for (const b of by) {
     switch (b) {
-      case 'consumer': parts.push(ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : `ip:${ctx.clientIp}`); break;
-      case 'credential': parts.push(ctx.credential ? `cr:${ctx.credential}` : `ip:${ctx.clientIp}`); break;
-      case 'ip': parts.push(`ip:${ctx.clientIp}`); break;
+      case 'consumer': parts.push(ctx.consumer ? `c:${ctx.consumer.name}` : ctx.identity ? `i:${ctx.identity}` : clientKey(ctx.clientIp)); break;
+      case 'credential': parts.push(ctx.credential ? `cr:${ctx.credential}` : clientKey(ctx.clientIp)); break;
+      case 'ip': parts.push(clientKey(ctx.clientIp)); break;
       // (an unnamed route by what it matches, not by its position: CompiledRoute.counterId)
       case 'route': parts.push(`r:${ctx.route.counterId ?? ctx.route.name}`); break;
       case 'service': parts.push(`s:${ctx.service.name}`); break;
@@ -35,7 +42,7 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
         const v = ctx.header(b.slice(7).toLowerCase());
         // A long value (the client's to choose, up to the header size limit) counts by its
         // digest: counters in memory and Redis keep a bounded key per client.
-        parts.push(v === undefined ? `ip:${ctx.clientIp}` : v.length > MAX_PLAIN ? `hd:${hash('sha256', v, 'base64url')}` : `h:${v}`);
+        parts.push(v === undefined ? clientKey(ctx.clientIp) : v.length > MAX_PLAIN ? `hd:${hash('sha256', v, 'base64url')}` : `h:${v}`);
       }
     }
   }

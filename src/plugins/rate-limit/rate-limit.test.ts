@@ -233,3 +233,28 @@ test('windows that are not whole seconds: each named apart (100ms and 400ms were
     await up2.close();
   }
 });
+
+test('by ip (and the IP a consumer or header key falls back to): an IPv6 client counts by its /64, not per address — one host holds billions of them; IPv4 stays per address', async () => {
+  // (a state file of its own: quota counts of an earlier run must not carry over)
+  const g = await startGateway(`trusted_proxies: [127.0.0.1]
+state_file: ${join(mkdtempSync(join(tmpdir(), 'turnpike-v6-')), 'state.db')}
+services:
+  - name: v6
+    url: ${up.url}
+    routes:
+      - {name: v6-ip, paths: [/v6ip], plugins: [{name: rate-limit, config: {limit: 2, window: 1m, by: ip}}]}
+      - {name: v6-consumer, paths: [/v6c], plugins: [{name: rate-limit, config: {limit: 2, window: 1m, algorithm: sliding-window}}]}
+      - {name: v6-quota, paths: [/v6q], plugins: [{name: quota, config: {limit: 2, period: day, by: "header:x-k"}}]}
+`);
+  const from = (path: string, ip: string) => request(`${g.url}${path}`, { headers: { 'x-forwarded-for': ip } }).then((r) => r.status);
+  try {
+    for (const path of ['/v6ip', '/v6c', '/v6q']) {
+      // three addresses of one /64 (written three ways), then another /64
+      assert.deepEqual([await from(path, '2001:db8:1:2::a'), await from(path, '2001:DB8:1:2:ffff:0:0:1'), await from(path, '[2001:db8:1:2::b]:443')], [200, 200, 429], `${path}: a /64 dodged the limit by changing address`);
+      assert.equal(await from(path, '2001:db8:1:3::a'), 200, `${path}: another /64 has its own count`);
+      assert.deepEqual([await from(path, '198.51.100.1'), await from(path, '198.51.100.1'), await from(path, '198.51.100.2')], [200, 200, 200], `${path}: IPv4 per address`);
+    }
+  } finally {
+    await g.close();
+  }
+});
