@@ -163,6 +163,20 @@ test('MISS then HIT from memory; HEAD is answered from the GET entry; Age on eve
   assert.equal(up.calls('/c/old'), 2);
 });
 
+test('an upstream answer without Date is stored with the time it arrived (RFC 9110 §6.6.1): a hit says when it was made, not when it was served, consistent with its Age', async () => {
+  up.on('/c/undated', () => ({ headers: { 'cache-control': 'max-age=60' }, noDate: true }));
+  const miss = await get('/c/undated');
+  assert.equal(status(miss), 'MISS');
+  const arrived = Date.parse(String(miss.headers.date));
+  await sleep(2100);
+  const hit = await get('/c/undated');
+  assert.equal(status(hit), 'HIT');
+  assert.ok(Number(hit.headers.age) >= 2, String(hit.headers.age));
+  const dated = Date.parse(String(hit.headers.date));
+  assert.ok(Math.abs(dated - arrived) <= 1000, `a hit of a response that arrived at ${String(miss.headers.date)} is dated ${String(hit.headers.date)}`);
+  assert.equal(hit.rawHeaders.filter((h) => h.toLowerCase() === 'date').length, 1);
+});
+
 test('freshness: s-maxage over max-age (shared cache), Expires - Date, the ttl heuristic when there is none, expiry', async () => {
   up.on('/c/smax', () => ({ headers: { 'cache-control': 's-maxage=0, max-age=600' } }));
   await get('/c/smax');

@@ -410,10 +410,14 @@ export default definePlugin({
       const vary = P.varyNames(headers);
       if (!Array.isArray(vary)) return null;
       for (const n of vary) if (repeated(ctx, n)) return null;
+      const stored = storedFields(headers);
+      // (an answer without Date is dated when it arrived, RFC 9110 §6.6.1: a hit says when it
+      // was made, as its Age does, not when it is served)
+      if (!P.hasField(stored, 'date')) stored.push('date', P.httpDate(now));
       return {
         id: randomBytes(9).toString('base64url'), sub: st.sub, q: digest(st.q), vary,
         varyValues: vary.map((n) => varyValue(varied(ctx, st, n))), t: now,
-        status, headers: storedFields(headers), body: Buffer.from(body), f, until: P.keepUntil(f, o.keepMs),
+        status, headers: stored, body: Buffer.from(body), f, until: P.keepUntil(f, o.keepMs),
       };
     };
 
