@@ -779,6 +779,27 @@ test('never stored: a GET with a body (fat GET), a cookie request whose answer h
   assert.notEqual(status(pre), 'HIT');
 });
 
+test('stale-if-error in the request (RFC 5861 §4): the client takes the stale entry when the upstream fails, though the response gave no window; a client that asked for revalidation (max-age=0) and waited for another request is not handed it', async () => {
+  up.on('/c/rsie', (n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1', etag: '"r"' }, body: 'good', noDate: true } : { status: 503, body: 'down' }));
+  up.on('/c/wsie', (n) => (n === 1 ? { headers: { 'cache-control': 'max-age=1, stale-if-error=60' }, body: 'good', noDate: true } : { status: 503, body: 'down', delay: n === 2 ? 300 : 0 }));
+  await get('/c/rsie');
+  await get('/c/wsie');
+  await sleep(1100);
+  const asked = await get('/c/rsie', { 'cache-control': 'stale-if-error=60' });
+  assert.equal(asked.status, 200);
+  assert.equal(asked.body, 'good');
+  assert.equal(status(asked), 'STALE');
+  assert.equal((await get('/c/rsie', { 'cache-control': 'stale-if-error=0' })).status, 503);
+  assert.equal((await get('/c/rsie')).status, 503, 'no window: the error');
+  assert.equal((await get('/c/rsie', { 'cache-control': 'max-age=0, stale-if-error=60' })).body, 'good', 'revalidate, but stale on an error');
+
+  const leader = get('/c/wsie');
+  await sleep(100);
+  const waiter = await get('/c/wsie', { 'cache-control': 'max-age=0' });
+  assert.equal((await leader).body, 'good', 'the leader takes the stale entry (the response\'s window)');
+  assert.equal(waiter.status, 503, 'the client asked for revalidation: the stale entry is not its answer');
+});
+
 test('a client that asked for revalidation (no-cache) is not handed the stale entry when the upstream fails', async () => {
   // (route /d has stale_if_error: 1m: without the request's no-cache the stored entry would stand in)
   let n = 0;

@@ -353,7 +353,8 @@ export default definePlugin({
         store: ctx.method === 'GET' && !(rd?.noStore ?? false),
         authorization: authorization !== undefined,
         cookie: !keyedByCookie && ctx.header('cookie') !== undefined,
-        forced: rd !== null && (rd.noCache || rd.maxAge != null),
+        // (unless it says it takes a stale answer on an error all the same: stale-if-error)
+        forced: rd !== null && (rd.noCache || rd.maxAge != null) && rd.staleIfError === null,
         requestTime: 0, stale: null, validating: null, flight: null,
         refresh: caches.refresher.valid(ctx.header(REFRESH_HEADER)),
       };
@@ -492,7 +493,7 @@ export default definePlugin({
         const use = P.usable(out.entry.f, st.rd, now);
         if (use === 'fresh' || use === 'stale') return serve(ctx, st, out.entry, 'HIT', now);
       }
-      if (out !== null && 'error' in out && st.stale !== null && P.usableOnError(st.stale.f, now)) return serve(ctx, st, st.stale, 'STALE', now);
+      if (out !== null && 'error' in out && st.stale !== null && !st.forced && P.usableOnError(st.stale.f, now, st.rd)) return serve(ctx, st, st.stale, 'STALE', now);
       return fetch(ctx, st, st.stale, false);
     });
 
@@ -585,7 +586,7 @@ export default definePlugin({
         if (st === undefined || st.kind !== 'fetch') return null;
         const whole = { max: maxBody, fallback: 'stream' as const };
         if (ERRORS.has(status)) {
-          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, Date.now())) return whole;
+          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, Date.now(), st.rd)) return whole;
           settle(st, { error: true });
           return null;
         }
@@ -605,7 +606,7 @@ export default definePlugin({
         if (st === undefined || st.kind !== 'fetch') return;
         const now = Date.now();
         if (r.origin === 'gateway' || ERRORS.has(r.status)) {
-          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, now)) substitute(ctx, r, st.stale, 'STALE', now);
+          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, now, st.rd)) substitute(ctx, r, st.stale, 'STALE', now);
           settle(st, { error: true });
           return;
         }

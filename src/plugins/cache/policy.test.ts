@@ -226,8 +226,9 @@ test('304 updates the stored fields (§3.2): replaced by name (Content-Type too)
 
 test('request directives: no-cache, no-store, max-age, max-stale, min-fresh, only-if-cached; Pragma only without Cache-Control', () => {
   assert.deepEqual(P.requestDirectives('no-cache, no-store, max-age=5, max-stale, min-fresh=2, only-if-cached', undefined), {
-    noCache: true, noStore: true, maxAge: 5000, maxStale: Infinity, minFresh: 2000, onlyIfCached: true,
+    noCache: true, noStore: true, maxAge: 5000, maxStale: Infinity, minFresh: 2000, onlyIfCached: true, staleIfError: null,
   });
+  assert.equal(P.requestDirectives('stale-if-error=30', undefined).staleIfError, 30_000);
   assert.equal(P.requestDirectives(undefined, 'no-cache').noCache, true);
   assert.equal(P.requestDirectives('max-age=5', 'no-cache').noCache, false);
   assert.equal(P.requestDirectives('max-stale=abc', undefined).maxStale, null);

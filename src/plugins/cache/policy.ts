@@ -206,6 +206,8 @@ export interface RequestDirectives {
   maxStale: number | null;
   minFresh: number | null;
   onlyIfCached: boolean;
+  /** RFC 5861 §4 in a request: ms the client accepts a stale response for when the upstream fails, or null. */
+  staleIfError: number | null;
 }
 
 export function requestDirectives(cacheControl: string | undefined, pragma: string | undefined): RequestDirectives {
@@ -222,6 +224,7 @@ export function requestDirectives(cacheControl: string | undefined, pragma: stri
     maxStale: maxStale === undefined ? null : maxStale === true ? Infinity : ms(maxStale),
     minFresh: cc.has('min-fresh') ? ms(cc.get('min-fresh')) : null,
     onlyIfCached: cc.has('only-if-cached'),
+    staleIfError: ms(cc.get('stale-if-error')),
   };
 }
 
@@ -396,11 +399,14 @@ export function usable(f: Freshness, req: RequestDirectives | null, now: number)
   return 'revalidate';
 }
 
-/** Whether a stale entry may stand in for an error (RFC 5861 §4; never when §4.2.4 forbids stale use). */
-export function usableOnError(f: Freshness, now: number): boolean {
+/**
+ * Whether a stale entry may stand in for an error (RFC 5861 §4: the response's window, or the
+ * request's own stale-if-error; never when §4.2.4 forbids stale use).
+ */
+export function usableOnError(f: Freshness, now: number, req: RequestDirectives | null = null): boolean {
   if (f.noStale || f.noCache) return false;
   const staleness = currentAge(f, now) - f.lifetime;
-  return staleness < f.sie || staleness < 0;
+  return staleness < Math.max(f.sie, req?.staleIfError ?? 0) || staleness < 0;
 }
 
 /** The entity-tags of an If-None-Match value (`*` is returned as '*'). */
