@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configIssues, startGateway, startUpstream, request, sleep } from './helpers.js';
+import { configIssues, startGateway, startUpstream, request, rawRequest, sleep } from './helpers.js';
 
 test('/status: 200 with the revision while serving, 503 once draining; other admin paths 404 problem+json', async () => {
   const up = await startUpstream((_req, res) => setTimeout(() => res.end('slow'), 600));
@@ -329,5 +329,42 @@ test('store: file — an edit the gateway would not reload (a duplicate service 
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('Authorization given twice (RFC 9110 §5.3: it is not a list) is a 400 problem on the whole admin listener and /api/, whichever comes first; node:http would keep the first one and take it', async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { fileControl } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const OPS = 'dup-ops-token-0123456789';
+  const RO = 'dup-ro-token-0123456789';
+  const text = `listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\n  tokens:\n    - {name: ops, token: ${OPS}, role: admin}\n    - {name: ro, token: ${RO}, role: read-only}\naccess_log: {enabled: false}\nservices: []\n`;
+  const file = join(mkdtempSync(join(tmpdir(), 'tp-dup-auth-')), 'turnpike.yaml');
+  writeFileSync(file, text);
+  const loaded = parseConfigText(text, { file });
+  const gw = await Gateway.start(loaded, { control: fileControl(file, loaded, silentLogger) });
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  try {
+    for (const [method, path] of [['GET', '/health'], ['GET', '/metrics'], ['DELETE', '/cache'], ['GET', '/api/services'], ['GET', '/api/config']] as const) {
+      for (const pair of [[OPS, 'wrong'], ['wrong', OPS], [OPS, RO], [RO, OPS], [OPS, OPS]]) {
+        const { text: raw } = await rawRequest(gw.adminAddress!.port, `${method} ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${pair[0]}\r\nAuthorization: Bearer ${pair[1]}\r\nConnection: close\r\n\r\n`);
+        const [head, body] = raw.split('\r\n\r\n') as [string, string];
+        assert.match(head, /^HTTP\/1\.1 400 /, `${method} ${path} ${pair.join(' + ')}: ${raw}`);
+        assert.match(head, /\r\ncontent-type: application\/problem\+json\r\n/i);
+        assert.match(JSON.parse(body).detail, /Authorization.*more than once/);
+        assert.doesNotMatch(raw, new RegExp(`${OPS}|${RO}`));
+      }
+      // once is as before
+      assert.notEqual((await request(`${admin}${path}`, { method, headers: { authorization: `Bearer ${OPS}` } })).status, 400, path);
+    }
+    // a probe answers its short status to anyone, whatever Authorization says
+    const { text: probe } = await rawRequest(gw.adminAddress!.port, `GET /status/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${OPS}\r\nAuthorization: Bearer x\r\nConnection: close\r\n\r\n`);
+    assert.match(probe, /^HTTP\/1\.1 200 [^]*\{"status":"ok"\}$/);
+  } finally {
+    await gw.stop();
   }
 });

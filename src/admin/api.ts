@@ -21,7 +21,7 @@ import { problemBody, PROBLEMS, type ProblemCode } from '../core/problem.js';
 import type { PathSegment } from '../config/errors.js';
 import { RevisionConflict, type ConfigDocument, type ConfigStore, type StoredConfig } from '../config/stores/types.js';
 import { ApiError, invalid, type FieldError } from './errors.js';
-import { authenticate, authorize, type ApiToken, type AuthFailures, type Caller } from './auth.js';
+import { authenticate, authorizationOf, authorize, type ApiToken, type AuthFailures, type Caller } from './auth.js';
 import { ACCEPT_PATCH, DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
 import { allowed, route, type Endpoint } from './router.js';
 import { bodyTag, canonicalJson, etagKey, itemTag, noneMatch, parseIfMatch, revisionTag, splitTags, type Precondition } from './etag.js';
@@ -658,7 +658,8 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       }
       const tokens = typeof deps.tokens === 'function' ? deps.tokens() : deps.tokens;
       // A console session (cookie + CSRF token, src/console/) stands for its token when no Authorization is given.
-      const caller = (req.headers.authorization === undefined ? deps.sessionCaller?.(req, method) : undefined) ?? authenticate(req.headers.authorization, tokens, deps.failures ? { failures: deps.failures, ip: req.socket.remoteAddress ?? '' } : undefined);
+      const authorization = tokens.length > 0 ? authorizationOf(req) : undefined;
+      const caller = (authorization === undefined ? deps.sessionCaller?.(req, method) : undefined) ?? authenticate(authorization, tokens, deps.failures ? { failures: deps.failures, ip: req.socket.remoteAddress ?? '' } : undefined);
       const endpoint = route(url.pathname, base);
       if (!endpoint) throw new ApiError('not-found', `no admin API endpoint ${url.pathname} (see ${base}/openapi.json)`);
       const allow = allowed(endpoint);

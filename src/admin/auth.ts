@@ -13,6 +13,7 @@
  * window ends, without the token being looked at.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import { LRUCache } from 'lru-cache';
 import { ApiError } from './errors.js';
 import { ipNetwork } from '../core/forwarded.js';
@@ -64,6 +65,19 @@ export class AuthFailures {
     const h = this.hits.get(ipNetwork(ip));
     if (h && h.n > 0) h.n--;
   }
+}
+
+/**
+ * A request's Authorization, or throws 400 when it is given more than once: it is not a list
+ * (RFC 9110 §5.3, §11.6.2), node:http would keep the first and drop the rest, and which of two
+ * credentials a client (or a proxy that added one) meant is not ours to guess.
+ */
+export function authorizationOf(req: IncomingMessage): string | undefined {
+  const given = req.headers.authorization;
+  if (given !== undefined && (req.headersDistinct?.['authorization']?.length ?? 1) > 1) {
+    throw new ApiError('bad-request', 'the Authorization header is given more than once: send one', undefined, { 'www-authenticate': `${CHALLENGE}, error="invalid_request"` });
+  }
+  return given;
 }
 
 /**

@@ -13,7 +13,7 @@ import type { Observer } from '../observability/observer.js';
 import { Analytics, type AnalyticsState, type WindowName } from '../observability/analytics.js';
 import { purgeFilter } from '../plugins/cache/stores.js';
 import type { PurgeFilter } from '../plugins/cache/entry.js';
-import { authenticate, AuthFailures } from '../admin/auth.js';
+import { authenticate, authorizationOf, AuthFailures } from '../admin/auth.js';
 import { ApiError } from '../admin/errors.js';
 
 export interface AdminView {
@@ -155,17 +155,27 @@ export function createAdminHandler(gw: AdminView) {
     const read = req.method === 'GET' || req.method === 'HEAD';
     const tokens = gw.snapshot.admin?.tokens ?? [];
     let who: { name: string; role: 'admin' | 'read-only' } | undefined;
+    let authorization: string | undefined;
+    if (tokens.length > 0) {
+      try {
+        authorization = authorizationOf(req); // (400 when given twice)
+      } catch (err) {
+        const e = err as ApiError;
+        // (a probe answers as to anyone: its short status)
+        if (!(read && PROBES.has(path))) return void sendProblem(res, e.code, e.detail, undefined, { headers: e.headers ?? {} });
+      }
+    }
     // A bearer token: checked against every admin token (constant time); wrong ones from one
     // client are counted (429 with Retry-After past the limit, before the token is looked at).
-    if (tokens.length > 0 && req.headers.authorization !== undefined && req.headers.authorization !== '') {
+    if (tokens.length > 0 && authorization !== undefined && authorization !== '') {
       try {
-        who = authenticate(req.headers.authorization, tokens, { failures, ip: req.socket.remoteAddress ?? '' });
+        who = authenticate(authorization, tokens, { failures, ip: req.socket.remoteAddress ?? '' });
       } catch (err) {
         if (err instanceof ApiError && err.code === 'too-many-requests') return void sendProblem(res, err.code, err.detail, undefined, { headers: err.headers ?? {} });
       }
     }
     // A console session stands for its token (changes need its CSRF token).
-    if (who === undefined && tokens.length > 0 && req.headers.authorization === undefined && gw.console) {
+    if (who === undefined && tokens.length > 0 && authorization === undefined && gw.console) {
       try {
         who = gw.console.caller(req, (req.method ?? 'GET').toUpperCase());
       } catch (err) {
