@@ -368,3 +368,31 @@ test('Authorization given twice (RFC 9110 §5.3: it is not a list) is a 400 prob
     await gw.stop();
   }
 });
+
+test('every answer of the admin listener, the status listener and the console echoes X-Request-Id (the client\'s, or one made up), and its problems carry it as request_id', async () => {
+  const TOKEN = 's3cret-token-0123456';
+  const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: ${TOKEN}}\nstatus_listen: 127.0.0.1:0\nservices: []\n`);
+  const st = `http://127.0.0.1:${t.gw.statusAddress!.port}`;
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  try {
+    const cases: [string, string, Record<string, string>][] = [
+      ['GET', `${t.adminUrl}/status`, {}], ['GET', `${t.adminUrl}/status`, auth], ['HEAD', `${t.adminUrl}/status/ready`, {}],
+      ['GET', `${t.adminUrl}/health`, {}], ['GET', `${t.adminUrl}/health`, auth], ['GET', `${t.adminUrl}/metrics`, auth],
+      ['POST', `${t.adminUrl}/metrics`, auth], ['OPTIONS', `${t.adminUrl}/metrics`, auth], ['GET', `${t.adminUrl}/nope`, auth],
+      ['GET', `${t.adminUrl}/analytics?window=2m`, auth], ['GET', `${t.adminUrl}/health`, { authorization: 'Bearer wrong-token-000000' }],
+      ['GET', `${t.adminUrl}/console`, {}], ['GET', `${t.adminUrl}/console/api/session`, {}], ['GET', `${t.adminUrl}/console/api/nope`, {}],
+      ['POST', `${t.adminUrl}/console/api/login`, { 'content-type': 'text/plain' }],
+      ['GET', `${st}/status/live`, {}], ['GET', `${st}/nope`, {}],
+    ];
+    for (const [method, url, headers] of cases) {
+      const mine = await request(url, { method, headers: { ...headers, 'x-request-id': 'trace-0123-abcd' } });
+      assert.equal(mine.headers['x-request-id'], 'trace-0123-abcd', `${method} ${url} ${mine.status}`);
+      if (mine.headers['content-type'] === 'application/problem+json' && method !== 'HEAD') assert.equal(JSON.parse(mine.body).request_id, 'trace-0123-abcd', `${method} ${url}`);
+      const made = await request(url, { method, headers });
+      assert.match(String(made.headers['x-request-id']), /^\S{8,}$/, `${method} ${url} ${made.status}`);
+      if (made.headers['content-type'] === 'application/problem+json' && method !== 'HEAD') assert.equal(JSON.parse(made.body).request_id, made.headers['x-request-id']);
+    }
+  } finally {
+    await t.close();
+  }
+});

@@ -43,7 +43,8 @@ const SECURITY = {
 };
 /** The console's problem answers carry the page's security fields too (nosniff, no framing). */
 function sendProblem(res: ServerResponse, code: ProblemCode, detail: string, _requestId: undefined, opts: { headers?: Record<string, string> } = {}): void {
-  sendProblemBare(res, code, detail, undefined, { headers: { ...SECURITY, ...opts.headers } });
+  const id = res.getHeader('x-request-id'); // (the admin listener's, set as the request came in)
+  sendProblemBare(res, code, detail, typeof id === 'string' ? id : undefined, { headers: { ...SECURITY, ...opts.headers } });
 }
 const MAX_STREAMS = 100;
 /** Live streams per token: a token's 11th ends its own oldest (one token cannot hold every stream). */

@@ -5,7 +5,8 @@
  * The status listener (`status_listen`) answers the probes alone.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { sendProblem } from '../core/problem.js';
+import { sendProblem as sendProblemBare, type ProblemCode } from '../core/problem.js';
+import { requestIdOf } from './request.js';
 import { VERSION } from '../version.js';
 import { NODE_ID } from '../core/node-id.js';
 import { quotaViews } from '../plugins/quota/index.js';
@@ -74,6 +75,12 @@ async function analyticsReport(gw: AdminView, q: URLSearchParams): Promise<unkno
 }
 
 
+/** A problem with the request id the answer echoes (X-Request-Id, set when the request came in). */
+function sendProblem(res: ServerResponse, code: ProblemCode, detail: string, _requestId: undefined, opts: { headers?: Record<string, string> } = {}): void {
+  const id = res.getHeader('x-request-id');
+  sendProblemBare(res, code, detail, typeof id === 'string' ? id : undefined, opts);
+}
+
 const LOOPBACK_HOST = /^(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?$/i;
 
 /** Why a request to a tokenless admin listener looks like it comes from a web page elsewhere (null: it does not). */
@@ -123,6 +130,7 @@ function sendProbe(req: IncomingMessage, res: ServerResponse, gw: Pick<AdminView
 /** The status listener (status_listen): GET/HEAD of the probe paths, 404 for anything else. */
 export function createStatusHandler(gw: Pick<AdminView, 'ready' | 'draining'>) {
   return (req: IncomingMessage, res: ServerResponse): void => {
+    res.setHeader('x-request-id', requestIdOf(req));
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if ((req.method === 'GET' || req.method === 'HEAD') && PROBES.has(path)) return sendProbe(req, res, gw, path);
     sendProblem(res, 'no-route', `the status listener answers GET /status, /status/live and /status/ready only`, undefined);
@@ -133,6 +141,9 @@ export function createAdminHandler(gw: AdminView) {
   const failures = gw.adminFailures ?? new AuthFailures();
   return (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
+    // Every answer echoes the request id (the client's X-Request-Id, or one made up); the API sets its own.
+    const api = gw.control && (path === '/api' || path.startsWith('/api/')) && path !== '/api/scaling';
+    if (!api) res.setHeader('x-request-id', requestIdOf(req));
     // Without a token the admin listener is loopback-only and every caller is the admin: a web
     // page the operator visits must not drive it (DNS rebinding: a foreign Host; a cross-site
     // form or fetch: Origin / Sec-Fetch-Site).
@@ -145,8 +156,8 @@ export function createAdminHandler(gw: AdminView) {
       return;
     }
     // The admin REST API checks the same tokens itself, with roles per method.
-    if (gw.control && (path === '/api' || path.startsWith('/api/')) && path !== '/api/scaling') {
-      gw.control.api(req, res).catch((err: unknown) => {
+    if (api) {
+      gw.control!.api(req, res).catch((err: unknown) => {
         if (!res.headersSent) sendProblem(res, 'internal-error', `admin API: ${(err as Error).message}`, undefined);
         else res.destroy();
       });
