@@ -168,7 +168,7 @@ test('services, routes, upstreams and targets: CRUD over HTTP with ETags, Locati
     // a target URL the compiler refuses names the field
     const bad = await api.call('POST', '/api/upstreams/orders/targets', { body: { url: 'http://u:p@127.0.0.1:1' } });
     isProblem(bad, 400, 'validation-failed');
-    assert.deepEqual(bad.json.errors, [{ path: 'url', message: 'credentials in upstream URLs are not supported' }]);
+    assert.deepEqual(bad.json.errors, [{ path: 'url', message: 'credentials in upstream URLs are not supported', pointer: '#/url' }]);
 
     // deleting a service with routes: 409 unless cascade
     const del = await api.call('DELETE', '/api/services/users');
@@ -287,7 +287,7 @@ test('bad input: 400 / 404 / 405 / 413 / 415 problems naming the problem; nothin
     isProblem(await api.call('PUT', '/api/config', { raw: 'services: []', type: 'text/plain' }), 415, 'unsupported-media-type');
     const unknown = await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1', colour: 'red' } });
     isProblem(unknown, 400, 'validation-failed');
-    assert.deepEqual(unknown.json.errors, [{ path: 'colour', message: 'unknown key "colour"' }]);
+    assert.deepEqual(unknown.json.errors, [{ path: 'colour', message: 'unknown key "colour"', pointer: '#/colour' }]);
     const types = await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1', retries: 'two' } });
     isProblem(types, 400, 'validation-failed');
     assert.equal(types.json.errors[0].path, 'retries');
@@ -939,6 +939,37 @@ test('If-Match on a read (RFC 9110 §13.2.2): GET / HEAD answer 412 unless it ho
     await api.call('PATCH', '/api/services/orders', { body: { retries: 2 } });
     isProblem(await api.call('GET', '/api/config', { headers: { 'if-match': conf.headers.get('etag')! } }), 412, 'precondition-failed');
     isProblem(await api.call('GET', '/api/services/orders', { headers: { 'if-match': tag } }), 412, 'precondition-failed');
+  } finally {
+    await api.close();
+  }
+});
+
+test('validation errors point into the request body (RFC 9457 §3: errors[].pointer, a JSON Pointer as a fragment); errors elsewhere in the config have none', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    const pointers = (r: Res) => {
+      isProblem(r, 400, 'validation-failed');
+      return (r.json.errors as { path: string; pointer?: string }[]).map((e) => [e.path, e.pointer ?? null]);
+    };
+    assert.deepEqual(pointers(await api.call('POST', '/api/routes', { body: { name: 'r', service: 'orders', paths: ['/ok', 'no-slash'] } })), [['paths[1]', '#/paths/1']]);
+    assert.deepEqual(pointers(await api.call('POST', '/api/routes', { body: { name: 'r', service: 'nowhere', paths: ['/r'] } })), [['service', '#/service']]);
+    assert.deepEqual(pointers(await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1', colour: 'red' } })), [['colour', '#/colour']]);
+    assert.deepEqual(pointers(await api.call('POST', '/api/services', { body: { name: 'x', url: 'http://127.0.0.1:1', routes: [{ paths: ['/x', 'bad'] }] } })), [['routes[0].paths[1]', '#/routes/0/paths/1']]);
+    assert.deepEqual(pointers(await api.call('PATCH', '/api/plugins/global:request-size-limit', { body: { config: { max: 'lots' } } })), [['config.max', '#/config/max']]);
+    // a key holding "/" or "~" is escaped (RFC 6901 §3), and the fragment percent-encoded (§6)
+    const odd = pointers(await api.call('POST', '/api/plugins', { body: { name: 'request-size-limit', service: 'users', config: { max: '1mb', 'a/b~c d': 1 } } }));
+    assert.deepEqual(odd.map((e) => e[1]), ['#/config/a~1b~0c%20d']);
+    // the whole document: paths are the body's
+    const doc = sampleDocument() as Obj;
+    (doc['services'] as Obj[])[1]!['retries'] = 'two';
+    assert.deepEqual(pointers(await api.call('PUT', '/api/config', { body: doc })), [['services[1].retries', '#/services/1/retries']]);
+    assert.deepEqual(pointers(await api.call('PUT', '/api/config', { body: { ...doc, admin: {} } })), [['admin', '#/admin']]);
+    // a write that breaks another item: that item is not in the body, so no pointer
+    const clash = await api.call('POST', '/api/routes', { body: { name: 'again', service: 'orders', paths: ['/orders'], methods: ['GET', 'POST'] } });
+    const errs = pointers(clash);
+    assert.ok(errs.length > 0);
+    for (const [path, pointer] of errs) assert.ok(pointer === null ? true : !String(path).includes('/'), JSON.stringify(errs));
+    assert.equal((await api.store.current())!.revision, 1, 'nothing was written');
   } finally {
     await api.close();
   }

@@ -20,7 +20,7 @@ import type { Logger } from '../core/log.js';
 import { problemBody, PROBLEMS, type ProblemCode } from '../core/problem.js';
 import type { PathSegment } from '../config/errors.js';
 import { RevisionConflict, type ConfigDocument, type ConfigStore, type StoredConfig } from '../config/stores/types.js';
-import { ApiError, invalid, type FieldError } from './errors.js';
+import { ApiError, invalid, parsePath, pointerOf, type FieldError } from './errors.js';
 import { authenticate, authorizationOf, authorize, type ApiToken, type AuthFailures, type Caller } from './auth.js';
 import { ACCEPT_PATCH, DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
 import { allowed, route, type Endpoint } from './router.js';
@@ -86,6 +86,8 @@ interface Staged {
   coll?: Collection;
   /** Errors are told in document terms (PUT /api/config, rollback). */
   documentTerms?: boolean;
+  /** The document is not the request's body (a rollback): its errors point nowhere in it. */
+  noBody?: boolean;
 }
 
 class Unchanged extends Error {
@@ -260,9 +262,14 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     return { doc: (stored?.document ?? {}) as Obj, revision: stored?.revision ?? 0, stored };
   }
 
+  /** Validation errors in API terms, pointing into the request body where they are in it (give them to invalid(..., false)). */
   function errorsOf(staged: Staged, errors: readonly { path: string | readonly PathSegment[]; message: string }[]): FieldError[] {
     if (staged.documentTerms) {
-      return errors.map((e) => ({ path: typeof e.path === 'string' ? e.path : e.path.map((s) => (typeof s === 'number' ? `[${s}]` : `.${s}`)).join('').replace(/^\./, ''), message: String(e.message) }));
+      return errors.map((e) => {
+        const path = typeof e.path === 'string' ? e.path : e.path.map((s) => (typeof s === 'number' ? `[${s}]` : `.${s}`)).join('').replace(/^\./, '');
+        const segs = staged.noBody ? null : typeof e.path === 'string' ? parsePath(e.path) : e.path;
+        return segs === null ? { path, message: String(e.message) } : { path, message: String(e.message), pointer: pointerOf(segs) };
+      });
     }
     return apiErrors(staged.doc, errors, staged.at && staged.coll ? { at: staged.at, coll: staged.coll } : undefined);
   }
@@ -293,10 +300,10 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       const s = stage(cur === null ? null : (cur as Obj), revision);
       // A secret read as MASK and written back keeps its stored value (nothing else may say MASK).
       const unresolved = restoreMasked(s.doc, cur);
-      if (unresolved.length) throw invalid(unresolved.map((p) => ({ path: p, message: `"${MASK}" stands for a stored secret, and none is stored here: give the value` })));
+      if (unresolved.length) throw invalid(errorsOf(s, unresolved.map((p) => ({ path: p, message: `"${MASK}" stands for a stored secret, and none is stored here: give the value` }))), undefined, false);
       if (opts.skipUnchanged && canonicalJson(s.doc) === canonicalJson(cur ?? {})) throw new Unchanged(s);
       const done = (r: ValidationResult): ConfigDocument => {
-        if (!r.ok) throw invalid(errorsOf(s, r.errors));
+        if (!r.ok) throw invalid(errorsOf(s, r.errors), undefined, false);
         staged = s;
         return s.doc;
       };
@@ -512,7 +519,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       checkIfNoneMatch(ctx, revision > 0 ? revisionTag(revision) : null, 'the config');
       const s = stage(doc);
       const v = await runValidate(s.doc);
-      if (!v.ok) throw invalid(errorsOf(s, v.errors));
+      if (!v.ok) throw invalid(errorsOf(s, v.errors), undefined, false);
       const d = diffOf(doc, s.doc, [`revision ${revision}`, 'proposed']);
       sendJson(ctx, 200, { dry_run: true, valid: true, revision, changed: d.diff !== '' || canonicalJson(doc) !== canonicalJson(s.doc), ...d }, revisionHeader(revision));
       return;
@@ -567,7 +574,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const stage = (cur: Obj | null): Staged => {
       const doc = structuredClone(target.document as Obj);
       keepDevelopers(doc, cur, 'rollback');
-      return { doc, at: null, documentTerms: true };
+      return { doc, at: null, documentTerms: true, noBody: true };
     };
     if (dryRun) {
       const { doc, revision } = await current();
@@ -575,7 +582,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       checkIfMatch(pre, revision, null);
       const s = stage(doc);
       const v = await runValidate(s.doc);
-      if (!v.ok) throw invalid(errorsOf(s, v.errors));
+      if (!v.ok) throw invalid(errorsOf(s, v.errors), undefined, false);
       sendJson(ctx, 200, { dry_run: true, valid: true, revision, rolled_back_to: n, ...diffOf(doc, s.doc, [`revision ${revision}`, `revision ${n}`]) }, revisionHeader(revision));
       return;
     }

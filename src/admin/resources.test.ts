@@ -189,7 +189,7 @@ test('every write above leaves a document the validator accepts, or it names the
   const r = valid(d);
   assert.equal(r.ok, false);
   const errors = apiErrors(d, (r as { errors: { path: string; message: string }[] }).errors, { at, coll: COLLECTIONS.routes });
-  assert.deepEqual(errors, [{ path: '(root)', message: 'matches the same requests as routes/orders-api (host *, path /orders); give one of them a method, header or host to tell them apart' }]);
+  assert.deepEqual(errors, [{ path: '(root)', message: 'matches the same requests as routes/orders-api (host *, path /orders); give one of them a method, header or host to tell them apart', pointer: '#' }]);
   // a field of the item; and one elsewhere
   const d2 = doc();
   const at2 = COLLECTIONS.plugins.create(d2, { name: 'rate-limit', service: 'users', config: { limit: 0 } });

@@ -4,7 +4,7 @@
  * resource it is in (`routes/orders-api.paths[0]`, `consumers/acme/credentials/acme%2Fkey-auth%2F1.key`).
  */
 import { formatPath, type PathSegment } from '../config/errors.js';
-import type { FieldError } from './errors.js';
+import { parsePath, pointerOf, type FieldError } from './errors.js';
 import type { Collection, Entry } from './collection.js';
 import type { CollectionName } from './router.js';
 import { items, type Obj } from './document.js';
@@ -17,29 +17,7 @@ export const COLLECTIONS: Readonly<Record<CollectionName, Collection>> = {
   services, routes, upstreams, targets, consumers, credentials, plugins, plans,
 };
 
-/** Parses a formatted path (`services[0].routes[1]["a b"]`); null when it is not one. */
-export function parsePath(text: string): PathSegment[] | null {
-  if (text === '(root)' || text === '') return [];
-  const out: PathSegment[] = [];
-  const re = /(?:^|\.)([A-Za-z_$][A-Za-z0-9_$-]*)|\[([0-9]+)\]|\[("(?:[^"\\]|\\.)*")\]/y;
-  let i = 0;
-  while (i < text.length) {
-    re.lastIndex = i;
-    const m = re.exec(text);
-    if (!m) return null;
-    if (m[1] !== undefined) out.push(m[1]);
-    else if (m[2] !== undefined) out.push(Number(m[2]));
-    else {
-      try {
-        out.push(JSON.parse(m[3]!) as string);
-      } catch {
-        return null;
-      }
-    }
-    i = re.lastIndex;
-  }
-  return out;
-}
+export { parsePath };
 
 const startsWith = (p: readonly PathSegment[], prefix: readonly PathSegment[]) => prefix.length <= p.length && prefix.every((s, i) => p[i] === s);
 
@@ -80,14 +58,8 @@ function fieldPath(rel: readonly PathSegment[]): string {
  * else `<collection>/<name>.<field>`, else the document path itself.
  */
 export function describe(doc: Obj, path: readonly PathSegment[], item?: { at: readonly PathSegment[]; coll: Collection }, index?: Located[]): string {
-  if (item) {
-    const at = item.coll === upstreams ? item.at.slice(0, 2) : item.at;
-    if (startsWith(path, at)) {
-      let rel = path.slice(at.length);
-      if (item.coll.relative) rel = item.coll.relative(rel);
-      return rel.length ? formatPath(rel) : '(root)';
-    }
-  }
+  const own = item ? inItem(path, item) : null;
+  if (own !== null) return own.length ? formatPath(own) : '(root)';
   const all = index ?? locate(doc);
   let best: Located | undefined;
   for (const l of all) if (startsWith(path, l.at) && (!best || l.at.length > best.at.length)) best = l;
@@ -95,6 +67,14 @@ export function describe(doc: Obj, path: readonly PathSegment[], item?: { at: re
   const rel = path.slice(best.at.length);
   const field = fieldPath(rel);
   return field ? `${best.label}${field.startsWith('[') ? '' : '.'}${field}` : best.label;
+}
+
+/** A document path under the written item, relative to its body (null: elsewhere). */
+function inItem(path: readonly PathSegment[], item: { at: readonly PathSegment[]; coll: Collection }): PathSegment[] | null {
+  const at = item.coll === upstreams ? item.at.slice(0, 2) : item.at;
+  if (!startsWith(path, at)) return null;
+  const rel = path.slice(at.length);
+  return item.coll.relative ? item.coll.relative(rel) : rel;
 }
 
 const DOC_PATH = /\b(?:services|routes|consumers|plugins|plans)(?:\[[0-9]+\]|\["(?:[^"\\]|\\.)*"\]|\.[A-Za-z_][A-Za-z0-9_-]*)+/g;
@@ -110,6 +90,8 @@ export function apiErrors(doc: Obj, errors: readonly { path: string | readonly P
   for (const e of errors) {
     const segs = typeof e.path === 'string' ? parsePath(e.path) : [...e.path];
     const path = segs === null ? String(e.path) : describe(doc, segs, item, index);
+    // (a field of the body written points into it, RFC 9457 §3; one elsewhere in the config does not)
+    const rel = segs !== null && item ? inItem(segs, item) : null;
     const message = String(e.message).replace(DOC_PATH, (m) => {
       const p = parsePath(m);
       return p === null ? m : describe(doc, p, undefined, index);
@@ -117,7 +99,7 @@ export function apiErrors(doc: Obj, errors: readonly { path: string | readonly P
     const key = `${path}\0${message}`;
     if (seen.has(key)) continue;
     seen.add(key);
-    out.push({ path, message });
+    out.push(rel === null ? { path, message } : { path, message, pointer: pointerOf(rel) });
   }
   return out;
 }
