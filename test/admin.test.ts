@@ -396,3 +396,39 @@ test('every answer of the admin listener, the status listener and the console ec
     await t.close();
   }
 });
+
+test('every admin listener answer (the API\'s JSON, YAML and problems, /metrics, /status, 401s) says nosniff and may not be framed; the console page keeps its own CSP', async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { fileControl } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const TOKEN = 'nosniff-admin-token-0123456789';
+  const text = `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token: ${TOKEN}}\nstatus_listen: 127.0.0.1:0\naccess_log: {enabled: false}\nservices:\n  - name: s\n    url: http://127.0.0.1:9\n    routes: [{name: r, description: "<img src=x onerror=alert(1)>", paths: [/r]}]\n`;
+  const file = join(mkdtempSync(join(tmpdir(), 'tp-nosniff-')), 'turnpike.yaml');
+  writeFileSync(file, text);
+  const loaded = parseConfigText(text, { file });
+  const gw = await Gateway.start(loaded, { control: fileControl(file, loaded, silentLogger) });
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  try {
+    for (const [method, path, headers] of [
+      ['GET', '/api/routes', auth], ['GET', '/api/config', auth], ['GET', '/api/config?format=json', auth], ['GET', '/api/routes/nope', auth],
+      ['GET', '/api/routes', {}], ['OPTIONS', '/api/routes', auth], ['GET', '/api/openapi.json', auth],
+      ['GET', '/metrics', auth], ['GET', '/status', auth], ['GET', '/status/ready', {}], ['GET', '/health', {}], ['GET', '/nope', auth],
+    ] as const) {
+      const r = await request(`${admin}${path}`, { method, headers });
+      assert.equal(r.headers['x-content-type-options'], 'nosniff', `${method} ${path} ${r.status}`);
+      assert.match(String(r.headers['content-security-policy']), /frame-ancestors 'none'/, `${method} ${path}`);
+      assert.equal(r.headers['x-frame-options'], 'DENY', `${method} ${path}`);
+    }
+    const st = await request(`http://127.0.0.1:${gw.statusAddress!.port}/status/ready`);
+    assert.equal(st.headers['x-content-type-options'], 'nosniff');
+    const page = await request(`${admin}/console/`);
+    if (page.status === 200) assert.match(String(page.headers['content-security-policy']), /script-src 'self'/);
+  } finally {
+    await gw.stop();
+  }
+});

@@ -75,6 +75,16 @@ async function analyticsReport(gw: AdminView, q: URLSearchParams): Promise<unkno
 }
 
 
+/**
+ * On every answer of the admin and status listeners (the console's page and files set their
+ * own, stricter CSP over these): JSON and YAML are never sniffed into HTML, nothing is framed.
+ */
+const NO_SNIFF: readonly [string, string][] = [
+  ['x-content-type-options', 'nosniff'],
+  ['x-frame-options', 'DENY'],
+  ['content-security-policy', "default-src 'none'; frame-ancestors 'none'"],
+];
+
 /** A problem with the request id the answer echoes (X-Request-Id, set when the request came in). */
 function sendProblem(res: ServerResponse, code: ProblemCode, detail: string, _requestId: undefined, opts: { headers?: Record<string, string> } = {}): void {
   const id = res.getHeader('x-request-id');
@@ -131,6 +141,7 @@ function sendProbe(req: IncomingMessage, res: ServerResponse, gw: Pick<AdminView
 export function createStatusHandler(gw: Pick<AdminView, 'ready' | 'draining'>) {
   return (req: IncomingMessage, res: ServerResponse): void => {
     res.setHeader('x-request-id', requestIdOf(req));
+    for (const [k, v] of NO_SNIFF) res.setHeader(k, v);
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if ((req.method === 'GET' || req.method === 'HEAD') && PROBES.has(path)) return sendProbe(req, res, gw, path);
     sendProblem(res, 'no-route', `the status listener answers GET /status, /status/live and /status/ready only`, undefined);
@@ -144,6 +155,7 @@ export function createAdminHandler(gw: AdminView) {
     // Every answer echoes the request id (the client's X-Request-Id, or one made up); the API sets its own.
     const api = gw.control && (path === '/api' || path.startsWith('/api/')) && path !== '/api/scaling';
     if (!api) res.setHeader('x-request-id', requestIdOf(req));
+    for (const [k, v] of NO_SNIFF) res.setHeader(k, v);
     // Without a token the admin listener is loopback-only and every caller is the admin: a web
     // page the operator visits must not drive it (DNS rebinding: a foreign Host; a cross-site
     // form or fetch: Origin / Sec-Fetch-Site).
