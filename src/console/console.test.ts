@@ -304,11 +304,27 @@ test('the console\'s error answers (404, 401, a refused sign-in) carry the page\
 });
 
 test('a console resource asked with a method it does not take is 405 with Allow (not 404); an unknown one is 404', async () => {
-  for (const [method, path, allow] of [['GET', '/console/api/login', 'POST'], ['PUT', '/console/api/logout', 'POST'], ['POST', '/console/api/session', 'GET'], ['DELETE', '/console/api/events', 'GET'], ['POST', '/console/app.js', 'GET, HEAD']] as const) {
+  for (const [method, path, allow] of [['GET', '/console/api/login', 'POST'], ['PUT', '/console/api/logout', 'POST'], ['POST', '/console/api/session', 'GET, HEAD'], ['DELETE', '/console/api/events', 'GET, HEAD'], ['POST', '/console/app.js', 'GET, HEAD']] as const) {
     const r = await request(`${admin}${path}`, { method });
     assert.equal(r.status, 405, `${method} ${path}: ${r.body}`);
     assert.equal(r.headers['allow'], allow);
     assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:method-not-allowed');
   }
   assert.equal((await request(`${admin}/console/api/nope`, { method: 'POST' })).status, 404);
+});
+
+test('HEAD is answered wherever GET is (RFC 9110 §9.3.2): the session and the event stream give their GET\'s status and fields without a body; 405s list HEAD', async () => {
+  // (a session as a sign-in makes it: the sign-ins of this address are over their limit by now)
+  const cookie = `tp_console=${gw.gw.console!.sessions.create({ name: 'viewer', role: 'read-only' }, READER).id}`;
+  const s = await request(`${admin}/console/api/session`, { method: 'HEAD', headers: { cookie } });
+  assert.equal(s.status, 200);
+  assert.equal(s.headers['content-type'], 'application/json');
+  assert.equal(s.body, '');
+  assert.equal((await request(`${admin}/console/api/session`, { method: 'HEAD' })).status, 401);
+  const e = await request(`${admin}/console/api/events`, { method: 'HEAD', headers: { cookie } });
+  assert.equal(e.status, 200);
+  assert.equal(e.headers['content-type'], 'text/event-stream');
+  assert.equal(e.body, '');
+  assert.equal((await request(`${admin}/console/api/events`, { method: 'HEAD' })).status, 401);
+  for (const path of ['/console/api/session', '/console/api/events']) assert.equal((await request(`${admin}${path}`, { method: 'PUT', headers: { cookie } })).headers['allow'], 'GET, HEAD', path);
 });

@@ -3,7 +3,7 @@
  * app.js, app.css, built from console/ by scripts/build-console.mjs) and its API —
  *   POST /console/api/login   {token} -> session cookie (httpOnly, SameSite=Strict; Secure from an https page) + {name, role, csrf}
  *   POST /console/api/logout  (X-CSRF-Token)
- *   GET  /console/api/session -> {name, role, csrf} | 401
+ *   GET  /console/api/session -> {name, role, csrf} | 401 (HEAD: the same without a body)
  *   GET  /console/api/events  -> Server-Sent Events: `stats` every second (src/console/stats.ts), `scaling`
  * The rest of the admin listener (/api/, /metrics, /analytics...) takes the session in place of
  * the bearer token (`caller`), changes only with the session's CSRF token.
@@ -31,8 +31,8 @@ const FILES: Record<string, string> = {
 const API_METHODS: Record<string, string> = {
   '/console/api/login': 'POST',
   '/console/api/logout': 'POST',
-  '/console/api/session': 'GET',
-  '/console/api/events': 'GET',
+  '/console/api/session': 'GET, HEAD',
+  '/console/api/events': 'GET, HEAD',
 };
 const TYPES: Record<string, string> = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
 const SECURITY = {
@@ -55,7 +55,7 @@ const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
 function json(res: ServerResponse, status: number, value: unknown, headers: Record<string, string> = {}): void {
   const body = JSON.stringify(value);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...SECURITY, ...headers });
-  res.end(body);
+  res.end(res.req?.method === 'HEAD' ? undefined : body);
 }
 
 async function readSmall(req: IncomingMessage, max: number): Promise<string> {
@@ -117,7 +117,9 @@ export class ConsoleHandler {
       const file = FILES[path];
       if (file !== undefined && (method === 'GET' || method === 'HEAD')) return await this.serveFile(res, file, method);
       if (path === '/console/api/login' && method === 'POST') return await this.login(req, res);
-      if (path === '/console/api/session' && method === 'GET') {
+      // (HEAD wherever GET: RFC 9110 §9.3.2)
+      const read = method === 'GET' || method === 'HEAD';
+      if (path === '/console/api/session' && read) {
         const s = this.sessions.of(req);
         if (!s) return sendProblem(res, 'unauthorized', 'not signed in', undefined);
         return json(res, 200, { name: s.name, role: s.role, csrf: s.csrf });
@@ -129,7 +131,7 @@ export class ConsoleHandler {
         res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(secureOrigin(req)), 'cache-control': 'no-store' });
         return void res.end();
       }
-      if (path === '/console/api/events' && method === 'GET') return this.events(req, res);
+      if (path === '/console/api/events' && read) return this.events(req, res);
       // A console resource asked with another method: 405 naming the ones it takes (RFC 9110 §15.5.6).
       const allow = file !== undefined ? 'GET, HEAD' : API_METHODS[path];
       if (allow !== undefined) return sendProblem(res, 'method-not-allowed', `${method} is not allowed on ${path} (allowed: ${allow})`, undefined, { headers: { allow } });
@@ -188,6 +190,10 @@ export class ConsoleHandler {
   private events(req: IncomingMessage, res: ServerResponse): void {
     const s: Session | null = this.sessions.of(req);
     if (!s) return sendProblem(res, 'unauthorized', 'not signed in', undefined);
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', ...SECURITY });
+      return void res.end();
+    }
     let mine = this.streams.get(s.tokenHash);
     const evict = mine ? [...mine].slice(0, Math.max(0, mine.size - MAX_STREAMS_PER_TOKEN + 1)) : [];
     if (this.live.watchers - evict.length >= MAX_STREAMS) return sendProblem(res, 'service-overloaded', 'too many console streams', undefined, { headers: { 'retry-after': '5' } });
