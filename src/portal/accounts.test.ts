@@ -135,3 +135,16 @@ test('a 503 of an unreachable store says when to come back (Retry-After); one of
   assert.equal(write.status, 503, write.body);
   assert.equal(write.headers['retry-after'], '60');
 });
+
+test('emails are compared in Unicode NFC, as passwords are: an address typed decomposed (e + U+0301) and precomposed (é) is one account — one sign-up, either spelling logs in', async () => {
+  const { call } = service();
+  const nfd = 'jose\u0301@example.com';
+  const nfc = 'jos\u00e9@example.com';
+  assert.equal((await call('POST', '/signup', { body: { email: nfd, password: 'unicode-email-password' } })).status, 303);
+  const again = await call('POST', '/signup', { body: { email: nfc.toUpperCase(), password: 'another-password-123' } });
+  assert.equal(again.status, 409, 'the same address, spelt the other way, is not a second account');
+  for (const email of [nfc, nfd, ` ${nfc.toUpperCase()} `]) {
+    const r = await call('POST', '/login', { body: { email, password: 'unicode-email-password' }, clientIp: '192.0.2.77' });
+    assert.equal(r.status, 303, email);
+  }
+});

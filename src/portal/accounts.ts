@@ -97,6 +97,8 @@ const MAX_EMAIL = 254;
 const EMAIL = /^[^\s@<>"',;:()[\]\\]{1,64}@[A-Za-z0-9.-]{1,189}\.[A-Za-z0-9-]{2,63}$/;
 /** Control, format and bidi characters: never in an email shown to admins or sent to a hook. */
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]/;
+/** An email as compared and stored: trimmed, lower case, Unicode NFC (as passwords are hashed: é typed as e + U+0301 is é). */
+const normEmail = (s: string) => s.trim().toLowerCase().normalize('NFC');
 const b64u = (s: string) => Buffer.from(s).toString('base64url');
 const unb64u = (s: string) => Buffer.from(s, 'base64url').toString();
 
@@ -153,7 +155,7 @@ function developers(doc: Obj | null): Developer[] {
     const creds = Array.isArray(consumer['credentials']) ? (consumer['credentials'] as Obj[]) : [];
     const cred = creds.find((x) => typeof x === 'object' && x !== null && x['type'] === 'portal');
     if (!cred || typeof cred['email'] !== 'string') continue;
-    out.push({ consumer, name: String(consumer['name']), cred, email: cred['email'].toLowerCase(), approved: cred['approved'] !== false, verified: cred['verified'] !== false });
+    out.push({ consumer, name: String(consumer['name']), cred, email: normEmail(cred['email']), approved: cred['approved'] !== false, verified: cred['verified'] !== false });
   }
   return out;
 }
@@ -324,7 +326,7 @@ export class AccountService {
 
   private async signup(c: Ctx): Promise<AccountResponse> {
     const { acc, form, r } = c;
-    const email = (form!.get('email') ?? '').trim().toLowerCase();
+    const email = normEmail(form!.get('email') ?? '');
     const password = form!.get('password') ?? '';
     // (at most 254 characters, RFC 5321's longest path, as the portal credential's schema: a longer one failed the store write, 500)
     if (email.length > MAX_EMAIL || !EMAIL.test(email) || CONTROL.test(email)) return c.signupForm(400, 'Give a valid email address.', email.slice(0, MAX_EMAIL));
@@ -368,7 +370,7 @@ export class AccountService {
 
   private async login(c: Ctx): Promise<AccountResponse> {
     const { form, r } = c;
-    const email = (form!.get('email') ?? '').trim().toLowerCase().slice(0, MAX_EMAIL);
+    const email = normEmail(form!.get('email') ?? '').slice(0, MAX_EMAIL);
     const password = form!.get('password') ?? '';
     const now = this.now();
     const emailKey = `${email} ${ipNetwork(r.clientIp, 24)}`;
