@@ -27,7 +27,7 @@ function service(portal: PortalSettings = settings, backend: { readOnly?: () => 
     method, path, query: '', host: 'dev.test', tls: false, clientIp: opts.clientIp ?? '192.0.2.1', cookie: opts.cookie,
     contentType: opts.body ? 'application/x-www-form-urlencoded' : undefined, body: opts.body ? new URLSearchParams(opts.body).toString() : '',
   } satisfies AccountRequest);
-  return { call };
+  return { call, doc: () => doc };
 }
 
 const cookieOf = (headers: Record<string, string | string[]>) => String(headers['set-cookie']).split(';')[0]!;
@@ -147,4 +147,25 @@ test('emails are compared in Unicode NFC, as passwords are: an address typed dec
     const r = await call('POST', '/login', { body: { email, password: 'unicode-email-password' }, clientIp: '192.0.2.77' });
     assert.equal(r.status, 303, email);
   }
+});
+
+test('passwords are hashed at OWASP\'s scrypt cost (N·r·p at least 2^13·8·10, memory at least 8 MiB: OWASP Password Storage Cheat Sheet), and an unknown email costs as much', async () => {
+  const { call, doc } = service();
+  assert.equal((await call('POST', '/signup', { body: { email: 'cost@example.com', password: 'cost-check-password' } })).status, 303);
+  const cred = ((doc()['consumers'] as { credentials: { type: string; password_hash: string }[] }[])[0]!.credentials).find((c) => c.type === 'portal')!;
+  const m = /^scrypt\$([0-9]+)\$([0-9]+)\$([0-9]+)\$/.exec(cred.password_hash);
+  assert.ok(m, cred.password_hash.slice(0, 20));
+  const [N, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  assert.ok(N * r * p >= 2 ** 13 * 8 * 10, `scrypt N=${N} r=${r} p=${p}`);
+  assert.ok(128 * N * r >= 8 * 2 ** 20, `memory ${128 * N * r} bytes`);
+  // a wrong password and an unknown email take about as long (the same cost)
+  const time = async (email: string) => {
+    const t = process.hrtime.bigint();
+    assert.equal((await call('POST', '/login', { body: { email, password: 'not-the-password-1' }, clientIp: '192.0.2.200' })).status, 401);
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  };
+  await time('nobody@example.com'); // (the dummy hash is made once)
+  const known = Math.min(await time('cost@example.com'), await time('cost@example.com'));
+  const unknown = Math.min(await time('nobody@example.com'), await time('nobody@example.com'));
+  assert.ok(unknown > known / 3 && unknown < known * 3, `known ${known.toFixed(0)} ms, unknown ${unknown.toFixed(0)} ms`);
 });

@@ -90,6 +90,12 @@ const STORE_RETRY_MS = 60_000;
 const retryAfter = (ms: number): Record<string, string> => ({ 'retry-after': String(Math.max(1, Math.ceil(ms / 1000))) });
 
 export const COOKIE = 'tp_portal';
+/**
+ * Developers' passwords: scrypt at one of OWASP's equivalent minimums (Password Storage Cheat
+ * Sheet: N=2^14, r=8, p=5 — 16 MiB, about 5 × basic-auth's default work; an attacker with the
+ * store pays that per guess). Hashes made at another cost still verify (theirs is in the hash).
+ */
+const PORTAL_SCRYPT = { N: 16384, r: 8, p: 5, keylen: 32 } as const;
 const MIN_PASSWORD = 10;
 const MAX_PASSWORD = 256;
 const MAX_BODY = 16 * 1024;
@@ -350,7 +356,7 @@ export class AccountService {
       this.signupHits.set(client, (hits = { n: 0, until: now + 3_600_000 }));
     }
     hits.n++;
-    const hash = await hashPasswordAsync(password);
+    const hash = await hashPasswordAsync(password, PORTAL_SCRYPT);
     const name = nameFor(email);
     await this.backend.edit('portal', `developer sign-up: consumer ${name}`, (doc) => {
       if (developers(doc).some((d) => d.email === email)) throw new AccountError(409, 'An account with this email exists: log in instead.');
@@ -388,7 +394,7 @@ export class AccountService {
     let ok = false;
     if (password.length <= MAX_PASSWORD) {
       // (an unknown email costs the same scrypt as a known one)
-      this.dummy ??= hashPasswordAsync(randomBytes(16).toString('hex'));
+      this.dummy ??= hashPasswordAsync(randomBytes(16).toString('hex'), PORTAL_SCRYPT);
       const h = parsed ?? parseHash(await this.dummy)!;
       ok = (await verifyPassword(password, h)) && parsed !== null;
     }

@@ -36,13 +36,13 @@ export function verifyPassword(password: string, h: ParsedHash): Promise<boolean
   });
 }
 
-/** hashPassword on libuv's thread pool (for request handlers: scrypt takes ~50 ms of CPU). */
-export function hashPasswordAsync(password: string): Promise<string> {
+/** hashPassword on libuv's thread pool (for request handlers: scrypt takes ~50 ms of CPU); `cost`: other parameters. */
+export function hashPasswordAsync(password: string, cost: { N: number; r: number; p: number; keylen: number } = SCRYPT): Promise<string> {
   const salt = randomBytes(16);
   return new Promise((resolve, reject) => {
-    scrypt(password.normalize('NFC'), salt, SCRYPT.keylen, { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p }, (err, hash) => {
+    scrypt(password.normalize('NFC'), salt, cost.keylen, { N: cost.N, r: cost.r, p: cost.p, maxmem: 256 * cost.N * cost.r + 1024 * 1024 }, (err, hash) => {
       if (err) reject(err);
-      else resolve(`scrypt$${SCRYPT.N}$${SCRYPT.r}$${SCRYPT.p}$${salt.toString('base64')}$${hash.toString('base64')}`);
+      else resolve(`scrypt$${cost.N}$${cost.r}$${cost.p}$${salt.toString('base64')}$${hash.toString('base64')}`);
     });
   });
 }
