@@ -432,3 +432,40 @@ test('every admin listener answer (the API\'s JSON, YAML and problems, /metrics,
     await gw.stop();
   }
 });
+
+test('RFC 6750 §3: Bearer without one well-formed token is 400 invalid_request; another scheme (Basic) is 401 with a bare challenge; a wrong token 401 invalid_token — on /api/ and the rest of the admin listener alike', async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { fileControl } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const TOKEN = 'rfc6750-admin-token-0123456789';
+  const text = `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token: ${TOKEN}}\naccess_log: {enabled: false}\nservices: []\n`;
+  const file = join(mkdtempSync(join(tmpdir(), 'tp-rfc6750-')), 'turnpike.yaml');
+  writeFileSync(file, text);
+  const loaded = parseConfigText(text, { file });
+  const gw = await Gateway.start(loaded, { control: fileControl(file, loaded, silentLogger) });
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  try {
+    for (const path of ['/api/services', '/metrics']) {
+      // (first: the 10 wrong ones below reach the limit of wrong tokens)
+      assert.equal((await request(`${admin}${path}`, { headers: { authorization: `Bearer ${TOKEN}` } })).status, 200);
+      for (const authorization of ['Bearer', 'Bearer ', `Bearer ${TOKEN} extra`]) {
+        const r = await request(`${admin}${path}`, { headers: { authorization } });
+        assert.equal(r.status, 400, `${path} ${JSON.stringify(authorization)}: ${r.body}`);
+        assert.equal(r.headers['content-type'], 'application/problem+json');
+        assert.match(String(r.headers['www-authenticate']), /^Bearer realm="turnpike-admin", error="invalid_request"/);
+      }
+      const basic = await request(`${admin}${path}`, { headers: { authorization: 'Basic YWRtaW46cGFzc3dvcmQ=' } });
+      assert.equal(basic.status, 401);
+      assert.equal(basic.headers['www-authenticate'], 'Bearer realm="turnpike-admin"', 'no error code for another scheme (§3.1)');
+      const wrong = await request(`${admin}${path}`, { headers: { authorization: 'Bearer wrong-token-but-well-formed' } });
+      assert.equal(wrong.status, 401);
+      assert.match(String(wrong.headers['www-authenticate']), /error="invalid_token"/);
+    }
+  } finally {
+    await gw.stop();
+  }
+});

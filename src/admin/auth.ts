@@ -99,7 +99,12 @@ export function authenticate(authorization: string | undefined, tokens: readonly
 function check(authorization: string, tokens: readonly ApiToken[]): Caller {
   const m = /^Bearer[ \t]+([\x21-\x7e]+)[ \t]*$/i.exec(authorization);
   if (!m) {
-    throw new ApiError('unauthorized', 'the Authorization header must be "Bearer <admin token>"', undefined, { 'www-authenticate': `${CHALLENGE}, error="invalid_request"` });
+    // RFC 6750 §3.1: Bearer without one token is a malformed request (400 invalid_request);
+    // another scheme is no credentials for this realm (401, a challenge without an error code).
+    if (/^Bearer(?:[ \t]|$)/i.test(authorization)) {
+      throw new ApiError('bad-request', 'the Authorization header must be "Bearer <admin token>": one token', undefined, { 'www-authenticate': `${CHALLENGE}, error="invalid_request"` });
+    }
+    throw new ApiError('unauthorized', 'the admin API takes Authorization: Bearer <admin token>', undefined, { 'www-authenticate': CHALLENGE });
   }
   const given = digest(m[1]!);
   let found: ApiToken | undefined;

@@ -48,7 +48,8 @@ test('auth: bearer tokens, roles; 401 carries WWW-Authenticate; read-only may on
       assert.fail(`accepted ${h}`);
     } catch (err) {
       assert.ok(err instanceof ApiError);
-      assert.equal(err.code, 'unauthorized');
+      // (RFC 6750 §3.1: Bearer without one token is a malformed request, 400 invalid_request)
+      assert.equal(err.code, h === 'Bearer' || h?.endsWith(' extra') ? 'bad-request' : 'unauthorized', String(h));
       assert.match(err.headers!['www-authenticate']!, /^Bearer realm="turnpike-admin"/);
     }
   }

@@ -190,11 +190,15 @@ export function createAdminHandler(gw: AdminView) {
     }
     // A bearer token: checked against every admin token (constant time); wrong ones from one
     // client are counted (429 with Retry-After past the limit, before the token is looked at).
+    let refused: ApiError | undefined;
     if (tokens.length > 0 && authorization !== undefined && authorization !== '') {
       try {
         who = authenticate(authorization, tokens, { failures, ip: req.socket.remoteAddress ?? '' });
       } catch (err) {
-        if (err instanceof ApiError && err.code === 'too-many-requests') return void sendProblem(res, err.code, err.detail, undefined, { headers: err.headers ?? {} });
+        if (!(err instanceof ApiError)) throw err;
+        // 429 past the limit; 400 for Bearer without one token (RFC 6750 §3.1), even on a probe path
+        if (err.code === 'too-many-requests' || (err.code === 'bad-request' && !(read && PROBES.has(path)))) return void sendProblem(res, err.code, err.detail, undefined, { headers: err.headers ?? {} });
+        refused = err; // (its challenge says why: invalid_token)
       }
     }
     // A console session stands for its token (changes need its CSRF token).
@@ -216,7 +220,7 @@ export function createAdminHandler(gw: AdminView) {
     // the rest needs the token (/status with it: the whole report).
     const probe = read && PROBES.has(path);
     if (!authed && !probe) {
-      sendProblem(res, 'unauthorized', 'this admin endpoint needs Authorization: Bearer <admin token>', undefined, { headers: { 'www-authenticate': 'Bearer realm="turnpike-admin"' } });
+      sendProblem(res, 'unauthorized', refused?.code === 'unauthorized' ? refused.detail : 'this admin endpoint needs Authorization: Bearer <admin token>', undefined, { headers: { 'www-authenticate': 'Bearer realm="turnpike-admin"', ...(refused?.code === 'unauthorized' ? refused.headers : {}) } });
       return;
     }
     if (probe && (!authed || path !== '/status')) return sendProbe(req, res, gw, path);
