@@ -805,6 +805,12 @@ test('file store: sign-up answers 503 naming the sqlite / postgres store; nothin
   assert.equal(login.status, 401);
   assert.equal((await get(g4, '/account')).headers.location, '/portal/login');
   assert.equal((await get(g4, '/signup')).status, 200);
+  // the account service's own problem (usage.json without a session) carries the request id
+  const usage = await http(`${g4.proxy}/portal/account/usage.json`, { headers: { 'x-request-id': 'usage-trace-7' } });
+  assert.equal(usage.status, 401);
+  assert.equal(usage.headers['content-type'], 'application/problem+json');
+  assert.equal(usage.headers['x-request-id'], 'usage-trace-7');
+  assert.equal(JSON.parse(usage.body).request_id, 'usage-trace-7');
 });
 
 // ---- G5: the startup window ----

@@ -80,6 +80,16 @@ test('hostile paths and methods: unknown or unpublished APIs 404, traversal and 
   assert.equal((await request(`${gw.url}/hidden`)).status, 200);
 });
 
+test('the portal\'s problems (404, 405) carry the request id, as every problem the gateway answers does (request_id and X-Request-Id)', async () => {
+  for (const [method, path] of [['GET', '/portal/nope'], ['GET', '/portal/apis/hidden'], ['POST', '/portal/'], ['DELETE', '/portal/apis/orders']] as const) {
+    const r = await request(`${gw.url}${path}`, { method, headers: { 'x-request-id': 'portal-trace-42' } });
+    assert.ok(r.status === 404 || r.status === 405, `${method} ${path}: ${r.status}`);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers['x-request-id'], 'portal-trace-42');
+    assert.equal(JSON.parse(r.body).request_id, 'portal-trace-42', `${method} ${path}`);
+  }
+});
+
 test('off by default: /portal/ is just a path', async () => {
   const t = await startGateway(`services: [{name: s, url: "${up.url}", published: true, routes: [{paths: [/x]}]}]`);
   try {

@@ -30,7 +30,7 @@ export function answerPortal(p: PortalSettings, req: IncomingMessage, res: Serve
   const html = 'text/html; charset=utf-8';
   const method = req.method ?? 'GET';
   if (method !== 'GET' && method !== 'HEAD') {
-    return send(req, res, 405, 'application/problem+json', JSON.stringify({ type: 'urn:turnpike:problem:method-not-allowed', title: 'Method Not Allowed', status: 405, detail: 'the portal is read-only' }), { ...extra, allow: 'GET, HEAD' });
+    return send(req, res, 405, 'application/problem+json', problemBody('method-not-allowed', 'the portal is read-only', extra['x-request-id']), { ...extra, allow: 'GET, HEAD' });
   }
   const rest = path.slice(p.base.length);
   if (rest === '') {
@@ -44,7 +44,7 @@ export function answerPortal(p: PortalSettings, req: IncomingMessage, res: Serve
   const m = /^\/apis\/([^/]+)(\/openapi\.json)?$/.exec(rest);
   const api = m ? p.apis.find((a) => a.name === safeDecode(m[1]!)) : undefined;
   if (!m || !api) {
-    return send(req, res, 404, 'application/problem+json', JSON.stringify({ type: 'urn:turnpike:problem:no-route', title: 'Not Found', status: 404, detail: 'no such page in the portal' }), extra);
+    return send(req, res, 404, 'application/problem+json', problemBody('no-route', 'no such page in the portal', extra['x-request-id']), extra);
   }
   const host = typeof req.headers.host === 'string' && /^[A-Za-z0-9.:[\]-]+$/.test(req.headers.host) ? req.headers.host : 'localhost';
   const tls = (req.socket as { encrypted?: boolean }).encrypted === true;
@@ -72,7 +72,7 @@ function safeDecode(s: string): string {
 const MAX_FORM = 16 * 1024;
 
 function problem(res: ServerResponse, code: 'service-unavailable' | 'payload-too-large', detail: string, extra: Record<string, string>): void {
-  const body = problemBody(code, detail);
+  const body = problemBody(code, detail, extra['x-request-id']);
   res.writeHead(PROBLEMS[code].status, { 'content-type': 'application/problem+json', 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store', ...SECURITY, ...extra });
   res.end(body);
 }
@@ -90,12 +90,23 @@ export function answerAccount(
     (buf) => accounts({ ...fields, body: buf.toString('utf8') }),
   ).then((r) => {
     if (res.headersSent || res.destroyed) return;
-    const headers: Record<string, string | string[] | number> = { ...r.headers, ...extra, 'content-length': Buffer.byteLength(r.body) };
+    // (a problem the account service made, where the request id is not known: it carries it here)
+    const body = r.headers['content-type'] === 'application/problem+json' && extra['x-request-id'] ? withRequestId(r.body, extra['x-request-id']) : r.body;
+    const headers: Record<string, string | string[] | number> = { ...r.headers, ...extra, 'content-length': Buffer.byteLength(body) };
     res.writeHead(r.status, headers);
-    res.end(req.method === 'HEAD' ? undefined : r.body);
+    res.end(req.method === 'HEAD' ? undefined : body);
   }, (err: unknown) => {
     if (res.headersSent || res.destroyed) return;
     if (err instanceof ProblemError && err.code === 'payload-too-large') return problem(res, 'payload-too-large', 'the form is larger than 16 KB', { ...extra, connection: 'close' });
     problem(res, 'service-unavailable', 'the account service did not answer; try again', extra);
   });
+}
+
+function withRequestId(body: string, requestId: string): string {
+  try {
+    const p = JSON.parse(body) as Record<string, unknown>;
+    return p !== null && typeof p === 'object' && p['request_id'] === undefined ? JSON.stringify({ ...p, request_id: requestId }) : body;
+  } catch {
+    return body;
+  }
 }
