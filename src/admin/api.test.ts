@@ -974,3 +974,31 @@ test('validation errors point into the request body (RFC 9457 §3: errors[].poin
     await api.close();
   }
 });
+
+test('GET /api/developers pages like every other list (limit 1..1000, offset, next; a bad one is a 400), and an unknown ?status= is a 400, not an empty list', async () => {
+  const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
+  const consumers = Array.from({ length: 5 }, (_, i) => ({ name: `dev-${i}`, tags: ['portal'], credentials: [{ type: 'portal', email: `d${i}@example.com`, password_hash: hash, ...(i % 2 ? { approved: false } : {}) }] }));
+  const api = await start({ seed: { consumers } as Obj });
+  try {
+    const first = await api.call('GET', '/api/developers?limit=2');
+    assert.equal(first.status, 200, first.text);
+    assert.deepEqual(first.json.data.map((d: { consumer: string }) => d.consumer), ['dev-0', 'dev-1']);
+    assert.equal(first.json.total, 5);
+    assert.equal(first.json.limit, 2);
+    assert.equal(first.json.offset, 0);
+    const second = await api.call('GET', first.json.next);
+    assert.deepEqual(second.json.data.map((d: { consumer: string }) => d.consumer), ['dev-2', 'dev-3']);
+    const last = await api.call('GET', second.json.next);
+    assert.deepEqual(last.json.data.map((d: { consumer: string }) => d.consumer), ['dev-4']);
+    assert.equal(last.json.next, null);
+    const pending = await api.call('GET', '/api/developers?status=pending-approval&limit=1');
+    assert.deepEqual([pending.json.data[0].consumer, pending.json.total], ['dev-1', 2]);
+    assert.match(pending.json.next, /status=pending-approval/);
+    assert.deepEqual((await api.call('GET', '/api/developers?offset=99999999999')).json.data, []);
+    for (const q of ['limit=0', 'limit=-1', 'limit=1001', 'limit=abc', 'offset=-1', 'offset=1e3', 'status=bogus', 'status=active&status=active']) {
+      isProblem(await api.call('GET', `/api/developers?${q}`), 400, 'bad-request');
+    }
+  } finally {
+    await api.close();
+  }
+});

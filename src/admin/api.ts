@@ -99,6 +99,7 @@ class Unchanged extends Error {
 const RETRIES = 8;
 const LIST_LIMIT = 100;
 const MAX_LIMIT = 1000;
+const DEVELOPER_STATUSES: readonly string[] = ['unverified', 'pending-approval', 'active'];
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 const isPromise = <T>(v: T | Promise<T>): v is Promise<T> => typeof (v as { then?: unknown })?.then === 'function';
@@ -599,12 +600,23 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
   // ---- developers (the portal's accounts) ----
 
   async function developers(ctx: Ctx): Promise<void> {
-    checkQuery(ctx, ['status', 'pending']);
-    const { doc, revision } = await current();
+    checkQuery(ctx, ['status', 'pending', 'limit', 'offset']);
     const status = ctx.query.get('status');
+    if (status !== null && !DEVELOPER_STATUSES.includes(status)) throw new ApiError('bad-request', `status is one of ${DEVELOPER_STATUSES.join(', ')}`);
     const pending = bool(ctx, 'pending');
-    const data = listDevelopers(doc).filter((d) => (status === null || d.status === status) && (!pending || awaitsAdmin(d)));
-    sendJson(ctx, 200, { data, total: data.length }, revisionHeader(revision));
+    // (paged as every list is: sign-ups are not bounded)
+    const limit = int(ctx, 'limit', LIST_LIMIT, 1, MAX_LIMIT);
+    const offset = int(ctx, 'offset', 0, 0, Number.MAX_SAFE_INTEGER);
+    const { doc, revision } = await current();
+    const all = listDevelopers(doc).filter((d) => (status === null || d.status === status) && (!pending || awaitsAdmin(d)));
+    let next: string | null = null;
+    if (offset + limit < all.length) {
+      const q = new URLSearchParams(ctx.query);
+      q.set('offset', String(offset + limit));
+      q.set('limit', String(limit));
+      next = `${ctx.path}?${q.toString()}`;
+    }
+    sendJson(ctx, 200, { data: all.slice(offset, offset + limit), total: all.length, offset, limit, next }, revisionHeader(revision));
   }
 
   async function decide(ctx: Ctx, name: string, decision: 'approve' | 'reject'): Promise<void> {

@@ -271,8 +271,10 @@ export function openApiDocument(base = '/api'): Json {
       parameters: [
         { name: 'status', in: 'query', schema: { enum: ['unverified', 'pending-approval', 'active'] } },
         { name: 'pending', in: 'query', schema: { type: 'boolean' }, description: 'Only those awaiting an admin (a sign-up or a plan request).' },
+        { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
+        { name: 'offset', in: 'query', schema: { type: 'integer', minimum: 0, default: 0 } },
       ],
-      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: developer }, total: { type: 'integer' } } }, 'Developers.'), ...STD_ERRORS },
+      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: developer }, total: { type: 'integer' }, offset: { type: 'integer' }, limit: { type: 'integer' }, next: { type: ['string', 'null'] } } }, 'Developers, a page of them.'), ...STD_ERRORS },
     },
   };
   for (const d of ['approve', 'reject'] as const) {

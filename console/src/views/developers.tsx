@@ -38,7 +38,7 @@ function useDevelopers(pendingOnly: boolean): List<Developer> {
   const load = async () => {
     setError(null);
     try {
-      const { body } = await request<{ data: Developer[]; total: number }>('GET', `/api/developers${pendingOnly ? '?pending=true' : ''}`);
+      const { body } = await request<{ data: Developer[]; total: number }>('GET', `/api/developers?limit=1000${pendingOnly ? '&pending=true' : ''}`);
       setItems(body.data);
       setTotal(body.total);
     } catch (err) {
