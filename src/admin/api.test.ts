@@ -1002,3 +1002,20 @@ test('GET /api/developers pages like every other list (limit 1..1000, offset, ne
     await api.close();
   }
 });
+
+test('If-Match: * on PUT /api/config of an empty store (no revision yet) is a 412 (RFC 9110 §13.1.1: * is false when there is no current representation); once there is one it holds', async () => {
+  const api = await start();
+  try {
+    const doc = { services: [{ name: 'first', url: 'http://127.0.0.1:9001' }] };
+    const blind = await api.call('PUT', '/api/config', { body: doc, headers: { 'if-match': '*' } });
+    isProblem(blind, 412, 'precondition-failed');
+    assert.equal(await api.store.current(), null, 'nothing written');
+    isProblem(await api.call('PUT', '/api/config?dry_run=true', { body: doc, headers: { 'if-match': '*' } }), 412, 'precondition-failed');
+    assert.equal((await api.call('PUT', '/api/config', { body: doc, headers: { 'if-none-match': '*' } })).status, 200, 'If-None-Match: * creates it');
+    const again = await api.call('PUT', '/api/config', { body: { services: [{ name: 'second', url: 'http://127.0.0.1:9002' }] }, headers: { 'if-match': '*' } });
+    assert.equal(again.status, 200, again.text);
+    assert.equal(again.json.revision, 2);
+  } finally {
+    await api.close();
+  }
+});

@@ -514,8 +514,13 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       keepDevelopers(doc, cur, 'put');
       return { doc, at: null, documentTerms: true };
     };
+    // If-Match: * holds only when the config has a current revision (RFC 9110 §13.1.1)
+    const configExists = (revision: number) => {
+      if (pre?.any && revision === 0) throw new ApiError('precondition-failed', 'If-Match: *: the config has no revision yet (If-None-Match: * creates it)');
+    };
     if (dryRun) {
       const { doc, revision } = await current();
+      configExists(revision);
       checkIfMatch(pre, revision, null);
       checkIfNoneMatch(ctx, revision > 0 ? revisionTag(revision) : null, 'the config');
       const s = stage(doc);
@@ -527,6 +532,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     }
     let before: Obj = {};
     const { stored, staged } = await commit(ctx, `PUT ${ctx.path}`, (cur, revision) => {
+      configExists(revision);
       checkIfMatch(pre, revision, null);
       checkIfNoneMatch(ctx, revision > 0 ? revisionTag(revision) : null, 'the config');
       before = cur ?? {};
