@@ -486,8 +486,10 @@ test('rotation and revocation: after rotate the old key is 401 and the new one 2
   // (a dot segment hidden behind %2F is refused by the gateway's path guard before the portal)
   assert.equal((await post(g1, `/account/keys/${encodeURIComponent('../x')}/revoke`, { csrf: C.csrf }, { cookie: C.cookie })).status, 400);
   assert.equal((await post(g1, `/account/keys/${encodeURIComponent(`${k2.id}/../${k2.id}`)}/revoke`, { csrf: C.csrf }, { cookie: C.cookie })).status, 400);
-  // a plain GET on an action changes nothing
-  assert.equal((await get(g1, `/account/keys/${k2.id}/revoke`, C.cookie)).status, 404);
+  // a plain GET on an action changes nothing (405: the action takes POST only)
+  const getAction = await get(g1, `/account/keys/${k2.id}/revoke`, C.cookie);
+  assert.equal(getAction.status, 405);
+  assert.equal(getAction.headers['allow'], 'POST');
   assert.equal(await apiCall(g1, k2.key), 200);
 });
 

@@ -169,3 +169,23 @@ test('passwords are hashed at OWASP\'s scrypt cost (N·r·p at least 2^13·8·10
   const unknown = Math.min(await time('nobody@example.com'), await time('nobody@example.com'));
   assert.ok(unknown > known / 3 && unknown < known * 3, `known ${known.toFixed(0)} ms, unknown ${unknown.toFixed(0)} ms`);
 });
+
+test('an account page asked with a method it does not take is 405 with its own Allow (RFC 9110 §15.5.6), not 404 as if it did not exist; an unknown page is still 404', async () => {
+  const { call } = service();
+  const s = await call('POST', '/signup', { body: { email: 'methods@example.com', password: 'methods-password-01' } });
+  const cookie = cookieOf(s.headers);
+  for (const [method, path, allow] of [
+    ['POST', '/account', 'GET, HEAD'], ['DELETE', '/account', 'GET, HEAD'], ['POST', '/account/usage.json', 'GET, HEAD'],
+    ['GET', '/logout', 'POST'], ['GET', '/account/keys', 'POST'], ['GET', '/account/keys/k-1/rotate', 'POST'], ['GET', '/account/plan', 'POST'], ['GET', '/account/verify', 'POST'],
+    ['PUT', '/login', 'GET, HEAD, POST'], ['DELETE', '/signup', 'GET, HEAD, POST'],
+  ] as const) {
+    for (const c of [cookie, undefined]) {
+      const r = await call(method, path, { cookie: c, ...(method === 'POST' ? { body: { x: '1' } } : {}) });
+      assert.equal(r.status, 405, `${method} ${path} ${c ? 'signed in' : 'anonymous'}: ${r.status}`);
+      assert.equal(r.headers['allow'], allow, `${method} ${path}`);
+    }
+  }
+  assert.equal((await call('GET', '/account/nope', { cookie })).status, 404);
+  assert.equal((await call('POST', '/account/nope', { cookie, body: { x: '1' } })).status, 403, '(no form token: refused before anything)');
+  assert.equal((await call('GET', '/account', { cookie })).status, 200);
+});

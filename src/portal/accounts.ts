@@ -238,7 +238,12 @@ export class AccountService {
   private async route(c: Ctx): Promise<AccountResponse> {
     const { r, acc } = c;
     const method = r.method === 'HEAD' ? 'GET' : r.method;
-    if (method !== 'GET' && method !== 'POST') return { ...c.message(405, 'Not allowed', 'Use GET or POST.'), headers: { ...PAGE_HEADERS, allow: 'GET, HEAD, POST' } };
+    // A page asked with a method it does not take: 405 with its own Allow (RFC 9110 §15.5.6), before anything else.
+    const allow = allowedOn(r.path);
+    if ((method !== 'GET' && method !== 'POST') || (allow !== null && !allow.includes(method))) {
+      const list = allow ?? 'GET, HEAD, POST';
+      return { ...c.message(405, 'Not allowed', `Use ${list.replace(', HEAD', '').replace(', ', ' or ')}.`), headers: { ...PAGE_HEADERS, allow: list } };
+    }
     c.session = this.session(c);
     if (method === 'POST') {
       const foreign = foreignPost(r);
@@ -570,6 +575,14 @@ export class AccountService {
       return null;
     }
   }
+}
+
+/** The methods an account page takes (null: no such page). */
+function allowedOn(p: string): string | null {
+  if (p === '/signup' || p === '/login' || p === '/verify') return 'GET, HEAD, POST';
+  if (p === '/account' || p === '/account/usage.json') return 'GET, HEAD';
+  if (p === '/logout' || p === '/account/keys' || p === '/account/plan' || p === '/account/verify' || /^\/account\/keys\/[A-Za-z0-9._~-]{1,100}\/(rotate|revoke)$/.test(p)) return 'POST';
+  return null;
 }
 
 function equal(a: string, b: string): boolean {
