@@ -328,3 +328,13 @@ test('HEAD is answered wherever GET is (RFC 9110 §9.3.2): the session and the e
   assert.equal((await request(`${admin}/console/api/events`, { method: 'HEAD' })).status, 401);
   for (const path of ['/console/api/session', '/console/api/events']) assert.equal((await request(`${admin}${path}`, { method: 'PUT', headers: { cookie } })).headers['allow'], 'GET, HEAD', path);
 });
+
+test('OPTIONS on a console resource answers 204 with its Allow, as the rest of the admin listener does (an unknown one is 404)', async () => {
+  for (const [path, allow] of [['/console/api/login', 'POST, OPTIONS'], ['/console/api/logout', 'POST, OPTIONS'], ['/console/api/session', 'GET, HEAD, OPTIONS'], ['/console/api/events', 'GET, HEAD, OPTIONS'], ['/console/app.js', 'GET, HEAD, OPTIONS'], ['/console/', 'GET, HEAD, OPTIONS']] as const) {
+    const r = await request(`${admin}${path}`, { method: 'OPTIONS' });
+    assert.equal(r.status, 204, `${path}: ${r.status} ${r.body}`);
+    assert.equal(r.headers['allow'], allow, path);
+    assert.equal(r.body, '');
+  }
+  assert.equal((await request(`${admin}/console/api/nope`, { method: 'OPTIONS' })).status, 404);
+});

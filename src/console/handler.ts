@@ -134,6 +134,10 @@ export class ConsoleHandler {
       if (path === '/console/api/events' && read) return this.events(req, res);
       // A console resource asked with another method: 405 naming the ones it takes (RFC 9110 §15.5.6).
       const allow = file !== undefined ? 'GET, HEAD' : API_METHODS[path];
+      if (allow !== undefined && method === 'OPTIONS') {
+        res.writeHead(204, { allow: `${allow}, OPTIONS`, 'cache-control': 'no-store', ...SECURITY });
+        return void res.end();
+      }
       if (allow !== undefined) return sendProblem(res, 'method-not-allowed', `${method} is not allowed on ${path} (allowed: ${allow})`, undefined, { headers: { allow } });
       sendProblem(res, 'no-route', `no console resource ${path}`, undefined);
     } catch (err) {
