@@ -251,6 +251,27 @@ test('CONNECT over HTTP/2 is a 405 problem+json with Allow, as over HTTP/1.1', a
   }
 });
 
+test('HTTP/2 Expect: an unknown expectation is a 417 problem+json with the request id (as over HTTP/1.1); 100-continue is matched case-insensitively (RFC 9110 §10.1.1)', async () => {
+  const session = h2connect(gw.url);
+  try {
+    const before = up.requests.length;
+    const odd = await h2request(session, { ':method': 'POST', ':path': '/h1/e', ':authority': 'api.test', expect: 'foo', 'content-length': '2' }, 'hi');
+    assert.equal(odd.status, 417);
+    assert.equal(odd.headers['content-type'], 'application/problem+json');
+    assert.equal(JSON.parse(odd.body).type, 'urn:turnpike:problem:expectation-failed');
+    assert.ok(odd.headers['x-request-id'], 'the request id, as on every response');
+    assert.equal(up.requests.length, before, 'nothing forwarded');
+    // The field's value is case-insensitive: 100-Continue is the expectation the gateway meets.
+    const cont = await h2request(session, { ':method': 'POST', ':path': '/h1/e', ':authority': 'api.test', expect: '100-Continue', 'content-length': '2' }, 'hi');
+    assert.equal(cont.status, 200);
+    assert.equal(JSON.parse(cont.body).body, 'hi');
+    // the session goes on
+    assert.equal((await h2request(session, { ':path': '/h1', ':authority': 'api.test' })).status, 200);
+  } finally {
+    session.close();
+  }
+});
+
 test('a composition and a request-transform read {header.host} from an HTTP/2 client\'s :authority (it sends no Host field)', async () => {
   const seen: string[] = [];
   const up = await startUpstream((q, res) => {

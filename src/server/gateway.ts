@@ -106,6 +106,8 @@ interface ConnState { at: number; active: number; unsafe: number; waiting: numbe
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const kConn = Symbol('turnpike.conn');
 type TrackedSocket = Socket & { [kConn]?: ConnState };
+/** An Expect value holding 100-continue (node:http's own test; RFC 9110 §10.1.1: case-insensitive). */
+const CONTINUE_RE = /(?:^|\W)100-continue(?:$|\W)/i;
 /** How long a new connection may take to send its first request once draining began. */
 const FIRST_REQUEST_GRACE_MS = 1000;
 
@@ -819,6 +821,14 @@ export class Gateway implements RequestContext {
     });
     server.on('request', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, false));
     server.on('checkContinue', (req, res) => this.onRequest(req as unknown as IncomingMessage, res as unknown as ServerResponse, true));
+    // Any other Expect (node:http2 takes only the exact `100-continue` for one; it answered a
+    // bare 417 without this listener): the value is case-insensitive and may be a list (RFC 9110
+    // §10.1.1), so a 100-continue in it is met as over HTTP/1.1; anything else is a 417 problem.
+    server.on('checkExpectation', (req, res) => {
+      const q = req as unknown as IncomingMessage;
+      if (CONTINUE_RE.test(q.headers.expect ?? '')) return this.onRequest(q, res as unknown as ServerResponse, true);
+      this.expectationFailed(q, res as unknown as ServerResponse);
+    });
     // CONNECT (RFC 9113 §8.5): refused as over HTTP/1.1 — problem+json with Allow (node's own
     // answer is a bare 405).
     server.on('connect', (req, res) => {
@@ -916,6 +926,14 @@ export class Gateway implements RequestContext {
     }
   }
 
+  /** An Expect other than 100-continue (RFC 9110 §10.1.1): 417, in the catalogue's terms, counted and logged like every request. */
+  private expectationFailed(req: IncomingMessage, res: ServerResponse): void {
+    req.resume();
+    const ex = this.observer.begin();
+    if (ex !== null) res.once('close', () => this.observer.end(ex, req, res));
+    sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', requestIdOf(req), { close: true });
+  }
+
   /** The plain listener's answer when tls.redirect_http is on: the same URL on the TLS listener. */
   private redirectToHttps(req: IncomingMessage, res: ServerResponse, status: number): void {
     let raw = req.headers[':authority'] ?? req.headers.host;
@@ -967,13 +985,7 @@ export class Gateway implements RequestContext {
     server.on('request', (req, res) => this.onRequest(req, res, false));
     server.on('checkContinue', (req, res) => this.onRequest(req, res, true));
     // An Expect other than 100-continue (RFC 9110 §10.1.1): 417, in the catalogue's terms.
-    server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => {
-      req.resume();
-      // (counted and logged like every request)
-      const ex = this.observer.begin();
-      if (ex !== null) res.once('close', () => this.observer.end(ex, req, res));
-      sendProblem(res, 'expectation-failed', 'only the expectation 100-continue is supported', requestIdOf(req), { close: true });
-    });
+    server.on('checkExpectation', (req: IncomingMessage, res: ServerResponse) => this.expectationFailed(req, res));
     // Upgrade requests leave the parser with their raw socket. A WebSocket one gets a response
     // object bound to that socket and takes the usual path: a WebSocket route relays, any other
     // route answers as plain HTTP (Upgrade ignored, RFC 9110 §7.8) and closes.
