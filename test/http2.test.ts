@@ -272,6 +272,25 @@ test('HTTP/2 Expect: an unknown expectation is a 417 problem+json with the reque
   }
 });
 
+test('HTTP/2: a :path with bytes past ASCII (raw UTF-8, overlong C0 AF) is a 400 problem+json, as over HTTP/1.1; it never reaches an HTTP/1.1 upstream as an invalid request line', async () => {
+  const session = h2connect(gw.url);
+  try {
+    const before = up.requests.length;
+    // (header strings are latin1: one character per byte on the wire)
+    for (const path of ['/h1/caf\u00c3\u00a9', '/h1/..\u00c0\u00afetc', '/h1?q=\u00e9']) {
+      const r = await h2request(session, { ':path': path, ':authority': 'api.test' });
+      assert.equal(r.status, 400, path);
+      assert.equal(r.headers['content-type'], 'application/problem+json', path);
+      assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:bad-request');
+    }
+    assert.equal(up.requests.length, before, 'nothing forwarded');
+    // Percent-encoded, the same path is fine.
+    assert.equal((await h2request(session, { ':path': '/h1/caf%C3%A9', ':authority': 'api.test' })).status, 200);
+  } finally {
+    session.close();
+  }
+});
+
 test('a composition and a request-transform read {header.host} from an HTTP/2 client\'s :authority (it sends no Host field)', async () => {
   const seen: string[] = [];
   const up = await startUpstream((q, res) => {

@@ -59,6 +59,8 @@ function portBeyondRange(host: string): boolean {
 const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
+/** A byte a request target may not hold (RFC 3986 §2; RFC 9112 §3.2): a control, a space, or past ASCII. */
+const NOT_URI_CHAR = /[^\x21-\x7e]/;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)(.*)$/is; // (linear: no '#' is left when it runs)
 /** The pseudonym this gateway uses in Via (RFC 9110 §7.6.3). */
 const VIA_NAME = 'turnpike';
@@ -303,6 +305,11 @@ export function handleRequest(
   if (req.httpVersionMajor !== 1 && !h2) return reject(ctx, req, res, requestId, 'http-version-not-supported', `HTTP/${req.httpVersion} is not supported`);
   const url = req.url ?? '';
   if (url.length > snap.limits.maxUriLength) return reject(ctx, req, res, requestId, 'uri-too-long', `the request target is longer than ${snap.limits.maxUriLength} bytes`);
+  // HTTP/2: nghttp2 passes bytes past ASCII in :path (raw UTF-8, an overlong C0 AF that lenient
+  // decoders read as '/'), which llhttp refuses over HTTP/1.1 and which would go upstream as an
+  // invalid request line (RFC 3986 §2: they are percent-encoded). Control bytes and spaces
+  // nghttp2 refuses itself.
+  if (h2 && NOT_URI_CHAR.test(url)) return reject(ctx, req, res, requestId, 'bad-request', 'the request target has a byte that is not allowed in a URI (non-ASCII is sent percent-encoded)');
   // (HTTP/2's list also holds its 3-4 pseudo-header fields.)
   if (raw.length / 2 > snap.limits.maxHeaders + (h2 ? 4 : 0)) return reject(ctx, req, res, requestId, 'headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
 
