@@ -116,6 +116,40 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
   }
 });
 
+test('a path in another case than a protected route\'s cannot route past it: Express (by default), ASP.NET and IIS match paths case-insensitively', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`services:
+  - name: e
+    url: ${up.url}
+    routes:
+      - {name: public, paths: [/v1]}
+      - {name: admin, paths: [/v1/admin], plugins: [{name: key-auth}]}
+      - {name: all, paths: [/]}
+      - {name: private, paths: [/private], plugins: [{name: key-auth}]}
+      - {name: files, paths: ["/files/{name}"]}
+consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
+`);
+  try {
+    for (const path of ['/PRIVATE', '/Private/x', '/v1/ADMIN', '/V1/Admin/users', '/v1/aDmIn;x']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+      assert.match(r.text, /application\/problem\+json/);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
+    // In the route's own case: its policy answers; with the key it goes through.
+    assert.equal((await request(`${g.url}/v1/admin`)).status, 401);
+    assert.equal((await request(`${g.url}/v1/admin`, { headers: { apikey: 'k1-secret-key' } })).status, 200);
+    // Upper case that reads as no other route goes where it matched, as sent.
+    for (const path of ['/v1/Users/ABC', '/files/README.md', '/Other/Thing', '/v1/%2Fx']) {
+      assert.equal((await request(`${g.url}${path}`)).status, 200, path);
+      assert.equal(up.requests.at(-1)!.url, path);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a route path with non-ASCII characters is a config error that shows the percent-encoded form', () => {
   const issues = configIssues(`services:\n  - name: e\n    url: http://127.0.0.1:1\n    routes: [{paths: [/ok, /privé]}]\n`);
   assert.equal(issues.length, 1, JSON.stringify(issues));

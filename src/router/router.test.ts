@@ -166,3 +166,23 @@ test('a node with one literal child matches that segment exactly, not a prefix o
   assert.deepEqual(m('/a/post/7'), ['one', { id: '7' }]);
   assert.equal(m('/a/pag'), null);
 });
+
+test('caseVariant / match(..., fold): a segment in another case than a route literal, and the route a case-insensitive server would read it as', () => {
+  const r = new Router<string>([
+    { paths: ['/'], data: 'root' },
+    { paths: ['/admin'], data: 'admin' },
+    { paths: ['/Reports/{id}'], data: 'reports' },
+    { paths: ['/pkg.Echo'], data: 'grpc' },
+  ]);
+  const folded = (p: string) => { const m = r.match('GET', 'x', p, {}, true); return m && 'data' in m ? m.data : null; };
+  assert.equal(r.caseVariant('/ADMIN/x'), true);
+  assert.equal(folded('/ADMIN/x'), 'admin');
+  // a route literal with capitals: the lower-case path is a variant of it too
+  assert.equal(r.caseVariant('/reports/7'), true);
+  assert.equal(folded('/reports/7'), 'reports');
+  // spelled as the route's own literal, or naming no literal: nothing to fold
+  for (const p of ['/admin', '/Reports/ABC', '/pkg.Echo/Say', '/Other/Thing', '/']) assert.equal(r.caseVariant(p), false, p);
+  // no literal with letters at all: never (a router of `/` and params only)
+  const plain = new Router<string>([{ paths: ['/'], data: 'root' }, { paths: ['/{id}'], data: 'id' }]);
+  assert.equal(plain.caseVariant('/ABC'), false);
+});

@@ -56,6 +56,8 @@ class TrieNode<T> {
   literal: Map<string, TrieNode<T>> | null = null;
   param: TrieNode<T> | null = null;
   entries: Entry<T>[] = NO_ENTRIES;
+  /** The literal children by lower-cased segment, built on a case-folded match's first visit. */
+  folded: Map<string, TrieNode<T>[]> | null = null;
 
   /** The literal child for `seg`, created when missing. */
   literalChild(seg: string): TrieNode<T> {
@@ -91,6 +93,9 @@ export interface RouteConflict {
 }
 
 const PARAM = /^\{([A-Za-z_][A-Za-z0-9_]*)\}$/;
+const LETTER = /[A-Za-z]/;
+const UPPER = /[A-Z]/;
+const NO_NODES: never[] = [];
 const NO_HEADER_MATCH: [string, Set<string>][] = [];
 const NO_PARAMS: [number, string][] = [];
 
@@ -143,6 +148,11 @@ export class Router<T> {
     return r;
   }
 
+  /** Literal pattern segments with a letter, lower-cased, to their spelling (null: several spellings). See caseVariant. */
+  private readonly foldable = new Map<string, string | null>();
+  /** Some literal pattern segment has a capital letter (then a path in lower case can be another case of it). */
+  private mixedCase = false;
+
   /** Method sets shared between routes with the same methods (10,000 routes, a handful of sets). */
   private readonly methodSets = new Map<string, ReadonlySet<string>>();
 
@@ -171,6 +181,13 @@ export class Router<T> {
             params.push([i, p[1]!]);
             node = node.param ??= new TrieNode<T>();
           } else {
+            if (LETTER.test(seg)) {
+              const low = seg.toLowerCase();
+              const prev = this.foldable.get(low);
+              if (prev === undefined) this.foldable.set(low, seg);
+              else if (prev !== seg) this.foldable.set(low, null);
+              if (low !== seg) this.mixedCase = true;
+            }
             node = node.literalChild(seg);
           }
         }
@@ -214,22 +231,22 @@ export class Router<T> {
    * with `/`; `host` is the Host without port, lower-cased. Walks the path string in place:
    * no segment array is built.
    */
-  match(method: string, host: string, path: string, headers: Record<string, string | string[] | undefined>): MatchResult<T> {
+  match(method: string, host: string, path: string, headers: Record<string, string | string[] | undefined>, fold = false): MatchResult<T> {
     this.allowed = null;
     const t = this.table;
     const exact = t.exact.size ? t.exact.get(host) : undefined;
     if (exact) {
-      const m = this.search(exact, path, 0, method, headers);
+      const m = this.search(exact, path, 0, method, headers, fold);
       if (m) return this.result(m, path);
     }
     for (const w of t.wildcard) {
       if (host.length > w.suffix.length && host.endsWith(w.suffix)) {
-        const m = this.search(w.trie, path, 0, method, headers);
+        const m = this.search(w.trie, path, 0, method, headers, fold);
         if (m) return this.result(m, path);
       }
     }
     if (t.any) {
-      const m = this.search(t.any, path, 0, method, headers);
+      const m = this.search(t.any, path, 0, method, headers, fold);
       if (m) return this.result(m, path);
     }
     const allowed = this.allowed as string[] | null;
@@ -239,27 +256,51 @@ export class Router<T> {
     return { methodNotAllowed: [...set].sort() };
   }
 
-  /** `pos` is the index of the '/' that starts the next segment. */
+  /**
+   * Whether a segment of `path` (normalized) is, in another case, a literal segment of a route
+   * pattern: a server matching paths case-insensitively (Express's and ASP.NET's default, IIS)
+   * may read it as that route's. Then match(..., fold = true) says which route that would be.
+   */
+  caseVariant(path: string): boolean {
+    if (this.foldable.size === 0 || (!this.mixedCase && !UPPER.test(path))) return false;
+    for (let pos = 0; pos < path.length - 1; ) {
+      let end = path.indexOf('/', pos + 1);
+      if (end === -1) end = path.length;
+      const seg = path.slice(pos + 1, end);
+      // (a segment spelled as the one literal of its letters matches as it would folded: `/pkg.Echo/Say`)
+      const spelled = this.foldable.get(seg.toLowerCase());
+      if (spelled !== undefined && spelled !== seg) return true;
+      pos = end;
+    }
+    return false;
+  }
+
+  /** `pos` is the index of the '/' that starts the next segment; `fold`: literals compared case-insensitively. */
   private search(
     node: TrieNode<T>, path: string, pos: number, method: string,
-    headers: Record<string, string | string[] | undefined>,
+    headers: Record<string, string | string[] | undefined>, fold: boolean,
   ): Entry<T> | null {
     // a trailing '/' is no segment of its own
     if (pos < path.length - 1) {
       let end = path.indexOf('/', pos + 1);
       if (end === -1) end = path.length;
-      if (node.literal !== null) {
+      if (fold) {
+        for (const next of foldedChildren(node, path.slice(pos + 1, end).toLowerCase())) {
+          const m = this.search(next, path, end, method, headers, fold);
+          if (m) return m;
+        }
+      } else if (node.literal !== null) {
         const lit = node.literal.get(path.slice(pos + 1, end));
         if (lit) {
-          const m = this.search(lit, path, end, method, headers);
+          const m = this.search(lit, path, end, method, headers, fold);
           if (m) return m;
         }
       } else if (node.key !== null && node.key.length === end - pos - 1 && path.startsWith(node.key, pos + 1)) {
-        const m = this.search(node.child!, path, end, method, headers);
+        const m = this.search(node.child!, path, end, method, headers, fold);
         if (m) return m;
       }
       if (node.param !== null && end > pos + 1) {
-        const m = this.search(node.param, path, end, method, headers);
+        const m = this.search(node.param, path, end, method, headers, fold);
         if (m) return m;
       }
     }
@@ -295,6 +336,24 @@ export class Router<T> {
     }
     return { data: e.data, params, prefixLength: pos, pattern: e.pattern };
   }
+}
+
+/** The literal children of `node` whose segment is `low` in any case. */
+function foldedChildren<T>(node: TrieNode<T>, low: string): readonly TrieNode<T>[] {
+  if (node.literal !== null) {
+    if (node.folded === null) {
+      const f = new Map<string, TrieNode<T>[]>();
+      for (const [k, child] of node.literal) {
+        const l = k.toLowerCase();
+        const list = f.get(l);
+        if (list) list.push(child);
+        else f.set(l, [child]);
+      }
+      node.folded = f;
+    }
+    return node.folded.get(low) ?? NO_NODES;
+  }
+  return node.key !== null && node.key.toLowerCase() === low ? [node.child!] : NO_NODES;
 }
 
 function compareEntries<T>(a: Entry<T>, b: Entry<T>): number {

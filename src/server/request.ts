@@ -563,6 +563,16 @@ export function handleRequest(
       return reject(ctx, req, res, requestId, 'bad-request', 'ambiguous path: read with its %2F, %5C or ;parameters decoded, as many servers do, it is another route\'s');
     }
   }
+  // The same for a path in another case than a route's literal (`/ADMIN` next to a protected
+  // /admin falls to `/`): Express (by default), ASP.NET and IIS match it case-insensitively.
+  // (Only a path with a capital letter in a segment some route names in lower case is looked at.)
+  const read = reading ?? path;
+  if (snap.router.caseVariant(read)) {
+    const other = snap.router.match(preflight ? (acrm as string).toUpperCase() : method, hostKey, read, snap.router.usesHeaders ? req.headers : NO_HEADERS, true);
+    if (other !== null && ('methodNotAllowed' in other || (other.data !== route && depth(other.pattern) >= depth(match.pattern)))) {
+      return reject(ctx, req, res, requestId, 'bad-request', 'ambiguous path: read case-insensitively, as many servers do, it is another route\'s');
+    }
+  }
   if (ex !== null) {
     ex.route = route;
     ctx.observer!.demand?.begin(route.service.name); // in flight until Observer.end records it
