@@ -291,6 +291,28 @@ test('HTTP/2: a :path with bytes past ASCII (raw UTF-8, overlong C0 AF) is a 400
   }
 });
 
+test('HTTP/2: a method HTTP/1.1\'s parser does not know (lower-case trace or get, FOO) is a 501 problem, never forwarded: methods are case-sensitive (RFC 9110 §9.1), and a `trace` must not slip past the TRACE block nor a `get` past a GET-only route to the catch-all', async () => {
+  const session = h2connect(gw.url);
+  try {
+    const before = up.requests.length;
+    for (const method of ['trace', 'Trace', 'get', 'FOO']) {
+      const r = await h2request(session, { ':method': method, ':path': '/h1/m', ':authority': 'api.test' }, '');
+      assert.equal(r.status, 501, method);
+      assert.equal(r.headers['content-type'], 'application/problem+json', method);
+      assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:not-implemented');
+    }
+    assert.equal(up.requests.length, before, up.requests.slice(before).map((q) => q.method).join(' '));
+    // Methods the HTTP/1.1 listener takes go through over HTTP/2 as well.
+    for (const method of ['PURGE', 'PROPFIND']) {
+      const r = await h2request(session, { ':method': method, ':path': '/h1/m', ':authority': 'api.test' }, '');
+      assert.equal(r.status, 200, method);
+      assert.equal(JSON.parse(r.body).method, method);
+    }
+  } finally {
+    session.close();
+  }
+});
+
 test('a composition and a request-transform read {header.host} from an HTTP/2 client\'s :authority (it sends no Host field)', async () => {
   const seen: string[] = [];
   const up = await startUpstream((q, res) => {

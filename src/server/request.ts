@@ -7,7 +7,7 @@
 import { answerAccount, answerPortal, isPortalPath } from '../portal/handler.js';
 import { isAccountPath, type AccountRequest, type AccountResponse } from '../portal/accounts.js';
 import { HSTS } from '../portal/html.js';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { METHODS, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import { REFRESH_PEER_HEADER } from '../plugins/cache/refresh.js';
 import { randomUUID } from 'node:crypto';
@@ -59,6 +59,8 @@ function portBeyondRange(host: string): boolean {
 const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
+/** The methods node:http's parser (llhttp) takes over HTTP/1.1. */
+const KNOWN_METHODS: ReadonlySet<string> = new Set(METHODS);
 /** A byte a request target may not hold (RFC 3986 §2; RFC 9112 §3.2): a control, a space, or past ASCII. */
 const NOT_URI_CHAR = /[^\x21-\x7e]/;
 const ABSOLUTE_RE = /^(https?):\/\/([^/?#]*)(.*)$/is; // (linear: no '#' is left when it runs)
@@ -310,6 +312,11 @@ export function handleRequest(
   // invalid request line (RFC 3986 §2: they are percent-encoded). Control bytes and spaces
   // nghttp2 refuses itself.
   if (h2 && NOT_URI_CHAR.test(url)) return reject(ctx, req, res, requestId, 'bad-request', 'the request target has a byte that is not allowed in a URI (non-ASCII is sent percent-encoded)');
+  // HTTP/2: nghttp2 takes any token as :method; over HTTP/1.1 llhttp answers a method it does not
+  // know (`trace`, `get`: methods are case-sensitive, RFC 9110 §9.1) with a 501 (gateway.ts).
+  // Forwarded, `trace` passed the TRACE block and `get` a GET-only route (to the catch-all),
+  // for an upstream that upper-cases methods (Werkzeug) to serve.
+  if (h2 && !KNOWN_METHODS.has(req.method ?? '')) return reject(ctx, req, res, requestId, 'not-implemented', 'the request method is not supported');
   // (HTTP/2's list also holds its 3-4 pseudo-header fields.)
   if (raw.length / 2 > snap.limits.maxHeaders + (h2 ? 4 : 0)) return reject(ctx, req, res, requestId, 'headers-too-large', `more than ${snap.limits.maxHeaders} header fields`);
 
