@@ -59,6 +59,8 @@ function portBeyondRange(host: string): boolean {
 const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
+/** A method named in a method override field: one token of letters (and `-`, M-SEARCH). */
+const TOKEN_METHOD = /^[A-Z][A-Z-]*$/;
 /** The methods node:http's parser (llhttp) takes over HTTP/1.1. */
 const KNOWN_METHODS: ReadonlySet<string> = new Set(METHODS);
 /** A byte a request target may not hold (RFC 3986 §2; RFC 9112 §3.2): a control, a space, or past ASCII. */
@@ -132,6 +134,8 @@ const OWNED_DASHED = new Set([
   'x-ssl-client-s-dn', 'x-ssl-client-i-dn', 'x-ssl-client-dn', 'x-ssl-client-serial', 'x-ssl-client-sha1', 'ssl-client-cert',
   'ssl-client-verify', 'ssl-client-s-dn', 'ssl-client-i-dn', 'front-end-https', 'x-url-scheme', 'x-arr-ssl', 'x-arr-clientcert',
   ...LONG_PROXY_ONLY,
+  // (the method overrides are checked against the route in their dashed spelling only)
+  'x-http-method-override', 'x-http-method', 'x-method-override',
 ]);
 
 /** Whether a field name with an underscore stands, dashed, for one the gateway owns (or a key-auth key header). */
@@ -342,6 +346,7 @@ export function handleRequest(
   let proxyOnly: string[] | undefined;
   let authority: string | undefined;
   let h2Cookie: string | undefined;
+  let methodOverride: string | undefined;
   let teTrailers = false;
   // With tracing on, the gateway sends its own trace context upstream (a child of the client's).
   const tracing = ex !== null && ctx.observer?.tracing != null;
@@ -370,6 +375,11 @@ export function handleRequest(
       case 'x-turnpike-refresh': refreshToken = value; continue;
       case 'via': via = join(via, value); continue;
       case 'max-forwards': maxForwards = value; continue;
+      // method overrides some frameworks obey (the longer X-HTTP-Method-Override: below)
+      case 'x-http-method': case 'x-method-override':
+        methodOverride = methodOverride === undefined ? value : `${methodOverride}, ${value}`;
+        headers.push(name, value);
+        continue;
       // connection-specific (RFC 9110 §7.6.1) or computed by the gateway
       // TE is hop-by-hop, but its `trailers` (the client reads trailer fields, RFC 9110 §10.1.4)
       // holds for the upstream hop too: the gateway relays trailers (Envoy keeps it the same way)
@@ -419,6 +429,7 @@ export function handleRequest(
         if (name.length >= 20) {
           const lower = name.toLowerCase();
           if (LONG_OWNED.has(lower)) continue;
+          if (lower === 'x-http-method-override') methodOverride = methodOverride === undefined ? value : `${methodOverride}, ${value}`;
           if (LONG_PROXY_ONLY.has(lower)) {
             (proxyOnly ??= []).push(name, value);
             continue;
@@ -578,6 +589,18 @@ export function handleRequest(
     const other = snap.router.match(preflight ? (acrm as string).toUpperCase() : method, hostKey, read, snap.router.usesHeaders ? req.headers : NO_HEADERS, true);
     if (other !== null && ('methodNotAllowed' in other || (other.data !== route && depth(other.pattern) >= depth(match.pattern)))) {
       return reject(ctx, req, res, requestId, 'bad-request', 'ambiguous path: read case-insensitively, as many servers do, it is another route\'s');
+    }
+  }
+  // A method override (X-HTTP-Method-Override and kin: Express's method-override, ASP.NET,
+  // Symfony obey it) naming a method this path routes elsewhere, or not at all, would take a
+  // public route's request to a protected one's handler: refused, as TRACE is in any case.
+  if (methodOverride !== undefined && !preflight) {
+    const o = methodOverride.trim().toUpperCase();
+    if (o !== method) {
+      const other = TOKEN_METHOD.test(o) && o !== 'TRACE' && o !== 'CONNECT' ? snap.router.match(o, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS) : null;
+      if (other === null || 'methodNotAllowed' in other || other.data !== route) {
+        return reject(ctx, req, res, requestId, 'bad-request', `ambiguous method: the method override ${JSON.stringify(methodOverride).slice(0, 40)} is not routed as ${method} ${path} is`);
+      }
     }
   }
   if (ex !== null) {
