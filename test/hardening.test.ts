@@ -98,7 +98,10 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
     // Read as an upstream decoding %2F / %5C or cutting ;params would, these are the admin route's.
     for (const path of ['/v1/%2Fadmin', '/v1/%2fadmin', '/v1/admin%2F', '/%2Fprivate', '/v1/%5Cadmin', '/private;jsessionid=x', '/v1/admin;x/y',
       // an upstream in C (or PHP) ends the path at a NUL: /private for it, `/` for the router
-      '/private%00', '/v1/admin%00.json', '/private%00/x']) {
+      '/private%00', '/v1/admin%00.json', '/private%00/x',
+      // percent-encoded bytes that are no UTF-8: overlong dots and slashes (%C0%AE, %E0%80%AE, %C0%AF)
+      // that lenient decoders (old IIS, Tomcat, Java's modified UTF-8) read as `.` and `/`
+      '/v1/%C0%AE%C0%AE/admin', '/v1/%c0%ae%c0%ae/v1/admin', '/v1/%E0%80%AE%E0%80%AE/admin', '/v1%C0%AFadmin', '/v1/%ED%A0%80', '/v1/%FF']) {
       const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
       assert.deepEqual(statuses(r.text), [400], path);
     }
@@ -110,6 +113,9 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
     assert.equal(up.requests.at(-1)!.url, '/projects/group%2Fproject/issues');
     assert.equal((await request(`${g.url}/v1/a%2Fb;v=1`)).status, 200);
     assert.equal(up.requests.at(-1)!.url, '/v1/a%2Fb;v=1');
+    // UTF-8 percent-encoded, as RFC 3986 §2.5 says, goes on as sent.
+    assert.equal((await request(`${g.url}/v1/caf%C3%A9/%E2%82%AC`)).status, 200);
+    assert.equal(up.requests.at(-1)!.url, '/v1/caf%C3%A9/%E2%82%AC');
   } finally {
     await g.close();
     await up.close();

@@ -5,7 +5,12 @@
  * slip past a route. Returns null for a malformed percent-encoding.
  */
 
+import { isUtf8 } from 'node:buffer';
+
 const HEX = /^[0-9A-Fa-f]{2}$/;
+/** A percent-encoded byte past ASCII (after normalizePercent: upper-case hex). */
+const HIGH_BYTE = /%[89A-F][0-9A-F]/;
+const PCT = /%([0-9A-F]{2})/g;
 const MANY_SLASHES = /\/{2,}/g;
 const ENCODED_SLASH = /%2F|%5C/g;
 
@@ -31,6 +36,16 @@ function normalizePercent(path: string): string | null {
     i += 2;
   }
   return out + path.slice(last);
+}
+
+/**
+ * Whether the bytes a path's percent-encodings stand for are UTF-8 (RFC 3986 §2.5, RFC 3987).
+ * Overlong forms (`%C0%AE`, `%E0%80%AE` for `.`, `%C0%AF` for `/`), surrogates and bytes no
+ * UTF-8 has are not: lenient decoders (old IIS, Tomcat, Java's modified UTF-8) read them as the
+ * ASCII they spell, past the route the router chose.
+ */
+function utf8Encoded(path: string): boolean {
+  return isUtf8(Buffer.from(path.replace(PCT, (_, h: string) => String.fromCharCode(parseInt(h, 16))), 'latin1'));
 }
 
 /** RFC 3986 §5.2.4 remove_dot_segments, for an absolute path. */
@@ -64,8 +79,9 @@ function hidesDotSegment(p: string): boolean {
 }
 
 /**
- * Normalizes a request path; null when it is malformed (bad percent-encoding) or ambiguous
- * (a backslash, `%00`, or a dot segment hidden behind `%2F`, `%5C` or `;`): those get a 400.
+ * Normalizes a request path; null when it is malformed (bad percent-encoding, or one whose
+ * bytes are no UTF-8) or ambiguous (a backslash, `%00`, or a dot segment hidden behind `%2F`,
+ * `%5C` or `;`): those get a 400.
  * Empty segments are merged (`//admin` is `/admin`, as nginx's merge_slashes and Kong do): an
  * upstream that merges them would otherwise serve a route the router never chose.
  */
@@ -73,7 +89,7 @@ export function normalizePath(path: string): string | null {
   let p = path;
   if (p.includes('%')) {
     const n = normalizePercent(p);
-    if (n === null) return null;
+    if (n === null || (HIGH_BYTE.test(n) && !utf8Encoded(n))) return null;
     p = n;
   }
   if (p.includes('\\')) return null;

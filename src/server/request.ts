@@ -510,7 +510,7 @@ export function handleRequest(
   const q = target.indexOf('?');
   const path = normalizePath(q === -1 ? target : target.slice(0, q));
   const query = q === -1 ? '' : target.slice(q);
-  if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed or ambiguous path (bad percent-encoding, a backslash, or a dot segment hidden in %2F, %5C or ;)');
+  if (path === null) return reject(ctx, req, res, requestId, 'bad-request', 'malformed or ambiguous path (bad percent-encoding, encoded bytes that are no UTF-8, a backslash, or a dot segment hidden in %2F, %5C or ;)');
   if (ex !== null) {
     ex.host = host;
     ex.path = path;
