@@ -173,6 +173,17 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
       assert.deepEqual(statuses(r.text), [400], `${field}: ${value}`);
       assert.match(r.text, /application\/problem\+json/);
     }
+    // Symfony and Laravel take a POST's `_method` query parameter too (PHP reads `.method` and
+    // ` method` as `_method`); a GET's is nobody's override.
+    for (const q of ['_method=DELETE', 'a=1&_method=put', '.method=DELETE', '%5Fmethod=DELETE', '_method=GET&_method=DELETE', '_method=%ZZ', '_m%65thod=DELETE']) {
+      const r = await rawRequest(g.port, `POST /items?${q} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], q);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => `${q.method} ${q.url}`).join(' '));
+    assert.equal((await request(`${g.url}/items?_method=GET`, { method: 'POST' })).status, 200);
+    assert.equal((await request(`${g.url}/items?_method=DELETE&my_method=x`, { method: 'GET' })).status, 200);
+    assert.equal((await request(`${g.url}/items?my_method=DELETE`, { method: 'POST' })).status, 200);
+    up.requests.length = 0;
     // Spelled with underscores (PHP, CGI and WSGI read it as the dashed one): never forwarded.
     assert.equal((await request(`${g.url}/items`, { method: 'POST', headers: { 'x_http_method_override': 'DELETE' } })).status, 200);
     assert.equal(up.requests.at(-1)!.headers['x_http_method_override'], undefined);

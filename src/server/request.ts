@@ -59,6 +59,31 @@ function portBeyondRange(host: string): boolean {
 const hostList = (v: string): boolean => v.split(',').every((h) => HOST_RE.test(h.trim()));
 /** X-Forwarded-Proto as proxies send it: a scheme, or a list of them (one per proxy that appended). */
 const XFP_RE = /^[\t ]*https?[\t ]*(?:,[\t ]*https?[\t ]*)*$/i;
+/**
+ * The `_method` parameters of a query string (Symfony's and Laravel's method override for a
+ * POST), joined to the override fields' `prior`. Names are read as PHP does: percent-decoded,
+ * with `.`, ` ` and `[` standing for `_`; a value that does not decode is kept as sent (and,
+ * being no method, refused).
+ */
+function queryMethodOverride(query: string, prior: string | undefined): string | undefined {
+  let out = prior;
+  for (const pair of query.slice(1).split('&')) {
+    const eq = pair.indexOf('=');
+    // (7 characters, or more with percent-encodings: `_m%65thod` is `_method` to PHP)
+    if (eq < 7 || (eq > 7 && !pair.includes('%'))) continue;
+    let name = pair.slice(0, eq);
+    let value = pair.slice(eq + 1);
+    try {
+      name = decodeURIComponent(name.replace(/\+/g, ' '));
+      value = decodeURIComponent(value.replace(/\+/g, ' '));
+    } catch {
+      /* kept as sent */
+    }
+    if (name.length === 7 && /^[_. []method$/.test(name)) out = out === undefined ? value : `${out}, ${value}`;
+  }
+  return out;
+}
+
 /** A method named in a method override field: one token of letters (and `-`, M-SEARCH). */
 const TOKEN_METHOD = /^[A-Z][A-Z-]*$/;
 /** The methods node:http's parser (llhttp) takes over HTTP/1.1. */
@@ -594,6 +619,8 @@ export function handleRequest(
   // A method override (X-HTTP-Method-Override and kin: Express's method-override, ASP.NET,
   // Symfony obey it) naming a method this path routes elsewhere, or not at all, would take a
   // public route's request to a protected one's handler: refused, as TRACE is in any case.
+  // (Symfony and Laravel take a POST's `_method` query parameter for one too)
+  if (method === 'POST' && query.length > 8) methodOverride = queryMethodOverride(query, methodOverride);
   if (methodOverride !== undefined && !preflight) {
     const o = methodOverride.trim().toUpperCase();
     if (o !== method) {
