@@ -186,3 +186,18 @@ test('caseVariant / match(..., fold): a segment in another case than a route lit
   const plain = new Router<string>([{ paths: ['/'], data: 'root' }, { paths: ['/{id}'], data: 'id' }]);
   assert.equal(plain.caseVariant('/ABC'), false);
 });
+
+test('match(..., fold): a segment spelled as one of several literals that differ only in case folds to its own (routes /Users and /users are two routes, neither ambiguous)', () => {
+  const r = new Router<string>([
+    { paths: ['/'], data: 'root' },
+    { paths: ['/Users'], data: 'upper' },
+    { paths: ['/users'], data: 'lower' },
+    { paths: ['/v1/Items/{id}'], data: 'items-upper' },
+    { paths: ['/v1/items/{id}'], data: 'items-lower' },
+  ]);
+  const folded = (p: string) => { const m = r.match('GET', 'x', p, {}, true); return m && 'data' in m ? m.data : null; };
+  assert.equal(folded('/users'), 'lower');
+  assert.equal(folded('/Users'), 'upper');
+  assert.equal(folded('/v1/items/7'), 'items-lower');
+  assert.equal(folded('/v1/Items/7'), 'items-upper');
+});

@@ -285,7 +285,15 @@ export class Router<T> {
       let end = path.indexOf('/', pos + 1);
       if (end === -1) end = path.length;
       if (fold) {
-        for (const next of foldedChildren(node, path.slice(pos + 1, end).toLowerCase())) {
+        // The literal spelled as the segment first: a route of its own is no other case of it.
+        const seg = path.slice(pos + 1, end);
+        const own = node.literal !== null ? node.literal.get(seg) : node.key === seg ? node.child! : undefined;
+        if (own) {
+          const m = this.search(own, path, end, method, headers, fold);
+          if (m) return m;
+        }
+        for (const next of foldedChildren(node, seg.toLowerCase())) {
+          if (next === own) continue;
           const m = this.search(next, path, end, method, headers, fold);
           if (m) return m;
         }
