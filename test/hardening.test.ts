@@ -326,6 +326,10 @@ test('routing, identity and client-certificate override headers pass only from t
     'x-forwarded-tls-client-cert': 'MIIB...', 'X-Forwarded-Tls-Client-Cert-Info': 'Subject="CN=admin"', 'x-ssl-client-subject': 'CN=admin',
     'x-amzn-mtls-clientcert-sans': 'DNS:admin', 'Client_Cert': ':MIIB:', 'ssl_client_subject_dn': 'CN=admin',
     'X-SSL-Cert': '-----BEGIN%20CERTIFICATE-----', 'x-ssl-subject': 'CN=admin', 'x-ssl-issuer': 'CN=Root',
+    // the request's URL, scheme and host as proxies tell them (Traefik, ingress-nginx, Kong, Tornado,
+    // Werkzeug's ProxyFix, Symfony): read by frameworks for redirects and links, and unkeyed by caches
+    'x-forwarded-uri': '/admin', 'x-forwarded-path': '/admin', 'x-original-uri': '/admin', 'x-scheme': 'https',
+    'x-host': 'evil.example', 'x-original-host': 'evil.example', 'x-forwarded-protocol': 'https', 'x-http-host-override': 'evil.example',
   };
   const g = await startGateway(oneRoute(up.url));
   const trusted = await startGateway(oneRoute(up.url, 'trusted_proxies: [127.0.0.1]\n'));

@@ -124,11 +124,13 @@ const LONG_OWNED = new Set([
 
 /**
  * Client-certificate fields of 20+ characters that TLS terminators set (Envoy's XFCC, AWS ALB's
- * mTLS fields...): an upstream may take them for a verified identity, so only a trusted proxy
+ * mTLS fields...), and the scheme and host fields of that length: an upstream may take them for a verified identity, so only a trusted proxy
  * may send them (as Envoy's forward_client_cert_details SANITIZE). The shorter ones
  * (X-SSL-Client-*, SSL-Client-*, X-Client-Cert...) are cases of the switch in handleRequest.
  */
 const LONG_PROXY_ONLY = new Set([
+  // (the scheme and host as some proxies tell them: see the short ones in handleRequest)
+  'x-forwarded-protocol', 'x-http-host-override',
   'x-forwarded-client-cert', 'x-ssl-client-fingerprint', 'x-client-certificate', 'x-ssl-client-cert-chain',
   'x-amzn-mtls-clientcert', 'x-amzn-mtls-clientcert-leaf', 'x-amzn-mtls-clientcert-serial-number',
   'x-amzn-mtls-clientcert-issuer', 'x-amzn-mtls-clientcert-subject', 'x-amzn-mtls-clientcert-validity',
@@ -418,6 +420,10 @@ export function handleRequest(
       case 'x-original-url': case 'x-rewrite-url': case 'x-forwarded-prefix': case 'x-forwarded-server':
       case 'x-forwarded-scheme': case 'x-forwarded-ssl': case 'x-client-ip': case 'true-client-ip':
       case 'x-cluster-client-ip':
+      // the request's URL, scheme and host as proxies tell them (Traefik, ingress-nginx, Kong,
+      // Tornado, Werkzeug's ProxyFix): frameworks build redirects and links from them
+      case 'x-forwarded-uri': case 'x-forwarded-path': case 'x-original-uri': case 'x-scheme':
+      case 'x-host': case 'x-original-host':
       // client-certificate identity and scheme fields set by TLS terminators (long ones: below)
       case 'x-client-cert': case 'x-client-verify': case 'x-client-dn': case 'x-client-cert-chain':
       case 'x-ssl-client-cert': case 'x-ssl-client-verify': case 'x-ssl-client-s-dn': case 'x-ssl-client-i-dn':
