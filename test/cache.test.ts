@@ -1446,15 +1446,17 @@ test('key query:NAME keeps the other parameters out of the key, but not a select
   }
 });
 
-test('scheme and host fields an upstream framework may trust and the gateway passes on (X-Scheme, X-Forwarded-Protocol, X-Host, X-Original-Host, X-HTTP-Host-Override) are in the key: a redirect or link they caused never reaches other clients', async () => {
-  // As Tornado (xheaders) reads X-Scheme, and other frameworks the host variants.
+test('scheme and host fields an upstream framework may trust and the gateway passes on from a trusted proxy (X-Scheme, X-Forwarded-Protocol, X-Host, X-Original-Host, X-HTTP-Host-Override) are in the key: a redirect or link they caused never reaches other clients', async () => {
+  // As Tornado (xheaders) reads X-Scheme, and other frameworks the host variants. (An untrusted
+  // client's copies never reach the upstream: test/hardening.test.ts; a trusted proxy's do.)
   const up = await startUpstream((req, res) => {
     const scheme = req.headers['x-scheme'] ?? req.headers['x-forwarded-protocol'];
     const host = req.headers['x-host'] ?? req.headers['x-original-host'] ?? req.headers['x-http-host-override'] ?? req.headers.host;
     if (scheme === 'http') res.writeHead(301, { location: `https://${String(host)}${req.url}` }).end();
     else res.writeHead(200, { 'content-type': 'text/html', 'cache-control': 'max-age=60' }).end(`<a href="//${String(host)}/next">next</a>`);
   });
-  const g = await startGateway(`services:
+  const g = await startGateway(`trusted_proxies: [127.0.0.1]
+services:
   - name: web
     url: ${up.url}
     plugins: [{name: cache}]
