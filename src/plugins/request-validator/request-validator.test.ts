@@ -469,3 +469,24 @@ test('config: one source, relative openapi path, errors at the binding with the 
   assert.match(msgs(cfg('{name: request-validator, config: {body_schema: {type: string, pattern: "(a+)+"}}}'))[0]!, /repeats a group/);
   assert.match(msgs(cfg('{name: request-validator, config: {max_depth: 0, body_schema: {}}}'))[0]!, /plugins\[0\]\.config\.max_depth/);
 });
+
+test('a $ref loop that never goes into the data is a document error naming it (not a stack overflow); recursive schemas still compile', () => {
+  const base = { openapi: '3.0.0', info: { title: 't', version: '1' } };
+  const body = (schemas: Record<string, unknown>) => ({ ...base, paths: { '/a': { post: { requestBody: { content: { 'application/json': { schema: { $ref: '#/components/schemas/A' } } } }, responses: {} } } }, components: { schemas } });
+  const param = (schemas: Record<string, unknown>) => ({ ...base, paths: { '/a': { get: { parameters: [{ name: 'q', in: 'query', schema: { $ref: '#/components/schemas/A' } }], responses: {} } } }, components: { schemas } });
+  const A = '/components/schemas/A';
+  const B = '/components/schemas/B';
+  for (const doc of [body, param]) {
+    assert.throws(() => ApiValidator.openapi(doc({ A: { $ref: '#/components/schemas/A' } }), opts), (e: Error) => e.message.startsWith(`${A}: $ref loop (${A} -> ${A})`));
+    assert.throws(() => ApiValidator.openapi(doc({ A: { $ref: '#/components/schemas/B' }, B: { $ref: '#/components/schemas/A' } }), opts), (e: Error) => e.message.startsWith(`${A}: $ref loop (${A} -> ${B} -> ${A})`));
+    assert.throws(() => ApiValidator.openapi(doc({ A: { allOf: [{ type: 'object' }, { $ref: '#/components/schemas/A' }] } }), opts), (e: Error) => e.message.startsWith(`${A}: $ref loop (${A} -> ${A}/allOf/1 -> ${A})`));
+    // 3.1 too
+    assert.throws(() => ApiValidator.openapi({ ...doc({ A: { anyOf: [{ type: 'string' }, { $ref: '#/components/schemas/A' }] } }), openapi: '3.1.0' }, opts), /\$ref loop/);
+    // Recursion through the data (properties, items) is no loop.
+    const tree = { A: { type: 'object', properties: { kids: { type: 'array', items: { $ref: '#/components/schemas/B' } } } }, B: { anyOf: [{ $ref: '#/components/schemas/A' }, { type: 'string' }] } };
+    assert.equal(ApiValidator.openapi(doc(tree), opts).operations.length, 1);
+  }
+  assert.throws(() => ApiValidator.schemas({ body: { $ref: '#' }, bodyRequired: true }, opts), /^Error: body_schema: \$ref loop \(# -> #\)/);
+  assert.throws(() => ApiValidator.schemas({ body: { $defs: { x: { $ref: '#/$defs/x' } }, properties: { a: { $ref: '#/$defs/x' } } }, bodyRequired: true }, opts), /body_schema \/\$defs\/x: \$ref loop/);
+  assert.equal(ApiValidator.schemas({ body: { type: 'object', properties: { next: { $ref: '#' } } }, bodyRequired: true }, opts).operations.length, 1);
+});

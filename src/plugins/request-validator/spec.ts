@@ -202,6 +202,109 @@ export function rewriteSchema(doc: unknown, pointer: string, opts: RewriteOption
   }
 }
 
+export interface RefLoopMemo {
+  /** Schemas walked (their own search done, or under way). */
+  walked: Set<object>;
+  /** Schemas no in-place loop goes through. */
+  done: Set<object>;
+}
+
+// Keywords that apply their schemas to the same value (not to a part of it): a cycle through
+// only these never reaches the end of the data.
+const IN_PLACE_KEYS = ['not', 'if', 'then', 'else'];
+const IN_PLACE_ARRAY_KEYS = ['allOf', 'anyOf', 'oneOf'];
+const IN_PLACE_MAP_KEYS = ['dependentSchemas'];
+
+/**
+ * Finds a `$ref` loop that never goes into the data (`A: {$ref: B}, B: {$ref: A}`, or
+ * `A: {allOf: [{$ref: A}]}`): ajv recurses without end on it (compiling or validating). Returns
+ * the pointers of the loop (first repeated at the end), or null. A recursive schema that goes
+ * into the data (`properties`, `items`...) is no loop. `memo` carries what was checked across
+ * calls on one document (each schema is walked once).
+ */
+export function refLoop(doc: unknown, pointer: string, memo: RefLoopMemo = { walked: new Set(), done: new Set() }): string[] | null {
+  // Every schema it reaches (as rewriteSchema walks them), each the start of a search.
+  const { walked: seen, done } = memo;
+  const work: [unknown, string][] = [[atPointer(doc, pointer), pointer]];
+  while (work.length) {
+    const [s, p] = work.pop()!;
+    if (!isObject(s) || seen.has(s)) continue;
+    seen.add(s);
+    const loop = inPlaceLoop(doc, s, p, done);
+    if (loop !== null) return loop;
+    if (typeof s['$ref'] === 'string' && s['$ref'].startsWith('#')) {
+      try {
+        const target = refPointer(s['$ref'], p);
+        work.push([atPointer(doc, target), target]);
+      } catch {
+        /* reported elsewhere */
+      }
+    }
+    for (const k of SCHEMA_KEYS) if (isObject(s[k])) work.push([s[k], `${p}/${k}`]);
+    for (const k of SCHEMA_ARRAY_KEYS) {
+      const a = s[k];
+      if (Array.isArray(a)) a.forEach((x, i) => work.push([x, `${p}/${k}/${i}`]));
+    }
+    for (const k of SCHEMA_MAP_KEYS) {
+      const m = s[k];
+      if (isObject(m)) for (const [name, x] of Object.entries(m)) work.push([x, `${p}/${k}/${escapePointer(name)}`]);
+    }
+  }
+  return null;
+}
+
+/** The in-place loop through schema `start` (at `pointer`), or null; `done`: schemas known to have none. */
+function inPlaceLoop(doc: unknown, start: JsonObject, pointer: string, done: Set<object>): string[] | null {
+  const onPath = new Map<object, number>();
+  const path: string[] = [];
+  // Iterative DFS: [schema, pointer, children left (null: not expanded yet)].
+  const stack: [JsonObject, string, [unknown, string][] | null][] = [];
+  const push = (v: unknown, p: string): string[] | null => {
+    if (!isObject(v) || done.has(v)) return null;
+    const at = onPath.get(v);
+    if (at !== undefined) return [...path.slice(at), p];
+    onPath.set(v, path.length);
+    path.push(p);
+    stack.push([v, p, null]);
+    return null;
+  };
+  let loop = push(start, pointer);
+  while (loop === null && stack.length) {
+    const top = stack[stack.length - 1]!;
+    if (top[2] === null) {
+      const [s, p] = top;
+      const next: [unknown, string][] = [];
+      if (typeof s['$ref'] === 'string' && s['$ref'].startsWith('#')) {
+        try {
+          const target = refPointer(s['$ref'], p);
+          next.push([atPointer(doc, target), target]);
+        } catch {
+          /* reported elsewhere */
+        }
+      }
+      for (const k of IN_PLACE_KEYS) if (isObject(s[k])) next.push([s[k], `${p}/${k}`]);
+      for (const k of IN_PLACE_ARRAY_KEYS) {
+        const a = s[k];
+        if (Array.isArray(a)) a.forEach((x, i) => next.push([x, `${p}/${k}/${i}`]));
+      }
+      for (const k of IN_PLACE_MAP_KEYS) {
+        const m = s[k];
+        if (isObject(m)) for (const [name, x] of Object.entries(m)) next.push([x, `${p}/${k}/${escapePointer(name)}`]);
+      }
+      top[2] = next.reverse();
+    }
+    const child = top[2]!.pop();
+    if (child) loop = push(child[0], child[1]);
+    else {
+      stack.pop();
+      path.pop();
+      onPath.delete(top[0]);
+      done.add(top[0]);
+    }
+  }
+  return loop;
+}
+
 /**
  * Whether a regular expression has a repeated group that itself contains a repetition (star
  * height > 1): the classic shape of exponential backtracking (`(a+)+`, `(\w+\s?)*$`,

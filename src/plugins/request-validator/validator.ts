@@ -14,7 +14,7 @@ import {
   type Dict, type Location, type ParamShape, type ParamSpec,
 } from './params.js';
 import {
-  atPointer, deref, escapePointer, isObject, openapiVersion, pointerFragment, refPointer, rewriteSchema,
+  atPointer, deref, escapePointer, isObject, openapiVersion, pointerFragment, refLoop, refPointer, rewriteSchema,
   type JsonObject, type OasVersion,
 } from './spec.js';
 
@@ -266,10 +266,13 @@ export class ApiValidator {
     const resDoc = this.opts.responses ? structuredClone(original) : null;
     const seenReq = new Set<object>();
     const seenRes = new Set<object>();
+    const loopMemo = { walked: new Set<object>(), done: new Set<object>() };
     /** Rewrites one schema location in both copies. */
     const prep = (pointer: string) => {
       rewriteSchema(reqDoc, pointer, { legacy, direction: 'request', unsafe }, seenReq);
       if (resDoc) rewriteSchema(resDoc, pointer, { legacy, direction: 'response' }, seenRes);
+      // (in the original: the rewrites move keywords one level down, not the references)
+      refLoopError(refLoop(original, pointer, loopMemo));
     };
     const warn = (m: string) => this.opts.warn(m);
     const ajvBody = makeAjv({ dialect, coerce: false, warn });
@@ -436,6 +439,7 @@ export class ApiValidator {
       const modern = /2020-12|2019-09/.test(declared);
       const legacy = /draft-0[34]\b/.test(declared);
       if (legacy) delete s['$schema'];
+      refLoopError(refLoop(s, ''), where);
       rewriteSchema(s, '', { legacy, direction: 'request', unsafe }, new Set());
       const ajv = makeAjv({ dialect: modern ? '2020-12' : 'draft-07', coerce, warn });
       return { validate: compile(ajv, s, where), schema: s };
@@ -721,6 +725,13 @@ export class ApiValidator {
 }
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/** A `$ref` loop that never goes into the data (see refLoop) is a document error naming it. */
+function refLoopError(loop: string[] | null, where?: string): void {
+  if (loop === null) return;
+  const at = (p: string) => (where === undefined ? p : `${where}${p === '' ? '' : ` ${p}`}`);
+  throw new Error(`${at(loop[0]!)}: $ref loop (${loop.map((p) => (p === '' ? '#' : p)).join(' -> ')}): the schema refers to itself without going into the data, so nothing can be validated against it`);
+}
 
 function compile(ajv: AnyAjv, schema: unknown, where: string): ValidateFunction {
   try {
