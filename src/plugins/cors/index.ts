@@ -112,6 +112,7 @@ export default definePlugin({
     // (Trailers-Only: an error before any message, the gateway's own included): exposed with the rest.
     const exposedGrpcWeb = [...new Set([...(config.exposed_headers ?? []).map((h) => h.toLowerCase()), ...GRPC_WEB_EXPOSED])].join(', ');
     const exposedFor = (ctx: RequestCtx): string | null => (GRPC_WEB_RE.test(ctx.header('content-type') ?? '') ? exposedGrpcWeb : exposed);
+    const preflightVary = `Origin, Access-Control-Request-Method, Access-Control-Request-Headers${config.private_network ? ', Access-Control-Request-Private-Network' : ''}`;
     const maxAge = config.max_age !== undefined ? String(Math.floor(parseDuration(config.max_age) / 1000)) : null;
 
     /** The Access-Control-Allow-Origin value for this request's origin, or null when not allowed. */
@@ -143,7 +144,6 @@ export default definePlugin({
           return undefined;
         }
         const headers: Record<string, string> = {};
-        const vary = ['Origin'];
         // A method not in `methods` is refused like an origin not allowed: no Access-Control-*
         // field (the browser fails the preflight; nothing tells the page what would pass).
         const asked = ctx.header('access-control-request-method')?.trim().toUpperCase() ?? '';
@@ -158,16 +158,17 @@ export default definePlugin({
             // Echoed, field names only (the value goes back into a response header).
             const names = (ctx.header('access-control-request-headers') ?? '').split(',').map((s) => s.trim()).filter((s) => TOKEN_RE.test(s));
             if (names.length) headers['access-control-allow-headers'] = names.join(', ');
-            vary.push('Access-Control-Request-Headers');
           }
           if (maxAge !== null) headers['access-control-max-age'] = maxAge;
           // Private Network Access: a public page reaching this (private) gateway asks first.
           if (config.private_network && ctx.header('access-control-request-private-network')?.trim().toLowerCase() === 'true') {
             headers['access-control-allow-private-network'] = 'true';
           }
-          if (config.private_network) vary.push('Access-Control-Request-Private-Network');
         }
-        headers['vary'] = vary.join(', ');
+        // Every preflight answer names every field any of them depends on (the same list whether
+        // allowed or not: a cache keys on the Vary of the answer it stored, and an answer for a
+        // method or headers not allowed must not be reused for ones that are, or the reverse).
+        headers['vary'] = preflightVary;
         return { status: 204, headers };
       },
       responseHeaders(ctx, _status, headers) {
