@@ -57,6 +57,8 @@ services:
       - {name: plain, paths: [/plain]}
       - {name: narrow, paths: [/narrow], methods: [GET, PUT, DELETE], plugins: [{name: cors, config: {origins: ['${APP}'], methods: [GET, PUT]}}]}
       - {name: any-method, paths: [/any-method], plugins: [{name: cors, config: {origins: ['${APP}'], methods: ['*']}}]}
+      - {name: star-headers, paths: [/star-headers], plugins: [{name: cors, config: {origins: ['${APP}'], headers: ['*']}}]}
+      - {name: star-cred, paths: [/star-cred], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true, methods: ['*'], headers: ['*']}}]}
       - {name: limited, paths: [/limited], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true}}, {name: request-size-limit, config: {max: 16}}]}
   - name: dead
     url: http://127.0.0.1:1
@@ -199,6 +201,23 @@ test('preflight: a configured headers list is announced as is; echoed names are 
 
   const e = await preflight('/star', 'https://any.test', 'GET', { 'access-control-request-headers': 'x-a, bad header, x-b,,"q"' });
   assert.equal(e.headers['access-control-allow-headers'], 'x-a, x-b');
+});
+
+test("'*' in methods / headers as browsers read it (Fetch §4.8): Authorization is never taken by '*'; with credentials '*' is literal, so what was asked is named", T, async () => {
+  const ask = { 'access-control-request-headers': 'authorization,content-type,x-trace' };
+  const plain = await preflight('/star-headers', APP, 'PUT', ask);
+  assert.equal(plain.headers['access-control-allow-origin'], APP);
+  assert.equal(plain.headers['access-control-allow-headers'], '*, Authorization', 'a browser refuses Authorization unless it is named');
+  assert.equal((await preflight('/star-headers', APP, 'PUT', { 'access-control-request-headers': 'x-trace' })).headers['access-control-allow-headers'], '*');
+  const cred = await preflight('/star-cred', APP, 'PATCH', ask);
+  assert.equal(cred.status, 204);
+  assert.equal(cred.headers['access-control-allow-origin'], APP, "methods ['*'] with credentials allows any method");
+  assert.equal(cred.headers['access-control-allow-credentials'], 'true');
+  assert.equal(cred.headers['access-control-allow-methods'], 'PATCH', "a credentialed request takes '*' as a method named '*'");
+  assert.equal(cred.headers['access-control-allow-headers'], 'authorization, content-type, x-trace', "a credentialed request takes '*' as a header named '*'");
+  assert.equal(cred.headers['vary'], PREFLIGHT_VARY);
+  // (a method a browser does not normalize is compared case-sensitively: echoed as asked)
+  assert.equal((await preflight('/star-cred', APP, 'patch')).headers['access-control-allow-methods'], 'patch');
 });
 
 test('actual request from an allowed origin: ACAO, Expose-Headers and Vary added to the upstream response', T, async () => {

@@ -104,9 +104,13 @@ export default definePlugin({
     const wildcard = any && !credentials;
     const methodList = (config.methods ?? DEFAULT_METHODS).map((m) => m.toUpperCase());
     const methods = methodList.join(', ');
-    /** Methods a preflight may ask for (`*`: any, as in Access-Control-Allow-Methods without credentials). */
-    const methodSet = methodList.includes('*') && !credentials ? null : new Set(methodList);
-    const allowHeaders = config.headers !== undefined ? config.headers.join(', ') : null;
+    /** Methods a preflight may ask for (null: any). */
+    const methodSet = methodList.includes('*') ? null : new Set(methodList);
+    // A browser reads `*` in Access-Control-Allow-Methods / -Headers as a wildcard only for a
+    // request without credentials (Fetch §4.8): with credentials, what was asked for is named.
+    const reflectMethod = methodSet === null && credentials;
+    const headersStar = config.headers?.includes('*') === true;
+    const allowHeaders = config.headers !== undefined && !(headersStar && credentials) ? config.headers.join(', ') : null;
     const exposed = config.exposed_headers?.length ? config.exposed_headers.join(', ') : null;
     // A gRPC-Web client reads the call's status from these fields when it comes in the headers
     // (Trailers-Only: an error before any message, the gateway's own included): exposed with the rest.
@@ -151,9 +155,15 @@ export default definePlugin({
         if (origin !== null) {
           headers[ACAO] = origin;
           if (credentials) headers[ACAC] = 'true';
-          headers['access-control-allow-methods'] = methods;
+          // (the method as asked: a browser compares a method it does not normalize, such as
+          // "patch", case-sensitively)
+          const askedRaw = ctx.header('access-control-request-method')!.trim();
+          headers['access-control-allow-methods'] = reflectMethod && TOKEN_RE.test(askedRaw) ? askedRaw : methods;
           if (allowHeaders !== null) {
-            if (allowHeaders !== '') headers['access-control-allow-headers'] = allowHeaders;
+            // `*` does not take Authorization (a CORS non-wildcard request-header name): named
+            // when asked for.
+            const auth = headersStar && /(^|,)\s*authorization\s*(,|$)/i.test(ctx.header('access-control-request-headers') ?? '');
+            if (allowHeaders !== '') headers['access-control-allow-headers'] = auth ? `${allowHeaders}, Authorization` : allowHeaders;
           } else {
             // Echoed, field names only (the value goes back into a response header).
             const names = (ctx.header('access-control-request-headers') ?? '').split(',').map((s) => s.trim()).filter((s) => TOKEN_RE.test(s));

@@ -10,10 +10,10 @@ export const CorsConfig = Type.Object({
     minItems: 1, description: 'Origins allowed to make cross-origin requests: "*", exact origins (https://app.example.com), "null", or "~" and a regular expression matched against the whole origin.',
   }),
   methods: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'An HTTP method.' }), {
-    minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'Methods cross-origin pages may use: announced in Access-Control-Allow-Methods of preflight answers; a preflight asking for another gets no Access-Control-* field ("*": any, without credentials).',
+    minItems: 1, uniqueItems: true, default: DEFAULT_METHODS, description: 'Methods cross-origin pages may use: announced in Access-Control-Allow-Methods of preflight answers; a preflight asking for another gets no Access-Control-* field ("*": any; with credentials, where browsers take "*" literally, the method asked for is announced).',
   })),
   headers: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'A request header name.' }), {
-    uniqueItems: true, description: 'Request headers announced in Access-Control-Allow-Headers (default: those the preflight asks for in Access-Control-Request-Headers).',
+    uniqueItems: true, description: 'Request headers announced in Access-Control-Allow-Headers (default: those the preflight asks for in Access-Control-Request-Headers). "*" announces any, and Authorization too when asked for (browsers never take it from "*"); with credentials, where browsers take "*" literally, the names asked for are announced.',
   })),
   exposed_headers: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'A response header name.' }), {
     uniqueItems: true, description: 'Response headers scripts may read (Access-Control-Expose-Headers on actual responses). A gRPC-Web request\'s answers expose `grpc-status`, `grpc-message` and `grpc-status-details-bin` too (a Trailers-Only answer carries the status in its headers).',
