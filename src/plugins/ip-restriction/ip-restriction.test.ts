@@ -38,6 +38,10 @@ services:
       - {name: message, paths: [/message], plugins: [{name: ip-restriction, config: {deny: [127.0.0.1], message: office network only}}]}
       - {name: auth-deny, paths: [/auth-deny], plugins: [{name: key-auth}, {name: ip-restriction, config: {deny: [127.0.0.1]}}]}
       - {name: auth, paths: [/auth], plugins: [{name: key-auth}]}
+      - {name: no-v6, paths: [/no-v6], plugins: [{name: ip-restriction, config: {deny: ['::/0']}}]}
+      - {name: any-v6, paths: [/any-v6], plugins: [{name: ip-restriction, config: {allow: ['::/0']}}]}
+      - {name: any-v4, paths: [/any-v4], plugins: [{name: ip-restriction, config: {allow: [0.0.0.0/0]}}]}
+      - {name: ten-noncanon, paths: [/ten-noncanon], plugins: [{name: ip-restriction, config: {allow: [10.0.0.1/8, '2001:db8::1/128']}}]}
 `;
 
 before(async () => {
@@ -121,6 +125,21 @@ test('an IPv6 rule in IPv4-mapped form matches IPv4 clients', T, async () => {
   const r = await request(`${t.url}/mapped-rule`);
   assert.equal(r.status, 200, r.body);
   assertRefused(await request(`${tp.url}/mapped-rule`, { headers: { 'x-forwarded-for': '10.1.2.3' } }));
+});
+
+test("/0 rules are per family (as nginx, Kong): '::/0' is every IPv6 client, not every IPv4 one; 0.0.0.0/0 every IPv4 client, no IPv6 one; non-canonical CIDRs are their network", T, async () => {
+  const from = (path: string, xff: string) => request(`${tp.url}${path}`, { headers: { 'x-forwarded-for': xff } });
+  // deny ::/0 ("no IPv6 clients") must not lock out IPv4 ones (plain, or IPv4-mapped)
+  for (const ip of ['10.1.2.3', '::ffff:10.1.2.3']) assert.equal((await from('/no-v6', ip)).status, 200, ip);
+  assert.equal((await request(`${t.url}/no-v6`)).status, 200, 'the loopback peer 127.0.0.1');
+  for (const ip of ['2001:db8::7', '::1']) assertRefused(await from('/no-v6', ip));
+  assert.equal((await from('/any-v6', '2001:db8::7')).status, 200);
+  assertRefused(await from('/any-v6', '10.1.2.3'));
+  assert.equal((await from('/any-v4', '198.51.100.9')).status, 200);
+  assert.equal((await from('/any-v4', '::ffff:198.51.100.9')).status, 200);
+  assertRefused(await from('/any-v4', '2001:db8::7'));
+  for (const ip of ['10.0.0.1', '10.255.1.2', '2001:db8::1']) assert.equal((await from('/ten-noncanon', ip)).status, 200, ip);
+  for (const ip of ['11.0.0.1', '2001:db8::2']) assertRefused(await from('/ten-noncanon', ip));
 });
 
 test('runs before authentication: a refused client gets 403 without a key, not 401', T, async () => {
