@@ -58,6 +58,8 @@ services:
       - {name: narrow, paths: [/narrow], methods: [GET, PUT, DELETE], plugins: [{name: cors, config: {origins: ['${APP}'], methods: [GET, PUT]}}]}
       - {name: any-method, paths: [/any-method], plugins: [{name: cors, config: {origins: ['${APP}'], methods: ['*']}}]}
       - {name: star-headers, paths: [/star-headers], plugins: [{name: cors, config: {origins: ['${APP}'], headers: ['*']}}]}
+      - {name: expose-all, paths: [/expose-all], plugins: [{name: cors, config: {origins: ['${APP}'], exposed_headers: ['*']}}]}
+      - {name: expose-all-cred, paths: [/expose-all-cred], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true, exposed_headers: ['*', X-Extra]}}]}
       - {name: star-cred, paths: [/star-cred], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true, methods: ['*'], headers: ['*']}}]}
       - {name: limited, paths: [/limited], plugins: [{name: cors, config: {origins: ['${APP}'], credentials: true}}, {name: request-size-limit, config: {max: 16}}]}
   - name: dead
@@ -218,6 +220,20 @@ test("'*' in methods / headers as browsers read it (Fetch §4.8): Authorization 
   assert.equal(cred.headers['vary'], PREFLIGHT_VARY);
   // (a method a browser does not normalize is compared case-sensitively: echoed as asked)
   assert.equal((await preflight('/star-cred', APP, 'patch')).headers['access-control-allow-methods'], 'patch');
+});
+
+test("exposed_headers ['*']: sent as '*' without credentials; with credentials (where browsers take '*' literally) the response's own field names are listed", T, async () => {
+  const respond = JSON.stringify(['X-Total', '5', 'ETag', '"v1"', 'Set-Cookie', 'a=b', 'Cache-Control', 'no-store']);
+  const plain = await request(`${t.url}/expose-all`, { headers: { origin: APP, 'x-respond-headers': respond } });
+  assert.deepEqual(rawValues(plain, 'access-control-expose-headers'), ['*']);
+  const cred = await request(`${t.url}/expose-all-cred`, { headers: { origin: APP, 'x-respond-headers': respond } });
+  assert.equal(cred.status, 200);
+  assert.equal(cred.headers['access-control-allow-credentials'], 'true');
+  const [aceh, ...more] = rawValues(cred, 'access-control-expose-headers');
+  assert.deepEqual(more, []);
+  const names = aceh!.split(',').map((n) => n.trim());
+  for (const n of ['x-extra', 'x-total', 'etag', 'x-request-id']) assert.ok(names.includes(n), `${n} in ${aceh}`);
+  for (const n of ['*', 'set-cookie', 'content-type', 'cache-control']) assert.ok(!names.includes(n), `${n} not in ${aceh}`);
 });
 
 test('actual request from an allowed origin: ACAO, Expose-Headers and Vary added to the upstream response', T, async () => {

@@ -21,6 +21,13 @@ const TOKEN_RE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 /** A gRPC-Web request (its content type, any case). */
 const GRPC_WEB_RE = /^application\/grpc-web/i;
 const GRPC_WEB_EXPOSED = ['grpc-status', 'grpc-message', 'grpc-status-details-bin'];
+/**
+ * Fields a page reads without Access-Control-Expose-Headers (CORS-safelisted response-header
+ * names), those it never reads (Set-Cookie), and the CORS fields: not worth listing.
+ */
+const NOT_EXPOSED = new Set(['cache-control', 'content-language', 'content-length', 'content-type', 'expires', 'last-modified', 'pragma', 'set-cookie', 'set-cookie2']);
+/** What a page may need from the gateway's own answers (401, 429, 503...) when exposing "every" field. */
+const GATEWAY_FIELDS = ['retry-after', 'www-authenticate', 'ratelimit', 'ratelimit-policy', 'x-request-id'];
 /** scheme://host[:port], nothing after it (an origin's serialization). */
 const ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s]+$/i;
 
@@ -116,6 +123,20 @@ export default definePlugin({
     // (Trailers-Only: an error before any message, the gateway's own included): exposed with the rest.
     const exposedGrpcWeb = [...new Set([...(config.exposed_headers ?? []).map((h) => h.toLowerCase()), ...GRPC_WEB_EXPOSED])].join(', ');
     const exposedFor = (ctx: RequestCtx): string | null => (GRPC_WEB_RE.test(ctx.header('content-type') ?? '') ? exposedGrpcWeb : exposed);
+    // A browser takes `*` in Access-Control-Expose-Headers literally on a credentialed request
+    // (Fetch §3.2.3): with credentials, "every field" is said by naming them.
+    const exposeAllNamed = credentials && config.exposed_headers?.includes('*') === true;
+    const namedExposed = (config.exposed_headers ?? []).filter((h) => h !== '*').map((h) => h.toLowerCase());
+    /** The names of `headers` (a response's fields) a page may read, with the configured ones. */
+    const exposeNames = (ctx: RequestCtx, headers: readonly string[]): string => {
+      const names = new Set(namedExposed);
+      if (GRPC_WEB_RE.test(ctx.header('content-type') ?? '')) for (const h of GRPC_WEB_EXPOSED) names.add(h);
+      for (let i = 0; i < headers.length; i += 2) {
+        const n = headers[i]!.toLowerCase();
+        if (!NOT_EXPOSED.has(n) && !n.startsWith('access-control-')) names.add(n);
+      }
+      return [...names].join(', ');
+    };
     const preflightVary = `Origin, Access-Control-Request-Method, Access-Control-Request-Headers${config.private_network ? ', Access-Control-Request-Private-Network' : ''}`;
     const maxAge = config.max_age !== undefined ? String(Math.floor(parseDuration(config.max_age) / 1000)) : null;
 
@@ -139,7 +160,9 @@ export default definePlugin({
           if (origin !== null) {
             ctx.addResponseHeader(ACAO, origin);
             if (credentials) ctx.addResponseHeader(ACAC, 'true');
-            const expose = exposedFor(ctx);
+            // (the gateway's own answers: the fields they may carry; an upstream's answer gets
+            // its own names in responseHeaders)
+            const expose = exposeAllNamed ? exposeNames(ctx, GATEWAY_FIELDS.flatMap((h) => [h, ''])) : exposedFor(ctx);
             if (expose !== null) ctx.addResponseHeader(ACEH, expose);
           }
           // The gateway's own answers (401, 429...) vary by Origin too, or a shared cache could
@@ -193,8 +216,8 @@ export default definePlugin({
         if (origin === null) return;
         headers.push(ACAO, origin);
         if (credentials) headers.push(ACAC, 'true');
-        const expose = exposedFor(ctx);
-        if (expose !== null) headers.push(ACEH, expose);
+        const expose = exposeAllNamed ? exposeNames(ctx, headers) : exposedFor(ctx);
+        if (expose !== null && expose !== '') headers.push(ACEH, expose);
       },
     };
   },

@@ -16,7 +16,7 @@ export const CorsConfig = Type.Object({
     uniqueItems: true, description: 'Request headers announced in Access-Control-Allow-Headers (default: those the preflight asks for in Access-Control-Request-Headers). "*" announces any, and Authorization too when asked for (browsers never take it from "*"); with credentials, where browsers take "*" literally, the names asked for are announced.',
   })),
   exposed_headers: Type.Optional(Type.Array(Type.String({ pattern: TOKEN, description: 'A response header name.' }), {
-    uniqueItems: true, description: 'Response headers scripts may read (Access-Control-Expose-Headers on actual responses). A gRPC-Web request\'s answers expose `grpc-status`, `grpc-message` and `grpc-status-details-bin` too (a Trailers-Only answer carries the status in its headers).',
+    uniqueItems: true, description: 'Response headers scripts may read (Access-Control-Expose-Headers on actual responses; "*": all of them, which with credentials, where browsers take "*" literally, is said by naming the response\'s fields). A gRPC-Web request\'s answers expose `grpc-status`, `grpc-message` and `grpc-status-details-bin` too (a Trailers-Only answer carries the status in its headers).',
   })),
   credentials: Type.Optional(Type.Boolean({
     default: false, description: 'Allow credentialed requests (cookies, Authorization): Access-Control-Allow-Credentials: true, and the origin itself instead of "*".',
