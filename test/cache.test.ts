@@ -1007,6 +1007,34 @@ services:
   }
 });
 
+test('with cors bound, a cache hit carries the cors plugin\'s fields for this request\'s origin, not the stored answer\'s (an upstream\'s Access-Control-Allow-Origin: * replayed to a credentialed origin is refused by browsers)', async () => {
+  const up = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', 'access-control-allow-origin': '*' }).end('data');
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cors, config: {origins: ["https://app.example"], credentials: true}}, {name: cache}]
+    routes: [{name: r, paths: [/]}]
+`);
+  try {
+    const origin = { origin: 'https://app.example' };
+    // stored from a request without Origin (a server-side client, a crawler)
+    const miss = await request(`${g.url}/d`);
+    assert.equal(miss.headers['x-cache-status'], 'MISS');
+    await request(`${g.url}/d`, { headers: origin });
+    const hit = await request(`${g.url}/d`, { headers: origin });
+    assert.equal(hit.body, 'data');
+    assert.equal(hit.headers['x-cache-status'], 'HIT');
+    assert.equal(hit.headers['access-control-allow-origin'], 'https://app.example', 'the stored * was replayed');
+    assert.equal(hit.headers['access-control-allow-credentials'], 'true');
+    assert.match(String(hit.headers.vary), /origin/i);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('the key is what the upstream answered to: the scheme a trusted TLS terminator forwards, the route, Vary\'d fields the gateway set (X-Consumer-Name), the default port; a method override is never cached', async () => {
   const up = await startUpstream((req, res) => {
     const u = req.url!;

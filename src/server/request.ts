@@ -27,7 +27,7 @@ import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/h
 import { clientIp, forwardedElement, forwardedFromX, plainIp } from '../core/forwarded.js';
 import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
-import { ForwardHandler, earnRetry, grantSlots, joinBase, noTargetRetryAfter, spendRetry } from '../upstream/forward.js';
+import { ForwardHandler, earnRetry, grantSlots, joinBase, noTargetRetryAfter, overlayGatewayFields, spendRetry } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
 import { grpcWebKind } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
@@ -866,9 +866,23 @@ export function handleRequest(
 
 /** A plugin's local reply: a problem from the catalogue, or its own status and body. */
 function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, r: Reply, requestId: string, extra: string[]): void {
-  // Headers earlier plugins added for the response (rate-limit state...), then the reply's own.
-  const headers = headerRecord(extra);
-  Object.assign(headers, r.headers);
+  // A plugin's own answer (a problem, a preflight): headers earlier plugins added for the
+  // response (rate-limit state...), then the reply's own. A stored answer (a cache hit, with a
+  // status): as over an upstream's, the gateway's fields for this request (cors's for this
+  // Origin, RateLimit) replace the stored ones of the same name, and Vary adds up.
+  let headers: Record<string, string | string[]>;
+  if (r.code === undefined && r.status !== undefined && extra.length > 0 && r.headers !== undefined) {
+    const out: string[] = [];
+    for (const [k, v] of Object.entries(r.headers)) {
+      if (Array.isArray(v)) for (const x of v) out.push(k, x);
+      else out.push(k, v);
+    }
+    overlayGatewayFields(out, extra);
+    headers = headerRecord(out);
+  } else {
+    headers = headerRecord(extra);
+    Object.assign(headers, r.headers);
+  }
   if (r.code !== undefined) {
     const close = !isHttp2(req) && ctx.draining;
     sendProblem(res, r.code, r.detail ?? PROBLEMS[r.code].title, requestId, { close, headers, extra: r.extra });

@@ -182,6 +182,24 @@ function grpcStatusAt(list: string[]): number {
 }
 
 /** Adds Vary tokens to a flat header list: into its (last) Vary field, none twice, nothing after `*`. */
+/**
+ * Fields plugins added for the response (`extra`: RateLimit, cors's Access-Control-*) over an
+ * upstream's answer or a stored copy of one (`out`, name/value pairs): the gateway's own replace
+ * the answer's of the same name; a Vary (cors: Origin) adds to the answer's.
+ */
+export function overlayGatewayFields(out: string[], extra: readonly string[]): void {
+  const names = new Set<string>();
+  for (let i = 0; i < extra.length; i += 2) {
+    const n = extra[i]!.toLowerCase();
+    if (n !== 'vary') names.add(n);
+  }
+  for (let i = out.length - 2; i >= 0; i -= 2) if (names.has(out[i]!.toLowerCase())) out.splice(i, 2);
+  for (let i = 0; i < extra.length; i += 2) {
+    if (extra[i]!.toLowerCase() === 'vary') mergeVary(out, extra[i + 1]!);
+    else out.push(extra[i]!, extra[i + 1]!);
+  }
+}
+
 function mergeVary(out: string[], value: string): void {
   let at = -1;
   const have = new Set<string>();
@@ -845,20 +863,7 @@ export class ForwardHandler {
     const pl = this.f.plugins;
     if (pl !== null) {
       const extra = pl.extraHeaders;
-      if (extra !== undefined && extra.length) {
-        // The gateway's own (e.g. RateLimit) replace the upstream's of the same name; a Vary
-        // (cors: Origin) adds to the upstream's.
-        const names = new Set<string>();
-        for (let i = 0; i < extra.length; i += 2) {
-          const n = extra[i]!.toLowerCase();
-          if (n !== 'vary') names.add(n);
-        }
-        for (let i = out.length - 2; i >= 0; i -= 2) if (names.has(out[i]!.toLowerCase())) out.splice(i, 2);
-        for (let i = 0; i < extra.length; i += 2) {
-          if (extra[i]!.toLowerCase() === 'vary') mergeVary(out, extra[i + 1]!);
-          else out.push(extra[i]!, extra[i + 1]!);
-        }
-      }
+      if (extra !== undefined && extra.length) overlayGatewayFields(out, extra);
       for (const b of pl.chain.responseHeaders) {
         try {
           b.inst.responseHeaders!(pl.ctx, statusCode, out);
