@@ -229,12 +229,30 @@ export class Metrics {
     }));
   }
 
+  /** The (service, route) keys of the running config (null: every route counts). */
+  private live: ReadonlySet<string> | null = null;
+
   /** The record of a (service, route); '' for requests answered before routing. */
   stats(service: string, route: string): RouteStats {
     const key = `${service}\0${route}`;
     let s = this.routes.get(key);
-    if (s === undefined) this.routes.set(key, (s = new RouteStats(service, route, this.bounds)));
+    if (s === undefined) {
+      s = new RouteStats(service, route, this.bounds);
+      // (a request still finishing on a route a reload removed: counted, but not exposed again)
+      if (this.live === null || this.live.has(key) || key === '\0') this.routes.set(key, s);
+    }
     return s;
+  }
+
+  /**
+   * The routes of a new config: the series of the others (removed or renamed by the reload)
+   * leave the exposition, so route churn does not grow the scrape and the memory without end.
+   */
+  keepRoutes(routes: Iterable<{ service: string; route: string }>): void {
+    const live = new Set<string>();
+    for (const r of routes) live.add(`${r.service}\0${r.route}`);
+    this.live = live;
+    for (const key of this.routes.keys()) if (key !== '\0' && !live.has(key)) this.routes.delete(key);
   }
 
   /** This process's metrics as JSON (what a worker sends the primary). */

@@ -206,6 +206,11 @@ export class Observer {
     return this.active ? new Exchange(performance.now()) : null;
   }
 
+  /** A reload swapped in these routes: the metrics of the others are dropped. */
+  routesChanged(routes: readonly CompiledRoute[]): void {
+    this.metrics?.keepRoutes(routes.map((r) => ({ service: r.service.name, route: r.name })));
+  }
+
   /** The counters of a route (rate-limit decisions are counted while the request runs). */
   routeStats(route: CompiledRoute | null): RouteStats | null {
     const m = this.metrics;

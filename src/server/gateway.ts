@@ -1206,6 +1206,7 @@ export class Gateway implements RequestContext {
       this.reloadsFailed++;
       throw loaded.error([{ path: ['access_log'], message: (err as Error).message }]);
     }
+    this.observer.routesChanged(next.routes);
     this.scaleTo(next);
     if (JSON.stringify(prev.admin?.tokens) !== JSON.stringify(next.admin?.tokens)) queueMicrotask(() => this.console?.tokensChanged());
     if (JSON.stringify(prev.scaling?.keda) !== JSON.stringify(next.scaling?.keda)) {
