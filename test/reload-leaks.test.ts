@@ -38,3 +38,27 @@ services:
     await up.close();
   }
 });
+
+test('dns: names a reload took out of the config are forgotten, not carried into every later snapshot', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  // (`.invalid` never resolves, RFC 6761: each reload asks a new name, which fails at once)
+  const cfg = (i: number) => `access_log: {enabled: false}
+services:
+  - name: s
+    url: ${up.url}
+    routes: [{name: r, paths: [/]}]
+  - name: gone
+    url: http://n${i}.invalid:1
+    routes: [{name: g, paths: [/g]}]
+`;
+  const g = await startGateway(cfg(0));
+  try {
+    const n = 40;
+    for (let i = 1; i <= n; i++) await g.gw.reloadAsync(parseConfigText(cfg(i)));
+    assert.deepEqual(Object.keys(g.gw.dns.table()), [`n${n}.invalid`]);
+    assert.equal((await request(`${g.url}/`)).status, 200);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

@@ -547,8 +547,9 @@ export class Gateway implements RequestContext {
 
   /** A copy of `base` with the config's DNS settings and its names not resolved yet resolved (failures logged). */
   private static async resolveNew(base: DnsCache, loaded: LoadedConfig, log: Logger): Promise<DnsCache> {
-    const dns = base.fork(dnsSettings(loaded.config));
-    const fresh = upstreamNames(loaded.config).filter((h) => dns.get(h) === undefined);
+    const names = upstreamNames(loaded.config);
+    const dns = base.fork(dnsSettings(loaded.config), names);
+    const fresh = names.filter((h) => dns.get(h) === undefined);
     if (fresh.length > 0) {
       const { failed } = await dns.refresh(fresh);
       for (const f of failed) log.warn({ host: f.host, error: f.error }, 'upstream name does not resolve: no targets for it until it does');

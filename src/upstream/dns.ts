@@ -63,11 +63,23 @@ export class DnsCache {
   /**
    * A copy to resolve into: a reload or refresh works on a copy, and the gateway adopts it
    * only with the snapshot compiled from it (a rejected config changes nothing). Other
-   * resolver settings start from no answers.
+   * resolver settings start from no answers. `keep`: the names of the config it is for (a
+   * reload); the answers of others are left behind, so names a reload took out do not live on
+   * in every later snapshot (and in the table sent to the workers).
    */
-  fork(settings: DnsSettings): DnsCache {
+  fork(settings: DnsSettings, keep?: readonly string[]): DnsCache {
     const same = JSON.stringify([settings.servers, settings.timeoutMs]) === JSON.stringify([this.settings.servers, this.settings.timeoutMs]);
-    return same ? new DnsCache(settings, new Map(this.answers), new Map(this.asked)) : new DnsCache(settings);
+    if (!same) return new DnsCache(settings);
+    if (keep === undefined) return new DnsCache(settings, new Map(this.answers), new Map(this.asked));
+    const answers = new Map<string, string[]>();
+    const asked = new Map<string, Asked>();
+    for (const h of keep) {
+      const a = this.answers.get(h);
+      if (a !== undefined) answers.set(h, a);
+      const k = this.asked.get(h);
+      if (k !== undefined) asked.set(h, k);
+    }
+    return new DnsCache(settings, answers, asked);
   }
 
   get refreshMs(): number {
