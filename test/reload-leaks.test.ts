@@ -5,7 +5,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseConfigText } from '../src/config/load.js';
-import { promSamples, request, startGateway, startUpstream } from './helpers.js';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { eventually, promSamples, request, sleep, startGateway, startUpstream } from './helpers.js';
 
 test('metrics: the series of a route a reload removed leave /metrics; a route that stays keeps counting', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
@@ -60,5 +62,49 @@ services:
   } finally {
     await g.close();
     await up.close();
+  }
+});
+
+test('tracing: a reload that replaces the tracer closes the connections its exporter opened to the collector', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  let open = 0;
+  let batches = 0;
+  const collector = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      batches++;
+      res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    });
+  });
+  collector.keepAliveTimeout = 60_000; // (the collector keeps them: closing is the exporter's job)
+  collector.on('connection', (s) => {
+    open++;
+    s.on('close', () => open--);
+  });
+  await new Promise<void>((r) => collector.listen(0, '127.0.0.1', r));
+  const at = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`;
+  const cfg = (i: number) => `access_log: {enabled: false}
+tracing: {enabled: true, endpoint: "${at}/v1/traces?r=${i}", sample: 1}
+services:
+  - name: s
+    url: ${up.url}
+    routes: [{name: r, paths: [/]}]
+`;
+  const g = await startGateway(cfg(0));
+  try {
+    const n = 60;
+    for (let i = 1; i <= n; i++) {
+      assert.equal((await request(`${g.url}/`)).status, 200);
+      // (the replaced tracer exports the span it holds as it closes)
+      await g.gw.reloadAsync(parseConfigText(cfg(i)));
+    }
+    await eventually(() => batches >= n, 5000, 20);
+    await sleep(200);
+    assert.ok(open <= 2, `${open} connections to the collector left open after ${n} reloads (${batches} batches)`);
+  } finally {
+    await g.close();
+    await up.close();
+    collector.closeAllConnections();
+    await new Promise((r) => collector.close(r));
   }
 });
