@@ -108,3 +108,28 @@ services:
     await new Promise((r) => collector.close(r));
   }
 });
+
+test('scaling: the in-flight gauge of a service a reload removed is dropped, not reported in every later tick', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const cfg = (i: number) => `access_log: {enabled: false}
+services:
+  - name: s${i}
+    url: ${up.url}
+    scaling: {min_replicas: 1, max_replicas: 5, target_concurrency: 10}
+    routes: [{name: r, paths: [/]}]
+`;
+  const g = await startGateway(cfg(0));
+  try {
+    const n = 200;
+    for (let i = 1; i <= n; i++) {
+      await g.gw.reloadAsync(parseConfigText(cfg(i)));
+      assert.equal((await request(`${g.url}/`)).status, 200);
+    }
+    g.gw.demand.drain(); // (the requests counted since the advisor's last tick)
+    // What every tick reports from now on: the services with an in-flight gauge.
+    assert.deepEqual(Object.keys(g.gw.demand.drain().services), [`s${n}`]);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

@@ -97,10 +97,23 @@ export class DemandMeter {
     this.samples = 0;
   }
 
+  /** The services of the running config (null: not told yet). */
+  private live: ReadonlySet<string> | null = null;
+
+  /**
+   * A reload's services: the in-flight gauges of the others are dropped (one still running a
+   * request when its last one ends), so renamed or removed services are not reported every tick.
+   */
+  keepServices(names: Iterable<string>): void {
+    const live = new Set(names);
+    this.live = live;
+    for (const [service, g] of this.gauge) if (g.n === 0 && !live.has(service)) this.gauge.delete(service);
+  }
+
   /** `shed`: refused by the service's bulkhead (a 503 that is demand, not an upstream error). */
   record(service: string, route: string, status: number, totalMs: number, shed = false): void {
     const g = this.gauge.get(service);
-    if (g !== undefined && g.n > 0) g.n--;
+    if (g !== undefined && g.n > 0 && --g.n === 0 && this.live !== null && !this.live.has(service)) this.gauge.delete(service);
     const b = bucketOf(totalMs);
     for (const c of [add(this.services, service), add(this.routes, route)]) {
       c.n++;

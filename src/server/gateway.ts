@@ -1165,6 +1165,7 @@ export class Gateway implements RequestContext {
   /** Scaling follows the snapshot: requests are counted while a service has `scaling`; the advisor keeps the windows of unchanged policies. */
   private scaleTo(snap: Snapshot): void {
     if (!snap.scaling) this.demand.resetInflight();
+    else this.demand.keepServices(snap.services.map((s) => s.name));
     this.observer.demand = snap.scaling ? this.demand : null;
     this.scaling?.configure(snap.scaling, snap.services.map((svc) => ({
       name: svc.name,
