@@ -7,7 +7,10 @@ import assert from 'node:assert/strict';
 import { parseConfigText } from '../src/config/load.js';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { eventually, promSamples, request, sleep, startGateway, startUpstream } from './helpers.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { eventually, freePort, promSamples, request, sleep, startCli, startGateway, startUpstream, waitFor } from './helpers.js';
 
 test('metrics: the series of a route a reload removed leave /metrics; a route that stays keeps counting', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
@@ -130,6 +133,42 @@ services:
     assert.deepEqual(Object.keys(g.gw.demand.drain().services), [`s${n}`]);
   } finally {
     await g.close();
+    await up.close();
+  }
+});
+
+test('metrics with workers: the counts exited workers left behind drop the routes a later reload removed', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const [p, a] = [await freePort(), await freePort()];
+  const file = join(mkdtempSync(join(tmpdir(), 'turnpike-leaks-')), 'c.yaml');
+  const cfg = (route: string) => `listen: 127.0.0.1:${p}
+admin: {listen: 127.0.0.1:${a}}
+workers: 2
+access_log: {enabled: false}
+services:
+  - name: app
+    url: ${up.url}
+    routes: [{name: keep, paths: [/keep]}, {name: ${route}, paths: [/churn]}]
+`;
+  writeFileSync(file, cfg('old'));
+  const run = startCli(['start', '--config', file], {});
+  const routes = async () => new Set(promSamples((await request(`http://127.0.0.1:${a}/metrics`)).body)
+    .filter((s) => s.name === 'turnpike_requests_total').map((s) => s.labels['route']));
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`, 15_000);
+    await eventually(async () => JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).workers.filter((w: { state: string }) => w.state === 'listening').length === 2, 15_000);
+    for (const path of ['/keep', '/churn']) assert.equal((await request(`http://127.0.0.1:${p}${path}`, { headers: { connection: 'close' } })).status, 200);
+    // Both workers are replaced: what they counted stays in the primary's view.
+    run.child.kill('SIGUSR2');
+    await eventually(() => /rolling restart done/.test(run.stderr()), 20_000);
+    assert.deepEqual([...await routes()].sort(), ['keep', 'old']);
+    writeFileSync(file, cfg('new'));
+    await eventually(() => /reload applied/.test(run.stderr()), 10_000);
+    assert.equal((await request(`http://127.0.0.1:${p}/churn`, { headers: { connection: 'close' } })).status, 200);
+    assert.deepEqual([...await routes()].sort(), ['keep', 'new']);
+  } finally {
+    run.child.kill('SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
     await up.close();
   }
 });

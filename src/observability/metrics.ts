@@ -286,3 +286,23 @@ export function retainCounters(views: unknown[][]): unknown[] {
   const merged = AggregatorRegistry.aggregate(keep as Parameters<typeof AggregatorRegistry.aggregate>[0]);
   return merged.getMetricsAsArray().map((m) => (m as unknown as { get(): unknown }).get());
 }
+
+/**
+ * A view (retainCounters') without the series of routes not in `routes` (a reload removed or
+ * renamed them), as a worker's own metrics drop them (Metrics.keepRoutes). Requests answered
+ * before routing (service and route '') stay.
+ */
+export function keepRouteSeries(view: unknown[], routes: Iterable<{ service: string; route: string }>): unknown[] {
+  const live = new Set<string>();
+  for (const r of routes) live.add(`${r.service}\0${r.route}`);
+  return (view as { values?: { labels?: Record<string, unknown> }[] }[]).map((m) => {
+    if (!Array.isArray(m.values)) return m;
+    const values = m.values.filter((v) => {
+      const l = v.labels;
+      if (l === undefined || l['route'] === undefined) return true;
+      const key = `${String(l['service'] ?? '')}\0${String(l['route'])}`;
+      return key === '\0' || live.has(key);
+    });
+    return values.length === m.values.length ? m : { ...m, values };
+  });
+}

@@ -28,7 +28,7 @@ import type { Decision, Reporter } from '../upstream/authority.js';
 import type { Logger } from '../core/log.js';
 import { IpcStore, answerCounter, type CounterReply, type CounterRequest } from '../state/ipc.js';
 import type { MemoryStore } from '../state/memory.js';
-import { retainCounters } from '../observability/metrics.js';
+import { keepRouteSeries, retainCounters } from '../observability/metrics.js';
 import type { AnalyticsState } from '../observability/analytics.js';
 import type { Bucket, PurgeFilter } from '../plugins/cache/entry.js';
 import type { AccountRequest, AccountResponse } from '../portal/accounts.js';
@@ -237,6 +237,8 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     onSwap: (next, snap) => {
       for (const i of infos.values()) if (i.worker.isConnected()) i.reloadsPending++;
       broadcast({ tp: 'reload', text: next.text, config: next.config, hash: next.configHash, dns: gw.dns.table() });
+      // (the workers drop the series of routes this config removed: so do the counts of those that exited)
+      if (retired.length) retired = keepRouteSeries(retired, snap.routes.map((r) => ({ service: r.service.name, route: r.name })));
       if (snap.workers !== live().length) {
         log.info({ to: snap.workers }, 'worker count changed');
         scaleTo(snap.workers);
