@@ -4,6 +4,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHook } from 'node:async_hooks';
 import { parseConfigText } from '../src/config/load.js';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -170,5 +171,35 @@ services:
     run.child.kill('SIGTERM');
     assert.equal(await run.exit, 0, run.stderr());
     await up.close();
+  }
+});
+
+test('oauth2-introspection: a call the IdP answered leaves no timer behind (one per call lived on for the whole timeout)', async () => {
+  const idp = await startUpstream((_q, res) => res.writeHead(200, { 'content-type': 'application/json' }).end('{"active":true,"client_id":"c"}'));
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const g = await startGateway(`services:
+  - name: s
+    url: ${up.url}
+    routes: [{name: r, paths: [/]}]
+    plugins: [{name: oauth2-introspection, config: {introspection_url: "${idp.url}/introspect", client_id: a, client_secret: b, timeout: 30s}}]
+`);
+  const timers = new Set<number>();
+  const hook = createHook({
+    init(id, type) { if (type === 'Timeout') timers.add(id); },
+    destroy(id) { timers.delete(id); },
+  }).enable();
+  try {
+    await request(`${g.url}/`, { headers: { authorization: 'Bearer warm-up' } });
+    await sleep(50);
+    const before = timers.size;
+    const n = 200;
+    for (let i = 0; i < n; i++) assert.equal((await request(`${g.url}/`, { headers: { authorization: `Bearer token-${i}` } })).status, 200);
+    await sleep(50);
+    assert.ok(timers.size - before < 20, `${timers.size - before} more timers after ${n} introspection calls`);
+  } finally {
+    hook.disable();
+    await g.close();
+    await up.close();
+    await idp.close();
   }
 });

@@ -12,13 +12,25 @@ export interface FetchJsonOptions {
 /** Throws on no answer (refused, reset, timeout); an answer too large or not JSON throws an Error with its `status`. */
 export async function fetchJson(url: string, o: FetchJsonOptions = {}): Promise<{ status: number; json: unknown }> {
   const timeout = o.timeoutMs ?? 5000;
+  // A timer cleared when the call ends (AbortSignal.timeout's lives on for the whole timeout
+  // after the answer: one per introspection call, 30 s each with a long timeout).
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')), timeout);
+  try {
+    return await call(url, o, timeout, ac.signal);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function call(url: string, o: FetchJsonOptions, timeout: number, signal: AbortSignal): Promise<{ status: number; json: unknown }> {
   const res = await request(url, {
     method: o.method ?? 'GET',
     headers: { accept: 'application/json', ...o.headers },
     body: o.body,
     headersTimeout: timeout,
     bodyTimeout: timeout,
-    signal: AbortSignal.timeout(timeout),
+    signal,
   });
   const max = o.maxBytes ?? 1024 * 1024;
   const chunks: Buffer[] = [];
