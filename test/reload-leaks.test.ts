@@ -203,3 +203,33 @@ test('oauth2-introspection: a call the IdP answered leaves no timer behind (one 
     await idp.close();
   }
 });
+
+test('cache: a stale-while-revalidate refresh that ended leaves no timer behind (one per refresh lived on for 30 s)', async () => {
+  const up = await startUpstream((_q, res) => res.writeHead(200, { 'content-type': 'text/plain' }).end('ok'));
+  const g = await startGateway(`services:
+  - name: s
+    url: ${up.url}
+    routes: [{name: r, paths: [/]}]
+    plugins: [{name: cache, config: {ttl: 1s, stale_while_revalidate: 1m}}]
+`);
+  const timers = new Set<number>();
+  const hook = createHook({
+    init(id, type) { if (type === 'Timeout') timers.add(id); },
+    destroy(id) { timers.delete(id); },
+  }).enable();
+  try {
+    const n = 100;
+    for (let i = 0; i < n; i++) assert.equal((await request(`${g.url}/p${i}`)).status, 200);
+    await sleep(1100);
+    const before = timers.size;
+    // Each answer is stale now: served at once, refreshed in the background.
+    for (let i = 0; i < n; i++) assert.equal((await request(`${g.url}/p${i}`)).status, 200);
+    await eventually(() => up.requests.length >= 2 * n, 5000, 20);
+    await sleep(100);
+    assert.ok(timers.size - before < 20, `${timers.size - before} more timers after ${n} refreshes`);
+  } finally {
+    hook.disable();
+    await g.close();
+    await up.close();
+  }
+});

@@ -16,6 +16,7 @@ export async function fetchJson(url: string, o: FetchJsonOptions = {}): Promise<
   // after the answer: one per introspection call, 30 s each with a long timeout).
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')), timeout);
+  timer.unref();
   try {
     return await call(url, o, timeout, ac.signal);
   } finally {

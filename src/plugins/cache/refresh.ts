@@ -81,11 +81,17 @@ export class Refresher {
     headers.push('host', host, REFRESH_HEADER, this.token);
     if (peer !== '') headers.push(REFRESH_PEER_HEADER, peer);
     this.agent ??= new Agent({ connections: 8, keepAliveTimeout: 10_000 });
-    const ac = AbortSignal.timeout(REFRESH_TIMEOUT_MS);
-    this.agent.request({ origin: this.base, path: target, method: 'GET', headers, signal: ac })
+    // (a timer cleared when the refresh ends: AbortSignal.timeout's would live on for 30 s each)
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError')), REFRESH_TIMEOUT_MS);
+    timer.unref();
+    this.agent.request({ origin: this.base, path: target, method: 'GET', headers, signal: ac.signal })
       .then((res) => res.body.dump())
       .catch((err: Error) => onError(err))
-      .finally(() => this.running.delete(key));
+      .finally(() => {
+        clearTimeout(timer);
+        this.running.delete(key);
+      });
     return true;
   }
 
