@@ -247,7 +247,7 @@ test('an empty config (zero bytes, comments only, a null document) is an error n
   for (const [name, text] of [['zero.yaml', ''], ['comments.yaml', '# nothing yet\n']] as const) {
     const f = join(dir, name);
     writeFileSync(f, text);
-    const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+    const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
     assert.equal(r.status, 1, `${name}: ${r.stdout}${r.stderr}`);
     assert.ok(r.stderr.includes(`the config file ${f} is empty`), r.stderr);
   }
@@ -278,7 +278,7 @@ consumers:
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-tag-'));
   const f = join(dir, 'c.yaml');
   writeFileSync(f, 'admin:\n  listen: 127.0.0.1:1\n  token: !env TURNPIKE_ADMIN_TOKEN\n');
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+  const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
   assert.equal(r.status, 1, r.stdout + r.stderr);
   assert.match(r.stderr, /admin\.token \(line 3\): unsupported YAML tag !env/);
   // nor does the admin API take a tagged YAML body literally
@@ -341,7 +341,7 @@ test('turnpike validate judges policy: redis (rate-limit, quota) and backend: re
     const f = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`);
     writeFileSync(f, text);
     return new Promise<{ status: number | null; out: string }>((resolve) => {
-      const c = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f]);
+      const c = spawn(process.execPath, ['bin/turnpike.js', 'validate', '--config', f]);
       let out = '';
       c.stdout.on('data', (d) => (out += d));
       c.stderr.on('data', (d) => (out += d));
@@ -420,7 +420,7 @@ test('schema/turnpike.schema.json is current (npm run schema)', () => {
 });
 
 test('turnpike hash-password prints a password_hash that basic-auth accepts', async () => {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'hash-password'], { encoding: 'utf8', input: 'pässword\n' });
+  const r = spawnSync(process.execPath, ['bin/turnpike.js', 'hash-password'], { encoding: 'utf8', input: 'pässword\n' });
   assert.equal(r.status, 0, r.stderr);
   const hash = r.stdout.trim();
   assert.match(hash, /^scrypt\$16384\$8\$1\$/);
@@ -428,7 +428,7 @@ test('turnpike hash-password prints a password_hash that basic-auth accepts', as
   const { parseHash, verifyPassword } = await import('../src/plugins/basic-auth/hash.js');
   assert.equal(await verifyPassword('pässword', parseHash(hash)!), true);
   assert.equal(await verifyPassword('password', parseHash(hash)!), false);
-  const empty = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'hash-password'], { encoding: 'utf8', input: '' });
+  const empty = spawnSync(process.execPath, ['bin/turnpike.js', 'hash-password'], { encoding: 'utf8', input: '' });
   assert.equal(empty.status, 1);
 });
 
@@ -442,7 +442,7 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   const bad = join(dir, 'bad.yaml');
   writeFileSync(good, base);
   writeFileSync(bad, base.replace('paths: [/x]', 'paths: [/x]\n        bogus: 1'));
-  const run = (f: string) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+  const run = (f: string) => spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
   const ok = run(good);
   assert.equal(ok.status, 0, ok.stderr);
   const ko = run(bad);
@@ -532,7 +532,7 @@ test('consumer credentials no request can carry (a key or password with a traili
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-secret-nl-'));
   const file = join(dir, 'c.yaml');
   writeFileSync(file, cfg('{type: key-auth, key: "${ALICE_KEY}"}'));
-  const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', file], { encoding: 'utf8', env: { ...process.env, ALICE_KEY: 'alice-key-0123\n' } });
+  const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', file], { encoding: 'utf8', env: { ...process.env, ALICE_KEY: 'alice-key-0123\n' } });
   assert.equal(r.status, 1, r.stdout + r.stderr);
   assert.match(r.stderr, /consumers\[0\]\.credentials\[0\]\.key \(line 5\): ends with a newline: a header or query value cannot carry it; trim the secret/);
   assert.doesNotMatch(r.stderr, /alice-key-0123/);
@@ -566,7 +566,7 @@ test('TURNPIKE_LOG_LEVEL: a level pino does not know is one line and exit 2 (no 
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-loglevel-'));
   const file = join(dir, 'c.yaml');
   writeFileSync(file, 'listen: 127.0.0.1:0\nservices: []\n');
-  const cli = ['--import', 'tsx', 'src/cli/main-entry.ts', 'start', '--config', file];
+  const cli = ['bin/turnpike.js', 'start', '--config', file];
   for (const [level, shown] of [['verbose', 'verbose'], ['info debug', '"info debug"']]) {
     const r = spawnSync(process.execPath, cli, { encoding: 'utf8', env: { ...process.env, TURNPIKE_LOG_LEVEL: level }, timeout: 20_000 });
     assert.equal(r.status, 2, `${level}: ${r.stderr}`);
@@ -594,7 +594,7 @@ test('turnpike CLI usage: no command is a usage error on stderr (2); help and --
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-usage-'));
   const good = join(dir, 'good.yaml');
   writeFileSync(good, base);
-  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', ...args], { encoding: 'utf8', input: '' });
+  const run = (...args: string[]) => spawnSync(process.execPath, ['bin/turnpike.js', ...args], { encoding: 'utf8', input: '' });
   const none = run();
   assert.equal(none.status, 2);
   assert.equal(none.stdout, '');
@@ -866,7 +866,7 @@ test('a config file that is not UTF-8 (Latin-1 from an old editor, UTF-16) is an
   // admin.token in Latin-1: "pässwörd-for-the-admin" (0xE4, 0xF6), silently "p\uFFFDssw\uFFFDrd..." before.
   const latin1 = join(dir, 'latin1.yaml');
   writeFileSync(latin1, Buffer.concat([Buffer.from(base + 'admin:\n  token: "p'), Buffer.from([0xe4]), Buffer.from('ssw'), Buffer.from([0xf6]), Buffer.from('rd-for-the-admin"\n')]));
-  const run = (f: string) => spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main-entry.ts', 'validate', '--config', f], { encoding: 'utf8' });
+  const run = (f: string) => spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
   const ko = run(latin1);
   assert.equal(ko.status, 1, ko.stderr);
   assert.match(ko.stderr, /\(file\) \(line 10\): .*not valid UTF-8/);
@@ -887,7 +887,7 @@ test('a config file that is not UTF-8 (Latin-1 from an old editor, UTF-16) is an
 
 test('turnpike start --config "" (a script\'s unset $CONFIG) is a usage error (2), not a gateway with no file, no routes and a new turnpike.db; validate too', () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-flag-'));
-  const run = (...args: string[]) => spawnSync(process.execPath, ['--import', join(process.cwd(), 'node_modules/tsx/dist/esm/index.mjs'), join(process.cwd(), 'src/cli/main-entry.ts'), ...args], { encoding: 'utf8', input: '', cwd: dir, timeout: 20_000, killSignal: 'SIGKILL' });
+  const run = (...args: string[]) => spawnSync(process.execPath, [join(process.cwd(), 'bin/turnpike.js'), ...args], { encoding: 'utf8', input: '', cwd: dir, timeout: 20_000, killSignal: 'SIGKILL' });
   for (const args of [['start', '--config', ''], ['start', '--config='], ['start', '-c', ''], ['validate', '--config', '']]) {
     const r = run(...args);
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
