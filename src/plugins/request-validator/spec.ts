@@ -102,26 +102,19 @@ const SCHEMA_KEYS = ['items', 'additionalItems', 'additionalProperties', 'not', 
 const SCHEMA_ARRAY_KEYS = ['allOf', 'anyOf', 'oneOf', 'prefixItems', 'items'];
 const SCHEMA_MAP_KEYS = ['properties', 'patternProperties', '$defs', 'definitions', 'dependentSchemas'];
 
-export interface RewriteOptions {
-  /** 3.0: nullable, boolean exclusive bounds (also draft-04 JSON Schema). */
-  legacy: boolean;
-  direction: 'request' | 'response';
-  /** Unsafe patterns found: (pointer, pattern). */
-  unsafe?: { pointer: string; pattern: string }[];
-}
-
 /**
- * Rewrites, in place, the schema at `pointer` of `doc` and everything it reaches (subschemas,
- * local `$ref` targets). `seen` keeps shared and recursive schemas to one visit.
+ * The schema at `pointer` of `doc` and every schema it reaches (subschemas, local `$ref`
+ * targets), each once (`seen`, shared across calls on one document), with its pointer.
+ * Iterative: a hostile (or generated) document may nest deeply. A `$ref` that names nothing is
+ * passed over (ajv reports it when compiling).
  */
-export function rewriteSchema(doc: unknown, pointer: string, opts: RewriteOptions, seen: Set<object>): void {
-  // Iterative: a hostile (or generated) document may nest deeply.
+function* reachableSchemas(doc: unknown, pointer: string, seen: Set<object>): Generator<[JsonObject, string]> {
   const work: [unknown, string][] = [[atPointer(doc, pointer), pointer]];
   while (work.length) {
     const [s, p] = work.pop()!;
     if (!isObject(s) || seen.has(s)) continue;
     seen.add(s);
-    rewriteOne(s, p, opts);
+    yield [s, p];
     if (typeof s['$ref'] === 'string' && s['$ref'].startsWith('#')) {
       try {
         const target = refPointer(s['$ref'], p);
@@ -140,6 +133,22 @@ export function rewriteSchema(doc: unknown, pointer: string, opts: RewriteOption
       if (isObject(m)) for (const [name, x] of Object.entries(m)) work.push([x, `${p}/${k}/${escapePointer(name)}`]);
     }
   }
+}
+
+export interface RewriteOptions {
+  /** 3.0: nullable, boolean exclusive bounds (also draft-04 JSON Schema). */
+  legacy: boolean;
+  direction: 'request' | 'response';
+  /** Unsafe patterns found: (pointer, pattern). */
+  unsafe?: { pointer: string; pattern: string }[];
+}
+
+/**
+ * Rewrites, in place, the schema at `pointer` of `doc` and everything it reaches (subschemas,
+ * local `$ref` targets). `seen` keeps shared and recursive schemas to one visit.
+ */
+export function rewriteSchema(doc: unknown, pointer: string, opts: RewriteOptions, seen: Set<object>): void {
+  for (const [s, p] of reachableSchemas(doc, pointer, seen)) rewriteOne(s, p, opts);
 
   function rewriteOne(s: JsonObject, p: string, o: RewriteOptions): void {
     if (o.legacy) {
@@ -164,8 +173,8 @@ export function rewriteSchema(doc: unknown, pointer: string, opts: RewriteOption
             inner[k] = s[k]!;
             delete s[k];
           }
+          // (walked next: reachableSchemas reads the keywords after this rewrite)
           s['anyOf'] = [{ type: 'null' }, inner];
-          work.push([inner, `${p}/anyOf/1`]);
         }
         // (nullable without a type constrains nothing: null was allowed already)
       }
@@ -224,31 +233,9 @@ const IN_PLACE_MAP_KEYS = ['dependentSchemas'];
  */
 export function refLoop(doc: unknown, pointer: string, memo: RefLoopMemo = { walked: new Set(), done: new Set() }): string[] | null {
   // Every schema it reaches (as rewriteSchema walks them), each the start of a search.
-  const { walked: seen, done } = memo;
-  const work: [unknown, string][] = [[atPointer(doc, pointer), pointer]];
-  while (work.length) {
-    const [s, p] = work.pop()!;
-    if (!isObject(s) || seen.has(s)) continue;
-    seen.add(s);
-    const loop = inPlaceLoop(doc, s, p, done);
+  for (const [s, p] of reachableSchemas(doc, pointer, memo.walked)) {
+    const loop = inPlaceLoop(doc, s, p, memo.done);
     if (loop !== null) return loop;
-    if (typeof s['$ref'] === 'string' && s['$ref'].startsWith('#')) {
-      try {
-        const target = refPointer(s['$ref'], p);
-        work.push([atPointer(doc, target), target]);
-      } catch {
-        /* reported elsewhere */
-      }
-    }
-    for (const k of SCHEMA_KEYS) if (isObject(s[k])) work.push([s[k], `${p}/${k}`]);
-    for (const k of SCHEMA_ARRAY_KEYS) {
-      const a = s[k];
-      if (Array.isArray(a)) a.forEach((x, i) => work.push([x, `${p}/${k}/${i}`]));
-    }
-    for (const k of SCHEMA_MAP_KEYS) {
-      const m = s[k];
-      if (isObject(m)) for (const [name, x] of Object.entries(m)) work.push([x, `${p}/${k}/${escapePointer(name)}`]);
-    }
   }
   return null;
 }
