@@ -1190,7 +1190,9 @@ test('a stale-while-revalidate refresh comes from the client it refreshes for, n
       if (r.body === 'version 2') break;
       await sleep(25);
     }
-    assert.equal((await from2('/x')).body, 'version 2');
+    // (the refreshed answer is served; on a loaded machine its max-age=1, counted from a
+    // whole-second Date, may have run out again, and a later refresh stored version 3)
+    assert.match((await from2('/x')).body, /^version [2-9]$/);
   } finally {
     await g.close();
     await up.close();
