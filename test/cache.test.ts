@@ -1199,6 +1199,42 @@ test('a stale-while-revalidate refresh comes from the client it refreshes for, n
   }
 });
 
+test('an upstream that sends no Date: a 304 revalidation freshens the entry from its own arrival, not from the first answer\'s (the entry was stale again at once, every request revalidated)', async () => {
+  let full = 0;
+  let notModified = 0;
+  const up = await startUpstream((req, res) => {
+    res.sendDate = false;
+    if (req.headers['if-none-match'] === '"a"') {
+      notModified++;
+      res.writeHead(304, { etag: '"a"', 'cache-control': 'max-age=2' }).end();
+      return;
+    }
+    full++;
+    res.writeHead(200, { etag: '"a"', 'cache-control': 'max-age=2', 'content-type': 'text/plain' }).end('hello');
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{paths: [/]}]
+`);
+  try {
+    assert.equal((await request(`${g.url}/d`)).headers['x-cache-status'], 'MISS');
+    await sleep(2600);
+    const again = await request(`${g.url}/d`);
+    assert.equal(again.headers['x-cache-status'], 'REVALIDATED');
+    assert.equal(notModified, 1);
+    // fresh for max-age=2 from the 304's arrival
+    const hit = await request(`${g.url}/d`);
+    assert.equal(hit.headers['x-cache-status'], 'HIT', 'the revalidated entry was stale at once');
+    assert.equal(hit.body, 'hello');
+    assert.equal(full, 1);
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('HEAD answered from the cache carries the fields the GET would (Content-Length; with compression Content-Encoding, Vary, the weak ETag); only-if-cached with Range or If-Match is a 504, never the upstream', async () => {
   let calls = 0;
   const up = await startUpstream((req, res) => {

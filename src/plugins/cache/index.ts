@@ -624,6 +624,9 @@ export default definePlugin({
             substitute(ctx, r, old, 'STALE', now);
             return;
           }
+          // (a 304 without Date is dated when it arrived, as a stored answer is: else the stored
+          // Date, the first answer's arrival, would make the freshened entry as old as that)
+          if (!P.hasField(up, 'date')) up.push('date', P.httpDate(now));
           const merged = P.updateHeaders(old.headers, up, notStored);
           const f = P.freshness(merged, st.requestTime, now, o);
           const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
