@@ -100,6 +100,17 @@ test('hop-by-hop request headers and those named in Connection are removed', asy
   assert.match(got, /\r\nX-Kept: yes\r\n/);
 });
 
+test('Proxy-Authorization (a forward proxy\'s credentials) and Proxy (httpoxy, CVE-2016-5385) never reach the upstream, in any spelling', async () => {
+  const res = await rawRequest(gw.port,
+    'GET /raw/p HTTP/1.1\r\nHost: gw.test\r\nProxy-Authorization: Basic dXNlcjpwcm94eS1zZWNyZXQ=\r\n' +
+    'Proxy: http://evil.example:8080\r\nProxy_Authorization: Basic c2Vjb25k\r\nX-Kept: yes\r\n\r\n', 800);
+  assert.deepEqual(statuses(res.text), [200]);
+  const got = raw.connections[raw.connections.length - 1]!.toString('latin1');
+  assert.doesNotMatch(got, /\r\nproxy[-_:]/i, got);
+  assert.ok(!got.includes('dXNlcjpwcm94eS1zZWNyZXQ=') && !got.includes('evil.example') && !got.includes('c2Vjb25k'), got);
+  assert.match(got, /\r\nX-Kept: yes\r\n/);
+});
+
 test('TE: only its "trailers" goes on (the gateway relays trailers), and not for an HTTP/1.0 client', async () => {
   const origin = () => raw.connections[raw.connections.length - 1]!.toString('latin1');
   for (const [te, version, want] of [

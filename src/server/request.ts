@@ -154,7 +154,7 @@ const CERT_FIELD = /^(?:x-ssl-(?:client-|cert$|subject|issuer)|ssl-client-|x-amz
 const OWNED_DASHED = new Set([
   'host', 'transfer-encoding', 'content-length', 'connection', 'x-request-id', 'x-forwarded-for', 'x-forwarded-proto',
   'x-forwarded-host', 'x-forwarded-port', 'forwarded', 'via', 'max-forwards', 'keep-alive', 'proxy-connection', 'te',
-  'upgrade', 'http2-settings', 'expect', 'x-real-ip', 'x-turnpike-refresh', 'x-consumer-id', 'x-consumer-name',
+  'upgrade', 'http2-settings', 'expect', 'x-real-ip', 'proxy-authorization', 'x-turnpike-refresh', 'x-consumer-id', 'x-consumer-name',
   'x-consumer-groups', 'x-consumer-username', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-server',
   'x-forwarded-scheme', 'x-forwarded-ssl', 'x-client-ip', 'true-client-ip', 'x-cluster-client-ip', ...LONG_OWNED,
   'x-client-cert', 'x-client-verify', 'x-client-dn', 'x-client-cert-chain', 'x-ssl-client-cert', 'x-ssl-client-verify',
@@ -413,6 +413,11 @@ export function handleRequest(
       case 'te': if (!teTrailers && /(^|,)\s*trailers\s*(,|$)/i.test(value)) teTrailers = true; continue;
       case 'keep-alive': case 'proxy-connection': case 'upgrade': case 'http2-settings':
       case 'expect': case 'x-real-ip':
+      // credentials for a forward proxy, consumed by the first proxy (RFC 9110 §11.7.2; Go's
+      // ReverseProxy drops it as hop-by-hop): never a secret for the upstream. `Proxy` has no
+      // use in HTTP; CGI-style upstreams read it as HTTP_PROXY, their outbound proxy (httpoxy,
+      // CVE-2016-5385: nginx, HAProxy and Apache advise dropping it)
+      case 'proxy-authorization': case 'proxy':
       // the authenticated consumer, set by the gateway only (the longer names: below)
       case 'x-consumer-id': case 'x-consumer-name': case 'x-consumer-groups': case 'x-consumer-username':
         continue;
