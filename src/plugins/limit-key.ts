@@ -11,7 +11,7 @@ const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|he
 
 export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItems: 1, uniqueItems: true })], {
   default: 'consumer',
-  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP; an IPv6 client by its /64), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined).',
+  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP; an IPv6 client by its /64), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined). A header value is chosen by the client: pair it with an authenticated key. The local store keeps at most 1,000,000 keys per map (rates, quotas); at that cap the least telling go (rate entries closest to expiry, quotas least used) and a warning is logged.',
 }));
 
 /** Header values longer than this are counted by their digest. */

@@ -339,7 +339,7 @@ export class Gateway implements RequestContext {
 
   private constructor(loaded: LoadedConfig, opts: GatewayOptions, dns: DnsCache) {
     this.log = opts.logger ?? silentLogger;
-    this.counters = { local: opts.localCounters ?? new MemoryStore(), redis: null };
+    this.counters = { local: opts.localCounters ?? new MemoryStore(undefined, { log: this.log }), redis: null };
     this.caches = new CacheStores(this.log);
     this.loaded = loaded;
     this.dns = dns;

@@ -178,3 +178,44 @@ test('the wall clock stepped back (NTP, a VM restored) neither locks clients out
     await s.close();
   }
 });
+
+test('client-chosen keys are capped: a flood of fresh keys drops the least telling entries, never the counts of clients that spent their limit, and says so once', () => {
+  let now = 1_700_000_000_000;
+  const warned: unknown[] = [];
+  const s = new MemoryStore(() => now, { maxKeys: 1000, log: { warn: (o: unknown) => warned.push(o) } });
+  // a real client spends its whole limit of 5 a day, and a quota of 3 a day
+  const day = 86_400_000;
+  const real = () => s.rateNow([q({ key: 'real', limit: 5, periodMs: day })])[0]!;
+  for (let i = 0; i < 5; i++) assert.equal(real().allowed, true);
+  assert.equal(real().allowed, false);
+  const quota = (key: string) => s.quotaNow({ key, limit: 3, cost: 1, periodEnd: now + day });
+  for (let i = 0; i < 3; i++) assert.equal(quota('real').allowed, true);
+  // then 20,000 fresh keys, one request each, a millisecond apart (by: header:X-Anything)
+  for (let i = 0; i < 20_000; i++) {
+    now += 1;
+    assert.equal(s.rateNow([q({ key: `spoof-${i}`, limit: 5, periodMs: day })])[0]!.allowed, true);
+    assert.equal(quota(`spoof-${i}`).allowed, true);
+    // the multi-window path too
+    s.rateNow([q({ key: `multi-${i}`, limit: 5, periodMs: day }), q({ key: `multi-${i}`, algorithm: 'sliding-window', limit: 50, periodMs: day })]);
+  }
+  assert.ok(s.size <= 2000, `entries: ${s.size}`);
+  assert.ok(s.shedCount > 0);
+  // the real client's quota, the most used, survived (its rate entry may go: it came first, so its
+  // TAT is the first to pass; the next test holds the case where it owes more than the rest)
+  assert.equal(quota('real').allowed, false, 'the real quota count was dropped');
+  assert.equal(warned.length, 2, 'one warning for rates, one for quotas');
+});
+
+test('the cap keeps a rate entry that still owes much over fresh ones that owe little', () => {
+  let now = 1_700_000_000_000;
+  const s = new MemoryStore(() => now, { maxKeys: 100 });
+  const hour = 3_600_000;
+  // a client that spent 100 of 100/hour: its TAT an hour ahead
+  for (let i = 0; i < 100; i++) s.rateNow([q({ key: 'heavy', limit: 100, periodMs: hour })]);
+  assert.equal(s.rateNow([q({ key: 'heavy', limit: 100, periodMs: hour })])[0]!.allowed, false);
+  for (let i = 0; i < 5_000; i++) {
+    now += 1;
+    s.rateNow([q({ key: `fresh-${i}`, limit: 100, periodMs: hour })]); // each owes 36 s
+  }
+  assert.equal(s.rateNow([q({ key: 'heavy', limit: 100, periodMs: hour })])[0]!.allowed, false, 'the heavy client was handed a fresh burst');
+});

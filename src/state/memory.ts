@@ -7,6 +7,14 @@
  * hour ahead — each client refused for that hour, Retry-After 3600 — and reset the sliding
  * windows; a step forward would hand out a fresh burst. Quotas are calendar periods: the wall
  * clock. (An injected clock is used for both.)
+ *
+ * Keys can be client-chosen (`by: header:X`, an IP): each holds an entry until it can no longer
+ * matter, so the rate and the quota maps are each capped (`maxKeys`). At the cap, entries that
+ * can no longer matter go first; then the tenth that tells least: the rate entries closest to
+ * expiry (a GCRA TAT about to pass owes little: dropping it hands that client at most what it
+ * would have had back moments later) and the quotas least used — as Kong's local counters drop
+ * least recently used entries from their fixed-size shared dict when it is full. Said once per
+ * episode in the log.
  */
 import { performance } from 'node:perf_hooks';
 import { gcra, sliding, type GcraState, type SlidingState } from './algorithms.js';
@@ -18,6 +26,41 @@ import type { Logger } from '../core/log.js';
 const monotonic: Clock = () => performance.timeOrigin + performance.now();
 
 type Entry = { kind: 'gcra'; s: GcraState; expires: number } | { kind: 'sliding'; s: SlidingState; expires: number };
+
+/** Default cap of each map (rates, quotas): about 200 MB of entries at most. */
+export const MAX_COUNTER_KEYS = 1_000_000;
+
+export interface MemoryStoreOptions {
+  /** Entries kept per map (rates, quotas) before the least telling are dropped (default MAX_COUNTER_KEYS). */
+  maxKeys?: number;
+  /** Hears when the cap drops entries (once per episode: until a sweep finds the maps below it). */
+  log?: Pick<Logger, 'warn'>;
+}
+
+/**
+ * Drops from a full map the entries whose `worth` is lowest: all those at or below the
+ * quantile of a sample that leaves 90% of the cap (O(n), no sort of the whole map); ties go too, then the
+ * oldest inserted if the map is still full (every worth equal).
+ */
+function shed<V>(map: Map<string, V>, max: number, worth: (v: V) => number): number {
+  const before = map.size;
+  const target = Math.floor(max * 0.9);
+  const sample: number[] = [];
+  const step = Math.max(1, Math.floor(map.size / 1024));
+  let i = 0;
+  for (const v of map.values()) if (i++ % step === 0) sample.push(worth(v));
+  sample.sort((a, b) => a - b);
+  const cut = sample[Math.floor(sample.length * ((map.size - target) / map.size))] ?? -Infinity;
+  for (const [k, v] of map) if (worth(v) < cut) map.delete(k);
+  if (map.size > target) {
+    for (const [k, v] of map) {
+      if (map.size <= target) break;
+      if (worth(v) <= cut) map.delete(k);
+    }
+  }
+  if (map.size > target) for (const k of map.keys()) { if (map.size <= target) break; map.delete(k); }
+  return before - map.size;
+}
 
 export class MemoryStore implements CounterStore {
   private readonly rates = new Map<string, Entry>();
@@ -32,10 +75,18 @@ export class MemoryStore implements CounterStore {
 
   private readonly clock: Clock;
   private readonly rateClock: Clock;
+  private readonly maxKeys: number;
+  private readonly capLog: Pick<Logger, 'warn'> | undefined;
+  /** The maps at their cap since the last sweep found them below it (warned once per episode). */
+  private readonly capped = new Set<'rate' | 'quota'>();
+  /** Entries the cap dropped (rates and quotas). */
+  shedCount = 0;
 
-  constructor(clock?: Clock) {
+  constructor(clock?: Clock, opts: MemoryStoreOptions = {}) {
     this.clock = clock ?? Date.now;
     this.rateClock = clock ?? monotonic;
+    this.maxKeys = Math.max(10, opts.maxKeys ?? MAX_COUNTER_KEYS);
+    this.capLog = opts.log;
     this.timer = setInterval(() => this.sweep(), 10_000);
     this.timer.unref();
   }
@@ -53,7 +104,10 @@ export class MemoryStore implements CounterStore {
         if (e?.kind === 'gcra') {
           e.s = next;
           e.expires = next.tat;
-        } else this.rates.set(id, { kind: 'gcra', s: next, expires: next.tat });
+        } else {
+          if (this.rates.size >= this.maxKeys) this.makeRoom('rate');
+          this.rates.set(id, { kind: 'gcra', s: next, expires: next.tat });
+        }
       }
       return [decision];
     }
@@ -71,6 +125,7 @@ export class MemoryStore implements CounterStore {
     }
     // All windows or none: a refused request takes nothing from the windows that allowed it.
     const allowed = results.every((r) => r.decision.allowed);
+    if (allowed && this.rates.size + results.length > this.maxKeys) this.makeRoom('rate');
     if (allowed) for (const r of results) r.apply();
     if (allowed) return results.map((r) => r.decision);
     const retry = Math.max(...results.map((x) => x.decision.retryAfterMs));
@@ -91,6 +146,7 @@ export class MemoryStore implements CounterStore {
     if (e.used + q.cost > q.limit) return { allowed: false, used: e.used, remaining: Math.max(0, q.limit - e.used) };
     e.used += q.cost;
     e.expires = q.periodEnd;
+    if (this.quotas.size >= this.maxKeys && !this.quotas.has(q.key)) this.makeRoom('quota');
     this.quotas.set(q.key, e);
     if (this.file !== null) this.dirty.add(q.key);
     return { allowed: true, used: e.used, remaining: q.limit - e.used };
@@ -114,6 +170,24 @@ export class MemoryStore implements CounterStore {
     for (const [k, e] of this.rates) if (e.expires <= at) this.rates.delete(k);
     const now = this.clock();
     for (const [k, e] of this.quotas) if (e.expires <= now) this.quotas.delete(k);
+    if (this.rates.size < this.maxKeys * 0.9) this.capped.delete('rate');
+    if (this.quotas.size < this.maxKeys * 0.9) this.capped.delete('quota');
+  }
+
+  /** A map at its cap: the entries that can no longer matter go, then the least telling tenth. */
+  private makeRoom(which: 'rate' | 'quota'): void {
+    this.sweep();
+    const map = which === 'rate' ? this.rates : this.quotas;
+    if (map.size < this.maxKeys) return;
+    const dropped = which === 'rate'
+      ? shed(this.rates, this.maxKeys, (e) => e.expires)
+      : shed(this.quotas, this.maxKeys, (e) => e.used);
+    this.shedCount += dropped;
+    if (!this.capped.has(which)) {
+      this.capped.add(which);
+      (this.capLog ?? this.fileLog)?.warn({ kind: which, keys: this.maxKeys, dropped },
+        `${which} counters reached ${this.maxKeys} keys (a limit keyed by a value clients choose, or very many clients): the least telling were dropped; those clients start afresh`);
+    }
   }
 
   get size(): number {
@@ -133,6 +207,7 @@ export class MemoryStore implements CounterStore {
     this.fileFailing = false;
     for (const row of this.file.load(this.clock())) {
       const mine = this.quotas.get(row.key);
+      if (!mine && this.quotas.size >= this.maxKeys) this.makeRoom('quota');
       if (!mine || mine.used < row.used) this.quotas.set(row.key, { used: row.used, expires: row.expires });
     }
     this.flushTimer = setInterval(() => this.flush(), 1000);
