@@ -89,11 +89,11 @@ services:
       // The gateway runs in this process: turns of 80 ms of other work while the burst is in
       // flight (as a busy node has) hold decisions whose answers are already in the socket.
       const busy = setInterval(() => { const end = performance.now() + 80; while (performance.now() < end); }, 10);
-      const rs = await Promise.all(Array.from({ length: 150 }, () => request(`${gw.url}${path}`, { headers: { 'x-k': key } })))
+      const rs = await Promise.all(Array.from({ length: 100 }, () => request(`${gw.url}${path}`, { headers: { 'x-k': key } })))
         .finally(() => clearInterval(busy));
       const ok = rs.filter((r) => r.status === 200).length;
-      assert.equal(ok, 10, `${path}: ${ok} of 150 passed a limit of 10`);
-      assert.equal(rs.filter((r) => r.status === 429).length, 140, path);
+      assert.equal(ok, 10, `${path}: ${ok} of 100 passed a limit of 10`);
+      assert.equal(rs.filter((r) => r.status === 429).length, 90, path);
     }
   } finally {
     await gw.close();
