@@ -9,9 +9,11 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
 import { connect as h2connect, constants as h2constants } from 'node:http2';
+import { createServer as createTlsServer } from 'node:tls';
 import { fetch, Agent } from 'undici';
 import { countRequests, rawRequest, request, startGateway, startRawOrigin, startUpstream, type TestGateway, type RawOrigin, type TestUpstream } from './helpers.js';
 import { startRawH2Origin } from './h2-raw-origin.js';
+import { makeCa } from './certs.js';
 import { header, parseOne, type Msg } from './framing.js';
 
 /** A raw keep-alive client connection: send requests one at a time, read whole responses. */
@@ -394,7 +396,9 @@ test('upstream slow to send headers beyond timeouts.response (300ms): 504 proble
   assert.ok(ms >= 250 && ms < 1500, `answered after ${ms} ms`);
 });
 
-test('an upstream that sends a 102 Processing every 300 ms and never a final answer: 504 at timeouts.response (10 s), not held forever (undici restarts its headers timeout at each 1xx)', { timeout: 20_000 }, async () => {
+test('long timeouts (10 s, on undici\'s headers timeout): an upstream that sends a 102 Processing every 300 ms and never a final answer is a 504 at timeouts.response, not held forever (undici restarts its headers timeout at each 1xx); so is one whose TLS handshake took 2 s (undici counts from the write: the connect came on top)', { timeout: 20_000 }, async () => {
+  // (both at once: each waits 10 s)
+  const slowConnect = slowHandshakeTimeout();
   const timers: NodeJS.Timeout[] = [];
   const origin = await startRawOrigin((data, socket) => {
     if (!data.includes('\r\n\r\n')) return null;
@@ -419,7 +423,50 @@ services:
     await g.close();
     await origin.close();
   }
+  await slowConnect;
 });
+
+/** An HTTPS upstream whose handshake starts 2 s after the connection (a relay holds the bytes) and that never answers. */
+async function slowHandshakeTimeout(): Promise<void> {
+  const ca = makeCa();
+  const leaf = ca.issue('127.0.0.1');
+  const silent = createTlsServer({ cert: leaf.cert, key: leaf.key }, (s) => s.on('error', () => {}));
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  const sockets = new Set<Socket>();
+  const relay = createNetServer((c) => {
+    sockets.add(c);
+    c.pause();
+    c.on('error', () => {});
+    const t = setTimeout(() => {
+      const u = connect((silent.address() as AddressInfo).port, '127.0.0.1');
+      sockets.add(u);
+      u.on('error', () => c.destroy());
+      c.on('close', () => u.destroy());
+      c.pipe(u).pipe(c);
+      c.resume();
+    }, 2_000);
+    c.on('close', () => clearTimeout(t));
+  });
+  await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+services:
+  - {name: handshake, url: 'https://127.0.0.1:${(relay.address() as AddressInfo).port}', tls: {ca: ${ca.certFile}}, timeouts: {response: 10s}, routes: [{paths: [/slow]}]}
+`);
+  try {
+    const t0 = Date.now();
+    const r = await fetch(`${g.url}/slow`, { dispatcher: new Agent({ headersTimeout: 15_000 }) });
+    const ms = Date.now() - t0;
+    assert.equal(r.status, 504);
+    assertProblem(504, 'gateway-timeout', r.headers, await r.text(), /"handshake" did not answer within 10000 ms/);
+    assert.ok(ms >= 9_500 && ms < 11_000, `answered after ${ms} ms (the handshake took 2 s)`);
+  } finally {
+    await g.close();
+    for (const s of sockets) s.destroy();
+    relay.close();
+    silent.close();
+    ca.cleanup();
+  }
+}
 
 test('response headers over 64 KiB: 502 problem+json that says so (not undici\'s error code)', { timeout: 10_000 }, async () => {
   const res = await get('/u/huge-head');

@@ -90,6 +90,8 @@ const NOT_TRAILERS = new Set([
 
 /** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
 const PRECISE_TIMEOUT_BELOW_MS = 10_000;
+/** A connect slower than this gets the attempt's long timeout on a native timer (see onConnect). */
+const SLOW_CONNECT_MS = 200;
 /** A retry needs at least this much of the deadline left (after its backoff) to be tried. */
 const MIN_RETRY_LEFT_MS = 10;
 /** The longest delay setTimeout holds (2^31 - 1 ms, about 24.8 days); past it node fires after 1 ms. */
@@ -267,6 +269,8 @@ export class ForwardHandler {
   private target: Target | null = null;
   private tried: Target[] | null = null;
   private attemptStart = 0;
+  /** The current attempt's response timeout (ms from attemptStart). */
+  private attemptTimeout = 0;
   private deadline = 0;
   /**
    * The attempt's response timeout (min of timeouts.response and what is left of the deadline)
@@ -528,6 +532,7 @@ export class ForwardHandler {
       if (f.tracing !== null && ex.span !== null) this.span = f.tracing.startAttempt(ex, f.method, t.origin, path, this.attempts, headers);
     }
     const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
+    this.attemptTimeout = timeout;
     clearTimeout(this.responseTimer);
     this.responseTimer = undefined;
     // Long timeouts (the 60 s default) can live with undici's coarseness: no timer per request.
@@ -745,8 +750,22 @@ export class ForwardHandler {
   }
 
   onConnect(abort: (err?: Error) => void): void {
-    if (this.finished) abort(new Error('client closed the connection'));
-    else this.abortFn = abort;
+    if (this.finished) {
+      abort(new Error('client closed the connection'));
+      return;
+    }
+    this.abortFn = abort;
+    // A long timeout runs on undici's headers timeout alone, which counts from the request's
+    // write: a slow connect (a TLS handshake, a SYN retried) came on top of it, and the answer
+    // (or the deadline) was waited for that much longer. Past SLOW_CONNECT_MS, a native timer
+    // holds the rest of the attempt's timeout (no timer for the kept-alive, instant case).
+    if (this.responseTimer === undefined) {
+      const waited = Date.now() - this.attemptStart;
+      if (waited >= SLOW_CONNECT_MS) {
+        this.timerAtDeadline = this.attemptTimeout < this.f.service.timeouts.response;
+        this.responseTimer = setTimeout(() => this.responseTimeout(), Math.max(1, this.attemptTimeout - waited));
+      }
+    }
   }
 
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
