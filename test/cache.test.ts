@@ -704,6 +704,52 @@ test('with compression: hits are compressed like misses (the entry is stored unc
   assert.equal(up.calls('/z/doc'), 1);
 });
 
+test('with compression: a 304 carries the ETag and Vary its 200 would (the weak ETag of a compressed variant, Vary: Accept-Encoding), from the cache and from the upstream', async () => {
+  up.on('/z/etag', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'text/plain', etag: '"e1"' }, body: 'e'.repeat(2000) }));
+  const gz = { 'accept-encoding': 'gzip' };
+  const full = await get('/z/etag', gz);
+  assert.equal(full.headers['content-encoding'], 'gzip');
+  assert.equal(full.headers.etag, 'W/"e1"');
+  // the browser revalidates with the validator it got
+  const hit = await get('/z/etag', { ...gz, 'if-none-match': 'W/"e1"' });
+  assert.equal(hit.status, 304);
+  assert.equal(status(hit), 'HIT');
+  assert.equal(hit.headers.etag, 'W/"e1"');
+  assert.match(String(hit.headers.vary), /Accept-Encoding/);
+  // an upstream's own 304 (no cache on the way): the same
+  const origin = await startUpstream((req, res) => {
+    const inm = req.headers['if-none-match'];
+    if (inm !== undefined && inm.replace(/^W\//, '') === '"o1"') res.writeHead(304, { etag: '"o1"', 'cache-control': 'max-age=60' }).end();
+    else {
+      const body = req.url === '/small' ? 'tiny' : 'o'.repeat(2000);
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': body.length, etag: '"o1"', 'cache-control': 'max-age=60' }).end(body);
+    }
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${origin.url}
+    plugins: [{name: compression}]
+    routes: [{name: r, paths: [/]}]
+`);
+  try {
+    const first = await request(`${g.url}/big`, { headers: gz });
+    assert.equal(first.headers.etag, 'W/"o1"');
+    const again = await request(`${g.url}/big`, { headers: { ...gz, 'if-none-match': first.headers.etag! } });
+    assert.equal(again.status, 304);
+    assert.equal(again.headers.etag, 'W/"o1"');
+    assert.match(String(again.headers.vary), /Accept-Encoding/);
+    // a body sent uncompressed (under min_size) kept its strong ETag: its 304 keeps it too
+    const small = await request(`${g.url}/small`, { headers: gz });
+    assert.equal(small.headers.etag, '"o1"');
+    const smallAgain = await request(`${g.url}/small`, { headers: { ...gz, 'if-none-match': '"o1"' } });
+    assert.equal(smallAgain.status, 304);
+    assert.equal(smallAgain.headers.etag, '"o1"');
+  } finally {
+    await g.close();
+    await origin.close();
+  }
+});
+
 test('with request-validator: an upstream answer the validator refuses is never stored; a valid one is', async () => {
   up.on('/v/bad', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json' }, body: JSON.stringify({ id: 'not-a-number' }) }));
   up.on('/v/good', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json' }, body: JSON.stringify({ id: 1 }) }));

@@ -179,7 +179,8 @@ export interface PluginInstance {
   /**
    * The last step before the client: may return a stream the body goes through (compression)
    * and edit the headers for it (Content-Encoding, Vary; Content-Length is dropped when a
-   * stream is returned). null: the body goes as it is.
+   * stream is returned). null: the body goes as it is. A 304 comes here too, for its fields
+   * only (the ETag and Vary its 200 would carry): a stream returned for it is discarded.
    */
   encodeResponse?(ctx: RequestCtx, status: number, headers: string[]): Transform | null;
   /** After the response ended; cannot change it. */

@@ -48,9 +48,20 @@ export function removeHeader(list: string[], name: string): void {
 
 /** The first encoder a plugin offers for this response (it may edit the headers), or null. */
 export function pickEncoder(pl: ResponsePlugins | null, status: number, headers: string[], method: string): Transform | null {
-  if (pl === null || pl.chain.encodeResponse.length === 0 || status === 204 || status === 304 || status < 200) return null;
+  if (pl === null || pl.chain.encodeResponse.length === 0 || status === 204 || status < 200) return null;
   // A HEAD answer carries the fields the GET's would (RFC 9110 §9.3.2: Content-Encoding, Vary,
-  // the weak ETag, no Content-Length), with no body to encode.
+  // the weak ETag, no Content-Length), with no body to encode; a 304 the ETag and Vary its 200
+  // would (§15.4.5: the encoders see it and edit its fields, nothing is encoded).
+  if (status === 304) {
+    for (const b of pl.chain.encodeResponse) {
+      try {
+        b.inst.encodeResponse!(pl.ctx, status, headers)?.destroy();
+      } catch (err) {
+        pl.log?.error({ err, plugin: b.name, request_id: pl.ctx.requestId }, 'plugin failed in the encodeResponse phase');
+      }
+    }
+    return null;
+  }
   const head = method === 'HEAD';
   for (const b of pl.chain.encodeResponse) {
     let t: Transform | null = null;
@@ -113,7 +124,7 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
   if (r.origin === 'gateway') markAnswered(res, (r.error as ProblemCode | undefined) ?? null, o.requestId, head || noContent ? 0 : r.body.length);
   const body = head || noContent ? null : r.body;
   // (a HEAD's fields are edited as the GET's would be: Content-Encoding, Vary, the weak ETag)
-  const enc = noContent ? null : pickEncoder(pl, r.status, h, req.method ?? 'GET');
+  const enc = noContent && r.status !== 304 ? null : pickEncoder(pl, r.status, h, req.method ?? 'GET');
   if (o.exchange !== null && body !== null) o.exchange.bytesOut = body.length;
   try {
     res.writeHead(r.status, h);

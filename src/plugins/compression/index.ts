@@ -3,8 +3,9 @@
  * q-values honoured, `identity;q=0` and `*` understood) when the upstream did not encode them.
  * Streams (zlib in node's streams, with backpressure); the chosen coding adds Content-Encoding
  * and Vary: Accept-Encoding, drops Content-Length, and weakens a strong ETag (the bytes
- * differ). Not compressed: HEAD, 204/304/206, bodies smaller than min_size, types not listed,
- * responses with Cache-Control: no-transform, or that already have a Content-Encoding.
+ * differ); a 304 gets the Vary and ETag its 200 would. Not compressed: HEAD, 204/304/206,
+ * bodies smaller than min_size, types not listed, responses with Cache-Control: no-transform,
+ * or that already have a Content-Encoding.
  * Streams by nature are left alone: text/event-stream unless listed by name (`text/*` does not
  * take it; nginx's gzip_types default leaves it out too), gRPC always (its framing and
  * trailers are its own). A streamed body (no Content-Length: chunked or close-delimited) is
@@ -14,7 +15,7 @@
  */
 import { constants, createBrotliCompress, createGzip } from 'node:zlib';
 import type { Transform } from 'node:stream';
-import { definePlugin } from '../types.js';
+import { definePlugin, type RequestCtx } from '../types.js';
 import { parseSize } from '../../config/units.js';
 import { findHeader } from '../../server/respond.js';
 import { CompressionConfig } from './schema.js';
@@ -83,6 +84,13 @@ function typeMatcher(types: readonly string[]): (ct: string | undefined) => bool
   };
 }
 
+/** Vary: Accept-Encoding on a response (the representation depends on it). */
+function addVary(headers: string[]): void {
+  const vary = findHeader(headers, 'vary');
+  if (vary === -1) headers.push('vary', 'Accept-Encoding');
+  else if (!/(^|,)\s*(accept-encoding|\*)\s*(,|$)/i.test(headers[vary + 1]!)) headers[vary + 1] += ', Accept-Encoding';
+}
+
 export default definePlugin({
   name: 'compression',
   priority: 5,
@@ -101,8 +109,37 @@ export default definePlugin({
     const gzipStream = { level: gzipLevel, flush: constants.Z_SYNC_FLUSH };
     const brWhole = { params: { [constants.BROTLI_PARAM_QUALITY]: brQuality } };
     const brStream = { ...brWhole, flush: constants.BROTLI_OPERATION_FLUSH };
+    /**
+     * A 304 carries the ETag and Vary its 200 would (RFC 9110 §15.4.5): the 200's type and length
+     * are mostly not in it, so what it has decides (no-transform, a Content-Encoding, a type or
+     * length it names); an ETag the client holds strong (its 200 went uncompressed) stays strong.
+     */
+    const notModified = (ctx: RequestCtx, headers: string[]): void => {
+      for (let i = 0; i < headers.length; i += 2) {
+        const n = headers[i]!.toLowerCase();
+        if (n === 'cache-control' && /(^|,)\s*no-transform\s*(,|$)/i.test(headers[i + 1]!)) return;
+        if (n === 'content-encoding' && headers[i + 1]!.trim().toLowerCase() !== 'identity') return;
+      }
+      const ct = findHeader(headers, 'content-type');
+      if (ct !== -1 && !typeOk(headers[ct + 1])) return;
+      addVary(headers);
+      const cl = findHeader(headers, 'content-length');
+      if (cl !== -1 && Number(headers[cl + 1]) < minSize) return;
+      if (negotiate(ctx.header('accept-encoding'), offered) === null) return;
+      const etag = findHeader(headers, 'etag');
+      if (etag === -1) return;
+      const tag = headers[etag + 1]!.trim();
+      if (tag.startsWith('W/')) return;
+      const inm = ctx.header('if-none-match');
+      if (inm !== undefined && inm.match(/(?:W\/)?"[^"]*"/g)?.includes(tag) === true) return;
+      headers[etag + 1] = 'W/' + tag;
+    };
     return {
       encodeResponse(ctx, status, headers): Transform | null {
+        if (status === 304) {
+          notModified(ctx, headers);
+          return null;
+        }
         if (status === 206 || findHeader(headers, 'content-range') !== -1) return null;
         const ct = findHeader(headers, 'content-type');
         if (ct === -1 || !typeOk(headers[ct + 1])) return null;
@@ -113,9 +150,7 @@ export default definePlugin({
           if (n === 'content-encoding' && headers[i + 1]!.trim().toLowerCase() !== 'identity') return null;
         }
         // The representation depends on Accept-Encoding from here on, compressed or not.
-        const vary = findHeader(headers, 'vary');
-        if (vary === -1) headers.push('vary', 'Accept-Encoding');
-        else if (!/(^|,)\s*(accept-encoding|\*)\s*(,|$)/i.test(headers[vary + 1]!)) headers[vary + 1] += ', Accept-Encoding';
+        addVary(headers);
         const cl = findHeader(headers, 'content-length');
         if (cl !== -1 && Number(headers[cl + 1]) < minSize) return null;
         const coding = negotiate(ctx.header('accept-encoding'), offered);
