@@ -750,6 +750,40 @@ test('with compression: a 304 carries the ETag and Vary its 200 would (the weak 
   }
 });
 
+test('the wall clock stepping (NTP, a VM restored) changes no freshness: time stored is measured on a monotonic clock (an hour forward made every entry stale, an hour back kept them fresh an hour longer)', async () => {
+  let calls = 0;
+  const origin = await startUpstream((req, res) => {
+    calls++;
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': req.url === '/back' ? 'max-age=1' : 'max-age=30' }).end(`v${calls}`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${origin.url}
+    plugins: [{name: cache}]
+    routes: [{name: r, paths: [/]}]
+`);
+  const realNow = Date.now;
+  try {
+    assert.equal((await request(`${g.url}/fwd`)).headers['x-cache-status'], 'MISS');
+    assert.equal((await request(`${g.url}/back`)).headers['x-cache-status'], 'MISS');
+    Date.now = () => realNow() + 3_600_000;
+    const fwd = await request(`${g.url}/fwd`);
+    Date.now = realNow;
+    assert.equal(fwd.headers['x-cache-status'], 'HIT');
+    assert.match(String(fwd.headers.age), /^[0-9]$/);
+    Date.now = () => realNow() - 3_600_000;
+    await sleep(1300);
+    const back = await request(`${g.url}/back`);
+    Date.now = realNow;
+    assert.notEqual(back.headers['x-cache-status'], 'HIT', 'max-age=1 was fresh 1.3 s later');
+    assert.equal(calls, 3);
+  } finally {
+    Date.now = realNow;
+    await g.close();
+    await origin.close();
+  }
+});
+
 test('with request-validator: an upstream answer the validator refuses is never stored; a valid one is', async () => {
   up.on('/v/bad', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json' }, body: JSON.stringify({ id: 'not-a-number' }) }));
   up.on('/v/good', () => ({ headers: { 'cache-control': 'max-age=60', 'content-type': 'application/json' }, body: JSON.stringify({ id: 1 }) }));

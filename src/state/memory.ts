@@ -23,7 +23,7 @@ import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, Rate
 import type { Logger } from '../core/log.js';
 
 /** Epoch-like ms that never step (the process's start on the wall clock, then monotonic). */
-const monotonic: Clock = () => performance.timeOrigin + performance.now();
+export const monotonic: Clock = () => performance.timeOrigin + performance.now();
 
 type Entry = { kind: 'gcra'; s: GcraState; expires: number } | { kind: 'sliding'; s: SlidingState; expires: number };
 

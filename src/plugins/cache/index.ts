@@ -29,6 +29,7 @@ import { digest, type Bucket, type CacheStore, type Entry, type EntryHead } from
 import { CacheStores, type Flight, type FlightOutcome } from './stores.js';
 import { withoutQueryParam } from '../../core/query.js';
 import { plainIp } from '../../core/forwarded.js';
+import { monotonic } from '../../state/memory.js';
 
 const VAR = 'cache';
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
@@ -69,8 +70,10 @@ interface State {
   cookie: boolean;
   /** The client asked for revalidation (no-cache, max-age): a stale entry must not stand in for an error. */
   forced: boolean;
-  /** When the request went upstream. */
+  /** When the request went upstream (on the zone's clock). */
   requestTime: number;
+  /** When the request went upstream, on this process's monotonic clock (invalidations are on it). */
+  sentAt: number;
   /** A stored entry that is stale: stands in for an error when stale-if-error allows. */
   stale: Entry | null;
   /** The bucket's invalidation generation when the cache looked (shared stores; undefined: not read). */
@@ -280,6 +283,11 @@ export default definePlugin({
       .update(JSON.stringify([deps.where, backend, o.shared, o.cacheAuthorized, o.cacheSetCookie, keySpec, perConsumer]))
       .digest('base64url').slice(0, 12);
     const redis = backend === 'redis' ? deps.counters.redis as RedisStore : null;
+    // Time stored (resident time, §4.2.3) is counted on a monotonic clock: a step of the wall
+    // clock (NTP, a VM restored from a snapshot) neither ages nor rejuvenates what a memory zone
+    // holds (Date is still compared with the wall clock). A Redis zone's entries are read by other
+    // nodes, whose monotonic clocks are not this one: the wall clock they share.
+    const clock = redis !== null ? Date.now : monotonic;
     const store: CacheStore = redis !== null ? caches.acquireRedis(redis, zone) : caches.acquireMemory(zone, parseSize(config.max_size ?? DEFAULT_MAX_SIZE));
     const notStored = new Set([...NOT_STORED, ...(label ? [label] : [])]);
 
@@ -355,7 +363,7 @@ export default definePlugin({
         cookie: !keyedByCookie && ctx.header('cookie') !== undefined,
         // (unless it says it takes a stale answer on an error all the same: stale-if-error)
         forced: rd !== null && (rd.noCache || rd.maxAge != null) && rd.staleIfError === null,
-        requestTime: 0, stale: null, validating: null, flight: null,
+        requestTime: 0, sentAt: 0, stale: null, validating: null, flight: null,
         refresh: caches.refresher.valid(ctx.header(REFRESH_HEADER)),
       };
     };
@@ -369,7 +377,7 @@ export default definePlugin({
     const put = (st: State, e: Entry, now: number) => {
       // (a write to this path while the response was on its way: it may be older than the write;
       // through another node: the shared store compares the generation the lookup saw)
-      if (caches.invalidatedSince(st.bucket, st.requestTime)) return;
+      if (caches.invalidatedSince(st.bucket, st.sentAt)) return;
       const r = store.put(st.bucket, e, now, st.gen);
       if (r instanceof Promise) r.catch((err: Error) => caches.fail(err, 'write'));
     };
@@ -404,9 +412,9 @@ export default definePlugin({
     };
 
     /** An entry for a storable response, or null when it would never be of use. */
-    const makeEntry = (ctx: RequestCtx, st: State, status: number, headers: readonly string[], body: Buffer, now: number): Entry | null => {
+    const makeEntry = (ctx: RequestCtx, st: State, status: number, headers: readonly string[], body: Buffer, now: number, wall: number): Entry | null => {
       if (body.length > maxBody) return null;
-      const f = P.freshness(headers, st.requestTime, now, o);
+      const f = P.freshness(headers, st.requestTime, now, o, wall);
       if (!P.worthStoring(f)) return null;
       const vary = P.varyNames(headers);
       if (!Array.isArray(vary)) return null;
@@ -414,7 +422,7 @@ export default definePlugin({
       const stored = storedFields(headers);
       // (an answer without Date is dated when it arrived, RFC 9110 §6.6.1: a hit says when it
       // was made, as its Age does, not when it is served)
-      if (!P.hasField(stored, 'date')) stored.push('date', P.httpDate(now));
+      if (!P.hasField(stored, 'date')) stored.push('date', P.httpDate(wall));
       return {
         id: randomBytes(9).toString('base64url'), sub: st.sub, q: digest(st.q), vary,
         varyValues: vary.map((n) => varyValue(varied(ctx, st, n))), t: now,
@@ -471,7 +479,8 @@ export default definePlugin({
     /** Goes upstream: as a revalidation of `e` when it has validators, leading a flight when asked. */
     const fetch = (ctx: RequestCtx, st: State, e: Entry | null, lead: boolean): undefined => {
       st.kind = 'fetch';
-      st.requestTime = Date.now();
+      st.sentAt = monotonic();
+      st.requestTime = clock === monotonic ? st.sentAt : clock();
       if (lead) st.flight = flights.lead(st.fk, collapseMs);
       if (st.store) {
         // A full response is wanted (to store); the client's validators are answered here.
@@ -488,7 +497,7 @@ export default definePlugin({
 
     /** Waits for the request leading this key; uses its response when it fits, else goes upstream alone. */
     const wait = (ctx: RequestCtx, st: State, flight: Flight): Promise<Reply | undefined> => flight.done.then((out) => {
-      const now = Date.now();
+      const now = clock();
       if (out !== null && 'entry' in out && out.entry.sub === st.sub && matcher(ctx, st)(out.entry)) {
         const use = P.usable(out.entry.f, st.rd, now);
         if (use === 'fresh' || use === 'stale') return serve(ctx, st, out.entry, 'HIT', now);
@@ -498,7 +507,7 @@ export default definePlugin({
     });
 
     const decide = (ctx: RequestCtx, st: State, e: Entry | null): Reply | undefined | Promise<Reply | undefined> => {
-      const now = Date.now();
+      const now = clock();
       const rd = st.rd;
       // The gateway's background refresh: always upstream (revalidating), never collapsed.
       if (st.refresh && st.store) return fetch(ctx, st, e, false);
@@ -551,7 +560,7 @@ export default definePlugin({
           }
           return undefined;
         }
-        const found = store.find(st.bucket, st.sub, matcher(ctx, st), Date.now(), st);
+        const found = store.find(st.bucket, st.sub, matcher(ctx, st), clock(), st);
         if (found instanceof Promise) {
           return found.then((e) => decide(ctx, st, e), (err: Error) => {
             caches.fail(err, 'read');
@@ -586,7 +595,7 @@ export default definePlugin({
         if (st === undefined || st.kind !== 'fetch') return null;
         const whole = { max: maxBody, fallback: 'stream' as const };
         if (ERRORS.has(status)) {
-          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, Date.now(), st.rd)) return whole;
+          if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, clock(), st.rd)) return whole;
           settle(st, { error: true });
           return null;
         }
@@ -595,7 +604,7 @@ export default definePlugin({
         // is stored for nothing, or any answer never worth storing) reached the client at its
         // end or at max_body. An event stream is never stored.
         if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null
-          && P.worthStoring(P.freshness(headers, st.requestTime, Date.now(), o)) && !P.isEventStream(headers)) return whole;
+          && P.worthStoring(P.freshness(headers, st.requestTime, clock(), o, Date.now())) && !P.isEventStream(headers)) return whole;
         // Not storable: it streams, and whoever waits for it goes upstream now.
         settle(st, null, st.store);
         return null;
@@ -604,7 +613,8 @@ export default definePlugin({
       response(ctx, r) {
         const st = ctx.vars[VAR] as State | undefined;
         if (st === undefined || st.kind !== 'fetch') return;
-        const now = Date.now();
+        const now = clock();
+        const wall = Date.now();
         if (r.origin === 'gateway' || ERRORS.has(r.status)) {
           if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, now, st.rd)) substitute(ctx, r, st.stale, 'STALE', now);
           settle(st, { error: true });
@@ -626,9 +636,9 @@ export default definePlugin({
           }
           // (a 304 without Date is dated when it arrived, as a stored answer is: else the stored
           // Date, the first answer's arrival, would make the freshened entry as old as that)
-          if (!P.hasField(up, 'date')) up.push('date', P.httpDate(now));
+          if (!P.hasField(up, 'date')) up.push('date', P.httpDate(wall));
           const merged = P.updateHeaders(old.headers, up, notStored);
-          const f = P.freshness(merged, st.requestTime, now, o);
+          const f = P.freshness(merged, st.requestTime, now, o, wall);
           const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
           if (P.refusal(old.status, merged, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
             put(st, e, now);
@@ -643,7 +653,7 @@ export default definePlugin({
           return;
         }
         if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null && !P.isEventStream(up)) {
-          const e = makeEntry(ctx, st, r.status, up, r.body, now);
+          const e = makeEntry(ctx, st, r.status, up, r.body, now, wall);
           if (e !== null) {
             put(st, e, now);
             settle(st, { entry: e });

@@ -279,7 +279,7 @@ export interface Freshness {
   lifetime: number;
   /** corrected_initial_age (§4.2.3, ms). */
   initialAge: number;
-  /** When the response arrived (epoch ms): resident time counts from here. */
+  /** When the response arrived (on the store's clock, epoch-like ms): resident time counts from here. */
   responseTime: number;
   /** no-cache: every use needs a successful revalidation. */
   noCache: boolean;
@@ -316,22 +316,31 @@ export function freshnessLifetime(headers: readonly string[], cc: Directives, re
   return Math.max(0, Math.min(ms, o.maxTtlMs));
 }
 
-/** corrected_initial_age (§4.2.3): the age the response had when it arrived. */
-export function initialAge(headers: readonly string[], requestTime: number, responseTime: number): number {
+/**
+ * corrected_initial_age (§4.2.3): the age the response had when it arrived. `wall`: its arrival
+ * on the wall clock, which Date is compared with (requestTime and responseTime may be on
+ * another clock, a monotonic one: they give the response delay).
+ */
+export function initialAge(headers: readonly string[], requestTime: number, responseTime: number, wall = responseTime): number {
   const age = deltaSeconds(firstValue(headers, 'age')?.trim());
   const ageValue = age === null ? 0 : age * 1000;
-  const dateValue = parseHttpDate(firstValue(headers, 'date'), responseTime) ?? responseTime;
-  const apparentAge = Math.max(0, responseTime - dateValue);
+  const dateValue = parseHttpDate(firstValue(headers, 'date'), wall) ?? wall;
+  const apparentAge = Math.max(0, wall - dateValue);
   const responseDelay = Math.max(0, responseTime - requestTime);
   return Math.max(apparentAge, ageValue + responseDelay);
 }
 
-export function freshness(headers: readonly string[], requestTime: number, responseTime: number, o: PolicyOptions): Freshness {
+/**
+ * `requestTime` and `responseTime` on the clock resident time is counted on (a monotonic one:
+ * a step of the wall clock must not age or rejuvenate what is stored); `wall`: the arrival on
+ * the wall clock, for what is compared with Date and Expires.
+ */
+export function freshness(headers: readonly string[], requestTime: number, responseTime: number, o: PolicyOptions, wall = responseTime): Freshness {
   const cc = parseCacheControl(fieldValue(headers, 'cache-control'));
   const win = (name: string, dflt: number) => { const s = deltaSeconds(cc.get(name)); return s === null ? dflt : s * 1000; };
   return {
-    lifetime: freshnessLifetime(headers, cc, responseTime, o),
-    initialAge: initialAge(headers, requestTime, responseTime),
+    lifetime: freshnessLifetime(headers, cc, wall, o),
+    initialAge: initialAge(headers, requestTime, responseTime, wall),
     responseTime,
     noCache: cc.get('no-cache') === true || cc.get('no-cache') === '',
     noStale: cc.has('must-revalidate') || (o.shared && (cc.has('proxy-revalidate') || cc.has('s-maxage'))),
@@ -339,7 +348,7 @@ export function freshness(headers: readonly string[], requestTime: number, respo
     sie: win('stale-if-error', o.staleIfErrorMs),
     etag: firstValue(headers, 'etag')?.trim() ?? null,
     lastModified: firstValue(headers, 'last-modified')?.trim() ?? null,
-    date: parseHttpDate(firstValue(headers, 'date'), responseTime) ?? responseTime,
+    date: parseHttpDate(firstValue(headers, 'date'), wall) ?? wall,
   };
 }
 

@@ -5,6 +5,7 @@
  * their time are skipped when read and dropped when the bucket is next written.
  */
 import { LRUCache } from 'lru-cache';
+import { monotonic } from '../../state/memory.js';
 import { entrySize, sameVariant, type Bucket, type CacheStore, type Entry, type Matcher, type PurgeFilter } from './entry.js';
 
 /** Entries one bucket keeps (the oldest go first): a URI with endless variants cannot grow past it. */
@@ -86,7 +87,7 @@ export class MemoryCacheStore implements CacheStore {
   }
 
   purge(filter: PurgeFilter): Promise<number> {
-    return Promise.resolve(this.purgeNow(filter, Date.now()));
+    return Promise.resolve(this.purgeNow(filter, monotonic()));
   }
 
   purgeNow(filter: PurgeFilter, now: number): number {

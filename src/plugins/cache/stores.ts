@@ -16,6 +16,7 @@ import { digest, type Bucket, type CacheStore, type Entry, type PurgeFilter } fr
 import { MemoryCacheStore } from './store-memory.js';
 import { RedisCacheStore } from './store-redis.js';
 import { normalizePath } from '../../router/path.js';
+import { monotonic } from '../../state/memory.js';
 
 /**
  * The filter of `DELETE /cache?...` (admin API), or what is wrong with it:
@@ -199,7 +200,7 @@ export class CacheStores {
   private noteInvalidation(b: Bucket): void {
     const k = `${b.host}\n${b.path}`;
     this.invalidatedAt.delete(k);
-    this.invalidatedAt.set(k, Date.now());
+    this.invalidatedAt.set(k, monotonic());
     if (this.invalidatedAt.size > 10_000) this.invalidatedAt.delete(this.invalidatedAt.keys().next().value!);
   }
 
