@@ -202,6 +202,23 @@ test('freshness: s-maxage over max-age (shared cache), Expires - Date, the ttl h
   assert.equal(late.body, '/c/short 2');
 });
 
+test('private naming no field (private="", private=, private=", ") is private as a whole: never shared (it was stored and served to every client, no field left out)', async () => {
+  for (const [i, v] of ['private=""', 'private=', 'private=", "', 'private="\\"'].entries()) {
+    const path = `/c/private-empty-${i}`;
+    up.on(path, (n) => ({ headers: { 'cache-control': `${v}, max-age=60` }, body: `account of caller ${n}` }));
+    await get(path);
+    const other = await get(path);
+    assert.equal(other.body, `account of caller 2`, v);
+    assert.equal(up.calls(path), 2, v);
+  }
+  // (with a field name: stored, without that field)
+  up.on('/c/private-named', () => ({ headers: { 'cache-control': 'private="x-user", max-age=60', 'x-user': 'alice' } }));
+  await get('/c/private-named');
+  const named = await get('/c/private-named');
+  assert.equal(status(named), 'HIT');
+  assert.equal(named.headers['x-user'], undefined);
+});
+
 test('what is not stored: no-store, private, Set-Cookie (unless cache_set_cookie), Authorization (unless public), request no-store, 500s, POST, bodies over max_body', async () => {
   const twice = async (path: string, headers: Record<string, string> = {}) => {
     const first = await get(path, headers);

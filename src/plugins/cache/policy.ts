@@ -259,7 +259,9 @@ export function refusal(status: number, headers: readonly string[], req: { autho
   const mustUnderstand = cc.has('must-understand');
   if (mustUnderstand && !UNDERSTOOD.has(status)) return 'must-understand';
   if (cc.has('no-store') && !mustUnderstand) return 'no-store';
-  if (o.shared && cc.get('private') === true) return 'private';
+  // (a qualified private naming no valid field — private="", private= — is taken whole: nothing
+  // would be left out of what every client then gets, as no-cache="" is taken whole)
+  if (o.shared && cc.has('private') && listedFields(cc.get('private')).length === 0) return 'private';
   if (o.shared && req.authorization && !o.cacheAuthorized && !(cc.has('must-revalidate') || cc.has('public') || cc.has('s-maxage'))) return 'authorization';
   // A request with cookies whose answer says nothing about caching may be personal (web cache
   // deception: /account/x.css): only an explicit lifetime or `public` lets it be shared (Varnish's
