@@ -202,7 +202,7 @@ test('freshness: s-maxage over max-age (shared cache), Expires - Date, the ttl h
   assert.equal(late.body, '/c/short 2');
 });
 
-test('private naming no field (private="", private=, private=", ") is private as a whole: never shared (it was stored and served to every client, no field left out)', async () => {
+test('private or no-cache naming no field (private="", private=, private=", ") is taken whole: never shared, revalidated on every use (it was stored and served to every client, no field left out)', async () => {
   for (const [i, v] of ['private=""', 'private=', 'private=", "', 'private="\\"'].entries()) {
     const path = `/c/private-empty-${i}`;
     up.on(path, (n) => ({ headers: { 'cache-control': `${v}, max-age=60` }, body: `account of caller ${n}` }));
@@ -211,6 +211,11 @@ test('private naming no field (private="", private=, private=", ") is private as
     assert.equal(other.body, `account of caller 2`, v);
     assert.equal(up.calls(path), 2, v);
   }
+  // no-cache naming no valid field: revalidated on every use, as a bare no-cache
+  up.on('/c/nocache-empty', () => ({ headers: { 'cache-control': 'no-cache=", ", max-age=60' } }));
+  await get('/c/nocache-empty');
+  assert.notEqual(status(await get('/c/nocache-empty')), 'HIT');
+  assert.equal(up.calls('/c/nocache-empty'), 2);
   // (with a field name: stored, without that field)
   up.on('/c/private-named', () => ({ headers: { 'cache-control': 'private="x-user", max-age=60', 'x-user': 'alice' } }));
   await get('/c/private-named');

@@ -344,7 +344,8 @@ export function freshness(headers: readonly string[], requestTime: number, respo
     lifetime: freshnessLifetime(headers, cc, wall, o),
     initialAge: initialAge(headers, requestTime, responseTime, wall),
     responseTime,
-    noCache: cc.get('no-cache') === true || cc.get('no-cache') === '',
+    // (a qualified no-cache naming no valid field is taken whole: no-cache="", no-cache=", ")
+    noCache: cc.has('no-cache') && listedFields(cc.get('no-cache')).length === 0,
     noStale: cc.has('must-revalidate') || (o.shared && (cc.has('proxy-revalidate') || cc.has('s-maxage'))),
     swr: win('stale-while-revalidate', o.staleWhileRevalidateMs),
     sie: win('stale-if-error', o.staleIfErrorMs),
