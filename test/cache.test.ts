@@ -741,7 +741,8 @@ test('with compression: a 304 carries the ETag and Vary its 200 would (the weak 
   // an upstream's own 304 (no cache on the way): the same
   const origin = await startUpstream((req, res) => {
     const inm = req.headers['if-none-match'];
-    if (inm !== undefined && inm.replace(/^W\//, '') === '"o1"') res.writeHead(304, { etag: '"o1"', 'cache-control': 'max-age=60' }).end();
+    // (a 304's Content-Length is the 200's, RFC 9110 §8.6)
+    if (inm !== undefined && inm.replace(/^W\//, '') === '"o1"') res.writeHead(304, { etag: '"o1"', 'cache-control': 'max-age=60', 'content-length': req.url === '/small' ? '4' : '2000' }).end();
     else {
       const body = req.url === '/small' ? 'tiny' : 'o'.repeat(2000);
       res.writeHead(200, { 'content-type': 'text/plain', 'content-length': body.length, etag: '"o1"', 'cache-control': 'max-age=60' }).end(body);
@@ -760,12 +761,14 @@ test('with compression: a 304 carries the ETag and Vary its 200 would (the weak 
     assert.equal(again.status, 304);
     assert.equal(again.headers.etag, 'W/"o1"');
     assert.match(String(again.headers.vary), /Accept-Encoding/);
+    assert.equal(again.headers['content-length'], undefined, 'the compressed 200 has no Content-Length: its 304 none either');
     // a body sent uncompressed (under min_size) kept its strong ETag: its 304 keeps it too
     const small = await request(`${g.url}/small`, { headers: gz });
     assert.equal(small.headers.etag, '"o1"');
     const smallAgain = await request(`${g.url}/small`, { headers: { ...gz, 'if-none-match': '"o1"' } });
     assert.equal(smallAgain.status, 304);
     assert.equal(smallAgain.headers.etag, '"o1"');
+    assert.equal(smallAgain.headers['content-length'], '4');
   } finally {
     await g.close();
     await origin.close();

@@ -127,12 +127,14 @@ export default definePlugin({
       if (cl !== -1 && Number(headers[cl + 1]) < minSize) return;
       if (negotiate(ctx.header('accept-encoding'), offered) === null) return;
       const etag = findHeader(headers, 'etag');
-      if (etag === -1) return;
-      const tag = headers[etag + 1]!.trim();
-      if (tag.startsWith('W/')) return;
-      const inm = ctx.header('if-none-match');
-      if (inm !== undefined && inm.match(/(?:W\/)?"[^"]*"/g)?.includes(tag) === true) return;
-      headers[etag + 1] = 'W/' + tag;
+      const tag = etag === -1 ? '' : headers[etag + 1]!.trim();
+      if (etag !== -1 && !tag.startsWith('W/')) {
+        const inm = ctx.header('if-none-match');
+        if (inm !== undefined && inm.match(/(?:W\/)?"[^"]*"/g)?.includes(tag) === true) return;
+        headers[etag + 1] = 'W/' + tag;
+      }
+      // (the compressed 200 has no Content-Length: a 304's would not be its length, §8.6)
+      if (cl !== -1) headers.splice(cl, 2);
     };
     return {
       encodeResponse(ctx, status, headers): Transform | null {
