@@ -505,6 +505,36 @@ test('compression: small bodies, no-transform, other types and already-encoded b
   assert.deepEqual(JSON.parse(gunzipSync(gz.body).toString()), { id: 9, internal_id: 'z' });
 });
 
+test('compression: a 205 (no content, RFC 9110 §15.3.6) or an empty body is left alone, even with min_size 0 (a streamed 205 went out with 20 bytes of gzip)', { ...T }, async () => {
+  const origin = await startUpstream((req, res) => {
+    if (req.url === '/empty') {
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '0' }).end();
+      return;
+    }
+    res.writeHead(205, { 'content-type': 'text/plain' });
+    res.flushHeaders(); // (chunked: no length known when the head goes)
+    res.end();
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${origin.url}
+    plugins: [{name: compression, config: {min_size: 0b}}]
+    routes: [{name: r, paths: [/]}]
+`);
+  try {
+    const reset = await fetchRaw(`${g.url}/reset`, { 'accept-encoding': 'gzip' });
+    assert.equal(reset.status, 205);
+    assert.equal(reset.headers['content-encoding'], undefined);
+    assert.equal(reset.body.length, 0);
+    const empty = await fetchRaw(`${g.url}/empty`, { 'accept-encoding': 'gzip' });
+    assert.equal(empty.headers['content-encoding'], undefined);
+    assert.equal(empty.body.length, 0);
+  } finally {
+    await g.close();
+    await origin.close();
+  }
+});
+
 test('compression: a streamed body is compressed as it streams; a strong ETag becomes weak', { ...T }, async () => {
   const r = await fetchRaw(`${gw.url}/zip/stream`, { 'accept-encoding': 'gzip' });
   assert.equal(r.headers['content-encoding'], 'gzip');

@@ -48,7 +48,8 @@ export function removeHeader(list: string[], name: string): void {
 
 /** The first encoder a plugin offers for this response (it may edit the headers), or null. */
 export function pickEncoder(pl: ResponsePlugins | null, status: number, headers: string[], method: string): Transform | null {
-  if (pl === null || pl.chain.encodeResponse.length === 0 || status === 204 || status < 200) return null;
+  // (a 205 has no content either, RFC 9110 §15.3.6: nothing to encode, whatever its framing)
+  if (pl === null || pl.chain.encodeResponse.length === 0 || status === 204 || status === 205 || status < 200) return null;
   // A HEAD answer carries the fields the GET's would (RFC 9110 §9.3.2: Content-Encoding, Vary,
   // the weak ETag, no Content-Length), with no body to encode; a 304 the ETag and Vary its 200
   // would (§15.4.5: the encoders see it and edit its fields, nothing is encoded).

@@ -154,7 +154,8 @@ export default definePlugin({
         // The representation depends on Accept-Encoding from here on, compressed or not.
         addVary(headers);
         const cl = findHeader(headers, 'content-length');
-        if (cl !== -1 && Number(headers[cl + 1]) < minSize) return null;
+        // (an empty body stays empty: a coding would add its header and trailer, min_size 0 or not)
+        if (cl !== -1 && (Number(headers[cl + 1]) < minSize || Number(headers[cl + 1]) === 0)) return null;
         const coding = negotiate(ctx.header('accept-encoding'), offered);
         if (coding === null) return null;
         // (any Content-Encoding left says identity)
