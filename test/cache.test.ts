@@ -567,6 +567,18 @@ test('the cache survives config reloads (plugin instances are re-created, the zo
   gw.gw.reload(parseConfigText(text));
 });
 
+test('an Age that came as a list (an intermediary folded two) counts by its first member (RFC 9111 §5.1), not as no Age at all: an answer older than its max-age is not served as fresh', async () => {
+  up.on('/c/age-list', () => ({ headers: { 'cache-control': 'max-age=60', age: '70, 5' } }));
+  await get('/c/age-list');
+  assert.notEqual(status(await get('/c/age-list')), 'HIT');
+  assert.equal(up.calls('/c/age-list'), 2);
+  up.on('/c/age-list2', () => ({ headers: { 'cache-control': 'max-age=600', age: '50, 5' } }));
+  await get('/c/age-list2');
+  const hit = await get('/c/age-list2');
+  assert.equal(status(hit), 'HIT');
+  assert.ok(Number(hit.headers.age) >= 50, String(hit.headers.age));
+});
+
 test('hostile upstream and client fields never break a request: bogus Cache-Control, huge max-age, negative Age, malformed dates, Vary with 1000 names', async () => {
   up.on('/c/h1', () => ({ headers: { 'cache-control': 'max-age=99999999999999999999999, , =, "x, =y, \u00e9' } }));
   await get('/c/h1');

@@ -324,7 +324,8 @@ export function freshnessLifetime(headers: readonly string[], cc: Directives, re
  * another clock, a monotonic one: they give the response delay).
  */
 export function initialAge(headers: readonly string[], requestTime: number, responseTime: number, wall = responseTime): number {
-  const age = deltaSeconds(firstValue(headers, 'age')?.trim());
+  // (a list — two Age fields folded by an intermediary — counts by its first member, §5.1)
+  const age = deltaSeconds(firstValue(headers, 'age')?.split(',', 1)[0]!.trim());
   const ageValue = age === null ? 0 : age * 1000;
   const dateValue = parseHttpDate(firstValue(headers, 'date'), wall) ?? wall;
   const apparentAge = Math.max(0, wall - dateValue);
