@@ -184,3 +184,25 @@ test('purge filters from the admin query string', () => {
   assert.deepEqual(q('key=api.example.com/users/1'), { host: 'api.example.com', path: '/users/1', query: '' });
   for (const bad of ['key=/nohost', 'key=nopath', 'path=relative', 'host=a', 'key=a/b&path=/b', 'path=/%zz']) assert.equal(typeof q(bad), 'string', bad);
 });
+
+test('redis failures are logged at most every 10 s on the monotonic clock: a wall clock stepped back an hour silenced them for that hour', () => {
+  const warned: string[] = [];
+  const caches = new CacheStores({ warn: (o: { op: string }) => warned.push(o.op) } as never);
+  const realNow = Date.now;
+  const realPerf = performance.now;
+  const perf0 = performance.now();
+  try {
+    caches.fail(new Error('down'), 'read');
+    caches.fail(new Error('down'), 'read');
+    assert.deepEqual(warned, ['read']);
+    // 11 s later, the wall clock having been stepped back an hour meanwhile
+    Date.now = () => realNow() - 3_600_000 + 11_000;
+    performance.now = () => perf0 + 11_000;
+    caches.fail(new Error('down'), 'write');
+    assert.deepEqual(warned, ['read', 'write']);
+  } finally {
+    Date.now = realNow;
+    performance.now = realPerf;
+    caches.close();
+  }
+});

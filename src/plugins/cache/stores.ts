@@ -253,9 +253,9 @@ export class CacheStores {
     return out;
   }
 
-  /** A Redis failure, logged at most every 10 s. */
+  /** A Redis failure, logged at most every 10 s (of the monotonic clock: a wall clock stepped back must not silence it). */
   fail(err: Error, op: string): void {
-    const now = Date.now();
+    const now = monotonic();
     if (now - this.lastError < 10_000) return;
     this.lastError = now;
     this.log?.warn({ err: err.message, op }, 'cache: the redis store failed (served without it)');
