@@ -689,6 +689,27 @@ test('trailers: end-to-end ones pass; framing, routing, auth, cookies and respon
   }
 });
 
+test('trailers: a field the upstream\'s Connection names is connection-specific in the trailers too, never relayed (RFC 9110 §7.6.1)', async () => {
+  const origin = await startRawOrigin((data) => (data.includes('\r\n\r\n') ? 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n' +
+    'Connection: X-Hop, close\r\nTrailer: X-Hop, X-Sum\r\n\r\n4\r\nbody\r\n0\r\nX-Hop: secret-hop\r\nX-Sum: abc\r\n\r\n' : null));
+  const g = await startGateway(`services:\n  - name: t\n    url: ${origin.url}\n    routes: [{paths: [/t]}]\n`);
+  try {
+    const text = await new Promise<string>((resolve, reject) => {
+      const s = connect(g.port, '127.0.0.1');
+      let buf = '';
+      s.on('data', (d) => { buf += d.toString('latin1'); if (buf.endsWith('\r\n\r\n') && buf.includes('\r\n0\r\n')) { s.end(); resolve(buf); } });
+      s.on('error', reject);
+      s.write('GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n');
+    });
+    const tail = text.slice(text.indexOf('\r\n0\r\n') + 5);
+    assert.match(tail, /^X-Sum: abc\r\n/im);
+    assert.doesNotMatch(tail, /x-hop/i, tail);
+  } finally {
+    await g.close();
+    await origin.close();
+  }
+});
+
 test('a response head the upstream sends alone (SSE, long poll) reaches an HTTP/1.1 client before any body byte', async () => {
   let release!: () => void;
   const held = new Promise<void>((r) => { release = r; });

@@ -322,6 +322,8 @@ export class ForwardHandler {
   private callTimer: NodeJS.Timeout | undefined;
   /** A failure of a kept-alive connection was already sent again once (see onError). */
   private staleRetried = false;
+  /** Fields the upstream's Connection header named: connection-specific, dropped from its trailers too. */
+  private nominated: Set<string> | null = null;
   /** The backoff before the next attempt (retryLater). */
   private retryTimer: NodeJS.Timeout | undefined;
 
@@ -869,7 +871,7 @@ export class ForwardHandler {
       }
     }
     // Fields named in the upstream's Connection header are connection-specific too.
-    const nominated = connectionTokens(connection);
+    const nominated = (this.nominated = connectionTokens(connection));
     if (nominated !== null) {
       for (let i = out.length - 2; i >= 0; i -= 2) {
         const n = out[i]!.toLowerCase();
@@ -1176,9 +1178,12 @@ export class ForwardHandler {
     }
     const t: [string, string][] = [];
     if (Array.isArray(trailers)) {
+      // (an HTTP/1.1 upstream's: fields its Connection header named are connection-specific, RFC 9110 §7.6.1)
+      const nominated = this.nominated;
       for (let i = 0; i < trailers.length; i += 2) {
         const k = latin1(trailers[i]!);
-        if (!NOT_TRAILERS.has(k.toLowerCase())) t.push([k, latin1(trailers[i + 1]!)]);
+        const n = k.toLowerCase();
+        if (!NOT_TRAILERS.has(n) && (nominated === null || !nominated.has(n))) t.push([k, latin1(trailers[i + 1]!)]);
       }
     } else if (trailers) {
       // undici's HTTP/2 client hands trailers over as node:http2's headers object.
