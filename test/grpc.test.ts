@@ -442,3 +442,54 @@ services:
     await g.close();
   }
 });
+
+test('gRPC-Web: an upstream answer that ends without any grpc-status still ends with a trailer frame carrying one (UNKNOWN for a 200, the HTTP status mapped per gRPC\'s table otherwise)', async () => {
+  // An HTTP/2 upstream that ends its streams without trailers: a 200 with a message, a 503, a 429.
+  const bare = createH2Server((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      if (req.url.endsWith('/Ok')) {
+        res.writeHead(200, { 'content-type': 'application/grpc' });
+        res.end(jsonFrame({ text: 'no status' }));
+      } else res.writeHead(req.url.endsWith('/Busy') ? 429 : 503, { 'content-type': 'application/grpc' }).end();
+    });
+  });
+  await new Promise<void>((r) => bare.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+services:
+  - {name: bare, url: 'http://127.0.0.1:${(bare.address() as AddressInfo).port}', protocol: grpc, routes: [{paths: [/bare.Svc]}]}
+`);
+  const call = (path: string, text: boolean) => new Promise<{ status: number; body: Buffer }>((resolve, reject) => {
+    const body = text ? Buffer.from(jsonFrame({}).toString('base64')) : jsonFrame({});
+    const r = httpRequest(`http://127.0.0.1:${g.port}${path}`, {
+      method: 'POST', agent: false,
+      headers: { 'content-type': text ? 'application/grpc-web-text' : 'application/grpc-web+proto', 'x-grpc-web': '1', 'content-length': body.length },
+    }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const raw = Buffer.concat(chunks);
+        resolve({ status: res.statusCode!, body: text ? Buffer.concat((raw.toString().match(/[A-Za-z0-9+/]+={0,2}/g) ?? []).map((run) => Buffer.from(run, 'base64'))) : raw });
+      });
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+  try {
+    for (const text of [false, true]) {
+      for (const [method, messages, status] of [['Ok', 1, '2'], ['Down', 0, '14'], ['Busy', 0, '14']] as const) {
+        const r = await call(`/bare.Svc/${method}`, text);
+        const frames = parseFrames(r.body);
+        const what = `${method} (text: ${text}): ${JSON.stringify(frames.map((f) => [f.flag, f.payload.toString('latin1')]))}`;
+        assert.equal(frames.length, messages + 1, what);
+        assert.equal(frames.at(-1)!.flag & 0x80, 0x80, what);
+        const trailers = parseTrailerBlock(frames.at(-1)!.payload);
+        assert.equal(trailers['grpc-status'], status, what);
+        assert.match(trailers['grpc-message'] ?? '', /grpc-status/, what);
+      }
+    }
+  } finally {
+    await g.close();
+    await new Promise((r) => bare.close(r));
+  }
+});

@@ -218,6 +218,24 @@ export function webResponseHeaders(
 // ---------------------------------------------------------------------------------------------
 // gRPC helpers
 
+/**
+ * The gRPC status of an upstream answer that carried none (no grpc-status in its headers nor its
+ * trailers), from its HTTP status: gRPC's "HTTP to gRPC Status Code Mapping"
+ * (doc/http-grpc-status-mapping.md), the table a gRPC client applies itself to such an answer —
+ * a 200 without a status is UNKNOWN too. (The gateway's own answers name their cause more
+ * precisely: grpcStatusOf in core/problem.ts.)
+ */
+export function grpcStatusFromHttp(httpStatus: number): number {
+  switch (httpStatus) {
+    case 400: return 13; // INTERNAL
+    case 401: return 16; // UNAUTHENTICATED
+    case 403: return 7; // PERMISSION_DENIED
+    case 404: return 12; // UNIMPLEMENTED
+    case 429: case 502: case 503: case 504: return 14; // UNAVAILABLE
+    default: return 2; // UNKNOWN
+  }
+}
+
 const TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1 };
 
 /**

@@ -12,7 +12,7 @@ import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { MAX_RESPONSE_HEADER_BYTES, onReusedConnection } from './pools.js';
 import { H2_STREAM_CUT, h2Streams, unprocessedStream } from './h2-streams.js';
-import { ResponseEncoder, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
+import { ResponseEncoder, encodeGrpcMessage, grpcStatusFromHttp, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -301,6 +301,8 @@ export class ForwardHandler {
   /** gRPC-Web: the decoded request body and the response encoder. */
   private webBody: Readable | null = null;
   private encoder: ResponseEncoder | null = null;
+  /** gRPC-Web: the upstream's head carried grpc-status (Trailers-Only): no trailer frame is owed. */
+  private webStatusInHead = false;
   /** The current attempt's span (traced requests). */
   private span: Span | null = null;
   /** A response held whole for the `response` plugin phase (see bufferResponse). */
@@ -1072,6 +1074,7 @@ export class ForwardHandler {
     }
     out.length = 0;
     for (const [k, v] of Object.entries(webResponseHeaders(kind, obj))) for (const one of Array.isArray(v) ? v : [v]) out.push(k, one);
+    this.webStatusInHead = obj['grpc-status'] !== undefined;
     // Browsers only show a cross-origin response's grpc-* fields when exposed (CORS itself: the cors plugin).
     this.encoder = new ResponseEncoder(kind);
   }
@@ -1197,12 +1200,18 @@ export class ForwardHandler {
       for (const [k, v] of t) if (k.toLowerCase() === 'grpc-status') ex.grpcStatus = v;
     }
     if (this.encoder !== null) {
-      // gRPC-Web: the trailers travel as the body's last frame.
-      if (t.length) {
-        const obj: Record<string, string[]> = {};
-        for (const [k, v] of t) (obj[k.toLowerCase()] ??= []).push(v);
-        res.write(this.encoder.finish(obj));
+      // gRPC-Web: the trailers travel as the body's last frame. An upstream that gave no status
+      // at all (it ended its stream bare, or answered some other HTTP error) still gets one
+      // there: without it a gRPC-Web client fails the call on a "missing status" of its own.
+      const obj: Record<string, string[]> = {};
+      for (const [k, v] of t) (obj[k.toLowerCase()] ??= []).push(v);
+      if (obj['grpc-status'] === undefined && !this.webStatusInHead) {
+        const code = String(grpcStatusFromHttp(this.status));
+        obj['grpc-status'] = [code];
+        obj['grpc-message'] = [encodeGrpcMessage(`service "${this.f.service.name}" answered HTTP ${this.status} without a grpc-status`)];
+        if (ex !== null) ex.grpcStatus = code;
       }
+      if (t.length || !this.webStatusInHead) res.write(this.encoder.finish(obj));
     } else if (t.length) {
       try {
         // node:http takes [name, value] pairs; node:http2's compatibility API only an object.
