@@ -10,8 +10,9 @@ import type { IncomingHttpHeaders, IncomingHttpStatusHeader } from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import {
   grpcWebKind, requestDecoder, ResponseEncoder, webResponseHeaders, trailerFrame,
-  encodeGrpcMessage, parseGrpcTimeout, type GrpcWebKind,
+  encodeGrpcMessage, parseGrpcTimeout, grpcStatusFromHttp, type GrpcWebKind,
 } from '../src/protocols/grpc-web.js';
+import { grpcStatusOf } from '../src/core/problem.js';
 import {
   startGrpcServer, echoClient, sayP, sumP, chatP, collect, metadata, jsonFrame, frame, parseFrames,
   parseTrailerBlock, deserializeJson,
@@ -139,6 +140,17 @@ test('parseGrpcTimeout edge cases', T, () => {
     ['m', null], [' 5m', null], ['5m ', null], ['-5m', null], ['1.5S', null], ['5mm', null],
   ];
   for (const [v, want] of cases) assert.equal(parseGrpcTimeout(v), want, String(v));
+});
+
+test('HTTP -> gRPC status: an upstream answer without grpc-status per gRPC\'s table; the gateway\'s own answers by their cause', T, () => {
+  // doc/http-grpc-status-mapping.md
+  for (const [http, code] of [[400, 13], [401, 16], [403, 7], [404, 12], [429, 14], [502, 14], [503, 14], [504, 14], [200, 2], [500, 2], [409, 2]]) {
+    assert.equal(grpcStatusFromHttp(http!), code, `upstream ${http}`);
+  }
+  // the gateway's own: its timeouts DEADLINE_EXCEEDED, its limits RESOURCE_EXHAUSTED, a refused request INVALID_ARGUMENT
+  for (const [http, code] of [[400, 3], [401, 16], [403, 7], [404, 12], [408, 4], [413, 8], [429, 8], [502, 14], [503, 14], [504, 4], [500, 13]]) {
+    assert.equal(grpcStatusOf(http!), code, `gateway ${http}`);
+  }
 });
 
 test('gRPC fixture: Say, Count, Sum, Chat, errors and deadlines against test.Echo directly', T, async () => {

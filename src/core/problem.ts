@@ -162,7 +162,18 @@ function withoutFraming(h: Record<string, string | string[]>): Record<string, st
   return out;
 }
 
-/** The gRPC status for an error the gateway answers with this HTTP status. */
+/**
+ * The gRPC status for an error the gateway answers itself with this HTTP status. Deliberately
+ * not gRPC's HTTP to gRPC table (doc/http-grpc-status-mapping.md: 429/504 -> UNAVAILABLE, 400 ->
+ * INTERNAL): that table is for a client reading an intermediary's answer that carries no
+ * grpc-status (see grpcStatusFromHttp, for upstream answers); here the gateway knows the cause
+ * and says it. Its own timeouts are DEADLINE_EXCEEDED, as Envoy's router answers gRPC timeouts
+ * since envoyproxy/envoy#44479 (UNAVAILABLE told clients to retry a call whose time was spent);
+ * its rate limit and size caps are RESOURCE_EXHAUSTED, gRPC's code for a quota or a message too
+ * large (what Envoy's rate limit filter says with rate_limited_as_resource_exhausted), so a
+ * client's retry policy on UNAVAILABLE does not hammer a limit; a request it refused is
+ * INVALID_ARGUMENT, not INTERNAL.
+ */
 export function grpcStatusOf(httpStatus: number): number {
   switch (httpStatus) {
     case 401: return 16; // UNAUTHENTICATED
