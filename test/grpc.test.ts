@@ -493,3 +493,42 @@ services:
     await new Promise((r) => bare.close(r));
   }
 });
+
+test('gRPC-Web: an upstream answer that is not gRPC at all (an error page, text/html) is not passed off as gRPC-Web messages: its body is dropped, a trailer frame carries the status', async () => {
+  const page = createH2Server((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      if (req.url.endsWith('/Html')) res.writeHead(200, { 'content-type': 'text/html' }).end('<!DOCTYPE html><p>hello</p>');
+      else res.writeHead(503, { 'content-type': 'text/plain' }).end('upstream overloaded, try later');
+    });
+  });
+  await new Promise<void>((r) => page.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+services:
+  - {name: page, url: 'http://127.0.0.1:${(page.address() as AddressInfo).port}', protocol: grpc, routes: [{paths: [/page.Svc]}]}
+`);
+  try {
+    for (const [method, status] of [['Html', '2'], ['Down', '14']] as const) {
+      const r = await new Promise<Buffer>((resolve, reject) => {
+        const body = jsonFrame({});
+        const q = httpRequest(`http://127.0.0.1:${g.port}/page.Svc/${method}`, {
+          method: 'POST', agent: false,
+          headers: { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', 'content-length': body.length },
+        }, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => resolve(Buffer.concat(chunks)));
+        });
+        q.on('error', reject);
+        q.end(body);
+      });
+      const frames = parseFrames(r);
+      assert.equal(frames.length, 1, `${method}: ${r.toString('latin1')}`);
+      assert.equal(frames[0]!.flag, 0x80);
+      assert.equal(parseTrailerBlock(frames[0]!.payload)['grpc-status'], status, method);
+    }
+  } finally {
+    await g.close();
+    await new Promise((r) => page.close(r));
+  }
+});

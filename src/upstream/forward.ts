@@ -303,6 +303,8 @@ export class ForwardHandler {
   private encoder: ResponseEncoder | null = null;
   /** gRPC-Web: the upstream's head carried grpc-status (Trailers-Only): no trailer frame is owed. */
   private webStatusInHead = false;
+  /** gRPC-Web: the upstream's answer is not gRPC (no application/grpc content type): its body is no messages. */
+  private webNotGrpc = false;
   /** The current attempt's span (traced requests). */
   private span: Span | null = null;
   /** A response held whole for the `response` plugin phase (see bufferResponse). */
@@ -1075,6 +1077,11 @@ export class ForwardHandler {
     out.length = 0;
     for (const [k, v] of Object.entries(webResponseHeaders(kind, obj))) for (const one of Array.isArray(v) ? v : [v]) out.push(k, one);
     this.webStatusInHead = obj['grpc-status'] !== undefined;
+    // An answer that is not gRPC (an error page of a server or proxy upstream): its body would
+    // reach the client as message frames it cannot parse; dropped, the trailer frame says what
+    // came (onComplete).
+    const ct = obj['content-type'];
+    this.webNotGrpc = typeof ct !== 'string' || !/^application\/grpc(?![\w-])/i.test(ct);
     // Browsers only show a cross-origin response's grpc-* fields when exposed (CORS itself: the cors plugin).
     this.encoder = new ResponseEncoder(kind);
   }
@@ -1083,6 +1090,7 @@ export class ForwardHandler {
     if (this.finished) return false;
     this.received += chunk.length;
     this.readTimer?.refresh();
+    if (this.webNotGrpc) return true; // (see toWeb)
     const pl = this.f.plugins;
     if (pl !== null && pl.chain.responseBody.length) {
       let current = '';
@@ -1208,7 +1216,7 @@ export class ForwardHandler {
       if (obj['grpc-status'] === undefined && !this.webStatusInHead) {
         const code = String(grpcStatusFromHttp(this.status));
         obj['grpc-status'] = [code];
-        obj['grpc-message'] = [encodeGrpcMessage(`service "${this.f.service.name}" answered HTTP ${this.status} without a grpc-status`)];
+        obj['grpc-message'] = [encodeGrpcMessage(`service "${this.f.service.name}" answered HTTP ${this.status}${this.webNotGrpc ? ', not gRPC,' : ''} without a grpc-status`)];
         if (ex !== null) ex.grpcStatus = code;
       }
       if (t.length || !this.webStatusInHead) res.write(this.encoder.finish(obj));
