@@ -679,10 +679,13 @@ services:
       assert.match(r.text, /^HTTP\/1\.1 200 /, `${method}: ${r.text}`);
     }
     assert.deepEqual(seen, [0, 1, 2, 3, 4], 'each refused request went once more');
-    // a GOAWAY naming the request's own stream as processed: it may have been acted on (502, once)
+    // a GOAWAY naming the request's own stream as processed: it may have been acted on (502, once,
+    // when the connection then closes without the answer; the upstream may finish it first, see
+    // the graceful shutdown test)
     script = (s) => {
       seen.push(s.index);
       s.goaway(H2_NO_ERROR);
+      setTimeout(() => s.end(), 50);
     };
     const r = await rawRequest(gw.port, 'POST /g HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
     assert.match(r.text, /^HTTP\/1\.1 502 /, r.text);
@@ -690,5 +693,39 @@ services:
   } finally {
     await gw.close();
     await origin.close();
+  }
+});
+
+test('an HTTP/2 upstream that shuts down gracefully (GOAWAY NO_ERROR covering the stream, then finishes it) has its in-flight responses relayed whole, trailers included; the next request goes on a new connection', async () => {
+  const server = createH2Server();
+  let streams = 0;
+  server.on('stream', (stream, headers) => {
+    streams++;
+    stream.resume();
+    stream.respond({ ':status': 200, 'content-type': 'text/plain' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'x-sum': 'done' }));
+    stream.write('first;');
+    if (headers[':path'] === '/drain') {
+      // a rolling deploy: no new streams on this connection, those in flight finish
+      setTimeout(() => stream.session!.close(), 50);
+      setTimeout(() => stream.end('second'), 200);
+    } else stream.end('second');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const gw = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: h2d, url: 'http://127.0.0.1:${(server.address() as AddressInfo).port}', protocol: h2c, retries: 0, routes: [{paths: [/]}]}
+`);
+  try {
+    const r = await rawRequest(gw.port, 'GET /drain HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n', 1000);
+    assert.match(r.text, /^HTTP\/1\.1 200 /, r.text);
+    assert.match(r.text, /\r\n6\r\nfirst;\r\n6\r\nsecond\r\n0\r\nx-sum: done\r\n\r\n$/i, JSON.stringify(r.text));
+    const next = await rawRequest(gw.port, 'GET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', 500);
+    assert.match(next.text, /^HTTP\/1\.1 200 [\s\S]*first;[\s\S]*second/, next.text);
+    assert.equal(streams, 2);
+  } finally {
+    await gw.close();
+    await new Promise((r) => server.close(r));
   }
 });

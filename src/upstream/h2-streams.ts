@@ -28,6 +28,15 @@
  *    marked so (unprocessedStream): forward.ts sends it again as it does after a connect error.
  *    undici fails the session's oldest request on any GOAWAY, with a plain SocketError.
  *
+ * 6. A graceful GOAWAY (NO_ERROR, its last-stream-id covering every open stream: a server
+ *    shutting down, RFC 9113 §6.8) lets the streams in flight finish. undici destroyed the
+ *    connection on any GOAWAY, cutting every response still coming (a rolling deploy of an
+ *    HTTP/2 upstream broke its long answers and gRPC streams). Its client is detached from the
+ *    session instead, as its GOAWAY handler starts to (new requests go on a new connection),
+ *    the session's and socket's undici listeners pointed at an inert stand-in; node:http2 closes
+ *    the session once its streams are done. (A GOAWAY that leaves a stream unprocessed, or with
+ *    an error code — node:http2 then destroys the session itself — goes to undici as before.)
+ *
  * undici offers no option for any of these, and hands its handlers neither the stream nor the
  * session. The session is reached where undici stores it on the socket our connector returns
  * (its `kHTTP2Session` symbol, from undici/lib/core/symbols.js): an accessor there sees it set
@@ -43,14 +52,32 @@ import { errors } from 'undici';
 
 const undiciSymbols = (() => {
   try {
-    return createRequire(import.meta.url)('undici/lib/core/symbols.js') as { kHTTP2Session?: unknown; kError?: unknown };
+    return createRequire(import.meta.url)('undici/lib/core/symbols.js') as Record<string, unknown>;
   } catch {
-    return {};
+    return {} as Record<string, unknown>;
   }
 })();
 const SESSION: symbol | null = typeof undiciSymbols.kHTTP2Session === 'symbol' ? undiciSymbols.kHTTP2Session : null;
 /** Where undici looks for the error it fails a request with when a GOAWAY comes (onHttp2SessionGoAway). */
 const SESSION_ERROR: symbol | null = typeof undiciSymbols.kError === 'symbol' ? undiciSymbols.kError : null;
+
+/** undici's client fields a graceful GOAWAY detaches (6.), or null when one is missing. */
+const CLIENT_KEYS = (() => {
+  const k = ['kClient', 'kSocket', 'kHTTPContext', 'kResume', 'kRunning', 'kRunningIdx', 'kQueue', 'kOnError'].map((n) => undiciSymbols[n]);
+  if (SESSION === null || k.some((v) => typeof v !== 'symbol')) return null;
+  const [client, socket, context, resume, running, runningIdx, queue, onError] = k as symbol[];
+  return { client: client!, socket: socket!, context: context!, resume: resume!, running: running!, runningIdx: runningIdx!, queue: queue!, onError: onError! };
+})();
+/**
+ * What a detached session's and socket's undici listeners (session close, socket close and
+ * errors, settings, pings, a later GOAWAY) reach instead of the client: nothing runs, nothing
+ * is queued. The streams in flight keep the client itself (undici's closures).
+ */
+const DETACHED: Record<string | symbol, unknown> | null = CLIENT_KEYS === null ? null : {
+  emit: () => false,
+  [CLIENT_KEYS.running]: 0, [CLIENT_KEYS.runningIdx]: 0, [CLIENT_KEYS.queue]: [],
+  [CLIENT_KEYS.resume]: () => {}, [CLIENT_KEYS.onError]: () => {},
+};
 
 /** hooked: a session was reached (streams are cancelled with CANCEL and may be paused). */
 export const h2Streams = { hooked: false };
@@ -95,6 +122,38 @@ function onGoaway(this: Session, code: number, lastStreamID: number): void {
     new errors.SocketError(`HTTP/2: "GOAWAY" frame received with code ${code}; the request's stream was not processed (last stream ${lastStreamID})`),
     { [UNPROCESSED]: true },
   );
+}
+
+/**
+ * 6. A GOAWAY NO_ERROR whose last-stream-id covers every open stream: undici's client is
+ * detached from the session (true) and never hears of it; the streams finish. False: undici's
+ * handler runs as it would (no stream open, one unprocessed, undici's fields not found).
+ */
+function detachOnGoaway(session: Session, lastStreamID: number): boolean {
+  const k = CLIENT_KEYS;
+  if (k === null) return false;
+  const s = session as Session & Record<symbol, unknown>;
+  const client = s[k.client] as Record<symbol, unknown> | undefined;
+  if (client === DETACHED) return true; // (the second GOAWAY of a graceful shutdown, RFC 9113 §6.8)
+  const open = session[OPEN];
+  if (client == null || open === undefined || open.size === 0 || client[SESSION!] !== session) return false;
+  for (const st of open) if (st.id === undefined || st.id > lastStreamID) return false;
+  // (what undici's handler does first, without destroying the socket nor failing a request)
+  client[k.socket] = null;
+  client[k.context] = null;
+  client[SESSION!] = null;
+  s[k.client] = DETACHED;
+  const socket = s[k.socket] as Record<symbol, unknown> | undefined;
+  if (socket != null) socket[k.client] = DETACHED;
+  (client[k.resume] as () => void)(); // requests waiting for a stream go on a new connection
+  return true;
+}
+
+let sessionEmit: ClientHttp2Session['emit'] | null = null;
+
+function emitGoawayGracefully(this: Session, event: string | symbol, code?: unknown, lastStreamID?: unknown): boolean {
+  if (event === 'goaway' && code === constants.NGHTTP2_NO_ERROR && detachOnGoaway(this, lastStreamID as number)) return true;
+  return Reflect.apply(sessionEmit!, this, arguments) as boolean;
 }
 
 let request: ClientHttp2Session['request'] | null = null;
@@ -174,6 +233,10 @@ function sessionSet(this: Socket, session: ClientHttp2Session | null | undefined
   request ??= session.request;
   session.request = requestHooked;
   session.prependListener('goaway', onGoaway);
+  if (DETACHED !== null) {
+    sessionEmit ??= session.emit;
+    session.emit = emitGoawayGracefully;
+  }
   h2Streams.hooked = true;
 }
 function sessionGet(): undefined {
