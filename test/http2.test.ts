@@ -238,6 +238,34 @@ test('an HTTP/1.1 upstream repeating a field HTTP/2 allows once (Location, ETag.
   }
 });
 
+test('an HTTP/1.1 upstream repeating a trailer field HTTP/2 allows once (ETag, User-Agent): the HTTP/2 client gets the trailers, the gateway does not throw', async () => {
+  const dup = await startUpstream((req, res) => {
+    const name = new URL(req.url!, 'http://x').searchParams.get('h')!;
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: `${name}, x-sum` });
+    res.write('body');
+    res.addTrailers([[name, '"a"'], [name, '"b"'], ['x-sum', '1'], ['x-sum', '2']]);
+    res.end();
+  });
+  const g = await startGateway(`http2: {h2c: true}\nservices: [{name: d, url: "${dup.url}", routes: [{paths: [/d]}]}]\n`);
+  const session = h2connect(g.url);
+  try {
+    for (const h of ['etag', 'user-agent']) {
+      const r = await Promise.race([
+        h2request(session, { ':path': `/d?h=${h}`, ':authority': 'x', te: 'trailers' }),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${h}: no answer in 3 s`)), 3000)),
+      ]);
+      assert.equal(r.status, 200, h);
+      assert.equal(r.body, 'body', h);
+      assert.equal(r.trailers?.[h], '"a", "b"', `${h}: ${JSON.stringify(r.trailers)}`);
+      assert.equal(r.trailers?.['x-sum'], '1, 2', h);
+    }
+  } finally {
+    session.close();
+    await g.close();
+    await dup.close();
+  }
+});
+
 test('CONNECT over HTTP/2 is a 405 problem+json with Allow, as over HTTP/1.1', async () => {
   const session = h2connect(gw.url);
   try {

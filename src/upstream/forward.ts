@@ -1223,12 +1223,15 @@ export class ForwardHandler {
     } else if (t.length) {
       try {
         // node:http takes [name, value] pairs; node:http2's compatibility API only an object.
+        // A repeated field is combined into one line (RFC 9110 §5.3): node:http2 refuses several
+        // lines of a field it allows once (ETag, User-Agent...) only when it sends the trailers,
+        // long after this call — an exception nothing catches, the process gone.
         if (isHttp2(res)) {
-          const obj: Record<string, string | string[]> = {};
+          const obj: Record<string, string> = {};
           for (const [k, v] of t) {
             const key = k.toLowerCase();
             const prev = obj[key];
-            obj[key] = prev === undefined ? v : Array.isArray(prev) ? [...prev, v] : [prev, v];
+            obj[key] = prev === undefined ? v : `${prev}, ${v}`;
           }
           res.addTrailers(obj);
         } else res.addTrailers(t);
