@@ -5,6 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { connect as h2connect, createServer as createH2Server } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { request as httpRequest } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
 import {
@@ -530,5 +531,43 @@ services:
   } finally {
     await g.close();
     await new Promise((r) => page.close(r));
+  }
+});
+
+test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
+  const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
+  const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+    req.resume();
+    res.setHeader('content-type', 'application/grpc');
+    res.setHeader('grpc-status', '5');
+    res.setHeader('etag', ['"a"', '"b"']);
+    res.setHeader('set-cookie', ['a=1', 'b=2']);
+    res.end();
+  });
+  await new Promise<void>((r) => h1.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: h1, url: 'https://127.0.0.1:${(h1.address() as AddressInfo).port}', protocol: grpcs, tls: {ca: ${ca.certFile}, server_name: h1.test}, routes: [{paths: [/h1.Svc]}]}
+`);
+  const c = h2connect(`http://127.0.0.1:${g.port}`);
+  try {
+    const headers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      const s = c.request({ ':method': 'POST', ':path': '/h1.Svc/M', 'content-type': 'application/grpc', te: 'trailers' });
+      let h: Record<string, unknown> = {};
+      s.on('response', (x) => { h = x; });
+      s.on('close', () => resolve(h));
+      s.on('error', reject);
+      s.resume();
+      s.end(jsonFrame({}));
+      setTimeout(() => reject(new Error('no answer in 3 s')), 3000).unref();
+    });
+    assert.equal(headers['grpc-status'], '5', JSON.stringify(headers));
+    assert.equal(headers.etag, '"a", "b"');
+    assert.deepEqual(headers['set-cookie'], ['a=1', 'b=2']);
+  } finally {
+    c.close();
+    await g.close();
+    await new Promise((r) => h1.close(r));
   }
 });

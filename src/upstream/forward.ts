@@ -944,11 +944,14 @@ export class ForwardHandler {
     if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
     else if (svc.grpc && isHttp2(res) && grpcStatusAt(out) !== -1) {
       // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
+      // A repeated field goes as one combined line (RFC 9110 §5.3; Set-Cookie as several):
+      // node:http2 refuses several lines of a field it allows once (ETag...) only at the end,
+      // where it would leave the stream unanswered (a grpcs target that spoke HTTP/1.1).
       const obj: Record<string, string | string[]> = {};
       for (let i = 0; i < out.length; i += 2) {
         const k = out[i]!.toLowerCase();
         const prev = obj[k];
-        obj[k] = prev === undefined ? out[i + 1]! : Array.isArray(prev) ? [...prev, out[i + 1]!] : [prev, out[i + 1]!];
+        obj[k] = prev === undefined ? out[i + 1]! : k === 'set-cookie' ? [prev, out[i + 1]!].flat() : `${prev as string}, ${out[i + 1]!}`;
       }
       try {
         for (const [k, v] of Object.entries(obj)) res.setHeader(k, v);
