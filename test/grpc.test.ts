@@ -571,3 +571,25 @@ services:
     await new Promise((r) => h1.close(r));
   }
 });
+
+test('a gRPC upstream shutting down gracefully (grpc-js tryShutdown: GOAWAY NO_ERROR) mid-stream: the call in flight gets all its messages and OK', async () => {
+  const srv = await startGrpcServer();
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: e, url: 'http://127.0.0.1:${srv.port}', protocol: grpc, routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    await sayP(client, 'warm');
+    const call = collect(client.Count({ n: 10, delayMs: 50 }));
+    setTimeout(() => srv.server.tryShutdown(() => {}), 150);
+    const r = await call;
+    assert.equal(r.status.code, grpc.status.OK, r.status.details);
+    assert.deepEqual(r.messages.map((m) => m.i), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  } finally {
+    client.close();
+    await g.close();
+    srv.server.forceShutdown();
+  }
+});
