@@ -132,6 +132,10 @@ services:
         paths: ["/rt/param/{id}"]
         plugins:
           - {name: request-transform, config: {path: "/things/{path.id}"}}
+      - name: rt-paramtext
+        paths: ["/rt/pt/{id}"]
+        plugins:
+          - {name: request-transform, config: {query: {set: {q: "{path.id}"}}, headers: {set: {x-id: "{path.id}"}}, json: {set: {id: "{path.id}"}}}}
 `);
 });
 
@@ -304,6 +308,19 @@ test('a header value with UTF-8 bytes goes into a path, a query or a JSON string
   // bytes that are not UTF-8 are read as latin1 (obs-text's charset): one character each
   assert.equal((await request(`${gw.url}/c/hdrtext`, { headers: { 'x-name': 'caf\xe9' } })).status, 200);
   assert.equal(last().url, '/n/caf%C3%A9?q=caf%C3%A9&r=Zo%C3%AB');
+});
+
+test('a route parameter goes into a query, a field or a JSON string as its text (decoded once, as {query.x} is), never encoded twice', async () => {
+  const r = await request(`${gw.url}/rt/pt/caf%C3%A9%20%26%20co`, { method: 'POST', headers: JSON_CT, body: Buffer.from('{}') });
+  assert.equal(r.status, 200, r.body);
+  const up = last();
+  assert.equal(up.url, '/rt/pt/caf%C3%A9%20%26%20co?q=caf%C3%A9%20%26%20co');
+  assert.deepEqual(JSON.parse(up.body.toString('utf8')), { id: 'café & co' });
+  assert.equal(up.headers['x-id'], 'café & co', 'as {query.x} goes: text up to U+00FF as its latin1 byte');
+  // not UTF-8 once decoded: the client's error, as in a path
+  const before = echo.requests.length;
+  problem(await request(`${gw.url}/rt/pt/%ff`, { method: 'POST', headers: JSON_CT, body: Buffer.from('{}') }), 400);
+  assert.equal(echo.requests.length, before);
 });
 
 test('response-transform on a composing route shapes the merged answer (json and status too, not only headers)', async () => {

@@ -79,6 +79,21 @@ function paramForPath(raw: string): string {
   return encodeForPath(v);
 }
 
+/**
+ * A route parameter as text (for a query, a field or a JSON string): decoded once. Not UTF-8
+ * once decoded: the client's error on the request side (`strict`), as in a path; an answer's
+ * fields cannot refuse the request, they keep it as it came.
+ */
+function paramText(raw: string, strict: boolean): string {
+  if (!raw.includes('%')) return raw;
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    if (strict) throw new ProblemError('bad-request', 'a path parameter is not valid UTF-8 once percent-decoded');
+    return raw;
+  }
+}
+
 function encodeForPath(v: string): string {
   const e = encodeComponent(v);
   if (e === null) throw new ProblemError('bad-request', 'a value for the rewritten path is not well-formed Unicode');
@@ -111,7 +126,8 @@ export function compileTemplate(t: string, context: 'text' | 'path' | 'header' =
         break;
       }
       case 'query': parts.push(queryPart(name!, strict)); break;
-      case 'path': parts.push(path ? (c) => paramForPath(c.params[name!] ?? '') : (c) => c.params[name!] ?? ''); break;
+      // (a route parameter comes percent-encoded from the router: decoded once, to be encoded once where it goes)
+      case 'path': parts.push(path ? (c) => paramForPath(c.params[name!] ?? '') : (c) => paramText(c.params[name!] ?? '', strict)); break;
       case 'consumer': parts.push((c) => c.consumer?.name ?? c.identity ?? ''); break;
       case 'client_ip': parts.push((c) => c.clientIp); break;
       case 'request_id': parts.push((c) => c.requestId); break;
