@@ -65,6 +65,10 @@ routes:
     paths: [/pq]
     compose:
       steps: [{name: user, service: echo, path: "/users/{query.u}"}]
+  - name: c-pq-mid
+    paths: [/pq/mid]
+    compose:
+      steps: [{name: orders, service: echo, path: "/users/{query.u}/orders"}]
   - name: c-hdr
     paths: [/c/hdr]
     compose:
@@ -249,7 +253,7 @@ test('a body read as JSON must say it is JSON and be unencoded: 415 otherwise (c
 
 test('compose: a step the client\'s request cannot fill is 400 (not a 502 blaming a backend), without the internal path', async () => {
   const before = echo.requests.length;
-  for (const [path, why] of [['/pq', /\{query\.u\} has no value/], ['/pq?u=..', /"\.\." path segment/], ['/pq?u=%2e', /"\." path segment/]] as const) {
+  for (const [path, why] of [['/pq', /\{query\.u\} has no value/], ['/pq?u=..', /"\.\." path segment/], ['/pq?u=%2e', /"\." path segment/], ['/pq?u=', /\{query\.u\} is empty/], ['/pq/mid?u', /\{query\.u\} is empty/]] as const) {
     const p = problem(await request(`${gw.url}${path}`), 400);
     assert.match(p.detail, why, path);
     assert.doesNotMatch(p.detail, /\/users/, path);

@@ -63,6 +63,18 @@ test('path values are percent-encoded: ../, ?, # and / never change the path str
   assert.equal(renderPath(parse('/files/{id}.json').t, dots), '/files/...json');
 });
 
+test('an empty value never leaves a whole path segment empty (/users//orders, /users/): a default may', () => {
+  const blank: Lookup = () => '';
+  for (const text of ['/users/{id}/orders', '/users/{id}', '/users/{id}/']) {
+    assert.throws(() => renderPath(parse(text).t, blank), /template \{id\} is empty/, text);
+  }
+  const err = (() => { try { renderPath(parse('/u/{query.q}').t, blank); } catch (e) { return e as TemplateError; } })();
+  assert.equal(err?.client, true);
+  // part of a segment, or an explicit empty default: the config's path
+  assert.equal(renderPath(parse('/files/x{id}.json').t, blank), '/files/x.json');
+  assert.equal(renderPath(parse('/search/{query.none:-}').t, values), '/search/');
+});
+
 test('query values are encoded; header values refuse line breaks; scalars only', () => {
   assert.equal(renderString(parse('{query.q}').t, 'query', values), 'a%20b%26c%3Dd');
   assert.equal(renderString(parse('Hi {header.x-name}').t, 'header', values), 'Hi Ann');

@@ -301,14 +301,39 @@ export function dotSegment(path: string): string | null {
 }
 const SEPARATORS = /\/|%2F|%5C|\\/i;
 
-/** Renders a path template: values encoded, and no `.` / `..` segment made by a value. */
+/**
+ * Renders a path template: values encoded, no `.` / `..` segment made by a value, and no
+ * segment a value leaves empty (`/users/{query.u}/orders` with `?u=` is `/users//orders`, which
+ * an upstream that merges slashes reads as `/users/orders`; at the end, `/users/` is the
+ * collection, not a user). A default (`{query.u:-}`) may be empty: the config's choice.
+ */
 export function renderPath(t: Template, lookup: Lookup): string {
   const out = renderString(t, 'path', lookup);
   if (t.parts.some((p) => typeof p !== 'string')) {
+    const empty = emptySegment(t, lookup);
+    if (empty !== null) throw new TemplateError(`template ${empty.text} is empty, making an empty path segment`, fromClient(empty.source));
     const seg = dotSegment(out);
     if (seg !== null) throw new TemplateError(`template values make a "${seg}" path segment`, t.parts.some((p) => typeof p !== 'string' && fromClient(p.source)));
   }
   return out;
+}
+
+/**
+ * The reference whose empty value (not its default) is a whole path segment on its own (literal
+ * `/` before it, `/` or the end after it), or null. Values are looked up again: renderPath
+ * only asks when the template has references, and lookups are reads of what is at hand.
+ */
+function emptySegment(t: Template, lookup: Lookup): Ref | null {
+  const parts = t.parts;
+  for (let i = 0; i < parts.length; i++) {
+    const p = parts[i]!;
+    if (typeof p === 'string') continue;
+    const prev = parts[i - 1];
+    const next = parts[i + 1];
+    if (typeof prev !== 'string' || !prev.endsWith('/') || (next !== undefined && (typeof next !== 'string' || !next.startsWith('/')))) continue;
+    if (lookup(p.source) === '') return p;
+  }
+  return null;
 }
 
 /** A JSON value whose strings are templates (compiled once). */
