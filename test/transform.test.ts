@@ -223,8 +223,9 @@ test('request-transform: values from the request go in literally ($1 in a header
   assert.equal(up.headers['x-injected'], undefined);
   assert.equal(up.headers['x-added'], 'a  X-Injected: 1');
   // a value whose encoded slashes hide dot segments (/v2/people/5/..%2F..%2Fadmin is /v2/admin
-  // to an upstream that decodes %2F, then normalizes): refused, nothing sent
-  for (const evil of ['../../admin', '..\\..\\admin']) {
+  // to an upstream that decodes %2F, then normalizes), or an empty one (/v2/people/5/, another
+  // resource): refused, nothing sent
+  for (const evil of ['../../admin', '..\\..\\admin', '']) {
     const before = echo.requests.length;
     const bad = await request(`${gw.url}/api/v1/users/5`, { headers: { 'x-tenant': evil } });
     assert.equal(bad.status, 400, evil);

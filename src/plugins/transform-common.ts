@@ -94,6 +94,28 @@ function paramText(raw: string, strict: boolean): string {
   }
 }
 
+/**
+ * In a path, a value that is a whole segment by itself (a literal `/` before it, `/` or the end
+ * after it) may not be empty: `/users/{query.u}/orders` without `u` would be `/users//orders`,
+ * `/users/orders` to an upstream that merges slashes (as the router does), and
+ * `/users/{query.u}` would be `/users/`, the collection. Wraps such parts of a template's
+ * literal/value list in place (request side: the client's error, 400).
+ */
+export function segmentValues(parts: (string | number | ((ctx: RequestCtx) => string))[]): void {
+  for (let i = 1; i < parts.length; i++) {
+    const f = parts[i]!;
+    const prev = parts[i - 1];
+    const next = parts[i + 1];
+    if (typeof f !== 'function' || typeof prev !== 'string' || !prev.endsWith('/')) continue;
+    if (next !== undefined && (typeof next !== 'string' || (next === '' ? i + 2 < parts.length : !next.startsWith('/')))) continue;
+    parts[i] = (c) => {
+      const v = f(c);
+      if (v === '') throw new ProblemError('bad-request', 'a value for the rewritten path is empty: it would leave a path segment empty');
+      return v;
+    };
+  }
+}
+
 function encodeForPath(v: string): string {
   const e = encodeComponent(v);
   if (e === null) throw new ProblemError('bad-request', 'a value for the rewritten path is not well-formed Unicode');
@@ -139,6 +161,7 @@ export function compileTemplate(t: string, context: 'text' | 'path' | 'header' =
     }
   }
   parts.push(t.slice(last));
+  if (path) segmentValues(parts);
   const fixed = parts.filter((p) => p !== '');
   if (fixed.every((p) => typeof p === 'string')) {
     const s = fixed.join('');

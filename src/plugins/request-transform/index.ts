@@ -9,7 +9,7 @@ import { headerValueText } from '../../compose/template.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
-import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, type JsonTransform } from '../transform-common.js';
+import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
 
@@ -45,6 +45,7 @@ function compileReplacement(r: string): (ctx: RequestCtx, m: string[]) => string
     parts.push(m[1] !== undefined ? Number(m[1]) : compileTemplate(m[0], 'path'));
   }
   parts.push(r.slice(last));
+  segmentValues(parts);
   return (ctx, m) => {
     let s = '';
     for (const p of parts) s += typeof p === 'string' ? p : typeof p === 'number' ? (typeof m[p] === 'string' ? m[p] : '') : p(ctx);
