@@ -192,7 +192,8 @@ const last = () => echo.requests[echo.requests.length - 1]!;
 
 test('request-transform: method, regex path with captures and templates, headers, query', { ...T }, async () => {
   const r = await request(`${gw.url}/api/v1/users/42?drop=1&from=x&keep=%20a&forced=0&q=hello`, {
-    headers: { 'x-secret': 's3', 'x-old': 'o', 'x-tenant': 'acme', 'x-app': 'client' },
+    // (X_Secret and X_Set are x-secret and x-set to CGI, WSGI, Rack and PHP: removed and replaced too)
+    headers: { 'x-secret': 's3', 'x_secret': 's3', 'x-old': 'o', 'x-tenant': 'acme', 'x-app': 'client', 'X_Set': 'id=admin' },
   });
   assert.equal(r.status, 200);
   const up = last();
@@ -207,6 +208,8 @@ test('request-transform: method, regex path with captures and templates, headers
   assert.equal(params.get('dflt'), 'd');
   assert.ok(q!.includes('keep=%20a'), 'untouched parameters keep their bytes');
   assert.equal(up.headers['x-secret'], undefined);
+  assert.equal(up.headers['x_secret'], undefined);
+  assert.equal(up.headers['x_set'], undefined);
   assert.equal(up.headers['x-old'], undefined);
   assert.equal(up.headers['x-new'], 'o');
   assert.equal(up.headers['x-set'], 'id=42');

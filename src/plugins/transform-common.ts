@@ -222,22 +222,35 @@ function editable(o: HeaderOps): void {
   }
 }
 
-/** `strict`: templates of the request side (see queryPart). */
+/** A request field's name as CGI, WSGI, Rack and PHP read it: `X_User` is `x-user` (HTTP_X_USER). */
+const cgiName = (n: string): string => {
+  const l = n.toLowerCase();
+  return l.includes('_') ? l.replace(/_/g, '-') : l;
+};
+const lowerName = (n: string): string => n.toLowerCase();
+
+/**
+ * `strict`: the request side (templates: see queryPart). There `remove` and `set` take a
+ * client's underscore spelling of the name too (`X_User_Id` for x-user-id), as the gateway
+ * drops such spellings of its own fields (src/server/request.ts): an upstream that reads `_`
+ * and `-` alike would take it for the field the config removed or set.
+ */
 export function compileHeaderOps(o: HeaderOps | undefined, strict = true): HeaderEdit | null {
   if (!o) return null;
   editable(o);
-  const remove = new Set((o.remove ?? []).map((n) => n.toLowerCase()));
+  const key = strict ? cgiName : lowerName;
+  const remove = new Set((o.remove ?? []).map(key));
   const rename = Object.entries(o.rename ?? {}).map(([a, b]) => [a.toLowerCase(), b] as const);
   const set = Object.entries(o.set ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header', strict)] as const);
   const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header', strict)] as const);
   const append = Object.entries(o.append ?? {}).map(([k, v]) => [k, compileTemplate(v, 'header', strict)] as const);
   if (remove.size + rename.length + set.length + add.length + append.length === 0) return null;
   return (ctx, list) => {
-    if (remove.size) for (let i = list.length - 2; i >= 0; i -= 2) if (remove.has(list[i]!.toLowerCase())) list.splice(i, 2);
+    if (remove.size) for (let i = list.length - 2; i >= 0; i -= 2) if (remove.has(key(list[i]!))) list.splice(i, 2);
     for (const [from, to] of rename) for (let i = 0; i < list.length; i += 2) if (list[i]!.toLowerCase() === from) list[i] = to;
     for (const [k, v] of set) {
-      const lk = k.toLowerCase();
-      for (let i = list.length - 2; i >= 0; i -= 2) if (list[i]!.toLowerCase() === lk) list.splice(i, 2);
+      const lk = key(k);
+      for (let i = list.length - 2; i >= 0; i -= 2) if (key(list[i]!) === lk) list.splice(i, 2);
       list.push(k, safeValue(v(ctx)));
     }
     for (const [k, v] of add) {
