@@ -125,6 +125,11 @@ services:
             config:
               json:
                 expression: '{"total": $sum(items.price), "count": $count(items), "by": $request.headers."x-user", "c": $request.headers.constructor}'
+      - name: expr-param
+        paths: ["/exprp/{id}"]
+        plugins:
+          - name: request-transform
+            config: {json: {expression: '{"id": $request.params.id}'}}
       - name: runaway
         paths: [/runaway]
         plugins:
@@ -292,6 +297,12 @@ test('request-transform: a chunked JSON body is read whole and sent with a lengt
   assert.equal(status, 200);
   assert.deepEqual(JSON.parse(last().body.toString()), { data: { user: { full_name: 'Bo', tenant: '' }, source: 'gateway' } });
   assert.equal(last().headers['content-length'], String(last().body.length));
+});
+
+test('request-transform: $request.params holds a route parameter\'s text (decoded once, as $request.query does), not its escapes', { ...T }, async () => {
+  const r = await request(`${gw.url}/exprp/caf%C3%A9%20%2F%20co`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' });
+  assert.equal(r.status, 200, r.body);
+  assert.deepEqual(JSON.parse(last().body.toString('utf8')), { id: 'café / co' });
 });
 
 test('request-transform: JSONata expression with $request', { ...T }, async () => {

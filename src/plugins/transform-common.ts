@@ -420,11 +420,15 @@ export function compileJsonOps(o: JsonOps | undefined, strict = true): JsonTrans
   };
 }
 
+/** Route parameters as text (decoded once, as the query's are); one that is not UTF-8 once decoded stays as it came. */
+const paramTexts = (params: Readonly<Record<string, string>>): Record<string, string> =>
+  Object.fromEntries(Object.entries(params).map(([k, v]) => [k, paramText(v, false)]));
+
 async function evaluate(expr: ReturnType<typeof jsonata>, doc: unknown, input: JsonInput): Promise<unknown> {
   const ctx = input.ctx;
   const env = {
     request: {
-      method: ctx.method, path: ctx.path, params: { ...ctx.params },
+      method: ctx.method, path: ctx.path, params: paramTexts(ctx.params),
       query: Object.fromEntries(queryParams(ctx.query)),
       headers: input.headers(),
       consumer: ctx.consumer?.name ?? null,
