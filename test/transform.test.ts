@@ -170,6 +170,12 @@ services:
               json:
                 expression: '{"name": name, "upper": $uppercase(name), "c": $request.headers.constructor}'
                 wrap: result
+      - name: out-failing-expr
+        paths: [/ofail]
+        strip_path: true
+        plugins:
+          - name: response-transform
+            config: {json: {expression: '{"id": id, "n": $number(internal_id)}'}}
       - name: zipped
         paths: [/zip]
         strip_path: true
@@ -394,6 +400,16 @@ test('response-transform: JSON fields, headers, status mapping; ETag of the upst
   const mapped = await request(`${gw.url}/out/missing`);
   assert.equal(mapped.status, 200);
   assert.deepEqual(JSON.parse(mapped.body), { error: 'nope', via_gateway: true });
+});
+
+test('response-transform: an expression that fails on the upstream\'s data is a 502 that never quotes that data (JSONata puts values in its messages)', { ...T }, async () => {
+  const r = await request(`${gw.url}/ofail/user`);
+  assert.equal(r.status, 502, r.body);
+  assert.equal(r.headers['content-type'], 'application/problem+json');
+  const p = JSON.parse(r.body) as { type: string; detail: string };
+  assert.equal(p.type, 'urn:turnpike:problem:invalid-upstream-response');
+  assert.doesNotMatch(p.detail, /db-7/, 'the field the transform reads stays the upstream\'s');
+  assert.match(p.detail, /D3030/, 'the error code, for the operator');
 });
 
 test('response-transform: HEAD gets the headers and no body; not the upstream\'s length or validators, which the GET loses', { ...T }, async () => {

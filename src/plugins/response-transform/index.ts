@@ -139,8 +139,13 @@ export default definePlugin({
             try {
               out = JSON.stringify(await json(doc, { ctx, headers: () => headerObject(ctx) }));
             } catch (e) {
-              // (a RangeError: a result nested too deeply to serialise)
-              throw new ProblemError('invalid-upstream-response', `the upstream's body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : (e as { message?: string }).message ?? 'error'}`);
+              // (a RangeError: a result nested too deeply to serialise. JSONata's messages quote
+              // values of the body — "Unable to cast value to a number: \"...\"" — which are the
+              // upstream's, maybe what the transform hides: only its code and position go out)
+              const j = e as { code?: unknown; position?: unknown };
+              const why = e instanceof RangeError ? 'nested too deeply'
+                : typeof j.code === 'string' ? `the expression failed (JSONata ${j.code}${typeof j.position === 'number' ? ` at position ${j.position}` : ''})` : 'error';
+              throw new ProblemError('invalid-upstream-response', `the upstream's body could not be transformed: ${why}`);
             }
             r.body = Buffer.from(out);
             // A validator of the upstream's bytes no longer describes these.
