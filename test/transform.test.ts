@@ -19,6 +19,9 @@ const pacedSent = new Map<string, number[]>();
 const PIECES = 3;
 const piece = (sse: boolean, n: number) => (sse ? `data: #${n}#\n\n` : `#${n}# ${'p'.repeat(300)}\n`);
 
+/** A small body whose members an expression can repeat: a 60 kB customer and 300 orders (61 kB). */
+const FANOUT = JSON.stringify({ customer: { note: 'n'.repeat(60_000) }, orders: Array.from({ length: 300 }, () => ({})) });
+
 const BIG = JSON.stringify({ items: Array.from({ length: 5000 }, (_, i) => ({ id: i, name: `item-${i}`, internal_id: `x${i}` })) });
 
 before(async () => {
@@ -34,6 +37,7 @@ before(async () => {
     }
     if (url.startsWith('/list')) return json(200, [{ id: 1, internal_id: 'a' }, { id: 2, internal_id: 'b' }]);
     if (url.startsWith('/missing')) return json(404, { error: 'nope' });
+    if (url.startsWith('/fanout')) return res.writeHead(200, { 'content-type': 'application/json' }).end(FANOUT);
     if (url.startsWith('/big')) return res.writeHead(200, { 'content-type': 'application/json' }).end(BIG);
     if (url.startsWith('/chunked-big')) {
       res.writeHead(200, { 'content-type': 'application/json' });
@@ -130,6 +134,11 @@ services:
         plugins:
           - name: request-transform
             config: {json: {expression: '{"id": $request.params.id}'}}
+      - name: fanout
+        paths: [/fanout]
+        plugins:
+          - name: request-transform
+            config: {json: {expression: 'orders.{"customer": $$.customer}'}, max_body: 64kb}
       - name: runaway
         paths: [/runaway]
         plugins:
@@ -176,6 +185,12 @@ services:
         plugins:
           - name: response-transform
             config: {json: {expression: '{"id": id, "n": $number(internal_id)}'}}
+      - name: out-fanout
+        paths: [/ofan]
+        strip_path: true
+        plugins:
+          - name: response-transform
+            config: {json: {expression: 'orders.{"customer": $$.customer}'}, max_body: 64kb}
       - name: zipped
         paths: [/zip]
         strip_path: true
@@ -377,6 +392,19 @@ test('request-transform: a runaway expression fails that request within its time
   assert.match(JSON.parse(r.body).detail, /could not be transformed/);
   assert.ok(Date.now() - t0 < 5000);
   assert.equal((await request(`${gw.url}/t/ok`)).status, 200);
+});
+
+test('transforms: an expression whose result repeats a part of the body (text the body times N) is refused by its size, before it is serialised', { ...T }, async () => {
+  // (300 x 60 kB = 18 MB of text from a 61 kB body; with a 900 kB part and 2000 elements,
+  // serialising took 8 s and 2 GB out of the expression's time box)
+  const before = echo.requests.length;
+  const r = await request(`${gw.url}/fanout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: FANOUT });
+  assert.equal(r.status, 400, r.body.slice(0, 300));
+  assert.match(JSON.parse(r.body).detail, /result is larger than 16777216 bytes/);
+  assert.equal(echo.requests.length, before, 'nothing sent upstream');
+  const o = await request(`${gw.url}/ofan/fanout`);
+  assert.equal(o.status, 502, o.body.slice(0, 300));
+  assert.match(JSON.parse(o.body).detail, /result is larger than/);
 });
 
 test('request-transform: bodies of other media types pass through untouched', { ...T }, async () => {

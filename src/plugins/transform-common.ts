@@ -360,12 +360,59 @@ export interface JsonInput {
  */
 const EXPRESSION_LIMITS = { timeout: 100, stack: 200, sequence: 1_000_000 };
 
+/**
+ * Largest JSON text an expression's result may make, for a body of at most `maxBody` bytes:
+ * JSONata values share their parts, so `orders.{"customer": $$.customer}` over a body with a
+ * big `customer` and many orders is a small value whose text is the body times the orders
+ * (900 kB x 2000: 8 s of JSON.stringify, 2 GB of memory, out of the time box). Past it: refused.
+ */
+export const resultLimit = (maxBody: number): number => Math.max(16 * 1024 * 1024, 4 * maxBody);
+
+/** An expression's result would serialise to more than the limit (see resultLimit). */
+export class ResultTooLarge extends Error {
+  constructor(limit: number) {
+    super(`the expression's result is larger than ${limit} bytes`);
+  }
+}
+
+/**
+ * Whether a value's JSON text is longer than `limit` (strings counted by their length, numbers
+ * and literals roughly): iterative, every shared part counted each time it appears, and it stops
+ * at the limit, so its cost is bounded by the limit, not by the value's expanded size.
+ */
+function longerThan(v: unknown, limit: number): boolean {
+  let size = 0;
+  const stack: unknown[] = [v];
+  while (stack.length > 0) {
+    const x = stack.pop();
+    if (typeof x === 'string') size += x.length + 3;
+    else if (x === null || typeof x !== 'object') size += 5;
+    else if (Array.isArray(x)) {
+      size += 2 + x.length;
+      for (let i = 0; i < x.length; i++) stack.push(x[i]);
+    } else {
+      size += 2;
+      for (const k in x) {
+        if (!Object.hasOwn(x, k)) continue;
+        size += k.length + 4;
+        stack.push((x as Record<string, unknown>)[k]);
+      }
+    }
+    if (size > limit) return true;
+  }
+  return false;
+}
+
 export type JsonTransform = (body: unknown, input: JsonInput) => Promise<unknown>;
 
-/** Compiles JSON operations; throws (config error) on a bad path or expression. */
-/** `strict`: templates of the request side (see queryPart). */
-export function compileJsonOps(o: JsonOps | undefined, strict = true): JsonTransform | null {
+/**
+ * Compiles JSON operations; throws (config error) on a bad path or expression. `strict`:
+ * templates of the request side (see queryPart). `maxBody`: the largest body it gets (bounds
+ * an expression's result, see resultLimit).
+ */
+export function compileJsonOps(o: JsonOps | undefined, strict = true, maxBody = 1024 * 1024): JsonTransform | null {
   if (!o) return null;
+  const limit = resultLimit(maxBody);
   const unwrap = o.unwrap !== undefined ? splitPath(o.unwrap) : null;
   const select = o.select?.map(splitPath) ?? null;
   const remove = (o.remove ?? []).map(splitPath);
@@ -407,7 +454,7 @@ export function compileJsonOps(o: JsonOps | undefined, strict = true): JsonTrans
   return async (body, input) => {
     let doc = body;
     if (unwrap !== null) doc = getPath(doc, unwrap) ?? null;
-    if (expr !== null) doc = await evaluate(expr, doc, input);
+    if (expr !== null) doc = await evaluate(expr, doc, input, limit);
     if (select !== null || remove.length || rename.length || set.length) {
       doc = Array.isArray(doc) && each ? doc.map((e) => fields(e, input.ctx)) : fields(doc, input.ctx);
     }
@@ -424,7 +471,7 @@ export function compileJsonOps(o: JsonOps | undefined, strict = true): JsonTrans
 const paramTexts = (params: Readonly<Record<string, string>>): Record<string, string> =>
   Object.fromEntries(Object.entries(params).map(([k, v]) => [k, paramText(v, false)]));
 
-async function evaluate(expr: ReturnType<typeof jsonata>, doc: unknown, input: JsonInput): Promise<unknown> {
+async function evaluate(expr: ReturnType<typeof jsonata>, doc: unknown, input: JsonInput, limit: number): Promise<unknown> {
   const ctx = input.ctx;
   const env = {
     request: {
@@ -435,6 +482,7 @@ async function evaluate(expr: ReturnType<typeof jsonata>, doc: unknown, input: J
     },
   };
   const v: unknown = await expr.evaluate(doc, env);
+  if (longerThan(v, limit)) throw new ResultTooLarge(limit);
   // JSONata's sequences are arrays with extra flags; a JSON round trip gives plain data.
   return v === undefined ? null : JSON.parse(JSON.stringify(v)) as unknown;
 }

@@ -9,7 +9,7 @@ import { headerValueText } from '../../compose/template.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
-import { compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
+import { ResultTooLarge, compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
 
@@ -106,8 +106,8 @@ export default definePlugin({
     const method = config.method?.toUpperCase();
     const headers = compileHeaderOps(config.headers);
     const query = compileQueryOps(config.query);
-    const json = compileJsonOps(config.json);
     const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
+    const json = compileJsonOps(config.json, true, max);
     let path: ((ctx: RequestCtx) => string) | null = null;
     if (typeof config.path === 'string') {
       const t = compileTemplate(config.path, 'path');
@@ -126,7 +126,7 @@ export default definePlugin({
             out = JSON.stringify(await json(doc, { ctx, headers: () => headerObject(ctx) }));
           } catch (e) {
             // (a RangeError: a result nested too deeply to serialise)
-            throw new ProblemError('bad-request', `the request body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : (e as { message?: string }).message ?? 'error'}`);
+            throw new ProblemError('bad-request', `the request body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : e instanceof ResultTooLarge ? e.message : (e as { message?: string }).message ?? 'error'}`);
           }
           ctx.setUpstreamBody(out);
           // The client's digests are of the bytes it sent (RFC 3230, RFC 9530): an upstream

@@ -12,7 +12,7 @@ import { headerValueText } from '../../compose/template.js';
 import { parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { findHeader, removeHeader } from '../../server/respond.js';
-import { compileHeaderOps, compileJsonOps, isJsonType, parseJson } from '../transform-common.js';
+import { ResultTooLarge, compileHeaderOps, compileJsonOps, isJsonType, parseJson } from '../transform-common.js';
 import { ResponseTransformConfig } from './schema.js';
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
@@ -83,10 +83,10 @@ export default definePlugin({
   create(config) {
     // (templates on the response side: a client's query is read leniently, see queryPart)
     const headers = compileHeaderOps(config.headers, false);
-    const json = compileJsonOps(config.json, false);
+    const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
+    const json = compileJsonOps(config.json, false, max);
     const statusMap = new Map(Object.entries(config.status ?? {}).map(([k, v]) => [Number(k), v]));
     const only = config.statuses ? new Set(config.statuses) : null;
-    const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
     const applies = (status: number) => only === null || only.has(status);
     /** A JSON transform of a 200 (or of a 206, a part of one) needs the whole body. */
     const wholeBody = json !== null && (applies(200) || applies(206));
@@ -143,7 +143,7 @@ export default definePlugin({
               // values of the body — "Unable to cast value to a number: \"...\"" — which are the
               // upstream's, maybe what the transform hides: only its code and position go out)
               const j = e as { code?: unknown; position?: unknown };
-              const why = e instanceof RangeError ? 'nested too deeply'
+              const why = e instanceof RangeError ? 'nested too deeply' : e instanceof ResultTooLarge ? e.message
                 : typeof j.code === 'string' ? `the expression failed (JSONata ${j.code}${typeof j.position === 'number' ? ` at position ${j.position}` : ''})` : 'error';
               throw new ProblemError('invalid-upstream-response', `the upstream's body could not be transformed: ${why}`);
             }
