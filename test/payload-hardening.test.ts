@@ -167,7 +167,7 @@ test('request-transform path templates: client values are percent-encoded data i
     assert.equal(last().url.split('?')[0], expected, path);
   }
   // (an empty or missing value would leave the segment empty: /api/v1/users/, the collection)
-  for (const path of ['/rt/path?p=', '/rt/path', '/rt/path?p=..', '/rt/path?p=%2e%2e', '/rt/path?p=.', '/rt/path?p=..%2F..%2Fadmin', '/rt/param/%ff', '/rt/path?p=%ff', '/rt/path?p=a%C0%AFb']) {
+  for (const path of ['/rt/path?p=', '/rt/path', '/rt/path?p=admin%00', '/rt/path?p=..', '/rt/path?p=%2e%2e', '/rt/path?p=.', '/rt/path?p=..%2F..%2Fadmin', '/rt/param/%ff', '/rt/path?p=%ff', '/rt/path?p=a%C0%AFb']) {
     const before = echo.requests.length;
     const r = await request(`${gw.url}${path}`);
     assert.equal(r.status, 400, `${path}: ${r.body}`);
@@ -254,7 +254,7 @@ test('a body read as JSON must say it is JSON and be unencoded: 415 otherwise (c
 
 test('compose: a step the client\'s request cannot fill is 400 (not a 502 blaming a backend), without the internal path', async () => {
   const before = echo.requests.length;
-  for (const [path, why] of [['/pq', /\{query\.u\} has no value/], ['/pq?u=..', /"\.\." path segment/], ['/pq?u=%2e', /"\." path segment/], ['/pq?u=', /\{query\.u\} is empty/], ['/pq/mid?u', /\{query\.u\} is empty/]] as const) {
+  for (const [path, why] of [['/pq', /\{query\.u\} has no value/], ['/pq?u=..', /"\.\." path segment/], ['/pq?u=%2e', /"\." path segment/], ['/pq?u=', /\{query\.u\} is empty/], ['/pq/mid?u', /\{query\.u\} is empty/], ['/pq?u=secret%00', /\{query\.u\} holds a NUL/]] as const) {
     const p = problem(await request(`${gw.url}${path}`), 400);
     assert.match(p.detail, why, path);
     assert.doesNotMatch(p.detail, /\/users/, path);

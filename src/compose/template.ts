@@ -254,6 +254,9 @@ export function renderString(t: Template, ctx: Exclude<Context, 'json'>, lookup:
       if (h === null) throw new TemplateError(`template ${p.text} holds a line break or another control character, not allowed in a header`, fromClient(p.source));
       out += h;
     } else {
+      // (NUL in a path: servers in C, PHP's and older Java file APIs end the path there, so
+      // /files/{query.f}.json with f=secret%00 would read /files/secret; the router refuses %00 too)
+      if (ctx === 'path' && v.includes('\0')) throw new TemplateError(`template ${p.text} holds a NUL character, not allowed in a path`, fromClient(p.source));
       const e = encodeComponent(v);
       if (e === null) throw new TemplateError(`template ${p.text} holds text that is not well-formed Unicode`, fromClient(p.source));
       out += e;

@@ -117,6 +117,8 @@ export function segmentValues(parts: (string | number | ((ctx: RequestCtx) => st
 }
 
 function encodeForPath(v: string): string {
+  // (NUL: servers in C, PHP's and older Java file APIs end the path there; the router refuses %00 too)
+  if (v.includes('\0')) throw new ProblemError('bad-request', 'a value for the rewritten path holds a NUL character');
   const e = encodeComponent(v);
   if (e === null) throw new ProblemError('bad-request', 'a value for the rewritten path is not well-formed Unicode');
   return e;
