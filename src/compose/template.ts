@@ -313,7 +313,8 @@ const SEPARATORS = /\/|%2F|%5C|\\/i;
 export function renderPath(t: Template, lookup: Lookup): string {
   const out = renderString(t, 'path', lookup);
   if (t.parts.some((p) => typeof p !== 'string')) {
-    const empty = emptySegment(t, lookup);
+    // (an empty segment shows as `//` or a trailing `/`: only then are the values looked at again)
+    const empty = out.includes('//') || out.endsWith('/') ? emptySegment(t, lookup) : null;
     if (empty !== null) throw new TemplateError(`template ${empty.text} is empty, making an empty path segment`, fromClient(empty.source));
     const seg = dotSegment(out);
     if (seg !== null) throw new TemplateError(`template values make a "${seg}" path segment`, t.parts.some((p) => typeof p !== 'string' && fromClient(p.source)));
@@ -323,8 +324,8 @@ export function renderPath(t: Template, lookup: Lookup): string {
 
 /**
  * The reference whose empty value (not its default) is a whole path segment on its own (literal
- * `/` before it, `/` or the end after it), or null. Values are looked up again: renderPath
- * only asks when the template has references, and lookups are reads of what is at hand.
+ * `/` before it, `/` or the end after it), or null. Values are looked up again (renderPath
+ * asks only when its output has an empty segment: lookups are reads of what is at hand).
  */
 function emptySegment(t: Template, lookup: Lookup): Ref | null {
   const parts = t.parts;
