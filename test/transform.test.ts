@@ -20,7 +20,7 @@ const PIECES = 3;
 const piece = (sse: boolean, n: number) => (sse ? `data: #${n}#\n\n` : `#${n}# ${'p'.repeat(300)}\n`);
 
 /** A small body whose members an expression can repeat: a 60 kB customer and 300 orders (61 kB). */
-const FANOUT = JSON.stringify({ customer: { note: 'n'.repeat(60_000) }, orders: Array.from({ length: 300 }, () => ({})) });
+const FANOUT = JSON.stringify({ customer: { note: 'n'.repeat(240_000) }, orders: Array.from({ length: 75 }, () => ({})) });
 
 const BIG = JSON.stringify({ items: Array.from({ length: 5000 }, (_, i) => ({ id: i, name: `item-${i}`, internal_id: `x${i}` })) });
 
@@ -138,7 +138,7 @@ services:
         paths: [/fanout]
         plugins:
           - name: request-transform
-            config: {json: {expression: 'orders.{"customer": $$.customer}'}, max_body: 64kb}
+            config: {json: {expression: 'orders.{"customer": $$.customer}'}, max_body: 256kb}
       - name: runaway
         paths: [/runaway]
         plugins:
@@ -190,7 +190,7 @@ services:
         strip_path: true
         plugins:
           - name: response-transform
-            config: {json: {expression: 'orders.{"customer": $$.customer}'}, max_body: 64kb}
+            config: {json: {expression: 'orders.{"customer": $$.customer}'}, max_body: 256kb}
       - name: zipped
         paths: [/zip]
         strip_path: true
@@ -395,7 +395,8 @@ test('request-transform: a runaway expression fails that request within its time
 });
 
 test('transforms: an expression whose result repeats a part of the body (text the body times N) is refused by its size, before it is serialised', { ...T }, async () => {
-  // (300 x 60 kB = 18 MB of text from a 61 kB body; with a 900 kB part and 2000 elements,
+  // (75 x 240 kB = 18 MB of text from a 241 kB body, few elements: the expression's 100 ms
+  // time box holds on a loaded machine; with a 900 kB part and 2000 elements,
   // serialising took 8 s and 2 GB out of the expression's time box)
   const before = echo.requests.length;
   const r = await request(`${gw.url}/fanout`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: FANOUT });
