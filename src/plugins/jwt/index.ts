@@ -179,15 +179,16 @@ export default definePlugin({
       if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + skewS) return invalid('the token was issued in the future');
       return judge(payload);
     };
-    const done = (ctx: RequestCtx, outcome: AuthOutcome, fromCookie: boolean): AuthOutcome => {
+    /** `inCookie`: the token is (also) in the cookie; `fromHeader`: it came in the Authorization header. */
+    const done = (ctx: RequestCtx, outcome: AuthOutcome, fromHeader: boolean, inCookie: boolean): AuthOutcome => {
       // A sender-constrained token (cnf): judged per request, the connection is part of it.
       if (outcome.ok && outcome.claims?.['cnf'] !== undefined) {
         const problem = boundTokenProblem(outcome.claims['cnf'], ctx);
         if (problem !== null) return invalid(problem);
       }
       if (outcome.ok && config.hide_credentials) {
-        if (!fromCookie) ctx.removeUpstreamHeader('authorization');
-        else {
+        if (fromHeader) ctx.removeUpstreamHeader('authorization');
+        if (inCookie) {
           // The token's cookie leaves the upstream's Cookie field(s); the other cookies stay.
           const name = config.cookie!;
           ctx.editUpstreamHeaders((list) => {
@@ -209,19 +210,25 @@ export default definePlugin({
         if (bearer === BAD_BEARER) return badBearer(realm);
         if (bearer !== null && queryHasAccessToken(ctx.query)) return twoTokenMethods(realm);
         let token = bearer;
-        let fromCookie = false;
-        if (token === null && cookieRe !== null) {
-          const cookies = ctx.header('cookie') ?? '';
-          const m = cookieRe.exec(cookies);
+        let inCookie = false;
+        if (cookieRe !== null) {
+          const cookies = ctx.header('cookie');
+          const m = cookies === undefined ? null : cookieRe.exec(cookies);
           if (m && m[1]) {
+            // A Bearer header and the cookie with another token: one would be checked and the
+            // upstream, which may read the cookie, could take the other (as with access_token).
+            if (token !== null && m[1] !== token) return badBearer(realm, `the access token was sent both in the Authorization header and, another one, in the ${config.cookie} cookie (one token per request)`);
             // The cookie twice: one token would be checked, and the upstream could read the
             // other (frameworks take the first or the last).
-            if (cookieRe.test(cookies.slice(m.index + m[0].length))) return invalid(`more than one ${config.cookie} cookie`);
+            if (cookieRe.test(cookies!.slice(m.index + m[0].length))) return invalid(`more than one ${config.cookie} cookie`);
+            // The cookie's token beside an access_token parameter, which is never checked.
+            if (token === null && queryHasAccessToken(ctx.query)) return badBearer(realm, `the access token was sent both in the ${config.cookie} cookie and as the access_token query parameter (one token per request)`);
             token = m[1];
-            fromCookie = true;
+            inCookie = true;
           }
         }
         if (token === null) return { ok: false, missing: true, challenge: realm };
+        const fromHeader = bearer !== null;
         let key = '';
         const removals = keys.removals;
         if (cache !== null) {
@@ -236,13 +243,13 @@ export default definePlugin({
           // keys are refreshed when due all the same (a key gone empties the cache).
           if (hit !== undefined) {
             keys.refreshIfDue(now);
-            return done(ctx, hit, fromCookie);
+            return done(ctx, hit, fromHeader, inCookie);
           }
         }
         return verify(token).then((outcome) => {
           // Not cached when a key went away meanwhile (it may have been verified with that one).
           if (outcome.ok && cache !== null && keys.removals === removals && typeof outcome.claims?.['exp'] === 'number') cache.set(key, outcome, (outcome.claims['exp'] as number) * 1000);
-          return done(ctx, outcome, fromCookie);
+          return done(ctx, outcome, fromHeader, inCookie);
         });
       },
       close() {

@@ -222,6 +222,31 @@ test('the token cookie twice (two tokens, one would be checked and the upstream 
   assert.equal((await request(`${gw.url}/cookie`, { headers: { cookie: `xtok=1; tok=${token}; tok2=3` } })).status, 200);
 });
 
+test('a Bearer header beside the token cookie holding another token (the upstream could read the unchecked one): 400 invalid_request; the same token in both passes, and hide_credentials takes out both', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const stranger = await generateKeyPair('ES256', { extractable: true });
+  const other = await forge({ client_id: 'admin' }, { key: { ...(await exportJWK(stranger.privateKey)), kid: 'not-at-the-idp', alg: 'ES256' } });
+  const before = up.requests.length;
+  for (const headers of [
+    { authorization: `Bearer ${token}`, cookie: `a=1; tok=${other}` },
+    { authorization: `Bearer ${token}`, cookie: `tok=${token}; tok=${other}` },
+  ]) {
+    const r = await request(`${gw.url}/cookie`, { headers });
+    assert.equal(r.status, headers.cookie.startsWith('a=') ? 400 : 401, r.body);
+    assert.match(String(r.headers['www-authenticate']), /error="invalid_(request|token)"/);
+  }
+  // the cookie's token beside an access_token parameter (never checked): refused too
+  const q = await request(`${gw.url}/cookie?access_token=${other}`, { headers: { cookie: `tok=${token}` } });
+  assert.equal(q.status, 400, q.body);
+  assert.equal(up.requests.length, before);
+  const same = await request(`${gw.url}/cookie`, { headers: { authorization: `Bearer ${token}`, cookie: `a=1; tok=${token}` } });
+  assert.equal(same.status, 200, same.body);
+  assert.equal(upstreamSaw().authorization, undefined);
+  assert.equal(upstreamSaw().cookie, 'a=1');
+  // (an empty cookie of that name is no token)
+  assert.equal((await request(`${gw.url}/cookie`, { headers: { authorization: `Bearer ${token}`, cookie: 'tok=' } })).status, 200);
+});
+
 test('keys that cannot be fetched: 503 with Retry-After, not invalid_token (the token may be fine)', async () => {
   const r = await get('/nokeys', await idp.jwt({ clientId: 'svc-a' }));
   assert.equal(r.status, 503, r.body);
