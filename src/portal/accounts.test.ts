@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AccountService, type AccountRequest } from './accounts.js';
 import type { PortalSettings } from './catalog.js';
+import { hashPasswordAsync, parseHash } from '../plugins/basic-auth/hash.js';
 
 const settings: PortalSettings = {
   base: '/portal', hosts: null, title: 'Portal', description: '', apis: [],
@@ -168,6 +169,31 @@ test('passwords are hashed at OWASP\'s scrypt cost (N·r·p at least 2^13·8·10
   const known = Math.min(await time('cost@example.com'), await time('cost@example.com'));
   const unknown = Math.min(await time('nobody@example.com'), await time('nobody@example.com'));
   assert.ok(unknown > known / 3 && unknown < known * 3, `known ${known.toFixed(0)} ms, unknown ${unknown.toFixed(0)} ms`);
+});
+
+test('a password hashed with less work than OWASP\'s minimum (an older release\'s scrypt p=1) is re-hashed at a successful login where the store can be written; the new session holds', async () => {
+  const email = 'rehash@example.com';
+  const password = 'rehash-password-01';
+  const weak = await hashPasswordAsync(password, { N: 16384, r: 8, p: 1, keylen: 32 });
+  const seed = (d: Record<string, unknown>) => (d['consumers'] as unknown[]).push({ name: 'rehash', credentials: [{ type: 'portal', email, password_hash: weak }] });
+  const stored = (d: Record<string, unknown>) => ((d['consumers'] as { credentials: { password_hash: string }[] }[])[0]!.credentials[0]!.password_hash);
+  let readOnly: { reason: string; transient: boolean } | null = { reason: 'a replica', transient: false };
+  const { call, doc } = service(settings, { readOnly: () => readOnly });
+  seed(doc());
+  // a node that cannot write: the login stands, the hash stays
+  const ro = await call('POST', '/login', { body: { email, password } });
+  assert.equal(ro.status, 303, ro.body);
+  assert.equal(stored(doc()), weak);
+  readOnly = null;
+  const a = await call('POST', '/login', { body: { email, password } });
+  assert.equal(a.status, 303, a.body);
+  const now = parseHash(stored(doc()))!;
+  assert.ok(now.N * now.r * now.p >= 2 ** 13 * 8 * 10, `scrypt N=${now.N} r=${now.r} p=${now.p}`);
+  assert.equal((await call('GET', '/account', { cookie: cookieOf(a.headers) })).status, 200);
+  // and the new hash verifies: a second login changes nothing
+  const again = stored(doc());
+  assert.equal((await call('POST', '/login', { body: { email, password } })).status, 303);
+  assert.equal(stored(doc()), again);
 });
 
 test('an account page asked with a method it does not take is 405 with its own Allow (RFC 9110 §15.5.6), not 404 as if it did not exist; an unknown page is still 404', async () => {

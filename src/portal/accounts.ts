@@ -26,7 +26,7 @@ import { request as undiciRequest } from 'undici';
 import type { Logger } from '../core/log.js';
 import type { AccountSettings, PortalSettings } from './catalog.js';
 import { esc, page, SECURITY } from './html.js';
-import { hashPasswordAsync, parseHash, verifyPassword } from '../plugins/basic-auth/hash.js';
+import { SCRYPT, hashPasswordAsync, parseHash, verifyPassword, weakerThanDefault } from '../plugins/basic-auth/hash.js';
 import { signature, SIGNATURE_HEADER } from '../scaling/webhook.js';
 import { ipNetwork } from '../core/forwarded.js';
 
@@ -91,11 +91,11 @@ const retryAfter = (ms: number): Record<string, string> => ({ 'retry-after': Str
 
 export const COOKIE = 'tp_portal';
 /**
- * Developers' passwords: scrypt at one of OWASP's equivalent minimums (Password Storage Cheat
- * Sheet: N=2^14, r=8, p=5 — 16 MiB, about 5 × basic-auth's default work; an attacker with the
- * store pays that per guess). Hashes made at another cost still verify (theirs is in the hash).
+ * Developers' passwords: scrypt at one of OWASP's equivalent minimums (SCRYPT: N=2^14, r=8,
+ * p=5, 16 MiB; an attacker with the store pays that per guess). Hashes made with less work
+ * still verify (theirs is in the hash) and are re-hashed at a successful login.
  */
-const PORTAL_SCRYPT = { N: 16384, r: 8, p: 5, keylen: 32 } as const;
+const PORTAL_SCRYPT = SCRYPT;
 const MIN_PASSWORD = 10;
 const MAX_PASSWORD = 256;
 const MAX_BODY = 16 * 1024;
@@ -406,7 +406,26 @@ export class AccountService {
     if (!ok || !dev) return c.loginForm(401, 'Wrong email or password.', email);
     this.loginByIp.refund(ipNetwork(r.clientIp));
     this.loginByEmail.refund(emailKey);
-    return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, dev.name, dev.cred), 'cache-control': 'no-store' }, body: '' };
+    let cred = dev.cred;
+    // A hash made with less work than today's (an older release's, an imported one): re-hashed
+    // now that the password is at hand, when this node can write (else at a later login). Its
+    // other sessions end, as they do when the password changes (their MAC covers the hash).
+    if (weakerThanDefault(parsed!) && this.backend.readOnly() === null) {
+      const old = dev.cred['password_hash'];
+      const hash = await hashPasswordAsync(password, PORTAL_SCRYPT);
+      try {
+        await this.backend.edit(dev.name, 'portal: password re-hashed at the current scrypt cost', (doc) => {
+          const { cred: stored } = developerIn(doc, dev.name);
+          if (stored['password_hash'] !== old) throw new AccountError(409, 'the password changed meanwhile');
+          stored['password_hash'] = hash;
+        });
+        cred = { ...dev.cred, password_hash: hash };
+      } catch (err) {
+        // (the login stands: the old hash still verifies)
+        this.log.warn({ consumer: dev.name, err: (err as Error).message }, 'portal: re-hashing a password failed');
+      }
+    }
+    return { status: 303, headers: { location: `${c.base}/account`, 'set-cookie': this.startSession(c, dev.name, cred), 'cache-control': 'no-store' }, body: '' };
   }
 
   /**

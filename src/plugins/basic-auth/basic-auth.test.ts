@@ -7,6 +7,7 @@ import { compile } from '../../config/compile.js';
 import { PoolRegistry } from '../../upstream/pools.js';
 import { consumerId } from '../pipeline.js';
 import { hashPassword, hashPasswordAsync, parseHash, verifyPassword } from './hash.js';
+import { hashCredential } from '../../admin/secrets.js';
 import { configIssues, request, startGateway, startUpstream, type SimpleResponse, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
 
 const T = { timeout: 20_000 };
@@ -91,7 +92,12 @@ test('the right password: 200, consumer headers upstream', T, async () => {
 });
 
 test('password_hash from hashPassword() works', T, async () => {
-  assert.match(BOB_HASH, /^scrypt\$16384\$8\$1\$/);
+  // OWASP's scrypt minimum (Password Storage Cheat Sheet: N=2^17 r=8 p=1, or its equivalents
+  // down to N=2^13 r=8 p=10), as the portal's; and so are passwords written through the admin API.
+  for (const h of [BOB_HASH, (hashCredential({ type: 'basic-auth', username: 'x', password: 'x-secret' }) as { password_hash: string }).password_hash]) {
+    const { N, r, p } = parseHash(h)!;
+    assert.ok(N * r * p >= 2 ** 13 * 8 * 10 && 128 * N * r >= 8 * 2 ** 20, `scrypt N=${N} r=${r} p=${p}`);
+  }
   const r = await request(`${t.url}/basic`, { headers: { authorization: basic('bob', 'bob-secret') } });
   assert.equal(r.status, 200, r.body);
   assert.equal(echo(r).headers['x-consumer-name'], 'bob');

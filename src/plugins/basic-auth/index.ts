@@ -14,7 +14,7 @@ import { hashPassword, parseHash, verifyPassword, type ParsedHash } from './hash
 
 const CACHE_MS = 5 * 60_000;
 const CACHE_MAX = 10_000;
-/** Concurrent scrypt checks; more wait (each holds ~16 MB and a pool thread for ~50 ms). */
+/** Concurrent scrypt checks; more wait (each holds ~16 MB and a pool thread for ~250 ms). */
 const MAX_CHECKS = 4;
 const MAX_WAITING = 256;
 const cacheKey = randomBytes(32);
