@@ -167,7 +167,8 @@ export interface Snapshot {
   listen: Address;
   tls: TlsListener | null;
   http2: Http2Settings;
-  admin: { listen: Address; token: string | undefined; tokens: readonly AdminToken[] } | null;
+  /** consoleOrigins: admin.console_origins as URL origins (lower case, default port left out). */
+  admin: { listen: Address; token: string | undefined; tokens: readonly AdminToken[]; consoleOrigins: readonly string[] } | null;
   /** status_listen: probes only (/status, /status/live, /status/ready), no token. */
   statusListen: Address | null;
   demo: Address | null;
@@ -377,7 +378,15 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (!isLoopback(a.host) && !tokens.some((t) => t.role === 'admin')) {
       fail(['admin', 'token'], `a token is required when the admin listener is not on loopback (${cfg.admin.listen})`);
     }
-    admin = { listen: a, token: cfg.admin.token || undefined, tokens };
+    const consoleOrigins: string[] = [];
+    cfg.admin.console_origins?.forEach((o, i) => {
+      try {
+        consoleOrigins.push(new URL(o).origin);
+      } catch {
+        fail(['admin', 'console_origins', i], `${JSON.stringify(o)} is not an origin (scheme://host[:port])`);
+      }
+    });
+    admin = { listen: a, token: cfg.admin.token || undefined, tokens, consoleOrigins };
   }
 
   let statusListen: Address | null = null;

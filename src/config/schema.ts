@@ -209,6 +209,10 @@ export const Admin = Strict({
     token: Type.String({ minLength: 16, description: 'The bearer token (use ${ENV}).' }),
     role: Type.Union([Type.Literal('admin'), Type.Literal('read-only')], { description: 'admin: every method; read-only: GET only.' }),
   }), { description: 'More admin API tokens, each with a name (written in the audit log) and a role.' })),
+  console_origins: Type.Optional(Type.Array(Type.String({ pattern: '^https?://[^/?#@\\s]+$' }), {
+    minItems: 1,
+    description: 'Origins (scheme://host[:port]) the web console may also be used from, besides the one the admin listener\'s Host names: behind a reverse proxy that rewrites Host, the public one (e.g. https://admin.example.com). A change made with a console session, from an Origin neither names, is refused (403). Default: none.',
+  })),
 });
 
 export const Limits = Strict({

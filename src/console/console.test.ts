@@ -189,6 +189,33 @@ services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
   }
 });
 
+test('behind a reverse proxy that rewrites Host, console changes come from the public origin named in admin.console_origins (default port and case as browsers send them); any other origin is still 403', async () => {
+  const t = await startGateway(`
+admin: {listen: 127.0.0.1:0, token: ${ADMIN}, console_origins: ["https://Admin.Example.test:443", "http://127.0.0.1:41399"]}
+services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
+`);
+  try {
+    const a = t.adminUrl!;
+    const r = await request(`${a}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json', origin: 'https://admin.example.test' }, body: JSON.stringify({ token: ADMIN }) });
+    assert.equal(r.status, 200, r.body);
+    const cookie = String(r.headers['set-cookie']).split(';')[0]!;
+    const csrf = (JSON.parse(r.body) as { csrf: string }).csrf;
+    // (the proxy sends the admin listener's own Host; the browser the page's Origin)
+    const purge = (origin: string) => request(`${a}/cache`, { method: 'DELETE', headers: { cookie, 'x-csrf-token': csrf, origin } });
+    for (const origin of ['https://admin.example.test', 'http://127.0.0.1:41399']) assert.notEqual((await purge(origin)).status, 403, origin);
+    for (const origin of ['https://evil.example', 'http://admin.example.test', 'https://admin.example.test:8443', 'null']) assert.equal((await purge(origin)).status, 403, origin);
+    const out = await request(`${a}/console/api/logout`, { method: 'POST', headers: { cookie, 'x-csrf-token': csrf, origin: 'https://admin.example.test' } });
+    assert.equal(out.status, 204);
+  } finally {
+    await t.close();
+  }
+  // not an origin: a config error at its path
+  await assert.rejects(startGateway(`
+admin: {listen: 127.0.0.1:0, token: ${ADMIN}, console_origins: ["https://admin.example.test/console"]}
+services: [{name: api, url: "${up.url}", routes: [{paths: [/x]}]}]
+`), /console_origins/);
+});
+
 test('a tokenless (loopback) admin listener refuses what a web page could send: a foreign Host (DNS rebinding), a cross-site request, another Origin', async () => {
   const t = await startGateway(`
 admin: {listen: 127.0.0.1:0}

@@ -72,6 +72,8 @@ async function readSmall(req: IncomingMessage, max: number): Promise<string> {
 export interface ConsoleDeps extends StatsSource {
   /** The admin tokens now (a reload may change them; sessions of removed tokens end). */
   tokens(): readonly AdminToken[];
+  /** admin.console_origins now: origins a change may come from besides the Host's (default none). */
+  origins?(): readonly string[];
   /** Wrong tokens per client, shared with the rest of the admin listener (default: the console's own). */
   failures?: AuthFailures;
 }
@@ -93,7 +95,7 @@ export class ConsoleHandler {
   caller(req: IncomingMessage, method: string): { name: string; role: 'admin' | 'read-only' } | undefined {
     const s = this.sessions.of(req);
     if (!s) return undefined;
-    if (!READS.has(method) && !this.sessions.csrfOk(req, s)) throw new ApiError('forbidden', 'a change from the console needs the session\'s X-CSRF-Token (and the same origin)');
+    if (!READS.has(method) && !this.sessions.csrfOk(req, s, this.deps.origins?.())) throw new ApiError('forbidden', 'a change from the console needs the session\'s X-CSRF-Token (and the same origin)');
     return { name: `${s.name} (console)`, role: s.role };
   }
 
@@ -126,7 +128,7 @@ export class ConsoleHandler {
       }
       if (path === '/console/api/logout' && method === 'POST') {
         const s = this.sessions.of(req);
-        if (s && !this.sessions.csrfOk(req, s)) return sendProblem(res, 'forbidden', 'signing out needs the session\'s X-CSRF-Token', undefined);
+        if (s && !this.sessions.csrfOk(req, s, this.deps.origins?.())) return sendProblem(res, 'forbidden', 'signing out needs the session\'s X-CSRF-Token', undefined);
         if (s) this.sessions.end(s.id);
         res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(secureOrigin(req)), 'cache-control': 'no-store' });
         return void res.end();

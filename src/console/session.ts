@@ -73,14 +73,19 @@ export class SessionStore {
     return s;
   }
 
-  /** Whether a request carries the session's CSRF token (and, when it says where it comes from, comes from this origin). */
-  csrfOk(req: IncomingMessage, s: Session): boolean {
+  /**
+   * Whether a request carries the session's CSRF token (and, when it says where it comes from,
+   * comes from this origin: the one its Host names, or one of `origins`, admin.console_origins,
+   * for a proxy in front that rewrites Host).
+   */
+  csrfOk(req: IncomingMessage, s: Session, origins: readonly string[] = []): boolean {
     const given = req.headers['x-csrf-token'];
     if (typeof given !== 'string' || given.length === 0 || !same(given, s.csrf)) return false;
     const origin = req.headers.origin;
     if (origin !== undefined && origin !== 'null') {
       try {
-        if (new URL(origin).host !== req.headers.host) return false;
+        const o = new URL(origin);
+        if (o.host !== req.headers.host && !origins.includes(o.origin)) return false;
       } catch {
         return false;
       }

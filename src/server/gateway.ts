@@ -382,6 +382,7 @@ export class Gateway implements RequestContext {
     this.scaleTo(this.snapshot);
     this.console = this.role === 'worker' ? null : new ConsoleHandler({
       tokens: () => this.snapshot.admin?.tokens ?? [],
+      origins: () => this.snapshot.admin?.consoleOrigins ?? [],
       failures: this.adminFailures,
       analyticsStates: () => this.analyticsStates(),
       analyticsEnabled: () => this.snapshot.observability.analytics !== null,
