@@ -267,3 +267,19 @@ services:
   assert.equal(issues.length, 1, JSON.stringify(issues));
   assert.match(issues[0]!.message, /used twice/);
 });
+
+test('config: a password_hash whose cost no check can afford (N=2^20 r=32 p=16: 4 GiB and minutes of CPU a check, unknown user names too) is refused at load; OWASP\'s N=2^17 r=8 p=1 is not', T, () => {
+  const salt = Buffer.alloc(16, 7).toString('base64');
+  const hash = Buffer.alloc(32, 9).toString('base64');
+  const issues = (nrp: string) => configIssues(`consumers:
+  - {name: a, credentials: [{type: basic-auth, username: a, password_hash: 'scrypt$${nrp}$${salt}$${hash}'}]}
+services:
+  - {name: s, url: 'http://127.0.0.1:9', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth}]}]}
+`);
+  for (const nrp of ['1048576$32$16', '1048576$8$1', '262144$8$16']) {
+    const found = issues(nrp);
+    assert.equal(found.length, 1, `${nrp}: ${JSON.stringify(found)}`);
+    assert.match(found[0]!.message, /not a valid scrypt hash/);
+  }
+  for (const nrp of ['131072$8$1', '16384$8$5', '16384$8$1', '65536$8$2']) assert.deepEqual(issues(nrp), [], nrp);
+});

@@ -21,8 +21,10 @@ export function parseHash(s: string): ParsedHash | null {
   const m = /^scrypt\$([0-9]+)\$([0-9]+)\$([0-9]+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(s);
   if (!m) return null;
   const [N, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
-  // N a power of two; bounded so that a config cannot make every check take seconds.
-  if (N < 2 || (N & (N - 1)) !== 0 || N > 1 << 20 || r < 1 || r > 32 || p < 1 || p > 16) return null;
+  // N a power of two; bounded so that a config cannot make every check take seconds: each
+  // bound alone let N=2^20 r=32 p=16 through, 4 GiB a check (MAX_CHECKS at once) and minutes of
+  // CPU. Now at most 256 MiB (128·N·r) and 2^22 for N·r·p (OWASP's N=2^17 r=8 p=1 is 2^20).
+  if (N < 2 || (N & (N - 1)) !== 0 || N > 1 << 20 || r < 1 || r > 32 || p < 1 || p > 16 || N * r > 1 << 21 || N * r * p > 1 << 22) return null;
   const hash = Buffer.from(m[5]!, 'base64');
   if (hash.length < 16) return null;
   return { N, r, p, salt: Buffer.from(m[4]!, 'base64'), hash };

@@ -65,7 +65,7 @@ export default definePlugin({
         c.password_hash = hashPassword(c.password);
         delete c.password;
       }
-      if (parseHash(c.password_hash!) === null) problems.push({ index, field: 'password_hash', message: 'not a valid scrypt hash (scrypt$N$r$p$salt$hash, N a power of two up to 2^20)' });
+      if (parseHash(c.password_hash!) === null) problems.push({ index, field: 'password_hash', message: 'not a valid scrypt hash (scrypt$N$r$p$salt$hash, N a power of two up to 2^20, 128·N·r at most 256 MiB, N·r·p at most 2^22)' });
     });
     return problems;
   },
