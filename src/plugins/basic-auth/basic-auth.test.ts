@@ -283,3 +283,27 @@ services:
   }
   for (const nrp of ['131072$8$1', '16384$8$5', '16384$8$1', '65536$8$2']) assert.deepEqual(issues(nrp), [], nrp);
 });
+
+test('one client sending made-up passwords by the hundred cannot fill the check queue for everyone: its checks past 16 at once are 503 at once, another client\'s right password still passes; the same pair sent again meanwhile shares one check', { timeout: 60_000 }, async () => {
+  const g = await startGateway(`trusted_proxies: [127.0.0.1]
+consumers:
+  - {name: alice, credentials: [{type: basic-auth, username: alice, password: 'correct horse battery'}]}
+  - {name: bob, credentials: [{type: basic-auth, username: bob, password_hash: '${BOB_HASH}'}]}
+services: [{name: s, url: '${up.url}', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth}]}]}]
+`);
+  try {
+    const attacker = Array.from({ length: 300 }, (_, i) => request(`${g.url}/r`, { headers: { 'x-forwarded-for': '203.0.113.9', authorization: basic('alice', `guess-${i}`) } }));
+    await new Promise((r) => setTimeout(r, 500)); // (all of them in)
+    const t0 = performance.now();
+    const victim = await request(`${g.url}/r`, { headers: { 'x-forwarded-for': '198.51.100.7', authorization: basic('alice', 'correct horse battery') } });
+    const waited = performance.now() - t0;
+    const statuses = (await Promise.all(attacker)).map((r) => r.status);
+    assert.equal(victim.status, 200, `${victim.body} (after ${waited.toFixed(0)} ms)`);
+    assert.ok(statuses.filter((s) => s === 503).length >= 250, `attacker: ${statuses.filter((s) => s === 401).length} judged, ${statuses.filter((s) => s === 503).length} refused`);
+    // Twenty of one client's requests with a pair not verified yet: one check, all pass.
+    const burst = await Promise.all(Array.from({ length: 20 }, () => request(`${g.url}/r`, { headers: { 'x-forwarded-for': '198.51.100.8', authorization: basic('bob', 'bob-secret') } })));
+    assert.deepEqual(burst.map((r) => r.status), Array(20).fill(200));
+  } finally {
+    await g.close();
+  }
+});

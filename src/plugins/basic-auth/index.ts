@@ -8,6 +8,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { TtlCache } from '../auth-common.js';
+import { ipNetwork } from '../../core/forwarded.js';
 import { unsendableSecret } from '../../core/secret-text.js';
 import { BasicAuthConfig, BasicAuthCredential } from './schema.js';
 import { hashPassword, parseHash, verifyPassword, type ParsedHash } from './hash.js';
@@ -17,6 +18,13 @@ const CACHE_MAX = 10_000;
 /** Concurrent scrypt checks; more wait (each holds ~16 MB and a pool thread for ~250 ms). */
 const MAX_CHECKS = 4;
 const MAX_WAITING = 256;
+/**
+ * Checks running or waiting per client network (IPv4 address, IPv6 /64): past it that client's
+ * new pairs are 503 at once. Without it one client sending made-up passwords filled the queue,
+ * and every caller not verified yet got 503 until it drained.
+ */
+const MAX_PER_CLIENT = 16;
+const perClient = new Map<string, number>();
 const cacheKey = randomBytes(32);
 
 let running = 0;
@@ -82,6 +90,8 @@ export default definePlugin({
     const realm = config.realm ?? 'turnpike';
     const challenge = `Basic realm="${realm}", charset="UTF-8"`;
     const verified = new TtlCache<Consumer>(CACHE_MAX);
+    /** Checks under way by cache key: the same pair sent again meanwhile waits for the same one. */
+    const pending = new Map<string, Promise<Consumer | false | null>>();
     return {
       authenticate(ctx): AuthOutcome | Promise<AuthOutcome> {
         const h = ctx.header('authorization');
@@ -102,14 +112,32 @@ export default definePlugin({
         };
         const known = verified.get(key);
         if (known !== undefined) return ok(known); // verified before: no scrypt, no promise
-        const user = users.get(username);
-        // An unknown user costs a check too (no user-name oracle by timing).
-        return limited(() => verifyPassword(password, user?.hash ?? dummy)).then((good): AuthOutcome => {
+        let check = pending.get(key);
+        if (check === undefined) {
+          const client = ipNetwork(ctx.clientIp);
+          const n = perClient.get(client) ?? 0;
+          if (n >= MAX_PER_CLIENT) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress from your address', status: 503 };
+          perClient.set(client, n + 1);
+          const user = users.get(username);
+          // An unknown user costs a check too (no user-name oracle by timing).
+          check = limited(() => verifyPassword(password, user?.hash ?? dummy)).then((good) => {
+            if (good === null) return null;
+            if (!good || user === undefined) return false;
+            verified.set(key, user.consumer, Date.now() + CACHE_MS);
+            return user.consumer;
+          }).finally(() => {
+            pending.delete(key);
+            const left = (perClient.get(client) ?? 1) - 1;
+            if (left <= 0) perClient.delete(client);
+            else perClient.set(client, left);
+          });
+          pending.set(key, check);
+        }
+        return check.then((consumer): AuthOutcome => {
           // Overloaded: the credentials were not judged (503, never the anonymous consumer).
-          if (good === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 503 };
-          if (!good || user === undefined) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
-          verified.set(key, user.consumer, Date.now() + CACHE_MS);
-          return ok(user.consumer);
+          if (consumer === null) return { ok: false, missing: false, challenge, detail: 'too many authentication attempts in progress', status: 503 };
+          if (consumer === false) return { ok: false, missing: false, challenge, detail: 'invalid user name or password' };
+          return ok(consumer);
         });
       },
     };
