@@ -307,3 +307,28 @@ services: [{name: s, url: '${up.url}', routes: [{name: r, paths: [/r], plugins: 
     await g.close();
   }
 });
+
+test('unknown user names cost what real ones do, whatever mix of hash costs the users have (an older, cheaper hash first, a new one after): a name is not told apart by its time alone', { timeout: 60_000 }, async () => {
+  // (the older one far cheaper than the default, so that the two costs stand apart on a loaded machine)
+  const old = await hashPasswordAsync('old-password', { N: 4096, r: 8, p: 1, keylen: 32 });
+  const g = await startGateway(`consumers:
+  - {name: old, credentials: [{type: basic-auth, username: old, password_hash: '${old}'}]}
+  - {name: new, credentials: [{type: basic-auth, username: new, password: 'new-password'}]}
+services: [{name: s, url: '${up.url}', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth}]}]}]
+`);
+  try {
+    const time = async (user: string) => {
+      const t0 = performance.now();
+      assertUnauthorized(await request(`${g.url}/r`, { headers: { authorization: basic(user, 'wrong-password') } }));
+      return performance.now() - t0;
+    };
+    const known = [await time('new'), await time('new'), await time('new')].sort((a, b) => a - b)[1]!;
+    const unknown: number[] = [];
+    for (let i = 0; i < 16; i++) unknown.push(await time(`nobody-${i}`));
+    // Each name keeps one user's cost: about half of them cost what "new" costs (fewer than 3 of
+    // 16 by chance: 0.2 %); with the first user's cost for all, none did.
+    assert.ok(unknown.filter((x) => x > known * 0.4).length >= 3, `known ${known.toFixed(0)} ms, unknown ${unknown.map((x) => x.toFixed(0)).join(' ')} ms`);
+  } finally {
+    await g.close();
+  }
+});

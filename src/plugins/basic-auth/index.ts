@@ -84,9 +84,14 @@ export default definePlugin({
       const c = credential as { username: string; password_hash: string };
       users.set(c.username.normalize('NFC'), { consumer, hash: parseHash(c.password_hash)! });
     }
-    // Unknown user names are checked against a hash with the same cost as a real one.
-    const first = users.values().next().value?.hash;
-    const dummy: ParsedHash = first ? { ...DUMMY, N: first.N, r: first.r, p: first.p, hash: Buffer.alloc(first.hash.length, 1) } : DUMMY;
+    // Unknown user names are checked against a hash with the cost of a real one: a user's, the
+    // same one for a name every time (by a keyed hash of it). With the first user's for all, a
+    // name whose hash has another cost (one made before the default changed) was told apart
+    // from names that do not exist by its time alone.
+    // (a hash that did not parse fails the compile, which still creates the plugin: skipped)
+    const dummies: ParsedHash[] = [...users.values()].flatMap(({ hash: h }) => (h ? [{ ...DUMMY, N: h.N, r: h.r, p: h.p, hash: Buffer.alloc(h.hash.length, 1) }] : []));
+    const dummyFor = (name: string): ParsedHash => dummies.length === 0 ? DUMMY
+      : dummies.length === 1 ? dummies[0]! : dummies[createHmac('sha256', cacheKey).update(name).digest().readUInt32BE(0) % dummies.length]!;
     const realm = config.realm ?? 'turnpike';
     const challenge = `Basic realm="${realm}", charset="UTF-8"`;
     const verified = new TtlCache<Consumer>(CACHE_MAX);
@@ -120,7 +125,7 @@ export default definePlugin({
           perClient.set(client, n + 1);
           const user = users.get(username);
           // An unknown user costs a check too (no user-name oracle by timing).
-          check = limited(() => verifyPassword(password, user?.hash ?? dummy)).then((good) => {
+          check = limited(() => verifyPassword(password, user?.hash ?? dummyFor(username))).then((good) => {
             if (good === null) return null;
             if (!good || user === undefined) return false;
             verified.set(key, user.consumer, Date.now() + CACHE_MS);
