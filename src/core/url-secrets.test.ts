@@ -33,3 +33,19 @@ test('maskUrlSecrets: every URL in a text, parsable or not; the text around them
   assert.equal(maskUrlSecrets('no url here ?password=x'), 'no url here ?password=x');
   assert.equal(maskUrlSecrets('http://h/cb#access_token=T0k3n&state=s'), 'http://h/cb#access_token=***&state=s', 'a fragment carries tokens too');
 });
+
+test('a URL with one slash or none after its scheme (postgres:/u:PW@db, a typo) still has its password masked: config errors quote such a value (it fails the pattern), and --store says it back', async () => {
+  assert.equal(redactUrl('postgres:/turnpike:Hunter2pw@db.internal/turnpike'), 'postgres:/turnpike:***@db.internal/turnpike');
+  assert.equal(redactUrl('redis:/:R3dispw@cache:6379'), 'redis:/:***@cache:6379');
+  assert.equal(maskUrlSecrets('invalid value "postgres:turnpike:Hunter2pw@db/x" and "rediss:/u:R3dispw@c:6379/0"'), 'invalid value "postgres:turnpike:***@db/x" and "rediss:/u:***@c:6379/0"');
+  assert.equal(maskUrlSecrets('store (line 2): expected file, sqlite:PATH'), 'store (line 2): expected file, sqlite:PATH', 'nothing else is touched');
+  assert.equal(redactUrl('sqlite:./a:b/turnpike.db'), 'sqlite:./a:b/turnpike.db');
+  const { parseConfigText } = await import('../config/load.js');
+  for (const [key, value] of [['store', 'postgres:/turnpike:Hunter2pw@db.internal/turnpike'], ['redis', 'redis:/:Hunter2pw@cache:6379']]) {
+    assert.throws(() => parseConfigText(`listen: 127.0.0.1:8080\n${key}: "${value}"\n`), (err: Error) => {
+      assert.match(err.message, new RegExp(`${key} \\(line 2\\)`));
+      assert.ok(!err.message.includes('Hunter2pw'), err.message);
+      return true;
+    });
+  }
+});

@@ -24,10 +24,10 @@ export function isSecretParam(name: string): boolean {
 
 export const URL_MASK = '***';
 
-/** Every `scheme://...` run in a text (up to a blank or a quote). */
-const URL_IN_TEXT = /\b[a-z][a-z0-9+.-]*:\/\/[^\s"'`]*/gi;
-/** The userinfo password: it runs to the last `@` before a `/`, `?` or `#`. */
-const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/?#@:]*:)[^/?#]*@/i;
+/** Every `scheme://...` run in a text (up to a blank or a quote); `scheme:/` and `scheme:` too (a slash left out: `postgres:/u:PW@db`). */
+const URL_IN_TEXT = /\b[a-z][a-z0-9+.-]*:[^\s"'`]*/gi;
+/** The userinfo password: it runs to the last `@` before a `/`, `?` or `#` (after `scheme://`, or `scheme:/`, `scheme:` as mistyped). */
+const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/{0,2}[^/?#@:]*:)[^/?#]*@/i;
 /** One query (or fragment) parameter: `?`, `&` or `#`, name, `=`, value (up to the next `&` or `#`). */
 const PARAM = /([?&#])([^=?&#]*)=([^&#]*)/g;
 
@@ -41,11 +41,12 @@ function maskOne(url: string): string {
 /**
  * Masks the secrets (isSecretParam, and the userinfo password) of every URL quoted in `text`
  * (`http://u:secret@host/?token=t` -> `http://u:***@host/?token=***`): config errors and logs
- * reach terminals, and a URL there may be one that does not even parse. A URL ends at a blank
+ * reach terminals, and a URL there may be one that does not even parse — or lack a slash
+ * (`postgres:/u:secret@db`: quoted back by the schema error it causes). A URL ends at a blank
  * or a quote.
  */
 export function maskUrlSecrets(text: string): string {
-  return text.includes('://') ? text.replace(URL_IN_TEXT, maskOne) : text;
+  return text.includes(':') ? text.replace(URL_IN_TEXT, maskOne) : text;
 }
 
 /**
