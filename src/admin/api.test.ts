@@ -1019,3 +1019,20 @@ test('If-Match: * on PUT /api/config of an empty store (no revision yet) is a 41
     await api.close();
   }
 });
+
+test('a basic-auth password replaced by PUT without `type` (the credential keeps its type) is stored as its scrypt hash, never in clear', async () => {
+  const api = await start({ seed: sampleDocument() as Obj });
+  try {
+    const url = '/api/consumers/acme/credentials/acme%2Fbasic-auth%2Facme';
+    const put = await api.call('PUT', url, { body: { username: 'acme', password: 'put-without-type-password' } });
+    assert.equal(put.status, 200, put.text);
+    assert.deepEqual(put.json, { id: 'acme/basic-auth/acme', type: 'basic-auth', username: 'acme' });
+    const text = JSON.stringify((await api.store.current())!.document);
+    assert.ok(!text.includes('put-without-type-password'), 'the password is in the store in clear');
+    const cred = (((await api.store.current())!.document['consumers'] as Obj[])[0]!['credentials'] as Obj[])[1]!;
+    assert.equal(cred['type'], 'basic-auth');
+    assert.match(String(cred['password_hash']), /^scrypt\$/);
+  } finally {
+    await api.close();
+  }
+});

@@ -168,13 +168,15 @@ export const credentials: Collection = {
     return structuredClone(entry.tagged as Obj);
   },
   prepare(body, method) {
-    if (method === 'PATCH') {
-      // a new password in a patch is hashed too (it merges over the stored password_hash)
+    if (method === 'PATCH' || (method === 'PUT' && body['type'] === undefined)) {
+      // a new password in a patch (it merges over the stored password_hash), or in a PUT that
+      // keeps the stored type (only basic-auth has one), is hashed too
       if (typeof body['password'] !== 'string' || body['password_hash'] !== undefined || (body['type'] !== undefined && body['type'] !== 'basic-auth')) return body;
       const hashed = hashCredential({ ...body, type: 'basic-auth' }) as Obj;
       if (hashed['password_hash'] === undefined) return body;
+      const out = body['type'] === undefined ? omit(hashed, ['type']) : hashed;
       // (null: a plain password stored before goes; the hash replaces it)
-      return { ...(body['type'] === undefined ? omit(hashed, ['type']) : hashed), password: null };
+      return method === 'PATCH' ? { ...out, password: null } : out;
     }
     const hashed = hashCredential(body) as Obj;
     if (method === 'POST' && hashed['type'] === 'key-auth' && hashed['id'] === undefined) return { ...hashed, id: randomUUID() };
