@@ -81,3 +81,36 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     await new Promise((r) => server.close(r));
   }
 });
+
+test('a secret-named field under a `credentials` object of a plugin config (a JSON body set upstream), or holding a number, reads "(secret)" too; written back, the stored value stays', async () => {
+  const store = new MemoryStore();
+  const json = { set: { credentials: { username: 'svc', password: 'BODY-CRED-PW-0123' }, 'account.token': 'x', password: 987654321 } };
+  await store.write({ actor: 'seed', action: 'seed' }, () => ({
+    services: [{ name: 'orders', url: 'http://127.0.0.1:9001', plugins: [{ name: 'request-transform', config: { json } }], routes: [{ name: 'r', paths: ['/o'] }] }],
+  }));
+  const handler = createApiHandler({ store, validate: documentValidator(), tokens: [{ name: 'ops', token: ADMIN, role: 'admin' }, { name: 'viewer', token: READER, role: 'read-only' }], log: silentLogger });
+  const server = createServer((req, res) => void handler(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const call = async (method: string, path: string, token = ADMIN, body?: unknown) => {
+    const r = await request(`${base}${path}`, { method: method as 'GET', headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: r.statusCode, text: await r.body.text() };
+  };
+  try {
+    for (const path of ['/api/plugins', '/api/config?format=json', '/api/revisions/1']) {
+      const r = await call('GET', path, READER);
+      assert.equal(r.status, 200, `${path}: ${r.text}`);
+      assert.doesNotMatch(r.text, /BODY-CRED-PW-0123|987654321/, path);
+      assert.match(r.text, /"svc"/, path);
+    }
+    const exported = JSON.parse((await call('GET', '/api/config?format=json')).text);
+    exported.services[0].retries = 1;
+    const put = await call('PUT', '/api/config', ADMIN, exported);
+    assert.equal(put.status, 200, put.text);
+    const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { json: unknown } }[] }[] };
+    assert.equal(stored.services[0]!.retries, 1);
+    assert.deepEqual(stored.services[0]!.plugins[0]!.config.json, json);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});

@@ -189,15 +189,19 @@ function restoreUrl(x: string, old: unknown): string | null {
   return missing ? null : out;
 }
 
-/** A deep copy where every secret-named string (not a `${VAR}` reference) outside credentials reads MASK, and so does the password of a URL. */
+/**
+ * A deep copy where every secret-named string (not a `${VAR}` reference) or number reads MASK,
+ * and so does the password of a URL. (Consumers' credentials come here stripped: stripSecrets.
+ * An object named `credentials` inside a plugin config — a JSON body set upstream — is masked
+ * like any other.)
+ */
 export function maskSecrets<T>(v: T): T {
   if (typeof v === 'string') return maskUrl(v) as T;
   if (Array.isArray(v)) return v.map((x) => maskSecrets(x)) as T;
   if (!isObj(v)) return v;
   const out: Obj = {};
   for (const [k, x] of Object.entries(v)) {
-    if (k === 'credentials') out[k] = x; // (credentials: their own rules, stripSecrets)
-    else if (isSecretKey(k) && typeof x === 'string' && x !== '' && !isRef(x)) out[k] = MASK;
+    if (isSecretKey(k) && ((typeof x === 'string' && x !== '' && !isRef(x)) || typeof x === 'number')) out[k] = MASK;
     else out[k] = maskSecrets(x);
   }
   return out as T;
@@ -231,7 +235,7 @@ export function restoreMasked(next: unknown, old: unknown, path = ''): string[] 
     const o = isObj(old) ? old : {};
     for (const [k, x] of Object.entries(next)) {
       if (x === MASK && isSecretKey(k)) {
-        if (typeof o[k] === 'string') next[k] = o[k];
+        if (typeof o[k] === 'string' || typeof o[k] === 'number') next[k] = o[k];
         else missing.push(`${path ? `${path}.` : ''}${k}`);
       } else if (typeof x === 'string') {
         const r = restoreUrl(x, o[k]);
