@@ -215,3 +215,16 @@ test('an account page asked with a method it does not take is 405 with its own A
   assert.equal((await call('POST', '/account/nope', { cookie, body: { x: '1' } })).status, 403, '(no form token: refused before anything)');
   assert.equal((await call('GET', '/account', { cookie })).status, 200);
 });
+
+test('sign-up with an email holding ${...} is a 400 form error, nothing stored: every node would read it as a reference to its environment (a 500 for an unset one; a set one substituted)', async () => {
+  const { call, doc } = service();
+  for (const email of ['${HOME}@example.com', 'a${PATH:-x}b@example.com']) {
+    const r = await call('POST', '/signup', { body: { email, password: 'env-ref-password-01' } });
+    assert.equal(r.status, 400, email);
+    assert.match(r.body, /Give a valid email address/);
+    assert.equal(r.headers['set-cookie'], undefined);
+  }
+  assert.deepEqual(doc(), { consumers: [] });
+  // ($ and braces apart are still an address, as RFC 5322 allows)
+  assert.equal((await call('POST', '/signup', { body: { email: 'a$b{c}@example.com', password: 'env-ref-password-01' } })).status, 303);
+});

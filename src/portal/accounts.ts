@@ -340,7 +340,8 @@ export class AccountService {
     const email = normEmail(form!.get('email') ?? '');
     const password = form!.get('password') ?? '';
     // (at most 254 characters, RFC 5321's longest path, as the portal credential's schema: a longer one failed the store write, 500)
-    if (email.length > MAX_EMAIL || !EMAIL.test(email) || CONTROL.test(email)) return c.signupForm(400, 'Give a valid email address.', email.slice(0, MAX_EMAIL));
+    // (`${`: the stored document is read by every node as a config file is, a reference to its environment)
+    if (email.length > MAX_EMAIL || !EMAIL.test(email) || CONTROL.test(email) || email.includes('${')) return c.signupForm(400, 'Give a valid email address.', email.slice(0, MAX_EMAIL));
     if (password.length < MIN_PASSWORD || password.length > MAX_PASSWORD) return c.signupForm(400, `The password needs ${MIN_PASSWORD} to ${MAX_PASSWORD} characters.`, email);
     const readOnly = this.backend.readOnly();
     if (readOnly) {
