@@ -469,3 +469,54 @@ test('RFC 6750 §3: Bearer without one well-formed token is 400 invalid_request;
     await gw.stop();
   }
 });
+
+test('/status names the config revision the node runs: while a store revision is being applied (or rejected) it still says the one serving, not the next', async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { loadConfigFile, parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { ControlPlane } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const up = await startUpstream();
+  const dir = mkdtempSync(join(tmpdir(), 'tp-status-applying-'));
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstore: sqlite:./config.db\naccess_log: {enabled: false}\nservices: [{name: a, url: "${up.url}", routes: [{name: a, paths: [/a]}]}]\n`);
+  let gw: InstanceType<typeof Gateway> | undefined;
+  const seen: { revision: unknown; b: number }[] = [];
+  const cp = await ControlPlane.open({
+    file, loaded: loadConfigFile(file), setting: 'sqlite:./config.db', log: silentLogger,
+    apply: async (text) => {
+      // what a client sees while the reload of this revision is under way
+      const admin = `http://127.0.0.1:${gw!.adminAddress!.port}`;
+      const status = JSON.parse((await request(`${admin}/status`)).body).config as Record<string, unknown>;
+      seen.push({ revision: status['revision'], b: (await request(`http://127.0.0.1:${gw!.proxyAddress!.port}/b`)).status });
+      await gw!.reloadAsync(parseConfigText(text, { file }));
+      return true;
+    },
+  });
+  try {
+    gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: silentLogger, control: cp });
+    cp.run();
+    const status = async () => JSON.parse((await request(`http://127.0.0.1:${gw!.adminAddress!.port}/status`)).body).config as Record<string, unknown>;
+    assert.equal((await status()).revision, 1);
+    const doc = (extra: Record<string, unknown>) => ({ services: [{ name: 'a', url: up.url, routes: [{ name: 'a', paths: ['/a'] }, { name: 'b', paths: ['/b'], ...extra }] }] });
+    await cp.store!.write({ actor: 't', action: 'add b' }, () => doc({}));
+    await cp.refresh();
+    assert.equal((await status()).revision, 2);
+    assert.equal((await request(`http://127.0.0.1:${gw.proxyAddress!.port}/b`)).status, 200);
+    // a revision this node cannot run (a variable it lacks): rejected, revision 2 runs on
+    await cp.store!.write({ actor: 't', action: 'bad' }, () => doc({ hosts: ['${TP_STATUS_APPLYING_UNSET}'] }));
+    await cp.refresh();
+    const after = await status();
+    assert.equal(after.revision, 2);
+    assert.equal(after.rejected_revision, 3);
+    // while revision 2 was applied /b was not served yet: /status said 1; while 3 was tried, 2
+    assert.deepEqual(seen, [{ revision: 1, b: 404 }, { revision: 2, b: 200 }]);
+  } finally {
+    await gw?.stop();
+    await cp.close();
+    await up.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -68,8 +68,10 @@ export class ControlPlane {
   readonly kind: 'sqlite' | 'postgres';
   /** Null while the store has not been reached (serving the disk snapshot). */
   store: ConfigStore | null = null;
-  /** The revision this node runs. */
+  /** The revision this node runs (or, while `applying`, the one being applied: the config text is built from it). */
   served: StoredConfig | null = null;
+  /** While refresh() applies a revision: the one that still runs (what /status reports). */
+  private applying: { runs: StoredConfig | null } | null = null;
   private servedAt = 0;
   private source: 'store' | 'snapshot' = 'store';
   private rejected: { revision: number; at: string; error: string } | null = null;
@@ -300,7 +302,9 @@ export class ControlPlane {
       if (sameRevision(head, this.rejected)) return;
       const before = this.served;
       this.served = head;
+      this.applying = { runs: before };
       const ok = await this.opts.apply(this.text(), `config store revision ${head.revision}`).catch(() => false);
+      this.applying = null;
       if (ok) {
         this.servedAt = Date.now();
         this.source = 'store';
@@ -383,7 +387,7 @@ export class ControlPlane {
 
   /** The `config` member of /status. */
   status(): Record<string, unknown> {
-    const s = this.served;
+    const s = this.applying ? this.applying.runs : this.served;
     const error = this.watchError ?? this.storeError;
     return {
       store: this.kind,
