@@ -482,7 +482,7 @@ test('/status names the config revision the node runs: while a store revision is
   const dir = mkdtempSync(join(tmpdir(), 'tp-status-applying-'));
   const file = join(dir, 'turnpike.yaml');
   writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstore: sqlite:./config.db\naccess_log: {enabled: false}\nservices: [{name: a, url: "${up.url}", routes: [{name: a, paths: [/a]}]}]\n`);
-  let gw: InstanceType<typeof Gateway> | undefined;
+  let gw: Awaited<ReturnType<typeof Gateway.start>> | undefined;
   const seen: { revision: unknown; b: number }[] = [];
   const cp = await ControlPlane.open({
     file, loaded: loadConfigFile(file), setting: 'sqlite:./config.db', log: silentLogger,
