@@ -520,3 +520,44 @@ test('/status names the config revision the node runs: while a store revision is
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a stored revision whose document is not a JSON object (JSON null written into the store by hand or a tool) is a damaged store to the node — it keeps serving, /status says why — not a TypeError that ends the process', async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { default: Database } = await import('better-sqlite3');
+  const { loadConfigFile, parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { ControlPlane } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const up = await startUpstream();
+  const dir = mkdtempSync(join(tmpdir(), 'tp-null-doc-'));
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstore: sqlite:./config.db\naccess_log: {enabled: false}\nservices: [{name: a, url: "${up.url}", routes: [{name: a, paths: [/a]}]}]\n`);
+  let gw: Awaited<ReturnType<typeof Gateway.start>> | undefined;
+  const cp = await ControlPlane.open({
+    file, loaded: loadConfigFile(file), setting: 'sqlite:./config.db', log: silentLogger,
+    apply: async (text) => { await gw!.reloadAsync(parseConfigText(text, { file })); return true; },
+  });
+  const other = new Database(join(dir, 'config.db'));
+  try {
+    gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: silentLogger, control: cp });
+    cp.run();
+    other.prepare('INSERT INTO revisions (revision, at, actor, action, document) VALUES (2, ?, ?, ?, ?)').run(new Date().toISOString(), 'tool', 'by hand', 'null');
+    await cp.refresh(); // (the store's poll would run it within a second as well)
+    const status = JSON.parse((await request(`http://127.0.0.1:${gw.adminAddress!.port}/status`)).body).config as Record<string, unknown>;
+    assert.equal(status.revision, 1);
+    assert.equal(status.store_reachable, false);
+    assert.match(String(status.store_error), /revision 2.*not a JSON object/);
+    assert.equal((await request(`http://127.0.0.1:${gw.proxyAddress!.port}/a`)).status, 200);
+    // the admin API says so too (503)
+    const api = `http://127.0.0.1:${gw.adminAddress!.port}/api`;
+    assert.equal((await request(`${api}/services`)).status, 503);
+  } finally {
+    other.close();
+    await gw?.stop();
+    await cp.close();
+    await up.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -308,7 +308,7 @@ export class PostgresStore implements ConfigStore {
     // The head's row deleted (turnpike_revisions pruned by hand, by age): not an empty store — a
     // node starting would serve (and seeding would not replace) an empty config.
     if (r.revision === null) throw this.unavailable('reading', new Error(`the head revision ${r.head} has no row in turnpike_revisions (deleted by hand?): restore it from a backup`));
-    const stored = { ...toRevision(r), document: r.document! };
+    const stored = { ...toRevision(r), document: this.documentOf(r) };
     this.noteRevision(stored.revision, stored.at);
     return stored;
   }
@@ -319,10 +319,23 @@ export class PostgresStore implements ConfigStore {
     try {
       const { rows } = await this.pool.query<RevisionRow>('SELECT revision, at, actor, action, document FROM turnpike_revisions WHERE revision = $1', [n]);
       const r = rows[0];
-      return r ? { ...toRevision(r), document: r.document! } : null;
+      return r ? { ...toRevision(r), document: this.documentOf(r) } : null;
     } catch (err) {
       throw this.unavailable('reading', err);
     }
+  }
+
+  /**
+   * A row's document; a `json` column takes JSON null, an array or a scalar too (written by hand
+   * or a tool): a node would run that as an empty config — every route gone —, so it is a
+   * damaged store (StoreUnavailable) instead.
+   */
+  private documentOf(r: RevisionRow): ConfigDocument {
+    const d: unknown = r.document;
+    if (typeof d !== 'object' || d === null || Array.isArray(d)) {
+      throw this.unavailable('reading', new Error(`revision ${r.revision}'s document is not a JSON object (written by hand?): restore it from a backup, or write a new revision`));
+    }
+    return d as ConfigDocument;
   }
 
   async history(limit: number, before?: number): Promise<Revision[]> {

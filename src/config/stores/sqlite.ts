@@ -222,21 +222,27 @@ export class SqliteStore implements ConfigStore {
     });
   }
 
-  private static stored(row: Row): StoredConfig {
-    return { revision: row.revision, at: row.at, actor: row.actor, action: row.action, document: JSON.parse(row.document!) as ConfigDocument };
+  private stored(row: Row): StoredConfig {
+    const document: unknown = JSON.parse(row.document!);
+    // (json_valid() lets JSON null, an array or a scalar in, written by hand or a tool: the node
+    // would run it as an empty config — every route gone — so it is a damaged store instead)
+    if (typeof document !== 'object' || document === null || Array.isArray(document)) {
+      throw new StoreUnavailable(`the sqlite store ${this.path} is damaged: revision ${row.revision}'s document is not a JSON object (written by hand?): restore it from a backup, or write a new revision`);
+    }
+    return { revision: row.revision, at: row.at, actor: row.actor, action: row.action, document: document as ConfigDocument };
   }
 
   async current(): Promise<StoredConfig | null> {
     const row = await this.step('reading', () => this.s.current.get());
     if (!row) return null;
     if (this.watchers.size === 0) this.reported = headKey(row.revision, row.at);
-    return SqliteStore.stored(row);
+    return this.stored(row);
   }
 
   async revision(n: number): Promise<StoredConfig | null> {
     if (!Number.isSafeInteger(n) || n < 1) return null;
     const row = await this.step('reading', () => this.s.one.get(n));
-    return row ? SqliteStore.stored(row) : null;
+    return row ? this.stored(row) : null;
   }
 
   async history(limit: number, before?: number): Promise<Revision[]> {
