@@ -1036,3 +1036,29 @@ test('a basic-auth password replaced by PUT without `type` (the credential keeps
     await api.close();
   }
 });
+
+test('a string that is one ${VAR} reference is exported quoted: applied back it stays that reference (unquoted it read as the number or boolean the variable holds on the node — the value stored in its place, or a 400 where a string belongs)', async () => {
+  process.env['TP_EXPORT_REF_ID'] = '424242';
+  process.env['TP_EXPORT_REF_FLAG'] = 'true';
+  const seed = {
+    services: [{
+      name: 'orders', url: 'http://127.0.0.1:9001', routes: [{ name: 'o', paths: ['/o'], hosts: ['h${TP_EXPORT_REF_ID}.example'] }],
+      plugins: [{ name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/i', client_id: '${TP_EXPORT_REF_ID}', client_secret: '${TP_EXPORT_REF_FLAG}' } }],
+    }],
+  };
+  const api = await start({ seed: seed as Obj });
+  try {
+    const full = await api.call('GET', '/api/config?secrets=true');
+    assert.equal(full.status, 200, full.text);
+    const put = await api.call('PUT', '/api/config', { raw: full.text, type: 'application/yaml' });
+    assert.equal(put.status, 200, put.text);
+    assert.deepEqual(put.json, { revision: 1, changed: false });
+    const plain = await api.call('GET', '/api/config');
+    assert.deepEqual((await api.call('PUT', '/api/config', { raw: plain.text, type: 'application/yaml' })).json, { revision: 1, changed: false });
+    assert.deepEqual((await api.store.current())!.document, seed);
+  } finally {
+    await api.close();
+    delete process.env['TP_EXPORT_REF_ID'];
+    delete process.env['TP_EXPORT_REF_FLAG'];
+  }
+});

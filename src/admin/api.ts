@@ -15,7 +15,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { randomUUID } from 'node:crypto';
-import { stringify as yamlStringify } from 'yaml';
+import { Document as YamlDocument, visit as yamlVisit } from 'yaml';
 import type { Logger } from '../core/log.js';
 import { problemBody, PROBLEMS, type ProblemCode } from '../core/problem.js';
 import type { PathSegment } from '../config/errors.js';
@@ -118,7 +118,15 @@ function ordered(doc: Obj): Obj {
 }
 
 export function toYaml(doc: Obj): string {
-  return yamlStringify(ordered(doc), { lineWidth: 0, aliasDuplicateObjects: false });
+  const d = new YamlDocument(ordered(doc), { aliasDuplicateObjects: false });
+  // A string that is one `${VAR}` reference is written quoted: read back unquoted (an export
+  // applied again), it would take the type of the variable's value (typeUnquotedRefs).
+  yamlVisit(d, {
+    Scalar(key, node) {
+      if (key !== 'key' && typeof node.value === 'string' && /^\$\{[^}]+\}$/.test(node.value)) node.type = 'QUOTE_DOUBLE';
+    },
+  });
+  return d.toString({ lineWidth: 0 });
 }
 
 export function createApiHandler(deps: ApiDeps): ApiHandler {
