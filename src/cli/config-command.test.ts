@@ -336,3 +336,12 @@ test('diff/apply: a FILE that is not UTF-8 (saved as Latin-1) names the line and
     assert.equal(r.err, `turnpike config ${sub}: latin1.yaml: byte 0xe9 at line 2, column 14 is not valid UTF-8 (was the file saved as Latin-1 or Windows-1252?): save it as UTF-8\n`);
   }
 });
+
+test('an --admin URL that is refused (a mistyped scheme) is quoted without its password', async () => {
+  for (const admin of ['htps://ops:AdminPr0xyPw@admin.example:8081', 'ftp://ops:AdminPr0xyPw@admin.example']) {
+    const r = await run(['export', '--admin', admin]);
+    assert.equal(r.code, 2, admin);
+    assert.match(r.err, /is not an http:\/\/ or https:\/\/ URL/);
+    assert.ok(!r.err.includes('AdminPr0xyPw'), r.err);
+  }
+});

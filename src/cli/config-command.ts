@@ -13,6 +13,7 @@ import { LineCounter, parseDocument, stringify } from 'yaml';
 import { configText, duplicateKeyAt } from '../config/load.js';
 import { ConfigError, formatPath } from '../config/errors.js';
 import { splitDocument } from '../config/stores/document.js';
+import { maskUrlSecrets } from '../core/url-secrets.js';
 
 export const DEFAULT_ADMIN_URL = 'http://127.0.0.1:8081';
 
@@ -209,7 +210,7 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
     base = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(given) ? given : `http://${given}`);
     if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new Error('not http');
   } catch {
-    return usage(`--admin "${given}" is not an http:// or https:// URL`);
+    return usage(`--admin "${maskUrlSecrets(given)}" is not an http:// or https:// URL`);
   }
   // Shown in messages without any user:password.
   const shown = `${base.origin}${base.pathname.replace(/\/+$/, '')}`;
