@@ -550,9 +550,15 @@ test('a stored revision whose document is not a JSON object (JSON null written i
     assert.equal(status.store_reachable, false);
     assert.match(String(status.store_error), /revision 2.*not a JSON object/);
     assert.equal((await request(`http://127.0.0.1:${gw.proxyAddress!.port}/a`)).status, 200);
-    // the admin API says so too (503)
+    // the admin API says so too (503), for writes as well: a write would build on nothing (every
+    // route gone at the next portal sign-up)
     const api = `http://127.0.0.1:${gw.adminAddress!.port}/api`;
     assert.equal((await request(`${api}/services`)).status, 503);
+    const post = await request(`${api}/consumers`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"name": "acme"}' });
+    assert.equal(post.status, 503, post.body);
+    assert.match(post.body, /not a JSON object/);
+    await cp.refresh();
+    assert.equal((await request(`http://127.0.0.1:${gw.proxyAddress!.port}/a`)).status, 200);
   } finally {
     other.close();
     await gw?.stop();

@@ -333,7 +333,7 @@ export class PostgresStore implements ConfigStore {
   private documentOf(r: RevisionRow): ConfigDocument {
     const d: unknown = r.document;
     if (typeof d !== 'object' || d === null || Array.isArray(d)) {
-      throw this.unavailable('reading', new Error(`revision ${r.revision}'s document is not a JSON object (written by hand?): restore it from a backup, or write a new revision`));
+      throw this.unavailable('reading', new Error(`revision ${r.revision}'s document is not a JSON object (written by hand?): restore it from a backup`));
     }
     return d as ConfigDocument;
   }
@@ -415,7 +415,7 @@ export class PostgresStore implements ConfigStore {
       if (current > 0) {
         const doc = await db<{ document: ConfigDocument }>('SELECT document FROM turnpike_revisions WHERE revision = $1', [current]);
         if (!doc.rows[0]) throw this.unavailable('writing', new Error(`revision ${current} is missing (schema damaged?)`));
-        document = doc.rows[0].document;
+        document = this.documentOf({ ...doc.rows[0], revision: String(current) } as RevisionRow);
       }
       // The head row stays locked while change() runs: no node writes in between.
       const next = await change(document, current);

@@ -227,7 +227,7 @@ export class SqliteStore implements ConfigStore {
     // (json_valid() lets JSON null, an array or a scalar in, written by hand or a tool: the node
     // would run it as an empty config — every route gone — so it is a damaged store instead)
     if (typeof document !== 'object' || document === null || Array.isArray(document)) {
-      throw new StoreUnavailable(`the sqlite store ${this.path} is damaged: revision ${row.revision}'s document is not a JSON object (written by hand?): restore it from a backup, or write a new revision`);
+      throw new StoreUnavailable(`the sqlite store ${this.path} is damaged: revision ${row.revision}'s document is not a JSON object (written by hand?): restore it from a backup`);
     }
     return { revision: row.revision, at: row.at, actor: row.actor, action: row.action, document: document as ConfigDocument };
   }
@@ -287,7 +287,7 @@ export class SqliteStore implements ConfigStore {
       if (expected !== undefined && expected !== head) throw new RevisionConflict(expected, head);
       // The lock is held while change() runs (it may be async: validation, compile): nobody
       // can write in between, so what it returns is based on the head it was given.
-      const next = await change(row ? (JSON.parse(row.document!) as ConfigDocument) : null, head);
+      const next = await change(row ? this.stored(row).document : null, head);
       const text = JSON.stringify(next);
       if (typeof text !== 'string' || typeof next !== 'object' || next === null || Array.isArray(next)) {
         throw new TypeError('a config document must be a JSON object');
