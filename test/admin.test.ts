@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configIssues, startGateway, startUpstream, request, rawRequest, sleep } from './helpers.js';
+import { configIssues, startGateway, startUpstream, request, rawRequest, sleep, eventually } from './helpers.js';
+import { makeCa } from './certs.js';
 
 test('/status: 200 with the revision while serving, 503 once draining; other admin paths 404 problem+json', async () => {
   const up = await startUpstream((_req, res) => setTimeout(() => res.end('slow'), 600));
@@ -513,6 +514,65 @@ test('/status names the config revision the node runs: while a store revision is
     assert.equal(after.rejected_revision, 3);
     // while revision 2 was applied /b was not served yet: /status said 1; while 3 was tried, 2
     assert.deepEqual(seen, [{ revision: 1, b: 404 }, { revision: 2, b: 200 }]);
+  } finally {
+    await gw?.stop();
+    await cp.close();
+    await up.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a store revision a node rejected for a passing reason (what it lacked comes later: a mounted file, an env) is tried again, backed off, and runs once it can', async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { loadConfigFile, parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { ControlPlane } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const up = await startUpstream();
+  const dir = mkdtempSync(join(tmpdir(), 'tp-rejected-retry-'));
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstore: sqlite:./config.db\naccess_log: {enabled: false}\nservices: [{name: a, url: "${up.url}", routes: [{name: a, paths: [/a]}]}]\n`);
+  let gw: Awaited<ReturnType<typeof Gateway.start>> | undefined;
+  let tries = 0;
+  const cp = await ControlPlane.open({
+    file, loaded: loadConfigFile(file), setting: 'sqlite:./config.db', log: silentLogger, rejectedRetryMs: 150,
+    apply: async (text) => {
+      tries++;
+      try {
+        await gw!.reloadAsync(parseConfigText(text, { file }));
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  });
+  try {
+    gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: silentLogger, control: cp });
+    cp.run();
+    const proxy = `http://127.0.0.1:${gw.proxyAddress!.port}`;
+    const status = async () => JSON.parse((await request(`http://127.0.0.1:${gw!.adminAddress!.port}/status`)).body).config as Record<string, unknown>;
+    // a revision naming a CA file that the node's mount has not brought yet
+    const ca = join(dir, 'late-ca.pem');
+    await cp.store!.write({ actor: 't', action: 'tls' }, () => ({ services: [{ name: 'a', url: up.url, routes: [{ name: 'a', paths: ['/a'] }] }, { name: 'b', url: 'https://127.0.0.1:1', tls: { ca }, routes: [{ name: 'b', paths: ['/b'] }] }] }));
+    await cp.refresh();
+    assert.equal((await status()).rejected_revision, 2);
+    assert.equal((await request(`${proxy}/b`)).status, 404);
+    // retried, backed off (150, 300, 600 ms...): still rejected while the file is missing
+    const before = tries;
+    await sleep(600);
+    assert.ok(tries > before && tries <= before + 3, `${tries - before} tries in 600 ms`);
+    const testCa = makeCa();
+    writeFileSync(ca, testCa.cert);
+    testCa.cleanup();
+    await eventually(async () => (await status()).revision === 2, 5_000);
+    const s = await status();
+    assert.equal(s.rejected_revision, undefined);
+    assert.equal((await request(`${proxy}/b`)).status, 502, 'route b runs (its target refuses connections)');
+    const settled = tries;
+    await sleep(1_500);
+    assert.equal(tries, settled, 'no tries once it runs');
   } finally {
     await gw?.stop();
     await cp.close();

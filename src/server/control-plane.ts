@@ -42,12 +42,17 @@ export interface ControlPlaneOptions {
   apply(text: string, why: string): Promise<boolean>;
   /** Retry of an unreachable store (default 2 s). */
   retryMs?: number;
+  /** First retry of a rejected revision (default 15 s; doubling, at most REJECTED_RETRY_MAX_MS). */
+  rejectedRetryMs?: number;
   /** Aborted: stop waiting for the store (SIGTERM while not ready). */
   signal?: AbortSignal;
   /** Store tuning (tests). */
   postgres?: { resyncMs?: number; connectTimeoutMs?: number; statementTimeoutMs?: number; name?: string };
 }
 
+
+/** The longest wait between two tries of a rejected revision. */
+const REJECTED_RETRY_MAX_MS = 10 * 60_000;
 
 /** The same revision: the same number written at the same time (the number alone comes back after a rewind). */
 const sameRevision = (a: Pick<Revision, 'revision' | 'at'> | null | undefined, b: Pick<Revision, 'revision' | 'at'> | null | undefined): boolean =>
@@ -75,6 +80,13 @@ export class ControlPlane {
   private servedAt = 0;
   private source: 'store' | 'snapshot' = 'store';
   private rejected: { revision: number; at: string; error: string } | null = null;
+  /**
+   * A rejected revision is tried again (backed off: 15 s doubling to 10 min) while it is the
+   * head: what it lacked may come — a file a Secret or ConfigMap mount brings a minute after the
+   * NOTIFY (kubelet syncs them lazily), a DNS name not yet published. Nothing else would: the
+   * store reports each revision once.
+   */
+  private rejectedRetry: { timer: NodeJS.Timeout; delay: number } | null = null;
   /** The last failure to reach the store (opening it, reading its head); null since it answered. */
   private storeError: string | null = null;
   /** What the store's own checks say (watch's onHealth: the postgres resync): null while reachable. */
@@ -280,7 +292,7 @@ export class ControlPlane {
    * (the admin API awaits it after a write, so the writer reads its write on this node).
    */
   refresh(retryRejected = false): Promise<unknown> {
-    if (retryRejected) this.rejected = null; // SIGHUP: try a rejected revision again (its env may be fixed)
+    // (SIGHUP, or the backed-off retry: try a rejected revision again, what it lacked may be there now)
     const run = async () => {
       // Before run() the node is starting (its listeners may already serve): a write made then
       // (admin API, portal) is applied once it follows the store, and its caller waits for that.
@@ -299,7 +311,7 @@ export class ControlPlane {
       // A revision is its number and its time: a store restored from an older backup (or a
       // replica that was behind) writes numbers this node already ran, with other documents.
       if (!head || (sameRevision(head, this.served) && this.source === 'store')) return;
-      if (sameRevision(head, this.rejected)) return;
+      if (sameRevision(head, this.rejected) && !retryRejected) return;
       const before = this.served;
       this.served = head;
       this.applying = { runs: before };
@@ -309,10 +321,13 @@ export class ControlPlane {
         this.servedAt = Date.now();
         this.source = 'store';
         this.rejected = null;
+        this.retryRejectedLater(null);
         if (this.snapshot) void this.snapshot.save(head);
       } else {
         this.served = before;
+        const again = sameRevision(head, this.rejected);
         this.rejected = { revision: head.revision, at: head.at, error: 'the reload was rejected (see the log)' };
+        this.retryRejectedLater(again ? Math.min(REJECTED_RETRY_MAX_MS, (this.rejectedRetry?.delay ?? 0) * 2) : this.opts.rejectedRetryMs ?? 15_000);
       }
     };
     this.chain = this.chain.then(run, run);
@@ -403,8 +418,19 @@ export class ControlPlane {
     };
   }
 
+  /** Arms the next try of the rejected revision in `delay` ms (null: none, it runs or was replaced). */
+  private retryRejectedLater(delay: number | null): void {
+    if (this.rejectedRetry) clearTimeout(this.rejectedRetry.timer);
+    this.rejectedRetry = null;
+    if (delay === null || this.closed) return;
+    const timer = setTimeout(() => void this.refresh(true), delay);
+    timer.unref();
+    this.rejectedRetry = { timer, delay };
+  }
+
   async close(): Promise<void> {
     this.closed = true;
+    this.retryRejectedLater(null);
     this.started();
     this.stop.abort();
     this.unwatch?.();
