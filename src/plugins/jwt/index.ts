@@ -71,7 +71,7 @@ export default definePlugin({
   },
   create(config, deps) {
     const realm = 'Bearer realm="turnpike"';
-    if (!config.issuer && !config.audiences) {
+    if (!config.issuer && !config.issuers_allowed && !config.audiences) {
       // Legal (Envoy and KrakenD allow it too), but with keys shared by many tenants or apps
       // (a multi-tenant IdP) any of their tokens would do (RFC 8725 §3.8-3.9).
       deps.log.warn({ plugin: 'jwt', where: deps.where, jwks_url: config.jwks_url === undefined ? undefined : redactUrl(config.jwks_url) }, 'jwt: neither issuer nor audiences is set: any token signed by these keys is accepted');
@@ -98,8 +98,9 @@ export default definePlugin({
     const skewS = Math.ceil(parseDuration(config.clock_skew ?? '30s') / 1000);
     const claimName = config.consumer_claim ?? 'sub';
     const required = [...new Set(['exp', ...(config.required_claims ?? [])])];
+    const issuers = [...(config.issuer === undefined ? [] : [config.issuer]), ...(config.issuers_allowed ?? [])];
     const verifyOptions = {
-      issuer: config.issuer,
+      issuer: issuers.length === 0 ? undefined : issuers,
       audience: config.audiences,
       algorithms: config.algorithms ?? [...ASYMMETRIC_ALGS],
       clockTolerance: skewS,

@@ -54,6 +54,11 @@ services:
         plugins:
           - name: jwt
             config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, require_consumer: true}
+      - name: two-issuers
+        paths: [/two-issuers]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, issuers_allowed: ["https://sts.windows.net/tenant-1/"], audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id}
       - name: typed
         paths: [/typed]
         plugins:
@@ -163,6 +168,15 @@ test('bad tokens get 401 with a Bearer challenge and no token detail: missing, e
     const part = token.split('.')[1] ?? '';
     if (part.length > 8) assert.ok(!r.body.includes(part), `${name}: the token leaks into the answer`);
   }
+});
+
+test('issuers_allowed: tokens of a second issuer signed with the same keys (Azure AD v1 beside v2) pass where listed; elsewhere, and any other iss, 401', async () => {
+  const v1 = await forge({ iss: 'https://sts.windows.net/tenant-1/' });
+  assert.equal((await get('/two-issuers', v1)).status, 200);
+  assert.equal((await get('/two-issuers', await forge({}))).status, 200, 'the discovery issuer still passes');
+  assert.equal((await get('/api', v1)).status, 401, 'a binding without it refuses that iss');
+  assert.equal((await get('/two-issuers', await forge({ iss: 'https://sts.windows.net/tenant-2/' }))).status, 401);
+  assert.equal((await get('/two-issuers', await forge({ iss: undefined }))).status, 401, 'no iss at all');
 });
 
 test('explicit typing (RFC 8725 §3.11): tokens of another kind the IdP signs are refused; token_types asks for at+jwt only', async () => {

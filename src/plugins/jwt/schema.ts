@@ -9,6 +9,10 @@ export const ASYMMETRIC_ALGS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS
 export const JwtConfig = Type.Object({
   issuer: Type.Optional(Type.String({ pattern: '^https?://', description: 'The IdP: keys found by OIDC discovery (issuer/.well-known/openid-configuration); tokens must carry this iss.' })),
   jwks_url: Type.Optional(Type.String({ pattern: '^https?://', description: 'Where the signing keys are, without discovery.' })),
+  issuers_allowed: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
+    minItems: 1, uniqueItems: true,
+    description: 'Other iss values accepted with the same keys, beside issuer (an IdP that signs tokens of two issuers: Azure AD\'s v1 tokens say https://sts.windows.net/TENANT/, its v2 ones the discovery issuer). With jwks_url alone, the iss values accepted.',
+  })),
   audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Accepted aud values (one must match).' })),
   algorithms: Type.Optional(Type.Array(Type.Union(ASYMMETRIC_ALGS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, description: 'Accepted algorithms (default: all asymmetric ones).' })),
   clock_skew: Type.Optional(Duration('Leeway for exp, nbf and iat (default 30s).')),
