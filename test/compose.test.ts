@@ -180,6 +180,7 @@ routes:
         - {name: plain, service: svc}
         - {name: forwarded, service: svc, headers: {authorization: "{header.authorization}"}}
         - {name: who, service: svc, headers: {x-consumer-name: "{consumer.name}"}}
+        - {name: proto, service: svc, headers: {authorization: "{header.constructor:-none}"}}
 consumers:
   - name: acme
     credentials: [{type: key-auth, key: k-1234567890}]
@@ -191,6 +192,8 @@ consumers:
     plain: { auth: null, cookie: null, apikey: null, consumer: null },
     forwarded: { auth: 'Bearer client', cookie: null, apikey: null, consumer: null },
     who: { auth: null, cookie: null, apikey: null, consumer: 'acme' },
+    // (a name the request's header object inherits is no header: not "function Object() ...")
+    proto: { auth: 'none', cookie: null, apikey: null, consumer: null },
   });
 });
 

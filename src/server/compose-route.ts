@@ -81,8 +81,9 @@ async function run(c: ComposeCall): Promise<void> {
     r = await runComposition({
       route: c.route, method: c.method, path: c.path, query: c.query, params: c.params,
       headers: (name) => {
-        // (an HTTP/2 client names the host in :authority and may send no Host field)
-        const v = req.headers[name] ?? (name === 'host' ? req.headers[':authority'] : undefined);
+        // (an HTTP/2 client names the host in :authority and may send no Host field; a name
+        // the header object inherits, `constructor`, is no header)
+        const v = (Object.hasOwn(req.headers, name) ? req.headers[name] : undefined) ?? (name === 'host' ? req.headers[':authority'] : undefined);
         return Array.isArray(v) ? v.join(', ') : v;
       },
       body, requestId, signal: ac.signal, snapshot: c.snapshot, log: c.log,
