@@ -31,6 +31,11 @@ before(async () => {
     const url = req.url ?? '';
     const json = (status: number, v: unknown, extra: Record<string, string> = {}) =>
       res.writeHead(status, { 'content-type': 'application/json', server: 'secret-server/1.2', etag: '"v1"', ...extra }).end(JSON.stringify(v));
+    // Negotiates its format, as many frameworks do: XML for a client that asks for it.
+    if (url.startsWith('/negotiated')) {
+      if (/xml/.test(req.headers.accept ?? '')) return res.writeHead(200, { 'content-type': 'application/xml; charset=utf-8' }).end('<user><id>7</id><internal_id>db-7</internal_id></user>');
+      return json(200, { id: 7, internal_id: 'db-7' });
+    }
     if (url.startsWith('/user')) {
       const digests = { 'content-digest': 'sha-256=:dXBzdHJlYW0tYnl0ZXM=:', 'repr-digest': 'sha-256=:dXBzdHJlYW0tYnl0ZXM=:', digest: 'SHA-256=dXBzdHJlYW0=', 'accept-ranges': 'bytes' };
       return json(200, { id: 7, name: 'Ada', internal_id: 'db-7', meta: { tier: 'gold' } }, digests);
@@ -170,6 +175,12 @@ services:
               headers: {remove: [server], set: {x-shaped: "yes"}}
               json: {remove: [internal_id], rename: {meta.tier: tier}, set: {via_gateway: true}}
               max_body: 64kb
+      - name: out-strict
+        paths: [/ostrict]
+        strip_path: true
+        plugins:
+          - name: response-transform
+            config: {json: {remove: [internal_id]}, non_json: refuse, statuses: [200]}
       - name: out-expr
         paths: [/oexpr]
         strip_path: true
@@ -406,6 +417,23 @@ test('transforms: an expression whose result repeats a part of the body (text th
   const o = await request(`${gw.url}/ofan/fanout`);
   assert.equal(o.status, 502, o.body.slice(0, 300));
   assert.match(JSON.parse(o.body).detail, /result is larger than/);
+});
+
+test('response-transform non_json: refuse — an upstream that negotiates its format cannot hand a client the fields the json edits remove (502, HEAD too); by default other types pass untouched', { ...T }, async () => {
+  const j = await request(`${gw.url}/ostrict/negotiated`);
+  assert.equal(j.status, 200);
+  assert.deepEqual(JSON.parse(j.body), { id: 7 });
+  const x = await request(`${gw.url}/ostrict/negotiated`, { headers: { accept: 'application/xml' } });
+  assert.equal(x.status, 502, x.body);
+  assert.equal(x.headers['content-type'], 'application/problem+json');
+  assert.doesNotMatch(x.body, /db-7/);
+  assert.match(JSON.parse(x.body).detail, /"application\/xml", not JSON/);
+  const head = await request(`${gw.url}/ostrict/negotiated`, { method: 'HEAD', headers: { accept: 'application/xml' } });
+  assert.equal(head.status, 502);
+  // the default (pass): other types go untouched
+  const other = await request(`${gw.url}/out/negotiated`, { headers: { accept: 'application/xml' } });
+  assert.equal(other.status, 200);
+  assert.match(other.body, /<internal_id>db-7</);
 });
 
 test('request-transform: bodies of other media types pass through untouched', { ...T }, async () => {

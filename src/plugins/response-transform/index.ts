@@ -95,6 +95,9 @@ export default definePlugin({
       const ct = findHeader(list, 'content-type');
       return ct !== -1 && isJsonType(list[ct + 1]);
     };
+    /** non_json: refuse — a body of a transformed status that is not JSON (held to be refused whole). */
+    const refusedOther = (status: number, list: readonly string[]) =>
+      config.non_json === 'refuse' && json !== null && applies(status) && status !== 204 && status !== 304 && !wantsJson(status, list);
     return {
       access(ctx) {
         if (json === null) return;
@@ -114,13 +117,18 @@ export default definePlugin({
         },
       } : {}),
       bufferResponse(_ctx, status, list) {
-        return (statusMap.has(status) && applies(status)) || wantsJson(status, list) ? max : null;
+        return (statusMap.has(status) && applies(status)) || wantsJson(status, list) || refusedOther(status, list) ? max : null;
       },
       async response(ctx, r) {
         // (a composition's merged answer is shaped too, as KrakenD does; problems are not)
         if (r.origin !== 'upstream' && r.composed !== true) return;
         const upstreamStatus = r.status;
         if (!applies(upstreamStatus)) return;
+        // (a HEAD answer by its Content-Type: the GET's body would be refused)
+        if (refusedOther(upstreamStatus, r.headers) && (ctx.method === 'HEAD' ? findHeader(r.headers, 'content-type') !== -1 : r.body.length > 0)) {
+          const ct = findHeader(r.headers, 'content-type');
+          throw new ProblemError('invalid-upstream-response', `the upstream answered ${ct === -1 ? 'a body without Content-Type' : JSON.stringify(r.headers[ct + 1]!.split(';')[0]!.trim().slice(0, 100))}, not JSON, on a route that shapes JSON answers (non_json: refuse)`);
+        }
         if (wantsJson(upstreamStatus, r.headers) && json !== null && ctx.method === 'HEAD') {
           // No body to transform, but the fields describe the GET's answer (RFC 9110 §9.3.2):
           // its length, coding and validators would not be the upstream's.

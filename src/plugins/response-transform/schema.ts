@@ -11,5 +11,9 @@ export const ResponseTransformConfig = Type.Object({
   json: Type.Optional(JsonOps),
   statuses: Type.Optional(Type.Array(Type.Integer({ minimum: 100, maximum: 599 }), { minItems: 1, description: 'Transform only responses with these upstream statuses (default: all).' })),
   max_body: Type.Optional(Size('Largest upstream body held for a JSON transform (larger: 502)')),
+  non_json: Type.Optional(Type.Union([Type.Literal('pass'), Type.Literal('refuse')], {
+    default: 'pass',
+    description: 'With json set, an answer of the transformed statuses whose body is not JSON: pass it untouched, or refuse it (502). An upstream that negotiates formats (Accept: application/xml, a browsable HTML view) would hand a client the fields the json edits remove: refuse when they hide something.',
+  })),
 }, { additionalProperties: false });
 export type ResponseTransformConfig = Static<typeof ResponseTransformConfig>;
