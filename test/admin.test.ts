@@ -193,6 +193,34 @@ test('wrong admin tokens are throttled per client on the whole admin listener (b
   }
 });
 
+test('behind a trusted proxy (an ingress in front of the admin listener) wrong admin tokens count for the client it names, not for the proxy: one guesser does not lock every admin out', async () => {
+  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { Gateway } = await import('../src/server/gateway.js');
+  const { fileControl } = await import('../src/server/control-plane.js');
+  const { silentLogger } = await import('../src/core/log.js');
+  const TOKEN = 'proxied-admin-token-0123456789';
+  const text = `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, token: ${TOKEN}}\ntrusted_proxies: [127.0.0.0/8]\naccess_log: {enabled: false}\nservices: []\n`;
+  const file = join(mkdtempSync(join(tmpdir(), 'tp-throttle-proxy-')), 'turnpike.yaml');
+  writeFileSync(file, text);
+  const loaded = parseConfigText(text, { file });
+  const gw = await Gateway.start(loaded, { control: fileControl(file, loaded, silentLogger) });
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  const from = (ip: string, token: string) => ({ 'x-forwarded-for': ip, authorization: `Bearer ${token}` });
+  try {
+    for (let i = 0; i < 10; i++) assert.equal((await request(`${admin}/metrics`, { headers: from('203.0.113.66', `wrong-${i}`) })).status, 401);
+    assert.equal((await request(`${admin}/metrics`, { headers: from('203.0.113.66', 'wrong-x') })).status, 429, 'the guesser is limited');
+    assert.equal((await request(`${admin}/metrics`, { headers: from('198.51.100.7', TOKEN) })).status, 200, 'another admin behind the same proxy is not');
+    assert.equal((await request(`${admin}/api/services`, { headers: from('198.51.100.7', 'typo') })).status, 401);
+    const login = await request(`${admin}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-forwarded-for': '203.0.113.66' }, body: JSON.stringify({ token: TOKEN }) });
+    assert.equal(login.status, 429, 'the console sign-in counts the named client too');
+  } finally {
+    await gw.stop();
+  }
+});
+
 test('the console sign-in cannot be raced: 300 concurrent wrong sign-ins from one client are at most 10 × 401, the rest 429', async () => {
   const TOKEN = 'race-admin-token-0123456789';
   const t = await startGateway(`admin: {listen: 127.0.0.1:0, token: ${TOKEN}}\nservices: []\n`);

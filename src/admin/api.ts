@@ -692,7 +692,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       const tokens = typeof deps.tokens === 'function' ? deps.tokens() : deps.tokens;
       // A console session (cookie + CSRF token, src/console/) stands for its token when no Authorization is given.
       const authorization = tokens.length > 0 ? authorizationOf(req) : undefined;
-      const caller = (authorization === undefined ? deps.sessionCaller?.(req, method) : undefined) ?? authenticate(authorization, tokens, deps.failures ? { failures: deps.failures, ip: req.socket.remoteAddress ?? '' } : undefined);
+      const caller = (authorization === undefined ? deps.sessionCaller?.(req, method) : undefined) ?? authenticate(authorization, tokens, deps.failures ? { failures: deps.failures, ip: deps.failures.clientOf(req) } : undefined);
       const endpoint = route(url.pathname, base);
       if (!endpoint) throw new ApiError('not-found', `no admin API endpoint ${url.pathname} (see ${base}/openapi.json)`);
       const allow = allowed(endpoint);

@@ -6,7 +6,7 @@
  * Roles: `admin` may do everything, `read-only` may only read (GET / HEAD / OPTIONS).
  *
  * Guessing is throttled: one AuthFailures per admin listener counts wrong tokens per client
- * network (the IPv4 address, the IPv6 /64) for the bearer token on /api/, /metrics... and the
+ * network (the IPv4 address, the IPv6 /64; behind a trusted proxy, the client it names) for the bearer token on /api/, /metrics... and the
  * console's sign-in alike. An attempt is counted before it is checked (so concurrent attempts
  * all count) and taken back when the token is right (a client with a good token never adds
  * up); past the limit, every attempt from that network is 429 with Retry-After until the
@@ -38,6 +38,12 @@ const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest();
 /** Wrong admin tokens per client network: at most `max` per `windowMs`; the least recently seen of `cap` networks go first. */
 export class AuthFailures {
   private readonly hits: LRUCache<string, { n: number; until: number }>;
+  /**
+   * The client a request counts for: its peer, or — the gateway sets this — the address a
+   * trusted proxy names (behind an ingress every admin would share the proxy's address, and ten
+   * wrong tokens from anyone would lock them all out).
+   */
+  clientOf: (req: IncomingMessage) => string = (req) => req.socket.remoteAddress ?? '';
 
   constructor(readonly max = 10, readonly windowMs = 60_000, cap = 10_000, private readonly now: () => number = Date.now) {
     this.hits = new LRUCache({ max: cap });

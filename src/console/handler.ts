@@ -166,7 +166,7 @@ export class ConsoleHandler {
   }
 
   private async login(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const ip = req.socket.remoteAddress ?? '';
+    const ip = this.failures.clientOf(req);
     // With tokens, a sign-in is an attempt, counted before the body is awaited (so concurrent
     // sign-ins all count; 429 past the limit) and taken back when the token is right.
     const guarded = this.deps.tokens().length > 0;

@@ -193,7 +193,7 @@ export function createAdminHandler(gw: AdminView) {
     let refused: ApiError | undefined;
     if (tokens.length > 0 && authorization !== undefined && authorization !== '') {
       try {
-        who = authenticate(authorization, tokens, { failures, ip: req.socket.remoteAddress ?? '' });
+        who = authenticate(authorization, tokens, { failures, ip: failures.clientOf(req) });
       } catch (err) {
         if (!(err instanceof ApiError)) throw err;
         // 429 past the limit; 400 for Bearer without one token (RFC 6750 §3.1), even on a probe path

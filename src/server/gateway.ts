@@ -34,6 +34,7 @@ import { AuthFailures } from '../admin/auth.js';
 import { createEchoServer } from '../demo/echo.js';
 import { ALLOW_ALL, PROBLEMS, isHttp2, markRawAnswered, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
+import { clientIp, plainIp } from '../core/forwarded.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { fdWatch } from '../core/fd-limit.js';
 import { Observer } from '../observability/observer.js';
@@ -380,6 +381,11 @@ export class Gateway implements RequestContext {
     this.scaling = this.role === 'worker' ? null : new ScalingAdvisor(this.log);
     this.demand = this.scaling?.meter ?? new DemandMeter();
     this.scaleTo(this.snapshot);
+    // Wrong admin tokens count per client: the one a trusted proxy (an ingress) names.
+    this.adminFailures.clientOf = (req) => {
+      const xff = req.headers['x-forwarded-for'];
+      return clientIp(plainIp(req.socket.remoteAddress), Array.isArray(xff) ? xff.join(', ') : xff, this.snapshot.trusted);
+    };
     this.console = this.role === 'worker' ? null : new ConsoleHandler({
       tokens: () => this.snapshot.admin?.tokens ?? [],
       origins: () => this.snapshot.admin?.consoleOrigins ?? [],
