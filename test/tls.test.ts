@@ -490,6 +490,54 @@ services:
   }
 });
 
+test('upstream TLS: a target whose handshake fails (an expired certificate, no TLS on its port) is a connect error: the request, a POST too, is retried on another target; alone, a 502 naming the failure', async () => {
+  const served: string[] = [];
+  const tlsTarget = async (leaf: { cert: Buffer; key: Buffer }, name: string) => {
+    const server = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+      served.push(`${name} ${req.method}`);
+      req.resume().on('end', () => res.end(name));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return { port: (server.address() as AddressInfo).port, close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }) };
+  };
+  const good = await tlsTarget(ca.issue('good', { dns: ['127.0.0.1'] }), 'good');
+  const expired = await tlsTarget(ca.issue('expired', { dns: ['127.0.0.1'], expired: true }), 'expired');
+  const t = await startGateway(`
+services:
+  - name: pool
+    tls: {ca: ${ca.certFile}}
+    retries: 1
+    upstream: {targets: [{url: 'https://127.0.0.1:${expired.port}'}, {url: 'https://127.0.0.1:${good.port}'}]}
+    routes: [{paths: [/pool]}]
+  - name: plain-port
+    tls: {ca: ${ca.certFile}}
+    retries: 1
+    upstream: {targets: [{url: 'https://127.0.0.1:${up.port}'}, {url: 'https://127.0.0.1:${good.port}'}]}
+    routes: [{paths: [/plain-port]}]
+  - {name: lone, url: 'https://127.0.0.1:${expired.port}', tls: {ca: ${ca.certFile}}, routes: [{paths: [/lone]}]}
+`);
+  try {
+    // round-robin: every other request goes to the broken target first
+    for (const path of ['/pool', '/plain-port']) {
+      for (let i = 0; i < 6; i++) {
+        const method = i < 3 ? 'POST' : 'GET';
+        const r = await request(`${t.url}${path}`, { method, body: method === 'POST' ? 'x' : undefined });
+        assert.equal(r.status, 200, `${path} ${method} #${i}: ${r.body}`);
+        assert.equal(r.body, 'good');
+      }
+    }
+    assert.deepEqual(served.filter((s) => !s.startsWith('good')), [], 'nothing reached the broken targets');
+    const lone = await request(`${t.url}/lone`);
+    assert.equal(lone.status, 502);
+    assert.equal(lone.headers['content-type'], 'application/problem+json');
+    assert.match(JSON.parse(lone.body).detail, /"lone".*CERT_HAS_EXPIRED/);
+  } finally {
+    await t.close();
+    await good.close();
+    await expired.close();
+  }
+});
+
 test('client CA: a certificate rotated while the CA file is unreadable keeps the CA (never the system roots); a changed CA applies on reload to every SNI context at once', async () => {
   const other = makeCa('Other CA');
   try {

@@ -10,7 +10,7 @@ import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
 import { FD_EXHAUSTED, fdWatch } from '../core/fd-limit.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
-import { MAX_RESPONSE_HEADER_BYTES, onReusedConnection } from './pools.js';
+import { MAX_RESPONSE_HEADER_BYTES, connectFailed, onReusedConnection } from './pools.js';
 import { H2_STREAM_CUT, h2Streams, unprocessedStream } from './h2-streams.js';
 import { ResponseEncoder, encodeGrpcMessage, grpcStatusFromHttp, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
@@ -1322,7 +1322,7 @@ export class ForwardHandler {
       // kept-alive) nor retried (the target answers the same): 502 invalid-upstream-response.
       const refused100 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_100 && this.status === 0;
       const refused101 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_101 && this.status === 0;
-      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) || refusedStream(code, err) || unprocessedStream(err) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) || connectFailed(err) || refusedStream(code, err) || unprocessedStream(err) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
       const t = this.target;
       if (t !== null && kind === 'reset' && this.status === 0 && !this.staleRetried && onReusedConnection(err) && this.mayReplay()) {
         // A kept-alive connection that broke before any answer: the origin most likely closed

@@ -9,6 +9,7 @@ import { Pool, buildConnector } from 'undici';
 import { checkH2Socket, watchH2Socket } from './h2-streams.js';
 
 const REUSED = Symbol('turnpike.reusedConnection');
+const CONNECT_FAILED = Symbol('turnpike.connectFailed');
 /** The socket's bytesRead when undici sent the head of the request now on it. */
 const READ_AT_SEND = Symbol('turnpike.readAtSend');
 type MarkedSocket = Socket & { [READ_AT_SEND]?: number };
@@ -39,6 +40,15 @@ function markReused(this: MarkedSocket, err: Error): void {
  */
 export function onReusedConnection(err: Error): boolean {
   return (err as Error & { [REUSED]?: true })[REUSED] === true;
+}
+
+/**
+ * Whether an upstream error is the connector's: the connection was never made — refused, DNS, or
+ * a TLS handshake that failed (the target's certificate expired, for another name or from an
+ * unknown CA; a protocol alert; no TLS on that port). Nothing of the request went out.
+ */
+export function connectFailed(err: Error): boolean {
+  return (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] === true;
 }
 
 /** The largest response header section read from an upstream (past it: 502). */
@@ -77,6 +87,7 @@ export class PoolRegistry {
         // kept-alive connection (forward.ts sends an idempotent request again once).
         const build = buildConnector(connect);
         connector = (o, cb) => build(o, (err, socket) => {
+          if (err) (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
           if (socket) socket.on('error', markReused);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
         });
@@ -85,6 +96,7 @@ export class PoolRegistry {
         // streams are cancelled and paused (h2-streams.ts). (allowH2: ALPN h2 over TLS.)
         const build = buildConnector({ ...connect, allowH2: true });
         connector = (o, cb) => build(o, (err, socket) => {
+          if (err) (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
           if (socket) watchH2Socket(socket as Socket);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
           if (socket) checkH2Socket(socket as Socket);
