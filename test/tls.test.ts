@@ -7,7 +7,7 @@ import { connect as h2connect } from 'node:http2';
 import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { makeCa, subjectCn, type TestCa } from './certs.js';
-import { eventually, rawRequest, request, startGateway, startUpstream, statuses, type TestUpstream } from './helpers.js';
+import { eventually, rawRequest, request, sleep, startGateway, startUpstream, statuses, type TestUpstream } from './helpers.js';
 import { compile } from '../src/config/compile.js';
 import { parseConfigText } from '../src/config/load.js';
 import { ConfigError } from '../src/config/errors.js';
@@ -535,6 +535,46 @@ services:
     await t.close();
     await good.close();
     await expired.close();
+  }
+});
+
+test('upstream TLS: the TLS name is server_name (else the URL\'s host), never a Host header — not a URL host name, a client Host a route preserves, nor a probe\'s host; a preserved Host that changes does not cost a connection', async () => {
+  const leaf = ca.issue('upstream-only', { dns: ['upstream.test'] });
+  const names: (string | false | null)[] = [];
+  let connections = 0;
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+    names.push((req.socket as import('node:tls').TLSSocket).servername);
+    res.end(req.headers.host);
+  });
+  server.on('secureConnection', () => connections++);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const t = await startGateway(`
+services:
+  - {name: by-name, url: 'https://localhost:${port}', tls: {ca: ${ca.certFile}, server_name: upstream.test}, routes: [{paths: [/by-name]}]}
+  - name: by-address
+    tls: {ca: ${ca.certFile}, server_name: upstream.test}
+    upstream:
+      targets: [{url: 'https://127.0.0.1:${port}'}]
+      healthcheck: {active: {path: /healthz, host: probe.example, interval: 100ms, timeout: 90ms, healthy: 1, unhealthy: 1}}
+    routes: [{paths: [/preserved], preserve_host: true}]
+`);
+  try {
+    const r = await request(`${t.url}/by-name`);
+    assert.equal(r.status, 200, r.body);
+    assert.equal(r.body, `localhost:${port}`);
+    await sleep(400); // (probes with Host: probe.example ran meanwhile: the target stays up)
+    const before = connections;
+    for (let i = 0; i < 4; i++) {
+      const p = await request(`${t.url}/preserved`, { headers: { host: `tenant-${i}.example` } });
+      assert.equal(p.status, 200, p.body);
+      assert.equal(p.body, `tenant-${i}.example`, 'the client\'s Host is preserved');
+    }
+    assert.ok(connections - before <= 1, `${connections - before} upstream connections for 4 requests with different preserved Hosts`);
+    assert.deepEqual([...new Set(names)], ['upstream.test'], 'every connection (requests and probes) named server_name');
+  } finally {
+    await t.close();
+    await new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); });
   }
 });
 

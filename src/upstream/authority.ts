@@ -6,7 +6,7 @@
  * decision is broadcast to all of them (src/server/cluster.ts), so no worker keeps sending
  * traffic to a target another one found dead.
  */
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, buildConnector, request, type Dispatcher } from 'undici';
 import { isIP } from 'node:net';
 import type { Snapshot } from '../config/compile.js';
 import type { CircuitState } from './state.js';
@@ -297,10 +297,12 @@ export class HealthAuthority implements Reporter {
     const key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '']);
     let a = this.tlsAgents.get(key);
     if (a === undefined) {
+      const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}) });
       a = new Agent({
         keepAliveTimeout: 10_000,
         connections: 2,
-        connect: { ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}) },
+        // (undici would name the probe's Host — healthcheck.host — before these: see pools.ts)
+        connect: (o, cb) => build({ ...o, servername: undefined }, cb),
       });
       this.tlsAgents.set(key, a);
     }

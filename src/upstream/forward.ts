@@ -551,13 +551,17 @@ export class ForwardHandler {
         path,
         method: f.method,
         headers,
+        // (undici's, not in its types: it keys a connection by this, else by the Host header,
+        // and closes one whose next request's differs — a client's Host a route preserves must
+        // not; the pool's connector picks the TLS name itself)
+        servername: t.origin,
         body: this.body ?? this.webBody ?? (f.hasBody ? f.req : null),
         // Below PRECISE_TIMEOUT_BELOW_MS a backstop only: the native timer above fires first.
         headersTimeout: timeout,
         // HTTP/2: the read timeout is ours alone (see readTimer): undici's runs on the stream's
         // network activity, and a client reading slowly what the paused stream holds is none.
         bodyTimeout: f.service.h2Upstream ? 0 : f.service.timeouts.read,
-      },
+      } as Dispatcher.DispatchOptions,
       (this.current = new Attempt(this)),
     );
   }

@@ -82,11 +82,15 @@ export class PoolRegistry {
         ...(h2 === 'h2c' ? { useH2c: true } : {}),
       } as buildConnector.BuildOptions;
       let connector: buildConnector.connector;
+      // The TLS name (SNI and the name the certificate must carry) is the pool's: `servername`
+      // (the service's server_name, or the name of an address resolved from one), else the
+      // origin's host. undici would take the request's Host header first (a route's
+      // preserve_host: the client's; a probe's healthcheck host), over both.
       if (h2 === 'none') {
         // HTTP/1.1 sockets get an error listener ahead of undici's, which tells a failure of a
         // kept-alive connection (forward.ts sends an idempotent request again once).
         const build = buildConnector(connect);
-        connector = (o, cb) => build(o, (err, socket) => {
+        connector = (o, cb) => build({ ...o, servername: undefined }, (err, socket) => {
           if (err) (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
           if (socket) socket.on('error', markReused);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
@@ -95,7 +99,7 @@ export class PoolRegistry {
         // HTTP/2: the session undici builds on the socket is watched for, to correct how its
         // streams are cancelled and paused (h2-streams.ts). (allowH2: ALPN h2 over TLS.)
         const build = buildConnector({ ...connect, allowH2: true });
-        connector = (o, cb) => build(o, (err, socket) => {
+        connector = (o, cb) => build({ ...o, servername: undefined }, (err, socket) => {
           if (err) (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
           if (socket) watchH2Socket(socket as Socket);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
