@@ -275,6 +275,52 @@ ${config()}`);
   }
 });
 
+test('a wss handshake whose target fails the TLS handshake (an expired certificate) goes to another target, as a refused connection does: nothing was sent', { timeout: 10_000 }, async () => {
+  const ca: TestCa = makeCa();
+  const { createServer: createHttpsServer } = await import('node:https');
+  const servers: import('node:https').Server[] = [];
+  const upgraded: string[] = [];
+  const wssTarget = async (name: string, leaf: { cert: Buffer; key: Buffer }) => {
+    const server = createHttpsServer({ cert: leaf.cert, key: leaf.key });
+    const wss = new WebSocketServer({ server, perMessageDeflate: false });
+    wss.on('connection', (ws) => { upgraded.push(name); ws.on('error', () => {}); ws.on('message', (d, bin) => ws.send(d, { binary: bin })); });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    servers.push(server);
+    return (server.address() as AddressInfo).port;
+  };
+  const expiredPort = await wssTarget('expired', ca.issue('ws-expired', { dns: ['127.0.0.1'], expired: true }));
+  const goodPort = await wssTarget('good', ca.issue('ws-good', { dns: ['127.0.0.1'] }));
+  const t = await startGateway(`
+services:
+  - name: two
+    retries: 1
+    tls: {ca: ${ca.certFile}}
+    upstream:
+      targets: [{url: "https://127.0.0.1:${expiredPort}"}, {url: "https://127.0.0.1:${goodPort}"}]
+    routes: [{name: two, paths: [/two], websocket: true}]
+`);
+  try {
+    // round-robin: every other handshake is offered the expired target first
+    for (let i = 0; i < 4; i++) {
+      const { ws } = await open(`ws://127.0.0.1:${t.port}/two`);
+      ws.send(`m${i}`);
+      assert.equal((await nextMessage(ws)).data.toString(), `m${i}`);
+      const c = closed(ws);
+      ws.close(1000);
+      await c;
+    }
+    assert.deepEqual(upgraded, ['good', 'good', 'good', 'good']);
+    assert.equal(t.gw.ws.rejected, 0);
+  } finally {
+    await t.close();
+    for (const s of servers) {
+      s.closeAllConnections();
+      await new Promise<void>((r) => s.close(() => r()));
+    }
+    ca.cleanup();
+  }
+});
+
 test('wss upstream addressed by IP (IPv4 and IPv6 literal): verified against its IP SAN, and no IP sent as SNI (RFC 6066 §3)', async () => {
   const ca: TestCa = makeCa();
   const { createServer: createHttpsServer } = await import('node:https');

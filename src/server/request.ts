@@ -1031,7 +1031,7 @@ function startWebSocket(
     idleTimeout: ws.idleTimeout,
     maxMessage: ws.maxMessage,
     requestId,
-    // A connection that failed before anything was sent (refused, unreachable) goes to another
+    // A connection that failed before anything was sent (refused, unreachable, TLS handshake) goes to another
     // target, as an HTTP request's does (retries, retry_on connect-error, the retry budget).
     retry: () => {
       const failed = target!;

@@ -31,6 +31,8 @@
  */
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
+import { isIP } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws';
 import { PROBLEMS, problemBody, type ProblemCode } from '../core/problem.js';
 import { connectionTokens, isGatewayCookie } from '../core/headers.js';
@@ -80,6 +82,21 @@ const CLIENT_GONE = 499;
 const VERSION_UNSUPPORTED = 'unsupported Sec-WebSocket-Version (13 expected)';
 /** Connection errors after which nothing was sent upstream: the handshake may go to another target. */
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
+const HANDSHAKE_FAILED = Symbol('turnpike.tlsHandshakeFailed');
+const markHandshakeFailed = (err: Error): void => { (err as Error & { [HANDSHAKE_FAILED]?: true })[HANDSHAKE_FAILED] = true; };
+/**
+ * ws's own connector for wss:// (no SNI for an address), marking an error that comes before the
+ * TLS handshake completed — the target's certificate refused (expired, another name or CA), a
+ * handshake alert, no TLS on that port: the upgrade request never went out, so it is a
+ * connection failure like a refused one.
+ */
+function wssConnect(options: ConnectionOptions & { path?: string }): TLSSocket {
+  options.path = undefined;
+  if (!options.servername && options.servername !== '') options.servername = isIP(options.host ?? '') !== 0 ? '' : options.host;
+  const s = tlsConnect(options);
+  s.once('error', markHandshakeFailed).once('secureConnect', () => s.off('error', markHandshakeFailed));
+  return s;
+}
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
 const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 const FIELD_VALUE_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
@@ -227,6 +244,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
         // The offer goes in the headers, not as ws's protocols: given those, ws fails a 101 that
         // picks none of them, a valid answer the client is the one to judge (see 'upgrade' below).
         headers: (offered.length ? { ...headers, 'sec-websocket-protocol': offered.join(',') } : headers) as Record<string, string>, // arrays are fine for http.request
+        ...(tls ? { createConnection: wssConnect as unknown as ClientOptions['createConnection'] } : {}),
       };
       return new WebSocket(url, opts);
     } catch { // bad URL or header value: a gateway bug, not the upstream's fault
@@ -272,7 +290,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
   const wireUp = (u: WebSocket): void => {
     u.on('error', (err: Error & { code?: unknown }) => {
       if (u !== up) return; // (a handshake given up for another target)
-      if (!settled && typeof err.code === 'string' && CONNECT_FAILURES.has(err.code) && o.retry !== undefined) {
+      if (!settled && typeof err.code === 'string' && (CONNECT_FAILURES.has(err.code) || (err as Error & { [HANDSHAKE_FAILED]?: true })[HANDSHAKE_FAILED] === true) && o.retry !== undefined) {
         const next = o.retry();
         if (next !== null) {
           u.terminate();
