@@ -7,7 +7,7 @@ import { connect as h2connect } from 'node:http2';
 import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { makeCa, subjectCn, type TestCa } from './certs.js';
-import { eventually, rawRequest, request, sleep, startGateway, startUpstream, statuses, type TestUpstream } from './helpers.js';
+import { eventually, freePort, rawRequest, request, sleep, startCli, startGateway, startUpstream, statuses, waitFor, type TestUpstream } from './helpers.js';
 import { compile } from '../src/config/compile.js';
 import { parseConfigText } from '../src/config/load.js';
 import { ConfigError } from '../src/config/errors.js';
@@ -631,6 +631,53 @@ access_log: {enabled: false}
     }
   } finally {
     other.cleanup();
+  }
+});
+
+test('a client CA file changed on disk (a CA rollover: the new CA added to the bundle) applies without a signal, as an upstream tls.ca does: certificates from the new CA are accepted', async () => {
+  const [p, a, tp] = [await freePort(), await freePort(), await freePort()];
+  const newCa = makeCa('New Client CA');
+  const server = ca.issue('a.test');
+  const device = newCa.issue('device-1', { client: true });
+  const dir = ca.dir;
+  const caFile = `${dir}/clients-ca.pem`;
+  writeFileSync(caFile, ca.cert);
+  const file = `${dir}/rollover.yaml`;
+  writeFileSync(file, `listen: 127.0.0.1:${p}
+admin: {listen: 127.0.0.1:${a}}
+listen_tls: 127.0.0.1:${tp}
+tls:
+  certificates: [{hosts: [a.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: clients-ca.pem
+consumers: [{name: device-1}]
+services:
+  - {name: s, url: ${up.url}, routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}
+`);
+  const run = startCli(['start', '--config', file], {});
+  const get = async (): Promise<number> => {
+    return new Promise((resolve, reject) => {
+      const r = httpsRequest({ host: '127.0.0.1', port: tp, path: '/secure', servername: 'a.test', ca: ca.cert, cert: device.cert, key: device.key, agent: false }, (res) => {
+        res.resume().on('end', () => resolve(res.statusCode!));
+      });
+      r.on('error', reject);
+      r.end();
+    });
+  };
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    assert.equal(await get(), 401, 'the device\'s CA is not trusted yet');
+    writeFileSync(`${caFile}.tmp`, Buffer.concat([ca.cert, newCa.cert]));
+    renameSync(`${caFile}.tmp`, caFile);
+    const end = Date.now() + 8000;
+    while ((await get()) !== 200) {
+      if (Date.now() > end) assert.fail(`the new client CA was not taken\n${run.stderr().slice(-2000)}`);
+      await sleep(200);
+    }
+    assert.match(run.stderr(), /referenced file change/);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+    newCa.cleanup();
   }
 });
 

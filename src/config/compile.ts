@@ -443,7 +443,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       ciphers: t.ciphers ?? DEFAULT_CIPHERS,
       clientCaFile: t.client_ca ? file(t.client_ca) : null,
     });
-    for (const issue of certs.load()) fail(issue.path, issue.message);
+    // The client CA is one of the config's inputs (watched: a rotated CA reloads, as an upstream
+    // `tls.ca` does); certificates and keys are the CertStore's own to poll.
+    for (const issue of certs.load(t.watch === false ? undefined : (f) => inputs.read(f))) fail(issue.path, issue.message);
     const hsts = t.hsts ? (t.hsts === true ? {} : t.hsts) : null;
     tls = {
       listen: tlsListen,

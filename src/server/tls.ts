@@ -105,13 +105,16 @@ export class CertSet {
 
   constructor(readonly specs: CertSpec[], readonly options: TlsOptions) {}
 
-  /** Loads every certificate; returns the problems (path + message) instead of throwing. */
-  load(): { path: PathSegment[]; message: string }[] {
+  /**
+   * Loads every certificate; returns the problems (path + message) instead of throwing.
+   * `readCa` reads the client CA (the config's inputs: a change of the file reloads the config).
+   */
+  load(readCa: (file: string) => Buffer = readFileSync): { path: PathSegment[]; message: string }[] {
     const issues: { path: PathSegment[]; message: string }[] = [];
     let ca: Buffer | undefined;
     if (this.options.clientCaFile !== null) {
       try {
-        ca = readFileSync(this.options.clientCaFile);
+        ca = readCa(this.options.clientCaFile);
         const problem = caBundleProblem(ca);
         if (problem !== null) issues.push({ path: ['tls', 'client_ca'], message: `${this.options.clientCaFile} ${problem}` });
       } catch (e) {
