@@ -646,3 +646,27 @@ services: [{name: h1, url: ${up.url}, routes: [{paths: [/slow]}]}]
     await g.close();
   }
 });
+
+test('a buffered answer (cache, response phase) repeating a field HTTP/2 allows once: the HTTP/2 client gets a 502, the process lives', async () => {
+  const dup = await startUpstream((req, res) => {
+    res.setHeader('location', ['/one', '/two']);
+    res.setHeader('cache-control', 'max-age=60');
+    res.end('body');
+  });
+  const g = await startGateway(`http2: {h2c: true}\nservices: [{name: d, url: "${dup.url}", routes: [{paths: [/d], plugins: [{name: cache, config: {}}]}]}]\n`);
+  const session = h2connect(g.url);
+  try {
+    const r = await Promise.race([
+      h2request(session, { ':path': '/d', ':authority': 'x' }),
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer in 3 s')), 3000)),
+    ]);
+    assert.equal(r.status, 502);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers.location, undefined);
+    assert.equal((await request(`${g.url}/d`)).status, 200);
+  } finally {
+    session.close();
+    await g.close();
+    await dup.close();
+  }
+});

@@ -130,9 +130,11 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
   try {
     res.writeHead(r.status, h);
   } catch {
-    // A status or field a plugin or upstream made that node refuses: not valid HTTP.
+    // A status or field a plugin or upstream made that node refuses: not valid HTTP. Every field
+    // set before the refusal goes (over HTTP/2 writeHead sets them one by one, and a repeated
+    // Location left behind made this 502 throw too, out of an async chain: the process gone).
     const p = problemResponse('invalid-upstream-response', 'the response cannot be forwarded', o.requestId);
-    res.removeHeader('content-length');
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
     res.statusMessage = ''; // (the refused head's reason phrase would go out with the 502)
     markAnswered(res, 'invalid-upstream-response', o.requestId, p.body.length);
     res.writeHead(p.status, [...p.headers, 'content-length', String(p.body.length), 'x-request-id', o.requestId]);
