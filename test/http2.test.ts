@@ -670,3 +670,32 @@ test('a buffered answer (cache, response phase) repeating a field HTTP/2 allows 
     await dup.close();
   }
 });
+
+test('a cache hit stored from an HTTP/1.1 exchange with a field HTTP/2 allows once (two Location fields): an HTTP/2 client gets a 502, the process lives', async () => {
+  const dup = await startUpstream((_req, res) => {
+    res.setHeader('location', ['/one', '/two']);
+    res.setHeader('cache-control', 'max-age=60');
+    res.end('body');
+  });
+  const g = await startGateway(`http2: {h2c: true}\nservices: [{name: d, url: "${dup.url}", routes: [{paths: [/d], plugins: [{name: cache, config: {}}]}]}]\n`);
+  const session = h2connect(g.url);
+  try {
+    // HTTP/1.1 takes both fields: the answer is stored.
+    const first = await request(`${g.url}/d`);
+    assert.equal(first.status, 200);
+    assert.equal(dup.requests.length, 1);
+    const r = await Promise.race([
+      h2request(session, { ':path': '/d' }) /* (the Host the HTTP/1.1 request had: the same cache key) */,
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer in 3 s')), 3000)),
+    ]);
+    assert.equal(dup.requests.length, 1, 'answered from the cache');
+    assert.equal(r.status, 502);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers.location, undefined);
+    assert.equal((await request(`${g.url}/d`)).status, 200);
+  } finally {
+    session.close();
+    await g.close();
+    await dup.close();
+  }
+});

@@ -898,7 +898,18 @@ function sendReply(ctx: RequestContext, req: IncomingMessage, res: ServerRespons
   const noContent = status === 204 || status === 304;
   const body = r.body === undefined || noContent ? '' : r.body;
   markAnswered(res, null, requestId, req.method === 'HEAD' ? 0 : Buffer.byteLength(body));
-  res.writeHead(status, noContent ? { ...headers, 'x-request-id': requestId } : { ...headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
+  try {
+    res.writeHead(status, noContent ? { ...headers, 'x-request-id': requestId } : { ...headers, 'content-length': Buffer.byteLength(body), 'x-request-id': requestId });
+  } catch {
+    // A stored answer Node refuses to send to this client: a cache hit stored from an HTTP/1.1
+    // exchange, with a field repeated that node:http2 allows once (two Location fields), asked
+    // over HTTP/2. Every field set before the refusal goes (one left would make the 502 throw
+    // too, out of the request handler: the process gone), as in respond.ts.
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    res.statusMessage = '';
+    sendProblem(res, 'invalid-upstream-response', 'the response cannot be forwarded', requestId);
+    return;
+  }
   res.end(req.method === 'HEAD' || noContent ? undefined : body);
 }
 
