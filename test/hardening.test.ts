@@ -475,3 +475,20 @@ test('an absolute-form target with a fragment is refused in linear time (the aut
     await up.close();
   }
 });
+
+test('the demo upstream answers a request target that is no URL path (//host:99999/, an absolute URL with a bad port) with a 400: the gateway process it runs in lives', async () => {
+  const gw = await startGateway('demo: {listen: 127.0.0.1:0}\nservices: []\n');
+  const port = gw.gw.demoAddress!.port;
+  try {
+    for (const target of ['//a:99999/', 'http://a:99999/', '//[zz]/']) {
+      const r = await rawRequest(port, `GET ${target} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], target);
+      assert.match(r.text, /application\/problem\+json/, target);
+    }
+    const ok = await request(`http://127.0.0.1:${port}/hello`);
+    assert.equal(ok.status, 200);
+    assert.equal(JSON.parse(ok.body).path, '/hello');
+  } finally {
+    await gw.close();
+  }
+});
