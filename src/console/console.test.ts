@@ -365,3 +365,37 @@ test('OPTIONS on a console resource answers 204 with its Allow, as the rest of t
   }
   assert.equal((await request(`${admin}/console/api/nope`, { method: 'OPTIONS' })).status, 404);
 });
+
+test('an event stream ended while it waits behind another on its connection (two pipelined on one socket, the second\'s session signed out) is not written to again: the gateway lives', async () => {
+  const { connect } = await import('node:net');
+  // (a gateway of its own: earlier tests rotate this file's tokens)
+  const g = await startGateway(`admin: {listen: 127.0.0.1:0, tokens: [{name: ops, token: ${ADMIN}, role: admin}]}\nservices: []\n`);
+  const url = g.adminUrl!;
+  const signIn = async () => {
+    const r = await request(`${url}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: ADMIN }) });
+    assert.equal(r.status, 200);
+    return { cookie: String(r.headers['set-cookie']).split(';')[0]!, csrf: (JSON.parse(r.body) as { csrf: string }).csrf };
+  };
+  const a = await signIn();
+  const b = await signIn();
+  const sock = connect(g.gw.adminAddress!.port, '127.0.0.1');
+  sock.on('error', () => undefined);
+  let got = '';
+  sock.on('data', (d: Buffer) => (got += d.toString('latin1')));
+  try {
+    const ask = (cookie: string) => `GET /console/api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: ${cookie}\r\n\r\n`;
+    sock.write(ask(a.cookie) + ask(b.cookie));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.match(got, /^HTTP\/1\.1 200 /);
+    // The second stream ends (its session does) while the first holds the connection.
+    const out = await request(`${url}/console/api/logout`, { method: 'POST', headers: { cookie: b.cookie, 'x-csrf-token': b.csrf } });
+    assert.equal(out.status, 204);
+    // Past the next ticks of the stats stream (every second).
+    await new Promise((r) => setTimeout(r, 2200));
+    assert.equal((await request(`${url}/console/api/session`, { headers: { cookie: a.cookie } })).status, 200);
+    assert.ok(/event: stats/.test(got), 'the first stream still gets its frames');
+  } finally {
+    sock.destroy();
+    await g.close();
+  }
+});

@@ -119,13 +119,16 @@ export class LiveStats {
       const scaling = this.source.scaling?.enabled ? this.source.scaling.report() : null;
       const frame = `event: stats\ndata: ${JSON.stringify(stats)}\n\n` + (scaling ? `event: scaling\ndata: ${JSON.stringify(scaling)}\n\n` : '');
       for (const s of this.streams) {
+        // Ended (its session ended) but not closed yet — still queued behind a pipelined stream on
+        // its connection, or unflushed —: a write after end() emits an 'error' nothing listens to.
+        if (s.writableEnded) continue;
         // A viewer that stopped reading is dropped, not buffered for (1 MB of frames behind).
         if (s.writableLength > 1 << 20) s.destroy();
         else s.write(frame);
       }
     } catch (err) {
       const frame = `event: problem\ndata: ${JSON.stringify({ detail: (err as Error).message })}\n\n`;
-      for (const s of this.streams) s.write(frame);
+      for (const s of this.streams) if (!s.writableEnded) s.write(frame);
     } finally {
       this.busy = false;
     }
