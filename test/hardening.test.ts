@@ -492,3 +492,46 @@ test('the demo upstream answers a request target that is no URL path (//host:999
     await gw.close();
   }
 });
+
+test('a streamed request body that fails while its request waits for a bulkhead slot (over request-size-limit, or the client gone) is answered 413 / dropped: never an error thrown out of the body stream', async () => {
+  const up = await startUpstream((req, res) => { setTimeout(() => res.end('done'), req.url === '/slow' ? 1200 : 0); });
+  const gw = await startGateway(`services:
+  - name: s
+    url: ${up.url}
+    circuit_breaker: {max_concurrent: 1, max_pending: 5, max_wait: 1s}
+    routes:
+      - {paths: [/slow, /plain]}
+      - {paths: [/capped], plugins: [{name: request-size-limit, config: {max: 1kb}}]}
+`);
+  const socks: import('node:net').Socket[] = [];
+  const open = () => {
+    const s = connect(gw.port, '127.0.0.1');
+    s.on('error', () => undefined);
+    socks.push(s);
+    return s;
+  };
+  try {
+    // The service's one slot is taken for 1.2 s.
+    open().write('GET /slow HTTP/1.1\r\nHost: x\r\n\r\n');
+    await sleep(100);
+    // Queued behind it: a chunked body past the route's 1 KB cap...
+    const capped = open();
+    let answer = '';
+    capped.on('data', (d: Buffer) => (answer += d.toString('latin1')));
+    capped.write(`POST /capped HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2000\r\n${'x'.repeat(0x2000)}\r\n`);
+    // ...and one whose client goes away mid-body.
+    const gone = open();
+    gone.write('POST /plain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n');
+    await sleep(100);
+    gone.destroy();
+    await sleep(300);
+    assert.deepEqual(statuses(answer), [413]);
+    assert.match(answer, /application\/problem\+json/);
+    await sleep(1200);
+    assert.equal((await request(`${gw.url}/plain`)).status, 200);
+  } finally {
+    for (const s of socks) s.destroy();
+    await gw.close();
+    await up.close();
+  }
+});

@@ -374,6 +374,13 @@ export class ForwardHandler {
         },
       });
       f.req.on('error', (err) => counter.destroy(err));
+      // undici listens to the body only while an attempt holds it: waiting for a bulkhead slot or
+      // between attempts, the cap's error had no listener but pipe()'s, which throws it again out
+      // of the client's 'data' event (the process gone). Then it is answered here (413); a client
+      // that went away is left to clientClosed.
+      counter.on('error', (err: Error & { code?: string }) => {
+        if (this.target === null && err.code === BODY_TOO_LARGE) this.onError(err);
+      });
       this.webBody = f.req.pipe(counter);
     }
     if (f.grpcWeb !== null && f.hasBody) {
