@@ -699,3 +699,26 @@ test('a cache hit stored from an HTTP/1.1 exchange with a field HTTP/2 allows on
     await dup.close();
   }
 });
+
+test('a 205 Reset Content whose upstream declared a body reaches an HTTP/2 client as a 205 (node:http2 ends a 205 at its head: a Content-Length kept made the client reset the stream)', async () => {
+  const origin = await startRawOrigin((d) => (d.includes('\r\n\r\n') ? 'HTTP/1.1 205 Reset Content\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello' : null));
+  const g = await startGateway(`http2: {h2c: true}\nservices: [{name: r, url: "${origin.url}", routes: [{paths: [/r]}, {paths: [/c], plugins: [{name: cache, config: {}}]}]}]\n`);
+  const session = h2connect(g.url);
+  try {
+    // (streamed, and held whole for a response phase)
+    for (const path of ['/r', '/c']) {
+      const r = await Promise.race([
+        h2request(session, { ':path': path, ':authority': 'x' }),
+        new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no answer in 3 s')), 3000)),
+      ]);
+      assert.equal(r.status, 205, path);
+      assert.equal(r.headers['x-kept'], 'yes', path);
+      assert.equal(r.headers['content-length'], undefined, path);
+      assert.equal(r.body, '', path);
+    }
+  } finally {
+    session.close();
+    await g.close();
+    await origin.close();
+  }
+});

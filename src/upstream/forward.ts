@@ -863,9 +863,11 @@ export class ForwardHandler {
           chunked = true;
           continue;
         // No Content-Length on a 204 (RFC 9110 §8.6); a 304's is the selected representation's
-        // and stays (as a HEAD answer's: neither is the length of a body that follows).
+        // and stays (as a HEAD answer's: neither is the length of a body that follows). A 205 has
+        // no content (§15.3.6) and node:http2 ends it at its head: a length kept there would make
+        // the HTTP/2 client reset the stream (RFC 9113 §8.1.1), the 205 lost.
         case 'content-length':
-          if (statusCode !== 204) {
+          if (statusCode !== 204 && (statusCode !== 205 || !isHttp2(res))) {
             out.push(name, value);
             if (statusCode !== 304) this.declared = Number(value);
           }
