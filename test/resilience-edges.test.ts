@@ -355,3 +355,35 @@ test('active health over HTTPS: a reload that changes the service\'s TLS setting
     ca.cleanup();
   }
 });
+
+test('a target taken out by a reload while down, and put back by another while a request of the first config still runs, gets traffic again', { timeout: 10000 }, async () => {
+  const held: ServerResponse[] = [];
+  const a = await startUpstream((req, res) => (req.url === '/long' ? held.push(res) : res.end('a')));
+  let bBroken = true;
+  const b = await startUpstream((_req, res) => (bBroken ? res.writeHead(502).end('no') : res.end('b')));
+  const svc = (targets: string[]) => `services:\n  - name: s\n    upstream:\n      targets: [${targets.map((u) => `{url: "${u}"}`).join(', ')}]\n` +
+    `      healthcheck: {passive: {failures: 1, ejection: 60s}}\n    routes: [{paths: [/]}]\n`;
+  const both = svc([a.url, b.url]);
+  const g = await startGateway(both);
+  try {
+    // B fails once: ejected for 60 s (A is up).
+    for (let i = 0; i < 4 && b.requests.length === 0; i++) await request(`${g.url}/x`);
+    await until(() => g.gw.snapshot.services[0]!.targets[1]!.state.down, 2000, 'B ejected');
+    // A long request (a stream, a download) holds the first config's snapshot.
+    const long = request(`${g.url}/long`);
+    await until(() => held.length === 1, 2000, 'the long request at A');
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n${svc([a.url])}`)); // B taken out
+    bBroken = false; // (repaired meanwhile)
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n${both}`)); // and put back
+    const before = b.requests.length;
+    for (let i = 0; i < 10; i++) assert.equal((await request(`${g.url}/y`)).status, 200);
+    assert.ok(b.requests.length - before >= 4, `B got ${b.requests.length - before} of 10 requests after it was put back: its old 'down' stuck`);
+    held.pop()!.end('long');
+    assert.equal((await long).status, 200);
+  } finally {
+    for (const r of held) r.end();
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});

@@ -131,6 +131,10 @@ export class HealthAuthority implements Reporter {
         clearTimeout(h.probeTimer);
         clearTimeout(h.ejectTimer);
         this.targets.delete(key);
+        // Its runtime state lives on while a request of an older snapshot holds it, and a reload
+        // that puts the target back takes that state over: it must not stay down with no
+        // ejection or probe left here to bring it up.
+        if (h.down) this.publish({ t: 'target', key, down: false });
       }
     }
     // Probe agents of TLS settings no target uses any more (a reload rotated the CA or the
