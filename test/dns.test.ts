@@ -237,3 +237,24 @@ test('a system lookup that hangs (getaddrinfo) is given up after dns.timeout and
     await up.close();
   }
 });
+
+test('with dns.servers, a server that never answers is given up after dns.timeout (not after c-ares\'s own tries and back-off, several times longer)', { timeout: 10000 }, async () => {
+  // A DNS server that drops every query (a firewall, a dead resolver).
+  const sink = createSocket('udp4');
+  let queries = 0;
+  sink.on('message', () => queries++);
+  await new Promise<void>((r) => sink.bind(0, '127.0.0.1', r));
+  const port = (sink.address() as AddressInfo).port;
+  const t0 = Date.now();
+  // (the start resolves the config's names first)
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${port}"], timeout: 400ms}\nservices:\n  - name: s\n    url: http://silent.test:1\n    routes: [{paths: [/]}]\n`);
+  const took = Date.now() - t0;
+  try {
+    assert.ok(queries > 0, 'the DNS server was asked');
+    assert.ok(took < 1000, `the start waited ${took} ms for a lookup whose dns.timeout is 400 ms`);
+    assert.equal((await request(`${g.url}/x`)).status, 503);
+  } finally {
+    await g.close();
+    await new Promise<void>((r) => sink.close(() => r()));
+  }
+});

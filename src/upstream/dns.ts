@@ -122,9 +122,15 @@ export class DnsCache {
 
   /** The addresses of `host`, and the lowest TTL of their records in ms (null from the system resolver). */
   private async lookup(host: string): Promise<{ addrs: string[]; ttlMs: number | null }> {
+    const ms = this.settings.timeoutMs;
     if (this.resolver) {
       const r = this.resolver;
-      const [v4, v6] = await Promise.allSettled([r.resolve4(host, { ttl: true }), r.resolve6(host, { ttl: true })]);
+      // c-ares's timeout is per try, and it tries again with a longer one: a server that never
+      // answers held the lookup about four times dns.timeout; the lookup itself is bounded here.
+      const [v4, v6] = await withDeadline(Promise.allSettled([r.resolve4(host, { ttl: true }), r.resolve6(host, { ttl: true })]), ms, `no answer within ${ms} ms`)
+        .catch((err: Error) => {
+          throw Object.assign(err, { code: 'ETIMEOUT' });
+        });
       const records = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
       if (records.length === 0) throw v4.status === 'rejected' ? v4.reason : new Error(`no address for ${host}`);
       let ttl = Infinity;
@@ -139,7 +145,6 @@ export class DnsCache {
       p = systemResolver.lookup(host).finally(() => hanging.delete(host));
       hanging.set(host, p);
     }
-    const ms = this.settings.timeoutMs;
     const addrs = await withDeadline(p, ms, `no answer within ${ms} ms`).catch((err: Error) => {
       throw err.message === `no answer within ${ms} ms` ? Object.assign(err, { code: 'ETIMEOUT' }) : err;
     });
