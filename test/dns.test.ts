@@ -258,3 +258,34 @@ test('with dns.servers, a server that never answers is given up after dns.timeou
     await new Promise<void>((r) => sink.close(() => r()));
   }
 });
+
+test('with dns.servers, an A query that fails (SERVFAIL) while AAAA answers keeps the name\'s IPv4 addresses: the answer is not taken as the whole set', { timeout: 10000 }, async () => {
+  let aFails = false;
+  const sock = createSocket('udp4');
+  sock.on('message', (msg, rinfo) => {
+    const q = dnsPacket.decode(msg);
+    const question = q.questions?.[0];
+    if (!question) return;
+    const servfail = question.type === 'A' && aFails;
+    const answers = servfail ? [] : question.type === 'A' ? [{ type: 'A' as const, name: question.name, ttl: 0, data: '127.0.0.1' }]
+      : question.type === 'AAAA' ? [{ type: 'AAAA' as const, name: question.name, ttl: 0, data: '::1' }] : [];
+    sock.send(dnsPacket.encode({ type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (servfail ? 2 : 0), questions: q.questions, answers }), rinfo.port, rinfo.address);
+  });
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
+  const dnsPort = (sock.address() as AddressInfo).port;
+  // The upstream is reachable over IPv4 only (as from a network without an IPv6 route).
+  const up = await startOn(['127.0.0.1']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dnsPort}"], refresh: 150ms, min_ttl: 100ms}\nservices:\n  - name: s\n    url: http://dual.test:${up.port}\n    retries: 1\n    routes: [{paths: [/]}]\n`);
+  try {
+    assert.deepEqual(g.gw.dns.get('dual.test'), ['127.0.0.1', '::1']);
+    assert.equal((await request(`${g.url}/x`)).status, 200);
+    aFails = true; // the DNS server fails the A query for a while
+    await sleep(700);
+    assert.deepEqual(g.gw.dns.get('dual.test'), ['127.0.0.1', '::1'], 'a failed A query dropped the IPv4 addresses');
+    for (let i = 0; i < 4; i++) assert.equal((await request(`${g.url}/x`)).status, 200);
+  } finally {
+    await g.close();
+    await up.close();
+    await new Promise<void>((r) => sock.close(() => r()));
+  }
+});

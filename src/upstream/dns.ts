@@ -24,6 +24,9 @@ export const systemResolver = {
   },
 };
 
+/** Resolver errors that mean the name has no records of the family asked (not that the query failed). */
+const NO_RECORDS = new Set(['ENODATA', 'ENOTFOUND']);
+
 /** System lookups still running, by name (process-wide: a refresh's copy of the cache shares them). */
 const hanging = new Map<string, Promise<string[]>>();
 
@@ -135,7 +138,19 @@ export class DnsCache {
       if (records.length === 0) throw v4.status === 'rejected' ? v4.reason : new Error(`no address for ${host}`);
       let ttl = Infinity;
       for (const rec of records) if (rec.ttl < ttl) ttl = rec.ttl;
-      return { addrs: records.map((rec) => rec.address), ttlMs: ttl * 1000 };
+      const addrs = records.map((rec) => rec.address);
+      // A family whose query failed (SERVFAIL, a timeout: not "no such records") is unknown, not
+      // empty: its last addresses stay, else a lost A answer beside a good AAAA one moved every
+      // request to IPv6 addresses (unreachable on many networks) until the next refresh.
+      const prev = this.answers.get(host);
+      if (prev !== undefined) {
+        for (const [res, family] of [[v4, 4], [v6, 6]] as const) {
+          if (res.status === 'rejected' && !NO_RECORDS.has((res.reason as { code?: string }).code ?? '')) {
+            for (const a of prev) if (isIP(a) === family) addrs.push(a);
+          }
+        }
+      }
+      return { addrs, ttlMs: ttl * 1000 };
     }
     // getaddrinfo cannot be cancelled and holds one of libuv's four threadpool threads (shared
     // with file and crypto work) while it waits: a name whose lookup still hangs is not asked
