@@ -387,3 +387,32 @@ test('a target taken out by a reload while down, and put back by another while a
     await b.close();
   }
 });
+
+test('raising max_concurrent by reload (or dropping the bulkhead) admits the requests already queued at once, not when a running one ends or their wait expires', { timeout: 8000 }, async () => {
+  const held: ServerResponse[] = [];
+  const up = await startUpstream((req, res) => (req.url === '/long' ? held.push(res) : res.end('ok')));
+  const cfg = (cb: string) => `listen: 127.0.0.1:0\naccess_log: {enabled: false}\nservices:\n  - name: s\n    url: ${up.url}\n${cb}    routes: [{paths: [/]}]\n`;
+  try {
+    for (const after of ['    circuit_breaker: {max_concurrent: 4, max_pending: 10, max_wait: 3s}\n', '']) {
+      const g = await startGateway(cfg('    circuit_breaker: {max_concurrent: 1, max_pending: 10, max_wait: 3s}\n'));
+      try {
+        const long = request(`${g.url}/long`); // holds the only slot (a stream, a slow download)
+        await until(() => held.length === 1, 2000, 'the long request at the upstream');
+        const queued = request(`${g.url}/q`);
+        await until(() => g.gw.snapshot.services[0]!.state.queue.length === 1, 2000, 'one request queued');
+        g.gw.reload(parseConfigText(cfg(after)));
+        const t0 = Date.now();
+        const r = await queued;
+        assert.equal(r.status, 200, r.body);
+        assert.ok(Date.now() - t0 < 1000, `the queued request waited ${Date.now() - t0} ms after the limit was raised`);
+        held.pop()!.end('long');
+        assert.equal((await long).status, 200);
+      } finally {
+        for (const r of held.splice(0)) r.end();
+        await g.close();
+      }
+    }
+  } finally {
+    await up.close();
+  }
+});

@@ -15,7 +15,7 @@ import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
 import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
-import type { ForwardHandler } from '../upstream/forward.js';
+import { grantSlots, type ForwardHandler } from '../upstream/forward.js';
 import { handleRequest, closingSockets, httpsByTrustedProxy, requestIdOf, type RequestContext, type Upgrade, type WsCounters } from './request.js';
 import { closeAllWebSockets, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
@@ -92,11 +92,15 @@ function listen(server: NetServer, addr: Address, name: string): Promise<Address
   });
 }
 
-/** The live snapshot's bulkhead limits go to the shared service state (queued requests obey them too). */
+/**
+ * The live snapshot's bulkhead limits go to the shared service state (queued requests obey them
+ * too): a raised limit (or none) admits the waiting requests now, not when a slot is released.
+ */
 function applyLimits(snap: Snapshot): void {
   for (const s of snap.services) {
     s.state.maxConcurrent = s.bulkhead?.maxConcurrent ?? Infinity;
     s.state.maxPending = s.bulkhead?.maxPending ?? Infinity;
+    if (s.state.queue.length > 0) grantSlots(s.state);
   }
 }
 
