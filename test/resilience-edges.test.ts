@@ -416,3 +416,30 @@ test('raising max_concurrent by reload (or dropping the bulkhead) admits the req
     await up.close();
   }
 });
+
+test('active health of an HTTP/2 service (h2c, grpcs) probes in HTTP/2: a target that speaks only HTTP/2 is not taken down by probes it cannot read', { timeout: 10000 }, async () => {
+  const { createServer: createH2Server, createSecureServer } = await import('node:http2');
+  const { makeCa } = await import('./certs.js');
+  const ca = makeCa();
+  const pem = ca.issue('h2.test', { dns: ['h2.test'] });
+  const handler = (req: import('node:http2').Http2ServerRequest, res: import('node:http2').Http2ServerResponse) => res.end(req.url === '/healthz' ? 'healthy' : 'ok');
+  // (neither accepts HTTP/1.1, as gRPC servers and many h2c services do not)
+  const plain = createH2Server(handler);
+  const secure = createSecureServer({ cert: pem.cert, key: pem.key, allowHTTP1: false }, handler);
+  for (const s of [plain, secure]) await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s: typeof plain | typeof secure) => (s.address() as { port: number }).port;
+  const hc = `      healthcheck: {active: {path: /healthz, interval: 100ms, timeout: 80ms, healthy: 1, unhealthy: 2}}\n`;
+  const g = await startGateway(`services:\n` +
+    `  - name: c\n    protocol: h2c\n    upstream:\n      targets: [{url: "http://127.0.0.1:${port(plain)}"}]\n${hc}    routes: [{paths: [/c]}]\n` +
+    `  - name: s\n    protocol: grpcs\n    tls: {ca: ${ca.certFile}, server_name: h2.test}\n    upstream:\n      targets: [{url: "https://127.0.0.1:${port(secure)}"}]\n${hc}    routes: [{paths: [/s]}]\n`);
+  try {
+    await sleep(600); // several probes
+    const health = (g.gw as unknown as { health: HealthAuthority }).health.report();
+    assert.deepEqual(Object.values(health.targets).map((t) => t.failing_probes), [false, false], JSON.stringify(health));
+    assert.equal((await request(`${g.url}/c`)).status, 200);
+  } finally {
+    await g.close();
+    for (const s of [plain, secure]) await new Promise((r) => s.close(r));
+    ca.cleanup();
+  }
+});

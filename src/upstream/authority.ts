@@ -54,6 +54,11 @@ interface TargetHealth {
 
 const BUCKETS = 10;
 
+/** The probe agent for h2c targets: HTTP/2 with prior knowledge (undici's connector option, not in its types). */
+function h2cProbeAgent(): Agent {
+  return new Agent({ keepAliveTimeout: 10_000, connections: 2, allowH2: true, connect: { useH2c: true } as Agent.Options['connect'] });
+}
+
 function sameActive(a: ActiveConfig | null, b: ActiveConfig | null): boolean {
   if (a === null || b === null) return a === b;
   const key = (c: ActiveConfig) => JSON.stringify([c.path, c.interval, c.timeout, c.healthy, c.unhealthy, c.statuses ? [...c.statuses] : null, c.host]);
@@ -77,6 +82,8 @@ export class HealthAuthority implements Reporter {
   private readonly agent = new Agent({ keepAliveTimeout: 10_000, connections: 2 });
   /** Probe agents for HTTPS targets, by TLS material and server name (the service's own settings). */
   private readonly tlsAgents = new Map<string, Agent>();
+  /** Probe agent for h2c targets (HTTP/2 with prior knowledge), made when one needs it. */
+  private h2cAgent: Agent | undefined;
   private stopped = false;
 
   constructor(private readonly publish: (d: Decision) => void, private readonly log?: Logger) {}
@@ -99,7 +106,9 @@ export class HealthAuthority implements Reporter {
         }
         h.passive = s.health.passive;
         h.weight = t.weight;
-        h.dispatcher = t.origin.startsWith('https:') ? this.tlsAgent(s.tls, t.hostHeader) : null;
+        // (probes speak the service's protocol: a target that speaks only HTTP/2 — gRPC servers,
+        // many h2c services — cannot read an HTTP/1.1 probe, and would never be up)
+        h.dispatcher = t.origin.startsWith('https:') ? this.tlsAgent(s.tls, t.hostHeader, s.h2Upstream) : s.h2Upstream ? (this.h2cAgent ??= h2cProbeAgent()) : null;
         const hadActive = h.active !== null;
         // Same probe settings (a reload builds new objects): keep the object, so a probe in
         // flight still counts (a result is dropped only when its settings changed).
@@ -295,16 +304,18 @@ export class HealthAuthority implements Reporter {
    * switch and server name, as its requests use (a private CA must not make a healthy target
    * look down). The SNI of a target resolved to an address is its name.
    */
-  private tlsAgent(tls: Snapshot['services'][number]['tls'], hostHeader: string): Agent {
+  private tlsAgent(tls: Snapshot['services'][number]['tls'], hostHeader: string, h2: boolean): Agent {
     const name = hostHeader.replace(/:[0-9]+$/, '').replace(/^\[|\]$/g, '');
     const servername = tls?.servername ?? (isIP(name) === 0 ? name : undefined);
-    const key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '']);
+    const key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '', h2]);
     let a = this.tlsAgents.get(key);
     if (a === undefined) {
       const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}) });
       a = new Agent({
         keepAliveTimeout: 10_000,
         connections: 2,
+        // (ALPN h2, as the service's own connections offer it)
+        ...(h2 ? { allowH2: true } : {}),
         // (undici would name the probe's Host — healthcheck.host — before these: see pools.ts)
         connect: (o, cb) => build({ ...o, servername: undefined }, cb),
       });
@@ -382,6 +393,7 @@ export class HealthAuthority implements Reporter {
     }
     for (const c of this.circuits.values()) clearTimeout(c.timer);
     await this.agent.close().catch(() => {});
+    await this.h2cAgent?.close().catch(() => {});
     await Promise.all([...this.tlsAgents.values()].map((a) => a.close().catch(() => {})));
   }
 }
