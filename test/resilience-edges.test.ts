@@ -443,3 +443,32 @@ test('active health of an HTTP/2 service (h2c, grpcs) probes in HTTP/2: a target
     ca.cleanup();
   }
 });
+
+test('a target a reload removed is left no idle connection: neither the request pool\'s nor the active probes\' (which lived on for the target\'s keep-alive hint, up to 10 minutes)', { timeout: 8000 }, async () => {
+  const { createServer } = await import('node:http');
+  type Sock = import('node:net').Socket;
+  const open = new Map<Sock, string>();
+  const start = async (name: string) => {
+    // (Keep-Alive: timeout=60 in every answer, as node and many servers send)
+    const s = createServer({ keepAliveTimeout: 60_000 }, (_q, r) => r.end(name));
+    s.on('connection', (c: Sock) => { open.set(c, name); c.on('close', () => open.delete(c)); });
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    return { s, url: `http://127.0.0.1:${(s.address() as { port: number }).port}` };
+  };
+  const a = await start('a');
+  const b = await start('b');
+  const cfg = (urls: string[]) => `services:\n  - name: s\n    upstream:\n      targets: [${urls.map((u) => `{url: "${u}"}`).join(', ')}]\n` +
+    `      healthcheck: {active: {path: /h, interval: 100ms, timeout: 80ms}}\n    routes: [{paths: [/]}]\n`;
+  const g = await startGateway(cfg([a.url, b.url]));
+  const at = (name: string) => [...open.values()].filter((n) => n === name).length;
+  try {
+    for (let i = 0; i < 4; i++) assert.equal((await request(`${g.url}/x`)).status, 200);
+    await until(() => at('b') === 2, 2000, 'a request connection and a probe connection at B');
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n${cfg([a.url])}`));
+    await until(() => at('b') === 0, 1500, 'the connections to B closed').catch((err: Error) => assert.fail(`${err.message}: ${at('b')} connection(s) to the removed target left open`));
+    assert.equal((await request(`${g.url}/x`)).body, 'a');
+  } finally {
+    await g.close();
+    for (const x of [a, b]) { x.s.closeAllConnections(); await new Promise((r) => x.s.close(r)); }
+  }
+});

@@ -6,7 +6,7 @@
  * decision is broadcast to all of them (src/server/cluster.ts), so no worker keeps sending
  * traffic to a target another one found dead.
  */
-import { Agent, buildConnector, request, type Dispatcher } from 'undici';
+import { Pool, buildConnector, request } from 'undici';
 import { isIP } from 'node:net';
 import type { Snapshot } from '../config/compile.js';
 import type { CircuitState } from './state.js';
@@ -36,8 +36,13 @@ interface TargetHealth {
   service: string;
   /** Its balancer weight: a target of weight 0 takes no traffic, so it is no target up for that rule. */
   weight: number;
-  /** What probes go through: the shared agent, or one with the service's upstream TLS settings. */
-  dispatcher: Dispatcher | null;
+  /**
+   * What its probes go through (null without active checks): a pool of its own, closed with it (a
+   * shared agent kept an idle connection to a removed target for its keep-alive hint), with the
+   * service's protocol and upstream TLS settings; `probeKey` names them.
+   */
+  dispatcher: Pool | null;
+  probeKey: string;
   passive: PassiveConfig | null;
   active: ActiveConfig | null;
   failures: number;
@@ -53,11 +58,6 @@ interface TargetHealth {
 }
 
 const BUCKETS = 10;
-
-/** The probe agent for h2c targets: HTTP/2 with prior knowledge (undici's connector option, not in its types). */
-function h2cProbeAgent(): Agent {
-  return new Agent({ keepAliveTimeout: 10_000, connections: 2, allowH2: true, connect: { useH2c: true } as Agent.Options['connect'] });
-}
 
 function sameActive(a: ActiveConfig | null, b: ActiveConfig | null): boolean {
   if (a === null || b === null) return a === b;
@@ -79,11 +79,6 @@ interface Circuit {
 export class HealthAuthority implements Reporter {
   private readonly targets = new Map<string, TargetHealth>();
   private readonly circuits = new Map<string, Circuit>();
-  private readonly agent = new Agent({ keepAliveTimeout: 10_000, connections: 2 });
-  /** Probe agents for HTTPS targets, by TLS material and server name (the service's own settings). */
-  private readonly tlsAgents = new Map<string, Agent>();
-  /** Probe agent for h2c targets (HTTP/2 with prior knowledge), made when one needs it. */
-  private h2cAgent: Agent | undefined;
   private stopped = false;
 
   constructor(private readonly publish: (d: Decision) => void, private readonly log?: Logger) {}
@@ -98,7 +93,7 @@ export class HealthAuthority implements Reporter {
         let h = this.targets.get(t.state.key);
         if (!h) {
           h = {
-            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, weight: t.weight, dispatcher: null, passive: null, active: null,
+            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, weight: t.weight, dispatcher: null, probeKey: '', passive: null, active: null,
             failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
             probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
           };
@@ -106,13 +101,11 @@ export class HealthAuthority implements Reporter {
         }
         h.passive = s.health.passive;
         h.weight = t.weight;
-        // (probes speak the service's protocol: a target that speaks only HTTP/2 — gRPC servers,
-        // many h2c services — cannot read an HTTP/1.1 probe, and would never be up)
-        h.dispatcher = t.origin.startsWith('https:') ? this.tlsAgent(s.tls, t.hostHeader, s.h2Upstream) : s.h2Upstream ? (this.h2cAgent ??= h2cProbeAgent()) : null;
         const hadActive = h.active !== null;
         // Same probe settings (a reload builds new objects): keep the object, so a probe in
         // flight still counts (a result is dropped only when its settings changed).
         if (!sameActive(h.active, s.health.active)) h.active = s.health.active;
+        this.probePool(h, s);
         if (!h.active && hadActive) {
           clearTimeout(h.probeTimer);
           h.probeTimer = undefined;
@@ -139,22 +132,12 @@ export class HealthAuthority implements Reporter {
       if (!seen.has(key)) {
         clearTimeout(h.probeTimer);
         clearTimeout(h.ejectTimer);
+        h.dispatcher?.close().catch(() => {}); // (once a probe in flight ended)
         this.targets.delete(key);
         // Its runtime state lives on while a request of an older snapshot holds it, and a reload
         // that puts the target back takes that state over: it must not stay down with no
         // ejection or probe left here to bring it up.
         if (h.down) this.publish({ t: 'target', key, down: false });
-      }
-    }
-    // Probe agents of TLS settings no target uses any more (a reload rotated the CA or the
-    // client certificate): closed once their probes in flight end, not kept per reload.
-    if (this.tlsAgents.size > 0) {
-      const inUse = new Set<Dispatcher>();
-      for (const h of this.targets.values()) if (h.dispatcher) inUse.add(h.dispatcher);
-      for (const [key, a] of this.tlsAgents) {
-        if (inUse.has(a)) continue;
-        this.tlsAgents.delete(key);
-        a.close().catch(() => {});
       }
     }
     for (const [name, c] of this.circuits) {
@@ -300,28 +283,41 @@ export class HealthAuthority implements Reporter {
   }
 
   /**
-   * The agent HTTPS probes go through: the service's CA, client certificate, verification
-   * switch and server name, as its requests use (a private CA must not make a healthy target
-   * look down). The SNI of a target resolved to an address is its name.
+   * Gives an actively checked target the pool its probes go through: the service's protocol (a
+   * target that speaks only HTTP/2 — gRPC servers, many h2c services — cannot read an HTTP/1.1
+   * probe) and, over TLS, its CA, client certificate, verification switch and server name, as
+   * its requests use (a private CA must not make a healthy target look down; the SNI of a target
+   * resolved to an address is its name). Settings that changed (a reload rotated the CA) get a
+   * new pool; the old one is closed once its probe in flight ended.
    */
-  private tlsAgent(tls: Snapshot['services'][number]['tls'], hostHeader: string, h2: boolean): Agent {
-    const name = hostHeader.replace(/:[0-9]+$/, '').replace(/^\[|\]$/g, '');
-    const servername = tls?.servername ?? (isIP(name) === 0 ? name : undefined);
-    const key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '', h2]);
-    let a = this.tlsAgents.get(key);
-    if (a === undefined) {
-      const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}) });
-      a = new Agent({
-        keepAliveTimeout: 10_000,
-        connections: 2,
-        // (ALPN h2, as the service's own connections offer it)
-        ...(h2 ? { allowH2: true } : {}),
+  private probePool(h: TargetHealth, s: Snapshot['services'][number]): void {
+    let key = '';
+    let connect: Pool.Options['connect'] | undefined;
+    if (h.active !== null) {
+      const tls = s.tls;
+      if (h.origin.startsWith('https:')) {
+        const name = h.hostHeader.replace(/:[0-9]+$/, '').replace(/^\[|\]$/g, '');
+        const servername = tls?.servername ?? (isIP(name) === 0 ? name : undefined);
+        key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '', s.h2Upstream]);
+        const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}), ...(s.h2Upstream ? { allowH2: true } : {}) });
         // (undici would name the probe's Host — healthcheck.host — before these: see pools.ts)
-        connect: (o, cb) => build({ ...o, servername: undefined }, cb),
-      });
-      this.tlsAgents.set(key, a);
+        connect = (o, cb) => build({ ...o, servername: undefined }, cb);
+      } else {
+        key = s.h2Upstream ? 'h2c' : 'http';
+        // (HTTP/2 with prior knowledge: undici's connector option, not in its types)
+        if (s.h2Upstream) connect = { useH2c: true } as Pool.Options['connect'];
+      }
     }
-    return a;
+    if (key === h.probeKey) return;
+    h.dispatcher?.close().catch(() => {});
+    h.probeKey = key;
+    h.dispatcher = key === '' ? null : new Pool(h.origin, {
+      keepAliveTimeout: 10_000,
+      connections: 2,
+      // (ALPN h2 over TLS, as the service's own connections offer it)
+      ...(s.h2Upstream ? { allowH2: true } : {}),
+      ...(connect ? { connect } : {}),
+    });
   }
 
   private scheduleProbe(h: TargetHealth, delay: number): void {
@@ -343,7 +339,7 @@ export class HealthAuthority implements Reporter {
       const signal = AbortSignal.timeout(cfg.timeout);
       const res = await request(h.origin + cfg.path, {
         method: 'GET',
-        dispatcher: h.dispatcher ?? this.agent,
+        dispatcher: h.dispatcher!,
         headers: { host: cfg.host ?? h.hostHeader, 'user-agent': 'turnpike-healthcheck' },
         headersTimeout: cfg.timeout,
         bodyTimeout: cfg.timeout,
@@ -392,8 +388,6 @@ export class HealthAuthority implements Reporter {
       clearTimeout(h.ejectTimer);
     }
     for (const c of this.circuits.values()) clearTimeout(c.timer);
-    await this.agent.close().catch(() => {});
-    await this.h2cAgent?.close().catch(() => {});
-    await Promise.all([...this.tlsAgents.values()].map((a) => a.close().catch(() => {})));
+    await Promise.all([...this.targets.values()].map((h) => h.dispatcher?.close().catch(() => {})));
   }
 }
