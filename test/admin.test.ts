@@ -499,7 +499,12 @@ test('RFC 6750 §3: Bearer without one well-formed token is 400 invalid_request;
   }
 });
 
-test('/status names the config revision the node runs: while a store revision is being applied (or rejected) it still says the one serving, not the next', async () => {
+/**
+ * A node on a sqlite config store (one service `a` on /a): the gateway, its control plane, and
+ * /status's config part. `apply` runs each store revision through the gateway's reload (after
+ * `before`, which may look at what clients see meanwhile); a reload that fails is a rejection.
+ */
+async function storeNode(name: string, opts: { rejectedRetryMs?: number; before?: () => Promise<void> } = {}) {
   const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
@@ -508,66 +513,17 @@ test('/status names the config revision the node runs: while a store revision is
   const { ControlPlane } = await import('../src/server/control-plane.js');
   const { silentLogger } = await import('../src/core/log.js');
   const up = await startUpstream();
-  const dir = mkdtempSync(join(tmpdir(), 'tp-status-applying-'));
+  const dir = mkdtempSync(join(tmpdir(), `tp-${name}-`));
   const file = join(dir, 'turnpike.yaml');
   writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstore: sqlite:./config.db\naccess_log: {enabled: false}\nservices: [{name: a, url: "${up.url}", routes: [{name: a, paths: [/a]}]}]\n`);
   let gw: Awaited<ReturnType<typeof Gateway.start>> | undefined;
-  const seen: { revision: unknown; b: number }[] = [];
+  const node = { tries: 0 };
   const cp = await ControlPlane.open({
     file, loaded: loadConfigFile(file), setting: 'sqlite:./config.db', log: silentLogger,
+    ...(opts.rejectedRetryMs !== undefined ? { rejectedRetryMs: opts.rejectedRetryMs } : {}),
     apply: async (text) => {
-      // what a client sees while the reload of this revision is under way
-      const admin = `http://127.0.0.1:${gw!.adminAddress!.port}`;
-      const status = JSON.parse((await request(`${admin}/status`)).body).config as Record<string, unknown>;
-      seen.push({ revision: status['revision'], b: (await request(`http://127.0.0.1:${gw!.proxyAddress!.port}/b`)).status });
-      await gw!.reloadAsync(parseConfigText(text, { file }));
-      return true;
-    },
-  });
-  try {
-    gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: silentLogger, control: cp });
-    cp.run();
-    const status = async () => JSON.parse((await request(`http://127.0.0.1:${gw!.adminAddress!.port}/status`)).body).config as Record<string, unknown>;
-    assert.equal((await status()).revision, 1);
-    const doc = (extra: Record<string, unknown>) => ({ services: [{ name: 'a', url: up.url, routes: [{ name: 'a', paths: ['/a'] }, { name: 'b', paths: ['/b'], ...extra }] }] });
-    await cp.store!.write({ actor: 't', action: 'add b' }, () => doc({}));
-    await cp.refresh();
-    assert.equal((await status()).revision, 2);
-    assert.equal((await request(`http://127.0.0.1:${gw.proxyAddress!.port}/b`)).status, 200);
-    // a revision this node cannot run (a variable it lacks): rejected, revision 2 runs on
-    await cp.store!.write({ actor: 't', action: 'bad' }, () => doc({ hosts: ['${TP_STATUS_APPLYING_UNSET}'] }));
-    await cp.refresh();
-    const after = await status();
-    assert.equal(after.revision, 2);
-    assert.equal(after.rejected_revision, 3);
-    // while revision 2 was applied /b was not served yet: /status said 1; while 3 was tried, 2
-    assert.deepEqual(seen, [{ revision: 1, b: 404 }, { revision: 2, b: 200 }]);
-  } finally {
-    await gw?.stop();
-    await cp.close();
-    await up.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
-
-test('a store revision a node rejected for a passing reason (what it lacked comes later: a mounted file, an env) is tried again, backed off, and runs once it can', async () => {
-  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
-  const { tmpdir } = await import('node:os');
-  const { join } = await import('node:path');
-  const { loadConfigFile, parseConfigText } = await import('../src/config/load.js');
-  const { Gateway } = await import('../src/server/gateway.js');
-  const { ControlPlane } = await import('../src/server/control-plane.js');
-  const { silentLogger } = await import('../src/core/log.js');
-  const up = await startUpstream();
-  const dir = mkdtempSync(join(tmpdir(), 'tp-rejected-retry-'));
-  const file = join(dir, 'turnpike.yaml');
-  writeFileSync(file, `listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nstore: sqlite:./config.db\naccess_log: {enabled: false}\nservices: [{name: a, url: "${up.url}", routes: [{name: a, paths: [/a]}]}]\n`);
-  let gw: Awaited<ReturnType<typeof Gateway.start>> | undefined;
-  let tries = 0;
-  const cp = await ControlPlane.open({
-    file, loaded: loadConfigFile(file), setting: 'sqlite:./config.db', log: silentLogger, rejectedRetryMs: 150,
-    apply: async (text) => {
-      tries++;
+      node.tries++;
+      await opts.before?.();
       try {
         await gw!.reloadAsync(parseConfigText(text, { file }));
         return true;
@@ -576,36 +532,75 @@ test('a store revision a node rejected for a passing reason (what it lacked come
       }
     },
   });
-  try {
-    gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: silentLogger, control: cp });
-    cp.run();
-    const proxy = `http://127.0.0.1:${gw.proxyAddress!.port}`;
-    const status = async () => JSON.parse((await request(`http://127.0.0.1:${gw!.adminAddress!.port}/status`)).body).config as Record<string, unknown>;
-    // a revision naming a CA file that the node's mount has not brought yet
-    const ca = join(dir, 'late-ca.pem');
-    await cp.store!.write({ actor: 't', action: 'tls' }, () => ({ services: [{ name: 'a', url: up.url, routes: [{ name: 'a', paths: ['/a'] }] }, { name: 'b', url: 'https://127.0.0.1:1', tls: { ca }, routes: [{ name: 'b', paths: ['/b'] }] }] }));
-    await cp.refresh();
-    assert.equal((await status()).rejected_revision, 2);
-    assert.equal((await request(`${proxy}/b`)).status, 404);
-    // retried, backed off (150, 300, 600 ms...): still rejected while the file is missing
-    const before = tries;
-    await sleep(600);
-    assert.ok(tries > before && tries <= before + 3, `${tries - before} tries in 600 ms`);
-    const testCa = makeCa();
-    writeFileSync(ca, testCa.cert);
-    testCa.cleanup();
-    await eventually(async () => (await status()).revision === 2, 5_000);
-    const s = await status();
-    assert.equal(s.rejected_revision, undefined);
-    assert.equal((await request(`${proxy}/b`)).status, 502, 'route b runs (its target refuses connections)');
-    const settled = tries;
-    await sleep(1_500);
-    assert.equal(tries, settled, 'no tries once it runs');
-  } finally {
+  const close = async () => {
     await gw?.stop();
     await cp.close();
     await up.close();
     rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    gw = await Gateway.start(parseConfigText(cp.text(), { file }), { logger: silentLogger, control: cp });
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  cp.run();
+  const proxy = `http://127.0.0.1:${gw.proxyAddress!.port}`;
+  const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+  const status = async () => JSON.parse((await request(`${admin}/status`)).body).config as Record<string, unknown>;
+  return Object.assign(node, { cp, up, dir, proxy, status, close });
+}
+
+test('/status names the config revision the node runs: while a store revision is being applied (or rejected) it still says the one serving, not the next', async () => {
+  const seen: { revision: unknown; b: number }[] = [];
+  // what a client sees while the reload of a revision is under way
+  const n = await storeNode('status-applying', { before: async () => { seen.push({ revision: (await n.status()).revision, b: (await request(`${n.proxy}/b`)).status }); } });
+  try {
+    assert.equal((await n.status()).revision, 1);
+    const doc = (extra: Record<string, unknown>) => ({ services: [{ name: 'a', url: n.up.url, routes: [{ name: 'a', paths: ['/a'] }, { name: 'b', paths: ['/b'], ...extra }] }] });
+    await n.cp.store!.write({ actor: 't', action: 'add b' }, () => doc({}));
+    await n.cp.refresh();
+    assert.equal((await n.status()).revision, 2);
+    assert.equal((await request(`${n.proxy}/b`)).status, 200);
+    // a revision this node cannot run (a variable it lacks): rejected, revision 2 runs on
+    await n.cp.store!.write({ actor: 't', action: 'bad' }, () => doc({ hosts: ['${TP_STATUS_APPLYING_UNSET}'] }));
+    await n.cp.refresh();
+    const after = await n.status();
+    assert.equal(after.revision, 2);
+    assert.equal(after.rejected_revision, 3);
+    // while revision 2 was applied /b was not served yet: /status said 1; while 3 was tried, 2
+    assert.deepEqual(seen, [{ revision: 1, b: 404 }, { revision: 2, b: 200 }]);
+  } finally {
+    await n.close();
+  }
+});
+
+test('a store revision a node rejected for a passing reason (what it lacked comes later: a mounted file, an env) is tried again, backed off, and runs once it can', async () => {
+  const { writeFileSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const n = await storeNode('rejected-retry', { rejectedRetryMs: 150 });
+  try {
+    // a revision naming a CA file that the node's mount has not brought yet
+    const ca = join(n.dir, 'late-ca.pem');
+    await n.cp.store!.write({ actor: 't', action: 'tls' }, () => ({ services: [{ name: 'a', url: n.up.url, routes: [{ name: 'a', paths: ['/a'] }] }, { name: 'b', url: 'https://127.0.0.1:1', tls: { ca }, routes: [{ name: 'b', paths: ['/b'] }] }] }));
+    await n.cp.refresh();
+    assert.equal((await n.status()).rejected_revision, 2);
+    assert.equal((await request(`${n.proxy}/b`)).status, 404);
+    // retried, backed off (150, 300, 600 ms...): still rejected while the file is missing
+    const before = n.tries;
+    await sleep(600);
+    assert.ok(n.tries > before && n.tries <= before + 3, `${n.tries - before} tries in 600 ms`);
+    const testCa = makeCa();
+    writeFileSync(ca, testCa.cert);
+    testCa.cleanup();
+    await eventually(async () => (await n.status()).revision === 2, 5_000);
+    assert.equal((await n.status()).rejected_revision, undefined);
+    assert.equal((await request(`${n.proxy}/b`)).status, 502, 'route b runs (its target refuses connections)');
+    const settled = n.tries;
+    await sleep(1_500);
+    assert.equal(n.tries, settled, 'no tries once it runs');
+  } finally {
+    await n.close();
   }
 });
 
