@@ -261,6 +261,22 @@ test('developers: the portal\'s accounts are listed; approve a pending sign-up a
   await page.waitForFunction(() => document.activeElement?.id === 'h-developer-list');
 });
 
+test('a sign-out that does not reach the gateway says so and stays signed in (the session is still open there)', async () => {
+  const cookie = (await page.context().cookies()).find((x) => x.name === 'tp_console')!;
+  // The connection drops (a proxy in front going away, the network): the gateway never ends the session.
+  await page.route('**/console/api/logout', (r) => r.abort('connectionreset'));
+  try {
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    const alert = page.getByTestId('signout-error');
+    await alert.waitFor({ timeout: 5_000 });
+    assert.match(await alert.innerText(), /still signed in/);
+    assert.equal(await page.getByLabel('Admin token').count(), 0, 'no sign-in form claiming "You have signed out."');
+    assert.equal((await request(`${admin}/api/routes`, { headers: { cookie: `tp_console=${cookie.value}` } })).status, 200, 'the session is indeed still open');
+  } finally {
+    await page.unroute('**/console/api/logout');
+  }
+});
+
 test('security: the console API without the session cookie, or with a forged CSRF token, is refused — also from inside the page', async () => {
   const cookie = (await page.context().cookies()).find((x) => x.name === 'tp_console')!;
   // Without the cookie.

@@ -1,6 +1,6 @@
 /** The console shell: session check, sign-in, navigation (hash routes) and the live feed. */
 import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { onUnauthorized, request, setCsrf, ApiError, type SessionInfo } from './api.js';
+import { describe, onUnauthorized, request, setCsrf, ApiError, type SessionInfo } from './api.js';
 import { Live } from './live.js';
 import { Login } from './views/login.js';
 import { Dashboard } from './views/dashboard.js';
@@ -31,11 +31,13 @@ type Phase = { kind: 'checking' } | { kind: 'out'; notice: string | null } | { k
 export function App() {
   const [phase, setPhase] = useState<Phase>({ kind: 'checking' });
   const [view, setView] = useState<View>(() => viewOf(location.hash));
+  const [signOutError, setSignOutError] = useState<string | null>(null);
   const title = useRef<HTMLHeadingElement>(null);
   const moved = useRef(false);
 
   const signedOut = (notice: string | null) => {
     setCsrf(null);
+    setSignOutError(null);
     setPhase({ kind: 'out', notice });
   };
   const signedIn = (session: SessionInfo) => {
@@ -105,12 +107,18 @@ export function App() {
   }, [view]);
 
   const signOut = async () => {
-    live?.stop();
+    setSignOutError(null);
     try {
       await request('POST', '/console/api/logout', { own401: true });
-    } catch {
-      // Signed out locally either way; the cookie expires with the session.
+    } catch (err) {
+      // (401: the session had already ended.) Otherwise the gateway did not end it and the
+      // cookie still signs this browser in: say so rather than "You have signed out.".
+      if (!(err instanceof ApiError && err.status === 401)) {
+        setSignOutError(`Not signed out: ${describe(err)} You are still signed in.`);
+        return;
+      }
     }
+    live?.stop();
     signedOut('You have signed out.');
   };
 
@@ -138,6 +146,7 @@ export function App() {
             <div class="who">
               <span data-testid="signed-in-as">Signed in as <strong>{session.name}</strong> ({session.role})</span>
               <button type="button" onClick={() => void signOut()}>Sign out</button>
+              {signOutError ? <span class="error" role="alert" data-testid="signout-error">{signOutError}</span> : null}
             </div>
           </>
         ) : null}
