@@ -442,10 +442,18 @@ export class AccountService {
       return { ...c.message(429, 'Signed out here only', 'You are signed out in this browser, but you signed out too often in the last hour to end your other sessions; sign out again later.'), headers: { ...PAGE_HEADERS, 'set-cookie': cleared['set-cookie'], ...retryAfter(this.signOuts.wait(name, now)) } };
     }
     this.signOuts.hit(name, now);
-    await this.backend.edit(name, 'portal: signed out (every session ended)', (doc) => {
-      const { cred } = developerIn(doc, name);
-      cred['session_epoch'] = (typeof cred['session_epoch'] === 'number' ? cred['session_epoch'] : 0) + 1;
-    });
+    try {
+      await this.backend.edit(name, 'portal: signed out (every session ended)', (doc) => {
+        const { cred } = developerIn(doc, name);
+        cred['session_epoch'] = (typeof cred['session_epoch'] === 'number' ? cred['session_epoch'] : 0) + 1;
+      });
+    } catch (err) {
+      // The store cannot take the sign-out (unreachable, a failed write): this browser is signed
+      // out all the same (as past the hour's limit), and the page says the others are not.
+      this.log.warn({ consumer: name, err: (err as Error).message }, 'portal: a sign-out could not end the other sessions');
+      const unavailable = (err as Error)?.name === 'StoreUnavailable';
+      return { ...c.message(503, 'Signed out here only', 'You are signed out in this browser, but your other sessions could not be ended right now (the account store cannot be reached); sign in and out again later.'), headers: { ...PAGE_HEADERS, 'set-cookie': cleared['set-cookie'], ...(unavailable ? retryAfter(STORE_RETRY_MS) : {}) } };
+    }
     return { status: 303, headers: cleared, body: '' };
   }
 
