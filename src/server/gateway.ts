@@ -245,6 +245,26 @@ function afterResponses(socket: Socket, fn: () => void): void {
   pending.once('close', next);
 }
 
+/**
+ * The answer to a request whose handling failed: a 500 problem, or, when even that cannot be
+ * written (fields the handler left that the protocol refuses, such as a field allowed once set
+ * twice over HTTP/2), the response reset (HTTP/2: the stream closed with INTERNAL_ERROR). It is
+ * called from event handlers, and src/ has no uncaughtException handler: it never throws.
+ */
+export function answerFailed(log: Logger, req: IncomingMessage, res: ServerResponse): void {
+  try {
+    sendProblem(res, 'internal-error', 'the gateway failed to handle this request', requestIdOf(req), { close: true });
+  } catch (err) {
+    log.error({ err }, 'the problem for a failed request could not be written: the response is reset');
+    try {
+      if (isHttp2(res)) (res as unknown as { stream: ServerHttp2Stream }).stream.close(h2c.NGHTTP2_INTERNAL_ERROR);
+      else res.destroy();
+    } catch {
+      // (already closed)
+    }
+  }
+}
+
 /** A request line `METHOD target HTTP/x.y` at the start of what the parser refused, or null. */
 function requestLine(raw: Buffer | undefined): RegExpExecArray | null {
   return raw === undefined ? null : /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) [!-~]+ HTTP\/[0-9]\.[0-9]\r\n/.exec(raw.toString('latin1', 0, 8192));
@@ -929,12 +949,12 @@ export class Gateway implements RequestContext {
           else handler = late;
         }, (err: unknown) => {
           this.log.error({ err }, 'request handler failed');
-          sendProblem(res, 'internal-error', 'the gateway failed to handle this request', requestIdOf(req), { close: true });
+          answerFailed(this.log, req, res);
         });
       } else handler = h;
     } catch (err) {
       this.log.error({ err }, 'request handler failed');
-      sendProblem(res, 'internal-error', 'the gateway failed to handle this request', requestIdOf(req), { close: true });
+      answerFailed(this.log, req, res);
     }
   }
 
