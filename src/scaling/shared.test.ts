@@ -262,3 +262,34 @@ test('a node whose wall clock is off by more than three intervals still counts (
   assert.ok(await c.hexists('tp-skew:{scaling}', 'behind'), 'the late node\'s field is kept');
   await Promise.all([behind.leave(), ahead.leave()]);
 });
+
+test('a field of the shared hash this node cannot read (null, an entry without counts, garbage) is skipped and logged once: the others still merge, one node still pushes', async () => {
+  const { SharedDemand } = await import('./shared.js');
+  const c = new Redis({ port: redis.port, host: '127.0.0.1' });
+  clients.push(c);
+  const warned: unknown[] = [];
+  const a = new SharedDemand(c, 'tp-garbage:', 'a', { warn: (o: unknown) => void warned.push(o) }, 1000);
+  const b = new SharedDemand(c, 'tp-garbage:', 'b', silentLogger, 1000);
+  const counts = { orders: { n: 5, errors: 0, timeouts: 0, busyMs: 500, hist: { 10: 5 } } };
+  const entry = (at: number) => ({ boot: 'old', seq: 1, at, routes: {}, utilization: 0.1 });
+  await c.hset('tp-garbage:{scaling}', {
+    'is-null': 'null',
+    'no-counts': JSON.stringify([entry(Date.now())]),
+    'null-in-list': JSON.stringify([null]),
+    'bad-count': JSON.stringify({ ...entry(Date.now()), counts: { orders: null } }),
+    'a-number': '42',
+  });
+  for (let tick = 0; tick < 3; tick++) {
+    await a.exchange({ counts, routes: {}, utilization: 0.2 }, 1000);
+    const got = await b.exchange({ counts, routes: {}, utilization: 0.2 }, 1000);
+    assert.equal(a.ok && b.ok, true, 'redis answered: not taken for down');
+    assert.equal([a.leader, b.leader].filter(Boolean).length, 1, 'one node pushes');
+    if (tick > 0) {
+      assert.equal(b.nodes, 2);
+      assert.equal(got.reduce((s, e) => s + e.counts.orders!.n, 0), 5, 'a\'s entry merged');
+    }
+  }
+  assert.equal(warned.length, 5, 'each unreadable field logged once (by a, which saw all five)');
+  // (a value that is no object or list is deleted, as an unparsable one is)
+  assert.deepEqual((await c.hkeys('tp-garbage:{scaling}')).sort(), ['a', 'b', 'bad-count', 'no-counts', 'null-in-list']);
+});

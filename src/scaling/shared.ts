@@ -27,6 +27,22 @@ function combine(entries: NodeDemand[]): NodeDemand {
   return { ...last, counts: d.services, routes: d.routes };
 }
 
+const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
+const isNumber = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x);
+function countsOk(m: unknown): boolean {
+  if (!isObject(m)) return false;
+  for (const c of Object.values(m)) {
+    if (!isObject(c) || !isNumber(c.n) || !isNumber(c.errors) || !isNumber(c.busyMs) || !isObject(c.hist)) return false;
+    if ((c.timeouts !== undefined && !isNumber(c.timeouts)) || (c.inflight !== undefined && !isNumber(c.inflight))) return false;
+    for (const k of Object.values(c.hist)) if (!isNumber(k)) return false;
+  }
+  return true;
+}
+/** An entry this node can merge (not: another version's shape, a hand-written value, garbage). */
+function readable(e: unknown): e is NodeDemand {
+  return isObject(e) && typeof e.boot === 'string' && isNumber(e.seq) && isNumber(e.at) && isNumber(e.utilization) && countsOk(e.counts) && countsOk(e.routes);
+}
+
 export interface NodeDemand {
   /** Random per process: a node restarted under the same id starts a new sequence. */
   boot: string;
@@ -58,6 +74,8 @@ export class SharedDemand {
   /** Whether the last exchange with Redis worked. */
   ok = true;
   private lastError = 0;
+  /** Fields of other nodes already logged as unreadable (each once). */
+  private readonly unreadable = new Set<string>();
   leader = true;
   /** Nodes with a fresh entry, this one included. */
   nodes = 1;
@@ -100,18 +118,24 @@ export class SharedDemand {
       const fresh = new Set<string>();
       for (const [node, text] of Object.entries(all)) {
         if (node === this.nodeId) continue;
-        let list: NodeDemand[];
+        let parsed: unknown;
         try {
-          const parsed = JSON.parse(text) as NodeDemand | NodeDemand[];
-          // (an array of its last entries, oldest first; one entry from an older version)
-          list = Array.isArray(parsed) ? parsed : [parsed];
+          parsed = JSON.parse(text);
         } catch {
           forget.push(node);
           continue;
         }
+        // (an array of its last entries, oldest first; one entry from an older version). An entry
+        // of another shape — another version's, a hand-written one, null — is skipped: were it
+        // merged, the exchange would fail as if Redis were down and every node would push.
+        const list = (Array.isArray(parsed) ? parsed : [parsed]).filter(readable);
         const e = list[list.length - 1];
-        if (e === undefined || typeof e.at !== 'number') {
-          forget.push(node);
+        if (e === undefined) {
+          if (!this.unreadable.has(node)) {
+            this.unreadable.add(node);
+            this.log.warn({ node }, 'scaling: skipping a node\'s entry in redis this node cannot read');
+          }
+          if (!isObject(parsed) && !Array.isArray(parsed)) forget.push(node);
           continue;
         }
         const inflight = (x: NodeDemand) => Object.fromEntries(Object.entries(x.counts).filter(([, c]) => c.inflight !== undefined).map(([s, c]) => [s, c.inflight!]));
