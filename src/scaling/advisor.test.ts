@@ -505,3 +505,37 @@ test('/api/scaling says why there is no decision when the scale subresource cann
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
+
+test('kubernetes trigger: an answer larger than 1 MiB (not an API server\'s: a proxy\'s page, a stream) is cut, not buffered whole', async () => {
+  const big = JSON.stringify({ kind: 'Scale', spec: { replicas: 2 }, pad: 'x'.repeat(4 << 20) });
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const buf = Buffer.from(big);
+      let sent = 0;
+      const next = (): void => {
+        while (sent < buf.length) {
+          const piece = buf.subarray(sent, sent + 65536);
+          sent += piece.length;
+          if (!res.write(piece)) return void res.once('drain', next);
+        }
+        res.end();
+      };
+      res.on('error', () => {});
+      next();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const k = new KubernetesTrigger(k8s(`http://127.0.0.1:${(server.address() as AddressInfo).port}`), silentLogger, dir);
+  try {
+    assert.equal(await k.read(), null);
+    assert.match(k.readError?.error ?? '', /larger than 1048576 bytes/);
+    k.current = 1;
+    assert.equal(await k.push(3), false);
+    assert.match(k.last?.error ?? '', /larger than 1048576 bytes/);
+  } finally {
+    await k.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+  }
+});

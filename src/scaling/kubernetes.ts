@@ -8,13 +8,26 @@
  */
 import { readFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
-import { Agent, request } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
 import type { Logger } from '../core/log.js';
 import { parseDuration } from '../config/units.js';
 import type { TriggerConfig } from './schema.js';
 import { loggableUrl } from './webhook.js';
 
 const SA = '/var/run/secrets/kubernetes.io/serviceaccount';
+/** The most of an answer read: a Scale or a Status is a few hundred bytes; anything larger (not an API server's answer) is cut, not buffered. */
+const BODY_LIMIT = 1 << 20;
+
+async function textOf(body: Dispatcher.ResponseData['body']): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > BODY_LIMIT) throw new Error(`the answer is larger than ${BODY_LIMIT} bytes`); // (leaving the loop destroys the body)
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
 type KubernetesConfig = Extract<TriggerConfig, { type: 'kubernetes' }>;
 
 /**
@@ -100,7 +113,7 @@ export class KubernetesTrigger {
     try {
       // (one deadline for the whole call: bodyTimeout only bounds the gaps of a trickled body)
       const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs) });
-      const text = await r.body.text();
+      const text = await textOf(r.body);
       if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${text.slice(0, 200)}`);
       const n = KubernetesTrigger.replicasOf(text);
       if (n === null) throw new Error(`GET scale: no replica count in the answer ${text.slice(0, 200)}`);
@@ -143,7 +156,7 @@ export class KubernetesTrigger {
         headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
       });
       status = r.statusCode;
-      const text = await r.body.text();
+      const text = await textOf(r.body);
       if (status < 200 || status >= 300) error = text.slice(0, 300);
       // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
       else if (!this.cfg.dry_run) {
