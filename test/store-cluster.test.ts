@@ -211,6 +211,8 @@ test('PostgreSQL stopped: every node keeps serving, admin writes answer 503; a r
   const port = { proxy: B.proxy, admin: B.admin };
   await stopNode(B);
   B = await startNode('node-b', { port });
+  // (node-d, which never reached the store, starts meanwhile: the two starts are independent)
+  const D = await startNode('node-d');
   await ready(B);
   assert.equal(await get(B, '/w7'), 200, 'the snapshot has what B served');
   const sb = await status(B);
@@ -218,7 +220,6 @@ test('PostgreSQL stopped: every node keeps serving, admin writes answer 503; a r
   assert.equal(sb.config.revision, revisionBefore);
   assert.equal(sb.config.store_reachable, false);
   // A node that never reached the store has nothing to serve: no listener, not ready.
-  const D = await startNode('node-d');
   // (a slow machine may take seconds to start a node: wait for it to say so, not a fixed time)
   await until('node-d says it has no snapshot', 20_000, async () => /no disk snapshot: not ready/.test(D.run.stderr()), 100);
   assert.equal(await request(`http://127.0.0.1:${D.admin}/status`).then((r) => r.status, () => 0), 0, 'not ready while the store is down');
@@ -271,6 +272,8 @@ test('sqlite store: seeded from the file, the store is the truth after a restart
   const port = { proxy: S.proxy, admin: S.admin };
   await stopNode(S);
   const S2 = await startNode('sqlite-1', { store: 'sqlite:./turnpike.db', port, seed: `services: []\n` });
+  // (E, a node on an empty store of its own, starts meanwhile: it is used once S2 has exported)
+  const E = await startNode('sqlite-2', { store: 'sqlite:./turnpike.db' });
   await ready(S2);
   assert.equal(await get(S2, '/two'), 200, 'the store, not the file, after a restart');
   assert.match(S2.run.stderr(), /differ from the config store and are NOT served/, 'the operator is told the file is not served');
@@ -279,7 +282,6 @@ test('sqlite store: seeded from the file, the store is the truth after a restart
   assert.match(exported, /\$\{ACME_KEY:-acme-secret-key-1\}/, 'a reference stays a reference');
   assert.doesNotMatch(readFileSync(join(work, 'sqlite-1', 'turnpike.db')).toString('latin1'), /acme-secret-key-1"/);
 
-  const E = await startNode('sqlite-2', { store: 'sqlite:./turnpike.db' });
   await ready(E);
   const put = await api(E, 'PUT', '/api/config', undefined, { 'content-type': 'application/yaml' }).catch(() => null);
   assert.ok(put === null || put.status >= 400, 'an empty body is refused');
@@ -318,12 +320,13 @@ test('--store names the store instead of the file (which then only seeds it); a 
   const [proxy, admin] = [await freePort(), await freePort()];
   const file = join(dir, 'turnpike.yaml');
   writeFileSync(file, `listen: 127.0.0.1:${proxy}\nadmin: {listen: 127.0.0.1:${admin}}\naccess_log: {enabled: false}\nservices: [{name: api, url: "${up.url}", routes: [{paths: [/flag]}]}]\n`);
+  // (both at once: the bad setting is refused before anything listens or opens a store)
   const bad = startCli(['start', '--config', file, '--store', 'mysql://x'], {});
-  assert.equal(await bad.exit, 2);
-  assert.match(bad.stderr(), /give sqlite:PATH or postgres/);
   const run = startCli(['start', '--config', file, '--store', `sqlite:${join(dir, 'flag.db')}`], {});
   const n = { name: 'flag', proxy, admin, file, run };
   nodes.push(n);
+  assert.equal(await bad.exit, 2);
+  assert.match(bad.stderr(), /give sqlite:PATH or postgres/);
   await ready(n);
   const s = await status(n);
   assert.equal(s.config.store, 'sqlite');
