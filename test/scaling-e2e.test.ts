@@ -300,7 +300,9 @@ services:
   assert.equal(report.services[0]!.triggers[0]!.last.ok, true);
   // A token the API server refuses: reported in the log, the gateway keeps serving.
   writeFileSync(join(dir, 'token'), 'wrong-token\n');
-  await sleep(1000);
+  // (the next rounds, every 300 ms, read the new token: wait for the refusal, not a fixed time)
+  const refusedBy = Date.now() + 10_000;
+  while (!(/cannot read the scale subresource/.test(run.stderr()) && /HTTP 401/.test(run.stderr())) && Date.now() < refusedBy) await sleep(50);
   assert.match(run.stderr(), /cannot read the scale subresource/);
   assert.match(run.stderr(), /HTTP 401/);
   assert.doesNotMatch(run.stderr(), /wrong-token/, 'the token is never logged');
