@@ -115,7 +115,7 @@ async function delaySequence(opts: { workers: number }): Promise<void> {
   const [p, a, st] = [await freePort(), await freePort(), await freePort()];
   const delayMs = 2000;
   const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}, token: ${TOKEN}}\nstatus_listen: 127.0.0.1:${st}\nworkers: ${opts.workers}\n` +
-    `timeouts: {shutdown_delay: ${delayMs}ms, drain: 4000ms}\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
+    `timeouts: {shutdown_delay: ${delayMs}ms, drain: 6000ms}\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
   const run = startCli(['start', '--config', file], {});
   try {
     await eventually(async () => (await probe(a, '/status/ready')) !== 'refused' && ((await probe(a, '/status/ready')) as { code: number }).code === 200, 20_000, 50);
@@ -128,9 +128,10 @@ async function delaySequence(opts: { workers: number }): Promise<void> {
     assert.doesNotMatch(first.head, /\r\nconnection: close/i);
     // A request in flight: longer than the drain, shorter than delay + drain (it completes only
     // when timeouts.drain is counted from the end of the delay). It also keeps the process
-    // alive ~3 s past the end of the delay, for the probes that follow on a loaded machine.
-    const slow = request(`http://127.0.0.1:${p}/slow/5000`).then((r) => r.status, (e: Error) => e.message);
-    await eventually(() => up.requests.some((r) => r.url === '/slow/5000'), 5000, 10);
+    // alive ~5 s past the end of the delay, for the probes that follow on a loaded machine (3 s
+    // were too few once: the process had exited before 'alive while draining' was asked).
+    const slow = request(`http://127.0.0.1:${p}/slow/7000`).then((r) => r.status, (e: Error) => e.message);
+    await eventually(() => up.requests.some((r) => r.url === '/slow/7000'), 5000, 10);
 
     const t0 = Date.now();
     run.child.kill('SIGTERM');
