@@ -723,3 +723,12 @@ test('header operations (rename / set / add / append) refuse a key that is no he
   assert.equal(configIssues(cfg('{rename: {"x y": 5}}')).length, 1);
   assert.deepEqual(configIssues(cfg('{set: {x-ok: v}, rename: {x-a: x-b}}')), []);
 });
+
+test('request-transform query set: an identity with a lone surrogate (a JWT sub of "\\ud800" is valid JSON) is a 400 problem, not a URIError (a 500)', async () => {
+  const { compileQueryOps } = await import('../src/plugins/transform-common.js');
+  const { ProblemError } = await import('../src/core/problem.js');
+  const edit = compileQueryOps({ set: { user: '{consumer}' }, add: { who: 'x{consumer}' } })!;
+  const ctx = (identity: string) => ({ consumer: null, identity }) as unknown as Parameters<typeof edit>[0];
+  assert.equal(edit(ctx('ad\u00e9'), '?a=1'), '?a=1&user=ad%C3%A9&who=xad%C3%A9');
+  assert.throws(() => edit(ctx('a\ud800b'), '?a=1'), (e: unknown) => e instanceof ProblemError && /well-formed Unicode/.test((e as Error).message));
+});

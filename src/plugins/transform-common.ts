@@ -268,6 +268,17 @@ export function compileHeaderOps(o: HeaderOps | undefined, strict = true): Heade
 // ---------------------------------------------------------------------------------------------
 // Query (a '?...' string; untouched parameters keep their exact bytes)
 
+/**
+ * A template's value as a query parameter's: a lone surrogate (a consumer name or a JWT claim:
+ * `"\ud800"` is valid JSON) has no UTF-8 form — the client's token, a 400 as in a path, not
+ * encodeURIComponent's URIError (a 500).
+ */
+function queryValue(v: string): string {
+  const e = encodeComponent(v);
+  if (e === null) throw new ProblemError('bad-request', 'a value for the query is not well-formed Unicode');
+  return e;
+}
+
 export function compileQueryOps(o: QueryOps | undefined): ((ctx: RequestCtx, q: string) => string) | null {
   if (!o) return null;
   const remove = new Set(o.remove ?? []);
@@ -276,6 +287,7 @@ export function compileQueryOps(o: QueryOps | undefined): ((ctx: RequestCtx, q: 
   const add = Object.entries(o.add ?? {}).map(([k, v]) => [k, compileTemplate(v)] as const);
   if (remove.size + rename.size + set.length + add.length === 0) return null;
   const setNames = new Set(set.map(([k]) => k));
+  const setEncoded = set.map(([k, v]) => [encodeURIComponent(k), v] as const);
   return (ctx, q) => {
     const parts = q.length > 1 ? q.slice(1).split('&') : [];
     const out: string[] = [];
@@ -300,8 +312,8 @@ export function compileQueryOps(o: QueryOps | undefined): ((ctx: RequestCtx, q: 
       present.add(key);
       out.push(part);
     }
-    for (const [k, v] of set) out.push(`${encodeURIComponent(k)}=${encodeURIComponent(v(ctx))}`);
-    for (const [k, v] of add) if (!present.has(k)) out.push(`${encodeURIComponent(k)}=${encodeURIComponent(v(ctx))}`);
+    for (const [k, v] of setEncoded) out.push(`${k}=${queryValue(v(ctx))}`);
+    for (const [k, v] of add) if (!present.has(k)) out.push(`${encodeURIComponent(k)}=${queryValue(v(ctx))}`);
     return out.length ? `?${out.join('&')}` : '';
   };
 }
