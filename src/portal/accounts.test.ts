@@ -196,6 +196,27 @@ test('a password hashed with less work than OWASP\'s minimum (an older release\'
   assert.equal(stored(doc()), again);
 });
 
+test('a wrong password for an account whose hash predates p=5 (an older release\'s p=1, 5x less work) takes as long as one for an unknown email: no timing tells which accounts exist until they are re-hashed', async () => {
+  const email = 'old-hash@example.com';
+  const weak = await hashPasswordAsync('old-hash-password-1', { N: 16384, r: 8, p: 1, keylen: 32 });
+  const { call, doc } = service();
+  (doc()['consumers'] as unknown[]).push({ name: 'old', credentials: [{ type: 'portal', email, password_hash: weak }] });
+  const time = async (who: string, ip: string) => {
+    const t = process.hrtime.bigint();
+    assert.equal((await call('POST', '/login', { body: { email: who, password: 'not-the-password-1' }, clientIp: ip })).status, 401);
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  };
+  await time('nobody@example.com', '192.0.2.201'); // (the dummy hash is made once)
+  const old = Math.min(await time(email, '192.0.2.202'), await time(email, '192.0.2.203'));
+  const unknown = Math.min(await time('nobody@example.com', '192.0.2.204'), await time('nobody@example.com', '192.0.2.205'));
+  // (without the padding: old ~1/5 of unknown)
+  assert.ok(old > unknown / 2 && old < unknown * 2, `old hash ${old.toFixed(0)} ms, unknown ${unknown.toFixed(0)} ms`);
+  // the padding makes up N·r·p to the floor in its N and r
+  const { paddingFor, SCRYPT } = await import('../plugins/basic-auth/hash.js');
+  assert.deepEqual((({ N, r, p }) => ({ N, r, p }))(paddingFor(parseHash(weak)!)!), { N: SCRYPT.N, r: SCRYPT.r, p: SCRYPT.p - 1 });
+  assert.equal(paddingFor(parseHash(await hashPasswordAsync('x'))!), null);
+});
+
 test('an account page asked with a method it does not take is 405 with its own Allow (RFC 9110 §15.5.6), not 404 as if it did not exist; an unknown page is still 404', async () => {
   const { call } = service();
   const s = await call('POST', '/signup', { body: { email: 'methods@example.com', password: 'methods-password-01' } });

@@ -26,7 +26,7 @@ import { request as undiciRequest } from 'undici';
 import type { Logger } from '../core/log.js';
 import type { AccountSettings, PortalSettings } from './catalog.js';
 import { esc, page, SECURITY } from './html.js';
-import { SCRYPT, hashPasswordAsync, parseHash, verifyPassword, weakerThanDefault } from '../plugins/basic-auth/hash.js';
+import { SCRYPT, hashPasswordAsync, parseHash, verifyPasswordAtCost, weakerThanDefault } from '../plugins/basic-auth/hash.js';
 import { signature, SIGNATURE_HEADER } from '../scaling/webhook.js';
 import { ipNetwork } from '../core/forwarded.js';
 
@@ -402,7 +402,9 @@ export class AccountService {
       // (an unknown email costs the same scrypt as a known one)
       this.dummy ??= hashPasswordAsync(randomBytes(16).toString('hex'), PORTAL_SCRYPT);
       const h = parsed ?? parseHash(await this.dummy)!;
-      ok = (await verifyPassword(password, h)) && parsed !== null;
+      // (a stored hash made with less work, p=1 before, costs the rest too: the same time as the
+      // dummy, so no timing tells an old account — or, until it is re-hashed, that it exists)
+      ok = (await verifyPasswordAtCost(password, h, PORTAL_SCRYPT)) && parsed !== null;
     }
     if (!ok || !dev) return c.loginForm(401, 'Wrong email or password.', email);
     this.loginByIp.refund(ipNetwork(r.clientIp));

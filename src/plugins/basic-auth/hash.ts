@@ -56,3 +56,26 @@ export function hashPasswordAsync(password: string, cost: { N: number; r: number
     });
   });
 }
+
+/**
+ * verifyPassword for a hash that may have been made with less work than `floor` (an older
+ * release's p=1): the rest of floor's work is spent after it (a throwaway scrypt of the
+ * difference), so that a check costs what a check of an unknown name against a floor-cost
+ * dummy costs — no oracle telling which accounts still hold an old hash (or exist at all).
+ */
+export async function verifyPasswordAtCost(password: string, h: ParsedHash, floor: { N: number; r: number; p: number } = SCRYPT): Promise<boolean> {
+  const good = await verifyPassword(password, h);
+  const pad = paddingFor(h, floor);
+  if (pad !== null) await verifyPassword(password, pad);
+  return good;
+}
+
+/** The throwaway check making up the work `h` lacks against `floor` (in floor's N and r), or null. */
+export function paddingFor(h: ParsedHash, floor: { N: number; r: number; p: number } = SCRYPT): ParsedHash | null {
+  const lacking = floor.N * floor.r * floor.p - h.N * h.r * h.p;
+  if (lacking <= 0) return null;
+  const p = Math.max(1, Math.round(lacking / (floor.N * floor.r)));
+  return { N: floor.N, r: floor.r, p, salt: PAD_SALT, hash: PAD_HASH };
+}
+const PAD_SALT = Buffer.alloc(16, 7);
+const PAD_HASH = Buffer.alloc(32, 1);
