@@ -75,7 +75,12 @@ after(async () => {
 });
 
 test('sign up from the catalog: the session cookie is HttpOnly and SameSite=Strict, the account is on the default plan', async () => {
+  const blocked: string[] = [];
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) blocked.push(m.text()); });
   await page.goto(`${proxy}/portal/`);
+  // the style block is allowed by its CSP hash (no 'unsafe-inline'): it applies, nothing is refused
+  assert.equal(await page.locator('body').evaluate((el) => (globalThis as unknown as { getComputedStyle(e: unknown): { maxWidth: string } }).getComputedStyle(el).maxWidth), '960px');
+  assert.deepEqual(blocked, []);
   await page.getByRole('link', { name: 'Sign up' }).click();
   await page.getByRole('heading', { name: 'Sign up' }).waitFor();
   // a short password is refused at the server too (the form's minlength aside)

@@ -112,6 +112,9 @@ test('the JSON answers (usage.json, its 401) carry the pages\' security fields: 
     assert.equal(r.headers['x-content-type-options'], 'nosniff');
     assert.equal(r.headers['x-frame-options'], 'DENY');
     assert.match(String(r.headers['content-security-policy']), /default-src 'none'.*frame-ancestors 'none'/);
+    // (styles by the one block's hash: markup an escaping slip let in cannot style itself)
+    assert.match(String(r.headers['content-security-policy']), /style-src 'sha256-[A-Za-z0-9+/]{43}='; /);
+    assert.doesNotMatch(String(r.headers['content-security-policy']), /unsafe-inline/);
   }
 });
 
