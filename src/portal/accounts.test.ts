@@ -7,7 +7,7 @@ import { hashPasswordAsync, parseHash } from '../plugins/basic-auth/hash.js';
 
 const settings: PortalSettings = {
   base: '/portal', hosts: null, title: 'Portal', description: '', apis: [],
-  accounts: { defaultPlan: null, plans: [], approval: 'auto', planApproval: 'auto', secret: 'unit-secret-0123456789abcdefghij', sessionTtlMs: 3_600_000, maxKeys: 3, signupsPerHour: 100, verification: null },
+  accounts: { defaultPlan: null, plans: [], approval: 'auto', planApproval: 'auto', secret: 'unit-secret-0123456789abcdefghij', sessionTtlMs: 3_600_000, maxKeys: 3, signupsPerHour: 100, nodeSignupsPerHour: 1000, verification: null },
 };
 
 function service(portal: PortalSettings = settings, backend: { readOnly?: () => { reason: string; transient: boolean } | null; down?: () => boolean } = {}) {
@@ -102,6 +102,18 @@ test('signups_per_hour counts an IPv6 client by its /64 (one subscriber holds al
   assert.equal((await signup(4, '2001:db8:1:3::1')).status, 303, 'another /64 is another client');
   assert.equal((await signup(5, '192.0.2.10')).status, 303);
   assert.equal((await signup(6, '192.0.2.11')).status, 303, 'IPv4: per address');
+});
+
+test('node_signups_per_hour caps sign-ups from all clients together (one holding many IPv6 /64s passes signups_per_hour: each sign-up is a revision every node reloads); its 429 says when', async () => {
+  const { call, doc } = service({ ...settings, accounts: { ...settings.accounts!, signupsPerHour: 1, nodeSignupsPerHour: 3 } });
+  const signup = (n: number) => call('POST', '/signup', { clientIp: `2001:db8:0:${n.toString(16)}::1`, body: { email: `many-${n}@example.com`, password: 'signup-limit-password' } });
+  for (let n = 1; n <= 3; n++) assert.equal((await signup(n)).status, 303, `sign-up ${n}, its own /64`);
+  const fourth = await signup(4);
+  assert.equal(fourth.status, 429);
+  assert.match(fourth.body, /Too many sign-ups right now/);
+  const wait = Number(fourth.headers['retry-after']);
+  assert.ok(Number.isInteger(wait) && wait > 3000 && wait <= 3600, `Retry-After: ${String(fourth.headers['retry-after'])}`);
+  assert.equal((doc()['consumers'] as unknown[]).length, 3, 'nothing stored past the cap');
 });
 
 test('the JSON answers (usage.json, its 401) carry the pages\' security fields: nosniff, no framing, the CSP', async () => {

@@ -194,6 +194,8 @@ export { isAccountPath };
 export class AccountService {
   private readonly ownSecret = randomBytes(32).toString('base64url');
   private readonly signupHits = new Map<string, { n: number; until: number }>();
+  /** Sign-ups of every client in this node's current hour (node_signups_per_hour). */
+  private nodeSignups = { n: 0, until: 0 };
   private readonly loginByIp = new Limiter(10, 60_000);
   /**
    * Per email and client network (IPv4 /24, IPv6 /64): wrong passwords for an email from one
@@ -357,6 +359,14 @@ export class AccountService {
       const res = c.signupForm(429, 'Too many sign-ups from your address; try again later.', email);
       return { ...res, headers: { ...res.headers, ...retryAfter(hits.until - now) } };
     }
+    // All clients together: each sign-up is a config revision every node reloads, and a client
+    // holding many addresses (an IPv6 /48 is 65,536 /64s) passes the per-client limit.
+    if (this.nodeSignups.until <= now) this.nodeSignups = { n: 0, until: now + 3_600_000 };
+    if (this.nodeSignups.n >= acc.nodeSignupsPerHour) {
+      const res = c.signupForm(429, 'Too many sign-ups right now; try again later.', email);
+      return { ...res, headers: { ...res.headers, ...retryAfter(this.nodeSignups.until - now) } };
+    }
+    this.nodeSignups.n++;
     if (!hits) {
       for (const [k, v] of this.signupHits) if (v.until <= now || this.signupHits.size > 10_000) this.signupHits.delete(k);
       this.signupHits.set(client, (hits = { n: 0, until: now + 3_600_000 }));

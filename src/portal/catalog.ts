@@ -30,6 +30,8 @@ export interface AccountSettings {
   sessionTtlMs: number;
   maxKeys: number;
   signupsPerHour: number;
+  /** All clients together, per node and hour. */
+  nodeSignupsPerHour: number;
   verification: { url: string; linkBase: string; secret: string | null; timeoutMs: number } | null;
 }
 
@@ -56,6 +58,7 @@ export function portalOf(cfg: TurnpikeConfigInput): PortalSettings | null {
     sessionTtlMs: parseDuration(a.session_ttl ?? '12h'),
     maxKeys: a.max_keys ?? 5,
     signupsPerHour: a.signups_per_hour ?? 10,
+    nodeSignupsPerHour: a.node_signups_per_hour ?? 1000,
     verification: a.verification ? { url: a.verification.url, linkBase: a.verification.link_base, secret: a.verification.secret ?? null, timeoutMs: Math.min(10_000, parseDuration(a.verification.timeout ?? '5s')) } : null,
   } : null;
   return { base: p.path ?? '/portal', hosts: p.hosts ? new Set(p.hosts.map((h) => h.toLowerCase())) : null, title: p.title ?? 'API portal', description: p.description ?? '', apis, accounts };

@@ -14,6 +14,7 @@ export const PortalAccounts = Type.Object({
   session_ttl: Type.Optional(Type.Union([Type.Integer({ minimum: 1 }), Type.String({ pattern: DURATION_PATTERN })], { default: '12h', description: 'How long a login lasts.' })),
   max_keys: Type.Optional(Type.Integer({ minimum: 1, maximum: 50, default: 5, description: 'API keys a developer may hold.' })),
   signups_per_hour: Type.Optional(Type.Integer({ minimum: 1, maximum: 100000, default: 10, description: 'Sign-ups accepted per client address (IPv6: per /64) per hour (per node).' })),
+  node_signups_per_hour: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000000, default: 1000, description: 'Sign-ups this node accepts per hour from all clients together: each is a config revision every node reloads, and a client holding many addresses (IPv6 prefixes) passes signups_per_hour.' })),
   verification: Type.Optional(Type.Object({
     url: Type.String({ pattern: '^https?://', maxLength: 2000, description: 'Called (POST, JSON, signed like scaling webhooks) with the verification link to send; the hook sends the email.' }),
     link_base: Type.String({ pattern: '^https?://[^/?#]+$', maxLength: 300, description: 'The portal\'s public origin for the links (e.g. https://developer.example.com); never taken from the request\'s Host.' }),
