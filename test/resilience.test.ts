@@ -510,6 +510,34 @@ for (const frees of [false, true]) {
   });
 }
 
+test('bulkhead: a wait the request\'s deadline (timeouts.total) ends before max_wait is that timeout, a 504 naming it (it was a 503 "no free slot within 5000 ms" after 300 ms)', { timeout: 5000 }, async () => {
+  const held: ServerResponse[] = [];
+  // (the first answer streams: its slot is held past its own deadline, which bounds its headers)
+  const u = await startUpstream((_q, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('streaming ');
+    held.push(res);
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${u.url}\n    timeouts: {response: 300ms, total: 300ms}\n    circuit_breaker: {max_concurrent: 1, max_pending: 1, max_wait: 5s}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const first = request(`${g.url}/1`);
+    await until(() => held.length === 1, 2000, 'one request at the upstream');
+    const t = performance.now();
+    const r = await request(`${g.url}/2`);
+    const ms = performance.now() - t;
+    assertProblem(r, 504, 'gateway-timeout');
+    assert.match(JSON.parse(r.body).detail, /no free slot within the 300 ms deadline/);
+    assert.ok(ms >= 250 && ms < 2000, `after the deadline (${ms.toFixed(0)} ms)`);
+    assert.equal(u.requests.length, 1);
+    held.shift()!.end('done');
+    assert.equal((await first).body, 'streaming done');
+  } finally {
+    for (const h of held.splice(0)) h.end();
+    await g.close();
+    await u.close();
+  }
+});
+
 test('ACCEPTANCE: a slow service does not slow a fast one (300 requests held open on the slow one)', { timeout: 5000 }, async () => {
   const slow = await startUpstream(() => {}); // never answers within the test
   const fast = await startUpstream((_q, res) => res.end('fast'));

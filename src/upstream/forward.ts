@@ -466,10 +466,17 @@ export class ForwardHandler {
         };
         this.waiting = granted;
         st.queue.push(granted);
+        // (the request's deadline, timeouts.total or a shorter grpc-timeout, may end the wait
+        // first: then it is that timeout, a 504, as any other part of the request running out)
+        const left = Math.max(1, this.deadline - Date.now());
         this.waitTimer = setTimeout(() => {
           this.unqueue();
-          this.refuse('service-overloaded', `service "${svc.name}" had no free slot within ${b.maxWait} ms`, { 'retry-after': '1' });
-        }, Math.min(b.maxWait, Math.max(1, this.deadline - Date.now())));
+          if (left < b.maxWait) {
+            this.refuse('gateway-timeout', this.grpcDeadline > 0 && this.grpcDeadline <= this.deadline
+              ? 'the call ran past its grpc-timeout waiting for a free slot'
+              : `service "${svc.name}" had no free slot within the ${svc.timeouts.total} ms deadline`);
+          } else this.refuse('service-overloaded', `service "${svc.name}" had no free slot within ${b.maxWait} ms`, { 'retry-after': '1' });
+        }, Math.min(b.maxWait, left));
         return;
       }
       st.active++;
