@@ -664,6 +664,17 @@ test('Max-Forwards: OPTIONS with 0 is answered by the gateway, otherwise decreme
   assert.equal(up.requests.length, before + 3);
 });
 
+/** The trailer section of a chunked answer to `GET /t` (TE: trailers), read off a raw socket. */
+function trailersOf(port: number): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const s = connect(port, '127.0.0.1');
+    let buf = '';
+    s.on('data', (d) => { buf += d.toString('latin1'); if (buf.endsWith('\r\n\r\n') && buf.includes('\r\n0\r\n')) { s.end(); resolve(buf.slice(buf.indexOf('\r\n0\r\n') + 5)); } });
+    s.on('error', reject);
+    s.write('GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n');
+  });
+}
+
 test('trailers: end-to-end ones pass; framing, routing, auth, cookies and response controls never do (RFC 9110 §6.5.1)', async () => {
   const origin = await startUpstream((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum, set-cookie' });
@@ -673,14 +684,7 @@ test('trailers: end-to-end ones pass; framing, routing, auth, cookies and respon
   });
   const g = await startGateway(`services:\n  - name: t\n    url: ${origin.url}\n    routes: [{paths: [/t]}]\n`);
   try {
-    const text = await new Promise<string>((resolve, reject) => {
-      const s = connect(g.port, '127.0.0.1');
-      let buf = '';
-      s.on('data', (d) => { buf += d.toString('latin1'); if (buf.endsWith('\r\n\r\n') && buf.includes('\r\n0\r\n')) { s.end(); resolve(buf); } });
-      s.on('error', reject);
-      s.write('GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n');
-    });
-    const tail = text.slice(text.indexOf('\r\n0\r\n') + 5);
+    const tail = await trailersOf(g.port);
     assert.match(tail, /^X-Checksum: abc\r\n/im);
     for (const f of ['set-cookie', 'content-type', 'location', 'authorization', 'cache-control']) assert.doesNotMatch(tail, new RegExp(`^${f}:`, 'im'), f);
   } finally {
@@ -694,14 +698,7 @@ test('trailers: a field the upstream\'s Connection names is connection-specific 
     'Connection: X-Hop, close\r\nTrailer: X-Hop, X-Sum\r\n\r\n4\r\nbody\r\n0\r\nX-Hop: secret-hop\r\nX-Sum: abc\r\n\r\n' : null));
   const g = await startGateway(`services:\n  - name: t\n    url: ${origin.url}\n    routes: [{paths: [/t]}]\n`);
   try {
-    const text = await new Promise<string>((resolve, reject) => {
-      const s = connect(g.port, '127.0.0.1');
-      let buf = '';
-      s.on('data', (d) => { buf += d.toString('latin1'); if (buf.endsWith('\r\n\r\n') && buf.includes('\r\n0\r\n')) { s.end(); resolve(buf); } });
-      s.on('error', reject);
-      s.write('GET /t HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nConnection: close\r\n\r\n');
-    });
-    const tail = text.slice(text.indexOf('\r\n0\r\n') + 5);
+    const tail = await trailersOf(g.port);
     assert.match(tail, /^X-Sum: abc\r\n/im);
     assert.doesNotMatch(tail, /x-hop/i, tail);
   } finally {
