@@ -122,11 +122,14 @@ class ConsistentHash implements Balancer {
       else hi = mid;
     }
     // Walk clockwise to the first usable owner; then to any up owner if all untried are down.
-    for (const tr of tried ? [tried, null] : [null]) {
-      for (let k = 0; k < n; k++) {
-        const t = this.owners[(lo + k) % n]!;
-        if (usable(t, tr)) return t;
-      }
+    return (tried !== null ? this.walk(lo, tried) : null) ?? this.walk(lo, null);
+  }
+
+  private walk(from: number, tried: readonly Target[] | null): Target | null {
+    const n = this.points.length;
+    for (let k = 0; k < n; k++) {
+      const t = this.owners[(from + k) % n]!;
+      if (usable(t, tried)) return t;
     }
     return null;
   }
