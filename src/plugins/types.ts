@@ -13,6 +13,9 @@ import type { Logger } from '../core/log.js';
 import type { CounterStore } from '../state/types.js';
 import type { CacheStores } from './cache/stores.js';
 
+/** encodeResponse's answer for a body-less answer (HEAD): its fields say encoded; there is nothing to encode. */
+export const HEADERS_ONLY = 'headers-only';
+
 export type Scope = 'global' | 'service' | 'route' | 'consumer';
 export type MaybePromise<T> = T | Promise<T>;
 
@@ -181,8 +184,9 @@ export interface PluginInstance {
    * and edit the headers for it (Content-Encoding, Vary; Content-Length is dropped when a
    * stream is returned). null: the body goes as it is. A 304 comes here too, for its fields
    * only (the ETag and Vary its 200 would carry): a stream returned for it is discarded.
+   * HEADERS_ONLY: the headers say encoded, with no stream to build (a HEAD answer has no body).
    */
-  encodeResponse?(ctx: RequestCtx, status: number, headers: string[]): Transform | null;
+  encodeResponse?(ctx: RequestCtx, status: number, headers: string[]): Transform | typeof HEADERS_ONLY | null;
   /** After the response ended; cannot change it. */
   log?(ctx: RequestCtx, info: LogInfo): void;
   /** The snapshot that created it retired: release timers, caches. */

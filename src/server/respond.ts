@@ -9,7 +9,7 @@ import type { Transform } from 'node:stream';
 import { PROBLEMS, ProblemError, markAnswered, problemBody, type ProblemCode } from '../core/problem.js';
 import type { Logger } from '../core/log.js';
 import type { Chain } from '../plugins/pipeline.js';
-import type { BufferedResponse, RequestCtx } from '../plugins/types.js';
+import { HEADERS_ONLY, type BufferedResponse, type RequestCtx } from '../plugins/types.js';
 import type { Exchange } from '../observability/exchange.js';
 
 /** The plugins that see a request's response. */
@@ -56,7 +56,8 @@ export function pickEncoder(pl: ResponsePlugins | null, status: number, headers:
   if (status === 304) {
     for (const b of pl.chain.encodeResponse) {
       try {
-        b.inst.encodeResponse!(pl.ctx, status, headers)?.destroy();
+        const t = b.inst.encodeResponse!(pl.ctx, status, headers);
+        if (t !== null && t !== HEADERS_ONLY) t.destroy();
       } catch (err) {
         pl.log?.error({ err, plugin: b.name, request_id: pl.ctx.requestId }, 'plugin failed in the encodeResponse phase');
       }
@@ -65,7 +66,7 @@ export function pickEncoder(pl: ResponsePlugins | null, status: number, headers:
   }
   const head = method === 'HEAD';
   for (const b of pl.chain.encodeResponse) {
-    let t: Transform | null = null;
+    let t: Transform | typeof HEADERS_ONLY | null = null;
     try {
       t = b.inst.encodeResponse!(pl.ctx, status, headers);
     } catch (err) {
@@ -73,6 +74,7 @@ export function pickEncoder(pl: ResponsePlugins | null, status: number, headers:
     }
     if (t !== null) {
       removeHeader(headers, 'content-length');
+      if (t === HEADERS_ONLY) return null;
       if (head) {
         t.destroy();
         return null;

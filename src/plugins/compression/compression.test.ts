@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import type { Transform } from 'node:stream';
 import { createBrotliDecompress, createGunzip } from 'node:zlib';
 import compression, { negotiate } from './index.js';
+import { HEADERS_ONLY } from '../types.js';
 
 const OFFER = ['br', 'gzip'];
 
@@ -26,11 +27,21 @@ test('negotiate: q=0 refuses (any spelling); an invalid qvalue makes its member 
 });
 
 /** The plugin's encodeResponse for a response with these fields, the client accepting `coding`. */
-function encoderFor(config: Parameters<typeof compression.create>[0], coding: string, headers: string[]) {
+function encoderFor(config: Parameters<typeof compression.create>[0], coding: string, headers: string[], method = 'GET') {
   const inst = compression.create(config, {} as never);
-  const ctx = { header: (n: string) => (n === 'accept-encoding' ? coding : undefined) };
-  return inst.encodeResponse!(ctx as never, 200, headers);
+  const ctx = { method, header: (n: string) => (n === 'accept-encoding' ? coding : undefined) };
+  const t = inst.encodeResponse!(ctx as never, 200, headers);
+  assert.notEqual(t, HEADERS_ONLY, 'a GET gets a stream or nothing');
+  return t as Transform | null;
 }
+
+test('HEAD: the fields a GET\'s answer would have (Content-Encoding, Vary, weak ETag), and no coder built for a body that is never sent', () => {
+  const inst = compression.create({}, {} as never);
+  const ctx = { method: 'HEAD', header: (n: string) => (n === 'accept-encoding' ? 'gzip' : undefined) };
+  const headers = ['content-type', 'application/json', 'content-length', '5000', 'etag', '"v1"'];
+  assert.equal(inst.encodeResponse!(ctx as never, 200, headers), HEADERS_ONLY);
+  assert.deepEqual(headers, ['content-type', 'application/json', 'content-length', '5000', 'etag', 'W/"v1"', 'vary', 'Accept-Encoding', 'content-encoding', 'gzip']);
+});
 
 test('streams by nature: text/event-stream only when listed by name, gRPC never (whatever is listed)', () => {
   assert.equal(encoderFor({}, 'gzip', ['content-type', 'text/event-stream']), null);

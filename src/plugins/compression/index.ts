@@ -15,7 +15,7 @@
  */
 import { constants, createBrotliCompress, createGzip } from 'node:zlib';
 import type { Transform } from 'node:stream';
-import { definePlugin, type RequestCtx } from '../types.js';
+import { HEADERS_ONLY, definePlugin, type RequestCtx } from '../types.js';
 import { parseSize } from '../../config/units.js';
 import { findHeader } from '../../server/respond.js';
 import { CompressionConfig } from './schema.js';
@@ -137,7 +137,7 @@ export default definePlugin({
       if (cl !== -1) headers.splice(cl, 2);
     };
     return {
-      encodeResponse(ctx, status, headers): Transform | null {
+      encodeResponse(ctx, status, headers): Transform | typeof HEADERS_ONLY | null {
         if (status === 304) {
           notModified(ctx, headers);
           return null;
@@ -167,6 +167,8 @@ export default definePlugin({
         for (let i = headers.length - 2; i >= 0; i -= 2) if (NOT_KEPT_ENCODED.has(headers[i]!.toLowerCase())) headers.splice(i, 2);
         const etag = findHeader(headers, 'etag');
         if (etag !== -1 && !headers[etag + 1]!.startsWith('W/')) headers[etag + 1] = 'W/' + headers[etag + 1]!;
+        // (a HEAD answer: the fields the GET's would have, no coder built for a body never sent)
+        if (ctx.method === 'HEAD') return HEADERS_ONLY;
         // (whole responses from respond.ts always carry their Content-Length here)
         return coding === 'br'
           ? createBrotliCompress(cl === -1 ? brStream : brWhole)
