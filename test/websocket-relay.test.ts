@@ -368,6 +368,29 @@ test('upstream refuses with 403: status, end-to-end headers (Via appended) and b
   }
 });
 
+test('an upstream handshake answer whose status is no final one (600-999, 0-99, a 101 without Upgrade) is a 502 problem, never relayed', T, async () => {
+  const up = await rawUpgradeUpstream((req) => {
+    const line = req.url === '/s999' ? '999 Weird' : req.url === '/s600' ? '600 Odd' : req.url === '/s042' ? '042 Low' : '101 Switching Protocols';
+    return `HTTP/1.1 ${line}\r\nx-up: 1\r\ncontent-length: 2\r\n\r\nhi`;
+  });
+  const gw = await gateway(up.url);
+  try {
+    for (const path of ['/s999', '/s600', '/s042', '/s101']) {
+      const r = await rawExchange(gw.port, handshake('', `GET ${path} HTTP/1.1`));
+      assert.equal(r.status, 502, path);
+      assert.equal(r.headers['content-type'], 'application/problem+json', path);
+      assert.equal(r.headers['x-up'], undefined, path);
+      assert.equal(Number(r.headers['content-length']), r.body.length, path);
+      assert.match(JSON.parse(r.body.toString()).detail, /invalid status/, path);
+    }
+    assert.deepEqual(gw.rejects, [502, 502, 502, 502]);
+    assert.equal(gw.opens, 0);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('upstream down: 502 problem+json with the request id', T, async () => {
   const probe = createNetServer();
   const port = await listenPort(probe);

@@ -13,7 +13,8 @@
  *    Any other outcome is written raw on the client socket (connection: close) and reported by
  *    onReject:
  *    the upstream's own non-101 response (hop-by-hop headers dropped, Via appended; one with a
- *    body over 64 KiB is a 502 instead: it is read whole to be relayed with a Content-Length),
+ *    body over 64 KiB is a 502 instead: it is read whole to be relayed with a Content-Length;
+ *    so is one whose status is no final one, outside 200-599),
  *    502 (refused, unreachable, reset, bad handshake), 504 (handshake timeout), 503 (gateway
  *    shutting down); 499 when the client went away first (nothing written then).
  *  - Relay. Two legs, `down` (client) and `up` (upstream). Messages are relayed whole (ws
@@ -316,13 +317,21 @@ export function relayWebSocket(o: WsRelayOptions): void {
     // A non-101 answer: relay it whole (status, end-to-end headers, body), read first to give it
     // a Content-Length; one with a body over 64 KiB is a 502, never a cut body labelled complete.
     u.on('unexpected-response', (_r, res) => {
+      // A final status must be 200-599 (RFC 9110 §15): 600-999 or 0-99 (llhttp takes any three
+      // digits) means nothing to a client, and a 1xx here (a 101 without Upgrade: websocket;
+      // others are interim and never come here) would be read by the client as an interim
+      // answer, the relayed body then parsed as the next response.
+      const status = res.statusCode ?? 0;
+      if (status < 200 || status > 599) {
+        fail('bad-gateway', `the upstream answered the WebSocket handshake with an invalid status (${status})`);
+        return;
+      }
       const chunks: Buffer[] = [];
       let size = 0;
       const tooBig = (): void => fail('bad-gateway', `the upstream refused the WebSocket handshake with a ${res.statusCode} whose body is over ${BODY_CAP} bytes`);
       const done = (): void => {
         if (!settle()) return;
         const own = gatewayHeaders(o);
-        const status = res.statusCode ?? 502;
         const headers = [...endToEnd(res.rawHeaders, own, false, o.via), ...own];
         writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks, size));
         up.terminate();
