@@ -275,6 +275,34 @@ ${config()}`);
   }
 });
 
+test('a WebSocket handshake that arrives once stop() began is refused with 503: a relay opened then outlived the stop, which waited for its socket forever', { timeout: 20_000 }, async () => {
+  const t = await startGateway(`timeouts: {drain: 2s}\n${config()}`);
+  const { connect } = await import('node:net');
+  // A connection accepted before stop(): it may still send its first request during the drain.
+  const sock = connect(t.port, '127.0.0.1');
+  sock.on('error', () => {});
+  let text = '';
+  sock.on('data', (d: Buffer) => { text += d.toString('latin1'); });
+  const sockClosed = new Promise<void>((r) => sock.once('close', () => r()));
+  await new Promise((r) => sock.once('connect', r));
+  await new Promise((r) => setTimeout(r, 100)); // accepted by the gateway
+  const before = up.handshakes.length;
+  let stopped = false;
+  const stop = t.close().then(() => { stopped = true; });
+  sock.write('GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+  try {
+    await eventually(() => stopped, 8000);
+    await sockClosed;
+    assert.match(text, /^HTTP\/1\.1 503 /);
+    assert.match(text, /application\/problem\+json/);
+    assert.match(text, /retry-after: 1/i);
+    assert.equal(up.handshakes.length, before, 'no upstream connection made');
+  } finally {
+    sock.destroy(); // (unfixed: the relay's end lets the stop finish)
+    await stop;
+  }
+});
+
 test('a wss handshake whose target fails the TLS handshake (an expired certificate) goes to another target, as a refused connection does: nothing was sent', { timeout: 10_000 }, async () => {
   const ca: TestCa = makeCa();
   const { createServer: createHttpsServer } = await import('node:https');

@@ -277,6 +277,7 @@ export class Gateway implements RequestContext {
   /** /status 200: the proxy listener accepts (a primary: one of its workers does, see cluster.ts). */
   ready = false;
   private stopCalled = false;
+  get stopping(): boolean { return this.stopCalled; }
   readonly startedAt = Date.now();
   private inflight = 0;
   readonly ws: WsCounters = { opened: 0, rejected: 0, closed: 0, messagesIn: 0, messagesOut: 0 };

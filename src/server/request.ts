@@ -102,6 +102,8 @@ export interface RequestContext {
   snapshot: Snapshot;
   /** Set while draining: every HTTP/1.1 response closes its connection (HTTP/2 sessions get a GOAWAY). */
   draining: boolean;
+  /** Set once stop() began: a WebSocket relay opened from then on would outlive it (503 instead). */
+  readonly stopping?: boolean;
   ws: WsCounters;
   onWsClose?(stats: WsStats, route: string, requestId: string): void;
   log?: Logger;
@@ -956,6 +958,10 @@ function startWebSocket(
   headers: string[], path: string, bare: boolean, requestId: string, hashKey: string, host: string, ex: Exchange | null,
 ): undefined {
   const svc = route.service;
+  // stop() closed the relays open when it began: one opened later (a handshake sent on a
+  // connection accepted just before, or whose plugins were still running) would be left open,
+  // and stop() would wait for its socket forever.
+  if (ctx.stopping === true) return reject(ctx, req, res, requestId, 'shutting-down', 'the gateway is shutting down', { 'retry-after': '1' });
   const denied = originDenied(route.websocket!.origins, req, host);
   if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied);
   // The service's circuit and bulkhead hold for WebSockets too: an open circuit refuses the
