@@ -464,6 +464,39 @@ test('bad client handshakes: 400 problem+json, no upstream connection made', T, 
   }
 });
 
+test('a handshake with a body (Content-Length, chunked) is a 400: its body is never read as the client\'s first frames', T, async () => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url);
+  try {
+    // A masked text frame as the body: after a 101 it would have reached the upstream as a message.
+    const payload = Buffer.from('smuggled');
+    const mask = Buffer.from([1, 2, 3, 4]);
+    const frame = Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, payload.map((b, i) => b ^ mask[i % 4]!)]).toString('latin1');
+    const bodies = [
+      handshake(`Content-Length: ${frame.length}\r\n`) + frame,
+      handshake('Transfer-Encoding: chunked\r\n') + `${frame.length.toString(16)}\r\n${frame}\r\n0\r\n\r\n`,
+    ];
+    for (const req of bodies) {
+      const r = await rawExchange(gw.port, req);
+      assert.equal(r.status, 400, req);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      assert.match(JSON.parse(r.body.toString()).detail, /has no body/);
+    }
+    // Content-Length: 0 is no body.
+    const sock = connect(gw.port, '127.0.0.1');
+    sock.on('error', () => {});
+    sock.write(handshake('Content-Length: 0\r\n').replace('GET /chat', 'GET /zero'));
+    const head = await within(new Promise<string>((r) => sock.once('data', (d: Buffer) => r(d.toString('latin1')))), 5000, '101');
+    sock.destroy();
+    assert.match(head, /^HTTP\/1\.1 101 /);
+    assert.deepEqual(up.conns.map((c) => c.req.url), ['/zero']);
+    assert.deepEqual(gw.rejects, [400, 400]);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('a Sec-WebSocket-Version other than 13: 426 with Sec-WebSocket-Version: 13 and Upgrade (RFC 6455 §4.2.2, §4.4), no upstream connection made', T, async () => {
   const up = await silentUpstream();
   const gw = await gateway(up.url);

@@ -203,6 +203,11 @@ function checkHandshake(req: IncomingMessage): string[] | string {
   const h = req.headers;
   if (req.method !== 'GET') return 'a WebSocket handshake must be a GET';
   if (h.upgrade?.toLowerCase() !== 'websocket') return 'invalid Upgrade header';
+  // The protocol switches once the request is complete (RFC 9110 §7.8), and node's parser stops
+  // at the head: a body would be read as the client's first frames (a message no body check, no
+  // plugin, no proxy in front ever saw as such). No client sends one.
+  const cl = h['content-length'];
+  if (h['transfer-encoding'] !== undefined || (cl !== undefined && Number(cl) !== 0)) return 'a WebSocket handshake has no body';
   const key = h['sec-websocket-key'];
   if (key === undefined || !KEY_RE.test(key)) return 'missing or invalid Sec-WebSocket-Key header';
   const version = h['sec-websocket-version'];
