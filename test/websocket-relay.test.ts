@@ -151,7 +151,7 @@ const handshake = (extra = '', requestLine = 'GET /chat HTTP/1.1') =>
 interface RawResponse { status: number; headers: Record<string, string>; body: Buffer; closed: boolean }
 
 /** Sends raw bytes, reads until the server closes (or 5 s), parses one HTTP/1.1 response. */
-function rawExchange(port: number, data: string): Promise<RawResponse> {
+function rawExchange(port: number, data: string | Buffer): Promise<RawResponse> {
   return within(new Promise((resolve) => {
     const sock = connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];
@@ -458,6 +458,28 @@ test('bad client handshakes: 400 problem+json, no upstream connection made', T, 
     assert.deepEqual(gw.rejects, bad.map(() => 400));
     await sleep(100);
     assert.equal(up.sockets.length, 0);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('a Sec-WebSocket-Protocol list padded with what is no OWS (a latin1 NBSP) is a 400 problem before any upstream connection, as ws would refuse it', T, async () => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url);
+  try {
+    const r = await rawExchange(gw.port, Buffer.from(handshake('Sec-WebSocket-Protocol: a,\xa0b\r\n'), 'latin1'));
+    assert.equal(r.status, 400);
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.match(JSON.parse(r.body.toString()).detail, /Sec-WebSocket-Protocol/);
+    // Spaces and tabs are OWS: offered upstream as the tokens they pad.
+    const c = client(gw.url + '/ok', ['a', 'b']);
+    await c.open;
+    c.ws.close();
+    await c.closed;
+    assert.deepEqual(up.conns.map((x) => x.req.url), ['/ok']);
+    assert.equal(up.conns[0]!.req.headers['sec-websocket-protocol'], 'a,b');
+    assert.deepEqual(gw.rejects, [400]);
   } finally {
     await gw.close();
     await up.close();

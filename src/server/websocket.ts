@@ -100,6 +100,7 @@ function wssConnect(options: ConnectionOptions & { path?: string }): TLSSocket {
 }
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
 const TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const OWS_EDGES = /^[ \t]+|[ \t]+$/g;
 const FIELD_VALUE_RE = /^[\t\x20-\x7e\x80-\xff]*$/;
 /** Dropped from relayed upstream responses (content-length is recomputed). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-connection', 'te', 'content-length']);
@@ -215,7 +216,9 @@ function checkHandshake(req: IncomingMessage): string[] | string {
   if (version.trim() !== '13') return VERSION_UNSUPPORTED;
   const raw = h['sec-websocket-protocol'];
   if (raw === undefined) return [];
-  const list = raw.split(',').map((p) => p.trim());
+  // (OWS is spaces and tabs only, RFC 9110 §5.6.3, as ws parses it: trim() also takes a latin1
+  // NBSP, which ws's own check of the 101 then refused, after the upstream session was opened)
+  const list = raw.split(',').map((p) => p.replace(OWS_EDGES, ''));
   if (list.some((p) => !TOKEN_RE.test(p)) || new Set(list).size !== list.length) return 'invalid Sec-WebSocket-Protocol header';
   return list;
 }
