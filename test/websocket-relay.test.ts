@@ -391,6 +391,22 @@ test('an upstream handshake answer whose status is no final one (600-999, 0-99, 
   }
 });
 
+test('an upstream 426 keeps the Upgrade it must carry (RFC 9110 §15.5.22), named in Connection', T, async () => {
+  const up = await rawUpgradeUpstream(() => 'HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\ncontent-length: 0\r\n\r\n');
+  const gw = await gateway(up.url);
+  try {
+    const r = await rawExchange(gw.port, handshake());
+    assert.equal(r.status, 426);
+    assert.equal(r.headers['upgrade'], 'websocket');
+    assert.equal(r.headers['connection'], 'upgrade, close');
+    assert.equal(r.headers['sec-websocket-version'], '8');
+    assert.deepEqual(gw.rejects, [426]);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('upstream down: 502 problem+json with the request id', T, async () => {
   const probe = createNetServer();
   const port = await listenPort(probe);

@@ -158,7 +158,7 @@ function writeRaw(socket: Duplex, status: number, reason: string, headers: [stri
   let head = `HTTP/1.1 ${status} ${reason.replace(/[\r\n]/g, '')}\r\n`;
   for (const [k, v] of headers) head += `${k}: ${v}\r\n`;
   // An Upgrade sent needs its Connection option (RFC 9110 §7.8).
-  const upgrade = headers.some(([k]) => k === 'upgrade');
+  const upgrade = headers.some(([k]) => k.toLowerCase() === 'upgrade');
   head += `content-length: ${body.length}\r\nconnection: ${upgrade ? 'upgrade, close' : 'close'}\r\n\r\n`;
   socket.once('finish', () => socket.destroy());
   socket.end(Buffer.concat([Buffer.from(head, 'latin1'), body]));
@@ -177,9 +177,11 @@ function problem(o: WsRelayOptions, code: ProblemCode, detail: string, extra: [s
 
 /**
  * The end-to-end fields of an upstream response (raw, names as sent), minus those the gateway
- * sets itself, and minus sec-websocket-* for a 101 (ws writes the client's own).
+ * sets itself, and minus sec-websocket-* for a 101 (ws writes the client's own). A 426 keeps its
+ * Upgrade, which it must carry (RFC 9110 §15.5.22), as the HTTP path keeps it.
  */
-function endToEnd(raw: string[], own: [string, string][], is101: boolean, via: string | undefined): [string, string][] {
+function endToEnd(raw: string[], own: [string, string][], status: number, via: string | undefined): [string, string][] {
+  const is101 = status === 101;
   const skip = new Set(own.map(([k]) => k.toLowerCase()));
   // Fields the upstream's Connection names are connection-specific too (RFC 9110 §7.6.1).
   for (let i = 0; i + 1 < raw.length; i += 2) {
@@ -190,7 +192,7 @@ function endToEnd(raw: string[], own: [string, string][], is101: boolean, via: s
   let upstreamVia = '';
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const k = raw[i]!.toLowerCase();
-    if (HOP_BY_HOP.has(k) || skip.has(k) || (is101 && k.startsWith('sec-websocket-'))) continue;
+    if ((HOP_BY_HOP.has(k) && (k !== 'upgrade' || status !== 426)) || skip.has(k) || (is101 && k.startsWith('sec-websocket-'))) continue;
     if (k === 'set-cookie' && isGatewayCookie(raw[i + 1]!)) continue;
     if (k === 'via' && via !== undefined) { upstreamVia += `${raw[i + 1]!}, `; continue; }
     out.push([raw[i]!, raw[i + 1]!]);
@@ -340,7 +342,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
       const done = (): void => {
         if (!settle()) return;
         const own = gatewayHeaders(o);
-        const headers = [...endToEnd(res.rawHeaders, own, false, o.via), ...own];
+        const headers = [...endToEnd(res.rawHeaders, own, status, o.via), ...own];
         writeRaw(socket, status, res.statusMessage || STATUS_CODES[status] || '', headers, Buffer.concat(chunks, size));
         up.terminate();
         o.onReject?.(status, true);
@@ -368,7 +370,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
       if (!settle()) { up.terminate(); return; }
       if (!socket.readable || !socket.writable) { up.terminate(); socket.destroy(); o.onReject?.(CLIENT_GONE, false); return; }
       const own = gatewayHeaders(o);
-      const headers = [...endToEnd(upHeaders, own, true, o.via), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
+      const headers = [...endToEnd(upHeaders, own, 101, o.via), ...own].map(([k, v]) => `${k}: ${v}`); // e.g. the upstream's set-cookie
       accepted.set(req, { protocol: chosen, headers });
       // ws destroys a socket it finds closed without calling back: catch that here.
       const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE, false); };
