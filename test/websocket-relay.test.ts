@@ -239,6 +239,36 @@ test('a 101 does not relay the fields its Connection header names (RFC 9110 §7.
   }
 });
 
+test('a 101\'s relayed fields keep their bytes past ASCII (UTF-8 or latin1 obs-text), never re-encoded', T, async () => {
+  const up = await rawUpgradeUpstream((req) => {
+    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    return Buffer.concat([
+      Buffer.from(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n`),
+      Buffer.from('Set-Cookie: name=caf\u00e9\r\n', 'utf8'), Buffer.from('X-Latin1: caf\u00e9\r\n\r\n', 'latin1'),
+    ]);
+  });
+  const gw = await gateway(up.url);
+  const sock = connect(gw.port, '127.0.0.1');
+  sock.on('error', () => {});
+  try {
+    sock.write(handshake());
+    const chunks: Buffer[] = [];
+    const head = await within(new Promise<Buffer>((resolve) => sock.on('data', (d: Buffer) => {
+      chunks.push(d);
+      const all = Buffer.concat(chunks);
+      if (all.includes('\r\n\r\n')) resolve(all.subarray(0, all.indexOf('\r\n\r\n') + 2));
+    })), 5000, '101 head');
+    assert.match(head.toString('latin1'), /^HTTP\/1\.1 101 /);
+    assert.ok(head.includes(Buffer.from('\r\nSet-Cookie: name=caf\u00e9\r\n', 'utf8')), head.toString('hex'));
+    assert.ok(head.includes(Buffer.from('\r\nX-Latin1: caf\u00e9\r\n', 'latin1')), head.toString('hex'));
+    assert.equal(gw.opens, 1);
+  } finally {
+    sock.destroy();
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('subprotocols: the client list is offered upstream and the upstream choice is the 101\'s', T, async () => {
   const up = await wsUpstream(undefined, { handleProtocols: (p) => (p.has('v2') ? 'v2' : false) });
   const gw = await gateway(up.url);

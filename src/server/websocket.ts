@@ -376,15 +376,21 @@ export function relayWebSocket(o: WsRelayOptions): void {
       const lost = (): void => { accepted.delete(req); up.terminate(); o.onReject?.(CLIENT_GONE, false); };
       socket.once('close', lost);
       let upgraded = false;
+      // ws writes its 101 as one string with the socket's default encoding, UTF-8: the relayed
+      // fields, decoded latin1 (one char per byte) as node reads them, would go out re-encoded
+      // (an upstream's UTF-8 `é`, C3 A9, as C3 83 C2 A9). Latin1 writes them back byte for byte.
+      socket.setDefaultEncoding('latin1');
       try {
         serverFor(o.maxMessage).handleUpgrade(req, socket, o.head, (down) => {
           upgraded = true;
+          socket.setDefaultEncoding('utf8');
           socket.off('close', lost);
           accepted.delete(req);
           relay(o, down, up, socket, upSocket);
         });
       } catch (err) {
         if (upgraded) throw err; // from the gateway's onOpen: not ours to hide
+        socket.setDefaultEncoding('utf8');
         socket.off('close', lost); // ws throws if this socket was already upgraded (a gateway bug)
         up.terminate();
         o.onReject?.(problem(o, 'internal-error', 'the WebSocket upgrade failed'), false);
