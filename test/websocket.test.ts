@@ -7,7 +7,7 @@ import { WebSocket, WebSocketServer } from 'ws';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { eventually, promValue, rawRequest, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
+import { configIssues, eventually, promValue, rawRequest, request, startGateway, startUpstream, type TestUpstream } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
 
 interface EchoUpstream { port: number; url: string; handshakes: IncomingMessage[]; closes: { code: number; reason: string }[]; sockets: Set<WebSocket>; close(): Promise<void> }
@@ -301,6 +301,17 @@ test('a WebSocket handshake that arrives once stop() began is refused with 503: 
     sock.destroy(); // (unfixed: the relay's end lets the stop finish)
     await stop;
   }
+});
+
+test('websocket.max_message that ws would take for no limit at all (0, 2gb and more: a 32-bit integer) is a config error', () => {
+  const cfg = (size: string) => `services:\n  - name: s\n    url: http://127.0.0.1:1\n    routes:\n      - {paths: [/ws], websocket: {max_message: ${size}}}\n`;
+  for (const size of ['0', '0kb', '2gb', '4gb']) {
+    const issues = configIssues(cfg(size));
+    assert.equal(issues.length, 1, size);
+    assert.equal(issues[0]!.path, 'services[0].routes[0].websocket.max_message', size);
+    assert.match(issues[0]!.message, /no limit/, size);
+  }
+  for (const size of ['1b', '1mb', '2047mb']) assert.deepEqual(configIssues(cfg(size)), [], size);
 });
 
 test('a wss handshake whose target fails the TLS handshake (an expired certificate) goes to another target, as a refused connection does: nothing was sent', { timeout: 10_000 }, async () => {

@@ -766,6 +766,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         compose: null,
       };
       if (ws && service.grpc) fail([...routePath(si, ri), 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
+      // ws reads its maxPayload as a 32-bit integer and 0 (or what overflows to 0 or below: 2gb,
+      // 4gb) as no limit at all: every message, however large, would be buffered whole.
+      const maxMessage = route.websocket?.maxMessage;
+      if (maxMessage !== undefined && !(maxMessage >= 1 && maxMessage <= 0x7fffffff)) {
+        fail([...sp, 'routes', ri, 'websocket', 'max_message'], 'must be between 1b and 2gb - 1 byte (ws takes 0, and 2gb or more, for no limit at all)');
+      }
       routes.push(route);
       specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
       specService.push(si);
