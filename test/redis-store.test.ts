@@ -122,6 +122,39 @@ test('on the Redis clock: a burst gives the same allowed/remaining sequence as a
   }
 });
 
+test('Redis\'s clock stepped back (a failover to a replica, a slot moved to a master whose clock is behind): active clients are not refused for the step (GCRA), nor given a fresh burst (sliding window); same as MemoryStore', async () => {
+  let now = 1_700_000_000_000;
+  const clock = () => now;
+  const redis = store({ url: server.url, timeout: 1000 }, { clock });
+  await redis.waitReady();
+  const memory = new MemoryStore(clock);
+  const both = async (q: RateQuery[]) => {
+    const got = await redis.rate(q);
+    assert.deepEqual(got, memory.rateNow(q), `at ${now}: ${JSON.stringify(q)}`);
+    return got[0]!;
+  };
+  // 10 per second: a client at its limit, then the clock one minute behind.
+  const g: RateQuery[] = [{ key: fresh('back-gcra'), limit: 10, periodMs: 1000, cost: 1, algorithm: 'gcra' }];
+  for (let i = 0; i < 10; i++) assert.equal((await both(g)).allowed, true);
+  now -= 60_000;
+  const d = await both(g);
+  // Its bucket is full (it used it up a moment ago), no more: one emission interval (100 ms) to wait, not a minute.
+  assert.equal(d.allowed, false);
+  assert.ok(d.retryAfterMs <= 100, `retry after ${d.retryAfterMs} ms`);
+  assert.ok(d.resetMs <= 1000, `reset in ${d.resetMs} ms`);
+  now += 100;
+  assert.equal((await both(g)).allowed, true, 'allowed again one emission interval later');
+  // Sliding window: what was counted still counts in the earlier window (not a fresh burst of 10).
+  now = 1_700_000_100_500;
+  const s: RateQuery[] = [{ key: fresh('back-sliding'), limit: 10, periodMs: 1000, cost: 1, algorithm: 'sliding-window' }];
+  for (let i = 0; i < 10; i++) assert.equal((await both(s)).allowed, true);
+  now -= 60_000;
+  assert.equal((await both(s)).allowed, false, 'the 10 counted a moment ago are still counted');
+  now += 2000;
+  assert.equal((await both(s)).allowed, true, 'slid out two windows later');
+  await memory.close();
+});
+
 test('several windows are all-or-none: a refusal by one takes nothing from the others', async () => {
   const redis = store();
   await redis.waitReady();

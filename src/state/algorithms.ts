@@ -15,9 +15,28 @@ import type { RateDecision } from './types.js';
 export interface GcraState { tat: number }
 export interface SlidingState { start: number; curr: number; prev: number }
 
+/**
+ * A state as of `now` when the clock stepped back since it was written (Redis's TIME after a
+ * failover to a replica, or a slot moved to a master, whose clock is behind): a TAT is never more
+ * than a period ahead of the clock that set it, so further ahead it is a full bucket — not full
+ * for the length of the step too; a sliding window ahead of the clock is the current one (what
+ * it counted still counts) — not a fresh burst. The same object when the clock did not step
+ * back. Stores write back a state this changed (even for a refused request): otherwise a
+ * client stays refused, or its counts stuck, until the clock catches up.
+ */
+export function gcraAt(state: GcraState | undefined, periodMs: number, now: number): GcraState | undefined {
+  return state !== undefined && state.tat > now + periodMs ? { tat: now + periodMs } : state;
+}
+
+export function slidingAt(state: SlidingState | undefined, periodMs: number, now: number): SlidingState | undefined {
+  if (state === undefined) return state;
+  const start = Math.floor(now / periodMs) * periodMs;
+  return state.start > start ? { start, curr: state.curr, prev: state.prev } : state;
+}
+
 export function gcra(state: GcraState | undefined, limit: number, periodMs: number, cost: number, now: number): { decision: RateDecision; next: GcraState | undefined } {
   const t = periodMs / limit;
-  const tat = Math.max(state?.tat ?? now, now);
+  const tat = Math.max(gcraAt(state, periodMs, now)?.tat ?? now, now);
   const newTat = tat + cost * t;
   const ahead = newTat - now;
   if (ahead > periodMs) {
@@ -31,7 +50,8 @@ export function gcra(state: GcraState | undefined, limit: number, periodMs: numb
 }
 
 /** Moves a sliding-window state to the window that contains `now`. */
-function roll(s: SlidingState | undefined, periodMs: number, now: number): SlidingState {
+function roll(state: SlidingState | undefined, periodMs: number, now: number): SlidingState {
+  const s = slidingAt(state, periodMs, now);
   const start = Math.floor(now / periodMs) * periodMs;
   if (s === undefined || s.start + periodMs <= start - periodMs) return { start, curr: 0, prev: 0 };
   if (s.start === start) return s;

@@ -17,7 +17,7 @@
  * episode in the log.
  */
 import { performance } from 'node:perf_hooks';
-import { gcra, sliding, type GcraState, type SlidingState } from './algorithms.js';
+import { gcra, gcraAt, sliding, slidingAt, type GcraState, type SlidingState } from './algorithms.js';
 import { QuotaFile } from './persist.js';
 import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
 import type { Logger } from '../core/log.js';
@@ -99,6 +99,7 @@ export class MemoryStore implements CounterStore {
       const q = queries[0]!;
       const id = `gcra|${q.periodMs}|${q.limit}|${q.key}`;
       const e = this.rates.get(id);
+      if (e?.kind === 'gcra' && e.s.tat > now + q.periodMs) this.rebase(e, q.periodMs, now);
       const { decision, next } = gcra(e?.kind === 'gcra' ? e.s : undefined, q.limit, q.periodMs, q.cost, now);
       if (decision.allowed && next) {
         if (e?.kind === 'gcra') {
@@ -115,6 +116,7 @@ export class MemoryStore implements CounterStore {
     for (const q of queries) {
       const id = `${q.algorithm}|${q.periodMs}|${q.limit}|${q.key}`;
       const e = this.rates.get(id);
+      if (e !== undefined) this.rebase(e, q.periodMs, now);
       if (q.algorithm === 'gcra') {
         const { decision, next } = gcra(e?.kind === 'gcra' ? e.s : undefined, q.limit, q.periodMs, q.cost, now);
         results.push({ decision, apply: () => next && this.rates.set(id, { kind: 'gcra', s: next, expires: next.tat }) });
@@ -133,6 +135,17 @@ export class MemoryStore implements CounterStore {
     return results.map((r, i) => (r.decision.allowed
       ? { ...r.decision, allowed: false, remaining: Math.min(queries[i]!.limit, r.decision.remaining + queries[i]!.cost), retryAfterMs: retry }
       : r.decision));
+  }
+
+  /** An entry written before the clock stepped back, as of now (algorithms.ts gcraAt / slidingAt), kept whatever the decision. */
+  private rebase(e: Entry, periodMs: number, now: number): void {
+    if (e.kind === 'gcra') {
+      const s = gcraAt(e.s, periodMs, now)!;
+      if (s !== e.s) { e.s = s; e.expires = s.tat; }
+    } else {
+      const s = slidingAt(e.s, periodMs, now)!;
+      if (s !== e.s) { e.s = s; e.expires = s.start + 2 * periodMs; }
+    }
   }
 
   rate(queries: readonly RateQuery[]): Promise<RateDecision[]> {

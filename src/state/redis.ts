@@ -7,6 +7,11 @@
  * it. Keys are `${prefix}{${key}}:g|s:${periodMs}:${limit}` (quotas `${prefix}{${key}}:q`): the
  * hash tag is the rate key, so all keys of one decision live in one Redis Cluster slot.
  *
+ * Redis's clock can step back (a failover to a replica, a slot moved to a master whose clock
+ * is behind): a TAT more than a period ahead is a full bucket, a sliding window ahead of the
+ * clock the current one, written back at once (algorithms.ts gcraAt / slidingAt): not a lockout
+ * for the length of the step, nor a fresh burst.
+ *
  * State in Redis: GCRA keeps the theoretical arrival time (ms, a string that round-trips the
  * double exactly) expiring at the TAT; the sliding window keeps a hash {s: window start,
  * c: current count, p: previous count} expiring two periods after its window's start (PEXPIRE
@@ -127,7 +132,15 @@ for i = 1, #KEYS do
     local t = period / limit
     local tat = now
     local stored = redis.call('GET', key)
-    if stored then tat = math.max(tonumber(stored), now) end
+    if stored then
+      stored = tonumber(stored)
+      -- (written before Redis's clock stepped back: a full bucket, kept whatever the decision)
+      if stored > now + period then
+        stored = now + period
+        redis.call('SET', key, string.format('%.17g', stored), 'PX', math.max(1, math.ceil(period)))
+      end
+      tat = math.max(stored, now)
+    end
     local newTat = tat + cost * t
     local ahead = newTat - now
     if ahead > period then
@@ -148,9 +161,14 @@ for i = 1, #KEYS do
     local s = redis.call('HMGET', key, 's', 'c', 'p')
     if s[1] then
       local ss = tonumber(s[1])
-      if ss == start then
+      if ss >= start then
         curr = tonumber(s[2]) or 0
         prev = tonumber(s[3]) or 0
+        if ss > start then
+          -- (a window ahead of Redis's clock, which stepped back since: the current one, kept whatever the decision)
+          redis.call('HSET', key, 's', string.format('%.17g', start))
+          redis.call('PEXPIRE', key, math.max(1, math.ceil(start + 2 * period - now)))
+        end
       elseif ss + period == start then
         prev = tonumber(s[2]) or 0
       end
