@@ -1,7 +1,7 @@
 /** The limit algorithms with an injected clock (no sleeps): GCRA burst and spacing, sliding-window edges, all-or-none windows, quotas. */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -152,6 +152,40 @@ test('quota file (state_file): another process holding its write lock neither st
   } finally {
     other.close();
     await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a corrupt quota file (cut short by a copy or a disk that lost its tail, or not a database at all) is moved aside for a new one: quotas are kept on disk again, not in memory only for good', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-corrupt-'));
+  const path = join(dir, 'state.db');
+  const period = Date.now() + 3_600_000;
+  try {
+    for (const damage of ['cut', 'garbage'] as const) {
+      const a = new MemoryStore();
+      a.persist(path);
+      for (let i = 0; i < 2000; i++) a.quotaNow({ key: `q:${i}`, limit: 10, cost: 1, periodEnd: period });
+      await a.close();
+      if (damage === 'cut') truncateSync(path, Math.floor(statSync(path).size / 2));
+      else writeFileSync(path, 'these bytes are not an SQLite database, '.repeat(50));
+      const warned: string[] = [];
+      const b = new MemoryStore();
+      assert.doesNotThrow(() => b.persist(path, { warn: ((_o: object, msg: string) => void warned.push(msg)) as Logger['warn'] }), damage);
+      assert.equal(warned.length, 1, damage);
+      assert.match(warned[0]!, /corrupt/);
+      const aside = readdirSync(dir).filter((f) => f.startsWith('state.db.corrupt-'));
+      assert.equal(aside.length, 1, `the damaged file is kept beside it (${readdirSync(dir).join(', ')})`);
+      rmSync(join(dir, aside[0]!));
+      assert.equal(b.quotaNow({ key: 'q:new', limit: 10, cost: 3, periodEnd: period }).used, 3);
+      await b.close();
+      // A restart reads what the new file holds.
+      const c = new MemoryStore();
+      c.persist(path);
+      assert.equal(c.quotaUsageNow('q:new'), 3, damage);
+      await c.close();
+      rmSync(path, { force: true });
+    }
+  } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });

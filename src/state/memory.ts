@@ -18,7 +18,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { gcra, gcraAt, sliding, slidingAt, type GcraState, type SlidingState } from './algorithms.js';
-import { QuotaFile } from './persist.js';
+import { openQuotaFile, type QuotaFile } from './persist.js';
 import type { Clock, CounterStore, QuotaDecision, QuotaQuery, RateDecision, RateQuery } from './types.js';
 import type { Logger } from '../core/log.js';
 
@@ -216,9 +216,12 @@ export class MemoryStore implements CounterStore {
     this.file = null;
     clearInterval(this.flushTimer);
     if (path === null) return;
-    this.file = new QuotaFile(path);
+    const { file, rows } = openQuotaFile(path, this.clock(), (err, movedTo) => {
+      this.fileLog?.warn({ err: err.message, file: path, moved_to: movedTo }, 'the quota state file is corrupt: moved aside, a new one started (the counts it held are lost)');
+    });
+    this.file = file;
     this.fileFailing = false;
-    for (const row of this.file.load(this.clock())) {
+    for (const row of rows) {
       const mine = this.quotas.get(row.key);
       if (!mine && this.quotas.size >= this.maxKeys) this.makeRoom('quota');
       if (!mine || mine.used < row.used) this.quotas.set(row.key, { used: row.used, expires: row.expires });

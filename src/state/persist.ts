@@ -6,8 +6,50 @@
  * those counts to write at the next flush.
  */
 import Database from 'better-sqlite3';
+import { renameSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { makeDirectory } from '../core/mkdir.js';
+
+/** SQLite's answer for a file that is not a database, or one whose pages are damaged. */
+const isCorrupt = (err: unknown): boolean => {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_CORRUPT' || code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT_'));
+};
+
+/**
+ * Opens the quota file and reads what it holds. A file SQLite finds damaged (cut short by a copy
+ * or a disk that lost its tail, overwritten, not a database) is renamed aside
+ * (`<path>.corrupt-<epoch ms>`, with its -wal and -shm) and a new one started: its counts are
+ * lost either way, and without a file of its own the node would keep every quota in memory
+ * only, for good — each restart handing out fresh quotas. `onCorrupt` hears where it went.
+ */
+export function openQuotaFile(path: string, now: number, onCorrupt: (err: Error, movedTo: string) => void): { file: QuotaFile; rows: { key: string; used: number; expires: number }[] } {
+  let file: QuotaFile | null = null;
+  try {
+    file = new QuotaFile(path);
+    return { file, rows: file.load(now) };
+  } catch (err) {
+    file?.close();
+    if (!isCorrupt(err)) throw err;
+    const aside = `${path}.corrupt-${Date.now()}`;
+    renameSync(path, aside);
+    for (const ext of ['-wal', '-shm']) {
+      try {
+        renameSync(path + ext, aside + ext);
+      } catch {
+        // (none)
+      }
+    }
+    onCorrupt(err as Error, aside);
+    file = new QuotaFile(path);
+    try {
+      return { file, rows: file.load(now) };
+    } catch (again) {
+      file.close();
+      throw again;
+    }
+  }
+}
 
 export class QuotaFile {
   private readonly db: Database.Database;
@@ -17,11 +59,17 @@ export class QuotaFile {
   constructor(readonly path: string) {
     makeDirectory(dirname(path));
     this.db = new Database(path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.exec('CREATE TABLE IF NOT EXISTS quota (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)');
-    this.upsert = this.db.prepare('INSERT INTO quota (key, used, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET used = excluded.used, expires = excluded.expires');
-    this.purge = this.db.prepare('DELETE FROM quota WHERE expires <= ?');
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.exec('CREATE TABLE IF NOT EXISTS quota (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)');
+      this.upsert = this.db.prepare('INSERT INTO quota (key, used, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET used = excluded.used, expires = excluded.expires');
+      this.purge = this.db.prepare('DELETE FROM quota WHERE expires <= ?');
+    } catch (err) {
+      // (not left open: a reload tries again, one descriptor each time otherwise)
+      this.db.close();
+      throw err;
+    }
   }
 
   /** What the file holds (opening it, this may wait for another process's write lock, as SQLite does: up to 5 s). */
