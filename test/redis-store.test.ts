@@ -269,6 +269,20 @@ test('quota: INCRBY within the limit, atomic, expiring at the period end; usage 
   await memory.close();
 });
 
+test('quota from a node whose clock is behind Redis\'s: in the last moments of its period (already over by Redis\'s clock) the count is kept, not deleted at each request (unlimited then)', async () => {
+  const redis = store();
+  await redis.waitReady();
+  const key = fresh('quota-skew');
+  // The node's period ends 5 s in Redis's past: the node's clock is more than 5 s behind.
+  const periodEnd = Date.now() - 5000;
+  const got = [];
+  for (let i = 0; i < 5; i++) got.push((await redis.quota({ key, limit: 2, cost: 1, periodEnd })).allowed);
+  assert.deepEqual(got, [true, true, false, false, false]);
+  assert.equal(await redis.quotaUsage(key), 2);
+  const ttl = await redis.client.pttl(redis.quotaKey(key));
+  assert.ok(ttl > 0 && ttl <= 60_000, `expires a little later, not never: ${ttl}`);
+});
+
 /** Calls the store from `workers` loops (a request every ~2 ms each) until stop(); every latency recorded. */
 function load(s: RedisStore, key: string, workers = 10) {
   const calls: { start: number; ms: number; ok: boolean; err?: string }[] = [];

@@ -214,9 +214,13 @@ end
 return out
 `;
 
+/** How long a quota count outlives a period that is over by Redis's clock but not by its node's (behind it). */
+const QUOTA_GRACE_MS = 60_000;
+
 /**
  * KEYS[1]: the quota counter. ARGV: give-up time (GIVE_UP_LUA), limit, cost, period end (epoch
- * ms). Returns {allowed (1 | 0 | SKIPPED), TIME in µs, used}.
+ * ms, the node's clock; expiring then, or QUOTA_GRACE_MS after this request when that is past
+ * by Redis's). Returns {allowed (1 | 0 | SKIPPED), TIME in µs, used}.
  */
 const QUOTA_LUA = `${GIVE_UP_LUA}
 local limit = tonumber(ARGV[2])
@@ -224,7 +228,13 @@ local cost = tonumber(ARGV[3])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 if used + cost > limit then return {0, us, used} end
 used = redis.call('INCRBY', KEYS[1], cost)
-redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+if tonumber(ARGV[4]) > math.floor(us / 1000) then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+else
+  -- (the period is over by Redis's clock, not yet by the node's, which is behind: a PEXPIREAT
+  -- in the past would delete the count at each request, unlimited until the node's period ends)
+  redis.call('PEXPIRE', KEYS[1], ${QUOTA_GRACE_MS})
+end
 return {1, us, used}
 `;
 
