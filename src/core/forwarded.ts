@@ -104,8 +104,9 @@ export function forwardedFromX(xff: string | undefined, proto: string | undefine
 
 /**
  * The network an address belongs to, for limits one client should not dodge by changing its
- * address: an IPv4 address itself (or its /24 with `v4Prefix`), an IPv6 address's /64 (what one
- * host or home gets). Anything that is not an IP address is returned as given.
+ * address: an IPv4 address itself (or its /24 with `v4Prefix`; in any IPv4-mapped or NAT64
+ * well-known-prefix IPv6 form too), an IPv6 address's /64 (what one host or home gets).
+ * Anything that is not an IP address is returned as given.
  */
 export function ipNetwork(addr: string, v4Prefix: 24 | 32 = 32): string {
   const ip = plainIp(addr);
@@ -120,5 +121,12 @@ export function ipNetwork(addr: string, v4Prefix: 24 | 32 = 32): string {
   const h = head === '' ? [] : head.split(':');
   const t = tail === undefined || tail === '' ? [] : tail.split(':');
   const groups = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
-  return `${groups.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(':')}::/64`;
+  const g = groups.map((x) => parseInt(x, 16));
+  // An IPv4 client written as IPv6 (by a trusted proxy: ::FFFF:a.b.c.d, 0:0:0:0:0:ffff:xxxx:xxxx,
+  // or NAT64's well-known 64:ff9b::/96) is that IPv4 client: not the /64 every IPv4 client shares.
+  if ((g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff)
+    || (g[0] === 0x64 && g[1] === 0xff9b && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0)) {
+    return ipNetwork(`${g[6]! >> 8}.${g[6]! & 255}.${g[7]! >> 8}.${g[7]! & 255}`, v4Prefix);
+  }
+  return `${g.slice(0, 4).map((x) => x.toString(16)).join(':')}::/64`;
 }

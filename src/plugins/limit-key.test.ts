@@ -26,3 +26,11 @@ test('limitKey: a long header value counts by its digest (a client cannot make e
   // (a short value that looks like a digest is not one)
   assert.notEqual(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': k.slice(2) })), k);
 });
+
+test('limitKey: an IPv4 client written as IPv6 by a trusted proxy (::FFFF:1.2.3.4, 0:0:0:0:0:ffff:102:304, 64:ff9b::1.2.3.4) counts as that IPv4 address, not in one /64 shared by every IPv4 client', () => {
+  for (const [ip, want] of [
+    ['::ffff:1.2.3.4', 'ip:1.2.3.4'], ['::FFFF:1.2.3.4', 'ip:1.2.3.4'], ['0:0:0:0:0:ffff:1.2.3.4', 'ip:1.2.3.4'],
+    ['::ffff:102:304', 'ip:1.2.3.4'], ['0:0:0:0:0:FFFF:0506:0708', 'ip:5.6.7.8'], ['64:ff9b::1.2.3.4', 'ip:1.2.3.4'], ['64:FF9B::909:909', 'ip:9.9.9.9'],
+    ['2001:db8:1:2:3:4:5:6', 'ip:2001:db8:1:2::/64'], ['::1', 'ip:0:0:0:0::/64'], ['fe80::1%eth0', 'ip:fe80:0:0:0::/64'],
+  ] as const) assert.equal(limitKey(['ip'], ctx({}, ip)), want, ip);
+});
