@@ -190,6 +190,29 @@ test('a corrupt quota file (cut short by a copy or a disk that lost its tail, or
   }
 });
 
+test('quota file: the purge of expired counts that every flush runs (each second under traffic) reads only what expired, not the whole table (a stall of the event loop per second at a million keys)', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-purge-'));
+  const path = join(dir, 'state.db');
+  const store = new MemoryStore();
+  try {
+    store.persist(path);
+    const period = Date.now() + 60_000;
+    store.quotaNow({ key: 'q:a', limit: 10, cost: 1, periodEnd: period });
+    store.flush();
+    const db = new Database(path, { readonly: true });
+    try {
+      const plan = (db.prepare('EXPLAIN QUERY PLAN DELETE FROM quota WHERE expires <= ?').all(Date.now()) as { detail: string }[]).map((r) => r.detail).join('; ');
+      assert.match(plan, /USING (COVERING )?INDEX/, plan);
+      assert.doesNotMatch(plan, /^SCAN quota$/m, plan);
+    } finally {
+      db.close();
+    }
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('the wall clock stepped back (NTP, a VM restored) neither locks clients out nor hands out a new burst: rates run on a monotonic clock', async () => {
   // The system clock as the store reads it, stepped by hand (made before the store: it takes the clock it finds).
   const realNow = Date.now;

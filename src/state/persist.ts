@@ -63,6 +63,9 @@ export class QuotaFile {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');
       this.db.exec('CREATE TABLE IF NOT EXISTS quota (key TEXT PRIMARY KEY, used INTEGER NOT NULL, expires INTEGER NOT NULL)');
+      // Every flush (each second under traffic) purges what expired: by this index it reads only
+      // that, not the whole table (at a million keys a scan held the event loop ~150 ms a second).
+      this.db.exec('CREATE INDEX IF NOT EXISTS quota_expires ON quota (expires)');
       this.upsert = this.db.prepare('INSERT INTO quota (key, used, expires) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE SET used = excluded.used, expires = excluded.expires');
       this.purge = this.db.prepare('DELETE FROM quota WHERE expires <= ?');
     } catch (err) {
