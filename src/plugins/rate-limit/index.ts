@@ -76,9 +76,14 @@ export default definePlugin({
     /** The headers and answer for a set of decisions. */
     const judge = (ctx: RequestCtx, decisions: RateDecision[] | 'unavailable'): Reply | undefined => {
       if (decisions === 'unavailable') return undefined;
-      // The window closest to its limit is the one reported.
+      // The window closest to its limit is the one reported; of several as close, the one the
+      // client waits longest for (refused: Retry-After's window, not a 1 s one listed first).
       let worst = 0;
-      for (let i = 1; i < decisions.length; i++) if (decisions[i]!.remaining < decisions[worst]!.remaining) worst = i;
+      for (let i = 1; i < decisions.length; i++) {
+        const x = decisions[i]!;
+        const w = decisions[worst]!;
+        if (x.remaining < w.remaining || (x.remaining === w.remaining && (x.retryAfterMs > w.retryAfterMs || (x.retryAfterMs === w.retryAfterMs && x.resetMs > w.resetMs)))) worst = i;
+      }
       const d = decisions[worst]!;
       let refused = false;
       for (const x of decisions) if (!x.allowed) refused = true;

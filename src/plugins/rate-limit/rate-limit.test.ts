@@ -32,6 +32,9 @@ services:
       - name: two-windows
         paths: [/w]
         plugins: [{name: rate-limit, config: {limits: [{limit: 2, window: 1s}, {limit: 3, window: 1h}], by: [consumer, route], name: burst}}]
+      - name: tie
+        paths: [/tie]
+        plugins: [{name: rate-limit, config: {limits: [{limit: 2, window: 1s}, {limit: 2, window: 1h}], by: [consumer, route], name: tie}}]
       - name: costly
         paths: [/cost]
         plugins: [{name: rate-limit, config: {limit: 10, window: 1m, cost: 4, headers: false}}]
@@ -85,6 +88,19 @@ test('by header, by IP (sliding window), several windows (all must allow), cost;
   const cost = [await as('a', '/cost'), await as('a', '/cost'), await as('a', '/cost')];
   assert.deepEqual(cost.map((r) => r.status), [200, 200, 429]);
   assert.equal(cost[0]!.headers['ratelimit'], undefined);
+});
+
+test('several windows all at 0 when refused: RateLimit names the window the client waits for (Retry-After\'s), not the first one listed (t=1 with Retry-After 1800)', async () => {
+  const rs = [await as('a', '/tie'), await as('a', '/tie'), await as('a', '/tie')];
+  assert.deepEqual(rs.map((r) => r.status), [200, 200, 429]);
+  const refused = rs[2]!;
+  const retry = Number(refused.headers['retry-after']);
+  assert.ok(retry > 1700 && retry <= 1800, `Retry-After ${retry}`);
+  const m = /^"([^"]+)";r=(\d+);t=(\d+)$/.exec(String(refused.headers['ratelimit']));
+  assert.ok(m, String(refused.headers['ratelimit']));
+  assert.equal(m[1], 'tie-3600s', String(refused.headers['ratelimit']));
+  assert.equal(m[2], '0');
+  assert.ok(Number(m[3]) >= retry, `t ${m[3]} before Retry-After ${retry}`);
 });
 
 test('sliding window, legacy headers: X-RateLimit-Reset is the RateLimit reset (t), never past the window', async () => {
