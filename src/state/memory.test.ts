@@ -1,7 +1,7 @@
 /** The limit algorithms with an injected clock (no sleeps): GCRA burst and spacing, sliding-window edges, all-or-none windows, quotas. */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -156,18 +156,30 @@ test('quota file (state_file): another process holding its write lock neither st
   }
 });
 
-test('a corrupt quota file (cut short by a copy or a disk that lost its tail, or not a database at all) is moved aside for a new one: quotas are kept on disk again, not in memory only for good', async () => {
+test('a corrupt quota file (cut short by a copy or a disk that lost its tail, pages overwritten) is moved aside for a new one: quotas are kept on disk again, not in memory only for good; a file that is no database is left alone', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-corrupt-'));
   const path = join(dir, 'state.db');
   const period = Date.now() + 3_600_000;
   try {
-    for (const damage of ['cut', 'garbage'] as const) {
+    // (state_file naming another file by mistake: an error as before, the file untouched)
+    const other = 'services: []\n'.repeat(50);
+    writeFileSync(path, other);
+    assert.throws(() => new MemoryStore().persist(path), /not a database/);
+    assert.equal(readFileSync(path, 'utf8'), other);
+    assert.deepEqual(readdirSync(dir), ['state.db']);
+    rmSync(path);
+    for (const damage of ['cut', 'overwritten'] as const) {
       const a = new MemoryStore();
       a.persist(path);
       for (let i = 0; i < 2000; i++) a.quotaNow({ key: `q:${i}`, limit: 10, cost: 1, periodEnd: period });
       await a.close();
       if (damage === 'cut') truncateSync(path, Math.floor(statSync(path).size / 2));
-      else writeFileSync(path, 'these bytes are not an SQLite database, '.repeat(50));
+      else {
+        // Every page after the header's garbage.
+        const fd = openSync(path, 'r+');
+        writeSync(fd, Buffer.alloc(statSync(path).size - 100, 0x5a), 0, undefined, 100);
+        closeSync(fd);
+      }
       const warned: string[] = [];
       const b = new MemoryStore();
       assert.doesNotThrow(() => b.persist(path, { warn: ((_o: object, msg: string) => void warned.push(msg)) as Logger['warn'] }), damage);

@@ -6,7 +6,7 @@
  * those counts to write at the next flush.
  */
 import Database from 'better-sqlite3';
-import { renameSync } from 'node:fs';
+import { closeSync, openSync, readSync, renameSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { makeDirectory } from '../core/mkdir.js';
 
@@ -16,12 +16,29 @@ const isCorrupt = (err: unknown): boolean => {
   return code === 'SQLITE_CORRUPT' || code === 'SQLITE_NOTADB' || (typeof code === 'string' && code.startsWith('SQLITE_CORRUPT_'));
 };
 
+/** The file begins as an SQLite database does (a damaged one, not some other file state_file names by mistake). */
+function sqliteHeader(path: string): boolean {
+  const magic = Buffer.from('SQLite format 3\0');
+  const buf = Buffer.alloc(magic.length);
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    return readSync(fd, buf, 0, buf.length, 0) === buf.length && buf.equals(magic);
+  } catch {
+    return false;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /**
- * Opens the quota file and reads what it holds. A file SQLite finds damaged (cut short by a copy
- * or a disk that lost its tail, overwritten, not a database) is renamed aside
+ * Opens the quota file and reads what it holds. A database SQLite finds damaged (cut short by a
+ * copy or a disk that lost its tail, pages overwritten) is renamed aside
  * (`<path>.corrupt-<epoch ms>`, with its -wal and -shm) and a new one started: its counts are
  * lost either way, and without a file of its own the node would keep every quota in memory
- * only, for good — each restart handing out fresh quotas. `onCorrupt` hears where it went.
+ * only, for good — each restart handing out fresh quotas. `onCorrupt` hears where it went. A
+ * file that is no SQLite database at all (state_file naming another file by mistake) is left
+ * as it is: the error is thrown.
  */
 export function openQuotaFile(path: string, now: number, onCorrupt: (err: Error, movedTo: string) => void): { file: QuotaFile; rows: { key: string; used: number; expires: number }[] } {
   let file: QuotaFile | null = null;
@@ -30,7 +47,7 @@ export function openQuotaFile(path: string, now: number, onCorrupt: (err: Error,
     return { file, rows: file.load(now) };
   } catch (err) {
     file?.close();
-    if (!isCorrupt(err)) throw err;
+    if (!isCorrupt(err) || !sqliteHeader(path)) throw err;
     const aside = `${path}.corrupt-${Date.now()}`;
     renameSync(path, aside);
     for (const ext of ['-wal', '-shm']) {
