@@ -34,3 +34,9 @@ test('limitKey: an IPv4 client written as IPv6 by a trusted proxy (::FFFF:1.2.3.
     ['2001:db8:1:2:3:4:5:6', 'ip:2001:db8:1:2::/64'], ['::1', 'ip:0:0:0:0::/64'], ['fe80::1%eth0', 'ip:fe80:0:0:0::/64'],
   ] as const) assert.equal(limitKey(['ip'], ctx({}, ip)), want, ip);
 });
+
+test('limitKey: an empty header value (a client library sending X-Api-Key: $UNSET) counts by the client IP, as a missing header: not one bucket that any client can spend for all such clients', () => {
+  assert.equal(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': '' })), 'ip:203.0.113.7');
+  assert.notEqual(limitKey(['header:X-Tenant'], ctx({ 'x-tenant': '' }, '198.51.100.1')), limitKey(['header:X-Tenant'], ctx({ 'x-tenant': '' })));
+  assert.equal(limitKey(['header:X-Tenant', 'route'], ctx({ 'x-tenant': '' })), 'ip:203.0.113.7|r:r');
+});

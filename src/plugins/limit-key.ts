@@ -11,7 +11,7 @@ const ByItem = Type.String({ pattern: "^(consumer|credential|ip|route|service|he
 
 export const By = Type.Optional(Type.Union([ByItem, Type.Array(ByItem, { minItems: 1, uniqueItems: true })], {
   default: 'consumer',
-  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP; an IPv6 client by its /64), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header), or a list (combined). A header value is chosen by the client: pair it with an authenticated key. The local store keeps at most 1,000,000 keys per map (rates, quotas); at that cap the least telling go (rate entries closest to expiry, quotas least used) and a warning is logged.',
+  description: 'What is counted: consumer (the client IP when there is none), credential, ip (the computed client IP; an IPv6 client by its /64), route (its name; an unnamed route by what it matches), service, header:NAME (the client IP when the request has no such header, or an empty one), or a list (combined). A header value is chosen by the client: pair it with an authenticated key. The local store keeps at most 1,000,000 keys per map (rates, quotas); at that cap the least telling go (rate entries closest to expiry, quotas least used) and a warning is logged.',
 }));
 
 /** Header values longer than this are counted by their digest. */
@@ -38,11 +38,12 @@ export function limitKey(by: readonly string[], ctx: RequestCtx): string {
       case 'service': parts.push(`s:${ctx.service.name}`); break;
       default: {
         // A request without the header is counted by its client IP (as Kong does), not in one
-        // bucket shared by every such request.
+        // bucket shared by every such request; so is an empty value (a client library sending
+        // `X-Api-Key: $UNSET`): any client could spend that one bucket for all of them.
         const v = ctx.header(b.slice(7).toLowerCase());
         // A long value (the client's to choose, up to the header size limit) counts by its
         // digest: counters in memory and Redis keep a bounded key per client.
-        parts.push(v === undefined ? clientKey(ctx.clientIp) : v.length > MAX_PLAIN ? `hd:${hash('sha256', v, 'base64url')}` : `h:${v}`);
+        parts.push(v === undefined || v === '' ? clientKey(ctx.clientIp) : v.length > MAX_PLAIN ? `hd:${hash('sha256', v, 'base64url')}` : `h:${v}`);
       }
     }
   }
