@@ -10,6 +10,7 @@ import { definePlugin, type Reply } from '../types.js';
 import { byList, limitKey, refreshTest, withTimeout, storeTimeoutMs } from '../limit-key.js';
 import { periodOf, validTimeZone, type Period } from '../../state/calendar.js';
 import type { QuotaDecision } from '../../state/types.js';
+import { MemoryStore } from '../../state/memory.js';
 import { QuotaConfig } from './schema.js';
 
 /** Every quota binding of the live config, for usage reports (by consumer). */
@@ -77,16 +78,22 @@ export default definePlugin({
     };
     quotaViews.add(view);
     const isRefresh = refreshTest(deps);
+    const inProcess = store instanceof MemoryStore ? store : null;
     return {
       async access(ctx): Promise<Reply | undefined> {
         if (isRefresh(ctx)) return undefined;
         const now = Date.now();
         const p = periodOf(now, config.period, tz);
         let d: QuotaDecision | 'unavailable';
-        try {
-          d = await decide(`${base}:${p.id}:${limitKey(by, ctx)}`, p.end);
-        } catch {
-          return { code: 'service-overloaded', detail: 'the quota store is unavailable', headers: { 'retry-after': '1' } };
+        const key = `${base}:${p.id}:${limitKey(by, ctx)}`;
+        // (this process's own memory, no workers: decided at once, no timer raced against it)
+        if (inProcess !== null) d = inProcess.quotaNow({ key, limit: config.limit, cost, periodEnd: p.end });
+        else {
+          try {
+            d = await decide(key, p.end);
+          } catch {
+            return { code: 'service-overloaded', detail: 'the quota store is unavailable', headers: { 'retry-after': '1' } };
+          }
         }
         if (d === 'unavailable') return undefined;
         const resetS = Math.max(1, Math.ceil((p.end - now) / 1000));
