@@ -906,3 +906,31 @@ test('access log to stdout whose reader is gone (a log shipper that exited): the
     await up.close();
   }
 });
+
+test('access log: a request the HTTP parser refuses is logged at the time it was refused (it said the process start), in both line writers', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));
+  const mk = (file: string, fields: string) => startGateway(`access_log: {destination: file, path: ${join(dir, file)}${fields}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const a = await mk('a.log', '');
+  const b = await mk('b.log', ', fields: [time, status, error]');
+  try {
+    // (well after the process started: the figure it showed instead)
+    await sleep(Math.max(0, 1500 - performance.now()));
+    const before = Date.now();
+    for (const g of [a, b]) assert.match((await rawRequest(g.port, 'GARBAGE\r\n\r\n', 300)).text, /^HTTP\/1\.1 400/);
+    const after = Date.now();
+    await eventually(() => lines(join(dir, 'a.log')).length === 1 && lines(join(dir, 'b.log')).length === 1);
+    for (const f of ['a.log', 'b.log']) {
+      const l = lines(join(dir, f))[0]!;
+      assert.equal(l.status, 400);
+      const at = Date.parse(l.time as string);
+      assert.ok(at >= before - 5 && at <= after + 5, `${f}: logged at ${l.time as string}, refused between ${new Date(before).toISOString()} and ${new Date(after).toISOString()}`);
+    }
+  } finally {
+    await a.close();
+    await b.close();
+    await up.close();
+  }
+});

@@ -349,9 +349,9 @@ export class Observer {
     this.routeStats(null)?.count('OTHER', status);
     const a = this.access;
     if (a === null) return;
-    const now = performance.now();
+    // (isoTime takes how long ago: the refusal is now)
     if (a.fields === DEFAULT_ACCESS_FIELDS && a.whole.length === 0) {
-      a.sink.write('{"type":"access","time":"' + isoTime(now) + '","request_id":null,"client_ip":' + str(plainIp(remoteAddress)) +
+      a.sink.write('{"type":"access","time":"' + isoTime(0) + '","request_id":null,"client_ip":' + str(plainIp(remoteAddress)) +
         ',"method":null,"path":null,"route":null,"service":null,"status":' + status + ',"error":"' + code + '"}\n');
       return;
     }
@@ -360,7 +360,7 @@ export class Observer {
     const out: Record<string, unknown> = { type: 'access' };
     for (const f of a.fields) {
       switch (f) {
-        case 'time': out.time = isoTime(now); break;
+        case 'time': out.time = isoTime(0); break;
         case 'client_ip': out.client_ip = plainIp(remoteAddress); break;
         case 'status': out.status = status; break;
         case 'error': out.error = code; break;
