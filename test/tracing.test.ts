@@ -2,9 +2,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { SignJWT, exportJWK, generateKeyPair } from 'jose';
 import { eventually, freePort, request, sleep, startGateway, startUpstream } from './helpers.js';
+import { parseConfigText } from '../src/config/load.js';
 
 interface OtlpSpan {
   traceId: string;
@@ -542,5 +543,46 @@ test('tracing: the SERVER span has url.query when one was sent (semantic convent
     assert.equal(attr(plain.server, 'url.query'), undefined);
   } finally {
     await t.close();
+  }
+});
+
+test('tracing: a reload that turns tracing off while a traced request\'s plugins wait: the request carries on (it was a 500, the next waiting phase found no tracer)', async () => {
+  const collector = await startCollector();
+  // The IdP holds its answer until the reload is done; the validator then waits for the body.
+  let answer: (() => void) | undefined;
+  const idp = await startUpstream((_q, res) => { answer = () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"active":true,"client_id":"c"}'); });
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const cfg = (on: boolean) => `tracing: {enabled: ${on}, endpoint: ${collector.url}, sample: 1}
+services:
+  - name: s
+    url: ${up.url}
+    routes: [{name: r, paths: [/]}]
+    plugins:
+      - {name: oauth2-introspection, config: {introspection_url: "${idp.url}/introspect", client_id: a, client_secret: b}}
+      - {name: request-validator, config: {body_schema: {type: object}}}
+`;
+  const g = await startGateway(cfg(true));
+  const sock = connect(g.port, '127.0.0.1');
+  let got = '';
+  sock.on('data', (d: Buffer) => (got += d.toString()));
+  sock.on('error', () => {});
+  try {
+    sock.write('POST /x HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n');
+    await eventually(() => answer !== undefined);
+    g.gw.reload(parseConfigText(`${cfg(false)}\naccess_log: {enabled: false}\n`));
+    answer!();
+    await sleep(200); // (the validator's phase starts, waiting for the body)
+    assert.equal(got, '', 'nothing answered before the body');
+    sock.write('{}');
+    await eventually(() => got.includes('\r\n\r\n'), 3000);
+    assert.match(got, /^HTTP\/1\.1 200/);
+    assert.equal(up.requests.length, 1);
+    assert.ok(up.requests[0]!.headers.traceparent, 'the upstream still gets the request\'s trace context');
+  } finally {
+    sock.destroy();
+    await g.close();
+    await up.close();
+    await idp.close();
+    await collector.close();
   }
 });

@@ -378,7 +378,10 @@ export function handleRequest(
   let methodOverride: string | undefined;
   let teTrailers = false;
   // With tracing on, the gateway sends its own trace context upstream (a child of the client's).
-  const tracing = ex !== null && ctx.observer?.tracing != null;
+  // The tracer is the one of the request's start all along: a reload that turns tracing off
+  // while plugins wait must not leave the rest of the request without one.
+  const tracer = ex !== null ? (ctx.observer?.tracing ?? null) : null;
+  const tracing = tracer !== null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     const value = raw[i + 1]!;
@@ -457,7 +460,7 @@ export function handleRequest(
         else {
           // W3C Trace Context §3.2 / §3.3.1: a repeated traceparent is invalid (''), repeated
           // tracestate lines are one list.
-          const c = (ex.traceCarrier ??= {});
+          const c = (ex!.traceCarrier ??= {}); // (a tracer is only taken with an exchange)
           const k = name.length === 11 ? 'traceparent' : 'tracestate';
           const prev = c[k];
           c[k] = prev === undefined ? value : k === 'traceparent' ? '' : `${prev},${value}`;
@@ -646,7 +649,7 @@ export function handleRequest(
   if (ex !== null) {
     ex.route = route;
     ctx.observer!.demand?.begin(route.service.name); // in flight until Observer.end records it
-    if (tracing) ctx.observer!.tracing!.startRequest(ex, method, match.pattern, p.proto);
+    if (tracer !== null) tracer.startRequest(ex, method, match.pattern, p.proto);
   }
   const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
   if (upgrade !== undefined && !websocket && (te !== undefined || (cl !== undefined && cl !== '0'))) {
@@ -744,7 +747,7 @@ export function handleRequest(
     if (route.compose !== null) {
       composeRoute({
         req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
-        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap, tracing: ctx.observer?.tracing,
+        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap, tracing: tracer,
       });
       return undefined;
     }
@@ -776,7 +779,7 @@ export function handleRequest(
       bodyLimit,
       body,
       exchange: ex,
-      tracing: tracing ? ctx.observer!.tracing! : null,
+      tracing: tracer,
     });
     try {
       handler.start();
@@ -795,7 +798,7 @@ export function handleRequest(
   if (ex !== null) {
     ex.pctx = pctx;
     pctx.stats = ctx.observer!.routeStats(route);
-    if (ex.span !== null) pctx.trace = (plugin, phase) => ctx.observer!.tracing!.pluginSpan(ex, plugin, phase);
+    if (ex.span !== null && tracer !== null) pctx.trace = (plugin, phase) => tracer.pluginSpan(ex, plugin, phase);
   }
   const started = Date.now();
   // The log phase runs however the request ends (the chain is the consumer's once known).
