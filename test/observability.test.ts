@@ -934,3 +934,26 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     await up.close();
   }
 });
+
+test('access log headers: the gateway\'s own refresh marker (X-Turnpike-Refresh, the node\'s internal token on a stale-while-revalidate background refresh) is censored', async () => {
+  let n = 0;
+  const up = await startUpstream((_q, res) => res.writeHead(200, { 'cache-control': 'max-age=1, stale-while-revalidate=30', etag: `"e${++n}"` }).end(`v${n}`));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`
+access_log: {destination: file, path: ${log}, fields: [path, status, headers]}
+services: [{name: app, url: ${up.url}, plugins: [{name: cache}], routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    assert.equal((await request(`${gw.url}/swr`)).body, 'v1');
+    await sleep(1100); // (stale now)
+    assert.equal((await request(`${gw.url}/swr`)).body, 'v1', 'the stale entry, refreshed in the background');
+    await eventually(() => n === 2 && lines(log).length === 3);
+    const refresh = lines(log).find((l) => (l.headers as Record<string, string>)['x-turnpike-refresh'] !== undefined);
+    assert.ok(refresh, 'the background refresh is logged');
+    assert.equal((refresh.headers as Record<string, string>)['x-turnpike-refresh'], '[REDACTED]');
+    assert.ok(!readFileSync(log, 'utf8').includes(gw.gw.caches.refresher.token), 'the token is nowhere in the log');
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});

@@ -30,8 +30,12 @@ export interface ObservabilitySettings {
   analytics: { topConsumers: number; publishMs: number } | null;
 }
 
-/** Request fields that carry credentials: always censored when headers are logged. */
-const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'apikey', 'x-auth-token', 'x-csrf-token'];
+/**
+ * Request fields that carry credentials: always censored when headers are logged. X-Turnpike-Refresh
+ * is the gateway's own: a stale-while-revalidate refresh comes through the proxy listener with the
+ * node's internal token, which lets its holder set the client address the gateway believes.
+ */
+const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'apikey', 'x-auth-token', 'x-csrf-token', 'x-turnpike-refresh'];
 /**
  * Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys; OpenTelemetry's
  * url.full list), lower case: names are compared case-insensitively (X-Amz-Signature, APIKEY).
