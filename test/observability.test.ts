@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -952,6 +952,54 @@ services: [{name: app, url: ${up.url}, plugins: [{name: cache}], routes: [{name:
     assert.ok(refresh, 'the background refresh is logged');
     assert.equal((refresh.headers as Record<string, string>)['x-turnpike-refresh'], '[REDACTED]');
     assert.ok(!readFileSync(log, 'utf8').includes(gw.gw.caches.refresher.token), 'the token is nowhere in the log');
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('access log bytes_out and turnpike_response_bytes_total count the bytes sent with compression on (they counted the body before it was compressed), streamed and whole', async () => {
+  const text = 'all work and no play makes jack a dull boy\n'.repeat(2000);
+  const up = await startUpstream((req, res) => {
+    res.setHeader('content-type', 'text/plain');
+    if (req.url === '/stream') {
+      res.write(text.slice(0, 40_000)); // (no Content-Length: streamed through the encoder)
+      setTimeout(() => res.end(text.slice(40_000)), 20);
+    } else res.setHeader('cache-control', 'max-age=60').end(text);
+  });
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`admin: {listen: 127.0.0.1:0}
+access_log: {destination: file, path: ${log}, fields: [path, status, bytes_out]}
+services:
+  - name: app
+    url: ${up.url}
+    routes:
+      - {name: streamed, paths: [/stream], plugins: [{name: compression}]}
+      - {name: whole, paths: [/whole], plugins: [{name: cache}, {name: compression}]}
+`);
+  try {
+    const sent: number[] = [];
+    // (/whole twice: from the upstream, then a whole body from the cache)
+    for (const path of ['/stream', '/whole', '/whole']) {
+      const { status, encoding, bytes } = await new Promise<{ status: number; encoding: string | undefined; bytes: number }>((resolve, reject) => {
+        const r = httpRequest(`${gw.url}${path}`, { headers: { 'accept-encoding': 'gzip' } }, (res) => {
+          let n = 0;
+          res.on('data', (c: Buffer) => (n += c.length));
+          res.on('end', () => resolve({ status: res.statusCode!, encoding: res.headers['content-encoding'], bytes: n }));
+        });
+        r.on('error', reject);
+        r.end();
+      });
+      assert.equal(status, 200);
+      assert.equal(encoding, 'gzip');
+      assert.ok(bytes < text.length / 10, `${path}: compressed (${bytes} bytes)`);
+      sent.push(bytes);
+    }
+    await eventually(() => lines(log).length === 3);
+    assert.deepEqual(lines(log).map((l) => l.bytes_out), sent, 'bytes_out of /stream, /whole (upstream), /whole (cache)');
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t, 'turnpike_response_bytes_total', { route: 'streamed' }), sent[0]);
+    assert.equal(sample(t, 'turnpike_response_bytes_total', { route: 'whole' }), sent[1]! + sent[2]!);
   } finally {
     await gw.close();
     await up.close();

@@ -128,7 +128,7 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
   const body = head || noContent ? null : r.body;
   // (a HEAD's fields are edited as the GET's would be: Content-Encoding, Vary, the weak ETag)
   const enc = noContent && r.status !== 304 ? null : pickEncoder(pl, r.status, h, req.method ?? 'GET');
-  if (o.exchange !== null && body !== null) o.exchange.bytesOut = body.length;
+  if (o.exchange !== null && body !== null && enc === null) o.exchange.bytesOut = body.length;
   try {
     res.writeHead(r.status, h);
   } catch {
@@ -146,6 +146,12 @@ export function write(req: IncomingMessage, res: ServerResponse, r: BufferedResp
   if (enc !== null) {
     enc.on('error', (err) => res.destroy(err));
     enc.pipe(res);
+    // (what is sent is what comes out of the encoder: counted there, after the pipe took it)
+    const ex = o.exchange;
+    if (ex !== null) {
+      ex.bytesOut = 0;
+      enc.on('data', (c: Buffer) => { ex.bytesOut += c.length; });
+    }
     enc.end(body);
   } else res.end(body ?? undefined);
 }

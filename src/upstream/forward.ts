@@ -1023,6 +1023,9 @@ export class ForwardHandler {
       if (this.encoding !== null) {
         this.encoding.on('error', (err) => res.destroy(err));
         this.encoding.pipe(res);
+        // (what is sent is what comes out of the encoder: counted there, after the pipe took it)
+        const ex = this.f.exchange;
+        if (ex !== null) this.encoding.on('data', (c: Buffer) => { ex.bytesOut += c.length; });
       }
     }
     try {
@@ -1150,7 +1153,7 @@ export class ForwardHandler {
 
   /** Writes a body chunk on its way to the client (through the encoder, if any); false: paused. */
   private sink(chunk: Buffer): boolean {
-    if (this.f.exchange !== null) this.f.exchange.bytesOut += chunk.length;
+    if (this.f.exchange !== null && this.encoding === null) this.f.exchange.bytesOut += chunk.length;
     const out = this.encoding ?? this.f.res;
     const ok = out.write(this.encoder === null ? chunk : this.encoder.data(chunk));
     if (!ok && this.f.service.h2Upstream && !h2Streams.hooked) {
