@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -303,6 +303,29 @@ test('file: an unwritable path is an Error from createSink', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('file: a destination that refuses every write (disk full: /dev/full) closes at once and releases its fd (a shutdown waited two 5 s bounds, a replaced sink kept its fd)', { skip: !existsSync('/dev/full') || !existsSync('/proc/self/fd') }, async () => {
+  const open = () => readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`) === '/dev/full';
+    } catch {
+      return false;
+    }
+  }).length;
+  const before = open();
+  const warnings: string[] = [];
+  const sink = createSink({ destination: 'file', path: '/dev/full' }, { warn: (_o, msg) => warnings.push(msg) });
+  for (let i = 0; i < 1000; i++) sink.write(line(i));
+  await sink.flush(); // (the first write failed: ENOSPC)
+  assert.ok(warnings.some((m) => m.includes('writing to /dev/full failed')), warnings.join('; '));
+  assert.equal(open(), before + 1);
+  for (let i = 0; i < 10; i++) sink.write(line(i)); // (more while it fails)
+  const t0 = Date.now();
+  await sink.close();
+  assert.ok(Date.now() - t0 < 2500, `close took ${Date.now() - t0} ms`);
+  for (let i = 0; i < 50 && open() > before; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(open(), before, 'the fd is closed');
 });
 
 test('stdout: a child process writes its lines to stdout', async () => {

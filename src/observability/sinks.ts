@@ -174,6 +174,11 @@ class FdSink implements AccessSink {
   private closing?: Promise<void>;
   /** The fd's other end is gone for good (EPIPE): nothing more can be written. */
   private broken = false;
+  /**
+   * The last write failed (disk full, an I/O error) and none succeeded since: sonic-boom keeps
+   * the data and tries it again only with the next write.
+   */
+  private failing = false;
 
   constructor(
     private readonly stream: SonicBoom,
@@ -185,6 +190,7 @@ class FdSink implements AccessSink {
   ) {
     this.timer = setInterval(() => this.handOver(), FD_FLUSH_EVERY_MS).unref();
     stream.on('write', (n: number) => {
+      this.failing = false;
       this.pending -= n;
       if (this.pending <= 0) this.wake();
     });
@@ -216,6 +222,7 @@ class FdSink implements AccessSink {
         warn('error', { destination: name, err }, `access log: ${name} is closed at its other end (its reader is gone): lines are dropped from now on`);
         return;
       }
+      this.failing = true;
       this.wake();
       warn('error', { destination: name, err }, `access log: writing to ${name} failed`);
     });
@@ -287,6 +294,9 @@ class FdSink implements AccessSink {
 
   flush(cb?: (err?: Error) => void): Promise<void> {
     this.handOver();
+    // After a failed write the data is only tried again with the next one: tried now, so that
+    // its outcome (written, or failed again: the wait ends) is known at once, not after the bound.
+    if (this.failing && this.pending > 0) this.retry();
     const done =
       this.pending <= 0 ? Promise.resolve() : within(new Promise<void>((r) => this.wakers.push(r)), FD_FLUSH_TIMEOUT_MS);
     if (cb) void done.then(() => cb());
@@ -299,8 +309,19 @@ class FdSink implements AccessSink {
       await this.flush();
       // (sonic-boom would try the lines it holds again, and wait for them, before its 'close')
       if (this.broken) return;
+      // A destination that still refuses writes (disk full): what it holds is lost, and its fd
+      // is closed now — sonic-boom's end() would try once more, fail, and never close it (a
+      // replaced sink's fd left open, a shutdown waiting out a second bound).
+      if (this.failing) {
+        this.destroy();
+        return;
+      }
       const closed = new Promise<void>((resolve) => {
         this.stream.once('close', resolve);
+        this.stream.once('error', () => {
+          this.destroy();
+          resolve();
+        });
         try {
           this.stream.end(); // stdout: marks the stream done, fd 1 stays open
         } catch {
@@ -314,6 +335,24 @@ class FdSink implements AccessSink {
 
   private wake(): void {
     for (const w of this.wakers.splice(0)) w();
+  }
+
+  /** Makes sonic-boom write what it holds (an empty write starts one when none is under way). */
+  private retry(): void {
+    try {
+      this.stream.write('');
+    } catch {
+      /* destroyed */
+    }
+  }
+
+  /** Closes the fd (not stdout's) without writing what is held. */
+  private destroy(): void {
+    try {
+      this.stream.destroy();
+    } catch {
+      /* already */
+    }
   }
 }
 
