@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer, request as httpRequest } from 'node:http';
+import { connect as h2connect } from 'node:http2';
 import { connect, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -1001,6 +1002,39 @@ services:
     assert.equal(sample(t, 'turnpike_response_bytes_total', { route: 'streamed' }), sent[0]);
     assert.equal(sample(t, 'turnpike_response_bytes_total', { route: 'whole' }), sent[1]! + sent[2]!);
   } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
+test('a CONNECT over HTTP/2 (405) is counted and logged, as over HTTP/1.1 (it was neither)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`admin: {listen: 127.0.0.1:0}
+http2: {h2c: true}
+access_log: {destination: file, path: ${log}}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const session = h2connect(gw.url);
+  try {
+    const status = await new Promise<number>((resolve, reject) => {
+      const s = session.request({ ':method': 'CONNECT', ':authority': 'example.com:443', 'x-request-id': 'h2-con-1' });
+      s.on('response', (h) => resolve(Number(h[':status'])));
+      s.on('error', reject);
+      s.resume();
+    });
+    assert.equal(status, 405);
+    await eventually(() => lines(log).length === 1);
+    const [l] = lines(log);
+    assert.equal(l!.status, 405);
+    assert.equal(l!.method, 'CONNECT');
+    assert.equal(l!.error, 'method-not-allowed');
+    assert.equal(l!.request_id, 'h2-con-1');
+    assert.equal(l!.protocol, 'HTTP/2.0');
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    assert.equal(sample(t, 'turnpike_requests_total', { route: '', method: 'CONNECT', status: '405' }), 1);
+  } finally {
+    session.close();
     await gw.close();
     await up.close();
   }

@@ -863,9 +863,13 @@ export class Gateway implements RequestContext {
       this.expectationFailed(q, res as unknown as ServerResponse);
     });
     // CONNECT (RFC 9113 §8.5): refused as over HTTP/1.1 — problem+json with Allow (node's own
-    // answer is a bare 405).
+    // answer is a bare 405), counted and logged like it.
     server.on('connect', (req, res) => {
-      sendProblem(res as unknown as ServerResponse, 'method-not-allowed', 'CONNECT is not supported', requestIdOf(req as unknown as IncomingMessage), { headers: { allow: ALLOW_ALL } });
+      const q = req as unknown as IncomingMessage;
+      const r = res as unknown as ServerResponse;
+      const ex = this.observer.begin();
+      if (ex !== null) r.once('close', () => this.observer.end(ex, q, r));
+      sendProblem(r, 'method-not-allowed', 'CONNECT is not supported', requestIdOf(q), { headers: { allow: ALLOW_ALL } });
     });
     server.on('sessionError', () => {});
     return server;
