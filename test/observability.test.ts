@@ -5,6 +5,11 @@ import { mkdtempSync, readFileSync, renameSync, writeFileSync, existsSync } from
 import { createServer, request as httpRequest } from 'node:http';
 import { connect as h2connect } from 'node:http2';
 import { connect, type AddressInfo } from 'node:net';
+import { once } from 'node:events';
+import { WebSocket, WebSocketServer } from 'ws';
+import { Gateway } from '../src/server/gateway.js';
+import { parseConfigText } from '../src/config/load.js';
+import { createLogger } from '../src/core/log.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promSamples as parse, promValue as sample, configIssues, eventually, freePort, rawRequest, request, sleep, startCli, startGateway, startUpstream, statuses, stopGroup, trackGroup, waitFor } from './helpers.js';
@@ -1037,5 +1042,30 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
     session.close();
     await gw.close();
     await up.close();
+  }
+});
+
+test('process log: a WebSocket close reason (the client\'s text) holding characters that split a line for other readers or act on a terminal (U+2028, NEL, C1 CSI, bidi) is written as \\u escapes', async () => {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await once(wss, 'listening');
+  const out: string[] = [];
+  const gw = await Gateway.start(parseConfigText(`listen: 127.0.0.1:0
+access_log: {enabled: false}
+services: [{name: chat, url: "http://127.0.0.1:${(wss.address() as AddressInfo).port}", routes: [{name: c, paths: [/], websocket: true}]}]
+`), { logger: createLogger('info', { write: (l: string) => out.push(l) }) });
+  try {
+    const ws = new WebSocket(`ws://127.0.0.1:${gw.proxyAddress!.port}/`);
+    await once(ws, 'open');
+    const reason = 'bye\u2028{"level":60,"msg":"forged"}\u0085\u009b[31m\u202eevil';
+    ws.close(4000, reason);
+    await once(ws, 'close');
+    await eventually(() => out.some((l) => l.includes('websocket closed')));
+    const line = out.find((l) => l.includes('websocket closed'))!;
+    assert.ok(!/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/.test(line), JSON.stringify(line));
+    assert.equal(line.split(/\r\n|[\n\r\v\f\u001c-\u001e\u0085\u2028\u2029]/).filter(Boolean).length, 1);
+    assert.equal((JSON.parse(line) as { ws: { reason: string } }).ws.reason, reason, 'the same JSON');
+  } finally {
+    await gw.stop();
+    await new Promise((r) => wss.close(r));
   }
 });

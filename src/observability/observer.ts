@@ -10,7 +10,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
 import { answeredBy, type Answered } from '../core/problem.js';
-import type { Logger } from '../core/log.js';
+import { escapeUnsafe, type Logger } from '../core/log.js';
 import { plainIp } from '../core/forwarded.js';
 import { Exchange } from './exchange.js';
 import { Metrics, type GaugeSource, type RouteStats } from './metrics.js';
@@ -28,16 +28,6 @@ const CENSORED = '[REDACTED]';
 const grpcNumber = (v: string): number | null => (/^[0-9]{1,2}$/.test(v) ? Number(v) : null);
 
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\u007f-\uffff]/;
-/**
- * What JSON.stringify leaves raw but a reader of the log may not: DEL and the C1 controls (U+0085
- * NEL ends a line for Python's splitlines() and Unicode-aware viewers; U+009B is a terminal's
- * CSI), U+2028 / U+2029 (line and paragraph separators: a line split in two), bidi controls
- * (text shown in another order than written). A client's value (a query, a header, a claim)
- * holding them goes out as \uXXXX escapes, the same JSON.
- */
-const UNSAFE = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;
-const UNSAFE_ALL = new RegExp(UNSAFE.source, 'g');
-const escapeUnsafe = (json: string): string => (UNSAFE.test(json) ? json.replace(UNSAFE_ALL, (c) => '\\u' + c.charCodeAt(0).toString(16).padStart(4, '0')) : json);
 /** A JSON string (or null): quoted as is when nothing in it needs escaping (the usual case). */
 const str = (v: string | null): string => (v === null ? 'null' : NEEDS_ESCAPE.test(v) ? escapeUnsafe(JSON.stringify(v)) : '"' + v + '"');
 
