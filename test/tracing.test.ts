@@ -586,3 +586,30 @@ services:
     await collector.close();
   }
 });
+
+test('tracing: trust_incoming_sampled: false — a trace id the client chose does not steer the ratio (000...001 was recorded every time at sample 0.01)', async () => {
+  const up = await startUpstream();
+  const collector = await startCollector(); // (the sampled flag sent upstream tells the verdict)
+  const gw = await startGateway(`
+tracing: {enabled: true, endpoint: ${collector.url}, sample: 0.01, trust_incoming_sampled: false}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  try {
+    // Trace ids whose 32-bit words XOR to 0 or 1: below any ratio's bound for TraceIdRatioBasedSampler.
+    const ids = ['00000000000000000000000000000001', '1'.repeat(32), 'deadbeefdeadbeef0000000000000001'];
+    let sampled = 0;
+    const n = 40;
+    for (let i = 0; i < n; i++) {
+      const tid = ids[i % ids.length]!;
+      await request(`${gw.url}/a`, { headers: { traceparent: `00-${tid}-${'b'.repeat(16)}-${i % 2 ? '01' : '00'}` } });
+      const sent = String(up.requests.at(-1)!.headers.traceparent);
+      assert.match(sent, new RegExp(`^00-${tid}-[0-9a-f]{16}-0[01]$`), 'still the client\'s trace');
+      if (sent.endsWith('-01')) sampled++;
+    }
+    // 1% of 40: more than 6 is a chance below one in ten million.
+    assert.ok(sampled <= 6, `${sampled} of ${n} recorded at sample 0.01`);
+  } finally {
+    await gw.close();
+    await Promise.all([up.close(), collector.close()]);
+  }
+});

@@ -7,7 +7,7 @@
  */
 import { ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, trace, type Context, type Span, type TextMapSetter, type Tracer } from '@opentelemetry/api';
 import { ExportResultCode, TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
-import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler, type SpanExporter } from '@opentelemetry/sdk-trace-base';
+import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, SamplingDecision, TraceIdRatioBasedSampler, type Sampler, type SamplingResult, type SpanExporter } from '@opentelemetry/sdk-trace-base';
 import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { performance } from 'node:perf_hooks';
@@ -72,6 +72,24 @@ export function validTraceState(raw: string): boolean {
   return n === members && kept.length <= 512;
 }
 
+/**
+ * A share of requests drawn at random. For a client's trace when its sampled flag is not trusted:
+ * TraceIdRatioBasedSampler's verdict is a function of the trace id, which that client chose (an
+ * id whose four 32-bit words XOR to a small number, 000...001, is recorded at any ratio above 0),
+ * and any id it once saw recorded would be recorded every time.
+ */
+class RandomRatioSampler implements Sampler {
+  private static readonly YES: SamplingResult = { decision: SamplingDecision.RECORD_AND_SAMPLED };
+  private static readonly NO: SamplingResult = { decision: SamplingDecision.NOT_RECORD };
+  constructor(private readonly ratio: number) {}
+  shouldSample(): SamplingResult {
+    return Math.random() < this.ratio ? RandomRatioSampler.YES : RandomRatioSampler.NO;
+  }
+  toString(): string {
+    return `RandomRatio{${this.ratio}}`;
+  }
+}
+
 /** Sets traceparent / tracestate in a flat header list (name, value, ...) whose last pair is Host. */
 const setter: TextMapSetter<string[]> = {
   set: (list, key, value) => {
@@ -129,9 +147,10 @@ export class Tracing {
     this.provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
       // A client's parent is followed (its sampled flag decides) unless it is not trusted: then
-      // the ratio decides for remote parents too (a client cannot force recording).
+      // the ratio decides for remote parents too, drawn at random, not from the trace id the
+      // client chose (a client cannot force recording).
       sampler: new ParentBasedSampler(s.trustIncomingSampled === false
-        ? { root: new TraceIdRatioBasedSampler(s.sample), remoteParentSampled: new TraceIdRatioBasedSampler(s.sample), remoteParentNotSampled: new TraceIdRatioBasedSampler(s.sample) }
+        ? { root: new TraceIdRatioBasedSampler(s.sample), remoteParentSampled: new RandomRatioSampler(s.sample), remoteParentNotSampled: new RandomRatioSampler(s.sample) }
         : { root: new TraceIdRatioBasedSampler(s.sample) }),
       // Bounded: past 4096 queued spans new ones are dropped (never unbounded memory when the collector is down).
       spanProcessors: [new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 5000 })],
