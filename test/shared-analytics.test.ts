@@ -12,7 +12,7 @@ import { eventually } from './helpers.js';
 import { freePort, rawCommand, startRedis } from './redis-server.js';
 import { Redis } from 'ioredis';
 import { SharedAnalytics } from '../src/observability/shared-analytics.js';
-import type { AnalyticsState } from '../src/observability/analytics.js';
+import { Analytics, type AnalyticsState } from '../src/observability/analytics.js';
 
 const FAILED = 'publishing analytics to redis failed';
 
@@ -59,7 +59,9 @@ test('a field of the shared hash this node cannot read (another version\'s shape
   const client = new Redis({ host: '127.0.0.1', port: redis.port, lazyConnect: false });
   const log = pino({ level: 'silent' });
   try {
-    const state = { marker: 'node-a' } as unknown as AnalyticsState;
+    const recorded = new Analytics();
+    recorded.record('r', 's', 'node-a', 200, 12);
+    const state = recorded.state();
     const a = new SharedAnalytics(client, 'sx:', async () => [state], log, 10_000);
     const b = new SharedAnalytics(client, 'sx:', async () => [], log, 10_000);
     await a.publish();
@@ -69,6 +71,37 @@ test('a field of the shared hash this node cannot read (another version\'s shape
     assert.equal(seen.nodes, 1);
     assert.deepEqual(seen.states, [state]);
   } finally {
+    client.disconnect();
+    await redis.stop();
+  }
+});
+
+test('states of another version (a rolling upgrade) or of another shape in the shared hash are skipped: /analytics and the portal\'s usage still answer (the report threw on them, for every node)', async () => {
+  const redis = await startRedis();
+  const client = new Redis({ host: '127.0.0.1', port: redis.port, lazyConnect: false });
+  const { gw } = await start(`redis://127.0.0.1:${redis.port}`);
+  try {
+    const other = new Analytics();
+    other.record('r', 's', 'c', 200, 5);
+    const good = other.state();
+    const at = Date.now();
+    const entry = (states: unknown[]) => JSON.stringify({ at, every: 60_000, states });
+    await client.hset('sa:{analytics}',
+      'node-good', entry([good]),
+      'node-v2', entry([{ ...good, v: 2 }]),
+      'node-accuracy', entry([{ ...good, relativeAccuracy: 0.05 }]),
+      'node-no-windows', entry([{ v: 1, at, relativeAccuracy: 0.01 }]),
+      'node-bad-cell', entry([{ ...good, windows: { ...good.windows, '1h': [{ i: 1, routes: [{ route: 'r', service: 's', n: 1, e: 0, c: 0, h: 7 }], consumers: [] }] } }]));
+    const admin = `http://127.0.0.1:${gw.adminAddress!.port}`;
+    const res = await fetch(`${admin}/analytics?window=1h`);
+    assert.equal(res.status, 200, await res.clone().text());
+    const report = await res.json() as { nodes: number; total: { requests: number } };
+    assert.equal(report.nodes, 2, 'this node and node-good');
+    assert.equal(report.total.requests, 1);
+    const usage = await gw.consumerUsage('c');
+    assert.equal(usage.last_hour?.requests, 1);
+  } finally {
+    await gw.stop();
     client.disconnect();
     await redis.stop();
   }

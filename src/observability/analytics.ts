@@ -296,6 +296,31 @@ interface Ring {
 
 const mod = (i: number, n: number): number => ((i % n) + n) % n;
 
+const isCell = (x: unknown): boolean => {
+  const c = x as Partial<CellState> | null;
+  return typeof c === 'object' && c !== null && typeof c.n === 'number' && typeof c.e === 'number' && typeof c.c === 'number' && typeof c.h === 'string';
+};
+
+/**
+ * Whether a state from elsewhere (another node's, through Redis) is one this version reads and
+ * merges: v 1 at the default accuracy, every window a list of slots of well-formed cells.
+ * Analytics.report throws on any other (another version's during a rolling upgrade, a hand-written
+ * value), which would fail the whole report, not only that node's part.
+ */
+export function readableState(x: unknown): x is AnalyticsState {
+  const s = x as Partial<AnalyticsState> | null;
+  if (typeof s !== 'object' || s === null || s.v !== 1 || s.relativeAccuracy !== DEFAULT_ACCURACY || typeof s.at !== 'number') return false;
+  const w = s.windows as Record<string, unknown> | undefined;
+  if (typeof w !== 'object' || w === null) return false;
+  return NAMES.every((name) => {
+    const slots = w[name];
+    return Array.isArray(slots) && slots.every((slot: Partial<SlotState> | null) =>
+      typeof slot === 'object' && slot !== null && typeof slot.i === 'number' &&
+      Array.isArray(slot.routes) && slot.routes.every((c) => isCell(c) && typeof c.route === 'string' && typeof c.service === 'string') &&
+      Array.isArray(slot.consumers) && slot.consumers.every((c) => isCell(c) && typeof c.consumer === 'string'));
+  });
+}
+
 export class Analytics {
   private readonly now: () => number;
   private readonly cfg: Config;

@@ -8,7 +8,7 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import type { Cluster, Redis } from 'ioredis';
-import type { AnalyticsState } from './analytics.js';
+import { readableState, type AnalyticsState } from './analytics.js';
 import type { Logger } from '../core/log.js';
 
 const FORGET_MS = 10 * 60_000;
@@ -119,6 +119,8 @@ export class SharedAnalytics {
       }
       if (now - e.at > FORGET_MS) forget.push(node);
       if (now - e.at > 3 * (e.every || 10_000)) continue;
+      // (states of another version's, or hand-written: the report would throw on them, for every node)
+      if (!e.states.every(readableState)) continue;
       nodes++;
       states.push(...e.states);
     }
