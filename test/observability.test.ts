@@ -1069,3 +1069,23 @@ services: [{name: chat, url: "http://127.0.0.1:${(wss.address() as AddressInfo).
     await new Promise((r) => wss.close(r));
   }
 });
+
+test('analytics: a reload that changes analytics.top_consumers applies it (the first config\'s count was kept silently until a restart)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const cfg = (top: number) => `admin: {listen: 127.0.0.1:0}
+analytics: {top_consumers: ${top}}
+consumers:
+${['ann', 'bob', 'cid'].map((c) => `  - {name: ${c}, credentials: [{type: key-auth, key: ${c}-secret-key-0123456789}]}`).join('\n')}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/], plugins: [{name: key-auth}]}]}]
+`;
+  const gw = await startGateway(cfg(1));
+  try {
+    gw.gw.reload(parseConfigText(`${cfg(10)}\naccess_log: {enabled: false}\n`));
+    for (const c of ['ann', 'bob', 'cid']) assert.equal((await request(`${gw.url}/x`, { headers: { apikey: `${c}-secret-key-0123456789` } })).status, 200);
+    const report = JSON.parse((await request(`${gw.adminUrl}/analytics?window=1m`)).body) as { consumers: { consumer: string; requests: number }[] };
+    assert.deepEqual(report.consumers.map((c) => c.consumer).sort(), ['ann', 'bob', 'cid']);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});

@@ -137,7 +137,8 @@ interface Config {
   /** bins for full accuracy over 9 decades: gamma^binLimit = 1e9, gamma = (1 + a) / (1 - a) */
   readonly binLimit: number;
   readonly maxRoutes: number;
-  readonly maxConsumers: number;
+  /** (set by Analytics.maxConsumers: a reload's analytics.top_consumers) */
+  maxConsumers: number;
 }
 const config = (accuracy: number, maxRoutes: number, maxConsumers: number): Config => ({
   accuracy,
@@ -339,6 +340,15 @@ export class Analytics {
     this.cfg = config(relativeAccuracy, maxRoutes, maxConsumers);
     this.rings = NAMES.map((w) => ({ ...WINDOWS[w], frozen: new Array<SlotState | undefined>(WINDOWS[w].size), live: undefined }));
     this.cur = this.open(this.now());
+  }
+
+  /**
+   * Consumer cells per slot from now on (a reload's analytics.top_consumers): the slot being
+   * filled too; a slot that holds more keeps them.
+   */
+  set maxConsumers(n: number) {
+    if (!(n >= 0)) throw new RangeError('maxConsumers must be >= 0');
+    this.cfg.maxConsumers = n;
   }
 
   /** Hot path: one finished request. consumer null = anonymous (not counted in consumers). */

@@ -150,7 +150,10 @@ export class Observer {
     }
     if (s.metrics && !this.metrics) this.log.warn('metrics were enabled: restart to start them');
     if (s.metrics && this.metrics && s.metrics.buckets.join() !== this.metrics.bounds.join()) this.log.warn('metrics.buckets changed: restart to apply');
-    this.analytics = s.analytics && proxying ? (this.analytics ?? new Analytics({ maxConsumers: s.analytics.topConsumers, maxRoutes: 1000 })) : null;
+    if (s.analytics && proxying) {
+      if (this.analytics === null) this.analytics = new Analytics({ maxConsumers: s.analytics.topConsumers, maxRoutes: 1000 });
+      else this.analytics.maxConsumers = s.analytics.topConsumers;
+    } else this.analytics = null;
     const tracingKey = JSON.stringify(s.tracing);
     if (tracingKey !== JSON.stringify(this.settings.tracing) || (s.tracing && !this.tracing)) {
       const old = this.tracing;
