@@ -10,7 +10,7 @@ import type { IncomingHttpHeaders, IncomingHttpStatusHeader } from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import {
   grpcWebKind, requestDecoder, ResponseEncoder, webResponseHeaders, trailerFrame,
-  encodeGrpcMessage, parseGrpcTimeout, grpcStatusFromHttp, type GrpcWebKind,
+  encodeGrpcMessage, encodeGrpcTimeout, parseGrpcTimeout, grpcStatusFromHttp, type GrpcWebKind,
 } from '../src/protocols/grpc-web.js';
 import { grpcStatusOf } from '../src/core/problem.js';
 import {
@@ -140,6 +140,20 @@ test('parseGrpcTimeout edge cases', T, () => {
     ['m', null], [' 5m', null], ['5m ', null], ['-5m', null], ['1.5S', null], ['5mm', null],
   ];
   for (const [v, want] of cases) assert.equal(parseGrpcTimeout(v), want, String(v));
+});
+
+test('encodeGrpcTimeout: at most 8 digits, the finest unit that holds the value, never more time than given', T, () => {
+  const cases: [number, string][] = [
+    [0, '0m'], [-5, '0m'], [1, '1m'], [1.9, '1m'], [99_999_999, '99999999m'], [100_000_000, '100000S'], [100_000_999, '100000S'],
+    [99_999_999_000, '99999999S'], [99_999_999_001, '1666666M'], [99_999_999 * 60_000, '99999999M'], [99_999_999 * 60_000 + 60_000, '1666666H'],
+    [99_999_999 * 3_600_000, '99999999H'], [1e18, '99999999H'],
+  ];
+  for (const [ms, want] of cases) {
+    const v = encodeGrpcTimeout(ms);
+    assert.equal(v, want, String(ms));
+    assert.match(v, /^\d{1,8}[HMSm]$/);
+    if (ms >= 0 && ms <= 99_999_999 * 3_600_000) assert.ok(parseGrpcTimeout(v)! <= Math.max(0, ms), `${ms} -> ${v}`);
+  }
 });
 
 test('HTTP -> gRPC status: an upstream answer without grpc-status per gRPC\'s table; the gateway\'s own answers by their cause', T, () => {

@@ -2,7 +2,7 @@
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { connect as h2connect, createServer as createH2Server } from 'node:http2';
+import { connect as h2connect, createServer as createH2Server, constants as h2constants } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { request as httpRequest } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
@@ -591,5 +591,89 @@ services:
     client.close();
     await g.close();
     srv.server.forceShutdown();
+  }
+});
+
+/** One raw gRPC call over HTTP/2: the response head, its trailers, the body and the stream's RST code. */
+function rawCall(url: string, path: string, headers: Record<string, string>, body: Buffer | null = jsonFrame({})) {
+  return new Promise<{ headers: Record<string, unknown>; trailers: Record<string, unknown>; body: Buffer; rstCode: number | undefined }>((resolve) => {
+    const c = h2connect(url);
+    c.on('error', () => {});
+    const s = c.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...headers }, { endStream: body === null });
+    let head: Record<string, unknown> = {};
+    let trailers: Record<string, unknown> = {};
+    const chunks: Buffer[] = [];
+    s.on('response', (h) => (head = h));
+    s.on('trailers', (t) => (trailers = t));
+    s.on('data', (d: Buffer) => chunks.push(d));
+    s.on('error', () => {});
+    s.on('close', () => {
+      resolve({ headers: head, trailers, body: Buffer.concat(chunks), rstCode: s.rstCode });
+      c.close();
+    });
+    if (body !== null) s.end(body);
+  });
+}
+
+test('deadlines: the grpc-timeout sent upstream is what is left of the client\'s at each attempt (time spent in the gateway, a refused attempt and its backoff, deducted), capped by the route\'s deadline when the request is whole; an invalid one (9 digits, bad unit, empty) is dropped, the call goes on without a deadline', async () => {
+  const seen: (string | undefined)[] = [];
+  let refuseNext = false;
+  const up = createH2Server();
+  up.on('stream', (stream, headers) => {
+    seen.push(headers['grpc-timeout'] as string | undefined);
+    stream.on('error', () => {});
+    stream.resume();
+    if (refuseNext) {
+      refuseNext = false;
+      // nothing processed (RFC 9113 §8.7): sent again, after this much of the deadline went by
+      setTimeout(() => stream.close(h2constants.NGHTTP2_REFUSED_STREAM), 400);
+      return;
+    }
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(jsonFrame({ ok: true }));
+  });
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${(up.address() as AddressInfo).port}`;
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: dl, url: '${url}', protocol: grpc, retries: 1, timeouts: {response: 5s}, routes: [{paths: [/dl.Svc]}]}
+  - {name: short, url: '${url}', protocol: grpc, timeouts: {response: 2s}, routes: [{paths: [/short.Svc]}]}
+`);
+  const ms = (v: string | undefined) => {
+    const m = /^(\d{1,8})([HMSm])$/.exec(v ?? '');
+    assert.ok(m, `a valid grpc-timeout upstream: ${v}`);
+    return Number(m[1]) * { H: 3_600_000, M: 60_000, S: 1000, m: 1 }[m[2] as 'H' | 'M' | 'S' | 'm'];
+  };
+  try {
+    // A first attempt refused after 400 ms: the second is told 400 ms (and the backoff) less.
+    refuseNext = true;
+    // (no body: a streamed one, read into the refused stream, could not go again)
+    const r = await rawCall(g.url, '/dl.Svc/M', { 'grpc-timeout': '3S' }, null);
+    assert.equal(r.trailers['grpc-status'], '0', JSON.stringify(r));
+    assert.equal(seen.length, 2);
+    const [first, second] = [ms(seen[0]), ms(seen[1])];
+    assert.ok(first <= 3000 && first > 2000, `first attempt told ${seen[0]}`);
+    assert.ok(second <= first - 390, `second attempt told ${seen[1]} after ${seen[0]}`);
+    // The route's deadline (2 s) is shorter than the client's (30 s), and the request is whole: the upstream is told the route's.
+    seen.length = 0;
+    const capped = await rawCall(g.url, '/short.Svc/M', { 'grpc-timeout': '30S' }, null);
+    assert.equal(capped.trailers['grpc-status'], '0', JSON.stringify(capped));
+    assert.ok(ms(seen[0]) <= 2000 && ms(seen[0]) > 1000, `told ${seen[0]}`);
+    // The largest 8-digit value stays within 8 digits.
+    seen.length = 0;
+    await rawCall(g.url, '/dl.Svc/M', { 'grpc-timeout': '99999999H' });
+    assert.ok(ms(seen[0]) >= 99_999_998 * 3_600_000, `told ${seen[0]}`);
+    // Not valid: the call goes through, nothing of it upstream.
+    for (const v of ['123456789m', '5x', '', '1.5S', '-1S', '5 S']) {
+      seen.length = 0;
+      const bad = await rawCall(g.url, '/dl.Svc/M', { 'grpc-timeout': v });
+      assert.equal(bad.trailers['grpc-status'], '0', `${JSON.stringify(v)}: ${JSON.stringify(bad)}`);
+      assert.deepEqual(seen, [undefined], JSON.stringify(v));
+    }
+  } finally {
+    await g.close();
+    await new Promise((r) => up.close(r));
   }
 });

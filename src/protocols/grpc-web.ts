@@ -240,7 +240,10 @@ const TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 10
 
 /**
  * grpc-timeout header (1-8 digits + unit H M S m u n) in milliseconds, rounded up; null when absent
- * or invalid. "0<unit>" gives 0 (already expired). Large values exceed setTimeout's range: clamp.
+ * or invalid (more than 8 digits, another unit, empty, signs or spaces, several fields joined by
+ * a comma): the gateway then treats the call as having no deadline, and drops the field rather
+ * than pass on what an upstream may fail the call on. "0<unit>" gives 0 (already expired).
+ * Large values exceed setTimeout's range: clamp.
  */
 export function parseGrpcTimeout(v: string | undefined): number | null {
   const m = v === undefined ? null : /^(\d{1,8})([HMSmun])$/.exec(v);
@@ -251,4 +254,20 @@ export function parseGrpcTimeout(v: string | undefined): number | null {
   if (unit === 'u') return Math.ceil(n / 1000);
   if (unit === 'n') return Math.ceil(n / 1_000_000);
   return n * TIMEOUT_UNIT_MS[unit]!;
+}
+
+/** The largest TimeoutValue (PROTOCOL-HTTP2.md: at most 8 digits). */
+const MAX_TIMEOUT_VALUE = 99_999_999;
+
+/**
+ * A deadline `ms` milliseconds away as a grpc-timeout value (at most 8 digits, PROTOCOL-HTTP2.md):
+ * in milliseconds while they fit, else in the first coarser unit that holds it, rounded down
+ * (an upstream is never told more time than there is); past 99999999H, 99999999H.
+ */
+export function encodeGrpcTimeout(ms: number): string {
+  const v = Math.max(0, Math.floor(ms));
+  if (v <= MAX_TIMEOUT_VALUE) return `${v}m`;
+  if (v / 1000 <= MAX_TIMEOUT_VALUE) return `${Math.floor(v / 1000)}S`;
+  if (v / 60_000 <= MAX_TIMEOUT_VALUE) return `${Math.floor(v / 60_000)}M`;
+  return `${Math.min(MAX_TIMEOUT_VALUE, Math.floor(v / 3_600_000))}H`;
 }

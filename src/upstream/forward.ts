@@ -12,7 +12,7 @@ import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
 import { MAX_RESPONSE_HEADER_BYTES, connectFailed, onReusedConnection } from './pools.js';
 import { H2_STREAM_CUT, h2Streams, unprocessedStream } from './h2-streams.js';
-import { ResponseEncoder, encodeGrpcMessage, grpcStatusFromHttp, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
+import { ResponseEncoder, encodeGrpcMessage, encodeGrpcTimeout, grpcStatusFromHttp, parseGrpcTimeout, requestDecoder, webResponseHeaders, type GrpcWebKind } from '../protocols/grpc-web.js';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../server/respond.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -324,6 +324,8 @@ export class ForwardHandler {
   /** gRPC: when the call's grpc-timeout runs out (0: none), and its timer once the response started. */
   private grpcDeadline = 0;
   private callTimer: NodeJS.Timeout | undefined;
+  /** gRPC: the index in f.headers of the grpc-timeout field sent upstream (-1: none), set per attempt. */
+  private grpcTimeoutAt = -1;
   /** A failure of a kept-alive connection was already sent again once (see onError). */
   private staleRetried = false;
   /** Fields the upstream's Connection header named: connection-specific, dropped from its trailers too. */
@@ -426,11 +428,24 @@ export class ForwardHandler {
     const st = svc.state;
     this.deadline = Date.now() + svc.timeouts.total;
     if (svc.grpc) {
-      // gRPC's own deadline (grpc-timeout), when shorter, bounds the exchange too.
-      const ms = parseGrpcTimeout(this.f.req.headers['grpc-timeout'] as string | undefined);
-      if (ms !== null) {
-        this.grpcDeadline = Date.now() + ms;
-        this.deadline = Math.min(this.deadline, this.grpcDeadline);
+      const raw = this.f.req.headers['grpc-timeout'] as string | undefined;
+      if (raw !== undefined) {
+        // gRPC's own deadline (grpc-timeout), when shorter, bounds the exchange too.
+        const ms = parseGrpcTimeout(raw);
+        if (ms !== null) {
+          this.grpcDeadline = Date.now() + ms;
+          this.deadline = Math.min(this.deadline, this.grpcDeadline);
+        }
+        // The field goes upstream with what is left of the deadline at each attempt (attempt()):
+        // the time spent here (a bulkhead queue, attempts before, their backoff) is not the
+        // upstream's to spend. One that is not valid (parseGrpcTimeout: a deadline the gateway
+        // cannot read) is dropped: the call has no deadline, for the upstream either.
+        const h = this.f.headers;
+        for (let i = h.length - 4; i >= 0; i -= 2) {
+          if (h[i]!.length !== 12 || h[i]!.toLowerCase() !== 'grpc-timeout') continue;
+          if (ms === null) h.splice(i, 2);
+          else this.grpcTimeoutAt = i;
+        }
       }
     }
     if (svc.retries > 0) earnRetry(svc);
@@ -553,6 +568,7 @@ export class ForwardHandler {
     }
     const timeout = Math.max(1, Math.min(f.service.timeouts.response, this.deadline - now));
     this.attemptTimeout = timeout;
+    if (this.grpcTimeoutAt !== -1) headers[this.grpcTimeoutAt + 1] = encodeGrpcTimeout(this.upstreamGrpcTimeout(now));
     clearTimeout(this.responseTimer);
     this.responseTimer = undefined;
     // Long timeouts (the 60 s default) can live with undici's coarseness: no timer per request.
@@ -578,6 +594,20 @@ export class ForwardHandler {
       } as Dispatcher.DispatchOptions,
       (this.current = new Attempt(this)),
     );
+  }
+
+  /**
+   * The grpc-timeout an attempt sends: what is left of the client's, and, when the request is
+   * whole already (no body, or one read first), no more than what is left of the route's
+   * deadline (timeouts.total), which the gateway then holds the answer to (as Envoy's
+   * max_grpc_timeout caps it). A streamed request's route deadline counts from the end of its
+   * body (requestProgress), and after the response head only the client's deadline bounds the
+   * call: told the route's, an upstream would end a client stream or a long response the gateway
+   * lets run (when the gateway gives up on an answer it cancels the upstream stream anyway).
+   */
+  private upstreamGrpcTimeout(now: number): number {
+    const whole = !this.f.hasBody || this.body !== null;
+    return Math.max(1, (whole ? this.deadline : this.grpcDeadline) - now);
   }
 
   /**
