@@ -729,3 +729,38 @@ services:
     await new Promise((r) => server.close(r));
   }
 });
+
+test('the streams the gateway resets for an upstream that breaks off its bodies are not the client\'s resets: an HTTP/2 client on one connection outlasts many more of them than http2.max_resets (no GOAWAY ENHANCE_YOUR_CALM)', async () => {
+  const cuts = ['rst-internal-error', 'rst-no-error', 'rst-cancel', 'goaway-then-fin'];
+  const up = await breakingOrigin((i) => ({ cut: i < 8 ? cuts[i % cuts.length]! : 'whole' }));
+  const g = await startGateway(`
+http2: {h2c: true, max_resets: 3}
+services:
+  - {name: up, url: '${up.url}', protocol: h2c, retries: 0, routes: [{paths: [/]}]}
+`);
+  const session = h2connect(g.url);
+  let goaway: number | null = null;
+  session.on('goaway', (code) => (goaway = code));
+  session.on('error', () => {});
+  try {
+    const one = () => new Promise<{ status: number; rstCode: number | undefined }>((resolve) => {
+      const s = session.request({ ':path': '/x' });
+      let status = 0;
+      s.on('response', (h) => (status = Number(h[':status'])));
+      s.on('error', () => {});
+      s.resume();
+      s.on('close', () => resolve({ status, rstCode: s.rstCode }));
+    });
+    for (let i = 0; i < 8; i++) {
+      const r = await one();
+      assert.equal(r.status, 200, `request ${i}`);
+      assert.notEqual(r.rstCode, h2constants.NGHTTP2_NO_ERROR, `request ${i}: cut`);
+    }
+    assert.deepEqual(await one(), { status: 200, rstCode: h2constants.NGHTTP2_NO_ERROR });
+    assert.equal(goaway, null, 'the connection was kept');
+  } finally {
+    session.destroy();
+    await g.close();
+    await up.close();
+  }
+});

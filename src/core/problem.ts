@@ -83,6 +83,23 @@ export function markRawAnswered(res: ServerResponse, code: ProblemCode, bytes: n
 }
 export const answeredBy = (res: ServerResponse): Answered | undefined => (res as ServerResponse & { [kAnswered]?: Answered })[kAnswered];
 
+/** Marks an HTTP/2 stream the gateway reset itself: gateway.ts's rapid-reset guard does not count it as the client's. */
+export const GATEWAY_RESET = Symbol('turnpike.gatewayReset');
+const H2_INTERNAL_ERROR = 0x2;
+
+/**
+ * Ends a response as broken, never as complete: over HTTP/1.1 the connection is cut; over HTTP/2
+ * the stream is reset with `code` (INTERNAL_ERROR unless told), marked as the gateway's own (a
+ * broken upstream's bodies must not count as resets of the client's and cost it its connection).
+ */
+export function resetResponse(res: ServerResponse, err?: Error, code = H2_INTERNAL_ERROR): void {
+  const stream = (res as unknown as { stream?: { closed: boolean; destroyed: boolean; close(code: number): void; [GATEWAY_RESET]?: true } }).stream;
+  if (stream === undefined) return void res.destroy(err);
+  stream[GATEWAY_RESET] = true;
+  if (code !== H2_INTERNAL_ERROR && !stream.closed && !stream.destroyed) stream.close(code);
+  else res.destroy(err);
+}
+
 /** Whether a request or response is HTTP/2's (node:http2's compatibility objects carry their stream). */
 export const isHttp2 = (m: object): boolean => (m as { stream?: unknown }).stream !== undefined;
 
@@ -107,7 +124,7 @@ export function sendProblem(
   opts: { close?: boolean; headers?: Record<string, string | string[]>; extra?: Record<string, unknown> } = {},
 ): void {
   if (res.headersSent || res.writableEnded) {
-    res.destroy();
+    resetResponse(res);
     return;
   }
   const req = res.req as { headers?: Record<string, string | string[] | undefined> } | undefined;

@@ -32,7 +32,7 @@ import { NODE_ID } from '../core/node-id.js';
 import { ConsoleHandler } from '../console/handler.js';
 import { AuthFailures } from '../admin/auth.js';
 import { createEchoServer } from '../demo/echo.js';
-import { ALLOW_ALL, PROBLEMS, isHttp2, markRawAnswered, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
+import { ALLOW_ALL, GATEWAY_RESET, PROBLEMS, isHttp2, markRawAnswered, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
 import { clientIp, plainIp } from '../core/forwarded.js';
 import { silentLogger, type Logger } from '../core/log.js';
@@ -822,9 +822,11 @@ export class Gateway implements RequestContext {
       let resets = 0;
       let windowStart = Date.now();
       // A stream counts as reset by the client when it ends with RST_STREAM of any code but
-      // INTERNAL_ERROR (the gateway's own, e.g. a broken upstream body), or was aborted before
-      // its answer: also streams answered at once before the client's reset was read (a flood
-      // of HEADERS + RST_STREAM against a fast 401/404/429 must trip it too).
+      // INTERNAL_ERROR, or was aborted before its answer: also streams answered at once before
+      // the client's reset was read (a flood of HEADERS + RST_STREAM against a fast 401/404/429
+      // must trip it too). Not one the gateway reset itself (GATEWAY_RESET: a broken upstream
+      // body, its RST_STREAM code passed on): node marks those aborted too, and an upstream
+      // that cut 200 bodies cost an HTTP/2 client, and every stream it multiplexed, its connection.
       const countReset = () => {
         const now = Date.now();
         const h2s = this.snapshot.http2;
@@ -847,7 +849,8 @@ export class Gateway implements RequestContext {
         stream.once('close', () => {
           open--;
           const code = stream.rstCode;
-          if (aborted || (code !== undefined && code !== h2c.NGHTTP2_NO_ERROR && code !== h2c.NGHTTP2_INTERNAL_ERROR)) countReset();
+          if ((stream as ServerHttp2Stream & { [GATEWAY_RESET]?: true })[GATEWAY_RESET] !== true
+            && (aborted || (code !== undefined && code !== h2c.NGHTTP2_NO_ERROR && code !== h2c.NGHTTP2_INTERNAL_ERROR))) countReset();
           finishClose();
         });
       });

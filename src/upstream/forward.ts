@@ -6,7 +6,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { errors, type Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens, headerRecord, isGatewayCookie } from '../core/headers.js';
-import { isHttp2, sendProblem, type ProblemCode } from '../core/problem.js';
+import { isHttp2, resetResponse, sendProblem, type ProblemCode } from '../core/problem.js';
 import { FD_EXHAUSTED, fdWatch } from '../core/fd-limit.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
@@ -1190,7 +1190,7 @@ export class ForwardHandler {
       // undici's HTTP/2 client drops data it holds paused when the trailers arrive; without the
       // correction of h2-streams.ts the upstream is never paused, and a client that does not
       // keep up is cut past MAX_UNREAD instead.
-      if (this.f.res.writableLength > MAX_UNREAD_BYTES) this.f.res.destroy(new Error('client stopped reading'));
+      if (this.f.res.writableLength > MAX_UNREAD_BYTES) resetResponse(this.f.res, new Error('client stopped reading'));
       return true;
     }
     // (already waiting for a drain — a held body spilled in one go writes many chunks past the
@@ -1210,7 +1210,7 @@ export class ForwardHandler {
       this.paused = true;
       out.once('drain', this.onDrain);
       this.stall = setTimeout(() => {
-        if (!this.finished) this.f.res.destroy(new Error('client stopped reading'));
+        if (!this.finished) resetResponse(this.f.res, new Error('client stopped reading'));
       }, this.f.service.timeouts.read);
     }
     return ok;
@@ -1326,7 +1326,7 @@ export class ForwardHandler {
       this.finished = true;
       this.outcome = null;
       if (!f.res.headersSent) sendProblem(f.res, 'bad-request', 'the grpc-web-text request body is not valid base64', f.requestId, { close: f.closeAfter });
-      else f.res.destroy(err);
+      else resetResponse(f.res, err);
       this.release();
       return;
     }
@@ -1337,7 +1337,7 @@ export class ForwardHandler {
       // (with what plugins added for the client, as on the gateway's other answers here)
       const extra = f.plugins?.extraHeaders;
       if (!f.res.headersSent) sendProblem(f.res, 'payload-too-large', err.message, f.requestId, { close: true, ...(extra?.length ? { headers: headerRecord(extra) } : {}) });
-      else f.res.destroy(err);
+      else resetResponse(f.res, err);
       this.release();
       return;
     }
@@ -1424,7 +1424,7 @@ export class ForwardHandler {
     this.finished = true;
     this.outcome = false;
     this.release();
-    f.res.destroy(err);
+    resetResponse(f.res, err);
   }
 }
 
