@@ -8,6 +8,7 @@ import { request as httpRequest } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
+import { H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_INTERNAL_ERROR, H2_PROTOCOL_ERROR, startRawH2Origin } from './h2-raw-origin.js';
 import {
   startGrpcServer, echoClient, sayP, sumP, chatP, collect, metadata, jsonFrame, parseFrames, parseTrailerBlock, deserializeJson,
   type GrpcTestServer, type EchoClient,
@@ -675,5 +676,34 @@ services:
   } finally {
     await g.close();
     await new Promise((r) => up.close(r));
+  }
+});
+
+test('an HTTP/2 upstream that resets a gRPC call\'s stream mid-response: the client gets what the reset means (CANCEL: CANCELLED, ENHANCE_YOUR_CALM: RESOURCE_EXHAUSTED), a PROTOCOL_ERROR of the upstream\'s as INTERNAL, not its own', async () => {
+  let code = 0;
+  const up = await startRawH2Origin((s) => {
+    s.headers(200, { 'content-type': 'application/grpc' });
+    s.data(jsonFrame({ i: 0 }));
+    setTimeout(() => s.rst(code), 30);
+  });
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: cut, url: '${up.url}', protocol: grpc, retries: 0, routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    for (const [rst, status] of [[H2_CANCEL, grpc.status.CANCELLED], [H2_ENHANCE_YOUR_CALM, grpc.status.RESOURCE_EXHAUSTED], [H2_PROTOCOL_ERROR, grpc.status.INTERNAL], [H2_INTERNAL_ERROR, grpc.status.INTERNAL]] as const) {
+      code = rst;
+      const r = await collect(client.Count({ n: 5 }));
+      assert.equal(r.messages.length, 1, `RST_STREAM ${rst}`);
+      assert.equal(r.status.code, status, `RST_STREAM ${rst}: ${r.status.details}`);
+      const raw = await rawCall(g.url, '/test.Echo/Count', {});
+      assert.equal(raw.rstCode, rst === H2_PROTOCOL_ERROR ? H2_INTERNAL_ERROR : rst, `RST_STREAM ${rst}, raw`);
+    }
+  } finally {
+    client.close();
+    await g.close();
+    await up.close();
   }
 });

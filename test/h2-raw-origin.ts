@@ -20,8 +20,11 @@ const END_HEADERS = 0x4;
 const ACK = 0x1;
 
 export const H2_NO_ERROR = 0x0;
+export const H2_PROTOCOL_ERROR = 0x1;
 export const H2_INTERNAL_ERROR = 0x2;
+export const H2_REFUSED_STREAM = 0x7;
 export const H2_CANCEL = 0x8;
+export const H2_ENHANCE_YOUR_CALM = 0xb;
 
 function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   const head = Buffer.alloc(9);

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { rawRequest, startGateway } from './helpers.js';
-import { H2_CANCEL, H2_INTERNAL_ERROR, H2_NO_ERROR, startRawH2Origin, type RawH2Stream } from './h2-raw-origin.js';
+import { H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_INTERNAL_ERROR, H2_NO_ERROR, H2_PROTOCOL_ERROR, H2_REFUSED_STREAM, startRawH2Origin, type RawH2Stream } from './h2-raw-origin.js';
 
 interface Upstream {
   url: string;
@@ -487,10 +487,21 @@ const CUTS: Record<string, (s: RawH2Stream) => void> = {
   'rst-no-error': (s) => s.rst(H2_NO_ERROR),
   'rst-cancel': (s) => s.rst(H2_CANCEL),
   'rst-internal-error': (s) => s.rst(H2_INTERNAL_ERROR),
+  'rst-protocol-error': (s) => s.rst(H2_PROTOCOL_ERROR),
+  'rst-refused-stream': (s) => s.rst(H2_REFUSED_STREAM),
+  'rst-enhance-your-calm': (s) => s.rst(H2_ENHANCE_YOUR_CALM),
   'goaway-then-fin': (s) => (s.goaway(H2_NO_ERROR), s.end()),
   'connection-fin': (s) => s.end(),
   'connection-reset': (s) => s.destroy(),
 };
+
+/**
+ * The RST_STREAM code an HTTP/2 client gets for each break: the upstream's when it means
+ * something to the client (it refused the stream, or sheds load), else INTERNAL_ERROR — a
+ * PROTOCOL_ERROR is the upstream connection's, never the client's; a CANCEL goes on only to gRPC
+ * calls (test/grpc.test.ts): a node:http2 client ends a body reset with CANCEL as if it were whole.
+ */
+const CLIENT_RST: Record<string, number> = { 'rst-refused-stream': H2_REFUSED_STREAM, 'rst-enhance-your-calm': H2_ENHANCE_YOUR_CALM };
 
 /** A raw HTTP/2 origin: `script` picks the break per request (by the count of requests it saw). */
 async function breakingOrigin(script: (index: number) => { cut: string; length?: number }) {
@@ -526,7 +537,7 @@ function h2get(url: string, path: string): Promise<{ status: number; got: number
   });
 }
 
-test('an HTTP/2 upstream that breaks off a body without Content-Length (RST_STREAM NO_ERROR / CANCEL / INTERNAL_ERROR, GOAWAY, connection closed or reset): HTTP/1.1 clients get no last chunk and a closed connection, HTTP/2 clients RST_STREAM INTERNAL_ERROR, never END_STREAM', async () => {
+test('an HTTP/2 upstream that breaks off a body without Content-Length (RST_STREAM NO_ERROR / CANCEL / INTERNAL_ERROR / PROTOCOL_ERROR / REFUSED_STREAM / ENHANCE_YOUR_CALM, GOAWAY, connection closed or reset): HTTP/1.1 clients get no last chunk and a closed connection, HTTP/2 clients RST_STREAM with the upstream\'s REFUSED_STREAM or ENHANCE_YOUR_CALM, else INTERNAL_ERROR, never END_STREAM', async () => {
   let cut = '';
   const up = await breakingOrigin(() => ({ cut }));
   const g = await startGateway(`
@@ -549,7 +560,7 @@ services:
       assert.match(h1.text, /transfer-encoding: chunked/i, c);
       assert.ok(h1.text.endsWith('\r\n\r\na\r\n0123456789\r\n'), `${c}: the body went on or was ended as complete: ${JSON.stringify(h1.text)}`);
       assert.equal(h1.closed, true, `${c}: the connection was kept`);
-      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: false, rstCode: h2constants.NGHTTP2_INTERNAL_ERROR }, c);
+      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: false, rstCode: CLIENT_RST[c] ?? H2_INTERNAL_ERROR }, c);
     }
   } finally {
     await g.close();
@@ -571,7 +582,7 @@ services:
       const h1 = await rawRequest(g.port, 'GET /x HTTP/1.1\r\nhost: gw.test\r\n\r\n', 3000);
       assert.match(h1.text, /^HTTP\/1\.1 200 [\s\S]*content-length: 100\r\n[\s\S]*\r\n\r\n0123456789$/i, `${c}: ${JSON.stringify(h1.text)}`);
       assert.equal(h1.closed, true, c);
-      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: false, rstCode: h2constants.NGHTTP2_INTERNAL_ERROR }, c);
+      assert.deepEqual(await h2get(g.url, '/x'), { status: 200, got: 10, ended: false, rstCode: CLIENT_RST[c] ?? H2_INTERNAL_ERROR }, c);
     }
   } finally {
     await g.close();
@@ -628,7 +639,7 @@ services:
   }
 });
 
-test('an HTTP/2 upstream stream refused (RST_STREAM REFUSED_STREAM: nothing processed, RFC 9113 §8.7) is sent again under retries, whatever the method; without retries a 502 that says so', async () => {
+test('an HTTP/2 upstream stream refused (RST_STREAM REFUSED_STREAM: nothing processed, RFC 9113 §8.7) is sent again under retries, whatever the method; without retries a 502 that says so to an HTTP/1.1 client, REFUSED_STREAM itself to an HTTP/2 client (which may send it again)', async () => {
   const REFUSED_STREAM = 0x7;
   const refuse = new Set<number>([0, 2]);
   const origin = await startRawH2Origin((s) => {
@@ -637,6 +648,7 @@ test('an HTTP/2 upstream stream refused (RST_STREAM REFUSED_STREAM: nothing proc
     s.data('ok', true);
   });
   const gw = await startGateway(`
+http2: {h2c: true}
 services:
   - {name: h2r, url: '${origin.url}', protocol: h2c, retries: 1, routes: [{paths: [/r]}]}
   - {name: h2n, url: '${origin.url}', protocol: h2c, routes: [{paths: [/n]}]}
@@ -651,6 +663,9 @@ services:
     const none = await rawRequest(gw.port, 'GET /n HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
     assert.match(none.text, /^HTTP\/1\.1 502 /);
     assert.match(none.text, /refused the request's HTTP\/2 stream \(REFUSED_STREAM\)/);
+    refuse.add(5).add(6);
+    assert.deepEqual(await h2get(gw.url, '/n'), { status: 0, got: 0, ended: false, rstCode: H2_REFUSED_STREAM });
+    assert.deepEqual(await h2get(gw.url, '/r'), { status: 200, got: 2, ended: true, rstCode: H2_NO_ERROR }, 'refused, then sent again');
   } finally {
     await gw.close();
     await origin.close();

@@ -4,9 +4,10 @@
  * problem+json before the response starts and to a cut connection after it started.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { constants as h2c } from 'node:http2';
 import { errors, type Dispatcher } from 'undici';
 import { HOP_BY_HOP, connectionTokens, headerRecord, isGatewayCookie } from '../core/headers.js';
-import { isHttp2, resetResponse, sendProblem, type ProblemCode } from '../core/problem.js';
+import { isHttp2, markRawAnswered, resetResponse, sendProblem, type ProblemCode } from '../core/problem.js';
 import { FD_EXHAUSTED, fdWatch } from '../core/fd-limit.js';
 import type { CompiledService, Snapshot, Target } from '../config/compile.js';
 import type { ServiceState } from './state.js';
@@ -47,6 +48,31 @@ const H2_CUTS = new Set(['ERR_HTTP2_STREAM_ERROR', H2_STREAM_CUT]);
  * §8.7), so it may be sent again as a connection never made may (connect-error).
  */
 const refusedStream = (code: string, err: Error) => code === 'ERR_HTTP2_STREAM_ERROR' && err.message.endsWith('NGHTTP2_REFUSED_STREAM');
+/**
+ * Upstream RST_STREAM codes an HTTP/2 client is told as they came when the gateway cannot finish
+ * its response: the upstream refused the stream (REFUSED_STREAM: nothing processed, the client
+ * may send it again; gRPC UNAVAILABLE) or sheds load (ENHANCE_YOUR_CALM: gRPC
+ * RESOURCE_EXHAUSTED), and, to a gRPC call, cancelled it (CANCEL: gRPC CANCELLED). Elsewhere a
+ * CANCEL is not passed on: node:http2 and undici clients end a body reset with CANCEL as if it
+ * were whole (h2-streams.ts, 4.), where a gRPC client reads the missing status. Any other code
+ * (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, COMPRESSION_ERROR...: about the upstream connection, never
+ * the client's; NO_ERROR before END_STREAM: a body cut) is the gateway's INTERNAL_ERROR, as a
+ * GOAWAY or a lost connection is.
+ */
+const PASSED_ON_RST = new Set([h2c.NGHTTP2_REFUSED_STREAM, h2c.NGHTTP2_ENHANCE_YOUR_CALM]);
+/** The RST_STREAM code an upstream stream was reset with (undefined: not reset so). Error path only. */
+function upstreamRstCode(code: string, err: Error): number | undefined {
+  if (code === H2_STREAM_CUT) return (err as { rstCode?: number }).rstCode;
+  if (code !== 'ERR_HTTP2_STREAM_ERROR') return undefined;
+  // node:http2: "Stream closed with error code NGHTTP2_<NAME>" (or the number, for a code it has no name for)
+  const m = /\b(NGHTTP2_[A-Z_]+|\d+)$/.exec(err.message);
+  if (m === null) return undefined;
+  const n = m[1]!.startsWith('NGHTTP2_') ? (h2c as unknown as Record<string, unknown>)[m[1]!] : Number(m[1]);
+  return typeof n === 'number' ? n : undefined;
+}
+/** What the client's HTTP/2 stream is reset with for an upstream stream reset with `up` (see PASSED_ON_RST). */
+const clientRstCode = (up: number | undefined, grpc: boolean): number =>
+  up !== undefined && (PASSED_ON_RST.has(up) || (grpc && up === h2c.NGHTTP2_CANCEL)) ? up : h2c.NGHTTP2_INTERNAL_ERROR;
 /**
  * undici's HTTP/1.1 client (lib/dispatcher/client-h1.js, onHeadersComplete) refuses any 100
  * Continue outright — it never sends Expect (lib/core/request.js refuses the header), so every
@@ -1400,6 +1426,18 @@ export class ForwardHandler {
         return;
       }
       this.finished = true;
+      if (refusedStream(code, err) && isHttp2(f.res) && (f.plugins === null || f.plugins.chain.response.length === 0)) {
+        // Nothing was processed upstream (RFC 9113 §8.7) and it is not sent again here: an
+        // HTTP/2 client is told so as it came (RST_STREAM REFUSED_STREAM), and may send it again
+        // whatever its method (grpc-js retries such a call transparently; a 502 or UNAVAILABLE
+        // would read as processed). Logged as the 502 it stands for; gRPC's UNAVAILABLE.
+        this.outcome = false;
+        markRawAnswered(f.res, 'bad-gateway', 0);
+        if (f.exchange !== null && f.service.grpc) f.exchange.grpcStatus = '14';
+        resetResponse(f.res, undefined, h2c.NGHTTP2_REFUSED_STREAM);
+        this.release();
+        return;
+      }
       const [problem, detail] = refusedStream(code, err)
         ? ['bad-gateway' as const, `service "${f.service.name}" refused the request's HTTP/2 stream (REFUSED_STREAM)`]
         : refused100
@@ -1424,7 +1462,8 @@ export class ForwardHandler {
     this.finished = true;
     this.outcome = false;
     this.release();
-    resetResponse(f.res, err);
+    // (HTTP/2: the upstream's RST_STREAM code when it means something to the client, else INTERNAL_ERROR)
+    resetResponse(f.res, err, isHttp2(f.res) ? clientRstCode(upstreamRstCode(code, err), f.service.grpc && f.grpcWeb === null) : undefined);
   }
 }
 

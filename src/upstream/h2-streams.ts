@@ -177,7 +177,7 @@ function emitAfterBody(this: Stream, event: string | symbol): boolean {
     // 4. Failed, not ended (undici listens to 'error' until the request settles).
     this[EOF] = EOF_WHOLE;
     const code = this.rstCode === constants.NGHTTP2_CANCEL ? 'CANCEL' : this.rstCode === constants.NGHTTP2_NO_ERROR ? 'NO_ERROR' : String(this.rstCode);
-    const err = Object.assign(new Error(`the upstream closed the HTTP/2 stream (${code}) before the end of its response`), { code: H2_STREAM_CUT });
+    const err = Object.assign(new Error(`the upstream closed the HTTP/2 stream (${code}) before the end of its response`), { code: H2_STREAM_CUT, rstCode: this.rstCode });
     Reflect.apply(emit!, this, ['error', err]);
     if (!this.destroyed) this.destroy(); // (node:http2 destroys such a stream at its 'end')
     return false;
