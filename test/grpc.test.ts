@@ -6,9 +6,9 @@ import { connect as h2connect, createServer as createH2Server, constants as h2co
 import type { AddressInfo } from 'node:net';
 import { request as httpRequest } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { promValue, request, startGateway, type TestGateway } from './helpers.js';
+import { eventually, promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
-import { H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_INTERNAL_ERROR, H2_PROTOCOL_ERROR, startRawH2Origin } from './h2-raw-origin.js';
+import { H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_INTERNAL_ERROR, H2_PROTOCOL_ERROR, startRawH2Origin, type RawH2Stream } from './h2-raw-origin.js';
 import {
   startGrpcServer, echoClient, sayP, sumP, chatP, collect, metadata, jsonFrame, parseFrames, parseTrailerBlock, deserializeJson,
   type GrpcTestServer, type EchoClient,
@@ -703,6 +703,56 @@ services:
     }
   } finally {
     client.close();
+    await g.close();
+    await up.close();
+  }
+});
+
+test('metrics: a native gRPC call that ends without a grpc-status is counted with the one its client derives: a bare 200 UNKNOWN, a reset CANCELLED / RESOURCE_EXHAUSTED / INTERNAL, the gateway\'s deadline DEADLINE_EXCEEDED, a client that cancels CANCELLED', async () => {
+  // Per request (by its index): how the upstream ends the call after a message.
+  const script: ((s: RawH2Stream) => void)[] = [
+    (s) => s.data('', true), // END_STREAM, no trailers
+    (s) => s.rst(H2_CANCEL),
+    (s) => s.rst(H2_ENHANCE_YOUR_CALM),
+    (s) => s.rst(H2_PROTOCOL_ERROR),
+    () => {}, // nothing more: the client's grpc-timeout runs out
+    () => {}, // nothing more: the client cancels
+  ];
+  const up = await startRawH2Origin((s) => {
+    s.headers(200, { 'content-type': 'application/grpc' });
+    s.data(jsonFrame({ i: 0 }));
+    setTimeout(() => script[s.index]?.(s), 30);
+  });
+  const g = await startGateway(`
+admin: {listen: 127.0.0.1:0}
+http2: {h2c: true}
+services:
+  - {name: m, url: '${up.url}', protocol: grpc, retries: 0, routes: [{paths: [/m.Svc]}]}
+`);
+  try {
+    for (let i = 0; i < 4; i++) await rawCall(g.url, '/m.Svc/Call', {});
+    const late = await rawCall(g.url, '/m.Svc/Call', { 'grpc-timeout': '300m' });
+    assert.equal(late.trailers['grpc-status'], '4', JSON.stringify(late));
+    await new Promise<void>((resolve) => {
+      const c = h2connect(g.url);
+      const s = c.request({ ':method': 'POST', ':path': '/m.Svc/Call', 'content-type': 'application/grpc', te: 'trailers' });
+      s.on('error', () => {});
+      s.once('data', () => s.close(h2constants.NGHTTP2_CANCEL));
+      s.on('close', () => {
+        c.close();
+        resolve();
+      });
+      s.end(jsonFrame({}));
+    });
+    const want = { '1': 2, '2': 1, '4': 1, '8': 1, '13': 1 };
+    let got: Record<string, number> = {};
+    await eventually(async () => {
+      const t = (await request(`${g.adminUrl}/metrics`)).body;
+      got = Object.fromEntries(['0', '1', '2', '4', '8', '13', '14'].map((c) => [c, promValue(t, 'turnpike_grpc_responses_total', { service: 'm', grpc_status: c })]).filter(([, v]) => v !== 0));
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, 3000).catch(() => {});
+    assert.deepEqual(got, want);
+  } finally {
     await g.close();
     await up.close();
   }

@@ -70,6 +70,19 @@ function upstreamRstCode(code: string, err: Error): number | undefined {
   const n = m[1]!.startsWith('NGHTTP2_') ? (h2c as unknown as Record<string, unknown>)[m[1]!] : Number(m[1]);
   return typeof n === 'number' ? n : undefined;
 }
+/**
+ * The gRPC status a client reads from a stream reset with `code` and no status (PROTOCOL-HTTP2.md,
+ * "Errors"): CANCEL CANCELLED, REFUSED_STREAM UNAVAILABLE, ENHANCE_YOUR_CALM RESOURCE_EXHAUSTED,
+ * any other INTERNAL (so is a cut HTTP/1.1 connection counted, a gRPC-Web client's).
+ */
+function grpcStatusOfRst(code: number | undefined): string {
+  switch (code) {
+    case h2c.NGHTTP2_CANCEL: return '1';
+    case h2c.NGHTTP2_REFUSED_STREAM: return '14';
+    case h2c.NGHTTP2_ENHANCE_YOUR_CALM: return '8';
+    default: return '13';
+  }
+}
 /** What the client's HTTP/2 stream is reset with for an upstream stream reset with `up` (see PASSED_ON_RST). */
 const clientRstCode = (up: number | undefined, grpc: boolean): number =>
   up !== undefined && (PASSED_ON_RST.has(up) || (grpc && up === h2c.NGHTTP2_CANCEL)) ? up : h2c.NGHTTP2_INTERNAL_ERROR;
@@ -369,6 +382,7 @@ export class ForwardHandler {
     clearTimeout(this.stall);
     if (!this.finished) {
       this.finished = true;
+      this.derivedGrpcStatus('1'); // (the client cancelled the call: CANCELLED, as its own side reads it)
       this.abortFn?.(new Error('client closed the connection'));
     }
     this.release();
@@ -737,18 +751,34 @@ export class ForwardHandler {
     const res = this.f.res;
     const trailers = { 'grpc-status': '4', 'grpc-message': 'Deadline%20Exceeded' };
     if (!res.headersSent) sendProblem(res, 'gateway-timeout', 'the call ran past its grpc-timeout', this.f.requestId);
-    else if (this.encoder !== null) {
-      res.write(this.encoder.finish({ 'grpc-status': ['4'], 'grpc-message': ['Deadline%20Exceeded'] }));
-      res.end();
-    } else {
-      try {
-        res.addTrailers(trailers);
-      } catch {
-        /* trailers not possible here: the stream still ends */
+    else {
+      this.derivedGrpcStatus('4');
+      if (this.encoder !== null) {
+        res.write(this.encoder.finish({ 'grpc-status': ['4'], 'grpc-message': ['Deadline%20Exceeded'] }));
+        res.end();
+      } else {
+        try {
+          res.addTrailers(trailers);
+        } catch {
+          /* trailers not possible here: the stream still ends */
+        }
+        res.end();
       }
-      res.end();
     }
     this.release();
+  }
+
+  /**
+   * The grpc-status a gRPC call that ended without one is counted with (turnpike_grpc_responses_total,
+   * the access log): the one its client derives — from the HTTP status for a stream ended bare
+   * (gRPC's HTTP to gRPC table: a 200 is UNKNOWN), from the reset for one cut (grpcStatusOfRst),
+   * DEADLINE_EXCEEDED for the gateway's deadline trailers. A status the upstream gave stays. Off
+   * the common path: only calls that ended so.
+   */
+  private derivedGrpcStatus(code: string): void {
+    const ex = this.f.exchange;
+    if (ex === null || ex.grpcStatus !== null || !this.f.service.grpc) return;
+    if (/^application\/grpc/i.test(String(this.f.req.headers['content-type'] ?? ''))) ex.grpcStatus = code;
   }
 
   /**
@@ -1289,6 +1319,8 @@ export class ForwardHandler {
     if (ex !== null && this.f.service.grpc) {
       for (const [k, v] of t) if (k.toLowerCase() === 'grpc-status') ex.grpcStatus = v;
     }
+    // A native gRPC call ended without a grpc-status: counted with the one its client derives.
+    if (this.f.service.grpc && ex !== null && ex.grpcStatus === null && this.encoder === null) this.derivedGrpcStatus(String(grpcStatusFromHttp(this.status)));
     if (this.encoder !== null) {
       // gRPC-Web: the trailers travel as the body's last frame. An upstream that gave no status
       // at all (it ended its stream bare, or answered some other HTTP error) still gets one
@@ -1463,7 +1495,9 @@ export class ForwardHandler {
     this.outcome = false;
     this.release();
     // (HTTP/2: the upstream's RST_STREAM code when it means something to the client, else INTERNAL_ERROR)
-    resetResponse(f.res, err, isHttp2(f.res) ? clientRstCode(upstreamRstCode(code, err), f.service.grpc && f.grpcWeb === null) : undefined);
+    const rst = isHttp2(f.res) ? clientRstCode(upstreamRstCode(code, err), f.service.grpc && f.grpcWeb === null) : undefined;
+    if (f.exchange !== null && f.exchange.grpcStatus === null) this.derivedGrpcStatus(grpcStatusOfRst(rst));
+    resetResponse(f.res, err, rst);
   }
 }
 
