@@ -5,6 +5,9 @@ import * as grpc from '@grpc/grpc-js';
 import { connect as h2connect, createServer as createH2Server, constants as h2constants } from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import { request as httpRequest } from 'node:http';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer as createHttpsServer } from 'node:https';
 import { eventually, promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
@@ -686,7 +689,9 @@ test('an HTTP/2 upstream that resets a gRPC call\'s stream mid-response: the cli
     s.data(jsonFrame({ i: 0 }));
     setTimeout(() => s.rst(code), 30);
   });
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-grpc-rst-')), 'access.log');
   const g = await startGateway(`
+access_log: {destination: file, path: ${log}}
 http2: {h2c: true}
 services:
   - {name: cut, url: '${up.url}', protocol: grpc, retries: 0, routes: [{paths: [/test.Echo]}]}
@@ -701,6 +706,10 @@ services:
       const raw = await rawCall(g.url, '/test.Echo/Count', {});
       assert.equal(raw.rstCode, rst === H2_PROTOCOL_ERROR ? H2_INTERNAL_ERROR : rst, `RST_STREAM ${rst}, raw`);
     }
+    // Each a response cut in the access log, whatever code its reset said.
+    let lines: { error: string | null }[] = [];
+    await eventually(() => (lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { error: string | null })).length >= 8, 3000).catch(() => {});
+    assert.deepEqual(lines.map((l) => l.error), Array(8).fill('response-cut'));
   } finally {
     client.close();
     await g.close();

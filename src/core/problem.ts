@@ -96,8 +96,14 @@ export function resetResponse(res: ServerResponse, err?: Error, code = H2_INTERN
   const stream = (res as unknown as { stream?: { closed: boolean; destroyed: boolean; close(code: number): void; [GATEWAY_RESET]?: true } }).stream;
   if (stream === undefined) return void res.destroy(err);
   stream[GATEWAY_RESET] = true;
-  if (code !== H2_INTERNAL_ERROR && !stream.closed && !stream.destroyed) stream.close(code);
-  else res.destroy(err);
+  if (code === H2_INTERNAL_ERROR || stream.closed || stream.destroyed) {
+    res.destroy(err);
+    return;
+  }
+  // Only close() sends another code, and it ends the writable side first: the response would
+  // read as finished (res.writableFinished), its access log line without `response-cut`.
+  stream.close(code);
+  Object.defineProperty(res, 'writableFinished', { value: false });
 }
 
 /** Whether a request or response is HTTP/2's (node:http2's compatibility objects carry their stream). */
