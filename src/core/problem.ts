@@ -97,7 +97,9 @@ export function resetResponse(res: ServerResponse, err?: Error, code = H2_INTERN
   if (stream === undefined) return void res.destroy(err);
   stream[GATEWAY_RESET] = true;
   if (code === H2_INTERNAL_ERROR || stream.closed || stream.destroyed) {
-    res.destroy(err);
+    // (node:http2 resets a stream destroyed with an error with INTERNAL_ERROR, and one destroyed
+    // without with NO_ERROR, which node:http2 and undici clients read as the end of a whole body)
+    res.destroy(err ?? new Error('response reset'));
     return;
   }
   // Only close() sends another code, and it ends the writable side first: the response would

@@ -64,3 +64,28 @@ test('a failed request whose response can take the problem gets the 500 problem'
     await new Promise((r) => server.close(r));
   }
 });
+
+test('a request whose handling failed after its response started: the HTTP/2 stream is reset with INTERNAL_ERROR, never NO_ERROR (which a node:http2 or undici client reads as the end of a whole body)', async () => {
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    res.write('part of the body;');
+    setTimeout(() => answerFailed(pino({ level: 'silent' }), req as unknown as IncomingMessage, res as unknown as ServerResponse), 20);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const client = connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+  try {
+    const r = await new Promise<{ ended: boolean; rst: number }>((resolve) => {
+      const s = client.request({ ':path': '/' });
+      let ended = false;
+      s.on('error', () => {});
+      s.on('end', () => (ended = true));
+      s.resume();
+      s.on('close', () => resolve({ ended, rst: s.rstCode }));
+      s.end();
+    });
+    assert.deepEqual(r, { ended: false, rst: 2 }); // INTERNAL_ERROR
+  } finally {
+    client.close();
+    await new Promise((r) => server.close(r));
+  }
+});
