@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { createServer as createHttpsServer } from 'node:https';
 import { eventually, promValue, request, startGateway, type TestGateway } from './helpers.js';
 import { makeCa, type TestCa } from './certs.js';
-import { H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_INTERNAL_ERROR, H2_PROTOCOL_ERROR, startRawH2Origin, type RawH2Stream } from './h2-raw-origin.js';
+import { H2_CANCEL, H2_ENHANCE_YOUR_CALM, H2_INTERNAL_ERROR, H2_PROTOCOL_ERROR, H2_REFUSED_STREAM, startRawH2Origin, type RawH2Stream } from './h2-raw-origin.js';
 import {
   startGrpcServer, echoClient, sayP, sumP, chatP, collect, metadata, jsonFrame, parseFrames, parseTrailerBlock, deserializeJson,
   type GrpcTestServer, type EchoClient,
@@ -762,6 +762,29 @@ services:
     }, 3000).catch(() => {});
     assert.deepEqual(got, want);
   } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
+test('an upstream that refuses a gRPC call\'s stream (REFUSED_STREAM: nothing processed), the gateway not sending it again (its body streamed): the client is told REFUSED_STREAM and grpc-js sends the call again transparently', async () => {
+  const seen: number[] = [];
+  const up = await startRawH2Origin((s) => {
+    seen.push(s.index);
+    if (s.index === 0) return s.rst(H2_REFUSED_STREAM);
+    s.headers(200, { 'content-type': 'application/grpc', 'grpc-status': '5', 'grpc-message': 'the second' }, true);
+  });
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: r, url: '${up.url}', protocol: grpc, retries: 1, routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    await assert.rejects(sayP(client, 'x'), (e: grpc.ServiceError) => e.code === grpc.status.NOT_FOUND && e.details === 'the second');
+    assert.deepEqual(seen, [0, 1]);
+  } finally {
+    client.close();
     await g.close();
     await up.close();
   }
