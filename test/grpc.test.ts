@@ -789,3 +789,29 @@ services:
     await up.close();
   }
 });
+
+test('deadlines: a call whose grpc-timeout runs out while it waits for a bulkhead slot is DEADLINE_EXCEEDED, not the overloaded service\'s UNAVAILABLE', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: one
+    url: http://127.0.0.1:${plain.port}
+    protocol: grpc
+    timeouts: {response: 5s}
+    circuit_breaker: {max_concurrent: 1, max_pending: 5, max_wait: 5s}
+    routes: [{paths: [/test.Echo]}]
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    const busy = sayP(client, 'sleep:1500'); // holds the only slot
+    await new Promise((r) => setTimeout(r, 200));
+    const started = Date.now();
+    const r = await rawCall(g.url, '/test.Echo/Say', { 'grpc-timeout': '300m' }, jsonFrame({ text: 'waits' }));
+    assert.equal(r.headers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), JSON.stringify(r.headers));
+    assert.ok(Date.now() - started < 1200, `answered after ${Date.now() - started} ms`);
+    assert.equal((await busy).text, 'sleep:1500');
+  } finally {
+    client.close();
+    await g.close();
+  }
+});
