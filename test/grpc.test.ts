@@ -815,3 +815,35 @@ services:
     await g.close();
   }
 });
+
+test('deadlines: a call whose grpc-timeout has already run out (0m, 0S) is DEADLINE_EXCEEDED at once, never sent upstream', async () => {
+  let streams = 0;
+  const up = createH2Server();
+  up.on('stream', (stream) => {
+    streams++;
+    stream.on('error', () => {});
+    stream.resume();
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end(jsonFrame({ ok: true }));
+  });
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: z, url: 'http://127.0.0.1:${(up.address() as AddressInfo).port}', protocol: grpc, routes: [{paths: [/z.Svc]}]}
+`);
+  try {
+    for (const v of ['0m', '0S', '00000000H']) {
+      const r = await rawCall(g.url, '/z.Svc/M', { 'grpc-timeout': v });
+      assert.equal(r.headers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), `${v}: ${JSON.stringify(r.headers)}`);
+    }
+    assert.equal(streams, 0, 'nothing went upstream');
+    const ok = await rawCall(g.url, '/z.Svc/M', { 'grpc-timeout': '5S' });
+    assert.equal(ok.trailers['grpc-status'], '0');
+    assert.equal(streams, 1);
+  } finally {
+    await g.close();
+    await new Promise((r) => up.close(r));
+  }
+});

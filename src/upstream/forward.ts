@@ -486,6 +486,8 @@ export class ForwardHandler {
           if (ms === null) h.splice(i, 2);
           else this.grpcTimeoutAt = i;
         }
+        // A deadline that has already passed (0<unit>): nothing an upstream could do in time.
+        if (ms === 0) return this.refuse('gateway-timeout', 'the call\'s grpc-timeout had already run out');
       }
     }
     if (svc.retries > 0) earnRetry(svc);
