@@ -299,6 +299,30 @@ test('a JSON body with a name given twice in one object is a violation at its po
   assert.deepEqual(await dup('{"a":{"a":{"a":1}},"role":"user"}'), { ok: true });
 });
 
+test('a JSON or form body in a charset other than UTF-8 is a 415: it would be validated as one text and read upstream as another (UTF-7)', async () => {
+  const v = ApiValidator.schemas({ body: { type: 'object', additionalProperties: false, properties: { name: { type: 'string' } } }, bodyRequired: true }, opts);
+  // UTF-8: one string, no `role`. UTF-7 (as Express's body-parser decodes a body of any `utf-*`
+  // charset): +ACIALAAi- is `","` and +ACIAOgAi- is `":"`, so {"name":"x","role":"admin"}.
+  const smuggled = '{"name":"x+ACIALAAi-role+ACIAOgAi-admin"}';
+  for (const ct of ['application/json; charset=utf-7', 'application/json;charset="UTF-7"', 'Application/JSON; charset=utf-8; charset=utf-7', 'application/json; charset=utf-16le', 'application/json; charset=iso-8859-1']) {
+    const o = await check(v, 'POST', '/x', { headers: { 'content-type': ct }, body: smuggled });
+    assert.equal(o.ok === false && o.code, 'unsupported-media-type', ct);
+    assert.match((o as { detail: string }).detail, /is validated as UTF-8: charset "(utf-7|utf-16le|iso-8859-1)" is not accepted/, ct);
+  }
+  // UTF-8, said or not (quoted, any case), and other parameters are fine
+  for (const ct of ['application/json', 'application/json; charset=utf-8', 'application/json; Charset="UTF-8"', 'application/json; profile=x']) {
+    assert.deepEqual(await check(v, 'POST', '/x', { headers: { 'content-type': ct }, body: smuggled }), { ok: true }, ct);
+  }
+  // a hostile charset is not echoed whole
+  const long = await check(v, 'POST', '/x', { headers: { 'content-type': `application/json; charset=${'x'.repeat(5000)}` }, body: '{}' });
+  assert.ok((long as { detail: string }).detail.length < 200);
+  // form bodies are read as UTF-8 too
+  const form = await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded; charset=windows-1252' }, body: 'name=rex' });
+  assert.equal(form.ok === false && form.code, 'unsupported-media-type');
+  // a body that is not validated (no schema for its type) is not looked at
+  assert.deepEqual(await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'image/png; charset=utf-7' }, body: 'x' }), { ok: true });
+});
+
 test('OpenAPI 3.1: JSON Schema 2020-12 (type lists, const, prefixItems, unevaluatedProperties, $defs)', async () => {
   const v = ApiValidator.openapi({
     openapi: '3.1.0',

@@ -112,6 +112,24 @@ export function mediaKind(type: string): BodyKind {
   return 'other';
 }
 
+/**
+ * The `charset` a Content-Type names other than UTF-8 (lower case, unquoted, cut to 40
+ * characters), or null. Every one is looked at (a parser may take the first or the last).
+ */
+export function foreignCharset(value: string | undefined): string | null {
+  if (value === undefined || !value.includes(';')) return null;
+  const params = value.split(';');
+  for (let i = 1; i < params.length; i++) {
+    const p = params[i]!;
+    const eq = p.indexOf('=');
+    if (eq === -1 || p.slice(0, eq).trim().toLowerCase() !== 'charset') continue;
+    let v = p.slice(eq + 1).trim().toLowerCase();
+    if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) v = v.slice(1, -1).trim();
+    if (v !== 'utf-8') return v.slice(0, 40);
+  }
+  return null;
+}
+
 /** `Application/JSON; charset=utf-8` -> `application/json` (null when absent or empty). */
 export function mediaType(value: string | undefined): string | null {
   if (value === undefined) return null;
@@ -555,6 +573,14 @@ export class ApiValidator {
     // A coded body (gzip...) cannot be read here: 415 (RFC 9110 §15.5.16), not "not JSON".
     if (validates && req.hasBody !== false && codedContent(req.header('content-encoding'))) {
       return { ok: false, code: 'unsupported-media-type', detail: 'a request body with a Content-Encoding cannot be validated: send it unencoded', headers: CODED_CONTENT_HEADERS };
+    }
+    // What is validated is the body read as UTF-8 (RFC 8259 §8.1; a form body's percent-encoding
+    // too): one declared in another charset would be checked as one text and read upstream as
+    // another. Express's body-parser decodes a JSON body by any `utf-*` charset, and in UTF-7
+    // `"x+ACIALAAi-role+ACIAOgAi-admin"` is one string here and `"x","role":"admin"` there.
+    if (validates && req.hasBody !== false) {
+      const charset = foreignCharset(ct);
+      if (charset !== null) return { ok: false, code: 'unsupported-media-type', detail: `a request body is validated as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8, with charset=utf-8 or no charset)` };
     }
     // Whether there is a body at all: the head tells (Content-Length, Transfer-Encoding), or reading does.
     if (req.hasBody === false || (req.hasBody === null && !validates)) {
