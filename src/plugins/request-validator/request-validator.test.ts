@@ -10,7 +10,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { deflateRawSync, deflateSync, gzipSync } from 'node:zlib';
-import { ApiValidator, serverBasePaths, type Outcome, type Operation } from './validator.js';
+import { ApiValidator, MAX_SHOWN_PATH, serverBasePaths, type Outcome, type Operation } from './validator.js';
 import { describeJsonError, parseJson } from '../../core/json.js';
 import { PathMatcher } from './matcher.js';
 import { catastrophic } from './spec.js';
@@ -321,6 +321,43 @@ test('a JSON or form body in a charset other than UTF-8 is a 415: it would be va
   assert.equal(form.ok === false && form.code, 'unsupported-media-type');
   // a body that is not validated (no schema for its type) is not looked at
   assert.deepEqual(await check(pets, 'PUT', '/uploads', { headers: { 'content-type': 'image/png; charset=utf-7' }, body: 'x' }), { ok: true });
+});
+
+test('violations do not echo the client\'s huge names: pointers are cut at MAX_SHOWN_PATH (a 1 MB key was sent back twice per violation)', async () => {
+  const v = ApiValidator.schemas({
+    body: { type: 'object', additionalProperties: false, properties: { name: { type: 'string' } } },
+    query: { type: 'object', properties: { n: { type: 'integer' } } },
+    bodyRequired: true,
+  }, opts);
+  const key = (i: number) => `${'k'.repeat(200_000)}${i}`;
+  const body = JSON.stringify(Object.fromEntries(Array.from({ length: 5 }, (_, i) => [key(i), 1])));
+  const o = await check(v, 'POST', '/x', { headers: json, body });
+  const errors = errorsOf(o);
+  assert.equal(errors.length, 5);
+  for (const e of errors) {
+    assert.equal(e.path, `/${'k'.repeat(MAX_SHOWN_PATH - 1)}...`);
+    assert.equal(e.message, 'is not allowed (unknown property)');
+  }
+  assert.ok(JSON.stringify(o).length < 5000, `the answer is ${JSON.stringify(o).length} characters`);
+  // a nested value under a huge name, a name given twice, a parameter name that does not decode
+  const nested = await check(v, 'POST', '/x', { headers: json, body: `{"name":{"${'n'.repeat(100_000)}":1}}` });
+  assert.ok(JSON.stringify(nested).length < 2000);
+  const dup = await check(v, 'POST', '/x', { headers: json, body: `{"${'d'.repeat(100_000)}":1,"${'d'.repeat(100_000)}":2}` });
+  assert.equal(errorsOf(dup).length, 1);
+  assert.ok(JSON.stringify(dup).length < 2000);
+  const q = await check(v, 'GET', '/x', { query: `?${'%'.repeat(6000)}=1&n=x` });
+  assert.deepEqual(errorsOf(q).map((e) => e.path.length), [MAX_SHOWN_PATH + 3, 2]);
+  // a short pointer is shown as it is
+  assert.deepEqual(errorsOf(await check(v, 'POST', '/x', { headers: json, body: '{"role":1}' })), [{ in: 'body', path: '/role', message: 'is not allowed (unknown property)' }]);
+  // an upstream's response: the same
+  const doc = ApiValidator.openapi({
+    openapi: '3.0.3', info: { title: 't', version: '1' },
+    paths: { '/r': { get: { responses: { '200': { description: 'ok', content: { 'application/json': { schema: { type: 'object', additionalProperties: false } } } } } } } },
+  }, opts);
+  const f = doc.find('GET', '/r') as { op: Operation };
+  const res = doc.checkResponse(f.op, 200, ['content-type', 'application/json'], Buffer.from(body), 10_000_000);
+  assert.equal(res.length, 5);
+  assert.ok(res.every((e) => e.path.length === MAX_SHOWN_PATH + 3));
 });
 
 test('OpenAPI 3.1: JSON Schema 2020-12 (type lists, const, prefixItems, unevaluatedProperties, $defs)', async () => {

@@ -29,6 +29,18 @@ export interface Violation {
 /** Violations listed in one answer, at most. */
 export const MAX_VIOLATIONS = 20;
 
+/**
+ * Longest pointer shown in a violation: a pointer names the client's own property names and
+ * parameter names, which may be as long as the body (a 1 MB key under additionalProperties:
+ * false was echoed whole, in the errors list and again in the detail).
+ */
+export const MAX_SHOWN_PATH = 200;
+
+/** A pointer as shown to the client: cut at MAX_SHOWN_PATH characters, with `...` saying so. */
+function shownPath(path: string): string {
+  return path.length <= MAX_SHOWN_PATH ? path : `${path.slice(0, MAX_SHOWN_PATH)}...`;
+}
+
 export type Outcome =
   | { ok: true }
   | { ok: false; code: 'validation-failed'; detail: string; errors: Violation[] }
@@ -562,7 +574,12 @@ export class ApiValidator {
       }
       this.group(op.cookie, data, errors);
     }
-    const done = (): Outcome => (errors.length ? { ok: false, code: 'validation-failed', detail: summary(errors), errors } : { ok: true });
+    const done = (): Outcome => {
+      if (errors.length === 0) return { ok: true };
+      // (told apart by their whole pointers first: cut, two long names would look like one)
+      for (const e of errors) e.path = shownPath(e.path);
+      return { ok: false, code: 'validation-failed', detail: summary(errors), errors };
+    };
     const body = op.body;
     if (!body) return done();
     const ct = req.header('content-type');
@@ -693,6 +710,12 @@ export class ApiValidator {
    * first when it has a Content-Encoding (gzip, deflate, br), up to `maxBytes`.
    */
   checkResponse(op: Operation, status: number, headers: readonly string[], body: Buffer, maxBytes: number): Violation[] {
+    const errors = this.responseViolations(op, status, headers, body, maxBytes);
+    for (const e of errors) e.path = shownPath(e.path);
+    return errors;
+  }
+
+  private responseViolations(op: Operation, status: number, headers: readonly string[], body: Buffer, maxBytes: number): Violation[] {
     const spec = this.responseSpec(op, status);
     if (spec === null) return [];
     if (spec === 'undeclared') return [{ in: 'status', path: '', message: `status ${status} is not a declared response` }];
