@@ -360,6 +360,38 @@ test('violations do not echo the client\'s huge names: pointers are cut at MAX_S
   assert.ok(res.every((e) => e.path.length === MAX_SHOWN_PATH + 3));
 });
 
+test('a path an upstream reads as another operation (%2F, %5C decoded, ;params cut) is refused: it would be checked as one operation and served as the other', async () => {
+  const body = (schema: object) => ({ required: true, content: { 'application/json': { schema } } });
+  const doc = {
+    openapi: '3.0.3', info: { title: 'users', version: '1' },
+    paths: {
+      '/users/{id}': { post: { operationId: 'updateUser', requestBody: body({ type: 'object' }), responses: { '200': { description: 'ok' } } } },
+      '/users/{id}/roles': { post: { operationId: 'grantRole', requestBody: body({ type: 'object', required: ['role'], properties: { role: { enum: ['viewer'] } } }), responses: { '200': { description: 'ok' } } } },
+      '/files/{name}': { get: { operationId: 'getFile', responses: { '200': { description: 'ok' } } } },
+    },
+  };
+  for (const allowUnknown of [false, true]) {
+    const v = ApiValidator.openapi(doc, opts);
+    const post = async (path: string) => {
+      const f = v.find('POST', path);
+      if (!('op' in f)) return allowUnknown && f.code !== 'bad-request' ? { ok: true as const } : f;
+      return v.check(f.op, f.params, { method: 'POST', path, query: '', header: (n) => (n === 'content-type' ? 'application/json' : undefined), hasBody: true, readBody: async () => Buffer.from('{"role":"admin"}') });
+    };
+    // checked as grantRole: the role is refused
+    assert.equal((await post('/users/1/roles') as { code: string }).code, 'validation-failed');
+    // grantRole to a server that decodes %2F / %5C or cuts ;params: refused, not checked as updateUser (or as nothing)
+    for (const path of ['/users/1%2Froles', '/users/1%5Croles', '/users/1/roles;x', '/users/1;x%2Froles']) {
+      const o = await post(path);
+      assert.equal(o.ok === false && o.code, 'bad-request', `${path} (allow_unknown_operations: ${allowUnknown})`);
+      assert.match((o as { detail: string }).detail, /ambiguous path: .* it is operation grantRole/);
+    }
+    // read as the same operation, or as none: served as it is
+    assert.deepEqual(await post('/users/a%2Fb'), { ok: true });
+    assert.deepEqual(await post('/users/1;v=2'), { ok: true });
+    assert.ok('op' in v.find('GET', '/files/dir%2Fname.txt'));
+  }
+});
+
 test('OpenAPI 3.1: JSON Schema 2020-12 (type lists, const, prefixItems, unevaluatedProperties, $defs)', async () => {
   const v = ApiValidator.openapi({
     openapi: '3.1.0',

@@ -9,6 +9,7 @@ import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from '.
 import { duplicateKeyPath, parseJson } from '../../core/json.js';
 import { CODED_CONTENT_HEADERS, codedContent } from '../../core/headers.js';
 import { PathMatcher } from './matcher.js';
+import { upstreamReading } from '../../router/path.js';
 import {
   decode, dict, parseCookies, parseQuery, queryValue, simpleValue,
   type Dict, type Location, type ParamShape, type ParamSpec,
@@ -504,6 +505,22 @@ export class ApiValidator {
   /** The operation of a request, or the answer when there is none. */
   find(method: string, path: string): { op: Operation; params: Record<string, string> } | Exclude<Outcome, { ok: true }> {
     if (this.single) return { op: this.single, params: {} };
+    const found = this.operationOf(method, path);
+    // A path an upstream may read as another operation's (`/users/1%2Froles` is /users/{id}
+    // here, /users/{id}/roles to a server that decodes %2F or cuts ;params, as the router reads
+    // it; `/users/1/roles;x` is none, which allow_unknown_operations lets through): its request
+    // would be checked against one operation, or none, and served by another.
+    const reading = upstreamReading(path);
+    if (reading !== null) {
+      const other = this.operationOf(method, reading);
+      if ('op' in other && (!('op' in found) || other.op !== found.op)) {
+        return { ok: false, code: 'bad-request', detail: `ambiguous path: read with its %2F, %5C or ;parameters decoded, as many servers do, it is operation ${other.op.id.slice(0, 100)}` };
+      }
+    }
+    return found;
+  }
+
+  private operationOf(method: string, path: string): { op: Operation; params: Record<string, string> } | Exclude<Outcome, { ok: true }> {
     let allow: string[] | null = null;
     for (const base of this.basePaths) {
       let rest: string;
