@@ -60,9 +60,9 @@ export function parseQuery(raw: string): { values: Map<string, string[]>; bad: s
   return { values, bad };
 }
 
-/** Cookie header -> name -> value (first wins, like browsers send the most specific first). */
-export function parseCookies(header: string | undefined): Map<string, string> {
-  const out = new Map<string, string>();
+/** Cookie header -> name -> its values, in the order sent (browsers send the most specific first). */
+export function parseCookies(header: string | undefined): Map<string, string[]> {
+  const out = new Map<string, string[]>();
   if (!header) return out;
   for (const part of header.split(/;\s*/)) {
     const eq = part.indexOf('=');
@@ -70,7 +70,9 @@ export function parseCookies(header: string | undefined): Map<string, string> {
     const k = part.slice(0, eq).trim();
     let v = part.slice(eq + 1).trim();
     if (v.startsWith('"') && v.endsWith('"') && v.length >= 2) v = v.slice(1, -1);
-    if (!out.has(k)) out.set(k, v);
+    const list = out.get(k);
+    if (list) list.push(v);
+    else out.set(k, [v]);
   }
   return out;
 }

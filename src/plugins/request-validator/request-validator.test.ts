@@ -392,6 +392,20 @@ test('a path an upstream reads as another operation (%2F, %5C decoded, ;params c
   }
 });
 
+test('a cookie sent twice is checked in every copy: servers disagree about which one counts (Go, PHP, Express the first; Django the last)', async () => {
+  const violation = [{ in: 'cookie', path: '/session', message: 'must match pattern "^[a-f0-9]{8}$"' }];
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { cookie: 'session=deadbeef; session=nothex!!' } })), violation);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { cookie: 'session=nothex!!; session=deadbeef' } })), violation);
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { cookie: 'session=deadbeef; a=1; session=12345678; session="nothex!!"' } })), violation);
+  // two valid copies (one per Path, as browsers send them) are fine
+  assert.deepEqual(await check(pets, 'GET', '/pets', { headers: { cookie: 'session=deadbeef; other=1; session=12345678' } }), { ok: true });
+  // more copies than a browser sends: refused, not checked one by one
+  const many = Array.from({ length: 3000 }, (_, i) => `session=${(0xdead0000 + i).toString(16)}`).join('; ');
+  const t = Date.now();
+  assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { cookie: many } })), [{ in: 'cookie', path: '/session', message: 'is sent 3000 times (at most 16)' }]);
+  assert.ok(Date.now() - t < 1000, `${Date.now() - t} ms`);
+});
+
 test('OpenAPI 3.1: JSON Schema 2020-12 (type lists, const, prefixItems, unevaluatedProperties, $defs)', async () => {
   const v = ApiValidator.openapi({
     openapi: '3.1.0',

@@ -27,6 +27,9 @@ export interface Violation {
   message: string;
 }
 
+/** Copies of one declared cookie a request may send (each is checked). */
+const MAX_COOKIE_COPIES = 16;
+
 /** Violations listed in one answer, at most. */
 export const MAX_VIOLATIONS = 20;
 
@@ -582,14 +585,27 @@ export class ApiValidator {
     }
     if (op.cookie) {
       const jar = parseCookies(req.header('cookie'));
-      const data = dict<unknown>();
+      // A name sent twice (a browser sends one per matching Path and Domain) is read as its
+      // first copy by some servers (Go, PHP, Express) and its last by others (Django, Python's
+      // http.cookies): every copy is checked, one round per copy (a name sent more often than
+      // any browser would is refused, not checked round after round).
+      let rounds = 1;
       for (const p of op.cookie.specs) {
-        const raw = jar.get(p.name);
-        if (raw === undefined) continue;
-        const v = decode(raw, false);
-        this.put(data, p, v === null ? raw : p.shape === 'primitive' || p.json ? v : p.shape === 'array' ? v.split(',') : simpleValue(v, p), errors);
+        const n = jar.get(p.name)?.length ?? 0;
+        if (n > MAX_COOKIE_COPIES) errors.push({ in: 'cookie', path: `/${escapePointer(p.name)}`, message: `is sent ${n} times (at most ${MAX_COOKIE_COPIES})` });
+        else rounds = Math.max(rounds, n);
       }
-      this.group(op.cookie, data, errors);
+      for (let round = 0; round < rounds; round++) {
+        const data = dict<unknown>();
+        for (const p of op.cookie.specs) {
+          const copies = jar.get(p.name);
+          if (copies === undefined) continue;
+          const raw = copies[Math.min(round, copies.length - 1)]!;
+          const v = decode(raw, false);
+          this.put(data, p, v === null ? raw : p.shape === 'primitive' || p.json ? v : p.shape === 'array' ? v.split(',') : simpleValue(v, p), errors);
+        }
+        this.group(op.cookie, data, errors);
+      }
     }
     const done = (): Outcome => {
       if (errors.length === 0) return { ok: true };
