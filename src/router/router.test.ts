@@ -122,6 +122,23 @@ test('hostName lower-cases and strips ports and a trailing dot', () => {
   assert.equal(hostName('example.com.'), 'example.com');
 });
 
+test('a route host written fully qualified (a trailing dot) matches its requests: they are matched without the dot', () => {
+  const r = new Router<string>([
+    { paths: ['/'], hosts: ['Admin.Example.com.'], data: 'admin' },
+    { paths: ['/'], hosts: ['*.internal.example.com.'], data: 'internal' },
+    { paths: ['/'], data: 'public' },
+  ]);
+  // (hostName is what request.ts hands the router: `admin.example.com.` and `...:443` alike)
+  for (const host of ['admin.example.com', 'ADMIN.example.com.', 'admin.example.com.:443']) {
+    const m = r.match('GET', hostName(host), '/', {});
+    assert.equal(m && 'data' in m && m.data, 'admin', host);
+  }
+  const w = r.match('GET', hostName('db.internal.example.com.'), '/', {});
+  assert.equal(w && 'data' in w && w.data, 'internal');
+  const o = r.match('GET', hostName('other.example.com'), '/', {});
+  assert.equal(o && 'data' in o && o.data, 'public');
+});
+
 test('path normalization: dot segments and percent-encoding', () => {
   const cases: [string, string | null][] = [
     ['/a/b', '/a/b'],

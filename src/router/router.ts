@@ -168,7 +168,9 @@ export class Router<T> {
       new Set(typeof v === 'string' ? [v] : v),
     ]);
     for (const host of spec.hosts?.length ? spec.hosts : [null]) {
-      const trie = this.trieFor(host === null ? null : host.toLowerCase());
+      // (as hostName reads a request's: `api.example.com.` is `api.example.com`; kept, the route
+      // never matched and its requests fell to a route with no host, past its plugins)
+      const trie = this.trieFor(host === null ? null : host.endsWith('.') ? host.slice(0, -1).toLowerCase() : host.toLowerCase());
       for (const pattern of spec.paths?.length ? spec.paths : ['/']) {
         const segs = patternSegments(pattern);
         let params = NO_PARAMS;
