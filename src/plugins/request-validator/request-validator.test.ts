@@ -167,6 +167,27 @@ test('query parameters: coercion, arrays (explode, form, pipe), deepObject, JSON
   assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: '?limit=%zz' })), [{ in: 'query', path: '/limit', message: 'invalid percent-encoding' }]);
 });
 
+test('a query or form parameter spelled as another server reads a declared one (ASP.NET: any case; PHP: . and space as _) is a violation, not an unknown parameter that passes', async () => {
+  const message = (n: string) => `is parameter "${n}" to servers that read names in any case (ASP.NET) or . and space as _ (PHP): send it as spelled`;
+  // limit is at most 100: LIMIT=100000 would be checked by nothing and bound to limit by ASP.NET
+  for (const [q, name] of [['?LIMIT=100000', 'LIMIT'], ['?Limit=100000', 'Limit'], ['?limit=5&LIMIT=100000', 'LIMIT'], ['?%4CIMIT=100000', 'LIMIT']] as const) {
+    assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { query: q })), [{ in: 'query', path: `/${name}`, message: message('limit') }], q);
+  }
+  // an exploded object's properties are parameters of their own
+  const v = ApiValidator.schemas({ query: { type: 'object', properties: { user_id: { type: 'integer', maximum: 10 } } }, body: { type: 'object' }, bodyRequired: false }, opts);
+  for (const q of ['?user.id=99', '?user%20id=99', '?USER_ID=99', '?User.Id=99']) {
+    const got = errorsOf(await check(v, 'GET', '/x', { query: q }));
+    assert.equal(got.length, 1, q);
+    assert.equal(got[0]!.message, message('user_id'), q);
+  }
+  assert.deepEqual(await check(v, 'GET', '/x', { query: '?user_id=9&other=1&user=1' }), { ok: true });
+  // form bodies too
+  const form = errorsOf(await check(pets, 'PATCH', '/pets/1', { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=rex&AGE=old' }));
+  assert.deepEqual(form, [{ in: 'body', path: '/AGE', message: message('age') }]);
+  // spelled as declared, or unknown in every spelling: as before
+  assert.deepEqual(await check(pets, 'GET', '/pets', { query: '?limit=10&other=x&OTHER=y' }), { ok: true });
+});
+
 test('numbers in parameters are decimal text: 0x1F, 0b11, Infinity, " 5" are not integers (the upstream gets the text, not what JS coerces it to)', async () => {
   for (const v of ['0x5', '0b11', '0o7', 'Infinity', '%205', '5%20', '%20']) {
     const errs = errorsOf(await check(pets, 'GET', '/pets', { query: `?limit=${v}` }));

@@ -214,6 +214,37 @@ function oddNumbers(data: unknown): [string, string[]][] | null {
   return out;
 }
 
+/** A parameter name as servers that do not take it as spelled read it: ASP.NET in any case, PHP with `.` and ` ` as `_`. */
+const foldName = (name: string): string => name.toLowerCase().replace(/[. ]/g, '_');
+
+/** Declared parameter names (exploded objects' properties too) by folded name, per group of specs; built on first use. */
+const declaredByFold = new WeakMap<readonly ParamSpec[], { exact: Set<string>; folded: Map<string, string> }>();
+
+/**
+ * Parameters (query or form) sent under another spelling of a declared one: `?LIMIT=100000`
+ * next to a declared `limit` is no `limit` here (unchecked, or an unknown property) and
+ * `limit` to ASP.NET, whose binding ignores case; `user.id` is `user_id` to PHP.
+ */
+function respelled(values: Map<string, string[]>, specs: readonly ParamSpec[], where: In, errors: Violation[]): void {
+  let d = declaredByFold.get(specs);
+  if (d === undefined) {
+    d = { exact: new Set(), folded: new Map() };
+    for (const p of specs) for (const n of p.shape === 'object' && p.explode && p.style === 'form' ? [p.name, ...p.properties] : [p.name]) {
+      d.exact.add(n);
+      d.folded.set(foldName(n), n);
+    }
+    declaredByFold.set(specs, d);
+  }
+  if (d.folded.size === 0) return;
+  for (const k of values.keys()) {
+    if (d.exact.has(k)) continue;
+    const declared = d.folded.get(foldName(k));
+    if (declared !== undefined && errors.length < MAX_VIOLATIONS) {
+      errors.push({ in: where, path: `/${escapePointer(k)}`, message: `is parameter ${JSON.stringify(declared)} to servers that read names in any case (ASP.NET) or . and space as _ (PHP): send it as spelled` });
+    }
+  }
+}
+
 /** Runs a compiled validator; a stack overflow (a hostile value against a recursive schema) is reported, not thrown. */
 function run(validate: ValidateFunction, data: unknown): { ok: boolean; errors: ErrorObject[] | null; overflow?: true } {
   try {
@@ -565,6 +596,7 @@ export class ApiValidator {
     if (op.query) {
       const { values, bad } = parseQuery(req.query);
       for (const name of bad) errors.push({ in: 'query', path: `/${escapePointer(name)}`, message: 'invalid percent-encoding' });
+      respelled(values, op.query.specs, 'query', errors);
       const data = dict<unknown>();
       if (this.single) {
         // Plain query_schema: every parameter, repeated ones as arrays.
@@ -680,6 +712,7 @@ export class ApiValidator {
       }
       const { values, bad } = parseQuery(text);
       for (const name of bad) errors.push({ in: 'body', path: `/${escapePointer(name)}`, message: 'invalid percent-encoding' });
+      respelled(values, media.form.specs, 'body', errors);
       const data = dict<unknown>();
       for (const [k, v] of values) data[k] = v.length === 1 ? v[0] : v;
       for (const p of media.form.specs) {
