@@ -122,6 +122,46 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
   }
 });
 
+test('a `:`, `@` or sub-delim sent percent-encoded cannot route past the route that spells it (servers decode %3A, %40 before routing); route paths spell them as they are', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`services:
+  - name: e
+    url: ${up.url}
+    routes:
+      - {name: public, paths: [/v1]}
+      - {name: batch, paths: ["/v1/users:batch"], plugins: [{name: key-auth}]}
+      - {name: user, paths: ["/api/users/{id}"]}
+      - {name: me, paths: [/api/users/@me], plugins: [{name: key-auth}]}
+      - {name: sub, paths: ["/v1/a,b"], plugins: [{name: key-auth}]}
+consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
+`);
+  try {
+    // Spring, Go, Django, Flask, ASP.NET read these as the protected route's path.
+    for (const path of ['/v1/users%3Abatch', '/v1/users%3abatch', '/v1/users%3Abatch/x', '/api/users/%40me', '/api/users/%40me;x', '/v1/a%2Cb', '/v1/a%2cb']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
+    // As spelled: the route's own policy answers.
+    assert.equal((await request(`${g.url}/v1/users:batch`)).status, 401);
+    assert.equal((await request(`${g.url}/api/users/@me`)).status, 401);
+    // Encoded delimiters that read as no other route go where they matched, as sent.
+    for (const path of ['/api/users/%40other', '/v1/x%3Ay', '/v1/%2B1', '/api/users/a%2Cb']) {
+      assert.equal((await request(`${g.url}${path}`)).status, 200, path);
+      assert.equal(up.requests.at(-1)!.url, path);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+  // A route path that spells one percent-encoded would miss a client sending it as is.
+  const issues = configIssues(`services:\n  - name: e\n    url: http://127.0.0.1:1\n    routes: [{paths: [/ok, '/v1/users%3Abatch', '/u/%40me']}]\n`);
+  assert.deepEqual(issues.map((i) => [i.path, i.message]), [
+    ['services[0].routes[0].paths[1]', 'write ":" as is, not %3A: servers decode it before routing, and a client sending it as is would not match this route'],
+    ['services[0].routes[0].paths[2]', 'write "@" as is, not %40: servers decode it before routing, and a client sending it as is would not match this route'],
+  ]);
+});
+
 test('a path in another case than a protected route\'s cannot route past it: Express (by default), ASP.NET and IIS match paths case-insensitively', async () => {
   const up = await startUpstream();
   const g = await startGateway(`services:

@@ -12,7 +12,7 @@ import { parseCommand } from './args.js';
 import { Document, isScalar, isSeq, visit } from 'yaml';
 import { deref, isObject, openapiVersion, parseDocumentText } from '../plugins/request-validator/spec.js';
 import { ApiValidator } from '../plugins/request-validator/validator.js';
-import { normalizePath } from '../router/path.js';
+import { encodedDelimiter, normalizePath } from '../router/path.js';
 import { fastValidConfig, parseConfigText, type LoadedConfig } from '../config/load.js';
 import { compile } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
@@ -83,6 +83,8 @@ export function pathProblem(path: string): string | null {
   const n = normalizePath(path);
   if (n === null) return 'it has bad percent-encoding or a hidden dot segment';
   if (n !== path) return `it is not in normal form (dot segments or encoding; the router would see "${n}")`;
+  const e = encodedDelimiter(path);
+  if (e !== null) return `it spells a delimiter percent-encoded (${e}): a route path writes it as is`;
   return null;
 }
 

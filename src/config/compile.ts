@@ -17,7 +17,7 @@ import { unsendableSecret } from '../core/secret-text.js';
 import type { TurnpikeConfigInput } from './schema.js';
 import { parseDuration, parseSize } from './units.js';
 import { Router, type RouteSpec } from '../router/router.js';
-import { normalizePath } from '../router/path.js';
+import { encodedDelimiter, normalizePath } from '../router/path.js';
 import { TrustedProxies } from '../core/forwarded.js';
 import type { PoolRegistry } from '../upstream/pools.js';
 import { createBalancer, type Balancer, type BalancerName } from '../upstream/balancer.js';
@@ -587,6 +587,12 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       // raw, the route could never match and its requests would fall to a broader route.
       else if (NON_ASCII.test(p)) fail([...routePath(si, ri), 'paths', pi], `a path is ASCII: write it percent-encoded, as clients send it ("${p.replace(NON_ASCII_ALL, (c) => [...Buffer.from(c)].map((b) => `%${b.toString(16).toUpperCase().padStart(2, '0')}`).join(''))}")`);
       else if (normalizePath(p) !== p) fail([...routePath(si, ri), 'paths', pi], `path is not in normal form (expected "${normalizePath(p) ?? 'valid percent-encoding'}")`);
+      // Servers decode %3A before routing, clients send `:` as is: written encoded, the route
+      // would not match such a request, which would fall to a broader route past its plugins.
+      else if (encodedDelimiter(p) !== null) {
+        const e = encodedDelimiter(p)!;
+        fail([...routePath(si, ri), 'paths', pi], `write ${JSON.stringify(String.fromCharCode(parseInt(e.slice(1), 16)))} as is, not ${e}: servers decode it before routing, and a client sending it as is would not match this route`);
+      }
     }
   };
 

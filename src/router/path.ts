@@ -13,6 +13,21 @@ const HIGH_BYTE = /%[89A-F][0-9A-F]/;
 const PCT = /%([0-9A-F]{2})/g;
 const MANY_SLASHES = /\/{2,}/g;
 const ENCODED_SLASH = /%2F|%5C/g;
+/**
+ * `:`, `@` and the sub-delims but `;` (RFC 3986 §2.2), percent-encoded (after normalizePercent:
+ * upper-case hex). URI equivalence keeps them apart from their characters, but servers decode
+ * them before routing (Spring, Go's ServeMux, Django, Flask, ASP.NET): `/users%3Abatch` is
+ * their `/users:batch`. (`;` is cut before decoding, by the servers that cut it.)
+ */
+const ENCODED_DELIM = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/g;
+const ENCODED_DELIM_ONE = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
+const decodeDelim = (m: string) => String.fromCharCode(parseInt(m.slice(1), 16));
+
+/** The first `:`, `@` or sub-delim a path spells percent-encoded (`%3A`), or null. A route path spells them as they are. */
+export function encodedDelimiter(path: string): string | null {
+  const m = ENCODED_DELIM_ONE.exec(normalizePercent(path) ?? path);
+  return m === null ? null : m[0];
+}
 
 function isUnreserved(code: number): boolean {
   return (
@@ -101,13 +116,15 @@ export function normalizePath(path: string): string | null {
 
 /**
  * The normalized path as many servers read it: `%2F` and `%5C` decoded to slashes (nginx's
- * $uri, IIS, many frameworks), `;params` cut off segments (Tomcat, Jetty, Spring), slashes
- * merged; null when that is the path itself. A request whose reading is another route's, at
- * least as specific as the one matched, is refused (src/server/request.ts).
+ * $uri, IIS, many frameworks), `:`, `@` and sub-delims decoded (`%3A` is `:`), `;params` cut
+ * off segments (Tomcat, Jetty, Spring), slashes merged; null when that is the path itself. A
+ * request whose reading is another route's, at least as specific as the one matched, is
+ * refused (src/server/request.ts).
  */
 export function upstreamReading(path: string): string | null {
-  if (!path.includes('%2F') && !path.includes('%5C') && !path.includes(';')) return null;
-  let alt = path.replace(ENCODED_SLASH, '/');
+  const pct = path.includes('%');
+  if (!pct && !path.includes(';')) return null;
+  let alt = pct ? path.replace(ENCODED_SLASH, '/').replace(ENCODED_DELIM, decodeDelim) : path;
   if (alt.includes(';')) alt = alt.split('/').map((seg) => (seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg)).join('/');
   alt = alt.replace(MANY_SLASHES, '/');
   return alt === path ? null : alt;
