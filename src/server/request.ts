@@ -600,8 +600,13 @@ export function handleRequest(
   } else if (maxForwards !== undefined) forwardsLeft = maxForwards;
   // A CORS preflight is routed as the request it asks about when that route has a plugin that
   // answers preflights (cors); otherwise it is the OPTIONS request it is (405 where OPTIONS is not allowed).
+  // A browser's preflight has no body and no method override (Fetch §4.8): one with either is
+  // an OPTIONS request, or with preflight_continue it would reach the upstream of a route that
+  // may not take OPTIONS, its body unvalidated (request-validator passes preflights) and its
+  // override unchecked.
   const acrm = method === 'OPTIONS' && req.headers.origin !== undefined ? req.headers['access-control-request-method'] : undefined;
-  let preflight = typeof acrm === 'string' && /^[A-Za-z]+$/.test(acrm);
+  let preflight = typeof acrm === 'string' && /^[A-Za-z]+$/.test(acrm) && methodOverride === undefined &&
+    te === undefined && (cl === undefined ? !h2 || (req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders : cl === '0');
   let match = snap.router.match(preflight ? (acrm as string).toUpperCase() : method, hostKey, path, snap.router.usesHeaders ? req.headers : NO_HEADERS);
   if (preflight && (match === null || 'methodNotAllowed' in match || !match.data.chains.base.preflight)) {
     preflight = false;

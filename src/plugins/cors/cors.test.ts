@@ -480,3 +480,53 @@ services:
     await origin.close();
   }
 });
+
+test('an OPTIONS with Origin and Access-Control-Request-Method but a body or a method override is no preflight (a browser\'s has neither): never sent, unvalidated, to the upstream of the route it names (preflight_continue)', async () => {
+  const origin = await startUpstream();
+  const cors = `{name: cors, config: {origins: ['${APP}'], preflight_continue: true}}`;
+  const t = await startGateway(`http2: {h2c: true}
+consumers: [{name: c, credentials: [{type: key-auth, key: a-long-key-123}]}]
+services:
+  - name: s
+    url: ${origin.url}
+    routes:
+      - {name: create, paths: [/users], methods: [POST], plugins: [${cors}, {name: request-validator, config: {body_schema: {type: object, additionalProperties: false, properties: {name: {type: string}}}}}]}
+      - {name: list, paths: [/users], methods: [GET], plugins: [${cors}]}
+      - {name: drop, paths: [/users], methods: [DELETE], plugins: [${cors}, {name: key-auth}]}
+`);
+  const options = (headers: Record<string, string>, body?: string) => request(`${t.url}/users`, {
+    // (node's client frames no OPTIONS body by itself)
+    method: 'OPTIONS', headers: { origin: APP, 'content-type': 'application/json', ...headers, ...(body !== undefined ? { 'content-length': String(body.length) } : {}) },
+    ...(body !== undefined ? { body } : {}),
+  });
+  try {
+    // A body the route's validator refuses, as a POST, rides an OPTIONS "preflight" for POST.
+    const body = await options({ 'access-control-request-method': 'POST' }, '{"role":"admin"}');
+    assert.equal(body.status, 405, body.body);
+    // An override to DELETE (protected) on a "preflight" for GET (public).
+    const override = await options({ 'access-control-request-method': 'GET', 'x-http-method-override': 'DELETE' });
+    assert.equal(override.status, 405, override.body);
+    // HTTP/2: a preflight stream with DATA is no preflight either
+    const c = h2connect(t.url);
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        const s = c.request({ ':method': 'OPTIONS', ':path': '/users', origin: APP, 'access-control-request-method': 'POST', 'content-type': 'application/json' });
+        s.on('response', (h) => resolve(Number(h[':status'])));
+        s.on('error', reject);
+        s.end('{"role":"admin"}');
+        s.resume();
+      });
+      assert.equal(status, 405);
+    } finally {
+      c.close();
+    }
+    assert.deepEqual(origin.requests.map((q) => `${q.method} ${q.body.toString()}`), []);
+    // A browser's preflight (no body, no override) goes on to the upstream, as configured.
+    const real = await options({ 'access-control-request-method': 'POST' });
+    assert.equal(real.status, 200, real.body);
+    assert.deepEqual(origin.requests.map((q) => q.method), ['OPTIONS']);
+  } finally {
+    await t.close();
+    await origin.close();
+  }
+});
