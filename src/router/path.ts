@@ -21,6 +21,8 @@ const ENCODED_SLASH = /%2F|%5C/g;
  */
 const ENCODED_DELIM = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/g;
 const ENCODED_DELIM_ONE = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
+/** Any encoding a reading decodes: ENCODED_SLASH's and ENCODED_DELIM's. */
+const READ_ENCODED = /%(?:2F|5C|3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
 const decodeDelim = (m: string) => String.fromCharCode(parseInt(m.slice(1), 16));
 
 /** The first `:`, `@` or sub-delim a path spells percent-encoded (`%3A`), or null. A route path spells them as they are. */
@@ -122,7 +124,8 @@ export function normalizePath(path: string): string | null {
  * refused (src/server/request.ts).
  */
 export function upstreamReading(path: string): string | null {
-  const pct = path.includes('%');
+  // (most paths: none of these; a path with other encodings, UTF-8 say, is not copied either)
+  const pct = path.includes('%') && READ_ENCODED.test(path);
   if (!pct && !path.includes(';')) return null;
   let alt = pct ? path.replace(ENCODED_SLASH, '/').replace(ENCODED_DELIM, decodeDelim) : path;
   if (alt.includes(';')) alt = alt.split('/').map((seg) => (seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg)).join('/');
