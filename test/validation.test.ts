@@ -451,3 +451,31 @@ test('turnpike import openapi: writes a config that `turnpike validate` accepts 
   assert.match(noUrl.stdout, /url: https:\/\/api\.example\.com\/v1\n/);
   assert.equal(cli(['import', 'openapi'], work).code, 2);
 });
+
+test('a field node:http keeps the first copy of (User-Agent, Referer, From...) is validated in every copy: an upstream may read the last', T, async () => {
+  const origin = await startUpstream();
+  const g = await startGateway(`services:
+  - name: h
+    url: ${origin.url}
+    routes:
+      - paths: [/h]
+        plugins:
+          - name: request-validator
+            config: {header_schema: {type: object, properties: {user-agent: {type: string, pattern: '^[a-z]+/[0-9.]+$'}, from: {type: string, format: email}}}}
+`);
+  try {
+    const send = (fields: string) => rawRequest(g.port, `GET /h HTTP/1.1\r\nHost: x\r\n${fields}Connection: close\r\n\r\n`, 2000);
+    for (const fields of ['User-Agent: good/1.0\r\nUser-Agent: <script>\r\n', 'From: a@example.com\r\nFrom: not-an-email\r\n', 'user-agent: good/1.0\r\nUSER-AGENT: good/2.0\r\n']) {
+      const r = await send(fields);
+      assert.deepEqual(statuses(r.text), [400], fields);
+      assert.match(r.text, /validation-failed/);
+    }
+    assert.equal(origin.requests.length, 0);
+    // one copy each: as before
+    assert.deepEqual(statuses((await send('User-Agent: good/1.0\r\nFrom: a@example.com\r\n')).text), [200]);
+    assert.deepEqual(statuses((await send('User-Agent: bad agent\r\n')).text), [400]);
+  } finally {
+    await g.close();
+    await origin.close();
+  }
+});

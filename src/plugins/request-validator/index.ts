@@ -58,6 +58,28 @@ function hasBody(ctx: RequestCtx): boolean | null {
   return ctx.req.httpVersionMajor >= 2 ? null : false;
 }
 
+/**
+ * Fields node:http keeps the first copy of, dropping the others (IncomingMessage#headers): the
+ * validator reads them all, joined, as for any other field, since an upstream may read the last
+ * (`User-Agent: good` then `User-Agent: <anything>` passed a declared pattern).
+ */
+const FIRST_ONLY = new Set([
+  'age', 'content-length', 'content-type', 'etag', 'expires', 'from', 'host', 'if-modified-since', 'if-unmodified-since',
+  'last-modified', 'location', 'max-forwards', 'referer', 'retry-after', 'server', 'user-agent',
+]);
+
+/** Every copy of a field in a raw header list, joined with ", "; undefined when it is there once or not at all. */
+function allCopies(raw: readonly string[], name: string): string | undefined {
+  let first: string | undefined;
+  let out: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i]!.length !== name.length || raw[i]!.toLowerCase() !== name) continue;
+    if (first === undefined) first = raw[i + 1]!;
+    else out = `${out ?? first}, ${raw[i + 1]!}`;
+  }
+  return out;
+}
+
 function reply(o: Outcome): Reply | undefined {
   if (o.ok) return undefined;
   switch (o.code) {
@@ -140,7 +162,7 @@ export default definePlugin({
           method: ctx.method,
           path: ctx.path,
           query: ctx.query,
-          header: (name) => ctx.header(name),
+          header: (name) => (FIRST_ONLY.has(name) ? allCopies(ctx.req.rawHeaders, name) : undefined) ?? ctx.header(name),
           hasBody: hasBody(ctx),
           readBody: () => ctx.readBody(maxBody),
         });
