@@ -575,3 +575,36 @@ test('a streamed request body that fails while its request waits for a bulkhead 
     await up.close();
   }
 });
+
+test('HTTP/2: a :path that is an absolute URL (nghttp2 passes one for a :scheme other than http) is a 400, not a second authority that replaces :authority (RFC 9113 §8.3.1)', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`http2: {h2c: true}
+services:
+  - name: e
+    url: ${up.url}
+    routes: [{hosts: [admin.example.com], paths: [/], plugins: [{name: key-auth}]}, {paths: [/]}]
+consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
+`);
+  const session = http2Connect(`http://127.0.0.1:${g.port}`);
+  session.on('error', () => {});
+  const ask = (headers: Record<string, string>) => new Promise<number>((resolve, reject) => {
+    const s = session.request(headers, { endStream: true });
+    s.on('response', (h) => resolve(Number(h[':status'])));
+    s.on('error', reject);
+    s.resume();
+  });
+  try {
+    for (const path of ['http://admin.example.com/', 'https://public.example.com/x', 'admin']) {
+      assert.equal(await ask({ ':method': 'GET', ':scheme': 'foo', ':authority': 'public.example.com', ':path': path }), 400, path);
+    }
+    assert.equal(up.requests.length, 0);
+    // a path, and OPTIONS *, as before
+    assert.equal(await ask({ ':method': 'GET', ':scheme': 'foo', ':authority': 'public.example.com', ':path': '/x' }), 200);
+    assert.equal(await ask({ ':method': 'GET', ':scheme': 'http', ':authority': 'admin.example.com', ':path': '/x' }), 401);
+    assert.equal(await ask({ ':method': 'OPTIONS', ':scheme': 'http', ':authority': 'public.example.com', ':path': '*' }), 200);
+  } finally {
+    session.close();
+    await g.close();
+    await up.close();
+  }
+});

@@ -527,6 +527,9 @@ export function handleRequest(
   // (before the absolute-form regex: with a '#' at the end it backtracked in quadratic time)
   if (url.includes('#')) return reject(ctx, req, res, requestId, 'bad-request', 'the request target may not contain a fragment (#)');
   if (url.charCodeAt(0) !== 0x2f /* / */) {
+    // HTTP/2's :path is the path and query only (RFC 9113 §8.3.1): the authority is :authority's,
+    // and nghttp2 lets an absolute URL through for a :scheme other than http(s).
+    if (h2 && url !== '*') return reject(ctx, req, res, requestId, 'bad-request', 'an HTTP/2 :path is a path (with its query), not an absolute URL');
     if (url === '*') {
       if (req.method !== 'OPTIONS') return reject(ctx, req, res, requestId, 'bad-request', 'asterisk-form is only for OPTIONS');
       if (ex !== null) {
