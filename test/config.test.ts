@@ -907,3 +907,19 @@ test('an upstream URL whose host is no host name (a quote, braces: WHATWG URL le
     assert.deepEqual(issuesOf(`services: [{name: a, url: '${url}', routes: [{paths: [/a]}]}]\n`), [], url);
   }
 });
+
+test('limits and http2 sizes past what the HTTP parsers take are config errors with path and line (validate said valid; the listener did not start, or the first h2 client crashed the gateway)', () => {
+  const bad = issuesOf(`listen: 127.0.0.1:0
+limits:
+  max_uri_length: 99999999999999999999999
+  max_header_size: 2gb
+http2:
+  h2c: true
+  max_header_list_size: 5gb
+`);
+  assert.deepEqual(bad.map((i) => [i.path, i.line]), [['limits.max_uri_length', 3], ['limits.max_header_size', 4], ['http2.max_header_list_size', 7]]);
+  assert.match(bad[0]!.message, /at most 1gb/);
+  assert.match(bad[2]!.message, /at most 4294967295/);
+  // The largest values still load.
+  assert.deepEqual(issuesOf('limits: {max_uri_length: 1gb, max_header_size: 1gb}\nhttp2: {max_header_list_size: 4294967295}\n'), []);
+});

@@ -292,6 +292,8 @@ const DEFAULT_RETRY_ON = ['connect-error'];
 
 /** The longest delay setTimeout keeps (2^31-1 ms, ~24.8 days); longer ones fire after 1 ms. */
 const MAX_TIMER_MS = 2_147_483_647;
+/** limits.max_uri_length and max_header_size: at most 1gb each (their sum must fit the HTTP parser's 32 bits). */
+const MAX_LIMIT_SIZE = 1024 ** 3;
 
 export function dnsSettings(cfg: TurnpikeConfigInput): DnsSettings {
   return {
@@ -414,6 +416,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   };
   if (limits.maxUriLength < 16) fail(['limits', 'max_uri_length'], 'must be at least 16 bytes');
   if (limits.maxHeaderSize < 256) fail(['limits', 'max_header_size'], 'must be at least 256 bytes');
+  // Their sum is the HTTP parser's header limit, a 32-bit number (Node refuses more than 2^53 and
+  // the listener would not start; between, it wraps): 1gb each at most.
+  if (limits.maxUriLength > MAX_LIMIT_SIZE) fail(['limits', 'max_uri_length'], 'must be at most 1gb');
+  if (limits.maxHeaderSize > MAX_LIMIT_SIZE) fail(['limits', 'max_header_size'], 'must be at most 1gb');
   const to = { ...DEFAULTS.timeouts, ...cfg.timeouts };
   const timeouts: ServerTimeouts = {
     clientHeader: timer(['timeouts', 'client_header'], to.client_header),
@@ -467,6 +473,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     resetWindow: timer(['http2', 'reset_window'], h2.reset_window ?? '10s'),
     idleTimeout: timer(['http2', 'idle_timeout'], h2.idle_timeout ?? '75s'),
   };
+  // An HTTP/2 SETTINGS value is 32 bits: Node throws for more on every new session (a crash at the first h2 client).
+  if (http2.maxHeaderListSize > 0xffff_ffff) fail(['http2', 'max_header_list_size'], 'must be at most 4294967295 bytes (an HTTP/2 setting is 32 bits)');
 
   // The config's hash is taken first: compiling may rewrite parts of it in place (basic-auth
   // swaps a plain password for its hash), and a reload of the same file must compare equal.
