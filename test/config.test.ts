@@ -705,6 +705,9 @@ test('the fast YAML path (reload thread) gives the same object as the full parse
     // numbers js-yaml reads and `yaml` does not (a reload must agree with validate and startup)
     'services:\n  - name: s\n    url: http://127.0.0.1:1\n    plugins: [{name: rate-limit, config: {limit: 0b10, window: 1m}}]\n',
     'services:\n  - name: s\n    url: http://127.0.0.1:1\n    plugins: [{name: rate-limit, config: {limit: 1_000, window: 1m}}]\n',
+    // a sign before 0x / 0o: js-yaml 16, `yaml` the string "+0x10" (a reload took what validate refuses)
+    'timeouts: {keepalive: +0x10}\n',
+    'limits: {max_headers: +0o17}\n',
   ];
   for (const text of aside) assert.equal(fastValidConfig(text), undefined, text);
 });

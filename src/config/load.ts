@@ -101,8 +101,8 @@ function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
  */
 export function fastValidConfig(text: string): TurnpikeConfigInput | undefined {
   if (text.includes('${')) return undefined;
-  // Plain scalars js-yaml reads as numbers and `yaml` (the reference) as strings: 0b10, 1_000.
-  if (/(^|[\s:,\[{-])[-+]?(0b|[0-9]+_)/m.test(text)) return undefined;
+  // Plain scalars js-yaml reads as numbers and `yaml` (the reference) as strings: 0b10, 1_000, +0x10, +0o17.
+  if (/(^|[\s:,\[{-])([-+]?(0b|[0-9]+_)|[-+]0[xo])/im.test(text)) return undefined;
   let special = false;
   let config: unknown;
   try {
