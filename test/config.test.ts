@@ -926,3 +926,33 @@ http2:
   // The largest values still load.
   assert.deepEqual(issuesOf('limits: {max_uri_length: 1gb, max_header_size: 1gb}\nhttp2: {max_header_list_size: 4294967295}\n'), []);
 });
+
+test('an unquoted ${VAR} inside a flow collection (the contract\'s `- {type: key-auth, key: ${ACME_KEY}}`) loads: it was a YAML syntax error', async () => {
+  const { rawDocument } = await import('../src/config/stores/document.js');
+  const text = `plugins: [{name: key-auth}]
+consumers:
+  - name: acme
+    groups: [partners]
+    credentials:
+      - {type: key-auth, key: \${ACME_KEY}}
+services:
+  - {name: s, url: "http://127.0.0.1:1", retries: \${RETRIES}, routes: [{paths: [\${P:-/orders}], tags: [$\${literal}]}]}
+`;
+  const env = { ACME_KEY: 'k-0123456789abcdef', RETRIES: '2' };
+  const loaded = parseConfigText(text, { env });
+  assert.deepEqual(loaded.config.consumers![0]!.credentials, [{ type: 'key-auth', key: 'k-0123456789abcdef' }]);
+  const svc = loaded.config.services![0]!;
+  assert.equal(svc.retries, 2); // (unquoted: typed, as in block style)
+  assert.deepEqual(svc.routes![0]!.paths, ['/orders']);
+  assert.deepEqual(svc.routes![0]!.tags, ['${literal}']);
+  assert.deepEqual(issuesOf(text, env), []);
+  // Lines and columns stay those of the file.
+  assert.deepEqual(issuesOf(text.replace('retries: ${RETRIES}', 'retries: ${RETRIES}, retrys: 1'), env).map((i) => [i.path, i.line]), [['services[0].retrys', 8]]);
+  assert.throws(() => parseConfigText('consumers: [{name: \${N}, name: b}]\n', { env: { N: 'a' } }), (e: ConfigError) =>
+    e.issues.length === 1 && e.issues[0]!.path === 'consumers[0].name' && e.issues[0]!.line === 1 && /duplicate key "name" \(column 26\)/.test(e.issues[0]!.message));
+  // As written in a store (the reference kept) and an unset variable named with its line.
+  assert.deepEqual((rawDocument(text, env).consumers as { credentials: unknown[] }[])[0]!.credentials, [{ type: 'key-auth', key: '${ACME_KEY}' }]);
+  assert.deepEqual(issuesOf(text, { RETRIES: '2' }).map((i) => [i.path, i.line]), [['consumers[0].credentials[0].key', 6]]);
+  // A real syntax error is still reported as one.
+  assert.equal(issuesOf('services: [{name: \${N}\nx: 1\n', { N: 'a' })[0]!.path, '(syntax)');
+});

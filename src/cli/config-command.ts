@@ -9,8 +9,8 @@ import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseCommand, type CliIo } from './args.js';
 import { Agent, request } from 'undici';
-import { LineCounter, parseDocument, stringify } from 'yaml';
-import { configText, duplicateKeyAt } from '../config/load.js';
+import { LineCounter, stringify } from 'yaml';
+import { configText, duplicateKeyAt, parseConfigYaml } from '../config/load.js';
 import { ConfigError, formatPath } from '../config/errors.js';
 import { splitDocument } from '../config/stores/document.js';
 import { maskUrlSecrets } from '../core/url-secrets.js';
@@ -137,7 +137,7 @@ function readConfigFile(file: string, io: ConfigIo): string {
   }
   // As the admin API parses it (no `${VAR}` substitution), to find the node-local keys.
   const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
+  const doc = parseConfigYaml(text, { lineCounter: lc });
   if (doc.errors.length) {
     // where, as `turnpike validate` says it: the line, and for a key given twice its path
     const e = doc.errors[0]!;

@@ -40,6 +40,46 @@ export function substituteEnv(text: string, env: NodeJS.ProcessEnv, missing: str
   });
 }
 
+/** A `${VAR}` / `${VAR:-default}` reference within one line, or its literal form `$${VAR}`. */
+const REF_ON_A_LINE = /\$?\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\n]*)?\}/g;
+/** A reference's stand-in: U+E000, its index in two private-use characters, U+E001 up to the reference's length. */
+const REF_TOKEN = /\uE000([\uE100-\uF0FF]{2})\uE001*/g;
+
+/**
+ * parseDocument for config text. Inside a flow collection a plain `${VAR}` is a YAML syntax
+ * error — `{` and `}` are flow indicators — yet it is how the config contract writes a
+ * credential: `- {type: key-auth, key: ${ACME_KEY}}`. When the text does not parse and has
+ * such references, it is parsed again with each reference replaced by a plain stand-in of the
+ * same length (private-use characters: offsets, lines and columns stay those of the text), and
+ * the references are put back as the scalars' values (still unquoted, so typed as before).
+ * A text that parses as it is is never read this way.
+ */
+export function parseConfigYaml(text: string, opts: { lineCounter?: LineCounter } = {}): Document {
+  const parse = (t: string, lc: LineCounter) => parseDocument(t, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
+  const lc = opts.lineCounter ?? new LineCounter();
+  const doc = parse(text, lc);
+  if (!doc.errors.length || !text.includes('${') || /[\uE000\uE001]/.test(text)) return doc;
+  const refs: string[] = [];
+  const guarded = text.replace(REF_ON_A_LINE, (m) => {
+    const i = refs.push(m) - 1;
+    if (i >= 4096 * 4096) return m;
+    return '\uE000' + String.fromCharCode(0xe100 + (i >> 12), 0xe100 + (i & 0xfff)) + '\uE001'.repeat(m.length - 3);
+  });
+  if (!refs.length) return doc;
+  // (same line starts: the stand-ins have the references' lengths)
+  const again = parse(guarded, new LineCounter());
+  // (a key given twice is reported from the document that parses)
+  if (again.errors.some((e) => e.code !== 'DUPLICATE_KEY')) return doc;
+  visit(again, {
+    Scalar(_key, node) {
+      if (typeof node.value === 'string' && node.value.includes('\uE000')) {
+        node.value = node.value.replace(REF_TOKEN, (_m, i: string) => refs[((i.charCodeAt(0) - 0xe100) << 12) + i.charCodeAt(1) - 0xe100]!);
+      }
+    },
+  });
+  return again;
+}
+
 function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): number | undefined {
   let node: unknown = doc.contents;
   let best: number | undefined;
@@ -132,7 +172,7 @@ export function configHashOf(json: string): string {
 export function parseConfigText(text: string, opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): LoadedConfig {
   const env = opts.env ?? process.env;
   const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
+  const doc = parseConfigYaml(text, { lineCounter: lc });
   const lineOf = (path: readonly PathSegment[]) => locate(doc, lc, path);
   /** Values that came from `${VAR}` references, and the references: never shown in a message. */
   const substituted: [value: string, reference: string][] = [];

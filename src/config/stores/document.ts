@@ -5,9 +5,9 @@
  * NODE_LOCAL_KEYS is the list; the reasons for each key are in index.ts's header. Every key
  * not in it (including keys added to the schema later) belongs to the document.
  */
-import { parseDocument, visit, type Document as YamlDocument } from 'yaml';
+import { visit, type Document as YamlDocument } from 'yaml';
 import type { TurnpikeConfigInput } from '../schema.js';
-import { substituteEnv } from '../load.js';
+import { parseConfigYaml, substituteEnv } from '../load.js';
 import type { ConfigDocument } from './types.js';
 
 export const NODE_LOCAL_KEYS: readonly string[] = [
@@ -72,7 +72,7 @@ export function typeUnquotedRefs(doc: YamlDocument, env: NodeJS.ProcessEnv = pro
  * secrets given by reference never enter a store or an export (but see typeUnquotedRefs).
  */
 export function rawDocument(text: string, env: NodeJS.ProcessEnv = process.env): ConfigDocument {
-  const doc = parseDocument(text, { merge: false, uniqueKeys: true });
+  const doc = parseConfigYaml(text);
   typeUnquotedRefs(doc, env);
   const raw = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown> | null;
   return splitDocument(raw ?? {}).document;
