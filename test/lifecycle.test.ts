@@ -89,6 +89,14 @@ test('SIGHUP reloads the file; a broken file is rejected and the running config 
     assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).revision, 2);
     assert.match(run.stderr(), /reload rejected/);
     assert.match(run.stderr(), /bogus/);
+    // /status says it too (the log may be far away), until a reload is applied.
+    const rejected = JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).config.reload_rejected;
+    assert.match(rejected.trigger, /^(SIGHUP|file change)$/); // (the file watch may come first)
+    assert.match(rejected.error, /services\[0\]\.bogus \(line 8\): unknown key "bogus"/);
+    writeFileSync(file, cfg('/four'));
+    run.child.kill('SIGHUP');
+    await eventually(async () => (await request(`http://127.0.0.1:${p}/four`)).status === 200, 5000, 30);
+    assert.equal(JSON.parse((await request(`http://127.0.0.1:${a}/status`)).body).config.reload_rejected, undefined);
   } finally {
     run.child.kill('SIGTERM');
     await run.exit;

@@ -222,9 +222,12 @@ export async function runCommand(command: 'start' | 'validate', file: string, fi
       adopt?.();
       ok = true;
       inputs?.set(running.gw.snapshot.inputs);
+      control.reloaded?.(why, null);
       log.info({ trigger: why }, 'reload applied');
     } catch (err) {
-      log.error({ trigger: why, err: err instanceof ConfigError ? err.message : String(err) }, 'reload rejected; the running config stays');
+      const message = err instanceof ConfigError ? err.message : String(err);
+      control.reloaded?.(why, message);
+      log.error({ trigger: why, err: message }, 'reload rejected; the running config stays');
     } finally {
       busy = false;
       const next = queued;

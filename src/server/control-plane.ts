@@ -447,9 +447,14 @@ export function fileControl(file: string, loaded: LoadedConfig, log: Logger): Co
   // a file the gateway would not reload (a duplicate name, an unknown plan...) is not shown as the config
   const store = new FileStore({ file: resolve(file), log, check: (text) => checkConfigText(text, { file }) });
   const node = nodePart(loaded.config as Record<string, unknown>);
+  /** The last reload of the file, when it was rejected (until one is applied): /status says it, not only the log. */
+  let rejected: { at: string; trigger: string; error: string } | null = null;
   return {
+    reloaded: (trigger, error) => {
+      rejected = error === null ? null : { at: new Date().toISOString(), trigger, error };
+    },
     api: (tokens, sessionCaller, failures) => createApiHandler({ store, validate: documentValidator(node, { file }), tokens, log, ...(sessionCaller ? { sessionCaller } : {}), ...(failures ? { failures } : {}) }),
-    status: () => ({ store: 'file', file: resolve(file) }),
+    status: () => ({ store: 'file', file: resolve(file), ...(rejected ? { reload_rejected: rejected } : {}) }),
     accountBackend: () => ({
       document: () => null,
       readOnly: () => ({ reason: 'developer accounts need a sqlite or postgres config store (store: sqlite:./turnpike.db); this node reads its config from a file', transient: false }),

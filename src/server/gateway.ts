@@ -75,6 +75,8 @@ export interface GatewayOptions {
 export interface ControlView {
   api(tokens: () => readonly AdminToken[], sessionCaller?: (req: IncomingMessage, method: string) => { name: string; role: 'admin' | 'read-only' } | undefined, failures?: AuthFailures): (req: IncomingMessage, res: ServerResponse) => Promise<void>;
   status(): Record<string, unknown>;
+  /** How a reload from the config file (SIGHUP, file watch) ended: null when it was applied, else why it was rejected. */
+  reloaded?(trigger: string, error: string | null): void;
   /** Where developer accounts are kept (the portal's sign-up, keys). */
   accountBackend?(): AccountBackend;
 }
