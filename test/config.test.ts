@@ -956,3 +956,10 @@ services:
   // A real syntax error is still reported as one.
   assert.equal(issuesOf('services: [{name: \${N}\nx: 1\n', { N: 'a' })[0]!.path, '(syntax)');
 });
+
+test('an admin API YAML body takes an unquoted ${VAR} inside a flow collection as a config file does (turnpike config apply sends the file as written)', () => {
+  const body = parseYaml(Buffer.from('consumers:\n  - name: acme\n    credentials:\n      - {type: key-auth, key: ${ACME_KEY}}\n')) as { consumers: { credentials: unknown[] }[] };
+  // (stored as written: the reference, not the value)
+  assert.deepEqual(body.consumers[0]!.credentials, [{ type: 'key-auth', key: '${ACME_KEY}' }]);
+  assert.throws(() => parseYaml(Buffer.from('consumers: [{name: a\n')), (e: unknown) => e instanceof ApiError && /line 2/.test(e.message));
+});

@@ -4,9 +4,9 @@
  * `__proto__` keys).
  */
 import type { IncomingMessage } from 'node:http';
-import { LineCounter, parseDocument } from 'yaml';
+import { LineCounter } from 'yaml';
 import { typeUnquotedRefs } from '../config/stores/document.js';
-import { duplicateKeyAt } from '../config/load.js';
+import { duplicateKeyAt, parseConfigYaml } from '../config/load.js';
 import { formatPath } from '../config/errors.js';
 import { ApiError } from './errors.js';
 
@@ -198,7 +198,8 @@ export function parseYaml(buf: Buffer): unknown {
   let value: unknown;
   try {
     const lc = new LineCounter();
-    const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true, merge: false });
+    // (`{type: key-auth, key: ${KEY}}` as in a config file: see parseConfigYaml)
+    const doc = parseConfigYaml(text, { lineCounter: lc });
     if (doc.errors.length) {
       const issues = doc.errors.slice(0, 5).map((x) => {
         const at = lc.linePos(x.pos[0]);
