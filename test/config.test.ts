@@ -963,3 +963,22 @@ test('an admin API YAML body takes an unquoted ${VAR} inside a flow collection a
   assert.deepEqual(body.consumers[0]!.credentials, [{ type: 'key-auth', key: '${ACME_KEY}' }]);
   assert.throws(() => parseYaml(Buffer.from('consumers: [{name: a\n')), (e: unknown) => e instanceof ApiError && /line 2/.test(e.message));
 });
+
+test('a text field given an unquoted ${VAR} whose value reads as a number (a digits-only key or password) says so and how to quote it, not only "expected string"', () => {
+  const text = 'plugins: [{name: basic-auth}]\nconsumers:\n  - name: acme\n    credentials:\n      - type: basic-auth\n        username: ${U}\n        password: ${P}\nservices:\n  - {name: s, url: "http://127.0.0.1:1", retries: ${R}}\n';
+  // (credentials are checked by their plugin's schema, at compile)
+  const issues = issuesOf(text, { U: 'true', P: '98765432109876543210', R: '2' });
+  assert.deepEqual(issues.map((i) => [i.path, i.line]), [['consumers[0].credentials[0].username', 6], ['consumers[0].credentials[0].password', 7]]);
+  assert.match(issues[0]!.message, /^expected string \(\$\{U\} is unquoted, so its value was read as a boolean: write "\$\{U\}" to keep it text\)$/);
+  assert.match(issues[1]!.message, /\$\{P\} is unquoted, so its value was read as a number: write "\$\{P\}"/);
+  // A secret's schema error quotes no value, and gets the hint too.
+  const token = issuesOf('admin: {listen: "127.0.0.1:0", token: ${T}}\n', { T: '12345678901234567890' });
+  assert.deepEqual(token.map((i) => i.path), ['admin.token']);
+  assert.match(token[0]!.message, /\$\{T\} is unquoted, so its value was read as a number/);
+  // A number field out of range: nothing to quote.
+  const retries = issuesOf(text, { U: 'u', P: 'p', R: '99' });
+  assert.deepEqual(retries.map((i) => i.path), ['services[0].retries']);
+  assert.doesNotMatch(retries[0]!.message, /unquoted/);
+  // Quoted, it loads.
+  assert.deepEqual(issuesOf(text.replace('${U}', '"${U}"').replace('${P}', '"${P}"'), { U: 'true', P: '98765432109876543210', R: '2' }), []);
+});

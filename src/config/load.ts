@@ -183,10 +183,24 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
     }
     return message;
   };
+  /** Paths (formatted) of unquoted references that took a number or boolean type: the reference and the type. */
+  const typed = new Map<string, [ref: string, type: string]>();
+  /**
+   * Where a text field (a key, a password, a token: `key: ${ACME_KEY}` as the contract writes
+   * it) got the number or boolean an unquoted reference took the type of, "expected string"
+   * alone is a puzzle: the message says why, and the fix. (A secret's "invalid value: expected
+   * ..." quotes no value.)
+   */
+  const typedHint = (path: string, message: string) => {
+    const t = typed.get(path);
+    return t !== undefined && /^(expected string\b|invalid value: expected )/.test(message)
+      ? `${message} (${t[0]} is unquoted, so its value was read as a ${t[1]}: write "${t[0]}" to keep it text)`
+      : message;
+  };
   const mkError = (items: { path: readonly PathSegment[]; message: string }[]) =>
     new ConfigError(
       items
-        .map((i): ConfigIssue => ({ path: formatPath(i.path), line: lineOf(i.path), message: scrub(i.message) }))
+        .map((i): ConfigIssue => { const path = formatPath(i.path); return { path, line: lineOf(i.path), message: typedHint(path, scrub(i.message)) }; })
         .sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity)),
       opts.file,
     );
@@ -270,6 +284,7 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
       if (node.type === 'PLAIN' && /^\$\{[^}]+\}$/.test(original)) {
         if (/^-?[0-9]+(\.[0-9]+)?$/.test(value)) node.value = Number(value);
         else if (value === 'true' || value === 'false') node.value = value === 'true';
+        if (typeof node.value !== 'string') typed.set(formatPath(path), [original, typeof node.value]);
       }
     },
   });
