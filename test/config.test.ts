@@ -982,3 +982,12 @@ test('a text field given an unquoted ${VAR} whose value reads as a number (a dig
   // Quoted, it loads.
   assert.deepEqual(issuesOf(text.replace('${U}', '"${U}"').replace('${P}', '"${P}"'), { U: 'true', P: '98765432109876543210', R: '2' }), []);
 });
+
+test('a file of two YAML documents (a --- line after the config, two files concatenated) names the line of the second and says one is allowed, not yaml\'s "use YAML.parseAllDocuments()"', () => {
+  const issues = issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n---\nservices: []\n');
+  assert.deepEqual(issues.map((i) => [i.path, i.line]), [['(syntax)', 4]]);
+  assert.match(issues[0]!.message, /a second YAML document starts here .*a config file holds one document/);
+  assert.doesNotMatch(issues[0]!.message, /parseAllDocuments/);
+  // A leading --- and a closing ... are one document.
+  assert.deepEqual(issuesOf('---\nservices: []\n...\n'), []);
+});

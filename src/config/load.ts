@@ -210,6 +210,8 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
     const shown = doc.errors.slice(0, 5).map((e): ConfigIssue => {
       const dup = e.code === 'DUPLICATE_KEY' ? duplicateKeyAt(doc, e.pos[0]) : null;
       if (dup) return { path: formatPath(dup), line: lc.linePos(e.pos[0]).line, message: `duplicate key "${String(dup[dup.length - 1])}" (column ${lc.linePos(e.pos[0]).col}): a key may appear once in a mapping` };
+      // (yaml's own words for it, "please use YAML.parseAllDocuments()", speak to a programmer)
+      if (e.code === 'MULTIPLE_DOCS') return { path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: 'a second YAML document starts here (a --- line after the config): a config file holds one document' };
       return { path: '(syntax)', line: lc.linePos(e.pos[0]).line, message: e.message.split('\n')[0]! };
     });
     if (doc.errors.length > shown.length) shown.push({ path: '(syntax)', message: `${doc.errors.length - shown.length} more syntax errors follow from the first ones` });
