@@ -103,6 +103,34 @@ test('SIGHUP reloads the file; a broken file is rejected and the running config 
   }
 });
 
+test('`watch` follows a reload: watch: false stops reloading on file changes (SIGHUP still does), watch: true starts again; workers changed says restart', async () => {
+  const [p, a, d] = [await freePort(), await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-watch-'));
+  const file = join(dir, 'c.yaml');
+  const cfg = (path: string, watch: boolean, more = '') => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\ndemo: {listen: 127.0.0.1:${d}}\nwatch: ${watch}\n${more}services:\n  - name: s\n    url: http://127.0.0.1:${d}\n    routes: [{paths: [${path}]}]\n`;
+  const status = async (path: string) => (await request(`http://127.0.0.1:${p}${path}`)).status;
+  writeFileSync(file, cfg('/one', true));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await waitFor(`http://127.0.0.1:${a}/status`);
+    writeFileSync(file, cfg('/two', false)); // the watch sees it, and stops
+    await eventually(async () => (await status('/two')) === 200, 8000, 30);
+    writeFileSync(file, cfg('/three', false));
+    await sleep(2500); // (past the debounce and the 2 s poll)
+    assert.equal(await status('/three'), 404, 'the file was followed after watch: false');
+    assert.equal(await status('/two'), 200);
+    writeFileSync(file, cfg('/four', true, 'workers: 1\n'));
+    run.child.kill('SIGHUP');
+    await eventually(async () => (await status('/four')) === 200, 8000, 30);
+    assert.match(run.stderr(), /workers changed: restart to apply it/);
+    writeFileSync(file, cfg('/five', true)); // followed again
+    await eventually(async () => (await status('/five')) === 200, 8000, 30);
+  } finally {
+    run.child.kill('SIGTERM');
+    await run.exit;
+  }
+});
+
 test('an emptied config file (truncated, or comments only) is rejected on reload: every route stays; start refuses it', async () => {
   const [p, a, d] = [await freePort(), await freePort(), await freePort()];
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-'));

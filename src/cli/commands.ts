@@ -10,7 +10,7 @@ import { ControlPlane, fileControl } from '../server/control-plane.js';
 import { redactUrl } from '../core/url-secrets.js';
 import type { ControlView } from '../server/gateway.js';
 import { parseConfigOffThread, warmParserThread } from '../config/parse-thread.js';
-import { watchConfig, watchInputs, type InputsWatcher } from '../config/watch.js';
+import { watchConfig, watchInputs, type ConfigWatcher, type InputsWatcher } from '../config/watch.js';
 import { startPrimary, runWorker } from '../server/cluster.js';
 import { compile, validationCounters } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
@@ -182,6 +182,38 @@ export async function runCommand(command: 'start' | 'validate', file: string, fi
   let busy = false;
   let queued: { why: string; text?: string; done: ((ok: boolean) => void)[] } | null = null;
   let inputs: InputsWatcher | null = null;
+  let watcher: ConfigWatcher | null = null;
+  /** False once the gateway stops: a reload that ends after it does not watch again. */
+  let following = true;
+  /**
+   * `watch` follows the config, as the other settings a reload applies do: a reload that sets
+   * `watch: false` stops following the file and the files it refers to (SIGHUP still reloads);
+   * `watch: true` (again) starts, comparing the file with `since` (the text just applied).
+   */
+  const follow = (on: boolean, since: string) => {
+    if (fileless || !following) return; // (no file: the store's head is followed)
+    if (on && !watcher) {
+      // (with a store, a changed file is read again by reloadFrom: its node-local keys + the store's
+      // document; so is a file that may not be UTF-8, the watcher's text having U+FFFD for such bytes)
+      // The file is compared with `since` at once (checkNow): an edit made while the gateway
+      // started, before the watch began, is reloaded now rather than at the next edit.
+      watcher = watchConfig(file, since, (text) => void reloadFrom('file change', cp || text.includes('\uFFFD') ? undefined : text), {
+        onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
+        checkNow: true,
+      });
+      // The files the config refers to (a rotated upstream CA, an edited OpenAPI document): a change
+      // reloads the config, which reads them again (their digests are part of the snapshot's hash).
+      inputs = watchInputs(() => void reloadFrom('referenced file change'));
+      inputs.set(running.gw.snapshot.inputs);
+    } else if (!on && watcher) {
+      watcher.close();
+      watcher = null;
+      inputs?.close();
+      inputs = null;
+    }
+  };
+  /** Settings a reload cannot change: said, as for the listeners (the gateway's swap). */
+  const fixed = { workers: loaded.config.workers, store: loaded.config.store };
   /** Resolves true when this text (or a newer one queued after it) was applied. */
   const reloadFrom = async (why: string, given?: string): Promise<boolean> => {
     if (busy) {
@@ -221,6 +253,10 @@ export async function runCommand(command: 'start' | 'validate', file: string, fi
       await running.reload(next);
       adopt?.();
       ok = true;
+      for (const k of ['workers', 'store'] as const) {
+        if (JSON.stringify(next.config[k]) !== JSON.stringify(fixed[k])) log.warn({ setting: k }, `${k} changed: restart to apply it`);
+      }
+      follow(next.config.watch !== false, next.text);
       inputs?.set(running.gw.snapshot.inputs);
       control.reloaded?.(why, null);
       log.info({ trigger: why }, 'reload applied');
@@ -236,18 +272,7 @@ export async function runCommand(command: 'start' | 'validate', file: string, fi
     }
     return ok;
   };
-  // (with a store, a changed file is read again by reloadFrom: its node-local keys + the store's
-  // document; so is a file that may not be UTF-8, the watcher's text having U+FFFD for such bytes)
-  // The file is compared with the text read at the start (checkNow): an edit made while the
-  // gateway started, before the watch began, is reloaded now rather than at the next edit.
-  const watcher = loaded.config.watch === false ? null : watchConfig(file, startedText, (text) => void reloadFrom('file change', cp || text.includes('\uFFFD') ? undefined : text), {
-    onError: (err) => log.warn({ err: err.message }, 'config file watch failed; SIGHUP still reloads'),
-    checkNow: true,
-  });
-  // The files the config refers to (a rotated upstream CA, an edited OpenAPI document): a change
-  // reloads the config, which reads them again (their digests are part of the snapshot's hash).
-  inputs = loaded.config.watch === false || fileless ? null : watchInputs(() => void reloadFrom('referenced file change'));
-  inputs?.set(running.gw.snapshot.inputs);
+  follow(loaded.config.watch !== false, startedText);
   if (cp) warmParserThread();
   cp?.run();
 
@@ -261,8 +286,8 @@ export async function runCommand(command: 'start' | 'validate', file: string, fi
         return;
       }
       stopping = true;
-      watcher?.close();
-      inputs?.close();
+      follow(false, '');
+      following = false;
       void cp?.close();
       log.info({ signal }, 'draining');
       // A hard bound on the whole shutdown: whatever hangs, the process (and its workers) go.
