@@ -991,3 +991,16 @@ test('a file of two YAML documents (a --- line after the config, two files conca
   // A leading --- and a closing ... are one document.
   assert.deepEqual(issuesOf('---\nservices: []\n...\n'), []);
 });
+
+test('a YAML merge key (<<: *defaults, as in docker-compose files) is an error saying so, with path and line, not `unknown key "<<"` (nor, in a plugin\'s config, a key); the reload thread agrees', () => {
+  const service = 'services:\n  - &a {name: a, url: "http://127.0.0.1:1", timeouts: {connect: 1s}}\n  - name: b\n    <<: *a\n';
+  const inPlugin = 'services:\n  - name: a\n    url: http://127.0.0.1:1\n    plugins:\n      - name: rate-limit\n        config:\n          <<: {limit: 1}\n          window: 1m\n';
+  for (const [text, path, line] of [[service, 'services[1]["<<"]', 4], [inPlugin, 'services[0].plugins[0].config["<<"]', 7]] as const) {
+    const issues = issuesOf(text);
+    assert.deepEqual(issues.map((i) => [i.path, i.line]), [[path, line]]);
+    assert.match(issues[0]!.message, /a YAML merge key \(<<: \*anchor\) is not supported/);
+    assert.equal(fastValidConfig(text), undefined);
+  }
+  // A quoted "<<" is a key as written (a plugin's free-form map may have it).
+  assert.doesNotMatch(issuesOf('plugins:\n  - name: request-transform\n    config: {"<<": 1}\n').map((i) => i.message).join(), /merge key/);
+});

@@ -140,7 +140,8 @@ function pathOf(ancestors: readonly unknown[], node: unknown): PathSegment[] {
  * Returns undefined when the fast path does not apply.
  */
 export function fastValidConfig(text: string): TurnpikeConfigInput | undefined {
-  if (text.includes('${')) return undefined;
+  // (`${...}` substitution depends on scalar style; a `<<` merge key is refused with its line)
+  if (text.includes('${') || text.includes('<<')) return undefined;
   // Plain scalars js-yaml reads as numbers and `yaml` (the reference) as strings: 0b10, 1_000, +0x10, +0o17.
   if (/(^|[\s:,\[{-])([-+]?(0b|[0-9]+_)|[-+]0[xo])/im.test(text)) return undefined;
   let special = false;
@@ -291,6 +292,19 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
     },
   });
   if (envIssues.length) throw mkError(envIssues);
+
+  // A YAML 1.1 merge key (`<<: *defaults`, as docker-compose files use it) is a plain key "<<"
+  // to YAML 1.2, which this reads: the schema would say only `unknown key "<<"` (or, in a
+  // plugin's free-form config, take it as a key). Refused, saying what it is and what to write.
+  const merges: { path: PathSegment[]; message: string }[] = [];
+  visit(doc, {
+    Pair(_key, pair, ancestors) {
+      if (isScalar(pair.key) && pair.key.type === 'PLAIN' && pair.key.value === '<<') {
+        merges.push({ path: [...pathOf(ancestors, pair)], message: 'a YAML merge key (<<: *anchor) is not supported (the config is read as YAML 1.2, where "<<" is a key like any other): write the keys out, or give a whole value by its alias (key: *anchor)' });
+      }
+    },
+  });
+  if (merges.length) throw mkError(merges);
 
   // Alias bombs (maxAliasCount) and unresolved aliases throw from inside toJS: each alias's
   // toJSON is wrapped for the time of it, so the error names the alias (innermost) that threw.
