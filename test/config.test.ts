@@ -1004,3 +1004,10 @@ test('a YAML merge key (<<: *defaults, as in docker-compose files) is an error s
   // A quoted "<<" is a key as written (a plugin's free-form map may have it).
   assert.doesNotMatch(issuesOf('plugins:\n  - name: request-transform\n    config: {"<<": 1}\n').map((i) => i.message).join(), /merge key/);
 });
+
+test('a service timeout of 0 (response, read, total: read as "no timeout" by habit) is an error with path and line: a 0 ms timer 504ed every request or cut every streamed response', () => {
+  const issues = issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts:\n      response: 0\n      read: 0s\n      total: 0.4ms\n');
+  assert.deepEqual(issues.map((i) => [i.path, i.line]), [['services[0].timeouts.response', 5], ['services[0].timeouts.read', 6], ['services[0].timeouts.total', 7]]);
+  for (const i of issues) assert.match(i.message, /must be at least 1ms/);
+  assert.deepEqual(issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts: {response: 1ms, read: 1, total: 24d}\n'), []);
+});
