@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync, mkdtempSync, readFileSync, mkdirSync, symlinkSync, renameSync } from 'node:fs';
 import { createServer as createHttpsServer } from 'node:https';
 import { spawn } from 'node:child_process';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { makeCa } from './certs.js';
 import { tmpdir } from 'node:os';
@@ -128,6 +128,23 @@ test('`watch` follows a reload: watch: false stops reloading on file changes (SI
   } finally {
     run.child.kill('SIGTERM');
     await run.exit;
+  }
+});
+
+test('a listener that cannot listen (its port taken) names its setting and line: "listen EADDRINUSE 127.0.0.1:N" alone did not say which of the listeners', async () => {
+  const taken = createNetServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  const port = (taken.address() as AddressInfo).port;
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-taken-'));
+  const file = join(dir, 'c.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0\nstatus_listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:${port}\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    assert.equal(await run.exit, 1, run.stderr());
+    assert.match(run.stderr(), new RegExp(`turnpike: cannot start: admin\\.listen \\(line 4\\): cannot listen on 127\\.0\\.0\\.1:${port}: address already in use \\(EADDRINUSE`));
+  } finally {
+    run.child.kill('SIGKILL');
+    await new Promise((r) => taken.close(r));
   }
 });
 

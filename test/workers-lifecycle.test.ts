@@ -116,7 +116,7 @@ test('workers: 2 with the proxy port taken — exit 1, and stderr names the bind
   try {
     assert.equal(await run.exit, 1, run.stderr());
     const plain = run.stderr().split('\n').filter((l) => !l.startsWith('{'));
-    assert.ok(plain.includes(`turnpike: cannot start: listen EADDRINUSE: address already in use 127.0.0.1:${p}`), run.stderr());
+    assert.ok(plain.includes(`turnpike: cannot start: listen (line 1): cannot listen on 127.0.0.1:${p}: address already in use (EADDRINUSE: another process listens on it)`), run.stderr());
     assert.doesNotMatch(run.stderr(), /starting a replacement/);
   } finally {
     run.child.kill('SIGKILL');

@@ -10,7 +10,7 @@ import { createServer as createTlsServer, type Server as TlsServer, type TLSSock
 import { availableParallelism } from 'node:os';
 import { compile, compileAsync, dnsSettings, type Address, type AdminToken, type CompileDeps, type Snapshot } from '../config/compile.js';
 import { DnsCache, upstreamNames } from '../upstream/dns.js';
-import { ConfigError } from '../config/errors.js';
+import { ConfigError, formatPath, type PathSegment } from '../config/errors.js';
 import type { LoadedConfig } from '../config/load.js';
 import { PoolRegistry } from '../upstream/pools.js';
 import { RuntimeState, applyDecision } from '../upstream/state.js';
@@ -668,17 +668,38 @@ export class Gateway implements RequestContext {
     return gw;
   }
 
+  /**
+   * listen(), its failure naming the setting and its line ("listen EADDRINUSE 127.0.0.1:8081"
+   * alone does not say which of the listeners it was). Not a ConfigError: the config is fine,
+   * the host is not (a store's head must not be taken for a bad one).
+   */
+  private async bind(server: NetServer, addr: Address, name: string, path: PathSegment[]): Promise<AddressInfo> {
+    try {
+      return await listen(server, addr, name);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      const why = e.code === 'EADDRINUSE' ? 'address already in use (EADDRINUSE: another process listens on it)'
+        : e.code === 'EACCES' ? 'permission denied (EACCES: a port below 1024 needs privileges)'
+          : e.code === 'EADDRNOTAVAIL' ? 'address not available (EADDRNOTAVAIL: no interface of this host has it)'
+            : e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN' ? `the host name does not resolve (${e.code})`
+              : e.message;
+      const line = this.loaded.lineOf(path);
+      const at = addr.host.includes(':') ? `[${addr.host}]:${addr.port}` : `${addr.host}:${addr.port}`;
+      throw Object.assign(new Error(`${formatPath(path)}${line !== undefined && (this.loaded.config as Record<string, unknown>)[String(path[0])] !== undefined ? ` (line ${line})` : ''}: cannot listen on ${at}: ${why}`), { code: e.code });
+    }
+  }
+
   private async listenAll(): Promise<void> {
     const snap = this.snapshot;
     fdWatch.attach(this.log); // (until stop)
     if (snap.admin && this.role !== 'worker') {
       this.admin = createServer(createAdminHandler(this));
-      this.adminAddress = await listen(this.admin, snap.admin.listen, 'admin');
+      this.adminAddress = await this.bind(this.admin, snap.admin.listen, 'admin', ['admin', 'listen']);
       this.log.info({ address: this.adminAddress }, 'admin listener up');
     }
     if (snap.statusListen && this.role !== 'worker') {
       this.status = createServer(createStatusHandler(this));
-      this.statusAddress = await listen(this.status, snap.statusListen, 'status');
+      this.statusAddress = await this.bind(this.status, snap.statusListen, 'status', ['status_listen']);
       this.log.info({ address: this.statusAddress }, 'status listener up');
     }
     const keda = snap.scaling?.keda;
@@ -690,7 +711,7 @@ export class Gateway implements RequestContext {
     }
     if (snap.demo && this.role !== 'worker') {
       this.demo = createEchoServer();
-      this.demoAddress = await listen(this.demo, snap.demo, 'demo');
+      this.demoAddress = await this.bind(this.demo, snap.demo, 'demo', ['demo', 'listen']);
       this.log.info({ address: this.demoAddress }, 'demo upstream up');
     }
     // A primary does not listen on the proxy port itself: it is ready once a worker does (cluster.ts).
@@ -699,18 +720,18 @@ export class Gateway implements RequestContext {
     if (snap.http2.h2c || (snap.tls && snap.http2.enabled)) this.h2 = this.createH2Server(snap);
     if (snap.http2.h2c) {
       this.plain = this.createSniffingListener();
-      this.proxyAddress = await listen(this.plain, snap.listen, 'proxy');
+      this.proxyAddress = await this.bind(this.plain, snap.listen, 'proxy', ['listen']);
       // The HTTP server only gets connections handed over: node starts its connection tracking
       // (headersTimeout, hence slowloris protection, and closeAllConnections) on 'listening'.
       this.proxy.emit('listening');
     } else {
-      this.proxyAddress = await listen(this.proxy, snap.listen, 'proxy');
+      this.proxyAddress = await this.bind(this.proxy, snap.listen, 'proxy', ['listen']);
     }
     if (snap.tls) {
       this.certs = new CertStore(snap.tls.certs, this.log);
       if (snap.tls.watch) this.certs.watch();
       this.tlsServer = this.createTlsListener(snap);
-      this.tlsAddress = await listen(this.tlsServer, snap.tls.listen, 'TLS');
+      this.tlsAddress = await this.bind(this.tlsServer, snap.tls.listen, 'TLS', ['listen_tls']);
       this.log.info({ address: this.tlsAddress, http2: snap.http2.enabled }, 'TLS listener up');
     }
     this.ready = true;
