@@ -1009,5 +1009,7 @@ test('a service timeout of 0 (response, read, total: read as "no timeout" by hab
   const issues = issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts:\n      response: 0\n      read: 0s\n      total: 0.4ms\n');
   assert.deepEqual(issues.map((i) => [i.path, i.line]), [['services[0].timeouts.response', 5], ['services[0].timeouts.read', 6], ['services[0].timeouts.total', 7]]);
   for (const i of issues) assert.match(i.message, /must be at least 1ms/);
+  // One message for a total of 0 under a response timeout.
+  assert.deepEqual(issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts: {response: 30s, total: 0}\n').map((i) => [i.path, i.message.slice(0, 22)]), [['services[0].timeouts.total', 'must be at least 1ms: ']]);
   assert.deepEqual(issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts: {response: 1ms, read: 1, total: 24d}\n'), []);
 });

@@ -614,7 +614,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const tp = [...sp, 'timeouts'];
     const response = timer([...tp, 'response'], t.response);
     const timeoutsMs = { connect: timer([...tp, 'connect'], t.connect), response, read: timer([...tp, 'read'], t.read), total: t.total === undefined ? response : timer([...tp, 'total'], t.total) };
-    if (timeoutsMs.total < timeoutsMs.response) fail([...sp, 'timeouts', 'total'], 'must be at least timeouts.response (it bounds all attempts together)');
+    if (timeoutsMs.total >= 1 && timeoutsMs.total < timeoutsMs.response) fail([...sp, 'timeouts', 'total'], 'must be at least timeouts.response (it bounds all attempts together)');
     // 0 is no "no timeout" here: a 0 ms timer fails every request at once (504s, responses cut).
     for (const k of ['response', 'read', 'total'] as const) {
       if (timeoutsMs[k] < 1 && (k !== 'total' || t.total !== undefined)) fail([...tp, k], 'must be at least 1ms: 0 would time out every request at once (for a long wait give a long timeout, at most 24d)');
