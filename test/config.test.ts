@@ -1013,3 +1013,15 @@ test('a service timeout of 0 (response, read, total: read as "no timeout" by hab
   assert.deepEqual(issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts: {response: 30s, total: 0}\n').map((i) => [i.path, i.message.slice(0, 22)]), [['services[0].timeouts.total', 'must be at least 1ms: ']]);
   assert.deepEqual(issuesOf('services:\n  - name: s\n    url: http://127.0.0.1:1\n    timeouts: {response: 1ms, read: 1, total: 24d}\n'), []);
 });
+
+test('a YAML 1.1 boolean (yes, no, on, off) where a boolean goes says it is text in YAML 1.2 and what to write, in the config and in a plugin\'s config', () => {
+  const issues = issuesOf('watch: yes\nhttp2: {h2c: off}\nplugins:\n  - name: cors\n    config: {origins: ["*"], credentials: No}\n');
+  assert.deepEqual(issues.map((i) => [i.path, i.line, i.message]), [
+    ['watch', 1, 'expected boolean (yes is text in YAML 1.2, which the config is read as: write true)'],
+    ['http2.h2c', 2, 'expected boolean (off is text in YAML 1.2, which the config is read as: write false)'],
+  ]);
+  const plugin = issuesOf('plugins:\n  - name: cors\n    config: {origins: ["*"], credentials: No}\n');
+  assert.deepEqual(plugin.map((i) => [i.path, i.line, i.message]), [['plugins[0].config.credentials', 3, 'expected boolean (No is text in YAML 1.2, which the config is read as: write false)']]);
+  // Other text gets no hint.
+  assert.deepEqual(issuesOf('watch: maybe\n').map((i) => i.message), ['expected boolean']);
+});

@@ -198,10 +198,17 @@ export function parseConfigText(text: string, opts: { file?: string; env?: NodeJ
       ? `${message} (${t[0]} is unquoted, so its value was read as a ${t[1]}: write "${t[0]}" to keep it text)`
       : message;
   };
+  /** YAML 1.1's booleans (yes, no, on, off, y, n) are text in YAML 1.2, which the config is read as: "expected boolean" says so. */
+  const yaml11Hint = (path: readonly PathSegment[], message: string) => {
+    if (message !== 'expected boolean') return message;
+    const v = doc.getIn(path);
+    if (typeof v !== 'string' || !/^(y|yes|n|no|on|off)$/i.test(v)) return message;
+    return `${message} (${v} is text in YAML 1.2, which the config is read as: write ${/^(y|yes|on)$/i.test(v) ? 'true' : 'false'})`;
+  };
   const mkError = (items: { path: readonly PathSegment[]; message: string }[]) =>
     new ConfigError(
       items
-        .map((i): ConfigIssue => { const path = formatPath(i.path); return { path, line: lineOf(i.path), message: typedHint(path, scrub(i.message)) }; })
+        .map((i): ConfigIssue => { const path = formatPath(i.path); return { path, line: lineOf(i.path), message: yaml11Hint(i.path, typedHint(path, scrub(i.message))) }; })
         .sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity)),
       opts.file,
     );
