@@ -122,7 +122,8 @@ test('`watch` follows a reload: watch: false stops reloading on file changes (SI
     writeFileSync(file, cfg('/four', true, 'workers: 1\n'));
     run.child.kill('SIGHUP');
     await eventually(async () => (await status('/four')) === 200, 8000, 30);
-    assert.match(run.stderr(), /workers changed: restart to apply it/);
+    // (the process log is written asynchronously: the line may follow the reload's effect)
+    await eventually(() => /workers changed: restart to apply it/.test(run.stderr()), 5000, 30);
     writeFileSync(file, cfg('/five', true)); // followed again
     await eventually(async () => (await status('/five')) === 200, 8000, 30);
   } finally {
