@@ -346,3 +346,22 @@ test('workers: 2 — group signals while the workers start the gateway, and SIGU
     await redis.close();
   }
 });
+
+test('workers: 2 — SIGTERM right after SIGUSR2 (the new worker still loads its modules): its "stop" is not lost, the stop does not wait for the kill of a worker that never drains', async () => {
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\ntimeouts: {drain: 8s}\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    // (the fresh worker is forked at once; its 'stop' comes before it listens for messages)
+    process.kill(run.child.pid!, 'SIGUSR2');
+    process.kill(run.child.pid!, 'SIGTERM');
+    const t0 = Date.now();
+    assert.equal(await run.exit, 0, run.stderr());
+    // Lost, the worker would start, serve and be SIGKILLed after drain + 5 s (13 s).
+    const took = Date.now() - t0;
+    assert.ok(took < 9_000, `the stop took ${took} ms\n${run.stderr()}`);
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});

@@ -262,6 +262,12 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
+          // Told to stop while it loaded its modules (a stop right after its fork): that 'stop'
+          // came before it listened for messages and was lost; it would start and serve now.
+          if (info.retiring) {
+            worker.send({ tp: 'stop' } satisfies ToWorker);
+            break;
+          }
           worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, hash: gw.loaded.configHash, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions(), counterBatches: true } satisfies ToWorker);
           break;
         case 'listening':
@@ -418,7 +424,12 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
             if (stopping) return;
             if (!infos.has(old.worker.id)) continue; // died meanwhile (and was replaced)
             const fresh = fork();
-            await listening(fresh);
+            try {
+              await listening(fresh);
+            } catch (err) {
+              if (stopping) return; // (the stop ended it before it listened)
+              throw err;
+            }
             if (stopping) return;
             await retire(old);
           }
