@@ -365,3 +365,28 @@ test('workers: 2 — SIGTERM right after SIGUSR2 (the new worker still loads its
     run.child.kill('SIGKILL');
   }
 });
+
+test('workers: 2 — a reload (same worker count) during a rolling restart: it neither retires the new worker (the restart failed) nor says the count changed', async () => {
+  // (the new worker waits 1 s for a Redis that never answers it: the reload lands before it listens)
+  const redis = await fakeRedis((n) => n <= 3);
+  const [p, a] = [await freePort(), await freePort()];
+  const text = (v: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nwatch: false\nservices: []\n${v}`;
+  const file = config(text(''));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    writeFileSync(file, text('timeouts: {drain: 9s}\n'));
+    process.kill(run.child.pid!, 'SIGUSR2');
+    process.kill(run.child.pid!, 'SIGHUP');
+    await eventually(() => /rolling restart (done|failed)/.test(run.stderr()), 20_000, 20);
+    assert.match(run.stderr(), /rolling restart done/);
+    assert.match(run.stderr(), /"msg":"reload applied"/);
+    assert.doesNotMatch(run.stderr(), /worker count changed/);
+    assert.equal(children(run.child.pid!).length, 2);
+    process.kill(run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
+  }
+});

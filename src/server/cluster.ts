@@ -82,6 +82,8 @@ interface WorkerInfo {
   startedAt: number;
   listening: boolean;
   retiring: boolean;
+  /** A rolling restart started its successor: the successor counts in its place. */
+  replaced: boolean;
   /** Called once it listens (no argument) or says why it cannot start. */
   onListening: ((startError?: string) => void)[];
   startError: string | null;
@@ -255,7 +257,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [] };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [] };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -366,13 +368,15 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       setTimeout(() => info.worker.process.kill('SIGKILL'), gw.snapshot.timeouts.drain + 5_000).unref();
     });
 
+  /** The workers that count towards `workers` (a rolling restart's successor stands for the one it replaces). */
   function live(): WorkerInfo[] {
-    return [...infos.values()].filter((i) => !i.retiring);
+    return [...infos.values()].filter((i) => !i.retiring && !i.replaced);
   }
   function scaleTo(n: number): void {
     const now = live();
     for (let k = now.length; k < n; k++) fork();
-    for (const info of now.slice(n)) void retire(info);
+    // (the oldest go first: a rolling restart's successor, the newest, stays)
+    for (const info of now.slice(0, Math.max(0, now.length - n))) void retire(info);
   }
 
   /**
@@ -422,11 +426,15 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
         try {
           for (const old of live()) {
             if (stopping) return;
-            if (!infos.has(old.worker.id)) continue; // died meanwhile (and was replaced)
+            // (died meanwhile and was replaced, or retired by a smaller worker count)
+            if (!infos.has(old.worker.id) || old.retiring) continue;
+            // A reload meanwhile counts the successor, not both (else it retires one as surplus).
+            old.replaced = true;
             const fresh = fork();
             try {
               await listening(fresh);
             } catch (err) {
+              old.replaced = false;
               if (stopping) return; // (the stop ended it before it listened)
               throw err;
             }
