@@ -390,3 +390,29 @@ test('workers: 2 — a reload (same worker count) during a rolling restart: it n
     await redis.close();
   }
 });
+
+test('workers: 2 — a worker that dies after it listens while the other still starts is replaced (the start does not end with one worker for good)', async () => {
+  // (the primary's Redis connection and the first worker's are answered; the second worker waits 1 s)
+  const redis = await fakeRedis((n) => n <= 2);
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => /"worker":\d+,[^\n]*"msg":"proxy listener up"/.test(run.stderr()), 20_000, 5);
+    assert.doesNotMatch(run.stderr(), / proxy on http:\/\//, 'both workers listened already: the test missed its window');
+    const id = Number(/"worker":(\d+),[^\n]*"msg":"proxy listener up"/.exec(run.stderr())![1]);
+    // (cluster ids follow the fork order, and so do the pids)
+    const pids = children(run.child.pid!).sort((x, y) => x - y);
+    assert.equal(pids.length, 2);
+    process.kill(pids[id - 1]!, 'SIGKILL');
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    await eventually(() => /starting a replacement/.test(run.stderr()) && /"worker":3,[^\n]*"msg":"proxy listener up"/.test(run.stderr()), 20_000, 20)
+      .catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
+    assert.equal(children(run.child.pid!).length, 2);
+    process.kill(run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
+  }
+});

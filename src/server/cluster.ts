@@ -346,8 +346,9 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     infos.delete(worker.id);
     updateReady();
     if (info?.metrics) retired = retainCounters([retired, info.metrics]);
-    // (during the start, a worker that exits fails the start: nothing to replace)
-    if (stopping || starting || !info || info.retiring) return;
+    // (during the start, a worker that exits before it listens fails the start: nothing to
+    // replace; one that listened did its part, and the start goes on without it: replace it)
+    if (stopping || !info || info.retiring || (starting && !info.listening)) return;
     log.error({ pid: worker.process.pid, code, signal, ...(info.startError ? { error: info.startError } : {}) }, 'worker died; starting a replacement');
     // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
     crashDelay = Date.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
