@@ -53,7 +53,7 @@ const SERIAL = new Set([
   'test/balancers.test.ts', 'test/http2-floods.test.ts', 'test/portal-accounts.test.ts',
   'test/rate-limit-nodes.test.ts', 'test/resilience-edges.test.ts', 'test/resilience.test.ts',
   'test/store-cluster.test.ts', 'test/upstream-failures.test.ts', 'test/workers.test.ts',
-  'test/workers-lifecycle.test.ts',
+  'test/workers-lifecycle.test.ts', 'test/workers-restart.test.ts',
   // (short, with tight bounds: parallel steps, event-loop gaps, close times)
   'test/compose.test.ts', 'src/compose/run.test.ts', 'src/config/stores/sqlite.test.ts',
   'src/observability/sinks.test.ts', 'test/redis-store.test.ts',

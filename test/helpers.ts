@@ -2,6 +2,7 @@
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, connect, type Server as NetServer, type Socket, type AddressInfo } from 'node:net';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { parseConfigText } from '../src/config/load.js';
 import { Gateway } from '../src/server/gateway.js';
 import { compile } from '../src/config/compile.js';
@@ -328,4 +329,61 @@ export function promSamples(text: string): { name: string; labels: Record<string
 /** The value of the sample of `name` whose labels include `labels` (0 when absent). */
 export function promValue(text: string, name: string, labels: Record<string, string>): number {
   return promSamples(text).find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v))?.value ?? 0;
+}
+
+/** The primary's children (its workers), from /proc. */
+export function children(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** A Redis that answers (INFO, then +OK to everything) only the connections `answer` picks, by their order: the others wait for ever. */
+export async function fakeRedis(answer: (n: number) => boolean) {
+  const sockets: Socket[] = [];
+  const server = createNetServer((s) => {
+    sockets.push(s);
+    if (!answer(sockets.length)) return;
+    let buf = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      // One command: *N CRLF, then N times $len CRLF arg CRLF.
+      for (;;) {
+        const args: string[] = [];
+        let at = 0;
+        const line = () => {
+          const end = buf.indexOf('\r\n', at);
+          if (end < 0) return null;
+          const l = buf.toString('latin1', at, end);
+          at = end + 2;
+          return l;
+        };
+        const head = line();
+        if (head === null) return;
+        let complete = true;
+        for (let i = 0, n = Number(head.slice(1)); i < n; i++) {
+          const len = line();
+          if (len === null || buf.length < at + Number(len.slice(1)) + 2) { complete = false; break; }
+          args.push(buf.toString('latin1', at, at + Number(len.slice(1))));
+          at += Number(len.slice(1)) + 2;
+        }
+        if (!complete) return;
+        buf = buf.subarray(at);
+        const info = '# Server\r\nredis_version:7.2.0\r\nloading:0\r\n';
+        s.write(args[0]?.toUpperCase() === 'INFO' ? `$${info.length}\r\n${info}\r\n` : '+OK\r\n');
+      }
+    });
+    s.on('error', () => {});
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as AddressInfo).port,
+    sockets,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => server.close(r));
+    },
+  };
 }

@@ -9,7 +9,7 @@ import { pathToFileURL } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
-import { eventually, freePort, request, sleep, startCli, startUpstream } from './helpers.js';
+import { children, eventually, fakeRedis, freePort, request, sleep, startCli, startUpstream } from './helpers.js';
 
 const TOKEN = 'lifecycle-test-token-0123456789';
 const authed = { authorization: `Bearer ${TOKEN}` };
@@ -144,53 +144,6 @@ test('workers: 2 — SIGTERM while the workers are still starting is kept: the d
  * A loopback stand-in for Redis: answers INFO (ready) and +OK to everything else on the
  * connections `answer(n)` picks (n counts from 1), and never answers the others.
  */
-async function fakeRedis(answer: (n: number) => boolean) {
-  const sockets: Socket[] = [];
-  const server = createNetServer((s) => {
-    sockets.push(s);
-    if (!answer(sockets.length)) return;
-    let buf = Buffer.alloc(0);
-    s.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      // One command: *N CRLF, then N times $len CRLF arg CRLF.
-      for (;;) {
-        const args: string[] = [];
-        let at = 0;
-        const line = () => {
-          const end = buf.indexOf('\r\n', at);
-          if (end < 0) return null;
-          const l = buf.toString('latin1', at, end);
-          at = end + 2;
-          return l;
-        };
-        const head = line();
-        if (head === null) return;
-        let complete = true;
-        for (let i = 0, n = Number(head.slice(1)); i < n; i++) {
-          const len = line();
-          if (len === null || buf.length < at + Number(len.slice(1)) + 2) { complete = false; break; }
-          args.push(buf.toString('latin1', at, at + Number(len.slice(1))));
-          at += Number(len.slice(1)) + 2;
-        }
-        if (!complete) return;
-        buf = buf.subarray(at);
-        const info = '# Server\r\nredis_version:7.2.0\r\nloading:0\r\n';
-        s.write(args[0]?.toUpperCase() === 'INFO' ? `$${info.length}\r\n${info}\r\n` : '+OK\r\n');
-      }
-    });
-    s.on('error', () => {});
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as AddressInfo).port,
-    sockets,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise((r) => server.close(r));
-    },
-  };
-}
-
 test('workers: 2 — SIGTERM while one worker serves and the other still starts: a request in flight (to the demo upstream in the primary) finishes, exit 0', async () => {
   // The primary's connection and the first worker's are answered; the second worker waits
   // (up to 1 s) for its Redis: a window where one worker serves and the start is not over.
@@ -255,15 +208,6 @@ test('workers: 2 — a config edit made while the gateway starts is reloaded onc
     assert.equal(await run.exit, 0, run.stderr());
   }
 });
-
-/** The primary's children (its workers), from /proc. */
-function children(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
 
 test('workers: 2 — SIGINT to the whole process group (Ctrl-C) as the workers are forked: kept, the drain runs once they listen, exit 0', async () => {
   // The signal reaches the workers while Node boots them (before any of their code runs):
@@ -341,76 +285,6 @@ test('workers: 2 — group signals while the workers start the gateway, and SIGU
     process.kill(-run.child.pid!, 'SIGTERM');
     assert.equal(await run.exit, 0, run.stderr());
     assert.doesNotMatch(run.stderr(), /worker died|starting a replacement|cannot start/);
-  } finally {
-    run.child.kill('SIGKILL');
-    await redis.close();
-  }
-});
-
-test('workers: 2 — SIGTERM right after SIGUSR2 (the new worker still loads its modules): its "stop" is not lost, the stop does not wait for the kill of a worker that never drains', async () => {
-  const [p, a] = [await freePort(), await freePort()];
-  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\ntimeouts: {drain: 8s}\nservices: []\n`);
-  const run = startCli(['start', '--config', file], {});
-  try {
-    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
-    // (the fresh worker is forked at once; its 'stop' comes before it listens for messages)
-    process.kill(run.child.pid!, 'SIGUSR2');
-    process.kill(run.child.pid!, 'SIGTERM');
-    const t0 = Date.now();
-    assert.equal(await run.exit, 0, run.stderr());
-    // Lost, the worker would start, serve and be SIGKILLed after drain + 5 s (13 s).
-    const took = Date.now() - t0;
-    assert.ok(took < 9_000, `the stop took ${took} ms\n${run.stderr()}`);
-  } finally {
-    run.child.kill('SIGKILL');
-  }
-});
-
-test('workers: 2 — a reload (same worker count) during a rolling restart: it neither retires the new worker (the restart failed) nor says the count changed', async () => {
-  // (the new worker waits 1 s for a Redis that never answers it: the reload lands before it listens)
-  const redis = await fakeRedis((n) => n <= 3);
-  const [p, a] = [await freePort(), await freePort()];
-  const text = (v: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nwatch: false\nservices: []\n${v}`;
-  const file = config(text(''));
-  const run = startCli(['start', '--config', file], {});
-  try {
-    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
-    writeFileSync(file, text('timeouts: {drain: 9s}\n'));
-    process.kill(run.child.pid!, 'SIGUSR2');
-    process.kill(run.child.pid!, 'SIGHUP');
-    await eventually(() => /rolling restart (done|failed)/.test(run.stderr()), 20_000, 20);
-    assert.match(run.stderr(), /rolling restart done/);
-    assert.match(run.stderr(), /"msg":"reload applied"/);
-    assert.doesNotMatch(run.stderr(), /worker count changed/);
-    assert.equal(children(run.child.pid!).length, 2);
-    process.kill(run.child.pid!, 'SIGTERM');
-    assert.equal(await run.exit, 0, run.stderr());
-  } finally {
-    run.child.kill('SIGKILL');
-    await redis.close();
-  }
-});
-
-test('workers: 2 — a worker that dies after it listens while the other still starts is replaced (the start does not end with one worker for good)', async () => {
-  // (the primary's Redis connection and the first worker's are answered; the second worker waits 1 s)
-  const redis = await fakeRedis((n) => n <= 2);
-  const [p, a] = [await freePort(), await freePort()];
-  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nservices: []\n`);
-  const run = startCli(['start', '--config', file], {});
-  try {
-    await eventually(() => /"worker":\d+,[^\n]*"msg":"proxy listener up"/.test(run.stderr()), 20_000, 5);
-    assert.doesNotMatch(run.stderr(), / proxy on http:\/\//, 'both workers listened already: the test missed its window');
-    const id = Number(/"worker":(\d+),[^\n]*"msg":"proxy listener up"/.exec(run.stderr())![1]);
-    // (cluster ids follow the fork order, and so do the pids)
-    const pids = children(run.child.pid!).sort((x, y) => x - y);
-    assert.equal(pids.length, 2);
-    process.kill(pids[id - 1]!, 'SIGKILL');
-    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
-    await eventually(() => /starting a replacement/.test(run.stderr()) && /"worker":3,[^\n]*"msg":"proxy listener up"/.test(run.stderr()), 20_000, 20)
-      .catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
-    assert.equal(children(run.child.pid!).length, 2);
-    process.kill(run.child.pid!, 'SIGTERM');
-    assert.equal(await run.exit, 0, run.stderr());
   } finally {
     run.child.kill('SIGKILL');
     await redis.close();

@@ -1,0 +1,87 @@
+/**
+ * `workers: N` restarts and stops that overlap: a stop or a reload right after SIGUSR2, a
+ * worker that dies while the others still start. (Apart from workers-lifecycle.test.ts, whose
+ * tests already fill its time bound.)
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { children, eventually, fakeRedis, freePort, startCli } from './helpers.js';
+
+function config(text: string): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'turnpike-wr-')), 'c.yaml');
+  writeFileSync(file, text);
+  return file;
+}
+
+test('workers: 2 — SIGTERM right after SIGUSR2 (the new worker still loads its modules): its "stop" is not lost, the stop does not wait for the kill of a worker that never drains', async () => {
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\ntimeouts: {drain: 8s}\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    // (the fresh worker is forked at once; its 'stop' comes before it listens for messages)
+    process.kill(run.child.pid!, 'SIGUSR2');
+    process.kill(run.child.pid!, 'SIGTERM');
+    const t0 = Date.now();
+    assert.equal(await run.exit, 0, run.stderr());
+    // Lost, the worker would start, serve and be SIGKILLed after drain + 5 s (13 s).
+    const took = Date.now() - t0;
+    assert.ok(took < 9_000, `the stop took ${took} ms\n${run.stderr()}`);
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});
+
+test('workers: 2 — a reload (same worker count) during a rolling restart: it neither retires the new worker (the restart failed) nor says the count changed', async () => {
+  // (the new worker waits 1 s for a Redis that never answers it: the reload lands before it listens)
+  const redis = await fakeRedis((n) => n <= 3);
+  const [p, a] = [await freePort(), await freePort()];
+  const text = (v: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nwatch: false\nservices: []\n${v}`;
+  const file = config(text(''));
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    writeFileSync(file, text('timeouts: {drain: 9s}\n'));
+    process.kill(run.child.pid!, 'SIGUSR2');
+    process.kill(run.child.pid!, 'SIGHUP');
+    await eventually(() => /rolling restart (done|failed)/.test(run.stderr()), 20_000, 20);
+    assert.match(run.stderr(), /rolling restart done/);
+    assert.match(run.stderr(), /"msg":"reload applied"/);
+    assert.doesNotMatch(run.stderr(), /worker count changed/);
+    assert.equal(children(run.child.pid!).length, 2);
+    process.kill(run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
+  }
+});
+
+test('workers: 2 — a worker that dies after it listens while the other still starts is replaced (the start does not end with one worker for good)', async () => {
+  // (the primary's Redis connection and the first worker's are answered; the second worker waits 1 s)
+  const redis = await fakeRedis((n) => n <= 2);
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => /"worker":\d+,[^\n]*"msg":"proxy listener up"/.test(run.stderr()), 20_000, 5);
+    assert.doesNotMatch(run.stderr(), / proxy on http:\/\//, 'both workers listened already: the test missed its window');
+    const id = Number(/"worker":(\d+),[^\n]*"msg":"proxy listener up"/.exec(run.stderr())![1]);
+    // (cluster ids follow the fork order, and so do the pids)
+    const pids = children(run.child.pid!).sort((x, y) => x - y);
+    assert.equal(pids.length, 2);
+    process.kill(pids[id - 1]!, 'SIGKILL');
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    await eventually(() => /starting a replacement/.test(run.stderr()) && /"worker":3,[^\n]*"msg":"proxy listener up"/.test(run.stderr()), 20_000, 20)
+      .catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
+    assert.equal(children(run.child.pid!).length, 2);
+    process.kill(run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
+  }
+});
