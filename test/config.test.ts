@@ -1025,3 +1025,13 @@ test('a YAML 1.1 boolean (yes, no, on, off) where a boolean goes says it is text
   // Other text gets no hint.
   assert.deepEqual(issuesOf('watch: maybe\n').map((i) => i.message), ['expected boolean']);
 });
+
+test('redis.timeout of 0 or past 24d is a config error (each Redis call ran on a 1 ms timer: every limit fell to its fault)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n';
+  assert.deepEqual(configIssues(`redis: {url: "redis://127.0.0.1:6379", timeout: 30d}\n${svc}`), [
+    { path: 'redis.timeout', line: 1, message: 'must be at most 24d (2147483647 ms, the longest timer)' },
+  ]);
+  assert.deepEqual(configIssues(`redis:\n  url: redis://127.0.0.1:6379\n  timeout: 0\n${svc}`), [{ path: 'redis.timeout', line: 3, message: 'must be at least 1ms' }]);
+  assert.deepEqual(configIssues(`redis: {url: "redis://127.0.0.1:6379", timeout: 24d}\n${svc}`), []);
+  assert.deepEqual(configIssues(`redis: {url: "redis://127.0.0.1:6379", timeout: 1}\n${svc}`), []);
+});

@@ -350,6 +350,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const v = cfg.dns?.[k];
     if (v !== undefined) timer(['dns', k], v);
   }
+  // Every Redis call runs on a timer of redis.timeout: 0 (read as "no timeout") became 1 ms and
+  // 30d a timer fired at once — either way each call timed out and limits fell to their fault.
+  const redisTimeout = typeof cfg.redis === 'object' ? cfg.redis.timeout : undefined;
+  if (redisTimeout !== undefined && timer(['redis', 'timeout'], redisTimeout) < 1) fail(['redis', 'timeout'], 'must be at least 1ms');
 
   const listen = parseAddress(cfg.listen ?? DEFAULTS.listen);
   if (listen.port > 65535) fail(['listen'], `port ${listen.port} is out of range`);
