@@ -1035,3 +1035,16 @@ test('redis.timeout of 0 or past 24d is a config error (each Redis call ran on a
   assert.deepEqual(configIssues(`redis: {url: "redis://127.0.0.1:6379", timeout: 24d}\n${svc}`), []);
   assert.deepEqual(configIssues(`redis: {url: "redis://127.0.0.1:6379", timeout: 1}\n${svc}`), []);
 });
+
+test('jwt and oauth2-introspection: a timeout of 0 or past 24d is a config error (each IdP call was aborted at once: every token refused)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n    plugins:\n';
+  const jwt = (t: string) => `${svc}      - name: jwt\n        config: {jwks_url: "http://127.0.0.1:1/j", timeout: ${t}}\n`;
+  const intro = (t: string) => `${svc}      - name: oauth2-introspection\n        config: {introspection_url: "http://127.0.0.1:1/i", client_id: a, client_secret: b, timeout: ${t}}\n`;
+  const long = 'must be at most 24d (2147483647 ms, the longest timer)';
+  assert.deepEqual(configIssues(jwt('30d')), [{ path: 'services[0].plugins[0].config.timeout', line: 6, message: long }]);
+  assert.deepEqual(configIssues(jwt('0ms')), [{ path: 'services[0].plugins[0].config.timeout', line: 6, message: 'must be at least 1ms' }]);
+  assert.deepEqual(configIssues(intro('2147483648')), [{ path: 'services[0].plugins[0].config.timeout', line: 6, message: long }]);
+  assert.deepEqual(configIssues(intro('0')), [{ path: 'services[0].plugins[0].config.timeout', line: 6, message: 'must be at least 1ms' }]);
+  assert.deepEqual(configIssues(jwt('24d')), []);
+  assert.deepEqual(configIssues(intro('1ms')), []);
+});

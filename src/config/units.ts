@@ -18,3 +18,17 @@ function parseUnit(value: number | string, units: Record<string, number>, what: 
 export const parseDuration = (v: number | string): number => parseUnit(v, DURATION_UNITS, 'duration');
 /** Bytes of a size. */
 export const parseSize = (v: number | string): number => parseUnit(v, SIZE_UNITS, 'size');
+
+/** The longest delay setTimeout / setInterval hold: past it Node fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Why a duration that becomes a call's deadline timer cannot work, or null: 0 fires at once and
+ * past MAX_TIMER_MS after 1 ms — either way every call is aborted.
+ */
+export function deadlineProblem(value: number | string): string | null {
+  const ms = parseDuration(value);
+  if (ms < 1) return 'must be at least 1ms';
+  if (ms > MAX_TIMER_MS) return 'must be at most 24d (2147483647 ms, the longest timer)';
+  return null;
+}

@@ -10,7 +10,7 @@
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, twoTokenMethods } from '../auth-common.js';
-import { parseDuration } from '../../config/units.js';
+import { deadlineProblem, parseDuration } from '../../config/units.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
 import { acquireKeySource, releaseKeySource } from './keys.js';
@@ -65,8 +65,11 @@ export default definePlugin({
     return problems;
   },
   check(config) {
-    const out: string[] = [];
+    const out: (string | { path: string[]; message: string })[] = [];
     if (!config.issuer && !config.jwks_url) out.push('give issuer (OIDC discovery) or jwks_url');
+    // (the discovery and JWKS fetches' deadline: 0 or 30d aborted each fetch at once, and every token was refused)
+    const bad = config.timeout !== undefined ? deadlineProblem(config.timeout) : null;
+    if (bad !== null) out.push({ path: ['timeout'], message: bad });
     return out;
   },
   create(config, deps) {

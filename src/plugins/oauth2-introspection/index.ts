@@ -11,7 +11,7 @@
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
 import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, scopesOf, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
-import { parseDuration } from '../../config/units.js';
+import { deadlineProblem, parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { IntrospectionConfig, IntrospectionCredential } from './schema.js';
@@ -80,6 +80,9 @@ export default definePlugin({
       const bad = unsendableSecret(config[field], 'an OAuth client credential (RFC 6749 appendix A: VSCHAR)', { edges: false });
       if (bad) problems.push({ path: [field], message: bad });
     }
+    // (each introspection call's deadline: 0 or 30d aborted every call at once, and every token got a 503)
+    const late = config.timeout !== undefined ? deadlineProblem(config.timeout) : null;
+    if (late !== null) problems.push({ path: ['timeout'], message: late });
     return problems;
   },
   create(config, deps) {
