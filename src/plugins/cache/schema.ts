@@ -27,7 +27,7 @@ export const CacheConfig = Type.Object({
   cache_authorized: Type.Optional(Type.Boolean({ default: false, description: 'Store responses to requests with Authorization even when the response does not allow it (public, s-maxage, must-revalidate); they are kept per consumer unless per_consumer is false.' })),
   cache_set_cookie: Type.Optional(Type.Boolean({ default: false, description: 'Store responses that set cookies (stored without their Set-Cookie fields); otherwise they are not stored.' })),
   collapse: Type.Optional(Type.Boolean({ default: true, description: 'Concurrent misses of one key wait for the first one\'s response instead of all going upstream.' })),
-  collapse_timeout: Type.Optional(Duration('Longest wait for the request being collapsed on; then the waiters go upstream (default 30s)')),
+  collapse_timeout: Type.Optional(Duration('Longest wait for the request being collapsed on; then the waiters go upstream (default 30s; past 24d, the longest timer, it waits that long)')),
   stale_while_revalidate: Type.Optional(Duration('Default stale-while-revalidate window when the response has none (RFC 5861; default 0)')),
   stale_if_error: Type.Optional(Duration('Default stale-if-error window when the response has none (RFC 5861; default 0)')),
   keep: Type.Optional(Duration('How long a stale entry with a validator (ETag, Last-Modified) is kept for revalidation (default 1h)')),

@@ -206,3 +206,17 @@ test('redis failures are logged at most every 10 s on the monotonic clock: a wal
     caches.close();
   }
 });
+
+test('flights: a collapse timeout past the longest timer (collapse_timeout: 30d) keeps the waiters on the leader, not released after 1 ms', async () => {
+  const f = new Flights();
+  const lead = f.lead('k', 30 * 86_400_000);
+  let settled = false;
+  void lead.done.then(() => { settled = true; });
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(settled, false);
+  assert.equal(f.get('k'), lead);
+  const e = entry();
+  f.settle(lead, { entry: e });
+  assert.deepEqual(await lead.done, { entry: e });
+  f.close();
+});

@@ -17,6 +17,7 @@ import { MemoryCacheStore } from './store-memory.js';
 import { RedisCacheStore } from './store-redis.js';
 import { normalizePath } from '../../router/path.js';
 import { monotonic } from '../../state/memory.js';
+import { MAX_TIMER_MS } from '../../config/units.js';
 
 /**
  * The filter of `DELETE /cache?...` (admin API), or what is wrong with it:
@@ -88,7 +89,8 @@ export class Flights {
     const done = new Promise<FlightOutcome>((r) => { resolve = r; });
     const f: FlightImpl = {
       key, done, settled: false, resolve,
-      timer: setTimeout(() => this.settle(f, null), Math.max(1, timeoutMs)),
+      // (collapse_timeout: 30d waits as long as a timer can, 24.8 days, not 1 ms — setTimeout's overflow)
+      timer: setTimeout(() => this.settle(f, null), Math.min(MAX_TIMER_MS, Math.max(1, timeoutMs))),
     };
     f.timer.unref();
     this.live.set(key, f);
