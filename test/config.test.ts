@@ -1048,3 +1048,11 @@ test('jwt and oauth2-introspection: a timeout of 0 or past 24d is a config error
   assert.deepEqual(configIssues(jwt('24d')), []);
   assert.deepEqual(configIssues(intro('1ms')), []);
 });
+
+test('analytics.publish_interval and access_log.flush_interval past 24d are config errors (the timer fired after 1 ms: analytics published to Redis in a loop)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n';
+  const long = 'must be at most 24d (2147483647 ms, the longest timer)';
+  assert.deepEqual(configIssues(`analytics: {publish_interval: 30d}\n${svc}`), [{ path: 'analytics.publish_interval', line: 1, message: long }]);
+  assert.deepEqual(configIssues(`access_log:\n  destination: http\n  url: http://127.0.0.1:9002/logs\n  flush_interval: 2147483648\n${svc}`), [{ path: 'access_log.flush_interval', line: 4, message: long }]);
+  assert.deepEqual(configIssues(`analytics: {publish_interval: 24d}\naccess_log: {destination: http, url: "http://127.0.0.1:9002/logs", flush_interval: 24d}\n${svc}`), []);
+});

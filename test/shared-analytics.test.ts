@@ -106,3 +106,39 @@ test('states of another version (a rolling upgrade) or of another shape in the s
     await redis.stop();
   }
 });
+
+test('analytics.publish_interval: 30d is refused at start (the timer fired after 1 ms: the node published to Redis in a loop); 24d publishes once', async () => {
+  const redis = await startRedis();
+  const hsets = async () => Number(/cmdstat_hset:calls=(\d+)/.exec(await rawCommand(redis.port, ['INFO', 'commandstats']))?.[1] ?? 0);
+  const config = (every: string) => parseConfigText(`listen: 127.0.0.1:0
+access_log: {enabled: false}
+redis: {url: "${redis.url}", prefix: "pi:"}
+analytics: {publish_interval: ${every}}
+`, { env: {} });
+  const log = pino({ level: 'silent' });
+  try {
+    let gw: Gateway | null = null;
+    try {
+      gw = await Gateway.start(config('30d'), { logger: log });
+    } catch (err) {
+      assert.deepEqual((err as { issues?: unknown }).issues, [{ path: 'analytics.publish_interval', line: 4, message: 'must be at most 24d (2147483647 ms, the longest timer)' }]);
+    }
+    if (gw !== null) {
+      const before = await hsets();
+      await new Promise((r) => setTimeout(r, 500));
+      const n = (await hsets()) - before;
+      await gw.stop();
+      assert.fail(`publish_interval: 30d was accepted: ${n} publishes to Redis in 0.5 s`);
+    }
+    const ok = await Gateway.start(config('24d'), { logger: log });
+    try {
+      await eventually(async () => (await hsets()) >= 1, 5000, 50);
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(await hsets(), 1);
+    } finally {
+      await ok.stop();
+    }
+  } finally {
+    await redis.stop();
+  }
+});

@@ -1,7 +1,7 @@
 /** The observability part of a config, compiled: what to log where, metrics buckets, tracing, analytics. */
 import type { TurnpikeConfigInput } from '../config/schema.js';
 import type { PathSegment } from '../config/errors.js';
-import { parseDuration } from '../config/units.js';
+import { MAX_TIMER_MS, parseDuration } from '../config/units.js';
 import { unsendableSecret } from '../core/secret-text.js';
 import { DEFAULT_ACCESS_FIELDS, ACCESS_FIELDS, type AccessField } from './schema.js';
 import { checkSink, type SinkSetting } from './sinks.js';
@@ -138,6 +138,11 @@ export function observabilitySettings(cfg: TurnpikeConfigInput, file: (f: string
     tracing = { endpoint: t.endpoint ?? 'http://127.0.0.1:4318/v1/traces', sample: t.sample ?? 1, trustIncomingSampled: t.trust_incoming_sampled ?? true, serviceName: t.service_name ?? 'turnpike', headers: t.headers ?? {}, redactQuery: [...query] };
   }
   const a = cfg.analytics;
+  // Both run timers: past 2^31-1 ms setTimeout fires after 1 ms — analytics were published to
+  // Redis in a loop (each node, as fast as Redis answered), and every access-log line went alone.
+  const tooLong = 'must be at most 24d (2147483647 ms, the longest timer)';
+  if (a?.publish_interval !== undefined && parseDuration(a.publish_interval) > MAX_TIMER_MS) fail(['analytics', 'publish_interval'], tooLong);
+  if (al.flush_interval !== undefined && parseDuration(al.flush_interval) > MAX_TIMER_MS) fail(['access_log', 'flush_interval'], tooLong);
   const analytics = (a?.enabled ?? true) ? { topConsumers: a?.top_consumers ?? 200, publishMs: Math.max(100, parseDuration(a?.publish_interval ?? '10s')) } : null;
   return { accessLog, metrics, tracing, analytics };
 }
