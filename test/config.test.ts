@@ -1056,3 +1056,13 @@ test('analytics.publish_interval and access_log.flush_interval past 24d are conf
   assert.deepEqual(configIssues(`access_log:\n  destination: http\n  url: http://127.0.0.1:9002/logs\n  flush_interval: 2147483648\n${svc}`), [{ path: 'access_log.flush_interval', line: 4, message: long }]);
   assert.deepEqual(configIssues(`analytics: {publish_interval: 24d}\naccess_log: {destination: http, url: "http://127.0.0.1:9002/logs", flush_interval: 24d}\n${svc}`), []);
 });
+
+test('portal.accounts: a session_ttl under 1s ("0s": a cookie of Max-Age=0, no login kept) and a verification timeout of "0s" (no verification hook call ever went out) are errors with path and line', () => {
+  const portal = (acc: string) => `services:\n  - name: s\n    url: http://127.0.0.1:9001\nportal:\n  enabled: true\n  accounts:\n    enabled: true\n${acc}`;
+  const hook = (t: string) => `    verification: {url: "http://127.0.0.1:9002/hook", link_base: "https://dev.example.com", timeout: ${t}}\n`;
+  assert.deepEqual(configIssues(portal('    session_ttl: 0s\n')), [{ path: 'portal.accounts.session_ttl', line: 8, message: 'must be at least 1s (the login cookie\'s Max-Age is whole seconds)' }]);
+  assert.deepEqual(configIssues(portal('    session_ttl: 999ms\n')).map((i) => i.path), ['portal.accounts.session_ttl']);
+  assert.deepEqual(configIssues(portal(hook('0s'))), [{ path: 'portal.accounts.verification.timeout', line: 8, message: 'must be at least 1ms' }]);
+  assert.deepEqual(configIssues(portal(`    session_ttl: 1s\n${hook('1ms')}`)), []);
+  assert.deepEqual(configIssues(portal('    session_ttl: 400d\n')), []);
+});

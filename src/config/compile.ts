@@ -839,6 +839,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     if (!cfg.portal?.enabled) fail(['portal', 'accounts', 'enabled'], 'developer accounts need the portal (portal.enabled: true)');
     if (typeof acc.default_plan === 'string' && !hasPlan(acc.default_plan)) fail(['portal', 'accounts', 'default_plan'], `unknown plan "${acc.default_plan}"`);
     acc.plans?.forEach((pl, i) => { if (!hasPlan(pl)) fail(['portal', 'accounts', 'plans', i], `unknown plan "${pl}"`); });
+    // (the integer forms are at least 1, but "0s" passed the schema: a session under 1 s is a
+    // cookie of Max-Age=0 that no login kept, and a 0 ms hook deadline failed every sign-up)
+    if (acc.session_ttl !== undefined && parseDuration(acc.session_ttl) < 1000) fail(['portal', 'accounts', 'session_ttl'], 'must be at least 1s (the login cookie\'s Max-Age is whole seconds)');
+    if (acc.verification?.timeout !== undefined && parseDuration(acc.verification.timeout) < 1) fail(['portal', 'accounts', 'verification', 'timeout'], 'must be at least 1ms');
   }
   for (const [name, plan] of Object.entries(cfg.plans ?? {})) {
     // (a composing route stands for its own service: a plan may name it in services too)
