@@ -1066,3 +1066,14 @@ test('portal.accounts: a session_ttl under 1s ("0s": a cookie of Max-Age=0, no l
   assert.deepEqual(configIssues(portal(`    session_ttl: 1s\n${hook('1ms')}`)), []);
   assert.deepEqual(configIssues(portal('    session_ttl: 400d\n')), []);
 });
+
+test('timeouts.client_header, client_body and keepalive of 0 are errors with path and line: node:http reads 0 as no timeout (a slow or idle client held its connection forever)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n';
+  const why = 'must be at least 1ms: 0 is no timeout at all (a client may hold a connection open forever)';
+  assert.deepEqual(configIssues(`timeouts:\n  client_header: 0\n  client_body: 0s\n  keepalive: 0ms\n${svc}`), [
+    { path: 'timeouts.client_header', line: 2, message: why },
+    { path: 'timeouts.client_body', line: 3, message: why },
+    { path: 'timeouts.keepalive', line: 4, message: why },
+  ]);
+  assert.deepEqual(configIssues(`timeouts: {client_header: 1, client_body: 1ms, keepalive: 1ms, drain: 0, shutdown_delay: 0}\n${svc}`), []);
+});

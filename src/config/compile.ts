@@ -432,6 +432,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     drain: timer(['timeouts', 'drain'], to.drain),
     shutdownDelay: timer(['timeouts', 'shutdown_delay'], to.shutdown_delay),
   };
+  // To node:http 0 is "no timeout": a client could hold a connection forever — headers or a body
+  // dribbled, or idle between requests (keepalive: 0 does not turn keep-alive off, as nginx's does).
+  for (const [k, ms] of [['client_header', timeouts.clientHeader], ['client_body', timeouts.clientBody], ['keepalive', timeouts.keepAlive]] as const) {
+    if (ms < 1) fail(['timeouts', k], 'must be at least 1ms: 0 is no timeout at all (a client may hold a connection open forever)');
+  }
 
   const baseDir = loaded.file ? dirname(resolve(loaded.file)) : process.cwd();
   const inputs = new ConfigInputs(baseDir);
