@@ -1077,3 +1077,21 @@ test('timeouts.client_header, client_body and keepalive of 0 are errors with pat
   ]);
   assert.deepEqual(configIssues(`timeouts: {client_header: 1, client_body: 1ms, keepalive: 1ms, drain: 0, shutdown_delay: 0}\n${svc}`), []);
 });
+
+test('http2.idle_timeout, http2.reset_window and tls.handshake_timeout of 0 are errors with path and line (no idle limit, no rapid-reset count, node\'s 120 s)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n';
+  assert.deepEqual(configIssues(`http2:\n  idle_timeout: 0\n  reset_window: 0s\n${svc}`), [
+    { path: 'http2.idle_timeout', line: 2, message: 'must be at least 1ms: 0 is no timeout at all (an idle HTTP/2 connection is held forever)' },
+    { path: 'http2.reset_window', line: 3, message: 'must be at least 1ms: 0 restarts the count of reset streams every millisecond (no rapid-reset protection)' },
+  ]);
+  assert.deepEqual(configIssues(`http2: {idle_timeout: 1ms, reset_window: 1}\n${svc}`), []);
+  const ca = makeCa();
+  try {
+    const leaf = ca.issue('localhost');
+    const tls = (t: string) => `listen_tls: 127.0.0.1:0\ntls:\n  certificates: [{hosts: [localhost], cert: ${leaf.certFile}, key: ${leaf.keyFile}}]\n  handshake_timeout: ${t}\n${svc}`;
+    assert.deepEqual(configIssues(tls('0')), [{ path: 'tls.handshake_timeout', line: 4, message: 'must be at least 1ms (0 is not "none": node takes it as 120s)' }]);
+    assert.deepEqual(configIssues(tls('1ms')), []);
+  } finally {
+    ca.cleanup();
+  }
+});

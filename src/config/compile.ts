@@ -471,6 +471,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       handshakeTimeout: timer(['tls', 'handshake_timeout'], t.handshake_timeout ?? '10s'),
       requestCert: t.client_ca !== undefined,
     };
+    // (node:tls reads 0 as its default, 120 s: not what was written)
+    if (tls.handshakeTimeout < 1) fail(['tls', 'handshake_timeout'], 'must be at least 1ms (0 is not "none": node takes it as 120s)');
   }
   const h2 = cfg.http2 ?? {};
   const http2: Http2Settings = {
@@ -482,6 +484,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     resetWindow: timer(['http2', 'reset_window'], h2.reset_window ?? '10s'),
     idleTimeout: timer(['http2', 'idle_timeout'], h2.idle_timeout ?? '75s'),
   };
+  // 0 turned protection off: an idle session was never closed (session.setTimeout(0) is none),
+  // and a reset window of 0 restarted the rapid-reset count every millisecond.
+  if (http2.idleTimeout < 1) fail(['http2', 'idle_timeout'], 'must be at least 1ms: 0 is no timeout at all (an idle HTTP/2 connection is held forever)');
+  if (http2.resetWindow < 1) fail(['http2', 'reset_window'], 'must be at least 1ms: 0 restarts the count of reset streams every millisecond (no rapid-reset protection)');
   // An HTTP/2 SETTINGS value is 32 bits: Node throws for more on every new session (a crash at the first h2 client).
   if (http2.maxHeaderListSize > 0xffff_ffff) fail(['http2', 'max_header_list_size'], 'must be at most 4294967295 bytes (an HTTP/2 setting is 32 bits)');
 
