@@ -1095,3 +1095,9 @@ test('http2.idle_timeout, http2.reset_window and tls.handshake_timeout of 0 are 
     ca.cleanup();
   }
 });
+
+test('dns.timeout of 0 is an error with path and line (it became 1 ms: a lookup was given up before any answer)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n';
+  assert.deepEqual(configIssues(`dns:\n  servers: ["127.0.0.1:53"]\n  timeout: 0s\n${svc}`), [{ path: 'dns.timeout', line: 3, message: 'must be at least 1ms (0 is not "none": each lookup was given up after 1 ms)' }]);
+  assert.deepEqual(configIssues(`dns: {timeout: 1ms, refresh: 0, min_ttl: 0}\n${svc}`), []);
+});

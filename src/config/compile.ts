@@ -350,6 +350,8 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     const v = cfg.dns?.[k];
     if (v !== undefined) timer(['dns', k], v);
   }
+  // (0 became 1 ms: a lookup over the network was given up before any answer, and a name never got targets)
+  if (cfg.dns?.timeout !== undefined && parseDuration(cfg.dns.timeout) < 1) fail(['dns', 'timeout'], 'must be at least 1ms (0 is not "none": each lookup was given up after 1 ms)');
   // Every Redis call runs on a timer of redis.timeout: 0 (read as "no timeout") became 1 ms and
   // 30d a timer fired at once — either way each call timed out and limits fell to their fault.
   const redisTimeout = typeof cfg.redis === 'object' ? cfg.redis.timeout : undefined;
