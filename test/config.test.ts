@@ -1101,3 +1101,15 @@ test('dns.timeout of 0 is an error with path and line (it became 1 ms: a lookup 
   assert.deepEqual(configIssues(`dns:\n  servers: ["127.0.0.1:53"]\n  timeout: 0s\n${svc}`), [{ path: 'dns.timeout', line: 3, message: 'must be at least 1ms (0 is not "none": each lookup was given up after 1 ms)' }]);
   assert.deepEqual(configIssues(`dns: {timeout: 1ms, refresh: 0, min_ttl: 0}\n${svc}`), []);
 });
+
+test('request-transform and response-transform: a max_body past the longest string (JSON is parsed as one) is an error with path and line', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n    plugins:\n';
+  const why = 'must be at most 536870888 bytes (just under 512mb): a JSON body is parsed as one string, and no longer one can be made';
+  for (const name of ['request-transform', 'response-transform']) {
+    const cfg = (max: string) => `${svc}      - name: ${name}\n        config:\n          json: {remove: [a]}\n          max_body: ${max}\n`;
+    assert.deepEqual(configIssues(cfg('1gb')), [{ path: 'services[0].plugins[0].config.max_body', line: 8, message: why }], name);
+    assert.deepEqual(configIssues(cfg('536870889')), [{ path: 'services[0].plugins[0].config.max_body', line: 8, message: why }], name);
+    assert.deepEqual(configIssues(cfg('536870888')), [], name);
+    assert.deepEqual(configIssues(cfg('100mb')), [], name);
+  }
+});

@@ -32,3 +32,11 @@ export function deadlineProblem(value: number | string): string | null {
   if (ms > MAX_TIMER_MS) return 'must be at most 24d (2147483647 ms, the longest timer)';
   return null;
 }
+
+/**
+ * The largest JSON body that can be parsed: it is decoded to one string first, and V8's longest
+ * string is 536870888 (just under 512mb); a larger body failed as the gateway's own error.
+ */
+export const MAX_JSON_BODY = 536_870_888;
+export const jsonBodyProblem = (value: number | string): string | null =>
+  parseSize(value) > MAX_JSON_BODY ? 'must be at most 536870888 bytes (just under 512mb): a JSON body is parsed as one string, and no longer one can be made' : null;

@@ -6,7 +6,7 @@
  */
 import { definePlugin, type RequestCtx } from '../types.js';
 import { headerValueText } from '../../compose/template.js';
-import { parseSize } from '../../config/units.js';
+import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
 import { ResultTooLarge, compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
@@ -80,7 +80,9 @@ export default definePlugin({
   schema: RequestTransformConfig,
   scopes: ['global', 'service', 'route', 'consumer'],
   check(config) {
-    const problems: string[] = [];
+    const problems: (string | { path: string[]; message: string })[] = [];
+    const tooBig = config.max_body !== undefined ? jsonBodyProblem(config.max_body) : null;
+    if (tooBig !== null) problems.push({ path: ['max_body'], message: tooBig });
     const attempt = (what: string, f: () => unknown) => {
       try {
         f();

@@ -9,7 +9,7 @@
 import { gunzipSync, brotliDecompressSync, inflateRawSync, inflateSync } from 'node:zlib';
 import { definePlugin, type RequestCtx } from '../types.js';
 import { headerValueText } from '../../compose/template.js';
-import { parseSize } from '../../config/units.js';
+import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { findHeader, removeHeader } from '../../server/respond.js';
 import { ResultTooLarge, compileHeaderOps, compileJsonOps, isJsonType, parseJson } from '../transform-common.js';
@@ -67,7 +67,9 @@ export default definePlugin({
   schema: ResponseTransformConfig,
   scopes: ['global', 'service', 'route', 'consumer'],
   check(config) {
-    const problems: string[] = [];
+    const problems: (string | { path: string[]; message: string })[] = [];
+    const tooBig = config.max_body !== undefined ? jsonBodyProblem(config.max_body) : null;
+    if (tooBig !== null) problems.push({ path: ['max_body'], message: tooBig });
     try {
       compileJsonOps(config.json, false);
     } catch (e) {
