@@ -201,6 +201,7 @@ test('a POST composition reads the client\'s JSON body into a step; non-JSON and
   const svc = await upstream((req, res, body) => {
     if (req.url === '/html') return res.writeHead(200, { 'content-type': 'text/html' }).end('<p>no</p>');
     if (req.url === '/big') return json(res, { blob: 'x'.repeat(5000) });
+    if (req.url === '/utf16') return res.writeHead(200, { 'content-type': 'application/json; charset=utf-16le' }).end(Buffer.from('{"a":1}', 'utf16le'));
     json(res, { received: JSON.parse(body.toString() || 'null') });
   });
   const gw = await gateway(`services:
@@ -224,10 +225,28 @@ routes:
     compose:
       max_body: 1kb
       steps: [{name: blob, service: svc, path: /big}]
+  - name: utf16
+    paths: [/utf16]
+    compose:
+      steps: [{name: wide, service: svc, path: /utf16}]
 `);
   const r = await request(`${gw.url}/order`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ item: 'pen', qty: 2 }) });
   assert.equal(r.status, 200, r.body);
   assert.deepEqual(JSON.parse(r.body), { create: { received: { item: 'pen', qty: 2 } } });
+  // The body is read as UTF-8: one declared in another charset is a 415 (in UTF-7,
+  // {"item":"x+ACIALAAi-qty+ACIAOgAi-9"} is {"item":"x","qty":"9"} to a peer that honours it)
+  const before = svc.requests.length;
+  for (const ct of ['application/json; charset=utf-7', 'application/json; charset="ISO-8859-1"']) {
+    const r7 = await request(`${gw.url}/order`, { method: 'POST', headers: { 'content-type': ct }, body: '{"item":"x+ACIALAAi-qty+ACIAOgAi-9"}' });
+    assert.equal(r7.status, 415, ct);
+    assert.match(JSON.parse(r7.body).detail, /charset "(utf-7|iso-8859-1)" is not accepted/);
+  }
+  assert.equal(svc.requests.length, before);
+  assert.equal((await request(`${gw.url}/order`, { method: 'POST', headers: { 'content-type': 'application/json; charset=UTF-8' }, body: '{"item":"pen","qty":1}' })).status, 200);
+  // a step's answer in another charset is not read as UTF-8 either
+  const wide = await request(`${gw.url}/utf16`);
+  assert.equal(wide.status, 502);
+  assert.match(JSON.parse(wide.body).detail, /not JSON in UTF-8 \(charset "utf-16le"\)/);
   const bad = await request(`${gw.url}/order`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{oops' });
   assert.equal(bad.status, 400);
   const html = await request(`${gw.url}/html`);

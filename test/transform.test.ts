@@ -58,6 +58,8 @@ before(async () => {
       return res.writeHead(206, { 'content-type': 'application/json', 'content-range': `bytes ${m[1]}-${m[2]}/${full.length}` }).end(full.slice(Number(m[1]), Number(m[2]) + 1));
     }
     if (url.startsWith('/huge-number')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1, "n": 1e999}');
+    // UTF-7 (a client that decodes by the charset reads {"id":1,"note":"x","internal_id":"db-1"})
+    if (url.startsWith('/utf7')) return res.writeHead(200, { 'content-type': `application/json; charset=${req.headers['x-charset'] ?? 'utf-7'}` }).end('{"id":1,"note":"x+ACIALAAi-internal_id+ACIAOgAi-db-1"}');
     if (url.startsWith('/broken')) return res.writeHead(200, { 'content-type': 'application/json' }).end('{"id": 1,');
     if (url.startsWith('/raw-deflate')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'deflate' }).end(deflateRawSync(JSON.stringify({ id: 10, internal_id: 'r' })));
     if (url.startsWith('/zlib-deflate')) return res.writeHead(200, { 'content-type': 'application/json', 'content-encoding': 'deflate' }).end(deflateSync(JSON.stringify({ id: 11, internal_id: 'z' })));
@@ -479,6 +481,33 @@ test('response-transform: HEAD gets the headers and no body; not the upstream\'s
   assert.equal(r.headers['content-length'], undefined);
   const get = await request(`${gw.url}/out/user`);
   assert.equal(get.headers.etag, undefined);
+});
+
+test('transforms: a JSON body declared in a charset other than UTF-8 is not transformed as UTF-8 — the client\'s is a 415, the upstream\'s a 502 (in UTF-7 a removed field comes back)', { ...T }, async () => {
+  // Read as UTF-8, the name is one string, which json.remove [password] leaves; an upstream that
+  // honours charset=utf-7 (Express's body-parser) reads {"name":"x","password":"p"}.
+  const smuggled = '{"name":"x+ACIALAAi-password+ACIAOgAi-p"}';
+  const before = echo.requests.length;
+  for (const ct of ['application/json; charset=utf-7', 'application/json;charset="UTF-7"', 'application/json; charset=utf-8; charset=utf-16le', 'application/merge-patch+json; charset=iso-8859-1']) {
+    const r = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': ct }, body: smuggled });
+    assert.equal(r.status, 415, ct);
+    assert.equal(r.headers['content-type'], 'application/problem+json', ct);
+    assert.match(JSON.parse(r.body).detail, /charset "(utf-7|utf-16le|iso-8859-1)" is not accepted/, ct);
+  }
+  assert.equal(echo.requests.length, before);
+  for (const ct of ['application/json; charset=utf-8', 'application/json; Charset="UTF-8"']) {
+    assert.equal((await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': ct }, body: smuggled })).status, 200, ct);
+  }
+  // An upstream's JSON is read as UTF-8 too (RFC 8259 §8.1): one in another charset is a 502
+  for (const cs of ['utf-7', '"UTF-16"']) {
+    const r = await request(`${gw.url}/out/utf7`, { headers: { 'x-charset': cs } });
+    assert.equal(r.status, 502, cs);
+    const p = JSON.parse(r.body);
+    assert.equal(p.type, 'urn:turnpike:problem:invalid-upstream-response');
+    assert.match(p.detail, /charset "utf-(7|16)"/);
+    assert.doesNotMatch(r.body, /db-1/);
+  }
+  assert.equal((await request(`${gw.url}/out/utf7`, { headers: { 'x-charset': 'utf-8' } })).status, 200);
 });
 
 test('response-transform: an upstream body over max_body -> 502 problem (declared or streamed); invalid JSON -> 502', { ...T }, async () => {

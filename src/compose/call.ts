@@ -14,6 +14,7 @@ import { errors, type Dispatcher, type Pool } from 'undici';
 import type { CompiledService, Target } from '../config/compile.js';
 import type { CompiledStep } from './config.js';
 import { MAX_JSON_DEPTH, parseJson } from '../core/json.js';
+import { foreignCharset } from '../core/headers.js';
 
 /** Why the composition's signal fired. */
 export class ComposeAbort extends Error {
@@ -467,6 +468,9 @@ function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: num
   const ct = headers['content-type'];
   if (ct !== undefined && !/json/i.test(ct.split(';')[0]!)) return `not JSON (content-type ${ct.split(';')[0]!.trim()})`;
   if (body.length === 0) return 'not JSON (empty body)';
+  // (read as UTF-8, RFC 8259 §8.1: a utf-16 or utf-7 body would be read as another text)
+  const charset = foreignCharset(ct);
+  if (charset !== null) return `not JSON in UTF-8 (charset ${JSON.stringify(charset)})`;
   // (nesting bounded, UTF-8 checked, no number past a double's range: it would go on as null;
   // the message names a position, never the bytes)
   const r = parseJson(body, MAX_JSON_DEPTH, true);

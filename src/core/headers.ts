@@ -69,6 +69,28 @@ export function validRequestId(id: string | undefined): id is string {
 export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
 
 /**
+ * The `charset` a Content-Type names other than UTF-8 (lower case, unquoted, cut to 40
+ * characters), or null. Every one is looked at (a parser may take the first or the last).
+ * A body the gateway reads (request-validator, request-transform, compose, response-transform)
+ * is read as UTF-8 (RFC 8259 §8.1): one declared in another charset would be read here as one
+ * text and by a peer that honours the charset (Express's body-parser decodes any `utf-*`,
+ * UTF-7 included) as another.
+ */
+export function foreignCharset(value: string | undefined): string | null {
+  if (value === undefined || !value.includes(';')) return null;
+  const params = value.split(';');
+  for (let i = 1; i < params.length; i++) {
+    const p = params[i]!;
+    const eq = p.indexOf('=');
+    if (eq === -1 || p.slice(0, eq).trim().toLowerCase() !== 'charset') continue;
+    let v = p.slice(eq + 1).trim().toLowerCase();
+    if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) v = v.slice(1, -1).trim();
+    if (v !== 'utf-8') return v.slice(0, 40);
+  }
+  return null;
+}
+
+/**
  * A Content-Encoding value that says the content is coded (gzip, br, ...): the gateway does not
  * decode request bodies, so one it must read is refused with 415 (RFC 9110 §15.5.16).
  */

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
-import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../core/headers.js';
+import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, foreignCharset, repeatedContentType } from '../core/headers.js';
 import { isJsonType } from '../core/json.js';
 import type { Logger } from '../core/log.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -63,7 +63,8 @@ async function run(c: ComposeCall): Promise<void> {
       const refused = repeatedContentType(req.rawHeaders) ? new ProblemError('bad-request', REPEATED_CONTENT_TYPE)
         : !isJsonType(req.headers['content-type']) ? new ProblemError('unsupported-media-type', 'this route reads a JSON body: send it as application/json (or a +json type)')
           : codedContent(req.headers['content-encoding']) ? new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded', undefined, CODED_CONTENT_HEADERS)
-            : null;
+            : foreignCharset(req.headers['content-type']) !== null ? new ProblemError('unsupported-media-type', `this route reads a JSON body as UTF-8: charset ${JSON.stringify(foreignCharset(req.headers['content-type']))} is not accepted (send UTF-8, with charset=utf-8 or no charset)`)
+              : null;
       if (refused !== null) {
         close = true; // (the body is not read)
         throw refused;

@@ -8,7 +8,7 @@ import { definePlugin, type RequestCtx } from '../types.js';
 import { headerValueText } from '../../compose/template.js';
 import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
-import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, repeatedContentType } from '../../core/headers.js';
+import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, foreignCharset, repeatedContentType } from '../../core/headers.js';
 import { ResultTooLarge, compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
@@ -145,6 +145,10 @@ export default definePlugin({
         if (json !== null && isJsonType(ctx.header('content-type'))) {
           if (repeatedContentType(ctx.req.rawHeaders)) throw new ProblemError('bad-request', REPEATED_CONTENT_TYPE);
           if (codedContent(ctx.header('content-encoding'))) throw new ProblemError('unsupported-media-type', 'a JSON body with a Content-Encoding cannot be transformed: send it unencoded', undefined, CODED_CONTENT_HEADERS);
+          // (read as UTF-8: declared in UTF-7, `"x+ACIALAAi-role+ACIAOgAi-admin"` is one string
+          // here, which a json.remove of `role` does not touch, and `"x","role":"admin"` upstream)
+          const charset = foreignCharset(ctx.header('content-type'));
+          if (charset !== null) throw new ProblemError('unsupported-media-type', `a JSON body is transformed as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8, with charset=utf-8 or no charset)`);
           return transformBody(ctx, json);
         }
       },

@@ -7,7 +7,7 @@
 import { gunzipSync, inflateRawSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
 import { duplicateKeyPath, parseJson } from '../../core/json.js';
-import { CODED_CONTENT_HEADERS, codedContent } from '../../core/headers.js';
+import { CODED_CONTENT_HEADERS, codedContent, foreignCharset } from '../../core/headers.js';
 import { PathMatcher } from './matcher.js';
 import { upstreamReading } from '../../router/path.js';
 import {
@@ -126,24 +126,6 @@ export function mediaKind(type: string): BodyKind {
   if (type === 'application/json' || /^[a-z0-9!#$&^_.-]+\/[a-z0-9!#$&^_.+-]*\+json$/.test(type)) return 'json';
   if (type === 'application/x-www-form-urlencoded') return 'form';
   return 'other';
-}
-
-/**
- * The `charset` a Content-Type names other than UTF-8 (lower case, unquoted, cut to 40
- * characters), or null. Every one is looked at (a parser may take the first or the last).
- */
-export function foreignCharset(value: string | undefined): string | null {
-  if (value === undefined || !value.includes(';')) return null;
-  const params = value.split(';');
-  for (let i = 1; i < params.length; i++) {
-    const p = params[i]!;
-    const eq = p.indexOf('=');
-    if (eq === -1 || p.slice(0, eq).trim().toLowerCase() !== 'charset') continue;
-    let v = p.slice(eq + 1).trim().toLowerCase();
-    if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) v = v.slice(1, -1).trim();
-    if (v !== 'utf-8') return v.slice(0, 40);
-  }
-  return null;
 }
 
 /** `Application/JSON; charset=utf-8` -> `application/json` (null when absent or empty). */

@@ -11,6 +11,7 @@ import { definePlugin, type RequestCtx } from '../types.js';
 import { headerValueText } from '../../compose/template.js';
 import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
+import { foreignCharset } from '../../core/headers.js';
 import { findHeader, removeHeader } from '../../server/respond.js';
 import { ResultTooLarge, compileHeaderOps, compileJsonOps, isJsonType, parseJson } from '../transform-common.js';
 import { ResponseTransformConfig } from './schema.js';
@@ -144,6 +145,11 @@ export default definePlugin({
             removeHeader(r.headers, 'content-encoding');
           }
           if (body.length > 0) {
+            // JSON exchanged is UTF-8 (RFC 8259 §8.1) and is read so: a body declared in another
+            // charset (utf-16, utf-7) would be transformed as a text other than the one the
+            // client reads by its Content-Type.
+            const charset = foreignCharset(r.headers[findHeader(r.headers, 'content-type') + 1]);
+            if (charset !== null) throw new ProblemError('invalid-upstream-response', `the upstream's JSON body is in charset ${JSON.stringify(charset)}: it is transformed as UTF-8 only`);
             const doc = parseJson(body, (m) => new ProblemError('invalid-upstream-response', `the upstream's JSON body is invalid: ${m}`));
             let out: string;
             try {
