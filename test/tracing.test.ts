@@ -539,6 +539,10 @@ test('tracing: the SERVER span has url.query when one was sent (semantic convent
     assert.equal(attr(server, 'url.path'), '/x');
     assert.equal(attr(server, 'url.query'), 'a=1&api_key=REDACTED&X-Amz-Signature=REDACTED&b=%20');
     assert.doesNotMatch(JSON.stringify(server), /SUPERSECRET|SIG2/);
+    // `;` separates parameters to Rack < 3 and Python's old parse_qs: a key after one is a secret too
+    const semi = await t.spans('/x?a=1;api_key=SEMISECRET;b=2&c=3;X-Amz-Signature=SIG3');
+    assert.equal(attr(semi.server, 'url.query'), 'a=1;api_key=REDACTED;b=2&c=3;X-Amz-Signature=REDACTED');
+    assert.doesNotMatch(JSON.stringify(semi), /SEMISECRET|SIG3/);
     const plain = await t.spans('/x');
     assert.equal(attr(plain.server, 'url.query'), undefined);
   } finally {

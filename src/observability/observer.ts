@@ -18,7 +18,7 @@ import { Analytics } from './analytics.js';
 import { checkSink, createSink, type AccessSink } from './sinks.js';
 import { DEFAULT_ACCESS_FIELDS, type AccessField } from './schema.js';
 import type { ObservabilitySettings } from './settings.js';
-import { Tracing } from './tracing.js';
+import { Tracing, redactQuery } from './tracing.js';
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 
@@ -72,7 +72,10 @@ function queryObject(q: string, secret: ReadonlySet<string>): Record<string, str
   // (no prototype: a parameter named __proto__ or constructor is a key like any other)
   const out = Object.create(null) as Record<string, string>;
   if (q.length < 2) return out;
-  for (const [k, v] of new URLSearchParams(q.slice(1))) out[k] = secret.has(k.toLowerCase()) ? CENSORED : k in out ? `${out[k]},${v}` : v;
+  // `?a=1;apikey=K` is one parameter `a` here and two to a server that splits on `;` (Rack < 3,
+  // Python's old parse_qs): the value of a secret one is censored in the text first.
+  const text = q.includes(';') ? redactQuery(q, secret, CENSORED).slice(1) : q.slice(1);
+  for (const [k, v] of new URLSearchParams(text)) out[k] = secret.has(k.toLowerCase()) ? CENSORED : k in out ? `${out[k]},${v}` : v;
   return out;
 }
 

@@ -26,16 +26,19 @@ const NOOP = () => {};
 const KNOWN_METHODS = new Set(['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE']);
 
 /**
- * A path whose query values of secret parameters (API keys, tokens, signatures) read REDACTED,
- * as OpenTelemetry's semantic conventions ask of url.full. Names are compared decoded and
- * case-insensitively (`secret` holds lower-case names).
+ * A path whose query values of secret parameters (API keys, tokens, signatures) read REDACTED
+ * (or `mask`), as OpenTelemetry's semantic conventions ask of url.full. Names are compared
+ * decoded and case-insensitively (`secret` holds lower-case names). A `;` separates parameters
+ * here as a `&` does: Rack before 3, Python's parse_qs before 3.9.2 and others read
+ * `?a=1;apikey=K` as two parameters, so its key is a secret that reaches them.
  */
-export function redactQuery(path: string, secret: ReadonlySet<string>): string {
+export function redactQuery(path: string, secret: ReadonlySet<string>, mask = 'REDACTED'): string {
   const q = path.indexOf('?');
   if (q === -1 || secret.size === 0) return path;
-  const parts = path.slice(q + 1).split('&');
+  // (with the separators at the odd indexes)
+  const parts = path.slice(q + 1).split(/([&;])/);
   let changed = false;
-  for (let i = 0; i < parts.length; i++) {
+  for (let i = 0; i < parts.length; i += 2) {
     const eq = parts[i]!.indexOf('=');
     const raw = eq === -1 ? parts[i]! : parts[i]!.slice(0, eq);
     let name = raw;
@@ -45,11 +48,11 @@ export function redactQuery(path: string, secret: ReadonlySet<string>): string {
       /* not decodable: compared as it is */
     }
     if (secret.has(name.toLowerCase())) {
-      parts[i] = `${raw}=REDACTED`;
+      parts[i] = `${raw}=${mask}`;
       changed = true;
     }
   }
-  return changed ? `${path.slice(0, q + 1)}${parts.join('&')}` : path;
+  return changed ? `${path.slice(0, q + 1)}${parts.join('')}` : path;
 }
 
 /**
