@@ -349,6 +349,58 @@ test('subprotocols: a 101 picking one the client did not offer, several, or one 
   }
 });
 
+test('plugins\' fields go on the 101 and the refusals, never over the handshake\'s own (Upgrade, Connection, Sec-WebSocket-*), the framing or the gateway\'s', T, async () => {
+  const up = await wsUpstream(undefined, { handleProtocols: () => 'chat' });
+  up.wss.on('headers', (lines: string[]) => lines.push('RateLimit: "upstream";r=1'));
+  const pluginHeaders = [
+    'RateLimit', '"p";r=9;t=60', 'Access-Control-Allow-Origin', 'https://app.example', 'Vary', 'Origin',
+    'Upgrade', 'h2c', 'Connection', 'close', 'Sec-WebSocket-Accept', 'bogus', 'Sec-WebSocket-Protocol', 'other',
+    'Sec-WebSocket-Extensions', 'permessage-deflate', 'Content-Length', '9', 'Transfer-Encoding', 'chunked', 'X-Request-Id', 'plugin-id',
+    'Content-Type', 'text/html', 'Retry-After', '999',
+  ];
+  const gw = await gateway(up.url, { pluginHeaders });
+  const c = client(`${gw.url}/chat`, ['chat']);
+  try {
+    // ws checked Accept, the subprotocol and the extensions against its offer: it opened
+    const res = await c.open;
+    assert.equal(c.ws.protocol, 'chat');
+    assert.equal(c.ws.extensions, '');
+    const fields = (r: IncomingMessage, n: string) => r.rawHeaders.filter((_, i) => i % 2 === 0 && r.rawHeaders[i]!.toLowerCase() === n).length;
+    assert.equal(res.headers['ratelimit'], '"p";r=9;t=60', 'the plugin\'s replaces the upstream\'s');
+    assert.equal(res.headers['access-control-allow-origin'], 'https://app.example');
+    assert.equal(res.headers['vary'], 'Origin');
+    assert.equal(res.headers['x-request-id'], 'req-1');
+    assert.equal(res.headers['upgrade'], 'websocket');
+    assert.equal(res.headers['connection'], 'Upgrade');
+    for (const n of ['upgrade', 'connection', 'sec-websocket-accept', 'sec-websocket-protocol', 'ratelimit', 'x-request-id']) assert.equal(fields(res, n), 1, n);
+    for (const n of ['sec-websocket-extensions', 'content-length', 'transfer-encoding']) assert.equal(fields(res, n), 0, n);
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+  // The gateway's own refusal (upstream down): the problem's fields stay its own
+  const probe = createNetServer();
+  const port = await listenPort(probe);
+  await new Promise((r) => probe.close(r));
+  const down = await gateway(`ws://127.0.0.1:${port}`, { pluginHeaders });
+  try {
+    const r = await rawExchange(down.port, handshake());
+    assert.equal(r.status, 502);
+    assert.equal(r.headers['ratelimit'], '"p";r=9;t=60');
+    assert.equal(r.headers['access-control-allow-origin'], 'https://app.example');
+    assert.equal(r.headers['content-type'], 'application/problem+json');
+    assert.equal(r.headers['connection'], 'close');
+    assert.equal(r.headers['x-request-id'], 'req-1');
+    assert.equal(r.headers['upgrade'], undefined);
+    assert.equal(r.headers['transfer-encoding'], undefined);
+    assert.equal(Number(r.headers['content-length']), r.body.length);
+    assert.equal(JSON.parse(r.body.toString()).status, 502);
+  } finally {
+    await down.close();
+  }
+});
+
 test('upstream refuses with 403: status, end-to-end headers (Via appended) and body relayed whole with a fresh content-length; a body over 64 KiB is a 502, never cut', T, async () => {
   const big = Buffer.alloc(100 * 1024, 'x');
   const edge = Buffer.alloc(64 * 1024, 'y');

@@ -422,6 +422,53 @@ test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is r
   }
 });
 
+test('fields plugins add for the client (RateLimit, cors) are on the 101 and on the gateway\'s and the upstream\'s refusals of the handshake, as on any response; never over the handshake\'s own', async () => {
+  const t = await startGateway(`
+services:
+  - name: chat
+    url: ${up.url}
+    plugins:
+      - {name: rate-limit, config: {limit: 50, window: 1h, by: ip}}
+      - {name: cors, config: {origins: ["https://app.example"]}}
+    routes:
+      - {name: chat, paths: [/chat], websocket: true}
+      - {name: pinned, paths: [/pinned], websocket: {origins: ["https://other.example"]}}
+  - name: plain
+    url: ${http.url}
+    plugins: [{name: rate-limit, config: {limit: 50, window: 1h, by: ip}}]
+    routes: [{name: refusing, paths: [/refusing], websocket: true}]
+`);
+  try {
+    const { ws, res } = await open(`ws://127.0.0.1:${t.port}/chat`, { headers: { origin: 'https://app.example' } });
+    assert.equal(res.statusCode, 101);
+    assert.match(String(res.headers['ratelimit']), /^"[^"]+";r=4[0-9];t=\d+$/);
+    assert.match(String(res.headers['ratelimit-policy']), /q=50/);
+    assert.equal(res.headers['access-control-allow-origin'], 'https://app.example');
+    assert.ok(res.headers['x-request-id']);
+    // the handshake's own fields once each (ws checked Sec-WebSocket-Accept: the session opened)
+    const names = res.rawHeaders.filter((_, i) => i % 2 === 0).map((n) => n.toLowerCase());
+    for (const n of ['upgrade', 'connection', 'sec-websocket-accept', 'ratelimit', 'x-request-id']) assert.equal(names.filter((x) => x === n).length, 1, n);
+    ws.close();
+    // The gateway's own refusal (a cross-origin handshake with a cookie): 403 with the fields too
+    const refused = await new Promise<IncomingMessage>((resolve, reject) => {
+      const w = new WebSocket(`ws://127.0.0.1:${t.port}/pinned`, { headers: { origin: 'https://app.example', cookie: 's=1' }, handshakeTimeout: 3000 });
+      w.once('unexpected-response', (_req, r) => { resolve(r); r.resume(); });
+      w.once('error', reject);
+    });
+    assert.equal(refused.statusCode, 403);
+    assert.match(String(refused.headers['ratelimit']), /^"[^"]+";r=4[0-9];t=\d+$/);
+    assert.equal(refused.headers['access-control-allow-origin'], 'https://app.example');
+    assert.equal(refused.headers['content-type'], 'application/problem+json');
+    // An upstream's refusal (a plain HTTP server answers the handshake with a 200), relayed with them
+    const relayed = await rawRequest(t.port, 'GET /refusing HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n');
+    assert.match(relayed.text, /^HTTP\/1\.1 200 /);
+    assert.match(relayed.text, /\r\nratelimit: "[^"]+";r=4[0-9];t=\d+\r\n/i);
+    assert.match(relayed.text, /\r\nratelimit-policy: /i);
+  } finally {
+    await t.close();
+  }
+});
+
 test('the service bulkhead holds for WebSockets: a relay keeps its slot while open; past max_concurrent the handshake is 503', async () => {
   const t = await startGateway(`
 services:

@@ -751,7 +751,7 @@ export function handleRequest(
     const upstreamQuery = pctx?.upstreamQuery ?? query;
     const upPath = pctx?.upstreamPath ?? upstreamPath;
     const bareBase = bare && upPath === upstreamPath;
-    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, bareBase, requestId, hashKey, host, ex);
+    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, bareBase, requestId, hashKey, host, ex, pctx?.responseHeaders);
     if (route.compose !== null) {
       composeRoute({
         req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
@@ -967,14 +967,19 @@ function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage,
 function startWebSocket(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, upgrade: Upgrade, route: CompiledRoute,
   headers: string[], path: string, bare: boolean, requestId: string, hashKey: string, host: string, ex: Exchange | null,
+  added: readonly string[] | undefined,
 ): undefined {
   const svc = route.service;
+  // What plugins added for the client (RateLimit, cors's fields) goes on the gateway's own
+  // refusals of the handshake as on any of its answers, under the refusal's own fields.
+  const plus = (own?: Record<string, string>): Record<string, string | string[]> | undefined =>
+    added !== undefined && added.length > 0 ? { ...headerRecord(added), ...own } : own;
   // stop() closed the relays open when it began: one opened later (a handshake sent on a
   // connection accepted just before, or whose plugins were still running) would be left open,
   // and stop() would wait for its socket forever.
-  if (ctx.stopping === true) return reject(ctx, req, res, requestId, 'shutting-down', 'the gateway is shutting down', { 'retry-after': '1' });
+  if (ctx.stopping === true) return reject(ctx, req, res, requestId, 'shutting-down', 'the gateway is shutting down', plus({ 'retry-after': '1' }));
   const denied = originDenied(route.websocket!.origins, req, host);
-  if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied);
+  if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied, plus());
   // The service's circuit and bulkhead hold for WebSockets too: an open circuit refuses the
   // handshake, a half-open one lets it through as one of its trials (its outcome closes or
   // reopens the circuit, as an HTTP trial's does); a relay holds a bulkhead slot for its whole
@@ -982,13 +987,13 @@ function startWebSocket(
   const st = svc.state;
   if (svc.circuit !== null && st.circuit !== 'closed' && (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests)) {
     const wait = Math.max(1, Math.ceil((st.openUntil - Date.now()) / 1000));
-    return reject(ctx, req, res, requestId, 'circuit-open', `service "${svc.name}" is failing; its circuit is open`, { 'retry-after': String(wait) });
+    return reject(ctx, req, res, requestId, 'circuit-open', `service "${svc.name}" is failing; its circuit is open`, plus({ 'retry-after': String(wait) }));
   }
   if (svc.bulkhead !== null && st.active >= st.maxConcurrent) {
-    return reject(ctx, req, res, requestId, 'service-overloaded', `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, { 'retry-after': '1' });
+    return reject(ctx, req, res, requestId, 'service-overloaded', `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, plus({ 'retry-after': '1' }));
   }
   let target = svc.balancer.pick(hashKey, null);
-  if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`, noTargetRetryAfter(svc));
+  if (target === null) return reject(ctx, req, res, requestId, 'no-healthy-target', `service "${svc.name}" has no healthy target`, plus(noTargetRetryAfter(svc)));
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
   let trial = svc.circuit !== null && st.circuit === 'half-open';
@@ -1078,6 +1083,7 @@ function startWebSocket(
       return dial(next);
     },
     responseHeaders: { 'x-request-id': requestId },
+    pluginHeaders: added,
     via: VIA_11,
     onOpen: () => {
       report(true);

@@ -56,6 +56,12 @@ export interface WsRelayOptions {
   requestId: string;
   /** Response headers the gateway adds to the 101 (e.g. x-request-id), and to the rejections. */
   responseHeaders?: Record<string, string>;
+  /**
+   * What plugins added for the client (name, value, ...: RateLimit, cors's Access-Control-*),
+   * put on the 101 and the rejections as on any response (Kong does so): never a field of the
+   * handshake's own (Upgrade, Connection, Sec-WebSocket-*), nor framing, nor one of `responseHeaders`.
+   */
+  pluginHeaders?: readonly string[] | undefined;
   /** The gateway's Via entry (e.g. `1.1 turnpike`), appended to the upstream's on the responses relayed from it (101 or not). */
   via?: string;
   onOpen?: () => void;
@@ -148,9 +154,24 @@ function serverFor(maxPayload: number): WebSocketServer {
 
 // ---- raw HTTP answers for handshakes that end without a WebSocket ----
 
-/** The gateway's response headers, minus anything that could break the response framing. */
-function gatewayHeaders(o: WsRelayOptions): [string, string][] {
-  return Object.entries(o.responseHeaders ?? {}).filter(([k, v]) => TOKEN_RE.test(k) && FIELD_VALUE_RE.test(v));
+/**
+ * The gateway's response headers (plugins' first), minus anything that could break the
+ * response framing or the handshake, and plugins' minus those named in `skip` (lower case).
+ */
+function gatewayHeaders(o: WsRelayOptions, skip?: ReadonlySet<string>): [string, string][] {
+  const own = o.responseHeaders ?? {};
+  const out: [string, string][] = [];
+  const p = o.pluginHeaders;
+  if (p !== undefined) {
+    for (let i = 0; i + 1 < p.length; i += 2) {
+      const k = p[i]!;
+      const n = k.toLowerCase();
+      if (HOP_BY_HOP.has(n) || n.startsWith('sec-websocket-') || Object.hasOwn(own, n) || skip?.has(n) || !TOKEN_RE.test(k) || !FIELD_VALUE_RE.test(p[i + 1]!)) continue;
+      out.push([k, p[i + 1]!]);
+    }
+  }
+  for (const [k, v] of Object.entries(own)) if (TOKEN_RE.test(k) && FIELD_VALUE_RE.test(v)) out.push([k, v]);
+  return out;
 }
 
 function writeRaw(socket: Duplex, status: number, reason: string, headers: [string, string][], body: Buffer): void {
@@ -169,7 +190,9 @@ const RETRY_SOON: [string, string][] = [['retry-after', '1']];
 /** Writes a problem+json response; returns its status. */
 function problem(o: WsRelayOptions, code: ProblemCode, detail: string, extra: [string, string][] = []): number {
   const p = PROBLEMS[code];
-  const headers: [string, string][] = [['content-type', 'application/problem+json'], ['cache-control', 'no-store'], ...extra, ...gatewayHeaders(o)];
+  const headers: [string, string][] = [['content-type', 'application/problem+json'], ['cache-control', 'no-store'], ...extra];
+  // (a plugin's field never replaces the problem's own: its type, a Retry-After)
+  headers.push(...gatewayHeaders(o, new Set(headers.map(([k]) => k))));
   if (o.requestId && !headers.some(([k]) => k.toLowerCase() === 'x-request-id')) headers.push(['x-request-id', o.requestId]);
   writeRaw(o.socket, p.status, p.title, headers, Buffer.from(problemBody(code, detail, o.requestId)));
   return p.status;
