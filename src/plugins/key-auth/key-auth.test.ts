@@ -170,6 +170,24 @@ test('a key in the header and another in the query parameter: 401, neither is ta
   assert.equal((await request(`${t.url}/headeronly?apikey=${BOB_KEY}`, { headers: { apikey: ALICE_KEY } })).status, 200, 'query: false: the parameter is no credential');
 });
 
+test('a key after a \';\' in the query (a separator to Rack < 3 and Python\'s old parse_qs): 401, never passed on beside the header\'s key nor left by hide_credentials', T, async () => {
+  const before = up.requests.length;
+  for (const [path, q, headers] of [
+    ['/default', `x=1;apikey=${BOB_KEY}`, { apikey: ALICE_KEY }],
+    ['/default', `x=1;api%6Bey=${BOB_KEY}&y=2`, { apikey: ALICE_KEY }],
+    ['/hidden', `apikey=${ALICE_KEY}&x=1;apikey=${BOB_KEY}`, {}],
+    ['/custom', `a=b;token=${BOB_KEY}`, { 'x-api-token': ALICE_KEY }],
+  ] as const) {
+    const r = await request(`${t.url}${path}?${q}`, { headers });
+    assertUnauthorized(r, ALICE_KEY, BOB_KEY);
+    assert.match((JSON.parse(r.body) as { detail: string }).detail, /after a ';'/, q);
+  }
+  assert.equal(up.requests.length, before, 'the upstream was called');
+  // a ';' elsewhere is data as before
+  assert.equal((await request(`${t.url}/default?x=1;y=2&apikey=${ALICE_KEY}`)).status, 200);
+  assert.equal((await request(`${t.url}/default?x=a;apikeys=2`, { headers: { apikey: ALICE_KEY } })).status, 200);
+});
+
 test('an underscore spelling of the key header (X_Api_Token, read as the same field by CGI, WSGI, Rack and PHP) never reaches the upstream', T, async () => {
   const r = await request(`${t.url}/custom`, { headers: { 'x-api-token': ALICE_KEY, X_Api_Token: BOB_KEY, 'x-api_token': BOB_KEY, 'x_other': 'kept' } });
   assert.equal(r.status, 200, r.body);
