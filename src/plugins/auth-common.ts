@@ -97,7 +97,31 @@ export function badBearer(realm: string, detail = 'the Authorization header is n
  * other one). Parsed only when the text could hold the name.
  */
 export function queryHasAccessToken(query: string): boolean {
-  return query.length > 1 && (query.includes('token') || query.includes('%')) && new URLSearchParams(query.slice(1)).has('access_token');
+  return query.length > 1 && (query.includes('token') || query.includes('%'))
+    && (new URLSearchParams(query.slice(1)).has('access_token') || (query.includes(';') && paramAfterSemicolon(query, 'access_token')));
+}
+
+/**
+ * Whether a query (`?...`) has a parameter `name` after a `;` within an `&`-separated part:
+ * one parameter here, two to a server that splits on `;` too (Rack < 3, Python's parse_qs
+ * before 3.9.2), which reads a credential no check here saw.
+ */
+export function paramAfterSemicolon(query: string, name: string): boolean {
+  for (const part of query.slice(1).split('&')) {
+    const segs = part.split(';');
+    for (let i = 1; i < segs.length; i++) {
+      const seg = segs[i]!;
+      const eq = seg.indexOf('=');
+      let n = eq === -1 ? seg : seg.slice(0, eq);
+      try {
+        n = decodeURIComponent(n.replace(/\+/g, ' '));
+      } catch {
+        /* (a malformed escape: compared as written) */
+      }
+      if (n === name) return true;
+    }
+  }
+  return false;
 }
 
 /** The outcome for a token in the Authorization header and the query: 400 invalid_request. */

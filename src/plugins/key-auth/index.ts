@@ -5,7 +5,7 @@
  */
 import { hash } from 'node:crypto';
 import { definePlugin, type Consumer } from '../types.js';
-import { sha256 } from '../auth-common.js';
+import { paramAfterSemicolon, sha256 } from '../auth-common.js';
 import { unsendableSecret } from '../../core/secret-text.js';
 import { KeyAuthConfig, KeyAuthCredential } from './schema.js';
 
@@ -14,25 +14,6 @@ const CHALLENGE = 'Key realm="turnpike"';
 /** A credential's key digest: of its `key`, or its `key_sha256`. */
 const digestOf = (c: Readonly<Record<string, unknown>>): Buffer =>
   typeof c['key_sha256'] === 'string' ? Buffer.from(c['key_sha256'], 'hex') : sha256(String(c['key']));
-
-/** Whether a query (`?...`) has a parameter `name` after a `;` within an `&`-separated part. */
-function keyAfterSemicolon(query: string, name: string): boolean {
-  for (const part of query.slice(1).split('&')) {
-    const segs = part.split(';');
-    for (let i = 1; i < segs.length; i++) {
-      const seg = segs[i]!;
-      const eq = seg.indexOf('=');
-      let n = eq === -1 ? seg : seg.slice(0, eq);
-      try {
-        n = decodeURIComponent(n.replace(/\+/g, ' '));
-      } catch {
-        /* (a malformed escape: compared as written) */
-      }
-      if (n === name) return true;
-    }
-  }
-  return false;
-}
 
 export default definePlugin({
   name: 'key-auth',
@@ -79,7 +60,7 @@ export default definePlugin({
         // `?x=1;apikey=K` is one parameter x here and two to an upstream that splits on `;` too
         // (Rack < 3, Python's parse_qs before 3.9.2): a key no check here saw (beside the header's,
         // maybe another consumer's) that hide_credentials would not take out. Refused.
-        if (query !== null && ctx.query.includes(';') && keyAfterSemicolon(ctx.query, query)) {
+        if (query !== null && ctx.query.includes(';') && paramAfterSemicolon(ctx.query, query)) {
           ctx.credentialParam = query;
           return { ok: false, missing: false, challenge: CHALLENGE, detail: `an API key (query parameter ${query}) after a ';', a separator to some servers: send it after '&'` };
         }
