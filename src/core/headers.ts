@@ -68,6 +68,9 @@ export function validRequestId(id: string | undefined): id is string {
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
 export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
 
+/** The labels of UTF-8 (WHATWG Encoding, as browsers read them; iconv-lite takes `utf8` too). */
+const UTF8_LABELS = new Set(['utf-8', 'utf8', 'unicode-1-1-utf-8', 'unicode11utf8', 'unicode20utf8', 'x-unicode20utf8']);
+
 /**
  * The `charset` a Content-Type names other than UTF-8 (lower case, unquoted, cut to 40
  * characters), or null. Every one is looked at (a parser may take the first or the last).
@@ -85,7 +88,7 @@ export function foreignCharset(value: string | undefined): string | null {
     if (eq === -1 || p.slice(0, eq).trim().toLowerCase() !== 'charset') continue;
     let v = p.slice(eq + 1).trim().toLowerCase();
     if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) v = v.slice(1, -1).trim();
-    if (v !== 'utf-8') return v.slice(0, 40);
+    if (!UTF8_LABELS.has(v)) return v.slice(0, 40);
   }
   return null;
 }

@@ -331,7 +331,8 @@ test('a JSON or form body in a charset other than UTF-8 is a 415: it would be va
     assert.match((o as { detail: string }).detail, /is validated as UTF-8: charset "(utf-7|utf-16le|iso-8859-1)" is not accepted/, ct);
   }
   // UTF-8, said or not (quoted, any case), and other parameters are fine
-  for (const ct of ['application/json', 'application/json; charset=utf-8', 'application/json; Charset="UTF-8"', 'application/json; profile=x']) {
+  // (utf8 and the other WHATWG labels of UTF-8 are UTF-8: clients send `charset=utf8`)
+  for (const ct of ['application/json', 'application/json; charset=utf-8', 'application/json; Charset="UTF-8"', 'application/json; profile=x', 'application/json; charset=utf8', 'application/json; charset=UTF8']) {
     assert.deepEqual(await check(v, 'POST', '/x', { headers: { 'content-type': ct }, body: smuggled }), { ok: true }, ct);
   }
   // a hostile charset is not echoed whole
