@@ -508,6 +508,9 @@ test('transforms: a JSON body declared in a charset other than UTF-8 is not tran
     assert.doesNotMatch(r.body, /db-1/);
   }
   assert.equal((await request(`${gw.url}/out/utf7`, { headers: { 'x-charset': 'utf-8' } })).status, 200);
+  // ASCII bytes only, in a charset that reads ASCII as ASCII (an older upstream's ISO-8859-1
+  // default), or utf8 (a label of UTF-8): the same text, transformed
+  for (const cs of ['ISO-8859-1', 'windows-1252', 'utf8']) assert.equal((await request(`${gw.url}/out/utf7`, { headers: { 'x-charset': cs } })).status, 200, cs);
 });
 
 test('response-transform: an upstream body over max_body -> 502 problem (declared or streamed); invalid JSON -> 502', { ...T }, async () => {

@@ -469,7 +469,7 @@ function parseJsonBody(raw: Buffer, headers: Record<string, string>, status: num
   if (ct !== undefined && !/json/i.test(ct.split(';')[0]!)) return `not JSON (content-type ${ct.split(';')[0]!.trim()})`;
   if (body.length === 0) return 'not JSON (empty body)';
   // (read as UTF-8, RFC 8259 §8.1: a utf-16 or utf-7 body would be read as another text)
-  const charset = foreignCharset(ct);
+  const charset = foreignCharset(ct, body);
   if (charset !== null) return `not JSON in UTF-8 (charset ${JSON.stringify(charset)})`;
   // (nesting bounded, UTF-8 checked, no number past a double's range: it would go on as null;
   // the message names a position, never the bytes)

@@ -5,6 +5,7 @@
  * can neither spoof them nor have them removed by naming them in Connection.
  */
 import type { IncomingMessage } from 'node:http';
+import { isAscii } from 'node:buffer';
 
 /** Connection-specific fields, never forwarded (either direction). */
 export const HOP_BY_HOP = new Set([
@@ -68,6 +69,9 @@ export function validRequestId(id: string | undefined): id is string {
 /** Whether the request came over TLS (HTTP/2's socket is a proxy that forwards `encrypted`). */
 export const isTls = (req: IncomingMessage): boolean => (req.socket as { encrypted?: boolean }).encrypted === true;
 
+/** Charsets whose bytes 0x00-0x7F are ASCII (UTF-7's are not: `+ACI-` is a quote). */
+const ASCII_SUPERSETS = /^(?:us-ascii|ascii|iso-8859-\d{1,2}|iso8859-\d{1,2}|latin-?1|l1|windows-125\d|cp125\d)$/;
+
 /** The labels of UTF-8 (WHATWG Encoding, as browsers read them; iconv-lite takes `utf8` too). */
 const UTF8_LABELS = new Set(['utf-8', 'utf8', 'unicode-1-1-utf-8', 'unicode11utf8', 'unicode20utf8', 'x-unicode20utf8']);
 
@@ -77,9 +81,11 @@ const UTF8_LABELS = new Set(['utf-8', 'utf8', 'unicode-1-1-utf-8', 'unicode11utf
  * A body the gateway reads (request-validator, request-transform, compose, response-transform)
  * is read as UTF-8 (RFC 8259 §8.1): one declared in another charset would be read here as one
  * text and by a peer that honours the charset (Express's body-parser decodes any `utf-*`,
- * UTF-7 included) as another.
+ * UTF-7 included) as another. With `body`: a body of ASCII bytes only, declared in a charset
+ * that reads ASCII as ASCII (ISO-8859-x, windows-125x: an older upstream's default), is the
+ * same text either way and passes.
  */
-export function foreignCharset(value: string | undefined): string | null {
+export function foreignCharset(value: string | undefined, body?: Buffer): string | null {
   if (value === undefined || !value.includes(';')) return null;
   const params = value.split(';');
   for (let i = 1; i < params.length; i++) {
@@ -88,7 +94,7 @@ export function foreignCharset(value: string | undefined): string | null {
     if (eq === -1 || p.slice(0, eq).trim().toLowerCase() !== 'charset') continue;
     let v = p.slice(eq + 1).trim().toLowerCase();
     if (v.length >= 2 && v.startsWith('"') && v.endsWith('"')) v = v.slice(1, -1).trim();
-    if (!UTF8_LABELS.has(v)) return v.slice(0, 40);
+    if (!UTF8_LABELS.has(v) && !(body !== undefined && ASCII_SUPERSETS.test(v) && isAscii(body))) return v.slice(0, 40);
   }
   return null;
 }

@@ -148,7 +148,7 @@ export default definePlugin({
             // JSON exchanged is UTF-8 (RFC 8259 §8.1) and is read so: a body declared in another
             // charset (utf-16, utf-7) would be transformed as a text other than the one the
             // client reads by its Content-Type.
-            const charset = foreignCharset(r.headers[findHeader(r.headers, 'content-type') + 1]);
+            const charset = foreignCharset(r.headers[findHeader(r.headers, 'content-type') + 1], body);
             if (charset !== null) throw new ProblemError('invalid-upstream-response', `the upstream's JSON body is in charset ${JSON.stringify(charset)}: it is transformed as UTF-8 only`);
             const doc = parseJson(body, (m) => new ProblemError('invalid-upstream-response', `the upstream's JSON body is invalid: ${m}`));
             let out: string;
