@@ -271,6 +271,12 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
             break;
           }
           worker.send({ tp: 'config', text: gw.loaded.text, config: gw.loaded.config, hash: gw.loaded.configHash, file: gw.loaded.file, dns: gw.dns.table(), decisions: health.decisions(), counterBatches: true } satisfies ToWorker);
+          // Its config is the newest: a reload sent while it loaded its modules (lost, as that
+          // 'stop' was) is in it. Not waited for (a reload would wait its 5 s for no answer).
+          if (info.reloadsPending > 0) {
+            info.reloadsPending = 0;
+            for (const f of info.onSettled.splice(0)) f();
+          }
           break;
         case 'listening':
           info.listening = true;
