@@ -73,7 +73,8 @@ test('SIGHUP reloads the file; a broken file is rejected and the running config 
   writeFileSync(file, cfg('/one'));
   const run = startCli(['start', '--config', file], {});
   try {
-    await waitFor(`http://127.0.0.1:${a}/status`);
+    // (20 s on a loaded machine; what the process said if it did not come up)
+    await waitFor(`http://127.0.0.1:${a}/status`, 20_000).catch((e: Error) => { throw new Error(`${e.message}\n${run.stderr()}`); });
     assert.equal((await request(`http://127.0.0.1:${p}/one`)).status, 200);
     assert.equal((await request(`http://127.0.0.1:${p}/two`)).status, 404);
     writeFileSync(file, cfg('/two'));
