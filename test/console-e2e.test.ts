@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Browser, Page } from 'playwright-core';
 import { launchChromium } from './browser.js';
 import { freePort, request, sleep, startCli, startUpstream, type Running, type TestUpstream } from './helpers.js';
@@ -21,7 +20,7 @@ declare const document: { cookie: string; activeElement: { id: string } | null; 
 const TOKEN = 'console-e2e-admin-token-0123';
 // (a developer's portal password: an scrypt hash, never checked here)
 const HASH = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
-const SHOTS = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
+const SHOTS = join(process.cwd(), 'docs/screenshots/');
 const work = mkdtempSync(join(tmpdir(), 'turnpike-console-'));
 let up: TestUpstream;
 let run: Running;

@@ -17,12 +17,11 @@ import { connect, type Socket } from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { setImmediate as tick } from 'node:timers/promises';
 import { freePort, request, sleep, startUpstream, waitFor, type TestUpstream } from './helpers.js';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const ROOT = process.cwd();
 const LINUX = existsSync('/proc/self/stat');
 
 const MAX_STREAMS = 100;

@@ -10,12 +10,11 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, mkdirSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Browser, Page } from 'playwright-core';
 import { launchChromium } from './browser.js';
 import { freePort, request, sleep, startCli, startUpstream, type Running, type TestUpstream } from './helpers.js';
 
-const SHOTS = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
+const SHOTS = join(process.cwd(), 'docs/screenshots/');
 const work = mkdtempSync(join(tmpdir(), 'turnpike-portal-'));
 const EMAIL = 'Ada.Lovelace@example.com';
 const PASSWORD = 'analytical-engine-1843';

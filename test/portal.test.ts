@@ -3,7 +3,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { launchChromium } from './browser.js';
 import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 
@@ -123,7 +122,7 @@ services:
 });
 
 test('in Chromium: the catalog links to the API page (screenshots in docs/screenshots/)', async () => {
-  const shots = fileURLToPath(new URL('../docs/screenshots/', import.meta.url));
+  const shots = join(process.cwd(), 'docs/screenshots/');
   mkdirSync(shots, { recursive: true });
   const browser = await launchChromium();
   try {

@@ -9,7 +9,6 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
 import { Gateway } from '../src/server/gateway.js';
 import { loadConfigFile } from '../src/config/load.js';
@@ -367,7 +366,7 @@ services:
 
 // ---- turnpike import openapi, through the built CLI (npm run build first) ----------------------
 
-const REPO = fileURLToPath(new URL('..', import.meta.url));
+const REPO = process.cwd();
 const BIN = join(REPO, 'bin', 'turnpike.js');
 
 /** Runs the built CLI to completion (bounded): exit code, stdout, stderr. */

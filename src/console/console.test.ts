@@ -2,7 +2,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { request as httpRequest } from 'node:http';
 import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../test/helpers.js';
 
@@ -148,7 +147,7 @@ test('the event stream: refused without a session; with one, a stats event every
 });
 
 test('the page: served with a strict CSP when built; only its own files', async () => {
-  const built = existsSync(fileURLToPath(new URL('../../dist/console-ui/index.html', import.meta.url)));
+  const built = existsSync('dist/console-ui/index.html');
   const page = await request(`${admin}/console/`);
   if (built) {
     assert.equal(page.status, 200);

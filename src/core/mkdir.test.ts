@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { makeDirectory } from './mkdir.js';
 
-const ROOT = resolve(import.meta.dirname, '../..');
+const ROOT = process.cwd();
 
 test('makeDirectory: nested directories, an existing one, and a file in the way (ENOTDIR, naming the path)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-mkdir-'));

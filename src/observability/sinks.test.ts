@@ -6,7 +6,6 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -329,7 +328,7 @@ test('file: a destination that refuses every write (disk full: /dev/full) closes
 });
 
 test('stdout: a child process writes its lines to stdout', async () => {
-  const sinks = fileURLToPath(new URL('./sinks.ts', import.meta.url));
+  const sinks = join(process.cwd(), 'src/observability/sinks.ts');
   const code = `
     import { createSink } from ${JSON.stringify(sinks)};
     const sink = createSink({ destination: 'stdout' });

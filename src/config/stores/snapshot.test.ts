@@ -7,13 +7,13 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import type { Logger } from '../../core/log.js';
 import { ConfigSnapshot, parseSnapshot, readSnapshot, writeSnapshot } from './snapshot.js';
 import type { StoredConfig } from './types.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const ROOT = process.cwd();
 const work = mkdtempSync(join(tmpdir(), 'turnpike-snapshot-'));
 after(() => rmSync(work, { recursive: true, force: true }));
 let seq = 0;

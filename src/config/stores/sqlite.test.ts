@@ -9,14 +9,14 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { createInterface } from 'node:readline';
 import Database from 'better-sqlite3';
 import { SqliteStore } from './sqlite.js';
 import { RevisionConflict, StoreUnavailable, type ConfigDocument } from './types.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+const ROOT = process.cwd();
 const SQLITE_TS = pathToFileURL(join(ROOT, 'src/config/stores/sqlite.ts')).href;
 const work = mkdtempSync(join(tmpdir(), 'turnpike-sqlite-'));
 const stores: SqliteStore[] = [];
