@@ -89,3 +89,29 @@ test('workers: 2 — a worker that dies after it listens while the other still s
     await redis.close();
   }
 });
+
+test('workers: 2 — a worker whose event loop is stuck (SIGSTOP) is killed after timeouts.worker_unresponsive and replaced; the other serves throughout', async () => {
+  const [p, a] = [await freePort(), await freePort()];
+  const file = config(`listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nworkers: 2\ntimeouts: {worker_unresponsive: 2s}\nservices: []\n`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    const [stuck, other] = children(run.child.pid!);
+    assert.ok(stuck && other);
+    process.kill(stuck, 'SIGSTOP');
+    // (2 s of silence, checked every second; a loaded machine gets some more)
+    await eventually(() => /has not answered for timeouts.worker_unresponsive/.test(run.stderr()), 15_000, 50);
+    await eventually(() => children(run.child.pid!).length === 2 && !children(run.child.pid!).includes(stuck), 20_000, 50);
+    assert.ok(children(run.child.pid!).includes(other), 'the worker that answered is left alone');
+    // (the replacement listens: /status names two listening workers)
+    await eventually(async () => {
+      const s = await fetch(`http://127.0.0.1:${a}/status`).then((r) => r.json()) as { workers?: { pid: number; state: string }[] };
+      return s.workers?.filter((w) => w.state === 'listening').length === 2;
+    }, 20_000, 100);
+    for (let i = 0; i < 6; i++) assert.equal((await fetch(`http://127.0.0.1:${p}/nothing-here`)).status, 404);
+    process.kill(run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+});

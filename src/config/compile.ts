@@ -133,6 +133,8 @@ export interface ServerTimeouts {
   drain: number;
   /** At SIGTERM/SIGINT: not ready, still accepting, for this long before the drain (0: none). */
   shutdownDelay: number;
+  /** With workers: a serving worker silent this long (its event loop stuck) is killed and replaced. */
+  workerUnresponsive: number;
 }
 
 export interface TlsListener {
@@ -212,7 +214,7 @@ export interface Snapshot {
 export const DEFAULTS = {
   listen: `${DEFAULT_LISTEN_HOST}:8080`,
   limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
-  timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s', shutdown_delay: '0s' },
+  timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s', shutdown_delay: '0s', worker_unresponsive: '30s' },
   service: { connect: '5s', response: '60s', read: '60s' },
   websocket: { max_message: '1mb', idle_timeout: '60s' },
   forwarding_headers: ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'],
@@ -433,7 +435,10 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     keepAlive: timer(['timeouts', 'keepalive'], to.keepalive),
     drain: timer(['timeouts', 'drain'], to.drain),
     shutdownDelay: timer(['timeouts', 'shutdown_delay'], to.shutdown_delay),
+    workerUnresponsive: timer(['timeouts', 'worker_unresponsive'], to.worker_unresponsive),
   };
+  // (a worker says it is alive every second: less than 2 s would kill one for a GC pause)
+  if (timeouts.workerUnresponsive < 2000) fail(['timeouts', 'worker_unresponsive'], 'must be at least 2s (a worker reports every second)');
   // To node:http 0 is "no timeout": a client could hold a connection forever — headers or a body
   // dribbled, or idle between requests (keepalive: 0 does not turn keep-alive off, as nginx's does).
   for (const [k, ms] of [['client_header', timeouts.clientHeader], ['client_body', timeouts.clientBody], ['keepalive', timeouts.keepAlive]] as const) {

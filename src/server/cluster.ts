@@ -49,6 +49,8 @@ type ToWorker =
 
 type ToPrimary =
   | { tp: 'hello' }
+  /** Every second while it serves: its event loop runs (timeouts.worker_unresponsive). */
+  | { tp: 'beat' }
   | { tp: 'listening'; address: { address: string; port: number; family: string } }
   /** It could not start (its error, worded as single-process mode words it); it exits next. */
   | { tp: 'start-failed'; error: string }
@@ -94,6 +96,8 @@ interface WorkerInfo {
   /** Reloads sent and not answered yet (reloaded / reload-failed), and who waits for none. */
   reloadsPending: number;
   onSettled: (() => void)[];
+  /** When it last sent anything (it beats every second once it listens). */
+  heardAt: number;
 }
 
 /** The signals a worker leaves to the primary (a signal to the process group reaches both). */
@@ -257,10 +261,11 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [] };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: Date.now() };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
+      info.heardAt = Date.now();
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
@@ -280,6 +285,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           break;
         case 'listening':
           info.listening = true;
+          info.heardAt = Date.now();
           address ??= msg.address;
           updateReady();
           for (const f of info.onListening.splice(0)) f();
@@ -347,6 +353,27 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       info.worker.once('exit', (code) => reject(new Error(info.startError ?? `worker exited with code ${code} before listening`)));
     });
 
+  // A worker whose event loop is stuck (a busy loop, a stopped process) still gets its share of
+  // new connections from the primary and answers none: past timeouts.worker_unresponsive of
+  // silence it is killed, and the exit below starts its replacement.
+  let checkedAt = Date.now();
+  const watchdog = setInterval(() => {
+    const now = Date.now();
+    // (this loop was stuck itself: what the workers sent meanwhile is not read yet)
+    const late = now - checkedAt > 2_000;
+    checkedAt = now;
+    const limit = gw.snapshot.timeouts.workerUnresponsive;
+    for (const i of infos.values()) {
+      if (late || !i.listening) i.heardAt = now;
+      else if (!stopping && !i.retiring && !i.worker.isDead() && now - i.heardAt >= limit) {
+        log.error({ pid: i.worker.process.pid, silent_ms: now - i.heardAt }, 'a worker has not answered for timeouts.worker_unresponsive (its event loop is stuck): killing it');
+        i.heardAt = now;
+        i.worker.process.kill('SIGKILL');
+      }
+    }
+  }, 1000);
+  watchdog.unref();
+
   cluster.on('exit', (worker, code, signal) => {
     const info = infos.get(worker.id);
     infos.delete(worker.id);
@@ -410,6 +437,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     starting = false;
   } catch (err) {
     stopping = true;
+    clearInterval(watchdog);
     for (const i of infos.values()) i.worker.process.kill('SIGKILL');
     await gw.stop();
     throw err;
@@ -456,6 +484,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     },
     async stop() {
       stopping = true;
+      clearInterval(watchdog);
       gw.beginDrain(); // /status: 503 "draining" while the workers drain, not once they are gone
       // timeouts.shutdown_delay: the workers keep accepting (Connection: close, HTTP/2 notices)
       // while /status/ready says 503; a second signal meanwhile kills them (kill()).
@@ -466,6 +495,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     },
     kill() {
       stopping = true;
+      clearInterval(watchdog);
       for (const i of infos.values()) i.worker.process.kill('SIGKILL');
     },
   };
@@ -609,6 +639,8 @@ export async function runWorker(log: Logger): Promise<number> {
   demandTimer.unref();
   const a = gw.proxyAddress!;
   send({ tp: 'listening', address: { address: a.address, port: a.port, family: a.family } });
+  // Alive (timeouts.worker_unresponsive), through the drain too: the primary kills a silent worker.
+  setInterval(() => send({ tp: 'beat' }), 1000).unref();
 
   return new Promise<number>((resolve) => {
     let stopping = false;
