@@ -154,7 +154,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const collect = async () => {
     const id = ++observeId;
     const targets = [...infos.values()].filter((i) => i.listening && i.worker.isConnected());
-    const got: { metrics: unknown[]; analytics: AnalyticsState | null }[] = [];
+    const got: { metrics: unknown[]; analytics: AnalyticsState | null; info: WorkerInfo }[] = [];
     const answered = new Set<WorkerInfo>();
     await new Promise<void>((resolve) => {
       let pending = targets.length;
@@ -164,7 +164,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
         resolve();
       }, COLLECT_TIMEOUT_MS);
       waitingObserve.set(id, (m, info) => {
-        got.push(m);
+        got.push({ metrics: m.metrics, analytics: m.analytics, info });
         answered.add(info);
         if (--pending === 0) {
           clearTimeout(timer);
@@ -185,8 +185,11 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       if (i.metrics) stale.push(i.metrics);
       if (i.analytics) staleAnalytics.push(i.analytics);
     }
+    // (a worker that answered and exited while the others were waited for: its counters are in
+    // `retired` now, so its answer is left out here, or the scrape would count them twice)
+    const current = got.filter((g) => infos.has(g.info.worker.id));
     return {
-      metrics: [...got.map((g) => g.metrics), ...(stale.length ? [retainCounters(stale)] : []), ...(retired.length ? [retired] : [])],
+      metrics: [...current.map((g) => g.metrics), ...(stale.length ? [retainCounters(stale)] : []), ...(retired.length ? [retired] : [])],
       analytics: [...got.flatMap((g) => (g.analytics ? [g.analytics] : [])), ...staleAnalytics],
     };
   };
