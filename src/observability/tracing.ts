@@ -5,11 +5,10 @@
  * attempt, exported in batches over OTLP/HTTP (JSON). Sampling: parent-based, new traces at
  * `sample`. Only built when tracing is enabled: with it off the request path never gets here.
  */
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode, defaultTextMapGetter, trace, type Context, type Span, type TextMapSetter, type Tracer } from '@opentelemetry/api';
-import { ExportResultCode, TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
-import { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, SamplingDecision, TraceIdRatioBasedSampler, type Sampler, type SamplingResult, type SpanExporter } from '@opentelemetry/sdk-trace-base';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { resourceFromAttributes } from '@opentelemetry/resources';
+import type { Context, Span, TextMapSetter, Tracer } from '@opentelemetry/api';
+import type { W3CTraceContextPropagator } from '@opentelemetry/core';
+import type { BasicTracerProvider, Sampler, SamplingResult, SpanExporter } from '@opentelemetry/sdk-trace-base';
+import { lazy } from '../core/lazy.js';
 import { performance } from 'node:perf_hooks';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
@@ -21,6 +20,14 @@ import { redactUrl } from '../core/url-secrets.js';
 import type { StepTracer } from '../compose/call.js';
 
 const NOOP = () => {};
+
+// The SDK (some 250 modules) is loaded by the first tracer, not by every start. (CommonJS
+// whether imported or required: Node takes their exports' default condition, one copy.)
+const otelApi = lazy<typeof import('@opentelemetry/api')>('@opentelemetry/api');
+const otelCore = lazy<typeof import('@opentelemetry/core')>('@opentelemetry/core');
+const otelSdk = lazy<typeof import('@opentelemetry/sdk-trace-base')>('@opentelemetry/sdk-trace-base');
+const otelOtlp = lazy<typeof import('@opentelemetry/exporter-trace-otlp-http')>('@opentelemetry/exporter-trace-otlp-http');
+const otelResources = lazy<typeof import('@opentelemetry/resources')>('@opentelemetry/resources');
 
 /** The methods OpenTelemetry's HTTP semantic conventions know (RFC 9110 and PATCH); others are _OTHER. */
 const KNOWN_METHODS = new Set(['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE']);
@@ -66,7 +73,7 @@ export function validTraceState(raw: string): boolean {
   let members = 0;
   for (const m of raw.split(',')) if (m.trim() !== '') members++;
   if (members === 0 || members > 32) return false;
-  const parsed = new TraceState(raw);
+  const parsed = new (otelCore().TraceState)(raw);
   // TraceState keeps the valid members, each key once, up to 32 and 512 characters: any member
   // it left out was invalid, repeated, or past the length limit.
   const kept = parsed.serialize();
@@ -82,11 +89,11 @@ export function validTraceState(raw: string): boolean {
  * and any id it once saw recorded would be recorded every time.
  */
 class RandomRatioSampler implements Sampler {
-  private static readonly YES: SamplingResult = { decision: SamplingDecision.RECORD_AND_SAMPLED };
-  private static readonly NO: SamplingResult = { decision: SamplingDecision.NOT_RECORD };
+  private readonly yes: SamplingResult = { decision: otelSdk().SamplingDecision.RECORD_AND_SAMPLED };
+  private readonly no: SamplingResult = { decision: otelSdk().SamplingDecision.NOT_RECORD };
   constructor(private readonly ratio: number) {}
   shouldSample(): SamplingResult {
-    return Math.random() < this.ratio ? RandomRatioSampler.YES : RandomRatioSampler.NO;
+    return Math.random() < this.ratio ? this.yes : this.no;
   }
   toString(): string {
     return `RandomRatio{${this.ratio}}`;
@@ -110,7 +117,8 @@ const setter: TextMapSetter<string[]> = {
 export class Tracing {
   private readonly provider: BasicTracerProvider;
   private readonly tracer: Tracer;
-  private readonly propagator = new W3CTraceContextPropagator();
+  private readonly api = otelApi();
+  private readonly propagator: W3CTraceContextPropagator = new (otelCore().W3CTraceContextPropagator)();
   private readonly secretParams: ReadonlySet<string>;
 
   /** The connections to the collector (made with the first export). */
@@ -124,7 +132,7 @@ export class Tracing {
     // The exporter's own keep-alive agent outlives its shutdown (which leaves its connections to
     // the collector open): this one is destroyed in close(), so a reload that replaces the
     // tracer does not leave a connection (two file descriptors, a timer) behind each time.
-    const otlp = new OTLPTraceExporter({
+    const otlp = new (otelOtlp().OTLPTraceExporter)({
       url: s.endpoint, headers: s.headers, timeoutMillis: 5000,
       httpAgentOptions: (protocol) => (this.agent = protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })),
     });
@@ -132,7 +140,7 @@ export class Tracing {
     let failing = false;
     const exporter: SpanExporter = {
       export: (spans, done) => otlp.export(spans, (r) => {
-        if (r.code !== ExportResultCode.SUCCESS) {
+        if (r.code !== otelCore().ExportResultCode.SUCCESS) {
           this.dropped += spans.length;
           if (!failing) {
             failing = true;
@@ -147,8 +155,9 @@ export class Tracing {
       shutdown: () => otlp.shutdown(),
       forceFlush: () => otlp.forceFlush(),
     };
+    const { BasicTracerProvider, BatchSpanProcessor, ParentBasedSampler, TraceIdRatioBasedSampler } = otelSdk();
     this.provider = new BasicTracerProvider({
-      resource: resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
+      resource: otelResources().resourceFromAttributes({ 'service.name': s.serviceName, 'service.version': VERSION }),
       // A client's parent is followed (its sampled flag decides) unless it is not trusted: then
       // the ratio decides for remote parents too, drawn at random, not from the trace id the
       // client chose (a client cannot force recording).
@@ -167,18 +176,18 @@ export class Tracing {
    */
   startRequest(ex: Exchange, method: string, pattern: string, scheme: 'http' | 'https'): void {
     const carrier = ex.traceCarrier;
-    let parent = ROOT_CONTEXT;
+    let parent = this.api.ROOT_CONTEXT;
     if (carrier !== null && carrier.traceparent) {
       const state = carrier.tracestate;
       if (state !== undefined && !validTraceState(state)) delete carrier.tracestate;
-      parent = this.propagator.extract(ROOT_CONTEXT, carrier, defaultTextMapGetter);
+      parent = this.propagator.extract(this.api.ROOT_CONTEXT, carrier, this.api.defaultTextMapGetter);
     }
     const route = ex.route!;
     // Semantic conventions: the name is `{method} {http.route}` (a low-cardinality template, not
     // the route's name); a method they do not know is _OTHER (the span name says HTTP), the
     // method as sent goes in http.request.method_original (so no attribute is unbounded).
     const known = KNOWN_METHODS.has(method);
-    const span = (ex.span = this.tracer.startSpan(`${known ? method : 'HTTP'} ${pattern}`, { kind: SpanKind.SERVER, startTime: ex.start }, parent));
+    const span = (ex.span = this.tracer.startSpan(`${known ? method : 'HTTP'} ${pattern}`, { kind: this.api.SpanKind.SERVER, startTime: ex.start }, parent));
     // An unsampled request gets a non-recording span: nothing more to build for it.
     if (!span.isRecording()) return;
     // Host (checked by the request path): a name or [IPv6], then an optional port.
@@ -204,7 +213,7 @@ export class Tracing {
   }
 
   private context(ex: Exchange): Context {
-    return trace.setSpan(ROOT_CONTEXT, ex.span!);
+    return this.api.trace.setSpan(this.api.ROOT_CONTEXT, ex.span!);
   }
 
   /**
@@ -218,9 +227,9 @@ export class Tracing {
   /** A span for a plugin phase that waits; returns its end (a no-op for an unsampled request). */
   pluginSpan(ex: Exchange, plugin: string, phase: string): (error?: unknown) => void {
     if (!ex.span!.isRecording()) return NOOP;
-    const span = this.tracer.startSpan(`plugin ${plugin} ${phase}`, { kind: SpanKind.INTERNAL, attributes: { 'turnpike.plugin': plugin, 'turnpike.phase': phase } }, this.context(ex));
+    const span = this.tracer.startSpan(`plugin ${plugin} ${phase}`, { kind: this.api.SpanKind.INTERNAL, attributes: { 'turnpike.plugin': plugin, 'turnpike.phase': phase } }, this.context(ex));
     return (error) => {
-      if (error !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
+      if (error !== undefined) span.setStatus({ code: this.api.SpanStatusCode.ERROR, message: error instanceof Error ? error.message : String(error) });
       span.end();
     };
   }
@@ -238,7 +247,7 @@ export class Tracing {
     const url = new URL(origin);
     const known = KNOWN_METHODS.has(method);
     const span = this.tracer.startSpan(known ? method : 'HTTP', {
-      kind: SpanKind.CLIENT,
+      kind: this.api.SpanKind.CLIENT,
       attributes: {
         'http.request.method': known ? method : '_OTHER',
         ...(known ? {} : { 'http.request.method_original': method }),
@@ -248,7 +257,7 @@ export class Tracing {
         ...(attempt > 1 ? { 'http.request.resend_count': attempt - 1 } : {}),
       },
     }, this.context(ex));
-    this.propagator.inject(trace.setSpan(ROOT_CONTEXT, span), headers, setter);
+    this.propagator.inject(this.api.trace.setSpan(this.api.ROOT_CONTEXT, span), headers, setter);
     return span;
   }
 
@@ -265,7 +274,7 @@ export class Tracing {
     // Semantic conventions: for a CLIENT span a 4xx is an error too (only SERVER spans leave it unset).
     if (error !== null || (status !== null && status >= 400)) {
       span.setAttribute('error.type', error ?? String(status));
-      span.setStatus({ code: SpanStatusCode.ERROR });
+      span.setStatus({ code: this.api.SpanStatusCode.ERROR });
     }
     span.end();
   }
@@ -282,7 +291,7 @@ export class Tracing {
     // request that failed before its answer was complete (client gone, response cut).
     if (status >= 500) {
       span.setAttribute('error.type', error ?? String(status));
-      span.setStatus({ code: SpanStatusCode.ERROR });
+      span.setStatus({ code: this.api.SpanStatusCode.ERROR });
     } else if (error === 'client-closed' || error === 'response-cut') {
       span.setAttribute('error.type', error);
     }

@@ -5,13 +5,17 @@
  * box; never eval or vm). Everything is compiled once per binding.
  */
 import { Type, type Static } from '@sinclair/typebox';
-import jsonata from 'jsonata';
+import type jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
 import { decodeQueryText, encodeComponent, headerText, headerValueText, rawQueryParams } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
 import { FIELD_NAME, NonEmptyKeyed } from './schema-types.js';
+import { lazy } from '../core/lazy.js';
+
+// (loaded by the first JSONata expression, not by every start)
+const jsonataLib = lazy<typeof jsonata>('jsonata');
 
 const HeaderName = Type.String({ pattern: FIELD_NAME, maxLength: 256 });
 /** A dot path into a JSON body: `a.b.0.c` (numbers index arrays). */
@@ -437,7 +441,7 @@ export function compileJsonOps(o: JsonOps | undefined, strict = true, maxBody = 
   let expr: ReturnType<typeof jsonata> | null = null;
   if (o.expression !== undefined) {
     try {
-      expr = jsonata(o.expression, EXPRESSION_LIMITS);
+      expr = jsonataLib()(o.expression, EXPRESSION_LIMITS);
     } catch (e) {
       const err = e as { message?: string; position?: number };
       throw new Error(`invalid JSONata expression${err.position !== undefined ? ` at ${err.position}` : ''}: ${err.message ?? String(e)}`);

@@ -27,7 +27,7 @@ import type { PurgeFilter } from '../plugins/cache/entry.js';
 import { createAdminHandler, createStatusHandler } from './admin.js';
 import { ScalingAdvisor } from '../scaling/advisor.js';
 import { DemandMeter } from '../scaling/meter.js';
-import { startKedaServer } from '../scaling/keda.js';
+import type { startKedaServer } from '../scaling/keda.js';
 import { NODE_ID } from '../core/node-id.js';
 import { ConsoleHandler } from '../console/handler.js';
 import { AuthFailures } from '../admin/auth.js';
@@ -705,6 +705,8 @@ export class Gateway implements RequestContext {
     const keda = snap.scaling?.keda;
     if (keda && this.scaling) {
       const advisor = this.scaling;
+      // (gRPC and protobuf are loaded for the scaler alone: not by every start)
+      const { startKedaServer } = await import('../scaling/keda.js');
       this.keda = await startKedaServer({ listen: keda, ...(keda.tls ? { tls: keda.tls } : {}), source: { lookup: (svc) => advisor.lookup(svc), onChange: (l) => advisor.onChange(l) }, log: this.log });
       this.kedaRunning = keda;
       this.log.info({ port: this.keda.port }, 'KEDA external scaler up');

@@ -5,10 +5,13 @@
  * fails (the file locked by another process, a full disk) throws at once; MemoryStore keeps
  * those counts to write at the next flush.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { lazy } from '../core/lazy.js';
 import { closeSync, openSync, readSync, renameSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { makeDirectory } from '../core/mkdir.js';
+
+const sqlite = lazy<typeof Database>('better-sqlite3');
 
 /** SQLite's answer for a file that is not a database, or one whose pages are damaged. */
 const isCorrupt = (err: unknown): boolean => {
@@ -75,7 +78,7 @@ export class QuotaFile {
 
   constructor(readonly path: string) {
     makeDirectory(dirname(path));
-    this.db = new Database(path);
+    this.db = new (sqlite())(path);
     try {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');

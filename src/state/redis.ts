@@ -47,7 +47,8 @@
  */
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { Redis, Cluster, type RedisOptions, type ClusterOptions } from 'ioredis';
+import type { Redis, Cluster, RedisOptions, ClusterOptions } from 'ioredis';
+import { lazy } from '../core/lazy.js';
 import { parseDuration } from '../config/units.js';
 import { credentialUrlProblem } from '../core/url-secrets.js';
 import type { Logger } from '../core/log.js';
@@ -239,6 +240,11 @@ return {1, us, used}
 `;
 
 type Client = Redis | Cluster;
+
+// (loaded by the first Redis setting, not by every start)
+const ioredis = lazy<typeof import('ioredis')>('ioredis');
+/** A Redis Cluster client (not a single node's). */
+export const isCluster = (c: Redis | Cluster): c is Cluster => c instanceof ioredis().Cluster;
 interface Scripts {
   tpRate(...args: (string | number)[]): Promise<number[]>;
   tpQuota(key: string, giveUp: string, limit: number, cost: number, periodEnd: number): Promise<[number, number, number]>;
@@ -350,7 +356,7 @@ export class RedisStore implements CounterStore {
         ...(first.protocol === 'rediss:' ? { tls: {} } : {}),
       };
       delete (redisOptions as RedisOptions).enableOfflineQueue;
-      this.client = new Cluster(s.cluster.map(seed), {
+      this.client = new (ioredis().Cluster)(s.cluster.map(seed), {
         ...(opts.connect === false ? { lazyConnect: true } : {}),
         enableOfflineQueue: false,
         enableReadyCheck: true,
@@ -367,7 +373,7 @@ export class RedisStore implements CounterStore {
         redisOptions,
       });
     } else {
-      this.client = new Redis(s.url ?? 'redis://127.0.0.1:6379', { ...common, retryStrategy: retry });
+      this.client = new (ioredis().Redis)(s.url ?? 'redis://127.0.0.1:6379', { ...common, retryStrategy: retry });
     }
     this.client.on('error', (err: Error) => this.logError(err));
     this.client.on('node error', (err: Error) => this.logError(err));
@@ -384,7 +390,7 @@ export class RedisStore implements CounterStore {
       for (const lua of [RATE_LUA, QUOTA_LUA]) c.script('LOAD', lua).catch(() => undefined);
       this.measure(c).catch(() => undefined);
     };
-    if (this.client instanceof Cluster) {
+    if (isCluster(this.client)) {
       // Node connections are lazy in ioredis: the first burst for a master would wait for its
       // connect. Connect each one as soon as it is known, and load the scripts whenever it
       // (re)connects.
@@ -462,7 +468,7 @@ export class RedisStore implements CounterStore {
 
   private replaceSilent(): void {
     const now = performance.now();
-    const conns = this.client instanceof Cluster ? this.client.nodes() : [this.client];
+    const conns = isCluster(this.client) ? this.client.nodes() : [this.client];
     for (const c of conns) {
       const head: unknown = c.status === 'ready' ? c.commandQueue.peekFront() : undefined;
       const seen = this.stalls.get(c);
@@ -601,8 +607,8 @@ export class RedisStore implements CounterStore {
       c.on('ready', onReady);
     }));
     await ready(this.client);
-    const nodes = this.client instanceof Cluster ? this.client.nodes('master') : [this.client];
-    if (this.client instanceof Cluster) await Promise.all(nodes.map(ready));
+    const nodes = isCluster(this.client) ? this.client.nodes('master') : [this.client];
+    if (isCluster(this.client)) await Promise.all(nodes.map(ready));
     // (a measurement that fails or comes late is not a store that is not ready: calls measure too)
     await withDeadline(Promise.all(nodes.map((n) => this.measure(n))), Math.max(1, end - Date.now()), '').catch(() => undefined);
   }

@@ -48,7 +48,8 @@
  * change() and RevisionConflict pass through unchanged. A write whose COMMIT got no answer
  * is reported unavailable and was maybe applied — it was never acknowledged.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { lazy } from '../../core/lazy.js';
 import type { Logger } from '../../core/log.js';
 import { postgresUrlProblem, redactUrl } from '../../core/url-secrets.js';
 import {
@@ -56,6 +57,8 @@ import {
   type ConfigDocument, type ConfigStore, type Revision, type StoredConfig, type WriteMeta, type DocumentChange,
 } from './types.js';
 import { WriteQueue } from './write-queue.js';
+
+const pgLib = lazy<typeof pg>('pg');
 
 export interface PostgresStoreOptions {
   /** postgres://user:password@host:port/database[?sslmode=...] */
@@ -193,7 +196,7 @@ export class PostgresStore implements ConfigStore {
     this.appName = `turnpike${opts.name ? `:${opts.name}` : ''}`.slice(0, 56);
     this.log = opts.log;
     // Creating a pool connects nothing; the first query does.
-    this.pool = new pg.Pool({
+    this.pool = new (pgLib().Pool)({
       ...this.clientConfig(),
       max: Math.max(1, opts.poolSize ?? 4),
       idleTimeoutMillis: 30_000,
@@ -578,7 +581,7 @@ export class PostgresStore implements ConfigStore {
 
   private async listen(): Promise<void> {
     if (this.closed || this.watchers.size === 0 || this.listenTarget) return;
-    const client = new pg.Client({ ...this.clientConfig(), application_name: `${this.appName}:listen` });
+    const client = new (pgLib().Client)({ ...this.clientConfig(), application_name: `${this.appName}:listen` });
     this.listenTarget = client;
     client.on('error', (err) => this.listenerLost(client, err));
     client.on('end', () => this.listenerLost(client, new Error('connection ended')));

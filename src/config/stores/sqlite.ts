@@ -36,7 +36,8 @@
  * from an older backup (sqlite3's .restore, the backup API) goes back, and the writes after
  * it reuse numbers already reported.
  */
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { lazy } from '../../core/lazy.js';
 import { closeSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from '../../core/log.js';
@@ -46,6 +47,8 @@ import {
 } from './types.js';
 import { makeDirectory } from '../../core/mkdir.js';
 import { WriteQueue } from './write-queue.js';
+
+const sqlite = lazy<typeof Database>('better-sqlite3');
 
 export interface SqliteStoreOptions {
   /** The database file (its directory is created); `:memory:` for a private one (tests). */
@@ -124,7 +127,7 @@ export class SqliteStore implements ConfigStore {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
         }
       }
-      db = new Database(this.path);
+      db = new (sqlite())(this.path);
     } catch (err) {
       throw new StoreUnavailable(`cannot open the sqlite store ${this.path}: ${(err as Error).message}`, err);
     }

@@ -17,8 +17,8 @@ stored (RFC 9111 §4.4 across nodes: a GET in flight across another node's POST)
  * write; the request never waits past the store's timeout.
  */
 import { createHash } from 'node:crypto';
-import { Cluster, type Redis } from 'ioredis';
-import type { RedisStore } from '../../state/redis.js';
+import type { Cluster, Redis } from 'ioredis';
+import { isCluster, type RedisStore } from '../../state/redis.js';
 import { decodeEntry, encodeEntry, type Bucket, type CacheStore, type Entry, type EntryHead, type Matcher, type PurgeFilter } from './entry.js';
 
 /** Fields one bucket hash may collect before a write starts it over. */
@@ -200,7 +200,7 @@ export class RedisCacheStore implements CacheStore {
     const match = filter.path === undefined
       ? `${p}cache:*`
       : `${p}cache:*:${H(filter.path)}:${filter.host === undefined ? '*' : H(filter.host)}`;
-    const nodes: Redis[] = this.client instanceof Cluster ? this.client.nodes('master') : [this.client as Redis];
+    const nodes: Redis[] = isCluster(this.client) ? this.client.nodes('master') : [this.client as Redis];
     let n = 0;
     for (const node of nodes) {
       let cursor = '0';

@@ -4,15 +4,18 @@
  * formats (int32, int64, float, double, byte, binary, password) and the linear-time
  * replacement of uniqueItems.
  */
-import { Ajv, type ErrorObject, type Options, type ValidateFunction } from 'ajv';
-import { Ajv2020 } from 'ajv/dist/2020.js';
-import * as ajvFormats from 'ajv-formats';
+import type { Ajv, ErrorObject, Options, ValidateFunction } from 'ajv';
+import type { Ajv2020 } from 'ajv/dist/2020.js';
+import { lazy } from '../../core/lazy.js';
 import { UNIQUE_KEYWORD } from './spec.js';
 
 export type AnyAjv = Ajv | Ajv2020;
 export type { ErrorObject, ValidateFunction };
 
-const addFormats = ajvFormats.default as unknown as (ajv: AnyAjv) => AnyAjv;
+// (loaded by the first request-validator, not by every start)
+const ajvDraft07 = lazy<{ Ajv: typeof Ajv }>('ajv');
+const ajv2020 = lazy<{ Ajv2020: typeof Ajv2020 }>('ajv/dist/2020.js');
+const addFormats = lazy<(ajv: AnyAjv) => AnyAjv>('ajv-formats');
 
 /** A stable text for a JSON value: object keys sorted (JSON Schema equality: key order does not count). */
 function canonical(v: unknown): string {
@@ -57,8 +60,8 @@ export function makeAjv(s: AjvSetup): AnyAjv {
     // Schemas come from the configuration; messages about them go to the gateway's log.
     logger: { log: () => {}, warn: (...a: unknown[]) => s.warn(a.map(String).join(' ')), error: (...a: unknown[]) => s.warn(a.map(String).join(' ')) },
   };
-  const ajv: AnyAjv = s.dialect === '2020-12' ? new Ajv2020(opts) : new Ajv(opts);
-  addFormats(ajv);
+  const ajv: AnyAjv = s.dialect === '2020-12' ? new (ajv2020().Ajv2020)(opts) : new (ajvDraft07().Ajv)(opts);
+  addFormats()(ajv);
   ajv.addFormat('int32', { type: 'number', validate: (n: number) => Number.isInteger(n) && n >= -INT32 && n < INT32 });
   ajv.addFormat('int64', { type: 'number', validate: (n: number) => Number.isInteger(n) });
   ajv.addFormat('float', { type: 'number', validate: () => true });
