@@ -17,6 +17,7 @@ import type { Exchange } from './exchange.js';
 import type { TracingSettings } from './settings.js';
 import type { Logger } from '../core/log.js';
 import { redactUrl } from '../core/url-secrets.js';
+import { paramName, splitQuery } from '../core/query.js';
 import type { StepTracer } from '../compose/call.js';
 
 const NOOP = () => {};
@@ -43,19 +44,12 @@ export function redactQuery(path: string, secret: ReadonlySet<string>, mask = 'R
   const q = path.indexOf('?');
   if (q === -1 || secret.size === 0) return path;
   // (with the separators at the odd indexes)
-  const parts = path.slice(q + 1).split(/([&;])/);
+  const parts = splitQuery(path.slice(q + 1));
   let changed = false;
   for (let i = 0; i < parts.length; i += 2) {
-    const eq = parts[i]!.indexOf('=');
-    const raw = eq === -1 ? parts[i]! : parts[i]!.slice(0, eq);
-    let name = raw;
-    try {
-      name = decodeURIComponent(raw.replace(/\+/g, ' '));
-    } catch {
-      /* not decodable: compared as it is */
-    }
-    if (secret.has(name.toLowerCase())) {
-      parts[i] = `${raw}=${mask}`;
+    if (secret.has(paramName(parts[i]!).toLowerCase())) {
+      const eq = parts[i]!.indexOf('=');
+      parts[i] = `${eq === -1 ? parts[i]! : parts[i]!.slice(0, eq)}=${mask}`;
       changed = true;
     }
   }

@@ -8,6 +8,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import type jsonata from 'jsonata';
 import { ProblemError } from '../core/problem.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
+import { paramName, splitQuery } from '../core/query.js';
 import { decodeQueryText, encodeComponent, headerText, headerValueText, rawQueryParams } from '../compose/template.js';
 import { MAX_JSON_DEPTH, isJsonType, parseJson as parseJsonText } from '../core/json.js';
 import type { RequestCtx } from './types.js';
@@ -293,32 +294,31 @@ export function compileQueryOps(o: QueryOps | undefined): ((ctx: RequestCtx, q: 
   const setNames = new Set(set.map(([k]) => k));
   const setEncoded = set.map(([k, v]) => [encodeURIComponent(k), v] as const);
   return (ctx, q) => {
-    const parts = q.length > 1 ? q.slice(1).split('&') : [];
-    const out: string[] = [];
+    // (`;` separates parameters too, as it does to Rack < 3, Python's old parse_qs and old
+    // servlet containers: `?a=1;drop=x` must lose drop. Kept parameters keep their separator.)
+    const parts = q.length > 1 ? splitQuery(q.slice(1)) : [];
+    const out: string[] = []; // separator, parameter, separator, parameter...
     const present = new Set<string>();
-    for (const part of parts) {
+    for (let i = 0; i < parts.length; i += 2) {
+      const part = parts[i]!;
       if (part === '') continue;
-      const eq = part.indexOf('=');
-      let key: string;
-      try {
-        key = decodeURIComponent((eq === -1 ? part : part.slice(0, eq)).replace(/\+/g, ' '));
-      } catch {
-        out.push(part); // not ours to judge: kept as it came
-        continue;
-      }
+      const sep = i === 0 ? '&' : parts[i - 1]!;
+      const key = paramName(part);
       if (remove.has(key) || setNames.has(key)) continue;
       const to = rename.get(key);
       if (to !== undefined) {
+        const eq = part.indexOf('=');
         present.add(to);
-        out.push(encodeURIComponent(to) + (eq === -1 ? '' : part.slice(eq)));
+        out.push(sep, encodeURIComponent(to) + (eq === -1 ? '' : part.slice(eq)));
         continue;
       }
       present.add(key);
-      out.push(part);
+      out.push(sep, part);
     }
-    for (const [k, v] of setEncoded) out.push(`${k}=${queryValue(v(ctx))}`);
-    for (const [k, v] of add) if (!present.has(k)) out.push(`${encodeURIComponent(k)}=${queryValue(v(ctx))}`);
-    return out.length ? `?${out.join('&')}` : '';
+    for (const [k, v] of setEncoded) out.push('&', `${k}=${queryValue(v(ctx))}`);
+    for (const [k, v] of add) if (!present.has(k)) out.push('&', `${encodeURIComponent(k)}=${queryValue(v(ctx))}`);
+    // (the first parameter's separator is the '?')
+    return out.length ? `?${out.slice(1).join('')}` : '';
   };
 }
 
