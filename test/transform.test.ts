@@ -497,13 +497,27 @@ test('transforms: a JSON body declared in a charset other than UTF-8 is not tran
   // honours charset=utf-7 (Express's body-parser) reads {"name":"x","password":"p"}.
   const smuggled = '{"name":"x+ACIALAAi-password+ACIAOgAi-p"}';
   const before = echo.requests.length;
-  for (const ct of ['application/json; charset=utf-7', 'application/json;charset="UTF-7"', 'application/json; charset=utf-8; charset=utf-16le', 'application/merge-patch+json; charset=iso-8859-1']) {
+  for (const ct of ['application/json; charset=utf-7', 'application/json;charset="UTF-7"', 'application/json; charset=utf-8; charset=utf-16le', 'application/json; charset=iso-8859-1; charset=utf-7']) {
     const r = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': ct }, body: smuggled });
     assert.equal(r.status, 415, ct);
     assert.equal(r.headers['content-type'], 'application/problem+json', ct);
-    assert.match(JSON.parse(r.body).detail, /charset "(utf-7|utf-16le|iso-8859-1)" is not accepted/, ct);
+    assert.match(JSON.parse(r.body).detail, /charset "(utf-7|utf-16le)" is not accepted/, ct);
+  }
+  // ISO-8859-1 (an old Java client's default) or windows-1252 reads ASCII as ASCII: a body of
+  // ASCII bytes is the same text and is transformed; one with other bytes (é as latin1 0xE9) is not
+  for (const ct of ['application/merge-patch+json; charset=iso-8859-1', 'application/json; charset="ISO-8859-1"', 'application/json; charset=windows-1252']) {
+    const r = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': ct }, body: Buffer.from('{"name":"caf\xe9","password":"p"}', 'latin1') });
+    assert.equal(r.status, 415, ct);
+    assert.match(JSON.parse(r.body).detail, /charset "(iso-8859-1|windows-1252)" is not accepted/, ct);
   }
   assert.equal(echo.requests.length, before);
+  // (a value the gateway puts in, past ASCII, goes as a \u escape: the same text in the client's charset)
+  const latin = await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': 'application/json; charset=ISO-8859-1', 'x-tenant': 'café' }, body: '{"name":"caf\\u00e9","password":"p"}' });
+  assert.equal(latin.status, 200, latin.body);
+  const sent = last();
+  assert.equal(sent.headers['content-type'], 'application/json; charset=ISO-8859-1');
+  assert.ok(sent.body.every((b) => b < 0x80), sent.body.toString('latin1'));
+  assert.deepEqual(JSON.parse(sent.body.toString('latin1')), { data: { user: { full_name: 'café', tenant: 'café' }, source: 'gateway' } });
   for (const ct of ['application/json; charset=utf-8', 'application/json; Charset="UTF-8"']) {
     assert.equal((await request(`${gw.url}/body`, { method: 'POST', headers: { 'content-type': ct }, body: smuggled })).status, 200, ct);
   }

@@ -100,6 +100,20 @@ export function foreignCharset(value: string | undefined, body?: Buffer): string
 }
 
 /**
+ * Whether a charset foreignCharset named reads ASCII bytes as ASCII (ISO-8859-1, an old Java
+ * client's default; windows-125x): a body in it may pass once read, if its bytes are ASCII only
+ * (foreignCharset with the body). UTF-7 and UTF-16 never do.
+ */
+export const asciiCompatible = (charset: string): boolean => ASCII_SUPERSETS.test(charset);
+
+/**
+ * JSON text with every character past U+007F as a \u escape: the same text in UTF-8 and in any
+ * charset asciiCompatible names (a transformed body sent on under the client's charset).
+ */
+export const asciiJson = (json: string): string =>
+  json.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+
+/**
  * A Content-Encoding value that says the content is coded (gzip, br, ...): the gateway does not
  * decode request bodies, so one it must read is refused with 415 (RFC 9110 §15.5.16).
  */

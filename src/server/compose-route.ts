@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute } from '../config/compile.js';
 import { ProblemError } from '../core/problem.js';
-import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, foreignCharset, repeatedContentType } from '../core/headers.js';
+import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, asciiCompatible, codedContent, foreignCharset, repeatedContentType } from '../core/headers.js';
 import { isJsonType } from '../core/json.js';
 import type { Logger } from '../core/log.js';
 import type { Exchange } from '../observability/exchange.js';
@@ -41,6 +41,8 @@ export interface ComposeCall {
   tracing?: Tracing | null | undefined;
 }
 
+const charsetRefused = (charset: string) => new ProblemError('unsupported-media-type', `this route reads a JSON body as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8; ISO-8859-x or windows-125x only for ASCII bytes)`);
+
 export function composeRoute(c: ComposeCall): void {
   void run(c);
 }
@@ -57,13 +59,17 @@ async function run(c: ComposeCall): Promise<void> {
   let reading = false;
   try {
     let body: Buffer | null = null;
+    let charset: string | null = null;
     if (spec.readsBody && c.body.hasBody) {
       // Templates read the body as JSON: it must say so (a text/plain POST, which a cross-site
       // page may send without a preflight, is not taken for JSON), once, and be unencoded.
+      // (an ASCII-only body in a charset that reads ASCII as ASCII, an old Java client's
+      // ISO-8859-1, is the same text: read, then checked)
+      charset = foreignCharset(req.headers['content-type']);
       const refused = repeatedContentType(req.rawHeaders) ? new ProblemError('bad-request', REPEATED_CONTENT_TYPE)
         : !isJsonType(req.headers['content-type']) ? new ProblemError('unsupported-media-type', 'this route reads a JSON body: send it as application/json (or a +json type)')
           : codedContent(req.headers['content-encoding']) ? new ProblemError('unsupported-media-type', 'a request body with a Content-Encoding cannot be read here: send it unencoded', undefined, CODED_CONTENT_HEADERS)
-            : foreignCharset(req.headers['content-type']) !== null ? new ProblemError('unsupported-media-type', `this route reads a JSON body as UTF-8: charset ${JSON.stringify(foreignCharset(req.headers['content-type']))} is not accepted (send UTF-8, with charset=utf-8 or no charset)`)
+            : charset !== null && !asciiCompatible(charset) ? charsetRefused(charset)
               : null;
       if (refused !== null) {
         close = true; // (the body is not read)
@@ -74,6 +80,10 @@ async function run(c: ComposeCall): Promise<void> {
       reading = true;
       body = c.pctx !== null ? await c.pctx.readBody(spec.maxRequestBody) : await readWholeBody(req, c.body, spec.maxRequestBody);
       reading = false;
+      if (charset !== null && body.length > 0) {
+        const foreign = foreignCharset(req.headers['content-type'], body);
+        if (foreign !== null) throw charsetRefused(foreign);
+      }
     }
     if (c.exchange !== null) {
       c.exchange.upstreamStart = performance.now();

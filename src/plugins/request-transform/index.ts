@@ -8,7 +8,7 @@ import { definePlugin, type RequestCtx } from '../types.js';
 import { headerValueText } from '../../compose/template.js';
 import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
-import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, codedContent, foreignCharset, repeatedContentType } from '../../core/headers.js';
+import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, asciiCompatible, asciiJson, codedContent, foreignCharset, repeatedContentType } from '../../core/headers.js';
 import { ResultTooLarge, compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
@@ -73,6 +73,8 @@ function safePath(p: string): string {
   return p.charCodeAt(0) === 0x2f ? p : '/' + p;
 }
 
+const charsetRefused = (charset: string) => new ProblemError('unsupported-media-type', `a JSON body is transformed as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8; ISO-8859-x or windows-125x only for ASCII bytes)`);
+
 export default definePlugin({
   name: 'request-transform',
   priority: 801,
@@ -119,9 +121,13 @@ export default definePlugin({
       const replace = compileReplacement(config.path.replace);
       path = (ctx) => ctx.upstreamPath.replace(re, (...m: unknown[]) => replace(ctx, m as string[]));
     }
-    const transformBody = async (ctx: RequestCtx, json: JsonTransform) => {
+    const transformBody = async (ctx: RequestCtx, json: JsonTransform, foreign: boolean) => {
           const body = await ctx.readBody(max);
           if (body.length === 0) return;
+          if (foreign) {
+            const charset = foreignCharset(ctx.header('content-type'), body);
+            if (charset !== null) throw charsetRefused(charset);
+          }
           const doc = parseJson(body, (m) => new ProblemError('bad-request', `the request body is not valid JSON: ${m}`));
           let out: string;
           try {
@@ -130,7 +136,8 @@ export default definePlugin({
             // (a RangeError: a result nested too deeply to serialise)
             throw new ProblemError('bad-request', `the request body could not be transformed: ${e instanceof RangeError ? 'nested too deeply' : e instanceof ResultTooLarge ? e.message : (e as { message?: string }).message ?? 'error'}`);
           }
-          ctx.setUpstreamBody(out);
+          // (sent on under the client's charset: past U+007F as \u escapes, the same text in it)
+          ctx.setUpstreamBody(foreign ? asciiJson(out) : out);
           // The client's digests are of the bytes it sent (RFC 3230, RFC 9530): an upstream
           // that checks them would refuse the transformed body.
           for (const name of CLIENT_DIGESTS) if (ctx.header(name) !== undefined) ctx.removeUpstreamHeader(name);
@@ -147,9 +154,11 @@ export default definePlugin({
           if (codedContent(ctx.header('content-encoding'))) throw new ProblemError('unsupported-media-type', 'a JSON body with a Content-Encoding cannot be transformed: send it unencoded', undefined, CODED_CONTENT_HEADERS);
           // (read as UTF-8: declared in UTF-7, `"x+ACIALAAi-role+ACIAOgAi-admin"` is one string
           // here, which a json.remove of `role` does not touch, and `"x","role":"admin"` upstream)
+          // An ASCII-only body in a charset that reads ASCII as ASCII (an old Java client's
+          // ISO-8859-1) is the same text: read, then checked.
           const charset = foreignCharset(ctx.header('content-type'));
-          if (charset !== null) throw new ProblemError('unsupported-media-type', `a JSON body is transformed as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8, with charset=utf-8 or no charset)`);
-          return transformBody(ctx, json);
+          if (charset !== null && !asciiCompatible(charset)) throw charsetRefused(charset);
+          return transformBody(ctx, json, charset !== null);
         }
       },
     };

@@ -7,7 +7,7 @@
 import { gunzipSync, inflateRawSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { makeAjv, type AnyAjv, type ErrorObject, type ValidateFunction } from './ajv.js';
 import { duplicateKeyPath, parseJson } from '../../core/json.js';
-import { CODED_CONTENT_HEADERS, codedContent, foreignCharset } from '../../core/headers.js';
+import { CODED_CONTENT_HEADERS, asciiCompatible, codedContent, foreignCharset } from '../../core/headers.js';
 import { PathMatcher } from './matcher.js';
 import { upstreamReading } from '../../router/path.js';
 import {
@@ -127,6 +127,8 @@ export function mediaKind(type: string): BodyKind {
   if (type === 'application/x-www-form-urlencoded') return 'form';
   return 'other';
 }
+
+const charsetRefused = (charset: string): Outcome => ({ ok: false, code: 'unsupported-media-type', detail: `a request body is validated as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8; ISO-8859-x or windows-125x only for ASCII bytes)` });
 
 /** `Application/JSON; charset=utf-8` -> `application/json` (null when absent or empty). */
 export function mediaType(value: string | undefined): string | null {
@@ -642,9 +644,12 @@ export class ApiValidator {
     // too): one declared in another charset would be checked as one text and read upstream as
     // another. Express's body-parser decodes a JSON body by any `utf-*` charset, and in UTF-7
     // `"x+ACIALAAi-role+ACIAOgAi-admin"` is one string here and `"x","role":"admin"` there.
+    // A JSON body of ASCII bytes only in a charset that reads ASCII as ASCII (an old Java
+    // client's ISO-8859-1) is the same text: checked once read (withBody). Not a form body: its
+    // %XX escapes are bytes of the declared charset.
     if (validates && req.hasBody !== false) {
       const charset = foreignCharset(ct);
-      if (charset !== null) return { ok: false, code: 'unsupported-media-type', detail: `a request body is validated as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8, with charset=utf-8 or no charset)` };
+      if (charset !== null && !(kind === 'json' && asciiCompatible(charset))) return charsetRefused(charset);
     }
     // Whether there is a body at all: the head tells (Content-Length, Transfer-Encoding), or reading does.
     if (req.hasBody === false || (req.hasBody === null && !validates)) {
@@ -670,6 +675,8 @@ export class ApiValidator {
     }
     if (buf === null) return done();
     if (kind === 'json' && media.json) {
+      const charset = foreignCharset(ct, buf);
+      if (charset !== null) return charsetRefused(charset);
       const parsed = parseJson(buf, this.opts.maxDepth);
       if (!parsed.ok) return { ok: false, code: 'bad-request', detail: parsed.tooDeep ? `request body is ${parsed.message}` : `request body is not valid JSON: ${parsed.message}` };
       // What is validated is what the upstream reads: a name given twice would be validated as
