@@ -19,8 +19,9 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
       name: 'orders', url: 'http://127.0.0.1:9001',
       scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hook:hookpass-0123@127.0.0.1:9/hook', secret: 'webhook-secret-0123456789' }] },
       plugins: [
-        // (a secret in a URL's query: ?api_key= is masked like the userinfo password; ?realm= is not)
-        { name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/introspect?realm=r1&api_key=query-secret-789', client_id: 'gw', client_secret: 'client-secret-value-xyz' } },
+        // (a secret in a URL's query: ?api_key= is masked like the userinfo password; ?realm= is not;
+        // ;token= too, a parameter to servers that split on ';')
+        { name: 'oauth2-introspection', config: { introspection_url: 'http://127.0.0.1:9/introspect?realm=r1;token=semi-secret-321;v=2&api_key=query-secret-789', client_id: 'gw', client_secret: 'client-secret-value-xyz' } },
         // a credential header set by a transform is a secret too (any case of the name)
         { name: 'request-transform', config: { headers: { set: { Authorization: 'Bearer UPSTREAM-SECRET-abc123', 'x-api-key': 'UPSTREAM-KEY-456' } } } },
       ],
@@ -41,21 +42,21 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
       const r = await call('GET', path, token);
       assert.equal(r.status, 200, `${path}: ${r.text}`);
       // (a URL's password too: the webhook's http://hook:PASSWORD@...)
-      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz|UPSTREAM-SECRET|UPSTREAM-KEY|hookpass-0123|query-secret-789/, path);
+      assert.doesNotMatch(r.text, /webhook-secret-0123456789|client-secret-value-xyz|UPSTREAM-SECRET|UPSTREAM-KEY|hookpass-0123|query-secret-789|semi-secret-321/, path);
       assert.match(r.text, /\(secret\)|\$\{ENV_SECRET\}/, path);
     }
     // A reference is not a secret: shown as written.
     assert.match((await call('GET', '/api/config', READER)).text, /\$\{ENV_SECRET\}/);
     // The admin can still ask for everything.
     assert.match((await call('GET', '/api/config?secrets=true', ADMIN)).text, /client-secret-value-xyz/);
-    assert.match((await call('GET', '/api/plugins', READER)).text, /introspect\?realm=r1&api_key=\(secret\)/);
+    assert.match((await call('GET', '/api/plugins', READER)).text, /introspect\?realm=r1;token=\(secret\)&api_key=\(secret\)/);
     // Export (masked) -> apply back: the stored secrets stay.
     const exported = JSON.parse((await call('GET', '/api/config?format=json', ADMIN)).text);
     exported.services[0].retries = 1;
     const put = await call('PUT', '/api/config', ADMIN, exported);
     assert.equal(put.status, 200, put.text);
     const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { client_secret: string; introspection_url: string } }[]; scaling: { triggers: { secret: string; url: string }[] } }[] };
-    assert.equal(stored.services[0]!.plugins[0]!.config.introspection_url, 'http://127.0.0.1:9/introspect?realm=r1&api_key=query-secret-789');
+    assert.equal(stored.services[0]!.plugins[0]!.config.introspection_url, 'http://127.0.0.1:9/introspect?realm=r1;token=semi-secret-321;v=2&api_key=query-secret-789');
     assert.equal(stored.services[0]!.scaling.triggers[0]!.url, 'http://hook:hookpass-0123@127.0.0.1:9/hook');
     assert.equal(stored.services[0]!.retries, 1);
     assert.equal(stored.services[0]!.plugins[0]!.config.client_secret, 'client-secret-value-xyz');

@@ -7,7 +7,7 @@
  */
 import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { isObj, items, type Obj } from './document.js';
-import { isSecretParam } from '../core/url-secrets.js';
+import { isSecretParam, mapUrlParams } from '../core/url-secrets.js';
 
 /** Fields that hold a secret (any credential type). */
 export const SECRET_FIELDS: readonly string[] = ['key', 'key_sha256', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
@@ -143,8 +143,6 @@ const isRef = (v: string) => /^\$\{[^}]+\}$/.test(v.trim());
 /** A URL's password (scheme://user:PASSWORD@host...). */
 const URL_PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^/?#@:]*:)([^/?#@]*)@/i;
 
-/** A URL's query (or fragment) parameter: separator, name, value. */
-const URL_PARAM = /([?&#])([^=?&#]*)=([^&#]*)/g;
 const isUrl = (x: string) => /^[a-z][a-z0-9+.-]*:\/\//i.test(x);
 
 /**
@@ -156,13 +154,17 @@ function maskUrl(x: string): string {
   if (!isUrl(x)) return x;
   const m = URL_PASSWORD.exec(x);
   const out = m && m[2] !== '' && !isRef(m[2]!) ? `${m[1]}${MASK}@${x.slice(m[0].length)}` : x;
-  return out.replace(URL_PARAM, (all, sep: string, name: string, value: string) => (value !== '' && !isRef(value) && isSecretParam(name) ? `${sep}${name}=${MASK}` : all));
+  return mapUrlParams(out, (name, value) => (value !== '' && !isRef(value) && isSecretParam(name) ? MASK : null));
 }
 
-/** The value of parameter `name` in a URL (its first), or undefined. */
+/** The value of parameter `name` in a URL (its first, as mapUrlParams reads it), or undefined. */
 function paramOf(url: string, name: string): string | undefined {
-  for (const m of url.matchAll(URL_PARAM)) if (m[2] === name) return m[3];
-  return undefined;
+  let found: string | undefined;
+  mapUrlParams(url, (n, v) => {
+    if (found === undefined && n === name) found = v;
+    return null;
+  });
+  return found;
 }
 
 /** A URL whose password or secret parameters read MASK gets the stored URL's back (null: one has none stored). */
@@ -177,14 +179,14 @@ function restoreUrl(x: string, old: unknown): string | null {
     out = `${m[1]}${o[2]}@${x.slice(m[0].length)}`;
   }
   let missing = false;
-  out = out.replace(URL_PARAM, (all, sep: string, name: string, value: string) => {
-    if (value !== MASK) return all;
+  out = mapUrlParams(out, (name, value) => {
+    if (value !== MASK) return null;
     const v = paramOf(stored, name);
     if (v === undefined || v === MASK) {
       missing = true;
-      return all;
+      return null;
     }
-    return `${sep}${name}=${v}`;
+    return v;
   });
   return missing ? null : out;
 }

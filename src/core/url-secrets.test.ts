@@ -34,6 +34,17 @@ test('maskUrlSecrets: every URL in a text, parsable or not; the text around them
   assert.equal(maskUrlSecrets('http://h/cb#access_token=T0k3n&state=s'), 'http://h/cb#access_token=***&state=s', 'a fragment carries tokens too');
 });
 
+test('a secret parameter after a \';\' (a separator to Rack < 3, Python\'s old parse_qs and others) is masked too; a secret value with a \';\' is masked whole', () => {
+  assert.equal(redactUrl('https://hooks.example/x?team=a;token=W3bh00k&q=1'), 'https://hooks.example/x?team=a;token=***&q=1');
+  assert.equal(redactUrl('postgres://tp@db/turnpike?sslmode=require;password=PgS3cretPW'), 'postgres://tp@db/turnpike?sslmode=require;password=***');
+  assert.equal(redactUrl('redis://127.0.0.1:6379/0?db=0;password=R3dis;x=1#f'), 'redis://127.0.0.1:6379/0?db=0;password=***#f', 'to the next & or #');
+  // (to a server that splits on '&' only, the password is 'ab;cd': none of it is shown)
+  assert.equal(redactUrl('postgres://h/db?password=ab;cd&x=1'), 'postgres://h/db?password=***&x=1');
+  assert.equal(maskUrlSecrets('invalid URL "http://h:bad/p?a=1;api_key=K3y" (x)'), 'invalid URL "http://h:bad/p?a=1;api_key=***" (x)');
+  assert.equal(maskUrlSecrets('http://h/cb#state=s;access_token=T0k3n'), 'http://h/cb#state=s;access_token=***');
+  assert.equal(redactUrl('http://h/p;v=1?a=1;b=2&c=3'), 'http://h/p;v=1?a=1;b=2&c=3', 'nothing secret: unchanged');
+});
+
 test('a URL with one slash or none after its scheme (postgres:/u:PW@db, a typo) still has its password masked: config errors quote such a value (it fails the pattern), and --store says it back', async () => {
   assert.equal(redactUrl('postgres:/turnpike:Hunter2pw@db.internal/turnpike'), 'postgres:/turnpike:***@db.internal/turnpike');
   assert.equal(redactUrl('redis:/:R3dispw@cache:6379'), 'redis:/:***@cache:6379');

@@ -2,7 +2,8 @@
  * Secrets a URL can carry, masked wherever a URL is shown (logs, config errors, /status, admin
  * API problem details): the password of its userinfo (`postgres://u:PASSWORD@host`) and the
  * value of every query parameter whose name holds a secret (`?password=`, `?sslpassword=` —
- * pg and libpq take both there —, `?access_token=`, `?api_key=`...; in a fragment too).
+ * pg and libpq take both there —, `?access_token=`, `?api_key=`...; after a `;` as after a `&`;
+ * in a fragment too).
  *
  * The rule for a parameter (isSecretParam): its name, decoded, contains `pass`, `pwd`,
  * `secret`, `token` or `key` in any case. Broad on purpose: masking a harmless value (an
@@ -28,14 +29,39 @@ export const URL_MASK = '***';
 const URL_IN_TEXT = /\b[a-z][a-z0-9+.-]*:[^\s"'`]*/gi;
 /** The userinfo password: it runs to the last `@` before a `/`, `?` or `#` (after `scheme://`, or `scheme:/`, `scheme:` as mistyped). */
 const USERINFO_PASSWORD = /^([a-z][a-z0-9+.-]*:\/{0,2}[^/?#@:]*:)[^/?#]*@/i;
-/** One query (or fragment) parameter: `?`, `&` or `#`, name, `=`, value (up to the next `&` or `#`). */
-const PARAM = /([?&#])([^=?&#]*)=([^&#]*)/g;
+/**
+ * A URL (as written) with the values of its query (and fragment) parameters `f` replaces: `f`
+ * gets each parameter's name (raw) and value, and returns the value to put instead, or null.
+ * Parameters follow a `?`, `&`, `#` or `;` — a `;` separates them to Rack before 3, Python's
+ * parse_qs before 3.9.2 and others (`?a=1;token=T` has a token there). A value runs to the
+ * next `&` or `#` (a password with a `;` in it is one value to a server that splits on `&`
+ * only): what `f` replaces is all of it; when `f` keeps it, a parameter after a `;` in it is
+ * offered next. The admin API's masking and restoring share it, so they agree.
+ */
+export function mapUrlParams(url: string, f: (name: string, value: string) => string | null): string {
+  const parts = url.split(/([?&;#])/); // (separators at the odd indexes; part 0 is no parameter)
+  if (parts.length === 1) return url;
+  let changed = false;
+  for (let i = 2; i < parts.length; i += 2) {
+    const part = parts[i]!;
+    const eq = part.indexOf('=');
+    if (eq === -1) continue;
+    let end = i; // the last part of the value: to the next `&` or `#`
+    while (end + 2 < parts.length && parts[end + 1] !== '&' && parts[end + 1] !== '#') end += 2;
+    const value = part.slice(eq + 1) + parts.slice(i + 1, end + 1).join('');
+    const v = f(part.slice(0, eq), value);
+    if (v === null) continue;
+    parts[i] = `${part.slice(0, eq + 1)}${v}`;
+    for (let j = i + 1; j <= end; j++) parts[j] = '';
+    changed = true;
+    i = end;
+  }
+  return changed ? parts.join('') : url;
+}
 
 /** One URL (as written, parsable or not) with its password and secret parameter values masked. */
 function maskOne(url: string): string {
-  return url
-    .replace(USERINFO_PASSWORD, `$1${URL_MASK}@`)
-    .replace(PARAM, (all, sep: string, name: string, value: string) => (value !== '' && isSecretParam(name) ? `${sep}${name}=${URL_MASK}` : all));
+  return mapUrlParams(url.replace(USERINFO_PASSWORD, `$1${URL_MASK}@`), (name, value) => (value !== '' && isSecretParam(name) ? URL_MASK : null));
 }
 
 /**
