@@ -1113,3 +1113,16 @@ test('request-transform and response-transform: a max_body past the longest stri
     assert.deepEqual(configIssues(cfg('100mb')), [], name);
   }
 });
+
+test('jwt: a clock_skew past 5m is a config error (a typo, 100d, accepted every token for 100 days past its exp)', () => {
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n    plugins:\n';
+  const jwt = (t: string) => `${svc}      - name: jwt\n        config:\n          jwks_url: "http://127.0.0.1:1/j"\n          clock_skew: ${t}\n`;
+  for (const t of ['100d', '6m', '300001']) {
+    const issues = configIssues(jwt(t));
+    assert.equal(issues.length, 1, t);
+    assert.equal(issues[0]!.path, 'services[0].plugins[0].config.clock_skew', t);
+    assert.equal(issues[0]!.line, 8, t);
+    assert.match(issues[0]!.message, /must be at most 5m/, t);
+  }
+  for (const t of ['0s', '30s', '5m', '300000']) assert.deepEqual(configIssues(jwt(t)), [], t);
+});

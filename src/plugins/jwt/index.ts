@@ -43,6 +43,9 @@ function claimMatches(actual: unknown, wanted: string | number | boolean | (stri
   return options.includes(actual as never);
 }
 
+/** The longest clock_skew: the leeway clocks need (Kerberos and .NET allow 5 minutes), never a token's lifetime again. */
+const MAX_CLOCK_SKEW_MS = 5 * 60_000;
+
 export default definePlugin({
   name: 'jwt',
   priority: 1450,
@@ -70,6 +73,10 @@ export default definePlugin({
     // (the discovery and JWKS fetches' deadline: 0 or 30d aborted each fetch at once, and every token was refused)
     const bad = config.timeout !== undefined ? deadlineProblem(config.timeout) : null;
     if (bad !== null) out.push({ path: ['timeout'], message: bad });
+    // (a typo, 100d for 100s, accepted every token for 100 days past its exp)
+    if (config.clock_skew !== undefined && parseDuration(config.clock_skew) > MAX_CLOCK_SKEW_MS) {
+      out.push({ path: ['clock_skew'], message: 'must be at most 5m (a token is accepted that long past its exp; clocks synced by NTP are within a second, Envoy\'s default is 60s)' });
+    }
     return out;
   },
   create(config, deps) {

@@ -15,7 +15,7 @@ export const JwtConfig = Type.Object({
   })),
   audiences: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { minItems: 1, description: 'Accepted aud values (one must match).' })),
   algorithms: Type.Optional(Type.Array(Type.Union(ASYMMETRIC_ALGS.map((a) => Type.Literal(a))), { minItems: 1, uniqueItems: true, description: 'Accepted algorithms (default: all asymmetric ones).' })),
-  clock_skew: Type.Optional(Duration('Leeway for exp, nbf and iat (default 30s).')),
+  clock_skew: Type.Optional(Duration('Leeway for exp, nbf and iat (default 30s, at most 5m).')),
   scopes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { description: 'Scopes the token must all have (scope or scp claim); missing -> 403.' })),
   claims: Type.Optional(NonEmptyKeyed(Type.Union([Type.String(), Type.Number(), Type.Boolean(), Type.Array(Type.Union([Type.String(), Type.Number()]), { minItems: 1 })]), {
     description: 'Claims the token must carry: a value, or a list of which the claim must equal one (or, for an array claim, contain one); missing -> 403.',
