@@ -387,13 +387,13 @@ services:
   }
 });
 
-const semconvGateway = async () => {
+const semconvGateway = async (extra = '') => {
   const collector = await startCollector();
   const up = await startUpstream((req, res) => res.writeHead(req.url!.startsWith('/missing') ? 404 : req.url!.startsWith('/broken') ? 503 : 200).end('x'));
   const gw = await startGateway(`
 tracing: {enabled: true, endpoint: ${collector.url}, sample: 1}
 services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}, {name: keyed, paths: [/keyed], plugins: [{name: key-auth}]}]}]
-`);
+${extra}`);
   const spans = async (path: string, method = 'GET', n = 2) => {
     collector.spans.length = 0;
     await request(`${gw.url}${path}`, { method });
@@ -545,6 +545,20 @@ test('tracing: the SERVER span has url.query when one was sent (semantic convent
     assert.doesNotMatch(JSON.stringify(semi), /SEMISECRET|SIG3/);
     const plain = await t.spans('/x');
     assert.equal(attr(plain.server, 'url.query'), undefined);
+  } finally {
+    await t.close();
+  }
+});
+
+test('tracing: a long path or query is cut at 4096 characters in every span attribute (a client\'s 60 kB URL was a 60 kB url.path, url.query and url.full each)', async () => {
+  const t = await semconvGateway('limits: {max_uri_length: 64kb}');
+  try {
+    const long = `/p${'a'.repeat(30_000)}`;
+    const { server, client } = await t.spans(`${long}?q=${'b'.repeat(30_000)}`);
+    assert.equal(attr(server, 'url.path'), long.slice(0, 4096));
+    assert.equal(attr(server, 'url.query'), `q=${'b'.repeat(4094)}`);
+    assert.equal(String(attr(client, 'url.full')).length, 4096);
+    for (const s of [server, client]) for (const a of s.attributes) assert.ok(String(a.value.stringValue ?? '').length <= 4096, a.key);
   } finally {
     await t.close();
   }

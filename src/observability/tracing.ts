@@ -30,6 +30,9 @@ const otelSdk = lazy<typeof import('@opentelemetry/sdk-trace-base')>('@opentelem
 const otelOtlp = lazy<typeof import('@opentelemetry/exporter-trace-otlp-http')>('@opentelemetry/exporter-trace-otlp-http');
 const otelResources = lazy<typeof import('@opentelemetry/resources')>('@opentelemetry/resources');
 
+/** The longest span attribute value (characters; OpenTelemetry's default is no limit). */
+export const MAX_ATTRIBUTE_LENGTH = 4096;
+
 /** The methods OpenTelemetry's HTTP semantic conventions know (RFC 9110 and PATCH); others are _OTHER. */
 const KNOWN_METHODS = new Set(['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE']);
 
@@ -158,6 +161,9 @@ export class Tracing {
       sampler: new ParentBasedSampler(s.trustIncomingSampled === false
         ? { root: new TraceIdRatioBasedSampler(s.sample), remoteParentSampled: new RandomRatioSampler(s.sample), remoteParentNotSampled: new RandomRatioSampler(s.sample) }
         : { root: new TraceIdRatioBasedSampler(s.sample) }),
+      // A client's 60 kB path or header would be a 60 kB attribute in every span of its request
+      // (and of the batch the collector must take): string values are cut by the SDK.
+      spanLimits: { attributeValueLengthLimit: MAX_ATTRIBUTE_LENGTH },
       // Bounded: past 4096 queued spans new ones are dropped (never unbounded memory when the collector is down).
       spanProcessors: [new BatchSpanProcessor(exporter, { maxQueueSize: 4096, maxExportBatchSize: 512, scheduledDelayMillis: 1000, exportTimeoutMillis: 5000 })],
     });
