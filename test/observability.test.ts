@@ -457,6 +457,33 @@ services:
   }
 });
 
+test('metrics: two targets with one origin (two base paths) are two turnpike_upstream_target_up series, not one series twice (Prometheus refuses such a scrape)', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const gw = await startGateway(`admin: {listen: 127.0.0.1:0}
+services:
+  - name: app
+    upstream:
+      targets: [{url: "${up.url}/a"}, {url: "${up.url}/b"}, {url: "${up.url}"}]
+    routes: [{name: r, paths: [/r]}]
+`);
+  try {
+    const t = (await request(`${gw.adminUrl}/metrics`)).body;
+    const all = parse(t);
+    const keys = all.map((x) => `${x.name}${JSON.stringify(Object.entries(x.labels).sort())}`);
+    assert.deepEqual(keys.filter((k, i) => keys.indexOf(k) !== i), [], 'no series twice');
+    const ups = all.filter((x) => x.name === 'turnpike_upstream_target_up');
+    assert.deepEqual(ups.map((x) => x.labels).sort((a, b) => a.url!.localeCompare(b.url!)), [
+      { service: 'app', target: up.url, url: up.url },
+      { service: 'app', target: up.url, url: `${up.url}/a` },
+      { service: 'app', target: up.url, url: `${up.url}/b` },
+    ]);
+    assert.ok(ups.every((x) => x.value === 1));
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('analytics across nodes: two gateways sharing Redis answer /analytics with both; Redis down -> this node, marked partial', async () => {
   const { startRedis } = await import('./redis-server.js');
   const redis = await startRedis();

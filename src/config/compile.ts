@@ -47,6 +47,8 @@ export interface Target {
   origin: string;
   /** Path prefix from the target URL ('' when none). */
   basePath: string;
+  /** The target as configured, scheme://host:port/base (a name, where origin may be one of its addresses). */
+  url: string;
   /** Host header sent upstream (unless the route preserves the client's). */
   hostHeader: string;
   weight: number;
@@ -702,7 +704,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         });
         acquired.push(pool);
         heldTargets.push(key);
-        targets.push({ origin, basePath, hostHeader: u.host, weight: r.weight, pool, state: state.targets.acquire(key) });
+        targets.push({ origin, basePath, url: `${u.origin}${basePath}`, hostHeader: u.host, weight: r.weight, pool, state: state.targets.acquire(key) });
       }
     }
     const up = s.upstream;

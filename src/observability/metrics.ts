@@ -79,7 +79,8 @@ export interface GaugeSource {
   revision(): number;
   reloads(): { ok: number; failed: number };
   /** Targets: 1 up, 0 down (only where health is decided: the primary or a single process). */
-  targets(): { service: string; target: string; up: boolean }[];
+  /** `target` is the origin dialled, `url` the target as configured (two can share an origin). */
+  targets(): { service: string; target: string; url: string; up: boolean }[];
   circuits(): { service: string; state: string }[];
   websockets(): { opened: number; rejected: number; closed: number; messagesIn: number; messagesOut: number } | null;
   /** The access log's line counters (this process; null: it writes none). */
@@ -178,8 +179,10 @@ export class Metrics {
       const { ok, failed } = g.reloads();
       return [{ labels: { result: 'success' }, value: ok }, { labels: { result: 'failure' }, value: failed }];
     }));
+    // (target alone is not one series: http://h:1/a and http://h:1/b, or two names of one address,
+    // share an origin, and Prometheus refuses a scrape with a series twice; url tells them apart)
     r.registerMetric(collector('turnpike_upstream_target_up', 'Whether a target takes traffic (1) or is marked down by health checks (0).', 'gauge', 'sum', () =>
-      g.targets().map((t) => ({ labels: { service: t.service, target: t.target }, value: t.up ? 1 : 0 }))));
+      g.targets().map((t) => ({ labels: { service: t.service, target: t.target, url: t.url }, value: t.up ? 1 : 0 }))));
     r.registerMetric(collector('turnpike_circuit_state', 'Circuit breaker state per service: 1 for the current state.', 'gauge', 'sum', () =>
       g.circuits().flatMap((c) => ['closed', 'open', 'half_open'].map((state) => ({ labels: { service: c.service, state }, value: c.state.replace('-', '_') === state ? 1 : 0 })))));
     const ws = (name: string, help: string, type: 'counter' | 'gauge', labels: Record<string, string>, pick: (w: NonNullable<ReturnType<GaugeSource['websockets']>>) => number) => {

@@ -518,7 +518,7 @@ export class Gateway implements RequestContext {
       targets: () => {
         // (the health authority decides; a worker only mirrors its decisions)
         if (this.health === null) return [];
-        return this.snapshot.services.flatMap((svc) => svc.targets.map((t) => ({ service: svc.name, target: t.origin, up: !t.state.down })));
+        return this.snapshot.services.flatMap((svc) => svc.targets.map((t) => ({ service: svc.name, target: t.origin, url: t.url, up: !t.state.down })));
       },
       circuits: () => this.health === null ? [] : Object.entries(this.health.report().circuits).map(([service, state]) => ({ service, state })),
       websockets: () => (this.role === 'primary' ? null : this.ws),
