@@ -3,6 +3,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
+import { createServer as createHttpsServer, request as httpsRequest } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { makeCa } from '../../test/certs.js';
 import { request, startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../test/helpers.js';
 
 const ADMIN = 'console-admin-token-0123456789';
@@ -76,16 +79,56 @@ test('the session stands for its token on the admin listener: reads pass; a chan
   assert.equal((await request(`${admin}/analytics`, { headers: { cookie: reader.cookie } })).status, 200);
 });
 
-test('behind a TLS proxy (the page is https): the session cookie is Secure, and so is its clearing; from an http page it is not', async () => {
+test('behind a TLS proxy (the page is https): the session cookie is __Host-tp_console (Secure, Path=/, no Domain: no sibling host nor plain-HTTP page can toss one), and so is its clearing; from an http page it is tp_console', async () => {
+  // (the admin listener is plain HTTP: TLS is a proxy's in front, here a real one)
+  const ca = makeCa();
+  const leaf = ca.issue('127.0.0.1');
+  const front = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+    const back = httpRequest(`${admin}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode!, r.headers);
+      r.pipe(res);
+    });
+    req.pipe(back);
+  });
+  await new Promise<void>((r) => front.listen(0, '127.0.0.1', r));
+  const origin = `https://127.0.0.1:${(front.address() as AddressInfo).port}`;
+  const call = (path: string, headers: Record<string, string>, body?: string) => new Promise<{ status: number; cookie: string; body: string }>((resolve, reject) => {
+    const q = httpsRequest(`${origin}${path}`, { method: body === undefined ? 'GET' : 'POST', ca: ca.cert, headers: { ...(body === undefined ? {} : { 'content-type': 'application/json', origin }), ...headers } }, (r) => {
+      let b = '';
+      r.setEncoding('utf8').on('data', (c: string) => (b += c)).on('end', () => resolve({ status: r.statusCode!, cookie: String(r.headers['set-cookie'] ?? ''), body: b }));
+    });
+    q.on('error', reject);
+    q.end(body);
+  });
+  try {
+    const signIn = await call('/console/api/login', {}, JSON.stringify({ token: ADMIN }));
+    assert.equal(signIn.status, 200, signIn.body);
+    assert.match(signIn.cookie, /^__Host-tp_console=[A-Za-z0-9_-]{40,}; Path=\/; HttpOnly; SameSite=Strict; Max-Age=\d+; Secure$/);
+    assert.doesNotMatch(signIn.cookie, /Domain/i);
+    const id = signIn.cookie.split(';')[0]!.split('=')[1]!;
+    const csrf = JSON.parse(signIn.body).csrf as string;
+    assert.equal((await call('/console/api/session', { cookie: `__Host-tp_console=${id}` })).status, 200);
+    // the id under the name any page can set is no session; nor does a tossed tp_console beside it
+    // (a plain-HTTP sibling's) take its place
+    assert.equal((await call('/console/api/session', { cookie: `tp_console=${id}` })).status, 401);
+    const plain = gw.gw.console!.sessions.create({ name: 'viewer', role: 'read-only' }, READER);
+    assert.equal((await request(`${admin}/console/api/session`, { headers: { cookie: `tp_console=${plain.id}` } })).status, 200);
+    assert.equal((await call('/console/api/session', { cookie: `__Host-tp_console=${plain.id}` })).status, 401);
+    const both = await call('/console/api/session', { cookie: `tp_console=${plain.id}; __Host-tp_console=${id}` });
+    assert.equal(JSON.parse(both.body).name, 'ops');
+    const out = await call('/console/api/logout', { cookie: `__Host-tp_console=${id}`, 'x-csrf-token': csrf }, '');
+    assert.equal(out.status, 204);
+    assert.match(out.cookie, /^__Host-tp_console=; Path=\/; .*Max-Age=0; Secure$/);
+    assert.equal((await call('/console/api/session', { cookie: `__Host-tp_console=${id}` })).status, 401);
+  } finally {
+    front.closeAllConnections();
+    await new Promise<void>((r) => front.close(() => r()));
+    ca.cleanup();
+  }
   const host = new URL(admin).host;
-  const https = await login(ADMIN, { origin: 'https://admin.example.test' });
-  assert.equal(https.r.status, 200);
-  assert.match(String(https.r.headers['set-cookie']), /^tp_console=[A-Za-z0-9_-]{40,}; Path=\/; HttpOnly; SameSite=Strict; Max-Age=\d+; Secure$/);
-  const out = await request(`${admin}/console/api/logout`, { method: 'POST', headers: { cookie: https.cookie, 'x-csrf-token': https.body.csrf, origin: `https://${host}` } });
-  assert.equal(out.status, 204);
-  assert.match(String(out.headers['set-cookie']), /^tp_console=; .*Max-Age=0; Secure$/);
   const http = await login(ADMIN, { origin: `http://${host}` });
   assert.equal(http.r.status, 200);
+  assert.match(String(http.r.headers['set-cookie']), /^tp_console=/);
   assert.doesNotMatch(String(http.r.headers['set-cookie']), /Secure/i);
 });
 
@@ -240,8 +283,10 @@ test('the console session cookie never reaches an upstream (browsers send it to 
   await request(`${gw.url}/hello`, { headers: { cookie: 'a=1; tp_console=abcdefghijklmnopqrstuvwxyz0123456789; b=2' } });
   await request(`${gw.url}/hello`, { headers: { cookie: 'tp_console=abcdefghijklmnopqrstuvwxyz0123456789' } });
   await request(`${gw.url}/hello`, { headers: { cookie: 'session=keep' } });
+  // (the cookie of a session signed in from an https page)
+  await request(`${gw.url}/hello`, { headers: { cookie: 'a=1; __Host-tp_console=abcdefghijklmnopqrstuvwxyz0123456789' } });
   const got = up.requests.slice(n).map((r) => r.headers.cookie);
-  assert.deepEqual(got, ['a=1; b=2', undefined, 'session=keep']);
+  assert.deepEqual(got, ['a=1; b=2', undefined, 'session=keep', 'a=1']);
 });
 
 test('rate-limit refusals per second: over the last minute of the metrics counters, not one tick', async () => {

@@ -130,7 +130,7 @@ export class ConsoleHandler {
         const s = this.sessions.of(req);
         if (s && !this.sessions.csrfOk(req, s, this.deps.origins?.())) return sendProblem(res, 'forbidden', 'signing out needs the session\'s X-CSRF-Token', undefined);
         if (s) this.sessions.end(s.id);
-        res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(secureOrigin(req)), 'cache-control': 'no-store' });
+        res.writeHead(204, { 'set-cookie': SessionStore.clearCookie(s ? s.secure : secureOrigin(req)), 'cache-control': 'no-store' });
         return void res.end();
       }
       if (path === '/console/api/events' && read) return this.events(req, res);
@@ -189,8 +189,8 @@ export class ConsoleHandler {
       return sendProblem(res, 'unauthorized', 'unknown token', undefined);
     }
     if (guarded) this.failures.refund(ip);
-    const s = this.sessions.create(caller, this.deps.tokens().length === 0 ? '' : token);
-    json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s, secureOrigin(req)) });
+    const s = this.sessions.create(caller, this.deps.tokens().length === 0 ? '' : token, secureOrigin(req));
+    json(res, 200, { name: s.name, role: s.role, csrf: s.csrf }, { 'set-cookie': this.sessions.cookie(s) });
   }
 
   private events(req: IncomingMessage, res: ServerResponse): void {

@@ -11,6 +11,12 @@ import { randomBytes, timingSafeEqual, createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 
 export const COOKIE = 'tp_console';
+/**
+ * The cookie of a session signed in from an https page: a `__Host-` cookie is set only by a
+ * secure origin, with Path=/ and no Domain (RFC 6265bis §4.1.3.2), so no sibling host and no
+ * plain-HTTP page can toss one onto the console.
+ */
+export const HOST_COOKIE = '__Host-tp_console';
 const IDLE_MS = 30 * 60_000;
 const MAX_AGE_MS = 12 * 3600_000;
 const MAX_SESSIONS = 1000;
@@ -21,6 +27,8 @@ export interface Session {
   csrf: string;
   name: string;
   role: 'admin' | 'read-only';
+  /** Signed in from an https page: carried by HOST_COOKIE only (and a plain-page session by COOKIE only). */
+  secure: boolean;
   /** sha256 of the token signed in with ('' without tokens): a rotated token ends its sessions. */
   tokenHash: string;
   created: number;
@@ -41,7 +49,7 @@ export class SessionStore {
 
   constructor(private readonly now: () => number = Date.now) {}
 
-  create(caller: { name: string; role: 'admin' | 'read-only' }, token = ''): Session {
+  create(caller: { name: string; role: 'admin' | 'read-only' }, token = '', secure = false): Session {
     const hash = tokenHash(token);
     // (Map order is creation order: the first of a token's sessions is its oldest)
     const mine = [...this.sessions.values()].filter((s) => s.tokenHash === hash);
@@ -53,17 +61,21 @@ export class SessionStore {
       this.end(most[0]!.id);
     }
     const t = this.now();
-    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, tokenHash: hash, created: t, seen: t };
+    const s: Session = { id: randomBytes(32).toString('base64url'), csrf: randomBytes(32).toString('base64url'), name: caller.name, role: caller.role, secure, tokenHash: hash, created: t, seen: t };
     this.sessions.set(s.id, s);
     return s;
   }
 
   /** The session a request's cookie names (touching it, unless `peek`), or null. */
   of(req: IncomingMessage, peek = false): Session | null {
-    const id = cookieValue(req.headers.cookie, COOKIE);
+    // (a secure session by its __Host- cookie only: a tossed tp_console cannot stand for it, nor
+    // for one beside it; sessions live in the process, so none from before this name is left)
+    const header = req.headers.cookie;
+    const secure = header !== undefined && header.includes(HOST_COOKIE);
+    const id = cookieValue(header, secure ? HOST_COOKIE : COOKIE);
     if (id === null) return null;
     const s = this.sessions.get(id);
-    if (!s) return null;
+    if (!s || s.secure !== secure) return null;
     const t = this.now();
     if (t - s.seen > IDLE_MS || t - s.created > MAX_AGE_MS) {
       this.end(id);
@@ -107,13 +119,13 @@ export class SessionStore {
     return () => this.listeners.delete(listener);
   }
 
-  /** `secure`: the page is an https one (see secureOrigin), so the cookie never goes out over plain HTTP. */
-  cookie(s: Session, secure = false): string {
-    return `${COOKIE}=${s.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(MAX_AGE_MS / 1000)}${secure ? '; Secure' : ''}`;
+  /** A secure session (signed in from an https page, see secureOrigin): `__Host-tp_console`, Secure, never sent over plain HTTP. */
+  cookie(s: Session): string {
+    return `${s.secure ? HOST_COOKIE : COOKIE}=${s.id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(MAX_AGE_MS / 1000)}${s.secure ? '; Secure' : ''}`;
   }
 
   static clearCookie(secure = false): string {
-    return `${COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0${secure ? '; Secure' : ''}`;
+    return `${secure ? HOST_COOKIE : COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0${secure ? '; Secure' : ''}`;
   }
 }
 

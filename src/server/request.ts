@@ -447,7 +447,7 @@ export function handleRequest(
         // every port of the admin's host) never reach an upstream.
         let v = value;
         if (value.includes('tp_console=') || value.includes('tp_portal=')) {
-          v = value.split(';').filter((c) => !/^\s*tp_(console|portal)=/.test(c)).join(';').trim();
+          v = value.split(';').filter((c) => !/^\s*(?:__Host-)?tp_(console|portal)=/.test(c)).join(';').trim();
           if (v === '') continue;
         }
         // HTTP/2 splits cookies into crumbs: joined again with "; " (RFC 9113 §8.2.3).
