@@ -137,6 +137,14 @@ services:
       - name: lenient
         paths: [/lenient]
         plugins: [{name: request-validator, config: {openapi: ${file}, allow_unknown_operations: true}}]
+  - name: prefixed
+    url: ${up.url}
+    routes:
+      # (a route of its own host: for the router, /v1/users/0 is this route's too)
+      - name: v2
+        hosts: [prefixed.test]
+        paths: [/v1]
+        plugins: [{name: request-validator, config: {openapi: ${file}, allow_unknown_operations: true}}]
 `);
 });
 
@@ -224,6 +232,20 @@ test('operations the document does not have: 404 and 405 with Allow; allow_unkno
   assert.equal(na.headers['allow'], 'GET, POST');
   const lenient = await request(`${t.url}/lenient/anything?x=1`);
   assert.equal(lenient.status, 200);
+});
+
+test('allow_unknown_operations lets through what is no operation, not a path an upstream reads as one (/users%2F0 is deleteUser to a server that decodes %2F)', T, async () => {
+  const n = up.requests.length;
+  const host = { ...tenant, host: 'prefixed.test' };
+  for (const path of ['/v1/users%2F0', '/v1/users%5C0']) {
+    const r = await request(`${t.url}${path}`, { method: 'DELETE', headers: host });
+    assert.equal(r.status, 400, `${path}: ${r.body}`);
+    assert.match(problem(r.body).detail, /ambiguous path: .* it is operation deleteUser/);
+  }
+  assert.equal(up.requests.length, n, 'none reached the upstream unvalidated');
+  assert.equal((await request(`${t.url}/v1/users/0`, { method: 'DELETE', headers: host })).status, 400, 'validated as written');
+  assert.equal((await request(`${t.url}/v1/anything`, { headers: host })).status, 200, 'no operation in any reading: let through');
+  assert.equal(up.requests.length, n + 1);
 });
 
 test('hostile bodies: 100k levels of nesting, a huge array, __proto__ keys; the gateway keeps serving', T, async () => {

@@ -145,7 +145,8 @@ export default definePlugin({
         // A CORS preflight is routed as the method it asks about: it has nothing to validate.
         if (ctx.preflight) return undefined;
         const f = v.find(ctx.method, ctx.path);
-        if (!('op' in f)) return allowUnknown ? undefined : reply(f);
+        // (allow_unknown_operations passes what is no operation, not a path an upstream reads as one: a 400)
+        if (!('op' in f)) return allowUnknown && f.code !== 'bad-request' ? undefined : reply(f);
         if (responses) {
           matched.set(ctx, f.op);
           // A range of a response (206) cannot be checked against the document, and would let
