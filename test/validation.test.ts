@@ -248,6 +248,20 @@ test('allow_unknown_operations lets through what is no operation, not a path an 
   assert.equal(up.requests.length, n + 1);
 });
 
+test('a path in another case than an operation\'s is a 400, not an unknown operation let through: the router forwards /v1/USERS/0 on the /v1 route, and ASP.NET serves it as /users/{id}', T, async () => {
+  const host = { ...tenant, host: 'prefixed.test' };
+  const n = up.requests.length;
+  for (const [method, path, op] of [['DELETE', '/v1/USERS/0', 'deleteUser'], ['GET', '/v1/USERS?limit=500', 'listUsers'], ['POST', '/v1/Users', 'createUser']] as const) {
+    const r = await request(`${t.url}${path}`, { method, headers: host });
+    assert.equal(r.status, 400, `${path}: ${r.body}`);
+    assert.match(problem(r.body).detail, new RegExp(`read case-insensitively, as many servers do, it is operation ${op}`));
+  }
+  assert.equal(up.requests.length, n, 'none reached the upstream unvalidated');
+  // a parameter's value in capitals is no other case of the path
+  assert.equal((await request(`${t.url}/v1/users/7`, { headers: host })).status, 200);
+  assert.equal((await request(`${t.url}/v1/users/ABC`, { headers: host })).status, 400, 'validated as getUser: id must be an integer');
+});
+
 test('hostile bodies: 100k levels of nesting, a huge array, __proto__ keys; the gateway keeps serving', T, async () => {
   const started = Date.now();
   const deep = await request(`${t.url}/users`, { method: 'POST', headers: jsonHeaders, body: '['.repeat(30_000) + ']'.repeat(30_000) });

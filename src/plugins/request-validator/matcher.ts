@@ -68,6 +68,8 @@ function matchSegment(t: TemplateSeg, seg: string): string[] | null {
 
 class Node {
   literal = new Map<string, Node>();
+  /** The literal children by lower-cased segment, built on the first folded match. */
+  folded: Map<string, Node[]> | null = null;
   templated: TemplateSeg[] = [];
   /** Templates ending here: method (upper case) -> value. */
   leaf: Map<string, unknown> | null = null;
@@ -92,6 +94,10 @@ function segments(path: string): string[] {
 
 export class PathMatcher<T> {
   private readonly root = new Node();
+  /** Some literal segment has a letter (another case of it is possible). */
+  private letters = false;
+  /** Some literal segment has a capital letter (then a path in lower case can be another case of it). */
+  private mixedCase = false;
 
   /** Adds a template (`/users/{id}`) for a method. Returns false when that method is there already. */
   add(template: string, method: string, value: T): boolean {
@@ -99,7 +105,12 @@ export class PathMatcher<T> {
     for (const seg of segments(template)) {
       if (!seg.includes('{')) {
         let next = node.literal.get(seg);
-        if (!next) node.literal.set(seg, (next = new Node()));
+        if (!next) {
+          node.literal.set(seg, (next = new Node()));
+          node.folded = null;
+          if (/[A-Za-z]/.test(seg)) this.letters = true;
+          if (seg !== seg.toLowerCase()) this.mixedCase = true;
+        }
         node = next;
         continue;
       }
@@ -124,17 +135,26 @@ export class PathMatcher<T> {
    * The template and value for a path and method; `{allow}` when the path matches templates
    * of other methods only; null when it matches none. HEAD falls back to GET.
    */
-  match(path: string, method: string): MatchOutcome<T> {
+  match(path: string, method: string, fold = false): MatchOutcome<T> {
     const segs = segments(path);
     const allow = new Set<string>();
     const params: string[] = [];
     const names: string[] = [];
-    const found = this.walk(this.root, segs, 0, method, allow, params, names);
+    const found = this.walk(this.root, segs, 0, method, allow, params, names, fold);
     if (found) return found;
     return allow.size ? { allow: [...allow].sort() } : null;
   }
 
-  private walk(node: Node, segs: string[], i: number, method: string, allow: Set<string>, params: string[], names: string[]): PathMatch<T> | null {
+  /**
+   * Whether `path` could be, in another case, a path of literal segments here: a server that
+   * matches paths case-insensitively (ASP.NET, IIS, Express by default) may read it so. Then
+   * match(..., fold = true) says which operation that would be.
+   */
+  caseVariant(path: string): boolean {
+    return this.letters && (this.mixedCase || /[A-Z]/.test(path));
+  }
+
+  private walk(node: Node, segs: string[], i: number, method: string, allow: Set<string>, params: string[], names: string[], fold: boolean): PathMatch<T> | null {
     if (i === segs.length) {
       if (!node.leaf) return null;
       const v = node.leaf.get(method) ?? (method === 'HEAD' ? node.leaf.get('GET') : undefined);
@@ -149,8 +169,23 @@ export class PathMatcher<T> {
     const seg = segs[i]!;
     const lit = node.literal.get(seg);
     if (lit) {
-      const r = this.walk(lit, segs, i + 1, method, allow, params, names);
+      const r = this.walk(lit, segs, i + 1, method, allow, params, names, fold);
       if (r) return r;
+    }
+    // (folded: the literal spelled as the segment first, then its other cases)
+    if (fold && node.literal.size > 0) {
+      if (node.folded === null) {
+        node.folded = new Map();
+        for (const [k, n] of node.literal) {
+          const low = k.toLowerCase();
+          node.folded.set(low, [...(node.folded.get(low) ?? []), n]);
+        }
+      }
+      for (const n of node.folded.get(seg.toLowerCase()) ?? []) {
+        if (n === lit) continue;
+        const r = this.walk(n, segs, i + 1, method, allow, params, names, fold);
+        if (r) return r;
+      }
     }
     if (seg === '') return null;
     for (const t of node.templated) {
@@ -161,7 +196,7 @@ export class PathMatcher<T> {
         names.push(n);
         params.push(m[k]!);
       });
-      const r = this.walk(t.node, segs, i + 1, method, allow, params, names);
+      const r = this.walk(t.node, segs, i + 1, method, allow, params, names, fold);
       if (r) return r;
       params.length = depth;
       names.length = depth;

@@ -423,6 +423,35 @@ test('a path an upstream reads as another operation (%2F, %5C decoded, ;params c
   }
 });
 
+test('a path in another case than an operation\'s (/USERS: listUsers to ASP.NET, IIS, Express by default) is refused, not passed as no operation or checked as another one', async () => {
+  const ok = { '200': { description: 'ok' } };
+  const doc = {
+    openapi: '3.0.3', info: { title: 'users', version: '1' }, servers: [{ url: 'https://api.example.com/v1' }],
+    paths: {
+      '/users': { get: { operationId: 'listUsers', responses: ok } },
+      '/users/me': { get: { operationId: 'getMe', responses: ok } },
+      '/users/{id}': { get: { operationId: 'getUser', responses: ok } },
+      '/Reports/{id}': { get: { operationId: 'getReport', responses: ok } },
+    },
+  };
+  const v = ApiValidator.openapi(doc, opts);
+  const id = (path: string) => { const f = v.find('GET', path); return 'op' in f ? f.op.id : f.code; };
+  for (const [path, op] of [['/USERS', 'listUsers'], ['/v1/Users', 'listUsers'], ['/V1/users', 'listUsers'], ['/users/ME', 'getMe'], ['/Users/7', 'getUser'], ['/reports/7', 'getReport'], ['/USERS/me%2F', 'getMe']] as const) {
+    const f = v.find('GET', path);
+    assert.equal(!('op' in f) && f.code, 'bad-request', path);
+    assert.match((f as { detail: string }).detail, new RegExp(`ambiguous path: read case-insensitively, as many servers do, it is operation ${op}$`), path);
+  }
+  // as written, or only its parameters in capitals: the operation it is
+  assert.equal(id('/v1/users'), 'listUsers');
+  assert.equal(id('/users/me'), 'getMe');
+  assert.equal(id('/users/AbC-7'), 'getUser');
+  assert.equal(id('/Reports/X'), 'getReport');
+  assert.equal(id('/ORDERS'), 'no-route');
+  // (a method no case of the path has: no operation, refused as one, 404)
+  const post = v.find('POST', '/USERS');
+  assert.equal(!('op' in post) && post.code, 'no-route');
+});
+
 test('a cookie sent twice is checked in every copy: servers disagree about which one counts (Go, PHP, Express the first; Django the last)', async () => {
   const violation = [{ in: 'cookie', path: '/session', message: 'must match pattern "^[a-f0-9]{8}$"' }];
   assert.deepEqual(errorsOf(await check(pets, 'GET', '/pets', { headers: { cookie: 'session=deadbeef; session=nothex!!' } })), violation);

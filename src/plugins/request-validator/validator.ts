@@ -535,20 +535,34 @@ export class ApiValidator {
         return { ok: false, code: 'bad-request', detail: `ambiguous path: read with its %2F, %5C or ;parameters decoded, as many servers do, it is operation ${other.op.id.slice(0, 100)}` };
       }
     }
+    // The same for a path in another case than the document's (OpenAPI paths are case-sensitive,
+    // and so is the router, which refuses such a path only where it is another route's): `/USERS`
+    // is no operation here and listUsers to an upstream that matches paths case-insensitively
+    // (ASP.NET, IIS, Express by default), so it would reach it unvalidated. Refused as the router does.
+    const read = reading ?? path;
+    if (this.matcher.caseVariant(read)) {
+      const other = this.operationOf(method, read, true);
+      if ('op' in other && (!('op' in found) || other.op !== found.op)) {
+        return { ok: false, code: 'bad-request', detail: `ambiguous path: read case-insensitively, as many servers do, it is operation ${other.op.id.slice(0, 100)}` };
+      }
+    }
     return found;
   }
 
-  private operationOf(method: string, path: string): { op: Operation; params: Record<string, string> } | Exclude<Outcome, { ok: true }> {
+  /** `fold`: literal segments (and the base paths) compared case-insensitively. */
+  private operationOf(method: string, path: string, fold = false): { op: Operation; params: Record<string, string> } | Exclude<Outcome, { ok: true }> {
     let allow: string[] | null = null;
-    for (const base of this.basePaths) {
+    const cased = fold ? path.toLowerCase() : path;
+    for (const b of this.basePaths) {
+      const base = fold ? b.toLowerCase() : b;
       let rest: string;
       if (base === '') rest = path;
-      else if (path === base) rest = '/';
-      else if (path.startsWith(`${base}/`)) rest = path.slice(base.length);
+      else if (cased === base) rest = '/';
+      else if (cased.startsWith(`${base}/`)) rest = path.slice(base.length);
       else continue;
-      let m = this.matcher.match(rest, method);
+      let m = this.matcher.match(rest, method, fold);
       // A trailing slash the document does not have.
-      if (m === null && rest.length > 1 && rest.endsWith('/')) m = this.matcher.match(rest.slice(0, -1), method);
+      if (m === null && rest.length > 1 && rest.endsWith('/')) m = this.matcher.match(rest.slice(0, -1), method, fold);
       if (m === null) continue;
       if ('allow' in m) {
         allow ??= m.allow;
