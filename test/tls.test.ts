@@ -767,3 +767,68 @@ services: [{name: s, url: ${up.url}, published: true, routes: [{paths: [/s]}]}]
     await t.close();
   }
 });
+
+test('domain fronting with client certificates: a request whose Host names another certificate than the connection\'s SNI chose is a 421 (HTTP/1.1 and HTTP/2), never served on that connection; names of the same certificate, and Hosts that name none, are served', async () => {
+  const a = ca.issue('a.test', { file: 'front-a' });
+  const b = ca.issue('b.test', { file: 'front-b' });
+  const w = ca.issue('wild', { dns: ['*.w.test'], file: 'front-w' });
+  const alice = ca.issue('alice', { client: true, file: 'front-alice' });
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls:
+  certificates:
+    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}, default: true}
+    - {hosts: [b.test], cert: ${b.certFile}, key: ${b.keyFile}}
+    - {hosts: ["*.w.test"], cert: ${w.certFile}, key: ${w.keyFile}}
+  client_ca: ${ca.certFile}
+consumers: [{name: alice}]
+services:
+  - name: s
+    url: "${up.url}"
+    plugins: [{name: mtls-auth}]
+    routes: [{paths: [/]}]
+`);
+  const port = t.gw.tlsAddress!.port;
+  const get = (servername: string | undefined, host: string) => new Promise<{ status: number; type: string | undefined; connection: string | undefined }>((resolve, reject) => {
+    // (servername '': none sent; node:https would take the Host header's)
+    httpsRequest({ host: '127.0.0.1', port, path: '/front', servername: servername ?? '', headers: { host }, ca: ca.cert, cert: alice.cert, key: alice.key, agent: false, checkServerIdentity: () => undefined }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode!, type: res.headers['content-type'], connection: res.headers.connection }));
+    }).on('error', reject).end();
+  });
+  try {
+    const before = up.requests.length;
+    const fronted = await get('a.test', 'b.test');
+    assert.deepEqual(fronted, { status: 421, type: 'application/problem+json', connection: 'close' }, 'SNI a.test, Host b.test');
+    assert.equal((await get('b.test', 'a.test')).status, 421, 'SNI b.test, Host a.test (the default)');
+    assert.equal((await get('c.test', 'b.test')).status, 421, 'an SNI no certificate names (the default chosen), Host b.test');
+    assert.equal((await get(undefined, 'b.test')).status, 421, 'no SNI (the default), Host b.test');
+    assert.equal((await get('x.w.test', 'a.test')).status, 421);
+    assert.equal(up.requests.length, before, 'nothing went upstream');
+    assert.equal((await get('a.test', 'a.test')).status, 200);
+    assert.equal((await get('B.TEST', 'b.test.')).status, 200, 'names compare without case, trailing dot');
+    assert.equal((await get('b.test', 'b.test:443')).status, 200);
+    assert.equal((await get('x.w.test', 'y.w.test')).status, 200, 'two names of one certificate (a browser coalescing connections)');
+    assert.equal((await get('b.test', `127.0.0.1:${port}`)).status, 200, 'a Host that names no certificate is not judged');
+    assert.equal((await get(undefined, 'a.test')).status, 200, 'no SNI: the default certificate\'s names');
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'alice');
+
+    // HTTP/2: one session for a.test; a stream for b.test is refused, the session serves a.test on.
+    const c = h2connect(`https://127.0.0.1:${port}`, { ca: ca.cert, servername: 'a.test', cert: alice.cert, key: alice.key });
+    try {
+      const stream = (authority: string) => new Promise<number>((resolve, reject) => {
+        const s = c.request({ ':path': '/front', ':authority': authority });
+        s.on('response', (h) => resolve(Number(h[':status'])));
+        s.on('error', reject);
+        s.resume();
+        s.end();
+      });
+      assert.equal(await stream('b.test'), 421);
+      assert.equal(await stream('a.test'), 200);
+    } finally {
+      c.close();
+    }
+  } finally {
+    await t.close();
+  }
+});

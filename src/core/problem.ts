@@ -18,6 +18,7 @@ export const PROBLEMS = {
   'method-not-allowed': { status: 405, title: 'Method Not Allowed' },
   'request-timeout': { status: 408, title: 'Request Timeout' },
   'expectation-failed': { status: 417, title: 'Expectation Failed' },
+  'misdirected-request': { status: 421, title: 'Misdirected Request' },
   'validation-failed': { status: 400, title: 'Request Validation Failed' },
   'payload-too-large': { status: 413, title: 'Content Too Large' },
   'unsupported-media-type': { status: 415, title: 'Unsupported Media Type' },

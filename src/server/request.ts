@@ -9,6 +9,7 @@ import { isAccountPath, type AccountRequest, type AccountResponse } from '../por
 import { HSTS } from '../portal/html.js';
 import { METHODS, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { REFRESH_PEER_HEADER } from '../plugins/cache/refresh.js';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -566,6 +567,14 @@ export function handleRequest(
   // TRACE reflects requests (cross-site tracing): never forwarded.
   if (method === 'TRACE') return reject(ctx, req, res, requestId, 'method-not-allowed', 'TRACE is disabled at the gateway', { allow: ALLOW_ALL });
   const hostKey = host === p.lastHost ? p.lastHostName : hostName(host);
+  // Domain fronting where clients identify with certificates (tls.client_ca): a request whose
+  // Host names another of the listener's certificates than the connection's server name chose
+  // is not served on it — 421, the client opens a connection for that name (RFC 9110 §15.5.20),
+  // as nginx answers when client verification is on. A connection set up for a.example must
+  // not carry a request to b.example's routes.
+  if (snap.tls !== null && snap.tls.requestCert && isTls(req) && snap.tls.certs.misdirected((req.socket as TLSSocket).servername, hostKey)) {
+    return reject(ctx, req, res, requestId, 'misdirected-request', `this connection's TLS server name (SNI) is not ${hostKey}: open a connection for it`);
+  }
   // The developer portal (portal.enabled) answers its own paths (on its hosts), before any route.
   if (snap.portal !== null && isPortalPath(snap.portal, path) && (snap.portal.hosts === null || snap.portal.hosts.has(hostKey))) {
     const tls = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');

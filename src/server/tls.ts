@@ -206,17 +206,26 @@ export class CertSet {
 
   /** The context for a server name (SNI), or the default. */
   contextFor(servername: string | undefined): SecureContext | null {
-    if (servername) {
-      const name = servername.toLowerCase().replace(/\.$/, '');
-      const exact = this.exact.get(name);
-      if (exact) return exact;
-      const dot = name.indexOf('.');
-      if (dot > 0) {
-        const w = this.wildcard.get(name.slice(dot));
-        if (w) return w;
-      }
-    }
-    return this.defaultContext;
+    return (servername ? this.named(servername.toLowerCase().replace(/\.$/, '')) : null) ?? this.defaultContext;
+  }
+
+  /** The context of the certificate that names `name` (lower case, no trailing dot): exact, then a one-label wildcard; null for none. */
+  private named(name: string): SecureContext | null {
+    const exact = this.exact.get(name);
+    if (exact) return exact;
+    const dot = name.indexOf('.');
+    return dot > 0 ? this.wildcard.get(name.slice(dot)) ?? null : null;
+  }
+
+  /**
+   * Whether a request for `host` (a Host name: lower case, no port nor trailing dot) came on a
+   * connection set up for another certificate: `host` is a name of one of these certificates,
+   * and not of the one the handshake's server name (none: the default) chose. A Host that names
+   * no certificate (an address, a name served by the default) is not judged.
+   */
+  misdirected(servername: string | false | null | undefined, host: string): boolean {
+    const byHost = this.named(host);
+    return byHost !== null && byHost !== this.contextFor(servername || undefined);
   }
 }
 
