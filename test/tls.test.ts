@@ -832,3 +832,41 @@ services:
     await t.close();
   }
 });
+
+test('upstream TLS: a server_name that is an IP address is never sent as SNI (RFC 6066 §3), and the certificate must still carry that address (requests and probes)', async () => {
+  const leaf = ca.issue('by-address', { dns: ['127.0.0.1', 'localhost'], file: 'ip-sni' });
+  const names: (string | false | null)[] = [];
+  const server = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {
+    names.push((req.socket as import('node:tls').TLSSocket).servername);
+    res.end('ok');
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  const t = await startGateway(`
+services:
+  - {name: named, url: 'https://localhost:${port}', tls: {ca: ${ca.certFile}, server_name: 127.0.0.1}, routes: [{paths: [/named]}]}
+  - name: address
+    tls: {ca: ${ca.certFile}, server_name: 127.0.0.1}
+    upstream:
+      targets: [{url: 'https://127.0.0.1:${port}'}]
+      healthcheck: {active: {path: /healthz, interval: 100ms, timeout: 90ms, healthy: 1, unhealthy: 3}}
+    routes: [{paths: [/address]}]
+  - {name: other-address, url: 'https://127.0.0.1:${port}', tls: {ca: ${ca.certFile}, server_name: 127.0.0.2}, routes: [{paths: [/other]}]}
+`);
+  try {
+    const r = await request(`${t.url}/named`);
+    assert.equal(r.status, 200, r.body);
+    assert.notEqual(names.at(-1), '127.0.0.1', 'the address is not sent as SNI');
+    await sleep(300); // (probes ran)
+    const a = await request(`${t.url}/address`);
+    assert.equal(a.status, 200, a.body);
+    assert.ok(names.length >= 3, `${names.length} requests`);
+    assert.ok(!names.includes('127.0.0.1'), `an address was sent as SNI: ${JSON.stringify(names)}`);
+    const other = await request(`${t.url}/other`);
+    assert.equal(other.status, 502, 'a certificate without the server_name address is refused');
+    assert.match(JSON.parse(other.body).detail, /ERR_TLS_CERT_ALTNAME_INVALID/);
+  } finally {
+    await t.close();
+    await new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); });
+  }
+});

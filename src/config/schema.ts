@@ -162,7 +162,7 @@ export const UpstreamTls = Strict({
   cert: Type.Optional(FilePath),
   key: Type.Optional(FilePath),
   verify: Type.Optional(Type.Boolean({ default: true, description: "Verify the upstream's certificate (against ca, or the system's CAs)." })),
-  server_name: Type.Optional(Type.String({ minLength: 1, description: 'SNI and the name the certificate must carry (default: the URL host).' })),
+  server_name: Type.Optional(Type.String({ minLength: 1, description: 'SNI and the name the certificate must carry (default: the URL host); an IP address is only verified, never sent as SNI.' })),
 }, { description: 'TLS to the upstream: CA bundle to verify it with, and a client certificate (cert + key) for mutual TLS.' });
 
 export const Service = Strict({

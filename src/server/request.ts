@@ -10,6 +10,7 @@ import { HSTS } from '../portal/html.js';
 import { METHODS, type IncomingMessage, type ServerResponse } from 'node:http';
 import { isIP, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { upstreamTlsName } from './tls.js';
 import { REFRESH_PEER_HEADER } from '../plugins/cache/refresh.js';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -1039,7 +1040,7 @@ function startWebSocket(
     // SNI and the verified name: the URL's host name; for an address none is sent (RFC 6066 §3)
     // and the certificate is checked against the address (ws takes it from the URL, unbracketed).
     const name = secure && svc.tls?.servername === undefined ? hostName(t.hostHeader) : '';
-    const tls = secure ? { ...svc.tls, servername: svc.tls?.servername ?? (name.charCodeAt(0) === 0x5b /* [ */ || isIP(name) !== 0 ? undefined : name) } : undefined;
+    const tls = secure ? { ...svc.tls, servername: undefined, ...upstreamTlsName(svc.tls?.servername ?? (name.charCodeAt(0) === 0x5b /* [ */ || isIP(name) !== 0 ? undefined : name)) } : undefined;
     return {
       url: `${secure ? 'wss' : 'ws'}:${t.origin.slice(t.origin.indexOf('//'))}${joinBase(t.basePath, path, bare)}`,
       headers: { ...out, host: route.preserveHost && host ? host : t.hostHeader },

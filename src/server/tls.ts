@@ -8,7 +8,8 @@
  */
 import { constants as cryptoConstants, createHash, X509Certificate } from 'node:crypto';
 import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
-import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
+import { isIP } from 'node:net';
+import { checkServerIdentity, createSecureContext, type PeerCertificate, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { PathSegment } from '../config/errors.js';
 import type { Logger } from '../core/log.js';
 
@@ -64,6 +65,19 @@ export function caBundleProblem(pem: Buffer): string | null {
     }
   }
   return null;
+}
+
+/**
+ * How an upstream connection names its peer for a configured TLS name (`services[].tls.server_name`,
+ * or the name an address was resolved from): a host name is sent as SNI and is the name the
+ * certificate must carry; an IP address is never sent as SNI (RFC 6066 §3: Node sent it, with a
+ * deprecation warning) — the certificate must carry that address.
+ */
+export function upstreamTlsName(name: string | undefined): { servername?: string; checkServerIdentity?: (host: string, cert: PeerCertificate) => Error | undefined } {
+  if (name === undefined || name === '') return {};
+  const address = name.charCodeAt(0) === 0x5b /* [ */ && name.endsWith(']') ? name.slice(1, -1) : name;
+  if (isIP(address) === 0) return { servername: name };
+  return { checkServerIdentity: (_host, cert) => checkServerIdentity(address, cert) };
 }
 
 /** Upstream TLS material already checked (by its digest): a reload does not parse it again. */

@@ -8,6 +8,7 @@
  */
 import { Pool, buildConnector, request } from 'undici';
 import { isIP } from 'node:net';
+import { upstreamTlsName } from '../server/tls.js';
 import type { Snapshot } from '../config/compile.js';
 import type { CircuitState } from './state.js';
 import type { Logger } from '../core/log.js';
@@ -299,7 +300,7 @@ export class HealthAuthority implements Reporter {
         const name = h.hostHeader.replace(/:[0-9]+$/, '').replace(/^\[|\]$/g, '');
         const servername = tls?.servername ?? (isIP(name) === 0 ? name : undefined);
         key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '', s.h2Upstream]);
-        const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...(servername ? { servername } : {}), ...(s.h2Upstream ? { allowH2: true } : {}) });
+        const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...upstreamTlsName(servername), ...(s.h2Upstream ? { allowH2: true } : {}) });
         // (undici would name the probe's Host — healthcheck.host — before these: see pools.ts)
         connect = (o, cb) => build({ ...o, servername: undefined }, cb);
       } else {

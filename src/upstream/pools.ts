@@ -7,6 +7,7 @@ import { subscribe } from 'node:diagnostics_channel';
 import type { Socket } from 'node:net';
 import { Pool, buildConnector } from 'undici';
 import { checkH2Socket, watchH2Socket } from './h2-streams.js';
+import { upstreamTlsName } from '../server/tls.js';
 
 const REUSED = Symbol('turnpike.reusedConnection');
 const CONNECT_FAILED = Symbol('turnpike.connectFailed');
@@ -76,7 +77,7 @@ export class PoolRegistry {
       const connect = {
         timeout: opts.connectTimeout,
         noDelay: true,
-        ...(opts.servername ? { servername: opts.servername } : {}),
+        ...upstreamTlsName(opts.servername),
         ...(opts.tls ? { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, rejectUnauthorized: opts.tls.rejectUnauthorized } : {}),
         // undici's connector option for HTTP/2 with prior knowledge (not in its types).
         ...(h2 === 'h2c' ? { useH2c: true } : {}),
