@@ -18,6 +18,8 @@ export interface TestCa extends Pem {
   dir: string;
   /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth, and `sans` as written, e.g. DNS:a.example). */
   issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean }): Pem;
+  /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path). */
+  crl(revoked: Pem[], file?: string): string;
   cleanup(): void;
 }
 
@@ -54,6 +56,18 @@ export function makeCa(cn = 'Turnpike Test CA'): TestCa {
       const certFile = join(dir, `${base}.pem`);
       const keyFile = join(dir, `${base}.key`);
       return { certFile, keyFile, cert: readFileSync(certFile), key: readFileSync(keyFile) };
+    },
+    crl(revoked, file = `crl-${serial++}.pem`) {
+      // (openssl ca keeps its own database: a fresh one per CRL, each certificate revoked into it)
+      const base = file.replace(/[^A-Za-z0-9.-]/g, '_');
+      const db = join(dir, `${base}.db`);
+      writeFileSync(db, '');
+      writeFileSync(join(dir, `${base}.crlnumber`), '01\n');
+      const cnf = join(dir, `${base}.cnf`);
+      writeFileSync(cnf, `[ca]\ndefault_ca = d\n[d]\ndatabase = ${db}\ncrlnumber = ${join(dir, `${base}.crlnumber`)}\ndefault_md = sha256\ndefault_crl_days = 2\n`);
+      for (const r of revoked) openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-revoke', r.certFile], dir);
+      openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-gencrl', '-out', file], dir);
+      return join(dir, file);
     },
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };

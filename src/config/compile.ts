@@ -466,7 +466,9 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       minVersion: t.min_version ?? 'TLSv1.2',
       ciphers: t.ciphers ?? DEFAULT_CIPHERS,
       clientCaFile: t.client_ca ? file(t.client_ca) : null,
+      ...(t.client_crl !== undefined ? { clientCrlFile: file(t.client_crl) } : {}),
     });
+    if (t.client_crl !== undefined && t.client_ca === undefined) fail(['tls', 'client_crl'], 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)');
     // The client CA is one of the config's inputs (watched: a rotated CA reloads, as an upstream
     // `tls.ca` does); certificates and keys are the CertStore's own to poll.
     for (const issue of certs.load(t.watch === false ? undefined : (f) => inputs.read(f))) fail(issue.path, issue.message);

@@ -240,6 +240,7 @@ export const Certificate = Strict({
 export const Tls = Strict({
   certificates: Type.Array(Certificate, { minItems: 1 }),
   client_ca: Type.Optional(FilePath),
+  client_crl: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate revocation list(s) for client certificates (needs client_ca): a revoked certificate is not trusted. With it, OpenSSL wants a current CRL from every CA of a chain (an intermediate\'s too); re-read when the file changes.' })),
   min_version: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], { default: 'TLSv1.2' })),
   ciphers: Type.Optional(Type.String({ minLength: 1, description: 'OpenSSL cipher list for TLS 1.2 (default: forward-secret AEAD suites only).' })),
   hsts: Type.Optional(Type.Union([Type.Boolean(), Strict({

@@ -38,6 +38,8 @@ export interface TlsOptions {
   ciphers: string;
   /** CA bundle file for client certificates (requested, verified, but not required: mtls-auth decides). */
   clientCaFile: string | null;
+  /** PEM CRL file(s) for client certificates: a revoked one is not verified (needs clientCaFile). */
+  clientCrlFile?: string | null;
 }
 
 /**
@@ -80,6 +82,18 @@ export function upstreamTlsName(name: string | undefined): { servername?: string
   return { checkServerIdentity: (_host, cert) => checkServerIdentity(address, cert) };
 }
 
+/** Why a CRL file cannot be used, or null (Node would take a file without a CRL in it silently: no certificate ever revoked). */
+export function crlProblem(pem: Buffer, ca: Buffer | undefined): string | null {
+  const blocks = pem.toString('latin1').match(/-----BEGIN X509 CRL-----[^]*?-----END X509 CRL-----/g);
+  if (blocks === null) return 'holds no PEM certificate revocation list (-----BEGIN X509 CRL-----)';
+  try {
+    createSecureContext({ ...(ca ? { ca } : {}), crl: blocks });
+  } catch (e) {
+    return `does not load (${(e as Error).message})`;
+  }
+  return null;
+}
+
 /** Upstream TLS material already checked (by its digest): a reload does not parse it again. */
 const checkedUpstream = new Map<string, { field: 'ca' | 'cert'; message: string } | null>();
 
@@ -115,6 +129,7 @@ export class CertSet {
   /** PEM of each loaded certificate and key (the default one also seeds the listener: clients without SNI). */
   private readonly material: ({ cert: Buffer; key: Buffer } | null)[] = [];
   private ca: Buffer | undefined;
+  private crl: Buffer | undefined;
   private defaultIndex = -1;
 
   constructor(readonly specs: CertSpec[], readonly options: TlsOptions) {}
@@ -136,6 +151,21 @@ export class CertSet {
       }
     }
     this.ca = ca;
+    let crl: Buffer | undefined;
+    const crlFile = this.options.clientCrlFile ?? null;
+    if (crlFile !== null) {
+      try {
+        crl = readCa(crlFile);
+        const problem = crlProblem(crl, ca);
+        if (problem !== null) {
+          issues.push({ path: ['tls', 'client_crl'], message: `${crlFile} ${problem}` });
+          crl = undefined; // (said once, where it is: not again for every certificate)
+        }
+      } catch (e) {
+        issues.push({ path: ['tls', 'client_crl'], message: `cannot read ${crlFile}: ${(e as Error).message}` });
+      }
+    }
+    this.crl = crl;
     if (this.options.ciphers !== DEFAULT_CIPHERS) {
       // A list OpenSSL cannot use fails every certificate alike: said once, where it is.
       try {
@@ -147,7 +177,7 @@ export class CertSet {
       }
     }
     this.specs.forEach((spec, i) => {
-      const r = buildContext(spec, this.options, ca);
+      const r = buildContext(spec, this.options, ca, crl);
       if (typeof r === 'string') {
         issues.push({ path: spec.path, message: r });
         this.contexts[i] = null;
@@ -166,10 +196,16 @@ export class CertSet {
     return this.ca;
   }
 
+  /** The client CRL this set was loaded with (likewise kept by a certificate reloaded later). */
+  get clientCrl(): Buffer | undefined {
+    return this.crl;
+  }
+
   /** Digest of what was read from disk (CA, certificates, keys): part of the snapshot's hash, so a reload re-reads them. */
   digest(): string {
     const h = createHash('sha256');
     if (this.ca) h.update(this.ca);
+    if (this.crl) h.update('crl').update(this.crl);
     for (const m of this.material) {
       h.update(m ? 'm' : '-');
       if (m) h.update(m.cert).update(m.key);
@@ -194,6 +230,7 @@ export class CertSet {
       secureOptions: NO_RENEGOTIATION,
       ...(m ? { cert: m.cert, key: m.key } : {}),
       ...(this.ca ? { ca: this.ca } : {}),
+      ...(this.crl ? { crl: this.crl } : {}),
     };
   }
 
@@ -245,7 +282,7 @@ export class CertSet {
 
 interface Built { ctx: SecureContext; cert: Buffer; key: Buffer }
 
-function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined): Built | string {
+function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined, crl: Buffer | undefined): Built | string {
   let cert: Buffer;
   let key: Buffer;
   try {
@@ -259,7 +296,7 @@ function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined): Bu
     return `cannot read key ${spec.keyFile}: ${(e as Error).message}`;
   }
   try {
-    return { ctx: createSecureContext({ cert, key, minVersion: o.minVersion, ciphers: o.ciphers, honorCipherOrder: true, secureOptions: NO_RENEGOTIATION, ...(ca ? { ca } : {}) }), cert, key };
+    return { ctx: createSecureContext({ cert, key, minVersion: o.minVersion, ciphers: o.ciphers, honorCipherOrder: true, secureOptions: NO_RENEGOTIATION, ...(ca ? { ca } : {}), ...(crl ? { crl } : {}) }), cert, key };
   } catch (e) {
     // OpenSSL's words: "key values mismatch", "no start line", ...
     return `certificate ${spec.certFile} with key ${spec.keyFile} does not load: ${(e as Error).message}`;
@@ -323,7 +360,7 @@ export class CertStore {
     // The client CA stays the one the set was loaded with: every context trusts the same CA (a
     // CA file unreadable at this moment must never leave a context trusting the system's roots
     // instead); a changed CA applies by a reload, to all contexts at once.
-    const r = buildContext(spec, set.options, set.clientCa);
+    const r = buildContext(spec, set.options, set.clientCa, set.clientCrl);
     if (typeof r === 'string') {
       this.log.error({ hosts: spec.hosts, error: r }, 'certificate changed on disk but does not load; keeping the one in use');
       return;

@@ -57,13 +57,15 @@ const foldEmail = (v: string): string => {
 
 /**
  * Why the listener did not accept a client certificate, in words a client can act on: an
- * expired (or not yet valid) certificate says so, as a renewal fixes it; anything else (another
+ * expired (or not yet valid) certificate says so, as a renewal fixes it, and so does one revoked
+ * (tls.client_crl); anything else (another
  * CA, a broken chain, a certificate not meant for clients) is "not trusted", with OpenSSL's code.
  */
 function untrustedDetail(error: Error | string | null | undefined): string {
   const code = typeof error === 'string' ? error : ((error as { code?: string } | null | undefined)?.code ?? error?.message);
   if (code === 'CERT_HAS_EXPIRED') return 'the client certificate is not trusted: it has expired';
   if (code === 'CERT_NOT_YET_VALID') return 'the client certificate is not trusted: it is not valid yet';
+  if (code === 'CERT_REVOKED') return 'the client certificate is not trusted: it has been revoked';
   return `the client certificate is not trusted${code ? ` (${code})` : ''}`;
 }
 

@@ -167,3 +167,51 @@ test('a DNS name in a certificate matches a subject_name without regard to case 
   assert.equal(m.status, 200, m.body);
   assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'ops-mail');
 });
+
+test('tls.client_crl: a revoked client certificate is refused (401 saying so) while the CA\'s others pass; a CRL revoking one more applies on reload, to new connections; a CRL file that holds none, or client_crl without client_ca, is a config error', async () => {
+  const { parseConfigText: parse } = await import('../../config/load.js');
+  const { configIssues } = await import('../../../test/helpers.js');
+  const { copyFileSync, writeFileSync } = await import('node:fs');
+  const server = ca.issue('api.test', { file: 'crl-server' });
+  const lost = ca.issue('app-1', { client: true, file: 'crl-lost' });
+  const kept = ca.issue('app-1', { client: true, file: 'crl-kept' });
+  const crlFile = `${ca.dir}/clients.crl`;
+  copyFileSync(ca.crl([lost], 'crl-1.pem'), crlFile);
+  const text = `
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: ${ca.certFile}
+  client_crl: ${crlFile}
+consumers: [{name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}]
+services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]
+access_log: {enabled: false}
+`;
+  const t = await startGateway(text);
+  const as = (who: Pem) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    httpsRequest({ host: '127.0.0.1', port: t.gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: who.cert, key: who.key, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    }).on('error', reject).end();
+  });
+  try {
+    const refused = await as(lost);
+    assert.equal(refused.status, 401, refused.body);
+    assert.equal(JSON.parse(refused.body).detail, 'the client certificate is not trusted: it has been revoked');
+    assert.equal((await as(kept)).status, 200, 'a certificate of the same CA and name, not revoked');
+    copyFileSync(ca.crl([lost, kept], 'crl-2.pem'), crlFile);
+    await t.gw.reloadAsync(parse(text, { env: {} }));
+    assert.equal((await as(kept)).status, 401);
+    assert.equal((await as(app)).status, 200);
+  } finally {
+    await t.close();
+  }
+  const noCrl = `${ca.dir}/not-a-crl.pem`;
+  writeFileSync(noCrl, ca.cert);
+  const issues = configIssues(text.replace(crlFile, noCrl));
+  assert.deepEqual(issues.map((i) => [i.path, i.line]), [['tls.client_crl', 6]]);
+  assert.match(issues[0]!.message, /holds no PEM certificate revocation list/);
+  assert.deepEqual(configIssues(text.replace(/  client_ca: .*\n/, '').replace(/plugins: \[\{name: mtls-auth\}\]/, '')).map((i) => [i.path, i.message]), [['tls.client_crl', 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)']]);
+});
