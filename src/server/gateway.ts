@@ -107,8 +107,12 @@ function applyLimits(snap: Snapshot): void {
 }
 
 const kPending = Symbol('turnpike.pendingResponses');
-/** Per connection: when it was accepted, requests in progress (of them, unsafe ones), pipelined ones waiting their turn, whether it served one. */
-interface ConnState { at: number; active: number; unsafe: number; waiting: number; served: boolean }
+/**
+ * Per connection: when it was accepted, requests in progress (of them, unsafe ones), pipelined
+ * ones waiting their turn, whether it served one; `retire`: closed once its requests are answered
+ * (its client certificate was verified under a client CA or CRL since replaced).
+ */
+interface ConnState { at: number; active: number; unsafe: number; waiting: number; served: boolean; retire?: true }
 /** Methods whose pipelined requests may be handled side by side (RFC 9110 §9.2.1). */
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
 const kConn = Symbol('turnpike.conn');
@@ -949,6 +953,7 @@ export class Gateway implements RequestContext {
       if (conn) {
         conn.active--;
         if (unsafe) conn.unsafe--;
+        if (conn.retire && conn.active === 0 && conn.waiting === 0) socket.end();
       }
       pending?.delete(res);
       handler?.clientClosed();
@@ -1288,12 +1293,14 @@ export class Gateway implements RequestContext {
     if (this.certs !== null && next.tls !== null) {
       // (versions and ciphers are in every context, the listener's default one too; watch is the polling)
       const cur = this.certs.current;
+      const trustChanged = next.tls.certs.trustDigest() !== cur.trustDigest();
       if (next.tls.certs.digest() !== cur.digest() || JSON.stringify(next.tls.certs.specs) !== JSON.stringify(cur.specs)
         || JSON.stringify(next.tls.certs.options) !== JSON.stringify(cur.options) || next.tls.watch !== prev.tls?.watch) this.certs.swap(next.tls.certs, next.tls.watch);
       // Whether new connections are asked for a certificate (node:tls reads the server's
       // requestCert for each connection; the contexts above carry the CA).
       const listener = this.tlsServer as (TlsServer & { requestCert?: boolean }) | null;
       if (listener !== null && listener.requestCert !== next.tls.requestCert) listener.requestCert = next.tls.requestCert;
+      if (trustChanged) this.retireVerifiedConnections();
     } else if ((this.certs !== null) !== (next.tls !== null)) this.log.warn({ setting: 'listen_tls' }, 'listen_tls / tls changed: restart to apply it');
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;
@@ -1351,6 +1358,36 @@ export class Gateway implements RequestContext {
     this.draining = true;
     this.ready = false;
     for (const s of this.sessions) shutdownNotice(s);
+  }
+
+  /**
+   * After the client CA or CRL changed: connections whose client certificate was verified under
+   * the old ones would carry that verdict for as long as they live (a revoked device on its
+   * kept-alive connection or HTTP/2 session). They are closed as a drain closes them — an idle
+   * HTTP/1.1 connection at once, a busy one after its answers, an HTTP/2 session by GOAWAY once
+   * its streams end — and the client's next connection is verified under the new ones.
+   */
+  private retireVerifiedConnections(): void {
+    const hasCert = (s: TLSSocket | undefined): boolean => {
+      if (s?.encrypted !== true) return false;
+      const c = s.getPeerCertificate();
+      return c !== null && Object.keys(c).length > 0;
+    };
+    let n = 0;
+    for (const s of this.connections) {
+      if (!hasCert(s as Socket as TLSSocket)) continue;
+      const c = s[kConn]!;
+      if (c.active === 0 && c.waiting === 0) s.end();
+      else c.retire = true;
+      n++;
+    }
+    for (const session of this.sessions) {
+      if (session.closed || session.destroyed || !hasCert(session.socket as TLSSocket)) continue;
+      shutdownNotice(session);
+      session.close();
+      n++;
+    }
+    if (n > 0) this.log.info({ connections: n }, 'client CA or CRL changed: connections with client certificates verified under the old ones are closed');
   }
 
   /** Ends a running shutdownDelay() early. */

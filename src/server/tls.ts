@@ -201,6 +201,13 @@ export class CertSet {
     return this.crl;
   }
 
+  /** Digest of what client certificates are verified against (client CA and CRL): another one makes earlier verdicts stale. */
+  trustDigest(): string {
+    const h = createHash('sha256');
+    h.update(this.ca ?? '-').update('|').update(this.crl ?? '-');
+    return h.digest('hex');
+  }
+
   /** Digest of what was read from disk (CA, certificates, keys): part of the snapshot's hash, so a reload re-reads them. */
   digest(): string {
     const h = createHash('sha256');

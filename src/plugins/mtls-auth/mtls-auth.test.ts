@@ -215,3 +215,63 @@ access_log: {enabled: false}
   assert.match(issues[0]!.message, /holds no PEM certificate revocation list/);
   assert.deepEqual(configIssues(text.replace(/  client_ca: .*\n/, '').replace(/plugins: \[\{name: mtls-auth\}\]/, '')).map((i) => [i.path, i.message]), [['tls.client_crl', 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)']]);
 });
+
+test('a reload that revokes a client certificate (tls.client_crl) or replaces the client CA closes the connections already verified under the old ones — HTTP/2 sessions get GOAWAY, idle HTTP/1.1 keep-alive connections are closed — so the next request is judged under the new ones', async () => {
+  const { parseConfigText: parse } = await import('../../config/load.js');
+  const { Agent } = await import('node:https');
+  const { copyFileSync } = await import('node:fs');
+  const { eventually } = await import('../../../test/helpers.js');
+  const server = ca.issue('api.test', { file: 'retire-server' });
+  const device = ca.issue('app-1', { client: true, file: 'retire-device' });
+  const crlFile = `${ca.dir}/retire.crl`;
+  copyFileSync(ca.crl([], 'retire-1.pem'), crlFile);
+  const text = `
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: ${ca.certFile}
+  client_crl: ${crlFile}
+consumers: [{name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}]
+services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]
+access_log: {enabled: false}
+`;
+  const t = await startGateway(text);
+  const port = t.gw.tlsAddress!.port;
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  const h1 = () => new Promise<number>((resolve, reject) => {
+    httpsRequest({ host: '127.0.0.1', port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: device.cert, key: device.key, agent }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    }).on('error', reject).end();
+  });
+  const session = h2connect(`https://127.0.0.1:${port}`, { ca: ca.cert, servername: 'api.test', cert: device.cert, key: device.key });
+  session.on('error', () => {});
+  let goaway = false;
+  session.on('goaway', () => (goaway = true));
+  const h2 = (s = session) => new Promise<number>((resolve, reject) => {
+    const st = s.request({ ':path': '/secure', ':authority': 'api.test' });
+    st.on('response', (h) => resolve(Number(h[':status'])));
+    st.on('error', reject);
+    st.resume();
+    st.end();
+  });
+  try {
+    assert.equal(await h1(), 200);
+    assert.equal(await h2(), 200);
+    copyFileSync(ca.crl([device], 'retire-2.pem'), crlFile);
+    await t.gw.reloadAsync(parse(text, { env: {} }));
+    await eventually(() => goaway && session.closed, 3000);
+    const fresh = h2connect(`https://127.0.0.1:${port}`, { ca: ca.cert, servername: 'api.test', cert: device.cert, key: device.key });
+    try {
+      assert.equal(await h2(fresh), 401, 'a new HTTP/2 session is verified under the new CRL');
+    } finally {
+      fresh.close();
+    }
+    await eventually(() => Object.values(agent.freeSockets).every((l) => !l?.length), 3000);
+    assert.equal(await h1(), 401, 'the kept-alive connection was closed: a new one is verified under the new CRL');
+  } finally {
+    agent.destroy();
+    session.destroy();
+    await t.close();
+  }
+});
