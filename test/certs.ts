@@ -17,7 +17,7 @@ export interface Pem {
 export interface TestCa extends Pem {
   dir: string;
   /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth, and `sans` as written, e.g. DNS:a.example). */
-  issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean }): Pem;
+  issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean; notAfter?: Date }): Pem;
   /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path). */
   crl(revoked: Pem[], file?: string): string;
   cleanup(): void;
@@ -44,14 +44,16 @@ export function makeCa(cn = 'Turnpike Test CA'): TestCa {
         ? `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n${opts.sans ? `subjectAltName=${opts.sans.join(',')}\n` : ''}`
         : `basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${dns.map((d) => (/^[0-9.]+$|:/.test(d) ? `IP:${d}` : `DNS:${d}`)).join(',')}\n`);
       openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${base}.key`, '-out', `${base}.csr`, '-subj', `/CN=${name}`], dir);
-      if (opts.expired) {
-        // (openssl x509 takes no dates in the past; openssl ca does: valid for one day in 2020)
+      if (opts.expired || opts.notAfter) {
+        // (openssl x509 takes no dates in the past, nor an end to the second; openssl ca does:
+        // expired, valid for one day in 2020; notAfter, from an hour ago until then)
+        const stamp = (d: Date) => d.toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
         const db = join(dir, `${base}.db`);
         writeFileSync(db, '');
         writeFileSync(join(dir, `${base}.serial`), `${(serial++).toString(16).padStart(2, '0')}\n`);
         writeFileSync(join(dir, `${base}.cnf`), `[ca]\ndefault_ca = d\n[d]\ndatabase = ${db}\nnew_certs_dir = ${dir}\nserial = ${join(dir, `${base}.serial`)}\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n`);
         openssl(['ca', '-batch', '-config', `${base}.cnf`, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-in', `${base}.csr`, '-out', `${base}.pem`, '-notext',
-          '-startdate', '20200101000000Z', '-enddate', '20200102000000Z', '-extfile', ext], dir);
+          '-startdate', opts.notAfter ? stamp(new Date(Date.now() - 3600_000)) : '20200101000000Z', '-enddate', opts.notAfter ? stamp(opts.notAfter) : '20200102000000Z', '-extfile', ext], dir);
       } else openssl(['x509', '-req', '-in', `${base}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-set_serial', String(serial++), '-days', String(opts.days ?? 2), '-out', `${base}.pem`, '-extfile', ext], dir);
       const certFile = join(dir, `${base}.pem`);
       const keyFile = join(dir, `${base}.key`);

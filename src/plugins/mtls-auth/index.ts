@@ -102,6 +102,9 @@ export default definePlugin({
         const cert = socket.getPeerCertificate();
         if (!cert || Object.keys(cert).length === 0) return { ok: false, missing: true, challenge: CHALLENGE };
         if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail(socket.authorizationError) };
+        // Verified at the handshake, but a connection outlives that: a kept-alive one, an HTTP/2
+        // session for hours, a certificate issued for minutes — it must not outlive the certificate.
+        if (Date.parse(cert.valid_to) <= Date.now()) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail('CERT_HAS_EXPIRED') };
         const { cn, sans, folded } = certificateNames(cert);
         let consumer: Consumer | null = null;
         for (const n of [...(cn !== null ? [cn] : []), ...sans]) {

@@ -275,3 +275,53 @@ access_log: {enabled: false}
     await t.close();
   }
 });
+
+test('a client certificate that expires while its connection lives (a kept-alive HTTP/1.1 connection, an HTTP/2 session) is refused from then on, on that connection too', async () => {
+  const { Agent } = await import('node:https');
+  const { sleep } = await import('../../../test/helpers.js');
+  const until = new Date(Date.now() + 4000);
+  const shortLived = ca.issue('app-1', { client: true, file: 'short-lived', notAfter: until });
+  const session = h2connect(`https://127.0.0.1:${gw.gw.tlsAddress!.port}`, { ca: ca.cert, servername: 'api.test', cert: shortLived.cert, key: shortLived.key });
+  session.on('error', () => {});
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  let sockets = 0;
+  const h1 = () => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const r = httpsRequest({ host: '127.0.0.1', port: gw.gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: shortLived.cert, key: shortLived.key, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    r.on('socket', (s) => { if (!(s as { counted?: true }).counted) { (s as { counted?: true }).counted = true; sockets++; } });
+    r.on('error', reject).end();
+  });
+  const h2 = () => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const st = session.request({ ':path': '/secure', ':authority': 'api.test' });
+    let status = 0;
+    let body = '';
+    st.on('response', (h) => (status = Number(h[':status'])));
+    st.setEncoding('utf8');
+    st.on('data', (d) => (body += d));
+    st.on('end', () => resolve({ status, body }));
+    st.on('error', reject);
+    st.end();
+  });
+  try {
+    assert.equal((await h1()).status, 200);
+    assert.equal((await h2()).status, 200);
+    // Kept busy past the certificate's end (a request a second: the keep-alive timeout never fires).
+    while (Date.now() < until.getTime() + 300) {
+      await sleep(Math.min(1000, until.getTime() + 300 - Date.now()));
+      await h1();
+      await h2();
+    }
+    const [a, b] = [await h1(), await h2()];
+    assert.equal(sockets, 1, 'one kept-alive connection throughout');
+    assert.equal(a.status, 401, a.body);
+    assert.equal(JSON.parse(a.body).detail, 'the client certificate is not trusted: it has expired');
+    assert.equal(b.status, 401, b.body);
+  } finally {
+    agent.destroy();
+    session.destroy();
+  }
+});
