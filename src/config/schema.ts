@@ -48,7 +48,7 @@ export const Route = Strict({
   methods: Type.Optional(Type.Array(Method, { minItems: 1, description: 'Allowed methods; omitted = any.' })),
   hosts: Type.Optional(Type.Array(Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$' }), {
     minItems: 1,
-    description: 'Exact host names or wildcards like *.example.com; omitted = any.',
+    description: 'Exact host names or wildcards like *.example.com (a suffix: a.example.com and a.b.example.com, not example.com; as Kong, nginx and the Gateway API route; a certificate\'s *.example.com covers one label); omitted = any.',
   })),
   headers: Type.Optional(Type.Record(
     Type.String({ pattern: "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$" }),
