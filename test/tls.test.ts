@@ -772,6 +772,7 @@ test('domain fronting with client certificates: a request whose Host names anoth
   const a = ca.issue('a.test', { file: 'front-a' });
   const b = ca.issue('b.test', { file: 'front-b' });
   const w = ca.issue('wild', { dns: ['*.w.test'], file: 'front-w' });
+  const ip = ca.issue('by-ip', { dns: ['127.0.0.1'], file: 'front-ip' });
   const alice = ca.issue('alice', { client: true, file: 'front-alice' });
   const t = await startGateway(`
 listen_tls: 127.0.0.1:0
@@ -780,6 +781,7 @@ tls:
     - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}, default: true}
     - {hosts: [b.test], cert: ${b.certFile}, key: ${b.keyFile}}
     - {hosts: ["*.w.test"], cert: ${w.certFile}, key: ${w.keyFile}}
+    - {hosts: [127.0.0.1], cert: ${ip.certFile}, key: ${ip.keyFile}}
   client_ca: ${ca.certFile}
 consumers: [{name: alice}]
 services:
@@ -811,6 +813,7 @@ services:
     assert.equal((await get('x.w.test', 'y.w.test')).status, 200, 'two names of one certificate (a browser coalescing connections)');
     assert.equal((await get('b.test', `127.0.0.1:${port}`)).status, 200, 'a Host that names no certificate is not judged');
     assert.equal((await get(undefined, 'a.test')).status, 200, 'no SNI: the default certificate\'s names');
+    assert.equal((await get(undefined, `127.0.0.1:${port}`)).status, 200, 'an address a certificate lists (never an SNI: clients send none for it)');
     assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'alice');
 
     // HTTP/2: one session for a.test; a stream for b.test is refused, the session serves a.test on.

@@ -279,11 +279,12 @@ export class CertSet {
    * Whether a request for `host` (a Host name: lower case, no port nor trailing dot) came on a
    * connection set up for another certificate: `host` is a name of one of these certificates,
    * and not of the one the handshake's server name (none: the default) chose. A Host that names
-   * no certificate (an address, a name served by the default) is not judged.
+   * no certificate (a name served by the default) is not judged, nor an address: clients send
+   * none as SNI (RFC 6066 §3), so a certificate listing one is never chosen by it.
    */
   misdirected(servername: string | false | null | undefined, host: string): boolean {
     const byHost = this.named(host);
-    return byHost !== null && byHost !== this.contextFor(servername || undefined);
+    return byHost !== null && byHost !== this.contextFor(servername || undefined) && host.charCodeAt(0) !== 0x5b /* [ */ && isIP(host) === 0;
   }
 }
 
