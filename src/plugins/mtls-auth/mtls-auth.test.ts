@@ -279,7 +279,7 @@ access_log: {enabled: false}
 test('a client certificate that expires while its connection lives (a kept-alive HTTP/1.1 connection, an HTTP/2 session) is refused from then on, on that connection too', async () => {
   const { Agent } = await import('node:https');
   const { sleep } = await import('../../../test/helpers.js');
-  const until = new Date(Date.now() + 4000);
+  const until = new Date(Date.now() + 5000);
   const shortLived = ca.issue('app-1', { client: true, file: 'short-lived', notAfter: until });
   const session = h2connect(`https://127.0.0.1:${gw.gw.tlsAddress!.port}`, { ca: ca.cert, servername: 'api.test', cert: shortLived.cert, key: shortLived.key });
   session.on('error', () => {});
