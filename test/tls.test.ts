@@ -768,8 +768,8 @@ services: [{name: s, url: ${up.url}, published: true, routes: [{paths: [/s]}]}]
   }
 });
 
-test('domain fronting with client certificates: a request whose Host names another certificate than the connection\'s SNI chose is a 421 (HTTP/1.1 and HTTP/2), never served on that connection; names of the same certificate, and Hosts that name none, are served', async () => {
-  const a = ca.issue('a.test', { file: 'front-a' });
+test('domain fronting with client certificates: a request whose Host the connection\'s certificate (chosen by its SNI) neither lists nor covers is a 421 (HTTP/1.1 and HTTP/2), never served on that connection; names of the same certificate, and addresses, are served', async () => {
+  const a = ca.issue('a.test', { dns: ['a.test', 'alt.test'], file: 'front-a' });
   const b = ca.issue('b.test', { file: 'front-b' });
   const w = ca.issue('wild', { dns: ['*.w.test'], file: 'front-w' });
   const ip = ca.issue('by-ip', { dns: ['127.0.0.1'], file: 'front-ip' });
@@ -806,11 +806,14 @@ services:
     assert.equal((await get('c.test', 'b.test')).status, 421, 'an SNI no certificate names (the default chosen), Host b.test');
     assert.equal((await get(undefined, 'b.test')).status, 421, 'no SNI (the default), Host b.test');
     assert.equal((await get('x.w.test', 'a.test')).status, 421);
+    assert.equal((await get('a.test', 'routes-only.test')).status, 421, 'a name no certificate lists, that a.test\'s certificate does not cover');
+    assert.equal((await get('x.w.test', 'a.b.w.test')).status, 421, 'a wildcard certificate covers one label (RFC 6125), whatever a route\'s *.w.test takes');
     assert.equal(up.requests.length, before, 'nothing went upstream');
     assert.equal((await get('a.test', 'a.test')).status, 200);
     assert.equal((await get('B.TEST', 'b.test.')).status, 200, 'names compare without case, trailing dot');
     assert.equal((await get('b.test', 'b.test:443')).status, 200);
     assert.equal((await get('x.w.test', 'y.w.test')).status, 200, 'two names of one certificate (a browser coalescing connections)');
+    assert.equal((await get('a.test', 'alt.test')).status, 200, 'a name the connection\'s certificate covers (its subjectAltNames), though no hosts list it');
     assert.equal((await get('b.test', `127.0.0.1:${port}`)).status, 200, 'a Host that names no certificate is not judged');
     assert.equal((await get(undefined, 'a.test')).status, 200, 'no SNI: the default certificate\'s names');
     assert.equal((await get(undefined, `127.0.0.1:${port}`)).status, 200, 'an address a certificate lists (never an SNI: clients send none for it)');

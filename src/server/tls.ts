@@ -128,6 +128,8 @@ export class CertSet {
   readonly contexts: (SecureContext | null)[] = [];
   /** PEM of each loaded certificate and key (the default one also seeds the listener: clients without SNI). */
   private readonly material: ({ cert: Buffer; key: Buffer } | null)[] = [];
+  /** The (leaf) certificate of each context, for the names it covers. */
+  private readonly x509 = new Map<SecureContext, X509Certificate>();
   private ca: Buffer | undefined;
   private crl: Buffer | undefined;
   private defaultIndex = -1;
@@ -260,6 +262,16 @@ export class CertSet {
     const d = this.specs.findIndex((s) => s.isDefault);
     this.defaultIndex = d >= 0 && this.contexts[d] ? d : this.contexts.findIndex((c) => c);
     this.defaultContext = this.contexts[this.defaultIndex] ?? null;
+    this.x509.clear();
+    this.contexts.forEach((ctx, i) => {
+      const m = this.material[i];
+      if (!ctx || !m) return;
+      try {
+        this.x509.set(ctx, new X509Certificate(m.cert));
+      } catch {
+        // (OpenSSL took it: its first block is the leaf; X509Certificate reads that too)
+      }
+    });
   }
 
   /** The context for a server name (SNI), or the default. */
@@ -277,14 +289,20 @@ export class CertSet {
 
   /**
    * Whether a request for `host` (a Host name: lower case, no port nor trailing dot) came on a
-   * connection set up for another certificate: `host` is a name of one of these certificates,
-   * and not of the one the handshake's server name (none: the default) chose. A Host that names
-   * no certificate (a name served by the default) is not judged, nor an address: clients send
-   * none as SNI (RFC 6066 §3), so a certificate listing one is never chosen by it.
+   * connection that is not for it: the certificate the handshake's server name (none: the
+   * default) chose neither lists `host` in its `hosts` nor covers it (its subjectAltNames, RFC
+   * 6125: what a client checks, and what lets a browser reuse a connection for another name),
+   * and `host` is not the server name itself. An address is not judged: clients send none as
+   * SNI (RFC 6066 §3).
    */
   misdirected(servername: string | false | null | undefined, host: string): boolean {
-    const byHost = this.named(host);
-    return byHost !== null && byHost !== this.contextFor(servername || undefined) && host.charCodeAt(0) !== 0x5b /* [ */ && isIP(host) === 0;
+    if (host === '' || host.charCodeAt(0) === 0x5b /* [ */ || isIP(host) !== 0) return false;
+    const sni = servername ? servername.toLowerCase().replace(/\.$/, '') : '';
+    if (host === sni) return false;
+    const ctx = (sni !== '' ? this.named(sni) : null) ?? this.defaultContext;
+    if (ctx === null || this.named(host) === ctx) return false;
+    const x = this.x509.get(ctx);
+    return x !== undefined && x.checkHost(host) === undefined;
   }
 }
 
