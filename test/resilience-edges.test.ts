@@ -472,3 +472,45 @@ test('a target a reload removed is left no idle connection: neither the request 
     for (const x of [a, b]) { x.s.closeAllConnections(); await new Promise((r) => x.s.close(r)); }
   }
 });
+
+test('active health: a health endpoint whose answer breaks off (short of its Content-Length, or mid-chunk) fails the probe; a big body (1 MiB) does not', { timeout: 8000 }, async () => {
+  const mode: Record<string, 'ok' | 'short' | 'chunked' | 'big'> = {};
+  const mk = async (name: string) => {
+    const u = await startUpstream((req, res) => {
+      if (req.url !== '/healthz') return void res.end(name);
+      switch (mode[name]) {
+        case 'short': // 10 of the 100 bytes announced, then the connection is cut
+          res.writeHead(200, { 'content-length': '100' });
+          res.write('0123456789', () => res.socket?.destroy());
+          return;
+        case 'chunked': // one chunk, then the connection is cut before the last chunk
+          res.writeHead(200);
+          res.write('0123456789', () => res.socket?.destroy());
+          return;
+        case 'big':
+          return void res.writeHead(200, { 'content-length': String(1 << 20) }).end(Buffer.alloc(1 << 20, 0x61));
+        default:
+          return void res.writeHead(200).end('ok');
+      }
+    });
+    mode[name] = 'ok';
+    return u;
+  };
+  const ups = [await mk('a'), await mk('b'), await mk('c')];
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [${ups.map((u) => `{url: ${u.url}}`).join(', ')}]\n` +
+    `      healthcheck:\n        active: {path: /healthz, interval: 200ms, timeout: 180ms, healthy: 1, unhealthy: 2}\n    routes: [{paths: [/]}]\n`);
+  const report = () => g.gw.health!.report().targets;
+  try {
+    mode.a = 'short';
+    mode.b = 'chunked';
+    mode.c = 'big';
+    await until(() => report()[`s|${ups[0]!.url}`]?.down === true && report()[`s|${ups[1]!.url}`]?.down === true, 4000,
+      `both targets whose health answers break off to be down: ${JSON.stringify(report())}`);
+    await sleep(600); // (several more probes)
+    assert.equal(report()[`s|${ups[2]!.url}`]?.down, false, 'a whole 1 MiB health answer is healthy');
+    for (let i = 0; i < 3; i++) assert.equal((await request(`${g.url}/x`)).body, 'c');
+  } finally {
+    await g.close();
+    await Promise.all(ups.map((u) => u.close()));
+  }
+});

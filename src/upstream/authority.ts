@@ -60,6 +60,24 @@ interface TargetHealth {
 
 const BUCKETS = 10;
 
+/** What a probe reads of its answer's body: past it the rest is not read (a big body is no failure). */
+const PROBE_BODY_BYTES = 64 * 1024;
+
+/**
+ * Reads a probe's body, up to PROBE_BODY_BYTES. It rejects when the body breaks off — a
+ * connection cut short of its Content-Length or mid-chunk, a reset: a target whose answers
+ * break is not healthy, as Envoy counts a reset stream — or when the probe's timeout fires
+ * (undici's request destroys the body with the signal's reason). undici's body.dump() took a
+ * body that broke off for a whole one: it resolves on any close that is not its signal's.
+ */
+async function readProbeBody(body: AsyncIterable<Buffer>): Promise<void> {
+  let n = 0;
+  for await (const chunk of body) {
+    n += chunk.length;
+    if (n > PROBE_BODY_BYTES) break; // (leaving the loop destroys the body, its connection with it)
+  }
+}
+
 function sameActive(a: ActiveConfig | null, b: ActiveConfig | null): boolean {
   if (a === null || b === null) return a === b;
   const key = (c: ActiveConfig) => JSON.stringify([c.path, c.interval, c.timeout, c.healthy, c.unhealthy, c.statuses ? [...c.statuses] : null, c.host]);
@@ -347,8 +365,8 @@ export class HealthAuthority implements Reporter {
         signal,
       });
       const statusOk = cfg.statuses ? cfg.statuses.has(res.statusCode) : res.statusCode >= 200 && res.statusCode < 400;
-      // A body that stalls past the timeout fails the probe (dump rejects when the signal fires).
-      await res.body.dump({ limit: 64 * 1024, signal });
+      // A body that stalls past the timeout or breaks off fails the probe (readProbeBody).
+      await readProbeBody(res.body);
       ok = statusOk;
       if (!ok) why = `status ${res.statusCode}`;
     } catch (err) {
