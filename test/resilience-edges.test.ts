@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { spawn } from 'node:child_process';
-import { connect } from 'node:net';
+import { connect, createServer as createNetServer } from 'node:net';
 import { parseConfigText } from '../src/config/load.js';
 import { TargetState } from '../src/upstream/state.js';
 import { HealthAuthority } from '../src/upstream/authority.js';
@@ -512,5 +512,54 @@ test('active health: a health endpoint whose answer breaks off (short of its Con
   } finally {
     await g.close();
     await Promise.all(ups.map((u) => u.close()));
+  }
+});
+
+test('a client that stalls its upload is no slow upstream: no 504, nothing charged to the target or the circuit, and the request goes on when the client does; an upstream that stops reading the body still gets its 504', { timeout: 10000 }, async () => {
+  const up = await startUpstream((_req, res, body) => res.end(`got ${body.length}`));
+  // (reads nothing: the gateway's writes to it back up)
+  const deafSockets: import('node:net').Socket[] = [];
+  const deaf = createNetServer((s) => { deafSockets.push(s); s.pause(); s.on('error', () => {}); });
+  await new Promise<void>((r) => deaf.listen(0, '127.0.0.1', r));
+  const deafUrl = `http://127.0.0.1:${(deaf.address() as { port: number }).port}`;
+  const g = await startGateway(`services:\n` +
+    `  - name: s\n    timeouts: {response: 300ms}\n` +
+    `    upstream: {targets: [{url: ${up.url}}], healthcheck: {passive: {failures: 5}}}\n` +
+    `    circuit_breaker: {min_requests: 1, failure_ratio: 0.5}\n    routes: [{paths: [/s]}]\n` +
+    `  - name: d\n    url: ${deafUrl}\n    timeouts: {response: 300ms}\n    routes: [{paths: [/d]}]\n`);
+  try {
+    const s = connect(g.port, '127.0.0.1');
+    let got = '';
+    s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+    s.on('error', () => {});
+    await new Promise((r) => s.on('connect', r));
+    s.write('POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n' + 'x'.repeat(10));
+    await sleep(1000); // more than 3 response timeouts with nothing from the client
+    assert.equal(got, '', 'answered while the client still uploads');
+    s.write('y'.repeat(990));
+    await until(() => got.includes('got 1000'), 3000, 'the answer once the body is whole');
+    assert.match(got, /^HTTP\/1\.1 200 /);
+    s.destroy();
+    const health = g.gw.health!.report();
+    assert.equal(health.targets[`s|${up.url}`]?.failures, 0, JSON.stringify(health));
+    assert.equal(health.circuits.s, 'closed');
+
+    // The upstream takes nothing: the body backs up (undici pauses it) and the timeout is its.
+    const t0 = Date.now();
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = httpRequest(`${g.url}/d`, { method: 'PUT', headers: { 'transfer-encoding': 'chunked' } }, (res) => { res.resume(); resolve(res.statusCode!); });
+      req.on('error', reject);
+      const chunk = Buffer.alloc(256 * 1024, 0x61);
+      const pump = () => { while (req.write(chunk)); };
+      req.on('drain', pump);
+      pump();
+    });
+    assert.equal(status, 504);
+    assert.ok(Date.now() - t0 < 4000, `504 after ${Date.now() - t0} ms`);
+  } finally {
+    await g.close();
+    await up.close();
+    for (const s of deafSockets) s.destroy(); // (paused, they would never see the gateway close them)
+    await new Promise((r) => { deaf.close(r); });
   }
 });

@@ -680,6 +680,20 @@ export class ForwardHandler {
   private responseTimeout(): void {
     this.responseTimer = undefined;
     if (this.finished || this.target === null) return;
+    if (this.abortFn !== null && this.awaitingClient()) {
+      // The upload is under way and it is the client that sends nothing (the upstream reads all
+      // it got): no slowness of the target's — charged to it, a client stalling its uploads
+      // ejected healthy targets and opened the circuit for everyone. undici's own headers timeout
+      // does not fire then either. The timeout runs again from here; the client's stall is
+      // bounded by timeouts.client_body, and its next bytes restart it (requestProgress). A gRPC
+      // call's own deadline still ends it (DEADLINE_EXCEEDED, nothing charged).
+      const response = this.f.service.timeouts.response;
+      const grpcLeft = this.grpcDeadline > 0 ? this.grpcDeadline - Date.now() : Infinity;
+      if (grpcLeft <= 0) return this.callDeadline();
+      this.timerAtDeadline = grpcLeft < response;
+      this.responseTimer = setTimeout(() => this.responseTimeout(), Math.max(1, Math.min(response, grpcLeft)));
+      return;
+    }
     const err = new errors.HeadersTimeoutError();
     if (this.abortFn !== null) this.abortFn(err);
     else {
@@ -853,6 +867,18 @@ export class ForwardHandler {
     if (this.finished || Date.now() >= this.deadline) return false;
     if (!f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
     return !f.hasBody || this.body !== null || this.bodyUnread();
+  }
+
+  /**
+   * Whether the attempt waits for the client's request body: it streams, is not all sent, and
+   * the stream undici reads holds nothing and is not paused (undici pauses it when the upstream
+   * does not take what is written: then the wait is the upstream's).
+   */
+  private awaitingClient(): boolean {
+    const f = this.f;
+    if (!f.hasBody || this.body !== null) return false;
+    const s = this.webBody ?? f.req;
+    return s.readableDidRead && !s.readableEnded && !s.destroyed && !s.isPaused() && s.readableLength === 0;
   }
 
   /** Whether the streamed request body is still whole: nothing of it was read for an attempt. */
