@@ -672,6 +672,34 @@ services:
   }
 });
 
+test('retry_on reset: an HTTP/2 upstream that resets a stream before any answer (RST_STREAM INTERNAL_ERROR, CANCEL or NO_ERROR) has an idempotent request sent again, as a lost HTTP/1.1 connection does; a POST so reset is a 502, sent once', async () => {
+  const codes: Record<number, number> = { 0: H2_INTERNAL_ERROR, 2: H2_CANCEL, 4: H2_NO_ERROR, 6: H2_INTERNAL_ERROR };
+  const seen: number[] = [];
+  const origin = await startRawH2Origin((s) => {
+    seen.push(s.index);
+    const code = codes[s.index];
+    if (code !== undefined) return s.rst(code);
+    s.headers(200, { 'content-length': '2' });
+    s.data('ok', true);
+  });
+  const gw = await startGateway(`
+services:
+  - {name: h2x, url: '${origin.url}', protocol: h2c, retries: 1, retry_on: [reset], routes: [{paths: [/x]}]}
+`);
+  try {
+    for (const code of ['INTERNAL_ERROR', 'CANCEL', 'NO_ERROR']) {
+      const r = await rawRequest(gw.port, 'GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+      assert.match(r.text, /^HTTP\/1\.1 200 /, `reset with ${code}: ${r.text}`);
+    }
+    const post = await rawRequest(gw.port, 'POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+    assert.match(post.text, /^HTTP\/1\.1 502 /, post.text);
+    assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6], 'each reset GET went once more; the POST once');
+  } finally {
+    await gw.close();
+    await origin.close();
+  }
+});
+
 test('a GOAWAY whose last-stream-id is below the request\'s stream (an idle connection the upstream closed as the request went out: not processed, RFC 9113 §6.8) sends the request again on a new connection under retries; a GOAWAY that covers it does not', async () => {
   let script: (s: RawH2Stream) => void = () => {};
   const origin = await startRawH2Origin((s) => script(s));

@@ -44,6 +44,14 @@ const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED
  */
 const H2_CUTS = new Set(['ERR_HTTP2_STREAM_ERROR', H2_STREAM_CUT]);
 /**
+ * An upstream HTTP/2 stream that ended before any answer: reset (RST_STREAM with an error code:
+ * ERR_HTTP2_STREAM_ERROR; NO_ERROR: H2_STREAM_CUT; CANCEL: undici's InformationalError, "stream
+ * closed before the response was complete"), or ended or broken off by the session (undici's
+ * InformationalError too). HTTP/2's lost connection: `reset` in retry_on, as Envoy's reset is
+ * (REFUSED_STREAM and a GOAWAY that left the stream unprocessed were tested first: connect-error).
+ */
+const h2StreamLost = (code: string) => H2_CUTS.has(code) || code === 'UND_ERR_INFO';
+/**
  * An upstream HTTP/2 stream reset with REFUSED_STREAM: closed before any processing (RFC 9113
  * §8.7), so it may be sent again as a connection never made may (connect-error).
  */
@@ -1461,7 +1469,7 @@ export class ForwardHandler {
       // kept-alive) nor retried (the target answers the same): 502 invalid-upstream-response.
       const refused100 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_100 && this.status === 0;
       const refused101 = code === 'UND_ERR_SOCKET' && err.message === UNDICI_REFUSED_101 && this.status === 0;
-      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) || connectFailed(err) || refusedStream(code, err) || unprocessedStream(err) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) ? 'reset' : null;
+      const kind = refused100 || refused101 ? null : CONNECT_FAILURES.has(code) || connectFailed(err) || refusedStream(code, err) || unprocessedStream(err) ? 'connect-error' : code === 'UND_ERR_HEADERS_TIMEOUT' ? 'timeout' : RESETS.has(code) || (f.service.h2Upstream && h2StreamLost(code)) ? 'reset' : null;
       const t = this.target;
       if (t !== null && kind === 'reset' && this.status === 0 && !this.staleRetried && onReusedConnection(err) && this.mayReplay()) {
         // A kept-alive connection that broke before any answer: the origin most likely closed
