@@ -12,7 +12,7 @@ import { TargetState } from '../src/upstream/state.js';
 import { HealthAuthority } from '../src/upstream/authority.js';
 import { compile } from '../src/config/compile.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
-import { sleep, startGateway, startUpstream, request } from './helpers.js';
+import { sleep, startGateway, startRawOrigin, startUpstream, request } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -561,5 +561,30 @@ test('a client that stalls its upload is no slow upstream: no 504, nothing charg
     await up.close();
     for (const s of deafSockets) s.destroy(); // (paused, they would never see the gateway close them)
     await new Promise((r) => { deaf.close(r); });
+  }
+});
+
+test('active health: a health endpoint that sends an unrequested 100 Continue before its answer is judged by that answer (RFC 9110 §15.2: a client reads past a 1xx it did not expect), not taken down', { timeout: 8000 }, async () => {
+  const final: Record<string, string> = { a: '200 OK', b: '503 Service Unavailable' };
+  const mk = (name: string) => startRawOrigin((data) => {
+    const text = data.toString('latin1');
+    if (!text.includes('\r\n\r\n')) return null;
+    if (!text.startsWith('GET /healthz ')) return `HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n${name}`;
+    return `HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 ${final[name]}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok`;
+  });
+  const a = await mk('a');
+  const b = await mk('b');
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n` +
+    `      healthcheck:\n        active: {path: /healthz, interval: 200ms, timeout: 180ms, healthy: 1, unhealthy: 2}\n    routes: [{paths: [/]}]\n`);
+  const report = () => g.gw.health!.report().targets;
+  try {
+    await until(() => report()[`s|${b.url}`]?.down === true, 4000, `the target whose health answer is a 503 to be down: ${JSON.stringify(report())}`);
+    await sleep(400); // (more probes)
+    assert.equal(report()[`s|${a.url}`]?.down, false, `a 100 Continue then a 200 is healthy: ${JSON.stringify(report())}`);
+    for (let i = 0; i < 3; i++) assert.equal((await request(`${g.url}/x`)).body, 'a');
+  } finally {
+    await g.close();
+    await a.close();
+    await b.close();
   }
 });

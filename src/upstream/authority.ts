@@ -9,6 +9,8 @@
 import { Pool, buildConnector, request } from 'undici';
 import { isIP } from 'node:net';
 import { upstreamTlsName } from '../server/tls.js';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import type { Snapshot } from '../config/compile.js';
 import type { CircuitState } from './state.js';
 import type { Logger } from '../core/log.js';
@@ -44,6 +46,11 @@ interface TargetHealth {
    */
   dispatcher: Pool | null;
   probeKey: string;
+  /**
+   * An HTTP/1.1 target's TLS settings for a probe read with node:http instead (see probeAfter100),
+   * null over HTTP/2 (no 100 Continue there that undici would refuse).
+   */
+  probeTls: ProbeTls | null;
   passive: PassiveConfig | null;
   active: ActiveConfig | null;
   failures: number;
@@ -76,6 +83,44 @@ async function readProbeBody(body: AsyncIterable<Buffer>): Promise<void> {
     n += chunk.length;
     if (n > PROBE_BODY_BYTES) break; // (leaving the loop destroys the body, its connection with it)
   }
+}
+
+/** TLS settings of an HTTP/1.1 probe read with node:http (empty over cleartext). */
+type ProbeTls = { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized?: boolean; servername?: string };
+
+/**
+ * undici's HTTP/1.1 client refuses any 100 Continue (it never sends Expect: every 100 is
+ * unrequested) and drops the connection with this message, though RFC 9110 §15.2 has a client
+ * read past a 1xx it did not expect (forward.ts: UNDICI_REFUSED_100).
+ */
+const undiciRefused100 = (err: unknown) => (err as { code?: string }).code === 'UND_ERR_SOCKET' && (err as Error).message === 'bad response';
+
+/**
+ * The probe once more with node:http, which reads past interim answers (a 100 Continue
+ * included), on a connection of its own: a health endpoint that sends an unrequested 100 before
+ * its 200 is healthy, not down (undici's refusal of the 100 failed every probe). Its status, the
+ * body read as readProbeBody does; the probe's signal bounds it.
+ */
+function probeAfter100(url: string, host: string, tls: ProbeTls, signal: AbortSignal): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const u = new URL(url);
+    const opts = { method: 'GET', headers: { host, 'user-agent': 'turnpike-healthcheck' }, agent: false, signal, ...tls };
+    const req = (u.protocol === 'https:' ? httpsRequest : httpRequest)(u, opts, (res) => {
+      let n = 0;
+      res.on('data', (c: Buffer) => {
+        n += c.length;
+        if (n > PROBE_BODY_BYTES) {
+          resolve(res.statusCode!);
+          res.destroy();
+        }
+      });
+      res.on('end', () => resolve(res.statusCode!));
+      res.on('error', reject);
+      res.on('close', () => reject(new Error('the answer broke off'))); // (after 'end' or a resolve: nothing)
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }
 
 function sameActive(a: ActiveConfig | null, b: ActiveConfig | null): boolean {
@@ -112,7 +157,7 @@ export class HealthAuthority implements Reporter {
         let h = this.targets.get(t.state.key);
         if (!h) {
           h = {
-            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, weight: t.weight, dispatcher: null, probeKey: '', passive: null, active: null,
+            key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, weight: t.weight, dispatcher: null, probeKey: '', probeTls: null, passive: null, active: null,
             failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
             probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
           };
@@ -312,17 +357,20 @@ export class HealthAuthority implements Reporter {
   private probePool(h: TargetHealth, s: Snapshot['services'][number]): void {
     let key = '';
     let connect: Pool.Options['connect'] | undefined;
+    h.probeTls = null;
     if (h.active !== null) {
       const tls = s.tls;
       if (h.origin.startsWith('https:')) {
         const name = h.hostHeader.replace(/:[0-9]+$/, '').replace(/^\[|\]$/g, '');
         const servername = tls?.servername ?? (isIP(name) === 0 ? name : undefined);
+        if (!s.h2Upstream) h.probeTls = { ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...upstreamTlsName(servername) };
         key = JSON.stringify([tls?.ca?.toString('base64'), tls?.cert?.toString('base64'), tls?.key ? 'k' + tls.key.length : '', tls?.rejectUnauthorized ?? true, servername ?? '', s.h2Upstream]);
         const build = buildConnector({ ...(tls ? { ca: tls.ca, cert: tls.cert, key: tls.key, rejectUnauthorized: tls.rejectUnauthorized } : {}), ...upstreamTlsName(servername), ...(s.h2Upstream ? { allowH2: true } : {}) });
         // (undici would name the probe's Host — healthcheck.host — before these: see pools.ts)
         connect = (o, cb) => build({ ...o, servername: undefined }, cb);
       } else {
         key = s.h2Upstream ? 'h2c' : 'http';
+        if (!s.h2Upstream) h.probeTls = {};
         // (HTTP/2 with prior knowledge: undici's connector option, not in its types)
         if (s.h2Upstream) connect = { useH2c: true } as Pool.Options['connect'];
       }
@@ -356,23 +404,30 @@ export class HealthAuthority implements Reporter {
     let why = '';
     try {
       const signal = AbortSignal.timeout(cfg.timeout);
-      const res = await request(h.origin + cfg.path, {
-        method: 'GET',
-        dispatcher: h.dispatcher!,
-        headers: { host: cfg.host ?? h.hostHeader, 'user-agent': 'turnpike-healthcheck' },
-        headersTimeout: cfg.timeout,
-        bodyTimeout: cfg.timeout,
-        signal,
-      });
-      const statusOk = cfg.statuses ? cfg.statuses.has(res.statusCode) : res.statusCode >= 200 && res.statusCode < 400;
-      // A body that stalls past the timeout or breaks off fails the probe (readProbeBody).
-      await readProbeBody(res.body);
-      ok = statusOk;
-      if (!ok) why = `status ${res.statusCode}`;
+      const host = cfg.host ?? h.hostHeader;
+      let status: number;
+      try {
+        const res = await request(h.origin + cfg.path, {
+          method: 'GET',
+          dispatcher: h.dispatcher!,
+          headers: { host, 'user-agent': 'turnpike-healthcheck' },
+          headersTimeout: cfg.timeout,
+          bodyTimeout: cfg.timeout,
+          signal,
+        });
+        status = res.statusCode;
+        // A body that stalls past the timeout or breaks off fails the probe (readProbeBody).
+        await readProbeBody(res.body);
+      } catch (err) {
+        if (!undiciRefused100(err) || h.probeTls === null) throw err;
+        status = await probeAfter100(h.origin + cfg.path, host, h.probeTls, signal);
+      }
+      ok = cfg.statuses ? cfg.statuses.has(status) : status >= 200 && status < 400;
+      if (!ok) why = `status ${status}`;
     } catch (err) {
       ok = false;
       const e = err as { code?: string; name?: string; message?: string };
-      why = e.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' ? `no answer within ${cfg.timeout} ms` : `${e.code ?? e.name ?? 'error'}: ${e.message ?? ''}`.slice(0, 200);
+      why = e.name === 'TimeoutError' || (e as { cause?: { name?: string } }).cause?.name === 'TimeoutError' || e.code === 'UND_ERR_HEADERS_TIMEOUT' || e.code === 'UND_ERR_BODY_TIMEOUT' ? `no answer within ${cfg.timeout} ms` : `${e.code ?? e.name ?? 'error'}: ${e.message ?? ''}`.slice(0, 200);
     }
     h.probing = false;
     if (this.targets.get(h.key) !== h || h.active !== cfg) {
