@@ -515,7 +515,7 @@ test('active health: a health endpoint whose answer breaks off (short of its Con
   }
 });
 
-test('a client that stalls its upload is no slow upstream: no 504, nothing charged to the target or the circuit, and the request goes on when the client does; an upstream that stops reading the body still gets its 504', { timeout: 10000 }, async () => {
+test('a client that stalls its upload (before its first body byte or after) is no slow upstream: no 504, nothing charged to the target or the circuit, and the request goes on when the client does; an upstream that stops reading the body still gets its 504', { timeout: 10000 }, async () => {
   const up = await startUpstream((_req, res, body) => res.end(`got ${body.length}`));
   // (reads nothing: the gateway's writes to it back up)
   const deafSockets: import('node:net').Socket[] = [];
@@ -533,8 +533,11 @@ test('a client that stalls its upload is no slow upstream: no 504, nothing charg
     s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
     s.on('error', () => {});
     await new Promise((r) => s.on('connect', r));
-    s.write('POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n' + 'x'.repeat(10));
-    await sleep(1000); // more than 3 response timeouts with nothing from the client
+    s.write('POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n');
+    await sleep(700); // more than 2 response timeouts with no byte of the body yet
+    assert.equal(got, '', 'answered while the client had sent no byte of its body');
+    s.write('x'.repeat(10));
+    await sleep(700); // and again mid-body
     assert.equal(got, '', 'answered while the client still uploads');
     s.write('y'.repeat(990));
     await until(() => got.includes('got 1000'), 3000, 'the answer once the body is whole');

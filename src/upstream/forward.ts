@@ -878,15 +878,15 @@ export class ForwardHandler {
   }
 
   /**
-   * Whether the attempt waits for the client's request body: it streams, is not all sent, and
-   * the stream undici reads holds nothing and is not paused (undici pauses it when the upstream
-   * does not take what is written: then the wait is the upstream's).
+   * Whether the attempt waits for the client's request body: it streams, is not all sent (not a
+   * byte of it, maybe), and the stream undici reads holds nothing and is not paused (undici
+   * pauses it when the upstream does not take what is written: then the wait is the upstream's).
    */
   private awaitingClient(): boolean {
     const f = this.f;
     if (!f.hasBody || this.body !== null) return false;
     const s = this.webBody ?? f.req;
-    return s.readableDidRead && !s.readableEnded && !s.destroyed && !s.isPaused() && s.readableLength === 0;
+    return !s.readableEnded && !s.destroyed && !s.isPaused() && s.readableLength === 0;
   }
 
   /** Whether the streamed request body is still whole: nothing of it was read for an attempt. */
