@@ -371,6 +371,34 @@ test('a status in retry_on is retried on another target', { timeout: 5000 }, asy
   }
 });
 
+test('a status in retry_on with a Retry-After goes to another target, never back to the one that said it: a one-target service passes the answer on, Retry-After included (without one it is retried)', { timeout: 5000 }, async () => {
+  let wait = true;
+  const a = await startUpstream((_q, res) => res.writeHead(503, wait ? { 'retry-after': '30' } : {}).end('a busy'));
+  const b = await startUpstream((_q, res) => res.end('b'));
+  const g = await startGateway(`services:\n` +
+    `  - name: one\n    url: ${a.url}\n    retries: 2\n    retry_on: [503]\n    routes: [{paths: [/one]}]\n` +
+    `  - name: two\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n    retries: 2\n    retry_on: [503]\n    routes: [{paths: [/two]}]\n`);
+  try {
+    const r = await request(`${g.url}/one`);
+    assert.equal(r.status, 503);
+    assert.equal(r.body, 'a busy');
+    assert.equal(r.headers['retry-after'], '30');
+    assert.equal(a.requests.length, 1, 'the target that asked to wait was asked again at once');
+    // with another target there, the retry goes to it
+    for (let i = 0; i < 2; i++) assert.equal((await request(`${g.url}/two`)).body, 'b');
+    assert.equal(b.requests.length, 2);
+    // no Retry-After: the one target is tried again, as before
+    wait = false;
+    const n = a.requests.length;
+    assert.equal((await request(`${g.url}/one`)).status, 503);
+    assert.equal(a.requests.length - n, 3);
+  } finally {
+    await g.close();
+    await a.close();
+    await b.close();
+  }
+});
+
 test('ACCEPTANCE: the retry budget caps upstream attempts at 1.2x the requests', { timeout: 5000 }, async () => {
   const a = await startUpstream((_q, res) => res.writeHead(503).end('a down'));
   const b = await startUpstream((_q, res) => res.end('b'));

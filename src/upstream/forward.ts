@@ -869,6 +869,25 @@ export class ForwardHandler {
     return spendRetry(svc, now);
   }
 
+  /**
+   * Whether an answer in retry_on said when to come back (Retry-After, RFC 9110 §10.2.3: an
+   * overloaded or down-for-maintenance target shedding load) and no other target is left to
+   * try: a retry would go back to a target that asked not to be asked again so soon (every
+   * retry of a one-target service did, 25 ms later — more load where it is shed). The answer
+   * goes to the client then, its Retry-After with it. Error path only.
+   */
+  private askedToWait(t: Target, rawHeaders: Buffer[]): boolean {
+    let said = false;
+    for (let i = 0; i < rawHeaders.length; i += 2) {
+      const k = rawHeaders[i]!;
+      if (k.length === 11 && latin1(k).toLowerCase() === 'retry-after') said = true;
+    }
+    if (!said) return false;
+    const tried = this.tried;
+    for (const o of this.f.service.targets) if (o !== t && !o.state.down && o.weight > 0 && (tried === null || !tried.includes(o))) return false;
+    return true;
+  }
+
   /** Whether this request may be sent again as it is: idempotent (or allowed), its body still whole, time left. */
   private mayReplay(): boolean {
     const f = this.f;
@@ -951,7 +970,7 @@ export class ForwardHandler {
       // A failed status counts now; a good one once its body is whole (onComplete): a target
       // whose bodies stall or break is not cleared by its headers.
       if (passive !== null && !ok) svc.reporter.passive(t.state.key, false);
-      if (svc.retryOn.statuses.has(statusCode) && this.mayRetry(statusCode)) {
+      if (svc.retryOn.statuses.has(statusCode) && !this.askedToWait(t, rawHeaders) && this.mayRetry(statusCode)) {
         const abort = this.abortFn;
         this.target = null;
         t.state.inflight--;
