@@ -86,7 +86,7 @@ async function readProbeBody(body: AsyncIterable<Buffer>): Promise<void> {
 }
 
 /** TLS settings of an HTTP/1.1 probe read with node:http (empty over cleartext). */
-type ProbeTls = { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized?: boolean; servername?: string };
+type ProbeTls = { ca?: Buffer; cert?: Buffer; key?: Buffer; rejectUnauthorized?: boolean } & ReturnType<typeof upstreamTlsName>;
 
 /**
  * undici's HTTP/1.1 client refuses any 100 Continue (it never sends Expect: every 100 is
