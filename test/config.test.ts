@@ -1126,3 +1126,26 @@ test('jwt: a clock_skew past 5m is a config error (a typo, 100d, accepted every 
   }
   for (const t of ['0s', '30s', '5m', '300000']) assert.deepEqual(configIssues(jwt(t)), [], t);
 });
+
+test('scaling: a policy rule broken (min above max, a zero window, panic window not shorter) names the field and its line, not the scaling block', () => {
+  const svc = (scaling: string) => `services:\n  - name: orders\n    url: http://127.0.0.1:9001\n    routes: [{name: a, paths: [/o]}]\n    scaling:\n      target_concurrency: 4\n${scaling}`;
+  assert.deepEqual(configIssues(svc('      min_replicas: 5\n      max_replicas: 2\n')), [
+    { path: 'services[0].scaling.max_replicas', line: 8, message: 'max replicas (2) must be at least min replicas (5)' },
+  ]);
+  // (max_replicas left at its default 10: the field written is the one to change)
+  assert.deepEqual(configIssues(svc('      max_scale_down_rate: 3\n      min_replicas: 20\n')), [
+    { path: 'services[0].scaling.min_replicas', line: 8, message: 'max replicas (10) must be at least min replicas (20)' },
+  ]);
+  assert.deepEqual(configIssues(svc('      stable_window: 10s\n      panic_window: 10s\n')), [
+    { path: 'services[0].scaling.panic_window', line: 8, message: 'panic window (10 s) must be shorter than the stable window (10 s)' },
+  ]);
+  assert.deepEqual(configIssues(svc('      stable_window: 5s\n')), [
+    { path: 'services[0].scaling.stable_window', line: 7, message: 'panic window (6 s) must be shorter than the stable window (5 s)' },
+  ]);
+  assert.deepEqual(configIssues(svc('      panic_window: 0s\n')), [
+    { path: 'services[0].scaling.panic_window', line: 7, message: 'panic window must be > 0 ms (got 0)' },
+  ]);
+  assert.deepEqual(configIssues(`scaling:\n  gateway:\n    min_nodes: 200\nservices: []\n`), [
+    { path: 'scaling.gateway.min_nodes', line: 3, message: 'must be at most max_nodes (100)' },
+  ]);
+});

@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import type { ConfigInputs } from '../config/inputs.js';
 import { parseDuration } from '../config/units.js';
 import { parseAddress } from '../config/address.js';
-import { DEFAULT_POLICY, validatePolicy, type ScalingPolicy } from './recommender.js';
+import { DEFAULT_POLICY, policyProblems, type ScalingPolicy } from './recommender.js';
 import { urlTarget } from '../core/url-auth.js';
 import { inClusterApiServer } from './kubernetes.js';
 import { caBundleProblem, upstreamTlsProblem } from '../server/tls.js';
@@ -31,6 +31,14 @@ export interface ScalingSettings {
   /** Relative trigger files (token_file, ca_file) are relative to this. */
   baseDir: string;
 }
+
+/** The config's name of each policy field (an error names the field, and so its line). */
+const FIELD: Record<keyof ScalingPolicy, PathSegment[]> = {
+  targetConcurrency: ['target_concurrency'], targetUtilization: ['target_utilization'], minReplicas: ['min_replicas'], maxReplicas: ['max_replicas'],
+  stableWindowMs: ['stable_window'], panicWindowMs: ['panic_window'], panicThreshold: ['panic_threshold'], maxScaleUpRate: ['max_scale_up_rate'],
+  maxScaleDownRate: ['max_scale_down_rate'], scaleUpCooldownMs: ['scale_up_cooldown'], scaleDownCooldownMs: ['scale_down_cooldown'],
+  scaleDownStabilizationMs: ['scale_down_stabilization'], sloP95Ms: ['slo', 'p95'], maxErrorRate: ['max_error_rate'], tolerance: ['tolerance'],
+};
 
 const ms = (v: string | number | undefined, fallback: number): number => (v === undefined ? fallback : parseDuration(v));
 const MAX_TIMER_MS = 2_147_483_647;
@@ -68,7 +76,14 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
     tolerance: c.tolerance ?? d.tolerance,
     ...(c.slo ? { sloP95Ms: parseDuration(c.slo.p95) } : {}),
   };
-  for (const problem of validatePolicy(policy)) fail([], problem);
+  // A rule between two fields names the first of them the config sets (min_replicas: 20 under
+  // the default max_replicas of 10 is min_replicas' line), else the first.
+  const written = (f: keyof ScalingPolicy): boolean => {
+    let at: unknown = c;
+    for (const k of FIELD[f]) at = (at as Record<string, unknown> | undefined)?.[k as string];
+    return at !== undefined;
+  };
+  for (const problem of policyProblems(policy)) fail(FIELD[problem.fields.find(written) ?? problem.fields[0]!], problem.message);
   const triggers = c.triggers ?? [];
   const kube = triggers.some((t) => t.type === 'kubernetes');
   // With a kubernetes trigger the scale subresource knows what runs; the healthy targets of a
@@ -145,6 +160,6 @@ export function scalingSettingsOf(c: ScalingConfig | undefined, services: readon
   }
   const g = c?.gateway;
   const gateway = { targetUtilization: g?.target_utilization ?? 0.7, minNodes: g?.min_nodes ?? 1, maxNodes: g?.max_nodes ?? 100 };
-  if (gateway.maxNodes < gateway.minNodes) fail(['gateway', 'max_nodes'], 'must be at least min_nodes');
+  if (gateway.maxNodes < gateway.minNodes) fail(['gateway', g?.max_nodes === undefined ? 'min_nodes' : 'max_nodes'], g?.max_nodes === undefined ? `must be at most max_nodes (${gateway.maxNodes})` : 'must be at least min_nodes');
   return { intervalMs, keda, gateway, baseDir: inputs.baseDir };
 }

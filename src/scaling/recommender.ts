@@ -87,35 +87,47 @@ export interface Recommendation {
 
 const EPS = 1e-9;
 
+/** A problem with a policy, and the fields it is about (the first is the one to blame when it was set; a rule between two names both). */
+export interface PolicyProblem {
+  fields: readonly (keyof ScalingPolicy)[];
+  message: string;
+}
+
 /** Problems with a policy (empty: fine). Fields left out take DEFAULT_POLICY; the three without a default are required. */
-export function validatePolicy(p: Partial<ScalingPolicy>): string[] {
-  const problems: string[] = [];
+export function policyProblems(p: Partial<ScalingPolicy>): PolicyProblem[] {
+  const problems: PolicyProblem[] = [];
   const v = <K extends keyof ScalingPolicy>(k: K): ScalingPolicy[K] | undefined => p[k] ?? (DEFAULT_POLICY as Partial<ScalingPolicy>)[k];
-  const check = (name: string, x: number | undefined, ok: (x: number) => boolean, rule: string, required = true): void => {
-    if (x === undefined) { if (required) problems.push(`${name} is required`); return; }
-    if (typeof x !== 'number' || !Number.isFinite(x) || !ok(x)) problems.push(`${name} must be ${rule} (got ${String(x)})`);
+  const check = (field: keyof ScalingPolicy, name: string, ok: (x: number) => boolean, rule: string, required = true): void => {
+    const x = v(field) as number | undefined;
+    if (x === undefined) { if (required) problems.push({ fields: [field], message: `${name} is required` }); return; }
+    if (typeof x !== 'number' || !Number.isFinite(x) || !ok(x)) problems.push({ fields: [field], message: `${name} must be ${rule} (got ${String(x)})` });
   };
   const int = Number.isInteger;
-  check('target concurrency', v('targetConcurrency'), (x) => x > 0, '> 0');
-  check('target utilization', v('targetUtilization'), (x) => x > 0 && x <= 1, 'in (0, 1]');
-  check('min replicas', v('minReplicas'), (x) => int(x) && x >= 0, 'an integer >= 0');
-  check('max replicas', v('maxReplicas'), (x) => int(x) && x >= 1, 'an integer >= 1');
-  check('stable window', v('stableWindowMs'), (x) => x > 0, '> 0 ms');
-  check('panic window', v('panicWindowMs'), (x) => x > 0, '> 0 ms');
-  check('panic threshold', v('panicThreshold'), (x) => x >= 1, '>= 1');
+  check('targetConcurrency', 'target concurrency', (x) => x > 0, '> 0');
+  check('targetUtilization', 'target utilization', (x) => x > 0 && x <= 1, 'in (0, 1]');
+  check('minReplicas', 'min replicas', (x) => int(x) && x >= 0, 'an integer >= 0');
+  check('maxReplicas', 'max replicas', (x) => int(x) && x >= 1, 'an integer >= 1');
+  check('stableWindowMs', 'stable window', (x) => x > 0, '> 0 ms');
+  check('panicWindowMs', 'panic window', (x) => x > 0, '> 0 ms');
+  check('panicThreshold', 'panic threshold', (x) => x >= 1, '>= 1');
   // (1 would never scale up / down: Knative refuses it too)
-  check('max scale-up rate', v('maxScaleUpRate'), (x) => x > 1, '> 1');
-  check('max scale-down rate', v('maxScaleDownRate'), (x) => x > 1, '> 1');
-  check('scale-up cooldown', v('scaleUpCooldownMs'), (x) => x >= 0, '>= 0 ms');
-  check('scale-down cooldown', v('scaleDownCooldownMs'), (x) => x >= 0, '>= 0 ms');
-  check('scale-down stabilization', v('scaleDownStabilizationMs'), (x) => x >= 0, '>= 0 ms');
-  check('SLO p95', p.sloP95Ms, (x) => x > 0, '> 0 ms', false);
-  check('max error rate', v('maxErrorRate'), (x) => x >= 0 && x <= 1, 'in [0, 1]', false);
-  check('tolerance', v('tolerance'), (x) => x >= 0 && x < 1, 'in [0, 1)', false);
+  check('maxScaleUpRate', 'max scale-up rate', (x) => x > 1, '> 1');
+  check('maxScaleDownRate', 'max scale-down rate', (x) => x > 1, '> 1');
+  check('scaleUpCooldownMs', 'scale-up cooldown', (x) => x >= 0, '>= 0 ms');
+  check('scaleDownCooldownMs', 'scale-down cooldown', (x) => x >= 0, '>= 0 ms');
+  check('scaleDownStabilizationMs', 'scale-down stabilization', (x) => x >= 0, '>= 0 ms');
+  check('sloP95Ms', 'SLO p95', (x) => x > 0, '> 0 ms', false);
+  check('maxErrorRate', 'max error rate', (x) => x >= 0 && x <= 1, 'in [0, 1]', false);
+  check('tolerance', 'tolerance', (x) => x >= 0 && x < 1, 'in [0, 1)', false);
   const [min, max, stable, panic] = [v('minReplicas'), v('maxReplicas'), v('stableWindowMs'), v('panicWindowMs')];
-  if (min !== undefined && max !== undefined && max < min) problems.push(`max replicas (${max}) must be at least min replicas (${min})`);
-  if (stable !== undefined && panic !== undefined && panic >= stable) problems.push(`panic window (${secs(panic)}) must be shorter than the stable window (${secs(stable)})`);
+  if (min !== undefined && max !== undefined && max < min) problems.push({ fields: ['maxReplicas', 'minReplicas'], message: `max replicas (${max}) must be at least min replicas (${min})` });
+  if (stable !== undefined && panic !== undefined && panic >= stable) problems.push({ fields: ['panicWindowMs', 'stableWindowMs'], message: `panic window (${secs(panic)}) must be shorter than the stable window (${secs(stable)})` });
   return problems;
+}
+
+/** Problems with a policy (empty: fine), as text. */
+export function validatePolicy(p: Partial<ScalingPolicy>): string[] {
+  return policyProblems(p).map((x) => x.message);
 }
 
 const secs = (ms: number): string => `${+(ms / 1000).toFixed(1)} s`;
