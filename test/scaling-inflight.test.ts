@@ -1,4 +1,4 @@
-/** The in-flight gauge through a real gateway: a request counts from routing until it ends (an SSE stream while it runs). */
+/** The in-flight gauge through a real gateway: a request counts from when it goes on to the service (past its plugins) until it ends (an SSE stream while it runs). */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
@@ -96,5 +96,51 @@ services:
   } finally {
     await tp.close();
     await up.close();
+  }
+});
+
+test('requests the gateway refuses for the service (401 after a slow introspection, 429) are no demand on it: not in flight while their plugins run, not counted when they end', async () => {
+  const up = await startUpstream((_req, res) => res.end('ok'));
+  // The IdP takes 600 ms, then says the token is inactive (good-token: active).
+  const idp = await startUpstream((_req, res, raw) => {
+    const good = raw.toString().includes('good-token');
+    setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(good ? { active: true, client_id: 'c' } : { active: false })), good ? 0 : 600);
+  });
+  const tp = await startGateway(`scaling: {interval: 60s}
+services:
+  - name: orders
+    url: ${up.url}
+    scaling: {target_concurrency: 2, min_replicas: 0}
+    routes:
+      - {name: guarded, paths: [/o], plugins: [{name: oauth2-introspection, config: {introspection_url: "${idp.url}/introspect", client_id: a, client_secret: b, negative_cache_ttl: 0s}}]}
+      - {name: limited, paths: [/l], plugins: [{name: rate-limit, config: {limit: 1, window: 60s}}]}
+`);
+  try {
+    tp.gw.demand.drain();
+    // Six made-up tokens at once: each waits 600 ms on the IdP, then 401.
+    const refused = Promise.all(Array.from({ length: 6 }, (_, i) => fetch(`${tp.url}/o`, { headers: { authorization: `Bearer made-up-${i}` } }).then(async (r) => { await r.arrayBuffer(); return r.status; })));
+    await sleep(450); // a few samples of the gauge (every 100 ms) while they wait
+    const waiting = tp.gw.demand.drain().services['orders'];
+    assert.equal(waiting?.inflight ?? 0, 0, `refused requests counted as in flight: ${JSON.stringify(waiting)}`);
+    assert.deepEqual(await refused, [401, 401, 401, 401, 401, 401]);
+    const statuses = [];
+    for (let i = 0; i < 3; i++) statuses.push((await fetch(`${tp.url}/l`).then(async (r) => { await r.arrayBuffer(); return r.status; })));
+    assert.deepEqual(statuses, [200, 429, 429]);
+    assert.equal((await fetch(`${tp.url}/o`, { headers: { authorization: 'Bearer good-token' } })).status, 200);
+    const seen = { n: 0, routes: {} as Record<string, number> };
+    await eventually(() => {
+      const d = tp.gw.demand.drain();
+      seen.n += d.services['orders']?.n ?? 0;
+      for (const [r, c] of Object.entries(d.routes)) seen.routes[r] = (seen.routes[r] ?? 0) + c.n;
+      return seen.n >= 2;
+    });
+    await sleep(200);
+    seen.n += tp.gw.demand.drain().services['orders']?.n ?? 0;
+    // What reached the upstream: the one request the rate limit let through and the good token's.
+    assert.deepEqual(seen, { n: 2, routes: { guarded: 1, limited: 1 } });
+  } finally {
+    await tp.close();
+    await up.close();
+    await idp.close();
   }
 });

@@ -19,6 +19,11 @@ export class Exchange {
   path = '';
   /** Raw query string including '?', or ''. */
   query = '';
+  /**
+   * Counted up in the scaling meter's in-flight gauge (the request went on past its plugins, to
+   * the upstream, a composition or a WebSocket relay): demand on its service, counted down at its end.
+   */
+  demand = false;
   /** Plugin context (consumer...), when the route has plugins. */
   pctx: PluginCtx | null = null;
   /** Request head bytes (fields as received) plus body bytes. */

@@ -251,7 +251,8 @@ export class Observer {
       if (ex.grpcStatus !== null) stats.grpcStatus(ex.grpcStatus);
     }
     const route = ex.route;
-    if (route !== null) this.demand?.record(route.service.name, route.name, status, total, local?.code === 'service-overloaded');
+    // (only what went on to the service is its demand: not what the gateway answered for it)
+    if (route !== null && ex.demand) this.demand?.record(route.service.name, route.name, status, total, local?.code === 'service-overloaded');
     this.analytics?.record(route?.name ?? '', route?.service.name ?? '', ex.consumer, status, total);
     const error = local?.code ?? (status === 499 ? 'client-closed' : ex.status === 0 && res !== null && res.headersSent && !res.writableFinished ? 'response-cut' : null);
     if (ex.span !== null) this.tracing?.endRequest(ex, status, error);

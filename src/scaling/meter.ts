@@ -1,6 +1,7 @@
 /**
- * In flight per service: a gauge counted up when a request is routed (request.ts) and down when
- * it ends (record), sampled every 100 ms; a tick's concurrency is the mean of its samples, so a
+ * In flight per service: a gauge counted up when a request goes on to the service past its
+ * plugins (request.ts: a request they answer, 401 / 429 / a cache hit, is no demand on it) and
+ * down when it ends (record), sampled every 100 ms; a tick's concurrency is the mean of its samples, so a
  * request that is still running (SSE, WebSocket, long poll) counts while it runs, not all at
  * once when it ends. The per-request cost is an increment and a decrement.
  *

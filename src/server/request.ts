@@ -666,7 +666,6 @@ export function handleRequest(
   }
   if (ex !== null) {
     ex.route = route;
-    ctx.observer!.demand?.begin(route.service.name); // in flight until Observer.end records it
     if (tracer !== null) tracer.startRequest(ex, method, match.pattern, p.proto);
   }
   const websocket = upgrade !== undefined && route.websocket !== null && /(^|,)\s*websocket\s*(,|$)/i.test(req.headers.upgrade ?? '');
@@ -758,6 +757,13 @@ export function handleRequest(
   const bodySource = { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: beginBody };
   /** Past the request phases: the WebSocket relay, a composition, or the upstream. */
   const proceed = (pctx: PluginCtx | null, plugins: ResponsePlugins | null, bodyLimit: number | null = null): ForwardHandler | undefined => {
+    // Demand on the service from here on (in flight until Observer.end records it): a request
+    // its plugins answered (401, 403, 429, a cache hit, a preflight) never needed it, and the
+    // time plugins take (an introspection call) is no upstream's.
+    if (ex !== null && ctx.observer!.demand !== null) {
+      ctx.observer!.demand.begin(route.service.name);
+      ex.demand = true;
+    }
     const upstreamQuery = pctx?.upstreamQuery ?? query;
     const upPath = pctx?.upstreamPath ?? upstreamPath;
     const bareBase = bare && upPath === upstreamPath;
