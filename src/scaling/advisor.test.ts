@@ -281,6 +281,34 @@ test('workers: in-flight levels count once per worker, however many reports arri
   }
 });
 
+test('workers: the gateway\'s own load is each worker\'s last report, not the reports a tick happened to get (a 100 ms tick without one read an idle gateway)', async () => {
+  const s = advisor({ target_concurrency: 2 });
+  const nodes = () => s.a.gatewayGauges().desiredNodes;
+  const report = (elu: number, cpuMs: number) => ({ counts: { services: {}, routes: {} }, queued: {}, elu, cpuMs, periodMs: 1000 });
+  try {
+    // Two workers, one busy (event loop 95%, a full CPU), reporting once a second; ticks of 100 ms.
+    const seen: number[] = [];
+    for (let second = 0; second < 2; second++) {
+      s.a.fromWorker(report(0.95, 950), 1);
+      s.a.fromWorker(report(0.2, 200), 2);
+      for (let i = 0; i < 10; i++) {
+        await s.tick(100, 0);
+        seen.push(nodes());
+      }
+    }
+    // ceil(0.95 / 0.7) = 2 on every tick.
+    assert.deepEqual(seen, Array(20).fill(2));
+    // A worker that reported twice within one tick (its timer and the tick drift) is not twice as busy.
+    s.a.fromWorker(report(0.3, 300), 1);
+    s.a.fromWorker(report(0.3, 300), 1);
+    s.a.fromWorker(report(0.3, 300), 2);
+    await s.tick(100, 0);
+    assert.equal(nodes(), 1, 'two CPUs at 30% of two: one node at 0.7');
+  } finally {
+    await s.a.close();
+  }
+});
+
 test('webhook only, before a full stable window: a surge (panic) is pushed at once; a quiet start pushes nothing', async () => {
   const hook = await hookReceiver();
   const s = advisor({ target_concurrency: 2, target_utilization: 1, min_replicas: 1, max_replicas: 20, stable_window: '60s', panic_window: '2s', triggers: [{ type: 'webhook', url: hook.url, secret: 'whsec-0123456789abcdef' }] });

@@ -30,13 +30,16 @@ export interface ScaledService {
   routes: readonly string[];
 }
 
-/** What a worker sends every tick: its drained demand and its own load. */
+/** What a worker sends every second: its drained demand and its own load. */
 export interface WorkerDemand {
   counts: Demand;
   /** Requests waiting for a bulkhead slot, per service, now. */
   queued: Record<string, number>;
+  /** Its event-loop utilisation, and the CPU time it used, since its last report. */
   elu: number;
   cpuMs: number;
+  /** How long since its last report (absent: 1000 ms, its timer's period). */
+  periodMs?: number;
 }
 
 /** One interval's figures for a service or a route. */
@@ -114,10 +117,13 @@ export class ScalingAdvisor {
   // The gateway's own load: this process's event loop and CPU, plus the workers' reports.
   private elu = performance.eventLoopUtilization();
   private cpu = process.cpuUsage();
-  private workerLoad: { elu: number; cpuMs: number }[] = [];
   private workerQueued: Record<string, number> = {};
-  /** Per worker: its in-flight levels (a level, not a count: the mean of its reports in a tick; its last one when none came). */
-  private workerInflight = new Map<number | string, { last: Record<string, number>; sum: Record<string, number>; reports: number; at: number }>();
+  /**
+   * Per worker: its in-flight levels (a level, not a count: the mean of its reports in a tick;
+   * its last one when none came) and its load (levels too: its last report's event-loop
+   * utilisation and CPU share, whatever the tick's length against its one report a second).
+   */
+  private workerInflight = new Map<number | string, { last: Record<string, number>; sum: Record<string, number>; reports: number; at: number; elu: number; cpu: number }>();
   private shared: SharedDemand | null = null;
   private gatewayView = { utilization: 0, elu: 0, cpu: 0, desiredNodes: 1, reason: 'no data yet' };
 
@@ -187,7 +193,7 @@ export class ScalingAdvisor {
   /** A worker's report (merged into the next tick). */
   fromWorker(d: WorkerDemand, from: number | string = 'worker'): void {
     let w = this.workerInflight.get(from);
-    if (w === undefined) this.workerInflight.set(from, (w = { last: {}, sum: {}, reports: 0, at: 0 }));
+    if (w === undefined) this.workerInflight.set(from, (w = { last: {}, sum: {}, reports: 0, at: 0, elu: 0, cpu: 0 }));
     for (const [svc, c] of Object.entries(d.counts.services)) {
       if (c.inflight === undefined) continue;
       w.sum[svc] = (w.sum[svc] ?? 0) + c.inflight;
@@ -195,8 +201,10 @@ export class ScalingAdvisor {
     }
     w.reports++;
     w.at = this.clock();
+    const period = d.periodMs !== undefined && d.periodMs > 0 ? d.periodMs : 1000;
+    w.elu = Number.isFinite(d.elu) ? d.elu : 0;
+    w.cpu = Number.isFinite(d.cpuMs) ? Math.max(0, d.cpuMs) / period : 0;
     this.meter.merge(d.counts);
-    this.workerLoad.push({ elu: d.elu, cpuMs: d.cpuMs });
     for (const [svc, n] of Object.entries(d.queued)) this.workerQueued[svc] = (this.workerQueued[svc] ?? 0) + n;
   }
 
@@ -333,12 +341,16 @@ export class ScalingAdvisor {
     this.elu = performance.eventLoopUtilization();
     const cpu = process.cpuUsage(this.cpu);
     this.cpu = process.cpuUsage();
-    const workers = this.workerLoad;
-    this.workerLoad = [];
-    // With workers, they carry the traffic: their busiest event loop and their CPU share count.
-    const maxElu = Math.max(elu, ...workers.map((w) => w.elu));
-    const cpuMs = (cpu.user + cpu.system) / 1000 + workers.reduce((s, w) => s + w.cpuMs, 0);
-    const cpuShare = cpuMs / (dtS * 1000) / Math.max(1, Math.min(availableParallelism(), workers.length || 1));
+    // With workers, they carry the traffic: their busiest event loop and their CPU share count
+    // (each one's last report: a tick of 100 ms that saw none is not an idle gateway, nor a
+    // tick that saw two of one worker twice as busy).
+    let maxElu = elu;
+    let cpus = (cpu.user + cpu.system) / 1000 / (dtS * 1000);
+    for (const w of this.workerInflight.values()) {
+      maxElu = Math.max(maxElu, w.elu);
+      cpus += w.cpu;
+    }
+    const cpuShare = cpus / Math.max(1, Math.min(availableParallelism(), this.workerInflight.size || 1));
     const utilization = Math.max(maxElu, cpuShare);
     const desired = Math.min(g.maxNodes, Math.max(g.minNodes, Math.ceil(utilization / g.targetUtilization)));
     this.gatewayView = {

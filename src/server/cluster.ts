@@ -629,15 +629,19 @@ export async function runWorker(log: Logger): Promise<number> {
   // Scaling: this worker's demand and load go to the primary's advisor every second.
   let elu = performance.eventLoopUtilization();
   let cpu = process.cpuUsage();
+  let lastReport = performance.now();
   const demandTimer = setInterval(() => {
     if (!gw.observer.demand) return;
     const e = performance.eventLoopUtilization(elu).utilization;
     elu = performance.eventLoopUtilization();
     const c = process.cpuUsage(cpu);
     cpu = process.cpuUsage();
+    const now = performance.now();
+    const periodMs = now - lastReport;
+    lastReport = now;
     const queued: Record<string, number> = {};
     for (const svc of gw.snapshot.services) if (svc.state.queue.length > 0) queued[svc.name] = svc.state.queue.length;
-    send({ tp: 'demand', counts: gw.demand.drain(), queued, elu: e, cpuMs: (c.user + c.system) / 1000 });
+    send({ tp: 'demand', counts: gw.demand.drain(), queued, elu: e, cpuMs: (c.user + c.system) / 1000, periodMs });
   }, 1000);
   demandTimer.unref();
   const a = gw.proxyAddress!;
