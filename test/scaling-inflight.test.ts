@@ -2,7 +2,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
-import { startGateway, startUpstream, sleep, eventually } from './helpers.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { children, freePort, request, startCli, startGateway, startUpstream, sleep, eventually, stopGroup } from './helpers.js';
 
 test('an SSE stream is in flight for the scaling meter while it runs, and no longer once the client leaves', async () => {
   const up = await startUpstream((_req, res) => {
@@ -142,5 +145,40 @@ services:
     await tp.close();
     await up.close();
     await idp.close();
+  }
+});
+
+test('workers: 2 — a worker that dies holding a request is no longer in flight at the next tick (its last level held for three intervals)', { timeout: 60_000 }, async () => {
+  const up = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    res.write('data: hello\n\n'); // and never ends
+  });
+  const [port, admin] = [await freePort(), await freePort()];
+  const file = join(mkdtempSync(join(tmpdir(), 'turnpike-scl-')), 'c.yaml');
+  // Ticks of 2 s: a silent worker would count for 6 s.
+  writeFileSync(file, `listen: 127.0.0.1:${port}\nadmin: {listen: 127.0.0.1:${admin}, token: scaling-test-token-0123456789}\nworkers: 2\nscaling: {interval: 2s}\nservices:\n  - name: orders\n    url: ${up.url}\n    scaling: {target_concurrency: 2, min_replicas: 0}\n    routes: [{paths: [/events]}]\n`);
+  const run = startCli(['start', '--config', file], {});
+  const concurrency = async () => {
+    const r = await request(`http://127.0.0.1:${admin}/api/scaling`, { headers: { authorization: 'Bearer scaling-test-token-0123456789' } });
+    return (JSON.parse(r.body) as { services: { signals: { concurrency: number } }[] }).services[0]!.signals.concurrency;
+  };
+  try {
+    // (both workers listening: one that dies before it does fails the start)
+    await eventually(() => /admin on http:/.test(run.stderr()) || run.child.exitCode !== null, 30_000, 50);
+    assert.equal(children(run.child.pid!).length, 2, run.stderr());
+    const req = httpRequest(`http://127.0.0.1:${port}/events`);
+    req.on('error', () => undefined);
+    await new Promise<void>((ok) => { req.on('response', (res) => { res.on('error', () => undefined); res.once('data', () => ok()); }); req.end(); });
+    await eventually(async () => (await concurrency()) >= 0.9, 10_000, 100);
+    // Both workers die (SIGKILL: nothing sent on the way out); the primary starts new ones.
+    for (const pid of children(run.child.pid!)) process.kill(pid, 'SIGKILL');
+    const killed = Date.now();
+    await eventually(async () => (await concurrency()) === 0, 12_000, 100).catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
+    const took = Date.now() - killed;
+    assert.ok(took < 4500, `the dead workers' request counted for ${took} ms after they died`);
+    req.destroy();
+  } finally {
+    await stopGroup(run.child.pid!);
+    await up.close();
   }
 });

@@ -208,6 +208,11 @@ export class ScalingAdvisor {
     for (const [svc, n] of Object.entries(d.queued)) this.workerQueued[svc] = (this.workerQueued[svc] ?? 0) + n;
   }
 
+  /** A worker exited: its requests in flight ended with it, and its load is gone (not held for three intervals as a silent one's). */
+  workerGone(from: number | string): void {
+    this.workerInflight.delete(from);
+  }
+
   /** Nodes sharing this Redis decide on the cluster's traffic together (src/scaling/shared.ts); null: this node alone. */
   share(client: Redis | Cluster | null, prefix: string, nodeId: string): void {
     if (client === (this.shared?.client ?? null)) return;

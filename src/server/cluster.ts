@@ -380,6 +380,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   cluster.on('exit', (worker, code, signal) => {
     const info = infos.get(worker.id);
     infos.delete(worker.id);
+    gw.scaling?.workerGone(worker.id);
     updateReady();
     if (info?.metrics) retired = retainCounters([retired, info.metrics]);
     // (during the start, a worker that exits before it listens fails the start: nothing to
