@@ -567,3 +567,38 @@ test('kubernetes trigger: an answer larger than 1 MiB (not an API server\'s: a p
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
+
+test('kubernetes trigger: a PATCH answered 409 Conflict (the object was modified meanwhile) is tried again at once, not left failed for the 5 s backoff', async () => {
+  let conflicts = 2;
+  const patches: number[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const n = (JSON.parse(Buffer.concat(chunks).toString() || '{"spec":{"replicas":-1}}') as { spec: { replicas: number } }).spec.replicas;
+      patches.push(n);
+      if (conflicts-- > 0) {
+        return void res.writeHead(409, { 'content-type': 'application/json' }).end('{"kind":"Status","reason":"Conflict","message":"Operation cannot be fulfilled on deployments.apps \\"orders\\": the object has been modified; please apply your changes to the latest version and try again","code":409}');
+      }
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', spec: { replicas: n }, status: { replicas: 1 } }));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const k = new KubernetesTrigger(k8s(`http://127.0.0.1:${(server.address() as AddressInfo).port}`), silentLogger, dir);
+  try {
+    k.current = 1;
+    assert.equal(await k.push(5), true);
+    assert.deepEqual(patches, [5, 5, 5]);
+    assert.equal(k.current, 5);
+    assert.deepEqual({ ok: k.last?.ok, status: k.last?.status }, { ok: true, status: 200 });
+    // A conflict that does not go away is reported after a few tries (bounded), not retried forever.
+    conflicts = 100;
+    patches.length = 0;
+    assert.equal(await k.push(6), false);
+    assert.deepEqual(patches, [6, 6, 6, 6, 6]);
+    assert.equal(k.last?.status, 409);
+  } finally {
+    await k.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+  }
+});

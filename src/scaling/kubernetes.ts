@@ -149,22 +149,32 @@ export class KubernetesTrigger {
     let error: string | undefined;
     this.patches++;
     try {
-      const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
-        method: 'PATCH', dispatcher: this.agent,
-        headers: this.headers({ 'content-type': 'application/merge-patch+json' }),
-        body: JSON.stringify({ spec: { replicas: desired } }),
-        headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
-      });
-      status = r.statusCode;
-      const text = await textOf(r.body);
-      if (status < 200 || status >= 300) error = text.slice(0, 300);
-      // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
-      else if (!this.cfg.dry_run) {
-        try {
-          this.current = KubernetesTrigger.replicasOf(text) ?? desired;
-        } catch {
-          this.current = desired;
+      // A 409 (the object was modified meanwhile: another writer, an admission webhook's
+      // update) is tried again at once, as client-go's RetryOnConflict does (10 ms doubling, 5
+      // tries), not left to the next attempt seconds later; a newer count asked for meanwhile wins.
+      for (let attempt = 0; ; attempt++) {
+        const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
+          method: 'PATCH', dispatcher: this.agent,
+          headers: this.headers({ 'content-type': 'application/merge-patch+json' }),
+          body: JSON.stringify({ spec: { replicas: desired } }),
+          headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
+        });
+        status = r.statusCode;
+        const text = await textOf(r.body);
+        if (status === 409 && attempt < 4 && this.wanted === desired && !this.closed) {
+          await new Promise((done) => setTimeout(done, 10 * 2 ** attempt));
+          continue;
         }
+        if (status < 200 || status >= 300) error = text.slice(0, 300);
+        // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
+        else if (!this.cfg.dry_run) {
+          try {
+            this.current = KubernetesTrigger.replicasOf(text) ?? desired;
+          } catch {
+            this.current = desired;
+          }
+        }
+        break;
       }
     } catch (err) {
       error = (err as Error).message;
@@ -175,7 +185,10 @@ export class KubernetesTrigger {
     return ok;
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    this.closed = true;
     // (a read or PATCH in flight on an API server that does not answer ends now, not at its timeout)
     await this.agent.destroy();
   }
