@@ -148,6 +148,44 @@ services:
   }
 });
 
+test('a composition\'s service steps are demand on those services: in flight while they run, counted when they end (a service called only by compositions read idle)', async () => {
+  const up = await startUpstream((_req, res) => setTimeout(() => res.writeHead(200, { 'content-type': 'application/json' }).end('{"ok":true}'), 700));
+  const tp = await startGateway(`scaling: {interval: 60s}
+services:
+  - name: orders
+    url: ${up.url}
+    scaling: {target_concurrency: 2, min_replicas: 0}
+routes:
+  - name: summary
+    paths: [/summary]
+    methods: [GET]
+    compose:
+      steps:
+        - {name: orders, service: orders, path: /orders}
+`);
+  try {
+    tp.gw.demand.drain();
+    const answers = Promise.all(Array.from({ length: 4 }, () => fetch(`${tp.url}/summary`).then(async (r) => { await r.arrayBuffer(); return r.status; })));
+    await eventually(() => up.requests.length === 4, 3000, 10); // (the upstream answers 700 ms after each arrived)
+    tp.gw.demand.drain(); // (from here on, every sample sees the 4 steps running)
+    await sleep(350);
+    const running = tp.gw.demand.drain().services['orders'];
+    assert.equal(running?.inflight, 4, `the composition's steps in flight on orders: ${JSON.stringify(running)}`);
+    assert.deepEqual(await answers, [200, 200, 200, 200]);
+    const seen = { n: 0, errors: 0 };
+    await eventually(() => {
+      const c = tp.gw.demand.drain().services['orders'];
+      seen.n += c?.n ?? 0;
+      seen.errors += c?.errors ?? 0;
+      return seen.n >= 4;
+    });
+    assert.deepEqual(seen, { n: 4, errors: 0 });
+  } finally {
+    await tp.close();
+    await up.close();
+  }
+});
+
 test('workers: 2 — a worker that dies holding a request is no longer in flight at the next tick (its last level held for three intervals)', { timeout: 60_000 }, async () => {
   const up = await startUpstream((_req, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream' });

@@ -42,7 +42,8 @@ export type CallResult =
   | { ok: true; status: number; headers: Record<string, string>; body: unknown; size: number }
   | { ok: false; status: number | null; error: string; timeout: boolean };
 
-type Kind = 'connect' | 'reset' | 'timeout' | 'status' | 'invalid' | 'aborted' | 'other';
+/** (shed: refused by the service's bulkhead) */
+type Kind = 'connect' | 'reset' | 'timeout' | 'status' | 'invalid' | 'aborted' | 'shed' | 'other';
 type Attempted = CallResult & { kind?: Kind };
 
 const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
@@ -67,6 +68,14 @@ export interface CallContext {
   deadlineMs: number;
   /** With tracing on: puts the trace context in an attempt's headers, and ends its span. */
   trace?: StepTracer | undefined;
+  /** With scaling on: a service step is demand on its service (in flight while it runs, counted when it ends), under the composing route's name. */
+  demand?: { meter: StepDemand; route: string } | null | undefined;
+}
+
+/** The scaling meter's side a step reports to (src/scaling/meter.ts DemandMeter). */
+export interface StepDemand {
+  begin(service: string): void;
+  record(service: string, route: string, status: number, totalMs: number, shed?: boolean): void;
 }
 
 /**
@@ -116,12 +125,33 @@ function joinBase(base: string, path: string): string {
   return path === '/' || path.startsWith('/?') ? base + path.slice(1) : base + path;
 }
 
+/**
+ * A service step: demand on that service for the scaling meter as a proxied request is (a
+ * service called only by compositions was seen idle, and scaled down, to zero with
+ * min_replicas: 0, while they kept it busy).
+ */
 async function callService(step: CompiledStep, svc: CompiledService, req: StepRequest, cx: CallContext): Promise<CallResult> {
+  const d = cx.demand;
+  if (d == null) return strip(await serviceCall(step, svc, req, cx));
+  const start = performance.now();
+  d.meter.begin(svc.name);
+  let r: Attempted | null = null;
+  try {
+    r = await serviceCall(step, svc, req, cx);
+    return strip(r);
+  } finally {
+    // (what a proxied request of the same fate would have answered: 502 unreachable, 503 no target or open circuit, 504 timed out, 499 given up)
+    const status = r === null ? 502 : r.ok ? r.status : r.status ?? (r.timeout ? 504 : r.kind === 'aborted' ? 499 : r.kind === 'other' || r.kind === 'shed' ? 503 : 502);
+    d.meter.record(svc.name, d.route, status, performance.now() - start, r !== null && !r.ok && r.kind === 'shed');
+  }
+}
+
+async function serviceCall(step: CompiledStep, svc: CompiledService, req: StepRequest, cx: CallContext): Promise<Attempted> {
   const st = svc.state;
   // Admission: the service's circuit, then its bulkhead (a step does not queue: it fails at once).
   let trial = false;
   if (svc.circuit !== null && st.circuit !== 'closed') {
-    if (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests) return strip(fail(null, `service "${svc.name}" is failing: its circuit is open`, 'other'));
+    if (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests) return fail(null, `service "${svc.name}" is failing: its circuit is open`, 'other');
     st.trials++;
     trial = true;
   }
@@ -129,7 +159,7 @@ async function callService(step: CompiledStep, svc: CompiledService, req: StepRe
   if (svc.bulkhead !== null) {
     if (st.active >= st.maxConcurrent) {
       if (trial) st.trials--;
-      return strip(fail(null, `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, 'other'));
+      return fail(null, `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, 'shed');
     }
     st.active++;
     slot = true;
@@ -145,11 +175,11 @@ async function callService(step: CompiledStep, svc: CompiledService, req: StepRe
         r = fail(null, `service "${svc.name}" has no healthy target`, 'other');
         // (not tried: not the service's failure, as forward.ts judges it; a failed attempt before counts)
         if (n === 0) outcome = null;
-        return strip(r);
+        return r;
       }
       r = await attempt(step, t.pool, t.origin, t.hostHeader, joinBase(t.basePath, req.path), req, cx, { svc, t });
       if (r.kind !== 'aborted') outcome = r.ok || (r.status !== null && r.status < 500);
-      if (r.ok || !mayRetry(step, req, r, n, cx) || !spendRetry(svc, Date.now())) return strip(r);
+      if (r.ok || !mayRetry(step, req, r, n, cx) || !spendRetry(svc, Date.now())) return r;
       (tried ??= []).push(t);
     }
   } finally {

@@ -17,7 +17,7 @@ import { ProblemError } from '../core/problem.js';
 import { MAX_JSON_DEPTH, parseJson } from '../core/json.js';
 import type { Logger } from '../core/log.js';
 import type { BufferedResponse } from '../plugins/types.js';
-import { ComposeAbort, callStep, type CallResult, type StepRequest, type StepTracer } from './call.js';
+import { ComposeAbort, callStep, type CallResult, type StepRequest, type StepDemand, type StepTracer } from './call.js';
 import type { CompiledCompose, CompiledStep } from './config.js';
 import { mergeValues, type StepValue } from './merge.js';
 import { TemplateError, decodeQueryText, dig, rawQueryParams, renderJson, renderPath, renderString, type Lookup, type Source } from './template.js';
@@ -48,6 +48,8 @@ export interface CompositionInput {
   auth?: { consumer: { id: string; name: string; groups: readonly string[] } | null; identity: string | null } | null;
   /** With tracing on: each step's attempts are spans of the request's trace, their context sent. */
   trace?: StepTracer;
+  /** With scaling on: where a service step counts as demand on its service. */
+  demand?: StepDemand | null;
   /** Where a step's unexpected failure is told (the client only learns "internal error"). */
   log?: Logger | undefined;
 }
@@ -240,7 +242,7 @@ async function runStep(
     if (hit !== undefined) res = { ok: true, status: hit.status, headers: hit.headers as Record<string, string>, body: hit.body, size: hit.size };
   }
   if (res === undefined) {
-    res = await callStep(step, req, { signal: ac.signal, deadlineMs: compose.timeout, trace: input.trace });
+    res = await callStep(step, req, { signal: ac.signal, deadlineMs: compose.timeout, trace: input.trace, demand: input.demand ? { meter: input.demand, route: input.route.name } : null });
     if (res.ok && step.cache !== null) step.cache.set(cacheKey, { status: res.status, headers: res.headers, body: res.body, size: res.size });
   }
   if (!res.ok) return failed(step, res.status, res.error, res.timeout);

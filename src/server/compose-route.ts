@@ -15,7 +15,7 @@ import type { Exchange } from '../observability/exchange.js';
 import type { BufferedResponse } from '../plugins/types.js';
 import type { PluginCtx } from '../plugins/context.js';
 import { runComposition } from '../compose/run.js';
-import { ComposeAbort } from '../compose/call.js';
+import { ComposeAbort, type StepDemand } from '../compose/call.js';
 import { readWholeBody, type BodySource } from './body.js';
 import { deliver, problemResponse, type ResponsePlugins } from './respond.js';
 import type { Tracing } from '../observability/tracing.js';
@@ -39,6 +39,8 @@ export interface ComposeCall {
   snapshot: { retain(): void; release(): void };
   /** Tracing, when on (the steps' attempts are spans of the request's trace). */
   tracing?: Tracing | null | undefined;
+  /** The scaling meter, when on (a service step is demand on its service). */
+  demand?: StepDemand | null;
 }
 
 const charsetRefused = (charset: string) => new ProblemError('unsupported-media-type', `this route reads a JSON body as UTF-8: charset ${JSON.stringify(charset)} is not accepted (send UTF-8; ISO-8859-x or windows-125x only for ASCII bytes)`);
@@ -97,7 +99,7 @@ async function run(c: ComposeCall): Promise<void> {
         const v = (Object.hasOwn(req.headers, name) ? req.headers[name] : undefined) ?? (name === 'host' ? req.headers[':authority'] : undefined);
         return Array.isArray(v) ? v.join(', ') : v;
       },
-      body, requestId, signal: ac.signal, snapshot: c.snapshot, log: c.log,
+      body, requestId, signal: ac.signal, snapshot: c.snapshot, log: c.log, demand: c.demand ?? null,
       auth: c.pctx !== null ? { consumer: c.pctx.consumer, identity: c.pctx.identity } : null,
       ...(c.tracing != null && c.exchange !== null && c.exchange.span !== null ? { trace: c.tracing.stepTracer(c.exchange) } : {}),
     });

@@ -771,7 +771,7 @@ export function handleRequest(
     if (route.compose !== null) {
       composeRoute({
         req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
-        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap, tracing: tracer,
+        pctx, plugins, body: bodySource, exchange: ex, log: ctx.log, snapshot: snap, tracing: tracer, demand: ctx.observer?.demand ?? null,
       });
       return undefined;
     }
