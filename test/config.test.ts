@@ -1149,3 +1149,12 @@ test('scaling: a policy rule broken (min above max, a zero window, panic window 
     { path: 'scaling.gateway.min_nodes', line: 3, message: 'must be at most max_nodes (100)' },
   ]);
 });
+
+test('scaling: a stable_window or scale_down_stabilization past an hour is an error with path and line (a sample a tick each: 30d was seconds of the event loop per tick)', () => {
+  const svc = (scaling: string) => `services:\n  - name: orders\n    url: http://127.0.0.1:9001\n    routes: [{name: a, paths: [/o]}]\n    scaling:\n      target_concurrency: 4\n${scaling}`;
+  assert.deepEqual(configIssues(svc('      stable_window: 30d\n      scale_down_stabilization: 2h\n')), [
+    { path: 'services[0].scaling.stable_window', line: 7, message: 'stable window must be at most 1 h (got 2592000 s)' },
+    { path: 'services[0].scaling.scale_down_stabilization', line: 8, message: 'scale-down stabilization must be at most 1 h (got 7200 s)' },
+  ]);
+  assert.deepEqual(configIssues(svc('      stable_window: 1h\n      scale_down_stabilization: 60m\n')), []);
+});
