@@ -309,6 +309,50 @@ services:
   assert.equal((await request(`http://127.0.0.1:${adminPort}/status`)).status, 200);
 });
 
+test('the kubernetes trigger: a token_file that is no regular file (a FIFO, whose open waited for a writer for ever, on the event loop) is a read error reported, the gateway keeps answering', { timeout: 60_000 }, async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { mkdirSync } = await import('node:fs');
+  const dir = join(work, 'fifo');
+  mkdirSync(dir, { recursive: true });
+  execFileSync('mkfifo', [join(dir, 'token')]);
+  const api = createServer((req, res) => { req.resume(); res.writeHead(200, { 'content-type': 'application/json' }).end('{"kind":"Scale","spec":{"replicas":1},"status":{"replicas":1}}'); });
+  await new Promise<void>((r) => api.listen(0, '127.0.0.1', r));
+  const apiUrl = `http://127.0.0.1:${(api.address() as AddressInfo).port}`;
+  const [proxy, admin] = [await freePort(), await freePort()];
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:${proxy}
+admin: {listen: 127.0.0.1:${admin}}
+access_log: {enabled: false}
+scaling: {interval: 200ms, kubernetes_api_servers: ["${apiUrl}"]}
+services:
+  - name: orders
+    url: http://127.0.0.1:1
+    scaling:
+      target_concurrency: 4
+      triggers:
+        - {type: kubernetes, namespace: shop, deployment: orders, api_server: "${apiUrl}", token_file: ./token}
+    routes: [{paths: [/orders]}]
+`);
+  const run = startCli(['start', '--config', file], {});
+  try {
+    const up = Date.now() + 30_000;
+    while (!/admin on http:/.test(run.stderr()) && run.child.exitCode === null && Date.now() < up) await sleep(50);
+    assert.match(run.stderr(), /admin on http:/);
+    await sleep(1000); // several ticks, each reading the scale subresource with the token
+    const dispatcher = new Agent({ headersTimeout: 3000, bodyTimeout: 3000 });
+    const r = await undiciRequest(`http://127.0.0.1:${admin}/api/scaling`, { dispatcher }).then(async (x) => ({ status: x.statusCode, body: await x.body.text() }), (err: Error) => ({ status: 0, body: err.message }));
+    await dispatcher.close();
+    assert.equal(r.status, 200, `the gateway does not answer: ${r.body}`);
+    const report = JSON.parse(r.body) as { services: { reason: string; triggers: { read_error: { error: string } | null }[] }[] };
+    assert.match(report.services[0]!.triggers[0]!.read_error?.error ?? '', /is not a regular file/);
+    assert.match(report.services[0]!.reason, /no decision yet: token_file .* is not a regular file/);
+  } finally {
+    run.child.kill('SIGKILL');
+    await run.exit;
+    await new Promise((r) => { api.closeAllConnections(); api.close(r); });
+  }
+});
+
 test('a kubernetes trigger may only name an API server of the node\'s own list (its token goes there)', async () => {
   const { configIssues } = await import('./helpers.js');
   const issues = configIssues(`services:

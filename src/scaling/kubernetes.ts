@@ -6,7 +6,7 @@
  * server's CA. In a pod, the defaults are the service account's (KUBERNETES_SERVICE_HOST/PORT,
  * /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt}).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { Agent, request, type Dispatcher } from 'undici';
 import type { Logger } from '../core/log.js';
@@ -29,6 +29,38 @@ async function textOf(body: Dispatcher.ResponseData['body']): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 type KubernetesConfig = Extract<TriggerConfig, { type: 'kubernetes' }>;
+
+/** The most of a token file read (a service account token is about 1 KB). */
+const TOKEN_LIMIT = 64 * 1024;
+
+/**
+ * The bearer token in `file` ('' when there is none: the API server answers 401, reported). It
+ * is read on every call, on the event loop: a path that is no regular file (a FIFO, whose open
+ * waits for a writer for ever; /dev/zero, read until memory ran out) or a file past 64 KiB throws.
+ */
+export function readToken(file: string): string {
+  let fd: number;
+  try {
+    fd = openSync(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
+  } catch {
+    return '';
+  }
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(`token_file ${file} is not a regular file`);
+    if (st.size > TOKEN_LIMIT) throw new Error(`token_file ${file} is larger than ${TOKEN_LIMIT} bytes`);
+    const buf = Buffer.alloc(st.size);
+    let got = 0;
+    while (got < buf.length) {
+      const n = readSync(fd, buf, got, buf.length - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    return buf.subarray(0, got).toString('utf8').trim();
+  } finally {
+    closeSync(fd);
+  }
+}
 
 /**
  * The API server of the pod's cluster, null outside a pod. KUBERNETES_SERVICE_HOST is an IPv6
@@ -69,12 +101,7 @@ export class KubernetesTrigger {
   }
 
   private headers(extra: Record<string, string> = {}): Record<string, string> {
-    let token = '';
-    try {
-      token = readFileSync(this.tokenFile, 'utf8').trim();
-    } catch {
-      /* no token: the API server answers 401, reported */
-    }
+    const token = readToken(this.tokenFile);
     return { accept: 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...extra };
   }
 
