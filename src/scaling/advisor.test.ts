@@ -602,3 +602,27 @@ test('kubernetes trigger: a PATCH answered 409 Conflict (the object was modified
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
   }
 });
+
+test('KEDA is told at once when a service turns active without its count changing (traffic to a service a scale-up cooldown holds at 0), not at the stream\'s next heartbeat', async () => {
+  const s = advisor({ target_concurrency: 2, min_replicas: 0, scale_up_cooldown: '60s' }, { targets: 0 });
+  let told = 0;
+  s.a.onChange(() => told++);
+  try {
+    await s.tick();
+    assert.deepEqual(s.a.lookup('orders'), { desired: 0, active: false });
+    told = 0;
+    // Traffic arrives: the cooldown holds the count at 0, but the service is active now.
+    s.a.meter.begin('orders');
+    s.a.meter.record('orders', 'list', 200, 40);
+    await s.tick();
+    assert.deepEqual(s.a.lookup('orders'), { desired: 0, active: true });
+    assert.equal(told, 1, 'the change of active was announced');
+    // Nothing new: nothing announced.
+    s.a.meter.begin('orders');
+    s.a.meter.record('orders', 'list', 200, 40);
+    await s.tick();
+    assert.equal(told, 1);
+  } finally {
+    await s.a.close();
+  }
+});

@@ -259,6 +259,8 @@ export class ScalingAdvisor {
       }
       let changed = false;
       await Promise.all([...this.entries.values()].map(async (e) => {
+        // What KEDA is told, before this tick (null: nothing yet).
+        const told = e.decision === null ? null : this.lookup(e.service.name);
         const sig = signals(demand.services[e.service.name], dtS);
         const sample = { at: now, ...sig, queued: (queued[e.service.name] ?? 0) + e.service.queued() };
         e.signals = sample;
@@ -277,6 +279,10 @@ export class ScalingAdvisor {
         if (e.decision?.desired !== d.desired || e.decision?.mode !== d.mode) changed = true;
         e.decision = d;
         if (this.shared?.ok === true) e.sharedDesired = d.desired;
+        // Active also follows the traffic, not only the count (traffic to a service held at 0 by
+        // a scale-up cooldown): StreamIsActive pushes that at once, not at its next heartbeat.
+        const telling = this.lookup(e.service.name);
+        if (told === null || telling === null || told.active !== telling.active || told.desired !== telling.desired) changed = true;
         // No trigger: KEDA (or an HPA on the gauges) applies the count, so what runs is what was
         // last asked for, as spec.replicas is for the HPA. (The healthy targets, one Service
         // address for any number of replicas, kept a fleet of 10 at "1": in panic for good.)
