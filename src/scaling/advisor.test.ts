@@ -626,3 +626,34 @@ test('KEDA is told at once when a service turns active without its count changin
     await s.a.close();
   }
 });
+
+test('kubernetes trigger: an answer that echoes the bearer token (a proxy, an error saying "invalid token ...") leaves it neither in the log nor in /api/scaling, not even a part of it at the cut', async () => {
+  const secret = `eyJhbGciOiJSUzI1NiJ9.${'s'.repeat(180)}.sig-${Date.now()}`;
+  const tokenDir = mkdtempSync(join(tmpdir(), 'turnpike-k8s-echo-'));
+  writeFileSync(join(tokenDir, 'token'), `${secret}\n`);
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const auth = req.headers.authorization ?? '';
+      // GET: a 200 that is no Scale (an echo service); PATCH: a 401 quoting the token, 150 characters in (the cut at 300 falls inside it).
+      if (req.method === 'GET') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ headers: { authorization: auth } }));
+      res.writeHead(401, { 'content-type': 'application/json' }).end(`{"kind":"Status","pad":"${'p'.repeat(120)}","message":"invalid bearer token ${auth}"}`);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const logged: unknown[] = [];
+  const log = { info: (...a: unknown[]) => logged.push(a), warn: (...a: unknown[]) => logged.push(a) };
+  const k = new KubernetesTrigger({ ...k8s(`http://127.0.0.1:${(server.address() as AddressInfo).port}`), token_file: join(tokenDir, 'token') }, log, dir);
+  try {
+    assert.equal(await k.read(), null);
+    k.current = 1;
+    assert.equal(await k.push(3), false);
+    const seen = JSON.stringify([logged, k.readError, k.last]);
+    assert.match(seen, /no replica count in the answer/);
+    assert.match(seen, /invalid bearer token Bearer \(secret\)|invalid bearer token Bearer eyJ/);
+    for (const part of [secret, secret.slice(0, 40), secret.slice(-20)]) assert.ok(!seen.includes(part), `the token (or a part of it) is in ${seen.slice(0, 400)}...`);
+  } finally {
+    await k.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+  }
+});

@@ -100,9 +100,20 @@ export class KubernetesTrigger {
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
   }
 
-  private headers(extra: Record<string, string> = {}): Record<string, string> {
-    const token = readToken(this.tokenFile);
-    return { accept: 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}), ...extra };
+  /** The headers of a call; `token` gets the token sent (its errors are scrubbed of it). */
+  private headers(token: { value: string }, extra: Record<string, string> = {}): Record<string, string> {
+    token.value = readToken(this.tokenFile);
+    return { accept: 'application/json', ...(token.value ? { authorization: `Bearer ${token.value}` } : {}), ...extra };
+  }
+
+  /**
+   * What an answer or an error says, without the token (a proxy or an API server that echoes
+   * the request, `invalid bearer token "..."`): scrubbed before it is cut to `max` characters, so
+   * no part of it is left at the cut either. It goes to the log and to /api/scaling.
+   */
+  private static said(text: string, max: number, token: { value: string }): string {
+    const t = token.value;
+    return (t.length > 0 ? text.split(t).join('(secret)') : text).slice(0, max);
   }
 
   private reading: Promise<number | null> | null = null;
@@ -137,22 +148,24 @@ export class KubernetesTrigger {
 
   private async readOnce(): Promise<number | null> {
     const patches = this.patches;
+    const token = { value: '' };
     try {
       // (one deadline for the whole call: bodyTimeout only bounds the gaps of a trickled body)
-      const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs) });
+      const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(token), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs) });
       const text = await textOf(r.body);
-      if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${text.slice(0, 200)}`);
+      if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${KubernetesTrigger.said(text, 200, token)}`);
       const n = KubernetesTrigger.replicasOf(text);
-      if (n === null) throw new Error(`GET scale: no replica count in the answer ${text.slice(0, 200)}`);
+      if (n === null) throw new Error(`GET scale: no replica count in the answer ${KubernetesTrigger.said(text, 200, token)}`);
       if (patches === this.patches) this.current = n;
       this.readError = null;
       return this.current;
     } catch (err) {
-      this.readError = { at: new Date().toISOString(), error: (err as Error).message.slice(0, 300) };
+      const error = KubernetesTrigger.said((err as Error).message, 300, token);
+      this.readError = { at: new Date().toISOString(), error };
       // Once a minute at most: it is read every tick.
       if (Date.now() - this.lastReadError > 60_000) {
         this.lastReadError = Date.now();
-        this.log.warn({ url: loggableUrl(this.url), err: (err as Error).message }, 'kubernetes trigger: cannot read the scale subresource');
+        this.log.warn({ url: loggableUrl(this.url), err: error }, 'kubernetes trigger: cannot read the scale subresource');
       }
       return null;
     }
@@ -175,6 +188,7 @@ export class KubernetesTrigger {
     let status: number | undefined;
     let error: string | undefined;
     this.patches++;
+    const token = { value: '' };
     try {
       // A 409 (the object was modified meanwhile: another writer, an admission webhook's
       // update) is tried again at once, as client-go's RetryOnConflict does (10 ms doubling, 5
@@ -182,7 +196,7 @@ export class KubernetesTrigger {
       for (let attempt = 0; ; attempt++) {
         const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
           method: 'PATCH', dispatcher: this.agent,
-          headers: this.headers({ 'content-type': 'application/merge-patch+json' }),
+          headers: this.headers(token, { 'content-type': 'application/merge-patch+json' }),
           body: JSON.stringify({ spec: { replicas: desired } }),
           headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
         });
@@ -192,7 +206,7 @@ export class KubernetesTrigger {
           await new Promise((done) => setTimeout(done, 10 * 2 ** attempt));
           continue;
         }
-        if (status < 200 || status >= 300) error = text.slice(0, 300);
+        if (status < 200 || status >= 300) error = KubernetesTrigger.said(text, 300, token);
         // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
         else if (!this.cfg.dry_run) {
           try {
@@ -204,7 +218,7 @@ export class KubernetesTrigger {
         break;
       }
     } catch (err) {
-      error = (err as Error).message;
+      error = KubernetesTrigger.said((err as Error).message, 300, token);
     }
     const ok = error === undefined;
     this.last = { at: new Date().toISOString(), desired, ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
