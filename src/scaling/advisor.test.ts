@@ -309,6 +309,29 @@ test('workers: the gateway\'s own load is each worker\'s last report, not the re
   }
 });
 
+test('workers: requests waiting for a bulkhead slot count once per worker, its last report (two reports in one tick are not twice as many, none is not zero)', async () => {
+  const s = advisor({ target_concurrency: 2 });
+  const report = (queued: number) => ({ counts: { services: {}, routes: {} }, queued: (queued > 0 ? { orders: queued } : {}) as Record<string, number>, elu: 0, cpuMs: 0 });
+  const queued = () => (s.a.report() as { services: { signals: { queued: number } }[] }).services[0]!.signals.queued;
+  try {
+    s.a.fromWorker(report(3), 1);
+    s.a.fromWorker(report(3), 1);
+    s.a.fromWorker(report(2), 2);
+    await s.tick(100, 0);
+    assert.equal(queued(), 5);
+    await s.tick(100, 0);
+    assert.equal(queued(), 5, 'no report this tick: the queues are as last reported');
+    s.a.fromWorker(report(0), 1);
+    await s.tick(100, 0);
+    assert.equal(queued(), 2, 'worker 1 drained its queue');
+    s.a.workerGone(2);
+    await s.tick(100, 0);
+    assert.equal(queued(), 0);
+  } finally {
+    await s.a.close();
+  }
+});
+
 test('webhook only, before a full stable window: a surge (panic) is pushed at once; a quiet start pushes nothing', async () => {
   const hook = await hookReceiver();
   const s = advisor({ target_concurrency: 2, target_utilization: 1, min_replicas: 1, max_replicas: 20, stable_window: '60s', panic_window: '2s', triggers: [{ type: 'webhook', url: hook.url, secret: 'whsec-0123456789abcdef' }] });

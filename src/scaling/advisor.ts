@@ -117,13 +117,13 @@ export class ScalingAdvisor {
   // The gateway's own load: this process's event loop and CPU, plus the workers' reports.
   private elu = performance.eventLoopUtilization();
   private cpu = process.cpuUsage();
-  private workerQueued: Record<string, number> = {};
   /**
    * Per worker: its in-flight levels (a level, not a count: the mean of its reports in a tick;
-   * its last one when none came) and its load (levels too: its last report's event-loop
-   * utilisation and CPU share, whatever the tick's length against its one report a second).
+   * its last one when none came) and its load and bulkhead queues (levels too: its last
+   * report's event-loop utilisation, CPU share and requests waiting, whatever the tick's length
+   * against its one report a second).
    */
-  private workerInflight = new Map<number | string, { last: Record<string, number>; sum: Record<string, number>; reports: number; at: number; elu: number; cpu: number }>();
+  private workerInflight = new Map<number | string, { last: Record<string, number>; sum: Record<string, number>; reports: number; at: number; elu: number; cpu: number; queued: Record<string, number> }>();
   private shared: SharedDemand | null = null;
   private gatewayView = { utilization: 0, elu: 0, cpu: 0, desiredNodes: 1, reason: 'no data yet' };
 
@@ -193,7 +193,7 @@ export class ScalingAdvisor {
   /** A worker's report (merged into the next tick). */
   fromWorker(d: WorkerDemand, from: number | string = 'worker'): void {
     let w = this.workerInflight.get(from);
-    if (w === undefined) this.workerInflight.set(from, (w = { last: {}, sum: {}, reports: 0, at: 0, elu: 0, cpu: 0 }));
+    if (w === undefined) this.workerInflight.set(from, (w = { last: {}, sum: {}, reports: 0, at: 0, elu: 0, cpu: 0, queued: {} }));
     for (const [svc, c] of Object.entries(d.counts.services)) {
       if (c.inflight === undefined) continue;
       w.sum[svc] = (w.sum[svc] ?? 0) + c.inflight;
@@ -204,8 +204,8 @@ export class ScalingAdvisor {
     const period = d.periodMs !== undefined && d.periodMs > 0 ? d.periodMs : 1000;
     w.elu = Number.isFinite(d.elu) ? d.elu : 0;
     w.cpu = Number.isFinite(d.cpuMs) ? Math.max(0, d.cpuMs) / period : 0;
+    w.queued = d.queued;
     this.meter.merge(d.counts);
-    for (const [svc, n] of Object.entries(d.queued)) this.workerQueued[svc] = (this.workerQueued[svc] ?? 0) + n;
   }
 
   /** A worker exited: its requests in flight ended with it, and its load is gone (not held for three intervals as a silent one's). */
@@ -230,7 +230,8 @@ export class ScalingAdvisor {
       const dtS = Math.max(0.001, (now - this.lastTick) / 1000);
       this.lastTick = now;
       const demand = this.meter.drain();
-      // The workers' requests in flight: once per worker, however many reports it sent this tick.
+      // The workers' requests in flight and waiting: once per worker, however many reports it sent this tick.
+      const queued: Record<string, number> = {};
       for (const [id, w] of this.workerInflight) {
         if (now - w.at > 3 * Math.max(1000, this.settings.intervalMs)) {
           this.workerInflight.delete(id); // gone (or stuck): its requests are not counted as running
@@ -243,9 +244,8 @@ export class ScalingAdvisor {
           const c = (demand.services[svc] ??= { n: 0, errors: 0, timeouts: 0, busyMs: 0, hist: {} });
           c.inflight = (c.inflight ?? 0) + n;
         }
+        for (const [svc, n] of Object.entries(w.queued)) queued[svc] = (queued[svc] ?? 0) + n;
       }
-      const queued = this.workerQueued;
-      this.workerQueued = {};
       const own = this.gatewayTick(dtS);
       if (this.shared) {
         // The other nodes' ticks join this one: every node decides on the cluster's traffic.
