@@ -168,16 +168,9 @@ test('a DNS name in a certificate matches a subject_name without regard to case 
   assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'ops-mail');
 });
 
-test('tls.client_crl: a revoked client certificate is refused (401 saying so) while the CA\'s others pass; a CRL revoking one more applies on reload, to new connections; a CRL file that holds none, or client_crl without client_ca, is a config error', async () => {
-  const { parseConfigText: parse } = await import('../../config/load.js');
-  const { configIssues } = await import('../../../test/helpers.js');
-  const { copyFileSync, writeFileSync } = await import('node:fs');
-  const server = ca.issue('api.test', { file: 'crl-server' });
-  const lost = ca.issue('app-1', { client: true, file: 'crl-lost' });
-  const kept = ca.issue('app-1', { client: true, file: 'crl-kept' });
-  const crlFile = `${ca.dir}/clients.crl`;
-  copyFileSync(ca.crl([lost], 'crl-1.pem'), crlFile);
-  const text = `
+
+/** A TLS listener for api.test whose clients are checked against ca and the CRL in crlFile; app-1's certificate is consumer app. */
+const crlConfig = (server: Pem, crlFile: string) => `
 listen_tls: 127.0.0.1:0
 tls:
   certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
@@ -187,6 +180,17 @@ consumers: [{name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}]
 services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]
 access_log: {enabled: false}
 `;
+
+test('tls.client_crl: a revoked client certificate is refused (401 saying so) while the CA\'s others pass; a CRL revoking one more applies on reload, to new connections; a CRL file that holds none, or client_crl without client_ca, is a config error', async () => {
+  const { parseConfigText: parse } = await import('../../config/load.js');
+  const { configIssues } = await import('../../../test/helpers.js');
+  const { copyFileSync, writeFileSync } = await import('node:fs');
+  const server = ca.issue('api.test', { file: 'crl-server' });
+  const lost = ca.issue('app-1', { client: true, file: 'crl-lost' });
+  const kept = ca.issue('app-1', { client: true, file: 'crl-kept' });
+  const crlFile = `${ca.dir}/clients.crl`;
+  copyFileSync(ca.crl([lost], 'crl-1.pem'), crlFile);
+  const text = crlConfig(server, crlFile);
   const t = await startGateway(text);
   const as = (who: Pem) => new Promise<{ status: number; body: string }>((resolve, reject) => {
     httpsRequest({ host: '127.0.0.1', port: t.gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: who.cert, key: who.key, agent: false }, (res) => {
@@ -225,16 +229,7 @@ test('a reload that revokes a client certificate (tls.client_crl) or replaces th
   const device = ca.issue('app-1', { client: true, file: 'retire-device' });
   const crlFile = `${ca.dir}/retire.crl`;
   copyFileSync(ca.crl([], 'retire-1.pem'), crlFile);
-  const text = `
-listen_tls: 127.0.0.1:0
-tls:
-  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
-  client_ca: ${ca.certFile}
-  client_crl: ${crlFile}
-consumers: [{name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}]
-services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]
-access_log: {enabled: false}
-`;
+  const text = crlConfig(server, crlFile);
   const t = await startGateway(text);
   const port = t.gw.tlsAddress!.port;
   const agent = new Agent({ keepAlive: true, maxSockets: 1 });
