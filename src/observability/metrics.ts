@@ -208,7 +208,7 @@ export class Metrics {
       perService('turnpike_scaling_desired_replicas', 'Replicas the scaling advisor recommends for the service (docs/scaling.md).', (x) => x.desired);
       perService('turnpike_scaling_current_replicas', 'Replicas the advisor counts as current: the Kubernetes scale subresource\'s spec.replicas (current_replicas: trigger), or the count the last webhook took, healthy targets before one (targets; with no trigger: the last count asked for).', (x) => x.current);
       perService('turnpike_scaling_panic', '1 while the service is in panic mode.', (x) => (x.panic ? 1 : 0));
-      perService('turnpike_scaling_concurrency', 'Mean requests in flight over the last interval (Little\'s law on completed requests).', (x) => x.signals['concurrency'] ?? 0);
+      perService('turnpike_scaling_concurrency', 'Mean requests in flight over the last interval: the in-flight gauge\'s mean (running requests count), or, where none was kept, Little\'s law on the requests that ended.', (x) => x.signals['concurrency'] ?? 0);
       perService('turnpike_scaling_requests_per_second', 'Requests per second over the last interval.', (x) => x.signals['rps'] ?? 0);
       perService('turnpike_scaling_latency_p95_seconds', 'p95 of request durations over the last interval.', (x) => (x.signals['latency_p95_ms'] ?? 0) / 1000);
       perService('turnpike_scaling_error_rate', 'Share of 5xx answers over the last interval.', (x) => x.signals['error_rate'] ?? 0);
