@@ -96,7 +96,7 @@ interface WorkerInfo {
   /** Reloads sent and not answered yet (reloaded / reload-failed), and who waits for none. */
   reloadsPending: number;
   onSettled: (() => void)[];
-  /** When it last sent anything (it beats every second once it listens). */
+  /** When it last sent anything (performance.now(); it beats every second once it listens). */
   heardAt: number;
 }
 
@@ -264,11 +264,11 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: Date.now() };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now() };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
-      info.heardAt = Date.now();
+      info.heardAt = performance.now();
       const msg = m as ToPrimary;
       switch (msg.tp) {
         case 'hello':
@@ -288,7 +288,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           break;
         case 'listening':
           info.listening = true;
-          info.heardAt = Date.now();
+          info.heardAt = performance.now();
           address ??= msg.address;
           updateReady();
           for (const f of info.onListening.splice(0)) f();
@@ -359,9 +359,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   // A worker whose event loop is stuck (a busy loop, a stopped process) still gets its share of
   // new connections from the primary and answers none: past timeouts.worker_unresponsive of
   // silence it is killed, and the exit below starts its replacement.
-  let checkedAt = Date.now();
+  // (a monotonic clock: a wall clock stepped forward would read as silence)
+  let checkedAt = performance.now();
   const watchdog = setInterval(() => {
-    const now = Date.now();
+    const now = performance.now();
     // (this loop was stuck itself: what the workers sent meanwhile is not read yet)
     const late = now - checkedAt > 2_000;
     checkedAt = now;
