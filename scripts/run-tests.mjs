@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs every *.test.ts under src/ and test/ with node's test runner (TypeScript through tsx).
+// Runs every *.test.ts under src/ and test/ with node's test runner: compiled to .tc/ for the whole suite, through tsx for files named.
 // Extra arguments are passed to node --test (e.g. a file list or --test-name-pattern).
 import { readdirSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
