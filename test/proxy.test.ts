@@ -27,7 +27,7 @@ before(async () => {
       // cookie tossing: the console's / portal's session cookies are the gateway's, never an upstream's
       'Set-Cookie: tp_console=viewer-session; Path=/console/api\r\nSet-Cookie:  tp_portal =x; Path=/portal/\r\nSet-Cookie: tp_consoles=kept\r\n' +
       // (an https console's: an upstream served over https on the admin's host could set it)
-      'Set-Cookie: __Host-tp_console=viewer-session; Path=/; Secure\r\n' +
+      'Set-Cookie: __Host-tp_console=viewer-session; Path=/; Secure\r\nSet-Cookie: __Host-tp_portal=dev-session; Path=/; Secure\r\n' +
       // nameless: browsers keep the value alone and send `Cookie: tp_console=AAAA` (RFC 6265bis §5.6)
       'Set-Cookie: =tp_console=AAAA; Path=/\r\nSet-Cookie: = tp_portal=y\r\n\r\nok';
   });

@@ -285,8 +285,10 @@ test('the console session cookie never reaches an upstream (browsers send it to 
   await request(`${gw.url}/hello`, { headers: { cookie: 'session=keep' } });
   // (the cookie of a session signed in from an https page)
   await request(`${gw.url}/hello`, { headers: { cookie: 'a=1; __Host-tp_console=abcdefghijklmnopqrstuvwxyz0123456789' } });
+  // (the portal's, from an https page: Path=/, so it comes with every request to the host)
+  await request(`${gw.url}/hello`, { headers: { cookie: '__Host-tp_portal=ZGV2.1.sid.mac; c=3' } });
   const got = up.requests.slice(n).map((r) => r.headers.cookie);
-  assert.deepEqual(got, ['a=1; b=2', undefined, 'session=keep', 'a=1']);
+  assert.deepEqual(got, ['a=1; b=2', undefined, 'session=keep', 'a=1', 'c=3']);
 });
 
 test('rate-limit refusals per second: over the last minute of the metrics counters, not one tick', async () => {

@@ -30,7 +30,7 @@ export function isGatewayCookie(setCookie: string): boolean {
     const eq2 = setCookie.indexOf('=', eq + 1);
     name = setCookie.slice(eq + 1, eq2 === -1 || eq2 > end ? end : eq2).trim();
   }
-  return name === 'tp_console' || name === 'tp_portal' || name === '__Host-tp_console';
+  return name === 'tp_console' || name === 'tp_portal' || name === '__Host-tp_console' || name === '__Host-tp_portal';
 }
 
 /**

@@ -24,8 +24,8 @@ function service(portal: PortalSettings = settings, backend: { readOnly?: () => 
     { settings: () => portal, usage: async () => ({ quotas: [], last_hour: null, last_day: null }) },
     { info() {}, warn() {}, error() {} },
   );
-  const call = (method: string, path: string, opts: { cookie?: string; body?: Record<string, string>; clientIp?: string } = {}) => accounts.handle({
-    method, path, query: '', host: 'dev.test', tls: false, clientIp: opts.clientIp ?? '192.0.2.1', cookie: opts.cookie,
+  const call = (method: string, path: string, opts: { cookie?: string; body?: Record<string, string>; clientIp?: string; tls?: boolean } = {}) => accounts.handle({
+    method, path, query: '', host: 'dev.test', tls: opts.tls ?? false, clientIp: opts.clientIp ?? '192.0.2.1', cookie: opts.cookie,
     contentType: opts.body ? 'application/x-www-form-urlencoded' : undefined, body: opts.body ? new URLSearchParams(opts.body).toString() : '',
   } satisfies AccountRequest);
   return { call, doc: () => doc };
@@ -47,6 +47,29 @@ test('two tp_portal cookies in one request are no session (cookie tossing from a
     assert.equal(r.status, 303, cookie);
     assert.equal(r.headers['location'], '/portal/login');
   }
+});
+
+test('over https the session cookie is __Host-tp_portal (Secure, Path=/), and only it carries a session there: a tossed tp_portal (from a sibling host or a plain-HTTP page) stands for nothing', async () => {
+  const { call } = service();
+  const victim = await call('POST', '/signup', { tls: true, body: { email: 'victim-tls@example.com', password: 'victim-password-01' } });
+  assert.equal(victim.status, 303);
+  const set = String(victim.headers['set-cookie']);
+  assert.match(set, /^__Host-tp_portal=/);
+  const attrs = set.split(';').slice(1).map((x) => x.trim());
+  for (const a of ['Secure', 'Path=/', 'HttpOnly', 'SameSite=Strict']) assert.ok(attrs.includes(a), `${a} in ${set}`);
+  assert.ok(!attrs.some((a) => /^domain=/i.test(a)), set);
+  const mine = cookieOf(victim.headers);
+  assert.equal((await call('GET', '/account', { tls: true, cookie: mine })).status, 200);
+  // The attacker's own valid session, made over plain HTTP (or set by a sibling host) as tp_portal:
+  const attacker = cookieOf((await call('POST', '/signup', { body: { email: 'attacker-tls@example.com', password: 'attacker-password-1' } })).headers);
+  assert.match(attacker, /^tp_portal=/);
+  const tossed = await call('GET', '/account', { tls: true, cookie: attacker });
+  assert.equal(tossed.status, 303, 'no session over https from a tp_portal cookie');
+  assert.equal(tossed.headers['location'], '/portal/login');
+  assert.equal((await call('GET', '/account', { tls: true, cookie: `${attacker}; ${mine}` })).status, 200, 'the tossed one beside it changes nothing');
+  const csrf = /name="csrf" value="([^"]+)"/.exec((await call('GET', '/account', { tls: true, cookie: mine })).body)![1]!;
+  const out = await call('POST', '/logout', { tls: true, cookie: mine, body: { csrf } });
+  assert.match(String(out.headers['set-cookie']), /^__Host-tp_portal=; Path=\/;.*Max-Age=0; Secure/);
 });
 
 test('sign-out raises the developer\'s session epoch in the store: every session ends; past 30 sign-outs an hour only the cookie is cleared (429, said so)', async () => {

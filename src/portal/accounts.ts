@@ -91,6 +91,13 @@ const retryAfter = (ms: number): Record<string, string> => ({ 'retry-after': Str
 
 export const COOKIE = 'tp_portal';
 /**
+ * The session cookie of a portal page served over https: a `__Host-` cookie is set only by a
+ * secure origin, with Path=/ and no Domain (RFC 6265bis §4.1.3.2), so neither a sibling host
+ * nor a plain-HTTP page can toss one in (a victim browsing signed in to the attacker's account).
+ * Path=/ sends it beside every request to the host: the proxy strips it before an upstream.
+ */
+export const HOST_COOKIE = '__Host-tp_portal';
+/**
  * Developers' passwords: scrypt at one of OWASP's equivalent minimums (SCRYPT: N=2^14, r=8,
  * p=5, 16 MiB; an attacker with the store pays that per guess). Hashes made with less work
  * still verify (theirs is in the hash) and are re-hashed at a successful login.
@@ -297,21 +304,23 @@ export class AccountService {
   }
 
   /**
-   * The request's session: its one `tp_portal` cookie. Two or more are no session (a sibling
+   * The request's session: its one `tp_portal` cookie (over https `__Host-tp_portal`, and only
+   * that: a tossed `tp_portal` stands for nothing there). Two or more are no session (a sibling
    * origin can toss in a cookie of the same name for another Path or Domain, e.g. its own
    * account's, and the browser's order is not ours to choose).
    */
   private session(c: Ctx): Session | null {
     const now = this.now();
+    const name = c.cookieName;
     const values = (c.r.cookie ?? '').split(';').filter((part) => {
       const eq = part.indexOf('=');
-      return eq !== -1 && part.slice(0, eq).trim() === COOKIE;
+      return eq !== -1 && part.slice(0, eq).trim() === name;
     }).map((part) => part.slice(part.indexOf('=') + 1).trim());
     if (values.length !== 1) return null;
     const [n, exp, sid, mac, extra] = values[0]!.split('.');
     if (extra !== undefined || !n || !exp || !sid || !mac || !/^[0-9]{1,15}$/.test(exp) || Number(exp) <= now) return null;
-    const name = unb64u(n);
-    const dev = developers(this.backend.document()).find((d) => d.name === name);
+    const devName = unb64u(n);
+    const dev = developers(this.backend.document()).find((d) => d.name === devName);
     if (!dev) return null;
     if (!equal(mac, this.sessionMac(c.acc, dev.name, exp, sid, dev.cred))) return null;
     return { dev, sid, csrf: this.mac(c.acc, 'csrf', sid), exp: Number(exp) };
@@ -328,11 +337,11 @@ export class AccountService {
     const exp = this.now() + c.acc.sessionTtlMs;
     const sid = randomBytes(16).toString('base64url');
     const token = `${b64u(name)}.${exp}.${sid}.${this.sessionMac(c.acc, name, String(exp), sid, cred)}`;
-    return `${COOKIE}=${token}; Path=${c.base}/; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(c.acc.sessionTtlMs / 1000)}${c.r.tls ? '; Secure' : ''}`;
+    return `${c.cookieName}=${token}; Path=${c.cookiePath}; HttpOnly; SameSite=Strict; Max-Age=${Math.floor(c.acc.sessionTtlMs / 1000)}${c.r.tls ? '; Secure' : ''}`;
   }
 
   private clearCookie(c: Ctx): string {
-    return `${COOKIE}=; Path=${c.base}/; HttpOnly; SameSite=Strict; Max-Age=0${c.r.tls ? '; Secure' : ''}`;
+    return `${c.cookieName}=; Path=${c.cookiePath}; HttpOnly; SameSite=Strict; Max-Age=0${c.r.tls ? '; Secure' : ''}`;
   }
 
   // ---- sign-up, login, logout ----
@@ -657,6 +666,15 @@ class Ctx {
 
   constructor(readonly portal: PortalSettings, readonly acc: AccountSettings, readonly r: AccountRequest) {
     this.base = portal.base;
+  }
+
+  /** The session cookie's name and Path: `__Host-tp_portal` at / over https, else `tp_portal` under the portal's base. */
+  get cookieName(): string {
+    return this.r.tls ? HOST_COOKIE : COOKIE;
+  }
+
+  get cookiePath(): string {
+    return this.r.tls ? '/' : `${this.base}/`;
   }
 
   private nav(): string {
