@@ -27,7 +27,7 @@ import { CacheConfig } from './schema.js';
 import * as P from './policy.js';
 import { digest, type Bucket, type CacheStore, type Entry, type EntryHead } from './entry.js';
 import { CacheStores, type Flight, type FlightOutcome } from './stores.js';
-import { withoutQueryParam } from '../../core/query.js';
+import { paramName, withoutQueryParam } from '../../core/query.js';
 import { plainIp } from '../../core/forwarded.js';
 import { monotonic } from '../../state/memory.js';
 
@@ -113,17 +113,6 @@ function cookieRepeated(header: string | undefined, name: string): boolean {
     if (eq !== -1 && part.slice(0, eq).trim() === name && ++n > 1) return true;
   }
   return false;
-}
-
-/** A query parameter's name as frameworks decode it. */
-function paramName(part: string): string {
-  const eq = part.indexOf('=');
-  const name = eq === -1 ? part : part.slice(0, eq);
-  try {
-    return decodeURIComponent(name.replace(/\+/g, ' '));
-  } catch {
-    return name;
-  }
 }
 
 /**
