@@ -100,11 +100,12 @@ export default definePlugin({
         const policy = `"${name}";q=${config.limit};w=${Math.round((p.end - p.start) / 1000)}`;
         const state = `"${name}";r=${d.remaining};t=${resetS}`;
         ctx.limited('quota', d.allowed);
-        if (!d.allowed) {
-          return { code: 'too-many-requests', detail: `the ${config.period === 'day' ? 'daily' : `${config.period}ly`} quota of ${config.limit} is used up (it resets at ${new Date(p.end).toISOString()})`, headers: { 'ratelimit-policy': policy, ratelimit: state, 'retry-after': String(resetS) } };
-        }
+        // Added to the items earlier plugins put (a rate limit's): a refusal lists them all too.
         ctx.addResponseHeader('ratelimit-policy', policy);
         ctx.addResponseHeader('ratelimit', state);
+        if (!d.allowed) {
+          return { code: 'too-many-requests', detail: `the ${config.period === 'day' ? 'daily' : `${config.period}ly`} quota of ${config.limit} is used up (it resets at ${new Date(p.end).toISOString()})`, headers: { 'retry-after': String(resetS) } };
+        }
         return undefined;
       },
       close() {

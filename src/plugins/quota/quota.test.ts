@@ -78,6 +78,34 @@ test('a monthly quota in a time zone: headers, 429 until the period ends, usage 
   }
 });
 
+test('a quota refusal keeps the rate limit\'s RateLimit items: both policies are listed on the 429, as on the 200s before it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-quota-'));
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, `listen: 127.0.0.1:0
+services:
+  - name: api
+    url: ${up.url}
+    plugins:
+      - {name: rate-limit, config: {limit: 100, window: 1m}}
+      - {name: quota, config: {limit: 1, period: day}}
+    routes: [{paths: [/]}]
+`);
+  const gw = await Gateway.start(loadConfigFile(file));
+  try {
+    const url = `http://127.0.0.1:${gw.proxyAddress!.port}/x`;
+    const ok = await request(url);
+    assert.equal(ok.status, 200);
+    assert.match(String(ok.headers['ratelimit-policy']), /^"default";q=100;w=60, "quota";q=1;w=\d+$/);
+    const over = await request(url);
+    assert.equal(over.status, 429);
+    assert.match(String(over.headers['ratelimit-policy']), /^"default";q=100;w=60, "quota";q=1;w=\d+$/);
+    assert.match(String(over.headers['ratelimit']), /^"default";r=98;t=\d+, "quota";r=0;t=\d+$/);
+    assert.ok(Number(over.headers['retry-after']) > 0);
+  } finally {
+    await gw.stop();
+  }
+});
+
 test('calendar periods: days of 23 and 25 hours at DST changes, ISO weeks, months and years in the zone', () => {
   const paris = 'Europe/Paris';
   const spring = periodOf(Date.UTC(2026, 2, 29, 12), 'day', paris);
@@ -151,7 +179,7 @@ test('a daily or hourly quota at a DST change is enforced, with Retry-After no l
       const headers: Record<string, string> = {};
       const ctx = { consumer: { name: 'acme' }, identity: null, clientIp: '127.0.0.1', limited() {}, addResponseHeader(k: string, v: string) { headers[k] = v; } };
       const reply = await inst.access!(ctx as never);
-      out.push(reply ? { status: 429, ratelimit: reply.headers?.['ratelimit'], policy: reply.headers?.['ratelimit-policy'], retry: reply.headers?.['retry-after'] } : { status: 200, ratelimit: headers['ratelimit'], policy: headers['ratelimit-policy'] });
+      out.push(reply ? { status: 429, ratelimit: headers['ratelimit'], policy: headers['ratelimit-policy'], retry: reply.headers?.['retry-after'] } : { status: 200, ratelimit: headers['ratelimit'], policy: headers['ratelimit-policy'] });
     }
     inst.close?.();
     return out;
