@@ -23,6 +23,12 @@ export function fromValidated(config: TurnpikeConfigInput, text: string, file: s
   return { config, file, text, configHash, lineOf: (p) => lazy().lineOf(p), error: (issues) => lazy().error(issues) };
 }
 
+/** The parser thread's old-generation heap in MB: TURNPIKE_CONFIG_PARSER_HEAP_MB, 512 by default. */
+function parserHeapMb(): number {
+  const n = Number(process.env.TURNPIKE_CONFIG_PARSER_HEAP_MB);
+  return Number.isInteger(n) && n >= 16 ? n : 512;
+}
+
 let worker: Worker | null = null;
 let nextId = 0;
 /** The parser thread's id when it runs SCHED_IDLE (0: not idle-class, nothing to promote). */
@@ -60,13 +66,13 @@ function settle(): void {
     setClass(true);
   }
 }
-const pending = new Map<number, { resolve: (l: LoadedConfig) => void; reject: (e: Error) => void; job: Job }>();
+const pending = new Map<number, { resolve: (l: LoadedConfig) => void; reject: (e: Error) => void; job: Job; thread: Worker }>();
 
 function ensureWorker(): Worker {
   if (worker) return worker;
   // The compiled file in dist/, or this source file when run through tsx (tests).
-  // Bounded heap: a hostile file can exhaust the thread, not the gateway (then the main thread parses it, with yaml's alias limit).
-  const w = new Worker(new URL(import.meta.url), { resourceLimits: { maxOldGenerationSizeMb: 512 } });
+  // Bounded heap: a file too large or too hostile exhausts the thread, not the gateway.
+  const w = new Worker(new URL(import.meta.url), { resourceLimits: { maxOldGenerationSizeMb: parserHeapMb() } });
   w.unref();
   w.on('message', (r: Reply) => {
     if ('tid' in r) {
@@ -84,18 +90,28 @@ function ensureWorker(): Worker {
     else p.reject(new Error(r.failure));
   });
   const fail = (err: Error) => {
-    worker = null;
-    threadId = 0;
-    settle();
+    if (worker === w) {
+      worker = null;
+      threadId = 0;
+    }
+    const oom = (err as NodeJS.ErrnoException).code === 'ERR_WORKER_OUT_OF_MEMORY';
     for (const [id, p] of pending) {
+      if (p.thread !== w) continue; // (a later thread's: it is alive)
       pending.delete(id);
-      // The thread died (out of memory on a hostile file?): fall back to the main thread.
+      // Out of memory: the same text would take the gateway's own heap next (a crash, or seconds
+      // of a blocked event loop), so it is refused, as any invalid config is.
+      if (oom) {
+        p.reject(new ConfigError([{ path: '(file)', message: `parsing it ran out of the config parser's ${parserHeapMb()} MB of memory (TURNPIKE_CONFIG_PARSER_HEAP_MB raises it)` }], p.job.file));
+        continue;
+      }
+      // The thread could not run (it failed to start): the main thread parses instead.
       try {
         p.resolve(parseConfigText(p.job.text, { file: p.job.file, env: p.job.env }));
       } catch (e) {
         p.reject(e instanceof Error ? e : err);
       }
     }
+    if (pending.size === 0) settle();
   };
   w.on('error', fail);
   w.on('exit', () => fail(new Error('config parser thread exited')));
@@ -107,8 +123,9 @@ function ensureWorker(): Worker {
 export function parseConfigOffThread(text: string, opts: { file?: string; env?: NodeJS.ProcessEnv } = {}): Promise<LoadedConfig> {
   const job: Job = { id: ++nextId, text, file: opts.file, env: opts.env ?? process.env };
   return new Promise((resolve, reject) => {
-    pending.set(job.id, { resolve, reject, job });
-    ensureWorker().postMessage(job);
+    const thread = ensureWorker();
+    pending.set(job.id, { resolve, reject, job, thread });
+    thread.postMessage(job);
     watchStarvation();
   });
 }
