@@ -1114,6 +1114,18 @@ test('request-transform and response-transform: a max_body past the longest stri
   }
 });
 
+test('request-validator and compose: a max_body past the longest string is an error with path and line too (both parse the body as one string)', () => {
+  const why = 'must be at most 536870888 bytes (just under 512mb): a JSON body is parsed as one string, and no longer one can be made';
+  const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n';
+  const validator = (max: string) => `${svc}    plugins:\n      - name: request-validator\n        config:\n          body_schema: {type: object}\n          max_body: ${max}\n`;
+  assert.deepEqual(configIssues(validator('1gb')), [{ path: 'services[0].plugins[0].config.max_body', line: 8, message: why }]);
+  assert.deepEqual(configIssues(validator('536870888')), []);
+  const compose = (top: string, step: string) => `${svc}routes:\n  - name: c\n    paths: [/c]\n    compose:\n      max_body: ${top}\n      steps:\n        - name: a\n          service: s\n          max_body: ${step}\n`;
+  assert.deepEqual(configIssues(compose('600mb', '1mb')), [{ path: 'routes[0].compose.max_body', line: 8, message: why }]);
+  assert.deepEqual(configIssues(compose('1mb', '2gb')), [{ path: 'routes[0].compose.steps[0].max_body', line: 12, message: why }]);
+  assert.deepEqual(configIssues(compose('500mb', '100mb')), []);
+});
+
 test('jwt: a clock_skew past 5m is a config error (a typo, 100d, accepted every token for 100 days past its exp)', () => {
   const svc = 'services:\n  - name: s\n    url: http://127.0.0.1:9001\n    plugins:\n';
   const jwt = (t: string) => `${svc}      - name: jwt\n        config:\n          jwks_url: "http://127.0.0.1:1/j"\n          clock_skew: ${t}\n`;

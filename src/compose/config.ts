@@ -11,7 +11,7 @@ import type { PathSegment } from '../config/errors.js';
 import { unsendableSecret } from '../core/secret-text.js';
 import { maskUrlSecrets } from '../core/url-secrets.js';
 import { FRAMING_HEADERS } from '../core/headers.js';
-import { parseDuration, parseSize } from '../config/units.js';
+import { jsonBodyProblem, parseDuration, parseSize } from '../config/units.js';
 import type { PoolRegistry } from '../upstream/pools.js';
 import { createBalancer } from '../upstream/balancer.js';
 import { ServiceState } from '../upstream/state.js';
@@ -178,6 +178,8 @@ export function compileCompose(input: ComposeInput, deps: ComposeCompileDeps): C
   if (mode === 'by_key' && m.key === undefined) fail([...cp, 'merge', 'key'], 'merge mode by_key needs a key (the member that identifies an element, e.g. id)');
   if (mode !== 'by_key' && (m.key !== undefined || m.into !== undefined)) fail([...cp, 'merge'], 'key and into apply to merge mode by_key only');
   const maxBodyDefault = parseSize(input.max_body ?? COMPOSE_DEFAULTS.max_body);
+  const tooBig = input.max_body !== undefined ? jsonBodyProblem(input.max_body) : null;
+  if (tooBig !== null) fail([...cp, 'max_body'], tooBig);
   let readsBody = false;
   const keys = new Map<string, number>();
 
@@ -373,6 +375,8 @@ function compileStep(s: ComposeStepInput, index: number, sp: PathSegment[], scop
     else cache = new StepCache(ttl, s.cache.max_entries ?? COMPOSE_DEFAULTS.cache_entries, Math.max(1, parseSize(s.cache.max_bytes ?? COMPOSE_DEFAULTS.cache_bytes)));
   }
   const timeout = s.timeout === undefined ? null : timerMs(s.timeout, [...sp, 'timeout'], fail);
+  const tooBig = s.max_body !== undefined ? jsonBodyProblem(s.max_body) : null;
+  if (tooBig !== null) fail([...sp, 'max_body'], tooBig);
   if (timeout !== null && timeout < 1) fail([...sp, 'timeout'], 'must be at least 1ms');
   return {
     name: s.name,

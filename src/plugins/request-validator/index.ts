@@ -13,7 +13,7 @@ import { LRUCache } from 'lru-cache';
 import { definePlugin, type PluginDeps, type Reply, type RequestCtx } from '../types.js';
 import { ProblemError } from '../../core/problem.js';
 import { REPEATED_CONTENT_TYPE, repeatedContentType } from '../../core/headers.js';
-import { parseSize } from '../../config/units.js';
+import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { parseDocumentText } from './spec.js';
 import { ApiValidator, type Operation, type Outcome } from './validator.js';
 import { RequestValidatorConfig } from './schema.js';
@@ -99,7 +99,9 @@ export default definePlugin({
   schema: RequestValidatorConfig,
   scopes: ['global', 'service', 'route', 'consumer'],
   check(config) {
-    const out: string[] = [];
+    const out: (string | { path: string[]; message: string })[] = [];
+    const tooBig = config.max_body !== undefined ? jsonBodyProblem(config.max_body) : null;
+    if (tooBig !== null) out.push({ path: ['max_body'], message: tooBig });
     const schemas = config.body_schema !== undefined || config.query_schema !== undefined || config.header_schema !== undefined;
     const sources = [config.openapi !== undefined, config.spec !== undefined, schemas].filter(Boolean).length;
     if (sources === 0) out.push('give openapi (a file), spec (inline), or body_schema / query_schema / header_schema');
