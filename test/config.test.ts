@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, readdirSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { makeCa } from './certs.js';
 import { configIssues, eventually, freePort, request, startCli } from './helpers.js';
 import { tmpdir } from 'node:os';
@@ -631,6 +631,52 @@ test('the configuration example in README.md is valid', () => {
   } finally {
     void pools.closeAll();
   }
+});
+
+test('every whole config example in README.md and docs/ is valid (a missing certificate file aside): users copy them', () => {
+  const hash = 'scrypt$16384$8$1$bUFeiyX4/rYjw6v0OLXolA==$X3YBnwZw4JUz4JFRADC1XPOGi04qFPwbZ+5LShzbV4w=';
+  // Every ${VAR} is set: a secret-looking value, a password hash where one is asked for.
+  const env = new Proxy({} as NodeJS.ProcessEnv, { get: (_t, k) => (typeof k === 'string' ? (k.endsWith('_HASH') ? hash : 'a-placeholder-value-long-enough-for-any-secret-0123456789') : undefined), has: () => true });
+  const top = new Set(Object.keys((JSON.parse(schemaJson()) as { properties: Record<string, unknown> }).properties));
+  const files = ['README.md', ...readdirSync('docs').filter((f) => f.endsWith('.md')).map((f) => join('docs', f))];
+  let checked = 0;
+  const wrong: string[] = [];
+  for (const file of files) {
+    const lines = readFileSync(file, 'utf8').split('\n');
+    for (let i = 0; i < lines.length; i++) {
+      const block: string[] = [];
+      const at = i + 1;
+      if (lines[i]!.startsWith('```')) {
+        // A fenced block: a yaml one is read, any other skipped.
+        const yaml = /^```ya?ml\s*$/.test(lines[i]!);
+        for (i++; i < lines.length && !lines[i]!.startsWith('```'); i++) if (yaml) block.push(lines[i]!);
+        if (!yaml) continue;
+      } else if (lines[i]!.startsWith('    ') && (i === 0 || lines[i - 1]!.trim() === '')) {
+        // An indented block (after a blank line).
+        while (i < lines.length && (lines[i]!.startsWith('    ') || lines[i]!.trim() === '')) block.push(lines[i++]!.slice(4));
+      } else continue;
+      const text = block.join('\n');
+      // Whole configs only: top-level settings and nothing else at the margin (not a JSON
+      // answer, a shell session or a fragment), no placeholders (PORT, ...).
+      const margin = block.filter((l) => l !== '' && !l.startsWith(' ') && !l.startsWith('#'));
+      const keys = margin.map((l) => /^([a-z_0-9]+):/.exec(l)?.[1]);
+      if (keys.length === 0 || !keys.every((k) => k !== undefined && top.has(k)) || new Set(keys).size < keys.length) continue; // (a key twice: alternatives)
+      if (/\b(PORT|TLSPORT|UPSTREAM_PORT)\b|\.\.\./.test(text.replace(/(^|\s)#.*$/gm, ''))) continue;
+      checked++;
+      const pools = new PoolRegistry();
+      try {
+        compile(parseConfigText(text, { env }), { pools, storeOpened: true }).dispose();
+      } catch (err) {
+        if (!(err instanceof ConfigError)) throw err;
+        const real = err.issues.filter((x) => !/cannot read|ENOENT/.test(x.message));
+        if (real.length > 0) wrong.push(`${file}:${at}: ${real.map((x) => `${x.path}: ${x.message}`).join('; ')}`);
+      } finally {
+        void pools.closeAll();
+      }
+    }
+  }
+  assert.ok(checked >= 9, `only ${checked} examples found`);
+  assert.deepEqual(wrong, []);
 });
 
 test('the TLS / HTTP/2 / WebSocket / gRPC example in README.md is valid (with real certificate files)', () => {
