@@ -122,6 +122,34 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
   }
 });
 
+test('trailing dots and spaces of a segment cannot route past a protected route (IIS, ASP.NET and Windows file servers trim them: /admin. and /admin%20 are /admin)', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`services:
+  - name: e
+    url: ${up.url}
+    routes:
+      - {name: all, paths: [/]}
+      - {name: admin, paths: [/admin], plugins: [{name: key-auth}]}
+      - {name: files, paths: [/files]}
+consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
+`);
+  try {
+    for (const path of ['/admin.', '/admin..', '/admin%20', '/admin.%20', '/admin%20.', '/admin./x', '/admin%20/x', '/ADMIN.']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
+    // Read so, still the route it matched (or a broader one): forwarded as sent.
+    for (const path of ['/files/v1.', '/files/a%20', '/readme.', '/admin.json', '/administrator.']) {
+      assert.equal((await request(`${g.url}${path}`)).status, 200, path);
+      assert.equal(up.requests.at(-1)!.url, path);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a `:`, `@` or sub-delim sent percent-encoded cannot route past the route that spells it (servers decode %3A, %40 before routing); route paths spell them as they are', async () => {
   const up = await startUpstream();
   const g = await startGateway(`services:

@@ -23,6 +23,9 @@ const ENCODED_DELIM = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/g;
 const ENCODED_DELIM_ONE = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
 /** Any encoding a reading decodes: ENCODED_SLASH's and ENCODED_DELIM's. */
 const READ_ENCODED = /%(?:2F|5C|3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
+/** Dots and spaces ending a segment, which IIS, ASP.NET and Windows file servers trim (`/admin.`, `/admin%20` are `/admin` there). */
+const TRAILING = /(?:\.|%20)+(?=\/|;|$)/g;
+const TRAILING_ONE = /(?:\.|%20)(?:\/|;|$)/;
 const decodeDelim = (m: string) => String.fromCharCode(parseInt(m.slice(1), 16));
 
 /** The first `:`, `@` or sub-delim a path spells percent-encoded (`%3A`), or null. A route path spells them as they are. */
@@ -119,15 +122,18 @@ export function normalizePath(path: string): string | null {
 /**
  * The normalized path as many servers read it: `%2F` and `%5C` decoded to slashes (nginx's
  * $uri, IIS, many frameworks), `:`, `@` and sub-delims decoded (`%3A` is `:`), `;params` cut
- * off segments (Tomcat, Jetty, Spring), slashes merged; null when that is the path itself. A
+ * off segments (Tomcat, Jetty, Spring), dots and spaces ending a segment trimmed (IIS, ASP.NET,
+ * Windows file servers), slashes merged; null when that is the path itself. A
  * request whose reading is another route's, at least as specific as the one matched, is
  * refused (src/server/request.ts).
  */
 export function upstreamReading(path: string): string | null {
   // (most paths: none of these; a path with other encodings, UTF-8 say, is not copied either)
   const pct = path.includes('%') && READ_ENCODED.test(path);
-  if (!pct && !path.includes(';')) return null;
+  const trailing = (path.includes('.') || path.includes('%20')) && TRAILING_ONE.test(path);
+  if (!pct && !trailing && !path.includes(';')) return null;
   let alt = pct ? path.replace(ENCODED_SLASH, '/').replace(ENCODED_DELIM, decodeDelim) : path;
+  if (trailing) alt = alt.replace(TRAILING, '');
   if (alt.includes(';')) alt = alt.split('/').map((seg) => (seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg)).join('/');
   alt = alt.replace(MANY_SLASHES, '/');
   return alt === path ? null : alt;
