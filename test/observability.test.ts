@@ -516,6 +516,34 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('access log: a session id or key in a path parameter (/cart;jsessionid=..., servlet URL rewriting) is censored like one in the query, in both line writers', async () => {
+  const up = await startUpstream();
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-pp-'));
+  const logs = [join(dir, 'default.log'), join(dir, 'listed.log')];
+  const gws = [
+    await startGateway(`access_log: {destination: file, path: ${logs[0]}}\nservices: [{name: app, url: ${up.url}, routes: [{paths: [/app]}]}]\n`),
+    await startGateway(`access_log: {destination: file, path: ${logs[1]}, fields: [request_id, path, status]}\nservices: [{name: app, url: ${up.url}, routes: [{paths: [/app]}]}]\n`),
+  ];
+  try {
+    for (const gw of gws) {
+      for (const path of ['/app/cart;jsessionid=SESS-SECRET-1/items', '/app/x;v=1;apikey=KEY-SECRET-2', '/app/y;JSESSIONID=SESS-SECRET-3', '/app/z;PHPSESSID=SESS-SECRET-4;v=2']) {
+        assert.equal((await request(`${gw.url}${path}`)).status, 200, path);
+      }
+    }
+    for (const log of logs) {
+      await eventually(() => lines(log).length === 4);
+      const text = readFileSync(log, 'utf8');
+      for (const secret of ['SESS-SECRET-1', 'KEY-SECRET-2', 'SESS-SECRET-3', 'SESS-SECRET-4']) assert.ok(!text.includes(secret), `${secret} leaked into ${log}`);
+      assert.deepEqual(lines(log).map((l) => l.path), ['/app/cart;jsessionid=[REDACTED]/items', '/app/x;v=1;apikey=[REDACTED]', '/app/y;JSESSIONID=[REDACTED]', '/app/z;PHPSESSID=[REDACTED];v=2']);
+    }
+    // Forwarded as sent: the upstream needs them.
+    assert.equal(up.requests.at(-1)!.url, '/app/z;PHPSESSID=SESS-SECRET-4;v=2');
+  } finally {
+    for (const gw of gws) await gw.close();
+    await up.close();
+  }
+});
+
 test('access log: the default field set and the same fields listed explicitly give the same lines', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-access-'));

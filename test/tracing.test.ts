@@ -179,7 +179,7 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
-test('tracing: a span\'s url.full shows secret query values (API keys, tokens) as REDACTED', async () => {
+test('tracing: a span\'s url.full shows secret query values (API keys, tokens) and session path parameters as REDACTED', async () => {
   const collector = await startCollector();
   const up = await startUpstream();
   const gw = await startGateway(`
@@ -195,12 +195,14 @@ services:
         plugins: [{name: key-auth, config: {query: k}}]
 `);
   try {
-    const r = await request(`${gw.url}/q/x?k=SUPERSECRETKEY-1234&a=1&api%6Bey=OTHERSECRET&access_token=TOKENSECRET`);
+    const r = await request(`${gw.url}/q/x;jsessionid=SESSIONSECRET;v=1?k=SUPERSECRETKEY-1234&a=1&api%6Bey=OTHERSECRET&access_token=TOKENSECRET`);
     assert.equal(r.status, 200, r.body);
-    await eventually(() => collector.spans.some((s) => s.kind === KIND.CLIENT), 8000);
+    await eventually(() => collector.spans.some((s) => s.kind === KIND.CLIENT) && collector.spans.some((s) => s.kind === KIND.SERVER), 8000);
     const url = String(attr(collector.spans.find((s) => s.kind === KIND.CLIENT)!, 'url.full'));
-    assert.match(url, /\?k=REDACTED&a=1&api%6Bey=REDACTED&access_token=REDACTED$/);
-    assert.doesNotMatch(JSON.stringify(collector.spans), /SUPERSECRETKEY|OTHERSECRET|TOKENSECRET/);
+    assert.match(url, /\/q\/x;jsessionid=REDACTED;v=1\?k=REDACTED&a=1&api%6Bey=REDACTED&access_token=REDACTED$/);
+    // (and the session id in a path parameter: url.path)
+    assert.equal(attr(collector.spans.find((s) => s.kind === KIND.SERVER)!, 'url.path'), '/q/x;jsessionid=REDACTED;v=1');
+    assert.doesNotMatch(JSON.stringify(collector.spans), /SUPERSECRETKEY|OTHERSECRET|TOKENSECRET|SESSIONSECRET/);
   } finally {
     await gw.close();
     await Promise.all([up.close(), collector.close()]);

@@ -18,7 +18,7 @@ import { Analytics } from './analytics.js';
 import { checkSink, createSink, type AccessSink } from './sinks.js';
 import { DEFAULT_ACCESS_FIELDS, type AccessField } from './schema.js';
 import type { ObservabilitySettings } from './settings.js';
-import { Tracing, redactQuery } from './tracing.js';
+import { Tracing, redactPathParams, redactQuery } from './tracing.js';
 
 const round3 = (ms: number) => Math.round(ms * 1000) / 1000;
 
@@ -65,6 +65,12 @@ export function rawPath(url: string | undefined): string | null {
   }
   const end = p.search(/[?#]/);
   return end === -1 ? p : p.slice(0, end);
+}
+
+/** The path to log: as routed (or the raw target's, for a request refused before), secret path parameters censored. */
+function logPath(ex: Exchange, req: IncomingMessage, secret: ReadonlySet<string>): string | null {
+  const p = ex.path || rawPath(req.url);
+  return p === null ? null : redactPathParams(p, secret, CENSORED);
 }
 
 /** The query as an object (repeated names joined with a comma), secret parameters (lower-case set, any case in the query) censored. */
@@ -283,7 +289,7 @@ export class Observer {
         '","consumer":' + str(ex.consumer) +
         ',"method":"' + method +
         '","host":"' + ex.host +
-        '","path":' + str(ex.path || rawPath(req.url)) +
+        '","path":' + str(logPath(ex, req, a.query)) +
         ',"protocol":"HTTP/' + req.httpVersion +
         (route === null ? '","route":null,"service":null' : '","route":"' + route.name + '","service":"' + route.service.name + '"') +
         ',"upstream":' + (ex.target === null ? 'null' : '"' + ex.target + '"') +
@@ -309,7 +315,7 @@ export class Observer {
         case 'consumer': out.consumer = ex.consumer; break;
         case 'method': out.method = method; break;
         case 'host': out.host = ex.host; break;
-        case 'path': out.path = ex.path || rawPath(req.url); break;
+        case 'path': out.path = logPath(ex, req, a.query); break;
         case 'query': out.query = queryObject(ex.query, a.query); break;
         case 'protocol': out.protocol = `HTTP/${req.httpVersion}`; break;
         case 'route': out.route = ex.route?.name ?? null; break;

@@ -36,6 +36,26 @@ export const MAX_ATTRIBUTE_LENGTH = 4096;
 /** The methods OpenTelemetry's HTTP semantic conventions know (RFC 9110 and PATCH); others are _OTHER. */
 const KNOWN_METHODS = new Set(['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE']);
 
+/** Session ids carried in a path parameter by URL rewriting (servlet containers' `;jsessionid=`, PHP's trans_sid), lower case. */
+export const SESSION_PATH_PARAMS = ['jsessionid', 'phpsessid', 'sessionid', 'session_id'];
+const PATH_PARAM = /;([^;/?#=]*)(=[^;/?#]*)?/g;
+
+/**
+ * A path whose `;name=value` path parameters (before any query) read `mask` where the name is a
+ * secret one (`secret`: lower-case names, compared decoded and case-insensitively) or a session
+ * id: `/cart;jsessionid=...` is a session as good as its cookie.
+ */
+export function redactPathParams(path: string, secret: ReadonlySet<string>, mask = 'REDACTED'): string {
+  if (!path.includes(';')) return path;
+  const q = path.indexOf('?');
+  const head = q === -1 ? path : path.slice(0, q);
+  const out = head.replace(PATH_PARAM, (m, name: string) => {
+    const n = paramName(name).toLowerCase();
+    return secret.has(n) || SESSION_PATH_PARAMS.includes(n) ? `;${name}=${mask}` : m;
+  });
+  return q === -1 ? out : out + path.slice(q);
+}
+
 /**
  * A path whose query values of secret parameters (API keys, tokens, signatures) read REDACTED
  * (or `mask`), as OpenTelemetry's semantic conventions ask of url.full. Names are compared
@@ -197,7 +217,7 @@ export class Tracing {
     const address = close !== -1 ? host.slice(1, close) : colon === -1 ? host : host.slice(0, colon);
     span.setAttributes({
       'http.request.method': known ? method : '_OTHER',
-      'url.path': ex.path,
+      'url.path': redactPathParams(ex.path, this.secretParams),
       'url.scheme': scheme,
       'http.route': pattern,
       'server.port': colon === -1 ? (scheme === 'https' ? 443 : 80) : Number(host.slice(colon + 1)),
@@ -253,7 +273,7 @@ export class Tracing {
         ...(known ? {} : { 'http.request.method_original': method }),
         'server.address': url.hostname,
         'server.port': Number(url.port) || (url.protocol === 'https:' ? 443 : 80),
-        'url.full': origin + redactQuery(path, this.secretParams),
+        'url.full': origin + redactQuery(redactPathParams(path, this.secretParams), this.secretParams),
         ...(attempt > 1 ? { 'http.request.resend_count': attempt - 1 } : {}),
       },
     }, this.context(ex));
