@@ -40,7 +40,9 @@ const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-c
  * Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys; OpenTelemetry's
  * url.full list), lower case: names are compared case-insensitively (X-Amz-Signature, APIKEY).
  */
-const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'apikey', 'key', 'token', 'password', 'sig', 'signature', 'awsaccesskeyid', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token', 'x-goog-signature', 'x-goog-credential'];
+const SECRET_PARAMS = ['access_token', 'id_token', 'refresh_token', 'code', 'client_secret', 'api_key', 'apikey', 'key', 'token', 'password', 'sig', 'signature', 'awsaccesskeyid', 'x-amz-signature', 'x-amz-credential', 'x-amz-security-token', 'x-goog-signature', 'x-goog-credential',
+  // session ids of URL rewriting (servlet containers' `;jsessionid=`, PHP's trans_sid `?PHPSESSID=`)
+  'jsessionid', 'phpsessid', 'sessionid', 'session_id'];
 
 
 /** Every key-auth header / query name used anywhere in the config (their values are keys). */

@@ -36,14 +36,12 @@ export const MAX_ATTRIBUTE_LENGTH = 4096;
 /** The methods OpenTelemetry's HTTP semantic conventions know (RFC 9110 and PATCH); others are _OTHER. */
 const KNOWN_METHODS = new Set(['CONNECT', 'DELETE', 'GET', 'HEAD', 'OPTIONS', 'PATCH', 'POST', 'PUT', 'TRACE']);
 
-/** Session ids carried in a path parameter by URL rewriting (servlet containers' `;jsessionid=`, PHP's trans_sid), lower case. */
-export const SESSION_PATH_PARAMS = ['jsessionid', 'phpsessid', 'sessionid', 'session_id'];
 const PATH_PARAM = /;([^;/?#=]*)(=[^;/?#]*)?/g;
 
 /**
  * A path whose `;name=value` path parameters (before any query) read `mask` where the name is a
- * secret one (`secret`: lower-case names, compared decoded and case-insensitively) or a session
- * id: `/cart;jsessionid=...` is a session as good as its cookie.
+ * secret one (`secret`: lower-case names, compared decoded and case-insensitively; the session
+ * ids of URL rewriting among them: `/cart;jsessionid=...` is a session as good as its cookie).
  */
 export function redactPathParams(path: string, secret: ReadonlySet<string>, mask = 'REDACTED'): string {
   if (!path.includes(';')) return path;
@@ -51,7 +49,7 @@ export function redactPathParams(path: string, secret: ReadonlySet<string>, mask
   const head = q === -1 ? path : path.slice(0, q);
   const out = head.replace(PATH_PARAM, (m, name: string) => {
     const n = paramName(name).toLowerCase();
-    return secret.has(n) || SESSION_PATH_PARAMS.includes(n) ? `;${name}=${mask}` : m;
+    return secret.has(n) ? `;${name}=${mask}` : m;
   });
   return q === -1 ? out : out + path.slice(q);
 }
