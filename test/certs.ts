@@ -20,15 +20,23 @@ export interface TestCa extends Pem {
   issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean; notAfter?: Date }): Pem;
   /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path). */
   crl(revoked: Pem[], file?: string): string;
+  /** An intermediate CA signed by this one (a TestCa of its own: its own temp dir, to clean up too). */
+  intermediate(cn: string): TestCa;
   cleanup(): void;
 }
 
 const openssl = (args: string[], cwd: string) => execFileSync('openssl', args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
 
-export function makeCa(cn = 'Turnpike Test CA'): TestCa {
+export function makeCa(cn = 'Turnpike Test CA', parent?: TestCa): TestCa {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-certs-'));
-  openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', `/CN=${cn}`,
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
+  if (parent === undefined) {
+    openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', `/CN=${cn}`,
+      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], dir);
+  } else {
+    writeFileSync(join(dir, 'ca.ext'), 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n');
+    openssl(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.csr', '-subj', `/CN=${cn}`], dir);
+    openssl(['x509', '-req', '-in', 'ca.csr', '-CA', parent.certFile, '-CAkey', parent.keyFile, '-set_serial', String(1000 + Math.floor(Math.random() * 1e6)), '-days', '2', '-out', 'ca.pem', '-extfile', 'ca.ext'], dir);
+  }
   let serial = 1;
   const ca: TestCa = {
     dir,
@@ -71,6 +79,7 @@ export function makeCa(cn = 'Turnpike Test CA'): TestCa {
       openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-gencrl', '-out', file], dir);
       return join(dir, file);
     },
+    intermediate: (name) => makeCa(name, ca),
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };
   return ca;

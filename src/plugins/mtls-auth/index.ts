@@ -2,12 +2,15 @@
  * mtls-auth: the client certificate of a TLS connection, verified against `tls.client_ca` by the
  * listener, names the consumer: a credential whose subject_name is the certificate's subject CN
  * or one of its subjectAltNames (DNS, email, URI), else a consumer named like the CN.
- * No certificate: 401 (or anonymous); an untrusted one: 401 saying so.
+ * No certificate: 401 (or anonymous); an untrusted one: 401 saying so. forward_client_cert tells
+ * the upstream the certificate (RFC 9440, XFCC); no one else's client-certificate fields go upstream.
  */
-import type { TLSSocket, PeerCertificate } from 'node:tls';
-import { definePlugin, type Consumer } from '../types.js';
+import { hash } from 'node:crypto';
+import type { TLSSocket, PeerCertificate, DetailedPeerCertificate } from 'node:tls';
+import { definePlugin, type Consumer, type RequestCtx } from '../types.js';
 import { MtlsAuthConfig, MtlsAuthCredential } from './schema.js';
 import { uniqueField } from '../auth-common.js';
+import { fieldValue } from '../pipeline.js';
 
 const CHALLENGE = 'MutualTLS realm="turnpike"';
 
@@ -32,22 +35,89 @@ function altNameValue(printed: string): string | null {
  * names in lower case and the email addresses with their domain in lower case (compared without
  * case: RFC 5280 §7.2, §7.5, RFC 4343), for a second look-up.
  */
-export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[]; folded: string[] } {
+export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[]; folded: string[]; uris: string[]; dns: string[] } {
   const cnRaw = cert.subject?.CN as string | string[] | undefined;
   const cn = Array.isArray(cnRaw) ? cnRaw[0] ?? null : cnRaw ?? null;
   const sans: string[] = [];
   const folded: string[] = [];
+  const uris: string[] = [];
+  const dns: string[] = [];
   // (a comma inside a quoted value is printed \u002c: ", " only ever separates entries)
   for (const part of (cert.subjectaltname ?? '').split(', ')) {
     const m = /^(DNS|email|URI):(.+)$/.exec(part);
     const v = m ? altNameValue(m[2]!) : null;
     if (!v) continue;
     sans.push(v);
-    if (m![1] === 'DNS') folded.push(v.toLowerCase());
-    else if (m![1] === 'email') folded.push(foldEmail(v));
+    if (m![1] === 'DNS') {
+      folded.push(v.toLowerCase());
+      dns.push(v);
+    } else if (m![1] === 'email') folded.push(foldEmail(v));
+    else uris.push(v);
   }
-  return { cn, sans, folded };
+  return { cn, sans, folded, uris, dns };
 }
+
+/**
+ * Client-certificate fields of TLS terminators (RFC 9440's Client-Cert(-Chain), Envoy's XFCC,
+ * Traefik's, nginx's and HAProxy's X-SSL-*, SSL-Client-*, X-Client-*, ALB's X-Amzn-Mtls-*, IIS's
+ * X-ARR-ClientCert). The gateway drops a client's copies everywhere, but passes a trusted
+ * proxy's on; on an mtls-auth route the certificate is this connection's own, so no copy of
+ * anyone's goes upstream, where it could stand for another identity.
+ */
+const CERT_FIELD = /^(?:client-cert(?:-chain)?|x-forwarded-client-cert|x-forwarded-tls-client-cert(?:-info)?|x-client-(?:cert(?:ificate|-chain)?|verify|dn)|x-ssl-(?:client-.*|cert|subject.*|issuer.*)|ssl-client-.+|x-amzn-mtls-.+|x-arr-clientcert)$/i;
+
+/** Drops every client-certificate field from what goes upstream (looked for in the request first: most requests carry none). */
+function dropCertFields(ctx: RequestCtx): void {
+  const raw = ctx.req.rawHeaders;
+  let found = false;
+  for (let i = 0; i < raw.length; i += 2) {
+    const n = raw[i]!;
+    if (n.length >= 7 && CERT_FIELD.test(n)) {
+      found = true;
+      break;
+    }
+  }
+  if (!found) return;
+  ctx.editUpstreamHeaders((list) => {
+    for (let i = list.length - 2; i >= 0; i -= 2) if (CERT_FIELD.test(list[i]!)) list.splice(i, 2);
+  });
+}
+
+/** A value of an XFCC pair: as it is, or in double quotes (with \\ and \" escaped) when it holds a separator. */
+const xfccQuote = (v: string, always = false): string => (always || /[,;="\\]/.test(v) ? `"${v.replace(/["\\]/g, '\\$&')}"` : v);
+
+/** The fields (name, value, ...) that tell the upstream a verified client certificate, per forward_client_cert. */
+function certFields(socket: TLSSocket, cert: PeerCertificate, forward: ReadonlySet<string>): string[] {
+  const out: string[] = [];
+  // RFC 9440 §2: a Structured Field Byte Sequence (RFC 8941 §3.3.5), the DER in base64.
+  if (forward.has('client-cert')) out.push('client-cert', `:${cert.raw.toString('base64')}:`);
+  if (forward.has('client-cert-chain')) {
+    // The issuers above the leaf (Node's chain: what the client sent, then what the CA store
+    // completed it with), the trust anchor left out (RFC 9440 §2.3: the recipient has it).
+    const chain: string[] = [];
+    let c = (socket.getPeerCertificate(true) as DetailedPeerCertificate).issuerCertificate;
+    const seen = new Set<string>([cert.fingerprint256]);
+    while (c && c.raw && !seen.has(c.fingerprint256) && c.issuerCertificate && c.issuerCertificate !== c && c.issuerCertificate.fingerprint256 !== c.fingerprint256) {
+      seen.add(c.fingerprint256);
+      chain.push(`:${c.raw.toString('base64')}:`);
+      c = c.issuerCertificate;
+    }
+    if (chain.length > 0) out.push('client-cert-chain', chain.join(', '));
+  }
+  if (forward.has('x-forwarded-client-cert')) {
+    // Envoy's element for the client certificate: Hash (SHA-256 of the DER, hex), Subject (the
+    // RFC 2253 form: last RDN first), URI and DNS (each subjectAltName so).
+    const x = socket.getPeerX509Certificate?.();
+    const parts = [`Hash=${hash('sha256', cert.raw, 'hex')}`];
+    if (x) parts.push(`Subject=${xfccQuote(x.subject.split('\n').reverse().join(','), true)}`);
+    const { uris, dns } = certificateNames(cert);
+    for (const u of uris) parts.push(`URI=${xfccQuote(u)}`);
+    for (const d of dns) parts.push(`DNS=${xfccQuote(d)}`);
+    out.push('x-forwarded-client-cert', fieldValue(parts.join(';')));
+  }
+  return out;
+}
+
 
 /** An email address with its domain in lower case (the local part is the mailbox's own). */
 const foldEmail = (v: string): string => {
@@ -95,7 +165,13 @@ export default definePlugin({
       if (!foldedNames.has(f)) foldedNames.set(f, consumer);
     }
     const requireConsumer = config.require_consumer ?? true;
+    const forward: ReadonlySet<string> = new Set(config.forward_client_cert ?? []);
+    // Per connection: its certificate's fields, made once (a TLS connection keeps its certificate: no renegotiation).
+    const fieldsOf = new WeakMap<object, { raw: Buffer; fields: string[] }>();
     return {
+      onRequest(ctx) {
+        dropCertFields(ctx);
+      },
       authenticate(ctx) {
         const socket = ctx.req.socket as TLSSocket;
         if (socket.encrypted !== true) return { ok: false, missing: true, challenge: CHALLENGE };
@@ -123,6 +199,11 @@ export default definePlugin({
         }
         if (consumer === null && (requireConsumer || cn === null)) return { ok: false, missing: false, challenge: CHALLENGE, detail: 'the client certificate is not for a known consumer' };
         const identity = consumer?.name ?? cn!;
+        if (forward.size > 0) {
+          let f = fieldsOf.get(socket);
+          if (f === undefined || !f.raw.equals(cert.raw)) fieldsOf.set(socket, (f = { raw: cert.raw, fields: certFields(socket, cert, forward) }));
+          for (let i = 0; i < f.fields.length; i += 2) ctx.setUpstreamHeader(f.fields[i]!, f.fields[i + 1]!);
+        }
         return { ok: true, consumer, identity, credential: `mtls:${cert.fingerprint256?.replace(/:/g, '').slice(0, 16) ?? identity}` };
       },
     };

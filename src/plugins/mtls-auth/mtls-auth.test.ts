@@ -3,6 +3,7 @@ import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { request as httpsRequest } from 'node:https';
 import { connect as h2connect } from 'node:http2';
+import { createHash } from 'node:crypto';
 import { startGateway, startUpstream, type TestGateway, type TestUpstream } from '../../../test/helpers.js';
 import { makeCa, type Pem, type TestCa } from '../../../test/certs.js';
 import { compile } from '../../config/compile.js';
@@ -318,5 +319,80 @@ test('a client certificate that expires while its connection lives (a kept-alive
   } finally {
     agent.destroy();
     session.destroy();
+  }
+});
+
+test('forward_client_cert: the verified certificate goes upstream as RFC 9440 Client-Cert / Client-Cert-Chain and as Envoy\'s X-Forwarded-Client-Cert (HTTP/1.1 and HTTP/2); a client\'s own client-certificate fields never do on an mtls-auth route, a trusted proxy\'s neither, with forwarding off too', async () => {
+  const { X509Certificate } = await import('node:crypto');
+  const inter = ca.intermediate('Devices Intermediate');
+  try {
+    const server = ca.issue('api.test', { file: 'fwd-server' });
+    const leaf = inter.issue('dev-1', { client: true, sans: ['URI:spiffe://example.org/dev/1', 'DNS:dev-1.example'] });
+    const chain = Buffer.concat([leaf.cert, inter.cert]);
+    // (the loopback is a trusted proxy here: its client-certificate fields pass the request
+    // parsing, and only mtls-auth keeps them from the upstream)
+    const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+trusted_proxies: [127.0.0.1]
+tls:
+  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: ${ca.certFile}
+consumers: [{name: dev, credentials: [{type: mtls-auth, subject_name: dev-1}]}, {name: guest}]
+services:
+  - name: s
+    url: ${up.url}
+    routes:
+      - {paths: [/fwd], plugins: [{name: mtls-auth, config: {anonymous: guest, forward_client_cert: [client-cert, client-cert-chain, x-forwarded-client-cert]}}]}
+      - {paths: [/off], plugins: [{name: mtls-auth, config: {anonymous: guest}}]}
+      - {paths: [/open]}
+`);
+    try {
+    const port = t.gw.tlsAddress!.port;
+    const forged = {
+      'client-cert': `:${Buffer.from('forged').toString('base64')}:`, 'Client-Cert-Chain': ':Zm9v:',
+      'x-forwarded-client-cert': 'Hash=00;Subject="CN=admin"', 'x-ssl-client-s-dn': 'CN=admin', 'X-Amzn-Mtls-Clientcert': 'x',
+    };
+    const h1 = (path: string, withCert: boolean) => new Promise<number>((resolve, reject) => {
+      httpsRequest({ host: '127.0.0.1', port, path, servername: 'api.test', ca: ca.cert, agent: false, headers: forged, ...(withCert ? { cert: chain, key: leaf.key } : {}) }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      }).on('error', reject).end();
+    });
+    const der = new X509Certificate(leaf.cert).raw;
+    const expected = {
+      'client-cert': `:${der.toString('base64')}:`,
+      'client-cert-chain': `:${new X509Certificate(inter.cert).raw.toString('base64')}:`,
+      'x-forwarded-client-cert': `Hash=${createHash('sha256').update(der).digest('hex')};Subject="CN=dev-1";URI=spiffe://example.org/dev/1;DNS=dev-1.example`,
+    };
+    const certFields = () => Object.fromEntries(Object.entries(up.requests.at(-1)!.headers).filter(([k]) => /cert|ssl|mtls/.test(k)));
+    assert.equal(await h1('/fwd', true), 200);
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'dev');
+    assert.deepEqual(certFields(), expected);
+    assert.equal(await h1('/off', true), 200);
+    assert.deepEqual(certFields(), {}, 'forwarding off: nothing, the client\'s neither');
+    assert.equal(await h1('/fwd', false), 200);
+    assert.equal(up.requests.at(-1)!.headers['x-anonymous-consumer'], 'true');
+    assert.deepEqual(certFields(), {}, 'anonymous: no certificate, the forged ones dropped');
+    const s = h2connect(`https://127.0.0.1:${port}`, { ca: ca.cert, servername: 'api.test', cert: chain, key: leaf.key });
+    try {
+      for (const [path, want] of [['/fwd', expected], ['/off', {}]] as const) {
+        const status = await new Promise<number>((resolve, reject) => {
+          const st = s.request({ ':path': path, ':authority': 'api.test', ...forged });
+          st.on('response', (h) => resolve(Number(h[':status'])));
+          st.on('error', reject);
+          st.resume();
+          st.end();
+        });
+        assert.equal(status, 200);
+        assert.deepEqual(certFields(), want, `HTTP/2 ${path}`);
+      }
+    } finally {
+      s.close();
+    }
+    } finally {
+      await t.close();
+    }
+  } finally {
+    inter.cleanup();
   }
 });

@@ -3,6 +3,10 @@ import { Type, type Static } from '@sinclair/typebox';
 export const MtlsAuthConfig = Type.Object({
   anonymous: Type.Optional(Type.String({ minLength: 1, description: 'Consumer to use when no valid client certificate is presented.' })),
   require_consumer: Type.Optional(Type.Boolean({ default: true, description: 'Refuse (401) a trusted certificate that maps to no consumer; false: the subject CN is the identity.' })),
+  forward_client_cert: Type.Optional(Type.Array(Type.Union([Type.Literal('client-cert'), Type.Literal('client-cert-chain'), Type.Literal('x-forwarded-client-cert')]), {
+    uniqueItems: true,
+    description: 'Fields that tell the upstream the verified client certificate (default none): client-cert and client-cert-chain (RFC 9440: the DER, and the issuers the client sent below client_ca\'s own), x-forwarded-client-cert (Envoy\'s XFCC: Hash, Subject, URI, DNS). A client\'s own copies of any client-certificate field never reach the upstream on these routes, a trusted proxy\'s neither.',
+  })),
 }, { additionalProperties: false });
 export type MtlsAuthConfig = Static<typeof MtlsAuthConfig>;
 
