@@ -1,6 +1,6 @@
 /**
  * mtls-auth: the client certificate of a TLS connection, verified against `tls.client_ca` by the
- * listener, names the consumer: a credential whose subject_name is the certificate's subject CN
+ * listener, names the consumer: a credential pinning it (fingerprint_sha256), else one whose subject_name is the certificate's subject CN
  * or one of its subjectAltNames (DNS, email, URI), else a consumer named like the CN.
  * No certificate: 401 (or anonymous); an untrusted one: 401 saying so. forward_client_cert tells
  * the upstream the certificate (RFC 9440, XFCC); no one else's client-certificate fields go upstream.
@@ -119,6 +119,9 @@ function certFields(socket: TLSSocket, cert: PeerCertificate, forward: ReadonlyS
 }
 
 
+/** A SHA-256 fingerprint as compared: hex digits in lower case, no colons. */
+const fingerprintKey = (f: string): string => f.replace(/:/g, '').toLowerCase();
+
 /** An email address with its domain in lower case (the local part is the mailbox's own). */
 const foldEmail = (v: string): string => {
   const at = v.lastIndexOf('@');
@@ -146,7 +149,24 @@ export default definePlugin({
   schema: MtlsAuthConfig,
   credential: MtlsAuthCredential,
   scopes: ['global', 'service', 'route'],
-  prepareCredentials: uniqueField('subject_name'),
+  prepareCredentials(list) {
+    const problems: { index: number; field?: string; message: string }[] = [];
+    const seen = new Map<string, string>();
+    list.forEach(({ consumer, credential }, index) => {
+      if ((credential['subject_name'] === undefined) === (credential['fingerprint_sha256'] === undefined)) {
+        problems.push({ index, message: 'give one of subject_name and fingerprint_sha256' });
+        return;
+      }
+      if (credential['fingerprint_sha256'] === undefined) return;
+      const f = fingerprintKey(String(credential['fingerprint_sha256']));
+      const other = seen.get(f);
+      if (other !== undefined) problems.push({ index, field: 'fingerprint_sha256', message: `the same certificate as consumer "${other}"'s` });
+      else seen.set(f, consumer.name);
+    });
+    const named = list.filter(({ credential }) => credential['subject_name'] !== undefined);
+    for (const p of uniqueField('subject_name')(named)) problems.push({ ...p, index: list.indexOf(named[p.index]!) });
+    return problems;
+  },
   check(_config, deps) {
     return deps.listeners.clientCa ? [] : ['mtls-auth needs tls.client_ca (the CA that client certificates are verified against)'];
   },
@@ -155,11 +175,17 @@ export default definePlugin({
     // Consumers that declare credentials (their certificate names, or keys of another type) are
     // matched by those only: a certificate whose CN happens to be such a consumer's name does
     // not stand for it (deps.credentialed).
-    for (const { consumer, credential } of deps.credentials) names.set(String(credential['subject_name']), consumer);
+    // Certificates pinned by their SHA-256 (Kong users' way): matched before any name.
+    const pinned = new Map<string, Consumer>();
+    for (const { consumer, credential } of deps.credentials) {
+      if (credential['subject_name'] !== undefined) names.set(String(credential['subject_name']), consumer);
+      else if (credential['fingerprint_sha256'] !== undefined) pinned.set(fingerprintKey(String(credential['fingerprint_sha256'])), consumer);
+    }
     // The same names as certificates' DNS names and email addresses compare: without case (the
     // domain of an address). Exact matches come first.
     const foldedNames = new Map<string, Consumer>();
     for (const { consumer, credential } of deps.credentials) {
+      if (credential['subject_name'] === undefined) continue;
       const n = String(credential['subject_name']);
       const f = n.includes('@') ? foldEmail(n) : n.toLowerCase();
       if (!foldedNames.has(f)) foldedNames.set(f, consumer);
@@ -182,8 +208,8 @@ export default definePlugin({
         // session for hours, a certificate issued for minutes — it must not outlive the certificate.
         if (Date.parse(cert.valid_to) <= Date.now()) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail('CERT_HAS_EXPIRED') };
         const { cn, sans, folded } = certificateNames(cert);
-        let consumer: Consumer | null = null;
-        for (const n of [...(cn !== null ? [cn] : []), ...sans]) {
+        let consumer: Consumer | null = pinned.size > 0 ? pinned.get(hash('sha256', cert.raw, 'hex')) ?? null : null;
+        if (consumer === null) for (const n of [...(cn !== null ? [cn] : []), ...sans]) {
           consumer = names.get(n) ?? null;
           if (consumer) break;
         }

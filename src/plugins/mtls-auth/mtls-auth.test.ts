@@ -396,3 +396,52 @@ services:
     inter.cleanup();
   }
 });
+
+test('fingerprint_sha256: a consumer pins its certificate by the SHA-256 of its DER (hex, with or without colons, any case), before any subject_name; another certificate of the same name is not it; a credential with both or neither field is a config error', async () => {
+  const { X509Certificate } = await import('node:crypto');
+  const { configIssues } = await import('../../../test/helpers.js');
+  const server = ca.issue('api.test', { file: 'pin-server' });
+  const one = ca.issue('pinned-device', { client: true, file: 'pin-one' });
+  const twin = ca.issue('pinned-device', { client: true, file: 'pin-twin' });
+  const named = ca.issue('app-1', { client: true, file: 'pin-named' });
+  const fp = (p: Pem) => new X509Certificate(p.cert).fingerprint256; // AB:CD:...
+  const text = `
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]
+  client_ca: ${ca.certFile}
+consumers:
+  - {name: pin-lower, credentials: [{type: mtls-auth, fingerprint_sha256: "${fp(one).replace(/:/g, '').toLowerCase()}"}]}
+  - {name: pin-colons, credentials: [{type: mtls-auth, fingerprint_sha256: "${fp(named).toLowerCase()}"}]}
+  - {name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}
+services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]
+`;
+  const t = await startGateway(text);
+  const as = (who: Pem) => new Promise<{ status: number; body: string }>((resolve, reject) => {
+    httpsRequest({ host: '127.0.0.1', port: t.gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: who.cert, key: who.key, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    }).on('error', reject).end();
+  });
+  try {
+    assert.equal((await as(one)).status, 200);
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'pin-lower');
+    const other = await as(twin);
+    assert.equal(other.status, 401, 'the same CN, another certificate');
+    assert.match(other.body, /not for a known consumer/);
+    assert.equal((await as(named)).status, 200);
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'pin-colons', 'the pin wins over app\'s subject_name app-1');
+    assert.equal((await as(app)).status, 200);
+    assert.equal(up.requests.at(-1)!.headers['x-consumer-name'], 'app');
+  } finally {
+    await t.close();
+  }
+  const both = configIssues(text.replace('{type: mtls-auth, subject_name: app-1}', `{type: mtls-auth, subject_name: app-1, fingerprint_sha256: "${fp(app)}"}`));
+  assert.deepEqual(both.map((i) => [i.path, i.line, i.message]), [['consumers[2].credentials[0]', 9, 'give one of subject_name and fingerprint_sha256']]);
+  const twice = configIssues(text.replace('subject_name: app-1', `fingerprint_sha256: "${fp(one)}"`));
+  assert.deepEqual(twice.map((i) => [i.path, i.line]), [['consumers[2].credentials[0].fingerprint_sha256', 9]]);
+  assert.match(twice[0]!.message, /the same certificate as consumer "pin-lower"/);
+  assert.deepEqual(configIssues(text.replace(/fingerprint_sha256: "[0-9a-f]{4}/, 'fingerprint_sha256: "zz')).map((i) => [i.path, i.line]), [['consumers[0].credentials[0].fingerprint_sha256', 7]]);
+});
