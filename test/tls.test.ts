@@ -118,6 +118,40 @@ services:
   }
 });
 
+test('tls.strict_sni: a server name no certificate is for, or none, fails the handshake (no certificate is sent), over TLS 1.2 and 1.3; default: true serves clients without one; a reload turns it on and off', async () => {
+  const a = ca.issue('a.test', { file: 'strict-a' });
+  const w = ca.issue('wild', { dns: ['*.w.test'], file: 'strict-w' });
+  const text = (strict: boolean, dflt: boolean) => `
+listen_tls: 127.0.0.1:0
+tls:
+  strict_sni: ${strict}
+  certificates:
+    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}${dflt ? ', default: true' : ''}}
+    - {hosts: ["*.w.test"], cert: ${w.certFile}, key: ${w.keyFile}}
+services:
+  - {name: s, url: ${up.url}, routes: [{paths: [/]}]}
+`;
+  const t = await startGateway(text(true, false));
+  try {
+    const port = t.gw.tlsAddress!.port;
+    for (const maxVersion of ['TLSv1.2', 'TLSv1.3'] as const) {
+      assert.equal(subjectCn((await handshake(port, 'A.test', { maxVersion })).cert), 'a.test');
+      assert.equal(subjectCn((await handshake(port, 'x.w.test', { maxVersion })).cert), 'wild');
+      await assert.rejects(handshake(port, 'unknown.test', { maxVersion }), `an unknown name (${maxVersion})`);
+      await assert.rejects(handshake(port, 'y.x.w.test', { maxVersion }), 'a wildcard covers one label');
+      await assert.rejects(handshake(port, undefined, { maxVersion }), `no server name (${maxVersion})`);
+    }
+    await t.gw.reloadAsync(parseConfigText(text(true, true), { env: {} }));
+    assert.equal(subjectCn((await handshake(port, undefined)).cert), 'a.test', 'no server name: the certificate marked default');
+    await assert.rejects(handshake(port, 'unknown.test'), 'an unknown name still');
+    await t.gw.reloadAsync(parseConfigText(text(false, false), { env: {} }));
+    assert.equal(subjectCn((await handshake(port, 'unknown.test')).cert), 'a.test', 'strict_sni off: the default');
+    assert.equal(subjectCn((await handshake(port, undefined)).cert), 'a.test');
+  } finally {
+    await t.close();
+  }
+});
+
 test('TLS 1.2 is the floor: a TLS 1.1 client is refused, 1.2 and 1.3 are served; min_version TLSv1.3 refuses 1.2', async () => {
   const a = ca.issue('a.test');
   const t = await startGateway(`

@@ -466,6 +466,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       minVersion: t.min_version ?? 'TLSv1.2',
       ciphers: t.ciphers ?? DEFAULT_CIPHERS,
       clientCaFile: t.client_ca ? file(t.client_ca) : null,
+      strictSni: t.strict_sni ?? false,
       ...(t.client_crl !== undefined ? { clientCrlFile: file(t.client_crl) } : {}),
     });
     if (t.client_crl !== undefined && t.client_ca === undefined) fail(['tls', 'client_crl'], 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)');

@@ -40,6 +40,11 @@ export interface TlsOptions {
   clientCaFile: string | null;
   /** PEM CRL file(s) for client certificates: a revoked one is not verified (needs clientCaFile). */
   clientCrlFile?: string | null;
+  /**
+   * An unknown server name is refused (no certificate served), and so is a client without one
+   * unless a certificate is marked default (it serves those).
+   */
+  strictSni?: boolean;
 }
 
 /**
@@ -229,9 +234,13 @@ export class CertSet {
     this.index();
   }
 
-  /** Options for the listener's own context: the default certificate, versions, ciphers, client CA. */
+  /**
+   * Options for the listener's own context: the default certificate, versions, ciphers, client
+   * CA. With strictSni and no certificate marked default, no certificate: a client without a
+   * server name (the SNI callback is not asked) fails the handshake, a handshake_failure alert.
+   */
   defaultOptions(): SecureContextOptions {
-    const m = this.material[this.defaultIndex];
+    const m = this.options.strictSni === true && !this.specs[this.defaultIndex]?.isDefault ? undefined : this.material[this.defaultIndex];
     return {
       minVersion: this.options.minVersion,
       ciphers: this.options.ciphers,
@@ -274,9 +283,9 @@ export class CertSet {
     });
   }
 
-  /** The context for a server name (SNI), or the default. */
+  /** The context for a server name (SNI), or the default (none for a name no certificate is for, with strictSni). */
   contextFor(servername: string | undefined): SecureContext | null {
-    return (servername ? this.named(servername.toLowerCase().replace(/\.$/, '')) : null) ?? this.defaultContext;
+    return (servername ? this.named(servername.toLowerCase().replace(/\.$/, '')) : null) ?? (this.options.strictSni === true ? null : this.defaultContext);
   }
 
   /** The context of the certificate that names `name` (lower case, no trailing dot): exact, then a one-label wildcard; null for none. */
@@ -350,7 +359,8 @@ export class CertStore {
   readonly sni = (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void => {
     const ctx = this.set.contextFor(servername);
     if (ctx) cb(null, ctx);
-    else cb(new Error('no certificate'));
+    // (the handshake ends, the connection is closed: Node's SNI hook has no alert to send)
+    else cb(new Error(`no certificate for the server name ${JSON.stringify(servername.slice(0, 253))}`));
   };
 
   /** A new config's certificates (already loaded). */
