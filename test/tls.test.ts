@@ -55,7 +55,7 @@ function httpsGet(port: number, path: string, opts: { servername?: string; ca?: 
 
 test('SNI picks the certificate: exact name, wildcard, default for unknown or no SNI; HTTP/1.1 and h2 over TLS reach the upstream', async () => {
   const a = ca.issue('a.test');
-  const b = ca.issue('b.test');
+  const b = ca.issue('b.test', { dns: ['b.test', 'b2.test'] });
   const w = ca.issue('wild', { dns: ['*.w.test'] });
   const c = ca.issue('c.test', { dns: ['c.test', '*.cw.test'] });
   const t = await startGateway(`
@@ -205,7 +205,7 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
     await t.close();
   }
   // tls.watch turned on by a reload (the files unchanged so far): a later change is picked up.
-  const b = ca.issue('b.test', { file: 'reload-watch-b' });
+  const b = ca.issue('b.test', { file: 'reload-watch-b', dns: ['a.test'] });
   const live = { certFile: `${ca.dir}/reload-watch.pem`, keyFile: `${ca.dir}/reload-watch.key` };
   copyFileSync(a.certFile, live.certFile);
   copyFileSync(a.keyFile, live.keyFile);
@@ -280,6 +280,12 @@ services: [{name: s, url: ${up.url}, routes: [{paths: [/]}]}]
     writeFileSync(certFile, 'not a certificate');
     await new Promise((r) => setTimeout(r, 1800));
     assert.equal(await serial(), s2);
+    // A good pair for another name (not live.test): every client would refuse it; kept too.
+    const stranger = ca.issue('other.test', { file: 'live-other' });
+    copyFileSync(stranger.keyFile, keyFile);
+    copyFileSync(stranger.certFile, certFile);
+    await new Promise((r) => setTimeout(r, 1800));
+    assert.equal(await serial(), s2, 'a certificate not for live.test is not adopted');
     // Also the default context (clients without SNI) follows.
     copyFileSync(first.certFile, certFile);
     copyFileSync(first.keyFile, keyFile);
@@ -417,6 +423,16 @@ test('config errors: a missing file, a key that does not match, tls without list
   assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: /nonexistent/x.pem, key: ${a.keyFile}}\n`), /tls\.certificates\[0\].*line 4.*cannot read certificate/s);
   assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${b.keyFile}}\n`), /tls\.certificates\[0\].*does not load/s);
   assert.match(errorOf(`tls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`), /tls.*needs listen_tls/);
+  // hosts the certificate itself is not for (its subjectAltNames, as clients check it): every
+  // client connecting for such a name would refuse the certificate
+  const w = ca.issue('wild', { dns: ['*.w.test', '127.0.0.9'] });
+  const notCovered = errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - cert: ${a.certFile}\n      key: ${a.keyFile}\n      hosts:\n        - A.test\n        - api.example.com\n`);
+  assert.match(notCovered, /tls\.certificates\[0\]\.hosts\[1\].*line 8.*is not for api\.example\.com \(its subjectAltNames: DNS:a\.test\)/s);
+  assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [x.w.test, "*.x.w.test"], cert: ${w.certFile}, key: ${w.keyFile}}\n`), /hosts\[1\].*is not for \*\.x\.w\.test/s);
+  assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.b.w.test], cert: ${w.certFile}, key: ${w.keyFile}}\n`), /hosts\[0\].*is not for a\.b\.w\.test/s, 'a wildcard covers one label');
+  assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [127.0.0.1], cert: ${w.certFile}, key: ${w.keyFile}}\n`), /hosts\[0\].*is not for 127\.0\.0\.1/s);
+  assert.match(errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n    - {hosts: [wild], cert: ${w.certFile}, key: ${w.keyFile}}\n`), /tls\.certificates\[1\]\.hosts\[0\].*is not for wild/s, 'the subject CN is no name a client checks beside subjectAltNames');
+  compile(parseConfigText(`listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {hosts: ["*.W.test", x.w.test, y.w.test., 127.0.0.9], cert: ${w.certFile}, key: ${w.keyFile}}\n`), { pools }).dispose();
   // A cipher list OpenSSL cannot use is the list's error (not each certificate's).
   const badCiphers = errorOf(`listen_tls: 127.0.0.1:0\ntls:\n  ciphers: ECDHE-RSA-AES128-GCM-SHA265\n  certificates:\n    - {hosts: [a.test], cert: ${a.certFile}, key: ${a.keyFile}}\n`);
   assert.match(badCiphers, /tls\.ciphers.*line 3.*OpenSSL takes none of these ciphers/s);

@@ -231,7 +231,7 @@ export const ServerTimeouts = Strict({
 }, { description: 'client_header: to receive all headers; client_body: idle time between body chunks; keepalive: idle connection; drain: bound on in-flight requests at shutdown (counted from the end of shutdown_delay); shutdown_delay: at SIGTERM/SIGINT, how long the listeners keep accepting and serving while /status/ready says 503 "draining", before the drain (default 0: drain at once; in Kubernetes a few seconds, so that the endpoint is removed before the port closes); worker_unresponsive: with workers, a serving worker whose event loop has not answered the primary for this long (a busy loop, a stopped process) is killed and replaced — it holds its share of new connections (default 30s, at least 2s).' });
 
 export const Certificate = Strict({
-  hosts: Type.Array(Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$' }), { minItems: 1, description: 'Server names (SNI) this certificate is for; *.example.com matches one label.' }),
+  hosts: Type.Array(Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$' }), { minItems: 1, description: 'Server names (SNI) this certificate is for; *.example.com matches one label. The certificate must cover each (its subjectAltNames), else a config error.' }),
   cert: FilePath,
   key: FilePath,
   default: Type.Optional(Type.Boolean({ description: 'Serve this certificate to clients that send no or an unknown server name (default: the first). With tls.strict_sni: to clients that send none only.' })),

@@ -185,8 +185,9 @@ export class CertSet {
     }
     this.specs.forEach((spec, i) => {
       const r = buildContext(spec, this.options, ca, crl);
-      if (typeof r === 'string') {
-        issues.push({ path: spec.path, message: r });
+      const uncovered = typeof r === 'string' ? null : hostsProblem(spec, r.cert);
+      if (typeof r === 'string' || uncovered !== null) {
+        issues.push(typeof r === 'string' ? { path: spec.path, message: r } : { path: [...spec.path, 'hosts', uncovered!.index], message: uncovered!.message });
         this.contexts[i] = null;
         this.material[i] = null;
       } else {
@@ -317,6 +318,35 @@ export class CertSet {
 
 interface Built { ctx: SecureContext; cert: Buffer; key: Buffer }
 
+/**
+ * The first of a certificate's `hosts` that the certificate itself does not cover, or null: a
+ * name is covered as a client checks it (its subjectAltNames, RFC 6125: a DNS name, exactly or by
+ * a one-label wildcard; an address by an IP entry), a wildcard host by that same wildcard. Served
+ * for such a name, the certificate fails every client's check (Kong refuses an SNI its
+ * certificate does not match as well).
+ */
+export function hostsProblem(spec: CertSpec, pem: Buffer): { index: number; message: string } | null {
+  let x: X509Certificate;
+  try {
+    x = new X509Certificate(pem);
+  } catch {
+    return null; // (OpenSSL took it: judged by what it took)
+  }
+  const sans = (x.subjectAltName ?? '').split(', ');
+  const dnsSans = new Set(sans.filter((v) => v.startsWith('DNS:')).map((v) => v.slice(4).toLowerCase().replace(/\.$/, '')));
+  for (let i = 0; i < spec.hosts.length; i++) {
+    const host = spec.hosts[i]!.toLowerCase().replace(/\.$/, '');
+    const covered = host.startsWith('*.') ? dnsSans.has(host)
+      : isIP(host) !== 0 ? x.checkIP(host) !== undefined
+      : x.checkHost(host, { subject: 'never', multiLabelWildcards: false, singleLabelSubdomains: false }) !== undefined;
+    if (!covered) {
+      const names = sans.filter((v) => /^(DNS|IP Address):/.test(v)).join(', ');
+      return { index: i, message: `certificate ${spec.certFile} is not for ${spec.hosts[i]} (its subjectAltNames: ${names || 'none'}): clients connecting for that name would refuse it` };
+    }
+  }
+  return null;
+}
+
 function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined, crl: Buffer | undefined): Built | string {
   let cert: Buffer;
   let key: Buffer;
@@ -397,8 +427,9 @@ export class CertStore {
     // CA file unreadable at this moment must never leave a context trusting the system's roots
     // instead); a changed CA applies by a reload, to all contexts at once.
     const r = buildContext(spec, set.options, set.clientCa, set.clientCrl);
-    if (typeof r === 'string') {
-      this.log.error({ hosts: spec.hosts, error: r }, 'certificate changed on disk but does not load; keeping the one in use');
+    const error = typeof r === 'string' ? r : hostsProblem(spec, r.cert)?.message;
+    if (typeof r === 'string' || error !== undefined) {
+      this.log.error({ hosts: spec.hosts, error }, 'certificate changed on disk but does not load; keeping the one in use');
       return;
     }
     set.replace(i, r);
