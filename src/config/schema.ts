@@ -240,7 +240,7 @@ export const Certificate = Strict({
 export const Tls = Strict({
   certificates: Type.Array(Certificate, { minItems: 1 }),
   client_ca: Type.Optional(FilePath),
-  client_crl: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate revocation list(s) for client certificates (needs client_ca): a revoked certificate is not trusted. With it, OpenSSL wants a current CRL from every CA of a chain (an intermediate\'s too); re-read when the file changes.' })),
+  client_crl: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate revocation list(s) for client certificates (needs client_ca): a revoked certificate is not trusted. With it, OpenSSL wants a current CRL from every CA of a chain (an intermediate\'s too): one signed by each CA of client_ca must be there (a config error otherwise); re-read when the file changes.' })),
   strict_sni: Type.Optional(Type.Boolean({ default: false, description: 'Refuse the handshake of a client whose server name (SNI) no certificate\'s hosts name, instead of serving it the default certificate; a client that sends no server name is refused too, unless a certificate is marked default: true (it serves those only). The connection is closed before any certificate is sent (Node cannot send the unrecognized_name alert itself).' })),
   min_version: Type.Optional(Type.Union([Type.Literal('TLSv1.2'), Type.Literal('TLSv1.3')], { default: 'TLSv1.2' })),
   ciphers: Type.Optional(Type.String({ minLength: 1, description: 'OpenSSL cipher list for TLS 1.2 (default: forward-secret AEAD suites only).' })),

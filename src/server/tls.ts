@@ -6,7 +6,7 @@
  * and symlink swaps of certbot and Kubernetes secrets). A changed file that does not load keeps
  * the certificate in use and logs why.
  */
-import { constants as cryptoConstants, createHash, X509Certificate } from 'node:crypto';
+import { constants as cryptoConstants, createHash, verify, X509Certificate } from 'node:crypto';
 import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
 import { isIP } from 'node:net';
 import { checkServerIdentity, createSecureContext, type PeerCertificate, type SecureContext, type SecureContextOptions } from 'node:tls';
@@ -87,7 +87,13 @@ export function upstreamTlsName(name: string | undefined): { servername?: string
   return { checkServerIdentity: (_host, cert) => checkServerIdentity(address, cert) };
 }
 
-/** Why a CRL file cannot be used, or null (Node would take a file without a CRL in it silently: no certificate ever revoked). */
+/**
+ * Why a CRL file cannot be used, or null (Node would take a file without a CRL in it silently: no
+ * certificate ever revoked). With a CRL, Node has OpenSSL check every CA of a chain (CRL_CHECK_ALL):
+ * a CA of the client CA bundle without a CRL it signed (a CRL of another CA, or one whose
+ * signature is not the CA's) refuses every client certificate under it, UNABLE_TO_GET_CRL — so
+ * each CA of the bundle must have one here. CRLs of other issuers (intermediates) may be beside.
+ */
 export function crlProblem(pem: Buffer, ca: Buffer | undefined): string | null {
   const blocks = pem.toString('latin1').match(/-----BEGIN X509 CRL-----[^]*?-----END X509 CRL-----/g);
   if (blocks === null) return 'holds no PEM certificate revocation list (-----BEGIN X509 CRL-----)';
@@ -96,7 +102,71 @@ export function crlProblem(pem: Buffer, ca: Buffer | undefined): string | null {
   } catch (e) {
     return `does not load (${(e as Error).message})`;
   }
+  if (ca === undefined) return null;
+  const crls = blocks.map(signedParts);
+  // (a CRL signed in a way not checked here, RSA-PSS say, could be anyone's: no verdict)
+  if (crls.some((c) => c === null)) return null;
+  for (const block of ca.toString('latin1').match(/-----BEGIN CERTIFICATE-----[^]*?-----END CERTIFICATE-----/g) ?? []) {
+    let x: X509Certificate;
+    try {
+      x = new X509Certificate(block);
+    } catch {
+      continue; // (said at client_ca)
+    }
+    if (!x.ca) continue;
+    const signed = crls.some((c) => {
+      try {
+        return verify(c!.hash, c!.tbs, x.publicKey, c!.signature);
+      } catch {
+        return false;
+      }
+    });
+    if (!signed) {
+      return `holds no revocation list signed by the client CA ${x.subject.replace(/\n/g, ', ')} (tls.client_ca): with client_crl every client certificate that CA issued would be refused (OpenSSL wants a CRL from each CA of a chain)`;
+    }
+  }
   return null;
+}
+
+/** Signature algorithms of CRLs (DER OID content, hex) and the digest to verify them with (null: the key's own, EdDSA). */
+const SIG_HASH: Record<string, string | null> = {
+  '2a864886f70d010105': 'sha1', '2a864886f70d01010b': 'sha256', '2a864886f70d01010c': 'sha384', '2a864886f70d01010d': 'sha512',
+  '2a8648ce3d0401': 'sha1', '2a8648ce3d040302': 'sha256', '2a8648ce3d040303': 'sha384', '2a8648ce3d040304': 'sha512',
+  '2b6570': null, '2b6571': null,
+};
+
+/** One DER element at `at`: where its content starts and where it ends. */
+function derElement(der: Buffer, at: number): { tag: number; start: number; end: number } {
+  const tag = der[at]!;
+  let len = der[at + 1]!;
+  let start = at + 2;
+  if (len & 0x80) {
+    const n = len & 0x7f;
+    if (n === 0 || n > 4) throw new Error('DER length');
+    len = 0;
+    for (let i = 0; i < n; i++) len = len * 256 + der[start + i]!;
+    start += n;
+  }
+  if (start + len > der.length) throw new Error('DER overrun');
+  return { tag, start, end: start + len };
+}
+
+/** A PEM CRL's signed part, digest and signature (RFC 5280 §5.1: CertificateList), or null for an algorithm not known here. */
+function signedParts(pem: string): { tbs: Buffer; hash: string | null; signature: Buffer } | null {
+  try {
+    const der = Buffer.from(pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+    const list = derElement(der, 0);
+    const tbs = derElement(der, list.start);
+    const alg = derElement(der, tbs.end);
+    const oid = derElement(der, alg.start);
+    const sig = derElement(der, alg.end);
+    if (list.tag !== 0x30 || tbs.tag !== 0x30 || alg.tag !== 0x30 || oid.tag !== 0x06 || sig.tag !== 0x03) return null;
+    const hash = SIG_HASH[der.subarray(oid.start, oid.end).toString('hex')];
+    if (hash === undefined) return null;
+    return { tbs: der.subarray(list.start, tbs.end), hash, signature: der.subarray(sig.start + 1, sig.end) };
+  } catch {
+    return null;
+  }
 }
 
 /** Upstream TLS material already checked (by its digest): a reload does not parse it again. */

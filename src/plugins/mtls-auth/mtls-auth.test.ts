@@ -218,6 +218,24 @@ test('tls.client_crl: a revoked client certificate is refused (401 saying so) wh
   const issues = configIssues(text.replace(crlFile, noCrl));
   assert.deepEqual(issues.map((i) => [i.path, i.line]), [['tls.client_crl', 6]]);
   assert.match(issues[0]!.message, /holds no PEM certificate revocation list/);
+  // A CRL of another CA revokes nothing of client_ca's, and with it OpenSSL refuses every client
+  // certificate (UNABLE_TO_GET_CRL: no CRL of their CA): a config error. Beside the CA's own (an
+  // intermediate's, say) it is fine.
+  const { readFileSync } = await import('node:fs');
+  const foreign = rogueCa.crl([], 'foreign.pem');
+  const wrong = configIssues(text.replace(crlFile, foreign));
+  assert.deepEqual(wrong.map((i) => [i.path, i.line]), [['tls.client_crl', 6]]);
+  assert.match(wrong[0]!.message, /holds no revocation list signed by the client CA CN=Client CA \(tls\.client_ca\)/);
+  // Another CA of the same name (its CRL names the client CA as issuer; signed by another key).
+  const twin = makeCa('Client CA');
+  try {
+    assert.deepEqual(configIssues(text.replace(crlFile, twin.crl([], 'twin.pem'))).map((i) => [i.path, i.line]), [['tls.client_crl', 6]]);
+  } finally {
+    twin.cleanup();
+  }
+  const both = `${ca.dir}/both.crl`;
+  writeFileSync(both, Buffer.concat([readFileSync(foreign), readFileSync(ca.crl([], 'own.pem'))]));
+  assert.deepEqual(configIssues(text.replace(crlFile, both)), []);
   assert.deepEqual(configIssues(text.replace(/  client_ca: .*\n/, '').replace(/plugins: \[\{name: mtls-auth\}\]/, '')).map((i) => [i.path, i.message]), [['tls.client_crl', 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)']]);
 });
 
