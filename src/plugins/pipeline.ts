@@ -424,6 +424,7 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
     let won: Extract<AuthOutcome, { ok: true }> | null = null;
     let firstInvalid: Extract<AuthOutcome, { ok: false; missing: false; status?: 400 | 401 | 403 }> | null = null;
     let unavailable: Extract<AuthOutcome, { status: 503 }> | null = null;
+    let refused: Extract<AuthOutcome, { ok: false; missing: false; status?: 400 | 401 | 403 }> | null = null;
     const challenges: string[] = [];
     for (const b of base.authenticate) {
       const r = (yield call(b, () => b.inst.authenticate!(ctx), ctx, 'authenticate')) as AuthOutcome;
@@ -434,7 +435,10 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
       if (!challenges.includes(r.challenge)) challenges.push(r.challenge);
       if (!r.missing) {
         if (r.status === 503) unavailable ??= r;
-        else firstInvalid ??= r;
+        else {
+          firstInvalid ??= r;
+          if (r.anonymous === false) refused ??= r;
+        }
       }
     }
     if (won !== null) {
@@ -447,8 +451,9 @@ function* phases(ctx: RequestCtx, chains: RouteChains, headers: ConsumerHeaders)
       // Not judged (the identity provider is down): neither refused nor let in as anonymous.
       return { reply: { code: 'auth-unavailable', detail: unavailable.detail, headers: { 'retry-after': '5' } }, chain: base };
     } else {
-      const anon = base.authenticate.find((b) => b.anonymous !== null)?.anonymous ?? null;
+      const anon = refused !== null ? null : base.authenticate.find((b) => b.anonymous !== null)?.anonymous ?? null;
       if (anon === null) {
+        if (refused !== null) firstInvalid = refused;
         const status = firstInvalid?.status ?? 401;
         return {
           reply: {

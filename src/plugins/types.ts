@@ -63,8 +63,12 @@ export type AuthOutcome =
   | { ok: true; consumer: Consumer | null; identity: string; credential: string; scopes?: readonly string[]; claims?: Readonly<Record<string, unknown>> }
   /** No credential of this kind in the request. */
   | { ok: false; missing: true; challenge: string }
-  /** A credential was there and is not good: `detail` is for the client, never the token's content. */
-  | { ok: false; missing: false; challenge: string; detail: string; status?: 400 | 401 | 403 }
+  /**
+   * A credential was there and is not good: `detail` is for the client, never the token's content.
+   * `anonymous: false`: refused even where an `anonymous` consumer is set (a client that presented
+   * a credential that failed verification is not anonymous: mtls-auth's untrusted certificate).
+   */
+  | { ok: false; missing: false; challenge: string; detail: string; status?: 400 | 401 | 403; anonymous?: false }
   /**
    * The credential cannot be judged now (the identity provider's keys or its introspection
    * endpoint are unreachable): 503 with Retry-After, never the anonymous consumer, and never

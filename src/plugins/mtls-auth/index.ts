@@ -203,10 +203,14 @@ export default definePlugin({
         if (socket.encrypted !== true) return { ok: false, missing: true, challenge: CHALLENGE };
         const cert = socket.getPeerCertificate();
         if (!cert || Object.keys(cert).length === 0) return { ok: false, missing: true, challenge: CHALLENGE };
-        if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail(socket.authorizationError) };
+        // A certificate presented and not trusted is refused where `anonymous` is set too (as
+        // Envoy and nginx's optional verification refuse it; Kong lets it through as anonymous):
+        // a client that shows a certificate is not anonymous, and one that could not pass as
+        // itself must not pass as nobody with a stolen, forged, revoked or expired one.
+        if (!socket.authorized) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail(socket.authorizationError), anonymous: false };
         // Verified at the handshake, but a connection outlives that: a kept-alive one, an HTTP/2
         // session for hours, a certificate issued for minutes — it must not outlive the certificate.
-        if (Date.parse(cert.valid_to) <= Date.now()) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail('CERT_HAS_EXPIRED') };
+        if (Date.parse(cert.valid_to) <= Date.now()) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail('CERT_HAS_EXPIRED'), anonymous: false };
         const { cn, sans, folded } = certificateNames(cert);
         let consumer: Consumer | null = pinned.size > 0 ? pinned.get(hash('sha256', cert.raw, 'hex')) ?? null : null;
         if (consumer === null) for (const n of [...(cn !== null ? [cn] : []), ...sans]) {

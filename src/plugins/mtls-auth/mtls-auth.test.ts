@@ -463,3 +463,30 @@ services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{na
   assert.match(twice[0]!.message, /the same certificate as consumer "pin-lower"/);
   assert.deepEqual(configIssues(text.replace(/fingerprint_sha256: "[0-9a-f]{4}/, 'fingerprint_sha256: "zz')).map((i) => [i.path, i.line]), [['consumers[0].credentials[0].fingerprint_sha256', 7]]);
 });
+
+test('anonymous stands in for no certificate (or a trusted one for no consumer), never for one presented and not trusted — another CA, expired, over HTTP/1.1 and HTTP/2: 401 saying why', async () => {
+  const untrusted = await get('/lenient', rogue);
+  assert.equal(untrusted.status, 401, untrusted.body);
+  assert.match(JSON.parse(untrusted.body).detail, /not trusted \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\)/);
+  const old = await get('/lenient', expired);
+  assert.equal(old.status, 401, old.body);
+  assert.equal(JSON.parse(old.body).detail, 'the client certificate is not trusted: it has expired');
+  const seen = up.requests.length;
+  assert.equal((await get('/lenient', stranger)).status, 200);
+  assert.equal(up.requests.at(-1)!.headers['x-anonymous-consumer'], 'true');
+  assert.equal((await get('/lenient')).status, 200);
+  assert.equal(up.requests.length, seen + 2, 'the refused ones never reached the upstream');
+  const c = h2connect(`https://127.0.0.1:${gw.gw.tlsAddress!.port}`, { ca: ca.cert, servername: 'api.test', cert: rogue.cert, key: rogue.key });
+  try {
+    const status = await new Promise<number>((resolve, reject) => {
+      const s = c.request({ ':path': '/lenient', ':authority': 'api.test' });
+      s.on('response', (h) => resolve(Number(h[':status'])));
+      s.on('error', reject);
+      s.resume();
+      s.end();
+    });
+    assert.equal(status, 401);
+  } finally {
+    c.close();
+  }
+});

@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 
 export const MtlsAuthConfig = Type.Object({
-  anonymous: Type.Optional(Type.String({ minLength: 1, description: 'Consumer to use when no valid client certificate is presented.' })),
+  anonymous: Type.Optional(Type.String({ minLength: 1, description: 'Consumer to use when no client certificate is presented, or a trusted one maps to no consumer; never for a certificate presented and not trusted (another CA, expired, revoked): 401 all the same.' })),
   require_consumer: Type.Optional(Type.Boolean({ default: true, description: 'Refuse (401) a trusted certificate that maps to no consumer; false: the subject CN is the identity.' })),
   forward_client_cert: Type.Optional(Type.Array(Type.Union([Type.Literal('client-cert'), Type.Literal('client-cert-chain'), Type.Literal('x-forwarded-client-cert')]), {
     uniqueItems: true,
