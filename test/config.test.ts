@@ -690,7 +690,7 @@ test('the TLS / HTTP/2 / WebSocket / gRPC example in README.md is valid (with re
   }
   const ca = makeCa();
   try {
-    const api = ca.issue('api.example.com');
+    const api = ca.issue('api.example.com', { dns: ['api.example.com', '*.example.org'] });
     const client = ca.issue('client', { client: true });
     for (const [from, to] of [[api.certFile, 'api.pem'], [api.keyFile, 'api-key.pem'], [client.certFile, 'client.pem'], [client.keyFile, 'client-key.pem']] as const) copyFileSync(from, join(ca.dir, to));
     const pools = new PoolRegistry();
