@@ -135,6 +135,10 @@ test('credentials: ids, no secrets in views, 409 on a duplicate id, PATCH base c
   const p = COLLECTIONS.credentials.prepare!({ password: 'pw' }, 'PATCH');
   assert.equal(p['password'], null);
   assert.match(String(p['password_hash']), /^scrypt\$/);
+  // An mtls-auth pin is no secret (a hash of a public certificate): shown, so a reader can tell the credentials apart.
+  const fp = 'AB:'.repeat(31) + 'AB';
+  COLLECTIONS.credentials.create(d, { type: 'mtls-auth', fingerprint_sha256: fp }, 'acme');
+  assert.deepEqual(COLLECTIONS.credentials.list(d, 'acme').at(-1)!.view, { id: 'acme/mtls-auth/1', type: 'mtls-auth', fingerprint_sha256: fp });
 });
 
 test('plugins: every scope in one list with ids; create / move / 409 on a second binding in one place', () => {

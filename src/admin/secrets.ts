@@ -1,7 +1,7 @@
 /**
  * Credentials are write-only: their secrets (API keys, passwords and password hashes) are
  * never returned. A credential is shown as its id, type and the fields that name it
- * (username, subject, subject_name); the config export leaves the secrets out unless an admin
+ * (username, subject, subject_name, fingerprint_sha256); the config export leaves the secrets out unless an admin
  * asks for them, and a config applied without a credential's secret keeps the stored one.
  * Plain basic-auth passwords written through the resources are stored as scrypt hashes.
  */
@@ -12,7 +12,7 @@ import { isSecretParam, mapUrlParams } from '../core/url-secrets.js';
 /** Fields that hold a secret (any credential type). */
 export const SECRET_FIELDS: readonly string[] = ['key', 'key_sha256', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
 /** Fields shown when a credential is read (anything else is never returned). */
-export const VISIBLE_FIELDS: readonly string[] = ['id', 'type', 'username', 'subject', 'subject_name', 'email', 'approved', 'verified', 'requested_plan', 'created_at'];
+export const VISIBLE_FIELDS: readonly string[] = ['id', 'type', 'username', 'subject', 'subject_name', 'fingerprint_sha256', 'email', 'approved', 'verified', 'requested_plan', 'created_at'];
 
 /**
  * The ids of a consumer's credentials, in order: a key-auth credential's `id`, or the
