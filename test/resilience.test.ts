@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { Agent, createServer, request as httpRequest, type ClientRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import { createHash } from 'node:crypto';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { countRequests, freePort, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
@@ -284,6 +285,58 @@ test('ACCEPTANCE: a POST whose connection is reset after the origin read it is n
   } finally {
     await strict.close();
     await lenient.close();
+    await origin.close();
+    await good.close();
+  }
+});
+
+test('a connection lost with EHOSTUNREACH after the request went out (the route to the host gone mid-exchange) is a lost connection, not a connect error: a POST is never sent again (502, one POST in all), a GET is retried', { timeout: 8000 }, async () => {
+  // The gateway's own upstream sockets (this process), as undici writes a request on them.
+  const sockets = new Set<Socket>();
+  const onSend = (msg: unknown) => { const s = (msg as { socket?: Socket }).socket; if (s) sockets.add(s); };
+  subscribe('undici:client:sendHeaders', onSend);
+  // Once it read a whole request, the origin has the kernel fail the gateway's end of that
+  // connection as an ICMP host unreachable does (the socket errors with EHOSTUNREACH).
+  const origin = await startRawOrigin((data, socket) => {
+    const text = data.toString('latin1');
+    const end = text.indexOf('\r\n\r\n');
+    if (end === -1) return null;
+    const cl = /\r\ncontent-length:\s*(\d+)/i.exec(text.slice(0, end));
+    if (data.length < end + 4 + (cl ? Number(cl[1]) : 0)) return null;
+    for (const s of sockets) {
+      if (s.localPort === socket.remotePort && !s.destroyed) s.destroy(Object.assign(new Error('read EHOSTUNREACH'), { code: 'EHOSTUNREACH', errno: -113, syscall: 'read' }));
+    }
+    return null;
+  });
+  const good = await startUpstream((req, res) => res.end(`good ${req.method}`));
+  const g = await startGateway(`services:\n  - name: s\n    upstream:\n      targets: [{url: ${origin.url}}, {url: ${good.url}}]\n      healthcheck: {passive: {failures: 1000}}\n    retries: 2\n    retry_on: [connect-error, reset]\n    routes: [{paths: [/]}]\n`);
+  try {
+    // Round-robin: one of two requests goes to the origin first. A bodiless POST (nothing of a
+    // body to tell whether it went out) and one with a body.
+    for (const body of [undefined, '{"amount":100}']) {
+      const seen = countRequests(origin.received());
+      const sent = good.requests.length;
+      const posts: number[] = [];
+      for (let i = 0; i < 2; i++) {
+        const r = await request(`${g.url}/orders`, { method: 'POST', ...(body !== undefined ? { body, headers: { 'content-type': 'application/json' } } : {}) });
+        posts.push(r.status);
+        if (r.status !== 200) assertProblem(r, 502, 'bad-gateway');
+      }
+      assert.deepEqual(posts.sort(), [200, 502], `body ${body}`);
+      assert.equal(countRequests(origin.received()) - seen, 1, 'the origin read one POST');
+      assert.equal(good.requests.length - sent, 1, 'the POST the origin read was not sent again');
+    }
+    // An idempotent request on a connection lost so is retried (retry_on reset).
+    for (let i = 0; i < 2; i++) {
+      const r = await request(`${g.url}/orders`);
+      assert.equal(r.status, 200, r.body);
+      assert.equal(r.body, 'good GET');
+    }
+    assert.equal(countRequests(origin.received()), 3);
+    assert.equal(good.requests.length, 4);
+  } finally {
+    unsubscribe('undici:client:sendHeaders', onSend);
+    await g.close();
     await origin.close();
     await good.close();
   }

@@ -35,8 +35,15 @@ export function noTargetRetryAfter(svc: CompiledService): Record<string, string>
 
 /** Methods retried by default (RFC 9110 §9.2.2); others only on routes with retry_non_idempotent. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
-const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_CONNECT_TIMEOUT']);
-const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
+/**
+ * A connection that was never made is told by where its error came from (pools.ts,
+ * connectFailed: the connector's), not by its code: EHOSTUNREACH and ENETUNREACH also end a
+ * connection that was made (the route to the host lost mid-exchange, an ICMP unreachable), after
+ * the request went out — a non-idempotent request sent again then would run twice. Those are
+ * lost connections (RESETS); these codes come from a connect alone.
+ */
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EAI_AGAIN', 'ENOTFOUND', 'UND_ERR_CONNECT_TIMEOUT']);
+const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'EHOSTUNREACH', 'ENETUNREACH']);
 /**
  * An upstream HTTP/2 stream that ended without END_STREAM: reset with an error code (node's
  * ERR_HTTP2_STREAM_ERROR), or with NO_ERROR / CANCEL (h2-streams.ts). A body cut so counts
