@@ -137,6 +137,55 @@ test('half-open: only a trial closes the circuit, not a request admitted before 
   }
 });
 
+test('half-open: exactly half_open_requests trials per period: a trial of an earlier period still in flight holds no place of the next one, and its late answer neither closes nor reopens it', { timeout: 8000 }, async () => {
+  let mode: 'fail' | 'ok' = 'fail';
+  const held: ServerResponse[] = [];
+  const up = await startUpstream((req, res) => {
+    if (req.url === '/hold') held.push(res);
+    else if (mode === 'fail') res.writeHead(500).end('no');
+    else res.end('ok');
+  });
+  const g = await startGateway(`services:\n  - name: s\n    url: ${up.url}\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 2, open_for: 200ms, half_open_requests: 2}\n    routes: [{paths: [/]}]\n`);
+  const state = () => g.gw.snapshot.services[0]!.state;
+  try {
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal(state().circuit, 'open');
+    await until(() => state().circuit === 'half-open', 2000, 'half-open');
+    // Period 1: trial A is held, trial B fails: the circuit opens again with A in flight.
+    const a = request(`${g.url}/hold`);
+    await until(() => held.length === 1, 2000, 'trial A upstream');
+    assert.equal((await request(`${g.url}/x`)).status, 500);
+    assert.equal(state().circuit, 'open');
+    await until(() => state().circuit === 'half-open', 2000, 'half-open again');
+    // Period 2: two trial places, both taken (C, D); a third request is refused.
+    const c = request(`${g.url}/hold`);
+    const d = request(`${g.url}/hold`);
+    await until(() => held.length === 3, 2000, 'trials C and D upstream');
+    assert.equal((await request(`${g.url}/x`)).status, 503);
+    // A answers now, 200: no trial of this period — the circuit stays half-open, no place freed.
+    held[0]!.end('late');
+    assert.equal((await a).status, 200);
+    await sleep(50);
+    assert.equal(state().circuit, 'half-open', 'a trial of the earlier period closed the circuit');
+    assert.equal(state().trials, 2);
+    const e = await request(`${g.url}/x`);
+    assert.equal(e.status, 503, 'a third trial was admitted');
+    // This period's own trials decide it.
+    mode = 'ok';
+    held[1]!.end('ok');
+    held[2]!.end('ok');
+    assert.equal((await c).status, 200);
+    assert.equal((await d).status, 200);
+    assert.equal(state().circuit, 'closed');
+    assert.equal((await request(`${g.url}/x`)).status, 200);
+  } finally {
+    for (const r of held) if (!r.writableEnded) r.end();
+    await g.close();
+    await up.close();
+  }
+});
+
 test('latency balancer: a slow sample decays while a target gets no traffic', () => {
   const t = new TargetState('k');
   t.sample(400, 1_000);

@@ -150,15 +150,16 @@ async function serviceCall(step: CompiledStep, svc: CompiledService, req: StepRe
   const st = svc.state;
   // Admission: the service's circuit, then its bulkhead (a step does not queue: it fails at once).
   let trial = false;
+  let period = 0;
   if (svc.circuit !== null && st.circuit !== 'closed') {
     if (st.circuit === 'open' || st.trials >= svc.circuit.halfOpenRequests) return fail(null, `service "${svc.name}" is failing: its circuit is open`, 'other');
-    st.trials++;
+    period = st.beginTrial();
     trial = true;
   }
   let slot = false;
   if (svc.bulkhead !== null) {
     if (st.active >= st.maxConcurrent) {
-      if (trial) st.trials--;
+      if (trial) st.endTrial(period);
       return fail(null, `service "${svc.name}" has ${st.maxConcurrent} requests in flight`, 'shed');
     }
     st.active++;
@@ -183,7 +184,8 @@ async function serviceCall(step: CompiledStep, svc: CompiledService, req: StepRe
       (tried ??= []).push(t);
     }
   } finally {
-    if (trial && st.trials > 0) st.trials--;
+    // (a trial of an earlier half-open period is no trial of this one: ServiceState.endTrial)
+    if (trial) trial = st.endTrial(period);
     if (slot) {
       st.active--;
       grantSlots(st);

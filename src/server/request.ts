@@ -1013,12 +1013,12 @@ function startWebSocket(
   const slot = svc.bulkhead !== null;
   if (slot) st.active++;
   let trial = svc.circuit !== null && st.circuit === 'half-open';
-  if (trial) st.trials++;
+  const period = trial ? st.beginTrial() : 0;
   /** The handshake is judged (or abandoned): a half-open trial's place is free again. */
   const endTrial = () => {
     if (trial) {
       trial = false;
-      if (st.trials > 0) st.trials--;
+      st.endTrial(period);
     }
   };
   // With tracing on, the client's traceparent / tracestate were taken out of the list: the
@@ -1071,7 +1071,8 @@ function startWebSocket(
   /** The handshake's outcome for the circuit and passive health (a 5xx or no answer: failed). */
   const report = (ok: boolean) => {
     if (svc.health.passive !== null) svc.reporter.passive(target!.state.key, ok);
-    if (svc.circuit !== null) svc.reporter.outcome(svc.name, ok, trial);
+    // (a trial of an earlier half-open period is no trial of this one: ServiceState.endTrial)
+    if (svc.circuit !== null) svc.reporter.outcome(svc.name, ok, trial && st.period === period);
   };
   relayWebSocket({
     req, socket: upgrade.socket, head: upgrade.head,

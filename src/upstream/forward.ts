@@ -346,6 +346,8 @@ export class ForwardHandler {
   /** Holds a bulkhead slot / is a half-open trial. */
   private slot = false;
   private trial = false;
+  /** The circuit's period the trial was admitted in (ServiceState.beginTrial). */
+  private trialPeriod = 0;
   private waiting: (() => void) | null = null;
   private waitTimer: NodeJS.Timeout | undefined;
   /** The request body, when it was read first to be retryable. */
@@ -511,7 +513,7 @@ export class ForwardHandler {
         const wait = Math.max(1, Math.ceil((st.openUntil - Date.now()) / 1000));
         return this.refuse('circuit-open', `service "${svc.name}" is failing; its circuit is open`, { 'retry-after': String(wait) });
       }
-      st.trials++;
+      this.trialPeriod = st.beginTrial();
       this.trial = true;
     }
     const b = svc.bulkhead;
@@ -820,10 +822,10 @@ export class ForwardHandler {
    */
   private endTrial(): void {
     const svc = this.f.service;
-    const st = svc.state;
     this.trial = false;
-    if (st.trials > 0) st.trials--;
-    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, true);
+    // (a trial of an earlier half-open period is judged as an ordinary request: see endTrial)
+    const current = svc.state.endTrial(this.trialPeriod);
+    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, current);
     this.outcome = null;
   }
 
@@ -843,13 +845,14 @@ export class ForwardHandler {
       this.target = null;
     }
     const st = svc.state;
-    if (this.trial && st.trials > 0) st.trials--;
+    const trial = this.trial && st.endTrial(this.trialPeriod);
+    this.trial = false;
     if (this.slot) {
       this.slot = false;
       st.active--;
       grantSlots(st);
     }
-    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, this.trial);
+    if (svc.circuit !== null && this.outcome !== null) svc.reporter.outcome(svc.name, this.outcome, trial);
     // (the answer's status decides the span's error.type: a 4xx or 5xx is one, as a CLIENT span's)
     if (this.span !== null) this.endSpan(this.status || null, this.outcome === false && this.status < 500 ? 'upstream-failed' : null);
     this.f.snapshot.release();

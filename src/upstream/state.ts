@@ -50,12 +50,33 @@ export class ServiceState {
   circuit: CircuitState = 'closed';
   /** When an open circuit goes half-open (epoch ms; informational in workers). */
   openUntil = 0;
-  /** Trial requests in flight while half-open. */
+  /** Trial requests in flight while half-open (of the current period: see beginTrial). */
   trials = 0;
+  /** Circuit decisions applied so far: each one starts a new period (its trial places all free). */
+  period = 0;
   /** Retry budget: tokens earned by requests (ratio each) and by time (min_per_second). */
   tokens = 0;
   tokensAt = 0;
   constructor(readonly name: string) {}
+
+  /** Takes a half-open trial place; returns the period it was taken in (for endTrial). */
+  beginTrial(): number {
+    this.trials++;
+    return this.period;
+  }
+
+  /**
+   * Frees a trial place taken in `period`, and says whether that trial is one of the current
+   * period. A trial admitted in an earlier half-open period (it failed another trial, the circuit
+   * opened and went half-open again meanwhile) holds no place of this one — they were all given
+   * anew — and its late answer is no trial of this one: it must neither close nor reopen the
+   * circuit the new trials are to judge (its outcome counts as an ordinary request's).
+   */
+  endTrial(period: number): boolean {
+    if (period !== this.period) return false;
+    if (this.trials > 0) this.trials--;
+    return true;
+  }
 }
 
 /** Reference-counted objects shared between snapshots. */
@@ -104,4 +125,5 @@ export function applyDecision(
   s.circuit = d.state;
   s.openUntil = d.until;
   s.trials = 0;
+  s.period++;
 }
