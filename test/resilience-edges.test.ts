@@ -239,7 +239,7 @@ test('a connect that hangs is bounded by the response timeout and the deadline, 
   }
 });
 
-test('passive ejection doubles on each repeat, capped at max_ejection; a success resets it; the last target up is never ejected', { timeout: 5000 }, async () => {
+test('passive ejection doubles on each repeat, capped at max_ejection; a success does not reset it (a flapping target), time in works it off (one step per `ejection` up, Envoy\'s decrement per healthy interval); the last target up is never ejected', { timeout: 6000 }, async () => {
   const pools = new PoolRegistry();
   const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });
   const events: { down: boolean; at: number; key: string }[] = [];
@@ -262,9 +262,17 @@ test('passive ejection doubles on each repeat, capped at max_ejection; a success
     assert.ok(first >= 95 && first < 180, `first ejection ${first} ms (100)`);
     assert.ok(second >= 195 && second < 280, `second ejection ${second} ms (200)`);
     assert.ok(third >= 245 && third < 330, `third ejection ${third} ms (capped at 250)`);
-    authority.passive(key, true); // a success after readmission: back to the base ejection
+    authority.passive(key, true); // a success after readmission, then failing again at once: still the cap
+    const flapping = await ejectedFor();
+    assert.ok(flapping >= 245 && flapping < 330, `ejection after a success ${flapping} ms (still capped at 250)`);
+    // In for one `ejection` (100 ms, not two): one step off the multiplier.
+    await sleep(140);
+    const decayed = await ejectedFor();
+    assert.ok(decayed >= 195 && decayed < 280, `ejection after ${'>'}100 ms in ${decayed} ms (200)`);
+    // In for two: back to the base.
+    await sleep(250);
     const after = await ejectedFor();
-    assert.ok(after >= 95 && after < 180, `ejection after a success ${after} ms (100)`);
+    assert.ok(after >= 95 && after < 180, `ejection after ${'>'}200 ms in ${after} ms (100)`);
     // With the first one out, the second is the last target up: its failures eject nothing.
     authority.passive(key, false);
     assert.equal(events.at(-1)?.down, true);

@@ -110,7 +110,7 @@ export const PassiveHealthcheck = Strict({
   ejection: Type.Optional(Duration),
   max_ejection: Type.Optional(Duration),
   statuses: Type.Optional(StatusList),
-}, { description: 'Passive checks on live traffic. An ejected target gets no traffic for `ejection` (default 30s), doubled on every repeated ejection up to max_ejection (default 10x).' });
+}, { description: 'Passive checks on live traffic. An ejected target gets no traffic for `ejection` (default 30s), doubled on every repeated ejection up to max_ejection (default 10x); each `ejection` it then stays in takes one doubling off.' });
 
 export const Healthcheck = Strict({
   active: Type.Optional(ActiveHealthcheck),

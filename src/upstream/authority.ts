@@ -54,7 +54,10 @@ interface TargetHealth {
   passive: PassiveConfig | null;
   active: ActiveConfig | null;
   failures: number;
+  /** The ejection multiplier: ejections not yet worked off (see passive()). */
   ejections: number;
+  /** When it was last readmitted from an ejection (epoch ms). */
+  readmittedAt: number;
   ejected: boolean;
   ejectTimer: NodeJS.Timeout | undefined;
   probeOk: number;
@@ -158,7 +161,7 @@ export class HealthAuthority implements Reporter {
         if (!h) {
           h = {
             key: t.state.key, origin: t.origin, hostHeader: t.hostHeader, service: s.name, weight: t.weight, dispatcher: null, probeKey: '', probeTls: null, passive: null, active: null,
-            failures: 0, ejections: 0, ejected: false, ejectTimer: undefined,
+            failures: 0, ejections: 0, readmittedAt: 0, ejected: false, ejectTimer: undefined,
             probeOk: 0, probeFail: 0, activeDown: false, down: false, probeTimer: undefined, probing: false,
           };
           this.targets.set(h.key, h);
@@ -235,7 +238,6 @@ export class HealthAuthority implements Reporter {
     if (!h || !h.passive) return;
     if (ok) {
       h.failures = 0;
-      if (!h.ejected) h.ejections = 0;
       return;
     }
     if (h.ejected) return;
@@ -249,8 +251,18 @@ export class HealthAuthority implements Reporter {
       h.failures = 0;
       h.probeOk = 0; // probes must pass `healthy` times again before they readmit it early
       h.ejected = true;
-      const ms = Math.min(h.passive.ejection * 2 ** h.ejections, h.passive.maxEjection);
-      h.ejections++;
+      // Each repeat doubles the ejection, up to max_ejection; the multiplier steps down by one
+      // for every `ejection` the target then stayed in (as Envoy's outlier detection decrements
+      // it per healthy interval). A flapping target — readmitted, a few answers good, failing
+      // again — is out longer each time (a success alone reset it: a target failing every
+      // other minute got the base ejection each time), and one that recovered is back at the
+      // base after a while (without a success to reset it, a target of a quiet service kept its
+      // multiplier for good: one run of failures months later got max_ejection). The multiplier
+      // stops growing where max_ejection is reached, so working it off takes a bounded time.
+      const { ejection, maxEjection } = h.passive;
+      if (h.ejections > 0) h.ejections = Math.max(0, h.ejections - Math.floor((Date.now() - h.readmittedAt) / ejection));
+      const ms = Math.min(ejection * 2 ** h.ejections, maxEjection);
+      h.ejections = Math.min(h.ejections + 1, Math.ceil(Math.log2(maxEjection / ejection)));
       this.log?.warn({ target: key, ejection_ms: ms }, 'target ejected after consecutive failures');
       h.ejectTimer = setTimeout(() => this.readmit(h), ms);
       h.ejectTimer.unref();
@@ -333,6 +345,7 @@ export class HealthAuthority implements Reporter {
   private readmit(h: TargetHealth): void {
     clearTimeout(h.ejectTimer);
     h.ejectTimer = undefined;
+    if (h.ejected) h.readmittedAt = Date.now();
     h.ejected = false;
     h.failures = 0;
     this.update(h);
