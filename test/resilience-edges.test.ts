@@ -12,7 +12,7 @@ import { TargetState } from '../src/upstream/state.js';
 import { HealthAuthority } from '../src/upstream/authority.js';
 import { compile } from '../src/config/compile.js';
 import { PoolRegistry } from '../src/upstream/pools.js';
-import { sleep, startGateway, startRawOrigin, startUpstream, request } from './helpers.js';
+import { configIssues, sleep, startGateway, startRawOrigin, startUpstream, request } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
   const end = Date.now() + ms;
@@ -284,6 +284,47 @@ test('passive ejection doubles on each repeat, capped at max_ejection; a success
     snap.dispose();
     await pools.closeAll();
   }
+});
+
+test('passive health: max_ejection_percent bounds how many of a service\'s targets are ejected at once (one always may be); without it all but the last one up are', { timeout: 5000 }, async () => {
+  const pools = new PoolRegistry();
+  const targets = '[{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}, {url: "http://127.0.0.1:3"}, {url: "http://127.0.0.1:4"}]';
+  const snap = compile(parseConfigText(`services:
+  - name: capped
+    upstream:
+      targets: ${targets}
+      healthcheck: {passive: {failures: 1, ejection: 10s, max_ejection_percent: 50}}
+  - name: one
+    upstream:
+      targets: ${targets}
+      healthcheck: {passive: {failures: 1, ejection: 10s, max_ejection_percent: 10}}
+  - name: plain
+    upstream:
+      targets: ${targets}
+      healthcheck: {passive: {failures: 1, ejection: 10s}}
+`, { env: {} }), { pools });
+  const down = new Set<string>();
+  const authority = new HealthAuthority((d) => { if (d.t === 'target') { if (d.down) down.add(d.key); else down.delete(d.key); } });
+  const keys = (i: number) => snap.services[i]!.targets.map((t) => t.state.key);
+  const failAll = (ks: string[]) => { for (const k of ks) authority.passive(k, false); };
+  const ejected = (ks: string[]) => ks.filter((k) => down.has(k)).length;
+  try {
+    authority.sync(snap);
+    failAll(keys(0));
+    assert.equal(ejected(keys(0)), 2, '50% of 4 targets');
+    failAll(keys(1));
+    assert.equal(ejected(keys(1)), 1, 'one target may always be ejected, whatever the percentage');
+    failAll(keys(2));
+    assert.equal(ejected(keys(2)), 3, 'the default (100%): all but the last target up');
+    // Failing again changes nothing: the bound holds while the first ones are out.
+    failAll(keys(0));
+    assert.equal(ejected(keys(0)), 2);
+  } finally {
+    await authority.stop();
+    snap.dispose();
+    await pools.closeAll();
+  }
+  assert.match(configIssues(`services:\n  - name: s\n    url: http://127.0.0.1:1\n    upstream:\n      healthcheck: {passive: {max_ejection_percent: 101}}\n`).map((i) => `${i.path} (line ${i.line})`).join('\n'), /max_ejection_percent \(line 5\)/);
 });
 
 test('passive health: a target of weight 0 (drained, no traffic) does not count as another target up: the last one with weight is not ejected', { timeout: 5000 }, async () => {

@@ -737,7 +737,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       const ejection = timer([...pp, 'ejection'], hc.passive.ejection ?? '30s');
       const maxEjection = hc.passive.max_ejection === undefined ? Math.min(MAX_TIMER_MS, ejection * 10) : timer([...pp, 'max_ejection'], hc.passive.max_ejection);
       if (maxEjection < ejection) fail([...sp, 'upstream', 'healthcheck', 'passive', 'max_ejection'], 'must be at least the ejection time');
-      passive = { failures: hc.passive.failures ?? 3, ejection, maxEjection, statuses: new Set(hc.passive.statuses ?? [500, 502, 503, 504]) };
+      passive = { failures: hc.passive.failures ?? 3, ejection, maxEjection, maxEjectionPercent: hc.passive.max_ejection_percent ?? 100, statuses: new Set(hc.passive.statuses ?? [500, 502, 503, 504]) };
     }
     const retryOnList: readonly (string | number)[] = s.retry_on ?? DEFAULT_RETRY_ON;
     const cb = s.circuit_breaker;

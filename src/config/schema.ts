@@ -109,6 +109,10 @@ export const PassiveHealthcheck = Strict({
   failures: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 3, description: 'Consecutive failures (connect errors, timeouts, failing statuses) that eject a target.' })),
   ejection: Type.Optional(Duration),
   max_ejection: Type.Optional(Duration),
+  max_ejection_percent: Type.Optional(Type.Integer({
+    minimum: 0, maximum: 100, default: 100,
+    description: 'The most of the service\'s targets (in %) passive checks may have ejected at once, as Envoy\'s max_ejection_percent: past it a failing target stays in (one may always be ejected; the last target up never is).',
+  })),
   statuses: Type.Optional(StatusList),
 }, { description: 'Passive checks on live traffic. An ejected target gets no traffic for `ejection` (default 30s), doubled on every repeated ejection up to max_ejection (default 10x); each `ejection` it then stays in takes one doubling off.' });
 

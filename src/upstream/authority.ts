@@ -27,7 +27,7 @@ export interface Reporter {
   outcome(service: string, ok: boolean, trial: boolean): void;
 }
 
-export interface PassiveConfig { failures: number; ejection: number; maxEjection: number; statuses: ReadonlySet<number> }
+export interface PassiveConfig { failures: number; ejection: number; maxEjection: number; maxEjectionPercent: number; statuses: ReadonlySet<number> }
 export interface ActiveConfig { path: string; interval: number; timeout: number; healthy: number; unhealthy: number; statuses: ReadonlySet<number> | null; host: string | undefined }
 export interface CircuitConfig { failureRatio: number; minRequests: number; window: number; openFor: number; halfOpenRequests: number }
 
@@ -244,7 +244,7 @@ export class HealthAuthority implements Reporter {
     if (++h.failures >= h.passive.failures) {
       // The last target up stays (NGINX never marks a lone server down; Envoy has its panic
       // threshold): ejecting it turns a blip into an outage of `ejection` for every request.
-      if (!this.anotherUp(h)) {
+      if (!this.anotherUp(h) || !this.mayEject(h, h.passive.maxEjectionPercent)) {
         h.failures = 0;
         return;
       }
@@ -340,6 +340,24 @@ export class HealthAuthority implements Reporter {
   private anotherUp(h: TargetHealth): boolean {
     for (const o of this.targets.values()) if (o !== h && o.service === h.service && !o.down && o.weight > 0) return true;
     return false;
+  }
+
+  /**
+   * Whether ejecting h keeps its service within max_ejection_percent: as Envoy's, the targets
+   * passive checks ejected already, against all the service's targets, must be under it; one
+   * may always be ejected. Without the bound a bad deploy or a dependency all targets share
+   * (failing answers from each) ejected every target but the last, which then took all traffic.
+   */
+  private mayEject(h: TargetHealth, percent: number): boolean {
+    if (percent >= 100) return true;
+    let all = 0;
+    let ejected = 0;
+    for (const o of this.targets.values()) {
+      if (o.service !== h.service) continue;
+      all++;
+      if (o.ejected) ejected++;
+    }
+    return ejected === 0 || (ejected * 100) / all < percent;
   }
 
   private readmit(h: TargetHealth): void {
