@@ -9,8 +9,11 @@ import { lookup } from 'node:dns/promises';
 import { request, sleep, startGateway } from './helpers.js';
 import { systemResolver } from '../src/upstream/dns.js';
 
-/** A DNS server on 127.0.0.1 answering A queries from `zone` (name -> addresses; missing = NXDOMAIN), with the TTL in `ttls` (default 1 s). */
-async function startDns(zone: Map<string, string[]>, ttls = new Map<string, number>()): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
+/**
+ * A DNS server on 127.0.0.1 answering A queries from `zone` (name -> addresses; missing = NXDOMAIN), with the TTL in `ttls` (default 1 s);
+ * names in `servfail` get SERVFAIL (the resolver cannot answer: no word on the name).
+ */
+async function startDns(zone: Map<string, string[]>, ttls = new Map<string, number>(), servfail = new Set<string>()): Promise<{ port: number; queries: string[]; close(): Promise<void> }> {
   const sock: UdpSocket = createSocket('udp4');
   const queries: string[] = [];
   sock.on('message', (msg, rinfo) => {
@@ -21,8 +24,8 @@ async function startDns(zone: Map<string, string[]>, ttls = new Map<string, numb
     const addrs = zone.get(question.name);
     const answers = question.type === 'A' && addrs ? addrs.map((data) => ({ type: 'A' as const, name: question.name, ttl: ttls.get(question.name) ?? 1, data })) : [];
     const reply = dnsPacket.encode({
-      type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (addrs ? 0 : 3) /* NXDOMAIN */,
-      questions: q.questions, answers,
+      type: 'response', id: q.id, flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (servfail.has(question.name) ? 2 /* SERVFAIL */ : addrs ? 0 : 3 /* NXDOMAIN */),
+      questions: q.questions, answers: servfail.has(question.name) ? [] : answers,
     });
     sock.send(reply, rinfo.port, rinfo.address);
   });
@@ -67,13 +70,17 @@ test('a name with two addresses is two targets; a changed answer moves traffic; 
     assert.equal(g.gw.revision, revision + 1, 'the changed answer recompiled the config');
     for (let i = 0; i < 6; i++) assert.match((await request(`${g.url}/x`)).body, /^127\.0\.0\.3 /);
 
-    // The name stops resolving: the last good answer stays.
+    // The name stops existing (NXDOMAIN, authoritative: no case for serve-stale): told so twice
+    // in a row (one odd answer does not empty a pool), its addresses are dropped.
     zone.delete('api.test');
     const before = dns.queries.length;
-    for (let i = 0; i < 50 && dns.queries.length < before + 2; i++) await sleep(50);
-    await sleep(100);
-    assert.equal(g.gw.revision, revision + 1);
-    assert.match((await request(`${g.url}/x`)).body, /^127\.0\.0\.3 /);
+    for (let i = 0; i < 60 && g.gw.revision === revision + 1; i++) await sleep(50);
+    assert.equal(g.gw.revision, revision + 2, 'the name\'s addresses were dropped');
+    assert.ok(dns.queries.slice(before).filter((q) => q === 'A api.test').length >= 2, 'after two answers');
+    assert.deepEqual(g.gw.snapshot.services[0]!.targets, []);
+    const r = await request(`${g.url}/x`);
+    assert.equal(r.status, 503);
+    assert.equal(JSON.parse(r.body).type, 'urn:turnpike:problem:no-healthy-target');
   } finally {
     await g.close();
     await up.close();
@@ -189,7 +196,8 @@ test('the system resolver: localhost resolves through /etc/hosts, every address 
 
 test('a name that stops resolving is warned about once per outage, not every refresh; its return is said', async () => {
   const zone = new Map<string, string[]>([['flaky.test', ['127.0.0.4']]]);
-  const dns = await startDns(zone);
+  const servfail = new Set<string>();
+  const dns = await startDns(zone, new Map(), servfail);
   const up = await startOn(['127.0.0.4']);
   const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 100ms, timeout: 200ms}\nservices:\n  - name: s\n    url: http://flaky.test:${up.port}\n    routes: [{paths: [/]}]\n`);
   const log = (g.gw as unknown as { log: { warn: (...a: unknown[]) => void; info: (...a: unknown[]) => void } }).log;
@@ -198,13 +206,50 @@ test('a name that stops resolving is warned about once per outage, not every ref
   log.warn = (...a: unknown[]) => { said.push(`warn ${String(a[1])}`); warn(...a); };
   log.info = (...a: unknown[]) => { said.push(`info ${String(a[1])}`); info(...a); };
   try {
-    zone.delete('flaky.test');
+    servfail.add('flaky.test');
     await sleep(1200);
     assert.equal(said.filter((m) => /failed to resolve/.test(m)).length, 1, said.join('\n'));
     assert.equal((await request(`${g.url}/x`)).status, 200, 'the last addresses are kept');
-    zone.set('flaky.test', ['127.0.0.4']);
+    servfail.delete('flaky.test');
     await sleep(600);
     assert.equal(said.filter((m) => /resolves again/.test(m)).length, 1, said.join('\n'));
+  } finally {
+    await g.close();
+    await up.close();
+    await dns.close();
+  }
+});
+
+test('serve-stale (RFC 8767): a name the resolver cannot answer for (SERVFAIL) keeps its last addresses, only up to dns.max_stale after they came; then it has none until it resolves', { timeout: 10000 }, async () => {
+  const zone = new Map<string, string[]>([['stale.test', ['127.0.0.4']]]);
+  const servfail = new Set<string>();
+  const dns = await startDns(zone, new Map(), servfail);
+  const up = await startOn(['127.0.0.4']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 100ms, timeout: 300ms, max_stale: 1500ms}\nservices:\n  - name: s\n    url: http://stale.test:${up.port}\n    routes: [{paths: [/]}]\n`);
+  try {
+    assert.equal((await request(`${g.url}/x`)).status, 200);
+    servfail.add('stale.test');
+    const failingFrom = Date.now();
+    const before = dns.queries.length;
+    // Asked several times meanwhile (each a SERVFAIL): the addresses stay.
+    for (let i = 0; i < 40 && dns.queries.slice(before).filter((q) => q === 'A stale.test').length < 3; i++) await sleep(50);
+    assert.ok(Date.now() - failingFrom < 1300, 'three refreshes within the stale bound');
+    assert.equal((await request(`${g.url}/x`)).status, 200, 'serve-stale: the last addresses are kept');
+    // Past max_stale they go.
+    let status = 200;
+    for (let i = 0; i < 80 && status === 200; i++) {
+      await sleep(50);
+      status = (await request(`${g.url}/x`)).status;
+    }
+    assert.equal(status, 503);
+    assert.ok(Date.now() - failingFrom >= 1400, `dropped after ${Date.now() - failingFrom} ms, before max_stale`);
+    // The name resolves again: served.
+    servfail.delete('stale.test');
+    for (let i = 0; i < 60 && status !== 200; i++) {
+      await sleep(50);
+      status = (await request(`${g.url}/x`)).status;
+    }
+    assert.equal(status, 200);
   } finally {
     await g.close();
     await up.close();

@@ -305,6 +305,8 @@ export function dnsSettings(cfg: TurnpikeConfigInput): DnsSettings {
     refreshMs: Math.min(MAX_TIMER_MS, Math.max(100, parseDuration(cfg.dns?.refresh ?? '30s'))),
     minTtlMs: Math.min(MAX_TIMER_MS, Math.max(100, parseDuration(cfg.dns?.min_ttl ?? '1s'))),
     timeoutMs: Math.min(MAX_TIMER_MS, Math.max(1, parseDuration(cfg.dns?.timeout ?? '2s'))),
+    // (compared, never a timer: no bound)
+    maxStaleMs: parseDuration(cfg.dns?.max_stale ?? '3d'),
   };
 }
 

@@ -290,7 +290,8 @@ export const TurnpikeConfig = Strict({
     refresh: Type.Optional(Duration),
     min_ttl: Type.Optional(Duration),
     timeout: Type.Optional(Duration),
-  }, { description: 'Upstream names are resolved by the gateway: each address is a target. With servers, a name is re-resolved when its answer\'s TTL runs out, held between min_ttl (default 1s) and refresh (default 30s); from the system resolver (no TTL) and after a failed lookup, every refresh. A lookup is given up after timeout (default 2s; the system resolver too) and the name keeps its last answer.' })),
+    max_stale: Type.Optional(Duration),
+  }, { description: 'Upstream names are resolved by the gateway: each address is a target. With servers, a name is re-resolved when its answer\'s TTL runs out, held between min_ttl (default 1s) and refresh (default 30s); from the system resolver (no TTL) and after a failed lookup, every refresh. A lookup is given up after timeout (default 2s; the system resolver too). A name the resolvers cannot answer for (timeout, SERVFAIL, refused) keeps its last answer for up to max_stale after it came (default 3d, RFC 8767 serve-stale); one they say twice in a row does not exist or has no address (NXDOMAIN, NODATA) loses it.' })),
   watch: Type.Optional(Type.Boolean({ default: true, description: 'Reload when the config file changes (debounced); SIGHUP always reloads.' })),
   store: Type.Optional(Type.String({
     pattern: '^(file|sqlite:.+|postgres(ql)?://.+)$',

@@ -636,7 +636,8 @@ export class Gateway implements RequestContext {
         for (const host of this.dnsFailing) if (!due.includes(host) && names.includes(host)) nowFailing.add(host);
         for (const f of failed) {
           nowFailing.add(f.host);
-          if (!this.dnsFailing.has(f.host)) this.log.warn({ host: f.host, error: f.error }, 'upstream name failed to resolve; keeping its last addresses');
+          if (f.dropped) this.log.warn({ host: f.host, error: f.error }, 'upstream name does not exist (said twice) or its last answer is older than dns.max_stale: its addresses are dropped, no targets for it until it resolves');
+          else if (!this.dnsFailing.has(f.host)) this.log.warn({ host: f.host, error: f.error }, f.kept ? 'upstream name failed to resolve; keeping its last addresses' : 'upstream name does not resolve: no targets for it until it does');
           else this.log.debug({ host: f.host, error: f.error }, 'upstream name still fails to resolve');
         }
         for (const host of this.dnsFailing) if (!nowFailing.has(host) && due.includes(host)) this.log.info({ host }, 'upstream name resolves again');

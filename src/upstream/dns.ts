@@ -5,9 +5,12 @@
  * answer runs out: with `dns.servers`, at the answer's TTL (the lowest of its records), held
  * between `dns.min_ttl` and `dns.refresh`; from the system resolver (which gives no TTL) and
  * after a failed lookup, every `dns.refresh`. When an answer changes, the gateway recompiles the
- * same config with the new addresses (in-flight requests finish on the old snapshot). A failed
- * lookup keeps the last good answer; a name that never resolved has no targets (503
- * no-healthy-target) until it does.
+ * same config with the new addresses (in-flight requests finish on the old snapshot). A lookup
+ * the resolvers could not answer (a timeout, SERVFAIL, refused: RFC 8767's serve-stale case)
+ * keeps the last good answer, for up to `dns.max_stale` after it came; an authoritative "no such
+ * name" or "no address" (NXDOMAIN, NODATA), given twice in a row (one odd answer does not empty a
+ * pool), drops it. A name without an answer has no targets (503 no-healthy-target) until it has
+ * one.
  *
  * Resolver: the system's (getaddrinfo: /etc/hosts, nsswitch) by default, or the DNS servers
  * given in `dns.servers` (A and AAAA queries). Either way a lookup is given up after
@@ -26,6 +29,8 @@ export const systemResolver = {
 
 /** Resolver errors that mean the name has no records of the family asked (not that the query failed). */
 const NO_RECORDS = new Set(['ENODATA', 'ENOTFOUND']);
+/** Authoritative "no such name" / "no address" answers in a row that drop a name's last answer. */
+const GONE_AFTER = 2;
 
 /** System lookups still running, by name (process-wide: a refresh's copy of the cache shares them). */
 const hanging = new Map<string, Promise<string[]>>();
@@ -37,12 +42,18 @@ export interface DnsSettings {
   /** The shortest: a lower TTL (0 included) is raised to it. */
   minTtlMs: number;
   timeoutMs: number;
+  /** How long after its last good answer a name that cannot be resolved keeps it (serve-stale). */
+  maxStaleMs: number;
 }
 
 /** When a name was last asked, and its answer's TTL in ms (null: none known, or the lookup failed). */
 interface Asked {
   at: number;
   ttlMs: number | null;
+  /** When it last resolved (0: never). */
+  goodAt: number;
+  /** Authoritative "no such name" answers in a row since then. */
+  gone: number;
 }
 
 export class DnsCache {
@@ -135,7 +146,13 @@ export class DnsCache {
           throw Object.assign(err, { code: 'ETIMEOUT' });
         });
       const records = [...(v4.status === 'fulfilled' ? v4.value : []), ...(v6.status === 'fulfilled' ? v6.value : [])];
-      if (records.length === 0) throw v4.status === 'rejected' ? v4.reason : new Error(`no address for ${host}`);
+      if (records.length === 0) {
+        // "No such name" only when neither query failed otherwise: a family whose query timed
+        // out or got SERVFAIL is unknown (serve-stale), whatever the other one said.
+        const failed = [v4, v6].find((r) => r.status === 'rejected' && !NO_RECORDS.has((r.reason as { code?: string }).code ?? ''));
+        if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+        throw v4.status === 'rejected' ? v4.reason : Object.assign(new Error(`no address for ${host}`), { code: 'ENODATA' });
+      }
       let ttl = Infinity;
       for (const rec of records) if (rec.ttl < ttl) ttl = rec.ttl;
       const addrs = records.map((rec) => rec.address);
@@ -167,22 +184,33 @@ export class DnsCache {
   }
 
   /**
-   * Resolves `hosts`; keeps the last good answer of a name that fails now. Returns whether any
-   * answer changed, and the names that failed.
+   * Resolves `hosts`. A name that fails now keeps its last good answer (`kept`), unless it was
+   * told twice in a row that the name or its addresses do not exist (NXDOMAIN, NODATA: RFC 8767
+   * serves stale data only when the resolvers cannot be reached) or that answer is older than
+   * dns.max_stale. Returns whether any answer changed, and the names that failed: whether each
+   * kept its addresses, or lost them now.
    */
-  async refresh(hosts: Iterable<string>): Promise<{ changed: boolean; failed: { host: string; error: string }[] }> {
+  async refresh(hosts: Iterable<string>): Promise<{ changed: boolean; failed: { host: string; error: string; kept: boolean; dropped: boolean }[] }> {
     let changed = false;
-    const failed: { host: string; error: string }[] = [];
+    const failed: { host: string; error: string; kept: boolean; dropped: boolean }[] = [];
     await Promise.all([...new Set(hosts)].map(async (host) => {
       let addrs: string[];
       try {
         const got = await this.lookup(host);
         addrs = [...new Set(got.addrs)].sort();
-        this.asked.set(host, { at: Date.now(), ttlMs: got.ttlMs });
+        const now = Date.now();
+        this.asked.set(host, { at: now, ttlMs: got.ttlMs, goodAt: now, gone: 0 });
       } catch (err) {
-        this.asked.set(host, { at: Date.now(), ttlMs: null });
-        failed.push({ host, error: (err as { code?: string }).code ?? (err as Error).message });
-        if (!this.answers.has(host)) {
+        const code = (err as { code?: string }).code ?? '';
+        const was = this.asked.get(host);
+        const now = Date.now();
+        const asked = { at: now, ttlMs: null, goodAt: was?.goodAt ?? 0, gone: NO_RECORDS.has(code) ? (was?.gone ?? 0) + 1 : was?.gone ?? 0 };
+        this.asked.set(host, asked);
+        const prev = this.answers.get(host);
+        const kept = prev !== undefined && prev.length > 0;
+        const dropped = kept && (asked.gone >= GONE_AFTER || (asked.goodAt > 0 && now - asked.goodAt > this.settings.maxStaleMs));
+        failed.push({ host, error: code || (err as Error).message, kept: kept && !dropped, dropped });
+        if (prev === undefined || dropped) {
           this.answers.set(host, []);
           changed = true;
         }
