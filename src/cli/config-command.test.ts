@@ -111,12 +111,28 @@ test('apply: an invalid document exits 1 with the field path; nothing written', 
     assert.equal(r.code, 1);
     assert.equal(r.out, '');
     assert.match(r.err, /turnpike config apply: 400 Request Validation Failed: /);
-    assert.match(r.err, /^ {2}services\[0\]\.url: /m);
+    assert.match(r.err, /^ {2}services\[0\]\.url \(line 3\): /m);
     assert.equal(await revision(a.store), 1);
 
     const d = await run(['diff', 'bad.yaml', '--admin', a.url, '--token', TOKEN]);
     assert.equal(d.code, 1, 'an invalid file is an error for diff too');
     assert.match(d.err, /services\[0\]\.url/);
+  } finally {
+    await a.close();
+  }
+});
+
+test('diff/apply: a field error names its line in FILE, as validate does (node-local keys left out too)', async () => {
+  const a = await admin(sampleDocument());
+  try {
+    // line 6 is the bad path; the listen/admin lines before it are left out of what is sent
+    writeFileSync(join(dir, 'bad-line.yaml'), 'listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\nservices:\n  - name: orders\n    url: http://127.0.0.1:1\n    routes: [{name: r, paths: [orders]}]\n');
+    for (const cmd of ['diff', 'apply']) {
+      const r = await run([cmd, 'bad-line.yaml', '--admin', a.url, '--token', TOKEN]);
+      assert.equal(r.code, 1);
+      assert.match(r.err, /^ {2}services\[0\]\.routes\[0\]\.paths\[0\] \(line 6\): invalid value "orders"/m, cmd);
+    }
+    assert.equal(await revision(a.store), 1);
   } finally {
     await a.close();
   }

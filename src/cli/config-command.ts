@@ -10,7 +10,8 @@ import { resolve } from 'node:path';
 import { parseCommand, type CliIo } from './args.js';
 import { Agent, request } from 'undici';
 import { LineCounter, stringify } from 'yaml';
-import { configText, duplicateKeyAt, parseConfigYaml } from '../config/load.js';
+import { configText, duplicateKeyAt, locate, parseConfigYaml } from '../config/load.js';
+import { parsePath } from '../admin/errors.js';
 import { ConfigError, formatPath } from '../config/errors.js';
 import { splitDocument } from '../config/stores/document.js';
 import { maskUrlSecrets } from '../core/url-secrets.js';
@@ -102,8 +103,11 @@ function putAnswerProblem(r: unknown, dryRun: boolean): string | null {
   return null;
 }
 
-/** A problem+json answer (or anything else that is not a 2xx) as lines for stderr. */
-function problemText(a: Answer): string {
+/**
+ * A problem+json answer (or anything else that is not a 2xx) as lines for stderr; `lineOf`
+ * gives a field error's line in the FILE sent (as `turnpike validate` names it).
+ */
+function problemText(a: Answer, lineOf?: (path: string) => number | undefined): string {
   let p: { title?: unknown; detail?: unknown; errors?: unknown } = {};
   try {
     p = JSON.parse(a.text) as typeof p;
@@ -114,14 +118,22 @@ function problemText(a: Answer): string {
   const detail = typeof p.detail === 'string' ? p.detail : a.text.trim().slice(0, 500);
   let out = `${a.status} ${title}${detail ? `: ${detail}` : ''}\n`;
   if (Array.isArray(p.errors)) {
-    for (const e of p.errors as { path?: unknown; message?: unknown }[]) out += `  ${String(e?.path ?? '(root)')}: ${String(e?.message ?? '')}\n`;
+    for (const e of p.errors as { path?: unknown; message?: unknown }[]) {
+      const path = String(e?.path ?? '(root)');
+      const line = lineOf?.(path);
+      out += `  ${path}${line !== undefined ? ` (line ${line})` : ''}: ${String(e?.message ?? '')}\n`;
+    }
   }
   if (a.status === 401) out += 'check --token (or TURNPIKE_ADMIN_TOKEN)\n';
   return out;
 }
 
-/** The document in FILE as the body to send: as written, or re-serialized without its node-local keys. */
-function readConfigFile(file: string, io: ConfigIo): string {
+/**
+ * The document in FILE as the body to send: as written, or re-serialized without its
+ * node-local keys (top-level keys: the document paths the admin API reports stay those of
+ * FILE), and the line in FILE of such a path.
+ */
+function readConfigFile(file: string, io: ConfigIo): { body: string; lineOf(path: string): number | undefined } {
   let bytes: Buffer;
   try {
     bytes = readFileSync(resolve(io.cwd, file));
@@ -156,12 +168,16 @@ function readConfigFile(file: string, io: ConfigIo): string {
     throw new Failure(/alias count/i.test(msg) ? `${file}: too many YAML aliases (more than 100 expansions): write the values out` : `${file}: invalid YAML: ${msg}`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new Failure(`${file}: the config must be a mapping (key: value) at the top level`);
+  const lineOf = (path: string): number | undefined => {
+    const segs = parsePath(path);
+    return segs === null || segs.length === 0 ? undefined : locate(doc, lc, segs);
+  };
   const { node, document } = splitDocument(value as Record<string, unknown>);
   const left = Object.keys(node);
-  if (left.length === 0) return text;
+  if (left.length === 0) return { body: text, lineOf };
   const named = left.filter((k) => k !== '$schema');
   if (named.length) io.stderr(`${file}: left out node-local key${named.length === 1 ? '' : 's'} (set in each node's --config file): ${named.join(', ')}\n`);
-  return stringify(document, { lineWidth: 0, aliasDuplicateObjects: false });
+  return { body: stringify(document, { lineWidth: 0, aliasDuplicateObjects: false }), lineOf };
 }
 
 /**
@@ -233,8 +249,8 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
     }
   };
   const revisionOf = (a: Answer): string => String(a.headers['x-config-revision'] ?? '?');
-  const result = (a: Answer, dryRun: boolean): PutAnswer => {
-    if (a.status !== 200) throw new Failure(problemText(a).trimEnd());
+  const result = (a: Answer, dryRun: boolean, lineOf?: (path: string) => number | undefined): PutAnswer => {
+    if (a.status !== 200) throw new Failure(problemText(a, lineOf).trimEnd());
     let r: unknown;
     try {
       r = JSON.parse(a.text);
@@ -268,10 +284,10 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
       return 0;
     }
 
-    const body = readConfigFile(file!, { ...io, stderr });
+    const { body, lineOf } = readConfigFile(file!, { ...io, stderr });
     const headers: Record<string, string> = { 'content-type': 'application/yaml; charset=utf-8', accept: 'application/json' };
     if (sub === 'diff') {
-      const r = result(await call('PUT', '?dry_run=true', headers, body), true);
+      const r = result(await call('PUT', '?dry_run=true', headers, body), true, lineOf);
       if (!r.changed) {
         io.stdout(`no changes: ${file} matches revision ${r.revision}\n`);
         return 0;
@@ -280,7 +296,7 @@ export async function configCommand(argv: string[], io: ConfigIo = defaultIo): P
       return 3;
     }
     if (ifRevision !== undefined) headers['if-match'] = `"r${Number(ifRevision)}"`;
-    const r = result(await call('PUT', '', headers, body), false);
+    const r = result(await call('PUT', '', headers, body), false, lineOf);
     io.stdout(r.changed ? `applied ${file}: revision ${r.revision}\n${summary(r.changes)}` : `no changes: ${file} matches revision ${r.revision}\n`);
     return 0;
   } catch (err) {

@@ -80,7 +80,8 @@ export function parseConfigYaml(text: string, opts: { lineCounter?: LineCounter 
   return again;
 }
 
-function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): number | undefined {
+/** The line of `path` in `doc` (the nearest enclosing node's where it ends early). */
+export function locate(doc: Document, lc: LineCounter, path: readonly PathSegment[]): number | undefined {
   let node: unknown = doc.contents;
   let best: number | undefined;
   const lineAt = (n: unknown) => {
