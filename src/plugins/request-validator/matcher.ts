@@ -133,7 +133,8 @@ export class PathMatcher<T> {
 
   /**
    * The template and value for a path and method; `{allow}` when the path matches templates
-   * of other methods only; null when it matches none. HEAD falls back to GET.
+   * of other methods only (HEAD among them where GET is); null when it matches none. HEAD
+   * falls back to GET.
    */
   match(path: string, method: string, fold = false): MatchOutcome<T> {
     const segs = segments(path);
@@ -160,6 +161,8 @@ export class PathMatcher<T> {
       const v = node.leaf.get(method) ?? (method === 'HEAD' ? node.leaf.get('GET') : undefined);
       if (v === undefined) {
         for (const m of node.leaf.keys()) allow.add(m);
+        // (HEAD is served wherever GET is: above; the Allow of a 405 says so, RFC 9110 §9.3.2)
+        if (node.leaf.has('GET')) allow.add('HEAD');
         return null;
       }
       const p: Record<string, string> = Object.create(null) as Record<string, string>;

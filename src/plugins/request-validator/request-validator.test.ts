@@ -143,7 +143,9 @@ test('operations: method + path template, server base path, literal before templ
   assert.ok(!('op' in nf) && nf.code === 'no-route');
   const na = pets.find('PUT', '/pets');
   assert.ok(!('op' in na) && na.code === 'method-not-allowed');
-  assert.deepEqual((na as { allow: string[] }).allow, ['GET', 'POST']);
+  assert.deepEqual((na as { allow: string[] }).allow, ['GET', 'HEAD', 'POST'], 'HEAD, served where GET is, is allowed too');
+  const naGet = pets.find('PUT', '/pets/mine');
+  assert.deepEqual(!('op' in naGet) && naGet.code === 'method-not-allowed' && naGet.allow, ['DELETE', 'GET', 'HEAD', 'PATCH']);
   assert.ok(!('op' in pets.find('GET', '/api/v1/pets/1/2')), 'no extra segments');
 });
 
