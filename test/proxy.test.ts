@@ -223,6 +223,53 @@ services:
   }
 });
 
+test('a trusted proxy that sends only Forwarded (RFC 7239: HAProxy\'s option forwarded): its hops, scheme and host are the X-Forwarded-* ones and its client the client IP', async () => {
+  const t = await startGateway(`
+trusted_proxies: [127.0.0.0/8, 10.0.0.0/8]
+forwarding_headers: [x-forwarded-for, x-forwarded-proto, x-forwarded-host, x-real-ip, forwarded]
+services:
+  - name: echo
+    url: ${up.url}
+    routes: [{paths: [/]}]
+`);
+  try {
+    await request(`${t.url}/x`, { headers: { host: 'gw.test', forwarded: 'for=203.0.113.9;proto=https;host=api.example.com, for="[2001:db8::7]:4711", for=10.1.2.3' } });
+    let h = last().headers;
+    assert.equal(h['x-forwarded-for'], '203.0.113.9, 2001:db8::7, 10.1.2.3, 127.0.0.1');
+    assert.equal(h['x-real-ip'], '2001:db8::7', 'the right-most address that is no trusted proxy');
+    assert.equal(h['x-forwarded-proto'], 'https');
+    assert.equal(h['x-forwarded-host'], 'api.example.com');
+    assert.equal(h['forwarded'], 'for=203.0.113.9;proto=https;host=api.example.com, for="[2001:db8::7]:4711", for=10.1.2.3, for=127.0.0.1;host="gw.test";proto=http');
+    // a quoted value holding a comma adds no hop; an element without an address adds `unknown`
+    await request(`${t.url}/x`, { headers: { host: 'gw.test', forwarded: 'for="6.6.6.6, 7.7.7.7";proto=http, for=198.51.100.7' } });
+    h = last().headers;
+    assert.equal(h['x-forwarded-for'], 'unknown, 198.51.100.7, 127.0.0.1');
+    assert.equal(h['x-real-ip'], '198.51.100.7');
+    // no address in it, or malformed: this hop's values, as before
+    for (const f of ['proto=https', 'garbage']) {
+      await request(`${t.url}/x`, { headers: { host: 'gw.test', forwarded: f } });
+      h = last().headers;
+      assert.equal(h['x-forwarded-for'], '127.0.0.1', f);
+      assert.equal(h['x-real-ip'], '127.0.0.1', f);
+      assert.equal(h['x-forwarded-proto'], f === 'garbage' ? 'http' : 'https', f);
+      assert.equal(h['x-forwarded-host'], 'gw.test', f);
+    }
+    // X-Forwarded-* sent too: those are the ones read, as before
+    await request(`${t.url}/x`, { headers: { host: 'gw.test', 'x-forwarded-for': '192.0.2.1', forwarded: 'for=203.0.113.9;proto=https' } });
+    h = last().headers;
+    assert.equal(h['x-forwarded-for'], '192.0.2.1, 127.0.0.1');
+    assert.equal(h['x-forwarded-proto'], 'http');
+  } finally {
+    await t.close();
+  }
+  // from an untrusted peer, Forwarded is replaced and nothing is taken from it
+  await request(`${gw.url}/echo`, { headers: { forwarded: 'for=203.0.113.9;proto=https;host=api.example.com' } });
+  const h = last().headers;
+  assert.equal(h['x-forwarded-for'], '127.0.0.1');
+  assert.equal(h['x-forwarded-proto'], 'http');
+  assert.match(h['forwarded'] as string, /^for=127\.0\.0\.1;/);
+});
+
 test('x-forwarded-prefix (opt-in): the prefix strip_path removed, after a trusted proxy\'s own; never an untrusted client\'s', async () => {
   const t = await startGateway(`
 trusted_proxies: [10.0.0.0/8]

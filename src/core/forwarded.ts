@@ -102,6 +102,50 @@ export function forwardedFromX(xff: string | undefined, proto: string | undefine
   return out;
 }
 
+/** One `name=value` pair of a Forwarded element (value a token or a quoted-string), and what follows it. */
+const FORWARDED_PAIR = /[\t ]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)[\t ]*=[\t ]*("(?:[^"\\]|\\.)*"|[^;,"\t ]*)[\t ]*([;,]|$)/y;
+
+/**
+ * What a trusted proxy that speaks RFC 7239 only (HAProxy's `option forwarded`, nginx or Envoy
+ * set up to send Forwarded) says in X-Forwarded-* terms: `for` one entry per element (its node
+ * as a plain IP, or `unknown` / an obfuscated `_name`: anything else is `unknown`, so no value
+ * adds hops; none when no element names an address), `proto` and `host` of the first element
+ * (the client's). Null when the field is malformed (then it is passed on and nothing is taken
+ * from it).
+ */
+export function xFromForwarded(value: string): { for: string | undefined; proto: string | undefined; host: string | undefined } | null {
+  const nodes: string[] = [];
+  let proto: string | undefined;
+  let host: string | undefined;
+  let node: string | undefined;
+  let pos = 0;
+  let open = false;
+  while (pos < value.length) {
+    FORWARDED_PAIR.lastIndex = pos;
+    const m = FORWARDED_PAIR.exec(value);
+    if (m === null) return null;
+    pos = FORWARDED_PAIR.lastIndex;
+    let v = m[2]!;
+    if (v.startsWith('"')) v = v.slice(1, -1).replace(/\\(.)/g, '$1');
+    const key = m[1]!.toLowerCase();
+    if (key === 'for') {
+      const ip = plainIp(stripPortAndBrackets(v));
+      node = isIP(ip) ? ip : /^_[A-Za-z0-9._-]+$/.test(v) ? v : 'unknown';
+    } else if (nodes.length === 0 && key === 'proto') proto = v;
+    else if (nodes.length === 0 && key === 'host') host = v;
+    open = m[3] === ';';
+    if (!open) {
+      nodes.push(node ?? 'unknown');
+      node = undefined;
+    }
+  }
+  // (an element ended by a `;` and nothing after it)
+  if (open) nodes.push(node ?? 'unknown');
+  if (nodes.length === 0) return null;
+  // (no address at all: X-Forwarded-For stays this hop's alone, not `unknown, <peer>`)
+  return { for: nodes.some((n) => isIP(n) !== 0) ? nodes.join(', ') : undefined, proto, host };
+}
+
 /**
  * The network an address belongs to, for limits one client should not dodge by changing its
  * address: an IPv4 address itself (or its /24 with `v4Prefix`; in any IPv4-mapped or NAT64

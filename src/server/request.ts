@@ -26,7 +26,7 @@ import { PluginCtx } from '../plugins/context.js';
 import { PluginError, runRequestPhases, type Chain, type PhaseResult } from '../plugins/pipeline.js';
 import type { Reply } from '../plugins/types.js';
 import { connectionTokens, headerRecord, isTls, validRequestId } from '../core/headers.js';
-import { clientIp, forwardedElement, forwardedFromX, plainIp } from '../core/forwarded.js';
+import { clientIp, forwardedElement, forwardedFromX, plainIp, xFromForwarded } from '../core/forwarded.js';
 import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
 import { ForwardHandler, earnRetry, grantSlots, joinBase, noTargetRetryAfter, overlayGatewayFields, spendRetry } from '../upstream/forward.js';
@@ -511,6 +511,17 @@ export function handleRequest(
   if (h2 && hostCount === 0) return reject(ctx, req, res, requestId, 'bad-request', 'missing :authority');
   let p = peerInfo(req.socket, snap);
   if (refreshToken !== undefined) p = refreshPeer(ctx, req, p, refreshToken);
+  // A trusted proxy that sent Forwarded (RFC 7239) and no X-Forwarded-*: its elements are the
+  // hops, the client's scheme and Host, as X-Forwarded-For/-Proto/-Host would have told them
+  // (the client IP, and the X-* fields upstream agree with the Forwarded that goes on).
+  if (forwarded !== undefined && p.trusted && xff === undefined && xfProto === undefined && xfHost === undefined) {
+    const x = xFromForwarded(forwarded);
+    if (x !== null) {
+      xff = x.for;
+      xfProto = x.proto;
+      xfHost = x.host;
+    }
+  }
   if (host !== '' && host !== p.lastHost) {
     if (!HOST_RE.test(host) || portBeyondRange(host)) return reject(ctx, req, res, requestId, 'bad-request', 'malformed Host header');
     p.lastHost = host;
