@@ -193,7 +193,7 @@ test('wrong admin tokens are throttled per client on the whole admin listener (b
   }
 });
 
-test('behind a trusted proxy (an ingress in front of the admin listener) wrong admin tokens count for the client it names, not for the proxy: one guesser does not lock every admin out', async () => {
+test('behind a trusted proxy (an ingress in front of the admin listener) wrong admin tokens count for the client it names (X-Forwarded-For, or Forwarded alone), not for the proxy: one guesser does not lock every admin out', async () => {
   const { mkdtempSync, writeFileSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
@@ -216,6 +216,11 @@ test('behind a trusted proxy (an ingress in front of the admin listener) wrong a
     assert.equal((await request(`${admin}/api/services`, { headers: from('198.51.100.7', 'typo') })).status, 401);
     const login = await request(`${admin}/console/api/login`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-forwarded-for': '203.0.113.66' }, body: JSON.stringify({ token: TOKEN }) });
     assert.equal(login.status, 429, 'the console sign-in counts the named client too');
+    // an ingress that names its client in Forwarded only (RFC 7239: HAProxy's option forwarded)
+    const fwd = (ip: string, token: string) => ({ forwarded: `for=${ip};proto=https`, authorization: `Bearer ${token}` });
+    for (let i = 0; i < 10; i++) assert.equal((await request(`${admin}/metrics`, { headers: fwd('192.0.2.66', `wrong-${i}`) })).status, 401);
+    assert.equal((await request(`${admin}/metrics`, { headers: fwd('192.0.2.66', 'wrong-x') })).status, 429, 'the guesser named in Forwarded is limited');
+    assert.equal((await request(`${admin}/metrics`, { headers: fwd('192.0.2.7', TOKEN) })).status, 200, 'another admin behind that proxy is not');
   } finally {
     await gw.stop();
   }

@@ -34,7 +34,7 @@ import { AuthFailures } from '../admin/auth.js';
 import { createEchoServer } from '../demo/echo.js';
 import { ALLOW_ALL, GATEWAY_RESET, PROBLEMS, isHttp2, markRawAnswered, rawProblem, sendProblem, type ProblemCode } from '../core/problem.js';
 import { isTls } from '../core/headers.js';
-import { clientIp, plainIp } from '../core/forwarded.js';
+import { clientIp, plainIp, xFromForwarded } from '../core/forwarded.js';
 import { silentLogger, type Logger } from '../core/log.js';
 import { fdWatch } from '../core/fd-limit.js';
 import { Observer } from '../observability/observer.js';
@@ -413,9 +413,14 @@ export class Gateway implements RequestContext {
     this.demand = this.scaling?.meter ?? new DemandMeter();
     this.scaleTo(this.snapshot);
     // Wrong admin tokens count per client: the one a trusted proxy (an ingress) names.
+    // (X-Forwarded-For, or Forwarded alone as the proxy listener reads it: src/server/request.ts)
     this.adminFailures.clientOf = (req) => {
+      const peer = plainIp(req.socket.remoteAddress);
       const xff = req.headers['x-forwarded-for'];
-      return clientIp(plainIp(req.socket.remoteAddress), Array.isArray(xff) ? xff.join(', ') : xff, this.snapshot.trusted);
+      let chain = Array.isArray(xff) ? xff.join(', ') : xff;
+      const fwd = req.headers.forwarded;
+      if (chain === undefined && fwd !== undefined && this.snapshot.trusted.has(peer)) chain = xFromForwarded(fwd)?.for;
+      return clientIp(peer, chain, this.snapshot.trusted);
     };
     this.console = this.role === 'worker' ? null : new ConsoleHandler({
       tokens: () => this.snapshot.admin?.tokens ?? [],
