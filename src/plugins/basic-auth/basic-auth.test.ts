@@ -265,7 +265,13 @@ services:
   - {name: s, url: 'http://127.0.0.1:9', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth}]}]}
 `);
   assert.equal(issues.length, 1, JSON.stringify(issues));
-  assert.match(issues[0]!.message, /used twice/);
+  assert.equal(issues[0]!.path, 'consumers[1].credentials[0].username');
+  assert.equal(issues[0]!.message, 'user name "ju\u0308rgen" is also consumer "a"\'s', 'the other consumer named, as key-auth and jwt do');
+  const same = configIssues(`consumers:
+  - {name: a, credentials: [{type: basic-auth, username: u, password_hash: '${BOB_HASH}'}, {type: basic-auth, username: u, password_hash: '${BOB_HASH}'}]}
+services: []
+`);
+  assert.deepEqual(same.map((i) => `${i.path}: ${i.message}`), ['consumers[0].credentials[1].username: user name "u" is given twice for consumer "a"']);
 });
 
 test('config: a password_hash whose cost no check can afford (N=2^20 r=32 p=16: 4 GiB and minutes of CPU a check, unknown user names too) is refused at load; OWASP\'s N=2^17 r=8 p=1 is not', T, () => {

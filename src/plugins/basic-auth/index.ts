@@ -52,8 +52,8 @@ export default definePlugin({
   scopes: ['global', 'service', 'route'],
   prepareCredentials(list) {
     const problems: { index: number; field?: string; message: string }[] = [];
-    const seen = new Map<string, number>();
-    list.forEach(({ credential }, index) => {
+    const seen = new Map<string, string>();
+    list.forEach(({ consumer, credential }, index) => {
       const c = credential as { username: string; password?: string; password_hash?: string };
       if ((c.password === undefined) === (c.password_hash === undefined)) {
         problems.push({ index, message: 'give password or password_hash (one of them)' });
@@ -66,8 +66,11 @@ export default definePlugin({
       }
       // (compared as requests are: in NFC, where "jürgen" typed decomposed is the same name)
       const name = c.username.normalize('NFC');
-      if (seen.has(name)) problems.push({ index, field: 'username', message: `user name "${c.username}" is used twice (also credential ${seen.get(name)} of basic-auth)` });
-      seen.set(name, index);
+      const other = seen.get(name);
+      if (other !== undefined) {
+        problems.push({ index, field: 'username', message: other === consumer.name ? `user name "${c.username}" is given twice for consumer "${other}"` : `user name "${c.username}" is also consumer "${other}"'s` });
+      }
+      seen.set(name, consumer.name);
       if (c.password !== undefined) {
         // The loaded config keeps the hash instead: a recompile reuses it, the plain value goes.
         c.password_hash = hashPassword(c.password);
