@@ -36,7 +36,8 @@ FILE may be a node's --config file: node-local keys (listen, admin, store, ...) 
 and named on stderr. \${VAR} references are sent as written (each node resolves them).
 
 Exit status: 0 success (diff: no changes); 1 error (unreachable, refused, invalid: the
-problem and each field's path are printed); 2 usage error; 3 diff: there are changes.
+problem and each field's path and line in FILE are printed); 2 usage error; 3 diff: there
+are changes.
 `;
 
 const TIMEOUT_MS = 30_000;
