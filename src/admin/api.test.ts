@@ -306,14 +306,19 @@ test('bad input: 400 / 404 / 405 / 413 / 415 problems naming the problem; nothin
     assert.equal(m.headers.get('allow'), 'GET, HEAD, PUT');
     isProblem(await api.call('PUT', '/api/config', { raw: 'services: [', type: 'application/yaml' }), 400, 'bad-request');
     isProblem(await api.call('PUT', '/api/config', { raw: '- a\n- b\n', type: 'application/yaml' }), 400, 'bad-request');
-    const local = await api.call('PUT', '/api/config', { raw: 'listen: 0.0.0.0:80\nservices: []\n', type: 'application/yaml' });
+    const local = await api.call('PUT', '/api/config', { raw: 'services: []\nlisten: 0.0.0.0:80\n', type: 'application/yaml' });
     isProblem(local, 400, 'validation-failed');
     assert.equal(local.json.errors[0].path, 'listen');
+    assert.equal(local.json.errors[0].line, 2, 'a YAML body\'s error names its line, as the file\'s do');
+    const badYaml = await api.call('PUT', '/api/config?dry_run=true', { raw: '# mine\nservices:\n  - name: a\n    url: http://127.0.0.1:9\n    routes:\n      - {name: r, paths: [r]}\n', type: 'application/yaml' });
+    isProblem(badYaml, 400, 'validation-failed');
+    assert.deepEqual(badYaml.json.errors.map((e: { path: string; pointer?: string; line?: number }) => [e.path, e.pointer, e.line]), [['services[0].routes[0].paths[0]', '#/services/0/routes/0/paths/0', 6]]);
     const deep = await api.call('PUT', '/api/config', { raw: `services: ${'['.repeat(200)}${']'.repeat(200)}`, type: 'application/yaml' });
     assert.equal(deep.status, 400, deep.text);
     const invalidDoc = await api.call('PUT', '/api/config', { body: { services: [{ name: 'a', url: 'ftp://x' }] } });
     isProblem(invalidDoc, 400, 'validation-failed');
     assert.equal(invalidDoc.json.errors[0].path, 'services[0].url');
+    assert.equal(invalidDoc.json.errors[0].line, undefined, 'a JSON body has no lines to name');
     // 413: declared over the cap (answered before the body is read), and streamed over it
     const declared = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = httpRequest(`${api.url}/api/config`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/yaml', 'content-length': String(9 * 1024 * 1024) } }, (res) => {

@@ -22,7 +22,7 @@ import type { PathSegment } from '../config/errors.js';
 import { RevisionConflict, type ConfigDocument, type ConfigStore, type StoredConfig } from '../config/stores/types.js';
 import { ApiError, invalid, parsePath, pointerOf, type FieldError } from './errors.js';
 import { authenticate, authorizationOf, authorize, type ApiToken, type AuthFailures, type Caller } from './auth.js';
-import { ACCEPT_PATCH, DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody } from './body.js';
+import { ACCEPT_PATCH, DEFAULT_MAX_BODY, checkMediaType, parseJson, parseYaml, readBody, type LineOf } from './body.js';
 import { allowed, route, type Endpoint } from './router.js';
 import { bodyTag, canonicalJson, etagKey, itemTag, noneMatch, parseIfMatch, revisionTag, splitTags, type Precondition } from './etag.js';
 import { findEntry, requireObject, type Collection, type Entry } from './collection.js';
@@ -88,6 +88,8 @@ interface Staged {
   documentTerms?: boolean;
   /** The document is not the request's body (a rollback): its errors point nowhere in it. */
   noBody?: boolean;
+  /** A YAML body's lines (PUT /api/config): each error in it names its line too. */
+  lineOf?: LineOf;
 }
 
 class Unchanged extends Error {
@@ -277,7 +279,9 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       return errors.map((e) => {
         const path = typeof e.path === 'string' ? e.path : e.path.map((s) => (typeof s === 'number' ? `[${s}]` : `.${s}`)).join('').replace(/^\./, '');
         const segs = staged.noBody ? null : typeof e.path === 'string' ? parsePath(e.path) : e.path;
-        return segs === null ? { path, message: String(e.message) } : { path, message: String(e.message), pointer: pointerOf(segs) };
+        if (segs === null) return { path, message: String(e.message) };
+        const line = segs.length > 0 ? staged.lineOf?.(segs) : undefined;
+        return line === undefined ? { path, message: String(e.message), pointer: pointerOf(segs) } : { path, message: String(e.message), pointer: pointerOf(segs), line };
       });
     }
     return apiErrors(staged.doc, errors, staged.at && staged.coll ? { at: staged.at, coll: staged.coll } : undefined);
@@ -491,18 +495,23 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
   }
 
   /** A config body (YAML or JSON) as a document: a mapping without node-local keys. */
-  async function readDocument(ctx: Ctx): Promise<Obj> {
+  async function readDocument(ctx: Ctx): Promise<{ doc: Obj; lineOf?: LineOf }> {
     const kind = checkMediaType(ctx.req.headers['content-type'], ['yaml', 'json']);
     const buf = await readBody(ctx.req, maxBody);
-    const value = kind === 'json' ? parseJson(buf) : parseYaml(buf);
+    const located: { lineOf?: LineOf } = {};
+    const value = kind === 'json' ? parseJson(buf) : parseYaml(buf, located);
     if (!isObj(value)) throw new ApiError('bad-request', 'the config must be a mapping (key: value) at the top level');
     const doc = { ...value };
     delete doc['$schema'];
     const local = Object.keys(doc).filter((k) => NODE_LOCAL_KEYS.includes(k));
     if (local.length) {
-      throw invalid(local.map((k) => ({ path: k, message: 'is node-local: it is set in the node\'s --config file, not in the stored document' })));
+      throw invalid(local.map((k) => {
+        const line = located.lineOf?.([k]);
+        const e = { path: k, message: 'is node-local: it is set in the node\'s --config file, not in the stored document' };
+        return line === undefined ? e : { ...e, line };
+      }));
     }
-    return doc;
+    return { doc, lineOf: located.lineOf };
   }
 
   function diffOf(before: Obj, after: Obj, labels: [string, string]) {
@@ -514,13 +523,13 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     const dryRun = bool(ctx, 'dry_run');
     const pre = ifMatch(ctx);
     ifNoneMatchSyntax(ctx);
-    const next = await readDocument(ctx);
+    const { doc: next, lineOf } = await readDocument(ctx);
     if (pre && (pre.tags.length > 0 && pre.revisions.length === 0)) throw new ApiError('precondition-failed', 'If-Match: the config is tagged by its revision ("rN")');
     const stage = (cur: Obj | null): Staged => {
       const doc = structuredClone(next);
       restoreSecrets(doc, cur);
       keepDevelopers(doc, cur, 'put');
-      return { doc, at: null, documentTerms: true };
+      return { doc, at: null, documentTerms: true, lineOf };
     };
     // If-Match: * holds only when the config has a current revision (RFC 9110 §13.1.1)
     const configExists = (revision: number) => {

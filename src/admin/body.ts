@@ -6,8 +6,8 @@
 import type { IncomingMessage } from 'node:http';
 import { LineCounter } from 'yaml';
 import { typeUnquotedRefs } from '../config/stores/document.js';
-import { duplicateKeyAt, parseConfigYaml } from '../config/load.js';
-import { formatPath } from '../config/errors.js';
+import { duplicateKeyAt, locate, parseConfigYaml } from '../config/load.js';
+import { formatPath, type PathSegment } from '../config/errors.js';
 import { ApiError } from './errors.js';
 
 export const DEFAULT_MAX_BODY = 8 * 1024 * 1024;
@@ -192,7 +192,10 @@ export function duplicateKey(text: string): { key: string; position: number } | 
 }
 
 /** YAML (1.2; JSON is YAML): no `${VAR}` substitution — values are kept as given. */
-export function parseYaml(buf: Buffer): unknown {
+/** Where a parsed YAML body's fields are: the line of a path (the nearest enclosing node's). */
+export type LineOf = (path: readonly PathSegment[]) => number | undefined;
+
+export function parseYaml(buf: Buffer, located?: { lineOf?: LineOf }): unknown {
   const text = decodeUtf8(buf);
   if (text.trim() === '') throw new ApiError('bad-request', 'the request needs a body');
   let value: unknown;
@@ -221,6 +224,7 @@ export function parseYaml(buf: Buffer): unknown {
     }
     typeUnquotedRefs(doc); // `limit: ${LIMIT}` means a number, as in a file
     value = doc.toJS({ maxAliasCount: 100 });
+    if (located) located.lineOf = (path) => locate(doc, lc, path);
   } catch (err) {
     if (err instanceof ApiError) throw err;
     throw new ApiError('bad-request', `invalid YAML: ${(err as Error).message}`);

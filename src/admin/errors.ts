@@ -15,6 +15,8 @@ export interface FieldError {
    * its URI fragment form, `#/paths/0`. Absent for a field elsewhere in the config.
    */
   pointer?: string;
+  /** The field's line in a YAML request body (PUT /api/config), as a config file's errors name it. */
+  line?: number;
 }
 
 /** A path as a JSON Pointer in URI fragment form (RFC 6901 §3, §6): `#/routes/0/paths/1`. */

@@ -147,7 +147,7 @@ export function openApiDocument(base = '/api'): Json {
       required: ['type', 'title', 'status', 'detail'],
       properties: {
         type: { type: 'string' }, title: { type: 'string' }, status: { type: 'integer' }, detail: { type: 'string' }, request_id: { type: 'string' },
-        errors: { type: 'array', items: { type: 'object', required: ['path', 'message'], properties: { path: { type: 'string' }, message: { type: 'string' }, pointer: { type: 'string', description: 'Where the field is in the request body: a JSON Pointer in URI fragment form (#/paths/0, RFC 9457 §3); absent for a field elsewhere in the config.' } } }, description: 'validation-failed: the fields, in the API\'s terms.' },
+        errors: { type: 'array', items: { type: 'object', required: ['path', 'message'], properties: { path: { type: 'string' }, message: { type: 'string' }, pointer: { type: 'string', description: 'Where the field is in the request body: a JSON Pointer in URI fragment form (#/paths/0, RFC 9457 §3); absent for a field elsewhere in the config.' }, line: { type: 'integer', description: 'The field\'s line in a YAML body (PUT /api/config).' } } }, description: 'validation-failed: the fields, in the API\'s terms.' },
       },
     },
     Service: object(plain(Service), {
