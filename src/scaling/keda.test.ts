@@ -2,8 +2,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
+import { connect, createServer, type Socket } from 'node:net';
 import { silentLogger } from '../core/log.js';
-import { hpaDesired, kedaClient, metricNameFor, startKedaServer, type KedaSource, type ScaledObjectRef } from './keda.js';
+import { hpaDesired, kedaClient, metricNameFor, peerAddress, startKedaServer, type KedaSource, type ScaledObjectRef } from './keda.js';
 
 /** A source the test drives: set() changes a service and notifies (unless quiet). */
 function fakeSource() {
@@ -181,4 +182,72 @@ test('no decision yet: GetMetrics and IsActive answer UNAVAILABLE (the HPA keeps
   } finally {
     await s.done();
   }
+});
+
+/** A TCP relay on 127.0.0.1 that connects to `port` from `from` (another loopback address): a client seen from there. */
+async function relayFrom(from: string, port: number) {
+  const sockets = new Set<Socket>();
+  const relay = createServer((inbound) => {
+    const out = connect({ host: '127.0.0.1', port, localAddress: from });
+    for (const s of [inbound, out]) { sockets.add(s); s.on('error', () => undefined).on('close', () => sockets.delete(s)); }
+    inbound.pipe(out).pipe(inbound);
+  });
+  await new Promise<void>((ok) => relay.listen(0, '127.0.0.1', ok));
+  const { port: relayPort } = relay.address() as { port: number };
+  return { address: `127.0.0.1:${relayPort}`, close: () => { for (const s of sockets) s.destroy(); relay.close(); } };
+}
+
+test('StreamIsActive is capped per client address (RESOURCE_EXHAUSTED past it) and overall: a client holding its whole share leaves the operator its streams; a closed stream frees its slot', async () => {
+  const f = fakeSource();
+  f.set('orders', { desired: 2, active: true });
+  const server = await startKedaServer({ listen: { host: '127.0.0.1', port: 0 }, source: f.source, log: silentLogger, maxStreams: 6, maxStreamsPerPeer: 3 });
+  const hostile = kedaClient(`127.0.0.1:${server.port}`);
+  const r2 = await relayFrom('127.0.0.2', server.port);
+  const r3 = await relayFrom('127.0.0.3', server.port);
+  const operator = kedaClient(r2.address);
+  const other = kedaClient(r3.address);
+  const open: grpc.ClientReadableStream<{ result: boolean }>[] = [];
+  const stream = (c: typeof hostile) => {
+    const s = c.streamIsActive(ref('orders'));
+    s.on('error', () => undefined);
+    open.push(s);
+    return next(s);
+  };
+  try {
+    // One client opens streams past its share: the first 3 are served, the rest refused.
+    const mine = [];
+    for (let i = 0; i < 3; i++) mine.push(await stream(hostile));
+    assert.deepEqual(mine, [{ result: true }, { result: true }, { result: true }]);
+    assert.deepEqual(await stream(hostile), { error: grpc.status.RESOURCE_EXHAUSTED });
+    assert.deepEqual(await stream(hostile), { error: grpc.status.RESOURCE_EXHAUSTED });
+    // The operator, from another address, still gets its streams.
+    assert.deepEqual(await stream(operator), { result: true });
+    // The overall cap holds too: 3 + 1 + 2 = 6 open, a third from another address is refused.
+    assert.deepEqual(await stream(other), { result: true });
+    assert.deepEqual(await stream(other), { result: true });
+    assert.deepEqual(await stream(other), { error: grpc.status.RESOURCE_EXHAUSTED });
+    assert.deepEqual(await stream(operator), { error: grpc.status.RESOURCE_EXHAUSTED });
+    // A cancelled stream frees its slot (overall and its client's).
+    open[0]!.cancel();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(await stream(operator), { result: true });
+    assert.deepEqual(await stream(hostile), { error: grpc.status.RESOURCE_EXHAUSTED });
+    open[1]!.cancel();
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(await stream(hostile), { result: true });
+  } finally {
+    for (const s of open) s.cancel();
+    for (const c of [hostile, operator, other]) c.close();
+    r2.close();
+    r3.close();
+    await server.close();
+  }
+});
+
+test('peerAddress: the client address without its port, whatever form grpc-js gives it in', () => {
+  assert.equal(peerAddress('10.0.0.7:51234'), '10.0.0.7');
+  assert.equal(peerAddress('::ffff:10.0.0.7:51234'), '10.0.0.7');
+  assert.equal(peerAddress('fd00::1:51234'), 'fd00::1');
+  assert.equal(peerAddress('[FD00::1]:51234'), 'fd00::1');
+  assert.equal(peerAddress('unknown'), 'unknown');
 });

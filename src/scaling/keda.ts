@@ -10,7 +10,9 @@
  * with target 1 and value = desired replicas, so the HPA's ceil(value / target) is the desired
  * count; IsActive is the advisor's `active` (false lets KEDA scale to zero / idle).
  * Errors: no service -> INVALID_ARGUMENT, unknown service or metric -> NOT_FOUND. Requests are
- * capped at 64 KB and open streams at MAX_STREAMS, so hostile clients cannot grow memory.
+ * capped at 64 KB and open streams at MAX_STREAMS, and at MAX_STREAMS_PER_PEER from one client
+ * address (RESOURCE_EXHAUSTED past either), so hostile clients cannot grow memory and one client
+ * (or a KEDA leaking streams) cannot take every slot from the operator.
  *
  * The listening socket (and TLS, when configured) is ours, not grpc-js's: grpc-js leaves its
  * listener without an 'error' handler once bound, so an accept error (EMFILE that libuv could
@@ -45,6 +47,9 @@ export interface KedaServerOptions {
   streamIntervalMs?: number;
   /** gRPC over TLS; with clientCa, clients must present a certificate it signed (mutual TLS). */
   tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
+  /** Open StreamIsActive calls at most (default MAX_STREAMS), and from one client address (default MAX_STREAMS_PER_PEER). */
+  maxStreams?: number;
+  maxStreamsPerPeer?: number;
 }
 
 export interface ScaledObjectRef { name?: string; namespace?: string; scalerMetadata?: Record<string, string> }
@@ -52,7 +57,8 @@ export interface MetricSpec { metricName: string; targetSize: number; targetSize
 export interface MetricValue { metricName: string; metricValue: number; metricValueFloat: number }
 
 export const MAX_MESSAGE_BYTES = 64 * 1024;
-const MAX_STREAMS = 1000;
+export const MAX_STREAMS = 1024;
+export const MAX_STREAMS_PER_PEER = 256;
 const MAX_SERVICE_CHARS = 253;
 
 let serviceCtor: grpc.ServiceClientConstructor | undefined;
@@ -65,6 +71,21 @@ function externalScaler(): grpc.ServiceClientConstructor {
     serviceCtor = pkg.externalscaler.ExternalScaler;
   }
   return serviceCtor;
+}
+
+/**
+ * The client address of a call, without its port: grpc-js's getPeer() is `address:port`
+ * (`::ffff:10.0.0.1:5000` unbracketed from a dual-stack socket, `[::1]:5000` bracketed when it
+ * came so), `unknown` without a TCP peer. An IPv4-mapped IPv6 address counts as its IPv4 one.
+ */
+export function peerAddress(peer: string): string {
+  let host = peer;
+  if (host.startsWith('[')) host = host.slice(1, host.indexOf(']') > 0 ? host.indexOf(']') : undefined);
+  else {
+    const colon = host.lastIndexOf(':');
+    if (colon > 0 && /^\d+$/.test(host.slice(colon + 1))) host = host.slice(0, colon);
+  }
+  return host.toLowerCase().replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
 }
 
 export function metricNameFor(service: string): string {
@@ -88,6 +109,8 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
 }> {
   const { source, log } = opts;
   const intervalMs = Math.max(10, opts.streamIntervalMs ?? 5000);
+  const maxStreams = opts.maxStreams ?? MAX_STREAMS;
+  const maxPerPeer = opts.maxStreamsPerPeer ?? MAX_STREAMS_PER_PEER;
 
   /** `spec`: for GetMetricSpec, whose answer (the metric's name and target) needs no decision. */
   function resolve(ref: ScaledObjectRef | null | undefined, spec = false): Resolved | Failure {
@@ -117,19 +140,30 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
     };
   }
 
+  const warnings = new ThrottledWarnings(() => log);
   /** Open StreamIsActive calls: each entry pushes the state (force: even if unchanged) and ends it. */
   const streams = new Map<grpc.ServerWritableStream<ScaledObjectRef, { result: boolean }>, { push(force: boolean): void; end(): void }>();
   const unsubscribe = source.onChange?.(() => { for (const s of streams.values()) s.push(false); });
+  /** Open streams per client address (an entry only while it has one). */
+  const perPeer = new Map<string, number>();
 
   function streamIsActive(call: grpc.ServerWritableStream<ScaledObjectRef, { result: boolean }>) {
-    if (streams.size >= MAX_STREAMS) {
-      call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details: `more than ${MAX_STREAMS} open streams` });
+    const peer = peerAddress(call.getPeer());
+    const mine = perPeer.get(peer) ?? 0;
+    if (mine >= maxPerPeer || streams.size >= maxStreams) {
+      const details = mine >= maxPerPeer ? `more than ${maxPerPeer} open streams from one client address` : `more than ${maxStreams} open streams`;
+      warnings.note('keda-streams', { listener: 'KEDA', remote: peer, open: streams.size, from_remote: mine }, `KEDA external scaler: a StreamIsActive refused (${details})`);
+      call.emit('error', { code: grpc.status.RESOURCE_EXHAUSTED, details });
       return;
     }
+    perPeer.set(peer, mine + 1);
     let last: boolean | undefined;
     let timer: NodeJS.Timeout | undefined;
     const stop = (status?: Failure) => {
       if (!streams.delete(call)) return;
+      const n = (perPeer.get(peer) ?? 1) - 1;
+      if (n > 0) perPeer.set(peer, n);
+      else perPeer.delete(peer);
       clearInterval(timer);
       if (call.cancelled) return;
       if (status) call.emit('error', status);
@@ -186,7 +220,6 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
   // Connections are accepted here and handed to grpc-js; TLS (mutual with clientCa) is done
   // here too, as grpc-js's createSsl would (ALPN h2, the client CA and its certificate required).
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-  const warnings = new ThrottledWarnings(() => log);
   const failed = (err: Error & { code?: string }, socket: Socket | TLSSocket | null) => {
     const code = err.code ?? 'error';
     warnings.note('keda-connection', { listener: 'KEDA', code, reason: String(err.message).slice(0, 200), remote: socket?.remoteAddress ?? null },
