@@ -1216,3 +1216,22 @@ test('scaling: a stable_window or scale_down_stabilization past an hour is an er
   ]);
   assert.deepEqual(configIssues(svc('      stable_window: 1h\n      scale_down_stabilization: 60m\n')), []);
 });
+
+test('scaling: a webhook URL to a loopback, link-local (cloud metadata) or "this host" address is an error with path and line unless scaling.webhook_allowed_networks lists it; an entry that is no CIDR is one too', () => {
+  const svc = (url: string, top = '') => `${top}services:\n  - name: orders\n    url: http://127.0.0.1:9001\n    routes: [{name: a, paths: [/o]}]\n    scaling:\n      target_concurrency: 4\n      triggers:\n        - type: webhook\n          url: ${url}\n          secret: whsec-0123456789abcdef\n`;
+  const refused = (where: string) => `${where}: a webhook may not be sent there unless scaling.webhook_allowed_networks (node-local) lists it`;
+  assert.deepEqual(configIssues(svc('http://169.254.169.254/latest/meta-data/')), [
+    { path: 'services[0].scaling.triggers[0].url', line: 9, message: refused('169.254.169.254 is a link-local address (169.254.169.254: the cloud metadata service)') },
+  ]);
+  assert.deepEqual(configIssues(svc('http://user:pw@127.0.0.1:8001/api')), [
+    { path: 'services[0].scaling.triggers[0].url', line: 9, message: refused('127.0.0.1 is a loopback address') },
+  ]);
+  assert.deepEqual(configIssues(svc('"http://[::1]:8001/api"')), [
+    { path: 'services[0].scaling.triggers[0].url', line: 9, message: refused('[::1] is a loopback address') },
+  ]);
+  assert.deepEqual(configIssues(svc('http://127.0.0.1:8001/api', 'scaling: {webhook_allowed_networks: [127.0.0.0/8]}\n')), []);
+  assert.deepEqual(configIssues(svc('https://hooks.internal/scale')), []);
+  assert.deepEqual(configIssues(svc('http://10.1.2.3/hook', 'scaling:\n  webhook_allowed_networks: [127.0.0.1/32, 10.0.0.0/33]\n')), [
+    { path: 'scaling.webhook_allowed_networks[1]', line: 2, message: '"10.0.0.0/33" is not an IP address or CIDR (10.0.0.0/8, 127.0.0.1/32, fd00::/8)' },
+  ]);
+});

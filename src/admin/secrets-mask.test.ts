@@ -17,7 +17,7 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
   await store.write({ actor: 'seed', action: 'seed' }, () => ({
     services: [{
       name: 'orders', url: 'http://127.0.0.1:9001',
-      scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hook:hookpass-0123@127.0.0.1:9/hook', secret: 'webhook-secret-0123456789' }] },
+      scaling: { target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hook:hookpass-0123@hooks.internal:9/hook', secret: 'webhook-secret-0123456789' }] },
       plugins: [
         // (a secret in a URL's query: ?api_key= is masked like the userinfo password; ?realm= is not;
         // ;token= too, a parameter to servers that split on ';')
@@ -57,7 +57,7 @@ test('plugin and trigger secrets: masked for every reader (read-only included) i
     assert.equal(put.status, 200, put.text);
     const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: { client_secret: string; introspection_url: string } }[]; scaling: { triggers: { secret: string; url: string }[] } }[] };
     assert.equal(stored.services[0]!.plugins[0]!.config.introspection_url, 'http://127.0.0.1:9/introspect?realm=r1;token=semi-secret-321;v=2&api_key=query-secret-789');
-    assert.equal(stored.services[0]!.scaling.triggers[0]!.url, 'http://hook:hookpass-0123@127.0.0.1:9/hook');
+    assert.equal(stored.services[0]!.scaling.triggers[0]!.url, 'http://hook:hookpass-0123@hooks.internal:9/hook');
     assert.equal(stored.services[0]!.retries, 1);
     assert.equal(stored.services[0]!.plugins[0]!.config.client_secret, 'client-secret-value-xyz');
     assert.equal((stored.services[0]!.plugins[1]!.config as unknown as { headers: { set: Record<string, string> } }).headers.set['Authorization'], 'Bearer UPSTREAM-SECRET-abc123');

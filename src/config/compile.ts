@@ -788,7 +788,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       reporter,
       scaling: null,
     };
-    if (s.scaling) service.scaling = scalingPolicyOf(s.scaling, (p, msg) => fail([...sp, 'scaling', ...p], msg), cfg.scaling?.kubernetes_api_servers, inputs);
+    if (s.scaling) service.scaling = scalingPolicyOf(s.scaling, (p, msg) => fail([...sp, 'scaling', ...p], msg), cfg.scaling?.kubernetes_api_servers, inputs, cfg.scaling?.webhook_allowed_networks);
     services.push(service);
 
     const sroutes = s.routes ?? [];

@@ -20,6 +20,8 @@ const dir = mkdtempSync(join(tmpdir(), 'tp-advisor-'));
 writeFileSync(join(dir, 'token'), 'sa-token\n');
 const settings: ScalingSettings = { intervalMs: 60_000, keda: null, gateway: { targetUtilization: 0.7, minNodes: 1, maxNodes: 10 }, baseDir: dir };
 const fail = (_p: unknown, m: string) => { throw new Error(m); };
+/** The webhook receivers here are on loopback: allowed as scaling.webhook_allowed_networks would. */
+const LOCAL = ['127.0.0.1/32'];
 
 /** A scale subresource: spec follows a PATCH at once, status `statusLagMs` (real ms) later. `down` answers 503. */
 async function scaleApi(spec: number) {
@@ -65,7 +67,7 @@ function advisor(scaling: ServiceScalingConfig, opts: { targets?: number; apis?:
   const a = new ScalingAdvisor(silentLogger, () => t.now);
   const service: ScaledService = {
     name: 'orders', routes: ['list'], healthyTargets: () => opts.targets ?? 1, queued: () => 0,
-    scaling: scalingPolicyOf(scaling, fail, opts.apis ?? []),
+    scaling: scalingPolicyOf(scaling, fail, opts.apis ?? [], undefined, LOCAL),
   };
   a.configure(settings, [service]);
   return {
@@ -127,7 +129,7 @@ test('a trigger timeout of 0 or past the longest timer is a config error (every 
   const problems: string[] = [];
   const hook = { type: 'webhook' as const, url: 'http://127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' };
   const api = 'http://127.0.0.1:1';
-  scalingPolicyOf({ target_concurrency: 4, triggers: [{ ...hook, timeout: 0 }, { ...hook, timeout: '30d' }, { ...hook, timeout: '2s' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));
+  scalingPolicyOf({ target_concurrency: 4, triggers: [{ ...hook, timeout: 0 }, { ...hook, timeout: '30d' }, { ...hook, timeout: '2s' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`), [], undefined, LOCAL);
   scalingPolicyOf({ target_concurrency: 4, triggers: [{ ...k8s(api), timeout: '0s' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`), [api]);
   const msg = 'must be above 0 and at most 24d (2147483647 ms, the longest timer)';
   assert.deepEqual(problems, [`triggers.0.timeout: ${msg}`, `triggers.1.timeout: ${msg}`, `triggers.0.timeout: ${msg}`]);
@@ -135,9 +137,9 @@ test('a trigger timeout of 0 or past the longest timer is a config error (every 
 
 test('a webhook URL whose user or password does not percent-decode is a config error (naming neither)', () => {
   const problems: string[] = [];
-  scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hookuser:Bad%zzPw@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`));
+  scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://hookuser:Bad%zzPw@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, (p, m) => problems.push(`${p.join('.')}: ${m}`), [], undefined, LOCAL);
   assert.deepEqual(problems, ['triggers.0.url: the user or password in the URL has a malformed percent-encoding']);
-  assert.equal(scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://u:p%40ss@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, fail).currentFrom, 'targets');
+  assert.equal(scalingPolicyOf({ target_concurrency: 4, triggers: [{ type: 'webhook', url: 'http://u:p%40ss@127.0.0.1:1/h', secret: 'whsec-0123456789abcdef' }] }, fail, [], undefined, LOCAL).currentFrom, 'targets');
 });
 
 test('webhook only (current from targets): nothing pushed before a full stable window; then the count the receiver took is the current one', async () => {
@@ -396,7 +398,7 @@ test('a webhook\'s ca_file rotated on disk is used after the reload (the same co
   const t = { now: 1_000_000 };
   const a = new ScalingAdvisor(silentLogger, () => t.now);
   // (what a reload does: the config compiles again, reading its files)
-  const compiled = (): ScaledService => ({ name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf(cfg, fail, [], new ConfigInputs(dir)) });
+  const compiled = (): ScaledService => ({ name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf(cfg, fail, [], new ConfigInputs(dir), LOCAL) });
   const surge = async () => {
     for (let k = 0; k < 40; k++) a.meter.record('orders', 'list', 200, 400);
     t.now += 1000;
@@ -481,7 +483,7 @@ test('webhook only: a changed webhook (a rotated secret) keeps the count the rec
     for (let i = 0; i < 15; i++) { load(); await s.tick(); }
     assert.equal(hook.got.at(-1), 8, JSON.stringify(hook.got));
     const before = hook.got.length;
-    s.a.configure(settings, [{ name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf(cfg('whsec-rotated-0123456789'), fail) }]);
+    s.a.configure(settings, [{ name: 'orders', routes: ['list'], healthyTargets: () => 1, queued: () => 0, scaling: scalingPolicyOf(cfg('whsec-rotated-0123456789'), fail, [], undefined, LOCAL) }]);
     for (let i = 0; i < 5; i++) { load(); await s.tick(); }
     assert.deepEqual(hook.got.slice(before).filter((n) => n !== 8), [], `after the rotation: ${JSON.stringify(hook.got.slice(before))}`);
     assert.equal((s.a.report() as { services: { current_replicas: number }[] }).services[0]!.current_replicas, 8);

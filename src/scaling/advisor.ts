@@ -150,7 +150,7 @@ export class ScalingAdvisor {
         kubernetes = null;
         for (const [i, t] of cfg.triggers.entries()) {
           try {
-            if (t.type === 'webhook') webhooks.push(new WebhookTrigger(t, this.log, settings.baseDir, cfg.cas[i]));
+            if (t.type === 'webhook') webhooks.push(new WebhookTrigger(t, this.log, settings.baseDir, cfg.cas[i], cfg.webhookAllowed));
             else kubernetes ??= new KubernetesTrigger(t, this.log, settings.baseDir, process.env, cfg.cas[i]);
           } catch (err) {
             this.log.error({ service: service.name, trigger: t.type, err: (err as Error).message }, 'scaling trigger not started');

@@ -1,4 +1,5 @@
 /** `scaling:` config -> what the advisor runs (checked at compile: errors name the field). */
+import { WebhookDestinations, parseNetwork } from './destination.js';
 import type { PathSegment } from '../config/errors.js';
 import { createHash } from 'node:crypto';
 import type { ConfigInputs } from '../config/inputs.js';
@@ -20,6 +21,8 @@ export interface ScalingPolicyConfig {
   cas: readonly (Buffer | undefined)[];
   /** The triggers and their CA files' digests: a reload that keeps it keeps the triggers (a rotated CA file starts new ones). */
   triggersKey: string;
+  /** The node's scaling.webhook_allowed_networks (webhook destinations refused by default that it allows). */
+  webhookAllowed: readonly string[];
   /** JSON of the policy: a reload that keeps it keeps the recommender's windows. */
   key: string;
 }
@@ -55,8 +58,11 @@ const originOf = (u: string): string | null => {
  * `allowedApis`: the node's `scaling.kubernetes_api_servers`. A trigger's api_server must be one
  * of them: the node sends its bearer token there, and a service's settings may come from the
  * admin API (a writer must not be able to point the token anywhere).
+ * `webhookAllowed`: the node's `scaling.webhook_allowed_networks`: a webhook URL whose host is an
+ * IP literal refused by default (loopback, link-local, metadata: destination.ts) must be in it.
  */
-export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis: readonly string[] = [], inputs?: ConfigInputs): ScalingPolicyConfig {
+export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis: readonly string[] = [], inputs?: ConfigInputs, webhookAllowed: readonly string[] = []): ScalingPolicyConfig {
+  const destinations = new WebhookDestinations(webhookAllowed);
   const d = DEFAULT_POLICY;
   const policy: ScalingPolicy = {
     ...d,
@@ -104,7 +110,8 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
     if (t.type === 'webhook') {
       // (its user and password are the receiver's Basic credentials: they must decode)
       try {
-        urlTarget(t.url);
+        const why = destinations.literalRefusal(urlTarget(t.url).url.hostname);
+        if (why !== null) fail(['triggers', i, 'url'], `${new URL(t.url).hostname} is ${why}: a webhook may not be sent there unless scaling.webhook_allowed_networks (node-local) lists it`);
       } catch (err) {
         fail(['triggers', i, 'url'], (err as Error).message);
       }
@@ -130,15 +137,18 @@ export function scalingPolicyOf(c: ServiceScalingConfig, fail: Fail, allowedApis
     if (bad !== null) fail(['triggers', i, 'ca_file'], bad);
     return pem;
   });
-  const triggersKey = JSON.stringify([triggers, cas.map((b) => (b ? createHash('sha256').update(b).digest('hex') : null))]);
+  const triggersKey = JSON.stringify([triggers, cas.map((b) => (b ? createHash('sha256').update(b).digest('hex') : null)), webhookAllowed]);
   const { triggers: _t, ...rest } = c;
-  return { policy, currentFrom, triggers, cas, triggersKey, key: JSON.stringify(rest) };
+  return { policy, currentFrom, triggers, cas, triggersKey, webhookAllowed, key: JSON.stringify(rest) };
 }
 
 export function scalingSettingsOf(c: ScalingConfig | undefined, services: readonly { scaling: ScalingPolicyConfig | null }[], inputs: ConfigInputs, fail: Fail): ScalingSettings | null {
   if (c === undefined && !services.some((s) => s.scaling !== null)) return null;
   const intervalMs = ms(c?.interval, 1000);
   if (intervalMs < 100 || intervalMs > 60_000) fail(['interval'], 'between 100ms and 60s');
+  c?.webhook_allowed_networks?.forEach((n, i) => {
+    if (parseNetwork(n) === null) fail(['webhook_allowed_networks', i], `"${n}" is not an IP address or CIDR (10.0.0.0/8, 127.0.0.1/32, fd00::/8)`);
+  });
   let keda: ScalingSettings['keda'] = null;
   if (c?.keda) {
     const at = parseAddress(c.keda.listen);

@@ -62,6 +62,10 @@ export const Scaling = Strict({
     maxItems: 32,
     description: 'The Kubernetes API servers a kubernetes trigger may name in api_server (this node sends its token there). In a pod, its own API server is always allowed.',
   })),
+  webhook_allowed_networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
+    maxItems: 64,
+    description: 'Addresses (CIDR, or one address) a webhook trigger may send to although they are refused by default: loopback, link-local (the cloud metadata service 169.254.169.254), this node\'s own addresses. Node-local: a webhook written through the admin API cannot reach them otherwise.',
+  })),
   gateway: Type.Optional(Strict({
     target_utilization: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.7, description: 'Event-loop utilisation / CPU per node to aim at.' })),
     min_nodes: Type.Optional(Type.Integer({ minimum: 1, default: 1 })),

@@ -219,7 +219,7 @@ test('redis down from the start (no count decided on the cluster\'s traffic yet)
     scaling: scalingPolicyOf({
       target_concurrency: 2, target_utilization: 1, stable_window: '10s', panic_window: '2s',
       triggers: [{ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: 'whsec-0123456789abcdef' }],
-    }, fail),
+    }, fail, [], undefined, ['127.0.0.1/32']),
   }]);
   const dead = new Redis({ port: 1, host: '127.0.0.1', lazyConnect: true, enableOfflineQueue: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
   clients.push(dead);

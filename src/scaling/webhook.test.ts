@@ -6,8 +6,11 @@ import type { AddressInfo } from 'node:net';
 import { silentLogger } from '../core/log.js';
 import { SIGNATURE_HEADER, WebhookTrigger, signature, verifyWebhook } from './webhook.js';
 import { DemandMeter, quantile } from './meter.js';
+import { performance } from 'node:perf_hooks';
 
 const SECRET = 'whsec-0123456789abcdef';
+/** The receivers here are on loopback, which a webhook may reach only when it is allowed (scaling.webhook_allowed_networks). */
+const LOCAL = ['127.0.0.1/32'];
 
 async function receiver(answer: (n: number) => number) {
   const seen = new Map<string, number>();
@@ -32,7 +35,7 @@ async function receiver(answer: (n: number) => number) {
 
 test('a decision arrives signed; the receiver verifies it; the same delivery replayed, a tampered body, an old timestamp and a wrong secret are refused', async () => {
   const r = await receiver(() => 204);
-  const t = new WebhookTrigger({ type: 'webhook', url: r.url, secret: SECRET }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: r.url, secret: SECRET }, silentLogger, '/', undefined, LOCAL);
   try {
     await t.push({ service: 'orders', desired: 4, current: 2 });
     assert.equal(r.got.length, 1);
@@ -59,7 +62,7 @@ test('a decision arrives signed; the receiver verifies it; the same delivery rep
 
 test('delivery is retried on 503 with backoff and succeeds; a 400 is not retried; dry_run is marked in the body', async () => {
   const r = await receiver((n) => (n < 2 ? 503 : 200));
-  const t = new WebhookTrigger({ type: 'webhook', url: r.url, secret: SECRET, retries: 3, dry_run: true }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: r.url, secret: SECRET, retries: 3, dry_run: true }, silentLogger, '/', undefined, LOCAL);
   try {
     await t.push({ service: 'orders', desired: 3 });
     assert.equal(r.got.length, 3);
@@ -71,7 +74,7 @@ test('delivery is retried on 503 with backoff and succeeds; a 400 is not retried
     await r.close();
   }
   const bad = await receiver(() => 400);
-  const t2 = new WebhookTrigger({ type: 'webhook', url: bad.url, secret: SECRET, retries: 3 }, silentLogger, '/');
+  const t2 = new WebhookTrigger({ type: 'webhook', url: bad.url, secret: SECRET, retries: 3 }, silentLogger, '/', undefined, LOCAL);
   try {
     await t2.push({ service: 'orders', desired: 3 });
     assert.equal(bad.got.length, 1);
@@ -84,7 +87,7 @@ test('delivery is retried on 503 with backoff and succeeds; a 400 is not retried
 });
 
 test('an unreachable receiver: bounded retries, reported, never thrown', async () => {
-  const t = new WebhookTrigger({ type: 'webhook', url: 'http://127.0.0.1:1/hook', secret: SECRET, retries: 1 }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: 'http://127.0.0.1:1/hook', secret: SECRET, retries: 1 }, silentLogger, '/', undefined, LOCAL);
   try {
     await t.push({ service: 'orders', desired: 3 });
     assert.equal(t.last?.ok, false);
@@ -129,7 +132,7 @@ test('a receiver that trickles its answer body does not wedge the trigger: the s
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
-  const t = new WebhookTrigger({ type: 'webhook', url, secret: SECRET, timeout: '3s' }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url, secret: SECRET, timeout: '3s' }, silentLogger, '/', undefined, LOCAL);
   try {
     const started = performance.now();
     // Three decisions in a row (the agent has two connections): each delivered within a second or so.
@@ -156,7 +159,7 @@ test('a user and password in the URL go to the receiver as Basic credentials (pe
   });
   await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
   const port = (server.address() as AddressInfo).port;
-  const t = new WebhookTrigger({ type: 'webhook', url: `http://hookuser:Hook%40Url%3APassword@127.0.0.1:${port}/hook`, secret: SECRET }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: `http://hookuser:Hook%40Url%3APassword@127.0.0.1:${port}/hook`, secret: SECRET }, silentLogger, '/', undefined, LOCAL);
   try {
     assert.equal(await t.push({ service: 'orders', desired: 3 }), true);
     assert.deepEqual(auth, [`Basic ${Buffer.from('hookuser:Hook@Url:Password').toString('base64')}`]);
@@ -170,7 +173,7 @@ test('a user and password in the URL go to the receiver as Basic credentials (pe
 test('the log names the receiver by origin and path: no password, query or fragment of its URL', async () => {
   const lines: unknown[] = [];
   const log = { info: (o: unknown) => lines.push(o), warn: (o: unknown) => lines.push(o) };
-  const t = new WebhookTrigger({ type: 'webhook', url: 'http://admin:hunter2pass@127.0.0.1:1/hook?token=qs-secret#frag', secret: SECRET, retries: 0 }, log, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: 'http://admin:hunter2pass@127.0.0.1:1/hook?token=qs-secret#frag', secret: SECRET, retries: 0 }, log, '/', undefined, LOCAL);
   try {
     assert.equal(await t.push({ service: 'orders', desired: 2 }), false);
     const text = JSON.stringify(lines);
@@ -186,7 +189,7 @@ test('close() ends a delivery waiting on a receiver that never answers at once (
   const reached = new Promise<void>((r) => { arrived = r; });
   const server = createServer(() => arrived()); // reads the request, never answers
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const t = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, timeout: '20s' }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, timeout: '20s' }, silentLogger, '/', undefined, LOCAL);
   try {
     const pushed = t.push({ service: 'orders', desired: 3 });
     await reached;
@@ -212,13 +215,13 @@ test('a 429 or 503 with Retry-After is retried no sooner than it says, and a new
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const t = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, retries: 3 }, silentLogger, '/');
+  const t = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, retries: 3 }, silentLogger, '/', undefined, LOCAL);
   try {
     assert.equal(await t.push({ service: 'orders', desired: 3 }), true);
     assert.equal(at.length, 2);
     assert.ok(at[1]! - at[0]! >= 950, `retried after ${Math.round(at[1]! - at[0]!)} ms (Retry-After: 1)`);
     // A 503 with Retry-After: 1 given up (no retries), then the next decision at once: it waits.
-    const t0 = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, retries: 0 }, silentLogger, '/');
+    const t0 = new WebhookTrigger({ type: 'webhook', url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`, secret: SECRET, retries: 0 }, silentLogger, '/', undefined, LOCAL);
     try {
       assert.equal(await t0.push({ service: 'orders', desired: 4 }), false);
       assert.equal(await t0.push({ service: 'orders', desired: 5 }), true);
@@ -236,5 +239,57 @@ test('a 429 or 503 with Retry-After is retried no sooner than it says, and a new
     await t.close();
     server.closeAllConnections();
     await new Promise((r) => server.close(r));
+  }
+});
+
+/** A receiver that counts what reaches it and answers `answer`. */
+async function counting(answer: (res: import('node:http').ServerResponse) => void = (res) => res.writeHead(204).end()) {
+  const hits: string[] = [];
+  const server = createServer((req, res) => { hits.push(`${req.method} ${req.url}`); req.resume(); req.on('end', () => answer(res)); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return { port, hits, close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }) };
+}
+
+test('SSRF guard: loopback (by address or by a name resolving to it), link-local / cloud metadata and "this host" are refused without a connection unless allowed; a redirect is not followed', async () => {
+  const r = await counting();
+  const other = await counting();
+  const redirecting = await counting((res) => res.writeHead(302, { location: `http://127.0.0.1:${other.port}/stolen` }).end());
+  const push = async (url: string, allowed: string[] = []) => {
+    const t = new WebhookTrigger({ type: 'webhook', url, secret: SECRET, retries: 0, timeout: '2s' }, silentLogger, '/', undefined, allowed);
+    const t0 = performance.now();
+    const ok = await t.push({ service: 'orders', desired: 3 });
+    const ms = performance.now() - t0;
+    await t.close();
+    return { ok, last: t.last!, ms };
+  };
+  try {
+    for (const url of [`http://127.0.0.1:${r.port}/hook`, `http://127.1.2.3:${r.port}/hook`, `http://localhost:${r.port}/hook`, `http://[::ffff:127.0.0.1]:${r.port}/hook`, `http://0.0.0.0:${r.port}/hook`]) {
+      const got = await push(url);
+      assert.equal(got.ok, false, url);
+      assert.match(String(got.last.error), /^webhook destination refused: .*(loopback|"this host")/, url);
+    }
+    // The metadata service: refused before any connection (no wait for a connect timeout).
+    for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fe80::1]/x', 'http://[fd00:ec2::254]/x', 'http://100.100.100.200/x']) {
+      const got = await push(url);
+      assert.equal(got.ok, false, url);
+      assert.match(String(got.last.error), /^webhook destination refused: .*(link-local|metadata)/, url);
+      assert.ok(got.ms < 1000, `${url}: ${got.ms} ms`);
+    }
+    assert.deepEqual(r.hits, [], 'nothing reached the loopback receiver');
+    // Allowed explicitly: by address, and a name whose allowed addresses are kept (::1 is not in the list).
+    assert.equal((await push(`http://127.0.0.1:${r.port}/hook`, LOCAL)).ok, true);
+    assert.equal((await push(`http://localhost:${r.port}/hook`, LOCAL)).ok, true);
+    assert.equal((await push(`http://127.1.2.3:${r.port}/hook`, LOCAL)).ok, false, '127.0.0.1/32 allows that address only');
+    assert.deepEqual(r.hits, ['POST /hook', 'POST /hook']);
+    // A redirect (to an allowed address even) is not followed: the 302 is the answer, not delivered.
+    const red = await push(`http://127.0.0.1:${redirecting.port}/hook`, ['127.0.0.0/8']);
+    assert.equal(red.ok, false);
+    assert.equal(red.last.status, 302);
+    assert.deepEqual(other.hits, []);
+  } finally {
+    await r.close();
+    await other.close();
+    await redirecting.close();
   }
 });

@@ -10,6 +10,9 @@
  * Delivery retries with exponential backoff on network errors, 408, 429 and 5xx; a newer
  * decision for the same trigger replaces a delivery still retrying (only the latest counts).
  * A user and password in the URL go as Basic credentials (Authorization), never in a log line.
+ * Destinations are guarded (destination.ts): loopback, link-local / cloud metadata and the node's
+ * own addresses are refused unless scaling.webhook_allowed_networks lists them, checked on the
+ * address connected to (no DNS rebinding); redirects are not followed.
  */
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -18,6 +21,7 @@ import type { Logger } from '../core/log.js';
 import { parseDuration } from '../config/units.js';
 import type { TriggerConfig } from './schema.js';
 import { urlTarget } from '../core/url-auth.js';
+import { WebhookDestinations } from './destination.js';
 
 export const SIGNATURE_HEADER = 'x-turnpike-signature';
 /** What is read of a receiver's answer body, and for how long at most, before the connection is cut. */
@@ -89,6 +93,8 @@ export class WebhookTrigger {
   /** The receiver's URL without user and password, which go as Basic credentials (never logged). */
   private readonly target: string;
   private readonly authorization: string | null;
+  /** Why the URL's host (an IP literal) may not be sent to; null: it may (a name is checked as it resolves). */
+  private readonly refused: string | null;
   private generation = 0;
   /** Backoffs in progress: close() and a newer decision end them. */
   private readonly waits = new Set<() => void>();
@@ -97,15 +103,21 @@ export class WebhookTrigger {
   /** The last delivery's outcome (for /api/scaling). */
   last: { at: string; desired: number; ok: boolean; status?: number; error?: string } | null = null;
 
-  /** `caPem`: the ca_file as read when the config compiled (else it is read here). */
-  constructor(private readonly cfg: WebhookConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, caPem?: Buffer) {
+  /**
+   * `caPem`: the ca_file as read when the config compiled (else it is read here).
+   * `allowedNetworks`: the node's scaling.webhook_allowed_networks.
+   */
+  constructor(private readonly cfg: WebhookConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, caPem?: Buffer, allowedNetworks: readonly string[] = []) {
     const ca = caPem ?? (cfg.ca_file ? readFileSync(cfg.ca_file.startsWith('/') ? cfg.ca_file : `${baseDir}/${cfg.ca_file}`) : undefined);
-    this.agent = new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
+    const destinations = new WebhookDestinations(allowedNetworks);
+    this.agent = new Agent({ connections: 2, connect: { lookup: destinations.lookup, ...(ca ? { ca } : {}) } });
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
     // (checked when the config was compiled: scalingPolicyOf)
     const t = urlTarget(cfg.url);
     this.target = t.url.href;
     this.authorization = t.authorization;
+    const why = destinations.literalRefusal(t.url.hostname);
+    this.refused = why === null ? null : `webhook destination refused: ${t.url.hostname} is ${why} (scaling.webhook_allowed_networks can allow it)`;
   }
 
   /** Sends `payload` (with a fresh id); resolves when delivered (true), given up or superseded (false). */
@@ -122,6 +134,7 @@ export class WebhookTrigger {
       let status: number | undefined;
       let error: string | undefined;
       try {
+        if (this.refused !== null) throw new Error(this.refused);
         // Every attempt is its own delivery (id, timestamp): a receiver that refused one as
         // seen or failed it can take the next; `decision` is the same across attempts.
         const body = JSON.stringify({ id: randomUUID(), decision, ...payload, ...(this.cfg.dry_run ? { dry_run: true } : {}) });
@@ -145,7 +158,7 @@ export class WebhookTrigger {
         error = (err as Error).message;
       }
       const ok = status !== undefined && status >= 200 && status < 300;
-      const retryable = !ok && (status === undefined || status === 408 || status === 429 || status >= 500);
+      const retryable = !ok && this.refused === null && (status === undefined || status === 408 || status === 429 || status >= 500);
       this.last = { at: new Date().toISOString(), desired: Number(payload['desired']), ok, ...(status !== undefined ? { status } : {}), ...(error ? { error } : {}) };
       if (ok) return true;
       if (!retryable || attempt >= retries || gen !== this.generation) {
