@@ -25,19 +25,31 @@ const LOCAL = ['127.0.0.1/32'];
 
 /** A scale subresource: spec follows a PATCH at once, status `statusLagMs` (real ms) later. `down` answers 503. */
 async function scaleApi(spec: number) {
-  const s = { spec, status: spec, patches: [] as number[], reads: 0, down: false, statusLagMs: 0 };
+  const s = {
+    spec, status: spec, patches: [] as number[], reads: 0, down: false, statusLagMs: 0,
+    /** metadata.resourceVersion, one more at each change; a PATCH sent with another is answered 409. */
+    rv: 1, conflicts: 0,
+    /** Someone else (kubectl scale, another controller) sets spec.replicas. */
+    set(n: number) { s.spec = n; s.status = n; s.rv++; },
+  };
   const server = createServer((req: IncomingMessage, res: ServerResponse) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       if (s.down) return void res.writeHead(503).end('{"kind":"Status","code":503}');
       if (req.method === 'PATCH') {
-        const n = (JSON.parse(Buffer.concat(chunks).toString()) as { spec: { replicas: number } }).spec.replicas;
+        const patch = JSON.parse(Buffer.concat(chunks).toString()) as { metadata?: { resourceVersion?: string }; spec: { replicas: number } };
+        if (patch.metadata?.resourceVersion !== undefined && patch.metadata.resourceVersion !== String(s.rv)) {
+          s.conflicts++;
+          return void res.writeHead(409, { 'content-type': 'application/json' }).end('{"kind":"Status","reason":"Conflict","code":409}');
+        }
+        const n = patch.spec.replicas;
         s.patches.push(n);
         s.spec = n;
+        s.rv++;
         setTimeout(() => { s.status = n; }, s.statusLagMs);
       } else s.reads++;
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', spec: { replicas: s.spec }, status: { replicas: s.status } }));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', metadata: { resourceVersion: String(s.rv) }, spec: { replicas: s.spec }, status: { replicas: s.status } }));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -603,7 +615,9 @@ test('kubernetes trigger: a PATCH answered 409 Conflict (the object was modified
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
-      const n = (JSON.parse(Buffer.concat(chunks).toString() || '{"spec":{"replicas":-1}}') as { spec: { replicas: number } }).spec.replicas;
+      // (a GET: the read again after a 409 — the count it had)
+      if (req.method === 'GET') return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ kind: 'Scale', spec: { replicas: 1 }, status: { replicas: 1 } }));
+      const n = (JSON.parse(Buffer.concat(chunks).toString()) as { spec: { replicas: number } }).spec.replicas;
       patches.push(n);
       if (conflicts-- > 0) {
         return void res.writeHead(409, { 'content-type': 'application/json' }).end('{"kind":"Status","reason":"Conflict","message":"Operation cannot be fulfilled on deployments.apps \\"orders\\": the object has been modified; please apply your changes to the latest version and try again","code":409}');
@@ -683,5 +697,50 @@ test('kubernetes trigger: an answer that echoes the bearer token (a proxy, an er
   } finally {
     await k.close();
     await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+  }
+});
+
+test('kubernetes trigger: a read stands for readEveryMs (ticks do not each GET the scale subresource); a count someone else set is learnt within it; a PATCH on an older resourceVersion is answered 409, read again, and made again only if still needed', async () => {
+  const api = await scaleApi(3);
+  // Through the advisor: 20 ticks (a second each) within the default 10 s of real time: one GET.
+  const s = advisor({ target_concurrency: 10, current_replicas: 'trigger', triggers: [k8s(api.url)] }, { apis: [api.url] });
+  try {
+    for (let i = 0; i < 20; i++) await s.tick(1000, 2);
+    assert.equal(api.reads, 1, `${api.reads} GETs in 20 ticks`);
+    assert.equal(s.desired(), 3);
+  } finally {
+    await s.a.close();
+  }
+  api.reads = 0;
+  const k = new KubernetesTrigger(k8s(api.url), silentLogger, dir, process.env, undefined, { readEveryMs: 400 });
+  try {
+    assert.equal(await k.read(), 3);
+    for (let i = 0; i < 10; i++) assert.equal(await k.read(), 3);
+    assert.equal(api.reads, 1, 'one GET for 11 reads within the interval');
+    api.set(7); // kubectl scale --replicas=7
+    assert.equal(await k.read(), 3, 'the last read stands until the interval passed');
+    await sleep(450);
+    assert.equal(await k.read(), 7, 'learnt at the bound');
+    assert.equal(api.reads, 2);
+    // The count it has: no PATCH. Another: one, on the version read.
+    assert.equal(await k.push(7), true);
+    assert.deepEqual(api.patches, []);
+    assert.equal(await k.push(4), true);
+    assert.deepEqual([api.patches, api.conflicts, k.current], [[4], 0, 4]);
+    // Someone else scales to 9 meanwhile: the PATCH on the old version is refused (409), the
+    // subresource read again, the PATCH made on the new version.
+    api.set(9);
+    assert.equal(await k.push(5), true);
+    assert.deepEqual([api.patches, api.conflicts, api.reads, k.current], [[4, 5], 1, 3, 5]);
+    // Someone else already set what is wanted: the read after the 409 says so, no second PATCH.
+    api.set(6);
+    assert.equal(await k.push(6), true);
+    assert.deepEqual([api.patches, api.conflicts, api.reads, k.current, k.last?.ok], [[4, 5], 2, 4, 6, true]);
+    // ... and the count read is taken: the next PATCH needs no read.
+    assert.equal(await k.push(2), true);
+    assert.deepEqual([api.patches, api.conflicts, api.reads], [[4, 5, 2], 2, 4]);
+  } finally {
+    await k.close();
+    await api.close();
   }
 });

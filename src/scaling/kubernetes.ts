@@ -5,6 +5,13 @@
  * with a bearer token read from its file on every call (projected tokens rotate) and the API
  * server's CA. In a pod, the defaults are the service account's (KUBERNETES_SERVICE_HOST/PORT,
  * /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt}).
+ *
+ * What was read is kept: the subresource is read again once the last read (or PATCH answer) is
+ * `readEveryMs` old (default 10 s), not at every tick, so a fleet of gateways does not ask the
+ * API server once a second each. A PATCH carries the resourceVersion last seen
+ * (metadata.resourceVersion: a precondition), so one made on a count someone else has changed
+ * since (kubectl scale, another controller) is answered 409: the subresource is then read again
+ * at once (the new count and version) and the PATCH made again only if it still differs.
  */
 import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
@@ -72,8 +79,16 @@ export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string
   return `https://${host.includes(':') ? `[${host}]` : host}:${env['KUBERNETES_SERVICE_PORT'] || '443'}`;
 }
 
+/** How long a read (or a PATCH answer) of the scale subresource stands for it. */
+export const READ_EVERY_MS = 10_000;
+
 export class KubernetesTrigger {
   private readonly agent: Agent;
+  private readonly readEveryMs: number;
+  /** metadata.resourceVersion of the last read or PATCH answer (null: none, or one without it). */
+  private resourceVersion: string | null = null;
+  /** performance.now() of the last successful read or PATCH answer. */
+  private freshAt = -Infinity;
   private readonly url: string;
   private readonly tokenFile: string;
   private readonly timeoutMs: number;
@@ -86,8 +101,9 @@ export class KubernetesTrigger {
   /** The last read's failure (null: the last read worked, or none was made yet): for /api/scaling. */
   readError: { at: string; error: string } | null = null;
 
-  /** `caPem`: the ca_file as read when the config compiled (else it is read here). */
-  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer) {
+  /** `caPem`: the ca_file as read when the config compiled (else it is read here). `readEveryMs`: see READ_EVERY_MS. */
+  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer, opts: { readEveryMs?: number } = {}) {
+    this.readEveryMs = opts.readEveryMs ?? READ_EVERY_MS;
     const file = (p: string) => (isAbsolute(p) ? p : join(baseDir, p));
     const api = cfg.api_server ?? inClusterApiServer(env);
     if (api === null) throw new Error('kubernetes trigger: api_server is not set and this is not a pod (no KUBERNETES_SERVICE_HOST)');
@@ -125,17 +141,30 @@ export class KubernetesTrigger {
    * spec.replicas of a Scale object (status.replicas when it has no spec). ScaleSpec.replicas is
    * `omitempty`: a spec without it (`"spec": {}`) asks for 0, whatever status still runs.
    */
-  private static replicasOf(text: string): number | null {
-    const scale = JSON.parse(text) as { spec?: { replicas?: number }; status?: { replicas?: number } } | null;
+  private static replicasOf(text: string): { replicas: number; resourceVersion: string | null } | null {
+    const scale = JSON.parse(text) as { metadata?: { resourceVersion?: unknown }; spec?: { replicas?: number }; status?: { replicas?: number } } | null;
     const n = scale?.spec !== null && typeof scale?.spec === 'object' ? (scale.spec.replicas ?? 0) : scale?.status?.replicas;
     // (no count: not a Scale object, e.g. a proxy's {} — unknown, not 0, which would scale a fleet down)
-    return typeof n === 'number' && Number.isInteger(n) && n >= 0 ? n : null;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) return null;
+    const rv = scale?.metadata?.resourceVersion;
+    return { replicas: n, resourceVersion: typeof rv === 'string' && rv.length > 0 && rv.length <= 64 ? rv : null };
   }
 
-  /** Reads the scale subresource; updates `current` (one read at a time: callers share it). */
+  /** What a read or a PATCH answer said: the count and version now known. */
+  private took(scale: { replicas: number; resourceVersion: string | null }): void {
+    this.current = scale.replicas;
+    this.resourceVersion = scale.resourceVersion;
+    this.freshAt = performance.now();
+  }
+
+  /**
+   * Reads the scale subresource; updates `current` (one read at a time: callers share it). A
+   * read or PATCH answer younger than readEveryMs stands for it (no request).
+   */
   read(): Promise<number | null> {
     // An API server that fails is asked again after 1 s, 2 s, 4 s... up to 30 s (not every tick).
     if (performance.now() < this.readRetryAt) return Promise.resolve(this.current);
+    if (this.reading === null && this.current !== null && performance.now() - this.freshAt < this.readEveryMs) return Promise.resolve(this.current);
     this.reading ??= this.readOnce().then((n) => {
       if (n === null) this.readRetryAt = performance.now() + Math.min(30_000, 1000 * 2 ** this.readFailures++);
       else this.readFailures = 0;
@@ -156,7 +185,7 @@ export class KubernetesTrigger {
       if (r.statusCode !== 200) throw new Error(`GET scale: HTTP ${r.statusCode} ${KubernetesTrigger.said(text, 200, token)}`);
       const n = KubernetesTrigger.replicasOf(text);
       if (n === null) throw new Error(`GET scale: no replica count in the answer ${KubernetesTrigger.said(text, 200, token)}`);
-      if (patches === this.patches) this.current = n;
+      if (patches === this.patches) this.took(n);
       this.readError = null;
       return this.current;
     } catch (err) {
@@ -176,13 +205,17 @@ export class KubernetesTrigger {
 
   /** Sets spec.replicas: one PATCH at a time, in order; one superseded while waiting is skipped (false). True: the API server took it. */
   push(desired: number): Promise<boolean> {
-    // spec.replicas already says so (the first decision after a start, mostly): nothing to PATCH.
-    if (this.current === desired && this.wanted === -1) return Promise.resolve(true);
+    // spec.replicas already says so (the first decision after a start; a count someone else
+    // set), with no PATCH on its way that would change it: nothing to PATCH.
+    if (this.current === desired && this.queued === 0) return Promise.resolve(true);
     this.wanted = desired;
-    const done = this.pushing.then(() => (this.wanted === desired ? this.patch(desired) : false));
+    this.queued++;
+    const done = this.pushing.then(() => (this.wanted === desired ? this.patch(desired) : false)).finally(() => { this.queued--; });
     this.pushing = done.then(() => undefined);
     return done;
   }
+  /** PATCHes asked for and not yet ended. */
+  private queued = 0;
 
   private async patch(desired: number): Promise<boolean> {
     let status: number | undefined;
@@ -191,29 +224,38 @@ export class KubernetesTrigger {
     const token = { value: '' };
     try {
       // A 409 (the object was modified meanwhile: another writer, an admission webhook's
-      // update) is tried again at once, as client-go's RetryOnConflict does (10 ms doubling, 5
-      // tries), not left to the next attempt seconds later; a newer count asked for meanwhile wins.
+      // update, or a count changed since the resourceVersion sent) is tried again at once, as
+      // client-go's RetryOnConflict does (10 ms doubling, 5 tries), not left to the next attempt
+      // seconds later: the subresource is read again first (the count now asked for and its
+      // version), and what already says `desired` needs no PATCH; a newer count asked for
+      // meanwhile wins.
       for (let attempt = 0; ; attempt++) {
+        const rv = this.resourceVersion;
         const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
           method: 'PATCH', dispatcher: this.agent,
           headers: this.headers(token, { 'content-type': 'application/merge-patch+json' }),
-          body: JSON.stringify({ spec: { replicas: desired } }),
+          body: JSON.stringify(rv !== null ? { metadata: { resourceVersion: rv }, spec: { replicas: desired } } : { spec: { replicas: desired } }),
           headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs),
         });
         status = r.statusCode;
         const text = await textOf(r.body);
         if (status === 409 && attempt < 4 && this.wanted === desired && !this.closed) {
           await new Promise((done) => setTimeout(done, 10 * 2 ** attempt));
+          this.resourceVersion = null; // (sent again without it if the read fails)
+          if ((await this.readOnce()) === desired && !this.cfg.dry_run) {
+            status = 200;
+            break;
+          }
           continue;
         }
         if (status < 200 || status >= 300) error = KubernetesTrigger.said(text, 300, token);
         // The answer is the Scale object as now asked for (not with dry_run: nothing changed).
         else if (!this.cfg.dry_run) {
+          let scale: ReturnType<typeof KubernetesTrigger.replicasOf> = null;
           try {
-            this.current = KubernetesTrigger.replicasOf(text) ?? desired;
-          } catch {
-            this.current = desired;
-          }
+            scale = KubernetesTrigger.replicasOf(text);
+          } catch { /* (an answer that is no JSON: the count asked for, its version unknown) */ }
+          this.took(scale ?? { replicas: desired, resourceVersion: null });
         }
         break;
       }
