@@ -744,3 +744,46 @@ test('kubernetes trigger: a read stands for readEveryMs (ticks do not each GET t
     await api.close();
   }
 });
+
+test('kubernetes trigger: a CA file rotated on disk (the service account ca.crt, as Kubernetes rotates it) is used for the next connections without a restart; a broken one is logged and the CA in use kept', async () => {
+  const { makeCa } = await import('../../test/certs.js');
+  const { createServer: createHttpsServer } = await import('node:https');
+  const [oldCa, newCa] = [makeCa('Old Cluster CA'), makeCa('New Cluster CA')];
+  const [oldLeaf, newLeaf] = [oldCa.issue('127.0.0.1', { dns: ['127.0.0.1'] }), newCa.issue('127.0.0.1', { dns: ['127.0.0.1'] })];
+  const server = createHttpsServer({ cert: oldLeaf.cert, key: oldLeaf.key }, (req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(200, { 'content-type': 'application/json' }).end('{"kind":"Scale","spec":{"replicas":3},"status":{"replicas":3}}'));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const caFile = join(dir, 'cluster-ca.crt');
+  writeFileSync(caFile, oldCa.cert);
+  const warnings: string[] = [];
+  const log = { ...silentLogger, warn: (o: unknown, m?: string) => { warnings.push(`${m} ${JSON.stringify(o)}`); } } as typeof silentLogger;
+  const k = new KubernetesTrigger({ ...k8s(`https://127.0.0.1:${(server.address() as AddressInfo).port}`), ca_file: './cluster-ca.crt' }, log, dir, process.env, undefined, { readEveryMs: 0, caCheckMs: 50 });
+  /** A read on a new connection: ok, or why not. */
+  const readNow = async () => {
+    server.closeAllConnections();
+    const n = await k.read();
+    return n === 3 && k.readError === null ? 'ok' : String(k.readError?.error);
+  };
+  try {
+    assert.equal(await readNow(), 'ok');
+    // The cluster's CA rotates: the API server serves a certificate of the new CA, the file holds it.
+    server.setSecureContext({ cert: newLeaf.cert, key: newLeaf.key });
+    writeFileSync(caFile, newCa.cert);
+    await sleep(100);
+    assert.equal(await readNow(), 'ok', 'the new CA is taken from the file');
+    // A broken file (half written, emptied): the CA in use stays, one warning says so.
+    writeFileSync(caFile, '-----BEGIN CERTIFICATE-----\nnot base64\n');
+    for (let i = 0; i < 3; i++) {
+      await sleep(100);
+      assert.equal(await readNow(), 'ok');
+    }
+    assert.equal(warnings.filter((w) => /CA file cannot be used/.test(w)).length, 1, warnings.join('\n'));
+  } finally {
+    await k.close();
+    await new Promise((r) => { server.closeAllConnections(); server.close(r); });
+    oldCa.cleanup();
+    newCa.cleanup();
+  }
+});

@@ -12,14 +12,21 @@
  * (metadata.resourceVersion: a precondition), so one made on a count someone else has changed
  * since (kubectl scale, another controller) is answered 409: the subresource is then read again
  * at once (the new count and version) and the PATCH made again only if it still differs.
+ *
+ * The CA file (the service account's ca.crt, which Kubernetes rotates, or ca_file) is looked at
+ * again at most every `caCheckMs` (default 30 s; a stat, off the event loop, before a call): a
+ * changed file that holds certificates is used for the connections from then on; one that does
+ * not (half written, emptied) is logged and the CA in use kept.
  */
-import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { Agent, request, type Dispatcher } from 'undici';
 import type { Logger } from '../core/log.js';
 import { parseDuration } from '../config/units.js';
 import type { TriggerConfig } from './schema.js';
 import { loggableUrl } from './webhook.js';
+import { caBundleProblem } from '../server/tls.js';
 
 const SA = '/var/run/secrets/kubernetes.io/serviceaccount';
 /** The most of an answer read: a Scale or a Status is a few hundred bytes; anything larger (not an API server's answer) is cut, not buffered. */
@@ -81,9 +88,26 @@ export function inClusterApiServer(env: NodeJS.ProcessEnv = process.env): string
 
 /** How long a read (or a PATCH answer) of the scale subresource stands for it. */
 export const READ_EVERY_MS = 10_000;
+/** How often the CA file is looked at for a change. */
+export const CA_CHECK_MS = 30_000;
+/** The largest CA file read (a bundle of a few certificates is a few KB). */
+const CA_LIMIT = 1 << 20;
+/** The longest a call waits for a CA check under way (a stat on a hung file system holds no call). */
+const CA_WAIT_MS = 1000;
+
+const signatureOf = (st: { ino: number; size: number; mtimeMs: number }): string => `${st.ino}:${st.size}:${st.mtimeMs}`;
 
 export class KubernetesTrigger {
-  private readonly agent: Agent;
+  /** Replaced when the CA file changes (the old one closes once its calls ended). */
+  private agent: Agent;
+  private readonly caFile: string | null;
+  private caPem: Buffer | undefined;
+  private readonly caCheckMs: number;
+  /** inode, size and mtime of the CA file in use, and of one refused (logged once). */
+  private caSignature: string | null = null;
+  private caRefused: string | null = null;
+  private caCheckAt = 0;
+  private caChecking: Promise<void> | null = null;
   private readonly readEveryMs: number;
   /** metadata.resourceVersion of the last read or PATCH answer (null: none, or one without it). */
   private resourceVersion: string | null = null;
@@ -102,8 +126,9 @@ export class KubernetesTrigger {
   readError: { at: string; error: string } | null = null;
 
   /** `caPem`: the ca_file as read when the config compiled (else it is read here). `readEveryMs`: see READ_EVERY_MS. */
-  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer, opts: { readEveryMs?: number } = {}) {
+  constructor(private readonly cfg: KubernetesConfig, private readonly log: Pick<Logger, 'info' | 'warn'>, baseDir: string, env: NodeJS.ProcessEnv = process.env, caPem?: Buffer, opts: { readEveryMs?: number; caCheckMs?: number } = {}) {
     this.readEveryMs = opts.readEveryMs ?? READ_EVERY_MS;
+    this.caCheckMs = opts.caCheckMs ?? CA_CHECK_MS;
     const file = (p: string) => (isAbsolute(p) ? p : join(baseDir, p));
     const api = cfg.api_server ?? inClusterApiServer(env);
     if (api === null) throw new Error('kubernetes trigger: api_server is not set and this is not a pod (no KUBERNETES_SERVICE_HOST)');
@@ -112,8 +137,59 @@ export class KubernetesTrigger {
     this.tokenFile = file(cfg.token_file ?? `${SA}/token`);
     const caFile = cfg.ca_file ? file(cfg.ca_file) : cfg.api_server ? null : `${SA}/ca.crt`;
     const ca = caPem ?? (caFile ? readFileSync(caFile) : undefined);
-    this.agent = new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
+    this.caFile = caFile;
+    this.caPem = ca;
+    try {
+      if (caFile !== null) this.caSignature = signatureOf(statSync(caFile));
+    } catch { /* (looked at again at the first check) */ }
+    this.caCheckAt = performance.now() + this.caCheckMs;
+    this.agent = KubernetesTrigger.agentFor(ca);
     this.timeoutMs = parseDuration(cfg.timeout ?? '5s');
+  }
+
+  private static agentFor(ca: Buffer | undefined): Agent {
+    return new Agent({ connections: 2, ...(ca ? { connect: { ca } } : {}) });
+  }
+
+  /**
+   * Before a call: the CA file looked at when due (a check under way is waited for, at most
+   * CA_WAIT_MS). Resolves at once when none is due.
+   */
+  private caCurrent(): Promise<void> | undefined {
+    if (this.caFile === null || this.closed) return undefined;
+    if (this.caChecking === null) {
+      if (performance.now() < this.caCheckAt) return undefined;
+      this.caCheckAt = performance.now() + this.caCheckMs;
+      this.caChecking = this.checkCa(this.caFile).finally(() => { this.caChecking = null; });
+    }
+    let timer: NodeJS.Timeout | undefined;
+    return Promise.race([this.caChecking, new Promise<void>((r) => { timer = setTimeout(r, CA_WAIT_MS); })]).finally(() => clearTimeout(timer));
+  }
+
+  private async checkCa(file: string): Promise<void> {
+    let sig = '';
+    try {
+      const st = await stat(file);
+      sig = signatureOf(st);
+      if (sig === this.caSignature || sig === this.caRefused) return;
+      if (!st.isFile()) throw new Error('is not a regular file');
+      if (st.size > CA_LIMIT) throw new Error(`is larger than ${CA_LIMIT} bytes`);
+      const pem = await readFile(file);
+      const bad = caBundleProblem(pem);
+      if (bad !== null) throw new Error(bad);
+      this.caSignature = sig;
+      this.caRefused = null;
+      if (this.closed || (this.caPem !== undefined && pem.equals(this.caPem))) return;
+      const old = this.agent;
+      this.caPem = pem;
+      this.agent = KubernetesTrigger.agentFor(pem);
+      void old.close().catch(() => undefined); // (its calls under way end first)
+      this.log.info({ file }, 'kubernetes trigger: the API server CA file changed; new connections use it');
+    } catch (err) {
+      if (sig !== '' && sig === this.caRefused) return;
+      this.caRefused = sig || null;
+      this.log.warn({ file, err: (err as Error).message }, 'kubernetes trigger: the API server CA file cannot be used; the CA read before is kept');
+    }
   }
 
   /** The headers of a call; `token` gets the token sent (its errors are scrubbed of it). */
@@ -179,6 +255,7 @@ export class KubernetesTrigger {
     const patches = this.patches;
     const token = { value: '' };
     try {
+      await this.caCurrent();
       // (one deadline for the whole call: bodyTimeout only bounds the gaps of a trickled body)
       const r = await request(this.url, { dispatcher: this.agent, headers: this.headers(token), headersTimeout: this.timeoutMs, bodyTimeout: this.timeoutMs, signal: AbortSignal.timeout(this.timeoutMs) });
       const text = await textOf(r.body);
@@ -230,6 +307,7 @@ export class KubernetesTrigger {
       // version), and what already says `desired` needs no PATCH; a newer count asked for
       // meanwhile wins.
       for (let attempt = 0; ; attempt++) {
+        await this.caCurrent();
         const rv = this.resourceVersion;
         const r = await request(`${this.url}${this.cfg.dry_run ? '?dryRun=All' : ''}`, {
           method: 'PATCH', dispatcher: this.agent,
