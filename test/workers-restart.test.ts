@@ -5,10 +5,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { children, eventually, fakeRedis, freePort, startCli } from './helpers.js';
+import { makeCa } from './certs.js';
 
 function config(text: string): string {
   const file = join(mkdtempSync(join(tmpdir(), 'turnpike-wr-')), 'c.yaml');
@@ -113,5 +115,56 @@ test('workers: 2 — a worker whose event loop is stuck (SIGSTOP) is killed afte
     assert.equal(await run.exit, 0, run.stderr());
   } finally {
     run.child.kill('SIGKILL');
+  }
+});
+
+test('workers: 2 — a worker whose reload fails (out of file descriptors: it cannot read the CA file the new config names) is replaced, not left serving the old config beside the other; /status shows it meanwhile', async () => {
+  // (the primary's Redis connection and the first two workers' are answered: the successor waits
+  // 1 s for its own, the time /status shows the failed worker)
+  const redis = await fakeRedis((n) => n <= 3);
+  const ca = makeCa('Upstream CA');
+  const [p, a] = [await freePort(), await freePort()];
+  const text = (tls: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nwatch: false\nservices:\n  - name: orders\n    url: https://127.0.0.1:9\n    routes: [{paths: [/o]}]\n${tls}`;
+  const file = config(text(''));
+  const run = startCli(['start', '--config', file], {});
+  type Status = { config_hash: string; workers: { pid: number; state: string; config_hash: string | null; reload_failed?: { error: string } }[] };
+  const status = async () => (await fetch(`http://127.0.0.1:${a}/status`).then((r) => r.json())) as Status;
+  try {
+    await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
+    const [broken, other] = children(run.child.pid!);
+    assert.ok(broken && other);
+    const before = await status();
+    assert.ok(before.workers.every((w) => w.config_hash === before.config_hash), JSON.stringify(before));
+    // This worker can open no file any more (as one at its fd limit under load).
+    execFileSync('prlimit', ['--pid', String(broken), '--nofile=3:3']);
+    writeFileSync(file, text(`    tls: {ca: "${ca.certFile}"}\n`));
+    process.kill(run.child.pid!, 'SIGHUP');
+    let seen: { worker: Status['workers'][number]; top: string } | null = null;
+    await eventually(async () => {
+      const s = await status();
+      const w = s.workers.find((x) => x.reload_failed !== undefined);
+      if (w) seen = { worker: w, top: s.config_hash };
+      return seen !== null;
+    }, 10_000, 25).catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
+    const { worker, top } = seen!;
+    assert.equal(worker.pid, broken);
+    assert.match(String(worker.reload_failed?.error), /EMFILE/);
+    assert.notEqual(top, before.config_hash, 'the primary runs the new config');
+    assert.equal(worker.config_hash, before.config_hash, 'the failed worker still runs the old one');
+    // Replaced: its successor runs the new config, it is gone, the other worker is left alone.
+    await eventually(async () => {
+      const kids = children(run.child.pid!);
+      if (kids.includes(broken) || kids.length !== 2) return false;
+      const s = await status();
+      return s.workers.length === 2 && s.workers.every((w) => w.state === 'listening' && w.config_hash === s.config_hash && w.reload_failed === undefined);
+    }, 20_000, 100).catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
+    assert.ok(children(run.child.pid!).includes(other));
+    assert.match(run.stderr(), /a worker on an old config was replaced/);
+    process.kill(run.child.pid!, 'SIGTERM');
+    assert.equal(await run.exit, 0, run.stderr());
+  } finally {
+    run.child.kill('SIGKILL');
+    await redis.close();
+    ca.cleanup();
   }
 });

@@ -7,7 +7,11 @@
  *   and every decision (target down/up, circuit open/half-open/closed) is broadcast to all
  *   workers, so they never disagree for longer than one IPC hop.
  * - A new config is parsed and compiled by the primary first; only a valid one is sent to the
- *   workers, which compile the same text and swap snapshots.
+ *   workers, which compile the same text and swap snapshots. A worker that fails to (a file it
+ *   could not read: out of file descriptors, memory) would serve the old config beside the
+ *   others' new one: it is replaced (its successor starts with the config, it retires once that
+ *   listens; tried again every 10 s while the successor cannot start), and /status shows each
+ *   worker's config hash and its failed reload meanwhile.
  * - A worker that dies is replaced; the listener stays open in the primary meanwhile, and the
  *   other workers keep serving. SIGUSR2 restarts the workers one by one (each new worker is
  *   listening before the old one drains). SIGTERM/SIGINT: timeouts.shutdown_delay (every worker
@@ -51,11 +55,12 @@ type ToPrimary =
   | { tp: 'hello' }
   /** Every second while it serves: its event loop runs (timeouts.worker_unresponsive). */
   | { tp: 'beat' }
-  | { tp: 'listening'; address: { address: string; port: number; family: string } }
+  | { tp: 'listening'; address: { address: string; port: number; family: string }; hash?: string }
   /** It could not start (its error, worded as single-process mode words it); it exits next. */
   | { tp: 'start-failed'; error: string }
-  | { tp: 'reloaded' }
-  | { tp: 'reload-failed'; error: string }
+  /** `hash`: the snapshot the worker runs now. */
+  | { tp: 'reloaded'; hash?: string }
+  | { tp: 'reload-failed'; error: string; hash?: string }
   | { tp: 'passive'; key: string; ok: boolean }
   | { tp: 'outcomes'; service: string; ok: number; fail: number; trialOk: number; trialFail: number }
   | { tp: 'observed'; id: number; metrics: unknown[]; analytics: AnalyticsState | null }
@@ -98,7 +103,15 @@ interface WorkerInfo {
   onSettled: (() => void)[];
   /** When it last sent anything (performance.now(); it beats every second once it listens). */
   heardAt: number;
+  /** The hash of the snapshot it runs (as it last said: listening, reloaded, reload-failed). */
+  configHash: string | null;
+  /** Its last reload failed (it runs an older config than the primary) and it is being replaced. */
+  reloadFailed: { error: string; at: string } | null;
+  renewing: boolean;
 }
+
+/** A worker whose successor could not start (it was on an old config) is replaced again after this. */
+const RENEW_RETRY_MS = 10_000;
 
 /** The signals a worker leaves to the primary (a signal to the process group reaches both). */
 const GROUP_SIGNALS: ReadonlySet<string> = new Set(['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']);
@@ -239,7 +252,10 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     collect,
     purgeWorkers,
     onDecision: (d) => broadcast({ tp: 'decisions', decisions: [d] }),
-    workers: () => [...infos.values()].map((i) => ({ pid: i.worker.process.pid, state: i.retiring ? 'retiring' : i.listening ? 'listening' : 'starting' })),
+    workers: () => [...infos.values()].map((i) => ({
+      pid: i.worker.process.pid, state: i.retiring ? 'retiring' : i.listening ? 'listening' : 'starting', config_hash: i.configHash,
+      ...(i.reloadFailed ? { reload_failed: i.reloadFailed } : {}),
+    })),
     // Every new snapshot (file, SIGHUP, changed DNS answers) goes to the workers as the
     // validated object plus the primary's DNS answers: workers neither parse YAML, validate
     // again, nor resolve names on their own.
@@ -264,7 +280,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now() };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now(), configHash: null, reloadFailed: null, renewing: false };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -288,6 +304,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           break;
         case 'listening':
           info.listening = true;
+          info.configHash = msg.hash ?? null;
           info.heardAt = performance.now();
           address ??= msg.address;
           updateReady();
@@ -300,11 +317,18 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
         case 'reloaded':
           // Decisions made while it compiled may name targets it did not know yet.
           worker.send({ tp: 'decisions', decisions: health.decisions() } satisfies ToWorker);
+          if (msg.hash !== undefined) info.configHash = msg.hash;
+          info.reloadFailed = null;
           settled(info);
           break;
         case 'reload-failed':
-          log.error({ worker: worker.process.pid, error: msg.error }, 'a worker rejected a config the primary accepted');
+          // It serves its old config beside the others' new one (split brain): a new worker,
+          // which starts with the config, takes its place.
+          if (msg.hash !== undefined) info.configHash = msg.hash;
+          info.reloadFailed = { error: String(msg.error).slice(0, 500), at: new Date().toISOString() };
+          log.error({ worker: worker.process.pid, error: msg.error }, 'a worker rejected a config the primary accepted (it still runs the one before): replacing it');
           settled(info);
+          void renew(info);
           break;
         case 'passive':
           health.passive(msg.key, msg.ok);
@@ -406,6 +430,36 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
       // Drain is bounded in the worker; this is a safety net.
       setTimeout(() => info.worker.process.kill('SIGKILL'), gw.snapshot.timeouts.drain + 5_000).unref();
     });
+
+  /**
+   * Replaces a worker whose reload failed: a successor (started with the config) listens, then it
+   * retires. A successor that cannot start leaves it serving; tried again after RENEW_RETRY_MS
+   * unless a later reload worked on it meanwhile.
+   */
+  const renew = async (old: WorkerInfo): Promise<void> => {
+    if (old.renewing || old.retiring || stopping) return;
+    if (restarting !== null) {
+      // (a rolling restart under way: tried once it ended, if that did not replace it)
+      setTimeout(() => { if (infos.get(old.worker.id) === old && old.reloadFailed !== null) void renew(old); }, RENEW_RETRY_MS).unref();
+      return;
+    }
+    old.renewing = true;
+    old.replaced = true; // (its successor counts in its place)
+    const fresh = fork();
+    try {
+      await listening(fresh);
+    } catch (err) {
+      old.replaced = false;
+      old.renewing = false;
+      if (stopping) return;
+      log.error({ worker: old.worker.process.pid, error: (err as Error).message }, `the successor of a worker on an old config could not start: it keeps serving; tried again in ${RENEW_RETRY_MS / 1000} s`);
+      setTimeout(() => { if (infos.get(old.worker.id) === old && old.reloadFailed !== null) void renew(old); }, RENEW_RETRY_MS).unref();
+      return;
+    }
+    if (stopping || old.retiring) return;
+    log.info({ worker: old.worker.process.pid, successor: fresh.worker.process.pid }, 'a worker on an old config was replaced');
+    await retire(old);
+  };
 
   /** The workers that count towards `workers` (a rolling restart's successor stands for the one it replaces). */
   function live(): WorkerInfo[] {
@@ -647,7 +701,7 @@ export async function runWorker(log: Logger): Promise<number> {
   }, 1000);
   demandTimer.unref();
   const a = gw.proxyAddress!;
-  send({ tp: 'listening', address: { address: a.address, port: a.port, family: a.family } });
+  send({ tp: 'listening', address: { address: a.address, port: a.port, family: a.family }, hash: gw.snapshot.hash });
   // Alive (timeouts.worker_unresponsive), through the drain too: the primary kills a silent worker.
   setInterval(() => send({ tp: 'beat' }), 1000).unref();
 
@@ -678,8 +732,8 @@ export async function runWorker(log: Logger): Promise<number> {
       if (msg.tp === 'decisions') for (const d of msg.decisions) applyDecision(gw.runtime, d);
       else if (msg.tp === 'reload') {
         gw.reloadAsync(fromValidated(msg.config, msg.text, config.file, undefined, msg.hash), { dnsTable: msg.dns }).then(
-          () => send({ tp: 'reloaded' }),
-          (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err) }),
+          () => send({ tp: 'reloaded', hash: gw.snapshot.hash }),
+          (err: unknown) => send({ tp: 'reload-failed', error: err instanceof Error ? err.message : String(err), hash: gw.snapshot.hash }),
         );
       } else if (msg.tp === 'observe') {
         void observed(msg.id).then(send, (err: unknown) => log.error({ err }, 'collecting metrics failed'));
