@@ -56,6 +56,8 @@ function spawnBackend(): Promise<{ port: number; child: ChildProcess }> {
 async function startScaleApi(admin: string) {
   const pods: { port: number; child: ChildProcess }[] = [];
   const patches: { replicas: number; dryRun: boolean; auth: string | undefined }[] = [];
+  /** spec.replicas: what was last asked for (as an API server answers it at once; the pods follow, status.replicas). */
+  let asked: number | null = null;
   let chain: Promise<unknown> = Promise.resolve();
   const setTargets = async () => {
     const r = await undiciRequest(`${admin}/api/upstreams/orders`, {
@@ -87,10 +89,13 @@ async function startScaleApi(admin: string) {
         const replicas = (JSON.parse(Buffer.concat(chunks).toString()) as { spec: { replicas: number } }).spec.replicas;
         const dryRun = url.searchParams.get('dryRun') === 'All';
         patches.push({ replicas, dryRun, auth: req.headers.authorization });
-        if (!dryRun) void reconcile(replicas);
+        if (!dryRun) {
+          asked = replicas;
+          void reconcile(replicas);
+        }
       }
       res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ kind: 'Scale', spec: { replicas: pods.length }, status: { replicas: pods.length } }));
+      res.end(JSON.stringify({ kind: 'Scale', spec: { replicas: asked ?? pods.length }, status: { replicas: pods.length } }));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
