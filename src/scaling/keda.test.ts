@@ -251,3 +251,38 @@ test('peerAddress: the client address without its port, whatever form grpc-js gi
   assert.equal(peerAddress('[FD00::1]:51234'), 'fd00::1');
   assert.equal(peerAddress('unknown'), 'unknown');
 });
+
+test('connections are capped per client address from the TCP accept: idle connections past the share are closed at once (no fds hoarded), another address is served, a closed one frees its slot', async () => {
+  const f = fakeSource();
+  f.set('orders', { desired: 2, active: true });
+  const server = await startKedaServer({ listen: { host: '127.0.0.1', port: 0 }, source: f.source, log: silentLogger, maxConnectionsPerPeer: 4 });
+  const r2 = await relayFrom('127.0.0.2', server.port);
+  const idle: Socket[] = [];
+  /** A TCP connection from 127.0.0.1 that sends nothing: whether the server closed it within `ms`. */
+  const hold = (ms = 300) => new Promise<boolean>((ok) => {
+    const s = connect({ host: '127.0.0.1', port: server.port }, () => { idle.push(s); setTimeout(() => ok(s.destroyed || s.readableEnded), ms); });
+    s.on('error', () => undefined).on('end', () => s.destroy());
+    s.resume();
+  });
+  const clients: ReturnType<typeof kedaClient>[] = [];
+  try {
+    for (let i = 0; i < 4; i++) assert.equal(await hold(), false, `connection ${i + 1} is kept`);
+    assert.equal(await hold(), true, 'the 5th from the same address is closed');
+    assert.equal(await hold(), true, 'and the 6th');
+    // Another address is served.
+    const other = kedaClient(r2.address);
+    clients.push(other);
+    assert.equal(await other.desiredReplicas(ref('orders')), 2);
+    // One of the idle four closes: its slot is free again.
+    idle[0]!.destroy();
+    await new Promise((r) => setTimeout(r, 100));
+    const mine = kedaClient(`127.0.0.1:${server.port}`);
+    clients.push(mine);
+    assert.equal(await mine.desiredReplicas(ref('orders')), 2);
+  } finally {
+    for (const s of idle) s.destroy();
+    for (const c of clients) c.close();
+    r2.close();
+    await server.close();
+  }
+});

@@ -12,7 +12,10 @@
  * Errors: no service -> INVALID_ARGUMENT, unknown service or metric -> NOT_FOUND. Requests are
  * capped at 64 KB and open streams at MAX_STREAMS, and at MAX_STREAMS_PER_PEER from one client
  * address (RESOURCE_EXHAUSTED past either), so hostile clients cannot grow memory and one client
- * (or a KEDA leaking streams) cannot take every slot from the operator.
+ * (or a KEDA leaking streams) cannot take every slot from the operator. Connections likewise: at
+ * most MAX_CONNECTIONS_PER_PEER from one address (MAX_CONNECTIONS in all), counted from the TCP
+ * accept (before a TLS handshake or the HTTP/2 preface): one past it is closed at once, so idle
+ * connections from one client cannot use up the process's file descriptors (the proxy's too).
  *
  * The listening socket (and TLS, when configured) is ours, not grpc-js's: grpc-js leaves its
  * listener without an 'error' handler once bound, so an accept error (EMFILE that libuv could
@@ -50,6 +53,9 @@ export interface KedaServerOptions {
   /** Open StreamIsActive calls at most (default MAX_STREAMS), and from one client address (default MAX_STREAMS_PER_PEER). */
   maxStreams?: number;
   maxStreamsPerPeer?: number;
+  /** Open connections at most (default MAX_CONNECTIONS), and from one client address (default MAX_CONNECTIONS_PER_PEER). */
+  maxConnections?: number;
+  maxConnectionsPerPeer?: number;
 }
 
 export interface ScaledObjectRef { name?: string; namespace?: string; scalerMetadata?: Record<string, string> }
@@ -59,6 +65,8 @@ export interface MetricValue { metricName: string; metricValue: number; metricVa
 export const MAX_MESSAGE_BYTES = 64 * 1024;
 export const MAX_STREAMS = 1024;
 export const MAX_STREAMS_PER_PEER = 256;
+export const MAX_CONNECTIONS = 1024;
+export const MAX_CONNECTIONS_PER_PEER = 64;
 const MAX_SERVICE_CHARS = 253;
 
 let serviceCtor: grpc.ServiceClientConstructor | undefined;
@@ -85,8 +93,11 @@ export function peerAddress(peer: string): string {
     const colon = host.lastIndexOf(':');
     if (colon > 0 && /^\d+$/.test(host.slice(colon + 1))) host = host.slice(0, colon);
   }
-  return host.toLowerCase().replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
+  return clientAddress(host);
 }
+
+/** A socket's remoteAddress as peerAddress gives it (an IPv4-mapped IPv6 address as its IPv4 one). */
+const clientAddress = (address: string): string => address.toLowerCase().replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/, '');
 
 export function metricNameFor(service: string): string {
   return `turnpike-desired-replicas-${service.toLowerCase().replace(/[^a-z0-9-]+/g, '-')}`;
@@ -230,6 +241,27 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
     socket.on('error', (err: Error) => failed(err, socket));
     injector.injectConnection(socket);
   };
+  /** Open connections per client address (an entry only while it has one). */
+  const connections = new Map<string, number>();
+  const maxConnPerPeer = opts.maxConnectionsPerPeer ?? MAX_CONNECTIONS_PER_PEER;
+  /** A TCP connection accepted: counted, or closed at once past its address's share (false). */
+  const admit = (raw: Socket): boolean => {
+    const peer = clientAddress(raw.remoteAddress ?? 'unknown');
+    const mine = connections.get(peer) ?? 0;
+    if (mine >= maxConnPerPeer) {
+      warnings.note('keda-peer-connections', { listener: 'KEDA', remote: peer, open: mine },
+        `KEDA external scaler: a connection refused (more than ${maxConnPerPeer} open from one client address)`);
+      raw.destroy();
+      return false;
+    }
+    connections.set(peer, mine + 1);
+    raw.once('close', () => {
+      const n = (connections.get(peer) ?? 1) - 1;
+      if (n > 0) connections.set(peer, n);
+      else connections.delete(peer);
+    });
+    return true;
+  };
   let listener: NetServer;
   let tlsListener: TlsServer | null = null;
   if (opts.tls) {
@@ -237,10 +269,13 @@ export async function startKedaServer(opts: KedaServerOptions): Promise<{
       cert: opts.tls.cert, key: opts.tls.key, ALPNProtocols: ['h2'],
       ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
     }, accept);
+    // (the TCP connection, before its handshake: one past the share never starts one)
+    tls.on('connection', (raw: Socket) => { admit(raw); });
     // A handshake that fails (not TLS, reset mid-handshake, no client certificate...).
     tls.on('tlsClientError', (err: Error, socket: TLSSocket) => failed(err, socket));
     listener = tlsListener = tls;
-  } else listener = createNetServer(accept);
+  } else listener = createNetServer((socket) => { if (admit(socket)) accept(socket); });
+  listener.maxConnections = opts.maxConnections ?? MAX_CONNECTIONS;
   try {
     await new Promise<void>((ok, fail) => {
       listener.once('error', fail);
