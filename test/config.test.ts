@@ -453,6 +453,37 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   assert.match(missing.stderr, /cannot read/);
 });
 
+test('a file the config names that is no regular file (a FIFO, /dev/zero, a directory) or is too large is a config error with its line, not a hung or exhausted process', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-inputs-'));
+  const fifo = join(dir, 'ca.fifo');
+  assert.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
+  const big = join(dir, 'huge.yaml');
+  writeFileSync(big, Buffer.alloc(65 * 1024 * 1024, 0x20));
+  const cases: [string, RegExp][] = [
+    [fifo, /is not a regular file/],
+    ['/dev/zero', /is not a regular file/],
+    [dir, /is not a regular file|EISDIR/],
+    [big, /is larger than/],
+  ];
+  for (const [file, why] of cases) {
+    const cfg = join(dir, 'c.yaml');
+    writeFileSync(cfg, `services:\n  - name: s\n    url: https://127.0.0.1:9443\n    tls: {ca: ${file}}\n    routes: [{paths: [/]}]\n`);
+    // (in a child, bounded: before, the FIFO's open waited for a writer for ever, /dev/zero was read until memory ran out)
+    const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', cfg], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(r.signal, null, `${file}: validate hung (${r.signal})`);
+    assert.equal(r.status, 1, `${file}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, /services\[0\]\.tls\.ca \(line 4\)/, file);
+    assert.match(r.stderr, why, file);
+  }
+  // The listener's own certificate and key too.
+  const cfg = join(dir, 'l.yaml');
+  writeFileSync(cfg, `listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {cert: ${fifo}, key: /dev/zero, hosts: [a.example]}\nservices: []\n`);
+  const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', cfg], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(r.signal, null, `listener certificate: validate hung (${r.signal})`);
+  assert.equal(r.status, 1, r.stdout + r.stderr);
+  assert.match(r.stderr, /tls\.certificates\[0\].*(line 4).*is not a regular file/);
+});
+
 test('every listen field takes a bare port (8080, "8080", an unquoted ${PORT}): 127.0.0.1, the default listen\'s host; anything else says host:port with examples', () => {
   const addresses = (yaml: string, env: NodeJS.ProcessEnv = {}) => {
     const snap = compile(parseConfigText(yaml, { env }), { pools: new PoolRegistry() });

@@ -6,8 +6,11 @@
  * (The listener's own certificates are the CertStore's: reloaded by its own watch.)
  */
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { FileRefused, readRegularFile } from '../core/files.js';
 import { resolve } from 'node:path';
+
+/** The largest file a config may name (an OpenAPI document, a CA bundle): 64 MiB. */
+const MAX_INPUT_BYTES = 64 * 1024 * 1024;
 
 export class ConfigInputs {
   /** Absolute path -> sha256 (hex) of what was read. */
@@ -20,10 +23,10 @@ export class ConfigInputs {
     return resolve(this.baseDir, f);
   }
 
-  /** Reads a file of the config (throws as readFileSync does), and records it. */
+  /** Reads a file of the config (throws as readFileSync does; a FileRefused for no regular file or one past 64 MiB), and records it. */
   read(f: string): Buffer {
     const p = this.path(f);
-    const b = readFileSync(p);
+    const b = readRegularFile(p, MAX_INPUT_BYTES);
     this.files.set(p, createHash('sha256').update(b).digest('hex'));
     return b;
   }
@@ -34,7 +37,7 @@ export class ConfigInputs {
     try {
       return this.read(f);
     } catch (err) {
-      fail(`cannot read ${f}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      fail(err instanceof FileRefused ? `cannot read ${f}: it ${err.message}` : `cannot read ${f}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       return undefined;
     }
   }

@@ -18,7 +18,8 @@
  * changed file that holds certificates is used for the connections from then on; one that does
  * not (half written, emptied) is logged and the CA in use kept.
  */
-import { closeSync, constants as fsc, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
+import { FileRefused, readRegularFile } from '../core/files.js';
 import { readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { Agent, request, type Dispatcher } from 'undici';
@@ -53,27 +54,14 @@ const TOKEN_LIMIT = 64 * 1024;
  * waits for a writer for ever; /dev/zero, read until memory ran out) or a file past 64 KiB throws.
  */
 export function readToken(file: string): string {
-  let fd: number;
+  let buf: Buffer;
   try {
-    fd = openSync(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
-  } catch {
+    buf = readRegularFile(file, TOKEN_LIMIT);
+  } catch (err) {
+    if (err instanceof FileRefused) throw new Error(`token_file ${file} ${err.message}`);
     return '';
   }
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Error(`token_file ${file} is not a regular file`);
-    if (st.size > TOKEN_LIMIT) throw new Error(`token_file ${file} is larger than ${TOKEN_LIMIT} bytes`);
-    const buf = Buffer.alloc(st.size);
-    let got = 0;
-    while (got < buf.length) {
-      const n = readSync(fd, buf, got, buf.length - got, got);
-      if (n === 0) break;
-      got += n;
-    }
-    return buf.subarray(0, got).toString('utf8').trim();
-  } finally {
-    closeSync(fd);
-  }
+  return buf.toString('utf8').trim();
 }
 
 /**

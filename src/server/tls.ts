@@ -7,7 +7,8 @@
  * the certificate in use and logs why.
  */
 import { constants as cryptoConstants, createHash, verify, X509Certificate } from 'node:crypto';
-import { readFileSync, watchFile, unwatchFile, type Stats } from 'node:fs';
+import { watchFile, unwatchFile, type Stats } from 'node:fs';
+import { readRegularFile } from '../core/files.js';
 import { isIP } from 'node:net';
 import { checkServerIdentity, createSecureContext, type PeerCertificate, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { PathSegment } from '../config/errors.js';
@@ -215,7 +216,7 @@ export class CertSet {
    * Loads every certificate; returns the problems (path + message) instead of throwing.
    * `readCa` reads the client CA (the config's inputs: a change of the file reloads the config).
    */
-  load(readCa: (file: string) => Buffer = readFileSync): { path: PathSegment[]; message: string }[] {
+  load(readCa: (file: string) => Buffer = readPem): { path: PathSegment[]; message: string }[] {
     const issues: { path: PathSegment[]; message: string }[] = [];
     let ca: Buffer | undefined;
     if (this.options.clientCaFile !== null) {
@@ -417,16 +418,19 @@ export function hostsProblem(spec: CertSpec, pem: Buffer): { index: number; mess
   return null;
 }
 
+/** A PEM file of the TLS settings (a certificate chain, a key, a CA bundle): a regular file of at most 16 MiB (a FIFO there hung the process, /dev/zero exhausted it). */
+const readPem = (file: string): Buffer => readRegularFile(file, 16 * 1024 * 1024);
+
 function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined, crl: Buffer | undefined): Built | string {
   let cert: Buffer;
   let key: Buffer;
   try {
-    cert = readFileSync(spec.certFile);
+    cert = readPem(spec.certFile);
   } catch (e) {
     return `cannot read certificate ${spec.certFile}: ${(e as Error).message}`;
   }
   try {
-    key = readFileSync(spec.keyFile);
+    key = readPem(spec.keyFile);
   } catch (e) {
     return `cannot read key ${spec.keyFile}: ${(e as Error).message}`;
   }
