@@ -239,6 +239,35 @@ test('a connect that hangs is bounded by the response timeout and the deadline, 
   }
 });
 
+test('passive ejection: a wall clock stepped back (NTP, a restored VM) does not multiply the next ejection (the decay runs on the monotonic clock)', { timeout: 6000 }, async (t) => {
+  const pools = new PoolRegistry();
+  const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 1s}}\n`, { env: {} }), { pools });
+  const events: boolean[] = [];
+  const authority = new HealthAuthority((d) => { if (d.t === 'target') events.push(d.down); });
+  const key = snap.services[0]!.targets[0]!.state.key;
+  const ejectedFor = async () => {
+    const start = performance.now();
+    authority.passive(key, false);
+    assert.equal(events.at(-1), true);
+    await until(() => events.at(-1) === false, 3000, 'readmission');
+    return performance.now() - start;
+  };
+  try {
+    authority.sync(snap);
+    const first = await ejectedFor();
+    assert.ok(first >= 95 && first < 400, `first ejection ${first} ms (100)`);
+    // The system clock steps back an hour just after the readmission.
+    const realNow = Date.now;
+    t.mock.method(Date, 'now', () => realNow.call(Date) - 3_600_000);
+    const second = await ejectedFor();
+    assert.ok(second >= 195 && second < 700, `second ejection ${second.toFixed(0)} ms: 200 (a repeat), not max_ejection's 1000`);
+  } finally {
+    await authority.stop();
+    snap.dispose();
+    await pools.closeAll();
+  }
+});
+
 test('passive ejection doubles on each repeat, capped at max_ejection; a success does not reset it (a flapping target), time in works it off (one step per `ejection` up, Envoy\'s decrement per healthy interval); the last target up is never ejected', { timeout: 6000 }, async () => {
   const pools = new PoolRegistry();
   const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });

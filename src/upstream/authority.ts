@@ -56,7 +56,7 @@ interface TargetHealth {
   failures: number;
   /** The ejection multiplier: ejections not yet worked off (see passive()). */
   ejections: number;
-  /** When it was last readmitted from an ejection (epoch ms). */
+  /** When it was last readmitted from an ejection (performance.now(), ms). */
   readmittedAt: number;
   ejected: boolean;
   ejectTimer: NodeJS.Timeout | undefined;
@@ -260,7 +260,8 @@ export class HealthAuthority implements Reporter {
       // multiplier for good: one run of failures months later got max_ejection). The multiplier
       // stops growing where max_ejection is reached, so working it off takes a bounded time.
       const { ejection, maxEjection } = h.passive;
-      if (h.ejections > 0) h.ejections = Math.max(0, h.ejections - Math.floor((Date.now() - h.readmittedAt) / ejection));
+      // (the monotonic clock: a wall clock stepped back would read as time to add, not take off)
+      if (h.ejections > 0) h.ejections = Math.max(0, h.ejections - Math.floor((performance.now() - h.readmittedAt) / ejection));
       const ms = Math.min(ejection * 2 ** h.ejections, maxEjection);
       h.ejections = Math.min(h.ejections + 1, Math.ceil(Math.log2(maxEjection / ejection)));
       this.log?.warn({ target: key, ejection_ms: ms }, 'target ejected after consecutive failures');
@@ -363,7 +364,7 @@ export class HealthAuthority implements Reporter {
   private readmit(h: TargetHealth): void {
     clearTimeout(h.ejectTimer);
     h.ejectTimer = undefined;
-    if (h.ejected) h.readmittedAt = Date.now();
+    if (h.ejected) h.readmittedAt = performance.now();
     h.ejected = false;
     h.failures = 0;
     this.update(h);
