@@ -268,6 +268,27 @@ test('passive ejection: a wall clock stepped back (NTP, a restored VM) does not 
   }
 });
 
+test('circuit breaker: failures older than its window do not count after the wall clock stepped back (its buckets run on the monotonic clock)', { timeout: 6000 }, async (t) => {
+  const pools = new PoolRegistry();
+  const snap = compile(parseConfigText(`services:\n  - name: s\n    url: http://127.0.0.1:1\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 1s, open_for: 10s}\n`, { env: {} }), { pools });
+  const states: string[] = [];
+  const authority = new HealthAuthority((d) => { if (d.t === 'circuit') states.push(d.state); });
+  try {
+    authority.sync(snap);
+    for (let i = 0; i < 3; i++) authority.outcome('s', false, false);
+    assert.deepEqual(states, [], 'three of min_requests 4: still closed');
+    const realNow = Date.now;
+    t.mock.method(Date, 'now', () => realNow.call(Date) - 3_600_000);
+    await sleep(1300); // past the window
+    authority.outcome('s', false, false);
+    assert.deepEqual(states, [], 'the three earlier failures left the window: one failure opens nothing');
+  } finally {
+    await authority.stop();
+    snap.dispose();
+    await pools.closeAll();
+  }
+});
+
 test('passive ejection doubles on each repeat, capped at max_ejection; a success does not reset it (a flapping target), time in works it off (one step per `ejection` up, Envoy\'s decrement per healthy interval); the last target up is never ejected', { timeout: 6000 }, async () => {
   const pools = new PoolRegistry();
   const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });

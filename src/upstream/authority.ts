@@ -292,7 +292,8 @@ export class HealthAuthority implements Reporter {
     ok += trialOk;
     fail += trialFail;
     const width = c.cfg.window / BUCKETS;
-    const now = Date.now();
+    // (the monotonic clock: stepped back, the wall clock kept old buckets in the window for as long)
+    const now = performance.now();
     const slot = Math.floor(now / width);
     const i = slot % BUCKETS;
     if (c.stamp[i] !== slot) {
