@@ -192,6 +192,13 @@ test('latency balancer: a slow sample decays while a target gets no traffic', ()
   assert.equal(t.latency(1_000), 400);
   assert.ok(t.latency(11_000) < 400 / 2.7 + 1);
   assert.ok(t.latency(61_000) < 2);
+  // The wall clock stepped back an hour (NTP, a restored VM): the average neither grows nor becomes Infinity.
+  const s = new TargetState('k2');
+  s.sample(400, 10_000_000);
+  const back = 10_000_000 - 3_600_000;
+  assert.equal(s.latency(back), 400);
+  s.sample(100, back);
+  assert.ok(s.latency(back) <= 400 && s.latency(back) >= 100, String(s.latency(back)));
 });
 
 test('DNS: a rejected reload changes neither the answers nor the settings in use', { timeout: 8000 }, async () => {

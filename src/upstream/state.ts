@@ -22,7 +22,8 @@ export class TargetState {
   sample(ms: number, now: number): void {
     if (this.ewma === 0 || ms > this.ewma) this.ewma = ms;
     else {
-      const w = Math.exp(-(now - this.lastSample) / EWMA_TAU_MS);
+      // (a wall clock stepped back reads as no time passed, not as a weight past 1)
+      const w = Math.exp(-Math.max(0, now - this.lastSample) / EWMA_TAU_MS);
       this.ewma = this.ewma * w + ms * (1 - w);
     }
     this.lastSample = now;
@@ -33,7 +34,7 @@ export class TargetState {
    * slow once (and stopped getting traffic for it) is tried again after a while.
    */
   latency(now: number): number {
-    return this.ewma === 0 ? 0 : this.ewma * Math.exp(-(now - this.lastSample) / EWMA_TAU_MS);
+    return this.ewma === 0 ? 0 : this.ewma * Math.exp(-Math.max(0, now - this.lastSample) / EWMA_TAU_MS);
   }
 }
 
