@@ -229,7 +229,7 @@ test('operations the document does not have: 404 and 405 with Allow; allow_unkno
   assert.match(problem(nf.body).detail, /\/users\/7\/avatar is not a path of the API description/);
   const na = await request(`${t.url}/v1/users`, { method: 'PUT', headers: tenant });
   assert.equal(na.status, 405);
-  assert.equal(na.headers['allow'], 'GET, POST');
+  assert.equal(na.headers['allow'], 'GET, HEAD, POST');
   const lenient = await request(`${t.url}/lenient/anything?x=1`);
   assert.equal(lenient.status, 200);
 });
