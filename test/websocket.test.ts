@@ -73,6 +73,7 @@ services:
       - {name: chat, paths: [/chat], websocket: true, strip_path: true}
       - {name: small, paths: [/small], websocket: {max_message: 1kb, idle_timeout: 400ms}}
       - {name: pinned, paths: [/pinned], websocket: {origins: ["https://app.example"]}}
+      - {name: pinned-written, paths: [/pinned-written], websocket: {origins: ["HTTPS://App.Example:443/", "http://bücher.example:80"]}}
   - name: plain
     url: ${http.url}
     routes: [{name: plain, paths: [/plain]}]
@@ -420,6 +421,32 @@ test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is r
   } finally {
     await t.close();
   }
+});
+
+test('websocket.origins are compared as browsers send Origin: an entry written with its default port, in capitals, with a trailing / or a Unicode host still admits that origin', async () => {
+  const t = await startGateway(config());
+  try {
+    const url = `ws://127.0.0.1:${t.port}/pinned-written`;
+    for (const origin of ['https://app.example', 'http://xn--bcher-kva.example']) {
+      const { ws } = await open(url, { headers: { origin, cookie: 'session=alice' } });
+      ws.close();
+    }
+    await assert.rejects(open(url, { headers: { origin: 'https://evil.example' } }), (e: { status?: number }) => e.status === 403);
+  } finally {
+    await t.close();
+  }
+});
+
+test('a websocket.origins entry that is no origin (no scheme, a path, a query) is a config error with its path and line: it could never match an Origin', () => {
+  const cfg = (origin: string) => `services:\n  - name: s\n    url: http://127.0.0.1:1\n    routes:\n      - paths: [/ws]\n        websocket:\n          origins: ["https://ok.example", ${JSON.stringify(origin)}]\n`;
+  for (const origin of ['app.example', 'https://app.example/app', 'https://app.example?x=1', 'https://user@app.example', '//app.example']) {
+    const issues = configIssues(cfg(origin));
+    assert.equal(issues.length, 1, origin);
+    assert.equal(issues[0]!.path, 'services[0].routes[0].websocket.origins[1]', origin);
+    assert.equal(issues[0]!.line, 7, origin);
+    assert.match(issues[0]!.message, /is not an origin/, origin);
+  }
+  for (const origin of ['*', 'null', 'https://app.example/', 'http://127.0.0.1:8080', 'chrome-extension://abcdef']) assert.deepEqual(configIssues(cfg(origin)), [], origin);
 });
 
 test('fields plugins add for the client (RateLimit, cors) are on the 101 and on the gateway\'s and the upstream\'s refusals of the handshake, as on any response; never over the handshake\'s own', async () => {

@@ -40,6 +40,9 @@ import { portalOf, type PortalSettings } from '../portal/catalog.js';
 import { PortalCredential } from '../portal/schema.js';
 import { scalingPolicyOf, scalingSettingsOf, type ScalingPolicyConfig, type ScalingSettings } from '../scaling/policy.js';
 
+/** An origin's serialization: scheme://host[:port], nothing after it (as the cors plugin's). */
+const WS_ORIGIN_RE = /^[a-z][a-z0-9+.-]*:\/\/[^/?#@\s]+$/i;
+
 export type { Address };
 
 export interface Target {
@@ -600,6 +603,33 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const specService: number[] = [];
   const specRoute: number[] = [];
   const routePath = (si: number, ri: number): PathSegment[] => (si < 0 ? ['routes', ri] : ['services', si, 'routes', ri]);
+  /**
+   * websocket.origins as a browser serializes its Origin (RFC 6454 §6.2): lower case, an http(s)
+   * origin's default port left out and its host in ASCII form, one trailing '/' tolerated; "*"
+   * and "null" as given. Anything else (no scheme, a path, a query) could never equal an Origin
+   * field: every browser handshake refused with a 403 for a config that validated.
+   */
+  const wsOrigins = (list: readonly string[], at: PathSegment[]): Set<string> => {
+    const out = new Set<string>();
+    list.forEach((entry, i) => {
+      if (entry === '*' || entry === 'null') return void out.add(entry);
+      const o = entry.replace(/\/$/, '');
+      let origin: string | null = null;
+      if (WS_ORIGIN_RE.test(o)) {
+        origin = o.toLowerCase();
+        if (/^https?:/.test(origin)) {
+          try {
+            origin = new URL(origin).origin;
+          } catch {
+            origin = null;
+          }
+        }
+      }
+      if (origin === null) fail([...at, i], `${JSON.stringify(entry)} is not an origin (scheme://host[:port], no path; or "*")`);
+      else out.add(origin);
+    });
+    return out;
+  };
   const specPath = (i: number) => routePath(specService[i]!, specRoute[i]!);
   const serviceNames = new Map<string, number>();
   const routeNames = new Set<string>();
@@ -807,7 +837,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         websocket: ws && {
           maxMessage: parseSize(ws.max_message ?? DEFAULTS.websocket.max_message),
           idleTimeout: timer([...sp, 'routes', ri, 'websocket', 'idle_timeout'], ws.idle_timeout ?? DEFAULTS.websocket.idle_timeout),
-          origins: ws.origins ? new Set(ws.origins.map((o) => o.toLowerCase().replace(/\/$/, ''))) : null,
+          origins: ws.origins ? wsOrigins(ws.origins, [...routePath(si, ri), 'websocket', 'origins']) : null,
         },
         chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),
         compose: null,
