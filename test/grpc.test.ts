@@ -538,6 +538,54 @@ services:
   }
 });
 
+test('gRPC-Web: a call that ends inside a message (its grpc-timeout runs out, or the upstream\'s trailers come after a frame cut short) is cut, never given a trailer frame the client would read as the rest of that message', async () => {
+  // An HTTP/2 upstream that sends one whole message, then the 5-byte header of a 40-byte one and
+  // 10 bytes of it; then /Stall waits, /Trailers ends its stream with OK trailers.
+  const whole = jsonFrame({ i: 0 });
+  const partial = Buffer.concat([Buffer.from([0, 0, 0, 0, 40]), Buffer.alloc(10, 0x41)]);
+  const cut = createH2Server((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/grpc' });
+      res.write(whole);
+      res.write(partial);
+      if (req.url.endsWith('/Trailers')) setTimeout(() => { res.addTrailers({ 'grpc-status': '0' }); res.end(); }, 100);
+    });
+  });
+  await new Promise<void>((r) => cut.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+services:
+  - {name: cut, url: 'http://127.0.0.1:${(cut.address() as AddressInfo).port}', protocol: grpc, routes: [{paths: [/cut.Svc]}]}
+`);
+  const call = (path: string) => new Promise<{ body: Buffer; complete: boolean }>((resolve, reject) => {
+    const body = jsonFrame({});
+    const q = httpRequest(`http://127.0.0.1:${g.port}${path}`, {
+      method: 'POST', agent: false,
+      headers: { 'content-type': 'application/grpc-web+proto', 'x-grpc-web': '1', 'grpc-timeout': '300m', 'content-length': body.length },
+    }, (res) => {
+      answered = true;
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('close', () => resolve({ body: Buffer.concat(chunks), complete: res.complete }));
+    });
+    let answered = false;
+    q.on('error', (err) => { if (!answered) reject(err); });
+    q.end(body);
+  });
+  try {
+    for (const method of ['Stall', 'Trailers']) {
+      const r = await call(`/cut.Svc/${method}`);
+      // What the client got is the upstream's bytes and nothing spliced after them, and the
+      // response reads as broken (a trailer frame appended made a 40-byte "message" of it).
+      assert.deepEqual(r.body, Buffer.concat([whole, partial]), `${method}: ${r.body.toString('latin1')}`);
+      assert.equal(r.complete, false, method);
+    }
+  } finally {
+    await g.close();
+    await new Promise((r) => cut.close(r));
+  }
+});
+
 test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
   const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
   const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {

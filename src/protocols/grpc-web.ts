@@ -156,12 +156,23 @@ export class ResponseEncoder {
   constructor(private readonly kind: GrpcWebKind) {}
 
   data(chunk: Buffer): Buffer | string {
-    if (!this.kind.text) return chunk;
+    // (binary kinds too: a trailer frame must never follow a message cut short, see midFrame)
     const boundary = this.track(chunk);
+    if (!this.kind.text) return chunk;
     const buf = this.carry.length ? Buffer.concat([this.carry, chunk]) : chunk;
     const n = boundary ? buf.length : buf.length - (buf.length % 3);
     this.carry = n === buf.length ? EMPTY : Buffer.from(buf.subarray(n)); // copy: at most 2 bytes
     return buf.toString('base64', 0, n);
+  }
+
+  /**
+   * The bytes passed on so far end inside a message frame (its 5-byte header or its payload): a
+   * trailer frame written now would be read by the client as the rest of that message (a
+   * message made of trailer bytes delivered, the rest parsed as frames): the response can only
+   * be cut then, never finish()ed.
+   */
+  get midFrame(): boolean {
+    return this.headLen !== 0 || this.payloadLeft !== 0;
   }
 
   finish(trailers: Record<string, string | string[] | number | undefined>): Buffer | string {

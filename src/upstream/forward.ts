@@ -787,8 +787,12 @@ export class ForwardHandler {
     else {
       this.derivedGrpcStatus('4');
       if (this.encoder !== null) {
-        res.write(this.encoder.finish({ 'grpc-status': ['4'], 'grpc-message': ['Deadline%20Exceeded'] }));
-        res.end();
+        // (inside a message, a trailer frame would be read as the rest of it: cut instead)
+        if (this.encoder.midFrame) resetResponse(res, new Error('grpc-timeout exceeded inside a message'));
+        else {
+          res.write(this.encoder.finish({ 'grpc-status': ['4'], 'grpc-message': ['Deadline%20Exceeded'] }));
+          res.end();
+        }
       } else {
         try {
           res.addTrailers(trailers);
@@ -1344,6 +1348,11 @@ export class ForwardHandler {
     // client's connection cut or stream reset, nothing cached, the target charged.
     if (this.declared >= 0 && this.received !== this.declared && this.f.method !== 'HEAD') {
       return this.onError(new errors.ResponseContentLengthMismatchError());
+    }
+    // gRPC-Web: an upstream that ended its stream inside a message (its trailers after a frame
+    // cut short) sent a broken answer: the trailer frame would be read as the rest of that message.
+    if (this.encoder !== null && this.encoder.midFrame) {
+      return this.onError(Object.assign(new Error('the upstream ended its gRPC response inside a message'), { code: H2_STREAM_CUT }));
     }
     this.finished = true;
     const res = this.f.res;
