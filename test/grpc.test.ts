@@ -586,6 +586,27 @@ services:
   }
 });
 
+test('a gRPC call through a service declared h2c (not grpc): the upstream\'s Trailers-Only error still leaves as one HEADERS frame with END_STREAM, so grpc-js reads its status (was INTERNAL "Call ended without gRPC status")', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: generic, url: 'http://127.0.0.1:${plain.port}', protocol: h2c, routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    assert.equal((await sayP(client, 'fine')).text, 'fine');
+    await assert.rejects(sayP(client, 'fail'), (e: grpc.ServiceError) => {
+      assert.equal(e.code, grpc.status.INVALID_ARGUMENT, e.message);
+      assert.equal(e.details, 'bad text');
+      assert.deepEqual(e.metadata.get('x-detail'), ['why']);
+      return true;
+    });
+  } finally {
+    client.close();
+    await g.close();
+  }
+});
+
 test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
   const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
   const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {

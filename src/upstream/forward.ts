@@ -231,6 +231,9 @@ export function joinBase(base: string, path: string, bare: boolean): string {
   return bare && (path === '/' || path.startsWith('/?')) ? base + path.slice(1) : base + path;
 }
 
+/** A gRPC (not gRPC-Web) request's content type: application/grpc, +proto, +json... (any case). */
+const GRPC_CONTENT_TYPE = /^application\/grpc(?![\w-])/i;
+
 /** Index of grpc-status in a flat header list (a Trailers-Only answer), or -1. */
 function grpcStatusAt(list: string[]): number {
   for (let i = 0; i < list.length; i += 2) if (list[i]!.toLowerCase() === 'grpc-status') return i;
@@ -1117,8 +1120,10 @@ export class ForwardHandler {
       }
     }
     if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
-    else if (svc.grpc && isHttp2(res) && grpcStatusAt(out) !== -1) {
+    else if (isHttp2(res) && (svc.grpc || (svc.h2Upstream && GRPC_CONTENT_TYPE.test(this.f.req.headers['content-type'] ?? ''))) && grpcStatusAt(out) !== -1) {
       // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
+      // (Also a gRPC call through an h2c service: sent as HEADERS then an empty DATA frame with
+      // END_STREAM, grpc-js reads no status in those headers: "Call ended without gRPC status".)
       // A repeated field goes as one combined line (RFC 9110 §5.3; Set-Cookie as several):
       // node:http2 refuses several lines of a field it allows once (ETag...) only at the end,
       // where it would leave the stream unanswered (a grpcs target that spoke HTTP/1.1).
