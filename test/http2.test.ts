@@ -6,6 +6,7 @@ import { createServer as createNetServer, type AddressInfo, type Socket } from '
 import { request as httpRequest } from 'node:http';
 import { rawRequest, request, startGateway, startRawOrigin, startUpstream, type TestGateway, type TestUpstream } from './helpers.js';
 import { H2_NO_ERROR, startRawH2Origin } from './h2-raw-origin.js';
+import { parseConfigText } from '../src/config/load.js';
 
 interface H2Response { status: number; headers: IncomingHttpHeaders; body: string; trailers: IncomingHttpHeaders | null }
 
@@ -720,5 +721,31 @@ test('a 205 Reset Content whose upstream declared a body reaches an HTTP/2 clien
     session.close();
     await g.close();
     await origin.close();
+  }
+});
+
+test('a reload that changes http2.max_concurrent_streams or max_header_list_size is announced in SETTINGS: to open sessions at once, to new ones from their start (it changed nothing until a restart)', { timeout: 15_000 }, async () => {
+  const cfg = (streams: number, list: string) => `http2: {h2c: true, max_concurrent_streams: ${streams}, max_header_list_size: ${list}}\nservices:\n  - name: s\n    url: http://127.0.0.1:1\n    routes: [{paths: [/]}]\n`;
+  const g = await startGateway(cfg(100, '64kb'));
+  // (the next SETTINGS the session reads; none within 3 s fails the test)
+  const settingsOf = (session: ClientHttp2Session) => new Promise<{ streams?: number; list?: number }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no SETTINGS within 3 s')), 3000);
+    session.once('remoteSettings', (s) => { clearTimeout(timer); resolve({ streams: s.maxConcurrentStreams, list: s.maxHeaderListSize }); });
+  });
+  const open = h2connect(g.url);
+  try {
+    assert.deepEqual(await settingsOf(open), { streams: 100, list: 65536 });
+    const changed = settingsOf(open);
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n${cfg(3, '16kb')}`));
+    assert.deepEqual(await changed, { streams: 3, list: 16384 }, 'the open session was sent the new SETTINGS');
+    const fresh = h2connect(g.url);
+    try {
+      assert.deepEqual(await settingsOf(fresh), { streams: 3, list: 16384 }, 'a new session starts with them');
+    } finally {
+      fresh.close();
+    }
+  } finally {
+    open.close();
+    await g.close();
   }
 });

@@ -1272,6 +1272,23 @@ export class Gateway implements RequestContext {
     ] as const) {
       if (JSON.stringify(a) !== JSON.stringify(b)) this.log.warn({ setting: what }, `${what} changed: restart to apply it`);
     }
+    // HTTP/2 SETTINGS the listener announces: given when it was created, so a reload lowering
+    // max_concurrent_streams (a client opening too many) changed nothing, and said nothing. New
+    // sessions get the new values, open ones a SETTINGS frame with them (RFC 9113 §6.5).
+    const h2 = this.h2;
+    if (h2 !== null && (prev.http2.maxConcurrentStreams !== next.http2.maxConcurrentStreams || prev.http2.maxHeaderListSize !== next.http2.maxHeaderListSize)) {
+      const settings = { maxConcurrentStreams: next.http2.maxConcurrentStreams, maxHeaderListSize: next.http2.maxHeaderListSize, enablePush: false };
+      h2.updateSettings(settings);
+      for (const session of this.sessions) {
+        if (session.closed || session.destroyed) continue;
+        try {
+          session.settings(settings);
+        } catch {
+          /* a session going away (too many SETTINGS outstanding): it keeps the old ones */
+        }
+      }
+    }
+    if (prev.http2.h2c !== next.http2.h2c) this.log.warn({ setting: 'http2.h2c' }, 'http2.h2c changed: restart to apply it');
     if (next.limits.maxUriLength + next.limits.maxHeaderSize > prev.limits.maxUriLength + prev.limits.maxHeaderSize) {
       this.log.warn('limits.max_uri_length / max_header_size grew: the HTTP parser keeps its size until a restart');
     }
