@@ -1660,6 +1660,47 @@ services:
   }
 });
 
+test('the URL, path and scheme fields frameworks obey that a trusted proxy passes on (X-Original-URL, X-Rewrite-URL, X-Forwarded-Prefix, X-Forwarded-Scheme...), and the keyed ones spelt as clients send them (X-Host), are in the key: what they caused never reaches other clients', async () => {
+  // Symfony and IIS's URL Rewrite serve X-Original-URL / X-Rewrite-URL's path instead of the
+  // request's (the /admin page then cached under /public: CVE-2018-14773); Spring and others
+  // build links from X-Forwarded-Prefix, Rack and Flask-style apps redirect on X-Forwarded-Scheme
+  // / X-Forwarded-Ssl / Front-End-Https / X-Url-Scheme. Names keep the client's case (nginx passes
+  // X-Host as it came).
+  const up = await startUpstream((req, res) => {
+    const h = req.headers;
+    const path = String(h['x-original-url'] ?? h['x-rewrite-url'] ?? h['x-original-uri'] ?? h['x-forwarded-uri'] ?? h['x-forwarded-path'] ?? req.url);
+    const plain = h['x-forwarded-scheme'] === 'http' || h['x-forwarded-ssl'] === 'off' || h['front-end-https'] === 'off' || h['x-url-scheme'] === 'http';
+    const host = String(h['x-host'] ?? h['x-forwarded-server'] ?? 'good.test');
+    if (plain) res.writeHead(301, { location: `https://${host}${req.url}` }).end();
+    else res.writeHead(200, { 'content-type': 'text/html', 'cache-control': 'max-age=60' }).end(`${String(h['x-forwarded-prefix'] ?? '')}${path} on ${host}`);
+  });
+  const g = await startGateway(`trusted_proxies: [127.0.0.1]
+services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache}]
+    routes: [{paths: [/]}]
+`);
+  try {
+    const fields: [string, string][] = [
+      ['X-Original-URL', '/admin'], ['X-Rewrite-URL', '/admin'], ['X-Original-URI', '/admin'], ['X-Forwarded-Uri', '/admin'],
+      ['X-Forwarded-Path', '/admin'], ['X-Forwarded-Prefix', '/evil'], ['X-Forwarded-Scheme', 'http'], ['X-Forwarded-Ssl', 'off'],
+      ['Front-End-Https', 'off'], ['X-Url-Scheme', 'http'], ['X-Forwarded-Server', 'evil.test'], ['X-Host', 'evil.test'], ['X-Scheme', 'http'],
+    ];
+    for (const [name, value] of fields) {
+      const path = `/page-${name.toLowerCase()}`;
+      const poison = await request(`${g.url}${path}`, { headers: { [name]: value } });
+      assert.ok(poison.status === 301 || /admin|evil/.test(poison.body) || name === 'X-Scheme', `${name}: the upstream did not read it`);
+      const victim = await request(`${g.url}${path}`);
+      assert.equal(victim.status, 200, `${name}: the redirect it caused was served to others`);
+      assert.equal(victim.body, `${path} on good.test`, `${name}: the page it caused was served to others`);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a response that will not be stored is not held: server-sent events (no-cache, or even max-age) reach the client as they are sent, not when the stream ends or max_body is reached', async () => {
   const up = await startUpstream((req, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': req.url!.includes('fresh') ? 'max-age=60' : 'no-cache' });

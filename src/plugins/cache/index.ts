@@ -197,11 +197,18 @@ function hostKey(host: string, scheme: string): string {
 }
 
 /**
- * Scheme and host fields some frameworks take for the request's own (Tornado reads X-Scheme;
- * X-Forwarded-Protocol, X-Host, X-Original-Host and X-HTTP-Host-Override have their readers
- * too) and the gateway forwards as any other field: they are part of the key when present.
+ * URL, scheme and host fields some frameworks take for the request's own, which a trusted proxy
+ * passes on (Tornado reads X-Scheme; X-Forwarded-Protocol, X-Host, X-Original-Host and
+ * X-HTTP-Host-Override have their readers too; Symfony and IIS serve X-Original-URL /
+ * X-Rewrite-URL's path instead of the request's; Spring builds links from X-Forwarded-Prefix;
+ * Rack reads X-Forwarded-Scheme / -Ssl, Front-End-Https, X-Url-Scheme): they are part of the key
+ * when present.
  */
-const ORIGIN_FIELDS = new Set(['x-scheme', 'x-forwarded-protocol', 'x-host', 'x-original-host', 'x-http-host-override']);
+const ORIGIN_FIELDS = new Set([
+  'x-scheme', 'x-forwarded-protocol', 'x-host', 'x-original-host', 'x-http-host-override',
+  'x-original-url', 'x-rewrite-url', 'x-original-uri', 'x-forwarded-uri', 'x-forwarded-path', 'x-forwarded-prefix',
+  'x-forwarded-scheme', 'x-forwarded-ssl', 'front-end-https', 'x-url-scheme', 'x-forwarded-server',
+]);
 
 /** Fields that make frameworks run another method than the request's (a GET answered as a DELETE would be stored as the GET's). */
 const METHOD_OVERRIDES = ['x-http-method-override', 'x-http-method', 'x-method-override'];
@@ -322,9 +329,11 @@ export default definePlugin({
       // Other scheme and host fields frameworks trust (Tornado's X-Scheme...) that the gateway
       // passes on as the client sent them: an upstream's redirect or links built from them are
       // that client's alone.
+      // (names as the client spelt them: X-Host as much as x-host)
       for (let i = 0; i < up.length; i += 2) {
         const n = up[i]!;
-        if (n.length >= 6 && n.charCodeAt(0) === 0x78 /* x */ && ORIGIN_FIELDS.has(n.toLowerCase())) sub += `\n${n.toLowerCase()}=${up[i + 1]!}`;
+        const c = n.charCodeAt(0) | 0x20;
+        if (n.length >= 6 && (c === 0x78 /* x */ || c === 0x66 /* f */) && ORIGIN_FIELDS.has(n.toLowerCase())) sub += `\n${n.toLowerCase()}=${up[i + 1]!}`;
       }
       // Whoever an auth plugin let in gets entries of their own (API keys, JWTs... are not
       // Authorization fields the RFC rules would see).
