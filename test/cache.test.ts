@@ -1701,6 +1701,51 @@ services:
   }
 });
 
+test('a request-transform that builds the upstream request, or a response-transform the answer, from what the key does not hold (a path or field from {header.x}, {client_ip}, {request_id}, a {query.x} beside key: [query:NAME]) never has one client\'s answer served to another', async () => {
+  // The cache looks before request-transform runs: the key is the client's path and query, so
+  // what the transform puts in the upstream request from elsewhere must key the entry too.
+  const up = await startUpstream((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', 'cache-control': 'max-age=60', vary: 'X-Tenant' })
+      .end(`${req.url} ${String(req.headers['x-tenant'] ?? '-')}`);
+  });
+  const g = await startGateway(`trusted_proxies: [127.0.0.1]
+services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache, config: {key: ["query:page"], per_consumer: false}}]
+    routes:
+      - {name: p, paths: [/p], plugins: [{name: request-transform, config: {path: "/tenants/{header.x-org}/data"}}]}
+      - {name: h, paths: [/h], plugins: [{name: request-transform, config: {headers: {set: {x-tenant: "{header.x-org}"}}}}]}
+      - {name: ip, paths: [/ip], plugins: [{name: request-transform, config: {query: {set: {ip: "{client_ip}"}}}}]}
+      - {name: q, paths: [/q], plugins: [{name: request-transform, config: {path: "/q/{query.user}"}}]}
+      - {name: id, paths: [/id], plugins: [{name: request-transform, config: {headers: {set: {x-tenant: "{request_id}"}}}}]}
+      - {name: r, paths: [/r], plugins: [{name: response-transform, config: {headers: {set: {x-org: "{header.x-org}"}}, json: {set: {org: "{header.x-org}"}}}}]}
+`);
+  try {
+    const get = (path: string, headers: Record<string, string>) => request(`${g.url}${path}`, { headers });
+    const a = await get('/p', { 'x-org': 'a' });
+    assert.equal(a.body, '/tenants/a/data -');
+    assert.equal((await get('/p', { 'x-org': 'a' })).headers['x-cache-status'], 'HIT', 'the same input is still answered from the cache');
+    assert.equal((await get('/p', { 'x-org': 'b' })).body, '/tenants/b/data -', "{header.x} in the path: tenant a's answer was served to b");
+    await get('/h', { 'x-org': 'a' });
+    assert.equal((await get('/h', { 'x-org': 'b' })).body, '/h b', "{header.x} in a field the upstream varies on: a's answer was served to b");
+    await get('/ip', { 'x-forwarded-for': '192.0.2.1' });
+    assert.equal((await get('/ip', { 'x-forwarded-for': '192.0.2.2' })).body, '/ip?ip=192.0.2.2 -', '{client_ip}: one client address\'s answer was served to another');
+    await get('/q?user=a', {});
+    assert.equal((await get('/q?user=b', {})).body, '/q/b?user=b -', '{query.user} with key [query:page]: user a\'s answer was served to b');
+    const first = await get('/id', {});
+    const second = await get('/id', {});
+    assert.notEqual(second.body, first.body, '{request_id}: one request\'s answer was served to another');
+    await get('/r', { 'x-org': 'a' });
+    assert.equal((await get('/r', { 'x-org': 'a' })).headers['x-cache-status'], 'HIT');
+    const r = await get('/r', { 'x-org': 'b' });
+    assert.equal(r.headers['x-org'], 'b', "response-transform's {header.x}: the answer made for a was served to b");
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a response that will not be stored is not held: server-sent events (no-cache, or even max-age) reach the client as they are sent, not when the stream ends or max_body is reached', async () => {
   const up = await startUpstream((req, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': req.url!.includes('fresh') ? 'max-age=60' : 'no-cache' });

@@ -518,3 +518,53 @@ export function parseJson(buf: Buffer, onError: (message: string) => ProblemErro
   if (!r.ok) throw onError(r.message);
   return r.value;
 }
+
+// ---------------------------------------------------------------------------------------------
+// What transforms read of a request (for the cache: its key is the client's method, host, path
+// and query, looked up before request-transform runs and stored after response-transform)
+
+/** ctx.vars key: the inputs (see transformInputs) the transforms that ran on this request read. */
+export const TRANSFORM_INPUTS = 'transform-inputs';
+
+/**
+ * What templates read besides the request's path: 'h:NAME' a request field, 'q:NAME' a query
+ * parameter, 'consumer', 'ip' (the client's address) and 'unique' (the request id, or an
+ * expression reading $request: nothing a cache key holds). Added to `out`.
+ */
+export function templateInputs(t: string, out: Set<string>): void {
+  const re = /\{\{|\}\}|\{([a-z_]+)(?:\.([^{}]+))?\}/g;
+  for (let m = re.exec(t); m !== null; m = re.exec(t)) {
+    switch (m[1]) {
+      case 'header': out.add(`h:${m[2]!.toLowerCase()}`); break;
+      case 'query': out.add(`q:${m[2]!}`); break;
+      case 'consumer': out.add('consumer'); break;
+      case 'client_ip': out.add('ip'); break;
+      case 'request_id': out.add('unique'); break;
+    }
+  }
+}
+
+/**
+ * The inputs of header and query edits and JSON field sets (values are templates; a renamed
+ * field or parameter carries the client's value under another name), and of an expression
+ * that reads $request. `side`: a request's own fields are inputs only on the request side (on
+ * the response side header edits work on the answer's fields). Null when there is none.
+ */
+export function transformInputs(side: 'request' | 'response', headers?: HeaderOps, query?: QueryOps, json?: JsonOps, more: readonly string[] = []): readonly string[] | null {
+  const out = new Set<string>();
+  for (const t of more) templateInputs(t, out);
+  for (const ops of [headers?.set, headers?.add, headers?.append, query?.set, query?.add]) for (const t of Object.values(ops ?? {})) templateInputs(t, out);
+  if (side === 'request') {
+    for (const from of Object.keys(headers?.rename ?? {})) out.add(`h:${from.toLowerCase()}`);
+    for (const from of Object.keys(query?.rename ?? {})) out.add(`q:${from}`);
+  }
+  for (const v of Object.values(json?.set ?? {})) if (typeof v === 'string') templateInputs(v, out);
+  if (json?.expression !== undefined && json.expression.includes('$request')) out.add('unique');
+  return out.size === 0 ? null : [...out];
+}
+
+/** Records a transform's inputs on the request (several transforms may run on one). */
+export function recordInputs(ctx: RequestCtx, inputs: readonly string[]): void {
+  const prev = ctx.vars[TRANSFORM_INPUTS] as readonly string[] | undefined;
+  ctx.vars[TRANSFORM_INPUTS] = prev === undefined ? inputs : [...prev, ...inputs];
+}

@@ -30,6 +30,7 @@ import { CacheStores, type Flight, type FlightOutcome } from './stores.js';
 import { paramName, withoutQueryParam } from '../../core/query.js';
 import { plainIp } from '../../core/forwarded.js';
 import { monotonic } from '../../state/memory.js';
+import { TRANSFORM_INPUTS } from '../transform-common.js';
 
 const VAR = 'cache';
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
@@ -158,6 +159,23 @@ function repeated(ctx: RequestCtx, name: string): boolean {
   let n = 0;
   for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name && ++n > 1) return true;
   return false;
+}
+
+/**
+ * What a transform read of the request ('\0h:NAME' a field, '\0q:NAME' a query parameter's
+ * every occurrence, '\0consumer', '\0ip'): the upstream request or the stored answer was made
+ * from it beside the key, and the entry is matched on it as on a Vary'd field.
+ */
+function transformInput(ctx: RequestCtx, name: string): string | undefined {
+  if (name.startsWith('\0h:')) return field(ctx, name.slice(3));
+  if (name.startsWith('\0q:')) {
+    const n = name.slice(3);
+    const q = ctx.query.length > 1 ? ctx.query.slice(1).split(/[&;]/).filter((p) => paramName(p) === n) : [];
+    return q.length === 0 ? undefined : q.join('&');
+  }
+  if (name === '\0consumer') return ctx.consumer?.name ?? ctx.identity ?? undefined;
+  if (name === '\0ip') return ctx.clientIp;
+  return undefined;
 }
 
 /** A Vary'd field's value as stored and compared: a digest of its normalized value (null: absent). */
@@ -295,8 +313,11 @@ export default definePlugin({
     // The host without the scheme's default port: `example.com:80` and `example.com` are one URI
     // (RFC 9110 §4.2.3), stored and invalidated together.
     const bucketOf = (ctx: RequestCtx, path = ctx.path): Bucket => ({ host: hostKey(ctx.host, isTls(ctx.req) ? 'https' : 'http'), path });
-    /** A Vary'd field as the upstream got it (Host: the request's). */
-    const varied = (ctx: RequestCtx, st: State, name: string): string | undefined => (name === 'host' ? ctx.host : listField(st.up, name));
+    /**
+     * A Vary'd field as the upstream got it (Host: the request's); a name starting with NUL is
+     * what a transform read (see transformInputs), as the transform reads it.
+     */
+    const varied = (ctx: RequestCtx, st: State, name: string): string | undefined => (name === 'host' ? ctx.host : name.charCodeAt(0) === 0 ? transformInput(ctx, name) : listField(st.up, name));
     const matcher = (ctx: RequestCtx, st: State) => (h: EntryHead) => {
       for (let i = 0; i < h.vary.length; i++) if (varyValue(varied(ctx, st, h.vary[i]!)) !== h.varyValues[i]) return false;
       return true;
@@ -417,6 +438,16 @@ export default definePlugin({
       const vary = P.varyNames(headers);
       if (!Array.isArray(vary)) return null;
       for (const n of vary) if (repeated(ctx, n)) return null;
+      // What request-transform made the upstream request from, or response-transform the
+      // answer from, beside the key ({header.x}, {client_ip}...): matched as Vary is; what is
+      // different on every request ({request_id}) is never stored.
+      const inputs = ctx.vars[TRANSFORM_INPUTS] as readonly string[] | undefined;
+      if (inputs !== undefined) {
+        for (const i of inputs) {
+          if (i === 'unique' || (i.startsWith('h:') && repeated(ctx, i.slice(2)))) return null;
+          if (!vary.includes(`\0${i}`)) vary.push(`\0${i}`);
+        }
+      }
       const stored = storedFields(headers);
       // (an answer without Date is dated when it arrived, RFC 9110 §6.6.1: a hit says when it
       // was made, as its Age does, not when it is served)

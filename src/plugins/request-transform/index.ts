@@ -9,7 +9,7 @@ import { headerValueText } from '../../compose/template.js';
 import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { CODED_CONTENT_HEADERS, REPEATED_CONTENT_TYPE, asciiCompatible, asciiJson, codedContent, foreignCharset, repeatedContentType } from '../../core/headers.js';
-import { ResultTooLarge, compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, segmentValues, type JsonTransform } from '../transform-common.js';
+import { ResultTooLarge, compileHeaderOps, compileJsonOps, compileQueryOps, compileTemplate, isJsonType, parseJson, recordInputs, segmentValues, transformInputs, type JsonTransform } from '../transform-common.js';
 import { RequestTransformConfig } from './schema.js';
 import { dotSegment } from '../../compose/template.js';
 
@@ -112,6 +112,10 @@ export default definePlugin({
     const query = compileQueryOps(config.query);
     const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
     const json = compileJsonOps(config.json, true, max);
+    // What the upstream request gets from beyond the client's path and query (the cache keys
+    // its entries by them too). (A JSON body's edits: a request with a body is never cached.)
+    const inputs = transformInputs('request', config.headers, config.query, undefined,
+      typeof config.path === 'string' ? [config.path] : config.path !== undefined ? [config.path.replace] : []);
     let path: ((ctx: RequestCtx) => string) | null = null;
     if (typeof config.path === 'string') {
       const t = compileTemplate(config.path, 'path');
@@ -144,6 +148,7 @@ export default definePlugin({
     };
     return {
       access(ctx) {
+        if (inputs !== null) recordInputs(ctx, inputs);
         if (method !== undefined) ctx.upstreamMethod = method;
         if (path !== null) ctx.upstreamPath = safePath(path(ctx));
         if (query !== null) ctx.upstreamQuery = query(ctx, ctx.upstreamQuery);

@@ -13,7 +13,7 @@ import { jsonBodyProblem, parseSize } from '../../config/units.js';
 import { ProblemError } from '../../core/problem.js';
 import { foreignCharset } from '../../core/headers.js';
 import { findHeader, removeHeader } from '../../server/respond.js';
-import { ResultTooLarge, compileHeaderOps, compileJsonOps, isJsonType, parseJson } from '../transform-common.js';
+import { ResultTooLarge, compileHeaderOps, compileJsonOps, isJsonType, parseJson, recordInputs, transformInputs } from '../transform-common.js';
 import { ResponseTransformConfig } from './schema.js';
 
 const DEFAULT_MAX_BODY = 1024 * 1024;
@@ -88,6 +88,8 @@ export default definePlugin({
     const headers = compileHeaderOps(config.headers, false);
     const max = config.max_body !== undefined ? parseSize(config.max_body) : DEFAULT_MAX_BODY;
     const json = compileJsonOps(config.json, false, max);
+    // What the answer gets from the request (a cache stores the transformed answer: keyed by them too)
+    const inputs = transformInputs('response', config.headers, undefined, config.json);
     const statusMap = new Map(Object.entries(config.status ?? {}).map(([k, v]) => [Number(k), v]));
     const only = config.statuses ? new Set(config.statuses) : null;
     const applies = (status: number) => only === null || only.has(status);
@@ -103,6 +105,7 @@ export default definePlugin({
       config.non_json === 'refuse' && json !== null && applies(status) && status !== 204 && status !== 304 && !wantsJson(status, list);
     return {
       access(ctx) {
+        if (inputs !== null) recordInputs(ctx, inputs);
         if (json === null) return;
         // The transform reads the body as JSON: ask for it without a content coding (an
         // encoder on the way out compresses it again).
