@@ -1746,6 +1746,42 @@ services:
   }
 });
 
+test('statuses that are not heuristically cacheable (302, 307, 403, 500...) listed in statuses are stored only with explicit freshness or public (RFC 9111 §3, §4.2.2): a login redirect carrying one client\'s state is not served to the next', async () => {
+  let n = 0;
+  const up = await startUpstream((req, res) => {
+    n++;
+    if (req.url === '/login') res.writeHead(302, { location: `/sso?state=${n}` }).end();
+    else if (req.url === '/explicit') res.writeHead(302, { location: `/sso?state=${n}`, 'cache-control': 'max-age=60' }).end();
+    else if (req.url === '/public') res.writeHead(302, { location: `/sso?state=${n}`, 'cache-control': 'public' }).end();
+    else res.writeHead(403, { 'content-type': 'text/plain' }).end(`denied ${n}`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache, config: {statuses: [200, 302, 403]}}]
+    routes: [{paths: [/]}]
+`);
+  try {
+    const first = await request(`${g.url}/login`);
+    const second = await request(`${g.url}/login`);
+    assert.equal(first.status, 302);
+    assert.notEqual(second.headers.location, first.headers.location, 'a 302 without freshness information was given the heuristic ttl');
+    assert.equal(second.headers['x-cache-status'], 'MISS');
+    const d1 = await request(`${g.url}/forbidden`);
+    assert.notEqual((await request(`${g.url}/forbidden`)).body, d1.body, 'a 403 without freshness information was given the heuristic ttl');
+    // (explicit freshness, or public, lets a listed status be stored)
+    const e1 = await request(`${g.url}/explicit`);
+    const e2 = await request(`${g.url}/explicit`);
+    assert.equal(e2.headers['x-cache-status'], 'HIT');
+    assert.equal(e2.headers.location, e1.headers.location);
+    await request(`${g.url}/public`);
+    assert.equal((await request(`${g.url}/public`)).headers['x-cache-status'], 'HIT');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a response that will not be stored is not held: server-sent events (no-cache, or even max-age) reach the client as they are sent, not when the stream ends or max_body is reached', async () => {
   const up = await startUpstream((req, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': req.url!.includes('fresh') ? 'max-age=60' : 'no-cache' });

@@ -16,6 +16,7 @@ export const MAX_VARY_NAMES = 32;
 
 /** Statuses a cache may store without explicit freshness (RFC 9110 §15.1: heuristically cacheable). */
 export const HEURISTIC_STATUSES: readonly number[] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+const HEURISTIC = new Set(HEURISTIC_STATUSES);
 
 /**
  * Statuses whose caching requirements this cache implements (must-understand, RFC 9111
@@ -269,6 +270,9 @@ export function refusal(status: number, headers: readonly string[], req: { autho
   if (o.shared && req.cookie && !(cc.has('public') || cc.has('s-maxage') || cc.has('max-age') || hasField(headers, 'expires'))) return 'cookie without explicit freshness';
   if (!o.cacheSetCookie && hasField(headers, 'set-cookie')) return 'set-cookie';
   if (hasField(headers, 'content-range')) return 'content-range';
+  // §3, §4.2.2: a status that is not heuristically cacheable (302, 307, 403, 500... listed in
+  // `statuses`) is stored only with explicit freshness or public: never on the ttl heuristic.
+  if (!HEURISTIC.has(status) && !(cc.has('public') || cc.has('max-age') || (o.shared ? cc.has('s-maxage') : cc.has('private')) || hasField(headers, 'expires'))) return `status ${status} without explicit freshness`;
   const vary = varyNames(headers);
   if (vary === '*') return 'vary *';
   if (vary === 'too-many') return 'vary too long';

@@ -11,7 +11,7 @@ export const CacheConfig = Type.Object({
   })),
   statuses: Type.Optional(Type.Array(Type.Integer({ minimum: 200, maximum: 599 }), {
     default: [...HEURISTIC_STATUSES], minItems: 1, uniqueItems: true,
-    description: 'Statuses that are stored (default: the heuristically cacheable ones of RFC 9110 §15.1). 206 and 304 never are.',
+    description: 'Statuses that are stored (default: the heuristically cacheable ones of RFC 9110 §15.1; others only with explicit freshness or public, never on the ttl heuristic). 206 and 304 never are.',
   })),
   max_body: Type.Optional(Size('Largest response body stored (larger ones are served, not stored; default 1mb)')),
   backend: Type.Optional(Type.Union([Type.Literal('memory'), Type.Literal('redis')], {
