@@ -1782,6 +1782,32 @@ test('statuses that are not heuristically cacheable (302, 307, 403, 500...) list
   }
 });
 
+test('a key with cookie:NAME still keeps other cookies\' answers without explicit freshness from being shared: keyed by lang, a session cookie\'s personal page is not served to the next visitor of that language', async () => {
+  const up = await startUpstream((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' }).end(`page for ${req.headers.cookie ?? 'nobody'}`);
+  });
+  const g = await startGateway(`services:
+  - name: web
+    url: ${up.url}
+    plugins: [{name: cache, config: {key: ["cookie:lang"]}}]
+    routes: [{paths: [/]}]
+`);
+  try {
+    const victim = await request(`${g.url}/account/x.css`, { headers: { cookie: 'lang=en; session=victim' } });
+    assert.equal(victim.body, 'page for lang=en; session=victim');
+    const other = await request(`${g.url}/account/x.css`, { headers: { cookie: 'lang=en; session=attacker' } });
+    assert.equal(other.body, 'page for lang=en; session=attacker', "the victim's personal page was served to another visitor of its language");
+    // (the keyed cookie alone: its answers are the key's, shared on the heuristic as before)
+    await request(`${g.url}/home`, { headers: { cookie: 'lang=en' } });
+    const hit = await request(`${g.url}/home`, { headers: { cookie: 'lang=en' } });
+    assert.equal(hit.headers['x-cache-status'], 'HIT');
+    assert.equal((await request(`${g.url}/home`, { headers: { cookie: 'lang=de' } })).body, 'page for lang=de');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a response that will not be stored is not held: server-sent events (no-cache, or even max-age) reach the client as they are sent, not when the stream ends or max_body is reached', async () => {
   const up = await startUpstream((req, res) => {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': req.url!.includes('fresh') ? 'max-age=60' : 'no-cache' });

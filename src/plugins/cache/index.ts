@@ -102,6 +102,16 @@ function cookie(header: string | undefined, name: string): string | null {
   return null;
 }
 
+/** Whether the Cookie field holds a cookie the key does not name (it may make the answer personal). */
+function unkeyedCookie(header: string, keyed: ReadonlySet<string>): boolean {
+  for (const part of header.split(';')) {
+    const eq = part.indexOf('=');
+    const name = (eq === -1 ? part : part.slice(0, eq)).trim();
+    if (name !== '' && !keyed.has(name)) return true;
+  }
+  return false;
+}
+
 /**
  * Whether a cookie is named more than once in the Cookie field (`lang=en; lang=evil`): the key
  * reads the first, an upstream may read the last (Python's http.cookies, Go's last lookup...).
@@ -307,6 +317,7 @@ export default definePlugin({
 
     const labelled = (l: Label): string[] => (label ? [label, l] : []);
     const keyedByCookie = parts.some((p) => p.kind === 'cookie');
+    const keyCookies = new Set(parts.flatMap((p) => (p.kind === 'cookie' ? [p.name] : [])));
     // (a key field given twice, or a key cookie named twice: what the key reads may not be what the upstream answers to)
     const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name))
       || (keyedByCookie && parts.some((p) => p.kind === 'cookie' && cookieRepeated(ctx.header('cookie'), p.name)));
@@ -375,11 +386,13 @@ export default definePlugin({
       sub = digest(sub);
       const bucket = bucketOf(ctx);
       const rd = honour ? P.requestDirectives(ctx.header('cache-control'), ctx.header('pragma')) : null;
+      const cookieHeader = ctx.header('cookie');
       return {
         kind, bucket, sub, q, up, fk: `${zone}\n${bucket.host}\n${bucket.path}\n${sub}`, rd,
         store: ctx.method === 'GET' && !(rd?.noStore ?? false),
         authorization: authorization !== undefined,
-        cookie: !keyedByCookie && ctx.header('cookie') !== undefined,
+        // (a key of cookie:lang covers lang, not the session cookie beside it)
+        cookie: cookieHeader !== undefined && (!keyedByCookie || unkeyedCookie(cookieHeader, keyCookies)),
         // (unless it says it takes a stale answer on an error all the same: stale-if-error)
         forced: rd !== null && (rd.noCache || rd.maxAge != null) && rd.staleIfError === null,
         requestTime: 0, sentAt: 0, stale: null, validating: null, flight: null,
