@@ -1718,7 +1718,8 @@ services:
       - {name: h, paths: [/h], plugins: [{name: request-transform, config: {headers: {set: {x-tenant: "{header.x-org}"}}}}]}
       - {name: ip, paths: [/ip], plugins: [{name: request-transform, config: {query: {set: {ip: "{client_ip}"}}}}]}
       - {name: q, paths: [/q], plugins: [{name: request-transform, config: {path: "/q/{query.user}"}}]}
-      - {name: id, paths: [/id], plugins: [{name: request-transform, config: {headers: {set: {x-tenant: "{request_id}"}}}}]}
+      - {name: id, paths: [/id], plugins: [{name: request-transform, config: {query: {set: {rid: "{request_id}"}}}}]}
+      - {name: corr, paths: [/corr], plugins: [{name: request-transform, config: {headers: {set: {x-correlation-id: "{request_id}"}}}}]}
       - {name: r, paths: [/r], plugins: [{name: response-transform, config: {headers: {set: {x-org: "{header.x-org}"}}, json: {set: {org: "{header.x-org}"}}}}]}
 `);
   try {
@@ -1736,6 +1737,9 @@ services:
     const first = await get('/id', {});
     const second = await get('/id', {});
     assert.notEqual(second.body, first.body, '{request_id}: one request\'s answer was served to another');
+    // (a correlation id in a field, like the gateway's own X-Request-Id, keeps answers storable)
+    await get('/corr', {});
+    assert.equal((await get('/corr', {})).headers['x-cache-status'], 'HIT');
     await get('/r', { 'x-org': 'a' });
     assert.equal((await get('/r', { 'x-org': 'a' })).headers['x-cache-status'], 'HIT');
     const r = await get('/r', { 'x-org': 'b' });

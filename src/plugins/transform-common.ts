@@ -531,7 +531,7 @@ export const TRANSFORM_INPUTS = 'transform-inputs';
  * parameter, 'consumer', 'ip' (the client's address) and 'unique' (the request id, or an
  * expression reading $request: nothing a cache key holds). Added to `out`.
  */
-export function templateInputs(t: string, out: Set<string>): void {
+export function templateInputs(t: string, out: Set<string>, requestId = true): void {
   const re = /\{\{|\}\}|\{([a-z_]+)(?:\.([^{}]+))?\}/g;
   for (let m = re.exec(t); m !== null; m = re.exec(t)) {
     switch (m[1]) {
@@ -539,7 +539,7 @@ export function templateInputs(t: string, out: Set<string>): void {
       case 'query': out.add(`q:${m[2]!}`); break;
       case 'consumer': out.add('consumer'); break;
       case 'client_ip': out.add('ip'); break;
-      case 'request_id': out.add('unique'); break;
+      case 'request_id': if (requestId) out.add('unique'); break;
     }
   }
 }
@@ -553,7 +553,10 @@ export function templateInputs(t: string, out: Set<string>): void {
 export function transformInputs(side: 'request' | 'response', headers?: HeaderOps, query?: QueryOps, json?: JsonOps, more: readonly string[] = []): readonly string[] | null {
   const out = new Set<string>();
   for (const t of more) templateInputs(t, out);
-  for (const ops of [headers?.set, headers?.add, headers?.append, query?.set, query?.add]) for (const t of Object.values(ops ?? {})) templateInputs(t, out);
+  // (a request field holding {request_id} is a correlation id like the gateway's own X-Request-Id,
+  // which every upstream request carries and no key holds: answers stay storable)
+  for (const ops of [headers?.set, headers?.add, headers?.append]) for (const t of Object.values(ops ?? {})) templateInputs(t, out, side === 'response');
+  for (const ops of [query?.set, query?.add]) for (const t of Object.values(ops ?? {})) templateInputs(t, out);
   if (side === 'request') {
     for (const from of Object.keys(headers?.rename ?? {})) out.add(`h:${from.toLowerCase()}`);
     for (const from of Object.keys(query?.rename ?? {})) out.add(`q:${from}`);
