@@ -829,6 +829,27 @@ test('idle timeout: frames in either direction keep it alive; silence closes bot
   }
 });
 
+test('idle timeout: a wall clock stepped forward (NTP, a resumed VM) does not close a relay that is not idle (the timeout runs on the monotonic clock)', T, async (t) => {
+  const up = await wsUpstream();
+  const gw = await gateway(up.url, { idleTimeout: 400 });
+  const c = client(gw.url);
+  try {
+    await c.open;
+    await sleep(250);
+    c.ws.ping();
+    await sleep(50);
+    // The clock steps an hour forward between a frame and the idle check that follows it.
+    const realNow = Date.now;
+    t.mock.method(Date, 'now', () => realNow.call(Date) + 3_600_000);
+    for (let i = 0; i < 4; i++) { await sleep(150); c.ws.ping(); }
+    assert.equal(c.ws.readyState, WebSocket.OPEN, 'closed as idle though pings kept coming');
+  } finally {
+    c.ws.terminate();
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('idle timeout: the fragments of a message still arriving keep the relay alive', T, async () => {
   const up = await wsUpstream();
   const gw = await gateway(up.url, { idleTimeout: 300 });

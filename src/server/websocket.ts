@@ -426,7 +426,8 @@ export function relayWebSocket(o: WsRelayOptions): void {
 // ---- relay ----
 
 function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Duplex, upSocket: Duplex | undefined): void {
-  const started = Date.now();
+  // (the monotonic clock: a wall clock stepped forward read as the idle timeout long past)
+  const started = performance.now();
   const stats: WsStats = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0, durationMs: 0, code: 1006, reason: '', closedBy: 'gateway' };
   let last = started;            // time of the last frame received on either leg
   let ending = false;            // the close decision was taken
@@ -441,7 +442,7 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
   };
   relays.add(self);
 
-  const touch = (): void => { last = Date.now(); };
+  const touch = (): void => { last = performance.now(); };
 
   /** Records who ended the relay (first caller only) and arms the close-handshake deadline. */
   function begin(by: WsStats['closedBy'], code: number, reason: string): boolean {
@@ -467,7 +468,7 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
   function wire(src: WebSocket, dst: WebSocket, dstSocket: Duplex | undefined, side: 'client' | 'upstream'): void {
     const fromClient = side === 'client';
     src.on('message', (data: RawData, isBinary: boolean) => {
-      last = Date.now();
+      last = performance.now();
       const buf = data as Buffer; // binaryType 'nodebuffer': always one Buffer, fragments joined
       if (fromClient) { stats.messagesIn++; stats.bytesIn += buf.length; } else { stats.messagesOut++; stats.bytesOut += buf.length; }
       if (dst.readyState !== WebSocket.OPEN) return;
@@ -502,14 +503,14 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
     clearTimeout(idleTimer);
     clearTimeout(killTimer);
     relays.delete(self);
-    stats.durationMs = Date.now() - started;
+    stats.durationMs = performance.now() - started;
     resolveDone();
     o.onClose?.({ ...stats });
   }
 
   /** One timer per relay, re-armed lazily from `last` rather than reset on every frame. */
   function checkIdle(): void {
-    const left = last + o.idleTimeout - Date.now();
+    const left = last + o.idleTimeout - performance.now();
     if (left > 0) idleTimer = setTimeout(checkIdle, left).unref();
     else gatewayClose(1001, 'idle timeout');
   }
