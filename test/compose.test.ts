@@ -128,6 +128,36 @@ routes:
   assert.deepEqual(JSON.parse(r.body), { user: { id: 1 }, errors: [{ step: 'recs', status: null, error: 'did not answer within 250 ms' }] });
 });
 
+test('every step optional and every one failed (no fallback): a 502 naming them, not a 200 holding nothing but errors', async () => {
+  const down = await upstream((req, res) => res.writeHead(503).end());
+  const gw = await gateway(`services:
+  - {name: down, url: "${down.url}"}
+routes:
+  - name: feed
+    paths: [/feed]
+    compose:
+      steps:
+        - {name: a, service: down, optional: true}
+        - {name: b, service: down, optional: true}
+  - name: degraded
+    paths: [/degraded]
+    compose:
+      steps:
+        - {name: a, service: down, optional: true}
+        - {name: b, service: down, optional: true, fallback: []}
+`);
+  const r = await request(`${gw.url}/feed`);
+  assert.equal(r.status, 502, r.body);
+  assert.match(String(r.headers['content-type']), /problem\+json/);
+  const p = JSON.parse(r.body);
+  assert.equal(p.type, 'urn:turnpike:problem:step-failed');
+  assert.deepEqual(p.errors.map((e: { step: string; status: number }) => [e.step, e.status]), [['a', 503], ['b', 503]]);
+  // A fallback is an answer (a known-degraded one): 200 as before.
+  const d = await request(`${gw.url}/degraded`);
+  assert.equal(d.status, 200, d.body);
+  assert.equal(d.headers['turnpike-partial'], 'a, b');
+});
+
 test('hostile path parameters through the router are encoded upstream, never re-interpreted', async () => {
   const users = await upstream((req, res) => json(res, { url: req.url }));
   const gw = await gateway(`services:

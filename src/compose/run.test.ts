@@ -583,15 +583,18 @@ routes:
 test('service steps use the balancer, skip down targets and retry on another target', async () => {
   const bad = await upstream((req, res) => json(res, { from: 'bad' }, 503));
   const good = await upstream((req, res) => json(res, { from: 'good' }));
+  // (a second step that always answers: with every step failed the composition is a 502)
   const yaml = (retries: number) => `services:
   - name: svc
     upstream: {targets: [{url: "${bad.url}"}, {url: "${good.url}"}]}
+  - {name: steady, url: "${good.url}"}
 routes:
   - name: r
     paths: [/r]
     compose:
       steps:
         - {name: x, service: svc, retries: ${retries}, optional: true}
+        - {name: y, service: steady}
 `;
   const noRetry = setup(yaml(0));
   const outcomes = [];

@@ -287,6 +287,13 @@ function cacheKeyOf(step: CompiledStep, req: StepRequest): string {
 }
 
 function respond(compose: CompiledCompose, results: readonly (StepOutcome | undefined)[]): BufferedResponse {
+  // Every step failed (all optional, none with a fallback): there is no answer, only errors — a
+  // 502 (504 when the first one timed out) that lists them, not a 200 a client reads as data.
+  if (results.every((r) => !r!.ok && !r!.fellBack)) {
+    const first = problemFor(compose.steps[0]!, results[0]!);
+    const errors = compose.steps.map((step, i) => ({ step: step.name, status: results[i]!.status, error: results[i]!.error }));
+    throw new ProblemError(first.code, `every step failed: ${compose.steps.map((st) => st.name).join(', ')}`, { ...first.extra, errors });
+  }
   const values: StepValue[] = [];
   const errors: Record<string, unknown>[] = [];
   const partial: string[] = [];
