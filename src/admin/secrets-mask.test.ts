@@ -115,3 +115,47 @@ test('a secret-named field under a `credentials` object of a plugin config (a JS
     await new Promise((r) => server.close(r));
   }
 });
+
+test('header and query values set or matched under a credential-like name (X-Access-Token, Private-Token, ?access_token=...) read "(secret)" for every reader: transforms, a route\'s header match, a composition step; written back, the stored values stay', async () => {
+  const store = new MemoryStore();
+  const transform = { headers: { set: { 'X-Access-Token': 'HDR-TOKEN-0001', 'Private-Token': 'HDR-TOKEN-0002', 'X-Team': 'blue' }, rename: { 'X-Old': 'X-New' } }, query: { set: { access_token: 'QUERY-TOKEN-0003', page: '1' } } };
+  const routeHeaders = { 'X-Internal-Token': ['MATCH-TOKEN-0004', 'MATCH-TOKEN-0005'], 'X-Env': 'prod' };
+  const step = { name: 'user', service: 'orders', path: '/u', headers: { 'X-Vault-Token': 'STEP-TOKEN-0006' }, query: { api_token: 'STEP-TOKEN-0007' } };
+  await store.write({ actor: 'seed', action: 'seed' }, () => ({
+    services: [{ name: 'orders', url: 'http://127.0.0.1:9001', plugins: [{ name: 'request-transform', config: transform }], routes: [{ name: 'r', paths: ['/o'], headers: routeHeaders }] }],
+    routes: [{ name: 'c', paths: ['/c'], compose: { steps: [step] } }],
+  }));
+  const handler = createApiHandler({ store, validate: documentValidator(), tokens: [{ name: 'ops', token: ADMIN, role: 'admin' }, { name: 'viewer', token: READER, role: 'read-only' }], log: silentLogger });
+  const server = createServer((req, res) => void handler(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const call = async (method: string, path: string, token = ADMIN, body?: unknown) => {
+    const r = await request(`${base}${path}`, { method: method as 'GET', headers: { authorization: `Bearer ${token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: r.statusCode, text: await r.body.text() };
+  };
+  try {
+    for (const path of ['/api/plugins', '/api/routes', '/api/routes/r', '/api/routes/c', '/api/config?format=json', '/api/config', '/api/revisions/1']) {
+      const r = await call('GET', path, READER);
+      assert.equal(r.status, 200, `${path}: ${r.text}`);
+      assert.doesNotMatch(r.text, /(HDR|QUERY|MATCH|STEP)-TOKEN-000/, path);
+    }
+    // (names that hold nothing secret, and a rename's target name, read as written)
+    const plugins = (await call('GET', '/api/plugins', READER)).text;
+    assert.match(plugins, /"X-Team":"blue"/);
+    assert.match(plugins, /"X-Old":"X-New"/);
+    assert.match(plugins, /"page":"1"/);
+    assert.match((await call('GET', '/api/routes/r', READER)).text, /"X-Env":"prod"/);
+    // Export (masked) -> apply back: every stored value stays.
+    const exported = JSON.parse((await call('GET', '/api/config?format=json')).text);
+    exported.services[0].retries = 1;
+    const put = await call('PUT', '/api/config', ADMIN, exported);
+    assert.equal(put.status, 200, put.text);
+    const stored = (await store.current())!.document as { services: { retries: number; plugins: { config: unknown }[]; routes: { headers: unknown }[] }[]; routes: { compose: { steps: unknown[] } }[] };
+    assert.equal(stored.services[0]!.retries, 1);
+    assert.deepEqual(stored.services[0]!.plugins[0]!.config, transform);
+    assert.deepEqual(stored.services[0]!.routes[0]!.headers, routeHeaders);
+    assert.deepEqual(stored.routes[0]!.compose.steps[0], step);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});

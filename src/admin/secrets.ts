@@ -135,6 +135,25 @@ const SECRET_HEADER_KEYS = new Set(['authorization', 'proxy-authorization', 'x-a
 export function isSecretKey(k: string): boolean {
   return CONFIG_SECRET_FIELDS.includes(k) || SECRET_HEADER_KEYS.has(k.toLowerCase());
 }
+
+/**
+ * Keys whose object maps header or query parameter names to values: a route's `headers` (values
+ * it must match), a transform's `headers` / `query` (`set`, `add`, `append`), a composition
+ * step's `headers` / `query`. Below them a name is judged as a URL's query parameter is
+ * (isSecretParam: `pass`, `pwd`, `secret`, `token`, `key`), or holding `auth` or `cookie`:
+ * `X-Access-Token`, `Private-Token`, `?access_token=` set upstream are credentials as much as
+ * `Authorization` is. (`rename` maps names to names: nothing secret.)
+ */
+const NAME_MAPS = new Set(['headers', 'query']);
+const SECRET_NAME = /pass|pwd|secret|token|key|auth|cookie/i;
+
+/** Whether the maps below `k` name fields (in a name map, or becoming one). */
+const namesBelow = (k: string, inNames: boolean): boolean => NAME_MAPS.has(k) || (inNames && k !== 'rename');
+
+/** Whether `k` (in a name map when `inNames`) holds a secret value. */
+const secretAt = (k: string, inNames: boolean): boolean => isSecretKey(k) || (inNames && SECRET_NAME.test(k));
+
+const isStrings = (x: unknown): x is string[] => Array.isArray(x) && x.length > 0 && x.every((s) => typeof s === 'string');
 /** What a read shows in place of such a secret; written back, it keeps the stored value. */
 export const MASK = '(secret)';
 
@@ -197,14 +216,17 @@ function restoreUrl(x: string, old: unknown): string | null {
  * An object named `credentials` inside a plugin config — a JSON body set upstream — is masked
  * like any other.)
  */
-export function maskSecrets<T>(v: T): T {
+export function maskSecrets<T>(v: T, inNames = false): T {
   if (typeof v === 'string') return maskUrl(v) as T;
   if (Array.isArray(v)) return v.map((x) => maskSecrets(x)) as T;
   if (!isObj(v)) return v;
   const out: Obj = {};
   for (const [k, x] of Object.entries(v)) {
-    if (isSecretKey(k) && ((typeof x === 'string' && x !== '' && !isRef(x)) || typeof x === 'number')) out[k] = MASK;
-    else out[k] = maskSecrets(x);
+    const secret = secretAt(k, inNames);
+    if (secret && ((typeof x === 'string' && x !== '' && !isRef(x)) || typeof x === 'number')) out[k] = MASK;
+    // (a header a route matches on may list several values: all of them read as one MASK)
+    else if (secret && inNames && isStrings(x) && !x.every(isRef)) out[k] = MASK;
+    else out[k] = maskSecrets(x, namesBelow(k, inNames));
   }
   return out as T;
 }
@@ -222,7 +244,7 @@ function counterpart(item: unknown, i: number, old: unknown[]): unknown {
  * Puts the stored secrets back where a write sent MASK (an edited read, applied back). Mutates
  * `next`; returns the paths where MASK had nothing stored to stand for (the write is refused).
  */
-export function restoreMasked(next: unknown, old: unknown, path = ''): string[] {
+export function restoreMasked(next: unknown, old: unknown, path = '', inNames = false): string[] {
   const missing: string[] = [];
   if (Array.isArray(next)) {
     const o = Array.isArray(old) ? old : [];
@@ -236,14 +258,15 @@ export function restoreMasked(next: unknown, old: unknown, path = ''): string[] 
   } else if (isObj(next)) {
     const o = isObj(old) ? old : {};
     for (const [k, x] of Object.entries(next)) {
-      if (x === MASK && isSecretKey(k)) {
+      if (x === MASK && secretAt(k, inNames)) {
         if (typeof o[k] === 'string' || typeof o[k] === 'number') next[k] = o[k];
+        else if (inNames && isStrings(o[k])) next[k] = [...(o[k] as string[])];
         else missing.push(`${path ? `${path}.` : ''}${k}`);
       } else if (typeof x === 'string') {
         const r = restoreUrl(x, o[k]);
         if (r === null) missing.push(`${path ? `${path}.` : ''}${k}`);
         else next[k] = r;
-      } else missing.push(...restoreMasked(x, o[k], `${path ? `${path}.` : ''}${k}`));
+      } else missing.push(...restoreMasked(x, o[k], `${path ? `${path}.` : ''}${k}`, namesBelow(k, inNames)));
     }
   }
   return missing;
