@@ -159,3 +159,46 @@ test('header and query values set or matched under a credential-like name (X-Acc
     await new Promise((r) => server.close(r));
   }
 });
+
+test('written back, a masked secret keeps its own stored value: one of two unnamed scaling triggers removed does not hand its secrets to the other, and a URL moved to another host with its password masked is refused (the stored password never goes to the new host)', async () => {
+  const store = new MemoryStore();
+  const a = { type: 'webhook', url: 'https://ops:PASSWORD-OF-A-0001@a.hooks.example/hook', secret: 'hmac-secret-of-a-0123456' };
+  const b = { type: 'webhook', url: 'https://ops:PASSWORD-OF-B-0002@b.other.example/hook?api_key=QUERY-KEY-OF-B', secret: 'hmac-secret-of-b-0123456' };
+  await store.write({ actor: 'seed', action: 'seed' }, () => ({
+    services: [{ name: 'orders', url: 'http://127.0.0.1:9001', routes: [{ name: 'r', paths: ['/o'] }], scaling: { target_concurrency: 4, triggers: [a, b] } }],
+  }));
+  const handler = createApiHandler({ store, validate: documentValidator(), tokens: [{ name: 'ops', token: ADMIN, role: 'admin' }], log: silentLogger });
+  const server = createServer((req, res) => void handler(req, res));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const call = async (method: string, path: string, body?: unknown) => {
+    const r = await request(`${base}${path}`, { method: method as 'GET', headers: { authorization: `Bearer ${ADMIN}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: r.statusCode, text: await r.body.text() };
+  };
+  const triggers = async () => ((await store.current())!.document as { services: { scaling: { triggers: unknown[] } }[] }).services[0]!.scaling.triggers;
+  try {
+    // The first trigger removed from the (masked) item, the second sent back as read: it keeps B's secrets.
+    const view = JSON.parse((await call('GET', '/api/services/orders')).text);
+    assert.match(JSON.stringify(view.scaling), /ops:\(secret\)@b\.other\.example/);
+    view.scaling.triggers.shift();
+    const put = await call('PUT', '/api/services/orders', view);
+    assert.equal(put.status, 200, put.text);
+    assert.deepEqual(await triggers(), [b]);
+    // Its URL moved to another host, the password left masked: refused, nothing written.
+    const rev = (await store.current())!.revision;
+    const moved = JSON.parse((await call('GET', '/api/services/orders')).text);
+    moved.scaling.triggers[0].url = moved.scaling.triggers[0].url.replace('b.other.example', 'elsewhere.example');
+    const bad = await call('PUT', '/api/services/orders', moved);
+    assert.equal(bad.status, 400, bad.text);
+    assert.match(bad.text, /scaling\.triggers\[0\]\.url/);
+    assert.equal((await store.current())!.revision, rev);
+    // The same host with another path keeps the password and the query key.
+    const repathed = JSON.parse((await call('GET', '/api/services/orders')).text);
+    repathed.scaling.triggers[0].url = repathed.scaling.triggers[0].url.replace('/hook', '/hook2');
+    const ok = await call('PUT', '/api/services/orders', repathed);
+    assert.equal(ok.status, 200, ok.text);
+    assert.deepEqual(await triggers(), [{ ...b, url: b.url.replace('/hook', '/hook2') }]);
+  } finally {
+    await new Promise((r) => server.close(r));
+  }
+});

@@ -8,6 +8,7 @@
 import { hashPassword } from '../plugins/basic-auth/hash.js';
 import { isObj, items, type Obj } from './document.js';
 import { isSecretParam, mapUrlParams } from '../core/url-secrets.js';
+import { canonicalJson } from './etag.js';
 
 /** Fields that hold a secret (any credential type). */
 export const SECRET_FIELDS: readonly string[] = ['key', 'key_sha256', 'password', 'password_hash', 'secret', 'client_secret', 'private_key', 'token'];
@@ -186,10 +187,22 @@ function paramOf(url: string, name: string): string | undefined {
   return found;
 }
 
-/** A URL whose password or secret parameters read MASK gets the stored URL's back (null: one has none stored). */
+/** A URL's scheme, user name and host[:port], lower case (its password left out), or null. */
+const ORIGIN = /^([a-z][a-z0-9+.-]*:\/\/)(?:([^/?#@:]*)(?::[^/?#@]*)?@)?([^/?#]*)/i;
+function originOf(url: string): string | null {
+  const m = ORIGIN.exec(url);
+  return m ? `${m[1]!.toLowerCase()}${m[2] ?? ''}@${m[3]!.toLowerCase()}` : null;
+}
+
+/**
+ * A URL whose password or secret parameters read MASK gets the stored URL's back (null: one has
+ * none stored, or it is another server's: a URL whose scheme, user or host changed beside a
+ * MASK must give its secrets, else the stored password would go to the new host).
+ */
 function restoreUrl(x: string, old: unknown): string | null {
   if (!isUrl(x) || !x.includes(MASK)) return x;
   const stored = typeof old === 'string' ? old : '';
+  if (originOf(x) === null || originOf(x) !== originOf(stored)) return null;
   let out = x;
   const m = URL_PASSWORD.exec(x);
   if (m && m[2] === MASK) {
@@ -231,13 +244,38 @@ export function maskSecrets<T>(v: T, inNames = false): T {
   return out as T;
 }
 
-/** The counterpart of an array item in the stored array: same name (and consumer / type), else the same index. */
+/**
+ * The counterpart of an array item in the stored array: same name (and consumer / type); an
+ * item without a name (a scaling trigger, an upstream target), the stored one whose read
+ * (masked) agrees with it on the most fields besides its masks (the same index on a tie), so
+ * that removing or moving one does not hand its neighbour's secrets to the next; else the same
+ * index.
+ */
 function counterpart(item: unknown, i: number, old: unknown[]): unknown {
   if (isObj(item) && typeof item['name'] === 'string') {
     const same = old.find((o) => isObj(o) && o['name'] === item['name'] && o['consumer'] === item['consumer'] && o['type'] === item['type']);
     if (same !== undefined) return same;
   }
-  return old[i];
+  if (!isObj(item)) return old[i];
+  let best = old[i];
+  let bestScore = 0;
+  old.forEach((o, j) => {
+    if (!isObj(o)) return;
+    const read = maskSecrets(o);
+    let score = 0;
+    for (const [k, v] of Object.entries(item)) if (v !== MASK && k in read && canonicalJson(read[k]) === canonicalJson(v)) score++;
+    if (score > bestScore || (score === bestScore && score > 0 && j === i)) {
+      best = o;
+      bestScore = score;
+    }
+  });
+  return best;
+}
+
+/** The stored string an array's string item stands for: the one it is the read of (moved), else the same index. */
+function counterpartString(x: string, i: number, old: unknown[]): unknown {
+  if (!x.includes(MASK) || (typeof old[i] === 'string' && maskUrl(old[i] as string) === x)) return old[i];
+  return old.find((o) => typeof o === 'string' && maskUrl(o) === x) ?? old[i];
 }
 
 /**
@@ -250,7 +288,7 @@ export function restoreMasked(next: unknown, old: unknown, path = '', inNames = 
     const o = Array.isArray(old) ? old : [];
     next.forEach((x, i) => {
       if (typeof x === 'string') {
-        const r = restoreUrl(x, o[i]);
+        const r = restoreUrl(x, counterpartString(x, i, o));
         if (r === null) missing.push(`${path}[${i}]`);
         else next[i] = r;
       } else missing.push(...restoreMasked(x, counterpart(x, i, o), `${path}[${i}]`));
