@@ -880,6 +880,29 @@ test('GET /api/revisions/N answers JSON or YAML by Accept, and says so with Vary
   }
 });
 
+test('a JSON-only read asked with an Accept that rules JSON out is a 406 problem (RFC 9110 §12.5.1), as GET /api/config is, not JSON regardless; */*, application/* and a listed application/json are answered', async () => {
+  const api = await start({ seed: sampleDocument() });
+  try {
+    for (const path of ['/api/services', '/api/services/orders', '/api/consumers/acme/credentials', '/api/revisions', '/api/developers', '/api/openapi.json']) {
+      for (const accept of ['text/html', 'application/xml', 'application/json;q=0', 'text/html, application/json;q=0']) {
+        const r = await api.call('GET', path, { headers: { accept } });
+        isProblem(r, 406, 'not-acceptable');
+        assert.equal((await api.call('HEAD', path, { headers: { accept } })).status, 406, `HEAD ${path} (${accept})`);
+      }
+      for (const accept of ['application/json', 'application/*', '*/*', 'text/html, application/json;q=0.5', 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8']) {
+        const r = await api.call('GET', path, { headers: { accept } });
+        assert.equal(r.status, 200, `${path} (${accept}): ${r.text}`);
+        assert.equal(r.headers.get('content-type'), 'application/json');
+      }
+    }
+    // a write answers as before whatever Accept says (it is made; its answer is JSON)
+    const w = await api.call('PATCH', '/api/services/orders', { body: { retries: 2 }, type: 'application/merge-patch+json', headers: { accept: 'text/html' } });
+    assert.equal(w.status, 200, w.text);
+  } finally {
+    await api.close();
+  }
+});
+
 test('PUT /api/config with YAML: a key given twice is a 400 naming its path, line and column; a syntax error names its line; nothing is written', async () => {
   const api = await start({ seed: sampleDocument() });
   try {

@@ -119,6 +119,19 @@ function ordered(doc: Obj): Obj {
   return out;
 }
 
+/** Whether an Accept header allows application/json (absent: anything goes). */
+function acceptsJson(accept: string | undefined): boolean {
+  if (accept === undefined || accept.trim() === '') return true;
+  for (const part of accept.split(',')) {
+    const [t, ...params] = part.trim().toLowerCase().split(';');
+    const qp = params.map((p) => p.trim()).find((p) => p.startsWith('q='));
+    if (qp && !(Number(qp.slice(2)) > 0)) continue;
+    const type = t!.trim();
+    if (type === 'application/json' || type === 'application/*' || type === '*/*') return true;
+  }
+  return false;
+}
+
 export function toYaml(doc: Obj): string {
   const d = new YamlDocument(ordered(doc), { aliasDuplicateObjects: false });
   // A string that is one `${VAR}` reference is written quoted: read back unquoted (an export
@@ -658,6 +671,11 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
 
   async function handle(ctx: Ctx, endpoint: Endpoint): Promise<void> {
     const m = ctx.method === 'HEAD' ? 'GET' : ctx.method;
+    // A read answered in JSON only (the config and a revision negotiate YAML too): 406 when
+    // Accept rules JSON out (RFC 9110 §12.5.1), as GET /api/config does, not JSON regardless.
+    if (m === 'GET' && endpoint.kind !== 'config' && endpoint.kind !== 'revision' && !acceptsJson(ctx.req.headers.accept)) {
+      throw new ApiError('not-acceptable', `${ctx.path} answers application/json only`);
+    }
     switch (endpoint.kind) {
       case 'openapi': {
         checkQuery(ctx, []);
