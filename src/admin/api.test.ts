@@ -693,6 +693,36 @@ test('developers: listed with their status; approve takes a sign-up and a reques
   }
 });
 
+test('If-Match on approve / reject (RFC 9110 §13.1.1: evaluated, not ignored): a plan the developer asked for after the admin read revision N is a 412 and nothing is approved; the current revision lets it through', async () => {
+  const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
+  const seed: Obj = {
+    plans: { free: {}, pro: {}, enterprise: {} },
+    consumers: [{ name: 'dev-bob-2', plan: 'free', tags: ['portal'], credentials: [{ type: 'portal', email: 'bob@example.com', password_hash: hash, requested_plan: 'pro' }] }],
+  };
+  const api = await start({ seed });
+  try {
+    const seen = await api.call('GET', '/api/developers');
+    assert.equal(seen.json.data[0].requested_plan, 'pro');
+    const revision = Number(seen.headers.get('x-config-revision'));
+    // the developer asks for another plan meanwhile (the portal writes the same credential)
+    const moved = await api.call('PATCH', '/api/consumers/dev-bob-2/credentials/dev-bob-2%2Fportal%2F1', { body: { requested_plan: 'enterprise' }, type: 'application/merge-patch+json' });
+    assert.equal(moved.status, 200, moved.text);
+    for (const decision of ['approve', 'reject']) {
+      isProblem(await api.call('POST', `/api/developers/dev-bob-2/${decision}`, { headers: { 'if-match': `"r${revision}"` } }), 412, 'precondition-failed');
+    }
+    isProblem(await api.call('POST', '/api/developers/dev-bob-2/approve', { headers: { 'if-match': '"some-etag"' } }), 412, 'precondition-failed');
+    isProblem(await api.call('POST', '/api/developers/dev-bob-2/approve', { headers: { 'if-match': 'nonsense' } }), 400, 'bad-request');
+    const after = await api.call('GET', '/api/consumers/dev-bob-2');
+    assert.equal(after.json.plan, 'free');
+    const now = Number(after.headers.get('x-config-revision'));
+    const ok = await api.call('POST', '/api/developers/dev-bob-2/approve', { headers: { 'if-match': `"r${now}"` } });
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal((await api.call('GET', '/api/consumers/dev-bob-2')).json.plan, 'enterprise');
+  } finally {
+    await api.close();
+  }
+});
+
 test('developer accounts survive whole-document writes: a rollback keeps revoked keys revoked and newer sign-ups; a PUT without developers keeps them', async () => {
   const hash = 'scrypt$16384$8$1$c2FsdHNhbHRzYWx0c2FsdA==$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g=';
   const dev = (name: string, email: string, keys: string[]): Obj => ({

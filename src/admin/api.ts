@@ -657,8 +657,13 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
 
   async function decide(ctx: Ctx, name: string, decision: 'approve' | 'reject'): Promise<void> {
     checkQuery(ctx, []);
+    // (If-Match "rN": decide only on what was read at that revision — a plan the developer
+    // asked for since, a sign-up changed since, is a 412, not approved unseen)
+    const pre = ifMatch(ctx);
+    if (pre && pre.tags.length > 0 && pre.revisions.length === 0) throw new ApiError('precondition-failed', 'If-Match: developers are tagged by the config\'s revision ("rN")');
     let decided: string[] = [];
-    const { stored, staged } = await commit(ctx, `developer ${name}: ${decision}`, (cur) => {
+    const { stored, staged } = await commit(ctx, `developer ${name}: ${decision}`, (cur, revision) => {
+      checkIfMatch(pre, revision, null);
       const doc = structuredClone(cur ?? {});
       decided = decision === 'approve' ? approveDeveloper(doc, name) : rejectDeveloper(doc, name);
       return { doc, at: null };
