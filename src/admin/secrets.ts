@@ -256,7 +256,8 @@ function counterpart(item: unknown, i: number, old: unknown[]): unknown {
     const same = old.find((o) => isObj(o) && o['name'] === item['name'] && o['consumer'] === item['consumer'] && o['type'] === item['type']);
     if (same !== undefined) return same;
   }
-  if (!isObj(item)) return old[i];
+  // (only a MASK below the item takes anything from its counterpart: without one, no search)
+  if (!isObj(item) || !JSON.stringify(item).includes(MASK)) return old[i];
   let best = old[i];
   let bestScore = 0;
   old.forEach((o, j) => {
