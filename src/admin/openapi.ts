@@ -72,6 +72,8 @@ const STD_ERRORS: Json = {
   '401': problem('No or unknown bearer token (WWW-Authenticate: Bearer).'),
   '403': problem('The token is read-only.'),
 };
+/** A read whose Accept rules out what it answers (JSON; the config and a revision: YAML too). */
+const NOT_ACCEPTABLE: Json = { '406': problem('Accept rules out every type this read answers (application/json; the config and a revision: application/yaml too).') };
 const WRITE_ERRORS: Json = {
   '400': problem('Invalid JSON, or the change does not validate (validation-failed, errors[] name the fields).'),
   '409': problem('The name exists, the item is in use, or the store does not take writes (read-only).'),
@@ -102,7 +104,7 @@ function crud(schema: string, what: string, opts: { filters?: string[]; parent?:
   const parents = opts.parent ? [opts.parent] : [];
   const filters = (opts.filters ?? []).map((f) => ({ name: f, in: 'query', schema: { type: 'string' }, description: `Only items whose ${f} is this.` }));
   const collection: Json = {
-    get: { tags: [opts.tag], summary: `List ${what}s`, parameters: [...parents, P.limit, P.offset, P.tags, ...filters], responses: { '200': json(listOf(schema), `A page of ${what}s.`, ETAG), ...STD_ERRORS } },
+    get: { tags: [opts.tag], summary: `List ${what}s`, parameters: [...parents, P.limit, P.offset, P.tags, ...filters], responses: { '200': json(listOf(schema), `A page of ${what}s.`, ETAG), ...NOT_ACCEPTABLE, ...STD_ERRORS } },
   };
   if (opts.create !== false) {
     collection['post'] = {
@@ -113,7 +115,7 @@ function crud(schema: string, what: string, opts: { filters?: string[]; parent?:
   }
   const id = param('id', `The ${what}'s name or id.`);
   const item: Json = {
-    get: { tags: [opts.tag], summary: `Read a ${what}`, parameters: [...parents, id, P.ifNoneMatchRead, P.ifMatch], responses: { '200': json(ref(schema), `The ${what}.`, ETAG), '304': { description: 'If-None-Match matched.' }, '404': problem('No such item.'), '412': problem('If-Match does not hold (the item changed).'), ...STD_ERRORS } },
+    get: { tags: [opts.tag], summary: `Read a ${what}`, parameters: [...parents, id, P.ifNoneMatchRead, P.ifMatch], responses: { '200': json(ref(schema), `The ${what}.`, ETAG), '304': { description: 'If-None-Match matched.' }, '404': problem('No such item.'), '412': problem('If-Match does not hold (the item changed).'), ...NOT_ACCEPTABLE, ...STD_ERRORS } },
     put: {
       tags: [opts.tag], summary: `Replace a ${what}`, parameters: [...parents, id, P.ifMatch, P.ifNoneMatch],
       requestBody: { required: true, content: { 'application/json': { schema: ref(schema) } } },
@@ -225,7 +227,7 @@ export function openApiDocument(base = '/api'): Json {
   paths[`${base}/config`] = {
     get: {
       tags: ['config'], summary: 'Export the config document (YAML; Accept: application/json for JSON)', parameters: [P.secrets],
-      responses: { '200': { description: 'The document (ETag "rN": its revision).', content: yamlAndJson, headers: ETAG }, ...STD_ERRORS },
+      responses: { '200': { description: 'The document (ETag "rN": its revision).', content: yamlAndJson, headers: ETAG }, ...NOT_ACCEPTABLE, ...STD_ERRORS },
     },
     put: {
       tags: ['config'], summary: 'Replace the config document atomically', parameters: [P.dryRun, P.ifMatch, P.ifNoneMatch],
@@ -240,13 +242,13 @@ export function openApiDocument(base = '/api'): Json {
     get: {
       tags: ['revisions'], summary: 'The audit log, newest first',
       parameters: [P.limit, { name: 'before', in: 'query', schema: { type: 'integer' }, description: 'Revisions older than this one.' }],
-      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: ref('Revision') }, next: { type: ['string', 'null'] } } }, 'Revisions.'), ...STD_ERRORS },
+      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: ref('Revision') }, next: { type: ['string', 'null'] } } }, 'Revisions.'), ...NOT_ACCEPTABLE, ...STD_ERRORS },
     },
   };
   paths[`${base}/revisions/{n}`] = {
     get: {
       tags: ['revisions'], summary: 'One revision and its document', parameters: [param('n', 'The revision.'), P.secrets],
-      responses: { '200': json({ allOf: [ref('Revision'), { type: 'object', properties: { document: ref('Config') } }] }, 'The revision.'), '404': problem('No such revision.'), ...STD_ERRORS },
+      responses: { '200': json({ allOf: [ref('Revision'), { type: 'object', properties: { document: ref('Config') } }] }, 'The revision.'), '404': problem('No such revision.'), ...NOT_ACCEPTABLE, ...STD_ERRORS },
     },
   };
   paths[`${base}/revisions/{n}/rollback`] = {
@@ -274,7 +276,7 @@ export function openApiDocument(base = '/api'): Json {
         { name: 'limit', in: 'query', schema: { type: 'integer', minimum: 1, maximum: 1000, default: 100 } },
         { name: 'offset', in: 'query', schema: { type: 'integer', minimum: 0, default: 0 } },
       ],
-      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: developer }, total: { type: 'integer' }, offset: { type: 'integer' }, limit: { type: 'integer' }, next: { type: ['string', 'null'] } } }, 'Developers, a page of them.'), ...STD_ERRORS },
+      responses: { '200': json({ type: 'object', properties: { data: { type: 'array', items: developer }, total: { type: 'integer' }, offset: { type: 'integer' }, limit: { type: 'integer' }, next: { type: ['string', 'null'] } } }, 'Developers, a page of them.'), ...NOT_ACCEPTABLE, ...STD_ERRORS },
     },
   };
   for (const d of ['approve', 'reject'] as const) {
