@@ -130,6 +130,13 @@ services:
     assert.equal(denied.status, 403);
     assert.match(JSON.parse(denied.body).detail, /dashboard.*read-only/);
     assert.equal((await request(`${t.adminUrl}/cache`, { method: 'DELETE', headers: rw })).status, 200);
+    // OPTIONS changes nothing: a read-only token gets the Allow (as /api/ answers it), and still may not DELETE
+    for (const path of ['/metrics', '/cache']) {
+      const opts = await request(`${t.adminUrl}${path}`, { method: 'OPTIONS', headers: ro });
+      assert.equal(opts.status, 204, `OPTIONS ${path}: ${opts.body}`);
+      assert.match(String(opts.headers['allow']), /OPTIONS/);
+    }
+    assert.equal((await request(`${t.adminUrl}/cache`, { method: 'DELETE', headers: { ...ro, 'x-http-method-override': 'GET' } })).status, 403);
   } finally {
     await t.close();
     await up.close();

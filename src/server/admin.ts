@@ -211,8 +211,9 @@ export function createAdminHandler(gw: AdminView) {
       }
     }
     const authed = tokens.length === 0 || who !== undefined;
-    // A read-only token reads; changes (DELETE /cache...) need an admin one.
-    if (authed && who !== undefined && who.role !== 'admin' && !read) {
+    // A read-only token reads; changes (DELETE /cache...) need an admin one. (OPTIONS changes
+    // nothing: it answers the Allow a read-only token may read, as /api/ does.)
+    if (authed && who !== undefined && who.role !== 'admin' && !read && req.method !== 'OPTIONS') {
       sendProblem(res, 'forbidden', `the token "${who.name}" is read-only`, undefined);
       return;
     }
