@@ -52,14 +52,14 @@ async function serve(handler: ReturnType<typeof createApiHandler>): Promise<{ se
   return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
 }
 
-async function start(opts: { tokens?: ApiToken[]; seed?: Obj; dir?: string; store?: ConfigStore } = {}): Promise<Api> {
+async function start(opts: { tokens?: ApiToken[]; seed?: Obj; dir?: string; store?: ConfigStore; onWritten?: () => Promise<unknown>; applyWaitMs?: number } = {}): Promise<Api> {
   const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'tp-admin-api-'));
   const file = join(dir, 'config.db');
   const store = new SqliteStore({ path: file });
   await store.open();
   if (opts.seed) await store.write({ actor: 'seed', action: 'seed' }, () => opts.seed!);
   const tokens = opts.tokens ?? TOKENS;
-  const handler = createApiHandler({ store: opts.store ?? store, validate: documentValidator(), tokens, log: silentLogger });
+  const handler = createApiHandler({ store: opts.store ?? store, validate: documentValidator(), tokens, log: silentLogger, onWritten: opts.onWritten, applyWaitMs: opts.applyWaitMs });
   const { server, url } = await serve(handler);
   const api: Api = {
     url, store, dir, file,
@@ -1118,5 +1118,20 @@ test('a string that is one ${VAR} reference is exported quoted: applied back it 
     await api.close();
     delete process.env['TP_EXPORT_REF_ID'];
     delete process.env['TP_EXPORT_REF_FLAG'];
+  }
+});
+
+test('a write whose apply on this node hangs is answered once applyWaitMs passed (it is committed): the client is not left to retry a write that was made', async () => {
+  let applies = 0;
+  const api = await start({ onWritten: () => { applies++; return new Promise(() => {}); }, applyWaitMs: 300 });
+  try {
+    const t0 = performance.now();
+    const r = await api.call('POST', '/api/services', { body: { name: 'late', url: 'http://127.0.0.1:9' } });
+    assert.equal(r.status, 201, r.text);
+    assert.ok(performance.now() - t0 < 5000, 'answered after the bound, not never');
+    assert.equal(applies, 1);
+    assert.equal((await api.call('GET', '/api/services/late')).status, 200, 'stored');
+  } finally {
+    await api.close();
   }
 });

@@ -57,6 +57,8 @@ export interface ApiDeps {
    * logged, not answered (the write is committed).
    */
   onWritten?(stored: StoredConfig): Promise<unknown>;
+  /** How long a write's answer waits for onWritten (default 30 s): past it the write (committed) is answered, and the wait logged. */
+  applyWaitMs?: number;
   /**
    * The caller a request's console session stands for (undefined: none, so the bearer token
    * decides); throws an ApiError (403) for a change without the session's CSRF token.
@@ -143,6 +145,9 @@ export function toYaml(doc: Obj): string {
   });
   return d.toString({ lineWidth: 0 });
 }
+
+/** How long a write's answer waits for this node to apply it (onWritten). */
+const APPLY_WAIT_MS = 30_000;
 
 export function createApiHandler(deps: ApiDeps): ApiHandler {
   const base = deps.base ?? '/api';
@@ -341,7 +346,16 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
         const stored = await deps.store.write({ actor: ctx.caller.name, action }, change);
         deps.log.info({ actor: ctx.caller.name, action, revision: stored.revision, request_id: ctx.requestId }, 'config written through the admin API');
         if (deps.onWritten) {
-          await deps.onWritten(stored).catch((err: unknown) => deps.log.error({ err: String(err), revision: stored.revision }, 'a written revision was not applied on this node'));
+          // Bounded: an apply that hangs (a store read that never answers) must not hold the
+          // answer to a write that is committed — the client would retry a write that was made.
+          const applied = deps.onWritten(stored).then(() => true, (err: unknown) => {
+            deps.log.error({ err: String(err), revision: stored.revision }, 'a written revision was not applied on this node');
+            return true;
+          });
+          let timer: NodeJS.Timeout | undefined;
+          const waited = await Promise.race([applied, new Promise<false>((r) => { timer = setTimeout(() => r(false), deps.applyWaitMs ?? APPLY_WAIT_MS); })]);
+          clearTimeout(timer);
+          if (!waited) deps.log.warn({ revision: stored.revision, waited_ms: deps.applyWaitMs ?? APPLY_WAIT_MS }, 'a written revision is not applied on this node yet: the write is answered (it is stored)');
         }
         return { stored, staged: staged! };
       } catch (err) {
