@@ -746,3 +746,61 @@ test('active health: a health endpoint that sends an unrequested 100 Continue be
     await b.close();
   }
 });
+
+test('timeouts.client_body_min_rate: a body trickled a byte at a time within the idle timeout (slow POST) gets a 408 and its upstream request is aborted, nothing charged to the target; an upload at a pace above the minimum goes through', { timeout: 15000 }, async () => {
+  let aborted = 0;
+  const up = await startUpstream((_req, res, body) => res.end(`got ${body.length}`));
+  // (the upstream sees the request come and go: its connection closed before the body ended)
+  up.server.on('request', (req: IncomingMessage) => req.once('close', () => { if (!req.complete) aborted++; }));
+  const g = await startGateway(`timeouts: {client_body: 400ms, client_body_min_rate: 1kb}\nservices:\n` +
+    `  - name: s\n    upstream: {targets: [{url: ${up.url}}], healthcheck: {passive: {failures: 1}}}\n` +
+    `    circuit_breaker: {min_requests: 1, failure_ratio: 0.5}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const s = connect(g.port, '127.0.0.1');
+    let got = '';
+    let closed = false;
+    s.on('data', (d: Buffer) => { got += d.toString('latin1'); });
+    s.on('close', () => { closed = true; });
+    s.on('error', () => {});
+    await new Promise((r) => s.on('connect', r));
+    const t0 = Date.now();
+    s.write('POST /slow HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\n');
+    // a byte every 100 ms: never idle for client_body, 10 bytes/s
+    const iv = setInterval(() => { if (!s.destroyed) s.write('x'); }, 100);
+    try {
+      await until(() => closed, 4000, 'the trickling connection to be answered and closed');
+    } finally {
+      clearInterval(iv);
+    }
+    assert.match(got, /^HTTP\/1\.1 408 /, got);
+    assert.match(got, /application\/problem\+json/);
+    assert.match(got, /bytes\/s/);
+    assert.ok(Date.now() - t0 < 3000, `answered after ${Date.now() - t0} ms`);
+    await until(() => aborted === 1, 2000, 'the upstream request to be aborted');
+    const health = g.gw.health!.report();
+    assert.equal(health.targets[`s|${up.url}`]?.failures, 0, JSON.stringify(health));
+    assert.equal(health.circuits.s, 'closed');
+
+    // 300 bytes every 100 ms (3 kB/s) for 1.5 s: slow, yet above the minimum
+    const ok = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(`${g.url}/fast`, { method: 'POST', headers: { 'content-length': 4500 } }, (res) => {
+        let b = '';
+        res.on('data', (d: Buffer) => (b += d.toString()));
+        res.on('end', () => resolve(`${res.statusCode} ${b}`));
+      });
+      req.on('error', reject);
+      let n = 0;
+      const iv2 = setInterval(() => {
+        req.write('y'.repeat(300));
+        if (++n === 15) {
+          clearInterval(iv2);
+          req.end();
+        }
+      }, 100);
+    });
+    assert.equal(ok, '200 got 4500');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});

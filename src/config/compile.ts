@@ -134,6 +134,8 @@ export interface Limits {
 export interface ServerTimeouts {
   clientHeader: number;
   clientBody: number;
+  /** Bytes a request body must bring in each clientBody period the gateway reads it (0: no minimum). */
+  clientBodyMinRate: number;
   keepAlive: number;
   drain: number;
   /** At SIGTERM/SIGINT: not ready, still accepting, for this long before the drain (0: none). */
@@ -219,7 +221,7 @@ export interface Snapshot {
 export const DEFAULTS = {
   listen: `${DEFAULT_LISTEN_HOST}:8080`,
   limits: { max_uri_length: '8kb', max_header_size: '16kb', max_headers: 100 },
-  timeouts: { client_header: '10s', client_body: '30s', keepalive: '5s', drain: '10s', shutdown_delay: '0s', worker_unresponsive: '30s' },
+  timeouts: { client_header: '10s', client_body: '30s', client_body_min_rate: 500, keepalive: '5s', drain: '10s', shutdown_delay: '0s', worker_unresponsive: '30s' },
   service: { connect: '5s', response: '60s', read: '60s' },
   websocket: { max_message: '1mb', idle_timeout: '60s' },
   forwarding_headers: ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'forwarded'],
@@ -439,6 +441,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
   const timeouts: ServerTimeouts = {
     clientHeader: timer(['timeouts', 'client_header'], to.client_header),
     clientBody: timer(['timeouts', 'client_body'], to.client_body),
+    clientBodyMinRate: parseSize(to.client_body_min_rate),
     keepAlive: timer(['timeouts', 'keepalive'], to.keepalive),
     drain: timer(['timeouts', 'drain'], to.drain),
     shutdownDelay: timer(['timeouts', 'shutdown_delay'], to.shutdown_delay),

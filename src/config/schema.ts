@@ -228,11 +228,12 @@ export const Limits = Strict({
 export const ServerTimeouts = Strict({
   client_header: Type.Optional(Duration),
   client_body: Type.Optional(Duration),
+  client_body_min_rate: Type.Optional(Size),
   keepalive: Type.Optional(Duration),
   drain: Type.Optional(Duration),
   shutdown_delay: Type.Optional(Duration),
   worker_unresponsive: Type.Optional(Duration),
-}, { description: 'client_header: to receive all headers; client_body: idle time between body chunks; keepalive: idle connection; drain: bound on in-flight requests at shutdown (counted from the end of shutdown_delay); shutdown_delay: at SIGTERM/SIGINT, how long the listeners keep accepting and serving while /status/ready says 503 "draining", before the drain (default 0: drain at once; in Kubernetes a few seconds, so that the endpoint is removed before the port closes); worker_unresponsive: with workers, a serving worker whose event loop has not answered the primary for this long (a busy loop, a stopped process) is killed and replaced — it holds its share of new connections (default 30s, at least 2s).' });
+}, { description: 'client_header: to receive all headers; client_body: idle time between body chunks; client_body_min_rate: bytes per second a request body must bring in each client_body period the gateway reads it (a body trickled slower, slow-POST, is cut: 408, or the connection once answering; periods where the gateway held the body back do not count; gRPC services are exempt; default 500, as Apache mod_reqtimeout MinRate; 0: off); keepalive: idle connection; drain: bound on in-flight requests at shutdown (counted from the end of shutdown_delay); shutdown_delay: at SIGTERM/SIGINT, how long the listeners keep accepting and serving while /status/ready says 503 "draining", before the drain (default 0: drain at once; in Kubernetes a few seconds, so that the endpoint is removed before the port closes); worker_unresponsive: with workers, a serving worker whose event loop has not answered the primary for this long (a busy loop, a stopped process) is killed and replaced — it holds its share of new connections (default 30s, at least 2s).' });
 
 export const Certificate = Strict({
   hosts: Type.Array(Type.String({ pattern: '^(\\*\\.)?[A-Za-z0-9.-]+$' }), { minItems: 1, description: 'Server names (SNI) this certificate is for; *.example.com matches one label. The certificate must cover each (its subjectAltNames), else a config error.' }),

@@ -278,18 +278,71 @@ function reject(
   return undefined;
 }
 
-/** Bounds the idle time between request body chunks: 408 (or a cut connection once answering). */
-function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, ms: number): void {
+/**
+ * Bounds the idle time between request body chunks, and (minRate > 0) the body's pace: 408 (or a
+ * cut connection once answering).
+ */
+function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, ms: number, minRate: number): void {
+  const stopRate = minRate > 0 ? watchBodyRate(ctx, req, res, requestId, ms, minRate) : null;
   req.setTimeout(ms, () => {
-    if (!res.headersSent) {
-      reject(ctx, req, res, requestId, 'request-timeout', `no request body data for ${ms} ms`);
-      // HTTP/2: the stream is reset with NO_ERROR once the 408 is out (gateway.ts, discardBody);
-      // destroying it now reset it with INTERNAL_ERROR, and the client saw an error, not the 408.
-      if (isHttp2(req)) return;
-    }
-    req.destroy(new Error('client body timeout'));
+    stopRate?.();
+    bodyTooSlow(ctx, req, res, requestId, `no request body data for ${ms} ms`, 'client body timeout');
   });
   req.once('end', () => req.setTimeout(0));
+}
+
+/** The client's body came too slowly: 408 when nothing was answered yet, else the connection (HTTP/2: stream) cut. */
+function bodyTooSlow(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, detail: string, reason: string): void {
+  if (!res.headersSent) {
+    reject(ctx, req, res, requestId, 'request-timeout', detail);
+    // HTTP/2: the stream is reset with NO_ERROR once the 408 is out (gateway.ts, discardBody);
+    // destroying it now reset it with INTERNAL_ERROR, and the client saw an error, not the 408.
+    if (isHttp2(req)) return;
+  }
+  req.destroy(new Error(reason));
+}
+
+/**
+ * timeouts.client_body_min_rate: the idle bound alone lets a client send a byte every
+ * client_body and hold the request (its upstream connection, its bulkhead slot) forever
+ * (slow POST, R.U.D.Y.). Each `ms` period the gateway reads the body must bring minRate bytes a
+ * second, as Apache's mod_reqtimeout MinRate asks; a period where the gateway held the body back
+ * (paused by the upstream's backpressure, not read yet: a bulkhead queue, a plugin) is the
+ * gateway's and does not count. Bytes are counted as the parser hands them over (push), so the
+ * stream is never made to flow by a listener. Returns the function that stops the watch.
+ */
+function watchBodyRate(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, ms: number, minRate: number): () => void {
+  const need = minRate * ms / 1000;
+  let got = 0;
+  let held = false;
+  const push = req.push;
+  req.push = function (this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (chunk !== null && chunk !== undefined) got += (chunk as { length: number }).length;
+    return push.call(this, chunk, encoding);
+  };
+  const onPause = () => { held = true; };
+  req.on('pause', onPause);
+  const timer = setInterval(() => {
+    if (held || req.readableFlowing !== true || req.readableLength > 0) {
+      held = req.readableFlowing !== true;
+      got = 0;
+      return;
+    }
+    if (got >= need) {
+      got = 0;
+      return;
+    }
+    stop();
+    req.setTimeout(0);
+    bodyTooSlow(ctx, req, res, requestId, `the request body came slower than ${minRate} bytes/s (${got} bytes in ${ms} ms)`, 'client body too slow');
+  }, ms);
+  const stop = () => {
+    clearInterval(timer);
+    req.off('pause', onPause);
+  };
+  req.once('end', stop);
+  req.once('close', stop);
+  return stop;
 }
 
 /**
@@ -601,7 +654,7 @@ export function handleRequest(
         clientIp: p.trusted ? clientIp(p.peer, xff, snap.trusted) : p.peer,
         cookie: headerValue(req, 'cookie'), origin: headerValue(req, 'origin'), fetchSite: headerValue(req, 'sec-fetch-site'), contentType: headerValue(req, 'content-type'),
       }, { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: () => {
-        if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
+        if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody, snap.timeouts.clientBodyMinRate);
         if (expectContinue) res.writeContinue();
       } }, extra);
       return undefined;
@@ -762,7 +815,8 @@ export function handleRequest(
   const beginBody = () => {
     if (bodyStarted) return;
     bodyStarted = true;
-    if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody);
+    // (a gRPC request body is a stream of messages at the application's pace: client streaming)
+    if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody, route.service.grpc ? 0 : snap.timeouts.clientBodyMinRate);
     if (expectContinue) res.writeContinue();
   };
   const bodySource = { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: beginBody };
