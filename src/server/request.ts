@@ -284,11 +284,23 @@ function reject(
  */
 function armBodyTimeout(ctx: RequestContext, req: IncomingMessage, res: ServerResponse, requestId: string, ms: number, minRate: number): void {
   const stopRate = minRate > 0 ? watchBodyRate(ctx, req, res, requestId, ms, minRate) : null;
-  req.setTimeout(ms, () => {
+  // (on the response: node:http tells a request its socket's timeout only while its body is
+  // incomplete, and destroys the socket when nobody listens — a body that came whole and waits
+  // unread, in a bulkhead queue or on a plugin, had its connection cut without an answer)
+  res.setTimeout(ms, () => {
+    if (bodyArrived(req)) {
+      req.setTimeout(0); // (the client sent it all: the wait is the gateway's)
+      return;
+    }
     stopRate?.();
     bodyTooSlow(ctx, req, res, requestId, `no request body data for ${ms} ms`, 'client body timeout');
   });
   req.once('end', () => req.setTimeout(0));
+}
+
+/** Whether the whole request body came from the client (read or not). */
+function bodyArrived(req: IncomingMessage): boolean {
+  return isHttp2(req) ? (req as unknown as { stream: { readableEnded: boolean } }).stream.readableEnded : req.complete;
 }
 
 /** The client's body came too slowly: 408 when nothing was answered yet, else the connection (HTTP/2: stream) cut. */
