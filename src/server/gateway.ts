@@ -1387,7 +1387,8 @@ export class Gateway implements RequestContext {
    * After the client CA or CRL changed: connections whose client certificate was verified under
    * the old ones would carry that verdict for as long as they live (a revoked device on its
    * kept-alive connection or HTTP/2 session). They are closed as a drain closes them — an idle
-   * HTTP/1.1 connection at once, a busy one after its answers, an HTTP/2 session by GOAWAY once
+   * HTTP/1.1 connection at once, a busy one after its answers (Connection: close on those not
+ * begun), an HTTP/2 session by GOAWAY once
    * its streams end — and the client's next connection is verified under the new ones.
    */
   private retireVerifiedConnections(): void {
@@ -1401,7 +1402,15 @@ export class Gateway implements RequestContext {
       if (!hasCert(s as Socket as TLSSocket)) continue;
       const c = s[kConn]!;
       if (c.active === 0 && c.waiting === 0) s.end();
-      else c.retire = true;
+      else {
+        c.retire = true;
+        // The answers not begun yet say Connection: close (node:http then closes the connection
+        // after the first of them): one saying keep-alive invited the client's next request on a
+        // connection about to be closed under it.
+        const current = (s as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+        if (current != null && !current.headersSent) current.shouldKeepAlive = false;
+        for (const r of (s as Socket & { [kPending]?: Set<ServerResponse> })[kPending] ?? []) if (!r.headersSent) r.shouldKeepAlive = false;
+      }
       n++;
     }
     for (const session of this.sessions) {

@@ -290,6 +290,59 @@ test('a reload that revokes a client certificate (tls.client_crl) or replaces th
   }
 });
 
+test('a reload that changes the client CRL while requests are in flight: the HTTP/1.1 answer says Connection: close and the connection closes after it; the HTTP/2 session gets its GOAWAY and the stream in flight its answer', async () => {
+  const { parseConfigText: parse } = await import('../../config/load.js');
+  const { connect: tlsConnect } = await import('node:tls');
+  const { copyFileSync } = await import('node:fs');
+  const { eventually } = await import('../../../test/helpers.js');
+  const server = ca.issue('api.test', { file: 'busy-server' });
+  const device = ca.issue('app-1', { client: true, file: 'busy-device' });
+  const crlFile = `${ca.dir}/busy.crl`;
+  copyFileSync(ca.crl([], 'busy-1.pem'), crlFile);
+  const held: import('node:http').ServerResponse[] = [];
+  const slow = await startUpstream((_req, res) => held.push(res));
+  const text = crlConfig(server, crlFile).replace(`url: "${up.url}"`, `url: "${slow.url}"`);
+  const t = await startGateway(text);
+  const port = t.gw.tlsAddress!.port;
+  const s = tlsConnect({ host: '127.0.0.1', port, servername: 'api.test', ca: ca.cert, cert: device.cert, key: device.key });
+  s.on('error', () => {});
+  let got = '';
+  let closed = false;
+  s.setEncoding('latin1');
+  s.on('data', (d: string) => (got += d));
+  s.on('close', () => (closed = true));
+  const session = h2connect(`https://127.0.0.1:${port}`, { ca: ca.cert, servername: 'api.test', cert: device.cert, key: device.key });
+  session.on('error', () => {});
+  let goaway = false;
+  session.on('goaway', () => (goaway = true));
+  try {
+    await new Promise((r) => s.once('secureConnect', r));
+    s.write('GET /secure HTTP/1.1\r\nHost: api.test\r\n\r\n');
+    const st = session.request({ ':path': '/secure', ':authority': 'api.test' });
+    let h2status = 0;
+    st.on('response', (h) => (h2status = Number(h[':status'])));
+    st.on('error', () => {});
+    st.resume();
+    st.end();
+    await eventually(() => held.length === 2, 3000);
+    copyFileSync(ca.crl([device], 'busy-2.pem'), crlFile);
+    await t.gw.reloadAsync(parse(text, { env: {} }));
+    await eventually(() => goaway, 3000);
+    for (const r of held.splice(0)) r.end('ok');
+    await eventually(() => closed && h2status !== 0, 3000);
+    assert.match(got, /^HTTP\/1\.1 200 /);
+    assert.match(got, /\r\nconnection: close\r\n/i, got);
+    assert.doesNotMatch(got, /keep-alive/i);
+    assert.equal(h2status, 200, 'the stream in flight is answered');
+    await eventually(() => session.closed, 3000);
+  } finally {
+    s.destroy();
+    session.destroy();
+    await t.close();
+    await slow.close();
+  }
+});
+
 test('a client certificate that expires while its connection lives (a kept-alive HTTP/1.1 connection, an HTTP/2 session) is refused from then on, on that connection too', async () => {
   const { Agent } = await import('node:https');
   const { sleep } = await import('../../../test/helpers.js');
