@@ -17,7 +17,7 @@ import { RuntimeState, applyDecision } from '../upstream/state.js';
 import { HealthAuthority, type Decision, type Reporter } from '../upstream/authority.js';
 import { grantSlots, type ForwardHandler } from '../upstream/forward.js';
 import { handleRequest, closingSockets, httpsByTrustedProxy, requestIdOf, type RequestContext, type Upgrade, type WsCounters } from './request.js';
-import { closeAllWebSockets, type WsStats } from './websocket.js';
+import { closeAllWebSockets, closeWebSocketsOn, type WsStats } from './websocket.js';
 import { CertStore } from './tls.js';
 import { MemoryStore } from '../state/memory.js';
 import { RedisStore, type RedisSetting } from '../state/redis.js';
@@ -1398,12 +1398,14 @@ export class Gateway implements RequestContext {
       return c !== null && Object.keys(c).length > 0;
     };
     let n = 0;
+    const busy = new Set<Socket>();
     for (const s of this.connections) {
       if (!hasCert(s as Socket as TLSSocket)) continue;
       const c = s[kConn]!;
       if (c.active === 0 && c.waiting === 0) s.end();
       else {
         c.retire = true;
+        busy.add(s);
         // The answers not begun yet say Connection: close (node:http then closes the connection
         // after the first of them): one saying keep-alive invited the client's next request on a
         // connection about to be closed under it.
@@ -1413,6 +1415,9 @@ export class Gateway implements RequestContext {
       }
       n++;
     }
+    // A WebSocket relayed on one of them gets close frames (1001: the client's next connection,
+    // verified under the new CA or CRL, may well be served), then its connection closes.
+    if (busy.size > 0) closeWebSocketsOn(busy, 1001, 'client certificate trust changed: reconnect');
     for (const session of this.sessions) {
       if (session.closed || session.destroyed || !hasCert(session.socket as TLSSocket)) continue;
       shutdownNotice(session);

@@ -23,7 +23,8 @@
  *    send buffer passes 1 MiB, the other leg stops reading (ws.pause()) until the socket under
  *    the full leg emits 'drain'.
  *  - Close. The first event that ends the relay (a close frame, a TCP cut, a protocol violation
- *    ws caught, the idle timer, shutdown) is recorded in the stats and decides what the other leg
+ *    ws caught, the idle timer, shutdown, a reload that retires the client's connection: its
+ *    client CA or CRL changed, 1001) is recorded in the stats and decides what the other leg
  *    gets: the same code and reason when it may be sent, close() without code for 1005, 1014 to
  *    the client if the upstream died or 1001 to the upstream if the client died. 5 s later
  *    whatever did not finish its close handshake is terminated; onClose runs once, when both legs
@@ -127,7 +128,7 @@ function violationCode(err: Error & { code?: unknown }): number | null {
 
 // ---- live relays and handshakes in flight (for closeAllWebSockets / openWebSockets) ----
 
-interface Relay { shutdown(): void; kill(): void; done: Promise<void> }
+interface Relay { socket: Duplex; shutdown(): void; close(code: number, reason: string): void; kill(): void; done: Promise<void> }
 const relays = new Set<Relay>();
 const pending = new Set<() => void>();
 
@@ -436,7 +437,9 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
   let killTimer: NodeJS.Timeout | undefined;
   let resolveDone: () => void = noop;
   const self: Relay = {
+    socket: downSocket,
     shutdown: () => gatewayClose(1001, 'gateway shutting down'),
+    close: gatewayClose,
     kill: () => { down.terminate(); up.terminate(); },
     done: new Promise<void>((r) => { resolveDone = r; }),
   };
@@ -538,6 +541,20 @@ export async function closeAllWebSockets(ms: number): Promise<void> {
   ]);
   clearTimeout(timer);
   for (const r of live) if (relays.has(r)) r.kill(); // past the deadline: cut what is left
+}
+
+/**
+ * Closes the relays whose client connection is one of `sockets` (both legs, close frames with
+ * `code` and `reason`, then the TCP close); returns how many.
+ */
+export function closeWebSocketsOn(sockets: ReadonlySet<object>, code: number, reason: string): number {
+  let n = 0;
+  for (const r of relays) {
+    if (!sockets.has(r.socket)) continue;
+    r.close(code, reason);
+    n++;
+  }
+  return n;
 }
 
 export function openWebSockets(): number {

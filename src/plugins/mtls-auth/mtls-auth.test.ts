@@ -343,6 +343,50 @@ test('a reload that changes the client CRL while requests are in flight: the HTT
   }
 });
 
+test('a reload that changes the client CRL closes a WebSocket on a connection verified under the old one with close frames (1001, going away: a client whose certificate still passes reconnects) before the TCP close, upstream leg included', async () => {
+  const { parseConfigText: parse } = await import('../../config/load.js');
+  const { WebSocket, WebSocketServer } = await import('ws');
+  const { copyFileSync } = await import('node:fs');
+  const { eventually } = await import('../../../test/helpers.js');
+  const server = ca.issue('api.test', { file: 'ws-server' });
+  const device = ca.issue('app-1', { client: true, file: 'ws-device' });
+  const crlFile = `${ca.dir}/ws.crl`;
+  copyFileSync(ca.crl([], 'ws-1.pem'), crlFile);
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise((r) => wss.once('listening', r));
+  const upCloses: number[] = [];
+  wss.on('connection', (ws) => {
+    ws.on('message', (d, binary) => ws.send(d, { binary }));
+    ws.on('close', (code) => upCloses.push(code));
+  });
+  const wsUrl = `http://127.0.0.1:${(wss.address() as import('node:net').AddressInfo).port}`;
+  const text = crlConfig(server, crlFile).replace(`services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]`,
+    `services: [{name: s, url: "${wsUrl}", routes: [{paths: [/secure], websocket: true, plugins: [{name: mtls-auth}]}]}]`);
+  assert.notEqual(text, crlConfig(server, crlFile));
+  const t = await startGateway(text);
+  const ws = new WebSocket(`wss://127.0.0.1:${t.gw.tlsAddress!.port}/secure`, { ca: ca.cert, cert: device.cert, key: device.key, servername: 'api.test' } as import('ws').ClientOptions);
+  ws.on('error', () => {});
+  try {
+    await new Promise((resolve, reject) => { ws.once('open', resolve); ws.once('error', reject); });
+    const echoed = new Promise((r) => ws.once('message', r));
+    ws.send('hello');
+    await echoed;
+    const end = new Promise<{ code: number; reason: string }>((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })));
+    copyFileSync(ca.crl([device], 'ws-2.pem'), crlFile);
+    await t.gw.reloadAsync(parse(text, { env: {} }));
+    const c = await Promise.race([end, new Promise<null>((r) => setTimeout(() => r(null), 3000))]);
+    assert.ok(c !== null, 'the WebSocket is closed');
+    assert.equal(c.code, 1001, JSON.stringify(c));
+    assert.equal(c.reason, 'client certificate trust changed: reconnect');
+    await eventually(() => upCloses.length === 1, 3000);
+    assert.deepEqual(upCloses, [1001]);
+  } finally {
+    ws.terminate();
+    await t.close();
+    await new Promise((r) => wss.close(r));
+  }
+});
+
 test('a client certificate that expires while its connection lives (a kept-alive HTTP/1.1 connection, an HTTP/2 session) is refused from then on, on that connection too', async () => {
   const { Agent } = await import('node:https');
   const { sleep } = await import('../../../test/helpers.js');
