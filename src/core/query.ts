@@ -1,21 +1,22 @@
 /** Query string helpers (a query is the raw string with its '?', or ''). */
 
 /**
- * The query without the parameter `name` (compared decoded, `+` as space); the other
- * parameters keep their exact bytes and order.
+ * The query without the parameter `name` (compared decoded, `+` as space), a parameter after a
+ * `;` as well as one after a `&` (splitQuery: `a=1;apikey=K` holds an apikey to some servers);
+ * the other parameters keep their exact bytes, order and separators.
  */
 export function withoutQueryParam(query: string, name: string): string {
   if (query.length <= 1) return query;
-  const kept = query.slice(1).split('&').filter((part) => {
-    const eq = part.indexOf('=');
-    const key = eq === -1 ? part : part.slice(0, eq);
-    try {
-      return decodeURIComponent(key.replace(/\+/g, ' ')) !== name;
-    } catch {
-      return true;
-    }
-  });
-  return kept.length ? `?${kept.join('&')}` : '';
+  const parts = splitQuery(query.slice(1));
+  let out = '';
+  let any = false;
+  for (let i = 0; i < parts.length; i += 2) {
+    if (paramName(parts[i]!) === name) continue;
+    // (a kept parameter keeps the separator before it, the first one none)
+    out += any ? parts[i - 1]! + parts[i]! : parts[i]!;
+    any = true;
+  }
+  return any ? `?${out}` : '';
 }
 
 /**

@@ -4,7 +4,7 @@
  * key gets 401 `WWW-Authenticate: Key`, a wrong one 401 without detail about it.
  */
 import { hash } from 'node:crypto';
-import { definePlugin, type Consumer } from '../types.js';
+import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
 import { paramAfterSemicolon, sha256 } from '../auth-common.js';
 import { unsendableSecret } from '../../core/secret-text.js';
 import { KeyAuthConfig, KeyAuthCredential } from './schema.js';
@@ -55,58 +55,64 @@ export default definePlugin({
     }
     const header = config.header === false ? null : (config.header ?? 'apikey').toLowerCase();
     const query = config.query === false ? null : config.query ?? 'apikey';
-    return {
-      authenticate(ctx) {
-        // `?x=1;apikey=K` is one parameter x here and two to an upstream that splits on `;` too
-        // (Rack < 3, Python's parse_qs before 3.9.2): a key no check here saw (beside the header's,
-        // maybe another consumer's) that hide_credentials would not take out. Refused.
-        if (query !== null && ctx.query.includes(';') && paramAfterSemicolon(ctx.query, query)) {
-          ctx.credentialParam = query;
-          return { ok: false, missing: false, challenge: CHALLENGE, detail: `an API key (query parameter ${query}) after a ';', a separator to some servers: send it after '&'` };
-        }
-        let key = header !== null ? ctx.header(header) : undefined;
-        // A key in the header and another in the query: one would be checked and the upstream
-        // could read the other (maybe another consumer's). Parsed only when the query could hold it.
-        if (key !== undefined && key !== '' && query !== null && ctx.query.length > 1 && (ctx.query.includes(query) || ctx.query.includes('%'))) {
-          for (const v of new URLSearchParams(ctx.query.slice(1)).getAll(query)) {
-            if (v !== '' && v !== key) {
-              ctx.credentialParam = query; // (an anonymous consumer may still go on: no cache keys with it)
-              return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (header ${header} and query parameter ${query})` };
-            }
-          }
-        }
-        // (an empty header is no key: the query may still carry one)
-        if ((key === undefined || key === '') && query !== null && ctx.query !== '') {
-          const all = new URLSearchParams(ctx.query.slice(1)).getAll(query);
-          // Two keys: one would be checked and the other, maybe another consumer's, could be the
-          // one an upstream reads (frameworks differ: first, last, a list). Refused, as Kong does.
-          if (all.length > 1) {
-            ctx.credentialParam = query; // (an anonymous consumer may still go on: no cache keys with them)
-            return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (query parameter ${query})` };
-          }
-          const v = all[0];
-          if (v !== undefined) {
-            key = v;
-            // (a cache keys without it: the consumer is in its key, the key itself is never stored)
-            ctx.credentialParam = query;
-          }
-        }
-        if (key === undefined || key === '') return { ok: false, missing: true, challenge: CHALLENGE };
-        // One-shot SHA-256 straight to hex (no Hash object, no Buffer): the lookup compares
-        // digests, never the key itself, so its timing tells nothing about a stored key.
-        const hit = keys.get(hash('sha256', key, 'hex'));
-        if (hit === undefined) {
-          return { ok: false, missing: false, challenge: CHALLENGE, detail: 'invalid API key' };
-        }
-        if (config.hide_credentials) {
-          if (header !== null) ctx.removeUpstreamHeader(header);
-          if (query !== null) {
-            ctx.removeUpstreamQueryParam(query);
-            ctx.credentialParam = query;
-          }
-        }
-        return { ok: true, consumer: hit.consumer, identity: hit.consumer.name, credential: hit.id };
-      },
+    /**
+     * hide_credentials: the header and the query parameter never reach the upstream, whatever
+     * became of them — a key refused (wrong, doubled, after a ';') goes on with the anonymous
+     * consumer when there is one, and an upstream must not read it either.
+     */
+    const hidden = (ctx: RequestCtx): AuthOutcome => {
+      const r = check(ctx);
+      if (header !== null) ctx.removeUpstreamHeader(header);
+      if (query !== null) {
+        ctx.removeUpstreamQueryParam(query);
+        if (r.ok) ctx.credentialParam = query;
+      }
+      return r;
     };
+    return { authenticate: config.hide_credentials ? hidden : check };
+    function check(ctx: RequestCtx): AuthOutcome {
+      // `?x=1;apikey=K` is one parameter x here and two to an upstream that splits on `;` too
+      // (Rack < 3, Python's parse_qs before 3.9.2): a key no check here saw (beside the header's,
+      // maybe another consumer's). Refused.
+      if (query !== null && ctx.query.includes(';') && paramAfterSemicolon(ctx.query, query)) {
+        ctx.credentialParam = query;
+        return { ok: false, missing: false, challenge: CHALLENGE, detail: `an API key (query parameter ${query}) after a ';', a separator to some servers: send it after '&'` };
+      }
+      let key = header !== null ? ctx.header(header) : undefined;
+      // A key in the header and another in the query: one would be checked and the upstream
+      // could read the other (maybe another consumer's). Parsed only when the query could hold it.
+      if (key !== undefined && key !== '' && query !== null && ctx.query.length > 1 && (ctx.query.includes(query) || ctx.query.includes('%'))) {
+        for (const v of new URLSearchParams(ctx.query.slice(1)).getAll(query)) {
+          if (v !== '' && v !== key) {
+            ctx.credentialParam = query; // (an anonymous consumer may still go on: no cache keys with it)
+            return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (header ${header} and query parameter ${query})` };
+          }
+        }
+      }
+      // (an empty header is no key: the query may still carry one)
+      if ((key === undefined || key === '') && query !== null && ctx.query !== '') {
+        const all = new URLSearchParams(ctx.query.slice(1)).getAll(query);
+        // Two keys: one would be checked and the other, maybe another consumer's, could be the
+        // one an upstream reads (frameworks differ: first, last, a list). Refused, as Kong does.
+        if (all.length > 1) {
+          ctx.credentialParam = query; // (an anonymous consumer may still go on: no cache keys with them)
+          return { ok: false, missing: false, challenge: CHALLENGE, detail: `more than one API key (query parameter ${query})` };
+        }
+        const v = all[0];
+        if (v !== undefined) {
+          key = v;
+          // (a cache keys without it: the consumer is in its key, the key itself is never stored)
+          ctx.credentialParam = query;
+        }
+      }
+      if (key === undefined || key === '') return { ok: false, missing: true, challenge: CHALLENGE };
+      // One-shot SHA-256 straight to hex (no Hash object, no Buffer): the lookup compares
+      // digests, never the key itself, so its timing tells nothing about a stored key.
+      const hit = keys.get(hash('sha256', key, 'hex'));
+      if (hit === undefined) {
+        return { ok: false, missing: false, challenge: CHALLENGE, detail: 'invalid API key' };
+      }
+      return { ok: true, consumer: hit.consumer, identity: hit.consumer.name, credential: hit.id };
+    }
   },
 });

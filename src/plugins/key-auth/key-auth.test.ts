@@ -188,6 +188,38 @@ test('a key after a \';\' in the query (a separator to Rack < 3 and Python\'s ol
   assert.equal((await request(`${t.url}/default?x=a;apikeys=2`, { headers: { apikey: ALICE_KEY } })).status, 200);
 });
 
+test('a key after a \';\' (`a=1;apikey=K`) never reaches the upstream or a cache key, whatever key-auth makes of it: refused, or gone on as the anonymous consumer (hide_credentials takes it out as it takes out one after \'&\')', T, async () => {
+  const g = await startGateway(`${consumers()}services:
+  - name: s
+    url: ${up.url}
+    routes:
+      - {name: anon-hidden, paths: [/ah], plugins: [{name: key-auth, config: {anonymous: guest, hide_credentials: true}}, {name: cache, config: {ttl: 60s}}]}
+      - {name: anon-cached, paths: [/ac], plugins: [{name: key-auth, config: {anonymous: guest}}, {name: cache, config: {ttl: 60s}}]}
+`);
+  try {
+    // hide_credentials: the upstream gets neither key, whichever separator came before it
+    const qs = [`a=1;apikey=${ALICE_KEY}`, `a=1;apikey=${BOB_KEY}&b=2`, `apikey=${BOB_KEY};a=1`, `a=1;api%6Bey=${ALICE_KEY}`];
+    for (const [i, q] of qs.entries()) {
+      const r = await request(`${g.url}/ah/${i}?${q}`);
+      assert.equal(r.status, 200, r.body);
+      assert.equal(echo(r).headers['x-consumer-name'], 'guest', q);
+      assert.ok(!echo(r).url.includes(ALICE_KEY) && !echo(r).url.includes(BOB_KEY), `${q} reached the upstream as ${echo(r).url}`);
+    }
+    assert.deepEqual(up.requests.slice(-4).map((r) => r.url), ['/ah/0?a=1', '/ah/1?a=1&b=2', '/ah/2?a=1', '/ah/3?a=1'], 'the rest of each query as sent');
+    // the cache key leaves the key out: the same query but for the key is one entry
+    const first = await request(`${g.url}/ac/x?a=1;apikey=${ALICE_KEY}`);
+    assert.equal(first.headers['x-cache-status'], 'MISS');
+    const second = await request(`${g.url}/ac/x?a=1;apikey=${BOB_KEY}`);
+    assert.equal(second.status, 200);
+    assert.equal(second.headers['x-cache-status'], 'HIT', 'a key after \';\' was part of the cache key');
+    assert.ok(!second.body.includes(BOB_KEY));
+    const third = await request(`${g.url}/ac/x?a=1`);
+    assert.equal(third.headers['x-cache-status'], 'HIT');
+  } finally {
+    await g.close();
+  }
+});
+
 test('an underscore spelling of the key header (X_Api_Token, read as the same field by CGI, WSGI, Rack and PHP) never reaches the upstream', T, async () => {
   const r = await request(`${t.url}/custom`, { headers: { 'x-api-token': ALICE_KEY, X_Api_Token: BOB_KEY, 'x-api_token': BOB_KEY, 'x_other': 'kept' } });
   assert.equal(r.status, 200, r.body);
