@@ -599,6 +599,11 @@ export function handleRequest(
     if (teCount > 1 || te!.trim().toLowerCase() !== 'chunked') return reject(ctx, req, res, requestId, 'bad-request', 'unsupported Transfer-Encoding (only a single "chunked" is accepted)');
     if (req.httpVersionMinor === 0) return reject(ctx, req, res, requestId, 'bad-request', 'Transfer-Encoding in an HTTP/1.0 request');
   }
+  // A Content-Length the parser took (up to 2^64 - 1) but a number cannot hold: the upstream hop
+  // (undici) would be told another length than the client framed its body with.
+  if (cl !== undefined && cl.length > 15 && !(Number(cl) <= Number.MAX_SAFE_INTEGER)) {
+    return reject(ctx, req, res, requestId, 'payload-too-large', `a Content-Length past ${Number.MAX_SAFE_INTEGER} bytes`);
+  }
 
   // Request target: origin-form, or absolute-form whose authority replaces Host (RFC 9112 §3.2.2).
   let target = url;
