@@ -749,3 +749,30 @@ test('a reload that changes http2.max_concurrent_streams or max_header_list_size
     await g.close();
   }
 });
+
+test('HTTP/2: timeouts.client_body_min_rate: a stream whose body trickles a byte at a time within the idle timeout gets a 408 problem, and the session goes on', async () => {
+  const g = await startGateway(`http2: {h2c: true}\ntimeouts: {client_body: 400ms, client_body_min_rate: 1kb}\nservices: [{name: h1, url: ${up.url}, routes: [{paths: [/slow]}]}]\n`);
+  const session = h2connect(g.url);
+  try {
+    const t0 = Date.now();
+    const r = await new Promise<{ status: number; body: string }>((resolve) => {
+      const s = session.request({ ':method': 'POST', ':path': '/slow', 'content-length': '100000' }, { endStream: false });
+      let status = 0;
+      let body = '';
+      s.setEncoding('utf8');
+      s.on('response', (h) => { status = Number(h[':status']); });
+      s.on('data', (d: string) => (body += d));
+      const iv = setInterval(() => { if (!s.destroyed && !s.closed) s.write('x'); }, 100);
+      const stop = setTimeout(() => s.close(), 4000);
+      s.on('close', () => { clearInterval(iv); clearTimeout(stop); resolve({ status, body }); });
+      s.on('error', () => {});
+    });
+    assert.equal(r.status, 408, r.body);
+    assert.match(JSON.parse(r.body).detail, /slower than 1024 bytes\/s/);
+    assert.ok(Date.now() - t0 < 3000, `answered after ${Date.now() - t0} ms`);
+    assert.equal((await h2request(session, { ':path': '/slow' })).status, 200);
+  } finally {
+    session.close();
+    await g.close();
+  }
+});
