@@ -130,6 +130,8 @@ function violationCode(err: Error & { code?: unknown }): number | null {
 
 interface Relay { socket: Duplex; shutdown(): void; close(code: number, reason: string): void; kill(): void; done: Promise<void> }
 const relays = new Set<Relay>();
+/** Client connections whose relays are closed (closeWebSocketsOn), with the code and reason. */
+const closing = new WeakMap<object, { code: number; reason: string }>();
 const pending = new Set<() => void>();
 
 // ---- the client-facing servers ----
@@ -525,6 +527,8 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
   upSocket?.on('data', touch);
   if (o.idleTimeout > 0) idleTimer = setTimeout(checkIdle, o.idleTimeout).unref();
   o.onOpen?.();
+  const c = closing.get(downSocket);
+  if (c !== undefined) gatewayClose(c.code, c.reason);
 }
 
 // ---- lifecycle ----
@@ -548,6 +552,8 @@ export async function closeAllWebSockets(ms: number): Promise<void> {
  * `code` and `reason`, then the TCP close); returns how many.
  */
 export function closeWebSocketsOn(sockets: ReadonlySet<object>, code: number, reason: string): number {
+  // (a handshake still waiting on its upstream opens a relay later: closed as it opens)
+  for (const s of sockets) closing.set(s, { code, reason });
   let n = 0;
   for (const r of relays) {
     if (!sockets.has(r.socket)) continue;

@@ -387,6 +387,47 @@ test('a reload that changes the client CRL closes a WebSocket on a connection ve
   }
 });
 
+test('a WebSocket handshake waiting on its upstream while a reload changes the client CRL: the relay it opens is closed at once (1001), not kept under the old verdict', async () => {
+  const { parseConfigText: parse } = await import('../../config/load.js');
+  const { WebSocket, WebSocketServer } = await import('ws');
+  const { createServer } = await import('node:http');
+  const { copyFileSync } = await import('node:fs');
+  const { eventually } = await import('../../../test/helpers.js');
+  const server = ca.issue('api.test', { file: 'wsh-server' });
+  const device = ca.issue('app-1', { client: true, file: 'wsh-device' });
+  const crlFile = `${ca.dir}/wsh.crl`;
+  copyFileSync(ca.crl([], 'wsh-1.pem'), crlFile);
+  // (an upstream that holds each handshake until released)
+  const wss = new WebSocketServer({ noServer: true });
+  wss.on('connection', (ws) => ws.on('message', (d, binary) => ws.send(d, { binary })));
+  const waiting: (() => void)[] = [];
+  const http = createServer();
+  http.on('upgrade', (req, sock, head) => waiting.push(() => wss.handleUpgrade(req, sock, head, (ws) => wss.emit('connection', ws, req))));
+  await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+  const wsUrl = `http://127.0.0.1:${(http.address() as import('node:net').AddressInfo).port}`;
+  const text = crlConfig(server, crlFile).replace(`services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]`,
+    `services: [{name: s, url: "${wsUrl}", routes: [{paths: [/secure], websocket: true, plugins: [{name: mtls-auth}]}]}]`);
+  const t = await startGateway(text);
+  const ws = new WebSocket(`wss://127.0.0.1:${t.gw.tlsAddress!.port}/secure`, { ca: ca.cert, cert: device.cert, key: device.key, servername: 'api.test' } as import('ws').ClientOptions);
+  ws.on('error', () => {});
+  const end = new Promise<{ code: number; reason: string }>((r) => ws.once('close', (code, reason) => r({ code, reason: reason.toString() })));
+  try {
+    await eventually(() => waiting.length === 1, 3000);
+    copyFileSync(ca.crl([device], 'wsh-2.pem'), crlFile);
+    await t.gw.reloadAsync(parse(text, { env: {} }));
+    waiting.shift()!();
+    const c = await Promise.race([end, new Promise<null>((r) => setTimeout(() => r(null), 3000))]);
+    assert.ok(c !== null, 'the WebSocket is closed');
+    assert.equal(c.code, 1001, JSON.stringify(c));
+  } finally {
+    ws.terminate();
+    await t.close();
+    wss.close();
+    http.closeAllConnections();
+    await new Promise((r) => http.close(r));
+  }
+});
+
 test('a client certificate that expires while its connection lives (a kept-alive HTTP/1.1 connection, an HTTP/2 session) is refused from then on, on that connection too', async () => {
   const { Agent } = await import('node:https');
   const { sleep } = await import('../../../test/helpers.js');
