@@ -309,6 +309,28 @@ test('an unsafe request pipelined behind one still being answered waits for it: 
   }
 });
 
+test('pipelined GETs are handled side by side 8 at most: one packet of 60 is not 60 upstream requests at once (their answers held in memory until read); all are answered, in order', { timeout: 10_000 }, async () => {
+  let now = 0;
+  let most = 0;
+  const up = await startUpstream((req, res) => {
+    most = Math.max(most, ++now);
+    setTimeout(() => { now--; res.end(`done ${req.url}`); }, 50);
+  });
+  const g = await startGateway(oneRoute(up.url));
+  try {
+    let text = '';
+    for (let i = 0; i < 60; i++) text += `GET /${i} HTTP/1.1\r\nHost: x\r\n\r\n`;
+    const r = await rawRequest(g.port, text, 1500);
+    assert.equal(statuses(r.text).length, 60, r.text.slice(-300));
+    assert.deepEqual([...r.text.matchAll(/done \/(\d+)/g)].map((m) => Number(m[1])), Array.from({ length: 60 }, (_, i) => i), 'in order');
+    assert.ok(most <= 8, `${most} of one connection's requests at the upstream at once`);
+    assert.ok(most >= 2, 'safe pipelined requests still go side by side');
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('an upstream answering before it read the upload: the rest of the body is dropped, the keep-alive connection goes on', { timeout: 20_000 }, async () => {
   const up = await startUpstream();
   const early = createServer((req, res) => res.writeHead(401, { 'content-type': 'text/plain' }).end('no'));

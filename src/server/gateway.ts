@@ -109,12 +109,19 @@ function applyLimits(snap: Snapshot): void {
 const kPending = Symbol('turnpike.pendingResponses');
 /**
  * Per connection: when it was accepted, requests in progress (of them, unsafe ones), pipelined
- * ones waiting their turn, whether it served one; `retire`: closed once its requests are answered
+ * ones waiting their turn (of them, in `queue`: safe ones waiting for one of the
+ * MAX_SIDE_BY_SIDE places), whether it served one; `retire`: closed once its requests are answered
  * (its client certificate was verified under a client CA or CRL since replaced).
  */
-interface ConnState { at: number; active: number; unsafe: number; waiting: number; served: boolean; retire?: true }
+interface ConnState { at: number; active: number; unsafe: number; waiting: number; served: boolean; retire?: true; queue?: (() => void)[] }
 /** Methods whose pipelined requests may be handled side by side (RFC 9110 §9.2.1). */
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+/**
+ * How many requests of one connection are handled side by side at most: the rest wait their
+ * turn. Unbounded, one packet of pipelined GETs (500 in 14 kB) was as many upstream requests at
+ * once, their answers held in memory until the client read them.
+ */
+const MAX_SIDE_BY_SIDE = 8;
 const kConn = Symbol('turnpike.conn');
 type TrackedSocket = Socket & { [kConn]?: ConnState };
 /** An Expect value holding 100-continue (node:http's own test; RFC 9110 §10.1.1: case-insensitive). */
@@ -918,22 +925,34 @@ export class Gateway implements RequestContext {
   }
 
   /** Every request from every listener and protocol: counted, TLS policies applied, then handleRequest. */
-  private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade): void {
+  private onRequest(req: IncomingMessage, res: ServerResponse, expectContinue: boolean, upgrade?: Upgrade, admitted = false): void {
     // A request pipelined behind one answered with Connection: close is never forwarded.
     if (closingSockets.has(req.socket)) return;
     const conn = !isHttp2(req) ? (req.socket as TrackedSocket)[kConn] : undefined;
     const unsafe = conn !== undefined && !SAFE_METHODS.has(req.method ?? '');
-    if (conn !== undefined && res.socket === null && upgrade === undefined && (unsafe || conn.unsafe > 0 || conn.waiting > 0)) {
-      // Pipelined requests are handled side by side only while all of them are safe (RFC 9112
-      // §9.3.2): this one (and any behind it) waits until node:http hands it the connection,
-      // i.e. the answers before it went out. One of them may close the connection: then it is
-      // never forwarded.
-      conn.waiting++;
-      res.once('socket', () => {
-        conn.waiting--;
-        if (!req.socket.destroyed) this.onRequest(req, res, expectContinue);
-      });
-      return;
+    if (conn !== undefined && res.socket === null && upgrade === undefined && !admitted) {
+      const queued = conn.queue?.length ?? 0;
+      if (unsafe || conn.unsafe > 0 || conn.waiting > queued) {
+        // Pipelined requests are handled side by side only while all of them are safe (RFC 9112
+        // §9.3.2): this one (and any behind it) waits until node:http hands it the connection,
+        // i.e. the answers before it went out. One of them may close the connection: then it is
+        // never forwarded.
+        conn.waiting++;
+        res.once('socket', () => {
+          conn.waiting--;
+          if (!req.socket.destroyed) this.onRequest(req, res, expectContinue);
+        });
+        return;
+      }
+      if (conn.active >= MAX_SIDE_BY_SIDE || queued > 0) {
+        // Safe ones too, MAX_SIDE_BY_SIDE at most: the rest start in order as those end.
+        conn.waiting++;
+        (conn.queue ??= []).push(() => {
+          conn.waiting--;
+          if (!req.socket.destroyed) this.onRequest(req, res, expectContinue, undefined, true);
+        });
+        return;
+      }
     }
     this.inflight++;
     if (conn) {
@@ -959,6 +978,7 @@ export class Gateway implements RequestContext {
       if (conn) {
         conn.active--;
         if (unsafe) conn.unsafe--;
+        if (conn.queue !== undefined && conn.queue.length > 0 && conn.active < MAX_SIDE_BY_SIDE) conn.queue.shift()!();
         if (conn.retire && conn.active === 0 && conn.waiting === 0) socket.end();
       }
       pending?.delete(res);
