@@ -347,13 +347,14 @@ function watchBodyRate(ctx: RequestContext, req: IncomingMessage, res: ServerRes
     stop();
     req.setTimeout(0);
     bodyTooSlow(ctx, req, res, requestId, `the request body came slower than ${minRate} bytes/s (${got} bytes in ${ms} ms)`, 'client body too slow');
-  }, ms);
+  }, ms).unref(); // (stopped at the end of the body, of the request or of its answer)
   const stop = () => {
     clearInterval(timer);
     req.off('pause', onPause);
   };
   req.once('end', stop);
   req.once('close', stop);
+  res.once('close', stop); // (a request answered and gone may never end its body stream)
   return stop;
 }
 
