@@ -414,6 +414,9 @@ test('cross-site WebSocket hijacking: a cross-origin handshake with cookies is r
       const { ws } = await open(url, { headers });
       ws.close();
     }
+    // Same host, another scheme: a plain-HTTP page (which a network attacker can write into)
+    // is not the origin of a handshake that came over TLS, nor the reverse.
+    await assert.rejects(open(url, { headers: { origin: `https://127.0.0.1:${t.port}`, cookie: 'session=alice' } }), (e: { status?: number }) => e.status === 403);
     const pinned = `ws://127.0.0.1:${t.port}/pinned`;
     const { ws } = await open(pinned, { headers: { origin: 'https://app.example', cookie: 'session=alice' } });
     ws.close();

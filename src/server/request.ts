@@ -850,7 +850,11 @@ export function handleRequest(
     const upstreamQuery = pctx?.upstreamQuery ?? query;
     const upPath = pctx?.upstreamPath ?? upstreamPath;
     const bareBase = bare && upPath === upstreamPath;
-    if (websocket) return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, bareBase, requestId, hashKey, host, ex, pctx?.responseHeaders);
+    if (websocket) {
+      // (the scheme the client used: TLS here, or a trusted proxy's X-Forwarded-Proto)
+      const secure = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
+      return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, bareBase, requestId, hashKey, host, secure, ex, pctx?.responseHeaders);
+    }
     if (route.compose !== null) {
       composeRoute({
         req, res, route, params: match.params ?? {}, method, path, query, requestId, close,
@@ -1045,7 +1049,7 @@ function runLog(ctx: RequestContext, pctx: PluginCtx, chain: Chain, status: numb
  * With `origins` configured only those may; without, a cross-origin handshake carrying
  * Cookie or Authorization is refused. No Origin (not a browser): allowed.
  */
-function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage, host: string): string | null {
+function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage, host: string, secure: boolean): string | null {
   const origin = req.headers.origin;
   if (origin === undefined) return null;
   const o = origin.toLowerCase();
@@ -1056,7 +1060,10 @@ function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage,
     const u = new URL(o);
     const h = host.toLowerCase();
     const defaultPort = u.protocol === 'https:' || u.protocol === 'wss:' ? ':443' : ':80';
-    same = u.host === h || `${u.host}${defaultPort}` === h || (h.endsWith(defaultPort) && u.host === h.slice(0, -defaultPort.length));
+    // The scheme too: a plain-HTTP page of the host (which a network attacker can write into)
+    // is another origin than the HTTPS one whose cookies a wss:// handshake carries.
+    same = u.protocol === (secure ? 'https:' : 'http:') &&
+      (u.host === h || `${u.host}${defaultPort}` === h || (h.endsWith(defaultPort) && u.host === h.slice(0, -defaultPort.length)));
   } catch {
     same = false;
   }
@@ -1065,7 +1072,7 @@ function originDenied(origins: ReadonlySet<string> | null, req: IncomingMessage,
 
 function startWebSocket(
   ctx: RequestContext, req: IncomingMessage, res: ServerResponse, upgrade: Upgrade, route: CompiledRoute,
-  headers: string[], path: string, bare: boolean, requestId: string, hashKey: string, host: string, ex: Exchange | null,
+  headers: string[], path: string, bare: boolean, requestId: string, hashKey: string, host: string, secure: boolean, ex: Exchange | null,
   added: readonly string[] | undefined,
 ): undefined {
   const svc = route.service;
@@ -1077,7 +1084,7 @@ function startWebSocket(
   // connection accepted just before, or whose plugins were still running) would be left open,
   // and stop() would wait for its socket forever.
   if (ctx.stopping === true) return reject(ctx, req, res, requestId, 'shutting-down', 'the gateway is shutting down', plus({ 'retry-after': '1' }));
-  const denied = originDenied(route.websocket!.origins, req, host);
+  const denied = originDenied(route.websocket!.origins, req, host, secure);
   if (denied !== null) return reject(ctx, req, res, requestId, 'forbidden', denied, plus());
   // The service's circuit and bulkhead hold for WebSockets too: an open circuit refuses the
   // handshake, a half-open one lets it through as one of its trials (its outcome closes or
