@@ -207,6 +207,11 @@ services:
     assert.equal(a!.client_ip, '127.0.0.1');
     assert.equal(a!.bytes_out, 'created!'.length);
     assert.ok((a!.bytes_in as number) > 5 + 100, 'head and body counted');
+    // GET /nowhere from the test client: its head as sent on the wire, to the byte (the blank line ending it too).
+    const raw = await rawRequest(gw.port, 'GET /nowhere HTTP/1.1\r\nHost: x\r\nX-Pad: 12345\r\nConnection: close\r\n\r\n');
+    assert.deepEqual(statuses(raw.text), [404]);
+    await eventually(() => lines(log).length === 5);
+    assert.equal(lines(log)[4]!.bytes_in, Buffer.byteLength('GET /nowhere HTTP/1.1\r\nHost: x\r\nX-Pad: 12345\r\nConnection: close\r\n\r\n'));
     assert.ok((a!.upstream_ms as number) >= 15, `upstream_ms ${a!.upstream_ms}`);
     assert.ok((a!.duration_ms as number) >= (a!.upstream_ms as number));
     assert.ok((a!.gateway_ms as number) >= 0 && (a!.gateway_ms as number) < (a!.duration_ms as number));
@@ -233,8 +238,8 @@ services:
     // prototype's function nor dropped.
     const proto = await rawRequest(gw.port, 'GET /open?__proto__=p1&constructor=c1&constructor=c2&toString=t HTTP/1.1\r\nHost: x\r\n__proto__: hp\r\nconstructor: hc\r\nConnection: close\r\n\r\n');
     assert.deepEqual(statuses(proto.text), [201]);
-    await eventually(() => lines(log).length === 5);
-    const e = lines(log)[4]!;
+    await eventually(() => lines(log).length === 6);
+    const e = lines(log)[5]!;
     assert.equal(JSON.stringify(e.query), '{"__proto__":"p1","constructor":"c1,c2","toString":"t"}');
     assert.match(JSON.stringify(e.headers), /"__proto__":"hp","constructor":"hc"/);
 
@@ -243,7 +248,7 @@ services:
     await request(`${gw.url}/open`);
     gw.gw.observer.reopen();
     await request(`${gw.url}/open`);
-    await eventually(() => lines(`${log}.1`).length + lines(log).length === 7);
+    await eventually(() => lines(`${log}.1`).length + lines(log).length === 8);
     assert.ok(lines(log).length >= 1);
   } finally {
     await gw.close();

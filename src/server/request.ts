@@ -557,7 +557,8 @@ export function handleRequest(
   requestId = validRequestId(incomingId) ? incomingId : nextRequestId();
   if (ex !== null) {
     ex.requestId = requestId;
-    ex.bytesIn = bytes + url.length + (req.method?.length ?? 0) + 12;
+    // (the request line's two spaces, "HTTP/1.1" and CRLF: 12; the blank line ending the head: 2)
+    ex.bytesIn = bytes + url.length + (req.method?.length ?? 0) + 14;
     if (cl !== undefined) ex.bodyLength = Number(cl) || 0;
   }
   if (bytes > snap.limits.maxHeaderSize) return reject(ctx, req, res, requestId, 'headers-too-large', `header fields exceed ${snap.limits.maxHeaderSize} bytes`);
