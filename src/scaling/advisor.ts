@@ -17,7 +17,7 @@ import type { Cluster, Redis } from 'ioredis';
 import { Recommender, type Recommendation, type Sample } from './recommender.js';
 import type { ScalingPolicyConfig, ScalingSettings } from './policy.js';
 import { WebhookTrigger } from './webhook.js';
-import { KubernetesTrigger } from './kubernetes.js';
+import { KubernetesTrigger, READ_EVERY_MS } from './kubernetes.js';
 
 export interface ScaledService {
   name: string;
@@ -151,7 +151,8 @@ export class ScalingAdvisor {
         for (const [i, t] of cfg.triggers.entries()) {
           try {
             if (t.type === 'webhook') webhooks.push(new WebhookTrigger(t, this.log, settings.baseDir, cfg.cas[i], cfg.webhookAllowed));
-            else kubernetes ??= new KubernetesTrigger(t, this.log, settings.baseDir, process.env, cfg.cas[i]);
+            // (a read stands for ten intervals, at most READ_EVERY_MS: 10 s at the default 1 s)
+            else kubernetes ??= new KubernetesTrigger(t, this.log, settings.baseDir, process.env, cfg.cas[i], { readEveryMs: Math.min(READ_EVERY_MS, Math.max(1000, 10 * settings.intervalMs)) });
           } catch (err) {
             this.log.error({ service: service.name, trigger: t.type, err: (err as Error).message }, 'scaling trigger not started');
           }

@@ -7,7 +7,7 @@
  * /var/run/secrets/kubernetes.io/serviceaccount/{token,ca.crt}).
  *
  * What was read is kept: the subresource is read again once the last read (or PATCH answer) is
- * `readEveryMs` old (default 10 s), not at every tick, so a fleet of gateways does not ask the
+ * `readEveryMs` old (ten scaling intervals, at most 10 s: 10 s at the default interval), not at every tick, so a fleet of gateways does not ask the
  * API server once a second each. A PATCH carries the resourceVersion last seen
  * (metadata.resourceVersion: a precondition), so one made on a count someone else has changed
  * since (kubectl scale, another controller) is answered 409: the subresource is then read again
