@@ -1408,8 +1408,8 @@ export class Gateway implements RequestContext {
    * the old ones would carry that verdict for as long as they live (a revoked device on its
    * kept-alive connection or HTTP/2 session). They are closed as a drain closes them — an idle
    * HTTP/1.1 connection at once, a busy one after its answers (Connection: close on those not
- * begun), an HTTP/2 session by GOAWAY once
-   * its streams end — and the client's next connection is verified under the new ones.
+   * begun), an HTTP/2 session by GOAWAY once its streams end — and the client's next
+   * connection is verified under the new ones.
    */
   private retireVerifiedConnections(): void {
     const hasCert = (s: TLSSocket | undefined): boolean => {

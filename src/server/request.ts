@@ -379,6 +379,11 @@ function forwardPrefix(headers: string[], stripped: string, trusted: boolean): v
   if (prefix !== '') headers.splice(headers.length - 2, 0, 'x-forwarded-prefix', prefix);
 }
 
+/** Whether the client used TLS: to the gateway, or to a trusted proxy in front by its word (X-Forwarded-Proto, or Forwarded's proto). */
+function clientUsedTls(req: IncomingMessage, trusted: boolean, xfProto: string | undefined): boolean {
+  return isTls(req) || (trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
+}
+
 function headerValue(req: IncomingMessage, name: string): string | undefined {
   const v = req.headers[name];
   return Array.isArray(v) ? v.join(', ') : v || undefined;
@@ -661,7 +666,7 @@ export function handleRequest(
   }
   // The developer portal (portal.enabled) answers its own paths (on its hosts), before any route.
   if (snap.portal !== null && isPortalPath(snap.portal, path) && (snap.portal.hosts === null || snap.portal.hosts.has(hostKey))) {
-    const tls = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
+    const tls = clientUsedTls(req, p.trusted, xfProto);
     // Over TLS, the portal's pages (catalog and accounts) tell the browser to stay on HTTPS.
     const extra = { 'x-request-id': requestId, ...(close ? { connection: 'close' } : {}), ...(tls ? HSTS : {}) };
     const rest = path.slice(snap.portal.base.length);
@@ -853,7 +858,7 @@ export function handleRequest(
     const bareBase = bare && upPath === upstreamPath;
     if (websocket) {
       // (the scheme the client used: TLS here, or a trusted proxy's X-Forwarded-Proto)
-      const secure = isTls(req) || (p.trusted && xfProto?.split(',')[0]!.trim().toLowerCase() === 'https');
+      const secure = clientUsedTls(req, p.trusted, xfProto);
       return startWebSocket(ctx, req, res, upgrade, route, headers, upPath + upstreamQuery, bareBase, requestId, hashKey, host, secure, ex, pctx?.responseHeaders);
     }
     if (route.compose !== null) {
