@@ -8,8 +8,9 @@
  * (127.0.0.0/8, ::1), link-local (169.254.0.0/16 with the metadata address, fe80::/10), "this
  * host" and unspecified (0.0.0.0/8, ::), multicast and reserved (224.0.0.0/3, ff00::/8), the
  * other clouds' metadata addresses (100.100.100.200, fd00:ec2::254) and the node's own interface
- * addresses. Private networks (10/8, 172.16/12, 192.168/16, fc00::/7) are allowed: receivers are
- * usually in-cluster services.
+ * addresses, and those addresses written as IPv6 (IPv4-mapped, IPv4-compatible, NAT64, 6to4: see
+ * `plain`; Teredo and local-use NAT64, whose IPv4 part is hidden, are refused). Private networks
+ * (10/8, 172.16/12, 192.168/16, fc00::/7) are allowed: receivers are usually in-cluster services.
  *
  * The check is made on the address connected to: a name is resolved by `lookup` (given to the
  * connection), which keeps only the allowed addresses, so a name that resolves to a public
@@ -31,6 +32,8 @@ const REFUSED: readonly [string, number, 'ipv4' | 'ipv6', string][] = [
   ['::1', 128, 'ipv6', 'a loopback address'],
   ['fe80::', 10, 'ipv6', 'a link-local address'],
   ['fd00:ec2::254', 128, 'ipv6', 'a cloud metadata address'],
+  ['64:ff9b:1::', 48, 'ipv6', 'a local-use NAT64 address (RFC 8215: its IPv4 part cannot be checked)'],
+  ['2001::', 32, 'ipv6', 'a Teredo address (RFC 4380: its IPv4 parts cannot be checked)'],
   ['ff00::', 8, 'ipv6', 'a multicast address'],
 ];
 
@@ -40,13 +43,43 @@ const refusedLists = REFUSED.map(([addr, bits, type, why]) => {
   return { list, type, why };
 });
 
-/** `::ffff:1.2.3.4` and `::ffff:102:304` (as a URL writes it) -> `1.2.3.4`: an IPv4-mapped address is its IPv4 one here. */
+/** An IPv6 address's eight 16-bit groups (a trailing dotted IPv4 part is two of them); null when it is none. */
+function groups(ip: string): number[] | null {
+  let s = ip.toLowerCase();
+  const v4 = /(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  if (v4 !== null) {
+    const [a, b, c, d] = v4.slice(1).map(Number) as [number, number, number, number];
+    s = `${s.slice(0, v4.index)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const halves = s.split('::');
+  if (halves.length > 2) return null;
+  const part = (h: string | undefined) => (h === undefined || h === '' ? [] : h.split(':').map((g) => parseInt(g, 16)));
+  const head = part(halves[0]);
+  const tail = part(halves[1]);
+  const fill = 8 - head.length - tail.length;
+  if (halves.length === 1 ? fill !== 0 : fill < 1) return null;
+  const all = [...head, ...(halves.length === 2 ? new Array<number>(fill).fill(0) : []), ...tail];
+  return all.every((g) => g >= 0 && g <= 0xffff) ? all : null;
+}
+
+const dotted = (hi: number, lo: number) => `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+
+/**
+ * The IPv4 address an IPv6 address stands for, checked as that address: IPv4-mapped
+ * (`::ffff:1.2.3.4`, also as a URL writes it, `::ffff:102:304`), IPv4-compatible (`::1.2.3.4`,
+ * deprecated), NAT64's well-known prefix (RFC 6052, `64:ff9b::a9fe:a9fe` is 169.254.169.254 where
+ * a NAT64 gateway translates it) and 6to4 (RFC 3056, `2002:a9fe:a9fe::`). Anything else as given.
+ */
 function plain(ip: string): string {
-  if (/^::ffff:\d+\.\d+\.\d+\.\d+$/i.test(ip)) return ip.slice(7);
-  const m = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(ip);
-  if (m === null) return ip;
-  const [hi, lo] = [parseInt(m[1]!, 16), parseInt(m[2]!, 16)];
-  return `${hi >> 8}.${hi & 255}.${lo >> 8}.${lo & 255}`;
+  if (isIP(ip) !== 6) return ip;
+  const g = groups(ip);
+  if (g === null) return ip;
+  const zero = (from: number, to: number) => g.slice(from, to).every((x) => x === 0);
+  if (zero(0, 5) && g[5] === 0xffff) return dotted(g[6]!, g[7]!);
+  if (zero(0, 6) && (g[6]! !== 0 || g[7]! > 1)) return dotted(g[6]!, g[7]!);
+  if (g[0] === 0x64 && g[1] === 0xff9b && zero(2, 6)) return dotted(g[6]!, g[7]!);
+  if (g[0] === 0x2002) return dotted(g[1]!, g[2]!);
+  return ip;
 }
 
 /** A CIDR (or a bare address) of `webhook_allowed_networks`: null when it is none. */
@@ -81,7 +114,7 @@ export class WebhookDestinations {
     const family = isIP(a);
     if (family === 0) return 'not an IP address';
     const type = family === 6 ? 'ipv6' : 'ipv4';
-    if (this.anyAllowed && this.allowed.check(a, type)) return null;
+    if (this.anyAllowed && (this.allowed.check(a, type) || (a !== ip && this.allowed.check(ip, 'ipv6')))) return null;
     for (const r of refusedLists) if (r.type === type && r.list.check(a, type)) return r.why;
     for (const list of Object.values(networkInterfaces())) {
       for (const i of list ?? []) if (plain(i.address).toLowerCase() === a.toLowerCase()) return 'an address of this node';

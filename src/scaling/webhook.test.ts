@@ -6,6 +6,7 @@ import type { AddressInfo } from 'node:net';
 import { silentLogger } from '../core/log.js';
 import { SIGNATURE_HEADER, WebhookTrigger, signature, verifyWebhook } from './webhook.js';
 import { DemandMeter, quantile } from './meter.js';
+import { WebhookDestinations } from './destination.js';
 import { performance } from 'node:perf_hooks';
 
 const SECRET = 'whsec-0123456789abcdef';
@@ -270,7 +271,9 @@ test('SSRF guard: loopback (by address or by a name resolving to it), link-local
       assert.match(String(got.last.error), /^webhook destination refused: .*(loopback|"this host")/, url);
     }
     // The metadata service: refused before any connection (no wait for a connect timeout).
-    for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fe80::1]/x', 'http://[fd00:ec2::254]/x', 'http://100.100.100.200/x']) {
+    // Also written as IPv6: IPv4-mapped, IPv4-compatible, NAT64 (RFC 6052) and 6to4 forms of 169.254.169.254.
+    for (const url of ['http://169.254.169.254/latest/meta-data/iam/security-credentials/', 'http://[fe80::1]/x', 'http://[fd00:ec2::254]/x', 'http://100.100.100.200/x',
+      'http://[::ffff:a9fe:a9fe]/x', 'http://[::169.254.169.254]/x', 'http://[64:ff9b::169.254.169.254]/x', 'http://[64:ff9b::a9fe:a9fe]/x', 'http://[2002:a9fe:a9fe::1]/x']) {
       const got = await push(url);
       assert.equal(got.ok, false, url);
       assert.match(String(got.last.error), /^webhook destination refused: .*(link-local|metadata)/, url);
@@ -292,4 +295,22 @@ test('SSRF guard: loopback (by address or by a name resolving to it), link-local
     await other.close();
     await redirecting.close();
   }
+});
+
+test('SSRF guard, IPv6 spellings of IPv4 addresses: checked as the IPv4 address they carry; Teredo and local-use NAT64 (IPv4 part hidden) refused unless allowed', () => {
+  const d = new WebhookDestinations();
+  for (const ip of ['::ffff:127.0.0.1', '::ffff:7f00:1', '::7f00:1', '::127.0.0.1', '64:ff9b::7f00:1', '64:ff9b::127.0.0.1', '2002:7f00:1::', '2002:7f00:0001:0:0:0:0:1']) {
+    assert.match(String(d.refusal(ip)), /loopback/, ip);
+  }
+  assert.match(String(d.refusal('64:FF9B::A9FE:A9FE')), /link-local/);
+  assert.match(String(d.refusal('2001:0:4136:e378:8000:63bf:3fff:fdd2')), /Teredo/);
+  assert.match(String(d.refusal('64:ff9b:1::a9fe:a9fe')), /NAT64/);
+  // Public addresses in the same spellings pass (an IPv6-only cluster reaching a public receiver through DNS64 / NAT64).
+  for (const ip of ['64:ff9b::808:808', '64:ff9b::8.8.8.8', '::ffff:8.8.8.8', '2002:808:808::1', '2001:db8::1', '::1:0:0:0']) assert.equal(d.refusal(ip), null, ip);
+  // ::1 and :: keep their own names.
+  assert.match(String(d.refusal('::1')), /loopback/);
+  assert.match(String(d.refusal('::')), /unspecified/);
+  // Allowed by its IPv6 spelling or by the IPv4 network it carries.
+  assert.equal(new WebhookDestinations(['64:ff9b::a9fe:a9fe/128']).refusal('64:ff9b::a9fe:a9fe'), null);
+  assert.equal(new WebhookDestinations(['127.0.0.0/8']).refusal('64:ff9b::7f00:1'), null);
 });
