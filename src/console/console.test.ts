@@ -116,6 +116,9 @@ test('behind a TLS proxy (the page is https): the session cookie is __Host-tp_co
     assert.equal((await call('/console/api/session', { cookie: `__Host-tp_console=${plain.id}` })).status, 401);
     const both = await call('/console/api/session', { cookie: `tp_console=${plain.id}; __Host-tp_console=${id}` });
     assert.equal(JSON.parse(both.body).name, 'ops');
+    // an http:// page of the same host (a plain-HTTP listener, a MITM'd page) makes no change to the https page's session
+    const fromHttp = await call('/console/api/logout', { cookie: `__Host-tp_console=${id}`, 'x-csrf-token': csrf, origin: origin.replace('https:', 'http:') }, '');
+    assert.equal(fromHttp.status, 403, fromHttp.body);
     const out = await call('/console/api/logout', { cookie: `__Host-tp_console=${id}`, 'x-csrf-token': csrf }, '');
     assert.equal(out.status, 204);
     assert.match(out.cookie, /^__Host-tp_console=; Path=\/; .*Max-Age=0; Secure$/);

@@ -87,8 +87,9 @@ export class SessionStore {
 
   /**
    * Whether a request carries the session's CSRF token (and, when it says where it comes from,
-   * comes from this origin: the one its Host names, or one of `origins`, admin.console_origins,
-   * for a proxy in front that rewrites Host).
+   * comes from this origin: the one its Host names, with https when the session was signed in
+   * from an https page, or one of `origins`, admin.console_origins, for a proxy in front that
+   * rewrites Host).
    */
   csrfOk(req: IncomingMessage, s: Session, origins: readonly string[] = []): boolean {
     const given = req.headers['x-csrf-token'];
@@ -97,7 +98,9 @@ export class SessionStore {
     if (origin !== undefined && origin !== 'null') {
       try {
         const o = new URL(origin);
-        if (o.host !== req.headers.host && !origins.includes(o.origin)) return false;
+        // The Host's origin is the scheme the session was signed in from: a session of an https
+        // page (Secure cookie) takes no change from an http:// page of that host.
+        if (!origins.includes(o.origin) && (o.host !== req.headers.host || (s.secure && o.protocol !== 'https:'))) return false;
       } catch {
         return false;
       }
