@@ -122,8 +122,10 @@ export interface RequestContext {
 const LONG_OWNED = new Set([
   'x-credential-identifier', 'x-anonymous-consumer', REFRESH_PEER_HEADER,
   // identity fields Kong's auth plugins set (or clear) on every request: upstreams moved from
-  // Kong trust them, so a client's copy never reaches one
+  // Kong trust them, so a client's copy never reaches one (X-Credential-Username: Kong before
+  // 3.0's key-auth, basic-auth, hmac-auth; X-Userinfo: a case of the switch in handleRequest)
   'x-consumer-custom-id', 'x-authenticated-userid', 'x-authenticated-scope', 'x-authenticated-groups',
+  'x-credential-username',
 ]);
 
 /**
@@ -159,7 +161,7 @@ const OWNED_DASHED = new Set([
   'host', 'transfer-encoding', 'content-length', 'connection', 'x-request-id', 'x-forwarded-for', 'x-forwarded-proto',
   'x-forwarded-host', 'x-forwarded-port', 'forwarded', 'via', 'max-forwards', 'keep-alive', 'proxy-connection', 'te',
   'upgrade', 'http2-settings', 'expect', 'x-real-ip', 'proxy-authorization', 'x-turnpike-refresh', 'x-consumer-id', 'x-consumer-name',
-  'x-consumer-groups', 'x-consumer-username', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-server',
+  'x-consumer-groups', 'x-consumer-username', 'x-userinfo', 'x-original-url', 'x-rewrite-url', 'x-forwarded-prefix', 'x-forwarded-server',
   'x-forwarded-scheme', 'x-forwarded-ssl', 'x-client-ip', 'true-client-ip', 'x-cluster-client-ip', ...LONG_OWNED,
   'x-client-cert', 'x-client-verify', 'x-client-dn', 'x-client-cert-chain', 'x-ssl-client-cert', 'x-ssl-client-verify',
   'x-ssl-client-s-dn', 'x-ssl-client-i-dn', 'x-ssl-client-dn', 'x-ssl-client-serial', 'x-ssl-client-sha1', 'ssl-client-cert',
@@ -498,6 +500,9 @@ export function handleRequest(
       case 'proxy-authorization': case 'proxy':
       // the authenticated consumer, set by the gateway only (the longer names: below)
       case 'x-consumer-id': case 'x-consumer-name': case 'x-consumer-groups': case 'x-consumer-username':
+      // the IdP's userinfo (base64 JSON) that Kong's OpenID Connect plugins (kong-oidc, Kong's
+      // openid-connect) send their upstreams: a client's copy would be taken for the IdP's word
+      case 'x-userinfo':
         continue;
       // fields some frameworks trust for routing or identity: only a trusted proxy may send them
       case 'x-original-url': case 'x-rewrite-url': case 'x-forwarded-prefix': case 'x-forwarded-server':

@@ -298,8 +298,9 @@ test('the upstream gets x-consumer-id, -name, -groups and x-credential-identifie
 });
 
 // (with the identity fields Kong's auth plugins set, which upstreams moved from Kong trust)
-const KONG_IDENTITY = ['x-consumer-custom-id', 'x-authenticated-userid', 'x-authenticated-scope', 'x-authenticated-groups'];
-const SPOOF_NAMES = ['X-Consumer-Name', 'x-consumer-id', 'X-CONSUMER-GROUPS', 'x-Credential-Identifier', 'X-Anonymous-Consumer', 'X-Consumer-Username', 'X-Consumer-Custom-ID', 'X-Authenticated-Userid', 'x-authenticated-scope', 'X-Authenticated-Groups'];
+// (X-Userinfo: Kong's OpenID Connect plugins; X-Credential-Username: Kong before 3.0)
+const KONG_IDENTITY = ['x-consumer-custom-id', 'x-authenticated-userid', 'x-authenticated-scope', 'x-authenticated-groups', 'x-userinfo', 'x-credential-username'];
+const SPOOF_NAMES = ['X-Consumer-Name', 'x-consumer-id', 'X-CONSUMER-GROUPS', 'x-Credential-Identifier', 'X-Anonymous-Consumer', 'X-Consumer-Username', 'X-Consumer-Custom-ID', 'X-Authenticated-Userid', 'x-authenticated-scope', 'X-Authenticated-Groups', 'X-Userinfo', 'X-Credential-Username'];
 /** A raw header list (node:http adds no Host to a list): Host, then every consumer header twice in different cases. */
 const spoofHeaders = (): string[] => ['Host', 'gateway.test', ...SPOOF_NAMES.flatMap((n) => [n, `evil-${n}`, n.toUpperCase(), 'evil2'])];
 const OWNED = ['x-consumer-name', 'x-consumer-id', 'x-consumer-groups', 'x-credential-identifier', 'x-anonymous-consumer', 'x-consumer-username', ...KONG_IDENTITY];
