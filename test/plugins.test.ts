@@ -249,6 +249,7 @@ services:
       - {name: throw-rb, paths: [/throw-rb], plugins: [{name: test-throw-rb}]}
       - {name: slow, paths: [/slow], plugins: [{name: test-slow-auth}, {name: test-log}]}
       - {name: two-auth, paths: [/two-auth], plugins: [{name: key-auth}, {name: basic-auth}]}
+      - {name: two-auth-hidden, paths: [/two-auth-hidden], plugins: [{name: key-auth}, {name: basic-auth, config: {hide_credentials: true, anonymous: guest}}]}
       - {name: logged, paths: [/logged], plugins: [{name: key-auth}, {name: test-log}]}
       - {name: h2, paths: [/h2], plugins: [{name: key-auth}]}
       - {name: validated, paths: [/validated], plugins: [{name: request-validator, config: {body_schema: {type: object}}}]}
@@ -566,6 +567,24 @@ test('two auth plugins on one route (key-auth + basic-auth): either credential p
   assert.match(String(wrong.headers['www-authenticate']), /Key realm.*Basic realm/);
   assert.ok(!wrong.body.includes('wrong-key-1234'));
   assert.equal(up.requests.length, before);
+});
+
+test('basic-auth hide_credentials: Basic credentials never reach the upstream, also when key-auth let the request in first (any-of) or a wrong password went on as the anonymous consumer', T, async () => {
+  const sentAuth = () => up.requests.at(-1)!.rawHeaders.filter((_, i, raw) => i % 2 === 1 && raw[i - 1]!.toLowerCase() === 'authorization');
+  // A right key and Basic credentials: key-auth decides, basic-auth never looks at them.
+  const k = await request(`${base}/two-auth-hidden`, as('alice', { authorization: basic('alice', 'alice password') }));
+  assert.equal(k.status, 200, k.body);
+  assert.equal(echo(k).headers['x-consumer-name'], 'alice');
+  assert.deepEqual(sentAuth(), []);
+  // A wrong password, anonymous set: on as guest, without the password.
+  const w = await request(`${base}/two-auth-hidden`, { headers: { authorization: basic('alice', 'my other password') } });
+  assert.equal(w.status, 200, w.body);
+  assert.equal(echo(w).headers['x-consumer-name'], 'guest');
+  assert.deepEqual(sentAuth(), []);
+  // Another scheme is not basic-auth's to take out.
+  const b = await request(`${base}/two-auth-hidden`, as('alice', { authorization: 'Bearer abc' }));
+  assert.equal(b.status, 200, b.body);
+  assert.deepEqual(sentAuth(), ['Bearer abc']);
 });
 
 // ---- log phase ------------------------------------------------------------------------------

@@ -101,6 +101,16 @@ export default definePlugin({
     /** Checks under way by cache key: the same pair sent again meanwhile waits for the same one. */
     const pending = new Map<string, Promise<Consumer | false | null>>();
     return {
+      /**
+       * hide_credentials: Basic credentials never reach the upstream, whatever becomes of them: a
+       * wrong password goes on with the anonymous consumer when there is one, and another auth
+       * plugin of the route may let the request in before this one looks (any-of). Taken out
+       * before authentication (the check reads the client's request); another scheme stays.
+       */
+      onRequest: config.hide_credentials ? (ctx) => {
+        const h = ctx.header('authorization');
+        if (h !== undefined && /^Basic(?:[ \t]|$)/i.test(h)) ctx.removeUpstreamHeader('authorization');
+      } : undefined,
       authenticate(ctx): AuthOutcome | Promise<AuthOutcome> {
         const h = ctx.header('authorization');
         const m = h === undefined ? null : /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(h);
@@ -114,10 +124,7 @@ export default definePlugin({
         const username = decoded.slice(0, colon).normalize('NFC');
         const password = decoded.slice(colon + 1);
         const key = createHmac('sha256', cacheKey).update(decoded).digest('base64');
-        const ok = (consumer: Consumer): AuthOutcome => {
-          if (config.hide_credentials) ctx.removeUpstreamHeader('authorization');
-          return { ok: true, consumer, identity: consumer.name, credential: `basic-auth:${username}` };
-        };
+        const ok = (consumer: Consumer): AuthOutcome => ({ ok: true, consumer, identity: consumer.name, credential: `basic-auth:${username}` });
         const known = verified.get(key);
         if (known !== undefined) return ok(known); // verified before: no scrypt, no promise
         let check = pending.get(key);
