@@ -190,38 +190,44 @@ export default definePlugin({
       if (typeof payload.iat === 'number' && payload.iat > Date.now() / 1000 + skewS) return invalid('the token was issued in the future');
       return judge(payload);
     };
-    /** `inCookie`: the token is (also) in the cookie; `fromHeader`: it came in the Authorization header. */
-    const done = (ctx: RequestCtx, outcome: AuthOutcome, fromHeader: boolean, inCookie: boolean): AuthOutcome => {
-      // A sender-constrained token (cnf): judged per request, the connection is part of it.
+    /** A sender-constrained token (cnf): judged per request, the connection is part of it. */
+    const done = (ctx: RequestCtx, outcome: AuthOutcome): AuthOutcome => {
       if (outcome.ok && outcome.claims?.['cnf'] !== undefined) {
         const problem = boundTokenProblem(outcome.claims['cnf'], ctx);
         if (problem !== null) return invalid(problem);
       }
-      if (outcome.ok && config.hide_credentials) {
-        if (fromHeader) ctx.removeUpstreamHeader('authorization');
-        if (inCookie) {
-          // The token's cookie leaves the upstream's Cookie field(s); the other cookies stay.
-          const name = config.cookie!;
-          ctx.editUpstreamHeaders((list) => {
-            for (let i = list.length - 2; i >= 0; i -= 2) {
-              if (list[i]!.toLowerCase() !== 'cookie') continue;
-              const rest = list[i + 1]!.split(';').map((c) => c.trim()).filter((c) => c !== '' && c.split('=', 1)[0] !== name).join('; ');
-              if (rest === '') list.splice(i, 2);
-              else list[i + 1] = rest;
-            }
-          });
-        }
-      }
       return outcome;
+    };
+    /**
+     * hide_credentials: a Bearer header and the token's cookie never reach the upstream, whatever
+     * becomes of the token: one refused goes on with the anonymous consumer when there is one,
+     * and another auth plugin of the route may let the request in before this one looks (any-of).
+     * Taken out before authentication (the check reads the client's request); another scheme's
+     * Authorization stays, and so do the other cookies.
+     */
+    const hide = (ctx: RequestCtx): void => {
+      const h = ctx.header('authorization');
+      if (h !== undefined && /^Bearer(?:[ \t]|$)/i.test(h)) ctx.removeUpstreamHeader('authorization');
+      const cookies = cookieRe === null ? undefined : ctx.header('cookie');
+      if (cookies === undefined || !cookieRe!.test(cookies)) return;
+      const name = config.cookie!;
+      ctx.editUpstreamHeaders((list) => {
+        for (let i = list.length - 2; i >= 0; i -= 2) {
+          if (list[i]!.toLowerCase() !== 'cookie') continue;
+          const rest = list[i + 1]!.split(';').map((c) => c.trim()).filter((c) => c !== '' && c.split('=', 1)[0] !== name).join('; ');
+          if (rest === '') list.splice(i, 2);
+          else list[i + 1] = rest;
+        }
+      });
     };
 
     return {
+      onRequest: config.hide_credentials ? hide : undefined,
       authenticate(ctx) {
         const bearer = bearerToken(ctx.header('authorization'));
         if (bearer === BAD_BEARER) return badBearer(realm);
         if (bearer !== null && queryHasAccessToken(ctx.query)) return twoTokenMethods(realm);
         let token = bearer;
-        let inCookie = false;
         if (cookieRe !== null) {
           const cookies = ctx.header('cookie');
           const m = cookies === undefined ? null : cookieRe.exec(cookies);
@@ -235,11 +241,9 @@ export default definePlugin({
             // The cookie's token beside an access_token parameter, which is never checked.
             if (token === null && queryHasAccessToken(ctx.query)) return badBearer(realm, `the access token was sent both in the ${config.cookie} cookie and as the access_token query parameter (one token per request)`);
             token = m[1];
-            inCookie = true;
           }
         }
         if (token === null) return { ok: false, missing: true, challenge: realm };
-        const fromHeader = bearer !== null;
         let key = '';
         const removals = keys.removals;
         if (cache !== null) {
@@ -254,13 +258,13 @@ export default definePlugin({
           // keys are refreshed when due all the same (a key gone empties the cache).
           if (hit !== undefined) {
             keys.refreshIfDue(now);
-            return done(ctx, hit, fromHeader, inCookie);
+            return done(ctx, hit);
           }
         }
         return verify(token).then((outcome) => {
           // Not cached when a key went away meanwhile (it may have been verified with that one).
           if (outcome.ok && cache !== null && keys.removals === removals && typeof outcome.claims?.['exp'] === 'number') cache.set(key, outcome, (outcome.claims['exp'] as number) * 1000);
-          return done(ctx, outcome, fromHeader, inCookie);
+          return done(ctx, outcome);
         });
       },
       close() {

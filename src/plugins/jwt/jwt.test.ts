@@ -59,6 +59,12 @@ services:
         plugins:
           - name: jwt
             config: {issuer: ${idp.issuer}, issuers_allowed: ["https://sts.windows.net/tenant-1/"], audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id}
+      - name: anon-hidden
+        paths: [/anon-hidden]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, cookie: tok, anonymous: plain, hide_credentials: true}
+          - {name: key-auth, config: {hide_credentials: true}}
       - name: typed
         paths: [/typed]
         plugins:
@@ -220,6 +226,30 @@ test('a token from a cookie: hide_credentials takes that cookie out of the upstr
   const alone = await request(`${gw.url}/cookie`, { headers: { cookie: `tok=${token}` } });
   assert.equal(alone.status, 200);
   assert.equal(upstreamSaw().cookie, undefined);
+});
+
+test('hide_credentials: a refused token that goes on as the anonymous consumer (header or cookie) never reaches the upstream, nor does a key beside a token jwt let in first (key-auth never looked at it)', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const expired = await forge({ exp: Math.floor(Date.now() / 1000) - 120 });
+  const r = await get('/anon-hidden', expired);
+  assert.equal(r.status, 200, r.body);
+  assert.equal(upstreamSaw()['x-consumer-name'], 'plain');
+  assert.equal(upstreamSaw().authorization, undefined);
+  const c = await request(`${gw.url}/anon-hidden`, { headers: { cookie: `a=1; tok=${expired}` } });
+  assert.equal(c.status, 200, c.body);
+  assert.equal(upstreamSaw()['x-consumer-name'], 'plain');
+  assert.equal(upstreamSaw().cookie, 'a=1');
+  // jwt (priority 1450) lets the token in before key-auth (1250) runs: the key goes all the same.
+  const k = await request(`${gw.url}/anon-hidden?apikey=admin-key-0123456789abcdef&x=1`, { headers: { authorization: `Bearer ${token}`, apikey: 'admin-key-0123456789abcdef' } });
+  assert.equal(k.status, 200, k.body);
+  assert.equal(upstreamSaw()['x-consumer-name'], 'svc-a');
+  assert.equal(upstreamSaw().apikey, undefined);
+  assert.equal(up.requests.at(-1)!.url, '/anon-hidden?x=1');
+  // Another scheme is not jwt's to take out (key-auth's key lets this one in).
+  const b = await request(`${gw.url}/anon-hidden`, { headers: { authorization: 'Basic YTpi', apikey: 'admin-key-0123456789abcdef' } });
+  assert.equal(b.status, 200, b.body);
+  assert.equal(upstreamSaw()['x-consumer-name'], 'admin');
+  assert.equal(upstreamSaw().authorization, 'Basic YTpi');
 });
 
 test('the token cookie twice (two tokens, one would be checked and the upstream could read the other): 401 invalid_token', async () => {

@@ -57,19 +57,19 @@ export default definePlugin({
     const query = config.query === false ? null : config.query ?? 'apikey';
     /**
      * hide_credentials: the header and the query parameter never reach the upstream, whatever
-     * became of them — a key refused (wrong, doubled, after a ';') goes on with the anonymous
-     * consumer when there is one, and an upstream must not read it either.
+     * becomes of them — a key refused (wrong, doubled, after a ';') goes on with the anonymous
+     * consumer when there is one, and another auth plugin of the route may let the request in
+     * before this one looks at it (any-of): an upstream must not read the key either way. Taken
+     * out before authentication, then (the check reads the client's request).
      */
-    const hidden = (ctx: RequestCtx): AuthOutcome => {
-      const r = check(ctx);
+    const hide = (ctx: RequestCtx): void => {
       if (header !== null) ctx.removeUpstreamHeader(header);
       if (query !== null) {
         ctx.removeUpstreamQueryParam(query);
-        if (r.ok) ctx.credentialParam = query;
+        ctx.credentialParam = query; // (nothing the upstream gets carries it: a cache keys without it)
       }
-      return r;
     };
-    return { authenticate: config.hide_credentials ? hidden : check };
+    return config.hide_credentials ? { onRequest: hide, authenticate: check } : { authenticate: check };
     function check(ctx: RequestCtx): AuthOutcome {
       // `?x=1;apikey=K` is one parameter x here and two to an upstream that splits on `;` too
       // (Rack < 3, Python's parse_qs before 3.9.2): a key no check here saw (beside the header's,

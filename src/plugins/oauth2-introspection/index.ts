@@ -166,6 +166,16 @@ export default definePlugin({
     };
 
     return {
+      /**
+       * hide_credentials: a Bearer token never reaches the upstream, whatever becomes of it: one
+       * refused goes on with the anonymous consumer when there is one, and another auth plugin of
+       * the route may let the request in before this one looks (any-of). Taken out before
+       * authentication (the check reads the client's request); another scheme stays.
+       */
+      onRequest: config.hide_credentials ? (ctx) => {
+        const h = ctx.header('authorization');
+        if (h !== undefined && /^Bearer(?:[ \t]|$)/i.test(h)) ctx.removeUpstreamHeader('authorization');
+      } : undefined,
       async authenticate(ctx) {
         const token = bearerToken(ctx.header('authorization'));
         if (token === null) return { ok: false, missing: true, challenge: REALM };
@@ -192,7 +202,6 @@ export default definePlugin({
           const problem = boundTokenProblem(outcome.claims['cnf'], ctx);
           if (problem !== null) return invalid(problem);
         }
-        if (outcome.ok && config.hide_credentials) ctx.removeUpstreamHeader('authorization');
         return outcome;
       },
     };

@@ -35,6 +35,7 @@ before(async () => {
   gw = await startGateway(`
 consumers:
   - {name: svc-a, groups: [apps]}
+  - {name: guest}
   - {name: admin, groups: [admins], credentials: [{type: key-auth, key: admin-key-0001}]}
   - {name: partner, groups: [partners], credentials: [{type: key-auth, key: partner-key-01}, {type: oauth2-introspection, subject: partner-idp-user}]}
 services:
@@ -82,6 +83,11 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${who.url}/introspect, client_id: gateway, client_secret: s, consumer_claim: username}
+      - name: anon-hidden
+        paths: [/anon-hidden]
+        plugins:
+          - name: oauth2-introspection
+            config: {introspection_url: ${idp.introspection.url}, client_id: ${idp.introspection.clientId}, client_secret: ${idp.introspection.clientSecret}, anonymous: guest, hide_credentials: true}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -388,4 +394,13 @@ services:
     await g.close();
     await slow.close();
   }
+});
+
+test('hide_credentials: a token the IdP says is not active, gone on as the anonymous consumer, never reaches the upstream', async () => {
+  const r = await get('/anon-hidden/x', 'not-a-token-of-this-idp');
+  assert.equal(r.status, 200, r.body);
+  const h = up.requests.at(-1)!.headers;
+  assert.equal(h['x-consumer-name'], 'guest');
+  assert.equal(h['x-anonymous-consumer'], 'true');
+  assert.equal(h.authorization, undefined);
 });
