@@ -172,6 +172,14 @@ function repeated(ctx: RequestCtx, name: string): boolean {
 }
 
 /**
+ * Whoever an auth plugin let in, as a cache key holds them: a consumer (c:), or a caller an
+ * identity provider named without one (i:, a token's claim or a certificate's CN). Two callers
+ * even under one name: a token whose sub is "alice" (any IdP user or client could be called
+ * that) is not the consumer alice, whose own keys let her in, and gets none of her answers.
+ */
+const callerOf = (ctx: RequestCtx): string | null => (ctx.consumer !== null ? `c:${ctx.consumer.name}` : ctx.identity !== null ? `i:${ctx.identity}` : null);
+
+/**
  * What a transform read of the request ('\0h:NAME' a field, '\0q:NAME' a query parameter's
  * every occurrence, '\0consumer', '\0ip'): the upstream request or the stored answer was made
  * from it beside the key, and the entry is matched on it as on a Vary'd field.
@@ -369,7 +377,7 @@ export default definePlugin({
       }
       // Whoever an auth plugin let in gets entries of their own (API keys, JWTs... are not
       // Authorization fields the RFC rules would see).
-      const who = ctx.consumer?.name ?? ctx.identity;
+      const who = callerOf(ctx);
       if (perConsumer && who !== null) sub += `\nid=${who}`;
       const authorization = ctx.header('authorization');
       // cache_authorized keeps such answers per caller: without an auth plugin naming one, the
@@ -378,7 +386,7 @@ export default definePlugin({
         sub += `\nauth=${authorization}`;
       }
       for (const p of parts) {
-        const v = p.kind === 'consumer' ? (ctx.consumer?.name ?? ctx.identity) : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
+        const v = p.kind === 'consumer' ? who : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
         sub += `\n${v === null || v === undefined ? '\u0000' : `=${v}`}`;
       }
       // What is kept of it is a digest: key parts (header:, cookie:) and whatever else it holds

@@ -88,6 +88,12 @@ services:
         plugins:
           - name: oauth2-introspection
             config: {introspection_url: ${idp.introspection.url}, client_id: ${idp.introspection.clientId}, client_secret: ${idp.introspection.clientSecret}, anonymous: guest, hide_credentials: true}
+      - name: cached
+        paths: [/cached]
+        plugins:
+          - {name: key-auth}
+          - {name: oauth2-introspection, config: {introspection_url: '${who.url}/introspect', client_id: gateway, client_secret: s, consumer_claim: username}}
+          - {name: cache, config: {ttl: 60s}}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -403,4 +409,20 @@ test('hide_credentials: a token the IdP says is not active, gone on as the anony
   assert.equal(h['x-consumer-name'], 'guest');
   assert.equal(h['x-anonymous-consumer'], 'true');
   assert.equal(h.authorization, undefined);
+});
+
+test('cache per consumer: a caller the IdP names like a consumer (username admin, no consumer: admin has keys of its own) never gets that consumer\'s stored answers', async () => {
+  const n0 = up.requests.length;
+  const a = await request(`${gw.url}/cached/me`, { headers: { apikey: 'admin-key-0001' } });
+  assert.equal(a.status, 200, a.body);
+  assert.equal(up.requests.length, n0 + 1);
+  const t = await get('/cached/me', 'admin');
+  assert.equal(t.status, 200, t.body);
+  assert.equal(up.requests.length, n0 + 2, 'the token\'s caller got the consumer\'s stored answer');
+  const seen = (JSON.parse(t.body) as { headers: Record<string, string> }).headers;
+  assert.equal(seen['x-consumer-name'], 'admin');
+  assert.equal(seen['x-consumer-id'], undefined);
+  // The consumer is still served its own stored answer.
+  assert.equal((await request(`${gw.url}/cached/me`, { headers: { apikey: 'admin-key-0001' } })).body, a.body);
+  assert.equal(up.requests.length, n0 + 2);
 });
