@@ -296,6 +296,48 @@ test('circuit breaker: failures older than its window do not count after the wal
   }
 });
 
+test('retries, the deadline and the latency balancer\'s samples run on the monotonic clock: a wall clock stepped mid-request (NTP, a resumed VM) neither ends the retries at once, nor lets them run past the deadline, nor feeds the balancer a negative latency', { timeout: 8000 }, async (t) => {
+  const realNow = Date.now;
+  let offset = 0;
+  t.mock.method(Date, 'now', () => realNow.call(Date) + offset);
+  const step = (ms: number) => { offset = ms; };
+  // Stepped forward an hour while the first target answers 503: the retry still goes to the second.
+  const a = await startUpstream((_q, res) => { step(3_600_000); res.writeHead(503).end('a'); });
+  const b = await startUpstream((_q, res) => res.end('b'));
+  // Stepped back an hour as the first attempt starts: the deadline still ends the attempts at 500 ms.
+  const hang = await startUpstream(() => { step(-3_600_000); });
+  // Stepped back an hour while the request is at the target: its latency sample is ~0, not -1 h.
+  const back = await startUpstream((_q, res) => { step(-3_600_000); res.end('back'); });
+  const g = await startGateway(`services:\n` +
+    `  - name: retry\n    upstream:\n      targets: [{url: ${a.url}}, {url: ${b.url}}]\n      balancer: round-robin\n    retries: 2\n    retry_on: [503]\n    timeouts: {response: 5s, total: 10s}\n    routes: [{paths: [/retry]}]\n` +
+    `  - name: deadline\n    url: ${hang.url}\n    timeouts: {response: 300ms, total: 500ms}\n    retries: 3\n    retry_on: [timeout]\n    routes: [{paths: [/deadline]}]\n` +
+    `  - name: latency\n    upstream:\n      balancer: latency\n      targets: [{url: ${back.url}}]\n    routes: [{paths: [/latency]}]\n`);
+  try {
+    const r = await request(`${g.url}/retry`);
+    offset = 0;
+    assert.equal(r.status, 200, `the retry gave up at once: ${r.status} ${r.body}`);
+    assert.equal(r.body, 'b');
+    assert.equal(a.requests.length + b.requests.length, 2);
+
+    const t0 = performance.now();
+    const d = await request(`${g.url}/deadline`);
+    const ms = performance.now() - t0;
+    offset = 0;
+    assert.equal(d.status, 504);
+    assert.ok(ms < 900, `answered after ${ms.toFixed(0)} ms, past the 500 ms deadline`);
+    assert.equal(hang.requests.length, 2, 'a 300 ms attempt, then one cut to the 200 ms left');
+
+    assert.equal((await request(`${g.url}/latency`)).body, 'back');
+    offset = 0;
+    const ewma = g.gw.snapshot.services.find((s) => s.name === 'latency')!.targets[0]!.state.ewma;
+    assert.ok(ewma > 0 && ewma < 1000, `latency sample ${ewma} ms`);
+  } finally {
+    t.mock.restoreAll();
+    await g.close();
+    await Promise.all([a, b, hang, back].map((u) => u.close()));
+  }
+});
+
 test('passive ejection doubles on each repeat, capped at max_ejection; a success does not reset it (a flapping target), time in works it off (one step per `ejection` up, Envoy\'s decrement per healthy interval); the last target up is never ejected', { timeout: 6000 }, async () => {
   const pools = new PoolRegistry();
   const snap = compile(parseConfigText(`services:\n  - name: s\n    upstream:\n      targets: [{url: "http://127.0.0.1:1"}, {url: "http://127.0.0.1:2"}]\n      healthcheck: {passive: {failures: 1, ejection: 100ms, max_ejection: 250ms}}\n`, { env: {} }), { pools });

@@ -180,7 +180,7 @@ async function serviceCall(step: CompiledStep, svc: CompiledService, req: StepRe
       }
       r = await attempt(step, t.pool, t.origin, t.hostHeader, joinBase(t.basePath, req.path), req, cx, { svc, t });
       if (r.kind !== 'aborted') outcome = r.ok || (r.status !== null && r.status < 500);
-      if (r.ok || !mayRetry(step, req, r, n, cx) || !spendRetry(svc, Date.now())) return r;
+      if (r.ok || !mayRetry(step, req, r, n, cx) || !spendRetry(svc, performance.now())) return r;
       (tried ??= []).push(t);
     }
   } finally {
@@ -248,7 +248,7 @@ class StepExchange implements Dispatcher.DispatchHandler {
   /** 0, STOP_SIGNAL or STOP_TIMEOUT: the first reason the gateway stopped the exchange. */
   private stopped = 0;
   private reported = false;
-  private readonly started = Date.now();
+  private readonly started = performance.now();
 
   constructor(
     private readonly step: CompiledStep,
@@ -290,7 +290,10 @@ class StepExchange implements Dispatcher.DispatchHandler {
     const target = this.target;
     if (this.reported || s === null || target === null) return;
     this.reported = true;
-    if (s.balancerName === 'latency') target.state.sample(ok || status !== null ? Date.now() - this.started : FAILURE_PENALTY_MS, Date.now());
+    if (s.balancerName === 'latency') {
+      const now = performance.now();
+      target.state.sample(ok || status !== null ? now - this.started : FAILURE_PENALTY_MS, now);
+    }
     const passive = s.health.passive;
     if (passive !== null) s.reporter.passive(target.state.key, status !== null ? !passive.statuses.has(status) : ok);
   }

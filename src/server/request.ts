@@ -1188,7 +1188,7 @@ function startWebSocket(
       const failed = target!;
       if (released || (tried?.length ?? 0) >= svc.retries || !svc.retryOn.connectError) return null;
       const next = svc.balancer.pick(hashKey, (tried ??= []).concat(failed));
-      if (next === null || next === failed || tried.includes(next) || !spendRetry(svc, Date.now())) return null;
+      if (next === null || next === failed || tried.includes(next) || !spendRetry(svc, performance.now())) return null;
       tried.push(failed);
       if (svc.health.passive !== null) svc.reporter.passive(failed.state.key, false);
       failed.state.inflight--;

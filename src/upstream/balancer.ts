@@ -148,7 +148,7 @@ class Latency extends Choosing {
     const b = n > 1 ? ts[j]! : a;
     const ua = usable(a, tried);
     const ub = usable(b, tried);
-    const now = Date.now();
+    const now = performance.now();
     if (ua && ub) return cost(a, now) <= cost(b, now) ? a : b;
     if (ua) return a;
     if (ub) return b;

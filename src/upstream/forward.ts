@@ -202,7 +202,7 @@ export function grantSlots(st: ServiceState): void {
 
 /**
  * Takes one retry from the service's budget (tokens earned by requests and by time), or says
- * there is none left.
+ * there is none left. `now`: performance.now() (a wall clock stepped back took tokens away).
  */
 export function spendRetry(svc: CompiledService, now: number): boolean {
   const st = svc.state;
@@ -325,6 +325,12 @@ export class ForwardHandler {
   /** The current attempt's target (its in-flight count is held). */
   private target: Target | null = null;
   private tried: Target[] | null = null;
+  /**
+   * When the current attempt began, and when the request's time runs out: performance.now() ms,
+   * as every deadline, retry decision and latency sample here (a wall clock stepped by NTP or a
+   * resumed VM ended the retries at once, let them run an hour past the deadline, or fed the
+   * latency balancer a negative sample).
+   */
   private attemptStart = 0;
   /** The current attempt's response timeout (ms from attemptStart). */
   private attemptTimeout = 0;
@@ -380,7 +386,7 @@ export class ForwardHandler {
    */
   private declared = -1;
   private received = 0;
-  /** gRPC: when the call's grpc-timeout runs out (0: none), and its timer once the response started. */
+  /** gRPC: when the call's grpc-timeout runs out (performance.now() ms; 0: none), and its timer once the response started. */
   private grpcDeadline = 0;
   private callTimer: NodeJS.Timeout | undefined;
   /** gRPC: the index in f.headers of the grpc-timeout field sent upstream (-1: none), set per attempt. */
@@ -486,14 +492,14 @@ export class ForwardHandler {
   private admit(): void {
     const svc = this.f.service;
     const st = svc.state;
-    this.deadline = Date.now() + svc.timeouts.total;
+    this.deadline = performance.now() + svc.timeouts.total;
     if (svc.grpc) {
       const raw = this.f.req.headers['grpc-timeout'] as string | undefined;
       if (raw !== undefined) {
         // gRPC's own deadline (grpc-timeout), when shorter, bounds the exchange too.
         const ms = parseGrpcTimeout(raw);
         if (ms !== null) {
-          this.grpcDeadline = Date.now() + ms;
+          this.grpcDeadline = performance.now() + ms;
           this.deadline = Math.min(this.deadline, this.grpcDeadline);
         }
         // The field goes upstream with what is left of the deadline at each attempt (attempt()):
@@ -545,7 +551,7 @@ export class ForwardHandler {
         st.queue.push(granted);
         // (the request's deadline, timeouts.total or a shorter grpc-timeout, may end the wait
         // first: then it is that timeout, a 504, as any other part of the request running out)
-        const left = Math.max(1, this.deadline - Date.now());
+        const left = Math.max(1, this.deadline - performance.now());
         this.waitTimer = setTimeout(() => {
           this.unqueue();
           if (left < b.maxWait) {
@@ -615,7 +621,7 @@ export class ForwardHandler {
     this.target = t;
     t.state.inflight++;
     this.attempts++;
-    const now = Date.now();
+    const now = performance.now();
     this.attemptStart = now;
     // The last pair of f.headers is reserved for Host, which depends on the target.
     const headers = f.headers;
@@ -681,7 +687,7 @@ export class ForwardHandler {
   requestProgress(sent: boolean): void {
     const timer = this.responseTimer;
     if (timer === undefined || this.body !== null || !this.f.hasBody) return;
-    const now = Date.now();
+    const now = performance.now();
     const svc = this.f.service;
     let deadline = now + svc.timeouts.total;
     if (this.grpcDeadline > 0) deadline = Math.min(deadline, this.grpcDeadline);
@@ -708,7 +714,7 @@ export class ForwardHandler {
       // bounded by timeouts.client_body, and its next bytes restart it (requestProgress). A gRPC
       // call's own deadline still ends it (DEADLINE_EXCEEDED, nothing charged).
       const response = this.f.service.timeouts.response;
-      const grpcLeft = this.grpcDeadline > 0 ? this.grpcDeadline - Date.now() : Infinity;
+      const grpcLeft = this.grpcDeadline > 0 ? this.grpcDeadline - performance.now() : Infinity;
       if (grpcLeft <= 0) return this.callDeadline();
       this.timerAtDeadline = grpcLeft < response;
       this.responseTimer = setTimeout(() => this.responseTimeout(), Math.max(1, Math.min(response, grpcLeft)));
@@ -745,7 +751,7 @@ export class ForwardHandler {
     this.abortFn = null;
     const svc = this.f.service;
     if (ok === null) return;
-    if (!ok && svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, Date.now());
+    if (!ok && svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, performance.now());
     if (svc.health.passive !== null) svc.reporter.passive(t.state.key, ok);
   }
 
@@ -755,7 +761,7 @@ export class ForwardHandler {
    */
   private retryLater(): void {
     const base = Math.min(250, 25 * 2 ** Math.max(0, this.attempts - 1));
-    const delay = Math.min(Math.round(base * (0.5 + Math.random() / 2)), Math.max(0, this.deadline - Date.now() - MIN_RETRY_LEFT_MS));
+    const delay = Math.min(Math.round(base * (0.5 + Math.random() / 2)), Math.max(0, this.deadline - performance.now() - MIN_RETRY_LEFT_MS));
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       this.attempt();
@@ -773,14 +779,14 @@ export class ForwardHandler {
    * after 1 ms: a grpc-timeout of 1000H would end the call at once); re-armed until the deadline.
    */
   private armCallTimer(): void {
-    this.callTimer = setTimeout(() => this.callDeadline(), Math.min(MAX_TIMER_MS, Math.max(1, this.grpcDeadline - Date.now())));
+    this.callTimer = setTimeout(() => this.callDeadline(), Math.min(MAX_TIMER_MS, Math.max(1, this.grpcDeadline - performance.now())));
   }
 
   /** A gRPC call past its grpc-timeout while its response streams: cancelled upstream, DEADLINE_EXCEEDED to the client. */
   private callDeadline(): void {
     this.callTimer = undefined;
     if (this.finished) return;
-    if (Date.now() < this.grpcDeadline) return this.armCallTimer(); // (a deadline past MAX_TIMER_MS)
+    if (performance.now() < this.grpcDeadline) return this.armCallTimer(); // (a deadline past MAX_TIMER_MS)
     this.finished = true;
     this.outcome = null; // (the client's deadline, not the target's failure)
     this.abortFn?.(new Error('grpc-timeout exceeded'));
@@ -878,9 +884,9 @@ export class ForwardHandler {
     if (!unsent && !f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
     const on = svc.retryOn;
     if (kind === 'connect-error' ? !on.connectError : kind === 'timeout' ? !on.timeout : kind === 'reset' ? !on.reset : !on.statuses.has(kind)) return false;
-    const now = Date.now();
+    const now = performance.now();
     // An attempt with a few ms of the deadline left cannot be answered: it would only load the
-    // next target (a timer firing a ms before Date.now() reached the deadline started a third
+    // next target (a timer firing a ms before the clock reached the deadline started a third
     // attempt of 1 ms where two were due).
     if (this.deadline - now < MIN_RETRY_LEFT_MS) return false;
     return spendRetry(svc, now);
@@ -908,7 +914,7 @@ export class ForwardHandler {
   /** Whether this request may be sent again as it is: idempotent (or allowed), its body still whole, time left. */
   private mayReplay(): boolean {
     const f = this.f;
-    if (this.finished || Date.now() >= this.deadline) return false;
+    if (this.finished || performance.now() >= this.deadline) return false;
     if (!f.retryNonIdempotent && !IDEMPOTENT.has(f.method)) return false;
     return !f.hasBody || this.body !== null || this.bodyUnread();
   }
@@ -942,7 +948,7 @@ export class ForwardHandler {
     // (or the deadline) was waited for that much longer. Past SLOW_CONNECT_MS, a native timer
     // holds the rest of the attempt's timeout (no timer for the kept-alive, instant case).
     if (this.responseTimer === undefined) {
-      const waited = Date.now() - this.attemptStart;
+      const waited = performance.now() - this.attemptStart;
       if (waited >= SLOW_CONNECT_MS) {
         this.timerAtDeadline = this.attemptTimeout < this.f.service.timeouts.response;
         this.responseTimer = setTimeout(() => this.responseTimeout(), Math.max(1, this.attemptTimeout - waited));
@@ -961,7 +967,7 @@ export class ForwardHandler {
       // native timer (not restarted by more of them) bounds the wait for the final answer.
       if (this.responseTimer === undefined) {
         const response = this.f.service.timeouts.response;
-        const left = Math.max(1, Math.min(response, this.deadline - Date.now()));
+        const left = Math.max(1, Math.min(response, this.deadline - performance.now()));
         this.timerAtDeadline = left < response;
         this.responseTimer = setTimeout(() => this.responseTimeout(), left);
       }
@@ -983,7 +989,10 @@ export class ForwardHandler {
       const ok = passive === null || !passive.statuses.has(statusCode);
       // A failed answer is charged the penalty, not its (fast) time: a target that fails at once
       // must not look like the quickest.
-      if (svc.balancerName === 'latency') t.state.sample(statusCode >= 500 || !ok ? FAILURE_PENALTY_MS : Date.now() - this.attemptStart, Date.now());
+      if (svc.balancerName === 'latency') {
+        const now = performance.now();
+        t.state.sample(statusCode >= 500 || !ok ? FAILURE_PENALTY_MS : now - this.attemptStart, now);
+      }
       // A failed status counts now; a good one once its body is whole (onComplete): a target
       // whose bodies stall or break is not cleared by its headers.
       if (passive !== null && !ok) svc.reporter.passive(t.state.key, false);
@@ -1492,7 +1501,7 @@ export class ForwardHandler {
       return;
     }
     if (!f.res.headersSent && code === 'UND_ERR_HEADERS_TIMEOUT' && this.grpcDeadline > 0 && this.grpcDeadline <= this.deadline
-      && (Date.now() >= this.grpcDeadline || this.grpcDeadline < this.attemptStart + f.service.timeouts.response)) {
+      && (performance.now() >= this.grpcDeadline || this.grpcDeadline < this.attemptStart + f.service.timeouts.response)) {
       // The call's own deadline (grpc-timeout) ran out before the target's response timeout:
       // the client's choice, as for a streamed response past it (callDeadline). Not charged to
       // the target (passive health, latency) nor the circuit, never retried; DEADLINE_EXCEEDED.
@@ -1555,7 +1564,7 @@ export class ForwardHandler {
         ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 100 Continue it was not asked for (the gateway's HTTP/1.1 client cannot read past it)`]
         : refused101
           ? ['invalid-upstream-response' as const, `service "${f.service.name}" sent a 101 Switching Protocols to a request that asked for no upgrade`]
-          : describeUpstreamError(code, err, f.service, Date.now() >= this.deadline);
+          : describeUpstreamError(code, err, f.service, performance.now() >= this.deadline);
       this.outcome = problem !== 'bad-request' ? false : null;
       if (problem === 'bad-request') sendProblem(f.res, 'bad-request', detail, f.requestId, { close: true });
       else this.problem(problem, detail, f.closeAfter);
@@ -1568,7 +1577,7 @@ export class ForwardHandler {
     if (t !== null && (code === 'UND_ERR_BODY_TIMEOUT' || RESETS.has(code) || H2_CUTS.has(code) || code.startsWith('HPE_') || code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH')) {
       const svc = f.service;
       if (svc.health.passive !== null) svc.reporter.passive(t.state.key, false);
-      if (svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, Date.now());
+      if (svc.balancerName === 'latency') t.state.sample(FAILURE_PENALTY_MS, performance.now());
     }
     this.finished = true;
     this.outcome = false;

@@ -13,6 +13,7 @@ export class TargetState {
   inflight = 0;
   /** Peak-EWMA of the time to response headers, ms (0 = no sample yet). */
   ewma = 0;
+  /** When the last sample came (performance.now() ms: the monotonic clock, as `now` everywhere here). */
   lastSample = 0;
   /** Set by the health authority: a down target gets no traffic. */
   down = false;
@@ -22,7 +23,7 @@ export class TargetState {
   sample(ms: number, now: number): void {
     if (this.ewma === 0 || ms > this.ewma) this.ewma = ms;
     else {
-      // (a wall clock stepped back reads as no time passed, not as a weight past 1)
+      // (a `now` before the last sample reads as no time passed, not as a weight past 1)
       const w = Math.exp(-Math.max(0, now - this.lastSample) / EWMA_TAU_MS);
       this.ewma = this.ewma * w + ms * (1 - w);
     }
@@ -57,6 +58,7 @@ export class ServiceState {
   period = 0;
   /** Retry budget: tokens earned by requests (ratio each) and by time (min_per_second). */
   tokens = 0;
+  /** When tokens were last counted (performance.now() ms). */
   tokensAt = 0;
   constructor(readonly name: string) {}
 
