@@ -10,6 +10,7 @@ import { performance } from 'node:perf_hooks';
 import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { WebSocket, WebSocketServer } from 'ws';
 import { countRequests, freePort, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
@@ -339,6 +340,52 @@ test('a connection lost with EHOSTUNREACH after the request went out (the route 
     await g.close();
     await origin.close();
     await good.close();
+  }
+});
+
+test('EHOSTUNREACH after the request went out is a lost connection for a WebSocket handshake and a composition step too, as for a proxied request: the handshake is not sent again to another target (502), the step says the connection was lost', { timeout: 8000 }, async () => {
+  // Every client socket of this process (the gateway's undici and ws connections among them).
+  const sockets = new Set<Socket>();
+  const onSocket = (msg: unknown) => { const s = (msg as { socket?: Socket }).socket; if (s) sockets.add(s); };
+  subscribe('net.client.socket', onSocket);
+  // Once it read a request head, the origin has the gateway's end of that connection fail as an
+  // ICMP host unreachable does.
+  const origin = await startRawOrigin((data, socket) => {
+    if (!data.includes('\r\n\r\n')) return null;
+    for (const s of sockets) {
+      if (s.localPort === socket.remotePort && !s.destroyed) s.destroy(Object.assign(new Error('read EHOSTUNREACH'), { code: 'EHOSTUNREACH', errno: -113, syscall: 'read' }));
+    }
+    return null;
+  });
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  let handshakes = 0;
+  wss.on('connection', () => handshakes++);
+  await new Promise<void>((r) => wss.once('listening', () => r()));
+  const good = `http://127.0.0.1:${(wss.address() as { port: number }).port}`;
+  const g = await startGateway(`services:\n` +
+    `  - name: ws\n    upstream:\n      targets: [{url: ${origin.url}}, {url: ${good}}]\n    retries: 2\n    retry_on: [connect-error]\n    routes: [{paths: [/ws], websocket: true}]\n` +
+    `  - name: api\n    url: ${origin.url}\n` +
+    `routes:\n  - name: composed\n    paths: [/composed]\n    compose:\n      steps:\n        - {name: a, service: api, path: /a}\n`);
+  try {
+    // round-robin: the first handshake is offered the origin first
+    const status = await new Promise<number>((resolve) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${g.port}/ws`, { handshakeTimeout: 3000 });
+      ws.once('open', () => { ws.terminate(); resolve(101); });
+      ws.once('unexpected-response', (_q, res) => { res.resume(); resolve(res.statusCode!); });
+      ws.once('error', () => resolve(0));
+    });
+    assert.equal(status, 502, 'the handshake the origin read was sent again to another target');
+    assert.equal(countRequests(origin.received()), 1);
+    assert.equal(handshakes, 0);
+
+    const r = await request(`${g.url}/composed`);
+    assert.equal(r.status, 502, r.body);
+    assert.match(r.body, /connection lost \(EHOSTUNREACH\)/);
+  } finally {
+    unsubscribe('net.client.socket', onSocket);
+    await g.close();
+    await origin.close();
+    await new Promise((r) => wss.close(r));
   }
 });
 

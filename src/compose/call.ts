@@ -8,6 +8,7 @@
  * passive health, latency and in-flight counts like a proxied request does.
  */
 import { grantSlots, spendRetry } from '../upstream/forward.js';
+import { connectFailed } from '../upstream/pools.js';
 import { H2_STREAM_CUT } from '../upstream/h2-streams.js';
 import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
 import { errors, type Dispatcher, type Pool } from 'undici';
@@ -46,7 +47,13 @@ export type CallResult =
 type Kind = 'connect' | 'reset' | 'timeout' | 'status' | 'invalid' | 'aborted' | 'shed' | 'other';
 type Attempted = CallResult & { kind?: Kind };
 
-const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EAI_AGAIN', 'ENOTFOUND']);
+/**
+ * These end a connection that was made too (the route to the host lost mid-exchange, after the
+ * request went out): a connect failure only when the pool's connector says so (connectFailed),
+ * as forward.ts decides; otherwise a lost connection.
+ */
+const UNREACHABLE = new Set(['EHOSTUNREACH', 'ENETUNREACH']);
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
 /** Statuses retried (the answer of a gateway or an overloaded server; 500 is an answer). */
@@ -388,8 +395,8 @@ class StepExchange implements Dispatcher.DispatchHandler {
       const what = code === 'UND_ERR_CONNECT_TIMEOUT' ? 'could not connect in time' : code === 'UND_ERR_BODY_TIMEOUT' ? 'stopped sending its body' : 'did not answer in time';
       return fail(status, `${what} (${code})`, 'timeout', true);
     }
-    if (CONNECT_FAILURES.has(code)) return fail(null, `could not connect (${code})`, 'connect');
-    if (RESETS.has(code)) return fail(status, `connection lost (${code})`, 'reset');
+    if (CONNECT_FAILURES.has(code) || (UNREACHABLE.has(code) && connectFailed(err as Error))) return fail(null, `could not connect (${code})`, 'connect');
+    if (RESETS.has(code) || UNREACHABLE.has(code)) return fail(status, `connection lost (${code})`, 'reset');
     // An HTTP/2 stream closed before END_STREAM: reset with NO_ERROR / CANCEL (h2-streams.ts), or
     // with an error code (node's ERR_HTTP2_STREAM_ERROR; Node 22 reports a CANCEL so too).
     if (code === H2_STREAM_CUT || code === 'ERR_HTTP2_STREAM_ERROR') {

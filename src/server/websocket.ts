@@ -33,11 +33,12 @@
  */
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { isIP } from 'node:net';
+import { connect as netConnect, isIP, type NetConnectOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws';
 import { PROBLEMS, problemBody, type ProblemCode } from '../core/problem.js';
 import { connectionTokens, isGatewayCookie } from '../core/headers.js';
+import { connectFailed, markConnectFailed } from '../upstream/pools.js';
 
 export interface WsStats {
   messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number;
@@ -88,10 +89,21 @@ const CLOSE_GRACE_MS = 5000;      // close handshake budget before terminate()
 const BODY_CAP = 64 * 1024;       // largest relayed body of a refused upstream handshake (past it: 502)
 const CLIENT_GONE = 499;
 const VERSION_UNSUPPORTED = 'unsupported Sec-WebSocket-Version (13 expected)';
-/** Connection errors after which nothing was sent upstream: the handshake may go to another target. */
-const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ENOTFOUND']);
-const HANDSHAKE_FAILED = Symbol('turnpike.tlsHandshakeFailed');
-const markHandshakeFailed = (err: Error): void => { (err as Error & { [HANDSHAKE_FAILED]?: true })[HANDSHAKE_FAILED] = true; };
+/**
+ * Connection errors after which nothing was sent upstream: the handshake may go to another
+ * target. Told as forward.ts tells them: by these codes, which only a connect gives, or by the
+ * connector's mark (connectFailed, set by wsConnect / wssConnect below) — EHOSTUNREACH and
+ * ENETUNREACH also end a connection that was made (the route to the host lost mid-handshake),
+ * after the upgrade request went out.
+ */
+const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EAI_AGAIN', 'ENOTFOUND']);
+/** ws's connector for ws://, marking an error that comes before the TCP connection is made (see CONNECT_FAILURES). */
+function wsConnect(options: NetConnectOpts & { path?: string }): Socket {
+  options.path = undefined; // (the request's path here; to net.connect, an IPC path)
+  const s = netConnect(options);
+  s.once('error', markConnectFailed).once('connect', () => s.off('error', markConnectFailed));
+  return s;
+}
 /**
  * ws's own connector for wss:// (no SNI for an address), marking an error that comes before the
  * TLS handshake completed — the target's certificate refused (expired, another name or CA), a
@@ -102,7 +114,7 @@ function wssConnect(options: ConnectionOptions & { path?: string }): TLSSocket {
   options.path = undefined;
   if (!options.servername && options.servername !== '') options.servername = isIP(options.host ?? '') !== 0 ? '' : options.host;
   const s = tlsConnect(options);
-  s.once('error', markHandshakeFailed).once('secureConnect', () => s.off('error', markHandshakeFailed));
+  s.once('error', markConnectFailed).once('secureConnect', () => s.off('error', markConnectFailed));
   return s;
 }
 const KEY_RE = /^[+/0-9A-Za-z]{22}==$/;
@@ -281,7 +293,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
         // The offer goes in the headers, not as ws's protocols: given those, ws fails a 101 that
         // picks none of them, a valid answer the client is the one to judge (see 'upgrade' below).
         headers: (offered.length ? { ...headers, 'sec-websocket-protocol': offered.join(',') } : headers) as Record<string, string>, // arrays are fine for http.request
-        ...(tls ? { createConnection: wssConnect as unknown as ClientOptions['createConnection'] } : {}),
+        createConnection: (tls ? wssConnect : wsConnect) as unknown as ClientOptions['createConnection'],
       };
       return new WebSocket(url, opts);
     } catch { // bad URL or header value: a gateway bug, not the upstream's fault
@@ -327,7 +339,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
   const wireUp = (u: WebSocket): void => {
     u.on('error', (err: Error & { code?: unknown }) => {
       if (u !== up) return; // (a handshake given up for another target)
-      if (!settled && typeof err.code === 'string' && (CONNECT_FAILURES.has(err.code) || (err as Error & { [HANDSHAKE_FAILED]?: true })[HANDSHAKE_FAILED] === true) && o.retry !== undefined) {
+      if (!settled && typeof err.code === 'string' && (CONNECT_FAILURES.has(err.code) || connectFailed(err)) && o.retry !== undefined) {
         const next = o.retry();
         if (next !== null) {
           u.terminate();

@@ -52,6 +52,11 @@ export function connectFailed(err: Error): boolean {
   return (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] === true;
 }
 
+/** Marks an error as the connector's (see connectFailed): a connection that was never made. */
+export function markConnectFailed(err: Error): void {
+  (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
+}
+
 /** The largest response header section read from an upstream (past it: 502). */
 export const MAX_RESPONSE_HEADER_BYTES = 64 * 1024;
 
@@ -92,7 +97,7 @@ export class PoolRegistry {
         // kept-alive connection (forward.ts sends an idempotent request again once).
         const build = buildConnector(connect);
         connector = (o, cb) => build({ ...o, servername: undefined }, (err, socket) => {
-          if (err) (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
+          if (err) markConnectFailed(err);
           if (socket) socket.on('error', markReused);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
         });
@@ -101,7 +106,7 @@ export class PoolRegistry {
         // streams are cancelled and paused (h2-streams.ts). (allowH2: ALPN h2 over TLS.)
         const build = buildConnector({ ...connect, allowH2: true });
         connector = (o, cb) => build({ ...o, servername: undefined }, (err, socket) => {
-          if (err) (err as Error & { [CONNECT_FAILED]?: true })[CONNECT_FAILED] = true;
+          if (err) markConnectFailed(err);
           if (socket) watchH2Socket(socket as Socket);
           (cb as (err: Error | null, socket: Socket | null) => void)(err, socket ?? null);
           if (socket) checkH2Socket(socket as Socket);
