@@ -247,10 +247,11 @@ export async function stopGroup(pgid: number, graceMs = 15_000): Promise<void> {
   cliGroups.delete(pgid);
 }
 
-export function startCli(args: string[], env: NodeJS.ProcessEnv): Running {
+/** `fds`: open files the process gets as its fds 3, 4... (the workers of `workers: N` do not). */
+export function startCli(args: string[], env: NodeJS.ProcessEnv, fds: number[] = []): Running {
   const child = spawn(process.execPath, ['bin/turnpike.js', ...args], {
     env: { ...process.env, TURNPIKE_LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', 'pipe', 'pipe', ...fds],
     detached: true, // its own process group, with its workers: see the exit hook above
   });
   if (child.pid) cliGroups.add(child.pid);

@@ -277,7 +277,7 @@ test('passive ejection: a wall clock stepped back (NTP, a restored VM) does not 
 
 test('circuit breaker: failures older than its window do not count after the wall clock stepped back (its buckets run on the monotonic clock)', { timeout: 6000 }, async (t) => {
   const pools = new PoolRegistry();
-  const snap = compile(parseConfigText(`services:\n  - name: s\n    url: http://127.0.0.1:1\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 1s, open_for: 10s}\n`, { env: {} }), { pools });
+  const snap = compile(parseConfigText(`services:\n  - name: s\n    url: http://127.0.0.1:1\n    circuit_breaker: {failure_ratio: 0.5, min_requests: 4, window: 300ms, open_for: 10s}\n`, { env: {} }), { pools });
   const states: string[] = [];
   const authority = new HealthAuthority((d) => { if (d.t === 'circuit') states.push(d.state); });
   try {
@@ -286,7 +286,7 @@ test('circuit breaker: failures older than its window do not count after the wal
     assert.deepEqual(states, [], 'three of min_requests 4: still closed');
     const realNow = Date.now;
     t.mock.method(Date, 'now', () => realNow.call(Date) - 3_600_000);
-    await sleep(1300); // past the window
+    await sleep(420); // past the window
     authority.outcome('s', false, false);
     assert.deepEqual(states, [], 'the three earlier failures left the window: one failure opens nothing');
   } finally {

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync, mkdtempSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { children, eventually, fakeRedis, freePort, startCli } from './helpers.js';
@@ -118,7 +118,7 @@ test('workers: 2 — a worker whose event loop is stuck (SIGSTOP) is killed afte
   }
 });
 
-test('workers: 2 — a worker whose reload fails (out of file descriptors: it cannot read the CA file the new config names) is replaced, not left serving the old config beside the other; /status shows it meanwhile', async () => {
+test('workers: 2 — a worker whose reload fails (out of file descriptors: it cannot read the CA file the new config names) is replaced, not left serving the old config beside the other; /status shows it meanwhile; a successor that can never start is tried again after a doubling back-off', async () => {
   // (the primary's Redis connection and the first two workers' are answered: the successor waits
   // 1 s for its own, the time /status shows the failed worker)
   const redis = await fakeRedis((n) => n <= 3);
@@ -126,8 +126,13 @@ test('workers: 2 — a worker whose reload fails (out of file descriptors: it ca
   const [p, a] = [await freePort(), await freePort()];
   const text = (tls: string) => `listen: 127.0.0.1:${p}\nadmin: {listen: 127.0.0.1:${a}}\nredis: {url: "redis://127.0.0.1:${redis.port}"}\nworkers: 2\nwatch: false\nservices:\n  - name: orders\n    url: https://127.0.0.1:9\n    routes: [{paths: [/o]}]\n${tls}`;
   const file = config(text(''));
-  const run = startCli(['start', '--config', file], {});
-  type Status = { config_hash: string; workers: { pid: number; state: string; config_hash: string | null; reload_failed?: { error: string } }[] };
+  // (fd 3 of the primary, for the second part: the CA file, which its workers do not get)
+  const fd = openSync(ca.certFile, 'r');
+  const run = startCli(['start', '--config', file], { TURNPIKE_RENEW_RETRY_MS: '150' }, [fd]);
+  closeSync(fd);
+  type Status = { config_hash: string; workers: { pid: number; state: string; config_hash: string | null; reload_failed?: { error: string; successor_failures?: number; next_try_at?: string } }[] };
+  const tries = () => run.stderr().split('\n').filter((l) => l.includes('could not start: it keeps serving'))
+    .map((l) => JSON.parse(l) as { worker: number; retry_in_ms: number; successor_failures: number });
   const status = async () => (await fetch(`http://127.0.0.1:${a}/status`).then((r) => r.json())) as Status;
   try {
     await eventually(() => / proxy on http:\/\//.test(run.stderr()), 20_000, 20);
@@ -160,6 +165,25 @@ test('workers: 2 — a worker whose reload fails (out of file descriptors: it ca
     }, 20_000, 100).catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
     assert.ok(children(run.child.pid!).includes(other));
     assert.match(run.stderr(), /a worker on an old config was replaced/);
+
+    // A config the primary reads and no worker can, old or new (its CA is the primary's fd 3; a
+    // worker's fd 3 is its IPC channel): each worker is kept, and its successors, which cannot
+    // start, are forked after a back-off that doubles (10 s up to 5 min; 150 ms here), not every
+    // 10 s for ever; the log and /status say when the next one comes.
+    const workers = children(run.child.pid!);
+    writeFileSync(file, text(`    tls: {ca: "/proc/self/fd/3"}\n`));
+    process.kill(run.child.pid!, 'SIGHUP');
+    await eventually(() => workers.every((w) => tries().filter((t) => t.worker === w).length >= 2), 20_000, 25)
+      .catch((err: Error) => assert.fail(`${err.message}\n${run.stderr()}`));
+    for (const w of workers) {
+      assert.deepEqual(tries().filter((t) => t.worker === w).slice(0, 2).map((t) => [t.successor_failures, t.retry_in_ms]), [[1, 150], [2, 300]]);
+    }
+    const s = await status();
+    const shown = s.workers.find((w) => workers.includes(w.pid) && (w.reload_failed?.successor_failures ?? 0) >= 2);
+    assert.ok(shown && Number.isFinite(Date.parse(String(shown.reload_failed!.next_try_at))), JSON.stringify(s.workers));
+    assert.deepEqual(children(run.child.pid!).filter((c) => workers.includes(c)).sort(), [...workers].sort(), 'the workers on the old config serve on');
+    // (a successor that could not start is its renewal's to retry, no crash to replace)
+    assert.doesNotMatch(run.stderr(), /worker died/);
     process.kill(run.child.pid!, 'SIGTERM');
     assert.equal(await run.exit, 0, run.stderr());
   } finally {
@@ -168,3 +192,4 @@ test('workers: 2 — a worker whose reload fails (out of file descriptors: it ca
     ca.cleanup();
   }
 });
+

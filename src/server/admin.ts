@@ -25,7 +25,7 @@ export interface AdminView {
   inFlight: number;
   snapshot: { hash: string; loadedAt: Date; source: string | undefined; services: unknown[]; routes: unknown[]; admin: { token: string | undefined; tokens: readonly { name: string; token: string; role: 'admin' | 'read-only' }[] } | null; observability: { analytics: unknown } };
   health: { report(): unknown } | null;
-  workers?: () => { pid: number | undefined; state: string; config_hash?: string | null; reload_failed?: { error: string; at: string } }[];
+  workers?: () => { pid: number | undefined; state: string; config_hash?: string | null; reload_failed?: { error: string; at: string; successor_failures?: number; next_try_at?: string } }[];
   /** WebSocket counters of this process (a primary has none of its own). */
   ws?: { opened: number; rejected: number; closed: number; messagesIn: number; messagesOut: number };
   observer: Observer;

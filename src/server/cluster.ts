@@ -10,8 +10,8 @@
  *   workers, which compile the same text and swap snapshots. A worker that fails to (a file it
  *   could not read: out of file descriptors, memory) would serve the old config beside the
  *   others' new one: it is replaced (its successor starts with the config, it retires once that
- *   listens; tried again every 10 s while the successor cannot start), and /status shows each
- *   worker's config hash and its failed reload meanwhile.
+ *   listens; while the successor cannot start, tried again after 10 s, doubling up to 5 min),
+ *   and /status shows each worker's config hash and its failed reload meanwhile.
  * - A worker that dies is replaced; the listener stays open in the primary meanwhile, and the
  *   other workers keep serving. SIGUSR2 restarts the workers one by one (each new worker is
  *   listening before the old one drains). SIGTERM/SIGINT: timeouts.shutdown_delay (every worker
@@ -91,6 +91,13 @@ interface WorkerInfo {
   retiring: boolean;
   /** A rolling restart started its successor: the successor counts in its place. */
   replaced: boolean;
+  /**
+   * It was started in another's place (a rolling restart's or a renewal's successor): if it never
+   * listens, the one that started it decides what comes next (the other keeps serving), not the
+   * exit handler — which said "worker died; starting a replacement" for each successor that could
+   * not start, and took it for a crash (the next real one's replacement waited longer).
+   */
+  standIn: boolean;
   /** Called once it listens (no argument) or says why it cannot start. */
   onListening: ((startError?: string) => void)[];
   startError: string | null;
@@ -106,12 +113,22 @@ interface WorkerInfo {
   /** The hash of the snapshot it runs (as it last said: listening, reloaded, reload-failed). */
   configHash: string | null;
   /** Its last reload failed (it runs an older config than the primary) and it is being replaced. */
-  reloadFailed: { error: string; at: string } | null;
+  reloadFailed: { error: string; at: string; successor_failures?: number; next_try_at?: string } | null;
   renewing: boolean;
+  /** Successors of it (reloadFailed) that could not start in a row: the next try backs off. */
+  renewFailures: number;
+  /** The next try at replacing it (one at a time: each failed reload would start a chain of its own). */
+  renewTimer: NodeJS.Timeout | undefined;
 }
 
-/** A worker whose successor could not start (it was on an old config) is replaced again after this. */
-const RENEW_RETRY_MS = 10_000;
+/**
+ * A worker whose successor could not start (it was on an old config) is replaced again after
+ * this, doubled after each successor that could not start, up to RENEW_RETRY_MAX_MS: a successor
+ * that can never start (the config's file gone, the host out of memory) is not forked every
+ * 10 s for ever. (TURNPIKE_RENEW_RETRY_MS: a shorter base for the tests, the cap 30 times it.)
+ */
+const RENEW_RETRY_MS = Number(process.env.TURNPIKE_RENEW_RETRY_MS) > 0 ? Number(process.env.TURNPIKE_RENEW_RETRY_MS) : 10_000;
+const RENEW_RETRY_MAX_MS = RENEW_RETRY_MS * 30;
 
 /** The signals a worker leaves to the primary (a signal to the process group reaches both). */
 const GROUP_SIGNALS: ReadonlySet<string> = new Set(['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']);
@@ -280,7 +297,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now(), configHash: null, reloadFailed: null, renewing: false };
+    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, standIn: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now(), configHash: null, reloadFailed: null, renewing: false, renewFailures: 0, renewTimer: undefined };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -319,6 +336,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
           worker.send({ tp: 'decisions', decisions: health.decisions() } satisfies ToWorker);
           if (msg.hash !== undefined) info.configHash = msg.hash;
           info.reloadFailed = null;
+          info.renewFailures = 0;
           settled(info);
           break;
         case 'reload-failed':
@@ -410,7 +428,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     if (info?.metrics) retired = retainCounters([retired, info.metrics]);
     // (during the start, a worker that exits before it listens fails the start: nothing to
     // replace; one that listened did its part, and the start goes on without it: replace it)
-    if (stopping || !info || info.retiring || (starting && !info.listening)) return;
+    if (stopping || !info || info.retiring || (starting && !info.listening) || (info.standIn && !info.listening)) return;
     log.error({ pid: worker.process.pid, code, signal, ...(info.startError ? { error: info.startError } : {}) }, 'worker died; starting a replacement');
     // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
     crashDelay = Date.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
@@ -433,32 +451,46 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
 
   /**
    * Replaces a worker whose reload failed: a successor (started with the config) listens, then it
-   * retires. A successor that cannot start leaves it serving; tried again after RENEW_RETRY_MS
-   * unless a later reload worked on it meanwhile.
+   * retires. A successor that cannot start leaves it serving; tried again after RENEW_RETRY_MS,
+   * doubled for each successor in a row that could not start (up to RENEW_RETRY_MAX_MS), unless
+   * a later reload worked on it meanwhile.
    */
   const renew = async (old: WorkerInfo): Promise<void> => {
     if (old.renewing || old.retiring || stopping) return;
+    clearTimeout(old.renewTimer);
     if (restarting !== null) {
       // (a rolling restart under way: tried once it ended, if that did not replace it)
-      setTimeout(() => { if (infos.get(old.worker.id) === old && old.reloadFailed !== null) void renew(old); }, RENEW_RETRY_MS).unref();
+      renewLater(old, RENEW_RETRY_MS);
       return;
     }
     old.renewing = true;
     old.replaced = true; // (its successor counts in its place)
     const fresh = fork();
+    fresh.standIn = true;
     try {
       await listening(fresh);
     } catch (err) {
       old.replaced = false;
       old.renewing = false;
       if (stopping) return;
-      log.error({ worker: old.worker.process.pid, error: (err as Error).message }, `the successor of a worker on an old config could not start: it keeps serving; tried again in ${RENEW_RETRY_MS / 1000} s`);
-      setTimeout(() => { if (infos.get(old.worker.id) === old && old.reloadFailed !== null) void renew(old); }, RENEW_RETRY_MS).unref();
+      const delay = Math.min(RENEW_RETRY_MS * 2 ** old.renewFailures, RENEW_RETRY_MAX_MS);
+      old.renewFailures++;
+      if (old.reloadFailed !== null) {
+        old.reloadFailed.successor_failures = old.renewFailures;
+        old.reloadFailed.next_try_at = new Date(Date.now() + delay).toISOString();
+      }
+      log.error({ worker: old.worker.process.pid, error: (err as Error).message, successor_failures: old.renewFailures, retry_in_ms: delay }, `the successor of a worker on an old config could not start: it keeps serving; tried again in ${delay / 1000} s`);
+      renewLater(old, delay);
       return;
     }
     if (stopping || old.retiring) return;
     log.info({ worker: old.worker.process.pid, successor: fresh.worker.process.pid }, 'a worker on an old config was replaced');
     await retire(old);
+  };
+
+  const renewLater = (old: WorkerInfo, ms: number): void => {
+    clearTimeout(old.renewTimer);
+    old.renewTimer = setTimeout(() => { if (infos.get(old.worker.id) === old && old.reloadFailed !== null) void renew(old); }, ms).unref();
   };
 
   /** The workers that count towards `workers` (a rolling restart's successor stands for the one it replaces). */
@@ -525,6 +557,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
             // A reload meanwhile counts the successor, not both (else it retires one as surplus).
             old.replaced = true;
             const fresh = fork();
+            fresh.standIn = true;
             try {
               await listening(fresh);
             } catch (err) {

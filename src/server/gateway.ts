@@ -57,7 +57,7 @@ export interface GatewayOptions {
   /** Every health/circuit decision (primary: broadcast to workers). */
   onDecision?: (d: Decision) => void;
   /** Worker processes, for the admin view (primary). */
-  workers?: () => { pid: number | undefined; state: string; config_hash?: string | null; reload_failed?: { error: string; at: string } }[];
+  workers?: () => { pid: number | undefined; state: string; config_hash?: string | null; reload_failed?: { error: string; at: string; successor_failures?: number; next_try_at?: string } }[];
   /** Every snapshot swap after the first (primary: sends the config to the workers). */
   onSwap?: (loaded: LoadedConfig, snapshot: Snapshot) => void;
   /** Worker: the primary's DNS answers (a worker never resolves on its own). */
