@@ -141,7 +141,7 @@ export const CircuitBreaker = Strict({
   min_requests: Type.Optional(Type.Integer({ minimum: 1, description: 'Requests in the window before the ratio is judged (default 20).' })),
   window: Type.Optional(Duration),
   open_for: Type.Optional(Duration),
-  half_open_requests: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Trial requests let through while half-open (default 1).' })),
+  half_open_requests: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, description: 'Trial requests let through while half-open (default 1); with workers: N, per worker (up to N times as many at once).' })),
 }, { description: 'Bulkhead (max_concurrent, max_pending waiting at most max_wait, default 1s) and failure-ratio circuit: open for open_for (default 30s), then half-open.' });
 
 export const RetryBudget = Strict({
