@@ -194,6 +194,26 @@ test('the system resolver: localhost resolves through /etc/hosts, every address 
   }
 });
 
+test('a wall clock stepped back (NTP, a resumed VM) does not stop the re-resolving: a changed answer is still taken within dns.refresh, not once the clock has caught up (an hour here)', { timeout: 8000 }, async (t) => {
+  const zone = new Map<string, string[]>([['moved.test', ['127.0.0.2']]]);
+  const dns = await startDns(zone);
+  const up = await startOn(['127.0.0.2', '127.0.0.3']);
+  const g = await startGateway(`dns: {servers: ["127.0.0.1:${dns.port}"], refresh: 150ms}\nservices:\n  - name: s\n    url: http://moved.test:${up.port}\n    routes: [{paths: [/]}]\n`);
+  try {
+    const realNow = Date.now;
+    t.mock.method(Date, 'now', () => realNow.call(Date) - 3_600_000);
+    zone.set('moved.test', ['127.0.0.3']);
+    const target = () => g.gw.snapshot.services[0]!.targets.map((x) => x.origin).join();
+    for (let i = 0; i < 40 && !target().includes('127.0.0.3'); i++) await sleep(25);
+    assert.equal(target(), `http://127.0.0.3:${up.port}`, 'the new address was not taken');
+  } finally {
+    t.mock.restoreAll();
+    await g.close();
+    await up.close();
+    await dns.close();
+  }
+});
+
 test('a name that stops resolving is warned about once per outage, not every refresh; its return is said', async () => {
   const zone = new Map<string, string[]>([['flaky.test', ['127.0.0.4']]]);
   const servfail = new Set<string>();

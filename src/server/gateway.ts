@@ -618,7 +618,7 @@ export class Gateway implements RequestContext {
   private scheduleDnsRefresh(): void {
     clearTimeout(this.dnsTimer);
     if (this.draining) return;
-    const now = Date.now();
+    const now = performance.now(); // (dns.ts: the monotonic clock)
     this.dnsTimerAt = this.nextDnsAt(now);
     this.dnsTimer = setTimeout(() => void this.refreshDns(), this.dnsTimerAt - now);
     this.dnsTimer.unref();
@@ -637,7 +637,7 @@ export class Gateway implements RequestContext {
     try {
       const names = upstreamNames(this.loaded.config);
       // (names due within 50 ms go in this round too)
-      const now = Date.now() + 50;
+      const now = performance.now() + 50;
       const due = names.filter((n) => this.dns.dueAt(n, now) <= now);
       if (due.length) {
         const next = this.dns.fork(this.dns.settings);
@@ -1365,7 +1365,7 @@ export class Gateway implements RequestContext {
     this.health?.sync(next);
     this.log.info({ revision: this.revision, hash: next.hash }, 'config reloaded');
     // (a name new in this config, or a shorter dns.refresh, may be due before the timer)
-    if (this.role !== 'worker' && !this.dnsRound && this.nextDnsAt(Date.now()) < this.dnsTimerAt) this.scheduleDnsRefresh();
+    if (this.role !== 'worker' && !this.dnsRound && this.nextDnsAt(performance.now()) < this.dnsTimerAt) this.scheduleDnsRefresh();
     this.onSwap?.(loaded, next);
     return next;
   }

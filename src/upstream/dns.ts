@@ -46,7 +46,11 @@ export interface DnsSettings {
   maxStaleMs: number;
 }
 
-/** When a name was last asked, and its answer's TTL in ms (null: none known, or the lookup failed). */
+/**
+ * When a name was last asked, and its answer's TTL in ms (null: none known, or the lookup failed).
+ * Times are performance.now() ms: on the wall clock, one stepped back (NTP, a resumed VM) left
+ * every name unasked for the step's length, a moved target's old address in use all that time.
+ */
 interface Asked {
   at: number;
   ttlMs: number | null;
@@ -104,7 +108,7 @@ export class DnsCache {
    * When `host` is to be asked again: its TTL held between min_ttl and refresh (min_ttl above
    * refresh: refresh), or refresh when no TTL is known; now for a name never asked.
    */
-  dueAt(host: string, now = Date.now()): number {
+  dueAt(host: string, now = performance.now()): number {
     const a = this.asked.get(host);
     if (a === undefined) return now;
     const { refreshMs, minTtlMs } = this.settings;
@@ -198,12 +202,12 @@ export class DnsCache {
       try {
         const got = await this.lookup(host);
         addrs = [...new Set(got.addrs)].sort();
-        const now = Date.now();
+        const now = performance.now();
         this.asked.set(host, { at: now, ttlMs: got.ttlMs, goodAt: now, gone: 0 });
       } catch (err) {
         const code = (err as { code?: string }).code ?? '';
         const was = this.asked.get(host);
-        const now = Date.now();
+        const now = performance.now();
         const asked = { at: now, ttlMs: null, goodAt: was?.goodAt ?? 0, gone: NO_RECORDS.has(code) ? (was?.gone ?? 0) + 1 : was?.gone ?? 0 };
         this.asked.set(host, asked);
         const prev = this.answers.get(host);
