@@ -11,6 +11,7 @@ import { grantSlots, spendRetry } from '../upstream/forward.js';
 import { connectFailed } from '../upstream/pools.js';
 import { H2_STREAM_CUT } from '../upstream/h2-streams.js';
 import { brotliDecompressSync, gunzipSync, inflateRawSync, inflateSync } from 'node:zlib';
+import { performance } from 'node:perf_hooks';
 import { errors, type Dispatcher, type Pool } from 'undici';
 import type { CompiledService, Target } from '../config/compile.js';
 import type { CompiledStep } from './config.js';

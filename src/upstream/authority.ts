@@ -8,6 +8,7 @@
  */
 import { Pool, buildConnector, request } from 'undici';
 import { isIP } from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { upstreamTlsName } from '../server/tls.js';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';

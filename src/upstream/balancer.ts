@@ -9,6 +9,7 @@
  * - latency: power of two choices over peak-EWMA response time x (in-flight + 1) / weight.
  */
 import { createHash } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import type { Target } from '../config/compile.js';
 
 export type BalancerName = 'round-robin' | 'least-connections' | 'consistent-hash' | 'latency';

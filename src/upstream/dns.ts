@@ -17,6 +17,7 @@
  * `dns.timeout`; a hung getaddrinfo is not started again for the same name while it hangs.
  */
 import { promises as dns } from 'node:dns';
+import { performance } from 'node:perf_hooks';
 import { isIP } from 'node:net';
 import { withDeadline } from '../state/deadline.js';
 
