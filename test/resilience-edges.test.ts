@@ -849,13 +849,13 @@ test('timeouts.client_body_min_rate: a body trickled a byte at a time within the
 
 test('a request whose body came whole and waits unread longer than timeouts.client_body (in a bulkhead queue) is served, not cut without an answer as an idle client, nor taken for a slow one (client_body_min_rate)', { timeout: 10000 }, async () => {
   const h = await holdingUpstream();
-  const g = await startGateway(`timeouts: {client_body: 300ms, client_body_min_rate: 1kb}\nservices:\n` +
+  const g = await startGateway(`timeouts: {client_body: 150ms, client_body_min_rate: 1kb}\nservices:\n` +
     `  - name: q\n    url: ${h.up.url}\n    circuit_breaker: {max_concurrent: 1, max_pending: 5, max_wait: 5s}\n    routes: [{paths: [/q]}]\n`);
   try {
     const a = request(`${g.url}/q/a`);
     await until(() => h.held.length === 1, 2000, 'A at the upstream');
     const b = request(`${g.url}/q/b`, { method: 'POST', headers: { 'content-length': '1000' }, body: 'z'.repeat(1000) });
-    await sleep(1000); // more than 3 periods of client_body
+    await sleep(500); // more than 3 periods of client_body
     h.openUp();
     assert.equal((await a).status, 200);
     const rb = await b;
