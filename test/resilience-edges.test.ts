@@ -720,7 +720,7 @@ test('a client that stalls its upload (before its first body byte or after) is n
   await new Promise<void>((r) => deaf.listen(0, '127.0.0.1', r));
   const deafUrl = `http://127.0.0.1:${(deaf.address() as { port: number }).port}`;
   const g = await startGateway(`services:\n` +
-    `  - name: s\n    timeouts: {response: 300ms}\n` +
+    `  - name: s\n    timeouts: {response: 150ms}\n` +
     `    upstream: {targets: [{url: ${up.url}}], healthcheck: {passive: {failures: 5}}}\n` +
     `    circuit_breaker: {min_requests: 1, failure_ratio: 0.5}\n    routes: [{paths: [/s]}]\n` +
     `  - name: d\n    url: ${deafUrl}\n    timeouts: {response: 300ms}\n    routes: [{paths: [/d]}]\n`);
@@ -731,10 +731,10 @@ test('a client that stalls its upload (before its first body byte or after) is n
     s.on('error', () => {});
     await new Promise((r) => s.on('connect', r));
     s.write('POST /s HTTP/1.1\r\nHost: gw\r\nContent-Length: 1000\r\n\r\n');
-    await sleep(700); // more than 2 response timeouts with no byte of the body yet
+    await sleep(350); // more than 2 response timeouts with no byte of the body yet
     assert.equal(got, '', 'answered while the client had sent no byte of its body');
     s.write('x'.repeat(10));
-    await sleep(700); // and again mid-body
+    await sleep(350); // and again mid-body
     assert.equal(got, '', 'answered while the client still uploads');
     s.write('y'.repeat(990));
     await until(() => got.includes('got 1000'), 3000, 'the answer once the body is whole');
