@@ -18,8 +18,8 @@ export interface TestCa extends Pem {
   dir: string;
   /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth, and `sans` as written, e.g. DNS:a.example). */
   issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean; notAfter?: Date }): Pem;
-  /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path). */
-  crl(revoked: Pem[], file?: string): string;
+  /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path); due in 2 days unless `nextUpdate` says when (then issued an hour before it, or before now). */
+  crl(revoked: Pem[], file?: string, opts?: { nextUpdate?: Date }): string;
   /** An intermediate CA signed by this one (a TestCa of its own: its own temp dir, to clean up too). */
   intermediate(cn: string): TestCa;
   cleanup(): void;
@@ -67,7 +67,7 @@ export function makeCa(cn = 'Turnpike Test CA', parent?: TestCa): TestCa {
       const keyFile = join(dir, `${base}.key`);
       return { certFile, keyFile, cert: readFileSync(certFile), key: readFileSync(keyFile) };
     },
-    crl(revoked, file = `crl-${serial++}.pem`) {
+    crl(revoked, file = `crl-${serial++}.pem`, opts = {}) {
       // (openssl ca keeps its own database: a fresh one per CRL, each certificate revoked into it)
       const base = file.replace(/[^A-Za-z0-9.-]/g, '_');
       const db = join(dir, `${base}.db`);
@@ -76,7 +76,10 @@ export function makeCa(cn = 'Turnpike Test CA', parent?: TestCa): TestCa {
       const cnf = join(dir, `${base}.cnf`);
       writeFileSync(cnf, `[ca]\ndefault_ca = d\n[d]\ndatabase = ${db}\ncrlnumber = ${join(dir, `${base}.crlnumber`)}\ndefault_md = sha256\ndefault_crl_days = 2\n`);
       for (const r of revoked) openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-revoke', r.certFile], dir);
-      openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-gencrl', '-out', file], dir);
+      const stamp = (d: Date) => d.toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
+      const due = opts.nextUpdate;
+      const dates = due ? ['-crl_lastupdate', stamp(new Date(Math.min(Date.now(), due.getTime()) - 3600_000)), '-crl_nextupdate', stamp(due)] : [];
+      openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-gencrl', ...dates, '-out', file], dir);
       return join(dir, file);
     },
     intermediate: (name) => makeCa(name, ca),

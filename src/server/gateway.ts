@@ -749,6 +749,7 @@ export class Gateway implements RequestContext {
     if (snap.tls) {
       this.certs = new CertStore(snap.tls.certs, this.log);
       if (snap.tls.watch) this.certs.watch();
+      this.certs.checkCrl();
       this.tlsServer = this.createTlsListener(snap);
       this.tlsAddress = await this.bind(this.tlsServer, snap.tls.listen, 'TLS', ['listen_tls']);
       this.log.info({ address: this.tlsAddress, http2: snap.http2.enabled }, 'TLS listener up');
@@ -1278,6 +1279,7 @@ export class Gateway implements RequestContext {
       next.dispose();
       if (redis.fresh) void redis.store!.close();
       this.log.info({ revision: this.revision, hash: prev.hash }, 'config unchanged');
+      this.certs?.checkCrl(); // (a stale client CRL is said at every reload)
       return prev;
     }
     for (const [what, a, b] of [
@@ -1344,6 +1346,7 @@ export class Gateway implements RequestContext {
       const listener = this.tlsServer as (TlsServer & { requestCert?: boolean }) | null;
       if (listener !== null && listener.requestCert !== next.tls.requestCert) listener.requestCert = next.tls.requestCert;
       if (trustChanged) this.retireVerifiedConnections();
+      this.certs.checkCrl();
     } else if ((this.certs !== null) !== (next.tls !== null)) this.log.warn({ setting: 'listen_tls' }, 'listen_tls / tls changed: restart to apply it');
     if (this.proxy) {
       this.proxy.headersTimeout = next.timeouts.clientHeader;

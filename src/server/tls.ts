@@ -170,6 +170,39 @@ function signedParts(pem: string): { tbs: Buffer; hash: string | null; signature
   }
 }
 
+/**
+ * When each CRL of a PEM file is due to be replaced (its nextUpdate, RFC 5280 §5.1.2.5), in file
+ * order; null for one without a nextUpdate or that does not parse here. Past it, OpenSSL refuses
+ * every certificate the CRL's issuer signed (CRL_HAS_EXPIRED): nothing else says so.
+ */
+export function crlNextUpdates(pem: Buffer): (Date | null)[] {
+  const blocks = pem.toString('latin1').match(/-----BEGIN X509 CRL-----[^]*?-----END X509 CRL-----/g) ?? [];
+  return blocks.map((block) => {
+    try {
+      const der = Buffer.from(block.replace(/-----[^-]+-----/g, '').replace(/\s+/g, ''), 'base64');
+      const tbs = derElement(der, derElement(der, 0).start);
+      let e = derElement(der, tbs.start);
+      if (e.tag === 0x02) e = derElement(der, e.end); // version
+      const issuer = derElement(der, e.end); // (e: the signature algorithm)
+      const thisUpdate = derElement(der, issuer.end);
+      if (thisUpdate.end >= tbs.end) return null;
+      const next = derElement(der, thisUpdate.end);
+      return next.tag === 0x17 || next.tag === 0x18 ? derTime(der.subarray(next.start, next.end).toString('latin1'), next.tag === 0x17) : null;
+    } catch {
+      return null;
+    }
+  });
+}
+
+/** A DER UTCTime (YYMMDDHHMMSSZ: 50-99 are 19xx, RFC 5280 §4.1.2.5.1) or GeneralizedTime (YYYYMMDDHHMMSSZ), or null. */
+function derTime(t: string, utc: boolean): Date | null {
+  const m = (utc ? /^(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/ : /^(\d{4})(\d{2})(\d{2})(\d{2})(\d{2})(\d{2})Z$/).exec(t);
+  if (m === null) return null;
+  const y = Number(m[1]);
+  const d = new Date(Date.UTC(utc ? (y >= 50 ? 1900 + y : 2000 + y) : y, Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6])));
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
 /** Upstream TLS material already checked (by its digest): a reload does not parse it again. */
 const checkedUpstream = new Map<string, { field: 'ca' | 'cert'; message: string } | null>();
 
@@ -278,6 +311,11 @@ export class CertSet {
   /** The client CRL this set was loaded with (likewise kept by a certificate reloaded later). */
   get clientCrl(): Buffer | undefined {
     return this.crl;
+  }
+
+  /** When each CRL of the client CRL file is due (its nextUpdate; null: none), in file order. */
+  crlDue(): (Date | null)[] {
+    return this.crl ? crlNextUpdates(this.crl) : [];
   }
 
   /** Digest of what client certificates are verified against (client CA and CRL): another one makes earlier verdicts stale. */
@@ -442,6 +480,9 @@ function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined, crl
   }
 }
 
+/** How long before a client CRL's nextUpdate its coming expiry is warned of. */
+const CRL_WARN_AHEAD_MS = 24 * 3600_000;
+
 /**
  * The live certificates of a TLS listener: swapped whole on a config reload, and per
  * certificate when its files change (polled every `intervalMs`).
@@ -450,6 +491,8 @@ export class CertStore {
   /** Files polled, with this store's listener (other watchers of the same file — the config's input watcher — are not ours to remove). */
   private watched: [string, (cur: Stats, prev: Stats) => void][] = [];
   private timers = new Set<NodeJS.Timeout>();
+  /** Wakes checkCrl when a client CRL comes within a day of its nextUpdate, or passes it. */
+  private crlTimer: NodeJS.Timeout | null = null;
   /** Called after a certificate or the whole set changed (the listener refreshes its default). */
   onChange: (() => void) | null = null;
 
@@ -518,8 +561,41 @@ export class CertStore {
     this.timers.clear();
   }
 
+  /**
+   * Warns of a client CRL past its nextUpdate (OpenSSL then refuses every client certificate its
+   * issuer signed, CRL_HAS_EXPIRED, until a current CRL is in place) or due within a day; called at
+   * start and on each reload, and again by itself when one comes within the day or passes it.
+   */
+  checkCrl(now = Date.now()): void {
+    if (this.crlTimer !== null) clearTimeout(this.crlTimer);
+    this.crlTimer = null;
+    const file = this.set.options.clientCrlFile ?? null;
+    const due = this.set.crlDue();
+    let wake = Infinity;
+    due.forEach((d, i) => {
+      if (d === null) return;
+      const at = d.getTime();
+      const which = due.length > 1 ? { crl: `${i + 1} of ${due.length}` } : {};
+      if (at <= now) {
+        this.log.warn({ setting: 'tls.client_crl', file, ...which, next_update: d.toISOString() }, 'client CRL has expired (past its nextUpdate): every client certificate of its issuer is refused (CRL_HAS_EXPIRED) until a current CRL is in place');
+        return;
+      }
+      if (at - now <= CRL_WARN_AHEAD_MS) {
+        this.log.warn({ setting: 'tls.client_crl', file, ...which, next_update: d.toISOString() }, 'client CRL expires within a day (its nextUpdate): past it, every client certificate of its issuer is refused until a current CRL is in place');
+        wake = Math.min(wake, at - now);
+      } else wake = Math.min(wake, at - now - CRL_WARN_AHEAD_MS);
+    });
+    if (wake === Infinity) return;
+    // (a timer takes at most 2^31 - 1 ms: a later one checks again then)
+    const t = setTimeout(() => this.checkCrl(), Math.min(wake + 1000, 0x7fffffff));
+    t.unref();
+    this.crlTimer = t;
+  }
+
   close(): void {
     this.unwatch();
+    if (this.crlTimer !== null) clearTimeout(this.crlTimer);
+    this.crlTimer = null;
   }
 }
 

@@ -239,6 +239,48 @@ test('tls.client_crl: a revoked client certificate is refused (401 saying so) wh
   assert.deepEqual(configIssues(text.replace(/  client_ca: .*\n/, '').replace(/plugins: \[\{name: mtls-auth\}\]/, '')).map((i) => [i.path, i.message]), [['tls.client_crl', 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)']]);
 });
 
+test('tls.client_crl past its nextUpdate: every client certificate of its CA is refused (CRL_HAS_EXPIRED), and the start and each reload warn, naming the file and the nextUpdate; one due within a day is warned of ahead, a current one not at all', async () => {
+  const { Gateway } = await import('../../server/gateway.js');
+  const { createLogger } = await import('../../core/log.js');
+  const { copyFileSync } = await import('node:fs');
+  const server = ca.issue('api.test', { file: 'stale-server' });
+  const crlFile = `${ca.dir}/stale.crl`;
+  const due = new Date(Math.floor(Date.now() / 1000) * 1000 - 3600_000);
+  copyFileSync(ca.crl([], 'stale-1.pem', { nextUpdate: due }), crlFile);
+  const lines: { level: number; msg: string; file?: string; next_update?: string }[] = [];
+  const logger = createLogger('info', { write: (l: string) => void lines.push(JSON.parse(l)) });
+  const text = crlConfig(server, crlFile).replace(/^listen_tls/m, 'listen: 127.0.0.1:0\nlisten_tls');
+  const gw = await Gateway.start(parseConfigText(text, { env: {} }), { logger });
+  const warned = () => lines.filter((l) => l.level === 40 && /client CRL/.test(l.msg)).map((l) => [l.file, l.next_update, /expired/.test(l.msg) ? 'expired' : 'soon']);
+  try {
+    assert.deepEqual(warned(), [[crlFile, due.toISOString(), 'expired']]);
+    const r = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      httpsRequest({ host: '127.0.0.1', port: gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: app.cert, key: app.key, agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode!, body }));
+      }).on('error', reject).end();
+    });
+    assert.equal(r.status, 401, r.body);
+    assert.match(JSON.parse(r.body).detail, /CRL_HAS_EXPIRED/);
+    lines.length = 0;
+    await gw.reloadAsync(parseConfigText(text, { env: {} }));
+    assert.deepEqual(warned(), [[crlFile, due.toISOString(), 'expired']], 'a reload with the same stale CRL says it again');
+    const soon = new Date(Math.floor(Date.now() / 1000) * 1000 + 3 * 3600_000);
+    copyFileSync(ca.crl([], 'stale-2.pem', { nextUpdate: soon }), crlFile);
+    lines.length = 0;
+    await gw.reloadAsync(parseConfigText(text, { env: {} }));
+    assert.deepEqual(warned(), [[crlFile, soon.toISOString(), 'soon']]);
+    copyFileSync(ca.crl([], 'stale-3.pem'), crlFile);
+    lines.length = 0;
+    await gw.reloadAsync(parseConfigText(text, { env: {} }));
+    assert.deepEqual(warned(), []);
+  } finally {
+    await gw.stop();
+  }
+});
+
 test('a reload that revokes a client certificate (tls.client_crl) or replaces the client CA closes the connections already verified under the old ones — HTTP/2 sessions get GOAWAY, idle HTTP/1.1 keep-alive connections are closed — so the next request is judged under the new ones', async () => {
   const { parseConfigText: parse } = await import('../../config/load.js');
   const { Agent } = await import('node:https');
