@@ -448,6 +448,26 @@ services:
   }
 });
 
+test('gateway errors stay in gRPC terms for a gRPC call (content-type application/grpc) to a service not declared gRPC (protocol: h2c) with response-phase plugins: grpc-js reads the gateway\'s UNAVAILABLE and its words, not a 502 problem+json', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: generic, url: 'http://127.0.0.1:1', protocol: h2c, plugins: [{name: cache}], routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    await assert.rejects(sayP(client, 'hi'), (e: grpc.ServiceError) => {
+      assert.equal(e.code, grpc.status.UNAVAILABLE, e.message);
+      assert.doesNotMatch(e.details, /HTTP status code/, 'the gateway\'s own status, not one grpc-js derived from a 502');
+      assert.match(e.details, /generic/);
+      return true;
+    });
+  } finally {
+    client.close();
+    await g.close();
+  }
+});
+
 test('gRPC-Web: an upstream answer that ends without any grpc-status still ends with a trailer frame carrying one (UNKNOWN for a 200, the HTTP status mapped per gRPC\'s table otherwise)', async () => {
   // An HTTP/2 upstream that ends its streams without trailers: a 200 with a message, a 503, a 429.
   const bare = createH2Server((req, res) => {

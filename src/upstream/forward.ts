@@ -597,7 +597,8 @@ export class ForwardHandler {
     const extra = pl?.extraHeaders;
     // A gRPC client reads a Trailers-Only status (sendProblem), never a problem+json a response
     // plugin could have turned into something else (a gRPC call is no cache's to serve stale).
-    if (pl === null || pl.chain.response.length === 0 || f.res.headersSent || (f.service.grpc && /^application\/grpc/i.test(String(f.req.headers['content-type'] ?? '')))) {
+    // A call is gRPC by its content type, as sendProblem judges it: to a service declared h2c too.
+    if (pl === null || pl.chain.response.length === 0 || f.res.headersSent || /^application\/grpc/i.test(String(f.req.headers['content-type'] ?? ''))) {
       sendProblem(f.res, code, detail, f.requestId, { close, headers: extra?.length ? { ...headerRecord(extra), ...headers } : headers });
       return;
     }
