@@ -229,6 +229,34 @@ services:
   }
 });
 
+test('Upgrade lists protocols (RFC 9110 §7.8): a handshake whose Upgrade offers websocket among others (websocket, foo/2; Foo, WebSocket) is a WebSocket handshake (RFC 6455 §4.2.1: the field contains websocket): 101 and a working relay, not a 400', async () => {
+  const t = await startGateway(config());
+  const { connect } = await import('node:net');
+  try {
+    for (const offer of ['websocket, foo/2', 'Foo, WebSocket']) {
+      const sock = connect(t.port, '127.0.0.1');
+      sock.on('error', () => {});
+      let text = '';
+      const head = new Promise<void>((resolve) => sock.on('data', (d: Buffer) => { text += d.toString('latin1'); if (text.includes('\r\n\r\n')) resolve(); }));
+      sock.write(`GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: ${offer}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`);
+      try {
+        await head;
+        assert.match(text, /^HTTP\/1\.1 101 /, `${offer}: ${text}`);
+        assert.match(text, /\r\nupgrade: websocket\r\n/i);
+        assert.match(text, /\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=\r\n/i);
+        // A masked text frame "hi": the echo comes back unmasked.
+        const echoed = new Promise<void>((resolve) => sock.on('data', () => { if (text.endsWith('\x81\x02hi')) resolve(); }));
+        sock.write(Buffer.from([0x81, 0x82, 1, 2, 3, 4, 'h'.charCodeAt(0) ^ 1, 'i'.charCodeAt(0) ^ 2]));
+        await echoed;
+      } finally {
+        sock.destroy();
+      }
+    }
+  } finally {
+    await t.close();
+  }
+});
+
 test('an Upgrade in an HTTP/1.0 request is ignored (RFC 9110 §7.8; WebSocket needs HTTP/1.1, RFC 6455 §4.1): no 101, served as plain HTTP/1.0', async () => {
   const t = await startGateway(config());
   try {

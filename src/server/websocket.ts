@@ -243,7 +243,10 @@ function endToEnd(raw: string[], own: [string, string][], status: number, via: s
 function checkHandshake(req: IncomingMessage): string[] | string {
   const h = req.headers;
   if (req.method !== 'GET') return 'a WebSocket handshake must be a GET';
-  if (h.upgrade?.toLowerCase() !== 'websocket') return 'invalid Upgrade header';
+  // Upgrade is a list (RFC 9110 §7.8): websocket among other offers is a handshake (RFC 6455
+  // §4.2.1); ws's handleUpgrade wants the field to be websocket alone, so it is made so.
+  if (!/(^|,)[ \t]*websocket[ \t]*(,|$)/i.test(h.upgrade ?? '')) return 'invalid Upgrade header';
+  h.upgrade = 'websocket';
   // The protocol switches once the request is complete (RFC 9110 §7.8), and node's parser stops
   // at the head: a body would be read as the client's first frames (a message no body check, no
   // plugin, no proxy in front ever saw as such). No client sends one.
