@@ -342,6 +342,29 @@ test('HTTP/2: a method HTTP/1.1\'s parser does not know (lower-case trace or get
   }
 });
 
+test('HTTP/2 :scheme (RFC 9113 §8.3.1): one other than http or https (ftp, foo) is a 400 problem+json, never forwarded; https over cleartext h2c is not believed (X-Forwarded-Proto and Forwarded say http)', async () => {
+  const c = h2connect(`http://127.0.0.1:${gw.port}`);
+  try {
+    const before = up.requests.length;
+    for (const scheme of ['ftp', 'foo']) {
+      const r = await h2request(c, { ':path': '/h1/s', ':authority': 'api.test', ':scheme': scheme });
+      assert.equal(r.status, 400, scheme);
+      assert.equal(r.headers['content-type'], 'application/problem+json');
+      assert.match(JSON.parse(r.body).detail, /:scheme/);
+    }
+    assert.equal(up.requests.length, before, 'nothing forwarded');
+    for (const scheme of ['https', 'HTTP']) {
+      const r = await h2request(c, { ':path': '/h1/s', ':authority': 'api.test', ':scheme': scheme });
+      assert.equal(r.status, 200, scheme);
+      const seen = JSON.parse(r.body).headers;
+      assert.equal(seen['x-forwarded-proto'], 'http', scheme);
+      assert.match(seen.forwarded, /proto=http(;|$)/, scheme);
+    }
+  } finally {
+    c.close();
+  }
+});
+
 test('a composition and a request-transform read {header.host} from an HTTP/2 client\'s :authority (it sends no Host field)', async () => {
   const seen: string[] = [];
   const up = await startUpstream((q, res) => {

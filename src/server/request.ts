@@ -449,6 +449,7 @@ export function handleRequest(
   let maxForwards: string | undefined;
   let proxyOnly: string[] | undefined;
   let authority: string | undefined;
+  let scheme: string | undefined;
   let h2Cookie: string | undefined;
   let methodOverride: string | undefined;
   let teTrailers = false;
@@ -464,6 +465,7 @@ export function handleRequest(
     // HTTP/2 pseudo-header fields (node:http2 has checked them): :authority stands for Host.
     if (h2 && name.charCodeAt(0) === 0x3a /* : */) {
       if (name === ':authority') authority = value;
+      else if (name === ':scheme') scheme = value;
       continue;
     }
     switch (name.length < 20 ? name.toLowerCase() : '') {
@@ -586,6 +588,12 @@ export function handleRequest(
     hostCount = 1;
   }
   if (h2 && hostCount === 0) return reject(ctx, req, res, requestId, 'bad-request', 'missing :authority');
+  // The gateway serves http and https URIs only (nghttp2 takes any scheme's syntax: ftp, foo). A
+  // :scheme is never believed as the client's (its connection says whether it used TLS): https
+  // over h2c is no TLS for X-Forwarded-Proto, Forwarded or a same-origin check.
+  if (scheme !== undefined && !(scheme.length === 4 ? scheme.toLowerCase() === 'http' : scheme.length === 5 && scheme.toLowerCase() === 'https')) {
+    return reject(ctx, req, res, requestId, 'bad-request', `an HTTP/2 :scheme of ${JSON.stringify(scheme.slice(0, 32))}: only http and https are served`);
+  }
   let p = peerInfo(req.socket, snap);
   if (refreshToken !== undefined) p = refreshPeer(ctx, req, p, refreshToken);
   // A trusted proxy that sent Forwarded (RFC 7239) and no X-Forwarded-*: its elements are the
