@@ -1,7 +1,7 @@
 /**
  * timeouts.shutdown_delay (Kubernetes: endpoint removal races SIGTERM): after SIGTERM the
  * probes say 503 "draining" while the listeners keep accepting and serving new connections
- * (HTTP/1.1 answers with Connection: close, HTTP/2 sessions get a GOAWAY notice); then the
+ * (HTTP/1.1 answers with Connection: close, HTTP/2 sessions get a GOAWAY notice, the final GOAWAY a round trip later); then the
  * usual drain, whose timeouts.drain bound starts at the end of the delay. A second signal
  * during the delay exits at once. Single process and workers: 2, through the CLI.
  */
@@ -278,6 +278,60 @@ test('shutdown_delay, HTTP/2 (h2c): open sessions get a GOAWAY notice (last stre
     b.session.destroy();
   } finally {
     await t.close();
+    await up.close();
+  }
+});
+
+test('HTTP/2 shutdown notice: a stream that crosses the notice (node:http2 has no nghttp2 shutdown notice: nghttp2 takes no new stream once a GOAWAY went out) is refused a round trip later by the final GOAWAY, not left hanging until the shutdown delay ends', async () => {
+  const up = await slowUpstream();
+  const t = await startGateway(`http2: {h2c: true}\ntimeouts: {shutdown_delay: 5s, drain: 2s}\nservices:\n  - name: s\n    url: ${up.url}\n    routes: [{paths: [/]}]\n`);
+  const frames: { type: number; flags: number; stream: number; payload: Buffer }[] = [];
+  const sock = connect(t.port, '127.0.0.1');
+  sock.on('error', () => {});
+  const frame = (type: number, flags: number, stream: number, payload = Buffer.alloc(0)) => {
+    const h = Buffer.alloc(9);
+    h.writeUIntBE(payload.length, 0, 3);
+    h[3] = type;
+    h[4] = flags;
+    h.writeUInt32BE(stream, 5);
+    return Buffer.concat([h, payload]);
+  };
+  let buf = Buffer.alloc(0);
+  sock.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3);
+      const f = { type: buf[3]!, flags: buf[4]!, stream: buf.readUInt32BE(5) & 0x7fffffff, payload: Buffer.from(buf.subarray(9, 9 + len)) };
+      buf = buf.subarray(9 + len);
+      frames.push(f);
+      if ((f.type === 4 || f.type === 6) && !(f.flags & 1)) sock.write(frame(f.type, 1, 0, f.type === 6 ? f.payload : undefined)); // SETTINGS, PING: ACK
+    }
+  });
+  // GET path (HPACK: :method GET, :scheme http indexed; :path and :authority literals without indexing)
+  const get = (id: number, path: string) => frame(1, 0x5, id, Buffer.concat([Buffer.from([0x82, 0x86, 0x04, path.length]), Buffer.from(path), Buffer.from([0x01, 6]), Buffer.from('a.test')]));
+  const goaways = () => frames.filter((f) => f.type === 7).map((f) => f.payload.readUInt32BE(0) & 0x7fffffff);
+  let delayed: Promise<void> | null = null;
+  try {
+    await new Promise((r) => sock.once('connect', r));
+    sock.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(4, 0, 0), get(1, '/slow/400')]));
+    await eventually(() => up.requests.some((r) => r.url === '/slow/400'), 3000, 5);
+    const t0 = Date.now();
+    delayed = t.gw.shutdownDelay();
+    await eventually(() => goaways().length > 0, 1000, 5);
+    assert.equal(goaways()[0], 2 ** 31 - 1, 'the notice');
+    sock.write(get(3, '/late'));
+    // Refused: a final GOAWAY below it (nothing processed: a client may send it again elsewhere), well before the delay's 5 s.
+    await eventually(() => goaways().some((last) => last < 3), 3000, 5);
+    assert.ok(Date.now() - t0 < 3000, `${Date.now() - t0} ms`);
+    assert.deepEqual(goaways(), [2 ** 31 - 1, 1]);
+    // The stream in progress is answered; the late one never was, nor sent upstream.
+    await eventually(() => frames.some((f) => f.stream === 1 && f.type === 0 && (f.flags & 1)), 3000, 5);
+    assert.ok(!frames.some((f) => f.stream === 3 && f.type === 1), 'stream 3 was not answered');
+    assert.ok(!up.requests.some((r) => r.url === '/late'), 'nor sent upstream');
+  } finally {
+    sock.destroy();
+    await t.close();
+    await delayed;
     await up.close();
   }
 });

@@ -130,19 +130,34 @@ const CONTINUE_RE = /(?:^|\W)100-continue(?:$|\W)/i;
 const FIRST_REQUEST_GRACE_MS = 1000;
 
 const kNoticed = Symbol('turnpike.shutdownNotice');
+/** How long the final GOAWAY waits for the PING sent after a shutdown notice to come back. */
+const NOTICE_RTT_MAX_MS = 1000;
+
 /**
- * An HTTP/2 session's shutdown notice (RFC 9113 §6.8's graceful shutdown; nghttp2's
- * submit_shutdown_notice, Envoy's first GOAWAY): GOAWAY with the largest stream id, so the
- * client opens its next streams elsewhere while nothing it already sent is refused. The final
- * GOAWAY (the last stream id really processed) is session.close()'s, when the drain begins.
+ * An HTTP/2 session's shutdown notice (RFC 9113 §6.8's graceful shutdown, Envoy's first
+ * GOAWAY): GOAWAY with the largest stream id, so the client opens its next streams elsewhere;
+ * then, a round trip later (a PING sent after it comes back; at most NOTICE_RTT_MAX_MS), the
+ * final GOAWAY with the last stream id processed (session.close(): the streams in progress
+ * finish). node:http2 has no nghttp2 submit_shutdown_notice: once any GOAWAY went out nghttp2
+ * takes no new stream, so a stream that crossed the notice is never processed — the final GOAWAY
+ * tells its client so (REFUSED_STREAM: safe to send again elsewhere) at once; it waited for the
+ * end of the shutdown delay before, a client that does not answer a GOAWAY with its own hanging.
  */
 function shutdownNotice(session: ServerHttp2Session & { [kNoticed]?: true }): void {
   if (session[kNoticed] || session.closed || session.destroyed) return;
   session[kNoticed] = true;
+  let timer: NodeJS.Timeout | undefined;
+  const close = () => {
+    clearTimeout(timer);
+    if (!session.closed && !session.destroyed) session.close();
+  };
   try {
     session.goaway(h2c.NGHTTP2_NO_ERROR, 2 ** 31 - 1);
+    timer = setTimeout(close, NOTICE_RTT_MAX_MS);
+    timer.unref();
+    if (!session.ping(close)) close();
   } catch {
-    /* the session is going away already */
+    close(); // (the session is going away already)
   }
 }
 
