@@ -773,6 +773,30 @@ test('a reload that changes http2.max_concurrent_streams or max_header_list_size
   }
 });
 
+test('HTTP/2 and limits.max_headers: more fields are a 431 problem (node:http2 reset the stream, its maxHeaderListPairs at max_headers + 4), and a reload that raises it applies to new sessions (maxHeaderListPairs was the first config\'s)', async () => {
+  const cfg = (n: number) => `http2: {h2c: true}\nlimits: {max_headers: ${n}}\nservices:\n  - {name: h1, url: ${up.url}, routes: [{paths: [/h1]}]}\n`;
+  const g = await startGateway(cfg(20));
+  const send = async (n: number) => {
+    const c = h2connect(g.url);
+    c.on('error', () => {});
+    try {
+      const fields = Object.fromEntries(Array.from({ length: n }, (_, i) => [`x-f${i}`, 'v']));
+      return await h2request(c, { ':path': '/h1', ':authority': 'api.test', ...fields }).then((r) => r.status, (e: Error) => e.message);
+    } finally {
+      c.close();
+    }
+  };
+  try {
+    assert.equal(await send(30), 431);
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n${cfg(100)}`));
+    assert.equal(await send(70), 200);
+    g.gw.reload(parseConfigText(`listen: 127.0.0.1:0\naccess_log: {enabled: false}\n${cfg(20)}`));
+    assert.equal(await send(30), 431);
+  } finally {
+    await g.close();
+  }
+});
+
 test('HTTP/2: timeouts.client_body_min_rate: a stream whose body trickles a byte at a time within the idle timeout gets a 408 problem, and the session goes on', async () => {
   const g = await startGateway(`http2: {h2c: true}\ntimeouts: {client_body: 400ms, client_body_min_rate: 1kb}\nservices: [{name: h1, url: ${up.url}, routes: [{paths: [/slow]}]}]\n`);
   const session = h2connect(g.url);

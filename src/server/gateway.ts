@@ -849,7 +849,9 @@ export class Gateway implements RequestContext {
         maxHeaderListSize: h.maxHeaderListSize,
         enablePush: false,
       },
-      maxHeaderListPairs: snap.limits.maxHeaders + 4,
+      // A backstop twice past limits.max_headers (pseudo-header fields counted): past
+      // max_headers handleRequest answers a 431 problem; past this node:http2 resets the stream.
+      maxHeaderListPairs: 2 * snap.limits.maxHeaders + 8,
       maxSessionMemory: 16,
       maxSessionInvalidFrames: 100,
       maxSessionRejectedStreams: 100,
@@ -1312,6 +1314,12 @@ export class Gateway implements RequestContext {
     // HTTP/2 SETTINGS the listener announces: given when it was created, so a reload lowering
     // max_concurrent_streams (a client opening too many) changed nothing, and said nothing. New
     // sessions get the new values, open ones a SETTINGS frame with them (RFC 9113 §6.5).
+    // node:http2 takes its other limits when the server is made (nghttp2's reset budget,
+    // maxHeaderListPairs, unknownProtocolTimeout): a new server takes the connections from now on,
+    // the sessions open stay with the old one (the reset count in JS, countReset, is the
+    // current config's on every session).
+    if (this.h2 !== null && (prev.limits.maxHeaders !== next.limits.maxHeaders || prev.http2.maxResets !== next.http2.maxResets
+      || prev.http2.resetWindow !== next.http2.resetWindow || prev.timeouts.clientHeader !== next.timeouts.clientHeader)) this.h2 = this.createH2Server(next);
     const h2 = this.h2;
     if (h2 !== null && (prev.http2.maxConcurrentStreams !== next.http2.maxConcurrentStreams || prev.http2.maxHeaderListSize !== next.http2.maxHeaderListSize)) {
       const settings = { maxConcurrentStreams: next.http2.maxConcurrentStreams, maxHeaderListSize: next.http2.maxHeaderListSize, enablePush: false };
