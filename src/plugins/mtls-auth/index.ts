@@ -1,7 +1,7 @@
 /**
  * mtls-auth: the client certificate of a TLS connection, verified against `tls.client_ca` by the
  * listener, names the consumer: a credential pinning it (fingerprint_sha256), else one whose subject_name is the certificate's subject CN
- * or one of its subjectAltNames (DNS, email, URI), else a consumer named like the CN.
+ * or one of its DNS / email subjectAltNames, or — a subject_name written as a URI — one of its URI SANs, else a consumer named like the CN.
  * No certificate: 401 (or anonymous); an untrusted one: 401 saying so. forward_client_cert tells
  * the upstream the certificate (RFC 9440, XFCC); no one else's client-certificate fields go upstream.
  */
@@ -31,14 +31,22 @@ function altNameValue(printed: string): string | null {
 }
 
 /**
- * Subject CN and subjectAltName values (DNS:, email:, URI:) of a certificate; `folded`: the DNS
+ * A subject_name written as a URI (a scheme, then `//`, or a URN): it names a URI SAN (a SPIFFE
+ * id), never a CN, DNS name or email address spelled like it; and any other name never a URI SAN.
+ */
+export const isUriName = (n: string): boolean => /^[A-Za-z][A-Za-z0-9+.-]*:\/\/|^urn:/i.test(n);
+
+/**
+ * Subject CN and subjectAltName values (DNS:, email:, URI:) of a certificate (`names`: the DNS
+ * names and email addresses, `uris` the URIs, in order); `folded`: the DNS
  * names in lower case and the email addresses with their domain in lower case (compared without
  * case: RFC 5280 §7.2, §7.5, RFC 4343), for a second look-up.
  */
-export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[]; folded: string[]; uris: string[]; dns: string[] } {
+export function certificateNames(cert: PeerCertificate): { cn: string | null; sans: string[]; names: string[]; folded: string[]; uris: string[]; dns: string[] } {
   const cnRaw = cert.subject?.CN as string | string[] | undefined;
   const cn = Array.isArray(cnRaw) ? cnRaw[0] ?? null : cnRaw ?? null;
   const sans: string[] = [];
+  const names: string[] = [];
   const folded: string[] = [];
   const uris: string[] = [];
   const dns: string[] = [];
@@ -49,12 +57,15 @@ export function certificateNames(cert: PeerCertificate): { cn: string | null; sa
     if (!v) continue;
     sans.push(v);
     if (m![1] === 'DNS') {
+      names.push(v);
       folded.push(v.toLowerCase());
       dns.push(v);
-    } else if (m![1] === 'email') folded.push(foldEmail(v));
-    else uris.push(v);
+    } else if (m![1] === 'email') {
+      names.push(v);
+      folded.push(foldEmail(v));
+    } else uris.push(v);
   }
-  return { cn, sans, folded, uris, dns };
+  return { cn, sans, names, folded, uris, dns };
 }
 
 /**
@@ -177,9 +188,15 @@ export default definePlugin({
     // not stand for it (deps.credentialed).
     // Certificates pinned by their SHA-256 (Kong users' way): matched before any name.
     const pinned = new Map<string, Consumer>();
+    // Names by kind (Kong matches the CN and DNS / email SANs): a URI SAN reading `app-1` is no
+    // CN app-1, a CN reading `spiffe://...` no SPIFFE id (a CA that lets a client choose one kind
+    // of name must not let it choose an identity written as another).
+    const uriNames = new Map<string, Consumer>();
     for (const { consumer, credential } of deps.credentials) {
-      if (credential['subject_name'] !== undefined) names.set(String(credential['subject_name']), consumer);
-      else if (credential['fingerprint_sha256'] !== undefined) pinned.set(fingerprintKey(String(credential['fingerprint_sha256'])), consumer);
+      if (credential['subject_name'] !== undefined) {
+        const n = String(credential['subject_name']);
+        (isUriName(n) ? uriNames : names).set(n, consumer);
+      } else if (credential['fingerprint_sha256'] !== undefined) pinned.set(fingerprintKey(String(credential['fingerprint_sha256'])), consumer);
     }
     // The same names as certificates' DNS names and email addresses compare: without case (the
     // domain of an address). Exact matches come first.
@@ -187,6 +204,7 @@ export default definePlugin({
     for (const { consumer, credential } of deps.credentials) {
       if (credential['subject_name'] === undefined) continue;
       const n = String(credential['subject_name']);
+      if (isUriName(n)) continue;
       const f = n.includes('@') ? foldEmail(n) : n.toLowerCase();
       if (!foldedNames.has(f)) foldedNames.set(f, consumer);
     }
@@ -211,11 +229,17 @@ export default definePlugin({
         // Verified at the handshake, but a connection outlives that: a kept-alive one, an HTTP/2
         // session for hours, a certificate issued for minutes — it must not outlive the certificate.
         if (Date.parse(cert.valid_to) <= Date.now()) return { ok: false, missing: false, challenge: CHALLENGE, detail: untrustedDetail('CERT_HAS_EXPIRED'), anonymous: false };
-        const { cn, sans, folded } = certificateNames(cert);
+        const { cn, names: certNames, uris, folded } = certificateNames(cert);
         let consumer: Consumer | null = pinned.size > 0 ? pinned.get(hash('sha256', cert.raw, 'hex')) ?? null : null;
-        if (consumer === null) for (const n of [...(cn !== null ? [cn] : []), ...sans]) {
+        if (consumer === null) for (const n of [...(cn !== null ? [cn] : []), ...certNames]) {
           consumer = names.get(n) ?? null;
           if (consumer) break;
+        }
+        if (consumer === null && uriNames.size > 0) {
+          for (const u of uris) {
+            consumer = uriNames.get(u) ?? null;
+            if (consumer) break;
+          }
         }
         if (consumer === null) {
           for (const n of folded) {

@@ -170,6 +170,37 @@ test('a DNS name in a certificate matches a subject_name without regard to case 
 });
 
 
+test('subject_name matches by kind: a plain name the CN, a DNS name or an email address (as Kong\'s mtls-auth), never a URI SAN spelled like it; a name written as a URI (spiffe://, urn:) a URI SAN only, never a CN spelled like it', async () => {
+  const uriLikeCn = ca.issue('stray-1', { client: true, sans: ['URI:app-1'] });
+  const spiffe = ca.issue('workload', { client: true, sans: ['URI:spiffe://example.org/ns/default/sa/app'] });
+  // (openssl's -subj reads '/' as the next RDN: escaped)
+  const cnLikeUri = ca.issue('spiffe://example.org/ns/default/sa/app'.replace(/\//g, '\\/'), { client: true, file: 'cn-like-uri' });
+  const t = await startGateway(`
+listen_tls: 127.0.0.1:0
+tls:
+  certificates: [{hosts: [api.test], cert: ${ca.issue('api.test', { file: 'kind-server' }).certFile}, key: ${ca.dir}/kind-server.key}]
+  client_ca: ${ca.certFile}
+consumers:
+  - {name: app, credentials: [{type: mtls-auth, subject_name: app-1}]}
+  - {name: workload, credentials: [{type: mtls-auth, subject_name: "spiffe://example.org/ns/default/sa/app"}]}
+services: [{name: s, url: "${up.url}", routes: [{paths: [/secure], plugins: [{name: mtls-auth}]}]}]
+`);
+  const as = (who: Pem) => new Promise<{ status: number; consumer: unknown }>((resolve, reject) => {
+    httpsRequest({ host: '127.0.0.1', port: t.gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: who.cert, key: who.key, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode!, consumer: res.statusCode === 200 ? up.requests.at(-1)!.headers['x-consumer-name'] : undefined }));
+    }).on('error', reject).end();
+  });
+  try {
+    assert.deepEqual(await as(app), { status: 200, consumer: 'app' }, 'the CN');
+    assert.deepEqual(await as(uriLikeCn), { status: 401, consumer: undefined }, 'a URI SAN is no CN, DNS name or email address');
+    assert.deepEqual(await as(spiffe), { status: 200, consumer: 'workload' }, 'a SPIFFE id in a URI SAN');
+    assert.deepEqual(await as(cnLikeUri), { status: 401, consumer: undefined }, 'a CN is no URI');
+  } finally {
+    await t.close();
+  }
+});
+
 /** A TLS listener for api.test whose clients are checked against ca and the CRL in crlFile; app-1's certificate is consumer app. */
 const crlConfig = (server: Pem, crlFile: string) => `
 listen_tls: 127.0.0.1:0

@@ -10,10 +10,10 @@ export const MtlsAuthConfig = Type.Object({
 }, { additionalProperties: false });
 export type MtlsAuthConfig = Static<typeof MtlsAuthConfig>;
 
-/** consumers[].credentials[] entry of type mtls-auth: the certificate subject CN or a SAN (DNS name, email, URI) of this consumer, or the certificate itself (its SHA-256 fingerprint). */
+/** consumers[].credentials[] entry of type mtls-auth: the certificate subject CN or a SAN (DNS name, email; a URI for a name written as one) of this consumer, or the certificate itself (its SHA-256 fingerprint). */
 export const MtlsAuthCredential = Type.Object({
   type: Type.Literal('mtls-auth'),
-  subject_name: Type.Optional(Type.String({ minLength: 1, description: 'Subject CN, or a subjectAltName value (DNS name, email address or URI). One of subject_name and fingerprint_sha256.' })),
+  subject_name: Type.Optional(Type.String({ minLength: 1, description: 'Subject CN, or a DNS name or email address subjectAltName; written as a URI (spiffe://..., urn:...), a URI subjectAltName only (and no CN spelled like it). One of subject_name and fingerprint_sha256.' })),
   fingerprint_sha256: Type.Optional(Type.String({
     pattern: '^(?:[0-9A-Fa-f]{2}:?){31}[0-9A-Fa-f]{2}$',
     description: 'The certificate pinned: SHA-256 of its DER, hex, with or without colons, any case (openssl x509 -fingerprint -sha256). Matched before any subject_name.',
