@@ -784,9 +784,14 @@ access_log: {destination: file, path: ${log}}
 http2: {h2c: true}
 services:
   - {name: cut, url: '${up.url}', protocol: grpc, retries: 0, routes: [{paths: [/test.Echo]}]}
+  - {name: cut-h2c, url: '${up.url}', protocol: h2c, retries: 0, routes: [{paths: [/test.Echo], hosts: [h2c.test]}]}
 `);
   const client = echoClient(`127.0.0.1:${g.port}`);
   try {
+    // A gRPC call (by its content type) through a service declared h2c: the same CANCEL, not INTERNAL.
+    code = H2_CANCEL;
+    const viaH2c = await rawCall(g.url, '/test.Echo/Count', { ':authority': 'h2c.test' });
+    assert.equal(viaH2c.rstCode, H2_CANCEL, 'h2c service');
     for (const [rst, status] of [[H2_CANCEL, grpc.status.CANCELLED], [H2_ENHANCE_YOUR_CALM, grpc.status.RESOURCE_EXHAUSTED], [H2_PROTOCOL_ERROR, grpc.status.INTERNAL], [H2_INTERNAL_ERROR, grpc.status.INTERNAL]] as const) {
       code = rst;
       const r = await collect(client.Count({ n: 5 }));
@@ -797,8 +802,8 @@ services:
     }
     // Each a response cut in the access log, whatever code its reset said.
     let lines: { error: string | null }[] = [];
-    await eventually(() => (lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { error: string | null })).length >= 8, 3000).catch(() => {});
-    assert.deepEqual(lines.map((l) => l.error), Array(8).fill('response-cut'));
+    await eventually(() => (lines = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { error: string | null })).length >= 9, 3000).catch(() => {});
+    assert.deepEqual(lines.map((l) => l.error), Array(9).fill('response-cut'));
   } finally {
     client.close();
     await g.close();

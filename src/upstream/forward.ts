@@ -1584,7 +1584,9 @@ export class ForwardHandler {
     this.outcome = false;
     this.release();
     // (HTTP/2: the upstream's RST_STREAM code when it means something to the client, else INTERNAL_ERROR)
-    const rst = isHttp2(f.res) ? clientRstCode(upstreamRstCode(code, err), f.service.grpc && f.grpcWeb === null) : undefined;
+    // (a gRPC call by its content type too: to a service declared h2c, grpc-js reads CANCEL as CANCELLED)
+    const grpcCall = f.grpcWeb === null && (f.service.grpc || GRPC_CONTENT_TYPE.test(String(f.req.headers['content-type'] ?? '')));
+    const rst = isHttp2(f.res) ? clientRstCode(upstreamRstCode(code, err), grpcCall) : undefined;
     if (f.exchange !== null && f.exchange.grpcStatus === null) this.derivedGrpcStatus(grpcStatusOfRst(rst));
     resetResponse(f.res, err, rst);
   }
