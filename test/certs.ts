@@ -18,8 +18,8 @@ export interface TestCa extends Pem {
   dir: string;
   /** A leaf certificate signed by this CA (server: SANs for the names; client: clientAuth, and `sans` as written, e.g. DNS:a.example). */
   issue(name: string, opts?: { dns?: string[]; client?: boolean; sans?: string[]; file?: string; days?: number; expired?: boolean; notAfter?: Date }): Pem;
-  /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path); due in 2 days unless `nextUpdate` says when (then issued an hour before it, or before now). */
-  crl(revoked: Pem[], file?: string, opts?: { nextUpdate?: Date }): string;
+  /** A PEM CRL signed by this CA listing the given certificates as revoked (written to `file` in the CA's dir; its path); due in 2 days unless `nextUpdate` says when (then issued at `thisUpdate`, else an hour before it, or before now). */
+  crl(revoked: Pem[], file?: string, opts?: { nextUpdate?: Date; thisUpdate?: Date }): string;
   /** An intermediate CA signed by this one (a TestCa of its own: its own temp dir, to clean up too). */
   intermediate(cn: string): TestCa;
   cleanup(): void;
@@ -78,7 +78,7 @@ export function makeCa(cn = 'Turnpike Test CA', parent?: TestCa): TestCa {
       for (const r of revoked) openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-revoke', r.certFile], dir);
       const stamp = (d: Date) => d.toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
       const due = opts.nextUpdate;
-      const dates = due ? ['-crl_lastupdate', stamp(new Date(Math.min(Date.now(), due.getTime()) - 3600_000)), '-crl_nextupdate', stamp(due)] : [];
+      const dates = due ? ['-crl_lastupdate', stamp(opts.thisUpdate ?? new Date(Math.min(Date.now(), due.getTime()) - 3600_000)), '-crl_nextupdate', stamp(due)] : [];
       openssl(['ca', '-config', cnf, '-cert', 'ca.pem', '-keyfile', 'ca.key', '-gencrl', ...dates, '-out', file], dir);
       return join(dir, file);
     },

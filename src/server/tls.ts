@@ -171,11 +171,12 @@ function signedParts(pem: string): { tbs: Buffer; hash: string | null; signature
 }
 
 /**
- * When each CRL of a PEM file is due to be replaced (its nextUpdate, RFC 5280 §5.1.2.5), in file
- * order; null for one without a nextUpdate or that does not parse here. Past it, OpenSSL refuses
- * every certificate the CRL's issuer signed (CRL_HAS_EXPIRED): nothing else says so.
+ * When each CRL of a PEM file was issued and is due to be replaced (its thisUpdate and nextUpdate,
+ * RFC 5280 §5.1.2.4-5), in file order; null for one that does not parse here (nextUpdate null:
+ * none). Before the one or past the other, OpenSSL refuses every certificate the CRL's issuer
+ * signed (CRL_NOT_YET_VALID, CRL_HAS_EXPIRED): nothing else says so.
  */
-export function crlNextUpdates(pem: Buffer): (Date | null)[] {
+export function crlDates(pem: Buffer): ({ thisUpdate: Date | null; nextUpdate: Date | null } | null)[] {
   const blocks = pem.toString('latin1').match(/-----BEGIN X509 CRL-----[^]*?-----END X509 CRL-----/g) ?? [];
   return blocks.map((block) => {
     try {
@@ -184,10 +185,12 @@ export function crlNextUpdates(pem: Buffer): (Date | null)[] {
       let e = derElement(der, tbs.start);
       if (e.tag === 0x02) e = derElement(der, e.end); // version
       const issuer = derElement(der, e.end); // (e: the signature algorithm)
-      const thisUpdate = derElement(der, issuer.end);
-      if (thisUpdate.end >= tbs.end) return null;
-      const next = derElement(der, thisUpdate.end);
-      return next.tag === 0x17 || next.tag === 0x18 ? derTime(der.subarray(next.start, next.end).toString('latin1'), next.tag === 0x17) : null;
+      const at = derElement(der, issuer.end);
+      if (at.tag !== 0x17 && at.tag !== 0x18) return null;
+      const thisUpdate = derTime(der.subarray(at.start, at.end).toString('latin1'), at.tag === 0x17);
+      const next = at.end < tbs.end ? derElement(der, at.end) : null;
+      const nextUpdate = next !== null && (next.tag === 0x17 || next.tag === 0x18) ? derTime(der.subarray(next.start, next.end).toString('latin1'), next.tag === 0x17) : null;
+      return { thisUpdate, nextUpdate };
     } catch {
       return null;
     }
@@ -313,9 +316,9 @@ export class CertSet {
     return this.crl;
   }
 
-  /** When each CRL of the client CRL file is due (its nextUpdate; null: none), in file order. */
-  crlDue(): (Date | null)[] {
-    return this.crl ? crlNextUpdates(this.crl) : [];
+  /** When each CRL of the client CRL file was issued and is due (null: not read here), in file order. */
+  crlDates(): ReturnType<typeof crlDates> {
+    return this.crl ? crlDates(this.crl) : [];
   }
 
   /** Digest of what client certificates are verified against (client CA and CRL): another one makes earlier verdicts stale. */
@@ -570,12 +573,16 @@ export class CertStore {
     if (this.crlTimer !== null) clearTimeout(this.crlTimer);
     this.crlTimer = null;
     const file = this.set.options.clientCrlFile ?? null;
-    const due = this.set.crlDue();
+    const dates = this.set.crlDates();
     let wake = Infinity;
-    due.forEach((d, i) => {
+    dates.forEach((x, i) => {
+      const which = dates.length > 1 ? { crl: `${i + 1} of ${dates.length}` } : {};
+      if (x?.thisUpdate != null && x.thisUpdate.getTime() > now) {
+        this.log.warn({ setting: 'tls.client_crl', file, ...which, this_update: x.thisUpdate.toISOString() }, 'client CRL is not valid yet (its thisUpdate is ahead of this clock): until then every client certificate of its issuer is refused (CRL_NOT_YET_VALID)');
+      }
+      const d = x?.nextUpdate ?? null;
       if (d === null) return;
       const at = d.getTime();
-      const which = due.length > 1 ? { crl: `${i + 1} of ${due.length}` } : {};
       if (at <= now) {
         this.log.warn({ setting: 'tls.client_crl', file, ...which, next_update: d.toISOString() }, 'client CRL has expired (past its nextUpdate): every client certificate of its issuer is refused (CRL_HAS_EXPIRED) until a current CRL is in place');
         return;

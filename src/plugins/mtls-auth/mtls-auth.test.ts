@@ -270,7 +270,7 @@ test('tls.client_crl: a revoked client certificate is refused (401 saying so) wh
   assert.deepEqual(configIssues(text.replace(/  client_ca: .*\n/, '').replace(/plugins: \[\{name: mtls-auth\}\]/, '')).map((i) => [i.path, i.message]), [['tls.client_crl', 'client_crl needs tls.client_ca (the CA whose revoked client certificates it lists)']]);
 });
 
-test('tls.client_crl past its nextUpdate: every client certificate of its CA is refused (CRL_HAS_EXPIRED), and the start and each reload warn, naming the file and the nextUpdate; one due within a day is warned of ahead, a current one not at all', async () => {
+test('tls.client_crl past its nextUpdate: every client certificate of its CA is refused (CRL_HAS_EXPIRED), and the start and each reload warn, naming the file and the nextUpdate; one due within a day is warned of ahead, one issued in the future (CRL_NOT_YET_VALID) warned of, a current one not at all', async () => {
   const { Gateway } = await import('../../server/gateway.js');
   const { createLogger } = await import('../../core/log.js');
   const { copyFileSync } = await import('node:fs');
@@ -285,7 +285,7 @@ test('tls.client_crl past its nextUpdate: every client certificate of its CA is 
   const warned = () => lines.filter((l) => l.level === 40 && /client CRL/.test(l.msg)).map((l) => [l.file, l.next_update, /expired/.test(l.msg) ? 'expired' : 'soon']);
   try {
     assert.deepEqual(warned(), [[crlFile, due.toISOString(), 'expired']]);
-    const r = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const call = () => new Promise<{ status: number; body: string }>((resolve, reject) => {
       httpsRequest({ host: '127.0.0.1', port: gw.tlsAddress!.port, path: '/secure', servername: 'api.test', ca: ca.cert, cert: app.cert, key: app.key, agent: false }, (res) => {
         let body = '';
         res.setEncoding('utf8');
@@ -293,6 +293,7 @@ test('tls.client_crl past its nextUpdate: every client certificate of its CA is 
         res.on('end', () => resolve({ status: res.statusCode!, body }));
       }).on('error', reject).end();
     });
+    const r = await call();
     assert.equal(r.status, 401, r.body);
     assert.match(JSON.parse(r.body).detail, /CRL_HAS_EXPIRED/);
     lines.length = 0;
@@ -303,7 +304,16 @@ test('tls.client_crl past its nextUpdate: every client certificate of its CA is 
     lines.length = 0;
     await gw.reloadAsync(parseConfigText(text, { env: {} }));
     assert.deepEqual(warned(), [[crlFile, soon.toISOString(), 'soon']]);
-    copyFileSync(ca.crl([], 'stale-3.pem'), crlFile);
+    // Issued in the future (a clock ahead where it was made): refused too (CRL_NOT_YET_VALID) until then.
+    const issued = new Date(Math.floor(Date.now() / 1000) * 1000 + 2 * 3600_000);
+    copyFileSync(ca.crl([], 'stale-3.pem', { thisUpdate: issued, nextUpdate: new Date(issued.getTime() + 3 * 86400_000) }), crlFile);
+    lines.length = 0;
+    await gw.reloadAsync(parseConfigText(text, { env: {} }));
+    assert.deepEqual(lines.filter((l) => l.level === 40 && /client CRL/.test(l.msg)).map((l) => [l.file, (l as { this_update?: string }).this_update, /not valid yet/.test(l.msg)]), [[crlFile, issued.toISOString(), true]]);
+    const early = await call();
+    assert.equal(early.status, 401, early.body);
+    assert.match(JSON.parse(early.body).detail, /CRL_NOT_YET_VALID/);
+    copyFileSync(ca.crl([], 'stale-4.pem'), crlFile);
     lines.length = 0;
     await gw.reloadAsync(parseConfigText(text, { env: {} }));
     assert.deepEqual(warned(), []);
