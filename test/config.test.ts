@@ -453,6 +453,22 @@ test('turnpike validate: exit 0 for a valid file, 1 with path and line for error
   assert.match(missing.stderr, /cannot read/);
 });
 
+test('turnpike validate warns of a tls.client_crl past its nextUpdate (valid config that refuses every client certificate), with its path and line; exit 0', () => {
+  const ca = makeCa('Validate CA');
+  try {
+    const server = ca.issue('api.test');
+    const crl = ca.crl([], 'stale.pem', { nextUpdate: new Date(Math.floor(Date.now() / 1000) * 1000 - 3600_000) });
+    const cfg = join(ca.dir, 'c.yaml');
+    writeFileSync(cfg, `listen_tls: 127.0.0.1:0\ntls:\n  certificates: [{hosts: [api.test], cert: ${server.certFile}, key: ${server.keyFile}}]\n  client_ca: ${ca.certFile}\n  client_crl: ${crl}\nservices: []\n`);
+    const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', cfg], { encoding: 'utf8', timeout: 20_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /valid/);
+    assert.match(r.stderr, /warning: tls\.client_crl \(line 5\): .*stale\.pem has expired \(nextUpdate [0-9T:.-]+Z\): every client certificate of its issuer is refused \(CRL_HAS_EXPIRED\)/);
+  } finally {
+    ca.cleanup();
+  }
+});
+
 test('a file the config names that is no regular file (a FIFO, /dev/zero, a directory) or is too large is a config error with its line, not a hung or exhausted process', () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-inputs-'));
   const fifo = join(dir, 'ca.fifo');

@@ -313,8 +313,8 @@ test('HTTP/2 shutdown notice: a stream that crosses the notice (node:http2 has n
   let delayed: Promise<void> | null = null;
   try {
     await new Promise((r) => sock.once('connect', r));
-    sock.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(4, 0, 0), get(1, '/slow/400')]));
-    await eventually(() => up.requests.some((r) => r.url === '/slow/400'), 3000, 5);
+    sock.write(Buffer.concat([Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), frame(4, 0, 0), get(1, '/slow/200')]));
+    await eventually(() => up.requests.some((r) => r.url === '/slow/200'), 3000, 5);
     const t0 = Date.now();
     delayed = t.gw.shutdownDelay();
     await eventually(() => goaways().length > 0, 1000, 5);

@@ -15,6 +15,7 @@ import { startPrimary, runWorker } from '../server/cluster.js';
 import { compile, validationCounters } from '../config/compile.js';
 import { ConfigError } from '../config/errors.js';
 import { PoolRegistry } from '../upstream/pools.js';
+import { crlWarnings } from '../server/tls.js';
 import { Gateway } from '../server/gateway.js';
 import { createLogger, logLevelFrom, type LogLevel } from '../core/log.js';
 import { VERSION } from '../version.js';
@@ -31,7 +32,14 @@ export async function runCommand(command: 'start' | 'validate', file: string, fi
       const loaded = loadConfigFile(file);
       // (judged as start would: a `redis` setting gets its store, never connected)
       stores = validationCounters(loaded);
-      compile(loaded, { pools, storeOpened: true, counters: stores.counters }).dispose();
+      const snap = compile(loaded, { pools, storeOpened: true, counters: stores.counters });
+      // A client CRL out of date is valid config that refuses every client certificate: said, exit 0.
+      const stale = snap.tls !== null ? crlWarnings(snap.tls.certs) : [];
+      snap.dispose();
+      for (const w of stale) {
+        const issue = loaded.error([{ path: ['tls', 'client_crl'], message: w }]).issues[0]!;
+        process.stderr.write(`${file}: warning: ${issue.path}${issue.line !== undefined ? ` (line ${issue.line})` : ''}: ${issue.message}\n`);
+      }
       process.stdout.write(`${file}: valid\n`);
       return 0;
     } catch (err) {

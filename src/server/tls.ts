@@ -486,6 +486,21 @@ function buildContext(spec: CertSpec, o: TlsOptions, ca: Buffer | undefined, crl
 /** How long before a client CRL's nextUpdate its coming expiry is warned of. */
 const CRL_WARN_AHEAD_MS = 24 * 3600_000;
 
+/** What `turnpike validate` says of a client CRL not in force now, or due within a day (one line each; none: fine). */
+export function crlWarnings(set: CertSet, now = Date.now()): string[] {
+  const dates = set.crlDates();
+  const out: string[] = [];
+  dates.forEach((x, i) => {
+    const which = dates.length > 1 ? ` (CRL ${i + 1} of ${dates.length})` : '';
+    if (x?.thisUpdate != null && x.thisUpdate.getTime() > now) out.push(`${set.options.clientCrlFile}${which} is not valid until its thisUpdate ${x.thisUpdate.toISOString()}: until then every client certificate of its issuer is refused (CRL_NOT_YET_VALID)`);
+    const d = x?.nextUpdate ?? null;
+    if (d === null) return;
+    if (d.getTime() <= now) out.push(`${set.options.clientCrlFile}${which} has expired (nextUpdate ${d.toISOString()}): every client certificate of its issuer is refused (CRL_HAS_EXPIRED) until a current CRL is in place`);
+    else if (d.getTime() - now <= CRL_WARN_AHEAD_MS) out.push(`${set.options.clientCrlFile}${which} expires within a day (nextUpdate ${d.toISOString()})`);
+  });
+  return out;
+}
+
 /**
  * The live certificates of a TLS listener: swapped whole on a config reload, and per
  * certificate when its files change (polled every `intervalMs`).
