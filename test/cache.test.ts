@@ -56,6 +56,7 @@ admin: {listen: 127.0.0.1:0}
 consumers:
   - {name: alice, credentials: [{type: key-auth, key: alice-key-123}]}
   - {name: bob, credentials: [{type: key-auth, key: bob-key-1234}]}
+  - {name: guest}
 services:
   - name: api
     url: ${up.url}
@@ -86,6 +87,9 @@ services:
       - name: authorized
         paths: [/ca]
         plugins: [{name: cache, config: {cache_authorized: true}}]
+      - name: keyed-anonymous
+        paths: [/ka]
+        plugins: [{name: key-auth, config: {header: x-gw-key, anonymous: guest}}]
       - name: compressed
         paths: [/z]
         plugins: [{name: compression, config: {min_size: 10b}}]
@@ -867,6 +871,43 @@ test('cache_authorized without an auth plugin keeps answers per Authorization va
   assert.equal(bob.body, 'secret of Bearer bob');
   const none = await get('/ca/me');
   assert.equal(none.body, 'secret of nobody');
+});
+
+test('an API key the upstream gets that no auth plugin vouched for (its own X-API-Key; key-auth\'s header or parameter refused, the caller let on as the anonymous consumer) never has one caller\'s answer shared: unless public, s-maxage or Vary names it; cache_authorized keys on it', async () => {
+  const mine = (_n: number, req: IncomingMessage) => ({ body: `data of ${req.headers['x-api-key'] ?? req.headers['x-gw-key'] ?? req.url!.split('?')[1] ?? 'nobody'}` });
+  up.on('/c/xkey', mine);
+  const a = await get('/c/xkey', { 'x-api-key': 'key-a' });
+  const b = await get('/c/xkey', { 'x-api-key': 'key-b' });
+  const none = await get('/c/xkey');
+  assert.deepEqual([a.body, b.body, none.body], ['data of key-a', 'data of key-b', 'data of nobody']);
+  assert.equal(up.calls('/c/xkey'), 3);
+  // key-auth's own header (x-gw-key here), a key it refused, the caller let on anonymously
+  up.on('/ka/me', mine);
+  const ka = await get('/ka/me', { 'x-gw-key': 'upstream-only-key-1' });
+  const kb = await get('/ka/me', { 'x-gw-key': 'upstream-only-key-2' });
+  const kn = await get('/ka/me');
+  assert.deepEqual([ka.body, kb.body, kn.body], ['data of upstream-only-key-1', 'data of upstream-only-key-2', 'data of nobody']);
+  // ... and its query parameter (left out of the key: the consumer was to be in it)
+  up.on('/ka/q', mine);
+  const qa = await get('/ka/q?apikey=upstream-only-key-1');
+  const qb = await get('/ka/q?apikey=upstream-only-key-2');
+  assert.deepEqual([qa.body, qb.body], ['data of apikey=upstream-only-key-1', 'data of apikey=upstream-only-key-2']);
+  // what the upstream says may be shared is
+  up.on('/c/xkey-public', (n) => ({ headers: { 'cache-control': 'public' }, body: `public ${n}` }));
+  await get('/c/xkey-public', { 'x-api-key': 'key-a' });
+  assert.equal((await get('/c/xkey-public', { 'x-api-key': 'key-b' })).body, 'public 1');
+  // Vary: X-API-Key keeps them apart
+  up.on('/c/xkey-vary', (n, req) => ({ headers: { vary: 'X-API-Key' }, body: `${n} ${req.headers['x-api-key']}` }));
+  await get('/c/xkey-vary', { 'x-api-key': 'key-a' });
+  const va = await get('/c/xkey-vary', { 'x-api-key': 'key-a' });
+  const vb = await get('/c/xkey-vary', { 'x-api-key': 'key-b' });
+  assert.deepEqual([status(va), va.body, status(vb), vb.body], ['HIT', '1 key-a', 'MISS', '2 key-b']);
+  // cache_authorized: kept per key
+  up.on('/ca/xkey', mine);
+  await get('/ca/xkey', { 'x-api-key': 'key-a' });
+  const ca = await get('/ca/xkey', { 'x-api-key': 'key-a' });
+  const cb = await get('/ca/xkey', { 'x-api-key': 'key-b' });
+  assert.deepEqual([status(ca), ca.body, cb.body], ['HIT', 'data of key-a', 'data of key-b']);
 });
 
 test('never stored: a GET with a body (fat GET), a cookie request whose answer has no explicit freshness, a repeated Vary field; If-Match goes to the origin', async () => {

@@ -13,6 +13,7 @@ export class PluginCtx implements RequestCtx {
   identity: string | null = null;
   credential: string | null = null;
   credentialParam: string | null = null;
+  credentialHeader: string | null = null;
   scopes: readonly string[] | null = null;
   claims: Readonly<Record<string, unknown>> | null = null;
   anonymous = false;

@@ -99,6 +99,11 @@ export interface RequestCtx {
    * query, hide_credentials): caches leave it out of their keys, so no key is stored with one.
    */
   credentialParam: string | null;
+  /**
+   * The request field an auth plugin found a credential in (key-auth's header), whether it took
+   * it or not: a cache must not share what an upstream answered to it unless the caller is in its key.
+   */
+  credentialHeader: string | null;
   /** Scopes granted to the caller (JWT scope / scp, introspection scope). */
   scopes: readonly string[] | null;
   claims: Readonly<Record<string, unknown>> | null;

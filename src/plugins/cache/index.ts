@@ -67,6 +67,11 @@ interface State {
   /** The response may be stored (a GET without request no-store). */
   store: boolean;
   authorization: boolean;
+  /**
+   * Credentials the upstream gets that no auth plugin vouched for (no auth plugin, or the
+   * anonymous consumer): names of fields (a query parameter as '?NAME'), or null.
+   */
+  credential: string[] | null;
   /** The request carried cookies the key does not include (see P.refusal). */
   cookie: boolean;
   /** The client asked for revalidation (no-cache, max-age): a stale entry must not stand in for an error. */
@@ -246,6 +251,12 @@ const ORIGIN_FIELDS = new Set([
   'x-forwarded-scheme', 'x-forwarded-ssl', 'front-end-https', 'x-url-scheme', 'x-forwarded-server',
 ]);
 
+/**
+ * Request fields upstreams commonly authenticate callers by, besides Authorization (whose rules
+ * are RFC 9111 §3.5's): what an upstream answers to one of them may be that caller's alone.
+ */
+const CREDENTIAL_FIELDS = new Set(['x-api-key', 'api-key', 'apikey', 'x-auth-token', 'x-access-token']);
+
 /** Fields that make frameworks run another method than the request's (a GET answered as a DELETE would be stored as the GET's). */
 const METHOD_OVERRIDES = ['x-http-method-override', 'x-http-method', 'x-method-override'];
 
@@ -326,6 +337,8 @@ export default definePlugin({
     const labelled = (l: Label): string[] => (label ? [label, l] : []);
     const keyedByCookie = parts.some((p) => p.kind === 'cookie');
     const keyCookies = new Set(parts.flatMap((p) => (p.kind === 'cookie' ? [p.name] : [])));
+    // (a credential field named as a key part, header:x-api-key, keeps its callers apart)
+    const headerKeyed = new Set(parts.flatMap((p) => (p.kind === 'header' ? [p.name] : [])));
     // (a key field given twice, or a key cookie named twice: what the key reads may not be what the upstream answers to)
     const keyRepeated = (ctx: RequestCtx) => parts.some((p) => p.kind === 'header' && repeated(ctx, p.name))
       || (keyedByCookie && parts.some((p) => p.kind === 'cookie' && cookieRepeated(ctx.header('cookie'), p.name)));
@@ -385,6 +398,25 @@ export default definePlugin({
       if (o.cacheAuthorized && authorization !== undefined && (who === null || !perConsumer)) {
         sub += `\nauth=${authorization}`;
       }
+      // An API key or token the upstream gets (X-API-Key, key-auth's header or parameter left on
+      // with hide_credentials: false) that no auth plugin vouched for: the upstream may answer
+      // that caller alone, and nothing in the key tells callers apart (P.refusal; with
+      // cache_authorized the values are in the key).
+      let credential: string[] | null = null;
+      if (who === null || ctx.anonymous) {
+        for (let i = 0; i < up.length; i += 2) {
+          const n = up[i]!.toLowerCase();
+          if ((CREDENTIAL_FIELDS.has(n) || n === ctx.credentialHeader) && !headerKeyed.has(n)) {
+            (credential ??= []).push(n);
+            if (o.cacheAuthorized) sub += `\ncred=${n}=${up[i + 1]!}`;
+          }
+        }
+        const param = ctx.credentialParam;
+        if (param !== null && withoutQueryParam(ctx.upstreamQuery, param) !== ctx.upstreamQuery) {
+          (credential ??= []).push(`?${param}`);
+          if (o.cacheAuthorized) sub += `\ncred=?${ctx.upstreamQuery}`;
+        }
+      }
       for (const p of parts) {
         const v = p.kind === 'consumer' ? who : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
         sub += `\n${v === null || v === undefined ? '\u0000' : `=${v}`}`;
@@ -399,6 +431,7 @@ export default definePlugin({
         kind, bucket, sub, q, up, fk: `${zone}\n${bucket.host}\n${bucket.path}\n${sub}`, rd,
         store: ctx.method === 'GET' && !(rd?.noStore ?? false),
         authorization: authorization !== undefined,
+        credential,
         // (a key of cookie:lang covers lang, not the session cookie beside it)
         cookie: cookieHeader !== undefined && (!keyedByCookie || unkeyedCookie(cookieHeader, keyCookies)),
         // (unless it says it takes a stale answer on an error all the same: stale-if-error)
@@ -653,7 +686,7 @@ export default definePlugin({
         // Held only when it would be stored: held, a stream (server-sent events, whose no-cache
         // is stored for nothing, or any answer never worth storing) reached the client at its
         // end or at max_body. An event stream is never stored.
-        if (st.store && P.refusal(status, headers, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null
+        if (st.store && P.refusal(status, headers, { authorization: st.authorization, credential: st.credential, noStore: false, cookie: st.cookie }, o) === null
           && P.worthStoring(P.freshness(headers, st.requestTime, clock(), o, Date.now())) && !P.isEventStream(headers)) return whole;
         // Not storable: it streams, and whoever waits for it goes upstream now.
         settle(st, null, st.store);
@@ -690,7 +723,7 @@ export default definePlugin({
           const merged = P.updateHeaders(old.headers, up, notStored);
           const f = P.freshness(merged, st.requestTime, now, o, wall);
           const e: Entry = { ...old, t: now, headers: storedFields(merged), f, until: P.keepUntil(f, o.keepMs) };
-          if (P.refusal(old.status, merged, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null) {
+          if (P.refusal(old.status, merged, { authorization: st.authorization, credential: st.credential, noStore: false, cookie: st.cookie }, o) === null) {
             put(st, e, now);
             settle(st, { entry: e });
           } else {
@@ -702,7 +735,7 @@ export default definePlugin({
           substitute(ctx, r, e, 'REVALIDATED', now);
           return;
         }
-        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, noStore: false, cookie: st.cookie }, o) === null && !P.isEventStream(up)) {
+        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, credential: st.credential, noStore: false, cookie: st.cookie }, o) === null && !P.isEventStream(up)) {
           const e = makeEntry(ctx, st, r.status, up, r.body, now, wall);
           if (e !== null) {
             put(st, e, now);

@@ -250,7 +250,7 @@ export interface PolicyOptions {
  * Why a response to a GET cannot be stored (§3, §3.5), or null when it can. `authorization`:
  * the request carried Authorization.
  */
-export function refusal(status: number, headers: readonly string[], req: { authorization: boolean; noStore: boolean; cookie?: boolean }, o: PolicyOptions): string | null {
+export function refusal(status: number, headers: readonly string[], req: { authorization: boolean; noStore: boolean; cookie?: boolean; credential?: readonly string[] | null }, o: PolicyOptions): string | null {
   if (!o.statuses.has(status) || status === 206 || status === 304 || status < 200) return `status ${status}`;
   if (req.noStore) return 'request no-store';
   const cc = parseCacheControl(fieldValue(headers, 'cache-control'));
@@ -264,6 +264,13 @@ export function refusal(status: number, headers: readonly string[], req: { autho
   // would be left out of what every client then gets, as no-cache="" is taken whole)
   if (o.shared && cc.has('private') && listedFields(cc.get('private')).length === 0) return 'private';
   if (o.shared && req.authorization && !o.cacheAuthorized && !(cc.has('must-revalidate') || cc.has('public') || cc.has('s-maxage'))) return 'authorization';
+  // Another credential the upstream got (X-API-Key, an API key parameter) that no auth plugin
+  // vouched for, so no consumer is in the key: what is true of Authorization (§3.5) is true of
+  // it, unless the response varies on it (Vary: X-API-Key).
+  if (o.shared && req.credential != null && !o.cacheAuthorized && !(cc.has('must-revalidate') || cc.has('public') || cc.has('s-maxage'))) {
+    const vary = varyNames(headers);
+    if (!Array.isArray(vary) || !req.credential.every((n) => vary.includes(n))) return 'credential';
+  }
   // A request with cookies whose answer says nothing about caching may be personal (web cache
   // deception: /account/x.css): only an explicit lifetime or `public` lets it be shared (Varnish's
   // default passes such requests altogether).

@@ -79,6 +79,8 @@ export default definePlugin({
         return { ok: false, missing: false, challenge: CHALLENGE, detail: `an API key (query parameter ${query}) after a ';', a separator to some servers: send it after '&'` };
       }
       let key = header !== null ? ctx.header(header) : undefined;
+      // (a cache learns the field carried a key: it reaches the upstream unless hide_credentials)
+      if (key !== undefined && key !== '') ctx.credentialHeader = header;
       // A key in the header and another in the query: one would be checked and the upstream
       // could read the other (maybe another consumer's). Parsed only when the query could hold it.
       if (key !== undefined && key !== '' && query !== null && ctx.query.length > 1 && (ctx.query.includes(query) || ctx.query.includes('%'))) {
