@@ -105,6 +105,13 @@ test('freshness lifetime: s-maxage (shared) > max-age > Expires - Date > heurist
   assert.equal(life(['cache-control', 'max-age=999999999999999999999']), 2 ** 31 * 1000);
   assert.equal(life(['cache-control', 'max-age=600'], opts({ maxTtlMs: 60_000 })), 60_000);
   assert.equal(life([], opts({ maxTtlMs: 10_000 })), 10_000);
+  // heuristic with Last-Modified (§4.2.2): at most 10% of Date - Last-Modified, never past ttl
+  assert.equal(life(['last-modified', date(T0 - 60_000), 'date', date(T0)]), 6000);
+  assert.equal(life(['last-modified', date(T0 - 60_000)]), 6000);
+  assert.equal(life(['last-modified', date(T0 - 3_600_000), 'date', date(T0)]), 30_000);
+  assert.equal(life(['last-modified', date(T0 + 60_000), 'date', date(T0)]), 0);
+  assert.equal(life(['last-modified', 'garbage']), 30_000);
+  assert.equal(life(['last-modified', date(T0 - 60_000), 'cache-control', 'max-age=60']), 60_000);
 });
 
 test('Age (§4.2.3): corrected initial age from Age, Date and the response delay; negative and garbage Age ignored', () => {

@@ -308,8 +308,8 @@ export interface Freshness {
 }
 
 /**
- * Freshness lifetime (§4.2.1): s-maxage (shared) > max-age > Expires - Date > heuristic; capped
- * at maxTtl. Invalid values make the response stale (0).
+ * Freshness lifetime (§4.2.1): s-maxage (shared) > max-age > Expires - Date > heuristic (ttl,
+ * at most 10% of Date - Last-Modified when there is one); capped at maxTtl. Invalid values make the response stale (0).
  */
 export function freshnessLifetime(headers: readonly string[], cc: Directives, responseTime: number, o: PolicyOptions): number {
   let seconds: number | null = null;
@@ -324,7 +324,16 @@ export function freshnessLifetime(headers: readonly string[], cc: Directives, re
       // An invalid Expires (e.g. "0") is in the past (§5.3).
       const date = parseHttpDate(firstValue(headers, 'date'), responseTime) ?? responseTime;
       ms = e === null ? 0 : Math.max(0, e - date);
-    } else ms = o.heuristicMs;
+    } else {
+      ms = o.heuristicMs;
+      // Heuristic freshness of a response with Last-Modified (§4.2.2): at most a tenth of the
+      // time since it last changed (a page changed a minute ago is fresh 6 s, not ttl).
+      const lm = parseHttpDate(firstValue(headers, 'last-modified'), responseTime);
+      if (lm !== null) {
+        const date = parseHttpDate(firstValue(headers, 'date'), responseTime) ?? responseTime;
+        ms = Math.min(ms, Math.max(0, date - lm) / 10);
+      }
+    }
   }
   return Math.max(0, Math.min(ms, o.maxTtlMs));
 }

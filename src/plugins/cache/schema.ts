@@ -3,7 +3,7 @@ import { Duration, Size } from '../schema-types.js';
 import { HEURISTIC_STATUSES } from './policy.js';
 
 export const CacheConfig = Type.Object({
-  ttl: Type.Optional(Duration('Freshness of a storable response that gives none (no s-maxage, max-age or Expires): the heuristic lifetime (default 30s)')),
+  ttl: Type.Optional(Duration('Freshness of a storable response that gives none (no s-maxage, max-age or Expires): the heuristic lifetime (default 30s); for a response with Last-Modified, at most 10% of the time since it (RFC 9111 §4.2.2)')),
   max_ttl: Type.Optional(Duration('Cap on any freshness lifetime, the upstream\'s included (default: none)')),
   methods: Type.Optional(Type.Array(Type.Union([Type.Literal('GET'), Type.Literal('HEAD')]), {
     default: ['GET', 'HEAD'], minItems: 1, uniqueItems: true,
