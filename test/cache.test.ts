@@ -81,6 +81,9 @@ services:
       - name: transformed
         paths: [/rt]
         plugins: [{name: response-transform, config: {json: {remove: [secret], set: {api_version: 2}}, headers: {set: {x-transformed: "yes"}}}}]
+      - name: status-mapped
+        paths: [/rs]
+        plugins: [{name: response-transform, config: {status: {"500": 200, "403": 200}}}]
       - name: uncollapsed
         paths: [/u]
         plugins: [{name: cache, config: {collapse: false}}]
@@ -284,6 +287,19 @@ test('with response-transform: what is stored is what the client got (the transf
   assert.equal(hit.headers.etag, undefined);
   assert.equal(hit.headers['content-length'], String(Buffer.byteLength(miss.body)));
   assert.equal(up.calls('/rt/doc'), 1);
+});
+
+test('with response-transform mapping an upstream 500 or 403 to 200: the cache decides on the upstream\'s answer (the error body was stored and served as a 200 for ttl)', async () => {
+  up.on('/rs/err', (n) => ({ status: 500, body: `error ${n}` }));
+  up.on('/rs/denied', (n) => ({ status: 403, body: `denied ${n}` }));
+  for (const path of ['/rs/err', '/rs/denied']) {
+    const first = await get(path);
+    const second = await get(path);
+    assert.equal(first.status, 200);
+    assert.equal(status(second), 'MISS', path);
+    assert.match(second.body, / 2$/);
+    assert.equal(up.calls(path), 2);
+  }
 });
 
 test('Vary: one entry per variant, the right one served; Vary: * never matches', async () => {

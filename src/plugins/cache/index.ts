@@ -86,6 +86,12 @@ interface State {
   gen?: string;
   /** The entry whose validators went upstream. */
   validating: Entry | null;
+  /**
+   * What bufferResponse made of the upstream's answer, as it came (before response-transform or
+   * any plugin changed its status): held to be stored, held as an error a stale entry may stand
+   * in for, held as the 304 of a revalidation, or not held for the cache (null).
+   */
+  held: 'store' | 'error' | '304' | null;
   /** The flight this request leads (collapsing). */
   flight: Flight | null;
   /** The gateway's own background refresh of a stale entry (stale-while-revalidate). */
@@ -436,7 +442,7 @@ export default definePlugin({
         cookie: cookieHeader !== undefined && (!keyedByCookie || unkeyedCookie(cookieHeader, keyCookies)),
         // (unless it says it takes a stale answer on an error all the same: stale-if-error)
         forced: rd !== null && (rd.noCache || rd.maxAge != null) && rd.staleIfError === null,
-        requestTime: 0, sentAt: 0, stale: null, validating: null, flight: null,
+        requestTime: 0, sentAt: 0, stale: null, validating: null, held: null, flight: null,
         refresh: caches.refresher.valid(ctx.header(REFRESH_HEADER)),
       };
     };
@@ -677,17 +683,26 @@ export default definePlugin({
         const st = ctx.vars[VAR] as State | undefined;
         if (st === undefined || st.kind !== 'fetch') return null;
         const whole = { max: maxBody, fallback: 'stream' as const };
+        // (what is decided here is the upstream's answer: the response phase may see another
+        // status, a response-transform's {"500": 200}, which must not make an error storable)
         if (ERRORS.has(status)) {
+          st.held = 'error';
           if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, clock(), st.rd)) return whole;
           settle(st, { error: true });
           return null;
         }
-        if (status === 304 && st.validating !== null) return whole;
+        if (status === 304 && st.validating !== null) {
+          st.held = '304';
+          return whole;
+        }
         // Held only when it would be stored: held, a stream (server-sent events, whose no-cache
         // is stored for nothing, or any answer never worth storing) reached the client at its
         // end or at max_body. An event stream is never stored.
         if (st.store && P.refusal(status, headers, { authorization: st.authorization, credential: st.credential, noStore: false, cookie: st.cookie }, o) === null
-          && P.worthStoring(P.freshness(headers, st.requestTime, clock(), o, Date.now())) && !P.isEventStream(headers)) return whole;
+          && P.worthStoring(P.freshness(headers, st.requestTime, clock(), o, Date.now())) && !P.isEventStream(headers)) {
+          st.held = 'store';
+          return whole;
+        }
         // Not storable: it streams, and whoever waits for it goes upstream now.
         settle(st, null, st.store);
         return null;
@@ -698,14 +713,14 @@ export default definePlugin({
         if (st === undefined || st.kind !== 'fetch') return;
         const now = clock();
         const wall = Date.now();
-        if (r.origin === 'gateway' || ERRORS.has(r.status)) {
+        if (r.origin === 'gateway' || st.held === 'error' || ERRORS.has(r.status)) {
           if (st.stale !== null && !st.forced && P.usableOnError(st.stale.f, now, st.rd)) substitute(ctx, r, st.stale, 'STALE', now);
           settle(st, { error: true });
           return;
         }
         // (after the response phases of lower priority: what is stored is what clients get)
         const up = upstreamCopy(ctx, r.headers);
-        if (r.status === 304 && st.validating !== null) {
+        if (st.held === '304' && st.validating !== null) {
           // §4.3.4: the stored response, with the 304's fields, fresh again.
           const old = st.validating;
           const etag = P.fieldValue(up, 'etag')?.trim();
@@ -735,7 +750,9 @@ export default definePlugin({
           substitute(ctx, r, e, 'REVALIDATED', now);
           return;
         }
-        if (st.store && P.refusal(r.status, up, { authorization: st.authorization, credential: st.credential, noStore: false, cookie: st.cookie }, o) === null && !P.isEventStream(up)) {
+        // (stored only when the upstream's own answer was to be: another plugin's buffering
+        // brings here answers this cache let stream, a 403 or a 302 mapped to 200)
+        if (st.held === 'store' && P.refusal(r.status, up, { authorization: st.authorization, credential: st.credential, noStore: false, cookie: st.cookie }, o) === null && !P.isEventStream(up)) {
           const e = makeEntry(ctx, st, r.status, up, r.body, now, wall);
           if (e !== null) {
             put(st, e, now);
