@@ -118,6 +118,9 @@ ${extra}
     url: ${flaky.url}
     plugins: [{name: cache}]
     routes: [{name: flaky, paths: [/f]}]
+  - name: writer
+    url: ${up.url}
+    routes: [{name: writes, paths: [/c/w], methods: [POST, PUT, DELETE, PATCH]}]
 `;
 
 before(async () => {
@@ -982,6 +985,25 @@ test('a client that asked for revalidation (no-cache) is not handed the stale en
   const r = await get('/d/forced', { 'cache-control': 'no-cache' });
   assert.equal(r.status, 503);
   assert.notEqual(status(r), 'STALE');
+});
+
+test('invalidation (§4.4) by a write through another route, one without the cache plugin: the URI\'s entries go (they stayed stale for their lifetime)', async () => {
+  up.on('/c/w/doc', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `doc ${n}` }));
+  up.on('/c/w/other', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `other ${n}` }));
+  await get('/c/w/doc');
+  await get('/c/w/other');
+  assert.equal(status(await get('/c/w/doc')), 'HIT');
+  up.on('/c/w/new', () => ({ status: 201, headers: { location: '/c/w/other' } }));
+  const put = await get('/c/w/doc', {}, 'PUT');
+  assert.equal(put.headers['x-cache-status'], undefined);
+  const after = await get('/c/w/doc');
+  assert.deepEqual([status(after), after.body], ['MISS', 'doc 3']); // (the PUT was call 2)
+  // a failed write invalidates nothing; Location on the same host is invalidated too
+  up.on('/c/w/fail', () => ({ status: 409 }));
+  await get('/c/w/fail', {}, 'POST');
+  assert.equal(status(await get('/c/w/doc')), 'HIT');
+  await get('/c/w/new', {}, 'POST');
+  assert.deepEqual([status(await get('/c/w/other')), status(await get('/c/w/doc'))], ['MISS', 'HIT']);
 });
 
 test('invalidation through Location names paths as the cache keys them (%7E is ~)', async () => {

@@ -116,6 +116,12 @@ export interface CompiledRoute {
    * the route, without targets (for code that reads route.service: plugins, metrics, logs).
    */
   compose: CompiledCompose | null;
+  /**
+   * The response caches, when some route of the config has the cache plugin and this one has
+   * not: a write through it (a 2xx / 3xx answer to an unsafe method) still invalidates what they
+   * hold of its URI (RFC 9111 §4.4). Null otherwise: nothing is done per request.
+   */
+  cacheWrites: CacheStores | null;
 }
 
 /** An admin API token: its name goes into the audit log; read-only may only GET. */
@@ -844,6 +850,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         },
         chains: plugins.route(serviceBindings, routeBindings, { route: name, service: s.name }),
         compose: null,
+        cacheWrites: null,
       };
       if (ws && service.grpc) fail([...routePath(si, ri), 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
       // ws reads its maxPayload as a 32-bit integer and 0 (or what overflows to 0 or below: 2gb,
@@ -885,6 +892,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
       compose: compileCompose(r.compose, {
         path: [...rp, 'compose'], services: servicesByName, params: pathParams(r.paths), pools: deps.pools, acquired, inputs, fail,
       }),
+      cacheWrites: null,
     };
     routes.push(route);
     specs.push({ hosts: r.hosts, paths: r.paths, methods: r.methods, headers: r.headers, data: route });
@@ -939,6 +947,11 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
     release();
     closePlugins();
     throw loaded.error(issues);
+  }
+  // §4.4 across routes: a write through a route without the cache plugin invalidates the URI in
+  // the caches other routes fill (their entries are keyed by host and path, not by route).
+  if (deps.caches !== undefined && plugins.used.has('cache')) {
+    for (const r of routes) if (!r.chains.base.access.some((b) => b.name === 'cache')) r.cacheWrites = deps.caches;
   }
   yield;
   const hash = createHash('sha256').update(configHash).update(JSON.stringify(dnsUsed)).update(tls?.certs.digest() ?? '').update(inputs.digest()).digest('hex').slice(0, 16);

@@ -910,6 +910,9 @@ export function handleRequest(
       body,
       exchange: ex,
       tracing: tracer,
+      // (GET, HEAD, OPTIONS and TRACE are the safe methods, RFC 9110 §9.2.1)
+      cacheWrite: route.cacheWrites !== null && method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS' && method !== 'TRACE'
+        ? { caches: route.cacheWrites, host, tls: isTls(req), path } : null,
     });
     try {
       handler.start();

@@ -19,6 +19,7 @@ import { deliver, pickEncoder, problemResponse, type ResponsePlugins } from '../
 import type { Exchange } from '../observability/exchange.js';
 import type { Tracing } from '../observability/tracing.js';
 import type { Span } from '@opentelemetry/api';
+import type { CacheStores } from '../plugins/cache/stores.js';
 import { performance } from 'node:perf_hooks';
 
 /**
@@ -185,6 +186,11 @@ export interface ForwardRequest {
   exchange: Exchange | null;
   /** Set when the request is traced: a span per attempt, trace context sent upstream. */
   tracing: Tracing | null;
+  /**
+   * An unsafe request through a route without the cache plugin while caches exist (see
+   * CompiledRoute.cacheWrites): a 2xx / 3xx head invalidates its URI. Null otherwise.
+   */
+  cacheWrite: { caches: CacheStores; host: string; tls: boolean; path: string } | null;
 }
 
 /**
@@ -1213,6 +1219,8 @@ export class ForwardHandler {
         return this.unforwardable(err2 as Error);
       }
     }
+    const w = this.f.cacheWrite;
+    if (w !== null && statusCode >= 200 && statusCode < 400) w.caches.invalidateWrite(w.host, w.tls, w.path, out);
     // node:http holds a head until the first body byte is written: an upstream that sends its
     // head alone (SSE, a long poll, a slow body) would keep the client from seeing it. Checked
     // once undici is done with the bytes it read (a head and body read together go out together).

@@ -236,12 +236,7 @@ function forwardedOrigin(v: string | undefined): string {
   return `${proto};${hostKey(host, proto)}`;
 }
 
-/** A host as a key: lower-case, without the scheme's default port (`a:80` and `a` are one URI, RFC 9110 §4.2.3). */
-function hostKey(host: string, scheme: string): string {
-  host = host.toLowerCase();
-  const dflt = scheme === 'https' ? ':443' : scheme === 'http' ? ':80' : null;
-  return dflt !== null && host.endsWith(dflt) ? host.slice(0, -dflt.length) : host;
-}
+const hostKey = P.hostKey;
 
 /**
  * URL, scheme and host fields some frameworks take for the request's own, which a trusted proxy
@@ -665,10 +660,7 @@ export default definePlugin({
         if (st.kind === 'invalidate') {
           // §4.4: a non-error response to an unsafe method invalidates its URI, and the same
           // host's URIs in Location / Content-Location.
-          if (status >= 200 && status < 400) {
-            caches.invalidate(st.bucket);
-            for (const p of P.invalidatedPaths(headers, ctx.host, ctx.path)) caches.invalidate(bucketOf(ctx, p));
-          }
+          if (status >= 200 && status < 400) caches.invalidateWrite(ctx.host, isTls(ctx.req), ctx.path, headers);
           if (label) setField(headers, label, 'BYPASS');
           return;
         }

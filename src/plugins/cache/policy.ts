@@ -509,6 +509,13 @@ export function updateHeaders(stored: readonly string[], fresh: readonly string[
   return out;
 }
 
+/** A host as a key: lower-case, without the scheme's default port (`a:80` and `a` are one URI, RFC 9110 §4.2.3). */
+export function hostKey(host: string, scheme: string): string {
+  host = host.toLowerCase();
+  const dflt = scheme === 'https' ? ':443' : scheme === 'http' ? ':80' : null;
+  return dflt !== null && host.endsWith(dflt) ? host.slice(0, -dflt.length) : host;
+}
+
 /**
  * Paths an unsafe request invalidates besides its own (§4.4): Location and Content-Location of
  * its response when they name the same host (never another host's).

@@ -18,6 +18,7 @@ import { RedisCacheStore } from './store-redis.js';
 import { normalizePath } from '../../router/path.js';
 import { monotonic } from '../../state/memory.js';
 import { MAX_TIMER_MS } from '../../config/units.js';
+import { hostKey, invalidatedPaths } from './policy.js';
 
 /**
  * The filter of `DELETE /cache?...` (admin API), or what is wrong with it:
@@ -224,6 +225,17 @@ export class CacheStores {
       if (z.store.store.client.status === 'end') continue;
       z.store.invalidate(b).catch((err: Error) => this.fail(err, 'invalidate'));
     }
+  }
+
+  /**
+   * §4.4: a non-error answer to an unsafe request invalidates its URI (host as the client sent
+   * it, normalized path) and the same host's paths in Location / Content-Location. From the cache
+   * plugin, and from the request path for a write through a route without it (CompiledRoute.cacheWrites).
+   */
+  invalidateWrite(host: string, tls: boolean, path: string, headers: readonly string[]): void {
+    const h = hostKey(host, tls ? 'https' : 'http');
+    this.invalidate({ host: h, path });
+    for (const p of invalidatedPaths(headers, host, path)) this.invalidate({ host: h, path: p });
   }
 
   /**
