@@ -638,10 +638,16 @@ test('compression: br preferred, gzip by q-value, identity when refused; Vary an
   assert.equal(absent.headers['content-encoding'], undefined);
 });
 
-test('compression: small bodies, no-transform, other types and already-encoded bodies are left alone', { ...T }, async () => {
+test('compression: small bodies, no-transform (the response\'s or the request\'s), other types and already-encoded bodies are left alone', { ...T }, async () => {
   for (const path of ['/zip/small', '/zip/notransform', '/zip/nt2', '/zip/png']) {
     const r = await fetchRaw(`${gw.url}${path}`, { 'accept-encoding': 'gzip' });
     assert.equal(r.headers['content-encoding'], undefined, path);
+  }
+  // the request's no-transform binds the gateway too (RFC 9110 §7.7, RFC 9111 §5.2.1.6)
+  for (const cc of ['no-transform', 'max-age=0, No-Transform']) {
+    const nt = await fetchRaw(`${gw.url}/zip/text`, { 'accept-encoding': 'gzip, br', 'cache-control': cc });
+    assert.equal(nt.headers['content-encoding'], undefined, cc);
+    assert.equal(nt.body.toString(), 'x'.repeat(5000));
   }
   const gz = await fetchRaw(`${gw.url}/zip/gz`, { 'accept-encoding': 'gzip, br' });
   assert.equal(gz.headers['content-encoding'], 'gzip');

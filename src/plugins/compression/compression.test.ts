@@ -43,6 +43,17 @@ test('HEAD: the fields a GET\'s answer would have (Content-Encoding, Vary, weak 
   assert.deepEqual(headers, ['content-type', 'application/json', 'content-length', '5000', 'etag', 'W/"v1"', 'vary', 'Accept-Encoding', 'content-encoding', 'gzip']);
 });
 
+test('a request saying Cache-Control: no-transform gets the upstream\'s bytes: no coder, and a 304 keeps the strong ETag its 200 would (RFC 9110 §7.7)', () => {
+  const inst = compression.create({}, {} as never);
+  const ctx = { method: 'GET', header: (n: string) => (n === 'accept-encoding' ? 'gzip' : n === 'cache-control' ? 'no-cache, no-transform' : undefined) };
+  const ok = ['content-type', 'application/json', 'content-length', '5000', 'etag', '"v1"'];
+  assert.equal(inst.encodeResponse!(ctx as never, 200, ok), null);
+  assert.deepEqual(ok, ['content-type', 'application/json', 'content-length', '5000', 'etag', '"v1"', 'vary', 'Accept-Encoding']);
+  const nm = ['etag', '"v1"', 'content-type', 'application/json'];
+  inst.encodeResponse!(ctx as never, 304, nm);
+  assert.deepEqual(nm, ['etag', '"v1"', 'content-type', 'application/json', 'vary', 'Accept-Encoding']);
+});
+
 test('streams by nature: text/event-stream only when listed by name, gRPC never (whatever is listed)', () => {
   assert.equal(encoderFor({}, 'gzip', ['content-type', 'text/event-stream']), null);
   assert.equal(encoderFor({ types: ['text/*'] }, 'gzip', ['content-type', 'Text/Event-Stream; charset=utf-8']), null);

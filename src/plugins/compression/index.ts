@@ -91,6 +91,12 @@ function addVary(headers: string[]): void {
   else if (!/(^|,)\s*(accept-encoding|\*)\s*(,|$)/i.test(headers[vary + 1]!)) headers[vary + 1] += ', Accept-Encoding';
 }
 
+/** Whether the request says Cache-Control: no-transform (node joins its lines: any of them counts). */
+const noTransformAsked = (ctx: RequestCtx): boolean => {
+  const cc = ctx.header('cache-control');
+  return cc !== undefined && /(^|,)\s*no-transform\s*(,|$)/i.test(cc);
+};
+
 export default definePlugin({
   name: 'compression',
   priority: 5,
@@ -123,6 +129,8 @@ export default definePlugin({
       const ct = findHeader(headers, 'content-type');
       if (ct !== -1 && !typeOk(headers[ct + 1])) return;
       addVary(headers);
+      // (the 200 this client would get is the identity one: its ETag stays as it is)
+      if (noTransformAsked(ctx)) return;
       const cl = findHeader(headers, 'content-length');
       if (cl !== -1 && Number(headers[cl + 1]) < minSize) return;
       if (negotiate(ctx.header('accept-encoding'), offered) === null) return;
@@ -153,6 +161,9 @@ export default definePlugin({
         }
         // The representation depends on Accept-Encoding from here on, compressed or not.
         addVary(headers);
+        // A request's no-transform binds a proxy as the response's does (RFC 9110 §7.7, RFC 9111
+        // §5.2.1.6): the client gets the upstream's bytes.
+        if (noTransformAsked(ctx)) return null;
         const cl = findHeader(headers, 'content-length');
         // (an empty body stays empty: a coding would add its header and trailer, min_size 0 or not)
         if (cl !== -1 && (Number(headers[cl + 1]) < minSize || Number(headers[cl + 1]) === 0)) return null;
