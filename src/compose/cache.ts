@@ -1,5 +1,6 @@
 /**
- * A step's response cache (`cache: {ttl}`): successful JSON responses by method, final URL,
+ * A step's response cache (`cache: {ttl}`): successful JSON responses (never no-store, private
+ * or no-cache ones: see run.ts storable) by method, final URL,
  * request headers and body, in memory, bounded by entries and bytes (least recently used
  * first out). One per step per config snapshot: a reload starts empty.
  */

@@ -531,6 +531,30 @@ routes:
   assert.deepEqual(bodyOf(await run(s.route('r'), { params: { id: '1' } })).item, { n: 4, url: '/items/1' });
 });
 
+test('a step cache keeps no answer whose Cache-Control says no-store, private or no-cache (a personal answer was handed to every client for the ttl)', async () => {
+  let n = 0;
+  const svc = await upstream((req, res) => {
+    const cc = req.url!.slice('/items/'.length);
+    json(res, { n: ++n }, 200, cc === 'none' ? {} : { 'cache-control': decodeURIComponent(cc) });
+  });
+  const s = setup(`services:
+  - {name: svc, url: "${svc.url}"}
+routes:
+  - name: r
+    paths: ["/r/{cc}"]
+    compose:
+      steps:
+        - {name: item, service: svc, path: "/items/{cc}", cache: {ttl: 60s}}
+`);
+  for (const cc of ['no-store', 'private', 'max-age=60, Private', 'no-cache', 'private="set-cookie"']) {
+    const first = bodyOf(await run(s.route('r'), { params: { cc: encodeURIComponent(cc) } })).item as { n: number };
+    const second = bodyOf(await run(s.route('r'), { params: { cc: encodeURIComponent(cc) } })).item as { n: number };
+    assert.equal(second.n, first.n + 1, cc);
+  }
+  const kept = bodyOf(await run(s.route('r'), { params: { cc: 'none' } })).item as { n: number };
+  assert.equal((bodyOf(await run(s.route('r'), { params: { cc: 'none' } })).item as { n: number }).n, kept.n);
+});
+
 test('a step cache\'s max_bytes counts a body decoded, not its gzip bytes on the wire', async () => {
   // 20 KB of JSON that gzip makes about 100 bytes
   const svc = await upstream((req, res) => {

@@ -243,7 +243,7 @@ async function runStep(
   }
   if (res === undefined) {
     res = await callStep(step, req, { signal: ac.signal, deadlineMs: compose.timeout, trace: input.trace, demand: input.demand ? { meter: input.demand, route: input.route.name } : null });
-    if (res.ok && step.cache !== null) step.cache.set(cacheKey, { status: res.status, headers: res.headers, body: res.body, size: res.size });
+    if (res.ok && step.cache !== null && storable(res.headers)) step.cache.set(cacheKey, { status: res.status, headers: res.headers, body: res.body, size: res.size });
   }
   if (!res.ok) return failed(step, res.status, res.error, res.timeout);
   let value = res.body;
@@ -252,6 +252,16 @@ async function runStep(
     if (value === undefined) return failed(step, res.status, `the response has no member ${step.select.join('.')} (select)`);
   }
   return { ok: true, status: res.status, headers: res.headers, body: res.body, value };
+}
+
+/**
+ * Whether a step's answer may be kept in its cache: not when its Cache-Control says no-store,
+ * private (the step cache is shared by every client of the route) or no-cache (kept answers are
+ * never revalidated). Every line counts (they come joined).
+ */
+function storable(headers: Readonly<Record<string, string>>): boolean {
+  const cc = headers['cache-control'];
+  return cc === undefined || !/(^|,)\s*(no-store|private|no-cache)\s*(=|,|$)/i.test(cc);
 }
 
 /** The step's request for this client request. Throws TemplateError. */
