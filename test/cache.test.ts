@@ -305,6 +305,37 @@ test('with response-transform mapping an upstream 500 or 403 to 200: the cache d
   }
 });
 
+test('Range: a GET for one byte range is answered from a fresh stored 200 (206, Content-Range; If-Range honoured, a 304 first); several ranges, unsatisfiable ones and HEAD go to the origin', async () => {
+  const body = 'abcdefghijklmnopqrstuvwxyz';
+  const lm = 'Mon, 01 Jan 2024 00:00:00 GMT';
+  for (const path of ['/c/range', '/z/range']) up.on(path, () => ({ headers: { 'cache-control': 'max-age=60', etag: '"r1"', 'last-modified': lm }, body }));
+  await get('/c/range');
+  const part = async (range: string, extra: Record<string, string> = {}, path = '/c/range') => {
+    const r = await get(path, { range, ...extra });
+    return [r.status, status(r), r.headers['content-range'], r.body, r.headers['content-length']];
+  };
+  assert.deepEqual(await part('bytes=2-5'), [206, 'HIT', 'bytes 2-5/26', 'cdef', '4']);
+  assert.deepEqual(await part('bytes=-3'), [206, 'HIT', 'bytes 23-25/26', 'xyz', '3']);
+  assert.deepEqual(await part('bytes=20-'), [206, 'HIT', 'bytes 20-25/26', 'uvwxyz', '6']);
+  assert.deepEqual(await part('bytes=24-999'), [206, 'HIT', 'bytes 24-25/26', 'yz', '2']);
+  assert.deepEqual(await part('bytes=0-0', { 'if-range': '"r1"' }), [206, 'HIT', 'bytes 0-0/26', 'a', '1']);
+  assert.deepEqual(await part('bytes=0-0', { 'if-range': lm }), [206, 'HIT', 'bytes 0-0/26', 'a', '1']);
+  for (const other of ['"r0"', 'W/"r1"', 'Tue, 02 Jan 2024 00:00:00 GMT']) {
+    assert.deepEqual(await part('bytes=0-0', { 'if-range': other }), [200, 'HIT', undefined, body, '26'], other);
+  }
+  assert.deepEqual((await part('bytes=0-0', { 'if-none-match': '"r1"' })).slice(0, 2), [304, 'HIT']);
+  assert.equal(up.calls('/c/range'), 1);
+  for (const range of ['bytes=0-1,4-5', 'bytes=26-', 'bytes=5-2', 'items=0-1']) {
+    assert.equal((await part(range))[1], 'BYPASS', range);
+  }
+  assert.equal((await get('/c/range', { range: 'bytes=0-1' }, 'HEAD')).headers['x-cache-status'], 'BYPASS');
+  assert.equal(up.calls('/c/range'), 6);
+  // compression leaves a 206 alone
+  await get('/z/range');
+  const z = await get('/z/range', { range: 'bytes=1-2', 'accept-encoding': 'gzip' });
+  assert.deepEqual([z.status, z.headers['content-encoding'], z.body], [206, undefined, 'bc']);
+});
+
 test('Vary: one entry per variant, the right one served; Vary: * never matches', async () => {
   up.on('/c/vary', (_n, req) => ({ headers: { 'cache-control': 'max-age=60', vary: 'Accept-Language' }, body: `lang ${req.headers['accept-language'] ?? 'none'}` }));
   const en1 = await get('/c/vary', { 'accept-language': 'en' });
@@ -1431,7 +1462,7 @@ test('an upstream that sends no Date: a 304 revalidation freshens the entry from
   }
 });
 
-test('HEAD answered from the cache carries the fields the GET would (Content-Length; with compression Content-Encoding, Vary, the weak ETag); only-if-cached with Range or If-Match is a 504, never the upstream', async () => {
+test('HEAD answered from the cache carries the fields the GET would (Content-Length; with compression Content-Encoding, Vary, the weak ETag); only-if-cached with several ranges or If-Match is a 504, never the upstream', async () => {
   let calls = 0;
   const up = await startUpstream((req, res) => {
     calls++;
@@ -1457,7 +1488,7 @@ test('HEAD answered from the cache carries the fields the GET would (Content-Len
     assert.equal(zhead.headers['content-encoding'], 'gzip');
     assert.equal(zhead.headers['content-length'], undefined, 'the stored length is not the encoded one');
     const before = calls;
-    for (const h of [{ range: 'bytes=0-9' }, { 'if-match': '"v1"' }, { 'if-unmodified-since': 'Sat, 28 Nov 2026 00:00:00 GMT' }] as Record<string, string>[]) {
+    for (const h of [{ range: 'bytes=0-1,5-9' }, { 'if-match': '"v1"' }, { 'if-unmodified-since': 'Sat, 28 Nov 2026 00:00:00 GMT' }] as Record<string, string>[]) {
       const r = await request(`${g.url}/plain/a`, { headers: { ...h, 'cache-control': 'only-if-cached' } });
       assert.equal(r.status, 504, JSON.stringify(h));
     }

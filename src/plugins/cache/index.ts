@@ -623,6 +623,31 @@ export default definePlugin({
       return fetch(ctx, st, e, collapse && st.store && !flights.passing(st.fk));
     };
 
+    /**
+     * A GET with one byte range (RFC 9110 §14): a fresh stored 200 answers it with a 206 of that
+     * range (a 304 when the client's validators match; the whole 200 when If-Range names another
+     * version); anything else goes to the origin as it came, and is not stored.
+     */
+    const ranged = (ctx: RequestCtx, st: State, e: Entry | null, range: string): Reply | undefined => {
+      const now = clock();
+      const use = e !== null && e.status === 200 ? P.usable(e.f, st.rd, now) : null;
+      if (e !== null && (use === 'fresh' || use === 'stale')) {
+        const l: Label = use === 'fresh' ? 'HIT' : 'STALE';
+        const span = P.singleRange(range, e.body.length);
+        if (span !== null && !P.notModified(e.status, e.f, ctx.header('if-none-match'), ctx.header('if-modified-since')) && P.ifRangeHolds(ctx.header('if-range'), e.f)) {
+          st.kind = 'served';
+          const headers = [...e.headers, 'content-range', `bytes ${span[0]}-${span[1]}/${e.body.length}`, 'age', P.ageHeader(e.f, now), ...labelled(l)];
+          return { status: 206, headers: record(headers), body: e.body.subarray(span[0], span[1] + 1) };
+        }
+        if (span !== null) return serve(ctx, st, e, l, now);
+      }
+      if (st.rd?.onlyIfCached) {
+        st.kind = 'served';
+        return { code: 'gateway-timeout', detail: 'only-if-cached: no stored response can answer this request', headers: record(labelled('MISS')) };
+      }
+      return undefined;
+    };
+
     return {
       access(ctx) {
         const m = ctx.method;
@@ -633,8 +658,11 @@ export default definePlugin({
         const st = state(ctx, 'bypass');
         ctx.vars[VAR] = st;
         // Preconditions other than the validators the cache answers are the origin's (RFC 9111
-        // §4.3.2); a GET with a body, or a repeated key field, never touches the cache.
-        if (!methods.has(m) || ctx.header('range') !== undefined || ctx.header('upgrade') !== undefined || ctx.header('if-match') !== undefined
+        // §4.3.2); a GET with a body, or a repeated key field, never touches the cache. A GET
+        // for one byte range is answered from a fresh stored 200; other Range requests go to the
+        // origin (and are not stored).
+        const range = ctx.header('range');
+        if (!methods.has(m) || (range !== undefined && (m !== 'GET' || !/^\s*bytes\s*=[^,]*$/i.test(range))) || ctx.header('upgrade') !== undefined || ctx.header('if-match') !== undefined
           || ctx.header('if-unmodified-since') !== undefined || hasBody(ctx) || keyRepeated(ctx)
           || METHOD_OVERRIDES.some((n) => ctx.header(n) !== undefined)) {
           // only-if-cached: a stored response or a 504, never the upstream (RFC 9111 §5.2.1.7)
@@ -645,6 +673,15 @@ export default definePlugin({
           return undefined;
         }
         const found = store.find(st.bucket, st.sub, matcher(ctx, st), clock(), st);
+        if (range !== undefined) {
+          if (found instanceof Promise) {
+            return found.then((e) => ranged(ctx, st, e, range), (err: Error) => {
+              caches.fail(err, 'read');
+              return ranged(ctx, st, null, range);
+            });
+          }
+          return ranged(ctx, st, found, range);
+        }
         if (found instanceof Promise) {
           return found.then((e) => decide(ctx, st, e), (err: Error) => {
             caches.fail(err, 'read');

@@ -475,6 +475,35 @@ export function notModified(status: number, f: Freshness, ifNoneMatch: string | 
   return false;
 }
 
+/**
+ * The one byte range of a Range field (RFC 9110 §14.1.2) over a body of `len` bytes: [first,
+ * last] inclusive; null when the field is not one satisfiable `bytes` range (several, another
+ * unit, malformed, past the end): those go to the origin, which answers them as it does.
+ */
+export function singleRange(v: string, len: number): [number, number] | null {
+  const m = /^\s*bytes\s*=\s*([0-9]{0,15})\s*-\s*([0-9]{0,15})\s*$/i.exec(v);
+  if (m === null || (m[1] === '' && m[2] === '') || len === 0) return null;
+  const last = m[2] === '' ? null : Number(m[2]);
+  if (m[1] === '') return last === 0 ? null : [Math.max(0, len - last!), len - 1];
+  const first = Number(m[1]);
+  if ((last !== null && last < first) || first >= len) return null;
+  return [first, Math.min(last ?? len - 1, len - 1)];
+}
+
+/**
+ * Whether an If-Range lets the Range apply to the stored response (RFC 9110 §13.1.5): absent,
+ * a strong entity-tag equal to the stored strong one, or a date equal to its Last-Modified.
+ * Otherwise the whole response is the answer.
+ */
+export function ifRangeHolds(v: string | undefined, f: Freshness): boolean {
+  if (v === undefined) return true;
+  const t = v.trim();
+  if (t.startsWith('"') || t.startsWith('W/')) return t.startsWith('"') && f.etag !== null && f.etag === t;
+  const d = parseHttpDate(t, f.responseTime);
+  const lm = f.lastModified !== null ? parseHttpDate(f.lastModified, f.responseTime) : null;
+  return d !== null && lm !== null && d === lm;
+}
+
 /** Fields a 304 made from a stored 200 carries (RFC 9110 §15.4.5). */
 const NOT_MODIFIED_FIELDS = new Set(['cache-control', 'content-location', 'date', 'etag', 'expires', 'vary', 'last-modified', 'via']);
 
