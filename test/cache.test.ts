@@ -336,6 +336,19 @@ test('Range: a GET for one byte range is answered from a fresh stored 200 (206, 
   assert.deepEqual([z.status, z.headers['content-encoding'], z.body], [206, undefined, 'bc']);
 });
 
+test('an upstream that encodes by Accept-Encoding but sends no Vary: its encoded answer is kept for the Accept-Encoding it answered, never served to a client that did not ask for that coding (one request with Accept-Encoding: zstd poisoned the entry for every browser)', async () => {
+  up.on('/c/enc', (n, req) => (String(req.headers['accept-encoding'] ?? '').includes('gzip')
+    ? { headers: { 'cache-control': 'max-age=60', 'content-encoding': 'gzip' }, body: `gz ${n}` }
+    : { headers: { 'cache-control': 'max-age=60' }, body: `plain ${n}` }));
+  await get('/c/enc', { 'accept-encoding': 'gzip' });
+  const again = await get('/c/enc', { 'accept-encoding': 'gzip' });
+  assert.deepEqual([status(again), again.body, again.headers['content-encoding']], ['HIT', 'gz 1', 'gzip']);
+  const plain = await get('/c/enc');
+  assert.deepEqual([plain.body, plain.headers['content-encoding']], ['plain 2', undefined]);
+  const plainHit = await get('/c/enc');
+  assert.deepEqual([status(plainHit), plainHit.body], ['HIT', 'plain 2']);
+});
+
 test('Vary: one entry per variant, the right one served; Vary: * never matches', async () => {
   up.on('/c/vary', (_n, req) => ({ headers: { 'cache-control': 'max-age=60', vary: 'Accept-Language' }, body: `lang ${req.headers['accept-language'] ?? 'none'}` }));
   const en1 = await get('/c/vary', { 'accept-language': 'en' });

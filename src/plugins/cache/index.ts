@@ -492,6 +492,11 @@ export default definePlugin({
       if (!P.worthStoring(f)) return null;
       const vary = P.varyNames(headers);
       if (!Array.isArray(vary)) return null;
+      // An encoded answer whose upstream negotiated the coding without saying Vary (a common
+      // misconfiguration) is matched on the Accept-Encoding it answered, as if it had: else one
+      // request accepting only zstd or br would have every client handed a body it cannot decode.
+      const ce = P.fieldValue(headers, 'content-encoding');
+      if (ce !== undefined && ce.trim().toLowerCase() !== 'identity' && !vary.includes('accept-encoding')) vary.push('accept-encoding');
       for (const n of vary) if (repeated(ctx, n)) return null;
       // What request-transform made the upstream request from, or response-transform the
       // answer from, beside the key ({header.x}, {client_ip}...): matched as Vary is; what is
