@@ -405,9 +405,13 @@ export default definePlugin({
       // cache_authorized the values are in the key).
       let credential: string[] | null = null;
       if (who === null || ctx.anonymous) {
+        const ch = ctx.credentialHeader;
         for (let i = 0; i < up.length; i += 2) {
-          const n = up[i]!.toLowerCase();
-          if ((CREDENTIAL_FIELDS.has(n) || n === ctx.credentialHeader) && !headerKeyed.has(n)) {
+          const raw = up[i]!;
+          // (lower-cased only at a length one of them has: no string made per field)
+          if ((raw.length < 6 || raw.length > 14) && raw.length !== ch?.length) continue;
+          const n = raw.toLowerCase();
+          if ((CREDENTIAL_FIELDS.has(n) || n === ch) && !headerKeyed.has(n)) {
             (credential ??= []).push(n);
             if (o.cacheAuthorized) sub += `\ncred=${n}=${up[i + 1]!}`;
           }
