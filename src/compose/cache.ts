@@ -1,6 +1,6 @@
 /**
  * A step's response cache (`cache: {ttl}`): successful JSON responses (never no-store, private
- * or no-cache ones: see run.ts storable) by method, final URL,
+ * or no-cache ones, none past its max-age: see run.ts keepFor) by method, final URL,
  * request headers and body, in memory, bounded by entries and bytes (least recently used
  * first out). One per step per config snapshot: a reload starts empty.
  */
@@ -32,8 +32,9 @@ export class StepCache {
     return this.lru.get(key);
   }
 
-  set(key: string, value: CachedResponse): void {
-    this.lru.set(key, value);
+  /** `ttl`: how long this one is kept (ms; at most the step's). */
+  set(key: string, value: CachedResponse, ttl = this.ttl): void {
+    this.lru.set(key, value, { ttl });
   }
 
   get size(): number {

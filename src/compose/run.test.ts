@@ -531,7 +531,7 @@ routes:
   assert.deepEqual(bodyOf(await run(s.route('r'), { params: { id: '1' } })).item, { n: 4, url: '/items/1' });
 });
 
-test('a step cache keeps no answer whose Cache-Control says no-store, private or no-cache (a personal answer was handed to every client for the ttl)', async () => {
+test('a step cache keeps no answer whose Cache-Control says no-store, private or no-cache (a personal answer was handed to every client for the ttl), nor one past its max-age', async () => {
   let n = 0;
   const svc = await upstream((req, res) => {
     const cc = req.url!.slice('/items/'.length);
@@ -546,7 +546,7 @@ routes:
       steps:
         - {name: item, service: svc, path: "/items/{cc}", cache: {ttl: 60s}}
 `);
-  for (const cc of ['no-store', 'private', 'max-age=60, Private', 'no-cache', 'private="set-cookie"']) {
+  for (const cc of ['no-store', 'private', 'max-age=60, Private', 'no-cache', 'private="set-cookie"', 'max-age=0', 's-maxage=0, max-age=60']) {
     const first = bodyOf(await run(s.route('r'), { params: { cc: encodeURIComponent(cc) } })).item as { n: number };
     const second = bodyOf(await run(s.route('r'), { params: { cc: encodeURIComponent(cc) } })).item as { n: number };
     assert.equal(second.n, first.n + 1, cc);

@@ -243,7 +243,8 @@ async function runStep(
   }
   if (res === undefined) {
     res = await callStep(step, req, { signal: ac.signal, deadlineMs: compose.timeout, trace: input.trace, demand: input.demand ? { meter: input.demand, route: input.route.name } : null });
-    if (res.ok && step.cache !== null && storable(res.headers)) step.cache.set(cacheKey, { status: res.status, headers: res.headers, body: res.body, size: res.size });
+    const keep = res.ok && step.cache !== null ? keepFor(res.headers, step.cache.ttl) : 0;
+    if (res.ok && keep > 0) step.cache!.set(cacheKey, { status: res.status, headers: res.headers, body: res.body, size: res.size }, keep);
   }
   if (!res.ok) return failed(step, res.status, res.error, res.timeout);
   let value = res.body;
@@ -255,13 +256,19 @@ async function runStep(
 }
 
 /**
- * Whether a step's answer may be kept in its cache: not when its Cache-Control says no-store,
- * private (the step cache is shared by every client of the route) or no-cache (kept answers are
- * never revalidated). Every line counts (they come joined).
+ * How long (ms) a step's answer may be kept in its cache (0: not at all): never when its
+ * Cache-Control says no-store, private (the step cache is shared by every client of the route)
+ * or no-cache (kept answers are never revalidated); else the step's ttl, at most what is left of
+ * the answer's s-maxage or max-age (less its Age). Every line counts (they come joined).
  */
-function storable(headers: Readonly<Record<string, string>>): boolean {
+function keepFor(headers: Readonly<Record<string, string>>, ttl: number): number {
   const cc = headers['cache-control'];
-  return cc === undefined || !/(^|,)\s*(no-store|private|no-cache)\s*(=|,|$)/i.test(cc);
+  if (cc === undefined) return ttl;
+  if (/(^|,)\s*(no-store|private|no-cache)\s*(=|,|$)/i.test(cc)) return 0;
+  const m = /(?:^|,)\s*s-maxage\s*=\s*"?([0-9]{1,10})"?\s*(?:,|$)/i.exec(cc) ?? /(?:^|,)\s*max-age\s*=\s*"?([0-9]{1,10})"?\s*(?:,|$)/i.exec(cc);
+  if (m === null) return ttl;
+  const age = /^\s*([0-9]{1,10})\s*$/.exec(headers['age'] ?? '');
+  return Math.max(0, Math.min(ttl, (Number(m[1]) - (age === null ? 0 : Number(age[1]))) * 1000));
 }
 
 /** The step's request for this client request. Throws TemplateError. */

@@ -55,7 +55,7 @@ export const ComposeStep = Strict({
     ttl: Duration,
     max_entries: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_000_000, default: 1000 })),
     max_bytes: Type.Optional(Size),
-  }, { description: 'Keep successful responses in memory for ttl, by method, final URL, headers and body (GET and HEAD steps only); never one whose Cache-Control says no-store, private or no-cache.' })),
+  }, { description: 'Keep successful responses in memory for ttl, by method, final URL, headers and body (GET and HEAD steps only); never one whose Cache-Control says no-store, private or no-cache, none past its s-maxage / max-age (less its Age).' })),
   max_body: Type.Optional(Size),
   select: Type.Optional(Type.String({ pattern: '^[^.]+(\\.[^.]+)*$', description: 'Member of the response body used as the step\'s value, a.b.0.c (missing: the step fails).' })),
   as: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Key of the step\'s value in the composed body (default: the step name).' })),
