@@ -581,6 +581,15 @@ test('key parts: header:x-tenant keeps tenants apart', async () => {
   assert.deepEqual([a2.body, b.body, none.body], ['tenant a', 'tenant b', 'tenant -']);
 });
 
+test('a key part the client names in Connection (X-Tenant, a key cookie) never reaches the upstream: the key holds it as the upstream got it (absent), and the answer without it is not stored as that tenant\'s', async () => {
+  up.on('/t/hop', (_n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `tenant ${req.headers['x-tenant'] ?? '-'}` }));
+  const poison = await get('/t/hop', { 'x-tenant': 'a', connection: 'x-tenant' });
+  assert.equal(poison.body, 'tenant -');
+  const a = await get('/t/hop', { 'x-tenant': 'a' });
+  assert.deepEqual([status(a), a.body], ['MISS', 'tenant a']);
+  assert.equal((await get('/t/hop')).body, 'tenant -');
+});
+
 test('per consumer: what an auth plugin let in is cached per consumer; per_consumer: false shares it', async () => {
   const as = (who: string, path: string) => get(path, { apikey: who === 'alice' ? 'alice-key-123' : 'bob-key-1234' });
   up.on('/k/me', (_n, req) => ({ headers: { 'cache-control': 'max-age=60' }, body: `me ${req.headers['x-consumer-name']}` }));
@@ -1929,6 +1938,9 @@ test('a key with cookie:NAME still keeps other cookies\' answers without explici
     const hit = await request(`${g.url}/home`, { headers: { cookie: 'lang=en' } });
     assert.equal(hit.headers['x-cache-status'], 'HIT');
     assert.equal((await request(`${g.url}/home`, { headers: { cookie: 'lang=de' } })).body, 'page for lang=de');
+    // (a key cookie the client names in Connection never reaches the upstream: not stored as lang=fr's)
+    assert.equal((await request(`${g.url}/hop`, { headers: { cookie: 'lang=fr', connection: 'cookie' } })).body, 'page for nobody');
+    assert.equal((await request(`${g.url}/hop`, { headers: { cookie: 'lang=fr' } })).body, 'page for lang=fr');
   } finally {
     await g.close();
     await up.close();

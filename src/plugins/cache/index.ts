@@ -422,8 +422,11 @@ export default definePlugin({
           if (o.cacheAuthorized) sub += `\ncred=?${ctx.upstreamQuery}`;
         }
       }
+      // Key fields as the upstream gets them: one the client named in Connection (hop-by-hop)
+      // never reaches it, and the answer to its absence must not be stored under its value.
+      const upCookie = keyedByCookie && listField(up, 'cookie') !== undefined ? ctx.header('cookie') : undefined;
       for (const p of parts) {
-        const v = p.kind === 'consumer' ? who : p.kind === 'header' ? field(ctx, p.name) : cookie(ctx.header('cookie'), p.name);
+        const v = p.kind === 'consumer' ? who : p.kind === 'header' ? listField(up, p.name) : cookie(upCookie, p.name);
         sub += `\n${v === null || v === undefined ? '\u0000' : `=${v}`}`;
       }
       // What is kept of it is a digest: key parts (header:, cookie:) and whatever else it holds
