@@ -90,6 +90,9 @@ services:
       - name: authorized
         paths: [/ca]
         plugins: [{name: cache, config: {cache_authorized: true}}]
+      - name: paged
+        paths: [/qp]
+        plugins: [{name: cache, config: {key: ["query:page"]}}]
       - name: keyed-anonymous
         paths: [/ka]
         plugins: [{name: key-auth, config: {header: x-gw-key, anonymous: guest}}]
@@ -964,6 +967,13 @@ test('an API key the upstream gets that no auth plugin vouched for (its own X-AP
   const qa = await get('/ka/q?apikey=upstream-only-key-1');
   const qb = await get('/ka/q?apikey=upstream-only-key-2');
   assert.deepEqual([qa.body, qb.body], ['data of apikey=upstream-only-key-1', 'data of apikey=upstream-only-key-2']);
+  // an API key parameter a key: [query:NAME] selection leaves out of the key
+  up.on('/qp/list', mine);
+  const pa = await get('/qp/list?page=1&api_key=key-a');
+  const pb = await get('/qp/list?page=1&api_key=key-b');
+  assert.deepEqual([pa.body, pb.body], ['data of page=1&api_key=key-a', 'data of page=1&api_key=key-b']);
+  await get('/qp/list?page=2&utm=x');
+  assert.equal(status(await get('/qp/list?page=2&utm=y')), 'HIT');
   // what the upstream says may be shared is
   up.on('/c/xkey-public', (n) => ({ headers: { 'cache-control': 'public' }, body: `public ${n}` }));
   await get('/c/xkey-public', { 'x-api-key': 'key-a' });

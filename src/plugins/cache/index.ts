@@ -257,6 +257,8 @@ const ORIGIN_FIELDS = new Set([
  * are RFC 9111 §3.5's): what an upstream answers to one of them may be that caller's alone.
  */
 const CREDENTIAL_FIELDS = new Set(['x-api-key', 'api-key', 'apikey', 'x-auth-token', 'x-access-token']);
+/** Query parameters that commonly carry an API key or token (a `query:NAME` key leaving them out would share what they got). */
+const CREDENTIAL_PARAMS = new Set(['apikey', 'api_key', 'api-key', 'access_token', 'token', 'key']);
 
 /** Fields that make frameworks run another method than the request's (a GET answered as a DELETE would be stored as the GET's). */
 const METHOD_OVERRIDES = ['x-http-method-override', 'x-http-method', 'x-method-override'];
@@ -420,6 +422,15 @@ export default definePlugin({
         if (param !== null && withoutQueryParam(ctx.upstreamQuery, param) !== ctx.upstreamQuery) {
           (credential ??= []).push(`?${param}`);
           if (o.cacheAuthorized) sub += `\ncred=?${ctx.upstreamQuery}`;
+        } else if (queryNames.size && ctx.upstreamQuery.length > 1) {
+          // (a query:NAME key leaves the other parameters out: an api_key among them is not in it)
+          for (const part of ctx.upstreamQuery.slice(1).split(/[&;]/)) {
+            const n = paramName(part).toLowerCase();
+            if (CREDENTIAL_PARAMS.has(n) && !queryNames.has(n)) {
+              (credential ??= []).push(`?${n}`);
+              if (o.cacheAuthorized) sub += `\ncred=?${part}`;
+            }
+          }
         }
       }
       // Key fields as the upstream gets them: one the client named in Connection (hop-by-hop)
