@@ -1069,6 +1069,16 @@ test('invalidation (§4.4) by a write through another route, one without the cac
   assert.deepEqual([status(await get('/c/w/other')), status(await get('/c/w/doc'))], ['MISS', 'HIT']);
 });
 
+test('a write with a body on a closing connection (Connection: close, the socket let go by the time the answer comes) invalidates, and is answered: the plugin read the TLS state of a socket that was gone (a 500 to every such POST with a Location)', async () => {
+  up.on('/c/closing', (n) => ({ headers: { 'cache-control': 'max-age=60' }, body: `closing ${n}` }));
+  await get('/c/closing');
+  assert.equal(status(await get('/c/closing')), 'HIT');
+  up.on('/c/closing-post', () => ({ status: 201, headers: { location: '/c/closing' } }));
+  const post = await request(`${gw.url}/c/closing-post`, { method: 'POST', headers: { connection: 'close', 'content-type': 'text/plain' }, body: 'x' });
+  assert.equal(post.status, 201);
+  assert.equal(status(await get('/c/closing')), 'MISS');
+});
+
 test('invalidation through Location names paths as the cache keys them (%7E is ~)', async () => {
   up.on('/c/~u', () => ({ headers: { 'cache-control': 'max-age=60' }, body: 'tilde' }));
   await get('/c/~u');

@@ -12,6 +12,7 @@ import { isIP, type Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { upstreamTlsName } from './tls.js';
 import { REFRESH_PEER_HEADER } from '../plugins/cache/refresh.js';
+import { hostKey as hostKeyOf } from '../plugins/cache/policy.js';
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { CompiledRoute, Snapshot, Target } from '../config/compile.js';
@@ -912,7 +913,7 @@ export function handleRequest(
       tracing: tracer,
       // (GET, HEAD, OPTIONS and TRACE are the safe methods, RFC 9110 §9.2.1)
       cacheWrite: route.cacheWrites !== null && method !== 'GET' && method !== 'HEAD' && method !== 'OPTIONS' && method !== 'TRACE'
-        ? { caches: route.cacheWrites, host, tls: isTls(req), path } : null,
+        ? { caches: route.cacheWrites, bucket: { host: hostKeyOf(host, isTls(req) ? 'https' : 'http'), path }, host } : null,
     });
     try {
       handler.start();

@@ -20,6 +20,7 @@ import type { Exchange } from '../observability/exchange.js';
 import type { Tracing } from '../observability/tracing.js';
 import type { Span } from '@opentelemetry/api';
 import type { CacheStores } from '../plugins/cache/stores.js';
+import type { Bucket } from '../plugins/cache/entry.js';
 import { performance } from 'node:perf_hooks';
 
 /**
@@ -190,7 +191,7 @@ export interface ForwardRequest {
    * An unsafe request through a route without the cache plugin while caches exist (see
    * CompiledRoute.cacheWrites): a 2xx / 3xx head invalidates its URI. Null otherwise.
    */
-  cacheWrite: { caches: CacheStores; host: string; tls: boolean; path: string } | null;
+  cacheWrite: { caches: CacheStores; bucket: Bucket; host: string } | null;
 }
 
 /**
@@ -1220,7 +1221,7 @@ export class ForwardHandler {
       }
     }
     const w = this.f.cacheWrite;
-    if (w !== null && statusCode >= 200 && statusCode < 400) w.caches.invalidateWrite(w.host, w.tls, w.path, out);
+    if (w !== null && statusCode >= 200 && statusCode < 400) w.caches.invalidateWrite(w.bucket, w.host, out);
     // node:http holds a head until the first body byte is written: an upstream that sends its
     // head alone (SSE, a long poll, a slow body) would keep the client from seeing it. Checked
     // once undici is done with the bytes it read (a head and body read together go out together).

@@ -720,7 +720,9 @@ export default definePlugin({
         if (st.kind === 'invalidate') {
           // §4.4: a non-error response to an unsafe method invalidates its URI, and the same
           // host's URIs in Location / Content-Location.
-          if (status >= 200 && status < 400) caches.invalidateWrite(ctx.host, isTls(ctx.req), ctx.path, headers);
+          // (the bucket made when the request came: its socket, whose TLS state it needs, may be
+          // gone by now, a Connection: close request's)
+          if (status >= 200 && status < 400) caches.invalidateWrite(st.bucket, ctx.host, headers);
           if (label) setField(headers, label, 'BYPASS');
           return;
         }

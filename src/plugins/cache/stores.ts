@@ -18,7 +18,7 @@ import { RedisCacheStore } from './store-redis.js';
 import { normalizePath } from '../../router/path.js';
 import { monotonic } from '../../state/memory.js';
 import { MAX_TIMER_MS } from '../../config/units.js';
-import { hostKey, invalidatedPaths } from './policy.js';
+import { invalidatedPaths } from './policy.js';
 
 /**
  * The filter of `DELETE /cache?...` (admin API), or what is wrong with it:
@@ -228,14 +228,14 @@ export class CacheStores {
   }
 
   /**
-   * §4.4: a non-error answer to an unsafe request invalidates its URI (host as the client sent
-   * it, normalized path) and the same host's paths in Location / Content-Location. From the cache
+   * §4.4: a non-error answer to an unsafe request invalidates its URI (`bucket`, made when the
+   * request came: its socket may be gone by the answer) and the same host's paths in Location /
+   * Content-Location (`host`: as the client sent it). From the cache
    * plugin, and from the request path for a write through a route without it (CompiledRoute.cacheWrites).
    */
-  invalidateWrite(host: string, tls: boolean, path: string, headers: readonly string[]): void {
-    const h = hostKey(host, tls ? 'https' : 'http');
-    this.invalidate({ host: h, path });
-    for (const p of invalidatedPaths(headers, host, path)) this.invalidate({ host: h, path: p });
+  invalidateWrite(bucket: Bucket, host: string, headers: readonly string[]): void {
+    this.invalidate(bucket);
+    for (const p of invalidatedPaths(headers, host, bucket.path)) this.invalidate({ host: bucket.host, path: p });
   }
 
   /**
