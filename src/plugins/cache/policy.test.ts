@@ -249,3 +249,23 @@ test('invalidation targets (§4.4): Location / Content-Location of the same host
   assert.deepEqual(P.invalidatedPaths(['location', 'http://[bad'], 'api.example.com', '/'), []);
   assert.deepEqual(P.invalidatedPaths(['location', 'mailto:a@b'], 'api.example.com', '/'), []);
 });
+
+test('one byte range (RFC 9110 §14.1.2) and If-Range (§13.1.5): forms, bounds, several ranges and garbage are none', () => {
+  assert.deepEqual(P.singleRange('bytes=2-5', 10), [2, 5]);
+  assert.deepEqual(P.singleRange(' Bytes = 2 - ', 10), [2, 9]);
+  assert.deepEqual(P.singleRange('bytes=-3', 10), [7, 9]);
+  assert.deepEqual(P.singleRange('bytes=-30', 10), [0, 9]);
+  assert.deepEqual(P.singleRange('bytes=8-999999999999999', 10), [8, 9]);
+  for (const v of ['bytes=-0', 'bytes=10-', 'bytes=5-2', 'bytes=0-1,3-4', 'items=0-1', 'bytes=', 'bytes=-', 'bytes=1234567890123456-', 'bytes=a-b']) assert.equal(P.singleRange(v, 10), null, v);
+  assert.equal(P.singleRange('bytes=0-', 0), null);
+  const f = P.freshness(['etag', '"e1"', 'last-modified', date(T0 - 60_000)], T0, T0, opts());
+  assert.equal(P.ifRangeHolds(undefined, f), true);
+  assert.equal(P.ifRangeHolds('"e1"', f), true);
+  assert.equal(P.ifRangeHolds('W/"e1"', f), false);
+  assert.equal(P.ifRangeHolds('"e2"', f), false);
+  assert.equal(P.ifRangeHolds(date(T0 - 60_000), f), true);
+  assert.equal(P.ifRangeHolds(date(T0), f), false);
+  assert.equal(P.ifRangeHolds('garbage', f), false);
+  const weak = P.freshness(['etag', 'W/"e1"'], T0, T0, opts());
+  assert.equal(P.ifRangeHolds('W/"e1"', weak), false);
+});
