@@ -4,10 +4,12 @@
  * header list size, bad prefaces on the h2c port. The gateway's CPU time and RSS come from
  * /proc/<pid>/stat and /proc/<pid>/status (Linux only: the file is skipped elsewhere).
  *
- * The gateway runs from source (`node --import tsx src/cli/main-entry.ts`, the CLI entry meant
- * for tests) rather than through helpers' startCli (bin/turnpike.js runs dist/, which is only as
- * new as the last `npm run build`). With one worker and no wrapper, the spawned child IS the
- * gateway process: its pid is the one measured (checked through /proc/<pid>/cmdline).
+ * The gateway runs src/cli/main-entry.ts (the CLI entry meant for tests) as this file runs
+ * (test/child-module.ts: through tsx from source when this file does, else from the dist/ npm
+ * test built), rather than through helpers' startCli (bin/turnpike.js runs dist/, which is
+ * only as new as the last `npm run build`, also when this file runs from source). With one
+ * worker and no wrapper, the spawned child IS the gateway process: its pid is the one
+ * measured (checked through /proc/<pid>/cmdline).
  */
 import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -20,8 +22,10 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { setImmediate as tick } from 'node:timers/promises';
 import { freePort, request, sleep, startUpstream, waitFor, type TestUpstream } from './helpers.js';
+import { childModule } from './child-module.js';
 
 const ROOT = process.cwd();
+const ENTRY = childModule('src/cli/main-entry.ts');
 const LINUX = existsSync('/proc/self/stat');
 
 const MAX_STREAMS = 100;
@@ -60,7 +64,7 @@ async function startGatewayProcess(yaml: string, port: number): Promise<GatewayP
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-h2floods-'));
   const file = join(dir, 'turnpike.yaml');
   writeFileSync(file, yaml);
-  const child = spawn(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main-entry.ts'), 'start', '--config', file], {
+  const child = spawn(process.execPath, [...ENTRY.execArgv, ENTRY.path, 'start', '--config', file], {
     cwd: ROOT,
     env: { ...process.env, TURNPIKE_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -393,7 +397,7 @@ services:
 `, port);
     // The measured pid is the gateway itself (no npx or shell in between) with no workers.
     const cmdline = readFileSync(`/proc/${gw.pid}/cmdline`, 'utf8').split('\0');
-    assert.ok(cmdline.some((a) => a.endsWith('main-entry.ts')), cmdline.join(' '));
+    assert.ok(cmdline.includes(ENTRY.path), cmdline.join(' '));
     // Warm-up: the first HTTP/2 session and request compile code paths that the attacks would
     // otherwise be charged for.
     const s = await h2connect(gw.url);

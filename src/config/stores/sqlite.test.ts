@@ -10,20 +10,15 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { createInterface } from 'node:readline';
 import Database from 'better-sqlite3';
 import { SqliteStore } from './sqlite.js';
 import { RevisionConflict, StoreUnavailable, type ConfigDocument } from './types.js';
+import { childModule } from '../../../test/child-module.js';
 
 const ROOT = process.cwd();
-/**
- * The other processes load the store as this one was loaded: from src/ through tsx when this
- * file runs from its TypeScript, else from the built dist/ (npm test builds it first): tsx's
- * loader costs each child about a second to start, five children in this file.
- */
-const TSX = process.execArgv.some((a) => /(^|[/\\])tsx([/\\]|$)/.test(a));
-const SQLITE_MODULE = pathToFileURL(join(ROOT, TSX ? 'src/config/stores/sqlite.ts' : 'dist/config/stores/sqlite.js')).href;
+/** The other processes load the store as this one was loaded (test/child-module.ts). */
+const SQLITE = childModule('src/config/stores/sqlite.ts');
 const work = mkdtempSync(join(tmpdir(), 'turnpike-sqlite-'));
 const stores: SqliteStore[] = [];
 const children = new Set<ChildProcess>();
@@ -51,8 +46,8 @@ const addConsumer = (name: string) => (doc: ConfigDocument | null): ConfigDocume
 
 /** A node process running `body` (an async ES module body) with `SqliteStore` in scope; lines of stdout are handed to onLine. */
 function child(body: string, env: Record<string, string>, onLine: (line: string, c: ChildProcess) => void = () => undefined) {
-  const code = `const { SqliteStore } = await import(${JSON.stringify(SQLITE_MODULE)});\n${body}`;
-  const c = spawn(process.execPath, [...(TSX ? ['--import', 'tsx'] : []), '--input-type=module', '-e', code], {
+  const code = `const { SqliteStore } = await import(${JSON.stringify(SQLITE.url)});\n${body}`;
+  const c = spawn(process.execPath, [...SQLITE.execArgv, '--input-type=module', '-e', code], {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, ...env },
