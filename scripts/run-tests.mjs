@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Runs every *.test.ts under src/ and test/ with node's test runner: compiled to .tc/ for the whole suite, through tsx for files named.
 // Extra arguments are passed to node --test (e.g. a file list or --test-name-pattern).
-import { readdirSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
@@ -61,10 +62,18 @@ const SERIAL = new Set([
   'test/scaling-e2e.test.ts',
 ]);
 
+/**
+ * A directory for the run where the first PostgreSQL server a test starts keeps a copy of its
+ * fresh cluster, which later servers copy instead of running initdb (test/postgres-server.ts);
+ * removed when the run ends.
+ */
+const pgTemplates = mkdtempSync(join(tmpdir(), 'turnpike-pg-templates-'));
+process.on('exit', () => rmSync(pgTemplates, { force: true, recursive: true }));
+
 const run = (loader, extra, files) => spawnSync(
   process.execPath,
   [...loader, '--test', '--test-timeout=120000', ...extra, ...files],
-  { stdio: 'inherit', env: { ...process.env, TURNPIKE_LOG_LEVEL: process.env.TURNPIKE_LOG_LEVEL ?? 'silent' } },
+  { stdio: 'inherit', env: { ...process.env, TURNPIKE_LOG_LEVEL: process.env.TURNPIKE_LOG_LEVEL ?? 'silent', TURNPIKE_TEST_PG_TEMPLATES: pgTemplates } },
 ).status ?? 1;
 
 const args = process.argv.slice(2);

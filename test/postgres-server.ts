@@ -7,7 +7,8 @@
  * by a watcher beside it — when the test process dies without cleaning up.
  */
 import { spawn, spawnSync, execFile, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -118,6 +119,39 @@ export interface PostgresServer {
   stop(): Promise<void>;
 }
 
+const INITDB_ARGS = ['-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '--no-sync'];
+
+/**
+ * A fresh cluster in `data`: initdb, or a copy of a cluster initdb made earlier in this run.
+ * initdb takes one to two seconds of a loaded machine per server; scripts/run-tests.mjs names a
+ * directory for the run (TURNPIKE_TEST_PG_TEMPLATES, removed when the run ends) where the first
+ * server keeps a copy of its new cluster, moved in by one rename (a file running beside it
+ * finds all of it or none), and later servers copy that (`cp -a`: owner and modes kept). The
+ * copy is taken before the server first starts: it is the cluster as initdb left it. Without
+ * the variable (a file run by node --test directly) every server runs initdb.
+ */
+async function initCluster(bin: string, data: string, dir: string, user: { uid: number; gid: number } | null): Promise<void> {
+  const as = user ? { uid: user.uid, gid: user.gid } : {};
+  const initdb = () => run(join(bin, 'initdb'), ['-D', data, ...INITDB_ARGS], { ...as, cwd: dir, timeout: 60_000 });
+  const root = process.env.TURNPIKE_TEST_PG_TEMPLATES;
+  if (!root || !existsSync(root)) return void await initdb();
+  const template = join(root, createHash('sha256').update(JSON.stringify([bin, INITDB_ARGS, user])).digest('hex').slice(0, 16));
+  if (existsSync(template)) {
+    await run('cp', ['-a', template, data], { timeout: 60_000 });
+    return;
+  }
+  await initdb();
+  const tmp = mkdtempSync(join(root, 'new-'));
+  try {
+    await run('cp', ['-a', data, join(tmp, 'data')], { timeout: 60_000 });
+    renameSync(join(tmp, 'data'), template);
+  } catch {
+    // (another file kept its copy first, or this one could not: the next server runs initdb)
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
 export async function startPostgres(opts: { port?: number; settings?: Record<string, string> } = {}): Promise<PostgresServer> {
   const bin = postgresBinDir();
   const user = runAs();
@@ -128,7 +162,7 @@ export async function startPostgres(opts: { port?: number; settings?: Record<str
   const data = join(dir, 'data');
   const as = user ? { uid: user.uid, gid: user.gid } : {};
   try {
-    await run(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '--no-sync'], { ...as, cwd: dir, timeout: 60_000 });
+    await initCluster(bin, data, dir, user);
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     dirs.delete(dir);
