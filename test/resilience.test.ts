@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { WebSocket, WebSocketServer } from 'ws';
+import { connect as h2connect, constants as h2constants } from 'node:http2';
 import { countRequests, freePort, sleep, startGateway, startRawOrigin, startUpstream, request, type SimpleResponse, type TestUpstream } from './helpers.js';
 
 async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
@@ -819,6 +820,42 @@ services:
     assert.equal((await request(`${g.url}/x`)).status, 500);
     assert.equal(await failures(), 2);
   } finally {
+    await g.close();
+    await u.close();
+  }
+});
+
+test('an HTTP/2 upload that stalls, read first for a retry, gets its 408 and nothing more: the stream the gateway then resets (NO_ERROR) ends its body short of its Content-Length, which is neither run as a request nor counted as a failure of the circuit', { timeout: 5000 }, async () => {
+  const u = await startUpstream((_q, res) => res.end('ok'));
+  const g = await startGateway(`
+http2: {h2c: true}
+timeouts: {client_body: 200ms}
+services:
+  - name: s
+    url: ${u.url}
+    retries: 1
+    circuit_breaker: {min_requests: 1, failure_ratio: 0.5}
+    routes: [{paths: [/]}]
+`);
+  const session = h2connect(g.url);
+  try {
+    const status = await new Promise<number>((resolve) => {
+      const s = session.request({ ':method': 'PUT', ':path': '/x', 'content-length': '1000' }, { endStream: false });
+      s.on('response', (h) => resolve(Number(h[':status'])));
+      s.on('error', () => {});
+      s.write('hello'); // and nothing more
+    });
+    assert.equal(status, 408);
+    // (the session goes on: the gateway's reset of the stalled stream goes out with its next frames)
+    const again = session.request({ ':method': 'PUT', ':path': '/x', 'content-length': '1000' }, { endStream: false });
+    again.on('error', () => {});
+    again.write('hello');
+    await sleep(400);
+    assert.equal(g.gw.health!.report().circuits.s, 'closed', 'the client\'s stalled upload opened the circuit');
+    assert.equal((await request(`${g.url}/x`)).status, 200);
+    assert.equal(u.requests.length, 1, 'the 5 bytes it had went on as a request');
+  } finally {
+    session.destroy(); // (its stream was never read: close() would wait for it)
     await g.close();
     await u.close();
   }

@@ -410,6 +410,28 @@ export class ForwardHandler {
     f.snapshot.retain();
   }
 
+  /**
+   * The request body ended short of its Content-Length (undici's REQ_CONTENT_LENGTH_MISMATCH, or
+   * a body read first for a retry): an HTTP/2 stream closed with NO_ERROR mid-upload ends its
+   * body so — the gateway's own reset after its 408 for a body that stalled or trickled
+   * included, which then ran the request with the 5 bytes it had. The client's doing: neither a
+   * success nor a failure of the target's (passive health, latency) or the circuit's (it was
+   * counted a target success, and after the 408 a circuit failure: a client stalling its HTTP/2
+   * uploads opened the circuit for everyone), never retried; a 400 closing the connection if
+   * nothing was answered yet; an upstream answer under way is cut (it cannot be completed).
+   */
+  private bodyCutShort(err?: Error): void {
+    const f = this.f;
+    if (this.target !== null) this.endAttempt(null);
+    this.endSpan(null, 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH');
+    this.finished = true;
+    this.outcome = null;
+    this.held = null;
+    if (!f.res.headersSent) sendProblem(f.res, 'bad-request', 'the request body ended before its Content-Length', f.requestId, { close: true });
+    else if (this.status !== 0) resetResponse(f.res, err);
+    this.release();
+  }
+
   /** The client connection closed (or the response finished): stop the upstream exchange if it still runs. */
   clientClosed(): void {
     clearTimeout(this.stall);
@@ -479,7 +501,11 @@ export class ForwardHandler {
         f.req.on('data', (c: Buffer) => chunks.push(c));
         f.req.once('end', () => {
           if (this.finished) return;
-          this.body = Buffer.concat(chunks);
+          const body = Buffer.concat(chunks);
+          // (short of its Content-Length: an HTTP/2 stream reset with NO_ERROR mid-upload ends
+          // its body so, the gateway's own after a 408 included; see bodyCutShort)
+          if (body.length !== length) return this.bodyCutShort();
+          this.body = body;
           this.admit();
         });
         return;
@@ -1459,6 +1485,7 @@ export class ForwardHandler {
     if (err === RETRY || err === STALE || this.finished) return;
     const f = this.f;
     const code = (err as { code?: string }).code ?? '';
+    if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') return this.bodyCutShort(err);
     // A 204 or 304 ends with its header section whatever its Content-Length says (RFC 9112
     // §6.3); undici still checks the length and drops the connection: the response is whole.
     if (code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && (this.status === 204 || this.status === 304)) return this.onComplete(null);
@@ -1545,9 +1572,8 @@ export class ForwardHandler {
         setImmediate(() => this.attempt());
         return;
       }
-      // An attempt that failed before any response: the target is charged for it (not for a
-      // request body that broke its own Content-Length).
-      if (t !== null) this.endAttempt(code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH');
+      // An attempt that failed before any response: the target is charged for it.
+      if (t !== null) this.endAttempt(false);
       this.endSpan(null, code || 'error');
       if (t !== null && kind !== null && this.mayRetry(kind)) {
         (this.tried ??= []).push(t);
