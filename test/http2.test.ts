@@ -823,3 +823,34 @@ test('HTTP/2: timeouts.client_body_min_rate: a stream whose body trickles a byte
     await g.close();
   }
 });
+
+test('the rapid-reset window runs on the monotonic clock: a wall clock stepped back (NTP, a resumed VM) does not hold it open, so a client cancelling a few streams per window keeps its session', async () => {
+  const g = await startGateway(`
+http2: {h2c: true, max_resets: 4, reset_window: 200ms}
+services: [{name: sse, url: ${sse.url}, routes: [{paths: [/events]}]}, {name: h1, url: ${up.url}, routes: [{paths: [/h1]}]}]
+`);
+  const session = h2connect(g.url);
+  const realNow = Date.now;
+  const cancelThree = async () => {
+    for (let i = 0; i < 3; i++) {
+      const s = session.request({ ':path': '/events' });
+      await new Promise<void>((resolve, reject) => { s.once('response', () => resolve()); s.once('error', reject); });
+      s.close(h2constants.NGHTTP2_CANCEL);
+      await new Promise<void>((r) => s.once('close', () => r()));
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  };
+  try {
+    await cancelThree();
+    // An hour back, then the window's length and more: three more cancels start a new window.
+    Date.now = () => realNow() - 3_600_000;
+    await new Promise((r) => setTimeout(r, 300));
+    await cancelThree();
+    assert.equal(session.destroyed || session.closed, false, 'the session was closed (GOAWAY ENHANCE_YOUR_CALM)');
+    assert.equal((await h2request(session, { ':path': '/h1/after' })).status, 200);
+  } finally {
+    Date.now = realNow;
+    session.close();
+    await g.close();
+  }
+});

@@ -297,7 +297,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
   const fork = (): WorkerInfo => {
     // (the node's token for the cache's background refreshes: any worker may take one)
     const worker = cluster.fork({ TURNPIKE_WORKER: '1', TURNPIKE_INTERNAL_TOKEN: gw.caches.refresher.token });
-    const info: WorkerInfo = { worker, startedAt: Date.now(), listening: false, retiring: false, replaced: false, standIn: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now(), configHash: null, reloadFailed: null, renewing: false, renewFailures: 0, renewTimer: undefined };
+    const info: WorkerInfo = { worker, startedAt: performance.now(), listening: false, retiring: false, replaced: false, standIn: false, onListening: [], startError: null, metrics: null, analytics: null, reloadsPending: 0, onSettled: [], heardAt: performance.now(), configHash: null, reloadFailed: null, renewing: false, renewFailures: 0, renewTimer: undefined };
     infos.set(worker.id, info);
     worker.on('message', (m: unknown) => {
       if (!isMsg(m)) return;
@@ -431,7 +431,7 @@ export async function startPrimary(loaded: LoadedConfig, log: Logger, extra: { c
     if (stopping || !info || info.retiring || (starting && !info.listening) || (info.standIn && !info.listening)) return;
     log.error({ pid: worker.process.pid, code, signal, ...(info.startError ? { error: info.startError } : {}) }, 'worker died; starting a replacement');
     // A worker that dies young is likely to die again: back off (up to 30 s) instead of spinning.
-    crashDelay = Date.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
+    crashDelay = performance.now() - info.startedAt < 5_000 ? Math.min(Math.max(crashDelay * 2, 250), 30_000) : 0;
     setTimeout(() => {
       if (!stopping && live().length < gw.snapshot.workers) fork();
     }, crashDelay).unref();

@@ -44,6 +44,7 @@ import { SharedAnalytics } from '../observability/shared-analytics.js';
 import { Analytics } from '../observability/analytics.js';
 import { AccountService, type AccountBackend, type AccountRequest, type AccountResponse, type Usage } from '../portal/accounts.js';
 import { quotaViews } from '../plugins/quota/index.js';
+import { performance } from 'node:perf_hooks';
 
 export interface GatewayOptions {
   logger?: Logger;
@@ -880,7 +881,9 @@ export class Gateway implements RequestContext {
         finishClose();
       });
       let resets = 0;
-      let windowStart = Date.now();
+      // (the monotonic clock: a wall clock stepped back would hold the window open and add up a
+      // well-behaved client's cancellations until it lost its connection)
+      let windowStart = performance.now();
       // A stream counts as reset by the client when it ends with RST_STREAM of any code but
       // INTERNAL_ERROR, or was aborted before its answer: also streams answered at once before
       // the client's reset was read (a flood of HEADERS + RST_STREAM against a fast 401/404/429
@@ -888,7 +891,7 @@ export class Gateway implements RequestContext {
       // body, its RST_STREAM code passed on): node marks those aborted too, and an upstream
       // that cut 200 bodies cost an HTTP/2 client, and every stream it multiplexed, its connection.
       const countReset = () => {
-        const now = Date.now();
+        const now = performance.now();
         const h2s = this.snapshot.http2;
         if (now - windowStart > h2s.resetWindow) {
           windowStart = now;
@@ -1504,7 +1507,8 @@ export class Gateway implements RequestContext {
     this.endDelay?.();
     this.beginDrain();
     clearTimeout(this.dnsTimer);
-    const deadline = Date.now() + this.snapshot.timeouts.drain;
+    // (the monotonic clock: a wall-clock step during the drain must not lengthen or cut it)
+    const deadline = performance.now() + this.snapshot.timeouts.drain;
     // net.Server's close, not http.Server's: the latter also cuts connections whose first
     // request has not been parsed yet (closeIdleConnections), losing requests already sent.
     // Every listener stops accepting now; connections it handed on are drained below.
@@ -1513,9 +1517,9 @@ export class Gateway implements RequestContext {
       : Promise.resolve();
     const listenersClosed = Promise.all([stopAccepting(this.proxy), stopAccepting(this.plain), stopAccepting(this.tlsServer)]);
     // WebSockets get a 1001 close now (they would hold the drain to its end otherwise).
-    const wsClosed = closeAllWebSockets(Math.max(0, Math.min(5000, deadline - Date.now())));
+    const wsClosed = closeAllWebSockets(Math.max(0, Math.min(5000, deadline - performance.now())));
     for (const s of this.sessions) s.close(); // GOAWAY: streams in progress finish
-    while ((this.closeIdle(Date.now()) || this.inflight > 0) && Date.now() < deadline) {
+    while ((this.closeIdle(Date.now()) || this.inflight > 0) && performance.now() < deadline) {
       await new Promise((r) => setTimeout(r, 25));
     }
     this.proxy?.closeAllConnections();
