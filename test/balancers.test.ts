@@ -65,7 +65,7 @@ for (const [weights, expected, freed, more, after] of [
   // 4 held -> 3/1; a's three finish, so the next four all go to a: (k+1)/3 stays below b's (1+1)/1 for k < 5.
   [[3, 1], [3, 1], 'a', 4, [4, 1]],
 ] as const) {
-  test(`least-connections spreads held requests by (inflight+1)/weight: weights ${weights.join(':')} -> ${expected.join('/')}`, { timeout: 5000 }, async () => {
+  test(`least-connections spreads held requests by (inflight+1)/weight: weights ${weights.join(':')} -> ${expected.join('/')}`, { timeout: 30_000 }, async () => {
     const a = await holding('a');
     const b = await holding('b');
     const g = await startGateway(`services:\n  - name: s\n    upstream:\n      balancer: least-connections\n      targets: [{url: ${a.url}, weight: ${weights[0]}}, {url: ${b.url}, weight: ${weights[1]}}]\n    routes: [{paths: [/]}]\n`);
@@ -97,7 +97,7 @@ for (const [weights, expected, freed, more, after] of [
   });
 }
 
-test('consistent-hash on a header: stable mapping; adding a target moves keys only to it, removing one moves only its keys', { timeout: 5000 }, async () => {
+test('consistent-hash on a header: stable mapping; adding a target moves keys only to it, removing one moves only its keys', { timeout: 30_000 }, async () => {
   const ups = await Promise.all(['a', 'b', 'c', 'd'].map((n) => named(n)));
   const [a, b, c, d] = ups as [TestUpstream, TestUpstream, TestUpstream, TestUpstream];
   const cfg = (ts: TestUpstream[]) =>
@@ -132,7 +132,7 @@ test('consistent-hash on a header: stable mapping; adding a target moves keys on
   }
 });
 
-test('consistent-hash on a cookie: same cookie, same target; no cookie falls back to the client IP', { timeout: 5000 }, async () => {
+test('consistent-hash on a cookie: same cookie, same target; no cookie falls back to the client IP', { timeout: 30_000 }, async () => {
   const ups = await Promise.all(['a', 'b', 'c'].map((n) => named(n)));
   const g = await startGateway(`services:\n  - name: s\n    upstream:\n      balancer: consistent-hash\n      hash_on: cookie:sid\n      targets: [${ups.map((t) => `{url: ${t.url}}`).join(', ')}]\n    routes: [{paths: [/]}]\n`);
   try {
@@ -158,7 +158,7 @@ test('consistent-hash on a cookie: same cookie, same target; no cookie falls bac
   }
 });
 
-test('consistent-hash on ip (and header fallback to ip): each client address sticks to one target', { timeout: 5000 }, async () => {
+test('consistent-hash on ip (and header fallback to ip): each client address sticks to one target', { timeout: 30_000 }, async () => {
   const ups = await Promise.all(['a', 'b', 'c'].map((n) => named(n)));
   const targets = `targets: [${ups.map((t) => `{url: ${t.url}}`).join(', ')}]`;
   const byIp = await startGateway(`services:\n  - name: s\n    upstream:\n      balancer: consistent-hash\n      hash_on: ip\n      ${targets}\n    routes: [{paths: [/]}]\n`);
@@ -182,7 +182,7 @@ test('consistent-hash on ip (and header fallback to ip): each client address sti
   }
 });
 
-test('latency balancer sends most traffic to the faster target', { timeout: 5000 }, async () => {
+test('latency balancer sends most traffic to the faster target', { timeout: 30_000 }, async () => {
   const slow = await named('slow', { delayMs: 40 });
   const fast = await named('fast');
   const g = await startGateway(`services:\n  - name: s\n    upstream:\n      balancer: latency\n      targets: [{url: ${slow.url}}, {url: ${fast.url}}]\n    routes: [{paths: [/]}]\n`);
@@ -198,7 +198,7 @@ test('latency balancer sends most traffic to the faster target', { timeout: 5000
   }
 });
 
-test('latency balancer: a target that fails at once (5xx) is not the fastest', { timeout: 5000 }, async () => {
+test('latency balancer: a target that fails at once (5xx) is not the fastest', { timeout: 30_000 }, async () => {
   const failing = await startUpstream((_q, res) => res.writeHead(500).end('failing'));
   const slower = await named('ok', { delayMs: 20 });
   const g = await startGateway(`services:\n  - name: s\n    upstream:\n      balancer: latency\n      targets: [{url: ${failing.url}}, {url: ${slower.url}}]\n    routes: [{paths: [/]}]\n`);
@@ -214,7 +214,7 @@ test('latency balancer: a target that fails at once (5xx) is not the fastest', {
   }
 });
 
-test('round-robin skips a target the active health check marks down', { timeout: 5000 }, async () => {
+test('round-robin skips a target the active health check marks down', { timeout: 30_000 }, async () => {
   let bStatus = 503;
   const a = await named('a');
   const b = await named('b', { health: () => bStatus });
