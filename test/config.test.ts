@@ -5,6 +5,7 @@ import { makeCa } from './certs.js';
 import { configIssues, eventually, freePort, request, startCli } from './helpers.js';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { spawn, spawnSync } from 'node:child_process';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { documentValidator } from '../src/admin/validate.js';
@@ -1281,4 +1282,32 @@ test('scaling: a webhook URL to a loopback, link-local (cloud metadata) or "this
   assert.deepEqual(configIssues(svc('http://10.1.2.3/hook', 'scaling:\n  webhook_allowed_networks: [127.0.0.1/32, 10.0.0.0/33]\n')), [
     { path: 'scaling.webhook_allowed_networks[1]', line: 2, message: '"10.0.0.0/33" is not an IP address or CIDR (10.0.0.0/8, 127.0.0.1/32, fd00::/8)' },
   ]);
+});
+
+test('start-up: the quickstart gateway does not load what its config does not use (Redis, PostgreSQL, SQLite, gRPC + protobuf, the OpenTelemetry SDK, ajv, JSONata)', async () => {
+  // Every process (a CLI run, each worker fork, a rolling restart) pays for the modules it loads.
+  // These packages are CommonJS (no "exports" with an ESM build): imported or required, they are
+  // in require.cache, which the process writes out as it exits.
+  const dir = mkdtempSync(join(tmpdir(), 'turnpike-loaded-'));
+  const record = join(dir, 'loaded.txt');
+  const script = join(dir, 'record.mjs');
+  writeFileSync(script, `import { createRequire } from 'node:module';\nimport { writeFileSync } from 'node:fs';\nprocess.on('exit', () => writeFileSync(${JSON.stringify(record)}, Object.keys(createRequire(process.cwd() + '/').cache).join('\\n')));\n`);
+  const run = startCli(['start', '--config', 'examples/quickstart.yaml'], {
+    NODE_OPTIONS: `--import=${pathToFileURL(script).href}`,
+    TURNPIKE_LISTEN: '127.0.0.1:0',
+    TURNPIKE_ADMIN_LISTEN: '127.0.0.1:0',
+    TURNPIKE_DEMO_LISTEN: '127.0.0.1:0',
+  });
+  await eventually(() => run.stderr().includes('"msg":"proxy listener up"') || run.child.exitCode !== null, 15_000, 20);
+  run.child.kill('SIGTERM');
+  assert.equal(await run.exit, 0, run.stderr());
+  const packages = new Set<string>();
+  for (const line of readFileSync(record, 'utf8').split('\n')) {
+    const m = /node_modules[\\/]((?:@[^\\/]+[\\/])?[^\\/]+)/.exec(line);
+    if (m) packages.add(m[1]!.replace('\\', '/'));
+  }
+  // (the record works: what every gateway uses is in it)
+  for (const used of ['undici', 'prom-client', 'pino']) assert.ok(packages.has(used), `${used} not recorded: ${[...packages].join(' ')}`);
+  const unused = ['pg', 'pg-pool', 'ioredis', 'better-sqlite3', '@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs', '@opentelemetry/sdk-trace-base', '@opentelemetry/core', '@opentelemetry/resources', '@opentelemetry/exporter-trace-otlp-http', 'ajv', 'ajv-formats', 'jsonata'];
+  assert.deepEqual(unused.filter((p) => packages.has(p)), []);
 });
