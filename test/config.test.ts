@@ -1284,7 +1284,7 @@ test('scaling: a webhook URL to a loopback, link-local (cloud metadata) or "this
   ]);
 });
 
-test('start-up: the quickstart gateway does not load what its config does not use (Redis, PostgreSQL, SQLite, gRPC + protobuf, the OpenTelemetry SDK, ajv, JSONata)', async () => {
+test('start-up: the quickstart gateway does not load what its config does not use (Redis, PostgreSQL, SQLite, gRPC + protobuf, the OpenTelemetry SDK, ajv, JSONata, ws)', async () => {
   // Every process (a CLI run, each worker fork, a rolling restart) pays for the modules it loads.
   // These packages are CommonJS (no "exports" with an ESM build): imported or required, they are
   // in require.cache, which the process writes out as it exits.
@@ -1308,6 +1308,6 @@ test('start-up: the quickstart gateway does not load what its config does not us
   }
   // (the record works: what every gateway uses is in it)
   for (const used of ['undici', 'prom-client', 'pino']) assert.ok(packages.has(used), `${used} not recorded: ${[...packages].join(' ')}`);
-  const unused = ['pg', 'pg-pool', 'ioredis', 'better-sqlite3', '@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs', '@opentelemetry/sdk-trace-base', '@opentelemetry/core', '@opentelemetry/resources', '@opentelemetry/exporter-trace-otlp-http', 'ajv', 'ajv-formats', 'jsonata'];
+  const unused = ['pg', 'pg-pool', 'ioredis', 'better-sqlite3', '@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs', '@opentelemetry/sdk-trace-base', '@opentelemetry/core', '@opentelemetry/resources', '@opentelemetry/exporter-trace-otlp-http', 'ajv', 'ajv-formats', 'jsonata', 'ws'];
   assert.deepEqual(unused.filter((p) => packages.has(p)), []);
 });

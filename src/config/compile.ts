@@ -24,6 +24,7 @@ import { createBalancer, type Balancer, type BalancerName } from '../upstream/ba
 import type { DnsSettings } from '../upstream/dns.js';
 import { RuntimeState, type ServiceState, type TargetState } from '../upstream/state.js';
 import type { ActiveConfig, CircuitConfig, PassiveConfig, Reporter } from '../upstream/authority.js';
+import { loadWebSocketLibrary } from '../server/websocket.js';
 import { CertSet, DEFAULT_CIPHERS, hstsValue, upstreamTlsProblem, type CertSpec } from '../server/tls.js';
 import { Value } from '@sinclair/typebox/value';
 import { PLUGINS } from '../plugins/registry.js';
@@ -853,6 +854,7 @@ function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void,
         cacheWrites: null,
       };
       if (ws && service.grpc) fail([...routePath(si, ri), 'websocket'], 'a gRPC service cannot take WebSocket upgrades');
+      if (ws) loadWebSocketLibrary(); // here, not at the first upgrade (a config without one never loads ws)
       // ws reads its maxPayload as a 32-bit integer and 0 (or what overflows to 0 or below: 2gb,
       // 4gb) as no limit at all: every message, however large, would be buffered whole.
       const maxMessage = route.websocket?.maxMessage;

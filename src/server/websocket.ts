@@ -35,10 +35,23 @@ import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { connect as netConnect, isIP, type NetConnectOpts, type Socket } from 'node:net';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
-import { WebSocket, WebSocketServer, type ClientOptions, type RawData } from 'ws';
+import type { WebSocket, WebSocketServer, ClientOptions, RawData } from 'ws';
+import { lazy } from '../core/lazy.js';
 import { PROBLEMS, problemBody, type ProblemCode } from '../core/problem.js';
 import { connectionTokens, isGatewayCookie } from '../core/headers.js';
 import { connectFailed, markConnectFailed } from '../upstream/pools.js';
+
+/**
+ * ws (~60 ms of a process's start) is loaded by the compile of a config with a WebSocket route
+ * (loadWebSocketLibrary), not by every gateway; an upgrade only reads it.
+ */
+const wsLib = lazy<typeof import('ws')>('ws');
+/** WebSocket.OPEN (the readyState values are the WHATWG ones). */
+const OPEN = 1;
+
+export function loadWebSocketLibrary(): void {
+  wsLib();
+}
 
 export interface WsStats {
   messagesIn: number; messagesOut: number; bytesIn: number; bytesOut: number;
@@ -156,7 +169,7 @@ const servers = new Map<number, WebSocketServer>();
 function serverFor(maxPayload: number): WebSocketServer {
   let wss = servers.get(maxPayload);
   if (!wss) {
-    wss = new WebSocketServer({
+    wss = new (wsLib().WebSocketServer)({
       noServer: true, perMessageDeflate: false, clientTracking: false, maxPayload,
       handleProtocols: (_offered, req) => accepted.get(req)?.protocol || false,
     });
@@ -298,7 +311,7 @@ export function relayWebSocket(o: WsRelayOptions): void {
         headers: (offered.length ? { ...headers, 'sec-websocket-protocol': offered.join(',') } : headers) as Record<string, string>, // arrays are fine for http.request
         createConnection: (tls ? wssConnect : wsConnect) as unknown as ClientOptions['createConnection'],
       };
-      return new WebSocket(url, opts);
+      return new (wsLib().WebSocket)(url, opts);
     } catch { // bad URL or header value: a gateway bug, not the upstream's fault
       return null;
     }
@@ -476,7 +489,7 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
   /** Starts the close handshake on a leg still open (code undefined: close frame without status). */
   function closeLeg(ws: WebSocket, code?: number, reason = ''): void {
     ws.resume(); // a paused leg would never read its peer's close frame
-    if (ws.readyState !== WebSocket.OPEN) return;
+    if (ws.readyState !== OPEN) return;
     try { if (code === undefined) ws.close(); else ws.close(code, reason); } catch { ws.terminate(); }
   }
   function gatewayClose(code: number, reason: string): void {
@@ -491,7 +504,7 @@ function relay(o: WsRelayOptions, down: WebSocket, up: WebSocket, downSocket: Du
       last = performance.now();
       const buf = data as Buffer; // binaryType 'nodebuffer': always one Buffer, fragments joined
       if (fromClient) { stats.messagesIn++; stats.bytesIn += buf.length; } else { stats.messagesOut++; stats.bytesOut += buf.length; }
-      if (dst.readyState !== WebSocket.OPEN) return;
+      if (dst.readyState !== OPEN) return;
       dst.send(buf, { binary: isBinary });
       if (dst.bufferedAmount > HIGH_WATER && !src.isPaused && dstSocket) {
         src.pause(); // the socket's buffer is far past its highWaterMark, so 'drain' will come
