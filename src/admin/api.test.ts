@@ -6,7 +6,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { pino } from 'pino';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse as parseYamlText } from 'yaml';
@@ -17,6 +19,9 @@ import { createApiHandler } from './api.js';
 import type { ApiToken } from './auth.js';
 import { documentValidator, sampleDocument } from './testing.js';
 import { hashCredential, secretValues } from './secrets.js';
+import { hashPasswordAsync, parseHash, verifyPassword } from '../plugins/basic-auth/hash.js';
+import { ControlPlane } from '../server/control-plane.js';
+import { loadConfigFile } from '../config/load.js';
 import type { Obj } from './document.js';
 
 const ADMIN = 'admin-token-0123456789';
@@ -454,14 +459,14 @@ test('200 concurrent writes with stale ETags: 412s, and every acknowledged write
 });
 
 test('export -> apply on an empty store -> export gives the same document; dry_run answers the diff without writing', async () => {
-  const a = await start({ seed: sampleDocument() as Obj });
+  const a = await start({ seed: hashedSample() });
   const b = await start();
   try {
     // with secrets (an admin's backup): identical, byte for byte
     const full = await a.call('GET', '/api/config?secrets=true');
     assert.equal(full.headers.get('content-type'), 'application/yaml');
     assert.equal(full.headers.get('etag'), '"r1"');
-    assert.deepEqual(parseYamlText(full.text), sampleDocument());
+    assert.deepEqual(parseYamlText(full.text), hashedSample());
     const applied = await b.call('PUT', '/api/config', { raw: full.text, type: 'application/yaml', headers: { 'if-match': '"r0"' } });
     assert.equal(applied.status, 200, applied.text);
     assert.equal(applied.json.changed, true);
@@ -1148,5 +1153,83 @@ test('a write whose apply on this node hangs is answered once applyWaitMs passed
     assert.equal((await api.call('GET', '/api/services/late')).status, 200, 'stored');
   } finally {
     await api.close();
+  }
+});
+
+/** The consumers' basic-auth credentials of a stored document. */
+const basicCreds = (doc: Obj): Obj[] => (doc['consumers'] as Obj[]).flatMap((c) => (c['credentials'] as Obj[] | undefined) ?? []).filter((c) => c['type'] === 'basic-auth');
+
+test('PUT /api/config and rollback store no plain basic-auth password (a scrypt hash, made off the event loop); the same document PUT again (the plain password) changes nothing, also against a hash this node never made', async () => {
+  // revision 1: as a node of an older release stored it (the plain password); 2: its hash, made
+  // elsewhere (at a low cost: a quick check)
+  const legacy = sampleDocument() as Obj;
+  const elsewhere = await hashPasswordAsync('acme-secret-password', { N: 1024, r: 8, p: 1, keylen: 32 });
+  const api = await start({ seed: legacy });
+  try {
+    await api.store.write({ actor: 'other-node', action: 'hash' }, (cur) => {
+      const doc = structuredClone(cur!) as Obj;
+      const c = basicCreds(doc)[0]!;
+      delete c['password'];
+      c['password_hash'] = elsewhere;
+      return doc;
+    });
+    // a GitOps client applies its file (the plain password) again: the stored hash verifies, kept
+    const dry = await api.call('PUT', '/api/config?dry_run=true', { body: sampleDocument() });
+    assert.equal(dry.status, 200, dry.text);
+    assert.equal(dry.json.changed, false, dry.text);
+    const same = await api.call('PUT', '/api/config', { body: sampleDocument() });
+    assert.equal(same.status, 200, same.text);
+    assert.deepEqual({ revision: same.json.revision, changed: same.json.changed }, { revision: 2, changed: false });
+    // a new password: stored as a new hash of it, never in clear
+    const next = sampleDocument() as Obj;
+    basicCreds(next)[0]!['password'] = 'a-new-acme-password';
+    const put = await api.call('PUT', '/api/config', { body: next });
+    assert.equal(put.status, 200, put.text);
+    assert.equal(put.json.changed, true);
+    let head = (await api.store.current())!;
+    assert.ok(!secretValues(head.document as Obj).includes('a-new-acme-password'), 'the password is in the store in clear');
+    const hash = String(basicCreds(head.document as Obj)[0]!['password_hash']);
+    assert.ok(await verifyPassword('a-new-acme-password', parseHash(hash)!));
+    assert.equal(basicCreds(head.document as Obj)[0]!['password'], undefined);
+    // ... and sent again: unchanged
+    const again = await api.call('PUT', '/api/config', { body: next });
+    assert.deepEqual({ revision: again.json.revision, changed: again.json.changed }, { revision: 3, changed: false });
+    // a rollback to the revision that held it in clear stores its hash
+    const rb = await api.call('POST', '/api/revisions/1/rollback');
+    assert.equal(rb.status, 201, rb.text);
+    head = (await api.store.current())!;
+    assert.ok(!secretValues(head.document as Obj).includes('acme-secret-password'), 'the rollback stored the password in clear');
+    assert.equal(basicCreds(head.document as Obj)[0]!['password_hash'], elsewhere, 'the hash this node checked before');
+    // too many plain passwords in one write: a 400 before any scrypt run, nothing written
+    const many = sampleDocument() as Obj;
+    (many['consumers'] as Obj[]).push(...Array.from({ length: 300 }, (_, i) => ({ name: `bulk-${i}`, credentials: [{ type: 'basic-auth', username: `bulk-${i}`, password: `bulk-password-${i}` }] })));
+    const t0 = performance.now();
+    isProblem(await api.call('PUT', '/api/config', { body: many }), 400, 'bad-request');
+    assert.ok(performance.now() - t0 < 2000);
+    assert.equal((await api.store.current())!.revision, head.revision);
+  } finally {
+    await api.close();
+  }
+});
+
+test('a store seeded from a config file with a plain basic-auth password holds its hash; the file read again (a restart) is not said to differ from the store', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'tp-admin-seed-'));
+  const file = join(dir, 'turnpike.yaml');
+  writeFileSync(file, 'listen: 127.0.0.1:0\nstore: sqlite:./turnpike.db\naccess_log: {enabled: false}\nservices: [{name: s0, url: "http://127.0.0.1:1", routes: [{name: r0, paths: [/x]}]}]\nconsumers:\n  - name: alice\n    credentials: [{type: basic-auth, username: alice, password: seed-file-password-1}]\n');
+  const said: string[] = [];
+  const log = pino({ level: 'info' }, { write: (l: string) => void said.push(l) });
+  try {
+    const first = await ControlPlane.open({ file, loaded: loadConfigFile(file), setting: 'sqlite:./turnpike.db', log, apply: async () => true });
+    const doc = first.served!.document as Obj;
+    await first.close();
+    assert.ok(!secretValues(doc).includes('seed-file-password-1'), 'the seed stored the password in clear');
+    assert.ok(await verifyPassword('seed-file-password-1', parseHash(String(basicCreds(doc)[0]!['password_hash']))!));
+    assert.ok(!readFileSync(join(dir, 'turnpike.db')).toString('latin1').includes('seed-file-password-1'));
+    const second = await ControlPlane.open({ file, loaded: loadConfigFile(file), setting: 'sqlite:./turnpike.db', log, apply: async () => true });
+    assert.equal(second.served!.revision, 1);
+    await second.close();
+    assert.doesNotMatch(said.join(''), /differ from the config store/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

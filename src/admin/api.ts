@@ -29,7 +29,7 @@ import { findEntry, requireObject, type Collection, type Entry } from './collect
 import { COLLECTIONS, apiErrors } from './resources.js';
 import { mergePatch } from './merge-patch.js';
 import { DOCUMENT_ORDER, NODE_LOCAL_KEYS, isObj, samePath, type Obj } from './document.js';
-import { MASK, maskSecrets, restoreMasked, restoreSecrets, stripSecrets } from './secrets.js';
+import { MASK, MAX_PLAIN_PASSWORDS, hashPlainPasswords, maskSecrets, plainPasswordCount, restoreMasked, restoreSecrets, stripSecrets } from './secrets.js';
 import { configChanges, unifiedDiff } from './diff.js';
 import { openApiDocument } from './openapi.js';
 import { approveDeveloper, awaitsAdmin, keepDevelopers, listDevelopers, rejectDeveloper } from './developers.js';
@@ -332,14 +332,18 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       // A secret read as MASK and written back keeps its stored value (nothing else may say MASK).
       const unresolved = restoreMasked(s.doc, cur);
       if (unresolved.length) throw invalid(errorsOf(s, unresolved.map((p) => ({ path: p, message: `"${MASK}" stands for a stored secret, and none is stored here: give the value` }))), undefined, false);
-      if (opts.skipUnchanged && canonicalJson(s.doc) === canonicalJson(cur ?? {})) throw new Unchanged(s);
-      const done = (r: ValidationResult): ConfigDocument => {
-        if (!r.ok) throw invalid(errorsOf(s, r.errors), undefined, false);
-        staged = s;
-        return s.doc;
+      const checked = (): ConfigDocument | Promise<ConfigDocument> => {
+        if (opts.skipUnchanged && canonicalJson(s.doc) === canonicalJson(cur ?? {})) throw new Unchanged(s);
+        const done = (r: ValidationResult): ConfigDocument => {
+          if (!r.ok) throw invalid(errorsOf(s, r.errors), undefined, false);
+          staged = s;
+          return s.doc;
+        };
+        const v = runValidate(s.doc);
+        return isPromise(v) ? v.then(done) : done(v);
       };
-      const v = runValidate(s.doc);
-      return isPromise(v) ? v.then(done) : done(v);
+      // No plain basic-auth password is stored (nor hashed by the validation's compile, on the event loop)
+      return plainPasswordCount(s.doc) === 0 ? checked() : hashStaged(s.doc, cur as Obj | null).then(checked);
     };
     for (let attempt = 0; ; attempt++) {
       try {
@@ -368,6 +372,18 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
   }
 
   const revisionHeader = (n: number): Record<string, string> => ({ 'x-config-revision': String(n) });
+
+  /**
+   * The plain basic-auth passwords of a document to be written, replaced by scrypt hashes on the
+   * thread pool (the stored one kept where the password still verifies: hashPlainPasswords);
+   * past MAX_PLAIN_PASSWORDS of them the write is refused (each is a scrypt run).
+   */
+  async function hashStaged(doc: Obj, cur: Obj | null): Promise<void> {
+    const n = plainPasswordCount(doc);
+    if (n === 0) return;
+    if (n > MAX_PLAIN_PASSWORDS) throw new ApiError('bad-request', `${n} basic-auth credentials give a plain password (at most ${MAX_PLAIN_PASSWORDS} in one write, each is hashed with scrypt): give password_hash (npx turnpike hash-password) for the others`);
+    await hashPlainPasswords(doc, cur);
+  }
 
   // ---- resources ----
 
@@ -568,6 +584,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       checkIfMatch(pre, revision, null);
       checkIfNoneMatch(ctx, revision > 0 ? revisionTag(revision) : null, 'the config');
       const s = stage(doc);
+      await hashStaged(s.doc, doc);
       const v = await runValidate(s.doc);
       if (!v.ok) throw invalid(errorsOf(s, v.errors), undefined, false);
       const d = diffOf(doc, s.doc, [`revision ${revision}`, 'proposed']);
@@ -632,6 +649,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
       // (a dry run answers what the real one would: 412 when its precondition fails)
       checkIfMatch(pre, revision, null);
       const s = stage(doc);
+      await hashStaged(s.doc, doc);
       const v = await runValidate(s.doc);
       if (!v.ok) throw invalid(errorsOf(s, v.errors), undefined, false);
       sendJson(ctx, 200, { dry_run: true, valid: true, revision, rolled_back_to: n, ...diffOf(doc, s.doc, [`revision ${revision}`, `revision ${n}`]) }, revisionHeader(revision));

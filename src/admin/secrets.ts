@@ -3,9 +3,11 @@
  * never returned. A credential is shown as its id, type and the fields that name it
  * (username, subject, subject_name, fingerprint_sha256); the config export leaves the secrets out unless an admin
  * asks for them, and a config applied without a credential's secret keeps the stored one.
- * Plain basic-auth passwords written through the resources are stored as scrypt hashes.
+ * Plain basic-auth passwords are stored as scrypt hashes, whatever writes them (the resources,
+ * PUT /api/config, a rollback, the seed of an empty store from the config file): hashPlainPasswords.
  */
-import { hashPassword } from '../plugins/basic-auth/hash.js';
+import { hashPassword, hashPlain, knownHash } from '../plugins/basic-auth/hash.js';
+import { unsendableSecret } from '../core/secret-text.js';
 import { isObj, items, type Obj } from './document.js';
 import { isSecretParam, mapUrlParams } from '../core/url-secrets.js';
 import { canonicalJson } from './etag.js';
@@ -118,6 +120,86 @@ export function hashCredential(c: unknown): unknown {
     else out[k] = v;
   }
   return out;
+}
+
+/** At most this many plain basic-auth passwords in one admin write (each costs a scrypt run, ~250 ms of CPU). */
+export const MAX_PLAIN_PASSWORDS = 256;
+
+interface PlainAt { cr: Obj; username: string; password: string; stored?: string }
+
+/**
+ * The basic-auth credentials of `doc` holding a plain password that hashing keeps valid (a
+ * `${VAR}` reference stays: each node resolves it; a value the validation refuses — empty, too
+ * long, with control characters, beside a password_hash — stays for it to say so), each with
+ * the password_hash stored in `old` for the same consumer and credential id.
+ */
+function plainPasswords(doc: Obj, old: Obj | null): PlainAt[] {
+  const stored = new Map<string, string>();
+  for (const c of items(old?.['consumers'])) {
+    const ids = credentialIds(c);
+    items(c['credentials']).forEach((cr, i) => {
+      if (cr['type'] === 'basic-auth' && typeof cr['password_hash'] === 'string') stored.set(`${String(c['name'])}\0${ids[i]}`, cr['password_hash']);
+    });
+  }
+  const out: PlainAt[] = [];
+  for (const c of items(doc['consumers'])) {
+    if (!Array.isArray(c['credentials'])) continue;
+    const ids = credentialIds(c);
+    c['credentials'].forEach((cr, i) => {
+      if (!isObj(cr) || cr['type'] !== 'basic-auth' || typeof cr['username'] !== 'string' || cr['password_hash'] !== undefined) return;
+      const password = cr['password'];
+      if (typeof password !== 'string' || password === '' || password.length > 1024 || password.includes('${')) return;
+      if (unsendableSecret(password, 'Basic credentials', { edges: false }) !== null) return;
+      const prev = stored.get(`${String(c['name'])}\0${ids[i]}`);
+      out.push({ cr, username: cr['username'], password, ...(prev === undefined ? {} : { stored: prev }) });
+    });
+  }
+  return out;
+}
+
+/** `cr` with its password replaced by `hash` (in the same place). */
+function putHash(cr: Obj, hash: string): void {
+  const entries = Object.entries(cr);
+  for (const [k] of entries) delete cr[k];
+  for (const [k, v] of entries) {
+    if (k === 'password') cr['password_hash'] = hash;
+    else cr[k] = v;
+  }
+}
+
+/** How many basic-auth credentials of `doc` hold a plain password hashPlainPasswords would hash. */
+export const plainPasswordCount = (doc: Obj): number => plainPasswords(doc, null).length;
+
+/**
+ * Replaces the plain basic-auth passwords of `doc` (mutated) by scrypt hashes before it is
+ * stored, off the event loop (hashPlain: at most 4 scrypt runs at once): the stored hash of the
+ * same credential in `old` when the password verifies against it — a document applied again
+ * unchanged changes nothing — else a new one. `reuseOnly`: only reused hashes go in (the rest
+ * stay plain). Returns how many were replaced.
+ */
+export async function hashPlainPasswords(doc: Obj, old: Obj | null, opts: { reuseOnly?: boolean } = {}): Promise<number> {
+  const plain = plainPasswords(doc, old);
+  if (plain.length === 0) return 0;
+  const hashes = await hashPlain(plain, opts);
+  let n = 0;
+  plain.forEach((p, i) => {
+    if (hashes[i] === undefined) return;
+    putHash(p.cr, hashes[i]!);
+    n++;
+  });
+  return n;
+}
+
+/**
+ * hashPlainPasswords without scrypt: only the pairs whose stored hash in `old` this process
+ * made or verified already (knownHash). For a synchronous comparison with the store.
+ */
+export function withKnownHashes(doc: Obj, old: Obj | null): Obj {
+  const copy = structuredClone(doc);
+  for (const p of plainPasswords(copy, old)) {
+    if (p.stored !== undefined && knownHash(p.username, p.password) === p.stored) putHash(p.cr, p.stored);
+  }
+  return copy;
 }
 
 /** Whether a string occurs as a secret anywhere in the document's credentials (tests). */

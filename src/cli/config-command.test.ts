@@ -14,6 +14,7 @@ import { silentLogger } from '../core/log.js';
 import { createApiHandler } from '../admin/api.js';
 import { MemoryStore, documentValidator, sampleDocument } from '../admin/testing.js';
 import { configCommand, redactingWriter } from './config-command.js';
+import { hashPlainPasswords } from '../admin/secrets.js';
 
 const TOKEN = 'ops-token-0123456789abcdef';
 const dir = mkdtempSync(join(tmpdir(), 'tp-config-cli-'));
@@ -21,7 +22,12 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 async function admin(seed?: Record<string, unknown>): Promise<{ url: string; store: MemoryStore; close(): Promise<void> }> {
   const store = new MemoryStore();
-  if (seed) await store.write({ actor: 'seed', action: 'seed' }, () => seed);
+  // (seeded as the admin API stores a document: its plain basic-auth password as a hash)
+  if (seed) await store.write({ actor: 'seed', action: 'seed' }, async () => {
+    const doc = structuredClone(seed);
+    await hashPlainPasswords(doc, null);
+    return doc;
+  });
   const handler = createApiHandler({ store, validate: documentValidator(), tokens: [{ name: 'ops', token: TOKEN, role: 'admin' }], log: silentLogger });
   const server: Server = createServer((req, res) => void handler(req, res));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));

@@ -29,6 +29,7 @@ import type { ApiToken, AuthFailures } from '../admin/auth.js';
 import type { ControlView } from './gateway.js';
 import { checkConfigText, documentValidator, effectiveText, nodePart } from '../admin/validate.js';
 import type { AccountBackend } from '../portal/accounts.js';
+import { hashPlainPasswords, withKnownHashes } from '../admin/secrets.js';
 
 export interface ControlPlaneOptions {
   /** The --config file. */
@@ -174,14 +175,21 @@ export class ControlPlane {
     if (this.closed) throw new StoreUnavailable('closing');
     let head = await store.current();
     const fromFile = rawDocument(loaded.text);
-    if (head !== null) this.warnIfFileDiffers(fromFile, head);
+    if (head !== null) {
+      // (a plain basic-auth password of the file matches the store's hash of it: checked off the
+      // event loop once here, remembered for the comparisons after a file change)
+      if (!isDeepStrictEqual(fromFile, head.document)) await hashPlainPasswords(structuredClone(fromFile), head.document as Record<string, unknown>, { reuseOnly: true });
+      this.warnIfFileDiffers(fromFile, head);
+    }
     if (head === null) {
       // A node serving its disk snapshot (the store was unreachable at its start) has run a
       // store before: an empty one now is that store lost or not restored yet (a new database).
       // Seeded from the file's part — at best the cluster's first config, often nothing — every
       // node would drop what it runs for it; the snapshot is the last config known good.
       const snapshot = this.source === 'snapshot' && this.served !== null ? this.served : null;
-      const document = snapshot?.document ?? fromFile;
+      const document = structuredClone(snapshot?.document ?? fromFile);
+      // The file's plain basic-auth passwords are stored as scrypt hashes (hashed on the thread pool).
+      await hashPlainPasswords(document as Record<string, unknown>, null);
       const action = snapshot ? `seed from the disk snapshot of revision ${snapshot.revision}` : `seed from ${file}`;
       try {
         head = await store.write({ actor: 'seed', action }, () => document, 0);
@@ -207,6 +215,8 @@ export class ControlPlane {
    */
   private warnIfFileDiffers(fromFile: Record<string, unknown>, head: StoredConfig): void {
     if (isDeepStrictEqual(fromFile, head.document)) return;
+    // (the store holds the hash of a plain password of the file: the same, when this process made or checked it)
+    if (isDeepStrictEqual(withKnownHashes(fromFile, head.document as Record<string, unknown>), head.document)) return;
     const key = JSON.stringify(fromFile);
     if (key === this.fileWarned) return;
     this.fileWarned = key;

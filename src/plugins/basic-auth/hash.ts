@@ -1,5 +1,5 @@
 /** Password hashes: scrypt (RFC 7914) with a random salt, stored as scrypt$N$r$p$salt$hash. */
-import { randomBytes, scrypt, scryptSync, timingSafeEqual } from 'node:crypto';
+import { createHmac, randomBytes, scrypt, scryptSync, timingSafeEqual } from 'node:crypto';
 
 /**
  * New hashes: OWASP's scrypt minimum (Password Storage Cheat Sheet) in its 16 MiB form,
@@ -79,3 +79,66 @@ export function paddingFor(h: ParsedHash, floor: { N: number; r: number; p: numb
 }
 const PAD_SALT = Buffer.alloc(16, 7);
 const PAD_HASH = Buffer.alloc(32, 1);
+
+/**
+ * Hashes made (or verified) in this process for a basic-auth (user name, plain password) pair,
+ * keyed by an HMAC of the pair with a per-process key (the plain text is not kept): a reload of
+ * a config with plain passwords, or an admin write sending the same ones again, reuses them
+ * instead of running scrypt again (~250 ms of CPU each). Bounded; the oldest go first.
+ */
+const MEMO_MAX = 10_000;
+const memo = new Map<string, string>();
+const memoKey = randomBytes(32);
+const memoId = (username: string, password: string): string =>
+  createHmac('sha256', memoKey).update(JSON.stringify([username.normalize('NFC'), password.normalize('NFC')])).digest('base64');
+
+/** The hash this process made or verified for the pair, if it still remembers it. */
+export function knownHash(username: string, password: string): string | undefined {
+  return memo.get(memoId(username, password));
+}
+
+/** Remembers `hash` as one of the pair's (it must verify: made from it, or checked). */
+export function rememberHash(username: string, password: string, hash: string): void {
+  const id = memoId(username, password);
+  memo.delete(id);
+  memo.set(id, hash);
+  if (memo.size > MEMO_MAX) memo.delete(memo.keys().next().value!);
+}
+
+/** Scrypt runs of hashPlain at once (libuv's pool has 4 threads; each run ~16 MiB). */
+const PLAIN_AT_ONCE = 4;
+
+/**
+ * Hashes for plain (user name, password) pairs, off the event loop: a pair's remembered hash
+ * (knownHash), else `stored[i]` when the password verifies against it (kept: a document sent
+ * again unchanged stays unchanged), else a new hash (none when `reuseOnly`: undefined). At most
+ * PLAIN_AT_ONCE scrypt runs at a time.
+ */
+export async function hashPlain(pairs: readonly { username: string; password: string; stored?: string }[], opts: { reuseOnly?: boolean } = {}): Promise<(string | undefined)[]> {
+  const out: (string | undefined)[] = new Array(pairs.length);
+  let next = 0;
+  const one = async (i: number): Promise<void> => {
+    const { username, password, stored } = pairs[i]!;
+    const known = knownHash(username, password);
+    if (known !== undefined && (stored === undefined || known === stored)) {
+      out[i] = known;
+      return;
+    }
+    const parsed = stored === undefined ? null : parseHash(stored);
+    if (parsed !== null && await verifyPassword(password, parsed)) {
+      rememberHash(username, password, stored!);
+      out[i] = stored;
+      return;
+    }
+    if (known !== undefined) out[i] = known;
+    else if (!opts.reuseOnly) {
+      out[i] = await hashPasswordAsync(password);
+      rememberHash(username, password, out[i]!);
+    }
+  };
+  const worker = async (): Promise<void> => {
+    while (next < pairs.length) await one(next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(PLAIN_AT_ONCE, pairs.length) }, worker));
+  return out;
+}
