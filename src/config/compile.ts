@@ -340,6 +340,7 @@ export function compile(loaded: LoadedConfig, deps: CompileDeps): Snapshot {
 export async function compileAsync(loaded: LoadedConfig, deps: CompileDeps, opts: { sliceMs?: number; pauseMs?: number } = {}): Promise<Snapshot> {
   const sliceMs = opts.sliceMs ?? 1;
   const pauseMs = opts.pauseMs ?? 8;
+  await precompute(loaded);
   const steps = compileSteps(loaded, deps);
   let t0 = performance.now();
   for (;;) {
@@ -350,6 +351,21 @@ export async function compileAsync(loaded: LoadedConfig, deps: CompileDeps, opts
       t0 = performance.now();
     }
   }
+}
+
+/** Each auth plugin's precomputeCredentials over the config's credentials of its type (off the event loop). */
+async function precompute(loaded: LoadedConfig): Promise<void> {
+  const byType = new Map<string, unknown[]>();
+  for (const c of loaded.config.consumers ?? []) {
+    for (const cr of c.credentials ?? []) {
+      const type = (cr as { type?: unknown }).type;
+      if (typeof type !== 'string' || !PLUGINS.get(type)?.precomputeCredentials) continue;
+      let list = byType.get(type);
+      if (!list) byType.set(type, (list = []));
+      list.push(cr);
+    }
+  }
+  for (const [type, list] of byType) await PLUGINS.get(type)!.precomputeCredentials!(list);
 }
 
 function* compileSteps(loaded: LoadedConfig, deps: CompileDeps): Generator<void, Snapshot, void> {

@@ -262,6 +262,13 @@ export interface PluginDef<S extends TSchema = TSchema> {
    */
   prepareCredentials?(list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[];
   /**
+   * Work prepareCredentials would do on the event loop, done before an asynchronous compile
+   * (a reload) off it: given the credentials of this type as the config has them (not checked
+   * yet), it may remember results prepareCredentials then finds (basic-auth: the scrypt hashes
+   * of plain passwords, ~250 ms of CPU each).
+   */
+  precomputeCredentials?(list: readonly unknown[]): Promise<void>;
+  /**
    * Semantic checks beyond the schema: messages for the binding's config, or for one of its
    * fields (`path` inside `config`: the error names that field and its line).
    */

@@ -3,7 +3,7 @@ import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
 import { parseConfigText } from '../../config/load.js';
-import { compile } from '../../config/compile.js';
+import { compile, compileAsync } from '../../config/compile.js';
 import { PoolRegistry } from '../../upstream/pools.js';
 import { consumerId } from '../pipeline.js';
 import { hashPassword, hashPasswordAsync, parseHash, verifyPassword } from './hash.js';
@@ -336,5 +336,40 @@ services: [{name: s, url: '${up.url}', routes: [{name: r, paths: [/r], plugins: 
     assert.ok(unknown.filter((x) => x > known * 0.4).length >= 3, `known ${known.toFixed(0)} ms, unknown ${unknown.map((x) => x.toFixed(0)).join(' ')} ms`);
   } finally {
     await g.close();
+  }
+});
+
+test('a reload of a config with plain passwords hashes them off the event loop, and a compile of the same pairs again runs no scrypt (the hash this process made is reused)', T, async () => {
+  const text = `consumers:\n${[0, 1, 2].map((i) => `  - name: reload-${i}\n    credentials: [{type: basic-auth, username: reload-${i}, password: 'reload-password-${i}'}]\n`).join('')}services:\n  - {name: s, url: 'http://127.0.0.1:9', routes: [{name: r, paths: [/r], plugins: [{name: basic-auth}]}]}\n`;
+  const hashes = (loaded: ReturnType<typeof parseConfigText>) => loaded.config.consumers!.map((c) => (c.credentials![0] as Record<string, unknown>)['password_hash']);
+  const pools = new PoolRegistry();
+  try {
+    // The reload's compile (compileAsync): three scrypt runs (~250 ms each) were one block of the event loop.
+    const first = parseConfigText(text, { env: {} });
+    let last = performance.now();
+    let blockedMs = 0;
+    const ticks = setInterval(() => {
+      const now = performance.now();
+      blockedMs = Math.max(blockedMs, now - last);
+      last = now;
+    }, 5);
+    last = performance.now();
+    try {
+      (await compileAsync(first, { pools })).dispose();
+      blockedMs = Math.max(blockedMs, performance.now() - last);
+    } finally {
+      clearInterval(ticks);
+    }
+    assert.ok(blockedMs < 300, `the event loop was blocked for ${blockedMs.toFixed(0)} ms`);
+    assert.equal(await verifyPassword('reload-password-2', parseHash(String(hashes(first)[2]))!), true);
+    // A later (synchronous) compile of the same pairs — the admin API's validation, a start — reuses them.
+    const again = parseConfigText(text, { env: {} });
+    const t0 = performance.now();
+    compile(again, { pools }).dispose();
+    const ms = performance.now() - t0;
+    assert.deepEqual(hashes(again), hashes(first));
+    assert.ok(ms < 200, `the compile took ${ms.toFixed(0)} ms`);
+  } finally {
+    await pools.closeAll();
   }
 });

@@ -1,7 +1,9 @@
 /**
  * basic-auth (RFC 7617): `Authorization: Basic base64(user:password)` checked against consumers'
  * basic-auth credentials. Passwords are held only as scrypt hashes (a `password` in the config
- * is hashed when the config loads, and the plain value is dropped from the loaded config).
+ * is hashed when the config loads, and the plain value is dropped from the loaded config; a
+ * reload hashes them on the thread pool first, and a pair hashed before in the process is not
+ * hashed again: hash.ts knownHash).
  * scrypt runs on the thread pool; a verified pair is remembered for 5 minutes (bounded, keyed
  * by an HMAC with a per-process key), so only the first request of a caller pays for it.
  */
@@ -11,7 +13,7 @@ import { TtlCache } from '../auth-common.js';
 import { ipNetwork } from '../../core/forwarded.js';
 import { unsendableSecret } from '../../core/secret-text.js';
 import { BasicAuthConfig, BasicAuthCredential } from './schema.js';
-import { hashPassword, parseHash, verifyPassword, type ParsedHash } from './hash.js';
+import { hashPassword, hashPlain, knownHash, parseHash, rememberHash, verifyPassword, type ParsedHash } from './hash.js';
 
 const CACHE_MS = 5 * 60_000;
 const CACHE_MAX = 10_000;
@@ -73,12 +75,26 @@ export default definePlugin({
       seen.set(name, consumer.name);
       if (c.password !== undefined) {
         // The loaded config keeps the hash instead: a recompile reuses it, the plain value goes.
-        c.password_hash = hashPassword(c.password);
+        // A reload of the same pair (and one precomputeCredentials hashed) reuses this process's
+        // hash: no scrypt on the event loop (~250 ms each) at every reload.
+        let hash = knownHash(c.username, c.password);
+        if (hash === undefined) rememberHash(c.username, c.password, (hash = hashPassword(c.password)));
+        c.password_hash = hash;
         delete c.password;
       }
       if (parseHash(c.password_hash!) === null) problems.push({ index, field: 'password_hash', message: 'not a valid scrypt hash (scrypt$N$r$p$salt$hash, N a power of two up to 2^20, 128·N·r at most 256 MiB, N·r·p at most 2^22)' });
     });
     return problems;
+  },
+  /** The plain passwords of a reload hashed on the thread pool first (prepareCredentials finds them: knownHash). */
+  async precomputeCredentials(list) {
+    const pairs: { username: string; password: string }[] = [];
+    for (const cr of list) {
+      const c = cr as { username?: unknown; password?: unknown; password_hash?: unknown };
+      if (typeof c.username !== 'string' || typeof c.password !== 'string' || c.password === '' || c.password.length > 1024 || c.password_hash !== undefined) continue;
+      if (knownHash(c.username, c.password) === undefined) pairs.push({ username: c.username, password: c.password });
+    }
+    if (pairs.length > 0) await hashPlain(pairs);
   },
   create(config, deps) {
     const users = new Map<string, { consumer: Consumer; hash: ParsedHash }>();
