@@ -14,6 +14,6 @@ export type BasicAuthConfig = Static<typeof BasicAuthConfig>;
 export const BasicAuthCredential = Type.Object({
   type: Type.Literal('basic-auth'),
   username: Type.String({ minLength: 1, maxLength: 256, pattern: '^[^:]*$', description: 'User name (no colon, RFC 7617).' }),
-  password: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'Hashed with scrypt at load; prefer password_hash (npx turnpike hash-password) or ${ENV}.' })),
+  password: Type.Optional(Type.String({ minLength: 1, maxLength: 1024, description: 'Hashed with scrypt at load (and before it is written to a config store, which never holds it in clear); prefer password_hash (npx turnpike hash-password) in files, or ${ENV}.' })),
   password_hash: Type.Optional(Type.String({ pattern: '^scrypt\\$[0-9]+\\$[0-9]+\\$[0-9]+\\$[A-Za-z0-9+/=]+\\$[A-Za-z0-9+/=]+$', description: 'scrypt$N$r$p$salt$hash (base64), as printed by npx turnpike hash-password (N=2^14, r=8, p=5: OWASP\'s scrypt minimum; a hash made with less work, e.g. p=1 before, still verifies: print a new one to upgrade it).' })),
 }, { additionalProperties: false });
