@@ -1233,3 +1233,28 @@ test('a store seeded from a config file with a plain basic-auth password holds i
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a consumer written with plain basic-auth passwords (POST /api/consumers; a credential\'s POST, PUT and PATCH hash as it does) has them hashed off the event loop: no request waits ~250 ms a password behind it', async () => {
+  const api = await start({ seed: hashedSample() });
+  let last = performance.now();
+  let blockedMs = 0;
+  const ticks = setInterval(() => {
+    const now = performance.now();
+    blockedMs = Math.max(blockedMs, now - last);
+    last = now;
+  }, 5);
+  try {
+    last = performance.now();
+    const post = await api.call('POST', '/api/consumers', { body: { name: 'loop', credentials: [0, 1].map((i) => ({ type: 'basic-auth', username: `loop-${i}`, password: `loop-password-${i}` })) } });
+    assert.equal(post.status, 201, post.text);
+    blockedMs = Math.max(blockedMs, performance.now() - last);
+    assert.ok(blockedMs < 300, `the event loop was blocked for ${blockedMs.toFixed(0)} ms`);
+    const creds = basicCreds((await api.store.current())!.document as Obj).filter((c) => String(c['username']).startsWith('loop-'));
+    assert.equal(creds.length, 2);
+    assert.ok(!secretValues((await api.store.current())!.document as Obj).some((v) => v.startsWith('loop-password')), 'a password is in the store in clear');
+    assert.ok(await verifyPassword('loop-password-1', parseHash(String(creds[1]!['password_hash']))!));
+  } finally {
+    clearInterval(ticks);
+    await api.close();
+  }
+});

@@ -447,7 +447,7 @@ export function createApiHandler(deps: ApiDeps): ApiHandler {
     if (op !== 'DELETE') {
       checkMediaType(ctx.req.headers['content-type'], op === 'PATCH' ? ['merge-patch', 'json'] : ['json']);
       body = requireObject(parseJson(await readBody(ctx.req, maxBody)), op === 'PATCH' ? `merge patch of a ${coll.one}` : coll.one);
-      if (coll.prepare) body = coll.prepare(body, op as 'POST' | 'PUT' | 'PATCH');
+      if (coll.prepare) body = await coll.prepare(body, op as 'POST' | 'PUT' | 'PATCH');
     }
     const id = e.kind === 'item' ? e.id : undefined;
     const stage = (cur: Obj | null, revision: number): Staged => {

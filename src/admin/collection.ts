@@ -50,7 +50,7 @@ export interface Collection {
   /** Error paths under the item, as the body names them (default: unchanged). */
   relative?(rel: PathSegment[]): PathSegment[];
   /** Rewrites a body before the write, outside the store's transaction (hashing passwords...). */
-  prepare?(body: Obj, method: 'POST' | 'PUT' | 'PATCH'): Obj;
+  prepare?(body: Obj, method: 'POST' | 'PUT' | 'PATCH'): Obj | Promise<Obj>;
 }
 
 /** The entry `key` names: its id, else its name; 404 when none, 409 when the name is ambiguous. */

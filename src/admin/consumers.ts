@@ -19,10 +19,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import { consumerId } from '../plugins/pipeline.js';
-import { conflict, invalid, notFound } from './errors.js';
+import { badRequest, conflict, invalid, notFound } from './errors.js';
 import { requireString, type Collection, type Entry } from './collection.js';
 import { NAME_PATTERN, assign, derivedId, isObj, items, listAt, omit, tagsOf, type Obj } from './document.js';
-import { credentialIds, credentialView, hashCredential } from './secrets.js';
+import { MAX_PLAIN_PASSWORDS, credentialIds, credentialView, hashCredentialAsync } from './secrets.js';
 
 const CHILDREN = ['credentials', 'plugins'] as const;
 
@@ -41,13 +41,18 @@ function bindingsFor(doc: Obj, name: string): { list: unknown[]; index: number; 
   return out;
 }
 
-function prepareConsumer(body: Obj): Obj {
+async function prepareConsumer(body: Obj): Promise<Obj> {
   if (!Array.isArray(body['credentials'])) return body;
-  return { ...body, credentials: body['credentials'].map((c) => prepareCredential(c)) };
+  const plain = body['credentials'].filter((c) => isObj(c) && c['type'] === 'basic-auth' && typeof c['password'] === 'string').length;
+  if (plain > MAX_PLAIN_PASSWORDS) throw badRequest(`${plain} basic-auth credentials give a plain password (at most ${MAX_PLAIN_PASSWORDS} in one write, each is hashed with scrypt): give password_hash (npx turnpike hash-password) for the others`);
+  // (one at a time: hashCredentialAsync runs scrypt on the thread pool, which it leaves to others)
+  const credentials: unknown[] = [];
+  for (const c of body['credentials']) credentials.push(await prepareCredential(c));
+  return { ...body, credentials };
 }
 
-function prepareCredential(c: unknown): unknown {
-  const hashed = hashCredential(c);
+async function prepareCredential(c: unknown): Promise<unknown> {
+  const hashed = await hashCredentialAsync(c);
   if (isObj(hashed) && hashed['type'] === 'key-auth' && hashed['id'] === undefined) return { ...hashed, id: randomUUID() };
   return hashed;
 }
@@ -167,18 +172,18 @@ export const credentials: Collection = {
   patchBase(_doc, entry) {
     return structuredClone(entry.tagged as Obj);
   },
-  prepare(body, method) {
+  async prepare(body, method) {
     if (method === 'PATCH' || (method === 'PUT' && body['type'] === undefined)) {
       // a new password in a patch (it merges over the stored password_hash), or in a PUT that
       // keeps the stored type (only basic-auth has one), is hashed too
       if (typeof body['password'] !== 'string' || body['password_hash'] !== undefined || (body['type'] !== undefined && body['type'] !== 'basic-auth')) return body;
-      const hashed = hashCredential({ ...body, type: 'basic-auth' }) as Obj;
+      const hashed = await hashCredentialAsync({ ...body, type: 'basic-auth' }) as Obj;
       if (hashed['password_hash'] === undefined) return body;
       const out = body['type'] === undefined ? omit(hashed, ['type']) : hashed;
       // (null: a plain password stored before goes; the hash replaces it)
       return method === 'PATCH' ? { ...out, password: null } : out;
     }
-    const hashed = hashCredential(body) as Obj;
+    const hashed = await hashCredentialAsync(body) as Obj;
     if (method === 'POST' && hashed['type'] === 'key-auth' && hashed['id'] === undefined) return { ...hashed, id: randomUUID() };
     return hashed;
   },

@@ -117,7 +117,7 @@ test('consumers: derived or configured id; PUT keeps credentials and plugins; de
   assert.deepEqual(names(d, 'consumers'), ['globex']);
 });
 
-test('credentials: ids, no secrets in views, 409 on a duplicate id, PATCH base carries the secrets', () => {
+test('credentials: ids, no secrets in views, 409 on a duplicate id, PATCH base carries the secrets', async () => {
   const d = doc();
   assert.deepEqual(credentialIds((d['consumers'] as Obj[])[0]!), ['acme/key-auth/1', 'acme/basic-auth/acme']);
   const list = COLLECTIONS.credentials.list(d, 'acme');
@@ -127,12 +127,12 @@ test('credentials: ids, no secrets in views, 409 on a duplicate id, PATCH base c
   assert.equal(code(() => COLLECTIONS.credentials.list(d, 'nobody')), 'not-found');
   assert.equal((COLLECTIONS.credentials.patchBase!(d, list[0]!) as Obj)['key'], 'acme-secret-key-0001');
   // prepare: key-auth gets an id on POST, basic-auth passwords are hashed
-  const k = COLLECTIONS.credentials.prepare!({ type: 'key-auth', key: 'k'.repeat(20) }, 'POST');
+  const k = await COLLECTIONS.credentials.prepare!({ type: 'key-auth', key: 'k'.repeat(20) }, 'POST');
   assert.match(String(k['id']), /^[0-9a-f-]{36}$/);
-  const b = COLLECTIONS.credentials.prepare!({ type: 'basic-auth', username: 'u', password: 'pw' }, 'PUT');
+  const b = await COLLECTIONS.credentials.prepare!({ type: 'basic-auth', username: 'u', password: 'pw' }, 'PUT');
   assert.equal(b['password'], undefined);
   assert.match(String(b['password_hash']), /^scrypt\$/);
-  const p = COLLECTIONS.credentials.prepare!({ password: 'pw' }, 'PATCH');
+  const p = await COLLECTIONS.credentials.prepare!({ password: 'pw' }, 'PATCH');
   assert.equal(p['password'], null);
   assert.match(String(p['password_hash']), /^scrypt\$/);
   // An mtls-auth pin is no secret (a hash of a public certificate): shown, so a reader can tell the credentials apart.

@@ -202,6 +202,22 @@ export function withKnownHashes(doc: Obj, old: Obj | null): Obj {
   return copy;
 }
 
+/**
+ * hashCredential on libuv's thread pool (the admin API's credential and consumer writes: a
+ * scryptSync there held the event loop ~250 ms a password); a pair this process hashed before
+ * gets that hash again (hashPlain).
+ */
+export async function hashCredentialAsync(c: unknown): Promise<unknown> {
+  if (!isObj(c) || c['type'] !== 'basic-auth' || typeof c['password'] !== 'string' || c['password'] === '' || (c['password'] as string).length > 1024 || c['password_hash'] !== undefined) return c;
+  const [hash] = await hashPlain([{ username: typeof c['username'] === 'string' ? c['username'] : '', password: c['password'] as string }]);
+  const out: Obj = {};
+  for (const [k, v] of Object.entries(c)) {
+    if (k === 'password') out['password_hash'] = hash!;
+    else out[k] = v;
+  }
+  return out;
+}
+
 /** Whether a string occurs as a secret anywhere in the document's credentials (tests). */
 export function secretValues(doc: Obj): string[] {
   const out: string[] = [];
