@@ -19,7 +19,7 @@ import { createApiHandler } from './api.js';
 import type { ApiToken } from './auth.js';
 import { documentValidator, sampleDocument } from './testing.js';
 import { hashCredential, secretValues } from './secrets.js';
-import { hashPasswordAsync, parseHash, verifyPassword } from '../plugins/basic-auth/hash.js';
+import { hashPasswordAsync, parseHash, rememberHash, verifyPassword } from '../plugins/basic-auth/hash.js';
 import { ControlPlane } from '../server/control-plane.js';
 import { loadConfigFile } from '../config/load.js';
 import type { Obj } from './document.js';
@@ -1255,6 +1255,24 @@ test('a consumer written with plain basic-auth passwords (POST /api/consumers; a
     assert.ok(await verifyPassword('loop-password-1', parseHash(String(creds[1]!['password_hash']))!));
   } finally {
     clearInterval(ticks);
+    await api.close();
+  }
+});
+
+test('a store an older release left with more plain basic-auth passwords than one write may hash is not locked: a node that compiled them (and so hashed them) takes an unrelated write, which stores their hashes', async () => {
+  const legacy = sampleDocument() as Obj;
+  const bulk = Array.from({ length: 300 }, (_, i) => ({ username: `legacy-${i}`, password: `legacy-password-${i}` }));
+  (legacy['consumers'] as Obj[]).push(...bulk.map((b) => ({ name: b.username, credentials: [{ type: 'basic-auth', ...b }] })));
+  // what this node's compile of that revision remembered (a cheap hash: the compile's own is ~250 ms each)
+  for (const b of bulk) rememberHash(b.username, b.password, await hashPasswordAsync(b.password, { N: 16, r: 1, p: 1, keylen: 16 }));
+  const api = await start({ seed: legacy });
+  try {
+    const post = await api.call('POST', '/api/services', { body: { name: 'unrelated', url: 'http://127.0.0.1:9100' } });
+    assert.equal(post.status, 201, post.text);
+    const doc = (await api.store.current())!.document as Obj;
+    assert.ok(!secretValues(doc).some((v) => v.startsWith('legacy-password-')), 'a legacy password is still in the store in clear');
+    assert.equal(basicCreds(doc).filter((c) => String(c['password_hash']).startsWith('scrypt$16$1$1$')).length, 300);
+  } finally {
     await api.close();
   }
 });

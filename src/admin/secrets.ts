@@ -171,6 +171,21 @@ function putHash(cr: Obj, hash: string): void {
 export const plainPasswordCount = (doc: Obj): number => plainPasswords(doc, null).length;
 
 /**
+ * How many scrypt runs hashPlainPasswords(doc, old) would make: its plain passwords but those
+ * whose hash this process made or checked (knownHash) and that `old` holds no other hash for —
+ * the plain passwords an older release left in the store, which this node compiled (hashed),
+ * cost nothing.
+ */
+export function plainPasswordCost(doc: Obj, old: Obj | null): number {
+  let n = 0;
+  for (const p of plainPasswords(doc, old)) {
+    const known = knownHash(p.username, p.password);
+    if (known === undefined || (p.stored !== undefined && p.stored !== known)) n++;
+  }
+  return n;
+}
+
+/**
  * Replaces the plain basic-auth passwords of `doc` (mutated) by scrypt hashes before it is
  * stored, off the event loop (hashPlain: at most 4 scrypt runs at once): the stored hash of the
  * same credential in `old` when the password verifies against it — a document applied again
