@@ -50,3 +50,23 @@ test('connection failures are retried on another target (any method: nothing was
     await live.close();
   }
 });
+
+test('the retry budget starts full: a process, worker or service just started can retry at once (min_per_second counted from its start, on the monotonic clock, gave it only its age in seconds)', async () => {
+  const { compile } = await import('../src/config/compile.js');
+  const { parseConfigText } = await import('../src/config/load.js');
+  const { PoolRegistry } = await import('../src/upstream/pools.js');
+  const { spendRetry } = await import('../src/upstream/forward.js');
+  const pools = new PoolRegistry();
+  const snap = compile(parseConfigText('services: [{name: s, url: "http://127.0.0.1:9", retry_budget: {ratio: 0.2, min_per_second: 1}, routes: [{paths: [/]}]}]\n', { env: {} }), { pools });
+  try {
+    const svc = snap.services[0]!;
+    // 300 ms into the process's life: the whole budget (max(10, ratio x 100, min_per_second) = 20), then none.
+    const granted = Array.from({ length: 21 }, () => spendRetry(svc, 300)).filter(Boolean).length;
+    assert.equal(granted, 20);
+    // and min_per_second refills it from then on
+    assert.equal(spendRetry(svc, 1400), true);
+    assert.equal(spendRetry(svc, 1400), false);
+  } finally {
+    snap.dispose();
+  }
+});

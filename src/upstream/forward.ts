@@ -215,7 +215,9 @@ export function spendRetry(svc: CompiledService, now: number): boolean {
   const st = svc.state;
   if (svc.budget.minPerSecond > 0) {
     const cap = Math.max(10, svc.budget.ratio * 100, svc.budget.minPerSecond);
-    st.tokens = Math.min(cap, st.tokens + ((now - st.tokensAt) / 1000) * svc.budget.minPerSecond);
+    // A budget never counted before starts full (a process, worker or service just started can
+    // retry at once); on the monotonic clock `now - 0` is only the process's age.
+    st.tokens = st.tokensAt === 0 ? cap : Math.min(cap, st.tokens + ((now - st.tokensAt) / 1000) * svc.budget.minPerSecond);
   }
   st.tokensAt = now;
   if (st.tokens < 1) return false;
