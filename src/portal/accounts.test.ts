@@ -204,8 +204,13 @@ test('passwords are hashed at OWASP\'s scrypt cost (N·r·p at least 2^13·8·10
     return Number(process.hrtime.bigint() - t) / 1e6;
   };
   await time('nobody@example.com'); // (the dummy hash is made once)
-  const known = Math.min(await time('cost@example.com'), await time('cost@example.com'));
-  const unknown = Math.min(await time('nobody@example.com'), await time('nobody@example.com'));
+  // (interleaved, the least of three each: a loaded machine's burst falls on one reading of a kind, not on all)
+  let known = Infinity;
+  let unknown = Infinity;
+  for (let i = 0; i < 3; i++) {
+    known = Math.min(known, await time('cost@example.com'));
+    unknown = Math.min(unknown, await time('nobody@example.com'));
+  }
   assert.ok(unknown > known / 3 && unknown < known * 3, `known ${known.toFixed(0)} ms, unknown ${unknown.toFixed(0)} ms`);
 });
 
