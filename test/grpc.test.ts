@@ -627,6 +627,33 @@ services:
   }
 });
 
+test('deadlines: a gRPC call (by its content type) through a service declared h2c has its grpc-timeout enforced: DEADLINE_EXCEEDED at the deadline, the upstream stream cancelled, not a wait for timeouts.response', async () => {
+  let closed = 0;
+  const up = createH2Server();
+  up.on('stream', (stream) => {
+    stream.on('error', () => {});
+    stream.on('close', () => closed++);
+    stream.resume(); // never answers
+  });
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: slow, url: 'http://127.0.0.1:${(up.address() as AddressInfo).port}', protocol: h2c, retries: 0, timeouts: {response: 10s}, routes: [{paths: [/s.Svc]}]}
+`);
+  try {
+    const started = performance.now();
+    const r = await rawCall(g.url, '/s.Svc/M', { 'grpc-timeout': '300m' });
+    const took = performance.now() - started;
+    assert.equal(r.headers['grpc-status'] ?? r.trailers['grpc-status'], String(grpc.status.DEADLINE_EXCEEDED), JSON.stringify(r));
+    assert.ok(took >= 250 && took < 4000, `answered after ${took} ms`);
+    await eventually(() => closed === 1, 2000);
+  } finally {
+    await g.close();
+    await new Promise((r) => up.close(r));
+  }
+});
+
 test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
   const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
   const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {

@@ -25,6 +25,13 @@ for (const [web, grpc, text] of [
   ['application/grpc-web-text+proto', 'application/grpc+proto', true],
 ] as const) KINDS[web] = Object.freeze({ text, grpcContentType: grpc, webContentType: web });
 
+const GRPC_CONTENT_TYPE = /^application\/grpc(?![\w-])/i;
+
+/** A gRPC (not gRPC-Web) content type: application/grpc, +proto, +json... (any case). */
+export function isGrpcContentType(contentType: string | undefined): boolean {
+  return contentType !== undefined && GRPC_CONTENT_TYPE.test(contentType);
+}
+
 /** The gRPC-Web variant of a request content type (parameters and case ignored); null when not gRPC-Web. */
 export function grpcWebKind(contentType: string | undefined): GrpcWebKind | null {
   if (!contentType) return null;

@@ -32,7 +32,7 @@ import { normalizePath, upstreamReading } from '../router/path.js';
 import { hostName } from '../router/router.js';
 import { ForwardHandler, earnRetry, grantSlots, joinBase, noTargetRetryAfter, overlayGatewayFields, spendRetry } from '../upstream/forward.js';
 import { relayWebSocket, type WsStats } from './websocket.js';
-import { grpcWebKind } from '../protocols/grpc-web.js';
+import { grpcWebKind, isGrpcContentType } from '../protocols/grpc-web.js';
 import type { Duplex } from 'node:stream';
 
 /** An HTTP/1.1 request that asked to switch protocols: its raw socket and the bytes read past its head. */
@@ -906,6 +906,9 @@ export function handleRequest(
       retryNonIdempotent: route.retryNonIdempotent,
       snapshot: snap,
       grpcWeb,
+      // (a gRPC call through a service not declared gRPC, `protocol: h2c`, by its content type;
+      // gRPC is HTTP/2 only, and an HTTP/2 request's headers object is already built)
+      grpc: route.service.grpc || (h2 && isGrpcContentType(req.headers['content-type'])),
       plugins,
       bodyLimit,
       body,

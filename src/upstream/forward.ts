@@ -177,6 +177,12 @@ export interface ForwardRequest {
   retryNonIdempotent: boolean;
   /** A gRPC-Web request translated to gRPC (null otherwise): its body is decoded, its response encoded. */
   grpcWeb: GrpcWebKind | null;
+  /**
+   * The request is a gRPC call: to a service declared gRPC (gRPC-Web included), or over HTTP/2
+   * with a gRPC content type (application/grpc...) to any other (`protocol: h2c` carrying gRPC).
+   * Its grpc-timeout is enforced, its grpc-status counted, its response never buffered.
+   */
+  grpc: boolean;
   /** Plugins with response phases (responseHeaders, responseBody, response...), or null. */
   plugins: ResponsePlugins | null;
   /** The body to send, when a plugin read or replaced it (null: the client's streams through). */
@@ -528,7 +534,7 @@ export class ForwardHandler {
     const svc = this.f.service;
     const st = svc.state;
     this.deadline = performance.now() + svc.timeouts.total;
-    if (svc.grpc) {
+    if (this.f.grpc) {
       const raw = this.f.req.headers['grpc-timeout'] as string | undefined;
       if (raw !== undefined) {
         // gRPC's own deadline (grpc-timeout), when shorter, bounds the exchange too.
