@@ -654,6 +654,48 @@ services:
   }
 });
 
+test('metrics: gRPC calls (by their content type) through a service declared h2c are counted by grpc-status: the upstream\'s trailers (OK), its Trailers-Only (INVALID_ARGUMENT), the one a bare end derives (UNKNOWN); a plain request is not', async () => {
+  const bare = createH2Server((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/grpc' });
+    res.end(jsonFrame({})); // END_STREAM, no trailers
+  });
+  await new Promise<void>((r) => bare.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+admin: {listen: 127.0.0.1:0}
+http2: {h2c: true}
+services:
+  - {name: generic, url: 'http://127.0.0.1:${plain.port}', protocol: h2c, routes: [{paths: [/test.Echo]}]}
+  - {name: bare, url: 'http://127.0.0.1:${(bare.address() as AddressInfo).port}', protocol: h2c, retries: 0, routes: [{paths: [/b.Svc, /plain]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    assert.equal((await sayP(client, 'fine')).text, 'fine');
+    await assert.rejects(sayP(client, 'fail'), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+    const r = await rawCall(g.url, '/b.Svc/M', {});
+    assert.equal(r.headers[':status'], 200);
+    await request(`${g.url}/plain`, { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+    const want = { 'generic/0': 1, 'generic/3': 1, 'bare/2': 1 };
+    let got: Record<string, number> = {};
+    await eventually(async () => {
+      const t = (await request(`${g.adminUrl}/metrics`)).body;
+      got = {};
+      for (const service of ['generic', 'bare']) {
+        for (let c = 0; c <= 16; c++) {
+          const v = promValue(t, 'turnpike_grpc_responses_total', { service, grpc_status: String(c) });
+          if (v !== 0) got[`${service}/${c}`] = v;
+        }
+      }
+      return JSON.stringify(got) === JSON.stringify(want);
+    }, 3000).catch(() => {});
+    assert.deepEqual(got, want);
+  } finally {
+    client.close();
+    await g.close();
+    await new Promise((r) => bare.close(r));
+  }
+});
+
 test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
   const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
   const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {

@@ -865,7 +865,7 @@ export class ForwardHandler {
    */
   private derivedGrpcStatus(code: string): void {
     const ex = this.f.exchange;
-    if (ex === null || ex.grpcStatus !== null || !this.f.service.grpc) return;
+    if (ex === null || ex.grpcStatus !== null || !this.f.grpc) return;
     if (/^application\/grpc/i.test(String(this.f.req.headers['content-type'] ?? ''))) ex.grpcStatus = code;
   }
 
@@ -1132,7 +1132,7 @@ export class ForwardHandler {
         }
       }
     }
-    if (svc.grpc && ex !== null) {
+    if (this.f.grpc && ex !== null) {
       const i = grpcStatusAt(out);
       if (i !== -1) ex.grpcStatus = out[i + 1]!;
     }
@@ -1448,11 +1448,11 @@ export class ForwardHandler {
       }
     }
     const ex = this.f.exchange;
-    if (ex !== null && this.f.service.grpc) {
+    if (ex !== null && this.f.grpc) {
       for (const [k, v] of t) if (k.toLowerCase() === 'grpc-status') ex.grpcStatus = v;
     }
     // A native gRPC call ended without a grpc-status: counted with the one its client derives.
-    if (this.f.service.grpc && ex !== null && ex.grpcStatus === null && this.encoder === null) this.derivedGrpcStatus(String(grpcStatusFromHttp(this.status)));
+    if (this.f.grpc && ex !== null && ex.grpcStatus === null && this.encoder === null) this.derivedGrpcStatus(String(grpcStatusFromHttp(this.status)));
     if (this.encoder !== null) {
       // gRPC-Web: the trailers travel as the body's last frame. An upstream that gave no status
       // at all (it ended its stream bare, or answered some other HTTP error) still gets one
@@ -1597,7 +1597,7 @@ export class ForwardHandler {
         // would read as processed). Logged as the 502 it stands for; gRPC's UNAVAILABLE.
         this.outcome = false;
         markRawAnswered(f.res, 'bad-gateway', 0);
-        if (f.exchange !== null && f.service.grpc) f.exchange.grpcStatus = '14';
+        if (f.exchange !== null && f.grpc) f.exchange.grpcStatus = '14';
         resetResponse(f.res, undefined, h2c.NGHTTP2_REFUSED_STREAM);
         this.release();
         return;
