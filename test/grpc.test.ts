@@ -696,6 +696,40 @@ services:
   }
 });
 
+test('a gRPC call through a service declared h2c whose response-transform shapes JSON (a +json content type, as application/grpc+json is) streams as a call to a gRPC service does: its messages and trailers (grpc-status, metadata) reach grpc-js, never held whole and lost', async () => {
+  const up = createH2Server();
+  up.on('stream', (stream) => {
+    stream.on('error', () => {});
+    stream.resume();
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc+json' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'x-trail': 'kept' }));
+    stream.write(jsonFrame({ i: 1, secret: 's' }));
+    stream.end(jsonFrame({ i: 2, secret: 's' }));
+  });
+  await new Promise<void>((r) => up.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - name: generic
+    url: 'http://127.0.0.1:${(up.address() as AddressInfo).port}'
+    protocol: h2c
+    plugins: [{name: response-transform, config: {json: {remove: [secret]}, headers: {set: {x-shaped: 'yes'}}}}]
+    routes: [{paths: [/test.Echo]}]
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    const r = await collect<{ i: number }>(client.Count({ n: 2 }));
+    assert.equal(r.status.code, grpc.status.OK, r.status.details);
+    assert.deepEqual(r.messages.map((m) => m.i), [1, 2]);
+    assert.deepEqual(r.status.metadata.get('x-trail'), ['kept']);
+    assert.deepEqual(r.headers?.get('x-shaped'), ['yes'], 'the response-transform\'s header phase still applies');
+  } finally {
+    client.close();
+    await g.close();
+    await new Promise((r) => up.close(r));
+  }
+});
+
 test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
   const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
   const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {

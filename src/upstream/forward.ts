@@ -1136,7 +1136,7 @@ export class ForwardHandler {
       const i = grpcStatusAt(out);
       if (i !== -1) ex.grpcStatus = out[i + 1]!;
     }
-    if (pl !== null && pl.chain.bufferResponse.length && !svc.grpc) {
+    if (pl !== null && pl.chain.bufferResponse.length && !this.f.grpc) {
       let hard = Infinity;
       let soft = -1;
       for (const b of pl.chain.bufferResponse) {
