@@ -730,6 +730,32 @@ services:
   }
 });
 
+test('a client-streaming gRPC call (by its content type) through a service declared h2c is exempt from timeouts.client_body_min_rate as one to a gRPC service is: messages at the application\'s pace (a few bytes every 120 ms) are summed, not cut with a 408', async () => {
+  const g = await startGateway(`
+http2: {h2c: true}
+timeouts: {client_body: 400ms, client_body_min_rate: 1kb}
+services:
+  - {name: generic, url: 'http://127.0.0.1:${plain.port}', protocol: h2c, routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    const sum = await new Promise<number>((resolve, reject) => {
+      const call = client.Sum((err, res) => (err ? reject(err) : resolve(res!.sum)));
+      let i = 0;
+      const tick = () => {
+        if (i === 6) return call.end();
+        call.write({ v: ++i });
+        setTimeout(tick, 120);
+      };
+      tick();
+    });
+    assert.equal(sum, 21);
+  } finally {
+    client.close();
+    await g.close();
+  }
+});
+
 test('a grpcs target that speaks HTTP/1.1 answering Trailers-Only with a field repeated that HTTP/2 allows once (two ETag) still answers the gRPC client, never leaves its stream hanging', async () => {
   const leaf = ca.issue('h1.test', { dns: ['h1.test'] });
   const h1 = createHttpsServer({ cert: leaf.cert, key: leaf.key }, (req, res) => {

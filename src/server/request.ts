@@ -823,6 +823,9 @@ export function handleRequest(
   const hasBody = te !== undefined || (cl !== undefined && cl !== '0') || (h2 && cl === undefined && !(req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders);
   // gRPC-Web from a browser goes upstream as gRPC (its text form decoded, so no Content-Length).
   const grpcWeb = route.service.grpc ? grpcWebKind(req.headers['content-type']) : null;
+  // A gRPC call: to a gRPC service, or by its content type through any other (`protocol: h2c`;
+  // gRPC is HTTP/2 only, and an HTTP/2 request's headers object is already built).
+  const grpcCall = route.service.grpc || (h2 && isGrpcContentType(req.headers['content-type']));
   if (grpcWeb !== null) {
     for (let i = 0; i < headers.length; i += 2) if (headers[i]!.toLowerCase() === 'content-type') headers[i + 1] = grpcWeb.grpcContentType;
   } else if (cl !== undefined && te === undefined) headers.push('content-length', cl);
@@ -854,7 +857,7 @@ export function handleRequest(
     if (bodyStarted) return;
     bodyStarted = true;
     // (a gRPC request body is a stream of messages at the application's pace: client streaming)
-    if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody, route.service.grpc ? 0 : snap.timeouts.clientBodyMinRate);
+    if (hasBody) armBodyTimeout(ctx, req, res, requestId, snap.timeouts.clientBody, grpcCall ? 0 : snap.timeouts.clientBodyMinRate);
     if (expectContinue) res.writeContinue();
   };
   const bodySource = { hasBody, declared: cl !== undefined && te === undefined ? Number(cl) : -1, begin: beginBody };
@@ -906,9 +909,7 @@ export function handleRequest(
       retryNonIdempotent: route.retryNonIdempotent,
       snapshot: snap,
       grpcWeb,
-      // (a gRPC call through a service not declared gRPC, `protocol: h2c`, by its content type;
-      // gRPC is HTTP/2 only, and an HTTP/2 request's headers object is already built)
-      grpc: route.service.grpc || (h2 && isGrpcContentType(req.headers['content-type'])),
+      grpc: grpcCall,
       plugins,
       bodyLimit,
       body,
