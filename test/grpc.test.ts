@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
 import { connect as h2connect, createServer as createH2Server, constants as h2constants } from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { request as httpRequest } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -753,6 +753,32 @@ services:
   } finally {
     client.close();
     await g.close();
+  }
+});
+
+test('a gRPC call (by its content type) through a service of HTTP/1.1 targets (protocol: http) answered Trailers-Only style (grpc-status in the head, no body) leaves as one HEADERS frame with END_STREAM: grpc-js reads that status, not INTERNAL "Call ended without gRPC status"', async () => {
+  const h1 = createHttpServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/grpc', 'grpc-status': '5', 'grpc-message': 'no such thing', 'content-length': '0' });
+    res.end();
+  });
+  await new Promise<void>((r) => h1.listen(0, '127.0.0.1', r));
+  const g = await startGateway(`
+http2: {h2c: true}
+services:
+  - {name: h1, url: 'http://127.0.0.1:${(h1.address() as AddressInfo).port}', routes: [{paths: [/test.Echo]}]}
+`);
+  const client = echoClient(`127.0.0.1:${g.port}`);
+  try {
+    await assert.rejects(sayP(client, 'x'), (e: grpc.ServiceError) => {
+      assert.equal(e.code, grpc.status.NOT_FOUND, e.message);
+      assert.equal(e.details, 'no such thing');
+      return true;
+    });
+  } finally {
+    client.close();
+    await g.close();
+    await new Promise((r) => h1.close(r));
   }
 });
 

@@ -246,8 +246,6 @@ export function joinBase(base: string, path: string, bare: boolean): string {
   return bare && (path === '/' || path.startsWith('/?')) ? base + path.slice(1) : base + path;
 }
 
-/** A gRPC (not gRPC-Web) request's content type: application/grpc, +proto, +json... (any case). */
-const GRPC_CONTENT_TYPE = /^application\/grpc(?![\w-])/i;
 
 /** Index of grpc-status in a flat header list (a Trailers-Only answer), or -1. */
 function grpcStatusAt(list: string[]): number {
@@ -1171,7 +1169,7 @@ export class ForwardHandler {
       }
     }
     if (this.f.grpcWeb !== null) this.toWeb(out, this.f.grpcWeb);
-    else if (isHttp2(res) && (svc.grpc || (svc.h2Upstream && GRPC_CONTENT_TYPE.test(this.f.req.headers['content-type'] ?? ''))) && grpcStatusAt(out) !== -1) {
+    else if (this.f.grpc && isHttp2(res) && grpcStatusAt(out) !== -1) {
       // gRPC Trailers-Only: held until the end, to leave as one HEADERS frame with END_STREAM.
       // (Also a gRPC call through an h2c service: sent as HEADERS then an empty DATA frame with
       // END_STREAM, grpc-js reads no status in those headers: "Call ended without gRPC status".)
@@ -1628,7 +1626,7 @@ export class ForwardHandler {
     this.release();
     // (HTTP/2: the upstream's RST_STREAM code when it means something to the client, else INTERNAL_ERROR)
     // (a gRPC call by its content type too: to a service declared h2c, grpc-js reads CANCEL as CANCELLED)
-    const grpcCall = f.grpcWeb === null && (f.service.grpc || GRPC_CONTENT_TYPE.test(String(f.req.headers['content-type'] ?? '')));
+    const grpcCall = f.grpcWeb === null && f.grpc;
     const rst = isHttp2(f.res) ? clientRstCode(upstreamRstCode(code, err), grpcCall) : undefined;
     if (f.exchange !== null && f.exchange.grpcStatus === null) this.derivedGrpcStatus(grpcStatusOfRst(rst));
     resetResponse(f.res, err, rst);
