@@ -85,9 +85,15 @@ export function bearerToken(header: string | undefined): string | null | typeof 
 
 export const BAD_BEARER = Symbol('malformed Bearer credentials');
 
-/** The outcome for BAD_BEARER: 400 with error="invalid_request" in the scheme's challenge. */
-export function badBearer(realm: string, detail = 'the Authorization header is not "Bearer" and one token'): AuthOutcome {
-  return { ok: false, missing: false, status: 400, challenge: `${realm}, error="invalid_request"`, detail };
+/**
+ * The outcome for BAD_BEARER: 400 with error="invalid_request" in the scheme's challenge.
+ * `twoTokens`: a request that carries a token in two places (RFC 6750 §2: a client MUST NOT use
+ * more than one method) is refused even where an `anonymous` consumer is set: going on as
+ * anonymous would hand the upstream a token (a query parameter, a cookie) no check looked at.
+ */
+export function badBearer(realm: string, detail = 'the Authorization header is not "Bearer" and one token', twoTokens = false): AuthOutcome {
+  const challenge = `${realm}, error="invalid_request"`;
+  return twoTokens ? { ok: false, missing: false, status: 400, challenge, detail, anonymous: false } : { ok: false, missing: false, status: 400, challenge, detail };
 }
 
 /**
@@ -124,9 +130,9 @@ export function paramAfterSemicolon(query: string, name: string): boolean {
   return false;
 }
 
-/** The outcome for a token in the Authorization header and the query: 400 invalid_request. */
+/** The outcome for a token in the Authorization header and the query: 400 invalid_request, also with `anonymous`. */
 export const twoTokenMethods = (realm: string): AuthOutcome =>
-  badBearer(realm, 'the access token was sent both in the Authorization header and as the access_token query parameter (RFC 6750 §2: one method per request)');
+  badBearer(realm, 'the access token was sent both in the Authorization header and as the access_token query parameter (RFC 6750 §2: one method per request)', true);
 
 /** prepareCredentials for a credential type named by one field: a value is one consumer's only. */
 export function uniqueField(field: string) {

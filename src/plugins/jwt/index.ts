@@ -234,12 +234,12 @@ export default definePlugin({
           if (m && m[1]) {
             // A Bearer header and the cookie with another token: one would be checked and the
             // upstream, which may read the cookie, could take the other (as with access_token).
-            if (token !== null && m[1] !== token) return badBearer(realm, `the access token was sent both in the Authorization header and, another one, in the ${config.cookie} cookie (one token per request)`);
+            if (token !== null && m[1] !== token) return badBearer(realm, `the access token was sent both in the Authorization header and, another one, in the ${config.cookie} cookie (one token per request)`, true);
             // The cookie twice: one token would be checked, and the upstream could read the
             // other (frameworks take the first or the last).
             if (cookieRe.test(cookies!.slice(m.index + m[0].length))) return invalid(`more than one ${config.cookie} cookie`);
             // The cookie's token beside an access_token parameter, which is never checked.
-            if (token === null && queryHasAccessToken(ctx.query)) return badBearer(realm, `the access token was sent both in the ${config.cookie} cookie and as the access_token query parameter (one token per request)`);
+            if (token === null && queryHasAccessToken(ctx.query)) return badBearer(realm, `the access token was sent both in the ${config.cookie} cookie and as the access_token query parameter (one token per request)`, true);
             token = m[1];
           }
         }

@@ -376,6 +376,22 @@ test('a token in the Authorization header and in the access_token query paramete
   assert.equal((await request(`${gw.url}/api/x?my_access_token=1&token=2;my_access_token=3`, { headers: { authorization: `Bearer ${token}` } })).status, 200);
 });
 
+test('a token in two places on a route with anonymous: 400 invalid_request all the same (RFC 6750 §2), never on to the upstream as anonymous with the unchecked token', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const before = up.requests.length;
+  for (const [q, headers] of [
+    [`?access_token=${token}`, { authorization: `Bearer ${token}` }],
+    ['?access_token=other', { authorization: 'Bearer expired-or-not' }],
+    ['', { authorization: `Bearer ${token}`, cookie: 'tok=other' }],
+    ['?access_token=other', { cookie: `tok=${token}` }],
+  ] as const) {
+    const r = await request(`${gw.url}/anon-hidden${q}`, { headers });
+    assert.equal(r.status, 400, `${q} ${JSON.stringify(headers)}: ${r.body}`);
+    assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"');
+  }
+  assert.equal(up.requests.length, before, 'went on as anonymous');
+});
+
 test('a token in another spelling than base64url without padding (RFC 7515 §2: "=" after the signature) is 401 invalid_token', async () => {
   const token = await idp.jwt({ clientId: 'svc-a' });
   assert.equal((await get('/api/x', token)).status, 200);

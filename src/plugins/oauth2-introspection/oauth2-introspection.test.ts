@@ -210,6 +210,16 @@ test('a token in the Authorization header and the access_token query parameter i
   assert.equal(calls(), c0);
 });
 
+test('a token in the Authorization header and the access_token query on a route with anonymous: 400 all the same, never on as anonymous with the unchecked query token', async () => {
+  const c0 = calls();
+  const n0 = up.requests.length;
+  const r = await request(`${gw.url}/anon-hidden/x?access_token=abc`, { headers: { authorization: 'Bearer abc' } });
+  assert.equal(r.status, 400, r.body);
+  assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_request"');
+  assert.equal(up.requests.length, n0);
+  assert.equal(calls(), c0);
+});
+
 const ctlCalls = () => ctl.requests.length;
 const activeAnswer = () => ({ status: 200, body: { active: true, client_id: 'svc-a', exp: Math.floor(Date.now() / 1000) + 600 } });
 
