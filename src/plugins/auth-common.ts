@@ -134,6 +134,25 @@ export function paramAfterSemicolon(query: string, name: string): boolean {
 export const twoTokenMethods = (realm: string): AuthOutcome =>
   badBearer(realm, 'the access token was sent both in the Authorization header and as the access_token query parameter (RFC 6750 §2: one method per request)', true);
 
+/**
+ * prepareCredentials for a credential type named by a subject of an issuer (jwt,
+ * oauth2-introspection): a subject is one consumer's for an issuer; one without issuer stands
+ * for every issuer.
+ */
+export function subjectPerIssuer(list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[] {
+  const seen = new Map<string, { issuer: string | undefined; consumer: string }[]>();
+  const problems: { index: number; field?: string; message: string }[] = [];
+  list.forEach(({ consumer, credential }, index) => {
+    const subject = String(credential['subject']);
+    const issuer = credential['issuer'] as string | undefined;
+    const same = seen.get(subject) ?? [];
+    const other = same.find((o) => o.issuer === undefined || issuer === undefined || o.issuer === issuer);
+    if (other !== undefined) problems.push({ index, field: 'subject', message: `"${subject}"${other.issuer !== undefined && issuer !== undefined ? ` of issuer ${issuer}` : ''} is also consumer "${other.consumer}"'s` });
+    else seen.set(subject, [...same, { issuer, consumer: consumer.name }]);
+  });
+  return problems;
+}
+
 /** prepareCredentials for a credential type named by one field: a value is one consumer's only. */
 export function uniqueField(field: string) {
   return (list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[] => {

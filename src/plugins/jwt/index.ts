@@ -9,7 +9,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, twoTokenMethods } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, subjectPerIssuer, twoTokenMethods } from '../auth-common.js';
 import { deadlineProblem, parseDuration } from '../../config/units.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
@@ -54,19 +54,7 @@ export default definePlugin({
   credential: JwtCredential,
   scopes: ['global', 'service', 'route'],
   // A subject is one consumer's for an issuer; one without issuer stands for every issuer.
-  prepareCredentials(list) {
-    const seen = new Map<string, { issuer: string | undefined; consumer: string }[]>();
-    const problems: { index: number; field?: string; message: string }[] = [];
-    list.forEach(({ consumer, credential }, index) => {
-      const subject = String(credential['subject']);
-      const issuer = credential['issuer'] as string | undefined;
-      const same = seen.get(subject) ?? [];
-      const other = same.find((o) => o.issuer === undefined || issuer === undefined || o.issuer === issuer);
-      if (other !== undefined) problems.push({ index, field: 'subject', message: `"${subject}"${other.issuer !== undefined && issuer !== undefined ? ` of issuer ${issuer}` : ''} is also consumer "${other.consumer}"'s` });
-      else seen.set(subject, [...same, { issuer, consumer: consumer.name }]);
-    });
-    return problems;
-  },
+  prepareCredentials: subjectPerIssuer,
   check(config) {
     const out: (string | { path: string[]; message: string })[] = [];
     if (!config.issuer && !config.jwks_url) out.push('give issuer (OIDC discovery) or jwks_url');

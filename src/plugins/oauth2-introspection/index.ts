@@ -9,7 +9,7 @@
  * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, scopesOf, queryHasAccessToken, sha256, twoTokenMethods, uniqueField } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, scopesOf, queryHasAccessToken, sha256, subjectPerIssuer, twoTokenMethods } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { deadlineProblem, parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
@@ -71,7 +71,8 @@ export default definePlugin({
   schema: IntrospectionConfig,
   credential: IntrospectionCredential,
   scopes: ['global', 'service', 'route'],
-  prepareCredentials: uniqueField('subject'),
+  // A subject is one consumer's for an issuer; one without issuer stands for every issuer.
+  prepareCredentials: subjectPerIssuer,
   check(config) {
     // Sent as written (form-encoded): a secret with a file's last newline is refused by the IdP
     // (invalid_client), so every token would be a 503 "cannot be checked now".
@@ -86,8 +87,18 @@ export default definePlugin({
     return problems;
   },
   create(config, deps) {
+    /** Credentials without issuer by subject; those with one by issuer, then subject. */
     const subjects = new Map<string, Consumer>();
-    for (const { consumer, credential } of deps.credentials) subjects.set(String(credential['subject']), consumer);
+    const byIssuer = new Map<string, Map<string, Consumer>>();
+    for (const { consumer, credential } of deps.credentials) {
+      const issuer = credential['issuer'];
+      if (typeof issuer !== 'string') subjects.set(String(credential['subject']), consumer);
+      else {
+        let m = byIssuer.get(issuer);
+        if (m === undefined) byIssuer.set(issuer, (m = new Map()));
+        m.set(String(credential['subject']), consumer);
+      }
+    }
     const ttl = parseDuration(config.cache_ttl ?? '30s');
     const negativeTtl = Math.min(ttl, parseDuration(config.negative_cache_ttl ?? '5s'));
     const timeoutMs = parseDuration(config.timeout ?? '5s');
@@ -144,6 +155,9 @@ export default definePlugin({
       // Not valid yet (RFC 7662 §2.2 nbf), with the same tolerance as jwt's clock skew.
       if (typeof body['nbf'] === 'number' && body['nbf'] * 1000 > now + NBF_SKEW_MS) return { outcome: invalid('the token is not valid yet'), until: 0 };
       const until = Math.min(now + ttl, exp);
+      // RFC 7662 §2.2: iss is optional; when the IdP says it, it is the binding's issuer.
+      const iss = typeof body['iss'] === 'string' ? body['iss'] : config.issuer;
+      if (config.issuer !== undefined && iss !== config.issuer) return { outcome: invalid('the token is not from this issuer'), until };
       if (config.audiences) {
         const aud = body['aud'];
         const auds = Array.isArray(aud) ? aud : typeof aud === 'string' ? [aud] : [];
@@ -160,7 +174,9 @@ export default definePlugin({
       // By a credential's subject; by name only a consumer that declares no credentials (an
       // IdP user who calls itself "admin" does not stand for a consumer that has its own keys).
       const byName = deps.consumers.get(value);
-      const consumer: Consumer | null = subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
+      // A credential with an issuer: only that IdP's subject (another IdP's user of the same
+      // sub or client_id, a self-signup there, is someone else).
+      const consumer: Consumer | null = (iss !== undefined ? byIssuer.get(iss)?.get(value) : undefined) ?? subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
       if (consumer === null && config.require_consumer) return { outcome: invalid('the token is not for a known consumer'), until };
       return { outcome: { ok: true, consumer, identity: consumer?.name ?? value, credential: `oauth2:${value}`, scopes, claims: body }, until };
     };

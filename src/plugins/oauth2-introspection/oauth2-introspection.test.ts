@@ -14,6 +14,8 @@ let ctl: TestUpstream;
 let ctlAnswer: { status: number; body: unknown } | 'reset' = { status: 200, body: {} };
 /** Answers every token as active, its username the token itself. */
 let who: TestUpstream;
+/** Two IdPs in one: /a answers iss https://a.example, /b https://b.example, /none no iss; sub is the token. */
+let two: TestUpstream;
 
 before(async () => {
   idp = await startIdp();
@@ -32,8 +34,15 @@ before(async () => {
     const token = new URLSearchParams(body.toString()).get('token');
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ active: true, username: token, exp: Math.floor(Date.now() / 1000) + 600 }));
   });
+  two = await startUpstream((req, res, body) => {
+    const sub = new URLSearchParams(body.toString()).get('token');
+    const at = req.url!.split('/')[1];
+    res.writeHead(200, { 'content-type': 'application/json' })
+      .end(JSON.stringify({ active: true, sub, exp: Math.floor(Date.now() / 1000) + 600, ...(at === 'none' ? {} : { iss: `https://${at}.example` }) }));
+  });
   gw = await startGateway(`
 consumers:
+  - {name: ops-lead, groups: [ops], credentials: [{type: oauth2-introspection, subject: alice, issuer: "https://a.example"}]}
   - {name: svc-a, groups: [apps]}
   - {name: guest}
   - {name: admin, groups: [admins], credentials: [{type: key-auth, key: admin-key-0001}]}
@@ -94,6 +103,10 @@ services:
           - {name: key-auth}
           - {name: oauth2-introspection, config: {introspection_url: '${who.url}/introspect', client_id: gateway, client_secret: s, consumer_claim: username}}
           - {name: cache, config: {ttl: 60s}}
+      - {name: idp-a, paths: [/idp-a], plugins: [{name: oauth2-introspection, config: {introspection_url: '${two.url}/a', client_id: gateway, client_secret: s, consumer_claim: sub}}]}
+      - {name: idp-b, paths: [/idp-b], plugins: [{name: oauth2-introspection, config: {introspection_url: '${two.url}/b', client_id: gateway, client_secret: s, consumer_claim: sub}}]}
+      - {name: idp-none, paths: [/idp-none], plugins: [{name: oauth2-introspection, config: {introspection_url: '${two.url}/none', issuer: "https://a.example", client_id: gateway, client_secret: s, consumer_claim: sub}}]}
+      - {name: idp-b-as-a, paths: [/idp-b-as-a], plugins: [{name: oauth2-introspection, config: {introspection_url: '${two.url}/b', issuer: "https://a.example", client_id: gateway, client_secret: s, consumer_claim: sub}}]}
       - name: bad-client
         paths: [/bad-client]
         plugins:
@@ -107,6 +120,7 @@ after(async () => {
   await ais?.close();
   await ctl?.close();
   await who?.close();
+  await two?.close();
   await idp?.close();
 });
 
@@ -309,6 +323,21 @@ test('the claim names a consumer by an oauth2-introspection credential, by name 
   assert.deepEqual(await as('partner-idp-user'), ['partner', 'partners']);
 });
 
+test('a credential with an issuer: only that IdP\'s subject is the consumer (a user of the same sub at another IdP is someone else); an answer without iss is the binding issuer\'s; another iss than the binding\'s issuer is 401', async () => {
+  const as = async (path: string) => {
+    const r = await get(path, 'alice');
+    assert.equal(r.status, 200, `${path}: ${r.body}`);
+    const h = (JSON.parse(r.body) as { headers: Record<string, string | undefined> }).headers;
+    return [h['x-consumer-name'], h['x-consumer-groups'] ?? null];
+  };
+  assert.deepEqual(await as('/idp-a'), ['ops-lead', 'ops']);
+  assert.deepEqual(await as('/idp-b'), ['alice', null]);
+  assert.deepEqual(await as('/idp-none'), ['ops-lead', 'ops']);
+  const r = await get('/idp-b-as-a', 'alice');
+  assert.equal(r.status, 401, r.body);
+  assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_token"');
+});
+
 test('an oauth2-introspection subject is one consumer\'s only', async () => {
   const { configIssues } = await import('../../../test/helpers.js');
   const issues = configIssues(`consumers:
@@ -316,6 +345,18 @@ test('an oauth2-introspection subject is one consumer\'s only', async () => {
   - {name: b, credentials: [{type: oauth2-introspection, subject: s1}]}
 `);
   assert.ok(issues.some((i) => /"s1" is also consumer "a"'s/.test(i.message)), JSON.stringify(issues));
+  // one subject at two issuers: two consumers; twice at one issuer, or beside one without issuer: refused
+  assert.deepEqual(configIssues(`consumers:
+  - {name: a, credentials: [{type: oauth2-introspection, subject: s1, issuer: "https://a.example"}]}
+  - {name: b, credentials: [{type: oauth2-introspection, subject: s1, issuer: "https://b.example"}]}
+`), []);
+  for (const second of ['{type: oauth2-introspection, subject: s1, issuer: "https://a.example"}', '{type: oauth2-introspection, subject: s1}']) {
+    const more = configIssues(`consumers:
+  - {name: a, credentials: [{type: oauth2-introspection, subject: s1, issuer: "https://a.example"}]}
+  - {name: b, credentials: [${second}]}
+`);
+    assert.ok(more.some((i) => /"s1".* is also consumer "a"'s/.test(i.message)), JSON.stringify(more));
+  }
 });
 
 test('a client_id or client_secret the IdP can never match (a file\'s last newline, a control character) is refused at load, naming the field and its line; the value is never quoted', async () => {

@@ -5,6 +5,7 @@ import { Duration } from '../schema-types.js';
 
 export const IntrospectionConfig = Type.Object({
   introspection_url: Type.String({ pattern: '^https?://', description: 'The IdP\'s RFC 7662 introspection endpoint.' }),
+  issuer: Type.Optional(Type.String({ minLength: 1, description: 'The IdP\'s issuer identifier: an answer whose iss is another one is refused (401), and an answer without iss counts as this issuer\'s for credentials that name an issuer.' })),
   client_id: Type.String({ minLength: 1, description: 'The gateway\'s client at the IdP.' }),
   client_secret: Type.String({ minLength: 1, description: 'Its secret (use ${ENV}).' }),
   auth_method: Type.Optional(Type.Union([Type.Literal('client_secret_basic'), Type.Literal('client_secret_post')], { default: 'client_secret_basic' })),
@@ -24,4 +25,5 @@ export type IntrospectionConfig = Static<typeof IntrospectionConfig>;
 export const IntrospectionCredential = Type.Object({
   type: Type.Literal('oauth2-introspection'),
   subject: Type.String({ minLength: 1, description: 'The consumer_claim value (e.g. an OAuth client_id) that identifies this consumer.' }),
+  issuer: Type.Optional(Type.String({ minLength: 1, description: 'Only in answers whose iss is this (or, without iss, from a binding whose issuer is this): with several IdPs the same subject at another one is someone else. Default: any issuer.' })),
 }, { additionalProperties: false });
