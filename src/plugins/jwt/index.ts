@@ -73,6 +73,10 @@ export default definePlugin({
       // Legal (Envoy and KrakenD allow it too), but with keys shared by many tenants or apps
       // (a multi-tenant IdP) any of their tokens would do (RFC 8725 §3.8-3.9).
       deps.log.warn({ plugin: 'jwt', where: deps.where, jwks_url: config.jwks_url === undefined ? undefined : redactUrl(config.jwks_url) }, 'jwt: neither issuer nor audiences is set: any token signed by these keys is accepted');
+    } else if (!config.audiences) {
+      // An IdP issues tokens for all its APIs (resource servers): without an audience a token
+      // another API of it was given (and may have leaked) is accepted here (RFC 8725 §3.9).
+      deps.log.warn({ plugin: 'jwt', where: deps.where, issuer: config.issuer ?? config.issuers_allowed }, 'jwt: audiences is not set: a token this issuer minted for any of its APIs is accepted (set audiences to this API\'s identifier)');
     }
     const keys = acquireKeySource({
       issuer: config.issuer,

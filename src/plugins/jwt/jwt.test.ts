@@ -392,6 +392,27 @@ test('a token in two places on a route with anonymous: 400 invalid_request all t
   assert.equal(up.requests.length, before, 'went on as anonymous');
 });
 
+test('a binding with an issuer but no audiences warns at load, naming where (any API\'s token of that IdP passes, RFC 8725 §3.9); with audiences it does not', async () => {
+  const { compile } = await import('../../config/compile.js');
+  const { parseConfigText } = await import('../../config/load.js');
+  const { PoolRegistry } = await import('../../upstream/pools.js');
+  const { createLogger } = await import('../../core/log.js');
+  const lines: { level: number; msg: string; where?: string }[] = [];
+  const log = createLogger('info', { write: (l: string) => void lines.push(JSON.parse(l)) });
+  const pools = new PoolRegistry();
+  compile(parseConfigText(`services:
+  - name: s
+    url: ${up.url}
+    routes:
+      - {name: loose, paths: [/loose], plugins: [{name: jwt, config: {issuer: ${idp.issuer}}}]}
+      - {name: tight, paths: [/tight], plugins: [{name: jwt, config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}]}}]}
+      - {name: second, paths: [/second], plugins: [{name: jwt, config: {jwks_url: ${idp.issuer}/jwks, issuers_allowed: [a]}}]}
+`, { env: {} }), { pools, log }).dispose();
+  await pools.closeAll();
+  const warned = lines.filter((l) => l.level === 40 && /^jwt: audiences is not set/.test(l.msg)).map((l) => l.where);
+  assert.deepEqual(warned, ['services.0.routes.0.plugins.0', 'services.0.routes.2.plugins.0']);
+});
+
 test('a token in another spelling than base64url without padding (RFC 7515 §2: "=" after the signature) is 401 invalid_token', async () => {
   const token = await idp.jwt({ clientId: 'svc-a' });
   assert.equal((await get('/api/x', token)).status, 200);

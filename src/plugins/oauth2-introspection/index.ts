@@ -87,6 +87,11 @@ export default definePlugin({
     return problems;
   },
   create(config, deps) {
+    if (!config.audiences) {
+      // An active answer says only that the IdP issued the token, to whichever of its APIs
+      // (RFC 7662 §4): without an audience, a token another API was given is accepted here.
+      deps.log.warn({ plugin: 'oauth2-introspection', where: deps.where, url: redactUrl(config.introspection_url) }, 'oauth2-introspection: audiences is not set: an active token the IdP issued for any of its APIs is accepted (set audiences to this API\'s identifier)');
+    }
     /** Credentials without issuer by subject; those with one by issuer, then subject. */
     const subjects = new Map<string, Consumer>();
     const byIssuer = new Map<string, Map<string, Consumer>>();

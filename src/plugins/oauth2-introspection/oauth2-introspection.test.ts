@@ -338,6 +338,26 @@ test('a credential with an issuer: only that IdP\'s subject is the consumer (a u
   assert.equal(r.headers['www-authenticate'], 'Bearer realm="turnpike", error="invalid_token"');
 });
 
+test('a binding without audiences warns at load, naming where (an active token the IdP issued for any of its APIs passes, RFC 7662 §4); with audiences it does not', async () => {
+  const { compile } = await import('../../config/compile.js');
+  const { parseConfigText } = await import('../../config/load.js');
+  const { PoolRegistry } = await import('../../upstream/pools.js');
+  const { createLogger } = await import('../../core/log.js');
+  const lines: { level: number; msg: string; where?: string }[] = [];
+  const log = createLogger('info', { write: (l: string) => void lines.push(JSON.parse(l)) });
+  const pools = new PoolRegistry();
+  compile(parseConfigText(`services:
+  - name: s
+    url: ${up.url}
+    routes:
+      - {name: tight, paths: [/tight], plugins: [{name: oauth2-introspection, config: {introspection_url: '${two.url}/a', client_id: g, client_secret: s, audiences: [api]}}]}
+      - {name: loose, paths: [/loose], plugins: [{name: oauth2-introspection, config: {introspection_url: '${two.url}/a', client_id: g, client_secret: s}}]}
+`, { env: {} }), { pools, log }).dispose();
+  await pools.closeAll();
+  const warned = lines.filter((l) => l.level === 40 && /^oauth2-introspection: audiences is not set/.test(l.msg)).map((l) => l.where);
+  assert.deepEqual(warned, ['services.0.routes.1.plugins.0']);
+});
+
 test('an oauth2-introspection subject is one consumer\'s only', async () => {
   const { configIssues } = await import('../../../test/helpers.js');
   const issues = configIssues(`consumers:
