@@ -43,6 +43,13 @@ function claimMatches(actual: unknown, wanted: string | number | boolean | (stri
   return options.includes(actual as never);
 }
 
+/**
+ * The shortest jwks_cooldown: the most often (per IdP, per process) a flood of tokens with
+ * made-up kids makes the gateway fetch the keys, 10 a second, and background refreshes
+ * (jwks_refresh) are no more frequent either.
+ */
+const MIN_JWKS_COOLDOWN_MS = 100;
+
 /** The longest clock_skew: the leeway clocks need (Kerberos and .NET allow 5 minutes), never a token's lifetime again. */
 const MAX_CLOCK_SKEW_MS = 5 * 60_000;
 
@@ -64,6 +71,11 @@ export default definePlugin({
     // (a typo, 100d for 100s, accepted every token for 100 days past its exp)
     if (config.clock_skew !== undefined && parseDuration(config.clock_skew) > MAX_CLOCK_SKEW_MS) {
       out.push({ path: ['clock_skew'], message: 'must be at most 5m (a token is accepted that long past its exp; clocks synced by NTP are within a second, Envoy\'s default is 60s)' });
+    }
+    // (0 let every request with a made-up kid fetch the JWKS: a client sending random kids
+    // turned the gateway into a flood of the IdP, one fetch after the other)
+    if (config.jwks_cooldown !== undefined && parseDuration(config.jwks_cooldown) < MIN_JWKS_COOLDOWN_MS) {
+      out.push({ path: ['jwks_cooldown'], message: `must be at least ${MIN_JWKS_COOLDOWN_MS}ms (an unknown kid, which any client can send, fetches the keys at most once per jwks_cooldown; default 10s)` });
     }
     return out;
   },

@@ -457,6 +457,27 @@ consumers:
   }
 });
 
+test('config: jwks_cooldown below 100ms (0: every request with a made-up kid would fetch the keys) is refused at load, naming the path and line', () => {
+  const at = (cooldown: string) => configIssues(`services:
+  - name: s
+    url: http://127.0.0.1:1
+    routes:
+      - name: r
+        paths: [/r]
+        plugins:
+          - name: jwt
+            config: {jwks_url: "http://127.0.0.1:1/jwks", audiences: [api], jwks_cooldown: ${cooldown}}
+`);
+  for (const bad of ['0', '0s', '50ms']) {
+    const found = at(bad);
+    assert.equal(found.length, 1, `${bad}: ${JSON.stringify(found)}`);
+    assert.match(found[0]!.path, /services\[0\]\.routes\[0\]\.plugins\[0\]\.config\.jwks_cooldown$/);
+    assert.equal(found[0]!.line, 9);
+    assert.match(found[0]!.message, /at least 100ms/);
+  }
+  assert.deepEqual(at('100ms'), []);
+});
+
 test('an ID, refresh or logout token the IdP signs with its access-token key is not an access token (Keycloak typ claim, Cognito / Hydra token_use): 401 invalid_token', async () => {
   const k1 = await newKey('k1');
   const idp = await startJwks([k1]);

@@ -27,7 +27,7 @@ export const JwtConfig = Type.Object({
   cache: Type.Optional(Type.Boolean({ default: true, description: 'Remember verified tokens (keyed by their SHA-256) until they expire.' })),
   cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
   jwks_refresh: Type.Optional(Duration('How often the keys are re-fetched in the background (default 10m).')),
-  jwks_cooldown: Type.Optional(Duration('At most one fetch per this long for unknown kids (default 10s).')),
+  jwks_cooldown: Type.Optional(Duration('At most one fetch per this long for unknown kids, and for background refreshes (default 10s, at least 100ms).')),
   timeout: Type.Optional(Duration('Timeout of discovery and JWKS fetches (default 5s).')),
   token_types: Type.Optional(Type.Array(Type.String({ minLength: 1, pattern: '^[!-~]+$' }), {
     minItems: 1,
