@@ -244,6 +244,8 @@ test('consumers, credentials (write-only), plugins and plans: CRUD; no secret ev
     assert.equal((await call('DELETE', `/api/consumers/acme/credentials/${made.json.id}`)).status, 204);
 
     // consumers: PUT keeps credentials; delete with bindings naming it -> 409, cascade removes them
+    // a group name with a comma would reach upstreams as two groups (X-Consumer-Groups): refused as in a file
+    isProblem(await call('PUT', '/api/consumers/acme', { body: { ...acme.json, groups: ['ops, admin'] } }), 400, 'validation-failed');
     const put = await call('PUT', '/api/consumers/acme', { body: { ...acme.json, groups: ['gold-partners'] } });
     assert.equal(put.status, 200, put.text);
     assert.equal((await call('GET', '/api/consumers/acme/credentials')).json.total, 2);

@@ -5,6 +5,7 @@
 import { Type, type Static, type ObjectOptions, type TProperties } from '@sinclair/typebox';
 import { DURATION_PATTERN, SIZE_PATTERN } from './units.js';
 import { HostPort } from './address.js';
+import { GroupName } from '../plugins/schema-types.js';
 import { AccessLog, Analytics, Metrics, Tracing } from '../observability/schema.js';
 import { Compose } from '../compose/schema.js';
 import { Scaling, ServiceScaling } from '../scaling/schema.js';
@@ -197,7 +198,7 @@ export const Credential = Type.Object({
 export const Consumer = Strict({
   name: Name,
   id: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'Sent upstream as X-Consumer-Id (default: a UUID derived from the name).' })),
-  groups: Type.Optional(Type.Array(Type.String({ minLength: 1 }))),
+  groups: Type.Optional(Type.Array(GroupName('A group name: no comma (X-Consumer-Groups joins them with ", "), no control character, no leading or trailing space.'))),
   plan: Type.Optional(Type.String({ minLength: 1 })),
   credentials: Type.Optional(Type.Array(Credential)),
   plugins: Type.Optional(Type.Array(PluginBinding, { description: 'Bindings for this consumer alone (after authentication).' })),

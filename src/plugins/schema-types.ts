@@ -14,6 +14,15 @@ export const HeaderMap = (description: string) =>
 export const NonEmptyKeyed = <T extends TSchema>(value: T, options: ObjectOptions = {}) =>
   Type.Record(Type.String({ pattern: '^[\\s\\S]+$' }), value, { ...options, additionalProperties: false });
 
+/**
+ * A consumer group name: upstreams get a consumer's groups joined with ", " in one field
+ * (X-Consumer-Groups, as Kong sends them), which they split on commas: a name with a comma
+ * would reach them as two groups, one with edge whitespace would not be the name they match,
+ * and a control character cannot go in a field.
+ */
+export const GROUP_NAME = '^[^,\\s\\x00-\\x1f\\x7f](?:[^,\\x00-\\x1f\\x7f]*[^,\\s\\x00-\\x1f\\x7f])?$';
+export const GroupName = (description: string) => Type.String({ pattern: GROUP_NAME, description });
+
 export const Duration = (description: string) =>
   Type.Union([Type.Integer({ minimum: 0 }), Type.String({ pattern: DURATION_PATTERN })], { description: `${description} (250ms, 30s, 5m, 1h, 1d; a number is ms)` });
 export const Size = (description: string) =>

@@ -243,3 +243,20 @@ test('config: allow or deny is required; empty lists, unknown fields and consume
   assert.equal(issues.length, 1, JSON.stringify(issues));
   assert.match(issues[0]!.message, /cannot be bound to a consumer/);
 });
+
+test('config: a group name with a comma (X-Consumer-Groups joins groups with ", ": "ops, admin" would reach the upstream as two), edge whitespace or a control character is an error naming the path and line, in consumers[].groups and acl lists alike', T, () => {
+  for (const bad of ['"ops, admin"', '"a,b"', '" ops"', '"ops "', '"a\\tb"', '"a\\nb"']) {
+    const issues = issuesOf(`consumers:
+  - name: c
+    groups: [fine, ${bad}]
+`);
+    assert.equal(issues.length, 1, `${bad}: ${JSON.stringify(issues)}`);
+    assert.equal(issues[0]!.path, 'consumers[0].groups[1]');
+    assert.equal(issues[0]!.line, 3);
+    assert.match(issues[0]!.message, /no comma/);
+    const acl = issuesOf(withAcl(`{allow: [fine], deny: [${bad}]}`));
+    assert.equal(acl.length, 1, `${bad}: ${JSON.stringify(acl)}`);
+    assert.equal(acl[0]!.path, 'services[0].routes[0].plugins[0].config.deny[0]');
+  }
+  assert.deepEqual(issuesOf('consumers:\n  - {name: c, groups: [ops admin, "gold-partners", 管理者]}\n'), []);
+});

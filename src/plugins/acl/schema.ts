@@ -1,7 +1,8 @@
 import { Type, type Static } from '@sinclair/typebox';
+import { GroupName } from '../schema-types.js';
 
 const Groups = (description: string) =>
-  Type.Optional(Type.Array(Type.String({ minLength: 1, description: 'A consumer group name (consumers[].groups).' }), { minItems: 1, uniqueItems: true, description }));
+  Type.Optional(Type.Array(GroupName('A consumer group name (consumers[].groups): no comma, no control character, no leading or trailing space.'), { minItems: 1, uniqueItems: true, description }));
 
 export const AclConfig = Type.Object({
   allow: Groups('Groups allowed: the consumer must be in at least one of them.'),
