@@ -50,6 +50,33 @@ function claimMatches(actual: unknown, wanted: string | number | boolean | (stri
  */
 const MIN_JWKS_COOLDOWN_MS = 100;
 
+/** Methods that change nothing (RFC 9110 §9.2.1): a cross-site one may carry the token cookie. */
+const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE']);
+
+/**
+ * Whether a browser sent this request from another site with a method that may change state:
+ * Sec-Fetch-Site other than same-origin or none (a user's own navigation); without it (older
+ * browsers), an Origin that is not this host (`null` included). Neither: no browser said so
+ * (curl, a server-side client), not refused.
+ */
+function crossSite(ctx: RequestCtx): boolean {
+  if (SAFE_METHODS.has(ctx.method)) return false;
+  const site = ctx.header('sec-fetch-site');
+  if (site !== undefined) return site !== 'same-origin' && site !== 'none';
+  const origin = ctx.header('origin');
+  if (origin === undefined) return false;
+  const host = ctx.header('host');
+  if (host === undefined || origin === 'null') return true;
+  try {
+    // (ports compared with the origin scheme's default filled in: Host may name :443 or not)
+    const o = new URL(origin);
+    const h = new URL(`${o.protocol}//${host}`);
+    return o.hostname !== h.hostname || o.port !== h.port;
+  } catch {
+    return true;
+  }
+}
+
 /** The longest clock_skew: the leeway clocks need (Kerberos and .NET allow 5 minutes), never a token's lifetime again. */
 const MAX_CLOCK_SKEW_MS = 5 * 60_000;
 
@@ -128,6 +155,7 @@ export default definePlugin({
     const wantScopes = config.scopes ?? [];
     const wantClaims = Object.entries(config.claims ?? {});
     const cookieRe = config.cookie ? new RegExp(`(?:^|;\\s*)${config.cookie.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}=([^;]*)`) : null;
+    const crossSiteCheck = cookieRe !== null && config.cookie_cross_site !== 'allow';
     const invalid = (detail: string): AuthOutcome => ({ ok: false, missing: false, challenge: `${realm}, error="invalid_token"`, detail });
 
     /** Everything after the signature: scopes, claims, consumer. */
@@ -244,6 +272,11 @@ export default definePlugin({
             if (cookieRe.test(cookies!.slice(m.index + m[0].length))) return invalid(`more than one ${config.cookie} cookie`);
             // The cookie's token beside an access_token parameter, which is never checked.
             if (token === null && queryHasAccessToken(ctx.query)) return badBearer(realm, `the access token was sent both in the ${config.cookie} cookie and as the access_token query parameter (one token per request)`, true);
+            // A cookie goes with a browser's cross-site requests too (CSRF): a state-changing one
+            // from another site is refused (Fetch Metadata, else Origin: OWASP's CSRF guidance).
+            if (token === null && crossSiteCheck && crossSite(ctx)) {
+              return { ok: false, missing: false, status: 403, challenge: realm, detail: `a token from the ${config.cookie} cookie is not accepted on a cross-site ${ctx.method} request (send it in the Authorization header)`, anonymous: false };
+            }
             token = m[1];
           }
         }

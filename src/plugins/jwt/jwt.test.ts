@@ -65,6 +65,11 @@ services:
           - name: jwt
             config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, cookie: tok, anonymous: plain, hide_credentials: true}
           - {name: key-auth, config: {hide_credentials: true}}
+      - name: cookie-cross-site
+        paths: [/cookie-any-site]
+        plugins:
+          - name: jwt
+            config: {issuer: ${idp.issuer}, audiences: [${DEFAULT_AUDIENCE}], consumer_claim: client_id, cookie: tok, cookie_cross_site: allow}
       - name: typed
         paths: [/typed]
         plugins:
@@ -289,6 +294,26 @@ test('a Bearer header beside the token cookie holding another token (the upstrea
   assert.equal(upstreamSaw().cookie, 'a=1');
   // (an empty cookie of that name is no token)
   assert.equal((await request(`${gw.url}/cookie`, { headers: { authorization: `Bearer ${token}`, cookie: 'tok=' } })).status, 200);
+});
+
+test('CSRF: a token from the cookie on a cross-site POST (Sec-Fetch-Site, else an Origin of another host) is 403, also where anonymous is set; same-origin, safe methods, the Authorization header and cookie_cross_site: allow pass', async () => {
+  const token = await idp.jwt({ clientId: 'svc-a' });
+  const self = new URL(gw.url).host;
+  const send = (path: string, method: string, headers: Record<string, string>) => request(`${gw.url}${path}`, { method, headers: { cookie: `tok=${token}`, ...headers } });
+  const before = up.requests.length;
+  for (const h of [{ 'sec-fetch-site': 'cross-site' }, { 'sec-fetch-site': 'same-site' }, { origin: 'https://evil.example' }, { origin: 'null' }, { origin: `http://${self}`, 'sec-fetch-site': 'cross-site' }] as Record<string, string>[]) {
+    for (const path of ['/cookie', '/anon-hidden']) {
+      const r = await send(path, 'POST', h);
+      assert.equal(r.status, 403, `${path} ${JSON.stringify(h)}: ${r.body}`);
+      assert.match(r.body, /cross-site POST/);
+    }
+  }
+  assert.equal(up.requests.length, before, 'a cross-site POST reached the upstream');
+  for (const [method, h] of [['POST', { 'sec-fetch-site': 'same-origin' }], ['POST', { 'sec-fetch-site': 'none' }], ['POST', { origin: `http://${self}` }], ['POST', {}], ['GET', { 'sec-fetch-site': 'cross-site' }]] as [string, Record<string, string>][]) {
+    assert.equal((await send('/cookie', method, h)).status, 200, `${method} ${JSON.stringify(h)}`);
+  }
+  assert.equal((await request(`${gw.url}/cookie`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'sec-fetch-site': 'cross-site' } })).status, 200);
+  assert.equal((await send('/cookie-any-site', 'POST', { 'sec-fetch-site': 'cross-site' })).status, 200);
 });
 
 test('keys that cannot be fetched: 503 with Retry-After, not invalid_token (the token may be fine)', async () => {

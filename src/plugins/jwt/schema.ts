@@ -24,6 +24,10 @@ export const JwtConfig = Type.Object({
   consumer_claim: Type.Optional(Type.String({ minLength: 1, default: 'sub', description: 'Claim whose value matches a jwt credential\'s subject, or names a consumer that declares no credentials (one with keys of its own is never named by a claim).' })),
   require_consumer: Type.Optional(Type.Boolean({ default: false, description: 'Refuse (401) tokens whose consumer_claim names no configured consumer; otherwise X-Consumer-Name carries the claim value.' })),
   cookie: Type.Optional(Type.String({ minLength: 1, description: 'Also read the token from this cookie when there is no Authorization header (with hide_credentials, that cookie does not go upstream). A Bearer header beside this cookie holding another token, or this cookie beside an access_token query parameter, is refused (400 invalid_request: the upstream could read the token that was not checked).' })),
+  cookie_cross_site: Type.Optional(Type.Union([Type.Literal('refuse_unsafe'), Type.Literal('allow')], {
+    default: 'refuse_unsafe',
+    description: 'A token read from the cookie on a cross-site request (a browser sends cookies on those: CSRF): refuse_unsafe answers 403 to a method other than GET, HEAD, OPTIONS or TRACE whose Sec-Fetch-Site is not same-origin or none, or, without Sec-Fetch-Site, whose Origin is not the request\'s host; allow does not look.',
+  })),
   cache: Type.Optional(Type.Boolean({ default: true, description: 'Remember verified tokens (keyed by their SHA-256) until they expire.' })),
   cache_size: Type.Optional(Type.Integer({ minimum: 1, default: 10000 })),
   jwks_refresh: Type.Optional(Duration('How often the keys are re-fetched in the background (default 10m).')),
