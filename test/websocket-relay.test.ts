@@ -4,6 +4,8 @@
  * 'upgrade' event calls relayWebSocket() the way the gateway does. Self-contained (no gateway).
  * Every test has a time bound and closes what it started.
  */
+// (first: sets the close-handshake budget websocket.ts reads at load)
+import { WS_CLOSE_GRACE_MS } from './ws-close-grace.js';
 import { test } from 'node:test';
 import { createHash } from 'node:crypto';
 import assert from 'node:assert/strict';
@@ -707,7 +709,7 @@ test('upstream closes 4001 "bye": client sees 4001 "bye"; a close without status
   }
 });
 
-test('a close handshake the client never finishes is cut after 5 s', T, async () => {
+test('a close handshake the client never finishes is cut after the close grace (5 s; WS_CLOSE_GRACE_MS here)', T, async () => {
   const up = await wsUpstream(() => {});
   const gw = await gateway(up.url);
   const c = client(gw.url);
@@ -716,9 +718,9 @@ test('a close handshake the client never finishes is cut after 5 s', T, async ()
     c.ws.pause(); // never reads the gateway's close frame, so never answers it
     const t0 = Date.now();
     up.conns[0]!.ws.close(4001, 'bye');
-    await until(() => gw.closes.length === 1, 'onClose', 8000);
+    await until(() => gw.closes.length === 1, 'onClose', WS_CLOSE_GRACE_MS + 5000);
     const took = Date.now() - t0;
-    assert.ok(took >= 4500 && took < 6500, `cut after ${took} ms`);
+    assert.ok(took >= WS_CLOSE_GRACE_MS - 300 && took < WS_CLOSE_GRACE_MS + 1500, `cut after ${took} ms (grace ${WS_CLOSE_GRACE_MS} ms)`);
     assert.deepEqual([gw.closes[0]!.closedBy, gw.closes[0]!.code, gw.closes[0]!.reason], ['upstream', 4001, 'bye']);
     assert.equal(openWebSockets(), 0);
   } finally {

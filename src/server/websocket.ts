@@ -98,7 +98,11 @@ export interface WsRelayOptions {
 }
 
 const HIGH_WATER = 1024 * 1024;   // send-buffer size that pauses the other leg
-const CLOSE_GRACE_MS = 5000;      // close handshake budget before terminate()
+/**
+ * Close handshake budget before terminate(). (TURNPIKE_WS_CLOSE_GRACE_MS: a shorter one for the
+ * tests, read once at load.)
+ */
+const CLOSE_GRACE_MS = Number(process.env.TURNPIKE_WS_CLOSE_GRACE_MS) > 0 ? Number(process.env.TURNPIKE_WS_CLOSE_GRACE_MS) : 5000;
 const BODY_CAP = 64 * 1024;       // largest relayed body of a refused upstream handshake (past it: 502)
 const CLIENT_GONE = 499;
 const VERSION_UNSUPPORTED = 'unsupported Sec-WebSocket-Version (13 expected)';
