@@ -5,6 +5,8 @@
  * the client sees a broken response, never a clean short one; and no upstream leftovers ever
  * answer a later request (no response desync). The gateway survives all of it.
  */
+// (first: sets the precise-timeout bound forward.ts reads at load)
+import { PRECISE_TIMEOUT_MS } from './precise-timeout.js';
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, createServer as createNetServer, type Socket, type AddressInfo } from 'node:net';
@@ -15,6 +17,7 @@ import { countRequests, rawRequest, request, startGateway, startRawOrigin, start
 import { startRawH2Origin } from './h2-raw-origin.js';
 import { makeCa } from './certs.js';
 import { header, parseOne, type Msg } from './framing.js';
+import { PRECISE_TIMEOUT_BELOW_MS } from '../src/upstream/forward.js';
 
 /** A raw keep-alive client connection: send requests one at a time, read whole responses. */
 class RawClient {
@@ -396,8 +399,17 @@ test('upstream slow to send headers beyond timeouts.response (300ms): 504 proble
   assert.ok(ms >= 250 && ms < 1500, `answered after ${ms} ms`);
 });
 
-test('long timeouts (10 s, on undici\'s headers timeout): an upstream that sends a 102 Processing every 300 ms and never a final answer is a 504 at timeouts.response, not held forever (undici restarts its headers timeout at each 1xx); so is one whose TLS handshake took 2 s (undici counts from the write: the connect came on top)', { timeout: 20_000 }, async () => {
-  // (both at once: each waits 10 s)
+/**
+ * A response timeout on undici's headers timeout (from PRECISE_TIMEOUT_BELOW_MS up: 10 s in
+ * production, PRECISE_TIMEOUT_MS in this file), not on a native timer from the start.
+ */
+const LONG_TIMEOUT_MS = 3000;
+
+test('long timeouts (from 10 s in production, on undici\'s headers timeout): an upstream that sends a 102 Processing every 300 ms and never a final answer is a 504 at timeouts.response, not held forever (undici restarts its headers timeout at each 1xx); so is one whose TLS handshake took 1.5 s (undici counts from the write: the connect came on top)', { timeout: 20_000 }, async () => {
+  // The hook took: a 3 s timeout is on undici's path here, as a 10 s one is in production.
+  assert.equal(PRECISE_TIMEOUT_BELOW_MS, PRECISE_TIMEOUT_MS);
+  assert.ok(LONG_TIMEOUT_MS >= PRECISE_TIMEOUT_BELOW_MS);
+  // (both at once: each waits LONG_TIMEOUT_MS)
   const slowConnect = slowHandshakeTimeout();
   const timers: NodeJS.Timeout[] = [];
   const origin = await startRawOrigin((data, socket) => {
@@ -409,15 +421,15 @@ test('long timeouts (10 s, on undici\'s headers timeout): an upstream that sends
   });
   const g = await startGateway(`
 services:
-  - {name: busy, url: '${origin.url}', timeouts: {response: 10s}, routes: [{paths: [/busy]}]}
+  - {name: busy, url: '${origin.url}', timeouts: {response: ${LONG_TIMEOUT_MS}ms}, routes: [{paths: [/busy]}]}
 `);
   try {
     const t0 = Date.now();
-    const r = await fetch(`${g.url}/busy`, { dispatcher: new Agent({ headersTimeout: 15_000 }) });
+    const r = await fetch(`${g.url}/busy`, { dispatcher: new Agent({ headersTimeout: 10_000 }) });
     const ms = Date.now() - t0;
     assert.equal(r.status, 504);
-    assertProblem(504, 'gateway-timeout', r.headers, await r.text(), /"busy" did not answer within 10000 ms/);
-    assert.ok(ms >= 9_500 && ms < 11_500, `answered after ${ms} ms`);
+    assertProblem(504, 'gateway-timeout', r.headers, await r.text(), new RegExp(`"busy" did not answer within ${LONG_TIMEOUT_MS} ms`));
+    assert.ok(ms >= LONG_TIMEOUT_MS - 500 && ms < LONG_TIMEOUT_MS + 1500, `answered after ${ms} ms`);
   } finally {
     for (const t of timers) clearInterval(t);
     await g.close();
@@ -426,7 +438,7 @@ services:
   await slowConnect;
 });
 
-/** An HTTPS upstream whose handshake starts 2 s after the connection (a relay holds the bytes) and that never answers. */
+/** An HTTPS upstream whose handshake starts 1.5 s after the connection (a relay holds the bytes) and that never answers. */
 async function slowHandshakeTimeout(): Promise<void> {
   const ca = makeCa();
   const leaf = ca.issue('127.0.0.1');
@@ -444,21 +456,22 @@ async function slowHandshakeTimeout(): Promise<void> {
       c.on('close', () => u.destroy());
       c.pipe(u).pipe(c);
       c.resume();
-    }, 2_000);
+    }, 1_500);
     c.on('close', () => clearTimeout(t));
   });
   await new Promise<void>((r) => relay.listen(0, '127.0.0.1', r));
   const g = await startGateway(`
 services:
-  - {name: handshake, url: 'https://127.0.0.1:${(relay.address() as AddressInfo).port}', tls: {ca: ${ca.certFile}}, timeouts: {response: 10s}, routes: [{paths: [/slow]}]}
+  - {name: handshake, url: 'https://127.0.0.1:${(relay.address() as AddressInfo).port}', tls: {ca: ${ca.certFile}}, timeouts: {response: ${LONG_TIMEOUT_MS}ms}, routes: [{paths: [/slow]}]}
 `);
   try {
     const t0 = Date.now();
-    const r = await fetch(`${g.url}/slow`, { dispatcher: new Agent({ headersTimeout: 15_000 }) });
+    const r = await fetch(`${g.url}/slow`, { dispatcher: new Agent({ headersTimeout: 10_000 }) });
     const ms = Date.now() - t0;
     assert.equal(r.status, 504);
-    assertProblem(504, 'gateway-timeout', r.headers, await r.text(), /"handshake" did not answer within 10000 ms/);
-    assert.ok(ms >= 9_500 && ms < 11_000, `answered after ${ms} ms (the handshake took 2 s)`);
+    assertProblem(504, 'gateway-timeout', r.headers, await r.text(), new RegExp(`"handshake" did not answer within ${LONG_TIMEOUT_MS} ms`));
+    // (undici's own timeout, counted from the write after the 1.5 s connect, would answer at 4.5 s or later)
+    assert.ok(ms >= LONG_TIMEOUT_MS - 500 && ms < LONG_TIMEOUT_MS + 1000, `answered after ${ms} ms (the handshake took 1.5 s)`);
   } finally {
     await g.close();
     for (const s of sockets) s.destroy();

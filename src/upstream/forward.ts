@@ -144,8 +144,12 @@ const NOT_TRAILERS = new Set([
   'content-type', 'content-encoding', 'content-range', 'content-location', 'date', 'pragma', 'warning', 'x-request-id', 'via',
 ]);
 
-/** Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s). */
-const PRECISE_TIMEOUT_BELOW_MS = 10_000;
+/**
+ * Response timeouts shorter than this get a native timer (undici's timers tick every ~0.5 s).
+ * (TURNPIKE_PRECISE_TIMEOUT_MS: a lower bound for the tests of the long-timeout path, read once
+ * at load.)
+ */
+export const PRECISE_TIMEOUT_BELOW_MS = Number(process.env.TURNPIKE_PRECISE_TIMEOUT_MS) > 0 ? Number(process.env.TURNPIKE_PRECISE_TIMEOUT_MS) : 10_000;
 /** A connect slower than this gets the attempt's long timeout on a native timer (see onConnect). */
 const SLOW_CONNECT_MS = 200;
 /** A retry needs at least this much of the deadline left (after its backoff) to be tried. */
