@@ -32,6 +32,29 @@ function issuesOf(text: string, env: NodeJS.ProcessEnv = {}) {
   }
 }
 
+/** What a CLI run gave (as spawnSync's result). */
+interface CliResult { status: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+/**
+ * Runs bin/turnpike.js once per argument list, all at the same time (each run is mostly ~0.8 s
+ * of process start; one after the other they were most of this file's time), each with stdin
+ * closed (or given `input`) and SIGKILLed past 20 s (a hung run shows as its signal).
+ */
+function cliAll(runs: { args: string[]; env?: NodeJS.ProcessEnv; input?: string; cwd?: string }[]): Promise<CliResult[]> {
+  return Promise.all(runs.map(({ args, env, input, cwd }) => new Promise<CliResult>((resolve, reject) => {
+    const c = spawn(process.execPath, [join(process.cwd(), 'bin/turnpike.js'), ...args], { env: env ?? process.env, cwd: cwd ?? process.cwd() });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    c.stdin.on('error', () => {});
+    c.stdin.end(input ?? '');
+    const kill = setTimeout(() => c.kill('SIGKILL'), 20_000);
+    c.on('error', reject);
+    c.on('close', (status, signal) => { clearTimeout(kill); resolve({ status, signal, stdout, stderr }); });
+  })));
+}
+
 const base = `services:
   - name: orders
     url: http://127.0.0.1:9001
@@ -233,7 +256,7 @@ test('YAML syntax errors and duplicate keys have lines', () => {
   assert.match(dupKey[0]!.message, /unique|duplicate/i);
 });
 
-test('an empty config (zero bytes, comments only, a null document) is an error naming the file; {} stays valid', () => {
+test('an empty config (zero bytes, comments only, a null document) is an error naming the file; {} stays valid', async () => {
   for (const text of ['', '\n\n', '# only a comment\n  # and another\n', '---\n', '--- # x\n...\n', '~\n', 'null\n', '\ufeff']) {
     assert.throws(
       () => parseConfigText(text, { file: 'turnpike.yaml', env: {} }),
@@ -245,11 +268,12 @@ test('an empty config (zero bytes, comments only, a null document) is an error n
   assert.deepEqual(issuesOf('# all defaults\n{}\n'), []);
   // turnpike validate exits 1 (and says so) for an empty or comments-only file
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-'));
-  for (const [name, text] of [['zero.yaml', ''], ['comments.yaml', '# nothing yet\n']] as const) {
-    const f = join(dir, name);
-    writeFileSync(f, text);
-    const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
-    assert.equal(r.status, 1, `${name}: ${r.stdout}${r.stderr}`);
+  const empties = [['zero.yaml', ''], ['comments.yaml', '# nothing yet\n']] as const;
+  for (const [name, text] of empties) writeFileSync(join(dir, name), text);
+  const results = await cliAll(empties.map(([name]) => ({ args: ['validate', '--config', join(dir, name)] })));
+  for (const [i, r] of results.entries()) {
+    const f = join(dir, empties[i]![0]);
+    assert.equal(r.status, 1, `${f}: ${r.stdout}${r.stderr}`);
     assert.ok(r.stderr.includes(`the config file ${f} is empty`), r.stderr);
   }
 });
@@ -338,27 +362,24 @@ test('turnpike validate judges policy: redis (rate-limit, quota) and backend: re
         config: {backend: redis}
     routes: [{paths: [/a]}]
 `;
-  const run = (text: string) => {
+  const file = (text: string) => {
     const f = join(dir, `c${Math.random().toString(36).slice(2)}.yaml`);
     writeFileSync(f, text);
-    return new Promise<{ status: number | null; out: string }>((resolve) => {
-      const c = spawn(process.execPath, ['bin/turnpike.js', 'validate', '--config', f]);
-      let out = '';
-      c.stdout.on('data', (d) => (out += d));
-      c.stderr.on('data', (d) => (out += d));
-      c.on('close', (status) => resolve({ status, out }));
-    });
+    return { args: ['validate', '--config', f] };
   };
   try {
     const t0 = Date.now();
-    const ok = await run(cfg(`redis: redis://127.0.0.1:${port}\n`));
+    // (the three at once)
+    const [ok, cluster, none] = (await cliAll([
+      file(cfg(`redis: redis://127.0.0.1:${port}\n`)),
+      file(cfg(`redis: {cluster: ["redis://127.0.0.1:${port}"], prefix: "tp:"}\n`)),
+      file(cfg('')),
+    ])).map((r) => ({ status: r.status, out: r.stdout + r.stderr })) as [{ status: number | null; out: string }, { status: number | null; out: string }, { status: number | null; out: string }];
     assert.equal(ok.status, 0, ok.out);
     assert.match(ok.out, /: valid/);
     assert.ok(Date.now() - t0 < 20_000);
-    const cluster = await run(cfg(`redis: {cluster: ["redis://127.0.0.1:${port}"], prefix: "tp:"}\n`));
     assert.equal(cluster.status, 0, cluster.out);
     // without the setting it is still an error
-    const none = await run(cfg(''));
     assert.equal(none.status, 1);
     assert.match(none.out, /policy redis needs the top-level redis setting/);
     assert.match(none.out, /backend redis needs the top-level redis setting/);
@@ -437,19 +458,17 @@ test('docs/plugins.md is current (npm run schema)', () => {
   assert.equal(readFileSync('docs/plugins.md', 'utf8'), pluginsMarkdown());
 });
 
-test('turnpike validate: exit 0 for a valid file, 1 with path and line for errors', () => {
+test('turnpike validate: exit 0 for a valid file, 1 with path and line for errors', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-validate-'));
   const good = join(dir, 'good.yaml');
   const bad = join(dir, 'bad.yaml');
   writeFileSync(good, base);
   writeFileSync(bad, base.replace('paths: [/x]', 'paths: [/x]\n        bogus: 1'));
-  const run = (f: string) => spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
-  const ok = run(good);
+  const [ok, ko, missing] = await cliAll([good, bad, join(dir, 'nope.yaml')].map((f) => ({ args: ['validate', '--config', f] }))) as [CliResult, CliResult, CliResult];
   assert.equal(ok.status, 0, ok.stderr);
-  const ko = run(bad);
+  assert.match(ok.stdout, new RegExp(`${good}: valid`));
   assert.equal(ko.status, 1);
   assert.match(ko.stderr, /services\[0\]\.routes\[1\]\.bogus \(line 9\): unknown key "bogus"/);
-  const missing = run(join(dir, 'nope.yaml'));
   assert.equal(missing.status, 1);
   assert.match(missing.stderr, /cannot read/);
 });
@@ -470,7 +489,7 @@ test('turnpike validate warns of a tls.client_crl past its nextUpdate (valid con
   }
 });
 
-test('a file the config names that is no regular file (a FIFO, /dev/zero, a directory) or is too large is a config error with its line, not a hung or exhausted process', () => {
+test('a file the config names that is no regular file (a FIFO, /dev/zero, a directory) or is too large is a config error with its line, not a hung or exhausted process', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-inputs-'));
   const fifo = join(dir, 'ca.fifo');
   assert.equal(spawnSync('mkfifo', [fifo]).status, 0, 'mkfifo');
@@ -482,20 +501,24 @@ test('a file the config names that is no regular file (a FIFO, /dev/zero, a dire
     [dir, /is not a regular file|EISDIR/],
     [big, /is larger than/],
   ];
-  for (const [file, why] of cases) {
-    const cfg = join(dir, 'c.yaml');
+  const cfgs = cases.map(([file], i) => {
+    const cfg = join(dir, `c${i}.yaml`);
     writeFileSync(cfg, `services:\n  - name: s\n    url: https://127.0.0.1:9443\n    tls: {ca: ${file}}\n    routes: [{paths: [/]}]\n`);
-    // (in a child, bounded: before, the FIFO's open waited for a writer for ever, /dev/zero was read until memory ran out)
-    const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', cfg], { encoding: 'utf8', timeout: 20_000 });
+    return cfg;
+  });
+  // The listener's own certificate and key too.
+  const cfg = join(dir, 'l.yaml');
+  writeFileSync(cfg, `listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {cert: ${fifo}, key: /dev/zero, hosts: [a.example]}\nservices: []\n`);
+  // (in children, bounded, all at once: before, the FIFO's open waited for a writer for ever, /dev/zero was read until memory ran out)
+  const results = await cliAll([...cfgs, cfg].map((f) => ({ args: ['validate', '--config', f] })));
+  for (const [i, [file, why]] of cases.entries()) {
+    const r = results[i]!;
     assert.equal(r.signal, null, `${file}: validate hung (${r.signal})`);
     assert.equal(r.status, 1, `${file}: ${r.stdout}${r.stderr}`);
     assert.match(r.stderr, /services\[0\]\.tls\.ca \(line 4\)/, file);
     assert.match(r.stderr, why, file);
   }
-  // The listener's own certificate and key too.
-  const cfg = join(dir, 'l.yaml');
-  writeFileSync(cfg, `listen_tls: 127.0.0.1:0\ntls:\n  certificates:\n    - {cert: ${fifo}, key: /dev/zero, hosts: [a.example]}\nservices: []\n`);
-  const r = spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', cfg], { encoding: 'utf8', timeout: 20_000 });
+  const r = results[cases.length]!;
   assert.equal(r.signal, null, `listener certificate: validate hung (${r.signal})`);
   assert.equal(r.status, 1, r.stdout + r.stderr);
   assert.match(r.stderr, /tls\.certificates\[0\].*(line 4).*is not a regular file/);
@@ -615,8 +638,11 @@ test('TURNPIKE_LOG_LEVEL: a level pino does not know is one line and exit 2 (no 
   const file = join(dir, 'c.yaml');
   writeFileSync(file, 'listen: 127.0.0.1:0\nservices: []\n');
   const cli = ['bin/turnpike.js', 'start', '--config', file];
-  for (const [level, shown] of [['verbose', 'verbose'], ['info debug', '"info debug"']]) {
-    const r = spawnSync(process.execPath, cli, { encoding: 'utf8', env: { ...process.env, TURNPIKE_LOG_LEVEL: level }, timeout: 20_000 });
+  const refused = [['verbose', 'verbose'], ['info debug', '"info debug"']] as const;
+  const results = await cliAll(refused.map(([level]) => ({ args: cli.slice(1), env: { ...process.env, TURNPIKE_LOG_LEVEL: level } })));
+  for (const [i, [level, shown]] of refused.entries()) {
+    const r = results[i]!;
+    assert.equal(r.signal, null, `${level}: hung`);
     assert.equal(r.status, 2, `${level}: ${r.stderr}`);
     assert.equal(r.stderr, `TURNPIKE_LOG_LEVEL=${shown}: use trace, debug, info, warn, error, fatal or silent\n`);
     assert.equal(r.stdout, '');
@@ -638,29 +664,32 @@ test('TURNPIKE_LOG_LEVEL: a level pino does not know is one line and exit 2 (no 
   }
 });
 
-test('turnpike CLI usage: no command is a usage error on stderr (2); help and --help print it on stdout (0); extra arguments are refused (2)', () => {
+test('turnpike CLI usage: no command is a usage error on stderr (2); help and --help print it on stdout (0); extra arguments are refused (2)', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-usage-'));
   const good = join(dir, 'good.yaml');
   writeFileSync(good, base);
-  const run = (...args: string[]) => spawnSync(process.execPath, ['bin/turnpike.js', ...args], { encoding: 'utf8', input: '' });
-  const none = run();
+  const helps = [['help'], ['--help'], ['-h']];
+  const extras = [['validate', '--config', good, 'extra'], ['validate', 'extra', '--config', good], ['start', '--config', good, 'extra'], ['hash-password', 'secret']];
+  // (all at once)
+  const results = await cliAll([[], ...helps, ...extras, ['validate', '--config', good]].map((args) => ({ args })));
+  const none = results[0]!;
   assert.equal(none.status, 2);
   assert.equal(none.stdout, '');
   assert.match(none.stderr, /a command is needed/);
   assert.match(none.stderr, /Usage:/);
-  for (const args of [['help'], ['--help'], ['-h']]) {
-    const r = run(...args);
+  for (const [i, args] of helps.entries()) {
+    const r = results[1 + i]!;
     assert.equal(r.status, 0, `${args}: ${r.stderr}`);
     assert.match(r.stdout, /Usage:\n {2}turnpike start --config FILE/, String(args));
     assert.equal(r.stderr, '', String(args));
   }
-  for (const args of [['validate', '--config', good, 'extra'], ['validate', 'extra', '--config', good], ['start', '--config', good, 'extra'], ['hash-password', 'secret']]) {
-    const r = run(...args);
+  for (const [i, args] of extras.entries()) {
+    const r = results[1 + helps.length + i]!;
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
     assert.equal(r.stdout, '', args.join(' '));
     assert.match(r.stderr, new RegExp(`turnpike ${args[0]}: unexpected argument "(extra|secret)"`), args.join(' '));
   }
-  assert.equal(run('validate', '--config', good).status, 0);
+  assert.equal(results[1 + helps.length + extras.length]!.status, 0);
 });
 
 test('the configuration example in README.md is valid', () => {
@@ -958,35 +987,33 @@ test('name-keyed maps refuse an empty key (query edits, jwt claims, compose quer
   assert.deepEqual(at('tracing: {endpoint: "http://127.0.0.1:1/v1/traces", headers: {authorization: "Bearer a b"}}\n' + svc), []);
 });
 
-test('a config file that is not UTF-8 (Latin-1 from an old editor, UTF-16) is an error naming its line, not values with U+FFFD in them; a BOM is fine', () => {
+test('a config file that is not UTF-8 (Latin-1 from an old editor, UTF-16) is an error naming its line, not values with U+FFFD in them; a BOM is fine', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-encoding-'));
   // admin.token in Latin-1: "pässwörd-for-the-admin" (0xE4, 0xF6), silently "p\uFFFDssw\uFFFDrd..." before.
   const latin1 = join(dir, 'latin1.yaml');
   writeFileSync(latin1, Buffer.concat([Buffer.from(base + 'admin:\n  token: "p'), Buffer.from([0xe4]), Buffer.from('ssw'), Buffer.from([0xf6]), Buffer.from('rd-for-the-admin"\n')]));
-  const run = (f: string) => spawnSync(process.execPath, ['bin/turnpike.js', 'validate', '--config', f], { encoding: 'utf8' });
-  const ko = run(latin1);
+  // UTF-16 (Windows' "Unicode"), with its BOM.
+  const utf16 = join(dir, 'utf16.yaml');
+  writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(base, 'utf16le')]));
+  // A UTF-8 BOM (Notepad) and non-ASCII text are valid.
+  const bom = join(dir, 'bom.yaml');
+  writeFileSync(bom, '\uFEFF' + base + 'admin:\n  token: "pässwörd-for-the-admin"\n');
+  const [ko, ko16, ok] = await cliAll([latin1, utf16, bom].map((f) => ({ args: ['validate', '--config', f] }))) as [CliResult, CliResult, CliResult];
   assert.equal(ko.status, 1, ko.stderr);
   assert.match(ko.stderr, /\(file\) \(line 10\): .*not valid UTF-8/);
   assert.match(ko.stderr, /column 12/);
   assert.ok(!ko.stderr.includes('\uFFFD'), ko.stderr);
-  // UTF-16 (Windows' "Unicode"), with its BOM.
-  const utf16 = join(dir, 'utf16.yaml');
-  writeFileSync(utf16, Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(base, 'utf16le')]));
-  const ko16 = run(utf16);
   assert.equal(ko16.status, 1, ko16.stderr);
   assert.match(ko16.stderr, /UTF-16/);
-  // A UTF-8 BOM (Notepad) and non-ASCII text are valid.
-  const bom = join(dir, 'bom.yaml');
-  writeFileSync(bom, '\uFEFF' + base + 'admin:\n  token: "pässwörd-for-the-admin"\n');
-  const ok = run(bom);
   assert.equal(ok.status, 0, ok.stderr);
 });
 
-test('turnpike start --config "" (a script\'s unset $CONFIG) is a usage error (2), not a gateway with no file, no routes and a new turnpike.db; validate too', () => {
+test('turnpike start --config "" (a script\'s unset $CONFIG) is a usage error (2), not a gateway with no file, no routes and a new turnpike.db; validate too', async () => {
   const dir = mkdtempSync(join(tmpdir(), 'turnpike-empty-flag-'));
-  const run = (...args: string[]) => spawnSync(process.execPath, [join(process.cwd(), 'bin/turnpike.js'), ...args], { encoding: 'utf8', input: '', cwd: dir, timeout: 20_000, killSignal: 'SIGKILL' });
-  for (const args of [['start', '--config', ''], ['start', '--config='], ['start', '-c', ''], ['validate', '--config', '']]) {
-    const r = run(...args);
+  const argv = [['start', '--config', ''], ['start', '--config='], ['start', '-c', ''], ['validate', '--config', '']];
+  const results = await cliAll(argv.map((args) => ({ args, cwd: dir })));
+  for (const [i, args] of argv.entries()) {
+    const r = results[i]!;
     assert.equal(r.status, 2, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
     assert.match(r.stderr, /--config: the file name is empty/, args.join(' '));
   }
