@@ -122,7 +122,7 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
   }
 });
 
-test('trailing dots and spaces of a segment cannot route past a protected route (IIS, ASP.NET and Windows file servers trim them: /admin. and /admin%20 are /admin)', async () => {
+test('trailing dots and spaces of a segment, whitespace at either end of one, cannot route past a protected route (IIS, ASP.NET and Windows file servers trim them: /admin. and /admin%20 are /admin; Spring and Python: /admin%09, /%0Aadmin)', async () => {
   const up = await startUpstream();
   const g = await startGateway(`services:
   - name: e
@@ -139,8 +139,14 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
       assert.deepEqual(statuses(r.text), [400], path);
     }
     assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
+    // Spring's AntPathMatcher (trimTokens) and Python's str.strip trim whitespace at both ends of a segment
+    for (const path of ['/admin%09', '/admin%0A', '/admin%0d', '/admin%0B', '/admin%0C', '/admin%1F', '/%09admin', '/%20admin/x', '/admin%C2%A0', '/admin%c2%85', '/%0A%20admin%09.', '/admin%09;x']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
     // Read so, still the route it matched (or a broader one): forwarded as sent.
-    for (const path of ['/files/v1.', '/files/a%20', '/readme.', '/admin.json', '/administrator.']) {
+    for (const path of ['/files/v1.', '/files/a%20', '/readme.', '/admin.json', '/administrator.', '/files/%09a%0A', '/%09files.txt', '/ad%09min', '/admin%C2%A9']) {
       assert.equal((await request(`${g.url}${path}`)).status, 200, path);
       assert.equal(up.requests.at(-1)!.url, path);
     }

@@ -23,9 +23,42 @@ const ENCODED_DELIM = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/g;
 const ENCODED_DELIM_ONE = /%(?:3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
 /** Any encoding a reading decodes: ENCODED_SLASH's and ENCODED_DELIM's. */
 const READ_ENCODED = /%(?:2F|5C|3A|40|21|24|26|27|28|29|2A|2B|2C|3D)/;
-/** Dots and spaces ending a segment, which IIS, ASP.NET and Windows file servers trim (`/admin.`, `/admin%20` are `/admin` there). */
-const TRAILING = /(?:\.|%20)+(?=\/|;|$)/g;
-const TRAILING_ONE = /(?:\.|%20)(?:\/|;|$)/;
+/**
+ * A dot or whitespace ending a segment, or whitespace starting one (percent-encoded: upper-case
+ * hex), which servers trim: IIS, ASP.NET and Windows file servers the dots and spaces ending it
+ * (`/admin.`, `/admin%20`), Spring's AntPathMatcher (trimTokens) and Python's str.strip both
+ * ends' whitespace (`/admin%09`, `/%0Aadmin`, `/admin%C2%A0`): tab, LF, VT, FF, CR, the
+ * separators U+001C-U+001F, space, U+0085 and U+00A0.
+ */
+const EDGE_ONE = /(?:\.|%(?:0[9A-D]|1[C-F]|20|C2%(?:85|A0)))(?:\/|;|$)|\/%(?:0[9A-D]|1[C-F]|20|C2%(?:85|A0))/;
+/** The length of the encoded whitespace character ending (end) or starting (!end) s at i, or 0. */
+function wsAt(s: string, i: number, end: boolean): number {
+  const a = end ? i - 3 : i;
+  if (a >= 0 && s.charCodeAt(a) === 0x25 /* % */) {
+    const h = s.slice(a + 1, a + 3);
+    if (h === '09' || h === '0A' || h === '0B' || h === '0C' || h === '0D' || h === '1C' || h === '1D' || h === '1E' || h === '1F' || h === '20') return 3;
+  }
+  const b = end ? i - 6 : i;
+  if (b >= 0) {
+    const t = s.slice(b, b + 6);
+    if (t === '%C2%85' || t === '%C2%A0') return 6;
+  }
+  return 0;
+}
+/** A segment as the servers above read it: trailing dots and whitespace, leading whitespace trimmed. */
+function trimSegment(seg: string): string {
+  let end = seg.length;
+  for (let n; end > 0; end -= n) {
+    n = seg.charCodeAt(end - 1) === 0x2e /* . */ ? 1 : wsAt(seg, end, true);
+    if (n === 0) break;
+  }
+  let start = 0;
+  for (let n; start < end; start += n) {
+    n = wsAt(seg, start, false);
+    if (n === 0 || start + n > end) break;
+  }
+  return start === 0 && end === seg.length ? seg : seg.slice(start, end);
+}
 const decodeDelim = (m: string) => String.fromCharCode(parseInt(m.slice(1), 16));
 
 /** The first `:`, `@` or sub-delim a path spells percent-encoded (`%3A`), or null. A route path spells them as they are. */
@@ -122,19 +155,23 @@ export function normalizePath(path: string): string | null {
 /**
  * The normalized path as many servers read it: `%2F` and `%5C` decoded to slashes (nginx's
  * $uri, IIS, many frameworks), `:`, `@` and sub-delims decoded (`%3A` is `:`), `;params` cut
- * off segments (Tomcat, Jetty, Spring), dots and spaces ending a segment trimmed (IIS, ASP.NET,
- * Windows file servers), slashes merged; null when that is the path itself. A
- * request whose reading is another route's, at least as specific as the one matched, is
+ * off segments (Tomcat, Jetty, Spring), dots and whitespace ending a segment and whitespace
+ * starting one trimmed (IIS, ASP.NET, Windows file servers; Spring, Python), slashes merged;
+ * null when that is the path itself. A request whose reading is another route's, at least as specific as the one matched, is
  * refused (src/server/request.ts).
  */
 export function upstreamReading(path: string): string | null {
   // (most paths: none of these; a path with other encodings, UTF-8 say, is not copied either)
   const pct = path.includes('%') && READ_ENCODED.test(path);
-  const trailing = (path.includes('.') || path.includes('%20')) && TRAILING_ONE.test(path);
-  if (!pct && !trailing && !path.includes(';')) return null;
   let alt = pct ? path.replace(ENCODED_SLASH, '/').replace(ENCODED_DELIM, decodeDelim) : path;
-  if (trailing) alt = alt.replace(TRAILING, '');
-  if (alt.includes(';')) alt = alt.split('/').map((seg) => (seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg)).join('/');
+  const edges = (alt.includes('.') || alt.includes('%')) && EDGE_ONE.test(alt);
+  if (!pct && !edges && !alt.includes(';')) return null;
+  if (edges || alt.includes(';')) {
+    alt = alt.split('/').map((seg) => {
+      const s = seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg;
+      return edges ? trimSegment(s) : s;
+    }).join('/');
+  }
   alt = alt.replace(MANY_SLASHES, '/');
   return alt === path ? null : alt;
 }
