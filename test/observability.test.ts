@@ -791,6 +791,30 @@ services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
   }
 });
 
+test('access log headers: the credential fields well-known APIs read (Api-Key, X-Access-Token, X-Amz-Security-Token, X-Goog-Api-Key, Ocp-Apim-Subscription-Key, Private-Token, X-Vault-Token, X-Auth-Key) are censored', async () => {
+  const up = await startUpstream((_q, res) => res.end('ok'));
+  const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');
+  const gw = await startGateway(`
+access_log: {destination: file, path: ${log}, fields: [status, headers]}
+services: [{name: app, url: ${up.url}, routes: [{name: r, paths: [/]}]}]
+`);
+  const secrets: Record<string, string> = {
+    'api-key': 'SECRET1', 'x-access-token': 'SECRET2', 'x-amz-security-token': 'SECRET3', 'x-goog-api-key': 'SECRET4',
+    'ocp-apim-subscription-key': 'SECRET5', 'private-token': 'SECRET6', 'x-vault-token': 'SECRET7', 'x-auth-key': 'SECRET8',
+  };
+  try {
+    await request(`${gw.url}/x`, { headers: { ...secrets, 'x-other': 'visible' } });
+    await eventually(() => lines(log).length === 1);
+    const h = lines(log)[0]!.headers as Record<string, string>;
+    for (const k of Object.keys(secrets)) assert.equal(h[k], '[REDACTED]', k);
+    assert.equal(h['x-other'], 'visible');
+    assert.doesNotMatch(readFileSync(log, 'utf8'), /SECRET/);
+  } finally {
+    await gw.close();
+    await up.close();
+  }
+});
+
 test('requests the HTTP parser refuses (smuggling attempts, oversized heads) are counted and logged', async () => {
   const up = await startUpstream((_q, res) => res.end('ok'));
   const log = join(mkdtempSync(join(tmpdir(), 'turnpike-access-')), 'a.log');

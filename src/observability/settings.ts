@@ -31,11 +31,16 @@ export interface ObservabilitySettings {
 }
 
 /**
- * Request fields that carry credentials: always censored when headers are logged. X-Turnpike-Refresh
- * is the gateway's own: a stale-while-revalidate refresh comes through the proxy listener with the
- * node's internal token, which lets its holder set the client address the gateway believes.
+ * Request fields that carry credentials: always censored when headers are logged. Besides the
+ * generic ones (and those the cache takes for credentials: Api-Key, X-Access-Token), the fields
+ * well-known APIs read a key or token from: Azure's Api-Key and Ocp-Apim-Subscription-Key,
+ * AWS's X-Amz-Security-Token, Google's X-Goog-Api-Key, GitLab's Private-Token, Vault's
+ * X-Vault-Token, Cloudflare's X-Auth-Key. X-Turnpike-Refresh is the gateway's own: a
+ * stale-while-revalidate refresh comes through the proxy listener with the node's internal
+ * token, which lets its holder set the client address the gateway believes.
  */
-const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'apikey', 'x-auth-token', 'x-csrf-token', 'x-turnpike-refresh'];
+const SECRET_HEADERS = ['authorization', 'proxy-authorization', 'cookie', 'set-cookie', 'x-api-key', 'apikey', 'api-key', 'x-auth-token', 'x-access-token',
+  'x-csrf-token', 'x-amz-security-token', 'x-goog-api-key', 'ocp-apim-subscription-key', 'private-token', 'x-vault-token', 'x-auth-key', 'x-turnpike-refresh'];
 /**
  * Query parameters that commonly carry credentials (OAuth2, signed URLs, API keys; OpenTelemetry's
  * url.full list), lower case: names are compared case-insensitively (X-Amz-Signature, APIKEY).
