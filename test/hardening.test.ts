@@ -156,6 +156,34 @@ consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
   }
 });
 
+test('an encoding encoded twice cannot route past a protected route (IIS, and apps that decode the decoded path again, read /%2561dmin as /admin)', async () => {
+  const up = await startUpstream();
+  const g = await startGateway(`services:
+  - name: e
+    url: ${up.url}
+    routes:
+      - {name: all, paths: [/]}
+      - {name: admin, paths: [/admin], plugins: [{name: key-auth}]}
+      - {name: files, paths: [/files]}
+consumers: [{name: u, credentials: [{type: key-auth, key: k1-secret-key}]}]
+`);
+  try {
+    for (const path of ['/%2561dmin', '/%2561%2564min/x', '/x/%252E%252E/admin', '/x/%252e./admin', '/%2561dmin%252Fx', '/files/..%252Fadmin', '/files/..%252fadmin']) {
+      const r = await rawRequest(g.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`, 500);
+      assert.deepEqual(statuses(r.text), [400], path);
+    }
+    assert.equal(up.requests.length, 0, up.requests.map((q) => q.url).join(' '));
+    // Read so, still the route it matched (or a broader one): forwarded as sent.
+    for (const path of ['/files/100%25', '/files/a%2541', '/%2561bc', '/files/%2561dmin', '/a%25zz']) {
+      assert.equal((await request(`${g.url}${path}`)).status, 200, path);
+      assert.equal(up.requests.at(-1)!.url, path);
+    }
+  } finally {
+    await g.close();
+    await up.close();
+  }
+});
+
 test('a `:`, `@` or sub-delim sent percent-encoded cannot route past the route that spells it (servers decode %3A, %40 before routing); route paths spell them as they are', async () => {
   const up = await startUpstream();
   const g = await startGateway(`services:

@@ -59,6 +59,9 @@ function trimSegment(seg: string): string {
   }
   return start === 0 && end === seg.length ? seg : seg.slice(start, end);
 }
+/** A percent-encoded `%` before two hex digits: an encoding encoded twice. */
+const DOUBLE_ENCODED = /%25[0-9A-Fa-f]{2}/;
+const DOUBLE_ENCODED_ALL = /%25([0-9A-Fa-f]{2})/g;
 const decodeDelim = (m: string) => String.fromCharCode(parseInt(m.slice(1), 16));
 
 /** The first `:`, `@` or sub-delim a path spells percent-encoded (`%3A`), or null. A route path spells them as they are. */
@@ -153,19 +156,29 @@ export function normalizePath(path: string): string | null {
 }
 
 /**
- * The normalized path as many servers read it: `%2F` and `%5C` decoded to slashes (nginx's
+ * The normalized path as many servers read it: an encoding encoded twice decoded (`%2561` is
+ * `a` to IIS and double-decoding apps), `%2F` and `%5C` decoded to slashes (nginx's
  * $uri, IIS, many frameworks), `:`, `@` and sub-delims decoded (`%3A` is `:`), `;params` cut
  * off segments (Tomcat, Jetty, Spring), dots and whitespace ending a segment and whitespace
  * starting one trimmed (IIS, ASP.NET, Windows file servers; Spring, Python), slashes merged;
- * null when that is the path itself. A request whose reading is another route's, at least as specific as the one matched, is
- * refused (src/server/request.ts).
+ * null when that is the path itself. A request whose reading is another route's, at least as
+ * specific as the one matched, is refused (src/server/request.ts).
  */
 export function upstreamReading(path: string): string | null {
+  // A `%25` before two hex digits decoded once more (`/%2561dmin` is /admin, `/x/%252E%252E/admin`
+  // too, to IIS's double decoding, Java apps that URLDecoder.decode a getRequestURI() the
+  // container decoded, a WAF or proxy that decodes before them), normalized as a request path.
+  // (one whose dot segment hides behind a `%2F` once decoded, `..%252F`: read with it decoded)
+  let src = path;
+  if (path.includes('%25') && DOUBLE_ENCODED.test(path)) {
+    const once = path.replace(DOUBLE_ENCODED_ALL, '%$1');
+    src = normalizePath(once) ?? normalizePath(once.replace(/%2F|%5C/gi, '/')) ?? path;
+  }
   // (most paths: none of these; a path with other encodings, UTF-8 say, is not copied either)
-  const pct = path.includes('%') && READ_ENCODED.test(path);
-  let alt = pct ? path.replace(ENCODED_SLASH, '/').replace(ENCODED_DELIM, decodeDelim) : path;
+  const pct = src.includes('%') && READ_ENCODED.test(src);
+  let alt = pct ? src.replace(ENCODED_SLASH, '/').replace(ENCODED_DELIM, decodeDelim) : src;
   const edges = (alt.includes('.') || alt.includes('%')) && EDGE_ONE.test(alt);
-  if (!pct && !edges && !alt.includes(';')) return null;
+  if (src === path && !pct && !edges && !alt.includes(';')) return null;
   if (edges || alt.includes(';')) {
     alt = alt.split('/').map((seg) => {
       const s = seg.includes(';') ? seg.slice(0, seg.indexOf(';')) : seg;
