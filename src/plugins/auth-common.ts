@@ -153,6 +153,26 @@ export function subjectPerIssuer(list: { consumer: Consumer; credential: Record<
   return problems;
 }
 
+/**
+ * The consumer a token's subject names (jwt, oauth2-introspection): a credential with an issuer
+ * matches that issuer's tokens only, one without matches any issuer's. `issuer`: the token's
+ * (undefined when it says none).
+ */
+export function subjectIndex(list: readonly { consumer: Consumer; credential: Record<string, unknown> }[]): (subject: string, issuer: string | undefined) => Consumer | undefined {
+  const subjects = new Map<string, Consumer>();
+  const byIssuer = new Map<string, Map<string, Consumer>>();
+  for (const { consumer, credential } of list) {
+    const issuer = credential['issuer'];
+    if (typeof issuer !== 'string') subjects.set(String(credential['subject']), consumer);
+    else {
+      let m = byIssuer.get(issuer);
+      if (m === undefined) byIssuer.set(issuer, (m = new Map()));
+      m.set(String(credential['subject']), consumer);
+    }
+  }
+  return (subject, issuer) => (byIssuer.size > 0 && issuer !== undefined ? byIssuer.get(issuer)?.get(subject) : undefined) ?? subjects.get(subject);
+}
+
 /** prepareCredentials for a credential type named by one field: a value is one consumer's only. */
 export function uniqueField(field: string) {
   return (list: { consumer: Consumer; credential: Record<string, unknown> }[]): { index: number; field?: string; message: string }[] => {

@@ -9,7 +9,7 @@
  */
 import { jwtVerify, errors as joseErrors, type JWTPayload, type JWTVerifyResult } from 'jose';
 import { definePlugin, type AuthOutcome, type Consumer, type RequestCtx } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, subjectPerIssuer, twoTokenMethods } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, queryHasAccessToken, scopesOf, sha256b64, subjectIndex, subjectPerIssuer, twoTokenMethods } from '../auth-common.js';
 import { deadlineProblem, parseDuration } from '../../config/units.js';
 import { redactUrl } from '../../core/url-secrets.js';
 import { ASYMMETRIC_ALGS, JwtConfig, JwtCredential } from './schema.js';
@@ -124,18 +124,7 @@ export default definePlugin({
       cooldownMs: parseDuration(config.jwks_cooldown ?? '10s'),
       timeoutMs: parseDuration(config.timeout ?? '5s'),
     }, deps.log);
-    /** Credentials without issuer by subject; those with one by issuer, then subject. */
-    const subjects = new Map<string, Consumer>();
-    const byIssuer = new Map<string, Map<string, Consumer>>();
-    for (const { consumer, credential } of deps.credentials) {
-      const issuer = credential['issuer'];
-      if (typeof issuer !== 'string') subjects.set(String(credential['subject']), consumer);
-      else {
-        let m = byIssuer.get(issuer);
-        if (m === undefined) byIssuer.set(issuer, (m = new Map()));
-        m.set(String(credential['subject']), consumer);
-      }
-    }
+    const bySubject = subjectIndex(deps.credentials);
     const skewS = Math.ceil(parseDuration(config.clock_skew ?? '30s') / 1000);
     const claimName = config.consumer_claim ?? 'sub';
     const required = [...new Set(['exp', ...(config.required_claims ?? [])])];
@@ -174,8 +163,8 @@ export default definePlugin({
       // By a jwt credential's subject; by name only a consumer that declares no credentials
       // (a token whose sub is "admin" does not stand for a consumer that has its own keys).
       const byName = deps.consumers.get(value);
-      const consumer = (byIssuer.size > 0 && typeof payload.iss === 'string' ? byIssuer.get(payload.iss)?.get(value) : undefined)
-        ?? subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
+      const consumer = bySubject(value, typeof payload.iss === 'string' ? payload.iss : undefined)
+        ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
       if (consumer === null && config.require_consumer) return invalid('the token is not for a known consumer');
       return { ok: true, consumer, identity: consumer?.name ?? value, credential: `jwt:${value}`, scopes, claims: payload as Record<string, unknown> };
     };

@@ -9,7 +9,7 @@
  * no call is made for a while (requests do not each wait a timeout for a down IdP).
  */
 import { definePlugin, type AuthOutcome, type Consumer } from '../types.js';
-import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, scopesOf, queryHasAccessToken, sha256, subjectPerIssuer, twoTokenMethods } from '../auth-common.js';
+import { BAD_BEARER, TtlCache, badBearer, bearerToken, boundTokenProblem, scopesOf, queryHasAccessToken, sha256, subjectIndex, subjectPerIssuer, twoTokenMethods } from '../auth-common.js';
 import { fetchJson } from '../http-fetch.js';
 import { deadlineProblem, parseDuration } from '../../config/units.js';
 import { unsendableSecret } from '../../core/secret-text.js';
@@ -92,18 +92,7 @@ export default definePlugin({
       // (RFC 7662 §4): without an audience, a token another API was given is accepted here.
       deps.log.warn({ plugin: 'oauth2-introspection', where: deps.where, url: redactUrl(config.introspection_url) }, 'oauth2-introspection: audiences is not set: an active token the IdP issued for any of its APIs is accepted (set audiences to this API\'s identifier)');
     }
-    /** Credentials without issuer by subject; those with one by issuer, then subject. */
-    const subjects = new Map<string, Consumer>();
-    const byIssuer = new Map<string, Map<string, Consumer>>();
-    for (const { consumer, credential } of deps.credentials) {
-      const issuer = credential['issuer'];
-      if (typeof issuer !== 'string') subjects.set(String(credential['subject']), consumer);
-      else {
-        let m = byIssuer.get(issuer);
-        if (m === undefined) byIssuer.set(issuer, (m = new Map()));
-        m.set(String(credential['subject']), consumer);
-      }
-    }
+    const bySubject = subjectIndex(deps.credentials);
     const ttl = parseDuration(config.cache_ttl ?? '30s');
     const negativeTtl = Math.min(ttl, parseDuration(config.negative_cache_ttl ?? '5s'));
     const timeoutMs = parseDuration(config.timeout ?? '5s');
@@ -181,7 +170,7 @@ export default definePlugin({
       const byName = deps.consumers.get(value);
       // A credential with an issuer: only that IdP's subject (another IdP's user of the same
       // sub or client_id, a self-signup there, is someone else).
-      const consumer: Consumer | null = (iss !== undefined ? byIssuer.get(iss)?.get(value) : undefined) ?? subjects.get(value) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
+      const consumer: Consumer | null = bySubject(value, iss) ?? (byName !== undefined && !deps.credentialed.has(byName) ? byName : null);
       if (consumer === null && config.require_consumer) return { outcome: invalid('the token is not for a known consumer'), until };
       return { outcome: { ok: true, consumer, identity: consumer?.name ?? value, credential: `oauth2:${value}`, scopes, claims: body }, until };
     };
